@@ -1,0 +1,61 @@
+"""Model specs as plain dicts (the engine's format) <-> `trainwire.v1.ModelSpec` messages.
+
+A spec is `{"input_dim": 4, "layers": [{"type": "dense", "units": 16, "activation": "relu"},
+{"type": "dropout", "rate": 0.1}, {"type": "dense", "units": 3}]}`; `input_dim` may be left out
+to take the dataset's width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from trainwire.v1 import models_pb2
+
+
+def _name_of(value: Any) -> str:
+    """Registry entries are given as a name or as {"name": ..., **params}."""
+    if isinstance(value, Mapping):
+        return str(value.get("name", ""))
+    return str(value or "")
+
+
+def model_spec_to_proto(spec: Mapping[str, Any]) -> models_pb2.ModelSpec:
+    """A ModelSpec message for a spec dict; unknown layer types raise ValueError."""
+    message = models_pb2.ModelSpec(input_dim=int(spec.get("input_dim", 0) or 0))
+    for index, layer in enumerate(spec.get("layers", [])):
+        kind = layer.get("type")
+        if kind == "dense":
+            message.layers.add(
+                dense=models_pb2.DenseLayer(
+                    units=int(layer["units"]),
+                    activation=_name_of(layer.get("activation", "")),
+                    no_bias=not layer.get("use_bias", True),
+                    kernel_initializer=_name_of(layer.get("kernel_initializer", "")),
+                    bias_initializer=_name_of(layer.get("bias_initializer", "")),
+                )
+            )
+        elif kind == "dropout":
+            message.layers.add(dropout=models_pb2.DropoutLayer(rate=float(layer["rate"])))
+        elif kind == "batch_norm":
+            message.layers.add(
+                batch_norm=models_pb2.BatchNormLayer(
+                    momentum=float(layer.get("momentum", 0.0)),
+                    epsilon=float(layer.get("epsilon", 0.0)),
+                )
+            )
+        elif kind == "activation":
+            activation = layer.get("activation", "linear")
+            params = dict(activation) if isinstance(activation, Mapping) else {}
+            params.pop("name", None)
+            message.layers.add(
+                activation=models_pb2.ActivationLayer(
+                    name=_name_of(activation), params={k: float(v) for k, v in params.items()}
+                )
+            )
+        else:
+            raise ValueError(
+                f"layers[{index}].type must be one of: dense, dropout, batch_norm, activation. "
+                f"Received: type={kind!r}"
+            )
+    return message

@@ -1,0 +1,181 @@
+"""Model: a validated stack of layers built from a JSON-able spec.
+
+``Model.from_spec(spec, dtype, seed)`` validates the spec (SpecError names the field path and the
+received value) and initialises all parameters from one Generator seeded with ``seed``.
+``forward``/``backward`` run the stack on one batch (returning reused buffers); ``predict``
+runs in evaluation mode and returns fresh arrays. Parameters are named
+``"layers.<index>.<name>"`` in ``parameters()``, ``gradients()`` and ``state_dict()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import layers as layers_mod
+from ._types import Array, as_float_dtype
+from .errors import SpecError
+from .layers import Layer
+
+_SPEC_FIELDS = ("input_dim", "layers")
+
+
+class Model:
+    """A feed-forward stack of layers with parameters in one dtype."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        layers: Sequence[Layer],
+        dtype: object = "float32",
+        seed: int | None = None,
+    ) -> None:
+        try:
+            self.dtype: np.dtype[Any] = as_float_dtype(dtype)
+        except ValueError as exc:
+            raise SpecError(str(exc)) from exc
+        if (
+            isinstance(input_dim, bool)
+            or not isinstance(input_dim, int | np.integer)
+            or input_dim <= 0
+        ):
+            raise SpecError(
+                f"input_dim must be a positive integer. Received: input_dim={input_dim!r}"
+            )
+        if not layers:
+            raise SpecError("layers must be a non-empty list. Received: layers=[]")
+        self.input_dim = int(input_dim)
+        self.layers: list[Layer] = list(layers)
+        rng = np.random.default_rng(seed)
+        width = self.input_dim
+        for layer in self.layers:
+            width = layer.build(width, self.dtype, rng)
+        self.output_dim = width
+        self._params: dict[str, Array] = {}
+        self._grads: dict[str, Array] = {}
+        for i, layer in enumerate(self.layers):
+            for name, p in layer.params.items():
+                self._params[f"layers.{i}.{name}"] = p
+                self._grads[f"layers.{i}.{name}"] = layer.grads[name]
+
+    # -- spec ---------------------------------------------------------------------------------
+    @classmethod
+    def from_spec(
+        cls, spec: Mapping[str, Any], dtype: object = "float32", seed: int | None = 0
+    ) -> Model:
+        """Validate ``spec`` and build the model; raises SpecError (a ValueError) on bad input."""
+        if not isinstance(spec, Mapping):
+            raise SpecError(f"spec must be a dict. Received: spec={spec!r}")
+        unknown = sorted(set(spec) - set(_SPEC_FIELDS))
+        if unknown:
+            raise SpecError(
+                f"spec has unknown field {unknown[0]!r}; allowed fields: "
+                f"{', '.join(_SPEC_FIELDS)}. Received: {unknown[0]}={spec[unknown[0]]!r}"
+            )
+        if "input_dim" not in spec:
+            raise SpecError("input_dim is required (a positive integer).")
+        layer_specs = spec.get("layers")
+        if not isinstance(layer_specs, Sequence) or isinstance(layer_specs, str | bytes):
+            raise SpecError(f"layers must be a non-empty list. Received: layers={layer_specs!r}")
+        built = [
+            layers_mod.from_config(entry, f"layers[{i}]") for i, entry in enumerate(layer_specs)
+        ]
+        return cls(spec["input_dim"], built, dtype=dtype, seed=seed)
+
+    def to_spec(self) -> dict[str, Any]:
+        """The normalised spec (plain JSON types, defaults filled in)."""
+        return {
+            "input_dim": self.input_dim,
+            "layers": [layer.get_config() for layer in self.layers],
+        }
+
+    # -- parameters ---------------------------------------------------------------------------
+    @property
+    def num_parameters(self) -> int:
+        return int(sum(p.size for p in self._params.values()))
+
+    def parameters(self) -> dict[str, Array]:
+        """The live parameter arrays (updating them in place updates the model)."""
+        return dict(self._params)
+
+    def gradients(self) -> dict[str, Array]:
+        """The live gradient arrays filled by the last ``backward``."""
+        return dict(self._grads)
+
+    def state_dict(self) -> dict[str, Array]:
+        """Copies of all parameters, keyed ``"layers.<i>.<name>"``."""
+        return {name: p.copy() for name, p in self._params.items()}
+
+    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+        """Copy ``state`` into the parameters; names, shapes and dtypes must match exactly."""
+        missing = sorted(set(self._params) - set(state))
+        unexpected = sorted(set(state) - set(self._params))
+        if missing or unexpected:
+            raise ValueError(
+                f"Model state does not match the architecture: missing={missing}, "
+                f"unexpected={unexpected}"
+            )
+        for name, p in self._params.items():
+            src = np.asarray(state[name])
+            if src.shape != p.shape:
+                raise ValueError(
+                    f"Parameter {name!r} must have shape {p.shape}. Received: shape={src.shape}"
+                )
+            if src.dtype != p.dtype:
+                raise ValueError(
+                    f"Parameter {name!r} must have dtype {p.dtype}. Received: dtype={src.dtype}"
+                )
+        for name, p in self._params.items():
+            np.copyto(p, state[name])
+
+    # -- computation --------------------------------------------------------------------------
+    def check_input(self, x: object) -> Array:
+        """``x`` as a C-contiguous (n, input_dim) array of the model dtype."""
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"X must be numeric. Received: dtype={arr.dtype}")
+        if arr.ndim != 2 or arr.shape[1] != self.input_dim:
+            raise ValueError(
+                f"X must have shape (n, {self.input_dim}). Received: shape={arr.shape}"
+            )
+        return np.ascontiguousarray(arr, dtype=self.dtype)
+
+    def forward(
+        self, x: Array, training: bool = False, rng: np.random.Generator | None = None
+    ) -> Array:
+        """Outputs for one batch. The result is a reused buffer: copy it to keep it."""
+        for layer in self.layers:
+            x = layer.forward(x, training=training, rng=rng)
+        return x
+
+    def backward(self, grad: Array, need_input_grad: bool = False) -> Array | None:
+        """Back-propagate dL/d(outputs) through the last ``forward``; fills ``gradients()``."""
+        g: Array | None = grad
+        last = len(self.layers) - 1
+        for i in range(last, -1, -1):
+            assert g is not None
+            g = self.layers[i].backward(g, need_input_grad=need_input_grad or i > 0)
+        return g
+
+    def predict(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """Raw outputs (logits for classification) in evaluation mode, as a new array."""
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0
+        ):
+            raise ValueError(f"batch_size must be a positive integer. Received: {batch_size!r}")
+        x = self.check_input(X)
+        n = x.shape[0]
+        if batch_size is None or batch_size >= n:
+            return self.forward(x, training=False).copy()
+        out = np.empty((n, self.output_dim), dtype=self.dtype)
+        for start in range(0, n, batch_size):
+            out[start : start + batch_size] = self.forward(x[start : start + batch_size])
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"Model(input_dim={self.input_dim}, output_dim={self.output_dim}, "
+            f"dtype={self.dtype.name}, layers={[layer.get_config() for layer in self.layers]})"
+        )

@@ -1,0 +1,83 @@
+"""Pickle-free (de)serialisation of named arrays as safetensors bytes.
+
+``save_state(arrays, metadata)`` produces safetensors bytes with string metadata in the header's
+``__metadata__``; ``load_state(data)`` reads them back and raises ValueError on corrupt or
+truncated input. Object dtypes are rejected both ways.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+
+import numpy as np
+import safetensors.numpy
+
+from ._types import Array
+
+_HEADER_LIMIT = 100 * 1024 * 1024
+
+
+def save_state(
+    arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
+) -> bytes:
+    """Serialise named numeric arrays (and optional string metadata) to safetensors bytes."""
+    prepared: dict[str, Array] = {}
+    for name, value in arrays.items():
+        if not isinstance(name, str):
+            raise ValueError(f"Array names must be strings. Received: {name!r}")
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(
+                f"Array {name!r} has unsupported dtype {arr.dtype}; only bool, integer and "
+                f"float arrays can be saved"
+            )
+        # (np.ascontiguousarray would turn 0-d arrays into shape (1,).)
+        prepared[name] = arr if arr.flags.c_contiguous else arr.copy(order="C")
+    meta: dict[str, str] | None = None
+    if metadata is not None:
+        meta = {}
+        for key, val in metadata.items():
+            if not isinstance(key, str) or not isinstance(val, str):
+                raise ValueError(
+                    f"metadata keys and values must be strings. Received: {key!r}: {val!r}"
+                )
+            meta[key] = val
+    return bytes(safetensors.numpy.save(prepared, metadata=meta))
+
+
+def load_state(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read ``save_state`` bytes back: (arrays, metadata). ValueError on anything malformed."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ValueError(f"load_state expects bytes. Received: {type(data).__name__}")
+    raw = bytes(data)
+    if len(raw) < 8:
+        raise ValueError(f"Not a safetensors state: {len(raw)} bytes is shorter than the header")
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    if header_len > min(len(raw) - 8, _HEADER_LIMIT):
+        raise ValueError(
+            f"Not a safetensors state or truncated: header length {header_len} exceeds the "
+            f"{len(raw) - 8} bytes present"
+        )
+    try:
+        header = json.loads(raw[8 : 8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"Not a safetensors state: header is not valid JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise ValueError("Not a safetensors state: header is not a JSON object")
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise ValueError("Corrupt safetensors state: __metadata__ must map strings to strings")
+    try:
+        loaded = safetensors.numpy.load(raw)
+    except Exception as exc:  # safetensors raises its own SafetensorError and others
+        raise ValueError(f"Corrupt or truncated safetensors state: {exc}") from exc
+    arrays: dict[str, np.ndarray] = {}
+    for name, arr in loaded.items():
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"Array {name!r} has unsupported dtype {arr.dtype}")
+        arrays[name] = np.array(arr, copy=True)
+    return arrays, dict(metadata)

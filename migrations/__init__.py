@@ -1,0 +1,1 @@
+"""Alembic migrations of the Trainwire schema (run with `trainwire db upgrade`)."""

@@ -1,0 +1,41 @@
+"""Alembic environment: migrates the database named by the config against the ORM metadata."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import Connection
+
+from trainwire.server.db import make_engine
+from trainwire.server.models import Base
+
+target_metadata = Base.metadata
+
+
+def run_with(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        # SQLite cannot ALTER most things; batch mode rebuilds tables instead.
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_online() -> None:
+    connection = context.config.attributes.get("connection")
+    if connection is not None:
+        run_with(connection)
+        return
+    engine = make_engine(context.config.get_main_option("sqlalchemy.url") or "")
+    try:
+        with engine.connect() as connection:
+            run_with(connection)
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("Trainwire migrations run online only: use `trainwire db upgrade`.")
+run_online()

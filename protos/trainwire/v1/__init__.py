@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for the `trainwire.v1` API (run `make proto`; never edit)."""

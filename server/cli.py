@@ -1,0 +1,111 @@
+"""The `trainwire` command: serve, worker, db."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .config import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        database_url=getattr(args, "database_url", None),
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        workers=getattr(args, "workers", None),
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .app import serve
+    from .logs import configure_logging
+
+    configure_logging()
+    return serve(_settings(args))
+
+
+def _worker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.concurrency == 1:
+        from .worker import run_worker_process
+
+        run_worker_process(settings, args.index, args.queue)
+        return 0
+    import signal
+    import threading
+
+    from .logs import configure_logging
+    from .supervisor import WorkerPool
+
+    configure_logging()
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    pool = WorkerPool(settings, args.concurrency, args.queue)
+    pool.start()
+    while not stopping.wait(1.0):
+        pool.supervise()
+    pool.stop()
+    return 0
+
+
+def _db(args: argparse.Namespace) -> int:
+    from .db import Database
+    from .migrate import current_revision, head_revision, upgrade
+
+    settings = _settings(args)
+    if args.db_command == "upgrade":
+        upgrade(settings.database_url)
+        print(f"database is at revision {head_revision(settings.database_url)}")
+        return 0
+    database = Database(settings.database_url)
+    try:
+        current = current_revision(database)
+    finally:
+        database.dispose()
+    head = head_revision(settings.database_url)
+    print(f"current revision: {current or 'none'}; head: {head}")
+    return 0 if current == head else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainwire", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gRPC server with embedded worker processes")
+    serve.add_argument("--host", help="address to bind (TRAINWIRE_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port, 0 for any free one (TRAINWIRE_PORT, 50051)")
+    serve.add_argument("--workers", type=int, help="worker processes (TRAINWIRE_WORKERS, 2)")
+    serve.add_argument("--database-url", help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)")
+    serve.set_defaults(handler=_serve)
+
+    worker = commands.add_parser("worker", help="run worker processes that train queued jobs")
+    worker.add_argument("--concurrency", type=int, default=1, help="worker processes to run")
+    worker.add_argument("--queue", action="append", default=[], help="only take jobs of this queue")
+    worker.add_argument("--database-url", help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)")
+    worker.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
+    worker.set_defaults(handler=_worker)
+
+    db = commands.add_parser("db", help="database schema")
+    db.add_argument("db_command", choices=["upgrade", "current"])
+    db.add_argument("--database-url", help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)")
+    db.set_defaults(handler=_db)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ValueError as error:  # configuration mistakes
+        print(f"trainwire: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        print(f"trainwire: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

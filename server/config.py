@@ -1,0 +1,102 @@
+"""Server and worker settings, read from `TRAINWIRE_*` environment variables or given directly."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_SQLITE_PATH = Path("trainwire.db")
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{DEFAULT_SQLITE_PATH}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a server or worker process needs to know; plain data so it crosses processes."""
+
+    database_url: str = field(default_factory=default_database_url)
+    host: str = "127.0.0.1"
+    port: int = 50051
+    workers: int = 2
+    # gRPC limits. Uploads and big predictions are streamed, so 4 MiB messages suffice.
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_dataset_bytes: int = 512 * 1024 * 1024
+    max_parameters: int = 50_000_000
+    max_epochs: int = 100_000
+    grpc_threads: int = 16
+    # Worker behaviour.
+    poll_interval_s: float = 0.5
+    default_max_attempts: int = 3
+    # BLAS threads per worker process; 0 picks cores // workers (at least 1).
+    blas_threads: int = 0
+    # Model cache of the prediction path.
+    model_cache_bytes: int = 256 * 1024 * 1024
+    # Migrate an embedded SQLite database at start (PostgreSQL is migrated by `trainwire db upgrade`).
+    auto_migrate_sqlite: bool = True
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from `TRAINWIRE_*` variables, then `overrides` (None values are ignored)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name, kind in _ENV_FIELDS.items():
+            raw = env.get(f"TRAINWIRE_{name.upper()}")
+            if raw is None or raw == "":
+                continue
+            values[name] = _parse(name, raw, kind)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **values)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as `TRAINWIRE_*` variables, to hand to a child process."""
+        env = {}
+        for name in _ENV_FIELDS:
+            value = getattr(self, name)
+            env[f"TRAINWIRE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
+
+    def blas_threads_per_worker(self) -> int:
+        if self.blas_threads > 0:
+            return self.blas_threads
+        return max(1, (os.cpu_count() or 1) // max(1, self.workers))
+
+
+_ENV_FIELDS: dict[str, type] = {
+    "database_url": str,
+    "host": str,
+    "port": int,
+    "workers": int,
+    "max_message_bytes": int,
+    "max_dataset_bytes": int,
+    "max_parameters": int,
+    "max_epochs": int,
+    "grpc_threads": int,
+    "poll_interval_s": float,
+    "default_max_attempts": int,
+    "blas_threads": int,
+    "model_cache_bytes": int,
+    "auto_migrate_sqlite": bool,
+}
+
+
+def _parse(name: str, raw: str, kind: type) -> object:
+    variable = f"TRAINWIRE_{name.upper()}"
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"{variable} must be true or false. Received: {raw!r}")
+    if kind is int or kind is float:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ValueError(f"{variable} must be a number. Received: {raw!r}") from None
+        if value < 0:
+            raise ValueError(f"{variable} must not be negative. Received: {raw!r}")
+        return value
+    return raw

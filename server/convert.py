@@ -1,0 +1,156 @@
+"""Conversions between `trainwire.v1` messages and the server's records and plain specs.
+
+Only shapes change here; validation lives in the services.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from trainwire.client.specs import model_spec_to_proto
+from trainwire.client.tensors import dtype_code
+from trainwire.v1 import datasets_pb2, jobs_pb2, models_pb2, tensor_pb2
+
+from .records import Checkpoint, Dataset, Job, JobState, TaskKind
+
+TASKS_TO_PROTO = {
+    TaskKind.REGRESSION: datasets_pb2.TASK_KIND_REGRESSION,
+    TaskKind.BINARY_CLASSIFICATION: datasets_pb2.TASK_KIND_BINARY_CLASSIFICATION,
+    TaskKind.MULTICLASS_CLASSIFICATION: datasets_pb2.TASK_KIND_MULTICLASS_CLASSIFICATION,
+}
+TASKS_FROM_PROTO = {code: task for task, code in TASKS_TO_PROTO.items()}
+
+STATES_TO_PROTO = {state: jobs_pb2.JobState.Value(f"JOB_STATE_{state.value}") for state in JobState}
+STATES_FROM_PROTO = {code: state for state, code in STATES_TO_PROTO.items()}
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def dataset_to_proto(dataset: Dataset) -> datasets_pb2.Dataset:
+    return datasets_pb2.Dataset(
+        name=f"datasets/{dataset.id}",
+        display_name=dataset.display_name,
+        task=TASKS_TO_PROTO[dataset.task],
+        num_classes=dataset.num_classes,
+        num_examples=dataset.num_examples,
+        features=tensor_pb2.TensorInfo(
+            dtype=dtype_code(dataset.feature_dtype), shape=dataset.feature_shape
+        ),
+        targets=tensor_pb2.TensorInfo(
+            dtype=dtype_code(dataset.target_dtype), shape=dataset.target_shape
+        ),
+        size_bytes=dataset.size_bytes,
+        sha256=dataset.sha256,
+        create_time=timestamp(dataset.created_at),
+        labels=dataset.labels,
+        feature_names=dataset.feature_names,
+        class_names=dataset.class_names,
+    )
+
+
+# --- model specs: protobuf <-> the engine's plain dict -------------------------------------------
+
+
+def model_spec_from_proto(spec: models_pb2.ModelSpec, input_dim: int) -> dict[str, Any]:
+    """The engine's spec dict for a ModelSpec message; `input_dim` fills an unset width."""
+    layers: list[dict[str, Any]] = []
+    for layer in spec.layers:
+        kind = layer.WhichOneof("kind")
+        if kind == "dense":
+            dense: dict[str, Any] = {
+                "type": "dense",
+                "units": layer.dense.units,
+                "activation": layer.dense.activation or "linear",
+                "use_bias": not layer.dense.no_bias,
+            }
+            if layer.dense.kernel_initializer:
+                dense["kernel_initializer"] = layer.dense.kernel_initializer
+            if layer.dense.bias_initializer:
+                dense["bias_initializer"] = layer.dense.bias_initializer
+            layers.append(dense)
+        elif kind == "dropout":
+            layers.append({"type": "dropout", "rate": layer.dropout.rate})
+        elif kind == "batch_norm":
+            norm: dict[str, Any] = {"type": "batch_norm"}
+            if layer.batch_norm.momentum:
+                norm["momentum"] = layer.batch_norm.momentum
+            if layer.batch_norm.epsilon:
+                norm["epsilon"] = layer.batch_norm.epsilon
+            layers.append(norm)
+        elif kind == "activation":
+            activation = {"name": layer.activation.name, **dict(layer.activation.params)}
+            layers.append({"type": "activation", "activation": activation})
+        else:
+            layers.append({"type": None})  # an empty LayerSpec: the engine names the problem
+    return {"input_dim": spec.input_dim or input_dim, "layers": layers}
+
+
+def training_to_proto(training: dict[str, Any]) -> models_pb2.TrainingConfig:
+    optimizer = dict(training.get("optimizer", {}))
+    early = training.get("early_stopping") or {}
+    return models_pb2.TrainingConfig(
+        epochs=int(training["epochs"]),
+        batch_size=int(training["batch_size"]),
+        loss=str(training["loss"]),
+        optimizer=models_pb2.OptimizerSpec(
+            name=str(optimizer.pop("name", "")),
+            learning_rate=float(optimizer.pop("learning_rate", 0.0)),
+            params={k: float(v) for k, v in optimizer.items()},
+        ),
+        validation_fraction=float(training.get("validation_fraction", 0.0)),
+        seed=int(training.get("seed", 0)),
+        metrics=list(training.get("metrics", [])),
+        early_stopping=models_pb2.EarlyStopping(
+            monitor=str(early.get("monitor", "")),
+            patience=int(early.get("patience", 0)),
+            min_delta=float(early.get("min_delta", 0.0)),
+            restore_best_weights=bool(early.get("restore_best_weights", False)),
+        ),
+        checkpoint_every_epochs=int(training.get("checkpoint_every_epochs", 0)),
+        dtype=dtype_code(training.get("dtype", "float32")),
+        log_every_steps=int(training.get("log_every_steps", 0)),
+    )
+
+
+def job_to_proto(job: Job) -> jobs_pb2.Job:
+    progress = job.progress
+    return jobs_pb2.Job(
+        name=f"jobs/{job.id}",
+        display_name=job.display_name,
+        dataset=f"datasets/{job.dataset_id}",
+        model=model_spec_to_proto(job.model_spec),
+        training=training_to_proto(job.training),
+        state=STATES_TO_PROTO[job.state],
+        progress=jobs_pb2.Progress(
+            epoch=int(progress.get("epoch", 0)),
+            total_epochs=int(progress.get("total_epochs", job.training.get("epochs", 0))),
+            step=int(progress.get("step", 0)),
+            total_steps=int(progress.get("total_steps", 0)),
+            examples_per_second=float(progress.get("examples_per_second", 0.0)),
+            eta_seconds=float(progress.get("eta_seconds", 0.0)),
+        ),
+        metrics=job.metrics,
+        error=job.error,
+        create_time=timestamp(job.created_at),
+        start_time=timestamp(job.started_at),
+        end_time=timestamp(job.ended_at),
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        queue=job.queue,
+        priority=job.priority,
+        labels=job.labels,
+        request_id=job.request_id or "",
+    )
+
+
+def checkpoint_name(checkpoint: Checkpoint) -> str:
+    return f"jobs/{checkpoint.job_id}/checkpoints/{checkpoint.id}"

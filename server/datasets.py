@@ -1,0 +1,202 @@
+"""The dataset service: receives a chunked upload, checks every array, stores it immutably."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+import numpy as np
+
+from trainwire.client.tensors import TensorError, dtype_of, expected_nbytes
+from trainwire.engine import load_state, save_state
+from trainwire.v1 import datasets_pb2, tensor_pb2
+
+from .config import Settings
+from .convert import TASKS_FROM_PROTO
+from .errors import InvalidArgument, ResourceExhausted
+from .names import parse_name
+from .records import Dataset, TaskKind
+from .store import Store, new_id, utcnow
+
+FEATURE_DTYPES = (tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_FLOAT64)
+MAX_CLASSES = 100_000
+MAX_NAME_LENGTH = 256
+
+
+class DatasetService:
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+
+    def upload(self, requests: Iterable[datasets_pb2.UploadDatasetRequest]) -> Dataset:
+        stream = iter(requests)
+        first = next(stream, None)
+        if first is None or first.WhichOneof("content") != "header":
+            raise InvalidArgument.field("header", "the first message of an upload must be the header")
+        header = first.header
+        features_shape, targets_shape = self._check_header(header)
+        feature_dtype = dtype_of(header.features.dtype)
+        target_dtype = dtype_of(header.targets.dtype)
+        feature_bytes = expected_nbytes(feature_dtype, features_shape)
+        total = feature_bytes + expected_nbytes(target_dtype, targets_shape)
+        if total > self.settings.max_dataset_bytes:
+            raise ResourceExhausted.limit("max_dataset_bytes", self.settings.max_dataset_bytes, total)
+
+        buffer = bytearray(total)
+        received = 0
+        for request in stream:
+            if request.WhichOneof("content") != "chunk":
+                raise InvalidArgument.field("header", "only the first message may carry a header")
+            chunk = request.chunk
+            if received + len(chunk) > total:
+                raise InvalidArgument.field(
+                    "chunk",
+                    f"the upload sent more than the {total} bytes its header announces "
+                    f"(features {list(features_shape)}, targets {list(targets_shape)})",
+                )
+            buffer[received : received + len(chunk)] = chunk
+            received += len(chunk)
+        if received != total:
+            raise InvalidArgument.field(
+                "chunk", f"the upload ended after {received} of the {total} bytes its header announces"
+            )
+        digest = hashlib.sha256(buffer).hexdigest()
+        if header.sha256 and header.sha256.lower() != digest:
+            raise InvalidArgument.field(
+                "header.sha256", f"does not match the uploaded bytes (their SHA-256 is {digest})"
+            )
+
+        raw = memoryview(buffer)
+        features = np.frombuffer(raw[:feature_bytes], dtype=feature_dtype).reshape(features_shape)
+        targets = np.frombuffer(raw[feature_bytes:], dtype=target_dtype).reshape(targets_shape)
+        task = TASKS_FROM_PROTO[header.task]
+        _check_finite("features", features)
+        _check_finite("targets", targets)
+        targets, num_classes = _check_targets(task, targets, header.num_classes)
+        if header.class_names and len(header.class_names) != num_classes:
+            raise InvalidArgument.field(
+                "header.class_names",
+                f"has {len(header.class_names)} names for {num_classes} classes",
+            )
+
+        features = features.astype(feature_dtype.newbyteorder("="), copy=False)
+        data = save_state({"features": features, "targets": targets})
+        dataset = Dataset(
+            id=new_id(),
+            display_name=header.display_name,
+            task=task,
+            num_classes=num_classes,
+            num_examples=features_shape[0],
+            feature_dtype=str(features.dtype),
+            feature_shape=features_shape,
+            target_dtype=str(targets.dtype),
+            target_shape=tuple(targets.shape),
+            size_bytes=total,
+            sha256=digest,
+            labels=dict(header.labels),
+            feature_names=list(header.feature_names),
+            class_names=list(header.class_names),
+            created_at=utcnow(),
+        )
+        return self.store.create_dataset(dataset, data)
+
+    def _check_header(
+        self, header: datasets_pb2.DatasetHeader
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        if header.task not in TASKS_FROM_PROTO:
+            raise InvalidArgument.field(
+                "header.task",
+                "must be TASK_KIND_REGRESSION, TASK_KIND_BINARY_CLASSIFICATION or "
+                f"TASK_KIND_MULTICLASS_CLASSIFICATION. Received: {header.task}",
+            )
+        if len(header.display_name) > MAX_NAME_LENGTH:
+            raise InvalidArgument.field(
+                "header.display_name", f"must be at most {MAX_NAME_LENGTH} characters"
+            )
+        if header.features.dtype not in FEATURE_DTYPES:
+            raise InvalidArgument.field(
+                "header.features.dtype",
+                f"must be DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT64. Received: {header.features.dtype}",
+            )
+        try:
+            dtype_of(header.targets.dtype)
+        except TensorError as error:
+            raise InvalidArgument.field("header.targets.dtype", str(error)) from None
+        features = tuple(int(s) for s in header.features.shape)
+        targets = tuple(int(s) for s in header.targets.shape)
+        if len(features) != 2 or any(s < 0 for s in features):
+            raise InvalidArgument.field(
+                "header.features.shape",
+                f"must be (num_examples, num_features). Received: {list(features)}",
+            )
+        if features[0] == 0:
+            raise InvalidArgument.field("header.features.shape", "the dataset is empty (0 examples)")
+        if features[1] == 0:
+            raise InvalidArgument.field("header.features.shape", "examples have 0 features")
+        if len(targets) not in (1, 2) or targets[0] != features[0] or any(s <= 0 for s in targets):
+            raise InvalidArgument.field(
+                "header.targets.shape",
+                f"must be ({features[0]},) or ({features[0]}, k) to match the features. "
+                f"Received: {list(targets)}",
+            )
+        if header.num_classes < 0 or header.num_classes > MAX_CLASSES:
+            raise InvalidArgument.field(
+                "header.num_classes", f"must be in [0, {MAX_CLASSES}]. Received: {header.num_classes}"
+            )
+        return features, targets
+
+    def get(self, name: str) -> Dataset:
+        return self.store.get_dataset(parse_name(name, "datasets", "name"))
+
+    def list(self, page_size: int, page_token: str) -> tuple[list[Dataset], str]:
+        return self.store.list_datasets(page_size, page_token)
+
+    def arrays(self, dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """The stored (features, targets) of a dataset."""
+        arrays, _ = load_state(self.store.dataset_data(dataset_id))
+        return arrays["features"], arrays["targets"]
+
+
+def _check_finite(field: str, values: np.ndarray) -> None:
+    if values.dtype.kind != "f":
+        return
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = np.argwhere(~finite)[0]
+        where = ", ".join(str(int(i)) for i in bad)
+        raise InvalidArgument.field(
+            field, f"must be finite; found {values[tuple(bad)]} at index ({where})"
+        )
+
+
+def _check_targets(
+    task: TaskKind, targets: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, int]:
+    """Classification targets become int64 labels; returns them with the class count."""
+    if task is TaskKind.REGRESSION:
+        if targets.dtype.kind != "f":
+            targets = targets.astype(np.float64)
+        return targets.astype(targets.dtype.newbyteorder("="), copy=False), 0
+    if targets.ndim != 1:
+        raise InvalidArgument.field(
+            "header.targets.shape",
+            f"classification targets must be labels of shape (n,). Received: {list(targets.shape)}",
+        )
+    labels = targets.astype(np.int64)
+    if not np.array_equal(labels, targets):
+        raise InvalidArgument.field("targets", "classification labels must be whole numbers")
+    if labels.min() < 0:
+        raise InvalidArgument.field("targets", f"labels must not be negative. Received: {labels.min()}")
+    seen = int(labels.max()) + 1
+    if task is TaskKind.BINARY_CLASSIFICATION:
+        if seen > 2:
+            raise InvalidArgument.field("targets", f"binary labels must be 0 or 1. Received: {seen - 1}")
+        return labels, 2
+    if num_classes and seen > num_classes:
+        raise InvalidArgument.field(
+            "targets", f"label {seen - 1} is out of range for num_classes={num_classes}"
+        )
+    classes = num_classes or seen
+    if classes < 2:
+        raise InvalidArgument.field("targets", "multiclass data needs at least 2 classes")
+    return labels, classes

@@ -1,0 +1,63 @@
+"""Domain errors that carry their gRPC status code.
+
+Services raise these; one interceptor (`server.interceptors`) turns them into gRPC statuses, so the
+servicers hold no try/except. Messages are written for the person who sent the request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field of a request: its path (e.g. `model.layers[0].units`) and what is wrong."""
+
+    field: str
+    description: str
+
+
+class TrainwireError(Exception):
+    """Base of every error the server reports to a client on purpose."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, violations: tuple[FieldViolation, ...] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.violations = violations
+
+
+class InvalidArgument(TrainwireError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    @classmethod
+    def field(cls, field: str, description: str) -> InvalidArgument:
+        """An error about one field, reported both in the message and as a field violation."""
+        return cls(f"{field}: {description}", (FieldViolation(field, description),))
+
+
+class NotFound(TrainwireError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(TrainwireError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(TrainwireError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(TrainwireError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    @classmethod
+    def limit(cls, name: str, value: int, received: int) -> ResourceExhausted:
+        return cls(f"{name} is limited to {value}. Received: {received}")
+
+
+class Unavailable(TrainwireError):
+    code = grpc.StatusCode.UNAVAILABLE

@@ -1,0 +1,115 @@
+"""The one place where domain errors become gRPC statuses.
+
+A `TrainwireError` becomes its status code with a message and, for bad fields, a
+`google.rpc.BadRequest` detail. Anything else is logged with its stack trace and answered INTERNAL
+with a reference, never the trace itself. An RPC without an implementation answers UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from .errors import TrainwireError
+
+log = logging.getLogger("trainwire.server")
+
+
+def abort_with(context: grpc.ServicerContext, error: TrainwireError) -> None:
+    details = []
+    if error.violations:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in error.violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad_request)
+        details.append(packed)
+    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    context.abort_with_status(rpc_status.to_status(status))
+
+
+def _unexpected(context: grpc.ServicerContext, method: str) -> None:
+    reference = uuid.uuid4().hex[:12]
+    log.exception("unexpected error in %s (reference %s)", method, reference)
+    context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"Trainwire hit an unexpected error (reference {reference}); the server log has the details",
+    )
+
+
+def _unimplemented(context: grpc.ServicerContext, method: str) -> None:
+    name = method.rsplit("/", 1)[-1]
+    status = status_pb2.Status(
+        code=code_pb2.UNIMPLEMENTED,
+        message=f"{name} is part of the trainwire.v1 API but not implemented by this server yet",
+    )
+    context.abort_with_status(rpc_status.to_status(status))
+
+
+def _guard_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return behavior(request, context)
+        except TrainwireError as error:
+            abort_with(context, error)
+        except NotImplementedError:
+            _unimplemented(context, method)
+        except Exception:
+            _unexpected(context, method)
+
+    return guarded
+
+
+def _guard_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callable[..., Any]:
+    def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from behavior(request, context)
+        except TrainwireError as error:
+            abort_with(context, error)
+        except NotImplementedError:
+            _unimplemented(context, method)
+        except Exception:
+            _unexpected(context, method)
+
+    return guarded
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        codecs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _guard_unary(handler.unary_unary, method), **codecs
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _guard_unary(handler.stream_unary, method), **codecs
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _guard_stream(handler.unary_stream, method), **codecs
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _guard_stream(handler.stream_stream, method), **codecs
+        )

@@ -1,0 +1,80 @@
+"""Run `trainwire serve` as a child process on a free local port (for the demo, tests, scripts)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+_LISTENING = re.compile(r"Trainwire listening on (\S+):(\d+)")
+
+
+@dataclass
+class LocalServer:
+    process: subprocess.Popen[str]
+    target: str
+    output: list[str]
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, then wait for a clean exit (kill after `timeout_s`)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+@contextmanager
+def local_server(
+    database_url: str,
+    workers: int = 2,
+    extra_env: dict[str, str] | None = None,
+    start_timeout_s: float = 60.0,
+    echo: bool = False,
+) -> Iterator[LocalServer]:
+    """Starts `trainwire serve --port 0` and yields once it listens; stops it on exit."""
+    env = {**os.environ, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
+    command = [
+        sys.executable, "-m", "trainwire.server.cli", "serve",
+        "--host", "127.0.0.1", "--port", "0",
+        "--workers", str(workers), "--database-url", database_url,
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert process.stdout is not None
+    output: list[str] = []
+    ready = threading.Event()
+    found: list[str] = []
+
+    def pump() -> None:
+        # Keep reading so the child never blocks on a full pipe; remember every line.
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            if echo:
+                sys.stderr.write(line)
+            match = _LISTENING.search(line)
+            if match and not found:
+                found.append(f"{match.group(1)}:{match.group(2)}")
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not ready.wait(start_timeout_s) or not found:
+        process.kill()
+        process.wait()
+        raise RuntimeError("trainwire serve did not start:\n" + "".join(output[-40:]))
+    server = LocalServer(process, found[0], output)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,48 @@
+"""An in-memory LRU of engine models loaded from checkpoints, bounded by bytes.
+
+Concurrent first requests for one checkpoint load it once: the first caller loads while the others
+wait on that checkpoint's lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+from trainwire.engine import Model
+
+
+class ModelCache:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._models: OrderedDict[int, tuple[Model, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._loading: dict[int, threading.Lock] = {}
+        self.loads = 0
+        self.hits = 0
+
+    def get(self, key: int, load: Callable[[], Model]) -> Model:
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                self.hits += 1
+                return self._models[key][0]
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._models:
+                    self.hits += 1
+                    return self._models[key][0]
+            model = load()
+            size = sum(array.nbytes for array in model.state_dict().values())
+            with self._lock:
+                self.loads += 1
+                self._models[key] = (model, size)
+                self._bytes += size
+                while self._bytes > self.max_bytes and len(self._models) > 1:
+                    _, (_, evicted) = self._models.popitem(last=False)
+                    self._bytes -= evicted
+                self._loading.pop(key, None)
+            return model

@@ -1,0 +1,134 @@
+"""SQLAlchemy ORM models: the schema of datasets, jobs, metrics and checkpoints.
+
+Rows never leave the store: `server.store` turns them into domain records first. Every constraint
+is named by the naming convention so migrations can refer to it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class DatasetRow(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(256), default="")
+    task: Mapped[str] = mapped_column(String(32))
+    num_classes: Mapped[int] = mapped_column(Integer, default=0)
+    num_examples: Mapped[int] = mapped_column(BigInteger)
+    feature_dtype: Mapped[str] = mapped_column(String(16))
+    feature_shape: Mapped[list[int]] = mapped_column(JSON)
+    target_dtype: Mapped[str] = mapped_column(String(16))
+    target_shape: Mapped[list[int]] = mapped_column(JSON)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    feature_names: Mapped[list[str]] = mapped_column(JSON, default=list)
+    class_names: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DatasetBlobRow(Base):
+    """The arrays of a dataset (safetensors bytes), apart so listing datasets never reads them."""
+
+    __tablename__ = "dataset_blobs"
+
+    dataset_id: Mapped[str] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True
+    )
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # The claim query: runnable jobs of a queue, highest priority first, then oldest.
+        Index("ix_jobs_claim", "state", "queue", "priority", "created_at"),
+        Index("ix_jobs_dataset_id", "dataset_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(256), default="")
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    model_spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    training: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16))
+    queue: Mapped[str] = mapped_column(String(64), default="default")
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    request_id: Mapped[str | None] = mapped_column(String(128), unique=True)
+    # Latest progress and metric values, for GetJob without reading the metric table.
+    progress: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    error: Mapped[str] = mapped_column(Text, default="")
+    # The lease of a running job: the claiming worker, a fencing token fresh per claim, and when
+    # the lease runs out unless renewed.
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    lease_token: Mapped[str | None] = mapped_column(String(32))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class MetricRow(Base):
+    """One value of one metric; (job, name, step) is the key, so a replayed write is harmless."""
+
+    __tablename__ = "job_metrics"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float] = mapped_column(Double)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CheckpointRow(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (Index("ix_checkpoints_job_id_epoch", "job_id", "epoch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    epoch: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(BigInteger)
+    metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    is_final: Mapped[bool] = mapped_column(default=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    # safetensors bytes of the full training state (weights, optimizer, generator, position).
+    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,127 @@
+"""The prediction service: resolves a job's checkpoint, runs the forward pass, shapes the answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from trainwire.client.tensors import TensorError, from_tensor
+from trainwire.engine import Model, load_state
+from trainwire.engine.activations import sigmoid, softmax
+from trainwire.v1 import tensor_pb2
+
+from .errors import FailedPrecondition, InvalidArgument, NotFound
+from .model_cache import ModelCache
+from .names import parse_name
+from .records import Checkpoint, Job
+from .store import Store
+from .training import build_model
+
+MODEL_PREFIX = "model."
+
+
+@dataclass(frozen=True)
+class Prediction:
+    checkpoint: Checkpoint
+    outputs: np.ndarray
+    probabilities: np.ndarray | None
+    labels: np.ndarray | None
+
+
+class PredictionService:
+    def __init__(self, store: Store, cache: ModelCache) -> None:
+        self.store = store
+        self.cache = cache
+
+    def predict(self, job_name: str, selector: str, inputs: tensor_pb2.Tensor) -> Prediction:
+        job = self.store.get_job(parse_name(job_name, "jobs", "job"))
+        checkpoint = self.resolve(job, selector)
+        model = self.model(job, checkpoint)
+        features = self._check_inputs(inputs, model)
+        outputs = model.predict(features)
+        dataset = self.store.get_dataset(job.dataset_id)
+        if not dataset.task.is_classification:
+            return Prediction(checkpoint, outputs, None, None)
+        if outputs.shape[1] == 1:
+            # One logit z for binary classification: P(class 1) = sigmoid(z).
+            positive = sigmoid(outputs[:, 0])
+            probabilities = np.stack([1.0 - positive, positive], axis=1)
+        else:
+            probabilities = softmax(outputs)
+        labels = probabilities.argmax(axis=1).astype(np.int64)
+        return Prediction(checkpoint, outputs, probabilities, labels)
+
+    def resolve(self, job: Job, selector: str) -> Checkpoint:
+        """The checkpoint named by `selector`: "", "latest", "best", "epoch/N" or a full name."""
+        checkpoints = self.store.list_checkpoints(job.id)
+        if not checkpoints:
+            raise FailedPrecondition(
+                f"jobs/{job.id} has no checkpoint yet (it is {job.state.value}); predictions need "
+                "a trained checkpoint, so wait for the job to finish an epoch checkpoint or succeed"
+            )
+        if selector in ("", "latest"):
+            return checkpoints[-1]
+        if selector == "best":
+            return min(reversed(checkpoints), key=_score)
+        if selector.startswith("epoch/"):
+            epoch_text = selector.removeprefix("epoch/")
+            if not epoch_text.isdigit():
+                raise InvalidArgument.field(
+                    "checkpoint", f"must be 'epoch/<number>'. Received: {selector!r}"
+                )
+            matches = [c for c in checkpoints if c.epoch == int(epoch_text)]
+            if not matches:
+                epochs = sorted({c.epoch for c in checkpoints})
+                raise NotFound(f"jobs/{job.id} has no checkpoint at epoch {epoch_text}; it has {epochs}")
+            return matches[-1]
+        prefix = f"jobs/{job.id}/checkpoints/"
+        if selector.startswith(prefix) and selector[len(prefix) :].isdigit():
+            wanted = int(selector[len(prefix) :])
+            for checkpoint in checkpoints:
+                if checkpoint.id == wanted:
+                    return checkpoint
+            raise NotFound(f"{selector} does not exist")
+        raise InvalidArgument.field(
+            "checkpoint",
+            f"must be '', 'latest', 'best', 'epoch/<n>' or '{prefix}<id>'. Received: {selector!r}",
+        )
+
+    def model(self, job: Job, checkpoint: Checkpoint) -> Model:
+        def load() -> Model:
+            state, _ = load_state(self.store.checkpoint_data(checkpoint.id))
+            model = build_model(job.model_spec, job.training)
+            model.load_state_dict(
+                {k.removeprefix(MODEL_PREFIX): v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
+            )
+            return model
+
+        return self.cache.get(checkpoint.id, load)
+
+    @staticmethod
+    def _check_inputs(inputs: tensor_pb2.Tensor, model: Model) -> np.ndarray:
+        if inputs.dtype not in (tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_FLOAT64):
+            raise InvalidArgument.field(
+                "inputs.dtype", f"must be DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT64. Received: {inputs.dtype}"
+            )
+        try:
+            features = from_tensor(inputs)
+        except TensorError as error:
+            raise InvalidArgument.field("inputs", str(error)) from None
+        if features.ndim != 2 or features.shape[1] != model.input_dim:
+            raise InvalidArgument.field(
+                "inputs.shape",
+                f"must be (rows, {model.input_dim}) for this model. Received: {list(features.shape)}",
+            )
+        if features.shape[0] == 0:
+            raise InvalidArgument.field("inputs.shape", "has no rows")
+        if not np.isfinite(features).all():
+            row = int(np.argwhere(~np.isfinite(features))[0][0])
+            raise InvalidArgument.field("inputs", f"must be finite; row {row} has NaN or Inf")
+        return features.astype(model.dtype, copy=False)
+
+
+def _score(checkpoint: Checkpoint) -> float:
+    """Lower is better: validation loss when recorded, else training loss."""
+    metrics = checkpoint.metrics
+    return float(metrics.get("val_loss", metrics.get("loss", np.inf)))

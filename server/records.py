@@ -1,0 +1,129 @@
+"""Domain records: what the store returns and the services work with (plain dataclasses).
+
+ORM rows are turned into these inside the store, so no SQLAlchemy object leaves a session.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLING = "CANCELLING"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in FINISHED_STATES
+
+
+FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class TaskKind(enum.StrEnum):
+    REGRESSION = "REGRESSION"
+    BINARY_CLASSIFICATION = "BINARY_CLASSIFICATION"
+    MULTICLASS_CLASSIFICATION = "MULTICLASS_CLASSIFICATION"
+
+    @property
+    def is_classification(self) -> bool:
+        return self is not TaskKind.REGRESSION
+
+
+@dataclass(frozen=True)
+class Dataset:
+    id: str
+    display_name: str
+    task: TaskKind
+    num_classes: int
+    num_examples: int
+    feature_dtype: str
+    feature_shape: tuple[int, ...]
+    target_dtype: str
+    target_shape: tuple[int, ...]
+    size_bytes: int
+    sha256: str
+    labels: dict[str, str]
+    feature_names: list[str]
+    class_names: list[str]
+    created_at: datetime
+
+    @property
+    def num_features(self) -> int:
+        return self.feature_shape[1]
+
+    @property
+    def target_width(self) -> int:
+        return 1 if len(self.target_shape) == 1 else self.target_shape[1]
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    display_name: str
+    dataset_id: str
+    model_spec: dict[str, Any]
+    training: dict[str, Any]
+    state: JobState
+    queue: str
+    priority: int
+    attempt: int
+    max_attempts: int
+    labels: dict[str, str]
+    request_id: str | None
+    progress: dict[str, float]
+    metrics: dict[str, float]
+    error: str
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job a worker has claimed, with the fencing token every later write must present."""
+
+    job: Job
+    token: str
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    id: int
+    job_id: str
+    epoch: int
+    step: int
+    metrics: dict[str, float]
+    is_final: bool
+    size_bytes: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    name: str
+    step: int
+    epoch: int
+    value: float
+
+
+@dataclass
+class NewJob:
+    """What CreateJob asks for, validated and normalised by the job service."""
+
+    dataset_id: str
+    model_spec: dict[str, Any]
+    training: dict[str, Any]
+    display_name: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    queue: str = "default"
+    priority: int = 0
+    max_attempts: int = 3
+    request_id: str | None = None

@@ -1,0 +1,62 @@
+"""Worker OS processes: start N `trainwire worker` children, restart any that die, stop them all.
+
+Each worker is a separate process started fresh (not forked), so no database connection or lock
+crosses into it; settings travel as `TRAINWIRE_*` environment variables.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from .config import Settings
+
+log = logging.getLogger("trainwire.supervisor")
+
+
+class WorkerPool:
+    def __init__(self, settings: Settings, count: int, queues: Sequence[str] = ()) -> None:
+        self.settings = settings
+        self.count = count
+        self.queues = list(queues)
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.restarts = 0
+
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "trainwire.server.cli", "worker", "--index", str(index)]
+        for queue in self.queues:
+            command += ["--queue", queue]
+        env = {**os.environ, **self.settings.to_env()}
+        return subprocess.Popen(command, env=env)
+
+    def start(self) -> None:
+        self.processes = [self._spawn(i) for i in range(self.count)]
+        log.info("started %d worker processes: %s", self.count, [p.pid for p in self.processes])
+
+    def supervise(self) -> None:
+        """Restarts workers that exited; call it periodically."""
+        for index, process in enumerate(self.processes):
+            code = process.poll()
+            if code is not None:
+                log.warning("worker %d (pid %d) exited with %s; restarting it", index, process.pid, code)
+                self.processes[index] = self._spawn(index)
+                self.restarts += 1
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM every worker (each checkpoints and hands back its job), then wait, then kill."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for process in self.processes:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker pid %d did not stop in %.0fs; killing it", process.pid, timeout_s)
+                process.kill()
+                process.wait()

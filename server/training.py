@@ -1,0 +1,140 @@
+"""Job configuration as the engine sees it: defaults, validation, and building Model + Trainer.
+
+The job service uses this to refuse a bad job before it is queued; the worker uses the same code
+to build what it trains, so a job that was accepted builds the same way on every worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainwire.client.tensors import TensorError, dtype_name
+from trainwire.engine import Model, SpecError, Trainer
+from trainwire.v1 import models_pb2, tensor_pb2
+
+from .errors import InvalidArgument
+from .records import Dataset, TaskKind
+
+DEFAULT_EPOCHS = 10
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_OPTIMIZER = "adam"
+DEFAULT_LEARNING_RATE = 1e-3
+MAX_BATCH_SIZE = 1 << 20
+
+DEFAULT_LOSSES = {
+    TaskKind.REGRESSION: "mse",
+    TaskKind.BINARY_CLASSIFICATION: "binary_cross_entropy",
+    TaskKind.MULTICLASS_CLASSIFICATION: "softmax_cross_entropy",
+}
+DEFAULT_METRICS = {
+    TaskKind.REGRESSION: ["mae", "r2"],
+    TaskKind.BINARY_CLASSIFICATION: ["accuracy"],
+    TaskKind.MULTICLASS_CLASSIFICATION: ["accuracy"],
+}
+
+
+def training_from_proto(config: models_pb2.TrainingConfig, dataset: Dataset) -> dict[str, Any]:
+    """The stored training dict for a TrainingConfig, with defaults filled in and ranges checked."""
+    if config.epochs < 0:
+        raise InvalidArgument.field("training.epochs", f"must be positive. Received: {config.epochs}")
+    batch_size = config.batch_size or DEFAULT_BATCH_SIZE
+    if not 0 < batch_size <= MAX_BATCH_SIZE:
+        raise InvalidArgument.field(
+            "training.batch_size", f"must be in [1, {MAX_BATCH_SIZE}]. Received: {config.batch_size}"
+        )
+    if not 0.0 <= config.validation_fraction < 1.0:
+        raise InvalidArgument.field(
+            "training.validation_fraction",
+            f"must be in [0, 1). Received: {config.validation_fraction}",
+        )
+    validation = int(dataset.num_examples * config.validation_fraction)
+    if validation and validation == dataset.num_examples:
+        raise InvalidArgument.field("training.validation_fraction", "leaves no training examples")
+    if config.checkpoint_every_epochs < 0 or config.log_every_steps < 0:
+        raise InvalidArgument.field(
+            "training.checkpoint_every_epochs", "and log_every_steps must not be negative"
+        )
+    dtype = config.dtype or tensor_pb2.DATA_TYPE_FLOAT32
+    if dtype not in (tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_FLOAT64):
+        raise InvalidArgument.field(
+            "training.dtype", f"must be DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT64. Received: {dtype}"
+        )
+    optimizer: dict[str, Any] = {
+        "name": config.optimizer.name or DEFAULT_OPTIMIZER,
+        "learning_rate": config.optimizer.learning_rate or DEFAULT_LEARNING_RATE,
+        **dict(config.optimizer.params),
+    }
+    training: dict[str, Any] = {
+        "epochs": config.epochs or DEFAULT_EPOCHS,
+        "batch_size": batch_size,
+        "loss": config.loss or DEFAULT_LOSSES[dataset.task],
+        "optimizer": optimizer,
+        "validation_fraction": config.validation_fraction,
+        "seed": config.seed,
+        "metrics": list(config.metrics) or DEFAULT_METRICS[dataset.task],
+        "checkpoint_every_epochs": config.checkpoint_every_epochs,
+        "log_every_steps": config.log_every_steps,
+        "dtype": _dtype(dtype),
+    }
+    if config.early_stopping.monitor:
+        training["early_stopping"] = {
+            "monitor": config.early_stopping.monitor,
+            "patience": config.early_stopping.patience,
+            "min_delta": config.early_stopping.min_delta,
+            "restore_best_weights": config.early_stopping.restore_best_weights,
+        }
+    return training
+
+
+def _dtype(code: int) -> str:
+    try:
+        return dtype_name(code)
+    except TensorError as error:
+        raise InvalidArgument.field("training.dtype", str(error)) from None
+
+
+def build_model(spec: dict[str, Any], training: dict[str, Any]) -> Model:
+    try:
+        return Model.from_spec(spec, dtype=training["dtype"], seed=int(training["seed"]))
+    except SpecError as error:
+        raise InvalidArgument.field("model", str(error)) from None
+
+
+def build_trainer(model: Model, training: dict[str, Any]) -> Trainer:
+    try:
+        return Trainer(
+            model,
+            loss=training["loss"],
+            optimizer=training["optimizer"],
+            batch_size=int(training["batch_size"]),
+            seed=int(training["seed"]),
+            metrics=tuple(training["metrics"]),
+        )
+    except ValueError as error:
+        raise InvalidArgument.field("training", str(error)) from None
+
+
+def check_model_fits_dataset(model: Model, training: dict[str, Any], dataset: Dataset) -> None:
+    """The network's input and output widths must suit the dataset and its loss."""
+    if model.input_dim != dataset.num_features:
+        raise InvalidArgument.field(
+            "model.input_dim",
+            f"the model takes {model.input_dim} features but datasets/{dataset.id} has "
+            f"{dataset.num_features}",
+        )
+    loss = training["loss"]
+    outputs = model.output_dim
+    if dataset.task is TaskKind.MULTICLASS_CLASSIFICATION or loss == "softmax_cross_entropy":
+        expected = dataset.num_classes
+        what = f"one logit per class ({dataset.num_classes} classes)"
+    elif dataset.task is TaskKind.BINARY_CLASSIFICATION:
+        expected = 1
+        what = "one logit for binary_cross_entropy"
+    else:
+        expected = dataset.target_width
+        what = f"one output per target column ({dataset.target_width})"
+    if outputs != expected:
+        raise InvalidArgument.field(
+            "model.layers",
+            f"the last layer gives {outputs} outputs but the dataset needs {what}",
+        )

@@ -1,0 +1,277 @@
+"""Trainer: exact resume, callbacks, history, validation, and learning real problems."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainwire.engine import Callback, Model, Trainer, load_state, save_state
+
+SPEC = {
+    "input_dim": 4,
+    "layers": [
+        {"type": "dense", "units": 16, "activation": "relu"},
+        {"type": "dropout", "rate": 0.3},
+        {"type": "dense", "units": 8, "activation": "tanh"},
+        {"type": "dropout", "rate": 0.1},
+        {"type": "dense", "units": 3},
+    ],
+}
+EPOCHS = 4
+SPLIT = 0.2  # 70 rows -> 56 train rows -> batches of 16, 16, 16, 8: 4 steps per epoch
+
+
+def blobs(n: int, seed: int, spread: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """An Iris-like problem: three Gaussian classes in 4-D."""
+    rng = np.random.default_rng(seed)
+    centers = np.array([[0, 0, 0, 0], [2.5, 2.5, 0, 1], [0, 2.5, 2.5, -1.0]])
+    y = rng.integers(0, 3, size=n)
+    return centers[y] + rng.normal(scale=spread, size=(n, 4)), y
+
+
+def spirals(n: int, seed: int, noise: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
+    """Two interleaved spirals of 1.5 turns each."""
+    rng = np.random.default_rng(seed)
+    t = np.sqrt(rng.random(n)) * 3 * np.pi
+    y = rng.integers(0, 2, size=n)
+    r = 0.2 + 2 * t / (3 * np.pi)
+    angle = t + np.pi * y
+    x = np.c_[r * np.cos(angle), r * np.sin(angle)] + rng.normal(scale=noise, size=(n, 2))
+    return x, y
+
+
+def make_trainer(optimizer: object = None, model_seed: int = 0, seed: int = 3) -> Trainer:
+    model = Model.from_spec(SPEC, dtype="float32", seed=model_seed)
+    return Trainer(
+        model,
+        loss="softmax_cross_entropy",
+        optimizer=optimizer or {"name": "adam", "learning_rate": 1e-2, "weight_decay": 1e-3},
+        batch_size=16,
+        seed=seed,
+        metrics=("accuracy",),
+        shuffle=True,
+    )
+
+
+class StopAtStep(Callback):
+    def __init__(self, step: int) -> None:
+        self.stop_step = step
+
+    def on_batch_end(self, trainer: Trainer, step: int, logs: dict[str, float]) -> None:
+        if step == self.stop_step:
+            trainer.stop_training = True
+
+
+class StopAtEpochEnd(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.stop_epoch = epoch
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        if epoch == self.stop_epoch:
+            trainer.stop_training = True
+
+
+def _assert_same_run(a: Trainer, b: Trainer) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert sa[key].dtype == sb[key].dtype and np.array_equal(sa[key], sb[key]), key
+    assert a.history.history == b.history.history
+    assert (a.epoch, a.step) == (b.epoch, b.step)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    return blobs(70, seed=0)
+
+
+@pytest.fixture(scope="module")
+def reference(data: tuple[np.ndarray, np.ndarray]) -> Trainer:
+    trainer = make_trainer()
+    trainer.fit(*data, epochs=EPOCHS, validation_split=SPLIT)
+    return trainer
+
+
+@pytest.mark.parametrize("stop_step", [1, 2, 4, 5, 7, 8, 13, 15])
+def test_exact_resume_after_any_batch(data, reference: Trainer, stop_step: int) -> None:
+    first = make_trainer()
+    first.fit(*data, epochs=EPOCHS, validation_split=SPLIT, callbacks=[StopAtStep(stop_step)])
+    assert first.step == stop_step and first.epoch == (stop_step - 1) // 4
+    arrays, _ = load_state(save_state(first.state_dict()))
+
+    # A fresh trainer: different init seeds, everything must come from the state.
+    resumed = make_trainer(model_seed=123, seed=456)
+    resumed.load_state_dict(arrays)
+    history = resumed.fit(*data, epochs=EPOCHS, validation_split=SPLIT)
+    assert history is resumed.history and len(history["loss"]) == EPOCHS
+    _assert_same_run(resumed, reference)
+
+
+def test_exact_resume_at_epoch_end_and_repeatedly(data, reference: Trainer) -> None:
+    trainer = make_trainer()
+    trainer.fit(*data, epochs=EPOCHS, validation_split=SPLIT, callbacks=[StopAtEpochEnd(0)])
+    assert (trainer.epoch, trainer.step) == (1, 4)
+    for stop in (6, 9, 14):  # several interruptions in a row, each through bytes
+        arrays, _ = load_state(save_state(trainer.state_dict()))
+        trainer = make_trainer(model_seed=stop)
+        trainer.load_state_dict(arrays)
+        trainer.fit(*data, epochs=EPOCHS, validation_split=SPLIT, callbacks=[StopAtStep(stop)])
+        assert trainer.step == stop
+    arrays, _ = load_state(save_state(trainer.state_dict()))
+    trainer = make_trainer()
+    trainer.load_state_dict(arrays)
+    trainer.fit(*data, epochs=EPOCHS, validation_split=SPLIT)
+    _assert_same_run(trainer, reference)
+
+
+def test_continuing_fit_equals_one_fit(data, reference: Trainer) -> None:
+    trainer = make_trainer()
+    trainer.fit(*data, epochs=1, validation_split=SPLIT)
+    trainer.fit(*data, epochs=EPOCHS, validation_split=SPLIT)  # epochs is the total
+    _assert_same_run(trainer, reference)
+    trainer.fit(*data, epochs=EPOCHS, validation_split=SPLIT)  # already done: no-op
+    assert trainer.step == reference.step
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [{"name": "sgd", "learning_rate": 0.05, "momentum": 0.9, "nesterov": True}, "sgd"],
+)
+def test_exact_resume_with_sgd(data, optimizer: object) -> None:
+    ref = make_trainer(optimizer)
+    ref.fit(*data, epochs=3)
+    first = make_trainer(optimizer)
+    first.fit(*data, epochs=3, callbacks=[StopAtStep(6)])
+    resumed = make_trainer(optimizer)
+    resumed.load_state_dict(load_state(save_state(first.state_dict()))[0])
+    resumed.fit(*data, epochs=3)
+    _assert_same_run(resumed, ref)
+
+
+def test_load_state_dict_rejects_mismatches(data) -> None:
+    trainer = make_trainer()
+    trainer.fit(*data, epochs=1, callbacks=[StopAtStep(2)])
+    state = trainer.state_dict()
+    other = Trainer(trainer.model, loss="softmax_cross_entropy", batch_size=8)
+    with pytest.raises(ValueError, match="batch_size=16"):
+        other.load_state_dict(state)
+    with pytest.raises(ValueError, match="missing entries"):
+        make_trainer().load_state_dict({k: v for k, v in state.items() if k != "trainer.epoch"})
+    with pytest.raises(ValueError, match="Optimizer state does not match"):
+        make_trainer("sgd").load_state_dict(state)
+    resumed = make_trainer()
+    resumed.load_state_dict(state)
+    with pytest.raises(ValueError, match="same data"):
+        resumed.fit(data[0][:40], data[1][:40], epochs=2)
+
+
+def test_callbacks_order_and_logs(data) -> None:
+    events: list[tuple] = []
+
+    class Recorder(Callback):
+        def on_train_begin(self, trainer):
+            events.append(("train_begin",))
+
+        def on_epoch_begin(self, trainer, epoch):
+            events.append(("epoch_begin", epoch))
+
+        def on_batch_end(self, trainer, step, logs):
+            assert set(logs) == {"loss"} and np.isfinite(logs["loss"])
+            events.append(("batch_end", step))
+
+        def on_epoch_end(self, trainer, epoch, logs):
+            assert set(logs) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+            assert trainer.epoch == epoch + 1
+            events.append(("epoch_end", epoch))
+
+        def on_train_end(self, trainer):
+            events.append(("train_end",))
+
+    trainer = make_trainer()
+    history = trainer.fit(*data, epochs=2, validation_split=SPLIT, callbacks=[Recorder()])
+    epoch = lambda e, s: [("epoch_begin", e), *[("batch_end", i) for i in s], ("epoch_end", e)]  # noqa: E731
+    assert events == [("train_begin",), *epoch(0, range(1, 5)), *epoch(1, range(5, 9)),
+                      ("train_end",)]
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(v) == 2 for v in history.history.values())
+
+
+def test_training_metrics_come_from_the_batches(data) -> None:
+    class Losses(Callback):
+        def __init__(self):
+            self.values: list[float] = []
+
+        def on_batch_end(self, trainer, step, logs):
+            self.values.append(logs["loss"])
+
+    rec = Losses()
+    trainer = make_trainer()
+    history = trainer.fit(*data, epochs=1, validation_split=SPLIT, callbacks=[rec])
+    weights = np.array([16, 16, 16, 8])
+    assert history["loss"][0] == pytest.approx(np.dot(rec.values, weights) / 56, rel=1e-12)
+
+
+def test_validation_data_and_evaluate(data) -> None:
+    x, y = data
+    trainer = make_trainer()
+    history = trainer.fit(x[:56], y[:56], epochs=1, validation_data=(x[56:], y[56:]))
+    results = trainer.evaluate(x[56:], y[56:])
+    assert history["val_loss"][-1] == pytest.approx(results["loss"], rel=1e-6)
+    assert history["val_accuracy"][-1] == pytest.approx(results["accuracy"])
+    with pytest.raises(ValueError, match="not both"):
+        trainer.fit(x, y, epochs=2, validation_data=(x, y), validation_split=0.1)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        trainer.fit(x, y + 3, epochs=2)
+    with pytest.raises(ValueError, match="same number of rows"):
+        trainer.fit(x, y[:-1], epochs=2)
+
+
+def test_learns_two_spirals() -> None:
+    x, y = spirals(600, seed=0)
+    x_test, y_test = spirals(400, seed=1)
+    spec = {
+        "input_dim": 2,
+        "layers": [
+            {"type": "dense", "units": 64, "activation": "tanh"},
+            {"type": "dense", "units": 64, "activation": "tanh"},
+            {"type": "dense", "units": 2},
+        ],
+    }
+    trainer = Trainer(
+        Model.from_spec(spec, seed=0),
+        loss="softmax_cross_entropy",
+        optimizer={"name": "adam", "learning_rate": 1e-2},
+        batch_size=32,
+        metrics=("accuracy",),
+    )
+    history = trainer.fit(x, y, epochs=150, validation_data=(x_test, y_test))
+    assert history["val_accuracy"][0] < 0.8
+    assert history["val_accuracy"][-1] >= 0.95
+
+
+def test_learns_blobs_with_dropout() -> None:
+    x, y = blobs(600, seed=1)
+    x_test, y_test = blobs(300, seed=2)
+    trainer = make_trainer({"name": "sgd", "learning_rate": 0.05, "momentum": 0.9})
+    trainer.fit(x, y, epochs=30)
+    accuracy = np.mean(np.argmax(trainer.model.predict(x_test), axis=1) == y_test)
+    assert accuracy >= 0.95
+
+
+def test_learns_regression_and_binary() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, size=(500, 3))
+    target = np.sin(x[:, 0]) + x[:, 1] * x[:, 2]
+    spec = {"input_dim": 3, "layers": [{"type": "dense", "units": 32, "activation": "tanh"},
+                                       {"type": "dense", "units": 1}]}
+    reg = Trainer(Model.from_spec(spec, dtype="float64", seed=0), loss="mse",
+                  optimizer={"name": "adam", "learning_rate": 1e-2}, metrics=("mae", "r2"))
+    history = reg.fit(x, target, epochs=100, validation_split=0.2)
+    assert history["val_r2"][-1] > 0.95
+    assert reg.model.predict(x).dtype == np.float64
+
+    labels = (x[:, 0] * x[:, 1] > 0).astype(float)
+    clf = Trainer(Model.from_spec(spec, seed=0), loss="binary_cross_entropy",
+                  optimizer={"name": "adam", "learning_rate": 1e-2}, metrics=("accuracy",))
+    history = clf.fit(x, labels, epochs=60, validation_split=0.2)
+    assert history["val_accuracy"][-1] > 0.9
