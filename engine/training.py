@@ -160,9 +160,8 @@ class Trainer:
                 )
             perm = self._permutation
             while self._batch_index < num_batches:
-                idx = perm[
-                    self._batch_index * self.batch_size : (self._batch_index + 1) * self.batch_size
-                ]
+                start = self._batch_index * self.batch_size
+                idx = perm[start : start + self.batch_size]
                 xb = np.take(x_train, idx, axis=0, out=self._batch_buffer("x", x_train, len(idx)))
                 yb = np.take(y_train, idx, axis=0, out=self._batch_buffer("y", y_train, len(idx)))
                 outputs = self.model.forward(xb, training=True, rng=self.rng)

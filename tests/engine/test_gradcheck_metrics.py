@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.metrics import mean_absolute_error, r2_score
-
 from trainwire.engine import Model, gradcheck, layers, metrics
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from trainwire.engine import optimizers
 
 CASES = [
@@ -18,14 +17,25 @@ CASES = [
         ("SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
     ),
     (
-        {"name": "sgd", "learning_rate": 0.05, "momentum": 0.8, "nesterov": True,
-         "weight_decay": 0.1},
+        {
+            "name": "sgd",
+            "learning_rate": 0.05,
+            "momentum": 0.8,
+            "nesterov": True,
+            "weight_decay": 0.1,
+        },
         ("SGD", {"lr": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 0.1}),
     ),
     ({"name": "adam", "learning_rate": 0.01}, ("Adam", {"lr": 0.01})),
     (
-        {"name": "adam", "learning_rate": 0.02, "beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-6,
-         "weight_decay": 0.05},
+        {
+            "name": "adam",
+            "learning_rate": 0.02,
+            "beta_1": 0.8,
+            "beta_2": 0.99,
+            "epsilon": 1e-6,
+            "weight_decay": 0.05,
+        },
         ("Adam", {"lr": 0.02, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.05}),
     ),
 ]
@@ -39,7 +49,9 @@ def _problem(seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarr
     return params, a, target
 
 
-def _grads(params: dict[str, np.ndarray], a: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
+def _grads(
+    params: dict[str, np.ndarray], a: np.ndarray, target: np.ndarray
+) -> dict[str, np.ndarray]:
     # f = sum(a (w - t)^2 / 2 + sin w) + sum(b^2 cos b): df/dw = a (w - t) + cos w,
     # df/db = 2 b cos b - b^2 sin b.
     w, b = params["w"], params["b"]

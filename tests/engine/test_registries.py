@@ -6,7 +6,6 @@ import re
 
 import numpy as np
 import pytest
-
 from trainwire.engine import activations, initializers, losses, metrics, optimizers
 
 REGISTRIES = [
@@ -42,7 +41,9 @@ def test_unknown_name_lists_allowed(module, kind, base, name) -> None:
 def test_optimizer_error_message_exact() -> None:
     with pytest.raises(
         ValueError,
-        match=re.escape("Unknown optimizer 'adm'; expected one of: adam, sgd. Received: name='adm'"),
+        match=re.escape(
+            "Unknown optimizer 'adm'; expected one of: adam, sgd. Received: name='adm'"
+        ),
     ):
         optimizers.get("adm")
 
@@ -50,7 +51,10 @@ def test_optimizer_error_message_exact() -> None:
 def test_dict_kwargs_and_bad_kwargs() -> None:
     opt = optimizers.get({"name": "sgd", "learning_rate": 0.3, "momentum": 0.5})
     assert opt.get_config() == {
-        "learning_rate": 0.3, "momentum": 0.5, "nesterov": False, "weight_decay": 0.0
+        "learning_rate": 0.3,
+        "momentum": 0.5,
+        "nesterov": False,
+        "weight_decay": 0.0,
     }
     with pytest.raises(ValueError, match="Invalid arguments for optimizer 'adam'"):
         optimizers.get({"name": "adam", "momentum": 0.9})

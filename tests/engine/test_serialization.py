@@ -7,7 +7,6 @@ import struct
 
 import numpy as np
 import pytest
-
 from trainwire.engine import load_state, save_state
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from trainwire.engine import Callback, Model, Trainer, load_state, save_state
+from trainwire.engine import Callback, Model, Trainer, load_state, metrics, save_state
 
 SPEC = {
     "input_dim": 4,
@@ -190,8 +189,12 @@ def test_callbacks_order_and_logs(data) -> None:
     trainer = make_trainer()
     history = trainer.fit(*data, epochs=2, validation_split=SPLIT, callbacks=[Recorder()])
     epoch = lambda e, s: [("epoch_begin", e), *[("batch_end", i) for i in s], ("epoch_end", e)]  # noqa: E731
-    assert events == [("train_begin",), *epoch(0, range(1, 5)), *epoch(1, range(5, 9)),
-                      ("train_end",)]
+    assert events == [
+        ("train_begin",),
+        *epoch(0, range(1, 5)),
+        *epoch(1, range(5, 9)),
+        ("train_end",),
+    ]
     assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert all(len(v) == 2 for v in history.history.values())
 
@@ -204,11 +207,22 @@ def test_training_metrics_come_from_the_batches(data) -> None:
         def on_batch_end(self, trainer, step, logs):
             self.values.append(logs["loss"])
 
-    rec = Losses()
-    trainer = make_trainer()
+    class RecordingAccuracy(metrics.Accuracy):
+        def __init__(self):
+            self.values: list[float] = []
+
+        def __call__(self, y_pred, y_true):
+            self.values.append(super().__call__(y_pred, y_true))
+            return self.values[-1]
+
+    rec, acc = Losses(), RecordingAccuracy()
+    model = Model.from_spec(SPEC, seed=0)
+    trainer = Trainer(model, loss="softmax_cross_entropy", batch_size=16, metrics=[acc])
     history = trainer.fit(*data, epochs=1, validation_split=SPLIT, callbacks=[rec])
     weights = np.array([16, 16, 16, 8])
+    assert len(acc.values) == 4 + 1  # four training batches, one validation pass
     assert history["loss"][0] == pytest.approx(np.dot(rec.values, weights) / 56, rel=1e-12)
+    assert history["accuracy"][0] == pytest.approx(np.dot(acc.values[:4], weights) / 56)
 
 
 def test_validation_data_and_evaluate(data) -> None:
@@ -262,16 +276,29 @@ def test_learns_regression_and_binary() -> None:
     rng = np.random.default_rng(0)
     x = rng.uniform(-2, 2, size=(500, 3))
     target = np.sin(x[:, 0]) + x[:, 1] * x[:, 2]
-    spec = {"input_dim": 3, "layers": [{"type": "dense", "units": 32, "activation": "tanh"},
-                                       {"type": "dense", "units": 1}]}
-    reg = Trainer(Model.from_spec(spec, dtype="float64", seed=0), loss="mse",
-                  optimizer={"name": "adam", "learning_rate": 1e-2}, metrics=("mae", "r2"))
+    spec = {
+        "input_dim": 3,
+        "layers": [
+            {"type": "dense", "units": 32, "activation": "tanh"},
+            {"type": "dense", "units": 1},
+        ],
+    }
+    reg = Trainer(
+        Model.from_spec(spec, dtype="float64", seed=0),
+        loss="mse",
+        optimizer={"name": "adam", "learning_rate": 1e-2},
+        metrics=("mae", "r2"),
+    )
     history = reg.fit(x, target, epochs=100, validation_split=0.2)
     assert history["val_r2"][-1] > 0.95
     assert reg.model.predict(x).dtype == np.float64
 
     labels = (x[:, 0] * x[:, 1] > 0).astype(float)
-    clf = Trainer(Model.from_spec(spec, seed=0), loss="binary_cross_entropy",
-                  optimizer={"name": "adam", "learning_rate": 1e-2}, metrics=("accuracy",))
+    clf = Trainer(
+        Model.from_spec(spec, seed=0),
+        loss="binary_cross_entropy",
+        optimizer={"name": "adam", "learning_rate": 1e-2},
+        metrics=("accuracy",),
+    )
     history = clf.fit(x, labels, epochs=60, validation_split=0.2)
     assert history["val_accuracy"][-1] > 0.9
