@@ -70,7 +70,10 @@ class DatasetInfo:
 
 @dataclass(frozen=True)
 class JobStatus:
-    """A snapshot of a job. `state` is QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING or CANCELLED."""
+    """A snapshot of a job.
+
+    `state` is QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING or CANCELLED.
+    """
 
     name: str
     state: str
@@ -146,7 +149,9 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
-    def _call(self, method: Callable[..., Response], request: Any, timeout: float | None = None) -> Response:
+    def _call(
+        self, method: Callable[..., Response], request: Any, timeout: float | None = None
+    ) -> Response:
         try:
             return method(request, timeout=timeout or self.timeout)
         except grpc.RpcError as error:
@@ -191,9 +196,13 @@ class Client:
             yield datasets_pb2.UploadDatasetRequest(header=header)
             for payload in (x_bytes, y_bytes):
                 for start in range(0, len(payload), CHUNK_BYTES):
-                    yield datasets_pb2.UploadDatasetRequest(chunk=payload[start : start + CHUNK_BYTES])
+                    yield datasets_pb2.UploadDatasetRequest(
+                        chunk=payload[start : start + CHUNK_BYTES]
+                    )
 
-        response = self._call(self._datasets.UploadDataset, requests(), timeout or max(self.timeout, 300.0))
+        response = self._call(
+            self._datasets.UploadDataset, requests(), timeout or max(self.timeout, 300.0)
+        )
         return DatasetInfo.from_proto(response)
 
     def get_dataset(self, name: str) -> DatasetInfo:
@@ -271,7 +280,9 @@ class Client:
         return Job(self, self._job_status(name))
 
     def _job_status(self, name: str) -> JobStatus:
-        return JobStatus.from_proto(self._call(self._jobs.GetJob, jobs_pb2.GetJobRequest(name=name)))
+        return JobStatus.from_proto(
+            self._call(self._jobs.GetJob, jobs_pb2.GetJobRequest(name=name))
+        )
 
     def list_jobs(
         self,
@@ -373,7 +384,11 @@ class Job:
 
 def _infer_task(targets: np.ndarray) -> str:
     if targets.dtype.kind in "iub":
-        return "binary" if targets.size and set(np.unique(targets).tolist()) <= {0, 1} else "multiclass"
+        return (
+            "binary"
+            if targets.size and set(np.unique(targets).tolist()) <= {0, 1}
+            else "multiclass"
+        )
     return "regression"
 
 

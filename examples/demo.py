@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from iris import load_iris  # noqa: E402
+from iris import load_iris
 
-from trainwire.client import Client  # noqa: E402
-from trainwire.server.local import local_server  # noqa: E402
+from trainwire.client import Client
+from trainwire.server.local import local_server
 
 
 def main() -> int:
@@ -55,7 +55,7 @@ def main() -> int:
             job = client.create_job(
                 dataset,
                 model,
-                epochs=60,
+                epochs=40,
                 batch_size=16,
                 optimizer={"name": "adam", "learning_rate": 0.01},
                 validation_fraction=0.2,

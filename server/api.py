@@ -31,7 +31,9 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         self.datasets = datasets
 
     def UploadDataset(
-        self, request_iterator: Iterator[datasets_pb2.UploadDatasetRequest], context: grpc.ServicerContext
+        self,
+        request_iterator: Iterator[datasets_pb2.UploadDatasetRequest],
+        context: grpc.ServicerContext,
     ) -> datasets_pb2.Dataset:
         return dataset_to_proto(self.datasets.upload(request_iterator))
 
@@ -58,14 +60,18 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.Job:
         return job_to_proto(self.jobs.create(request))
 
-    def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
+    def GetJob(
+        self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.Job:
         return job_to_proto(self.jobs.get(request.name))
 
     def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
         items, token = self.jobs.list(request)
-        return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in items], next_page_token=token)
+        return jobs_pb2.ListJobsResponse(
+            jobs=[job_to_proto(j) for j in items], next_page_token=token
+        )
 
 
 class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):

@@ -34,7 +34,8 @@ class Settings:
     blas_threads: int = 0
     # Model cache of the prediction path.
     model_cache_bytes: int = 256 * 1024 * 1024
-    # Migrate an embedded SQLite database at start (PostgreSQL is migrated by `trainwire db upgrade`).
+    # Migrate an embedded SQLite database at start; PostgreSQL is migrated by
+    # `trainwire db upgrade`.
     auto_migrate_sqlite: bool = True
 
     @classmethod
@@ -55,7 +56,9 @@ class Settings:
         env = {}
         for name in _ENV_FIELDS:
             value = getattr(self, name)
-            env[f"TRAINWIRE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+            env[f"TRAINWIRE_{name.upper()}"] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
         return env
 
     def blas_threads_per_worker(self) -> int:

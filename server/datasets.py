@@ -32,7 +32,9 @@ class DatasetService:
         stream = iter(requests)
         first = next(stream, None)
         if first is None or first.WhichOneof("content") != "header":
-            raise InvalidArgument.field("header", "the first message of an upload must be the header")
+            raise InvalidArgument.field(
+                "header", "the first message of an upload must be the header"
+            )
         header = first.header
         features_shape, targets_shape = self._check_header(header)
         feature_dtype = dtype_of(header.features.dtype)
@@ -40,7 +42,9 @@ class DatasetService:
         feature_bytes = expected_nbytes(feature_dtype, features_shape)
         total = feature_bytes + expected_nbytes(target_dtype, targets_shape)
         if total > self.settings.max_dataset_bytes:
-            raise ResourceExhausted.limit("max_dataset_bytes", self.settings.max_dataset_bytes, total)
+            raise ResourceExhausted.limit(
+                "max_dataset_bytes", self.settings.max_dataset_bytes, total
+            )
 
         buffer = bytearray(total)
         received = 0
@@ -58,7 +62,8 @@ class DatasetService:
             received += len(chunk)
         if received != total:
             raise InvalidArgument.field(
-                "chunk", f"the upload ended after {received} of the {total} bytes its header announces"
+                "chunk",
+                f"the upload ended after {received} of the {total} bytes its header announces",
             )
         digest = hashlib.sha256(buffer).hexdigest()
         if header.sha256 and header.sha256.lower() != digest:
@@ -116,7 +121,8 @@ class DatasetService:
         if header.features.dtype not in FEATURE_DTYPES:
             raise InvalidArgument.field(
                 "header.features.dtype",
-                f"must be DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT64. Received: {header.features.dtype}",
+                "must be DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT64. "
+                f"Received: {header.features.dtype}",
             )
         try:
             dtype_of(header.targets.dtype)
@@ -130,7 +136,9 @@ class DatasetService:
                 f"must be (num_examples, num_features). Received: {list(features)}",
             )
         if features[0] == 0:
-            raise InvalidArgument.field("header.features.shape", "the dataset is empty (0 examples)")
+            raise InvalidArgument.field(
+                "header.features.shape", "the dataset is empty (0 examples)"
+            )
         if features[1] == 0:
             raise InvalidArgument.field("header.features.shape", "examples have 0 features")
         if len(targets) not in (1, 2) or targets[0] != features[0] or any(s <= 0 for s in targets):
@@ -141,7 +149,8 @@ class DatasetService:
             )
         if header.num_classes < 0 or header.num_classes > MAX_CLASSES:
             raise InvalidArgument.field(
-                "header.num_classes", f"must be in [0, {MAX_CLASSES}]. Received: {header.num_classes}"
+                "header.num_classes",
+                f"must be in [0, {MAX_CLASSES}]. Received: {header.num_classes}",
             )
         return features, targets
 
@@ -169,9 +178,7 @@ def _check_finite(field: str, values: np.ndarray) -> None:
         )
 
 
-def _check_targets(
-    task: TaskKind, targets: np.ndarray, num_classes: int
-) -> tuple[np.ndarray, int]:
+def _check_targets(task: TaskKind, targets: np.ndarray, num_classes: int) -> tuple[np.ndarray, int]:
     """Classification targets become int64 labels; returns them with the class count."""
     if task is TaskKind.REGRESSION:
         if targets.dtype.kind != "f":
@@ -186,11 +193,15 @@ def _check_targets(
     if not np.array_equal(labels, targets):
         raise InvalidArgument.field("targets", "classification labels must be whole numbers")
     if labels.min() < 0:
-        raise InvalidArgument.field("targets", f"labels must not be negative. Received: {labels.min()}")
+        raise InvalidArgument.field(
+            "targets", f"labels must not be negative. Received: {labels.min()}"
+        )
     seen = int(labels.max()) + 1
     if task is TaskKind.BINARY_CLASSIFICATION:
         if seen > 2:
-            raise InvalidArgument.field("targets", f"binary labels must be 0 or 1. Received: {seen - 1}")
+            raise InvalidArgument.field(
+                "targets", f"binary labels must be 0 or 1. Received: {seen - 1}"
+            )
         return labels, 2
     if num_classes and seen > num_classes:
         raise InvalidArgument.field(

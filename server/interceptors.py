@@ -27,7 +27,9 @@ def abort_with(context: grpc.ServicerContext, error: TrainwireError) -> None:
     if error.violations:
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
                 for v in error.violations
             ]
         )
@@ -43,7 +45,8 @@ def _unexpected(context: grpc.ServicerContext, method: str) -> None:
     log.exception("unexpected error in %s (reference %s)", method, reference)
     context.abort(
         grpc.StatusCode.INTERNAL,
-        f"Trainwire hit an unexpected error (reference {reference}); the server log has the details",
+        f"Trainwire hit an unexpected error (reference {reference}); "
+        "the server log has the details",
     )
 
 
@@ -110,6 +113,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(
                 _guard_stream(handler.unary_stream, method), **codecs
             )
-        return grpc.stream_stream_rpc_method_handler(
-            _guard_stream(handler.stream_stream, method), **codecs
-        )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                _guard_stream(handler.stream_stream, method), **codecs
+            )
+        return handler

@@ -104,7 +104,9 @@ class JobService:
 
 def _check_labels(labels: dict[str, str]) -> None:
     if len(labels) > MAX_LABELS:
-        raise InvalidArgument.field("labels", f"at most {MAX_LABELS} labels. Received: {len(labels)}")
+        raise InvalidArgument.field(
+            "labels", f"at most {MAX_LABELS} labels. Received: {len(labels)}"
+        )
     for key, value in labels.items():
         if not key or len(key) > MAX_LABEL_LENGTH or len(value) > MAX_LABEL_LENGTH:
             raise InvalidArgument.field(

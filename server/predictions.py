@@ -73,7 +73,9 @@ class PredictionService:
             matches = [c for c in checkpoints if c.epoch == int(epoch_text)]
             if not matches:
                 epochs = sorted({c.epoch for c in checkpoints})
-                raise NotFound(f"jobs/{job.id} has no checkpoint at epoch {epoch_text}; it has {epochs}")
+                raise NotFound(
+                    f"jobs/{job.id} has no checkpoint at epoch {epoch_text}; it has {epochs}"
+                )
             return matches[-1]
         prefix = f"jobs/{job.id}/checkpoints/"
         if selector.startswith(prefix) and selector[len(prefix) :].isdigit():
@@ -92,7 +94,11 @@ class PredictionService:
             state, _ = load_state(self.store.checkpoint_data(checkpoint.id))
             model = build_model(job.model_spec, job.training)
             model.load_state_dict(
-                {k.removeprefix(MODEL_PREFIX): v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
+                {
+                    k.removeprefix(MODEL_PREFIX): v
+                    for k, v in state.items()
+                    if k.startswith(MODEL_PREFIX)
+                }
             )
             return model
 
@@ -102,7 +108,8 @@ class PredictionService:
     def _check_inputs(inputs: tensor_pb2.Tensor, model: Model) -> np.ndarray:
         if inputs.dtype not in (tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_FLOAT64):
             raise InvalidArgument.field(
-                "inputs.dtype", f"must be DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT64. Received: {inputs.dtype}"
+                "inputs.dtype",
+                f"must be DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT64. Received: {inputs.dtype}",
             )
         try:
             features = from_tensor(inputs)
@@ -111,7 +118,8 @@ class PredictionService:
         if features.ndim != 2 or features.shape[1] != model.input_dim:
             raise InvalidArgument.field(
                 "inputs.shape",
-                f"must be (rows, {model.input_dim}) for this model. Received: {list(features.shape)}",
+                f"must be (rows, {model.input_dim}) for this model. "
+                f"Received: {list(features.shape)}",
             )
         if features.shape[0] == 0:
             raise InvalidArgument.field("inputs.shape", "has no rows")

@@ -492,4 +492,3 @@ class Store:
                 .order_by(MetricRow.name, MetricRow.step)
             ).all()
         return [MetricValue(name, step, epoch, value) for name, step, epoch, value in rows]
-

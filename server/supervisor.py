@@ -43,7 +43,9 @@ class WorkerPool:
         for index, process in enumerate(self.processes):
             code = process.poll()
             if code is not None:
-                log.warning("worker %d (pid %d) exited with %s; restarting it", index, process.pid, code)
+                log.warning(
+                    "worker %d (pid %d) exited with %s; restarting it", index, process.pid, code
+                )
                 self.processes[index] = self._spawn(index)
                 self.restarts += 1
 
@@ -57,6 +59,8 @@ class WorkerPool:
             try:
                 process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("worker pid %d did not stop in %.0fs; killing it", process.pid, timeout_s)
+                log.warning(
+                    "worker pid %d did not stop in %.0fs; killing it", process.pid, timeout_s
+                )
                 process.kill()
                 process.wait()

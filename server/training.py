@@ -36,11 +36,14 @@ DEFAULT_METRICS = {
 def training_from_proto(config: models_pb2.TrainingConfig, dataset: Dataset) -> dict[str, Any]:
     """The stored training dict for a TrainingConfig, with defaults filled in and ranges checked."""
     if config.epochs < 0:
-        raise InvalidArgument.field("training.epochs", f"must be positive. Received: {config.epochs}")
+        raise InvalidArgument.field(
+            "training.epochs", f"must be positive. Received: {config.epochs}"
+        )
     batch_size = config.batch_size or DEFAULT_BATCH_SIZE
     if not 0 < batch_size <= MAX_BATCH_SIZE:
         raise InvalidArgument.field(
-            "training.batch_size", f"must be in [1, {MAX_BATCH_SIZE}]. Received: {config.batch_size}"
+            "training.batch_size",
+            f"must be in [1, {MAX_BATCH_SIZE}]. Received: {config.batch_size}",
         )
     if not 0.0 <= config.validation_fraction < 1.0:
         raise InvalidArgument.field(

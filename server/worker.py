@@ -199,7 +199,9 @@ class Worker:
         claim = self.store.claim_job(self.worker_id, self.queues, LEASE_S)
         if claim is None:
             return False
-        log.info("worker %s runs jobs/%s (attempt %d)", self.worker_id, claim.job.id, claim.job.attempt)
+        log.info(
+            "worker %s runs jobs/%s (attempt %d)", self.worker_id, claim.job.id, claim.job.attempt
+        )
         try:
             state = run_job(self.store, self.settings, claim, self.stop)
             log.info("jobs/%s is %s", claim.job.id, state.value)
@@ -231,7 +233,9 @@ def run_worker_process(
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: Any) -> None:
-        log.info("worker received %s; stopping after the current batch", signal.Signals(signum).name)
+        log.info(
+            "worker received %s; stopping after the current batch", signal.Signals(signum).name
+        )
         stop.set()
 
     signal.signal(signal.SIGTERM, request_stop)

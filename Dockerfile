@@ -1,0 +1,26 @@
+# Trainwire image: the server and the worker run from it with different commands.
+# Build stage: build a wheel of the project (and its dependencies) with the build tools present.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY protos protos
+COPY engine engine
+COPY server server
+COPY client client
+COPY migrations migrations
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[postgres]"
+
+# Final stage: only the wheels installed, no compilers, a non-root user.
+FROM python:3.11-slim
+RUN useradd --create-home --uid 10001 trainwire
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER trainwire
+WORKDIR /home/trainwire
+ENV TRAINWIRE_HOST=0.0.0.0 \
+    TRAINWIRE_PORT=50051 \
+    PYTHONUNBUFFERED=1
+EXPOSE 50051
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import grpc, os; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; c = grpc.insecure_channel('127.0.0.1:' + os.environ.get('TRAINWIRE_PORT', '50051')); r = g.HealthStub(c).Check(h.HealthCheckRequest(), timeout=3); raise SystemExit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"]
+CMD ["trainwire", "serve", "--workers", "0"]

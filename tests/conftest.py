@@ -1,0 +1,88 @@
+"""Shared fixtures: a fresh database per test run on SQLite, and on PostgreSQL when configured.
+
+PostgreSQL tests run when TRAINWIRE_TEST_POSTGRES_URL is set. With CI set they must run: a missing
+URL fails the run instead of skipping silently.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from trainwire.server.db import Database, normalise_url
+from trainwire.server.migrate import upgrade
+from trainwire.server.store import Store
+
+POSTGRES_URL_VARIABLE = "TRAINWIRE_TEST_POSTGRES_URL"
+
+
+def postgres_admin_url() -> str | None:
+    url = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not url and os.environ.get("CI"):
+        pytest.fail(
+            f"CI is set but {POSTGRES_URL_VARIABLE} is not: PostgreSQL tests must run in CI"
+        )
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test run, dropped afterwards."""
+    admin_url = postgres_admin_url()
+    if not admin_url:
+        pytest.skip(f"{POSTGRES_URL_VARIABLE} is not set")
+    name = f"trainwire_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(normalise_url(admin_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield (
+            make_url(normalise_url(admin_url))
+            .set(database=name)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def fresh_postgres_database(server_url: str) -> str:
+    """Another fresh database on the same server (for tests that need an empty schema)."""
+    name = f"trainwire_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty database, un-migrated: SQLite in tmp_path, or a new PostgreSQL db."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'trainwire.db'}"
+    server_url = request.getfixturevalue("postgres_server_url")
+    return fresh_postgres_database(server_url)
+
+
+@pytest.fixture
+def database_url(empty_database_url: str) -> str:
+    """A migrated, empty database."""
+    upgrade(empty_database_url)
+    return empty_database_url
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    database = Database(database_url)
+    try:
+        yield Store(database)
+    finally:
+        database.dispose()

@@ -1,0 +1,136 @@
+"""The store and queue on SQLite and PostgreSQL: claims, fencing, idempotency, metric upserts."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from trainwire.server.errors import InvalidArgument, NotFound
+from trainwire.server.records import Dataset, JobState, MetricValue, NewJob, TaskKind
+from trainwire.server.store import LeaseLost, Store, new_id, utcnow
+
+
+def make_dataset(store: Store) -> Dataset:
+    dataset = Dataset(
+        id=new_id(),
+        display_name="d",
+        task=TaskKind.REGRESSION,
+        num_classes=0,
+        num_examples=2,
+        feature_dtype="float32",
+        feature_shape=(2, 1),
+        target_dtype="float32",
+        target_shape=(2,),
+        size_bytes=16,
+        sha256="0" * 64,
+        labels={},
+        feature_names=[],
+        class_names=[],
+        created_at=utcnow(),
+    )
+    return store.create_dataset(dataset, b"arrays")
+
+
+def make_job(store: Store, dataset: Dataset, **kwargs: object) -> NewJob:
+    new = NewJob(dataset_id=dataset.id, model_spec={"layers": []}, training={"epochs": 1})
+    for key, value in kwargs.items():
+        setattr(new, key, value)
+    return new
+
+
+def test_dataset_round_trip(store: Store) -> None:
+    dataset = make_dataset(store)
+    assert store.get_dataset(dataset.id) == dataset
+    assert store.dataset_data(dataset.id) == b"arrays"
+    with pytest.raises(NotFound, match="does not exist"):
+        store.get_dataset(new_id())
+
+
+def test_claim_takes_highest_priority_then_oldest(store: Store) -> None:
+    dataset = make_dataset(store)
+    first = store.create_job(make_job(store, dataset))
+    second = store.create_job(make_job(store, dataset))
+    urgent = store.create_job(make_job(store, dataset, priority=5))
+    other_queue = store.create_job(make_job(store, dataset, queue="gpu"))
+    order = [store.claim_job("w", ["default"]) for _ in range(4)]
+    assert [c.job.id if c else None for c in order] == [urgent.id, first.id, second.id, None]
+    claimed = store.claim_job("w", ["gpu"])
+    assert claimed is not None and claimed.job.id == other_queue.id
+    assert claimed.job.state is JobState.RUNNING and claimed.job.attempt == 1
+
+
+def test_concurrent_claims_never_share_a_job(store: Store) -> None:
+    dataset = make_dataset(store)
+    created = {store.create_job(make_job(store, dataset)).id for _ in range(30)}
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def drain(worker: int) -> None:
+        while (claim := store.claim_job(f"w{worker}")) is not None:
+            with lock:
+                claimed.append(claim.job.id)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(drain, range(4)))
+    assert sorted(claimed) == sorted(created)
+
+
+def test_request_id_makes_create_idempotent(store: Store) -> None:
+    dataset = make_dataset(store)
+    one = store.create_job(make_job(store, dataset, request_id="abc"))
+    two = store.create_job(make_job(store, dataset, request_id="abc"))
+    assert one.id == two.id
+    jobs, _ = store.list_jobs(100, "")
+    assert len(jobs) == 1
+
+
+def test_metrics_upsert_replays_harmlessly(store: Store) -> None:
+    dataset = make_dataset(store)
+    store.create_job(make_job(store, dataset))
+    claim = store.claim_job("w")
+    assert claim is not None
+    values = [MetricValue("loss", 10, 1, 0.5), MetricValue("accuracy", 10, 1, 0.8)]
+    store.record_epoch(claim, {"epoch": 1}, {"loss": 0.5}, values)
+    store.record_epoch(claim, {"epoch": 1}, {"loss": 0.4}, [MetricValue("loss", 10, 1, 0.4)])
+    stored = store.metric_values(claim.job.id)
+    assert [(v.name, v.step, v.value) for v in stored] == [("accuracy", 10, 0.8), ("loss", 10, 0.4)]
+    assert store.get_job(claim.job.id).metrics == {"loss": 0.4}
+
+
+def test_stale_claim_can_write_nothing(store: Store) -> None:
+    dataset = make_dataset(store)
+    store.create_job(make_job(store, dataset))
+    claim = store.claim_job("w1")
+    assert claim is not None
+    store.release_job(claim)
+    again = store.claim_job("w2")
+    assert again is not None and again.job.id == claim.job.id
+    with pytest.raises(LeaseLost):
+        store.record_epoch(claim, {}, {}, [MetricValue("loss", 1, 1, 1.0)])
+    with pytest.raises(LeaseLost):
+        store.finish_job(claim, JobState.SUCCEEDED)
+    assert store.metric_values(claim.job.id) == []
+    finished = store.finish_job(again, JobState.SUCCEEDED)
+    assert finished.state is JobState.SUCCEEDED and finished.ended_at is not None
+
+
+def test_list_jobs_pages_and_filters(store: Store) -> None:
+    dataset = make_dataset(store)
+    ids = [
+        store.create_job(make_job(store, dataset, labels={"n": str(i % 2)})).id for i in range(7)
+    ]
+    seen: list[str] = []
+    token = ""
+    while True:
+        page, token = store.list_jobs(3, token)
+        assert len(page) <= 3
+        seen += [job.id for job in page]
+        if not token:
+            break
+    assert seen == list(reversed(ids))
+    odd, _ = store.list_jobs(10, "", labels={"n": "1"})
+    assert [job.id for job in odd] == [ids[5], ids[3], ids[1]]
+    with pytest.raises(InvalidArgument, match="page_token"):
+        store.list_jobs(3, "not-a-token")
