@@ -6,8 +6,11 @@ A registry maps a lowercase name to a class. ``resolve`` accepts a name, a dict
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 
@@ -62,3 +65,42 @@ def serialize(obj: Configurable) -> str | dict[str, Any]:
     if not config:
         return obj.name
     return {"name": obj.name, **config}
+
+
+def check_number(
+    name: str,
+    value: object,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_inclusive: bool = True,
+    high_inclusive: bool = False,
+) -> float:
+    """``value`` as a float inside the interval; ValueError naming ``name`` and the value."""
+    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    if ok:
+        v = float(value)  # type: ignore[arg-type]
+        ok = math.isfinite(v) and (v >= low if low_inclusive else v > low)
+        ok = ok and (v <= high if high_inclusive else v < high)
+    if not ok:
+        lo = "[" if low_inclusive else "("
+        hi = "]" if high_inclusive else ")"
+        raise ValueError(
+            f"{name} must be a number in {lo}{low}, {high}{hi}. Received: {name}={value!r}"
+        )
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_int(name: str, value: object, low: int = 0) -> int:
+    """``value`` as an int >= ``low``; ValueError naming ``name`` and the value."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}. Received: {name}={value!r}")
+    return int(value)
+
+
+def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``allowed``; ValueError listing them otherwise."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(
+            f"{name} must be one of: {', '.join(allowed)}. Received: {name}={value!r}"
+        )
+    return value

@@ -6,6 +6,18 @@ Generator. ``forward`` caches what ``backward`` needs; ``backward`` writes param
 into preallocated arrays (``grads``) and returns dL/d(input). Activations and intermediate
 buffers are reused across batches of the same size, so returned arrays are only valid until the
 next call. Adding a layer type is one subclass plus one ``REGISTRY`` entry.
+
+Spec entries (``type`` plus fields; defaults in brackets):
+    {"type": "dense", "units": n, "activation": ["linear"], "use_bias": [true],
+     "kernel_initializer": ["glorot_uniform"], "bias_initializer": ["zeros"]}
+    {"type": "activation", "activation": "relu" | {"name": "leaky_relu", "negative_slope": 0.01}}
+    {"type": "dropout", "rate": r}                                 (inverted, off at inference)
+    {"type": "batch_norm", "momentum": [0.1], "epsilon": [1e-5]}    (torch.nn.BatchNorm1d)
+    {"type": "prelu", "init": [0.25]}                               (one learned slope per unit)
+PReLU is a layer because it has a parameter; ``{"type": "activation", "activation": "prelu"}``
+(or ``{"name": "prelu", "init": 0.1}``) is accepted too and builds the same PReLU layer, whose
+normalised spec is the ``prelu`` form. Non-trainable state (BatchNorm's running statistics)
+lives in ``Layer.buffers`` and is part of ``Model.state_dict()``.
 """
 
 from __future__ import annotations
@@ -17,7 +29,7 @@ import numpy as np
 
 from . import activations as activations_mod
 from . import initializers as initializers_mod
-from ._registry import serialize
+from ._registry import check_number, serialize
 from ._types import Array
 from .errors import SpecError
 
@@ -33,6 +45,7 @@ class Layer:
     def __init__(self) -> None:
         self.params: dict[str, Array] = {}
         self.grads: dict[str, Array] = {}
+        self.buffers: dict[str, Array] = {}  # non-trainable state saved with the model
         self.input_dim = 0
         self.output_dim = 0
         self.dtype: np.dtype[Any] = np.dtype("float32")
@@ -102,6 +115,23 @@ def _bool(config: Mapping[str, Any], path: str, key: str, default: bool) -> bool
     if not isinstance(value, bool | np.bool_):
         raise SpecError(f"{path}.{key} must be a boolean. Received: {key}={value!r}")
     return bool(value)
+
+
+def _number(
+    config: Mapping[str, Any],
+    path: str,
+    key: str,
+    default: float,
+    low: float = -np.inf,
+    high: float = np.inf,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> float:
+    value = config.get(key, default)
+    try:
+        return check_number(key, value, low, high, low_inclusive, high_inclusive)
+    except ValueError as exc:
+        raise SpecError(f"{path}.{exc}") from exc
 
 
 def _component(config: Mapping[str, Any], path: str, key: str, default: str, getter: Any) -> Any:
@@ -200,7 +230,7 @@ class Dense(Layer):
             )
         np.matmul(self._x.T, dz, out=self.grads["kernel"])
         if self.use_bias:
-            np.sum(dz, axis=0, out=self.grads["bias"])
+            np.add.reduce(dz, axis=0, out=self.grads["bias"])
         if not need_input_grad:
             return None
         return np.matmul(
@@ -221,10 +251,16 @@ class ActivationLayer(Layer):
         self._y: Array | None = None
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], path: str) -> ActivationLayer:
+    def from_config(cls, config: Mapping[str, Any], path: str) -> Layer:
         _check_fields(config, path, cls.fields)
         if "activation" not in config:
             raise SpecError(f"{path}.activation is required (an activation name).")
+        act = config["activation"]
+        name = act.get("name") if isinstance(act, Mapping) else act
+        if isinstance(name, str) and name.lower() == PReLU.type_name:
+            # PReLU has a parameter, so it is a layer of its own (see the module docstring).
+            rest = {k: v for k, v in act.items() if k != "name"} if isinstance(act, Mapping) else {}
+            return PReLU.from_config(rest, f"{path}.activation")
         return cls(_component(config, path, "activation", "linear", activations_mod.get))
 
     def get_config(self) -> dict[str, Any]:
@@ -301,7 +337,153 @@ class Dropout(Layer):
         return np.multiply(grad_out, self._mask, out=self._buffer("dx", grad_out.shape))
 
 
-REGISTRY: dict[str, type[Layer]] = {cls.type_name: cls for cls in (Dense, ActivationLayer, Dropout)}
+class PReLU(Layer):
+    """y = x for x > 0, a_j x otherwise, with one learned slope a_j per unit (as
+    torch.nn.PReLU(num_parameters=units, init=init)):
+        dL/dx = g (1[x > 0] + a 1[x <= 0]),   dL/da_j = sum over the batch of g_ij min(x_ij, 0).
+    """
+
+    type_name = "prelu"
+    fields = ("init",)
+
+    def __init__(self, init: float = 0.25) -> None:
+        super().__init__()
+        self.init = float(init)
+        self._x: Array | None = None
+        self._neg: Array | None = None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], path: str) -> PReLU:
+        _check_fields(config, path, cls.fields)
+        return cls(_number(config, path, "init", 0.25))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": self.type_name, "init": self.init}
+
+    def build(self, input_dim: int, dtype: np.dtype[Any], rng: np.random.Generator) -> int:
+        super().build(input_dim, dtype, rng)
+        self.params = {"alpha": np.full((input_dim,), self.init, dtype=dtype)}
+        self.grads = {"alpha": np.zeros((input_dim,), dtype=dtype)}
+        return self.output_dim
+
+    def forward(
+        self, x: Array, training: bool = False, rng: np.random.Generator | None = None
+    ) -> Array:
+        neg = np.minimum(x, 0, out=self._buffer("neg", x.shape))
+        y = np.multiply(neg, self.params["alpha"], out=self._buffer("y", x.shape))
+        y += np.maximum(x, 0, out=self._buffer("pos", x.shape))
+        self._x, self._neg = x, neg
+        return y
+
+    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
+        if self._x is None or self._neg is None:
+            raise RuntimeError("PReLU.backward called before forward")
+        np.einsum("ij,ij->j", grad_out, self._neg, out=self.grads["alpha"])
+        if not need_input_grad:
+            return None
+        slope = np.where(self._x > 0, 1.0, self.params["alpha"]).astype(self.dtype, copy=False)
+        return np.multiply(grad_out, slope, out=self._buffer("dx", grad_out.shape))
+
+
+class BatchNorm1d(Layer):
+    """Batch normalisation over the batch axis, per feature (torch.nn.BatchNorm1d, affine).
+
+    Training, over the n rows of the batch:
+        mu = mean x,  var = mean (x - mu)^2 (biased),  xhat = (x - mu) / sqrt(var + eps),
+        y = gamma xhat + beta;
+        running_mean <- (1 - m) running_mean + m mu,
+        running_var  <- (1 - m) running_var + m var n / (n - 1)   (unbiased, as torch; for
+                        n = 1, where torch refuses to train, the biased var 0 is used).
+    Evaluation: xhat = (x - running_mean) / sqrt(running_var + eps).
+    Backward with g = dL/dy:  dL/dbeta = sum g,  dL/dgamma = sum g xhat, and
+        training:    dL/dx = gamma / (n sqrt(var + eps)) (n g - dL/dbeta - xhat dL/dgamma)
+        evaluation:  dL/dx = g gamma / sqrt(running_var + eps).
+    """
+
+    type_name = "batch_norm"
+    fields = ("momentum", "epsilon")
+
+    def __init__(self, momentum: float = 0.1, epsilon: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        self._xhat: Array | None = None
+        self._inv_std: Array | None = None
+        self._training = False
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], path: str) -> BatchNorm1d:
+        _check_fields(config, path, cls.fields)
+        return cls(
+            momentum=_number(config, path, "momentum", 0.1, 0.0, 1.0),
+            epsilon=_number(config, path, "epsilon", 1e-5, 0.0, low_inclusive=False),
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": self.type_name, "momentum": self.momentum, "epsilon": self.epsilon}
+
+    def build(self, input_dim: int, dtype: np.dtype[Any], rng: np.random.Generator) -> int:
+        super().build(input_dim, dtype, rng)
+        self.params = {
+            "gamma": np.ones((input_dim,), dtype=dtype),
+            "beta": np.zeros((input_dim,), dtype=dtype),
+        }
+        self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
+        self.buffers = {
+            "running_mean": np.zeros((input_dim,), dtype=dtype),
+            "running_var": np.ones((input_dim,), dtype=dtype),
+        }
+        return self.output_dim
+
+    def forward(
+        self, x: Array, training: bool = False, rng: np.random.Generator | None = None
+    ) -> Array:
+        gamma, beta = self.params["gamma"], self.params["beta"]
+        xhat = self._buffer("xhat", x.shape)
+        if training:
+            n = x.shape[0]
+            mu = np.add.reduce(x, axis=0) / n
+            np.subtract(x, mu, out=xhat)
+            var = np.einsum("ij,ij->j", xhat, xhat) / n
+            m = self.momentum
+            running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
+            running_mean *= 1.0 - m
+            running_mean += m * mu
+            running_var *= 1.0 - m
+            running_var += (m * n / max(n - 1, 1)) * var
+        else:
+            np.subtract(x, self.buffers["running_mean"], out=xhat)
+            var = self.buffers["running_var"]
+        inv_std = 1.0 / np.sqrt(var + self.epsilon)
+        xhat *= inv_std
+        y = np.multiply(xhat, gamma, out=self._buffer("y", x.shape))
+        y += beta
+        self._xhat, self._inv_std, self._training = xhat, inv_std, training
+        return y
+
+    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
+        if self._xhat is None or self._inv_std is None:
+            raise RuntimeError("BatchNorm1d.backward called before forward")
+        xhat = self._xhat
+        dbeta = np.add.reduce(grad_out, axis=0, out=self.grads["beta"])
+        dgamma = np.einsum("ij,ij->j", grad_out, xhat, out=self.grads["gamma"])
+        if not need_input_grad:
+            return None
+        dx = self._buffer("dx", grad_out.shape)
+        if self._training:
+            n = grad_out.shape[0]
+            np.multiply(xhat, dgamma, out=dx)
+            dx += dbeta
+            np.subtract(grad_out * n, dx, out=dx)
+            dx *= self.params["gamma"] * self._inv_std / n
+        else:
+            np.multiply(grad_out, self.params["gamma"] * self._inv_std, out=dx)
+        return dx
+
+
+REGISTRY: dict[str, type[Layer]] = {
+    cls.type_name: cls for cls in (Dense, ActivationLayer, Dropout, BatchNorm1d, PReLU)
+}
 
 
 def from_config(config: object, path: str) -> Layer:

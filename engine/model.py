@@ -4,7 +4,13 @@
 received value) and initialises all parameters from one Generator seeded with ``seed``.
 ``forward``/``backward`` run the stack on one batch (returning reused buffers); ``predict``
 runs in evaluation mode and returns fresh arrays. Parameters are named
-``"layers.<index>.<name>"`` in ``parameters()``, ``gradients()`` and ``state_dict()``.
+``"layers.<index>.<name>"`` in ``parameters()``, ``gradients()`` and ``state_dict()``;
+``state_dict()`` also holds the layers' non-trainable buffers (BatchNorm running statistics).
+
+All parameters are views into one contiguous 1-D buffer (``flat_parameters()``), and all
+gradients into another of the same layout (``flat_gradients()``), each view starting on a
+64-byte boundary (padding elements stay zero). Optimizers update the flat buffers in a few
+large ufunc calls instead of a few calls per parameter.
 """
 
 from __future__ import annotations
@@ -20,6 +26,15 @@ from .errors import SpecError
 from .layers import Layer
 
 _SPEC_FIELDS = ("input_dim", "layers")
+_ALIGN_BYTES = 64
+
+
+def _aligned_zeros(size: int, dtype: np.dtype[Any]) -> Array:
+    """A zeroed 1-D array whose data starts on a 64-byte boundary."""
+    pad = _ALIGN_BYTES // dtype.itemsize
+    raw = np.zeros(size + pad, dtype=dtype)
+    shift = (-raw.ctypes.data % _ALIGN_BYTES) // dtype.itemsize
+    return raw[shift : shift + size]
 
 
 class Model:
@@ -55,10 +70,36 @@ class Model:
         self.output_dim = width
         self._params: dict[str, Array] = {}
         self._grads: dict[str, Array] = {}
+        self._buffers: dict[str, Array] = {}
+        self._state_names: list[str] = []
+        self._flatten()
+
+    def _flatten(self) -> None:
+        """Move every parameter (and gradient) into a view of one aligned flat buffer."""
+        align = _ALIGN_BYTES // self.dtype.itemsize
+        offsets: list[int] = []
+        total = 0
+        for layer in self.layers:
+            for p in layer.params.values():
+                offsets.append(total)
+                total += -(-p.size // align) * align
+        self._flat_params = _aligned_zeros(total, self.dtype)
+        self._flat_grads = _aligned_zeros(total, self.dtype)
+        k = 0
         for i, layer in enumerate(self.layers):
-            for name, p in layer.params.items():
-                self._params[f"layers.{i}.{name}"] = p
-                self._grads[f"layers.{i}.{name}"] = layer.grads[name]
+            for name, p in list(layer.params.items()):
+                off = offsets[k]
+                k += 1
+                view = self._flat_params[off : off + p.size].reshape(p.shape)
+                view[...] = p
+                grad = self._flat_grads[off : off + p.size].reshape(p.shape)
+                layer.params[name], layer.grads[name] = view, grad
+                self._params[f"layers.{i}.{name}"] = view
+                self._grads[f"layers.{i}.{name}"] = grad
+                self._state_names.append(f"layers.{i}.{name}")
+            for name, buf in layer.buffers.items():
+                self._buffers[f"layers.{i}.{name}"] = buf
+                self._state_names.append(f"layers.{i}.{name}")
 
     # -- spec ---------------------------------------------------------------------------------
     @classmethod
@@ -104,20 +145,39 @@ class Model:
         """The live gradient arrays filled by the last ``backward``."""
         return dict(self._grads)
 
+    def buffers(self) -> dict[str, Array]:
+        """The live non-trainable state arrays (BatchNorm running statistics)."""
+        return dict(self._buffers)
+
+    def flat_parameters(self) -> Array:
+        """The contiguous 1-D buffer every parameter is a view of (padding elements are 0)."""
+        return self._flat_params
+
+    def flat_gradients(self) -> Array:
+        """The contiguous 1-D gradient buffer, laid out like ``flat_parameters()``."""
+        return self._flat_grads
+
+    def _state_arrays(self) -> dict[str, Array]:
+        return {
+            name: self._params[name] if name in self._params else self._buffers[name]
+            for name in self._state_names
+        }
+
     def state_dict(self) -> dict[str, Array]:
-        """Copies of all parameters, keyed ``"layers.<i>.<name>"``."""
-        return {name: p.copy() for name, p in self._params.items()}
+        """Copies of all parameters and buffers, keyed ``"layers.<i>.<name>"``."""
+        return {name: p.copy() for name, p in self._state_arrays().items()}
 
     def load_state_dict(self, state: Mapping[str, Array]) -> None:
-        """Copy ``state`` into the parameters; names, shapes and dtypes must match exactly."""
-        missing = sorted(set(self._params) - set(state))
-        unexpected = sorted(set(state) - set(self._params))
+        """Copy ``state`` into parameters and buffers; names, shapes, dtypes must match."""
+        arrays = self._state_arrays()
+        missing = sorted(set(arrays) - set(state))
+        unexpected = sorted(set(state) - set(arrays))
         if missing or unexpected:
             raise ValueError(
                 f"Model state does not match the architecture: missing={missing}, "
                 f"unexpected={unexpected}"
             )
-        for name, p in self._params.items():
+        for name, p in arrays.items():
             src = np.asarray(state[name])
             if src.shape != p.shape:
                 raise ValueError(
@@ -127,7 +187,7 @@ class Model:
                 raise ValueError(
                     f"Parameter {name!r} must have dtype {p.dtype}. Received: dtype={src.dtype}"
                 )
-        for name, p in self._params.items():
+        for name, p in arrays.items():
             np.copyto(p, state[name])
 
     # -- computation --------------------------------------------------------------------------

@@ -65,6 +65,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.Job:
         return job_to_proto(self.jobs.get(request.name))
 
+    def CancelJob(
+        self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.Job:
+        return job_to_proto(self.jobs.cancel(request.name))
+
     def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:

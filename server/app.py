@@ -27,6 +27,7 @@ from .api import DatasetServicer, JobServicer, PredictionServicer
 from .config import Settings
 from .datasets import DatasetService
 from .db import Database
+from .errors import Unavailable
 from .interceptors import ErrorInterceptor
 from .jobs import JobService
 from .migrate import ensure_migrated
@@ -85,6 +86,15 @@ def create_server(settings: Settings, store: Store, address: str | None = None) 
     return RunningServer(server, port, health_servicer)
 
 
+def rescue_lost_jobs(store: Store) -> None:
+    """The server rescues jobs of lost workers too, so a deployment needs no extra process."""
+    try:
+        for job_id, state in store.rescue_expired():
+            log.warning("rescued jobs/%s from a lost worker: now %s", job_id, state.value)
+    except Unavailable as error:
+        log.warning("cannot rescue jobs: %s", error)
+
+
 def serve(settings: Settings) -> int:
     """Runs the server and its worker processes until SIGTERM or SIGINT; returns an exit code."""
     database = Database(settings.database_url)
@@ -105,8 +115,10 @@ def serve(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    store = Store(database)
     while not stopping.wait(1.0):
         pool.supervise()
+        rescue_lost_jobs(store)
     running.health.enter_graceful_shutdown()
     running.server.stop(grace=5.0).wait()
     pool.stop()

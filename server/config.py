@@ -30,6 +30,11 @@ class Settings:
     # Worker behaviour.
     poll_interval_s: float = 0.5
     default_max_attempts: int = 3
+    # A running job's lease; its worker renews it every lease_s / 4. A job whose lease runs out
+    # (worker killed, machine gone) is queued again to resume from its latest checkpoint.
+    lease_s: float = 30.0
+    # How long a worker keeps retrying a database write of a running job before giving it up.
+    db_retry_s: float = 60.0
     # BLAS threads per worker process; 0 picks cores // workers (at least 1).
     blas_threads: int = 0
     # Model cache of the prediction path.
@@ -79,6 +84,8 @@ _ENV_FIELDS: dict[str, type] = {
     "grpc_threads": int,
     "poll_interval_s": float,
     "default_max_attempts": int,
+    "lease_s": float,
+    "db_retry_s": float,
     "blas_threads": int,
     "model_cache_bytes": int,
     "auto_migrate_sqlite": bool,

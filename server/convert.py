@@ -118,6 +118,7 @@ def training_to_proto(training: dict[str, Any]) -> models_pb2.TrainingConfig:
         checkpoint_every_epochs=int(training.get("checkpoint_every_epochs", 0)),
         dtype=dtype_code(training.get("dtype", "float32")),
         log_every_steps=int(training.get("log_every_steps", 0)),
+        keep_checkpoints=int(training.get("keep_checkpoints", 0)),
     )
 
 

@@ -88,6 +88,9 @@ class JobService:
     def get(self, name: str) -> Job:
         return self.store.get_job(parse_name(name, "jobs", "name"))
 
+    def cancel(self, name: str) -> Job:
+        return self.store.cancel_job(parse_name(name, "jobs", "name"))
+
     def list(self, request: jobs_pb2.ListJobsRequest) -> tuple[list[Job], str]:
         state: JobState | None = None
         if request.state:

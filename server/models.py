@@ -74,6 +74,8 @@ class JobRow(Base):
         # The claim query: runnable jobs of a queue, highest priority first, then oldest.
         Index("ix_jobs_claim", "state", "queue", "priority", "created_at"),
         Index("ix_jobs_dataset_id", "dataset_id"),
+        # The rescue query: running jobs whose lease ran out.
+        Index("ix_jobs_lease", "state", "lease_expires_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -101,6 +103,21 @@ class JobRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class JobEventRow(Base):
+    """What happened to a job, numbered per job: the log `WatchJob` replays from any point."""
+
+    __tablename__ = "job_events"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer)
+    progress: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class MetricRow(Base):

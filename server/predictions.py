@@ -15,7 +15,7 @@ from .errors import FailedPrecondition, InvalidArgument, NotFound
 from .model_cache import ModelCache
 from .names import parse_name
 from .records import Checkpoint, Job
-from .store import Store
+from .store import Store, checkpoint_score
 from .training import build_model
 
 MODEL_PREFIX = "model."
@@ -63,7 +63,7 @@ class PredictionService:
         if selector in ("", "latest"):
             return checkpoints[-1]
         if selector == "best":
-            return min(reversed(checkpoints), key=_score)
+            return min(reversed(checkpoints), key=lambda c: checkpoint_score(c.metrics))
         if selector.startswith("epoch/"):
             epoch_text = selector.removeprefix("epoch/")
             if not epoch_text.isdigit():
@@ -127,9 +127,3 @@ class PredictionService:
             row = int(np.argwhere(~np.isfinite(features))[0][0])
             raise InvalidArgument.field("inputs", f"must be finite; row {row} has NaN or Inf")
         return features.astype(model.dtype, copy=False)
-
-
-def _score(checkpoint: Checkpoint) -> float:
-    """Lower is better: validation loss when recorded, else training loss."""
-    metrics = checkpoint.metrics
-    return float(metrics.get("val_loss", metrics.get("loss", np.inf)))

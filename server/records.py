@@ -87,6 +87,18 @@ class Job:
 
 
 @dataclass(frozen=True)
+class JobEvent:
+    job_id: str
+    sequence: int
+    state: JobState
+    attempt: int
+    progress: dict[str, float]
+    metrics: dict[str, float]
+    message: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class Claim:
     """A job a worker has claimed, with the fencing token every later write must present."""
 

@@ -16,19 +16,20 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .db import Database
-from .errors import InvalidArgument, NotFound
-from .models import CheckpointRow, DatasetBlobRow, DatasetRow, JobRow, MetricRow
+from .errors import FailedPrecondition, InvalidArgument, NotFound
+from .models import CheckpointRow, DatasetBlobRow, DatasetRow, JobEventRow, JobRow, MetricRow
 from .records import (
     Checkpoint,
     Claim,
     Dataset,
     Job,
+    JobEvent,
     JobState,
     MetricValue,
     NewJob,
@@ -37,6 +38,10 @@ from .records import (
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+DEFAULT_KEEP_CHECKPOINTS = 3
+# PostgreSQL NOTIFY channels: a job was enqueued (payload: its queue) / asked to cancel (its id).
+JOBS_CHANNEL = "trainwire_jobs"
+CANCEL_CHANNEL = "trainwire_cancel"
 
 
 class LeaseLost(Exception):
@@ -112,6 +117,11 @@ def _checkpoint(row: CheckpointRow) -> Checkpoint:
         size_bytes=row.size_bytes,
         created_at=_aware(row.created_at),  # type: ignore[arg-type]
     )
+
+
+def checkpoint_score(metrics: dict[str, float]) -> float:
+    """Lower is better: the validation loss when recorded, else the training loss."""
+    return float(metrics.get("val_loss", metrics.get("loss", float("inf"))))
 
 
 def encode_page_token(created_at: datetime, row_id: str) -> str:
@@ -228,6 +238,8 @@ class Store:
                 )
                 session.add(row)
                 session.flush()
+                self._append_event(session, row, "queued")
+                self._notify(session, JOBS_CHANNEL, row.queue)
                 return _job(row)
         except IntegrityError:
             # Two concurrent creates with one request_id: the other one won; return its job.
@@ -305,12 +317,13 @@ class Store:
     # --- the queue ----------------------------------------------------------------------------
 
     def claim_job(
-        self, worker_id: str, queues: Sequence[str] | None = None, lease_s: float = 60.0
+        self, worker_id: str, queues: Sequence[str] | None = None, lease_s: float = 30.0
     ) -> Claim | None:
         """Takes the best runnable job in one statement, or returns None.
 
         PostgreSQL locks the candidate row with FOR UPDATE SKIP LOCKED, so concurrent workers
-        never wait on or take the same job; SQLite serialises writers with BEGIN IMMEDIATE.
+        never wait on or take the same job; SQLite serialises writers with BEGIN IMMEDIATE. The
+        lease runs out `lease_s` after the database's clock, and a fresh fencing token is issued.
         """
         now = utcnow()
         token = secrets.token_hex(16)
@@ -331,7 +344,7 @@ class Store:
                 attempt=JobRow.attempt + 1,
                 worker_id=worker_id,
                 lease_token=token,
-                lease_expires_at=now + timedelta(seconds=lease_s),
+                lease_expires_at=self._lease_until(lease_s),
                 started_at=func.coalesce(JobRow.started_at, now),
                 updated_at=now,
             )
@@ -343,7 +356,149 @@ class Store:
                 return None
             row = session.get(JobRow, job_id, populate_existing=True)
             assert row is not None
+            self._append_event(session, row, f"running on {worker_id} (attempt {row.attempt})")
             return Claim(job=_job(row), token=token)
+
+    def _db_now(self) -> Any:
+        """The clock leases are measured by: the database's on PostgreSQL (shared by every
+        machine); on SQLite, which serves one host only, that host's clock."""
+        return utcnow() if self.db.is_sqlite else func.now()
+
+    def _lease_until(self, lease_s: float) -> Any:
+        return self._db_now() + timedelta(seconds=lease_s)
+
+    def heartbeat(self, claim: Claim, lease_s: float) -> JobState:
+        """Renews the lease of a claimed job; returns its state so a cancel request is seen."""
+        with self.db.write() as session:
+            row = self._held_row(session, claim)
+            session.execute(
+                update(JobRow)
+                .where(JobRow.id == row.id)
+                .values(lease_expires_at=self._lease_until(lease_s))
+            )
+            return JobState(row.state)
+
+    def held_job_state(self, claim: Claim) -> JobState:
+        """The state of a claimed job, or LeaseLost if the claim is no longer current."""
+        with self.db.read() as session:
+            row = session.execute(
+                select(JobRow.state, JobRow.lease_token).where(JobRow.id == claim.job.id)
+            ).first()
+        if row is None or row.lease_token != claim.token:
+            raise LeaseLost(f"jobs/{claim.job.id} is no longer held by this worker")
+        return JobState(row.state)
+
+    def rescue_expired(self) -> list[tuple[str, JobState]]:
+        """Jobs whose worker stopped renewing its lease go back to the queue (or fail past
+        `max_attempts`; a job being cancelled is CANCELLED). Safe to run from every process."""
+        rescued: list[tuple[str, JobState]] = []
+        with self.db.write() as session:
+            rows = session.scalars(
+                select(JobRow)
+                .where(JobRow.state.in_([JobState.RUNNING.value, JobState.CANCELLING.value]))
+                .where(JobRow.lease_expires_at < self._db_now())
+                .with_for_update(skip_locked=True)
+            ).all()
+            now = utcnow()
+            for row in rows:
+                lost = f"worker {row.worker_id} stopped renewing its lease (killed or unreachable)"
+                if row.state == JobState.CANCELLING.value:
+                    state, message = JobState.CANCELLED, f"cancelled; {lost}"
+                elif row.attempt >= row.max_attempts:
+                    state = JobState.FAILED
+                    message = f"{lost} on attempt {row.attempt} of {row.max_attempts}; giving up"
+                else:
+                    state, message = JobState.QUEUED, f"{lost}; queued again to resume"
+                row.state = state.value
+                row.worker_id = None
+                row.lease_token = None
+                row.lease_expires_at = None
+                row.updated_at = now
+                if state.is_finished:
+                    row.ended_at = now
+                    row.error = message if state is JobState.FAILED else ""
+                self._append_event(session, row, message)
+                if state is JobState.QUEUED:
+                    self._notify(session, JOBS_CHANNEL, row.queue)
+                rescued.append((row.id, state))
+        return rescued
+
+    def cancel_job(self, job_id: str) -> Job:
+        """QUEUED becomes CANCELLED at once; RUNNING becomes CANCELLING for its worker to stop."""
+        now = utcnow()
+        with self.db.write() as session:
+            row = session.get(JobRow, job_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"jobs/{job_id} does not exist")
+            state = JobState(row.state)
+            if state is JobState.QUEUED:
+                row.state = JobState.CANCELLED.value
+                row.ended_at = now
+                row.updated_at = now
+                self._append_event(session, row, "cancelled before it ran")
+            elif state is JobState.RUNNING:
+                row.state = JobState.CANCELLING.value
+                row.updated_at = now
+                self._append_event(session, row, "cancel requested; stopping at the next batch")
+                self._notify(session, CANCEL_CHANNEL, row.id)
+            elif state.is_finished:
+                raise FailedPrecondition(
+                    f"jobs/{job_id} is already {state.value} and cannot be cancelled"
+                )
+            session.flush()
+            return _job(row)
+
+    def _notify(self, session: Session, channel: str, payload: str) -> None:
+        """PostgreSQL NOTIFY, delivered when the transaction commits; a no-op on SQLite."""
+        if not self.db.is_sqlite:
+            session.execute(select(func.pg_notify(channel, payload)))
+
+    def _append_event(
+        self,
+        session: Session,
+        row: JobRow,
+        message: str,
+        progress: dict[str, float] | None = None,
+        metrics: dict[str, float] | None = None,
+    ) -> None:
+        """Appends the job's next numbered event. Callers hold the job row (lock or new)."""
+        last = session.scalar(
+            select(func.max(JobEventRow.sequence)).where(JobEventRow.job_id == row.id)
+        )
+        session.add(
+            JobEventRow(
+                job_id=row.id,
+                sequence=(last or 0) + 1,
+                state=row.state,
+                attempt=row.attempt,
+                progress=progress or {},
+                metrics=metrics or {},
+                message=message,
+                created_at=utcnow(),
+            )
+        )
+
+    def job_events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[JobEvent]:
+        with self.db.read() as session:
+            rows = session.scalars(
+                select(JobEventRow)
+                .where(JobEventRow.job_id == job_id, JobEventRow.sequence > after)
+                .order_by(JobEventRow.sequence)
+                .limit(limit)
+            ).all()
+            return [
+                JobEvent(
+                    job_id=r.job_id,
+                    sequence=r.sequence,
+                    state=JobState(r.state),
+                    attempt=r.attempt,
+                    progress=dict(r.progress or {}),
+                    metrics=dict(r.metrics or {}),
+                    message=r.message,
+                    created_at=_aware(r.created_at),  # type: ignore[arg-type]
+                )
+                for r in rows
+            ]
 
     def _held_row(self, session: Session, claim: Claim) -> JobRow:
         row = session.get(JobRow, claim.job.id, with_for_update=True)
@@ -357,7 +512,7 @@ class Store:
         progress: dict[str, float],
         latest: dict[str, float],
         values: Sequence[MetricValue],
-        lease_s: float = 60.0,
+        lease_s: float = 30.0,
     ) -> JobState:
         """Writes an epoch's metrics in one statement, updates progress, renews the lease.
 
@@ -368,10 +523,12 @@ class Store:
             row = self._held_row(session, claim)
             row.progress = progress
             row.metrics = {**row.metrics, **latest}
-            row.lease_expires_at = now + timedelta(seconds=lease_s)
+            row.lease_expires_at = self._lease_until(lease_s)
             row.updated_at = now
             if values:
                 session.execute(self._upsert_metrics(session, claim.job.id, values, now))
+            epoch = int(progress.get("epoch", 0))
+            self._append_event(session, row, f"epoch {epoch} done", progress, latest)
             return JobState(row.state)
 
     def _upsert_metrics(
@@ -403,7 +560,9 @@ class Store:
         metrics: dict[str, float],
         data: bytes,
         is_final: bool = False,
+        keep: int = DEFAULT_KEEP_CHECKPOINTS,
     ) -> Checkpoint:
+        """Stores a checkpoint, then keeps only the latest `keep` plus the best of the job's."""
         with self.db.write() as session:
             self._held_row(session, claim)
             row = CheckpointRow(
@@ -418,7 +577,22 @@ class Store:
             )
             session.add(row)
             session.flush()
+            self._apply_retention(session, claim.job.id, keep)
             return _checkpoint(row)
+
+    @staticmethod
+    def _apply_retention(session: Session, job_id: str, keep: int) -> None:
+        existing = session.execute(
+            select(CheckpointRow.id, CheckpointRow.metrics)
+            .where(CheckpointRow.job_id == job_id)
+            .order_by(CheckpointRow.id)
+        ).all()
+        if len(existing) <= keep:
+            return
+        kept = {checkpoint_id for checkpoint_id, _ in existing[-max(keep, 1) :]}
+        kept.add(min(reversed(existing), key=lambda item: checkpoint_score(item[1]))[0])
+        doomed = [checkpoint_id for checkpoint_id, _ in existing if checkpoint_id not in kept]
+        session.execute(delete(CheckpointRow).where(CheckpointRow.id.in_(doomed)))
 
     def finish_job(
         self,
@@ -440,6 +614,9 @@ class Store:
             row.ended_at = now
             row.updated_at = now
             session.flush()
+            self._append_event(
+                session, row, error or state.value.lower(), row.progress, row.metrics
+            )
             return _job(row)
 
     def release_job(self, claim: Claim) -> None:
@@ -453,6 +630,8 @@ class Store:
             row.lease_token = None
             row.lease_expires_at = None
             row.updated_at = now
+            self._append_event(session, row, "handed back by a worker shutting down; resumes later")
+            self._notify(session, JOBS_CHANNEL, row.queue)
 
     # --- checkpoints --------------------------------------------------------------------------
 

@@ -53,10 +53,11 @@ def training_from_proto(config: models_pb2.TrainingConfig, dataset: Dataset) -> 
     validation = int(dataset.num_examples * config.validation_fraction)
     if validation and validation == dataset.num_examples:
         raise InvalidArgument.field("training.validation_fraction", "leaves no training examples")
-    if config.checkpoint_every_epochs < 0 or config.log_every_steps < 0:
-        raise InvalidArgument.field(
-            "training.checkpoint_every_epochs", "and log_every_steps must not be negative"
-        )
+    for name in ("checkpoint_every_epochs", "log_every_steps", "keep_checkpoints"):
+        if getattr(config, name) < 0:
+            raise InvalidArgument.field(
+                f"training.{name}", f"must not be negative. Received: {getattr(config, name)}"
+            )
     dtype = config.dtype or tensor_pb2.DATA_TYPE_FLOAT32
     if dtype not in (tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_FLOAT64):
         raise InvalidArgument.field(
@@ -77,6 +78,7 @@ def training_from_proto(config: models_pb2.TrainingConfig, dataset: Dataset) -> 
         "metrics": list(config.metrics) or DEFAULT_METRICS[dataset.task],
         "checkpoint_every_epochs": config.checkpoint_every_epochs,
         "log_every_steps": config.log_every_steps,
+        "keep_checkpoints": config.keep_checkpoints,
         "dtype": _dtype(dtype),
     }
     if config.early_stopping.monitor:

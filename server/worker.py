@@ -14,8 +14,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -27,16 +27,67 @@ from .datasets import DatasetService
 from .db import Database
 from .errors import Unavailable
 from .records import Claim, JobState, MetricValue
-from .store import LeaseLost, Store
+from .store import DEFAULT_KEEP_CHECKPOINTS, LeaseLost, Store
 from .training import build_model, build_trainer
+from .wakeup import Wakeup
 
 log = logging.getLogger("trainwire.worker")
 
-LEASE_S = 60.0
+T = TypeVar("T")
+
+# How often a running job's worker looks for a cancel request.
+CANCEL_POLL_S = 0.5
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+def with_retry(action: Callable[[], T], retry_s: float) -> T:
+    """Runs a database action, retrying for up to `retry_s` while the database is unreachable."""
+    deadline = time.monotonic() + retry_s
+    delay = 0.1
+    while True:
+        try:
+            return action()
+        except Unavailable as error:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unavailable (%s); retrying in %.1fs", error, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+class LeaseKeeper(threading.Thread):
+    """Watches a claimed job while it trains: every `CANCEL_POLL_S` it reads the job's state (a
+    cancel request is seen within that time) and every lease_s / 4 it renews the lease."""
+
+    def __init__(self, store: Store, claim: Claim, lease_s: float) -> None:
+        super().__init__(name=f"lease-{claim.job.id[:8]}", daemon=True)
+        self.store = store
+        self.claim = claim
+        self.lease_s = lease_s
+        self.cancel_requested = threading.Event()
+        self.lost = threading.Event()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        renewed = time.monotonic()
+        while not self.done.wait(min(CANCEL_POLL_S, self.lease_s / 4)):
+            try:
+                if time.monotonic() - renewed >= self.lease_s / 4:
+                    state = self.store.heartbeat(self.claim, self.lease_s)
+                    renewed = time.monotonic()
+                else:
+                    state = self.store.held_job_state(self.claim)
+                if state is JobState.CANCELLING:
+                    self.cancel_requested.set()
+            except LeaseLost:
+                log.warning("jobs/%s: lease lost; stopping without writing", self.claim.job.id)
+                self.lost.set()
+                return
+            except Unavailable as error:
+                log.warning("jobs/%s: heartbeat failed (%s)", self.claim.job.id, error)
 
 
 def split_validation(
@@ -57,20 +108,24 @@ class JobRecorder(Callback):
     def __init__(
         self,
         store: Store,
+        settings: Settings,
         claim: Claim,
         stop: threading.Event,
+        keeper: LeaseKeeper,
         examples_per_epoch: int,
     ) -> None:
         training = claim.job.training
         self.store = store
+        self.settings = settings
         self.claim = claim
         self.stop = stop
+        self.keeper = keeper
         self.epochs = int(training["epochs"])
         self.steps_per_epoch = math.ceil(examples_per_epoch / int(training["batch_size"]))
         self.examples_per_epoch = examples_per_epoch
         self.checkpoint_every = int(training.get("checkpoint_every_epochs", 0))
         self.log_every = int(training.get("log_every_steps", 0))
-        self.cancel_requested = False
+        self.keep = int(training.get("keep_checkpoints", 0)) or DEFAULT_KEEP_CHECKPOINTS
         self.pending: list[MetricValue] = []
         self.epoch_started = time.perf_counter()
         self.progress: dict[str, float] = {}
@@ -78,10 +133,21 @@ class JobRecorder(Callback):
     def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
         self.epoch_started = time.perf_counter()
 
+    @property
+    def cancel_requested(self) -> bool:
+        return self.keeper.cancel_requested.is_set()
+
     def on_batch_end(self, trainer: Trainer, step: int, logs: dict[str, float]) -> None:
+        loss = logs["loss"]
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"the training loss became {loss} at step {step} (epoch {trainer.epoch + 1}); "
+                "lower the learning rate or scale the features"
+            )
         if self.log_every and step % self.log_every == 0:
-            self.pending.append(MetricValue("batch_loss", step, trainer.epoch, logs["loss"]))
-        if self.stop.is_set():
+            self.pending.append(MetricValue("batch_loss", step, trainer.epoch, loss))
+        # Checked between batches: a stop or cancel takes effect within one batch.
+        if self.stop.is_set() or self.keeper.cancel_requested.is_set() or self.keeper.lost.is_set():
             trainer.stop_training = True
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
@@ -107,37 +173,60 @@ class JobRecorder(Callback):
             *(MetricValue(name, trainer.step, done, float(v)) for name, v in logs.items()),
         ]
         self.pending = []
-        state = self.store.record_epoch(self.claim, self.progress, logs, values, LEASE_S)
+        state = with_retry(
+            lambda: self.store.record_epoch(
+                self.claim, self.progress, logs, values, self.settings.lease_s
+            ),
+            self.settings.db_retry_s,
+        )
         if state is JobState.CANCELLING:
-            self.cancel_requested = True
+            self.keeper.cancel_requested.set()
             trainer.stop_training = True
         if self.checkpoint_every and done % self.checkpoint_every == 0 and done < self.epochs:
-            save_checkpoint(self.store, self.claim, trainer, logs)
+            self.checkpoint(trainer, logs)
 
-
-def save_checkpoint(
-    store: Store, claim: Claim, trainer: Trainer, metrics: dict[str, float], final: bool = False
-) -> None:
-    data = save_state(trainer.state_dict(), {"job": claim.job.id, "kind": "trainer"})
-    store.save_checkpoint(claim, trainer.epoch, trainer.step, metrics, data, is_final=final)
+    def checkpoint(self, trainer: Trainer, metrics: dict[str, float], final: bool = False) -> None:
+        data = save_state(trainer.state_dict(), {"job": self.claim.job.id, "kind": "trainer"})
+        with_retry(
+            lambda: self.store.save_checkpoint(
+                self.claim, trainer.epoch, trainer.step, metrics, data, final, self.keep
+            ),
+            self.settings.db_retry_s,
+        )
 
 
 def run_job(store: Store, settings: Settings, claim: Claim, stop: threading.Event) -> JobState:
     """Trains a claimed job to its end (or to a stop or cancel); returns the state it leaves."""
+    keeper = LeaseKeeper(store, claim, settings.lease_s)
+    keeper.start()
+    try:
+        return _train(store, settings, claim, stop, keeper)
+    finally:
+        keeper.done.set()
+        keeper.join()
+
+
+def _train(
+    store: Store, settings: Settings, claim: Claim, stop: threading.Event, keeper: LeaseKeeper
+) -> JobState:
     job = claim.job
     training = job.training
-    features, targets = DatasetService(store, settings).arrays(job.dataset_id)
+    retry_s = settings.db_retry_s
+    features, targets = with_retry(
+        lambda: DatasetService(store, settings).arrays(job.dataset_id), retry_s
+    )
     train_x, train_y, validation = split_validation(
         features, targets, float(training.get("validation_fraction", 0.0)), int(training["seed"])
     )
     model = build_model(job.model_spec, training)
     trainer = build_trainer(model, training)
-    latest = store.latest_checkpoint(job.id)
+    latest = with_retry(lambda: store.latest_checkpoint(job.id), retry_s)
     if latest is not None:
-        state, _ = load_state(store.checkpoint_data(latest.id))
+        data = with_retry(lambda: store.checkpoint_data(latest.id), retry_s)
+        state, _ = load_state(data)
         trainer.load_state_dict(state)
         log.info("jobs/%s resumes from epoch %d step %d", job.id, latest.epoch, latest.step)
-    recorder = JobRecorder(store, claim, stop, len(train_x))
+    recorder = JobRecorder(store, settings, claim, stop, keeper, len(train_x))
     trainer.fit(
         train_x,
         train_y,
@@ -145,25 +234,30 @@ def run_job(store: Store, settings: Settings, claim: Claim, stop: threading.Even
         validation_data=validation,
         callbacks=[recorder],
     )
+    if keeper.lost.is_set():
+        raise LeaseLost(f"jobs/{job.id} was taken away from this worker")
     metrics = dict(job.metrics)
     for name, values in trainer.history.history.items():
         if values:
             metrics[name] = float(values[-1])
     if recorder.cancel_requested:
-        save_checkpoint(store, claim, trainer, metrics)
-        store.finish_job(claim, JobState.CANCELLED, "cancelled by request")
+        recorder.checkpoint(trainer, metrics)
+        with_retry(
+            lambda: store.finish_job(claim, JobState.CANCELLED, "cancelled by request"), retry_s
+        )
         return JobState.CANCELLED
     if stop.is_set() and trainer.epoch < int(training["epochs"]):
-        save_checkpoint(store, claim, trainer, metrics)
-        store.release_job(claim)
+        recorder.checkpoint(trainer, metrics)
+        with_retry(lambda: store.release_job(claim), retry_s)
         return JobState.QUEUED
-    save_checkpoint(store, claim, trainer, metrics, final=True)
-    store.finish_job(claim, JobState.SUCCEEDED, progress=recorder.progress or None)
+    recorder.checkpoint(trainer, metrics, final=True)
+    progress = recorder.progress or None
+    with_retry(lambda: store.finish_job(claim, JobState.SUCCEEDED, progress=progress), retry_s)
     return JobState.SUCCEEDED
 
 
 class Worker:
-    """Claims and runs jobs until `stop` is set."""
+    """Claims and runs jobs until `stop` is set; rescues jobs of lost workers on the way."""
 
     def __init__(
         self,
@@ -178,44 +272,61 @@ class Worker:
         self.worker_id = worker_id
         self.stop = stop
         self.queues = list(queues) if queues else None
+        self.last_rescue = 0.0
 
     def run_forever(self) -> None:
         log.info("worker %s started (queues: %s)", self.worker_id, self.queues or "all")
+        wakeup = Wakeup(self.settings.database_url)
         backoff = self.settings.poll_interval_s
-        while not self.stop.is_set():
-            try:
-                ran = self.run_once()
-                backoff = self.settings.poll_interval_s
-            except Unavailable as error:
-                log.warning("database unavailable (%s); retrying in %.1fs", error, backoff)
-                ran = False
-                backoff = min(backoff * 2, 10.0)
-            if not ran:
-                self.stop.wait(backoff)
+        try:
+            while not self.stop.is_set():
+                try:
+                    self.rescue_if_due()
+                    ran = self.run_once()
+                    backoff = self.settings.poll_interval_s
+                except Unavailable as error:
+                    log.warning("database unavailable (%s); retrying in %.1fs", error, backoff)
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
+                if not ran:
+                    wakeup.wait(self.settings.poll_interval_s, self.stop)
+        finally:
+            wakeup.close()
         log.info("worker %s stopped", self.worker_id)
+
+    def rescue_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self.last_rescue < self.settings.lease_s / 4:
+            return
+        self.last_rescue = now
+        for job_id, state in self.store.rescue_expired():
+            log.warning("rescued jobs/%s from a lost worker: now %s", job_id, state.value)
 
     def run_once(self) -> bool:
         """Claims and runs one job; False when the queue was empty."""
-        claim = self.store.claim_job(self.worker_id, self.queues, LEASE_S)
+        claim = self.store.claim_job(self.worker_id, self.queues, self.settings.lease_s)
         if claim is None:
             return False
-        log.info(
-            "worker %s runs jobs/%s (attempt %d)", self.worker_id, claim.job.id, claim.job.attempt
-        )
+        job_id = claim.job.id
+        log.info("worker %s runs jobs/%s (attempt %d)", self.worker_id, job_id, claim.job.attempt)
         try:
             state = run_job(self.store, self.settings, claim, self.stop)
-            log.info("jobs/%s is %s", claim.job.id, state.value)
+            log.info("jobs/%s is %s", job_id, state.value)
         except LeaseLost as error:
             log.warning("%s; dropping it", error)
         except Unavailable:
-            raise
+            log.exception("jobs/%s: the database stayed unreachable; its lease will lapse", job_id)
         except Exception as error:  # the job failed, the worker lives on
-            log.exception("jobs/%s failed", claim.job.id)
+            log.exception("jobs/%s failed", job_id)
             reason = str(error) or type(error).__name__
             try:
-                self.store.finish_job(claim, JobState.FAILED, reason)
-            except LeaseLost as lost:
-                log.warning("%s; cannot record the failure", lost)
+                with_retry(
+                    lambda: self.store.finish_job(claim, JobState.FAILED, reason),
+                    self.settings.db_retry_s,
+                )
+            except (LeaseLost, Unavailable) as lost:
+                log.warning("jobs/%s: cannot record the failure (%s)", job_id, lost)
         return True
 
 

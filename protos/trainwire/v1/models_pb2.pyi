@@ -115,7 +115,7 @@ class EarlyStopping(_message.Message):
     def __init__(self, monitor: _Optional[str] = ..., patience: _Optional[int] = ..., min_delta: _Optional[float] = ..., restore_best_weights: _Optional[bool] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("epochs", "batch_size", "loss", "optimizer", "schedule", "validation_fraction", "seed", "metrics", "early_stopping", "checkpoint_every_epochs", "dtype", "log_every_steps")
+    __slots__ = ("epochs", "batch_size", "loss", "optimizer", "schedule", "validation_fraction", "seed", "metrics", "early_stopping", "checkpoint_every_epochs", "dtype", "log_every_steps", "keep_checkpoints")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +128,7 @@ class TrainingConfig(_message.Message):
     CHECKPOINT_EVERY_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     LOG_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     batch_size: int
     loss: str
@@ -140,4 +141,5 @@ class TrainingConfig(_message.Message):
     checkpoint_every_epochs: int
     dtype: _tensor_pb2.DataType
     log_every_steps: int
-    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., loss: _Optional[str] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., metrics: _Optional[_Iterable[str]] = ..., early_stopping: _Optional[_Union[EarlyStopping, _Mapping]] = ..., checkpoint_every_epochs: _Optional[int] = ..., dtype: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., log_every_steps: _Optional[int] = ...) -> None: ...
+    keep_checkpoints: int
+    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., loss: _Optional[str] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., metrics: _Optional[_Iterable[str]] = ..., early_stopping: _Optional[_Union[EarlyStopping, _Mapping]] = ..., checkpoint_every_epochs: _Optional[int] = ..., dtype: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., log_every_steps: _Optional[int] = ..., keep_checkpoints: _Optional[int] = ...) -> None: ...

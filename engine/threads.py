@@ -1,0 +1,78 @@
+"""Thread settings: the BLAS thread count and the engine's own element-wise worker threads.
+
+NumPy ufuncs release the GIL, so the optimizer splits its update of the flat parameter buffer
+over a few threads (``parallel_for``). A worker process sharing the machine should cap both
+with ``set_num_threads(n)`` (process-wide) or ``Trainer(..., num_threads=n)`` (during ``fit``);
+``None`` means "as many as the BLAS library currently uses" (read with threadpoolctl).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ._registry import check_int
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_num_threads: int | None = None
+_blas_limiter: Any = None
+
+
+def blas_num_threads() -> int:
+    """The largest thread count of the loaded BLAS libraries (os.cpu_count() if none)."""
+    from threadpoolctl import threadpool_info
+
+    counts = [
+        int(info.get("num_threads") or 1)
+        for info in threadpool_info()
+        if info.get("user_api") == "blas"
+    ]
+    return max(counts) if counts else (os.cpu_count() or 1)
+
+
+def set_num_threads(n: int | None) -> None:
+    """Limit BLAS to ``n`` threads process-wide and use ``n`` engine threads (None: reset)."""
+    global _num_threads, _blas_limiter
+    from threadpoolctl import threadpool_limits
+
+    if n is not None:
+        n = check_int("num_threads", n, 1)
+    with _lock:
+        if _blas_limiter is not None:
+            _blas_limiter.restore_original_limits()
+            _blas_limiter = None
+        if n is not None:
+            _blas_limiter = threadpool_limits(limits=n, user_api="blas")
+        _num_threads = n
+
+
+def get_num_threads() -> int:
+    """The engine's thread count: ``set_num_threads``'s value, else the BLAS thread count."""
+    return _num_threads if _num_threads is not None else blas_num_threads()
+
+
+def parallel_for(fn: Callable[[int], None], n: int) -> None:
+    """Run ``fn(0) ... fn(n - 1)``, ``fn(0)`` on the calling thread, the rest on a pool."""
+    global _pool, _pool_size
+    if n <= 1:
+        fn(0)
+        return
+    if _pool is None or _pool_size < n - 1:
+        with _lock:
+            if _pool is None or _pool_size < n - 1:
+                old = _pool
+                _pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="trainwire")
+                _pool_size = n - 1
+                if old is not None:
+                    old.shutdown(wait=False)
+    futures = [_pool.submit(fn, i) for i in range(1, n)]
+    try:
+        fn(0)
+    finally:
+        for future in futures:
+            future.result()
