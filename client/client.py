@@ -279,6 +279,10 @@ class Client:
     def get_job(self, name: str) -> Job:
         return Job(self, self._job_status(name))
 
+    def cancel_job(self, name: str) -> JobStatus:
+        request = jobs_pb2.CancelJobRequest(name=name)
+        return JobStatus.from_proto(self._call(self._jobs.CancelJob, request))
+
     def _job_status(self, name: str) -> JobStatus:
         return JobStatus.from_proto(
             self._call(self._jobs.GetJob, jobs_pb2.GetJobRequest(name=name))
@@ -377,6 +381,11 @@ class Job:
         if status.state == "FAILED":
             raise JobFailed(f"{self.name} failed: {status.error}")
         return status
+
+    def cancel(self) -> JobStatus:
+        """Cancels the job: a queued job at once, a running one at its next batch."""
+        self.last_status = self.client.cancel_job(self.name)
+        return self.last_status
 
     def predict(self, inputs: np.ndarray, *, checkpoint: str = "") -> Prediction:
         return self.client.predict(self.name, inputs, checkpoint=checkpoint)

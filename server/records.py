@@ -84,6 +84,7 @@ class Job:
     created_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
+    worker_id: str | None = None
 
 
 @dataclass(frozen=True)

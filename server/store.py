@@ -103,6 +103,7 @@ def _job(row: JobRow) -> Job:
         created_at=_aware(row.created_at),  # type: ignore[arg-type]
         started_at=_aware(row.started_at),
         ended_at=_aware(row.ended_at),
+        worker_id=row.worker_id,
     )
 
 

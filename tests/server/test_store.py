@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from trainwire.server.errors import InvalidArgument, NotFound
+from trainwire.server.errors import FailedPrecondition, InvalidArgument, NotFound
 from trainwire.server.records import Dataset, JobState, MetricValue, NewJob, TaskKind
 from trainwire.server.store import LeaseLost, Store, new_id, utcnow
 
@@ -134,3 +134,74 @@ def test_list_jobs_pages_and_filters(store: Store) -> None:
     assert [job.id for job in odd] == [ids[5], ids[3], ids[1]]
     with pytest.raises(InvalidArgument, match="page_token"):
         store.list_jobs(3, "not-a-token")
+
+
+def test_expired_lease_is_rescued_then_fails_past_max_attempts(store: Store) -> None:
+    dataset = make_dataset(store)
+    job = store.create_job(make_job(store, dataset, max_attempts=2))
+    first = store.claim_job("w1", lease_s=-1.0)  # a lease that has already run out
+    assert first is not None
+    assert store.rescue_expired() == [(job.id, JobState.QUEUED)]
+    with pytest.raises(LeaseLost):
+        store.heartbeat(first, 30.0)
+    second = store.claim_job("w2", lease_s=-1.0)
+    assert second is not None and second.job.attempt == 2
+    assert store.rescue_expired() == [(job.id, JobState.FAILED)]
+    failed = store.get_job(job.id)
+    assert failed.state is JobState.FAILED and "attempt 2 of 2" in failed.error
+    assert store.rescue_expired() == []
+
+
+def test_live_lease_is_not_rescued_and_heartbeat_sees_cancel(store: Store) -> None:
+    dataset = make_dataset(store)
+    job = store.create_job(make_job(store, dataset))
+    claim = store.claim_job("w", lease_s=60.0)
+    assert claim is not None
+    assert store.rescue_expired() == []
+    assert store.heartbeat(claim, 60.0) is JobState.RUNNING
+    assert store.cancel_job(job.id).state is JobState.CANCELLING
+    assert store.heartbeat(claim, 60.0) is JobState.CANCELLING
+    assert store.held_job_state(claim) is JobState.CANCELLING
+    assert store.finish_job(claim, JobState.CANCELLED).state is JobState.CANCELLED
+
+
+def test_cancel_rules(store: Store) -> None:
+    dataset = make_dataset(store)
+    queued = store.create_job(make_job(store, dataset))
+    assert store.cancel_job(queued.id).state is JobState.CANCELLED
+    with pytest.raises(FailedPrecondition, match="already CANCELLED"):
+        store.cancel_job(queued.id)
+    with pytest.raises(NotFound):
+        store.cancel_job(new_id())
+    assert store.claim_job("w") is None, "a cancelled job is never claimed"
+
+
+def test_events_are_numbered_without_gaps(store: Store) -> None:
+    dataset = make_dataset(store)
+    job = store.create_job(make_job(store, dataset))
+    claim = store.claim_job("w")
+    assert claim is not None
+    store.record_epoch(claim, {"epoch": 1}, {"loss": 1.0}, [])
+    store.finish_job(claim, JobState.SUCCEEDED)
+    events = store.job_events(job.id)
+    assert [e.sequence for e in events] == [1, 2, 3, 4]
+    assert [e.state for e in events] == [
+        JobState.QUEUED,
+        JobState.RUNNING,
+        JobState.RUNNING,
+        JobState.SUCCEEDED,
+    ]
+    assert events[2].metrics == {"loss": 1.0}
+    assert [e.sequence for e in store.job_events(job.id, after=2)] == [3, 4]
+
+
+def test_checkpoint_retention_keeps_latest_and_best(store: Store) -> None:
+    dataset = make_dataset(store)
+    store.create_job(make_job(store, dataset))
+    claim = store.claim_job("w")
+    assert claim is not None
+    losses = [0.9, 0.2, 0.5, 0.6, 0.7, 0.8]
+    for epoch, loss in enumerate(losses, start=1):
+        store.save_checkpoint(claim, epoch, epoch * 10, {"val_loss": loss}, b"x", keep=2)
+    kept = store.list_checkpoints(claim.job.id)
+    assert [c.epoch for c in kept] == [2, 5, 6]
