@@ -14,9 +14,22 @@ import secrets
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Interval,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -83,7 +96,8 @@ def _dataset(row: DatasetRow) -> Dataset:
     )
 
 
-def _job(row: JobRow) -> Job:
+def _job(row: Any) -> Job:
+    """A Job record from an ORM row or a RETURNING row (same attribute names)."""
     return Job(
         id=row.id,
         display_name=row.display_name,
@@ -146,11 +160,91 @@ def page_size_of(requested: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
+JOBS = cast(Table, JobRow.__table__)
+EVENTS = cast(Table, JobEventRow.__table__)
+
+
+def _claim_statement(sqlite_clock: bool, with_queues: bool) -> Any:
+    """UPDATE ... WHERE id = (the best QUEUED job, FOR UPDATE SKIP LOCKED) RETURNING the row.
+
+    Built once per variant with bound parameters: the claim is the queue's hot path.
+    """
+    candidate = select(JOBS.c.id).where(JOBS.c.state == JobState.QUEUED.value)
+    if with_queues:
+        candidate = candidate.where(JOBS.c.queue.in_(bindparam("p_queues", expanding=True)))
+    candidate = (
+        candidate.order_by(JOBS.c.priority.desc(), JOBS.c.created_at, JOBS.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    return (
+        update(JOBS)
+        .where(JOBS.c.id == candidate.scalar_subquery())
+        .where(JOBS.c.state == JobState.QUEUED.value)
+        .values(
+            state=JobState.RUNNING.value,
+            attempt=JOBS.c.attempt + 1,
+            worker_id=bindparam("p_worker"),
+            lease_token=bindparam("p_token"),
+            lease_expires_at=_lease_expression(sqlite_clock),
+            started_at=func.coalesce(JOBS.c.started_at, bindparam("p_now")),
+            updated_at=bindparam("p_now"),
+        )
+        .returning(*JOBS.columns)
+    )
+
+
+def _lease_expression(sqlite_clock: bool) -> Any:
+    """When a lease granted now runs out: by the database's clock on PostgreSQL (shared by
+    every machine); on SQLite, which serves one host only, by that host's clock."""
+    if sqlite_clock:
+        return bindparam("p_lease_until", type_=DateTime(timezone=True))
+    return func.now() + bindparam("p_lease", type_=Interval())
+
+
+def _lease_params(sqlite_clock: bool, lease_s: float) -> dict[str, Any]:
+    if sqlite_clock:
+        return {"p_lease_until": utcnow() + timedelta(seconds=lease_s)}
+    return {"p_lease": timedelta(seconds=lease_s)}
+
+
+_FINISH = (
+    update(JOBS)
+    .where(JOBS.c.id == bindparam("p_id"), JOBS.c.lease_token == bindparam("p_token"))
+    .values(
+        state=bindparam("p_state"),
+        error=bindparam("p_error"),
+        progress=func.coalesce(bindparam("p_progress", type_=JSON), JOBS.c.progress),
+        lease_token=None,
+        lease_expires_at=None,
+        ended_at=bindparam("p_now"),
+        updated_at=bindparam("p_now"),
+    )
+    .returning(*JOBS.columns)
+)
+
+_APPEND_EVENT = insert(EVENTS).values(
+    job_id=bindparam("p_job"),
+    sequence=select(func.coalesce(func.max(EVENTS.c.sequence), 0) + 1)
+    .where(EVENTS.c.job_id == bindparam("p_job"))
+    .scalar_subquery(),
+    state=bindparam("p_state"),
+    attempt=bindparam("p_attempt"),
+    progress=bindparam("p_progress", type_=JSON),
+    metrics=bindparam("p_metrics", type_=JSON),
+    message=bindparam("p_message"),
+    created_at=bindparam("p_now"),
+)
+
+
 class Store:
     """All database access of the server and the workers."""
 
     def __init__(self, database: Database) -> None:
         self.db = database
+        sqlite_clock = database.is_sqlite
+        self._claim_any = _claim_statement(sqlite_clock, with_queues=False)
+        self._claim_queues = _claim_statement(sqlite_clock, with_queues=True)
 
     # --- datasets -----------------------------------------------------------------------------
 
@@ -239,7 +333,7 @@ class Store:
                 )
                 session.add(row)
                 session.flush()
-                self._append_event(session, row, "queued")
+                self._event_for(session, row, "queued")
                 self._notify(session, JOBS_CHANNEL, row.queue)
                 return _job(row)
         except IntegrityError:
@@ -326,39 +420,23 @@ class Store:
         never wait on or take the same job; SQLite serialises writers with BEGIN IMMEDIATE. The
         lease runs out `lease_s` after the database's clock, and a fresh fencing token is issued.
         """
-        now = utcnow()
-        token = secrets.token_hex(16)
-        candidate = select(JobRow.id).where(JobRow.state == JobState.QUEUED.value)
+        params: dict[str, Any] = {
+            "p_worker": worker_id,
+            "p_token": secrets.token_hex(16),
+            "p_now": utcnow(),
+            **_lease_params(self.db.is_sqlite, lease_s),
+        }
+        statement = self._claim_any
         if queues:
-            candidate = candidate.where(JobRow.queue.in_(list(queues)))
-        candidate = (
-            candidate.order_by(JobRow.priority.desc(), JobRow.created_at, JobRow.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
-        statement = (
-            update(JobRow)
-            .where(JobRow.id == candidate.scalar_subquery())
-            .where(JobRow.state == JobState.QUEUED.value)
-            .values(
-                state=JobState.RUNNING.value,
-                attempt=JobRow.attempt + 1,
-                worker_id=worker_id,
-                lease_token=token,
-                lease_expires_at=self._lease_until(lease_s),
-                started_at=func.coalesce(JobRow.started_at, now),
-                updated_at=now,
-            )
-            .returning(JobRow.id)
-        )
+            statement = self._claim_queues
+            params["p_queues"] = list(queues)
         with self.db.write() as session:
-            job_id = session.scalar(statement)
-            if job_id is None:
+            row = session.execute(statement, params).first()
+            if row is None:
                 return None
-            row = session.get(JobRow, job_id, populate_existing=True)
-            assert row is not None
-            self._append_event(session, row, f"running on {worker_id} (attempt {row.attempt})")
-            return Claim(job=_job(row), token=token)
+            message = f"running on {worker_id} (attempt {row.attempt})"
+            self._append_event(session, row.id, row.state, row.attempt, message)
+            return Claim(job=_job(row), token=params["p_token"])
 
     def _db_now(self) -> Any:
         """The clock leases are measured by: the database's on PostgreSQL (shared by every
@@ -366,7 +444,9 @@ class Store:
         return utcnow() if self.db.is_sqlite else func.now()
 
     def _lease_until(self, lease_s: float) -> Any:
-        return self._db_now() + timedelta(seconds=lease_s)
+        if self.db.is_sqlite:
+            return utcnow() + timedelta(seconds=lease_s)
+        return func.now() + timedelta(seconds=lease_s)
 
     def heartbeat(self, claim: Claim, lease_s: float) -> JobState:
         """Renews the lease of a claimed job; returns its state so a cancel request is seen."""
@@ -418,7 +498,7 @@ class Store:
                 if state.is_finished:
                     row.ended_at = now
                     row.error = message if state is JobState.FAILED else ""
-                self._append_event(session, row, message)
+                self._event_for(session, row, message)
                 if state is JobState.QUEUED:
                     self._notify(session, JOBS_CHANNEL, row.queue)
                 rescued.append((row.id, state))
@@ -436,11 +516,11 @@ class Store:
                 row.state = JobState.CANCELLED.value
                 row.ended_at = now
                 row.updated_at = now
-                self._append_event(session, row, "cancelled before it ran")
+                self._event_for(session, row, "cancelled before it ran")
             elif state is JobState.RUNNING:
                 row.state = JobState.CANCELLING.value
                 row.updated_at = now
-                self._append_event(session, row, "cancel requested; stopping at the next batch")
+                self._event_for(session, row, "cancel requested; stopping at the next batch")
                 self._notify(session, CANCEL_CHANNEL, row.id)
             elif state.is_finished:
                 raise FailedPrecondition(
@@ -457,27 +537,37 @@ class Store:
     def _append_event(
         self,
         session: Session,
+        job_id: str,
+        state: str,
+        attempt: int,
+        message: str,
+        progress: dict[str, float] | None = None,
+        metrics: dict[str, float] | None = None,
+    ) -> None:
+        """Appends the job's next numbered event in one statement. Callers hold the job row
+        (locked by their UPDATE, or new), so no two events of a job get one number."""
+        session.execute(
+            _APPEND_EVENT,
+            {
+                "p_job": job_id,
+                "p_state": state,
+                "p_attempt": attempt,
+                "p_progress": progress or {},
+                "p_metrics": metrics or {},
+                "p_message": message,
+                "p_now": utcnow(),
+            },
+        )
+
+    def _event_for(
+        self,
+        session: Session,
         row: JobRow,
         message: str,
         progress: dict[str, float] | None = None,
         metrics: dict[str, float] | None = None,
     ) -> None:
-        """Appends the job's next numbered event. Callers hold the job row (lock or new)."""
-        last = session.scalar(
-            select(func.max(JobEventRow.sequence)).where(JobEventRow.job_id == row.id)
-        )
-        session.add(
-            JobEventRow(
-                job_id=row.id,
-                sequence=(last or 0) + 1,
-                state=row.state,
-                attempt=row.attempt,
-                progress=progress or {},
-                metrics=metrics or {},
-                message=message,
-                created_at=utcnow(),
-            )
-        )
+        self._append_event(session, row.id, row.state, row.attempt, message, progress, metrics)
 
     def job_events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[JobEvent]:
         with self.db.read() as session:
@@ -529,7 +619,7 @@ class Store:
             if values:
                 session.execute(self._upsert_metrics(session, claim.job.id, values, now))
             epoch = int(progress.get("epoch", 0))
-            self._append_event(session, row, f"epoch {epoch} done", progress, latest)
+            self._event_for(session, row, f"epoch {epoch} done", progress, latest)
             return JobState(row.state)
 
     def _upsert_metrics(
@@ -602,21 +692,22 @@ class Store:
         error: str = "",
         progress: dict[str, float] | None = None,
     ) -> Job:
-        """Moves a claimed job to a final state and drops its lease."""
-        now = utcnow()
+        """Moves a claimed job to a final state and drops its lease (one fenced statement)."""
+        params = {
+            "p_id": claim.job.id,
+            "p_token": claim.token,
+            "p_state": state.value,
+            "p_error": error,
+            "p_progress": progress,
+            "p_now": utcnow(),
+        }
         with self.db.write() as session:
-            row = self._held_row(session, claim)
-            row.state = state.value
-            row.error = error
-            if progress is not None:
-                row.progress = progress
-            row.lease_token = None
-            row.lease_expires_at = None
-            row.ended_at = now
-            row.updated_at = now
-            session.flush()
+            row = session.execute(_FINISH, params).first()
+            if row is None:
+                raise LeaseLost(f"jobs/{claim.job.id} is no longer held by this worker")
+            message = error or state.value.lower()
             self._append_event(
-                session, row, error or state.value.lower(), row.progress, row.metrics
+                session, row.id, row.state, row.attempt, message, row.progress, row.metrics
             )
             return _job(row)
 
@@ -631,7 +722,7 @@ class Store:
             row.lease_token = None
             row.lease_expires_at = None
             row.updated_at = now
-            self._append_event(session, row, "handed back by a worker shutting down; resumes later")
+            self._event_for(session, row, "handed back by a worker shutting down; resumes later")
             self._notify(session, JOBS_CHANNEL, row.queue)
 
     # --- checkpoints --------------------------------------------------------------------------

@@ -1,0 +1,278 @@
+"""Queue benchmark: claim/complete throughput, CreateJob-to-RUNNING latency, persistence overhead.
+
+For SQLite and PostgreSQL, in one run:
+- jobs_per_s: no-op jobs claimed and completed per second by 1, 2 and 4 worker processes, each
+  looping over the real `Store.claim_job` and `Store.finish_job` (the queue without training);
+- enqueue_to_running_p50_ms / _p99_ms: from just before the SDK's CreateJob to the job's claim by
+  an idle `trainwire worker` (LISTEN/NOTIFY on PostgreSQL; polling every 0.1 s on SQLite);
+- persist_overhead_fraction: the share of a real worker's training time (the engine benchmark's
+  large network, 784-512-512-10 with Adam at batch 128, checkpoint every epoch) spent in metric
+  and checkpoint writes.
+
+Run: .venv/bin/python benchmarks/queue.py [--quick]; the last line is JSON.
+PostgreSQL: TRAINWIRE_BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/test); a
+fresh database is created and dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# This file is named like the standard library's `queue`; keep its folder off the import path.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from trainwire.client import Client  # noqa: E402
+from trainwire.engine import save_state  # noqa: E402
+from trainwire.server.config import Settings  # noqa: E402
+from trainwire.server.db import Database, normalise_url  # noqa: E402
+from trainwire.server.local import local_server  # noqa: E402
+from trainwire.server.migrate import upgrade  # noqa: E402
+from trainwire.server.records import Dataset, JobState, NewJob, TaskKind  # noqa: E402
+from trainwire.server.store import Store, new_id, utcnow  # noqa: E402
+from trainwire.server.worker import run_job  # noqa: E402
+
+NOOP_SPEC = {"input_dim": 1, "layers": [{"type": "dense", "units": 1}]}
+NOOP_TRAINING = {"epochs": 1, "batch_size": 1, "loss": "mse", "seed": 0}
+
+
+# --- databases ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def sqlite_database() -> Iterator[str]:
+    with tempfile.TemporaryDirectory() as folder:
+        url = f"sqlite:///{folder}/bench.db"
+        upgrade(url)
+        yield url
+
+
+@contextmanager
+def postgres_database(admin_url: str) -> Iterator[str]:
+    name = f"trainwire_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(normalise_url(admin_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(normalise_url(admin_url)).set(database=name)
+    try:
+        rendered = url.render_as_string(hide_password=False)
+        upgrade(rendered)
+        yield rendered
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def add_dataset(store: Store, features: np.ndarray, targets: np.ndarray, task: TaskKind) -> str:
+    dataset = Dataset(
+        id=new_id(),
+        display_name="bench",
+        task=task,
+        num_classes=int(targets.max()) + 1 if task is not TaskKind.REGRESSION else 0,
+        num_examples=len(features),
+        feature_dtype=str(features.dtype),
+        feature_shape=features.shape,
+        target_dtype=str(targets.dtype),
+        target_shape=targets.shape,
+        size_bytes=features.nbytes + targets.nbytes,
+        sha256="0" * 64,
+        labels={},
+        feature_names=[],
+        class_names=[],
+        created_at=utcnow(),
+    )
+    store.create_dataset(dataset, save_state({"features": features, "targets": targets}))
+    return dataset.id
+
+
+# --- throughput: no-op workers ------------------------------------------------------------------
+
+
+def noop_worker(url: str, start_at: float) -> None:
+    """A worker process that claims and completes jobs without training, until none is left."""
+    database = Database(url)
+    store = Store(database)
+    store.get_job  # noqa: B018 - import and connect before the clock starts
+    with database.engine.connect():
+        pass
+    time.sleep(max(0.0, start_at - time.time()))
+    first = last = time.time()
+    done = 0
+    while (claim := store.claim_job(f"bench:{os.getpid()}")) is not None:
+        store.finish_job(claim, JobState.SUCCEEDED)
+        done += 1
+        last = time.time()
+    print(json.dumps({"first": first, "last": last, "done": done}), flush=True)
+    database.dispose()
+
+
+def throughput(url: str, workers: int, jobs: int) -> float:
+    database = Database(url)
+    store = Store(database)
+    dataset_id = add_dataset(
+        store, np.zeros((1, 1), np.float32), np.zeros(1, np.float32), TaskKind.REGRESSION
+    )
+    for _ in range(jobs):
+        store.create_job(NewJob(dataset_id, NOOP_SPEC, NOOP_TRAINING))
+    database.dispose()
+    start_at = time.time() + 3.0
+    processes = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--noop-worker", url, str(start_at)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(workers)
+    ]
+    reports = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in processes]
+    assert sum(r["done"] for r in reports) == jobs, reports
+    elapsed = max(r["last"] for r in reports) - min(r["first"] for r in reports)
+    return jobs / elapsed
+
+
+# --- latency: CreateJob to RUNNING through the real server and an idle worker ---------------------
+
+
+def enqueue_latency(url: str, samples: int) -> tuple[float, float]:
+    env = {"TRAINWIRE_POLL_INTERVAL_S": "0.1"}
+    database = Database(url)
+    store = Store(database)
+    latencies = []
+    with local_server(url, workers=1, extra_env=env) as server, Client(server.target) as client:
+        x = np.zeros((4, 1), np.float32)
+        data = client.upload_dataset(x, np.zeros(4, np.float32), task="regression")
+        time.sleep(2.0)  # let the worker start and go idle
+        for _ in range(samples):
+            before = time.time()
+            job = client.create_job(data, {"layers": [{"type": "dense", "units": 1}]}, epochs=1)
+            job.wait(timeout=60, poll_interval=0.02)
+            started = store.get_job(job.name.removeprefix("jobs/")).started_at
+            assert started is not None
+            latencies.append((started.timestamp() - before) * 1000)
+            time.sleep(0.3)  # the worker goes back to waiting
+    database.dispose()
+    return float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99))
+
+
+# --- persistence overhead of a real training job -------------------------------------------------
+
+
+class TimedStore(Store):
+    """The real store, timing the writes a running job makes."""
+
+    persist_s = 0.0
+
+    def _timed(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return getattr(super(), name)(*args, **kwargs)
+        finally:
+            self.persist_s += time.perf_counter() - started
+
+    def record_epoch(self, *args: Any, **kwargs: Any) -> Any:
+        return self._timed("record_epoch", *args, **kwargs)
+
+    def save_checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        return self._timed("save_checkpoint", *args, **kwargs)
+
+    def finish_job(self, *args: Any, **kwargs: Any) -> Any:
+        return self._timed("finish_job", *args, **kwargs)
+
+
+def persist_overhead(url: str, examples: int, epochs: int) -> float:
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(examples, 784)).astype(np.float32)
+    targets = rng.integers(0, 10, size=examples).astype(np.int64)
+    database = Database(url)
+    store = TimedStore(database)
+    dataset_id = add_dataset(store, features, targets, TaskKind.MULTICLASS_CLASSIFICATION)
+    spec = {
+        "input_dim": 784,
+        "layers": [
+            {"type": "dense", "units": 512, "activation": "relu"},
+            {"type": "dense", "units": 512, "activation": "relu"},
+            {"type": "dense", "units": 10},
+        ],
+    }
+    training = {
+        "epochs": epochs,
+        "batch_size": 128,
+        "loss": "softmax_cross_entropy",
+        "optimizer": {"name": "adam", "learning_rate": 1e-3},
+        "seed": 0,
+        "metrics": ["accuracy"],
+        "checkpoint_every_epochs": 1,
+        "dtype": "float32",
+    }
+    store.create_job(NewJob(dataset_id, spec, training))
+    claim = store.claim_job("bench")
+    assert claim is not None
+    started = time.perf_counter()
+    state = run_job(store, Settings(database_url=url), claim, threading.Event())
+    total = time.perf_counter() - started
+    assert state is JobState.SUCCEEDED
+    database.dispose()
+    return store.persist_s / total
+
+
+def bench_backend(url: str, quick: bool) -> dict[str, Any]:
+    jobs = 300 if quick else 2000
+    result: dict[str, Any] = {"jobs_per_s": {}}
+    for workers in (1, 2, 4):
+        result["jobs_per_s"][str(workers)] = round(throughput(url, workers, jobs), 1)
+    p50, p99 = enqueue_latency(url, 10 if quick else 50)
+    result["enqueue_to_running_p50_ms"] = round(p50, 1)
+    result["enqueue_to_running_p99_ms"] = round(p99, 1)
+    examples = 6_000 if quick else 60_000
+    result["persist_overhead_fraction"] = round(persist_overhead(url, examples, 2), 4)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--noop-worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.noop_worker:
+        noop_worker(args.noop_worker[0], float(args.noop_worker[1]))
+        return 0
+    results: dict[str, Any] = {"benchmark": "queue"}
+    admin = os.environ.get(
+        "TRAINWIRE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+    )
+    with postgres_database(admin) as url:
+        results["postgres"] = bench_backend(url, args.quick)
+    with sqlite_database() as url:
+        results["sqlite"] = bench_backend(url, args.quick)
+    print(f"{'':<10}{'jobs/s 1w':>11}{'2w':>9}{'4w':>9}{'p50 ms':>9}{'p99 ms':>9}{'persist':>9}")
+    for backend in ("postgres", "sqlite"):
+        row = results[backend]
+        rates = row["jobs_per_s"]
+        print(
+            f"{backend:<10}{rates['1']:>11}{rates['2']:>9}{rates['4']:>9}"
+            f"{row['enqueue_to_running_p50_ms']:>9}{row['enqueue_to_running_p99_ms']:>9}"
+            f"{row['persist_overhead_fraction']:>9.2%}"
+        )
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
