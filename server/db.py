@@ -37,7 +37,16 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for `url`; SQLite gets WAL, a busy timeout and explicit BEGIN handling."""
     url = normalise_url(url)
     if not is_sqlite(url):
-        return create_engine(url, **kwargs)
+        engine = create_engine(url, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _configure_postgres(dbapi_connection: Any, _record: Any) -> None:
+            # Send bytes (checkpoints, datasets) in binary format: no escaping to hex text.
+            from psycopg.types.string import BytesBinaryDumper
+
+            dbapi_connection.adapters.register_dumper(bytes, BytesBinaryDumper)
+
+        return engine
     engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
 
     @event.listens_for(engine, "connect")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import queue
 import signal
 import socket
 import threading
@@ -90,6 +91,50 @@ class LeaseKeeper(threading.Thread):
                 log.warning("jobs/%s: heartbeat failed (%s)", self.claim.job.id, error)
 
 
+class PersistWriter(threading.Thread):
+    """Writes a running job's metrics and checkpoints in order, in the background, so training
+    does not wait on the database. At most `max_pending` writes queue up (then training waits:
+    checkpoints are large). A failed write is raised in the training thread at the next `submit`
+    or at `flush`; writes after a failure are skipped."""
+
+    def __init__(self, retry_s: float, max_pending: int = 2) -> None:
+        super().__init__(name="persist", daemon=True)
+        self.retry_s = retry_s
+        self.actions: queue.Queue[Callable[[], object] | None] = queue.Queue(max_pending)
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        while True:
+            action = self.actions.get()
+            try:
+                if action is None:
+                    return
+                if self.error is None:
+                    with_retry(action, self.retry_s)
+            except BaseException as error:
+                self.error = error
+            finally:
+                self.actions.task_done()
+
+    def _raise_failure(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, action: Callable[[], object]) -> None:
+        self._raise_failure()
+        self.actions.put(action)
+
+    def flush(self) -> None:
+        """Waits until every submitted write is done; raises the first failure."""
+        self.actions.join()
+        self._raise_failure()
+
+    def close(self) -> None:
+        self.actions.put(None)
+        self.join()
+
+
 def split_validation(
     features: np.ndarray, targets: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
@@ -112,6 +157,7 @@ class JobRecorder(Callback):
         claim: Claim,
         stop: threading.Event,
         keeper: LeaseKeeper,
+        writer: PersistWriter,
         examples_per_epoch: int,
     ) -> None:
         training = claim.job.training
@@ -120,6 +166,7 @@ class JobRecorder(Callback):
         self.claim = claim
         self.stop = stop
         self.keeper = keeper
+        self.writer = writer
         self.epochs = int(training["epochs"])
         self.steps_per_epoch = math.ceil(examples_per_epoch / int(training["batch_size"]))
         self.examples_per_epoch = examples_per_epoch
@@ -173,25 +220,26 @@ class JobRecorder(Callback):
             *(MetricValue(name, trainer.step, done, float(v)) for name, v in logs.items()),
         ]
         self.pending = []
-        state = with_retry(
-            lambda: self.store.record_epoch(
-                self.claim, self.progress, logs, values, self.settings.lease_s
-            ),
-            self.settings.db_retry_s,
-        )
-        if state is JobState.CANCELLING:
-            self.keeper.cancel_requested.set()
-            trainer.stop_training = True
+        progress, latest = self.progress, dict(logs)
+        lease_s = self.settings.lease_s
+
+        def record() -> None:
+            state = self.store.record_epoch(self.claim, progress, latest, values, lease_s)
+            if state is JobState.CANCELLING:
+                self.keeper.cancel_requested.set()
+
+        self.writer.submit(record)
         if self.checkpoint_every and done % self.checkpoint_every == 0 and done < self.epochs:
             self.checkpoint(trainer, logs)
 
     def checkpoint(self, trainer: Trainer, metrics: dict[str, float], final: bool = False) -> None:
+        """Serialises the trainer's state now; the database write happens in the background."""
         data = save_state(trainer.state_dict(), {"job": self.claim.job.id, "kind": "trainer"})
-        with_retry(
+        epoch, step, values = trainer.epoch, trainer.step, dict(metrics)
+        self.writer.submit(
             lambda: self.store.save_checkpoint(
-                self.claim, trainer.epoch, trainer.step, metrics, data, final, self.keep
-            ),
-            self.settings.db_retry_s,
+                self.claim, epoch, step, values, data, final, self.keep
+            )
         )
 
 
@@ -223,17 +271,42 @@ def _train(
     latest = with_retry(lambda: store.latest_checkpoint(job.id), retry_s)
     if latest is not None:
         data = with_retry(lambda: store.checkpoint_data(latest.id), retry_s)
-        state, _ = load_state(data)
-        trainer.load_state_dict(state)
+        saved, _ = load_state(data)
+        trainer.load_state_dict(saved)
         log.info("jobs/%s resumes from epoch %d step %d", job.id, latest.epoch, latest.step)
-    recorder = JobRecorder(store, settings, claim, stop, keeper, len(train_x))
-    trainer.fit(
-        train_x,
-        train_y,
-        epochs=int(training["epochs"]),
-        validation_data=validation,
-        callbacks=[recorder],
-    )
+    writer = PersistWriter(retry_s)
+    try:
+        recorder = JobRecorder(store, settings, claim, stop, keeper, writer, len(train_x))
+        trainer.fit(
+            train_x,
+            train_y,
+            epochs=int(training["epochs"]),
+            validation_data=validation,
+            callbacks=[recorder],
+        )
+        state = _conclude(claim, trainer, recorder, stop, keeper)
+        writer.flush()
+    finally:
+        writer.close()
+    if state is JobState.QUEUED:
+        with_retry(lambda: store.release_job(claim), retry_s)
+    else:
+        reason = "cancelled by request" if state is JobState.CANCELLED else ""
+        progress = recorder.progress or None
+        with_retry(lambda: store.finish_job(claim, state, reason, progress), retry_s)
+    return state
+
+
+def _conclude(
+    claim: Claim,
+    trainer: Trainer,
+    recorder: JobRecorder,
+    stop: threading.Event,
+    keeper: LeaseKeeper,
+) -> JobState:
+    """Checkpoints the end of a run and says what the job becomes."""
+    job = claim.job
+    training = job.training
     if keeper.lost.is_set():
         raise LeaseLost(f"jobs/{job.id} was taken away from this worker")
     metrics = dict(job.metrics)
@@ -242,17 +315,11 @@ def _train(
             metrics[name] = float(values[-1])
     if recorder.cancel_requested:
         recorder.checkpoint(trainer, metrics)
-        with_retry(
-            lambda: store.finish_job(claim, JobState.CANCELLED, "cancelled by request"), retry_s
-        )
         return JobState.CANCELLED
     if stop.is_set() and trainer.epoch < int(training["epochs"]):
         recorder.checkpoint(trainer, metrics)
-        with_retry(lambda: store.release_job(claim), retry_s)
         return JobState.QUEUED
     recorder.checkpoint(trainer, metrics, final=True)
-    progress = recorder.progress or None
-    with_retry(lambda: store.finish_job(claim, JobState.SUCCEEDED, progress=progress), retry_s)
     return JobState.SUCCEEDED
 
 
