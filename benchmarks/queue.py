@@ -85,6 +85,7 @@ def postgres_database(admin_url: str) -> Iterator[str]:
 def add_dataset(store: Store, features: np.ndarray, targets: np.ndarray, task: TaskKind) -> str:
     dataset = Dataset(
         id=new_id(),
+        project="default",
         display_name="bench",
         task=task,
         num_classes=int(targets.max()) + 1 if task is not TaskKind.REGRESSION else 0,

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -123,19 +124,33 @@ class Client:
         self,
         target: str = DEFAULT_TARGET,
         *,
+        api_key: str | None = None,
+        tls: bool | str = False,
+        client_cert: tuple[str, str] | None = None,
         timeout: float = 30.0,
         max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
     ) -> None:
+        """`tls=True` verifies the server with the system's CAs, `tls="ca.pem"` with that CA;
+        `client_cert=(cert.pem, key.pem)` for servers that require client certificates."""
         self.target = target
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if tls or client_cert:
+            root = Path(tls).read_bytes() if isinstance(tls, str) else None
+            key = chain = None
+            if client_cert is not None:
+                chain, key = Path(client_cert[0]).read_bytes(), Path(client_cert[1]).read_bytes()
+            credentials = grpc.ssl_channel_credentials(root, key, chain)
+            channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            channel = grpc.insecure_channel(target, options=options)
+        # The key travels as metadata (call credentials are refused on plaintext channels).
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self._channel = channel
         self._datasets = datasets_pb2_grpc.DatasetServiceStub(self._channel)
         self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
         self._predictions = predictions_pb2_grpc.PredictionServiceStub(self._channel)
@@ -153,7 +168,7 @@ class Client:
         self, method: Callable[..., Response], request: Any, timeout: float | None = None
     ) -> Response:
         try:
-            return method(request, timeout=timeout or self.timeout)
+            return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
@@ -220,6 +235,10 @@ class Client:
             if not token:
                 return
 
+    def delete_dataset(self, name: str) -> None:
+        """Deletes a dataset; refused (FailedPrecondition) while an unfinished job uses it."""
+        self._call(self._datasets.DeleteDataset, datasets_pb2.DeleteDatasetRequest(name=name))
+
     # --- jobs ---------------------------------------------------------------------------------
 
     def create_job(
@@ -278,6 +297,37 @@ class Client:
 
     def get_job(self, name: str) -> Job:
         return Job(self, self._job_status(name))
+
+    def delete_job(self, name: str) -> None:
+        """Deletes a finished job with its metrics and checkpoints."""
+        self._call(self._jobs.DeleteJob, jobs_pb2.DeleteJobRequest(name=name))
+
+    def watch_job(
+        self, name: str, after_sequence: int = 0, timeout: float | None = None
+    ) -> Iterator[jobs_pb2.JobEvent]:
+        """The job's numbered events after `after_sequence`, until the job finishes."""
+        request = jobs_pb2.WatchJobRequest(name=name, after_sequence=after_sequence)
+        try:
+            yield from self._jobs.WatchJob(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def job_metrics(self, name: str, names: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """Each metric as an array of shape (points, 3): step, epoch, value."""
+        request = jobs_pb2.ListJobMetricsRequest(name=name, metric_names=list(names))
+        response = self._call(self._jobs.ListJobMetrics, request)
+        return {
+            s.name: np.column_stack([s.steps, s.epochs, s.values]).astype(np.float64)
+            for s in response.series
+        }
+
+    def job_checkpoints(self, name: str) -> list[jobs_pb2.Checkpoint]:
+        request = jobs_pb2.ListCheckpointsRequest(name=name)
+        return list(self._call(self._jobs.ListCheckpoints, request).checkpoints)
+
+    def model_metadata(self, job: str, checkpoint: str = "") -> predictions_pb2.ModelMetadata:
+        request = predictions_pb2.GetModelMetadataRequest(job=job, checkpoint=checkpoint)
+        return self._call(self._predictions.GetModelMetadata, request)
 
     def cancel_job(self, name: str) -> JobStatus:
         request = jobs_pb2.CancelJobRequest(name=name)
@@ -381,6 +431,18 @@ class Job:
         if status.state == "FAILED":
             raise JobFailed(f"{self.name} failed: {status.error}")
         return status
+
+    def watch(self, after_sequence: int = 0) -> Iterator[jobs_pb2.JobEvent]:
+        return self.client.watch_job(self.name, after_sequence)
+
+    def metrics(self, names: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        return self.client.job_metrics(self.name, names)
+
+    def checkpoints(self) -> list[jobs_pb2.Checkpoint]:
+        return self.client.job_checkpoints(self.name)
+
+    def delete(self) -> None:
+        self.client.delete_job(self.name)
 
     def cancel(self) -> JobStatus:
         """Cancels the job: a queued job at once, a running one at its next batch."""

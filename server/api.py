@@ -1,11 +1,13 @@
 """gRPC servicers: convert the request, call a service, convert the result. Nothing else.
 
-Errors raised by the services are mapped to statuses by `server.interceptors.ErrorInterceptor`.
-RPCs not overridden here answer UNIMPLEMENTED through the generated base classes.
+Errors raised by the services are mapped to statuses by `server.interceptors.ErrorInterceptor`;
+the caller's project comes from `server.auth` (set by `AuthInterceptor`).
 """
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import Iterator
 
 import grpc
@@ -18,12 +20,25 @@ from trainwire.v1 import (
     jobs_pb2_grpc,
     predictions_pb2,
     predictions_pb2_grpc,
+    tensor_pb2,
 )
 
-from .convert import checkpoint_name, dataset_to_proto, job_to_proto
+from .auth import current_client, current_project
+from .convert import (
+    STATES_TO_PROTO,
+    checkpoint_name,
+    checkpoint_to_proto,
+    dataset_to_proto,
+    job_to_proto,
+    model_spec_to_proto,
+    progress_to_proto,
+    timestamp,
+)
 from .datasets import DatasetService
+from .errors import ResourceExhausted
 from .jobs import JobService
-from .predictions import PredictionService
+from .predictions import Prediction, PredictionService
+from .records import TaskKind
 
 
 class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
@@ -35,48 +50,153 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         request_iterator: Iterator[datasets_pb2.UploadDatasetRequest],
         context: grpc.ServicerContext,
     ) -> datasets_pb2.Dataset:
-        return dataset_to_proto(self.datasets.upload(request_iterator))
+        return dataset_to_proto(self.datasets.upload(request_iterator, current_project()))
 
     def GetDataset(
         self, request: datasets_pb2.GetDatasetRequest, context: grpc.ServicerContext
     ) -> datasets_pb2.Dataset:
-        return dataset_to_proto(self.datasets.get(request.name))
+        return dataset_to_proto(self.datasets.get(request.name, current_project()))
 
     def ListDatasets(
         self, request: datasets_pb2.ListDatasetsRequest, context: grpc.ServicerContext
     ) -> datasets_pb2.ListDatasetsResponse:
-        items, token = self.datasets.list(request.page_size, request.page_token)
+        items, token = self.datasets.list_datasets(
+            request.page_size, request.page_token, current_project()
+        )
         return datasets_pb2.ListDatasetsResponse(
             datasets=[dataset_to_proto(d) for d in items], next_page_token=token
         )
 
+    def DeleteDataset(
+        self, request: datasets_pb2.DeleteDatasetRequest, context: grpc.ServicerContext
+    ) -> datasets_pb2.DeleteDatasetResponse:
+        self.datasets.delete(request.name, current_project())
+        return datasets_pb2.DeleteDatasetResponse()
+
+
+class WatchLimiter:
+    """Counts open watches per client (API key, or peer address on an open server)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def acquire(self, client: str) -> None:
+        with self.lock:
+            if self.open[client] >= self.limit:
+                raise ResourceExhausted.limit(
+                    "max_watches_per_client", self.limit, self.open[client] + 1
+                )
+            self.open[client] += 1
+
+    def release(self, client: str) -> None:
+        with self.lock:
+            self.open[client] -= 1
+            if self.open[client] <= 0:
+                del self.open[client]
+
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
-    def __init__(self, jobs: JobService) -> None:
+    def __init__(
+        self, jobs: JobService, predictions: PredictionService, watches: WatchLimiter
+    ) -> None:
         self.jobs = jobs
+        self.predictions = predictions
+        self.watches = watches
 
     def CreateJob(
         self, request: jobs_pb2.CreateJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.Job:
-        return job_to_proto(self.jobs.create(request))
+        return job_to_proto(self.jobs.create(request, current_project()))
 
     def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.Job:
-        return job_to_proto(self.jobs.get(request.name))
+        return job_to_proto(self.jobs.get(request.name, current_project()))
 
     def CancelJob(
         self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.Job:
-        return job_to_proto(self.jobs.cancel(request.name))
+        return job_to_proto(self.jobs.cancel(request.name, current_project()))
+
+    def DeleteJob(
+        self, request: jobs_pb2.DeleteJobRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.DeleteJobResponse:
+        self.predictions.forget(self.jobs.delete(request.name, current_project()))
+        return jobs_pb2.DeleteJobResponse()
 
     def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
-        items, token = self.jobs.list(request)
+        items, token = self.jobs.list_jobs(request, current_project())
         return jobs_pb2.ListJobsResponse(
             jobs=[job_to_proto(j) for j in items], next_page_token=token
         )
+
+    def WatchJob(
+        self, request: jobs_pb2.WatchJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[jobs_pb2.JobEvent]:
+        client = current_client()
+        self.watches.acquire(client)
+        try:
+            events = self.jobs.events(
+                request.name, request.after_sequence, current_project(), context.is_active
+            )
+            for event in events:
+                yield jobs_pb2.JobEvent(
+                    sequence=event.sequence,
+                    time=timestamp(event.created_at),
+                    state=STATES_TO_PROTO[event.state],
+                    progress=progress_to_proto(event.progress),
+                    metrics=[
+                        jobs_pb2.MetricPoint(
+                            name=name,
+                            value=value,
+                            step=int(event.progress.get("step", 0)),
+                            epoch=int(event.progress.get("epoch", 0)),
+                        )
+                        for name, value in sorted(event.metrics.items())
+                    ],
+                    message=event.message,
+                )
+        finally:
+            self.watches.release(client)
+
+    def ListJobMetrics(
+        self, request: jobs_pb2.ListJobMetricsRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.ListJobMetricsResponse:
+        series = self.jobs.metrics(request.name, list(request.metric_names), current_project())
+        return jobs_pb2.ListJobMetricsResponse(
+            series=[
+                jobs_pb2.MetricSeries(
+                    name=name,
+                    steps=[v.step for v in values],
+                    epochs=[v.epoch for v in values],
+                    values=[v.value for v in values],
+                )
+                for name, values in sorted(series.items())
+            ]
+        )
+
+    def ListCheckpoints(
+        self, request: jobs_pb2.ListCheckpointsRequest, context: grpc.ServicerContext
+    ) -> jobs_pb2.ListCheckpointsResponse:
+        checkpoints = self.jobs.checkpoints(request.name, current_project())
+        best = self.predictions.best_of(checkpoints)
+        return jobs_pb2.ListCheckpointsResponse(
+            checkpoints=[checkpoint_to_proto(c, c is best) for c in checkpoints]
+        )
+
+
+def _prediction_response(result: Prediction) -> predictions_pb2.PredictResponse:
+    response = predictions_pb2.PredictResponse(
+        checkpoint=checkpoint_name(result.checkpoint), outputs=to_tensor(result.outputs)
+    )
+    if result.probabilities is not None and result.labels is not None:
+        response.probabilities.CopyFrom(to_tensor(result.probabilities))
+        response.labels.CopyFrom(to_tensor(result.labels))
+    return response
 
 
 class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
@@ -86,11 +206,43 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
     def Predict(
         self, request: predictions_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> predictions_pb2.PredictResponse:
-        result = self.predictions.predict(request.job, request.checkpoint, request.inputs)
-        response = predictions_pb2.PredictResponse(
-            checkpoint=checkpoint_name(result.checkpoint), outputs=to_tensor(result.outputs)
+        result = self.predictions.predict(
+            request.job, request.checkpoint, request.inputs, current_project()
         )
-        if result.probabilities is not None and result.labels is not None:
-            response.probabilities.CopyFrom(to_tensor(result.probabilities))
-            response.labels.CopyFrom(to_tensor(result.labels))
-        return response
+        return _prediction_response(result)
+
+    def PredictStream(
+        self,
+        request_iterator: Iterator[predictions_pb2.PredictRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[predictions_pb2.PredictResponse]:
+        project = current_project()
+        for request in request_iterator:
+            result = self.predictions.predict(
+                request.job, request.checkpoint, request.inputs, project
+            )
+            yield _prediction_response(result)
+
+    def GetModelMetadata(
+        self, request: predictions_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
+    ) -> predictions_pb2.ModelMetadata:
+        job, checkpoint, model = self.predictions.metadata(
+            request.job, request.checkpoint, current_project()
+        )
+        dtype = (
+            tensor_pb2.DATA_TYPE_FLOAT64
+            if str(model.dtype) == "float64"
+            else tensor_pb2.DATA_TYPE_FLOAT32
+        )
+        classes = int(job.target.get("num_classes", 0))
+        classification = TaskKind(job.target["task"]).is_classification
+        return predictions_pb2.ModelMetadata(
+            job=f"jobs/{job.id}",
+            checkpoint=checkpoint_name(checkpoint),
+            inputs=tensor_pb2.TensorInfo(dtype=dtype, shape=[-1, model.input_dim]),
+            outputs=tensor_pb2.TensorInfo(dtype=dtype, shape=[-1, model.output_dim]),
+            num_classes=classes if classification else 0,
+            model=model_spec_to_proto(job.model_spec),
+            num_parameters=model.num_parameters,
+            class_names=list(job.target.get("class_names", [])),
+        )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,12 +25,13 @@ from trainwire.v1 import (
     predictions_pb2_grpc,
 )
 
-from .api import DatasetServicer, JobServicer, PredictionServicer
+from .api import DatasetServicer, JobServicer, PredictionServicer, WatchLimiter
+from .auth import KeyChecker
 from .config import Settings
 from .datasets import DatasetService
 from .db import Database
 from .errors import Unavailable
-from .interceptors import ErrorInterceptor
+from .interceptors import AuthInterceptor, ErrorInterceptor
 from .jobs import JobService
 from .migrate import ensure_migrated
 from .model_cache import ModelCache
@@ -50,6 +53,17 @@ class RunningServer:
     server: grpc.Server
     port: int
     health: health.HealthServicer
+    monitor: HealthMonitor
+    keys: KeyChecker
+
+    def start(self) -> None:
+        self.server.start()
+        self.monitor.start()
+
+    def stop(self, grace_s: float) -> None:
+        self.monitor.stopped.set()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace=grace_s).wait()
 
 
 def create_server(settings: Settings, store: Store, address: str | None = None) -> RunningServer:
@@ -60,30 +74,88 @@ def create_server(settings: Settings, store: Store, address: str | None = None) 
         # One process per port unless several are meant to share it (grpcio enables it by default).
         ("grpc.so_reuseport", 0),
     ]
+    checker = KeyChecker(store.active_api_keys)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="rpc"),
-        interceptors=[ErrorInterceptor()],
+        # The first interceptor is the outermost: errors (including refused keys) become statuses.
+        interceptors=[ErrorInterceptor(), AuthInterceptor(checker)],
         options=options,
     )
     datasets = DatasetService(store, settings)
-    datasets_pb2_grpc.add_DatasetServiceServicer_to_server(DatasetServicer(datasets), server)
-    jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(JobService(store, settings)), server)
     predictions = PredictionService(store, ModelCache(settings.model_cache_bytes))
+    jobs = JobServicer(
+        JobService(store, settings), predictions, WatchLimiter(settings.max_watches_per_client)
+    )
+    datasets_pb2_grpc.add_DatasetServiceServicer_to_server(DatasetServicer(datasets), server)
+    jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, server)
     predictions_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionServicer(predictions), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in (*SERVICE_NAMES, ""):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     bind = address or f"{settings.host}:{settings.port}"
-    port = server.add_insecure_port(bind)
+    if settings.tls_cert:
+        port = server.add_secure_port(bind, server_credentials(settings))
+    else:
+        port = server.add_insecure_port(bind)
     if port == 0:
         raise RuntimeError(f"cannot listen on {bind}: the address is in use or not available")
-    return RunningServer(server, port, health_servicer)
+    monitor = HealthMonitor(store, health_servicer)
+    monitor.check()
+    return RunningServer(server, port, health_servicer, monitor, checker)
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials:
+    if not settings.tls_key:
+        raise ValueError("TRAINWIRE_TLS_CERT is set but TRAINWIRE_TLS_KEY is not")
+    key = Path(settings.tls_key).read_bytes()
+    cert = Path(settings.tls_cert).read_bytes()
+    client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+class HealthMonitor(threading.Thread):
+    """Reports every service NOT_SERVING while the database is unreachable."""
+
+    def __init__(self, store: Store, servicer: health.HealthServicer, every_s: float = 2.0):
+        super().__init__(name="health", daemon=True)
+        self.store = store
+        self.servicer = servicer
+        self.every_s = every_s
+        self.stopped = threading.Event()
+        self.serving: bool | None = None
+
+    def check(self) -> None:
+        try:
+            self.store.ping()
+            serving = True
+        except Exception as error:  # any failure to reach the database means not serving
+            log.debug("health check of the database failed: %s", error)
+            serving = False
+        if serving != self.serving:
+            status = health_pb2.HealthCheckResponse.SERVING
+            if not serving:
+                status = health_pb2.HealthCheckResponse.NOT_SERVING
+                log.warning("database unreachable: reporting NOT_SERVING")
+            for name in (*SERVICE_NAMES, ""):
+                self.servicer.set(name, status)
+            self.serving = serving
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            self.check()
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def rescue_lost_jobs(store: Store) -> None:
@@ -99,11 +171,24 @@ def serve(settings: Settings) -> int:
     """Runs the server and its worker processes until SIGTERM or SIGINT; returns an exit code."""
     database = Database(settings.database_url)
     ensure_migrated(database, settings.auto_migrate_sqlite)
-    running = create_server(settings, Store(database))
-    running.server.start()
+    store = Store(database)
+    running = create_server(settings, store)
+    if not running.keys.required:
+        if not is_loopback(settings.host) and not settings.allow_open_public:
+            raise RuntimeError(
+                f"refusing to serve {settings.host} without API keys: create one with "
+                "`trainwire keys create --project NAME`, or set TRAINWIRE_ALLOW_OPEN_PUBLIC=true "
+                "to run open on a public address"
+            )
+        log.warning("no API keys exist: the server is open to anyone who can reach it")
+    running.start()
     shown = database.engine.url.render_as_string(hide_password=True)
+    scheme = "TLS" if settings.tls_cert else "plaintext"
     # Tests and scripts read this line to learn the port when it was 0.
-    print(f"Trainwire listening on {settings.host}:{running.port} (database {shown})", flush=True)
+    print(
+        f"Trainwire listening on {settings.host}:{running.port} ({scheme}; database {shown})",
+        flush=True,
+    )
     pool = WorkerPool(settings, settings.workers)
     pool.start()
 
@@ -115,12 +200,10 @@ def serve(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    store = Store(database)
     while not stopping.wait(1.0):
         pool.supervise()
         rescue_lost_jobs(store)
-    running.health.enter_graceful_shutdown()
-    running.server.stop(grace=5.0).wait()
+    running.stop(grace_s=5.0)
     pool.stop()
     database.dispose()
     print("Trainwire stopped", file=sys.stderr, flush=True)

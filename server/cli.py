@@ -1,4 +1,4 @@
-"""The `trainwire` command: serve, worker, db."""
+"""The `trainwire` command: serve, worker, db, keys."""
 
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
         workers=getattr(args, "workers", None),
+        tls_cert=getattr(args, "tls_cert", None),
+        tls_key=getattr(args, "tls_key", None),
+        tls_client_ca=getattr(args, "tls_client_ca", None),
+        allow_open_public=getattr(args, "allow_open_public", None) or None,
     )
 
 
@@ -70,6 +74,34 @@ def _db(args: argparse.Namespace) -> int:
     return 0 if current == head else 1
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from .db import Database
+    from .migrate import ensure_migrated
+    from .store import Store
+
+    settings = _settings(args)
+    database = Database(settings.database_url)
+    try:
+        ensure_migrated(database, settings.auto_migrate_sqlite)
+        store = Store(database)
+        if args.keys_command == "create":
+            created = store.create_api_key(args.project, args.name)
+            print(f"created key {created.id} for project {created.project}; it is shown once:")
+            print(created.key)
+        elif args.keys_command == "revoke":
+            store.revoke_api_key(args.key_id)
+            print(f"revoked key {args.key_id}")
+        else:
+            for key in store.list_api_keys():
+                state = (
+                    f"revoked {key['revoked_at']:%Y-%m-%d %H:%M}" if key["revoked_at"] else "active"
+                )
+                print(f"{key['id']}  {key['project']:<20} {state:<24} {key['name']}")
+    finally:
+        database.dispose()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainwire", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port, 0 for any free one (TRAINWIRE_PORT, 50051)")
     serve.add_argument("--workers", type=int, help="worker processes (TRAINWIRE_WORKERS, 2)")
     serve.add_argument("--database-url", help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)")
+    serve.add_argument("--tls-cert", help="PEM certificate: serve TLS (TRAINWIRE_TLS_CERT)")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert (TRAINWIRE_TLS_KEY)")
+    serve.add_argument(
+        "--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)"
+    )
+    serve.add_argument(
+        "--allow-open-public",
+        action="store_true",
+        help="serve a non-loopback address even though no API key exists",
+    )
     serve.set_defaults(handler=_serve)
 
     worker = commands.add_parser("worker", help="run worker processes that train queued jobs")
@@ -92,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("db_command", choices=["upgrade", "current"])
     db.add_argument("--database-url", help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)")
     db.set_defaults(handler=_db)
+
+    keys = commands.add_parser("keys", help="API keys (each belongs to one project)")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_commands.add_parser("create", help="create a key and print it once")
+    create.add_argument("--project", required=True, help="the project the key can see")
+    create.add_argument("--name", default="", help="a note on who uses the key")
+    listing = keys_commands.add_parser("list", help="list keys (never their secrets)")
+    revoke = keys_commands.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key_id")
+    for sub in (create, listing, revoke):
+        sub.add_argument("--database-url", help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)")
+    keys.set_defaults(handler=_keys)
     return parser
 
 

@@ -26,7 +26,15 @@ class Settings:
     max_dataset_bytes: int = 512 * 1024 * 1024
     max_parameters: int = 50_000_000
     max_epochs: int = 100_000
+    max_watches_per_client: int = 16
     grpc_threads: int = 16
+    # TLS: PEM files of the server's certificate and key; with a client CA, clients must present
+    # a certificate it signed (mutual TLS).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # Without API keys the server only listens on loopback unless this is set.
+    allow_open_public: bool = False
     # Worker behaviour.
     poll_interval_s: float = 0.5
     default_max_attempts: int = 3
@@ -81,7 +89,12 @@ _ENV_FIELDS: dict[str, type] = {
     "max_dataset_bytes": int,
     "max_parameters": int,
     "max_epochs": int,
+    "max_watches_per_client": int,
     "grpc_threads": int,
+    "tls_cert": str,
+    "tls_key": str,
+    "tls_client_ca": str,
+    "allow_open_public": bool,
     "poll_interval_s": float,
     "default_max_attempts": int,
     "lease_s": float,

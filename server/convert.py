@@ -122,23 +122,40 @@ def training_to_proto(training: dict[str, Any]) -> models_pb2.TrainingConfig:
     )
 
 
+def progress_to_proto(progress: dict[str, float]) -> jobs_pb2.Progress:
+    return jobs_pb2.Progress(
+        epoch=int(progress.get("epoch", 0)),
+        total_epochs=int(progress.get("total_epochs", 0)),
+        step=int(progress.get("step", 0)),
+        total_steps=int(progress.get("total_steps", 0)),
+        examples_per_second=float(progress.get("examples_per_second", 0.0)),
+        eta_seconds=float(progress.get("eta_seconds", 0.0)),
+    )
+
+
+def checkpoint_to_proto(checkpoint: Checkpoint, is_best: bool) -> jobs_pb2.Checkpoint:
+    return jobs_pb2.Checkpoint(
+        name=checkpoint_name(checkpoint),
+        epoch=checkpoint.epoch,
+        step=checkpoint.step,
+        metrics=checkpoint.metrics,
+        size_bytes=checkpoint.size_bytes,
+        create_time=timestamp(checkpoint.created_at),
+        is_best=is_best,
+        is_final=checkpoint.is_final,
+    )
+
+
 def job_to_proto(job: Job) -> jobs_pb2.Job:
-    progress = job.progress
+    progress = {"total_epochs": job.training.get("epochs", 0), **job.progress}
     return jobs_pb2.Job(
         name=f"jobs/{job.id}",
         display_name=job.display_name,
-        dataset=f"datasets/{job.dataset_id}",
+        dataset=f"datasets/{job.dataset_id}" if job.dataset_id else "",
         model=model_spec_to_proto(job.model_spec),
         training=training_to_proto(job.training),
         state=STATES_TO_PROTO[job.state],
-        progress=jobs_pb2.Progress(
-            epoch=int(progress.get("epoch", 0)),
-            total_epochs=int(progress.get("total_epochs", job.training.get("epochs", 0))),
-            step=int(progress.get("step", 0)),
-            total_steps=int(progress.get("total_steps", 0)),
-            examples_per_second=float(progress.get("examples_per_second", 0.0)),
-            eta_seconds=float(progress.get("eta_seconds", 0.0)),
-        ),
+        progress=progress_to_proto(progress),
         metrics=job.metrics,
         error=job.error,
         create_time=timestamp(job.created_at),

@@ -14,13 +14,14 @@ from trainwire.v1 import datasets_pb2, tensor_pb2
 from .config import Settings
 from .convert import TASKS_FROM_PROTO
 from .errors import InvalidArgument, ResourceExhausted
-from .names import parse_name
+from .names import check_text, parse_name
 from .records import Dataset, TaskKind
 from .store import Store, new_id, utcnow
 
 FEATURE_DTYPES = (tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_FLOAT64)
 MAX_CLASSES = 100_000
 MAX_NAME_LENGTH = 256
+MAX_LABELS = 64
 
 
 class DatasetService:
@@ -28,7 +29,9 @@ class DatasetService:
         self.store = store
         self.settings = settings
 
-    def upload(self, requests: Iterable[datasets_pb2.UploadDatasetRequest]) -> Dataset:
+    def upload(
+        self, requests: Iterable[datasets_pb2.UploadDatasetRequest], project: str
+    ) -> Dataset:
         stream = iter(requests)
         first = next(stream, None)
         if first is None or first.WhichOneof("content") != "header":
@@ -88,6 +91,7 @@ class DatasetService:
         data = save_state({"features": features, "targets": targets})
         dataset = Dataset(
             id=new_id(),
+            project=project,
             display_name=header.display_name,
             task=task,
             num_classes=num_classes,
@@ -114,10 +118,18 @@ class DatasetService:
                 "must be TASK_KIND_REGRESSION, TASK_KIND_BINARY_CLASSIFICATION or "
                 f"TASK_KIND_MULTICLASS_CLASSIFICATION. Received: {header.task}",
             )
-        if len(header.display_name) > MAX_NAME_LENGTH:
-            raise InvalidArgument.field(
-                "header.display_name", f"must be at most {MAX_NAME_LENGTH} characters"
-            )
+        check_text("header.display_name", header.display_name, MAX_NAME_LENGTH)
+        if len(header.labels) > MAX_LABELS:
+            raise InvalidArgument.field("header.labels", f"at most {MAX_LABELS} labels")
+        for key, value in header.labels.items():
+            check_text("header.labels", key, MAX_NAME_LENGTH)
+            check_text(f"header.labels[{key[:40]!r}]", value, MAX_NAME_LENGTH)
+        for field in ("feature_names", "class_names"):
+            names = getattr(header, field)
+            if len(names) > MAX_CLASSES:
+                raise InvalidArgument.field(f"header.{field}", f"at most {MAX_CLASSES} names")
+            for name in names:
+                check_text(f"header.{field}", name, MAX_NAME_LENGTH)
         if header.features.dtype not in FEATURE_DTYPES:
             raise InvalidArgument.field(
                 "header.features.dtype",
@@ -141,6 +153,11 @@ class DatasetService:
             )
         if features[1] == 0:
             raise InvalidArgument.field("header.features.shape", "examples have 0 features")
+        if header.feature_names and len(header.feature_names) != features[1]:
+            raise InvalidArgument.field(
+                "header.feature_names",
+                f"has {len(header.feature_names)} names for {features[1]} features",
+            )
         if len(targets) not in (1, 2) or targets[0] != features[0] or any(s <= 0 for s in targets):
             raise InvalidArgument.field(
                 "header.targets.shape",
@@ -154,11 +171,16 @@ class DatasetService:
             )
         return features, targets
 
-    def get(self, name: str) -> Dataset:
-        return self.store.get_dataset(parse_name(name, "datasets", "name"))
+    def get(self, name: str, project: str) -> Dataset:
+        return self.store.get_dataset(parse_name(name, "datasets", "name"), project)
 
-    def list(self, page_size: int, page_token: str) -> tuple[list[Dataset], str]:
-        return self.store.list_datasets(page_size, page_token)
+    def list_datasets(
+        self, page_size: int, page_token: str, project: str
+    ) -> tuple[list[Dataset], str]:
+        return self.store.list_datasets(page_size, page_token, project)
+
+    def delete(self, name: str, project: str) -> None:
+        self.store.delete_dataset(parse_name(name, "datasets", "name"), project)
 
     def arrays(self, dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
         """The stored (features, targets) of a dataset."""

@@ -17,6 +17,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from .auth import CURRENT_CLIENT, CURRENT_PROJECT, EXEMPT_PREFIXES, KeyChecker
 from .errors import TrainwireError
 
 log = logging.getLogger("trainwire.server")
@@ -87,6 +88,31 @@ def _guard_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callab
     return guarded
 
 
+Wrapper = Callable[[Callable[..., Any], str], Callable[..., Any]]
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler, method: str, unary: Wrapper, stream: Wrapper
+) -> grpc.RpcMethodHandler:
+    """The same handler with its behaviour wrapped (`unary` for single responses, `stream`
+    for streamed ones)."""
+    codecs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary, method), **codecs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary, method), **codecs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(stream(handler.unary_stream, method), **codecs)
+    if handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(
+            stream(handler.stream_stream, method), **codecs
+        )
+    return handler
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
     def intercept_service(
         self,
@@ -96,25 +122,55 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
+        return wrap_handler(handler, handler_call_details.method, _guard_unary, _guard_stream)
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Checks the bearer key and runs the handler with its project (see `server.auth`).
+
+    It sits inside ErrorInterceptor, so a refused key becomes UNAUTHENTICATED like any other
+    domain error.
+    """
+
+    def __init__(self, checker: KeyChecker) -> None:
+        self.checker = checker
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
         method = handler_call_details.method
-        codecs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _guard_unary(handler.unary_unary, method), **codecs
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _guard_unary(handler.stream_unary, method), **codecs
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _guard_stream(handler.unary_stream, method), **codecs
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _guard_stream(handler.stream_stream, method), **codecs
-            )
-        return handler
+        if handler is None or method.startswith(EXEMPT_PREFIXES):
+            return handler
+        metadata = handler_call_details.invocation_metadata
+        checker = self.checker
+
+        def unary(behavior: Callable[..., Any], _method: str) -> Callable[..., Any]:
+            def authorised(request: Any, context: grpc.ServicerContext) -> Any:
+                project, client = checker.project_of(metadata)
+                project_token = CURRENT_PROJECT.set(project)
+                client_token = CURRENT_CLIENT.set(client or context.peer())
+                try:
+                    return behavior(request, context)
+                finally:
+                    CURRENT_PROJECT.reset(project_token)
+                    CURRENT_CLIENT.reset(client_token)
+
+            return authorised
+
+        def stream(behavior: Callable[..., Any], _method: str) -> Callable[..., Any]:
+            def authorised(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                project, client = checker.project_of(metadata)
+                project_token = CURRENT_PROJECT.set(project)
+                client_token = CURRENT_CLIENT.set(client or context.peer())
+                try:
+                    yield from behavior(request, context)
+                finally:
+                    CURRENT_PROJECT.reset(project_token)
+                    CURRENT_CLIENT.reset(client_token)
+
+            return authorised
+
+        return wrap_handler(handler, method, unary, stream)

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable, Iterator
 
 from trainwire.v1 import jobs_pb2
 
 from .config import Settings
 from .convert import STATES_FROM_PROTO, model_spec_from_proto
 from .errors import InvalidArgument, ResourceExhausted
-from .names import parse_name
-from .records import Job, JobState, NewJob
+from .names import check_text, parse_name
+from .records import Checkpoint, Job, JobEvent, JobState, MetricValue, NewJob
 from .store import Store
 from .training import (
     build_model,
     build_trainer,
     check_model_fits_dataset,
+    estimate_parameters,
     training_from_proto,
 )
 
@@ -24,6 +27,8 @@ MAX_LABELS = 64
 MAX_LABEL_LENGTH = 256
 MAX_REQUEST_ID = 128
 MAX_ATTEMPTS_LIMIT = 100
+# How often a watch looks for new events of a running job.
+WATCH_POLL_S = 0.2
 
 
 class JobService:
@@ -31,8 +36,9 @@ class JobService:
         self.store = store
         self.settings = settings
 
-    def create(self, request: jobs_pb2.CreateJobRequest) -> Job:
-        dataset = self.store.get_dataset(parse_name(request.dataset, "datasets", "dataset"))
+    def create(self, request: jobs_pb2.CreateJobRequest, project: str) -> Job:
+        dataset_id = parse_name(request.dataset, "datasets", "dataset")
+        dataset = self.store.get_dataset(dataset_id, project)
         if request.model.input_dim < 0:
             raise InvalidArgument.field(
                 "model.input_dim", f"must not be negative. Received: {request.model.input_dim}"
@@ -45,6 +51,10 @@ class JobService:
                 "max_epochs", self.settings.max_epochs, training["epochs"]
             )
         spec = model_spec_from_proto(request.model, dataset.num_features)
+        # Count before building: a model over the limit must not be allocated at all.
+        estimate = estimate_parameters(spec)
+        if estimate > self.settings.max_parameters:
+            raise ResourceExhausted.limit("max_parameters", self.settings.max_parameters, estimate)
         model = build_model(spec, training)
         check_model_fits_dataset(model, training, dataset)
         if model.num_parameters > self.settings.max_parameters:
@@ -53,29 +63,25 @@ class JobService:
             )
         build_trainer(model, training)
         _check_labels(dict(request.labels))
+        check_text("display_name", request.display_name, MAX_LABEL_LENGTH)
+        check_text("request_id", request.request_id, MAX_REQUEST_ID)
         queue = request.queue or "default"
         if not QUEUE_NAME.match(queue):
             raise InvalidArgument.field(
                 "queue", f"must be 1-64 letters, digits, '_', '.' or '-'. Received: {queue!r}"
-            )
-        if len(request.request_id) > MAX_REQUEST_ID:
-            raise InvalidArgument.field(
-                "request_id", f"must be at most {MAX_REQUEST_ID} characters"
             )
         if not 0 <= request.max_attempts <= MAX_ATTEMPTS_LIMIT:
             raise InvalidArgument.field(
                 "max_attempts",
                 f"must be in [0, {MAX_ATTEMPTS_LIMIT}]. Received: {request.max_attempts}",
             )
-        if len(request.display_name) > MAX_LABEL_LENGTH:
-            raise InvalidArgument.field(
-                "display_name", f"must be at most {MAX_LABEL_LENGTH} characters"
-            )
         return self.store.create_job(
             NewJob(
                 dataset_id=dataset.id,
                 model_spec=model.to_spec(),
                 training=training,
+                project=project,
+                target=dataset.target(),
                 display_name=request.display_name,
                 labels=dict(request.labels),
                 queue=queue,
@@ -85,13 +91,19 @@ class JobService:
             )
         )
 
-    def get(self, name: str) -> Job:
-        return self.store.get_job(parse_name(name, "jobs", "name"))
+    def get(self, name: str, project: str) -> Job:
+        return self.store.get_job(parse_name(name, "jobs", "name"), project)
 
-    def cancel(self, name: str) -> Job:
-        return self.store.cancel_job(parse_name(name, "jobs", "name"))
+    def cancel(self, name: str, project: str) -> Job:
+        return self.store.cancel_job(parse_name(name, "jobs", "name"), project)
 
-    def list(self, request: jobs_pb2.ListJobsRequest) -> tuple[list[Job], str]:
+    def delete(self, name: str, project: str) -> str:
+        """Deletes a finished job; returns its id (so caches can forget it)."""
+        job_id = parse_name(name, "jobs", "name")
+        self.store.delete_job(job_id, project)
+        return job_id
+
+    def list_jobs(self, request: jobs_pb2.ListJobsRequest, project: str) -> tuple[list[Job], str]:
         state: JobState | None = None
         if request.state:
             if request.state not in STATES_FROM_PROTO:
@@ -101,8 +113,54 @@ class JobService:
             state = STATES_FROM_PROTO[request.state]
         dataset_id = parse_name(request.dataset, "datasets", "dataset") if request.dataset else None
         return self.store.list_jobs(
-            request.page_size, request.page_token, state, dataset_id, dict(request.labels)
+            request.page_size,
+            request.page_token,
+            state,
+            dataset_id,
+            dict(request.labels),
+            project,
         )
+
+    def events(
+        self, name: str, after: int, project: str, keep_going: Callable[[], bool]
+    ) -> Iterator[JobEvent]:
+        """The job's events after `after`, then new ones as they happen, until it finishes or
+        `keep_going()` turns false (the caller went away or its deadline passed)."""
+        job_id = parse_name(name, "jobs", "name")
+        if after < 0:
+            raise InvalidArgument.field(
+                "after_sequence", f"must not be negative. Received: {after}"
+            )
+        self.store.get_job(job_id, project)
+        while keep_going():
+            batch = self.store.job_events(job_id, after)
+            yield from batch
+            if batch:
+                after = batch[-1].sequence
+                continue
+            if self.store.get_job(job_id, project).state.is_finished:
+                # One last look: the final event is written with the final state.
+                tail = self.store.job_events(job_id, after)
+                yield from tail
+                if not tail:
+                    return
+                after = tail[-1].sequence
+                continue
+            time.sleep(WATCH_POLL_S)
+
+    def metrics(self, name: str, names: list[str], project: str) -> dict[str, list[MetricValue]]:
+        job_id = parse_name(name, "jobs", "name")
+        self.store.get_job(job_id, project)
+        series: dict[str, list[MetricValue]] = {}
+        for value in self.store.metric_values(job_id):
+            if not names or value.name in names:
+                series.setdefault(value.name, []).append(value)
+        return series
+
+    def checkpoints(self, name: str, project: str) -> list[Checkpoint]:
+        job_id = parse_name(name, "jobs", "name")
+        self.store.get_job(job_id, project)
+        return self.store.list_checkpoints(job_id)
 
 
 def _check_labels(labels: dict[str, str]) -> None:
@@ -111,9 +169,7 @@ def _check_labels(labels: dict[str, str]) -> None:
             "labels", f"at most {MAX_LABELS} labels. Received: {len(labels)}"
         )
     for key, value in labels.items():
-        if not key or len(key) > MAX_LABEL_LENGTH or len(value) > MAX_LABEL_LENGTH:
-            raise InvalidArgument.field(
-                f"labels[{key[:40]!r}]",
-                f"keys must be 1-{MAX_LABEL_LENGTH} characters and values at most "
-                f"{MAX_LABEL_LENGTH}",
-            )
+        if not key:
+            raise InvalidArgument.field("labels", "label keys must not be empty")
+        check_text("labels", key, MAX_LABEL_LENGTH)
+        check_text(f"labels[{key[:40]!r}]", value, MAX_LABEL_LENGTH)

@@ -12,18 +12,21 @@ from collections.abc import Callable
 
 from trainwire.engine import Model
 
+# (job id, checkpoint id)
+CacheKey = tuple[str, int]
+
 
 class ModelCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._models: OrderedDict[int, tuple[Model, int]] = OrderedDict()
+        self._models: OrderedDict[CacheKey, tuple[Model, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
-        self._loading: dict[int, threading.Lock] = {}
+        self._loading: dict[CacheKey, threading.Lock] = {}
         self.loads = 0
         self.hits = 0
 
-    def get(self, key: int, load: Callable[[], Model]) -> Model:
+    def get(self, key: CacheKey, load: Callable[[], Model]) -> Model:
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
@@ -46,3 +49,10 @@ class ModelCache:
                     self._bytes -= evicted
                 self._loading.pop(key, None)
             return model
+
+    def invalidate(self, job_id: str) -> None:
+        """Forgets every model of a job."""
+        with self._lock:
+            for key in [k for k in self._models if k[0] == job_id]:
+                _, size = self._models.pop(key)
+                self._bytes -= size

@@ -41,6 +41,8 @@ class DatasetRow(Base):
     __tablename__ = "datasets"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # The project of the API key that uploaded it ("default" when the server runs without keys).
+    project: Mapped[str] = mapped_column(String(64), index=True)
     display_name: Mapped[str] = mapped_column(String(256), default="")
     task: Mapped[str] = mapped_column(String(32))
     num_classes: Mapped[int] = mapped_column(Integer, default=0)
@@ -79,8 +81,12 @@ class JobRow(Base):
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project: Mapped[str] = mapped_column(String(64), index=True)
     display_name: Mapped[str] = mapped_column(String(256), default="")
-    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    # NULL once the dataset is deleted; a finished job keeps its model and `target`.
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
+    # What predictions need to know of the dataset: task, class count and names, feature count.
+    target: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     model_spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     training: Mapped[dict[str, Any]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16))
@@ -131,6 +137,20 @@ class MetricRow(Base):
     epoch: Mapped[int] = mapped_column(Integer)
     value: Mapped[float] = mapped_column(Double)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKeyRow(Base):
+    """An API key: only a salted hash of its secret is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    project: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(256), default="")
+    salt: Mapped[bytes] = mapped_column(LargeBinary(16))
+    secret_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class CheckpointRow(Base):

@@ -20,3 +20,13 @@ def parse_name(name: str, collection: str, field: str) -> str:
             field, f"must be a name like '{prefix}<32 hex digits>'. Received: {shown!r}"
         )
     return name[len(prefix) :]
+
+
+def check_text(field: str, value: str, max_length: int) -> None:
+    """Free text a user gave (names, labels): bounded, and no NUL (PostgreSQL refuses it)."""
+    if len(value) > max_length:
+        raise InvalidArgument.field(
+            field, f"must be at most {max_length} characters. Received: {len(value)}"
+        )
+    if "\x00" in value:
+        raise InvalidArgument.field(field, "must not contain NUL characters")

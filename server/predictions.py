@@ -14,7 +14,7 @@ from trainwire.v1 import tensor_pb2
 from .errors import FailedPrecondition, InvalidArgument, NotFound
 from .model_cache import ModelCache
 from .names import parse_name
-from .records import Checkpoint, Job
+from .records import Checkpoint, Job, TaskKind
 from .store import Store, checkpoint_score
 from .training import build_model
 
@@ -34,14 +34,15 @@ class PredictionService:
         self.store = store
         self.cache = cache
 
-    def predict(self, job_name: str, selector: str, inputs: tensor_pb2.Tensor) -> Prediction:
-        job = self.store.get_job(parse_name(job_name, "jobs", "job"))
+    def predict(
+        self, job_name: str, selector: str, inputs: tensor_pb2.Tensor, project: str
+    ) -> Prediction:
+        job = self.store.get_job(parse_name(job_name, "jobs", "job"), project)
         checkpoint = self.resolve(job, selector)
         model = self.model(job, checkpoint)
         features = self._check_inputs(inputs, model)
         outputs = model.predict(features)
-        dataset = self.store.get_dataset(job.dataset_id)
-        if not dataset.task.is_classification:
+        if not TaskKind(job.target["task"]).is_classification:
             return Prediction(checkpoint, outputs, None, None)
         if outputs.shape[1] == 1:
             # One logit z for binary classification: P(class 1) = sigmoid(z).
@@ -51,6 +52,23 @@ class PredictionService:
             probabilities = softmax(outputs)
         labels = probabilities.argmax(axis=1).astype(np.int64)
         return Prediction(checkpoint, outputs, probabilities, labels)
+
+    def metadata(self, job_name: str, selector: str, project: str) -> tuple[Job, Checkpoint, Model]:
+        """The job, the checkpoint a prediction would use, and its model."""
+        job = self.store.get_job(parse_name(job_name, "jobs", "job"), project)
+        checkpoint = self.resolve(job, selector)
+        return job, checkpoint, self.model(job, checkpoint)
+
+    def forget(self, job_id: str) -> None:
+        """Drops a deleted job's models from the cache."""
+        self.cache.invalidate(job_id)
+
+    @staticmethod
+    def best_of(checkpoints: list[Checkpoint]) -> Checkpoint | None:
+        """The checkpoint with the lowest validation (else training) loss; the newest on ties."""
+        if not checkpoints:
+            return None
+        return min(reversed(checkpoints), key=lambda c: checkpoint_score(c.metrics))
 
     def resolve(self, job: Job, selector: str) -> Checkpoint:
         """The checkpoint named by `selector`: "", "latest", "best", "epoch/N" or a full name."""
@@ -63,7 +81,9 @@ class PredictionService:
         if selector in ("", "latest"):
             return checkpoints[-1]
         if selector == "best":
-            return min(reversed(checkpoints), key=lambda c: checkpoint_score(c.metrics))
+            best = self.best_of(checkpoints)
+            assert best is not None
+            return best
         if selector.startswith("epoch/"):
             epoch_text = selector.removeprefix("epoch/")
             if not epoch_text.isdigit():
@@ -102,7 +122,7 @@ class PredictionService:
             )
             return model
 
-        return self.cache.get(checkpoint.id, load)
+        return self.cache.get((job.id, checkpoint.id), load)
 
     @staticmethod
     def _check_inputs(inputs: tensor_pb2.Tensor, model: Model) -> np.ndarray:

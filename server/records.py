@@ -40,6 +40,7 @@ class TaskKind(enum.StrEnum):
 @dataclass(frozen=True)
 class Dataset:
     id: str
+    project: str
     display_name: str
     task: TaskKind
     num_classes: int
@@ -63,12 +64,24 @@ class Dataset:
     def target_width(self) -> int:
         return 1 if len(self.target_shape) == 1 else self.target_shape[1]
 
+    def target(self) -> dict[str, Any]:
+        """What a job trained on this dataset keeps of it, for predictions."""
+        return {
+            "task": self.task.value,
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "num_features": self.num_features,
+            "target_width": self.target_width,
+        }
+
 
 @dataclass(frozen=True)
 class Job:
     id: str
+    project: str
     display_name: str
-    dataset_id: str
+    dataset_id: str | None
+    target: dict[str, Any]
     model_spec: dict[str, Any]
     training: dict[str, Any]
     state: JobState
@@ -134,6 +147,8 @@ class NewJob:
     dataset_id: str
     model_spec: dict[str, Any]
     training: dict[str, Any]
+    project: str = "default"
+    target: dict[str, Any] = field(default_factory=dict)
     display_name: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     queue: str = "default"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -34,10 +35,27 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from .auth import (
+    KeyRecord,
+    NewKey,
+    check_project_name,
+    format_key,
+    hash_secret,
+    new_secret,
+)
 from .db import Database
 from .errors import FailedPrecondition, InvalidArgument, NotFound
-from .models import CheckpointRow, DatasetBlobRow, DatasetRow, JobEventRow, JobRow, MetricRow
+from .models import (
+    ApiKeyRow,
+    CheckpointRow,
+    DatasetBlobRow,
+    DatasetRow,
+    JobEventRow,
+    JobRow,
+    MetricRow,
+)
 from .records import (
+    FINISHED_STATES,
     Checkpoint,
     Claim,
     Dataset,
@@ -79,6 +97,7 @@ def _aware(value: datetime | None) -> datetime | None:
 def _dataset(row: DatasetRow) -> Dataset:
     return Dataset(
         id=row.id,
+        project=row.project,
         display_name=row.display_name,
         task=TaskKind(row.task),
         num_classes=row.num_classes,
@@ -100,8 +119,10 @@ def _job(row: Any) -> Job:
     """A Job record from an ORM row or a RETURNING row (same attribute names)."""
     return Job(
         id=row.id,
+        project=row.project,
         display_name=row.display_name,
         dataset_id=row.dataset_id,
+        target=dict(row.target or {}),
         model_spec=dict(row.model_spec),
         training=dict(row.training),
         state=JobState(row.state),
@@ -246,12 +267,18 @@ class Store:
         self._claim_any = _claim_statement(sqlite_clock, with_queues=False)
         self._claim_queues = _claim_statement(sqlite_clock, with_queues=True)
 
+    def ping(self) -> None:
+        """Raises Unavailable if the database cannot be reached."""
+        with self.db.read() as session:
+            session.execute(select(1))
+
     # --- datasets -----------------------------------------------------------------------------
 
     def create_dataset(self, dataset: Dataset, data: bytes) -> Dataset:
         with self.db.write() as session:
             row = DatasetRow(
                 id=dataset.id,
+                project=dataset.project,
                 display_name=dataset.display_name,
                 task=dataset.task.value,
                 num_classes=dataset.num_classes,
@@ -273,9 +300,28 @@ class Store:
             session.flush()
             return _dataset(row)
 
-    def get_dataset(self, dataset_id: str) -> Dataset:
+    def get_dataset(self, dataset_id: str, project: str | None = None) -> Dataset:
+        """A dataset; NOT_FOUND if it is missing or belongs to another `project`."""
         with self.db.read() as session:
-            return _dataset(self._dataset_row(session, dataset_id))
+            return _dataset(self._dataset_row(session, dataset_id, project))
+
+    def delete_dataset(self, dataset_id: str, project: str | None = None) -> None:
+        """Deletes a dataset no unfinished job uses; finished jobs keep their models."""
+        with self.db.write() as session:
+            self._dataset_row(session, dataset_id, project)
+            users = session.scalars(
+                select(JobRow.id)
+                .where(JobRow.dataset_id == dataset_id)
+                .where(JobRow.state.not_in([s.value for s in FINISHED_STATES]))
+                .limit(5)
+            ).all()
+            if users:
+                names = ", ".join(f"jobs/{u}" for u in users)
+                raise FailedPrecondition(
+                    f"datasets/{dataset_id} is used by unfinished jobs ({names}); cancel them or "
+                    "wait for them to finish first"
+                )
+            session.execute(delete(DatasetRow).where(DatasetRow.id == dataset_id))
 
     def dataset_data(self, dataset_id: str) -> bytes:
         with self.db.read() as session:
@@ -286,17 +332,22 @@ class Store:
             raise NotFound(f"datasets/{dataset_id} does not exist")
         return bytes(data)
 
-    def list_datasets(self, page_size: int, page_token: str) -> tuple[list[Dataset], str]:
+    def list_datasets(
+        self, page_size: int, page_token: str, project: str | None = None
+    ) -> tuple[list[Dataset], str]:
         query = select(DatasetRow)
+        if project is not None:
+            query = query.where(DatasetRow.project == project)
         with self.db.read() as session:
             rows = self._page(session, query, DatasetRow, page_size, page_token)
             items = [_dataset(row) for row in rows]
         return self._with_next_token(items, page_size_of(page_size))
 
     @staticmethod
-    def _dataset_row(session: Session, dataset_id: str) -> DatasetRow:
+    def _dataset_row(session: Session, dataset_id: str, project: str | None = None) -> DatasetRow:
         row = session.get(DatasetRow, dataset_id)
-        if row is None:
+        # Another project's dataset is reported exactly like a missing one: names do not leak.
+        if row is None or (project is not None and row.project != project):
             raise NotFound(f"datasets/{dataset_id} does not exist")
         return row
 
@@ -305,17 +356,19 @@ class Store:
     def create_job(self, new: NewJob) -> Job:
         """Inserts a QUEUED job; with a known `request_id` returns the job it created before."""
         if new.request_id:
-            existing = self._job_by_request_id(new.request_id)
+            existing = self._job_by_request_id(new.request_id, new.project)
             if existing is not None:
                 return existing
         now = utcnow()
         try:
             with self.db.write() as session:
-                self._dataset_row(session, new.dataset_id)
+                self._dataset_row(session, new.dataset_id, new.project)
                 row = JobRow(
                     id=new_id(),
+                    project=new.project,
                     display_name=new.display_name,
                     dataset_id=new.dataset_id,
+                    target=new.target,
                     model_spec=new.model_spec,
                     training=new.training,
                     state=JobState.QUEUED.value,
@@ -339,22 +392,41 @@ class Store:
         except IntegrityError:
             # Two concurrent creates with one request_id: the other one won; return its job.
             if new.request_id:
-                existing = self._job_by_request_id(new.request_id)
+                existing = self._job_by_request_id(new.request_id, new.project)
                 if existing is not None:
                     return existing
             raise
 
-    def _job_by_request_id(self, request_id: str) -> Job | None:
+    def _job_by_request_id(self, request_id: str, project: str) -> Job | None:
         with self.db.read() as session:
             row = session.scalar(select(JobRow).where(JobRow.request_id == request_id))
+            if row is not None and row.project != project:
+                raise FailedPrecondition("request_id is already used; choose a new one")
             return None if row is None else _job(row)
 
-    def get_job(self, job_id: str) -> Job:
+    def get_job(self, job_id: str, project: str | None = None) -> Job:
+        """A job; NOT_FOUND if it is missing or belongs to another `project`."""
         with self.db.read() as session:
-            row = session.get(JobRow, job_id)
-            if row is None:
-                raise NotFound(f"jobs/{job_id} does not exist")
-            return _job(row)
+            return _job(self._job_row(session, job_id, project))
+
+    @staticmethod
+    def _job_row(session: Session, job_id: str, project: str | None, lock: bool = False) -> JobRow:
+        row = session.get(JobRow, job_id, with_for_update=lock)
+        if row is None or (project is not None and row.project != project):
+            raise NotFound(f"jobs/{job_id} does not exist")
+        return row
+
+    def delete_job(self, job_id: str, project: str | None = None) -> None:
+        """Deletes a finished job with its metrics, checkpoints and events."""
+        with self.db.write() as session:
+            row = self._job_row(session, job_id, project, lock=True)
+            if not JobState(row.state).is_finished:
+                raise FailedPrecondition(
+                    f"jobs/{job_id} is {row.state}; cancel it and let it finish before deleting"
+                )
+            for table in (MetricRow, CheckpointRow, JobEventRow):
+                session.execute(delete(table).where(table.job_id == job_id))
+            session.execute(delete(JobRow).where(JobRow.id == job_id))
 
     def list_jobs(
         self,
@@ -363,8 +435,11 @@ class Store:
         state: JobState | None = None,
         dataset_id: str | None = None,
         labels: dict[str, str] | None = None,
+        project: str | None = None,
     ) -> tuple[list[Job], str]:
         query = select(JobRow)
+        if project is not None:
+            query = query.where(JobRow.project == project)
         if state is not None:
             query = query.where(JobRow.state == state.value)
         if dataset_id:
@@ -504,13 +579,11 @@ class Store:
                 rescued.append((row.id, state))
         return rescued
 
-    def cancel_job(self, job_id: str) -> Job:
+    def cancel_job(self, job_id: str, project: str | None = None) -> Job:
         """QUEUED becomes CANCELLED at once; RUNNING becomes CANCELLING for its worker to stop."""
         now = utcnow()
         with self.db.write() as session:
-            row = session.get(JobRow, job_id, with_for_update=True)
-            if row is None:
-                raise NotFound(f"jobs/{job_id} does not exist")
+            row = self._job_row(session, job_id, project, lock=True)
             state = JobState(row.state)
             if state is JobState.QUEUED:
                 row.state = JobState.CANCELLED.value
@@ -724,6 +797,52 @@ class Store:
             row.updated_at = now
             self._event_for(session, row, "handed back by a worker shutting down; resumes later")
             self._notify(session, JOBS_CHANNEL, row.queue)
+
+    # --- API keys ---------------------------------------------------------------------------
+
+    def create_api_key(self, project: str, name: str = "") -> NewKey:
+        """A new key for `project`; its secret is returned once and stored only as a hash."""
+        key_id, secret = new_secret()
+        salt = os.urandom(16)
+        with self.db.write() as session:
+            session.add(
+                ApiKeyRow(
+                    id=key_id,
+                    project=check_project_name(project),
+                    name=name,
+                    salt=salt,
+                    secret_hash=hash_secret(salt, secret),
+                    created_at=utcnow(),
+                    revoked_at=None,
+                )
+            )
+        return NewKey(key_id, project, format_key(key_id, secret))
+
+    def list_api_keys(self) -> list[dict[str, Any]]:
+        with self.db.read() as session:
+            rows = session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at)).all()
+            return [
+                {
+                    "id": row.id,
+                    "project": row.project,
+                    "name": row.name,
+                    "created_at": _aware(row.created_at),
+                    "revoked_at": _aware(row.revoked_at),
+                }
+                for row in rows
+            ]
+
+    def revoke_api_key(self, key_id: str) -> None:
+        with self.db.write() as session:
+            row = session.get(ApiKeyRow, key_id)
+            if row is None:
+                raise NotFound(f"API key {key_id} does not exist")
+            row.revoked_at = row.revoked_at or utcnow()
+
+    def active_api_keys(self) -> list[KeyRecord]:
+        with self.db.read() as session:
+            rows = session.scalars(select(ApiKeyRow).where(ApiKeyRow.revoked_at.is_(None))).all()
+            return [KeyRecord(r.id, r.project, bytes(r.salt), bytes(r.secret_hash)) for r in rows]
 
     # --- checkpoints --------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ to build what it trains, so a job that was accepted builds the same way on every
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from trainwire.client.tensors import TensorError, dtype_name
@@ -63,6 +64,18 @@ def training_from_proto(config: models_pb2.TrainingConfig, dataset: Dataset) -> 
         raise InvalidArgument.field(
             "training.dtype", f"must be DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT64. Received: {dtype}"
         )
+    _check_finite_number("training.optimizer.learning_rate", config.optimizer.learning_rate)
+    if config.optimizer.learning_rate < 0:
+        raise InvalidArgument.field(
+            "training.optimizer.learning_rate",
+            f"must be positive. Received: {config.optimizer.learning_rate}",
+        )
+    for name, value in config.optimizer.params.items():
+        _check_finite_number(f"training.optimizer.params[{name[:40]!r}]", value)
+    for name in ("loss", "optimizer.name"):
+        text = config.loss if name == "loss" else config.optimizer.name
+        if len(text) > 64 or "\x00" in text:
+            raise InvalidArgument.field(f"training.{name}", f"is not a known name: {text[:64]!r}")
     optimizer: dict[str, Any] = {
         "name": config.optimizer.name or DEFAULT_OPTIMIZER,
         "learning_rate": config.optimizer.learning_rate or DEFAULT_LEARNING_RATE,
@@ -89,6 +102,28 @@ def training_from_proto(config: models_pb2.TrainingConfig, dataset: Dataset) -> 
             "restore_best_weights": config.early_stopping.restore_best_weights,
         }
     return training
+
+
+def _check_finite_number(field: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise InvalidArgument.field(field, f"must be a finite number. Received: {value}")
+
+
+def estimate_parameters(spec: dict[str, Any]) -> int:
+    """The parameter count of a spec's dense layers, computed without building anything (other
+    layers add at most a few per unit); 0 for specs the engine will refuse anyway."""
+    width = spec.get("input_dim")
+    total = 0
+    for layer in spec.get("layers", []):
+        units = layer.get("units") if layer.get("type") == "dense" else None
+        if not isinstance(width, int) or width < 0:
+            return total
+        if isinstance(units, int) and units > 0:
+            total += width * units + units
+            width = units
+        else:
+            total += 4 * width  # batch norm, PReLU: a few vectors of the layer's width
+    return total
 
 
 def _dtype(code: int) -> str:

@@ -260,8 +260,11 @@ def _train(
     job = claim.job
     training = job.training
     retry_s = settings.db_retry_s
+    dataset_id = job.dataset_id
+    if dataset_id is None:
+        raise RuntimeError("its dataset was deleted before the job could finish")
     features, targets = with_retry(
-        lambda: DatasetService(store, settings).arrays(job.dataset_id), retry_s
+        lambda: DatasetService(store, settings).arrays(dataset_id), retry_s
     )
     train_x, train_y, validation = split_validation(
         features, targets, float(training.get("validation_fraction", 0.0)), int(training["seed"])

@@ -8,6 +8,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from trainwire.client import (
     Client,
@@ -18,7 +19,6 @@ from trainwire.client import (
     NotFound,
 )
 from trainwire.server.local import LocalServer
-from trainwire.v1 import jobs_pb2, jobs_pb2_grpc
 
 MLP = {
     "layers": [
@@ -176,13 +176,19 @@ def test_bad_predictions_get_clear_statuses(
         queued.predict(iris["x_test"])
 
 
-def test_unimplemented_rpcs_say_so_and_server_stays_healthy(live_server: LocalServer) -> None:
+def test_health_and_reflection_answer_stock_tools(live_server: LocalServer) -> None:
     with grpc.insecure_channel(live_server.target) as channel:
-        jobs = jobs_pb2_grpc.JobServiceStub(channel)
-        with pytest.raises(grpc.RpcError) as caught:
-            jobs.DeleteJob(jobs_pb2.DeleteJobRequest(name="jobs/x"), timeout=10)
-        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "not implemented" in (caught.value.details() or "")
         health = health_pb2_grpc.HealthStub(channel)
-        answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
-        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        for service in ("", "trainwire.v1.JobService"):
+            answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        (answer,) = reflection.ServerReflectionInfo(iter([request]), timeout=10)
+        names = {s.name for s in answer.list_services_response.service}
+        assert {
+            "trainwire.v1.DatasetService",
+            "trainwire.v1.JobService",
+            "trainwire.v1.PredictionService",
+            "grpc.health.v1.Health",
+        } <= names

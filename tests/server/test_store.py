@@ -15,6 +15,7 @@ from trainwire.server.store import LeaseLost, Store, new_id, utcnow
 def make_dataset(store: Store) -> Dataset:
     dataset = Dataset(
         id=new_id(),
+        project="default",
         display_name="d",
         task=TaskKind.REGRESSION,
         num_classes=0,

@@ -1,0 +1,129 @@
+"""API keys and the request's project.
+
+A key is `tw_<id>_<secret>`; the database keeps only a random salt and SHA-256(salt + secret) (the
+secret has 256 random bits, so a slow password hash adds nothing), compared in constant time.
+While no key is active the server is open and every request belongs to the `default` project;
+once a key exists every request must carry one as `authorization: Bearer <key>` metadata and sees
+only its key's project.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from .errors import TrainwireError
+
+DEFAULT_PROJECT = "default"
+PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_KEY = re.compile(r"^tw_([0-9a-f]{16})_([A-Za-z0-9_-]{20,100})$")
+# Health and reflection answer everyone, so load balancers and stock tools work without a key.
+EXEMPT_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+CURRENT_PROJECT: ContextVar[str] = ContextVar("trainwire_project", default=DEFAULT_PROJECT)
+CURRENT_CLIENT: ContextVar[str] = ContextVar("trainwire_client", default="")
+
+
+def current_project() -> str:
+    return CURRENT_PROJECT.get()
+
+
+def current_client() -> str:
+    return CURRENT_CLIENT.get()
+
+
+class Unauthenticated(TrainwireError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+@dataclass(frozen=True)
+class NewKey:
+    id: str
+    project: str
+    key: str
+
+
+def new_secret() -> tuple[str, str]:
+    return secrets.token_hex(8), secrets.token_urlsafe(32)
+
+
+def hash_secret(salt: bytes, secret: str) -> bytes:
+    return hashlib.sha256(salt + secret.encode()).digest()
+
+
+def format_key(key_id: str, secret: str) -> str:
+    return f"tw_{key_id}_{secret}"
+
+
+def parse_key(key: str) -> tuple[str, str] | None:
+    match = _KEY.match(key)
+    return None if match is None else (match.group(1), match.group(2))
+
+
+def check_project_name(project: str) -> str:
+    if not PROJECT_NAME.match(project):
+        raise ValueError(
+            "a project name is 1-64 lowercase letters, digits, '_' or '-', starting with a letter "
+            f"or digit. Received: {project!r}"
+        )
+    return project
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    id: str
+    project: str
+    salt: bytes
+    secret_hash: bytes
+
+
+class KeyChecker:
+    """Answers "which project does this bearer key belong to?", caching the key table briefly
+    (a revoked key stops working within `ttl_s`)."""
+
+    def __init__(self, load_keys: Callable[[], list[KeyRecord]], ttl_s: float = 2.0) -> None:
+        self.load_keys = load_keys
+        self.ttl_s = ttl_s
+        self._keys: dict[str, KeyRecord] = {}
+        self._loaded = float("-inf")
+        self._lock = threading.Lock()
+
+    def _active_keys(self) -> dict[str, KeyRecord]:
+        with self._lock:
+            if time.monotonic() - self._loaded > self.ttl_s:
+                self._keys = {key.id: key for key in self.load_keys()}
+                self._loaded = time.monotonic()
+            return self._keys
+
+    @property
+    def required(self) -> bool:
+        return bool(self._active_keys())
+
+    def project_of(self, metadata: tuple[tuple[str, Any], ...] | None) -> tuple[str, str]:
+        """(project, client id) of a request; Unauthenticated if a key is needed and bad."""
+        keys = self._active_keys()
+        if not keys:
+            return DEFAULT_PROJECT, ""
+        header = next((v for k, v in metadata or () if k == "authorization"), None)
+        if not header or not str(header).startswith("Bearer "):
+            raise Unauthenticated(
+                "this server requires an API key: send it as `authorization: Bearer <key>` "
+                "metadata (the SDK's api_key= or TRAINWIRE_API_KEY)"
+            )
+        parsed = parse_key(str(header).removeprefix("Bearer ").strip())
+        record = keys.get(parsed[0]) if parsed else None
+        if parsed is None or record is None:
+            raise Unauthenticated("the API key is not valid: it is unknown or was revoked")
+        if not hmac.compare_digest(hash_secret(record.salt, parsed[1]), record.secret_hash):
+            raise Unauthenticated("the API key is not valid: it is unknown or was revoked")
+        return record.project, record.id

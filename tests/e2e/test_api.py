@@ -1,0 +1,361 @@
+"""Every RPC of trainwire.v1 over a live server: datasets, jobs, watches, metrics, checkpoints,
+predictions, limits, API keys with project isolation, TLS, and health during a database outage."""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy.engine import make_url
+
+from trainwire.client import (
+    Client,
+    DatasetInfo,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    TrainwireError,
+)
+from trainwire.client.tensors import to_tensor
+from trainwire.server.local import local_server
+from trainwire.server.migrate import upgrade
+from trainwire.v1 import predictions_pb2, predictions_pb2_grpc
+
+from ..conftest import fresh_postgres_database
+from ..support.tcp_proxy import TcpProxy
+
+CLI = [sys.executable, "-m", "trainwire.server.cli"]
+MLP = {
+    "layers": [
+        {"type": "dense", "units": 16, "activation": "relu"},
+        {"type": "dense", "units": 3},
+    ]
+}
+
+
+def test_watch_numbers_events_and_resumes_without_gaps(
+    client: Client, iris_dataset: DatasetInfo
+) -> None:
+    job = client.create_job(iris_dataset, MLP, epochs=8, checkpoint_every_epochs=2)
+    events = list(job.watch())
+    sequences = [e.sequence for e in events]
+    assert sequences == list(range(1, len(events) + 1))
+    states = [e.state for e in events]
+    assert states[0] == 1 and states[-1] == 3  # QUEUED first, SUCCEEDED last
+    epochs = [e.progress.epoch for e in events if e.metrics]
+    assert epochs[:8] == list(range(1, 9))
+    assert all(e.time.seconds > 0 for e in events)
+    # Reconnecting after any event replays exactly the rest.
+    for cut in (1, 3, len(events) - 1):
+        rest = [e.sequence for e in job.watch(after_sequence=cut)]
+        assert rest == sequences[cut:]
+    assert list(job.watch(after_sequence=sequences[-1])) == []
+
+
+def test_metrics_checkpoints_metadata_and_stream(
+    client: Client, iris_dataset: DatasetInfo, iris: dict[str, np.ndarray]
+) -> None:
+    job = client.create_job(
+        iris_dataset, MLP, epochs=6, validation_fraction=0.25, checkpoint_every_epochs=2,
+        optimizer={"name": "adam", "learning_rate": 0.02},
+    )  # fmt: skip
+    job.wait(timeout=120)
+    metrics = job.metrics()
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(metrics)
+    assert metrics["loss"][:, 1].tolist() == [1, 2, 3, 4, 5, 6]
+    assert np.all(np.diff(metrics["loss"][:, 0]) > 0)
+    only_loss = job.metrics(["loss"])
+    assert list(only_loss) == ["loss"]
+
+    checkpoints = job.checkpoints()
+    assert [c.epoch for c in checkpoints] == [2, 4, 6]
+    assert checkpoints[-1].is_final and sum(c.is_best for c in checkpoints) == 1
+    best = next(c for c in checkpoints if c.is_best)
+    assert best.metrics["val_loss"] == min(c.metrics["val_loss"] for c in checkpoints)
+    by_epoch = job.predict(iris["x_test"], checkpoint="epoch/2")
+    assert by_epoch.checkpoint == checkpoints[0].name
+    assert job.predict(iris["x_test"], checkpoint="best").checkpoint == best.name
+    assert job.predict(iris["x_test"], checkpoint=checkpoints[1].name).checkpoint == (
+        checkpoints[1].name
+    )
+
+    metadata = client.model_metadata(job.name)
+    assert list(metadata.inputs.shape) == [-1, 4] and list(metadata.outputs.shape) == [-1, 3]
+    assert metadata.num_classes == 3 and metadata.num_parameters == 4 * 16 + 16 + 16 * 3 + 3
+    assert metadata.checkpoint == checkpoints[-1].name
+
+    # PredictStream answers each slice in order, equal to unary predictions.
+    with grpc.insecure_channel(client.target) as channel:
+        stub = predictions_pb2_grpc.PredictionServiceStub(channel)
+        requests = [
+            predictions_pb2.PredictRequest(job=job.name, inputs=to_tensor(iris["x_test"][i::3]))
+            for i in range(3)
+        ]
+        answers = list(stub.PredictStream(iter(requests), timeout=30))
+    assert len(answers) == 3
+    for i, answer in enumerate(answers):
+        expected = job.predict(iris["x_test"][i::3]).outputs
+        assert answer.outputs.data == expected.astype("<f4").tobytes()
+
+
+def test_delete_dataset_and_job(client: Client, iris: dict[str, np.ndarray]) -> None:
+    data = client.upload_dataset(iris["x_train"], iris["y_train"])
+    waiting = client.create_job(data, MLP, epochs=1, queue="nobody-listens")
+    with pytest.raises(FailedPrecondition, match="used by unfinished jobs"):
+        client.delete_dataset(data.name)
+    with pytest.raises(FailedPrecondition, match="cancel it"):
+        waiting.delete()
+    waiting.cancel()
+    done = client.create_job(data, MLP, epochs=2)
+    done.wait(timeout=120)
+    client.delete_dataset(data.name)
+    with pytest.raises(NotFound):
+        client.get_dataset(data.name)
+    # A finished job keeps its model after its dataset is gone.
+    assert done.status().raw.dataset == ""
+    assert done.predict(iris["x_test"]).labels is not None
+    done.delete()
+    for call in (done.status, done.checkpoints, done.metrics):
+        with pytest.raises(NotFound):
+            call()
+    with pytest.raises(NotFound):
+        done.predict(iris["x_test"])
+
+
+@pytest.fixture
+def limited_server(tmp_path: Path) -> Iterator[Client]:
+    limits = {
+        "TRAINWIRE_MAX_EPOCHS": "5",
+        "TRAINWIRE_MAX_PARAMETERS": "1000",
+        "TRAINWIRE_MAX_DATASET_BYTES": "4096",
+        "TRAINWIRE_MAX_WATCHES_PER_CLIENT": "1",
+    }
+    url = f"sqlite:///{tmp_path / 'limits.db'}"
+    with local_server(url, workers=0, extra_env=limits) as server, Client(server.target) as sdk:
+        yield sdk
+
+
+def test_limits_are_resource_exhausted_naming_the_limit(limited_server: Client) -> None:
+    client = limited_server
+    x = np.zeros((10, 4), np.float32)
+    data = client.upload_dataset(x, np.arange(10) % 3)
+    with pytest.raises(ResourceExhausted, match=r"max_dataset_bytes is limited to 4096"):
+        client.upload_dataset(np.zeros((1000, 4), np.float32), np.zeros(1000, np.int64))
+    with pytest.raises(ResourceExhausted, match=r"max_epochs is limited to 5. Received: 6"):
+        client.create_job(data, MLP, epochs=6)
+    with pytest.raises(ResourceExhausted, match=r"max_parameters is limited to 1000"):
+        client.create_job(data, {"layers": [{"type": "dense", "units": 10**9}]}, epochs=1)
+    job = client.create_job(data, MLP, epochs=1)  # no worker: stays QUEUED, so watches stay open
+    first = job.watch()
+    assert next(first).sequence == 1
+    with pytest.raises(ResourceExhausted, match="max_watches_per_client is limited to 1"):
+        next(job.watch())
+    first.close()
+
+
+# --- API keys and projects ----------------------------------------------------------------------
+
+
+def create_key(url: str, project: str) -> str:
+    result = subprocess.run(
+        [*CLI, "keys", "create", "--project", project, "--database-url", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_api_keys_isolate_projects_on_every_rpc(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    upgrade(url)
+    alpha, beta = create_key(url, "alpha"), create_key(url, "beta")
+    listing = subprocess.run(
+        [*CLI, "keys", "list", "--database-url", url], capture_output=True, text=True, check=True
+    ).stdout
+    assert "alpha" in listing and "beta" in listing
+    assert alpha.split("_")[2] not in listing, "secrets are never shown again"
+
+    with local_server(url, workers=1) as server:
+        with Client(server.target) as anonymous, pytest.raises(TrainwireError) as refused:
+            anonymous.list_datasets().__next__()
+        assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert "authorization: Bearer" in refused.value.message
+        forged = alpha[:-4] + "AAAA"
+        with Client(server.target, api_key=forged) as bad, pytest.raises(TrainwireError) as wrong:
+            list(bad.list_jobs())
+        assert wrong.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+        with Client(server.target, api_key=alpha) as a, Client(server.target, api_key=beta) as b:
+            x = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+            data = a.upload_dataset(x, np.arange(30) % 3)
+            job = a.create_job(data, MLP, epochs=2)
+            job.wait(timeout=120)
+            assert [d.name for d in a.list_datasets()] == [data.name]
+            assert list(b.list_datasets()) == [] and list(b.list_jobs()) == []
+            other = b.get_job  # every RPC of another project's resources is NOT_FOUND
+            calls = [
+                lambda: b.get_dataset(data.name),
+                lambda: b.delete_dataset(data.name),
+                lambda: b.create_job(data, MLP),
+                lambda: other(job.name),
+                lambda: b.cancel_job(job.name),
+                lambda: b.delete_job(job.name),
+                lambda: list(b.watch_job(job.name)),
+                lambda: b.job_metrics(job.name),
+                lambda: b.job_checkpoints(job.name),
+                lambda: b.predict(job.name, x),
+                lambda: b.model_metadata(job.name),
+            ]
+            for call in calls:
+                with pytest.raises(NotFound, match="does not exist"):
+                    call()
+            assert a.predict(job.name, x).labels is not None
+
+            subprocess.run(
+                [*CLI, "keys", "revoke", alpha.split("_")[1], "--database-url", url], check=True
+            )
+            time.sleep(2.5)  # the key table is cached for 2 s
+            with pytest.raises(TrainwireError) as revoked:
+                a.get_job(job.name)
+            assert revoked.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_public_address_without_keys_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'open.db'}"
+    result = subprocess.run(
+        [*CLI, "serve", "--host", "0.0.0.0", "--port", "0", "--workers", "0",
+         "--database-url", url],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "without API keys" in result.stderr and "trainwire keys create" in result.stderr
+
+
+# --- TLS ----------------------------------------------------------------------------------------
+
+
+def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for localhost signed by it (PEM files)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("trainwire test CA"))
+        .issuer_name(name("trainwire test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+def test_whole_path_over_tls(tmp_path: Path) -> None:
+    ca, cert, key = make_certificates(tmp_path)
+    url = f"sqlite:///{tmp_path / 'tls.db'}"
+    env = {"TRAINWIRE_TLS_CERT": str(cert), "TRAINWIRE_TLS_KEY": str(key)}
+    with local_server(url, workers=1, extra_env=env) as server:
+        assert "(TLS;" in "".join(server.output)
+        target = server.target.replace("127.0.0.1", "localhost")
+        with Client(target, tls=str(ca)) as client:
+            x = np.random.default_rng(1).normal(size=(40, 4)).astype(np.float32)
+            data = client.upload_dataset(x, np.arange(40) % 3)
+            job = client.create_job(data, MLP, epochs=2)
+            assert job.wait(timeout=120).state == "SUCCEEDED"
+            assert job.predict(x).labels is not None
+        with Client(target) as plaintext, pytest.raises(TrainwireError) as refused:
+            plaintext.get_dataset(data.name)
+        assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+# --- health while the database is unreachable ---------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_health_is_not_serving_while_the_database_is_unreachable(
+    postgres_server_url: str,
+) -> None:
+    url = fresh_postgres_database(postgres_server_url)
+    upgrade(url)
+    parsed = make_url(url)
+    proxy = TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432)
+    proxied = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    try:
+        with (
+            local_server(proxied, workers=0) as server,
+            grpc.insecure_channel(server.target) as channel,
+        ):
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status() -> int:
+                request = health_pb2.HealthCheckRequest(service="trainwire.v1.JobService")
+                return health.Check(request, timeout=5).status
+
+            assert status() == health_pb2.HealthCheckResponse.SERVING
+            proxy.cut()
+            deadline = time.monotonic() + 15
+            while status() != health_pb2.HealthCheckResponse.NOT_SERVING:
+                assert time.monotonic() < deadline, "health never reported NOT_SERVING"
+                time.sleep(0.2)
+            with Client(server.target) as client, pytest.raises(TrainwireError) as down:
+                client.get_job(f"jobs/{uuid.uuid4().hex}")
+            assert down.value.code == grpc.StatusCode.UNAVAILABLE
+            proxy.restore()
+            deadline = time.monotonic() + 15
+            while status() != health_pb2.HealthCheckResponse.SERVING:
+                assert time.monotonic() < deadline, "health never recovered"
+                time.sleep(0.2)
+    finally:
+        proxy.close()
+
+
+def test_invalid_argument_names_the_field(client: Client, iris_dataset: DatasetInfo) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        client.create_job(iris_dataset, MLP, learning_rate=float("nan"))
+    assert caught.value.field_violations[0][0] == "training.optimizer.learning_rate"
+    with pytest.raises(InvalidArgument, match="NUL"):
+        client.create_job(iris_dataset, MLP, display_name="a\x00b")
