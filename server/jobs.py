@@ -17,6 +17,7 @@ from .store import Store
 from .training import (
     build_model,
     build_trainer,
+    check_loss_fits_targets,
     check_model_fits_dataset,
     estimate_parameters,
     training_from_proto,
@@ -61,7 +62,7 @@ class JobService:
             raise ResourceExhausted.limit(
                 "max_parameters", self.settings.max_parameters, model.num_parameters
             )
-        build_trainer(model, training)
+        check_loss_fits_targets(build_trainer(model, training), dataset)
         _check_labels(dict(request.labels))
         check_text("display_name", request.display_name, MAX_LABEL_LENGTH)
         check_text("request_id", request.request_id, MAX_REQUEST_ID)

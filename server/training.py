@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from trainwire.client.tensors import TensorError, dtype_name
 from trainwire.engine import Model, SpecError, Trainer
 from trainwire.v1 import models_pb2, tensor_pb2
@@ -178,3 +180,17 @@ def check_model_fits_dataset(model: Model, training: dict[str, Any], dataset: Da
             "model.layers",
             f"the last layer gives {outputs} outputs but the dataset needs {what}",
         )
+
+
+def check_loss_fits_targets(trainer: Trainer, dataset: Dataset) -> None:
+    """The loss must accept the dataset's targets (e.g. no mse on class labels): the engine's
+    own check runs on one example shaped like the dataset's."""
+    sample = np.zeros((1, *dataset.target_shape[1:]), dtype=dataset.target_dtype)
+    try:
+        trainer.loss.prepare_targets(sample, trainer.model.output_dim, trainer.model.dtype)
+    except ValueError as error:
+        raise InvalidArgument.field(
+            "training.loss",
+            f"{error} (datasets/{dataset.id} is {dataset.task.value.lower()} with targets of "
+            f"shape {list(dataset.target_shape)})",
+        ) from None

@@ -388,7 +388,10 @@ class Worker:
         except Unavailable:
             log.exception("jobs/%s: the database stayed unreachable; its lease will lapse", job_id)
         except Exception as error:  # the job failed, the worker lives on
-            log.exception("jobs/%s failed", job_id)
+            if isinstance(error, TrainingDiverged | ValueError):
+                log.warning("jobs/%s failed: %s", job_id, error)  # the job's fault, not ours
+            else:
+                log.exception("jobs/%s failed", job_id)
             reason = str(error) or type(error).__name__
             try:
                 with_retry(
