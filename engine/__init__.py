@@ -5,20 +5,23 @@ Pure NumPy (plus safetensors for serialisation); nothing here knows about gRPC o
 
 from __future__ import annotations
 
-from . import activations, initializers, layers, losses, metrics, optimizers
+from . import activations, initializers, layers, losses, metrics, optimizers, schedules
 from .errors import SpecError
 from .gradcheck import gradcheck
 from .model import Model
 from .serialization import load_state, save_state
-from .training import Callback, History, Trainer
+from .threads import get_num_threads, set_num_threads
+from .training import Callback, EarlyStopping, History, Trainer
 
 __all__ = [
     "Callback",
+    "EarlyStopping",
     "History",
     "Model",
     "SpecError",
     "Trainer",
     "activations",
+    "get_num_threads",
     "gradcheck",
     "initializers",
     "layers",
@@ -27,4 +30,6 @@ __all__ = [
     "metrics",
     "optimizers",
     "save_state",
+    "schedules",
+    "set_num_threads",
 ]

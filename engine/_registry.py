@@ -100,7 +100,5 @@ def check_int(name: str, value: object, low: int = 0) -> int:
 def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
     """``value`` if it is one of ``allowed``; ValueError listing them otherwise."""
     if not isinstance(value, str) or value not in allowed:
-        raise ValueError(
-            f"{name} must be one of: {', '.join(allowed)}. Received: {name}={value!r}"
-        )
+        raise ValueError(f"{name} must be one of: {', '.join(allowed)}. Received: {name}={value!r}")
     return value

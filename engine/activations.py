@@ -85,6 +85,7 @@ _ERFC_LARGE = np.array(
     ]
 )
 
+
 def _chebval(s: Array, coeffs: Array) -> Array:
     """sum_k c_k T_k(s) by Clenshaw's recurrence b_k = c_k + 2 s b_(k+1) - b_(k+2)."""
     two_s = 2.0 * s
@@ -247,8 +248,10 @@ class GELU(Activation):
     def forward(self, x: Array, out: Array | None = None) -> Array:
         cdf = erfc(np.asarray(x, dtype=np.float64) * -_SQRT1_2)
         cdf *= 0.5
-        return np.multiply(x, cdf, out=out, casting="same_kind") if out is not None else (
-            (x * cdf).astype(x.dtype, copy=False)
+        return (
+            np.multiply(x, cdf, out=out, casting="same_kind")
+            if out is not None
+            else ((x * cdf).astype(x.dtype, copy=False))
         )
 
     def backward(self, x: Array, y: Array, grad_y: Array, out: Array | None = None) -> Array:

@@ -1,11 +1,15 @@
 """Optimizers: in-place parameter updates with per-parameter state ("slots"), torch.optim math.
 
-``build(params)`` allocates the slots; ``step(params, grads)`` applies one update to every
-parameter in place. When the parameters are views into one flat buffer (as a Model's are, see
-``Model.flat_parameters``), the slots get the same flat layout and ``step_flat(flat_params,
-flat_grads)`` updates everything in a dozen large ufunc calls, split over ``num_threads``
-threads (ufuncs release the GIL) and over cache-sized blocks; per element the arithmetic is
-the same as ``step``, so both give bit-identical results. ``state_dict``/``load_state_dict``
+``build(params, flat_params=None)`` allocates the slots; ``step(params, grads)`` applies one
+update to every parameter in place. When the parameters are views into one flat buffer (as a
+Model's are, see ``Model.flat_parameters``), the slots get the same flat layout and
+``step_flat(flat_params, flat_grads)`` updates everything in about ten ufunc passes over
+cache-sized blocks (128 KiB per array, so the passes hit L2 rather than memory), optionally
+split over ``optimizer.num_threads`` threads (ufuncs release the GIL). The default is one
+thread: on our 2-core machines the blocked single-thread update beat two threads, and a second
+thread suffers most when another process is busy. Per element the arithmetic is that of
+``step`` whatever the blocking or threading, so all give bit-identical results.
+``state_dict``/``load_state_dict``
 carry the slots (``"<param>.<slot>"``) and the step count for an exact resume.
 
 Common options (every optimizer):
@@ -40,7 +44,7 @@ from .threads import parallel_for
 
 FLUSH_EVERY = 64
 FLUSH_THRESHOLD = {np.dtype("float32"): 1e-30, np.dtype("float64"): 1e-300}
-_BLOCK = 1 << 14  # elements per cache block of the flat update
+_BLOCK = 1 << 15  # elements per cache block of the flat update (128 KiB of float32)
 _MIN_PER_THREAD = 1 << 16  # below this many elements per thread, one thread is faster
 
 
@@ -320,8 +324,13 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """torch.optim.Adam (Kingma & Ba with bias correction, L2 weight decay added to g):
     g <- g + wd p;  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
-    p <- p - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps),
-    evaluated as p - (lr c2 / c1) m / (sqrt(v) + eps c2) with c1 = 1 - b1^t, c2 = sqrt(1 - b2^t).
+    p <- p - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps).
+
+    The slots hold the moments rescaled, m' = m / (1 - b1) and v' = v / (1 - b2), so that
+    m' <- b1 m' + g and v' <- b2 v' + g^2 take two passes fewer; with c2 = sqrt(1 - b2^t)
+    and r = sqrt(1 - b2),
+        p <- p - [lr (1 - b1) c2 / ((1 - b1^t) r)] m' / (sqrt(v') + eps c2 / r)
+    is the same update (ten ufunc passes without weight decay).
     """
 
     name = "adam"
@@ -353,16 +362,15 @@ class Adam(Optimizer):
         else:
             g = self._decayed(p, g, s1)
         m *= self.beta_1
-        np.multiply(g, 1.0 - self.beta_1, out=s2)
-        m += s2
+        m += g
         v *= self.beta_2
         np.multiply(g, g, out=s2)
-        s2 *= 1.0 - self.beta_2
         v += s2
         c2 = math.sqrt(1.0 - self.beta_2**t)
-        step = self.learning_rate * c2 / (1.0 - self.beta_1**t)
+        root = math.sqrt(1.0 - self.beta_2)
+        step = self.learning_rate * (1.0 - self.beta_1) * c2 / ((1.0 - self.beta_1**t) * root)
         denom = np.sqrt(v, out=s2)
-        denom += self.epsilon * c2
+        denom += self.epsilon * c2 / root
         np.divide(m, denom, out=denom)
         denom *= step
         p -= denom
@@ -442,7 +450,8 @@ class Adagrad(Optimizer):
 class RMSprop(Optimizer):
     """torch.optim.RMSprop:
     g <- g + wd p;  a <- alpha a + (1 - alpha) g^2;
-    centered: gbar <- alpha gbar + (1 - alpha) g,  r = sqrt(a - gbar^2) + eps; else r = sqrt(a) + eps;
+    centered: gbar <- alpha gbar + (1 - alpha) g,  r = sqrt(a - gbar^2) + eps;
+    otherwise r = sqrt(a) + eps;
     momentum mu > 0: b <- mu b + g / r,  p <- p - lr b;  else p <- p - lr g / r.
     """
 

@@ -61,9 +61,7 @@ class Schedule:
 
     def load_state_dict(self, state: Mapping[str, Array]) -> None:
         if state:
-            raise ValueError(
-                f"Schedule {self.name!r} has no state. Received: {sorted(state)}"
-            )
+            raise ValueError(f"Schedule {self.name!r} has no state. Received: {sorted(state)}")
 
     def get_config(self) -> dict[str, Any]:
         return {"interval": self.interval}
@@ -135,8 +133,7 @@ class CosineWarmup(Schedule):
         self.warmup = check_int("warmup", warmup, 0)
         if self.warmup >= self.total:
             raise ValueError(
-                f"warmup must be smaller than total. Received: warmup={warmup!r}, "
-                f"total={total!r}"
+                f"warmup must be smaller than total. Received: warmup={warmup!r}, total={total!r}"
             )
         self.min_lr = check_number("min_lr", min_lr, 0.0)
 
@@ -158,7 +155,7 @@ class CosineWarmup(Schedule):
 
 
 def resolve_mode(mode: str, monitor: str) -> str:
-    """"min" or "max"; "auto" is "max" for accuracy/r2-like keys and "min" otherwise."""
+    """ "min" or "max"; "auto" is "max" for accuracy/r2-like keys and "min" otherwise."""
     mode = check_choice("mode", mode, ("auto", "min", "max"))
     if mode != "auto":
         return mode

@@ -1,9 +1,14 @@
-"""Thread settings: the BLAS thread count and the engine's own element-wise worker threads.
+"""Thread settings: the BLAS thread count, and a small pool for element-wise work.
 
-NumPy ufuncs release the GIL, so the optimizer splits its update of the flat parameter buffer
-over a few threads (``parallel_for``). A worker process sharing the machine should cap both
-with ``set_num_threads(n)`` (process-wide) or ``Trainer(..., num_threads=n)`` (during ``fit``);
-``None`` means "as many as the BLAS library currently uses" (read with threadpoolctl).
+On a shared machine multi-threaded OpenBLAS collapses when another process is busy (measured
+here: 784-512-512-10 at batch 128 fell from ~27,000 to ~4,000 samples/s with 2 BLAS threads
+while one BLAS thread held ~23,000), so a worker process should set its BLAS threads from its
+concurrency: ``set_num_threads(n)`` (process-wide, via threadpoolctl) or
+``Trainer(..., num_threads=n)`` (during ``fit`` only). ``get_num_threads()`` reports the
+setting, or the BLAS library's current count when none was made.
+
+NumPy ufuncs release the GIL, so ``parallel_for`` can split element-wise work (the optimizer's
+flat update, when ``optimizer.num_threads > 1``) over a thread pool.
 """
 
 from __future__ import annotations

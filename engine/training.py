@@ -1,16 +1,28 @@
-"""Trainer: mini-batch training of a Model with a loss, an optimizer, metrics and callbacks.
+"""Trainer: mini-batch training of a Model with a loss, an optimizer, a learning-rate schedule,
+early stopping, metrics and callbacks.
 
 One Generator (seeded by ``seed``) drives shuffling and dropout. The trainer's position (epoch,
 batch within the epoch, that epoch's permutation, running epoch sums, generator state, optimizer
-slots, model weights, history) is all in ``state_dict()``, so a run stopped after any batch and
-restored into a fresh Trainer continues bit-for-bit as if it had never stopped.
+slots, model weights and BatchNorm statistics, schedule and early-stopping state, history) is
+all in ``state_dict()`` as plain arrays, so a run stopped after any batch and restored into a
+fresh Trainer built the same way continues bit-for-bit as if it had never stopped.
+
+Options beyond the basics (all plain data, so a job config maps onto them directly):
+    schedule        a schedules name/dict/instance, e.g. {"name": "step", "step_size": 10}
+    early_stopping  {"monitor": "val_loss", "patience": 3, "min_delta": 0.0,
+                     "restore_best_weights": True, "mode": "auto"} or an EarlyStopping
+    clip_norm       clip gradients by global norm (torch's clip_grad_norm_), e.g. 1.0
+    num_threads     BLAS threads during ``fit`` (None: leave BLAS as it is); it also caps
+                    ``optimizer.num_threads`` (see ``optimizers``)
+and ``fit(..., sample_weight=w)`` weights the loss per sample (see ``losses``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,8 +30,11 @@ import numpy as np
 from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import optimizers as optimizers_mod
+from . import schedules as schedules_mod
+from ._registry import check_int, check_number
 from ._types import Array
 from .model import Model
+from .schedules import resolve_mode
 
 
 class Callback:
@@ -62,12 +77,129 @@ class History:
         return f"History({self.history})"
 
 
+class EarlyStopping:
+    """Stop when ``monitor`` has not improved for ``patience`` epochs (Keras semantics).
+
+    Improvement (mode min) means value < best - min_delta (mode max: value > best + min_delta;
+    "auto" picks max for accuracy/r2 keys). On improvement the wait counter resets (and, with
+    ``restore_best_weights``, the model state is copied); otherwise it grows, and when it
+    reaches max(patience, 1) training stops, restoring the best weights if asked. The trainer
+    owns it (``Trainer(early_stopping=...)``) so its state, best weights included, is part of
+    ``trainer.state_dict()``; after it has fired, ``fit`` trains no further.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        patience: int = 0,
+        min_delta: float = 0.0,
+        restore_best_weights: bool = False,
+        mode: str = "auto",
+    ) -> None:
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"monitor must be a log key. Received: monitor={monitor!r}")
+        self.monitor = monitor
+        self.patience = check_int("patience", patience, 0)
+        self.min_delta = abs(check_number("min_delta", min_delta))
+        if not isinstance(restore_best_weights, bool | np.bool_):
+            raise ValueError(
+                "restore_best_weights must be a boolean. "
+                f"Received: restore_best_weights={restore_best_weights!r}"
+            )
+        self.restore_best_weights = bool(restore_best_weights)
+        self.mode = mode
+        self._direction = resolve_mode(mode, monitor)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the best value and any stop, as before the first epoch."""
+        self.best = math.inf if self._direction == "min" else -math.inf
+        self.wait = 0
+        self.best_epoch = -1
+        self.stopped_epoch = -1
+        self.best_weights: dict[str, Array] | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_epoch >= 0
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "monitor": self.monitor,
+            "patience": self.patience,
+            "min_delta": self.min_delta,
+            "restore_best_weights": self.restore_best_weights,
+            "mode": self.mode,
+        }
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Mapping[str, float]) -> None:
+        if self.monitor not in logs:
+            raise ValueError(
+                f"early_stopping monitors {self.monitor!r}, which is not logged; available: "
+                f"{', '.join(sorted(logs))}. Received: monitor={self.monitor!r}"
+            )
+        value = float(logs[self.monitor])
+        if self._direction == "min":
+            improved = value < self.best - self.min_delta
+        else:
+            improved = value > self.best + self.min_delta
+        if improved:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = trainer.model.state_dict()
+            return
+        self.wait += 1
+        if self.wait >= max(self.patience, 1):
+            self.stopped_epoch = epoch
+            trainer.stop_training = True
+            if self.restore_best_weights and self.best_weights is not None:
+                trainer.model.load_state_dict(self.best_weights)
+
+    def state_dict(self) -> dict[str, Array]:
+        state: dict[str, Array] = {
+            "best": np.array(self.best, dtype=np.float64),
+            "wait": np.array(self.wait, dtype=np.int64),
+            "best_epoch": np.array(self.best_epoch, dtype=np.int64),
+            "stopped_epoch": np.array(self.stopped_epoch, dtype=np.int64),
+            "has_best_weights": np.array(self.best_weights is not None, dtype=np.uint8),
+        }
+        for name, arr in (self.best_weights or {}).items():
+            state[f"weights.{name}"] = arr.copy()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+        required = ("best", "wait", "best_epoch", "stopped_epoch", "has_best_weights")
+        missing = [key for key in required if key not in state]
+        if missing:
+            raise ValueError(f"Early-stopping state is missing entries: {missing}")
+        self.best = float(np.asarray(state["best"]))
+        self.wait = int(np.asarray(state["wait"]))
+        self.best_epoch = int(np.asarray(state["best_epoch"]))
+        self.stopped_epoch = int(np.asarray(state["stopped_epoch"]))
+        if bool(np.asarray(state["has_best_weights"])):
+            prefix = "weights."
+            self.best_weights = {
+                k[len(prefix) :]: np.array(v, copy=True)
+                for k, v in state.items()
+                if k.startswith(prefix)
+            }
+        else:
+            self.best_weights = None
+
+
 def _encode_json(obj: object) -> Array:
     return np.frombuffer(json.dumps(obj, sort_keys=True).encode(), dtype=np.uint8).copy()
 
 
 def _decode_json(arr: Array) -> Any:
     return json.loads(np.asarray(arr, dtype=np.uint8).tobytes().decode())
+
+
+def _sub_state(state: Mapping[str, Array], prefix: str) -> dict[str, Array]:
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+Validation = tuple[Array, Array, Array | None]
 
 
 class Trainer:
@@ -82,6 +214,10 @@ class Trainer:
         seed: int | None = 0,
         metrics: Sequence[object] = (),
         shuffle: bool = True,
+        schedule: object = None,
+        early_stopping: object = None,
+        clip_norm: float | None = None,
+        num_threads: int | None = None,
     ) -> None:
         if (
             isinstance(batch_size, bool)
@@ -96,7 +232,17 @@ class Trainer:
         self.model = model
         self.loss = losses_mod.get(loss)
         self.optimizer = optimizers_mod.get(optimizer)
-        self.optimizer.build(model.parameters())
+        if clip_norm is not None:
+            self.optimizer.clip_norm = check_number(
+                "clip_norm", clip_norm, 0.0, low_inclusive=False
+            )
+        self.optimizer.build(model.parameters(), flat_params=model.flat_parameters())
+        self.base_learning_rate = self.optimizer.learning_rate
+        self.schedule: schedules_mod.Schedule | None = (
+            None if schedule is None else schedules_mod.get(schedule)
+        )
+        self.early_stopping = self._early_stopping(early_stopping)
+        self.num_threads = None if num_threads is None else check_int("num_threads", num_threads, 1)
         self.metrics = [metrics_mod.get(m) for m in metrics]
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
@@ -107,9 +253,34 @@ class Trainer:
         self.step = 0  # completed optimizer steps, over all epochs
         self._batch_index = 0  # completed batches in the current epoch
         self._permutation: Array | None = None  # set while an epoch is in progress
-        # Running sums over the current epoch: [loss * n, metric_k * n..., n].
+        # Running sums over the current epoch: [loss * weight, metric_k * n..., n] and the
+        # summed loss weight (n without sample weights).
         self._epoch_sums = np.zeros(len(self.metrics) + 2, dtype=np.float64)
+        self._epoch_weight = 0.0
         self._batch_buffers: dict[tuple[str, int], Array] = {}
+
+    @staticmethod
+    def _early_stopping(value: object) -> EarlyStopping | None:
+        if value is None or isinstance(value, EarlyStopping):
+            return value
+        if isinstance(value, Mapping):
+            try:
+                return EarlyStopping(**value)
+            except TypeError as exc:
+                raise ValueError(
+                    f"Invalid early_stopping arguments: {exc}. Received: {dict(value)!r}"
+                ) from exc
+        raise ValueError(
+            "early_stopping must be a dict, an EarlyStopping or None. "
+            f"Received: early_stopping={value!r}"
+        )
+
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate the next optimizer step will use."""
+        if self.schedule is None:
+            return self.optimizer.learning_rate
+        return self.schedule.learning_rate(self.base_learning_rate, self.step, self.epoch)
 
     # -- training -----------------------------------------------------------------------------
     def fit(
@@ -117,14 +288,17 @@ class Trainer:
         X: np.ndarray,
         y: np.ndarray,
         epochs: int = 1,
-        validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+        validation_data: tuple[np.ndarray, ...] | None = None,
         validation_split: float = 0.0,
         callbacks: Sequence[Callback] | None = None,
+        sample_weight: np.ndarray | None = None,
     ) -> History:
         """Train until ``epochs`` epochs in total are done (continuing from the current position).
 
-        Returns ``self.history``. A callback setting ``trainer.stop_training = True`` ends the run
-        after the current batch (or epoch end), leaving a resumable state.
+        ``validation_data`` is ``(X, y)`` or ``(X, y, sample_weight)``; ``validation_split``
+        holds out the last fraction of the rows instead. Returns ``self.history``. A callback
+        setting ``trainer.stop_training = True`` ends the run after the current batch (or epoch
+        end), leaving a resumable state.
         """
         if isinstance(epochs, bool) or not isinstance(epochs, int | np.integer) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer. Received: epochs={epochs!r}")
@@ -135,22 +309,63 @@ class Trainer:
                 f"X and y must have the same number of rows. Received: {x_all.shape[0]} and "
                 f"{y_all.shape[0]}"
             )
-        x_train, y_train, val = self._split(x_all, y_all, validation_data, validation_split)
+        w_all = (
+            None
+            if sample_weight is None
+            else losses_mod.prepare_sample_weight(sample_weight, x_all.shape[0], self.model.dtype)
+        )
+        x_train, y_train, w_train, val = self._split(
+            x_all, y_all, w_all, validation_data, validation_split
+        )
         n = x_train.shape[0]
         if n == 0:
             raise ValueError("fit needs at least one training sample. Received: 0 rows")
-        num_batches = math.ceil(n / self.batch_size)
+        self._check_monitors(val is not None)
         callbacks = list(callbacks or ())
-        params, grads = self.model.parameters(), self.model.gradients()
-
         self.stop_training = False
-        for cb in callbacks:
-            cb.on_train_begin(self)
+        if self.early_stopping is not None and self.early_stopping.stopped:
+            return self.history  # early stopping has fired: the run is over
+        with self._threads():
+            for cb in callbacks:
+                cb.on_train_begin(self)
+            self._run(x_train, y_train, w_train, val, epochs, callbacks)
+            for cb in callbacks:
+                cb.on_train_end(self)
+        return self.history
+
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        if self.num_threads is None:
+            yield
+            return
+        from threadpoolctl import threadpool_limits
+
+        self.optimizer.num_threads = min(self.optimizer.num_threads, self.num_threads)
+        with threadpool_limits(limits=self.num_threads, user_api="blas"):
+            yield
+
+    def _run(
+        self,
+        x_train: Array,
+        y_train: Array,
+        w_train: Array | None,
+        val: Validation | None,
+        epochs: int,
+        callbacks: list[Callback],
+    ) -> None:
+        n = x_train.shape[0]
+        bs = self.batch_size
+        num_batches = math.ceil(n / bs)
+        model, loss_fn, optimizer, schedule = self.model, self.loss, self.optimizer, self.schedule
+        flat_params, flat_grads = model.flat_parameters(), model.flat_gradients()
+        metrics, sums, rng = self.metrics, self._epoch_sums, self.rng
+        base_lr = self.base_learning_rate
         while self.epoch < epochs and not self.stop_training:
             if self._permutation is None:
                 self._permutation = self.rng.permutation(n) if self.shuffle else np.arange(n)
                 self._batch_index = 0
-                self._epoch_sums[:] = 0.0
+                sums[:] = 0.0
+                self._epoch_weight = 0.0
                 for cb in callbacks:
                     cb.on_epoch_begin(self, self.epoch)
             elif self._permutation.shape[0] != n:
@@ -160,19 +375,28 @@ class Trainer:
                 )
             perm = self._permutation
             while self._batch_index < num_batches:
-                start = self._batch_index * self.batch_size
-                idx = perm[start : start + self.batch_size]
-                xb = np.take(x_train, idx, axis=0, out=self._batch_buffer("x", x_train, len(idx)))
-                yb = np.take(y_train, idx, axis=0, out=self._batch_buffer("y", y_train, len(idx)))
-                outputs = self.model.forward(xb, training=True, rng=self.rng)
-                loss, grad = self.loss.value_and_grad(outputs, yb)
-                rows = len(idx)
-                self._epoch_sums[0] += loss * rows
-                for k, metric in enumerate(self.metrics, start=1):
-                    self._epoch_sums[k] += metric(outputs, yb) * rows
-                self._epoch_sums[-1] += rows
-                self.model.backward(grad)
-                self.optimizer.step(params, grads)
+                start = self._batch_index * bs
+                idx = perm[start : start + bs]
+                rows = idx.shape[0]
+                xb = np.take(x_train, idx, axis=0, out=self._batch_buffer("x", x_train, rows))
+                yb = np.take(y_train, idx, axis=0, out=self._batch_buffer("y", y_train, rows))
+                wb = (
+                    None
+                    if w_train is None
+                    else np.take(w_train, idx, out=self._batch_buffer("w", w_train, rows))
+                )
+                outputs = model.forward(xb, training=True, rng=rng)
+                loss, grad = loss_fn.value_and_grad(outputs, yb, wb)
+                weight = rows if wb is None else float(np.sum(wb, dtype=np.float64))
+                sums[0] += loss * weight
+                self._epoch_weight += weight
+                for k, metric in enumerate(metrics, start=1):
+                    sums[k] += metric(outputs, yb) * rows
+                sums[-1] += rows
+                model.backward(grad)
+                if schedule is not None:
+                    optimizer.learning_rate = schedule.learning_rate(base_lr, self.step, self.epoch)
+                optimizer.step_flat(flat_params, flat_grads)
                 self.step += 1
                 self._batch_index += 1
                 for cb in callbacks:
@@ -183,23 +407,43 @@ class Trainer:
                 # Even after the epoch's last batch: the epoch end then runs on resume.
                 break
             self._end_epoch(val, callbacks)
-        for cb in callbacks:
-            cb.on_train_end(self)
-        return self.history
 
-    def _end_epoch(self, val: tuple[Array, Array] | None, callbacks: Sequence[Callback]) -> None:
+    def _check_monitors(self, has_validation: bool) -> None:
+        keys = ["loss", *(m.name for m in self.metrics)]
+        if has_validation:
+            keys += [f"val_{k}" for k in keys]
+        if self.schedule is not None:
+            keys.append("learning_rate")
+        for owner, monitor in (
+            ("early_stopping", self.early_stopping and self.early_stopping.monitor),
+            ("schedule", self.schedule and self.schedule.monitor),
+        ):
+            if monitor and monitor not in keys:
+                raise ValueError(
+                    f"{owner} monitors {monitor!r}, which this fit does not log; it logs: "
+                    f"{', '.join(keys)}. Received: monitor={monitor!r}"
+                )
+
+    def _end_epoch(self, val: Validation | None, callbacks: Sequence[Callback]) -> None:
         count = self._epoch_sums[-1]
-        logs = {"loss": float(self._epoch_sums[0] / count)}
+        weight = self._epoch_weight
+        logs = {"loss": float(self._epoch_sums[0] / weight) if weight > 0 else 0.0}
         for k, metric in enumerate(self.metrics, start=1):
             logs[metric.name] = float(self._epoch_sums[k] / count)
         if val is not None:
             for key, value in self._evaluate_prepared(*val).items():
                 logs[f"val_{key}"] = value
-        self.history.append(logs)
+        if self.schedule is not None:
+            logs["learning_rate"] = self.learning_rate  # the rate of the epoch's last step
         finished = self.epoch
         self.epoch += 1
         self._permutation = None
         self._batch_index = 0
+        if self.schedule is not None:
+            self.schedule.on_epoch_end(finished, logs)
+        if self.early_stopping is not None:
+            self.early_stopping.on_epoch_end(self, finished, logs)
+        self.history.append(logs)
         for cb in callbacks:
             cb.on_epoch_end(self, finished, logs)
 
@@ -207,9 +451,10 @@ class Trainer:
         self,
         x: Array,
         y: Array,
-        validation_data: tuple[np.ndarray, np.ndarray] | None,
+        w: Array | None,
+        validation_data: tuple[np.ndarray, ...] | None,
         validation_split: float,
-    ) -> tuple[Array, Array, tuple[Array, Array] | None]:
+    ) -> tuple[Array, Array, Array | None, Validation | None]:
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(
                 "validation_split must be in [0, 1). "
@@ -218,17 +463,29 @@ class Trainer:
         if validation_data is not None:
             if validation_split:
                 raise ValueError("Pass either validation_data or validation_split, not both.")
-            vx, vy = validation_data
-            vx_arr = self.model.check_input(vx)
-            vy_arr = self.loss.prepare_targets(vy, self.model.output_dim, self.model.dtype)
+            if len(validation_data) not in (2, 3):
+                raise ValueError(
+                    "validation_data must be (X, y) or (X, y, sample_weight). "
+                    f"Received: a tuple of {len(validation_data)}"
+                )
+            vx_arr = self.model.check_input(validation_data[0])
+            vy_arr = self.loss.prepare_targets(
+                validation_data[1], self.model.output_dim, self.model.dtype
+            )
             if vx_arr.shape[0] != vy_arr.shape[0]:
                 raise ValueError("validation_data X and y must have the same number of rows.")
-            return x, y, (vx_arr, vy_arr)
+            vw = None
+            if len(validation_data) == 3 and validation_data[2] is not None:
+                vw = losses_mod.prepare_sample_weight(
+                    validation_data[2], vx_arr.shape[0], self.model.dtype
+                )
+            return x, y, w, (vx_arr, vy_arr, vw)
         if validation_split:
             # The last fraction of the rows (before any shuffling) is held out, as in Keras.
             cut = int(x.shape[0] * (1.0 - validation_split))
-            return x[:cut], y[:cut], (x[cut:], y[cut:])
-        return x, y, None
+            w_train, w_val = (None, None) if w is None else (w[:cut], w[cut:])
+            return x[:cut], y[:cut], w_train, (x[cut:], y[cut:], w_val)
+        return x, y, w, None
 
     def _batch_buffer(self, key: str, source: Array, rows: int) -> Array:
         buf = self._batch_buffers.get((key, rows))
@@ -239,20 +496,29 @@ class Trainer:
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(
-        self, X: np.ndarray, y: np.ndarray, batch_size: int | None = None
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        batch_size: int | None = None,
+        sample_weight: np.ndarray | None = None,
     ) -> dict[str, float]:
-        """Loss and metrics over a whole data set in evaluation mode."""
+        """Loss (weighted by ``sample_weight`` if given) and metrics in evaluation mode."""
         x_arr = self.model.check_input(X)
         y_arr = self.loss.prepare_targets(y, self.model.output_dim, self.model.dtype)
-        return self._evaluate_prepared(x_arr, y_arr, batch_size)
+        w_arr = (
+            None
+            if sample_weight is None
+            else losses_mod.prepare_sample_weight(sample_weight, x_arr.shape[0], self.model.dtype)
+        )
+        return self._evaluate_prepared(x_arr, y_arr, w_arr, batch_size)
 
     def _evaluate_prepared(
-        self, x: Array, y: Array, batch_size: int | None = None
+        self, x: Array, y: Array, w: Array | None = None, batch_size: int | None = None
     ) -> dict[str, float]:
         if x.shape[0] == 0:
             return {}
-        outputs = self.model.predict(x, batch_size=batch_size or self.batch_size)
-        logs = {"loss": self.loss.value(outputs, y)}
+        outputs = self.model.predict(x, batch_size=batch_size or max(self.batch_size, 1024))
+        logs = {"loss": self.loss.value(outputs, y, w)}
         for metric in self.metrics:
             logs[metric.name] = metric(outputs, y)
         return logs
@@ -265,6 +531,12 @@ class Trainer:
             state[f"model.{name}"] = arr
         for name, arr in self.optimizer.state_dict().items():
             state[f"optimizer.{name}"] = arr
+        if self.schedule is not None:
+            for name, arr in self.schedule.state_dict().items():
+                state[f"schedule.{name}"] = arr
+        if self.early_stopping is not None:
+            for name, arr in self.early_stopping.state_dict().items():
+                state[f"early_stopping.{name}"] = arr
         state["trainer.rng_state"] = _encode_json(self.rng.bit_generator.state)
         state["trainer.epoch"] = np.array(self.epoch, dtype=np.int64)
         state["trainer.step"] = np.array(self.step, dtype=np.int64)
@@ -274,6 +546,7 @@ class Trainer:
         perm = self._permutation if self._permutation is not None else np.zeros(0, np.int64)
         state["trainer.permutation"] = perm.astype(np.int64)
         state["trainer.epoch_sums"] = self._epoch_sums.copy()
+        state["trainer.epoch_weight"] = np.array(self._epoch_weight, dtype=np.float64)
         state["trainer.history_keys"] = _encode_json(list(self.history.history))
         for key, values in self.history.history.items():
             state[f"history.{key}"] = np.asarray(values, dtype=np.float64)
@@ -313,12 +586,20 @@ class Trainer:
                 f"Trainer state holds a {rng_state.get('bit_generator')!r} generator state; "
                 f"expected {type(self.rng.bit_generator).__name__!r}"
             )
-        self.model.load_state_dict(
-            {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-        )
-        self.optimizer.load_state_dict(
-            {k[len("optimizer.") :]: v for k, v in state.items() if k.startswith("optimizer.")}
-        )
+        has_early = any(k.startswith("early_stopping.") for k in state)
+        if has_early != (self.early_stopping is not None):
+            raise ValueError(
+                "Trainer state and this trainer disagree on early stopping: the state "
+                f"{'has' if has_early else 'has no'} early-stopping entries"
+            )
+        self.model.load_state_dict(_sub_state(state, "model."))
+        self.optimizer.load_state_dict(_sub_state(state, "optimizer."))
+        if self.schedule is not None:
+            self.schedule.load_state_dict(_sub_state(state, "schedule."))
+        elif _sub_state(state, "schedule."):
+            raise ValueError("Trainer state has schedule entries but this trainer has none")
+        if self.early_stopping is not None:
+            self.early_stopping.load_state_dict(_sub_state(state, "early_stopping."))
         self.rng.bit_generator.state = rng_state
         self.epoch = int(np.asarray(state["trainer.epoch"]))
         self.step = int(np.asarray(state["trainer.step"]))
@@ -327,6 +608,9 @@ class Trainer:
         perm = np.asarray(state["trainer.permutation"], dtype=np.int64)
         self._permutation = perm.astype(np.intp) if in_epoch else None
         self._epoch_sums[:] = sums
+        self._epoch_weight = float(
+            np.asarray(state.get("trainer.epoch_weight", sums[-1]), dtype=np.float64)
+        )
         self.history = History()
         for key in _decode_json(state["trainer.history_keys"]):
             self.history.history[key] = [float(v) for v in np.asarray(state[f"history.{key}"])]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.metrics import mean_absolute_error, r2_score
+
 from trainwire.engine import Model, gradcheck, layers, metrics
 
 
@@ -79,3 +80,36 @@ def test_mae_and_r2_match_sklearn() -> None:
     const = np.ones((5, 1))
     assert metrics.get("r2")(const, const) == 1.0
     assert metrics.get("r2")(const * 2, const) == 0.0
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_gradcheck_new_layers_and_detects_bad_batchnorm(
+    monkeypatch: pytest.MonkeyPatch, training: bool
+) -> None:
+    spec = {
+        "input_dim": 3,
+        "layers": [
+            {"type": "dense", "units": 4, "activation": "gelu", "bias_initializer": "ones"},
+            {"type": "batch_norm"},
+            {"type": "prelu", "init": 0.1},
+            {"type": "dense", "units": 2},
+        ],
+    }
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(6, 3)), rng.normal(size=(6, 2))
+    model = Model.from_spec(spec, dtype="float64", seed=1)
+    running = model.buffers()["layers.1.running_mean"].copy()
+    errors = gradcheck(model, x, y, training=training, loss="huber")
+    assert max(errors.values()) < 1e-6, errors
+    assert np.array_equal(model.buffers()["layers.1.running_mean"], running)  # restored
+
+    original = layers.BatchNorm1d.backward
+
+    def broken(self, grad_out, need_input_grad=True):  # type: ignore[no-untyped-def]
+        result = original(self, grad_out, need_input_grad)
+        self.grads["gamma"] *= 1.05
+        return result
+
+    monkeypatch.setattr(layers.BatchNorm1d, "backward", broken)
+    errors = gradcheck(model, x, y, training=training, loss="huber")
+    assert errors["layers.1.gamma"] > 1e-3 and errors["layers.3.kernel"] < 1e-6

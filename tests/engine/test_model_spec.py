@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+
 from trainwire.engine import Model, SpecError
 
 SPEC = {
@@ -121,13 +122,15 @@ def test_initializer_options(name: str) -> None:
         ({"input_dim": 4, "layers": [{"type": "dense"}]}, "layers[0].units is required"),
         (
             {"input_dim": 4, "layers": [{"type": "conv", "units": 2}]},
-            "layers[0].type must be one of: activation, dense, dropout. Received: type='conv'",
+            "layers[0].type must be one of: activation, batch_norm, dense, dropout, prelu. "
+            "Received: type='conv'",
         ),
         ({"input_dim": 4, "layers": ["dense"]}, "layers[0] must be a dict"),
         (
             {"input_dim": 4, "layers": [{"type": "dense", "units": 2, "activation": "relux"}]},
             "layers[0].activation is invalid: Unknown activation 'relux'; expected one of: "
-            "identity, linear, relu, sigmoid, softmax, tanh. Received: name='relux'",
+            "elu, gelu, identity, leaky_relu, linear, relu, sigmoid, softmax, softplus, tanh. "
+            "Received: name='relux'",
         ),
         (
             {"input_dim": 4, "layers": [{"type": "dense", "units": 2, "use_bias": "yes"}]},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from trainwire.engine import optimizers
 
 CASES = [
@@ -38,6 +39,59 @@ CASES = [
         },
         ("Adam", {"lr": 0.02, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.05}),
     ),
+    ({"name": "adamw", "learning_rate": 0.01}, ("AdamW", {"lr": 0.01})),
+    (
+        {"name": "adamw", "learning_rate": 0.02, "beta_1": 0.85, "weight_decay": 0.3},
+        ("AdamW", {"lr": 0.02, "betas": (0.85, 0.999), "weight_decay": 0.3}),
+    ),
+    ({"name": "adagrad", "learning_rate": 0.1}, ("Adagrad", {"lr": 0.1})),
+    (
+        {
+            "name": "adagrad",
+            "learning_rate": 0.2,
+            "lr_decay": 0.01,
+            "initial_accumulator_value": 0.1,
+            "weight_decay": 0.05,
+        },
+        (
+            "Adagrad",
+            {"lr": 0.2, "lr_decay": 0.01, "initial_accumulator_value": 0.1, "weight_decay": 0.05},
+        ),
+    ),
+    ({"name": "rmsprop", "learning_rate": 0.01}, ("RMSprop", {"lr": 0.01})),
+    (
+        {"name": "rmsprop", "learning_rate": 0.005, "momentum": 0.9},
+        ("RMSprop", {"lr": 0.005, "momentum": 0.9}),
+    ),
+    (
+        {"name": "rmsprop", "learning_rate": 0.01, "centered": True, "alpha": 0.9},
+        ("RMSprop", {"lr": 0.01, "centered": True, "alpha": 0.9}),
+    ),
+    (
+        {
+            "name": "rmsprop",
+            "learning_rate": 0.005,
+            "centered": True,
+            "momentum": 0.5,
+            "weight_decay": 0.1,
+            "epsilon": 1e-6,
+        },
+        (
+            "RMSprop",
+            {"lr": 0.005, "centered": True, "momentum": 0.5, "weight_decay": 0.1, "eps": 1e-6},
+        ),
+    ),
+    # Clipping by global norm (clip_grad_norm_ before every step); the gradient norms of this
+    # problem range over ~0.3-20, so these limits clip some steps but not all.
+    ({"name": "sgd", "learning_rate": 0.05, "clip_norm": 3.0}, ("SGD", {"lr": 0.05})),
+    (
+        {"name": "adam", "learning_rate": 0.05, "clip_norm": 5.0, "weight_decay": 0.01},
+        ("Adam", {"lr": 0.05, "weight_decay": 0.01}),
+    ),
+    (
+        {"name": "rmsprop", "learning_rate": 0.01, "momentum": 0.9, "clip_norm": 8.0},
+        ("RMSprop", {"lr": 0.01, "momentum": 0.9}),
+    ),
 ]
 
 
@@ -58,26 +112,116 @@ def _grads(
     return {"w": a * (w - target) + np.cos(w), "b": 2 * b * np.cos(b) - b**2 * np.sin(b)}
 
 
+def _flat_problem(seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """The same problem with parameters as views of one flat buffer (padding included)."""
+    params, _, _ = _problem(seed)
+    flat = np.zeros(32)
+    views = {"w": flat[0:12].reshape(4, 3), "b": flat[16:19]}
+    for k, v in views.items():
+        v[...] = params[k]
+    return flat, views, np.zeros(32)
+
+
 @pytest.mark.torch
+@pytest.mark.parametrize("path", ["dict", "flat"])
 @pytest.mark.parametrize(("config", "torch_case"), CASES)
-def test_trajectory_matches_torch(rel_err, torch, config: dict, torch_case: tuple) -> None:
+def test_trajectory_matches_torch(
+    rel_err, torch, config: dict, torch_case: tuple, path: str
+) -> None:
     params, a, target = _problem()
     opt = optimizers.get(config)
-    opt.build(params)
+    if path == "flat":
+        flat, params, flat_grads = _flat_problem()
+        grad_views = {"w": flat_grads[0:12].reshape(4, 3), "b": flat_grads[16:19]}
+        opt.build(params, flat_params=flat)
+    else:
+        opt.build(params)
     tp = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in params.items()}
     cls_name, kwargs = torch_case
     topt = getattr(torch.optim, cls_name)(list(tp.values()), **kwargs)
     at, tt = torch.tensor(a), torch.tensor(target)
+    clipped = 0
     for _ in range(50):
-        opt.step(params, _grads(params, a, target))
+        grads = _grads(params, a, target)
+        if path == "flat":
+            for k, g in grads.items():
+                grad_views[k][...] = g
+            opt.step_flat(flat, flat_grads)
+        else:
+            opt.step(params, grads)
         topt.zero_grad()
         w, b = tp["w"], tp["b"]
         f = (at * (w - tt) ** 2 / 2 + torch.sin(w)).sum() + (b**2 * torch.cos(b)).sum()
         f.backward()
+        if "clip_norm" in config:
+            norm = torch.nn.utils.clip_grad_norm_(list(tp.values()), config["clip_norm"])
+            assert opt.last_grad_norm == pytest.approx(norm.item(), rel=1e-9)
+            clipped += norm.item() > config["clip_norm"]
         topt.step()
         for k in params:
             assert rel_err(params[k], tp[k].detach().numpy()) < 1e-6, k
     assert opt.iterations == 50
+    if "clip_norm" in config:
+        assert 0 < clipped < 50  # both regimes were exercised
+    if path == "flat":
+        assert not flat[12:16].any() and not flat[19:].any()  # padding stays zero
+
+
+@pytest.mark.parametrize("config", [c for c, _ in CASES if "clip_norm" not in c])
+def test_flat_threaded_equals_per_parameter(monkeypatch: pytest.MonkeyPatch, config: dict) -> None:
+    """The blocked, threaded flat update is bit-identical to the per-parameter update.
+
+    (Not with clipping: the global norm is summed in a different order on the two paths.)
+    """
+    monkeypatch.setattr(optimizers, "_MIN_PER_THREAD", 4)
+    monkeypatch.setattr(optimizers, "_BLOCK", 5)
+    params, a, target = _problem(1)
+    flat, views, flat_grads = _flat_problem(1)
+    grad_views = {"w": flat_grads[0:12].reshape(4, 3), "b": flat_grads[16:19]}
+    ref = optimizers.get(config)
+    ref.build(params)
+    opt = optimizers.get(config)
+    opt.build(views, flat_params=flat)
+    opt.num_threads = 3
+    for _ in range(70):  # past one flush (every 64 steps)
+        grads = _grads(params, a, target)
+        ref.step(params, grads)
+        for k, g in _grads(views, a, target).items():
+            grad_views[k][...] = g
+        opt.step_flat(flat, flat_grads)
+        for k in params:
+            assert np.array_equal(params[k], views[k]), k
+    sa, sb = ref.state_dict(), opt.state_dict()
+    assert sa.keys() == sb.keys() and all(np.array_equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop"])
+def test_tiny_moments_are_flushed(name: str) -> None:
+    """After a burst of tiny gradients and then exact zeros, no slot is left subnormal."""
+    config: dict = {"name": name, "learning_rate": 1e-3}
+    if name in ("sgd", "rmsprop"):
+        config["momentum"] = 0.9
+    opt = optimizers.get(config)
+    p = {"w": np.ones(64, dtype=np.float32)}
+    opt.build(p)
+    opt.step(p, {"w": np.full(64, 1e-12, dtype=np.float32)})
+    zero = {"w": np.zeros(64, dtype=np.float32)}
+    for _ in range(64 * 12):
+        opt.step(p, zero)
+    tiny = np.finfo(np.float32).tiny
+    for slot in opt.slots["w"].values():
+        assert not np.any((slot != 0) & (np.abs(slot) < tiny)), name
+    assert np.all(np.isfinite(p["w"]))
+
+
+def test_step_flat_requires_the_built_buffer() -> None:
+    flat, views, flat_grads = _flat_problem()
+    opt = optimizers.get("adam")
+    opt.build(views)
+    with pytest.raises(ValueError, match="step_flat"):
+        opt.step_flat(flat, flat_grads)
+    with pytest.raises(ValueError, match="not a view"):
+        opt.build({"x": np.zeros(3)}, flat_params=flat)
 
 
 @pytest.mark.parametrize("config", [c for c, _ in CASES])
@@ -99,7 +243,7 @@ def test_state_round_trip_and_inplace(config: dict, dtype: str) -> None:
     other.build(clone)
     other.load_state_dict(opt.state_dict())
     g = {k: v.astype(dtype) for k, v in _grads(params, a, target).items()}
-    opt.step(params, g)
+    opt.step(params, {k: v.copy() for k, v in g.items()})  # clipping scales grads in place
     other.step(clone, g)
     for k in params:
         assert np.array_equal(params[k], clone[k])
@@ -126,6 +270,11 @@ def test_load_state_dict_rejects_mismatch() -> None:
         ({"name": "adam", "beta_1": 1.0}, "beta_1"),
         ({"name": "adam", "learning_rate": "fast"}, "learning_rate"),
         ({"name": "adam", "lr": 0.1}, "lr"),
+        ({"name": "adam", "clip_norm": 0.0}, "clip_norm"),
+        ({"name": "rmsprop", "alpha": 1.5}, "alpha"),
+        ({"name": "rmsprop", "centered": "yes"}, "centered"),
+        ({"name": "adagrad", "initial_accumulator_value": -1}, "initial_accumulator_value"),
+        ({"name": "adamw", "weight_decay": -0.1}, "weight_decay"),
     ],
 )
 def test_hyperparameter_validation(config: dict, field: str) -> None:

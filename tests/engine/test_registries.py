@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+
 from trainwire.engine import activations, initializers, losses, metrics, optimizers
 
 REGISTRIES = [
@@ -42,7 +43,8 @@ def test_optimizer_error_message_exact() -> None:
     with pytest.raises(
         ValueError,
         match=re.escape(
-            "Unknown optimizer 'adm'; expected one of: adam, sgd. Received: name='adm'"
+            "Unknown optimizer 'adm'; expected one of: adagrad, adam, adamw, rmsprop, sgd. "
+            "Received: name='adm'"
         ),
     ):
         optimizers.get("adm")

@@ -7,6 +7,7 @@ import struct
 
 import numpy as np
 import pytest
+
 from trainwire.engine import load_state, save_state
 
 

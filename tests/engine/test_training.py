@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from trainwire.engine import Callback, Model, Trainer, load_state, metrics, save_state
 
 SPEC = {
@@ -302,3 +303,245 @@ def test_learns_regression_and_binary() -> None:
     )
     history = clf.fit(x, labels, epochs=60, validation_split=0.2)
     assert history["val_accuracy"][-1] > 0.9
+
+
+# -- BatchNorm, schedules, early stopping, sample weights, clipping: still bit-exact -------------
+RICH_SPEC = {
+    "input_dim": 4,
+    "layers": [
+        {"type": "dense", "units": 16},
+        {"type": "batch_norm", "momentum": 0.2},
+        {"type": "prelu"},
+        {"type": "dropout", "rate": 0.2},
+        {"type": "dense", "units": 8, "activation": "gelu"},
+        {"type": "batch_norm"},
+        {"type": "dense", "units": 3},
+    ],
+}
+RICH_EPOCHS = 6  # 56 train rows, batches of 16: 4 steps per epoch, 24 in all
+
+
+def make_rich(schedule: object, early: object = None, model_seed: int = 0) -> Trainer:
+    return Trainer(
+        Model.from_spec(RICH_SPEC, seed=model_seed),
+        loss="softmax_cross_entropy",
+        optimizer={"name": "adamw", "learning_rate": 2e-2},
+        batch_size=16,
+        seed=5,
+        metrics=("accuracy",),
+        schedule=schedule,
+        early_stopping=early,
+        clip_norm=1.0,
+    )
+
+
+RICH_CASES = [
+    ({"name": "reduce_on_plateau", "patience": 0, "factor": 0.5}, None),
+    (
+        {"name": "cosine", "warmup": 3, "total": 20, "min_lr": 1e-3},
+        {"monitor": "val_accuracy", "patience": 1, "restore_best_weights": True},
+    ),
+    (
+        {"name": "step", "step_size": 2, "gamma": 0.5},
+        {"monitor": "val_loss", "patience": 2, "min_delta": 0.01, "restore_best_weights": True},
+    ),
+]
+
+
+def _rich_fit(trainer: Trainer, data, callbacks=()) -> None:
+    x, y = data
+    w = np.linspace(0.5, 2.0, len(y))
+    trainer.fit(
+        x, y, epochs=RICH_EPOCHS, validation_split=SPLIT, sample_weight=w, callbacks=list(callbacks)
+    )
+
+
+@pytest.mark.parametrize(("schedule", "early"), RICH_CASES)
+def test_exact_resume_with_batchnorm_schedule_early_stopping(data, schedule, early) -> None:
+    ref = make_rich(schedule, early)
+    _rich_fit(ref, data)
+    assert ref.step > 4
+    total = ref.step
+    for stop in sorted({1, 3, 4, 5, 9, total - 1, total}):
+        first = make_rich(schedule, early)
+        _rich_fit(first, data, [StopAtStep(stop)])
+        resumed = make_rich(schedule, early, model_seed=99)
+        resumed.load_state_dict(load_state(save_state(first.state_dict()))[0])
+        _rich_fit(resumed, data)
+        _assert_same_run(resumed, ref)
+    if schedule["name"] == "reduce_on_plateau":
+        assert min(ref.history["learning_rate"]) < 2e-2  # the plateau logic did act
+
+
+def test_batchnorm_running_stats_are_saved_and_used_for_predict(data) -> None:
+    trainer = make_rich({"name": "constant"})
+    _rich_fit(trainer, data)
+    state = trainer.model.state_dict()
+    assert {"layers.1.running_mean", "layers.1.running_var", "layers.5.running_var"} <= set(state)
+    assert not np.allclose(state["layers.1.running_mean"], 0.0)
+    fresh = Model.from_spec(RICH_SPEC, seed=7)
+    fresh.load_state_dict(state)
+    x = data[0][:9]
+    assert np.array_equal(fresh.predict(x), trainer.model.predict(x))
+    assert np.array_equal(fresh.predict(x[:1]), trainer.model.predict(x)[:1])  # eval mode
+
+
+def _noisy_regression(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(120, 3))
+    y = x @ np.array([1.0, -1.0, 0.5])
+    y_val = y[:40] + rng.normal(scale=3.0, size=40)  # a noisy validation set: loss plateaus
+    return x, y, x[:40], y_val
+
+
+def test_early_stopping_stops_and_restores_best_weights() -> None:
+    x, y, xv, yv = _noisy_regression()
+    seen = []
+
+    class Snap(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            seen.append((logs["val_loss"], trainer.model.state_dict()))
+
+    def build(restore: bool) -> Trainer:
+        spec = {
+            "input_dim": 3,
+            "layers": [
+                {"type": "dense", "units": 16, "activation": "tanh"},
+                {"type": "dense", "units": 1},
+            ],
+        }
+        return Trainer(
+            Model.from_spec(spec, seed=0),
+            optimizer={"name": "adam", "learning_rate": 0.05},
+            batch_size=16,
+            early_stopping={"monitor": "val_loss", "patience": 3, "restore_best_weights": restore},
+        )
+
+    trainer = build(True)
+    history = trainer.fit(x, y, epochs=200, validation_data=(xv, yv), callbacks=[Snap()])
+    es = trainer.early_stopping
+    assert es is not None and es.stopped and trainer.epoch < 200
+    losses = history["val_loss"]
+    best = int(np.argmin(losses))
+    assert es.best_epoch == best and len(losses) == best + 4  # patience 3 after the best
+    final = trainer.model.state_dict()
+    assert all(np.array_equal(final[k], seen[best][1][k]) for k in final)
+    assert trainer.evaluate(xv, yv)["loss"] == pytest.approx(losses[best], rel=1e-6)
+    steps = trainer.step
+    trainer.fit(x, y, epochs=300, validation_data=(xv, yv))  # it has fired: no more training
+    assert trainer.step == steps
+
+    no_restore = build(False)
+    no_restore.fit(x, y, epochs=200, validation_data=(xv, yv))
+    assert no_restore.epoch == trainer.epoch
+    last = no_restore.model.state_dict()
+    assert any(not np.array_equal(last[k], final[k]) for k in final)
+
+
+def test_early_stopping_validation() -> None:
+    model = Model.from_spec(SPEC, seed=0)
+    with pytest.raises(ValueError, match="patience"):
+        Trainer(model, early_stopping={"patience": -1})
+    with pytest.raises(ValueError, match="Invalid early_stopping arguments"):
+        Trainer(model, early_stopping={"monitor": "loss", "wait": 2})
+    trainer = Trainer(model, loss="softmax_cross_entropy", early_stopping={"monitor": "val_acc"})
+    x, y = blobs(40, seed=0)
+    with pytest.raises(ValueError, match="monitors 'val_acc'"):
+        trainer.fit(x, y, epochs=1, validation_split=0.2)
+
+
+def test_sample_weights_in_fit() -> None:
+    x, y = blobs(64, seed=3)
+
+    def run(weights, rows=slice(None)):
+        trainer = make_trainer({"name": "sgd", "learning_rate": 0.1})
+        trainer.shuffle = False
+        trainer.fit(x[rows], y[rows], epochs=2, sample_weight=weights)
+        return trainer
+
+    plain, ones = run(None), run(np.ones(64))
+    np.testing.assert_allclose(ones.history["loss"], plain.history["loss"], rtol=1e-6)
+    assert ones.history["accuracy"] == plain.history["accuracy"]
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(
+            plain.model.state_dict().values(), ones.model.state_dict().values(), strict=True
+        )
+    )
+    # Scaling all weights by a constant changes nothing (weighted *mean*) up to rounding.
+    scaled = run(np.full(64, 3.0))
+    np.testing.assert_allclose(scaled.history["loss"], plain.history["loss"], rtol=1e-5)
+    # Zero weight on a whole batch: that step's gradient is zero, so SGD leaves weights alone.
+    w = np.ones(64)
+    w[:16] = 0.0
+    zero = make_trainer({"name": "sgd", "learning_rate": 0.1})
+    zero.shuffle = False
+    before = zero.model.state_dict()
+    zero.fit(x, y, epochs=1, sample_weight=w, callbacks=[StopAtStep(1)])
+    after = zero.model.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="sample_weight must have shape"):
+        run(np.ones(10))
+    with pytest.raises(ValueError, match="non-negative"):
+        run(-np.ones(64))
+
+
+def test_weighted_validation_loss(data) -> None:
+    x, y = data
+    w = np.linspace(0.0, 1.0, len(y))
+    trainer = make_trainer()
+    history = trainer.fit(x[:56], y[:56], epochs=1, validation_data=(x[56:], y[56:], w[56:]))
+    expected = trainer.evaluate(x[56:], y[56:], sample_weight=w[56:])["loss"]
+    assert history["val_loss"][0] == pytest.approx(expected, rel=1e-6)
+    assert history["val_loss"][0] != pytest.approx(trainer.evaluate(x[56:], y[56:])["loss"])
+
+
+def test_num_threads_limits_blas_during_fit(data) -> None:
+    from threadpoolctl import threadpool_info
+
+    seen: list[int] = []
+
+    class Probe(Callback):
+        def on_batch_end(self, trainer, step, logs):
+            if step == 1:
+                seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+    trainer = make_trainer()
+    trainer.num_threads = 1
+    trainer.fit(*data, epochs=1, callbacks=[Probe()])
+    assert seen and set(seen) == {1}
+    assert trainer.optimizer.num_threads == 1
+
+
+def test_optimizer_threads_do_not_change_results(data, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainwire.engine import optimizers
+
+    monkeypatch.setattr(optimizers, "_MIN_PER_THREAD", 8)
+    monkeypatch.setattr(optimizers, "_BLOCK", 40)
+    runs = []
+    for threads in (1, 3):
+        trainer = make_trainer()
+        trainer.optimizer.num_threads = threads
+        trainer.fit(*data, epochs=2, validation_split=SPLIT)
+        assert trainer.optimizer.num_threads == threads
+        runs.append(trainer)
+    _assert_same_run(*runs)
+
+
+def test_engine_level_thread_setting() -> None:
+    from threadpoolctl import threadpool_info
+
+    from trainwire.engine import get_num_threads, set_num_threads
+
+    def blas() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    original = blas()
+    try:
+        set_num_threads(1)
+        assert get_num_threads() == 1 and blas() == {1}
+        with pytest.raises(ValueError, match="num_threads"):
+            set_num_threads(0)
+    finally:
+        set_num_threads(None)
+    assert blas() == original and get_num_threads() == max(original)
