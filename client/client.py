@@ -255,6 +255,8 @@ class Client:
         validation_fraction: float = 0.0,
         seed: int = 0,
         checkpoint_every_epochs: int = 0,
+        schedule: str | Mapping[str, float | str] | None = None,
+        early_stopping: Mapping[str, Any] | None = None,
         dtype: str = "float32",
         display_name: str = "",
         labels: Mapping[str, str] | None = None,
@@ -267,7 +269,15 @@ class Client:
         optimizer_spec = dict(optimizer) if isinstance(optimizer, Mapping) else {"name": optimizer}
         optimizer_name = str(optimizer_spec.pop("name", "adam"))
         rate = float(optimizer_spec.pop("learning_rate", learning_rate))
+        schedule_spec = (
+            dict(schedule) if isinstance(schedule, Mapping) else {"name": schedule or ""}
+        )
         training = models_pb2.TrainingConfig(
+            schedule=models_pb2.ScheduleSpec(
+                name=str(schedule_spec.pop("name", "")),
+                params={k: float(v) for k, v in schedule_spec.items()},
+            ),
+            early_stopping=models_pb2.EarlyStopping(**dict(early_stopping or {})),
             epochs=epochs,
             batch_size=batch_size,
             loss=loss,

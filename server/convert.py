@@ -97,6 +97,7 @@ def model_spec_from_proto(spec: models_pb2.ModelSpec, input_dim: int) -> dict[st
 def training_to_proto(training: dict[str, Any]) -> models_pb2.TrainingConfig:
     optimizer = dict(training.get("optimizer", {}))
     early = training.get("early_stopping") or {}
+    schedule = dict(training.get("schedule") or {})
     return models_pb2.TrainingConfig(
         epochs=int(training["epochs"]),
         batch_size=int(training["batch_size"]),
@@ -105,6 +106,10 @@ def training_to_proto(training: dict[str, Any]) -> models_pb2.TrainingConfig:
             name=str(optimizer.pop("name", "")),
             learning_rate=float(optimizer.pop("learning_rate", 0.0)),
             params={k: float(v) for k, v in optimizer.items()},
+        ),
+        schedule=models_pb2.ScheduleSpec(
+            name=str(schedule.pop("name", "")),
+            params={k: float(v) for k, v in schedule.items() if not isinstance(v, str)},
         ),
         validation_fraction=float(training.get("validation_fraction", 0.0)),
         seed=int(training.get("seed", 0)),

@@ -16,6 +16,7 @@ from trainwire.engine import Model, SpecError, Trainer
 from trainwire.v1 import models_pb2, tensor_pb2
 
 from .errors import InvalidArgument
+from .names import check_text
 from .records import Dataset, TaskKind
 
 DEFAULT_EPOCHS = 10
@@ -96,6 +97,13 @@ def training_from_proto(config: models_pb2.TrainingConfig, dataset: Dataset) -> 
         "keep_checkpoints": config.keep_checkpoints,
         "dtype": _dtype(dtype),
     }
+    if config.schedule.name:
+        check_text("training.schedule.name", config.schedule.name, 64)
+        for name, value in config.schedule.params.items():
+            _check_finite_number(f"training.schedule.params[{name[:40]!r}]", value)
+        # The wire carries doubles; counts such as step_size or patience are whole numbers.
+        params = {k: int(v) if v.is_integer() else v for k, v in config.schedule.params.items()}
+        training["schedule"] = {"name": config.schedule.name, **params}
     if config.early_stopping.monitor:
         training["early_stopping"] = {
             "monitor": config.early_stopping.monitor,
@@ -151,6 +159,8 @@ def build_trainer(model: Model, training: dict[str, Any]) -> Trainer:
             batch_size=int(training["batch_size"]),
             seed=int(training["seed"]),
             metrics=tuple(training["metrics"]),
+            schedule=training.get("schedule"),
+            early_stopping=training.get("early_stopping"),
         )
     except ValueError as error:
         raise InvalidArgument.field("training", str(error)) from None

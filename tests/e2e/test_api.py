@@ -359,3 +359,22 @@ def test_invalid_argument_names_the_field(client: Client, iris_dataset: DatasetI
     assert caught.value.field_violations[0][0] == "training.optimizer.learning_rate"
     with pytest.raises(InvalidArgument, match="NUL"):
         client.create_job(iris_dataset, MLP, display_name="a\x00b")
+
+
+def test_schedules_and_early_stopping_reach_the_engine(
+    client: Client, iris_dataset: DatasetInfo
+) -> None:
+    job = client.create_job(
+        iris_dataset,
+        MLP,
+        epochs=40,
+        validation_fraction=0.25,
+        schedule={"name": "step", "step_size": 1, "gamma": 0.5},
+        early_stopping={"monitor": "val_loss", "patience": 2, "restore_best_weights": True},
+    )
+    status = job.wait(timeout=120)
+    rates = job.metrics(["learning_rate"])["learning_rate"][:, 2]
+    np.testing.assert_allclose(rates[1:] / rates[:-1], 0.5, rtol=1e-6)
+    assert status.epoch < 40, "the learning rate halves each epoch, so training stalls early"
+    with pytest.raises(InvalidArgument, match="schedule"):
+        client.create_job(iris_dataset, MLP, schedule="no-such-schedule")
