@@ -855,11 +855,12 @@ class Store:
             ).all()
             return [_checkpoint(row) for row in rows]
 
-    def latest_checkpoint(self, job_id: str) -> Checkpoint | None:
+    def latest_resumable_checkpoint(self, job_id: str) -> Checkpoint | None:
+        """The newest checkpoint with the full training state (final ones hold weights only)."""
         with self.db.read() as session:
             row = session.scalar(
                 select(CheckpointRow)
-                .where(CheckpointRow.job_id == job_id)
+                .where(CheckpointRow.job_id == job_id, CheckpointRow.is_final.is_(False))
                 .order_by(CheckpointRow.id.desc())
                 .limit(1)
             )

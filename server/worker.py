@@ -233,8 +233,13 @@ class JobRecorder(Callback):
             self.checkpoint(trainer, logs)
 
     def checkpoint(self, trainer: Trainer, metrics: dict[str, float], final: bool = False) -> None:
-        """Serialises the trainer's state now; the database write happens in the background."""
-        data = save_state(trainer.state_dict(), {"job": self.claim.job.id, "kind": "trainer"})
+        """Serialises the state now; the database write happens in the background. A final
+        checkpoint serves predictions only, so it holds the weights (a third of Adam's state)."""
+        if final:
+            weights = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
+            data = save_state(weights, {"job": self.claim.job.id, "kind": "model"})
+        else:
+            data = save_state(trainer.state_dict(), {"job": self.claim.job.id, "kind": "trainer"})
         epoch, step, values = trainer.epoch, trainer.step, dict(metrics)
         self.writer.submit(
             lambda: self.store.save_checkpoint(
@@ -271,7 +276,7 @@ def _train(
     )
     model = build_model(job.model_spec, training)
     trainer = build_trainer(model, training)
-    latest = with_retry(lambda: store.latest_checkpoint(job.id), retry_s)
+    latest = with_retry(lambda: store.latest_resumable_checkpoint(job.id), retry_s)
     if latest is not None:
         data = with_retry(lambda: store.checkpoint_data(latest.id), retry_s)
         saved, _ = load_state(data)
