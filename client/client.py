@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -392,6 +392,26 @@ class Client:
             )
             parts.append(self._call(self._predictions.Predict, request))
         return _join_predictions(parts)
+
+    def predict_stream(
+        self, job: str | Job, batches: Iterable[np.ndarray], *, checkpoint: str = ""
+    ) -> Iterator[Prediction]:
+        """Predictions for each batch of rows, over one PredictStream call, in order."""
+        name = job.name if isinstance(job, Job) else job
+
+        def requests() -> Iterator[predictions_pb2.PredictRequest]:
+            for batch in batches:
+                inputs = to_tensor(np.asarray(batch, dtype=np.float32).reshape(len(batch), -1))
+                yield predictions_pb2.PredictRequest(job=name, checkpoint=checkpoint, inputs=inputs)
+
+        stream = self._predictions.PredictStream(
+            requests(), timeout=self.timeout, metadata=self._metadata
+        )
+        try:
+            for response in stream:
+                yield _join_predictions([response])
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
 
 
 class Job:

@@ -155,6 +155,13 @@ def test_limits_are_resource_exhausted_naming_the_limit(limited_server: Client) 
         client.create_job(data, MLP, epochs=6)
     with pytest.raises(ResourceExhausted, match=r"max_parameters is limited to 1000"):
         client.create_job(data, {"layers": [{"type": "dense", "units": 10**9}]}, epochs=1)
+    with grpc.insecure_channel(client.target) as channel:
+        stub = predictions_pb2_grpc.PredictionServiceStub(channel)
+        huge = to_tensor(np.zeros((300_000, 4), np.float32))  # 4.8 MB > the 4 MiB limit
+        with pytest.raises(grpc.RpcError) as too_big:
+            stub.Predict(predictions_pb2.PredictRequest(job="jobs/x", inputs=huge), timeout=30)
+        assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "4194304" in (too_big.value.details() or "")
     job = client.create_job(data, MLP, epochs=1)  # no worker: stays QUEUED, so watches stay open
     first = job.watch()
     assert next(first).sequence == 1
@@ -216,11 +223,14 @@ def test_api_keys_isolate_projects_on_every_rpc(tmp_path: Path) -> None:
                 lambda: b.job_checkpoints(job.name),
                 lambda: b.predict(job.name, x),
                 lambda: b.model_metadata(job.name),
+                lambda: list(b.predict_stream(job.name, [x[:5], x[5:]])),
             ]
             for call in calls:
                 with pytest.raises(NotFound, match="does not exist"):
                     call()
             assert a.predict(job.name, x).labels is not None
+            streamed = list(a.predict_stream(job.name, [x[:5], x[5:]]))
+            assert [len(p.outputs) for p in streamed] == [5, 25]
 
             subprocess.run(
                 [*CLI, "keys", "revoke", alpha.split("_")[1], "--database-url", url], check=True
@@ -246,7 +256,7 @@ def test_public_address_without_keys_is_refused(tmp_path: Path) -> None:
 
 
 def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for localhost signed by it (PEM files)."""
+    """A CA, and a certificate for localhost signed by it with its key (PEM files)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -282,6 +292,17 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
         .sign(ca_key, hashes.SHA256())
     )
     paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    client = (
+        x509.CertificateBuilder()
+        .subject_name(name("a trainwire client"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .sign(ca_key, hashes.SHA256())
+    )
+    (folder / "client.pem").write_bytes(client.public_bytes(serialization.Encoding.PEM))
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     paths[2].write_bytes(
@@ -309,6 +330,24 @@ def test_whole_path_over_tls(tmp_path: Path) -> None:
             assert job.predict(x).labels is not None
         with Client(target) as plaintext, pytest.raises(TrainwireError) as refused:
             plaintext.get_dataset(data.name)
+        assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mutual_tls_requires_a_client_certificate(tmp_path: Path) -> None:
+    ca, cert, key = make_certificates(tmp_path)
+    url = f"sqlite:///{tmp_path / 'mtls.db'}"
+    env = {
+        "TRAINWIRE_TLS_CERT": str(cert),
+        "TRAINWIRE_TLS_KEY": str(key),
+        "TRAINWIRE_TLS_CLIENT_CA": str(ca),
+    }
+    with local_server(url, workers=0, extra_env=env) as server:
+        target = server.target.replace("127.0.0.1", "localhost")
+        pair = (str(tmp_path / "client.pem"), str(key))
+        with Client(target, tls=str(ca), client_cert=pair) as client:
+            assert list(client.list_datasets()) == []
+        with Client(target, tls=str(ca)) as anonymous, pytest.raises(TrainwireError) as refused:
+            list(anonymous.list_datasets())
         assert refused.value.code == grpc.StatusCode.UNAVAILABLE
 
 
