@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (create, listing, revoke):
         sub.add_argument("--database-url", help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)")
     keys.set_defaults(handler=_keys)
+
+    from trainwire.client.cli import add_user_commands
+
+    add_user_commands(commands)
     return parser
 
 
