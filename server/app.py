@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,9 @@ from .config import Settings
 from .datasets import DatasetService
 from .db import Database
 from .errors import Unavailable
-from .interceptors import AuthInterceptor, ErrorInterceptor
+from .interceptors import AuthInterceptor, ErrorInterceptor, MetricsInterceptor
 from .jobs import JobService
+from .metrics import DeploymentCollector, serve_metrics
 from .migrate import ensure_migrated
 from .model_cache import ModelCache
 from .predictions import PredictionService
@@ -78,7 +79,7 @@ def create_server(settings: Settings, store: Store, address: str | None = None) 
     server = grpc.server(
         ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="rpc"),
         # The first interceptor is the outermost: errors (including refused keys) become statuses.
-        interceptors=[ErrorInterceptor(), AuthInterceptor(checker)],
+        interceptors=[MetricsInterceptor(), ErrorInterceptor(), AuthInterceptor(checker)],
         options=options,
     )
     datasets = DatasetService(store, settings)
@@ -182,6 +183,8 @@ def serve(settings: Settings) -> int:
             )
         log.warning("no API keys exist: the server is open to anyone who can reach it")
     running.start()
+    collector = DeploymentCollector(store.queue_depth, store.workers, 2 * settings.lease_s)
+    serve_metrics(settings.metrics_port, settings.metrics_host, collector)
     shown = database.engine.url.render_as_string(hide_password=True)
     scheme = "TLS" if settings.tls_cert else "plaintext"
     # Tests and scripts read this line to learn the port when it was 0.
@@ -189,7 +192,9 @@ def serve(settings: Settings) -> int:
         f"Trainwire listening on {settings.host}:{running.port} ({scheme}; database {shown})",
         flush=True,
     )
-    pool = WorkerPool(settings, settings.workers)
+    # Embedded workers serve their metrics on the ports after the server's.
+    worker_metrics = settings.metrics_port + 1 if settings.metrics_port else 0
+    pool = WorkerPool(replace(settings, metrics_port=worker_metrics), settings.workers)
     pool.start()
 
     stopping = threading.Event()

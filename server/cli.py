@@ -102,6 +102,14 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from .status import collect_status, render, to_json
+
+    status = collect_status(_settings(args), args.target)
+    print(to_json(status) if args.json else render(status))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainwire", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (create, listing, revoke):
         sub.add_argument("--database-url", help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)")
     keys.set_defaults(handler=_keys)
+
+    status = commands.add_parser("status", help="a one-screen summary of the deployment")
+    status.add_argument("--database-url", help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)")
+    status.add_argument("--target", help="also check this server's health (host:port)")
+    status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    status.set_defaults(handler=_status)
 
     from trainwire.client.cli import add_user_commands
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -35,6 +36,10 @@ class Settings:
     tls_client_ca: str = ""
     # Without API keys the server only listens on loopback unless this is set.
     allow_open_public: bool = False
+    # Prometheus /metrics over HTTP (0: off). Worker processes started by `trainwire serve` or
+    # `trainwire worker --concurrency N` use the following ports, one each.
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     # Worker behaviour.
     poll_interval_s: float = 0.5
     default_max_attempts: int = 3
@@ -52,17 +57,59 @@ class Settings:
     auto_migrate_sqlite: bool = True
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
-        """Settings from `TRAINWIRE_*` variables, then `overrides` (None values are ignored)."""
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from `TRAINWIRE_*` variables, then `overrides` (None values are ignored).
+
+        Every wrong value is reported, one message each, in one ConfigError.
+        """
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
+        problems: list[str] = []
         for name, kind in _ENV_FIELDS.items():
             raw = env.get(f"TRAINWIRE_{name.upper()}")
             if raw is None or raw == "":
                 continue
-            values[name] = _parse(name, raw, kind)
+            try:
+                values[name] = _parse(name, raw, kind)
+            except ValueError as error:
+                problems.append(str(error))
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return replace(cls(), **values)  # type: ignore[arg-type]
+        settings = replace(cls(), **values)  # type: ignore[arg-type]
+        problems += settings.problems()
+        if problems:
+            raise ConfigError(problems)
+        return settings
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, one message per value."""
+        found = []
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                found.append(f"TRAINWIRE_{name.upper()} must be a port number (0-65535)")
+        positive = (
+            "max_message_bytes", "max_dataset_bytes", "max_parameters", "max_epochs",
+            "max_watches_per_client", "grpc_threads", "poll_interval_s", "lease_s",
+            "default_max_attempts", "model_cache_bytes",
+        )  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                found.append(
+                    f"TRAINWIRE_{name.upper()} must be positive. Received: {getattr(self, name)}"
+                )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            found.append("TRAINWIRE_TLS_CERT and TRAINWIRE_TLS_KEY must be set together")
+        if self.tls_client_ca and not self.tls_cert:
+            found.append("TRAINWIRE_TLS_CLIENT_CA needs TRAINWIRE_TLS_CERT and TRAINWIRE_TLS_KEY")
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                found.append(f"TRAINWIRE_{name.upper()}: no such file: {path}")
+        if "://" not in self.database_url:
+            found.append(
+                "TRAINWIRE_DATABASE_URL must be a URL such as sqlite:///trainwire.db or "
+                f"postgresql://user@host/db. Received: {self.database_url!r}"
+            )
+        return found
 
     def to_env(self) -> dict[str, str]:
         """These settings as `TRAINWIRE_*` variables, to hand to a child process."""
@@ -95,6 +142,8 @@ _ENV_FIELDS: dict[str, type] = {
     "tls_key": str,
     "tls_client_ca": str,
     "allow_open_public": bool,
+    "metrics_port": int,
+    "metrics_host": str,
     "poll_interval_s": float,
     "default_max_attempts": int,
     "lease_s": float,
@@ -103,6 +152,14 @@ _ENV_FIELDS: dict[str, type] = {
     "model_cache_bytes": int,
     "auto_migrate_sqlite": bool,
 }
+
+
+class ConfigError(ValueError):
+    """Configuration values that cannot work; `str()` lists one problem per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
 
 
 def _parse(name: str, raw: str, kind: type) -> object:

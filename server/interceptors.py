@@ -7,7 +7,9 @@ with a reference, never the trace itself. An RPC without an implementation answe
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +21,8 @@ from grpc_status import rpc_status
 
 from .auth import CURRENT_CLIENT, CURRENT_PROJECT, EXEMPT_PREFIXES, KeyChecker
 from .errors import TrainwireError
+from .logs import REQUEST_ID
+from .metrics import RPC_REQUESTS, RPC_SECONDS
 
 log = logging.getLogger("trainwire.server")
 
@@ -42,7 +46,7 @@ def abort_with(context: grpc.ServicerContext, error: TrainwireError) -> None:
 
 
 def _unexpected(context: grpc.ServicerContext, method: str) -> None:
-    reference = uuid.uuid4().hex[:12]
+    reference = REQUEST_ID.get() or uuid.uuid4().hex[:12]
     log.exception("unexpected error in %s (reference %s)", method, reference)
     context.abort(
         grpc.StatusCode.INTERNAL,
@@ -60,8 +64,15 @@ def _unimplemented(context: grpc.ServicerContext, method: str) -> None:
     context.abort_with_status(rpc_status.to_status(status))
 
 
+def _request_id(context: grpc.ServicerContext) -> str:
+    """The caller's `x-request-id` metadata, or a new id; logs of the call carry it."""
+    given = next((v for k, v in context.invocation_metadata() if k == "x-request-id"), "")
+    return str(given)[:64] or uuid.uuid4().hex[:16]
+
+
 def _guard_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
     def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+        token = REQUEST_ID.set(_request_id(context))
         try:
             return behavior(request, context)
         except TrainwireError as error:
@@ -70,12 +81,16 @@ def _guard_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any
             _unimplemented(context, method)
         except Exception:
             _unexpected(context, method)
+        finally:
+            with contextlib.suppress(ValueError):  # a generator closed from another context
+                REQUEST_ID.reset(token)
 
     return guarded
 
 
 def _guard_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callable[..., Any]:
     def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        token = REQUEST_ID.set(_request_id(context))
         try:
             yield from behavior(request, context)
         except TrainwireError as error:
@@ -84,6 +99,9 @@ def _guard_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callab
             _unimplemented(context, method)
         except Exception:
             _unexpected(context, method)
+        finally:
+            with contextlib.suppress(ValueError):  # a generator closed from another context
+                REQUEST_ID.reset(token)
 
     return guarded
 
@@ -123,6 +141,56 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         return wrap_handler(handler, handler_call_details.method, _guard_unary, _guard_stream)
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Counts every RPC by method and status code and times it (outermost interceptor)."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        return wrap_handler(handler, handler_call_details.method, _timed_unary, _timed_stream)
+
+
+def _record(method: str, context: grpc.ServicerContext, started: float, failed: bool) -> None:
+    code = context.code() if hasattr(context, "code") else None
+    if code is None:
+        code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+    name = method.rsplit("/", 1)[-1]
+    RPC_REQUESTS.labels(method=name, code=code.name).inc()
+    RPC_SECONDS.labels(method=name).observe(time.perf_counter() - started)
+
+
+def _timed_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    def timed(request: Any, context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
+        failed = True
+        try:
+            response = behavior(request, context)
+            failed = False
+            return response
+        finally:
+            _record(method, context, started, failed)
+
+    return timed
+
+
+def _timed_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callable[..., Any]:
+    def timed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        started = time.perf_counter()
+        failed = True
+        try:
+            yield from behavior(request, context)
+            failed = False
+        finally:
+            _record(method, context, started, failed)
+
+    return timed
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
@@ -168,8 +236,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 try:
                     yield from behavior(request, context)
                 finally:
-                    CURRENT_PROJECT.reset(project_token)
-                    CURRENT_CLIENT.reset(client_token)
+                    with contextlib.suppress(ValueError):  # closed from another context
+                        CURRENT_PROJECT.reset(project_token)
+                        CURRENT_CLIENT.reset(client_token)
 
             return authorised
 

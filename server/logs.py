@@ -1,14 +1,59 @@
-"""Logging setup shared by the server and worker processes."""
+"""Logging for the server and worker processes: JSON lines when not on a terminal, with the
+request and job a line belongs to.
+
+`TRAINWIRE_LOG_LEVEL` sets the level (INFO); `TRAINWIRE_LOG_FORMAT` forces `json` or `text`.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+
+REQUEST_ID: ContextVar[str] = ContextVar("trainwire_request_id", default="")
+JOB_ID: ContextVar[str] = ContextVar("trainwire_job_id", default="")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and request/job ids when set."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        if request_id := REQUEST_ID.get():
+            entry["request_id"] = request_id
+        if job_id := JOB_ID.get():
+            entry["job_id"] = job_id
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ids = [f"request={r}" for r in [REQUEST_ID.get()] if r]
+        ids += [f"job={j}" for j in [JOB_ID.get()] if j]
+        return f"{line} [{' '.join(ids)}]" if ids else line
 
 
 def configure_logging() -> None:
     level = os.environ.get("TRAINWIRE_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
-    )
+    chosen = os.environ.get("TRAINWIRE_LOG_FORMAT", "").lower()
+    use_json = chosen == "json" or (chosen != "text" and not sys.stderr.isatty())
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level, logging.INFO))

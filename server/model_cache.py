@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 from trainwire.engine import Model
 
+from .metrics import MODEL_CACHE
+
 # (job id, checkpoint id)
 CacheKey = tuple[str, int]
 
@@ -31,6 +33,7 @@ class ModelCache:
             if key in self._models:
                 self._models.move_to_end(key)
                 self.hits += 1
+                MODEL_CACHE.labels(result="hit").inc()
                 return self._models[key][0]
             key_lock = self._loading.setdefault(key, threading.Lock())
         with key_lock:
@@ -38,6 +41,7 @@ class ModelCache:
                 if key in self._models:
                     self.hits += 1
                     return self._models[key][0]
+            MODEL_CACHE.labels(result="miss").inc()
             model = load()
             size = sum(array.nbytes for array in model.state_dict().values())
             with self._lock:

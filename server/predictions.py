@@ -12,6 +12,7 @@ from trainwire.engine.activations import sigmoid, softmax
 from trainwire.v1 import tensor_pb2
 
 from .errors import FailedPrecondition, InvalidArgument, NotFound
+from .metrics import PREDICTION_ROWS
 from .model_cache import ModelCache
 from .names import parse_name
 from .records import Checkpoint, Job, TaskKind
@@ -41,6 +42,7 @@ class PredictionService:
         checkpoint = self.resolve(job, selector)
         model = self.model(job, checkpoint)
         features = self._check_inputs(inputs, model)
+        PREDICTION_ROWS.observe(len(features))
         outputs = model.predict(features)
         if not TaskKind(job.target["task"]).is_classification:
             return Prediction(checkpoint, outputs, None, None)

@@ -53,6 +53,7 @@ from .models import (
     JobEventRow,
     JobRow,
     MetricRow,
+    WorkerRow,
 )
 from .records import (
     FINISHED_STATES,
@@ -797,6 +798,88 @@ class Store:
             row.updated_at = now
             self._event_for(session, row, "handed back by a worker shutting down; resumes later")
             self._notify(session, JOBS_CHANNEL, row.queue)
+
+    # --- workers and the deployment's state --------------------------------------------------
+
+    def worker_seen(
+        self,
+        worker_id: str,
+        host: str,
+        pid: int,
+        queues: Sequence[str],
+        current_job_id: str | None,
+        jobs_done: int,
+    ) -> None:
+        """Records that a worker is alive (one upsert)."""
+        now = utcnow()
+        row = {
+            "id": worker_id,
+            "host": host,
+            "pid": pid,
+            "queues": list(queues),
+            "current_job_id": current_job_id,
+            "jobs_done": jobs_done,
+            "started_at": now,
+            "last_seen_at": now,
+            "stopped_at": None,
+        }
+        dialect_insert = sqlite.insert if self.db.is_sqlite else postgresql.insert
+        statement = dialect_insert(WorkerRow).values(row)
+        statement = statement.on_conflict_do_update(
+            index_elements=["id"],
+            set_={
+                key: statement.excluded[key]
+                for key in ("current_job_id", "jobs_done", "last_seen_at", "stopped_at")
+            },
+        )
+        with self.db.write() as session:
+            session.execute(statement)
+
+    def worker_stopped(self, worker_id: str) -> None:
+        with self.db.write() as session:
+            session.execute(
+                update(WorkerRow)
+                .where(WorkerRow.id == worker_id)
+                .values(stopped_at=utcnow(), current_job_id=None)
+            )
+
+    def queue_depth(self) -> list[tuple[str, str, int]]:
+        """(state, queue, number of jobs) for every state and queue that has jobs."""
+        with self.db.read() as session:
+            rows = session.execute(
+                select(JobRow.state, JobRow.queue, func.count())
+                .group_by(JobRow.state, JobRow.queue)
+                .order_by(JobRow.state, JobRow.queue)
+            ).all()
+        return [(state, queue, int(count)) for state, queue, count in rows]
+
+    def workers(self) -> list[dict[str, Any]]:
+        with self.db.read() as session:
+            rows = session.scalars(select(WorkerRow).order_by(WorkerRow.started_at)).all()
+            return [
+                {
+                    "id": r.id,
+                    "host": r.host,
+                    "pid": r.pid,
+                    "queues": list(r.queues or []),
+                    "current_job": r.current_job_id,
+                    "jobs_done": r.jobs_done,
+                    "started_at": _aware(r.started_at),
+                    "last_seen_at": _aware(r.last_seen_at),
+                    "stopped_at": _aware(r.stopped_at),
+                }
+                for r in rows
+            ]
+
+    def recent_failures(self, limit: int = 5) -> list[Job]:
+        with self.db.read() as session:
+            rows = session.scalars(
+                select(JobRow)
+                .where(JobRow.state == JobState.FAILED.value)
+                .order_by(JobRow.ended_at.desc())
+                .limit(limit)
+            ).all()
+            return [_job(row) for row in rows]
 
     # --- API keys ---------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ write for a job carries the claim's fencing token.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -27,6 +28,8 @@ from .config import Settings
 from .datasets import DatasetService
 from .db import Database
 from .errors import Unavailable
+from .logs import JOB_ID
+from .metrics import EXAMPLES_PER_SECOND, JOB_SECONDS, WORKER_HEARTBEAT, serve_metrics
 from .records import Claim, JobState, MetricValue
 from .store import DEFAULT_KEEP_CHECKPOINTS, LeaseLost, Store
 from .training import build_model, build_trainer
@@ -206,6 +209,7 @@ class JobRecorder(Callback):
             )
         elapsed = max(time.perf_counter() - self.epoch_started, 1e-9)
         rate = self.examples_per_epoch / elapsed
+        EXAMPLES_PER_SECOND.set(rate)
         done = epoch + 1
         self.progress = {
             "epoch": done,
@@ -348,6 +352,8 @@ class Worker:
         self.stop = stop
         self.queues = list(queues) if queues else None
         self.last_rescue = 0.0
+        self.current_job: str | None = None
+        self.jobs_done = 0
 
     def run_forever(self) -> None:
         log.info("worker %s started (queues: %s)", self.worker_id, self.queues or "all")
@@ -368,13 +374,28 @@ class Worker:
                     wakeup.wait(self.settings.poll_interval_s, self.stop)
         finally:
             wakeup.close()
+            with contextlib.suppress(Unavailable):
+                self.store.worker_stopped(self.worker_id)
         log.info("worker %s stopped", self.worker_id)
+
+    def report(self) -> None:
+        """Tells the database this worker is alive and what it is doing."""
+        self.store.worker_seen(
+            self.worker_id,
+            socket.gethostname(),
+            os.getpid(),
+            self.queues or [],
+            self.current_job,
+            self.jobs_done,
+        )
+        WORKER_HEARTBEAT.set_to_current_time()
 
     def rescue_if_due(self) -> None:
         now = time.monotonic()
         if now - self.last_rescue < self.settings.lease_s / 4:
             return
         self.last_rescue = now
+        self.report()
         for job_id, state in self.store.rescue_expired():
             log.warning("rescued jobs/%s from a lost worker: now %s", job_id, state.value)
 
@@ -385,9 +406,15 @@ class Worker:
             return False
         job_id = claim.job.id
         log.info("worker %s runs jobs/%s (attempt %d)", self.worker_id, job_id, claim.job.attempt)
+        self.current_job = job_id
+        job_token = JOB_ID.set(job_id)
+        started = time.perf_counter()
+        with contextlib.suppress(Unavailable):
+            self.report()
         try:
             state = run_job(self.store, self.settings, claim, self.stop)
             log.info("jobs/%s is %s", job_id, state.value)
+            JOB_SECONDS.labels(state=state.value).observe(time.perf_counter() - started)
         except LeaseLost as error:
             log.warning("%s; dropping it", error)
         except Unavailable:
@@ -405,6 +432,11 @@ class Worker:
                 )
             except (LeaseLost, Unavailable) as lost:
                 log.warning("jobs/%s: cannot record the failure (%s)", job_id, lost)
+            JOB_SECONDS.labels(state=JobState.FAILED.value).observe(time.perf_counter() - started)
+        finally:
+            self.current_job = None
+            self.jobs_done += 1
+            JOB_ID.reset(job_token)
         return True
 
 
@@ -429,6 +461,8 @@ def run_worker_process(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    if settings.metrics_port:
+        serve_metrics(settings.metrics_port + index, settings.metrics_host)
     database = Database(settings.database_url)
     try:
         with threadpool_limits(limits=settings.blas_threads_per_worker()):
