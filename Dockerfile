@@ -22,5 +22,5 @@ ENV TRAINWIRE_HOST=0.0.0.0 \
     PYTHONUNBUFFERED=1
 EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import grpc, os; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; c = grpc.insecure_channel('127.0.0.1:' + os.environ.get('TRAINWIRE_PORT', '50051')); r = g.HealthStub(c).Check(h.HealthCheckRequest(), timeout=3); raise SystemExit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"]
+    CMD ["trainwire", "health"]
 CMD ["trainwire", "serve", "--workers", "0"]

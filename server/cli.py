@@ -110,6 +110,16 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _health(args: argparse.Namespace) -> int:
+    from .status import server_health
+
+    settings = _settings(args)
+    target = args.target or f"127.0.0.1:{settings.port}"
+    health = server_health(target)
+    print(f"{target}: {health}")
+    return 0 if health == "SERVING" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainwire", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--target", help="also check this server's health (host:port)")
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
     status.set_defaults(handler=_status)
+
+    health = commands.add_parser("health", help="exit 0 when a server answers SERVING")
+    health.add_argument("--target", help="host:port (default 127.0.0.1:TRAINWIRE_PORT)")
+    health.set_defaults(handler=_health)
 
     from trainwire.client.cli import add_user_commands
 

@@ -39,12 +39,14 @@ def local_server(
     extra_env: dict[str, str] | None = None,
     start_timeout_s: float = 60.0,
     echo: bool = False,
+    port: int = 0,
 ) -> Iterator[LocalServer]:
-    """Starts `trainwire serve --port 0` and yields once it listens; stops it on exit."""
+    """Starts `trainwire serve --port PORT` (0: any free port) and yields once it listens;
+    stops it on exit."""
     env = {**os.environ, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
     command = [
         sys.executable, "-m", "trainwire.server.cli", "serve",
-        "--host", "127.0.0.1", "--port", "0",
+        "--host", "127.0.0.1", "--port", str(port),
         "--workers", str(workers), "--database-url", database_url,
     ]  # fmt: skip
     process = subprocess.Popen(

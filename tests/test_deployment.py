@@ -1,7 +1,5 @@
-"""docker-compose.yml and the Dockerfile, tested as data (no Docker engine runs here).
-
-The topology they describe is run as real processes in tests/e2e/test_topology.py.
-"""
+"""docker-compose.yml, the Dockerfile and deploy/prometheus.yml, tested as data (no Docker engine
+runs here); the topology they describe runs as processes in tests/e2e/test_topology.py."""
 
 from __future__ import annotations
 
@@ -15,19 +13,38 @@ from trainwire.server.cli import build_parser
 from trainwire.server.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-KNOWN_VARIABLES = set(Settings().to_env()) | {"TRAINWIRE_LOG_LEVEL"}
+KNOWN_VARIABLES = set(Settings().to_env()) | {"TRAINWIRE_LOG_LEVEL", "TRAINWIRE_LOG_FORMAT"}
 
 
 def compose() -> dict[str, Any]:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
+def interpolate(value: object) -> str:
+    """Compose's `${NAME:-default}` with nothing set: the default."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
+
+
+def documented_variables() -> set[str]:
+    """The variables of the README's configuration table."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### Configuration") :]
+    table = table[: table.index("\n\n", table.index("| variable"))]
+    return set(re.findall(r"`(TRAINWIRE_[A-Z_]+)`", table))
+
+
+def test_every_setting_is_documented_in_one_table() -> None:
+    assert documented_variables() == KNOWN_VARIABLES
+
+
 def test_compose_services_and_order() -> None:
     services = compose()["services"]
-    assert set(services) == {"postgres", "migrate", "server", "worker"}
+    assert set(services) == {"postgres", "migrate", "server", "worker", "prometheus"}
     assert services["postgres"]["healthcheck"]["test"]
-    assert any(v.endswith(":/var/lib/postgresql/data") for v in services["postgres"]["volumes"])
+    assert any(v.startswith("pgdata:") for v in services["postgres"]["volumes"])
+    assert "pgdata" in compose()["volumes"], "a named volume keeps the data"
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["migrate"]["restart"] == "no"
     for name in ("server", "worker"):
         assert services[name]["depends_on"]["migrate"]["condition"] == (
             "service_completed_successfully"
@@ -35,6 +52,19 @@ def test_compose_services_and_order() -> None:
     assert services["server"]["ports"] == ["50051:50051"]
     # A worker must be scalable: no fixed container name or published port.
     assert "container_name" not in services["worker"] and "ports" not in services["worker"]
+    assert services["worker"]["healthcheck"] == {"disable": True}
+    assert services["prometheus"]["profiles"] == ["monitoring"]
+
+
+def test_prometheus_scrapes_server_and_workers() -> None:
+    services = compose()["services"]
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    server_port = services["server"]["environment"]["TRAINWIRE_METRICS_PORT"]
+    worker_port = services["worker"]["environment"]["TRAINWIRE_METRICS_PORT"]
+    assert jobs["trainwire-server"]["static_configs"][0]["targets"] == [f"server:{server_port}"]
+    discovery = jobs["trainwire-worker"]["dns_sd_configs"][0]
+    assert discovery["names"] == ["worker"] and str(discovery["port"]) == worker_port
 
 
 def test_compose_commands_are_real_cli_commands() -> None:
@@ -52,29 +82,42 @@ def test_compose_commands_are_real_cli_commands() -> None:
     assert parser.parse_args(services["server"]["command"][1:]).workers == 0
 
 
-def test_compose_environment_is_one_shared_database() -> None:
+def test_compose_environment_is_documented_valid_and_one_database() -> None:
     services = compose()["services"]
+    documented = documented_variables()
     urls = set()
     for name in ("migrate", "server", "worker"):
-        environment = services[name]["environment"]
-        assert set(environment) <= KNOWN_VARIABLES, set(environment) - KNOWN_VARIABLES
-        Settings.from_env({k: str(v) for k, v in environment.items()})
+        environment = {k: interpolate(v) for k, v in services[name]["environment"].items()}
+        assert set(environment) <= documented, set(environment) - documented
+        Settings.from_env(environment)
         urls.add(environment["TRAINWIRE_DATABASE_URL"])
     assert len(urls) == 1
     (url,) = urls
     postgres = services["postgres"]["environment"]
     assert f"{postgres['POSTGRES_USER']}:{postgres['POSTGRES_PASSWORD']}@postgres:5432/" in url
     assert url.endswith(f"/{postgres['POSTGRES_DB']}")
+    example = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert set(example) <= documented
+    Settings.from_env(example)
 
 
 def test_dockerfile_is_multi_stage_non_root_with_health_check() -> None:
     text = (ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, flags=re.MULTILINE)
     assert len(stages) >= 2, "a build stage and a slim final stage"
+    assert all("slim" in image for image, _ in stages)
     final = text[text.rindex("\nFROM ") :]
     assert re.search(r"^USER\s+(?!root)\S+", final, flags=re.MULTILINE), "runs as a non-root user"
-    assert "HEALTHCHECK" in final and "grpc_health" in final
     assert "gcc" not in final and "build-essential" not in final
+    health = re.search(r"^\s+CMD\s+(\[.*\])", final, flags=re.MULTILINE)
+    assert "HEALTHCHECK" in final and health is not None
+    health_words = yaml.safe_load(health.group(1))
+    assert health_words[:2] == ["trainwire", "health"]
+    build_parser().parse_args(health_words[1:])
     command = re.search(r"^CMD\s+(\[.*\])", final, flags=re.MULTILINE)
     assert command is not None
     words = yaml.safe_load(command.group(1))

@@ -1,0 +1,103 @@
+"""Configuration checks, structured logs, and `trainwire status`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from trainwire.server.config import ConfigError, Settings
+from trainwire.server.logs import JOB_ID, REQUEST_ID, JsonFormatter
+from trainwire.server.records import JobState
+from trainwire.server.store import Store
+
+from .test_store import make_dataset, make_job
+
+
+def test_every_wrong_setting_gets_its_own_message() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {
+                "TRAINWIRE_PORT": "http",
+                "TRAINWIRE_WORKERS": "-1",
+                "TRAINWIRE_LEASE_S": "0",
+                "TRAINWIRE_TLS_KEY": "/missing.key",
+                "TRAINWIRE_ALLOW_OPEN_PUBLIC": "maybe",
+                "TRAINWIRE_DATABASE_URL": "trainwire.db",
+            }
+        )
+    problems = caught.value.problems
+    assert len(problems) == 7, problems
+    text = "\n".join(problems)
+    for expected in (
+        "TRAINWIRE_PORT must be a number. Received: 'http'",
+        "TRAINWIRE_WORKERS must not be negative",
+        "TRAINWIRE_LEASE_S must be positive",
+        "TRAINWIRE_TLS_CERT and TRAINWIRE_TLS_KEY must be set together",
+        "TRAINWIRE_TLS_KEY: no such file: /missing.key",
+        "TRAINWIRE_ALLOW_OPEN_PUBLIC must be true or false",
+        "TRAINWIRE_DATABASE_URL must be a URL",
+    ):
+        assert expected in text
+
+
+def test_cli_reports_configuration_problems_with_exit_code_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "trainwire.server.cli", "serve"],
+        env={"TRAINWIRE_PORT": "99999", "TRAINWIRE_MAX_EPOCHS": "0", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "TRAINWIRE_PORT must be a port number" in result.stderr
+    assert "TRAINWIRE_MAX_EPOCHS must be positive" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_json_logs_carry_request_and_job_ids() -> None:
+    record = logging.LogRecord(
+        "trainwire.worker", logging.INFO, __file__, 1, "epoch %d", (3,), None
+    )
+    request, job = REQUEST_ID.set("req-1"), JOB_ID.set("abc")
+    try:
+        line = json.loads(JsonFormatter().format(record))
+    finally:
+        REQUEST_ID.reset(request)
+        JOB_ID.reset(job)
+    assert line["message"] == "epoch 3" and line["level"] == "INFO"
+    assert line["request_id"] == "req-1" and line["job_id"] == "abc"
+
+
+def test_status_summarises_queue_workers_and_failures(database_url: str, store: Store) -> None:
+    dataset = make_dataset(store)
+    store.create_job(make_job(store, dataset))
+    failing = store.create_job(make_job(store, dataset, queue="gpu"))
+    claim = store.claim_job("host:1:0", ["gpu"])
+    assert claim is not None and claim.job.id == failing.id
+    store.finish_job(claim, JobState.FAILED, "the loss became nan")
+    store.worker_seen("host:1:0", "host", 1, ["gpu"], None, 1)
+    store.worker_seen("host:2:0", "host", 2, [], None, 0)
+    store.worker_stopped("host:2:0")
+    command = [sys.executable, "-m", "trainwire.server.cli", "status", "--database-url"]
+    text = subprocess.run(
+        [*command, database_url], capture_output=True, text=True, check=True
+    ).stdout
+    assert "QUEUED" in text and "FAILED" in text and "1 alive" in text
+    assert "the loss became nan" in text
+    data = json.loads(
+        subprocess.run(
+            [*command, database_url, "--json"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert {(q["state"], q["queue"], q["jobs"]) for q in data["queue"]} == {
+        ("QUEUED", "default", 1),
+        ("FAILED", "gpu", 1),
+    }
+    assert data["workers_alive"] == 1
+    assert [w["state"] for w in data["workers"]] == ["alive", "stopped"]
+    assert data["recent_failures"][0]["job"] == f"jobs/{failing.id}"
+    assert data["schema"]["current"] == data["schema"]["head"]
