@@ -163,7 +163,7 @@ def _record(method: str, context: grpc.ServicerContext, started: float, failed: 
         code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
     name = method.rsplit("/", 1)[-1]
     RPC_REQUESTS.labels(method=name, code=code.name).inc()
-    RPC_SECONDS.labels(method=name).observe(time.perf_counter() - started)
+    RPC_SECONDS.labels(method=name, code=code.name).observe(time.perf_counter() - started)
 
 
 def _timed_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:

@@ -23,8 +23,8 @@ RPC_REQUESTS = Counter(
 )
 RPC_SECONDS = Histogram(
     "trainwire_rpc_seconds",
-    "Time to answer an RPC, by method",
-    ["method"],
+    "Time to answer an RPC, by method and status code",
+    ["method", "code"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
 )
 MODEL_CACHE = Counter("trainwire_model_cache", "Model cache lookups, by result", ["result"])
