@@ -70,38 +70,35 @@ def _request_id(context: grpc.ServicerContext) -> str:
     return str(given)[:64] or uuid.uuid4().hex[:16]
 
 
+@contextlib.contextmanager
+def _answering(context: grpc.ServicerContext, method: str) -> Iterator[None]:
+    """Runs a handler under its request id; whatever it raises becomes a status."""
+    token = REQUEST_ID.set(_request_id(context))
+    try:
+        yield
+    except TrainwireError as error:
+        abort_with(context, error)
+    except NotImplementedError:
+        _unimplemented(context, method)
+    except Exception:
+        _unexpected(context, method)
+    finally:
+        with contextlib.suppress(ValueError):  # a generator closed from another context
+            REQUEST_ID.reset(token)
+
+
 def _guard_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
     def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-        token = REQUEST_ID.set(_request_id(context))
-        try:
+        with _answering(context, method):
             return behavior(request, context)
-        except TrainwireError as error:
-            abort_with(context, error)
-        except NotImplementedError:
-            _unimplemented(context, method)
-        except Exception:
-            _unexpected(context, method)
-        finally:
-            with contextlib.suppress(ValueError):  # a generator closed from another context
-                REQUEST_ID.reset(token)
 
     return guarded
 
 
 def _guard_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callable[..., Any]:
     def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        token = REQUEST_ID.set(_request_id(context))
-        try:
+        with _answering(context, method):
             yield from behavior(request, context)
-        except TrainwireError as error:
-            abort_with(context, error)
-        except NotImplementedError:
-            _unimplemented(context, method)
-        except Exception:
-            _unexpected(context, method)
-        finally:
-            with contextlib.suppress(ValueError):  # a generator closed from another context
-                REQUEST_ID.reset(token)
 
     return guarded
 
@@ -215,30 +212,29 @@ class AuthInterceptor(grpc.ServerInterceptor):
         metadata = handler_call_details.invocation_metadata
         checker = self.checker
 
-        def unary(behavior: Callable[..., Any], _method: str) -> Callable[..., Any]:
-            def authorised(request: Any, context: grpc.ServicerContext) -> Any:
-                project, client = checker.project_of(metadata)
-                project_token = CURRENT_PROJECT.set(project)
-                client_token = CURRENT_CLIENT.set(client or context.peer())
-                try:
-                    return behavior(request, context)
-                finally:
+        @contextlib.contextmanager
+        def as_caller(context: grpc.ServicerContext) -> Iterator[None]:
+            project, client = checker.project_of(metadata)
+            project_token = CURRENT_PROJECT.set(project)
+            client_token = CURRENT_CLIENT.set(client or context.peer())
+            try:
+                yield
+            finally:
+                with contextlib.suppress(ValueError):  # closed from another context
                     CURRENT_PROJECT.reset(project_token)
                     CURRENT_CLIENT.reset(client_token)
+
+        def unary(behavior: Callable[..., Any], _method: str) -> Callable[..., Any]:
+            def authorised(request: Any, context: grpc.ServicerContext) -> Any:
+                with as_caller(context):
+                    return behavior(request, context)
 
             return authorised
 
         def stream(behavior: Callable[..., Any], _method: str) -> Callable[..., Any]:
             def authorised(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                project, client = checker.project_of(metadata)
-                project_token = CURRENT_PROJECT.set(project)
-                client_token = CURRENT_CLIENT.set(client or context.peer())
-                try:
+                with as_caller(context):
                     yield from behavior(request, context)
-                finally:
-                    with contextlib.suppress(ValueError):  # closed from another context
-                        CURRENT_PROJECT.reset(project_token)
-                        CURRENT_CLIENT.reset(client_token)
 
             return authorised
 

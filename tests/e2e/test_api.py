@@ -109,7 +109,8 @@ def test_metrics_checkpoints_metadata_and_stream(
 
 
 def test_delete_dataset_and_job(client: Client, iris: dict[str, np.ndarray]) -> None:
-    data = client.upload_dataset(iris["x_train"], iris["y_train"])
+    # Not the module's iris dataset (the SDK would reuse that one for the same arrays).
+    data = client.upload_dataset(iris["x_train"][1:], iris["y_train"][1:])
     waiting = client.create_job(data, MLP, epochs=1, queue="nobody-listens")
     with pytest.raises(FailedPrecondition, match="used by unfinished jobs"):
         client.delete_dataset(data.name)
