@@ -1,14 +1,475 @@
-"""The user commands of `trainwire` (datasets, jobs, predict), talking to a server via the SDK."""
+"""The user commands of `trainwire`: datasets, jobs and predict, talking to a server via the SDK.
+
+    trainwire datasets upload|list|show|delete
+    trainwire jobs submit job.yaml|list|show|watch|cancel|metrics|plot|delete
+    trainwire predict JOB --input rows.csv|rows.npy [--output out.csv|.json|.npy]
+
+The server is `--target` (TRAINWIRE_TARGET, default localhost:50051) with `--api-key`
+(TRAINWIRE_API_KEY). Output is a table for people, or JSON with `--json`. Exit codes:
+
+    0  success                          5  server unreachable or deadline exceeded
+    1  the job FAILED, or another error 6  unauthenticated or permission denied
+    2  invalid arguments or spec        7  a limit was reached (RESOURCE_EXHAUSTED)
+    3  not found                        8  the job was CANCELLED (jobs submit --wait, jobs watch)
+    4  not allowed in the current state (FAILED_PRECONDITION)
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+import grpc
+
+from .client import Client, Job, env_settings
+from .errors import JobFailed, TrainwireError
+from .files import prediction_to_dict, read_inputs, write_prediction
+from .jobspec import DatasetSource, JobSpec
+from .results import STATES, JobStatus, checkpoint_to_dict, event_to_dict, state_name
+
+OK, FAILED, USAGE, NOT_FOUND, PRECONDITION, UNREACHABLE, DENIED, LIMIT, CANCELLED = range(9)
+EXIT_CODES: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: USAGE,
+    grpc.StatusCode.NOT_FOUND: NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS: PRECONDITION,
+    grpc.StatusCode.FAILED_PRECONDITION: PRECONDITION,
+    grpc.StatusCode.UNAVAILABLE: UNREACHABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: UNREACHABLE,
+    grpc.StatusCode.UNAUTHENTICATED: DENIED,
+    grpc.StatusCode.PERMISSION_DENIED: DENIED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: LIMIT,
+}
+Handler = Callable[[Client, argparse.Namespace], int]
+
+
+def exit_code(error: TrainwireError) -> int:
+    """The documented exit code of an SDK error."""
+    if isinstance(error, JobFailed):
+        return FAILED
+    return EXIT_CODES.get(error.code, FAILED) if error.code is not None else FAILED
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def table(rows: Iterable[Sequence[object]], headers: Sequence[str]) -> str:
+    """Rows as aligned text columns under a header."""
+    cells = [[str(h) for h in headers], *([str(c) for c in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    )
+
+
+def emit(args: argparse.Namespace, document: object, human: str) -> None:
+    """Prints `document` as JSON with --json, else the human text."""
+    if args.json:
+        print(json.dumps(document, indent=None, sort_keys=True))
+    elif human:
+        print(human)
+
+
+def _metrics_text(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+
+
+def _short(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
+def _size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def _resource(kind: str, name: str) -> str:
+    """`abc` -> `jobs/abc`: ids may be given without their collection."""
+    return name if "/" in name else f"{kind}/{name}"
+
+
+def _labels(pairs: Sequence[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"labels are KEY=VALUE. Received: {pair!r}")
+        labels[key] = value
+    return labels
+
+
+def _status_text(status: JobStatus) -> str:
+    lines = [
+        f"name:      {status.name}",
+        f"display:   {status.display_name}",
+        f"dataset:   {status.dataset}",
+        f"state:     {status.state}",
+        f"progress:  epoch {status.epoch}/{status.total_epochs}",
+        f"metrics:   {_metrics_text(status.metrics) or '-'}",
+        f"attempt:   {status.attempt}",
+    ]
+    if status.error:
+        lines.append(f"error:     {status.error}")
+    return "\n".join(lines)
+
+
+def _final_code(status: JobStatus) -> int:
+    return {"FAILED": FAILED, "CANCELLED": CANCELLED}.get(status.state, OK)
+
+
+# --- datasets -------------------------------------------------------------------------------
+
+
+def _datasets_upload(client: Client, args: argparse.Namespace) -> int:
+    column = args.target_column
+    info = client.upload_dataset(
+        args.file,
+        args.targets,
+        task=args.task,
+        name=args.name or "",
+        labels=_labels(args.label),
+        target_column=int(column)
+        if column is not None and column.lstrip("-").isdigit()
+        else column,
+        dedupe=not args.no_dedupe,
+        progress=None if not args.json else False,
+    )
+    emit(args, info.to_dict(), f"{info.name}  {info.num_examples} examples x "
+         f"{info.num_features} features  {info.task}  sha256 {info.sha256[:12]}")  # fmt: skip
+    return OK
+
+
+def _datasets_list(client: Client, args: argparse.Namespace) -> int:
+    datasets = list(client.list_datasets())
+    rows = [
+        (d.name, d.display_name, d.task, d.num_examples, d.num_features, _size(d.size_bytes),
+         d.create_time.strftime("%Y-%m-%d %H:%M") if d.create_time else "")
+        for d in datasets
+    ]  # fmt: skip
+    headers = ("NAME", "DISPLAY NAME", "TASK", "EXAMPLES", "FEATURES", "SIZE", "CREATED")
+    emit(args, [d.to_dict() for d in datasets], table(rows, headers))
+    return OK
+
+
+def _datasets_show(client: Client, args: argparse.Namespace) -> int:
+    info = client.get_dataset(_resource("datasets", args.dataset))
+    document = info.to_dict()
+    human = "\n".join(f"{k + ':':<15}{v}" for k, v in document.items())
+    emit(args, document, human)
+    return OK
+
+
+def _datasets_delete(client: Client, args: argparse.Namespace) -> int:
+    name = _resource("datasets", args.dataset)
+    client.delete_dataset(name)
+    emit(args, {"deleted": name}, f"deleted {name}")
+    return OK
+
+
+# --- jobs -----------------------------------------------------------------------------------
+
+
+def _jobs_submit(client: Client, args: argparse.Namespace) -> int:
+    spec = JobSpec.load(args.spec)
+    options = dict(spec.options)
+    if args.name:
+        options["display_name"] = args.name
+    dataset = args.dataset or spec.dataset
+    if isinstance(dataset, DatasetSource):
+        info = client.upload_dataset(
+            dataset.path, dataset.targets, task=dataset.task, name=dataset.name,
+            num_classes=dataset.num_classes, labels=dataset.labels,
+            target_column=dataset.target_column,
+        )  # fmt: skip
+        dataset = info.name
+        if not args.json:
+            print(f"dataset {info.name} ({info.num_examples} examples)", file=sys.stderr)
+    job = client.create_job(_resource("datasets", dataset), spec.model, **options)
+    if not (args.wait or args.watch):
+        emit(args, job.last_status.to_dict(), f"{job.name}  {job.last_status.state}")
+        return OK
+    if args.watch:
+        status = _follow(client, job.name, args)
+    else:
+        try:
+            status = job.wait(progress=not args.json)
+        except JobFailed:
+            status = job.last_status
+    emit(args, status.to_dict(), _status_text(status))
+    return _final_code(status)
+
+
+def _jobs_list(client: Client, args: argparse.Namespace) -> int:
+    jobs: list[Job] = []
+    for job in client.list_jobs(
+        state=args.state, dataset=args.dataset and _resource("datasets", args.dataset),
+        labels=_labels(args.label),
+    ):  # fmt: skip
+        jobs.append(job)
+        if len(jobs) >= args.limit:
+            break
+    rows = [
+        (j.name, s.display_name, s.state, f"{s.epoch}/{s.total_epochs}",
+         _metrics_text({k: v for k, v in s.metrics.items() if k in ("loss", "val_loss")}))
+        for j in jobs
+        for s in [j.last_status]
+    ]  # fmt: skip
+    headers = ("NAME", "DISPLAY NAME", "STATE", "EPOCH", "LOSS")
+    emit(args, [j.last_status.to_dict() for j in jobs], table(rows, headers))
+    return OK
+
+
+def _jobs_show(client: Client, args: argparse.Namespace) -> int:
+    job = client.get_job(_resource("jobs", args.job))
+    checkpoints = job.checkpoints()
+    document = {
+        **job.last_status.to_dict(),
+        "checkpoints": [checkpoint_to_dict(c) for c in checkpoints],
+    }
+    human = _status_text(job.last_status)
+    if checkpoints:
+        rows = [
+            (_short(c.name), c.epoch, c.step, "best" if c.is_best else "",
+             "final" if c.is_final else "", _metrics_text(dict(c.metrics)))
+            for c in checkpoints
+        ]  # fmt: skip
+        human += "\n\n" + table(rows, ("CHECKPOINT", "EPOCH", "STEP", "BEST", "FINAL", "METRICS"))
+    emit(args, document, human)
+    return OK
+
+
+def _follow(client: Client, name: str, args: argparse.Namespace) -> JobStatus:
+    for event in client.watch_job(name, args.after if "after" in args else 0):
+        if args.json:
+            print(json.dumps(event_to_dict(event), sort_keys=True), flush=True)
+        else:
+            progress = event.progress
+            parts = [f"#{event.sequence}", state_name(event.state)]
+            if progress.total_epochs:
+                parts.append(f"epoch {progress.epoch}/{progress.total_epochs}")
+            metrics = {p.name: p.value for p in event.metrics}
+            if metrics:
+                parts.append(_metrics_text(metrics))
+            if event.message:
+                parts.append(event.message)
+            print("  ".join(parts), flush=True)
+    return client.job_status(name)
+
+
+def _jobs_watch(client: Client, args: argparse.Namespace) -> int:
+    status = _follow(client, _resource("jobs", args.job), args)
+    if not args.json:
+        print(f"{status.name} {status.state}" + (f": {status.error}" if status.error else ""))
+    return _final_code(status)
+
+
+def _jobs_cancel(client: Client, args: argparse.Namespace) -> int:
+    status = client.cancel_job(_resource("jobs", args.job))
+    emit(args, status.to_dict(), f"{status.name}  {status.state}")
+    return OK
+
+
+def _jobs_delete(client: Client, args: argparse.Namespace) -> int:
+    name = _resource("jobs", args.job)
+    client.delete_job(name)
+    emit(args, {"deleted": name}, f"deleted {name}")
+    return OK
+
+
+def _jobs_metrics(client: Client, args: argparse.Namespace) -> int:
+    metrics = client.job_metrics(_resource("jobs", args.job), args.metric)
+    names = sorted(n for n in metrics if n != "batch_loss" or args.metric)
+    by_epoch: dict[int, dict[str, float]] = {}
+    for name in names:
+        for epoch, value in zip(metrics.epochs(name), metrics.values_of(name), strict=True):
+            by_epoch.setdefault(int(epoch), {})[name] = float(value)
+    rows = [
+        (epoch, *(f"{values[n]:.6g}" if n in values else "" for n in names))
+        for epoch, values in sorted(by_epoch.items())
+    ]
+    emit(args, metrics.to_dict(), table(rows, ("EPOCH", *(n.upper() for n in names))))
+    return OK
+
+
+def _jobs_plot(client: Client, args: argparse.Namespace) -> int:
+    job = client.get_job(_resource("jobs", args.job))
+    path = job.plot(args.output)
+    curves = sorted(job.metrics())
+    emit(args, {"job": job.name, "path": str(path), "curves": curves}, f"wrote {path}")
+    return OK
+
+
+def _predict(client: Client, args: argparse.Namespace) -> int:
+    inputs = read_inputs(args.input)
+    prediction = client.predict(_resource("jobs", args.job), inputs, checkpoint=args.checkpoint)
+    if args.output:
+        write_prediction(args.output, prediction)
+        emit(args, {"output": str(args.output), "rows": len(prediction.outputs),
+                    "checkpoint": prediction.checkpoint}, f"wrote {len(prediction.outputs)} "
+             f"predictions to {args.output} ({prediction.checkpoint})")  # fmt: skip
+        return OK
+    if args.json:
+        print(json.dumps(prediction_to_dict(prediction)))
+        return OK
+    if prediction.labels is not None and prediction.probabilities is not None:
+        rows = [
+            (i, int(label), f"{float(p.max()):.3f}")
+            for i, (label, p) in enumerate(
+                zip(prediction.labels, prediction.probabilities, strict=True)
+            )
+        ]
+        print(table(rows, ("ROW", "LABEL", "PROBABILITY")))
+    else:
+        outputs = prediction.outputs.reshape(len(prediction.outputs), -1)
+        values = [(i, *(f"{v:.6g}" for v in row)) for i, row in enumerate(outputs)]
+        print(table(values, ("ROW", *(f"Y{i}" for i in range(outputs.shape[1])))))
+    return OK
+
+
+# --- wiring ---------------------------------------------------------------------------------
+
+
+def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
+    """Wraps a command: opens the client, maps SDK errors to exit codes and messages."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            settings = env_settings()
+            if args.target:
+                settings["target"] = args.target
+            if args.api_key:
+                settings["api_key"] = args.api_key
+            if args.tls:
+                settings["tls"] = True if args.tls == "system" else args.tls
+            if args.timeout:
+                settings["timeout"] = args.timeout
+            with Client(**settings) as client:
+                return handler(client, args)
+        except TrainwireError as error:
+            code = exit_code(error)
+            _report(args, error.code_name, error.message, error.field_violations, code)
+            return code
+        except (ValueError, OSError) as error:
+            _report(args, "INVALID_ARGUMENT", str(error), [], USAGE)
+            return USAGE
+        except KeyboardInterrupt:
+            return 130
+
+    return run
+
+
+def _report(
+    args: argparse.Namespace, code: str, message: str, violations: list[tuple[str, str]], exit: int
+) -> None:
+    if args.json:
+        fields = [{"field": f, "description": d} for f, d in violations]
+        error = {"code": code, "message": message, "exit_code": exit, "field_violations": fields}
+        print(json.dumps({"error": error}), file=sys.stderr)
+        return
+    print(f"trainwire: {code.lower().replace('_', ' ')}: {message}", file=sys.stderr)
+    for field, description in violations:
+        if field not in message:
+            print(f"  {field}: {description}", file=sys.stderr)
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--target", help="server address (TRAINWIRE_TARGET, localhost:50051)")
+    common.add_argument("--api-key", help="API key (TRAINWIRE_API_KEY)")
+    common.add_argument(
+        "--tls", metavar="CA", help="use TLS: a CA file, or 'system' (TRAINWIRE_TLS)"
+    )
+    common.add_argument("--timeout", type=float, help="deadline of each call in seconds (30)")
+    common.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    return common
 
 
 def add_user_commands(commands: Any) -> None:
     """Registers the user commands on the `trainwire` parser's subcommands."""
-    del commands  # filled in by the SDK/CLI work
+    common = _connection_options()
+    epilog = __doc__.split("Exit codes:", 1)[1] if __doc__ else ""
+    formatter = argparse.RawDescriptionHelpFormatter
+
+    def command(parent: Any, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = parent.add_parser(
+            name, help=help, description=help, parents=[common], epilog="exit codes:" + epilog,
+            formatter_class=formatter,
+        )  # fmt: skip
+        parser.set_defaults(handler=_run(handler))
+        return parser
+
+    datasets = commands.add_parser("datasets", help="upload, list, show and delete datasets")
+    sub = datasets.add_subparsers(dest="datasets_command", required=True)
+    upload = command(
+        sub, "upload", _datasets_upload, "upload a dataset from a CSV, NPZ or NPY file"
+    )
+    upload.add_argument("file", help="CSV (targets in a column), NPZ (X, y) or NPY features")
+    upload.add_argument("--targets", help="NPY or CSV targets, for NPY features")
+    upload.add_argument("--target-column", help="CSV target column name or index (default: last)")
+    upload.add_argument("--name", help="display name (default: the file name)")
+    upload.add_argument("--task", choices=["regression", "binary", "multiclass"])
+    upload.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    upload.add_argument("--no-dedupe", action="store_true", help="upload even if stored already")
+    command(sub, "list", _datasets_list, "list the project's datasets")
+    show = command(sub, "show", _datasets_show, "show one dataset")
+    show.add_argument("dataset", help="datasets/ID or ID")
+    delete = command(sub, "delete", _datasets_delete, "delete a dataset")
+    delete.add_argument("dataset", help="datasets/ID or ID")
+
+    jobs = commands.add_parser("jobs", help="submit, follow and inspect training jobs")
+    sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    submit = command(sub, "submit", _jobs_submit, "submit a job described by a YAML spec file")
+    submit.add_argument("spec", help="job spec (YAML), see examples/job.yaml")
+    submit.add_argument("--dataset", help="use this stored dataset instead of the spec's")
+    submit.add_argument("--name", help="display name (overrides the spec's)")
+    submit.add_argument("--wait", action="store_true", help="wait with a progress bar")
+    submit.add_argument("--watch", action="store_true", help="print events until it finishes")
+    listing = command(sub, "list", _jobs_list, "list jobs, newest first")
+    listing.add_argument("--state", type=str.upper, choices=STATES)
+    listing.add_argument("--dataset", help="only jobs of this dataset")
+    listing.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (50)")
+    for name, handler, text in (
+        ("show", _jobs_show, "show a job and its checkpoints"),
+        ("watch", _jobs_watch, "print a job's events until it finishes (reconnects by itself)"),
+        ("cancel", _jobs_cancel, "cancel a job"),
+        ("delete", _jobs_delete, "delete a finished job"),
+        ("metrics", _jobs_metrics, "a job's metrics by epoch"),
+        ("plot", _jobs_plot, "save a PNG of a job's training curves"),
+    ):
+        parser = command(sub, name, handler, text)
+        parser.add_argument("job", help="jobs/ID or ID")
+        if name == "watch":
+            parser.add_argument("--after", type=int, default=0, help="resume after this event")
+        if name == "metrics":
+            parser.add_argument("--metric", action="append", default=[], help="only these")
+        if name == "plot":
+            parser.add_argument("--output", "-o", help="PNG path (default: <job id>.png)")
+
+    predict = command(commands, "predict", _predict, "predict with a trained job's model")
+    predict.add_argument("job", help="jobs/ID or ID")
+    predict.add_argument("--input", "-i", required=True, help="rows to predict: .csv or .npy")
+    predict.add_argument("--output", "-o", help="write predictions to .csv, .json or .npy")
+    predict.add_argument("--checkpoint", default="", help="latest (default), best, epoch/N")
 
 
-__all__ = ["add_user_commands", "argparse"]
+def main(argv: Sequence[str] | None = None) -> int:
+    """The user commands alone (the full `trainwire` command is `trainwire.server.cli`)."""
+    parser = argparse.ArgumentParser(prog="trainwire")
+    add_user_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+__all__ = ["EXIT_CODES", "add_user_commands", "exit_code", "main", "table"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,124 +1,119 @@
-"""The Python SDK: `Client` for datasets, jobs and predictions, and the `Job` handle."""
+"""The Python SDK: `Client` for datasets, jobs and predictions, and the `Job` handle.
+
+Every call has a deadline (`timeout`, 30 s by default) and idempotent calls are retried with
+exponential backoff and jitter on UNAVAILABLE and RESOURCE_EXHAUSTED (`retry.RetryPolicy`).
+Errors are raised as `trainwire.client.errors` exceptions keeping the status and bad fields.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import logging
+import os
+import random
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 import numpy as np
 
-from trainwire.v1 import (
-    datasets_pb2,
-    datasets_pb2_grpc,
-    jobs_pb2,
-    jobs_pb2_grpc,
-    models_pb2,
-    predictions_pb2,
-    predictions_pb2_grpc,
-    tensor_pb2,
-)
+from trainwire.v1 import datasets_pb2, jobs_pb2, predictions_pb2
 
-from .errors import JobFailed, from_rpc_error
-from .specs import model_spec_to_proto
-from .tensors import dtype_code, from_tensor, to_tensor
+from .builders import ModelLike
+from .errors import DeadlineExceeded, JobFailed, NotFound, Unavailable, from_rpc_error, status_of
+from .files import PathLike, read_dataset
+from .results import (
+    FINISHED,
+    TASK_NAMES,
+    TASKS,
+    DatasetInfo,
+    JobStatus,
+    Metrics,
+    Prediction,
+)
+from .retry import RetryPolicy
+from .rpc import Rpc, channel_credentials, channel_options
+from .wire import (
+    CHUNK_BYTES,
+    PROGRESS_BYTES,
+    Upload,
+    as_inputs,
+    create_job_request,
+    infer_task,
+    join_predictions,
+    list_jobs_request,
+    metrics_from_response,
+    predict_requests,
+    prepare_upload,
+)
 
 DEFAULT_TARGET = "localhost:50051"
 DEFAULT_MESSAGE_BYTES = 4 * 1024 * 1024
-# Uploads and predictions are split so each message stays well under the message limit.
-CHUNK_BYTES = 1024 * 1024
+#: Codes after which a watch re-opens its stream (the server went away mid-stream).
+RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
 
-TASKS = {
-    "regression": datasets_pb2.TASK_KIND_REGRESSION,
-    "binary": datasets_pb2.TASK_KIND_BINARY_CLASSIFICATION,
-    "multiclass": datasets_pb2.TASK_KIND_MULTICLASS_CLASSIFICATION,
-}
-TASK_NAMES = {code: name for name, code in TASKS.items()}
-FINISHED = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+log = logging.getLogger("trainwire.client")
+Q = TypeVar("Q")
+R = TypeVar("R")
 
-Response = TypeVar("Response")
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    display_name: str
-    task: str
-    num_examples: int
-    num_features: int
-    num_classes: int
-    size_bytes: int
-    sha256: str
-
-    @classmethod
-    def from_proto(cls, message: datasets_pb2.Dataset) -> DatasetInfo:
-        return cls(
-            name=message.name,
-            display_name=message.display_name,
-            task=TASK_NAMES.get(message.task, "unspecified"),
-            num_examples=message.num_examples,
-            num_features=int(message.features.shape[1]) if len(message.features.shape) > 1 else 0,
-            num_classes=message.num_classes,
-            size_bytes=message.size_bytes,
-            sha256=message.sha256,
-        )
+__all__ = [
+    "CHUNK_BYTES",
+    "DEFAULT_MESSAGE_BYTES",
+    "DEFAULT_TARGET",
+    "FINISHED",
+    "TASKS",
+    "TASK_NAMES",
+    "Client",
+    "DatasetInfo",
+    "Job",
+    "JobStatus",
+    "JobWatch",
+    "Metrics",
+    "Prediction",
+    "env_settings",
+]
 
 
-@dataclass(frozen=True)
-class JobStatus:
-    """A snapshot of a job.
-
-    `state` is QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING or CANCELLED.
-    """
-
-    name: str
-    state: str
-    epoch: int
-    total_epochs: int
-    metrics: dict[str, float]
-    error: str
-    attempt: int
-    examples_per_second: float
-    eta_seconds: float
-    raw: jobs_pb2.Job = field(repr=False)
-
-    @classmethod
-    def from_proto(cls, message: jobs_pb2.Job) -> JobStatus:
-        return cls(
-            name=message.name,
-            state=jobs_pb2.JobState.Name(message.state).removeprefix("JOB_STATE_"),
-            epoch=message.progress.epoch,
-            total_epochs=message.progress.total_epochs,
-            metrics=dict(message.metrics),
-            error=message.error,
-            attempt=message.attempt,
-            examples_per_second=message.progress.examples_per_second,
-            eta_seconds=message.progress.eta_seconds,
-            raw=message,
-        )
-
-    @property
-    def finished(self) -> bool:
-        return self.state in FINISHED
+def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Client settings from the environment: TRAINWIRE_TARGET, TRAINWIRE_API_KEY,
+    TRAINWIRE_TLS (`true`, or a CA file) and TRAINWIRE_TIMEOUT (seconds)."""
+    env = os.environ if environ is None else environ
+    settings: dict[str, Any] = {"target": env.get("TRAINWIRE_TARGET") or DEFAULT_TARGET}
+    if env.get("TRAINWIRE_API_KEY"):
+        settings["api_key"] = env["TRAINWIRE_API_KEY"]
+    tls = env.get("TRAINWIRE_TLS", "")
+    if tls.lower() in ("1", "true", "yes"):
+        settings["tls"] = True
+    elif tls and tls.lower() not in ("0", "false", "no"):
+        settings["tls"] = tls
+    if env.get("TRAINWIRE_TIMEOUT"):
+        try:
+            settings["timeout"] = float(env["TRAINWIRE_TIMEOUT"])
+        except ValueError:
+            raise ValueError(
+                f"TRAINWIRE_TIMEOUT must be a number of seconds. Received: "
+                f"{env['TRAINWIRE_TIMEOUT']!r}"
+            ) from None
+    return settings
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """Model outputs; for classifiers also class probabilities and labels."""
-
-    outputs: np.ndarray
-    probabilities: np.ndarray | None
-    labels: np.ndarray | None
-    checkpoint: str
+def reconnectable(code: grpc.StatusCode | None, details: str) -> bool:
+    """Whether a stream that failed this way should be re-opened: the server is unreachable or
+    dropped the connection (an INTERNAL only when it is a reset stream, not a server bug)."""
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return True
+    return code is grpc.StatusCode.INTERNAL and "RST_STREAM" in details
 
 
 class Client:
-    """A connection to a Trainwire server. Use it as a context manager, or call `close()`."""
+    """A connection to a Trainwire server. Use it as a context manager, or call `close()`.
+
+    `tls=True` verifies the server with the system's CAs, `tls="ca.pem"` with that CA;
+    `client_cert=(cert.pem, key.pem)` for servers that require client certificates. `timeout`
+    is the deadline of each call in seconds (retries included); `retry` says how idempotent calls
+    are retried (`RetryPolicy(max_attempts=1)` turns retries off).
+    """
 
     def __init__(
         self,
@@ -129,31 +124,34 @@ class Client:
         client_cert: tuple[str, str] | None = None,
         timeout: float = 30.0,
         max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
+        retry: RetryPolicy | None = None,
+        watch_reconnect_s: float = 300.0,
     ) -> None:
-        """`tls=True` verifies the server with the system's CAs, `tls="ca.pem"` with that CA;
-        `client_cert=(cert.pem, key.pem)` for servers that require client certificates."""
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive. Received: {timeout}")
         self.target = target
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
-        options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ]
-        if tls or client_cert:
-            root = Path(tls).read_bytes() if isinstance(tls, str) else None
-            key = chain = None
-            if client_cert is not None:
-                chain, key = Path(client_cert[0]).read_bytes(), Path(client_cert[1]).read_bytes()
-            credentials = grpc.ssl_channel_credentials(root, key, chain)
-            channel = grpc.secure_channel(target, credentials, options=options)
+        self.retry = retry or RetryPolicy()
+        self.watch_reconnect_s = watch_reconnect_s
+        options = channel_options(max_message_bytes)
+        credentials = channel_credentials(tls, client_cert)
+        if credentials is not None:
+            self._channel = grpc.secure_channel(target, credentials, options=options)
         else:
-            channel = grpc.insecure_channel(target, options=options)
+            self._channel = grpc.insecure_channel(target, options=options)
         # The key travels as metadata (call credentials are refused on plaintext channels).
-        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        self._channel = channel
-        self._datasets = datasets_pb2_grpc.DatasetServiceStub(self._channel)
-        self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
-        self._predictions = predictions_pb2_grpc.PredictionServiceStub(self._channel)
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        )
+        self._rpc = Rpc(self._channel)
+        self._uploaded: dict[str, str] = {}  # sha256 -> dataset name, for instant re-uploads
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Client:
+        """A client configured by TRAINWIRE_TARGET (default localhost:50051), TRAINWIRE_API_KEY,
+        TRAINWIRE_TLS and TRAINWIRE_TIMEOUT; keyword arguments override them."""
+        return cls(**{**env_settings(), **overrides})
 
     def __enter__(self) -> Client:
         return self
@@ -161,23 +159,45 @@ class Client:
     def __exit__(self, *_: object) -> None:
         self.close()
 
+    def __repr__(self) -> str:
+        return f"Client({self.target!r})"
+
     def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
         self._channel.close()
 
     def _call(
-        self, method: Callable[..., Response], request: Any, timeout: float | None = None
-    ) -> Response:
-        try:
-            return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+        self,
+        method: Callable[..., R],
+        request: Any,
+        timeout: float | None = None,
+        *,
+        idempotent: bool = True,
+    ) -> R:
+        """One call with a deadline; idempotent calls are retried within it."""
+        budget = timeout or self.timeout
+        deadline = time.monotonic() + budget
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - time.monotonic()
+            try:
+                return method(request, timeout=max(remaining, 0.001), metadata=self._metadata)
+            except grpc.RpcError as error:
+                code, details = status_of(error)
+                remaining = deadline - time.monotonic()
+                delay = self.retry.next_delay(attempt, code, details, remaining)
+                if not idempotent or delay is None:
+                    raise from_rpc_error(error) from None
+                log.debug("retrying after %s (attempt %d, %.2fs)", code, attempt, delay)
+                time.sleep(delay)
 
     # --- datasets -----------------------------------------------------------------------------
 
     def upload_dataset(
         self,
-        features: np.ndarray,
-        targets: np.ndarray,
+        features: np.ndarray | PathLike,
+        targets: np.ndarray | PathLike | None = None,
         *,
         task: str | None = None,
         name: str = "",
@@ -185,51 +205,114 @@ class Client:
         feature_names: Sequence[str] = (),
         class_names: Sequence[str] = (),
         labels: Mapping[str, str] | None = None,
+        target_column: str | int | None = None,
+        dedupe: bool = True,
+        progress: bool | None = None,
         timeout: float | None = None,
     ) -> DatasetInfo:
-        """Uploads (features, targets) in chunks. `task` is regression, binary or multiclass;
-        when omitted, integer targets mean multiclass (binary for 0/1) and floats regression."""
-        x = np.ascontiguousarray(features)
-        y = np.ascontiguousarray(targets)
-        task = task or _infer_task(y)
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {sorted(TASKS)}. Received: task={task!r}")
-        x_bytes, y_bytes = _le_bytes(x), _le_bytes(y)
-        header = datasets_pb2.DatasetHeader(
-            display_name=name,
-            task=TASKS[task],
-            num_classes=num_classes,
-            features=tensor_pb2.TensorInfo(dtype=dtype_code(x.dtype), shape=x.shape),
-            targets=tensor_pb2.TensorInfo(dtype=dtype_code(y.dtype), shape=y.shape),
-            sha256=hashlib.sha256(x_bytes + y_bytes).hexdigest(),
-            labels=dict(labels or {}),
-            feature_names=list(feature_names),
-            class_names=list(class_names),
-        )
+        """Uploads (features, targets), streamed in 1 MiB chunks.
 
-        def requests() -> Iterator[datasets_pb2.UploadDatasetRequest]:
-            yield datasets_pb2.UploadDatasetRequest(header=header)
-            for payload in (x_bytes, y_bytes):
-                for start in range(0, len(payload), CHUNK_BYTES):
-                    yield datasets_pb2.UploadDatasetRequest(
-                        chunk=payload[start : start + CHUNK_BYTES]
-                    )
+        `features` is an array or a file: a CSV (targets in `target_column`, the last column by
+        default), an NPZ (`X` and `y`), or an NPY with `targets` a second file. `task` is
+        regression, binary or multiclass; when omitted, integer targets mean multiclass (binary
+        for 0/1) and floats regression.
 
-        response = self._call(
-            self._datasets.UploadDataset, requests(), timeout or max(self.timeout, 300.0)
-        )
-        return DatasetInfo.from_proto(response)
+        Uploads are content-addressed: with `dedupe` (the default) the SDK looks for a dataset of
+        your project with the same SHA-256, shapes and task (one `ListDatasets` pass, remembered
+        by this client) and returns it instead of sending the bytes again; its display name and
+        labels stay those of the first upload. `progress` shows a progress bar (by default for
+        uploads of 16 MiB or more). Uploads are not retried automatically.
+        """
+        upload = self._prepare(
+            features, targets, task, name, num_classes, feature_names, class_names, labels,
+            target_column,
+        )  # fmt: skip
+        if dedupe:
+            existing = self.find_dataset(upload)
+            if existing is not None:
+                return existing
+        show = progress if progress is not None else upload.size_bytes >= PROGRESS_BYTES
+        bar = None
+        if show:
+            from tqdm import tqdm
+
+            label = upload.header.display_name or "dataset"
+            bar = tqdm(
+                total=upload.size_bytes, unit="B", unit_scale=True, desc=f"uploading {label}"
+            )
+        try:
+            response = self._call(
+                self._rpc.upload_dataset,
+                upload.requests(bar.update if bar is not None else None),
+                timeout or max(self.timeout, 300.0),
+                idempotent=False,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        info = DatasetInfo.from_proto(response)
+        self._uploaded[upload.sha256] = info.name
+        return info
+
+    @staticmethod
+    def _prepare(
+        features: np.ndarray | PathLike,
+        targets: np.ndarray | PathLike | None,
+        task: str | None,
+        name: str,
+        num_classes: int,
+        feature_names: Sequence[str],
+        class_names: Sequence[str],
+        labels: Mapping[str, str] | None,
+        target_column: str | int | None,
+    ) -> Upload:
+        if isinstance(features, str | Path):
+            table = read_dataset(
+                features, targets if isinstance(targets, str | Path) else None, target_column
+            )
+            x = table.features
+            y = table.targets if not isinstance(targets, np.ndarray) else targets
+            feature_names = feature_names or table.feature_names
+            class_names = class_names or table.class_names
+            name = name or Path(features).stem
+        else:
+            x = np.asarray(features)
+            y = np.load(targets, allow_pickle=False) if isinstance(targets, str | Path) else targets
+        if y is None:
+            raise ValueError("targets are required (an array, or a file with a target column)")
+        return prepare_upload(
+            x, np.asarray(y), task=task, name=name, num_classes=num_classes,
+            feature_names=feature_names, class_names=class_names, labels=labels,
+        )  # fmt: skip
+
+    def find_dataset(self, upload: Upload) -> DatasetInfo | None:
+        """A stored dataset of this project holding exactly `upload`'s arrays, if any."""
+        known = self._uploaded.get(upload.sha256)
+        if known is not None:
+            try:
+                info = self.get_dataset(known)
+                if upload.matches(info):
+                    return info
+            except NotFound:
+                pass
+            del self._uploaded[upload.sha256]
+        for info in self.list_datasets():
+            if upload.matches(info):
+                self._uploaded[upload.sha256] = info.name
+                return info
+        return None
 
     def get_dataset(self, name: str) -> DatasetInfo:
-        return DatasetInfo.from_proto(
-            self._call(self._datasets.GetDataset, datasets_pb2.GetDatasetRequest(name=name))
-        )
+        """One dataset by name (`datasets/…`)."""
+        request = datasets_pb2.GetDatasetRequest(name=name)
+        return DatasetInfo.from_proto(self._call(self._rpc.get_dataset, request))
 
     def list_datasets(self, page_size: int = 100) -> Iterator[DatasetInfo]:
+        """The project's datasets, newest first; pages are fetched as you iterate."""
         token = ""
         while True:
             request = datasets_pb2.ListDatasetsRequest(page_size=page_size, page_token=token)
-            response = self._call(self._datasets.ListDatasets, request)
+            response = self._call(self._rpc.list_datasets, request)
             yield from (DatasetInfo.from_proto(d) for d in response.datasets)
             token = response.next_page_token
             if not token:
@@ -237,14 +320,15 @@ class Client:
 
     def delete_dataset(self, name: str) -> None:
         """Deletes a dataset; refused (FailedPrecondition) while an unfinished job uses it."""
-        self._call(self._datasets.DeleteDataset, datasets_pb2.DeleteDatasetRequest(name=name))
+        self._call(self._rpc.delete_dataset, datasets_pb2.DeleteDatasetRequest(name=name))
+        self._uploaded = {k: v for k, v in self._uploaded.items() if v != name}
 
     # --- jobs ---------------------------------------------------------------------------------
 
     def create_job(
         self,
         dataset: str | DatasetInfo,
-        model: Mapping[str, Any],
+        model: ModelLike,
         *,
         epochs: int = 10,
         batch_size: int = 32,
@@ -264,89 +348,38 @@ class Client:
         priority: int = 0,
         max_attempts: int = 0,
         request_id: str | None = None,
+        log_every_steps: int = 0,
+        keep_checkpoints: int = 0,
+        validate: bool = True,
     ) -> Job:
-        """Submits a training job. A fresh `request_id` makes a retried call create one job only."""
-        optimizer_spec = dict(optimizer) if isinstance(optimizer, Mapping) else {"name": optimizer}
-        optimizer_name = str(optimizer_spec.pop("name", "adam"))
-        rate = float(optimizer_spec.pop("learning_rate", learning_rate))
-        schedule_spec = (
-            dict(schedule) if isinstance(schedule, Mapping) else {"name": schedule or ""}
-        )
-        training = models_pb2.TrainingConfig(
-            schedule=models_pb2.ScheduleSpec(
-                name=str(schedule_spec.pop("name", "")),
-                params={k: float(v) for k, v in schedule_spec.items()},
-            ),
-            early_stopping=models_pb2.EarlyStopping(**dict(early_stopping or {})),
-            epochs=epochs,
-            batch_size=batch_size,
-            loss=loss,
-            optimizer=models_pb2.OptimizerSpec(
-                name=optimizer_name,
-                learning_rate=rate,
-                params={k: float(v) for k, v in optimizer_spec.items()},
-            ),
-            validation_fraction=validation_fraction,
-            seed=seed,
-            metrics=list(metrics),
-            checkpoint_every_epochs=checkpoint_every_epochs,
-            dtype=dtype_code(np.dtype(dtype)),
-        )
-        request = jobs_pb2.CreateJobRequest(
-            dataset=dataset.name if isinstance(dataset, DatasetInfo) else dataset,
-            model=model_spec_to_proto(model),
-            training=training,
-            display_name=display_name,
-            labels=dict(labels or {}),
-            queue=queue,
-            priority=priority,
-            max_attempts=max_attempts,
-            request_id=request_id or uuid.uuid4().hex,
-        )
-        return Job(self, JobStatus.from_proto(self._call(self._jobs.CreateJob, request)))
+        """Submits a training job and returns its handle.
+
+        `model` is a `Sequential`, a list of layers, a spec dict or YAML. The model and the
+        training settings are checked locally first (`SpecError`, an `InvalidArgument`, names
+        every bad field) unless `validate=False`. A `request_id` (a fresh one by default) makes
+        the call idempotent: a retried call returns the same job.
+        """
+        request = create_job_request(
+            dataset, model, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+            learning_rate=learning_rate, loss=loss, metrics=metrics,
+            validation_fraction=validation_fraction, seed=seed,
+            checkpoint_every_epochs=checkpoint_every_epochs, schedule=schedule,
+            early_stopping=early_stopping, dtype=dtype, display_name=display_name, labels=labels,
+            queue=queue, priority=priority, max_attempts=max_attempts, request_id=request_id,
+            log_every_steps=log_every_steps, keep_checkpoints=keep_checkpoints, validate=validate,
+        )  # fmt: skip
+        return Job(self, JobStatus.from_proto(self._call(self._rpc.create_job, request)))
 
     def get_job(self, name: str) -> Job:
-        return Job(self, self._job_status(name))
+        """A handle on an existing job (`jobs/…`), with its current status."""
+        return Job(self, self.job_status(name))
 
-    def delete_job(self, name: str) -> None:
-        """Deletes a finished job with its metrics and checkpoints."""
-        self._call(self._jobs.DeleteJob, jobs_pb2.DeleteJobRequest(name=name))
+    def job_status(self, name: str) -> JobStatus:
+        """The current status of a job."""
+        request = jobs_pb2.GetJobRequest(name=name)
+        return JobStatus.from_proto(self._call(self._rpc.get_job, request))
 
-    def watch_job(
-        self, name: str, after_sequence: int = 0, timeout: float | None = None
-    ) -> Iterator[jobs_pb2.JobEvent]:
-        """The job's numbered events after `after_sequence`, until the job finishes."""
-        request = jobs_pb2.WatchJobRequest(name=name, after_sequence=after_sequence)
-        try:
-            yield from self._jobs.WatchJob(request, timeout=timeout, metadata=self._metadata)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
-
-    def job_metrics(self, name: str, names: Sequence[str] = ()) -> dict[str, np.ndarray]:
-        """Each metric as an array of shape (points, 3): step, epoch, value."""
-        request = jobs_pb2.ListJobMetricsRequest(name=name, metric_names=list(names))
-        response = self._call(self._jobs.ListJobMetrics, request)
-        return {
-            s.name: np.column_stack([s.steps, s.epochs, s.values]).astype(np.float64)
-            for s in response.series
-        }
-
-    def job_checkpoints(self, name: str) -> list[jobs_pb2.Checkpoint]:
-        request = jobs_pb2.ListCheckpointsRequest(name=name)
-        return list(self._call(self._jobs.ListCheckpoints, request).checkpoints)
-
-    def model_metadata(self, job: str, checkpoint: str = "") -> predictions_pb2.ModelMetadata:
-        request = predictions_pb2.GetModelMetadataRequest(job=job, checkpoint=checkpoint)
-        return self._call(self._predictions.GetModelMetadata, request)
-
-    def cancel_job(self, name: str) -> JobStatus:
-        request = jobs_pb2.CancelJobRequest(name=name)
-        return JobStatus.from_proto(self._call(self._jobs.CancelJob, request))
-
-    def _job_status(self, name: str) -> JobStatus:
-        return JobStatus.from_proto(
-            self._call(self._jobs.GetJob, jobs_pb2.GetJobRequest(name=name))
-        )
+    _job_status = job_status  # the former private name
 
     def list_jobs(
         self,
@@ -358,40 +391,73 @@ class Client:
     ) -> Iterator[Job]:
         """Jobs, newest first, optionally filtered; pages are fetched as you iterate."""
         token = ""
-        state_code = jobs_pb2.JobState.Value(f"JOB_STATE_{state.upper()}") if state else 0
         while True:
-            request = jobs_pb2.ListJobsRequest(
-                page_size=page_size,
-                page_token=token,
-                state=state_code,
-                dataset=dataset or "",
-                labels=dict(labels or {}),
+            request = list_jobs_request(
+                token, state=state, dataset=dataset, labels=labels, page_size=page_size
             )
-            response = self._call(self._jobs.ListJobs, request)
+            response = self._call(self._rpc.list_jobs, request)
             yield from (Job(self, JobStatus.from_proto(j)) for j in response.jobs)
             token = response.next_page_token
             if not token:
                 return
 
+    def cancel_job(self, name: str) -> JobStatus:
+        """Cancels a job: a queued one at once, a running one at its next batch."""
+        request = jobs_pb2.CancelJobRequest(name=name)
+        return JobStatus.from_proto(self._call(self._rpc.cancel_job, request))
+
+    def delete_job(self, name: str) -> None:
+        """Deletes a finished job with its metrics and checkpoints."""
+        self._call(self._rpc.delete_job, jobs_pb2.DeleteJobRequest(name=name))
+
+    def watch_job(
+        self,
+        name: str,
+        after_sequence: int = 0,
+        timeout: float | None = None,
+        *,
+        reconnect: bool = True,
+    ) -> JobWatch:
+        """The job's numbered events after `after_sequence`, until the job finishes.
+
+        The stream re-opens itself after a dropped connection or a server restart, resuming
+        after the last event it returned (no event lost or repeated), for up to
+        `watch_reconnect_s` of outage. `timeout` bounds the whole watch (None: until the job
+        finishes).
+        """
+        return JobWatch(self, name, after_sequence, timeout, reconnect)
+
+    def job_metrics(self, name: str, names: Sequence[str] = ()) -> Metrics:
+        """Each metric as an array of shape (points, 3): step, epoch, value."""
+        request = jobs_pb2.ListJobMetricsRequest(name=name, metric_names=list(names))
+        return metrics_from_response(self._call(self._rpc.list_job_metrics, request))
+
+    def job_checkpoints(self, name: str) -> list[jobs_pb2.Checkpoint]:
+        """The job's checkpoints, oldest first."""
+        request = jobs_pb2.ListCheckpointsRequest(name=name)
+        return list(self._call(self._rpc.list_checkpoints, request).checkpoints)
+
+    def model_metadata(self, job: str, checkpoint: str = "") -> predictions_pb2.ModelMetadata:
+        """Input and output shapes, classes and size of a job's trained model."""
+        request = predictions_pb2.GetModelMetadataRequest(job=job, checkpoint=checkpoint)
+        return self._call(self._rpc.get_model_metadata, request)
+
     # --- predictions --------------------------------------------------------------------------
 
-    def predict(self, job: str | Job, inputs: np.ndarray, *, checkpoint: str = "") -> Prediction:
-        """Predicts for the rows of `inputs`, in as many requests as the message limit needs."""
+    def predict(
+        self,
+        job: str | Job,
+        inputs: np.ndarray | Sequence[Sequence[float]],
+        *,
+        checkpoint: str = "",
+    ) -> Prediction:
+        """Predicts for the rows of `inputs`, in as many requests as the message limit needs.
+
+        `checkpoint` is "" (latest), "best", "epoch/N" or a checkpoint name.
+        """
         name = job.name if isinstance(job, Job) else job
-        x = np.asarray(inputs)
-        if x.dtype.kind != "f":
-            x = x.astype(np.float32)
-        if x.ndim == 1:
-            x = x.reshape(1, -1)
-        row_bytes = max(1, x.itemsize * int(np.prod(x.shape[1:])))
-        rows_per_call = max(1, (self.max_message_bytes // 4) // row_bytes)
-        parts = []
-        for start in range(0, max(len(x), 1), rows_per_call):
-            request = predictions_pb2.PredictRequest(
-                job=name, checkpoint=checkpoint, inputs=to_tensor(x[start : start + rows_per_call])
-            )
-            parts.append(self._call(self._predictions.Predict, request))
-        return _join_predictions(parts)
+        requests = predict_requests(name, as_inputs(inputs), checkpoint, self.max_message_bytes)
+        return join_predictions([self._call(self._rpc.predict, r) for r in requests])
 
     def predict_stream(
         self, job: str | Job, batches: Iterable[np.ndarray], *, checkpoint: str = ""
@@ -401,21 +467,111 @@ class Client:
 
         def requests() -> Iterator[predictions_pb2.PredictRequest]:
             for batch in batches:
-                inputs = to_tensor(np.asarray(batch, dtype=np.float32).reshape(len(batch), -1))
-                yield predictions_pb2.PredictRequest(job=name, checkpoint=checkpoint, inputs=inputs)
+                inputs = np.asarray(batch, dtype=np.float32).reshape(len(batch), -1)
+                yield predict_requests(name, inputs, checkpoint, 2**62)[0]
 
-        stream = self._predictions.PredictStream(
-            requests(), timeout=self.timeout, metadata=self._metadata
-        )
+        stream = self._rpc.predict_stream(requests(), timeout=self.timeout, metadata=self._metadata)
         try:
             for response in stream:
-                yield _join_predictions([response])
+                yield join_predictions([response])
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
 
+class JobWatch(Iterator[jobs_pb2.JobEvent]):
+    """An iterator of a job's events that survives dropped connections and server restarts.
+
+    It ends when the job finishes. `last_sequence` is the last event returned and `reconnects`
+    how many times the stream was re-opened. `close()` stops it (and cancels the stream).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        name: str,
+        after_sequence: int,
+        timeout: float | None,
+        reconnect: bool,
+    ) -> None:
+        self.client = client
+        self.name = name
+        self.last_sequence = after_sequence
+        self.reconnects = 0
+        self.reconnect = reconnect
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._stream: grpc.CallIterator[jobs_pb2.JobEvent] | None = None
+        self._events: Iterator[jobs_pb2.JobEvent] | None = None
+        self._failures = 0
+        self._outage_since: float | None = None
+        self._closed = False
+
+    def __iter__(self) -> JobWatch:
+        return self
+
+    def __next__(self) -> jobs_pb2.JobEvent:
+        while True:
+            if self._closed:
+                raise StopIteration
+            if self._events is None:
+                self._open()
+            assert self._events is not None
+            try:
+                event = next(self._events)
+            except StopIteration:
+                self.close()
+                raise
+            except grpc.RpcError as error:
+                self._events = self._stream = None
+                self._recover(error)
+                continue
+            self._failures, self._outage_since = 0, None
+            if event.sequence <= self.last_sequence:
+                continue  # never hand out an event twice
+            self.last_sequence = event.sequence
+            return event
+
+    def _open(self) -> None:
+        request = jobs_pb2.WatchJobRequest(name=self.name, after_sequence=self.last_sequence)
+        remaining = None if self._deadline is None else max(self._deadline - time.monotonic(), 0)
+        stream = self.client._rpc.watch_job(
+            request, timeout=remaining, metadata=self.client._metadata
+        )
+        self._stream = stream
+        self._events = iter(stream)
+
+    def _recover(self, error: grpc.RpcError) -> None:
+        """Sleeps before re-opening the stream, or raises the SDK error."""
+        code, details = status_of(error)
+        if self._closed:
+            raise StopIteration
+        if not self.reconnect or not reconnectable(code, details):
+            raise from_rpc_error(error) from None
+        now = time.monotonic()
+        self._outage_since = self._outage_since or now
+        if now - self._outage_since > self.client.watch_reconnect_s:
+            raise Unavailable(
+                f"watching {self.name}: the server stayed unreachable for "
+                f"{self.client.watch_reconnect_s:g}s ({details})",
+                code,
+            ) from None
+        self._failures += 1
+        delay = min(0.05 * 2**self._failures, 2.0) * random.uniform(0.5, 1.0)
+        if self._deadline is not None and now + delay >= self._deadline:
+            raise DeadlineExceeded(f"watching {self.name}: timed out", code) from None
+        log.info("watch of %s lost (%s); reconnecting in %.2fs", self.name, code, delay)
+        self.reconnects += 1
+        time.sleep(delay)
+
+    def close(self) -> None:
+        """Stops the watch and cancels its stream."""
+        self._closed = True
+        if self._stream is not None:
+            cast("grpc.Future[jobs_pb2.JobEvent]", self._stream).cancel()
+        self._stream = self._events = None
+
+
 class Job:
-    """A handle on one training job."""
+    """A handle on one training job: follow it, read its results, predict with it."""
 
     def __init__(self, client: Client, status: JobStatus) -> None:
         self.client = client
@@ -426,7 +582,8 @@ class Job:
         return f"Job({self.name!r}, state={self.last_status.state})"
 
     def status(self) -> JobStatus:
-        self.last_status = self.client._job_status(self.name)
+        """The job's current status (also kept as `last_status`)."""
+        self.last_status = self.client.job_status(self.name)
         return self.last_status
 
     def wait(
@@ -436,7 +593,12 @@ class Job:
         poll_interval: float = 0.5,
         progress: bool = False,
     ) -> JobStatus:
-        """Polls until the job finishes. Raises JobFailed if it FAILED, TimeoutError on timeout."""
+        """Waits until the job finishes and returns its final status.
+
+        `progress=True` shows a tqdm bar of epochs with the state, the latest loss and metrics,
+        and the ETA. Raises JobFailed if the job FAILED (a CANCELLED job is returned) and
+        TimeoutError after `timeout` seconds.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = None
         if progress:
@@ -447,9 +609,7 @@ class Job:
             while True:
                 status = self.status()
                 if bar is not None:
-                    bar.total = status.total_epochs or bar.total
-                    bar.update(status.epoch - bar.n)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in sorted(status.metrics.items())})
+                    _update_bar(bar, status)
                 if status.finished:
                     break
                 if deadline is not None and time.monotonic() > deadline:
@@ -462,16 +622,27 @@ class Job:
             raise JobFailed(f"{self.name} failed: {status.error}")
         return status
 
-    def watch(self, after_sequence: int = 0) -> Iterator[jobs_pb2.JobEvent]:
-        return self.client.watch_job(self.name, after_sequence)
+    def watch(
+        self, after_sequence: int = 0, *, timeout: float | None = None, reconnect: bool = True
+    ) -> JobWatch:
+        """The job's events (see `Client.watch_job`), reconnecting transparently."""
+        return self.client.watch_job(self.name, after_sequence, timeout, reconnect=reconnect)
 
-    def metrics(self, names: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    def metrics(self, names: Sequence[str] = ()) -> Metrics:
+        """Each metric as an (points, 3) array of step, epoch, value; `to_pandas()` for a
+        DataFrame."""
         return self.client.job_metrics(self.name, names)
 
     def checkpoints(self) -> list[jobs_pb2.Checkpoint]:
+        """The job's checkpoints, oldest first."""
         return self.client.job_checkpoints(self.name)
 
+    def model_metadata(self, checkpoint: str = "") -> predictions_pb2.ModelMetadata:
+        """The trained model's shapes, classes and size."""
+        return self.client.model_metadata(self.name, checkpoint)
+
     def delete(self) -> None:
+        """Deletes the finished job with its metrics and checkpoints."""
         self.client.delete_job(self.name)
 
     def cancel(self) -> JobStatus:
@@ -479,29 +650,35 @@ class Job:
         self.last_status = self.client.cancel_job(self.name)
         return self.last_status
 
-    def predict(self, inputs: np.ndarray, *, checkpoint: str = "") -> Prediction:
+    def predict(
+        self, inputs: np.ndarray | Sequence[Sequence[float]], *, checkpoint: str = ""
+    ) -> Prediction:
+        """Predictions of the job's model (latest checkpoint unless told otherwise)."""
         return self.client.predict(self.name, inputs, checkpoint=checkpoint)
 
+    def plot(self, path: PathLike | None = None, *, dpi: int = 100) -> Path:
+        """Saves a PNG of the training curves (default `<job id>.png`) and returns its path.
 
-def _infer_task(targets: np.ndarray) -> str:
-    if targets.dtype.kind in "iub":
-        return (
-            "binary"
-            if targets.size and set(np.unique(targets).tolist()) <= {0, 1}
-            else "multiclass"
-        )
-    return "regression"
+        Needs matplotlib (`pip install 'trainwire[plot]'`).
+        """
+        from .plot import save_metrics_plot
 
-
-def _le_bytes(array: np.ndarray) -> bytes:
-    return to_tensor(array).data
+        target = path if path is not None else f"{self.name.rsplit('/', 1)[-1]}.png"
+        title = self.last_status.display_name or self.name
+        return save_metrics_plot(self.metrics(), target, title=title, dpi=dpi)
 
 
-def _join_predictions(parts: list[predictions_pb2.PredictResponse]) -> Prediction:
-    def join(field_name: str) -> np.ndarray | None:
-        arrays = [from_tensor(getattr(p, field_name)) for p in parts if p.HasField(field_name)]
-        return np.concatenate(arrays) if arrays else None
+def _update_bar(bar: Any, status: JobStatus) -> None:
+    """Moves a tqdm bar to a status: epochs done, state, latest metrics."""
+    if status.total_epochs and bar.total != status.total_epochs:
+        bar.total = status.total_epochs
+        bar.refresh()
+    bar.update(max(status.epoch - bar.n, 0))
+    postfix = {"state": status.state.lower()}
+    postfix.update({k: f"{v:.4g}" for k, v in sorted(status.metrics.items())})
+    bar.set_postfix(postfix, refresh=True)
 
-    outputs = join("outputs")
-    assert outputs is not None
-    return Prediction(outputs, join("probabilities"), join("labels"), parts[-1].checkpoint)
+
+# Names kept for code that imported these helpers from this module.
+_infer_task = infer_task
+_join_predictions = join_predictions

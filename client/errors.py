@@ -1,9 +1,18 @@
-"""SDK exceptions: one class per gRPC status a caller may want to handle, keeping the details."""
+"""SDK exceptions: one class per gRPC status a caller may want to handle, keeping the details.
+
+Every exception is a `TrainwireError` with the gRPC `code` and the server's `field_violations`
+(`[(field, description), ...]`). Mistakes the SDK finds itself, before any network call, raise
+`SpecError`, which is both an `InvalidArgument` and a `ValueError`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import cast
+
 import grpc
-from google.rpc import error_details_pb2
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 
@@ -21,45 +30,66 @@ class TrainwireError(Exception):
         self.code = code
         self.field_violations = field_violations or []
 
+    @property
+    def code_name(self) -> str:
+        """The status code's name (`NOT_FOUND`, ...), or `UNKNOWN` when there is none."""
+        return self.code.name if self.code is not None else "UNKNOWN"
+
 
 class InvalidArgument(TrainwireError):
-    pass
+    """The request is malformed or names something impossible (INVALID_ARGUMENT)."""
+
+
+class SpecError(InvalidArgument, ValueError):
+    """The SDK found a mistake in a model or training spec before sending anything."""
+
+    def __init__(self, violations: list[tuple[str, str]]) -> None:
+        message = "; ".join(f"{field}: {description}" for field, description in violations)
+        super().__init__(message, grpc.StatusCode.INVALID_ARGUMENT, violations)
 
 
 class NotFound(TrainwireError):
-    pass
+    """The dataset, job or checkpoint does not exist (or belongs to another project)."""
 
 
 class AlreadyExists(TrainwireError):
-    pass
+    """The resource exists already (ALREADY_EXISTS)."""
 
 
 class FailedPrecondition(TrainwireError):
-    pass
+    """The resource is not in a state that allows the call (FAILED_PRECONDITION)."""
 
 
 class ResourceExhausted(TrainwireError):
-    pass
+    """A limit was reached: a configured maximum or a busy server (RESOURCE_EXHAUSTED)."""
 
 
 class Unauthenticated(TrainwireError):
-    pass
+    """No API key, or one the server does not know (UNAUTHENTICATED)."""
 
 
 class PermissionDenied(TrainwireError):
-    pass
+    """The API key may not do this (PERMISSION_DENIED)."""
 
 
 class Unavailable(TrainwireError):
-    pass
+    """The server could not be reached, even after retries (UNAVAILABLE)."""
 
 
 class DeadlineExceeded(TrainwireError):
-    pass
+    """The call did not finish within its deadline (DEADLINE_EXCEEDED)."""
 
 
 class Unimplemented(TrainwireError):
-    pass
+    """The server does not implement this call (UNIMPLEMENTED)."""
+
+
+class Cancelled(TrainwireError):
+    """The call was cancelled (CANCELLED)."""
+
+
+class Internal(TrainwireError):
+    """The server hit an unexpected error; its log has the details (INTERNAL)."""
 
 
 class JobFailed(TrainwireError):
@@ -77,20 +107,56 @@ _BY_CODE: dict[grpc.StatusCode, type[TrainwireError]] = {
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+    grpc.StatusCode.CANCELLED: Cancelled,
+    grpc.StatusCode.INTERNAL: Internal,
 }
+
+
+def status_of(error: grpc.RpcError) -> tuple[grpc.StatusCode | None, str]:
+    """The status code and details of a failed call (sync or asyncio)."""
+    code = getattr(error, "code", None)
+    details = getattr(error, "details", None)
+    return (
+        code() if callable(code) else None,
+        (details() if callable(details) else None) or str(error),
+    )
+
+
+def error_for(
+    code: grpc.StatusCode | None, message: str, violations: list[tuple[str, str]] | None = None
+) -> TrainwireError:
+    """The SDK exception for a status code."""
+    kind = _BY_CODE.get(code, TrainwireError) if code is not None else TrainwireError
+    return kind(message, code, violations)
 
 
 def from_rpc_error(error: grpc.RpcError) -> TrainwireError:
     """The SDK exception for a failed call, with the server's field violations if it sent any."""
-    code = error.code() if isinstance(error, grpc.Call) else None
-    message = error.details() if isinstance(error, grpc.Call) else str(error)
+    code, message = status_of(error)
     violations: list[tuple[str, str]] = []
     status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
     if status is not None:
-        for detail in status.details:
-            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad_request = error_details_pb2.BadRequest()
-                detail.Unpack(bad_request)
-                violations += [(v.field, v.description) for v in bad_request.field_violations]
-    kind = _BY_CODE.get(code, TrainwireError) if code is not None else TrainwireError
-    return kind(message or "", code, violations)
+        violations = _violations(status.details)
+    return error_for(code, message or "", violations)
+
+
+def from_aio_error(error: grpc.aio.AioRpcError) -> TrainwireError:
+    """The SDK exception for a failed asyncio call, with its field violations."""
+    code, message = error.code(), error.details() or ""
+    violations: list[tuple[str, str]] = []
+    metadata = cast("Sequence[tuple[str, str | bytes]]", error.trailing_metadata() or ())
+    for key, value in metadata:
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            violations = _violations(status.details)
+    return error_for(code, message, violations)
+
+
+def _violations(details: Iterable[any_pb2.Any]) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    for detail in details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            found += [(v.field, v.description) for v in bad_request.field_violations]
+    return found

@@ -41,6 +41,7 @@ def dtype_of(code: int) -> np.dtype:
 
 
 def dtype_name(code: int) -> str:
+    """The NumPy name (`float32`, ...) of a wire code."""
     return str(dtype_of(code).newbyteorder("="))
 
 
@@ -52,6 +53,7 @@ def to_tensor(array: np.ndarray) -> tensor_pb2.Tensor:
 
 
 def expected_nbytes(dtype: np.dtype, shape: tuple[int, ...]) -> int:
+    """The byte count of a tensor of `dtype` and `shape`; TensorError for negative sizes."""
     count = 1
     for size in shape:
         if size < 0:

@@ -1,0 +1,505 @@
+"""`AsyncClient`: the SDK for asyncio services, with the same surface as `Client`.
+
+    async with AsyncClient("localhost:50051") as client:
+        data = await client.upload_dataset(X, y, name="iris")
+        job = await client.create_job(data, Sequential([Dense(16, activation="relu"), Dense(3)]))
+        async for event in job.watch():
+            ...
+        print((await job.predict(X[:5])).labels)
+
+Deadlines, retries (`RetryPolicy`), local validation, reconnecting watches and errors behave as in
+the sync client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+import numpy as np
+
+from trainwire.v1 import datasets_pb2, jobs_pb2, predictions_pb2
+
+from .builders import ModelLike
+from .client import DEFAULT_MESSAGE_BYTES, DEFAULT_TARGET, Client, env_settings, reconnectable
+from .errors import DeadlineExceeded, JobFailed, NotFound, Unavailable, from_aio_error
+from .files import PathLike
+from .results import DatasetInfo, JobStatus, Metrics, Prediction
+from .retry import RetryPolicy
+from .rpc import AioRpc, channel_credentials, channel_options
+from .wire import (
+    Upload,
+    as_inputs,
+    create_job_request,
+    join_predictions,
+    list_jobs_request,
+    metrics_from_response,
+    predict_requests,
+)
+
+log = logging.getLogger("trainwire.client")
+R = TypeVar("R")
+
+
+class AsyncClient:
+    """An asyncio connection to a Trainwire server; use `async with`, or `await close()`.
+
+    Arguments are those of `Client`.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        api_key: str | None = None,
+        tls: bool | str = False,
+        client_cert: tuple[str, str] | None = None,
+        timeout: float = 30.0,
+        max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
+        retry: RetryPolicy | None = None,
+        watch_reconnect_s: float = 300.0,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive. Received: {timeout}")
+        self.target = target
+        self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
+        self.retry = retry or RetryPolicy()
+        self.watch_reconnect_s = watch_reconnect_s
+        options = channel_options(max_message_bytes)
+        credentials = channel_credentials(tls, client_cert)
+        if credentials is not None:
+            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        )
+        self._rpc = AioRpc(self._channel)
+        self._uploaded: dict[str, str] = {}
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> AsyncClient:
+        """A client configured like `Client.from_env`."""
+        return cls(**{**env_settings(), **overrides})
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"AsyncClient({self.target!r})"
+
+    async def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
+        await self._channel.close(None)
+
+    async def _call(
+        self,
+        method: Callable[..., Awaitable[R]],
+        request: Any,
+        timeout: float | None = None,
+        *,
+        idempotent: bool = True,
+    ) -> R:
+        """One call with a deadline; idempotent calls are retried within it."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - time.monotonic()
+            try:
+                return await method(request, timeout=max(remaining, 0.001), metadata=self._metadata)
+            except grpc.aio.AioRpcError as error:
+                remaining = deadline - time.monotonic()
+                code, details = error.code(), error.details() or ""
+                delay = self.retry.next_delay(attempt, code, details, remaining)
+                if not idempotent or delay is None:
+                    raise from_aio_error(error) from None
+                log.debug("retrying after %s (attempt %d, %.2fs)", code, attempt, delay)
+                await asyncio.sleep(delay)
+
+    # --- datasets -----------------------------------------------------------------------------
+
+    async def upload_dataset(
+        self,
+        features: np.ndarray | PathLike,
+        targets: np.ndarray | PathLike | None = None,
+        *,
+        task: str | None = None,
+        name: str = "",
+        num_classes: int = 0,
+        feature_names: Sequence[str] = (),
+        class_names: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
+        target_column: str | int | None = None,
+        dedupe: bool = True,
+        timeout: float | None = None,
+    ) -> DatasetInfo:
+        """Uploads a dataset, content-addressed, as `Client.upload_dataset` (no progress bar)."""
+        upload = Client._prepare(
+            features, targets, task, name, num_classes, feature_names, class_names, labels,
+            target_column,
+        )  # fmt: skip
+        if dedupe:
+            existing = await self.find_dataset(upload)
+            if existing is not None:
+                return existing
+        response = await self._call(
+            self._rpc.upload_dataset,
+            upload.requests(),
+            timeout or max(self.timeout, 300.0),
+            idempotent=False,
+        )
+        info = DatasetInfo.from_proto(response)
+        self._uploaded[upload.sha256] = info.name
+        return info
+
+    async def find_dataset(self, upload: Upload) -> DatasetInfo | None:
+        """A stored dataset of this project holding exactly `upload`'s arrays, if any."""
+        known = self._uploaded.get(upload.sha256)
+        if known is not None:
+            try:
+                info = await self.get_dataset(known)
+                if upload.matches(info):
+                    return info
+            except NotFound:
+                pass
+            del self._uploaded[upload.sha256]
+        async for info in self.list_datasets():
+            if upload.matches(info):
+                self._uploaded[upload.sha256] = info.name
+                return info
+        return None
+
+    async def get_dataset(self, name: str) -> DatasetInfo:
+        """One dataset by name."""
+        request = datasets_pb2.GetDatasetRequest(name=name)
+        return DatasetInfo.from_proto(await self._call(self._rpc.get_dataset, request))
+
+    async def list_datasets(self, page_size: int = 100) -> AsyncIterator[DatasetInfo]:
+        """The project's datasets, newest first."""
+        token = ""
+        while True:
+            request = datasets_pb2.ListDatasetsRequest(page_size=page_size, page_token=token)
+            response = await self._call(self._rpc.list_datasets, request)
+            for dataset in response.datasets:
+                yield DatasetInfo.from_proto(dataset)
+            token = response.next_page_token
+            if not token:
+                return
+
+    async def delete_dataset(self, name: str) -> None:
+        """Deletes a dataset; refused (FailedPrecondition) while an unfinished job uses it."""
+        await self._call(self._rpc.delete_dataset, datasets_pb2.DeleteDatasetRequest(name=name))
+        self._uploaded = {k: v for k, v in self._uploaded.items() if v != name}
+
+    # --- jobs ---------------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        dataset: str | DatasetInfo,
+        model: ModelLike,
+        *,
+        epochs: int = 10,
+        batch_size: int = 32,
+        optimizer: str | Mapping[str, Any] = "adam",
+        learning_rate: float = 0.0,
+        loss: str = "",
+        metrics: Sequence[str] = (),
+        validation_fraction: float = 0.0,
+        seed: int = 0,
+        checkpoint_every_epochs: int = 0,
+        schedule: str | Mapping[str, float | str] | None = None,
+        early_stopping: Mapping[str, Any] | None = None,
+        dtype: str = "float32",
+        display_name: str = "",
+        labels: Mapping[str, str] | None = None,
+        queue: str = "",
+        priority: int = 0,
+        max_attempts: int = 0,
+        request_id: str | None = None,
+        log_every_steps: int = 0,
+        keep_checkpoints: int = 0,
+        validate: bool = True,
+    ) -> AsyncJob:
+        """Submits a training job (see `Client.create_job`)."""
+        request = create_job_request(
+            dataset, model, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+            learning_rate=learning_rate, loss=loss, metrics=metrics,
+            validation_fraction=validation_fraction, seed=seed,
+            checkpoint_every_epochs=checkpoint_every_epochs, schedule=schedule,
+            early_stopping=early_stopping, dtype=dtype, display_name=display_name, labels=labels,
+            queue=queue, priority=priority, max_attempts=max_attempts, request_id=request_id,
+            log_every_steps=log_every_steps, keep_checkpoints=keep_checkpoints, validate=validate,
+        )  # fmt: skip
+        return AsyncJob(self, JobStatus.from_proto(await self._call(self._rpc.create_job, request)))
+
+    async def get_job(self, name: str) -> AsyncJob:
+        """A handle on an existing job, with its current status."""
+        return AsyncJob(self, await self.job_status(name))
+
+    async def job_status(self, name: str) -> JobStatus:
+        """The current status of a job."""
+        request = jobs_pb2.GetJobRequest(name=name)
+        return JobStatus.from_proto(await self._call(self._rpc.get_job, request))
+
+    async def list_jobs(
+        self,
+        *,
+        state: str | None = None,
+        dataset: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[AsyncJob]:
+        """Jobs, newest first, optionally filtered."""
+        token = ""
+        while True:
+            request = list_jobs_request(
+                token, state=state, dataset=dataset, labels=labels, page_size=page_size
+            )
+            response = await self._call(self._rpc.list_jobs, request)
+            for job in response.jobs:
+                yield AsyncJob(self, JobStatus.from_proto(job))
+            token = response.next_page_token
+            if not token:
+                return
+
+    async def cancel_job(self, name: str) -> JobStatus:
+        """Cancels a job: a queued one at once, a running one at its next batch."""
+        request = jobs_pb2.CancelJobRequest(name=name)
+        return JobStatus.from_proto(await self._call(self._rpc.cancel_job, request))
+
+    async def delete_job(self, name: str) -> None:
+        """Deletes a finished job with its metrics and checkpoints."""
+        await self._call(self._rpc.delete_job, jobs_pb2.DeleteJobRequest(name=name))
+
+    def watch_job(
+        self,
+        name: str,
+        after_sequence: int = 0,
+        timeout: float | None = None,
+        *,
+        reconnect: bool = True,
+    ) -> AsyncJobWatch:
+        """The job's events after `after_sequence` (see `Client.watch_job`); `async for` it."""
+        return AsyncJobWatch(self, name, after_sequence, timeout, reconnect)
+
+    async def job_metrics(self, name: str, names: Sequence[str] = ()) -> Metrics:
+        """Each metric as an array of shape (points, 3): step, epoch, value."""
+        request = jobs_pb2.ListJobMetricsRequest(name=name, metric_names=list(names))
+        return metrics_from_response(await self._call(self._rpc.list_job_metrics, request))
+
+    async def job_checkpoints(self, name: str) -> list[jobs_pb2.Checkpoint]:
+        """The job's checkpoints, oldest first."""
+        request = jobs_pb2.ListCheckpointsRequest(name=name)
+        return list((await self._call(self._rpc.list_checkpoints, request)).checkpoints)
+
+    async def model_metadata(self, job: str, checkpoint: str = "") -> predictions_pb2.ModelMetadata:
+        """Input and output shapes, classes and size of a job's trained model."""
+        request = predictions_pb2.GetModelMetadataRequest(job=job, checkpoint=checkpoint)
+        return await self._call(self._rpc.get_model_metadata, request)
+
+    async def predict(
+        self,
+        job: str | AsyncJob,
+        inputs: np.ndarray | Sequence[Sequence[float]],
+        *,
+        checkpoint: str = "",
+    ) -> Prediction:
+        """Predicts for the rows of `inputs` (see `Client.predict`)."""
+        name = job.name if isinstance(job, AsyncJob) else job
+        requests = predict_requests(name, as_inputs(inputs), checkpoint, self.max_message_bytes)
+        return join_predictions([await self._call(self._rpc.predict, r) for r in requests])
+
+
+class AsyncJobWatch(AsyncIterator[jobs_pb2.JobEvent]):
+    """An async iterator of a job's events that survives dropped connections and restarts."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        name: str,
+        after_sequence: int,
+        timeout: float | None,
+        reconnect: bool,
+    ) -> None:
+        self.client = client
+        self.name = name
+        self.last_sequence = after_sequence
+        self.reconnects = 0
+        self.reconnect = reconnect
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._stream: grpc.aio.UnaryStreamCall[jobs_pb2.WatchJobRequest, jobs_pb2.JobEvent] | None
+        self._stream = None
+        self._events: AsyncIterator[jobs_pb2.JobEvent] | None = None
+        self._failures = 0
+        self._outage_since: float | None = None
+        self._closed = False
+
+    def __aiter__(self) -> AsyncJobWatch:
+        return self
+
+    async def __anext__(self) -> jobs_pb2.JobEvent:
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._stream is None:
+                request = jobs_pb2.WatchJobRequest(
+                    name=self.name, after_sequence=self.last_sequence
+                )
+                remaining = (
+                    None if self._deadline is None else max(self._deadline - time.monotonic(), 0)
+                )
+                self._stream = self.client._rpc.watch_job(
+                    request, timeout=remaining, metadata=self.client._metadata
+                )
+                self._events = self._stream.__aiter__()
+            assert self._events is not None
+            try:
+                event = await anext(self._events)
+            except StopAsyncIteration:
+                self.close()
+                raise
+            except grpc.aio.AioRpcError as error:
+                self._stream = self._events = None
+                await self._recover(error)
+                continue
+            self._failures, self._outage_since = 0, None
+            if event.sequence <= self.last_sequence:
+                continue
+            self.last_sequence = event.sequence
+            return event
+
+    async def _recover(self, error: grpc.aio.AioRpcError) -> None:
+        code, details = error.code(), error.details() or ""
+        if self._closed:
+            raise StopAsyncIteration
+        if not self.reconnect or not reconnectable(code, details):
+            raise from_aio_error(error) from None
+        now = time.monotonic()
+        self._outage_since = self._outage_since or now
+        if now - self._outage_since > self.client.watch_reconnect_s:
+            raise Unavailable(
+                f"watching {self.name}: the server stayed unreachable for "
+                f"{self.client.watch_reconnect_s:g}s ({details})",
+                code,
+            ) from None
+        self._failures += 1
+        delay = min(0.05 * 2**self._failures, 2.0) * random.uniform(0.5, 1.0)
+        if self._deadline is not None and now + delay >= self._deadline:
+            raise DeadlineExceeded(f"watching {self.name}: timed out", code) from None
+        log.info("watch of %s lost (%s); reconnecting in %.2fs", self.name, code, delay)
+        self.reconnects += 1
+        await asyncio.sleep(delay)
+
+    def close(self) -> None:
+        """Stops the watch and cancels its stream."""
+        self._closed = True
+        if self._stream is not None:
+            self._stream.cancel()
+        self._stream = self._events = None
+
+
+class AsyncJob:
+    """A handle on one training job, for asyncio code (see `Job`)."""
+
+    def __init__(self, client: AsyncClient, status: JobStatus) -> None:
+        self.client = client
+        self.name = status.name
+        self.last_status = status
+
+    def __repr__(self) -> str:
+        return f"AsyncJob({self.name!r}, state={self.last_status.state})"
+
+    async def status(self) -> JobStatus:
+        """The job's current status (also kept as `last_status`)."""
+        self.last_status = await self.client.job_status(self.name)
+        return self.last_status
+
+    async def wait(
+        self,
+        timeout: float | None = None,
+        *,
+        poll_interval: float = 0.5,
+        progress: bool = False,
+    ) -> JobStatus:
+        """Waits until the job finishes (see `Job.wait`); raises JobFailed or TimeoutError."""
+        from .client import _update_bar
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.last_status.total_epochs or None, unit="epoch", desc=self.name)
+        try:
+            while True:
+                status = await self.status()
+                if bar is not None:
+                    _update_bar(bar, status)
+                if status.finished:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.name} is still {status.state} after {timeout}s")
+                await asyncio.sleep(poll_interval)
+        finally:
+            if bar is not None:
+                bar.close()
+        if status.state == "FAILED":
+            raise JobFailed(f"{self.name} failed: {status.error}")
+        return status
+
+    def watch(
+        self, after_sequence: int = 0, *, timeout: float | None = None, reconnect: bool = True
+    ) -> AsyncJobWatch:
+        """The job's events, reconnecting transparently; `async for` it."""
+        return self.client.watch_job(self.name, after_sequence, timeout, reconnect=reconnect)
+
+    async def metrics(self, names: Sequence[str] = ()) -> Metrics:
+        """Each metric as an (points, 3) array of step, epoch, value."""
+        return await self.client.job_metrics(self.name, names)
+
+    async def checkpoints(self) -> list[jobs_pb2.Checkpoint]:
+        """The job's checkpoints, oldest first."""
+        return await self.client.job_checkpoints(self.name)
+
+    async def model_metadata(self, checkpoint: str = "") -> predictions_pb2.ModelMetadata:
+        """The trained model's shapes, classes and size."""
+        return await self.client.model_metadata(self.name, checkpoint)
+
+    async def delete(self) -> None:
+        """Deletes the finished job with its metrics and checkpoints."""
+        await self.client.delete_job(self.name)
+
+    async def cancel(self) -> JobStatus:
+        """Cancels the job."""
+        self.last_status = await self.client.cancel_job(self.name)
+        return self.last_status
+
+    async def predict(
+        self, inputs: np.ndarray | Sequence[Sequence[float]], *, checkpoint: str = ""
+    ) -> Prediction:
+        """Predictions of the job's model."""
+        return await self.client.predict(self.name, inputs, checkpoint=checkpoint)
+
+    async def plot(self, path: PathLike | None = None, *, dpi: int = 100) -> Path:
+        """Saves a PNG of the training curves (see `Job.plot`); drawing runs in a thread."""
+        from .plot import save_metrics_plot
+
+        metrics = await self.metrics()
+        target = path if path is not None else f"{self.name.rsplit('/', 1)[-1]}.png"
+        title = self.last_status.display_name or self.name
+        return await asyncio.to_thread(save_metrics_plot, metrics, target, title, dpi)
+
+
+__all__ = ["AsyncClient", "AsyncJob", "AsyncJobWatch"]

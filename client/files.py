@@ -1,0 +1,174 @@
+"""Datasets and prediction inputs from files: CSV, NPY and NPZ.
+
+- CSV: a header row is optional. The target column is named by `target_column` (a header name
+  or a 0-based index) and is the last column by default. Integer text targets become int64
+  labels, other numbers float32 regression targets, and words (`setosa`) class labels numbered
+  in sorted order (their names become the dataset's class names). Features must be numeric.
+- NPY: one array per file (features, then targets from a second file).
+- NPZ: arrays named `X`/`y` or `features`/`targets`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .results import Prediction
+
+PathLike = str | Path
+
+
+@dataclass(frozen=True)
+class TableData:
+    """Arrays read from a file, with the column and class names it gave."""
+
+    features: np.ndarray
+    targets: np.ndarray | None
+    feature_names: list[str]
+    class_names: list[str]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def read_csv(path: PathLike, target_column: str | int | None = -1) -> TableData:
+    """Features (float32) and targets from a CSV file; `target_column=None` reads features only."""
+    with Path(path).open(newline="") as handle:
+        rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    if not rows:
+        raise ValueError(f"{path} has no rows")
+    has_header = not all(_is_number(cell) for cell in rows[0])
+    header = [c.strip() for c in rows[0]] if has_header else [f"x{i}" for i in range(len(rows[0]))]
+    body = rows[1:] if has_header else rows
+    if not body:
+        raise ValueError(f"{path} has a header but no data rows")
+    width = len(header)
+    for number, row in enumerate(body, start=2 if has_header else 1):
+        if len(row) != width:
+            raise ValueError(f"{path}:{number} has {len(row)} columns, the header has {width}")
+    column: int | None = None
+    if target_column is not None:
+        if isinstance(target_column, str) and not target_column.lstrip("-").isdigit():
+            if target_column not in header:
+                raise ValueError(
+                    f"target column {target_column!r} is not in {path}; columns: {header}"
+                )
+            column = header.index(target_column)
+        else:
+            column = int(target_column) % width
+    feature_columns = [i for i in range(width) if i != column]
+    try:
+        features = np.array(
+            [[float(row[i]) for i in feature_columns] for row in body], dtype=np.float32
+        )
+    except ValueError as error:
+        raise ValueError(f"{path}: every feature column must be numeric ({error})") from None
+    targets: np.ndarray | None = None
+    class_names: list[str] = []
+    if column is not None:
+        cells = [row[column].strip() for row in body]
+        if all(_is_int(c) for c in cells):
+            targets = np.array([int(c) for c in cells], dtype=np.int64)
+        elif all(_is_number(c) for c in cells):
+            targets = np.array([float(c) for c in cells], dtype=np.float32)
+        else:
+            class_names = sorted(set(cells))
+            index = {name: i for i, name in enumerate(class_names)}
+            targets = np.array([index[c] for c in cells], dtype=np.int64)
+    names = [header[i] for i in feature_columns] if has_header else []
+    return TableData(features, targets, names, class_names)
+
+
+def read_dataset(
+    features: PathLike, targets: PathLike | None = None, target_column: str | int | None = None
+) -> TableData:
+    """A dataset from a CSV file, an NPZ file, or NPY features (plus NPY/CSV targets)."""
+    path = Path(features)
+    suffix = path.suffix.lower()
+    if suffix == ".csv" and targets is None:
+        return read_csv(path, -1 if target_column is None else target_column)
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            for x_key, y_key in (("X", "y"), ("features", "targets"), ("x", "y")):
+                if x_key in archive and y_key in archive:
+                    return TableData(archive[x_key], archive[y_key], [], [])
+        raise ValueError(f"{path} must hold arrays X and y (or features and targets)")
+    x = read_inputs(path)
+    if targets is None:
+        raise ValueError(f"{path} holds features only; give the targets file too")
+    target_path = Path(targets)
+    if target_path.suffix.lower() == ".npy":
+        y = np.load(target_path, allow_pickle=False)
+        return TableData(x, y, [], [])
+    table = read_csv(target_path, 0)
+    if table.targets is None:
+        raise ValueError(f"{target_path} has no targets")
+    return TableData(x, table.targets, [], table.class_names)
+
+
+def read_inputs(path: PathLike) -> np.ndarray:
+    """Prediction inputs (rows of features) from a .npy or a numeric .csv file."""
+    file = Path(path)
+    suffix = file.suffix.lower()
+    if suffix == ".npy":
+        return np.asarray(np.load(file, allow_pickle=False))
+    if suffix == ".csv":
+        return read_csv(file, None).features
+    raise ValueError(f"inputs must be a .csv or .npy file. Received: {file}")
+
+
+def prediction_to_dict(prediction: Prediction) -> dict[str, Any]:
+    """A JSON-ready dict of a prediction."""
+    return {
+        "checkpoint": prediction.checkpoint,
+        "outputs": prediction.outputs.tolist(),
+        "probabilities": (
+            None if prediction.probabilities is None else prediction.probabilities.tolist()
+        ),
+        "labels": None if prediction.labels is None else prediction.labels.tolist(),
+    }
+
+
+def write_prediction(path: PathLike, prediction: Prediction) -> None:
+    """Writes predictions: .npy (labels for classifiers, else outputs), .json, or .csv (one row
+    per input: the label and class probabilities, or the outputs)."""
+    file = Path(path)
+    suffix = file.suffix.lower()
+    main = prediction.labels if prediction.labels is not None else prediction.outputs
+    if suffix == ".npy":
+        np.save(file, main)
+    elif suffix == ".json":
+        file.write_text(json.dumps(prediction_to_dict(prediction)) + "\n")
+    elif suffix == ".csv":
+        with file.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            if prediction.labels is not None and prediction.probabilities is not None:
+                classes = prediction.probabilities.shape[1]
+                writer.writerow(["label", *(f"p{i}" for i in range(classes))])
+                for label, row in zip(prediction.labels, prediction.probabilities, strict=True):
+                    writer.writerow([int(label), *(f"{p:.6g}" for p in row)])
+            else:
+                outputs = prediction.outputs.reshape(len(prediction.outputs), -1)
+                writer.writerow([f"y{i}" for i in range(outputs.shape[1])])
+                for row in outputs:
+                    writer.writerow([f"{v:.6g}" for v in row])
+    else:
+        raise ValueError(f"output must be a .csv, .json or .npy file. Received: {file}")

@@ -1,0 +1,255 @@
+"""What SDK calls return: small typed snapshots of datasets, jobs, metrics and predictions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from trainwire.v1 import datasets_pb2, jobs_pb2
+
+TASKS = {
+    "regression": datasets_pb2.TASK_KIND_REGRESSION,
+    "binary": datasets_pb2.TASK_KIND_BINARY_CLASSIFICATION,
+    "multiclass": datasets_pb2.TASK_KIND_MULTICLASS_CLASSIFICATION,
+}
+TASK_NAMES = {code: name for name, code in TASKS.items()}
+#: States a job does not leave.
+FINISHED = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+#: Every job state, in lifecycle order.
+STATES = ("QUEUED", "RUNNING", "CANCELLING", "SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def state_name(code: int) -> str:
+    """`JOB_STATE_RUNNING` (or its number) as `RUNNING`."""
+    return str(jobs_pb2.JobState.Name(code)).removeprefix("JOB_STATE_")
+
+
+def state_code(name: str) -> jobs_pb2.JobState.ValueType:
+    """`running` or `RUNNING` as the `JobState` number; ValueError for unknown names."""
+    try:
+        return jobs_pb2.JobState.Value(f"JOB_STATE_{name.upper()}")
+    except ValueError:
+        raise ValueError(f"state must be one of {', '.join(STATES)}. Received: {name!r}") from None
+
+
+def _time(message: Any) -> datetime | None:
+    return message.ToDatetime() if message.seconds or message.nanos else None
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A stored dataset. `name` (`datasets/…`) is what jobs refer to."""
+
+    name: str
+    display_name: str
+    task: str
+    num_examples: int
+    num_features: int
+    num_classes: int
+    size_bytes: int
+    sha256: str
+    feature_shape: tuple[int, ...] = ()
+    target_shape: tuple[int, ...] = ()
+    create_time: datetime | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_proto(cls, message: datasets_pb2.Dataset) -> DatasetInfo:
+        """The snapshot of a `Dataset` message."""
+        return cls(
+            name=message.name,
+            display_name=message.display_name,
+            task=TASK_NAMES.get(message.task, "unspecified"),
+            num_examples=message.num_examples,
+            num_features=int(message.features.shape[1]) if len(message.features.shape) > 1 else 0,
+            num_classes=message.num_classes,
+            size_bytes=message.size_bytes,
+            sha256=message.sha256,
+            feature_shape=tuple(int(s) for s in message.features.shape),
+            target_shape=tuple(int(s) for s in message.targets.shape),
+            create_time=_time(message.create_time),
+            labels=dict(message.labels),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "name": self.name,
+            "display_name": self.display_name,
+            "task": self.task,
+            "num_examples": self.num_examples,
+            "num_features": self.num_features,
+            "num_classes": self.num_classes,
+            "size_bytes": self.size_bytes,
+            "sha256": self.sha256,
+            "feature_shape": list(self.feature_shape),
+            "target_shape": list(self.target_shape),
+            "create_time": self.create_time.isoformat() if self.create_time else None,
+            "labels": dict(self.labels),
+        }
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A snapshot of a job.
+
+    `state` is QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING or CANCELLED.
+    """
+
+    name: str
+    state: str
+    epoch: int
+    total_epochs: int
+    metrics: dict[str, float]
+    error: str
+    attempt: int
+    examples_per_second: float
+    eta_seconds: float
+    raw: jobs_pb2.Job = field(repr=False)
+
+    @classmethod
+    def from_proto(cls, message: jobs_pb2.Job) -> JobStatus:
+        """The snapshot of a `Job` message."""
+        return cls(
+            name=message.name,
+            state=state_name(message.state),
+            epoch=message.progress.epoch,
+            total_epochs=message.progress.total_epochs,
+            metrics=dict(message.metrics),
+            error=message.error,
+            attempt=message.attempt,
+            examples_per_second=message.progress.examples_per_second,
+            eta_seconds=message.progress.eta_seconds,
+            raw=message,
+        )
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job reached SUCCEEDED, FAILED or CANCELLED."""
+        return self.state in FINISHED
+
+    @property
+    def display_name(self) -> str:
+        """The job's display name."""
+        return str(self.raw.display_name)
+
+    @property
+    def dataset(self) -> str:
+        """The name of the job's dataset."""
+        return str(self.raw.dataset)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "name": self.name,
+            "display_name": self.raw.display_name,
+            "dataset": self.raw.dataset,
+            "state": self.state,
+            "epoch": self.epoch,
+            "total_epochs": self.total_epochs,
+            "metrics": dict(self.metrics),
+            "error": self.error,
+            "attempt": self.attempt,
+            "examples_per_second": self.examples_per_second,
+            "eta_seconds": self.eta_seconds,
+            "create_time": _iso(self.raw.create_time),
+            "start_time": _iso(self.raw.start_time),
+            "end_time": _iso(self.raw.end_time),
+            "labels": dict(self.raw.labels),
+            "queue": self.raw.queue,
+            "priority": self.raw.priority,
+        }
+
+
+def _iso(message: Any) -> str | None:
+    moment = _time(message)
+    return moment.isoformat() if moment else None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Model outputs; for classifiers also class probabilities and labels."""
+
+    outputs: np.ndarray
+    probabilities: np.ndarray | None
+    labels: np.ndarray | None
+    checkpoint: str
+
+
+class Metrics(dict[str, np.ndarray]):
+    """A job's metrics: each name maps to an array of shape (points, 3) of step, epoch, value.
+
+    `Metrics` is a plain dict with helpers: `values("loss")`, `epochs("loss")`, `steps("loss")`
+    and `to_pandas()` (a long DataFrame: metric, step, epoch, value; needs pandas).
+    """
+
+    def values_of(self, name: str) -> np.ndarray:
+        """The values of one metric, in step order."""
+        return self[name][:, 2]
+
+    def epochs(self, name: str) -> np.ndarray:
+        """The epoch of each point of one metric."""
+        return self[name][:, 1].astype(np.int64)
+
+    def steps(self, name: str) -> np.ndarray:
+        """The optimizer step of each point of one metric."""
+        return self[name][:, 0].astype(np.int64)
+
+    def to_pandas(self) -> Any:
+        """A pandas DataFrame with columns metric, step, epoch, value (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as error:
+            raise ImportError(
+                "Metrics.to_pandas() needs pandas: pip install pandas (the arrays of this dict "
+                "work without it)"
+            ) from error
+        rows = [
+            {"metric": name, "step": int(s), "epoch": int(e), "value": float(v)}
+            for name, points in self.items()
+            for s, e, v in points
+        ]
+        return pd.DataFrame(rows, columns=["metric", "step", "epoch", "value"])
+
+    def to_dict(self) -> dict[str, dict[str, list[float] | list[int]]]:
+        """A JSON-ready dict: {name: {"step": [...], "epoch": [...], "value": [...]}}."""
+        return {
+            name: {
+                "step": self.steps(name).tolist(),
+                "epoch": self.epochs(name).tolist(),
+                "value": self.values_of(name).tolist(),
+            }
+            for name in self
+        }
+
+
+def checkpoint_to_dict(checkpoint: jobs_pb2.Checkpoint) -> dict[str, Any]:
+    """A JSON-ready dict of a `Checkpoint` message."""
+    return {
+        "name": checkpoint.name,
+        "epoch": checkpoint.epoch,
+        "step": checkpoint.step,
+        "metrics": dict(checkpoint.metrics),
+        "size_bytes": checkpoint.size_bytes,
+        "create_time": _iso(checkpoint.create_time),
+        "is_best": checkpoint.is_best,
+        "is_final": checkpoint.is_final,
+    }
+
+
+def event_to_dict(event: jobs_pb2.JobEvent) -> dict[str, Any]:
+    """A JSON-ready dict of a `JobEvent` message."""
+    return {
+        "sequence": event.sequence,
+        "time": _iso(event.time),
+        "state": state_name(event.state),
+        "epoch": event.progress.epoch,
+        "total_epochs": event.progress.total_epochs,
+        "eta_seconds": event.progress.eta_seconds,
+        "metrics": {point.name: point.value for point in event.metrics},
+        "message": event.message,
+    }

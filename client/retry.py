@@ -1,0 +1,70 @@
+"""Retries with exponential backoff and full jitter, for idempotent calls.
+
+The SDK retries a call that failed with UNAVAILABLE (server down, restarting, connection dropped)
+or RESOURCE_EXHAUSTED (server busy), within the call's deadline. A RESOURCE_EXHAUSTED that names
+a configured limit (`max_epochs is limited to 5. Received: 6`) or a message-size limit is
+permanent and raised at once. Only idempotent calls are retried: everything except
+`UploadDataset` (`CreateJob` always carries a `request_id`, so a retry cannot create two jobs).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import grpc
+
+#: Status codes worth another attempt.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# Phrases of RESOURCE_EXHAUSTED statuses that another attempt cannot fix.
+_PERMANENT = ("is limited to", "larger than max", "message larger")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How failed idempotent calls are retried.
+
+    Attempt n (1-based) that fails waits a random time in [0, min(max_backoff,
+    initial_backoff * multiplier ** (n - 1))] ("full jitter") before the next attempt, up to
+    `max_attempts` attempts in all and never past the call's deadline.
+    """
+
+    max_attempts: int = 5
+    initial_backoff: float = 0.1
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+    codes: frozenset[grpc.StatusCode] = field(default=RETRYABLE)
+    rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1. Received: {self.max_attempts}")
+        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
+            raise ValueError("backoffs must be >= 0 and the multiplier >= 1")
+
+    def retryable(self, code: grpc.StatusCode | None, details: str) -> bool:
+        """Whether a failure with this status may succeed on another attempt."""
+        if code not in self.codes:
+            return False
+        return not (
+            code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            and any(phrase in details for phrase in _PERMANENT)
+        )
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        return self.rng.uniform(0.0, ceiling)
+
+    def next_delay(
+        self, attempt: int, code: grpc.StatusCode | None, details: str, remaining: float
+    ) -> float | None:
+        """The wait before another attempt, or None when the failure should be raised."""
+        if attempt >= self.max_attempts or not self.retryable(code, details):
+            return None
+        wait = self.delay(attempt)
+        return wait if wait < remaining else None
+
+
+#: Never retry (for callers that do their own).
+NO_RETRY = RetryPolicy(max_attempts=1)

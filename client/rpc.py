@@ -1,0 +1,173 @@
+"""Typed callables for every Trainwire RPC on a sync or asyncio channel.
+
+The generated `*_pb2_grpc` stubs are untyped; these are built from the channel with the
+messages' own (de)serializers, so each call is checked by mypy end to end.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf.message import Message
+
+from trainwire.v1 import datasets_pb2, jobs_pb2, predictions_pb2
+
+Q = TypeVar("Q", bound=Message)
+R = TypeVar("R", bound=Message)
+
+DATASETS = "/trainwire.v1.DatasetService/"
+JOBS = "/trainwire.v1.JobService/"
+PREDICTIONS = "/trainwire.v1.PredictionService/"
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+class Rpc:
+    """The RPCs on a sync channel."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        def uu(path: str, _: type[Q], response: type[R]) -> grpc.UnaryUnaryMultiCallable[Q, R]:
+            method: grpc.UnaryUnaryMultiCallable[Q, R] = channel.unary_unary(
+                path, _serialize, response.FromString
+            )
+            return method
+
+        self.upload_dataset: grpc.StreamUnaryMultiCallable[
+            datasets_pb2.UploadDatasetRequest, datasets_pb2.Dataset
+        ] = channel.stream_unary(
+            DATASETS + "UploadDataset", _serialize, datasets_pb2.Dataset.FromString
+        )
+        self.get_dataset = uu(
+            DATASETS + "GetDataset", datasets_pb2.GetDatasetRequest, datasets_pb2.Dataset
+        )
+        self.list_datasets = uu(
+            DATASETS + "ListDatasets",
+            datasets_pb2.ListDatasetsRequest,
+            datasets_pb2.ListDatasetsResponse,
+        )
+        self.delete_dataset = uu(
+            DATASETS + "DeleteDataset",
+            datasets_pb2.DeleteDatasetRequest,
+            datasets_pb2.DeleteDatasetResponse,
+        )
+        self.create_job = uu(JOBS + "CreateJob", jobs_pb2.CreateJobRequest, jobs_pb2.Job)
+        self.get_job = uu(JOBS + "GetJob", jobs_pb2.GetJobRequest, jobs_pb2.Job)
+        self.list_jobs = uu(JOBS + "ListJobs", jobs_pb2.ListJobsRequest, jobs_pb2.ListJobsResponse)
+        self.cancel_job = uu(JOBS + "CancelJob", jobs_pb2.CancelJobRequest, jobs_pb2.Job)
+        self.delete_job = uu(
+            JOBS + "DeleteJob", jobs_pb2.DeleteJobRequest, jobs_pb2.DeleteJobResponse
+        )
+        self.watch_job: grpc.UnaryStreamMultiCallable[
+            jobs_pb2.WatchJobRequest, jobs_pb2.JobEvent
+        ] = channel.unary_stream(JOBS + "WatchJob", _serialize, jobs_pb2.JobEvent.FromString)
+        self.list_job_metrics = uu(
+            JOBS + "ListJobMetrics",
+            jobs_pb2.ListJobMetricsRequest,
+            jobs_pb2.ListJobMetricsResponse,
+        )
+        self.list_checkpoints = uu(
+            JOBS + "ListCheckpoints",
+            jobs_pb2.ListCheckpointsRequest,
+            jobs_pb2.ListCheckpointsResponse,
+        )
+        self.predict = uu(
+            PREDICTIONS + "Predict", predictions_pb2.PredictRequest, predictions_pb2.PredictResponse
+        )
+        self.predict_stream: grpc.StreamStreamMultiCallable[
+            predictions_pb2.PredictRequest, predictions_pb2.PredictResponse
+        ] = channel.stream_stream(
+            PREDICTIONS + "PredictStream", _serialize, predictions_pb2.PredictResponse.FromString
+        )
+        self.get_model_metadata = uu(
+            PREDICTIONS + "GetModelMetadata",
+            predictions_pb2.GetModelMetadataRequest,
+            predictions_pb2.ModelMetadata,
+        )
+
+
+class AioRpc:
+    """The RPCs on an asyncio channel."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        def uu(path: str, _: type[Q], response: type[R]) -> grpc.aio.UnaryUnaryMultiCallable[Q, R]:
+            method: grpc.aio.UnaryUnaryMultiCallable[Q, R] = channel.unary_unary(
+                path, _serialize, response.FromString
+            )
+            return method
+
+        self.upload_dataset: grpc.aio.StreamUnaryMultiCallable[
+            datasets_pb2.UploadDatasetRequest, datasets_pb2.Dataset
+        ] = channel.stream_unary(
+            DATASETS + "UploadDataset", _serialize, datasets_pb2.Dataset.FromString
+        )
+        self.get_dataset = uu(
+            DATASETS + "GetDataset", datasets_pb2.GetDatasetRequest, datasets_pb2.Dataset
+        )
+        self.list_datasets = uu(
+            DATASETS + "ListDatasets",
+            datasets_pb2.ListDatasetsRequest,
+            datasets_pb2.ListDatasetsResponse,
+        )
+        self.delete_dataset = uu(
+            DATASETS + "DeleteDataset",
+            datasets_pb2.DeleteDatasetRequest,
+            datasets_pb2.DeleteDatasetResponse,
+        )
+        self.create_job = uu(JOBS + "CreateJob", jobs_pb2.CreateJobRequest, jobs_pb2.Job)
+        self.get_job = uu(JOBS + "GetJob", jobs_pb2.GetJobRequest, jobs_pb2.Job)
+        self.list_jobs = uu(JOBS + "ListJobs", jobs_pb2.ListJobsRequest, jobs_pb2.ListJobsResponse)
+        self.cancel_job = uu(JOBS + "CancelJob", jobs_pb2.CancelJobRequest, jobs_pb2.Job)
+        self.delete_job = uu(
+            JOBS + "DeleteJob", jobs_pb2.DeleteJobRequest, jobs_pb2.DeleteJobResponse
+        )
+        self.watch_job: grpc.aio.UnaryStreamMultiCallable[
+            jobs_pb2.WatchJobRequest, jobs_pb2.JobEvent
+        ] = channel.unary_stream(JOBS + "WatchJob", _serialize, jobs_pb2.JobEvent.FromString)
+        self.list_job_metrics = uu(
+            JOBS + "ListJobMetrics",
+            jobs_pb2.ListJobMetricsRequest,
+            jobs_pb2.ListJobMetricsResponse,
+        )
+        self.list_checkpoints = uu(
+            JOBS + "ListCheckpoints",
+            jobs_pb2.ListCheckpointsRequest,
+            jobs_pb2.ListCheckpointsResponse,
+        )
+        self.predict = uu(
+            PREDICTIONS + "Predict", predictions_pb2.PredictRequest, predictions_pb2.PredictResponse
+        )
+        self.get_model_metadata = uu(
+            PREDICTIONS + "GetModelMetadata",
+            predictions_pb2.GetModelMetadataRequest,
+            predictions_pb2.ModelMetadata,
+        )
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    """Channel options: message limits, and quick reconnection after a server restart."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+
+
+def channel_credentials(
+    tls: bool | str, client_cert: tuple[str, str] | None
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials (`tls=True`: system CAs; `tls="ca.pem"`: that CA), or None for plaintext."""
+    if not tls and client_cert is None:
+        return None
+    from pathlib import Path
+
+    root = Path(tls).read_bytes() if isinstance(tls, str) else None
+    key = chain = None
+    if client_cert is not None:
+        chain, key = Path(client_cert[0]).read_bytes(), Path(client_cert[1]).read_bytes()
+    return grpc.ssl_channel_credentials(root, key, chain)

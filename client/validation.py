@@ -1,0 +1,184 @@
+"""Local checks of model and training specs, run before any network call.
+
+They catch what can be judged without the dataset: unknown layer types, keys and registry names
+(checked against the engine's own registries), non-positive sizes, rates out of range, non-finite
+numbers. Every problem is reported at once as a `SpecError` whose `field_violations` use the
+server's field paths (`model.layers[1].units`). What needs the dataset (input width, number of
+classes, a loss that suits the targets) and the server's limits are still checked by the server.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from functools import cache
+from typing import Any
+
+from .errors import SpecError
+
+LAYER_KEYS: dict[str, frozenset[str]] = {
+    "dense": frozenset(
+        {"type", "units", "activation", "use_bias", "kernel_initializer", "bias_initializer"}
+    ),
+    "dropout": frozenset({"type", "rate"}),
+    "batch_norm": frozenset({"type", "momentum", "epsilon"}),
+    "activation": frozenset({"type", "activation"}),
+}
+EARLY_STOPPING_KEYS = frozenset({"monitor", "patience", "min_delta", "restore_best_weights"})
+
+
+@cache
+def registry_names(kind: str) -> frozenset[str]:
+    """Names the engine knows for `kind` (activation, initializer, optimizer, loss, schedule,
+    metric)."""
+    from trainwire.engine import activations, initializers, losses, metrics, optimizers, schedules
+
+    modules = {
+        "activation": activations,
+        "initializer": initializers,
+        "optimizer": optimizers,
+        "loss": losses,
+        "schedule": schedules,
+        "metric": metrics,
+    }
+    return frozenset(modules[kind].REGISTRY)
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.violations: list[tuple[str, str]] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.violations.append((field, description))
+
+    def positive_int(self, field: str, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            self.add(field, f"must be a positive integer. Received: {value!r}")
+
+    def non_negative_int(self, field: str, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self.add(field, f"must be a non-negative integer. Received: {value!r}")
+
+    def number(
+        self, field: str, value: object, low: float, high: float, *, open_high: bool = False
+    ) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.add(field, f"must be a number. Received: {value!r}")
+        elif not math.isfinite(value):
+            self.add(field, f"must be a finite number. Received: {value}")
+        elif value < low or value > high or (open_high and value == high):
+            bracket = ")" if open_high else "]"
+            self.add(field, f"must be in [{low:g}, {high:g}{bracket}. Received: {value}")
+
+    def name(self, field: str, kind: str, value: object, *, optional: bool = False) -> None:
+        if isinstance(value, Mapping):
+            value = value.get("name")
+            field = f"{field}.name"
+        if optional and value in (None, ""):
+            return
+        known = registry_names(kind)
+        if not isinstance(value, str) or value.lower() not in known:
+            self.add(
+                field, f"unknown {kind} {value!r}; expected one of: {', '.join(sorted(known))}"
+            )
+
+    def raise_if_any(self) -> None:
+        if self.violations:
+            raise SpecError(self.violations)
+
+
+def check_model(spec: object) -> None:
+    """Raises SpecError listing every mistake of a model spec dict."""
+    checker = _Checker()
+    _model(checker, spec)
+    checker.raise_if_any()
+
+
+def _model(checker: _Checker, spec: object) -> None:
+    if not isinstance(spec, Mapping):
+        checker.add("model", f"must be a mapping with a 'layers' list. Received: {spec!r}")
+        return
+    for key in sorted(set(spec) - {"input_dim", "layers"}):
+        checker.add(f"model.{key}", "is not a model field; expected input_dim or layers")
+    if spec.get("input_dim") not in (None, 0):
+        checker.positive_int("model.input_dim", spec.get("input_dim"))
+    layers = spec.get("layers")
+    if not isinstance(layers, Sequence) or isinstance(layers, str) or not layers:
+        checker.add("model.layers", f"must be a non-empty list of layers. Received: {layers!r}")
+        return
+    for index, layer in enumerate(layers):
+        _layer(checker, f"model.layers[{index}]", layer)
+
+
+def _layer(checker: _Checker, path: str, layer: object) -> None:
+    if not isinstance(layer, Mapping):
+        checker.add(path, f"must be a mapping with a 'type'. Received: {layer!r}")
+        return
+    kind = layer.get("type")
+    if kind not in LAYER_KEYS:
+        checker.add(
+            f"{path}.type", f"must be one of: {', '.join(LAYER_KEYS)}. Received: type={kind!r}"
+        )
+        return
+    for key in sorted(set(layer) - LAYER_KEYS[kind]):
+        allowed = ", ".join(sorted(LAYER_KEYS[kind] - {"type"}))
+        checker.add(f"{path}.{key}", f"is not a field of a {kind} layer; expected: {allowed}")
+    if kind == "dense":
+        checker.positive_int(f"{path}.units", layer.get("units"))
+        checker.name(f"{path}.activation", "activation", layer.get("activation"), optional=True)
+        if not isinstance(layer.get("use_bias", True), bool):
+            checker.add(
+                f"{path}.use_bias", f"must be true or false. Received: {layer['use_bias']!r}"
+            )
+        for key in ("kernel_initializer", "bias_initializer"):
+            checker.name(f"{path}.{key}", "initializer", layer.get(key), optional=True)
+    elif kind == "dropout":
+        checker.number(f"{path}.rate", layer.get("rate"), 0.0, 1.0, open_high=True)
+    elif kind == "batch_norm":
+        checker.number(f"{path}.momentum", layer.get("momentum", 0.1), 0.0, 1.0)
+        checker.number(f"{path}.epsilon", layer.get("epsilon", 1e-5), 0.0, math.inf)
+    else:
+        checker.name(f"{path}.activation", "activation", layer.get("activation"))
+
+
+def check_training(
+    *,
+    epochs: object,
+    batch_size: object,
+    optimizer: str | Mapping[str, Any],
+    learning_rate: object,
+    loss: str,
+    metrics: Sequence[str],
+    validation_fraction: object,
+    schedule: str | Mapping[str, Any] | None,
+    early_stopping: Mapping[str, Any] | None,
+    dtype: str,
+    checkpoint_every_epochs: object,
+    max_attempts: object,
+) -> None:
+    """Raises SpecError listing every mistake of the training settings of `create_job`."""
+    checker = _Checker()
+    checker.positive_int("training.epochs", epochs)
+    checker.positive_int("training.batch_size", batch_size)
+    checker.name("training.optimizer", "optimizer", optimizer)
+    rate = optimizer.get("learning_rate", learning_rate) if isinstance(optimizer, Mapping) else None
+    checker.number(
+        "training.optimizer.learning_rate", learning_rate if rate is None else rate, 0.0, math.inf
+    )
+    if isinstance(optimizer, Mapping):
+        for key, value in optimizer.items():
+            if key not in ("name", "learning_rate"):
+                checker.number(f"training.optimizer.params[{key!r}]", value, -math.inf, math.inf)
+    checker.name("training.loss", "loss", loss, optional=True)
+    for index, metric in enumerate(metrics):
+        checker.name(f"training.metrics[{index}]", "metric", metric)
+    checker.number("training.validation_fraction", validation_fraction, 0.0, 1.0, open_high=True)
+    checker.name("training.schedule", "schedule", schedule, optional=True)
+    for key in sorted(set(early_stopping or {}) - EARLY_STOPPING_KEYS):
+        allowed = ", ".join(sorted(EARLY_STOPPING_KEYS))
+        checker.add(f"training.early_stopping.{key}", f"is not a field; expected: {allowed}")
+    if dtype not in ("float32", "float64"):
+        checker.add("training.dtype", f"must be float32 or float64. Received: {dtype!r}")
+    checker.non_negative_int("training.checkpoint_every_epochs", checkpoint_every_epochs)
+    checker.non_negative_int("max_attempts", max_attempts)
+    checker.raise_if_any()

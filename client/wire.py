@@ -1,0 +1,272 @@
+"""Requests and responses shared by the sync and asyncio clients (no I/O here).
+
+Everything the two clients have in common that is not transport lives here: turning arguments
+into request messages (with local validation first), and response messages into results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from trainwire.v1 import datasets_pb2, jobs_pb2, models_pb2, predictions_pb2, tensor_pb2
+
+from .builders import ModelLike, model_to_dict
+from .errors import SpecError
+from .results import TASKS, DatasetInfo, Metrics, Prediction, state_code
+from .specs import model_spec_to_proto
+from .tensors import dtype_code, from_tensor, to_tensor
+from .validation import check_model
+from .validation import check_training as _check_training
+
+# Uploads and predictions are split so each message stays well under the message limit.
+CHUNK_BYTES = 1024 * 1024
+#: Uploads at least this large show a progress bar unless told otherwise.
+PROGRESS_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A dataset ready to stream: its header and the bytes of features then targets."""
+
+    header: datasets_pb2.DatasetHeader
+    payloads: tuple[bytes, bytes]
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes to send."""
+        return sum(len(p) for p in self.payloads)
+
+    @property
+    def sha256(self) -> str:
+        """The content address: SHA-256 of features then targets, as the server computes it."""
+        return str(self.header.sha256)
+
+    def matches(self, dataset: DatasetInfo) -> bool:
+        """Whether `dataset` holds exactly these arrays for the same task."""
+        return (
+            dataset.sha256 == self.sha256
+            and dataset.feature_shape == tuple(self.header.features.shape)
+            and dataset.target_shape == tuple(self.header.targets.shape)
+            and TASKS.get(dataset.task) == self.header.task
+            and (not self.header.num_classes or dataset.num_classes == self.header.num_classes)
+        )
+
+    def requests(
+        self, on_chunk: Callable[[int], object] | None = None
+    ) -> Iterator[datasets_pb2.UploadDatasetRequest]:
+        """The header message, then chunks of at most CHUNK_BYTES."""
+        yield datasets_pb2.UploadDatasetRequest(header=self.header)
+        for payload in self.payloads:
+            for start in range(0, len(payload), CHUNK_BYTES):
+                chunk = payload[start : start + CHUNK_BYTES]
+                yield datasets_pb2.UploadDatasetRequest(chunk=chunk)
+                if on_chunk is not None:
+                    on_chunk(len(chunk))
+
+
+def infer_task(targets: np.ndarray) -> str:
+    """Integer targets are multiclass (binary for 0/1), anything else regression."""
+    if targets.dtype.kind in "iub":
+        return (
+            "binary"
+            if targets.size and set(np.unique(targets).tolist()) <= {0, 1}
+            else "multiclass"
+        )
+    return "regression"
+
+
+def prepare_upload(
+    features: np.ndarray,
+    targets: np.ndarray,
+    *,
+    task: str | None,
+    name: str,
+    num_classes: int,
+    feature_names: Sequence[str],
+    class_names: Sequence[str],
+    labels: Mapping[str, str] | None,
+) -> Upload:
+    """Checks and encodes arrays for `UploadDataset`."""
+    x = np.ascontiguousarray(features)
+    y = np.ascontiguousarray(targets)
+    if y.dtype.kind == "b":
+        y = y.astype(np.int64)
+    task = task or infer_task(y)
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}. Received: task={task!r}")
+    x_bytes, y_bytes = to_tensor(x).data, to_tensor(y).data
+    header = datasets_pb2.DatasetHeader(
+        display_name=name,
+        task=TASKS[task],
+        num_classes=num_classes,
+        features=tensor_pb2.TensorInfo(dtype=dtype_code(x.dtype), shape=x.shape),
+        targets=tensor_pb2.TensorInfo(dtype=dtype_code(y.dtype), shape=y.shape),
+        sha256=hashlib.sha256(x_bytes + y_bytes).hexdigest(),
+        labels=dict(labels or {}),
+        feature_names=list(feature_names),
+        class_names=list(class_names),
+    )
+    return Upload(header, (x_bytes, y_bytes))
+
+
+def create_job_request(
+    dataset: str | DatasetInfo,
+    model: ModelLike,
+    *,
+    epochs: int,
+    batch_size: int,
+    optimizer: str | Mapping[str, Any],
+    learning_rate: float,
+    loss: str,
+    metrics: Sequence[str],
+    validation_fraction: float,
+    seed: int,
+    checkpoint_every_epochs: int,
+    schedule: str | Mapping[str, float | str] | None,
+    early_stopping: Mapping[str, Any] | None,
+    dtype: str,
+    display_name: str,
+    labels: Mapping[str, str] | None,
+    queue: str,
+    priority: int,
+    max_attempts: int,
+    request_id: str | None,
+    log_every_steps: int = 0,
+    keep_checkpoints: int = 0,
+    validate: bool = True,
+) -> jobs_pb2.CreateJobRequest:
+    """A `CreateJobRequest`, after checking the model and training settings locally."""
+    model_dict = model_to_dict(model)
+    if validate:
+        violations: list[tuple[str, str]] = []
+        try:
+            check_model(model_dict)
+        except SpecError as error:
+            violations += error.field_violations
+        try:
+            _check_training(
+                epochs=epochs,
+                batch_size=batch_size,
+                optimizer=optimizer,
+                learning_rate=learning_rate,
+                loss=loss,
+                metrics=metrics,
+                validation_fraction=validation_fraction,
+                schedule=schedule,
+                early_stopping=early_stopping,
+                dtype=dtype,
+                checkpoint_every_epochs=checkpoint_every_epochs,
+                max_attempts=max_attempts,
+            )
+        except SpecError as error:
+            violations += error.field_violations
+        if violations:
+            raise SpecError(violations)
+    optimizer_spec = dict(optimizer) if isinstance(optimizer, Mapping) else {"name": optimizer}
+    optimizer_name = str(optimizer_spec.pop("name", "adam"))
+    rate = float(optimizer_spec.pop("learning_rate", learning_rate))
+    schedule_spec = dict(schedule) if isinstance(schedule, Mapping) else {"name": schedule or ""}
+    training = models_pb2.TrainingConfig(
+        schedule=models_pb2.ScheduleSpec(
+            name=str(schedule_spec.pop("name", "")),
+            params={k: float(v) for k, v in schedule_spec.items()},
+        ),
+        early_stopping=models_pb2.EarlyStopping(**dict(early_stopping or {})),
+        epochs=epochs,
+        batch_size=batch_size,
+        loss=loss,
+        optimizer=models_pb2.OptimizerSpec(
+            name=optimizer_name,
+            learning_rate=rate,
+            params={k: float(v) for k, v in optimizer_spec.items()},
+        ),
+        validation_fraction=validation_fraction,
+        seed=seed,
+        metrics=list(metrics),
+        checkpoint_every_epochs=checkpoint_every_epochs,
+        dtype=dtype_code(np.dtype(dtype)),
+        log_every_steps=log_every_steps,
+        keep_checkpoints=keep_checkpoints,
+    )
+    return jobs_pb2.CreateJobRequest(
+        dataset=dataset.name if isinstance(dataset, DatasetInfo) else dataset,
+        model=model_spec_to_proto(model_dict),
+        training=training,
+        display_name=display_name,
+        labels=dict(labels or {}),
+        queue=queue,
+        priority=priority,
+        max_attempts=max_attempts,
+        request_id=request_id or uuid.uuid4().hex,
+    )
+
+
+def list_jobs_request(
+    token: str,
+    *,
+    state: str | None,
+    dataset: str | None,
+    labels: Mapping[str, str] | None,
+    page_size: int,
+) -> jobs_pb2.ListJobsRequest:
+    """One page's `ListJobsRequest`."""
+    return jobs_pb2.ListJobsRequest(
+        page_size=page_size,
+        page_token=token,
+        state=state_code(state) if state else jobs_pb2.JOB_STATE_UNSPECIFIED,
+        dataset=dataset or "",
+        labels=dict(labels or {}),
+    )
+
+
+def metrics_from_response(response: jobs_pb2.ListJobMetricsResponse) -> Metrics:
+    """Each series as an array of shape (points, 3): step, epoch, value."""
+    return Metrics(
+        {
+            s.name: np.column_stack([s.steps, s.epochs, s.values]).astype(np.float64).reshape(-1, 3)
+            for s in response.series
+        }
+    )
+
+
+def as_inputs(inputs: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    """Prediction inputs as a 2-D float array."""
+    x = np.asarray(inputs)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float32)
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    return x
+
+
+def predict_requests(
+    job: str, x: np.ndarray, checkpoint: str, max_message_bytes: int
+) -> list[predictions_pb2.PredictRequest]:
+    """`PredictRequest`s of as many rows as fit comfortably in one message each."""
+    row_bytes = max(1, x.itemsize * int(np.prod(x.shape[1:])))
+    rows_per_call = max(1, (max_message_bytes // 4) // row_bytes)
+    return [
+        predictions_pb2.PredictRequest(
+            job=job, checkpoint=checkpoint, inputs=to_tensor(x[start : start + rows_per_call])
+        )
+        for start in range(0, max(len(x), 1), rows_per_call)
+    ]
+
+
+def join_predictions(parts: Sequence[predictions_pb2.PredictResponse]) -> Prediction:
+    """One `Prediction` from the responses of consecutive row slices."""
+
+    def join(field_name: str) -> np.ndarray | None:
+        arrays = [from_tensor(getattr(p, field_name)) for p in parts if p.HasField(field_name)]
+        return np.concatenate(arrays) if arrays else None
+
+    outputs = join("outputs")
+    if outputs is None:
+        raise ValueError("the server answered without outputs")
+    return Prediction(outputs, join("probabilities"), join("labels"), parts[-1].checkpoint)

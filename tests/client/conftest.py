@@ -1,0 +1,47 @@
+"""Fixtures of the SDK tests: one live `trainwire serve` (one worker) and small datasets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainwire.client import Client, DatasetInfo, Dense, Sequential
+from trainwire.server.local import LocalServer, local_server
+
+MODEL = Sequential([Dense(8, activation="relu"), Dense(3)])
+
+
+def blobs(rows: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three separable classes in 4 features."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(rows) % 3
+    centres = np.array([[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0]], np.float32)
+    features = centres[labels] + rng.normal(scale=0.3, size=(rows, 4)).astype(np.float32)
+    return features.astype(np.float32), labels.astype(np.int64)
+
+
+@pytest.fixture(scope="package")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    url = f"sqlite:///{tmp_path_factory.mktemp('sdk') / 'trainwire.db'}"
+    with local_server(url, workers=1, extra_env={"TRAINWIRE_POLL_INTERVAL_S": "0.1"}) as server:
+        yield server
+
+
+@pytest.fixture(scope="package")
+def client(live_server: LocalServer) -> Iterator[Client]:
+    with Client(live_server.target, timeout=30) as sdk:
+        yield sdk
+
+
+@pytest.fixture(scope="package")
+def dataset(client: Client) -> DatasetInfo:
+    features, labels = blobs()
+    return client.upload_dataset(features, labels, name="blobs")
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path

@@ -1,0 +1,61 @@
+"""`AsyncClient` under load: 50 concurrent jobs through one asyncio client."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from trainwire.client import DatasetInfo, NotFound, SpecError
+from trainwire.client.aio import AsyncClient, AsyncJob
+from trainwire.server.local import LocalServer
+
+from .conftest import MODEL, blobs
+
+
+def test_fifty_concurrent_jobs(live_server: LocalServer, dataset: DatasetInfo) -> None:
+    features, labels = blobs()
+
+    async def one(client: AsyncClient, index: int) -> tuple[str, float, int]:
+        job = await client.create_job(
+            dataset, MODEL, epochs=2, batch_size=8, seed=index, labels={"batch": "async"}
+        )
+        status = await job.wait(timeout=120, poll_interval=0.2)
+        prediction = await job.predict(features[:4])
+        assert prediction.labels is not None
+        metrics = await job.metrics(["loss"])
+        return status.state, float(metrics.values_of("loss")[-1]), len(prediction.labels)
+
+    async def scenario() -> None:
+        async with AsyncClient(live_server.target, timeout=30) as client:
+            again = await client.upload_dataset(features, labels)
+            assert again.name == dataset.name, "content-addressed in asyncio too"
+            results = await asyncio.gather(*(one(client, i) for i in range(50)))
+            assert [r[0] for r in results] == ["SUCCEEDED"] * 50
+            assert all(np.isfinite(r[1]) and r[2] == 4 for r in results)
+            listed = [job async for job in client.list_jobs(labels={"batch": "async"})]
+            assert len(listed) == 50 and all(isinstance(j, AsyncJob) for j in listed)
+
+            job = listed[0]
+            events = [event.sequence async for event in job.watch()]
+            assert events == list(range(1, len(events) + 1))
+            assert [c.epoch for c in await job.checkpoints()] == [2]
+            assert (await client.get_dataset(dataset.name)).name == dataset.name
+            assert dataset.name in [d.name async for d in client.list_datasets()]
+            try:
+                await client.create_job(dataset, [{"type": "dense", "units": 0}])
+            except SpecError as error:
+                assert error.field_violations[0][0] == "model.layers[0].units"
+            else:
+                raise AssertionError("a bad spec was sent")
+            queued = await client.create_job(dataset, MODEL, epochs=1, queue="nobody-listens")
+            assert (await queued.cancel()).state == "CANCELLED"
+            await queued.delete()
+            try:
+                await queued.status()
+            except NotFound as error:
+                assert error.code_name == "NOT_FOUND"
+            else:
+                raise AssertionError("a deleted job was found")
+
+    asyncio.run(scenario())

@@ -1,0 +1,168 @@
+"""The `trainwire` user commands against a live server: tables, --json and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from trainwire.server.cli import main
+from trainwire.server.local import LocalServer
+
+from .conftest import blobs
+from .test_live_sdk import png_chunks
+
+SPEC = """
+display_name: {name}
+dataset:
+  path: {data}
+  target_column: label
+model:
+  layers:
+    - {{type: dense, units: 8, activation: relu}}
+    - {{type: dense, units: {units}}}
+training:
+  epochs: {epochs}
+  batch_size: 8
+  optimizer: {{name: {optimizer}, learning_rate: {rate}}}
+  metrics: [accuracy]
+queue: {queue}
+labels: {{suite: cli}}
+"""
+
+
+class Cli:
+    def __init__(self, target: str, capsys: pytest.CaptureFixture[str]) -> None:
+        self.target = target
+        self.capsys = capsys
+
+    def __call__(self, *argv: str) -> tuple[int, str, str]:
+        code = main([*argv, "--target", self.target])
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def json(self, *argv: str) -> Any:
+        code, out, err = self(*argv, "--json")
+        assert code == 0, err
+        return json.loads(out)
+
+
+@pytest.fixture
+def cli(live_server: LocalServer, capsys: pytest.CaptureFixture[str]) -> Cli:
+    return Cli(live_server.target, capsys)
+
+
+def write_spec(folder: Path, **values: object) -> Path:
+    features, labels = blobs(30, seed=5)
+    data = folder / "blobs.csv"
+    lines = ["a,b,c,d,label"] + [
+        ",".join(f"{v:.5f}" for v in row) + f",{k}" for row, k in zip(features, labels, strict=True)
+    ]
+    data.write_text("\n".join(lines) + "\n")
+    settings = {"name": "cli-job", "units": 3, "epochs": 4, "optimizer": "adam", "rate": 0.05,
+                "queue": "default", "data": data.name, **values}  # fmt: skip
+    spec = folder / "job.yaml"
+    spec.write_text(SPEC.format(**settings))
+    return spec
+
+
+def test_datasets_commands(cli: Cli, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path)
+    uploaded = cli.json("datasets", "upload", str(spec.parent / "blobs.csv"), "--name", "cli")
+    assert uploaded["num_examples"] == 30 and uploaded["task"] == "multiclass"
+    name = uploaded["name"]
+    assert name in [d["name"] for d in cli.json("datasets", "list")]
+    code, out, _ = cli("datasets", "list")
+    assert code == 0 and out.splitlines()[0].split()[:3] == ["NAME", "DISPLAY", "NAME"]
+    assert cli.json("datasets", "show", name.split("/")[1])["sha256"] == uploaded["sha256"]
+    assert cli.json("datasets", "delete", name) == {"deleted": name}
+    code, _, err = cli("datasets", "show", name, "--json")
+    assert code == 3 and json.loads(err)["error"]["code"] == "NOT_FOUND"
+    code, _, err = cli("datasets", "upload", str(tmp_path / "missing.csv"))
+    assert code == 2 and "missing.csv" in err
+
+
+def test_submit_follow_and_predict(cli: Cli, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path)
+    status = cli.json("jobs", "submit", str(spec), "--wait")
+    assert status["state"] == "SUCCEEDED" and status["display_name"] == "cli-job"
+    job = status["name"]
+
+    code, out, _ = cli("jobs", "list", "--label", "suite=cli")
+    assert code == 0 and job in out and "SUCCEEDED" in out
+    assert next(j["name"] for j in cli.json("jobs", "list", "--state", "succeeded")) == job
+    shown = cli.json("jobs", "show", job)
+    assert [c["epoch"] for c in shown["checkpoints"]] == [4]
+    code, out, _ = cli("jobs", "show", job.split("/")[1])
+    assert code == 0 and "state:     SUCCEEDED" in out and "final" in out
+
+    events = [json.loads(line) for line in cli("jobs", "watch", job, "--json")[1].splitlines()]
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["state"] == "SUCCEEDED"
+    code, out, _ = cli("jobs", "watch", job, "--after", str(len(events) - 1))
+    assert code == 0 and out.splitlines()[0].startswith(f"#{len(events)}  SUCCEEDED")
+
+    metrics = cli.json("jobs", "metrics", job)
+    assert metrics["loss"]["epoch"] == [1, 2, 3, 4]
+    code, out, _ = cli("jobs", "metrics", job)
+    assert out.splitlines()[0].split() == ["EPOCH", "ACCURACY", "LOSS"]
+    assert len(out.splitlines()) == 5
+
+    plotted = cli.json("jobs", "plot", job, "--output", str(tmp_path / "curves.png"))
+    assert {"loss", "accuracy"} <= set(plotted["curves"])
+    png_chunks((tmp_path / "curves.png").read_bytes())
+
+    features, labels = blobs(6, seed=9)
+    np.save(tmp_path / "rows.npy", features)
+    predicted = cli.json("predict", job, "--input", str(tmp_path / "rows.npy"))
+    assert predicted["labels"] == labels.tolist()
+    code, out, _ = cli(
+        "predict", job, "-i", str(tmp_path / "rows.npy"), "-o", str(tmp_path / "p.csv")
+    )
+    assert code == 0 and "wrote 6 predictions" in out
+    written = (tmp_path / "p.csv").read_text().splitlines()
+    assert (
+        written[0] == "label,p0,p1,p2"
+        and [int(r.split(",")[0]) for r in written[1:]] == labels.tolist()
+    )
+    code, out, _ = cli("predict", job, "-i", str(tmp_path / "rows.npy"))
+    assert out.splitlines()[0].split() == ["ROW", "LABEL", "PROBABILITY"]
+
+    assert cli.json("jobs", "delete", job) == {"deleted": job}
+
+
+def test_exit_codes(cli: Cli, tmp_path: Path) -> None:
+    bad = write_spec(tmp_path, units=0)
+    code, _, err = cli("jobs", "submit", str(bad), "--json")
+    error = json.loads(err)["error"]
+    assert code == 2 and error["field_violations"][0]["field"] == "model.layers[1].units"
+
+    queued = cli.json("jobs", "submit", str(write_spec(tmp_path, queue="nobody-listens")))
+    assert queued["state"] == "QUEUED"
+    code, _, err = cli("jobs", "delete", queued["name"])
+    assert code == 4 and "failed precondition" in err
+    assert cli.json("jobs", "cancel", queued["name"])["state"] == "CANCELLED"
+    code, out, _ = cli("jobs", "watch", queued["name"])
+    assert code == 8 and out.splitlines()[-1] == f"{queued['name']} CANCELLED"
+
+    diverging = write_spec(tmp_path, optimizer="sgd", rate=1e6, epochs=30)
+    code, out, _ = cli("jobs", "submit", str(diverging), "--wait")
+    assert code == 1 and "FAILED" in out
+
+    assert cli("jobs", "show", "jobs/" + "0" * 32)[0] == 3
+    code, _, err = main_unreachable()
+    assert code == 5 and "unavailable" in err
+
+
+def main_unreachable() -> tuple[int, str, str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "trainwire.server.cli", "datasets", "list",
+         "--target", "127.0.0.1:9", "--timeout", "1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return result.returncode, result.stdout, result.stderr

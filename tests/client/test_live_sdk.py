@@ -1,0 +1,173 @@
+"""Every SDK method against a live `trainwire serve`."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainwire.client import (
+    Client,
+    DatasetInfo,
+    Dense,
+    Dropout,
+    FailedPrecondition,
+    Metrics,
+    NotFound,
+    Sequential,
+)
+from trainwire.server.local import LocalServer
+
+from .conftest import MODEL, blobs
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The chunks of a PNG, each checked against its CRC."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "PNG signature"
+    chunks, offset = [], 8
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind = data[offset + 4 : offset + 8]
+        body = data[offset + 8 : offset + 8 + length]
+        (crc,) = struct.unpack(">I", data[offset + 8 + length : offset + 12 + length])
+        assert zlib.crc32(kind + body) == crc, f"bad CRC in {kind!r}"
+        chunks.append((kind, body))
+        offset += 12 + length
+    assert chunks[0][0] == b"IHDR" and chunks[-1][0] == b"IEND"
+    return chunks
+
+
+def test_from_env_reads_target_and_key(
+    live_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRAINWIRE_TARGET", live_server.target)
+    monkeypatch.setenv("TRAINWIRE_API_KEY", "tw_secret")
+    monkeypatch.setenv("TRAINWIRE_TIMEOUT", "7")
+    with Client.from_env() as client:
+        assert client.target == live_server.target and client.timeout == 7
+        assert client._metadata == (("authorization", "Bearer tw_secret"),)
+
+
+def test_uploads_are_content_addressed(client: Client, dataset: DatasetInfo) -> None:
+    features, labels = blobs()
+    before = len(list(client.list_datasets()))
+    again = client.upload_dataset(features.copy(), labels.copy(), name="blobs again")
+    assert again == dataset, "the same arrays give the stored dataset back"
+    with Client(client.target) as fresh:  # no local memory: found by listing
+        assert fresh.upload_dataset(features, labels).name == dataset.name
+    assert len(list(client.list_datasets())) == before
+    forced = client.upload_dataset(features, labels, dedupe=False)
+    assert forced.name != dataset.name and forced.sha256 == dataset.sha256
+    other = client.upload_dataset(features[:39], labels[:39])
+    assert other.name not in (dataset.name, forced.name)
+    client.delete_dataset(forced.name)
+    client.delete_dataset(other.name)
+    with pytest.raises(NotFound):
+        client.get_dataset(forced.name)
+
+
+def test_uploads_from_csv_and_npy_files(client: Client, tmp_path: Path) -> None:
+    features, labels = blobs(30, seed=3)
+    names = ["setosa", "versicolor", "virginica"]
+    csv = tmp_path / "flowers.csv"
+    csv.write_text(
+        "a,b,c,d,species\n"
+        + "".join(f"{','.join(f'{v:.6f}' for v in row)},{names[k]}\n" for row, k in zip(
+            features, labels, strict=True))
+    )  # fmt: skip
+    from_csv = client.upload_dataset(csv, target_column="species", progress=True)
+    assert (from_csv.display_name, from_csv.task, from_csv.num_examples) == (
+        "flowers",
+        "multiclass",
+        30,
+    )
+    assert from_csv.feature_shape == (30, 4) and from_csv.num_classes == 3
+    np.save(tmp_path / "x.npy", features)
+    np.save(tmp_path / "y.npy", labels)
+    from_npy = client.upload_dataset(tmp_path / "x.npy", tmp_path / "y.npy", name="npy")
+    assert from_npy.target_shape == (30,) and from_npy.task == "multiclass"
+    assert from_npy.name != from_csv.name  # float32 text round trip differs from the arrays
+    assert client.upload_dataset(features, labels).name == from_npy.name
+
+
+def test_train_follow_and_use_a_job(
+    client: Client, dataset: DatasetInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = Sequential([Dense(16, activation="relu"), Dropout(0.05), Dense(3)])
+    job = client.create_job(
+        dataset, model, epochs=12, batch_size=8, validation_fraction=0.25,
+        optimizer={"name": "adam", "learning_rate": 0.05}, checkpoint_every_epochs=6,
+        display_name="blobs-mlp", labels={"suite": "sdk"},
+    )  # fmt: skip
+    status = job.wait(timeout=60, poll_interval=0.1, progress=True)
+    bar = capsys.readouterr().err
+    assert "epoch" in bar and "12/12" in bar and "loss=" in bar and "state=succeeded" in bar
+    assert status.state == "SUCCEEDED" and status.epoch == 12 and status.finished
+    assert job.status().metrics["accuracy"] > 0.9
+
+    events = list(job.watch())
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert [e.sequence for e in job.watch(after_sequence=3)] == [e.sequence for e in events[3:]]
+
+    metrics = job.metrics()
+    assert isinstance(metrics, Metrics) and {"loss", "val_loss", "accuracy"} <= set(metrics)
+    assert metrics.epochs("loss").tolist() == list(range(1, 13))
+    assert metrics.values_of("loss")[-1] < metrics.values_of("loss")[0]
+    assert metrics.to_dict()["loss"]["epoch"] == list(range(1, 13))
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install pandas"):
+            metrics.to_pandas()
+    else:
+        assert set(metrics.to_pandas().columns) == {"metric", "step", "epoch", "value"}
+
+    checkpoints = job.checkpoints()
+    assert [c.epoch for c in checkpoints] == [6, 12]
+    features, labels = blobs()
+    prediction = job.predict(features)
+    assert prediction.labels is not None and prediction.probabilities is not None
+    assert (prediction.labels == labels).mean() > 0.9
+    assert prediction.probabilities.shape == (40, 3)
+    assert (
+        job.predict(features[:2].tolist(), checkpoint="epoch/6").checkpoint == checkpoints[0].name
+    )
+    assert job.model_metadata().num_classes == 3
+
+    listed = [j.name for j in client.list_jobs(labels={"suite": "sdk"}, state="succeeded")]
+    assert listed == [job.name]
+
+    path = job.plot(tmp_path / "curves.png")
+    chunks = png_chunks(path.read_bytes())
+    width, height = struct.unpack(">II", chunks[0][1][:8])
+    assert width >= 600 and height >= 300
+    text = dict(body.split(b"\0", 1) for kind, body in chunks if kind == b"tEXt")
+    curves = text[b"Curves"].decode().split(",")
+    assert {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(curves)
+    assert text[b"Title"] == b"blobs-mlp"
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(path)
+    assert pixels.std() > 0.05, "the image is not blank"
+
+    job.delete()
+    with pytest.raises(NotFound):
+        job.status()
+
+
+def test_cancel_a_queued_job_and_errors_keep_their_status(
+    client: Client, dataset: DatasetInfo
+) -> None:
+    job = client.create_job(dataset, MODEL, epochs=1, queue="nobody-listens")
+    with pytest.raises(FailedPrecondition) as caught:
+        job.delete()
+    assert caught.value.code_name == "FAILED_PRECONDITION"
+    assert job.cancel().state == "CANCELLED"
+    assert job.wait(timeout=10).state == "CANCELLED"
+    assert list(job.watch())[-1].state == 6  # JOB_STATE_CANCELLED
+    job.delete()
+    with pytest.raises(NotFound, match="does not exist"):
+        client.get_job(job.name)

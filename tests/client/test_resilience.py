@@ -1,0 +1,203 @@
+"""Retries, deadlines and reconnecting watches, against a small gRPC server that misbehaves."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from trainwire.client import (
+    Client,
+    DeadlineExceeded,
+    ResourceExhausted,
+    RetryPolicy,
+    Unavailable,
+)
+from trainwire.client.aio import AsyncClient
+from trainwire.v1 import datasets_pb2, jobs_pb2
+
+JOB = "jobs/" + "a" * 32
+FAST = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.05)
+
+
+@dataclass
+class Flaky:
+    """Answers GetJob/CreateJob after refusing the first `failures` calls with `code`."""
+
+    failures: int = 0
+    code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+    details: str = "try again"
+    delay_s: float = 0.0
+    calls: dict[str, int] = field(default_factory=dict)
+    watch_requests: list[int] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _count(self, method: str) -> int:
+        with self.lock:
+            self.calls[method] = self.calls.get(method, 0) + 1
+            return self.calls[method]
+
+    def unary(self, method: str) -> Any:
+        def handle(request: Any, context: grpc.ServicerContext) -> jobs_pb2.Job:
+            if self._count(method) <= self.failures:
+                context.abort(self.code, self.details)
+            time.sleep(self.delay_s)
+            return jobs_pb2.Job(name=JOB, state=jobs_pb2.JOB_STATE_QUEUED)
+
+        return handle
+
+    def upload(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        for _ in requests:
+            pass
+        if self._count("UploadDataset") <= self.failures:
+            context.abort(self.code, self.details)
+        return datasets_pb2.Dataset(name="datasets/" + "b" * 32)
+
+    def list_datasets(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return datasets_pb2.ListDatasetsResponse()
+
+    def watch(self, request: jobs_pb2.WatchJobRequest, context: grpc.ServicerContext) -> Any:
+        """Events 1..6; the first two streams break after two events each. A resumed stream
+        also resends the last event the client saw (the client must drop the duplicate)."""
+        self.watch_requests.append(request.after_sequence)
+        first = max(request.after_sequence, 1)
+        for sent, sequence in enumerate(range(first, 7), start=1):
+            state = jobs_pb2.JOB_STATE_SUCCEEDED if sequence == 6 else jobs_pb2.JOB_STATE_RUNNING
+            yield jobs_pb2.JobEvent(sequence=sequence, state=state)
+            if sent == 2 and len(self.watch_requests) <= 2:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "server going away")
+
+
+@pytest.fixture
+def flaky() -> Iterator[tuple[Flaky, str]]:
+    behaviour = Flaky()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    job_handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            behaviour.unary(name),
+            request_deserializer=message.FromString,
+            response_serializer=jobs_pb2.Job.SerializeToString,
+        )
+        for name, message in (
+            ("GetJob", jobs_pb2.GetJobRequest),
+            ("CreateJob", jobs_pb2.CreateJobRequest),
+        )
+    }
+    job_handlers["WatchJob"] = grpc.unary_stream_rpc_method_handler(
+        behaviour.watch,
+        request_deserializer=jobs_pb2.WatchJobRequest.FromString,
+        response_serializer=jobs_pb2.JobEvent.SerializeToString,
+    )
+    dataset_handlers = {
+        "UploadDataset": grpc.stream_unary_rpc_method_handler(
+            behaviour.upload,
+            request_deserializer=datasets_pb2.UploadDatasetRequest.FromString,
+            response_serializer=datasets_pb2.Dataset.SerializeToString,
+        ),
+        "ListDatasets": grpc.unary_unary_rpc_method_handler(
+            behaviour.list_datasets,
+            request_deserializer=datasets_pb2.ListDatasetsRequest.FromString,
+            response_serializer=datasets_pb2.ListDatasetsResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler("trainwire.v1.JobService", job_handlers),
+            grpc.method_handlers_generic_handler("trainwire.v1.DatasetService", dataset_handlers),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield behaviour, f"127.0.0.1:{port}"
+    finally:
+        server.stop(None)
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED])
+def test_refused_calls_are_retried_until_they_succeed(
+    flaky: tuple[Flaky, str], code: grpc.StatusCode
+) -> None:
+    behaviour, target = flaky
+    behaviour.failures, behaviour.code = 3, code
+    with Client(target, retry=FAST, timeout=10) as client:
+        assert client.get_job(JOB).name == JOB
+        # CreateJob carries a request_id, so it is retried too.
+        assert client.create_job("datasets/x", [{"type": "dense", "units": 3}]).name == JOB
+    assert behaviour.calls == {"GetJob": 4, "CreateJob": 4}
+
+
+def test_retries_give_up_after_max_attempts(flaky: tuple[Flaky, str]) -> None:
+    behaviour, target = flaky
+    behaviour.failures = 100
+    with Client(target, retry=FAST, timeout=10) as client, pytest.raises(Unavailable) as caught:
+        client.get_job(JOB)
+    assert behaviour.calls == {"GetJob": 5}
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE and caught.value.message == "try again"
+
+
+def test_hard_limits_and_uploads_are_not_retried(flaky: tuple[Flaky, str]) -> None:
+    behaviour, target = flaky
+    behaviour.failures, behaviour.code = 100, grpc.StatusCode.RESOURCE_EXHAUSTED
+    behaviour.details = "max_epochs is limited to 5. Received: 6"
+    with Client(target, retry=FAST) as client:
+        with pytest.raises(ResourceExhausted, match="limited to 5"):
+            client.get_job(JOB)
+        assert behaviour.calls == {"GetJob": 1}
+        behaviour.code, behaviour.details = grpc.StatusCode.UNAVAILABLE, "down"
+        x, y = np.zeros((4, 2), np.float32), np.arange(4) % 2
+        with pytest.raises(Unavailable):
+            client.upload_dataset(x, y)
+    assert behaviour.calls["UploadDataset"] == 1, "an upload is not idempotent"
+
+
+def test_every_call_has_a_deadline(flaky: tuple[Flaky, str]) -> None:
+    behaviour, target = flaky
+    behaviour.delay_s = 3.0
+    started = time.monotonic()
+    with Client(target, timeout=0.3) as client, pytest.raises(DeadlineExceeded):
+        client.get_job(JOB)
+    assert time.monotonic() - started < 2
+
+
+def test_backoff_grows_exponentially_with_full_jitter() -> None:
+    policy = RetryPolicy(initial_backoff=0.1, multiplier=2, max_backoff=1.0)
+    for attempt, ceiling in [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.8), (5, 1.0), (9, 1.0)]:
+        delays = [policy.delay(attempt) for _ in range(200)]
+        assert min(delays) >= 0 and max(delays) <= ceiling
+        assert max(delays) > ceiling * 0.7, "jitter spreads over the whole range"
+    assert policy.next_delay(5, grpc.StatusCode.UNAVAILABLE, "", 10) is None
+    assert policy.next_delay(1, grpc.StatusCode.NOT_FOUND, "", 10) is None
+    assert policy.next_delay(1, grpc.StatusCode.UNAVAILABLE, "", 0.0) is None
+
+
+def test_watch_reconnects_without_losing_or_repeating_events(flaky: tuple[Flaky, str]) -> None:
+    behaviour, target = flaky
+    with Client(target) as client:
+        watch = client.watch_job(JOB)
+        sequences = [event.sequence for event in watch]
+    assert sequences == [1, 2, 3, 4, 5, 6]
+    assert behaviour.watch_requests == [0, 2, 3], "each reconnect resumes after the last event"
+    assert watch.reconnects == 2 and watch.last_sequence == 6
+
+
+def test_async_client_retries_and_reconnects(flaky: tuple[Flaky, str]) -> None:
+    behaviour, target = flaky
+    behaviour.failures = 2
+
+    async def scenario() -> list[int]:
+        async with AsyncClient(target, retry=FAST, timeout=10) as client:
+            assert (await client.get_job(JOB)).name == JOB
+            return [event.sequence async for event in client.watch_job(JOB)]
+
+    assert asyncio.run(scenario()) == [1, 2, 3, 4, 5, 6]
+    assert behaviour.calls["GetJob"] == 3
+    assert behaviour.watch_requests == [0, 2, 3]

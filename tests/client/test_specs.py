@@ -1,0 +1,148 @@
+"""Builders, local validation and job spec files: mistakes are reported before any network call."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from trainwire.client import (
+    Activation,
+    BatchNorm,
+    Client,
+    Dense,
+    Dropout,
+    InvalidArgument,
+    JobSpec,
+    Sequential,
+    SpecError,
+)
+from trainwire.client.builders import model_to_dict
+from trainwire.client.jobspec import DatasetSource
+from trainwire.client.specs import model_spec_to_proto
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_builders_produce_the_engine_dict_format() -> None:
+    model = Sequential(
+        [
+            Dense(16, activation="relu", kernel_initializer="he_normal"),
+            BatchNorm(),
+            Dropout(0.1),
+            Activation("leaky_relu", negative_slope=0.2),
+            Dense(3, use_bias=False),
+        ],
+        input_dim=4,
+    )
+    assert model.to_dict() == {
+        "input_dim": 4,
+        "layers": [
+            {"type": "dense", "units": 16, "activation": "relu", "kernel_initializer": "he_normal"},
+            {"type": "batch_norm", "momentum": 0.1, "epsilon": 1e-5},
+            {"type": "dropout", "rate": 0.1},
+            {"type": "activation", "activation": {"name": "leaky_relu", "negative_slope": 0.2}},
+            {"type": "dense", "units": 3, "use_bias": False},
+        ],
+    }
+    proto = model_spec_to_proto(model.to_dict())
+    assert proto.layers[3].activation.params["negative_slope"] == pytest.approx(0.2)
+    assert proto.layers[4].dense.no_bias
+
+
+def test_models_from_lists_dicts_and_yaml(tmp_path: Path) -> None:
+    expected = {"layers": [{"type": "dense", "units": 4, "activation": "tanh"}]}
+    assert model_to_dict([Dense(4, activation="tanh")]) == expected
+    assert model_to_dict({"layers": [Dense(4, activation="tanh")]}) == expected
+    text = "layers:\n  - {type: dense, units: 4, activation: tanh}\n"
+    assert model_to_dict(text) == expected
+    (tmp_path / "model.yaml").write_text(text)
+    assert model_to_dict(tmp_path / "model.yaml") == expected
+    assert model_to_dict(str(tmp_path / "model.yaml")) == expected
+
+
+def test_every_mistake_is_reported_with_its_field_before_any_call() -> None:
+    # Nothing listens on port 9: a network call would fail with UNAVAILABLE, not SpecError.
+    with Client("127.0.0.1:9", timeout=5) as client:
+        started = time.monotonic()
+        with pytest.raises(SpecError) as caught:
+            client.create_job(
+                "datasets/0123456789abcdef0123456789abcdef",
+                [Dense(0), Dropout(1.5), Dense(3, activation="relux"), {"type": "conv"}],
+                epochs=0,
+                optimizer="adamm",
+                learning_rate=float("nan"),
+                validation_fraction=1.0,
+                metrics=["acc"],
+            )
+        assert time.monotonic() - started < 1
+    fields = [field for field, _ in caught.value.field_violations]
+    assert fields == [
+        "model.layers[0].units",
+        "model.layers[1].rate",
+        "model.layers[2].activation",
+        "model.layers[3].type",
+        "training.epochs",
+        "training.optimizer",
+        "training.optimizer.learning_rate",
+        "training.metrics[0]",
+        "training.validation_fraction",
+    ], "every mistake of the model and the training settings at once"
+    assert isinstance(caught.value, InvalidArgument) and isinstance(caught.value, ValueError)
+    assert "expected one of" in caught.value.message and "relux" in caught.value.message
+
+    with Client("127.0.0.1:9") as client, pytest.raises(SpecError) as training:
+        client.create_job(
+            "datasets/x", [Dense(3)], epochs=0, optimizer="adamm", learning_rate=float("nan"),
+            validation_fraction=1.0, metrics=["acc"], schedule="weekly", dtype="float16",
+        )  # fmt: skip
+    assert [field for field, _ in training.value.field_violations] == [
+        "training.epochs",
+        "training.optimizer",
+        "training.optimizer.learning_rate",
+        "training.metrics[0]",
+        "training.validation_fraction",
+        "training.schedule",
+        "training.dtype",
+    ]
+
+
+def test_unknown_keys_are_refused() -> None:
+    with pytest.raises(SpecError) as caught:
+        model_spec_check({"layers": [{"type": "dense", "units": 3, "unit": 4}], "depth": 2})
+    assert [f for f, _ in caught.value.field_violations] == ["model.depth", "model.layers[0].unit"]
+
+
+def model_spec_check(spec: object) -> None:
+    from trainwire.client.validation import check_model
+
+    check_model(spec)
+
+
+def test_the_example_job_spec_parses() -> None:
+    spec = JobSpec.load(EXAMPLES / "job.yaml")
+    assert isinstance(spec.dataset, DatasetSource)
+    assert spec.dataset.path == EXAMPLES / "data" / "iris.csv"
+    assert spec.dataset.target_column == "species"
+    assert spec.options["epochs"] == 60 and spec.options["labels"]["team"] == "research"
+    assert spec.model["layers"][-1] == {"type": "dense", "units": 3}
+
+
+def test_job_spec_mistakes_name_their_keys(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "dataset: {file: x.csv}\nmodel: {layers: [{type: dense, units: -1}]}\n"
+        "training: {epoch: 3}\ncolour: blue\n"
+    )
+    with pytest.raises(SpecError) as caught:
+        JobSpec.load(path)
+    assert [f for f, _ in caught.value.field_violations] == [
+        "colour",
+        "training.epoch",
+        "dataset.file",
+        "dataset.path",
+    ]
+    path.write_text("dataset: datasets/abc\nmodel: {layers: [{type: dense, units: -1}]}\n")
+    with pytest.raises(SpecError, match=r"model.layers\[0\].units"):
+        JobSpec.load(path)
