@@ -321,6 +321,26 @@ class AsyncClient:
         requests = predict_requests(name, as_inputs(inputs), checkpoint, self.max_message_bytes)
         return join_predictions([await self._call(self._rpc.predict, r) for r in requests])
 
+    async def predict_stream(
+        self, job: str | AsyncJob, batches: Sequence[np.ndarray], *, checkpoint: str = ""
+    ) -> AsyncIterator[Prediction]:
+        """Predictions for each batch of rows, over one PredictStream call, in order."""
+        name = job.name if isinstance(job, AsyncJob) else job
+        requests = [
+            predict_requests(
+                name, np.asarray(b, dtype=np.float32).reshape(len(b), -1), checkpoint, 2**62
+            )[0]
+            for b in batches
+        ]
+        stream = self._rpc.predict_stream(
+            iter(requests), timeout=self.timeout, metadata=self._metadata
+        )
+        try:
+            async for response in stream:
+                yield join_predictions([response])
+        except grpc.aio.AioRpcError as error:
+            raise from_aio_error(error) from None
+
 
 class AsyncJobWatch(AsyncIterator[jobs_pb2.JobEvent]):
     """An async iterator of a job's events that survives dropped connections and restarts."""

@@ -145,6 +145,11 @@ class AioRpc:
             predictions_pb2.GetModelMetadataRequest,
             predictions_pb2.ModelMetadata,
         )
+        self.predict_stream: grpc.aio.StreamStreamMultiCallable[
+            predictions_pb2.PredictRequest, predictions_pb2.PredictResponse
+        ] = channel.stream_stream(
+            PREDICTIONS + "PredictStream", _serialize, predictions_pb2.PredictResponse.FromString
+        )
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:

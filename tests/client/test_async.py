@@ -37,6 +37,11 @@ def test_fifty_concurrent_jobs(live_server: LocalServer, dataset: DatasetInfo) -
             assert len(listed) == 50 and all(isinstance(j, AsyncJob) for j in listed)
 
             job = listed[0]
+            streamed = [
+                p async for p in client.predict_stream(job.name, [features[:3], features[3:5]])
+            ]
+            assert [len(p.outputs) for p in streamed] == [3, 2]
+            assert np.array_equal(streamed[0].outputs, (await job.predict(features[:3])).outputs)
             events = [event.sequence async for event in job.watch()]
             assert events == list(range(1, len(events) + 1))
             assert [c.epoch for c in await job.checkpoints()] == [2]
