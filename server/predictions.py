@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,16 +32,42 @@ class Prediction:
     labels: np.ndarray | None
 
 
+# How long a job and its checkpoint list are reused between predictions: a new checkpoint
+# ("latest", "best") or a deleted job is seen by every server within this time.
+JOB_TTL_S = 1.0
+
+
 class PredictionService:
-    def __init__(self, store: Store, cache: ModelCache) -> None:
+    def __init__(self, store: Store, cache: ModelCache, job_ttl_s: float = JOB_TTL_S) -> None:
         self.store = store
         self.cache = cache
+        self.job_ttl_s = job_ttl_s
+        self._jobs: dict[str, tuple[float, Job, list[Checkpoint]]] = {}
+        self._jobs_lock = threading.Lock()
+
+    def _job(self, job_name: str, project: str) -> tuple[Job, list[Checkpoint]]:
+        """The job and its checkpoints, from the database at most once per `job_ttl_s`."""
+        job_id = parse_name(job_name, "jobs", "job")
+        now = time.monotonic()
+        with self._jobs_lock:
+            cached = self._jobs.get(job_id)
+        if cached is None or now - cached[0] > self.job_ttl_s:
+            job = self.store.get_job(job_id)
+            cached = (now, job, self.store.list_checkpoints(job_id))
+            with self._jobs_lock:
+                if len(self._jobs) > 10_000:
+                    self._jobs.clear()
+                self._jobs[job_id] = cached
+        _, job, checkpoints = cached
+        if job.project != project:
+            raise NotFound(f"jobs/{job_id} does not exist")
+        return job, checkpoints
 
     def predict(
         self, job_name: str, selector: str, inputs: tensor_pb2.Tensor, project: str
     ) -> Prediction:
-        job = self.store.get_job(parse_name(job_name, "jobs", "job"), project)
-        checkpoint = self.resolve(job, selector)
+        job, checkpoints = self._job(job_name, project)
+        checkpoint = self.resolve(job, selector, checkpoints)
         model = self.model(job, checkpoint)
         features = self._check_inputs(inputs, model)
         PREDICTION_ROWS.observe(len(features))
@@ -57,13 +85,15 @@ class PredictionService:
 
     def metadata(self, job_name: str, selector: str, project: str) -> tuple[Job, Checkpoint, Model]:
         """The job, the checkpoint a prediction would use, and its model."""
-        job = self.store.get_job(parse_name(job_name, "jobs", "job"), project)
-        checkpoint = self.resolve(job, selector)
+        job, checkpoints = self._job(job_name, project)
+        checkpoint = self.resolve(job, selector, checkpoints)
         return job, checkpoint, self.model(job, checkpoint)
 
     def forget(self, job_id: str) -> None:
-        """Drops a deleted job's models from the cache."""
+        """Drops a deleted job from the caches."""
         self.cache.invalidate(job_id)
+        with self._jobs_lock:
+            self._jobs.pop(job_id, None)
 
     @staticmethod
     def best_of(checkpoints: list[Checkpoint]) -> Checkpoint | None:
@@ -72,9 +102,8 @@ class PredictionService:
             return None
         return min(reversed(checkpoints), key=lambda c: checkpoint_score(c.metrics))
 
-    def resolve(self, job: Job, selector: str) -> Checkpoint:
+    def resolve(self, job: Job, selector: str, checkpoints: list[Checkpoint]) -> Checkpoint:
         """The checkpoint named by `selector`: "", "latest", "best", "epoch/N" or a full name."""
-        checkpoints = self.store.list_checkpoints(job.id)
         if not checkpoints:
             raise FailedPrecondition(
                 f"jobs/{job.id} has no checkpoint yet (it is {job.state.value}); predictions need "

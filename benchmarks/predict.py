@@ -1,0 +1,206 @@
+"""Prediction benchmark: Trainwire's Predict against a bare gRPC server, in one run.
+
+Both serve the same trained 784-512-512-10 MLP. The bare server runs the same NumPy forward pass
+per request with no cache lookup, no batching and no validation: the ceiling for Python gRPC on
+this machine. One load generator (a separate process, asyncio client) drives both with the same
+requests: one row at concurrency 1 and 16, and 1,000 rows at concurrency 4. Loopback only,
+bounded request counts. Run: .venv/bin/python benchmarks/predict.py [--quick]; the last line is
+JSON.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as a script, this folder is sys.path[0]; benchmarks/queue.py must not shadow the standard
+# library's queue for the imports below.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import grpc  # noqa: E402
+import grpc.aio  # noqa: E402
+import numpy as np  # noqa: E402
+
+from trainwire.client import Client  # noqa: E402
+from trainwire.client.tensors import from_tensor, to_tensor  # noqa: E402
+from trainwire.engine import load_state, save_state  # noqa: E402
+from trainwire.server.db import Database  # noqa: E402
+from trainwire.server.local import local_server  # noqa: E402
+from trainwire.server.store import Store  # noqa: E402
+from trainwire.v1 import predictions_pb2, predictions_pb2_grpc  # noqa: E402
+
+CASES = {"one_row_c1": (1, 1), "one_row_c16": (1, 16), "rows1000_c4": (1000, 4)}
+MODEL = {
+    "layers": [
+        {"type": "dense", "units": 512, "activation": "relu"},
+        {"type": "dense", "units": 512, "activation": "relu"},
+        {"type": "dense", "units": 10},
+    ]
+}
+
+
+# --- the bare server ----------------------------------------------------------------------------
+
+
+class BarePredictor(predictions_pb2_grpc.PredictionServiceServicer):
+    """relu(relu(x W1 + b1) W2 + b2) W3 + b3 per request, nothing else."""
+
+    def __init__(self, weights: dict[str, np.ndarray]) -> None:
+        self.layers = [
+            (weights[f"model.layers.{i}.kernel"], weights[f"model.layers.{i}.bias"])
+            for i in range(3)
+        ]
+
+    def Predict(
+        self, request: predictions_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> predictions_pb2.PredictResponse:
+        x = from_tensor(request.inputs)
+        for index, (kernel, bias) in enumerate(self.layers):
+            x = x @ kernel + bias
+            if index < 2:
+                np.maximum(x, 0, out=x)
+        return predictions_pb2.PredictResponse(outputs=to_tensor(x))
+
+
+def run_bare_server(weights_path: str) -> None:
+    weights, _ = load_state(Path(weights_path).read_bytes())
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=16),
+        options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)],
+    )
+    predictions_pb2_grpc.add_PredictionServiceServicer_to_server(BarePredictor(weights), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    server.wait_for_termination()
+
+
+# --- the load generator -------------------------------------------------------------------------
+
+
+async def drive(target: str, job: str, rows: int, concurrency: int, count: int) -> dict[str, float]:
+    inputs = to_tensor(np.random.default_rng(0).normal(size=(rows, 784)).astype(np.float32))
+    request = predictions_pb2.PredictRequest(job=job, inputs=inputs)
+    options = [("grpc.max_send_message_length", 64 << 20)]
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        stub = predictions_pb2_grpc.PredictionServiceStub(channel)
+        for _ in range(20):  # warm-up: connections, caches
+            await stub.Predict(request, timeout=30)
+        remaining = count
+
+        async def client() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                started = time.perf_counter()
+                await stub.Predict(request, timeout=30)
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    ordered = np.sort(np.array(latencies)) * 1000
+    return {
+        "rps": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ordered, 50)), 3),
+        "p99_ms": round(float(np.percentile(ordered, 99)), 3),
+    }
+
+
+def load(target: str, job: str, case: str, count: int) -> dict[str, float]:
+    """Runs the load generator in its own process (it must not share the server's GIL)."""
+    output = subprocess.run(
+        [sys.executable, __file__, "--load", target, job, case, str(count)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests")
+    parser.add_argument("--bare", help=argparse.SUPPRESS)
+    parser.add_argument("--load", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare:
+        run_bare_server(args.bare)
+        return 0
+    if args.load:
+        target, job, case, count = args.load
+        rows, concurrency = CASES[case]
+        print(json.dumps(asyncio.run(drive(target, job, rows, concurrency, int(count)))))
+        return 0
+
+    counts = {"one_row_c1": 2000, "one_row_c16": 4000, "rows1000_c4": 300}
+    if args.quick:
+        counts = {case: count // 10 for case, count in counts.items()}
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        url = f"sqlite:///{folder}/predict.db"
+        with local_server(url, workers=1) as server, Client(server.target) as client:
+            rng = np.random.default_rng(0)
+            x = rng.normal(size=(2048, 784)).astype(np.float32)
+            data = client.upload_dataset(x, rng.integers(0, 10, size=2048), task="multiclass")
+            job = client.create_job(data, MODEL, epochs=1, batch_size=128)
+            job.wait(timeout=300)
+            database = Database(url)
+            store = Store(database)
+            final = store.list_checkpoints(job.name.removeprefix("jobs/"))[-1]
+            weights = Path(folder) / "weights.safetensors"
+            state, _ = load_state(store.checkpoint_data(final.id))
+            weights.write_bytes(save_state(state))
+            database.dispose()
+            bare = subprocess.Popen(
+                [sys.executable, __file__, "--bare", str(weights)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert bare.stdout is not None
+                bare_target = f"127.0.0.1:{bare.stdout.readline().strip()}"
+                for case, count in counts.items():
+                    ours = load(server.target, job.name, case, count)
+                    ceiling = load(bare_target, job.name, case, count)
+                    results[case] = {
+                        "trainwire_rps": ours["rps"],
+                        "bare_rps": ceiling["rps"],
+                        "ratio": round(ours["rps"] / ceiling["rps"], 3),
+                        "p50_ms": ours["p50_ms"],
+                        "p99_ms": ours["p99_ms"],
+                        "bare_p50_ms": ceiling["p50_ms"],
+                        "bare_p99_ms": ceiling["p99_ms"],
+                    }
+            finally:
+                bare.kill()
+                bare.wait()
+    print(
+        f"{'case':<14}{'trainwire rps':>14}{'bare rps':>10}{'ratio':>7}{'p50 ms':>9}{'p99 ms':>9}"
+    )
+    for case, row in results.items():
+        print(
+            f"{case:<14}{row['trainwire_rps']:>14}{row['bare_rps']:>10}{row['ratio']:>7}"
+            f"{row['p50_ms']:>9}{row['p99_ms']:>9}"
+        )
+    print(json.dumps({"benchmark": "predict", "cases": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
