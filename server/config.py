@@ -22,6 +22,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 50051
     workers: int = 2
+    # Queues the workers take jobs from, comma-separated; empty: every queue.
+    queues: str = ""
     # gRPC limits. Uploads and big predictions are streamed, so 4 MiB messages suffice.
     max_message_bytes: int = 4 * 1024 * 1024
     max_dataset_bytes: int = 512 * 1024 * 1024
@@ -121,6 +123,9 @@ class Settings:
             )
         return env
 
+    def queue_list(self) -> list[str]:
+        return [q.strip() for q in self.queues.split(",") if q.strip()]
+
     def blas_threads_per_worker(self) -> int:
         if self.blas_threads > 0:
             return self.blas_threads
@@ -132,6 +137,7 @@ _ENV_FIELDS: dict[str, type] = {
     "host": str,
     "port": int,
     "workers": int,
+    "queues": str,
     "max_message_bytes": int,
     "max_dataset_bytes": int,
     "max_parameters": int,

@@ -466,6 +466,7 @@ def run_worker_process(
     database = Database(settings.database_url)
     try:
         with threadpool_limits(limits=settings.blas_threads_per_worker()):
-            Worker(Store(database), settings, worker_id(index), stop, queues).run_forever()
+            chosen = list(queues or []) or settings.queue_list()
+            Worker(Store(database), settings, worker_id(index), stop, chosen).run_forever()
     finally:
         database.dispose()

@@ -26,7 +26,9 @@ def blobs(rows: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="package")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     url = f"sqlite:///{tmp_path_factory.mktemp('sdk') / 'trainwire.db'}"
-    with local_server(url, workers=1, extra_env={"TRAINWIRE_POLL_INTERVAL_S": "0.1"}) as server:
+    # Workers take the default queue only, so jobs sent to other queues stay QUEUED.
+    env = {"TRAINWIRE_POLL_INTERVAL_S": "0.1", "TRAINWIRE_QUEUES": "default"}
+    with local_server(url, workers=1, extra_env=env) as server:
         yield server
 
 

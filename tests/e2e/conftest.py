@@ -35,7 +35,8 @@ def live_server(
             check=True,
             capture_output=True,
         )
-    with local_server(url, workers=2) as server:
+    # Workers take the default queue only, so jobs sent to other queues stay QUEUED.
+    with local_server(url, workers=2, extra_env={"TRAINWIRE_QUEUES": "default"}) as server:
         yield server
     assert server.process.returncode == 0, "".join(server.output[-40:])
 

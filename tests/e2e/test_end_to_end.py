@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import grpc
@@ -172,6 +173,8 @@ def test_bad_predictions_get_clear_statuses(
     with pytest.raises(NotFound, match="epoch 99"):
         job.predict(iris["x_test"], checkpoint="epoch/99")
     queued = client.create_job(iris_dataset, MLP, epochs=1, queue="nobody-listens")
+    time.sleep(1.0)  # longer than the workers' poll interval: they take the default queue only
+    assert queued.status().state == "QUEUED"
     with pytest.raises(FailedPrecondition, match="no checkpoint"):
         queued.predict(iris["x_test"])
 

@@ -31,7 +31,12 @@ from trainwire.server.store import Store
 from ..conftest import fresh_postgres_database
 from ..support.tcp_proxy import TcpProxy
 
-FAST_LEASES = {"TRAINWIRE_LEASE_S": "2", "TRAINWIRE_POLL_INTERVAL_S": "0.1"}
+FAST_LEASES = {
+    "TRAINWIRE_LEASE_S": "2",
+    "TRAINWIRE_POLL_INTERVAL_S": "0.1",
+    # Jobs sent to another queue stay QUEUED.
+    "TRAINWIRE_QUEUES": "default",
+}
 SLOW_MODEL = {
     "layers": [
         {"type": "dense", "units": 128, "activation": "relu"},
