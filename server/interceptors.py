@@ -163,29 +163,29 @@ def _record(method: str, context: grpc.ServicerContext, started: float, failed: 
     RPC_SECONDS.labels(method=name, code=code.name).observe(time.perf_counter() - started)
 
 
+@contextlib.contextmanager
+def _timing(context: grpc.ServicerContext, method: str) -> Iterator[None]:
+    started = time.perf_counter()
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        _record(method, context, started, failed)
+
+
 def _timed_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
     def timed(request: Any, context: grpc.ServicerContext) -> Any:
-        started = time.perf_counter()
-        failed = True
-        try:
-            response = behavior(request, context)
-            failed = False
-            return response
-        finally:
-            _record(method, context, started, failed)
+        with _timing(context, method):
+            return behavior(request, context)
 
     return timed
 
 
 def _timed_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callable[..., Any]:
     def timed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        started = time.perf_counter()
-        failed = True
-        try:
+        with _timing(context, method):
             yield from behavior(request, context)
-            failed = False
-        finally:
-            _record(method, context, started, failed)
 
     return timed
 

@@ -520,9 +520,7 @@ class Store:
         return utcnow() if self.db.is_sqlite else func.now()
 
     def _lease_until(self, lease_s: float) -> Any:
-        if self.db.is_sqlite:
-            return utcnow() + timedelta(seconds=lease_s)
-        return func.now() + timedelta(seconds=lease_s)
+        return self._db_now() + timedelta(seconds=lease_s)
 
     def heartbeat(self, claim: Claim, lease_s: float) -> JobState:
         """Renews the lease of a claimed job; returns its state so a cancel request is seen."""

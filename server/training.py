@@ -75,8 +75,7 @@ def training_from_proto(config: models_pb2.TrainingConfig, dataset: Dataset) -> 
         )
     for name, value in config.optimizer.params.items():
         _check_finite_number(f"training.optimizer.params[{name[:40]!r}]", value)
-    for name in ("loss", "optimizer.name"):
-        text = config.loss if name == "loss" else config.optimizer.name
+    for name, text in (("loss", config.loss), ("optimizer.name", config.optimizer.name)):
         if len(text) > 64 or "\x00" in text:
             raise InvalidArgument.field(f"training.{name}", f"is not a known name: {text[:64]!r}")
     optimizer: dict[str, Any] = {
