@@ -1,12 +1,13 @@
 """gRPC servicers: convert the request, call a service, convert the result. Nothing else.
 
-Errors raised by the services are mapped to statuses by `server.interceptors.ErrorInterceptor`;
-the caller's project comes from `server.auth` (set by `AuthInterceptor`).
+Errors raised by the services are mapped to statuses by `server.interceptors.RequestInterceptor`,
+which also sets the caller's project (`server.auth`).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -137,7 +138,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     def WatchJob(
         self, request: jobs_pb2.WatchJobRequest, context: grpc.ServicerContext
     ) -> Iterator[jobs_pb2.JobEvent]:
-        client = current_client()
+        client = current_client() or context.peer()  # the key's id, else the connection
         self.watches.acquire(client)
         try:
             events = self.jobs.events(
@@ -199,6 +200,12 @@ def _prediction_response(result: Prediction) -> predictions_pb2.PredictResponse:
     return response
 
 
+def _deadline(context: grpc.ServicerContext) -> float | None:
+    """The call's deadline on the `time.monotonic()` clock, if the client set one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
 class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
     def __init__(self, predictions: PredictionService) -> None:
         self.predictions = predictions
@@ -207,7 +214,12 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
         self, request: predictions_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> predictions_pb2.PredictResponse:
         result = self.predictions.predict(
-            request.job, request.checkpoint, request.inputs, current_project()
+            request.job,
+            request.checkpoint,
+            request.inputs,
+            current_project(),
+            deadline=_deadline(context),
+            on_cancel=context.add_callback,
         )
         return _prediction_response(result)
 
@@ -217,9 +229,10 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
         context: grpc.ServicerContext,
     ) -> Iterator[predictions_pb2.PredictResponse]:
         project = current_project()
+        deadline = _deadline(context)
         for request in request_iterator:
             result = self.predictions.predict(
-                request.job, request.checkpoint, request.inputs, project
+                request.job, request.checkpoint, request.inputs, project, deadline=deadline
             )
             yield _prediction_response(result)
 

@@ -31,11 +31,10 @@ from .config import Settings
 from .datasets import DatasetService
 from .db import Database
 from .errors import Unavailable
-from .interceptors import AuthInterceptor, ErrorInterceptor, MetricsInterceptor
+from .interceptors import RequestInterceptor
 from .jobs import JobService
 from .metrics import DeploymentCollector, serve_metrics
 from .migrate import ensure_migrated
-from .model_cache import ModelCache
 from .predictions import PredictionService
 from .store import Store
 from .supervisor import WorkerPool
@@ -78,12 +77,16 @@ def create_server(settings: Settings, store: Store, address: str | None = None) 
     checker = KeyChecker(store.active_api_keys)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="rpc"),
-        # The first interceptor is the outermost: errors (including refused keys) become statuses.
-        interceptors=[MetricsInterceptor(), ErrorInterceptor(), AuthInterceptor(checker)],
+        interceptors=[RequestInterceptor(checker)],
         options=options,
     )
     datasets = DatasetService(store, settings)
-    predictions = PredictionService(store, ModelCache(settings.model_cache_bytes))
+    predictions = PredictionService(
+        store,
+        settings.model_cache_bytes,
+        batch_rows=settings.predict_batch_rows,
+        batch_wait_s=settings.predict_batch_wait_ms / 1000,
+    )
     jobs = JobServicer(
         JobService(store, settings), predictions, WatchLimiter(settings.max_watches_per_client)
     )

@@ -54,6 +54,10 @@ class Settings:
     blas_threads: int = 0
     # Model cache of the prediction path.
     model_cache_bytes: int = 256 * 1024 * 1024
+    # Micro-batching: concurrent predictions for one model share a forward pass of at most this
+    # many rows; a batch formed under load may wait this long for more (0: never waits).
+    predict_batch_rows: int = 256
+    predict_batch_wait_ms: float = 0.0
     # Migrate an embedded SQLite database at start; PostgreSQL is migrated by
     # `trainwire db upgrade`.
     auto_migrate_sqlite: bool = True
@@ -91,13 +95,18 @@ class Settings:
         positive = (
             "max_message_bytes", "max_dataset_bytes", "max_parameters", "max_epochs",
             "max_watches_per_client", "grpc_threads", "poll_interval_s", "lease_s",
-            "default_max_attempts", "model_cache_bytes",
+            "default_max_attempts", "model_cache_bytes", "predict_batch_rows",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 found.append(
                     f"TRAINWIRE_{name.upper()} must be positive. Received: {getattr(self, name)}"
                 )
+        if self.predict_batch_wait_ms < 0:
+            found.append(
+                "TRAINWIRE_PREDICT_BATCH_WAIT_MS must be 0 or more. "
+                f"Received: {self.predict_batch_wait_ms}"
+            )
         if bool(self.tls_cert) != bool(self.tls_key):
             found.append("TRAINWIRE_TLS_CERT and TRAINWIRE_TLS_KEY must be set together")
         if self.tls_client_ca and not self.tls_cert:
@@ -156,6 +165,8 @@ _ENV_FIELDS: dict[str, type] = {
     "db_retry_s": float,
     "blas_threads": int,
     "model_cache_bytes": int,
+    "predict_batch_rows": int,
+    "predict_batch_wait_ms": float,
     "auto_migrate_sqlite": bool,
 }
 

@@ -61,3 +61,11 @@ class ResourceExhausted(TrainwireError):
 
 class Unavailable(TrainwireError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(TrainwireError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Cancelled(TrainwireError):
+    code = grpc.StatusCode.CANCELLED

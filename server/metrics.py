@@ -33,6 +33,11 @@ PREDICTION_ROWS = Histogram(
     "Rows per prediction request",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384),
 )
+PREDICTION_BATCH_REQUESTS = Histogram(
+    "trainwire_prediction_batch_requests",
+    "Requests answered by one forward pass (micro-batching)",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 JOB_SECONDS = Histogram(
     "trainwire_job_seconds",
     "Time a worker spent on a job, by the state it left the job in",

@@ -1,7 +1,8 @@
-"""An in-memory LRU of engine models loaded from checkpoints, bounded by bytes.
+"""An in-memory LRU of models loaded from checkpoints, bounded by bytes.
 
 Concurrent first requests for one checkpoint load it once: the first caller loads while the others
-wait on that checkpoint's lock.
+wait on that checkpoint's lock. The cached value is whatever the prediction path serves a model
+with (a `ModelBatcher`); `size_of` says how many bytes it holds.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from trainwire.engine import Model
 
@@ -16,19 +18,26 @@ from .metrics import MODEL_CACHE
 
 # (job id, checkpoint id)
 CacheKey = tuple[str, int]
+Served = TypeVar("Served")
 
 
-class ModelCache:
-    def __init__(self, max_bytes: int) -> None:
+def model_bytes(model: Model) -> int:
+    """The bytes of a model's weights and buffers."""
+    return sum(array.nbytes for array in model.state_dict().values())
+
+
+class ModelCache(Generic[Served]):
+    def __init__(self, max_bytes: int, size_of: Callable[[Served], int]) -> None:
         self.max_bytes = max_bytes
-        self._models: OrderedDict[CacheKey, tuple[Model, int]] = OrderedDict()
+        self.size_of = size_of
+        self._models: OrderedDict[CacheKey, tuple[Served, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self._loading: dict[CacheKey, threading.Lock] = {}
         self.loads = 0
         self.hits = 0
 
-    def get(self, key: CacheKey, load: Callable[[], Model]) -> Model:
+    def get(self, key: CacheKey, load: Callable[[], Served]) -> Served:
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
@@ -43,7 +52,7 @@ class ModelCache:
                     return self._models[key][0]
             MODEL_CACHE.labels(result="miss").inc()
             model = load()
-            size = sum(array.nbytes for array in model.state_dict().values())
+            size = self.size_of(model)
             with self._lock:
                 self.loads += 1
                 self._models[key] = (model, size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,9 +14,10 @@ from trainwire.engine import Model, load_state
 from trainwire.engine.activations import sigmoid, softmax
 from trainwire.v1 import tensor_pb2
 
+from .batching import ModelBatcher
 from .errors import FailedPrecondition, InvalidArgument, NotFound
 from .metrics import PREDICTION_ROWS
-from .model_cache import ModelCache
+from .model_cache import ModelCache, model_bytes
 from .names import parse_name
 from .records import Checkpoint, Job, TaskKind
 from .store import Store, checkpoint_score
@@ -38,9 +40,18 @@ JOB_TTL_S = 1.0
 
 
 class PredictionService:
-    def __init__(self, store: Store, cache: ModelCache, job_ttl_s: float = JOB_TTL_S) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cache_bytes: int,
+        batch_rows: int = 256,
+        batch_wait_s: float = 0.0,
+        job_ttl_s: float = JOB_TTL_S,
+    ) -> None:
         self.store = store
-        self.cache = cache
+        self.cache: ModelCache[ModelBatcher] = ModelCache(cache_bytes, _batcher_bytes)
+        self.batch_rows = batch_rows
+        self.batch_wait_s = batch_wait_s
         self.job_ttl_s = job_ttl_s
         self._jobs: dict[str, tuple[float, Job, list[Checkpoint]]] = {}
         self._jobs_lock = threading.Lock()
@@ -64,14 +75,28 @@ class PredictionService:
         return job, checkpoints
 
     def predict(
-        self, job_name: str, selector: str, inputs: tensor_pb2.Tensor, project: str
+        self,
+        job_name: str,
+        selector: str,
+        inputs: tensor_pb2.Tensor,
+        project: str,
+        deadline: float | None = None,
+        on_cancel: Callable[[Callable[[], None]], object] | None = None,
     ) -> Prediction:
+        """Outputs for `inputs`, batched with concurrent requests for the same checkpoint.
+
+        `deadline` is a `time.monotonic()` value; `on_cancel` registers a callback to run if the
+        caller goes away (gRPC's `context.add_callback`).
+        """
         job, checkpoints = self._job(job_name, project)
         checkpoint = self.resolve(job, selector, checkpoints)
-        model = self.model(job, checkpoint)
-        features = self._check_inputs(inputs, model)
+        batcher = self.batcher(job, checkpoint)
+        features = self._check_inputs(inputs, batcher.model)
         PREDICTION_ROWS.observe(len(features))
-        outputs = model.predict(features)
+        ticket = batcher.submit(features, deadline)
+        if on_cancel is not None:
+            on_cancel(lambda: batcher.cancel(ticket))
+        outputs = batcher.result(ticket)
         if not TaskKind(job.target["task"]).is_classification:
             return Prediction(checkpoint, outputs, None, None)
         if outputs.shape[1] == 1:
@@ -87,7 +112,7 @@ class PredictionService:
         """The job, the checkpoint a prediction would use, and its model."""
         job, checkpoints = self._job(job_name, project)
         checkpoint = self.resolve(job, selector, checkpoints)
-        return job, checkpoint, self.model(job, checkpoint)
+        return job, checkpoint, self.batcher(job, checkpoint).model
 
     def forget(self, job_id: str) -> None:
         """Drops a deleted job from the caches."""
@@ -140,8 +165,10 @@ class PredictionService:
             f"must be '', 'latest', 'best', 'epoch/<n>' or '{prefix}<id>'. Received: {selector!r}",
         )
 
-    def model(self, job: Job, checkpoint: Checkpoint) -> Model:
-        def load() -> Model:
+    def batcher(self, job: Job, checkpoint: Checkpoint) -> ModelBatcher:
+        """The checkpoint's model and its batch queue, loaded once and cached."""
+
+        def load() -> ModelBatcher:
             state, _ = load_state(self.store.checkpoint_data(checkpoint.id))
             model = build_model(job.model_spec, job.training)
             model.load_state_dict(
@@ -151,7 +178,7 @@ class PredictionService:
                     if k.startswith(MODEL_PREFIX)
                 }
             )
-            return model
+            return ModelBatcher(model, self.batch_rows, self.batch_wait_s)
 
         return self.cache.get((job.id, checkpoint.id), load)
 
@@ -177,4 +204,8 @@ class PredictionService:
         if not np.isfinite(features).all():
             row = int(np.argwhere(~np.isfinite(features))[0][0])
             raise InvalidArgument.field("inputs", f"must be finite; row {row} has NaN or Inf")
-        return features.astype(model.dtype, copy=False)
+        return np.ascontiguousarray(features, dtype=model.dtype)
+
+
+def _batcher_bytes(batcher: ModelBatcher) -> int:
+    return model_bytes(batcher.model)

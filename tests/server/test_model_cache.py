@@ -7,14 +7,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from trainwire.engine import Model
-from trainwire.server.model_cache import ModelCache
+from trainwire.server.model_cache import ModelCache, model_bytes
 
 SPEC = {"input_dim": 8, "layers": [{"type": "dense", "units": 4}]}
 MODEL_BYTES = (8 * 4 + 4) * 4
 
 
 def test_concurrent_first_requests_load_once() -> None:
-    cache = ModelCache(max_bytes=10 * MODEL_BYTES)
+    cache = ModelCache(10 * MODEL_BYTES, model_bytes)
     loads = []
     gate = threading.Event()
 
@@ -33,7 +33,7 @@ def test_concurrent_first_requests_load_once() -> None:
 
 
 def test_least_recently_used_models_are_evicted_by_bytes() -> None:
-    cache = ModelCache(max_bytes=2 * MODEL_BYTES)
+    cache = ModelCache(2 * MODEL_BYTES, model_bytes)
     for checkpoint in (1, 2):
         cache.get(("job", checkpoint), lambda: Model.from_spec(SPEC))
     cache.get(("job", 1), lambda: Model.from_spec(SPEC))  # 1 is now the most recent
