@@ -73,17 +73,40 @@ class BarePredictor(predictions_pb2_grpc.PredictionServiceServicer):
         return predictions_pb2.PredictResponse(outputs=to_tensor(x))
 
 
+class BareAsyncPredictor(BarePredictor):
+    """The same forward pass as a coroutine, for the asyncio server."""
+
+    async def Predict(  # type: ignore[override]
+        self, request: predictions_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> predictions_pb2.PredictResponse:
+        return BarePredictor.Predict(self, request, context)  # type: ignore[arg-type]
+
+
+BARE_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)]
+
+
 def run_bare_server(weights_path: str) -> None:
+    """The ceiling: a thread-pool server (grpcio's classic API)."""
     weights, _ = load_state(Path(weights_path).read_bytes())
-    server = grpc.server(
-        ThreadPoolExecutor(max_workers=16),
-        options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)],
-    )
+    server = grpc.server(ThreadPoolExecutor(max_workers=16), options=BARE_OPTIONS)
     predictions_pb2_grpc.add_PredictionServiceServicer_to_server(BarePredictor(weights), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(port, flush=True)
     server.wait_for_termination()
+
+
+async def run_bare_async_server(weights_path: str) -> None:
+    """The same bare service on grpc.aio: the measurement behind Trainwire's server choice."""
+    weights, _ = load_state(Path(weights_path).read_bytes())
+    server = grpc.aio.server(options=BARE_OPTIONS)
+    predictions_pb2_grpc.add_PredictionServiceServicer_to_server(
+        BareAsyncPredictor(weights), server
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
 
 
 # --- the load generator -------------------------------------------------------------------------
@@ -137,10 +160,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests")
     parser.add_argument("--bare", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-async", help=argparse.SUPPRESS)
     parser.add_argument("--load", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare:
         run_bare_server(args.bare)
+        return 0
+    if args.bare_async:
+        asyncio.run(run_bare_async_server(args.bare_async))
         return 0
     if args.load:
         target, job, case, count = args.load

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 
@@ -140,9 +140,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> Iterator[jobs_pb2.JobEvent]:
         client = current_client() or context.peer()  # the key's id, else the connection
         self.watches.acquire(client)
+        ended = threading.Event()  # the call is over: the client left or the server stops
+        context.add_callback(ended.set)
         try:
             events = self.jobs.events(
-                request.name, request.after_sequence, current_project(), context.is_active
+                request.name, request.after_sequence, current_project(), lambda: not ended.is_set()
             )
             for event in events:
                 yield jobs_pb2.JobEvent(
@@ -200,38 +202,40 @@ def _prediction_response(result: Prediction) -> predictions_pb2.PredictResponse:
     return response
 
 
-def _deadline(context: grpc.ServicerContext) -> float | None:
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     """The call's deadline on the `time.monotonic()` clock, if the client set one."""
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
 
 
 class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
+    """Predict and PredictStream run on the event loop (micro-batched, see `server.batching`);
+    GetModelMetadata in the thread pool like the other services."""
+
     def __init__(self, predictions: PredictionService) -> None:
         self.predictions = predictions
 
-    def Predict(
-        self, request: predictions_pb2.PredictRequest, context: grpc.ServicerContext
+    async def Predict(
+        self, request: predictions_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> predictions_pb2.PredictResponse:
-        result = self.predictions.predict(
+        result = await self.predictions.predict(
             request.job,
             request.checkpoint,
             request.inputs,
             current_project(),
             deadline=_deadline(context),
-            on_cancel=context.add_callback,
         )
         return _prediction_response(result)
 
-    def PredictStream(
+    async def PredictStream(
         self,
-        request_iterator: Iterator[predictions_pb2.PredictRequest],
-        context: grpc.ServicerContext,
-    ) -> Iterator[predictions_pb2.PredictResponse]:
+        request_iterator: AsyncIterator[predictions_pb2.PredictRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[predictions_pb2.PredictResponse]:
         project = current_project()
         deadline = _deadline(context)
-        for request in request_iterator:
-            result = self.predictions.predict(
+        async for request in request_iterator:
+            result = await self.predictions.predict(
                 request.job, request.checkpoint, request.inputs, project, deadline=deadline
             )
             yield _prediction_response(result)
@@ -239,9 +243,10 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
     def GetModelMetadata(
         self, request: predictions_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
     ) -> predictions_pb2.ModelMetadata:
-        job, checkpoint, model = self.predictions.metadata(
+        job, checkpoint, batcher = self.predictions.served(
             request.job, request.checkpoint, current_project()
         )
+        model = batcher.model
         dtype = (
             tensor_pb2.DATA_TYPE_FLOAT64
             if str(model.dtype) == "float64"

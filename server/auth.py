@@ -99,6 +99,8 @@ class KeyChecker:
         self._lock = threading.Lock()
 
     def _active_keys(self) -> dict[str, KeyRecord]:
+        if time.monotonic() - self._loaded <= self.ttl_s:  # fresh: no lock on the hot path
+            return self._keys
         with self._lock:
             if time.monotonic() - self._loaded > self.ttl_s:
                 self._keys = {key.id: key for key in self.load_keys()}

@@ -3,22 +3,28 @@
 A `TrainwireError` becomes its status code with a message and, for bad fields, a
 `google.rpc.BadRequest` detail. Anything else is logged with its stack trace and answered INTERNAL
 with a reference, never the trace itself. An RPC without an implementation answers UNIMPLEMENTED.
+
+The server is `grpc.aio` (see `server.app`): coroutine handlers run on the event loop, plain ones
+in its thread pool, and each keeps its kind once wrapped here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
+import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar, Token
 from typing import Any
 
 import grpc
+import grpc.aio
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from .auth import CURRENT_CLIENT, CURRENT_PROJECT, EXEMPT_PREFIXES, KeyChecker
 from .errors import TrainwireError
@@ -27,152 +33,210 @@ from .metrics import RPC_REQUESTS, RPC_SECONDS
 
 log = logging.getLogger("trainwire.server")
 
+# The trailing metadata key that carries a google.rpc.Status (what grpcio-status reads).
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
-def abort_with(context: grpc.ServicerContext, error: TrainwireError) -> None:
-    details = []
-    if error.violations:
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
-                )
-                for v in error.violations
-            ]
+
+def _status_of(error: BaseException, method: str) -> status_pb2.Status:
+    """The google.rpc.Status a handler's exception is answered with."""
+    if isinstance(error, TrainwireError):
+        details = []
+        if error.violations:
+            bad_request = error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in error.violations
+                ]
+            )
+            packed = any_pb2.Any()
+            packed.Pack(bad_request)
+            details.append(packed)
+        return status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    if isinstance(error, NotImplementedError):
+        name = method.rsplit("/", 1)[-1]
+        return status_pb2.Status(
+            code=code_pb2.UNIMPLEMENTED,
+            message=f"{name} is part of the trainwire.v1 API but not implemented by this server",
         )
-        packed = any_pb2.Any()
-        packed.Pack(bad_request)
-        details.append(packed)
-    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
-    context.abort_with_status(rpc_status.to_status(status))
-
-
-def _unexpected(context: grpc.ServicerContext, method: str) -> None:
     reference = REQUEST_ID.get() or uuid.uuid4().hex[:12]
-    log.exception("unexpected error in %s (reference %s)", method, reference)
-    context.abort(
-        grpc.StatusCode.INTERNAL,
-        f"Trainwire hit an unexpected error (reference {reference}); "
+    log.error("unexpected error in %s (reference %s)", method, reference, exc_info=error)
+    return status_pb2.Status(
+        code=code_pb2.INTERNAL,
+        message=f"Trainwire hit an unexpected error (reference {reference}); "
         "the server log has the details",
     )
 
 
-def _unimplemented(context: grpc.ServicerContext, method: str) -> None:
-    name = method.rsplit("/", 1)[-1]
-    status = status_pb2.Status(
-        code=code_pb2.UNIMPLEMENTED,
-        message=f"{name} is part of the trainwire.v1 API but not implemented by this server yet",
-    )
-    context.abort_with_status(rpc_status.to_status(status))
+# New request ids: a random prefix per process and a counter (uuid4 per call cost more than a
+# forward pass: it reads os.urandom).
+_ID_PREFIX = uuid.uuid4().hex[:8]
+_next_id = itertools.count()
 
 
 def _request_id(metadata: tuple[tuple[str, Any], ...]) -> str:
     """The caller's `x-request-id` metadata, or a new id; logs of the call carry it."""
     for key, value in metadata:
-        if key == "x-request-id":
-            return str(value)[:64] or uuid.uuid4().hex[:16]
-    return uuid.uuid4().hex[:16]
+        if key == "x-request-id" and value:
+            return str(value)[:64]
+    return f"{_ID_PREFIX}{next(_next_id):08x}"
 
 
-def _record(method: str, context: grpc.ServicerContext, started: float, failed: bool) -> None:
-    code = context.code() if hasattr(context, "code") else None
-    if code is None:
-        code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
-    RPC_REQUESTS.labels(method=method, code=code.name).inc()
-    RPC_SECONDS.labels(method=method, code=code.name).observe(time.perf_counter() - started)
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-class RequestInterceptor(grpc.ServerInterceptor):
+class _Call:
+    """One call's bookkeeping: its request id and caller, its status, its metrics."""
+
+    def __init__(self, context: Any, method: str) -> None:
+        self.started = time.perf_counter()
+        self.context = context
+        self.method = method
+        self.code = grpc.StatusCode.UNKNOWN
+        self.metadata = context.invocation_metadata() or ()
+        self.tokens: list[tuple[ContextVar[str], Token[str]]] = [
+            (REQUEST_ID, REQUEST_ID.set(_request_id(self.metadata)))
+        ]
+
+    def admit(self, checker: KeyChecker) -> None:
+        """Checks the caller's key (Unauthenticated if bad) and sets its project."""
+        if not self.method.startswith(EXEMPT_PREFIXES):
+            project, client = checker.project_of(self.metadata)
+            self.tokens.append((CURRENT_PROJECT, CURRENT_PROJECT.set(project)))
+            self.tokens.append((CURRENT_CLIENT, CURRENT_CLIENT.set(client)))
+
+    def failed(self, error: BaseException) -> tuple[grpc.StatusCode, str]:
+        """Puts the error's status in the trailing metadata; returns what to abort with."""
+        status = _status_of(error, self.method)
+        self.code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+        self.context.set_trailing_metadata(((STATUS_DETAILS_KEY, status.SerializeToString()),))
+        return self.code, status.message
+
+    def end(self) -> None:
+        for variable, token in reversed(self.tokens):
+            with contextlib.suppress(ValueError):  # a generator closed from another context
+                variable.reset(token)
+        count, seconds = _rpc_metrics(self.method, self.code)
+        count.inc()
+        seconds.observe(time.perf_counter() - self.started)
+
+
+@functools.cache
+def _rpc_metrics(method: str, code: grpc.StatusCode) -> tuple[Any, Any]:
+    """The labelled counter and histogram of a method and status (looked up once)."""
+    name = method.rsplit("/", 1)[-1]
+    return (
+        RPC_REQUESTS.labels(method=name, code=code.name),
+        RPC_SECONDS.labels(method=name, code=code.name),
+    )
+
+
+class RequestInterceptor(grpc.aio.ServerInterceptor):
     """Everything a call goes through before its servicer, in one wrapper per method.
 
     In order: timing and counting by method and status code (Prometheus); the request id for the
     logs; the caller's key checked and its project set (health and reflection answer everyone);
     and any error raised turned into a status. The wrapped handlers are built once per method,
-    not per call — with three separate interceptors the wrapping cost more than the servicer.
+    not per call.
     """
 
     def __init__(self, checker: KeyChecker) -> None:
         self.checker = checker
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler:
         method = handler_call_details.method
         wrapped = self._handlers.get(method)
         if wrapped is None:
-            handler = continuation(handler_call_details)
+            handler = await continuation(handler_call_details)
             if handler is None:
-                return None
-            wrapped = wrap_handler(handler, method, self._unary, self._stream)
+                return None  # grpc answers UNIMPLEMENTED
+            wrapped = wrap_handler(handler, lambda behavior: self._wrap(behavior, method))
             self._handlers[method] = wrapped
         return wrapped
 
-    @contextlib.contextmanager
-    def _serving(self, context: grpc.ServicerContext, method: str) -> Iterator[None]:
-        started = time.perf_counter()
-        failed = True
-        metadata = context.invocation_metadata() or ()
-        tokens: list[tuple[ContextVar[str], Token[str]]] = [
-            (REQUEST_ID, REQUEST_ID.set(_request_id(metadata)))
-        ]
-        try:
-            if not method.startswith(EXEMPT_PREFIXES):
-                project, client = self.checker.project_of(metadata)
-                tokens.append((CURRENT_PROJECT, CURRENT_PROJECT.set(project)))
-                tokens.append((CURRENT_CLIENT, CURRENT_CLIENT.set(client)))
-            yield
-            failed = False
-        except TrainwireError as error:
-            abort_with(context, error)
-        except NotImplementedError:
-            _unimplemented(context, method)
-        except Exception:
-            _unexpected(context, method)
-        finally:
-            for variable, token in reversed(tokens):
-                with contextlib.suppress(ValueError):  # a generator closed from another context
-                    variable.reset(token)
-            _record(method.rsplit("/", 1)[-1], context, started, failed)
+    def _wrap(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        """A wrapper of the behaviour's own kind: coroutine, async generator, or plain."""
+        checker = self.checker
+        if inspect.isasyncgenfunction(behavior):
 
-    def _unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
-        def serve(request: Any, context: grpc.ServicerContext) -> Any:
-            with self._serving(context, method):
-                return behavior(request, context)
+            async def serve_async_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                call = _Call(context, method)
+                try:
+                    call.admit(checker)
+                    async for response in behavior(request, context):
+                        yield response
+                    call.code = grpc.StatusCode.OK
+                except Exception as error:
+                    await context.abort(*call.failed(error))
+                finally:
+                    call.end()
+
+            return serve_async_stream
+        if inspect.iscoroutinefunction(behavior):
+
+            async def serve_async(request: Any, context: Any) -> Any:
+                call = _Call(context, method)
+                try:
+                    call.admit(checker)
+                    response = await behavior(request, context)
+                    call.code = grpc.StatusCode.OK
+                    return response
+                except Exception as error:
+                    await context.abort(*call.failed(error))
+                finally:
+                    call.end()
+
+            return serve_async
+        if inspect.isgeneratorfunction(behavior):
+
+            def serve_stream(request: Any, context: Any) -> Iterator[Any]:
+                call = _Call(context, method)
+                try:
+                    call.admit(checker)
+                    yield from behavior(request, context)
+                    call.code = grpc.StatusCode.OK
+                except Exception as error:
+                    context.abort(*call.failed(error))
+                finally:
+                    call.end()
+
+            return serve_stream
+
+        def serve(request: Any, context: Any) -> Any:
+            call = _Call(context, method)
+            try:
+                call.admit(checker)
+                response = behavior(request, context)
+                call.code = grpc.StatusCode.OK
+                return response
+            except Exception as error:
+                context.abort(*call.failed(error))
+            finally:
+                call.end()
 
         return serve
-
-    def _stream(
-        self, behavior: Callable[..., Iterator[Any]], method: str
-    ) -> Callable[..., Iterator[Any]]:
-        def serve(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            with self._serving(context, method):
-                yield from behavior(request, context)
-
-        return serve
-
-
-Wrapper = Callable[[Callable[..., Any], str], Callable[..., Any]]
 
 
 def wrap_handler(
-    handler: grpc.RpcMethodHandler, method: str, unary: Wrapper, stream: Wrapper
+    handler: grpc.RpcMethodHandler, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]
 ) -> grpc.RpcMethodHandler:
-    """The same handler with its behaviour wrapped (`unary` for single responses, `stream`
-    for streamed ones)."""
+    """The same handler with its behaviour replaced by `wrap(behaviour)`."""
     codecs = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary, method), **codecs)
+        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **codecs)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary, method), **codecs)
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **codecs)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(stream(handler.unary_stream, method), **codecs)
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **codecs)
     if handler.stream_stream:
-        return grpc.stream_stream_rpc_method_handler(
-            stream(handler.stream_stream, method), **codecs
-        )
+        return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **codecs)
     return handler

@@ -16,6 +16,8 @@ from trainwire.engine import Model
 
 from .metrics import MODEL_CACHE
 
+MODEL_CACHE_HITS = MODEL_CACHE.labels(result="hit")
+
 # (job id, checkpoint id)
 CacheKey = tuple[str, int]
 Served = TypeVar("Served")
@@ -37,12 +39,23 @@ class ModelCache(Generic[Served]):
         self.loads = 0
         self.hits = 0
 
+    def peek(self, key: CacheKey) -> Served | None:
+        """The cached value, or None (counts as a hit when found)."""
+        with self._lock:
+            found = self._models.get(key)
+            if found is None:
+                return None
+            self._models.move_to_end(key)
+            self.hits += 1
+        MODEL_CACHE_HITS.inc()
+        return found[0]
+
     def get(self, key: CacheKey, load: Callable[[], Served]) -> Served:
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 self.hits += 1
-                MODEL_CACHE.labels(result="hit").inc()
+                MODEL_CACHE_HITS.inc()
                 return self._models[key][0]
             key_lock = self._loading.setdefault(key, threading.Lock())
         with key_lock:

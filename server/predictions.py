@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,9 @@ class Prediction:
     labels: np.ndarray | None
 
 
+# A job, the checkpoint a request names, and the model loaded from it.
+Served = tuple[Job, Checkpoint, ModelBatcher]
+
 # How long a job and its checkpoint list are reused between predictions: a new checkpoint
 # ("latest", "best") or a deleted job is seen by every server within this time.
 JOB_TTL_S = 1.0
@@ -43,12 +47,14 @@ class PredictionService:
     def __init__(
         self,
         store: Store,
+        executor: Executor,
         cache_bytes: int,
         batch_rows: int = 256,
         batch_wait_s: float = 0.0,
         job_ttl_s: float = JOB_TTL_S,
     ) -> None:
         self.store = store
+        self.executor = executor  # for database reads and model loads
         self.cache: ModelCache[ModelBatcher] = ModelCache(cache_bytes, _batcher_bytes)
         self.batch_rows = batch_rows
         self.batch_wait_s = batch_wait_s
@@ -56,13 +62,20 @@ class PredictionService:
         self._jobs: dict[str, tuple[float, Job, list[Checkpoint]]] = {}
         self._jobs_lock = threading.Lock()
 
-    def _job(self, job_name: str, project: str) -> tuple[Job, list[Checkpoint]]:
-        """The job and its checkpoints, from the database at most once per `job_ttl_s`."""
+    def _job(
+        self, job_name: str, project: str, cached_only: bool = False
+    ) -> tuple[Job, list[Checkpoint]] | None:
+        """The job and its checkpoints, from the database at most once per `job_ttl_s`.
+
+        With `cached_only`, None instead of a database read.
+        """
         job_id = parse_name(job_name, "jobs", "job")
         now = time.monotonic()
         with self._jobs_lock:
             cached = self._jobs.get(job_id)
         if cached is None or now - cached[0] > self.job_ttl_s:
+            if cached_only:
+                return None
             job = self.store.get_job(job_id)
             cached = (now, job, self.store.list_checkpoints(job_id))
             with self._jobs_lock:
@@ -74,29 +87,48 @@ class PredictionService:
             raise NotFound(f"jobs/{job_id} does not exist")
         return job, checkpoints
 
-    def predict(
+    def served(self, job_name: str, selector: str, project: str) -> Served:
+        """The job, the checkpoint `selector` names, and its loaded model (may read the database
+        and load the model: call it off the event loop)."""
+        found = self._job(job_name, project)
+        assert found is not None
+        job, checkpoints = found
+        checkpoint = self.resolve(job, selector, checkpoints)
+        return job, checkpoint, self.batcher(job, checkpoint)
+
+    def _served_from_memory(self, job_name: str, selector: str, project: str) -> Served | None:
+        """`served` when the job and the model are cached, else None; never blocks."""
+        found = self._job(job_name, project, cached_only=True)
+        if found is None:
+            return None
+        job, checkpoints = found
+        checkpoint = self.resolve(job, selector, checkpoints)
+        batcher = self.cache.peek((job.id, checkpoint.id))
+        return None if batcher is None else (job, checkpoint, batcher)
+
+    async def predict(
         self,
         job_name: str,
         selector: str,
         inputs: tensor_pb2.Tensor,
         project: str,
         deadline: float | None = None,
-        on_cancel: Callable[[Callable[[], None]], object] | None = None,
     ) -> Prediction:
         """Outputs for `inputs`, batched with concurrent requests for the same checkpoint.
 
-        `deadline` is a `time.monotonic()` value; `on_cancel` registers a callback to run if the
-        caller goes away (gRPC's `context.add_callback`).
+        Runs on the event loop; a job or model not in memory is fetched in the thread pool.
+        `deadline` is a `time.monotonic()` value.
         """
-        job, checkpoints = self._job(job_name, project)
-        checkpoint = self.resolve(job, selector, checkpoints)
-        batcher = self.batcher(job, checkpoint)
+        found = self._served_from_memory(job_name, selector, project)
+        if found is None:
+            loop = asyncio.get_running_loop()
+            found = await loop.run_in_executor(
+                self.executor, self.served, job_name, selector, project
+            )
+        job, checkpoint, batcher = found
         features = self._check_inputs(inputs, batcher.model)
         PREDICTION_ROWS.observe(len(features))
-        ticket = batcher.submit(features, deadline)
-        if on_cancel is not None:
-            on_cancel(lambda: batcher.cancel(ticket))
-        outputs = batcher.result(ticket)
+        outputs = await batcher.predict(features, deadline)
         if not TaskKind(job.target["task"]).is_classification:
             return Prediction(checkpoint, outputs, None, None)
         if outputs.shape[1] == 1:
@@ -107,12 +139,6 @@ class PredictionService:
             probabilities = softmax(outputs)
         labels = probabilities.argmax(axis=1).astype(np.int64)
         return Prediction(checkpoint, outputs, probabilities, labels)
-
-    def metadata(self, job_name: str, selector: str, project: str) -> tuple[Job, Checkpoint, Model]:
-        """The job, the checkpoint a prediction would use, and its model."""
-        job, checkpoints = self._job(job_name, project)
-        checkpoint = self.resolve(job, selector, checkpoints)
-        return job, checkpoint, self.batcher(job, checkpoint).model
 
     def forget(self, job_id: str) -> None:
         """Drops a deleted job from the caches."""
@@ -178,7 +204,7 @@ class PredictionService:
                     if k.startswith(MODEL_PREFIX)
                 }
             )
-            return ModelBatcher(model, self.batch_rows, self.batch_wait_s)
+            return ModelBatcher(model, self.batch_rows, self.batch_wait_s, self.executor)
 
         return self.cache.get((job.id, checkpoint.id), load)
 

@@ -383,7 +383,11 @@ def test_batchnorm_running_stats_are_saved_and_used_for_predict(data) -> None:
     fresh.load_state_dict(state)
     x = data[0][:9]
     assert np.array_equal(fresh.predict(x), trainer.model.predict(x))
-    assert np.array_equal(fresh.predict(x[:1]), trainer.model.predict(x)[:1])  # eval mode
+    # Eval mode: one row alone gets what it gets among nine (no batch statistics). Not bit for
+    # bit: BLAS rounds a 1-row product (gemv) differently from a 9-row one (see inference.py).
+    np.testing.assert_allclose(
+        fresh.predict(x[:1]), trainer.model.predict(x)[:1], rtol=1e-5, atol=1e-6
+    )
 
 
 def _noisy_regression(seed: int = 0):

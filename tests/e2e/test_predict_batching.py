@@ -1,0 +1,180 @@
+"""Micro-batched predictions over real gRPC: concurrent answers equal lone answers bit for bit,
+malformed tensors are refused without touching their batch, and deadlines hold."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import grpc
+import grpc.aio
+import numpy as np
+import pytest
+
+from trainwire.client import Client
+from trainwire.client.tensors import to_tensor
+from trainwire.server.local import LocalServer, local_server
+from trainwire.v1 import predictions_pb2, predictions_pb2_grpc, tensor_pb2
+
+from .test_topology import free_port, scrape
+
+WIDTH = 64
+MODEL = {
+    "layers": [
+        {"type": "dense", "units": 256, "activation": "relu"},
+        {"type": "dense", "units": 256, "activation": "relu"},
+        {"type": "dense", "units": 10},
+    ]
+}
+
+
+@pytest.fixture(scope="module")
+def batching_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalServer, int]]:
+    url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'trainwire.db'}"
+    metrics_port = free_port()
+    env = {
+        "TRAINWIRE_QUEUES": "default",
+        "TRAINWIRE_METRICS_PORT": str(metrics_port),
+        # Leaders formed under load wait for company: deadlines must still hold.
+        "TRAINWIRE_PREDICT_BATCH_WAIT_MS": "2000",
+    }
+    with local_server(url, workers=1, extra_env=env) as server:
+        yield server, metrics_port
+    assert server.process.returncode == 0, "".join(server.output[-40:])
+
+
+@pytest.fixture(scope="module")
+def job_name(batching_server: tuple[LocalServer, int]) -> str:
+    server, _ = batching_server
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, WIDTH)).astype(np.float32)
+    with Client(server.target, timeout=60) as client:
+        data = client.upload_dataset(x, rng.integers(0, 10, size=300), task="multiclass")
+        job = client.create_job(data, MODEL, epochs=2, batch_size=64)
+        job.wait(timeout=120)
+        return job.name
+
+
+def _requests(job: str, count: int, seed: int) -> list[predictions_pb2.PredictRequest]:
+    rng = np.random.default_rng(seed)
+    sizes = rng.choice([1, 1, 1, 2, 5, 13, 40, 100], size=count)
+    return [
+        predictions_pb2.PredictRequest(
+            job=job, inputs=to_tensor(rng.normal(size=(n, WIDTH)).astype(np.float32))
+        )
+        for n in sizes
+    ]
+
+
+async def _concurrently(
+    target: str, requests: list[predictions_pb2.PredictRequest], timeout: float = 30
+) -> list[predictions_pb2.PredictResponse | grpc.aio.AioRpcError]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = predictions_pb2_grpc.PredictionServiceStub(channel)
+
+        async def one(request: predictions_pb2.PredictRequest) -> object:
+            try:
+                return await stub.Predict(request, timeout=timeout)
+            except grpc.aio.AioRpcError as error:
+                return error
+
+        return await asyncio.gather(*(one(r) for r in requests))  # type: ignore[return-value]
+
+
+def _batch_histogram(metrics_port: int) -> tuple[float, float]:
+    """(passes, passes that answered exactly one request) so far."""
+    samples = scrape(metrics_port)
+    return (
+        samples["trainwire_prediction_batch_requests_count"],
+        samples['trainwire_prediction_batch_requests_bucket{le="1.0"}'],
+    )
+
+
+def test_batched_answers_equal_lone_answers_exactly(
+    batching_server: tuple[LocalServer, int], job_name: str
+) -> None:
+    server, metrics_port = batching_server
+    requests = _requests(job_name, 96, seed=1)
+    with grpc.insecure_channel(server.target) as channel:
+        stub = predictions_pb2_grpc.PredictionServiceStub(channel)
+        alone = [stub.Predict(r, timeout=30) for r in requests]  # one at a time
+    passes_before, single_before = _batch_histogram(metrics_port)
+    together = asyncio.run(_concurrently(server.target, requests))
+    passes_after, single_after = _batch_histogram(metrics_port)
+    for lone, batched in zip(alone, together, strict=True):
+        assert isinstance(batched, predictions_pb2.PredictResponse), batched
+        assert batched.outputs.data == lone.outputs.data  # the same bytes
+        assert batched.probabilities.data == lone.probabilities.data
+        assert batched.labels.data == lone.labels.data
+    # The concurrent round really was batched: fewer passes than requests.
+    assert passes_after - passes_before < len(requests)
+    assert (passes_after - passes_before) > (single_after - single_before)
+
+
+def _malformed(job: str) -> dict[str, predictions_pb2.PredictRequest]:
+    good = np.ones((2, WIDTH), np.float32)
+    nan = good.copy()
+    nan[1, 3] = np.nan
+    short = to_tensor(good)
+    short.data = short.data[:-4]
+    return {
+        "data has": predictions_pb2.PredictRequest(job=job, inputs=short),
+        "inputs.shape": predictions_pb2.PredictRequest(
+            job=job, inputs=to_tensor(np.ones((2, WIDTH + 1), np.float32))
+        ),
+        "row 1 has NaN": predictions_pb2.PredictRequest(job=job, inputs=to_tensor(nan)),
+        "inputs.dtype": predictions_pb2.PredictRequest(
+            job=job,
+            inputs=tensor_pb2.Tensor(
+                dtype=tensor_pb2.DATA_TYPE_INT32,
+                shape=[1, WIDTH],
+                data=np.zeros(WIDTH, np.int32).tobytes(),
+            ),
+        ),
+    }
+
+
+def test_malformed_tensors_are_refused_without_harming_their_batch(
+    batching_server: tuple[LocalServer, int], job_name: str
+) -> None:
+    server, _ = batching_server
+    good = _requests(job_name, 24, seed=2)
+    bad = _malformed(job_name)
+    with grpc.insecure_channel(server.target) as channel:
+        stub = predictions_pb2_grpc.PredictionServiceStub(channel)
+        expected = [stub.Predict(r, timeout=30).outputs.data for r in good]
+    # Bad requests interleaved with good ones, all in flight at once.
+    mixed: list[predictions_pb2.PredictRequest] = []
+    for index, request in enumerate(good):
+        mixed.append(request)
+        if index % 6 == 0:
+            mixed.extend(bad.values())
+    answers = asyncio.run(_concurrently(server.target, mixed))
+    good_answers = iter(expected)
+    for request, answer in zip(mixed, answers, strict=True):
+        problem = next((p for p, r in bad.items() if r is request), None)
+        if problem is None:
+            assert isinstance(answer, predictions_pb2.PredictResponse), answer
+            assert answer.outputs.data == next(good_answers)
+        else:
+            assert isinstance(answer, grpc.aio.AioRpcError)
+            assert answer.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert problem in (answer.details() or ""), answer.details()
+
+
+def test_deadlines_shorter_than_the_batching_wait_are_honoured(
+    batching_server: tuple[LocalServer, int], job_name: str
+) -> None:
+    """The server waits up to 2 s to fill a batch under load; 1 s deadlines still get answers."""
+    server, _ = batching_server
+    requests = _requests(job_name, 64, seed=3)
+    answers = asyncio.run(_concurrently(server.target, requests, timeout=1.0))
+    failures = [a for a in answers if not isinstance(a, predictions_pb2.PredictResponse)]
+    assert not failures, failures[:3]
+
+
+def test_the_server_log_shows_no_unexpected_error(
+    batching_server: tuple[LocalServer, int],
+) -> None:
+    server, _ = batching_server
+    assert not [line for line in server.output if "unexpected error" in line]

@@ -1,0 +1,92 @@
+"""Batch-invariant inference: a row's outputs do not depend on what it is batched with."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trainwire.engine import Model
+from trainwire.engine.inference import layer_tiles, predict_many, row_tile
+
+WIDE = {
+    "input_dim": 784,
+    "layers": [
+        {"type": "dense", "units": 512, "activation": "relu"},
+        {"type": "dense", "units": 512, "activation": "relu"},
+        {"type": "dense", "units": 10},
+    ],
+}
+MIXED = {
+    "input_dim": 20,
+    "layers": [
+        {"type": "dense", "units": 64, "activation": "gelu"},
+        {"type": "batch_norm"},
+        {"type": "prelu", "init": 0.1},
+        {"type": "dropout", "rate": 0.3},
+        {"type": "dense", "units": 3, "use_bias": False},
+    ],
+}
+
+
+def _inputs(rows: list[int], width: int, dtype: str, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(n, width)).astype(dtype) for n in rows]
+
+
+@pytest.mark.parametrize("spec", [WIDE, MIXED], ids=["784-512-512-10", "mixed-layers"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_each_input_gets_the_bits_it_gets_alone(spec: dict[str, object], dtype: str) -> None:
+    model = Model.from_spec(spec, dtype=dtype, seed=2)
+    tiles = layer_tiles(model, max_rows=256)
+    # Sizes around the tiles seen on these machines (4, 12, 48) and single rows.
+    rows = [1, 3, 1, 12, 13, 47, 48, 49, 100, 1, 7]
+    inputs = _inputs(rows, model.input_dim, dtype, seed=5)
+    together = predict_many(model, inputs, tiles)
+    for x, batched in zip(inputs, together, strict=True):
+        alone = predict_many(model, [x], tiles)[0]
+        assert batched.dtype == model.dtype and batched.shape == (len(x), model.output_dim)
+        assert np.array_equal(batched, alone)
+        # Same numbers as the training engine's predict, up to rounding order.
+        tolerance = 1e-4 if dtype == "float32" else 1e-12
+        np.testing.assert_allclose(alone, model.predict(x), rtol=tolerance, atol=tolerance)
+
+
+@settings(max_examples=25, deadline=None, database=None)
+@given(
+    rows=st.lists(st.integers(1, 70), min_size=1, max_size=8),
+    order_seed=st.integers(0, 1000),
+)
+def test_batch_composition_and_order_never_change_an_answer(
+    rows: list[int], order_seed: int
+) -> None:
+    model = Model.from_spec(WIDE, seed=4)
+    tiles = layer_tiles(model, max_rows=256)
+    inputs = _inputs(rows, 784, "float32", seed=order_seed)
+    expected = [predict_many(model, [x], tiles)[0] for x in inputs]
+    order = np.random.default_rng(order_seed).permutation(len(inputs))
+    shuffled = predict_many(model, [inputs[i] for i in order], tiles)
+    for position, index in enumerate(order):
+        assert np.array_equal(shuffled[position], expected[index])
+
+
+def test_without_a_tile_every_row_takes_the_matrix_vector_path() -> None:
+    model = Model.from_spec(WIDE, seed=1)
+    no_tiles: list[int | None] = [None, None, None]
+    assert row_tile(no_tiles) == 1
+    inputs = _inputs([5, 1, 30], 784, "float32", seed=9)
+    together = predict_many(model, inputs, no_tiles)
+    for x, batched in zip(inputs, together, strict=True):
+        # One row at a time is what a single-row request gets in any case.
+        rows = np.concatenate([model.forward(x[i : i + 1]).copy() for i in range(len(x))])
+        assert np.array_equal(batched, rows)
+
+
+def test_tiles_come_from_the_blas_and_are_cached() -> None:
+    model = Model.from_spec(WIDE, seed=1)
+    tiles = layer_tiles(model, max_rows=256)
+    assert len(tiles) == 3
+    for tile in tiles:
+        assert tile is None or 1 <= tile <= 64
+    assert layer_tiles(model, max_rows=256) == tiles

@@ -1,0 +1,181 @@
+"""Micro-batching on the event loop: coalescing, no idle wait, deadlines and cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from trainwire.engine import Model
+from trainwire.engine.inference import predict_many
+from trainwire.server import batching
+from trainwire.server.batching import OFF_LOOP_ROWS, ModelBatcher
+from trainwire.server.errors import DeadlineExceeded
+
+SPEC = {
+    "input_dim": 16,
+    "layers": [
+        {"type": "dense", "units": 32, "activation": "relu"},
+        {"type": "dense", "units": 4},
+    ],
+}
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(2) as pool:
+        yield pool
+
+
+@pytest.fixture
+def passes(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """The row counts of each forward pass's requests, in order."""
+    seen: list[list[int]] = []
+
+    def recording(model: Model, inputs: list[np.ndarray], tiles: list[int | None]) -> object:
+        seen.append([len(x) for x in inputs])
+        return predict_many(model, inputs, tiles)
+
+    monkeypatch.setattr(batching, "predict_many", recording)
+    return seen
+
+
+def _rows(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 16)).astype(np.float32)
+
+
+def test_concurrent_requests_share_a_pass_and_keep_their_answers(
+    passes: list[list[int]],
+) -> None:
+    model = Model.from_spec(SPEC, seed=0)
+    batcher = ModelBatcher(model, max_rows=256, max_wait_s=0.0)
+    inputs = [_rows(n, seed) for seed, n in enumerate([1, 5, 1, 13, 2, 1, 30, 1])]
+
+    async def run() -> list[np.ndarray]:
+        return await asyncio.gather(*(batcher.predict(x) for x in inputs))
+
+    together = asyncio.run(run())
+    assert passes == [[1, 5, 1, 13, 2, 1, 30, 1]], "all eight were due at once: one pass"
+    for x, out in zip(inputs, together, strict=True):
+        alone = asyncio.run(batcher.predict(x))
+        assert np.array_equal(out, alone)
+
+
+def test_max_rows_splits_batches_in_arrival_order(passes: list[list[int]]) -> None:
+    batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=10, max_wait_s=0.0)
+
+    async def run() -> None:
+        await asyncio.gather(*(batcher.predict(_rows(n, n)) for n in [4, 4, 4, 12, 1]))
+
+    asyncio.run(run())
+    # 4+4 fit in 10; 4 starts the next; 12 is bigger than the limit and runs alone.
+    assert passes == [[4, 4], [4], [12], [1]]
+
+
+def test_a_lone_request_does_not_wait_for_company(passes: list[list[int]]) -> None:
+    # A 30 s batching wait applies only under load; a request on an idle model runs at once.
+    batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=30.0)
+
+    async def run() -> np.ndarray:
+        return await asyncio.wait_for(batcher.predict(_rows(1, 0)), timeout=10)
+
+    assert asyncio.run(run()).shape == (1, 4)
+    assert passes == [[1]]
+
+
+def test_deadline_shorter_than_the_batching_wait_is_honoured(
+    executor: ThreadPoolExecutor, passes: list[list[int]]
+) -> None:
+    """Under load the next leader waits for rows, but never past a queued request's deadline."""
+    batcher = ModelBatcher(
+        Model.from_spec(SPEC, seed=0), max_rows=4096, max_wait_s=30.0, executor=executor
+    )
+
+    async def run() -> tuple[np.ndarray, float]:
+        # A big request's pass runs in the thread pool; the small one queues behind it, so the
+        # pass after it is formed under load and would wait up to 30 s for more rows.
+        big = asyncio.ensure_future(batcher.predict(_rows(OFF_LOOP_ROWS * 4, 1)))
+        await asyncio.sleep(0)  # the big request's pass starts
+        started = time.monotonic()
+        small = await asyncio.wait_for(
+            batcher.predict(_rows(1, 2), deadline=time.monotonic() + 1.0), timeout=10
+        )
+        waited = time.monotonic() - started
+        await big
+        return small, waited
+
+    small, waited = asyncio.run(run())
+    assert small.shape == (1, 4)
+    assert waited < 5.0, f"the 1 s deadline bounded the 30 s wait (answered after {waited:.2f}s)"
+    assert passes == [[OFF_LOOP_ROWS * 4], [1]]
+
+
+def test_a_request_whose_deadline_passed_in_the_queue_is_refused(
+    executor: ThreadPoolExecutor, passes: list[list[int]]
+) -> None:
+    batcher = ModelBatcher(
+        Model.from_spec(SPEC, seed=0), max_rows=4096, max_wait_s=0.0, executor=executor
+    )
+
+    async def run() -> None:
+        big = asyncio.ensure_future(batcher.predict(_rows(OFF_LOOP_ROWS * 4, 1)))
+        await asyncio.sleep(0)
+        with pytest.raises(DeadlineExceeded, match="deadline passed while it waited"):
+            await batcher.predict(_rows(1, 2), deadline=time.monotonic() - 1.0)
+        ok = await batcher.predict(_rows(2, 3), deadline=time.monotonic() + 60)
+        assert ok.shape == (2, 4)
+        await big
+
+    asyncio.run(run())
+    assert passes == [[OFF_LOOP_ROWS * 4], [2]], "the expired request never reached a pass"
+
+
+def test_a_cancelled_request_leaves_the_queue_without_harming_the_others(
+    executor: ThreadPoolExecutor, passes: list[list[int]]
+) -> None:
+    model = Model.from_spec(SPEC, seed=0)
+    batcher = ModelBatcher(model, max_rows=4096, max_wait_s=0.0, executor=executor)
+    others = [_rows(3, 10), _rows(5, 11)]
+
+    async def run() -> list[np.ndarray]:
+        big = asyncio.ensure_future(batcher.predict(_rows(OFF_LOOP_ROWS * 4, 1)))
+        await asyncio.sleep(0)
+        doomed = asyncio.ensure_future(batcher.predict(_rows(7, 9)))
+        kept = [asyncio.ensure_future(batcher.predict(x)) for x in others]
+        await asyncio.sleep(0)  # all three are queued behind the big pass
+        doomed.cancel()
+        results = await asyncio.gather(*kept)
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        await big
+        return results
+
+    results = asyncio.run(run())
+    assert passes == [[OFF_LOOP_ROWS * 4], [3, 5]], "the cancelled request left the batch"
+    for x, out in zip(others, results, strict=True):
+        assert np.array_equal(out, predict_many(model, [x], batcher.tiles)[0])
+
+
+def test_an_error_in_a_pass_reaches_every_request_of_that_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=0.0)
+
+    def broken(*_: object) -> object:
+        raise RuntimeError("forward pass failed")
+
+    monkeypatch.setattr(batching, "predict_many", broken)
+
+    async def run() -> list[object]:
+        return await asyncio.gather(
+            *(batcher.predict(_rows(1, i)) for i in range(3)), return_exceptions=True
+        )
+
+    outcomes = asyncio.run(run())
+    assert all(isinstance(o, RuntimeError) for o in outcomes)
+    monkeypatch.undo()
+    assert asyncio.run(batcher.predict(_rows(1, 0))).shape == (1, 4), "the batcher lives on"
