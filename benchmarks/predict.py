@@ -2,10 +2,12 @@
 
 Both serve the same trained 784-512-512-10 MLP. The bare server runs the same NumPy forward pass
 per request with no cache lookup, no batching and no validation: the ceiling for Python gRPC on
-this machine. One load generator (a separate process, asyncio client) drives both with the same
-requests: one row at concurrency 1 and 16, and 1,000 rows at concurrency 4. Loopback only,
-bounded request counts. Run: .venv/bin/python benchmarks/predict.py [--quick]; the last line is
-JSON.
+this machine. It runs twice, on grpcio's thread-pool server and on grpc.aio — the measurement
+behind Trainwire's own choice of server — and the ratio is against the faster of the two. One
+load generator (a separate process, asyncio client, up to 4 connections) drives all three with
+the same requests: one row at concurrency 1 and 16, and 1,000 rows at concurrency 4. Loopback
+only, bounded request counts. Run: .venv/bin/python benchmarks/predict.py [--quick]; the last
+line is JSON.
 """
 
 from __future__ import annotations
@@ -115,15 +117,21 @@ async def run_bare_async_server(weights_path: str) -> None:
 async def drive(target: str, job: str, rows: int, concurrency: int, count: int) -> dict[str, float]:
     inputs = to_tensor(np.random.default_rng(0).normal(size=(rows, 784)).astype(np.float32))
     request = predictions_pb2.PredictRequest(job=job, inputs=inputs)
-    options = [("grpc.max_send_message_length", 64 << 20)]
+    # Up to 4 connections (a local subchannel pool each): with several server processes on one
+    # port the kernel spreads connections, not calls.
+    options = [("grpc.max_send_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)]
+    channels = [
+        grpc.aio.insecure_channel(target, options=options) for _ in range(min(concurrency, 4))
+    ]
+    stubs = [predictions_pb2_grpc.PredictionServiceStub(channel) for channel in channels]
     latencies: list[float] = []
-    async with grpc.aio.insecure_channel(target, options=options) as channel:
-        stub = predictions_pb2_grpc.PredictionServiceStub(channel)
-        for _ in range(20):  # warm-up: connections, caches
-            await stub.Predict(request, timeout=30)
+    try:
+        for _ in range(5):  # warm-up: connections, caches
+            for stub in stubs:
+                await stub.Predict(request, timeout=30)
         remaining = count
 
-        async def client() -> None:
+        async def client(stub: predictions_pb2_grpc.PredictionServiceStub) -> None:
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1
@@ -132,8 +140,11 @@ async def drive(target: str, job: str, rows: int, concurrency: int, count: int) 
                 latencies.append(time.perf_counter() - started)
 
         started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
+        await asyncio.gather(*(client(stubs[i % len(stubs)]) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
+    finally:
+        for channel in channels:
+            await channel.close(None)
     ordered = np.sort(np.array(latencies)) * 1000
     return {
         "rps": round(len(latencies) / elapsed, 1),
@@ -194,17 +205,25 @@ def main() -> int:
             state, _ = load_state(store.checkpoint_data(final.id))
             weights.write_bytes(save_state(state))
             database.dispose()
-            bare = subprocess.Popen(
-                [sys.executable, __file__, "--bare", str(weights)],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
+            # Two ceilings: the bare service on grpcio's thread-pool server and on grpc.aio.
+            bares = {
+                kind: subprocess.Popen(
+                    [sys.executable, __file__, f"--{kind}", str(weights)],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                for kind in ("bare", "bare-async")
+            }
             try:
-                assert bare.stdout is not None
-                bare_target = f"127.0.0.1:{bare.stdout.readline().strip()}"
+                targets = {}
+                for kind, process in bares.items():
+                    assert process.stdout is not None
+                    targets[kind] = f"127.0.0.1:{process.stdout.readline().strip()}"
                 for case, count in counts.items():
                     ours = load(server.target, job.name, case, count)
-                    ceiling = load(bare_target, job.name, case, count)
+                    threads = load(targets["bare"], job.name, case, count)
+                    asyncio_ = load(targets["bare-async"], job.name, case, count)
+                    ceiling = max(threads, asyncio_, key=lambda r: r["rps"])
                     results[case] = {
                         "trainwire_rps": ours["rps"],
                         "bare_rps": ceiling["rps"],
@@ -213,18 +232,24 @@ def main() -> int:
                         "p99_ms": ours["p99_ms"],
                         "bare_p50_ms": ceiling["p50_ms"],
                         "bare_p99_ms": ceiling["p99_ms"],
+                        "bare_threads_rps": threads["rps"],
+                        "bare_asyncio_rps": asyncio_["rps"],
+                        "ratio_vs_threads": round(ours["rps"] / threads["rps"], 3),
                     }
             finally:
-                bare.kill()
-                bare.wait()
+                for process in bares.values():
+                    process.kill()
+                    process.wait()
     print(
-        f"{'case':<14}{'trainwire rps':>14}{'bare rps':>10}{'ratio':>7}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'case':<14}{'trainwire rps':>14}{'bare threads':>13}{'bare asyncio':>13}"
+        f"{'ratio':>7}{'p50 ms':>9}{'p99 ms':>9}"
     )
     for case, row in results.items():
         print(
-            f"{case:<14}{row['trainwire_rps']:>14}{row['bare_rps']:>10}{row['ratio']:>7}"
-            f"{row['p50_ms']:>9}{row['p99_ms']:>9}"
+            f"{case:<14}{row['trainwire_rps']:>14}{row['bare_threads_rps']:>13}"
+            f"{row['bare_asyncio_rps']:>13}{row['ratio']:>7}{row['p50_ms']:>9}{row['p99_ms']:>9}"
         )
+    print("ratio: Trainwire against the faster bare server of this run")
     print(json.dumps({"benchmark": "predict", "cases": results}))
     return 0
 

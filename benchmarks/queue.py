@@ -209,7 +209,7 @@ def persist_overhead(url: str, examples: int, epochs: int, repeats: int) -> floa
     # so here it is served from memory and the worker's time is training plus persistence.
     loaded = DatasetService(store, settings).arrays(dataset_id)
     original_arrays = DatasetService.arrays
-    DatasetService.arrays = lambda self, dataset: loaded  # type: ignore[method-assign]
+    DatasetService.arrays = lambda self, dataset: loaded
     alone_s = worker_s = float("inf")
     try:
         for _ in range(repeats):
@@ -226,7 +226,7 @@ def persist_overhead(url: str, examples: int, epochs: int, repeats: int) -> floa
             worker_s = min(worker_s, time.perf_counter() - started)
             assert state is JobState.SUCCEEDED
     finally:
-        DatasetService.arrays = original_arrays  # type: ignore[method-assign]
+        DatasetService.arrays = original_arrays
         database.dispose()
     print(f"  training alone {alone_s:.2f}s, in a worker {worker_s:.2f}s (best of {repeats})")
     return worker_s / alone_s - 1.0

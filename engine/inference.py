@@ -15,13 +15,16 @@ every row a computation that does not depend on its neighbours:
   (``(r, 1, K) @ (K, N)``), one ``gemv`` per row, which is what a single row gets anyway. Which
   of the two depends on r only, never on the other inputs.
 
-``row_tile`` finds the tile by trying the BLAS on random data with the model's layer shapes (None
-when no tile up to 64 works; then every row takes the matrix-vector path). The probe's answer holds
-for the BLAS thread count it ran under, so call both with the same count (a server keeps one).
+``layer_tiles`` finds each dense layer's tile by trying the BLAS on random data of its shape (None
+when no tile up to 64 works: that layer then takes the matrix-vector path for every row). The
+probe's answer holds for the BLAS thread count it ran under, so call both with the same count (a
+server keeps one).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import threading
 from collections.abc import Sequence
 
@@ -88,9 +91,14 @@ def layer_tiles(model: Model, max_rows: int = 1024) -> list[int | None]:
     return tiles
 
 
-def row_tile(tiles: list[int | None]) -> int:
+def row_tile(tiles: Sequence[int | None]) -> int:
     """The row block shared by all tiled layers: the least common multiple of their tiles."""
-    return int(np.lcm.reduce([t for t in tiles if t is not None] or [1]))
+    return _lcm(tuple(t for t in tiles if t is not None))
+
+
+@functools.cache
+def _lcm(tiles: tuple[int, ...]) -> int:
+    return math.lcm(*tiles) if tiles else 1
 
 
 def _dense(layer: Dense, x: Array, rowwise: bool) -> Array:

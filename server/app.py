@@ -89,8 +89,8 @@ class RunningServer:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 # One process per port unless several are meant to share it (grpcio's default
-                # is on).
-                ("grpc.so_reuseport", 0),
+                # is on, which would let a second server start silently on a used port).
+                ("grpc.so_reuseport", int(settings.reuse_port or settings.server_processes > 1)),
             ],
         )
         predictions = PredictionService(
@@ -228,6 +228,20 @@ def serve(settings: Settings) -> int:
     worker_metrics = settings.metrics_port + 1 if settings.metrics_port else 0
     pool = WorkerPool(replace(settings, metrics_port=worker_metrics), settings.workers)
     pool.start()
+    # More server processes on the same port, without workers of their own.
+    siblings = WorkerPool(
+        replace(
+            settings,
+            port=running.port,
+            workers=0,
+            server_processes=1,
+            reuse_port=True,
+            metrics_port=0,
+        ),
+        settings.server_processes - 1,
+        servers=True,
+    )
+    siblings.start()
 
     stopping = threading.Event()
 
@@ -239,7 +253,9 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGINT, request_stop)
     while not stopping.wait(1.0):
         pool.supervise()
+        siblings.supervise()
         rescue_lost_jobs(store)
+    siblings.stop()
     running.stop(grace_s=5.0)
     pool.stop()
     database.dispose()

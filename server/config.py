@@ -31,6 +31,10 @@ class Settings:
     max_epochs: int = 100_000
     max_watches_per_client: int = 16
     grpc_threads: int = 16
+    # Server processes on the port (SO_REUSEPORT: the kernel spreads connections, not calls,
+    # over them). `reuse_port` lets separately started servers share a port.
+    server_processes: int = 1
+    reuse_port: bool = False
     # TLS: PEM files of the server's certificate and key; with a client CA, clients must present
     # a certificate it signed (mutual TLS).
     tls_cert: str = ""
@@ -94,7 +98,8 @@ class Settings:
                 found.append(f"TRAINWIRE_{name.upper()} must be a port number (0-65535)")
         positive = (
             "max_message_bytes", "max_dataset_bytes", "max_parameters", "max_epochs",
-            "max_watches_per_client", "grpc_threads", "poll_interval_s", "lease_s",
+            "max_watches_per_client", "grpc_threads", "server_processes", "poll_interval_s",
+            "lease_s",
             "default_max_attempts", "model_cache_bytes", "predict_batch_rows",
         )  # fmt: skip
         for name in positive:
@@ -153,6 +158,8 @@ _ENV_FIELDS: dict[str, type] = {
     "max_epochs": int,
     "max_watches_per_client": int,
     "grpc_threads": int,
+    "server_processes": int,
+    "reuse_port": bool,
     "tls_cert": str,
     "tls_key": str,
     "tls_client_ca": str,

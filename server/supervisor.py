@@ -1,6 +1,7 @@
-"""Worker OS processes: start N `trainwire worker` children, restart any that die, stop them all.
+"""Child OS processes: start N `trainwire worker` (or `trainwire serve`) children, restart any that
+die, stop them all.
 
-Each worker is a separate process started fresh (not forked), so no database connection or lock
+Each child is a separate process started fresh (not forked), so no database connection or lock
 crosses into it; settings travel as `TRAINWIRE_*` environment variables.
 """
 
@@ -20,17 +21,27 @@ log = logging.getLogger("trainwire.supervisor")
 
 
 class WorkerPool:
-    def __init__(self, settings: Settings, count: int, queues: Sequence[str] = ()) -> None:
+    """`count` worker processes, or with `servers=True` that many more `trainwire serve`
+    processes sharing the server's port (SO_REUSEPORT)."""
+
+    def __init__(
+        self, settings: Settings, count: int, queues: Sequence[str] = (), servers: bool = False
+    ) -> None:
         self.settings = settings
         self.count = count
         self.queues = list(queues)
+        self.servers = servers
         self.processes: list[subprocess.Popen[bytes]] = []
         self.restarts = 0
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", "trainwire.server.cli", "worker", "--index", str(index)]
-        for queue in self.queues:
-            command += ["--queue", queue]
+        command = [sys.executable, "-m", "trainwire.server.cli"]
+        if self.servers:
+            command += ["serve"]
+        else:
+            command += ["worker", "--index", str(index)]
+            for queue in self.queues:
+                command += ["--queue", queue]
         env = {**os.environ, **self.settings.to_env()}
         return subprocess.Popen(command, env=env)
 
@@ -44,7 +55,11 @@ class WorkerPool:
             code = process.poll()
             if code is not None:
                 log.warning(
-                    "worker %d (pid %d) exited with %s; restarting it", index, process.pid, code
+                    "%s %d (pid %d) exited with %s; restarting it",
+                    "server" if self.servers else "worker",
+                    index,
+                    process.pid,
+                    code,
                 )
                 self.processes[index] = self._spawn(index)
                 self.restarts += 1

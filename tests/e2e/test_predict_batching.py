@@ -4,6 +4,9 @@ malformed tensors are refused without touching their batch, and deadlines hold."
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -178,3 +181,58 @@ def test_the_server_log_shows_no_unexpected_error(
 ) -> None:
     server, _ = batching_server
     assert not [line for line in server.output if "unexpected error" in line]
+
+
+def _serving_pids(port: int) -> set[int]:
+    """The processes with a listening socket on `port` (from /proc, Linux)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as listing:
+            for line in listing.readlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    inodes.add(inode)
+    pids = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:[") and target[8:-1] in inodes:
+                        pids.add(int(pid))
+    return pids
+
+
+def test_several_server_processes_share_one_port(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'trainwire.db'}"
+    env = {"TRAINWIRE_QUEUES": "default", "TRAINWIRE_SERVER_PROCESSES": "2"}
+    with local_server(url, workers=1, extra_env=env) as server:
+        port = int(server.target.rsplit(":", 1)[1])
+        deadline = time.monotonic() + 30
+        while len(_serving_pids(port)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pids = _serving_pids(port)
+        assert server.process.pid in pids and len(pids) == 2, pids
+        # Separate connections reach both processes; every one is answered.
+        rng = np.random.default_rng(0)
+        with Client(server.target, timeout=60) as client:
+            data = client.upload_dataset(
+                rng.normal(size=(100, 4)).astype(np.float32), rng.integers(0, 2, size=100)
+            )
+            job = client.create_job(data, {"layers": [{"type": "dense", "units": 1}]}, epochs=2)
+            job.wait(timeout=120)
+        request = predictions_pb2.PredictRequest(
+            job=job.name, inputs=to_tensor(np.ones((1, 4), np.float32))
+        )
+        answers = set()
+        for _ in range(8):
+            options = [("grpc.use_local_subchannel_pool", 1)]
+            with grpc.insecure_channel(server.target, options=options) as channel:
+                stub = predictions_pb2_grpc.PredictionServiceStub(channel)
+                answers.add(stub.Predict(request, timeout=30).outputs.data)
+        assert len(answers) == 1, "every process gives the same answer"
+    assert server.process.returncode == 0, "".join(server.output[-40:])
+    assert not _serving_pids(port), "the second server process stopped with the first"
