@@ -300,6 +300,10 @@ def _train(
         writer.flush()
     finally:
         writer.close()
+    # The lease is good for lease_s yet: stop watching it before the final change clears it,
+    # or a poll in between would report a lease lost.
+    keeper.done.set()
+    keeper.join()
     if state is JobState.QUEUED:
         with_retry(lambda: store.release_job(claim), retry_s)
     else:
