@@ -6,10 +6,12 @@ which also sets the caller's project (`server.auth`).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Executor
 
 import grpc
 
@@ -37,9 +39,9 @@ from .convert import (
 )
 from .datasets import DatasetService
 from .errors import ResourceExhausted
-from .jobs import JobService
+from .jobs import WATCH_POLL_S, JobService
 from .predictions import Prediction, PredictionService
-from .records import TaskKind
+from .records import JobEvent, TaskKind
 
 
 class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
@@ -99,12 +101,21 @@ class WatchLimiter:
 
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
+    """Plain methods run in the server's thread pool; WatchJob is a coroutine that reads the
+    database there and waits between polls on the event loop, so an idle or abandoned watch
+    holds no thread."""
+
     def __init__(
-        self, jobs: JobService, predictions: PredictionService, watches: WatchLimiter
+        self,
+        jobs: JobService,
+        predictions: PredictionService,
+        watches: WatchLimiter,
+        executor: Executor,
     ) -> None:
         self.jobs = jobs
         self.predictions = predictions
         self.watches = watches
+        self.executor = executor
 
     def CreateJob(
         self, request: jobs_pb2.CreateJobRequest, context: grpc.ServicerContext
@@ -135,34 +146,30 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             jobs=[job_to_proto(j) for j in items], next_page_token=token
         )
 
-    def WatchJob(
-        self, request: jobs_pb2.WatchJobRequest, context: grpc.ServicerContext
-    ) -> Iterator[jobs_pb2.JobEvent]:
+    async def WatchJob(
+        self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[jobs_pb2.JobEvent]:
+        loop = asyncio.get_running_loop()
+        project = current_project()
         client = current_client() or context.peer()  # the key's id, else the connection
         self.watches.acquire(client)
-        ended = threading.Event()  # the call is over: the client left or the server stops
-        context.add_callback(ended.set)
         try:
-            events = self.jobs.events(
-                request.name, request.after_sequence, current_project(), lambda: not ended.is_set()
+            job_id = await loop.run_in_executor(
+                self.executor, self.jobs.watched_job, request.name, request.after_sequence, project
             )
-            for event in events:
-                yield jobs_pb2.JobEvent(
-                    sequence=event.sequence,
-                    time=timestamp(event.created_at),
-                    state=STATES_TO_PROTO[event.state],
-                    progress=progress_to_proto(event.progress),
-                    metrics=[
-                        jobs_pb2.MetricPoint(
-                            name=name,
-                            value=value,
-                            step=int(event.progress.get("step", 0)),
-                            epoch=int(event.progress.get("epoch", 0)),
-                        )
-                        for name, value in sorted(event.metrics.items())
-                    ],
-                    message=event.message,
+            after = request.after_sequence
+            while True:
+                events, over = await loop.run_in_executor(
+                    self.executor, self.jobs.new_events, job_id, after, project
                 )
+                for event in events:
+                    yield _event_to_proto(event)
+                if events:
+                    after = events[-1].sequence
+                elif over:
+                    return
+                else:
+                    await asyncio.sleep(WATCH_POLL_S)
         finally:
             self.watches.release(client)
 
@@ -190,6 +197,25 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         return jobs_pb2.ListCheckpointsResponse(
             checkpoints=[checkpoint_to_proto(c, c is best) for c in checkpoints]
         )
+
+
+def _event_to_proto(event: JobEvent) -> jobs_pb2.JobEvent:
+    return jobs_pb2.JobEvent(
+        sequence=event.sequence,
+        time=timestamp(event.created_at),
+        state=STATES_TO_PROTO[event.state],
+        progress=progress_to_proto(event.progress),
+        metrics=[
+            jobs_pb2.MetricPoint(
+                name=name,
+                value=value,
+                step=int(event.progress.get("step", 0)),
+                epoch=int(event.progress.get("epoch", 0)),
+            )
+            for name, value in sorted(event.metrics.items())
+        ],
+        message=event.message,
+    )
 
 
 def _prediction_response(result: Prediction) -> predictions_pb2.PredictResponse:

@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
 from trainwire.v1 import (
@@ -65,8 +67,8 @@ class RunningServer:
         self.store = store
         self.address = address or f"{settings.host}:{settings.port}"
         self.keys = KeyChecker(store.active_api_keys)
-        self.health = health.HealthServicer()
-        self.monitor = HealthMonitor(store, self.health)
+        self.health = health_aio.HealthServicer()
+        self.monitor = HealthMonitor(store, self._report_health)
         self.executor = ThreadPoolExecutor(settings.grpc_threads, thread_name_prefix="rpc")
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -75,10 +77,16 @@ class RunningServer:
 
     def start(self) -> None:
         """Binds and starts serving; raises if the address cannot be used."""
-        self.monitor.check()
         self._thread.start()
+        self.monitor.check()
+        self.keys.refresh()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
         self.monitor.start()
+        # API keys are re-read off the event loop, so predictions never wait on the database.
+        self.keys.refresh_in_background(self.monitor.stopped)
+
+    def _report_health(self, service: str, status: int) -> None:
+        asyncio.run_coroutine_threadsafe(self.health.set(service, status), self._loop).result(10)
 
     async def _start(self) -> None:
         settings = self.settings
@@ -104,6 +112,7 @@ class RunningServer:
             JobService(self.store, settings),
             predictions,
             WatchLimiter(settings.max_watches_per_client),
+            self.executor,
         )
         datasets = DatasetServicer(DatasetService(self.store, settings))
         datasets_pb2_grpc.add_DatasetServiceServicer_to_server(datasets, server)
@@ -130,14 +139,18 @@ class RunningServer:
     def stop(self, grace_s: float) -> None:
         """Refuses new calls, lets running ones finish within `grace_s`, then stops the loop."""
         self.monitor.stopped.set()
-        self.health.enter_graceful_shutdown()
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(
+                self.health.enter_graceful_shutdown(), self._loop
+            ).result(10)
         if self._server is not None:
             server = self._server
             asyncio.run_coroutine_threadsafe(server.stop(grace_s), self._loop).result(
                 timeout=grace_s + 10
             )
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -155,10 +168,12 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials:
 class HealthMonitor(threading.Thread):
     """Reports every service NOT_SERVING while the database is unreachable."""
 
-    def __init__(self, store: Store, servicer: health.HealthServicer, every_s: float = 2.0):
+    def __init__(
+        self, store: Store, report: Callable[[str, int], None], every_s: float = 2.0
+    ) -> None:
         super().__init__(name="health", daemon=True)
         self.store = store
-        self.servicer = servicer
+        self.report = report  # sets a service's status in the health servicer
         self.every_s = every_s
         self.stopped = threading.Event()
         self.serving: bool | None = None
@@ -176,7 +191,7 @@ class HealthMonitor(threading.Thread):
                 status = health_pb2.HealthCheckResponse.NOT_SERVING
                 log.warning("database unreachable: reporting NOT_SERVING")
             for name in (*SERVICE_NAMES, ""):
-                self.servicer.set(name, status)
+                self.report(name, status)
             self.serving = serving
 
     def run(self) -> None:

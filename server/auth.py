@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import threading
@@ -23,6 +24,8 @@ from typing import Any
 import grpc
 
 from .errors import TrainwireError
+
+log = logging.getLogger("trainwire.server")
 
 DEFAULT_PROJECT = "default"
 PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -97,9 +100,31 @@ class KeyChecker:
         self._keys: dict[str, KeyRecord] = {}
         self._loaded = float("-inf")
         self._lock = threading.Lock()
+        self._background = False
+
+    def refresh(self) -> None:
+        """Reads the key table now."""
+        keys = {key.id: key for key in self.load_keys()}
+        with self._lock:
+            self._keys = keys
+            self._loaded = time.monotonic()
+
+    def refresh_in_background(self, stopped: threading.Event) -> None:
+        """Re-reads the keys every ttl_s / 2 in a thread of its own until `stopped`; callers
+        then never wait on the database (a server's event loop must not)."""
+
+        def run() -> None:
+            while not stopped.wait(self.ttl_s / 2):
+                try:
+                    self.refresh()
+                except Exception as error:  # the database is away: keep the keys we have
+                    log.warning("cannot refresh API keys: %s", error)
+
+        self._background = True
+        threading.Thread(target=run, name="api-keys", daemon=True).start()
 
     def _active_keys(self) -> dict[str, KeyRecord]:
-        if time.monotonic() - self._loaded <= self.ttl_s:  # fresh: no lock on the hot path
+        if self._background or time.monotonic() - self._loaded <= self.ttl_s:
             return self._keys
         with self._lock:
             if time.monotonic() - self._loaded > self.ttl_s:

@@ -6,8 +6,8 @@ have queued their requests — no added wait when nothing else is queued, the fa
 tensorflow/serving#255 describes. Requests that arrive while a pass is being formed or run queue
 up; when a pass ends, a new leader takes what queued, up to `max_rows` rows (a bigger request runs
 alone). That leader — the model is under load — may wait for more rows up to `max_wait_s` after
-the oldest queued request arrived, never past the earliest deadline in its batch less the time of
-a pass.
+the oldest queued request arrived, but never makes a request spend more than half the time its
+deadline gave it waiting for company.
 
 Every request's rows are computed as if it were alone (`engine.inference.predict_many`), so
 batching never changes an answer; requests are validated before they join, so a malformed one
@@ -63,7 +63,6 @@ class ModelBatcher:
         self.passes = 0  # forward passes run (tests, metrics)
         self._queue: deque[_Ticket] = deque()
         self._leader: asyncio.Task[None] | None = None  # forms or runs the current pass
-        self._pass_s = 0.0  # the last pass's duration
 
     async def predict(self, features: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """Outputs for `features` (validated, the model's dtype), computed in a shared pass."""
@@ -86,27 +85,37 @@ class ModelBatcher:
 
     async def _lead(self, under_load: bool) -> None:
         """Forms and runs one pass, then starts the next leader for what queued meanwhile."""
+        cancelled = False
         try:
             if under_load and self.max_wait_s > 0:
                 await self._wait_for_rows()
             batch = self._take()
             if batch:
                 await self._run(batch)
+        except asyncio.CancelledError:  # the server is stopping
+            cancelled = True
+            raise
         finally:
             self._leader = None
-            if self._queue:
+            if self._queue and not cancelled:
                 self._start_leader(under_load=True)
 
-    async def _wait_for_rows(self) -> None:
-        """Waits up to `max_wait_s` after the oldest request arrived, within every deadline."""
-        if not self._queue:
-            return
+    def _wait_until(self) -> float:
+        """When the forming batch stops waiting for rows: `max_wait_s` after the oldest request
+        arrived, and before any request has spent half the time its deadline gave it."""
         until = self._queue[0].arrived + self.max_wait_s
-        deadlines = [t.deadline for t in self._queue if t.deadline is not None]
-        if deadlines:
-            until = min(until, min(deadlines) - 2 * self._pass_s)
-        while self._queued_rows() < self.max_rows and time.monotonic() < until:
-            await asyncio.sleep(min(until - time.monotonic(), 0.001))
+        for ticket in self._queue:
+            if ticket.deadline is not None:
+                until = min(until, ticket.arrived + (ticket.deadline - ticket.arrived) / 2)
+        return until
+
+    async def _wait_for_rows(self) -> None:
+        # Recomputed on every look: a request that arrives meanwhile may bring a closer deadline.
+        while self._queue and self._queued_rows() < self.max_rows:
+            remaining = self._wait_until() - time.monotonic()
+            if remaining <= 0:
+                return
+            await asyncio.sleep(min(remaining, 0.001))
 
     def _take(self) -> list[_Ticket]:
         """The queue's head up to `max_rows` rows (at least one request); expired ones fail."""
@@ -133,12 +142,15 @@ class ModelBatcher:
         return batch
 
     async def _run(self, batch: list[_Ticket]) -> None:
-        started = time.monotonic()
         inputs = [t.features for t in batch]
         try:
             if self.executor is not None and sum(len(x) for x in inputs) >= OFF_LOOP_ROWS:
-                outputs = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, predict_many, self.model, inputs, self.tiles
+                # Shielded: if the leader is cancelled (the server stops) the pass still ends
+                # before anything else uses the model.
+                outputs = await asyncio.shield(
+                    asyncio.get_running_loop().run_in_executor(
+                        self.executor, predict_many, self.model, inputs, self.tiles
+                    )
                 )
             else:
                 outputs = predict_many(self.model, inputs, self.tiles)
@@ -150,7 +162,6 @@ class ModelBatcher:
             for ticket, out in zip(batch, outputs, strict=True):
                 if not ticket.done.done():
                     ticket.done.set_result(out)
-        self._pass_s = time.monotonic() - started
         self.passes += 1
         PREDICTION_BATCH_REQUESTS.observe(len(batch))
 

@@ -10,6 +10,7 @@ in its thread pool, and each keeps its kind once wrapped here.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
@@ -172,6 +173,9 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                     async for response in behavior(request, context):
                         yield response
                     call.code = grpc.StatusCode.OK
+                except asyncio.CancelledError:  # the client left or its deadline passed
+                    call.code = grpc.StatusCode.CANCELLED
+                    raise
                 except Exception as error:
                     await context.abort(*call.failed(error))
                 finally:
@@ -187,6 +191,9 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                     response = await behavior(request, context)
                     call.code = grpc.StatusCode.OK
                     return response
+                except asyncio.CancelledError:  # the client left or its deadline passed
+                    call.code = grpc.StatusCode.CANCELLED
+                    raise
                 except Exception as error:
                     await context.abort(*call.failed(error))
                 finally:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterator
 
 from trainwire.v1 import jobs_pb2
 
@@ -122,32 +120,28 @@ class JobService:
             project,
         )
 
-    def events(
-        self, name: str, after: int, project: str, keep_going: Callable[[], bool]
-    ) -> Iterator[JobEvent]:
-        """The job's events after `after`, then new ones as they happen, until it finishes or
-        `keep_going()` turns false (the caller went away or its deadline passed)."""
+    def watched_job(self, name: str, after: int, project: str) -> str:
+        """The id of the job a watch names, checked to exist; the watch starts after `after`."""
         job_id = parse_name(name, "jobs", "name")
         if after < 0:
             raise InvalidArgument.field(
                 "after_sequence", f"must not be negative. Received: {after}"
             )
         self.store.get_job(job_id, project)
-        while keep_going():
-            batch = self.store.job_events(job_id, after)
-            yield from batch
-            if batch:
-                after = batch[-1].sequence
-                continue
-            if self.store.get_job(job_id, project).state.is_finished:
-                # One last look: the final event is written with the final state.
-                tail = self.store.job_events(job_id, after)
-                yield from tail
-                if not tail:
-                    return
-                after = tail[-1].sequence
-                continue
-            time.sleep(WATCH_POLL_S)
+        return job_id
+
+    def new_events(self, job_id: str, after: int, project: str) -> tuple[list[JobEvent], bool]:
+        """One look at a watched job: its events after `after`, and whether the watch is over
+        (the job finished and every event was seen). Never waits: the caller polls every
+        `WATCH_POLL_S` while nothing is new."""
+        batch = self.store.job_events(job_id, after)
+        if batch:
+            return batch, False
+        if self.store.get_job(job_id, project).state.is_finished:
+            # One last look: the final event is written with the final state.
+            tail = self.store.job_events(job_id, after)
+            return tail, not tail
+        return [], False
 
     def metrics(self, name: str, names: list[str], project: str) -> dict[str, list[MetricValue]]:
         job_id = parse_name(name, "jobs", "name")

@@ -29,7 +29,7 @@ from trainwire.client import (
 from trainwire.client.tensors import to_tensor
 from trainwire.server.local import local_server
 from trainwire.server.migrate import upgrade
-from trainwire.v1 import predictions_pb2, predictions_pb2_grpc
+from trainwire.v1 import jobs_pb2, jobs_pb2_grpc, predictions_pb2, predictions_pb2_grpc
 
 from ..conftest import fresh_postgres_database
 from ..support.tcp_proxy import TcpProxy
@@ -169,6 +169,38 @@ def test_limits_are_resource_exhausted_naming_the_limit(limited_server: Client) 
     with pytest.raises(ResourceExhausted, match="max_watches_per_client is limited to 1"):
         next(job.watch())
     first.close()
+
+
+def test_abandoned_watches_give_back_their_slot_and_hold_no_thread(tmp_path: Path) -> None:
+    """A watch the client leaves (cancel, deadline) is released at once, and an idle watch holds
+    no server thread: with a pool of 2 threads, 12 abandoned watches leave every RPC working."""
+    env = {"TRAINWIRE_GRPC_THREADS": "2", "TRAINWIRE_MAX_WATCHES_PER_CLIENT": "2"}
+    url = f"sqlite:///{tmp_path / 'watches.db'}"
+    with local_server(url, workers=0, extra_env=env) as server, Client(server.target) as client:
+        data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3)
+        job = client.create_job(data, MLP, epochs=1)  # no worker: stays QUEUED
+        with grpc.insecure_channel(server.target) as channel:
+            jobs = jobs_pb2_grpc.JobServiceStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            for _ in range(6):
+                watch = jobs.WatchJob(jobs_pb2.WatchJobRequest(name=job.name), timeout=30)
+                assert next(watch).sequence == 1
+                watch.cancel()
+                status = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+                assert next(status).status == health_pb2.HealthCheckResponse.SERVING
+                status.cancel()
+            for _ in range(6):  # and watches that time out
+                with pytest.raises(grpc.RpcError) as expired:
+                    list(jobs.WatchJob(jobs_pb2.WatchJobRequest(name=job.name), timeout=0.5))
+                assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            time.sleep(0.5)  # cancellations reach the server
+            # Plain RPCs (thread pool) still answer, and the watch slots are free again.
+            assert job.status().state == "QUEUED"
+            first, second = job.watch(), job.watch()
+            assert next(first).sequence == 1 and next(second).sequence == 1
+            first.close()
+            second.close()
+    assert server.process.returncode == 0, "".join(server.output[-40:])
 
 
 # --- API keys and projects ----------------------------------------------------------------------

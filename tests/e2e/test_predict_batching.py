@@ -73,6 +73,7 @@ async def _concurrently(
     target: str, requests: list[predictions_pb2.PredictRequest], timeout: float = 30
 ) -> list[predictions_pb2.PredictResponse | grpc.aio.AioRpcError]:
     async with grpc.aio.insecure_channel(target) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 30)  # deadlines count from here
         stub = predictions_pb2_grpc.PredictionServiceStub(channel)
 
         async def one(request: predictions_pb2.PredictRequest) -> object:
@@ -168,7 +169,8 @@ def test_malformed_tensors_are_refused_without_harming_their_batch(
 def test_deadlines_shorter_than_the_batching_wait_are_honoured(
     batching_server: tuple[LocalServer, int], job_name: str
 ) -> None:
-    """The server waits up to 2 s to fill a batch under load; 1 s deadlines still get answers."""
+    """The server waits up to 2 s to fill a batch under load, but no request spends more than
+    half its time waiting for company: 1 s deadlines get answers."""
     server, _ = batching_server
     requests = _requests(job_name, 64, seed=3)
     answers = asyncio.run(_concurrently(server.target, requests, timeout=1.0))

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainwire.engine import Model
+from trainwire.engine import Model, inference
 from trainwire.engine.inference import layer_tiles, predict_many, row_tile
 
 WIDE = {
@@ -83,10 +83,24 @@ def test_without_a_tile_every_row_takes_the_matrix_vector_path() -> None:
         assert np.array_equal(batched, rows)
 
 
-def test_tiles_come_from_the_blas_and_are_cached() -> None:
+def test_tiles_come_from_the_blas_and_are_probed_once_per_shape(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    probes: list[tuple[int, int]] = []
+    real = inference._tile_holds
+
+    def counting(shape: tuple[int, int], *rest: object) -> bool:
+        probes.append(shape)
+        return real(shape, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(inference, "_tile_holds", counting)
+    monkeypatch.setattr(inference, "_probe_cache", {})
     model = Model.from_spec(WIDE, seed=1)
     tiles = layer_tiles(model, max_rows=256)
     assert len(tiles) == 3
     for tile in tiles:
         assert tile is None or 1 <= tile <= 64
-    assert layer_tiles(model, max_rows=256) == tiles
+    assert {(784, 512), (512, 512), (512, 10)} == set(probes)
+    probed = len(probes)
+    assert layer_tiles(Model.from_spec(WIDE, seed=2), max_rows=256) == tiles
+    assert len(probes) == probed, "the same shapes are not probed again"

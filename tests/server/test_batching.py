@@ -44,6 +44,12 @@ def passes(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
     return seen
 
 
+async def _pass_started(passes: list[list[int]]) -> None:
+    """Waits until the first pass is running (in the thread pool), so later requests queue."""
+    while not passes:
+        await asyncio.sleep(0.001)
+
+
 def _rows(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, 16)).astype(np.float32)
 
@@ -99,7 +105,7 @@ def test_deadline_shorter_than_the_batching_wait_is_honoured(
         # A big request's pass runs in the thread pool; the small one queues behind it, so the
         # pass after it is formed under load and would wait up to 30 s for more rows.
         big = asyncio.ensure_future(batcher.predict(_rows(OFF_LOOP_ROWS * 4, 1)))
-        await asyncio.sleep(0)  # the big request's pass starts
+        await _pass_started(passes)
         started = time.monotonic()
         small = await asyncio.wait_for(
             batcher.predict(_rows(1, 2), deadline=time.monotonic() + 1.0), timeout=10
@@ -110,7 +116,8 @@ def test_deadline_shorter_than_the_batching_wait_is_honoured(
 
     small, waited = asyncio.run(run())
     assert small.shape == (1, 4)
-    assert waited < 5.0, f"the 1 s deadline bounded the 30 s wait (answered after {waited:.2f}s)"
+    # It waits at most half its 1 s for company, not the 30 s batching wait.
+    assert waited < 1.0, f"answered after {waited:.2f}s"
     assert passes == [[OFF_LOOP_ROWS * 4], [1]]
 
 
@@ -123,7 +130,7 @@ def test_a_request_whose_deadline_passed_in_the_queue_is_refused(
 
     async def run() -> None:
         big = asyncio.ensure_future(batcher.predict(_rows(OFF_LOOP_ROWS * 4, 1)))
-        await asyncio.sleep(0)
+        await _pass_started(passes)
         with pytest.raises(DeadlineExceeded, match="deadline passed while it waited"):
             await batcher.predict(_rows(1, 2), deadline=time.monotonic() - 1.0)
         ok = await batcher.predict(_rows(2, 3), deadline=time.monotonic() + 60)
@@ -143,7 +150,7 @@ def test_a_cancelled_request_leaves_the_queue_without_harming_the_others(
 
     async def run() -> list[np.ndarray]:
         big = asyncio.ensure_future(batcher.predict(_rows(OFF_LOOP_ROWS * 4, 1)))
-        await asyncio.sleep(0)
+        await _pass_started(passes)
         doomed = asyncio.ensure_future(batcher.predict(_rows(7, 9)))
         kept = [asyncio.ensure_future(batcher.predict(x)) for x in others]
         await asyncio.sleep(0)  # all three are queued behind the big pass
