@@ -219,13 +219,16 @@ def _event_to_proto(event: JobEvent) -> jobs_pb2.JobEvent:
 
 
 def _prediction_response(result: Prediction) -> predictions_pb2.PredictResponse:
-    response = predictions_pb2.PredictResponse(
-        checkpoint=checkpoint_name(result.checkpoint), outputs=to_tensor(result.outputs)
+    if result.probabilities is None or result.labels is None:
+        return predictions_pb2.PredictResponse(
+            checkpoint=checkpoint_name(result.checkpoint), outputs=to_tensor(result.outputs)
+        )
+    return predictions_pb2.PredictResponse(
+        checkpoint=checkpoint_name(result.checkpoint),
+        outputs=to_tensor(result.outputs),
+        probabilities=to_tensor(result.probabilities),
+        labels=to_tensor(result.labels),
     )
-    if result.probabilities is not None and result.labels is not None:
-        response.probabilities.CopyFrom(to_tensor(result.probabilities))
-        response.labels.CopyFrom(to_tensor(result.labels))
-    return response
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
 import sys
 import threading
@@ -20,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from trainwire.engine import set_num_threads
 from trainwire.v1 import (
     datasets_pb2,
     datasets_pb2_grpc,
@@ -77,6 +79,9 @@ class RunningServer:
 
     def start(self) -> None:
         """Binds and starts serving; raises if the address cannot be used."""
+        # Forward passes use at most 2 BLAS threads: requests run side by side anyway, and the
+        # batch-invariance probe (engine.inference) finds no row tile with many threads here.
+        set_num_threads(min(2, os.cpu_count() or 1))
         self._thread.start()
         self.monitor.check()
         self.keys.refresh()
