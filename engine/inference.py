@@ -119,6 +119,19 @@ def _forward(model: Model, x: Array, tiles: list[int | None], rowwise: bool) -> 
     return x
 
 
+def _pads(rest: int, block: int) -> bool:
+    """Whether `rest` leftover rows are padded to a whole block rather than done row by row."""
+    return rest * ROWS_PER_GEMV >= block
+
+
+def blocked_rows(rows: int, tiles: Sequence[int | None]) -> int:
+    """The rows of blocked matrix products an input of `rows` rows adds to a pass (padding
+    included): what a batcher counts against the size the tiles were probed for."""
+    block = row_tile(tiles)
+    whole = rows - rows % block
+    return whole + (block if _pads(rows - whole, block) else 0)
+
+
 def predict_many(model: Model, inputs: Sequence[Array], tiles: list[int | None]) -> list[Array]:
     """Raw outputs for each input in one pass; each equals ``predict_many(model, [x], tiles)[0]``.
 
@@ -136,7 +149,7 @@ def predict_many(model: Model, inputs: Sequence[Array], tiles: list[int | None])
         if whole:
             blocks.append((out, x[:whole], 0))
         rest = x[whole:]
-        if len(rest) * ROWS_PER_GEMV < block:
+        if not _pads(len(rest), block):
             if len(rest):
                 single.append((out, rest, whole))
         else:

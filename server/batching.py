@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trainwire.engine import Model
-from trainwire.engine.inference import layer_tiles, predict_many
+from trainwire.engine.inference import blocked_rows, layer_tiles, predict_many
 
 from .errors import DeadlineExceeded
 from .metrics import PREDICTION_BATCH_REQUESTS
@@ -124,7 +124,10 @@ class ModelBatcher:
         now = time.monotonic()
         while self._queue:
             ticket = self._queue[0]
-            if batch and rows + len(ticket.features) > self.max_rows:
+            # Counted as the blocked products will see them (zero padding included): the row
+            # tiles were probed for passes up to max_rows rows.
+            size = max(len(ticket.features), blocked_rows(len(ticket.features), self.tiles))
+            if batch and rows + size > self.max_rows:
                 break
             self._queue.popleft()
             if ticket.done.done():  # its caller went away
@@ -138,7 +141,7 @@ class ModelBatcher:
                 )
                 continue
             batch.append(ticket)
-            rows += len(ticket.features)
+            rows += size
         return batch
 
     async def _run(self, batch: list[_Ticket]) -> None:

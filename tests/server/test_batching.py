@@ -73,6 +73,7 @@ def test_concurrent_requests_share_a_pass_and_keep_their_answers(
 
 def test_max_rows_splits_batches_in_arrival_order(passes: list[list[int]]) -> None:
     batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=10, max_wait_s=0.0)
+    batcher.tiles = [None, None]  # every row on its own: a request counts its own rows
 
     async def run() -> None:
         await asyncio.gather(*(batcher.predict(_rows(n, n)) for n in [4, 4, 4, 12, 1]))
@@ -80,6 +81,19 @@ def test_max_rows_splits_batches_in_arrival_order(passes: list[list[int]]) -> No
     asyncio.run(run())
     # 4+4 fit in 10; 4 starts the next; 12 is bigger than the limit and runs alone.
     assert passes == [[4, 4], [4], [12], [1]]
+
+
+def test_zero_padding_counts_against_max_rows(passes: list[list[int]]) -> None:
+    """Rows padded to a whole tile count, so no pass exceeds the size the tiles were probed for."""
+    batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=20, max_wait_s=0.0)
+    batcher.tiles = [12, 12]  # 4 leftover rows are padded to 12 (4 * ROWS_PER_GEMV >= 12)
+
+    async def run() -> None:
+        await asyncio.gather(*(batcher.predict(_rows(n, n)) for n in [4, 4, 1, 1]))
+
+    asyncio.run(run())
+    # 4 -> 12 rows, a second 4 would make 24 > 20; single rows go one by one (no padding).
+    assert passes == [[4], [4, 1, 1]]
 
 
 def test_a_lone_request_does_not_wait_for_company(passes: list[list[int]]) -> None:
