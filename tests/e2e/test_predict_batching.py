@@ -185,15 +185,16 @@ def test_the_server_log_shows_no_unexpected_error(
     assert not [line for line in server.output if "unexpected error" in line]
 
 
-def _serving_pids(port: int) -> set[int]:
-    """The processes with a listening socket on `port` (from /proc, Linux)."""
+def _socket_pids(port: int, state: str) -> set[int]:
+    """The processes holding a TCP socket whose local port is `port` in `state` (from /proc,
+    Linux): "0A" listening, "01" established."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as listing:
             for line in listing.readlines()[1:]:
                 fields = line.split()
-                local, state, inode = fields[1], fields[3], fields[9]
-                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                local, socket_state, inode = fields[1], fields[3], fields[9]
+                if socket_state == state and int(local.rsplit(":", 1)[1], 16) == port:
                     inodes.add(inode)
     pids = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -204,6 +205,10 @@ def _serving_pids(port: int) -> set[int]:
                     if target.startswith("socket:[") and target[8:-1] in inodes:
                         pids.add(int(pid))
     return pids
+
+
+def _serving_pids(port: int) -> set[int]:
+    return _socket_pids(port, "0A")
 
 
 def test_several_server_processes_share_one_port(
@@ -229,12 +234,21 @@ def test_several_server_processes_share_one_port(
         request = predictions_pb2.PredictRequest(
             job=job.name, inputs=to_tensor(np.ones((1, 4), np.float32))
         )
-        answers = set()
-        for _ in range(8):
-            options = [("grpc.use_local_subchannel_pool", 1)]
-            with grpc.insecure_channel(server.target, options=options) as channel:
-                stub = predictions_pb2_grpc.PredictionServiceStub(channel)
-                answers.add(stub.Predict(request, timeout=30).outputs.data)
+        # Separate connections, kept open: the kernel spreads them over both processes.
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        channels = [grpc.insecure_channel(server.target, options=options) for _ in range(16)]
+        try:
+            answers = {
+                predictions_pb2_grpc.PredictionServiceStub(channel)
+                .Predict(request, timeout=30)
+                .outputs.data
+                for channel in channels
+            }
+            connected = _socket_pids(port, "01") & pids
+        finally:
+            for channel in channels:
+                channel.close()
+        assert connected == pids, f"both processes served connections: {connected} of {pids}"
         assert len(answers) == 1, "every process gives the same answer"
     assert server.process.returncode == 0, "".join(server.output[-40:])
     assert not _serving_pids(port), "the second server process stopped with the first"
