@@ -51,18 +51,15 @@ class ModelCache(Generic[Served]):
         return found[0]
 
     def get(self, key: CacheKey, load: Callable[[], Served]) -> Served:
+        found = self.peek(key)
+        if found is not None:
+            return found
         with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                self.hits += 1
-                MODEL_CACHE_HITS.inc()
-                return self._models[key][0]
             key_lock = self._loading.setdefault(key, threading.Lock())
         with key_lock:
-            with self._lock:
-                if key in self._models:
-                    self.hits += 1
-                    return self._models[key][0]
+            found = self.peek(key)  # loaded while this caller waited for the lock
+            if found is not None:
+                return found
             MODEL_CACHE.labels(result="miss").inc()
             model = load()
             size = self.size_of(model)

@@ -62,46 +62,45 @@ class PredictionService:
         self._jobs: dict[str, tuple[float, Job, list[Checkpoint]]] = {}
         self._jobs_lock = threading.Lock()
 
-    def _job(
-        self, job_name: str, project: str, cached_only: bool = False
-    ) -> tuple[Job, list[Checkpoint]] | None:
-        """The job and its checkpoints, from the database at most once per `job_ttl_s`.
-
-        With `cached_only`, None instead of a database read.
-        """
-        job_id = parse_name(job_name, "jobs", "job")
-        now = time.monotonic()
+    def _cached_job(self, job_id: str) -> tuple[Job, list[Checkpoint]] | None:
+        """The job and its checkpoints if read less than `job_ttl_s` ago, else None."""
         with self._jobs_lock:
             cached = self._jobs.get(job_id)
-        if cached is None or now - cached[0] > self.job_ttl_s:
-            if cached_only:
-                return None
-            job = self.store.get_job(job_id)
-            cached = (now, job, self.store.list_checkpoints(job_id))
+        if cached is None or time.monotonic() - cached[0] > self.job_ttl_s:
+            return None
+        return cached[1], cached[2]
+
+    def _job(self, job_id: str) -> tuple[Job, list[Checkpoint]]:
+        """The job and its checkpoints, from the database at most once per `job_ttl_s`."""
+        found = self._cached_job(job_id)
+        if found is None:
+            found = (self.store.get_job(job_id), self.store.list_checkpoints(job_id))
             with self._jobs_lock:
                 if len(self._jobs) > 10_000:
                     self._jobs.clear()
-                self._jobs[job_id] = cached
-        _, job, checkpoints = cached
+                self._jobs[job_id] = (time.monotonic(), *found)
+        return found
+
+    @staticmethod
+    def _check_project(job: Job, project: str) -> None:
         if job.project != project:
-            raise NotFound(f"jobs/{job_id} does not exist")
-        return job, checkpoints
+            raise NotFound(f"jobs/{job.id} does not exist")
 
     def served(self, job_name: str, selector: str, project: str) -> Served:
         """The job, the checkpoint `selector` names, and its loaded model (may read the database
         and load the model: call it off the event loop)."""
-        found = self._job(job_name, project)
-        assert found is not None
-        job, checkpoints = found
+        job, checkpoints = self._job(parse_name(job_name, "jobs", "job"))
+        self._check_project(job, project)
         checkpoint = self.resolve(job, selector, checkpoints)
         return job, checkpoint, self.batcher(job, checkpoint)
 
     def _served_from_memory(self, job_name: str, selector: str, project: str) -> Served | None:
         """`served` when the job and the model are cached, else None; never blocks."""
-        found = self._job(job_name, project, cached_only=True)
+        found = self._cached_job(parse_name(job_name, "jobs", "job"))
         if found is None:
             return None
         job, checkpoints = found
+        self._check_project(job, project)
         checkpoint = self.resolve(job, selector, checkpoints)
         batcher = self.cache.peek((job.id, checkpoint.id))
         return None if batcher is None else (job, checkpoint, batcher)
