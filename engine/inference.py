@@ -1,19 +1,19 @@
 """Batch-invariant inference: one forward pass over many inputs, each answered as if alone.
 
 A serving batcher puts several requests' rows into one forward pass. With a tuned BLAS that is not
-free of side effects on the numbers: a row's result depends on the matrix product it took part in
-(measured here with OpenBLAS on Haswell, one thread: a row of ``x @ W`` changes in its last bits
-with the number of rows M unless M is a multiple of 12, and with its position modulo 12; a single
-row goes through ``gemv``, which agrees with no ``gemm`` result at all). So ``predict_many`` gives
-every row a computation that does not depend on its neighbours:
+free of side effects on the numbers: a row's result depends on the matrix product it took part in.
+Measured here with OpenBLAS, one thread: with Haswell kernels a row of ``x @ W`` changes in its
+last bits with the number of rows M unless M is a multiple of 12, and with its position modulo 12
+(SkylakeX kernels: 4); a single row goes through ``gemv``, which agrees with no ``gemm`` result at
+all. So ``predict_stacked`` gives every row a computation that does not depend on its neighbours:
 
 - each input's leading ``tile * k`` rows go through one ``gemm`` with every input's block starting
   at a multiple of ``tile`` — a layout in which this BLAS gives each row the same bits whatever
   else is in the product;
 - the remaining ``r = n mod tile`` rows of each input either fill a block of their own, padded
-  with zero rows (when r is large), or go through a stacked matrix-vector product
-  (``(r, 1, K) @ (K, N)``), one ``gemv`` per row, which is what a single row gets anyway. Which
-  of the two depends on r only, never on the other inputs.
+  with zero rows (when r is large and the block not small), or go through a stacked
+  matrix-vector product (``(r, 1, K) @ (K, N)``), one ``gemv`` per row, which is what a single
+  row gets anyway. Which of the two depends on r only, never on the other inputs.
 
 ``layer_tiles`` finds each dense layer's tile by trying the BLAS on random data of its shape (None
 when no tile up to 64 works: that layer then takes the matrix-vector path for every row). The
@@ -36,10 +36,13 @@ from .model import Model
 
 # Row counts tried as the gemm tile, smallest first (the kernel's register tile divides one).
 _TILE_CANDIDATES = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-# A row's matrix-vector product costs about as much as this many rows of a blocked product
-# (measured here: 29 µs against 6-12 µs); a remainder at least block / ROWS_PER_GEMV rows long is
-# cheaper padded with zeros to a whole block.
-ROWS_PER_GEMV = 4
+# Leftover rows go one matrix-vector product each unless padding them to a whole block is clearly
+# cheaper. Measured here (784x512, float32, one thread): a gemv costs 22 µs, and a gemm of m rows
+# 114 µs at m = 4 (packing the weights dominates), 168 at 12, 265 at 24, 469 at 48 — about m / 2
+# gemvs once m >= 12, far more below. So a remainder is padded only when it is at least half a
+# block and the block has at least MIN_PADDED_BLOCK rows.
+ROWS_PER_GEMV = 2
+MIN_PADDED_BLOCK = 12
 _probe_cache: dict[tuple[int, int, str, int], int | None] = {}
 _probe_lock = threading.Lock()
 
@@ -121,7 +124,7 @@ def _forward(model: Model, x: Array, tiles: list[int | None], rowwise: bool) -> 
 
 def _pads(rest: int, block: int) -> bool:
     """Whether `rest` leftover rows are padded to a whole block rather than done row by row."""
-    return rest * ROWS_PER_GEMV >= block
+    return block >= MIN_PADDED_BLOCK and rest * ROWS_PER_GEMV >= block
 
 
 def blocked_rows(rows: int, tiles: Sequence[int | None]) -> int:
@@ -132,39 +135,48 @@ def blocked_rows(rows: int, tiles: Sequence[int | None]) -> int:
     return whole + (block if _pads(rows - whole, block) else 0)
 
 
-def predict_many(model: Model, inputs: Sequence[Array], tiles: list[int | None]) -> list[Array]:
-    """Raw outputs for each input in one pass; each equals ``predict_many(model, [x], tiles)[0]``.
+def predict_stacked(model: Model, inputs: Sequence[Array], tiles: list[int | None]) -> Array:
+    """Raw outputs of all inputs in one pass, stacked in input order (input i's rows follow
+    input i-1's); each input's rows equal ``predict_stacked(model, [x], tiles)``.
 
     ``tiles`` comes from ``layer_tiles`` under the BLAS thread count in force now. Inputs are
     C-contiguous 2-D arrays of the model's dtype and input width. Dense layers allocate their
     outputs; other layers use their scratch buffers, so run one pass per model at a time.
     """
     block = row_tile(tiles)
-    outputs = [np.empty((len(x), model.output_dim), dtype=model.dtype) for x in inputs]
-    # (output, rows, offset in output): products in whole blocks, and rows one at a time.
-    blocks: list[tuple[Array, Array, int]] = []
-    single: list[tuple[Array, Array, int]] = []
-    for out, x in zip(outputs, inputs, strict=True):
+    stacked = np.empty((sum(len(x) for x in inputs), model.output_dim), dtype=model.dtype)
+    # (where its outputs go, its rows): products in whole blocks, and rows one at a time.
+    blocks: list[tuple[Array, Array]] = []
+    single: list[tuple[Array, Array]] = []
+    start = 0
+    for x in inputs:
+        out = stacked[start : start + len(x)]
+        start += len(x)
         whole = len(x) - len(x) % block
         if whole:
-            blocks.append((out, x[:whole], 0))
+            blocks.append((out[:whole], x[:whole]))
         rest = x[whole:]
         if not _pads(len(rest), block):
             if len(rest):
-                single.append((out, rest, whole))
+                single.append((out[whole:], rest))
         else:
             # Zero rows fill the input's last block; their outputs are dropped.
             padded = np.zeros((block, x.shape[1]), dtype=x.dtype)
             padded[: len(rest)] = rest
-            blocks.append((out[whole:], padded, 0))
+            blocks.append((out[whole:], padded))
     for rowwise, pieces in ((False, blocks), (True, single)):
         if not pieces:
             continue
         packed = pieces[0][1] if len(pieces) == 1 else np.concatenate([p[1] for p in pieces])
         result = _forward(model, packed, tiles, rowwise)
-        start = 0
-        for out, part, offset in pieces:
-            rows = min(len(part), len(out) - offset)
-            out[offset : offset + rows] = result[start : start + rows]
-            start += len(part)
-    return outputs
+        offset = 0
+        for out, part in pieces:
+            out[:] = result[offset : offset + len(out)]
+            offset += len(part)
+    return stacked
+
+
+def predict_many(model: Model, inputs: Sequence[Array], tiles: list[int | None]) -> list[Array]:
+    """``predict_stacked`` split per input: each equals ``predict_many(model, [x], tiles)[0]``."""
+    ends = np.cumsum([len(x) for x in inputs])
+    return np.split(predict_stacked(model, inputs, tiles), ends[:-1])

@@ -1,16 +1,18 @@
 """Dynamic micro-batching: concurrent predictions for one model share one forward pass.
 
-Predictions run on the server's event loop (see `server.app`). A request that finds its model idle
-starts a leader task for the next pass; it runs as soon as the handlers already due on the loop
-have queued their requests — no added wait when nothing else is queued, the fault
-tensorflow/serving#255 describes. Requests that arrive while a pass is being formed or run queue
-up; when a pass ends, a new leader takes what queued, up to `max_rows` rows (a bigger request runs
-alone). That leader — the model is under load — may wait for more rows up to `max_wait_s` after
-the oldest queued request arrived, but never makes a request spend more than half the time its
-deadline gave it waiting for company.
+Predictions run on the server's event loop (see `server.app`). A small request that finds its model
+idle (no pass for `INLINE_AFTER_IDLE_S`) runs its pass at once in its own handler. Otherwise a
+request that finds no pass forming starts a leader task for the next pass; it runs as soon as the
+handlers already due on the loop have queued their requests. Neither adds a wait when nothing else
+is queued, the fault tensorflow/serving#255 describes. Requests that arrive while a pass is being
+formed or run queue up; when a pass ends, a new leader takes what queued, up to `max_rows` rows (a
+bigger request runs alone). That leader — the model is under load — may wait for more rows up to
+`max_wait_s` after the oldest queued request arrived, but never makes a request spend more than
+half the time its deadline gave it waiting for company.
 
-Every request's rows are computed as if it were alone (`engine.inference.predict_many`), so
-batching never changes an answer; requests are validated before they join, so a malformed one
+Every request's rows are computed as if it were alone (`engine.inference.predict_stacked`), so
+batching never changes an answer, and a pass's `postprocess` (probabilities and labels) runs once
+over the whole pass, row by row; requests are validated before they join, so a malformed one
 never reaches a batch. A request whose caller cancels or whose deadline passes while it is queued
 leaves the queue (gRPC cancels its task; a leader also drops expired ones); one already in a
 running pass is computed and its answer dropped. Small passes run on the loop itself (a thread
@@ -23,13 +25,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from trainwire.engine import Model
-from trainwire.engine.inference import blocked_rows, layer_tiles, predict_many
+from trainwire.engine.inference import blocked_rows, layer_tiles, predict_stacked
 
 from .errors import DeadlineExceeded
 from .metrics import PREDICTION_BATCH_REQUESTS
@@ -38,6 +41,27 @@ from .metrics import PREDICTION_BATCH_REQUESTS
 # (about 1 ms of forward pass for a 784-512-512-10 network).
 OFF_LOOP_ROWS = 64
 
+# A small request that finds its model idle for at least this long (no pass since, nothing queued)
+# runs its pass in its own handler: at low concurrency no one would have joined it, and a leader
+# task costs two more trips round the event loop. Under load passes follow each other closely, so
+# requests go through the leader and share passes.
+INLINE_AFTER_IDLE_S = 0.0005
+
+# What a pass's stacked outputs become: arrays with one row per input row, each row computed from
+# that row alone (so batching cannot change it); every request gets its rows of each.
+Postprocess = Callable[[np.ndarray], tuple[np.ndarray, ...]]
+
+
+def outputs_only(outputs: np.ndarray) -> tuple[np.ndarray, ...]:
+    return (outputs,)
+
+
+def _deadline_passed() -> DeadlineExceeded:
+    return DeadlineExceeded(
+        "the prediction's deadline passed while it waited for a forward pass; "
+        "allow more time or send fewer concurrent requests"
+    )
+
 
 @dataclass(eq=False)
 class _Ticket:
@@ -45,7 +69,7 @@ class _Ticket:
 
     features: np.ndarray
     deadline: float | None  # time.monotonic() value
-    done: asyncio.Future[np.ndarray]
+    done: asyncio.Future[tuple[np.ndarray, ...]]
     arrived: float = field(default_factory=time.monotonic)
 
 
@@ -53,9 +77,15 @@ class ModelBatcher:
     """A loaded model and its batch queue; `predict` is called on the server's event loop."""
 
     def __init__(
-        self, model: Model, max_rows: int, max_wait_s: float, executor: Executor | None = None
+        self,
+        model: Model,
+        max_rows: int,
+        max_wait_s: float,
+        executor: Executor | None = None,
+        postprocess: Postprocess = outputs_only,
     ) -> None:
         self.model = model
+        self.postprocess = postprocess
         self.max_rows = max_rows
         self.max_wait_s = max_wait_s
         self.executor = executor
@@ -63,9 +93,26 @@ class ModelBatcher:
         self.passes = 0  # forward passes run (tests, metrics)
         self._queue: deque[_Ticket] = deque()
         self._leader: asyncio.Task[None] | None = None  # forms or runs the current pass
+        self._last_pass = 0.0  # time.monotonic() when the last pass ended
 
-    async def predict(self, features: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """Outputs for `features` (validated, the model's dtype), computed in a shared pass."""
+    async def predict(
+        self, features: np.ndarray, deadline: float | None = None
+    ) -> tuple[np.ndarray, ...]:
+        """`postprocess` of the outputs for `features` (validated, the model's dtype), computed
+        in a shared pass: by default a 1-tuple of the raw outputs."""
+        now = time.monotonic()
+        if deadline is not None and deadline <= now:
+            raise _deadline_passed()
+        if (
+            self._leader is None
+            and not self._queue
+            and len(features) < OFF_LOOP_ROWS
+            and now - self._last_pass >= INLINE_AFTER_IDLE_S
+        ):
+            try:
+                return self._compute([features])
+            finally:
+                self._passed(1)
         ticket = _Ticket(features, deadline, asyncio.get_running_loop().create_future())
         self._queue.append(ticket)
         if self._leader is None:
@@ -133,12 +180,7 @@ class ModelBatcher:
             if ticket.done.done():  # its caller went away
                 continue
             if ticket.deadline is not None and ticket.deadline <= now:
-                ticket.done.set_exception(
-                    DeadlineExceeded(
-                        "the prediction's deadline passed while it waited for a forward pass; "
-                        "allow more time or send fewer concurrent requests"
-                    )
-                )
+                ticket.done.set_exception(_deadline_passed())
                 continue
             batch.append(ticket)
             rows += size
@@ -150,23 +192,31 @@ class ModelBatcher:
             if self.executor is not None and sum(len(x) for x in inputs) >= OFF_LOOP_ROWS:
                 # Shielded: if the leader is cancelled (the server stops) the pass still ends
                 # before anything else uses the model.
-                outputs = await asyncio.shield(
-                    asyncio.get_running_loop().run_in_executor(
-                        self.executor, predict_many, self.model, inputs, self.tiles
-                    )
+                results = await asyncio.shield(
+                    asyncio.get_running_loop().run_in_executor(self.executor, self._compute, inputs)
                 )
             else:
-                outputs = predict_many(self.model, inputs, self.tiles)
+                results = self._compute(inputs)
         except Exception as error:  # every request of the batch gets it
             for ticket in batch:
                 if not ticket.done.done():
                     ticket.done.set_exception(error)
         else:
-            for ticket, out in zip(batch, outputs, strict=True):
+            start = 0
+            for ticket in batch:
+                end = start + len(ticket.features)
                 if not ticket.done.done():
-                    ticket.done.set_result(out)
+                    ticket.done.set_result(tuple(result[start:end] for result in results))
+                start = end
+        self._passed(len(batch))
+
+    def _passed(self, requests: int) -> None:
         self.passes += 1
-        PREDICTION_BATCH_REQUESTS.observe(len(batch))
+        self._last_pass = time.monotonic()
+        PREDICTION_BATCH_REQUESTS.observe(requests)
+
+    def _compute(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+        return self.postprocess(predict_stacked(self.model, inputs, self.tiles))
 
     def _queued_rows(self) -> int:
         return sum(len(t.features) for t in self._queue)

@@ -15,7 +15,7 @@ from trainwire.engine import Model, load_state
 from trainwire.engine.activations import sigmoid, softmax
 from trainwire.v1 import tensor_pb2
 
-from .batching import ModelBatcher
+from .batching import ModelBatcher, outputs_only
 from .errors import FailedPrecondition, InvalidArgument, NotFound
 from .metrics import PREDICTION_ROWS
 from .model_cache import ModelCache, model_bytes
@@ -124,19 +124,13 @@ class PredictionService:
             found = await loop.run_in_executor(
                 self.executor, self.served, job_name, selector, project
             )
-        job, checkpoint, batcher = found
+        _, checkpoint, batcher = found
         features = self._check_inputs(inputs, batcher.model)
         PREDICTION_ROWS.observe(len(features))
-        outputs = await batcher.predict(features, deadline)
-        if not TaskKind(job.target["task"]).is_classification:
-            return Prediction(checkpoint, outputs, None, None)
-        if outputs.shape[1] == 1:
-            # One logit z for binary classification: P(class 1) = sigmoid(z).
-            positive = sigmoid(outputs[:, 0])
-            probabilities = np.stack([1.0 - positive, positive], axis=1)
-        else:
-            probabilities = softmax(outputs)
-        labels = probabilities.argmax(axis=1).astype(np.int64)
+        results = await batcher.predict(features, deadline)
+        if len(results) == 1:
+            return Prediction(checkpoint, results[0], None, None)
+        outputs, probabilities, labels = results
         return Prediction(checkpoint, outputs, probabilities, labels)
 
     def forget(self, job_id: str) -> None:
@@ -203,7 +197,14 @@ class PredictionService:
                     if k.startswith(MODEL_PREFIX)
                 }
             )
-            return ModelBatcher(model, self.batch_rows, self.batch_wait_s, self.executor)
+            classifier = TaskKind(job.target["task"]).is_classification
+            return ModelBatcher(
+                model,
+                self.batch_rows,
+                self.batch_wait_s,
+                self.executor,
+                postprocess=classify if classifier else outputs_only,
+            )
 
         return self.cache.get((job.id, checkpoint.id), load)
 
@@ -230,6 +231,18 @@ class PredictionService:
             row = int(np.argwhere(~np.isfinite(features))[0][0])
             raise InvalidArgument.field("inputs", f"must be finite; row {row} has NaN or Inf")
         return np.ascontiguousarray(features, dtype=model.dtype)
+
+
+def classify(outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A classifier's raw outputs, class probabilities and labels, row by row (the batcher runs
+    it once per pass: each row's result must not depend on the other rows)."""
+    if outputs.shape[1] == 1:
+        # One logit z for binary classification: P(class 1) = sigmoid(z).
+        positive = sigmoid(outputs[:, 0])
+        probabilities = np.stack([1.0 - positive, positive], axis=1)
+    else:
+        probabilities = softmax(outputs)
+    return outputs, probabilities, probabilities.argmax(axis=1).astype(np.int64)
 
 
 def _batcher_bytes(batcher: ModelBatcher) -> int:

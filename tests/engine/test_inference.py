@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -69,6 +71,21 @@ def test_batch_composition_and_order_never_change_an_answer(
     shuffled = predict_many(model, [inputs[i] for i in order], tiles)
     for position, index in enumerate(order):
         assert np.array_equal(shuffled[position], expected[index])
+
+
+def test_remainders_padded_to_a_block_get_the_bits_they_get_alone() -> None:
+    # A multiple of a tile that holds also holds; at 12 rows or more a block is large enough for
+    # leftovers of at least half a block to be padded rather than done row by row.
+    model = Model.from_spec(WIDE, seed=3)
+    tiles = [None if t is None else math.lcm(t, 12) for t in layer_tiles(model, max_rows=256)]
+    block = row_tile(tiles)
+    assert block >= inference.MIN_PADDED_BLOCK
+    rows = [block - 1, 1, block // 2, 2 * block + block // 2 + 1, block // 2 - 1]
+    assert inference.blocked_rows(block - 1, tiles) == block, "the padded path is taken"
+    inputs = _inputs(rows, 784, "float32", seed=11)
+    together = predict_many(model, inputs, tiles)
+    for x, batched in zip(inputs, together, strict=True):
+        assert np.array_equal(batched, predict_many(model, [x], tiles)[0])
 
 
 def test_without_a_tile_every_row_takes_the_matrix_vector_path() -> None:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trainwire.engine import Model
-from trainwire.engine.inference import predict_many
+from trainwire.engine.inference import predict_many, predict_stacked
 from trainwire.server import batching
 from trainwire.server.batching import OFF_LOOP_ROWS, ModelBatcher
 from trainwire.server.errors import DeadlineExceeded
+from trainwire.server.predictions import classify
 
 SPEC = {
     "input_dim": 16,
@@ -32,15 +36,26 @@ def executor() -> Iterator[ThreadPoolExecutor]:
 
 
 @pytest.fixture
-def passes(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+def release() -> Iterator[threading.Event]:
+    """A pass in the thread pool holds until this is set (at the latest when the test ends), so
+    a test can queue requests behind a running pass however fast the model is."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+@pytest.fixture
+def passes(monkeypatch: pytest.MonkeyPatch, release: threading.Event) -> list[list[int]]:
     """The row counts of each forward pass's requests, in order."""
     seen: list[list[int]] = []
 
     def recording(model: Model, inputs: list[np.ndarray], tiles: list[int | None]) -> object:
         seen.append([len(x) for x in inputs])
-        return predict_many(model, inputs, tiles)
+        if threading.current_thread() is not threading.main_thread():
+            assert release.wait(10), "the test never released the pass"
+        return predict_stacked(model, inputs, tiles)
 
-    monkeypatch.setattr(batching, "predict_many", recording)
+    monkeypatch.setattr(batching, "predict_stacked", recording)
     return seen
 
 
@@ -48,6 +63,14 @@ async def _pass_started(passes: list[list[int]]) -> None:
     """Waits until the first pass is running (in the thread pool), so later requests queue."""
     while not passes:
         await asyncio.sleep(0.001)
+
+
+async def _outputs(
+    batcher: ModelBatcher, features: np.ndarray, deadline: float | None = None
+) -> np.ndarray:
+    """The raw outputs a request gets (the batcher's default postprocess passes them alone)."""
+    (outputs,) = await batcher.predict(features, deadline)
+    return outputs
 
 
 def _rows(n: int, seed: int) -> np.ndarray:
@@ -62,12 +85,14 @@ def test_concurrent_requests_share_a_pass_and_keep_their_answers(
     inputs = [_rows(n, seed) for seed, n in enumerate([1, 5, 1, 13, 2, 1, 30, 1])]
 
     async def run() -> list[np.ndarray]:
-        return await asyncio.gather(*(batcher.predict(x) for x in inputs))
+        return await asyncio.gather(*(_outputs(batcher, x) for x in inputs))
 
     together = asyncio.run(run())
-    assert passes == [[1, 5, 1, 13, 2, 1, 30, 1]], "all eight were due at once: one pass"
+    # The first found the model idle and ran at once in its own handler; the seven due behind
+    # it were queued while it ran and share one pass.
+    assert passes == [[1], [5, 1, 13, 2, 1, 30, 1]]
     for x, out in zip(inputs, together, strict=True):
-        alone = asyncio.run(batcher.predict(x))
+        alone = asyncio.run(_outputs(batcher, x))
         assert np.array_equal(out, alone)
 
 
@@ -76,24 +101,51 @@ def test_max_rows_splits_batches_in_arrival_order(passes: list[list[int]]) -> No
     batcher.tiles = [None, None]  # every row on its own: a request counts its own rows
 
     async def run() -> None:
-        await asyncio.gather(*(batcher.predict(_rows(n, n)) for n in [4, 4, 4, 12, 1]))
+        await asyncio.gather(*(_outputs(batcher, _rows(n, n)) for n in [4, 4, 4, 12, 1]))
 
     asyncio.run(run())
-    # 4+4 fit in 10; 4 starts the next; 12 is bigger than the limit and runs alone.
-    assert passes == [[4, 4], [4], [12], [1]]
+    # The first runs at once (idle model); then 4+4 fit in 10; 12 is bigger than the limit and
+    # runs alone.
+    assert passes == [[4], [4, 4], [12], [1]]
 
 
 def test_zero_padding_counts_against_max_rows(passes: list[list[int]]) -> None:
     """Rows padded to a whole tile count, so no pass exceeds the size the tiles were probed for."""
     batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=20, max_wait_s=0.0)
-    batcher.tiles = [12, 12]  # 4 leftover rows are padded to 12 (4 * ROWS_PER_GEMV >= 12)
+    batcher.tiles = [12, 12]  # 8 leftover rows are padded to 12 (8 * ROWS_PER_GEMV >= 12)
 
     async def run() -> None:
-        await asyncio.gather(*(batcher.predict(_rows(n, n)) for n in [4, 4, 1, 1]))
+        await asyncio.gather(*(_outputs(batcher, _rows(n, n)) for n in [8, 8, 1, 1]))
 
     asyncio.run(run())
-    # 4 -> 12 rows, a second 4 would make 24 > 20; single rows go one by one (no padding).
-    assert passes == [[4], [4, 1, 1]]
+    # 8 -> 12 rows, a second 8 would make 24 > 20; single rows go one by one (no padding).
+    assert passes == [[8], [8, 1, 1]]
+
+
+def test_postprocess_runs_once_per_pass_and_each_request_gets_its_own_rows(
+    passes: list[list[int]],
+) -> None:
+    calls: list[int] = []
+
+    def counted(outputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        calls.append(len(outputs))
+        return classify(outputs)
+
+    batcher = ModelBatcher(
+        Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=0.0, postprocess=counted
+    )
+    inputs = [_rows(n, seed) for seed, n in enumerate([1, 3, 1, 8, 2])]
+
+    async def run() -> list[tuple[np.ndarray, ...]]:
+        return await asyncio.gather(*(batcher.predict(x) for x in inputs))
+
+    together = asyncio.run(run())
+    assert calls == [1, 14], "one postprocess per pass (the first ran at once, on an idle model)"
+    for x, batched in zip(inputs, together, strict=True):
+        alone = asyncio.run(batcher.predict(x))
+        assert [a.shape[0] for a in batched] == [len(x)] * 3
+        for got, expected in zip(batched, alone, strict=True):
+            assert got.dtype == expected.dtype and np.array_equal(got, expected)
 
 
 def test_a_lone_request_does_not_wait_for_company(passes: list[list[int]]) -> None:
@@ -101,14 +153,14 @@ def test_a_lone_request_does_not_wait_for_company(passes: list[list[int]]) -> No
     batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=30.0)
 
     async def run() -> np.ndarray:
-        return await asyncio.wait_for(batcher.predict(_rows(1, 0)), timeout=10)
+        return await asyncio.wait_for(_outputs(batcher, _rows(1, 0)), timeout=10)
 
     assert asyncio.run(run()).shape == (1, 4)
     assert passes == [[1]]
 
 
 def test_deadline_shorter_than_the_batching_wait_is_honoured(
-    executor: ThreadPoolExecutor, passes: list[list[int]]
+    executor: ThreadPoolExecutor, passes: list[list[int]], release: threading.Event
 ) -> None:
     """Under load the next leader waits for rows, but never past a queued request's deadline."""
     batcher = ModelBatcher(
@@ -118,12 +170,15 @@ def test_deadline_shorter_than_the_batching_wait_is_honoured(
     async def run() -> tuple[np.ndarray, float]:
         # A big request's pass runs in the thread pool; the small one queues behind it, so the
         # pass after it is formed under load and would wait up to 30 s for more rows.
-        big = asyncio.ensure_future(batcher.predict(_rows(OFF_LOOP_ROWS * 4, 1)))
+        big = asyncio.ensure_future(_outputs(batcher, _rows(OFF_LOOP_ROWS * 4, 1)))
         await _pass_started(passes)
         started = time.monotonic()
-        small = await asyncio.wait_for(
-            batcher.predict(_rows(1, 2), deadline=time.monotonic() + 1.0), timeout=10
+        queued = asyncio.ensure_future(
+            _outputs(batcher, _rows(1, 2), deadline=time.monotonic() + 1.0)
         )
+        await asyncio.sleep(0)  # queued behind the running pass
+        release.set()
+        small = await asyncio.wait_for(queued, timeout=10)
         waited = time.monotonic() - started
         await big
         return small, waited
@@ -136,18 +191,23 @@ def test_deadline_shorter_than_the_batching_wait_is_honoured(
 
 
 def test_a_request_whose_deadline_passed_in_the_queue_is_refused(
-    executor: ThreadPoolExecutor, passes: list[list[int]]
+    executor: ThreadPoolExecutor, passes: list[list[int]], release: threading.Event
 ) -> None:
     batcher = ModelBatcher(
         Model.from_spec(SPEC, seed=0), max_rows=4096, max_wait_s=0.0, executor=executor
     )
 
     async def run() -> None:
-        big = asyncio.ensure_future(batcher.predict(_rows(OFF_LOOP_ROWS * 4, 1)))
+        big = asyncio.ensure_future(_outputs(batcher, _rows(OFF_LOOP_ROWS * 4, 1)))
         await _pass_started(passes)
+        expired = asyncio.ensure_future(
+            _outputs(batcher, _rows(1, 2), deadline=time.monotonic() + 0.05)
+        )
+        await asyncio.sleep(0.1)  # queued behind the running pass until its deadline passed
+        release.set()
         with pytest.raises(DeadlineExceeded, match="deadline passed while it waited"):
-            await batcher.predict(_rows(1, 2), deadline=time.monotonic() - 1.0)
-        ok = await batcher.predict(_rows(2, 3), deadline=time.monotonic() + 60)
+            await expired
+        ok = await _outputs(batcher, _rows(2, 3), deadline=time.monotonic() + 60)
         assert ok.shape == (2, 4)
         await big
 
@@ -155,20 +215,31 @@ def test_a_request_whose_deadline_passed_in_the_queue_is_refused(
     assert passes == [[OFF_LOOP_ROWS * 4], [2]], "the expired request never reached a pass"
 
 
+def test_a_request_past_its_deadline_is_refused_on_an_idle_model_too(
+    passes: list[list[int]],
+) -> None:
+    batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=0.0)
+    with pytest.raises(DeadlineExceeded):
+        asyncio.run(_outputs(batcher, _rows(1, 2), deadline=time.monotonic() - 1.0))
+    assert passes == []
+
+
 def test_a_cancelled_request_leaves_the_queue_without_harming_the_others(
-    executor: ThreadPoolExecutor, passes: list[list[int]]
+    executor: ThreadPoolExecutor, passes: list[list[int]], release: threading.Event
 ) -> None:
     model = Model.from_spec(SPEC, seed=0)
     batcher = ModelBatcher(model, max_rows=4096, max_wait_s=0.0, executor=executor)
     others = [_rows(3, 10), _rows(5, 11)]
 
     async def run() -> list[np.ndarray]:
-        big = asyncio.ensure_future(batcher.predict(_rows(OFF_LOOP_ROWS * 4, 1)))
+        big = asyncio.ensure_future(_outputs(batcher, _rows(OFF_LOOP_ROWS * 4, 1)))
         await _pass_started(passes)
-        doomed = asyncio.ensure_future(batcher.predict(_rows(7, 9)))
-        kept = [asyncio.ensure_future(batcher.predict(x)) for x in others]
+        doomed = asyncio.ensure_future(_outputs(batcher, _rows(7, 9)))
+        kept = [asyncio.ensure_future(_outputs(batcher, x)) for x in others]
         await asyncio.sleep(0)  # all three are queued behind the big pass
         doomed.cancel()
+        await asyncio.sleep(0)
+        release.set()
         results = await asyncio.gather(*kept)
         with pytest.raises(asyncio.CancelledError):
             await doomed
@@ -189,14 +260,39 @@ def test_an_error_in_a_pass_reaches_every_request_of_that_pass(
     def broken(*_: object) -> object:
         raise RuntimeError("forward pass failed")
 
-    monkeypatch.setattr(batching, "predict_many", broken)
+    monkeypatch.setattr(batching, "predict_stacked", broken)
 
     async def run() -> list[object]:
         return await asyncio.gather(
-            *(batcher.predict(_rows(1, i)) for i in range(3)), return_exceptions=True
+            *(_outputs(batcher, _rows(1, i)) for i in range(3)), return_exceptions=True
         )
 
     outcomes = asyncio.run(run())
     assert all(isinstance(o, RuntimeError) for o in outcomes)
     monkeypatch.undo()
-    assert asyncio.run(batcher.predict(_rows(1, 0))).shape == (1, 4), "the batcher lives on"
+    assert asyncio.run(_outputs(batcher, _rows(1, 0))).shape == (1, 4), "the batcher lives on"
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(
+    rows=st.lists(st.integers(1, 40), min_size=1, max_size=6),
+    classes=st.sampled_from([1, 2, 3, 10, 17, 100]),
+    dtype=st.sampled_from(["float32", "float64"]),
+)
+def test_classify_gives_each_row_what_it_gets_alone(
+    rows: list[int], classes: int, dtype: str
+) -> None:
+    # Probabilities and labels are computed once per pass, so a row's must not depend on the
+    # rows stacked with it (softmax reduces along each row only).
+    rng = np.random.default_rng(len(rows) * classes)
+    parts = [(rng.normal(size=(n, classes)) * 20).astype(dtype) for n in rows]
+    stacked = classify(np.concatenate(parts))
+    start = 0
+    for part in parts:
+        alone = classify(part)
+        for got, expected in zip(stacked, alone, strict=True):
+            assert np.array_equal(got[start : start + len(part)], expected)
+        start += len(part)
+    probabilities = stacked[1]
+    assert probabilities.shape == (sum(rows), max(classes, 2))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
