@@ -5,9 +5,11 @@ per request with no cache lookup, no batching and no validation: the ceiling for
 this machine. It runs twice, on grpcio's thread-pool server and on grpc.aio — the measurement
 behind Trainwire's own choice of server — and the ratio is against the faster of the two. One
 load generator (a separate process, asyncio client, up to 4 connections) drives all three with
-the same requests: one row at concurrency 1 and 16, and 1,000 rows at concurrency 4. Loopback
-only, bounded request counts. Run: .venv/bin/python benchmarks/predict.py [--quick]; the last
-line is JSON.
+the same requests: one row at concurrency 1 and 16, and 1,000 rows at concurrency 4. Each case
+runs in rounds (3 by default), the three servers in a rotating order within a round, and the
+figures are medians over the rounds: a shared machine drifts by 10-20% from one run to the next.
+Loopback only, bounded request counts. Run: .venv/bin/python benchmarks/predict.py [--quick]
+[--rounds N]; the last line is JSON.
 """
 
 from __future__ import annotations
@@ -164,12 +166,18 @@ def load(target: str, job: str, case: str, count: int) -> dict[str, float]:
     return json.loads(output.strip().splitlines()[-1])
 
 
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the rounds."""
+    return {key: float(np.median([run[key] for run in runs])) for key in runs[0]}
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer requests")
+    parser.add_argument("--quick", action="store_true", help="fewer requests, one round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per case (median)")
     parser.add_argument("--bare", help=argparse.SUPPRESS)
     parser.add_argument("--bare-async", help=argparse.SUPPRESS)
     parser.add_argument("--load", nargs=4, help=argparse.SUPPRESS)
@@ -187,8 +195,10 @@ def main() -> int:
         return 0
 
     counts = {"one_row_c1": 2000, "one_row_c16": 4000, "rows1000_c4": 300}
+    rounds = args.rounds
     if args.quick:
         counts = {case: count // 10 for case, count in counts.items()}
+        rounds = 1
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{folder}/predict.db"
@@ -219,10 +229,14 @@ def main() -> int:
                 for kind, process in bares.items():
                     assert process.stdout is not None
                     targets[kind] = f"127.0.0.1:{process.stdout.readline().strip()}"
+                servers = {"trainwire": server.target, **targets}
                 for case, count in counts.items():
-                    ours = load(server.target, job.name, case, count)
-                    threads = load(targets["bare"], job.name, case, count)
-                    asyncio_ = load(targets["bare-async"], job.name, case, count)
+                    runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+                    for index in range(rounds):
+                        names = list(servers)
+                        for name in names[index % 3 :] + names[: index % 3]:
+                            runs[name].append(load(servers[name], job.name, case, count))
+                    ours, threads, asyncio_ = (_median(runs[name]) for name in servers)
                     ceiling = max(threads, asyncio_, key=lambda r: r["rps"])
                     results[case] = {
                         "trainwire_rps": ours["rps"],
@@ -235,6 +249,7 @@ def main() -> int:
                         "bare_threads_rps": threads["rps"],
                         "bare_asyncio_rps": asyncio_["rps"],
                         "ratio_vs_threads": round(ours["rps"] / threads["rps"], 3),
+                        "rounds": rounds,
                     }
             finally:
                 for process in bares.values():
@@ -249,7 +264,7 @@ def main() -> int:
             f"{case:<14}{row['trainwire_rps']:>14}{row['bare_threads_rps']:>13}"
             f"{row['bare_asyncio_rps']:>13}{row['ratio']:>7}{row['p50_ms']:>9}{row['p99_ms']:>9}"
         )
-    print("ratio: Trainwire against the faster bare server of this run")
+    print(f"ratio: Trainwire against the faster bare server of this run (medians of {rounds})")
     print(json.dumps({"benchmark": "predict", "cases": results}))
     return 0
 
