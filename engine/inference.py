@@ -178,5 +178,7 @@ def predict_stacked(model: Model, inputs: Sequence[Array], tiles: list[int | Non
 
 def predict_many(model: Model, inputs: Sequence[Array], tiles: list[int | None]) -> list[Array]:
     """``predict_stacked`` split per input: each equals ``predict_many(model, [x], tiles)[0]``."""
+    if not inputs:
+        return []
     ends = np.cumsum([len(x) for x in inputs])
     return np.split(predict_stacked(model, inputs, tiles), ends[:-1])

@@ -56,9 +56,10 @@ def outputs_only(outputs: np.ndarray) -> tuple[np.ndarray, ...]:
     return (outputs,)
 
 
-def _deadline_passed() -> DeadlineExceeded:
+def _deadline_passed(waited: bool) -> DeadlineExceeded:
+    where = "while it waited for a forward pass" if waited else "before it reached the model"
     return DeadlineExceeded(
-        "the prediction's deadline passed while it waited for a forward pass; "
+        f"the prediction's deadline passed {where}; "
         "allow more time or send fewer concurrent requests"
     )
 
@@ -94,17 +95,22 @@ class ModelBatcher:
         self._queue: deque[_Ticket] = deque()
         self._leader: asyncio.Task[None] | None = None  # forms or runs the current pass
         self._last_pass = 0.0  # time.monotonic() when the last pass ended
+        # A pass running in the thread pool, until it ends: it goes on if its leader is
+        # cancelled, and no other pass may use the model meanwhile.
+        self._pool_pass: asyncio.Future[tuple[np.ndarray, ...]] | None = None
 
     async def predict(
         self, features: np.ndarray, deadline: float | None = None
     ) -> tuple[np.ndarray, ...]:
-        """`postprocess` of the outputs for `features` (validated, the model's dtype), computed
-        in a shared pass: by default a 1-tuple of the raw outputs."""
+        """`postprocess` of the outputs for `features` (validated, the model's dtype): by default
+        a 1-tuple of the raw outputs. Computed in a shared pass, or at once on an idle model. The
+        arrays are row slices of the whole pass's: read them, never write to them."""
         now = time.monotonic()
         if deadline is not None and deadline <= now:
-            raise _deadline_passed()
+            raise _deadline_passed(waited=False)
         if (
             self._leader is None
+            and self._pool_pass is None
             and not self._queue
             and len(features) < OFF_LOOP_ROWS
             and now - self._last_pass >= INLINE_AFTER_IDLE_S
@@ -180,7 +186,7 @@ class ModelBatcher:
             if ticket.done.done():  # its caller went away
                 continue
             if ticket.deadline is not None and ticket.deadline <= now:
-                ticket.done.set_exception(_deadline_passed())
+                ticket.done.set_exception(_deadline_passed(waited=True))
                 continue
             batch.append(ticket)
             rows += size
@@ -188,13 +194,18 @@ class ModelBatcher:
 
     async def _run(self, batch: list[_Ticket]) -> None:
         inputs = [t.features for t in batch]
+        if self._pool_pass is not None:  # left running by a cancelled leader
+            await asyncio.wait([self._pool_pass])
         try:
             if self.executor is not None and sum(len(x) for x in inputs) >= OFF_LOOP_ROWS:
-                # Shielded: if the leader is cancelled (the server stops) the pass still ends
-                # before anything else uses the model.
-                results = await asyncio.shield(
-                    asyncio.get_running_loop().run_in_executor(self.executor, self._compute, inputs)
+                # Shielded: if the leader is cancelled (the server stops) the pass still ends,
+                # and `_pool_pass` keeps other passes off the model until it has.
+                pool_pass = asyncio.get_running_loop().run_in_executor(
+                    self.executor, self._compute, inputs
                 )
+                self._pool_pass = pool_pass
+                pool_pass.add_done_callback(self._pool_pass_ended)
+                results = await asyncio.shield(pool_pass)
             else:
                 results = self._compute(inputs)
         except Exception as error:  # every request of the batch gets it
@@ -214,6 +225,9 @@ class ModelBatcher:
         self.passes += 1
         self._last_pass = time.monotonic()
         PREDICTION_BATCH_REQUESTS.observe(requests)
+
+    def _pool_pass_ended(self, _: object) -> None:
+        self._pool_pass = None
 
     def _compute(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         return self.postprocess(predict_stacked(self.model, inputs, self.tiles))

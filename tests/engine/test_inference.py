@@ -81,11 +81,13 @@ def test_remainders_padded_to_a_block_get_the_bits_they_get_alone() -> None:
     block = row_tile(tiles)
     assert block >= inference.MIN_PADDED_BLOCK
     rows = [block - 1, 1, block // 2, 2 * block + block // 2 + 1, block // 2 - 1]
+    assert 5 * block <= 256, "a pass of 5 blocks stays within the rows the tiles were probed for"
     assert inference.blocked_rows(block - 1, tiles) == block, "the padded path is taken"
     inputs = _inputs(rows, 784, "float32", seed=11)
     together = predict_many(model, inputs, tiles)
     for x, batched in zip(inputs, together, strict=True):
         assert np.array_equal(batched, predict_many(model, [x], tiles)[0])
+        np.testing.assert_allclose(batched, model.predict(x), rtol=1e-4, atol=1e-4)
 
 
 def test_without_a_tile_every_row_takes_the_matrix_vector_path() -> None:
