@@ -17,6 +17,7 @@ DTYPES: dict[int, np.dtype] = {
     tensor_pb2.DATA_TYPE_INT64: np.dtype("<i8"),
 }
 _CODES = {dtype: code for code, dtype in DTYPES.items()}
+_NATIVE = {dtype: dtype.newbyteorder("=") for dtype in DTYPES.values()}
 
 
 class TensorError(ValueError):
@@ -47,9 +48,12 @@ def dtype_name(code: int) -> str:
 
 def to_tensor(array: np.ndarray) -> tensor_pb2.Tensor:
     """Encodes `array` as raw little-endian C-order bytes."""
-    code = dtype_code(array.dtype)
-    data = np.ascontiguousarray(array, dtype=DTYPES[code])
-    return tensor_pb2.Tensor(dtype=code, shape=data.shape, data=data.tobytes())
+    code = _CODES.get(array.dtype)  # the common case, a little-endian dtype: one lookup
+    if code is None:
+        code = dtype_code(array.dtype)
+        array = array.astype(DTYPES[code])
+    # tobytes() writes C order whatever the array's layout.
+    return tensor_pb2.Tensor(dtype=code, shape=array.shape, data=array.tobytes())
 
 
 def expected_nbytes(dtype: np.dtype, shape: tuple[int, ...]) -> int:
@@ -65,12 +69,13 @@ def expected_nbytes(dtype: np.dtype, shape: tuple[int, ...]) -> int:
 def from_tensor(tensor: tensor_pb2.Tensor) -> np.ndarray:
     """Decodes a tensor; the result is a read-only view of the message bytes in native order."""
     dtype = dtype_of(tensor.dtype)
-    shape = tuple(int(s) for s in tensor.shape)
+    shape = tuple(tensor.shape)
     expected = expected_nbytes(dtype, shape)
-    if len(tensor.data) != expected:
+    data = tensor.data  # read once: each read of a bytes field makes a new object
+    if len(data) != expected:
         raise TensorError(
-            f"data has {len(tensor.data)} bytes but dtype {dtype_name(tensor.dtype)} and shape "
+            f"data has {len(data)} bytes but dtype {dtype_name(tensor.dtype)} and shape "
             f"{list(shape)} need {expected}"
         )
-    array = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
-    return array.astype(dtype.newbyteorder("="), copy=False)
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    return array.astype(_NATIVE[dtype], copy=False)

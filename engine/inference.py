@@ -107,7 +107,12 @@ def _lcm(tiles: tuple[int, ...]) -> int:
 def _dense(layer: Dense, x: Array, rowwise: bool) -> Array:
     """The layer's eval-mode output; `rowwise` does one matrix-vector product per row."""
     kernel = layer.params["kernel"]
-    z = np.matmul(x[:, None, :], kernel)[:, 0, :] if rowwise else np.matmul(x, kernel)
+    # One row is a matrix-vector product either way (NumPy's matmul runs the same 2-D kernel for
+    # each item of a stack), so it skips the stacked form's extra views.
+    if rowwise and len(x) > 1:
+        z = np.matmul(x[:, None, :], kernel)[:, 0, :]
+    else:
+        z = np.matmul(x, kernel)
     if layer.use_bias:
         z += layer.params["bias"]
     return z if layer.activation.is_identity else layer.activation.forward(z)
@@ -169,6 +174,8 @@ def predict_stacked(model: Model, inputs: Sequence[Array], tiles: list[int | Non
             continue
         packed = pieces[0][1] if len(pieces) == 1 else np.concatenate([p[1] for p in pieces])
         result = _forward(model, packed, tiles, rowwise)
+        if len(pieces) == 1 and len(pieces[0][0]) == len(stacked):
+            return result[: len(stacked)]  # one piece holds every row: nothing to rearrange
         offset = 0
         for out, part in pieces:
             out[:] = result[offset : offset + len(out)]

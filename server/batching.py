@@ -1,14 +1,14 @@
 """Dynamic micro-batching: concurrent predictions for one model share one forward pass.
 
-Predictions run on the server's event loop (see `server.app`). A small request that finds its model
-idle (no pass for `INLINE_AFTER_IDLE_S`) runs its pass at once in its own handler. Otherwise a
-request that finds no pass forming starts a leader task for the next pass; it runs as soon as the
-handlers already due on the loop have queued their requests. Neither adds a wait when nothing else
-is queued, the fault tensorflow/serving#255 describes. Requests that arrive while a pass is being
-formed or run queue up; when a pass ends, a new leader takes what queued, up to `max_rows` rows (a
-bigger request runs alone). That leader — the model is under load — may wait for more rows up to
-`max_wait_s` after the oldest queued request arrived, but never makes a request spend more than
-half the time its deadline gave it waiting for company.
+Predictions run on the server's event loop (see `server.app`). A request that finds no pass forming
+starts a leader task for the next pass; it runs as soon as the handlers already due on the loop have
+queued their requests. A small request that finds its model idle and nothing else due on the loop
+runs that pass (itself alone) at once in its own handler instead. Neither adds a wait when nothing
+else is queued, the fault tensorflow/serving#255 describes. Requests that arrive while a pass is
+being formed or run queue up; when a pass ends, a new leader takes what queued, up to `max_rows`
+rows (a bigger request runs alone). That leader — the model is under load — may wait for more rows
+up to `max_wait_s` after the oldest queued request arrived, but never makes a request spend more
+than half the time its deadline gave it waiting for company.
 
 Every request's rows are computed as if it were alone (`engine.inference.predict_stacked`), so
 batching never changes an answer, and a pass's `postprocess` (probabilities and labels) runs once
@@ -41,11 +41,6 @@ from .metrics import PREDICTION_BATCH_REQUESTS
 # (about 1 ms of forward pass for a 784-512-512-10 network).
 OFF_LOOP_ROWS = 64
 
-# A small request that finds its model idle for at least this long (no pass since, nothing queued)
-# runs its pass in its own handler: at low concurrency no one would have joined it, and a leader
-# task costs two more trips round the event loop. Under load passes follow each other closely, so
-# requests go through the leader and share passes.
-INLINE_AFTER_IDLE_S = 0.0005
 
 # What a pass's stacked outputs become: arrays with one row per input row, each row computed from
 # that row alone (so batching cannot change it); every request gets its rows of each.
@@ -54,6 +49,16 @@ Postprocess = Callable[[np.ndarray], tuple[np.ndarray, ...]]
 
 def outputs_only(outputs: np.ndarray) -> tuple[np.ndarray, ...]:
     return (outputs,)
+
+
+def _alone_on_loop() -> bool:
+    """Whether no other callback is due on the running loop. Then a leader task started now would
+    run its pass with this request alone (whatever the loop receives meanwhile is queued behind the
+    leader), so the request may as well run the pass itself and spare the task and two trips round
+    the loop. Read from the loop's ready queue (CPython's asyncio keeps it in `_ready`; on a loop
+    without one, requests always go through a leader)."""
+    ready = getattr(asyncio.get_running_loop(), "_ready", None)
+    return ready is not None and not ready
 
 
 def _deadline_passed(waited: bool) -> DeadlineExceeded:
@@ -94,7 +99,6 @@ class ModelBatcher:
         self.passes = 0  # forward passes run (tests, metrics)
         self._queue: deque[_Ticket] = deque()
         self._leader: asyncio.Task[None] | None = None  # forms or runs the current pass
-        self._last_pass = 0.0  # time.monotonic() when the last pass ended
         # A pass running in the thread pool, until it ends: it goes on if its leader is
         # cancelled, and no other pass may use the model meanwhile.
         self._pool_pass: asyncio.Future[tuple[np.ndarray, ...]] | None = None
@@ -113,7 +117,7 @@ class ModelBatcher:
             and self._pool_pass is None
             and not self._queue
             and len(features) < OFF_LOOP_ROWS
-            and now - self._last_pass >= INLINE_AFTER_IDLE_S
+            and _alone_on_loop()
         ):
             try:
                 return self._compute([features])
@@ -223,7 +227,6 @@ class ModelBatcher:
 
     def _passed(self, requests: int) -> None:
         self.passes += 1
-        self._last_pass = time.monotonic()
         PREDICTION_BATCH_REQUESTS.observe(requests)
 
     def _pool_pass_ended(self, _: object) -> None:

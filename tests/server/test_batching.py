@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 import time
 from collections.abc import Iterator
@@ -34,13 +33,6 @@ SPEC = {
 def executor() -> Iterator[ThreadPoolExecutor]:
     with ThreadPoolExecutor(2) as pool:
         yield pool
-
-
-@pytest.fixture(autouse=True)
-def always_queue(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Requests go through the leader even on an idle model, so which requests share a pass does
-    not depend on how fast this machine runs them (the idle fast path has its own test)."""
-    monkeypatch.setattr(batching, "INLINE_AFTER_IDLE_S", math.inf)
 
 
 @pytest.fixture
@@ -154,10 +146,9 @@ def test_postprocess_runs_once_per_pass_and_each_request_gets_its_own_rows(
             assert got.dtype == expected.dtype and np.array_equal(got, expected)
 
 
-def test_on_an_idle_model_a_small_request_runs_at_once_in_its_own_handler(
+def test_a_small_request_alone_on_an_idle_model_runs_at_once_in_its_own_handler(
     passes: list[list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(batching, "INLINE_AFTER_IDLE_S", 0.0)  # every idle moment is long enough
     batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=30.0)
     inputs = [_rows(n, seed) for seed, n in enumerate([1, 3, OFF_LOOP_ROWS])]
     leaders: list[bool] = []
@@ -173,8 +164,9 @@ def test_on_an_idle_model_a_small_request_runs_at_once_in_its_own_handler(
         return [await _outputs(batcher, x) for x in inputs]
 
     results = asyncio.run(run())
-    # Each found the model idle; the two small ones ran without a leader task, the big one
-    # through one as always. Same answers either way.
+    # One at a time, each found the model idle and nothing else due on the loop: the two small
+    # ones ran without a leader task, the big one through one as always. Same answers either way
+    # (requests due together go through a leader and share its pass: the tests above).
     assert passes == [[1], [3], [OFF_LOOP_ROWS]]
     assert leaders == [False], "one leader, for the big request"
     for x, out in zip(inputs, results, strict=True):
@@ -289,10 +281,8 @@ def test_a_pass_left_running_by_a_cancelled_leader_keeps_other_passes_off_the_mo
     executor: ThreadPoolExecutor,
     passes: list[list[int]],
     release: threading.Event,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Two passes at once would share the model's scratch buffers.
-    monkeypatch.setattr(batching, "INLINE_AFTER_IDLE_S", 0.0)
     batcher = ModelBatcher(
         Model.from_spec(SPEC, seed=0), max_rows=4096, max_wait_s=0.0, executor=executor
     )
