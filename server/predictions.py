@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from concurrent.futures import Executor
@@ -26,6 +27,8 @@ from .training import build_model
 
 MODEL_PREFIX = "model."
 
+log = logging.getLogger("trainwire.server")
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -38,8 +41,9 @@ class Prediction:
 # A job, the checkpoint a request names, and the model loaded from it.
 Served = tuple[Job, Checkpoint, ModelBatcher]
 
-# How long a job and its checkpoint list are reused between predictions: a new checkpoint
-# ("latest", "best") or a deleted job is seen by every server within this time.
+# How long a job and its checkpoint list are reused between predictions before they are read again
+# (in the background, see `_cached_job`): a new checkpoint ("latest", "best") or a deleted job is
+# seen by every server within about this time, two at most.
 JOB_TTL_S = 1.0
 
 
@@ -60,26 +64,56 @@ class PredictionService:
         self.batch_wait_s = batch_wait_s
         self.job_ttl_s = job_ttl_s
         self._jobs: dict[str, tuple[float, Job, list[Checkpoint]]] = {}
+        self._refreshing: set[str] = set()  # job ids being re-read in the thread pool
         self._jobs_lock = threading.Lock()
 
     def _cached_job(self, job_id: str) -> tuple[Job, list[Checkpoint]] | None:
-        """The job and its checkpoints if read less than `job_ttl_s` ago, else None."""
+        """The job and its checkpoints if read less than `job_ttl_s` ago, else None.
+
+        An entry older than that is still answered while one read in the thread pool refreshes
+        it, for another `job_ttl_s` at most (past that, the database being slow or down, callers
+        read it themselves): under load, requests never all go to the database at once when an
+        entry expires, nor wait for it.
+        """
+        refresh = False
         with self._jobs_lock:
             cached = self._jobs.get(job_id)
-        if cached is None or time.monotonic() - cached[0] > self.job_ttl_s:
-            return None
+            if cached is None:
+                return None
+            age = time.monotonic() - cached[0]
+            if age > 2 * self.job_ttl_s:
+                return None
+            if age > self.job_ttl_s and job_id not in self._refreshing:
+                self._refreshing.add(job_id)
+                refresh = True
+        if refresh:
+            self.executor.submit(self._refresh_job, job_id)
         return cached[1], cached[2]
 
-    def _job(self, job_id: str) -> tuple[Job, list[Checkpoint]]:
-        """The job and its checkpoints, from the database at most once per `job_ttl_s`."""
-        found = self._cached_job(job_id)
-        if found is None:
-            found = (self.store.get_job(job_id), self.store.list_checkpoints(job_id))
+    def _refresh_job(self, job_id: str) -> None:
+        try:
+            self._read_job(job_id)
+        except NotFound:
             with self._jobs_lock:
-                if len(self._jobs) > 10_000:
-                    self._jobs.clear()
-                self._jobs[job_id] = (time.monotonic(), *found)
+                self._jobs.pop(job_id, None)
+        except Exception as error:  # the stale entry lapses; callers then read it themselves
+            log.warning("cannot refresh jobs/%s for predictions: %s", job_id, error)
+        finally:
+            with self._jobs_lock:
+                self._refreshing.discard(job_id)
+
+    def _read_job(self, job_id: str) -> tuple[Job, list[Checkpoint]]:
+        found = (self.store.get_job(job_id), self.store.list_checkpoints(job_id))
+        with self._jobs_lock:
+            if len(self._jobs) > 10_000:
+                self._jobs.clear()
+            self._jobs[job_id] = (time.monotonic(), *found)
         return found
+
+    def _job(self, job_id: str) -> tuple[Job, list[Checkpoint]]:
+        """The job and its checkpoints, from the database about once per `job_ttl_s`."""
+        found = self._cached_job(job_id)
+        return found if found is not None else self._read_job(job_id)
 
     @staticmethod
     def _check_project(job: Job, project: str) -> None:
