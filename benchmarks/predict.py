@@ -6,7 +6,7 @@ this machine. It runs twice, on grpcio's thread-pool server and on grpc.aio — 
 behind Trainwire's own choice of server — and the ratio is against the faster of the two. One
 load generator (a separate process, asyncio client, up to 4 connections) drives all three with
 the same requests: one row at concurrency 1 and 16, and 1,000 rows at concurrency 4. Each case
-runs in rounds (3 by default), the three servers in a rotating order within a round, and the
+runs in rounds (5 by default), the three servers in a rotating order within a round, and the
 figures are medians over the rounds: a shared machine drifts by 10-20% from one run to the next.
 Loopback only, bounded request counts. Run: .venv/bin/python benchmarks/predict.py [--quick]
 [--rounds N]; the last line is JSON.
@@ -177,7 +177,7 @@ def _median(runs: list[dict[str, float]]) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests, one round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per case (median)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per case (median)")
     parser.add_argument("--bare", help=argparse.SUPPRESS)
     parser.add_argument("--bare-async", help=argparse.SUPPRESS)
     parser.add_argument("--load", nargs=4, help=argparse.SUPPRESS)
