@@ -87,7 +87,11 @@ class PredictionService:
                 self._refreshing.add(job_id)
                 refresh = True
         if refresh:
-            self.executor.submit(self._refresh_job, job_id)
+            try:
+                self.executor.submit(self._refresh_job, job_id)
+            except RuntimeError:  # the pool is shutting down with the server: no refresh
+                with self._jobs_lock:
+                    self._refreshing.discard(job_id)
         return cached[1], cached[2]
 
     def _refresh_job(self, job_id: str) -> None:
