@@ -88,30 +88,36 @@ class PredictionService:
                 refresh = True
         if refresh:
             try:
-                self.executor.submit(self._refresh_job, job_id)
+                self.executor.submit(self._refresh_job, job_id, cached)
             except RuntimeError:  # the pool is shutting down with the server: no refresh
                 with self._jobs_lock:
                     self._refreshing.discard(job_id)
         return cached[1], cached[2]
 
-    def _refresh_job(self, job_id: str) -> None:
+    def _refresh_job(self, job_id: str, stale: tuple[float, Job, list[Checkpoint]]) -> None:
         try:
-            self._read_job(job_id)
+            self._read_job(job_id, replacing=stale)
         except NotFound:
             with self._jobs_lock:
-                self._jobs.pop(job_id, None)
+                if self._jobs.get(job_id) is stale:
+                    del self._jobs[job_id]
         except Exception as error:  # the stale entry lapses; callers then read it themselves
             log.warning("cannot refresh jobs/%s for predictions: %s", job_id, error)
         finally:
             with self._jobs_lock:
                 self._refreshing.discard(job_id)
 
-    def _read_job(self, job_id: str) -> tuple[Job, list[Checkpoint]]:
+    def _read_job(
+        self, job_id: str, replacing: tuple[float, Job, list[Checkpoint]] | None = None
+    ) -> tuple[Job, list[Checkpoint]]:
+        """Reads the job and caches it; a refresh (`replacing` the entry it found stale) caches
+        nothing if the entry changed meanwhile — above all if `forget` dropped a deleted job."""
         found = (self.store.get_job(job_id), self.store.list_checkpoints(job_id))
         with self._jobs_lock:
-            if len(self._jobs) > 10_000:
-                self._jobs.clear()
-            self._jobs[job_id] = (time.monotonic(), *found)
+            if replacing is None or self._jobs.get(job_id) is replacing:
+                if len(self._jobs) > 10_000:
+                    self._jobs.clear()
+                self._jobs[job_id] = (time.monotonic(), *found)
         return found
 
     def _job(self, job_id: str) -> tuple[Job, list[Checkpoint]]:

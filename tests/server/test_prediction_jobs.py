@@ -83,8 +83,21 @@ def test_a_job_deleted_meanwhile_leaves_the_cache_on_refresh(service: Prediction
     time.sleep(TTL_S * 1.2)
     service._job("a" * 32)  # stale answer; the refresh finds the job gone
     deadline = time.monotonic() + 5
-    while service._cached_job("a" * 32) is not None:
+    while "a" * 32 in service._jobs:  # only a refresh that found it gone removes the entry
         assert time.monotonic() < deadline
         time.sleep(0.01)
     with pytest.raises(NotFound):
         service._job("a" * 32)
+
+
+def test_a_job_forgotten_during_its_refresh_stays_forgotten(service: PredictionService) -> None:
+    store: Any = service.store
+    service._job("a" * 32)
+    time.sleep(TTL_S * 1.2)
+    store.release.clear()
+    service._job("a" * 32)  # starts the refresh, which hangs in the read
+    time.sleep(0.05)
+    service.forget("a" * 32)  # the job was deleted through this server meanwhile
+    store.release.set()
+    time.sleep(0.1)
+    assert "a" * 32 not in service._jobs, "the refresh did not bring the deleted job back"
