@@ -122,6 +122,38 @@ class _Call:
         count.inc()
         seconds.observe(time.perf_counter() - self.started)
 
+    # The call's body runs inside `with`/`async with`: a normal end is OK, an error becomes its
+    # status (abort raises in its place), and the bookkeeping ends either way. Anything that is
+    # not an Exception (a closed generator) passes through untouched.
+
+    def __enter__(self) -> _Call:
+        return self
+
+    def __exit__(self, _kind: object, error: BaseException | None, _trace: object) -> None:
+        try:
+            if error is None:
+                self.code = grpc.StatusCode.OK
+            elif isinstance(error, Exception):
+                self.context.abort(*self.failed(error))
+        finally:
+            self.end()
+
+    async def __aenter__(self) -> _Call:
+        return self
+
+    async def __aexit__(self, _kind: object, error: BaseException | None, _trace: object) -> None:
+        try:
+            if error is None:
+                self.code = grpc.StatusCode.OK
+            elif isinstance(
+                error, asyncio.CancelledError
+            ):  # the client left or its deadline passed
+                self.code = grpc.StatusCode.CANCELLED
+            elif isinstance(error, Exception):
+                await self.context.abort(*self.failed(error))
+        finally:
+            self.end()
+
 
 @functools.cache
 def _rpc_metrics(method: str, code: grpc.StatusCode) -> tuple[Any, Any]:
@@ -162,70 +194,39 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
-        """A wrapper of the behaviour's own kind: coroutine, async generator, or plain."""
+        """A wrapper of the behaviour's own kind (grpc.aio runs a handler by its kind):
+        coroutine, async generator, generator or plain; `_Call` does the rest."""
         checker = self.checker
         if inspect.isasyncgenfunction(behavior):
 
             async def serve_async_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                call = _Call(context, method)
-                try:
+                async with _Call(context, method) as call:
                     call.admit(checker)
                     async for response in behavior(request, context):
                         yield response
-                    call.code = grpc.StatusCode.OK
-                except asyncio.CancelledError:  # the client left or its deadline passed
-                    call.code = grpc.StatusCode.CANCELLED
-                    raise
-                except Exception as error:
-                    await context.abort(*call.failed(error))
-                finally:
-                    call.end()
 
             return serve_async_stream
         if inspect.iscoroutinefunction(behavior):
 
             async def serve_async(request: Any, context: Any) -> Any:
-                call = _Call(context, method)
-                try:
+                async with _Call(context, method) as call:
                     call.admit(checker)
-                    response = await behavior(request, context)
-                    call.code = grpc.StatusCode.OK
-                    return response
-                except asyncio.CancelledError:  # the client left or its deadline passed
-                    call.code = grpc.StatusCode.CANCELLED
-                    raise
-                except Exception as error:
-                    await context.abort(*call.failed(error))
-                finally:
-                    call.end()
+                    return await behavior(request, context)
 
             return serve_async
         if inspect.isgeneratorfunction(behavior):
 
             def serve_stream(request: Any, context: Any) -> Iterator[Any]:
-                call = _Call(context, method)
-                try:
+                with _Call(context, method) as call:
                     call.admit(checker)
                     yield from behavior(request, context)
-                    call.code = grpc.StatusCode.OK
-                except Exception as error:
-                    context.abort(*call.failed(error))
-                finally:
-                    call.end()
 
             return serve_stream
 
         def serve(request: Any, context: Any) -> Any:
-            call = _Call(context, method)
-            try:
+            with _Call(context, method) as call:
                 call.admit(checker)
-                response = behavior(request, context)
-                call.code = grpc.StatusCode.OK
-                return response
-            except Exception as error:
-                context.abort(*call.failed(error))
-            finally:
-                call.end()
+                return behavior(request, context)
 
         return serve
 
