@@ -173,6 +173,89 @@ def test_a_small_request_alone_on_an_idle_model_runs_at_once_in_its_own_handler(
         assert np.array_equal(out, predict_many(batcher.model, [x], batcher.tiles)[0])
 
 
+async def _arriving_one_per_loop_turn(
+    batcher: ModelBatcher, inputs: list[np.ndarray]
+) -> list[np.ndarray]:
+    """Starts one request per turn of the loop, as gRPC hands a busy loop its calls."""
+    calls = []
+    for x in inputs:
+        calls.append(asyncio.ensure_future(_outputs(batcher, x)))
+        await asyncio.sleep(0)
+    return await asyncio.gather(*calls)
+
+
+def _keep_the_loop_busy() -> asyncio.Handle:
+    """A callback that is always due again: the loop never runs out of work."""
+    loop = asyncio.get_running_loop()
+    handle: list[asyncio.Handle] = []
+
+    def again() -> None:
+        handle[:] = [loop.call_soon(again)]
+
+    again()
+    return handle[0]
+
+
+def test_a_leader_lets_work_due_on_the_loop_run_first_so_arriving_calls_join_its_pass(
+    passes: list[list[int]],
+) -> None:
+    batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=0.0)
+    inputs = [_rows(1, seed) for seed in range(6)]
+    results = asyncio.run(_arriving_one_per_loop_turn(batcher, inputs))
+    # The first request's leader would have run a turn later with one or two requests; it held
+    # its pass while the loop was still busy receiving, so all six share it.
+    assert passes == [[1] * 6]
+    for x, out in zip(inputs, results, strict=True):
+        assert np.array_equal(out, predict_many(batcher.model, [x], batcher.tiles)[0])
+
+
+def test_a_loop_that_stays_busy_holds_a_pass_only_so_long(
+    passes: list[list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=0.0)
+
+    async def run(deadline_s: float | None) -> np.ndarray:
+        busy = _keep_the_loop_busy()
+        try:
+            deadline = None if deadline_s is None else time.monotonic() + deadline_s
+            return await asyncio.wait_for(_outputs(batcher, _rows(1, 0), deadline), timeout=10)
+        finally:
+            busy.cancel()
+
+    # Never idle, the loop still gets the pass after BUSY_LOOP_HOLD_S...
+    assert asyncio.run(run(None)).shape == (1, 4)
+    # ...or, with a longer hold, before half the request's deadline has gone.
+    monkeypatch.setattr(batching, "BUSY_LOOP_HOLD_S", 60.0)
+    assert asyncio.run(run(1.0)).shape == (1, 4)
+    assert passes == [[1], [1]]
+
+
+def test_on_a_loop_that_does_not_tell_what_is_due_every_request_takes_a_leader_at_once(
+    passes: list[list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batching, "_others_due", lambda: None)
+    monkeypatch.setattr(batching, "BUSY_LOOP_HOLD_S", 60.0)
+    batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=0.0)
+    leaders: list[bool] = []
+    start_leader = batcher._start_leader
+
+    def counted(under_load: bool) -> None:
+        leaders.append(under_load)
+        start_leader(under_load)
+
+    monkeypatch.setattr(batcher, "_start_leader", counted)
+
+    async def run() -> np.ndarray:
+        busy = _keep_the_loop_busy()
+        try:
+            return await asyncio.wait_for(_outputs(batcher, _rows(1, 0)), timeout=10)
+        finally:
+            busy.cancel()
+
+    assert asyncio.run(run()).shape == (1, 4), "no hold: the loop's state is unknown"
+    assert leaders == [False] and passes == [[1]]
+
+
 def test_a_lone_request_does_not_wait_for_company(passes: list[list[int]]) -> None:
     # A 30 s batching wait applies only under load; a request on an idle model runs at once.
     batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=30.0)
