@@ -48,12 +48,20 @@ def dtype_name(code: int) -> str:
 
 def to_tensor(array: np.ndarray) -> tensor_pb2.Tensor:
     """Encodes `array` as raw little-endian C-order bytes."""
+    return write_tensor(tensor_pb2.Tensor(), array)
+
+
+def write_tensor(tensor: tensor_pb2.Tensor, array: np.ndarray) -> tensor_pb2.Tensor:
+    """`to_tensor` into an empty tensor in place, such as a field of a message being built: a
+    tensor passed to a message's constructor is copied, one filled in place is not."""
     code = _CODES.get(array.dtype)  # the common case, a little-endian dtype: one lookup
     if code is None:
         code = dtype_code(array.dtype)
         array = array.astype(DTYPES[code])
-    # tobytes() writes C order whatever the array's layout.
-    return tensor_pb2.Tensor(dtype=code, shape=array.shape, data=array.tobytes())
+    tensor.dtype = code
+    tensor.shape.extend(array.shape)
+    tensor.data = array.tobytes()  # C order whatever the array's layout
+    return tensor
 
 
 def expected_nbytes(dtype: np.dtype, shape: tuple[int, ...]) -> int:
@@ -78,4 +86,4 @@ def from_tensor(tensor: tensor_pb2.Tensor) -> np.ndarray:
             f"{list(shape)} need {expected}"
         )
     array = np.frombuffer(data, dtype=dtype).reshape(shape)
-    return array.astype(_NATIVE[dtype], copy=False)
+    return array if dtype.isnative else array.astype(_NATIVE[dtype])

@@ -15,7 +15,7 @@ from concurrent.futures import Executor
 
 import grpc
 
-from trainwire.client.tensors import to_tensor
+from trainwire.client.tensors import write_tensor
 from trainwire.v1 import (
     datasets_pb2,
     datasets_pb2_grpc,
@@ -219,16 +219,12 @@ def _event_to_proto(event: JobEvent) -> jobs_pb2.JobEvent:
 
 
 def _prediction_response(result: Prediction) -> predictions_pb2.PredictResponse:
-    if result.probabilities is None or result.labels is None:
-        return predictions_pb2.PredictResponse(
-            checkpoint=checkpoint_name(result.checkpoint), outputs=to_tensor(result.outputs)
-        )
-    return predictions_pb2.PredictResponse(
-        checkpoint=checkpoint_name(result.checkpoint),
-        outputs=to_tensor(result.outputs),
-        probabilities=to_tensor(result.probabilities),
-        labels=to_tensor(result.labels),
-    )
+    response = predictions_pb2.PredictResponse(checkpoint=checkpoint_name(result.checkpoint))
+    write_tensor(response.outputs, result.outputs)
+    if result.probabilities is not None and result.labels is not None:
+        write_tensor(response.probabilities, result.probabilities)
+        write_tensor(response.labels, result.labels)
+    return response
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:

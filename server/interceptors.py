@@ -27,7 +27,7 @@ import grpc.aio
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from .auth import CURRENT_CLIENT, CURRENT_PROJECT, EXEMPT_PREFIXES, KeyChecker
+from .auth import CURRENT_CLIENT, CURRENT_PROJECT, DEFAULT_PROJECT, EXEMPT_PREFIXES, KeyChecker
 from .errors import TrainwireError
 from .logs import REQUEST_ID
 from .metrics import RPC_REQUESTS, RPC_SECONDS
@@ -101,11 +101,13 @@ class _Call:
         ]
 
     def admit(self, checker: KeyChecker) -> None:
-        """Checks the caller's key (Unauthenticated if bad) and sets its project."""
+        """Checks the caller's key (Unauthenticated if bad) and sets its project (an open
+        server's calls keep the defaults, the default project and no client id)."""
         if not self.method.startswith(EXEMPT_PREFIXES):
             project, client = checker.project_of(self.metadata)
-            self.tokens.append((CURRENT_PROJECT, CURRENT_PROJECT.set(project)))
-            self.tokens.append((CURRENT_CLIENT, CURRENT_CLIENT.set(client)))
+            if project != DEFAULT_PROJECT or client:
+                self.tokens.append((CURRENT_PROJECT, CURRENT_PROJECT.set(project)))
+                self.tokens.append((CURRENT_CLIENT, CURRENT_CLIENT.set(client)))
 
     def failed(self, error: BaseException) -> tuple[grpc.StatusCode, str]:
         """Puts the error's status in the trailing metadata; returns what to abort with."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,8 +31,7 @@ MODEL_PREFIX = "model."
 log = logging.getLogger("trainwire.server")
 
 
-@dataclass(frozen=True)
-class Prediction:
+class Prediction(NamedTuple):
     checkpoint: Checkpoint
     outputs: np.ndarray
     probabilities: np.ndarray | None
@@ -271,10 +271,14 @@ class PredictionService:
             )
         if features.shape[0] == 0:
             raise InvalidArgument.field("inputs.shape", "has no rows")
-        if not np.isfinite(features).all():
+        # A NaN or an infinity anywhere makes the sum NaN or infinite; a finite sum proves every
+        # value finite in one reduction (a sum that overflows, with NumPy's warning, is checked
+        # value by value).
+        if not math.isfinite(features.sum()) and not np.isfinite(features).all():
             row = int(np.argwhere(~np.isfinite(features))[0][0])
             raise InvalidArgument.field("inputs", f"must be finite; row {row} has NaN or Inf")
-        return np.ascontiguousarray(features, dtype=model.dtype)
+        # Decoded tensors are C-contiguous; only a float32 tensor for a float64 model is copied.
+        return features if features.dtype == model.dtype else features.astype(model.dtype)
 
 
 def classify(outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,36 @@
+"""Prediction inputs are checked before they reach a batch: dtype, shape and finiteness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainwire.client.tensors import to_tensor
+from trainwire.engine import Model
+from trainwire.server.errors import InvalidArgument
+from trainwire.server.predictions import PredictionService
+
+MODEL = Model.from_spec({"input_dim": 4, "layers": [{"type": "dense", "units": 2}]}, seed=0)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_huge_finite_values_pass_even_when_their_sum_overflows() -> None:
+    huge = np.full((2, 4), np.finfo(np.float32).max, np.float32)
+    assert not np.isfinite(huge.sum()), "the fast check's sum overflows here"
+    features = PredictionService._check_inputs(to_tensor(huge), MODEL)
+    assert np.array_equal(features, huge)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_value_that_is_not_finite_is_refused_naming_its_row(bad: float) -> None:
+    x = np.zeros((3, 4), np.float32)
+    x[2, 1] = bad
+    with pytest.raises(InvalidArgument, match="row 2 has NaN or Inf"):
+        PredictionService._check_inputs(to_tensor(x), MODEL)
+
+
+def test_inputs_come_out_in_the_models_dtype() -> None:
+    x = np.arange(8, dtype=np.float64).reshape(2, 4)
+    features = PredictionService._check_inputs(to_tensor(x), MODEL)
+    assert features.dtype == MODEL.dtype and features.flags.c_contiguous
+    assert np.array_equal(features, x.astype(MODEL.dtype))
