@@ -35,7 +35,7 @@ def _worker(args: argparse.Namespace) -> int:
     if args.concurrency == 1:
         from .worker import run_worker_process
 
-        run_worker_process(settings, args.index, args.queue)
+        run_worker_process(settings, args.index, args.queue, parent_pid=args.parent_pid)
         return 0
     import signal
     import threading
@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queue", action="append", default=[], help="only take jobs of this queue")
     worker.add_argument("--database-url", help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)")
     worker.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
+    worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     worker.set_defaults(handler=_worker)
 
     db = commands.add_parser("db", help="database schema")

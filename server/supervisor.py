@@ -39,7 +39,9 @@ class WorkerPool:
         if self.servers:
             command += ["serve"]
         else:
-            command += ["worker", "--index", str(index)]
+            # A worker outlives a parent that was killed outright (SIGKILL, OOM) unless it
+            # watches for it: it then stops as on SIGTERM, handing its job back.
+            command += ["worker", "--index", str(index), "--parent-pid", str(os.getpid())]
             for queue in self.queues:
                 command += ["--queue", queue]
         env = {**os.environ, **self.settings.to_env()}

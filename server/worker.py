@@ -444,18 +444,40 @@ class Worker:
         return True
 
 
+def _stop_when_orphaned(parent_pid: int, stop: threading.Event, every_s: float = 1.0) -> None:
+    while not stop.wait(every_s):
+        if os.getppid() != parent_pid:
+            log.warning(
+                "the process that started this worker (pid %d) is gone; stopping after the "
+                "current batch",
+                parent_pid,
+            )
+            stop.set()
+
+
 def worker_id(index: int) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{index}"
 
 
 def run_worker_process(
-    settings: Settings, index: int = 0, queues: Sequence[str] | None = None
+    settings: Settings,
+    index: int = 0,
+    queues: Sequence[str] | None = None,
+    parent_pid: int | None = None,
 ) -> None:
-    """Entry point of a worker OS process: its own database engine, signals and BLAS threads."""
+    """Entry point of a worker OS process: its own database engine, signals and BLAS threads.
+
+    A supervised worker gets its supervisor's `parent_pid` and stops, as on SIGTERM, once that
+    process is gone (it is then re-parented, so its parent pid changes).
+    """
     from .logs import configure_logging
 
     configure_logging()
     stop = threading.Event()
+    if parent_pid is not None:
+        threading.Thread(
+            target=_stop_when_orphaned, args=(parent_pid, stop), name="parent-watch", daemon=True
+        ).start()
 
     def request_stop(signum: int, _frame: Any) -> None:
         log.info(

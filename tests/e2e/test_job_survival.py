@@ -309,3 +309,29 @@ def test_serve_sigterm_drains_and_hands_back_running_job(
         )
     finally:
         database.dispose()
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie nobody reaped yet counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_stop_when_their_server_is_killed_outright(tmp_path: object) -> None:
+    url = f"sqlite:///{tmp_path}/orphans.db"
+    with local_server(url, workers=2) as server:
+        pid = server.process.pid
+        workers: list[int] = []
+
+        def both_started() -> bool:
+            with open(f"/proc/{pid}/task/{pid}/children") as listing:
+                workers[:] = [int(child) for child in listing.read().split()]
+            return len(workers) == 2
+
+        wait_for(both_started, 30, "the server's two workers")
+        server.process.kill()  # SIGKILL: no chance to stop its workers
+        server.process.wait()
+        wait_for(lambda: not any(map(_running, workers)), 30, "the orphaned workers to stop")
