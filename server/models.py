@@ -180,6 +180,21 @@ class CheckpointRow(Base):
     metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     is_final: Mapped[bool] = mapped_column(default=False)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    # safetensors bytes of the full training state (weights, optimizer, generator, position).
-    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CheckpointBlobRow(Base):
+    """The bytes of a checkpoint, apart so listing checkpoints never reads them.
+
+    In one SQLite row a large value spills onto a chain of overflow pages, and reading any column
+    stored after it walks that whole chain: kept in `checkpoints`, the bytes were read in full by
+    every listing (and predictions list a served job's checkpoints about once a second).
+    """
+
+    __tablename__ = "checkpoint_blobs"
+
+    checkpoint_id: Mapped[int] = mapped_column(
+        ForeignKey("checkpoints.id", ondelete="CASCADE"), primary_key=True
+    )
+    # safetensors bytes of the full training state (weights, optimizer, generator, position).
+    data: Mapped[bytes] = mapped_column(LargeBinary)

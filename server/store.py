@@ -47,6 +47,7 @@ from .db import Database
 from .errors import FailedPrecondition, InvalidArgument, NotFound
 from .models import (
     ApiKeyRow,
+    CheckpointBlobRow,
     CheckpointRow,
     DatasetBlobRow,
     DatasetRow,
@@ -425,6 +426,13 @@ class Store:
                 raise FailedPrecondition(
                     f"jobs/{job_id} is {row.state}; cancel it and let it finish before deleting"
                 )
+            session.execute(
+                delete(CheckpointBlobRow).where(
+                    CheckpointBlobRow.checkpoint_id.in_(
+                        select(CheckpointRow.id).where(CheckpointRow.job_id == job_id)
+                    )
+                )
+            )
             for table in (MetricRow, CheckpointRow, JobEventRow):
                 session.execute(delete(table).where(table.job_id == job_id))
             session.execute(delete(JobRow).where(JobRow.id == job_id))
@@ -735,10 +743,11 @@ class Store:
                 metrics=metrics,
                 is_final=is_final,
                 size_bytes=len(data),
-                data=data,
                 created_at=utcnow(),
             )
             session.add(row)
+            session.flush()  # the blob's foreign key needs the checkpoint's id
+            session.add(CheckpointBlobRow(checkpoint_id=row.id, data=data))
             session.flush()
             self._apply_retention(session, claim.job.id, keep)
             return _checkpoint(row)
@@ -755,6 +764,9 @@ class Store:
         kept = {checkpoint_id for checkpoint_id, _ in existing[-max(keep, 1) :]}
         kept.add(min(reversed(existing), key=lambda item: checkpoint_score(item[1]))[0])
         doomed = [checkpoint_id for checkpoint_id, _ in existing if checkpoint_id not in kept]
+        session.execute(
+            delete(CheckpointBlobRow).where(CheckpointBlobRow.checkpoint_id.in_(doomed))
+        )
         session.execute(delete(CheckpointRow).where(CheckpointRow.id.in_(doomed)))
 
     def finish_job(
@@ -950,7 +962,9 @@ class Store:
     def checkpoint_data(self, checkpoint_id: int) -> bytes:
         with self.db.read() as session:
             data = session.scalar(
-                select(CheckpointRow.data).where(CheckpointRow.id == checkpoint_id)
+                select(CheckpointBlobRow.data).where(
+                    CheckpointBlobRow.checkpoint_id == checkpoint_id
+                )
             )
         if data is None:
             raise NotFound(f"checkpoint {checkpoint_id} does not exist")

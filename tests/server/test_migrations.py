@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import DateTime, LargeBinary, bindparam, text
 
 from trainwire.server.db import Database
-from trainwire.server.migrate import NotMigrated, ensure_migrated, head_revision
+from trainwire.server.migrate import (
+    NotMigrated,
+    alembic_config,
+    ensure_migrated,
+    head_revision,
+    upgrade,
+)
 from trainwire.server.models import Base
+from trainwire.server.store import Store
 
 
 def test_migrations_match_models(database_url: str) -> None:
@@ -40,3 +51,65 @@ def test_embedded_sqlite_migrates_itself(tmp_path: object) -> None:
         assert current == head_revision(database.url)
     finally:
         database.dispose()
+
+
+# Longer than a SQLite page, so the value spills onto overflow pages as real checkpoints do.
+CHECKPOINT_BYTES = bytes(range(256)) * 64
+
+_INSERT_JOB = text(
+    "INSERT INTO jobs (id, project, display_name, target, model_spec, training, state, queue, "
+    "priority, attempt, max_attempts, labels, progress, metrics, error, created_at, updated_at) "
+    "VALUES ('j1', 'default', '', '{}', '{}', '{}', 'SUCCEEDED', 'default', 0, 1, 3, '{}', "
+    "'{}', '{}', '', :now, :now)"
+).bindparams(bindparam("now", type_=DateTime(timezone=True)))
+_INSERT_CHECKPOINT = text(
+    "INSERT INTO checkpoints (job_id, epoch, step, metrics, is_final, size_bytes, data, "
+    "created_at) VALUES ('j1', 1, 10, '{}', false, :size, :data, :now)"
+).bindparams(
+    bindparam("data", type_=LargeBinary()), bindparam("now", type_=DateTime(timezone=True))
+)
+
+
+def test_checkpoint_bytes_survive_the_move_to_their_own_table(empty_database_url: str) -> None:
+    upgrade(empty_database_url, "0004")
+    database = Database(empty_database_url)
+    try:
+        with database.engine.begin() as connection:
+            now = datetime(2026, 11, 27, tzinfo=UTC)
+            connection.execute(_INSERT_JOB, {"now": now})
+            connection.execute(
+                _INSERT_CHECKPOINT,
+                {"size": len(CHECKPOINT_BYTES), "data": CHECKPOINT_BYTES, "now": now},
+            )
+            checkpoint_id = connection.execute(text("SELECT id FROM checkpoints")).scalar_one()
+    finally:
+        database.dispose()
+
+    upgrade(empty_database_url)
+    database = Database(empty_database_url)
+    try:
+        with database.engine.connect() as connection:
+            moved = connection.execute(
+                text("SELECT data FROM checkpoint_blobs WHERE checkpoint_id = :id"),
+                {"id": checkpoint_id},
+            ).scalar_one()
+        assert bytes(moved) == CHECKPOINT_BYTES
+        store = Store(database)
+        assert store.checkpoint_data(checkpoint_id) == CHECKPOINT_BYTES
+        listed = store.list_checkpoints("j1")
+        assert [(c.id, c.epoch, c.size_bytes) for c in listed] == [
+            (checkpoint_id, 1, len(CHECKPOINT_BYTES))
+        ]
+    finally:
+        database.dispose()
+
+    command.downgrade(alembic_config(empty_database_url), "0004")
+    database = Database(empty_database_url)
+    try:
+        with database.engine.connect() as connection:
+            data = connection.execute(
+                text("SELECT data FROM checkpoints WHERE id = :id"), {"id": checkpoint_id}
+            ).scalar_one()
+    finally:
+        database.dispose()
+    assert bytes(data) == CHECKPOINT_BYTES

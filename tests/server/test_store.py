@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event, select
 
+from trainwire.server.db import Database
 from trainwire.server.errors import FailedPrecondition, InvalidArgument, NotFound
+from trainwire.server.migrate import upgrade
+from trainwire.server.models import CheckpointBlobRow, CheckpointRow
 from trainwire.server.records import Dataset, JobState, MetricValue, NewJob, TaskKind
 from trainwire.server.store import LeaseLost, Store, new_id, utcnow
 
@@ -206,3 +213,92 @@ def test_checkpoint_retention_keeps_latest_and_best(store: Store) -> None:
         store.save_checkpoint(claim, epoch, epoch * 10, {"val_loss": loss}, b"x", keep=2)
     kept = store.list_checkpoints(claim.job.id)
     assert [c.epoch for c in kept] == [2, 5, 6]
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'trainwire.db'}"
+    upgrade(url)
+    return url
+
+
+def bytes_read_by_this_process() -> int:
+    """Bytes this process has read through read()/pread() so far (Linux's /proc/self/io)."""
+    with open("/proc/self/io") as io:
+        for line in io:
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    raise RuntimeError("/proc/self/io has no rchar")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux's /proc/self/io")
+def test_listing_checkpoints_does_not_read_their_bytes_on_sqlite(sqlite_url: str) -> None:
+    size = 2 * 1024 * 1024
+    writer = Database(sqlite_url)
+    try:
+        store = Store(writer)
+        store.create_job(make_job(store, make_dataset(store)))
+        claim = store.claim_job("w")
+        assert claim is not None
+        for epoch in (1, 2):
+            store.save_checkpoint(claim, epoch, epoch, {"loss": 1.0}, bytes([epoch]) * size)
+    finally:
+        writer.dispose()
+    # A new connection has an empty page cache: every page it needs is read from the files.
+    reader = Database(sqlite_url)
+    try:
+        store = Store(reader)
+        before = bytes_read_by_this_process()
+        listed = store.list_checkpoints(claim.job.id)
+        listing = bytes_read_by_this_process() - before
+        before = bytes_read_by_this_process()
+        data = store.checkpoint_data(listed[0].id)
+        loading = bytes_read_by_this_process() - before
+    finally:
+        reader.dispose()
+    assert [c.size_bytes for c in listed] == [size, size]
+    assert data == bytes([1]) * size
+    assert loading >= size, "the counter sees the reads of a checkpoint's bytes"
+    assert listing < size // 8, f"listing read {listing} bytes"
+
+
+@pytest.fixture
+def store_without_cascades(sqlite_url: str) -> Iterator[Store]:
+    """A store on SQLite with foreign keys off, so ON DELETE CASCADE does nothing."""
+    database = Database(sqlite_url)
+
+    # Runs after the engine's own connect hook, which turns foreign keys on.
+    @event.listens_for(database.engine, "connect")
+    def _foreign_keys_off(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA foreign_keys = OFF")
+
+    try:
+        yield Store(database)
+    finally:
+        database.dispose()
+
+
+def test_checkpoint_bytes_are_deleted_with_their_checkpoints(
+    store_without_cascades: Store,
+) -> None:
+    store = store_without_cascades
+    store.create_job(make_job(store, make_dataset(store)))
+    claim = store.claim_job("w")
+    assert claim is not None
+    for epoch, loss in enumerate([0.5, 0.9, 0.8], start=1):
+        store.save_checkpoint(claim, epoch, epoch, {"val_loss": loss}, bytes([epoch]), keep=1)
+
+    def stored() -> tuple[list[int], list[int]]:
+        with store.db.read() as session:
+            checkpoints = session.scalars(select(CheckpointRow.id).order_by(CheckpointRow.id))
+            blobs = session.scalars(
+                select(CheckpointBlobRow.checkpoint_id).order_by(CheckpointBlobRow.checkpoint_id)
+            )
+            return list(checkpoints), list(blobs)
+
+    kept = [c.id for c in store.list_checkpoints(claim.job.id)]
+    assert len(kept) == 2, "retention keeps the latest and the best"
+    assert stored() == (kept, kept)
+    store.finish_job(claim, JobState.SUCCEEDED)
+    store.delete_job(claim.job.id)
+    assert stored() == ([], [])
