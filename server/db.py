@@ -33,8 +33,9 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for `url`; SQLite gets WAL, a busy timeout and explicit BEGIN handling."""
+def make_engine(url: str, sqlite_foreign_keys: bool = True, **kwargs: Any) -> Engine:
+    """An engine for `url`; SQLite gets WAL, a busy timeout, explicit BEGIN handling and (unless
+    `sqlite_foreign_keys` is false, as for migrations) enforced foreign keys."""
     url = normalise_url(url)
     if not is_sqlite(url):
         engine = create_engine(url, **kwargs)
@@ -57,7 +58,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute(f"PRAGMA foreign_keys = {'ON' if sqlite_foreign_keys else 'OFF'}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -49,17 +49,24 @@ def postgres_server_url() -> Iterator[str]:
         )
     finally:
         with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            for doomed in (name, *_fresh_databases):
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{doomed}" WITH (FORCE)'))
         admin.dispose()
 
 
+# Databases `fresh_postgres_database` made this run, dropped with the run's own at its end.
+_fresh_databases: list[str] = []
+
+
 def fresh_postgres_database(server_url: str) -> str:
-    """Another fresh database on the same server (for tests that need an empty schema)."""
+    """Another fresh database on the same server (for tests that need an empty schema); dropped
+    when the run ends."""
     name = f"trainwire_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
+    _fresh_databases.append(name)
     return make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 

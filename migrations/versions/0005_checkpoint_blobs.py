@@ -36,10 +36,9 @@ def upgrade() -> None:
     op.execute(
         "INSERT INTO checkpoint_blobs (checkpoint_id, data) SELECT id, data FROM checkpoints"
     )
-    # Not a rebuilt table on SQLite (ALTER TABLE ... DROP COLUMN instead, SQLite 3.35+): migrations
-    # run with foreign keys on, and dropping the old `checkpoints` would cascade to the blobs just
-    # copied and delete them.
-    with op.batch_alter_table("checkpoints", schema=None, recreate="never") as batch_op:
+    # On SQLite this rebuilds `checkpoints`; migrations run with foreign keys off (see env.py),
+    # so dropping the old table does not cascade to the blobs just copied.
+    with op.batch_alter_table("checkpoints", schema=None) as batch_op:
         batch_op.drop_column("data")
 
 
@@ -52,8 +51,6 @@ def downgrade() -> None:
         "UPDATE checkpoints SET data = (SELECT checkpoint_blobs.data FROM checkpoint_blobs "
         "WHERE checkpoint_blobs.checkpoint_id = checkpoints.id)"
     )
-    # Dropped before the rebuild of `checkpoints` below (SQLite), which would otherwise cascade
-    # to every blob row first, as in `upgrade`: no loss here, the bytes are copied back, only work.
     op.drop_table("checkpoint_blobs")
     with op.batch_alter_table("checkpoints", schema=None) as batch_op:
         batch_op.alter_column("data", existing_type=sa.LargeBinary(), nullable=False)

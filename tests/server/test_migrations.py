@@ -113,3 +113,60 @@ def test_checkpoint_bytes_survive_the_move_to_their_own_table(empty_database_url
     finally:
         database.dispose()
     assert bytes(data) == CHECKPOINT_BYTES
+
+
+_AT_0002 = [
+    "INSERT INTO datasets (id, display_name, task, num_classes, num_examples, feature_dtype, "
+    "feature_shape, target_dtype, target_shape, size_bytes, sha256, labels, feature_names, "
+    "class_names, created_at) VALUES ('d1', '', 'multiclass', 2, 4, 'float32', '[4, 2]', "
+    "'int64', '[4]', 8, '', '{}', '[]', '[]', :now)",
+    "INSERT INTO dataset_blobs (dataset_id, data) VALUES ('d1', :data)",
+    "INSERT INTO jobs (id, display_name, dataset_id, model_spec, training, state, queue, "
+    "priority, attempt, max_attempts, labels, progress, metrics, error, created_at, updated_at) "
+    "VALUES ('j1', '', 'd1', '{}', '{}', 'SUCCEEDED', 'default', 0, 1, 3, '{}', '{}', '{}', '', "
+    ":now, :now)",
+    "INSERT INTO checkpoints (job_id, epoch, step, metrics, is_final, size_bytes, data, "
+    "created_at) VALUES ('j1', 1, 10, '{}', false, 16384, :data, :now)",
+    "INSERT INTO job_metrics (job_id, name, step, epoch, value, created_at) "
+    "VALUES ('j1', 'loss', 10, 1, 0.5, :now)",
+    "INSERT INTO job_events (job_id, sequence, state, attempt, progress, metrics, message, "
+    "created_at) VALUES ('j1', 1, 'SUCCEEDED', 1, '{}', '{}', '', :now)",
+]
+
+
+def test_upgrading_a_database_with_jobs_keeps_every_row(empty_database_url: str) -> None:
+    """Batch migrations rebuild tables on SQLite; with foreign keys on, dropping the old `jobs`
+    (0003) used to cascade to its checkpoints, metrics and events and delete them."""
+    upgrade(empty_database_url, "0002")
+    database = Database(empty_database_url)
+    try:
+        with database.engine.begin() as connection:
+            values = {"data": CHECKPOINT_BYTES, "now": datetime(2026, 11, 27, tzinfo=UTC)}
+            types = {"data": LargeBinary(), "now": DateTime(timezone=True)}
+            for statement in _AT_0002:
+                used = [name for name in values if f":{name}" in statement]
+                connection.execute(
+                    text(statement).bindparams(*(bindparam(n, type_=types[n]) for n in used)),
+                    {name: values[name] for name in used},
+                )
+    finally:
+        database.dispose()
+
+    upgrade(empty_database_url)
+    database = Database(empty_database_url)
+    try:
+        with database.engine.connect() as connection:
+            counts = {
+                table: connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+                for table in (
+                    "datasets", "dataset_blobs", "jobs", "checkpoints", "checkpoint_blobs",
+                    "job_metrics", "job_events",
+                )
+            }  # fmt: skip
+        assert counts == dict.fromkeys(counts, 1)
+        store = Store(database)
+        (checkpoint,) = store.list_checkpoints("j1")
+        assert store.checkpoint_data(checkpoint.id) == CHECKPOINT_BYTES
+        assert store.get_job("j1").project == "default"
+    finally:
+        database.dispose()
