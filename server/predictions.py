@@ -290,7 +290,7 @@ def classify(outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         probabilities = np.stack([1.0 - positive, positive], axis=1)
     else:
         probabilities = softmax(outputs)
-    return outputs, probabilities, probabilities.argmax(axis=1).astype(np.int64)
+    return outputs, probabilities, probabilities.argmax(axis=1).astype(np.int64, copy=False)
 
 
 def _batcher_bytes(batcher: ModelBatcher) -> int:
