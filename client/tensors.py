@@ -52,14 +52,14 @@ def to_tensor(array: np.ndarray) -> tensor_pb2.Tensor:
 
 
 def write_tensor(tensor: tensor_pb2.Tensor, array: np.ndarray) -> tensor_pb2.Tensor:
-    """`to_tensor` into an empty tensor in place, such as a field of a message being built: a
-    tensor passed to a message's constructor is copied, one filled in place is not."""
+    """`to_tensor` into `tensor` in place, such as a field of a message being built: a tensor
+    passed to a message's constructor is copied, one filled in place is not."""
     code = _CODES.get(array.dtype)  # the common case, a little-endian dtype: one lookup
     if code is None:
         code = dtype_code(array.dtype)
         array = array.astype(DTYPES[code])
     tensor.dtype = code
-    tensor.shape.extend(array.shape)
+    tensor.shape[:] = array.shape
     tensor.data = array.tobytes()  # C order whatever the array's layout
     return tensor
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -63,20 +64,29 @@ def outputs_only(outputs: np.ndarray) -> tuple[np.ndarray, ...]:
     return (outputs,)
 
 
+# Leaders holding their pass on each loop (other models'). Each has its wake-up in the loop's ready
+# queue whenever another callback runs: that is not work that could join a pass, and counted as
+# such, two models' leaders would hold each other for the whole BUSY_LOOP_HOLD_S.
+_holding: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
+
+
 def _others_due() -> bool | None:
-    """Whether other callbacks are due on the running loop; None when the loop does not tell.
+    """Whether callbacks other than holding leaders' wake-ups are due on the running loop; None
+    when the loop does not tell.
 
     Read from the loop's ready queue, which CPython's asyncio keeps in `_ready`. On a loop without
     one, requests always go through a leader, which takes its pass at once.
     """
-    ready = getattr(asyncio.get_running_loop(), "_ready", None)
-    return None if ready is None else bool(ready)
+    loop = asyncio.get_running_loop()
+    ready = getattr(loop, "_ready", None)
+    return None if ready is None else len(ready) > _holding.get(loop, 0)
 
 
 def _alone_on_loop() -> bool:
-    """Whether nothing else is due on the running loop. Then a leader task started now would take
-    its pass with this request alone, so the request may as well run the pass itself and spare the
-    task and two trips round the loop."""
+    """Whether nothing else is due on the running loop. Then a small request on an idle model runs
+    its pass itself, at once: a leader started now would have company only if a call arrived in
+    the next turn of the loop, and the task and two trips round the loop cost more than that
+    chance is worth at low load."""
     return _others_due() is False
 
 
@@ -189,6 +199,7 @@ class ModelBatcher:
     async def _let_due_work_run(self) -> None:
         """Yields to the loop while other work is due on it (handlers that may queue requests),
         until the batch is full or `BUSY_LOOP_HOLD_S` is up."""
+        loop = asyncio.get_running_loop()
         # Recomputed on every look: a request that arrives meanwhile may bring a closer deadline.
         while (
             self._queue
@@ -196,7 +207,11 @@ class ModelBatcher:
             and self._queued_rows() < self.max_rows
             and time.monotonic() < self._wait_until(BUSY_LOOP_HOLD_S)
         ):
-            await asyncio.sleep(0)
+            _holding[loop] = _holding.get(loop, 0) + 1  # its wake-up is queued until it runs
+            try:
+                await asyncio.sleep(0)
+            finally:
+                _holding[loop] -= 1
 
     async def _wait_for_rows(self) -> None:
         while self._queue and self._queued_rows() < self.max_rows:

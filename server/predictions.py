@@ -271,14 +271,20 @@ class PredictionService:
             )
         if features.shape[0] == 0:
             raise InvalidArgument.field("inputs.shape", "has no rows")
+        # Decoded tensors are C-contiguous; only a tensor of the other float dtype is converted,
+        # and checked after, as a float64 value can be beyond float32's range.
+        converted = features if features.dtype == model.dtype else features.astype(model.dtype)
         # A NaN or an infinity anywhere makes the sum NaN or infinite; a finite sum proves every
         # value finite in one reduction (a sum that overflows, with NumPy's warning, is checked
         # value by value).
-        if not math.isfinite(features.sum()) and not np.isfinite(features).all():
-            row = int(np.argwhere(~np.isfinite(features))[0][0])
+        if not math.isfinite(converted.sum()) and not np.isfinite(converted).all():
+            row = int(np.argwhere(~np.isfinite(converted))[0][0])
+            if np.isfinite(features[row]).all():
+                raise InvalidArgument.field(
+                    "inputs", f"row {row} has a value beyond the range of this {model.dtype} model"
+                )
             raise InvalidArgument.field("inputs", f"must be finite; row {row} has NaN or Inf")
-        # Decoded tensors are C-contiguous; only a float32 tensor for a float64 model is copied.
-        return features if features.dtype == model.dtype else features.astype(model.dtype)
+        return converted
 
 
 def classify(outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -334,4 +334,8 @@ def test_workers_stop_when_their_server_is_killed_outright(tmp_path: object) -> 
         wait_for(both_started, 30, "the server's two workers")
         server.process.kill()  # SIGKILL: no chance to stop its workers
         server.process.wait()
-        wait_for(lambda: not any(map(_running, workers)), 30, "the orphaned workers to stop")
+        try:
+            wait_for(lambda: not any(map(_running, workers)), 30, "the orphaned workers to stop")
+        finally:
+            for worker in filter(_running, workers):  # never leave them behind
+                os.kill(worker, signal.SIGKILL)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -184,21 +184,25 @@ async def _arriving_one_per_loop_turn(
     return await asyncio.gather(*calls)
 
 
-def _keep_the_loop_busy() -> asyncio.Handle:
-    """A callback that is always due again: the loop never runs out of work."""
+def _keep_the_loop_busy() -> Callable[[], None]:
+    """Schedules a callback that is always due again (the loop never runs out of work) and
+    returns what stops it."""
     loop = asyncio.get_running_loop()
-    handle: list[asyncio.Handle] = []
+    busy = [True]
 
     def again() -> None:
-        handle[:] = [loop.call_soon(again)]
+        if busy[0]:
+            loop.call_soon(again)
 
     again()
-    return handle[0]
+    return lambda: busy.clear()
 
 
 def test_a_leader_lets_work_due_on_the_loop_run_first_so_arriving_calls_join_its_pass(
-    passes: list[list[int]],
+    passes: list[list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A hold long enough that only the loop running out of work ends it, whatever the machine.
+    monkeypatch.setattr(batching, "BUSY_LOOP_HOLD_S", 60.0)
     batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=0.0)
     inputs = [_rows(1, seed) for seed in range(6)]
     results = asyncio.run(_arriving_one_per_loop_turn(batcher, inputs))
@@ -209,18 +213,37 @@ def test_a_leader_lets_work_due_on_the_loop_run_first_so_arriving_calls_join_its
         assert np.array_equal(out, predict_many(batcher.model, [x], batcher.tiles)[0])
 
 
+def test_leaders_of_two_models_do_not_hold_each_other(
+    passes: list[list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each holding leader's wake-up is due while the other looks: that is not work that could
+    join a pass, so neither waits for the hold to run out."""
+    monkeypatch.setattr(batching, "BUSY_LOOP_HOLD_S", 60.0)
+    batchers = [
+        ModelBatcher(Model.from_spec(SPEC, seed=seed), max_rows=256, max_wait_s=0.0)
+        for seed in (0, 1)
+    ]
+
+    async def run() -> list[np.ndarray]:
+        together = asyncio.gather(*(_outputs(b, _rows(1, i)) for i, b in enumerate(batchers)))
+        return await asyncio.wait_for(together, timeout=10)
+
+    assert [out.shape for out in asyncio.run(run())] == [(1, 4), (1, 4)]
+    assert sorted(passes) == [[1], [1]]
+
+
 def test_a_loop_that_stays_busy_holds_a_pass_only_so_long(
     passes: list[list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=0.0)
 
     async def run(deadline_s: float | None) -> np.ndarray:
-        busy = _keep_the_loop_busy()
+        stop_busy = _keep_the_loop_busy()
         try:
             deadline = None if deadline_s is None else time.monotonic() + deadline_s
             return await asyncio.wait_for(_outputs(batcher, _rows(1, 0), deadline), timeout=10)
         finally:
-            busy.cancel()
+            stop_busy()
 
     # Never idle, the loop still gets the pass after BUSY_LOOP_HOLD_S...
     assert asyncio.run(run(None)).shape == (1, 4)
@@ -246,11 +269,11 @@ def test_on_a_loop_that_does_not_tell_what_is_due_every_request_takes_a_leader_a
     monkeypatch.setattr(batcher, "_start_leader", counted)
 
     async def run() -> np.ndarray:
-        busy = _keep_the_loop_busy()
+        stop_busy = _keep_the_loop_busy()
         try:
             return await asyncio.wait_for(_outputs(batcher, _rows(1, 0)), timeout=10)
         finally:
-            busy.cancel()
+            stop_busy()
 
     assert asyncio.run(run()).shape == (1, 4), "no hold: the loop's state is unknown"
     assert leaders == [False] and passes == [[1]]

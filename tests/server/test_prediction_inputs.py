@@ -34,3 +34,11 @@ def test_inputs_come_out_in_the_models_dtype() -> None:
     features = PredictionService._check_inputs(to_tensor(x), MODEL)
     assert features.dtype == MODEL.dtype and features.flags.c_contiguous
     assert np.array_equal(features, x.astype(MODEL.dtype))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_a_float64_value_beyond_a_float32_models_range_is_refused_naming_its_row() -> None:
+    x = np.zeros((2, 4), np.float64)
+    x[1, 0] = 1e300  # finite as sent, infinite once converted to the model's float32
+    with pytest.raises(InvalidArgument, match="row 1 has a value beyond the range"):
+        PredictionService._check_inputs(to_tensor(x), MODEL)
