@@ -220,8 +220,9 @@ def rescue_lost_jobs(store: Store) -> None:
         log.warning("cannot rescue jobs: %s", error)
 
 
-def serve(settings: Settings) -> int:
-    """Runs the server and its worker processes until SIGTERM or SIGINT; returns an exit code."""
+def serve(settings: Settings, parent_pid: int | None = None) -> int:
+    """Runs the server and its worker processes until SIGTERM or SIGINT (or, for a server
+    process another one started, until `parent_pid` is gone); returns an exit code."""
     database = Database(settings.database_url)
     ensure_migrated(database, settings.auto_migrate_sqlite)
     store = Store(database)
@@ -272,6 +273,11 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     while not stopping.wait(1.0):
+        if parent_pid is not None and os.getppid() != parent_pid:
+            log.warning(
+                "the server that started this one (pid %d) is gone; shutting down", parent_pid
+            )
+            break
         pool.supervise()
         siblings.supervise()
         rescue_lost_jobs(store)

@@ -39,11 +39,12 @@ class WorkerPool:
         if self.servers:
             command += ["serve"]
         else:
-            # A worker outlives a parent that was killed outright (SIGKILL, OOM) unless it
-            # watches for it: it then stops as on SIGTERM, handing its job back.
-            command += ["worker", "--index", str(index), "--parent-pid", str(os.getpid())]
+            command += ["worker", "--index", str(index)]
             for queue in self.queues:
                 command += ["--queue", queue]
+        # A child outlives a parent that was killed outright (SIGKILL, OOM) unless it watches for
+        # it: it then stops as on SIGTERM (a worker hands its job back).
+        command += ["--parent-pid", str(os.getpid())]
         env = {**os.environ, **self.settings.to_env()}
         return subprocess.Popen(command, env=env)
 

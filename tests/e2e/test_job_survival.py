@@ -320,22 +320,23 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_workers_stop_when_their_server_is_killed_outright(tmp_path: object) -> None:
+def test_children_stop_when_their_server_is_killed_outright(tmp_path: object) -> None:
+    """A worker and a second server process on the same port, left without their parent."""
     url = f"sqlite:///{tmp_path}/orphans.db"
-    with local_server(url, workers=2) as server:
+    with local_server(url, workers=1, extra_env={"TRAINWIRE_SERVER_PROCESSES": "2"}) as server:
         pid = server.process.pid
-        workers: list[int] = []
+        children: list[int] = []
 
         def both_started() -> bool:
             with open(f"/proc/{pid}/task/{pid}/children") as listing:
-                workers[:] = [int(child) for child in listing.read().split()]
-            return len(workers) == 2
+                children[:] = [int(child) for child in listing.read().split()]
+            return len(children) == 2
 
-        wait_for(both_started, 30, "the server's two workers")
-        server.process.kill()  # SIGKILL: no chance to stop its workers
+        wait_for(both_started, 30, "the server's worker and second server process")
+        server.process.kill()  # SIGKILL: no chance to stop its children
         server.process.wait()
         try:
-            wait_for(lambda: not any(map(_running, workers)), 30, "the orphaned workers to stop")
+            wait_for(lambda: not any(map(_running, children)), 30, "the orphans to stop")
         finally:
-            for worker in filter(_running, workers):  # never leave them behind
-                os.kill(worker, signal.SIGKILL)
+            for child in filter(_running, children):  # never leave them behind
+                os.kill(child, signal.SIGKILL)
