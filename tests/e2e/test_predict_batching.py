@@ -218,10 +218,13 @@ def test_several_server_processes_share_one_port(
     env = {"TRAINWIRE_QUEUES": "default", "TRAINWIRE_SERVER_PROCESSES": "2"}
     with local_server(url, workers=1, extra_env=env) as server:
         port = int(server.target.rsplit(":", 1)[1])
+        # Two scans in a row must agree: a child the server is starting holds the listening
+        # socket for an instant, between fork and exec (close_fds).
         deadline = time.monotonic() + 30
-        while len(_serving_pids(port)) < 2 and time.monotonic() < deadline:
+        pids, previous = _serving_pids(port), set()
+        while (len(pids) < 2 or pids != previous) and time.monotonic() < deadline:
             time.sleep(0.2)
-        pids = _serving_pids(port)
+            pids, previous = _serving_pids(port), pids
         assert server.process.pid in pids and len(pids) == 2, pids
         # Separate connections reach both processes; every one is answered.
         rng = np.random.default_rng(0)
