@@ -57,11 +57,12 @@ SERVICE_NAMES = (
 class RunningServer:
     """The gRPC server on its own event loop thread.
 
-    It is a `grpc.aio` server, chosen by measurement (benchmarks/predict.py, README): with one
-    row per request at concurrency 16 an asyncio server answered about 3,100 predictions/s here
-    where the thread-pool server managed about 2,000, its 16 threads fighting over the GIL.
-    Predictions run on the loop; every other RPC is a plain function that the server runs in
-    its thread pool of `grpc_threads`, since they wait on the database.
+    It is a `grpc.aio` server, chosen by measurement (benchmarks/predict.py measures a bare
+    asyncio server against a bare thread-pool one in every run; the README has the figures): the
+    thread-pool server's 16 threads fight over the GIL, and the loop is what lets concurrent
+    predictions share a pass (server.batching). Predictions run on the loop; every other RPC is a
+    plain function that the server runs in its thread pool of `grpc_threads`, since they wait on
+    the database.
     """
 
     def __init__(self, settings: Settings, store: Store, address: str | None = None) -> None:
