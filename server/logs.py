@@ -57,3 +57,6 @@ def configure_logging() -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level, logging.INFO))
+    # Library warnings (NumPy's overflow warnings, deprecations) become log lines like the rest,
+    # with the request or job they belong to, rather than raw text on stderr.
+    logging.captureWarnings(True)
