@@ -24,14 +24,11 @@ def run_with(connection: Connection) -> None:
 
 
 def run_online() -> None:
-    connection = context.config.attributes.get("connection")
-    if connection is not None:
-        run_with(connection)
-        return
     # Foreign keys off on SQLite, as Alembic advises for batch mode: a batch operation rebuilds a
     # table by copying it and dropping the original, and dropping a table with foreign keys on
     # deletes its rows first, which ON DELETE CASCADE carries into every child table (upgrading
-    # 0002 to 0003 emptied checkpoints, events and metrics that way).
+    # 0002 to 0003 emptied checkpoints, events and metrics that way). Migrations always run on
+    # this engine of their own, never on a caller's connection, so the setting cannot be missed.
     engine = make_engine(
         context.config.get_main_option("sqlalchemy.url") or "", sqlite_foreign_keys=False
     )

@@ -17,6 +17,7 @@ from trainwire.server.logs import REQUEST_ID, configure_logging
 def json_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     """What `configure_logging` writes, in JSON; the logging setup is undone afterwards."""
     monkeypatch.setenv("TRAINWIRE_LOG_FORMAT", "json")
+    monkeypatch.delenv("TRAINWIRE_LOG_LEVEL", raising=False)
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     configure_logging()
