@@ -73,6 +73,19 @@ async def _outputs(
     return outputs
 
 
+def _counted_leaders(batcher: ModelBatcher, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Records each leader the batcher starts (its `under_load`), and starts it."""
+    leaders: list[bool] = []
+    start_leader = batcher._start_leader
+
+    def counted(under_load: bool) -> None:
+        leaders.append(under_load)
+        start_leader(under_load)
+
+    monkeypatch.setattr(batcher, "_start_leader", counted)
+    return leaders
+
+
 def _rows(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, 16)).astype(np.float32)
 
@@ -151,14 +164,7 @@ def test_a_small_request_alone_on_an_idle_model_runs_at_once_in_its_own_handler(
 ) -> None:
     batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=30.0)
     inputs = [_rows(n, seed) for seed, n in enumerate([1, 3, OFF_LOOP_ROWS])]
-    leaders: list[bool] = []
-    start_leader = batcher._start_leader
-
-    def counted(under_load: bool) -> None:
-        leaders.append(under_load)
-        start_leader(under_load)
-
-    monkeypatch.setattr(batcher, "_start_leader", counted)
+    leaders = _counted_leaders(batcher, monkeypatch)
 
     async def run() -> list[np.ndarray]:
         return [await _outputs(batcher, x) for x in inputs]
@@ -259,14 +265,7 @@ def test_on_a_loop_that_does_not_tell_what_is_due_every_request_takes_a_leader_a
     monkeypatch.setattr(batching, "_others_due", lambda: None)
     monkeypatch.setattr(batching, "BUSY_LOOP_HOLD_S", 60.0)
     batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=0.0)
-    leaders: list[bool] = []
-    start_leader = batcher._start_leader
-
-    def counted(under_load: bool) -> None:
-        leaders.append(under_load)
-        start_leader(under_load)
-
-    monkeypatch.setattr(batcher, "_start_leader", counted)
+    leaders = _counted_leaders(batcher, monkeypatch)
 
     async def run() -> np.ndarray:
         stop_busy = _keep_the_loop_busy()

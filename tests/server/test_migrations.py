@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
@@ -22,35 +24,37 @@ from trainwire.server.models import Base
 from trainwire.server.store import Store
 
 
-def test_migrations_match_models(database_url: str) -> None:
-    database = Database(database_url)
+@contextmanager
+def _opened(url: str) -> Iterator[Database]:
+    """The database at `url`, disposed of afterwards."""
+    database = Database(url)
     try:
-        with database.engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
-            differences = compare_metadata(context, Base.metadata)
+        yield database
     finally:
         database.dispose()
+
+
+def test_migrations_match_models(database_url: str) -> None:
+    with _opened(database_url) as database, database.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        differences = compare_metadata(context, Base.metadata)
     assert differences == []
 
 
 def test_unmigrated_database_is_refused(empty_database_url: str) -> None:
-    database = Database(empty_database_url)
-    try:
-        with pytest.raises(NotMigrated, match="trainwire db upgrade"):
-            ensure_migrated(database, auto_migrate_sqlite=False)
-    finally:
-        database.dispose()
+    with (
+        _opened(empty_database_url) as database,
+        pytest.raises(NotMigrated, match="trainwire db upgrade"),
+    ):
+        ensure_migrated(database, auto_migrate_sqlite=False)
 
 
 def test_embedded_sqlite_migrates_itself(tmp_path: object) -> None:
-    database = Database(f"sqlite:///{tmp_path}/auto.db")
-    try:
+    with _opened(f"sqlite:///{tmp_path}/auto.db") as database:
         ensure_migrated(database, auto_migrate_sqlite=True)
         with database.engine.connect() as connection:
             current = MigrationContext.configure(connection).get_current_revision()
         assert current == head_revision(database.url)
-    finally:
-        database.dispose()
 
 
 # Longer than a SQLite page, so the value spills onto overflow pages as real checkpoints do.
@@ -72,22 +76,17 @@ _INSERT_CHECKPOINT = text(
 
 def test_checkpoint_bytes_survive_the_move_to_their_own_table(empty_database_url: str) -> None:
     upgrade(empty_database_url, "0004")
-    database = Database(empty_database_url)
-    try:
-        with database.engine.begin() as connection:
-            now = datetime(2026, 11, 27, tzinfo=UTC)
-            connection.execute(_INSERT_JOB, {"now": now})
-            connection.execute(
-                _INSERT_CHECKPOINT,
-                {"size": len(CHECKPOINT_BYTES), "data": CHECKPOINT_BYTES, "now": now},
-            )
-            checkpoint_id = connection.execute(text("SELECT id FROM checkpoints")).scalar_one()
-    finally:
-        database.dispose()
+    with _opened(empty_database_url) as database, database.engine.begin() as connection:
+        now = datetime(2026, 11, 27, tzinfo=UTC)
+        connection.execute(_INSERT_JOB, {"now": now})
+        connection.execute(
+            _INSERT_CHECKPOINT,
+            {"size": len(CHECKPOINT_BYTES), "data": CHECKPOINT_BYTES, "now": now},
+        )
+        checkpoint_id = connection.execute(text("SELECT id FROM checkpoints")).scalar_one()
 
     upgrade(empty_database_url)
-    database = Database(empty_database_url)
-    try:
+    with _opened(empty_database_url) as database:
         with database.engine.connect() as connection:
             moved = connection.execute(
                 text("SELECT data FROM checkpoint_blobs WHERE checkpoint_id = :id"),
@@ -100,18 +99,12 @@ def test_checkpoint_bytes_survive_the_move_to_their_own_table(empty_database_url
         assert [(c.id, c.epoch, c.size_bytes) for c in listed] == [
             (checkpoint_id, 1, len(CHECKPOINT_BYTES))
         ]
-    finally:
-        database.dispose()
 
     command.downgrade(alembic_config(empty_database_url), "0004")
-    database = Database(empty_database_url)
-    try:
-        with database.engine.connect() as connection:
-            data = connection.execute(
-                text("SELECT data FROM checkpoints WHERE id = :id"), {"id": checkpoint_id}
-            ).scalar_one()
-    finally:
-        database.dispose()
+    with _opened(empty_database_url) as database, database.engine.connect() as connection:
+        data = connection.execute(
+            text("SELECT data FROM checkpoints WHERE id = :id"), {"id": checkpoint_id}
+        ).scalar_one()
     assert bytes(data) == CHECKPOINT_BYTES
 
 
@@ -138,23 +131,18 @@ def test_upgrading_a_database_with_jobs_keeps_every_row(empty_database_url: str)
     """Batch migrations rebuild tables on SQLite; with foreign keys on, dropping the old `jobs`
     (0003) used to cascade to its checkpoints, metrics and events and delete them."""
     upgrade(empty_database_url, "0002")
-    database = Database(empty_database_url)
-    try:
-        with database.engine.begin() as connection:
-            values = {"data": CHECKPOINT_BYTES, "now": datetime(2026, 11, 27, tzinfo=UTC)}
-            types = {"data": LargeBinary(), "now": DateTime(timezone=True)}
-            for statement in _AT_0002:
-                used = [name for name in values if f":{name}" in statement]
-                connection.execute(
-                    text(statement).bindparams(*(bindparam(n, type_=types[n]) for n in used)),
-                    {name: values[name] for name in used},
-                )
-    finally:
-        database.dispose()
+    with _opened(empty_database_url) as database, database.engine.begin() as connection:
+        values = {"data": CHECKPOINT_BYTES, "now": datetime(2026, 11, 27, tzinfo=UTC)}
+        types = {"data": LargeBinary(), "now": DateTime(timezone=True)}
+        for statement in _AT_0002:
+            used = [name for name in values if f":{name}" in statement]
+            connection.execute(
+                text(statement).bindparams(*(bindparam(n, type_=types[n]) for n in used)),
+                {name: values[name] for name in used},
+            )
 
     upgrade(empty_database_url)
-    database = Database(empty_database_url)
-    try:
+    with _opened(empty_database_url) as database:
         with database.engine.connect() as connection:
             counts = {
                 table: connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
@@ -168,5 +156,3 @@ def test_upgrading_a_database_with_jobs_keeps_every_row(empty_database_url: str)
         (checkpoint,) = store.list_checkpoints("j1")
         assert store.checkpoint_data(checkpoint.id) == CHECKPOINT_BYTES
         assert store.get_job("j1").project == "default"
-    finally:
-        database.dispose()
