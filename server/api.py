@@ -1,7 +1,7 @@
 """gRPC servicers: convert the request, call a service, convert the result. Nothing else.
 
-Errors raised by the services are mapped to statuses by `server.interceptors.RequestInterceptor`,
-which also sets the caller's project (`server.auth`).
+Errors raised by the services are mapped to statuses by the wrappers `server.interceptors` puts
+around every method, which also set the caller's project (`server.auth`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from trainwire.engine import set_num_threads
 from trainwire.v1 import (
@@ -37,7 +37,7 @@ from .config import Settings
 from .datasets import DatasetService
 from .db import Database
 from .errors import Unavailable
-from .interceptors import RequestInterceptor
+from .interceptors import WrappingRegistrar
 from .jobs import JobService
 from .metrics import DeploymentCollector, serve_metrics
 from .migrate import ensure_migrated
@@ -47,10 +47,11 @@ from .supervisor import WorkerPool
 
 log = logging.getLogger("trainwire.server")
 
+PREDICTION_SERVICE = predictions_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
 SERVICE_NAMES = (
     datasets_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
-    predictions_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
+    PREDICTION_SERVICE,
 )
 
 
@@ -98,7 +99,6 @@ class RunningServer:
         settings = self.settings
         server = grpc.aio.server(
             migration_thread_pool=self.executor,
-            interceptors=[RequestInterceptor(self.keys)],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -121,14 +121,21 @@ class RunningServer:
             self.executor,
         )
         datasets = DatasetServicer(DatasetService(self.store, settings))
-        datasets_pb2_grpc.add_DatasetServiceServicer_to_server(datasets, server)
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, server)
+        # Every method wrapped in the request bookkeeping; only predictions are registered methods.
+        registrar = WrappingRegistrar(server, self.keys, registered=(PREDICTION_SERVICE,))
+        datasets_pb2_grpc.add_DatasetServiceServicer_to_server(datasets, registrar)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, registrar)
         predictions_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(predictions), server
+            PredictionServicer(predictions), registrar
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
+        # What reflection.enable_server_reflection does for a grpc.aio server (it would not
+        # recognise the registrar as one).
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
+                (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            ),
+            registrar,
         )
         if settings.tls_cert:
             port = server.add_secure_port(self.address, server_credentials(settings))
