@@ -116,6 +116,12 @@ class _Call:
         self.context.set_trailing_metadata(((STATUS_DETAILS_KEY, status.SerializeToString()),))
         return self.code, status.message
 
+    def aborted(self) -> None:
+        """The handler answered with `context.abort` itself (grpc_health does, for an unknown
+        service): its status stands, only counted; aborting again would fail."""
+        code = self.context.code() if hasattr(self.context, "code") else None
+        self.code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
     def end(self) -> None:
         for variable, token in reversed(self.tokens):
             with contextlib.suppress(ValueError):  # a generator closed from another context
@@ -135,6 +141,8 @@ class _Call:
         try:
             if error is None:
                 self.code = grpc.StatusCode.OK
+            elif isinstance(error, grpc.aio.AbortError):
+                self.aborted()
             elif isinstance(error, Exception):
                 self.context.abort(*self.failed(error))
         finally:
@@ -151,6 +159,8 @@ class _Call:
                 error, asyncio.CancelledError
             ):  # the client left or its deadline passed
                 self.code = grpc.StatusCode.CANCELLED
+            elif isinstance(error, grpc.aio.AbortError):
+                self.aborted()
             elif isinstance(error, Exception):
                 await self.context.abort(*self.failed(error))
         finally:
@@ -170,12 +180,13 @@ def _rpc_metrics(method: str, code: grpc.StatusCode) -> tuple[Any, Any]:
 class WrappingRegistrar:
     """Adds services to a `grpc.aio` server with every method wrapped in the request bookkeeping.
 
-    Pass it where a generated `add_*Servicer_to_server` function expects the server. Each method's
-    wrapper is built once, when the service is added (a gRPC interceptor would run a coroutine and
-    a handler lookup on every call). In order, a call goes through: timing and counting by method
-    and status code (Prometheus); the request id for the logs; the caller's key checked and its
-    project set (health and reflection answer everyone); and any error raised turned into a
-    status.
+    Pass it where a generated `add_*Servicer_to_server` function expects the server; a service
+    added to the server directly would skip the wrappers. Each method's wrapper is built once: a
+    registered method's when its service is added, a generic one's on its first call (a gRPC
+    interceptor would run a coroutine and a handler lookup on every call). In order, a call goes
+    through: timing and counting by method and status code (Prometheus); the request id for the
+    logs; the caller's key checked and its project set (health and reflection answer everyone);
+    and any error raised turned into a status.
 
     Only the services named in `registered` become registered methods; the others are served
     through generic handlers. grpc.aio keeps one pending request per registered method and waits

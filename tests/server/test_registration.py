@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
 
 from trainwire.server.app import PREDICTION_SERVICE, SERVICE_NAMES
 from trainwire.server.auth import KeyChecker
@@ -38,31 +41,104 @@ class _Details:
         self.invocation_metadata = ()
 
 
-def test_only_the_named_services_become_registered_methods_and_every_method_is_wrapped() -> None:
-    server = _RecordingServer()
-    registrar = WrappingRegistrar(
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    """A sync servicer context that records how the call ended."""
+
+    def __init__(self) -> None:
+        self.aborts: list[tuple[grpc.StatusCode, str]] = []
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        pass
+
+    def set_details(self, details: str) -> None:
+        pass
+
+    def set_trailing_metadata(self, metadata: object) -> None:
+        pass
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborts.append((code, details))
+        raise _Aborted(details)
+
+
+def _ended_by(handler: grpc.RpcMethodHandler) -> list[tuple[grpc.StatusCode, str]]:
+    """How a call of the (unimplemented, base servicer's) handler ends."""
+    context = _Context()
+    with pytest.raises(_Aborted):
+        handler.unary_unary(object(), context)
+    return context.aborts
+
+
+def _registrar(server: _RecordingServer) -> WrappingRegistrar:
+    return WrappingRegistrar(
         server,  # type: ignore[arg-type]
         KeyChecker(lambda: []),
         registered=(PREDICTION_SERVICE,),
     )
-    jobs = jobs_pb2_grpc.JobServiceServicer()
-    predictions = predictions_pb2_grpc.PredictionServiceServicer()
-    jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, registrar)
-    predictions_pb2_grpc.add_PredictionServiceServicer_to_server(predictions, registrar)
 
+
+def test_only_the_named_services_become_registered_methods_and_every_method_is_wrapped() -> None:
+    server = _RecordingServer()
+    registrar = _registrar(server)
+    jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs_pb2_grpc.JobServiceServicer(), registrar)
+    predictions_pb2_grpc.add_PredictionServiceServicer_to_server(
+        predictions_pb2_grpc.PredictionServiceServicer(), registrar
+    )
     assert list(server.registered) == [PREDICTION_SERVICE]
-    predict = server.registered[PREDICTION_SERVICE]["Predict"]
-    assert predict.unary_unary is not predictions.Predict  # wrapped
+
+    # Unwrapped, the base servicers raise NotImplementedError; wrapped, the call ends in the
+    # wrapper's UNIMPLEMENTED status.
+    (ended,) = _ended_by(server.registered[PREDICTION_SERVICE]["Predict"])
+    assert ended[0] == grpc.StatusCode.UNIMPLEMENTED
+    assert "not implemented by this server" in ended[1]
 
     # The job service is served by its generic handler, wrapped, each wrapper built once.
-    get_job = f"/{SERVICE_NAMES[1]}/GetJob"
-    handlers = [h.service(_Details(get_job)) for h in server.generic]
-    found = [h for h in handlers if h is not None]
-    assert len(found) == 1
-    assert found[0].unary_unary is not jobs.GetJob
-    again = [h.service(_Details(get_job)) for h in server.generic]
-    assert found[0] in again
+    get_job = "/trainwire.v1.JobService/GetJob"
+    found = [h.service(_Details(get_job)) for h in server.generic]
+    (handler,) = [h for h in found if h is not None]
+    (ended,) = _ended_by(handler)
+    assert ended[0] == grpc.StatusCode.UNIMPLEMENTED
+    assert any(h.service(_Details(get_job)) is handler for h in server.generic)
     assert all(h.service(_Details("/trainwire.v1.JobService/Nope")) is None for h in server.generic)
+
+
+def test_a_handler_that_aborts_itself_keeps_its_status_and_logs_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """grpc_health's Check aborts NOT_FOUND for an unknown service: the wrapper must neither
+    call it an unexpected error nor abort a second time (grpc refuses that)."""
+
+    class AsyncContext(_Context):
+        code_set: grpc.StatusCode | None = None
+
+        def code(self) -> grpc.StatusCode | None:
+            return self.code_set
+
+        async def abort(self, code: grpc.StatusCode, details: str) -> None:  # type: ignore[override]
+            self.aborts.append((code, details))
+            self.code_set = code
+            raise grpc.aio.AbortError(details)
+
+    async def check(request: object, context: AsyncContext) -> None:
+        await context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+
+    method = "/grpc.health.v1.Health/Check"
+    wrapped = _registrar(_RecordingServer())._wrap(check, method)
+    sample = ("trainwire_rpc_requests_total", {"method": "Check", "code": "NOT_FOUND"})
+    before = REGISTRY.get_sample_value(*sample) or 0.0
+    context = AsyncContext()
+    with caplog.at_level(logging.ERROR), pytest.raises(grpc.aio.AbortError):
+        asyncio.run(wrapped(object(), context))
+    assert context.aborts == [(grpc.StatusCode.NOT_FOUND, "unknown service")]
+    assert REGISTRY.get_sample_value(*sample) == before + 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_every_service_answers_through_the_real_server(tmp_path: Path) -> None:
@@ -78,7 +154,7 @@ def test_every_service_answers_through_the_real_server(tmp_path: Path) -> None:
         assert listed >= {*SERVICE_NAMES, "grpc.health.v1.Health"}
 
         # A generic method's error still becomes its status, with the field named.
-        get_job = channel.unary_unary(f"/{SERVICE_NAMES[1]}/GetJob")
+        get_job = channel.unary_unary("/trainwire.v1.JobService/GetJob")
         with pytest.raises(grpc.RpcError) as bad_name:
             get_job(b"\n\x03bad", timeout=30)  # GetJobRequest(name="bad")
         assert bad_name.value.code() == grpc.StatusCode.INVALID_ARGUMENT
