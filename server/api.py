@@ -1,6 +1,6 @@
 """gRPC servicers: convert the request, call a service, convert the result. Nothing else.
 
-Errors raised by the services are mapped to statuses by the wrappers `server.interceptors` puts
+Errors raised by the services are mapped to statuses by the wrappers that `server.wrappers` puts
 around every method, which also set the caller's project (`server.auth`).
 """
 

@@ -37,13 +37,13 @@ from .config import Settings
 from .datasets import DatasetService
 from .db import Database
 from .errors import Unavailable
-from .interceptors import WrappingRegistrar
 from .jobs import JobService
 from .metrics import DeploymentCollector, serve_metrics
 from .migrate import ensure_migrated
 from .predictions import PredictionService
 from .store import Store
 from .supervisor import WorkerPool
+from .wrappers import WrappingRegistrar
 
 log = logging.getLogger("trainwire.server")
 

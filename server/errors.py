@@ -1,6 +1,6 @@
 """Domain errors that carry their gRPC status code.
 
-Services raise these; the wrappers of `server.interceptors` turn them into gRPC statuses, so the
+Services raise these; the method wrappers of `server.wrappers` turn them into gRPC statuses, so the
 servicers hold no try/except. Messages are written for the person who sent the request.
 """
 

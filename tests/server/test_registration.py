@@ -14,8 +14,8 @@ from prometheus_client import REGISTRY
 
 from trainwire.server.app import PREDICTION_SERVICE, SERVICE_NAMES
 from trainwire.server.auth import KeyChecker
-from trainwire.server.interceptors import WrappingRegistrar
 from trainwire.server.local import local_server
+from trainwire.server.wrappers import WrappingRegistrar
 from trainwire.v1 import jobs_pb2_grpc, predictions_pb2_grpc
 
 
@@ -97,7 +97,10 @@ def test_only_the_named_services_become_registered_methods_and_every_method_is_w
     # wrapper's UNIMPLEMENTED status.
     (ended,) = _ended_by(server.registered[PREDICTION_SERVICE]["Predict"])
     assert ended[0] == grpc.StatusCode.UNIMPLEMENTED
-    assert "not implemented by this server" in ended[1]
+    assert ended[1] == (
+        "Predict is part of the trainwire.v1.PredictionService API "
+        "but not implemented by this server"
+    )
 
     # The job service is served by its generic handler, wrapped, each wrapper built once.
     get_job = "/trainwire.v1.JobService/GetJob"
@@ -106,6 +109,7 @@ def test_only_the_named_services_become_registered_methods_and_every_method_is_w
     (ended,) = _ended_by(handler)
     assert ended[0] == grpc.StatusCode.UNIMPLEMENTED
     assert any(h.service(_Details(get_job)) is handler for h in server.generic)
+    assert "trainwire.v1.JobService" in {h.service_name() for h in server.generic}
     assert all(h.service(_Details("/trainwire.v1.JobService/Nope")) is None for h in server.generic)
 
 

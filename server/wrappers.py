@@ -56,10 +56,11 @@ def _status_of(error: BaseException, method: str) -> status_pb2.Status:
             details.append(packed)
         return status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
     if isinstance(error, NotImplementedError):
-        name = method.rsplit("/", 1)[-1]
+        # "/grpc.health.v1.Health/List": the service's own package, not always trainwire.v1.
+        service, _, name = method.lstrip("/").rpartition("/")
         return status_pb2.Status(
             code=code_pb2.UNIMPLEMENTED,
-            message=f"{name} is part of the trainwire.v1 API but not implemented by this server",
+            message=f"{name} is part of the {service} API but not implemented by this server",
         )
     reference = REQUEST_ID.get() or uuid.uuid4().hex[:12]
     log.error("unexpected error in %s (reference %s)", method, reference, exc_info=error)
@@ -273,6 +274,11 @@ class _WrappedGenericHandler(grpc.GenericRpcHandler):
         self.inner = inner
         self.wrap = wrap
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service_name(self) -> str | None:
+        """The inner handler's service name, when it is a `grpc.ServiceRpcHandler`."""
+        name = getattr(self.inner, "service_name", None)
+        return name() if callable(name) else None
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = details.method
