@@ -96,12 +96,13 @@ def layer_tiles(model: Model, max_rows: int = 1024) -> list[int | None]:
 
 def row_tile(tiles: Sequence[int | None]) -> int:
     """The row block shared by all tiled layers: the least common multiple of their tiles."""
-    return _lcm(tuple(t for t in tiles if t is not None))
+    return _row_tile(tuple(tiles))
 
 
 @functools.cache
-def _lcm(tiles: tuple[int, ...]) -> int:
-    return math.lcm(*tiles) if tiles else 1
+def _row_tile(tiles: tuple[int | None, ...]) -> int:
+    used = [t for t in tiles if t is not None]
+    return math.lcm(*used) if used else 1
 
 
 def _dense(layer: Dense, x: Array, rowwise: bool) -> Array:

@@ -276,8 +276,11 @@ class PredictionService:
         converted = features if features.dtype == model.dtype else features.astype(model.dtype)
         # A NaN or an infinity anywhere makes the sum NaN or infinite; a finite sum proves every
         # value finite in one reduction (a sum that overflows, with NumPy's warning, is checked
-        # value by value).
-        if not math.isfinite(converted.sum()) and not np.isfinite(converted).all():
+        # value by value). np.add.reduce is what ndarray.sum runs, less its argument handling.
+        if (
+            not math.isfinite(np.add.reduce(converted, axis=None))
+            and not np.isfinite(converted).all()
+        ):
             row = int(np.argwhere(~np.isfinite(converted))[0][0])
             if np.isfinite(features[row]).all():
                 raise InvalidArgument.field(
