@@ -33,8 +33,8 @@ One pass per model runs at a time, which also keeps the model's scratch buffers 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -64,10 +64,12 @@ def outputs_only(outputs: np.ndarray) -> tuple[np.ndarray, ...]:
     return (outputs,)
 
 
-# Leaders holding their pass on each loop (other models'). Each has its wake-up in the loop's ready
-# queue whenever another callback runs: that is not work that could join a pass, and counted as
-# such, two models' leaders would hold each other for the whole BUSY_LOOP_HOLD_S.
-_holding: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
+# Leaders holding their pass, by id() of their loop (other models'). Each has its wake-up in the
+# loop's ready queue whenever another callback runs: that is not work that could join a pass, and
+# counted as such, two models' leaders would hold each other for the whole BUSY_LOOP_HOLD_S. An
+# entry lives only while a leader holds (so a new loop cannot inherit a closed one's id), and a
+# plain dict, unlike a WeakKeyDictionary, makes no weak reference on every look.
+_holding: dict[int, int] = {}
 
 
 def _others_due() -> bool | None:
@@ -79,7 +81,7 @@ def _others_due() -> bool | None:
     """
     loop = asyncio.get_running_loop()
     ready = getattr(loop, "_ready", None)
-    return None if ready is None else len(ready) > _holding.get(loop, 0)
+    return None if ready is None else len(ready) > _holding.get(id(loop), 0)
 
 
 def _alone_on_loop() -> bool:
@@ -127,6 +129,12 @@ class ModelBatcher:
         self.tiles = layer_tiles(model, max_rows)
         self.passes = 0  # forward passes run (tests, metrics)
         self._queue: deque[_Ticket] = deque()
+        # Kept as the queue changes, since a holding leader reads them on every turn of the loop:
+        # its rows, and the earliest time at which a queued request has waited half the time its
+        # deadline gave it (a request that leaves early may leave it too early until the next
+        # pass takes the queue: the pass then forms sooner, never later).
+        self._queued_rows = 0
+        self._half_deadline = math.inf
         self._leader: asyncio.Task[None] | None = None  # forms or runs the current pass
         # A pass running in the thread pool, until it ends: it goes on if its leader is
         # cancelled, and no other pass may use the model meanwhile.
@@ -153,7 +161,7 @@ class ModelBatcher:
             finally:
                 self._passed(1)
         ticket = _Ticket(features, deadline, asyncio.get_running_loop().create_future())
-        self._queue.append(ticket)
+        self._enqueue(ticket)
         if self._leader is None:
             self._start_leader(under_load=False)
         try:
@@ -161,7 +169,15 @@ class ModelBatcher:
         except asyncio.CancelledError:
             if ticket in self._queue:  # not taken yet: leave without a trace
                 self._queue.remove(ticket)
+                self._queued_rows -= len(ticket.features)
             raise
+
+    def _enqueue(self, ticket: _Ticket) -> None:
+        self._queue.append(ticket)
+        self._queued_rows += len(ticket.features)
+        if ticket.deadline is not None:
+            half = ticket.arrived + (ticket.deadline - ticket.arrived) / 2
+            self._half_deadline = min(self._half_deadline, half)
 
     def _start_leader(self, under_load: bool) -> None:
         # A task of its own, not the request's: a cancelled caller must not stop a pass that
@@ -190,31 +206,30 @@ class ModelBatcher:
     def _wait_until(self, patience_s: float) -> float:
         """When the forming batch stops waiting for rows: `patience_s` after the oldest request
         arrived, and before any request has spent half the time its deadline gave it."""
-        until = self._queue[0].arrived + patience_s
-        for ticket in self._queue:
-            if ticket.deadline is not None:
-                until = min(until, ticket.arrived + (ticket.deadline - ticket.arrived) / 2)
-        return until
+        return min(self._queue[0].arrived + patience_s, self._half_deadline)
 
     async def _let_due_work_run(self) -> None:
         """Yields to the loop while other work is due on it (handlers that may queue requests),
         until the batch is full or `BUSY_LOOP_HOLD_S` is up."""
-        loop = asyncio.get_running_loop()
+        loop = id(asyncio.get_running_loop())
         # Recomputed on every look: a request that arrives meanwhile may bring a closer deadline.
         while (
             self._queue
             and _others_due()
-            and self._queued_rows() < self.max_rows
+            and self._queued_rows < self.max_rows
             and time.monotonic() < self._wait_until(BUSY_LOOP_HOLD_S)
         ):
             _holding[loop] = _holding.get(loop, 0) + 1  # its wake-up is queued until it runs
             try:
                 await asyncio.sleep(0)
             finally:
-                _holding[loop] -= 1
+                if _holding[loop] == 1:
+                    del _holding[loop]
+                else:
+                    _holding[loop] -= 1
 
     async def _wait_for_rows(self) -> None:
-        while self._queue and self._queued_rows() < self.max_rows:
+        while self._queue and self._queued_rows < self.max_rows:
             remaining = self._wait_until(self.max_wait_s) - time.monotonic()
             if remaining <= 0:
                 return
@@ -233,6 +248,7 @@ class ModelBatcher:
             if batch and rows + size > self.max_rows:
                 break
             self._queue.popleft()
+            self._queued_rows -= len(ticket.features)
             if ticket.done.done():  # its caller went away
                 continue
             if ticket.deadline is not None and ticket.deadline <= now:
@@ -240,6 +256,14 @@ class ModelBatcher:
                 continue
             batch.append(ticket)
             rows += size
+        self._half_deadline = min(
+            (
+                t.arrived + (t.deadline - t.arrived) / 2
+                for t in self._queue
+                if t.deadline is not None
+            ),
+            default=math.inf,
+        )
         return batch
 
     async def _run(self, batch: list[_Ticket]) -> None:
@@ -280,6 +304,3 @@ class ModelBatcher:
 
     def _compute(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         return self.postprocess(predict_stacked(self.model, inputs, self.tiles))
-
-    def _queued_rows(self) -> int:
-        return sum(len(t.features) for t in self._queue)

@@ -259,6 +259,32 @@ def test_a_loop_that_stays_busy_holds_a_pass_only_so_long(
     assert passes == [[1], [1]]
 
 
+def test_a_request_that_joins_a_held_pass_with_a_closer_deadline_shortens_the_hold(
+    passes: list[list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batching, "BUSY_LOOP_HOLD_S", 60.0)
+    batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=0.0)
+
+    async def run() -> float:
+        stop_busy = _keep_the_loop_busy()
+        try:
+            # The first request has no deadline: alone, its leader would hold for 60 s.
+            first = asyncio.ensure_future(_outputs(batcher, _rows(1, 0)))
+            for _ in range(3):
+                await asyncio.sleep(0)
+            started = time.monotonic()
+            second = _outputs(batcher, _rows(1, 1), deadline=started + 1.0)
+            await asyncio.wait_for(asyncio.gather(first, second), timeout=10)
+            return time.monotonic() - started
+        finally:
+            stop_busy()
+
+    waited = asyncio.run(run())
+    # The pass forms before the newcomer has spent half its 1 s, and carries both.
+    assert waited < 1.0, f"answered after {waited:.2f}s"
+    assert passes == [[1, 1]]
+
+
 def test_on_a_loop_that_does_not_tell_what_is_due_every_request_takes_a_leader_at_once(
     passes: list[list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -380,6 +406,8 @@ def test_a_cancelled_request_leaves_the_queue_without_harming_the_others(
     assert passes == [[OFF_LOOP_ROWS * 4], [3, 5]], "the cancelled request left the batch"
     for x, out in zip(others, results, strict=True):
         assert np.array_equal(out, predict_many(model, [x], batcher.tiles)[0])
+    # Its rows left the count a holding leader reads (kept as requests come and go) with it.
+    assert batcher._queued_rows == 0
 
 
 def test_a_pass_left_running_by_a_cancelled_leader_keeps_other_passes_off_the_model(
