@@ -150,9 +150,11 @@ def predict_stacked(model: Model, inputs: Sequence[Array], tiles: list[int | Non
     outputs; other layers use their scratch buffers, so run one pass per model at a time.
     """
     block = row_tile(tiles)
-    if len(inputs) == 1 and len(inputs[0]) < block and not _pads(len(inputs[0]), block):
-        # The common serving case, one small request alone: every row goes row by row, as below.
-        return _forward(model, inputs[0], tiles, rowwise=True)
+    if all(len(x) < block and not _pads(len(x), block) for x in inputs):
+        # The common serving case, small requests (one alone, or a few one-row ones): every row
+        # goes row by row, as below, and in input order, so there is nothing to rearrange.
+        packed = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
+        return _forward(model, packed, tiles, rowwise=True)
     stacked = np.empty((sum(len(x) for x in inputs), model.output_dim), dtype=model.dtype)
     # (where its outputs go, its rows): products in whole blocks, and rows one at a time.
     blocks: list[tuple[Array, Array]] = []

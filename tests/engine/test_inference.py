@@ -55,6 +55,16 @@ def test_each_input_gets_the_bits_it_gets_alone(spec: dict[str, object], dtype: 
         np.testing.assert_allclose(alone, model.predict(x), rtol=tolerance, atol=tolerance)
 
 
+def test_small_requests_only_get_the_bits_they_get_alone() -> None:
+    # The serving case under load: a pass of one-row (and other small) requests, all row by row.
+    model = Model.from_spec(WIDE, seed=3)
+    tiles = layer_tiles(model, max_rows=256)
+    inputs = _inputs([1] * 16 + [3, 2], model.input_dim, "float32", seed=6)
+    together = predict_many(model, inputs, tiles)
+    for x, batched in zip(inputs, together, strict=True):
+        assert np.array_equal(batched, predict_many(model, [x], tiles)[0])
+
+
 @settings(max_examples=25, deadline=None, database=None)
 @given(
     rows=st.lists(st.integers(1, 70), min_size=1, max_size=8),
