@@ -150,7 +150,7 @@ def predict_stacked(model: Model, inputs: Sequence[Array], tiles: list[int | Non
     outputs; other layers use their scratch buffers, so run one pass per model at a time.
     """
     block = row_tile(tiles)
-    if all(len(x) < block and not _pads(len(x), block) for x in inputs):
+    if inputs and all(len(x) < block and not _pads(len(x), block) for x in inputs):
         # The common serving case, small requests (one alone, or a few one-row ones): every row
         # goes row by row, as below, and in input order, so there is nothing to rearrange.
         packed = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)

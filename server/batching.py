@@ -212,7 +212,7 @@ class ModelBatcher:
         """Yields to the loop while other work is due on it (handlers that may queue requests),
         until the batch is full or `BUSY_LOOP_HOLD_S` is up."""
         loop = id(asyncio.get_running_loop())
-        # Recomputed on every look: a request that arrives meanwhile may bring a closer deadline.
+        # Read on every look: a request that arrives meanwhile may bring a closer deadline.
         while (
             self._queue
             and _others_due()

@@ -55,7 +55,7 @@ def _status_of(error: BaseException, method: str) -> status_pb2.Status:
             details.append(packed)
         return status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
     if isinstance(error, NotImplementedError):
-        # "/grpc.health.v1.Health/List": the service's own package, not always trainwire.v1.
+        # "/grpc.health.v1.Health/List" names its own service, not always one of trainwire.v1.
         service, _, name = method.lstrip("/").rpartition("/")
         return status_pb2.Status(
             code=code_pb2.UNIMPLEMENTED,
@@ -134,9 +134,10 @@ class _Call:
         count.inc()
         seconds.observe(time.perf_counter() - self.started)
 
-    # The call's body runs inside `with`/`async with`: a normal end is OK, an error becomes its
-    # status (abort raises in its place), and the bookkeeping ends either way. Anything that is
-    # not an Exception (a closed generator) passes through untouched.
+    # The call's body runs inside `with`/`async with` (or, for a coroutine, `serve_async`'s
+    # spelt-out equivalent): a normal end is OK, an error becomes its status (abort raises in
+    # its place), and the bookkeeping ends either way. Anything that is not an Exception (a
+    # closed generator) passes through untouched.
 
     def __enter__(self) -> _Call:
         return self

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trainwire.engine import Model, inference
-from trainwire.engine.inference import layer_tiles, predict_many, row_tile
+from trainwire.engine.inference import layer_tiles, predict_many, predict_stacked, row_tile
 
 WIDE = {
     "input_dim": 784,
@@ -63,6 +63,11 @@ def test_small_requests_only_get_the_bits_they_get_alone() -> None:
     together = predict_many(model, inputs, tiles)
     for x, batched in zip(inputs, together, strict=True):
         assert np.array_equal(batched, predict_many(model, [x], tiles)[0])
+
+
+def test_no_inputs_give_an_empty_stack() -> None:
+    model = Model.from_spec(MIXED, seed=0)
+    assert predict_stacked(model, [], layer_tiles(model)).shape == (0, model.output_dim)
 
 
 @settings(max_examples=25, deadline=None, database=None)
