@@ -109,6 +109,12 @@ class _Ticket:
     done: asyncio.Future[tuple[np.ndarray, ...]]
     arrived: float = field(default_factory=time.monotonic)
 
+    def half_waited(self) -> float:
+        """When it will have waited half the time its deadline gave it (inf without one)."""
+        if self.deadline is None:
+            return math.inf
+        return self.arrived + (self.deadline - self.arrived) / 2
+
 
 class ModelBatcher:
     """A loaded model and its batch queue; `predict` is called on the server's event loop."""
@@ -175,9 +181,7 @@ class ModelBatcher:
     def _enqueue(self, ticket: _Ticket) -> None:
         self._queue.append(ticket)
         self._queued_rows += len(ticket.features)
-        if ticket.deadline is not None:
-            half = ticket.arrived + (ticket.deadline - ticket.arrived) / 2
-            self._half_deadline = min(self._half_deadline, half)
+        self._half_deadline = min(self._half_deadline, ticket.half_waited())
 
     def _start_leader(self, under_load: bool) -> None:
         # A task of its own, not the request's: a cancelled caller must not stop a pass that
@@ -256,14 +260,7 @@ class ModelBatcher:
                 continue
             batch.append(ticket)
             rows += size
-        self._half_deadline = min(
-            (
-                t.arrived + (t.deadline - t.arrived) / 2
-                for t in self._queue
-                if t.deadline is not None
-            ),
-            default=math.inf,
-        )
+        self._half_deadline = min((t.half_waited() for t in self._queue), default=math.inf)
         return batch
 
     async def _run(self, batch: list[_Ticket]) -> None:

@@ -158,10 +158,13 @@ class _Call:
 
     async def __aexit__(self, _kind: object, error: BaseException | None, _trace: object) -> None:
         if error is None:
-            self.code = grpc.StatusCode.OK
-            self.end()
+            self.succeeded()
         else:
             await self.raised(error)
+
+    def succeeded(self) -> None:
+        self.code = grpc.StatusCode.OK
+        self.end()
 
     async def raised(self, error: BaseException) -> None:
         """`__aexit__` for a coroutine's error, which `serve_async` calls directly."""
@@ -258,8 +261,7 @@ class WrappingRegistrar:
                 except BaseException as error:
                     await call.raised(error)
                     raise
-                call.code = grpc.StatusCode.OK
-                call.end()
+                call.succeeded()
                 return response
 
             return serve_async
