@@ -81,9 +81,8 @@ class RunningServer:
 
     def start(self) -> None:
         """Binds and starts serving; raises if the address cannot be used."""
-        # Forward passes use at most 2 BLAS threads: requests run side by side anyway, and the
-        # batch-invariance probe (engine.inference) finds no row tile with many threads here.
-        set_num_threads(min(2, os.cpu_count() or 1))
+        # The batch-invariance probe (engine.inference) finds no row tile with many threads here.
+        set_num_threads(self.settings.blas_threads_per_server())
         self._thread.start()
         self.monitor.check()
         self.keys.refresh()
@@ -257,17 +256,11 @@ def serve(settings: Settings, parent_pid: int | None = None) -> int:
     worker_metrics = settings.metrics_port + 1 if settings.metrics_port else 0
     pool = WorkerPool(replace(settings, metrics_port=worker_metrics), settings.workers)
     pool.start()
-    # More server processes on the same port, without workers of their own.
+    # More server processes on the same port, without workers of their own; only the first
+    # starts them (the others keep the count, which sets their share of the cores).
     siblings = WorkerPool(
-        replace(
-            settings,
-            port=running.port,
-            workers=0,
-            server_processes=1,
-            reuse_port=True,
-            metrics_port=0,
-        ),
-        settings.server_processes - 1,
+        replace(settings, port=running.port, workers=0, reuse_port=True, metrics_port=0),
+        settings.server_processes - 1 if parent_pid is None else 0,
         servers=True,
     )
     siblings.start()

@@ -44,6 +44,15 @@ def test_every_wrong_setting_gets_its_own_message() -> None:
         assert expected in text
 
 
+def test_server_processes_share_the_cores_for_blas(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert Settings(server_processes=1).blas_threads_per_server() == 2
+    assert Settings(server_processes=2).blas_threads_per_server() == 1
+    assert Settings(server_processes=3).blas_threads_per_server() == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert Settings(server_processes=4).blas_threads_per_server() == 2, "2 at most"
+
+
 def test_cli_reports_configuration_problems_with_exit_code_2() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "trainwire.server.cli", "serve"],
