@@ -3,14 +3,19 @@
 Both serve the same trained 784-512-512-10 MLP. The bare server runs the same NumPy forward pass
 per request with no cache lookup, no batching and no validation: the ceiling for Python gRPC on
 this machine. It runs twice, on grpcio's thread-pool server and on grpc.aio — the measurement
-behind Trainwire's own choice of server — and the ratio is against the faster of the two. One
-load generator (a separate process, asyncio client, up to 4 connections) drives all three with
-the same requests: one row at concurrency 1 and 16, and 1,000 rows at concurrency 4. Each case
-runs in rounds (5 by default), the three servers in a rotating order within a round, and the
-figures are medians over the rounds: a shared machine drifts by 10-20% from one run to the next
-(on a virtual machine with CPU steal, by up to 2x). The ratio is the median of the rounds' own
-ratios against the faster bare server (the one with the higher median): the servers of a round
-run back to back, so each round's ratio compares them under the same conditions.
+behind Trainwire's own choice of server — and the ratio is against the faster of the two.
+Trainwire runs twice too: as `trainwire serve` starts by default (one server process; its figures
+are the ones named `trainwire_rps` and `ratio`) and, on a machine of several cores, with one
+server process per core sharing the port (`TRAINWIRE_SERVER_PROCESSES`; `ratio_processes`), the
+measurement behind that setting's advice; the bare servers stay single processes. One load
+generator (a separate process, asyncio client, up to 4 connections, which the kernel spreads over
+the processes) drives them all with the same requests: one row at concurrency 1 and 16, and
+1,000 rows at concurrency 4. Each case runs in rounds (5 by default), the servers in a rotating
+order within a round, and the figures are medians over the rounds: a shared machine drifts by
+10-20% from one run to the next (on a virtual machine with CPU steal, by up to 2x). A ratio is
+the median of the rounds' own ratios against the faster bare server (the one with the higher
+median): the servers of a round run back to back, so each round's ratio compares them under the
+same conditions.
 Loopback only, bounded request counts. Run: .venv/bin/python benchmarks/predict.py [--quick]
 [--rounds N]; the last line is JSON.
 """
@@ -27,6 +32,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -213,6 +219,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{folder}/predict.db"
         with local_server(url, workers=1) as server, Client(server.target) as client:
+            cores = os.cpu_count() or 1
             rng = np.random.default_rng(0)
             x = rng.normal(size=(2048, 784)).astype(np.float32)
             data = client.upload_dataset(x, rng.integers(0, 10, size=2048), task="multiclass")
@@ -235,50 +242,76 @@ def main() -> int:
                 for kind in ("bare", "bare-async")
             }
             try:
-                targets = {}
-                for kind, process in bares.items():
-                    assert process.stdout is not None
-                    targets[kind] = f"127.0.0.1:{process.stdout.readline().strip()}"
-                servers = {"trainwire": server.target, **targets}
-                for case, count in counts.items():
-                    runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
-                    for index in range(rounds):
-                        names = list(servers)
-                        for name in names[index % 3 :] + names[: index % 3]:
-                            runs[name].append(load(servers[name], job.name, case, count))
-                    ours, threads, asyncio_ = (_median(runs[name]) for name in servers)
-                    fastest = "bare" if threads["rps"] >= asyncio_["rps"] else "bare-async"
-                    ceiling = threads if fastest == "bare" else asyncio_
-                    results[case] = {
-                        "trainwire_rps": ours["rps"],
-                        "bare_rps": ceiling["rps"],
-                        "ratio": _paired_ratio(runs["trainwire"], runs[fastest]),
-                        "ratio_of_medians": round(ours["rps"] / ceiling["rps"], 3),
-                        "p50_ms": ours["p50_ms"],
-                        "p99_ms": ours["p99_ms"],
-                        "bare_p50_ms": ceiling["p50_ms"],
-                        "bare_p99_ms": ceiling["p99_ms"],
-                        "bare_threads_rps": threads["rps"],
-                        "bare_asyncio_rps": asyncio_["rps"],
-                        "ratio_vs_threads": _paired_ratio(runs["trainwire"], runs["bare"]),
-                        "rounds": rounds,
-                    }
+                # Trainwire again with a server process per core (none on one core), on the same
+                # database: it serves the same checkpoint.
+                with contextlib.ExitStack() as stack:
+                    servers = {"trainwire": server.target}
+                    if cores > 1:
+                        processes = stack.enter_context(
+                            local_server(
+                                url,
+                                workers=0,
+                                extra_env={"TRAINWIRE_SERVER_PROCESSES": str(cores)},
+                            )
+                        )
+                        servers["trainwire-processes"] = processes.target
+                    for kind, process in bares.items():
+                        assert process.stdout is not None
+                        servers[kind] = f"127.0.0.1:{process.stdout.readline().strip()}"
+                    for case, count in counts.items():
+                        runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+                        for index in range(rounds):
+                            names = list(servers)
+                            turn = index % len(names)
+                            for name in names[turn:] + names[:turn]:
+                                runs[name].append(load(servers[name], job.name, case, count))
+                        ours, threads, asyncio_ = (
+                            _median(runs[name]) for name in ("trainwire", "bare", "bare-async")
+                        )
+                        fastest = "bare" if threads["rps"] >= asyncio_["rps"] else "bare-async"
+                        ceiling = threads if fastest == "bare" else asyncio_
+                        several = runs.get("trainwire-processes")
+                        results[case] = {
+                            "trainwire_rps": ours["rps"],
+                            "bare_rps": ceiling["rps"],
+                            "ratio": _paired_ratio(runs["trainwire"], runs[fastest]),
+                            "ratio_of_medians": round(ours["rps"] / ceiling["rps"], 3),
+                            "p50_ms": ours["p50_ms"],
+                            "p99_ms": ours["p99_ms"],
+                            "bare_p50_ms": ceiling["p50_ms"],
+                            "bare_p99_ms": ceiling["p99_ms"],
+                            "bare_threads_rps": threads["rps"],
+                            "bare_asyncio_rps": asyncio_["rps"],
+                            "ratio_vs_threads": _paired_ratio(runs["trainwire"], runs["bare"]),
+                            "trainwire_processes": cores if several else 1,
+                            "trainwire_processes_rps": _median(several)["rps"] if several else None,
+                            "trainwire_processes_p99_ms": (
+                                _median(several)["p99_ms"] if several else None
+                            ),
+                            "ratio_processes": (
+                                _paired_ratio(several, runs[fastest]) if several else None
+                            ),
+                            "rounds": rounds,
+                        }
             finally:
                 for process in bares.values():
                     process.kill()
                     process.wait()
+    column = f"tw x{next(iter(results.values()))['trainwire_processes']}"
     print(
         f"{'case':<14}{'trainwire rps':>14}{'bare threads':>13}{'bare asyncio':>13}"
-        f"{'ratio':>7}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'ratio':>7}{'p50 ms':>9}{'p99 ms':>9}{column + ' rps':>12}{'ratio':>7}"
     )
     for case, row in results.items():
         print(
             f"{case:<14}{row['trainwire_rps']:>14}{row['bare_threads_rps']:>13}"
             f"{row['bare_asyncio_rps']:>13}{row['ratio']:>7}{row['p50_ms']:>9}{row['p99_ms']:>9}"
+            f"{row['trainwire_processes_rps'] or '-':>12}{row['ratio_processes'] or '-':>7}"
         )
     print(
-        f"ratio: Trainwire against the faster bare server of this run, the median of {rounds} "
-        "rounds' ratios (rps and latencies: medians)"
+        f"ratio: Trainwire (one server process, the default) against the faster bare server of "
+        f"this run, the median of {rounds} rounds' ratios (rps and latencies: medians); "
+        f"{column}: a server process per core"
     )
     print(json.dumps({"benchmark": "predict", "cases": results}))
     return 0
