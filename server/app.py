@@ -227,9 +227,10 @@ def rescue_lost_jobs(store: Store) -> None:
         log.warning("cannot rescue jobs: %s", error)
 
 
-def serve(settings: Settings, parent_pid: int | None = None) -> int:
+def serve(settings: Settings, parent_pid: int | None = None, index: int = 0) -> int:
     """Runs the server and its worker processes until SIGTERM or SIGINT (or, for a server
-    process another one started, until `parent_pid` is gone); returns an exit code."""
+    process another one started, the `index`-th, until `parent_pid` is gone); returns an exit
+    code."""
     database = Database(settings.database_url)
     ensure_migrated(database, settings.auto_migrate_sqlite)
     store = Store(database)
@@ -244,7 +245,9 @@ def serve(settings: Settings, parent_pid: int | None = None) -> int:
         log.warning("no API keys exist: the server is open to anyone who can reach it")
     running.start()
     collector = DeploymentCollector(store.queue_depth, store.workers, 2 * settings.lease_s)
-    serve_metrics(settings.metrics_port, settings.metrics_host, collector)
+    serve_metrics(
+        settings.metrics_port and settings.metrics_port + index, settings.metrics_host, collector
+    )
     shown = database.engine.url.render_as_string(hide_password=True)
     scheme = "TLS" if settings.tls_cert else "plaintext"
     # Tests and scripts read this line to learn the port when it was 0.
@@ -257,9 +260,13 @@ def serve(settings: Settings, parent_pid: int | None = None) -> int:
     pool = WorkerPool(replace(settings, metrics_port=worker_metrics), settings.workers)
     pool.start()
     # More server processes on the same port, without workers of their own; only the first
-    # starts them (the others keep the count, which sets their share of the cores).
+    # starts them (the others keep the count, which sets their share of the cores). Each serves
+    # its metrics on a port of its own, after the workers'.
+    sibling_metrics = worker_metrics + settings.workers if settings.metrics_port else 0
     siblings = WorkerPool(
-        replace(settings, port=running.port, workers=0, reuse_port=True, metrics_port=0),
+        replace(
+            settings, port=running.port, workers=0, reuse_port=True, metrics_port=sibling_metrics
+        ),
         settings.server_processes - 1 if parent_pid is None else 0,
         servers=True,
     )

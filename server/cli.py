@@ -27,7 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .logs import configure_logging
 
     configure_logging()
-    return serve(_settings(args), parent_pid=args.parent_pid)
+    return serve(_settings(args), parent_pid=args.parent_pid, index=args.index)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     worker = commands.add_parser("worker", help="run worker processes that train queued jobs")
     worker.add_argument("--concurrency", type=int, default=1, help="worker processes to run")
     worker.add_argument("--queue", action="append", default=[], help="only take jobs of this queue")

@@ -36,10 +36,8 @@ class WorkerPool:
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "trainwire.server.cli"]
-        if self.servers:
-            command += ["serve"]
-        else:
-            command += ["worker", "--index", str(index)]
+        command += ["serve" if self.servers else "worker", "--index", str(index)]
+        if not self.servers:
             for queue in self.queues:
                 command += ["--queue", queue]
         # A child outlives a parent that was killed outright (SIGKILL, OOM) unless it watches for

@@ -215,7 +215,12 @@ def test_several_server_processes_share_one_port(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'trainwire.db'}"
-    env = {"TRAINWIRE_QUEUES": "default", "TRAINWIRE_SERVER_PROCESSES": "2"}
+    metrics_port = free_port()
+    env = {
+        "TRAINWIRE_QUEUES": "default",
+        "TRAINWIRE_SERVER_PROCESSES": "2",
+        "TRAINWIRE_METRICS_PORT": str(metrics_port),
+    }
     with local_server(url, workers=1, extra_env=env) as server:
         port = int(server.target.rsplit(":", 1)[1])
         # Two scans in a row must agree: a child the server is starting holds the listening
@@ -253,5 +258,12 @@ def test_several_server_processes_share_one_port(
                 channel.close()
         assert connected == pids, f"both processes served connections: {connected} of {pids}"
         assert len(answers) == 1, "every process gives the same answer"
+        # Each process counts the calls it answered: the first on the metrics port, the second
+        # on the port after the worker's.
+        answered = [
+            scrape(port).get('trainwire_rpc_seconds_count{code="OK",method="Predict"}', 0.0)
+            for port in (metrics_port, metrics_port + 2)
+        ]
+        assert all(answered) and sum(answered) == len(channels), answered
     assert server.process.returncode == 0, "".join(server.output[-40:])
     assert not _serving_pids(port), "the second server process stopped with the first"
