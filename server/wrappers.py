@@ -29,7 +29,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from .auth import CURRENT_CLIENT, CURRENT_PROJECT, DEFAULT_PROJECT, EXEMPT_PREFIXES, KeyChecker
 from .errors import TrainwireError
 from .logs import REQUEST_ID
-from .metrics import RPC_REQUESTS, RPC_SECONDS
+from .metrics import RPC_SECONDS
 
 log = logging.getLogger("trainwire.server")
 
@@ -130,9 +130,7 @@ class _Call:
                 variable.reset(token)
             except ValueError:
                 pass
-        count, seconds = _rpc_metrics(self.method, self.code)
-        count.inc()
-        seconds.observe(time.perf_counter() - self.started)
+        _rpc_seconds(self.method, self.code).observe(time.perf_counter() - self.started)
 
     # The call's body runs inside `with`/`async with` (or, for a coroutine, `serve_async`'s
     # spelt-out equivalent): a normal end is OK, an error becomes its status (abort raises in
@@ -180,13 +178,10 @@ class _Call:
 
 
 @functools.cache
-def _rpc_metrics(method: str, code: grpc.StatusCode) -> tuple[Any, Any]:
-    """The labelled counter and histogram of a method and status (looked up once)."""
-    name = method.rsplit("/", 1)[-1]
-    return (
-        RPC_REQUESTS.labels(method=name, code=code.name),
-        RPC_SECONDS.labels(method=name, code=code.name),
-    )
+def _rpc_seconds(method: str, code: grpc.StatusCode) -> Any:
+    """The latency histogram of a method and status, which counts its calls too (looked up
+    once)."""
+    return RPC_SECONDS.labels(method=method.rsplit("/", 1)[-1], code=code.name)
 
 
 class WrappingRegistrar:

@@ -148,7 +148,7 @@ def test_compose_topology_survives_losing_a_server_and_a_worker(postgres_server_
             assert all(via_second.get_job(job.name).status().state == "SUCCEEDED" for job in jobs)
 
             server_metrics = scrape(metric_ports[1])
-            created = server_metrics['trainwire_rpc_requests_total{code="OK",method="CreateJob"}']
+            created = server_metrics['trainwire_rpc_seconds_count{code="OK",method="CreateJob"}']
             assert created == 25
             assert server_metrics['trainwire_jobs{queue="default",state="SUCCEEDED"}'] == 50
             deadline = time.monotonic() + 30

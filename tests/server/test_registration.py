@@ -135,7 +135,7 @@ def test_a_handler_that_aborts_itself_keeps_its_status_and_logs_no_error(
 
     method = "/grpc.health.v1.Health/Check"
     wrapped = _registrar(_RecordingServer())._wrap(check, method)
-    sample = ("trainwire_rpc_requests_total", {"method": "Check", "code": "NOT_FOUND"})
+    sample = ("trainwire_rpc_seconds_count", {"method": "Check", "code": "NOT_FOUND"})
     before = REGISTRY.get_sample_value(*sample) or 0.0
     context = AsyncContext()
     with caplog.at_level(logging.ERROR), pytest.raises(grpc.aio.AbortError):
