@@ -49,7 +49,7 @@ from trainwire.client import Client  # noqa: E402
 from trainwire.client.tensors import from_tensor, to_tensor  # noqa: E402
 from trainwire.engine import load_state, save_state  # noqa: E402
 from trainwire.server.db import Database  # noqa: E402
-from trainwire.server.local import local_server  # noqa: E402
+from trainwire.server.local import LocalServer, local_server  # noqa: E402
 from trainwire.server.store import Store  # noqa: E402
 from trainwire.v1 import predictions_pb2, predictions_pb2_grpc  # noqa: E402
 
@@ -175,6 +175,16 @@ def load(target: str, job: str, case: str, count: int) -> dict[str, float]:
     return json.loads(output.strip().splitlines()[-1])
 
 
+def _wait_for_listeners(server: LocalServer, processes: int, timeout_s: float = 60.0) -> None:
+    """Until all `processes` server processes print that they listen (the extra ones start
+    after the first has; they share its output)."""
+    deadline = time.monotonic() + timeout_s
+    while sum(line.startswith("Trainwire listening") for line in server.output) < processes:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{processes} server processes did not all start in {timeout_s} s")
+        time.sleep(0.1)
+
+
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:
     """Each figure's median over the rounds."""
     return {key: float(np.median([run[key] for run in runs])) for key in runs[0]}
@@ -218,7 +228,12 @@ def main() -> int:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{folder}/predict.db"
-        with local_server(url, workers=1) as server, Client(server.target) as client:
+        # Pinned, whatever the shell sets: the default single process, no metrics ports to bind.
+        pinned = {"TRAINWIRE_SERVER_PROCESSES": "1", "TRAINWIRE_METRICS_PORT": "0"}
+        with (
+            local_server(url, workers=1, extra_env=pinned) as server,
+            Client(server.target) as client,
+        ):
             cores = os.cpu_count() or 1
             rng = np.random.default_rng(0)
             x = rng.normal(size=(2048, 784)).astype(np.float32)
@@ -251,9 +266,10 @@ def main() -> int:
                             local_server(
                                 url,
                                 workers=0,
-                                extra_env={"TRAINWIRE_SERVER_PROCESSES": str(cores)},
+                                extra_env={**pinned, "TRAINWIRE_SERVER_PROCESSES": str(cores)},
                             )
                         )
+                        _wait_for_listeners(processes, cores)
                         servers["trainwire-processes"] = processes.target
                     for kind, process in bares.items():
                         assert process.stdout is not None
@@ -271,6 +287,7 @@ def main() -> int:
                         fastest = "bare" if threads["rps"] >= asyncio_["rps"] else "bare-async"
                         ceiling = threads if fastest == "bare" else asyncio_
                         several = runs.get("trainwire-processes")
+                        several_median = _median(several) if several else None
                         results[case] = {
                             "trainwire_rps": ours["rps"],
                             "bare_rps": ceiling["rps"],
@@ -284,9 +301,11 @@ def main() -> int:
                             "bare_asyncio_rps": asyncio_["rps"],
                             "ratio_vs_threads": _paired_ratio(runs["trainwire"], runs["bare"]),
                             "trainwire_processes": cores if several else 1,
-                            "trainwire_processes_rps": _median(several)["rps"] if several else None,
+                            "trainwire_processes_rps": (
+                                several_median["rps"] if several_median else None
+                            ),
                             "trainwire_processes_p99_ms": (
-                                _median(several)["p99_ms"] if several else None
+                                several_median["p99_ms"] if several_median else None
                             ),
                             "ratio_processes": (
                                 _paired_ratio(several, runs[fastest]) if several else None

@@ -81,7 +81,6 @@ class RunningServer:
 
     def start(self) -> None:
         """Binds and starts serving; raises if the address cannot be used."""
-        # The batch-invariance probe (engine.inference) finds no row tile with many threads here.
         set_num_threads(self.settings.blas_threads_per_server())
         self._thread.start()
         self.monitor.check()
@@ -228,9 +227,9 @@ def rescue_lost_jobs(store: Store) -> None:
 
 
 def serve(settings: Settings, parent_pid: int | None = None, index: int = 0) -> int:
-    """Runs the server and its worker processes until SIGTERM or SIGINT (or, for a server
-    process another one started, the `index`-th, until `parent_pid` is gone); returns an exit
-    code."""
+    """Runs the server and its worker processes until SIGTERM or SIGINT (or, for an extra server
+    process another one started, number `index` counted from 0, until `parent_pid` is gone);
+    returns an exit code."""
     database = Database(settings.database_url)
     ensure_migrated(database, settings.auto_migrate_sqlite)
     store = Store(database)
@@ -243,11 +242,15 @@ def serve(settings: Settings, parent_pid: int | None = None, index: int = 0) -> 
                 "to run open on a public address"
             )
         log.warning("no API keys exist: the server is open to anyone who can reach it")
-    running.start()
+    # Metrics first: a port that cannot be bound stops the process before it takes calls. The
+    # deployment's gauges (read from the database) come from the first server process alone.
     collector = DeploymentCollector(store.queue_depth, store.workers, 2 * settings.lease_s)
     serve_metrics(
-        settings.metrics_port and settings.metrics_port + index, settings.metrics_host, collector
+        settings.metrics_port and settings.metrics_port + index,
+        settings.metrics_host,
+        collector if parent_pid is None else None,
     )
+    running.start()
     shown = database.engine.url.render_as_string(hide_password=True)
     scheme = "TLS" if settings.tls_cert else "plaintext"
     # Tests and scripts read this line to learn the port when it was 0.

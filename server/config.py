@@ -43,7 +43,8 @@ class Settings:
     # Without API keys the server only listens on loopback unless this is set.
     allow_open_public: bool = False
     # Prometheus /metrics over HTTP (0: off). Worker processes started by `trainwire serve` or
-    # `trainwire worker --concurrency N` use the following ports, one each.
+    # `trainwire worker --concurrency N` use the following ports, one each, then the extra
+    # server processes.
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     # Worker behaviour.
@@ -96,6 +97,12 @@ class Settings:
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 found.append(f"TRAINWIRE_{name.upper()} must be a port number (0-65535)")
+        last_metrics_port = self.metrics_port + self.workers + self.server_processes - 1
+        if self.metrics_port and last_metrics_port > 65535:
+            found.append(
+                "TRAINWIRE_METRICS_PORT leaves no room for the ports after it: the workers and "
+                f"extra server processes would need up to {last_metrics_port} (at most 65535)"
+            )
         positive = (
             "max_message_bytes", "max_dataset_bytes", "max_parameters", "max_epochs",
             "max_watches_per_client", "grpc_threads", "server_processes", "poll_interval_s",
@@ -147,8 +154,10 @@ class Settings:
 
     def blas_threads_per_server(self) -> int:
         """BLAS threads of each server process's forward passes: its share of the cores, 2 at
-        most (requests run side by side anyway). Server processes that each took 2 threads of 2
-        cores fought over them: 1,000-row predictions at concurrency 4 lost about a quarter."""
+        most (requests run side by side anyway, and the batch-invariance probe of
+        engine.inference finds no row tile with many threads). Server processes that each took 2
+        threads of 2 cores fought over them: 1,000-row predictions at concurrency 4 lost about a
+        quarter."""
         return max(1, min(2, (os.cpu_count() or 1) // max(1, self.server_processes)))
 
 

@@ -276,7 +276,8 @@ class PredictionService:
         converted = features if features.dtype == model.dtype else features.astype(model.dtype)
         # A NaN or an infinity anywhere makes the sum of squares NaN or infinite; a finite one
         # proves every value finite in one BLAS dot product, a third of the instructions of a
-        # sum's reduction (one that overflows is checked value by value).
+        # sum's reduction. One that overflows (float32 values from about 1e19, fewer if many
+        # are large) is checked value by value.
         if not math.isfinite(np.vdot(converted, converted)) and not np.isfinite(converted).all():
             row = int(np.argwhere(~np.isfinite(converted))[0][0])
             if np.isfinite(features[row]).all():

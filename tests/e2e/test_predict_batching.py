@@ -261,8 +261,8 @@ def test_several_server_processes_share_one_port(
         # Each process counts the calls it answered: the first on the metrics port, the second
         # on the port after the worker's.
         answered = [
-            scrape(port).get('trainwire_rpc_seconds_count{code="OK",method="Predict"}', 0.0)
-            for port in (metrics_port, metrics_port + 2)
+            scrape(metrics).get('trainwire_rpc_seconds_count{code="OK",method="Predict"}', 0.0)
+            for metrics in (metrics_port, metrics_port + 2)
         ]
         assert all(answered) and sum(answered) == len(channels), answered
     assert server.process.returncode == 0, "".join(server.output[-40:])

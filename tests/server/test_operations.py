@@ -53,6 +53,13 @@ def test_server_processes_share_the_cores_for_blas(monkeypatch: pytest.MonkeyPat
     assert Settings(server_processes=4).blas_threads_per_server() == 2, "2 at most"
 
 
+def test_metrics_ports_after_the_first_must_exist() -> None:
+    crowded = Settings(metrics_port=65534, workers=1, server_processes=2).problems()
+    assert any("up to 65536" in problem for problem in crowded), crowded
+    assert not Settings(metrics_port=65533, workers=1, server_processes=2).problems()
+    assert not Settings(metrics_port=0, workers=8, server_processes=8).problems()
+
+
 def test_cli_reports_configuration_problems_with_exit_code_2() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "trainwire.server.cli", "serve"],

@@ -13,7 +13,6 @@ from trainwire.server.predictions import PredictionService
 MODEL = Model.from_spec({"input_dim": 4, "layers": [{"type": "dense", "units": 2}]}, seed=0)
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_huge_finite_values_pass_even_when_their_sum_of_squares_overflows() -> None:
     huge = np.full((2, 4), 1e20, np.float32)
     assert not np.isfinite(np.vdot(huge, huge)), "the fast check's sum of squares overflows here"
