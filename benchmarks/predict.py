@@ -197,6 +197,47 @@ def _paired_ratio(ours: list[dict[str, float]], theirs: list[dict[str, float]]) 
     )
 
 
+def _measure(
+    servers: dict[str, str], job: str, counts: dict[str, int], rounds: int
+) -> dict[str, Any]:
+    """Every case against every server, in rounds with the servers in rotating order; per case
+    the figures of `main`'s JSON."""
+    results: dict[str, Any] = {}
+    for case, count in counts.items():
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+        for index in range(rounds):
+            names = list(servers)
+            turn = index % len(names)
+            for name in names[turn:] + names[:turn]:
+                runs[name].append(load(servers[name], job, case, count))
+        ours, threads, asyncio_ = (
+            _median(runs[name]) for name in ("trainwire", "bare", "bare-async")
+        )
+        fastest = "bare" if threads["rps"] >= asyncio_["rps"] else "bare-async"
+        ceiling = threads if fastest == "bare" else asyncio_
+        several = runs.get("trainwire-processes")
+        several_median = _median(several) if several else None
+        results[case] = {
+            "trainwire_rps": ours["rps"],
+            "bare_rps": ceiling["rps"],
+            "ratio": _paired_ratio(runs["trainwire"], runs[fastest]),
+            "ratio_of_medians": round(ours["rps"] / ceiling["rps"], 3),
+            "p50_ms": ours["p50_ms"],
+            "p99_ms": ours["p99_ms"],
+            "bare_p50_ms": ceiling["p50_ms"],
+            "bare_p99_ms": ceiling["p99_ms"],
+            "bare_threads_rps": threads["rps"],
+            "bare_asyncio_rps": asyncio_["rps"],
+            "ratio_vs_threads": _paired_ratio(runs["trainwire"], runs["bare"]),
+            "trainwire_processes": (os.cpu_count() or 1) if several else 1,
+            "trainwire_processes_rps": several_median["rps"] if several_median else None,
+            "trainwire_processes_p99_ms": several_median["p99_ms"] if several_median else None,
+            "ratio_processes": _paired_ratio(several, runs[fastest]) if several else None,
+            "rounds": rounds,
+        }
+    return results
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 
@@ -225,7 +266,6 @@ def main() -> int:
     if args.quick:
         counts = {case: count // 10 for case, count in counts.items()}
         rounds = 1
-    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{folder}/predict.db"
         # Pinned, whatever the shell sets: the default single process, no metrics ports to bind.
@@ -274,44 +314,7 @@ def main() -> int:
                     for kind, process in bares.items():
                         assert process.stdout is not None
                         servers[kind] = f"127.0.0.1:{process.stdout.readline().strip()}"
-                    for case, count in counts.items():
-                        runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
-                        for index in range(rounds):
-                            names = list(servers)
-                            turn = index % len(names)
-                            for name in names[turn:] + names[:turn]:
-                                runs[name].append(load(servers[name], job.name, case, count))
-                        ours, threads, asyncio_ = (
-                            _median(runs[name]) for name in ("trainwire", "bare", "bare-async")
-                        )
-                        fastest = "bare" if threads["rps"] >= asyncio_["rps"] else "bare-async"
-                        ceiling = threads if fastest == "bare" else asyncio_
-                        several = runs.get("trainwire-processes")
-                        several_median = _median(several) if several else None
-                        results[case] = {
-                            "trainwire_rps": ours["rps"],
-                            "bare_rps": ceiling["rps"],
-                            "ratio": _paired_ratio(runs["trainwire"], runs[fastest]),
-                            "ratio_of_medians": round(ours["rps"] / ceiling["rps"], 3),
-                            "p50_ms": ours["p50_ms"],
-                            "p99_ms": ours["p99_ms"],
-                            "bare_p50_ms": ceiling["p50_ms"],
-                            "bare_p99_ms": ceiling["p99_ms"],
-                            "bare_threads_rps": threads["rps"],
-                            "bare_asyncio_rps": asyncio_["rps"],
-                            "ratio_vs_threads": _paired_ratio(runs["trainwire"], runs["bare"]),
-                            "trainwire_processes": cores if several else 1,
-                            "trainwire_processes_rps": (
-                                several_median["rps"] if several_median else None
-                            ),
-                            "trainwire_processes_p99_ms": (
-                                several_median["p99_ms"] if several_median else None
-                            ),
-                            "ratio_processes": (
-                                _paired_ratio(several, runs[fastest]) if several else None
-                            ),
-                            "rounds": rounds,
-                        }
+                    results = _measure(servers, job.name, counts, rounds)
             finally:
                 for process in bares.values():
                     process.kill()

@@ -150,7 +150,7 @@ class Settings:
     def blas_threads_per_worker(self) -> int:
         if self.blas_threads > 0:
             return self.blas_threads
-        return max(1, (os.cpu_count() or 1) // max(1, self.workers))
+        return _share_of_cores(self.workers)
 
     def blas_threads_per_server(self) -> int:
         """BLAS threads of each server process's forward passes: its share of the cores, 2 at
@@ -158,7 +158,12 @@ class Settings:
         engine.inference finds no row tile with many threads). Server processes that each took 2
         threads of 2 cores fought over them: 1,000-row predictions at concurrency 4 lost about a
         quarter."""
-        return max(1, min(2, (os.cpu_count() or 1) // max(1, self.server_processes)))
+        return min(2, _share_of_cores(self.server_processes))
+
+
+def _share_of_cores(processes: int) -> int:
+    """The cores each of `processes` processes gets, 1 at least."""
+    return max(1, (os.cpu_count() or 1) // max(1, processes))
 
 
 _ENV_FIELDS: dict[str, type] = {
