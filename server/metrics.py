@@ -8,31 +8,137 @@ examples per second, the last heartbeat.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+import math
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import REGISTRY, GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client.core import REGISTRY, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 log = logging.getLogger("trainwire.metrics")
 
+# A buffered series counts its buckets once this many observations wait (and when scraped).
+BUFFER_LIMIT = 4096
+
+
+class BufferedSeries:
+    """One series of a `BufferedHistogram`: `observe` appends to a buffer, and the buffer is
+    counted into the buckets in bulk, with NumPy, when it fills or Prometheus scrapes."""
+
+    def __init__(self, bounds: np.ndarray) -> None:
+        self._bounds = bounds  # upper bounds, +Inf last
+        # Appending to a deque is atomic under the GIL: observers take no lock. Only `drain`
+        # pops, under the lock, as many values as it saw when it started.
+        self._pending: deque[float] = deque()
+        self._lock = threading.Lock()
+        self._counts = np.zeros(len(bounds), dtype=np.int64)  # per bucket, not cumulative
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        pending = self._pending
+        pending.append(value)
+        if len(pending) >= BUFFER_LIMIT:
+            self.drain()
+
+    def drain(self) -> None:
+        with self._lock:
+            pending = self._pending
+            values = np.array([pending.popleft() for _ in range(len(pending))], dtype=np.float64)
+            # Bucket i holds bounds[i - 1] < value <= bounds[i], as Prometheus's `le` says.
+            buckets = np.searchsorted(self._bounds, values, side="left")
+            self._counts += np.bincount(buckets, minlength=len(self._bounds))[: len(self._bounds)]
+            self._sum += float(values.sum())
+
+    def snapshot(self) -> tuple[np.ndarray, float]:
+        """Cumulative bucket counts (the last is the count of observations) and their sum."""
+        self.drain()
+        with self._lock:
+            return np.cumsum(self._counts), self._sum
+
+
+class BufferedHistogram(Collector):
+    """A Prometheus histogram for the prediction path, which observes thousands of times a
+    second: the same exposition as prometheus_client's `Histogram`, a fraction of its cost.
+
+    prometheus_client's `observe` takes two locks and walks the buckets in Python on every call
+    (580 ns in a loop here); here it is a deque append (90 ns), and NumPy counts the buckets in
+    bulk (`BufferedSeries`). Values waiting in a buffer (up to BUFFER_LIMIT) are counted before
+    any scrape reads them. The three histograms a one-row Predict observes cost the server about
+    5% of its requests/s at concurrency 16 before (interleaved A/B runs, 8 rounds: 0.893 of the
+    bare server's rate against 0.848).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
+        buckets: Sequence[float],
+        registry: CollectorRegistry | None = REGISTRY,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._bounds = np.array([*buckets, math.inf], dtype=np.float64)
+        self._series: dict[tuple[str, ...], BufferedSeries] = {}
+        self._lock = threading.Lock()
+        self._unlabelled = None if self.labelnames else self.labels()
+        if registry is not None:
+            registry.register(self)
+
+    def observe(self, value: float) -> None:
+        """Observes `value` in a histogram without labels."""
+        if self._unlabelled is None:
+            raise ValueError(f"{self.name} has labels {self.labelnames}: use .labels(...)")
+        self._unlabelled.observe(value)
+
+    def labels(self, **labels: str) -> BufferedSeries:
+        """The series of these label values (look it up once and keep it on a hot path)."""
+        if set(labels) != set(self.labelnames):
+            raise ValueError(f"{self.name} takes the labels {self.labelnames}: {sorted(labels)}")
+        key = tuple(str(labels[name]) for name in self.labelnames)
+        with self._lock:
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = BufferedSeries(self._bounds)
+            return series
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        bounds = [floatToGoString(bound) for bound in self._bounds]
+        with self._lock:
+            series = list(self._series.items())
+        for key, one in series:
+            cumulative, total = one.snapshot()
+            family.add_metric(list(key), list(zip(bounds, cumulative.tolist(), strict=True)), total)
+        yield family
+
+
 # Its `_count` is the number of RPCs answered by method and code (a counter beside it would cost
 # every call another locked update: about 2% of a one-row Predict's instructions).
-RPC_SECONDS = Histogram(
+RPC_SECONDS = BufferedHistogram(
     "trainwire_rpc_seconds",
     "Time to answer an RPC, by method and status code",
     ["method", "code"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
 )
 MODEL_CACHE = Counter("trainwire_model_cache", "Model cache lookups, by result", ["result"])
-PREDICTION_ROWS = Histogram(
+PREDICTION_ROWS = BufferedHistogram(
     "trainwire_prediction_rows",
     "Rows per prediction request",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384),
 )
-PREDICTION_BATCH_REQUESTS = Histogram(
+PREDICTION_BATCH_REQUESTS = BufferedHistogram(
     "trainwire_prediction_batch_requests",
     "Requests answered by one forward pass (micro-batching)",
     buckets=(1, 2, 4, 8, 16, 32, 64),
