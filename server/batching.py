@@ -72,24 +72,23 @@ def outputs_only(outputs: np.ndarray) -> tuple[np.ndarray, ...]:
 _holding: dict[int, int] = {}
 
 
-def _others_due() -> bool | None:
-    """Whether callbacks other than holding leaders' wake-ups are due on the running loop; None
-    when the loop does not tell.
+def _others_due(loop: asyncio.AbstractEventLoop) -> bool | None:
+    """Whether callbacks other than holding leaders' wake-ups are due on the running `loop`;
+    None when the loop does not tell.
 
     Read from the loop's ready queue, which CPython's asyncio keeps in `_ready`. On a loop without
     one, requests always go through a leader, which takes its pass at once.
     """
-    loop = asyncio.get_running_loop()
     ready = getattr(loop, "_ready", None)
     return None if ready is None else len(ready) > _holding.get(id(loop), 0)
 
 
-def _alone_on_loop() -> bool:
-    """Whether nothing else is due on the running loop. Then a small request on an idle model runs
-    its pass itself, at once: a leader started now would have company only if a call arrived in
-    the next turn of the loop, and the task and two trips round the loop cost more than that
+def _alone_on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether nothing else is due on the running `loop`. Then a small request on an idle model
+    runs its pass itself, at once: a leader started now would have company only if a call arrived
+    in the next turn of the loop, and the task and two trips round the loop cost more than that
     chance is worth at low load."""
-    return _others_due() is False
+    return _others_due(loop) is False
 
 
 def _deadline_passed(waited: bool) -> DeadlineExceeded:
@@ -142,6 +141,7 @@ class ModelBatcher:
         self._queued_rows = 0
         self._half_deadline = math.inf
         self._leader: asyncio.Task[None] | None = None  # forms or runs the current pass
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop `predict` runs on
         # A pass running in the thread pool, until it ends: it goes on if its leader is
         # cancelled, and no other pass may use the model meanwhile.
         self._pool_pass: asyncio.Future[tuple[np.ndarray, ...]] | None = None
@@ -155,21 +155,28 @@ class ModelBatcher:
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             raise _deadline_passed(waited=False)
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            # Looked up once per loop: on Python 3.11 every asyncio.get_running_loop() makes a
+            # getpid() system call (a fork check). Looked up here and on every turn of a
+            # holding leader, they were 8.4 system calls a request at concurrency 16 (strace;
+            # grpc's own 2.0 remain) and cost 4-7% of the requests/s (interleaved A/B runs).
+            loop = self._loop = asyncio.get_running_loop()
         if (
             self._leader is None
             and self._pool_pass is None
             and not self._queue
             and len(features) < OFF_LOOP_ROWS
-            and _alone_on_loop()
+            and _alone_on_loop(loop)
         ):
             try:
                 return self._compute([features])
             finally:
                 self._passed(1)
-        ticket = _Ticket(features, deadline, asyncio.get_running_loop().create_future())
+        ticket = _Ticket(features, deadline, loop.create_future())
         self._enqueue(ticket)
         if self._leader is None:
-            self._start_leader(under_load=False)
+            self._start_leader(loop, under_load=False)
         try:
             return await ticket.done
         except asyncio.CancelledError:
@@ -183,54 +190,54 @@ class ModelBatcher:
         self._queued_rows += len(ticket.features)
         self._half_deadline = min(self._half_deadline, ticket.half_waited())
 
-    def _start_leader(self, under_load: bool) -> None:
+    def _start_leader(self, loop: asyncio.AbstractEventLoop, under_load: bool) -> None:
         # A task of its own, not the request's: a cancelled caller must not stop a pass that
         # others wait for. It runs after the handlers already due on the loop, so requests
         # received meanwhile join its pass.
-        self._leader = asyncio.get_running_loop().create_task(self._lead(under_load))
+        self._leader = loop.create_task(self._lead(loop, under_load))
 
-    async def _lead(self, under_load: bool) -> None:
+    async def _lead(self, loop: asyncio.AbstractEventLoop, under_load: bool) -> None:
         """Forms and runs one pass, then starts the next leader for what queued meanwhile."""
         cancelled = False
         try:
-            await self._let_due_work_run()
+            await self._let_due_work_run(loop)
             if under_load and self.max_wait_s > 0:
                 await self._wait_for_rows()
             batch = self._take()
             if batch:
-                await self._run(batch)
+                await self._run(loop, batch)
         except asyncio.CancelledError:  # the server is stopping
             cancelled = True
             raise
         finally:
             self._leader = None
             if self._queue and not cancelled:
-                self._start_leader(under_load=True)
+                self._start_leader(loop, under_load=True)
 
     def _wait_until(self, patience_s: float) -> float:
         """When the forming batch stops waiting for rows: `patience_s` after the oldest request
         arrived, and before any request has spent half the time its deadline gave it."""
         return min(self._queue[0].arrived + patience_s, self._half_deadline)
 
-    async def _let_due_work_run(self) -> None:
+    async def _let_due_work_run(self, loop: asyncio.AbstractEventLoop) -> None:
         """Yields to the loop while other work is due on it (handlers that may queue requests),
         until the batch is full or `BUSY_LOOP_HOLD_S` is up."""
-        loop = id(asyncio.get_running_loop())
+        key = id(loop)
         # Read on every look: a request that arrives meanwhile may bring a closer deadline.
         while (
             self._queue
-            and _others_due()
+            and _others_due(loop)
             and self._queued_rows < self.max_rows
             and time.monotonic() < self._wait_until(BUSY_LOOP_HOLD_S)
         ):
-            _holding[loop] = _holding.get(loop, 0) + 1  # its wake-up is queued until it runs
+            _holding[key] = _holding.get(key, 0) + 1  # its wake-up is queued until it runs
             try:
                 await asyncio.sleep(0)
             finally:
-                if _holding[loop] == 1:
-                    del _holding[loop]
+                if _holding[key] == 1:
+                    del _holding[key]
                 else:
-                    _holding[loop] -= 1
+                    _holding[key] -= 1
 
     async def _wait_for_rows(self) -> None:
         while self._queue and self._queued_rows < self.max_rows:
@@ -263,7 +270,7 @@ class ModelBatcher:
         self._half_deadline = min((t.half_waited() for t in self._queue), default=math.inf)
         return batch
 
-    async def _run(self, batch: list[_Ticket]) -> None:
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Ticket]) -> None:
         inputs = [t.features for t in batch]
         if self._pool_pass is not None:  # left running by a cancelled leader
             await asyncio.wait([self._pool_pass])
@@ -271,9 +278,7 @@ class ModelBatcher:
             if self.executor is not None and sum(len(x) for x in inputs) >= OFF_LOOP_ROWS:
                 # Shielded: if the leader is cancelled (the server stops) the pass still ends,
                 # and `_pool_pass` keeps other passes off the model until it has.
-                pool_pass = asyncio.get_running_loop().run_in_executor(
-                    self.executor, self._compute, inputs
-                )
+                pool_pass = loop.run_in_executor(self.executor, self._compute, inputs)
                 self._pool_pass = pool_pass
                 pool_pass.add_done_callback(self._pool_pass_ended)
                 results = await asyncio.shield(pool_pass)

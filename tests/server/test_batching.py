@@ -78,9 +78,9 @@ def _counted_leaders(batcher: ModelBatcher, monkeypatch: pytest.MonkeyPatch) -> 
     leaders: list[bool] = []
     start_leader = batcher._start_leader
 
-    def counted(under_load: bool) -> None:
+    def counted(loop: asyncio.AbstractEventLoop, under_load: bool) -> None:
         leaders.append(under_load)
-        start_leader(under_load)
+        start_leader(loop, under_load)
 
     monkeypatch.setattr(batcher, "_start_leader", counted)
     return leaders
@@ -288,7 +288,7 @@ def test_a_request_that_joins_a_held_pass_with_a_closer_deadline_shortens_the_ho
 def test_on_a_loop_that_does_not_tell_what_is_due_every_request_takes_a_leader_at_once(
     passes: list[list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(batching, "_others_due", lambda: None)
+    monkeypatch.setattr(batching, "_others_due", lambda loop: None)
     monkeypatch.setattr(batching, "BUSY_LOOP_HOLD_S", 60.0)
     batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=0.0)
     leaders = _counted_leaders(batcher, monkeypatch)
