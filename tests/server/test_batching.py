@@ -219,6 +219,28 @@ def test_a_leader_lets_work_due_on_the_loop_run_first_so_arriving_calls_join_its
         assert np.array_equal(out, predict_many(batcher.model, [x], batcher.tiles)[0])
 
 
+def test_the_batcher_looks_its_loop_up_once_per_loop(
+    passes: list[list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Python 3.11 each asyncio.get_running_loop() is a getpid() system call: neither each
+    request nor each turn of a holding leader may make one."""
+    lookups = []
+    get_running_loop = asyncio.get_running_loop
+
+    def counted() -> asyncio.AbstractEventLoop:
+        lookups.append(1)
+        return get_running_loop()
+
+    monkeypatch.setattr(batching.asyncio, "get_running_loop", counted)
+    monkeypatch.setattr(batching, "BUSY_LOOP_HOLD_S", 60.0)
+    batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=0.0)
+    inputs = [_rows(1, seed) for seed in range(6)]
+    for _ in range(2):  # a new loop: looked up again, once
+        asyncio.run(_arriving_one_per_loop_turn(batcher, inputs))
+    assert passes == [[1] * 6, [1] * 6]
+    assert len(lookups) == 2
+
+
 def test_leaders_of_two_models_do_not_hold_each_other(
     passes: list[list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
