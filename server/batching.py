@@ -116,7 +116,8 @@ class _Ticket:
 
 
 class ModelBatcher:
-    """A loaded model and its batch queue; `predict` is called on the server's event loop."""
+    """A loaded model and its batch queue; `predict` is called on the server's event loop (one
+    loop at a time: the batcher keeps the loop it runs on until that loop stops)."""
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ class BufferedSeries:
 
     def __init__(self, bounds: np.ndarray) -> None:
         self._bounds = bounds  # upper bounds, +Inf last
-        # Appending to a deque is atomic under the GIL: observers take no lock. Only `drain`
+        # Appending to a deque is atomic under the GIL: observers take no lock. Only `_count`
         # pops, under the lock, as many values as it saw when it started.
         self._pending: deque[float] = deque()
         self._lock = threading.Lock()
@@ -41,25 +42,28 @@ class BufferedSeries:
         self._sum = 0.0
 
     def observe(self, value: float) -> None:
+        """Records `value` (a number: anything else raises here, not at the next count)."""
         pending = self._pending
-        pending.append(value)
+        pending.append(float(value))
         if len(pending) >= BUFFER_LIMIT:
-            self.drain()
-
-    def drain(self) -> None:
-        with self._lock:
-            pending = self._pending
-            values = np.array([pending.popleft() for _ in range(len(pending))], dtype=np.float64)
-            # Bucket i holds bounds[i - 1] < value <= bounds[i], as Prometheus's `le` says.
-            buckets = np.searchsorted(self._bounds, values, side="left")
-            self._counts += np.bincount(buckets, minlength=len(self._bounds))[: len(self._bounds)]
-            self._sum += float(values.sum())
+            with self._lock:
+                self._count()
 
     def snapshot(self) -> tuple[np.ndarray, float]:
         """Cumulative bucket counts (the last is the count of observations) and their sum."""
-        self.drain()
         with self._lock:
+            self._count()
             return np.cumsum(self._counts), self._sum
+
+    def _count(self) -> None:
+        """Moves the waiting values into the buckets; the caller holds the lock."""
+        pending = self._pending
+        values = np.array([pending.popleft() for _ in range(len(pending))], dtype=np.float64)
+        # Bucket i holds bounds[i - 1] < value <= bounds[i], as Prometheus's `le` says (a NaN
+        # lands in none, and makes the sum NaN, as with prometheus_client).
+        buckets = np.searchsorted(self._bounds, values, side="left")
+        self._counts += np.bincount(buckets, minlength=len(self._bounds))[: len(self._bounds)]
+        self._sum += float(values.sum())
 
 
 class BufferedHistogram(Collector):
@@ -83,10 +87,17 @@ class BufferedHistogram(Collector):
         buckets: Sequence[float],
         registry: CollectorRegistry | None = REGISTRY,
     ) -> None:
+        bounds = [float(bound) for bound in buckets]
+        if any(low >= high for low, high in pairwise(bounds)):
+            raise ValueError(f"{name}: buckets must be in increasing order. Received: {buckets}")
+        if "le" in labelnames:
+            raise ValueError(f"{name}: 'le' is reserved for the buckets of a histogram")
+        if not bounds or bounds[-1] != math.inf:
+            bounds.append(math.inf)
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
-        self._bounds = np.array([*buckets, math.inf], dtype=np.float64)
+        self._bounds = np.array(bounds, dtype=np.float64)
         self._series: dict[tuple[str, ...], BufferedSeries] = {}
         self._lock = threading.Lock()
         self._unlabelled = None if self.labelnames else self.labels()
@@ -111,10 +122,12 @@ class BufferedHistogram(Collector):
             return series
 
     def describe(self) -> list[HistogramMetricFamily]:
-        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+        """What the registry checks names against when the histogram is registered."""
+        return [self._family()]
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        """Every series, its waiting values counted first (Prometheus scrapes call it)."""
+        family = self._family()
         bounds = [floatToGoString(bound) for bound in self._bounds]
         with self._lock:
             series = list(self._series.items())
@@ -122,6 +135,9 @@ class BufferedHistogram(Collector):
             cumulative, total = one.snapshot()
             family.add_metric(list(key), list(zip(bounds, cumulative.tolist(), strict=True)), total)
         yield family
+
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
 
 # Its `_count` is the number of RPCs answered by method and code (a counter beside it would cost

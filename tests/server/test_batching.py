@@ -224,14 +224,14 @@ def test_the_batcher_looks_its_loop_up_once_per_loop(
 ) -> None:
     """On Python 3.11 each asyncio.get_running_loop() is a getpid() system call: neither each
     request nor each turn of a holding leader may make one."""
-    lookups = []
+    lookups: list[int] = []
     get_running_loop = asyncio.get_running_loop
 
     def counted() -> asyncio.AbstractEventLoop:
         lookups.append(1)
         return get_running_loop()
 
-    monkeypatch.setattr(batching.asyncio, "get_running_loop", counted)
+    monkeypatch.setattr(asyncio, "get_running_loop", counted)
     monkeypatch.setattr(batching, "BUSY_LOOP_HOLD_S", 60.0)
     batcher = ModelBatcher(Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=0.0)
     inputs = [_rows(1, seed) for seed in range(6)]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import threading
+from collections import deque
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from trainwire.server import metrics
-from trainwire.server.metrics import BufferedHistogram
+from trainwire.server.metrics import BufferedHistogram, BufferedSeries
 
 
 def _exposition(registry: CollectorRegistry) -> list[str]:
@@ -19,37 +22,91 @@ def _exposition(registry: CollectorRegistry) -> list[str]:
     return [line for line in text.splitlines() if "_created" not in line and "_sum" not in line]
 
 
-def test_buckets_counts_and_sums_match_prometheus_client() -> None:
+def _sum(registry: CollectorRegistry, name: str, labels: dict[str, str]) -> float | None:
+    return registry.get_sample_value(f"{name}_sum", labels)
+
+
+@pytest.mark.parametrize(
+    ("labelnames", "buckets", "values"),
+    [
+        # Latencies: on the bounds, between them, beyond the last, below zero.
+        (["method", "code"], (0.001, 0.01, 0.1, 1.0), [0.0, 0.001, 0.01, 0.1, 1.0, 0.5, 2.0, -1]),
+        # Rows and batch sizes: integer buckets, no labels, infinities.
+        ([], (1, 2, 4, 16384), [1, 1, 2, 3, 4, 5, 16384, 16385, math.inf, 0]),
+    ],
+)
+def test_buckets_counts_and_sums_match_prometheus_client(
+    labelnames: list[str], buckets: Sequence[float], values: list[float]
+) -> None:
     ours, theirs = CollectorRegistry(), CollectorRegistry()
-    buckets = (0.001, 0.01, 0.1, 1.0)
-    labels = ["method", "code"]
-    buffered = BufferedHistogram("x_seconds", "doc", labels, buckets=buckets, registry=ours)
-    reference = Histogram("x_seconds", "doc", labels, buckets=buckets, registry=theirs)
-    # On the bounds, between them and beyond the last.
-    values = [0.0, 0.001, 0.01, 0.1, 1.0, 0.125, 0.5, 2.0, 1000.0, -0.25]
-    for code in ("OK", "NOT_FOUND"):
+    buffered = BufferedHistogram("x", "doc", labelnames, buckets=buckets, registry=ours)
+    reference = Histogram("x", "doc", labelnames, buckets=buckets, registry=theirs)
+    label_sets = [{"method": "Predict", "code": c} for c in ("OK", "NOT_FOUND")]
+    for labels in label_sets if labelnames else [{}]:
         for value in values * 3:
-            buffered.labels(method="Predict", code=code).observe(value)
-            reference.labels(method="Predict", code=code).observe(value)
+            (buffered.labels(**labels) if labels else buffered).observe(value)
+            (reference.labels(**labels) if labels else reference).observe(value)
+        assert _sum(ours, "x", labels) == pytest.approx(_sum(theirs, "x", labels))
     assert _exposition(ours) == _exposition(theirs)
-    assert len(_exposition(ours)) == 2 + 2 * 6  # help, type; 5 buckets and a count per code
-    for code in ("OK", "NOT_FOUND"):
-        series = ("x_seconds_sum", {"method": "Predict", "code": code})
-        assert ours.get_sample_value(*series) == pytest.approx(theirs.get_sample_value(*series))
+    series = 2 if labelnames else 1
+    assert len(_exposition(ours)) == 2 + series * (len(buckets) + 2)  # help, type; +Inf, count
 
 
-def test_a_full_buffer_is_counted_and_nothing_is_lost() -> None:
+def test_a_nan_is_in_no_bucket_and_makes_the_sum_nan_as_with_prometheus_client() -> None:
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    buffered = BufferedHistogram("n", "doc", buckets=(1.0,), registry=ours)
+    reference = Histogram("n", "doc", buckets=(1.0,), registry=theirs)
+    for histogram in (buffered, reference):
+        histogram.observe(0.5)
+        histogram.observe(math.nan)
+    assert _exposition(ours) == _exposition(theirs)
+    assert math.isnan(_sum(ours, "n", {}) or 0.0)
+
+
+def test_a_full_buffer_is_counted_at_once_and_nothing_is_lost() -> None:
     registry = CollectorRegistry()
     rows = BufferedHistogram("rows", "doc", buckets=(1, 4), registry=registry)
     for _ in range(metrics.BUFFER_LIMIT + 10):
         rows.observe(2)
+    # Memory stays bounded without a scrape: the first BUFFER_LIMIT were counted already.
+    series = rows.labels()
+    assert len(series._pending) == 10
+    assert series._counts.sum() == metrics.BUFFER_LIMIT
     assert registry.get_sample_value("rows_bucket", {"le": "1.0"}) == 0
     assert registry.get_sample_value("rows_bucket", {"le": "4.0"}) == metrics.BUFFER_LIMIT + 10
     assert registry.get_sample_value("rows_count") == metrics.BUFFER_LIMIT + 10
     assert registry.get_sample_value("rows_sum") == 2 * (metrics.BUFFER_LIMIT + 10)
 
 
-def test_threads_observing_while_scrapes_drain_lose_no_observation() -> None:
+class _ObservedWhileCounted(deque[float]):
+    """A buffer into which another thread's observation lands while the values are counted."""
+
+    series: BufferedSeries
+    landed = False
+
+    def popleft(self) -> float:
+        value = super().popleft()
+        if not self.landed:
+            self.landed = True
+            self.series.observe(7.0)
+        return value
+
+
+def test_an_observation_made_while_the_buffer_is_counted_is_kept_for_the_next_count() -> None:
+    registry = CollectorRegistry()
+    histogram = BufferedHistogram("t", "doc", buckets=(5.0,), registry=registry)
+    series = histogram.labels()
+    racing = _ObservedWhileCounted([1.0, 2.0])
+    racing.series = series
+    series._pending = racing
+    assert registry.get_sample_value("t_count") == 2  # the two that waited when it started
+    assert registry.get_sample_value("t_count") == 3  # the one that landed meanwhile
+    assert registry.get_sample_value("t_bucket", {"le": "5.0"}) == 2
+    assert registry.get_sample_value("t_sum") == 10.0
+
+
+def test_threads_observing_while_scrapes_count_lose_no_observation() -> None:
+    """A smoke test of the real thing: observers and a scraper in threads of their own."""
     registry = CollectorRegistry()
     latency = BufferedHistogram("t_seconds", "doc", buckets=(0.5,), registry=registry)
     per_thread = 3 * metrics.BUFFER_LIMIT
@@ -79,11 +136,18 @@ def test_threads_observing_while_scrapes_drain_lose_no_observation() -> None:
     assert registry.get_sample_value("t_seconds_sum") == pytest.approx(4 * sum(values))
 
 
-def test_labels_must_be_the_declared_ones() -> None:
+def test_labels_buckets_and_values_are_checked_where_they_are_given() -> None:
     histogram = BufferedHistogram(
-        "y_seconds", "doc", ["method"], buckets=(1.0,), registry=CollectorRegistry()
+        "y_seconds", "doc", ["method"], buckets=(1.0, math.inf), registry=CollectorRegistry()
     )
+    assert histogram._bounds.tolist() == [1.0, math.inf]  # +Inf given is not added twice
     with pytest.raises(ValueError, match="takes the labels"):
         histogram.labels(code="OK")
     with pytest.raises(ValueError, match="has labels"):
         histogram.observe(1.0)
+    with pytest.raises(ValueError, match="could not convert"):
+        histogram.labels(method="Predict").observe("slow")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="increasing order"):
+        BufferedHistogram("z", "doc", buckets=(2.0, 1.0), registry=None)
+    with pytest.raises(ValueError, match="reserved"):
+        BufferedHistogram("z", "doc", ["le"], buckets=(1.0,), registry=None)
