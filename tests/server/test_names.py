@@ -1,0 +1,41 @@
+"""Resource names: the id of a well-formed name, INVALID_ARGUMENT naming the field otherwise."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainwire.server.errors import InvalidArgument
+from trainwire.server.names import parse_name
+
+ID = "0123456789abcdef0123456789abcdef"
+
+
+def test_a_well_formed_name_gives_its_id_every_time() -> None:
+    assert parse_name(f"jobs/{ID}", "jobs", "job") == ID
+    assert parse_name(f"jobs/{ID}", "jobs", "job") == ID  # remembered, same answer
+    assert parse_name(f"datasets/{ID}", "datasets", "name") == ID
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        f"datasets/{ID}",  # another collection
+        f"jobs/{ID}\n",  # a trailing newline is not part of a name
+        f"jobs/{ID.upper()}",
+        f"jobs/{ID[:-1]}",
+        f"jobs/{ID}0",
+        f"/jobs/{ID}",
+        "jobs/",
+    ],
+)
+def test_a_malformed_name_is_refused_naming_the_field(name: str) -> None:
+    for _ in range(2):  # a refusal is not remembered as an answer
+        with pytest.raises(InvalidArgument) as refused:
+            parse_name(name, "jobs", "job")
+        assert refused.value.violations[0].field == "job"
+        assert "32 hex digits" in refused.value.message
+
+
+def test_an_empty_name_is_called_required() -> None:
+    with pytest.raises(InvalidArgument, match="required"):
+        parse_name("", "jobs", "job")
