@@ -15,7 +15,9 @@ order within a round, and the figures are medians over the rounds: a shared mach
 10-20% from one run to the next (on a virtual machine with CPU steal, by up to 2x). A ratio is
 the median of the rounds' own ratios against the faster bare server (the one with the higher
 median): the servers of a round run back to back, so each round's ratio compares them under the
-same conditions.
+same conditions. Beside the ratio, each server's CPU time per request (all its threads, and its
+extra server processes; read from Linux's /proc, "-" elsewhere): steadier than requests/s on a
+shared machine, and what decides the ratio when client and servers share the cores.
 Loopback only, bounded request counts. Run: .venv/bin/python benchmarks/predict.py [--quick]
 [--rounds N]; the last line is JSON.
 """
@@ -158,6 +160,7 @@ async def drive(target: str, job: str, rows: int, concurrency: int, count: int) 
             await channel.close(None)
     ordered = np.sort(np.array(latencies)) * 1000
     return {
+        "requests": len(latencies) + 5 * len(stubs),  # the warm-up's too
         "rps": round(len(latencies) / elapsed, 1),
         "p50_ms": round(float(np.percentile(ordered, 50)), 3),
         "p99_ms": round(float(np.percentile(ordered, 99)), 3),
@@ -185,6 +188,55 @@ def _wait_for_listeners(server: LocalServer, processes: int, timeout_s: float = 
         time.sleep(0.1)
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (which may hold spaces): state,
+    parent pid, ... (`proc(5)`'s field n is at index n - 3)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _server_pids(pid: int) -> list[int] | None:
+    """`pid` and the extra server processes it started (its workers left out); None without
+    Linux's /proc."""
+    if not Path(f"/proc/{pid}/stat").exists():
+        return None
+    found = [pid]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int(_stat_fields(int(entry.name))[1]) != pid:
+                continue
+            if b"serve" in (entry / "cmdline").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+    return found
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time the processes have used, all their threads (utime and stime)."""
+    ticks = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_us_per_request(
+    target: str, pids: list[int] | None, job: str, case: str, count: int
+) -> dict[str, float]:
+    """One load run, with the server's CPU time per request when its processes are known."""
+    before = _cpu_seconds(pids) if pids else 0.0
+    run = load(target, job, case, count)
+    if pids:
+        run["cpu_us"] = round((_cpu_seconds(pids) - before) / run["requests"] * 1e6, 1)
+    return run
+
+
+def _microseconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:
     """Each figure's median over the rounds."""
     return {key: float(np.median([run[key] for run in runs])) for key in runs[0]}
@@ -198,18 +250,25 @@ def _paired_ratio(ours: list[dict[str, float]], theirs: list[dict[str, float]]) 
 
 
 def _measure(
-    servers: dict[str, str], job: str, counts: dict[str, int], rounds: int
+    servers: dict[str, tuple[str, list[int] | None]],
+    job: str,
+    counts: dict[str, int],
+    rounds: int,
 ) -> dict[str, Any]:
-    """Every case against every server, in rounds with the servers in rotating order; per case
-    the figures of `main`'s JSON."""
+    """Every case against every server (its target and processes), in rounds with the servers
+    in rotating order; per case the figures of `main`'s JSON."""
     results: dict[str, Any] = {}
+    # Untimed: every server loads the model (each server process that a connection reaches), so
+    # the loading's CPU time is in no round.
+    for target, _ in servers.values():
+        load(target, job, "one_row_c16", 200)
     for case, count in counts.items():
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         for index in range(rounds):
             names = list(servers)
             turn = index % len(names)
             for name in names[turn:] + names[:turn]:
-                runs[name].append(load(servers[name], job, case, count))
+                runs[name].append(_cpu_us_per_request(*servers[name], job, case, count))
         ours, threads, asyncio_ = (
             _median(runs[name]) for name in ("trainwire", "bare", "bare-async")
         )
@@ -233,6 +292,9 @@ def _measure(
             "trainwire_processes_rps": several_median["rps"] if several_median else None,
             "trainwire_processes_p99_ms": several_median["p99_ms"] if several_median else None,
             "ratio_processes": _paired_ratio(several, runs[fastest]) if several else None,
+            "trainwire_cpu_us": ours.get("cpu_us"),
+            "bare_cpu_us": ceiling.get("cpu_us"),
+            "trainwire_processes_cpu_us": several_median.get("cpu_us") if several_median else None,
             "rounds": rounds,
         }
     return results
@@ -300,7 +362,7 @@ def main() -> int:
                 # Trainwire again with a server process per core (none on one core), on the same
                 # database: it serves the same checkpoint.
                 with contextlib.ExitStack() as stack:
-                    servers = {"trainwire": server.target}
+                    servers = {"trainwire": (server.target, _server_pids(server.process.pid))}
                     if cores > 1:
                         processes = stack.enter_context(
                             local_server(
@@ -310,10 +372,14 @@ def main() -> int:
                             )
                         )
                         _wait_for_listeners(processes, cores)
-                        servers["trainwire-processes"] = processes.target
+                        servers["trainwire-processes"] = (
+                            processes.target,
+                            _server_pids(processes.process.pid),
+                        )
                     for kind, process in bares.items():
                         assert process.stdout is not None
-                        servers[kind] = f"127.0.0.1:{process.stdout.readline().strip()}"
+                        port = process.stdout.readline().strip()
+                        servers[kind] = (f"127.0.0.1:{port}", _server_pids(process.pid))
                     results = _measure(servers, job.name, counts, rounds)
             finally:
                 for process in bares.values():
@@ -323,17 +389,21 @@ def main() -> int:
     print(
         f"{'case':<14}{'trainwire rps':>14}{'bare threads':>13}{'bare asyncio':>13}"
         f"{'ratio':>7}{'p50 ms':>9}{'p99 ms':>9}{column + ' rps':>12}{'ratio':>7}"
+        f"{'cpu µs/req':>11}{'bare':>8}{column:>8}"
     )
     for case, row in results.items():
         print(
             f"{case:<14}{row['trainwire_rps']:>14}{row['bare_threads_rps']:>13}"
             f"{row['bare_asyncio_rps']:>13}{row['ratio']:>7}{row['p50_ms']:>9}{row['p99_ms']:>9}"
             f"{row['trainwire_processes_rps'] or '-':>12}{row['ratio_processes'] or '-':>7}"
+            f"{_microseconds(row['trainwire_cpu_us']):>11}{_microseconds(row['bare_cpu_us']):>8}"
+            f"{_microseconds(row['trainwire_processes_cpu_us']):>8}"
         )
     print(
         f"ratio: Trainwire (one server process, the default) against the faster bare server of "
         f"this run, the median of {rounds} rounds' ratios (rps and latencies: medians); "
-        f"{column}: a server process per core"
+        f"{column}: a server process per core; cpu µs/req: each server's CPU time per request "
+        "(all threads and server processes), against the faster bare server's"
     )
     print(json.dumps({"benchmark": "predict", "cases": results}))
     return 0
