@@ -222,7 +222,7 @@ def _cpu_seconds(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_us_per_request(
+def _load_measuring_cpu(
     target: str, pids: list[int] | None, job: str, case: str, count: int
 ) -> dict[str, float]:
     """One load run, with the server's CPU time per request when its processes are known."""
@@ -268,7 +268,7 @@ def _measure(
             names = list(servers)
             turn = index % len(names)
             for name in names[turn:] + names[:turn]:
-                runs[name].append(_cpu_us_per_request(*servers[name], job, case, count))
+                runs[name].append(_load_measuring_cpu(*servers[name], job, case, count))
         ours, threads, asyncio_ = (
             _median(runs[name]) for name in ("trainwire", "bare", "bare-async")
         )
