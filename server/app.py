@@ -259,13 +259,12 @@ def serve(settings: Settings, parent_pid: int | None = None, index: int = 0) -> 
         flush=True,
     )
     # Embedded workers serve their metrics on the ports after the server's.
-    worker_metrics = settings.metrics_port + 1 if settings.metrics_port else 0
+    worker_metrics, sibling_metrics = settings.metrics_ports()
     pool = WorkerPool(replace(settings, metrics_port=worker_metrics), settings.workers)
     pool.start()
     # More server processes on the same port, without workers of their own; only the first
     # starts them (the others keep the count, which sets their share of the cores). Each serves
     # its metrics on a port of its own, after the workers'.
-    sibling_metrics = worker_metrics + settings.workers if settings.metrics_port else 0
     siblings = WorkerPool(
         replace(
             settings, port=running.port, workers=0, reuse_port=True, metrics_port=sibling_metrics

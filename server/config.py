@@ -97,7 +97,7 @@ class Settings:
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 found.append(f"TRAINWIRE_{name.upper()} must be a port number (0-65535)")
-        last_metrics_port = self.metrics_port + self.workers + self.server_processes - 1
+        last_metrics_port = self.metrics_ports()[1] + self.server_processes - 2
         if self.metrics_port and last_metrics_port > 65535:
             found.append(
                 "TRAINWIRE_METRICS_PORT leaves no room for the ports after it: the workers and "
@@ -146,6 +146,13 @@ class Settings:
 
     def queue_list(self) -> list[str]:
         return [q.strip() for q in self.queues.split(",") if q.strip()]
+
+    def metrics_ports(self) -> tuple[int, int]:
+        """The first metrics port of the embedded workers and of the extra server processes
+        (0, 0 with metrics off): the workers' ports follow the server's, then theirs."""
+        if not self.metrics_port:
+            return 0, 0
+        return self.metrics_port + 1, self.metrics_port + 1 + self.workers
 
     def blas_threads_per_worker(self) -> int:
         if self.blas_threads > 0:

@@ -29,7 +29,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from .auth import CURRENT_CLIENT, CURRENT_PROJECT, DEFAULT_PROJECT, EXEMPT_PREFIXES, KeyChecker
 from .errors import TrainwireError
 from .logs import REQUEST_ID
-from .metrics import RPC_SECONDS
+from .metrics import RPC_SECONDS, BufferedSeries
 
 log = logging.getLogger("trainwire.server")
 
@@ -178,7 +178,7 @@ class _Call:
 
 
 @functools.cache
-def _rpc_seconds(method: str, code: grpc.StatusCode) -> Any:
+def _rpc_seconds(method: str, code: grpc.StatusCode) -> BufferedSeries:
     """The latency histogram of a method and status, which counts its calls too (looked up
     once)."""
     return RPC_SECONDS.labels(method=method.rsplit("/", 1)[-1], code=code.name)
