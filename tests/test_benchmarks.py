@@ -1,0 +1,69 @@
+"""The benchmarks run and print the JSON they promise (`--quick`: a short smoke run each).
+
+No figure is judged here (the machines are shared and noisy); only that each script still runs
+end to end and that its last line carries the fields its readers use.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import postgres_admin_url
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(script: str, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, **(extra_env or {})},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_the_prediction_benchmark_prints_every_case_with_its_ratio() -> None:
+    result = _run("predict.py")
+    assert result["benchmark"] == "predict"
+    assert set(result["cases"]) == {"one_row_c1", "one_row_c16", "rows1000_c4"}
+    for case, row in result["cases"].items():
+        for key in ("trainwire_rps", "bare_rps", "ratio", "p50_ms", "p99_ms"):
+            assert _positive(row[key]), (case, key, row[key])
+        assert row["ratio"] == pytest.approx(row["trainwire_rps"] / row["bare_rps"], rel=1e-2)
+        assert row["p50_ms"] <= row["p99_ms"], (case, row)
+
+
+def test_the_engine_benchmark_compares_both_networks_with_torch() -> None:
+    result = _run("engine.py")
+    assert result["benchmark"] == "engine"
+    for network in ("large", "small"):
+        for key in ("trainwire_sps", "torch_sps", "sklearn_sps", "ratio_vs_torch"):
+            assert _positive(result[network][key]), (network, key)
+
+
+def test_the_queue_benchmark_measures_both_databases() -> None:
+    admin_url = postgres_admin_url()
+    if not admin_url:
+        pytest.skip("TRAINWIRE_TEST_POSTGRES_URL is not set")
+    result = _run("queue.py", {"TRAINWIRE_BENCH_POSTGRES_URL": admin_url})
+    assert result["benchmark"] == "queue"
+    for backend in ("postgres", "sqlite"):
+        throughput = result[backend]["jobs_per_s"]
+        assert throughput and all(_positive(v) for v in throughput.values()), (backend, result)
+        assert _positive(result[backend]["enqueue_to_running_p50_ms"]), backend
