@@ -19,7 +19,8 @@ from trainwire.client.tensors import to_tensor
 from trainwire.server.local import LocalServer, local_server
 from trainwire.v1 import predictions_pb2, predictions_pb2_grpc, tensor_pb2
 
-from .test_topology import free_port, scrape
+from ..support.ports import free_ports
+from .test_topology import scrape
 
 WIDTH = 64
 MODEL = {
@@ -34,7 +35,7 @@ MODEL = {
 @pytest.fixture(scope="module")
 def batching_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalServer, int]]:
     url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'trainwire.db'}"
-    metrics_port = free_port()
+    metrics_port = free_ports(2)  # the server's, then its worker's
     env = {
         "TRAINWIRE_QUEUES": "default",
         "TRAINWIRE_METRICS_PORT": str(metrics_port),
@@ -215,7 +216,7 @@ def test_several_server_processes_share_one_port(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'trainwire.db'}"
-    metrics_port = free_port()
+    metrics_port = free_ports(3)  # the server's, its worker's, the second server process's
     env = {
         "TRAINWIRE_QUEUES": "default",
         "TRAINWIRE_SERVER_PROCESSES": "2",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from trainwire.server.records import Job, JobState
 from trainwire.server.store import Store
 
 from ..conftest import fresh_postgres_database
+from ..support.ports import free_ports
 
 pytestmark = pytest.mark.postgres
 
@@ -72,12 +72,6 @@ def test_server_and_separate_workers_share_only_the_database(postgres_server_url
         assert workers.wait(30) == 0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def scrape(port: int) -> dict[str, float]:
     """The samples of a /metrics endpoint, keyed by name and labels as written."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
@@ -94,7 +88,8 @@ def test_compose_topology_survives_losing_a_server_and_a_worker(postgres_server_
     through both servers; one server and one worker killed mid-run."""
     url = fresh_postgres_database(postgres_server_url)
     subprocess.run([*CLI, "db", "upgrade", "--database-url", url], check=True, capture_output=True)
-    metric_ports = [free_port() for _ in range(5)]
+    first_port = free_ports(5)
+    metric_ports = list(range(first_port, first_port + 5))
     common = {"TRAINWIRE_DATABASE_URL": url, "TRAINWIRE_LEASE_S": "2"}
     workers = [
         subprocess.Popen(
