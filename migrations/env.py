@@ -17,10 +17,33 @@ def run_with(connection: Connection) -> None:
         target_metadata=target_metadata,
         # SQLite cannot ALTER most things; batch mode rebuilds tables instead.
         render_as_batch=connection.dialect.name == "sqlite",
+        # All of an upgrade in one transaction on SQLite too (Alembic assumes SQLite cannot roll
+        # DDL back; it can, with the explicit BEGIN our engine emits): a migration that fails
+        # half-way leaves the database as it found it.
+        transactional_ddl=True,
         compare_type=True,
     )
     with context.begin_transaction():
         context.run_migrations()
+        if connection.dialect.name == "sqlite":
+            _check_foreign_keys(connection)
+
+
+def _check_foreign_keys(connection: Connection) -> None:
+    """Refuses to finish an upgrade after which a row's foreign key points to no row.
+
+    Migrations on SQLite run with foreign keys off (see `run_online`), so nothing else would
+    notice; raising here, inside the upgrade's one transaction, rolls all of it back.
+    """
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        # Each row: the table, the row's rowid, the table it refers to, the key's index.
+        pairs = sorted({f"{table} -> {parent}" for table, _, parent, _ in broken})
+        raise RuntimeError(
+            f"after this upgrade {len(broken)} rows would have a foreign key that points to no "
+            f"row ({', '.join(pairs)}), so it was rolled back: repair or delete those rows, then "
+            "upgrade again"
+        )
 
 
 def run_online() -> None:

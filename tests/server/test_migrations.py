@@ -12,7 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import DateTime, LargeBinary, bindparam, text
 
-from trainwire.server.db import Database
+from trainwire.server.db import Database, make_engine
 from trainwire.server.migrate import (
     NotMigrated,
     alembic_config,
@@ -156,3 +156,32 @@ def test_upgrading_a_database_with_jobs_keeps_every_row(empty_database_url: str)
         (checkpoint,) = store.list_checkpoints("j1")
         assert store.checkpoint_data(checkpoint.id) == CHECKPOINT_BYTES
         assert store.get_job("j1").project == "default"
+
+
+def test_an_upgrade_that_would_leave_a_broken_foreign_key_is_rolled_back(tmp_path: object) -> None:
+    """SQLite migrates with foreign keys off (table rebuilds would cascade deletes otherwise): a
+    dangling row is caught by PRAGMA foreign_key_check, and the whole upgrade, DDL included, is
+    undone."""
+    url = f"sqlite:///{tmp_path}/dangling.db"
+    upgrade(url, "0002")
+    engine = make_engine(url, sqlite_foreign_keys=False)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO job_events (job_id, sequence, state, attempt, progress, metrics, "
+                    "message, created_at) VALUES ('missing', 1, 'QUEUED', 1, '{}', '{}', '', "
+                    "'2026-11-27 00:00:00')"
+                )
+            )
+    finally:
+        engine.dispose()
+
+    with pytest.raises(RuntimeError, match=r"1 rows .* \(job_events -> jobs\).*rolled back"):
+        upgrade(url)
+    with _opened(url) as database, database.engine.connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == "0002"
+        tables = set(connection.execute(text("SELECT name FROM sqlite_master")).scalars())
+        assert "api_keys" not in tables, "0003's new table was rolled back with the rest"
+        events = connection.execute(text("SELECT job_id FROM job_events")).scalars().all()
+        assert events == ["missing"], "nothing was deleted on the way"
