@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from alembic import context
 from sqlalchemy import Connection
 
 from trainwire.server.db import make_engine
+from trainwire.server.migrate import broken_foreign_keys, check_foreign_keys
 from trainwire.server.models import Base
 
 target_metadata = Base.metadata
@@ -23,27 +26,15 @@ def run_with(connection: Connection) -> None:
         transactional_ddl=True,
         compare_type=True,
     )
+    # Migrations on SQLite run with foreign keys off (see `run_online`), so nothing else would
+    # notice rows they leave pointing nowhere: compared before and after, inside the one
+    # transaction, which a refusal rolls back.
+    sqlite = connection.dialect.name == "sqlite"
     with context.begin_transaction():
+        broken_before = broken_foreign_keys(connection) if sqlite else Counter[str]()
         context.run_migrations()
-        if connection.dialect.name == "sqlite":
-            _check_foreign_keys(connection)
-
-
-def _check_foreign_keys(connection: Connection) -> None:
-    """Refuses to finish an upgrade after which a row's foreign key points to no row.
-
-    Migrations on SQLite run with foreign keys off (see `run_online`), so nothing else would
-    notice; raising here, inside the upgrade's one transaction, rolls all of it back.
-    """
-    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-    if broken:
-        # Each row: the table, the row's rowid, the table it refers to, the key's index.
-        pairs = sorted({f"{table} -> {parent}" for table, _, parent, _ in broken})
-        raise RuntimeError(
-            f"after this upgrade {len(broken)} rows would have a foreign key that points to no "
-            f"row ({', '.join(pairs)}), so it was rolled back: repair or delete those rows, then "
-            "upgrade again"
-        )
+        if sqlite:
+            check_foreign_keys(broken_before, broken_foreign_keys(connection))
 
 
 def run_online() -> None:

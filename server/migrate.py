@@ -1,17 +1,23 @@
-"""Schema migrations: run Alembic from code and refuse to serve an un-migrated database."""
+"""Schema migrations: run Alembic from code, check SQLite's foreign keys around them, and refuse
+to serve an un-migrated database."""
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
 
 import trainwire.migrations
 
 from .db import Database, normalise_url
+
+log = logging.getLogger("trainwire.server")
 
 
 def alembic_config(url: str) -> Config:
@@ -33,6 +39,33 @@ def head_revision(url: str) -> str | None:
 def current_revision(database: Database) -> str | None:
     with database.engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+def broken_foreign_keys(connection: Connection) -> Counter[str]:
+    """How many rows of a SQLite database have a foreign key that points to no row, by
+    "table -> referred table"."""
+    # Each row of the pragma: the table, the row's rowid, the table it refers to, the key's index.
+    rows = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    return Counter(f"{table} -> {parent}" for table, _, parent, _ in rows)
+
+
+def check_foreign_keys(before: Counter[str], after: Counter[str]) -> None:
+    """Refuses a migration that left more rows with a broken foreign key than it found (the
+    caller's transaction rolls it back); warns of rows that were broken before it."""
+    broken_by_it = after - before
+    if broken_by_it:
+        raise RuntimeError(
+            f"this migration would leave {sum(broken_by_it.values())} more rows whose foreign key "
+            f"points to no row ({', '.join(sorted(broken_by_it))}), so it was rolled back: "
+            "nothing was changed"
+        )
+    if after:
+        log.warning(
+            "%d rows have a foreign key that points to no row (%s); they did before this "
+            "migration too: repair or delete them",
+            sum(after.values()),
+            ", ".join(sorted(after)),
+        )
 
 
 class NotMigrated(RuntimeError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -11,11 +12,13 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import DateTime, LargeBinary, bindparam, text
+from sqlalchemy.exc import OperationalError
 
 from trainwire.server.db import Database, make_engine
 from trainwire.server.migrate import (
     NotMigrated,
     alembic_config,
+    check_foreign_keys,
     ensure_migrated,
     head_revision,
     upgrade,
@@ -158,30 +161,54 @@ def test_upgrading_a_database_with_jobs_keeps_every_row(empty_database_url: str)
         assert store.get_job("j1").project == "default"
 
 
-def test_an_upgrade_that_would_leave_a_broken_foreign_key_is_rolled_back(tmp_path: object) -> None:
-    """SQLite migrates with foreign keys off (table rebuilds would cascade deletes otherwise): a
-    dangling row is caught by PRAGMA foreign_key_check, and the whole upgrade, DDL included, is
-    undone."""
-    url = f"sqlite:///{tmp_path}/dangling.db"
+def _at_0002_with(url: str, statement: str) -> None:
+    """A SQLite database at revision 0002 where `statement` ran with foreign keys off."""
     upgrade(url, "0002")
     engine = make_engine(url, sqlite_foreign_keys=False)
     try:
         with engine.begin() as connection:
-            connection.execute(
-                text(
-                    "INSERT INTO job_events (job_id, sequence, state, attempt, progress, metrics, "
-                    "message, created_at) VALUES ('missing', 1, 'QUEUED', 1, '{}', '{}', '', "
-                    "'2026-11-27 00:00:00')"
-                )
-            )
+            connection.execute(text(statement))
     finally:
         engine.dispose()
 
-    with pytest.raises(RuntimeError, match=r"1 rows .* \(job_events -> jobs\).*rolled back"):
+
+def test_an_upgrade_that_fails_half_way_on_sqlite_is_rolled_back_whole(tmp_path: object) -> None:
+    """0003 rebuilds tables and adds api_keys, then 0004 fails (its table exists already): on
+    SQLite too the upgrade is one transaction, so nothing of 0003 remains."""
+    url = f"sqlite:///{tmp_path}/half.db"
+    _at_0002_with(url, "CREATE TABLE workers (id INTEGER PRIMARY KEY)")
+    with pytest.raises(OperationalError, match="workers already exists"):
         upgrade(url)
     with _opened(url) as database, database.engine.connect() as connection:
         assert MigrationContext.configure(connection).get_current_revision() == "0002"
         tables = set(connection.execute(text("SELECT name FROM sqlite_master")).scalars())
-        assert "api_keys" not in tables, "0003's new table was rolled back with the rest"
+        assert "api_keys" not in tables
+        job_columns = {row[1] for row in connection.exec_driver_sql("PRAGMA table_info(jobs)")}
+        assert "project" not in job_columns, "0003's rebuild of jobs was undone"
+
+
+def test_rows_broken_before_an_upgrade_are_kept_and_reported(
+    tmp_path: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path}/dangling.db"
+    _at_0002_with(
+        url,
+        "INSERT INTO job_events (job_id, sequence, state, attempt, progress, metrics, message, "
+        "created_at) VALUES ('missing', 1, 'QUEUED', 1, '{}', '{}', '', '2026-11-27 00:00:00')",
+    )
+    upgrade(url)
+    with _opened(url) as database, database.engine.connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == head_revision(url)
         events = connection.execute(text("SELECT job_id FROM job_events")).scalars().all()
-        assert events == ["missing"], "nothing was deleted on the way"
+        assert events == ["missing"]
+    assert "1 rows have a foreign key that points to no row (job_events -> jobs)" in caplog.text
+
+
+def test_a_migration_that_breaks_foreign_keys_is_refused() -> None:
+    before = Counter({"job_events -> jobs": 1})
+    check_foreign_keys(before, Counter({"job_events -> jobs": 1}))  # broken before: allowed
+    check_foreign_keys(before, Counter())
+    with pytest.raises(
+        RuntimeError, match=r"2 more rows .*\(checkpoints -> jobs, job_events -> jobs\)"
+    ):
+        check_foreign_keys(before, Counter({"job_events -> jobs": 2, "checkpoints -> jobs": 1}))
