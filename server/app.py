@@ -70,7 +70,11 @@ class RunningServer:
         self.settings = settings
         self.store = store
         self.address = address or f"{settings.host}:{settings.port}"
-        self.keys = KeyChecker(store.active_api_keys)
+        # A server others can reach never falls open when its last key is revoked.
+        self.keys = KeyChecker(
+            store.active_api_keys,
+            open_without_keys=is_loopback(settings.host) or settings.allow_open_public,
+        )
         self.health = health_aio.HealthServicer()
         self.monitor = HealthMonitor(store, self._report_health)
         self.executor = ThreadPoolExecutor(settings.grpc_threads, thread_name_prefix="rpc")
@@ -235,7 +239,7 @@ def serve(settings: Settings, parent_pid: int | None = None, index: int = 0) -> 
     store = Store(database)
     running = RunningServer(settings, store)
     if not running.keys.required:
-        if not is_loopback(settings.host) and not settings.allow_open_public:
+        if not running.keys.open_without_keys:
             raise RuntimeError(
                 f"refusing to serve {settings.host} without API keys: create one with "
                 "`trainwire keys create --project NAME`, or set TRAINWIRE_ALLOW_OPEN_PUBLIC=true "

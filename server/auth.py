@@ -2,9 +2,10 @@
 
 A key is `tw_<id>_<secret>`; the database keeps only a random salt and SHA-256(salt + secret) (the
 secret has 256 random bits, so a slow password hash adds nothing), compared in constant time.
-While no key is active the server is open and every request belongs to the `default` project;
-once a key exists every request must carry one as `authorization: Bearer <key>` metadata and sees
-only its key's project.
+While no key is active a server on a loopback address (or one told to run open) is open and every
+request belongs to the `default` project; once a key exists every request must carry one as
+`authorization: Bearer <key>` metadata and sees only its key's project. A server on a public
+address never falls open: when its last key is revoked it refuses every call until a key exists.
 """
 
 from __future__ import annotations
@@ -92,11 +93,18 @@ class KeyRecord:
 
 class KeyChecker:
     """Answers "which project does this bearer key belong to?", caching the key table briefly
-    (a revoked key stops working within `ttl_s`)."""
+    (a revoked key stops working within `ttl_s`). Without an active key, calls are answered in
+    the default project if `open_without_keys`, else refused."""
 
-    def __init__(self, load_keys: Callable[[], list[KeyRecord]], ttl_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        load_keys: Callable[[], list[KeyRecord]],
+        ttl_s: float = 2.0,
+        open_without_keys: bool = True,
+    ) -> None:
         self.load_keys = load_keys
         self.ttl_s = ttl_s
+        self.open_without_keys = open_without_keys
         self._keys: dict[str, KeyRecord] = {}
         self._loaded = float("-inf")
         self._lock = threading.Lock()
@@ -140,7 +148,12 @@ class KeyChecker:
         """(project, client id) of a request; Unauthenticated if a key is needed and bad."""
         keys = self._active_keys()
         if not keys:
-            return DEFAULT_PROJECT, ""
+            if self.open_without_keys:
+                return DEFAULT_PROJECT, ""
+            raise Unauthenticated(
+                "this server requires an API key and none is active (the last one was revoked): "
+                "an operator must create one with `trainwire keys create --project NAME`"
+            )
         header = next((v for k, v in metadata or () if k == "authorization"), None)
         if not header or not str(header).startswith("Bearer "):
             raise Unauthenticated(

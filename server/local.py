@@ -40,13 +40,14 @@ def local_server(
     start_timeout_s: float = 60.0,
     echo: bool = False,
     port: int = 0,
+    host: str = "127.0.0.1",
 ) -> Iterator[LocalServer]:
-    """Starts `trainwire serve --port PORT` (0: any free port) and yields once it listens;
-    stops it on exit."""
+    """Starts `trainwire serve --host HOST --port PORT` (0: any free port) and yields once it
+    listens (its target on loopback); stops it on exit."""
     env = {**os.environ, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
     command = [
         sys.executable, "-m", "trainwire.server.cli", "serve",
-        "--host", "127.0.0.1", "--port", str(port),
+        "--host", host, "--port", str(port),
         "--workers", str(workers), "--database-url", database_url,
     ]  # fmt: skip
     process = subprocess.Popen(
@@ -66,7 +67,10 @@ def local_server(
                 sys.stderr.write(line)
             match = _LISTENING.search(line)
             if match and not found:
-                found.append(f"{match.group(1)}:{match.group(2)}")
+                listening = match.group(1)
+                if listening in ("0.0.0.0", "[::]", "::"):  # every interface: reach it locally
+                    listening = "127.0.0.1"
+                found.append(f"{listening}:{match.group(2)}")
                 ready.set()
         ready.set()
 

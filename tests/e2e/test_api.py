@@ -288,6 +288,27 @@ def test_public_address_without_keys_is_refused(tmp_path: Path) -> None:
     assert "without API keys" in result.stderr and "trainwire keys create" in result.stderr
 
 
+def test_public_server_stays_closed_when_its_last_key_is_revoked(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'closed.db'}"
+    upgrade(url)
+    key = create_key(url, "alpha")
+    with local_server(url, workers=0, host="0.0.0.0") as server:
+        with Client(server.target, api_key=key) as client:
+            assert list(client.list_datasets()) == []
+        revoke = [*CLI, "keys", "revoke", key.split("_")[1], "--database-url", url]
+        subprocess.run(revoke, check=True)
+        with Client(server.target) as anonymous:
+            deadline = time.monotonic() + 15  # the server re-reads its keys every second
+            while True:
+                with pytest.raises(TrainwireError) as refused:
+                    list(anonymous.list_datasets())
+                assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+                if "none is active" in refused.value.message or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+        assert "trainwire keys create" in refused.value.message
+
+
 # --- TLS ----------------------------------------------------------------------------------------
 
 
