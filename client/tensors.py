@@ -85,5 +85,8 @@ def from_tensor(tensor: tensor_pb2.Tensor) -> np.ndarray:
             f"data has {len(data)} bytes but dtype {dtype_name(tensor.dtype)} and shape "
             f"{list(shape)} need {expected}"
         )
-    array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    try:
+        array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    except ValueError:  # an empty tensor whose other sizes multiply beyond what NumPy indexes
+        raise TensorError(f"shape {list(shape)} is too large to address") from None
     return array if dtype.isnative else array.astype(_NATIVE[dtype])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import threading
 import time
 from concurrent.futures import Executor
@@ -45,6 +46,9 @@ Served = tuple[Job, Checkpoint, ModelBatcher]
 # (in the background, see `_cached_job`): a new checkpoint ("latest", "best") or a deleted job is
 # seen by every server within about this time, two at most.
 JOB_TTL_S = 1.0
+# An epoch or checkpoint number in a selector: ASCII digits that fit an int64 (str.isdigit would
+# also take "²", which int() refuses).
+_NUMBER = re.compile(r"[0-9]{1,18}")
 
 
 class PredictionService:
@@ -205,7 +209,7 @@ class PredictionService:
             return best
         if selector.startswith("epoch/"):
             epoch_text = selector.removeprefix("epoch/")
-            if not epoch_text.isdigit():
+            if not _NUMBER.fullmatch(epoch_text):
                 raise InvalidArgument.field(
                     "checkpoint", f"must be 'epoch/<number>'. Received: {selector!r}"
                 )
@@ -217,7 +221,7 @@ class PredictionService:
                 )
             return matches[-1]
         prefix = f"jobs/{job.id}/checkpoints/"
-        if selector.startswith(prefix) and selector[len(prefix) :].isdigit():
+        if selector.startswith(prefix) and _NUMBER.fullmatch(selector[len(prefix) :]):
             wanted = int(selector[len(prefix) :])
             for checkpoint in checkpoints:
                 if checkpoint.id == wanted:

@@ -1,6 +1,10 @@
-"""Prediction inputs are checked before they reach a batch: dtype, shape and finiteness."""
+"""Prediction inputs are checked before they reach a batch: dtype, shape, finiteness, and the
+checkpoint selector."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -9,6 +13,7 @@ from trainwire.client.tensors import to_tensor
 from trainwire.engine import Model
 from trainwire.server.errors import InvalidArgument
 from trainwire.server.predictions import PredictionService
+from trainwire.v1 import tensor_pb2
 
 MODEL = Model.from_spec({"input_dim": 4, "layers": [{"type": "dense", "units": 2}]}, seed=0)
 
@@ -41,3 +46,20 @@ def test_a_float64_value_beyond_a_float32_models_range_is_refused_naming_its_row
     x[1, 0] = 1e300  # finite as sent, infinite once converted to the model's float32
     with pytest.raises(InvalidArgument, match="row 1 has a value beyond the range"):
         PredictionService._check_inputs(to_tensor(x), MODEL)
+
+
+@pytest.mark.parametrize("shape", [[0, 2**62], [2**40, 2**40, 0]])
+def test_an_empty_tensor_too_large_to_address_is_refused_as_invalid(shape: list[int]) -> None:
+    tensor = tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=shape, data=b"")
+    with pytest.raises(InvalidArgument, match="too large to address"):
+        PredictionService._check_inputs(tensor, MODEL)
+
+
+@pytest.mark.parametrize(
+    "selector", ["epoch/²", "epoch/" + "9" * 5000, f"jobs/{'a' * 32}/checkpoints/²"]
+)
+def test_a_selector_with_digits_int_refuses_is_invalid(selector: str) -> None:
+    job: Any = SimpleNamespace(id="a" * 32)
+    checkpoint: Any = SimpleNamespace(id=1, epoch=1)
+    with pytest.raises(InvalidArgument, match="checkpoint"):
+        PredictionService.resolve(None, job, selector, [checkpoint])  # type: ignore[arg-type]
