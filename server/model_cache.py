@@ -56,22 +56,36 @@ class ModelCache(Generic[Served]):
             return found
         with self._lock:
             key_lock = self._loading.setdefault(key, threading.Lock())
-        with key_lock:
-            found = self.peek(key)  # loaded while this caller waited for the lock
-            if found is not None:
-                return found
-            MODEL_CACHE.labels(result="miss").inc()
-            model = load()
-            size = self.size_of(model)
+        try:
+            with key_lock:
+                found = self.peek(key)  # loaded while this caller waited for the lock
+                if found is not None:
+                    return found
+                MODEL_CACHE.labels(result="miss").inc()
+                model = load()
+                self._insert(key, model)
+                return model
+        finally:
             with self._lock:
-                self.loads += 1
-                self._models[key] = (model, size)
-                self._bytes += size
-                while self._bytes > self.max_bytes and len(self._models) > 1:
-                    _, (_, evicted) = self._models.popitem(last=False)
-                    self._bytes -= evicted
-                self._loading.pop(key, None)
-            return model
+                # Only this caller's lock: once it was dropped, a model evicted meanwhile may be
+                # loading again under another caller's.
+                if self._loading.get(key) is key_lock:
+                    del self._loading[key]
+
+    def _insert(self, key: CacheKey, model: Served) -> None:
+        size = self.size_of(model)
+        with self._lock:
+            self.loads += 1
+            # Two loads of one key can overlap when the first's model was evicted before a
+            # caller that waited for it looked: the second replaces the first, counted once.
+            replaced = self._models.pop(key, None)
+            if replaced is not None:
+                self._bytes -= replaced[1]
+            self._models[key] = (model, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes and len(self._models) > 1:
+                _, (_, evicted) = self._models.popitem(last=False)
+                self._bytes -= evicted
 
     def invalidate(self, job_id: str) -> None:
         """Forgets every model of a job."""

@@ -6,6 +6,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from trainwire.engine import Model
 from trainwire.server.model_cache import ModelCache, model_bytes
 
@@ -46,3 +48,68 @@ def test_least_recently_used_models_are_evicted_by_bytes() -> None:
     cache.invalidate("job")
     cache.get(("job", 1), lambda: Model.from_spec(SPEC))
     assert cache.loads == 5, "a deleted job's models are forgotten"
+
+
+def test_overlapping_loads_of_an_evicted_model_are_counted_once() -> None:
+    """A caller that waited for a model's first load can find it evicted and load it again
+    while a newer caller loads it too: the cache must count its bytes once and keep no lock."""
+    cache = ModelCache(MODEL_BYTES + MODEL_BYTES // 2, model_bytes)  # room for one model
+    key = ("job", 1)
+    first_loading, first_go = threading.Event(), threading.Event()
+    waiter_looking, waiter_go = threading.Event(), threading.Event()
+    third_loading, third_go = threading.Event(), threading.Event()
+    peek = cache.peek
+    waiter_peeks = []
+
+    def watched_peek(found_key: tuple[str, int]) -> Model | None:
+        if threading.current_thread().name == "waiter":
+            waiter_peeks.append(found_key)
+            if len(waiter_peeks) == 2:  # its look under the key's lock, after the first load
+                waiter_looking.set()
+                assert waiter_go.wait(10)
+        return peek(found_key)
+
+    def gated_load(started: threading.Event, go: threading.Event) -> Model:
+        started.set()
+        assert go.wait(10)
+        return Model.from_spec(SPEC)
+
+    cache.peek = watched_peek  # type: ignore[method-assign]
+    first = threading.Thread(
+        target=cache.get, args=(key, lambda: gated_load(first_loading, first_go))
+    )
+    waiter = threading.Thread(
+        target=cache.get, args=(key, lambda: Model.from_spec(SPEC)), name="waiter"
+    )
+    third = threading.Thread(
+        target=cache.get, args=(key, lambda: gated_load(third_loading, third_go))
+    )
+    first.start()
+    assert first_loading.wait(10)
+    waiter.start()  # waits for the first load's lock
+    first_go.set()
+    first.join(10)
+    assert waiter_looking.wait(10)  # holds the old lock, about to look again
+    cache.get(("job", 2), lambda: Model.from_spec(SPEC))  # evicts the first load's model
+    third.start()  # takes a new lock: the old one was dropped after the first load
+    assert third_loading.wait(10)
+    waiter_go.set()  # finds nothing, loads again
+    waiter.join(10)
+    third_go.set()
+    third.join(10)
+    assert cache.loads == 4
+    assert cache._bytes == sum(size for _, size in cache._models.values()) == MODEL_BYTES
+    assert cache._loading == {}, "no lock is left behind"
+
+
+def test_a_failed_load_leaves_no_lock_and_the_next_request_loads() -> None:
+    cache = ModelCache(10 * MODEL_BYTES, model_bytes)
+
+    def broken() -> Model:
+        raise OSError("checkpoint unreadable")
+
+    with pytest.raises(OSError):
+        cache.get(("job", 1), broken)
+    assert cache._loading == {}
+    assert cache.get(("job", 1), lambda: Model.from_spec(SPEC)) is not None
+    assert cache.loads == 1
