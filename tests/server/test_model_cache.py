@@ -74,7 +74,7 @@ def test_overlapping_loads_of_an_evicted_model_are_counted_once() -> None:
         assert go.wait(10)
         return Model.from_spec(SPEC)
 
-    cache.peek = watched_peek  # type: ignore[method-assign]
+    cache.peek = watched_peek
     first = threading.Thread(
         target=cache.get, args=(key, lambda: gated_load(first_loading, first_go))
     )
