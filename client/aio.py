@@ -35,13 +35,14 @@ from .results import DatasetInfo, JobStatus, Metrics, Prediction
 from .retry import RetryPolicy
 from .rpc import AioRpc, channel_credentials, channel_options
 from .wire import (
+    ChunkedPrediction,
     Upload,
     as_inputs,
     create_job_request,
     join_predictions,
     list_jobs_request,
     metrics_from_response,
-    predict_requests,
+    predict_request,
 )
 
 log = logging.getLogger("trainwire.client")
@@ -318,8 +319,10 @@ class AsyncClient:
     ) -> Prediction:
         """Predicts for the rows of `inputs` (see `Client.predict`)."""
         name = job.name if isinstance(job, AsyncJob) else job
-        requests = predict_requests(name, as_inputs(inputs), checkpoint, self.max_message_bytes)
-        return join_predictions([await self._call(self._rpc.predict, r) for r in requests])
+        chunks = ChunkedPrediction(name, as_inputs(inputs), checkpoint, self.max_message_bytes)
+        while (request := chunks.next_request()) is not None:
+            chunks.answered(await self._call(self._rpc.predict, request))
+        return chunks.result()
 
     async def predict_stream(
         self, job: str | AsyncJob, batches: Sequence[np.ndarray], *, checkpoint: str = ""
@@ -327,9 +330,7 @@ class AsyncClient:
         """Predictions for each batch of rows, over one PredictStream call, in order."""
         name = job.name if isinstance(job, AsyncJob) else job
         requests = [
-            predict_requests(
-                name, np.asarray(b, dtype=np.float32).reshape(len(b), -1), checkpoint, 2**62
-            )[0]
+            predict_request(name, np.asarray(b, dtype=np.float32).reshape(len(b), -1), checkpoint)
             for b in batches
         ]
         stream = self._rpc.predict_stream(

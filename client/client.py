@@ -37,6 +37,7 @@ from .rpc import Rpc, channel_credentials, channel_options
 from .wire import (
     CHUNK_BYTES,
     PROGRESS_BYTES,
+    ChunkedPrediction,
     Upload,
     as_inputs,
     create_job_request,
@@ -44,7 +45,7 @@ from .wire import (
     join_predictions,
     list_jobs_request,
     metrics_from_response,
-    predict_requests,
+    predict_request,
     prepare_upload,
 )
 
@@ -456,8 +457,10 @@ class Client:
         `checkpoint` is "" (latest), "best", "epoch/N" or a checkpoint name.
         """
         name = job.name if isinstance(job, Job) else job
-        requests = predict_requests(name, as_inputs(inputs), checkpoint, self.max_message_bytes)
-        return join_predictions([self._call(self._rpc.predict, r) for r in requests])
+        chunks = ChunkedPrediction(name, as_inputs(inputs), checkpoint, self.max_message_bytes)
+        while (request := chunks.next_request()) is not None:
+            chunks.answered(self._call(self._rpc.predict, request))
+        return chunks.result()
 
     def predict_stream(
         self, job: str | Job, batches: Iterable[np.ndarray], *, checkpoint: str = ""
@@ -468,7 +471,7 @@ class Client:
         def requests() -> Iterator[predictions_pb2.PredictRequest]:
             for batch in batches:
                 inputs = np.asarray(batch, dtype=np.float32).reshape(len(batch), -1)
-                yield predict_requests(name, inputs, checkpoint, 2**62)[0]
+                yield predict_request(name, inputs, checkpoint)
 
         stream = self._rpc.predict_stream(requests(), timeout=self.timeout, metadata=self._metadata)
         try:

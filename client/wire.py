@@ -245,18 +245,53 @@ def as_inputs(inputs: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
     return x
 
 
-def predict_requests(
-    job: str, x: np.ndarray, checkpoint: str, max_message_bytes: int
-) -> list[predictions_pb2.PredictRequest]:
-    """`PredictRequest`s of as many rows as fit comfortably in one message each."""
-    row_bytes = max(1, x.itemsize * int(np.prod(x.shape[1:])))
-    rows_per_call = max(1, (max_message_bytes // 4) // row_bytes)
-    return [
-        predictions_pb2.PredictRequest(
-            job=job, checkpoint=checkpoint, inputs=to_tensor(x[start : start + rows_per_call])
-        )
-        for start in range(0, max(len(x), 1), rows_per_call)
-    ]
+def predict_request(job: str, x: np.ndarray, checkpoint: str) -> predictions_pb2.PredictRequest:
+    return predictions_pb2.PredictRequest(job=job, checkpoint=checkpoint, inputs=to_tensor(x))
+
+
+class ChunkedPrediction:
+    """A prediction of many rows as consecutive requests, each of which, and each answer, stays
+    within a quarter of the message limit; the clients send `next_request()` until it is None,
+    passing each answer to `answered`, then take `result()`.
+
+    An answer's size per row is not known before the first one (it depends on the model's
+    outputs, and a classifier's also carry probabilities and labels), so the first request takes
+    at most FIRST_ROWS rows and the rest are sized by the larger of a request's and an answer's
+    bytes per row. Every request after the first names the checkpoint that answered the first,
+    so a checkpoint written meanwhile never answers part of the rows ("latest", "best").
+    """
+
+    FIRST_ROWS = 1024
+
+    def __init__(self, job: str, x: np.ndarray, checkpoint: str, max_message_bytes: int) -> None:
+        self.job = job
+        self.x = x
+        self.checkpoint = checkpoint
+        self.budget = max(1, max_message_bytes // 4)
+        self.row_bytes = max(1, x.itemsize * int(np.prod(x.shape[1:])))
+        self.answers: list[predictions_pb2.PredictResponse] = []
+        self._sent = 0  # rows sent
+        self._pending = 0  # rows of the request awaiting its answer
+
+    def next_request(self) -> predictions_pb2.PredictRequest | None:
+        if self.answers and self._sent >= len(self.x):
+            return None
+        rows = max(1, self.budget // self.row_bytes)
+        if not self.answers:
+            rows = min(rows, self.FIRST_ROWS)
+        start, self._sent = self._sent, self._sent + rows
+        self._pending = len(self.x[start : self._sent])
+        return predict_request(self.job, self.x[start : self._sent], self.checkpoint)
+
+    def answered(self, response: predictions_pb2.PredictResponse) -> None:
+        if not self.answers:
+            self.checkpoint = response.checkpoint
+            answer_row_bytes = -(-response.ByteSize() // max(self._pending, 1))
+            self.row_bytes = max(self.row_bytes, answer_row_bytes)
+        self.answers.append(response)
+
+    def result(self) -> Prediction:
+        return join_predictions(self.answers)
 
 
 def join_predictions(parts: Sequence[predictions_pb2.PredictResponse]) -> Prediction:

@@ -259,10 +259,22 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
     ) -> AsyncIterator[predictions_pb2.PredictResponse]:
         project = current_project()
         deadline = _deadline(context)
+        # The slices of one stream are one input: the checkpoint that answered the first answers
+        # the rest, even if a newer one becomes "latest" or "best" meanwhile.
+        first: tuple[str, str] | None = None
+        resolved = ""
         async for request in request_iterator:
+            selector = request.checkpoint
+            if (request.job, selector) == first:
+                selector = resolved
             result = await self.predictions.predict(
-                request.job, request.checkpoint, request.inputs, project, deadline=deadline
+                request.job, selector, request.inputs, project, deadline=deadline
             )
+            if first is None:
+                first, resolved = (
+                    (request.job, request.checkpoint),
+                    checkpoint_name(result.checkpoint),
+                )
             yield _prediction_response(result)
 
     def GetModelMetadata(

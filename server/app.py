@@ -115,6 +115,8 @@ class RunningServer:
             settings.model_cache_bytes,
             batch_rows=settings.predict_batch_rows,
             batch_wait_s=settings.predict_batch_wait_ms / 1000,
+            # Room for the framing and the checkpoint's name beside the tensors' bytes.
+            max_answer_bytes=settings.max_message_bytes - 4096,
         )
         jobs = JobServicer(
             JobService(self.store, settings),

@@ -19,7 +19,7 @@ from trainwire.engine.activations import sigmoid, softmax
 from trainwire.v1 import tensor_pb2
 
 from .batching import ModelBatcher, outputs_only
-from .errors import FailedPrecondition, InvalidArgument, NotFound
+from .errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from .metrics import PREDICTION_ROWS
 from .model_cache import ModelCache, model_bytes
 from .names import parse_name
@@ -60,6 +60,7 @@ class PredictionService:
         batch_rows: int = 256,
         batch_wait_s: float = 0.0,
         job_ttl_s: float = JOB_TTL_S,
+        max_answer_bytes: int | None = None,
     ) -> None:
         self.store = store
         self.executor = executor  # for database reads and model loads
@@ -67,6 +68,8 @@ class PredictionService:
         self.batch_rows = batch_rows
         self.batch_wait_s = batch_wait_s
         self.job_ttl_s = job_ttl_s
+        # The largest answer the server may send (its message limit, less the framing).
+        self.max_answer_bytes = max_answer_bytes
         self._jobs: dict[str, tuple[float, Job, list[Checkpoint]]] = {}
         self._refreshing: set[str] = set()  # job ids being re-read in the thread pool
         self._jobs_lock = threading.Lock()
@@ -174,12 +177,26 @@ class PredictionService:
             )
         _, checkpoint, batcher = found
         features = self._check_inputs(inputs, batcher.model)
+        if self.max_answer_bytes is not None:
+            self._check_answer_fits(len(features), batcher)
         PREDICTION_ROWS.observe(len(features))
         results = await batcher.predict(features, deadline)
         if len(results) == 1:
             return Prediction(checkpoint, results[0], None, None)
         outputs, probabilities, labels = results
         return Prediction(checkpoint, outputs, probabilities, labels)
+
+    def _check_answer_fits(self, rows: int, batcher: ModelBatcher) -> None:
+        """Refuses, before the forward pass, a request whose answer could not be sent."""
+        assert self.max_answer_bytes is not None
+        row_bytes = answer_row_bytes(batcher.model, classifier=batcher.postprocess is classify)
+        if rows * row_bytes > self.max_answer_bytes:
+            raise ResourceExhausted(
+                f"an answer's size is limited to the message limit ({self.max_answer_bytes} "
+                f"bytes): at most {self.max_answer_bytes // row_bytes} rows per request for this "
+                f"model. Received: {rows} rows; send them over several requests (the SDK's "
+                "predict does) or as slices over PredictStream"
+            )
 
     def forget(self, job_id: str) -> None:
         """Drops a deleted job from the caches."""
@@ -302,6 +319,15 @@ def classify(outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     else:
         probabilities = softmax(outputs)
     return outputs, probabilities, probabilities.argmax(axis=1).astype(np.int64, copy=False)
+
+
+def answer_row_bytes(model: Model, classifier: bool) -> int:
+    """The bytes of one row of an answer: the outputs, and a classifier's probabilities (two
+    columns for one logit) and int64 label."""
+    outputs = model.output_dim * model.dtype.itemsize
+    if not classifier:
+        return outputs
+    return outputs + max(model.output_dim, 2) * model.dtype.itemsize + 8
 
 
 def _batcher_bytes(batcher: ModelBatcher) -> int:

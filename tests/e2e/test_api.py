@@ -108,6 +108,31 @@ def test_metrics_checkpoints_metadata_and_stream(
         assert answer.outputs.data == expected.astype("<f4").tobytes()
 
 
+def test_predictions_whose_answers_outgrow_their_requests(client: Client) -> None:
+    """Ten classes from four features: an answer row (outputs, probabilities, label: 88 bytes)
+    is 5.5 times its request row, so requests sized by their own bytes would get answers over
+    the 4 MiB message limit."""
+    rng = np.random.default_rng(3)
+    data = client.upload_dataset(rng.normal(size=(200, 4)).astype(np.float32), np.arange(200) % 10)
+    ten_classes = {"layers": [{"type": "dense", "units": 8, "activation": "relu"},
+                              {"type": "dense", "units": 10}]}  # fmt: skip
+    job = client.create_job(data, ten_classes, epochs=1)
+    job.wait(timeout=120)
+    x = rng.normal(size=(70_000, 4)).astype(np.float32)
+    whole = job.predict(x)
+    assert whole.outputs.shape == (70_000, 10) and whole.labels is not None
+    assert np.array_equal(whole.outputs[-5:], job.predict(x[-5:]).outputs)
+
+    # One request whose answer cannot be sent is refused before its forward pass.
+    with grpc.insecure_channel(client.target) as channel:
+        stub = predictions_pb2_grpc.PredictionServiceStub(channel)
+        request = predictions_pb2.PredictRequest(job=job.name, inputs=to_tensor(x[:60_000]))
+        with pytest.raises(grpc.RpcError) as too_big:
+            stub.Predict(request, timeout=30)
+    assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "at most 47" in (too_big.value.details() or "")  # 4 MiB less 4 KiB, over 88 bytes
+
+
 def test_delete_dataset_and_job(client: Client, iris: dict[str, np.ndarray]) -> None:
     # Not the module's iris dataset (the SDK would reuse that one for the same arrays).
     data = client.upload_dataset(iris["x_train"][1:], iris["y_train"][1:])
