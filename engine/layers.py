@@ -87,6 +87,11 @@ class Layer:
             self._buffers[(key, shape)] = buf
         return buf
 
+    def release_scratch(self) -> None:
+        """Drops the scratch arrays kept for reuse (training keeps them; a served model would
+        hold one per batch size it has seen)."""
+        self._buffers.clear()
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.get_config()})"
 

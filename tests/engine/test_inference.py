@@ -138,3 +138,23 @@ def test_tiles_come_from_the_blas_and_are_probed_once_per_shape(
     probed = len(probes)
     assert layer_tiles(Model.from_spec(WIDE, seed=2), max_rows=256) == tiles
     assert len(probes) == probed, "the same shapes are not probed again"
+
+
+def test_a_served_model_keeps_no_scratch_per_batch_size() -> None:
+    """Non-dense layers keep scratch arrays per batch size for training; between inference passes
+    they would pile up, outside the bytes a model cache counts."""
+    import tracemalloc
+
+    model = Model.from_spec(MIXED, seed=0)
+    tiles = layer_tiles(model, 256)
+    predict_stacked(model, _inputs([5], 20, "float32", 0), tiles)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for rows in range(20_000, 28_000, 1_000):  # eight batch sizes, 5 MB of scratch each
+            predict_stacked(model, _inputs([rows], 20, "float32", rows), tiles)
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    one_pass = 27_000 * 64 * 4
+    assert kept < 6 * one_pass, f"{kept / 1e6:.1f} MB kept after the passes"
