@@ -43,7 +43,7 @@ _TILE_CANDIDATES = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 # block and the block has at least MIN_PADDED_BLOCK rows.
 ROWS_PER_GEMV = 2
 MIN_PADDED_BLOCK = 12
-_probe_cache: dict[tuple[int, int, str, int], int | None] = {}
+_probe_cache: dict[tuple[int, int, str, int, int], int | None] = {}
 _probe_lock = threading.Lock()
 
 
@@ -83,7 +83,8 @@ def layer_tiles(model: Model, max_rows: int = 1024) -> list[int | None]:
             tiles.append(None)
             continue
         shape = layer.params["kernel"].shape
-        key = (shape[0], shape[1], model.dtype.str, threads)
+        # The probe's answer holds for passes up to max_rows rows, so that is part of the key.
+        key = (shape[0], shape[1], model.dtype.str, threads, max_rows)
         with _probe_lock:
             if key not in _probe_cache:
                 _probe_cache[key] = next(

@@ -138,6 +138,8 @@ def test_tiles_come_from_the_blas_and_are_probed_once_per_shape(
     probed = len(probes)
     assert layer_tiles(Model.from_spec(WIDE, seed=2), max_rows=256) == tiles
     assert len(probes) == probed, "the same shapes are not probed again"
+    layer_tiles(model, max_rows=1024)
+    assert len(probes) > probed, "a tile that held up to 256 rows is probed again for 1,024"
 
 
 def test_a_served_model_keeps_no_scratch_per_batch_size() -> None:
