@@ -119,7 +119,13 @@ class PredictionService:
     ) -> tuple[Job, list[Checkpoint]]:
         """Reads the job and caches it; a refresh (`replacing` the entry it found stale) caches
         nothing if the entry changed meanwhile — above all if `forget` dropped a deleted job."""
-        found = (self.store.get_job(job_id), self.store.list_checkpoints(job_id))
+        try:
+            found = (self.store.get_job(job_id), self.store.list_checkpoints(job_id))
+        except NotFound:
+            # Deleted, perhaps through another server, or while one of its models was loading
+            # here after `forget`: its models go too.
+            self.cache.invalidate(job_id)
+            raise
         with self._jobs_lock:
             if replacing is None or self._jobs.get(job_id) is replacing:
                 if len(self._jobs) > 10_000:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from trainwire.engine import Model
 from trainwire.server.errors import NotFound
 from trainwire.server.predictions import PredictionService
 
@@ -79,7 +81,11 @@ def test_past_twice_the_ttl_callers_read_it_themselves(service: PredictionServic
 def test_a_job_deleted_meanwhile_leaves_the_cache_on_refresh(service: PredictionService) -> None:
     store: Any = service.store
     service._job("a" * 32)
-    store.deleted = True
+    loaded: Any = SimpleNamespace(
+        model=Model.from_spec({"input_dim": 2, "layers": [{"type": "dense", "units": 1}]})
+    )
+    service.cache.get(("a" * 32, 1), lambda: loaded)  # one of its models is being served
+    store.deleted = True  # through another server
     time.sleep(TTL_S * 1.2)
     service._job("a" * 32)  # stale answer; the refresh finds the job gone
     deadline = time.monotonic() + 5
@@ -88,6 +94,7 @@ def test_a_job_deleted_meanwhile_leaves_the_cache_on_refresh(service: Prediction
         time.sleep(0.01)
     with pytest.raises(NotFound):
         service._job("a" * 32)
+    assert service.cache.peek(("a" * 32, 1)) is None, "its models are dropped too"
 
 
 def test_a_job_forgotten_during_its_refresh_stays_forgotten(service: PredictionService) -> None:
