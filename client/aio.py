@@ -32,7 +32,7 @@ from .client import DEFAULT_MESSAGE_BYTES, DEFAULT_TARGET, Client, env_settings,
 from .errors import DeadlineExceeded, JobFailed, NotFound, Unavailable, from_aio_error
 from .files import PathLike
 from .results import DatasetInfo, JobStatus, Metrics, Prediction
-from .retry import RetryPolicy
+from .retry import RetryPolicy, watch_was_open
 from .rpc import AioRpc, channel_credentials, channel_options
 from .wire import (
     Upload,
@@ -392,7 +392,7 @@ class AsyncJobWatch(AsyncIterator[jobs_pb2.JobEvent]):
                 raise
             except grpc.aio.AioRpcError as error:
                 self._stream = self._events = None
-                await self._recover(error)
+                await self._recover(error, watch_was_open(error.initial_metadata()))
                 continue
             self._failures, self._outage_since = 0, None
             if event.sequence <= self.last_sequence:
@@ -400,12 +400,15 @@ class AsyncJobWatch(AsyncIterator[jobs_pb2.JobEvent]):
             self.last_sequence = event.sequence
             return event
 
-    async def _recover(self, error: grpc.aio.AioRpcError) -> None:
+    async def _recover(self, error: grpc.aio.AioRpcError, opened: bool) -> None:
+        """Sleeps before re-opening the stream, or raises the SDK error (see `JobWatch`)."""
         code, details = error.code(), error.details() or ""
         if self._closed:
             raise StopAsyncIteration
         if not self.reconnect or not reconnectable(code, details):
             raise from_aio_error(error) from None
+        if opened:  # the failed stream had been open: a new outage begins
+            self._failures, self._outage_since = 0, None
         now = time.monotonic()
         self._outage_since = self._outage_since or now
         if now - self._outage_since > self.client.watch_reconnect_s:

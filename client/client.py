@@ -32,7 +32,7 @@ from .results import (
     Metrics,
     Prediction,
 )
-from .retry import RetryPolicy
+from .retry import RetryPolicy, watch_was_open
 from .rpc import Rpc, channel_credentials, channel_options
 from .wire import (
     CHUNK_BYTES,
@@ -521,8 +521,9 @@ class JobWatch(Iterator[jobs_pb2.JobEvent]):
                 self.close()
                 raise
             except grpc.RpcError as error:
+                opened = self._was_open()
                 self._events = self._stream = None
-                self._recover(error)
+                self._recover(error, opened)
                 continue
             self._failures, self._outage_since = 0, None
             if event.sequence <= self.last_sequence:
@@ -539,13 +540,20 @@ class JobWatch(Iterator[jobs_pb2.JobEvent]):
         self._stream = stream
         self._events = iter(stream)
 
-    def _recover(self, error: grpc.RpcError) -> None:
-        """Sleeps before re-opening the stream, or raises the SDK error."""
+    def _was_open(self) -> bool:
+        """Whether the current (failed) stream had been opened by the server."""
+        return self._stream is not None and watch_was_open(self._stream.initial_metadata())
+
+    def _recover(self, error: grpc.RpcError, opened: bool) -> None:
+        """Sleeps before re-opening the stream, or raises the SDK error. `opened`: the failed
+        stream had been open (the server sent `WATCH_OPENED`), so a new outage begins."""
         code, details = status_of(error)
         if self._closed:
             raise StopIteration
         if not self.reconnect or not reconnectable(code, details):
             raise from_rpc_error(error) from None
+        if opened:  # a quiet job's stream may have been open longer than watch_reconnect_s
+            self._failures, self._outage_since = 0, None
         now = time.monotonic()
         self._outage_since = self._outage_since or now
         if now - self._outage_since > self.client.watch_reconnect_s:
