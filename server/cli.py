@@ -14,12 +14,22 @@ def _settings(args: argparse.Namespace) -> Settings:
         database_url=getattr(args, "database_url", None),
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
-        workers=getattr(args, "workers", None),
+        workers=_worker_processes(args),
         tls_cert=getattr(args, "tls_cert", None),
         tls_key=getattr(args, "tls_key", None),
         tls_client_ca=getattr(args, "tls_client_ca", None),
         allow_open_public=getattr(args, "allow_open_public", None) or None,
     )
+
+
+def _worker_processes(args: argparse.Namespace) -> int | None:
+    """The worker processes that share this machine's cores (each takes its share as BLAS
+    threads): `serve --workers`, or a `worker` command's `--concurrency`. A supervised worker (one
+    `serve` or `worker --concurrency N` started) keeps its supervisor's count, which reaches it as
+    TRAINWIRE_WORKERS; None leaves the environment's value."""
+    if args.command == "worker" and args.parent_pid is None:
+        return int(args.concurrency)
+    return getattr(args, "workers", None)
 
 
 def _serve(args: argparse.Namespace) -> int:
