@@ -28,7 +28,14 @@ import numpy as np
 from trainwire.v1 import datasets_pb2, jobs_pb2, predictions_pb2
 
 from .builders import ModelLike
-from .client import DEFAULT_MESSAGE_BYTES, DEFAULT_TARGET, Client, env_settings, reconnectable
+from .client import (
+    DEFAULT_MESSAGE_BYTES,
+    DEFAULT_TARGET,
+    Client,
+    env_settings,
+    is_gone,
+    reconnectable,
+)
 from .errors import DeadlineExceeded, JobFailed, NotFound, Unavailable, from_aio_error
 from .files import PathLike
 from .results import DatasetInfo, JobStatus, Metrics, Prediction
@@ -110,8 +117,10 @@ class AsyncClient:
         timeout: float | None = None,
         *,
         idempotent: bool = True,
+        gone_on_retry: Callable[[], R] | None = None,
     ) -> R:
-        """One call with a deadline; idempotent calls are retried within it."""
+        """One call with a deadline; idempotent calls are retried within it (a delete's retry
+        that finds the resource gone answers `gone_on_retry()`, see `Client._call`)."""
         deadline = time.monotonic() + (timeout or self.timeout)
         attempt = 0
         while True:
@@ -122,6 +131,8 @@ class AsyncClient:
             except grpc.aio.AioRpcError as error:
                 remaining = deadline - time.monotonic()
                 code, details = error.code(), error.details() or ""
+                if gone_on_retry is not None and is_gone(attempt, code):
+                    return gone_on_retry()
                 delay = self.retry.next_delay(attempt, code, details, remaining)
                 if not idempotent or delay is None:
                     raise from_aio_error(error) from None
@@ -200,7 +211,11 @@ class AsyncClient:
 
     async def delete_dataset(self, name: str) -> None:
         """Deletes a dataset; refused (FailedPrecondition) while an unfinished job uses it."""
-        await self._call(self._rpc.delete_dataset, datasets_pb2.DeleteDatasetRequest(name=name))
+        await self._call(
+            self._rpc.delete_dataset,
+            datasets_pb2.DeleteDatasetRequest(name=name),
+            gone_on_retry=datasets_pb2.DeleteDatasetResponse,
+        )
         self._uploaded = {k: v for k, v in self._uploaded.items() if v != name}
 
     # --- jobs ---------------------------------------------------------------------------------
@@ -281,7 +296,11 @@ class AsyncClient:
 
     async def delete_job(self, name: str) -> None:
         """Deletes a finished job with its metrics and checkpoints."""
-        await self._call(self._rpc.delete_job, jobs_pb2.DeleteJobRequest(name=name))
+        await self._call(
+            self._rpc.delete_job,
+            jobs_pb2.DeleteJobRequest(name=name),
+            gone_on_retry=jobs_pb2.DeleteJobResponse,
+        )
 
     def watch_job(
         self,

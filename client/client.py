@@ -98,6 +98,12 @@ def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return settings
 
 
+def is_gone(attempt: int, code: grpc.StatusCode | None) -> bool:
+    """Whether a retried delete found its resource gone: the attempt before may have deleted it
+    and lost its answer (a dropped connection), so NOT_FOUND then means success."""
+    return attempt > 1 and code is grpc.StatusCode.NOT_FOUND
+
+
 def reconnectable(code: grpc.StatusCode | None, details: str) -> bool:
     """Whether a stream that failed this way should be re-opened: the server is unreachable or
     dropped the connection (an INTERNAL only when it is a reset stream, not a server bug)."""
@@ -173,8 +179,10 @@ class Client:
         timeout: float | None = None,
         *,
         idempotent: bool = True,
+        gone_on_retry: Callable[[], R] | None = None,
     ) -> R:
-        """One call with a deadline; idempotent calls are retried within it."""
+        """One call with a deadline; idempotent calls are retried within it. A delete passes
+        `gone_on_retry`, its answer when a retry finds the resource gone (`is_gone`)."""
         budget = timeout or self.timeout
         deadline = time.monotonic() + budget
         attempt = 0
@@ -185,6 +193,8 @@ class Client:
                 return method(request, timeout=max(remaining, 0.001), metadata=self._metadata)
             except grpc.RpcError as error:
                 code, details = status_of(error)
+                if gone_on_retry is not None and is_gone(attempt, code):
+                    return gone_on_retry()
                 remaining = deadline - time.monotonic()
                 delay = self.retry.next_delay(attempt, code, details, remaining)
                 if not idempotent or delay is None:
@@ -320,7 +330,11 @@ class Client:
 
     def delete_dataset(self, name: str) -> None:
         """Deletes a dataset; refused (FailedPrecondition) while an unfinished job uses it."""
-        self._call(self._rpc.delete_dataset, datasets_pb2.DeleteDatasetRequest(name=name))
+        self._call(
+            self._rpc.delete_dataset,
+            datasets_pb2.DeleteDatasetRequest(name=name),
+            gone_on_retry=datasets_pb2.DeleteDatasetResponse,
+        )
         self._uploaded = {k: v for k, v in self._uploaded.items() if v != name}
 
     # --- jobs ---------------------------------------------------------------------------------
@@ -408,7 +422,11 @@ class Client:
 
     def delete_job(self, name: str) -> None:
         """Deletes a finished job with its metrics and checkpoints."""
-        self._call(self._rpc.delete_job, jobs_pb2.DeleteJobRequest(name=name))
+        self._call(
+            self._rpc.delete_job,
+            jobs_pb2.DeleteJobRequest(name=name),
+            gone_on_retry=jobs_pb2.DeleteJobResponse,
+        )
 
     def watch_job(
         self,

@@ -5,6 +5,8 @@ or RESOURCE_EXHAUSTED (server busy), within the call's deadline. A RESOURCE_EXHA
 a configured limit (`max_epochs is limited to 5. Received: 6`) or a message-size limit is
 permanent and raised at once. Only idempotent calls are retried: everything except
 `UploadDataset` (`CreateJob` always carries a `request_id`, so a retry cannot create two jobs).
+A delete whose answer was lost may find its resource gone when retried: NOT_FOUND on a retry of
+`DeleteJob` or `DeleteDataset` counts as deleted.
 
 A reconnecting watch gives up after `watch_reconnect_s` without an open stream. The server marks
 a WatchJob stream as open with `WATCH_OPENED` in its initial metadata once it has found the job,
