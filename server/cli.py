@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import Settings
+from .errors import TrainwireError
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -198,6 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
+    except TrainwireError as error:  # the store's domain errors: the user commands' exit codes
+        from trainwire.client.cli import EXIT_CODES, FAILED
+
+        print(f"trainwire: {error.code.name.lower().replace('_', ' ')}: {error}", file=sys.stderr)
+        return EXIT_CODES.get(error.code, FAILED)
     except ValueError as error:  # configuration mistakes
         print(f"trainwire: {error}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -98,6 +99,17 @@ def test_cli_reports_configuration_problems_with_exit_code_2() -> None:
     assert "TRAINWIRE_PORT must be a port number" in result.stderr
     assert "TRAINWIRE_MAX_EPOCHS must be positive" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_revoking_an_unknown_key_exits_3_naming_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "trainwire.server.cli", "keys", "revoke", "nosuchkey",
+         "--database-url", url],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 3, "the README's exit code for not found"
+    assert result.stderr.strip() == "trainwire: not found: API key nosuchkey does not exist"
 
 
 def test_json_logs_carry_request_and_job_ids() -> None:
