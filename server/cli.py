@@ -126,7 +126,7 @@ def _health(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     target = args.target or f"127.0.0.1:{settings.port}"
-    health = server_health(target)
+    health = server_health(target, settings)
     print(f"{target}: {health}")
     return 0 if health == "SERVING" else 1
 
