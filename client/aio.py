@@ -28,11 +28,18 @@ import numpy as np
 from trainwire.v1 import datasets_pb2, jobs_pb2, predictions_pb2
 
 from .builders import ModelLike
-from .client import DEFAULT_MESSAGE_BYTES, DEFAULT_TARGET, Client, env_settings, reconnectable
+from .client import (
+    DEFAULT_MESSAGE_BYTES,
+    DEFAULT_TARGET,
+    Client,
+    env_settings,
+    is_gone,
+    reconnectable,
+)
 from .errors import DeadlineExceeded, JobFailed, NotFound, Unavailable, from_aio_error
 from .files import PathLike
 from .results import DatasetInfo, JobStatus, Metrics, Prediction
-from .retry import RetryPolicy
+from .retry import RetryPolicy, watch_was_open
 from .rpc import AioRpc, channel_credentials, channel_options
 from .wire import (
     ChunkedPrediction,
@@ -111,8 +118,10 @@ class AsyncClient:
         timeout: float | None = None,
         *,
         idempotent: bool = True,
+        gone_on_retry: Callable[[], R] | None = None,
     ) -> R:
-        """One call with a deadline; idempotent calls are retried within it."""
+        """One call with a deadline; idempotent calls are retried within it (a delete's retry
+        that finds the resource gone answers `gone_on_retry()`, see `Client._call`)."""
         deadline = time.monotonic() + (timeout or self.timeout)
         attempt = 0
         while True:
@@ -123,6 +132,8 @@ class AsyncClient:
             except grpc.aio.AioRpcError as error:
                 remaining = deadline - time.monotonic()
                 code, details = error.code(), error.details() or ""
+                if gone_on_retry is not None and is_gone(attempt, code):
+                    return gone_on_retry()
                 delay = self.retry.next_delay(attempt, code, details, remaining)
                 if not idempotent or delay is None:
                     raise from_aio_error(error) from None
@@ -201,7 +212,11 @@ class AsyncClient:
 
     async def delete_dataset(self, name: str) -> None:
         """Deletes a dataset; refused (FailedPrecondition) while an unfinished job uses it."""
-        await self._call(self._rpc.delete_dataset, datasets_pb2.DeleteDatasetRequest(name=name))
+        await self._call(
+            self._rpc.delete_dataset,
+            datasets_pb2.DeleteDatasetRequest(name=name),
+            gone_on_retry=datasets_pb2.DeleteDatasetResponse,
+        )
         self._uploaded = {k: v for k, v in self._uploaded.items() if v != name}
 
     # --- jobs ---------------------------------------------------------------------------------
@@ -282,7 +297,11 @@ class AsyncClient:
 
     async def delete_job(self, name: str) -> None:
         """Deletes a finished job with its metrics and checkpoints."""
-        await self._call(self._rpc.delete_job, jobs_pb2.DeleteJobRequest(name=name))
+        await self._call(
+            self._rpc.delete_job,
+            jobs_pb2.DeleteJobRequest(name=name),
+            gone_on_retry=jobs_pb2.DeleteJobResponse,
+        )
 
     def watch_job(
         self,
@@ -393,7 +412,7 @@ class AsyncJobWatch(AsyncIterator[jobs_pb2.JobEvent]):
                 raise
             except grpc.aio.AioRpcError as error:
                 self._stream = self._events = None
-                await self._recover(error)
+                await self._recover(error, watch_was_open(error.initial_metadata()))
                 continue
             self._failures, self._outage_since = 0, None
             if event.sequence <= self.last_sequence:
@@ -401,12 +420,15 @@ class AsyncJobWatch(AsyncIterator[jobs_pb2.JobEvent]):
             self.last_sequence = event.sequence
             return event
 
-    async def _recover(self, error: grpc.aio.AioRpcError) -> None:
+    async def _recover(self, error: grpc.aio.AioRpcError, opened: bool) -> None:
+        """Sleeps before re-opening the stream, or raises the SDK error (see `JobWatch`)."""
         code, details = error.code(), error.details() or ""
         if self._closed:
             raise StopAsyncIteration
         if not self.reconnect or not reconnectable(code, details):
             raise from_aio_error(error) from None
+        if opened:  # the failed stream had been open: a new outage begins
+            self._failures, self._outage_since = 0, None
         now = time.monotonic()
         self._outage_since = self._outage_since or now
         if now - self._outage_since > self.client.watch_reconnect_s:

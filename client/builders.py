@@ -20,7 +20,12 @@ import yaml
 
 @dataclass(frozen=True)
 class Dense:
-    """A fully connected layer of `units` outputs, optionally followed by an activation."""
+    """A fully connected layer of `units` outputs, optionally followed by an activation.
+
+    `activation` and the initializers are names (a mapping may hold only its `name`): an
+    activation with parameters is a layer of its own, `Activation("leaky_relu",
+    negative_slope=0.3)`.
+    """
 
     units: int
     activation: str | Mapping[str, Any] | None = None

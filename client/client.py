@@ -32,7 +32,7 @@ from .results import (
     Metrics,
     Prediction,
 )
-from .retry import RetryPolicy
+from .retry import RetryPolicy, watch_was_open
 from .rpc import Rpc, channel_credentials, channel_options
 from .wire import (
     CHUNK_BYTES,
@@ -97,6 +97,12 @@ def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
                 f"{env['TRAINWIRE_TIMEOUT']!r}"
             ) from None
     return settings
+
+
+def is_gone(attempt: int, code: grpc.StatusCode | None) -> bool:
+    """Whether a retried delete found its resource gone: the attempt before may have deleted it
+    and lost its answer (a dropped connection), so NOT_FOUND then means success."""
+    return attempt > 1 and code is grpc.StatusCode.NOT_FOUND
 
 
 def reconnectable(code: grpc.StatusCode | None, details: str) -> bool:
@@ -174,8 +180,10 @@ class Client:
         timeout: float | None = None,
         *,
         idempotent: bool = True,
+        gone_on_retry: Callable[[], R] | None = None,
     ) -> R:
-        """One call with a deadline; idempotent calls are retried within it."""
+        """One call with a deadline; idempotent calls are retried within it. A delete passes
+        `gone_on_retry`, its answer when a retry finds the resource gone (`is_gone`)."""
         budget = timeout or self.timeout
         deadline = time.monotonic() + budget
         attempt = 0
@@ -186,6 +194,8 @@ class Client:
                 return method(request, timeout=max(remaining, 0.001), metadata=self._metadata)
             except grpc.RpcError as error:
                 code, details = status_of(error)
+                if gone_on_retry is not None and is_gone(attempt, code):
+                    return gone_on_retry()
                 remaining = deadline - time.monotonic()
                 delay = self.retry.next_delay(attempt, code, details, remaining)
                 if not idempotent or delay is None:
@@ -321,7 +331,11 @@ class Client:
 
     def delete_dataset(self, name: str) -> None:
         """Deletes a dataset; refused (FailedPrecondition) while an unfinished job uses it."""
-        self._call(self._rpc.delete_dataset, datasets_pb2.DeleteDatasetRequest(name=name))
+        self._call(
+            self._rpc.delete_dataset,
+            datasets_pb2.DeleteDatasetRequest(name=name),
+            gone_on_retry=datasets_pb2.DeleteDatasetResponse,
+        )
         self._uploaded = {k: v for k, v in self._uploaded.items() if v != name}
 
     # --- jobs ---------------------------------------------------------------------------------
@@ -409,7 +423,11 @@ class Client:
 
     def delete_job(self, name: str) -> None:
         """Deletes a finished job with its metrics and checkpoints."""
-        self._call(self._rpc.delete_job, jobs_pb2.DeleteJobRequest(name=name))
+        self._call(
+            self._rpc.delete_job,
+            jobs_pb2.DeleteJobRequest(name=name),
+            gone_on_retry=jobs_pb2.DeleteJobResponse,
+        )
 
     def watch_job(
         self,
@@ -524,8 +542,9 @@ class JobWatch(Iterator[jobs_pb2.JobEvent]):
                 self.close()
                 raise
             except grpc.RpcError as error:
+                opened = self._was_open()
                 self._events = self._stream = None
-                self._recover(error)
+                self._recover(error, opened)
                 continue
             self._failures, self._outage_since = 0, None
             if event.sequence <= self.last_sequence:
@@ -542,13 +561,20 @@ class JobWatch(Iterator[jobs_pb2.JobEvent]):
         self._stream = stream
         self._events = iter(stream)
 
-    def _recover(self, error: grpc.RpcError) -> None:
-        """Sleeps before re-opening the stream, or raises the SDK error."""
+    def _was_open(self) -> bool:
+        """Whether the current (failed) stream had been opened by the server."""
+        return self._stream is not None and watch_was_open(self._stream.initial_metadata())
+
+    def _recover(self, error: grpc.RpcError, opened: bool) -> None:
+        """Sleeps before re-opening the stream, or raises the SDK error. `opened`: the failed
+        stream had been open (the server sent `WATCH_OPENED`), so a new outage begins."""
         code, details = status_of(error)
         if self._closed:
             raise StopIteration
         if not self.reconnect or not reconnectable(code, details):
             raise from_rpc_error(error) from None
+        if opened:  # a quiet job's stream may have been open longer than watch_reconnect_s
+            self._failures, self._outage_since = 0, None
         now = time.monotonic()
         self._outage_since = self._outage_since or now
         if now - self._outage_since > self.client.watch_reconnect_s:

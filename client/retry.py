@@ -5,11 +5,19 @@ or RESOURCE_EXHAUSTED (server busy), within the call's deadline. A RESOURCE_EXHA
 a configured limit (`max_epochs is limited to 5. Received: 6`) or a message-size limit is
 permanent and raised at once. Only idempotent calls are retried: everything except
 `UploadDataset` (`CreateJob` always carries a `request_id`, so a retry cannot create two jobs).
+A delete whose answer was lost may find its resource gone when retried: NOT_FOUND on a retry of
+`DeleteJob` or `DeleteDataset` counts as deleted.
+
+A reconnecting watch gives up after `watch_reconnect_s` without an open stream. The server marks
+a WatchJob stream as open with `WATCH_OPENED` in its initial metadata once it has found the job,
+so a watch of a quiet job (no event for longer than that) still counts its outage from the
+connection it lost, not from its last event.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import grpc
@@ -68,3 +76,14 @@ class RetryPolicy:
 
 #: Never retry (for callers that do their own).
 NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+#: The initial metadata of a WatchJob stream the server opened (sent once the job is found).
+#: gRPC reports empty initial metadata for a stream that failed before the server answered and
+#: for one whose server sent empty headers alike, so an open stream needs a marker of its own.
+WATCH_OPENED = ("trainwire-watch", "open")
+
+
+def watch_was_open(metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
+    """Whether a watch stream's initial metadata carries `WATCH_OPENED`."""
+    return any(tuple(item) == WATCH_OPENED for item in metadata or ())

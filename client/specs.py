@@ -14,7 +14,8 @@ from trainwire.v1 import models_pb2
 
 
 def _name_of(value: Any) -> str:
-    """Registry entries are given as a name or as {"name": ..., **params}."""
+    """Registry entries are given as a name or as {"name": ..., **params}. A dense layer's
+    activation and initializers travel as names only (local validation refuses parameters)."""
     if isinstance(value, Mapping):
         return str(value.get("name", ""))
     return str(value or "")
@@ -38,12 +39,9 @@ def model_spec_to_proto(spec: Mapping[str, Any]) -> models_pb2.ModelSpec:
         elif kind == "dropout":
             message.layers.add(dropout=models_pb2.DropoutLayer(rate=float(layer["rate"])))
         elif kind == "batch_norm":
-            message.layers.add(
-                batch_norm=models_pb2.BatchNormLayer(
-                    momentum=float(layer.get("momentum", 0.0)),
-                    epsilon=float(layer.get("epsilon", 0.0)),
-                )
-            )
+            # Only the values given are set (the fields have presence: 0 is a value, not unset).
+            values = {key: float(layer[key]) for key in ("momentum", "epsilon") if key in layer}
+            message.layers.add(batch_norm=models_pb2.BatchNormLayer(**values))
         elif kind == "activation":
             activation = layer.get("activation", "linear")
             params = dict(activation) if isinstance(activation, Mapping) else {}

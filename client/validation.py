@@ -60,15 +60,27 @@ class _Checker:
             self.add(field, f"must be a non-negative integer. Received: {value!r}")
 
     def number(
-        self, field: str, value: object, low: float, high: float, *, open_high: bool = False
+        self,
+        field: str,
+        value: object,
+        low: float,
+        high: float,
+        *,
+        open_low: bool = False,
+        open_high: bool = False,
     ) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.add(field, f"must be a number. Received: {value!r}")
         elif not math.isfinite(value):
             self.add(field, f"must be a finite number. Received: {value}")
-        elif value < low or value > high or (open_high and value == high):
-            bracket = ")" if open_high else "]"
-            self.add(field, f"must be in [{low:g}, {high:g}{bracket}. Received: {value}")
+        elif (
+            value < low
+            or value > high
+            or (open_low and value == low)
+            or (open_high and value == high)
+        ):
+            interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+            self.add(field, f"must be in {interval}. Received: {value}")
 
     def name(self, field: str, kind: str, value: object, *, optional: bool = False) -> None:
         if isinstance(value, Mapping):
@@ -81,6 +93,12 @@ class _Checker:
             self.add(
                 field, f"unknown {kind} {value!r}; expected one of: {', '.join(sorted(known))}"
             )
+
+    def no_params(self, field: str, value: object, remedy: str) -> None:
+        """A registry entry that travels as a name only: a mapping may hold nothing but it."""
+        if isinstance(value, Mapping) and set(value) - {"name"}:
+            params = {k: v for k, v in value.items() if k != "name"}
+            self.add(field, f"takes a name only, not parameters ({remedy}). Received: {params!r}")
 
     def raise_if_any(self) -> None:
         if self.violations:
@@ -125,20 +143,35 @@ def _layer(checker: _Checker, path: str, layer: object) -> None:
         checker.add(f"{path}.{key}", f"is not a field of a {kind} layer; expected: {allowed}")
     if kind == "dense":
         checker.positive_int(f"{path}.units", layer.get("units"))
-        checker.name(f"{path}.activation", "activation", layer.get("activation"), optional=True)
+        _dense_activation(checker, f"{path}.activation", layer.get("activation"))
         if not isinstance(layer.get("use_bias", True), bool):
             checker.add(
                 f"{path}.use_bias", f"must be true or false. Received: {layer['use_bias']!r}"
             )
         for key in ("kernel_initializer", "bias_initializer"):
             checker.name(f"{path}.{key}", "initializer", layer.get(key), optional=True)
+            checker.no_params(f"{path}.{key}", layer.get(key), "initializers have none")
     elif kind == "dropout":
         checker.number(f"{path}.rate", layer.get("rate"), 0.0, 1.0, open_high=True)
     elif kind == "batch_norm":
         checker.number(f"{path}.momentum", layer.get("momentum", 0.1), 0.0, 1.0)
-        checker.number(f"{path}.epsilon", layer.get("epsilon", 1e-5), 0.0, math.inf)
+        checker.number(f"{path}.epsilon", layer.get("epsilon", 1e-5), 0.0, math.inf, open_low=True)
     else:
         checker.name(f"{path}.activation", "activation", layer.get("activation"))
+
+
+def _dense_activation(checker: _Checker, field: str, activation: object) -> None:
+    """A dense layer's activation is sent by name alone (`DenseLayer.activation` is a string):
+    parameters would be dropped silently, so they are refused with the layer that carries them."""
+    checker.name(field, "activation", activation, optional=True)
+    if isinstance(activation, Mapping):
+        params = ", ".join(f"{k}={v!r}" for k, v in activation.items() if k != "name")
+        layer = {"type": "activation", "activation": dict(activation)}
+        remedy = (
+            "leave it out and follow this layer with "
+            f"Activation({activation.get('name')!r}, {params}) or {layer!r}"
+        )
+        checker.no_params(field, activation, remedy)
 
 
 def check_training(

@@ -15,6 +15,7 @@ from concurrent.futures import Executor
 
 import grpc
 
+from trainwire.client.retry import WATCH_OPENED
 from trainwire.client.tensors import write_tensor
 from trainwire.v1 import (
     datasets_pb2,
@@ -157,6 +158,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             job_id = await loop.run_in_executor(
                 self.executor, self.jobs.watched_job, request.name, request.after_sequence, project
             )
+            # Tells the client the stream is open, so a later drop starts a new outage for its
+            # reconnect budget even if the job stays quiet (see `trainwire.client.retry`).
+            await context.send_initial_metadata((WATCH_OPENED,))
             after = request.after_sequence
             while True:
                 events, over = await loop.run_in_executor(

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import Settings
+from .errors import TrainwireError
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -14,12 +15,22 @@ def _settings(args: argparse.Namespace) -> Settings:
         database_url=getattr(args, "database_url", None),
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
-        workers=getattr(args, "workers", None),
+        workers=_worker_processes(args),
         tls_cert=getattr(args, "tls_cert", None),
         tls_key=getattr(args, "tls_key", None),
         tls_client_ca=getattr(args, "tls_client_ca", None),
         allow_open_public=getattr(args, "allow_open_public", None) or None,
     )
+
+
+def _worker_processes(args: argparse.Namespace) -> int | None:
+    """The worker processes that share this machine's cores (each takes its share as BLAS
+    threads): `serve --workers`, or a `worker` command's `--concurrency`. A supervised worker (one
+    `serve` or `worker --concurrency N` started) keeps its supervisor's count, which reaches it as
+    TRAINWIRE_WORKERS; None leaves the environment's value."""
+    if args.command == "worker" and args.parent_pid is None:
+        return int(args.concurrency)
+    return getattr(args, "workers", None)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -115,7 +126,7 @@ def _health(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     target = args.target or f"127.0.0.1:{settings.port}"
-    health = server_health(target)
+    health = server_health(target, settings)
     print(f"{target}: {health}")
     return 0 if health == "SERVING" else 1
 
@@ -188,6 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
+    except TrainwireError as error:  # the store's domain errors: the user commands' exit codes
+        from trainwire.client.cli import EXIT_CODES, FAILED
+
+        print(f"trainwire: {error.code.name.lower().replace('_', ' ')}: {error}", file=sys.stderr)
+        return EXIT_CODES.get(error.code, FAILED)
     except ValueError as error:  # configuration mistakes
         print(f"trainwire: {error}", file=sys.stderr)
         return 2

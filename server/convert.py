@@ -80,11 +80,11 @@ def model_spec_from_proto(spec: models_pb2.ModelSpec, input_dim: int) -> dict[st
         elif kind == "dropout":
             layers.append({"type": "dropout", "rate": layer.dropout.rate})
         elif kind == "batch_norm":
+            # Presence, not truth: a momentum of 0 is a value; an unset field takes the default.
             norm: dict[str, Any] = {"type": "batch_norm"}
-            if layer.batch_norm.momentum:
-                norm["momentum"] = layer.batch_norm.momentum
-            if layer.batch_norm.epsilon:
-                norm["epsilon"] = layer.batch_norm.epsilon
+            for key in ("momentum", "epsilon"):
+                if layer.batch_norm.HasField(key):
+                    norm[key] = getattr(layer.batch_norm, key)
             layers.append(norm)
         elif kind == "activation":
             activation = {"name": layer.activation.name, **dict(layer.activation.params)}

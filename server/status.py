@@ -1,21 +1,29 @@
 """`trainwire status`: a one-screen summary of a deployment, read from its database.
 
 Version, database and schema, queue depth by state and queue, workers (alive when seen within
-two lease periods), recent failures; with `--target`, the server's health too.
+two lease periods), recent failures; with `--target`, the server's health too. `server_health`
+is also `trainwire health`, the container's health check: it speaks TLS to a server configured
+with TLS.
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 from datetime import UTC, datetime
 from importlib.metadata import version
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 from .db import Database
 from .metrics import count_alive
 from .migrate import current_revision, head_revision
 from .store import Store
+
+if TYPE_CHECKING:
+    import grpc
 
 
 def collect_status(settings: Settings, target: str | None = None) -> dict[str, Any]:
@@ -49,22 +57,71 @@ def collect_status(settings: Settings, target: str | None = None) -> dict[str, A
     finally:
         database.dispose()
     if target:
-        status["server"] = {"target": target, "health": server_health(target)}
+        status["server"] = {"target": target, "health": server_health(target, settings)}
     return status
 
 
-def server_health(target: str) -> str:
+def server_health(target: str, settings: Settings | None = None) -> str:
+    """The server's answer to a health check (SERVING, NOT_SERVING), or `unreachable (CODE)`.
+    A server whose `settings` have TLS is probed over TLS (see `probe_channel`)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     try:
-        with grpc.insecure_channel(target) as channel:
+        with probe_channel(target, settings or Settings()) as channel:
             answer = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=3
             )
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
     except grpc.RpcError as error:
         return f"unreachable ({error.code().name})"
+
+
+def probe_channel(target: str, settings: Settings) -> grpc.Channel:
+    """A channel to our own server: plaintext, or with TLS trusting exactly the server's own
+    certificate (no CA needs configuring: a probe on the server's machine can read it). gRPC also
+    checks that the certificate names the target, which 127.0.0.1 seldom is, so the probe asks
+    for a name the server's certificate carries. A server that requires client certificates is
+    shown its own certificate and key (accepted when its client CA signed them)."""
+    import grpc
+
+    if not settings.tls_cert:
+        return grpc.insecure_channel(target)
+    cert = Path(settings.tls_cert).read_bytes()
+    key = Path(settings.tls_key).read_bytes() if settings.tls_client_ca else None
+    credentials = grpc.ssl_channel_credentials(cert, key, cert if key else None)
+    name = certificate_name(target, settings)
+    options = [("grpc.ssl_target_name_override", name)] if name else []
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+def certificate_name(target: str, settings: Settings) -> str | None:
+    """A name of the certificate the server at `target` presents, verified against the server's
+    own certificate (the standard library decodes a certificate only from a verified
+    handshake). None when the handshake fails: the gRPC probe then reports why."""
+    host, _, port = target.rpartition(":")
+    context = ssl.create_default_context(cafile=settings.tls_cert)
+    context.check_hostname = False  # the name is what we are looking for
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # trust the leaf itself
+    context.set_alpn_protocols(["h2"])
+    try:
+        if settings.tls_client_ca:
+            context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        with (
+            socket.create_connection((host.strip("[]"), int(port)), timeout=3) as raw,
+            context.wrap_socket(raw) as tls,
+        ):
+            peer: dict[str, Any] = dict(tls.getpeercert() or {})
+    except (OSError, ValueError):  # ssl.SSLError is an OSError
+        return None
+    alternatives = peer.get("subjectAltName", ())
+    names = [value for kind, value in alternatives if kind == "DNS"]
+    names += [value for rdn in peer.get("subject", ()) for key, value in rdn if key == "commonName"]
+    names += [value for kind, value in alternatives if kind == "IP Address"]
+    if not names:
+        return None
+    # A wildcard certificate names any host of its domain.
+    return "health" + names[0][1:] if names[0].startswith("*.") else str(names[0])
 
 
 def render(status: dict[str, Any]) -> str:

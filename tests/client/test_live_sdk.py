@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from trainwire.client import (
+    BatchNorm,
     Client,
     DatasetInfo,
     Dense,
@@ -171,3 +172,17 @@ def test_cancel_a_queued_job_and_errors_keep_their_status(
     job.delete()
     with pytest.raises(NotFound, match="does not exist"):
         client.get_job(job.name)
+
+
+def test_a_batch_norm_momentum_of_zero_reaches_the_server(
+    client: Client, dataset: DatasetInfo
+) -> None:
+    # 0.0 is protobuf's default value: without presence the server read it as unset (0.1).
+    model = Sequential([Dense(8), BatchNorm(momentum=0.0), Dense(3)])
+    job = client.create_job(dataset, model, epochs=1, queue="nobody-listens")
+    try:
+        stored = job.status().raw.model.layers[1].batch_norm
+        assert stored.momentum == 0.0 and stored.HasField("momentum")
+        assert stored.epsilon == pytest.approx(1e-5)
+    finally:
+        job.cancel()

@@ -17,6 +17,7 @@ import pytest
 from trainwire.client import (
     Client,
     DeadlineExceeded,
+    NotFound,
     ResourceExhausted,
     RetryPolicy,
     Unavailable,
@@ -25,6 +26,7 @@ from trainwire.client.aio import AsyncClient
 from trainwire.v1 import datasets_pb2, jobs_pb2
 
 JOB = "jobs/" + "a" * 32
+DATASET = "datasets/" + "b" * 32
 FAST = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.05)
 
 
@@ -38,6 +40,7 @@ class Flaky:
     delay_s: float = 0.0
     calls: dict[str, int] = field(default_factory=dict)
     watch_requests: list[int] = field(default_factory=list)
+    existing: set[str] = field(default_factory=lambda: {JOB, DATASET})
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _count(self, method: str) -> int:
@@ -51,6 +54,21 @@ class Flaky:
                 context.abort(self.code, self.details)
             time.sleep(self.delay_s)
             return jobs_pb2.Job(name=JOB, state=jobs_pb2.JOB_STATE_QUEUED)
+
+        return handle
+
+    def delete(self, method: str, response: Any) -> Any:
+        """Deletes the named resource, then fails the first `failures` calls with `code`: the
+        delete is done but its answer is lost. A missing resource is NOT_FOUND."""
+
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            count = self._count(method)
+            if request.name not in self.existing:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"{request.name} does not exist")
+            self.existing.discard(request.name)
+            if count <= self.failures:
+                context.abort(self.code, self.details)
+            return response
 
         return handle
 
@@ -96,7 +114,17 @@ def flaky() -> Iterator[tuple[Flaky, str]]:
         request_deserializer=jobs_pb2.WatchJobRequest.FromString,
         response_serializer=jobs_pb2.JobEvent.SerializeToString,
     )
+    job_handlers["DeleteJob"] = grpc.unary_unary_rpc_method_handler(
+        behaviour.delete("DeleteJob", jobs_pb2.DeleteJobResponse()),
+        request_deserializer=jobs_pb2.DeleteJobRequest.FromString,
+        response_serializer=jobs_pb2.DeleteJobResponse.SerializeToString,
+    )
     dataset_handlers = {
+        "DeleteDataset": grpc.unary_unary_rpc_method_handler(
+            behaviour.delete("DeleteDataset", datasets_pb2.DeleteDatasetResponse()),
+            request_deserializer=datasets_pb2.DeleteDatasetRequest.FromString,
+            response_serializer=datasets_pb2.DeleteDatasetResponse.SerializeToString,
+        ),
         "UploadDataset": grpc.stream_unary_rpc_method_handler(
             behaviour.upload,
             request_deserializer=datasets_pb2.UploadDatasetRequest.FromString,
@@ -157,6 +185,35 @@ def test_hard_limits_and_uploads_are_not_retried(flaky: tuple[Flaky, str]) -> No
         with pytest.raises(Unavailable):
             client.upload_dataset(x, y)
     assert behaviour.calls["UploadDataset"] == 1, "an upload is not idempotent"
+
+
+def test_a_delete_whose_answer_was_lost_succeeds_on_its_retry(flaky: tuple[Flaky, str]) -> None:
+    behaviour, target = flaky
+    behaviour.failures = 1  # each delete is done, then answered UNAVAILABLE once
+    with Client(target, retry=FAST, timeout=10) as client:
+        client.delete_job(JOB)
+        client.delete_dataset(DATASET)
+        assert behaviour.calls == {"DeleteJob": 2, "DeleteDataset": 2}, "the retry found it gone"
+        assert not behaviour.existing
+        with pytest.raises(NotFound, match="does not exist"):
+            client.delete_job(JOB)  # at the first attempt, NOT_FOUND still means not found
+
+
+def test_async_delete_whose_answer_was_lost_succeeds_on_its_retry(
+    flaky: tuple[Flaky, str],
+) -> None:
+    behaviour, target = flaky
+    behaviour.failures = 1
+
+    async def scenario() -> None:
+        async with AsyncClient(target, retry=FAST, timeout=10) as client:
+            await client.delete_job(JOB)
+            await client.delete_dataset(DATASET)
+            with pytest.raises(NotFound, match="does not exist"):
+                await client.delete_dataset(DATASET)
+
+    asyncio.run(scenario())
+    assert behaviour.calls == {"DeleteJob": 2, "DeleteDataset": 3}
 
 
 def test_every_call_has_a_deadline(flaky: tuple[Flaky, str]) -> None:

@@ -2,19 +2,34 @@
 
 The gRPC server runs without workers; a separate `trainwire worker` keeps training (and writing
 events) while the server is down, so the watch must catch up on events made during the outage.
+A watch of a quiet job also survives one dropped connection after another: its outage is counted
+from the failed re-opens only, not from the last event.
 """
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from trainwire.client import Client
-from trainwire.server.local import local_server
+import pytest
 
+from trainwire.client import Client
+from trainwire.client.aio import AsyncClient
+from trainwire.server.local import LocalServer, local_server
+from trainwire.v1 import jobs_pb2
+
+from ..support.tcp_proxy import TcpProxy
 from .conftest import MODEL, blobs
+
+# The watches below give up after this long without a working stream; the job stays quiet for
+# longer than that between two dropped connections.
+RECONNECT_S = 1.0
+QUIET_S = 2.5 * RECONNECT_S
 
 
 def test_watch_reconnects_across_a_server_restart(tmp_path: Path) -> None:
@@ -50,3 +65,76 @@ def test_watch_reconnects_across_a_server_restart(tmp_path: Path) -> None:
     assert watch.reconnects >= 1
     assert seen == list(range(1, len(seen) + 1)), "no event lost or repeated"
     assert len(seen) >= 600 + 3, "QUEUED, RUNNING, one event per epoch, SUCCEEDED"
+
+
+@pytest.fixture
+def proxied_server(tmp_path: Path) -> Iterator[tuple[LocalServer, TcpProxy]]:
+    """A server without workers (a created job stays QUEUED and emits nothing) behind a proxy
+    that a test can cut."""
+    with local_server(f"sqlite:///{tmp_path / 'trainwire.db'}", workers=0) as server:
+        host, port = server.target.rsplit(":", 1)
+        proxy = TcpProxy(host, int(port))
+        try:
+            yield server, proxy
+        finally:
+            proxy.close()
+
+
+def _drop_connections(proxy: TcpProxy) -> None:
+    """Drops every connection through the proxy (the watch's stream fails) and lets new ones in."""
+    proxy.cut()
+    proxy.restore()
+
+
+def test_watch_of_a_quiet_job_survives_two_dropped_connections(
+    proxied_server: tuple[LocalServer, TcpProxy],
+) -> None:
+    _, proxy = proxied_server
+    with (
+        Client(f"127.0.0.1:{proxy.port}", timeout=10, watch_reconnect_s=RECONNECT_S) as client,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        features, labels = blobs()
+        job = client.create_job(client.upload_dataset(features, labels), MODEL, epochs=5)
+        watch = job.watch(timeout=60)
+        assert next(watch).state == jobs_pb2.JOB_STATE_QUEUED
+        rest = pool.submit(lambda: [event.state for event in watch])
+        _drop_connections(proxy)
+        job.status()  # the connection is back (the watch re-opens on it)
+        time.sleep(QUIET_S)  # the job stays quiet for longer than watch_reconnect_s
+        _drop_connections(proxy)
+        job.cancel()
+        states = rest.result(timeout=60)
+    assert states == [jobs_pb2.JOB_STATE_CANCELLED]
+    assert watch.reconnects >= 2
+
+
+def test_async_watch_of_a_quiet_job_survives_two_dropped_connections(
+    proxied_server: tuple[LocalServer, TcpProxy],
+) -> None:
+    _, proxy = proxied_server
+
+    async def scenario() -> tuple[list[int], int]:
+        async with AsyncClient(
+            f"127.0.0.1:{proxy.port}", timeout=10, watch_reconnect_s=RECONNECT_S
+        ) as client:
+            features, labels = blobs()
+            data = await client.upload_dataset(features, labels)
+            job = await client.create_job(data, MODEL, epochs=5)
+            watch = job.watch(timeout=60)
+            assert (await anext(watch)).state == jobs_pb2.JOB_STATE_QUEUED
+
+            async def rest() -> list[int]:
+                return [event.state async for event in watch]
+
+            remaining = asyncio.create_task(rest())
+            _drop_connections(proxy)
+            await job.status()
+            await asyncio.sleep(QUIET_S)
+            _drop_connections(proxy)
+            await job.cancel()
+            return await asyncio.wait_for(remaining, 60), watch.reconnects
+
+    states, reconnects = asyncio.run(scenario())
+    assert states == [jobs_pb2.JOB_STATE_CANCELLED]
+    assert reconnects >= 2

@@ -114,6 +114,40 @@ def test_unknown_keys_are_refused() -> None:
     assert [f for f, _ in caught.value.field_violations] == ["model.depth", "model.layers[0].unit"]
 
 
+def test_parameters_the_api_cannot_carry_are_refused() -> None:
+    # A dense layer's activation and initializers travel as names only: parameters would be lost.
+    with pytest.raises(SpecError) as caught:
+        model_spec_check(
+            Sequential(
+                [
+                    Dense(4, activation={"name": "leaky_relu", "negative_slope": 0.3}),
+                    Dense(3, kernel_initializer={"name": "he_normal", "scale": 2.0}),
+                    BatchNorm(epsilon=0.0),
+                ]
+            ).to_dict()
+        )
+    violations = dict(caught.value.field_violations)
+    assert list(violations) == [
+        "model.layers[0].activation",
+        "model.layers[1].kernel_initializer",
+        "model.layers[2].epsilon",
+    ]
+    remedy = "Activation('leaky_relu', negative_slope=0.3)"
+    assert remedy in violations["model.layers[0].activation"]
+    assert "'scale'" in violations["model.layers[1].kernel_initializer"]
+    # A name given as a mapping, and the layers that do carry parameters, stay accepted.
+    model_spec_check(
+        Sequential(
+            [
+                Dense(4, activation={"name": "tanh"}, kernel_initializer="he_normal"),
+                Activation("leaky_relu", negative_slope=0.3),
+                BatchNorm(momentum=0.0),
+                Dense(3),
+            ]
+        ).to_dict()
+    )
+
+
 def model_spec_check(spec: object) -> None:
     from trainwire.client.validation import check_model
 

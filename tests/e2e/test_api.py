@@ -4,6 +4,7 @@ predictions, limits, API keys with project isolation, TLS, and health during a d
 from __future__ import annotations
 
 import datetime
+import os
 import subprocess
 import sys
 import time
@@ -431,6 +432,26 @@ def test_mutual_tls_requires_a_client_certificate(tmp_path: Path) -> None:
         with Client(target, tls=str(ca)) as anonymous, pytest.raises(TrainwireError) as refused:
             list(anonymous.list_datasets())
         assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
+def test_health_command_probes_a_tls_server_over_tls(tmp_path: Path, mutual: bool) -> None:
+    # The certificate names localhost; the probe reaches 127.0.0.1, as the Dockerfile's does.
+    ca, cert, key = make_certificates(tmp_path)
+    env = {"TRAINWIRE_TLS_CERT": str(cert), "TRAINWIRE_TLS_KEY": str(key)}
+    if mutual:  # the probe then shows the server's own certificate, which this CA signed
+        env["TRAINWIRE_TLS_CLIENT_CA"] = str(ca)
+    with local_server(f"sqlite:///{tmp_path / 'health.db'}", workers=0, extra_env=env) as server:
+        port = server.target.rsplit(":", 1)[1]
+        result = subprocess.run(
+            [*CLI, "health"],
+            env={**os.environ, **env, "TRAINWIRE_PORT": port},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.stdout.strip() == f"127.0.0.1:{port}: SERVING", result.stderr
+    assert result.returncode == 0
 
 
 # --- health while the database is unreachable ---------------------------------------------------

@@ -6,9 +6,11 @@ import json
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from trainwire.server.cli import _settings, build_parser
 from trainwire.server.config import ConfigError, Settings
 from trainwire.server.logs import JOB_ID, REQUEST_ID, JsonFormatter
 from trainwire.server.records import JobState
@@ -53,6 +55,31 @@ def test_server_processes_share_the_cores_for_blas(monkeypatch: pytest.MonkeyPat
     assert Settings(server_processes=4).blas_threads_per_server() == 2, "2 at most"
 
 
+def test_worker_processes_share_the_cores_for_blas(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    for variable in ("TRAINWIRE_WORKERS", "TRAINWIRE_BLAS_THREADS"):
+        monkeypatch.delenv(variable, raising=False)
+
+    def worker(*words: str) -> Settings:
+        return _settings(build_parser().parse_args(["worker", *words]))
+
+    assert worker("--concurrency", "8").blas_threads_per_worker() == 1
+    assert worker("--concurrency", "2").blas_threads_per_worker() == 4
+    assert worker().blas_threads_per_worker() == 8, "one worker process has every core"
+    monkeypatch.setenv("TRAINWIRE_WORKERS", "2")  # `trainwire serve`'s count, not this command's
+    assert worker("--concurrency", "8").blas_threads_per_worker() == 1
+    # Its children are supervised workers: they learn the count from their environment.
+    child_env = worker("--concurrency", "8").to_env()
+    monkeypatch.setenv("TRAINWIRE_WORKERS", child_env["TRAINWIRE_WORKERS"])
+    child = worker("--index", "3", "--parent-pid", "1")
+    assert child.blas_threads_per_worker() == 1
+    # So are the embedded workers of `trainwire serve --workers 4`.
+    monkeypatch.setenv("TRAINWIRE_WORKERS", "4")
+    assert worker("--index", "0", "--parent-pid", "1").blas_threads_per_worker() == 2
+    monkeypatch.setenv("TRAINWIRE_BLAS_THREADS", "3")
+    assert worker("--concurrency", "8").blas_threads_per_worker() == 3, "an explicit value wins"
+
+
 def test_metrics_ports_after_the_first_must_exist() -> None:
     crowded = Settings(metrics_port=65534, workers=1, server_processes=2).problems()
     assert any("up to 65536" in problem for problem in crowded), crowded
@@ -72,6 +99,17 @@ def test_cli_reports_configuration_problems_with_exit_code_2() -> None:
     assert "TRAINWIRE_PORT must be a port number" in result.stderr
     assert "TRAINWIRE_MAX_EPOCHS must be positive" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_revoking_an_unknown_key_exits_3_naming_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "trainwire.server.cli", "keys", "revoke", "nosuchkey",
+         "--database-url", url],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 3, "the README's exit code for not found"
+    assert result.stderr.strip() == "trainwire: not found: API key nosuchkey does not exist"
 
 
 def test_json_logs_carry_request_and_job_ids() -> None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from trainwire.v1 import tensor_pb2 as trainwire_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19trainwire/v1/models.proto\x12\x0ctrainwire.v1\x1a\x19trainwire/v1/tensor.proto\"G\n\tModelSpec\x12\x11\n\tinput_dim\x18\x01 \x01(\x05\x12\'\n\x06layers\x18\x02 \x03(\x0b\x32\x17.trainwire.v1.LayerSpec\"\xd6\x01\n\tLayerSpec\x12)\n\x05\x64\x65nse\x18\x01 \x01(\x0b\x32\x18.trainwire.v1.DenseLayerH\x00\x12-\n\x07\x64ropout\x18\x02 \x01(\x0b\x32\x1a.trainwire.v1.DropoutLayerH\x00\x12\x32\n\nbatch_norm\x18\x03 \x01(\x0b\x32\x1c.trainwire.v1.BatchNormLayerH\x00\x12\x33\n\nactivation\x18\x04 \x01(\x0b\x32\x1d.trainwire.v1.ActivationLayerH\x00\x42\x06\n\x04kind\"v\n\nDenseLayer\x12\r\n\x05units\x18\x01 \x01(\x05\x12\x12\n\nactivation\x18\x02 \x01(\t\x12\x0f\n\x07no_bias\x18\x03 \x01(\x08\x12\x1a\n\x12kernel_initializer\x18\x04 \x01(\t\x12\x18\n\x10\x62ias_initializer\x18\x05 \x01(\t\"\x1c\n\x0c\x44ropoutLayer\x12\x0c\n\x04rate\x18\x01 \x01(\x01\"3\n\x0e\x42\x61tchNormLayer\x12\x10\n\x08momentum\x18\x01 \x01(\x01\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\"\x89\x01\n\x0f\x41\x63tivationLayer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x39\n\x06params\x18\x02 \x03(\x0b\x32).trainwire.v1.ActivationLayer.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x9c\x01\n\rOptimizerSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rlearning_rate\x18\x02 \x01(\x01\x12\x37\n\x06params\x18\x03 \x03(\x0b\x32\'.trainwire.v1.OptimizerSpec.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x83\x01\n\x0cScheduleSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x06params\x18\x02 \x03(\x0b\x32&.trainwire.v1.ScheduleSpec.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"c\n\rEarlyStopping\x12\x0f\n\x07monitor\x18\x01 \x01(\t\x12\x10\n\x08patience\x18\x02 \x01(\x05\x12\x11\n\tmin_delta\x18\x03 \x01(\x01\x12\x1c\n\x14restore_best_weights\x18\x04 \x01(\x08\"\x8c\x03\n\x0eTrainingConfig\x12\x0e\n\x06\x65pochs\x18\x01 \x01(\x05\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x0c\n\x04loss\x18\x03 \x01(\t\x12.\n\toptimizer\x18\x04 \x01(\x0b\x32\x1b.trainwire.v1.OptimizerSpec\x12,\n\x08schedule\x18\x05 \x01(\x0b\x32\x1a.trainwire.v1.ScheduleSpec\x12\x1b\n\x13validation_fraction\x18\x06 \x01(\x01\x12\x0c\n\x04seed\x18\x07 \x01(\x04\x12\x0f\n\x07metrics\x18\x08 \x03(\t\x12\x33\n\x0e\x65\x61rly_stopping\x18\t \x01(\x0b\x32\x1b.trainwire.v1.EarlyStopping\x12\x1f\n\x17\x63heckpoint_every_epochs\x18\n \x01(\x05\x12%\n\x05\x64type\x18\x0b \x01(\x0e\x32\x16.trainwire.v1.DataType\x12\x17\n\x0flog_every_steps\x18\x0c \x01(\x05\x12\x18\n\x10keep_checkpoints\x18\r \x01(\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19trainwire/v1/models.proto\x12\x0ctrainwire.v1\x1a\x19trainwire/v1/tensor.proto\"G\n\tModelSpec\x12\x11\n\tinput_dim\x18\x01 \x01(\x05\x12\'\n\x06layers\x18\x02 \x03(\x0b\x32\x17.trainwire.v1.LayerSpec\"\xd6\x01\n\tLayerSpec\x12)\n\x05\x64\x65nse\x18\x01 \x01(\x0b\x32\x18.trainwire.v1.DenseLayerH\x00\x12-\n\x07\x64ropout\x18\x02 \x01(\x0b\x32\x1a.trainwire.v1.DropoutLayerH\x00\x12\x32\n\nbatch_norm\x18\x03 \x01(\x0b\x32\x1c.trainwire.v1.BatchNormLayerH\x00\x12\x33\n\nactivation\x18\x04 \x01(\x0b\x32\x1d.trainwire.v1.ActivationLayerH\x00\x42\x06\n\x04kind\"v\n\nDenseLayer\x12\r\n\x05units\x18\x01 \x01(\x05\x12\x12\n\nactivation\x18\x02 \x01(\t\x12\x0f\n\x07no_bias\x18\x03 \x01(\x08\x12\x1a\n\x12kernel_initializer\x18\x04 \x01(\t\x12\x18\n\x10\x62ias_initializer\x18\x05 \x01(\t\"\x1c\n\x0c\x44ropoutLayer\x12\x0c\n\x04rate\x18\x01 \x01(\x01\"V\n\x0e\x42\x61tchNormLayer\x12\x15\n\x08momentum\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07\x65psilon\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\x0b\n\t_momentumB\n\n\x08_epsilon\"\x89\x01\n\x0f\x41\x63tivationLayer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x39\n\x06params\x18\x02 \x03(\x0b\x32).trainwire.v1.ActivationLayer.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x9c\x01\n\rOptimizerSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rlearning_rate\x18\x02 \x01(\x01\x12\x37\n\x06params\x18\x03 \x03(\x0b\x32\'.trainwire.v1.OptimizerSpec.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x83\x01\n\x0cScheduleSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x06params\x18\x02 \x03(\x0b\x32&.trainwire.v1.ScheduleSpec.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"c\n\rEarlyStopping\x12\x0f\n\x07monitor\x18\x01 \x01(\t\x12\x10\n\x08patience\x18\x02 \x01(\x05\x12\x11\n\tmin_delta\x18\x03 \x01(\x01\x12\x1c\n\x14restore_best_weights\x18\x04 \x01(\x08\"\x8c\x03\n\x0eTrainingConfig\x12\x0e\n\x06\x65pochs\x18\x01 \x01(\x05\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x0c\n\x04loss\x18\x03 \x01(\t\x12.\n\toptimizer\x18\x04 \x01(\x0b\x32\x1b.trainwire.v1.OptimizerSpec\x12,\n\x08schedule\x18\x05 \x01(\x0b\x32\x1a.trainwire.v1.ScheduleSpec\x12\x1b\n\x13validation_fraction\x18\x06 \x01(\x01\x12\x0c\n\x04seed\x18\x07 \x01(\x04\x12\x0f\n\x07metrics\x18\x08 \x03(\t\x12\x33\n\x0e\x65\x61rly_stopping\x18\t \x01(\x0b\x32\x1b.trainwire.v1.EarlyStopping\x12\x1f\n\x17\x63heckpoint_every_epochs\x18\n \x01(\x05\x12%\n\x05\x64type\x18\x0b \x01(\x0e\x32\x16.trainwire.v1.DataType\x12\x17\n\x0flog_every_steps\x18\x0c \x01(\x05\x12\x18\n\x10keep_checkpoints\x18\r \x01(\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,21 +47,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DROPOUTLAYER']._serialized_start=480
   _globals['_DROPOUTLAYER']._serialized_end=508
   _globals['_BATCHNORMLAYER']._serialized_start=510
-  _globals['_BATCHNORMLAYER']._serialized_end=561
-  _globals['_ACTIVATIONLAYER']._serialized_start=564
-  _globals['_ACTIVATIONLAYER']._serialized_end=701
-  _globals['_ACTIVATIONLAYER_PARAMSENTRY']._serialized_start=656
-  _globals['_ACTIVATIONLAYER_PARAMSENTRY']._serialized_end=701
-  _globals['_OPTIMIZERSPEC']._serialized_start=704
-  _globals['_OPTIMIZERSPEC']._serialized_end=860
-  _globals['_OPTIMIZERSPEC_PARAMSENTRY']._serialized_start=656
-  _globals['_OPTIMIZERSPEC_PARAMSENTRY']._serialized_end=701
-  _globals['_SCHEDULESPEC']._serialized_start=863
-  _globals['_SCHEDULESPEC']._serialized_end=994
-  _globals['_SCHEDULESPEC_PARAMSENTRY']._serialized_start=656
-  _globals['_SCHEDULESPEC_PARAMSENTRY']._serialized_end=701
-  _globals['_EARLYSTOPPING']._serialized_start=996
-  _globals['_EARLYSTOPPING']._serialized_end=1095
-  _globals['_TRAININGCONFIG']._serialized_start=1098
-  _globals['_TRAININGCONFIG']._serialized_end=1494
+  _globals['_BATCHNORMLAYER']._serialized_end=596
+  _globals['_ACTIVATIONLAYER']._serialized_start=599
+  _globals['_ACTIVATIONLAYER']._serialized_end=736
+  _globals['_ACTIVATIONLAYER_PARAMSENTRY']._serialized_start=691
+  _globals['_ACTIVATIONLAYER_PARAMSENTRY']._serialized_end=736
+  _globals['_OPTIMIZERSPEC']._serialized_start=739
+  _globals['_OPTIMIZERSPEC']._serialized_end=895
+  _globals['_OPTIMIZERSPEC_PARAMSENTRY']._serialized_start=691
+  _globals['_OPTIMIZERSPEC_PARAMSENTRY']._serialized_end=736
+  _globals['_SCHEDULESPEC']._serialized_start=898
+  _globals['_SCHEDULESPEC']._serialized_end=1029
+  _globals['_SCHEDULESPEC_PARAMSENTRY']._serialized_start=691
+  _globals['_SCHEDULESPEC_PARAMSENTRY']._serialized_end=736
+  _globals['_EARLYSTOPPING']._serialized_start=1031
+  _globals['_EARLYSTOPPING']._serialized_end=1130
+  _globals['_TRAININGCONFIG']._serialized_start=1133
+  _globals['_TRAININGCONFIG']._serialized_end=1529
 # @@protoc_insertion_point(module_scope)
