@@ -466,7 +466,8 @@ class Store:
                         items.append(_job(row))
                 if len(rows) <= size or len(items) > size:
                     break
-                token = encode_page_token(_aware(rows[size - 1].created_at), rows[size - 1].id)  # type: ignore[arg-type]
+                # Every fetched row was looked at, the extra one too: go on after the last.
+                token = encode_page_token(_aware(rows[-1].created_at), rows[-1].id)  # type: ignore[arg-type]
         return self._with_next_token(items, size)
 
     @staticmethod

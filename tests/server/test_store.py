@@ -144,6 +144,25 @@ def test_list_jobs_pages_and_filters(store: Store) -> None:
         store.list_jobs(3, "not-a-token")
 
 
+def test_label_filtered_pages_return_each_job_once(store: Store) -> None:
+    """A page refilled because few rows matched must not look at a fetched row twice."""
+    dataset = make_dataset(store)
+    # Newest first the labels run y y x x y y ...: the first fetch (page size + 1 rows) matches
+    # only on its extra row, so the page is refilled from there.
+    pattern = ["x", "y", "y", "x", "x", "y", "y", "x", "x", "y", "y"]
+    ids = [store.create_job(make_job(store, dataset, labels={"n": n})).id for n in pattern]
+    expected = [i for i, n in zip(ids, pattern, strict=True) if n == "x"][::-1]
+    seen: list[str] = []
+    token = ""
+    while True:
+        page, token = store.list_jobs(2, token, labels={"n": "x"})
+        assert len(page) <= 2
+        seen += [job.id for job in page]
+        if not token:
+            break
+    assert seen == expected
+
+
 def test_expired_lease_is_rescued_then_fails_past_max_attempts(store: Store) -> None:
     dataset = make_dataset(store)
     job = store.create_job(make_job(store, dataset, max_attempts=2))
