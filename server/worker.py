@@ -64,7 +64,8 @@ def with_retry(action: Callable[[], T], retry_s: float) -> T:
 
 class LeaseKeeper(threading.Thread):
     """Watches a claimed job while it trains: every `CANCEL_POLL_S` it reads the job's state (a
-    cancel request is seen within that time) and every lease_s / 4 it renews the lease."""
+    cancel request is seen within that time) and every lease_s / 4 it renews the lease. A failed
+    read or renewal is logged and tried again at the next poll; only a lost lease ends it."""
 
     def __init__(self, store: Store, claim: Claim, lease_s: float) -> None:
         super().__init__(name=f"lease-{claim.job.id[:8]}", daemon=True)
@@ -92,6 +93,17 @@ class LeaseKeeper(threading.Thread):
                 return
             except Unavailable as error:
                 log.warning("jobs/%s: heartbeat failed (%s)", self.claim.job.id, error)
+            except Exception as error:
+                # E.g. SQLite's "database is locked": ending the thread would stop the renewals
+                # and let another worker run the job again. If the database stays broken, the
+                # lease runs out, the job is rescued, and the next poll that gets through
+                # reports the lease lost.
+                log.warning(
+                    "jobs/%s: heartbeat failed (%s: %s); still trying",
+                    self.claim.job.id,
+                    type(error).__name__,
+                    error,
+                )
 
 
 class PersistWriter(threading.Thread):

@@ -1,0 +1,98 @@
+"""The worker in this process against a real store (SQLite, and PostgreSQL when configured)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from trainwire.engine import save_state
+from trainwire.server import worker
+from trainwire.server.records import Claim, Dataset, Job, JobState, NewJob, TaskKind
+from trainwire.server.store import Store, new_id, utcnow
+from trainwire.server.worker import LeaseKeeper
+
+EXAMPLES = 40
+BATCH_SIZE = 4
+EPOCHS = 3
+MODEL = {"input_dim": 3, "layers": [{"type": "dense", "units": 1}]}
+
+
+def regression_dataset(store: Store) -> Dataset:
+    """40 examples of 3 features and a linear target, stored as an upload would store them."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(EXAMPLES, 3)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5])).astype(np.float32)
+    dataset = Dataset(
+        id=new_id(),
+        project="default",
+        display_name="linear",
+        task=TaskKind.REGRESSION,
+        num_classes=0,
+        num_examples=EXAMPLES,
+        feature_dtype="float32",
+        feature_shape=(EXAMPLES, 3),
+        target_dtype="float32",
+        target_shape=(EXAMPLES,),
+        size_bytes=x.nbytes + y.nbytes,
+        sha256="0" * 64,
+        labels={},
+        feature_names=[],
+        class_names=[],
+        created_at=utcnow(),
+    )
+    return store.create_dataset(dataset, save_state({"features": x, "targets": y}))
+
+
+def submit(store: Store, dataset: Dataset, **training: Any) -> Job:
+    """A job as the job service would store it (every training default filled in)."""
+    config = {
+        "epochs": EPOCHS,
+        "batch_size": BATCH_SIZE,
+        "loss": "mse",
+        "optimizer": {"name": "adam", "learning_rate": 0.01},
+        "validation_fraction": 0.0,
+        "seed": 7,
+        "metrics": ["mae"],
+        "checkpoint_every_epochs": 0,
+        "log_every_steps": 0,
+        "keep_checkpoints": 0,
+        "dtype": "float32",
+        **training,
+    }
+    new = NewJob(dataset_id=dataset.id, model_spec=MODEL, training=config)
+    return store.create_job(new)
+
+
+def test_lease_keeper_outlives_an_unexpected_database_error(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's "database is locked" is no connection error (not Unavailable): the keeper must
+    still go on watching and renewing, or the job would lose its lease while it trains."""
+    job = submit(store, regression_dataset(store))
+    claim = store.claim_job("test-worker", lease_s=60.0)
+    assert claim is not None
+    polls: list[str] = []
+    read_state = store.held_job_state
+
+    def flaky_read(held: Claim) -> JobState:
+        polls.append("poll")
+        if len(polls) == 1:
+            raise OperationalError("SELECT jobs.state", {}, Exception("database is locked"))
+        return read_state(held)
+
+    monkeypatch.setattr(store, "held_job_state", flaky_read)
+    monkeypatch.setattr(worker, "CANCEL_POLL_S", 0.01)
+    store.cancel_job(job.id)
+    keeper = LeaseKeeper(store, claim, 60.0)
+    keeper.start()
+    try:
+        seen = keeper.cancel_requested.wait(30)
+    finally:
+        keeper.done.set()
+        keeper.join()
+    assert len(polls) >= 2, "the keeper polled again after the error"
+    assert seen, "the cancel request was seen after the error"
+    assert not keeper.lost.is_set()
