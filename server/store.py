@@ -796,19 +796,30 @@ class Store:
             )
             return _job(row)
 
-    def release_job(self, claim: Claim) -> None:
-        """Hands a running job back to the queue (worker shutting down); not a failed attempt."""
+    def release_job(self, claim: Claim) -> JobState:
+        """Hands a running job back to the queue (worker shutting down); not a failed attempt.
+
+        A job asked to cancel meanwhile (its worker stopped before it saw the request) is
+        CANCELLED instead, as `rescue_expired` does. Returns the state the job is left in.
+        """
         now = utcnow()
         with self.db.write() as session:
             row = self._held_row(session, claim)
-            row.state = JobState.QUEUED.value
-            row.attempt = max(0, row.attempt - 1)
             row.worker_id = None
             row.lease_token = None
             row.lease_expires_at = None
             row.updated_at = now
+            if row.state == JobState.CANCELLING.value:
+                row.state = JobState.CANCELLED.value
+                row.error = "cancelled by request"  # what the worker's own cancel records
+                row.ended_at = now
+                self._event_for(session, row, row.error)
+                return JobState.CANCELLED
+            row.state = JobState.QUEUED.value
+            row.attempt = max(0, row.attempt - 1)
             self._event_for(session, row, "handed back by a worker shutting down; resumes later")
             self._notify(session, JOBS_CHANNEL, row.queue)
+            return JobState.QUEUED
 
     # --- workers and the deployment's state --------------------------------------------------
 

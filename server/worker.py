@@ -317,7 +317,8 @@ def _train(
     keeper.done.set()
     keeper.join()
     if state is JobState.QUEUED:
-        with_retry(lambda: store.release_job(claim), retry_s)
+        # CANCELLED if a cancel request came after the keeper's last poll.
+        state = with_retry(lambda: store.release_job(claim), retry_s)
     else:
         reason = "cancelled by request" if state is JobState.CANCELLED else ""
         progress = recorder.progress or None

@@ -192,6 +192,36 @@ def test_live_lease_is_not_rescued_and_heartbeat_sees_cancel(store: Store) -> No
     assert store.finish_job(claim, JobState.CANCELLED).state is JobState.CANCELLED
 
 
+def test_a_job_cancelled_while_its_worker_stops_is_not_queued_again(store: Store) -> None:
+    """SIGTERM can reach the worker before its next poll sees the cancel request: the handing
+    back must then finish the cancel, not queue the job to run again."""
+    dataset = make_dataset(store)
+    job = store.create_job(make_job(store, dataset))
+    claim = store.claim_job("w")
+    assert claim is not None
+    assert store.cancel_job(job.id).state is JobState.CANCELLING
+    assert store.release_job(claim) is JobState.CANCELLED
+    cancelled = store.get_job(job.id)
+    assert cancelled.state is JobState.CANCELLED and cancelled.ended_at is not None
+    assert cancelled.worker_id is None and cancelled.attempt == 1
+    last = store.job_events(job.id)[-1]
+    assert (last.state, last.message) == (JobState.CANCELLED, "cancelled by request")
+    assert store.claim_job("w") is None, "a cancelled job is never claimed"
+    with pytest.raises(LeaseLost):
+        store.heartbeat(claim, 30.0)
+
+
+def test_release_hands_a_running_job_back_without_costing_an_attempt(store: Store) -> None:
+    dataset = make_dataset(store)
+    job = store.create_job(make_job(store, dataset))
+    claim = store.claim_job("w")
+    assert claim is not None
+    assert store.release_job(claim) is JobState.QUEUED
+    queued = store.get_job(job.id)
+    assert queued.state is JobState.QUEUED and queued.attempt == 0 and queued.ended_at is None
+    assert "handed back" in store.job_events(job.id)[-1].message
+
+
 def test_cancel_rules(store: Store) -> None:
     dataset = make_dataset(store)
     queued = store.create_job(make_job(store, dataset))

@@ -1,18 +1,26 @@
-"""The worker in this process against a real store (SQLite, and PostgreSQL when configured)."""
+"""The worker in this process against a real store (SQLite, and PostgreSQL when configured): a
+job stopped or cancelled at a chosen batch, what it writes, and how a resumed run ends.
+
+A stop or cancel is injected when the trainer finishes a given step (`at_step`), where SIGTERM or
+the lease keeper's poll would land; the lease keeper can be kept from polling (`keeper_asleep`).
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from trainwire.engine import save_state
+from trainwire.engine import Trainer, save_state
 from trainwire.server import worker
+from trainwire.server.config import Settings
 from trainwire.server.records import Claim, Dataset, Job, JobState, NewJob, TaskKind
 from trainwire.server.store import Store, new_id, utcnow
-from trainwire.server.worker import LeaseKeeper
+from trainwire.server.worker import JobRecorder, LeaseKeeper, run_job
 
 EXAMPLES = 40
 BATCH_SIZE = 4
@@ -66,6 +74,35 @@ def submit(store: Store, dataset: Dataset, **training: Any) -> Job:
     return store.create_job(new)
 
 
+def run_next(store: Store, stop: threading.Event | None = None, lease_s: float = 30.0) -> JobState:
+    """Claims the next job and runs it as a worker would; returns the state it left."""
+    claim = store.claim_job("test-worker", lease_s=lease_s)
+    assert claim is not None, "a job is queued"
+    return run_job(store, Settings(lease_s=lease_s), claim, stop or threading.Event())
+
+
+def at_step(
+    monkeypatch: pytest.MonkeyPatch, step: int, action: Callable[[JobRecorder], None]
+) -> None:
+    """Runs `action` when the trainer has finished `step`, before the recorder looks at it."""
+    original = JobRecorder.on_batch_end
+
+    def on_batch_end(self: JobRecorder, trainer: Trainer, at: int, logs: dict[str, float]) -> None:
+        if at == step:
+            action(self)
+        original(self, trainer, at, logs)
+
+    monkeypatch.setattr(JobRecorder, "on_batch_end", on_batch_end)
+
+
+@pytest.fixture
+def keeper_asleep(monkeypatch: pytest.MonkeyPatch) -> float:
+    """A lease (returned) so long, and a cancel poll so rare, that the lease keeper never reads
+    the job while a test's run lasts: a cancel is then seen only where the test makes it seen."""
+    monkeypatch.setattr(worker, "CANCEL_POLL_S", 3600.0)
+    return 3600.0
+
+
 def test_lease_keeper_outlives_an_unexpected_database_error(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -96,3 +133,20 @@ def test_lease_keeper_outlives_an_unexpected_database_error(
     assert len(polls) >= 2, "the keeper polled again after the error"
     assert seen, "the cancel request was seen after the error"
     assert not keeper.lost.is_set()
+
+
+def test_a_cancel_the_worker_has_not_seen_when_it_stops_still_cancels(
+    store: Store, monkeypatch: pytest.MonkeyPatch, keeper_asleep: float
+) -> None:
+    job = submit(store, regression_dataset(store))
+
+    def cancel_then_sigterm(recorder: JobRecorder) -> None:
+        assert store.cancel_job(job.id).state is JobState.CANCELLING
+        recorder.stop.set()
+
+    at_step(monkeypatch, 3, cancel_then_sigterm)
+    assert run_next(store, lease_s=keeper_asleep) is JobState.CANCELLED
+    cancelled = store.get_job(job.id)
+    assert cancelled.state is JobState.CANCELLED and cancelled.ended_at is not None
+    assert store.list_checkpoints(job.id), "the job checkpointed before it stopped"
+    assert store.claim_job("another-worker") is None, "the job does not run again"
