@@ -207,7 +207,9 @@ class JobRecorder(Callback):
                 "lower the learning rate or scale the features"
             )
         if self.log_every and step % self.log_every == 0:
-            self.pending.append(MetricValue("batch_loss", step, trainer.epoch, loss))
+            # Numbered from 1 like the epoch metrics: the epoch this step belongs to.
+            epoch = trainer.epoch + 1
+            self.pending.append(MetricValue("batch_loss", step, epoch, loss))
         # Checked between batches: a stop or cancel takes effect within one batch.
         if self.stop.is_set() or self.keeper.cancel_requested.is_set() or self.keeper.lost.is_set():
             trainer.stop_training = True

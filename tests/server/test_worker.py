@@ -24,6 +24,7 @@ from trainwire.server.worker import JobRecorder, LeaseKeeper, run_job
 
 EXAMPLES = 40
 BATCH_SIZE = 4
+STEPS_PER_EPOCH = EXAMPLES // BATCH_SIZE
 EPOCHS = 3
 MODEL = {"input_dim": 3, "layers": [{"type": "dense", "units": 1}]}
 
@@ -150,3 +151,15 @@ def test_a_cancel_the_worker_has_not_seen_when_it_stops_still_cancels(
     assert cancelled.state is JobState.CANCELLED and cancelled.ended_at is not None
     assert store.list_checkpoints(job.id), "the job checkpointed before it stopped"
     assert store.claim_job("another-worker") is None, "the job does not run again"
+
+
+def test_batch_losses_carry_the_epoch_their_step_belongs_to(store: Store) -> None:
+    """Numbered from 1, as the epoch metrics are: steps 1-10 are epoch 1's."""
+    job = submit(store, regression_dataset(store), log_every_steps=1)
+    assert run_next(store) is JobState.SUCCEEDED
+    values = store.metric_values(job.id)
+    batches = [(v.step, v.epoch) for v in values if v.name == "batch_loss"]
+    steps = range(1, EPOCHS * STEPS_PER_EPOCH + 1)
+    assert batches == [(step, (step - 1) // STEPS_PER_EPOCH + 1) for step in steps]
+    epochs = [(v.step, v.epoch) for v in values if v.name == "loss"]
+    assert epochs == [(epoch * STEPS_PER_EPOCH, epoch) for epoch in range(1, EPOCHS + 1)]
