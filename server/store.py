@@ -703,6 +703,15 @@ class Store:
             self._event_for(session, row, f"epoch {epoch} done", progress, latest)
             return JobState(row.state)
 
+    def record_metrics(self, claim: Claim, values: Sequence[MetricValue]) -> None:
+        """Writes metric values alone (one fenced upsert): those of a run stopped mid-epoch,
+        whose epoch has not ended, so progress and events stay as they are."""
+        if not values:
+            return
+        with self.db.write() as session:
+            self._held_row(session, claim)
+            session.execute(self._upsert_metrics(session, claim.job.id, values, utcnow()))
+
     def _upsert_metrics(
         self, session: Session, job_id: str, values: Sequence[MetricValue], now: datetime
     ) -> Any:

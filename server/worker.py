@@ -250,6 +250,14 @@ class JobRecorder(Callback):
         if self.checkpoint_every and done % self.checkpoint_every == 0 and done < self.epochs:
             self.checkpoint(trainer, logs)
 
+    def write_pending(self) -> None:
+        """Writes the per-batch values logged since the last epoch end: a run stopped mid-epoch
+        resumes after them and would never log them again."""
+        if not self.pending:
+            return
+        values, self.pending = self.pending, []
+        self.writer.submit(lambda: self.store.record_metrics(self.claim, values))
+
     def checkpoint(self, trainer: Trainer, metrics: dict[str, float], final: bool = False) -> None:
         """Serialises the state now; the database write happens in the background. A final
         checkpoint serves predictions only, so it holds the weights (a third of Adam's state)."""
@@ -344,6 +352,8 @@ def _conclude(
     for name, values in trainer.history.history.items():
         if values:
             metrics[name] = float(values[-1])
+    # Before the checkpoint (writes keep their order): once it exists a run resumes after them.
+    recorder.write_pending()
     if recorder.cancel_requested:
         recorder.checkpoint(trainer, metrics)
         return JobState.CANCELLED

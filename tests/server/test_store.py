@@ -118,6 +118,8 @@ def test_stale_claim_can_write_nothing(store: Store) -> None:
     with pytest.raises(LeaseLost):
         store.record_epoch(claim, {}, {}, [MetricValue("loss", 1, 1, 1.0)])
     with pytest.raises(LeaseLost):
+        store.record_metrics(claim, [MetricValue("batch_loss", 1, 1, 1.0)])
+    with pytest.raises(LeaseLost):
         store.finish_job(claim, JobState.SUCCEEDED)
     assert store.metric_values(claim.job.id) == []
     finished = store.finish_job(again, JobState.SUCCEEDED)

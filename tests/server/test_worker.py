@@ -163,3 +163,43 @@ def test_batch_losses_carry_the_epoch_their_step_belongs_to(store: Store) -> Non
     assert batches == [(step, (step - 1) // STEPS_PER_EPOCH + 1) for step in steps]
     epochs = [(v.step, v.epoch) for v in values if v.name == "loss"]
     assert epochs == [(epoch * STEPS_PER_EPOCH, epoch) for epoch in range(1, EPOCHS + 1)]
+
+
+def metric_rows(store: Store, job: Job) -> list[tuple[str, int, int, float]]:
+    return [(v.name, v.step, v.epoch, v.value) for v in store.metric_values(job.id)]
+
+
+def test_a_run_stopped_mid_epoch_ends_with_the_metrics_of_an_uninterrupted_one(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-batch values logged before the stop are written before the job is handed back:
+    the resumed run starts after them and never logs them again."""
+    dataset = regression_dataset(store)
+    reference = submit(store, dataset, log_every_steps=1)
+    assert run_next(store) is JobState.SUCCEEDED
+    job = submit(store, dataset, log_every_steps=1)
+    at_step(monkeypatch, STEPS_PER_EPOCH + 5, lambda recorder: recorder.stop.set())
+    assert run_next(store) is JobState.QUEUED
+    batches = [step for name, step, _, _ in metric_rows(store, job) if name == "batch_loss"]
+    assert batches == list(range(1, STEPS_PER_EPOCH + 6))
+    monkeypatch.undo()
+    assert run_next(store) is JobState.SUCCEEDED
+    assert metric_rows(store, job) == metric_rows(store, reference)
+
+
+def test_a_run_cancelled_mid_epoch_keeps_its_batch_losses(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = submit(store, regression_dataset(store), log_every_steps=1)
+
+    def cancel(recorder: JobRecorder) -> None:
+        store.cancel_job(job.id)
+        recorder.keeper.cancel_requested.set()  # as the keeper's next poll would
+
+    at_step(monkeypatch, STEPS_PER_EPOCH + 5, cancel)
+    assert run_next(store) is JobState.CANCELLED
+    rows = metric_rows(store, job)
+    assert [step for name, step, _, _ in rows if name == "batch_loss"] == list(
+        range(1, STEPS_PER_EPOCH + 6)
+    )
+    assert [step for name, step, _, _ in rows if name == "loss"] == [STEPS_PER_EPOCH]
