@@ -44,7 +44,7 @@ CANCEL_POLL_S = 0.5
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss or another logged value became NaN or infinite."""
 
 
 def with_retry(action: Callable[[], T], retry_s: float) -> T:
@@ -215,12 +215,16 @@ class JobRecorder(Callback):
             trainer.stop_training = True
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
-        loss = logs.get("loss", 0.0)
-        if not math.isfinite(loss):
-            raise TrainingDiverged(
-                f"the training loss became {loss} in epoch {epoch + 1}; lower the learning rate "
-                "or scale the features"
-            )
+        # Every value, not the loss alone: a validation metric can overflow while training does
+        # not, and the database cannot store it (SQLite turns NaN into NULL, PostgreSQL's JSON
+        # has no NaN or infinity).
+        for name, value in logs.items():
+            if not math.isfinite(value):
+                what = "the training loss" if name == "loss" else f"the metric {name}"
+                raise TrainingDiverged(
+                    f"{what} became {value} in epoch {epoch + 1}; lower the learning rate or "
+                    "scale the features"
+                )
         elapsed = max(time.perf_counter() - self.epoch_started, 1e-9)
         rate = self.examples_per_epoch / elapsed
         EXAMPLES_PER_SECOND.set(rate)

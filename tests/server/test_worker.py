@@ -8,7 +8,7 @@ the lease keeper's poll would land; the lease keeper can be kept from polling (`
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,16 @@ from trainwire.server import worker
 from trainwire.server.config import Settings
 from trainwire.server.records import Claim, Dataset, Job, JobState, NewJob, TaskKind
 from trainwire.server.store import Store, new_id, utcnow
-from trainwire.server.worker import JobRecorder, LeaseKeeper, run_job
+from trainwire.server.training import build_model, build_trainer
+from trainwire.server.worker import (
+    JobRecorder,
+    LeaseKeeper,
+    PersistWriter,
+    TrainingDiverged,
+    Worker,
+    run_job,
+    split_validation,
+)
 
 EXAMPLES = 40
 BATCH_SIZE = 4
@@ -29,11 +38,14 @@ EPOCHS = 3
 MODEL = {"input_dim": 3, "layers": [{"type": "dense", "units": 1}]}
 
 
-def regression_dataset(store: Store) -> Dataset:
-    """40 examples of 3 features and a linear target, stored as an upload would store them."""
+def regression_dataset(store: Store, huge_rows: Sequence[int] = ()) -> Dataset:
+    """40 examples of 3 features and a linear target, stored as an upload would store them.
+    The features of `huge_rows` are 3e38: finite, so an upload accepts them, but a float32
+    forward pass over them overflows."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(EXAMPLES, 3)).astype(np.float32)
     y = (x @ np.array([1.0, -2.0, 0.5])).astype(np.float32)
+    x[list(huge_rows)] = 3e38
     dataset = Dataset(
         id=new_id(),
         project="default",
@@ -203,3 +215,42 @@ def test_a_run_cancelled_mid_epoch_keeps_its_batch_losses(
         range(1, STEPS_PER_EPOCH + 6)
     )
     assert [step for name, step, _, _ in rows if name == "loss"] == [STEPS_PER_EPOCH]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_a_non_finite_validation_metric_fails_the_job_with_a_readable_reason(
+    store: Store,
+) -> None:
+    """Training stays finite while a held-out example makes val_loss overflow: the job fails
+    naming the metric, not with the database's refusal of the value (SQLite stores NaN as NULL,
+    PostgreSQL's JSON has no NaN)."""
+    rows = np.arange(EXAMPLES)
+    _, _, held = split_validation(rows, rows, 0.25, seed=7)
+    assert held is not None
+    job = submit(store, regression_dataset(store, huge_rows=held[0][:1]), validation_fraction=0.25)
+    assert Worker(store, Settings(), "test-worker", threading.Event()).run_once()
+    failed = store.get_job(job.id)
+    assert failed.state is JobState.FAILED
+    assert failed.error == (
+        "the metric val_loss became inf in epoch 1; lower the learning rate or scale the features"
+    )
+    assert store.metric_values(job.id) == [], "no value of the epoch was written"
+
+
+def test_a_nan_metric_is_refused_before_the_epoch_is_written(store: Store) -> None:
+    """NaN, which SQLite would store as NULL in a NOT NULL column."""
+    job = submit(store, regression_dataset(store))
+    claim = store.claim_job("test-worker")
+    assert claim is not None
+    trainer = build_trainer(build_model(MODEL, job.training), job.training)
+    writer = PersistWriter(retry_s=1.0)
+    keeper = LeaseKeeper(store, claim, 30.0)  # never started: nothing here polls
+    recorder = JobRecorder(store, Settings(), claim, threading.Event(), keeper, writer, EXAMPLES)
+    try:
+        with pytest.raises(TrainingDiverged, match=r"^the metric val_mae became nan in epoch 2;"):
+            recorder.on_epoch_end(trainer, 1, {"loss": 0.5, "val_mae": float("nan")})
+        writer.flush()
+    finally:
+        writer.close()
+    assert store.metric_values(job.id) == []
+    assert store.get_job(job.id).metrics == {}
