@@ -264,16 +264,19 @@ class JobRecorder(Callback):
 
     def checkpoint(self, trainer: Trainer, metrics: dict[str, float], final: bool = False) -> None:
         """Serialises the state now; the database write happens in the background. A final
-        checkpoint serves predictions only, so it holds the weights (a third of Adam's state)."""
+        checkpoint serves predictions only, so it holds the weights (a third of Adam's state).
+        One taken partway through an epoch (a stop or cancel) is marked partial: its epoch and
+        metrics are the last epoch end's, its weights are not."""
         if final:
             weights = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
             data = save_state(weights, {"job": self.claim.job.id, "kind": "model"})
         else:
             data = save_state(trainer.state_dict(), {"job": self.claim.job.id, "kind": "trainer"})
         epoch, step, values = trainer.epoch, trainer.step, dict(metrics)
+        partial = not final and trainer.in_epoch
         self.writer.submit(
             lambda: self.store.save_checkpoint(
-                self.claim, epoch, step, values, data, final, self.keep
+                self.claim, epoch, step, values, data, final, self.keep, is_partial=partial
             )
         )
 

@@ -16,7 +16,7 @@ from trainwire.server.errors import FailedPrecondition, InvalidArgument, NotFoun
 from trainwire.server.migrate import upgrade
 from trainwire.server.models import CheckpointBlobRow, CheckpointRow
 from trainwire.server.records import Dataset, JobState, MetricValue, NewJob, TaskKind
-from trainwire.server.store import LeaseLost, Store, new_id, utcnow
+from trainwire.server.store import LeaseLost, Store, checkpoint_score, new_id, utcnow
 
 
 def make_dataset(store: Store) -> Dataset:
@@ -266,6 +266,39 @@ def test_checkpoint_retention_keeps_latest_and_best(store: Store) -> None:
     assert [c.epoch for c in kept] == [2, 5, 6]
 
 
+def test_retention_keeps_the_best_and_the_newest_epoch_end_past_a_partial_one(
+    store: Store,
+) -> None:
+    """A checkpoint written mid-epoch (on a stop or cancel) holds the last epoch end's metrics:
+    it must not push out the checkpoint of that epoch end, nor the best one."""
+    dataset = make_dataset(store)
+    store.create_job(make_job(store, dataset))
+    claim = store.claim_job("w")
+    assert claim is not None
+    store.save_checkpoint(claim, 1, 10, {"val_loss": 0.2}, b"x", keep=1)
+    store.save_checkpoint(claim, 2, 20, {"val_loss": 0.5}, b"x", keep=1)
+    store.save_checkpoint(claim, 2, 25, {"val_loss": 0.5}, b"x", keep=1, is_partial=True)
+    kept = [(c.epoch, c.step, c.is_partial) for c in store.list_checkpoints(claim.job.id)]
+    assert kept == [(1, 10, False), (2, 20, False), (2, 25, True)]
+    # The run resumes from the partial one and ends epoch 3: the partial one is outdated.
+    store.save_checkpoint(claim, 3, 30, {"val_loss": 0.4}, b"x", keep=1)
+    kept = [(c.epoch, c.step, c.is_partial) for c in store.list_checkpoints(claim.job.id)]
+    assert kept == [(1, 10, False), (3, 30, False)]
+
+
+def test_a_partial_checkpoint_tying_with_the_best_does_not_replace_it(store: Store) -> None:
+    dataset = make_dataset(store)
+    store.create_job(make_job(store, dataset))
+    claim = store.claim_job("w")
+    assert claim is not None
+    store.save_checkpoint(claim, 1, 10, {"val_loss": 0.3}, b"x", keep=1)
+    store.save_checkpoint(claim, 1, 15, {"val_loss": 0.3}, b"x", keep=1, is_partial=True)
+    kept = [(c.step, c.is_partial) for c in store.list_checkpoints(claim.job.id)]
+    assert kept == [(10, False), (15, True)]
+    latest = store.latest_resumable_checkpoint(claim.job.id)
+    assert latest is not None and latest.step == 15, "a resume loads the partial one"
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'trainwire.db'}"
@@ -353,3 +386,21 @@ def test_checkpoint_bytes_are_deleted_with_their_checkpoints(
     store.finish_job(claim, JobState.SUCCEEDED)
     store.delete_job(claim.job.id)
     assert stored() == ([], [])
+
+
+def test_a_non_finite_score_is_never_the_best_kept(sqlite_url: str) -> None:
+    """SQLite stores such values (PostgreSQL's JSON cannot): NaN compares false either way, so
+    it would have won "best" whenever it was looked at first."""
+    assert checkpoint_score({"val_loss": float("nan"), "loss": 0.1}) == float("inf")
+    assert checkpoint_score({"val_loss": float("-inf")}) == float("inf")
+    database = Database(sqlite_url)
+    try:
+        store = Store(database)
+        store.create_job(make_job(store, make_dataset(store)))
+        claim = store.claim_job("w")
+        assert claim is not None
+        for epoch, loss in enumerate([0.5, float("nan"), float("-inf")], start=1):
+            store.save_checkpoint(claim, epoch, epoch, {"val_loss": loss}, b"x", keep=1)
+        assert [c.epoch for c in store.list_checkpoints(claim.job.id)] == [1, 3]
+    finally:
+        database.dispose()

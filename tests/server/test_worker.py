@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 from trainwire.engine import Trainer, save_state
 from trainwire.server import worker
 from trainwire.server.config import Settings
+from trainwire.server.predictions import PredictionService
 from trainwire.server.records import Claim, Dataset, Job, JobState, NewJob, TaskKind
 from trainwire.server.store import Store, new_id, utcnow
 from trainwire.server.training import build_model, build_trainer
@@ -254,3 +255,27 @@ def test_a_nan_metric_is_refused_before_the_epoch_is_written(store: Store) -> No
         writer.close()
     assert store.metric_values(job.id) == []
     assert store.get_job(job.id).metrics == {}
+
+
+def test_a_checkpoint_written_mid_epoch_is_partial_and_a_resume_loads_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its epoch and metrics are those of the last epoch end; its weights are not."""
+    job = submit(store, regression_dataset(store), checkpoint_every_epochs=1)
+    at_step(monkeypatch, STEPS_PER_EPOCH + 5, lambda recorder: recorder.stop.set())
+    assert run_next(store) is JobState.QUEUED
+    checkpoints = store.list_checkpoints(job.id)
+    assert [(c.epoch, c.step, c.is_partial) for c in checkpoints] == [
+        (1, STEPS_PER_EPOCH, False),
+        (1, STEPS_PER_EPOCH + 5, True),
+    ]
+    assert checkpoints[0].metrics == checkpoints[1].metrics
+    service = PredictionService(store, cast(Any, None), 0)
+    served = store.get_job(job.id)
+    assert service.resolve(served, "epoch/1", checkpoints) == checkpoints[0]
+    assert service.resolve(served, "best", checkpoints) == checkpoints[0]
+    assert service.resolve(served, "latest", checkpoints) == checkpoints[1]
+    monkeypatch.undo()
+    assert run_next(store) is JobState.SUCCEEDED
+    ends = [(c.epoch, c.is_partial, c.is_final) for c in store.list_checkpoints(job.id)]
+    assert ends[-2:] == [(2, False, False), (3, False, True)]
