@@ -276,6 +276,12 @@ class Trainer:
         )
 
     @property
+    def in_epoch(self) -> bool:
+        """Whether the state is partway through an epoch (stopped after a batch, before the
+        epoch's end ran): ``epoch`` counts only the epochs that ended."""
+        return self._permutation is not None
+
+    @property
     def learning_rate(self) -> float:
         """The learning rate the next optimizer step will use."""
         if self.schedule is None:

@@ -229,6 +229,13 @@ def _check_targets(task: TaskKind, targets: np.ndarray, num_classes: int) -> tup
         raise InvalidArgument.field(
             "targets", f"label {seen - 1} is out of range for num_classes={num_classes}"
         )
+    if seen > MAX_CLASSES:
+        # Checked here too: without num_classes the count comes from the labels alone.
+        raise InvalidArgument.field(
+            "targets",
+            f"label {seen - 1} is out of range: a dataset has at most {MAX_CLASSES:,} classes, "
+            f"labelled 0 to {MAX_CLASSES - 1}",
+        )
     classes = num_classes or seen
     if classes < 2:
         raise InvalidArgument.field("targets", "multiclass data needs at least 2 classes")

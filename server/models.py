@@ -181,6 +181,9 @@ class CheckpointRow(Base):
     is_final: Mapped[bool] = mapped_column(default=False)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Written partway through an epoch (a stop or cancel): `epoch` and `metrics` are the last
+    # whole epoch's, the weights are further on. Never "best", never "epoch/N"; a resume's start.
+    is_partial: Mapped[bool] = mapped_column(default=False)
 
 
 class CheckpointBlobRow(Base):

@@ -212,10 +212,12 @@ class PredictionService:
 
     @staticmethod
     def best_of(checkpoints: list[Checkpoint]) -> Checkpoint | None:
-        """The checkpoint with the lowest validation (else training) loss; the newest on ties."""
-        if not checkpoints:
+        """The checkpoint with the lowest validation (else training) loss; the newest on ties.
+        Partial ones (written mid-epoch) only repeat an epoch end's metrics: never the best."""
+        whole = [c for c in checkpoints if not c.is_partial]
+        if not whole:
             return None
-        return min(reversed(checkpoints), key=lambda c: checkpoint_score(c.metrics))
+        return min(reversed(whole), key=lambda c: checkpoint_score(c.metrics))
 
     def resolve(self, job: Job, selector: str, checkpoints: list[Checkpoint]) -> Checkpoint:
         """The checkpoint named by `selector`: "", "latest", "best", "epoch/N" or a full name."""
@@ -228,7 +230,12 @@ class PredictionService:
             return checkpoints[-1]
         if selector == "best":
             best = self.best_of(checkpoints)
-            assert best is not None
+            if best is None:
+                raise FailedPrecondition(
+                    f"jobs/{job.id} has no checkpoint taken at an epoch's end (only ones "
+                    "written when it stopped partway through an epoch), so none is best; ask "
+                    "for 'latest'"
+                )
             return best
         if selector.startswith("epoch/"):
             epoch_text = selector.removeprefix("epoch/")
@@ -236,9 +243,11 @@ class PredictionService:
                 raise InvalidArgument.field(
                     "checkpoint", f"must be 'epoch/<number>'. Received: {selector!r}"
                 )
-            matches = [c for c in checkpoints if c.epoch == int(epoch_text)]
+            # A partial checkpoint's weights are past its epoch's end: it answers for none.
+            whole = [c for c in checkpoints if not c.is_partial]
+            matches = [c for c in whole if c.epoch == int(epoch_text)]
             if not matches:
-                epochs = sorted({c.epoch for c in checkpoints})
+                epochs = sorted({c.epoch for c in whole})
                 raise NotFound(
                     f"jobs/{job.id} has no checkpoint at epoch {epoch_text}; it has {epochs}"
                 )

@@ -130,6 +130,8 @@ class Checkpoint:
     is_final: bool
     size_bytes: int
     created_at: datetime
+    # Written partway through an epoch: `epoch` and `metrics` are the last whole epoch's.
+    is_partial: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
 import secrets
 import uuid
@@ -154,12 +155,16 @@ def _checkpoint(row: CheckpointRow) -> Checkpoint:
         is_final=row.is_final,
         size_bytes=row.size_bytes,
         created_at=_aware(row.created_at),  # type: ignore[arg-type]
+        is_partial=row.is_partial,
     )
 
 
 def checkpoint_score(metrics: dict[str, float]) -> float:
-    """Lower is better: the validation loss when recorded, else the training loss."""
-    return float(metrics.get("val_loss", metrics.get("loss", float("inf"))))
+    """Lower is better: the validation loss when recorded, else the training loss. A value that
+    is not finite scores +inf: NaN compares false both ways and would otherwise win "best"
+    whenever it is looked at first."""
+    score = float(metrics.get("val_loss", metrics.get("loss", math.inf)))
+    return score if math.isfinite(score) else math.inf
 
 
 def encode_page_token(created_at: datetime, row_id: str) -> str:
@@ -466,7 +471,8 @@ class Store:
                         items.append(_job(row))
                 if len(rows) <= size or len(items) > size:
                     break
-                token = encode_page_token(_aware(rows[size - 1].created_at), rows[size - 1].id)  # type: ignore[arg-type]
+                # Every fetched row was looked at, the extra one too: go on after the last.
+                token = encode_page_token(_aware(rows[-1].created_at), rows[-1].id)  # type: ignore[arg-type]
         return self._with_next_token(items, size)
 
     @staticmethod
@@ -702,6 +708,15 @@ class Store:
             self._event_for(session, row, f"epoch {epoch} done", progress, latest)
             return JobState(row.state)
 
+    def record_metrics(self, claim: Claim, values: Sequence[MetricValue]) -> None:
+        """Writes metric values alone (one fenced upsert): those of a run stopped mid-epoch,
+        whose epoch has not ended, so progress and events stay as they are."""
+        if not values:
+            return
+        with self.db.write() as session:
+            self._held_row(session, claim)
+            session.execute(self._upsert_metrics(session, claim.job.id, values, utcnow()))
+
     def _upsert_metrics(
         self, session: Session, job_id: str, values: Sequence[MetricValue], now: datetime
     ) -> Any:
@@ -732,8 +747,10 @@ class Store:
         data: bytes,
         is_final: bool = False,
         keep: int = DEFAULT_KEEP_CHECKPOINTS,
+        is_partial: bool = False,
     ) -> Checkpoint:
-        """Stores a checkpoint, then keeps only the latest `keep` plus the best of the job's."""
+        """Stores a checkpoint, then keeps only the latest `keep`, the best and the newest of a
+        whole epoch of the job's (`is_partial`: written partway through an epoch)."""
         with self.db.write() as session:
             self._held_row(session, claim)
             row = CheckpointRow(
@@ -744,6 +761,7 @@ class Store:
                 is_final=is_final,
                 size_bytes=len(data),
                 created_at=utcnow(),
+                is_partial=is_partial,
             )
             session.add(row)
             session.flush()  # the blob's foreign key needs the checkpoint's id
@@ -755,15 +773,20 @@ class Store:
     @staticmethod
     def _apply_retention(session: Session, job_id: str, keep: int) -> None:
         existing = session.execute(
-            select(CheckpointRow.id, CheckpointRow.metrics)
+            select(CheckpointRow.id, CheckpointRow.metrics, CheckpointRow.is_partial)
             .where(CheckpointRow.job_id == job_id)
             .order_by(CheckpointRow.id)
         ).all()
         if len(existing) <= keep:
             return
-        kept = {checkpoint_id for checkpoint_id, _ in existing[-max(keep, 1) :]}
-        kept.add(min(reversed(existing), key=lambda item: checkpoint_score(item[1]))[0])
-        doomed = [checkpoint_id for checkpoint_id, _ in existing if checkpoint_id not in kept]
+        kept = {row.id for row in existing[-max(keep, 1) :]}
+        # A partial checkpoint repeats the metrics of the epoch end before it: counted among
+        # the latest, it must not push out that epoch end ("epoch/N") or the best.
+        whole = [row for row in existing if not row.is_partial]
+        if whole:
+            kept.add(whole[-1].id)
+            kept.add(min(reversed(whole), key=lambda row: checkpoint_score(row.metrics)).id)
+        doomed = [row.id for row in existing if row.id not in kept]
         session.execute(
             delete(CheckpointBlobRow).where(CheckpointBlobRow.checkpoint_id.in_(doomed))
         )
@@ -795,19 +818,30 @@ class Store:
             )
             return _job(row)
 
-    def release_job(self, claim: Claim) -> None:
-        """Hands a running job back to the queue (worker shutting down); not a failed attempt."""
+    def release_job(self, claim: Claim) -> JobState:
+        """Hands a running job back to the queue (worker shutting down); not a failed attempt.
+
+        A job asked to cancel meanwhile (its worker stopped before it saw the request) is
+        CANCELLED instead, as `rescue_expired` does. Returns the state the job is left in.
+        """
         now = utcnow()
         with self.db.write() as session:
             row = self._held_row(session, claim)
-            row.state = JobState.QUEUED.value
-            row.attempt = max(0, row.attempt - 1)
             row.worker_id = None
             row.lease_token = None
             row.lease_expires_at = None
             row.updated_at = now
+            if row.state == JobState.CANCELLING.value:
+                row.state = JobState.CANCELLED.value
+                row.error = "cancelled by request"  # what the worker's own cancel records
+                row.ended_at = now
+                self._event_for(session, row, row.error)
+                return JobState.CANCELLED
+            row.state = JobState.QUEUED.value
+            row.attempt = max(0, row.attempt - 1)
             self._event_for(session, row, "handed back by a worker shutting down; resumes later")
             self._notify(session, JOBS_CHANNEL, row.queue)
+            return JobState.QUEUED
 
     # --- workers and the deployment's state --------------------------------------------------
 

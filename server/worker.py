@@ -44,7 +44,7 @@ CANCEL_POLL_S = 0.5
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss or another logged value became NaN or infinite."""
 
 
 def with_retry(action: Callable[[], T], retry_s: float) -> T:
@@ -64,7 +64,8 @@ def with_retry(action: Callable[[], T], retry_s: float) -> T:
 
 class LeaseKeeper(threading.Thread):
     """Watches a claimed job while it trains: every `CANCEL_POLL_S` it reads the job's state (a
-    cancel request is seen within that time) and every lease_s / 4 it renews the lease."""
+    cancel request is seen within that time) and every lease_s / 4 it renews the lease. A failed
+    read or renewal is logged and tried again at the next poll; only a lost lease ends it."""
 
     def __init__(self, store: Store, claim: Claim, lease_s: float) -> None:
         super().__init__(name=f"lease-{claim.job.id[:8]}", daemon=True)
@@ -92,6 +93,17 @@ class LeaseKeeper(threading.Thread):
                 return
             except Unavailable as error:
                 log.warning("jobs/%s: heartbeat failed (%s)", self.claim.job.id, error)
+            except Exception as error:
+                # E.g. SQLite's "database is locked": ending the thread would stop the renewals
+                # and let another worker run the job again. If the database stays broken, the
+                # lease runs out, the job is rescued, and the next poll that gets through
+                # reports the lease lost.
+                log.warning(
+                    "jobs/%s: heartbeat failed (%s: %s); still trying",
+                    self.claim.job.id,
+                    type(error).__name__,
+                    error,
+                )
 
 
 class PersistWriter(threading.Thread):
@@ -195,18 +207,24 @@ class JobRecorder(Callback):
                 "lower the learning rate or scale the features"
             )
         if self.log_every and step % self.log_every == 0:
-            self.pending.append(MetricValue("batch_loss", step, trainer.epoch, loss))
+            # Numbered from 1 like the epoch metrics: the epoch this step belongs to.
+            epoch = trainer.epoch + 1
+            self.pending.append(MetricValue("batch_loss", step, epoch, loss))
         # Checked between batches: a stop or cancel takes effect within one batch.
         if self.stop.is_set() or self.keeper.cancel_requested.is_set() or self.keeper.lost.is_set():
             trainer.stop_training = True
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
-        loss = logs.get("loss", 0.0)
-        if not math.isfinite(loss):
-            raise TrainingDiverged(
-                f"the training loss became {loss} in epoch {epoch + 1}; lower the learning rate "
-                "or scale the features"
-            )
+        # Every value, not the loss alone: a validation metric can overflow while training does
+        # not, and the database cannot store it (SQLite turns NaN into NULL, PostgreSQL's JSON
+        # has no NaN or infinity).
+        for name, value in logs.items():
+            if not math.isfinite(value):
+                what = "the training loss" if name == "loss" else f"the metric {name}"
+                raise TrainingDiverged(
+                    f"{what} became {value} in epoch {epoch + 1}; lower the learning rate or "
+                    "scale the features"
+                )
         elapsed = max(time.perf_counter() - self.epoch_started, 1e-9)
         rate = self.examples_per_epoch / elapsed
         EXAMPLES_PER_SECOND.set(rate)
@@ -236,18 +254,29 @@ class JobRecorder(Callback):
         if self.checkpoint_every and done % self.checkpoint_every == 0 and done < self.epochs:
             self.checkpoint(trainer, logs)
 
+    def write_pending(self) -> None:
+        """Writes the per-batch values logged since the last epoch end: a run stopped mid-epoch
+        resumes after them and would never log them again."""
+        if not self.pending:
+            return
+        values, self.pending = self.pending, []
+        self.writer.submit(lambda: self.store.record_metrics(self.claim, values))
+
     def checkpoint(self, trainer: Trainer, metrics: dict[str, float], final: bool = False) -> None:
         """Serialises the state now; the database write happens in the background. A final
-        checkpoint serves predictions only, so it holds the weights (a third of Adam's state)."""
+        checkpoint serves predictions only, so it holds the weights (a third of Adam's state).
+        One taken partway through an epoch (a stop or cancel) is marked partial: its epoch and
+        metrics are the last epoch end's, its weights are not."""
         if final:
             weights = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
             data = save_state(weights, {"job": self.claim.job.id, "kind": "model"})
         else:
             data = save_state(trainer.state_dict(), {"job": self.claim.job.id, "kind": "trainer"})
         epoch, step, values = trainer.epoch, trainer.step, dict(metrics)
+        partial = not final and trainer.in_epoch
         self.writer.submit(
             lambda: self.store.save_checkpoint(
-                self.claim, epoch, step, values, data, final, self.keep
+                self.claim, epoch, step, values, data, final, self.keep, is_partial=partial
             )
         )
 
@@ -305,7 +334,8 @@ def _train(
     keeper.done.set()
     keeper.join()
     if state is JobState.QUEUED:
-        with_retry(lambda: store.release_job(claim), retry_s)
+        # CANCELLED if a cancel request came after the keeper's last poll.
+        state = with_retry(lambda: store.release_job(claim), retry_s)
     else:
         reason = "cancelled by request" if state is JobState.CANCELLED else ""
         progress = recorder.progress or None
@@ -329,6 +359,8 @@ def _conclude(
     for name, values in trainer.history.history.items():
         if values:
             metrics[name] = float(values[-1])
+    # Before the checkpoint (writes keep their order): once it exists a run resumes after them.
+    recorder.write_pending()
     if recorder.cancel_requested:
         recorder.checkpoint(trainer, metrics)
         return JobState.CANCELLED

@@ -158,6 +158,7 @@ def test_upgrading_a_database_with_jobs_keeps_every_row(empty_database_url: str)
         store = Store(database)
         (checkpoint,) = store.list_checkpoints("j1")
         assert store.checkpoint_data(checkpoint.id) == CHECKPOINT_BYTES
+        assert checkpoint.is_partial is False, "checkpoints from before 0006 are epoch ends"
         assert store.get_job("j1").project == "default"
 
 

@@ -16,7 +16,7 @@ from trainwire.server.errors import FailedPrecondition, InvalidArgument, NotFoun
 from trainwire.server.migrate import upgrade
 from trainwire.server.models import CheckpointBlobRow, CheckpointRow
 from trainwire.server.records import Dataset, JobState, MetricValue, NewJob, TaskKind
-from trainwire.server.store import LeaseLost, Store, new_id, utcnow
+from trainwire.server.store import LeaseLost, Store, checkpoint_score, new_id, utcnow
 
 
 def make_dataset(store: Store) -> Dataset:
@@ -118,6 +118,8 @@ def test_stale_claim_can_write_nothing(store: Store) -> None:
     with pytest.raises(LeaseLost):
         store.record_epoch(claim, {}, {}, [MetricValue("loss", 1, 1, 1.0)])
     with pytest.raises(LeaseLost):
+        store.record_metrics(claim, [MetricValue("batch_loss", 1, 1, 1.0)])
+    with pytest.raises(LeaseLost):
         store.finish_job(claim, JobState.SUCCEEDED)
     assert store.metric_values(claim.job.id) == []
     finished = store.finish_job(again, JobState.SUCCEEDED)
@@ -142,6 +144,25 @@ def test_list_jobs_pages_and_filters(store: Store) -> None:
     assert [job.id for job in odd] == [ids[5], ids[3], ids[1]]
     with pytest.raises(InvalidArgument, match="page_token"):
         store.list_jobs(3, "not-a-token")
+
+
+def test_label_filtered_pages_return_each_job_once(store: Store) -> None:
+    """A page refilled because few rows matched must not look at a fetched row twice."""
+    dataset = make_dataset(store)
+    # Newest first the labels run y y x x y y ...: the first fetch (page size + 1 rows) matches
+    # only on its extra row, so the page is refilled from there.
+    pattern = ["x", "y", "y", "x", "x", "y", "y", "x", "x", "y", "y"]
+    ids = [store.create_job(make_job(store, dataset, labels={"n": n})).id for n in pattern]
+    expected = [i for i, n in zip(ids, pattern, strict=True) if n == "x"][::-1]
+    seen: list[str] = []
+    token = ""
+    while True:
+        page, token = store.list_jobs(2, token, labels={"n": "x"})
+        assert len(page) <= 2
+        seen += [job.id for job in page]
+        if not token:
+            break
+    assert seen == expected
 
 
 def test_expired_lease_is_rescued_then_fails_past_max_attempts(store: Store) -> None:
@@ -171,6 +192,36 @@ def test_live_lease_is_not_rescued_and_heartbeat_sees_cancel(store: Store) -> No
     assert store.heartbeat(claim, 60.0) is JobState.CANCELLING
     assert store.held_job_state(claim) is JobState.CANCELLING
     assert store.finish_job(claim, JobState.CANCELLED).state is JobState.CANCELLED
+
+
+def test_a_job_cancelled_while_its_worker_stops_is_not_queued_again(store: Store) -> None:
+    """SIGTERM can reach the worker before its next poll sees the cancel request: the handing
+    back must then finish the cancel, not queue the job to run again."""
+    dataset = make_dataset(store)
+    job = store.create_job(make_job(store, dataset))
+    claim = store.claim_job("w")
+    assert claim is not None
+    assert store.cancel_job(job.id).state is JobState.CANCELLING
+    assert store.release_job(claim) is JobState.CANCELLED
+    cancelled = store.get_job(job.id)
+    assert cancelled.state is JobState.CANCELLED and cancelled.ended_at is not None
+    assert cancelled.worker_id is None and cancelled.attempt == 1
+    last = store.job_events(job.id)[-1]
+    assert (last.state, last.message) == (JobState.CANCELLED, "cancelled by request")
+    assert store.claim_job("w") is None, "a cancelled job is never claimed"
+    with pytest.raises(LeaseLost):
+        store.heartbeat(claim, 30.0)
+
+
+def test_release_hands_a_running_job_back_without_costing_an_attempt(store: Store) -> None:
+    dataset = make_dataset(store)
+    job = store.create_job(make_job(store, dataset))
+    claim = store.claim_job("w")
+    assert claim is not None
+    assert store.release_job(claim) is JobState.QUEUED
+    queued = store.get_job(job.id)
+    assert queued.state is JobState.QUEUED and queued.attempt == 0 and queued.ended_at is None
+    assert "handed back" in store.job_events(job.id)[-1].message
 
 
 def test_cancel_rules(store: Store) -> None:
@@ -213,6 +264,39 @@ def test_checkpoint_retention_keeps_latest_and_best(store: Store) -> None:
         store.save_checkpoint(claim, epoch, epoch * 10, {"val_loss": loss}, b"x", keep=2)
     kept = store.list_checkpoints(claim.job.id)
     assert [c.epoch for c in kept] == [2, 5, 6]
+
+
+def test_retention_keeps_the_best_and_the_newest_epoch_end_past_a_partial_one(
+    store: Store,
+) -> None:
+    """A checkpoint written mid-epoch (on a stop or cancel) holds the last epoch end's metrics:
+    it must not push out the checkpoint of that epoch end, nor the best one."""
+    dataset = make_dataset(store)
+    store.create_job(make_job(store, dataset))
+    claim = store.claim_job("w")
+    assert claim is not None
+    store.save_checkpoint(claim, 1, 10, {"val_loss": 0.2}, b"x", keep=1)
+    store.save_checkpoint(claim, 2, 20, {"val_loss": 0.5}, b"x", keep=1)
+    store.save_checkpoint(claim, 2, 25, {"val_loss": 0.5}, b"x", keep=1, is_partial=True)
+    kept = [(c.epoch, c.step, c.is_partial) for c in store.list_checkpoints(claim.job.id)]
+    assert kept == [(1, 10, False), (2, 20, False), (2, 25, True)]
+    # The run resumes from the partial one and ends epoch 3: the partial one is outdated.
+    store.save_checkpoint(claim, 3, 30, {"val_loss": 0.4}, b"x", keep=1)
+    kept = [(c.epoch, c.step, c.is_partial) for c in store.list_checkpoints(claim.job.id)]
+    assert kept == [(1, 10, False), (3, 30, False)]
+
+
+def test_a_partial_checkpoint_tying_with_the_best_does_not_replace_it(store: Store) -> None:
+    dataset = make_dataset(store)
+    store.create_job(make_job(store, dataset))
+    claim = store.claim_job("w")
+    assert claim is not None
+    store.save_checkpoint(claim, 1, 10, {"val_loss": 0.3}, b"x", keep=1)
+    store.save_checkpoint(claim, 1, 15, {"val_loss": 0.3}, b"x", keep=1, is_partial=True)
+    kept = [(c.step, c.is_partial) for c in store.list_checkpoints(claim.job.id)]
+    assert kept == [(10, False), (15, True)]
+    latest = store.latest_resumable_checkpoint(claim.job.id)
+    assert latest is not None and latest.step == 15, "a resume loads the partial one"
 
 
 @pytest.fixture
@@ -302,3 +386,21 @@ def test_checkpoint_bytes_are_deleted_with_their_checkpoints(
     store.finish_job(claim, JobState.SUCCEEDED)
     store.delete_job(claim.job.id)
     assert stored() == ([], [])
+
+
+def test_a_non_finite_score_is_never_the_best_kept(sqlite_url: str) -> None:
+    """SQLite stores such values (PostgreSQL's JSON cannot): NaN compares false either way, so
+    it would have won "best" whenever it was looked at first."""
+    assert checkpoint_score({"val_loss": float("nan"), "loss": 0.1}) == float("inf")
+    assert checkpoint_score({"val_loss": float("-inf")}) == float("inf")
+    database = Database(sqlite_url)
+    try:
+        store = Store(database)
+        store.create_job(make_job(store, make_dataset(store)))
+        claim = store.claim_job("w")
+        assert claim is not None
+        for epoch, loss in enumerate([0.5, float("nan"), float("-inf")], start=1):
+            store.save_checkpoint(claim, epoch, epoch, {"val_loss": loss}, b"x", keep=1)
+        assert [c.epoch for c in store.list_checkpoints(claim.job.id)] == [1, 3]
+    finally:
+        database.dispose()

@@ -1,0 +1,281 @@
+"""The worker in this process against a real store (SQLite, and PostgreSQL when configured): a
+job stopped or cancelled at a chosen batch, what it writes, and how a resumed run ends.
+
+A stop or cancel is injected when the trainer finishes a given step (`at_step`), where SIGTERM or
+the lease keeper's poll would land; the lease keeper can be kept from polling (`keeper_asleep`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import numpy as np
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from trainwire.engine import Trainer, save_state
+from trainwire.server import worker
+from trainwire.server.config import Settings
+from trainwire.server.predictions import PredictionService
+from trainwire.server.records import Claim, Dataset, Job, JobState, NewJob, TaskKind
+from trainwire.server.store import Store, new_id, utcnow
+from trainwire.server.training import build_model, build_trainer
+from trainwire.server.worker import (
+    JobRecorder,
+    LeaseKeeper,
+    PersistWriter,
+    TrainingDiverged,
+    Worker,
+    run_job,
+    split_validation,
+)
+
+EXAMPLES = 40
+BATCH_SIZE = 4
+STEPS_PER_EPOCH = EXAMPLES // BATCH_SIZE
+EPOCHS = 3
+MODEL = {"input_dim": 3, "layers": [{"type": "dense", "units": 1}]}
+
+
+def regression_dataset(store: Store, huge_rows: Sequence[int] = ()) -> Dataset:
+    """40 examples of 3 features and a linear target, stored as an upload would store them.
+    The features of `huge_rows` are 3e38: finite, so an upload accepts them, but a float32
+    forward pass over them overflows."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(EXAMPLES, 3)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5])).astype(np.float32)
+    x[list(huge_rows)] = 3e38
+    dataset = Dataset(
+        id=new_id(),
+        project="default",
+        display_name="linear",
+        task=TaskKind.REGRESSION,
+        num_classes=0,
+        num_examples=EXAMPLES,
+        feature_dtype="float32",
+        feature_shape=(EXAMPLES, 3),
+        target_dtype="float32",
+        target_shape=(EXAMPLES,),
+        size_bytes=x.nbytes + y.nbytes,
+        sha256="0" * 64,
+        labels={},
+        feature_names=[],
+        class_names=[],
+        created_at=utcnow(),
+    )
+    return store.create_dataset(dataset, save_state({"features": x, "targets": y}))
+
+
+def submit(store: Store, dataset: Dataset, **training: Any) -> Job:
+    """A job as the job service would store it (every training default filled in)."""
+    config = {
+        "epochs": EPOCHS,
+        "batch_size": BATCH_SIZE,
+        "loss": "mse",
+        "optimizer": {"name": "adam", "learning_rate": 0.01},
+        "validation_fraction": 0.0,
+        "seed": 7,
+        "metrics": ["mae"],
+        "checkpoint_every_epochs": 0,
+        "log_every_steps": 0,
+        "keep_checkpoints": 0,
+        "dtype": "float32",
+        **training,
+    }
+    new = NewJob(dataset_id=dataset.id, model_spec=MODEL, training=config)
+    return store.create_job(new)
+
+
+def run_next(store: Store, stop: threading.Event | None = None, lease_s: float = 30.0) -> JobState:
+    """Claims the next job and runs it as a worker would; returns the state it left."""
+    claim = store.claim_job("test-worker", lease_s=lease_s)
+    assert claim is not None, "a job is queued"
+    return run_job(store, Settings(lease_s=lease_s), claim, stop or threading.Event())
+
+
+def at_step(
+    monkeypatch: pytest.MonkeyPatch, step: int, action: Callable[[JobRecorder], None]
+) -> None:
+    """Runs `action` when the trainer has finished `step`, before the recorder looks at it."""
+    original = JobRecorder.on_batch_end
+
+    def on_batch_end(self: JobRecorder, trainer: Trainer, at: int, logs: dict[str, float]) -> None:
+        if at == step:
+            action(self)
+        original(self, trainer, at, logs)
+
+    monkeypatch.setattr(JobRecorder, "on_batch_end", on_batch_end)
+
+
+@pytest.fixture
+def keeper_asleep(monkeypatch: pytest.MonkeyPatch) -> float:
+    """A lease (returned) so long, and a cancel poll so rare, that the lease keeper never reads
+    the job while a test's run lasts: a cancel is then seen only where the test makes it seen."""
+    monkeypatch.setattr(worker, "CANCEL_POLL_S", 3600.0)
+    return 3600.0
+
+
+def test_lease_keeper_outlives_an_unexpected_database_error(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's "database is locked" is no connection error (not Unavailable): the keeper must
+    still go on watching and renewing, or the job would lose its lease while it trains."""
+    job = submit(store, regression_dataset(store))
+    claim = store.claim_job("test-worker", lease_s=60.0)
+    assert claim is not None
+    polls: list[str] = []
+    read_state = store.held_job_state
+
+    def flaky_read(held: Claim) -> JobState:
+        polls.append("poll")
+        if len(polls) == 1:
+            raise OperationalError("SELECT jobs.state", {}, Exception("database is locked"))
+        return read_state(held)
+
+    monkeypatch.setattr(store, "held_job_state", flaky_read)
+    monkeypatch.setattr(worker, "CANCEL_POLL_S", 0.01)
+    store.cancel_job(job.id)
+    keeper = LeaseKeeper(store, claim, 60.0)
+    keeper.start()
+    try:
+        seen = keeper.cancel_requested.wait(30)
+    finally:
+        keeper.done.set()
+        keeper.join()
+    assert len(polls) >= 2, "the keeper polled again after the error"
+    assert seen, "the cancel request was seen after the error"
+    assert not keeper.lost.is_set()
+
+
+def test_a_cancel_the_worker_has_not_seen_when_it_stops_still_cancels(
+    store: Store, monkeypatch: pytest.MonkeyPatch, keeper_asleep: float
+) -> None:
+    job = submit(store, regression_dataset(store))
+
+    def cancel_then_sigterm(recorder: JobRecorder) -> None:
+        assert store.cancel_job(job.id).state is JobState.CANCELLING
+        recorder.stop.set()
+
+    at_step(monkeypatch, 3, cancel_then_sigterm)
+    assert run_next(store, lease_s=keeper_asleep) is JobState.CANCELLED
+    cancelled = store.get_job(job.id)
+    assert cancelled.state is JobState.CANCELLED and cancelled.ended_at is not None
+    assert store.list_checkpoints(job.id), "the job checkpointed before it stopped"
+    assert store.claim_job("another-worker") is None, "the job does not run again"
+
+
+def test_batch_losses_carry_the_epoch_their_step_belongs_to(store: Store) -> None:
+    """Numbered from 1, as the epoch metrics are: steps 1-10 are epoch 1's."""
+    job = submit(store, regression_dataset(store), log_every_steps=1)
+    assert run_next(store) is JobState.SUCCEEDED
+    values = store.metric_values(job.id)
+    batches = [(v.step, v.epoch) for v in values if v.name == "batch_loss"]
+    steps = range(1, EPOCHS * STEPS_PER_EPOCH + 1)
+    assert batches == [(step, (step - 1) // STEPS_PER_EPOCH + 1) for step in steps]
+    epochs = [(v.step, v.epoch) for v in values if v.name == "loss"]
+    assert epochs == [(epoch * STEPS_PER_EPOCH, epoch) for epoch in range(1, EPOCHS + 1)]
+
+
+def metric_rows(store: Store, job: Job) -> list[tuple[str, int, int, float]]:
+    return [(v.name, v.step, v.epoch, v.value) for v in store.metric_values(job.id)]
+
+
+def test_a_run_stopped_mid_epoch_ends_with_the_metrics_of_an_uninterrupted_one(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-batch values logged before the stop are written before the job is handed back:
+    the resumed run starts after them and never logs them again."""
+    dataset = regression_dataset(store)
+    reference = submit(store, dataset, log_every_steps=1)
+    assert run_next(store) is JobState.SUCCEEDED
+    job = submit(store, dataset, log_every_steps=1)
+    at_step(monkeypatch, STEPS_PER_EPOCH + 5, lambda recorder: recorder.stop.set())
+    assert run_next(store) is JobState.QUEUED
+    batches = [step for name, step, _, _ in metric_rows(store, job) if name == "batch_loss"]
+    assert batches == list(range(1, STEPS_PER_EPOCH + 6))
+    monkeypatch.undo()
+    assert run_next(store) is JobState.SUCCEEDED
+    assert metric_rows(store, job) == metric_rows(store, reference)
+
+
+def test_a_run_cancelled_mid_epoch_keeps_its_batch_losses(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = submit(store, regression_dataset(store), log_every_steps=1)
+
+    def cancel(recorder: JobRecorder) -> None:
+        store.cancel_job(job.id)
+        recorder.keeper.cancel_requested.set()  # as the keeper's next poll would
+
+    at_step(monkeypatch, STEPS_PER_EPOCH + 5, cancel)
+    assert run_next(store) is JobState.CANCELLED
+    rows = metric_rows(store, job)
+    assert [step for name, step, _, _ in rows if name == "batch_loss"] == list(
+        range(1, STEPS_PER_EPOCH + 6)
+    )
+    assert [step for name, step, _, _ in rows if name == "loss"] == [STEPS_PER_EPOCH]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_a_non_finite_validation_metric_fails_the_job_with_a_readable_reason(
+    store: Store,
+) -> None:
+    """Training stays finite while a held-out example makes val_loss overflow: the job fails
+    naming the metric, not with the database's refusal of the value (SQLite stores NaN as NULL,
+    PostgreSQL's JSON has no NaN)."""
+    rows = np.arange(EXAMPLES)
+    _, _, held = split_validation(rows, rows, 0.25, seed=7)
+    assert held is not None
+    job = submit(store, regression_dataset(store, huge_rows=held[0][:1]), validation_fraction=0.25)
+    assert Worker(store, Settings(), "test-worker", threading.Event()).run_once()
+    failed = store.get_job(job.id)
+    assert failed.state is JobState.FAILED
+    assert failed.error == (
+        "the metric val_loss became inf in epoch 1; lower the learning rate or scale the features"
+    )
+    assert store.metric_values(job.id) == [], "no value of the epoch was written"
+
+
+def test_a_nan_metric_is_refused_before_the_epoch_is_written(store: Store) -> None:
+    """NaN, which SQLite would store as NULL in a NOT NULL column."""
+    job = submit(store, regression_dataset(store))
+    claim = store.claim_job("test-worker")
+    assert claim is not None
+    trainer = build_trainer(build_model(MODEL, job.training), job.training)
+    writer = PersistWriter(retry_s=1.0)
+    keeper = LeaseKeeper(store, claim, 30.0)  # never started: nothing here polls
+    recorder = JobRecorder(store, Settings(), claim, threading.Event(), keeper, writer, EXAMPLES)
+    try:
+        with pytest.raises(TrainingDiverged, match=r"^the metric val_mae became nan in epoch 2;"):
+            recorder.on_epoch_end(trainer, 1, {"loss": 0.5, "val_mae": float("nan")})
+        writer.flush()
+    finally:
+        writer.close()
+    assert store.metric_values(job.id) == []
+    assert store.get_job(job.id).metrics == {}
+
+
+def test_a_checkpoint_written_mid_epoch_is_partial_and_a_resume_loads_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its epoch and metrics are those of the last epoch end; its weights are not."""
+    job = submit(store, regression_dataset(store), checkpoint_every_epochs=1)
+    at_step(monkeypatch, STEPS_PER_EPOCH + 5, lambda recorder: recorder.stop.set())
+    assert run_next(store) is JobState.QUEUED
+    checkpoints = store.list_checkpoints(job.id)
+    assert [(c.epoch, c.step, c.is_partial) for c in checkpoints] == [
+        (1, STEPS_PER_EPOCH, False),
+        (1, STEPS_PER_EPOCH + 5, True),
+    ]
+    assert checkpoints[0].metrics == checkpoints[1].metrics
+    service = PredictionService(store, cast(Any, None), 0)
+    served = store.get_job(job.id)
+    assert service.resolve(served, "epoch/1", checkpoints) == checkpoints[0]
+    assert service.resolve(served, "best", checkpoints) == checkpoints[0]
+    assert service.resolve(served, "latest", checkpoints) == checkpoints[1]
+    monkeypatch.undo()
+    assert run_next(store) is JobState.SUCCEEDED
+    ends = [(c.epoch, c.is_partial, c.is_final) for c in store.list_checkpoints(job.id)]
+    assert ends[-2:] == [(2, False, False), (3, False, True)]
