@@ -208,9 +208,11 @@ class LeakyReLU(Activation):
 
 
 class ELU(Activation):
-    """y = x for x > 0, a (e^x - 1) otherwise; dy/dx = 1 for x > 0, y + a = a e^x otherwise.
+    """y = x for x > 0, a (e^x - 1) otherwise; dy/dx = 1 for x > 0, a e^x otherwise.
 
-    e^x - 1 is evaluated as expm1(min(x, 0)), which never overflows.
+    e^x - 1 is evaluated as expm1(min(x, 0)), which never overflows. The slope is a e^(min(x, 0)),
+    not y + a: that sum cancels as y nears -a (relative error 2e-4 at x = -30, and 0 instead
+    of e^x from x = -37).
     """
 
     name = "elu"
@@ -225,7 +227,9 @@ class ELU(Activation):
         return _where(x > 0, x, neg, out)
 
     def backward(self, x: Array, y: Array, grad_y: Array, out: Array | None = None) -> Array:
-        slope = np.where(x > 0, 1.0, y + self.alpha).astype(grad_y.dtype, copy=False)
+        slope = np.exp(np.minimum(x, 0))
+        slope *= self.alpha
+        slope = np.where(x > 0, 1.0, slope).astype(grad_y.dtype, copy=False)
         return np.multiply(grad_y, slope, out=out)
 
     def get_config(self) -> dict[str, Any]:

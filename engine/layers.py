@@ -397,8 +397,10 @@ class BatchNorm1d(Layer):
         mu = mean x,  var = mean (x - mu)^2 (biased),  xhat = (x - mu) / sqrt(var + eps),
         y = gamma xhat + beta;
         running_mean <- (1 - m) running_mean + m mu,
-        running_var  <- (1 - m) running_var + m var n / (n - 1)   (unbiased, as torch; for
-                        n = 1, where torch refuses to train, the biased var 0 is used).
+        running_var  <- (1 - m) running_var + m var n / (n - 1)   (unbiased, as torch).
+    A batch of one row (where torch refuses to train: a trainer's last batch when the rows leave
+    a remainder of one) moves neither running statistic: its variance is 0 and its mean one row,
+    which would drag the statistics that evaluation uses every epoch.
     Evaluation: xhat = (x - running_mean) / sqrt(running_var + eps).
     Backward with g = dL/dy:  dL/dbeta = sum g,  dL/dgamma = sum g xhat, and
         training:    dL/dx = gamma / (n sqrt(var + eps)) (n g - dL/dbeta - xhat dL/dgamma)
@@ -450,12 +452,14 @@ class BatchNorm1d(Layer):
             mu = np.add.reduce(x, axis=0) / n
             np.subtract(x, mu, out=xhat)
             var = np.einsum("ij,ij->j", xhat, xhat) / n
-            m = self.momentum
-            running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
-            running_mean *= 1.0 - m
-            running_mean += m * mu
-            running_var *= 1.0 - m
-            running_var += (m * n / max(n - 1, 1)) * var
+            if n > 1:
+                m = self.momentum
+                running_mean = self.buffers["running_mean"]
+                running_var = self.buffers["running_var"]
+                running_mean *= 1.0 - m
+                running_mean += m * mu
+                running_var *= 1.0 - m
+                running_var += (m * n / (n - 1)) * var
         else:
             np.subtract(x, self.buffers["running_mean"], out=xhat)
             var = self.buffers["running_var"]
