@@ -440,7 +440,10 @@ class Trainer:
             for key, value in self._evaluate_prepared(*val).items():
                 logs[f"val_{key}"] = value
         if self.schedule is not None:
-            logs["learning_rate"] = self.learning_rate  # the rate of the epoch's last step
+            # The rate the epoch's last step used (`self.step` already counts that step).
+            logs["learning_rate"] = self.schedule.learning_rate(
+                self.base_learning_rate, max(self.step - 1, 0), self.epoch
+            )
         finished = self.epoch
         self.epoch += 1
         self._permutation = None

@@ -133,7 +133,9 @@ def _trainer(schedule: object, epochs_data: int = 40) -> tuple[Trainer, np.ndarr
 
 def test_trainer_applies_the_schedule_per_step() -> None:
     seen: list[float] = []
-    trainer, x, y = _trainer({"name": "step", "step_size": 3, "gamma": 0.5, "interval": "step"})
+    # Four steps an epoch, and a new rate every four: the logged rate is the last step's, not
+    # the next one's.
+    trainer, x, y = _trainer({"name": "step", "step_size": 4, "gamma": 0.5, "interval": "step"})
     original = trainer.optimizer.step_flat
 
     def recording(flat_params, flat_grads):  # type: ignore[no-untyped-def]
@@ -142,8 +144,8 @@ def test_trainer_applies_the_schedule_per_step() -> None:
 
     trainer.optimizer.step_flat = recording  # type: ignore[method-assign]
     history = trainer.fit(x, y, epochs=2)
-    assert seen == [0.1 * 0.5 ** (t // 3) for t in range(8)]
-    assert history["learning_rate"] == [seen[3], seen[7]]
+    assert seen == [0.1 * 0.5 ** (t // 4) for t in range(8)]
+    assert history["learning_rate"] == [seen[3], seen[7]] == [0.1, 0.05]
 
 
 def test_plateau_needs_a_logged_monitor() -> None:
