@@ -64,6 +64,8 @@ def load_state(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         header = json.loads(raw[8 : 8 + header_len])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"Not a safetensors state: header is not valid JSON ({exc})") from exc
+    except RecursionError:  # JSON nested deeper than Python's parser goes (safetensors' never is)
+        raise ValueError("Not a safetensors state: header is nested too deeply") from None
     if not isinstance(header, dict):
         raise ValueError("Not a safetensors state: header is not a JSON object")
     metadata = header.get("__metadata__") or {}

@@ -54,6 +54,7 @@ def test_no_pickle_in_output() -> None:
         struct.pack("<Q", 4) + b"\xff\xfe{}",
         struct.pack("<Q", 2) + b"[]",
         struct.pack("<Q", 7) + b"nojson!",
+        struct.pack("<Q", 20_000) + b"[" * 10_000 + b"]" * 10_000,  # deeper than json parses
     ],
 )
 def test_rejects_garbage(data: bytes) -> None:
