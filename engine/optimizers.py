@@ -25,7 +25,8 @@ Adam's m and v, RMSprop's averages) turn subnormal after long runs of exactly-ze
 |s| < 1e-30 (float32; 1e-300 for float64) are set to 0; their effect on a parameter is far
 below one float32 ulp. torch does not flush; trajectories agree to < 1e-6 regardless.
 
-Registered (defaults as torch.optim): sgd, adam, adamw, adagrad, rmsprop. ``get(identifier)``
+Registered (defaults as torch.optim, but for SGD's learning rate: 0.01, torch's 1e-3):
+sgd, adam, adamw, adagrad, rmsprop. ``get(identifier)``
 accepts a name, ``{"name": ..., **kwargs}`` or an instance; adding one is one subclass plus
 one registry entry.
 """
