@@ -37,6 +37,30 @@ def _aligned_zeros(size: int, dtype: np.dtype[Any]) -> Array:
     return raw[shift : shift + size]
 
 
+def _check_input_dim(input_dim: object) -> int:
+    if isinstance(input_dim, bool) or not isinstance(input_dim, int | np.integer) or input_dim <= 0:
+        raise SpecError(f"input_dim must be a positive integer. Received: input_dim={input_dim!r}")
+    return int(input_dim)
+
+
+def _unbuilt_layers(spec: object) -> list[Layer]:
+    """The layers of a spec, each validated and configured but not built (no parameters)."""
+    if not isinstance(spec, Mapping):
+        raise SpecError(f"spec must be a dict. Received: spec={spec!r}")
+    unknown = sorted(set(spec) - set(_SPEC_FIELDS))
+    if unknown:
+        raise SpecError(
+            f"spec has unknown field {unknown[0]!r}; allowed fields: "
+            f"{', '.join(_SPEC_FIELDS)}. Received: {unknown[0]}={spec[unknown[0]]!r}"
+        )
+    if "input_dim" not in spec:
+        raise SpecError("input_dim is required (a positive integer).")
+    layer_specs = spec.get("layers")
+    if not isinstance(layer_specs, Sequence) or isinstance(layer_specs, str | bytes):
+        raise SpecError(f"layers must be a non-empty list. Received: layers={layer_specs!r}")
+    return [layers_mod.from_config(entry, f"layers[{i}]") for i, entry in enumerate(layer_specs)]
+
+
 class Model:
     """A feed-forward stack of layers with parameters in one dtype."""
 
@@ -51,17 +75,9 @@ class Model:
             self.dtype: np.dtype[Any] = as_float_dtype(dtype)
         except ValueError as exc:
             raise SpecError(str(exc)) from exc
-        if (
-            isinstance(input_dim, bool)
-            or not isinstance(input_dim, int | np.integer)
-            or input_dim <= 0
-        ):
-            raise SpecError(
-                f"input_dim must be a positive integer. Received: input_dim={input_dim!r}"
-            )
+        self.input_dim = _check_input_dim(input_dim)
         if not layers:
             raise SpecError("layers must be a non-empty list. Received: layers=[]")
-        self.input_dim = int(input_dim)
         self.layers: list[Layer] = list(layers)
         rng = np.random.default_rng(seed)
         width = self.input_dim
@@ -107,23 +123,18 @@ class Model:
         cls, spec: Mapping[str, Any], dtype: object = "float32", seed: int | None = 0
     ) -> Model:
         """Validate ``spec`` and build the model; raises SpecError (a ValueError) on bad input."""
-        if not isinstance(spec, Mapping):
-            raise SpecError(f"spec must be a dict. Received: spec={spec!r}")
-        unknown = sorted(set(spec) - set(_SPEC_FIELDS))
-        if unknown:
-            raise SpecError(
-                f"spec has unknown field {unknown[0]!r}; allowed fields: "
-                f"{', '.join(_SPEC_FIELDS)}. Received: {unknown[0]}={spec[unknown[0]]!r}"
-            )
-        if "input_dim" not in spec:
-            raise SpecError("input_dim is required (a positive integer).")
-        layer_specs = spec.get("layers")
-        if not isinstance(layer_specs, Sequence) or isinstance(layer_specs, str | bytes):
-            raise SpecError(f"layers must be a non-empty list. Received: layers={layer_specs!r}")
-        built = [
-            layers_mod.from_config(entry, f"layers[{i}]") for i, entry in enumerate(layer_specs)
-        ]
-        return cls(spec["input_dim"], built, dtype=dtype, seed=seed)
+        layers = _unbuilt_layers(spec)
+        return cls(spec["input_dim"], layers, dtype=dtype, seed=seed)
+
+    @staticmethod
+    def normalise_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+        """``Model.from_spec(spec).to_spec()`` without building the model: the same checks of
+        the spec (SpecError), and no parameter allocated."""
+        layers = _unbuilt_layers(spec)
+        input_dim = _check_input_dim(spec["input_dim"])
+        if not layers:
+            raise SpecError("layers must be a non-empty list. Received: layers=[]")
+        return {"input_dim": input_dim, "layers": [layer.get_config() for layer in layers]}
 
     def to_spec(self) -> dict[str, Any]:
         """The normalised spec (plain JSON types, defaults filled in)."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
+from trainwire.client.specs import model_spec_to_proto
+from trainwire.engine import Model
 from trainwire.v1 import jobs_pb2
 
 from .config import Settings
@@ -61,6 +64,8 @@ class JobService:
                 "max_parameters", self.settings.max_parameters, model.num_parameters
             )
         check_loss_fits_targets(build_trainer(model, training), dataset)
+        model_spec = model.to_spec()
+        _check_spec_round_trips(model_spec)
         _check_labels(dict(request.labels))
         check_text("display_name", request.display_name, MAX_LABEL_LENGTH)
         check_text("request_id", request.request_id, MAX_REQUEST_ID)
@@ -77,7 +82,7 @@ class JobService:
         return self.store.create_job(
             NewJob(
                 dataset_id=dataset.id,
-                model_spec=model.to_spec(),
+                model_spec=model_spec,
                 training=training,
                 project=project,
                 target=dataset.target(),
@@ -156,6 +161,25 @@ class JobService:
         job_id = parse_name(name, "jobs", "name")
         self.store.get_job(job_id, project)
         return self.store.list_checkpoints(job_id)
+
+
+def _check_spec_round_trips(spec: dict[str, Any]) -> None:
+    """Every answer that shows the job (CreateJob, GetJob, ListJobs, CancelJob, model metadata)
+    turns its stored spec back into a ModelSpec: a spec that cannot be shown, or is shown as
+    another model, is refused here, not stored to make those answers fail for good."""
+    try:
+        shown = model_spec_to_proto(spec)
+        again = Model.normalise_spec(model_spec_from_proto(shown, spec["input_dim"]))
+    except ValueError as error:
+        raise InvalidArgument.field(
+            "model", f"normalises to a spec a ModelSpec cannot express: {error}"
+        ) from None
+    if again != spec:
+        raise InvalidArgument.field(
+            "model",
+            f"normalises to a spec a ModelSpec does not express faithfully: {spec} is shown "
+            f"as {again}",
+        )
 
 
 def _check_labels(labels: dict[str, str]) -> None:

@@ -1,0 +1,71 @@
+"""The job service's checks of CreateJob, against a real store (SQLite and PostgreSQL): what it
+accepts must train and be shown; what would fail later is refused at once, naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from trainwire.server.config import Settings
+from trainwire.server.convert import job_to_proto
+from trainwire.server.errors import InvalidArgument
+from trainwire.server.jobs import JobService
+from trainwire.server.records import Dataset
+from trainwire.server.store import Store
+from trainwire.v1 import jobs_pb2, models_pb2
+
+from .test_worker import regression_dataset
+
+
+def dense(units: int) -> models_pb2.LayerSpec:
+    return models_pb2.LayerSpec(dense=models_pb2.DenseLayer(units=units))
+
+
+def activation(name: str, **params: float) -> models_pb2.LayerSpec:
+    return models_pb2.LayerSpec(activation=models_pb2.ActivationLayer(name=name, params=params))
+
+
+def request(
+    dataset: Dataset, *layers: models_pb2.LayerSpec, **training: Any
+) -> jobs_pb2.CreateJobRequest:
+    return jobs_pb2.CreateJobRequest(
+        dataset=f"datasets/{dataset.id}",
+        model=models_pb2.ModelSpec(layers=layers or [dense(1)]),
+        training=models_pb2.TrainingConfig(**training),
+    )
+
+
+def test_a_prelu_activation_layer_is_shown_as_it_was_given(store: Store) -> None:
+    dataset = regression_dataset(store)
+    service = JobService(store, Settings())
+    job = service.create(
+        request(dataset, dense(4), activation("prelu", init=0.1), dense(1)), "default"
+    )
+    assert job.model_spec["layers"][1] == {"type": "prelu", "init": 0.1}
+    # Every answer that shows the job converts the stored spec: CreateJob, GetJob, ListJobs.
+    for shown in (
+        job,
+        service.get(f"jobs/{job.id}", "default"),
+        store.list_jobs(10, "", project="default")[0][0],
+    ):
+        layer = job_to_proto(shown).model.layers[1]
+        assert layer.WhichOneof("kind") == "activation"
+        assert layer.activation.name == "prelu" and dict(layer.activation.params) == {"init": 0.1}
+
+
+def test_a_spec_that_cannot_be_shown_is_refused_not_stored(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = regression_dataset(store)
+
+    def cannot_show(spec: dict[str, Any]) -> models_pb2.ModelSpec:
+        raise ValueError("layers[0].type must be one of: dense. Received: type='dense'")
+
+    # raising=False: the check must call it by this name (a job stored is the failure).
+    monkeypatch.setattr("trainwire.server.jobs.model_spec_to_proto", cannot_show, raising=False)
+    with pytest.raises(InvalidArgument) as refused:
+        JobService(store, Settings()).create(request(dataset), "default")
+    assert refused.value.violations[0].field == "model"
+    assert "cannot express" in refused.value.message
+    assert store.list_jobs(10, "")[0] == []
