@@ -20,6 +20,7 @@ from .training import (
     build_trainer,
     check_loss_fits_targets,
     check_model_fits_dataset,
+    check_monitors_are_logged,
     estimate_parameters,
     training_from_proto,
 )
@@ -63,7 +64,9 @@ class JobService:
             raise ResourceExhausted.limit(
                 "max_parameters", self.settings.max_parameters, model.num_parameters
             )
-        check_loss_fits_targets(build_trainer(model, training), dataset)
+        trainer = build_trainer(model, training)
+        check_loss_fits_targets(trainer, dataset)
+        check_monitors_are_logged(trainer, training, dataset)
         model_spec = model.to_spec()
         _check_spec_round_trips(model_spec)
         _check_labels(dict(request.labels))

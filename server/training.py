@@ -54,7 +54,7 @@ def training_from_proto(config: models_pb2.TrainingConfig, dataset: Dataset) -> 
             "training.validation_fraction",
             f"must be in [0, 1). Received: {config.validation_fraction}",
         )
-    validation = int(dataset.num_examples * config.validation_fraction)
+    validation = validation_rows(dataset.num_examples, config.validation_fraction)
     if validation and validation == dataset.num_examples:
         raise InvalidArgument.field("training.validation_fraction", "leaves no training examples")
     for name in ("checkpoint_every_epochs", "log_every_steps", "keep_checkpoints"):
@@ -104,6 +104,7 @@ def training_from_proto(config: models_pb2.TrainingConfig, dataset: Dataset) -> 
         params = {k: int(v) if v.is_integer() else v for k, v in config.schedule.params.items()}
         training["schedule"] = {"name": config.schedule.name, **params}
     if config.early_stopping.monitor:
+        check_text("training.early_stopping.monitor", config.early_stopping.monitor, 64)
         training["early_stopping"] = {
             "monitor": config.early_stopping.monitor,
             "patience": config.early_stopping.patience,
@@ -111,6 +112,12 @@ def training_from_proto(config: models_pb2.TrainingConfig, dataset: Dataset) -> 
             "restore_best_weights": config.early_stopping.restore_best_weights,
         }
     return training
+
+
+def validation_rows(num_examples: int, fraction: float) -> int:
+    """The examples held out for validation: the worker's split and CreateJob's checks both
+    count them here, so a job accepted with validation keys to monitor gets them."""
+    return int(num_examples * fraction)
 
 
 def _check_finite_number(field: str, value: float) -> None:
@@ -189,6 +196,32 @@ def check_model_fits_dataset(model: Model, training: dict[str, Any], dataset: Da
             "model.layers",
             f"the last layer gives {outputs} outputs but the dataset needs {what}",
         )
+
+
+# Where a request sets what each engine monitor watches (reduce_on_plateau's monitor is not on
+# the wire: its default, val_loss, comes with the schedule's name).
+MONITOR_FIELDS = {
+    "early_stopping": "training.early_stopping.monitor",
+    "schedule": "training.schedule",
+}
+
+
+def check_monitors_are_logged(trainer: Trainer, training: dict[str, Any], dataset: Dataset) -> None:
+    """Early stopping and reduce_on_plateau must watch a key the fit logs: the engine's own
+    check, run with the validation split the worker will make of this dataset, so a job that
+    would fail at its first fit is refused instead."""
+    fraction = float(training.get("validation_fraction", 0.0))
+    held_out = validation_rows(dataset.num_examples, fraction)
+    problem = trainer.monitor_problem(has_validation=held_out > 0)
+    if problem is None:
+        return
+    owner, monitor, message = problem
+    if monitor.startswith("val_") and not held_out:
+        message += (
+            f" (training.validation_fraction={fraction} holds out none of the "
+            f"{dataset.num_examples} examples of datasets/{dataset.id})"
+        )
+    raise InvalidArgument.field(MONITOR_FIELDS[owner], message)
 
 
 def check_loss_fits_targets(trainer: Trainer, dataset: Dataset) -> None:

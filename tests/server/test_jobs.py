@@ -11,11 +11,11 @@ from trainwire.server.config import Settings
 from trainwire.server.convert import job_to_proto
 from trainwire.server.errors import InvalidArgument
 from trainwire.server.jobs import JobService
-from trainwire.server.records import Dataset
+from trainwire.server.records import Dataset, JobState
 from trainwire.server.store import Store
 from trainwire.v1 import jobs_pb2, models_pb2
 
-from .test_worker import regression_dataset
+from .test_worker import regression_dataset, run_next
 
 
 def dense(units: int) -> models_pb2.LayerSpec:
@@ -69,3 +69,65 @@ def test_a_spec_that_cannot_be_shown_is_refused_not_stored(
     assert refused.value.violations[0].field == "model"
     assert "cannot express" in refused.value.message
     assert store.list_jobs(10, "")[0] == []
+
+
+EARLY_VAL_LOSS = models_pb2.EarlyStopping(monitor="val_loss", patience=2)
+REDUCE_ON_PLATEAU = models_pb2.ScheduleSpec(name="reduce_on_plateau")
+
+
+@pytest.mark.parametrize(
+    ("training", "field", "says"),
+    [
+        ({"early_stopping": EARLY_VAL_LOSS}, "training.early_stopping.monitor", "holds out none"),
+        # 40 examples * 0.02 = 0.8: the worker's split holds out int(0.8) = 0 rows.
+        (
+            {"early_stopping": EARLY_VAL_LOSS, "validation_fraction": 0.02},
+            "training.early_stopping.monitor",
+            "holds out none of the 40 examples",
+        ),
+        (
+            {
+                "early_stopping": models_pb2.EarlyStopping(monitor="bogus"),
+                "validation_fraction": 0.25,
+            },
+            "training.early_stopping.monitor",
+            "it logs: loss, mae, r2, val_loss, val_mae, val_r2",
+        ),
+        ({"schedule": REDUCE_ON_PLATEAU}, "training.schedule", "monitors 'val_loss'"),
+        (
+            {"early_stopping": models_pb2.EarlyStopping(monitor="val_loss\x00")},
+            "training.early_stopping.monitor",
+            "NUL",
+        ),
+        (
+            {"early_stopping": models_pb2.EarlyStopping(monitor="v" * 100_000)},
+            "training.early_stopping.monitor",
+            "at most 64 characters",
+        ),
+    ],
+)
+def test_a_monitor_the_fit_will_not_log_is_refused_at_create(
+    store: Store, training: dict[str, Any], field: str, says: str
+) -> None:
+    dataset = regression_dataset(store)
+    with pytest.raises(InvalidArgument) as refused:
+        JobService(store, Settings()).create(request(dataset, **training), "default")
+    assert refused.value.violations[0].field == field
+    assert says in refused.value.message
+    assert store.list_jobs(10, "")[0] == []
+
+
+def test_a_monitor_is_accepted_when_the_workers_split_holds_out_one_row(store: Store) -> None:
+    dataset = regression_dataset(store)
+    # 40 examples * 0.025 = 1 row held out: val_loss is logged, and the job trains.
+    job = JobService(store, Settings()).create(
+        request(
+            dataset,
+            early_stopping=EARLY_VAL_LOSS,
+            schedule=REDUCE_ON_PLATEAU,
+            validation_fraction=0.025,
+            epochs=2,
+        ),
+        "default",
+    )
+    assert run_next(store) is JobState.SUCCEEDED, store.get_job(job.id).error
