@@ -1,7 +1,9 @@
 """Model: a validated stack of layers built from a JSON-able spec.
 
 ``Model.from_spec(spec, dtype, seed)`` validates the spec (SpecError names the field path and the
-received value) and initialises all parameters from one Generator seeded with ``seed``.
+received value) and initialises all parameters from one Generator seeded with ``seed``;
+``Model.describe_spec(spec)`` runs the same checks and tells the normalised spec, the layer widths
+and the parameter count without allocating anything.
 ``forward``/``backward`` run the stack on one batch (returning reused buffers); ``predict``
 runs in evaluation mode and returns fresh arrays. Parameters are named
 ``"layers.<index>.<name>"`` in ``parameters()``, ``gradients()`` and ``state_dict()``;
@@ -16,6 +18,7 @@ large ufunc calls instead of a few calls per parameter.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,6 +38,23 @@ def _aligned_zeros(size: int, dtype: np.dtype[Any]) -> Array:
     raw = np.zeros(size + pad, dtype=dtype)
     shift = (-raw.ctypes.data % _ALIGN_BYTES) // dtype.itemsize
     return raw[shift : shift + size]
+
+
+@dataclass(frozen=True)
+class SpecSummary:
+    """What a spec builds, found without building it (``Model.describe_spec``)."""
+
+    spec: dict[str, Any]  # normalised, as ``Model.to_spec()`` gives it
+    widths: tuple[int, ...]  # the input's width, then each layer's output width
+    num_parameters: int  # as ``Model.num_parameters``
+
+    @property
+    def input_dim(self) -> int:
+        return self.widths[0]
+
+    @property
+    def output_dim(self) -> int:
+        return self.widths[-1]
 
 
 def _check_input_dim(input_dim: object) -> int:
@@ -127,14 +147,23 @@ class Model:
         return cls(spec["input_dim"], layers, dtype=dtype, seed=seed)
 
     @staticmethod
-    def normalise_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-        """``Model.from_spec(spec).to_spec()`` without building the model: the same checks of
+    def describe_spec(spec: Mapping[str, Any]) -> SpecSummary:
+        """What ``Model.from_spec(spec)`` would build, without building it: the same checks of
         the spec (SpecError), and no parameter allocated."""
         layers = _unbuilt_layers(spec)
         input_dim = _check_input_dim(spec["input_dim"])
         if not layers:
             raise SpecError("layers must be a non-empty list. Received: layers=[]")
-        return {"input_dim": input_dim, "layers": [layer.get_config() for layer in layers]}
+        widths = [input_dim]
+        count = 0
+        for layer in layers:
+            count += layer.parameter_count(widths[-1])
+            widths.append(layer.output_width(widths[-1]))
+        return SpecSummary(
+            spec={"input_dim": input_dim, "layers": [layer.get_config() for layer in layers]},
+            widths=tuple(widths),
+            num_parameters=count,
+        )
 
     def to_spec(self) -> dict[str, Any]:
         """The normalised spec (plain JSON types, defaults filled in)."""

@@ -36,6 +36,9 @@ from ._types import Array
 from .model import Model
 from .schedules import resolve_mode
 
+# Evaluation (validation at each epoch's end) runs max(batch_size, this) rows per forward pass.
+EVALUATION_BATCH_ROWS = 1024
+
 
 class Callback:
     """Hooks called by ``Trainer.fit``; all are no-ops by default.
@@ -538,7 +541,8 @@ class Trainer:
     ) -> dict[str, float]:
         if x.shape[0] == 0:
             return {}
-        outputs = self.model.predict(x, batch_size=batch_size or max(self.batch_size, 1024))
+        rows = batch_size or max(self.batch_size, EVALUATION_BATCH_ROWS)
+        outputs = self.model.predict(x, batch_size=rows)
         logs = {"loss": self.loss.value(outputs, y, w)}
         for metric in self.metrics:
             logs[metric.name] = metric(outputs, y)

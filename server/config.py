@@ -28,6 +28,10 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024
     max_dataset_bytes: int = 512 * 1024 * 1024
     max_parameters: int = 50_000_000
+    # The largest activation batch a job may need: the rows of its largest forward pass (a
+    # training batch or a validation pass) times its widest layer times 4 or 8 bytes.
+    # max_parameters bounds the weights only; training holds a few such buffers per layer.
+    max_batch_bytes: int = 1024 * 1024 * 1024
     max_epochs: int = 100_000
     max_watches_per_client: int = 16
     grpc_threads: int = 16
@@ -104,7 +108,8 @@ class Settings:
                 f"extra server processes would need up to {last_metrics_port} (at most 65535)"
             )
         positive = (
-            "max_message_bytes", "max_dataset_bytes", "max_parameters", "max_epochs",
+            "max_message_bytes", "max_dataset_bytes", "max_parameters", "max_batch_bytes",
+            "max_epochs",
             "max_watches_per_client", "grpc_threads", "server_processes", "poll_interval_s",
             "lease_s",
             "default_max_attempts", "model_cache_bytes", "predict_batch_rows",
@@ -182,6 +187,7 @@ _ENV_FIELDS: dict[str, type] = {
     "max_message_bytes": int,
     "max_dataset_bytes": int,
     "max_parameters": int,
+    "max_batch_bytes": int,
     "max_epochs": int,
     "max_watches_per_client": int,
     "grpc_threads": int,

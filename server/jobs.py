@@ -5,24 +5,27 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import numpy as np
+
 from trainwire.client.specs import model_spec_to_proto
 from trainwire.engine import Model
+from trainwire.engine.model import SpecSummary
 from trainwire.v1 import jobs_pb2
 
 from .config import Settings
 from .convert import STATES_FROM_PROTO, model_spec_from_proto
 from .errors import InvalidArgument, ResourceExhausted
 from .names import check_text, parse_name
-from .records import Checkpoint, Job, JobEvent, JobState, MetricValue, NewJob
+from .records import Checkpoint, Dataset, Job, JobEvent, JobState, MetricValue, NewJob
 from .store import Store
 from .training import (
-    build_model,
-    build_trainer,
     check_loss_fits_targets,
     check_model_fits_dataset,
     check_monitors_are_logged,
-    estimate_parameters,
+    describe_model,
+    largest_pass_rows,
     training_from_proto,
+    validation_trainer,
 )
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -53,22 +56,18 @@ class JobService:
             raise ResourceExhausted.limit(
                 "max_epochs", self.settings.max_epochs, training["epochs"]
             )
-        spec = model_spec_from_proto(request.model, dataset.num_features)
-        # Count before building: a model over the limit must not be allocated at all.
-        estimate = estimate_parameters(spec)
-        if estimate > self.settings.max_parameters:
-            raise ResourceExhausted.limit("max_parameters", self.settings.max_parameters, estimate)
-        model = build_model(spec, training)
-        check_model_fits_dataset(model, training, dataset)
+        # Described, never built: the model is allocated by the worker that trains it.
+        model = describe_model(model_spec_from_proto(request.model, dataset.num_features))
         if model.num_parameters > self.settings.max_parameters:
             raise ResourceExhausted.limit(
                 "max_parameters", self.settings.max_parameters, model.num_parameters
             )
-        trainer = build_trainer(model, training)
+        self._check_batch_bytes(model, training, dataset)
+        check_model_fits_dataset(model, training, dataset)
+        trainer = validation_trainer(model, training)
         check_loss_fits_targets(trainer, dataset)
         check_monitors_are_logged(trainer, training, dataset)
-        model_spec = model.to_spec()
-        _check_spec_round_trips(model_spec)
+        _check_spec_round_trips(model.spec)
         _check_labels(dict(request.labels))
         check_text("display_name", request.display_name, MAX_LABEL_LENGTH)
         check_text("request_id", request.request_id, MAX_REQUEST_ID)
@@ -85,7 +84,7 @@ class JobService:
         return self.store.create_job(
             NewJob(
                 dataset_id=dataset.id,
-                model_spec=model_spec,
+                model_spec=model.spec,
                 training=training,
                 project=project,
                 target=dataset.target(),
@@ -97,6 +96,25 @@ class JobService:
                 request_id=request.request_id or None,
             )
         )
+
+    def _check_batch_bytes(
+        self, model: SpecSummary, training: dict[str, Any], dataset: Dataset
+    ) -> None:
+        """The largest activation batch the job's training holds (its largest pass's rows times
+        the widest layer, input included) must fit `max_batch_bytes`: max_parameters bounds the
+        weights, not the activations, and a wide layer over a big batch was OOM-killed at the
+        worker, rescued and retried up to max_attempts."""
+        rows = largest_pass_rows(training, dataset)
+        width = max(model.widths)
+        itemsize = np.dtype(training["dtype"]).itemsize
+        needed = rows * width * itemsize
+        if needed > self.settings.max_batch_bytes:
+            raise ResourceExhausted.limit(
+                "max_batch_bytes",
+                self.settings.max_batch_bytes,
+                needed,
+                f"{rows} rows in a pass x {width} units in the widest layer x {itemsize} bytes",
+            )
 
     def get(self, name: str, project: str) -> Job:
         return self.store.get_job(parse_name(name, "jobs", "name"), project)
@@ -172,7 +190,7 @@ def _check_spec_round_trips(spec: dict[str, Any]) -> None:
     another model, is refused here, not stored to make those answers fail for good."""
     try:
         shown = model_spec_to_proto(spec)
-        again = Model.normalise_spec(model_spec_from_proto(shown, spec["input_dim"]))
+        again = Model.describe_spec(model_spec_from_proto(shown, spec["input_dim"])).spec
     except ValueError as error:
         raise InvalidArgument.field(
             "model", f"normalises to a spec a ModelSpec cannot express: {error}"

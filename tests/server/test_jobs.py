@@ -3,17 +3,18 @@ accepts must train and be shown; what would fail later is refused at once, namin
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import pytest
 
 from trainwire.server.config import Settings
 from trainwire.server.convert import job_to_proto
-from trainwire.server.errors import InvalidArgument
+from trainwire.server.errors import InvalidArgument, ResourceExhausted
 from trainwire.server.jobs import JobService
 from trainwire.server.records import Dataset, JobState
 from trainwire.server.store import Store
-from trainwire.v1 import jobs_pb2, models_pb2
+from trainwire.v1 import jobs_pb2, models_pb2, tensor_pb2
 
 from .test_worker import regression_dataset, run_next
 
@@ -131,3 +132,38 @@ def test_a_monitor_is_accepted_when_the_workers_split_holds_out_one_row(store: S
         "default",
     )
     assert run_next(store) is JobState.SUCCEEDED, store.get_job(job.id).error
+
+
+def test_a_model_is_checked_without_being_allocated(store: Store) -> None:
+    """5,000,001 float32 parameters: building the model (weights, gradients, Adam's two slots)
+    to check it would take over 80 MB."""
+    dataset = regression_dataset(store)
+    service = JobService(store, Settings())
+    tracemalloc.start()
+    try:
+        job = service.create(request(dataset, dense(1_000_000), dense(1)), "default")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert job.model_spec["layers"][0]["units"] == 1_000_000
+    assert peak < 8 << 20, f"CreateJob allocated {peak} bytes at its peak"
+
+
+def test_activations_past_max_batch_bytes_are_refused_naming_the_limit(store: Store) -> None:
+    dataset = regression_dataset(store)  # 3 features, 40 examples
+    service = JobService(store, Settings(max_batch_bytes=500_000))
+    wide = (dense(10_000), dense(1))
+    # Batches of 4 rows: 4 x 10,000 units x 4 bytes = 160,000 bytes.
+    service.create(request(dataset, *wide, batch_size=4), "default")
+    # Validation passes take max(batch_size, 1024) rows, here the 20 held out: 800,000 bytes.
+    with pytest.raises(ResourceExhausted) as refused:
+        service.create(request(dataset, *wide, batch_size=4, validation_fraction=0.5), "default")
+    assert refused.value.message.startswith(
+        "max_batch_bytes is limited to 500000. Received: 800000 (20 rows in a pass x 10000 "
+    )
+    # float64 doubles it: 4 rows x 10,000 x 8 = 320,000; 16 rows, 1,280,000.
+    with pytest.raises(ResourceExhausted, match="Received: 1280000"):
+        service.create(
+            request(dataset, *wide, batch_size=16, dtype=tensor_pb2.DATA_TYPE_FLOAT64), "default"
+        )
+    assert len(store.list_jobs(10, "")[0]) == 1
