@@ -167,3 +167,10 @@ def test_activations_past_max_batch_bytes_are_refused_naming_the_limit(store: St
             request(dataset, *wide, batch_size=16, dtype=tensor_pb2.DATA_TYPE_FLOAT64), "default"
         )
     assert len(store.list_jobs(10, "")[0]) == 1
+
+
+def test_a_growing_decay_schedule_is_refused_at_create(store: Store) -> None:
+    dataset = regression_dataset(store)
+    schedule = models_pb2.ScheduleSpec(name="exponential", params={"gamma": 1e10})
+    with pytest.raises(InvalidArgument, match=r"gamma must be a number in \(0.0, 1.0\]"):
+        JobService(store, Settings()).create(request(dataset, schedule=schedule), "default")
