@@ -71,6 +71,9 @@ from .records import (
 )
 
 DEFAULT_PAGE_SIZE = 50
+# Tokens we issue are base64 of `["<ISO timestamp with offset>", "<32 hex digits>"]`: about 100
+# characters.
+MAX_PAGE_TOKEN_LENGTH = 256
 MAX_PAGE_SIZE = 1000
 DEFAULT_KEEP_CHECKPOINTS = 3
 # PostgreSQL NOTIFY channels: a job was enqueued (payload: its queue) / asked to cancel (its id).
@@ -173,10 +176,18 @@ def encode_page_token(created_at: datetime, row_id: str) -> str:
 
 
 def decode_page_token(token: str) -> tuple[datetime, str]:
+    # Refused before decoding: json.loads of a forged token nesting 100,000 lists raised
+    # RecursionError (answered INTERNAL), and no token we issue comes near this length.
+    if len(token) > MAX_PAGE_TOKEN_LENGTH:
+        raise InvalidArgument.field(
+            "page_token",
+            f"is not a token returned by a previous List call (those are at most "
+            f"{MAX_PAGE_TOKEN_LENGTH} characters). Received: {len(token)} characters",
+        )
     try:
         created, row_id = json.loads(base64.urlsafe_b64decode(token.encode()))
         return datetime.fromisoformat(created), str(row_id)
-    except (ValueError, TypeError, binascii.Error, UnicodeError):
+    except (ValueError, TypeError, binascii.Error, UnicodeError, RecursionError):
         raise InvalidArgument.field(
             "page_token", "is not a token returned by a previous List call"
         ) from None

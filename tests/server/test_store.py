@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,14 @@ from trainwire.server.errors import FailedPrecondition, InvalidArgument, NotFoun
 from trainwire.server.migrate import upgrade
 from trainwire.server.models import CheckpointBlobRow, CheckpointRow
 from trainwire.server.records import Dataset, JobState, MetricValue, NewJob, TaskKind
-from trainwire.server.store import LeaseLost, Store, checkpoint_score, new_id, utcnow
+from trainwire.server.store import (
+    MAX_PAGE_TOKEN_LENGTH,
+    LeaseLost,
+    Store,
+    checkpoint_score,
+    new_id,
+    utcnow,
+)
 
 
 def make_dataset(store: Store) -> Dataset:
@@ -135,7 +143,7 @@ def test_list_jobs_pages_and_filters(store: Store) -> None:
     token = ""
     while True:
         page, token = store.list_jobs(3, token)
-        assert len(page) <= 3
+        assert len(page) <= 3 and len(token) <= MAX_PAGE_TOKEN_LENGTH
         seen += [job.id for job in page]
         if not token:
             break
@@ -144,6 +152,16 @@ def test_list_jobs_pages_and_filters(store: Store) -> None:
     assert [job.id for job in odd] == [ids[5], ids[3], ids[1]]
     with pytest.raises(InvalidArgument, match="page_token"):
         store.list_jobs(3, "not-a-token")
+
+
+def test_a_forged_deeply_nested_page_token_is_invalid_not_internal(store: Store) -> None:
+    """json.loads of 100,000 nested lists raised RecursionError: ListJobs answered INTERNAL."""
+    forged = base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).decode()
+    for listing in (store.list_jobs, store.list_datasets):
+        with pytest.raises(InvalidArgument) as refused:
+            listing(10, forged)
+        assert refused.value.violations[0].field == "page_token"
+        assert f"Received: {len(forged)} characters" in refused.value.message
 
 
 def test_label_filtered_pages_return_each_job_once(store: Store) -> None:
