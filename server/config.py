@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_SQLITE_PATH = Path("trainwire.db")
+# The largest values that can work: gRPC takes message limits as 32-bit signed integers; a wait
+# longer than threading.TIMEOUT_MAX (about 292 years) raises OverflowError, so no poll, lease or
+# retry may be longer; and a pool of more threads than this is far past any host's cores or the
+# database's connections (a typo such as 100000000 would only fail under load, when threads
+# cannot be started).
+MAX_MESSAGE_BYTES = 2**31 - 1
+MAX_THREADS = 4096
+MAX_SECONDS = threading.TIMEOUT_MAX
+UPPER_BOUNDS: dict[str, tuple[float, str]] = {
+    "max_message_bytes": (MAX_MESSAGE_BYTES, "gRPC takes a 32-bit integer"),
+    "grpc_threads": (MAX_THREADS, "far past any host's cores or database connections"),
+    "blas_threads": (MAX_THREADS, "far past any host's cores"),
+    "poll_interval_s": (MAX_SECONDS, "a longer wait overflows"),
+    "lease_s": (MAX_SECONDS, "a longer wait overflows"),
+    "db_retry_s": (MAX_SECONDS, "a longer wait overflows"),
+    "predict_batch_wait_ms": (MAX_SECONDS * 1000, "a longer wait overflows"),
+}
 
 
 def default_database_url() -> str:
@@ -118,6 +137,17 @@ class Settings:
             if getattr(self, name) <= 0:
                 found.append(
                     f"TRAINWIRE_{name.upper()} must be positive. Received: {getattr(self, name)}"
+                )
+        for name, kind in _ENV_FIELDS.items():
+            value = getattr(self, name)
+            if kind is float and not math.isfinite(value):
+                found.append(f"TRAINWIRE_{name.upper()} must be a finite number. Received: {value}")
+        for name, (bound, why) in UPPER_BOUNDS.items():
+            value = getattr(self, name)
+            if math.isfinite(value) and value > bound:
+                found.append(
+                    f"TRAINWIRE_{name.upper()} must be at most {int(bound):,} ({why}). "
+                    f"Received: {value}"
                 )
         if self.predict_batch_wait_ms < 0:
             found.append(
