@@ -199,6 +199,21 @@ def page_size_of(requested: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
+# Row locks on a dataset (PostgreSQL, READ COMMITTED; SQLite renders no FOR clause and needs
+# none, as BEGIN IMMEDIATE serialises its writers). DeleteDataset takes FOR UPDATE before it
+# looks for unfinished jobs; CreateJob takes FOR KEY SHARE (what the insert's foreign-key check
+# takes anyway, so concurrent creates do not wait on each other) from its check to its commit.
+# Unlocked, a delete could miss a job being created and leave it QUEUED with no dataset, or
+# delete the row under a create whose insert then failed on the foreign key (INTERNAL).
+_LOCK_TO_DELETE = True
+_LOCK_TO_USE = {"read": True, "key_share": True}
+
+
+def _is_foreign_key_violation(error: IntegrityError) -> bool:
+    """PostgreSQL's SQLSTATE 23503, or SQLite's "FOREIGN KEY constraint failed"."""
+    return getattr(error.orig, "sqlstate", None) == "23503" or "FOREIGN KEY" in str(error.orig)
+
+
 JOBS = cast(Table, JobRow.__table__)
 EVENTS = cast(Table, JobEventRow.__table__)
 
@@ -326,7 +341,9 @@ class Store:
     def delete_dataset(self, dataset_id: str, project: str | None = None) -> None:
         """Deletes a dataset no unfinished job uses; finished jobs keep their models."""
         with self.db.write() as session:
-            self._dataset_row(session, dataset_id, project)
+            # Locked before the check: a job being created for it holds the row in KEY SHARE
+            # until it commits, so the check below sees that job (see `create_job`).
+            self._dataset_row(session, dataset_id, project, lock=_LOCK_TO_DELETE)
             users = session.scalars(
                 select(JobRow.id)
                 .where(JobRow.dataset_id == dataset_id)
@@ -362,8 +379,13 @@ class Store:
         return self._with_next_token(items, page_size_of(page_size))
 
     @staticmethod
-    def _dataset_row(session: Session, dataset_id: str, project: str | None = None) -> DatasetRow:
-        row = session.get(DatasetRow, dataset_id)
+    def _dataset_row(
+        session: Session,
+        dataset_id: str,
+        project: str | None = None,
+        lock: bool | dict[str, bool] = False,
+    ) -> DatasetRow:
+        row = session.get(DatasetRow, dataset_id, with_for_update=lock)
         # Another project's dataset is reported exactly like a missing one: names do not leak.
         if row is None or (project is not None and row.project != project):
             raise NotFound(f"datasets/{dataset_id} does not exist")
@@ -380,7 +402,8 @@ class Store:
         now = utcnow()
         try:
             with self.db.write() as session:
-                self._dataset_row(session, new.dataset_id, new.project)
+                # Held until the job is committed: a DeleteDataset waits, then sees the job.
+                self._dataset_row(session, new.dataset_id, new.project, lock=_LOCK_TO_USE)
                 row = JobRow(
                     id=new_id(),
                     project=new.project,
@@ -407,7 +430,11 @@ class Store:
                 self._event_for(session, row, "queued")
                 self._notify(session, JOBS_CHANNEL, row.queue)
                 return _job(row)
-        except IntegrityError:
+        except IntegrityError as error:
+            if _is_foreign_key_violation(error):
+                # The dataset went between the check and the insert (a lock makes that unlikely,
+                # but should it happen it is the caller's missing dataset, not an internal error).
+                raise NotFound(f"datasets/{new.dataset_id} does not exist") from None
             # Two concurrent creates with one request_id: the other one won; return its job.
             if new.request_id:
                 existing = self._job_by_request_id(new.request_id, new.project)

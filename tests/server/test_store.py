@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 
 from trainwire.server.db import Database
 from trainwire.server.errors import FailedPrecondition, InvalidArgument, NotFound
 from trainwire.server.migrate import upgrade
 from trainwire.server.models import CheckpointBlobRow, CheckpointRow
-from trainwire.server.records import Dataset, JobState, MetricValue, NewJob, TaskKind
+from trainwire.server.records import Dataset, Job, JobState, MetricValue, NewJob, TaskKind
 from trainwire.server.store import (
     MAX_PAGE_TOKEN_LENGTH,
     LeaseLost,
@@ -25,6 +26,8 @@ from trainwire.server.store import (
     new_id,
     utcnow,
 )
+
+from ..conftest import fresh_postgres_database
 
 
 def make_dataset(store: Store) -> Dataset:
@@ -422,3 +425,85 @@ def test_a_non_finite_score_is_never_the_best_kept(sqlite_url: str) -> None:
         assert [c.epoch for c in store.list_checkpoints(claim.job.id)] == [1, 3]
     finally:
         database.dispose()
+
+
+# --- DeleteDataset against CreateJob on PostgreSQL (READ COMMITTED: each waits on a row lock) ---
+
+
+@pytest.fixture
+def postgres_store(postgres_server_url: str) -> Iterator[Store]:
+    url = fresh_postgres_database(postgres_server_url)
+    upgrade(url)
+    database = Database(url)
+    try:
+        yield Store(database)
+    finally:
+        database.dispose()
+
+
+def wait_for_a_lock_wait(store: Store, what: str) -> None:
+    """Returns once a session of this database waits on a lock (each look is a transaction of
+    its own: pg_stat_activity is read once per transaction)."""
+    deadline = time.monotonic() + 60
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    while True:
+        with store.db.engine.connect() as connection:
+            if connection.execute(waiting).scalar():
+                return
+        assert time.monotonic() < deadline, f"{what} never waited on a lock"
+        time.sleep(0.01)
+
+
+@pytest.mark.postgres
+def test_a_delete_waits_for_a_job_being_created_then_refuses(
+    postgres_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unlocked, the delete's check missed the uncommitted job, and its DELETE then set the
+    committed job's dataset to NULL: a QUEUED job with no data."""
+    store = postgres_store
+    dataset = make_dataset(store)
+    inserted, release = threading.Event(), threading.Event()
+    notify = store._notify
+
+    def paused_before_commit(*args: Any) -> None:
+        notify(*args)  # the job and its event are inserted; the transaction is still open
+        inserted.set()
+        assert release.wait(60)
+
+    monkeypatch.setattr(store, "_notify", paused_before_commit)
+    with ThreadPoolExecutor(2) as pool:
+        creating = pool.submit(store.create_job, make_job(store, dataset))
+        assert inserted.wait(60)
+        deleting = pool.submit(store.delete_dataset, dataset.id)
+        wait_for_a_lock_wait(store, "DeleteDataset")
+        release.set()
+        job: Job = creating.result(60)
+        with pytest.raises(FailedPrecondition, match="used by unfinished jobs"):
+            deleting.result(60)
+    assert store.get_job(job.id).dataset_id == dataset.id
+    assert store.get_dataset(dataset.id) == dataset
+
+
+@pytest.mark.postgres
+def test_a_create_waits_for_a_dataset_being_deleted_then_answers_not_found(
+    postgres_store: Store,
+) -> None:
+    """Unlocked, the create read the row, and its insert failed on the foreign key once the
+    delete committed: an IntegrityError answered INTERNAL."""
+    store = postgres_store
+    dataset = make_dataset(store)
+    with store.db.engine.connect() as deleting, ThreadPoolExecutor(1) as pool:
+        # What a DeleteDataset holds after its last statement: the row deleted, not committed.
+        deleting.execute(
+            text("SELECT id FROM datasets WHERE id = :id FOR UPDATE"), {"id": dataset.id}
+        )
+        deleting.execute(text("DELETE FROM datasets WHERE id = :id"), {"id": dataset.id})
+        creating = pool.submit(store.create_job, make_job(store, dataset))
+        wait_for_a_lock_wait(store, "CreateJob")
+        deleting.commit()
+        with pytest.raises(NotFound, match=f"datasets/{dataset.id} does not exist"):
+            creating.result(60)
+    assert store.list_jobs(10, "")[0] == []
