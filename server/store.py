@@ -443,10 +443,12 @@ class Store:
             raise
 
     def _job_by_request_id(self, request_id: str, project: str) -> Job | None:
+        """The job `project` created with `request_id`; request ids are unique per project
+        (migration 0007), so another project's use of one is neither seen nor refused."""
         with self.db.read() as session:
-            row = session.scalar(select(JobRow).where(JobRow.request_id == request_id))
-            if row is not None and row.project != project:
-                raise FailedPrecondition("request_id is already used; choose a new one")
+            row = session.scalar(
+                select(JobRow).where(JobRow.project == project, JobRow.request_id == request_id)
+            )
             return None if row is None else _job(row)
 
     def get_job(self, job_id: str, project: str | None = None) -> Job:

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,19 @@ def test_request_id_makes_create_idempotent(store: Store) -> None:
     assert one.id == two.id
     jobs, _ = store.list_jobs(100, "")
     assert len(jobs) == 1
+
+
+def test_a_request_id_is_per_project(store: Store) -> None:
+    """Another project's use of a request id was refused "already used": it showed that the
+    other project's job exists, where its data must look missing."""
+    ours = make_dataset(store)
+    theirs = store.create_dataset(replace(ours, id=new_id(), project="other"), b"arrays")
+    our_job = store.create_job(make_job(store, ours, request_id="abc"))
+    their_job = store.create_job(make_job(store, theirs, project="other", request_id="abc"))
+    assert their_job.id != our_job.id and their_job.project == "other"
+    again = store.create_job(make_job(store, theirs, project="other", request_id="abc"))
+    assert again.id == their_job.id, "still idempotent within the project"
+    assert len(store.list_jobs(100, "")[0]) == 2
 
 
 def test_metrics_upsert_replays_harmlessly(store: Store) -> None:
