@@ -42,6 +42,11 @@ def model_spec_to_proto(spec: Mapping[str, Any]) -> models_pb2.ModelSpec:
             # Only the values given are set (the fields have presence: 0 is a value, not unset).
             values = {key: float(layer[key]) for key in ("momentum", "epsilon") if key in layer}
             message.layers.add(batch_norm=models_pb2.BatchNormLayer(**values))
+        elif kind == "prelu":
+            # PReLU has no LayerSpec of its own: the wire form is the activation layer that the
+            # engine normalises to `{"type": "prelu", ...}`, so what it stored can be shown.
+            params = {k: float(v) for k, v in layer.items() if k != "type"}
+            message.layers.add(activation=models_pb2.ActivationLayer(name="prelu", params=params))
         elif kind == "activation":
             activation = layer.get("activation", "linear")
             params = dict(activation) if isinstance(activation, Mapping) else {}
@@ -53,7 +58,7 @@ def model_spec_to_proto(spec: Mapping[str, Any]) -> models_pb2.ModelSpec:
             )
         else:
             raise ValueError(
-                f"layers[{index}].type must be one of: dense, dropout, batch_norm, activation. "
-                f"Received: type={kind!r}"
+                f"layers[{index}].type must be one of: dense, dropout, batch_norm, activation, "
+                f"prelu. Received: type={kind!r}"
             )
     return message

@@ -64,9 +64,17 @@ class Layer:
     def build(self, input_dim: int, dtype: np.dtype[Any], rng: np.random.Generator) -> int:
         """Allocate parameters for ``input_dim`` inputs; returns the output width."""
         self.input_dim = input_dim
-        self.output_dim = input_dim
+        self.output_dim = self.output_width(input_dim)
         self.dtype = dtype
         return self.output_dim
+
+    def output_width(self, input_dim: int) -> int:
+        """The width ``build(input_dim, ...)`` returns, without building anything."""
+        return input_dim
+
+    def parameter_count(self, input_dim: int) -> int:
+        """The trainable parameters ``build(input_dim, ...)`` allocates, without allocating."""
+        return 0
 
     # -- computation --------------------------------------------------------------------------
     def forward(
@@ -201,9 +209,14 @@ class Dense(Layer):
             "bias_initializer": serialize(self.bias_initializer),
         }
 
+    def output_width(self, input_dim: int) -> int:
+        return self.units
+
+    def parameter_count(self, input_dim: int) -> int:
+        return input_dim * self.units + (self.units if self.use_bias else 0)
+
     def build(self, input_dim: int, dtype: np.dtype[Any], rng: np.random.Generator) -> int:
         super().build(input_dim, dtype, rng)
-        self.output_dim = self.units
         self.params = {"kernel": self.kernel_initializer((input_dim, self.units), dtype, rng)}
         if self.use_bias:
             self.params["bias"] = self.bias_initializer((self.units,), dtype, rng)
@@ -365,6 +378,9 @@ class PReLU(Layer):
     def get_config(self) -> dict[str, Any]:
         return {"type": self.type_name, "init": self.init}
 
+    def parameter_count(self, input_dim: int) -> int:
+        return input_dim
+
     def build(self, input_dim: int, dtype: np.dtype[Any], rng: np.random.Generator) -> int:
         super().build(input_dim, dtype, rng)
         self.params = {"alpha": np.full((input_dim,), self.init, dtype=dtype)}
@@ -428,6 +444,9 @@ class BatchNorm1d(Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {"type": self.type_name, "momentum": self.momentum, "epsilon": self.epsilon}
+
+    def parameter_count(self, input_dim: int) -> int:
+        return 2 * input_dim  # gamma and beta; the running statistics are buffers
 
     def build(self, input_dim: int, dtype: np.dtype[Any], rng: np.random.Generator) -> int:
         super().build(input_dim, dtype, rng)

@@ -1,7 +1,9 @@
 """Model: a validated stack of layers built from a JSON-able spec.
 
 ``Model.from_spec(spec, dtype, seed)`` validates the spec (SpecError names the field path and the
-received value) and initialises all parameters from one Generator seeded with ``seed``.
+received value) and initialises all parameters from one Generator seeded with ``seed``;
+``Model.describe_spec(spec)`` runs the same checks and tells the normalised spec, the layer widths
+and the parameter count without allocating anything.
 ``forward``/``backward`` run the stack on one batch (returning reused buffers); ``predict``
 runs in evaluation mode and returns fresh arrays. Parameters are named
 ``"layers.<index>.<name>"`` in ``parameters()``, ``gradients()`` and ``state_dict()``;
@@ -16,6 +18,7 @@ large ufunc calls instead of a few calls per parameter.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,6 +40,47 @@ def _aligned_zeros(size: int, dtype: np.dtype[Any]) -> Array:
     return raw[shift : shift + size]
 
 
+@dataclass(frozen=True)
+class SpecSummary:
+    """What a spec builds, found without building it (``Model.describe_spec``)."""
+
+    spec: dict[str, Any]  # normalised, as ``Model.to_spec()`` gives it
+    widths: tuple[int, ...]  # the input's width, then each layer's output width
+    num_parameters: int  # as ``Model.num_parameters``
+
+    @property
+    def input_dim(self) -> int:
+        return self.widths[0]
+
+    @property
+    def output_dim(self) -> int:
+        return self.widths[-1]
+
+
+def _check_input_dim(input_dim: object) -> int:
+    if isinstance(input_dim, bool) or not isinstance(input_dim, int | np.integer) or input_dim <= 0:
+        raise SpecError(f"input_dim must be a positive integer. Received: input_dim={input_dim!r}")
+    return int(input_dim)
+
+
+def _unbuilt_layers(spec: object) -> list[Layer]:
+    """The layers of a spec, each validated and configured but not built (no parameters)."""
+    if not isinstance(spec, Mapping):
+        raise SpecError(f"spec must be a dict. Received: spec={spec!r}")
+    unknown = sorted(set(spec) - set(_SPEC_FIELDS))
+    if unknown:
+        raise SpecError(
+            f"spec has unknown field {unknown[0]!r}; allowed fields: "
+            f"{', '.join(_SPEC_FIELDS)}. Received: {unknown[0]}={spec[unknown[0]]!r}"
+        )
+    if "input_dim" not in spec:
+        raise SpecError("input_dim is required (a positive integer).")
+    layer_specs = spec.get("layers")
+    if not isinstance(layer_specs, Sequence) or isinstance(layer_specs, str | bytes):
+        raise SpecError(f"layers must be a non-empty list. Received: layers={layer_specs!r}")
+    return [layers_mod.from_config(entry, f"layers[{i}]") for i, entry in enumerate(layer_specs)]
+
+
 class Model:
     """A feed-forward stack of layers with parameters in one dtype."""
 
@@ -51,17 +95,9 @@ class Model:
             self.dtype: np.dtype[Any] = as_float_dtype(dtype)
         except ValueError as exc:
             raise SpecError(str(exc)) from exc
-        if (
-            isinstance(input_dim, bool)
-            or not isinstance(input_dim, int | np.integer)
-            or input_dim <= 0
-        ):
-            raise SpecError(
-                f"input_dim must be a positive integer. Received: input_dim={input_dim!r}"
-            )
+        self.input_dim = _check_input_dim(input_dim)
         if not layers:
             raise SpecError("layers must be a non-empty list. Received: layers=[]")
-        self.input_dim = int(input_dim)
         self.layers: list[Layer] = list(layers)
         rng = np.random.default_rng(seed)
         width = self.input_dim
@@ -107,23 +143,27 @@ class Model:
         cls, spec: Mapping[str, Any], dtype: object = "float32", seed: int | None = 0
     ) -> Model:
         """Validate ``spec`` and build the model; raises SpecError (a ValueError) on bad input."""
-        if not isinstance(spec, Mapping):
-            raise SpecError(f"spec must be a dict. Received: spec={spec!r}")
-        unknown = sorted(set(spec) - set(_SPEC_FIELDS))
-        if unknown:
-            raise SpecError(
-                f"spec has unknown field {unknown[0]!r}; allowed fields: "
-                f"{', '.join(_SPEC_FIELDS)}. Received: {unknown[0]}={spec[unknown[0]]!r}"
-            )
-        if "input_dim" not in spec:
-            raise SpecError("input_dim is required (a positive integer).")
-        layer_specs = spec.get("layers")
-        if not isinstance(layer_specs, Sequence) or isinstance(layer_specs, str | bytes):
-            raise SpecError(f"layers must be a non-empty list. Received: layers={layer_specs!r}")
-        built = [
-            layers_mod.from_config(entry, f"layers[{i}]") for i, entry in enumerate(layer_specs)
-        ]
-        return cls(spec["input_dim"], built, dtype=dtype, seed=seed)
+        layers = _unbuilt_layers(spec)
+        return cls(spec["input_dim"], layers, dtype=dtype, seed=seed)
+
+    @staticmethod
+    def describe_spec(spec: Mapping[str, Any]) -> SpecSummary:
+        """What ``Model.from_spec(spec)`` would build, without building it: the same checks of
+        the spec (SpecError), and no parameter allocated."""
+        layers = _unbuilt_layers(spec)
+        input_dim = _check_input_dim(spec["input_dim"])
+        if not layers:
+            raise SpecError("layers must be a non-empty list. Received: layers=[]")
+        widths = [input_dim]
+        count = 0
+        for layer in layers:
+            count += layer.parameter_count(widths[-1])
+            widths.append(layer.output_width(widths[-1]))
+        return SpecSummary(
+            spec={"input_dim": input_dim, "layers": [layer.get_config() for layer in layers]},
+            widths=tuple(widths),
+            num_parameters=count,
+        )
 
     def to_spec(self) -> dict[str, Any]:
         """The normalised spec (plain JSON types, defaults filled in)."""

@@ -14,6 +14,7 @@ Registered (all JSON-able through ``serialize``):
     {"name": "constant"}
     {"name": "step", "step_size": k, "gamma": 0.1, "interval": "epoch"}       (torch StepLR)
     {"name": "exponential", "gamma": g, "interval": "epoch"}           (torch ExponentialLR)
+    (gamma in (0, 1]: torch takes any, but a growing gamma^t overflows partway through a run)
     {"name": "cosine", "total": T, "warmup": 0, "min_lr": 0.0, "interval": "step"}
     {"name": "reduce_on_plateau", "monitor": "val_loss", "factor": 0.1, "patience": 10,
      "min_lr": 0.0, "mode": "auto", "threshold": 1e-4, "threshold_mode": "rel",
@@ -82,6 +83,14 @@ class Constant(Schedule):
         return {}
 
 
+def _decay_factor(gamma: object) -> float:
+    """A decay schedule's gamma, in (0, 1]. torch's StepLR and ExponentialLR take any gamma, but
+    here a rate is gamma^t computed afresh at every step: past 1 it grows without bound until
+    the float power overflows (gamma 1e10 by epoch 31) and the run fails halfway, and a rate
+    that grows is not a decay (a warm-up is the cosine schedule's)."""
+    return check_number("gamma", gamma, 0.0, 1.0, low_inclusive=False, high_inclusive=True)
+
+
 class StepDecay(Schedule):
     """lr_t = base_lr gamma^floor(t / step_size) (torch.optim.lr_scheduler.StepLR)."""
 
@@ -90,7 +99,7 @@ class StepDecay(Schedule):
     def __init__(self, step_size: int, gamma: float = 0.1, interval: str = "epoch") -> None:
         super().__init__(interval)
         self.step_size = check_int("step_size", step_size, 1)
-        self.gamma = check_number("gamma", gamma, 0.0, low_inclusive=False)
+        self.gamma = _decay_factor(gamma)
 
     def _value(self, base_lr: float, t: int) -> float:
         return base_lr * self.gamma ** (t // self.step_size)
@@ -106,7 +115,7 @@ class ExponentialDecay(Schedule):
 
     def __init__(self, gamma: float, interval: str = "epoch") -> None:
         super().__init__(interval)
-        self.gamma = check_number("gamma", gamma, 0.0, low_inclusive=False)
+        self.gamma = _decay_factor(gamma)
 
     def _value(self, base_lr: float, t: int) -> float:
         return base_lr * self.gamma**t

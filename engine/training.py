@@ -36,6 +36,9 @@ from ._types import Array
 from .model import Model
 from .schedules import resolve_mode
 
+# Evaluation (validation at each epoch's end) runs max(batch_size, this) rows per forward pass.
+EVALUATION_BATCH_ROWS = 1024
+
 
 class Callback:
     """Hooks called by ``Trainer.fit``; all are no-ops by default.
@@ -414,21 +417,36 @@ class Trainer:
                 break
             self._end_epoch(val, callbacks)
 
-    def _check_monitors(self, has_validation: bool) -> None:
+    def logged_keys(self, has_validation: bool) -> list[str]:
+        """The keys of every epoch's logs in a fit with or without validation data."""
         keys = ["loss", *(m.name for m in self.metrics)]
         if has_validation:
             keys += [f"val_{k}" for k in keys]
         if self.schedule is not None:
             keys.append("learning_rate")
+        return keys
+
+    def monitor_problem(self, has_validation: bool) -> tuple[str, str, str] | None:
+        """The first monitor a fit with or without validation data would not log, as (owner:
+        "early_stopping" or "schedule", the monitored key, a message); None if all are logged.
+        ``fit`` refuses such a run before it starts; a caller can ask before it has data."""
+        keys = self.logged_keys(has_validation)
         for owner, monitor in (
             ("early_stopping", self.early_stopping and self.early_stopping.monitor),
             ("schedule", self.schedule and self.schedule.monitor),
         ):
             if monitor and monitor not in keys:
-                raise ValueError(
+                message = (
                     f"{owner} monitors {monitor!r}, which this fit does not log; it logs: "
                     f"{', '.join(keys)}. Received: monitor={monitor!r}"
                 )
+                return owner, monitor, message
+        return None
+
+    def _check_monitors(self, has_validation: bool) -> None:
+        problem = self.monitor_problem(has_validation)
+        if problem is not None:
+            raise ValueError(problem[2])
 
     def _end_epoch(self, val: Validation | None, callbacks: Sequence[Callback]) -> None:
         count = self._epoch_sums[-1]
@@ -526,7 +544,8 @@ class Trainer:
     ) -> dict[str, float]:
         if x.shape[0] == 0:
             return {}
-        outputs = self.model.predict(x, batch_size=batch_size or max(self.batch_size, 1024))
+        rows = batch_size or max(self.batch_size, EVALUATION_BATCH_ROWS)
+        outputs = self.model.predict(x, batch_size=rows)
         logs = {"loss": self.loss.value(outputs, y, w)}
         for metric in self.metrics:
             logs[metric.name] = metric(outputs, y)

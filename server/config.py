@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_SQLITE_PATH = Path("trainwire.db")
+# The largest values that can work: gRPC takes message limits as 32-bit signed integers; a wait
+# longer than threading.TIMEOUT_MAX (about 292 years) raises OverflowError, so no poll, lease or
+# retry may be longer; and a pool of more threads than this is far past any host's cores or the
+# database's connections (a typo such as 100000000 would only fail under load, when threads
+# cannot be started).
+MAX_MESSAGE_BYTES = 2**31 - 1
+MAX_THREADS = 4096
+MAX_SECONDS = threading.TIMEOUT_MAX
+UPPER_BOUNDS: dict[str, tuple[float, str]] = {
+    "max_message_bytes": (MAX_MESSAGE_BYTES, "gRPC takes a 32-bit integer"),
+    "grpc_threads": (MAX_THREADS, "far past any host's cores or database connections"),
+    "blas_threads": (MAX_THREADS, "far past any host's cores"),
+    "poll_interval_s": (MAX_SECONDS, "a longer wait overflows"),
+    "lease_s": (MAX_SECONDS, "a longer wait overflows"),
+    "db_retry_s": (MAX_SECONDS, "a longer wait overflows"),
+    "predict_batch_wait_ms": (MAX_SECONDS * 1000, "a longer wait overflows"),
+}
 
 
 def default_database_url() -> str:
@@ -28,6 +47,10 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024
     max_dataset_bytes: int = 512 * 1024 * 1024
     max_parameters: int = 50_000_000
+    # The largest activation batch a job may need: the rows of its largest forward pass (a
+    # training batch or a validation pass) times its widest layer times 4 or 8 bytes.
+    # max_parameters bounds the weights only; training holds a few such buffers per layer.
+    max_batch_bytes: int = 1024 * 1024 * 1024
     max_epochs: int = 100_000
     max_watches_per_client: int = 16
     grpc_threads: int = 16
@@ -104,7 +127,8 @@ class Settings:
                 f"extra server processes would need up to {last_metrics_port} (at most 65535)"
             )
         positive = (
-            "max_message_bytes", "max_dataset_bytes", "max_parameters", "max_epochs",
+            "max_message_bytes", "max_dataset_bytes", "max_parameters", "max_batch_bytes",
+            "max_epochs",
             "max_watches_per_client", "grpc_threads", "server_processes", "poll_interval_s",
             "lease_s",
             "default_max_attempts", "model_cache_bytes", "predict_batch_rows",
@@ -113,6 +137,17 @@ class Settings:
             if getattr(self, name) <= 0:
                 found.append(
                     f"TRAINWIRE_{name.upper()} must be positive. Received: {getattr(self, name)}"
+                )
+        for name, kind in _ENV_FIELDS.items():
+            value = getattr(self, name)
+            if kind is float and not math.isfinite(value):
+                found.append(f"TRAINWIRE_{name.upper()} must be a finite number. Received: {value}")
+        for name, (bound, why) in UPPER_BOUNDS.items():
+            value = getattr(self, name)
+            if math.isfinite(value) and value > bound:
+                found.append(
+                    f"TRAINWIRE_{name.upper()} must be at most {int(bound):,} ({why}). "
+                    f"Received: {value}"
                 )
         if self.predict_batch_wait_ms < 0:
             found.append(
@@ -182,6 +217,7 @@ _ENV_FIELDS: dict[str, type] = {
     "max_message_bytes": int,
     "max_dataset_bytes": int,
     "max_parameters": int,
+    "max_batch_bytes": int,
     "max_epochs": int,
     "max_watches_per_client": int,
     "grpc_threads": int,

@@ -55,8 +55,11 @@ class ResourceExhausted(TrainwireError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
     @classmethod
-    def limit(cls, name: str, value: int, received: int) -> ResourceExhausted:
-        return cls(f"{name} is limited to {value}. Received: {received}")
+    def limit(cls, name: str, value: int, received: int, detail: str = "") -> ResourceExhausted:
+        """`{name} is limited to {value}. Received: {received}`: the SDK reads "is limited to" as
+        a configured limit and does not retry; `detail` says how `received` was counted."""
+        message = f"{name} is limited to {value}. Received: {received}"
+        return cls(f"{message} ({detail})" if detail else message)
 
 
 class Unavailable(TrainwireError):

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
+import numpy as np
+
+from trainwire.client.specs import model_spec_to_proto
+from trainwire.engine import Model
+from trainwire.engine.model import SpecSummary
 from trainwire.v1 import jobs_pb2
 
 from .config import Settings
 from .convert import STATES_FROM_PROTO, model_spec_from_proto
 from .errors import InvalidArgument, ResourceExhausted
 from .names import check_text, parse_name
-from .records import Checkpoint, Job, JobEvent, JobState, MetricValue, NewJob
+from .records import Checkpoint, Dataset, Job, JobEvent, JobState, MetricValue, NewJob
 from .store import Store
 from .training import (
-    build_model,
-    build_trainer,
     check_loss_fits_targets,
     check_model_fits_dataset,
-    estimate_parameters,
+    check_monitors_are_logged,
+    describe_model,
+    largest_pass_rows,
     training_from_proto,
+    validation_trainer,
 )
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -49,18 +56,18 @@ class JobService:
             raise ResourceExhausted.limit(
                 "max_epochs", self.settings.max_epochs, training["epochs"]
             )
-        spec = model_spec_from_proto(request.model, dataset.num_features)
-        # Count before building: a model over the limit must not be allocated at all.
-        estimate = estimate_parameters(spec)
-        if estimate > self.settings.max_parameters:
-            raise ResourceExhausted.limit("max_parameters", self.settings.max_parameters, estimate)
-        model = build_model(spec, training)
-        check_model_fits_dataset(model, training, dataset)
+        # Described, never built: the model is allocated by the worker that trains it.
+        model = describe_model(model_spec_from_proto(request.model, dataset.num_features))
         if model.num_parameters > self.settings.max_parameters:
             raise ResourceExhausted.limit(
                 "max_parameters", self.settings.max_parameters, model.num_parameters
             )
-        check_loss_fits_targets(build_trainer(model, training), dataset)
+        self._check_batch_bytes(model, training, dataset)
+        check_model_fits_dataset(model, training, dataset)
+        trainer = validation_trainer(model, training)
+        check_loss_fits_targets(trainer, dataset)
+        check_monitors_are_logged(trainer, training, dataset)
+        _check_spec_round_trips(model.spec)
         _check_labels(dict(request.labels))
         check_text("display_name", request.display_name, MAX_LABEL_LENGTH)
         check_text("request_id", request.request_id, MAX_REQUEST_ID)
@@ -77,7 +84,7 @@ class JobService:
         return self.store.create_job(
             NewJob(
                 dataset_id=dataset.id,
-                model_spec=model.to_spec(),
+                model_spec=model.spec,
                 training=training,
                 project=project,
                 target=dataset.target(),
@@ -89,6 +96,25 @@ class JobService:
                 request_id=request.request_id or None,
             )
         )
+
+    def _check_batch_bytes(
+        self, model: SpecSummary, training: dict[str, Any], dataset: Dataset
+    ) -> None:
+        """The largest activation batch the job's training holds (its largest pass's rows times
+        the widest layer, input included) must fit `max_batch_bytes`: max_parameters bounds the
+        weights, not the activations, and a wide layer over a big batch was OOM-killed at the
+        worker, rescued and retried up to max_attempts."""
+        rows = largest_pass_rows(training, dataset)
+        width = max(model.widths)
+        itemsize = np.dtype(training["dtype"]).itemsize
+        needed = rows * width * itemsize
+        if needed > self.settings.max_batch_bytes:
+            raise ResourceExhausted.limit(
+                "max_batch_bytes",
+                self.settings.max_batch_bytes,
+                needed,
+                f"{rows} rows in a pass x {width} units in the widest layer x {itemsize} bytes",
+            )
 
     def get(self, name: str, project: str) -> Job:
         return self.store.get_job(parse_name(name, "jobs", "name"), project)
@@ -156,6 +182,25 @@ class JobService:
         job_id = parse_name(name, "jobs", "name")
         self.store.get_job(job_id, project)
         return self.store.list_checkpoints(job_id)
+
+
+def _check_spec_round_trips(spec: dict[str, Any]) -> None:
+    """Every answer that shows the job (CreateJob, GetJob, ListJobs, CancelJob, model metadata)
+    turns its stored spec back into a ModelSpec: a spec that cannot be shown, or is shown as
+    another model, is refused here, not stored to make those answers fail for good."""
+    try:
+        shown = model_spec_to_proto(spec)
+        again = Model.describe_spec(model_spec_from_proto(shown, spec["input_dim"])).spec
+    except ValueError as error:
+        raise InvalidArgument.field(
+            "model", f"normalises to a spec a ModelSpec cannot express: {error}"
+        ) from None
+    if again != spec:
+        raise InvalidArgument.field(
+            "model",
+            f"normalises to a spec a ModelSpec does not express faithfully: {spec} is shown "
+            f"as {again}",
+        )
 
 
 def _check_labels(labels: dict[str, str]) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -78,6 +79,8 @@ class JobRow(Base):
         Index("ix_jobs_dataset_id", "dataset_id"),
         # The rescue query: running jobs whose lease ran out.
         Index("ix_jobs_lease", "state", "lease_expires_at"),
+        # CreateJob's idempotency key, per project: another project's ids must not show.
+        UniqueConstraint("project", "request_id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -95,7 +98,7 @@ class JobRow(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
-    request_id: Mapped[str | None] = mapped_column(String(128), unique=True)
+    request_id: Mapped[str | None] = mapped_column(String(128))
     # Latest progress and metric values, for GetJob without reading the metric table.
     progress: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)

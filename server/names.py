@@ -7,12 +7,16 @@ import re
 
 from .errors import InvalidArgument
 
-_ID = re.compile(r"[0-9a-f]{32}")
+_ID_LENGTH = 32
+_ID = re.compile(rf"[0-9a-f]{{{_ID_LENGTH}}}")
 
 
 def parse_name(name: str, collection: str, field: str) -> str:
     """The id in `{collection}/{id}`; INVALID_ARGUMENT naming `field` if malformed."""
-    found = _id_in(name, collection)
+    # Only names of a well-formed name's length reach the cache: it keeps refusals too, keyed by
+    # the whole string, and 4,096 remembered 4 MiB names would hold 16 GiB.
+    well_formed = len(name) == len(collection) + 1 + _ID_LENGTH
+    found = _id_in(name, collection) if well_formed else None
     if found is not None:
         return found
     prefix = f"{collection}/"

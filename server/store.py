@@ -71,6 +71,9 @@ from .records import (
 )
 
 DEFAULT_PAGE_SIZE = 50
+# Tokens we issue are base64 of `["<ISO timestamp with offset>", "<32 hex digits>"]`: about 100
+# characters.
+MAX_PAGE_TOKEN_LENGTH = 256
 MAX_PAGE_SIZE = 1000
 DEFAULT_KEEP_CHECKPOINTS = 3
 # PostgreSQL NOTIFY channels: a job was enqueued (payload: its queue) / asked to cancel (its id).
@@ -173,10 +176,18 @@ def encode_page_token(created_at: datetime, row_id: str) -> str:
 
 
 def decode_page_token(token: str) -> tuple[datetime, str]:
+    # Refused before decoding: json.loads of a forged token nesting 100,000 lists raised
+    # RecursionError (answered INTERNAL), and no token we issue comes near this length.
+    if len(token) > MAX_PAGE_TOKEN_LENGTH:
+        raise InvalidArgument.field(
+            "page_token",
+            f"is not a token returned by a previous List call (those are at most "
+            f"{MAX_PAGE_TOKEN_LENGTH} characters). Received: {len(token)} characters",
+        )
     try:
         created, row_id = json.loads(base64.urlsafe_b64decode(token.encode()))
         return datetime.fromisoformat(created), str(row_id)
-    except (ValueError, TypeError, binascii.Error, UnicodeError):
+    except (ValueError, TypeError, binascii.Error, UnicodeError, RecursionError):
         raise InvalidArgument.field(
             "page_token", "is not a token returned by a previous List call"
         ) from None
@@ -186,6 +197,21 @@ def page_size_of(requested: int) -> int:
     if requested < 0:
         raise InvalidArgument.field("page_size", f"must not be negative. Received: {requested}")
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+# Row locks on a dataset (PostgreSQL, READ COMMITTED; SQLite renders no FOR clause and needs
+# none, as BEGIN IMMEDIATE serialises its writers). DeleteDataset takes FOR UPDATE before it
+# looks for unfinished jobs; CreateJob takes FOR KEY SHARE (what the insert's foreign-key check
+# takes anyway, so concurrent creates do not wait on each other) from its check to its commit.
+# Unlocked, a delete could miss a job being created and leave it QUEUED with no dataset, or
+# delete the row under a create whose insert then failed on the foreign key (INTERNAL).
+_LOCK_TO_DELETE = True
+_LOCK_TO_USE = {"read": True, "key_share": True}
+
+
+def _is_foreign_key_violation(error: IntegrityError) -> bool:
+    """PostgreSQL's SQLSTATE 23503, or SQLite's "FOREIGN KEY constraint failed"."""
+    return getattr(error.orig, "sqlstate", None) == "23503" or "FOREIGN KEY" in str(error.orig)
 
 
 JOBS = cast(Table, JobRow.__table__)
@@ -315,7 +341,9 @@ class Store:
     def delete_dataset(self, dataset_id: str, project: str | None = None) -> None:
         """Deletes a dataset no unfinished job uses; finished jobs keep their models."""
         with self.db.write() as session:
-            self._dataset_row(session, dataset_id, project)
+            # Locked before the check: a job being created for it holds the row in KEY SHARE
+            # until it commits, so the check below sees that job (see `create_job`).
+            self._dataset_row(session, dataset_id, project, lock=_LOCK_TO_DELETE)
             users = session.scalars(
                 select(JobRow.id)
                 .where(JobRow.dataset_id == dataset_id)
@@ -351,8 +379,13 @@ class Store:
         return self._with_next_token(items, page_size_of(page_size))
 
     @staticmethod
-    def _dataset_row(session: Session, dataset_id: str, project: str | None = None) -> DatasetRow:
-        row = session.get(DatasetRow, dataset_id)
+    def _dataset_row(
+        session: Session,
+        dataset_id: str,
+        project: str | None = None,
+        lock: bool | dict[str, bool] = False,
+    ) -> DatasetRow:
+        row = session.get(DatasetRow, dataset_id, with_for_update=lock)
         # Another project's dataset is reported exactly like a missing one: names do not leak.
         if row is None or (project is not None and row.project != project):
             raise NotFound(f"datasets/{dataset_id} does not exist")
@@ -369,7 +402,8 @@ class Store:
         now = utcnow()
         try:
             with self.db.write() as session:
-                self._dataset_row(session, new.dataset_id, new.project)
+                # Held until the job is committed: a DeleteDataset waits, then sees the job.
+                self._dataset_row(session, new.dataset_id, new.project, lock=_LOCK_TO_USE)
                 row = JobRow(
                     id=new_id(),
                     project=new.project,
@@ -396,7 +430,11 @@ class Store:
                 self._event_for(session, row, "queued")
                 self._notify(session, JOBS_CHANNEL, row.queue)
                 return _job(row)
-        except IntegrityError:
+        except IntegrityError as error:
+            if _is_foreign_key_violation(error):
+                # The dataset went between the check and the insert (a lock makes that unlikely,
+                # but should it happen it is the caller's missing dataset, not an internal error).
+                raise NotFound(f"datasets/{new.dataset_id} does not exist") from None
             # Two concurrent creates with one request_id: the other one won; return its job.
             if new.request_id:
                 existing = self._job_by_request_id(new.request_id, new.project)
@@ -405,10 +443,12 @@ class Store:
             raise
 
     def _job_by_request_id(self, request_id: str, project: str) -> Job | None:
+        """The job `project` created with `request_id`; request ids are unique per project
+        (migration 0007), so another project's use of one is neither seen nor refused."""
         with self.db.read() as session:
-            row = session.scalar(select(JobRow).where(JobRow.request_id == request_id))
-            if row is not None and row.project != project:
-                raise FailedPrecondition("request_id is already used; choose a new one")
+            row = session.scalar(
+                select(JobRow).where(JobRow.project == project, JobRow.request_id == request_id)
+            )
             return None if row is None else _job(row)
 
     def get_job(self, job_id: str, project: str | None = None) -> Job:

@@ -32,7 +32,7 @@ from .logs import JOB_ID
 from .metrics import EXAMPLES_PER_SECOND, JOB_SECONDS, WORKER_HEARTBEAT, serve_metrics
 from .records import Claim, JobState, MetricValue
 from .store import DEFAULT_KEEP_CHECKPOINTS, LeaseLost, Store
-from .training import build_model, build_trainer
+from .training import build_model, build_trainer, validation_rows
 from .wakeup import Wakeup
 
 log = logging.getLogger("trainwire.worker")
@@ -154,7 +154,7 @@ def split_validation(
     features: np.ndarray, targets: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
     """A seeded random hold-out (the same on every worker and every attempt)."""
-    count = int(len(features) * fraction)
+    count = validation_rows(len(features), fraction)
     if count == 0:
         return features, targets, None
     order = np.random.default_rng(seed).permutation(len(features))

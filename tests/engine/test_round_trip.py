@@ -102,6 +102,9 @@ def test_model_spec_with_every_layer_round_trips() -> None:
     assert spec["layers"][4] == {"type": "activation", "activation": {"name": "elu", "alpha": 0.3}}
     again = Model.from_spec(spec, seed=0)
     assert again.to_spec() == spec
+    described = Model.describe_spec(ALL_LAYERS_SPEC)  # the same, without building anything
+    assert described.spec == spec and described.num_parameters == model.num_parameters
+    assert described.widths == (6, 8, 8, 8, 8, 8, 8, 3) and described.output_dim == 3
     a, b = model.state_dict(), again.state_dict()
     assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
     assert model.num_parameters == 6 * 8 + 8 + 2 * 8 + 8 + 8 * 3  # running stats excluded

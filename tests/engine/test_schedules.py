@@ -104,6 +104,9 @@ def test_cosine_with_warmup_closed_form() -> None:
         ({"name": "step"}, "step_size"),
         ({"name": "step", "step_size": 0}, "step_size"),
         ({"name": "exponential", "gamma": -1.0}, "gamma"),
+        # A growing rate overflows partway through a run (1e10 ** 31 is not a float).
+        ({"name": "exponential", "gamma": 1e10}, r"gamma must be a number in \(0.0, 1.0\]"),
+        ({"name": "step", "step_size": 1, "gamma": 1.5}, r"gamma must be a number in \(0.0, 1.0\]"),
         ({"name": "cosine", "total": 10, "warmup": 10}, "warmup"),
         ({"name": "cosine", "total": 10, "interval": "batch"}, "interval"),
         ({"name": "reduce_on_plateau", "factor": 1.0}, "factor"),
@@ -114,6 +117,14 @@ def test_cosine_with_warmup_closed_form() -> None:
 def test_schedule_validation(config: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         schedules.get(config)
+
+
+def test_a_decay_of_one_keeps_the_rate() -> None:
+    for config in (
+        {"name": "exponential", "gamma": 1},
+        {"name": "step", "step_size": 1, "gamma": 1.0},
+    ):
+        assert schedules.get(config).learning_rate(0.1, step=10**6, epoch=10**6) == 0.1
 
 
 def _trainer(schedule: object, epochs_data: int = 40) -> tuple[Trainer, np.ndarray, np.ndarray]:

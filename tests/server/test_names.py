@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from trainwire.server.errors import InvalidArgument
@@ -39,3 +41,20 @@ def test_a_malformed_name_is_refused_naming_the_field(name: str) -> None:
 def test_an_empty_name_is_called_required() -> None:
     with pytest.raises(InvalidArgument, match="required"):
         parse_name("", "jobs", "job")
+
+
+def test_refused_long_names_are_not_kept() -> None:
+    """A malformed name is refused without being remembered: forged multi-megabyte names, each
+    kept by the cache, raised a server's memory by 800 MB in 200 calls."""
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for index in range(16):
+            forged = f"jobs/{index:x}" + "0" * (1 << 20)  # 1 MiB, distinct each time
+            with pytest.raises(InvalidArgument):
+                parse_name(forged, "jobs", "job")
+            del forged
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 1 << 20, f"{after - before} bytes still held after 16 MiB of names"

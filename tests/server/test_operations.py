@@ -46,6 +46,36 @@ def test_every_wrong_setting_gets_its_own_message() -> None:
         assert expected in text
 
 
+def test_settings_past_what_can_work_are_refused_at_start() -> None:
+    """NaN or infinite durations broke every claim later (a lease of inf is no timedelta);
+    a 2**40-byte message limit made gRPC raise OverflowError at start; 100,000,000 threads."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {
+                "TRAINWIRE_LEASE_S": "nan",
+                "TRAINWIRE_POLL_INTERVAL_S": "inf",
+                "TRAINWIRE_DB_RETRY_S": "nan",
+                "TRAINWIRE_PREDICT_BATCH_WAIT_MS": "nan",
+                "TRAINWIRE_MAX_MESSAGE_BYTES": str(2**40),
+                "TRAINWIRE_GRPC_THREADS": "100000000",
+            }
+        )
+    assert caught.value.problems == [
+        "TRAINWIRE_POLL_INTERVAL_S must be a finite number. Received: inf",
+        "TRAINWIRE_LEASE_S must be a finite number. Received: nan",
+        "TRAINWIRE_DB_RETRY_S must be a finite number. Received: nan",
+        "TRAINWIRE_PREDICT_BATCH_WAIT_MS must be a finite number. Received: nan",
+        "TRAINWIRE_MAX_MESSAGE_BYTES must be at most 2,147,483,647 (gRPC takes a 32-bit "
+        "integer). Received: 1099511627776",
+        "TRAINWIRE_GRPC_THREADS must be at most 4,096 (far past any host's cores or database "
+        "connections). Received: 100000000",
+    ]
+    with pytest.raises(ConfigError, match="TRAINWIRE_LEASE_S must be at most 9,223,372,036"):
+        Settings.from_env({"TRAINWIRE_LEASE_S": "1e300"})  # finite, but no lease
+    largest = {"TRAINWIRE_MAX_MESSAGE_BYTES": str(2**31 - 1), "TRAINWIRE_GRPC_THREADS": "4096"}
+    assert Settings.from_env(largest).max_message_bytes == 2**31 - 1
+
+
 def test_server_processes_share_the_cores_for_blas(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert Settings(server_processes=1).blas_threads_per_server() == 2

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import base64
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 
 from trainwire.server.db import Database
 from trainwire.server.errors import FailedPrecondition, InvalidArgument, NotFound
 from trainwire.server.migrate import upgrade
 from trainwire.server.models import CheckpointBlobRow, CheckpointRow
-from trainwire.server.records import Dataset, JobState, MetricValue, NewJob, TaskKind
-from trainwire.server.store import LeaseLost, Store, checkpoint_score, new_id, utcnow
+from trainwire.server.records import Dataset, Job, JobState, MetricValue, NewJob, TaskKind
+from trainwire.server.store import (
+    MAX_PAGE_TOKEN_LENGTH,
+    LeaseLost,
+    Store,
+    checkpoint_score,
+    new_id,
+    utcnow,
+)
+
+from ..conftest import fresh_postgres_database
 
 
 def make_dataset(store: Store) -> Dataset:
@@ -94,6 +106,19 @@ def test_request_id_makes_create_idempotent(store: Store) -> None:
     assert len(jobs) == 1
 
 
+def test_a_request_id_is_per_project(store: Store) -> None:
+    """Another project's use of a request id was refused "already used": it showed that the
+    other project's job exists, where its data must look missing."""
+    ours = make_dataset(store)
+    theirs = store.create_dataset(replace(ours, id=new_id(), project="other"), b"arrays")
+    our_job = store.create_job(make_job(store, ours, request_id="abc"))
+    their_job = store.create_job(make_job(store, theirs, project="other", request_id="abc"))
+    assert their_job.id != our_job.id and their_job.project == "other"
+    again = store.create_job(make_job(store, theirs, project="other", request_id="abc"))
+    assert again.id == their_job.id, "still idempotent within the project"
+    assert len(store.list_jobs(100, "")[0]) == 2
+
+
 def test_metrics_upsert_replays_harmlessly(store: Store) -> None:
     dataset = make_dataset(store)
     store.create_job(make_job(store, dataset))
@@ -135,7 +160,7 @@ def test_list_jobs_pages_and_filters(store: Store) -> None:
     token = ""
     while True:
         page, token = store.list_jobs(3, token)
-        assert len(page) <= 3
+        assert len(page) <= 3 and len(token) <= MAX_PAGE_TOKEN_LENGTH
         seen += [job.id for job in page]
         if not token:
             break
@@ -144,6 +169,16 @@ def test_list_jobs_pages_and_filters(store: Store) -> None:
     assert [job.id for job in odd] == [ids[5], ids[3], ids[1]]
     with pytest.raises(InvalidArgument, match="page_token"):
         store.list_jobs(3, "not-a-token")
+
+
+def test_a_forged_deeply_nested_page_token_is_invalid_not_internal(store: Store) -> None:
+    """json.loads of 100,000 nested lists raised RecursionError: ListJobs answered INTERNAL."""
+    forged = base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).decode()
+    for listing in (store.list_jobs, store.list_datasets):
+        with pytest.raises(InvalidArgument) as refused:
+            listing(10, forged)
+        assert refused.value.violations[0].field == "page_token"
+        assert f"Received: {len(forged)} characters" in refused.value.message
 
 
 def test_label_filtered_pages_return_each_job_once(store: Store) -> None:
@@ -404,3 +439,85 @@ def test_a_non_finite_score_is_never_the_best_kept(sqlite_url: str) -> None:
         assert [c.epoch for c in store.list_checkpoints(claim.job.id)] == [1, 3]
     finally:
         database.dispose()
+
+
+# --- DeleteDataset against CreateJob on PostgreSQL (READ COMMITTED: each waits on a row lock) ---
+
+
+@pytest.fixture
+def postgres_store(postgres_server_url: str) -> Iterator[Store]:
+    url = fresh_postgres_database(postgres_server_url)
+    upgrade(url)
+    database = Database(url)
+    try:
+        yield Store(database)
+    finally:
+        database.dispose()
+
+
+def wait_for_a_lock_wait(store: Store, what: str) -> None:
+    """Returns once a session of this database waits on a lock (each look is a transaction of
+    its own: pg_stat_activity is read once per transaction)."""
+    deadline = time.monotonic() + 60
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    while True:
+        with store.db.engine.connect() as connection:
+            if connection.execute(waiting).scalar():
+                return
+        assert time.monotonic() < deadline, f"{what} never waited on a lock"
+        time.sleep(0.01)
+
+
+@pytest.mark.postgres
+def test_a_delete_waits_for_a_job_being_created_then_refuses(
+    postgres_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unlocked, the delete's check missed the uncommitted job, and its DELETE then set the
+    committed job's dataset to NULL: a QUEUED job with no data."""
+    store = postgres_store
+    dataset = make_dataset(store)
+    inserted, release = threading.Event(), threading.Event()
+    notify = store._notify
+
+    def paused_before_commit(*args: Any) -> None:
+        notify(*args)  # the job and its event are inserted; the transaction is still open
+        inserted.set()
+        assert release.wait(60)
+
+    monkeypatch.setattr(store, "_notify", paused_before_commit)
+    with ThreadPoolExecutor(2) as pool:
+        creating = pool.submit(store.create_job, make_job(store, dataset))
+        assert inserted.wait(60)
+        deleting = pool.submit(store.delete_dataset, dataset.id)
+        wait_for_a_lock_wait(store, "DeleteDataset")
+        release.set()
+        job: Job = creating.result(60)
+        with pytest.raises(FailedPrecondition, match="used by unfinished jobs"):
+            deleting.result(60)
+    assert store.get_job(job.id).dataset_id == dataset.id
+    assert store.get_dataset(dataset.id) == dataset
+
+
+@pytest.mark.postgres
+def test_a_create_waits_for_a_dataset_being_deleted_then_answers_not_found(
+    postgres_store: Store,
+) -> None:
+    """Unlocked, the create read the row, and its insert failed on the foreign key once the
+    delete committed: an IntegrityError answered INTERNAL."""
+    store = postgres_store
+    dataset = make_dataset(store)
+    with store.db.engine.connect() as deleting, ThreadPoolExecutor(1) as pool:
+        # What a DeleteDataset holds after its last statement: the row deleted, not committed.
+        deleting.execute(
+            text("SELECT id FROM datasets WHERE id = :id FOR UPDATE"), {"id": dataset.id}
+        )
+        deleting.execute(text("DELETE FROM datasets WHERE id = :id"), {"id": dataset.id})
+        creating = pool.submit(store.create_job, make_job(store, dataset))
+        wait_for_a_lock_wait(store, "CreateJob")
+        deleting.commit()
+        with pytest.raises(NotFound, match=f"datasets/{dataset.id} does not exist"):
+            creating.result(60)
+    assert store.list_jobs(10, "")[0] == []

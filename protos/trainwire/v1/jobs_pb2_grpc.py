@@ -80,7 +80,8 @@ class JobServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CreateJob(self, request, context):
-        """Creates a QUEUED job. The same `request_id` twice returns the first job instead of a new one.
+        """Creates a QUEUED job. The same `request_id` twice in a project returns the first job instead
+        of a new one (request ids are per project: another project's use of one is not seen).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

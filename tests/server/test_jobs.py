@@ -1,0 +1,176 @@
+"""The job service's checks of CreateJob, against a real store (SQLite and PostgreSQL): what it
+accepts must train and be shown; what would fail later is refused at once, naming the field."""
+
+from __future__ import annotations
+
+import tracemalloc
+from typing import Any
+
+import pytest
+
+from trainwire.server.config import Settings
+from trainwire.server.convert import job_to_proto
+from trainwire.server.errors import InvalidArgument, ResourceExhausted
+from trainwire.server.jobs import JobService
+from trainwire.server.records import Dataset, JobState
+from trainwire.server.store import Store
+from trainwire.v1 import jobs_pb2, models_pb2, tensor_pb2
+
+from .test_worker import regression_dataset, run_next
+
+
+def dense(units: int) -> models_pb2.LayerSpec:
+    return models_pb2.LayerSpec(dense=models_pb2.DenseLayer(units=units))
+
+
+def activation(name: str, **params: float) -> models_pb2.LayerSpec:
+    return models_pb2.LayerSpec(activation=models_pb2.ActivationLayer(name=name, params=params))
+
+
+def request(
+    dataset: Dataset, *layers: models_pb2.LayerSpec, **training: Any
+) -> jobs_pb2.CreateJobRequest:
+    return jobs_pb2.CreateJobRequest(
+        dataset=f"datasets/{dataset.id}",
+        model=models_pb2.ModelSpec(layers=layers or [dense(1)]),
+        training=models_pb2.TrainingConfig(**training),
+    )
+
+
+def test_a_prelu_activation_layer_is_shown_as_it_was_given(store: Store) -> None:
+    dataset = regression_dataset(store)
+    service = JobService(store, Settings())
+    job = service.create(
+        request(dataset, dense(4), activation("prelu", init=0.1), dense(1)), "default"
+    )
+    assert job.model_spec["layers"][1] == {"type": "prelu", "init": 0.1}
+    # Every answer that shows the job converts the stored spec: CreateJob, GetJob, ListJobs.
+    for shown in (
+        job,
+        service.get(f"jobs/{job.id}", "default"),
+        store.list_jobs(10, "", project="default")[0][0],
+    ):
+        layer = job_to_proto(shown).model.layers[1]
+        assert layer.WhichOneof("kind") == "activation"
+        assert layer.activation.name == "prelu" and dict(layer.activation.params) == {"init": 0.1}
+
+
+def test_a_spec_that_cannot_be_shown_is_refused_not_stored(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = regression_dataset(store)
+
+    def cannot_show(spec: dict[str, Any]) -> models_pb2.ModelSpec:
+        raise ValueError("layers[0].type must be one of: dense. Received: type='dense'")
+
+    # raising=False: the check must call it by this name (a job stored is the failure).
+    monkeypatch.setattr("trainwire.server.jobs.model_spec_to_proto", cannot_show, raising=False)
+    with pytest.raises(InvalidArgument) as refused:
+        JobService(store, Settings()).create(request(dataset), "default")
+    assert refused.value.violations[0].field == "model"
+    assert "cannot express" in refused.value.message
+    assert store.list_jobs(10, "")[0] == []
+
+
+EARLY_VAL_LOSS = models_pb2.EarlyStopping(monitor="val_loss", patience=2)
+REDUCE_ON_PLATEAU = models_pb2.ScheduleSpec(name="reduce_on_plateau")
+
+
+@pytest.mark.parametrize(
+    ("training", "field", "says"),
+    [
+        ({"early_stopping": EARLY_VAL_LOSS}, "training.early_stopping.monitor", "holds out none"),
+        # 40 examples * 0.02 = 0.8: the worker's split holds out int(0.8) = 0 rows.
+        (
+            {"early_stopping": EARLY_VAL_LOSS, "validation_fraction": 0.02},
+            "training.early_stopping.monitor",
+            "holds out none of the 40 examples",
+        ),
+        (
+            {
+                "early_stopping": models_pb2.EarlyStopping(monitor="bogus"),
+                "validation_fraction": 0.25,
+            },
+            "training.early_stopping.monitor",
+            "it logs: loss, mae, r2, val_loss, val_mae, val_r2",
+        ),
+        ({"schedule": REDUCE_ON_PLATEAU}, "training.schedule", "monitors 'val_loss'"),
+        (
+            {"early_stopping": models_pb2.EarlyStopping(monitor="val_loss\x00")},
+            "training.early_stopping.monitor",
+            "NUL",
+        ),
+        (
+            {"early_stopping": models_pb2.EarlyStopping(monitor="v" * 100_000)},
+            "training.early_stopping.monitor",
+            "at most 64 characters",
+        ),
+    ],
+)
+def test_a_monitor_the_fit_will_not_log_is_refused_at_create(
+    store: Store, training: dict[str, Any], field: str, says: str
+) -> None:
+    dataset = regression_dataset(store)
+    with pytest.raises(InvalidArgument) as refused:
+        JobService(store, Settings()).create(request(dataset, **training), "default")
+    assert refused.value.violations[0].field == field
+    assert says in refused.value.message
+    assert store.list_jobs(10, "")[0] == []
+
+
+def test_a_monitor_is_accepted_when_the_workers_split_holds_out_one_row(store: Store) -> None:
+    dataset = regression_dataset(store)
+    # 40 examples * 0.025 = 1 row held out: val_loss is logged, and the job trains.
+    job = JobService(store, Settings()).create(
+        request(
+            dataset,
+            early_stopping=EARLY_VAL_LOSS,
+            schedule=REDUCE_ON_PLATEAU,
+            validation_fraction=0.025,
+            epochs=2,
+        ),
+        "default",
+    )
+    assert run_next(store) is JobState.SUCCEEDED, store.get_job(job.id).error
+
+
+def test_a_model_is_checked_without_being_allocated(store: Store) -> None:
+    """5,000,001 float32 parameters: building the model (weights, gradients, Adam's two slots)
+    to check it would take over 80 MB."""
+    dataset = regression_dataset(store)
+    service = JobService(store, Settings())
+    tracemalloc.start()
+    try:
+        job = service.create(request(dataset, dense(1_000_000), dense(1)), "default")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert job.model_spec["layers"][0]["units"] == 1_000_000
+    assert peak < 8 << 20, f"CreateJob allocated {peak} bytes at its peak"
+
+
+def test_activations_past_max_batch_bytes_are_refused_naming_the_limit(store: Store) -> None:
+    dataset = regression_dataset(store)  # 3 features, 40 examples
+    service = JobService(store, Settings(max_batch_bytes=500_000))
+    wide = (dense(10_000), dense(1))
+    # Batches of 4 rows: 4 x 10,000 units x 4 bytes = 160,000 bytes.
+    service.create(request(dataset, *wide, batch_size=4), "default")
+    # Validation passes take max(batch_size, 1024) rows, here the 20 held out: 800,000 bytes.
+    with pytest.raises(ResourceExhausted) as refused:
+        service.create(request(dataset, *wide, batch_size=4, validation_fraction=0.5), "default")
+    assert refused.value.message.startswith(
+        "max_batch_bytes is limited to 500000. Received: 800000 (20 rows in a pass x 10000 "
+    )
+    # float64 doubles it: 4 rows x 10,000 x 8 = 320,000; 16 rows, 1,280,000.
+    with pytest.raises(ResourceExhausted, match="Received: 1280000"):
+        service.create(
+            request(dataset, *wide, batch_size=16, dtype=tensor_pb2.DATA_TYPE_FLOAT64), "default"
+        )
+    assert len(store.list_jobs(10, "")[0]) == 1
+
+
+def test_a_growing_decay_schedule_is_refused_at_create(store: Store) -> None:
+    dataset = regression_dataset(store)
+    schedule = models_pb2.ScheduleSpec(name="exponential", params={"gamma": 1e10})
+    with pytest.raises(InvalidArgument, match=r"gamma must be a number in \(0.0, 1.0\]"):
+        JobService(store, Settings()).create(request(dataset, schedule=schedule), "default")
