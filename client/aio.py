@@ -34,6 +34,7 @@ from .client import (
     Client,
     env_settings,
     is_gone,
+    may_have_run,
     reconnectable,
 )
 from .errors import DeadlineExceeded, JobFailed, NotFound, Unavailable, from_aio_error
@@ -124,6 +125,7 @@ class AsyncClient:
         that finds the resource gone answers `gone_on_retry()`, see `Client._call`)."""
         deadline = time.monotonic() + (timeout or self.timeout)
         attempt = 0
+        answer_lost = False
         while True:
             attempt += 1
             remaining = deadline - time.monotonic()
@@ -132,8 +134,9 @@ class AsyncClient:
             except grpc.aio.AioRpcError as error:
                 remaining = deadline - time.monotonic()
                 code, details = error.code(), error.details() or ""
-                if gone_on_retry is not None and is_gone(attempt, code):
+                if gone_on_retry is not None and is_gone(answer_lost, code):
                     return gone_on_retry()
+                answer_lost = answer_lost or may_have_run(code)
                 delay = self.retry.next_delay(attempt, code, details, remaining)
                 if not idempotent or delay is None:
                     raise from_aio_error(error) from None
@@ -427,8 +430,8 @@ class AsyncJobWatch(AsyncIterator[jobs_pb2.JobEvent]):
             raise StopAsyncIteration
         if not self.reconnect or not reconnectable(code, details):
             raise from_aio_error(error) from None
-        if opened:  # the failed stream had been open: a new outage begins
-            self._failures, self._outage_since = 0, None
+        if opened:  # a new outage begins; the backoff goes on (see `JobWatch._recover`)
+            self._outage_since = None
         now = time.monotonic()
         self._outage_since = self._outage_since or now
         if now - self._outage_since > self.client.watch_reconnect_s:

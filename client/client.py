@@ -99,10 +99,16 @@ def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return settings
 
 
-def is_gone(attempt: int, code: grpc.StatusCode | None) -> bool:
-    """Whether a retried delete found its resource gone: the attempt before may have deleted it
-    and lost its answer (a dropped connection), so NOT_FOUND then means success."""
-    return attempt > 1 and code is grpc.StatusCode.NOT_FOUND
+def is_gone(answer_lost: bool, code: grpc.StatusCode | None) -> bool:
+    """Whether a retried delete found its resource gone after an earlier attempt that may have
+    deleted it and lost its answer (UNAVAILABLE: a dropped connection): NOT_FOUND then means
+    success. After refusals alone (RESOURCE_EXHAUSTED: nothing ran) it still means not found."""
+    return answer_lost and code is grpc.StatusCode.NOT_FOUND
+
+
+def may_have_run(code: grpc.StatusCode | None) -> bool:
+    """Whether a failed attempt may have been carried out with only its answer lost."""
+    return code is grpc.StatusCode.UNAVAILABLE
 
 
 def reconnectable(code: grpc.StatusCode | None, details: str) -> bool:
@@ -187,6 +193,7 @@ class Client:
         budget = timeout or self.timeout
         deadline = time.monotonic() + budget
         attempt = 0
+        answer_lost = False
         while True:
             attempt += 1
             remaining = deadline - time.monotonic()
@@ -194,8 +201,9 @@ class Client:
                 return method(request, timeout=max(remaining, 0.001), metadata=self._metadata)
             except grpc.RpcError as error:
                 code, details = status_of(error)
-                if gone_on_retry is not None and is_gone(attempt, code):
+                if gone_on_retry is not None and is_gone(answer_lost, code):
                     return gone_on_retry()
+                answer_lost = answer_lost or may_have_run(code)
                 remaining = deadline - time.monotonic()
                 delay = self.retry.next_delay(attempt, code, details, remaining)
                 if not idempotent or delay is None:
@@ -573,8 +581,11 @@ class JobWatch(Iterator[jobs_pb2.JobEvent]):
             raise StopIteration
         if not self.reconnect or not reconnectable(code, details):
             raise from_rpc_error(error) from None
-        if opened:  # a quiet job's stream may have been open longer than watch_reconnect_s
-            self._failures, self._outage_since = 0, None
+        # A quiet job's stream may have been open longer than watch_reconnect_s: the outage
+        # starts now. The backoff does not start over (events alone reset it), so a server that
+        # opens streams and drops them at once is not re-dialled every 50 ms.
+        if opened:
+            self._outage_since = None
         now = time.monotonic()
         self._outage_since = self._outage_since or now
         if now - self._outage_since > self.client.watch_reconnect_s:

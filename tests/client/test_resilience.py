@@ -22,7 +22,9 @@ from trainwire.client import (
     RetryPolicy,
     Unavailable,
 )
+from trainwire.client import client as client_module
 from trainwire.client.aio import AsyncClient
+from trainwire.client.retry import WATCH_OPENED
 from trainwire.v1 import datasets_pb2, jobs_pb2
 
 JOB = "jobs/" + "a" * 32
@@ -38,6 +40,8 @@ class Flaky:
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     details: str = "try again"
     delay_s: float = 0.0
+    busy_before_deleting: bool = False
+    opened_then_dropped: int = 0
     calls: dict[str, int] = field(default_factory=dict)
     watch_requests: list[int] = field(default_factory=list)
     existing: set[str] = field(default_factory=lambda: {JOB, DATASET})
@@ -63,6 +67,8 @@ class Flaky:
 
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             count = self._count(method)
+            if self.busy_before_deleting and count <= self.failures:
+                context.abort(self.code, self.details)  # refused: nothing was deleted
             if request.name not in self.existing:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"{request.name} does not exist")
             self.existing.discard(request.name)
@@ -84,8 +90,12 @@ class Flaky:
 
     def watch(self, request: jobs_pb2.WatchJobRequest, context: grpc.ServicerContext) -> Any:
         """Events 1..6; the first two streams break after two events each. A resumed stream
-        also resends the last event the client saw (the client must drop the duplicate)."""
+        also resends the last event the client saw (the client must drop the duplicate). With
+        `opened_then_dropped`, that many streams are first opened and dropped at once."""
         self.watch_requests.append(request.after_sequence)
+        if len(self.watch_requests) <= self.opened_then_dropped:
+            context.send_initial_metadata((WATCH_OPENED,))
+            context.abort(grpc.StatusCode.UNAVAILABLE, "opened, then gone at once")
         first = max(request.after_sequence, 1)
         for sent, sequence in enumerate(range(first, 7), start=1):
             state = jobs_pb2.JOB_STATE_SUCCEEDED if sequence == 6 else jobs_pb2.JOB_STATE_RUNNING
@@ -199,6 +209,16 @@ def test_a_delete_whose_answer_was_lost_succeeds_on_its_retry(flaky: tuple[Flaky
             client.delete_job(JOB)  # at the first attempt, NOT_FOUND still means not found
 
 
+def test_a_delete_refused_busy_then_not_found_is_not_found(flaky: tuple[Flaky, str]) -> None:
+    """RESOURCE_EXHAUSTED means nothing ran: a NOT_FOUND after it is the resource's own."""
+    behaviour, target = flaky
+    behaviour.code, behaviour.failures = grpc.StatusCode.RESOURCE_EXHAUSTED, 1
+    behaviour.busy_before_deleting = True
+    with Client(target, retry=FAST, timeout=10) as client, pytest.raises(NotFound):
+        client.delete_job("jobs/" + "c" * 32)  # never existed
+    assert behaviour.calls == {"DeleteJob": 2}
+
+
 def test_async_delete_whose_answer_was_lost_succeeds_on_its_retry(
     flaky: tuple[Flaky, str],
 ) -> None:
@@ -244,6 +264,28 @@ def test_watch_reconnects_without_losing_or_repeating_events(flaky: tuple[Flaky,
     assert sequences == [1, 2, 3, 4, 5, 6]
     assert behaviour.watch_requests == [0, 2, 3], "each reconnect resumes after the last event"
     assert watch.reconnects == 2 and watch.last_sequence == 6
+
+
+def test_a_watch_backs_off_from_streams_opened_and_dropped_at_once(
+    flaky: tuple[Flaky, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each such stream starts a new outage (the server was there), but the backoff goes on
+    growing: the server is not re-dialled every 50 ms for as long as it misbehaves."""
+    behaviour, target = flaky
+    behaviour.opened_then_dropped = 6
+    delays: list[float] = []
+
+    class RecordedSleeps:
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            delays.append(seconds)
+
+    monkeypatch.setattr(client_module, "time", RecordedSleeps)
+    with Client(target) as client:
+        assert [e.sequence for e in client.watch_job(JOB)][-1] == 6
+    assert len(delays) >= 6 and max(delays) > 0.5, delays
 
 
 def test_async_client_retries_and_reconnects(flaky: tuple[Flaky, str]) -> None:
