@@ -37,7 +37,14 @@ from .client import (
     may_have_run,
     reconnectable,
 )
-from .errors import DeadlineExceeded, JobFailed, NotFound, Unavailable, from_aio_error
+from .errors import (
+    DeadlineExceeded,
+    JobFailed,
+    NotFound,
+    TrainwireError,
+    Unavailable,
+    from_aio_error,
+)
 from .files import PathLike
 from .results import DatasetInfo, JobStatus, Metrics, Prediction
 from .retry import RetryPolicy, watch_was_open
@@ -343,7 +350,11 @@ class AsyncClient:
         name = job.name if isinstance(job, AsyncJob) else job
         chunks = ChunkedPrediction(name, as_inputs(inputs), checkpoint, self.max_message_bytes)
         while (request := chunks.next_request()) is not None:
-            chunks.answered(await self._call(self._rpc.predict, request))
+            try:
+                chunks.answered(await self._call(self._rpc.predict, request))
+            except TrainwireError as error:
+                if not chunks.retry_after(error):
+                    raise
         return chunks.result()
 
     async def predict_stream(

@@ -21,7 +21,15 @@ import numpy as np
 from trainwire.v1 import datasets_pb2, jobs_pb2, predictions_pb2
 
 from .builders import ModelLike
-from .errors import DeadlineExceeded, JobFailed, NotFound, Unavailable, from_rpc_error, status_of
+from .errors import (
+    DeadlineExceeded,
+    JobFailed,
+    NotFound,
+    TrainwireError,
+    Unavailable,
+    from_rpc_error,
+    status_of,
+)
 from .files import PathLike, read_dataset
 from .results import (
     FINISHED,
@@ -485,7 +493,11 @@ class Client:
         name = job.name if isinstance(job, Job) else job
         chunks = ChunkedPrediction(name, as_inputs(inputs), checkpoint, self.max_message_bytes)
         while (request := chunks.next_request()) is not None:
-            chunks.answered(self._call(self._rpc.predict, request))
+            try:
+                chunks.answered(self._call(self._rpc.predict, request))
+            except TrainwireError as error:
+                if not chunks.retry_after(error):
+                    raise
         return chunks.result()
 
     def predict_stream(

@@ -7,17 +7,19 @@ into request messages (with local validation first), and response messages into 
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 
 from trainwire.v1 import datasets_pb2, jobs_pb2, models_pb2, predictions_pb2, tensor_pb2
 
 from .builders import ModelLike, model_to_dict
-from .errors import SpecError
+from .errors import SpecError, TrainwireError
 from .results import TASKS, DatasetInfo, Metrics, Prediction, state_code
 from .specs import model_spec_to_proto
 from .tensors import dtype_code, from_tensor, to_tensor
@@ -249,16 +251,39 @@ def predict_request(job: str, x: np.ndarray, checkpoint: str) -> predictions_pb2
     return predictions_pb2.PredictRequest(job=job, checkpoint=checkpoint, inputs=to_tensor(x))
 
 
+def answer_too_large(max_answer_bytes: int, max_rows: int, rows: int) -> str:
+    """The server's refusal of a request whose answer could not be sent (`rows_allowed` reads
+    it back: server and SDK share this one wording)."""
+    return (
+        f"an answer's size is limited to the message limit ({max_answer_bytes} bytes): at most "
+        f"{max_rows} rows per request for this model. Received: {rows} rows; send them over "
+        "several requests (the SDK's predict does) or as slices over PredictStream"
+    )
+
+
+_ROWS_ALLOWED = re.compile(r"^an answer's size is limited .*: at most (\d+) rows per request")
+
+
+def rows_allowed(message: str) -> int | None:
+    """The rows per request an `answer_too_large` refusal allows; None for any other message."""
+    found = _ROWS_ALLOWED.match(message)
+    return None if found is None else int(found.group(1))
+
+
 class ChunkedPrediction:
     """A prediction of many rows as consecutive requests, each of which, and each answer, stays
     within a quarter of the message limit; the clients send `next_request()` until it is None,
-    passing each answer to `answered`, then take `result()`.
+    passing each answer to `answered` (or a failure to `retry_after`), then take `result()`.
 
     An answer's size per row is not known before the first one (it depends on the model's
     outputs, and a classifier's also carry probabilities and labels), so the first request takes
     at most FIRST_ROWS rows and the rest are sized by the larger of a request's and an answer's
-    bytes per row. Every request after the first names the checkpoint that answered the first,
-    so a checkpoint written meanwhile never answers part of the rows ("latest", "best").
+    bytes per row; a first request whose answer the server could not send (a classifier of
+    hundreds of classes) is refused with the rows that fit, and sent again with those. Every
+    request after the first names the checkpoint that answered the first, so a checkpoint
+    written meanwhile never answers part of the rows ("latest", "best"); should that checkpoint
+    be deleted before the last request (retention on a job still training), the prediction
+    starts over once, with the selector it was given.
     """
 
     FIRST_ROWS = 1024
@@ -266,29 +291,46 @@ class ChunkedPrediction:
     def __init__(self, job: str, x: np.ndarray, checkpoint: str, max_message_bytes: int) -> None:
         self.job = job
         self.x = x
+        self.selector = checkpoint
         self.checkpoint = checkpoint
         self.budget = max(1, max_message_bytes // 4)
         self.row_bytes = max(1, x.itemsize * int(np.prod(x.shape[1:])))
+        self.max_rows = self.FIRST_ROWS  # until an answer's size is known
         self.answers: list[predictions_pb2.PredictResponse] = []
+        self.restarted = False
+        self._start = 0  # the first row of the request awaiting its answer
         self._sent = 0  # rows sent
-        self._pending = 0  # rows of the request awaiting its answer
 
     def next_request(self) -> predictions_pb2.PredictRequest | None:
         if self.answers and self._sent >= len(self.x):
             return None
-        rows = max(1, self.budget // self.row_bytes)
-        if not self.answers:
-            rows = min(rows, self.FIRST_ROWS)
-        start, self._sent = self._sent, self._sent + rows
-        self._pending = len(self.x[start : self._sent])
-        return predict_request(self.job, self.x[start : self._sent], self.checkpoint)
+        rows = min(max(1, self.budget // self.row_bytes), self.max_rows)
+        self._start, self._sent = self._sent, self._sent + rows
+        return predict_request(self.job, self.x[self._start : self._sent], self.checkpoint)
 
     def answered(self, response: predictions_pb2.PredictResponse) -> None:
         if not self.answers:
             self.checkpoint = response.checkpoint
-            answer_row_bytes = -(-response.ByteSize() // max(self._pending, 1))
-            self.row_bytes = max(self.row_bytes, answer_row_bytes)
+            rows = max(len(self.x[self._start : self._sent]), 1)
+            self.row_bytes = max(self.row_bytes, -(-response.ByteSize() // rows))
+            self.max_rows = len(self.x) or 1
         self.answers.append(response)
+
+    def retry_after(self, error: TrainwireError) -> bool:
+        """Whether the request that failed with `error` is worth sending again (then the next
+        `next_request` does), else the caller raises it."""
+        allowed = rows_allowed(error.message)
+        if allowed is not None and allowed < self._sent - self._start:
+            self.max_rows = max(allowed // 4, 1)  # answers within a quarter of the limit too
+            self._sent = self._start
+            return True
+        pinned = bool(self.answers) and self.checkpoint != self.selector
+        if error.code is grpc.StatusCode.NOT_FOUND and pinned and not self.restarted:
+            self.restarted = True
+            self.answers, self.checkpoint = [], self.selector
+            self.max_rows, self._sent = self.FIRST_ROWS, 0
+            return True
+        return False
 
     def result(self) -> Prediction:
         return join_predictions(self.answers)

@@ -41,7 +41,7 @@ from .convert import (
 from .datasets import DatasetService
 from .errors import ResourceExhausted
 from .jobs import WATCH_POLL_S, JobService
-from .predictions import Prediction, PredictionService
+from .predictions import Prediction, PredictionService, Served
 from .records import JobEvent, TaskKind
 
 
@@ -263,22 +263,24 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
     ) -> AsyncIterator[predictions_pb2.PredictResponse]:
         project = current_project()
         deadline = _deadline(context)
-        # The slices of one stream are one input: the checkpoint that answered the first answers
-        # the rest, even if a newer one becomes "latest" or "best" meanwhile.
+        # The slices of one stream are one input: the model that answered the first answers the
+        # rest, even if a newer checkpoint becomes "latest" or "best" meanwhile, or retention
+        # deletes the first one's.
         first: tuple[str, str] | None = None
-        resolved = ""
+        pinned: Served | None = None
         async for request in request_iterator:
-            selector = request.checkpoint
-            if (request.job, selector) == first:
-                selector = resolved
-            result = await self.predictions.predict(
-                request.job, selector, request.inputs, project, deadline=deadline
-            )
+            selector = (request.job, request.checkpoint)
             if first is None:
-                first, resolved = (
-                    (request.job, request.checkpoint),
-                    checkpoint_name(result.checkpoint),
-                )
+                first = selector
+                pinned = await self.predictions.resolve_served(*selector, project)
+            result = await self.predictions.predict(
+                request.job,
+                request.checkpoint,
+                request.inputs,
+                project,
+                deadline=deadline,
+                served=pinned if selector == first else None,
+            )
             yield _prediction_response(result)
 
     def GetModelMetadata(

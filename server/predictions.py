@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from trainwire.client.tensors import TensorError, from_tensor
+from trainwire.client.wire import answer_too_large
 from trainwire.engine import Model, load_state
 from trainwire.engine.activations import sigmoid, softmax
 from trainwire.v1 import tensor_pb2
@@ -169,18 +170,17 @@ class PredictionService:
         inputs: tensor_pb2.Tensor,
         project: str,
         deadline: float | None = None,
+        served: Served | None = None,
     ) -> Prediction:
         """Outputs for `inputs`, batched with concurrent requests for the same checkpoint.
 
         Runs on the event loop; a job or model not in memory is fetched in the thread pool.
-        `deadline` is a `time.monotonic()` value.
+        `deadline` is a `time.monotonic()` value. `served` (from `resolve_served`) skips the
+        resolution: its model answers even if its checkpoint has been deleted since.
         """
-        found = self._served_from_memory(job_name, selector, project)
+        found = served or self._served_from_memory(job_name, selector, project)
         if found is None:
-            loop = asyncio.get_running_loop()
-            found = await loop.run_in_executor(
-                self.executor, self.served, job_name, selector, project
-            )
+            found = await self.resolve_served(job_name, selector, project)
         _, checkpoint, batcher = found
         features = self._check_inputs(inputs, batcher.model)
         if self.max_answer_bytes is not None:
@@ -192,16 +192,21 @@ class PredictionService:
         outputs, probabilities, labels = results
         return Prediction(checkpoint, outputs, probabilities, labels)
 
+    async def resolve_served(self, job_name: str, selector: str, project: str) -> Served:
+        """`served` from the event loop: from memory, else in the thread pool."""
+        found = self._served_from_memory(job_name, selector, project)
+        if found is not None:
+            return found
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.served, job_name, selector, project)
+
     def _check_answer_fits(self, rows: int, batcher: ModelBatcher) -> None:
         """Refuses, before the forward pass, a request whose answer could not be sent."""
         assert self.max_answer_bytes is not None
         row_bytes = answer_row_bytes(batcher.model, classifier=batcher.postprocess is classify)
         if rows * row_bytes > self.max_answer_bytes:
             raise ResourceExhausted(
-                f"an answer's size is limited to the message limit ({self.max_answer_bytes} "
-                f"bytes): at most {self.max_answer_bytes // row_bytes} rows per request for this "
-                f"model. Received: {rows} rows; send them over several requests (the SDK's "
-                "predict does) or as slices over PredictStream"
+                answer_too_large(self.max_answer_bytes, self.max_answer_bytes // row_bytes, rows)
             )
 
     def forget(self, job_id: str) -> None:

@@ -3,10 +3,12 @@ bytes, and answered by one checkpoint."""
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 
+from trainwire.client.errors import NotFound, ResourceExhausted
 from trainwire.client.tensors import from_tensor, to_tensor
-from trainwire.client.wire import ChunkedPrediction
+from trainwire.client.wire import ChunkedPrediction, answer_too_large
 from trainwire.v1 import predictions_pb2
 
 CHECKPOINT = "jobs/" + "a" * 32 + "/checkpoints/7"
@@ -61,3 +63,40 @@ def test_a_small_prediction_is_one_request() -> None:
     requests, chunks = run(np.zeros((3, 4), np.float32), 4 << 20)
     assert len(requests) == 1 and requests[0].checkpoint == "latest"
     assert chunks.result().checkpoint == CHECKPOINT
+
+
+def test_a_first_request_whose_answer_cannot_be_sent_is_sent_again_with_the_rows_that_fit() -> None:
+    x = np.zeros((3000, 4), np.float32)
+    chunks = ChunkedPrediction("jobs/" + "a" * 32, x, "", 4 << 20)
+    first = chunks.next_request()
+    assert first is not None and len(from_tensor(first.inputs)) == ChunkedPrediction.FIRST_ROWS
+    refusal = answer_too_large(4 << 20, 500, ChunkedPrediction.FIRST_ROWS)
+    assert chunks.retry_after(ResourceExhausted(refusal, grpc.StatusCode.RESOURCE_EXHAUSTED))
+    again = chunks.next_request()
+    assert again is not None and len(from_tensor(again.inputs)) == 125  # a quarter of 500
+    chunks.answered(answer(again))
+    rows = len(from_tensor(again.inputs))
+    while (request := chunks.next_request()) is not None:
+        rows += len(from_tensor(request.inputs))
+        chunks.answered(answer(request))
+    assert rows == 3000 and chunks.result().outputs.shape == (3000, 10)
+    other = ResourceExhausted("max_epochs is limited to 5", grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert not chunks.retry_after(other)
+
+
+def test_a_pinned_checkpoint_deleted_midway_starts_the_prediction_over_once() -> None:
+    x = np.zeros((5000, 4), np.float32)
+    chunks = ChunkedPrediction("jobs/" + "a" * 32, x, "latest", 1 << 20)
+    first = chunks.next_request()
+    assert first is not None
+    chunks.answered(answer(first))
+    second = chunks.next_request()
+    assert second is not None and second.checkpoint == CHECKPOINT
+    gone = NotFound(f"{CHECKPOINT} does not exist", grpc.StatusCode.NOT_FOUND)
+    assert chunks.retry_after(gone)
+    again = chunks.next_request()
+    assert again is not None and again.checkpoint == "latest"
+    assert np.array_equal(from_tensor(again.inputs), x[: len(from_tensor(again.inputs))])
+    chunks.answered(answer(again))
+    assert chunks.next_request() is not None
+    assert not chunks.retry_after(gone), "only once"

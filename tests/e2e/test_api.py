@@ -7,6 +7,7 @@ import datetime
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -109,6 +110,37 @@ def test_metrics_checkpoints_metadata_and_stream(
         assert answer.outputs.data == expected.astype("<f4").tobytes()
 
 
+def test_a_stream_is_answered_by_its_first_model_after_its_checkpoint_is_deleted(
+    client: Client, iris_dataset: DatasetInfo, iris: dict[str, np.ndarray]
+) -> None:
+    """PredictStream's slices are one input: "latest" moves on and retention deletes the
+    checkpoint that answered the first slice, and the next slice is still answered by it."""
+    job = client.create_job(
+        iris_dataset, MLP, epochs=3000, checkpoint_every_epochs=1, keep_checkpoints=1
+    )
+    while not job.checkpoints():
+        time.sleep(0.05)
+    later = threading.Event()
+
+    def slices() -> Iterator[predictions_pb2.PredictRequest]:
+        for part in (iris["x_test"][:10], iris["x_test"][10:]):
+            yield predictions_pb2.PredictRequest(job=job.name, inputs=to_tensor(part))
+            assert later.wait(60)
+
+    try:
+        with grpc.insecure_channel(client.target) as channel:
+            stub = predictions_pb2_grpc.PredictionServiceStub(channel)
+            answers = stub.PredictStream(slices(), timeout=120)
+            first = next(answers).checkpoint
+            while first in [c.name for c in job.checkpoints()]:
+                time.sleep(0.05)  # training goes on; retention deletes the first's checkpoint
+            time.sleep(2.5)  # past the server's job cache: a lookup by name would now fail
+            later.set()
+            assert next(answers).checkpoint == first
+    finally:
+        job.cancel()
+
+
 def test_predictions_whose_answers_outgrow_their_requests(client: Client) -> None:
     """Ten classes from four features: an answer row (outputs, probabilities, label: 88 bytes)
     is 5.5 times its request row, so requests sized by their own bytes would get answers over
@@ -123,6 +155,14 @@ def test_predictions_whose_answers_outgrow_their_requests(client: Client) -> Non
     whole = job.predict(x)
     assert whole.outputs.shape == (70_000, 10) and whole.labels is not None
     assert np.array_equal(whole.outputs[-5:], job.predict(x[-5:]).outputs)
+
+    # Six hundred classes: the first request's 1,024 answer rows (4.8 KB each) cannot be sent;
+    # the SDK learns the rows that fit from the refusal and sends those.
+    wide_data = client.upload_dataset(rng.normal(size=(1200, 4)).astype(np.float32),
+                                      np.arange(1200) % 600)  # fmt: skip
+    wide = client.create_job(wide_data, {"layers": [{"type": "dense", "units": 600}]}, epochs=1)
+    wide.wait(timeout=120)
+    assert wide.predict(x[:3000]).outputs.shape == (3000, 600)
 
     # One request whose answer cannot be sent is refused before its forward pass.
     with grpc.insecure_channel(client.target) as channel:

@@ -62,8 +62,9 @@ class PredictionServiceServicer:
 
     def PredictStream(self, request_iterator, context):
         """For inputs larger than one message: each request carries a slice of rows; each response
-        answers the request at the same position. The checkpoint that answered the first slice
-        answers every later slice of the same job and checkpoint selector.
+        answers the request at the same position. The model that answered the first slice answers
+        every later slice of the same job and checkpoint selector, even once its checkpoint has been
+        deleted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
