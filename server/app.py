@@ -33,7 +33,7 @@ from trainwire.v1 import (
 
 from .api import DatasetServicer, JobServicer, PredictionServicer, WatchLimiter
 from .auth import KeyChecker
-from .config import Settings
+from .config import ANSWER_FRAMING_BYTES, Settings
 from .datasets import DatasetService
 from .db import Database
 from .errors import Unavailable
@@ -115,8 +115,7 @@ class RunningServer:
             settings.model_cache_bytes,
             batch_rows=settings.predict_batch_rows,
             batch_wait_s=settings.predict_batch_wait_ms / 1000,
-            # Room for the framing and the checkpoint's name beside the tensors' bytes.
-            max_answer_bytes=settings.max_message_bytes - 4096,
+            max_answer_bytes=settings.max_message_bytes - ANSWER_FRAMING_BYTES,
         )
         jobs = JobServicer(
             JobService(self.store, settings),

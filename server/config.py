@@ -16,6 +16,10 @@ DEFAULT_SQLITE_PATH = Path("trainwire.db")
 # database's connections (a typo such as 100000000 would only fail under load, when threads
 # cannot be started).
 MAX_MESSAGE_BYTES = 2**31 - 1
+# Of each message the server keeps 4 KiB back for the framing and names around a prediction's
+# tensors; below 64 KiB little would be left for the tensors.
+ANSWER_FRAMING_BYTES = 4096
+MIN_MESSAGE_BYTES = 64 * 1024
 MAX_THREADS = 4096
 MAX_SECONDS = threading.TIMEOUT_MAX
 UPPER_BOUNDS: dict[str, tuple[float, str]] = {
@@ -138,6 +142,11 @@ class Settings:
                 found.append(
                     f"TRAINWIRE_{name.upper()} must be positive. Received: {getattr(self, name)}"
                 )
+        if 0 < self.max_message_bytes < MIN_MESSAGE_BYTES:
+            found.append(
+                f"TRAINWIRE_MAX_MESSAGE_BYTES must be at least {MIN_MESSAGE_BYTES:,} (room for a "
+                f"prediction's answer beside its framing). Received: {self.max_message_bytes}"
+            )
         for name, kind in _ENV_FIELDS.items():
             value = getattr(self, name)
             if kind is float and not math.isfinite(value):

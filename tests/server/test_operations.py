@@ -74,6 +74,10 @@ def test_settings_past_what_can_work_are_refused_at_start() -> None:
         Settings.from_env({"TRAINWIRE_LEASE_S": "1e300"})  # finite, but no lease
     largest = {"TRAINWIRE_MAX_MESSAGE_BYTES": str(2**31 - 1), "TRAINWIRE_GRPC_THREADS": "4096"}
     assert Settings.from_env(largest).max_message_bytes == 2**31 - 1
+    # Below 64 KiB no prediction's answer would fit beside the 4 KiB the server keeps back.
+    with pytest.raises(ConfigError, match="TRAINWIRE_MAX_MESSAGE_BYTES must be at least 65,536"):
+        Settings.from_env({"TRAINWIRE_MAX_MESSAGE_BYTES": "4096"})
+    assert Settings.from_env({"TRAINWIRE_MAX_MESSAGE_BYTES": "65536"}).max_message_bytes == 65536
 
 
 def test_server_processes_share_the_cores_for_blas(monkeypatch: pytest.MonkeyPatch) -> None:
