@@ -43,6 +43,7 @@ from .errors import ResourceExhausted
 from .jobs import WATCH_POLL_S, JobService
 from .predictions import Prediction, PredictionService, Served
 from .records import JobEvent, TaskKind
+from .store import best_checkpoint
 
 
 class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
@@ -197,7 +198,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.ListCheckpointsRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.ListCheckpointsResponse:
         checkpoints = self.jobs.checkpoints(request.name, current_project())
-        best = self.predictions.best_of(checkpoints)
+        best = best_checkpoint(checkpoints)
         return jobs_pb2.ListCheckpointsResponse(
             checkpoints=[checkpoint_to_proto(c, c is best) for c in checkpoints]
         )

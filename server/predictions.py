@@ -25,7 +25,7 @@ from .metrics import PREDICTION_ROWS
 from .model_cache import ModelCache, model_bytes
 from .names import parse_name
 from .records import Checkpoint, Job, TaskKind
-from .store import Store, checkpoint_score
+from .store import Store, best_checkpoint
 from .training import build_model
 
 MODEL_PREFIX = "model."
@@ -215,15 +215,6 @@ class PredictionService:
         with self._jobs_lock:
             self._jobs.pop(job_id, None)
 
-    @staticmethod
-    def best_of(checkpoints: list[Checkpoint]) -> Checkpoint | None:
-        """The checkpoint with the lowest validation (else training) loss; the newest on ties.
-        Partial ones (written mid-epoch) only repeat an epoch end's metrics: never the best."""
-        whole = [c for c in checkpoints if not c.is_partial]
-        if not whole:
-            return None
-        return min(reversed(whole), key=lambda c: checkpoint_score(c.metrics))
-
     def resolve(self, job: Job, selector: str, checkpoints: list[Checkpoint]) -> Checkpoint:
         """The checkpoint named by `selector`: "", "latest", "best", "epoch/N" or a full name."""
         if not checkpoints:
@@ -234,7 +225,7 @@ class PredictionService:
         if selector in ("", "latest"):
             return checkpoints[-1]
         if selector == "best":
-            best = self.best_of(checkpoints)
+            best = best_checkpoint(checkpoints)
             if best is None:
                 raise FailedPrecondition(
                     f"jobs/{job.id} has no checkpoint taken at an epoch's end (only ones "

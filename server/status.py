@@ -13,7 +13,6 @@ import socket
 import ssl
 from datetime import UTC, datetime
 from importlib.metadata import version
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import Settings
@@ -87,9 +86,11 @@ def probe_channel(target: str, settings: Settings) -> grpc.Channel:
 
     if not settings.tls_cert:
         return grpc.insecure_channel(target)
-    cert = Path(settings.tls_cert).read_bytes()
-    key = Path(settings.tls_key).read_bytes() if settings.tls_client_ca else None
-    credentials = grpc.ssl_channel_credentials(cert, key, cert if key else None)
+    from trainwire.client.rpc import channel_credentials
+
+    shown = (settings.tls_cert, settings.tls_key) if settings.tls_client_ca else None
+    credentials = channel_credentials(settings.tls_cert, shown)
+    assert credentials is not None
     name = certificate_name(target, settings)
     options = [("grpc.ssl_target_name_override", name)] if name else []
     return grpc.secure_channel(target, credentials, options=options)

@@ -16,7 +16,7 @@ import secrets
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from sqlalchemy import (
     JSON,
@@ -168,6 +168,27 @@ def checkpoint_score(metrics: dict[str, float]) -> float:
     whenever it is looked at first."""
     score = float(metrics.get("val_loss", metrics.get("loss", math.inf)))
     return score if math.isfinite(score) else math.inf
+
+
+class Scored(Protocol):
+    """A checkpoint as `best_checkpoint` reads it (a record, or a row of those columns)."""
+
+    @property
+    def metrics(self) -> dict[str, float]: ...
+
+    @property
+    def is_partial(self) -> bool: ...
+
+
+ScoredT = TypeVar("ScoredT", bound=Scored)
+
+
+def best_checkpoint(checkpoints: Sequence[ScoredT]) -> ScoredT | None:
+    """The best of a job's checkpoints (in the order written): the lowest `checkpoint_score`
+    among those of an epoch's end, the newest on ties. A partial one (written mid-epoch)
+    repeats the metrics of the epoch end before it with other weights: never the best."""
+    whole = [c for c in checkpoints if not c.is_partial]
+    return min(reversed(whole), key=lambda c: checkpoint_score(c.metrics)) if whole else None
 
 
 def encode_page_token(created_at: datetime, row_id: str) -> str:
@@ -823,9 +844,9 @@ class Store:
         # A partial checkpoint repeats the metrics of the epoch end before it: counted among
         # the latest, it must not push out that epoch end ("epoch/N") or the best.
         whole = [row for row in existing if not row.is_partial]
-        if whole:
-            kept.add(whole[-1].id)
-            kept.add(min(reversed(whole), key=lambda row: checkpoint_score(row.metrics)).id)
+        best = best_checkpoint(whole)
+        if best is not None:
+            kept.update((whole[-1].id, best.id))
         doomed = [row.id for row in existing if row.id not in kept]
         session.execute(
             delete(CheckpointBlobRow).where(CheckpointBlobRow.checkpoint_id.in_(doomed))

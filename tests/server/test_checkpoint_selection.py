@@ -14,7 +14,7 @@ import pytest
 from trainwire.server.errors import FailedPrecondition, NotFound
 from trainwire.server.predictions import PredictionService
 from trainwire.server.records import Checkpoint, Job
-from trainwire.server.store import utcnow
+from trainwire.server.store import best_checkpoint, utcnow
 
 
 def checkpoint(
@@ -65,14 +65,14 @@ def test_a_partial_checkpoint_tying_with_the_best_is_not_best(
     checkpoints = [checkpoint(1, 1, 0.3), checkpoint(2, 1, 0.3, True)]
     assert resolve(service, "best", checkpoints) == 1
     assert resolve(service, "epoch/1", checkpoints) == 1
-    assert PredictionService.best_of(checkpoints) == checkpoints[0]
+    assert best_checkpoint(checkpoints) == checkpoints[0]
 
 
 def test_only_a_partial_checkpoint_answers_latest_alone(service: PredictionService) -> None:
     """A job cancelled in its first epoch."""
     checkpoints = [checkpoint(1, 0, 0.3, True)]
     assert resolve(service, "latest", checkpoints) == 1
-    assert PredictionService.best_of(checkpoints) is None
+    assert best_checkpoint(checkpoints) is None
     with pytest.raises(FailedPrecondition, match="no checkpoint taken at an epoch's end"):
         resolve(service, "best", checkpoints)
     with pytest.raises(NotFound, match=r"no checkpoint at epoch 0; it has \[\]"):
