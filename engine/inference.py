@@ -125,10 +125,11 @@ def _forward(model: Model, x: Array, tiles: list[int | None], rowwise: bool) -> 
         if isinstance(layer, Dense):
             x = _dense(layer, x, rowwise or tile is None)
         else:
-            x = layer.forward(x, training=False).copy()
-            # Its scratch is not kept between passes: a cached model would otherwise hold up to
-            # 16 arrays per layer, sized by the largest requests it has served, beyond the bytes
-            # the model cache counts (allocating them again costs far less than the pass).
+            x = layer.forward(x, training=False)
+            # Nothing of the pass is kept: a cached model would otherwise hold up to 16 scratch
+            # arrays per layer, sized by the largest requests it has served, beyond the bytes the
+            # model cache counts (allocating them again costs far less than the pass). Released,
+            # the output is this pass's own: no copy needed.
             layer.release_scratch()
     return x
 

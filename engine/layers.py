@@ -42,6 +42,9 @@ class Layer:
     type_name: ClassVar[str] = ""
     fields: ClassVar[tuple[str, ...]] = ()
 
+    # Attributes a forward pass sets for the backward pass (`release_scratch` drops them).
+    _saved_for_backward: tuple[str, ...] = ()
+
     def __init__(self) -> None:
         self.params: dict[str, Array] = {}
         self.grads: dict[str, Array] = {}
@@ -96,9 +99,12 @@ class Layer:
         return buf
 
     def release_scratch(self) -> None:
-        """Drops the scratch arrays kept for reuse (training keeps them; a served model would
-        hold one per batch size it has seen)."""
+        """Drops the scratch arrays kept for reuse and what the last forward pass saved for a
+        backward pass (training keeps them; a served model would hold a pass's arrays per batch
+        size it has seen)."""
         self._buffers.clear()
+        for name in self._saved_for_backward:
+            setattr(self, name, None)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.get_config()})"
@@ -163,6 +169,7 @@ class Dense(Layer):
         dL/dW = x^T dz,   dL/db = sum over the batch of dz,   dL/dx = dz W^T.
     """
 
+    _saved_for_backward = ("_x", "_z", "_y")
     type_name = "dense"
     fields = ("units", "activation", "use_bias", "kernel_initializer", "bias_initializer")
 
@@ -259,6 +266,7 @@ class Dense(Layer):
 class ActivationLayer(Layer):
     """y = f(x) as a separate layer; dL/dx = f'(x) * dL/dy."""
 
+    _saved_for_backward = ("_x", "_y")
     type_name = "activation"
     fields = ("activation",)
 
@@ -306,6 +314,7 @@ class Dropout(Layer):
     so dL/dx = dL/dy * m / (1 - rate); in evaluation y = x.
     """
 
+    _saved_for_backward = ("_mask",)
     type_name = "dropout"
     fields = ("rate",)
 
@@ -361,6 +370,7 @@ class PReLU(Layer):
         dL/dx = g (1[x > 0] + a 1[x <= 0]),   dL/da_j = sum over the batch of g_ij min(x_ij, 0).
     """
 
+    _saved_for_backward = ("_x", "_neg")
     type_name = "prelu"
     fields = ("init",)
 
@@ -423,6 +433,7 @@ class BatchNorm1d(Layer):
         evaluation:  dL/dx = g gamma / sqrt(running_var + eps).
     """
 
+    _saved_for_backward = ("_xhat", "_inv_std")
     type_name = "batch_norm"
     fields = ("momentum", "epsilon")
 

@@ -158,5 +158,5 @@ def test_a_served_model_keeps_no_scratch_per_batch_size() -> None:
         kept = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    one_pass = 27_000 * 64 * 4
-    assert kept < 6 * one_pass, f"{kept / 1e6:.1f} MB kept after the passes"
+    one_array = 27_000 * 64 * 4  # the largest pass's widest array
+    assert kept < one_array, f"{kept / 1e6:.1f} MB kept after the passes"
