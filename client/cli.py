@@ -237,10 +237,11 @@ def _jobs_show(client: Client, args: argparse.Namespace) -> int:
     if checkpoints:
         rows = [
             (_short(c.name), c.epoch, c.step, "best" if c.is_best else "",
-             "final" if c.is_final else "", _metrics_text(dict(c.metrics)))
+             "final" if c.is_final else "partial" if c.is_partial else "",
+             _metrics_text(dict(c.metrics)))
             for c in checkpoints
         ]  # fmt: skip
-        human += "\n\n" + table(rows, ("CHECKPOINT", "EPOCH", "STEP", "BEST", "FINAL", "METRICS"))
+        human += "\n\n" + table(rows, ("CHECKPOINT", "EPOCH", "STEP", "BEST", "KIND", "METRICS"))
     emit(args, document, human)
     return OK
 

@@ -238,6 +238,7 @@ def checkpoint_to_dict(checkpoint: jobs_pb2.Checkpoint) -> dict[str, Any]:
         "create_time": _iso(checkpoint.create_time),
         "is_best": checkpoint.is_best,
         "is_final": checkpoint.is_final,
+        "is_partial": checkpoint.is_partial,
     }
 
 

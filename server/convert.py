@@ -148,6 +148,7 @@ def checkpoint_to_proto(checkpoint: Checkpoint, is_best: bool) -> jobs_pb2.Check
         create_time=timestamp(checkpoint.created_at),
         is_best=is_best,
         is_final=checkpoint.is_final,
+        is_partial=checkpoint.is_partial,
     )
 
 

@@ -172,6 +172,8 @@ def test_sigterm_hands_the_job_back_and_it_resumes_exactly(cluster: Cluster) -> 
     assert status.attempt == 1, "a worker shutting down does not cost an attempt"
     assert any("handed back" in message for _, message in events(cluster, job))
     assert_same_weights(final_weights(cluster, job), final_weights(cluster, reference))
+    # The checkpoint taken mid-epoch at the hand-back says so, over the API too.
+    assert [(c.is_partial, c.is_final) for c in job.checkpoints()] == [(True, False), (False, True)]
 
 
 def test_killed_worker_past_max_attempts_fails_with_reason(cluster: Cluster) -> None:

@@ -243,7 +243,7 @@ class ListJobMetricsResponse(_message.Message):
     def __init__(self, series: _Optional[_Iterable[_Union[MetricSeries, _Mapping]]] = ...) -> None: ...
 
 class Checkpoint(_message.Message):
-    __slots__ = ("name", "epoch", "step", "metrics", "size_bytes", "create_time", "is_best", "is_final")
+    __slots__ = ("name", "epoch", "step", "metrics", "size_bytes", "create_time", "is_best", "is_final", "is_partial")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +259,7 @@ class Checkpoint(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     IS_BEST_FIELD_NUMBER: _ClassVar[int]
     IS_FINAL_FIELD_NUMBER: _ClassVar[int]
+    IS_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     name: str
     epoch: int
     step: int
@@ -267,7 +268,8 @@ class Checkpoint(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     is_best: bool
     is_final: bool
-    def __init__(self, name: _Optional[str] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., size_bytes: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., is_best: _Optional[bool] = ..., is_final: _Optional[bool] = ...) -> None: ...
+    is_partial: bool
+    def __init__(self, name: _Optional[str] = ..., epoch: _Optional[int] = ..., step: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., size_bytes: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., is_best: _Optional[bool] = ..., is_final: _Optional[bool] = ..., is_partial: _Optional[bool] = ...) -> None: ...
 
 class ListCheckpointsRequest(_message.Message):
     __slots__ = ("name",)
