@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -231,6 +231,47 @@ def rescue_lost_jobs(store: Store) -> None:
         log.warning("cannot rescue jobs: %s", error)
 
 
+HOUSEKEEPING_EVERY_S = 1.0
+HOUSEKEEPING_MAX_BACKOFF_S = 30.0
+
+
+def housekeep(
+    store: Store,
+    pools: Sequence[WorkerPool],
+    stopping: threading.Event,
+    parent_pid: int | None = None,
+    every_s: float = HOUSEKEEPING_EVERY_S,
+) -> None:
+    """Until `stopping` is set (or `parent_pid` is gone): restarts children that exited and
+    rescues jobs of lost workers, every `every_s`.
+
+    Any error of a round is logged and the next round waits longer (up to
+    HOUSEKEEPING_MAX_BACKOFF_S): a database error that is not Unavailable (SQLite's "database is
+    locked", a PostgreSQL lock or statement timeout, a read-only replica after a failover) must
+    not end `serve` and cut the calls in flight.
+    """
+    wait_s = every_s
+    while not stopping.wait(wait_s):
+        if parent_pid is not None and os.getppid() != parent_pid:
+            log.warning(
+                "the server that started this one (pid %d) is gone; shutting down", parent_pid
+            )
+            return
+        try:
+            for pool in pools:
+                pool.supervise()
+            rescue_lost_jobs(store)
+            wait_s = every_s
+        except Exception as error:
+            wait_s = min(wait_s * 2, HOUSEKEEPING_MAX_BACKOFF_S)
+            log.warning(
+                "housekeeping failed (%s: %s); trying again in %.0fs",
+                type(error).__name__,
+                error,
+                wait_s,
+            )
+
+
 def serve(settings: Settings, parent_pid: int | None = None, index: int = 0) -> int:
     """Runs the server and its worker processes until SIGTERM or SIGINT (or, for an extra server
     process another one started, number `index` counted from 0, until `parent_pid` is gone);
@@ -287,15 +328,7 @@ def serve(settings: Settings, parent_pid: int | None = None, index: int = 0) -> 
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    while not stopping.wait(1.0):
-        if parent_pid is not None and os.getppid() != parent_pid:
-            log.warning(
-                "the server that started this one (pid %d) is gone; shutting down", parent_pid
-            )
-            break
-        pool.supervise()
-        siblings.supervise()
-        rescue_lost_jobs(store)
+    housekeep(store, (pool, siblings), stopping, parent_pid)
     siblings.stop()
     running.stop(grace_s=5.0)
     pool.stop()

@@ -406,6 +406,18 @@ class Worker:
                     self.stop.wait(backoff)
                     backoff = min(backoff * 2, 10.0)
                     continue
+                except Exception as error:
+                    # E.g. SQLite's "database is locked" or a PostgreSQL lock timeout while
+                    # claiming or rescuing: the worker process must outlive it, not exit.
+                    log.warning(
+                        "worker round failed (%s: %s); retrying in %.1fs",
+                        type(error).__name__,
+                        error,
+                        backoff,
+                    )
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
                 if not ran:
                     wakeup.wait(self.settings.poll_interval_s, self.stop)
         finally:

@@ -6,10 +6,13 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
+from trainwire.server.app import housekeep
 from trainwire.server.cli import _settings, build_parser
 from trainwire.server.config import ConfigError, Settings
 from trainwire.server.logs import JOB_ID, REQUEST_ID, JsonFormatter
@@ -189,3 +192,23 @@ def test_status_summarises_queue_workers_and_failures(database_url: str, store: 
     assert [w["state"] for w in data["workers"]] == ["alive", "stopped"]
     assert data["recent_failures"][0]["job"] == f"jobs/{failing.id}"
     assert data["schema"]["current"] == data["schema"]["head"]
+
+
+def test_the_server_housekeeping_outlives_an_unexpected_database_error(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A "database is locked" (not Unavailable) while rescuing jobs must not end `serve`: the
+    round is logged, and the next one rescues again."""
+    stopping = threading.Event()
+    rounds: list[str] = []
+
+    def flaky_rescue() -> list[tuple[str, JobState]]:
+        rounds.append("rescue")
+        if len(rounds) == 1:
+            raise OperationalError("UPDATE jobs", {}, Exception("database is locked"))
+        stopping.set()
+        return []
+
+    monkeypatch.setattr(store, "rescue_expired", flaky_rescue)
+    housekeep(store, [], stopping, every_s=0.001)
+    assert rounds == ["rescue", "rescue"]

@@ -279,3 +279,28 @@ def test_a_checkpoint_written_mid_epoch_is_partial_and_a_resume_loads_it(
     assert run_next(store) is JobState.SUCCEEDED
     ends = [(c.epoch, c.is_partial, c.is_final) for c in store.list_checkpoints(job.id)]
     assert ends[-2:] == [(2, False, False), (3, False, True)]
+
+
+def test_a_worker_outlives_an_unexpected_database_error_and_claims_again(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A "database is locked" (not Unavailable) while claiming must not end the worker process:
+    it backs off and the next round claims and runs the job."""
+    job = submit(store, regression_dataset(store))
+    stop = threading.Event()
+    claims: list[str] = []
+    claim_job = store.claim_job
+
+    def flaky_claim(*args: Any, **kwargs: Any) -> Claim | None:
+        claims.append("claim")
+        if len(claims) == 1:
+            raise OperationalError("UPDATE jobs", {}, Exception("database is locked"))
+        if len(claims) == 3:
+            stop.set()  # the job ran; nothing more to do
+        return claim_job(*args, **kwargs)
+
+    monkeypatch.setattr(store, "claim_job", flaky_claim)
+    settings = Settings(database_url=database_url, poll_interval_s=0.01)
+    Worker(store, settings, "test-worker", stop).run_forever()
+    assert len(claims) == 3
+    assert store.get_job(job.id).state is JobState.SUCCEEDED
