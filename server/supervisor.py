@@ -2,7 +2,10 @@
 die, stop them all.
 
 Each child is a separate process started fresh (not forked), so no database connection or lock
-crosses into it; settings travel as `TRAINWIRE_*` environment variables.
+crosses into it; settings travel as `TRAINWIRE_*` environment variables. A child that keeps
+exiting (say its metrics port is taken) is restarted after a delay that doubles per failure, from
+RESTART_MIN_S to RESTART_MAX_S, and starts again from RESTART_MIN_S once a child has stayed up
+STABLE_S.
 """
 
 from __future__ import annotations
@@ -13,11 +16,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .config import Settings
 
 log = logging.getLogger("trainwire.supervisor")
+
+RESTART_MIN_S = 1.0
+RESTART_MAX_S = 60.0
+STABLE_S = 60.0
 
 
 class WorkerPool:
@@ -25,16 +32,27 @@ class WorkerPool:
     processes sharing the server's port (SO_REUSEPORT)."""
 
     def __init__(
-        self, settings: Settings, count: int, queues: Sequence[str] = (), servers: bool = False
+        self,
+        settings: Settings,
+        count: int,
+        queues: Sequence[str] = (),
+        servers: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.count = count
         self.queues = list(queues)
         self.servers = servers
+        self.clock = clock
         self.processes: list[subprocess.Popen[bytes]] = []
         self.restarts = 0
+        # Per child index: when it was started, the delay before its next restart, and when that
+        # restart is due (None while the child runs).
+        self.started_at: list[float] = []
+        self.delay_s: list[float] = []
+        self.restart_at: list[float | None] = []
 
-    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+    def _command(self, index: int) -> list[str]:
         command = [sys.executable, "-m", "trainwire.server.cli"]
         command += ["serve" if self.servers else "worker", "--index", str(index)]
         if not self.servers:
@@ -43,25 +61,43 @@ class WorkerPool:
         # A child outlives a parent that was killed outright (SIGKILL, OOM) unless it watches for
         # it: it then stops as on SIGTERM (a worker hands its job back).
         command += ["--parent-pid", str(os.getpid())]
+        return command
+
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         env = {**os.environ, **self.settings.to_env()}
-        return subprocess.Popen(command, env=env)
+        self.started_at[index] = self.clock()
+        return subprocess.Popen(self._command(index), env=env)
 
     def start(self) -> None:
+        self.started_at = [0.0] * self.count
+        self.delay_s = [RESTART_MIN_S] * self.count
+        self.restart_at = [None] * self.count
         self.processes = [self._spawn(i) for i in range(self.count)]
         log.info("started %d worker processes: %s", self.count, [p.pid for p in self.processes])
 
     def supervise(self) -> None:
-        """Restarts workers that exited; call it periodically."""
+        """Restarts children that exited, each after its backoff; call it periodically."""
+        now = self.clock()
         for index, process in enumerate(self.processes):
-            code = process.poll()
-            if code is not None:
+            due = self.restart_at[index]
+            if due is None:
+                code = process.poll()
+                if code is None:
+                    continue
+                if now - self.started_at[index] >= STABLE_S:
+                    self.delay_s[index] = RESTART_MIN_S  # it ran a while: not a crash loop
+                due = self.restart_at[index] = now + self.delay_s[index]
                 log.warning(
-                    "%s %d (pid %d) exited with %s; restarting it",
+                    "%s %d (pid %d) exited with %s; restarting it in %.0fs",
                     "server" if self.servers else "worker",
                     index,
                     process.pid,
                     code,
+                    self.delay_s[index],
                 )
+                self.delay_s[index] = min(self.delay_s[index] * 2, RESTART_MAX_S)
+            if now >= due:
+                self.restart_at[index] = None
                 self.processes[index] = self._spawn(index)
                 self.restarts += 1
 

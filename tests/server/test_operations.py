@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError
 
+from trainwire.server import supervisor
 from trainwire.server.app import housekeep
 from trainwire.server.cli import _settings, build_parser
 from trainwire.server.config import ConfigError, Settings
 from trainwire.server.logs import JOB_ID, REQUEST_ID, JsonFormatter
 from trainwire.server.records import JobState
 from trainwire.server.store import Store
+from trainwire.server.supervisor import WorkerPool
 
 from .test_store import make_dataset, make_job
 
@@ -212,3 +214,42 @@ def test_the_server_housekeeping_outlives_an_unexpected_database_error(
     monkeypatch.setattr(store, "rescue_expired", flaky_rescue)
     housekeep(store, [], stopping, every_s=0.001)
     assert rounds == ["rescue", "rescue"]
+
+
+def test_a_child_that_keeps_exiting_is_restarted_with_doubling_delays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child that exits at start (say its metrics port is taken) is restarted 1, 2, 4, ... s
+    after it exits, not at every supervise; once a child has stayed up STABLE_S the delay starts
+    over at 1 s. The clock is a fake one, advanced 0.5 s before each supervise."""
+    now = [0.0]
+    pool = WorkerPool(Settings(), 1, clock=lambda: now[0])
+    crash = [sys.executable, "-c", "raise SystemExit(1)"]
+    command = crash
+    monkeypatch.setattr(pool, "_command", lambda index: command)
+    spawned_at = [0.0]
+
+    def run_until(end: float) -> None:
+        while now[0] < end:
+            now[0] += 0.5
+            pool.processes[0].wait()  # a crashing child has exited by now
+            restarts = pool.restarts
+            pool.supervise()
+            if pool.restarts > restarts:
+                spawned_at.append(now[0])
+
+    pool.start()
+    try:
+        run_until(17.0)
+        # Each exit is seen 0.5 s on, then waited out 1, 2, 4, 8 s.
+        assert spawned_at == [0.0, 1.5, 4.0, 8.5, 17.0]
+        command = [sys.executable, "-c", "import time; time.sleep(600)"]
+        run_until(33.5)  # replaced 16 s after it exits, by one that lives
+        assert spawned_at[-1] == 33.5
+        now[0] += supervisor.STABLE_S
+        command = crash
+        pool.processes[0].kill()
+        run_until(now[0] + 2.0)
+        assert spawned_at[-1] == 33.5 + supervisor.STABLE_S + 1.5
+    finally:
+        pool.stop()
