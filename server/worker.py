@@ -64,14 +64,23 @@ def with_retry(action: Callable[[], T], retry_s: float) -> T:
 
 class LeaseKeeper(threading.Thread):
     """Watches a claimed job while it trains: every `CANCEL_POLL_S` it reads the job's state (a
-    cancel request is seen within that time) and every lease_s / 4 it renews the lease. A failed
-    read or renewal is logged and tried again at the next poll; only a lost lease ends it."""
+    cancel request is seen within that time) and every lease_s / 4 it renews the lease and calls
+    `alive` (the worker marks itself seen: a job may train far longer than the 2 * lease_s after
+    which a worker not seen counts as lost). A failed read or renewal is logged and tried again at
+    the next poll; only a lost lease ends it."""
 
-    def __init__(self, store: Store, claim: Claim, lease_s: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        claim: Claim,
+        lease_s: float,
+        alive: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(name=f"lease-{claim.job.id[:8]}", daemon=True)
         self.store = store
         self.claim = claim
         self.lease_s = lease_s
+        self.alive = alive
         self.cancel_requested = threading.Event()
         self.lost = threading.Event()
         self.done = threading.Event()
@@ -80,13 +89,16 @@ class LeaseKeeper(threading.Thread):
         renewed = time.monotonic()
         while not self.done.wait(min(CANCEL_POLL_S, self.lease_s / 4)):
             try:
-                if time.monotonic() - renewed >= self.lease_s / 4:
+                renewing = time.monotonic() - renewed >= self.lease_s / 4
+                if renewing:
                     state = self.store.heartbeat(self.claim, self.lease_s)
                     renewed = time.monotonic()
                 else:
                     state = self.store.held_job_state(self.claim)
                 if state is JobState.CANCELLING:
                     self.cancel_requested.set()
+                if renewing and self.alive is not None:
+                    self.alive()
             except LeaseLost:
                 log.warning("jobs/%s: lease lost; stopping without writing", self.claim.job.id)
                 self.lost.set()
@@ -281,9 +293,16 @@ class JobRecorder(Callback):
         )
 
 
-def run_job(store: Store, settings: Settings, claim: Claim, stop: threading.Event) -> JobState:
-    """Trains a claimed job to its end (or to a stop or cancel); returns the state it leaves."""
-    keeper = LeaseKeeper(store, claim, settings.lease_s)
+def run_job(
+    store: Store,
+    settings: Settings,
+    claim: Claim,
+    stop: threading.Event,
+    alive: Callable[[], None] | None = None,
+) -> JobState:
+    """Trains a claimed job to its end (or to a stop or cancel); returns the state it leaves.
+    `alive` is called with each lease renewal (LeaseKeeper)."""
+    keeper = LeaseKeeper(store, claim, settings.lease_s, alive)
     keeper.start()
     try:
         return _train(store, settings, claim, stop, keeper)
@@ -460,7 +479,7 @@ class Worker:
         with contextlib.suppress(Unavailable):
             self.report()
         try:
-            state = run_job(self.store, self.settings, claim, self.stop)
+            state = run_job(self.store, self.settings, claim, self.stop, self.report)
             log.info("jobs/%s is %s", job_id, state.value)
             JOB_SECONDS.labels(state=state.value).observe(time.perf_counter() - started)
         except LeaseLost as error:

@@ -8,6 +8,7 @@ the lease keeper's poll would land; the lease keeper can be kept from polling (`
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -20,6 +21,7 @@ from trainwire.server import worker
 from trainwire.server.config import Settings
 from trainwire.server.predictions import PredictionService
 from trainwire.server.records import Claim, Dataset, Job, JobState, NewJob, TaskKind
+from trainwire.server.status import collect_status
 from trainwire.server.store import Store, new_id, utcnow
 from trainwire.server.training import build_model, build_trainer
 from trainwire.server.worker import (
@@ -304,3 +306,44 @@ def test_a_worker_outlives_an_unexpected_database_error_and_claims_again(
     Worker(store, settings, "test-worker", stop).run_forever()
     assert len(claims) == 3
     assert store.get_job(job.id).state is JobState.SUCCEEDED
+
+
+def test_a_worker_busy_with_a_long_job_is_not_reported_lost(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that trains longer than 2 * lease_s (where a worker not seen counts as lost) keeps
+    its worker alive in `trainwire status`: the lease keeper marks the worker seen as it renews."""
+    submit(store, regression_dataset(store))
+    settings = Settings(database_url=database_url, lease_s=1.0)
+    renewals: list[str] = []
+    heartbeat = store.heartbeat
+
+    def counted_heartbeat(claim: Claim, lease_s: float) -> JobState:
+        renewals.append("renewal")
+        return heartbeat(claim, lease_s)
+
+    monkeypatch.setattr(store, "heartbeat", counted_heartbeat)
+    seen: dict[str, Any] = {}
+
+    def outlast_the_alive_window(_recorder: JobRecorder) -> None:
+        # The job trains on past 2 * lease_s after its start was reported, and past two more
+        # renewals (the second's report has then been written: the keeper does one at a time).
+        (started,) = store.workers()
+        renewed = len(renewals)
+        deadline = time.monotonic() + 60
+        while (
+            len(renewals) < renewed + 2
+            or (utcnow() - started["last_seen_at"]).total_seconds() <= 2 * settings.lease_s
+        ):
+            assert time.monotonic() < deadline, "the lease keeper stopped renewing"
+            time.sleep(0.05)
+        seen["started"] = started["last_seen_at"]
+        (seen["now"],) = store.workers()
+        seen["status"] = collect_status(settings)
+
+    at_step(monkeypatch, 2, outlast_the_alive_window)
+    busy = Worker(store, settings, "busy-worker", threading.Event())
+    assert busy.run_once()
+    assert seen["now"]["last_seen_at"] > seen["started"]
+    assert seen["status"]["workers_alive"] == 1
+    assert [w["state"] for w in seen["status"]["workers"]] == ["alive"]
