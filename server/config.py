@@ -29,6 +29,7 @@ UPPER_BOUNDS: dict[str, tuple[float, str]] = {
     "poll_interval_s": (MAX_SECONDS, "a longer wait overflows"),
     "lease_s": (MAX_SECONDS, "a longer wait overflows"),
     "db_retry_s": (MAX_SECONDS, "a longer wait overflows"),
+    "stop_timeout_s": (MAX_SECONDS, "a longer wait overflows"),
     "predict_batch_wait_ms": (MAX_SECONDS * 1000, "a longer wait overflows"),
 }
 
@@ -82,6 +83,11 @@ class Settings:
     lease_s: float = 30.0
     # How long a worker keeps retrying a database write of a running job before giving it up.
     db_retry_s: float = 60.0
+    # How long a stopping supervisor waits for its children after SIGTERM before it kills them:
+    # a worker checkpoints its job first, which for a big model takes a while, and a killed one
+    # loses the attempt (its job is rescued as a lost worker's). At least lease_s by default; a
+    # container's stop grace period must be longer.
+    stop_timeout_s: float = 60.0
     # BLAS threads per worker process; 0 picks cores // workers (at least 1).
     blas_threads: int = 0
     # Model cache of the prediction path.
@@ -134,7 +140,7 @@ class Settings:
             "max_message_bytes", "max_dataset_bytes", "max_parameters", "max_batch_bytes",
             "max_epochs",
             "max_watches_per_client", "grpc_threads", "server_processes", "poll_interval_s",
-            "lease_s",
+            "lease_s", "stop_timeout_s",
             "default_max_attempts", "model_cache_bytes", "predict_batch_rows",
         )  # fmt: skip
         for name in positive:
@@ -242,6 +248,7 @@ _ENV_FIELDS: dict[str, type] = {
     "default_max_attempts": int,
     "lease_s": float,
     "db_retry_s": float,
+    "stop_timeout_s": float,
     "blas_threads": int,
     "model_cache_bytes": int,
     "predict_batch_rows": int,

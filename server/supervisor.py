@@ -101,8 +101,10 @@ class WorkerPool:
                 self.processes[index] = self._spawn(index)
                 self.restarts += 1
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM every worker (each checkpoints and hands back its job), then wait, then kill."""
+    def stop(self) -> None:
+        """SIGTERM every worker (each checkpoints and hands back its job), then wait up to
+        `stop_timeout_s`, then kill."""
+        timeout_s = self.settings.stop_timeout_s
         for process in self.processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

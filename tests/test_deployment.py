@@ -130,3 +130,13 @@ def test_dockerfile_is_multi_stage_non_root_with_health_check() -> None:
     }
     for folder in ("protos", "engine", "server", "client", "migrations"):
         assert folder in copied, f"the image needs {folder}/"
+
+
+def test_the_worker_grace_period_outlasts_the_stop_timeout() -> None:
+    """docker SIGKILLs a container stop_grace_period after SIGTERM: a worker container must
+    leave `trainwire worker` its whole TRAINWIRE_STOP_TIMEOUT_S to let its processes checkpoint."""
+    worker = compose()["services"]["worker"]
+    stop_timeout_s = float(interpolate(worker["environment"].get("TRAINWIRE_STOP_TIMEOUT_S", 0)))
+    stop_timeout_s = stop_timeout_s or Settings().stop_timeout_s
+    grace = str(worker["stop_grace_period"])
+    assert grace.endswith("s") and float(grace[:-1]) > stop_timeout_s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import subprocess
 import sys
 import threading
@@ -253,3 +254,39 @@ def test_a_child_that_keeps_exiting_is_restarted_with_doubling_delays(
         assert spawned_at[-1] == 33.5 + supervisor.STABLE_S + 1.5
     finally:
         pool.stop()
+
+
+def test_stopping_waits_stop_timeout_s_for_children_before_killing_them() -> None:
+    """A worker checkpointing a big model on SIGTERM gets TRAINWIRE_STOP_TIMEOUT_S, not a fixed
+    10 s, before it is killed (and its job's attempt lost)."""
+
+    class SlowChild:
+        pid = 4321
+
+        def __init__(self) -> None:
+            self.waited: list[float | None] = []
+            self.events: list[str] = []
+
+        def poll(self) -> int | None:
+            return None
+
+        def send_signal(self, signum: int) -> None:
+            self.events.append(signal.Signals(signum).name)
+
+        def wait(self, timeout: float | None = None) -> int:
+            self.waited.append(timeout)
+            if len(self.waited) == 1:
+                raise subprocess.TimeoutExpired("trainwire worker", timeout or 0)
+            return -9
+
+        def kill(self) -> None:
+            self.events.append("kill")
+
+    settings = Settings.from_env({"TRAINWIRE_STOP_TIMEOUT_S": "300"})
+    pool = WorkerPool(settings, 1)
+    child = SlowChild()
+    pool.processes = [child]  # type: ignore[list-item]
+    pool.stop()
+    assert child.events == ["SIGTERM", "kill"]
+    assert child.waited[0] is not None and 299 < child.waited[0] <= 300
+    assert Settings().stop_timeout_s >= Settings().lease_s
