@@ -24,6 +24,7 @@ from trainwire.server.records import Claim, Dataset, Job, JobState, NewJob, Task
 from trainwire.server.status import collect_status
 from trainwire.server.store import Store, new_id, utcnow
 from trainwire.server.training import build_model, build_trainer
+from trainwire.server.wakeup import Wakeup
 from trainwire.server.worker import (
     JobRecorder,
     LeaseKeeper,
@@ -347,3 +348,62 @@ def test_a_worker_busy_with_a_long_job_is_not_reported_lost(
     assert seen["now"]["last_seen_at"] > seen["started"]
     assert seen["status"]["workers_alive"] == 1
     assert [w["state"] for w in seen["status"]["workers"]] == ["alive"]
+
+
+class FakeListenConnection:
+    """A psycopg connection whose LISTEN or notifies() raises `error`."""
+
+    def __init__(self, listen_error: Exception | None, notifies_error: Exception | None) -> None:
+        self.listen_error = listen_error
+        self.notifies_error = notifies_error
+        self.closed = False
+
+    def execute(self, query: str) -> None:
+        if self.listen_error is not None:
+            raise self.listen_error
+
+    def notifies(self, **kwargs: Any) -> list[object]:
+        if self.notifies_error is not None:
+            raise self.notifies_error
+        return []
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def fake_listen(
+    monkeypatch: pytest.MonkeyPatch,
+    listen_error: Exception | None = None,
+    notifies_error: Exception | None = None,
+) -> list[FakeListenConnection]:
+    import psycopg
+
+    made: list[FakeListenConnection] = []
+
+    def connect(*args: Any, **kwargs: Any) -> FakeListenConnection:
+        made.append(FakeListenConnection(listen_error, notifies_error))
+        return made[-1]
+
+    monkeypatch.setattr(psycopg, "connect", connect)
+    return made
+
+
+def test_a_failed_listen_closes_its_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    made = fake_listen(monkeypatch, listen_error=psycopg.OperationalError("permission denied"))
+    wakeup = Wakeup("postgresql://trainwire@db.invalid/trainwire")
+    assert wakeup.wait(0.01, threading.Event()) is False
+    assert made and all(connection.closed for connection in made)
+    assert wakeup.connection is None
+
+
+def test_a_programming_error_in_listening_is_not_taken_for_a_lost_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """psycopg 3.1 has no notifies(timeout=, stop_after=): that TypeError was swallowed as a lost
+    connection, at debug level, and the worker reconnected every 0.25 s forever."""
+    fake_listen(monkeypatch, notifies_error=TypeError("unexpected keyword argument 'timeout'"))
+    wakeup = Wakeup("postgresql://trainwire@db.invalid/trainwire")
+    with pytest.raises(TypeError):
+        wakeup.wait(0.01, threading.Event())
