@@ -14,9 +14,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# The runtime install: the project and its runtime dependencies only.
+# The runtime install: the project, its runtime dependencies and the PostgreSQL driver (the
+# README's `TRAINWIRE_DATABASE_URL=postgresql://... make serve` needs it).
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[postgres]'
 	touch $@
 
 # The test install: runtime plus test and dev extras (torch==2.13.0 CPU comes from the local disk).

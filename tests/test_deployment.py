@@ -140,3 +140,12 @@ def test_the_worker_grace_period_outlasts_the_stop_timeout() -> None:
     stop_timeout_s = stop_timeout_s or Settings().stop_timeout_s
     grace = str(worker["stop_grace_period"])
     assert grace.endswith("s") and float(grace[:-1]) > stop_timeout_s
+
+
+def test_the_runtime_install_can_reach_postgresql() -> None:
+    """The README runs `make serve` and `.venv/bin/trainwire db upgrade` on a postgresql:// URL:
+    the install behind them must bring the driver (the postgres extra)."""
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile[makefile.index("$(VENV)/.installed:") :].split("\n\n")[0]
+    installs = [line for line in recipe.splitlines() if "pip install" in line]
+    assert installs and all("postgres" in line for line in installs), installs
