@@ -7,6 +7,7 @@ Engines are created in the process that uses them: a pooled connection must not 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from .errors import Unavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+log = logging.getLogger("trainwire.db")
 
 
 def normalise_url(url: str) -> str:
@@ -105,12 +108,19 @@ def _translate_errors() -> Iterator[None]:
         yield
     except OperationalError as error:
         if error.connection_invalidated or _is_connection_error(error):
-            raise Unavailable(f"The database is unreachable: {error.orig}") from error
+            raise _unavailable("The database is unreachable", error) from error
         raise
     except DBAPIError as error:
         if error.connection_invalidated:
-            raise Unavailable(f"The database connection was lost: {error.orig}") from error
+            raise _unavailable("The database connection was lost", error) from error
         raise
+
+
+def _unavailable(what: str, error: DBAPIError) -> Unavailable:
+    """What callers (and clients, over gRPC) are told: the driver's own text names the
+    database's host, port and user, so it goes to the server's log only."""
+    log.warning("%s: %s", what.lower(), error.orig)
+    return Unavailable(f"{what}; try again shortly")
 
 
 def _is_connection_error(error: OperationalError) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 from sqlalchemy import event, select, text
 
 from trainwire.server.db import Database
-from trainwire.server.errors import FailedPrecondition, InvalidArgument, NotFound
+from trainwire.server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from trainwire.server.migrate import upgrade
 from trainwire.server.models import CheckpointBlobRow, CheckpointRow
 from trainwire.server.records import Dataset, Job, JobState, MetricValue, NewJob, TaskKind
@@ -521,3 +522,21 @@ def test_a_create_waits_for_a_dataset_being_deleted_then_answers_not_found(
         with pytest.raises(NotFound, match=f"datasets/{dataset.id} does not exist"):
             creating.result(60)
     assert store.list_jobs(10, "")[0] == []
+
+
+def test_an_unreachable_database_is_reported_without_its_address(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Unavailable reaches clients over gRPC: the driver's text (host, port, user) goes to the
+    server's log only."""
+    database = Database("postgresql+psycopg://secretuser:hunter2@127.0.0.1:1/nowhere")
+    try:
+        with (
+            caplog.at_level(logging.WARNING, logger="trainwire.db"),
+            pytest.raises(Unavailable) as caught,
+        ):
+            Store(database).queue_depth()
+    finally:
+        database.dispose()
+    assert caught.value.message == "The database is unreachable; try again shortly"
+    assert "127.0.0.1" in caplog.text and "port 1" in caplog.text
