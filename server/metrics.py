@@ -173,6 +173,24 @@ WORKER_HEARTBEAT = Gauge(
 )
 
 
+# Queue names are chosen by clients: past this many distinct ones (the largest kept), the rest are
+# counted as queue="other", so no client can grow the metric's series without bound.
+MAX_QUEUE_LABELS = 50
+
+
+def bounded_queues(depth: list[tuple[str, str, int]]) -> dict[tuple[str, str], int]:
+    """(state, queue) -> jobs, with at most MAX_QUEUE_LABELS queues named."""
+    totals: dict[str, int] = {}
+    for _, queue, count in depth:
+        totals[queue] = totals.get(queue, 0) + count
+    named = set(sorted(totals, key=lambda q: (-totals[q], q))[:MAX_QUEUE_LABELS])
+    bounded: dict[tuple[str, str], int] = {}
+    for state, queue, count in depth:
+        key = (state, queue if queue in named else "other")
+        bounded[key] = bounded.get(key, 0) + count
+    return bounded
+
+
 class DeploymentCollector(Collector):
     """Queue depth and live workers, read from the database when Prometheus scrapes."""
 
@@ -192,7 +210,7 @@ class DeploymentCollector(Collector):
         )
         alive = GaugeMetricFamily("trainwire_workers_alive", "Workers seen recently")
         try:
-            for state, queue, count in self.queue_depth():
+            for (state, queue), count in bounded_queues(self.queue_depth()).items():
                 depth.add_metric([state, queue], count)
             alive.add_metric([], count_alive(self.workers(), self.alive_within_s))
         except Exception as error:  # the database is down: report nothing rather than fail

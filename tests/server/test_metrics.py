@@ -12,7 +12,12 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from trainwire.server import metrics
-from trainwire.server.metrics import BufferedHistogram, BufferedSeries
+from trainwire.server.metrics import (
+    MAX_QUEUE_LABELS,
+    BufferedHistogram,
+    BufferedSeries,
+    DeploymentCollector,
+)
 
 
 def _exposition(registry: CollectorRegistry) -> list[str]:
@@ -151,3 +156,13 @@ def test_labels_buckets_and_values_are_checked_where_they_are_given() -> None:
         BufferedHistogram("z", "doc", buckets=(2.0, 1.0), registry=None)
     with pytest.raises(ValueError, match="reserved"):
         BufferedHistogram("z", "doc", ["le"], buckets=(1.0,), registry=None)
+
+
+def test_client_chosen_queue_names_cannot_grow_the_jobs_metric_without_bound() -> None:
+    depth = [("QUEUED", f"q{i:03d}", 1000 - i) for i in range(200)] + [("RUNNING", "q000", 5)]
+    collector = DeploymentCollector(lambda: depth, lambda: [], 60.0)
+    (jobs,) = [family for family in collector.collect() if family.name == "trainwire_jobs"]
+    queues = {sample.labels["queue"] for sample in jobs.samples}
+    assert len(queues) == MAX_QUEUE_LABELS + 1 and "other" in queues
+    assert "q000" in queues and "q199" not in queues, "the largest queues keep their names"
+    assert sum(sample.value for sample in jobs.samples) == sum(count for *_, count in depth)
