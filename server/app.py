@@ -272,10 +272,16 @@ def housekeep(
             )
 
 
-def serve(settings: Settings, parent_pid: int | None = None, index: int = 0) -> int:
+def serve(
+    settings: Settings,
+    parent_pid: int | None = None,
+    index: int = 0,
+    exit_with: int | None = None,
+) -> int:
     """Runs the server and its worker processes until SIGTERM or SIGINT (or, for an extra server
-    process another one started, number `index` counted from 0, until `parent_pid` is gone);
-    returns an exit code."""
+    process another one started, number `index` counted from 0, until `parent_pid` is gone; or,
+    for one a program started for itself, `server.local`, until `exit_with` is gone); returns an
+    exit code."""
     database = Database(settings.database_url)
     ensure_migrated(database, settings.auto_migrate_sqlite)
     store = Store(database)
@@ -328,7 +334,7 @@ def serve(settings: Settings, parent_pid: int | None = None, index: int = 0) -> 
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    housekeep(store, (pool, siblings), stopping, parent_pid)
+    housekeep(store, (pool, siblings), stopping, parent_pid or exit_with)
     siblings.stop()
     running.stop(grace_s=5.0)
     pool.stop()

@@ -38,7 +38,9 @@ def _serve(args: argparse.Namespace) -> int:
     from .logs import configure_logging
 
     configure_logging()
-    return serve(_settings(args), parent_pid=args.parent_pid, index=args.index)
+    return serve(
+        _settings(args), parent_pid=args.parent_pid, index=args.index, exit_with=args.exit_with
+    )
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -154,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
+    serve.add_argument("--exit-with", type=int, help=argparse.SUPPRESS)
     worker = commands.add_parser("worker", help="run worker processes that train queued jobs")
     worker.add_argument("--concurrency", type=int, default=1, help="worker processes to run")
     worker.add_argument("--queue", action="append", default=[], help="only take jobs of this queue")

@@ -44,11 +44,19 @@ def local_server(
 ) -> Iterator[LocalServer]:
     """Starts `trainwire serve --host HOST --port PORT` (0: any free port) and yields once it
     listens (its target on loopback); stops it on exit."""
-    env = {**os.environ, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
+    # The URL travels in the environment, not on the command line, where `ps` shows it to anyone.
+    env = {
+        **os.environ,
+        **(extra_env or {}),
+        "PYTHONUNBUFFERED": "1",
+        "TRAINWIRE_DATABASE_URL": database_url,
+    }
     command = [
         sys.executable, "-m", "trainwire.server.cli", "serve",
-        "--host", host, "--port", str(port),
-        "--workers", str(workers), "--database-url", database_url,
+        "--host", host, "--port", str(port), "--workers", str(workers),
+        # It stops (and stops its workers) within a second if this process dies without
+        # stopping it: a killed test run or demo leaves nothing behind.
+        "--exit-with", str(os.getpid()),
     ]  # fmt: skip
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

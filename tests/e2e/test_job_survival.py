@@ -342,3 +342,31 @@ def test_children_stop_when_their_server_is_killed_outright(tmp_path: object) ->
         finally:
             for child in filter(_running, children):  # never leave them behind
                 os.kill(child, signal.SIGKILL)
+
+
+LEFT_BEHIND = """
+import os, signal, sys
+from trainwire.server.local import local_server
+with local_server(sys.argv[1], workers=1) as server:
+    with open(f"/proc/{server.process.pid}/cmdline", "rb") as command:
+        shown = sys.argv[1].encode() in command.read()
+    print(server.process.pid, shown, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # a test run or demo killed outright
+"""
+
+
+def test_a_local_server_stops_when_the_program_that_started_it_is_killed(
+    tmp_path: object,
+) -> None:
+    url = f"sqlite:///{tmp_path}/left.db"
+    starter = subprocess.run(
+        [sys.executable, "-c", LEFT_BEHIND, url], capture_output=True, text=True, timeout=120
+    )
+    assert starter.returncode == -signal.SIGKILL, starter.stderr
+    pid, shown = starter.stdout.split()
+    try:
+        wait_for(lambda: not _running(int(pid)), 30, "the server to stop")
+    finally:
+        if _running(int(pid)):
+            os.kill(int(pid), signal.SIGKILL)
+    assert shown == "False", "the database URL is not on the server's command line, for ps"
