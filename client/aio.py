@@ -31,6 +31,7 @@ from .builders import ModelLike
 from .client import (
     DEFAULT_MESSAGE_BYTES,
     DEFAULT_TARGET,
+    MAX_BACKOFF_DOUBLINGS,
     Client,
     env_settings,
     is_gone,
@@ -451,7 +452,7 @@ class AsyncJobWatch(AsyncIterator[jobs_pb2.JobEvent]):
                 f"{self.client.watch_reconnect_s:g}s ({details})",
                 code,
             ) from None
-        self._failures += 1
+        self._failures = min(self._failures + 1, MAX_BACKOFF_DOUBLINGS)
         delay = min(0.05 * 2**self._failures, 2.0) * random.uniform(0.5, 1.0)
         if self._deadline is not None and now + delay >= self._deadline:
             raise DeadlineExceeded(f"watching {self.name}: timed out", code) from None

@@ -107,6 +107,11 @@ def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return settings
 
 
+# The reconnect backoff doubles up to its 2 s ceiling and no further (past some thousand
+# doublings the power itself would overflow, for a watch that never gives up).
+MAX_BACKOFF_DOUBLINGS = 6
+
+
 def is_gone(answer_lost: bool, code: grpc.StatusCode | None) -> bool:
     """Whether a retried delete found its resource gone after an earlier attempt that may have
     deleted it and lost its answer (UNAVAILABLE: a dropped connection): NOT_FOUND then means
@@ -606,7 +611,7 @@ class JobWatch(Iterator[jobs_pb2.JobEvent]):
                 f"{self.client.watch_reconnect_s:g}s ({details})",
                 code,
             ) from None
-        self._failures += 1
+        self._failures = min(self._failures + 1, MAX_BACKOFF_DOUBLINGS)
         delay = min(0.05 * 2**self._failures, 2.0) * random.uniform(0.5, 1.0)
         if self._deadline is not None and now + delay >= self._deadline:
             raise DeadlineExceeded(f"watching {self.name}: timed out", code) from None

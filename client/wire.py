@@ -320,7 +320,7 @@ class ChunkedPrediction:
         """Whether the request that failed with `error` is worth sending again (then the next
         `next_request` does), else the caller raises it."""
         allowed = rows_allowed(error.message)
-        if allowed is not None and allowed < self._sent - self._start:
+        if allowed is not None and 0 < allowed < self._sent - self._start:
             self.max_rows = max(allowed // 4, 1)  # answers within a quarter of the limit too
             self._sent = self._start
             return True

@@ -82,6 +82,9 @@ def test_a_first_request_whose_answer_cannot_be_sent_is_sent_again_with_the_rows
     assert rows == 3000 and chunks.result().outputs.shape == (3000, 10)
     other = ResourceExhausted("max_epochs is limited to 5", grpc.StatusCode.RESOURCE_EXHAUSTED)
     assert not chunks.retry_after(other)
+    # Not even one row's answer fits: sending it again would be refused again, for ever.
+    none_fit = answer_too_large(64 << 10, 0, 1)
+    assert not chunks.retry_after(ResourceExhausted(none_fit, grpc.StatusCode.RESOURCE_EXHAUSTED))
 
 
 def test_a_pinned_checkpoint_deleted_midway_starts_the_prediction_over_once() -> None:

@@ -288,6 +288,36 @@ def test_a_watch_backs_off_from_streams_opened_and_dropped_at_once(
     assert len(delays) >= 6 and max(delays) > 0.5, delays
 
 
+class Dropped(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "opened, then gone at once"
+
+
+def test_a_watch_that_never_gives_up_keeps_a_bounded_backoff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A watch whose streams open and drop for ever (no event, so its failures never reset)
+    must not overflow the backoff's power after a thousand drops."""
+    delays: list[float] = []
+
+    class RecordedSleeps:
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            delays.append(seconds)
+
+    monkeypatch.setattr(client_module, "time", RecordedSleeps)
+    with Client("127.0.0.1:1") as client:  # never dialled: the drops are handed in
+        watch = client.watch_job(JOB)
+        for _ in range(1100):
+            watch._recover(Dropped(), opened=True)
+    assert len(delays) == 1100 and max(delays) <= 2.0
+
+
 def test_async_client_retries_and_reconnects(flaky: tuple[Flaky, str]) -> None:
     behaviour, target = flaky
     behaviour.failures = 2
