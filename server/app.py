@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -241,6 +242,7 @@ def housekeep(
     stopping: threading.Event,
     parent_pid: int | None = None,
     every_s: float = HOUSEKEEPING_EVERY_S,
+    clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """Until `stopping` is set (or `parent_pid` is gone): restarts children that exited and
     rescues jobs of lost workers, every `every_s`.
@@ -248,28 +250,33 @@ def housekeep(
     Any error of a round is logged and the next round waits longer (up to
     HOUSEKEEPING_MAX_BACKOFF_S): a database error that is not Unavailable (SQLite's "database is
     locked", a PostgreSQL lock or statement timeout, a read-only replica after a failover) must
-    not end `serve` and cut the calls in flight.
+    not end `serve` and cut the calls in flight. The parent is looked for every `every_s` all
+    the same.
     """
-    wait_s = every_s
-    while not stopping.wait(wait_s):
+    backoff_s = every_s
+    next_round = clock()
+    while not stopping.wait(every_s):
         if parent_pid is not None and os.getppid() != parent_pid:
             log.warning(
-                "the server that started this one (pid %d) is gone; shutting down", parent_pid
+                "the process that started this one (pid %d) is gone; shutting down", parent_pid
             )
             return
+        if clock() < next_round:
+            continue
         try:
             for pool in pools:
                 pool.supervise()
             rescue_lost_jobs(store)
-            wait_s = every_s
+            backoff_s = every_s
         except Exception as error:
-            wait_s = min(wait_s * 2, HOUSEKEEPING_MAX_BACKOFF_S)
+            backoff_s = min(backoff_s * 2, HOUSEKEEPING_MAX_BACKOFF_S)
             log.warning(
                 "housekeeping failed (%s: %s); trying again in %.0fs",
                 type(error).__name__,
                 error,
-                wait_s,
+                backoff_s,
             )
+        next_round = clock() + backoff_s - every_s
 
 
 def serve(

@@ -21,7 +21,7 @@ class LocalServer:
     target: str
     output: list[str]
 
-    def stop(self, timeout_s: float = 30.0) -> int:
+    def stop(self, timeout_s: float = 90.0) -> int:
         """SIGTERM, then wait for a clean exit (kill after `timeout_s`)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

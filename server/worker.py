@@ -476,8 +476,10 @@ class Worker:
         self.current_job = job_id
         job_token = JOB_ID.set(job_id)
         started = time.perf_counter()
-        with contextlib.suppress(Unavailable):
-            self.report()
+        try:
+            self.report()  # bookkeeping: no database error may keep the claimed job from running
+        except Exception as error:
+            log.warning("cannot report this worker (%s: %s)", type(error).__name__, error)
         try:
             state = run_job(self.store, self.settings, claim, self.stop, self.report)
             log.info("jobs/%s is %s", job_id, state.value)

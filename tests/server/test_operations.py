@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from trainwire.server import supervisor
+from trainwire.server import app, supervisor
 from trainwire.server.app import housekeep
 from trainwire.server.cli import _settings, build_parser
 from trainwire.server.config import ConfigError, Settings
@@ -215,6 +216,30 @@ def test_the_server_housekeeping_outlives_an_unexpected_database_error(
     monkeypatch.setattr(store, "rescue_expired", flaky_rescue)
     housekeep(store, [], stopping, every_s=0.001)
     assert rounds == ["rescue", "rescue"]
+
+
+def test_housekeeping_backs_off_but_still_looks_for_its_parent_every_wake(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While rounds fail and back off, a server whose parent is gone still stops within a wake
+    (the clock stands still: after the failed round no other is ever due)."""
+    stopping = threading.Event()
+    rounds: list[int] = []
+    looks: list[int] = []
+    parent = os.getppid()
+
+    def locked() -> list[tuple[str, JobState]]:
+        rounds.append(1)
+        raise OperationalError("UPDATE jobs", {}, Exception("database is locked"))
+
+    def getppid() -> int:
+        looks.append(1)
+        return parent if len(looks) < 6 else 1  # gone at the sixth look
+
+    monkeypatch.setattr(store, "rescue_expired", locked)
+    monkeypatch.setattr(app.os, "getppid", getppid)
+    housekeep(store, [], stopping, parent_pid=parent, every_s=0.001, clock=lambda: 0.0)
+    assert len(looks) == 6 and len(rounds) == 1
 
 
 def test_a_child_that_keeps_exiting_is_restarted_with_doubling_delays(
