@@ -47,6 +47,8 @@ Served = tuple[Job, Checkpoint, ModelBatcher]
 # (in the background, see `_cached_job`): a new checkpoint ("latest", "best") or a deleted job is
 # seen by every server within about this time, two at most.
 JOB_TTL_S = 1.0
+# How many times a checkpoint deleted while its model was being loaded is resolved again.
+RESOLVE_ATTEMPTS = 3
 # An epoch or checkpoint number in a selector: ASCII digits that fit an int64 (str.isdigit would
 # also take "²", which int() refuses).
 _NUMBER = re.compile(r"[0-9]{1,18}")
@@ -146,11 +148,24 @@ class PredictionService:
 
     def served(self, job_name: str, selector: str, project: str) -> Served:
         """The job, the checkpoint `selector` names, and its loaded model (may read the database
-        and load the model: call it off the event loop)."""
-        job, checkpoints = self._job(parse_name(job_name, "jobs", "job"))
-        self._check_project(job, project)
-        checkpoint = self.resolve(job, selector, checkpoints)
-        return job, checkpoint, self.batcher(job, checkpoint)
+        and load the model: call it off the event loop).
+
+        A checkpoint that retention deleted between the read of the list and the load of its
+        bytes (a job still training, checkpointing often) is resolved again from a fresh list.
+        """
+        job_id = parse_name(job_name, "jobs", "job")
+        job, checkpoints = self._job(job_id)
+        attempts = 1
+        while True:
+            self._check_project(job, project)
+            checkpoint = self.resolve(job, selector, checkpoints)
+            try:
+                return job, checkpoint, self.batcher(job, checkpoint)
+            except NotFound:
+                if attempts == RESOLVE_ATTEMPTS:
+                    raise
+                attempts += 1
+                job, checkpoints = self._read_job(job_id)
 
     def _served_from_memory(self, job_name: str, selector: str, project: str) -> Served | None:
         """`served` when the job and the model are cached, else None; never blocks."""
@@ -176,9 +191,16 @@ class PredictionService:
 
         Runs on the event loop; a job or model not in memory is fetched in the thread pool.
         `deadline` is a `time.monotonic()` value. `served` (from `resolve_served`) skips the
-        resolution: its model answers even if its checkpoint has been deleted since.
+        checkpoint's resolution: its model answers even if its checkpoint has been deleted since,
+        as long as its job exists.
         """
-        found = served or self._served_from_memory(job_name, selector, project)
+        if served is not None:
+            found: Served | None = served
+            if self._cached_job(served[0].id) is None:  # not read lately, or forgotten: deleted?
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self.executor, self._job, served[0].id)
+        else:
+            found = self._served_from_memory(job_name, selector, project)
         if found is None:
             found = await self.resolve_served(job_name, selector, project)
         _, checkpoint, batcher = found

@@ -114,18 +114,20 @@ def test_a_stream_is_answered_by_its_first_model_after_its_checkpoint_is_deleted
     client: Client, iris_dataset: DatasetInfo, iris: dict[str, np.ndarray]
 ) -> None:
     """PredictStream's slices are one input: "latest" moves on and retention deletes the
-    checkpoint that answered the first slice, and the next slice is still answered by it."""
+    checkpoint that answered the first slice, and the next slice is still answered by it; once
+    the job itself is deleted, the stream's next slice is NOT_FOUND."""
     job = client.create_job(
         iris_dataset, MLP, epochs=3000, checkpoint_every_epochs=1, keep_checkpoints=1
     )
     while not job.checkpoints():
         time.sleep(0.05)
-    later = threading.Event()
+    later, deleted = threading.Event(), threading.Event()
 
     def slices() -> Iterator[predictions_pb2.PredictRequest]:
-        for part in (iris["x_test"][:10], iris["x_test"][10:]):
+        for part, gate in ((iris["x_test"][:10], later), (iris["x_test"][10:], deleted)):
             yield predictions_pb2.PredictRequest(job=job.name, inputs=to_tensor(part))
-            assert later.wait(60)
+            assert gate.wait(60)
+        yield predictions_pb2.PredictRequest(job=job.name, inputs=to_tensor(iris["x_test"]))
 
     try:
         with grpc.insecure_channel(client.target) as channel:
@@ -137,8 +139,16 @@ def test_a_stream_is_answered_by_its_first_model_after_its_checkpoint_is_deleted
             time.sleep(2.5)  # past the server's job cache: a lookup by name would now fail
             later.set()
             assert next(answers).checkpoint == first
+            job.cancel()
+            job.wait(timeout=60)
+            job.delete()
+            deleted.set()
+            with pytest.raises(grpc.RpcError) as gone:
+                next(answers)
+            assert gone.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
-        job.cancel()
+        if not deleted.is_set():
+            job.cancel()
 
 
 def test_predictions_whose_answers_outgrow_their_requests(client: Client) -> None:
