@@ -8,6 +8,8 @@ Engines are created in the process that uses them: a pooled connection must not 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -118,9 +120,19 @@ def _translate_errors() -> Iterator[None]:
 
 def _unavailable(what: str, error: DBAPIError) -> Unavailable:
     """What callers (and clients, over gRPC) are told: the driver's own text names the
-    database's host, port and user, so it goes to the server's log only."""
-    log.warning("%s: %s", what.lower(), error.orig)
+    database's host, port and user, so it goes to the server's log only — as a warning once a
+    minute at most (an outage fails every call and health check), else at debug level."""
+    global _last_warned
+    now = time.monotonic()
+    level = logging.WARNING if now - _last_warned >= UNAVAILABLE_LOG_EVERY_S else logging.DEBUG
+    if level == logging.WARNING:
+        _last_warned = now
+    log.log(level, "%s: %s", what.lower(), error.orig)
     return Unavailable(f"{what}; try again shortly")
+
+
+UNAVAILABLE_LOG_EVERY_S = 60.0
+_last_warned = -math.inf
 
 
 def _is_connection_error(error: OperationalError) -> bool:

@@ -173,20 +173,27 @@ WORKER_HEARTBEAT = Gauge(
 )
 
 
-# Queue names are chosen by clients: past this many distinct ones (the largest kept), the rest are
-# counted as queue="other", so no client can grow the metric's series without bound.
+# Queue names are chosen by clients: past this many distinct ones, the queues with the most
+# unfinished jobs keep their names and the rest are counted as OTHER_QUEUES (a name no client can
+# give a queue), so no client can grow the metric's series without bound.
 MAX_QUEUE_LABELS = 50
+OTHER_QUEUES = "(other)"
+UNFINISHED = ("QUEUED", "RUNNING", "CANCELLING")
 
 
 def bounded_queues(depth: list[tuple[str, str, int]]) -> dict[tuple[str, str], int]:
-    """(state, queue) -> jobs, with at most MAX_QUEUE_LABELS queues named."""
+    """(state, queue) -> jobs, with at most MAX_QUEUE_LABELS queues named: those with the most
+    unfinished jobs (a backlog must keep its name), then the most jobs."""
+    waiting: dict[str, int] = {}
     totals: dict[str, int] = {}
-    for _, queue, count in depth:
+    for state, queue, count in depth:
         totals[queue] = totals.get(queue, 0) + count
-    named = set(sorted(totals, key=lambda q: (-totals[q], q))[:MAX_QUEUE_LABELS])
+        waiting[queue] = waiting.get(queue, 0) + (count if state in UNFINISHED else 0)
+    ranked = sorted(totals, key=lambda q: (-waiting[q], -totals[q], q))
+    named = set(ranked[:MAX_QUEUE_LABELS])
     bounded: dict[tuple[str, str], int] = {}
     for state, queue, count in depth:
-        key = (state, queue if queue in named else "other")
+        key = (state, queue if queue in named else OTHER_QUEUES)
         bounded[key] = bounded.get(key, 0) + count
     return bounded
 

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from trainwire.server import metrics
 from trainwire.server.metrics import (
     MAX_QUEUE_LABELS,
+    OTHER_QUEUES,
     BufferedHistogram,
     BufferedSeries,
     DeploymentCollector,
@@ -160,9 +161,12 @@ def test_labels_buckets_and_values_are_checked_where_they_are_given() -> None:
 
 def test_client_chosen_queue_names_cannot_grow_the_jobs_metric_without_bound() -> None:
     depth = [("QUEUED", f"q{i:03d}", 1000 - i) for i in range(200)] + [("RUNNING", "q000", 5)]
+    # An old queue of many finished jobs, and a new one with a small backlog.
+    depth += [("SUCCEEDED", "old", 10**6), ("QUEUED", "new", 1)]
     collector = DeploymentCollector(lambda: depth, lambda: [], 60.0)
     (jobs,) = [family for family in collector.collect() if family.name == "trainwire_jobs"]
     queues = {sample.labels["queue"] for sample in jobs.samples}
-    assert len(queues) == MAX_QUEUE_LABELS + 1 and "other" in queues
-    assert "q000" in queues and "q199" not in queues, "the largest queues keep their names"
+    assert len(queues) == MAX_QUEUE_LABELS + 1 and OTHER_QUEUES in queues
+    assert "q000" in queues and "q199" not in queues, "the largest backlogs keep their names"
+    assert "old" not in queues, "finished jobs do not keep a queue's name"
     assert sum(sample.value for sample in jobs.samples) == sum(count for *_, count in depth)

@@ -532,7 +532,7 @@ def test_an_unreachable_database_is_reported_without_its_address(
     database = Database("postgresql+psycopg://secretuser:hunter2@127.0.0.1:1/nowhere")
     try:
         with (
-            caplog.at_level(logging.WARNING, logger="trainwire.db"),
+            caplog.at_level(logging.DEBUG, logger="trainwire.db"),
             pytest.raises(Unavailable) as caught,
         ):
             Store(database).queue_depth()
