@@ -1,9 +1,11 @@
 """Datasets and prediction inputs from files: CSV, NPY and NPZ.
 
-- CSV: a header row is optional. The target column is named by `target_column` (a header name
-  or a 0-based index) and is the last column by default. Integer text targets become int64
-  labels, other numbers float32 regression targets, and words (`setosa`) class labels numbered
-  in sorted order (their names become the dataset's class names). Features must be numeric.
+- CSV (UTF-8, a byte-order mark allowed): a header row is optional, told by a cell that is not
+  a number above one that is. The target column is named by `target_column` (a header name or
+  a 0-based index; -1, the default, is the last column) and every row must have a target.
+  Integer text targets become int64 labels, other numbers float32 regression targets, and words
+  (`setosa`) class labels numbered in sorted order (their names become the dataset's class
+  names). Features must be numeric.
 - NPY: one array per file (features, then targets from a second file).
 - NPZ: arrays named `X`/`y` or `features`/`targets`.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,8 @@ class TableData:
 
 
 def _is_number(text: str) -> bool:
+    if "_" in text:  # float() takes "1_0" as 10: no number a CSV file means
+        return False
     try:
         float(text)
     except ValueError:
@@ -42,20 +47,37 @@ def _is_number(text: str) -> bool:
 
 
 def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
+    # Digits alone: int() would also take "1_0" (10).
+    return _INTEGER.fullmatch(text) is not None
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def _has_header(rows: list[list[str]]) -> bool:
+    """Whether the first row names the columns: some cell of it is not a number while the cell
+    below it is (a column of word labels tells nothing either way). A lone row is a header
+    unless all of it is numeric."""
+    first = rows[0]
+    if len(rows) == 1:
+        return not all(_is_number(cell) for cell in first)
+    second = rows[1]
+    return any(
+        not _is_number(cell) and _is_number(below)
+        for cell, below in zip(first, second, strict=False)
+    )
 
 
 def read_csv(path: PathLike, target_column: str | int | None = -1) -> TableData:
     """Features (float32) and targets from a CSV file; `target_column=None` reads features only."""
-    with Path(path).open(newline="") as handle:
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first cell.
+    with Path(path).open(newline="", encoding="utf-8-sig") as handle:
         rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
     if not rows:
         raise ValueError(f"{path} has no rows")
-    has_header = not all(_is_number(cell) for cell in rows[0])
+    has_header = _has_header(rows) or (
+        isinstance(target_column, str) and not target_column.lstrip("-").isdigit()
+    )
     header = [c.strip() for c in rows[0]] if has_header else [f"x{i}" for i in range(len(rows[0]))]
     body = rows[1:] if has_header else rows
     if not body:
@@ -73,7 +95,13 @@ def read_csv(path: PathLike, target_column: str | int | None = -1) -> TableData:
                 )
             column = header.index(target_column)
         else:
-            column = int(target_column) % width
+            position = int(target_column)
+            if not -width <= position < width:
+                raise ValueError(
+                    f"target column {position} is not in {path}: it has {width} columns "
+                    f"(0 to {width - 1}, or -1 for the last)"
+                )
+            column = position % width
     feature_columns = [i for i in range(width) if i != column]
     try:
         features = np.array(
@@ -85,6 +113,9 @@ def read_csv(path: PathLike, target_column: str | int | None = -1) -> TableData:
     class_names: list[str] = []
     if column is not None:
         cells = [row[column].strip() for row in body]
+        if "" in cells:
+            line = cells.index("") + (2 if has_header else 1)
+            raise ValueError(f"{path}: row {line} has no target (column {header[column]!r})")
         if all(_is_int(c) for c in cells):
             targets = np.array([int(c) for c in cells], dtype=np.int64)
         elif all(_is_number(c) for c in cells):

@@ -1,0 +1,59 @@
+"""Datasets from CSV files: headers told from data, byte-order marks, target columns and cells."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainwire.client.files import read_csv, read_dataset
+
+
+def write(tmp_path: Path, text: str, name: str = "data.csv", encoding: str = "utf-8") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding=encoding)
+    return path
+
+
+def test_a_headerless_file_with_word_labels_keeps_its_first_row(tmp_path: Path) -> None:
+    table = read_csv(write(tmp_path, "5.1,3.5,setosa\n6.2,2.9,versicolor\n7.7,3.0,virginica\n"))
+    assert table.features.shape == (3, 2) and table.feature_names == []
+    assert table.class_names == ["setosa", "versicolor", "virginica"]
+    assert table.targets is not None and table.targets.tolist() == [0, 1, 2]
+
+
+def test_a_header_is_still_told_from_numbers_below_it(tmp_path: Path) -> None:
+    table = read_csv(write(tmp_path, "length,width,species\n5.1,3.5,setosa\n6.2,2.9,versicolor\n"))
+    assert table.feature_names == ["length", "width"] and table.features.shape == (2, 2)
+
+
+def test_word_labels_from_a_targets_file_keep_their_first_row(tmp_path: Path) -> None:
+    features = tmp_path / "x.npy"
+    np.save(features, np.zeros((3, 2), np.float32))
+    labels = write(tmp_path, "setosa\nversicolor\nvirginica\n", "y.csv")
+    table = read_dataset(features, labels)
+    assert table.class_names == ["setosa", "versicolor", "virginica"]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path: Path) -> None:
+    with_header = write(tmp_path, "species,a\nx,1\ny,2\n", encoding="utf-8-sig")
+    assert read_csv(with_header, "species").class_names == ["x", "y"]
+    without = write(tmp_path, "1,2,0\n3,4,1\n", "plain.csv", encoding="utf-8-sig")
+    assert read_csv(without).features.shape == (2, 2), "the first row is data"
+
+
+@pytest.mark.parametrize("column", [3, 9, -4, "7"])
+def test_a_target_column_past_the_last_is_refused(tmp_path: Path, column: int | str) -> None:
+    with pytest.raises(ValueError, match="has 3 columns"):
+        read_csv(write(tmp_path, "1,2,0\n3,4,1\n"), column)
+
+
+def test_a_missing_target_is_refused_naming_its_row(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="row 3 has no target"):
+        read_csv(write(tmp_path, "a,b,label\n1,2,0\n3,4,\n5,6,1\n"))
+
+
+def test_underscored_digits_are_no_integer_label(tmp_path: Path) -> None:
+    table = read_csv(write(tmp_path, "1,2,2\n3,4,1_0\n"))
+    assert table.class_names == ["1_0", "2"], "words, not the integers 10 and 2"
