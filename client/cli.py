@@ -207,6 +207,8 @@ def _jobs_submit(client: Client, args: argparse.Namespace) -> int:
 
 
 def _jobs_list(client: Client, args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise ValueError(f"--limit must be at least 1. Received: {args.limit}")
     jobs: list[Job] = []
     for job in client.list_jobs(
         state=args.state, dataset=args.dataset and _resource("datasets", args.dataset),
@@ -359,6 +361,9 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
             return code
         except (ValueError, OSError) as error:
             _report(args, "INVALID_ARGUMENT", str(error), [], USAGE)
+            return USAGE
+        except ImportError as error:  # an optional extra (plotting) is not installed
+            _report(args, "FAILED_PRECONDITION", str(error), [], USAGE)
             return USAGE
         except KeyboardInterrupt:
             return 130

@@ -80,7 +80,7 @@ class JobSpec:
         if not isinstance(document, Mapping):
             raise SpecError([("spec", "must be a mapping with dataset, model and training")])
         violations: list[tuple[str, str]] = []
-        for key in sorted(set(document) - TOP_KEYS):
+        for key in sorted(set(document) - TOP_KEYS, key=str):
             violations.append(
                 (key, f"is not a job spec key; expected: {', '.join(sorted(TOP_KEYS))}")
             )
@@ -91,7 +91,7 @@ class JobSpec:
         if not isinstance(training, Mapping):
             violations.append(("training", "must be a mapping"))
             training = {}
-        for key in sorted(set(training) - TRAINING_KEYS):
+        for key in sorted(set(training) - TRAINING_KEYS, key=str):
             allowed = ", ".join(sorted(TRAINING_KEYS))
             violations.append(
                 (f"training.{key}", f"is not a training setting; expected: {allowed}")
@@ -101,23 +101,30 @@ class JobSpec:
         if isinstance(dataset, str):
             source = dataset
         elif isinstance(dataset, Mapping):
-            for key in sorted(set(dataset) - DATASET_KEYS):
+            for key in sorted(set(dataset) - DATASET_KEYS, key=str):
                 allowed = ", ".join(sorted(DATASET_KEYS))
                 violations.append((f"dataset.{key}", f"is not a dataset key; expected: {allowed}"))
-            if "path" not in dataset:
+            num_classes = dataset.get("num_classes", 0)
+            if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+                violations.append(
+                    ("dataset.num_classes", f"must be an integer. Received: {num_classes!r}")
+                )
+            _check_labels(violations, "dataset.labels", dataset.get("labels"))
+            if dataset.get("path") is None:
                 violations.append(("dataset.path", "is required for a dataset to upload"))
-            else:
+            elif not violations:
                 source = DatasetSource(
                     path=base / str(dataset["path"]),
                     targets=base / str(dataset["targets"]) if dataset.get("targets") else None,
                     target_column=dataset.get("target_column"),
                     task=dataset.get("task"),
                     name=str(dataset.get("name", "")),
-                    num_classes=int(dataset.get("num_classes", 0)),
+                    num_classes=int(num_classes),
                     labels={str(k): str(v) for k, v in (dataset.get("labels") or {}).items()},
                 )
         elif "dataset" in document:
             violations.append(("dataset", "must be a dataset name or a mapping with a path"))
+        _check_labels(violations, "labels", document.get("labels"))
         if violations:
             raise SpecError(violations)
         model = document["model"]
@@ -129,3 +136,9 @@ class JobSpec:
         if "labels" in options:
             options["labels"] = {str(k): str(v) for k, v in options["labels"].items()}
         return cls(source, dict(model), options)
+
+
+def _check_labels(violations: list[tuple[str, str]], field: str, labels: object) -> None:
+    """Labels are a mapping of names to values (absent or empty: none)."""
+    if labels is not None and not isinstance(labels, Mapping):
+        violations.append((field, f"must be a mapping of names to values. Received: {labels!r}"))

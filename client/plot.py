@@ -58,9 +58,9 @@ def save_metrics_plot(
     metrics: Mapping[str, np.ndarray], path: str | Path, title: str = "", dpi: int = 100
 ) -> Path:
     """Saves the curves of `metrics` as a PNG at `path` and returns the path."""
+    figure = metrics_figure(metrics, title)  # says how to install matplotlib if it is missing
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    figure = metrics_figure(metrics, title)
     FigureCanvasAgg(figure)
     target = Path(path)
     drawn = _families({k: v for k, v in metrics.items() if len(v)})

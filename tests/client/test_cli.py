@@ -155,6 +155,8 @@ def test_exit_codes(cli: Cli, tmp_path: Path) -> None:
     assert code == 1 and "FAILED" in out
 
     assert cli("jobs", "show", "jobs/" + "0" * 32)[0] == 3
+    code, _, err = cli("jobs", "list", "--limit", "0")
+    assert code == 2 and "--limit must be at least 1" in err
     code, _, err = main_unreachable()
     assert code == 5 and "unavailable" in err
 

@@ -1,7 +1,9 @@
-"""Datasets from CSV files: headers told from data, byte-order marks, target columns and cells."""
+"""Datasets from CSV files (headers told from data, byte-order marks, target columns and cells)
+and plots without matplotlib."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +59,15 @@ def test_a_missing_target_is_refused_naming_its_row(tmp_path: Path) -> None:
 def test_underscored_digits_are_no_integer_label(tmp_path: Path) -> None:
     table = read_csv(write(tmp_path, "1,2,2\n3,4,1_0\n"))
     assert table.class_names == ["1_0", "2"], "words, not the integers 10 and 2"
+
+
+def test_saving_a_plot_without_matplotlib_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainwire.client.plot import save_metrics_plot
+
+    for module in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    metrics = {"loss": np.array([[1.0, 1.0, 0.5]])}
+    with pytest.raises(ImportError, match=r"pip install 'trainwire\[plot\]'"):
+        save_metrics_plot(metrics, tmp_path / "curves.png")

@@ -180,3 +180,22 @@ def test_job_spec_mistakes_name_their_keys(tmp_path: Path) -> None:
     path.write_text("dataset: datasets/abc\nmodel: {layers: [{type: dense, units: -1}]}\n")
     with pytest.raises(SpecError, match=r"model.layers\[0\].units"):
         JobSpec.load(path)
+
+
+@pytest.mark.parametrize(
+    ("document", "field"),
+    [
+        ({"dataset": {"path": "x.csv", "labels": ["team"]}}, "dataset.labels"),
+        ({"dataset": "datasets/abc", "labels": ["team"]}, "labels"),
+        ({"dataset": {"path": "x.csv", "num_classes": "three"}}, "dataset.num_classes"),
+        ({"dataset": {"path": None}}, "dataset.path"),
+        ({"dataset": "datasets/abc", 1: "a", "foo": "b"}, "1"),
+    ],
+)
+def test_job_spec_values_of_the_wrong_kind_are_spec_errors(
+    document: dict[object, object], field: str
+) -> None:
+    """Each was a traceback (AttributeError, TypeError, ValueError) or the path 'None'."""
+    with pytest.raises(SpecError) as caught:
+        JobSpec.from_dict({"model": {"layers": [{"type": "dense", "units": 2}]}, **document})
+    assert field in [str(f) for f, _ in caught.value.field_violations]
