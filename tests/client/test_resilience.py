@@ -266,23 +266,29 @@ def test_watch_reconnects_without_losing_or_repeating_events(flaky: tuple[Flaky,
     assert watch.reconnects == 2 and watch.last_sequence == 6
 
 
-def test_a_watch_backs_off_from_streams_opened_and_dropped_at_once(
-    flaky: tuple[Flaky, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Each such stream starts a new outage (the server was there), but the backoff goes on
-    growing: the server is not re-dialled every 50 ms for as long as it misbehaves."""
-    behaviour, target = flaky
-    behaviour.opened_then_dropped = 6
-    delays: list[float] = []
+@pytest.fixture
+def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The sync client's sleeps, recorded instead of slept."""
+    recorded: list[float] = []
 
     class RecordedSleeps:
         monotonic = staticmethod(time.monotonic)
 
         @staticmethod
         def sleep(seconds: float) -> None:
-            delays.append(seconds)
+            recorded.append(seconds)
 
     monkeypatch.setattr(client_module, "time", RecordedSleeps)
+    return recorded
+
+
+def test_a_watch_backs_off_from_streams_opened_and_dropped_at_once(
+    flaky: tuple[Flaky, str], delays: list[float]
+) -> None:
+    """Each such stream starts a new outage (the server was there), but the backoff goes on
+    growing: the server is not re-dialled every 50 ms for as long as it misbehaves."""
+    behaviour, target = flaky
+    behaviour.opened_then_dropped = 6
     with Client(target) as client:
         assert [e.sequence for e in client.watch_job(JOB)][-1] == 6
     assert len(delays) >= 6 and max(delays) > 0.5, delays
@@ -296,21 +302,9 @@ class Dropped(grpc.RpcError):
         return "opened, then gone at once"
 
 
-def test_a_watch_that_never_gives_up_keeps_a_bounded_backoff(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_watch_that_never_gives_up_keeps_a_bounded_backoff(delays: list[float]) -> None:
     """A watch whose streams open and drop for ever (no event, so its failures never reset)
     must not overflow the backoff's power after a thousand drops."""
-    delays: list[float] = []
-
-    class RecordedSleeps:
-        monotonic = staticmethod(time.monotonic)
-
-        @staticmethod
-        def sleep(seconds: float) -> None:
-            delays.append(seconds)
-
-    monkeypatch.setattr(client_module, "time", RecordedSleeps)
     with Client("127.0.0.1:1") as client:  # never dialled: the drops are handed in
         watch = client.watch_job(JOB)
         for _ in range(1100):
