@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import os
@@ -279,6 +280,15 @@ def housekeep(
         next_round = clock() + backoff_s - every_s
 
 
+def freeze_startup_objects() -> None:
+    """Moves every object alive now (modules, the server, the database engine: several hundred
+    thousand) out of the garbage collector's sight, so its full collections scan only what was
+    made since. Measured here: a full collection during one-row predictions at concurrency 1
+    paused the event loop for 36 ms; after this, about 1 ms (see the README's prediction path)."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve(
     settings: Settings,
     parent_pid: int | None = None,
@@ -341,6 +351,7 @@ def serve(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    freeze_startup_objects()
     housekeep(store, (pool, siblings), stopping, parent_pid or exit_with)
     siblings.stop()
     running.stop(grace_s=5.0)
