@@ -26,7 +26,7 @@ import grpc
 
 from .client import Client, Job, env_settings
 from .errors import JobFailed, TrainwireError
-from .files import prediction_to_dict, read_inputs, write_prediction
+from .files import in_model_order, prediction_to_dict, read_inputs, write_prediction
 from .jobspec import DatasetSource, JobSpec
 from .results import STATES, JobStatus, checkpoint_to_dict, event_to_dict, state_name
 
@@ -310,8 +310,13 @@ def _jobs_plot(client: Client, args: argparse.Namespace) -> int:
 
 
 def _predict(client: Client, args: argparse.Namespace) -> int:
-    inputs = read_inputs(args.input)
-    prediction = client.predict(_resource("jobs", args.job), inputs, checkpoint=args.checkpoint)
+    job = _resource("jobs", args.job)
+    given = read_inputs(args.input)
+    inputs = given.features
+    if given.feature_names:  # a CSV header: its columns are matched to the model's by name
+        metadata = client.model_metadata(job, args.checkpoint)
+        inputs = in_model_order(given, metadata.feature_names, args.input)
+    prediction = client.predict(job, inputs, checkpoint=args.checkpoint)
     if args.output:
         write_prediction(args.output, prediction)
         emit(args, {"output": str(args.output), "rows": len(prediction.outputs),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,28 +143,51 @@ def read_dataset(
                 if x_key in archive and y_key in archive:
                     return TableData(archive[x_key], archive[y_key], [], [])
         raise ValueError(f"{path} must hold arrays X and y (or features and targets)")
-    x = read_inputs(path)
+    inputs = read_inputs(path)
     if targets is None:
         raise ValueError(f"{path} holds features only; give the targets file too")
     target_path = Path(targets)
     if target_path.suffix.lower() == ".npy":
         y = np.load(target_path, allow_pickle=False)
-        return TableData(x, y, [], [])
+        return TableData(inputs.features, y, inputs.feature_names, [])
     table = read_csv(target_path, 0)
     if table.targets is None:
         raise ValueError(f"{target_path} has no targets")
-    return TableData(x, table.targets, [], table.class_names)
+    return TableData(inputs.features, table.targets, inputs.feature_names, table.class_names)
 
 
-def read_inputs(path: PathLike) -> np.ndarray:
-    """Prediction inputs (rows of features) from a .npy or a numeric .csv file."""
+def read_inputs(path: PathLike) -> TableData:
+    """Rows of features from a .npy or a numeric .csv file, with the CSV header's column names
+    (none for .npy or a CSV without a header); no targets."""
     file = Path(path)
     suffix = file.suffix.lower()
     if suffix == ".npy":
-        return np.asarray(np.load(file, allow_pickle=False))
+        return TableData(np.asarray(np.load(file, allow_pickle=False)), None, [], [])
     if suffix == ".csv":
-        return read_csv(file, None).features
+        return read_csv(file, None)
     raise ValueError(f"inputs must be a .csv or .npy file. Received: {file}")
+
+
+def in_model_order(inputs: TableData, model_features: Sequence[str], path: PathLike) -> np.ndarray:
+    """The input columns in the order the model reads them, matched by name when both the file
+    and the model's training dataset named them (else as they are). A column the model lacks or
+    a feature the file lacks is an error: matched by position, such a file would predict wrongly
+    without a word."""
+    names = inputs.feature_names
+    if not names or not model_features or list(names) == list(model_features):
+        return inputs.features
+    problems = {
+        "missing": [name for name in model_features if name not in names],
+        "not features of the model": [name for name in names if name not in model_features],
+        "named twice": sorted({name for name in names if names.count(name) > 1}),
+    }
+    if any(problems.values()):
+        found = "; ".join(f"{what}: {', '.join(n)}" for what, n in problems.items() if n)
+        raise ValueError(
+            f"the columns of {path} do not match the model's features "
+            f"({', '.join(model_features)}); {found}"
+        )
+    return inputs.features[:, [names.index(name) for name in model_features]]
 
 
 def prediction_to_dict(prediction: Prediction) -> dict[str, Any]:

@@ -307,4 +307,5 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
             model=model_spec_to_proto(job.model_spec),
             num_parameters=model.num_parameters,
             class_names=list(job.target.get("class_names", [])),
+            feature_names=list(job.target.get("feature_names", [])),
         )

@@ -70,6 +70,7 @@ class Dataset:
             "task": self.task.value,
             "num_classes": self.num_classes,
             "class_names": list(self.class_names),
+            "feature_names": list(self.feature_names),
             "num_features": self.num_features,
             "target_width": self.target_width,
         }

@@ -133,6 +133,19 @@ def test_submit_follow_and_predict(cli: Cli, tmp_path: Path) -> None:
     code, out, _ = cli("predict", job, "-i", str(tmp_path / "rows.npy"))
     assert out.splitlines()[0].split() == ["ROW", "LABEL", "PROBABILITY"]
 
+    # A CSV header names the columns: they are matched to the dataset's by name, in any order.
+    shuffled = tmp_path / "rows.csv"
+    order = [3, 1, 0, 2]
+    shuffled.write_text(
+        "d,b,a,c\n"
+        + "".join(",".join(repr(float(v)) for v in row[order]) + "\n" for row in features)
+    )
+    assert cli.json("predict", job, "--input", str(shuffled))["labels"] == labels.tolist()
+    with_label = tmp_path / "with-label.csv"
+    with_label.write_text("a,b,c,d,label\n" + ",".join(["0"] * 5) + "\n")
+    code, _, err = cli("predict", job, "--input", str(with_label))
+    assert code == 2 and "not features of the model: label" in err
+
     assert cli.json("jobs", "delete", job) == {"deleted": job}
 
 

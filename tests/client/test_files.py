@@ -1,5 +1,5 @@
-"""Datasets from CSV files (headers told from data, byte-order marks, target columns and cells)
-and plots without matplotlib."""
+"""Datasets from CSV files (headers told from data, byte-order marks, target columns and cells),
+prediction inputs matched to the model's features by name, and plots without matplotlib."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainwire.client.files import read_csv, read_dataset
+from trainwire.client.files import in_model_order, read_csv, read_dataset, read_inputs
 
 
 def write(tmp_path: Path, text: str, name: str = "data.csv", encoding: str = "utf-8") -> Path:
@@ -71,3 +71,41 @@ def test_saving_a_plot_without_matplotlib_says_how_to_install_it(
     metrics = {"loss": np.array([[1.0, 1.0, 0.5]])}
     with pytest.raises(ImportError, match=r"pip install 'trainwire\[plot\]'"):
         save_metrics_plot(metrics, tmp_path / "curves.png")
+
+
+def test_named_input_columns_are_put_in_the_models_order(tmp_path: Path) -> None:
+    path = write(tmp_path, "c,a,b\n3,1,2\n6,4,5\n")
+    reordered = in_model_order(read_inputs(path), ["a", "b", "c"], path)
+    assert reordered.tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("a,b,label\n1,2,0\n", "missing: c; not features of the model: label"),
+        ("a,b,b,c\n1,2,2,3\n", "named twice: b"),
+    ],
+)
+def test_input_columns_that_do_not_name_the_models_features_are_refused(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(
+        ValueError, match=f"do not match the model's features \\(a, b, c\\); {problem}$"
+    ):
+        in_model_order(read_inputs(path), ["a", "b", "c"], path)
+
+
+def test_unnamed_columns_or_features_are_taken_by_position(tmp_path: Path) -> None:
+    headerless = write(tmp_path, "3,1,2\n")
+    assert in_model_order(read_inputs(headerless), ["a", "b", "c"], headerless).tolist() == [
+        [3, 1, 2]
+    ]
+    named = write(tmp_path, "c,a,b\n3,1,2\n", name="named.csv")
+    assert in_model_order(read_inputs(named), [], named).tolist() == [[3, 1, 2]]
+
+
+def test_a_features_file_keeps_its_column_names_beside_a_targets_file(tmp_path: Path) -> None:
+    features = write(tmp_path, "a,b\n1,2\n3,4\n", name="x.csv")
+    np.save(tmp_path / "y.npy", np.array([0, 1]))
+    assert read_dataset(features, tmp_path / "y.npy").feature_names == ["a", "b"]

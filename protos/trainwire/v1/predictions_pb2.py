@@ -26,7 +26,7 @@ from trainwire.v1 import models_pb2 as trainwire_dot_v1_dot_models__pb2
 from trainwire.v1 import tensor_pb2 as trainwire_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etrainwire/v1/predictions.proto\x12\x0ctrainwire.v1\x1a\x19trainwire/v1/models.proto\x1a\x19trainwire/v1/tensor.proto\"W\n\x0ePredictRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12$\n\x06inputs\x18\x03 \x01(\x0b\x32\x14.trainwire.v1.Tensor\"\x9f\x01\n\x0fPredictResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12%\n\x07outputs\x18\x02 \x01(\x0b\x32\x14.trainwire.v1.Tensor\x12+\n\rprobabilities\x18\x03 \x01(\x0b\x32\x14.trainwire.v1.Tensor\x12$\n\x06labels\x18\x04 \x01(\x0b\x32\x14.trainwire.v1.Tensor\":\n\x17GetModelMetadataRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\"\xef\x01\n\rModelMetadata\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12(\n\x06inputs\x18\x03 \x01(\x0b\x32\x18.trainwire.v1.TensorInfo\x12)\n\x07outputs\x18\x04 \x01(\x0b\x32\x18.trainwire.v1.TensorInfo\x12\x13\n\x0bnum_classes\x18\x05 \x01(\x05\x12&\n\x05model\x18\x06 \x01(\x0b\x32\x17.trainwire.v1.ModelSpec\x12\x16\n\x0enum_parameters\x18\x07 \x01(\x03\x12\x13\n\x0b\x63lass_names\x18\x08 \x03(\t2\x85\x02\n\x11PredictionService\x12\x46\n\x07Predict\x12\x1c.trainwire.v1.PredictRequest\x1a\x1d.trainwire.v1.PredictResponse\x12P\n\rPredictStream\x12\x1c.trainwire.v1.PredictRequest\x1a\x1d.trainwire.v1.PredictResponse(\x01\x30\x01\x12V\n\x10GetModelMetadata\x12%.trainwire.v1.GetModelMetadataRequest\x1a\x1b.trainwire.v1.ModelMetadatab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etrainwire/v1/predictions.proto\x12\x0ctrainwire.v1\x1a\x19trainwire/v1/models.proto\x1a\x19trainwire/v1/tensor.proto\"W\n\x0ePredictRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12$\n\x06inputs\x18\x03 \x01(\x0b\x32\x14.trainwire.v1.Tensor\"\x9f\x01\n\x0fPredictResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12%\n\x07outputs\x18\x02 \x01(\x0b\x32\x14.trainwire.v1.Tensor\x12+\n\rprobabilities\x18\x03 \x01(\x0b\x32\x14.trainwire.v1.Tensor\x12$\n\x06labels\x18\x04 \x01(\x0b\x32\x14.trainwire.v1.Tensor\":\n\x17GetModelMetadataRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\"\x86\x02\n\rModelMetadata\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12(\n\x06inputs\x18\x03 \x01(\x0b\x32\x18.trainwire.v1.TensorInfo\x12)\n\x07outputs\x18\x04 \x01(\x0b\x32\x18.trainwire.v1.TensorInfo\x12\x13\n\x0bnum_classes\x18\x05 \x01(\x05\x12&\n\x05model\x18\x06 \x01(\x0b\x32\x17.trainwire.v1.ModelSpec\x12\x16\n\x0enum_parameters\x18\x07 \x01(\x03\x12\x13\n\x0b\x63lass_names\x18\x08 \x03(\t\x12\x15\n\rfeature_names\x18\t \x03(\t2\x85\x02\n\x11PredictionService\x12\x46\n\x07Predict\x12\x1c.trainwire.v1.PredictRequest\x1a\x1d.trainwire.v1.PredictResponse\x12P\n\rPredictStream\x12\x1c.trainwire.v1.PredictRequest\x1a\x1d.trainwire.v1.PredictResponse(\x01\x30\x01\x12V\n\x10GetModelMetadata\x12%.trainwire.v1.GetModelMetadataRequest\x1a\x1b.trainwire.v1.ModelMetadatab\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,7 +40,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELMETADATAREQUEST']._serialized_start=353
   _globals['_GETMODELMETADATAREQUEST']._serialized_end=411
   _globals['_MODELMETADATA']._serialized_start=414
-  _globals['_MODELMETADATA']._serialized_end=653
-  _globals['_PREDICTIONSERVICE']._serialized_start=656
-  _globals['_PREDICTIONSERVICE']._serialized_end=917
+  _globals['_MODELMETADATA']._serialized_end=676
+  _globals['_PREDICTIONSERVICE']._serialized_start=679
+  _globals['_PREDICTIONSERVICE']._serialized_end=940
 # @@protoc_insertion_point(module_scope)
