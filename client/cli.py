@@ -196,12 +196,12 @@ def _jobs_submit(client: Client, args: argparse.Namespace) -> int:
         emit(args, job.last_status.to_dict(), f"{job.name}  {job.last_status.state}")
         return OK
     if args.watch:
-        status = _follow(client, job.name, args)
-    else:
-        try:
-            status = job.wait(progress=not args.json)
-        except JobFailed:
-            status = job.last_status
+        # As `jobs watch`: events alone, one per line (the JSON ones name the job).
+        return _watch(client, job.name, args)
+    try:
+        status = job.wait(progress=not args.json)
+    except JobFailed:
+        status = job.last_status
     emit(args, status.to_dict(), _status_text(status))
     return _final_code(status)
 
@@ -251,7 +251,7 @@ def _jobs_show(client: Client, args: argparse.Namespace) -> int:
 def _follow(client: Client, name: str, args: argparse.Namespace) -> JobStatus:
     for event in client.watch_job(name, args.after if "after" in args else 0):
         if args.json:
-            print(json.dumps(event_to_dict(event), sort_keys=True), flush=True)
+            print(json.dumps({"job": name, **event_to_dict(event)}, sort_keys=True), flush=True)
         else:
             progress = event.progress
             parts = [f"#{event.sequence}", state_name(event.state)]
@@ -267,7 +267,12 @@ def _follow(client: Client, name: str, args: argparse.Namespace) -> JobStatus:
 
 
 def _jobs_watch(client: Client, args: argparse.Namespace) -> int:
-    status = _follow(client, _resource("jobs", args.job), args)
+    return _watch(client, _resource("jobs", args.job), args)
+
+
+def _watch(client: Client, name: str, args: argparse.Namespace) -> int:
+    """Prints the job's events until it finishes, then (for people) its final state."""
+    status = _follow(client, name, args)
     if not args.json:
         print(f"{status.name} {status.state}" + (f": {status.error}" if status.error else ""))
     return _final_code(status)

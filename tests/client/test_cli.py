@@ -103,7 +103,12 @@ def test_submit_follow_and_predict(cli: Cli, tmp_path: Path) -> None:
 
     events = [json.loads(line) for line in cli("jobs", "watch", job, "--json")[1].splitlines()]
     assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
-    assert events[-1]["state"] == "SUCCEEDED"
+    assert events[-1]["state"] == "SUCCEEDED" and {e["job"] for e in events} == {job}
+    # Submitted and watched at once, the JSON lines are the same events, and nothing else.
+    code, out, _ = cli("jobs", "submit", str(write_spec(tmp_path, epochs=1)), "--watch", "--json")
+    watched = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and {tuple(sorted(e)) for e in watched} == {tuple(sorted(events[0]))}
+    assert watched[-1]["state"] == "SUCCEEDED" and len({e["job"] for e in watched}) == 1
     code, out, _ = cli("jobs", "watch", job, "--after", str(len(events) - 1))
     assert code == 0 and out.splitlines()[0].startswith(f"#{len(events)}  SUCCEEDED")
 
