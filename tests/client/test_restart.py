@@ -20,10 +20,13 @@ import pytest
 
 from trainwire.client import Client
 from trainwire.client.aio import AsyncClient
+from trainwire.server.db import Database
 from trainwire.server.local import LocalServer, local_server
+from trainwire.server.store import Store
 from trainwire.v1 import jobs_pb2
 
 from ..support.tcp_proxy import TcpProxy
+from ..support.waiting import wait_for
 from .conftest import MODEL, blobs
 
 # The watches below give up after this long without a working stream; the job stays quiet for
@@ -52,7 +55,13 @@ def test_watch_reconnects_across_a_server_restart(tmp_path: Path) -> None:
             assert not job.status().finished, "the job must outlive the outage"
             first.process.kill()  # a crash: the stream and the connection drop at once
             first.process.wait()
-            time.sleep(0.5)  # the worker records events while no server answers
+            # The worker records events while no server answers.
+            store = Store(Database(url))
+            at_crash = _last_sequence(store, job.name)
+            wait_for(
+                lambda: _last_sequence(store, job.name) >= at_crash + 3, 60, "events in the outage"
+            )
+            store.db.dispose()
         with local_server(url, workers=0, port=port):
             seen += [event.sequence for event in watch]
             final = job.status()
@@ -65,6 +74,10 @@ def test_watch_reconnects_across_a_server_restart(tmp_path: Path) -> None:
     assert watch.reconnects >= 1
     assert seen == list(range(1, len(seen) + 1)), "no event lost or repeated"
     assert len(seen) >= 600 + 3, "QUEUED, RUNNING, one event per epoch, SUCCEEDED"
+
+
+def _last_sequence(store: Store, job: str) -> int:
+    return store.job_events(job.removeprefix("jobs/"), limit=10_000)[-1].sequence
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -64,19 +63,16 @@ def test_models_from_lists_dicts_and_yaml(tmp_path: Path) -> None:
 
 def test_every_mistake_is_reported_with_its_field_before_any_call() -> None:
     # Nothing listens on port 9: a network call would fail with UNAVAILABLE, not SpecError.
-    with Client("127.0.0.1:9", timeout=5) as client:
-        started = time.monotonic()
-        with pytest.raises(SpecError) as caught:
-            client.create_job(
-                "datasets/0123456789abcdef0123456789abcdef",
-                [Dense(0), Dropout(1.5), Dense(3, activation="relux"), {"type": "conv"}],
-                epochs=0,
-                optimizer="adamm",
-                learning_rate=float("nan"),
-                validation_fraction=1.0,
-                metrics=["acc"],
-            )
-        assert time.monotonic() - started < 1
+    with Client("127.0.0.1:9", timeout=5) as client, pytest.raises(SpecError) as caught:
+        client.create_job(
+            "datasets/0123456789abcdef0123456789abcdef",
+            [Dense(0), Dropout(1.5), Dense(3, activation="relux"), {"type": "conv"}],
+            epochs=0,
+            optimizer="adamm",
+            learning_rate=float("nan"),
+            validation_fraction=1.0,
+            metrics=["acc"],
+        )
     fields = [field for field, _ in caught.value.field_violations]
     assert fields == [
         "model.layers[0].units",

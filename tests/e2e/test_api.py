@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -24,6 +24,7 @@ from trainwire.client import (
     DatasetInfo,
     FailedPrecondition,
     InvalidArgument,
+    Job,
     NotFound,
     ResourceExhausted,
     TrainwireError,
@@ -35,6 +36,7 @@ from trainwire.v1 import jobs_pb2, jobs_pb2_grpc, predictions_pb2, predictions_p
 
 from ..conftest import fresh_postgres_database
 from ..support.tcp_proxy import TcpProxy
+from ..support.waiting import wait_for
 
 CLI = [sys.executable, "-m", "trainwire.server.cli"]
 MLP = {
@@ -119,8 +121,7 @@ def test_a_stream_is_answered_by_its_first_model_after_its_checkpoint_is_deleted
     job = client.create_job(
         iris_dataset, MLP, epochs=3000, checkpoint_every_epochs=1, keep_checkpoints=1
     )
-    while not job.checkpoints():
-        time.sleep(0.05)
+    wait_for(lambda: bool(job.checkpoints()), 60, "a first checkpoint")
     later, deleted = threading.Event(), threading.Event()
 
     def slices() -> Iterator[predictions_pb2.PredictRequest]:
@@ -134,8 +135,8 @@ def test_a_stream_is_answered_by_its_first_model_after_its_checkpoint_is_deleted
             stub = predictions_pb2_grpc.PredictionServiceStub(channel)
             answers = stub.PredictStream(slices(), timeout=120)
             first = next(answers).checkpoint
-            while first in [c.name for c in job.checkpoints()]:
-                time.sleep(0.05)  # training goes on; retention deletes the first's checkpoint
+            # Training goes on; retention deletes the first's checkpoint.
+            wait_for(lambda: first not in [c.name for c in job.checkpoints()], 60, "its deletion")
             time.sleep(2.5)  # past the server's job cache: a lookup by name would now fail
             later.set()
             assert next(answers).checkpoint == first
@@ -269,14 +270,33 @@ def test_abandoned_watches_give_back_their_slot_and_hold_no_thread(tmp_path: Pat
                 with pytest.raises(grpc.RpcError) as expired:
                     list(jobs.WatchJob(jobs_pb2.WatchJobRequest(name=job.name), timeout=0.5))
                 assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            time.sleep(0.5)  # cancellations reach the server
-            # Plain RPCs (thread pool) still answer, and the watch slots are free again.
+            # Plain RPCs (thread pool) still answer, and the watch slots are free again once
+            # the cancellations have reached the server.
             assert job.status().state == "QUEUED"
-            first, second = job.watch(), job.watch()
-            assert next(first).sequence == 1 and next(second).sequence == 1
-            first.close()
-            second.close()
+            wait_for(lambda: _two_watches_open(job), 30, "both watch slots to be free")
     assert server.process.returncode == 0, "".join(server.output[-40:])
+
+
+def _refused(call: Callable[[], object]) -> bool:
+    """Whether the call is refused as UNAUTHENTICATED (any other error fails the test)."""
+    try:
+        call()
+    except TrainwireError as error:
+        assert error.code == grpc.StatusCode.UNAUTHENTICATED, error
+        return True
+    return False
+
+
+def _two_watches_open(job: Job) -> bool:
+    """Whether two watches of the job open at once (the server allows a client two)."""
+    first, second = job.watch(), job.watch()
+    try:
+        return next(first).sequence == 1 and next(second).sequence == 1
+    except ResourceExhausted:
+        return False
+    finally:
+        first.close()
+        second.close()
 
 
 # --- API keys and projects ----------------------------------------------------------------------
@@ -347,10 +367,8 @@ def test_api_keys_isolate_projects_on_every_rpc(tmp_path: Path) -> None:
             subprocess.run(
                 [*CLI, "keys", "revoke", alpha.split("_")[1], "--database-url", url], check=True
             )
-            time.sleep(2.5)  # the key table is cached for 2 s
-            with pytest.raises(TrainwireError) as revoked:
-                a.get_job(job.name)
-            assert revoked.value.code == grpc.StatusCode.UNAUTHENTICATED
+            # The key table is re-read every second.
+            wait_for(lambda: _refused(lambda: a.get_job(job.name)), 30, "the revocation")
 
 
 def test_public_address_without_keys_is_refused(tmp_path: Path) -> None:

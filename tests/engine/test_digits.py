@@ -5,14 +5,11 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pytest
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from sklearn.neural_network import MLPClassifier
 
-sklearn = pytest.importorskip("sklearn")
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
-from sklearn.neural_network import MLPClassifier  # noqa: E402
-
-from trainwire.engine import Model, Trainer  # noqa: E402
+from trainwire.engine import Model, Trainer
 
 EPOCHS = 60
 SEEDS = range(5)

@@ -64,6 +64,7 @@ def test_dict_kwargs_and_bad_kwargs() -> None:
 
 def test_linear_and_identity_are_the_same() -> None:
     x = np.arange(6.0).reshape(2, 3)
-    assert np.array_equal(activations.get("identity")(x), x)
-    assert activations.get("linear").name == "linear"
-    assert activations.get(None).name == "linear"
+    for name in ("identity", "linear", None):
+        activation = activations.get(name)
+        assert activation.name == "linear" and activation.is_identity
+        assert np.array_equal(activation(x), x)
