@@ -286,6 +286,14 @@ class PredictionService:
         """The checkpoint's model and its batch queue, loaded once and cached."""
 
         def load() -> ModelBatcher:
+            if "task" not in job.target:
+                # Only a job from before migration 0003 whose dataset was deleted before 0008
+                # could fill its target in.
+                raise FailedPrecondition(
+                    f"jobs/{job.id} predates the task kept with each job, and its dataset has "
+                    "been deleted since: whether its outputs are classes is unknown, so it "
+                    "cannot serve predictions; train a new job"
+                )
             state, _ = load_state(self.store.checkpoint_data(checkpoint.id))
             model = build_model(job.model_spec, job.training)
             model.load_state_dict(

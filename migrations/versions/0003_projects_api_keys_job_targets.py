@@ -53,6 +53,17 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    orphans = (
+        op.get_bind()
+        .execute(sa.text("SELECT count(*) FROM jobs WHERE dataset_id IS NULL"))
+        .scalar_one()
+    )
+    if orphans:
+        # Before 0003 every job had its dataset; a NOT NULL column cannot take these rows back.
+        raise RuntimeError(
+            f"cannot downgrade below 0003: {orphans} jobs have no dataset (it was deleted), which "
+            "revision 0002 cannot hold; delete those jobs first (trainwire jobs delete)"
+        )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f("fk_jobs_dataset_id_datasets"), type_="foreignkey")
         batch_op.create_foreign_key(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +12,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import DateTime, LargeBinary, bindparam, text
+from sqlalchemy import Connection, DateTime, LargeBinary, bindparam, text
 from sqlalchemy.exc import OperationalError
 
 from trainwire.server.db import Database, make_engine
@@ -115,7 +116,7 @@ _AT_0002 = [
     "INSERT INTO datasets (id, display_name, task, num_classes, num_examples, feature_dtype, "
     "feature_shape, target_dtype, target_shape, size_bytes, sha256, labels, feature_names, "
     "class_names, created_at) VALUES ('d1', '', 'multiclass', 2, 4, 'float32', '[4, 2]', "
-    "'int64', '[4]', 8, '', '{}', '[]', '[]', :now)",
+    "'int64', '[4]', 8, '', '{}', '[\"a\", \"b\"]', '[\"no\", \"yes\"]', :now)",
     "INSERT INTO dataset_blobs (dataset_id, data) VALUES ('d1', :data)",
     "INSERT INTO jobs (id, display_name, dataset_id, model_spec, training, state, queue, "
     "priority, attempt, max_attempts, labels, progress, metrics, error, created_at, updated_at) "
@@ -159,7 +160,51 @@ def test_upgrading_a_database_with_jobs_keeps_every_row(empty_database_url: str)
         (checkpoint,) = store.list_checkpoints("j1")
         assert store.checkpoint_data(checkpoint.id) == CHECKPOINT_BYTES
         assert checkpoint.is_partial is False, "checkpoints from before 0006 are epoch ends"
-        assert store.get_job("j1").project == "default"
+        job = store.get_job("j1")
+        assert job.project == "default"
+        assert job.target == {
+            "task": "multiclass", "num_classes": 2, "class_names": ["no", "yes"],
+            "feature_names": ["a", "b"], "num_features": 2, "target_width": 1,
+        }, "0003 left it {}; 0008 fills it from the dataset"  # fmt: skip
+
+
+def _insert_job(connection: Connection, job_id: str, dataset_id: str | None, target: str) -> None:
+    """A finished job as revisions 0003 to 0008 store it."""
+    connection.execute(
+        text(
+            "INSERT INTO jobs (id, project, display_name, dataset_id, target, model_spec, "
+            "training, state, queue, priority, attempt, max_attempts, labels, progress, "
+            "metrics, error, created_at, updated_at) VALUES (:id, 'default', '', :dataset, "
+            ":target, '{}', '{}', 'SUCCEEDED', 'default', 0, 1, 3, '{}', '{}', '{}', '', "
+            ":now, :now)"
+        ).bindparams(bindparam("now", type_=DateTime(timezone=True))),
+        {"id": job_id, "dataset": dataset_id, "target": target,
+         "now": datetime(2026, 11, 27, tzinfo=UTC)},
+    )  # fmt: skip
+
+
+def test_targets_gain_feature_names_and_keep_what_they_held(empty_database_url: str) -> None:
+    upgrade(empty_database_url, "0007")
+    held = json.dumps(
+        {"task": "multiclass", "num_classes": 2, "class_names": [], "num_features": 2,
+         "target_width": 1}
+    )  # fmt: skip
+    with _opened(empty_database_url) as database, database.engine.begin() as connection:
+        now = {"now": datetime(2026, 11, 27, tzinfo=UTC)}
+        for statement in _AT_0002[:1]:
+            connection.execute(
+                text(statement).bindparams(bindparam("now", type_=DateTime(timezone=True))), now
+            )
+        _insert_job(connection, "j1", "d1", held)
+        _insert_job(connection, "j2", None, "{}")
+    upgrade(empty_database_url)
+    with _opened(empty_database_url) as database:
+        store = Store(database)
+        assert store.get_job("j1").target == {
+            "task": "multiclass", "num_classes": 2, "class_names": [],
+            "feature_names": ["a", "b"], "num_features": 2, "target_width": 1,
+        }, "held values kept (class_names stays []), feature names added"  # fmt: skip
+        assert store.get_job("j2").target == {}, "no dataset to fill it from"
 
 
 def _at_0002_with(url: str, statement: str) -> None:
@@ -213,3 +258,15 @@ def test_a_migration_that_breaks_foreign_keys_is_refused() -> None:
         RuntimeError, match=r"2 more rows .*\(checkpoints -> jobs, job_events -> jobs\)"
     ):
         check_foreign_keys(before, Counter({"job_events -> jobs": 2, "checkpoints -> jobs": 1}))
+
+
+def test_a_downgrade_below_0003_with_jobs_whose_dataset_is_gone_is_refused_by_name(
+    empty_database_url: str,
+) -> None:
+    upgrade(empty_database_url, "0003")
+    with _opened(empty_database_url) as database, database.engine.begin() as connection:
+        _insert_job(connection, "j1", None, "{}")
+    with pytest.raises(RuntimeError, match="1 jobs have no dataset"):
+        command.downgrade(alembic_config(empty_database_url), "0002")
+    with _opened(empty_database_url) as database, database.engine.connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == "0003"

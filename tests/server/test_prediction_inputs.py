@@ -1,5 +1,5 @@
 """Prediction inputs are checked before they reach a batch: dtype, shape, finiteness, and the
-checkpoint selector."""
+checkpoint selector; and a job that cannot serve predictions says why."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from trainwire.client.tensors import to_tensor
 from trainwire.engine import Model
-from trainwire.server.errors import InvalidArgument
+from trainwire.server.errors import FailedPrecondition, InvalidArgument
 from trainwire.server.predictions import PredictionService
 from trainwire.v1 import tensor_pb2
 
@@ -63,3 +63,13 @@ def test_a_selector_with_digits_int_refuses_is_invalid(selector: str) -> None:
     checkpoint: Any = SimpleNamespace(id=1, epoch=1)
     with pytest.raises(InvalidArgument, match="checkpoint"):
         PredictionService.resolve(None, job, selector, [checkpoint])  # type: ignore[arg-type]
+
+
+def test_a_job_without_its_datasets_task_cannot_serve_and_says_why() -> None:
+    """A job from before migration 0003 whose dataset was deleted before 0008 has no task; its
+    checkpoint is not even read (the service has no store)."""
+    service = PredictionService(None, None, 1 << 20)  # type: ignore[arg-type]
+    job: Any = SimpleNamespace(id="a" * 32, target={}, model_spec={}, training={})
+    checkpoint: Any = SimpleNamespace(id=1)
+    with pytest.raises(FailedPrecondition, match="dataset has been deleted since"):
+        service.batcher(job, checkpoint)
