@@ -23,4 +23,8 @@ ENV TRAINWIRE_HOST=0.0.0.0 \
 EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["trainwire", "health"]
-CMD ["trainwire", "serve", "--workers", "0"]
+# By default the whole service in one container, on embedded SQLite in the home folder:
+#   docker run -e TRAINWIRE_ALLOW_OPEN_PUBLIC=true -p 127.0.0.1:50051:50051 trainwire
+# (without API keys it refuses to listen on 0.0.0.0 unless told to). docker-compose.yml runs the
+# server and the workers as services of their own on PostgreSQL.
+CMD ["trainwire", "serve"]

@@ -49,7 +49,9 @@ def test_compose_services_and_order() -> None:
         assert services[name]["depends_on"]["migrate"]["condition"] == (
             "service_completed_successfully"
         )
-    assert services["server"]["ports"] == ["50051:50051"]
+    # Open without API keys by default, so published on the host's loopback only.
+    assert services["server"]["environment"]["TRAINWIRE_ALLOW_OPEN_PUBLIC"].endswith("-true}")
+    assert services["server"]["ports"] == ["127.0.0.1:50051:50051"]
     # A worker must be scalable: no fixed container name or published port.
     assert "container_name" not in services["worker"] and "ports" not in services["worker"]
     assert services["worker"]["healthcheck"] == {"disable": True}
