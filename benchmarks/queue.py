@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from trainwire.client import Client
 from trainwire.engine import save_state
@@ -70,8 +71,15 @@ def sqlite_database() -> Iterator[str]:
 def postgres_database(admin_url: str) -> Iterator[str]:
     name = f"trainwire_bench_{uuid.uuid4().hex[:10]}"
     admin = create_engine(normalise_url(admin_url), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as error:
+        shown = make_url(normalise_url(admin_url)).render_as_string(hide_password=True)
+        raise SystemExit(
+            f"this benchmark needs PostgreSQL and cannot reach {shown} ({error.orig}); "
+            "set TRAINWIRE_BENCH_POSTGRES_URL to a database it may create databases from"
+        ) from None
     url = make_url(normalise_url(admin_url)).set(database=name)
     try:
         rendered = url.render_as_string(hide_password=False)
