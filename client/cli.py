@@ -373,8 +373,8 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
             _report(args, "INVALID_ARGUMENT", str(error), [], USAGE)
             return USAGE
         except ImportError as error:  # an optional extra (plotting) is not installed
-            _report(args, "FAILED_PRECONDITION", str(error), [], USAGE)
-            return USAGE
+            _report(args, "FAILED_PRECONDITION", str(error), [], PRECONDITION)
+            return PRECONDITION
         except KeyboardInterrupt:
             return 130
 

@@ -1,7 +1,8 @@
 """The Python SDK: `Client` for datasets, jobs and predictions, and the `Job` handle.
 
-Every call has a deadline (`timeout`, 30 s by default) and idempotent calls are retried with
-exponential backoff and jitter on UNAVAILABLE and RESOURCE_EXHAUSTED (`retry.RetryPolicy`).
+Every unary call has a deadline (`timeout`, 30 s by default; a prediction stream has one for the
+whole stream, and watches and `Job.wait` none unless given one) and idempotent calls are retried
+with exponential backoff and jitter on UNAVAILABLE and RESOURCE_EXHAUSTED (`retry.RetryPolicy`).
 Errors are raised as `trainwire.client.errors` exceptions keeping the status and bad fields.
 """
 

@@ -38,7 +38,7 @@ def metrics_figure(metrics: Mapping[str, np.ndarray], title: str = "") -> Any:
     for ax, (family, names) in zip(axes, families.items(), strict=False):
         for name in names:
             points = metrics[name]
-            # Per-step series (batch_loss) are drawn against fractional epochs.
+            # The per-step series (batch_loss) is drawn against its step.
             x = points[:, 1] if name != "batch_loss" else points[:, 0]
             ax.plot(x, points[:, 2], marker="." if len(points) < 30 else None, label=name)
         ax.set_title(family)

@@ -183,7 +183,7 @@ class Prediction:
 class Metrics(dict[str, np.ndarray]):
     """A job's metrics: each name maps to an array of shape (points, 3) of step, epoch, value.
 
-    `Metrics` is a plain dict with helpers: `values("loss")`, `epochs("loss")`, `steps("loss")`
+    `Metrics` is a plain dict with helpers: `values_of("loss")`, `epochs("loss")`, `steps("loss")`
     and `to_pandas()` (a long DataFrame: metric, step, epoch, value; needs pandas).
     """
 

@@ -1,6 +1,7 @@
 """Trainwire's NumPy neural-network engine: layers, losses, optimizers, training and state I/O.
 
-Pure NumPy (plus safetensors for serialisation); nothing here knows about gRPC or storage.
+Pure NumPy (plus safetensors for serialisation and threadpoolctl to set BLAS threads); nothing here
+knows about gRPC or storage.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The `trainwire` command: serve, worker, db, keys."""
+"""The `trainwire` command: the operator's commands (serve, worker, db, keys, status, health) and
+the user commands of `trainwire.client.cli` (datasets, jobs, predict)."""
 
 from __future__ import annotations
 

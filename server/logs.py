@@ -48,15 +48,32 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{' '.join(ids)}]" if ids else line
 
 
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+FORMATS = ("json", "text")
+
+
 def configure_logging() -> None:
-    level = os.environ.get("TRAINWIRE_LOG_LEVEL", "INFO").upper()
-    chosen = os.environ.get("TRAINWIRE_LOG_FORMAT", "").lower()
+    """Logs to stderr as TRAINWIRE_LOG_LEVEL and TRAINWIRE_LOG_FORMAT say (ValueError naming the
+    choices for a value that is none of them: a misspelt level must not pass for INFO)."""
+    given_level = os.environ.get("TRAINWIRE_LOG_LEVEL", "INFO")
+    level = given_level.strip().upper()
+    if level not in LEVELS:
+        raise ValueError(
+            f"TRAINWIRE_LOG_LEVEL must be one of {', '.join(LEVELS)}. Received: {given_level!r}"
+        )
+    given_format = os.environ.get("TRAINWIRE_LOG_FORMAT", "")
+    chosen = given_format.strip().lower()
+    if chosen and chosen not in FORMATS:
+        raise ValueError(
+            f"TRAINWIRE_LOG_FORMAT must be json or text (or unset: JSON when stderr is not a "
+            f"terminal). Received: {given_format!r}"
+        )
     use_json = chosen == "json" or (chosen != "text" and not sys.stderr.isatty())
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(getattr(logging, level, logging.INFO))
+    root.setLevel(level)
     # Library warnings (NumPy's overflow warnings, deprecations) become log lines like the rest,
     # with the request or job they belong to, rather than raw text on stderr.
     logging.captureWarnings(True)

@@ -1,8 +1,8 @@
 """The worker: claims jobs from the database queue, trains them with the engine, records results.
 
-A worker process runs one job at a time. Between batches it notices a stop request (SIGTERM) and
-between epochs a cancel request; either way it checkpoints first, so nothing trained is lost. Every
-write for a job carries the claim's fencing token.
+A worker process runs one job at a time. Between batches it notices a stop request (SIGTERM) or a
+cancel request; either way it checkpoints first, so nothing trained is lost. Every write for a job
+carries the claim's fencing token.
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ def interpolate(value: object) -> str:
 def documented_variables() -> set[str]:
     """The variables of the README's configuration table."""
     readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("### Configuration") :]
-    table = table[: table.index("\n\n", table.index("| variable"))]
+    table = readme[readme.index("| variable", readme.index("### Configuration")) :]
+    table = table[: table.index("\n\n")]
     return set(re.findall(r"`(TRAINWIRE_[A-Z_]+)`", table))
 
 

@@ -47,3 +47,30 @@ def test_a_library_warning_becomes_a_json_log_line_with_its_request(
     (entry,) = [e for e in entries if "overflow encountered" in e["message"]]
     assert entry["level"] == "WARNING" and entry["logger"] == "py.warnings"
     assert entry["request_id"] == "req-42"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("TRAINWIRE_LOG_LEVEL", "verbose", "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        ("TRAINWIRE_LOG_FORMAT", "yaml", "must be json or text"),
+    ],
+)
+def test_a_log_setting_that_names_nothing_is_refused(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    """A misspelt level passed for INFO, a misspelt format for the default."""
+    monkeypatch.setenv(variable, value)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    with pytest.raises(ValueError, match=f"{variable} {message}.*Received: '{value}'"):
+        configure_logging()
+    assert (root.handlers, root.level) == saved, "nothing was configured"
+
+
+def test_a_log_level_is_taken_in_any_case(json_log: io.StringIO) -> None:
+    logging.getLogger().setLevel(logging.NOTSET)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRAINWIRE_LOG_LEVEL", " warning ")
+        configure_logging()
+    assert logging.getLogger().level == logging.WARNING
