@@ -135,9 +135,15 @@ def model_to_dict(model: ModelLike) -> dict[str, Any]:
         return model.to_dict()
     if isinstance(model, Path) or (isinstance(model, str) and "\n" not in model):
         path = Path(model)
-        if not path.is_file():
-            raise ValueError(f"model must be a spec, a YAML file or YAML text. Received: {model!r}")
-        return model_to_dict(path.read_text())
+        if path.is_file():
+            return model_to_dict(path.read_text())
+        # Not a file: one line of YAML text ("layers: [...]") or a path that does not exist.
+        loaded = None if isinstance(model, Path) else yaml.safe_load(model)
+        if not isinstance(loaded, Mapping):
+            raise ValueError(
+                f"model must be a spec, a YAML file or YAML text; no file exists at {model!r}"
+            )
+        return model_to_dict(loaded.get("model", loaded))
     if isinstance(model, str):
         loaded = yaml.safe_load(model)
         if not isinstance(loaded, Mapping):

@@ -59,6 +59,12 @@ def test_models_from_lists_dicts_and_yaml(tmp_path: Path) -> None:
     (tmp_path / "model.yaml").write_text(text)
     assert model_to_dict(tmp_path / "model.yaml") == expected
     assert model_to_dict(str(tmp_path / "model.yaml")) == expected
+    # One line of YAML is text too, not a path.
+    assert model_to_dict("layers: [{type: dense, units: 4, activation: tanh}]") == expected
+    assert model_to_dict("{layers: [{type: dense, units: 4, activation: tanh}]}") == expected
+    for missing in (str(tmp_path / "typo.yaml"), tmp_path / "typo.yaml"):
+        with pytest.raises(ValueError, match=r"no file exists at .*typo\.yaml"):
+            model_to_dict(missing)
 
 
 def test_every_mistake_is_reported_with_its_field_before_any_call() -> None:
