@@ -194,6 +194,8 @@ class PredictionService:
         checkpoint's resolution: its model answers even if its checkpoint has been deleted since,
         as long as its job exists.
         """
+        # What the tensor alone tells is checked first: a malformed one never loads a model.
+        decoded = self._decode_inputs(inputs)
         if served is not None:
             found: Served | None = served
             if self._cached_job(served[0].id) is None:  # not read lately, or forgotten: deleted?
@@ -204,7 +206,7 @@ class PredictionService:
         if found is None:
             found = await self.resolve_served(job_name, selector, project)
         _, checkpoint, batcher = found
-        features = self._check_inputs(inputs, batcher.model)
+        features = self._check_features(decoded, batcher.model)
         if self.max_answer_bytes is not None:
             self._check_answer_fits(len(features), batcher)
         PREDICTION_ROWS.observe(len(features))
@@ -314,8 +316,14 @@ class PredictionService:
 
         return self.cache.get((job.id, checkpoint.id), load)
 
+    @classmethod
+    def _check_inputs(cls, inputs: tensor_pb2.Tensor, model: Model) -> np.ndarray:
+        """The inputs as the model's rows of features, or InvalidArgument naming the problem."""
+        return cls._check_features(cls._decode_inputs(inputs), model)
+
     @staticmethod
-    def _check_inputs(inputs: tensor_pb2.Tensor, model: Model) -> np.ndarray:
+    def _decode_inputs(inputs: tensor_pb2.Tensor) -> np.ndarray:
+        """The tensor's array, if its dtype, bytes and shape make rows of features."""
         if inputs.dtype not in (tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_FLOAT64):
             raise InvalidArgument.field(
                 "inputs.dtype",
@@ -325,14 +333,23 @@ class PredictionService:
             features = from_tensor(inputs)
         except TensorError as error:
             raise InvalidArgument.field("inputs", str(error)) from None
-        if features.ndim != 2 or features.shape[1] != model.input_dim:
+        if features.ndim != 2:
+            raise InvalidArgument.field(
+                "inputs.shape", f"must be (rows, features). Received: {list(features.shape)}"
+            )
+        if features.shape[0] == 0:
+            raise InvalidArgument.field("inputs.shape", "has no rows")
+        return features
+
+    @staticmethod
+    def _check_features(features: np.ndarray, model: Model) -> np.ndarray:
+        """Decoded rows as the model's input: its width, its dtype, finite."""
+        if features.shape[1] != model.input_dim:
             raise InvalidArgument.field(
                 "inputs.shape",
                 f"must be (rows, {model.input_dim}) for this model. "
                 f"Received: {list(features.shape)}",
             )
-        if features.shape[0] == 0:
-            raise InvalidArgument.field("inputs.shape", "has no rows")
         # Decoded tensors are C-contiguous; only a tensor of the other float dtype is converted,
         # and checked after, as a float64 value can be beyond float32's range.
         converted = features if features.dtype == model.dtype else features.astype(model.dtype)

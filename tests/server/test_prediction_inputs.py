@@ -3,6 +3,7 @@ checkpoint selector; and a job that cannot serve predictions says why."""
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -73,3 +74,34 @@ def test_a_job_without_its_datasets_task_cannot_serve_and_says_why() -> None:
     checkpoint: Any = SimpleNamespace(id=1)
     with pytest.raises(FailedPrecondition, match="dataset has been deleted since"):
         service.batcher(job, checkpoint)
+
+
+class UntouchableStore:
+    """A store any read of which fails the test."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the store was read ({name}) for a malformed tensor")
+
+
+@pytest.mark.parametrize(
+    ("tensor", "problem"),
+    [
+        (
+            tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_INT64, shape=[1, 4], data=bytes(32)),
+            "dtype",
+        ),
+        (
+            tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[1, 4], data=bytes(15)),
+            "bytes",
+        ),
+        (to_tensor(np.zeros(4, np.float32)), "must be (rows, features)"),
+        (to_tensor(np.zeros((0, 4), np.float32)), "has no rows"),
+    ],
+)
+def test_a_malformed_tensor_is_refused_before_its_job_or_model_is_read(
+    tensor: tensor_pb2.Tensor, problem: str
+) -> None:
+    service = PredictionService(UntouchableStore(), None, 1 << 20)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument) as refused:
+        asyncio.run(service.predict(f"jobs/{'a' * 32}", "", tensor, "default"))
+    assert problem in str(refused.value)
