@@ -8,6 +8,7 @@ import math
 import re
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import NamedTuple
 
@@ -64,6 +65,7 @@ class PredictionService:
         batch_wait_s: float = 0.0,
         job_ttl_s: float = JOB_TTL_S,
         max_answer_bytes: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.executor = executor  # for database reads and model loads
@@ -71,6 +73,7 @@ class PredictionService:
         self.batch_rows = batch_rows
         self.batch_wait_s = batch_wait_s
         self.job_ttl_s = job_ttl_s
+        self.clock = clock  # dates the job cache's entries
         # The largest answer the server may send (its message limit, less the framing).
         self.max_answer_bytes = max_answer_bytes
         self._jobs: dict[str, tuple[float, Job, list[Checkpoint]]] = {}
@@ -90,7 +93,7 @@ class PredictionService:
             cached = self._jobs.get(job_id)
             if cached is None:
                 return None
-            age = time.monotonic() - cached[0]
+            age = self.clock() - cached[0]
             if age > 2 * self.job_ttl_s:
                 return None
             if age > self.job_ttl_s and job_id not in self._refreshing:
@@ -133,7 +136,7 @@ class PredictionService:
             if replacing is None or self._jobs.get(job_id) is replacing:
                 if len(self._jobs) > 10_000:
                     self._jobs.clear()
-                self._jobs[job_id] = (time.monotonic(), *found)
+                self._jobs[job_id] = (self.clock(), *found)
         return found
 
     def _job(self, job_id: str) -> tuple[Job, list[Checkpoint]]:

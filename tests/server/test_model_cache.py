@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -18,17 +17,28 @@ MODEL_BYTES = (8 * 4 + 4) * 4
 def test_concurrent_first_requests_load_once() -> None:
     cache = ModelCache(10 * MODEL_BYTES, model_bytes)
     loads = []
-    gate = threading.Event()
+    peek = cache.peek
+    missed: set[threading.Thread] = set()
+    all_missed = threading.Event()
+
+    def watched_peek(key: tuple[str, int]) -> Model | None:
+        found = peek(key)
+        if found is None:
+            missed.add(threading.current_thread())
+            if len(missed) == 8:
+                all_missed.set()
+        return found
 
     def load() -> Model:
         loads.append(1)
-        gate.wait(5)  # every other request arrives while the first is loading
+        # Every request has looked and found nothing before the load ends: all eight are first
+        # requests, not hits on a model already cached.
+        assert all_missed.wait(10), f"only {len(missed)} of 8 requests came while it loaded"
         return Model.from_spec(SPEC)
 
+    cache.peek = watched_peek
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(cache.get, ("job", 1), load) for _ in range(8)]
-        time.sleep(0.2)
-        gate.set()
         models = [f.result() for f in futures]
     assert len(loads) == 1 and cache.loads == 1 and cache.hits == 7
     assert all(model is models[0] for model in models)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
@@ -14,21 +13,27 @@ from trainwire.engine import Model
 from trainwire.server.errors import NotFound
 from trainwire.server.predictions import PredictionService
 
-TTL_S = 0.2
+TTL_S = 1.0
+JOB = "a" * 32
 
 
 class CountingStore:
-    """The two reads the job cache makes, counted; a read can be held until released."""
+    """The two reads the job cache makes, counted. A read in the thread pool (a refresh) can be
+    held until released; a caller's own read never is, so a caller that reads while a refresh is
+    held gets a new answer at once."""
 
     def __init__(self) -> None:
         self.reads = 0
+        self.read_started = threading.Event()  # set when a refresh starts reading
         self.release = threading.Event()
         self.release.set()
         self.deleted = False
 
     def get_job(self, job_id: str) -> Any:
         self.reads += 1
-        assert self.release.wait(10)
+        if threading.current_thread() is not threading.main_thread():
+            self.read_started.set()
+            assert self.release.wait(10), "the test never released the refresh"
         if self.deleted:
             raise NotFound(f"jobs/{job_id} does not exist")
         return f"job {self.reads}"
@@ -38,73 +43,103 @@ class CountingStore:
 
 
 @pytest.fixture
-def service() -> Any:
+def now() -> list[float]:
+    """The job cache's clock, which moves only when a test moves it."""
+    return [0.0]
+
+
+@pytest.fixture
+def service(now: list[float]) -> Any:
     with ThreadPoolExecutor(4) as pool:
-        yield PredictionService(CountingStore(), pool, 1 << 20, job_ttl_s=TTL_S)  # type: ignore[arg-type]
+        yield PredictionService(
+            CountingStore(),  # type: ignore[arg-type]
+            pool,
+            1 << 20,
+            job_ttl_s=TTL_S,
+            clock=lambda: now[0],
+        )
 
 
-def test_a_fresh_entry_is_answered_without_reading(service: PredictionService) -> None:
-    store = service.store
-    assert service._job("a" * 32)[0] == "job 1"
+def _refresh_started(store: Any) -> None:
+    assert store.read_started.wait(10), "no refresh started reading the job"
+
+
+def _refreshes_finished(service: PredictionService) -> None:
+    """Waits until every refresh submitted to the thread pool has run to its end (a held read
+    gives up after 10 s); a stale entry found afterwards submits none."""
+    service.executor.shutdown(wait=True)
+
+
+def test_a_fresh_entry_is_answered_without_reading(
+    service: PredictionService, now: list[float]
+) -> None:
+    store: Any = service.store
+    assert service._job(JOB)[0] == "job 1"
     for _ in range(100):
-        assert service._job("a" * 32)[0] == "job 1"
-    assert store.reads == 1  # type: ignore[attr-defined]
+        now[0] += TTL_S / 200
+        assert service._job(JOB)[0] == "job 1"
+    assert store.reads == 1
 
 
 def test_an_expired_entry_is_answered_while_one_background_read_refreshes_it(
-    service: PredictionService,
+    service: PredictionService, now: list[float]
 ) -> None:
     store: Any = service.store
-    service._job("a" * 32)
-    time.sleep(TTL_S * 1.2)
+    service._job(JOB)
+    now[0] += TTL_S * 1.5
     store.release.clear()  # the refresh hangs until released
-    answers = [service._job("a" * 32)[0] for _ in range(50)]
+    answers = [service._job(JOB)[0] for _ in range(50)]
     assert answers == ["job 1"] * 50, "nobody waited for the database"
-    time.sleep(0.05)
-    assert store.reads == 2, "one refresh for fifty requests"
+    _refresh_started(store)
     store.release.set()
-    deadline = time.monotonic() + 5
-    while service._job("a" * 32)[0] != "job 2":
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    _refreshes_finished(service)
+    assert store.reads == 2, "one refresh for fifty requests"
+    assert service._job(JOB)[0] == "job 2", "the refresh replaced the entry"
     assert store.reads == 2
 
 
-def test_past_twice_the_ttl_callers_read_it_themselves(service: PredictionService) -> None:
+def test_past_twice_the_ttl_callers_read_it_themselves(
+    service: PredictionService, now: list[float]
+) -> None:
     store: Any = service.store
-    service._job("a" * 32)
-    time.sleep(TTL_S * 2.2)
-    assert service._job("a" * 32)[0] == "job 2", "a read in the caller, not a stale answer"
+    service._job(JOB)
+    now[0] += TTL_S * 2.5
+    assert service._job(JOB)[0] == "job 2", "a read in the caller, not a stale answer"
     assert store.reads == 2
 
 
-def test_a_job_deleted_meanwhile_leaves_the_cache_on_refresh(service: PredictionService) -> None:
+def test_a_job_deleted_meanwhile_leaves_the_cache_on_refresh(
+    service: PredictionService, now: list[float]
+) -> None:
     store: Any = service.store
-    service._job("a" * 32)
+    service._job(JOB)
     loaded: Any = SimpleNamespace(
         model=Model.from_spec({"input_dim": 2, "layers": [{"type": "dense", "units": 1}]})
     )
-    service.cache.get(("a" * 32, 1), lambda: loaded)  # one of its models is being served
+    service.cache.get((JOB, 1), lambda: loaded)  # one of its models is being served
     store.deleted = True  # through another server
-    time.sleep(TTL_S * 1.2)
-    service._job("a" * 32)  # stale answer; the refresh finds the job gone
-    deadline = time.monotonic() + 5
-    while "a" * 32 in service._jobs:  # only a refresh that found it gone removes the entry
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    now[0] += TTL_S * 1.5
+    assert service._job(JOB)[0] == "job 1"  # stale answer; the refresh finds the job gone
+    _refreshes_finished(service)
+    assert store.reads == 2
+    # Still within twice the TTL: only a refresh that found it gone removes the entry.
+    assert JOB not in service._jobs, "the refresh dropped the deleted job"
+    assert service.cache.peek((JOB, 1)) is None, "its models are dropped too"
     with pytest.raises(NotFound):
-        service._job("a" * 32)
-    assert service.cache.peek(("a" * 32, 1)) is None, "its models are dropped too"
+        service._job(JOB)
 
 
-def test_a_job_forgotten_during_its_refresh_stays_forgotten(service: PredictionService) -> None:
+def test_a_job_forgotten_during_its_refresh_stays_forgotten(
+    service: PredictionService, now: list[float]
+) -> None:
     store: Any = service.store
-    service._job("a" * 32)
-    time.sleep(TTL_S * 1.2)
+    service._job(JOB)
+    now[0] += TTL_S * 1.5
     store.release.clear()
-    service._job("a" * 32)  # starts the refresh, which hangs in the read
-    time.sleep(0.05)
-    service.forget("a" * 32)  # the job was deleted through this server meanwhile
+    service._job(JOB)  # starts the refresh
+    _refresh_started(store)  # which hangs in the read
+    service.forget(JOB)  # the job was deleted through this server meanwhile
     store.release.set()
-    time.sleep(0.1)
-    assert "a" * 32 not in service._jobs, "the refresh did not bring the deleted job back"
+    _refreshes_finished(service)
+    assert store.reads == 2
+    assert JOB not in service._jobs, "the refresh did not bring the deleted job back"
