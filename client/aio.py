@@ -425,6 +425,13 @@ class AsyncJobWatch(AsyncIterator[jobs_pb2.JobEvent]):
             except StopAsyncIteration:
                 self.close()
                 raise
+            except asyncio.CancelledError:
+                # close() from another task cancels the call, which grpc.aio reports as a
+                # CancelledError here; a cancellation of this task itself must go on.
+                task = asyncio.current_task()
+                if self._closed and (task is None or not task.cancelling()):
+                    raise StopAsyncIteration from None
+                raise
             except grpc.aio.AioRpcError as error:
                 self._stream = self._events = None
                 await self._recover(error, watch_was_open(error.initial_metadata()))
@@ -461,7 +468,8 @@ class AsyncJobWatch(AsyncIterator[jobs_pb2.JobEvent]):
         await asyncio.sleep(delay)
 
     def close(self) -> None:
-        """Stops the watch and cancels its stream."""
+        """Stops the watch and cancels its stream; an `async for` over it in another task ends
+        (as the sync watch's does when closed from another thread)."""
         self._closed = True
         if self._stream is not None:
             self._stream.cancel()

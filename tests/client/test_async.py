@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
 from trainwire.client import DatasetInfo, NotFound, SpecError
-from trainwire.client.aio import AsyncClient, AsyncJob
+from trainwire.client.aio import AsyncClient, AsyncJob, AsyncJobWatch
 from trainwire.server.local import LocalServer
 
 from .conftest import MODEL, blobs
@@ -62,5 +63,38 @@ def test_fifty_concurrent_jobs(live_server: LocalServer, dataset: DatasetInfo) -
                 assert error.code_name == "NOT_FOUND"
             else:
                 raise AssertionError("a deleted job was found")
+
+    asyncio.run(scenario())
+
+
+def test_a_watch_closed_from_another_task_ends_its_loop(
+    live_server: LocalServer, dataset: DatasetInfo
+) -> None:
+    async def consume(watch: AsyncJobWatch, started: asyncio.Event) -> list[int]:
+        sequences = []
+        async for event in watch:
+            sequences.append(event.sequence)
+            started.set()
+        return sequences
+
+    async def scenario() -> None:
+        async with AsyncClient(live_server.target, timeout=30) as client:
+            job = await client.create_job(dataset, MODEL, epochs=1, queue="nobody-listens")
+            try:
+                started = asyncio.Event()
+                closed = job.watch()
+                consumer = asyncio.create_task(consume(closed, started))
+                await asyncio.wait_for(started.wait(), 10)  # waiting on an open stream now
+                closed.close()
+                assert await asyncio.wait_for(consumer, 10) == [1]
+
+                started = asyncio.Event()
+                consumer = asyncio.create_task(consume(job.watch(), started))
+                await asyncio.wait_for(started.wait(), 10)
+                consumer.cancel()  # the consumer's own cancellation is not swallowed
+                with pytest.raises(asyncio.CancelledError):
+                    await consumer
+            finally:
+                await job.cancel()
 
     asyncio.run(scenario())
