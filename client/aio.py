@@ -17,7 +17,15 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,6 +71,7 @@ from .wire import (
 
 log = logging.getLogger("trainwire.client")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class AsyncClient:
@@ -359,22 +368,45 @@ class AsyncClient:
         return chunks.result()
 
     async def predict_stream(
-        self, job: str | AsyncJob, batches: Sequence[np.ndarray], *, checkpoint: str = ""
+        self,
+        job: str | AsyncJob,
+        batches: Iterable[np.ndarray] | AsyncIterable[np.ndarray],
+        *,
+        checkpoint: str = "",
     ) -> AsyncIterator[Prediction]:
-        """Predictions for each batch of rows, over one PredictStream call, in order."""
+        """Predictions for each batch of rows, over one PredictStream call, in order; `batches`
+        is read as the stream goes (see `Client.predict_stream`)."""
         name = job.name if isinstance(job, AsyncJob) else job
-        requests = [
-            predict_request(name, np.asarray(b, dtype=np.float32).reshape(len(b), -1), checkpoint)
-            for b in batches
-        ]
-        stream = self._rpc.predict_stream(
-            iter(requests), timeout=self.timeout, metadata=self._metadata
-        )
+        failure: list[Exception] = []
+
+        async def requests() -> AsyncIterator[predictions_pb2.PredictRequest]:
+            # grpc.aio cancels the call when its request iterator raises: the requests end
+            # instead, and the exception is raised once the batches before it are answered.
+            try:
+                async for batch in _aiter(batches):
+                    inputs = np.asarray(batch, dtype=np.float32).reshape(len(batch), -1)
+                    yield predict_request(name, inputs, checkpoint)
+            except Exception as error:
+                failure.append(error)
+
+        stream = self._rpc.predict_stream(requests(), timeout=self.timeout, metadata=self._metadata)
         try:
             async for response in stream:
                 yield join_predictions([response])
         except grpc.aio.AioRpcError as error:
             raise from_aio_error(error) from None
+        if failure:
+            raise failure[0]
+
+
+async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
+    """The items of a sync or async iterable, asynchronously."""
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
 
 
 class AsyncJobWatch(AsyncIterator[jobs_pb2.JobEvent]):

@@ -509,13 +509,25 @@ class Client:
     def predict_stream(
         self, job: str | Job, batches: Iterable[np.ndarray], *, checkpoint: str = ""
     ) -> Iterator[Prediction]:
-        """Predictions for each batch of rows, over one PredictStream call, in order."""
+        """Predictions for each batch of rows, over one PredictStream call, in order.
+
+        `batches` is read as the stream goes. A batch that cannot be encoded (or an exception of
+        the iterable itself) ends the stream: it is raised, as it was, after the predictions of
+        the batches before it.
+        """
         name = job.name if isinstance(job, Job) else job
+        failure: list[Exception] = []
 
         def requests() -> Iterator[predictions_pb2.PredictRequest]:
-            for batch in batches:
-                inputs = np.asarray(batch, dtype=np.float32).reshape(len(batch), -1)
-                yield predict_request(name, inputs, checkpoint)
+            # gRPC reads this in a thread of its own and reports what it raises as an UNKNOWN
+            # status ("Exception iterating requests!"): the requests end instead, and the
+            # exception is raised to the caller once the batches before it are answered.
+            try:
+                for batch in batches:
+                    inputs = np.asarray(batch, dtype=np.float32).reshape(len(batch), -1)
+                    yield predict_request(name, inputs, checkpoint)
+            except Exception as error:
+                failure.append(error)
 
         stream = self._rpc.predict_stream(requests(), timeout=self.timeout, metadata=self._metadata)
         try:
@@ -523,6 +535,8 @@ class Client:
                 yield join_predictions([response])
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
+        if failure:
+            raise failure[0]
 
 
 class JobWatch(Iterator[jobs_pb2.JobEvent]):
