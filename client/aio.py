@@ -60,13 +60,12 @@ from .retry import RetryPolicy, watch_was_open
 from .rpc import AioRpc, channel_credentials, channel_options
 from .wire import (
     ChunkedPrediction,
+    StreamedPrediction,
     Upload,
     as_inputs,
     create_job_request,
-    join_predictions,
     list_jobs_request,
     metrics_from_response,
-    predict_request,
 )
 
 log = logging.getLogger("trainwire.client")
@@ -370,13 +369,15 @@ class AsyncClient:
     async def predict_stream(
         self,
         job: str | AsyncJob,
-        batches: Iterable[np.ndarray] | AsyncIterable[np.ndarray],
+        batches: Iterable[np.ndarray | Sequence[Sequence[float]]]
+        | AsyncIterable[np.ndarray | Sequence[Sequence[float]]],
         *,
         checkpoint: str = "",
     ) -> AsyncIterator[Prediction]:
         """Predictions for each batch of rows, over one PredictStream call, in order; `batches`
         is read as the stream goes (see `Client.predict_stream`)."""
         name = job.name if isinstance(job, AsyncJob) else job
+        streamed = StreamedPrediction(name, checkpoint, self.max_message_bytes)
         failure: list[Exception] = []
 
         async def requests() -> AsyncIterator[predictions_pb2.PredictRequest]:
@@ -384,15 +385,17 @@ class AsyncClient:
             # instead, and the exception is raised once the batches before it are answered.
             try:
                 async for batch in _aiter(batches):
-                    inputs = np.asarray(batch, dtype=np.float32).reshape(len(batch), -1)
-                    yield predict_request(name, inputs, checkpoint)
+                    for request in streamed.requests(batch):
+                        yield request
             except Exception as error:
                 failure.append(error)
 
         stream = self._rpc.predict_stream(requests(), timeout=self.timeout, metadata=self._metadata)
         try:
             async for response in stream:
-                yield join_predictions([response])
+                prediction = streamed.answered(response)
+                if prediction is not None:
+                    yield prediction
         except grpc.aio.AioRpcError as error:
             raise from_aio_error(error) from None
         if failure:

@@ -47,6 +47,7 @@ from .wire import (
     CHUNK_BYTES,
     PROGRESS_BYTES,
     ChunkedPrediction,
+    StreamedPrediction,
     Upload,
     as_inputs,
     create_job_request,
@@ -54,7 +55,6 @@ from .wire import (
     join_predictions,
     list_jobs_request,
     metrics_from_response,
-    predict_request,
     prepare_upload,
 )
 
@@ -507,15 +507,22 @@ class Client:
         return chunks.result()
 
     def predict_stream(
-        self, job: str | Job, batches: Iterable[np.ndarray], *, checkpoint: str = ""
+        self,
+        job: str | Job,
+        batches: Iterable[np.ndarray | Sequence[Sequence[float]]],
+        *,
+        checkpoint: str = "",
     ) -> Iterator[Prediction]:
         """Predictions for each batch of rows, over one PredictStream call, in order.
 
+        Each batch is encoded as `predict` encodes its inputs, and one larger than a quarter of
+        the message limit goes as several messages whose answers make its one `Prediction`.
         `batches` is read as the stream goes. A batch that cannot be encoded (or an exception of
         the iterable itself) ends the stream: it is raised, as it was, after the predictions of
         the batches before it.
         """
         name = job.name if isinstance(job, Job) else job
+        streamed = StreamedPrediction(name, checkpoint, self.max_message_bytes)
         failure: list[Exception] = []
 
         def requests() -> Iterator[predictions_pb2.PredictRequest]:
@@ -524,15 +531,16 @@ class Client:
             # exception is raised to the caller once the batches before it are answered.
             try:
                 for batch in batches:
-                    inputs = np.asarray(batch, dtype=np.float32).reshape(len(batch), -1)
-                    yield predict_request(name, inputs, checkpoint)
+                    yield from streamed.requests(batch)
             except Exception as error:
                 failure.append(error)
 
         stream = self._rpc.predict_stream(requests(), timeout=self.timeout, metadata=self._metadata)
         try:
             for response in stream:
-                yield join_predictions([response])
+                prediction = streamed.answered(response)
+                if prediction is not None:
+                    yield prediction
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         if failure:

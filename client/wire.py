@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -238,13 +239,22 @@ def metrics_from_response(response: jobs_pb2.ListJobMetricsResponse) -> Metrics:
 
 
 def as_inputs(inputs: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
-    """Prediction inputs as a 2-D float array."""
+    """Prediction inputs as a 2-D float array: float64 stays float64, anything else becomes
+    float32, and a single row may be given 1-D. Inputs without rows are refused (SpecError), as
+    the server refuses them."""
     x = np.asarray(inputs)
     if x.dtype.kind != "f":
         x = x.astype(np.float32)
-    if x.ndim == 1:
+    if x.ndim < 2:
         x = x.reshape(1, -1)
+    if len(x) == 0:
+        raise SpecError([("inputs.shape", "has no rows")])
     return x
+
+
+def input_row_bytes(x: np.ndarray) -> int:
+    """The bytes of one row of prediction inputs."""
+    return max(1, x.itemsize * int(np.prod(x.shape[1:])))
 
 
 def predict_request(job: str, x: np.ndarray, checkpoint: str) -> predictions_pb2.PredictRequest:
@@ -294,7 +304,7 @@ class ChunkedPrediction:
         self.selector = checkpoint
         self.checkpoint = checkpoint
         self.budget = max(1, max_message_bytes // 4)
-        self.row_bytes = max(1, x.itemsize * int(np.prod(x.shape[1:])))
+        self.row_bytes = input_row_bytes(x)
         self.max_rows = self.FIRST_ROWS  # until an answer's size is known
         self.answers: list[predictions_pb2.PredictResponse] = []
         self.restarted = False
@@ -334,6 +344,47 @@ class ChunkedPrediction:
 
     def result(self) -> Prediction:
         return join_predictions(self.answers)
+
+
+class StreamedPrediction:
+    """The messages of one PredictStream call and their answers, for both clients: each batch is
+    encoded as `predict` encodes its inputs (`as_inputs`) and sent as messages whose inputs take
+    at most a quarter of the message limit, their answers joined back into the batch's
+    `Prediction`.
+    The clients send `requests(batch)` for each batch in turn and pass each answer to `answered`,
+    which returns a batch's prediction once the last of its messages is answered.
+
+    Messages are sized by their inputs alone, unlike `ChunkedPrediction`'s: they are sent ahead
+    of the answers, and an answer the server cannot send ends the stream, naming the rows a
+    message may have.
+    """
+
+    def __init__(self, job: str, checkpoint: str, max_message_bytes: int) -> None:
+        self.job = job
+        self.checkpoint = checkpoint
+        self.budget = max(1, max_message_bytes // 4)
+        # How many messages each batch sent and not yet answered went as: batches are encoded in
+        # gRPC's request thread (or task) and answered in the caller's, and a deque's appends
+        # and pops are atomic.
+        self._messages: deque[int] = deque()
+        self._answers: list[predictions_pb2.PredictResponse] = []
+
+    def requests(
+        self, batch: np.ndarray | Sequence[Sequence[float]]
+    ) -> Iterator[predictions_pb2.PredictRequest]:
+        x = as_inputs(batch)
+        rows = max(1, self.budget // input_row_bytes(x))
+        self._messages.append(-(-len(x) // rows))
+        for start in range(0, len(x), rows):
+            yield predict_request(self.job, x[start : start + rows], self.checkpoint)
+
+    def answered(self, response: predictions_pb2.PredictResponse) -> Prediction | None:
+        self._answers.append(response)
+        if len(self._answers) < self._messages[0]:
+            return None
+        self._messages.popleft()
+        answers, self._answers = self._answers, []
+        return join_predictions(answers)
 
 
 def join_predictions(parts: Sequence[predictions_pb2.PredictResponse]) -> Prediction:

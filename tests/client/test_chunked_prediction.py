@@ -8,7 +8,7 @@ import numpy as np
 
 from trainwire.client.errors import NotFound, ResourceExhausted
 from trainwire.client.tensors import from_tensor, to_tensor
-from trainwire.client.wire import ChunkedPrediction, answer_too_large
+from trainwire.client.wire import ChunkedPrediction, StreamedPrediction, answer_too_large
 from trainwire.v1 import predictions_pb2
 
 CHECKPOINT = "jobs/" + "a" * 32 + "/checkpoints/7"
@@ -103,3 +103,18 @@ def test_a_pinned_checkpoint_deleted_midway_starts_the_prediction_over_once() ->
     chunks.answered(answer(again))
     assert chunks.next_request() is not None
     assert not chunks.retry_after(gone), "only once"
+
+
+def test_a_streamed_batch_beyond_a_quarter_of_the_limit_is_split_and_joined_back() -> None:
+    limit = 64 * 1024
+    streamed = StreamedPrediction("jobs/" + "a" * 32, "latest", limit)
+    batches = [np.zeros((3, 4), np.float32), np.zeros((5000, 4)), [1.0, 2.0, 3.0, 4.0]]
+    requests = [list(streamed.requests(batch)) for batch in batches]
+    assert [len(r) for r in requests] == [1, 10, 1]  # float64 rows of 32 bytes: 512 a message
+    assert all(len(r.inputs.data) <= limit // 4 for batch in requests for r in batch)
+    assert from_tensor(requests[1][0].inputs).dtype == np.float64
+    assert from_tensor(requests[2][0].inputs).shape == (1, 4)
+    answers = [streamed.answered(answer(r)) for batch in requests for r in batch]
+    done = [a for a in answers if a is not None]
+    assert [len(p.outputs) for p in done] == [3, 5000, 1]
+    assert answers[1:10] == [None] * 9, "a batch is answered once all its messages are"

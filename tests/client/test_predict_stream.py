@@ -1,5 +1,5 @@
-"""PredictStream through both clients: batches read as the stream goes, and a bad batch raised to
-the caller as itself."""
+"""PredictStream through both clients: batches read as the stream goes, a bad batch raised to the
+caller as itself, and every batch encoded as `predict` encodes its inputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import numpy as np
 import pytest
 
-from trainwire.client import Client, DatasetInfo, Job, Prediction
+from trainwire.client import Client, DatasetInfo, Job, Prediction, SpecError
 from trainwire.client.aio import AsyncClient
 from trainwire.server.local import LocalServer
 
@@ -76,3 +76,52 @@ def test_the_async_stream_reads_sync_and_async_iterables_as_it_goes(
             assert [len(p.outputs) for p in received] == [3]
 
     asyncio.run(scenario())
+
+
+def test_float64_inputs_reach_a_float64_model_as_they_do_through_predict(
+    client: Client, dataset: DatasetInfo
+) -> None:
+    features, _ = blobs()
+    precise = client.create_job(dataset, MODEL, epochs=1, batch_size=8, dtype="float64")
+    assert precise.wait(timeout=60, poll_interval=0.1).state == "SUCCEEDED"
+    rng = np.random.default_rng(1)
+    x = features.astype(np.float64) + rng.normal(scale=1e-6, size=features.shape)
+    [streamed] = client.predict_stream(precise, [x])
+    assert np.array_equal(streamed.outputs, precise.predict(x).outputs)
+
+
+def test_a_one_dimensional_batch_is_one_row_as_in_predict(client: Client, job: Job) -> None:
+    features, _ = blobs()
+    [one_row] = client.predict_stream(job, [features[0]])
+    assert one_row.outputs.shape == (1, 3)
+    assert np.array_equal(one_row.outputs, job.predict(features[0]).outputs)
+
+
+def test_an_empty_batch_is_refused_as_in_predict(client: Client, job: Job) -> None:
+    features, _ = blobs()
+    received = []
+    with pytest.raises(SpecError, match="has no rows"):
+        for prediction in client.predict_stream(job, [features[:2], np.empty((0, 4))]):
+            received.append(prediction)
+    assert len(received) == 1
+    with pytest.raises(SpecError, match="has no rows"):
+        job.predict(np.empty((0, 4)))
+
+
+def test_a_batch_beyond_the_message_limit_goes_as_several_messages(
+    live_server: LocalServer, job: Job
+) -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(6000, 4)).astype(np.float32)  # 96 KB, the limit 64 KiB
+    with Client(live_server.target, timeout=30, max_message_bytes=64 * 1024) as small:
+        streamed = list(small.predict_stream(job.name, [x[:5], x, x[5:9]]))
+        whole = small.predict(job.name, x)
+    assert [len(p.outputs) for p in streamed] == [5, 6000, 4]
+    assert whole.labels is not None and np.array_equal(streamed[1].labels, whole.labels)
+    assert np.array_equal(streamed[1].outputs, whole.outputs)
+
+    async def scenario() -> list[Prediction]:
+        async with AsyncClient(live_server.target, max_message_bytes=64 * 1024) as client:
+            return [p async for p in client.predict_stream(job.name, [x, x[:3]])]
+
+    assert [len(p.outputs) for p in asyncio.run(scenario())] == [6000, 3]
