@@ -52,7 +52,8 @@ from .errors import (
     NotFound,
     TrainwireError,
     Unavailable,
-    from_aio_error,
+    from_rpc_error,
+    status_of,
 )
 from .files import PathLike
 from .results import DatasetInfo, JobStatus, Metrics, Prediction
@@ -149,13 +150,13 @@ class AsyncClient:
                 return await method(request, timeout=max(remaining, 0.001), metadata=self._metadata)
             except grpc.aio.AioRpcError as error:
                 remaining = deadline - time.monotonic()
-                code, details = error.code(), error.details() or ""
+                code, details = status_of(error)
                 if gone_on_retry is not None and is_gone(answer_lost, code):
                     return gone_on_retry()
                 answer_lost = answer_lost or may_have_run(code)
                 delay = self.retry.next_delay(attempt, code, details, remaining)
                 if not idempotent or delay is None:
-                    raise from_aio_error(error) from None
+                    raise from_rpc_error(error) from None
                 log.debug("retrying after %s (attempt %d, %.2fs)", code, attempt, delay)
                 await asyncio.sleep(delay)
 
@@ -397,7 +398,7 @@ class AsyncClient:
                 if prediction is not None:
                     yield prediction
         except grpc.aio.AioRpcError as error:
-            raise from_aio_error(error) from None
+            raise from_rpc_error(error) from None
         if failure:
             raise failure[0]
 
@@ -479,11 +480,11 @@ class AsyncJobWatch(AsyncIterator[jobs_pb2.JobEvent]):
 
     async def _recover(self, error: grpc.aio.AioRpcError, opened: bool) -> None:
         """Sleeps before re-opening the stream, or raises the SDK error (see `JobWatch`)."""
-        code, details = error.code(), error.details() or ""
+        code, details = status_of(error)
         if self._closed:
             raise StopAsyncIteration
         if not self.reconnect or not reconnectable(code, details):
-            raise from_aio_error(error) from None
+            raise from_rpc_error(error) from None
         if opened:  # a new outage begins; the backoff goes on (see `JobWatch._recover`)
             self._outage_since = None
         now = time.monotonic()

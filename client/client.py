@@ -60,8 +60,6 @@ from .wire import (
 
 DEFAULT_TARGET = "localhost:50051"
 DEFAULT_MESSAGE_BYTES = 4 * 1024 * 1024
-#: Codes after which a watch re-opens its stream (the server went away mid-stream).
-RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
 
 log = logging.getLogger("trainwire.client")
 Q = TypeVar("Q")

@@ -7,13 +7,12 @@ Every exception is a `TrainwireError` with the gRPC `code` and the server's `fie
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import cast
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 
 class TrainwireError(Exception):
@@ -113,13 +112,13 @@ _BY_CODE: dict[grpc.StatusCode, type[TrainwireError]] = {
 
 
 def status_of(error: grpc.RpcError) -> tuple[grpc.StatusCode | None, str]:
-    """The status code and details of a failed call (sync or asyncio)."""
-    code = getattr(error, "code", None)
-    details = getattr(error, "details", None)
-    return (
-        code() if callable(code) else None,
-        (details() if callable(details) else None) or str(error),
-    )
+    """The status code and message of a failed call, sync or asyncio: the status details, or the
+    code's name when there are none (never the debug string, which is for logs)."""
+    code_of = getattr(error, "code", None)
+    details_of = getattr(error, "details", None)
+    code = code_of() if callable(code_of) else None
+    details = details_of() if callable(details_of) else None
+    return code, details or (code.name if code is not None else "UNKNOWN")
 
 
 def error_for(
@@ -131,32 +130,35 @@ def error_for(
 
 
 def from_rpc_error(error: grpc.RpcError) -> TrainwireError:
-    """The SDK exception for a failed call, with the server's field violations if it sent any."""
+    """The SDK exception for a failed call, sync or asyncio, with the server's field violations
+    if it sent any."""
     code, message = status_of(error)
-    violations: list[tuple[str, str]] = []
-    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
-    if status is not None:
-        violations = _violations(status.details)
-    return error_for(code, message or "", violations)
+    return error_for(code, message, field_violations(error))
 
 
-def from_aio_error(error: grpc.aio.AioRpcError) -> TrainwireError:
-    """The SDK exception for a failed asyncio call, with its field violations."""
-    code, message = error.code(), error.details() or ""
-    violations: list[tuple[str, str]] = []
-    metadata = cast("Sequence[tuple[str, str | bytes]]", error.trailing_metadata() or ())
-    for key, value in metadata:
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            status = status_pb2.Status.FromString(value)
-            violations = _violations(status.details)
-    return error_for(code, message, violations)
+#: The former name of `from_rpc_error`, which takes asyncio errors too.
+from_aio_error = from_rpc_error
 
 
-def _violations(details: Iterable[any_pb2.Any]) -> list[tuple[str, str]]:
+def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
+    """The `BadRequest` field violations in a failed call's `grpc-status-details-bin` trailer;
+    none when there is no such trailer or it cannot be read. The trailer's own code and message
+    are not compared with the call's (`rpc_status.from_call` raises when they differ)."""
+    trailing_of = getattr(error, "trailing_metadata", None)
+    metadata = cast(
+        "Iterable[tuple[str, str | bytes]] | None",
+        trailing_of() if callable(trailing_of) else None,
+    )
     found: list[tuple[str, str]] = []
-    for detail in details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-            found += [(v.field, v.description) for v in bad_request.field_violations]
+    for key, value in metadata or ():
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        try:
+            for detail in status_pb2.Status.FromString(value).details:
+                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    bad_request = error_details_pb2.BadRequest()
+                    detail.Unpack(bad_request)
+                    found += [(v.field, v.description) for v in bad_request.field_violations]
+        except DecodeError:
+            continue
     return found

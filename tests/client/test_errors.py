@@ -1,0 +1,103 @@
+"""Failed calls become the same SDK exception in both clients: the status details as the message
+(the code's name when there are none) and the field violations of the status trailer, read
+leniently."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from trainwire.client import Client, TrainwireError
+from trainwire.client.aio import AsyncClient
+from trainwire.v1 import jobs_pb2
+
+VIOLATION = ("training.epochs", "must be positive")
+
+
+def status_trailer(message: str) -> bytes:
+    bad_request = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(
+                field=VIOLATION[0], description=VIOLATION[1]
+            )
+        ]
+    )
+    packed = any_pb2.Any()
+    packed.Pack(bad_request)
+    code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    return status_pb2.Status(code=code, message=message, details=[packed]).SerializeToString()
+
+
+def get_job(request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
+    """Fails as the job's name says."""
+    if request.name == "no-details":
+        context.abort(grpc.StatusCode.NOT_FOUND, "")
+    if request.name == "other-message":  # the trailer's message is not the status details
+        context.set_trailing_metadata((("grpc-status-details-bin", status_trailer("before")),))
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "after")
+    if request.name == "unreadable":
+        context.set_trailing_metadata((("grpc-status-details-bin", b"\xff\xff\xff"),))
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad")
+    return jobs_pb2.Job(name=request.name)
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    handler = grpc.unary_unary_rpc_method_handler(
+        get_job,
+        request_deserializer=jobs_pb2.GetJobRequest.FromString,
+        response_serializer=jobs_pb2.Job.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("trainwire.v1.JobService", {"GetJob": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(None)
+
+
+def failures(target: str, name: str) -> list[TrainwireError]:
+    """The exception each client raises for GetJob(name)."""
+    raised: list[TrainwireError] = []
+    with Client(target, timeout=10) as client, pytest.raises(TrainwireError) as caught:
+        client.get_job(name)
+    raised.append(caught.value)
+
+    async def scenario() -> None:
+        async with AsyncClient(target, timeout=10) as client:
+            with pytest.raises(TrainwireError) as caught:
+                await client.get_job(name)
+            raised.append(caught.value)
+
+    asyncio.run(scenario())
+    return raised
+
+
+def test_a_status_without_details_is_named_by_its_code(target: str) -> None:
+    for error in failures(target, "no-details"):
+        assert (error.code_name, error.message) == ("NOT_FOUND", "NOT_FOUND")
+
+
+def test_field_violations_are_read_whatever_message_the_trailer_has(target: str) -> None:
+    for error in failures(target, "other-message"):
+        assert (error.code_name, error.message) == ("INVALID_ARGUMENT", "after")
+        assert error.field_violations == [VIOLATION]
+
+
+def test_an_unreadable_status_trailer_is_no_field_violation(target: str) -> None:
+    for error in failures(target, "unreadable"):
+        assert (error.code_name, error.message, error.field_violations) == (
+            "INVALID_ARGUMENT",
+            "bad",
+            [],
+        )
