@@ -25,6 +25,10 @@ LAYER_KEYS: dict[str, frozenset[str]] = {
     "activation": frozenset({"type", "activation"}),
 }
 EARLY_STOPPING_KEYS = frozenset({"monitor", "patience", "min_delta", "restore_best_weights"})
+# An optimizer's and a schedule's parameters travel in a map of doubles (`params`).
+NUMBERS_ONLY = (
+    "must be a number: only numeric parameters can be sent (leave it out for its default)"
+)
 
 
 @cache
@@ -82,6 +86,13 @@ class _Checker:
             interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
             self.add(field, f"must be in {interval}. Received: {value}")
 
+    def parameter(self, field: str, value: object) -> None:
+        """A parameter of an optimizer or a schedule."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.add(field, f"{NUMBERS_ONLY}. Received: {value!r}")
+        else:
+            self.number(field, value, -math.inf, math.inf)
+
     def name(self, field: str, kind: str, value: object, *, optional: bool = False) -> None:
         if isinstance(value, Mapping):
             value = value.get("name")
@@ -103,6 +114,21 @@ class _Checker:
     def raise_if_any(self) -> None:
         if self.violations:
             raise SpecError(self.violations)
+
+
+def numeric_params(field: str, params: Mapping[str, Any]) -> dict[str, float]:
+    """An optimizer's or a schedule's parameters as the request's map of numbers; SpecError
+    naming each one that is not a number, even unvalidated (it cannot be sent at all)."""
+    numbers: dict[str, float] = {}
+    violations: list[tuple[str, str]] = []
+    for key, value in params.items():
+        try:
+            numbers[key] = float(value)
+        except (TypeError, ValueError):
+            violations.append((f"{field}.params[{key!r}]", f"{NUMBERS_ONLY}. Received: {value!r}"))
+    if violations:
+        raise SpecError(violations)
+    return numbers
 
 
 def check_model(spec: object) -> None:
@@ -201,12 +227,16 @@ def check_training(
     if isinstance(optimizer, Mapping):
         for key, value in optimizer.items():
             if key not in ("name", "learning_rate"):
-                checker.number(f"training.optimizer.params[{key!r}]", value, -math.inf, math.inf)
+                checker.parameter(f"training.optimizer.params[{key!r}]", value)
     checker.name("training.loss", "loss", loss, optional=True)
     for index, metric in enumerate(metrics):
         checker.name(f"training.metrics[{index}]", "metric", metric)
     checker.number("training.validation_fraction", validation_fraction, 0.0, 1.0, open_high=True)
     checker.name("training.schedule", "schedule", schedule, optional=True)
+    if isinstance(schedule, Mapping):
+        for key, value in schedule.items():
+            if key != "name":
+                checker.parameter(f"training.schedule.params[{key!r}]", value)
     for key in sorted(set(early_stopping or {}) - EARLY_STOPPING_KEYS):
         allowed = ", ".join(sorted(EARLY_STOPPING_KEYS))
         checker.add(f"training.early_stopping.{key}", f"is not a field; expected: {allowed}")

@@ -24,7 +24,7 @@ from .errors import SpecError, TrainwireError
 from .results import TASKS, DatasetInfo, Metrics, Prediction, state_code
 from .specs import model_spec_to_proto
 from .tensors import dtype_code, from_tensor, to_tensor
-from .validation import check_model
+from .validation import check_model, numeric_params
 from .validation import check_training as _check_training
 
 # Uploads and predictions are split so each message stays well under the message limit.
@@ -178,7 +178,7 @@ def create_job_request(
     training = models_pb2.TrainingConfig(
         schedule=models_pb2.ScheduleSpec(
             name=str(schedule_spec.pop("name", "")),
-            params={k: float(v) for k, v in schedule_spec.items()},
+            params=numeric_params("training.schedule", schedule_spec),
         ),
         early_stopping=models_pb2.EarlyStopping(**dict(early_stopping or {})),
         epochs=epochs,
@@ -187,7 +187,7 @@ def create_job_request(
         optimizer=models_pb2.OptimizerSpec(
             name=optimizer_name,
             learning_rate=rate,
-            params={k: float(v) for k, v in optimizer_spec.items()},
+            params=numeric_params("training.optimizer", optimizer_spec),
         ),
         validation_fraction=validation_fraction,
         seed=seed,

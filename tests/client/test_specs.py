@@ -201,3 +201,21 @@ def test_job_spec_values_of_the_wrong_kind_are_spec_errors(
     with pytest.raises(SpecError) as caught:
         JobSpec.from_dict({"model": {"layers": [{"type": "dense", "units": 2}]}, **document})
     assert field in [str(f) for f, _ in caught.value.field_violations]
+
+
+def test_a_parameter_the_request_cannot_carry_as_a_number_is_refused_by_name() -> None:
+    # ScheduleSpec.params and OptimizerSpec.params hold numbers: a text parameter cannot be sent.
+    schedule = {"name": "reduce_on_plateau", "mode": "max", "factor": 0.5}
+    for validate in (True, False):
+        with Client("127.0.0.1:9") as client, pytest.raises(SpecError) as caught:
+            client.create_job("datasets/x", [Dense(3)], schedule=schedule, validate=validate)
+        [(field, description)] = caught.value.field_violations
+        assert field == "training.schedule.params['mode']"
+        assert "only numeric parameters can be sent" in description and "'max'" in description
+    with Client("127.0.0.1:9") as client, pytest.raises(SpecError) as optimizer:
+        client.create_job(
+            "datasets/x", [Dense(3)], optimizer={"name": "sgd", "momentum": "high"}, validate=False
+        )
+    assert [f for f, _ in optimizer.value.field_violations] == [
+        "training.optimizer.params['momentum']"
+    ]
