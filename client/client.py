@@ -246,7 +246,8 @@ class Client:
         `features` is an array or a file: a CSV (targets in `target_column`, the last column by
         default), an NPZ (`X` and `y`), or an NPY with `targets` a second file. `task` is
         regression, binary or multiclass; when omitted, integer targets mean multiclass (binary
-        for 0/1) and floats regression.
+        for 0/1) and floats regression. Integer and bool features are sent as float32 (float64
+        ones stay float64), and bool, unsigned, int8 and int16 targets as int64.
 
         Uploads are content-addressed: with `dedupe` (the default) the SDK looks for a dataset of
         your project with the same SHA-256, shapes and task (one `ListDatasets` pass, remembered

@@ -20,7 +20,9 @@ from trainwire.client import (
     NotFound,
     Sequential,
 )
+from trainwire.client.wire import prepare_upload
 from trainwire.server.local import LocalServer
+from trainwire.v1 import tensor_pb2
 
 from .conftest import MODEL, blobs
 
@@ -68,6 +70,24 @@ def test_uploads_are_content_addressed(client: Client, dataset: DatasetInfo) -> 
     client.delete_dataset(other.name)
     with pytest.raises(NotFound):
         client.get_dataset(forced.name)
+
+
+def test_integer_features_and_small_integer_labels_are_uploaded(client: Client) -> None:
+    features, labels = blobs(30, seed=4)
+    counts = np.rint(features * 10).astype(np.int64)
+    info = client.upload_dataset(counts, labels, name="counts")
+    assert (info.task, info.num_classes, info.feature_shape) == ("multiclass", 3, (30, 4))
+    # Sent as float32 features: the same values as float32 are the same dataset.
+    assert client.upload_dataset(counts.astype(np.float32), labels).name == info.name
+    for y in (labels.astype(np.uint8), labels.astype(np.int16), labels.astype(np.uint32)):
+        assert client.upload_dataset(counts, y).name == info.name, "labels sent as int64"
+    binary = client.upload_dataset(counts > 5, labels == 1, name="flags")
+    assert (binary.task, binary.num_classes) == ("binary", 2)
+    upload = prepare_upload(
+        features.astype(np.float64), labels, task=None, name="", num_classes=0,
+        feature_names=(), class_names=(), labels=None,
+    )  # fmt: skip
+    assert upload.header.features.dtype == tensor_pb2.DATA_TYPE_FLOAT64, "float64 stays float64"
 
 
 def test_uploads_from_csv_and_npy_files(client: Client, tmp_path: Path) -> None:
