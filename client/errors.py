@@ -136,10 +136,6 @@ def from_rpc_error(error: grpc.RpcError) -> TrainwireError:
     return error_for(code, message, field_violations(error))
 
 
-#: The former name of `from_rpc_error`, which takes asyncio errors too.
-from_aio_error = from_rpc_error
-
-
 def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
     """The `BadRequest` field violations in a failed call's `grpc-status-details-bin` trailer;
     none when there is no such trailer or it cannot be read. The trailer's own code and message

@@ -33,7 +33,7 @@ from .metrics import RPC_SECONDS, BufferedSeries
 
 log = logging.getLogger("trainwire.server")
 
-# The trailing metadata key that carries a google.rpc.Status (what grpcio-status reads).
+# The trailing metadata key that carries a google.rpc.Status (the SDK reads its field violations).
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
