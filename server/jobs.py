@@ -43,6 +43,13 @@ class JobService:
         self.settings = settings
 
     def create(self, request: jobs_pb2.CreateJobRequest, project: str) -> Job:
+        # A retry gets the job its request_id created before anything else is checked: the
+        # limits may have been lowered, or the dataset deleted, since that job was accepted.
+        check_text("request_id", request.request_id, MAX_REQUEST_ID)
+        if request.request_id:
+            existing = self.store.job_by_request_id(request.request_id, project)
+            if existing is not None:
+                return existing
         dataset_id = parse_name(request.dataset, "datasets", "dataset")
         dataset = self.store.get_dataset(dataset_id, project)
         if request.model.input_dim < 0:
@@ -70,7 +77,6 @@ class JobService:
         _check_spec_round_trips(model.spec)
         _check_labels(dict(request.labels))
         check_text("display_name", request.display_name, MAX_LABEL_LENGTH)
-        check_text("request_id", request.request_id, MAX_REQUEST_ID)
         queue = request.queue or "default"
         if not QUEUE_NAME.match(queue):
             raise InvalidArgument.field(

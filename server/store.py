@@ -417,7 +417,7 @@ class Store:
     def create_job(self, new: NewJob) -> Job:
         """Inserts a QUEUED job; with a known `request_id` returns the job it created before."""
         if new.request_id:
-            existing = self._job_by_request_id(new.request_id, new.project)
+            existing = self.job_by_request_id(new.request_id, new.project)
             if existing is not None:
                 return existing
         now = utcnow()
@@ -458,12 +458,12 @@ class Store:
                 raise NotFound(f"datasets/{new.dataset_id} does not exist") from None
             # Two concurrent creates with one request_id: the other one won; return its job.
             if new.request_id:
-                existing = self._job_by_request_id(new.request_id, new.project)
+                existing = self.job_by_request_id(new.request_id, new.project)
                 if existing is not None:
                     return existing
             raise
 
-    def _job_by_request_id(self, request_id: str, project: str) -> Job | None:
+    def job_by_request_id(self, request_id: str, project: str) -> Job | None:
         """The job `project` created with `request_id`; request ids are unique per project
         (migration 0007), so another project's use of one is neither seen nor refused."""
         with self.db.read() as session:

@@ -174,3 +174,24 @@ def test_a_growing_decay_schedule_is_refused_at_create(store: Store) -> None:
     schedule = models_pb2.ScheduleSpec(name="exponential", params={"gamma": 1e10})
     with pytest.raises(InvalidArgument, match=r"gamma must be a number in \(0.0, 1.0\]"):
         JobService(store, Settings()).create(request(dataset, schedule=schedule), "default")
+
+
+def test_a_retry_gets_its_job_even_where_the_request_would_now_be_refused(store: Store) -> None:
+    """The retry of a CreateJob whose answer was lost must find the job it created: after a
+    restart with a lower max_epochs, or once that job's dataset was deleted, the same request
+    sent fresh is refused."""
+    dataset = regression_dataset(store)
+    create = request(dataset, epochs=5)
+    create.request_id = "retried"
+    job = JobService(store, Settings()).create(create, "default")
+    restarted = JobService(store, Settings(max_epochs=2))
+    assert restarted.create(create, "default").id == job.id
+    store.cancel_job(job.id)
+    store.delete_dataset(dataset.id)
+    assert restarted.create(create, "default").id == job.id
+    assert [j.id for j in store.list_jobs(10, "")[0]] == [job.id]
+    # A request_id is still checked first.
+    create.request_id = "x" * 129
+    with pytest.raises(InvalidArgument) as refused:
+        restarted.create(create, "default")
+    assert refused.value.violations[0].field == "request_id"
