@@ -79,6 +79,8 @@ DEFAULT_KEEP_CHECKPOINTS = 3
 # PostgreSQL NOTIFY channels: a job was enqueued (payload: its queue) / asked to cancel (its id).
 JOBS_CHANNEL = "trainwire_jobs"
 CANCEL_CHANNEL = "trainwire_cancel"
+# Job.error of every CANCELLED job, however it got there.
+CANCELLED_BY_REQUEST = "cancelled by request"
 
 
 class LeaseLost(Exception):
@@ -646,7 +648,7 @@ class Store:
                 row.updated_at = now
                 if state.is_finished:
                     row.ended_at = now
-                    row.error = message if state is JobState.FAILED else ""
+                    row.error = CANCELLED_BY_REQUEST if state is JobState.CANCELLED else message
                 self._event_for(session, row, message)
                 if state is JobState.QUEUED:
                     self._notify(session, JOBS_CHANNEL, row.queue)
@@ -661,6 +663,7 @@ class Store:
             state = JobState(row.state)
             if state is JobState.QUEUED:
                 row.state = JobState.CANCELLED.value
+                row.error = CANCELLED_BY_REQUEST
                 row.ended_at = now
                 row.updated_at = now
                 self._event_for(session, row, "cancelled before it ran")
@@ -894,7 +897,7 @@ class Store:
             row.updated_at = now
             if row.state == JobState.CANCELLING.value:
                 row.state = JobState.CANCELLED.value
-                row.error = "cancelled by request"  # what the worker's own cancel records
+                row.error = CANCELLED_BY_REQUEST
                 row.ended_at = now
                 self._event_for(session, row, row.error)
                 return JobState.CANCELLED
