@@ -169,6 +169,19 @@ class DatasetService:
                 "header.num_classes",
                 f"must be in [0, {MAX_CLASSES}]. Received: {header.num_classes}",
             )
+        task = TASKS_FROM_PROTO[header.task]
+        if task is TaskKind.BINARY_CLASSIFICATION and header.num_classes not in (0, 2):
+            raise InvalidArgument.field(
+                "header.num_classes",
+                "must be 2 or 0 (unset) for binary classification; upload the data as "
+                f"multiclass for another count. Received: {header.num_classes}",
+            )
+        if task is TaskKind.REGRESSION and header.num_classes != 0:
+            raise InvalidArgument.field(
+                "header.num_classes",
+                "must be 0 (unset) for regression, which has no classes; upload the data as "
+                f"classification to give a class count. Received: {header.num_classes}",
+            )
         return features, targets
 
     def get(self, name: str, project: str) -> Dataset:
