@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -75,7 +76,7 @@ class JobService:
         check_loss_fits_targets(trainer, dataset)
         check_monitors_are_logged(trainer, training, dataset)
         _check_spec_round_trips(model.spec)
-        _check_labels(dict(request.labels))
+        check_labels("labels", request.labels)
         check_text("display_name", request.display_name, MAX_LABEL_LENGTH)
         queue = request.queue or "default"
         if not QUEUE_NAME.match(queue):
@@ -209,13 +210,12 @@ def _check_spec_round_trips(spec: dict[str, Any]) -> None:
         )
 
 
-def _check_labels(labels: dict[str, str]) -> None:
+def check_labels(field: str, labels: Mapping[str, str]) -> None:
+    """The labels of a job or of a dataset (`field` names them): both follow this one rule."""
     if len(labels) > MAX_LABELS:
-        raise InvalidArgument.field(
-            "labels", f"at most {MAX_LABELS} labels. Received: {len(labels)}"
-        )
+        raise InvalidArgument.field(field, f"at most {MAX_LABELS} labels. Received: {len(labels)}")
     for key, value in labels.items():
         if not key:
-            raise InvalidArgument.field("labels", "label keys must not be empty")
-        check_text("labels", key, MAX_LABEL_LENGTH)
-        check_text(f"labels[{key[:40]!r}]", value, MAX_LABEL_LENGTH)
+            raise InvalidArgument.field(field, "label keys must not be empty")
+        check_text(field, key, MAX_LABEL_LENGTH)
+        check_text(f"{field}[{key[:40]!r}]", value, MAX_LABEL_LENGTH)

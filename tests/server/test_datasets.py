@@ -7,7 +7,7 @@ import pytest
 
 from trainwire.server.config import Settings
 from trainwire.server.datasets import MAX_CLASSES, DatasetService
-from trainwire.server.errors import InvalidArgument
+from trainwire.server.errors import FieldViolation, InvalidArgument
 from trainwire.server.store import Store
 from trainwire.v1 import datasets_pb2, tensor_pb2
 
@@ -89,3 +89,15 @@ def test_a_class_count_the_task_has_is_accepted(
 ) -> None:
     service = DatasetService(store, Settings())
     assert service.upload(upload(task, TARGETS[task], num_classes), "default").num_classes == stored
+
+
+def test_an_empty_label_key_is_refused_as_for_a_job(store: Store) -> None:
+    """CreateJob refused an empty label key that UploadDataset stored."""
+    requests = multiclass_upload([0, 1, 2])
+    requests[0].header.labels[""] = "x"
+    with pytest.raises(InvalidArgument) as refused:
+        DatasetService(store, Settings()).upload(requests, "default")
+    assert refused.value.violations[0] == FieldViolation(
+        "header.labels", "label keys must not be empty"
+    )
+    assert store.list_datasets(10, "")[0] == []

@@ -10,7 +10,7 @@ import pytest
 
 from trainwire.server.config import Settings
 from trainwire.server.convert import job_to_proto
-from trainwire.server.errors import InvalidArgument, ResourceExhausted
+from trainwire.server.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from trainwire.server.jobs import JobService
 from trainwire.server.records import Dataset, JobState
 from trainwire.server.store import Store
@@ -195,3 +195,11 @@ def test_a_retry_gets_its_job_even_where_the_request_would_now_be_refused(store:
     with pytest.raises(InvalidArgument) as refused:
         restarted.create(create, "default")
     assert refused.value.violations[0].field == "request_id"
+
+
+def test_an_empty_label_key_is_refused(store: Store) -> None:
+    create = request(regression_dataset(store))
+    create.labels[""] = "x"
+    with pytest.raises(InvalidArgument) as refused:
+        JobService(store, Settings()).create(create, "default")
+    assert refused.value.violations[0] == FieldViolation("labels", "label keys must not be empty")
