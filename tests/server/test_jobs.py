@@ -4,6 +4,7 @@ accepts must train and be shown; what would fail later is refused at once, namin
 from __future__ import annotations
 
 import tracemalloc
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -12,8 +13,9 @@ from trainwire.server.config import Settings
 from trainwire.server.convert import job_to_proto
 from trainwire.server.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from trainwire.server.jobs import JobService
-from trainwire.server.records import Dataset, JobState
+from trainwire.server.records import Dataset, JobState, TaskKind
 from trainwire.server.store import Store
+from trainwire.server.training import training_from_proto
 from trainwire.v1 import jobs_pb2, models_pb2, tensor_pb2
 
 from .test_worker import regression_dataset, run_next
@@ -203,3 +205,18 @@ def test_an_empty_label_key_is_refused(store: Store) -> None:
     with pytest.raises(InvalidArgument) as refused:
         JobService(store, Settings()).create(create, "default")
     assert refused.value.violations[0] == FieldViolation("labels", "label keys must not be empty")
+
+
+@pytest.mark.parametrize(
+    ("task", "metrics"),
+    [
+        (TaskKind.REGRESSION, ["mae", "r2"]),
+        (TaskKind.BINARY_CLASSIFICATION, ["accuracy"]),
+        (TaskKind.MULTICLASS_CLASSIFICATION, ["accuracy"]),
+    ],
+)
+def test_empty_metrics_take_the_defaults_models_proto_documents(
+    store: Store, task: TaskKind, metrics: list[str]
+) -> None:
+    dataset = replace(regression_dataset(store), task=task)
+    assert training_from_proto(models_pb2.TrainingConfig(), dataset)["metrics"] == metrics

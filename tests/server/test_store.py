@@ -27,6 +27,7 @@ from trainwire.server.store import (
     Store,
     checkpoint_score,
     new_id,
+    page_size_of,
     utcnow,
 )
 
@@ -290,6 +291,15 @@ def test_every_way_to_cancelled_records_the_same_reason(store: Store) -> None:
     for job_id in (queued.id, released.job.id, lost.job.id):
         cancelled = store.get_job(job_id)
         assert (cancelled.state, cancelled.error) == (JobState.CANCELLED, CANCELLED_BY_REQUEST)
+
+
+def test_page_sizes_are_bounded_as_the_protos_document() -> None:
+    assert page_size_of(0) == 50
+    assert page_size_of(7) == 7
+    assert page_size_of(1000) == page_size_of(5000) == 1000
+    with pytest.raises(InvalidArgument) as refused:
+        page_size_of(-1)
+    assert refused.value.violations[0].field == "page_size"
 
 
 def test_events_are_numbered_without_gaps(store: Store) -> None:
