@@ -14,6 +14,7 @@ from trainwire.v1 import datasets_pb2, tensor_pb2
 from .config import Settings
 from .convert import TASKS_FROM_PROTO
 from .errors import InvalidArgument, ResourceExhausted
+from .jobs import check_labels
 from .names import check_text, parse_name
 from .records import Dataset, TaskKind
 from .store import Store, new_id, utcnow
@@ -21,7 +22,6 @@ from .store import Store, new_id, utcnow
 FEATURE_DTYPES = (tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_FLOAT64)
 MAX_CLASSES = 100_000
 MAX_NAME_LENGTH = 256
-MAX_LABELS = 64
 
 
 class DatasetService:
@@ -119,11 +119,7 @@ class DatasetService:
                 f"TASK_KIND_MULTICLASS_CLASSIFICATION. Received: {header.task}",
             )
         check_text("header.display_name", header.display_name, MAX_NAME_LENGTH)
-        if len(header.labels) > MAX_LABELS:
-            raise InvalidArgument.field("header.labels", f"at most {MAX_LABELS} labels")
-        for key, value in header.labels.items():
-            check_text("header.labels", key, MAX_NAME_LENGTH)
-            check_text(f"header.labels[{key[:40]!r}]", value, MAX_NAME_LENGTH)
+        check_labels("header.labels", header.labels)
         for field in ("feature_names", "class_names"):
             names = getattr(header, field)
             if len(names) > MAX_CLASSES:
@@ -168,6 +164,19 @@ class DatasetService:
             raise InvalidArgument.field(
                 "header.num_classes",
                 f"must be in [0, {MAX_CLASSES}]. Received: {header.num_classes}",
+            )
+        task = TASKS_FROM_PROTO[header.task]
+        if task is TaskKind.BINARY_CLASSIFICATION and header.num_classes not in (0, 2):
+            raise InvalidArgument.field(
+                "header.num_classes",
+                "must be 2 or 0 (unset) for binary classification; upload the data as "
+                f"multiclass for another count. Received: {header.num_classes}",
+            )
+        if task is TaskKind.REGRESSION and header.num_classes != 0:
+            raise InvalidArgument.field(
+                "header.num_classes",
+                "must be 0 (unset) for regression, which has no classes; upload the data as "
+                f"classification to give a class count. Received: {header.num_classes}",
             )
         return features, targets
 

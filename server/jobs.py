@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,13 @@ class JobService:
         self.settings = settings
 
     def create(self, request: jobs_pb2.CreateJobRequest, project: str) -> Job:
+        # A retry gets the job its request_id created before anything else is checked: the
+        # limits may have been lowered, or the dataset deleted, since that job was accepted.
+        check_text("request_id", request.request_id, MAX_REQUEST_ID)
+        if request.request_id:
+            existing = self.store.job_by_request_id(request.request_id, project)
+            if existing is not None:
+                return existing
         dataset_id = parse_name(request.dataset, "datasets", "dataset")
         dataset = self.store.get_dataset(dataset_id, project)
         if request.model.input_dim < 0:
@@ -68,9 +76,8 @@ class JobService:
         check_loss_fits_targets(trainer, dataset)
         check_monitors_are_logged(trainer, training, dataset)
         _check_spec_round_trips(model.spec)
-        _check_labels(dict(request.labels))
+        check_labels("labels", request.labels)
         check_text("display_name", request.display_name, MAX_LABEL_LENGTH)
-        check_text("request_id", request.request_id, MAX_REQUEST_ID)
         queue = request.queue or "default"
         if not QUEUE_NAME.match(queue):
             raise InvalidArgument.field(
@@ -203,13 +210,12 @@ def _check_spec_round_trips(spec: dict[str, Any]) -> None:
         )
 
 
-def _check_labels(labels: dict[str, str]) -> None:
+def check_labels(field: str, labels: Mapping[str, str]) -> None:
+    """The labels of a job or of a dataset (`field` names them): both follow this one rule."""
     if len(labels) > MAX_LABELS:
-        raise InvalidArgument.field(
-            "labels", f"at most {MAX_LABELS} labels. Received: {len(labels)}"
-        )
+        raise InvalidArgument.field(field, f"at most {MAX_LABELS} labels. Received: {len(labels)}")
     for key, value in labels.items():
         if not key:
-            raise InvalidArgument.field("labels", "label keys must not be empty")
-        check_text("labels", key, MAX_LABEL_LENGTH)
-        check_text(f"labels[{key[:40]!r}]", value, MAX_LABEL_LENGTH)
+            raise InvalidArgument.field(field, "label keys must not be empty")
+        check_text(field, key, MAX_LABEL_LENGTH)
+        check_text(f"{field}[{key[:40]!r}]", value, MAX_LABEL_LENGTH)

@@ -282,6 +282,14 @@ class PredictionService:
                 if checkpoint.id == wanted:
                     return checkpoint
             raise NotFound(f"{selector} does not exist")
+        other = re.fullmatch(r"(jobs/[0-9a-f]{32})/checkpoints/[0-9]{1,18}", selector)
+        if other is not None:
+            raise InvalidArgument.field(
+                "checkpoint",
+                f"names a checkpoint of {other[1]}, but the request is for jobs/{job.id}: set "
+                f"job to '{other[1]}' to use it, or name a checkpoint of jobs/{job.id}. "
+                f"Received: {selector!r}",
+            )
         raise InvalidArgument.field(
             "checkpoint",
             f"must be '', 'latest', 'best', 'epoch/<n>' or '{prefix}<id>'. Received: {selector!r}",

@@ -79,6 +79,8 @@ DEFAULT_KEEP_CHECKPOINTS = 3
 # PostgreSQL NOTIFY channels: a job was enqueued (payload: its queue) / asked to cancel (its id).
 JOBS_CHANNEL = "trainwire_jobs"
 CANCEL_CHANNEL = "trainwire_cancel"
+# Job.error of every CANCELLED job, however it got there.
+CANCELLED_BY_REQUEST = "cancelled by request"
 
 
 class LeaseLost(Exception):
@@ -417,7 +419,7 @@ class Store:
     def create_job(self, new: NewJob) -> Job:
         """Inserts a QUEUED job; with a known `request_id` returns the job it created before."""
         if new.request_id:
-            existing = self._job_by_request_id(new.request_id, new.project)
+            existing = self.job_by_request_id(new.request_id, new.project)
             if existing is not None:
                 return existing
         now = utcnow()
@@ -458,12 +460,12 @@ class Store:
                 raise NotFound(f"datasets/{new.dataset_id} does not exist") from None
             # Two concurrent creates with one request_id: the other one won; return its job.
             if new.request_id:
-                existing = self._job_by_request_id(new.request_id, new.project)
+                existing = self.job_by_request_id(new.request_id, new.project)
                 if existing is not None:
                     return existing
             raise
 
-    def _job_by_request_id(self, request_id: str, project: str) -> Job | None:
+    def job_by_request_id(self, request_id: str, project: str) -> Job | None:
         """The job `project` created with `request_id`; request ids are unique per project
         (migration 0007), so another project's use of one is neither seen nor refused."""
         with self.db.read() as session:
@@ -646,7 +648,7 @@ class Store:
                 row.updated_at = now
                 if state.is_finished:
                     row.ended_at = now
-                    row.error = message if state is JobState.FAILED else ""
+                    row.error = CANCELLED_BY_REQUEST if state is JobState.CANCELLED else message
                 self._event_for(session, row, message)
                 if state is JobState.QUEUED:
                     self._notify(session, JOBS_CHANNEL, row.queue)
@@ -661,6 +663,7 @@ class Store:
             state = JobState(row.state)
             if state is JobState.QUEUED:
                 row.state = JobState.CANCELLED.value
+                row.error = CANCELLED_BY_REQUEST
                 row.ended_at = now
                 row.updated_at = now
                 self._event_for(session, row, "cancelled before it ran")
@@ -894,7 +897,7 @@ class Store:
             row.updated_at = now
             if row.state == JobState.CANCELLING.value:
                 row.state = JobState.CANCELLED.value
-                row.error = "cancelled by request"  # what the worker's own cancel records
+                row.error = CANCELLED_BY_REQUEST
                 row.ended_at = now
                 self._event_for(session, row, row.error)
                 return JobState.CANCELLED

@@ -31,7 +31,7 @@ from .errors import Unavailable
 from .logs import JOB_ID
 from .metrics import EXAMPLES_PER_SECOND, JOB_SECONDS, WORKER_HEARTBEAT, serve_metrics
 from .records import Claim, JobState, MetricValue
-from .store import DEFAULT_KEEP_CHECKPOINTS, LeaseLost, Store
+from .store import CANCELLED_BY_REQUEST, DEFAULT_KEEP_CHECKPOINTS, LeaseLost, Store
 from .training import build_model, build_trainer, validation_rows
 from .wakeup import Wakeup
 
@@ -356,7 +356,7 @@ def _train(
         # CANCELLED if a cancel request came after the keeper's last poll.
         state = with_retry(lambda: store.release_job(claim), retry_s)
     else:
-        reason = "cancelled by request" if state is JobState.CANCELLED else ""
+        reason = CANCELLED_BY_REQUEST if state is JobState.CANCELLED else ""
         progress = recorder.progress or None
         with_retry(lambda: store.finish_job(claim, state, reason, progress), retry_s)
     return state

@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import pytest
 
-from trainwire.server.errors import FailedPrecondition, NotFound
+from trainwire.server.errors import FailedPrecondition, InvalidArgument, NotFound
 from trainwire.server.predictions import PredictionService
 from trainwire.server.records import Checkpoint, Job
 from trainwire.server.store import best_checkpoint, utcnow
@@ -82,3 +82,25 @@ def test_only_a_partial_checkpoint_answers_latest_alone(service: PredictionServi
 def test_a_non_finite_score_is_never_best(service: PredictionService) -> None:
     checkpoints = [checkpoint(1, 1, 0.5), checkpoint(2, 2, float("nan"))]
     assert resolve(service, "best", checkpoints) == 1
+
+
+def test_a_checkpoint_of_another_job_is_refused_naming_both_jobs(
+    service: PredictionService,
+) -> None:
+    other = "0123456789abcdef" * 2
+    with pytest.raises(InvalidArgument) as refused:
+        resolve(service, f"jobs/{other}/checkpoints/1", [checkpoint(1, 1, 0.2)])
+    assert refused.value.violations[0].field == "checkpoint"
+    assert refused.value.message.startswith(
+        f"checkpoint: names a checkpoint of jobs/{other}, but the request is for jobs/{StubJob.id}"
+    )
+
+
+@pytest.mark.parametrize(
+    "selector", ["jobs/xyz/checkpoints/1", f"jobs/{'j' * 32}/checkpoints/one", "newest"]
+)
+def test_a_selector_of_no_known_shape_gets_the_list_of_shapes(
+    service: PredictionService, selector: str
+) -> None:
+    with pytest.raises(InvalidArgument, match="must be '', 'latest', 'best', 'epoch/<n>'"):
+        resolve(service, selector, [checkpoint(1, 1, 0.2)])

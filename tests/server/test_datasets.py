@@ -7,24 +7,33 @@ import pytest
 
 from trainwire.server.config import Settings
 from trainwire.server.datasets import MAX_CLASSES, DatasetService
-from trainwire.server.errors import InvalidArgument
+from trainwire.server.errors import FieldViolation, InvalidArgument
 from trainwire.server.store import Store
 from trainwire.v1 import datasets_pb2, tensor_pb2
 
 
-def multiclass_upload(labels: list[int]) -> list[datasets_pb2.UploadDatasetRequest]:
-    """A header and one chunk: one feature per example, int64 labels."""
-    features = np.zeros((len(labels), 1), "<f4")
-    targets = np.array(labels, "<i8")
+def upload(
+    task: datasets_pb2.TaskKind.ValueType, targets: np.ndarray, num_classes: int = 0
+) -> list[datasets_pb2.UploadDatasetRequest]:
+    """A header and one chunk: one feature per example, int64 or float32 targets."""
+    features = np.zeros((len(targets), 1), "<f4")
+    dtype = (
+        tensor_pb2.DATA_TYPE_INT64 if targets.dtype.kind == "i" else tensor_pb2.DATA_TYPE_FLOAT32
+    )
     header = datasets_pb2.DatasetHeader(
-        task=datasets_pb2.TASK_KIND_MULTICLASS_CLASSIFICATION,
-        features=tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[len(labels), 1]),
-        targets=tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_INT64, shape=[len(labels)]),
+        task=task,
+        num_classes=num_classes,
+        features=tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[len(targets), 1]),
+        targets=tensor_pb2.TensorInfo(dtype=dtype, shape=[len(targets)]),
     )
     return [
         datasets_pb2.UploadDatasetRequest(header=header),
         datasets_pb2.UploadDatasetRequest(chunk=features.tobytes() + targets.tobytes()),
     ]
+
+
+def multiclass_upload(labels: list[int]) -> list[datasets_pb2.UploadDatasetRequest]:
+    return upload(datasets_pb2.TASK_KIND_MULTICLASS_CLASSIFICATION, np.array(labels, "<i8"))
 
 
 @pytest.mark.parametrize("label", [MAX_CLASSES, 1_000_000, 2**40, 2**63 - 1])
@@ -43,3 +52,52 @@ def test_the_largest_label_allowed_is_accepted(store: Store) -> None:
         multiclass_upload([0, MAX_CLASSES - 1]), "default"
     )
     assert dataset.num_classes == MAX_CLASSES
+
+
+BINARY = datasets_pb2.TASK_KIND_BINARY_CLASSIFICATION
+REGRESSION = datasets_pb2.TASK_KIND_REGRESSION
+TARGETS = {BINARY: np.array([0, 1, 1], "<i8"), REGRESSION: np.array([0.5, 1, 2], "<f4")}
+
+
+@pytest.mark.parametrize(
+    ("task", "num_classes", "says"),
+    [
+        (BINARY, 1, "must be 2 or 0 (unset) for binary classification"),
+        (BINARY, 5, "must be 2 or 0 (unset) for binary classification"),
+        (REGRESSION, 2, "must be 0 (unset) for regression"),
+    ],
+    ids=["binary-1", "binary-5", "regression-2"],
+)
+def test_a_class_count_the_task_cannot_have_is_refused(
+    store: Store, task: datasets_pb2.TaskKind.ValueType, num_classes: int, says: str
+) -> None:
+    """It was ignored: a binary dataset always has 2 classes, a regression one none."""
+    with pytest.raises(InvalidArgument) as refused:
+        DatasetService(store, Settings()).upload(
+            upload(task, TARGETS[task], num_classes), "default"
+        )
+    assert refused.value.violations[0].field == "header.num_classes"
+    assert says in refused.value.message and f"Received: {num_classes}" in refused.value.message
+    assert store.list_datasets(10, "")[0] == []
+
+
+@pytest.mark.parametrize(
+    ("task", "num_classes", "stored"), [(BINARY, 0, 2), (BINARY, 2, 2), (REGRESSION, 0, 0)]
+)
+def test_a_class_count_the_task_has_is_accepted(
+    store: Store, task: datasets_pb2.TaskKind.ValueType, num_classes: int, stored: int
+) -> None:
+    service = DatasetService(store, Settings())
+    assert service.upload(upload(task, TARGETS[task], num_classes), "default").num_classes == stored
+
+
+def test_an_empty_label_key_is_refused_as_for_a_job(store: Store) -> None:
+    """CreateJob refused an empty label key that UploadDataset stored."""
+    requests = multiclass_upload([0, 1, 2])
+    requests[0].header.labels[""] = "x"
+    with pytest.raises(InvalidArgument) as refused:
+        DatasetService(store, Settings()).upload(requests, "default")
+    assert refused.value.violations[0] == FieldViolation(
+        "header.labels", "label keys must not be empty"
+    )
+    assert store.list_datasets(10, "")[0] == []

@@ -4,16 +4,18 @@ accepts must train and be shown; what would fail later is refused at once, namin
 from __future__ import annotations
 
 import tracemalloc
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from trainwire.server.config import Settings
 from trainwire.server.convert import job_to_proto
-from trainwire.server.errors import InvalidArgument, ResourceExhausted
+from trainwire.server.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from trainwire.server.jobs import JobService
-from trainwire.server.records import Dataset, JobState
+from trainwire.server.records import Dataset, JobState, TaskKind
 from trainwire.server.store import Store
+from trainwire.server.training import training_from_proto
 from trainwire.v1 import jobs_pb2, models_pb2, tensor_pb2
 
 from .test_worker import regression_dataset, run_next
@@ -174,3 +176,47 @@ def test_a_growing_decay_schedule_is_refused_at_create(store: Store) -> None:
     schedule = models_pb2.ScheduleSpec(name="exponential", params={"gamma": 1e10})
     with pytest.raises(InvalidArgument, match=r"gamma must be a number in \(0.0, 1.0\]"):
         JobService(store, Settings()).create(request(dataset, schedule=schedule), "default")
+
+
+def test_a_retry_gets_its_job_even_where_the_request_would_now_be_refused(store: Store) -> None:
+    """The retry of a CreateJob whose answer was lost must find the job it created: after a
+    restart with a lower max_epochs, or once that job's dataset was deleted, the same request
+    sent fresh is refused."""
+    dataset = regression_dataset(store)
+    create = request(dataset, epochs=5)
+    create.request_id = "retried"
+    job = JobService(store, Settings()).create(create, "default")
+    restarted = JobService(store, Settings(max_epochs=2))
+    assert restarted.create(create, "default").id == job.id
+    store.cancel_job(job.id)
+    store.delete_dataset(dataset.id)
+    assert restarted.create(create, "default").id == job.id
+    assert [j.id for j in store.list_jobs(10, "")[0]] == [job.id]
+    # A request_id is still checked first.
+    create.request_id = "x" * 129
+    with pytest.raises(InvalidArgument) as refused:
+        restarted.create(create, "default")
+    assert refused.value.violations[0].field == "request_id"
+
+
+def test_an_empty_label_key_is_refused(store: Store) -> None:
+    create = request(regression_dataset(store))
+    create.labels[""] = "x"
+    with pytest.raises(InvalidArgument) as refused:
+        JobService(store, Settings()).create(create, "default")
+    assert refused.value.violations[0] == FieldViolation("labels", "label keys must not be empty")
+
+
+@pytest.mark.parametrize(
+    ("task", "metrics"),
+    [
+        (TaskKind.REGRESSION, ["mae", "r2"]),
+        (TaskKind.BINARY_CLASSIFICATION, ["accuracy"]),
+        (TaskKind.MULTICLASS_CLASSIFICATION, ["accuracy"]),
+    ],
+)
+def test_empty_metrics_take_the_defaults_models_proto_documents(
+    store: Store, task: TaskKind, metrics: list[str]
+) -> None:
+    dataset = replace(regression_dataset(store), task=task)
+    assert training_from_proto(models_pb2.TrainingConfig(), dataset)["metrics"] == metrics

@@ -21,11 +21,13 @@ from trainwire.server.migrate import upgrade
 from trainwire.server.models import CheckpointBlobRow, CheckpointRow
 from trainwire.server.records import Dataset, Job, JobState, MetricValue, NewJob, TaskKind
 from trainwire.server.store import (
+    CANCELLED_BY_REQUEST,
     MAX_PAGE_TOKEN_LENGTH,
     LeaseLost,
     Store,
     checkpoint_score,
     new_id,
+    page_size_of,
     utcnow,
 )
 
@@ -269,6 +271,35 @@ def test_cancel_rules(store: Store) -> None:
     with pytest.raises(NotFound):
         store.cancel_job(new_id())
     assert store.claim_job("w") is None, "a cancelled job is never claimed"
+
+
+def test_every_way_to_cancelled_records_the_same_reason(store: Store) -> None:
+    """Job.error says why a job ended: a queued job cancelled at once, a cancelling one handed
+    back by its stopping worker, and one rescued from a lost worker all say so alike."""
+    dataset = make_dataset(store)
+    queued = store.create_job(make_job(store, dataset))
+    store.cancel_job(queued.id)
+    store.create_job(make_job(store, dataset))
+    released = store.claim_job("w")
+    store.create_job(make_job(store, dataset))
+    lost = store.claim_job("w", lease_s=-1.0)  # a lease that has already run out
+    assert released is not None and lost is not None
+    for claim in (released, lost):
+        assert store.cancel_job(claim.job.id).state is JobState.CANCELLING
+    assert store.release_job(released) is JobState.CANCELLED
+    assert store.rescue_expired() == [(lost.job.id, JobState.CANCELLED)]
+    for job_id in (queued.id, released.job.id, lost.job.id):
+        cancelled = store.get_job(job_id)
+        assert (cancelled.state, cancelled.error) == (JobState.CANCELLED, CANCELLED_BY_REQUEST)
+
+
+def test_page_sizes_are_bounded_as_the_protos_document() -> None:
+    assert page_size_of(0) == 50
+    assert page_size_of(7) == 7
+    assert page_size_of(1000) == page_size_of(5000) == 1000
+    with pytest.raises(InvalidArgument) as refused:
+        page_size_of(-1)
+    assert refused.value.violations[0].field == "page_size"
 
 
 def test_events_are_numbered_without_gaps(store: Store) -> None:

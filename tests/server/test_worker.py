@@ -22,7 +22,7 @@ from trainwire.server.config import Settings
 from trainwire.server.predictions import PredictionService
 from trainwire.server.records import Claim, Dataset, Job, JobState, NewJob, TaskKind
 from trainwire.server.status import collect_status
-from trainwire.server.store import Store, new_id, utcnow
+from trainwire.server.store import CANCELLED_BY_REQUEST, Store, new_id, utcnow
 from trainwire.server.training import build_model, build_trainer
 from trainwire.server.wakeup import Wakeup
 from trainwire.server.worker import (
@@ -214,6 +214,7 @@ def test_a_run_cancelled_mid_epoch_keeps_its_batch_losses(
 
     at_step(monkeypatch, STEPS_PER_EPOCH + 5, cancel)
     assert run_next(store) is JobState.CANCELLED
+    assert store.get_job(job.id).error == CANCELLED_BY_REQUEST
     rows = metric_rows(store, job)
     assert [step for name, step, _, _ in rows if name == "batch_loss"] == list(
         range(1, STEPS_PER_EPOCH + 6)

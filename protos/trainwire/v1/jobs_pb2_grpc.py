@@ -81,7 +81,9 @@ class JobServiceServicer:
 
     def CreateJob(self, request, context):
         """Creates a QUEUED job. The same `request_id` twice in a project returns the first job instead
-        of a new one (request ids are per project: another project's use of one is not seen).
+        of a new one, without checking the request again (the rest of it is not compared, and limits
+        lowered or the dataset deleted since do not refuse it). Request ids are per project: another
+        project's use of one is not seen.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
