@@ -53,6 +53,8 @@ RESOLVE_ATTEMPTS = 3
 # An epoch or checkpoint number in a selector: ASCII digits that fit an int64 (str.isdigit would
 # also take "²", which int() refuses).
 _NUMBER = re.compile(r"[0-9]{1,18}")
+# A full checkpoint name; group 1 is its job's name.
+_CHECKPOINT_NAME = re.compile(r"(jobs/[0-9a-f]{32})/checkpoints/[0-9]{1,18}")
 
 
 class PredictionService:
@@ -282,7 +284,7 @@ class PredictionService:
                 if checkpoint.id == wanted:
                     return checkpoint
             raise NotFound(f"{selector} does not exist")
-        other = re.fullmatch(r"(jobs/[0-9a-f]{32})/checkpoints/[0-9]{1,18}", selector)
+        other = _CHECKPOINT_NAME.fullmatch(selector)
         if other is not None:
             raise InvalidArgument.field(
                 "checkpoint",

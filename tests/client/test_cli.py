@@ -166,7 +166,7 @@ def test_exit_codes(cli: Cli, tmp_path: Path) -> None:
     assert code == 4 and "failed precondition" in err
     assert cli.json("jobs", "cancel", queued["name"])["state"] == "CANCELLED"
     code, out, _ = cli("jobs", "watch", queued["name"])
-    assert code == 8 and out.splitlines()[-1] == f"{queued['name']} CANCELLED"
+    assert code == 8 and out.splitlines()[-1] == f"{queued['name']} CANCELLED: cancelled by request"
 
     diverging = write_spec(tmp_path, optimizer="sgd", rate=1e6, epochs=30)
     code, out, _ = cli("jobs", "submit", str(diverging), "--wait")
