@@ -1,9 +1,16 @@
 """Prediction benchmark: Trainwire's Predict against a bare gRPC server, in one run.
 
-Both serve the same trained 784-512-512-10 MLP. The bare server runs the same NumPy forward pass
-per request with no cache lookup, no batching and no validation: the ceiling for Python gRPC on
-this machine. It runs twice, on grpcio's thread-pool server and on grpc.aio — the measurement
-behind Trainwire's own choice of server — and the ratio is against the faster of the two.
+Both serve the same trained 784-512-512-10 MLP, a 10-class classifier. Per request the bare server
+decodes the inputs, runs the NumPy forward pass (three dense layers, ReLU between) and returns its
+outputs, one tensor: no cache lookup, no batching, no validation, nothing else — the ceiling for
+Python gRPC on this machine. Trainwire's Predict does what the service does on top, and the ratio
+counts it as Trainwire's own cost: its wrappers (request id, API keys, metrics), the check of the
+inputs (dtype, shape, finite values), the resolution of the job's checkpoint to its cached model,
+micro-batching of concurrent requests, the same forward pass, and, the model being a classifier,
+the class probabilities (softmax) and labels (argmax): its answer carries three tensors (outputs,
+probabilities, labels) and the checkpoint's name. The bare server runs twice, on grpcio's
+thread-pool server and on grpc.aio — the measurement behind Trainwire's own choice of server — and
+the ratio is against the faster of the two.
 Trainwire runs twice too: as `trainwire serve` starts by default (one server process; its figures
 are the ones named `trainwire_rps` and `ratio`) and, on a machine of several cores, with one
 server process per core sharing the port (`TRAINWIRE_SERVER_PROCESSES`; `ratio_processes`), the
@@ -69,7 +76,7 @@ MODEL = {
 
 
 class BarePredictor(predictions_pb2_grpc.PredictionServiceServicer):
-    """relu(relu(x W1 + b1) W2 + b2) W3 + b3 per request, nothing else."""
+    """relu(relu(x W1 + b1) W2 + b2) W3 + b3 per request, the outputs only, nothing else."""
 
     def __init__(self, weights: dict[str, np.ndarray]) -> None:
         self.layers = [
