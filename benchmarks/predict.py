@@ -8,9 +8,10 @@ counts it as Trainwire's own cost: its wrappers (request id, API keys, metrics),
 inputs (dtype, shape, finite values), the resolution of the job's checkpoint to its cached model,
 micro-batching of concurrent requests, the same forward pass, and, the model being a classifier,
 the class probabilities (softmax) and labels (argmax): its answer carries three tensors (outputs,
-probabilities, labels) and the checkpoint's name. The bare server runs twice, on grpcio's
-thread-pool server and on grpc.aio — the measurement behind Trainwire's own choice of server — and
-the ratio is against the faster of the two.
+probabilities, labels) and the checkpoint's name. The bare server limits its BLAS threads as one
+Trainwire server process does (`Settings.blas_threads_per_server`: 2 at most). It runs twice, on
+grpcio's thread-pool server and on grpc.aio — the measurement behind Trainwire's own choice of
+server — and the ratio is against the faster of the two.
 Trainwire runs twice too: as `trainwire serve` starts by default (one server process; its figures
 are the ones named `trainwire_rps` and `ratio`) and, on a machine of several cores, with one
 server process per core sharing the port (`TRAINWIRE_SERVER_PROCESSES`; `ratio_processes`), the
@@ -56,7 +57,8 @@ import numpy as np  # noqa: E402
 
 from trainwire.client import Client  # noqa: E402
 from trainwire.client.tensors import from_tensor, to_tensor  # noqa: E402
-from trainwire.engine import load_state, save_state  # noqa: E402
+from trainwire.engine import load_state, save_state, set_num_threads  # noqa: E402
+from trainwire.server.config import Settings  # noqa: E402
 from trainwire.server.db import Database  # noqa: E402
 from trainwire.server.local import LocalServer, local_server  # noqa: E402
 from trainwire.server.store import Store  # noqa: E402
@@ -107,8 +109,14 @@ class BareAsyncPredictor(BarePredictor):
 BARE_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)]
 
 
+def _limit_blas_threads() -> None:
+    """The BLAS threads of one Trainwire server process, set as `server.app` sets them."""
+    set_num_threads(Settings(server_processes=1).blas_threads_per_server())
+
+
 def run_bare_server(weights_path: str) -> None:
     """The ceiling: a thread-pool server (grpcio's classic API)."""
+    _limit_blas_threads()
     weights, _ = load_state(Path(weights_path).read_bytes())
     server = grpc.server(ThreadPoolExecutor(max_workers=16), options=BARE_OPTIONS)
     predictions_pb2_grpc.add_PredictionServiceServicer_to_server(BarePredictor(weights), server)
@@ -120,6 +128,7 @@ def run_bare_server(weights_path: str) -> None:
 
 async def run_bare_async_server(weights_path: str) -> None:
     """The same bare service on grpc.aio: the measurement behind Trainwire's server choice."""
+    _limit_blas_threads()
     weights, _ = load_state(Path(weights_path).read_bytes())
     server = grpc.aio.server(options=BARE_OPTIONS)
     predictions_pb2_grpc.add_PredictionServiceServicer_to_server(
