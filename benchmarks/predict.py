@@ -25,7 +25,10 @@ the median of the rounds' own ratios against the faster bare server (the one wit
 median): the servers of a round run back to back, so each round's ratio compares them under the
 same conditions. Beside the ratio, each server's CPU time per request (all its threads, and its
 extra server processes; read from Linux's /proc, "-" elsewhere): steadier than requests/s on a
-shared machine, and what decides the ratio when client and servers share the cores.
+shared machine, and what decides the ratio when client and servers share the cores. Before
+the first round, untimed, every server process loads the model: the load generator opens 32
+connections per server process, so that the kernel reaches each of them (a process is missed
+with a probability below e^-32).
 Loopback only, bounded request counts. Run: .venv/bin/python benchmarks/predict.py [--quick]
 [--rounds N]; the last line is JSON.
 """
@@ -183,6 +186,28 @@ async def drive(target: str, job: str, rows: int, concurrency: int, count: int) 
     }
 
 
+async def warm_up(target: str, job: str, connections: int) -> dict[str, float]:
+    """Five one-row requests on each of `connections` connections, 32 open at a time: each
+    connection lands on one of the server's processes, so all of them load the model."""
+    request = predictions_pb2.PredictRequest(
+        job=job, inputs=to_tensor(np.zeros((1, 784), np.float32))
+    )
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    for first in range(0, connections, 32):
+        channels = [
+            grpc.aio.insecure_channel(target, options=options)
+            for _ in range(min(32, connections - first))
+        ]
+        try:
+            stubs = [predictions_pb2_grpc.PredictionServiceStub(channel) for channel in channels]
+            for _ in range(5):
+                await asyncio.gather(*(stub.Predict(request, timeout=30) for stub in stubs))
+        finally:
+            for channel in channels:
+                await channel.close(None)
+    return {"requests": 5 * connections}
+
+
 def load(target: str, job: str, case: str, count: int) -> dict[str, float]:
     """Runs the load generator in its own process (it must not share the server's GIL)."""
     output = subprocess.run(
@@ -274,10 +299,12 @@ def _measure(
     """Every case against every server (its target and processes), in rounds with the servers
     in rotating order; per case the figures of `main`'s JSON."""
     results: dict[str, Any] = {}
-    # Untimed: every server loads the model (each server process that a connection reaches), so
-    # the loading's CPU time is in no round.
-    for target, _ in servers.values():
-        load(target, job, "one_row_c16", 200)
+    # Untimed: every server process loads the model, so the loading's CPU time is in no round.
+    # The kernel puts each connection on one of P processes at random: with 32 P connections a
+    # process is missed with a probability below e^-32 (with 4, one of 2 is missed 1 time in 8).
+    for target, pids in servers.values():
+        processes = len(pids) if pids else (os.cpu_count() or 1)
+        load(target, job, "warm_up", 32 * processes)
     for case, count in counts.items():
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         for index in range(rounds):
@@ -335,6 +362,9 @@ def main() -> int:
         return 0
     if args.load:
         target, job, case, count = args.load
+        if case == "warm_up":
+            print(json.dumps(asyncio.run(warm_up(target, job, int(count)))))
+            return 0
         rows, concurrency = CASES[case]
         print(json.dumps(asyncio.run(drive(target, job, rows, concurrency, int(count)))))
         return 0
