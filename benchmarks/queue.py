@@ -2,7 +2,9 @@
 
 For SQLite and PostgreSQL, in one run:
 - jobs_per_s: no-op jobs claimed and completed per second by 1, 2 and 4 worker processes, each
-  looping over the real `Store.claim_job` and `Store.finish_job` (the queue without training);
+  looping over the real `Store.claim_job` and `Store.finish_job` (the queue without training),
+  from the instant they all start at (each waits for it, connected) to the last job's completion;
+  jobs_done_per_worker shows how they shared the jobs (a worker that got none shows 0);
 - enqueue_to_running_p50_ms / _p99_ms: from just before the SDK's CreateJob to the job's claim by
   an idle `trainwire worker` (LISTEN/NOTIFY on PostgreSQL; polling every 0.1 s on SQLite);
 - persist_overhead_fraction: how much longer a real worker takes to train a job than the same
@@ -117,24 +119,31 @@ def add_dataset(store: Store, features: np.ndarray, targets: np.ndarray, task: T
 # --- throughput: no-op workers ------------------------------------------------------------------
 
 
-def noop_worker(url: str, start_at: float) -> None:
-    """A worker process that claims and completes jobs without training, until none is left."""
+def noop_worker(url: str) -> None:
+    """A worker process that claims and completes jobs without training, until none is left.
+
+    It connects, says "ready" and waits for the start instant on stdin: every worker is waiting
+    when the clock starts, however slowly the processes started.
+    """
     database = Database(url)
     store = Store(database)
     with database.engine.connect():  # connect before the clock starts
         pass
+    print("ready", flush=True)
+    start_at = float(sys.stdin.readline())
     time.sleep(max(0.0, start_at - time.time()))
-    first = last = time.time()
+    last = time.time()
     done = 0
     while (claim := store.claim_job(f"bench:{os.getpid()}")) is not None:
         store.finish_job(claim, JobState.SUCCEEDED)
         done += 1
         last = time.time()
-    print(json.dumps({"first": first, "last": last, "done": done}), flush=True)
+    print(json.dumps({"last": last, "done": done}), flush=True)
     database.dispose()
 
 
-def throughput(url: str, workers: int, jobs: int) -> float:
+def throughput(url: str, workers: int, jobs: int) -> tuple[float, list[int]]:
+    """Jobs/s of `workers` no-op workers started at one instant, and the jobs each completed."""
     database = Database(url)
     store = Store(database)
     dataset_id = add_dataset(
@@ -143,19 +152,31 @@ def throughput(url: str, workers: int, jobs: int) -> float:
     for _ in range(jobs):
         store.create_job(NewJob(dataset_id, NOOP_SPEC, NOOP_TRAINING))
     database.dispose()
-    start_at = time.time() + 3.0
     processes = [
         subprocess.Popen(
-            [sys.executable, __file__, "--noop-worker", url, str(start_at)],
+            [sys.executable, __file__, "--noop-worker", url],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
         for _ in range(workers)
     ]
+    for process in processes:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+    start_at = time.time() + 0.2
+    for process in processes:
+        assert process.stdin is not None
+        process.stdin.write(f"{start_at}\n")
+        process.stdin.flush()
     reports = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in processes]
-    assert sum(r["done"] for r in reports) == jobs, reports
-    elapsed = max(r["last"] for r in reports) - min(r["first"] for r in reports)
-    return jobs / elapsed
+    done = [report["done"] for report in reports]
+    if not any(done):
+        raise RuntimeError(f"none of {workers} no-op workers completed a job: {reports}")
+    assert sum(done) == jobs, reports
+    # A worker that found the queue empty says nothing about when the last job was done.
+    elapsed = max(report["last"] for report in reports if report["done"]) - start_at
+    return jobs / elapsed, done
 
 
 # --- latency: CreateJob to RUNNING through the real server and an idle worker ---------------------
@@ -242,9 +263,12 @@ def persist_overhead(url: str, examples: int, epochs: int, repeats: int) -> floa
 
 def bench_backend(url: str, quick: bool) -> dict[str, Any]:
     jobs = 300 if quick else 2000
-    result: dict[str, Any] = {"jobs_per_s": {}}
+    result: dict[str, Any] = {"jobs_per_s": {}, "jobs_done_per_worker": {}}
     for workers in (1, 2, 4):
-        result["jobs_per_s"][str(workers)] = round(throughput(url, workers, jobs), 1)
+        rate, done = throughput(url, workers, jobs)
+        print(f"  {workers} no-op workers: {rate:.1f} jobs/s; jobs done by each: {done}")
+        result["jobs_per_s"][str(workers)] = round(rate, 1)
+        result["jobs_done_per_worker"][str(workers)] = done
     p50, p99 = enqueue_latency(url, 10 if quick else 50)
     result["enqueue_to_running_p50_ms"] = round(p50, 1)
     result["enqueue_to_running_p99_ms"] = round(p99, 1)
@@ -257,17 +281,19 @@ def bench_backend(url: str, quick: bool) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--noop-worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--noop-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.noop_worker:
-        noop_worker(args.noop_worker[0], float(args.noop_worker[1]))
+        noop_worker(args.noop_worker)
         return 0
     results: dict[str, Any] = {"benchmark": "queue"}
     admin = os.environ.get(
         "TRAINWIRE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
     )
+    print("postgres")
     with postgres_database(admin) as url:
         results["postgres"] = bench_backend(url, args.quick)
+    print("sqlite")
     with sqlite_database() as url:
         results["sqlite"] = bench_backend(url, args.quick)
     print(f"{'':<10}{'jobs/s 1w':>11}{'2w':>9}{'4w':>9}{'p50 ms':>9}{'p99 ms':>9}{'persist':>9}")
