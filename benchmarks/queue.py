@@ -27,6 +27,7 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
     sys.path.pop(0)
 
 import argparse
+import contextlib
 import json
 import subprocess
 import tempfile
@@ -35,7 +36,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any, NoReturn
 
 import numpy as np
 from sqlalchemy import create_engine, text
@@ -119,13 +120,14 @@ def add_dataset(store: Store, features: np.ndarray, targets: np.ndarray, task: T
 # --- throughput: no-op workers ------------------------------------------------------------------
 
 
-def noop_worker(url: str) -> None:
+def noop_worker() -> None:
     """A worker process that claims and completes jobs without training, until none is left.
 
-    It connects, says "ready" and waits for the start instant on stdin: every worker is waiting
-    when the clock starts, however slowly the processes started.
+    Its database is TRAINWIRE_DATABASE_URL. It connects, says "ready" and waits for the start
+    instant on stdin: every worker is waiting when the clock starts, however slowly the processes
+    started.
     """
-    database = Database(url)
+    database = Database(os.environ["TRAINWIRE_DATABASE_URL"])
     store = Store(database)
     with database.engine.connect():  # connect before the clock starts
         pass
@@ -152,24 +154,40 @@ def throughput(url: str, workers: int, jobs: int) -> tuple[float, list[int]]:
     for _ in range(jobs):
         store.create_job(NewJob(dataset_id, NOOP_SPEC, NOOP_TRAINING))
     database.dispose()
-    processes = [
-        subprocess.Popen(
-            [sys.executable, __file__, "--noop-worker", url],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(workers)
-    ]
-    for process in processes:
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "ready"
-    start_at = time.time() + 0.2
-    for process in processes:
-        assert process.stdin is not None
-        process.stdin.write(f"{start_at}\n")
-        process.stdin.flush()
-    reports = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in processes]
+    # The URL (a password too) travels in the environment, not on the command line, where `ps`
+    # shows it to anyone. Each worker's stderr goes to a file: read when it fails, never blocking.
+    env = {**os.environ, "TRAINWIRE_DATABASE_URL": url}
+    with contextlib.ExitStack() as stack:
+        processes: list[tuple[subprocess.Popen[str], IO[str]]] = []
+        for _ in range(workers):
+            errors: IO[str] = stack.enter_context(tempfile.TemporaryFile("w+"))
+            process = stack.enter_context(
+                subprocess.Popen(
+                    [sys.executable, __file__, "--noop-worker"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=errors,
+                    text=True,
+                    env=env,
+                )
+            )
+            stack.callback(_kill, process)  # before the exit of Popen, which waits
+            processes.append((process, errors))
+        for process, errors in processes:
+            assert process.stdout is not None
+            if process.stdout.readline().strip() != "ready":
+                _worker_failed(process, errors)
+        start_at = time.time() + 0.2
+        for process, _ in processes:
+            assert process.stdin is not None
+            process.stdin.write(f"{start_at}\n")
+            process.stdin.flush()
+        reports = []
+        for process, errors in processes:
+            lines = process.communicate()[0].strip().splitlines()
+            if process.returncode != 0 or not lines:
+                _worker_failed(process, errors)
+            reports.append(json.loads(lines[-1]))
     done = [report["done"] for report in reports]
     if not any(done):
         raise RuntimeError(f"none of {workers} no-op workers completed a job: {reports}")
@@ -177,6 +195,20 @@ def throughput(url: str, workers: int, jobs: int) -> tuple[float, list[int]]:
     # A worker that found the queue empty says nothing about when the last job was done.
     elapsed = max(report["last"] for report in reports if report["done"]) - start_at
     return jobs / elapsed, done
+
+
+def _worker_failed(process: subprocess.Popen[str], errors: IO[str]) -> NoReturn:
+    process.wait()
+    errors.seek(0)
+    raise RuntimeError(
+        f"a no-op worker failed (exit status {process.returncode}):\n{errors.read().strip()}"
+    )
+
+
+def _kill(process: subprocess.Popen[str]) -> None:
+    """Kills a worker still running: another one failed."""
+    if process.poll() is None:
+        process.kill()
 
 
 # --- latency: CreateJob to RUNNING through the real server and an idle worker ---------------------
@@ -281,10 +313,10 @@ def bench_backend(url: str, quick: bool) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--noop-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--noop-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.noop_worker:
-        noop_worker(args.noop_worker)
+        noop_worker()
         return 0
     results: dict[str, Any] = {"benchmark": "queue"}
     admin = os.environ.get(
