@@ -2,8 +2,9 @@
 
 Two cases, each on the same data and network for all three:
     large: MLP 784-512-512-10, ReLU, softmax cross-entropy, Adam, batch 128, synthetic
-           60,000 x 784 (a fixed number of steps after warm-up);
-    small: MLP 64-128-10 on scikit-learn's digits data, batch 32 (per-batch overhead dominates).
+           51,200 x 784: one epoch of 400 batches, the first 20 untimed (--quick: 60 batches);
+    small: MLP 64-128-10 on scikit-learn's digits data (1,792 rows), batch 32, 25 epochs, the
+           first untimed (--quick: 3 epochs); per-batch overhead dominates.
 Also measured: the GEMM-only bound, i.e. the samples/s one would get if a training step cost
 only the float32 matrix products of its forward and backward pass (timed with NumPy's BLAS at
 the same thread count); ``gemm_fraction`` is Trainwire's rate over that bound.
@@ -98,7 +99,7 @@ def trainwire_sps(
     )
     clock = _Clock(warmup)
     trainer.fit(x, y, epochs=epochs, callbacks=[clock])
-    timed_samples = (clock.steps - warmup) * batch  # full batches (n is a multiple of batch)
+    timed_samples = (clock.steps - warmup) * batch  # full batches: run_case checks
     return timed_samples / (clock.stop - clock.start)
 
 
@@ -214,6 +215,10 @@ def run_case(
     repeats: int,
     gemm_reps: int,
 ) -> dict[str, Any]:
+    # The rates count `batch` samples a step, and a clock started after `warmup` steps.
+    steps, leftover = divmod(x.shape[0], batch)
+    assert leftover == 0, f"{name}: {x.shape[0]} rows are no whole number of batches of {batch}"
+    assert 1 <= warmup < epochs * steps, f"{name}: {warmup} warm-up steps of {epochs * steps}"
     results: dict[str, list[float]] = {"trainwire": [], "torch": [], "sklearn": []}
     runners = {"trainwire": trainwire_sps, "torch": torch_sps, "sklearn": sklearn_sps}
     for _ in range(repeats):  # interleaved, best of: the machine may be shared
@@ -259,13 +264,11 @@ def main() -> None:
             print(f"note: {var}={os.environ[var]} is set")
 
     rng = np.random.default_rng(0)
-    # Large: synthetic 60,000 x 784 with labels from a random linear teacher.
-    n_large = 60_000
-    x_large = rng.standard_normal((n_large, 784), dtype=np.float32)
+    # Large: one epoch of synthetic rows with labels from a random linear teacher.
+    large_steps = 60 if args.quick else 400
+    x_large = rng.standard_normal((large_steps * 128, 784), dtype=np.float32)
     teacher = rng.standard_normal((784, 10), dtype=np.float32)
     y_large = np.argmax(x_large @ teacher, axis=1)
-    large_steps = 60 if args.quick else 400
-    rows = large_steps * 128
     # Small: the digits data, the 1,792 first rows (56 batches of 32).
     from sklearn.datasets import load_digits
 
@@ -277,8 +280,8 @@ def main() -> None:
         "large": run_case(
             "large",
             [784, 512, 512, 10],
-            x_large[:rows],
-            y_large[:rows],
+            x_large,
+            y_large,
             batch=128,
             epochs=1,
             warmup=20,
