@@ -102,12 +102,16 @@ def test_the_queue_benchmark_measures_both_databases() -> None:
     assert result["benchmark"] == "queue"
     for backend in ("postgres", "sqlite"):
         row = result[backend]
-        throughput = row["jobs_per_s"]
-        assert set(throughput) == {"1", "2", "4"}, (backend, row)
-        assert all(_positive(v) for v in throughput.values()), (backend, row)
+        for key in ("jobs_per_s", "bare_jobs_per_s"):
+            assert set(row[key]) == {"1", "2", "4"}, (backend, key, row)
+            assert all(_positive(v) for v in row[key].values()), (backend, key, row)
+        for workers, ratio in row["ratio_vs_bare"].items():
+            quotient = row["jobs_per_s"][workers] / row["bare_jobs_per_s"][workers]
+            assert ratio == pytest.approx(quotient, abs=1e-3), (backend, workers, row)
         # Every worker reported, and together they did every job (300 with --quick).
-        for workers, done in row["jobs_done_per_worker"].items():
-            assert len(done) == int(workers) and sum(done) == 300, (backend, workers, done)
+        for key in ("jobs_done_per_worker", "bare_jobs_done_per_worker"):
+            for workers, done in row[key].items():
+                assert len(done) == int(workers) and sum(done) == 300, (backend, key, done)
         for key in ("enqueue_to_running_p50_ms", "enqueue_to_running_max_ms"):
             assert _positive(row[key]), (backend, key)
         assert row["enqueue_to_running_p50_ms"] <= row["enqueue_to_running_max_ms"], row
