@@ -1,9 +1,17 @@
 """Prediction benchmark: Trainwire's Predict against a bare gRPC server, in one run.
 
-Both serve the same trained 784-512-512-10 MLP. The bare server runs the same NumPy forward pass
-per request with no cache lookup, no batching and no validation: the ceiling for Python gRPC on
-this machine. It runs twice, on grpcio's thread-pool server and on grpc.aio — the measurement
-behind Trainwire's own choice of server — and the ratio is against the faster of the two.
+Both serve the same trained 784-512-512-10 MLP, a 10-class classifier. Per request the bare server
+decodes the inputs, runs the NumPy forward pass (three dense layers, ReLU between) and returns its
+outputs, one tensor: no cache lookup, no batching, no validation, nothing else — the ceiling for
+Python gRPC on this machine. Trainwire's Predict does what the service does on top, and the ratio
+counts it as Trainwire's own cost: its wrappers (request id, API keys, metrics), the check of the
+inputs (dtype, shape, finite values), the resolution of the job's checkpoint to its cached model,
+micro-batching of concurrent requests, the same forward pass, and, the model being a classifier,
+the class probabilities (softmax) and labels (argmax): its answer carries three tensors (outputs,
+probabilities, labels) and the checkpoint's name. The bare server limits its BLAS threads as one
+Trainwire server process does (`Settings.blas_threads_per_server`: 2 at most). It runs twice, on
+grpcio's thread-pool server and on grpc.aio — the measurement behind Trainwire's own choice of
+server — and the ratio is against the faster of the two.
 Trainwire runs twice too: as `trainwire serve` starts by default (one server process; its figures
 are the ones named `trainwire_rps` and `ratio`) and, on a machine of several cores, with one
 server process per core sharing the port (`TRAINWIRE_SERVER_PROCESSES`; `ratio_processes`), the
@@ -17,7 +25,10 @@ the median of the rounds' own ratios against the faster bare server (the one wit
 median): the servers of a round run back to back, so each round's ratio compares them under the
 same conditions. Beside the ratio, each server's CPU time per request (all its threads, and its
 extra server processes; read from Linux's /proc, "-" elsewhere): steadier than requests/s on a
-shared machine, and what decides the ratio when client and servers share the cores.
+shared machine, and what decides the ratio when client and servers share the cores. Before
+the first round, untimed, every server process loads the model: the load generator opens 32
+connections per server process, so that the kernel reaches each of them (a process is missed
+with a probability below e^-32).
 Loopback only, bounded request counts. Run: .venv/bin/python benchmarks/predict.py [--quick]
 [--rounds N]; the last line is JSON.
 """
@@ -49,7 +60,8 @@ import numpy as np  # noqa: E402
 
 from trainwire.client import Client  # noqa: E402
 from trainwire.client.tensors import from_tensor, to_tensor  # noqa: E402
-from trainwire.engine import load_state, save_state  # noqa: E402
+from trainwire.engine import load_state, save_state, set_num_threads  # noqa: E402
+from trainwire.server.config import Settings  # noqa: E402
 from trainwire.server.db import Database  # noqa: E402
 from trainwire.server.local import LocalServer, local_server  # noqa: E402
 from trainwire.server.store import Store  # noqa: E402
@@ -69,7 +81,7 @@ MODEL = {
 
 
 class BarePredictor(predictions_pb2_grpc.PredictionServiceServicer):
-    """relu(relu(x W1 + b1) W2 + b2) W3 + b3 per request, nothing else."""
+    """relu(relu(x W1 + b1) W2 + b2) W3 + b3 per request, the outputs only, nothing else."""
 
     def __init__(self, weights: dict[str, np.ndarray]) -> None:
         self.layers = [
@@ -100,8 +112,14 @@ class BareAsyncPredictor(BarePredictor):
 BARE_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)]
 
 
+def _limit_blas_threads() -> None:
+    """The BLAS threads of one Trainwire server process, set as `server.app` sets them."""
+    set_num_threads(Settings(server_processes=1).blas_threads_per_server())
+
+
 def run_bare_server(weights_path: str) -> None:
     """The ceiling: a thread-pool server (grpcio's classic API)."""
+    _limit_blas_threads()
     weights, _ = load_state(Path(weights_path).read_bytes())
     server = grpc.server(ThreadPoolExecutor(max_workers=16), options=BARE_OPTIONS)
     predictions_pb2_grpc.add_PredictionServiceServicer_to_server(BarePredictor(weights), server)
@@ -113,6 +131,7 @@ def run_bare_server(weights_path: str) -> None:
 
 async def run_bare_async_server(weights_path: str) -> None:
     """The same bare service on grpc.aio: the measurement behind Trainwire's server choice."""
+    _limit_blas_threads()
     weights, _ = load_state(Path(weights_path).read_bytes())
     server = grpc.aio.server(options=BARE_OPTIONS)
     predictions_pb2_grpc.add_PredictionServiceServicer_to_server(
@@ -165,6 +184,28 @@ async def drive(target: str, job: str, rows: int, concurrency: int, count: int) 
         "p50_ms": round(float(np.percentile(ordered, 50)), 3),
         "p99_ms": round(float(np.percentile(ordered, 99)), 3),
     }
+
+
+async def warm_up(target: str, job: str, connections: int) -> dict[str, float]:
+    """Five one-row requests on each of `connections` connections, 32 open at a time: each
+    connection lands on one of the server's processes, so all of them load the model."""
+    request = predictions_pb2.PredictRequest(
+        job=job, inputs=to_tensor(np.zeros((1, 784), np.float32))
+    )
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    for first in range(0, connections, 32):
+        channels = [
+            grpc.aio.insecure_channel(target, options=options)
+            for _ in range(min(32, connections - first))
+        ]
+        try:
+            stubs = [predictions_pb2_grpc.PredictionServiceStub(channel) for channel in channels]
+            for _ in range(5):
+                await asyncio.gather(*(stub.Predict(request, timeout=30) for stub in stubs))
+        finally:
+            for channel in channels:
+                await channel.close(None)
+    return {"requests": 5 * connections}
 
 
 def load(target: str, job: str, case: str, count: int) -> dict[str, float]:
@@ -258,10 +299,12 @@ def _measure(
     """Every case against every server (its target and processes), in rounds with the servers
     in rotating order; per case the figures of `main`'s JSON."""
     results: dict[str, Any] = {}
-    # Untimed: every server loads the model (each server process that a connection reaches), so
-    # the loading's CPU time is in no round.
-    for target, _ in servers.values():
-        load(target, job, "one_row_c16", 200)
+    # Untimed: every server process loads the model, so the loading's CPU time is in no round.
+    # The kernel puts each connection on one of P processes at random: with 32 P connections a
+    # process is missed with a probability below e^-32 (with 4, one of 2 is missed 1 time in 8).
+    for target, pids in servers.values():
+        processes = len(pids) if pids else (os.cpu_count() or 1)
+        load(target, job, "warm_up", 32 * processes)
     for case, count in counts.items():
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         for index in range(rounds):
@@ -319,6 +362,9 @@ def main() -> int:
         return 0
     if args.load:
         target, job, case, count = args.load
+        if case == "warm_up":
+            print(json.dumps(asyncio.run(warm_up(target, job, int(count)))))
+            return 0
         rows, concurrency = CASES[case]
         print(json.dumps(asyncio.run(drive(target, job, rows, concurrency, int(count)))))
         return 0

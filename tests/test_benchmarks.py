@@ -54,10 +54,23 @@ def test_the_prediction_benchmark_prints_every_case_with_its_ratio() -> None:
     for case, row in result["cases"].items():
         for key in ("trainwire_rps", "bare_rps", "ratio", "p50_ms", "p99_ms"):
             assert _positive(row[key]), (case, key, row[key])
+        assert row["p50_ms"] <= row["p99_ms"], (case, row)
+        # The ceiling is the faster bare server.
+        assert row["bare_rps"] == max(row["bare_threads_rps"], row["bare_asyncio_rps"]), (case, row)
         # `ratio` is the median of the rounds' own ratios; this one is the medians' ratio.
         assert row["ratio_of_medians"] == pytest.approx(
             row["trainwire_rps"] / row["bare_rps"], rel=1e-2
         )
+        # One round (--quick): every paired ratio is that round's quotient of the rates shown.
+        assert row["rounds"] == 1
+        assert row["ratio"] == pytest.approx(row["trainwire_rps"] / row["bare_rps"], abs=1e-3)
+        assert row["ratio_vs_threads"] == pytest.approx(
+            row["trainwire_rps"] / row["bare_threads_rps"], abs=1e-3
+        )
+        if row["ratio_processes"] is not None:
+            assert row["ratio_processes"] == pytest.approx(
+                row["trainwire_processes_rps"] / row["bare_rps"], abs=1e-3
+            )
 
 
 @pytest.mark.torch
@@ -65,8 +78,19 @@ def test_the_engine_benchmark_compares_both_networks_with_torch() -> None:
     result = _run("engine.py")
     assert result["benchmark"] == "engine"
     for network in ("large", "small"):
+        row = result[network]
         for key in ("trainwire_sps", "torch_sps", "sklearn_sps", "ratio_vs_torch", "gemm_fraction"):
-            assert _positive(result[network][key]), (network, key)
+            assert _positive(row[key]), (network, key)
+        # Each ratio is the quotient of the rates printed beside it (rounded to 3 places).
+        for key, peer in (
+            ("ratio_vs_torch", "torch_sps"),
+            ("ratio_vs_sklearn", "sklearn_sps"),
+            ("gemm_fraction", "gemm_bound_sps"),
+        ):
+            assert row[key] == pytest.approx(row["trainwire_sps"] / row[peer], abs=1e-3), (
+                network,
+                key,
+            )
 
 
 @pytest.mark.postgres
@@ -77,8 +101,22 @@ def test_the_queue_benchmark_measures_both_databases() -> None:
     result = _run("queue.py", {"TRAINWIRE_BENCH_POSTGRES_URL": admin_url})
     assert result["benchmark"] == "queue"
     for backend in ("postgres", "sqlite"):
-        throughput = result[backend]["jobs_per_s"]
-        assert throughput and all(_positive(v) for v in throughput.values()), (backend, result)
-        for key in ("enqueue_to_running_p50_ms", "enqueue_to_running_p99_ms"):
-            assert _positive(result[backend][key]), (backend, key)
-        assert math.isfinite(result[backend]["persist_overhead_fraction"]), backend
+        row = result[backend]
+        for key in ("jobs_per_s", "bare_jobs_per_s"):
+            assert set(row[key]) == {"1", "2", "4"}, (backend, key, row)
+            assert all(_positive(v) for v in row[key].values()), (backend, key, row)
+        for workers, ratio in row["ratio_vs_bare"].items():
+            quotient = row["jobs_per_s"][workers] / row["bare_jobs_per_s"][workers]
+            assert ratio == pytest.approx(quotient, abs=1e-3), (backend, workers, row)
+        # Every worker reported, and together they did every job (300 with --quick).
+        for key in ("jobs_done_per_worker", "bare_jobs_done_per_worker"):
+            for workers, done in row[key].items():
+                assert len(done) == int(workers) and sum(done) == 300, (backend, key, done)
+        for key in ("enqueue_to_running_p50_ms", "enqueue_to_running_max_ms"):
+            assert _positive(row[key]), (backend, key)
+        assert row["enqueue_to_running_p50_ms"] <= row["enqueue_to_running_max_ms"], row
+        assert row["poll_interval_s"] == 0.5, row  # the default, not a faster setting
+        # Persisting a short run's metrics and checkpoints costs a worker 10-60% here; on a
+        # crowded machine either best-of-2 time may be off by 2-3x. Beyond that the measurement
+        # is broken: a fraction in percent, or one run timing something else.
+        assert -0.75 < row["persist_overhead_fraction"] < 3.0, (backend, row)
