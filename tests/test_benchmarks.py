@@ -117,6 +117,7 @@ def test_the_queue_benchmark_measures_both_databases() -> None:
         assert row["enqueue_to_running_p50_ms"] <= row["enqueue_to_running_max_ms"], row
         assert row["poll_interval_s"] == 0.5, row  # the default, not a faster setting
         # Persisting a short run's metrics and checkpoints costs a worker 10-60% here; on a
-        # crowded machine either best-of-2 time may be off by 2-3x. Beyond that the measurement
-        # is broken: a fraction in percent, or one run timing something else.
-        assert -0.75 < row["persist_overhead_fraction"] < 3.0, (backend, row)
+        # crowded machine either best-of-2 time may be off by 2-3x (-0.68 was seen under a load
+        # of 4 on 2 cores). Beyond that the measurement is broken: a fraction in percent, or one
+        # run timing something else.
+        assert -0.9 < row["persist_overhead_fraction"] < 3.0, (backend, row)
