@@ -135,7 +135,11 @@ def model_to_dict(model: ModelLike) -> dict[str, Any]:
         return model.to_dict()
     if isinstance(model, Path) or (isinstance(model, str) and "\n" not in model):
         path = Path(model)
-        if path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError:  # a name too long for a path (one line of YAML may be)
+            is_file = False
+        if is_file:
             return model_to_dict(path.read_text())
         # Not a file: one line of YAML text ("layers: [...]") or a path that does not exist.
         loaded = None if isinstance(model, Path) else yaml.safe_load(model)

@@ -10,9 +10,10 @@ classes, a loss that suits the targets) and the server's limits are still checke
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from functools import cache
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import SpecError
 
@@ -88,10 +89,10 @@ class _Checker:
 
     def parameter(self, field: str, value: object) -> None:
         """A parameter of an optimizer or a schedule."""
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if not is_parameter_number(value):
             self.add(field, f"{NUMBERS_ONLY}. Received: {value!r}")
         else:
-            self.number(field, value, -math.inf, math.inf)
+            self.number(field, float(value), -math.inf, math.inf)
 
     def name(self, field: str, kind: str, value: object, *, optional: bool = False) -> None:
         if isinstance(value, Mapping):
@@ -116,19 +117,26 @@ class _Checker:
             raise SpecError(self.violations)
 
 
+def is_parameter_number(value: object) -> TypeGuard[numbers.Real]:
+    """Whether an optimizer's or a schedule's parameter is a number the request can carry: a
+    real number (NumPy's too), not a bool, not text such as "10"."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def numeric_params(field: str, params: Mapping[str, Any]) -> dict[str, float]:
     """An optimizer's or a schedule's parameters as the request's map of numbers; SpecError
-    naming each one that is not a number, even unvalidated (it cannot be sent at all)."""
-    numbers: dict[str, float] = {}
+    naming each one that is not a number (`is_parameter_number`), even unvalidated (it cannot be
+    sent at all). Unvalidated, a number's range is left to the server."""
+    numbers_: dict[str, float] = {}
     violations: list[tuple[str, str]] = []
     for key, value in params.items():
-        try:
-            numbers[key] = float(value)
-        except (TypeError, ValueError):
+        if is_parameter_number(value):
+            numbers_[key] = float(value)
+        else:
             violations.append((f"{field}.params[{key!r}]", f"{NUMBERS_ONLY}. Received: {value!r}"))
     if violations:
         raise SpecError(violations)
-    return numbers
+    return numbers_
 
 
 def check_model(spec: object) -> None:

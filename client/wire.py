@@ -250,9 +250,11 @@ def as_inputs(inputs: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
     float32, and a single row may be given 1-D. Inputs without rows are refused (SpecError), as
     the server refuses them."""
     x = np.asarray(inputs)
-    if x.dtype.kind != "f":
-        x = x.astype(np.float32)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float32)  # float16 and integers too: the wire carries these two
     if x.ndim < 2:
+        if x.size == 0:  # [] is no row, not one row without features
+            raise SpecError([("inputs.shape", "has no rows")])
         x = x.reshape(1, -1)
     if len(x) == 0:
         raise SpecError([("inputs.shape", "has no rows")])

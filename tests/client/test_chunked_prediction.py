@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
+import pytest
 
-from trainwire.client.errors import NotFound, ResourceExhausted
+from trainwire.client.errors import NotFound, ResourceExhausted, SpecError
 from trainwire.client.tensors import from_tensor, to_tensor
-from trainwire.client.wire import ChunkedPrediction, StreamedPrediction, answer_too_large
+from trainwire.client.wire import (
+    ChunkedPrediction,
+    StreamedPrediction,
+    answer_too_large,
+    as_inputs,
+)
 from trainwire.v1 import predictions_pb2
 
 CHECKPOINT = "jobs/" + "a" * 32 + "/checkpoints/7"
@@ -118,3 +124,12 @@ def test_a_streamed_batch_beyond_a_quarter_of_the_limit_is_split_and_joined_back
     done = [a for a in answers if a is not None]
     assert [len(p.outputs) for p in done] == [3, 5000, 1]
     assert answers[1:10] == [None] * 9, "a batch is answered once all its messages are"
+
+
+def test_inputs_of_another_float_dtype_go_as_float32_and_nothing_is_no_row() -> None:
+    half = as_inputs(np.ones((2, 3), np.float16))
+    assert half.dtype == np.float32 and half.shape == (2, 3)
+    assert as_inputs(np.ones(3, np.float64)).shape == (1, 3), "one row, given 1-D"
+    for nothing in ([], np.zeros(0, np.float32), np.zeros((0, 3), np.float32)):
+        with pytest.raises(SpecError, match="has no rows"):
+            as_inputs(nothing)

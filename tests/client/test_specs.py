@@ -219,3 +219,24 @@ def test_a_parameter_the_request_cannot_carry_as_a_number_is_refused_by_name() -
     assert [f for f, _ in optimizer.value.field_violations] == [
         "training.optimizer.params['momentum']"
     ]
+
+
+@pytest.mark.parametrize("value", ["10", True])
+def test_unvalidated_parameters_follow_the_validated_rule_for_numbers(value: object) -> None:
+    """float() would have sent "10" as 10.0 and True as 1.0."""
+    for validate in (True, False):
+        with Client("127.0.0.1:9") as client, pytest.raises(SpecError) as caught:
+            client.create_job(
+                "datasets/x", [Dense(3)], optimizer={"name": "sgd", "momentum": value},
+                validate=validate,
+            )  # fmt: skip
+        assert [f for f, _ in caught.value.field_violations] == [
+            "training.optimizer.params['momentum']"
+        ]
+
+
+def test_a_long_one_line_yaml_model_is_text_not_a_path() -> None:
+    layers = ", ".join("{type: dense, units: 16, activation: relu}" for _ in range(8))
+    text = f"{{layers: [{layers}]}}"
+    assert len(text) > 255, "longer than a file name may be"
+    assert len(model_to_dict(text)["layers"]) == 8
