@@ -272,6 +272,8 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
         async for request in request_iterator:
             selector = (request.job, request.checkpoint)
             if first is None:
+                # As Predict does: a malformed tensor is refused before any model is loaded.
+                self.predictions.decode_inputs(request.inputs)
                 first = selector
                 pinned = await self.predictions.resolve_served(*selector, project)
             result = await self.predictions.predict(

@@ -11,6 +11,11 @@ _ID_LENGTH = 32
 _ID = re.compile(rf"[0-9a-f]{{{_ID_LENGTH}}}")
 
 
+def is_name(name: str, collection: str) -> bool:
+    """Whether `name` is a well-formed `{collection}/{id}`."""
+    return len(name) == len(collection) + 1 + _ID_LENGTH and _id_in(name, collection) is not None
+
+
 def parse_name(name: str, collection: str, field: str) -> str:
     """The id in `{collection}/{id}`; INVALID_ARGUMENT naming `field` if malformed."""
     # Only names of a well-formed name's length reach the cache: it keeps refusals too, keyed by

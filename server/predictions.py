@@ -24,7 +24,7 @@ from .batching import ModelBatcher, outputs_only
 from .errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from .metrics import PREDICTION_ROWS
 from .model_cache import ModelCache, model_bytes
-from .names import parse_name
+from .names import is_name, parse_name
 from .records import Checkpoint, Job, TaskKind
 from .store import Store, best_checkpoint
 from .training import build_model
@@ -53,8 +53,6 @@ RESOLVE_ATTEMPTS = 3
 # An epoch or checkpoint number in a selector: ASCII digits that fit an int64 (str.isdigit would
 # also take "²", which int() refuses).
 _NUMBER = re.compile(r"[0-9]{1,18}")
-# A full checkpoint name; group 1 is its job's name.
-_CHECKPOINT_NAME = re.compile(r"(jobs/[0-9a-f]{32})/checkpoints/[0-9]{1,18}")
 
 
 class PredictionService:
@@ -200,7 +198,7 @@ class PredictionService:
         as long as its job exists.
         """
         # What the tensor alone tells is checked first: a malformed one never loads a model.
-        decoded = self._decode_inputs(inputs)
+        decoded = self.decode_inputs(inputs)
         if served is not None:
             found: Served | None = served
             if self._cached_job(served[0].id) is None:  # not read lately, or forgotten: deleted?
@@ -284,12 +282,12 @@ class PredictionService:
                 if checkpoint.id == wanted:
                     return checkpoint
             raise NotFound(f"{selector} does not exist")
-        other = _CHECKPOINT_NAME.fullmatch(selector)
-        if other is not None:
+        owner, _, number = selector.partition("/checkpoints/")
+        if _NUMBER.fullmatch(number) and is_name(owner, "jobs"):
             raise InvalidArgument.field(
                 "checkpoint",
-                f"names a checkpoint of {other[1]}, but the request is for jobs/{job.id}: set "
-                f"job to '{other[1]}' to use it, or name a checkpoint of jobs/{job.id}. "
+                f"names a checkpoint of {owner}, but the request is for jobs/{job.id}: set "
+                f"job to '{owner}' to use it, or name a checkpoint of jobs/{job.id}. "
                 f"Received: {selector!r}",
             )
         raise InvalidArgument.field(
@@ -329,13 +327,8 @@ class PredictionService:
 
         return self.cache.get((job.id, checkpoint.id), load)
 
-    @classmethod
-    def _check_inputs(cls, inputs: tensor_pb2.Tensor, model: Model) -> np.ndarray:
-        """The inputs as the model's rows of features, or InvalidArgument naming the problem."""
-        return cls._check_features(cls._decode_inputs(inputs), model)
-
     @staticmethod
-    def _decode_inputs(inputs: tensor_pb2.Tensor) -> np.ndarray:
+    def decode_inputs(inputs: tensor_pb2.Tensor) -> np.ndarray:
         """The tensor's array, if its dtype, bytes and shape make rows of features."""
         if inputs.dtype not in (tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_FLOAT64):
             raise InvalidArgument.field(

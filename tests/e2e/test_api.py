@@ -32,7 +32,13 @@ from trainwire.client import (
 from trainwire.client.tensors import to_tensor
 from trainwire.server.local import local_server
 from trainwire.server.migrate import upgrade
-from trainwire.v1 import jobs_pb2, jobs_pb2_grpc, predictions_pb2, predictions_pb2_grpc
+from trainwire.v1 import (
+    jobs_pb2,
+    jobs_pb2_grpc,
+    predictions_pb2,
+    predictions_pb2_grpc,
+    tensor_pb2,
+)
 
 from ..conftest import fresh_postgres_database
 from ..support.tcp_proxy import TcpProxy
@@ -569,6 +575,23 @@ def test_invalid_argument_names_the_field(client: Client, iris_dataset: DatasetI
     assert caught.value.field_violations[0][0] == "training.optimizer.learning_rate"
     with pytest.raises(InvalidArgument, match="NUL"):
         client.create_job(iris_dataset, MLP, display_name="a\x00b")
+
+
+def test_a_malformed_tensor_is_refused_before_its_job_is_looked_up(client: Client) -> None:
+    """Predict and PredictStream alike: the tensor is checked first, so the answer is about it,
+    not about the job (which does not exist here) or a model loaded for nothing."""
+    bad = tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[1, 4], data=bytes(15))
+    request = predictions_pb2.PredictRequest(job="jobs/" + "0" * 32, inputs=bad)
+    with grpc.insecure_channel(client.target) as channel:
+        stub = predictions_pb2_grpc.PredictionServiceStub(channel)
+        for call in (
+            lambda: stub.Predict(request, timeout=30),
+            lambda: list(stub.PredictStream(iter([request]), timeout=30)),
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "bytes" in (refused.value.details() or ""), refused.value.details()
 
 
 def test_schedules_and_early_stopping_reach_the_engine(

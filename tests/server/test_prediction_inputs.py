@@ -19,10 +19,15 @@ from trainwire.v1 import tensor_pb2
 MODEL = Model.from_spec({"input_dim": 4, "layers": [{"type": "dense", "units": 2}]}, seed=0)
 
 
+def check_inputs(inputs: tensor_pb2.Tensor, model: Model) -> np.ndarray:
+    """The two checks `PredictionService.predict` makes of a request's tensor, in its order."""
+    return PredictionService._check_features(PredictionService.decode_inputs(inputs), model)
+
+
 def test_huge_finite_values_pass_even_when_their_sum_of_squares_overflows() -> None:
     huge = np.full((2, 4), 1e20, np.float32)
     assert not np.isfinite(np.vdot(huge, huge)), "the fast check's sum of squares overflows here"
-    features = PredictionService._check_inputs(to_tensor(huge), MODEL)
+    features = check_inputs(to_tensor(huge), MODEL)
     assert np.array_equal(features, huge)
 
 
@@ -31,12 +36,12 @@ def test_a_value_that_is_not_finite_is_refused_naming_its_row(bad: float) -> Non
     x = np.zeros((3, 4), np.float32)
     x[2, 1] = bad
     with pytest.raises(InvalidArgument, match="row 2 has NaN or Inf"):
-        PredictionService._check_inputs(to_tensor(x), MODEL)
+        check_inputs(to_tensor(x), MODEL)
 
 
 def test_inputs_come_out_in_the_models_dtype() -> None:
     x = np.arange(8, dtype=np.float64).reshape(2, 4)
-    features = PredictionService._check_inputs(to_tensor(x), MODEL)
+    features = check_inputs(to_tensor(x), MODEL)
     assert features.dtype == MODEL.dtype and features.flags.c_contiguous
     assert np.array_equal(features, x.astype(MODEL.dtype))
 
@@ -46,14 +51,14 @@ def test_a_float64_value_beyond_a_float32_models_range_is_refused_naming_its_row
     x = np.zeros((2, 4), np.float64)
     x[1, 0] = 1e300  # finite as sent, infinite once converted to the model's float32
     with pytest.raises(InvalidArgument, match="row 1 has a value beyond the range"):
-        PredictionService._check_inputs(to_tensor(x), MODEL)
+        check_inputs(to_tensor(x), MODEL)
 
 
 @pytest.mark.parametrize("shape", [[0, 2**62], [2**40, 2**40, 0]])
 def test_an_empty_tensor_too_large_to_address_is_refused_as_invalid(shape: list[int]) -> None:
     tensor = tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=shape, data=b"")
     with pytest.raises(InvalidArgument, match="too large to address"):
-        PredictionService._check_inputs(tensor, MODEL)
+        check_inputs(tensor, MODEL)
 
 
 @pytest.mark.parametrize(
