@@ -55,14 +55,18 @@ def upgrade() -> None:
 def downgrade() -> None:
     orphans = (
         op.get_bind()
-        .execute(sa.text("SELECT count(*) FROM jobs WHERE dataset_id IS NULL"))
-        .scalar_one()
+        .execute(sa.text("SELECT id FROM jobs WHERE dataset_id IS NULL ORDER BY id"))
+        .scalars()
+        .all()
     )
     if orphans:
         # Before 0003 every job had its dataset; a NOT NULL column cannot take these rows back.
+        shown = ", ".join(f"jobs/{job_id}" for job_id in orphans[:10])
+        more = f" and {len(orphans) - 10} more" if len(orphans) > 10 else ""
         raise RuntimeError(
-            f"cannot downgrade below 0003: {orphans} jobs have no dataset (it was deleted), which "
-            "revision 0002 cannot hold; delete those jobs first (trainwire jobs delete)"
+            f"cannot downgrade below 0003: {len(orphans)} jobs have no dataset (it was deleted), "
+            f"which revision 0002 cannot hold: {shown}{more}; delete them first "
+            "(trainwire jobs delete)"
         )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f("fk_jobs_dataset_id_datasets"), type_="foreignkey")

@@ -1,11 +1,12 @@
-"""job targets from their datasets
+"""job targets from their datasets, and a reason on every cancelled job
 
 0003 added `jobs.target` (what a job keeps of its dataset for predictions: task, classes, widths)
 as `{}` on the jobs that existed then, so predicting with one of them failed. Every job whose
 dataset still exists now gets the target its dataset gives, and every job's target gains the
 dataset's feature names (which `predict --input` matches a CSV header against); what a target
-already holds is kept. A job whose dataset was deleted keeps its target as it is. The downgrade
-leaves the filled targets in place (they are valid at 0007 too).
+already holds is kept. A job whose dataset was deleted keeps its target as it is. Jobs cancelled
+while queued, or rescued while cancelling, were left without the reason the others record in
+`error`; they get it. The downgrade leaves both in place (they are valid at 0007 too).
 
 Revision ID: 0008
 Revises: 0007
@@ -25,8 +26,10 @@ depends_on: str | Sequence[str] | None = None
 
 _jobs = sa.table(
     "jobs", sa.column("id", sa.String), sa.column("dataset_id", sa.String),
-    sa.column("target", sa.JSON),
+    sa.column("target", sa.JSON), sa.column("state", sa.String), sa.column("error", sa.Text),
 )  # fmt: skip
+# What every path to CANCELLED records since this revision (server/store.py).
+CANCELLED_BY_REQUEST = "cancelled by request"
 _datasets = sa.table(
     "datasets", sa.column("id", sa.String), sa.column("task", sa.String),
     sa.column("num_classes", sa.Integer), sa.column("feature_shape", sa.JSON),
@@ -67,6 +70,11 @@ def upgrade() -> None:
             .values(target=sa.bindparam("filled", type_=sa.JSON)),
             filled,
         )
+    connection.execute(
+        _jobs.update()
+        .where(_jobs.c.state == "CANCELLED", _jobs.c.error == "")
+        .values(error=CANCELLED_BY_REQUEST)
+    )
 
 
 def downgrade() -> None:

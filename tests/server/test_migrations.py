@@ -25,6 +25,7 @@ from trainwire.server.migrate import (
     upgrade,
 )
 from trainwire.server.models import Base
+from trainwire.server.records import TaskKind
 from trainwire.server.store import Store
 
 
@@ -115,8 +116,8 @@ def test_checkpoint_bytes_survive_the_move_to_their_own_table(empty_database_url
 _AT_0002 = [
     "INSERT INTO datasets (id, display_name, task, num_classes, num_examples, feature_dtype, "
     "feature_shape, target_dtype, target_shape, size_bytes, sha256, labels, feature_names, "
-    "class_names, created_at) VALUES ('d1', '', 'multiclass', 2, 4, 'float32', '[4, 2]', "
-    "'int64', '[4]', 8, '', '{}', '[\"a\", \"b\"]', '[\"no\", \"yes\"]', :now)",
+    "class_names, created_at) VALUES ('d1', '', 'MULTICLASS_CLASSIFICATION', 2, 4, 'float32', "
+    "'[4, 2]', 'int64', '[4]', 8, '', '{}', '[\"a\", \"b\"]', '[\"no\", \"yes\"]', :now)",
     "INSERT INTO dataset_blobs (dataset_id, data) VALUES ('d1', :data)",
     "INSERT INTO jobs (id, display_name, dataset_id, model_spec, training, state, queue, "
     "priority, attempt, max_attempts, labels, progress, metrics, error, created_at, updated_at) "
@@ -163,22 +164,29 @@ def test_upgrading_a_database_with_jobs_keeps_every_row(empty_database_url: str)
         job = store.get_job("j1")
         assert job.project == "default"
         assert job.target == {
-            "task": "multiclass", "num_classes": 2, "class_names": ["no", "yes"],
+            "task": "MULTICLASS_CLASSIFICATION", "num_classes": 2, "class_names": ["no", "yes"],
             "feature_names": ["a", "b"], "num_features": 2, "target_width": 1,
         }, "0003 left it {}; 0008 fills it from the dataset"  # fmt: skip
+        assert TaskKind(job.target["task"]).is_classification, "the value predictions read"
 
 
-def _insert_job(connection: Connection, job_id: str, dataset_id: str | None, target: str) -> None:
-    """A finished job as revisions 0003 to 0008 store it."""
+def _insert_job(
+    connection: Connection,
+    job_id: str,
+    dataset_id: str | None,
+    target: str,
+    state: str = "SUCCEEDED",
+) -> None:
+    """A finished job (no error) as revisions 0003 to 0008 store it."""
     connection.execute(
         text(
             "INSERT INTO jobs (id, project, display_name, dataset_id, target, model_spec, "
             "training, state, queue, priority, attempt, max_attempts, labels, progress, "
             "metrics, error, created_at, updated_at) VALUES (:id, 'default', '', :dataset, "
-            ":target, '{}', '{}', 'SUCCEEDED', 'default', 0, 1, 3, '{}', '{}', '{}', '', "
+            ":target, '{}', '{}', :state, 'default', 0, 1, 3, '{}', '{}', '{}', '', "
             ":now, :now)"
         ).bindparams(bindparam("now", type_=DateTime(timezone=True))),
-        {"id": job_id, "dataset": dataset_id, "target": target,
+        {"id": job_id, "dataset": dataset_id, "target": target, "state": state,
          "now": datetime(2026, 11, 27, tzinfo=UTC)},
     )  # fmt: skip
 
@@ -186,8 +194,8 @@ def _insert_job(connection: Connection, job_id: str, dataset_id: str | None, tar
 def test_targets_gain_feature_names_and_keep_what_they_held(empty_database_url: str) -> None:
     upgrade(empty_database_url, "0007")
     held = json.dumps(
-        {"task": "multiclass", "num_classes": 2, "class_names": [], "num_features": 2,
-         "target_width": 1}
+        {"task": "MULTICLASS_CLASSIFICATION", "num_classes": 2, "class_names": [],
+         "num_features": 2, "target_width": 1}
     )  # fmt: skip
     with _opened(empty_database_url) as database, database.engine.begin() as connection:
         now = {"now": datetime(2026, 11, 27, tzinfo=UTC)}
@@ -197,14 +205,17 @@ def test_targets_gain_feature_names_and_keep_what_they_held(empty_database_url: 
             )
         _insert_job(connection, "j1", "d1", held)
         _insert_job(connection, "j2", None, "{}")
+        _insert_job(connection, "j3", "d1", held, state="CANCELLED")
     upgrade(empty_database_url)
     with _opened(empty_database_url) as database:
         store = Store(database)
         assert store.get_job("j1").target == {
-            "task": "multiclass", "num_classes": 2, "class_names": [],
+            "task": "MULTICLASS_CLASSIFICATION", "num_classes": 2, "class_names": [],
             "feature_names": ["a", "b"], "num_features": 2, "target_width": 1,
         }, "held values kept (class_names stays []), feature names added"  # fmt: skip
         assert store.get_job("j2").target == {}, "no dataset to fill it from"
+        assert store.get_job("j3").error == "cancelled by request"
+        assert store.get_job("j1").error == "", "only cancelled jobs get the reason"
 
 
 def _at_0002_with(url: str, statement: str) -> None:
@@ -266,7 +277,7 @@ def test_a_downgrade_below_0003_with_jobs_whose_dataset_is_gone_is_refused_by_na
     upgrade(empty_database_url, "0003")
     with _opened(empty_database_url) as database, database.engine.begin() as connection:
         _insert_job(connection, "j1", None, "{}")
-    with pytest.raises(RuntimeError, match="1 jobs have no dataset"):
+    with pytest.raises(RuntimeError, match=r"1 jobs have no dataset .*: jobs/j1; delete them"):
         command.downgrade(alembic_config(empty_database_url), "0002")
     with _opened(empty_database_url) as database, database.engine.connect() as connection:
         assert MigrationContext.configure(connection).get_current_revision() == "0003"
