@@ -8,7 +8,11 @@ from alembic import context
 from sqlalchemy import Connection
 
 from trainwire.server.db import make_engine
-from trainwire.server.migrate import broken_foreign_keys, check_foreign_keys
+from trainwire.server.migrate import (
+    broken_foreign_keys,
+    check_foreign_keys,
+    compare_server_default,
+)
 from trainwire.server.models import Base
 
 target_metadata = Base.metadata
@@ -25,6 +29,9 @@ def run_with(connection: Connection) -> None:
         # half-way leaves the database as it found it.
         transactional_ddl=True,
         compare_type=True,
+        # The models declare the server defaults migrations gave their columns: autogenerate
+        # must see a changed one, and not mistake `'{}'::json` for a change (see the function).
+        compare_server_default=compare_server_default,
     )
     # Migrations on SQLite run with foreign keys off (see `run_online`), so nothing else would
     # notice rows they leave pointing nowhere: compared before and after, inside the one

@@ -3,15 +3,18 @@ to serve an un-migrated database."""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
+from sqlalchemy import JSON, Column, Connection
 
 import trainwire.migrations
 
@@ -39,6 +42,44 @@ def head_revision(url: str) -> str | None:
 def current_revision(database: Database) -> str | None:
     with database.engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+def compare_server_default(
+    _context: MigrationContext,
+    inspected_column: Column[Any],
+    metadata_column: Column[Any],
+    inspected_default: str | None,
+    metadata_default: Any,
+    _rendered_metadata_default: str | None,
+) -> bool | None:
+    """Alembic's `compare_server_default` hook: whether a JSON column's server default differs,
+    compared as JSON values; None (Alembic's own comparison) for every other column.
+
+    PostgreSQL reflects `'{}'::json` where the model says `{}`, and Alembic compares the two by
+    asking the server `'{}'::json = '{}'`, which fails: json has no equality operator.
+    """
+    if not isinstance(metadata_column.type, JSON):
+        return None
+    declared = getattr(metadata_default, "arg", None)
+    if inspected_default is None or not isinstance(declared, str):
+        return None
+    return _json_or_text(_sql_literal_text(inspected_default)) != _json_or_text(declared)
+
+
+def _sql_literal_text(default: str) -> str:
+    """The text of a reflected string default: `'{}'::json` (PostgreSQL) or `'{}'` (SQLite) is
+    `{}`."""
+    default = re.sub(r"::[a-z ]+$", "", default.strip())
+    if len(default) >= 2 and default[0] == default[-1] == "'":
+        return default[1:-1].replace("''", "'")
+    return default
+
+
+def _json_or_text(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def broken_foreign_keys(connection: Connection) -> Counter[str]:

@@ -1,7 +1,9 @@
 """SQLAlchemy ORM models: the schema of datasets, jobs, metrics and checkpoints.
 
 Rows never leave the store: `server.store` turns them into domain records first. Every constraint
-is named by the naming convention so migrations can refer to it.
+is named by the naming convention so migrations can refer to it. A server default is the one the
+migration that added the column gave it (existing databases keep it, and a row inserted by an older
+server relies on it): declared here too, or autogenerate would propose dropping it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -43,7 +46,7 @@ class DatasetRow(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     # The project of the API key that uploaded it ("default" when the server runs without keys).
-    project: Mapped[str] = mapped_column(String(64), index=True)
+    project: Mapped[str] = mapped_column(String(64), index=True, server_default="default")
     display_name: Mapped[str] = mapped_column(String(256), default="")
     task: Mapped[str] = mapped_column(String(32))
     num_classes: Mapped[int] = mapped_column(Integer, default=0)
@@ -84,12 +87,12 @@ class JobRow(Base):
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    project: Mapped[str] = mapped_column(String(64), index=True)
+    project: Mapped[str] = mapped_column(String(64), index=True, server_default="default")
     display_name: Mapped[str] = mapped_column(String(256), default="")
     # NULL once the dataset is deleted; a finished job keeps its model and `target`.
     dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
     # What predictions need to know of the dataset: task, class count and names, feature count.
-    target: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    target: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     model_spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     training: Mapped[dict[str, Any]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16))
@@ -186,7 +189,7 @@ class CheckpointRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # Written partway through an epoch (a stop or cancel): `epoch` and `metrics` are the last
     # whole epoch's, the weights are further on. Never "best", never "epoch/N"; a resume's start.
-    is_partial: Mapped[bool] = mapped_column(default=False)
+    is_partial: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class CheckpointBlobRow(Base):
