@@ -35,13 +35,27 @@ def run_with(connection: Connection) -> None:
     )
     # Migrations on SQLite run with foreign keys off (see `run_online`), so nothing else would
     # notice rows they leave pointing nowhere: compared before and after, inside the one
-    # transaction, which a refusal rolls back.
+    # transaction, which a refusal rolls back. Each scan reads every table, so it is skipped
+    # when no migration will run (`trainwire db upgrade` on a database already at head).
     sqlite = connection.dialect.name == "sqlite"
     with context.begin_transaction():
-        broken_before = broken_foreign_keys(connection) if sqlite else Counter[str]()
+        check = sqlite and not at_destination()
+        broken_before = broken_foreign_keys(connection) if check else Counter[str]()
         context.run_migrations()
-        if sqlite:
+        if check:
             check_foreign_keys(broken_before, broken_foreign_keys(connection))
+
+
+def at_destination() -> bool:
+    """Whether the database is at exactly the revisions asked for, so no migration will run,
+    upgrade or downgrade. False when that cannot be told: a relative revision ("-1") is resolved
+    by Alembic from the current one, and autogenerate and stamp name no destination."""
+    try:
+        destination = context.get_revision_argument()  # "head" resolved; None for "base"
+    except KeyError:
+        return False
+    wanted = {destination} if isinstance(destination, str) else set(destination or ())
+    return set(context.get_context().get_current_heads()) == wanted
 
 
 def run_online() -> None:
