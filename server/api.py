@@ -41,7 +41,7 @@ from .convert import (
 from .datasets import DatasetService
 from .errors import ResourceExhausted
 from .jobs import WATCH_POLL_S, JobService
-from .predictions import Prediction, PredictionService, Served
+from .predictions import Prediction, PredictionService, Served, ServedPin
 from .records import JobEvent, TaskKind
 from .store import best_checkpoint
 
@@ -266,25 +266,32 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
         deadline = _deadline(context)
         # The slices of one stream are one input: the model that answered the first answers the
         # rest, even if a newer checkpoint becomes "latest" or "best" meanwhile, or retention
-        # deletes the first one's.
+        # deletes the first one's. It stays pinned in the model cache, counted in its bound,
+        # until the stream ends however it ends: its last message, an error, or the client
+        # cancelling (grpc.aio then ends the request iterator, or cancels this generator).
         first: tuple[str, str] | None = None
         pinned: Served | None = None
-        async for request in request_iterator:
-            selector = (request.job, request.checkpoint)
-            if first is None:
-                # As Predict does: a malformed tensor is refused before any model is loaded.
-                self.predictions.decode_inputs(request.inputs)
-                first = selector
-                pinned = await self.predictions.resolve_served(*selector, project)
-            result = await self.predictions.predict(
-                request.job,
-                request.checkpoint,
-                request.inputs,
-                project,
-                deadline=deadline,
-                served=pinned if selector == first else None,
-            )
-            yield _prediction_response(result)
+        pin: ServedPin | None = None
+        try:
+            async for request in request_iterator:
+                selector = (request.job, request.checkpoint)
+                if first is None:
+                    # As Predict does: a malformed tensor is refused before any model is loaded.
+                    self.predictions.decode_inputs(request.inputs)
+                    first = selector
+                    pinned, pin = await self.predictions.pin_served(*selector, project)
+                result = await self.predictions.predict(
+                    request.job,
+                    request.checkpoint,
+                    request.inputs,
+                    project,
+                    deadline=deadline,
+                    served=pinned if selector == first else None,
+                )
+                yield _prediction_response(result)
+        finally:
+            if pin is not None:
+                self.predictions.unpin(pin)
 
     def GetModelMetadata(
         self, request: predictions_pb2.GetModelMetadataRequest, context: grpc.ServicerContext

@@ -1,7 +1,7 @@
 """Prometheus metrics of the server and the workers (served over HTTP when a port is set).
 
 Server: RPC counts and latency by method and code, queue depth by state and queue, live workers,
-model-cache hits and misses, prediction batch sizes. Worker: job durations by final state,
+model-cache hits, misses and pins, prediction batch sizes. Worker: job durations by final state,
 examples per second, the last heartbeat.
 """
 
@@ -149,6 +149,10 @@ RPC_SECONDS = BufferedHistogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
 )
 MODEL_CACHE = Counter("trainwire_model_cache", "Model cache lookups, by result", ["result"])
+MODEL_CACHE_PINS = Gauge(
+    "trainwire_model_cache_pins",
+    "Open prediction streams holding a cached model (a held model is never evicted)",
+)
 PREDICTION_ROWS = BufferedHistogram(
     "trainwire_prediction_rows",
     "Rows per prediction request",

@@ -10,11 +10,12 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from trainwire.engine import Model
 
-from .metrics import MODEL_CACHE
+from .metrics import MODEL_CACHE, MODEL_CACHE_PINS
 
 MODEL_CACHE_HITS = MODEL_CACHE.labels(result="hit")
 
@@ -28,12 +29,26 @@ def model_bytes(model: Model) -> int:
     return sum(array.nbytes for array in model.state_dict().values())
 
 
+@dataclass(eq=False)
+class Pin(Generic[Served]):
+    """The holds of open streams on one cached model: `value` is the model they answer with."""
+
+    key: CacheKey
+    value: Served
+    size: int
+    count: int = 0
+
+
 class ModelCache(Generic[Served]):
     def __init__(self, max_bytes: int, size_of: Callable[[Served], int]) -> None:
         self.max_bytes = max_bytes
         self.size_of = size_of
         self._models: OrderedDict[CacheKey, tuple[Served, int]] = OrderedDict()
+        # Every model counted: those in `_models`, and pinned ones `invalidate` dropped.
         self._bytes = 0
+        # The pins of entries still in `_models` (the hot path's `peek` never looks here).
+        self._pins: dict[CacheKey, Pin[Served]] = {}
+        self._pinned_bytes = 0  # of every pinned model, dropped ones included
         self._lock = threading.Lock()
         self._loading: dict[CacheKey, threading.Lock] = {}
         self.loads = 0
@@ -62,9 +77,7 @@ class ModelCache(Generic[Served]):
                 if found is not None:
                     return found
                 MODEL_CACHE.labels(result="miss").inc()
-                model = load()
-                self._insert(key, model)
-                return model
+                return self._insert(key, load())
         finally:
             with self._lock:
                 # Only this caller's lock: once it was dropped, a model evicted meanwhile may be
@@ -72,24 +85,73 @@ class ModelCache(Generic[Served]):
                 if self._loading.get(key) is key_lock:
                     del self._loading[key]
 
-    def _insert(self, key: CacheKey, model: Served) -> None:
+    def _insert(self, key: CacheKey, model: Served) -> Served:
+        """Keeps a loaded model if it fits beside the pinned ones; returns the model to serve."""
         size = self.size_of(model)
         with self._lock:
             self.loads += 1
             # Two loads of one key can overlap when the first's model was evicted before a
-            # caller that waited for it looked: the second replaces the first, counted once.
-            replaced = self._models.pop(key, None)
-            if replaced is not None:
-                self._bytes -= replaced[1]
-            self._models[key] = (model, size)
-            self._bytes += size
-            while self._bytes > self.max_bytes and len(self._models) > 1:
-                _, (_, evicted) = self._models.popitem(last=False)
-                self._bytes -= evicted
+            # caller that waited for it looked: the first kept stays (a stream may have pinned
+            # it), and the second's caller is served it.
+            found = self._models.get(key)
+            if found is not None:
+                self._models.move_to_end(key)
+                return found[0]
+            self._keep(key, model, size)
+            return model
+
+    def _keep(self, key: CacheKey, model: Served, size: int) -> bool:
+        """Adds a model not cached, evicting the least recently used unpinned ones, unless it
+        cannot fit beside the pinned ones; the caller holds the lock."""
+        if self._pinned_bytes and self._pinned_bytes + size > self.max_bytes:
+            return False
+        self._models[key] = (model, size)
+        self._bytes += size
+        if self._bytes > self.max_bytes:
+            for old in list(self._models):  # least recently used first
+                if self._bytes <= self.max_bytes:
+                    break
+                if old != key and old not in self._pins:
+                    self._bytes -= self._models.pop(old)[1]
+        return True
+
+    def pin(self, key: CacheKey, model: Served) -> Pin[Served] | None:
+        """Keeps `key`'s model from eviction until `unpin`. The pin's `value` is the model to
+        serve with: the cached one, or `model` (cached now if it had been evicted or not kept).
+        None when `model` is not cached and cannot fit beside the models already pinned."""
+        size = self.size_of(model)
+        with self._lock:
+            found = self._models.get(key)
+            if found is None:
+                if not self._keep(key, model, size):
+                    return None
+                found = (model, size)
+            pin = self._pins.get(key)
+            if pin is None:
+                pin = self._pins[key] = Pin(key, found[0], found[1])
+                self._pinned_bytes += pin.size
+            pin.count += 1
+        MODEL_CACHE_PINS.inc()
+        return pin
+
+    def unpin(self, pin: Pin[Served]) -> None:
+        """Lets go of one hold taken by `pin`; the last makes the model evictable again, or
+        uncounted if its job's models were invalidated meanwhile."""
+        with self._lock:
+            pin.count -= 1
+            if pin.count == 0:
+                self._pinned_bytes -= pin.size
+                if self._pins.get(pin.key) is pin:
+                    del self._pins[pin.key]
+                else:  # dropped by `invalidate` while pinned
+                    self._bytes -= pin.size
+        MODEL_CACHE_PINS.dec()
 
     def invalidate(self, job_id: str) -> None:
-        """Forgets every model of a job."""
+        """Forgets every model of a job. A pinned one is dropped too (no new request finds it),
+        but its streams finish with it, so its bytes stay counted until they end."""
         with self._lock:
             for key in [k for k in self._models if k[0] == job_id]:
                 _, size = self._models.pop(key)
-                self._bytes -= size
+                if self._pins.pop(key, None) is None:
+                    self._bytes -= size

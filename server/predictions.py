@@ -23,7 +23,7 @@ from trainwire.v1 import tensor_pb2
 from .batching import ModelBatcher, outputs_only
 from .errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from .metrics import PREDICTION_ROWS
-from .model_cache import ModelCache, model_bytes
+from .model_cache import ModelCache, Pin, model_bytes
 from .names import is_name, parse_name
 from .records import Checkpoint, Job, TaskKind
 from .store import Store, best_checkpoint
@@ -43,6 +43,8 @@ class Prediction(NamedTuple):
 
 # A job, the checkpoint a request names, and the model loaded from it.
 Served = tuple[Job, Checkpoint, ModelBatcher]
+# A stream's hold on its model in the cache.
+ServedPin = Pin[ModelBatcher]
 
 # How long a job and its checkpoint list are reused between predictions before they are read again
 # (in the background, see `_cached_job`): a new checkpoint ("latest", "best") or a deleted job is
@@ -226,6 +228,28 @@ class PredictionService:
             return found
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self.served, job_name, selector, project)
+
+    async def pin_served(
+        self, job_name: str, selector: str, project: str
+    ) -> tuple[Served, ServedPin]:
+        """`resolve_served`, its model pinned in the cache until `unpin`: what a stream answers
+        every message with stays within the cache's bound however long the stream is open."""
+        job, checkpoint, batcher = await self.resolve_served(job_name, selector, project)
+        pin = self.cache.pin((job.id, checkpoint.id), batcher)
+        if pin is None:
+            # Worded unlike a configured limit ("is limited to"), so the SDK retries it: room
+            # comes back as streams end.
+            raise ResourceExhausted(
+                f"the server's model cache (TRAINWIRE_MODEL_CACHE_BYTES="
+                f"{self.cache.max_bytes}) is held by open prediction streams and has no room "
+                f"for the model of jobs/{job.id}/checkpoints/{checkpoint.id}; retry when some "
+                "streams end, or raise TRAINWIRE_MODEL_CACHE_BYTES"
+            )
+        return (job, checkpoint, pin.value), pin
+
+    def unpin(self, pin: ServedPin) -> None:
+        """Ends a stream's hold taken by `pin_served`."""
+        self.cache.unpin(pin)
 
     def _check_answer_fits(self, rows: int, batcher: ModelBatcher) -> None:
         """Refuses, before the forward pass, a request whose answer could not be sent."""

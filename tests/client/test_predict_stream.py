@@ -1,18 +1,27 @@
 """PredictStream through both clients: batches read as the stream goes, a bad batch raised to the
-caller as itself, and every batch encoded as `predict` encodes its inputs."""
+caller as itself, and every batch encoded as `predict` encodes its inputs; the stream's model held
+within the model cache's bound until the stream ends."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
 from trainwire.client import Client, DatasetInfo, Job, Prediction, SpecError
 from trainwire.client.aio import AsyncClient
-from trainwire.server.local import LocalServer
+from trainwire.client.tensors import to_tensor
+from trainwire.server.local import LocalServer, local_server
+from trainwire.v1 import predictions_pb2, predictions_pb2_grpc
 
+from ..e2e.test_topology import scrape
+from ..support.ports import free_ports
+from ..support.waiting import wait_for
 from .conftest import MODEL, blobs
 
 RAGGED = [[1.0, 2.0, 3.0, 4.0], [1.0, 2.0]]
@@ -125,3 +134,69 @@ def test_a_batch_beyond_the_message_limit_goes_as_several_messages(
             return [p async for p in client.predict_stream(job.name, [x, x[:3]])]
 
     assert [len(p.outputs) for p in asyncio.run(scenario())] == [6000, 3]
+
+
+@pytest.fixture
+def one_model_server(tmp_path: Path) -> Iterator[tuple[LocalServer, int]]:
+    """A server whose model cache has room for one model of MODEL (268 bytes), not two."""
+    metrics_port = free_ports(2)  # the server's, then its worker's
+    env = {
+        "TRAINWIRE_POLL_INTERVAL_S": "0.1",
+        "TRAINWIRE_QUEUES": "default",
+        "TRAINWIRE_METRICS_PORT": str(metrics_port),
+        "TRAINWIRE_MODEL_CACHE_BYTES": "400",
+    }
+    with local_server(f"sqlite:///{tmp_path / 'trainwire.db'}", workers=1, extra_env=env) as server:
+        yield server, metrics_port
+
+
+def test_a_stream_holds_its_model_in_the_cache_until_it_ends_or_is_cancelled(
+    one_model_server: tuple[LocalServer, int],
+) -> None:
+    server, metrics_port = one_model_server
+    features, labels = blobs()
+
+    def pins() -> float:
+        return scrape(metrics_port)["trainwire_model_cache_pins"]
+
+    def request(job: Job) -> predictions_pb2.PredictRequest:
+        return predictions_pb2.PredictRequest(job=job.name, inputs=to_tensor(features[:2]))
+
+    with Client(server.target, timeout=30) as client:
+        data = client.upload_dataset(features, labels)
+        held, other = (client.create_job(data, MODEL, epochs=1, batch_size=8) for _ in range(2))
+        for job in (held, other):
+            assert job.wait(timeout=60, poll_interval=0.1).state == "SUCCEEDED"
+    go_on = threading.Event()
+
+    def slices() -> Iterator[predictions_pb2.PredictRequest]:
+        yield request(held)
+        go_on.wait(60)  # the stream stays open until the client cancels it
+        yield request(held)
+
+    with grpc.insecure_channel(server.target) as channel:
+        stub = predictions_pb2_grpc.PredictionServiceStub(channel)
+        call = stub.PredictStream(slices(), timeout=60)
+        next(call)
+        assert pins() == 1
+        # Its model fills the cache: another stream's model cannot be held beside it (the raw
+        # stub, as the SDK retries this refusal), while a lone Predict is answered, its model
+        # not kept.
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.PredictStream(iter([request(other)]), timeout=30))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "held by open prediction streams" in (refused.value.details() or "")
+        assert len(stub.Predict(request(other), timeout=30).checkpoint) > 0
+        call.cancel()
+        go_on.set()
+        wait_for(lambda: pins() == 0, 10, "the cancelled stream to let go of its model")
+        answers = list(stub.PredictStream(iter([request(other), request(other)]), timeout=30))
+        assert len(answers) == 2
+        assert pins() == 0, "a stream that ended lets go of its model before its status is sent"
+        # A stream ended by an error in a later message lets go too, so the first model fits.
+        narrow = predictions_pb2.PredictRequest(job=held.name, inputs=to_tensor(features[:2, :3]))
+        with pytest.raises(grpc.RpcError) as malformed:
+            list(stub.PredictStream(iter([request(held), narrow]), timeout=30))
+        assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert pins() == 0
+        assert len(list(stub.PredictStream(iter([request(other)]), timeout=30))) == 1

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import pytest
 
 from trainwire.engine import Model
 from trainwire.server.model_cache import ModelCache, model_bytes
+
+if TYPE_CHECKING:
+    from trainwire.server.model_cache import Pin
 
 SPEC = {"input_dim": 8, "layers": [{"type": "dense", "units": 4}]}
 MODEL_BYTES = (8 * 4 + 4) * 4
@@ -123,3 +128,120 @@ def test_a_failed_load_leaves_no_lock_and_the_next_request_loads() -> None:
     assert cache._loading == {}
     assert cache.get(("job", 1), lambda: Model.from_spec(SPEC)) is not None
     assert cache.loads == 1
+
+
+class Blob:
+    """A stand-in model of a given size."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+def _blob_size(blob: Blob) -> int:
+    return blob.size
+
+
+def test_a_pinned_model_is_not_evicted_until_unpinned() -> None:
+    cache = ModelCache(2 * MODEL_BYTES, model_bytes)
+    first = cache.get(("job", 1), lambda: Model.from_spec(SPEC))
+    pin = cache.pin(("job", 1), first)
+    assert pin is not None and pin.value is first
+    for checkpoint in (2, 3, 4):  # 1 is the least recently used each time, but held
+        cache.get(("job", checkpoint), lambda: Model.from_spec(SPEC))
+    assert list(cache._models) == [("job", 1), ("job", 4)]
+    assert cache.get(("job", 1), lambda: Model.from_spec(SPEC)) is first
+    cache.unpin(pin)
+    cache.get(("job", 2), lambda: Model.from_spec(SPEC))
+    cache.get(("job", 3), lambda: Model.from_spec(SPEC))  # 1, unpinned, is evicted now
+    assert ("job", 1) not in cache._models
+    assert cache._bytes == 2 * MODEL_BYTES
+
+
+def test_a_model_that_cannot_fit_beside_pinned_ones_is_served_but_not_kept() -> None:
+    cache = ModelCache(2 * MODEL_BYTES, model_bytes)
+    pins = []
+    for checkpoint in (1, 2):
+        model = cache.get(("job", checkpoint), lambda: Model.from_spec(SPEC))
+        pins.append(cache.pin(("job", checkpoint), model))
+    third = cache.get(("job", 3), lambda: Model.from_spec(SPEC))
+    assert isinstance(third, Model) and ("job", 3) not in cache._models
+    assert cache.pin(("job", 3), third) is None, "a stream cannot hold it outside the bound"
+    assert cache._bytes == 2 * MODEL_BYTES
+    cache.get(("job", 3), lambda: Model.from_spec(SPEC))
+    assert cache.loads == 4, "loaded again: it was not kept"
+    # A second stream on a held model shares its pin.
+    shared = cache.pin(("job", 1), cache.get(("job", 1), lambda: Model.from_spec(SPEC)))
+    assert shared is pins[0] and shared.count == 2
+
+
+def test_a_model_evicted_before_its_stream_pins_it_is_kept_again() -> None:
+    """Between a stream's resolution and its pin, another load may evict its model."""
+    cache = ModelCache(MODEL_BYTES, model_bytes)
+    model = cache.get(("job", 1), lambda: Model.from_spec(SPEC))
+    cache.get(("job", 2), lambda: Model.from_spec(SPEC))  # evicts 1
+    pin = cache.pin(("job", 1), model)
+    assert pin is not None and pin.value is model
+    assert list(cache._models) == [("job", 1)] and cache._bytes == MODEL_BYTES
+
+
+def test_bytes_held_never_exceed_the_bound_with_pinned_models_counted() -> None:
+    """Random loads, pins, unpins and invalidations: every model the cache keeps or a stream
+    holds is counted, and the count stays within the bound."""
+    rng = random.Random(0)
+    cache: ModelCache[Blob] = ModelCache(1000, _blob_size)
+    sizes = {(job, checkpoint): rng.randint(50, 400) for job in "abc" for checkpoint in range(6)}
+    held: list[Pin[Blob]] = []
+    for _ in range(3000):
+        action = rng.random()
+        key = rng.choice(list(sizes))
+        if action < 0.5:
+            cache.get(key, lambda key=key: Blob(sizes[key]))
+        elif action < 0.75:
+            pin = cache.pin(key, cache.get(key, lambda key=key: Blob(sizes[key])))
+            if pin is not None:
+                held.append(pin)
+        elif action < 0.97 and held:
+            cache.unpin(held.pop(rng.randrange(len(held))))
+        else:
+            cache.invalidate(key[0])
+        alive = {id(value): value for value, _ in cache._models.values()}
+        alive.update((id(pin.value), pin.value) for pin in held)
+        counted = sum(blob.size for blob in alive.values())
+        assert cache._bytes == counted <= cache.max_bytes
+    for pin in held:
+        cache.unpin(pin)
+    assert cache._pinned_bytes == 0 and cache._pins == {}
+    assert cache._bytes == sum(size for _, size in cache._models.values())
+
+
+def test_a_job_deleted_while_a_stream_holds_its_model_is_forgotten_but_counted() -> None:
+    cache = ModelCache(2 * MODEL_BYTES, model_bytes)
+    model = cache.get(("gone", 1), lambda: Model.from_spec(SPEC))
+    pin = cache.pin(("gone", 1), model)
+    assert pin is not None
+    cache.invalidate("gone")
+    assert ("gone", 1) not in cache._models, "no new request finds it"
+    assert cache._bytes == MODEL_BYTES, "the stream still holds it"
+    cache.get(("job", 1), lambda: Model.from_spec(SPEC))
+    cache.get(("job", 2), lambda: Model.from_spec(SPEC))
+    assert list(cache._models) == [("job", 2)], "room for one beside the deleted job's model"
+    assert cache._bytes == 2 * MODEL_BYTES
+    cache.unpin(pin)
+    assert cache._bytes == MODEL_BYTES
+    cache.get(("job", 1), lambda: Model.from_spec(SPEC))
+    assert list(cache._models) == [("job", 2), ("job", 1)]
+
+
+def test_peek_hits_and_recency_are_unchanged_by_pins() -> None:
+    """The one-row Predict path: a hit counts and makes the model the most recent, pinned or
+    not; a miss counts nothing."""
+    cache = ModelCache(3 * MODEL_BYTES, model_bytes)
+    models = {c: cache.get(("job", c), lambda: Model.from_spec(SPEC)) for c in (1, 2, 3)}
+    assert cache.pin(("job", 2), models[2]) is not None
+    assert cache.peek(("job", 1)) is models[1]
+    assert cache.peek(("job", 2)) is models[2]
+    assert cache.peek(("job", 9)) is None
+    assert list(cache._models) == [("job", 3), ("job", 1), ("job", 2)]
+    assert cache.hits == 2 and cache.loads == 3
+    cache.get(("job", 4), lambda: Model.from_spec(SPEC))  # evicts 3, the least recent
+    assert list(cache._models) == [("job", 1), ("job", 2), ("job", 4)]
