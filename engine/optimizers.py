@@ -252,9 +252,13 @@ class Optimizer:
                 state[f"{name}.{slot}"] = arr.copy()
         return state
 
-    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+    def check_state_dict(self, state: Mapping[str, Array], prefix: str = "") -> None:
+        """Raise ValueError naming the entry unless ``load_state_dict(state)`` would succeed;
+        changes nothing. ``prefix`` is how the entries are named in an enclosing state (a
+        trainer's ``"optimizer."``), for the messages."""
         expected = {f"{n}.{s}" for n, slots in self.slots.items() for s in slots} | {"iterations"}
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        missing = sorted(prefix + key for key in expected - set(state))
+        unexpected = sorted(prefix + key for key in set(state) - expected)
         if missing or unexpected:
             raise ValueError(
                 f"Optimizer state does not match ({self.name}): missing={missing}, "
@@ -265,9 +269,13 @@ class Optimizer:
                 src = np.asarray(state[f"{name}.{slot}"])
                 if src.shape != arr.shape or src.dtype != arr.dtype:
                     raise ValueError(
-                        f"Optimizer slot {name}.{slot} must be {arr.dtype}{arr.shape}. "
-                        f"Received: {src.dtype}{src.shape}"
+                        f"Optimizer slot {prefix}{name}.{slot} must be {arr.dtype}{arr.shape}, "
+                        f"as its parameter. Received: {src.dtype}{src.shape}"
                     )
+
+    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+        """Restore a ``state_dict()``, checked before anything changes."""
+        self.check_state_dict(state)
         for name, slots in self.slots.items():
             for slot, arr in slots.items():
                 np.copyto(arr, state[f"{name}.{slot}"])

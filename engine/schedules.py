@@ -60,9 +60,16 @@ class Schedule:
     def state_dict(self) -> dict[str, Array]:
         return {}
 
-    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+    def check_state_dict(self, state: Mapping[str, Array], prefix: str = "") -> None:
+        """Raise ValueError naming the entry unless ``load_state_dict(state)`` would succeed;
+        changes nothing. ``prefix`` is how the entries are named in an enclosing state (a
+        trainer's ``"schedule."``), for the messages."""
         if state:
-            raise ValueError(f"Schedule {self.name!r} has no state. Received: {sorted(state)}")
+            received = sorted(prefix + key for key in state)
+            raise ValueError(f"Schedule {self.name!r} has no state. Received: {received}")
+
+    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+        self.check_state_dict(state)
 
     def get_config(self) -> dict[str, Any]:
         return {"interval": self.interval}
@@ -265,13 +272,17 @@ class ReduceOnPlateau(Schedule):
             "cooldown_counter": np.array(self.cooldown_counter, dtype=np.int64),
         }
 
-    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+    def check_state_dict(self, state: Mapping[str, Array], prefix: str = "") -> None:
         expected = set(self.state_dict())
         if set(state) != expected:
             raise ValueError(
-                f"Schedule state does not match ({self.name}): expected {sorted(expected)}. "
-                f"Received: {sorted(state)}"
+                f"Schedule state does not match ({self.name}): expected "
+                f"{sorted(prefix + key for key in expected)}. "
+                f"Received: {sorted(prefix + key for key in state)}"
             )
+
+    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+        self.check_state_dict(state)
         lr = float(np.asarray(state["current_lr"]))
         self.current_lr = None if math.isnan(lr) else lr
         self.best = float(np.asarray(state["best"]))

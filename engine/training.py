@@ -5,7 +5,9 @@ One Generator (seeded by ``seed``) drives shuffling and dropout. The trainer's p
 batch within the epoch, that epoch's permutation, running epoch sums, generator state, optimizer
 slots, model weights and BatchNorm statistics, schedule and early-stopping state, history) is
 all in ``state_dict()`` as plain arrays, so a run stopped after any batch and restored into a
-fresh Trainer built the same way continues bit-for-bit as if it had never stopped.
+fresh Trainer built the same way continues bit-for-bit as if it had never stopped. A state that
+would not load is refused whole: ``load_state_dict`` checks every part before it changes any,
+and raises ValueError naming the entry.
 
 Options beyond the basics (all plain data, so a job config maps onto them directly):
     schedule        a schedules name/dict/instance, e.g. {"name": "step", "step_size": 10}
@@ -23,6 +25,7 @@ import contextlib
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -170,11 +173,18 @@ class EarlyStopping:
             state[f"weights.{name}"] = arr.copy()
         return state
 
-    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+    def check_state_dict(self, state: Mapping[str, Array], prefix: str = "") -> None:
+        """Raise ValueError naming the entry unless ``load_state_dict(state)`` would succeed;
+        changes nothing. ``prefix`` is how the entries are named in an enclosing state (a
+        trainer's ``"early_stopping."``), for the messages."""
         required = ("best", "wait", "best_epoch", "stopped_epoch", "has_best_weights")
-        missing = [key for key in required if key not in state]
+        missing = [prefix + key for key in required if key not in state]
         if missing:
             raise ValueError(f"Early-stopping state is missing entries: {missing}")
+
+    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+        """Restore a ``state_dict()``, checked before anything changes."""
+        self.check_state_dict(state)
         self.best = float(np.asarray(state["best"]))
         self.wait = int(np.asarray(state["wait"]))
         self.best_epoch = int(np.asarray(state["best_epoch"]))
@@ -203,6 +213,20 @@ def _sub_state(state: Mapping[str, Array], prefix: str) -> dict[str, Array]:
 
 
 Validation = tuple[Array, Array, Array | None]
+
+
+@dataclass(frozen=True)
+class _Position:
+    """A trainer's own entries of a checked state, ready to be set."""
+
+    rng_state: dict[str, Any]
+    epoch: int
+    step: int
+    batch_index: int
+    permutation: Array | None
+    epoch_sums: Array
+    epoch_weight: float
+    history: dict[str, list[float]]
 
 
 class Trainer:
@@ -581,7 +605,31 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: Mapping[str, Array]) -> None:
-        """Restore a ``state_dict()``; the model and trainer must be built the same way."""
+        """Restore a ``state_dict()``; the model and trainer must be built the same way.
+
+        The whole state is checked before anything changes: a damaged or inconsistent one
+        raises ValueError naming the entry and leaves the trainer as it was.
+        """
+        position = self._checked_position(state)
+        self.model.load_state_dict(_sub_state(state, "model."))
+        self.optimizer.load_state_dict(_sub_state(state, "optimizer."))
+        if self.schedule is not None:
+            self.schedule.load_state_dict(_sub_state(state, "schedule."))
+        if self.early_stopping is not None:
+            self.early_stopping.load_state_dict(_sub_state(state, "early_stopping."))
+        self.rng.bit_generator.state = position.rng_state
+        self.epoch = position.epoch
+        self.step = position.step
+        self._batch_index = position.batch_index
+        self._permutation = position.permutation
+        self._epoch_sums[:] = position.epoch_sums
+        self._epoch_weight = position.epoch_weight
+        self.history = History()
+        self.history.history.update(position.history)
+
+    def _checked_position(self, state: Mapping[str, Array]) -> _Position:
+        """The trainer's own entries of ``state``, once every part of it (model, optimizer,
+        schedule, early stopping) is known to load: ValueError naming the entry otherwise."""
         required = (
             "trainer.rng_state",
             "trainer.epoch",
@@ -614,31 +662,42 @@ class Trainer:
                 f"Trainer state holds a {rng_state.get('bit_generator')!r} generator state; "
                 f"expected {type(self.rng.bit_generator).__name__!r}"
             )
+        self._check_parts(state)
+        in_epoch = bool(np.asarray(state["trainer.in_epoch"]))
+        perm = np.asarray(state["trainer.permutation"], dtype=np.int64)
+        history = {
+            key: [float(v) for v in np.asarray(state[f"history.{key}"])]
+            for key in _decode_json(state["trainer.history_keys"])
+        }
+        return _Position(
+            rng_state=rng_state,
+            epoch=int(np.asarray(state["trainer.epoch"])),
+            step=int(np.asarray(state["trainer.step"])),
+            batch_index=int(np.asarray(state["trainer.batch_index"])),
+            permutation=perm.astype(np.intp) if in_epoch else None,
+            epoch_sums=sums,
+            epoch_weight=float(
+                np.asarray(state.get("trainer.epoch_weight", sums[-1]), dtype=np.float64)
+            ),
+            history=history,
+        )
+
+    def _check_parts(self, state: Mapping[str, Array]) -> None:
+        """The model, optimizer, schedule and early-stopping entries, as each would load them."""
         has_early = any(k.startswith("early_stopping.") for k in state)
         if has_early != (self.early_stopping is not None):
             raise ValueError(
                 "Trainer state and this trainer disagree on early stopping: the state "
                 f"{'has' if has_early else 'has no'} early-stopping entries"
             )
-        self.model.load_state_dict(_sub_state(state, "model."))
-        self.optimizer.load_state_dict(_sub_state(state, "optimizer."))
-        if self.schedule is not None:
-            self.schedule.load_state_dict(_sub_state(state, "schedule."))
-        elif _sub_state(state, "schedule."):
+        schedule_state = _sub_state(state, "schedule.")
+        if self.schedule is None and schedule_state:
             raise ValueError("Trainer state has schedule entries but this trainer has none")
+        self.model.check_state_dict(_sub_state(state, "model."), "model.")
+        self.optimizer.check_state_dict(_sub_state(state, "optimizer."), "optimizer.")
+        if self.schedule is not None:
+            self.schedule.check_state_dict(schedule_state, "schedule.")
         if self.early_stopping is not None:
-            self.early_stopping.load_state_dict(_sub_state(state, "early_stopping."))
-        self.rng.bit_generator.state = rng_state
-        self.epoch = int(np.asarray(state["trainer.epoch"]))
-        self.step = int(np.asarray(state["trainer.step"]))
-        self._batch_index = int(np.asarray(state["trainer.batch_index"]))
-        in_epoch = bool(np.asarray(state["trainer.in_epoch"]))
-        perm = np.asarray(state["trainer.permutation"], dtype=np.int64)
-        self._permutation = perm.astype(np.intp) if in_epoch else None
-        self._epoch_sums[:] = sums
-        self._epoch_weight = float(
-            np.asarray(state.get("trainer.epoch_weight", sums[-1]), dtype=np.float64)
-        )
-        self.history = History()
-        for key in _decode_json(state["trainer.history_keys"]):
-            self.history.history[key] = [float(v) for v in np.asarray(state[f"history.{key}"])]
+            self.early_stopping.check_state_dict(
+                _sub_state(state, "early_stopping."), "early_stopping."
+            )

@@ -165,6 +165,52 @@ def test_load_state_dict_rejects_mismatches(data) -> None:
         resumed.fit(data[0][:40], data[1][:40], epochs=2)
 
 
+def paused_state(data, stop_step: int = 6) -> dict[str, np.ndarray]:
+    """A run's state after ``stop_step`` (6: partway through its second epoch), as a checkpoint
+    gives it back."""
+    trainer = make_trainer()
+    trainer.fit(*data, epochs=EPOCHS, validation_split=SPLIT, callbacks=[StopAtStep(stop_step)])
+    return load_state(save_state(trainer.state_dict()))[0]
+
+
+def assert_refused(data, state: dict[str, np.ndarray], match: str) -> None:
+    """load_state_dict refuses ``state`` with a ValueError matching ``match`` and leaves a
+    trainer that is partway through a run of its own exactly as it was."""
+    trainer = make_trainer(model_seed=5, seed=6)
+    trainer.fit(*data, epochs=EPOCHS, validation_split=SPLIT, callbacks=[StopAtStep(3)])
+    before = trainer.state_dict()
+    with pytest.raises(ValueError, match=match):
+        trainer.load_state_dict(state)
+    after = trainer.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        assert after[key].dtype == value.dtype and np.array_equal(after[key], value), key
+
+
+def test_a_refused_state_leaves_the_trainer_as_it_was_and_usable(data, reference) -> None:
+    """The optimizer's entries are wrong, and the model's, checked first, are right: none of
+    them may be loaded, and the trainer then trains as if the load had never been tried."""
+    state = paused_state(data)
+    state["optimizer.layers.0.kernel.m"] = state["optimizer.layers.0.kernel.m"].T.copy()
+    trainer = make_trainer()
+    with pytest.raises(ValueError, match=r"optimizer\.layers\.0\.kernel\.m"):
+        trainer.load_state_dict(state)
+    trainer.fit(*data, epochs=EPOCHS, validation_split=SPLIT)
+    _assert_same_run(trainer, reference)
+
+
+def test_load_refuses_optimizer_slots_shaped_unlike_their_parameters(data) -> None:
+    state = paused_state(data)
+    state["optimizer.layers.2.bias.v"] = np.zeros(9, np.float32)
+    assert_refused(data, state, r"optimizer\.layers\.2\.bias\.v must be float32\(8,\)")
+
+
+def test_load_refuses_schedule_entries_for_a_trainer_without_schedule(data) -> None:
+    state = paused_state(data)
+    state["schedule.best"] = np.array(0.5)
+    assert_refused(data, state, "schedule entries")
+
+
 def test_callbacks_order_and_logs(data) -> None:
     events: list[tuple] = []
 
