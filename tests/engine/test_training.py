@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -209,6 +211,133 @@ def test_load_refuses_schedule_entries_for_a_trainer_without_schedule(data) -> N
     state = paused_state(data)
     state["schedule.best"] = np.array(0.5)
     assert_refused(data, state, "schedule entries")
+
+
+def _json(value: object) -> np.ndarray:
+    return np.frombuffer(json.dumps(value).encode(), dtype=np.uint8).copy()
+
+
+def _edited(state: dict[str, np.ndarray], **entries: object) -> dict[str, np.ndarray]:
+    """``state`` with entries replaced (``trainer__epoch`` is ``trainer.epoch``); a callable
+    value gets the old array and returns the new one, None removes the entry."""
+    state = dict(state)
+    for name, value in entries.items():
+        key = name.replace("__", ".")
+        if value is None:
+            del state[key]
+        else:
+            state[key] = np.asarray(value(state[key]) if callable(value) else value)
+    return state
+
+
+def _swap_rows(perm: np.ndarray) -> np.ndarray:
+    perm = perm.copy()
+    perm[1] = perm[0]
+    return perm
+
+
+# paused_state() is partway through epoch 1: 56 training rows, batch 2 of 4 done, step 6.
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        ({"trainer__permutation": lambda p: p[:-1]}, r"permutation of range\(55\)"),
+        ({"trainer__permutation": lambda p: np.r_[p, p[3]]}, r"range\(57\). Received: row"),
+        ({"trainer__permutation": _swap_rows}, r"range\(56\). Received: row \d+ 2 times"),
+        ({"trainer__permutation": lambda p: np.where(p == 7, 56, p)}, "Received: an index 56"),
+        ({"trainer__permutation": lambda p: np.where(p == 7, -1, p)}, "Received: an index -1"),
+        ({"trainer__permutation": lambda p: p.astype(np.float64)}, "1-D integer array"),
+        ({"trainer__permutation": lambda p: p.reshape(7, 8)}, "1-D integer array"),
+        ({"trainer__permutation": np.zeros(0, np.int64)}, "is empty, but 'trainer.in_epoch'"),
+        ({"trainer__in_epoch": np.uint8(0)}, "holds 56 rows, but 'trainer.in_epoch'"),
+        ({"trainer__in_epoch": np.uint8(2)}, r"'trainer.in_epoch' must be 0 or 1"),
+    ],
+)
+def test_load_refuses_a_permutation_that_is_not_one_of_the_training_rows(
+    data, damage, match
+) -> None:
+    """Rows trained twice and rows never trained would pass silently; an index past the data
+    would fail deep inside the epoch."""
+    assert_refused(data, _edited(paused_state(data), **damage), match)
+
+
+@pytest.mark.parametrize(
+    ("batch_index", "match"), [(5, "has 4 batches of 16"), (-1, "must be >= 0. Received: -1")]
+)
+def test_load_refuses_a_batch_index_outside_the_epoch(data, batch_index: int, match: str) -> None:
+    state = _edited(paused_state(data), trainer__batch_index=np.int64(batch_index))
+    assert_refused(data, state, rf"'trainer\.batch_index'.*{match}")
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        ({"trainer__epoch": np.int64(-1)}, r"'trainer\.epoch' must be >= 0. Received: -1"),
+        ({"trainer__step": np.int64(-6)}, r"'trainer\.step' must be >= 0. Received: -6"),
+        ({"trainer__epoch": np.float64(1.0)}, r"'trainer\.epoch' must be one integer"),
+        ({"trainer__step": np.array([6, 7])}, r"'trainer\.step' must be one integer"),
+        (
+            {"trainer__step": np.int64(2)},
+            r"'trainer\.step' is 2, but its position implies at least 3",
+        ),
+        ({"trainer__batch_size": np.int64(0)}, r"'trainer\.batch_size' must be >= 1"),
+    ],
+)
+def test_load_refuses_a_negative_or_malformed_epoch_or_step(data, damage, match) -> None:
+    assert_refused(data, _edited(paused_state(data), **damage), match)
+
+
+@pytest.mark.parametrize(
+    ("rng_state", "match"),
+    [
+        (lambda a: a.astype(np.float64), "must be JSON text as 1-D uint8"),
+        (lambda a: a[None, :], "must be JSON text as 1-D uint8"),
+        (np.zeros(8, np.uint8), "is not JSON text"),
+        (_json([1, 2]), "must hold a 'PCG64' generator state. Received: a JSON list"),
+        (_json({"bit_generator": "MT19937"}), "Received: bit_generator='MT19937'"),
+        (_json({"bit_generator": "PCG64"}), "not a valid PCG64 state: KeyError"),
+        (
+            _json({"bit_generator": "PCG64", "state": {"state": -1, "inc": 1}}),
+            "not a valid PCG64 state: OverflowError",
+        ),
+    ],
+)
+def test_load_refuses_an_rng_state_of_the_wrong_shape_or_type(data, rng_state, match) -> None:
+    state = _edited(paused_state(data), trainer__rng_state=rng_state)
+    assert_refused(data, state, rf"'trainer\.rng_state'.*{match}")
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        ({"trainer__epoch_sums": lambda s: s[:-1]}, r"'trainer\.epoch_sums' must be 3 floats"),
+        ({"trainer__epoch_sums": lambda s: s.astype(np.int64)}, "must be 3 floats"),
+        (
+            {"trainer__epoch_sums": lambda s: np.r_[s[:-1], 16.0]},
+            r"'trainer\.epoch_sums' counts 16 rows .* took 32",
+        ),
+        ({"trainer__epoch_weight": np.float64(-1.0)}, r"'trainer\.epoch_weight' must be"),
+        ({"trainer__history_keys": _json({"loss": 1})}, "must be a list of log names"),
+        ({"trainer__history_keys": _json(["loss", "loss"])}, "must name each log once"),
+        (
+            {"trainer__history_keys": _json(["loss", "mae"])},
+            r"must name each log once, of those this trainer writes \(loss, accuracy",
+        ),
+        (
+            {"history__val_accuracy": None},
+            r"missing=\['history.val_accuracy'\], unlisted=\[\]",
+        ),
+        (
+            {"trainer__history_keys": _json(["loss", "accuracy", "val_loss"])},
+            r"missing=\[\], unlisted=\['history.val_accuracy'\]",
+        ),
+        ({"history__loss": lambda h: np.r_[h, h]}, r"'history\.loss' must hold at most one"),
+        ({"history__loss": lambda h: h[:, None]}, r"'history\.loss' must hold at most one"),
+    ],
+)
+def test_load_refuses_epoch_sums_and_history_that_do_not_match(data, damage, match) -> None:
+    """The sums must be this trainer's (loss, each metric, rows) and count the rows the
+    epoch's batches took; the history must be the logs 'trainer.history_keys' lists."""
+    assert_refused(data, _edited(paused_state(data), **damage), match)
 
 
 def test_callbacks_order_and_logs(data) -> None:
