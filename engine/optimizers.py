@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ._registry import check_number, resolve
+from ._state import int_entry
 from ._types import Array
 from .threads import parallel_for
 
@@ -69,6 +70,8 @@ class Optimizer:
 
     name: ClassVar[str] = ""
     flush_slots: ClassVar[tuple[str, ...]] = ()
+    # Slots that sum squares: a negative entry is no state a run reaches (sqrt makes it NaN).
+    nonnegative_slots: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, learning_rate: float, weight_decay: float = 0.0, clip_norm: float | None = None
@@ -272,6 +275,12 @@ class Optimizer:
                         f"Optimizer slot {prefix}{name}.{slot} must be {arr.dtype}{arr.shape}, "
                         f"as its parameter. Received: {src.dtype}{src.shape}"
                     )
+                if slot in self.nonnegative_slots and np.any(src < 0):
+                    raise ValueError(
+                        f"Optimizer slot {prefix}{name}.{slot} sums squares, so it cannot be "
+                        f"negative. Received: a minimum of {float(np.min(src))}"
+                    )
+        int_entry(state, "iterations", prefix)
 
     def load_state_dict(self, state: Mapping[str, Array]) -> None:
         """Restore a ``state_dict()``, checked before anything changes."""
@@ -279,7 +288,7 @@ class Optimizer:
         for name, slots in self.slots.items():
             for slot, arr in slots.items():
                 np.copyto(arr, state[f"{name}.{slot}"])
-        self.iterations = int(np.asarray(state["iterations"]))
+        self.iterations = int_entry(state, "iterations")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.get_config()})"
@@ -344,6 +353,7 @@ class Adam(Optimizer):
 
     name = "adam"
     flush_slots = ("m", "v")
+    nonnegative_slots = ("v",)
     decoupled: ClassVar[bool] = False
 
     def __init__(
@@ -414,6 +424,7 @@ class Adagrad(Optimizer):
     """
 
     name = "adagrad"
+    nonnegative_slots = ("sum",)
 
     def __init__(
         self,
@@ -466,6 +477,7 @@ class RMSprop(Optimizer):
 
     name = "rmsprop"
     flush_slots = ("square_avg", "momentum", "grad_avg")
+    nonnegative_slots = ("square_avg",)
 
     def __init__(
         self,

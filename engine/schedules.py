@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ._registry import check_choice, check_int, check_number, resolve
+from ._state import float_entry, int_entry
 from ._types import Array
 
 INTERVALS = ("epoch", "step")
@@ -280,14 +281,23 @@ class ReduceOnPlateau(Schedule):
                 f"{sorted(prefix + key for key in expected)}. "
                 f"Received: {sorted(prefix + key for key in state)}"
             )
+        lr = float_entry(state, "current_lr", prefix, allow_nan=True)  # NaN: not set yet
+        if not (math.isnan(lr) or 0.0 <= lr < math.inf):
+            raise ValueError(
+                f"State entry {prefix + 'current_lr'!r} must be a finite rate >= 0 (or NaN "
+                f"before the first step). Received: {lr}"
+            )
+        float_entry(state, "best", prefix)
+        int_entry(state, "num_bad_epochs", prefix)
+        int_entry(state, "cooldown_counter", prefix)
 
     def load_state_dict(self, state: Mapping[str, Array]) -> None:
         self.check_state_dict(state)
-        lr = float(np.asarray(state["current_lr"]))
+        lr = float_entry(state, "current_lr", allow_nan=True)
         self.current_lr = None if math.isnan(lr) else lr
-        self.best = float(np.asarray(state["best"]))
-        self.num_bad_epochs = int(np.asarray(state["num_bad_epochs"]))
-        self.cooldown_counter = int(np.asarray(state["cooldown_counter"]))
+        self.best = float_entry(state, "best")
+        self.num_bad_epochs = int_entry(state, "num_bad_epochs")
+        self.cooldown_counter = int_entry(state, "cooldown_counter")
 
     def get_config(self) -> dict[str, Any]:
         return {

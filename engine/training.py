@@ -182,15 +182,32 @@ class EarlyStopping:
         missing = [prefix + key for key in required if key not in state]
         if missing:
             raise ValueError(f"Early-stopping state is missing entries: {missing}")
+        float_entry(state, "best", prefix)
+        int_entry(state, "wait", prefix)
+        int_entry(state, "best_epoch", prefix, low=-1)
+        int_entry(state, "stopped_epoch", prefix, low=-1)
+        has_weights = flag_entry(state, "has_best_weights", prefix)
+        weights = [k for k in state if k.startswith("weights.")]
+        unexpected = sorted(
+            prefix + k for k in state if k not in required and not k.startswith("weights.")
+        )
+        if unexpected:
+            raise ValueError(f"Early-stopping state has unexpected entries: {unexpected}")
+        if has_weights != bool(weights):
+            raise ValueError(
+                f"Early-stopping state entry {prefix}has_best_weights is {int(has_weights)} "
+                f"but the state holds {len(weights)} {prefix}weights.* entries"
+            )
 
     def load_state_dict(self, state: Mapping[str, Array]) -> None:
-        """Restore a ``state_dict()``, checked before anything changes."""
+        """Restore a ``state_dict()``, checked before anything changes (the best weights only
+        as far as this object can: a trainer checks them against its model)."""
         self.check_state_dict(state)
-        self.best = float(np.asarray(state["best"]))
-        self.wait = int(np.asarray(state["wait"]))
-        self.best_epoch = int(np.asarray(state["best_epoch"]))
-        self.stopped_epoch = int(np.asarray(state["stopped_epoch"]))
-        if bool(np.asarray(state["has_best_weights"])):
+        self.best = float_entry(state, "best")
+        self.wait = int_entry(state, "wait")
+        self.best_epoch = int_entry(state, "best_epoch", low=-1)
+        self.stopped_epoch = int_entry(state, "stopped_epoch", low=-1)
+        if flag_entry(state, "has_best_weights"):
             prefix = "weights."
             self.best_weights = {
                 k[len(prefix) :]: np.array(v, copy=True)
@@ -841,3 +858,6 @@ class Trainer:
             self.early_stopping.check_state_dict(
                 _sub_state(state, "early_stopping."), "early_stopping."
             )
+            best_weights = _sub_state(state, "early_stopping.weights.")
+            if best_weights:  # else restoring them would fail at an epoch's end
+                self.model.check_state_dict(best_weights, "early_stopping.weights.")

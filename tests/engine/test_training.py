@@ -7,7 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from trainwire.engine import Callback, Model, Trainer, load_state, metrics, save_state
+from trainwire.engine import (
+    Callback,
+    Model,
+    Trainer,
+    load_state,
+    metrics,
+    save_state,
+)
 
 SPEC = {
     "input_dim": 4,
@@ -175,18 +182,22 @@ def paused_state(data, stop_step: int = 6) -> dict[str, np.ndarray]:
     return load_state(save_state(trainer.state_dict()))[0]
 
 
-def assert_refused(data, state: dict[str, np.ndarray], match: str) -> None:
-    """load_state_dict refuses ``state`` with a ValueError matching ``match`` and leaves a
-    trainer that is partway through a run of its own exactly as it was."""
-    trainer = make_trainer(model_seed=5, seed=6)
-    trainer.fit(*data, epochs=EPOCHS, validation_split=SPLIT, callbacks=[StopAtStep(3)])
+def assert_refused(
+    data, state: dict[str, np.ndarray], match: str, trainer: Trainer | None = None
+) -> None:
+    """load_state_dict refuses ``state`` with a ValueError matching ``match`` and leaves
+    ``trainer`` (by default one partway through a run of its own) exactly as it was."""
+    if trainer is None:
+        trainer = make_trainer(model_seed=5, seed=6)
+        trainer.fit(*data, epochs=EPOCHS, validation_split=SPLIT, callbacks=[StopAtStep(3)])
     before = trainer.state_dict()
     with pytest.raises(ValueError, match=match):
         trainer.load_state_dict(state)
     after = trainer.state_dict()
     assert after.keys() == before.keys()
-    for key, value in before.items():
-        assert after[key].dtype == value.dtype and np.array_equal(after[key], value), key
+    for key, value in before.items():  # bit for bit (a schedule's unset rate is NaN)
+        assert after[key].dtype == value.dtype and after[key].shape == value.shape, key
+        assert after[key].tobytes() == value.tobytes(), key
 
 
 def test_a_refused_state_leaves_the_trainer_as_it_was_and_usable(data, reference) -> None:
@@ -496,11 +507,13 @@ RICH_SPEC = {
 RICH_EPOCHS = 6  # 56 train rows, batches of 16: 4 steps per epoch, 24 in all
 
 
-def make_rich(schedule: object, early: object = None, model_seed: int = 0) -> Trainer:
+def make_rich(
+    schedule: object, early: object = None, model_seed: int = 0, optimizer: object = None
+) -> Trainer:
     return Trainer(
         Model.from_spec(RICH_SPEC, seed=model_seed),
         loss="softmax_cross_entropy",
-        optimizer={"name": "adamw", "learning_rate": 2e-2},
+        optimizer=optimizer or {"name": "adamw", "learning_rate": 2e-2},
         batch_size=16,
         seed=5,
         metrics=("accuracy",),
@@ -546,6 +559,81 @@ def test_exact_resume_with_batchnorm_schedule_early_stopping(data, schedule, ear
         _assert_same_run(resumed, ref)
     if schedule["name"] == "reduce_on_plateau":
         assert min(ref.history["learning_rate"]) < 2e-2  # the plateau logic did act
+
+
+def _plateau_rich(optimizer: object = None, model_seed: int = 0) -> Trainer:
+    return make_rich(
+        {"name": "reduce_on_plateau", "patience": 0, "factor": 0.5},
+        {"monitor": "val_loss", "patience": 3, "restore_best_weights": True},
+        model_seed,
+        optimizer,
+    )
+
+
+def _rich_paused_state(data, optimizer: object = None) -> dict[str, np.ndarray]:
+    """Step 9 of a run with reduce-on-plateau and early stopping that has best weights."""
+    trainer = _plateau_rich(optimizer)
+    _rich_fit(trainer, data, [StopAtStep(9)])
+    assert trainer.early_stopping is not None and trainer.early_stopping.best_weights
+    return load_state(save_state(trainer.state_dict()))[0]
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "damage", "match"),
+    [
+        (None, {"optimizer__iterations": np.int64(-1)}, "'optimizer.iterations' must be >= 0"),
+        (None, {"optimizer__iterations": np.float64(9)}, "'optimizer.iterations' must be one"),
+        (
+            None,
+            {"optimizer__layers.0.kernel.v": lambda v: -v},
+            r"optimizer\.layers\.0\.kernel\.v sums squares, so it cannot be negative",
+        ),
+        (
+            "rmsprop",
+            {"optimizer__layers.6.bias.square_avg": lambda v: v - 1},
+            r"optimizer\.layers\.6\.bias\.square_avg sums squares",
+        ),
+        ("adagrad", {"optimizer__layers.4.kernel.sum": lambda v: -v - 1}, "sum sums squares"),
+    ],
+)
+def test_load_refuses_optimizer_state_no_run_reaches(data, optimizer, damage, match) -> None:
+    """Adam's step at iteration 0 divides by zero; a negative sum of squares makes NaN."""
+    state = _edited(_rich_paused_state(data, optimizer), **damage)
+    assert_refused(data, state, match, _plateau_rich(optimizer, model_seed=8))
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        ({"early_stopping__wait": np.int64(-2)}, r"'early_stopping\.wait' must be >= 0"),
+        ({"early_stopping__best": np.float64("nan")}, r"'early_stopping\.best' must be a number"),
+        ({"early_stopping__best_epoch": np.int64(-3)}, r"'early_stopping\.best_epoch' must be >="),
+        ({"early_stopping__stopped_epoch": np.ones(2)}, r"'early_stopping\.stopped_epoch' must"),
+        (
+            {"early_stopping__has_best_weights": np.uint8(0)},
+            r"early_stopping\.has_best_weights is 0 but the state holds \d+ early_stopping",
+        ),
+        ({"early_stopping__waited": np.int64(1)}, r"unexpected entries: \['early_stopping\.waited"),
+        (
+            {"early_stopping__weights.layers.0.kernel": lambda w: w.T.copy()},
+            r"'early_stopping\.weights\.layers\.0\.kernel' must have shape \(4, 16\)",
+        ),
+        (
+            {"early_stopping__weights.layers.1.running_var": None},
+            r"missing=\['early_stopping\.weights\.layers\.1\.running_var'\]",
+        ),
+        (
+            {"schedule__num_bad_epochs": np.int64(-1)},
+            r"'schedule\.num_bad_epochs' must be >= 0",
+        ),
+        ({"schedule__current_lr": np.float64(-0.1)}, r"'schedule\.current_lr' must be a finite"),
+        ({"schedule__cooldown_counter": np.float64(0.0)}, r"'schedule\.cooldown_counter' must be"),
+    ],
+)
+def test_load_refuses_early_stopping_and_schedule_state_no_run_reaches(data, damage, match) -> None:
+    """Best weights unlike the model would fail only when restored, at an epoch's end."""
+    state = _edited(_rich_paused_state(data), **damage)
+    assert_refused(data, state, match, _plateau_rich(model_seed=8))
 
 
 def test_batchnorm_running_stats_are_saved_and_used_for_predict(data) -> None:
