@@ -207,11 +207,13 @@ class Model:
         """Copies of all parameters and buffers, keyed ``"layers.<i>.<name>"``."""
         return {name: p.copy() for name, p in self._state_arrays().items()}
 
-    def load_state_dict(self, state: Mapping[str, Array]) -> None:
-        """Copy ``state`` into parameters and buffers; names, shapes, dtypes must match."""
+    def check_state_dict(self, state: Mapping[str, Array], prefix: str = "") -> None:
+        """Raise ValueError naming the entry unless ``load_state_dict(state)`` would succeed;
+        changes nothing. ``prefix`` is how the entries are named in an enclosing state (a
+        trainer's ``"model."``), for the messages."""
         arrays = self._state_arrays()
-        missing = sorted(set(arrays) - set(state))
-        unexpected = sorted(set(state) - set(arrays))
+        missing = sorted(prefix + name for name in set(arrays) - set(state))
+        unexpected = sorted(prefix + name for name in set(state) - set(arrays))
         if missing or unexpected:
             raise ValueError(
                 f"Model state does not match the architecture: missing={missing}, "
@@ -221,13 +223,20 @@ class Model:
             src = np.asarray(state[name])
             if src.shape != p.shape:
                 raise ValueError(
-                    f"Parameter {name!r} must have shape {p.shape}. Received: shape={src.shape}"
+                    f"Parameter {prefix + name!r} must have shape {p.shape}. "
+                    f"Received: shape={src.shape}"
                 )
             if src.dtype != p.dtype:
                 raise ValueError(
-                    f"Parameter {name!r} must have dtype {p.dtype}. Received: dtype={src.dtype}"
+                    f"Parameter {prefix + name!r} must have dtype {p.dtype}. "
+                    f"Received: dtype={src.dtype}"
                 )
-        for name, p in arrays.items():
+
+    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+        """Copy ``state`` into parameters and buffers; names, shapes, dtypes must match (checked
+        before anything is copied)."""
+        self.check_state_dict(state)
+        for name, p in self._state_arrays().items():
             np.copyto(p, state[name])
 
     # -- computation --------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ._registry import check_number, resolve
+from ._state import int_entry
 from ._types import Array
 from .threads import parallel_for
 
@@ -69,6 +70,8 @@ class Optimizer:
 
     name: ClassVar[str] = ""
     flush_slots: ClassVar[tuple[str, ...]] = ()
+    # Slots that sum squares: a negative entry is no state a run reaches (sqrt makes it NaN).
+    nonnegative_slots: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, learning_rate: float, weight_decay: float = 0.0, clip_norm: float | None = None
@@ -252,9 +255,13 @@ class Optimizer:
                 state[f"{name}.{slot}"] = arr.copy()
         return state
 
-    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+    def check_state_dict(self, state: Mapping[str, Array], prefix: str = "") -> None:
+        """Raise ValueError naming the entry unless ``load_state_dict(state)`` would succeed;
+        changes nothing. ``prefix`` is how the entries are named in an enclosing state (a
+        trainer's ``"optimizer."``), for the messages."""
         expected = {f"{n}.{s}" for n, slots in self.slots.items() for s in slots} | {"iterations"}
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        missing = sorted(prefix + key for key in expected - set(state))
+        unexpected = sorted(prefix + key for key in set(state) - expected)
         if missing or unexpected:
             raise ValueError(
                 f"Optimizer state does not match ({self.name}): missing={missing}, "
@@ -265,13 +272,23 @@ class Optimizer:
                 src = np.asarray(state[f"{name}.{slot}"])
                 if src.shape != arr.shape or src.dtype != arr.dtype:
                     raise ValueError(
-                        f"Optimizer slot {name}.{slot} must be {arr.dtype}{arr.shape}. "
-                        f"Received: {src.dtype}{src.shape}"
+                        f"Optimizer slot {prefix}{name}.{slot} must be {arr.dtype}{arr.shape}, "
+                        f"as its parameter. Received: {src.dtype}{src.shape}"
                     )
+                if slot in self.nonnegative_slots and np.any(src < 0):
+                    raise ValueError(
+                        f"Optimizer slot {prefix}{name}.{slot} sums squares, so it cannot be "
+                        f"negative. Received: a minimum of {float(np.min(src))}"
+                    )
+        int_entry(state, "iterations", prefix)
+
+    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+        """Restore a ``state_dict()``, checked before anything changes."""
+        self.check_state_dict(state)
         for name, slots in self.slots.items():
             for slot, arr in slots.items():
                 np.copyto(arr, state[f"{name}.{slot}"])
-        self.iterations = int(np.asarray(state["iterations"]))
+        self.iterations = int_entry(state, "iterations")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.get_config()})"
@@ -336,6 +353,7 @@ class Adam(Optimizer):
 
     name = "adam"
     flush_slots = ("m", "v")
+    nonnegative_slots = ("v",)
     decoupled: ClassVar[bool] = False
 
     def __init__(
@@ -406,6 +424,7 @@ class Adagrad(Optimizer):
     """
 
     name = "adagrad"
+    nonnegative_slots = ("sum",)
 
     def __init__(
         self,
@@ -458,6 +477,7 @@ class RMSprop(Optimizer):
 
     name = "rmsprop"
     flush_slots = ("square_avg", "momentum", "grad_avg")
+    nonnegative_slots = ("square_avg",)
 
     def __init__(
         self,

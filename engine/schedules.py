@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ._registry import check_choice, check_int, check_number, resolve
+from ._state import float_entry, int_entry
 from ._types import Array
 
 INTERVALS = ("epoch", "step")
@@ -60,9 +61,16 @@ class Schedule:
     def state_dict(self) -> dict[str, Array]:
         return {}
 
-    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+    def check_state_dict(self, state: Mapping[str, Array], prefix: str = "") -> None:
+        """Raise ValueError naming the entry unless ``load_state_dict(state)`` would succeed;
+        changes nothing. ``prefix`` is how the entries are named in an enclosing state (a
+        trainer's ``"schedule."``), for the messages."""
         if state:
-            raise ValueError(f"Schedule {self.name!r} has no state. Received: {sorted(state)}")
+            received = sorted(prefix + key for key in state)
+            raise ValueError(f"Schedule {self.name!r} has no state. Received: {received}")
+
+    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+        self.check_state_dict(state)
 
     def get_config(self) -> dict[str, Any]:
         return {"interval": self.interval}
@@ -265,18 +273,31 @@ class ReduceOnPlateau(Schedule):
             "cooldown_counter": np.array(self.cooldown_counter, dtype=np.int64),
         }
 
-    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+    def check_state_dict(self, state: Mapping[str, Array], prefix: str = "") -> None:
         expected = set(self.state_dict())
         if set(state) != expected:
             raise ValueError(
-                f"Schedule state does not match ({self.name}): expected {sorted(expected)}. "
-                f"Received: {sorted(state)}"
+                f"Schedule state does not match ({self.name}): expected "
+                f"{sorted(prefix + key for key in expected)}. "
+                f"Received: {sorted(prefix + key for key in state)}"
             )
-        lr = float(np.asarray(state["current_lr"]))
+        lr = float_entry(state, "current_lr", prefix, allow_nan=True)  # NaN: not set yet
+        if not (math.isnan(lr) or 0.0 <= lr < math.inf):
+            raise ValueError(
+                f"State entry {prefix + 'current_lr'!r} must be a finite rate >= 0 (or NaN "
+                f"before the first step). Received: {lr}"
+            )
+        float_entry(state, "best", prefix)
+        int_entry(state, "num_bad_epochs", prefix)
+        int_entry(state, "cooldown_counter", prefix)
+
+    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+        self.check_state_dict(state)
+        lr = float_entry(state, "current_lr", allow_nan=True)
         self.current_lr = None if math.isnan(lr) else lr
-        self.best = float(np.asarray(state["best"]))
-        self.num_bad_epochs = int(np.asarray(state["num_bad_epochs"]))
-        self.cooldown_counter = int(np.asarray(state["cooldown_counter"]))
+        self.best = float_entry(state, "best")
+        self.num_bad_epochs = int_entry(state, "num_bad_epochs")
+        self.cooldown_counter = int_entry(state, "cooldown_counter")
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -5,7 +5,9 @@ One Generator (seeded by ``seed``) drives shuffling and dropout. The trainer's p
 batch within the epoch, that epoch's permutation, running epoch sums, generator state, optimizer
 slots, model weights and BatchNorm statistics, schedule and early-stopping state, history) is
 all in ``state_dict()`` as plain arrays, so a run stopped after any batch and restored into a
-fresh Trainer built the same way continues bit-for-bit as if it had never stopped.
+fresh Trainer built the same way continues bit-for-bit as if it had never stopped. A state that
+would not load is refused whole: ``load_state_dict`` checks every part before it changes any,
+and raises ValueError naming the entry.
 
 Options beyond the basics (all plain data, so a job config maps onto them directly):
     schedule        a schedules name/dict/instance, e.g. {"name": "step", "step_size": 10}
@@ -23,6 +25,7 @@ import contextlib
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,6 +35,7 @@ from . import metrics as metrics_mod
 from . import optimizers as optimizers_mod
 from . import schedules as schedules_mod
 from ._registry import check_int, check_number
+from ._state import flag_entry, float_entry, int_entry
 from ._types import Array
 from .model import Model
 from .schedules import resolve_mode
@@ -170,16 +174,40 @@ class EarlyStopping:
             state[f"weights.{name}"] = arr.copy()
         return state
 
-    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+    def check_state_dict(self, state: Mapping[str, Array], prefix: str = "") -> None:
+        """Raise ValueError naming the entry unless ``load_state_dict(state)`` would succeed;
+        changes nothing. ``prefix`` is how the entries are named in an enclosing state (a
+        trainer's ``"early_stopping."``), for the messages."""
         required = ("best", "wait", "best_epoch", "stopped_epoch", "has_best_weights")
-        missing = [key for key in required if key not in state]
+        missing = [prefix + key for key in required if key not in state]
         if missing:
             raise ValueError(f"Early-stopping state is missing entries: {missing}")
-        self.best = float(np.asarray(state["best"]))
-        self.wait = int(np.asarray(state["wait"]))
-        self.best_epoch = int(np.asarray(state["best_epoch"]))
-        self.stopped_epoch = int(np.asarray(state["stopped_epoch"]))
-        if bool(np.asarray(state["has_best_weights"])):
+        float_entry(state, "best", prefix)
+        int_entry(state, "wait", prefix)
+        int_entry(state, "best_epoch", prefix, low=-1)
+        int_entry(state, "stopped_epoch", prefix, low=-1)
+        has_weights = flag_entry(state, "has_best_weights", prefix)
+        weights = [k for k in state if k.startswith("weights.")]
+        unexpected = sorted(
+            prefix + k for k in state if k not in required and not k.startswith("weights.")
+        )
+        if unexpected:
+            raise ValueError(f"Early-stopping state has unexpected entries: {unexpected}")
+        if has_weights != bool(weights):
+            raise ValueError(
+                f"Early-stopping state entry {prefix}has_best_weights is {int(has_weights)} "
+                f"but the state holds {len(weights)} {prefix}weights.* entries"
+            )
+
+    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+        """Restore a ``state_dict()``, checked before anything changes (the best weights only
+        as far as this object can: a trainer checks them against its model)."""
+        self.check_state_dict(state)
+        self.best = float_entry(state, "best")
+        self.wait = int_entry(state, "wait")
+        self.best_epoch = int_entry(state, "best_epoch", low=-1)
+        self.stopped_epoch = int_entry(state, "stopped_epoch", low=-1)
+        if flag_entry(state, "has_best_weights"):
             prefix = "weights."
             self.best_weights = {
                 k[len(prefix) :]: np.array(v, copy=True)
@@ -198,11 +226,78 @@ def _decode_json(arr: Array) -> Any:
     return json.loads(np.asarray(arr, dtype=np.uint8).tobytes().decode())
 
 
+def _json_entry(state: Mapping[str, Array], key: str) -> Any:
+    arr = np.asarray(state[key])
+    if arr.dtype != np.uint8 or arr.ndim != 1:
+        raise ValueError(
+            f"Trainer state entry {key!r} must be JSON text as 1-D uint8. "
+            f"Received: {arr.dtype} array of shape {arr.shape}"
+        )
+    try:
+        return _decode_json(arr)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"Trainer state entry {key!r} is not JSON text: {exc}") from exc
+
+
+def _checked_permutation(state: Mapping[str, Array]) -> Array | None:
+    """The order of the epoch in progress: a permutation of range(n), or None when no epoch is
+    in progress (the entry is then empty)."""
+    in_epoch = flag_entry(state, "trainer.in_epoch")
+    perm = np.asarray(state["trainer.permutation"])
+    if perm.ndim != 1 or perm.dtype.kind not in "iu":
+        raise ValueError(
+            "Trainer state entry 'trainer.permutation' must be a 1-D integer array. "
+            f"Received: {perm.dtype} array of shape {perm.shape}"
+        )
+    n = perm.shape[0]
+    if not in_epoch:
+        if n:
+            raise ValueError(
+                f"Trainer state entry 'trainer.permutation' holds {n} rows, but "
+                "'trainer.in_epoch' says no epoch is in progress (it is then empty)"
+            )
+        return None
+    if n == 0:
+        raise ValueError(
+            "Trainer state entry 'trainer.permutation' is empty, but 'trainer.in_epoch' says an "
+            "epoch is in progress (its order of the training rows)"
+        )
+    low, high = int(perm.min()), int(perm.max())
+    if low < 0 or high >= n:
+        raise ValueError(
+            f"Trainer state entry 'trainer.permutation' must be a permutation of range({n}). "
+            f"Received: an index {low if low < 0 else high}"
+        )
+    order = perm.astype(np.intp)  # in range now, whatever the integer type was
+    counts = np.bincount(order, minlength=n)
+    if counts.max() > 1:
+        twice = int(np.argmax(counts > 1))
+        raise ValueError(
+            f"Trainer state entry 'trainer.permutation' must be a permutation of range({n}). "
+            f"Received: row {twice} {int(counts[twice])} times"
+        )
+    return order
+
+
 def _sub_state(state: Mapping[str, Array], prefix: str) -> dict[str, Array]:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 Validation = tuple[Array, Array, Array | None]
+
+
+@dataclass(frozen=True)
+class _Position:
+    """A trainer's own entries of a checked state, ready to be set."""
+
+    rng_state: dict[str, Any]
+    epoch: int
+    step: int
+    batch_index: int
+    permutation: Array | None
+    epoch_sums: Array
+    epoch_weight: float
+    history: dict[str, list[float]]
 
 
 class Trainer:
@@ -581,7 +676,31 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: Mapping[str, Array]) -> None:
-        """Restore a ``state_dict()``; the model and trainer must be built the same way."""
+        """Restore a ``state_dict()``; the model and trainer must be built the same way.
+
+        The whole state is checked before anything changes: a damaged or inconsistent one
+        raises ValueError naming the entry and leaves the trainer as it was.
+        """
+        position = self._checked_position(state)
+        self.model.load_state_dict(_sub_state(state, "model."))
+        self.optimizer.load_state_dict(_sub_state(state, "optimizer."))
+        if self.schedule is not None:
+            self.schedule.load_state_dict(_sub_state(state, "schedule."))
+        if self.early_stopping is not None:
+            self.early_stopping.load_state_dict(_sub_state(state, "early_stopping."))
+        self.rng.bit_generator.state = position.rng_state
+        self.epoch = position.epoch
+        self.step = position.step
+        self._batch_index = position.batch_index
+        self._permutation = position.permutation
+        self._epoch_sums[:] = position.epoch_sums
+        self._epoch_weight = position.epoch_weight
+        self.history = History()
+        self.history.history.update(position.history)
+
+    def _checked_position(self, state: Mapping[str, Array]) -> _Position:
+        """The trainer's own entries of ``state``, once every part of it (model, optimizer,
+        schedule, early stopping) is known to load: ValueError naming the entry otherwise."""
         required = (
             "trainer.rng_state",
             "trainer.epoch",
@@ -596,49 +715,149 @@ class Trainer:
         missing = [key for key in required if key not in state]
         if missing:
             raise ValueError(f"Trainer state is missing entries: {missing}")
-        batch_size = int(np.asarray(state["trainer.batch_size"]))
+        batch_size = int_entry(state, "trainer.batch_size", low=1)
         if batch_size != self.batch_size:
             raise ValueError(
                 f"Trainer state was saved with batch_size={batch_size}; this trainer has "
                 f"batch_size={self.batch_size}"
             )
-        sums = np.asarray(state["trainer.epoch_sums"], dtype=np.float64)
-        if sums.shape != self._epoch_sums.shape:
+        rng_state = self._checked_rng_state(state)
+        self._check_parts(state)
+        epoch = int_entry(state, "trainer.epoch")
+        step = int_entry(state, "trainer.step")
+        batch_index = int_entry(state, "trainer.batch_index")
+        permutation = _checked_permutation(state)
+        rows = 0 if permutation is None else permutation.shape[0]
+        batches = math.ceil(rows / self.batch_size)
+        if batch_index > batches:  # the epoch would end at once, its remaining rows unseen
             raise ValueError(
-                f"Trainer state has {sums.shape[0] - 2} metrics; this trainer has "
-                f"{len(self.metrics)}"
+                f"Trainer state entry 'trainer.batch_index' is {batch_index}, but the epoch in "
+                f"progress has {batches} batches of {self.batch_size} ('trainer.permutation' "
+                f"holds {rows} rows)"
             )
-        rng_state = _decode_json(state["trainer.rng_state"])
-        if rng_state.get("bit_generator") != type(self.rng.bit_generator).__name__:
+        if step < epoch + batch_index:
             raise ValueError(
-                f"Trainer state holds a {rng_state.get('bit_generator')!r} generator state; "
-                f"expected {type(self.rng.bit_generator).__name__!r}"
+                f"Trainer state entry 'trainer.step' is {step}, but its position implies at "
+                f"least {epoch + batch_index} steps: {epoch} finished epochs ('trainer.epoch', "
+                f"a step each at least) and {batch_index} batches of the epoch in progress "
+                "('trainer.batch_index')"
             )
+        rows_done = None if permutation is None else min(batch_index * self.batch_size, rows)
+        sums = self._checked_epoch_sums(state, rows_done)
+        epoch_weight = float(sums[-1])  # what a state from before the entry existed meant
+        if "trainer.epoch_weight" in state:
+            epoch_weight = float_entry(state, "trainer.epoch_weight")
+            if not 0.0 <= epoch_weight < math.inf:  # a sum of finite non-negative weights
+                raise ValueError(
+                    "Trainer state entry 'trainer.epoch_weight' must be a finite number >= 0. "
+                    f"Received: {epoch_weight}"
+                )
+        return _Position(
+            rng_state=rng_state,
+            epoch=epoch,
+            step=step,
+            batch_index=batch_index,
+            permutation=permutation,
+            epoch_sums=sums,
+            epoch_weight=epoch_weight,
+            history=self._checked_history(state, epoch),
+        )
+
+    def _checked_rng_state(self, state: Mapping[str, Array]) -> dict[str, Any]:
+        kind = type(self.rng.bit_generator)
+        rng_state = _json_entry(state, "trainer.rng_state")
+        if not isinstance(rng_state, dict) or rng_state.get("bit_generator") != kind.__name__:
+            received = (
+                f"bit_generator={rng_state.get('bit_generator')!r}"
+                if isinstance(rng_state, dict)
+                else f"a JSON {type(rng_state).__name__}"
+            )
+            raise ValueError(
+                f"Trainer state entry 'trainer.rng_state' must hold a {kind.__name__!r} "
+                f"generator state. Received: {received}"
+            )
+        try:  # on a spare generator: NumPy checks the fields only as it sets them
+            kind().state = rng_state
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(
+                f"Trainer state entry 'trainer.rng_state' is not a valid {kind.__name__} state: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return rng_state
+
+    def _checked_epoch_sums(self, state: Mapping[str, Array], rows_done: int | None) -> Array:
+        """The running sums; in an epoch in progress, their row count must be the rows its
+        batches took so far (``rows_done``; otherwise they are the last epoch's, unused)."""
+        sums = np.asarray(state["trainer.epoch_sums"])
+        if sums.dtype.kind != "f" or sums.shape != self._epoch_sums.shape:
+            raise ValueError(
+                f"Trainer state entry 'trainer.epoch_sums' must be {self._epoch_sums.shape[0]} "
+                f"floats (loss, {len(self.metrics)} metrics, rows) for this trainer. "
+                f"Received: {sums.dtype} array of shape {sums.shape}"
+            )
+        sums = sums.astype(np.float64)
+        if rows_done is not None and sums[-1] != rows_done:
+            raise ValueError(
+                f"Trainer state entry 'trainer.epoch_sums' counts {sums[-1]:g} rows in the epoch "
+                f"in progress, but its batches so far ('trainer.batch_index') took {rows_done}"
+            )
+        return sums
+
+    def _checked_history(self, state: Mapping[str, Array], epoch: int) -> dict[str, list[float]]:
+        """The history, one entry per key of 'trainer.history_keys', each a log this trainer
+        writes, with at most one value per finished epoch."""
+        keys = _json_entry(state, "trainer.history_keys")
+        if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+            raise ValueError(
+                "Trainer state entry 'trainer.history_keys' must be a list of log names. "
+                f"Received: {keys!r}"
+            )
+        logged = self.logged_keys(has_validation=True)
+        unknown = [key for key in keys if key not in logged]
+        if unknown or len(set(keys)) != len(keys):
+            raise ValueError(
+                f"Trainer state entry 'trainer.history_keys' must name each log once, of those "
+                f"this trainer writes ({', '.join(logged)}). Received: {keys}"
+            )
+        entries = {k for k in state if k.startswith("history.")}
+        missing = sorted(f"history.{key}" for key in keys if f"history.{key}" not in entries)
+        unlisted = sorted(entries - {f"history.{key}" for key in keys})
+        if missing or unlisted:
+            raise ValueError(
+                "Trainer state's history entries do not match 'trainer.history_keys': "
+                f"missing={missing}, unlisted={unlisted}"
+            )
+        history: dict[str, list[float]] = {}
+        for key in keys:
+            values = np.asarray(state[f"history.{key}"])
+            if values.ndim != 1 or values.dtype.kind not in "iuf" or values.shape[0] > epoch:
+                raise ValueError(
+                    f"Trainer state entry 'history.{key}' must hold at most one number per "
+                    f"finished epoch ('trainer.epoch' is {epoch}). "
+                    f"Received: {values.dtype} array of shape {values.shape}"
+                )
+            history[key] = [float(v) for v in values]
+        return history
+
+    def _check_parts(self, state: Mapping[str, Array]) -> None:
+        """The model, optimizer, schedule and early-stopping entries, as each would load them."""
         has_early = any(k.startswith("early_stopping.") for k in state)
         if has_early != (self.early_stopping is not None):
             raise ValueError(
                 "Trainer state and this trainer disagree on early stopping: the state "
                 f"{'has' if has_early else 'has no'} early-stopping entries"
             )
-        self.model.load_state_dict(_sub_state(state, "model."))
-        self.optimizer.load_state_dict(_sub_state(state, "optimizer."))
-        if self.schedule is not None:
-            self.schedule.load_state_dict(_sub_state(state, "schedule."))
-        elif _sub_state(state, "schedule."):
+        schedule_state = _sub_state(state, "schedule.")
+        if self.schedule is None and schedule_state:
             raise ValueError("Trainer state has schedule entries but this trainer has none")
+        self.model.check_state_dict(_sub_state(state, "model."), "model.")
+        self.optimizer.check_state_dict(_sub_state(state, "optimizer."), "optimizer.")
+        if self.schedule is not None:
+            self.schedule.check_state_dict(schedule_state, "schedule.")
         if self.early_stopping is not None:
-            self.early_stopping.load_state_dict(_sub_state(state, "early_stopping."))
-        self.rng.bit_generator.state = rng_state
-        self.epoch = int(np.asarray(state["trainer.epoch"]))
-        self.step = int(np.asarray(state["trainer.step"]))
-        self._batch_index = int(np.asarray(state["trainer.batch_index"]))
-        in_epoch = bool(np.asarray(state["trainer.in_epoch"]))
-        perm = np.asarray(state["trainer.permutation"], dtype=np.int64)
-        self._permutation = perm.astype(np.intp) if in_epoch else None
-        self._epoch_sums[:] = sums
-        self._epoch_weight = float(
-            np.asarray(state.get("trainer.epoch_weight", sums[-1]), dtype=np.float64)
-        )
-        self.history = History()
-        for key in _decode_json(state["trainer.history_keys"]):
-            self.history.history[key] = [float(v) for v in np.asarray(state[f"history.{key}"])]
+            self.early_stopping.check_state_dict(
+                _sub_state(state, "early_stopping."), "early_stopping."
+            )
+            best_weights = _sub_state(state, "early_stopping.weights.")
+            if best_weights:  # else restoring them would fail at an epoch's end
+                self.model.check_state_dict(best_weights, "early_stopping.weights.")

@@ -25,12 +25,13 @@ from threadpoolctl import threadpool_limits
 from trainwire.engine import Callback, Trainer, load_state, save_state
 
 from .config import Settings
+from .convert import checkpoint_name
 from .datasets import DatasetService
 from .db import Database
 from .errors import Unavailable
 from .logs import JOB_ID
 from .metrics import EXAMPLES_PER_SECOND, JOB_SECONDS, WORKER_HEARTBEAT, serve_metrics
-from .records import Claim, JobState, MetricValue
+from .records import Checkpoint, Claim, JobState, MetricValue
 from .store import CANCELLED_BY_REQUEST, DEFAULT_KEEP_CHECKPOINTS, LeaseLost, Store
 from .training import build_model, build_trainer, validation_rows
 from .wakeup import Wakeup
@@ -331,8 +332,7 @@ def _train(
     latest = with_retry(lambda: store.latest_resumable_checkpoint(job.id), retry_s)
     if latest is not None:
         data = with_retry(lambda: store.checkpoint_data(latest.id), retry_s)
-        saved, _ = load_state(data)
-        trainer.load_state_dict(saved)
+        _resume(trainer, latest, data)
         log.info("jobs/%s resumes from epoch %d step %d", job.id, latest.epoch, latest.step)
     writer = PersistWriter(retry_s)
     try:
@@ -360,6 +360,20 @@ def _train(
         progress = recorder.progress or None
         with_retry(lambda: store.finish_job(claim, state, reason, progress), retry_s)
     return state
+
+
+def _resume(trainer: Trainer, checkpoint: Checkpoint, data: bytes) -> None:
+    """Loads a checkpoint's state into a freshly built trainer. A checkpoint that cannot be
+    resumed (damaged, or not what this job's trainer saves) fails the job, the reason naming it:
+    the engine's message alone names an entry, not where it came from."""
+    try:
+        saved, _ = load_state(data)
+        trainer.load_state_dict(saved)
+    except ValueError as error:
+        raise ValueError(
+            f"cannot resume from {checkpoint_name(checkpoint)} (epoch {checkpoint.epoch}, step "
+            f"{checkpoint.step}): {error}"
+        ) from error
 
 
 def _conclude(

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from trainwire.engine import Callback, Model, Trainer, load_state, metrics, save_state
+from trainwire.engine import (
+    Callback,
+    Model,
+    Trainer,
+    load_state,
+    metrics,
+    save_state,
+)
 
 SPEC = {
     "input_dim": 4,
@@ -165,6 +174,183 @@ def test_load_state_dict_rejects_mismatches(data) -> None:
         resumed.fit(data[0][:40], data[1][:40], epochs=2)
 
 
+def paused_state(data, stop_step: int = 6) -> dict[str, np.ndarray]:
+    """A run's state after ``stop_step`` (6: partway through its second epoch), as a checkpoint
+    gives it back."""
+    trainer = make_trainer()
+    trainer.fit(*data, epochs=EPOCHS, validation_split=SPLIT, callbacks=[StopAtStep(stop_step)])
+    return load_state(save_state(trainer.state_dict()))[0]
+
+
+def assert_refused(
+    data, state: dict[str, np.ndarray], match: str, trainer: Trainer | None = None
+) -> None:
+    """load_state_dict refuses ``state`` with a ValueError matching ``match`` and leaves
+    ``trainer`` (by default one partway through a run of its own) exactly as it was."""
+    if trainer is None:
+        trainer = make_trainer(model_seed=5, seed=6)
+        trainer.fit(*data, epochs=EPOCHS, validation_split=SPLIT, callbacks=[StopAtStep(3)])
+    before = trainer.state_dict()
+    with pytest.raises(ValueError, match=match):
+        trainer.load_state_dict(state)
+    after = trainer.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():  # bit for bit (a schedule's unset rate is NaN)
+        assert after[key].dtype == value.dtype and after[key].shape == value.shape, key
+        assert after[key].tobytes() == value.tobytes(), key
+
+
+def test_a_refused_state_leaves_the_trainer_as_it_was_and_usable(data, reference) -> None:
+    """The optimizer's entries are wrong, and the model's, checked first, are right: none of
+    them may be loaded, and the trainer then trains as if the load had never been tried."""
+    state = paused_state(data)
+    state["optimizer.layers.0.kernel.m"] = state["optimizer.layers.0.kernel.m"].T.copy()
+    trainer = make_trainer()
+    with pytest.raises(ValueError, match=r"optimizer\.layers\.0\.kernel\.m"):
+        trainer.load_state_dict(state)
+    trainer.fit(*data, epochs=EPOCHS, validation_split=SPLIT)
+    _assert_same_run(trainer, reference)
+
+
+def test_load_refuses_optimizer_slots_shaped_unlike_their_parameters(data) -> None:
+    state = paused_state(data)
+    state["optimizer.layers.2.bias.v"] = np.zeros(9, np.float32)
+    assert_refused(data, state, r"optimizer\.layers\.2\.bias\.v must be float32\(8,\)")
+
+
+def test_load_refuses_schedule_entries_for_a_trainer_without_schedule(data) -> None:
+    state = paused_state(data)
+    state["schedule.best"] = np.array(0.5)
+    assert_refused(data, state, "schedule entries")
+
+
+def _json(value: object) -> np.ndarray:
+    return np.frombuffer(json.dumps(value).encode(), dtype=np.uint8).copy()
+
+
+def _edited(state: dict[str, np.ndarray], **entries: object) -> dict[str, np.ndarray]:
+    """``state`` with entries replaced (``trainer__epoch`` is ``trainer.epoch``); a callable
+    value gets the old array and returns the new one, None removes the entry."""
+    state = dict(state)
+    for name, value in entries.items():
+        key = name.replace("__", ".")
+        if value is None:
+            del state[key]
+        else:
+            state[key] = np.asarray(value(state[key]) if callable(value) else value)
+    return state
+
+
+def _swap_rows(perm: np.ndarray) -> np.ndarray:
+    perm = perm.copy()
+    perm[1] = perm[0]
+    return perm
+
+
+# paused_state() is partway through epoch 1: 56 training rows, batch 2 of 4 done, step 6.
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        ({"trainer__permutation": lambda p: p[:-1]}, r"permutation of range\(55\)"),
+        ({"trainer__permutation": lambda p: np.r_[p, p[3]]}, r"range\(57\). Received: row"),
+        ({"trainer__permutation": _swap_rows}, r"range\(56\). Received: row \d+ 2 times"),
+        ({"trainer__permutation": lambda p: np.where(p == 7, 56, p)}, "Received: an index 56"),
+        ({"trainer__permutation": lambda p: np.where(p == 7, -1, p)}, "Received: an index -1"),
+        ({"trainer__permutation": lambda p: p.astype(np.float64)}, "1-D integer array"),
+        ({"trainer__permutation": lambda p: p.reshape(7, 8)}, "1-D integer array"),
+        ({"trainer__permutation": np.zeros(0, np.int64)}, "is empty, but 'trainer.in_epoch'"),
+        ({"trainer__in_epoch": np.uint8(0)}, "holds 56 rows, but 'trainer.in_epoch'"),
+        ({"trainer__in_epoch": np.uint8(2)}, r"'trainer.in_epoch' must be 0 or 1"),
+    ],
+)
+def test_load_refuses_a_permutation_that_is_not_one_of_the_training_rows(
+    data, damage, match
+) -> None:
+    """Rows trained twice and rows never trained would pass silently; an index past the data
+    would fail deep inside the epoch."""
+    assert_refused(data, _edited(paused_state(data), **damage), match)
+
+
+@pytest.mark.parametrize(
+    ("batch_index", "match"), [(5, "has 4 batches of 16"), (-1, "must be >= 0. Received: -1")]
+)
+def test_load_refuses_a_batch_index_outside_the_epoch(data, batch_index: int, match: str) -> None:
+    state = _edited(paused_state(data), trainer__batch_index=np.int64(batch_index))
+    assert_refused(data, state, rf"'trainer\.batch_index'.*{match}")
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        ({"trainer__epoch": np.int64(-1)}, r"'trainer\.epoch' must be >= 0. Received: -1"),
+        ({"trainer__step": np.int64(-6)}, r"'trainer\.step' must be >= 0. Received: -6"),
+        ({"trainer__epoch": np.float64(1.0)}, r"'trainer\.epoch' must be one integer"),
+        ({"trainer__step": np.array([6, 7])}, r"'trainer\.step' must be one integer"),
+        (
+            {"trainer__step": np.int64(2)},
+            r"'trainer\.step' is 2, but its position implies at least 3",
+        ),
+        ({"trainer__batch_size": np.int64(0)}, r"'trainer\.batch_size' must be >= 1"),
+    ],
+)
+def test_load_refuses_a_negative_or_malformed_epoch_or_step(data, damage, match) -> None:
+    assert_refused(data, _edited(paused_state(data), **damage), match)
+
+
+@pytest.mark.parametrize(
+    ("rng_state", "match"),
+    [
+        (lambda a: a.astype(np.float64), "must be JSON text as 1-D uint8"),
+        (lambda a: a[None, :], "must be JSON text as 1-D uint8"),
+        (np.zeros(8, np.uint8), "is not JSON text"),
+        (_json([1, 2]), "must hold a 'PCG64' generator state. Received: a JSON list"),
+        (_json({"bit_generator": "MT19937"}), "Received: bit_generator='MT19937'"),
+        (_json({"bit_generator": "PCG64"}), "not a valid PCG64 state: KeyError"),
+        (
+            _json({"bit_generator": "PCG64", "state": {"state": -1, "inc": 1}}),
+            "not a valid PCG64 state: OverflowError",
+        ),
+    ],
+)
+def test_load_refuses_an_rng_state_of_the_wrong_shape_or_type(data, rng_state, match) -> None:
+    state = _edited(paused_state(data), trainer__rng_state=rng_state)
+    assert_refused(data, state, rf"'trainer\.rng_state'.*{match}")
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        ({"trainer__epoch_sums": lambda s: s[:-1]}, r"'trainer\.epoch_sums' must be 3 floats"),
+        ({"trainer__epoch_sums": lambda s: s.astype(np.int64)}, "must be 3 floats"),
+        (
+            {"trainer__epoch_sums": lambda s: np.r_[s[:-1], 16.0]},
+            r"'trainer\.epoch_sums' counts 16 rows .* took 32",
+        ),
+        ({"trainer__epoch_weight": np.float64(-1.0)}, r"'trainer\.epoch_weight' must be"),
+        ({"trainer__history_keys": _json({"loss": 1})}, "must be a list of log names"),
+        ({"trainer__history_keys": _json(["loss", "loss"])}, "must name each log once"),
+        (
+            {"trainer__history_keys": _json(["loss", "mae"])},
+            r"must name each log once, of those this trainer writes \(loss, accuracy",
+        ),
+        (
+            {"history__val_accuracy": None},
+            r"missing=\['history.val_accuracy'\], unlisted=\[\]",
+        ),
+        (
+            {"trainer__history_keys": _json(["loss", "accuracy", "val_loss"])},
+            r"missing=\[\], unlisted=\['history.val_accuracy'\]",
+        ),
+        ({"history__loss": lambda h: np.r_[h, h]}, r"'history\.loss' must hold at most one"),
+        ({"history__loss": lambda h: h[:, None]}, r"'history\.loss' must hold at most one"),
+    ],
+)
+def test_load_refuses_epoch_sums_and_history_that_do_not_match(data, damage, match) -> None:
+    """The sums must be this trainer's (loss, each metric, rows) and count the rows the
+    epoch's batches took; the history must be the logs 'trainer.history_keys' lists."""
+    assert_refused(data, _edited(paused_state(data), **damage), match)
+
+
 def test_callbacks_order_and_logs(data) -> None:
     events: list[tuple] = []
 
@@ -321,11 +507,13 @@ RICH_SPEC = {
 RICH_EPOCHS = 6  # 56 train rows, batches of 16: 4 steps per epoch, 24 in all
 
 
-def make_rich(schedule: object, early: object = None, model_seed: int = 0) -> Trainer:
+def make_rich(
+    schedule: object, early: object = None, model_seed: int = 0, optimizer: object = None
+) -> Trainer:
     return Trainer(
         Model.from_spec(RICH_SPEC, seed=model_seed),
         loss="softmax_cross_entropy",
-        optimizer={"name": "adamw", "learning_rate": 2e-2},
+        optimizer=optimizer or {"name": "adamw", "learning_rate": 2e-2},
         batch_size=16,
         seed=5,
         metrics=("accuracy",),
@@ -371,6 +559,81 @@ def test_exact_resume_with_batchnorm_schedule_early_stopping(data, schedule, ear
         _assert_same_run(resumed, ref)
     if schedule["name"] == "reduce_on_plateau":
         assert min(ref.history["learning_rate"]) < 2e-2  # the plateau logic did act
+
+
+def _plateau_rich(optimizer: object = None, model_seed: int = 0) -> Trainer:
+    return make_rich(
+        {"name": "reduce_on_plateau", "patience": 0, "factor": 0.5},
+        {"monitor": "val_loss", "patience": 3, "restore_best_weights": True},
+        model_seed,
+        optimizer,
+    )
+
+
+def _rich_paused_state(data, optimizer: object = None) -> dict[str, np.ndarray]:
+    """Step 9 of a run with reduce-on-plateau and early stopping that has best weights."""
+    trainer = _plateau_rich(optimizer)
+    _rich_fit(trainer, data, [StopAtStep(9)])
+    assert trainer.early_stopping is not None and trainer.early_stopping.best_weights
+    return load_state(save_state(trainer.state_dict()))[0]
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "damage", "match"),
+    [
+        (None, {"optimizer__iterations": np.int64(-1)}, "'optimizer.iterations' must be >= 0"),
+        (None, {"optimizer__iterations": np.float64(9)}, "'optimizer.iterations' must be one"),
+        (
+            None,
+            {"optimizer__layers.0.kernel.v": lambda v: -v},
+            r"optimizer\.layers\.0\.kernel\.v sums squares, so it cannot be negative",
+        ),
+        (
+            "rmsprop",
+            {"optimizer__layers.6.bias.square_avg": lambda v: v - 1},
+            r"optimizer\.layers\.6\.bias\.square_avg sums squares",
+        ),
+        ("adagrad", {"optimizer__layers.4.kernel.sum": lambda v: -v - 1}, "sum sums squares"),
+    ],
+)
+def test_load_refuses_optimizer_state_no_run_reaches(data, optimizer, damage, match) -> None:
+    """Adam's step at iteration 0 divides by zero; a negative sum of squares makes NaN."""
+    state = _edited(_rich_paused_state(data, optimizer), **damage)
+    assert_refused(data, state, match, _plateau_rich(optimizer, model_seed=8))
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        ({"early_stopping__wait": np.int64(-2)}, r"'early_stopping\.wait' must be >= 0"),
+        ({"early_stopping__best": np.float64("nan")}, r"'early_stopping\.best' must be a number"),
+        ({"early_stopping__best_epoch": np.int64(-3)}, r"'early_stopping\.best_epoch' must be >="),
+        ({"early_stopping__stopped_epoch": np.ones(2)}, r"'early_stopping\.stopped_epoch' must"),
+        (
+            {"early_stopping__has_best_weights": np.uint8(0)},
+            r"early_stopping\.has_best_weights is 0 but the state holds \d+ early_stopping",
+        ),
+        ({"early_stopping__waited": np.int64(1)}, r"unexpected entries: \['early_stopping\.waited"),
+        (
+            {"early_stopping__weights.layers.0.kernel": lambda w: w.T.copy()},
+            r"'early_stopping\.weights\.layers\.0\.kernel' must have shape \(4, 16\)",
+        ),
+        (
+            {"early_stopping__weights.layers.1.running_var": None},
+            r"missing=\['early_stopping\.weights\.layers\.1\.running_var'\]",
+        ),
+        (
+            {"schedule__num_bad_epochs": np.int64(-1)},
+            r"'schedule\.num_bad_epochs' must be >= 0",
+        ),
+        ({"schedule__current_lr": np.float64(-0.1)}, r"'schedule\.current_lr' must be a finite"),
+        ({"schedule__cooldown_counter": np.float64(0.0)}, r"'schedule\.cooldown_counter' must be"),
+    ],
+)
+def test_load_refuses_early_stopping_and_schedule_state_no_run_reaches(data, damage, match) -> None:
+    """Best weights unlike the model would fail only when restored, at an epoch's end."""
+    state = _edited(_rich_paused_state(data), **damage)
+    assert_refused(data, state, match, _plateau_rich(model_seed=8))
 
 
 def test_batchnorm_running_stats_are_saved_and_used_for_predict(data) -> None:

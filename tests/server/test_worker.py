@@ -14,11 +14,13 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
+from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
-from trainwire.engine import Trainer, save_state
+from trainwire.engine import Trainer, load_state, save_state
 from trainwire.server import worker
 from trainwire.server.config import Settings
+from trainwire.server.models import CheckpointBlobRow
 from trainwire.server.predictions import PredictionService
 from trainwire.server.records import Claim, Dataset, Job, JobState, NewJob, TaskKind
 from trainwire.server.status import collect_status
@@ -283,6 +285,50 @@ def test_a_checkpoint_written_mid_epoch_is_partial_and_a_resume_loads_it(
     assert run_next(store) is JobState.SUCCEEDED
     ends = [(c.epoch, c.is_partial, c.is_final) for c in store.list_checkpoints(job.id)]
     assert ends[-2:] == [(2, False, False), (3, False, True)]
+
+
+def _permutation_repeating_a_row(data: bytes) -> bytes:
+    state, metadata = load_state(data)
+    state["trainer.permutation"][1] = state["trainer.permutation"][0]
+    return save_state(state, metadata)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (
+            _permutation_repeating_a_row,
+            "Trainer state entry 'trainer.permutation' must be a permutation of range(40). "
+            "Received: row ",
+        ),
+        (lambda data: data[: len(data) // 2], "Not a safetensors state or truncated: "),
+    ],
+)
+def test_a_job_resuming_from_a_damaged_checkpoint_fails_naming_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch, damage: Callable[[bytes], bytes], reason: str
+) -> None:
+    """A repeated row would have trained on wrong rows silently. The job fails (it is not
+    retried: the checkpoint stays damaged), with a reason naming the checkpoint, and the
+    worker goes on."""
+    job = submit(store, regression_dataset(store))
+    at_step(monkeypatch, STEPS_PER_EPOCH + 5, lambda recorder: recorder.stop.set())
+    assert run_next(store) is JobState.QUEUED
+    monkeypatch.undo()
+    (checkpoint,) = store.list_checkpoints(job.id)
+    damaged = damage(store.checkpoint_data(checkpoint.id))
+    with store.db.write() as session:
+        session.execute(
+            update(CheckpointBlobRow)
+            .where(CheckpointBlobRow.checkpoint_id == checkpoint.id)
+            .values(data=damaged)
+        )
+    assert Worker(store, Settings(), "test-worker", threading.Event()).run_once()
+    failed = store.get_job(job.id)
+    assert failed.state is JobState.FAILED
+    assert failed.error.startswith(
+        f"cannot resume from jobs/{job.id}/checkpoints/{checkpoint.id} "
+        f"(epoch 1, step {STEPS_PER_EPOCH + 5}): {reason}"
+    )
 
 
 def test_a_worker_outlives_an_unexpected_database_error_and_claims_again(

@@ -1,0 +1,52 @@
+"""Reading one number back out of a ``state_dict()``, checked.
+
+A state comes back from a checkpoint that may be damaged or written by another version, and
+``int(np.asarray(x))`` takes too much: a float epoch, a negative step or a one-element matrix
+would all convert and resume a run wrongly instead of failing. Messages name the entry as the
+enclosing state names it (``prefix + key``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from ._types import Array
+
+
+def _one_value(state: Mapping[str, Array], key: str, prefix: str, kinds: str, what: str) -> Array:
+    arr = np.asarray(state[key])
+    if arr.size != 1 or arr.dtype.kind not in kinds:
+        raise ValueError(
+            f"State entry {prefix + key!r} must be {what}. "
+            f"Received: {arr.dtype} array of shape {arr.shape}"
+        )
+    return arr.reshape(())
+
+
+def int_entry(state: Mapping[str, Array], key: str, prefix: str = "", low: int = 0) -> int:
+    """``state[key]`` as an int >= ``low``; ValueError naming the entry otherwise."""
+    value = int(_one_value(state, key, prefix, "iu", "one integer"))
+    if value < low:
+        raise ValueError(f"State entry {prefix + key!r} must be >= {low}. Received: {value}")
+    return value
+
+
+def flag_entry(state: Mapping[str, Array], key: str, prefix: str = "") -> bool:
+    """``state[key]`` (0 or 1) as a bool; ValueError naming the entry otherwise."""
+    value = int(_one_value(state, key, prefix, "biu", "one flag, 0 or 1"))
+    if value not in (0, 1):
+        raise ValueError(f"State entry {prefix + key!r} must be 0 or 1. Received: {value}")
+    return bool(value)
+
+
+def float_entry(
+    state: Mapping[str, Array], key: str, prefix: str = "", allow_nan: bool = False
+) -> float:
+    """``state[key]`` as a float (infinities allowed, NaN only if ``allow_nan``)."""
+    value = float(_one_value(state, key, prefix, "iuf", "one number"))
+    if math.isnan(value) and not allow_nan:
+        raise ValueError(f"State entry {prefix + key!r} must be a number. Received: nan")
+    return value
