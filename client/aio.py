@@ -386,7 +386,10 @@ class AsyncClient:
             # instead, and the exception is raised once the batches before it are answered.
             try:
                 async for batch in _aiter(batches):
-                    for request in streamed.requests(batch):
+                    x = as_inputs(batch)
+                    if streamed.answer_row_bytes is None:  # once, after the first batch is encoded
+                        streamed.describe(await self.model_metadata(name, checkpoint))
+                    for request in streamed.requests(x):
                         yield request
             except Exception as error:
                 failure.append(error)

@@ -517,11 +517,12 @@ class Client:
     ) -> Iterator[Prediction]:
         """Predictions for each batch of rows, over one PredictStream call, in order.
 
-        Each batch is encoded as `predict` encodes its inputs, and one larger than a quarter of
-        the message limit goes as several messages whose answers make its one `Prediction`.
-        `batches` is read as the stream goes. A batch that cannot be encoded (or an exception of
-        the iterable itself) ends the stream: it is raised, as it was, after the predictions of
-        the batches before it.
+        Each batch is encoded as `predict` encodes its inputs, and one whose inputs or answers
+        would take more than a quarter of the message limit goes as several messages whose
+        answers make its one `Prediction` (the size of an answer comes from `model_metadata`,
+        asked once, with the first batch). `batches` is read as the stream goes. A batch that
+        cannot be encoded (or an exception of the iterable itself) ends the stream: it is
+        raised, as it was, after the predictions of the batches before it.
         """
         name = job.name if isinstance(job, Job) else job
         streamed = StreamedPrediction(name, checkpoint, self.max_message_bytes)
@@ -533,7 +534,10 @@ class Client:
             # exception is raised to the caller once the batches before it are answered.
             try:
                 for batch in batches:
-                    yield from streamed.requests(batch)
+                    x = as_inputs(batch)
+                    if streamed.answer_row_bytes is None:  # once, after the first batch is encoded
+                        streamed.describe(self.model_metadata(name, checkpoint))
+                    yield from streamed.requests(x)
             except Exception as error:
                 failure.append(error)
 

@@ -23,7 +23,7 @@ from .builders import ModelLike, model_to_dict
 from .errors import SpecError, TrainwireError
 from .results import TASKS, DatasetInfo, Metrics, Prediction, state_code
 from .specs import model_spec_to_proto
-from .tensors import dtype_code, from_tensor, to_tensor
+from .tensors import dtype_code, dtype_of, from_tensor, to_tensor
 from .validation import check_model, numeric_params
 from .validation import check_training as _check_training
 
@@ -266,6 +266,21 @@ def input_row_bytes(x: np.ndarray) -> int:
     return max(1, x.itemsize * int(np.prod(x.shape[1:])))
 
 
+def answer_row_bytes(output_dim: int, itemsize: int, classifier: bool) -> int:
+    """The bytes of one row of a prediction's answer: the outputs, and a classifier's
+    probabilities (two columns for one logit) and int64 label.
+
+    What the server sends is the source of truth (`classify` in server/predictions.py shapes the
+    answer); this is the one statement of its size, shared as `answer_too_large` is: the server
+    refuses a request whose answer would pass its limit by it, and the SDK sizes its stream
+    messages by it from `GetModelMetadata`, so the two cannot disagree.
+    """
+    outputs = output_dim * itemsize
+    if not classifier:
+        return outputs
+    return outputs + max(output_dim, 2) * itemsize + 8
+
+
 def predict_request(job: str, x: np.ndarray, checkpoint: str) -> predictions_pb2.PredictRequest:
     return predictions_pb2.PredictRequest(job=job, checkpoint=checkpoint, inputs=to_tensor(x))
 
@@ -356,33 +371,42 @@ class ChunkedPrediction:
 
 
 class StreamedPrediction:
-    """The messages of one PredictStream call and their answers, for both clients: each batch is
-    encoded as `predict` encodes its inputs (`as_inputs`) and sent as messages whose inputs take
-    at most a quarter of the message limit, their answers joined back into the batch's
-    `Prediction`.
-    The clients send `requests(batch)` for each batch in turn and pass each answer to `answered`,
-    which returns a batch's prediction once the last of its messages is answered.
+    """The messages of one PredictStream call and their answers, for both clients: each batch,
+    encoded as `predict` encodes its inputs (`as_inputs`), is sent as messages whose inputs and
+    whose answers each take at most a quarter of the message limit, their answers joined back
+    into the batch's `Prediction`.
+    The clients pass the model's metadata to `describe` once, with the first batch, then send
+    `requests(x)` for each batch in turn and pass each answer to `answered`, which returns a
+    batch's prediction once the last of its messages is answered.
 
-    Messages are sized by their inputs alone, unlike `ChunkedPrediction`'s: they are sent ahead
-    of the answers, and an answer the server cannot send ends the stream, naming the rows a
-    message may have.
+    Messages are sent ahead of their answers, so unlike `ChunkedPrediction` the size of an
+    answer cannot be learnt from the first one: it comes from `GetModelMetadata` (a classifier
+    of few features and many classes answers far more bytes per row than it is sent).
     """
 
     def __init__(self, job: str, checkpoint: str, max_message_bytes: int) -> None:
         self.job = job
         self.checkpoint = checkpoint
         self.budget = max(1, max_message_bytes // 4)
+        self.answer_row_bytes: int | None = None  # known once `describe` has run
         # How many messages each batch sent and not yet answered went as: batches are encoded in
         # gRPC's request thread (or task) and answered in the caller's, and a deque's appends
         # and pops are atomic.
         self._messages: deque[int] = deque()
         self._answers: list[predictions_pb2.PredictResponse] = []
 
-    def requests(
-        self, batch: np.ndarray | Sequence[Sequence[float]]
-    ) -> Iterator[predictions_pb2.PredictRequest]:
-        x = as_inputs(batch)
-        rows = max(1, self.budget // input_row_bytes(x))
+    def describe(self, metadata: predictions_pb2.ModelMetadata) -> None:
+        """Takes the size of an answer's row from the metadata of the model the stream asks."""
+        self.answer_row_bytes = answer_row_bytes(
+            output_dim=int(metadata.outputs.shape[-1]),
+            itemsize=dtype_of(metadata.outputs.dtype).itemsize,
+            classifier=metadata.num_classes > 0,  # the server gives 0 for regression only
+        )
+
+    def requests(self, x: np.ndarray) -> Iterator[predictions_pb2.PredictRequest]:
+        """The messages of one batch `x` (from `as_inputs`), after `describe`."""
+        assert self.answer_row_bytes is not None, "describe the model first"
+        rows = max(1, self.budget // max(input_row_bytes(x), self.answer_row_bytes))
         self._messages.append(-(-len(x) // rows))
         for start in range(0, len(x), rows):
             yield predict_request(self.job, x[start : start + rows], self.checkpoint)

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from trainwire.client.tensors import TensorError, from_tensor
-from trainwire.client.wire import answer_too_large
+from trainwire.client.wire import answer_row_bytes, answer_too_large
 from trainwire.engine import Model, load_state
 from trainwire.engine.activations import sigmoid, softmax
 from trainwire.v1 import tensor_pb2
@@ -254,7 +254,9 @@ class PredictionService:
     def _check_answer_fits(self, rows: int, batcher: ModelBatcher) -> None:
         """Refuses, before the forward pass, a request whose answer could not be sent."""
         assert self.max_answer_bytes is not None
-        row_bytes = answer_row_bytes(batcher.model, classifier=batcher.postprocess is classify)
+        model = batcher.model
+        classifier = batcher.postprocess is classify
+        row_bytes = answer_row_bytes(model.output_dim, model.dtype.itemsize, classifier)
         if rows * row_bytes > self.max_answer_bytes:
             raise ResourceExhausted(
                 answer_too_large(self.max_answer_bytes, self.max_answer_bytes // row_bytes, rows)
@@ -399,7 +401,9 @@ class PredictionService:
 
 def classify(outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A classifier's raw outputs, class probabilities and labels, row by row (the batcher runs
-    it once per pass: each row's result must not depend on the other rows)."""
+    it once per pass: each row's result must not depend on the other rows). Their size per row
+    is `answer_row_bytes` (client/wire.py), by which the SDK sizes its stream messages: it
+    changes with them."""
     if outputs.shape[1] == 1:
         # One logit z for binary classification: P(class 1) = sigmoid(z).
         positive = sigmoid(outputs[:, 0])
@@ -407,15 +411,6 @@ def classify(outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     else:
         probabilities = softmax(outputs)
     return outputs, probabilities, probabilities.argmax(axis=1).astype(np.int64, copy=False)
-
-
-def answer_row_bytes(model: Model, classifier: bool) -> int:
-    """The bytes of one row of an answer: the outputs, and a classifier's probabilities (two
-    columns for one logit) and int64 label."""
-    outputs = model.output_dim * model.dtype.itemsize
-    if not classifier:
-        return outputs
-    return outputs + max(model.output_dim, 2) * model.dtype.itemsize + 8
 
 
 def _batcher_bytes(batcher: ModelBatcher) -> int:

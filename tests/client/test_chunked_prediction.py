@@ -14,8 +14,9 @@ from trainwire.client.wire import (
     StreamedPrediction,
     answer_too_large,
     as_inputs,
+    predict_request,
 )
-from trainwire.v1 import predictions_pb2
+from trainwire.v1 import predictions_pb2, tensor_pb2
 
 CHECKPOINT = "jobs/" + "a" * 32 + "/checkpoints/7"
 
@@ -111,11 +112,22 @@ def test_a_pinned_checkpoint_deleted_midway_starts_the_prediction_over_once() ->
     assert not chunks.retry_after(gone), "only once"
 
 
+def answer_data_bytes(response: predictions_pb2.PredictResponse) -> int:
+    return sum(len(t.data) for t in (response.outputs, response.probabilities, response.labels))
+
+
+def metadata(outputs: int, num_classes: int) -> predictions_pb2.ModelMetadata:
+    """What GetModelMetadata says of a float32 model of `outputs` outputs."""
+    info = tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[-1, outputs])
+    return predictions_pb2.ModelMetadata(outputs=info, num_classes=num_classes)
+
+
 def test_a_streamed_batch_beyond_a_quarter_of_the_limit_is_split_and_joined_back() -> None:
     limit = 64 * 1024
     streamed = StreamedPrediction("jobs/" + "a" * 32, "latest", limit)
+    streamed.describe(metadata(outputs=1, num_classes=0))  # answers of 4 bytes a row
     batches = [np.zeros((3, 4), np.float32), np.zeros((5000, 4)), [1.0, 2.0, 3.0, 4.0]]
-    requests = [list(streamed.requests(batch)) for batch in batches]
+    requests = [list(streamed.requests(as_inputs(batch))) for batch in batches]
     assert [len(r) for r in requests] == [1, 10, 1]  # float64 rows of 32 bytes: 512 a message
     assert all(len(r.inputs.data) <= limit // 4 for batch in requests for r in batch)
     assert from_tensor(requests[1][0].inputs).dtype == np.float64
@@ -124,6 +136,25 @@ def test_a_streamed_batch_beyond_a_quarter_of_the_limit_is_split_and_joined_back
     done = [a for a in answers if a is not None]
     assert [len(p.outputs) for p in done] == [3, 5000, 1]
     assert answers[1:10] == [None] * 9, "a batch is answered once all its messages are"
+
+
+def test_a_streamed_batch_whose_answers_outgrow_its_inputs_is_split_by_the_answers() -> None:
+    limit = 64 * 1024
+    streamed = StreamedPrediction("jobs/" + "a" * 32, "latest", limit)
+    streamed.describe(metadata(outputs=10, num_classes=10))
+    one_row = answer(predict_request("", np.zeros((1, 2), np.float32), ""))
+    assert streamed.answer_row_bytes == answer_data_bytes(one_row) == 88, "ten classes"
+    binary = StreamedPrediction("jobs/" + "a" * 32, "latest", limit)
+    binary.describe(metadata(outputs=1, num_classes=2))
+    assert binary.answer_row_bytes == 4 + 2 * 4 + 8, "one logit, two probabilities, a label"
+
+    # 8 bytes of inputs a row would make messages of 2,048 rows and answers of 176 KiB.
+    requests = list(streamed.requests(np.zeros((1000, 2), np.float32)))
+    assert [len(from_tensor(r.inputs)) for r in requests] == [186] * 5 + [70]
+    answers = [answer(r) for r in requests]
+    assert all(answer_data_bytes(a) <= limit // 4 for a in answers)
+    [joined] = [p for p in map(streamed.answered, answers) if p is not None]
+    assert np.array_equal(joined.labels, np.concatenate([np.arange(186)] * 5 + [np.arange(70)]))
 
 
 def test_inputs_of_another_float_dtype_go_as_float32_and_nothing_is_no_row() -> None:

@@ -1,6 +1,7 @@
 """PredictStream through both clients: batches read as the stream goes, a bad batch raised to the
-caller as itself, and every batch encoded as `predict` encodes its inputs; the stream's model held
-within the model cache's bound until the stream ends."""
+caller as itself, every batch encoded as `predict` encodes its inputs, messages sized by the
+larger of their inputs and their answers, and the stream's model held within the model cache's
+bound until the stream ends."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import grpc
 import numpy as np
 import pytest
 
-from trainwire.client import Client, DatasetInfo, Job, Prediction, SpecError
+from trainwire.client import Client, DatasetInfo, Dense, Job, Prediction, Sequential, SpecError
 from trainwire.client.aio import AsyncClient
 from trainwire.client.tensors import to_tensor
+from trainwire.client.wire import StreamedPrediction
 from trainwire.server.local import LocalServer, local_server
 from trainwire.v1 import predictions_pb2, predictions_pb2_grpc
 
@@ -200,3 +202,80 @@ def test_a_stream_holds_its_model_in_the_cache_until_it_ends_or_is_cancelled(
         assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert pins() == 0
         assert len(list(stub.PredictStream(iter([request(other)]), timeout=30))) == 1
+
+
+@pytest.fixture(scope="module")
+def wide_job(client: Client) -> Job:
+    """A classifier of 2 float32 features and 1,000 classes: 8 bytes in, 8,008 out per row."""
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(64, 2)).astype(np.float32)
+    data = client.upload_dataset(features, np.arange(64), num_classes=1000, name="wide")
+    trained = client.create_job(data, Sequential([Dense(1000)]), epochs=1, batch_size=32)
+    assert trained.wait(timeout=60, poll_interval=0.1).state == "SUCCEEDED"
+    return trained
+
+
+def _in_pieces(client: Client, job: Job, x: np.ndarray) -> Prediction:
+    """Unary predictions of 100 rows at a time (800 KB answers, under the server's 4 MiB)."""
+    parts = [client.predict(job.name, x[start : start + 100]) for start in range(0, len(x), 100)]
+    labels = np.concatenate([p.labels for p in parts if p.labels is not None])
+    probabilities = np.concatenate([p.probabilities for p in parts if p.probabilities is not None])
+    outputs = np.concatenate([p.outputs for p in parts])
+    return Prediction(outputs, probabilities, labels, parts[0].checkpoint)
+
+
+def _assert_same(streamed: Prediction, expected: Prediction) -> None:
+    assert streamed.probabilities is not None and expected.probabilities is not None
+    assert np.array_equal(streamed.outputs, expected.outputs)
+    assert np.array_equal(streamed.probabilities, expected.probabilities)
+    assert np.array_equal(streamed.labels, expected.labels)
+
+
+# 1,000 rows are 8 KB of inputs, one message within a quarter of 256 KiB, but 8 MB of answers:
+# over the server's 4 MiB, which refuses them (RESOURCE_EXHAUSTED) unless they go in pieces.
+WIDE_ROWS = 1000
+SMALL_MESSAGE_BYTES = 256 * 1024
+
+
+def test_a_stream_of_wide_answers_is_split_by_their_size(
+    live_server: LocalServer, client: Client, wide_job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x = np.random.default_rng(4).normal(size=(WIDE_ROWS, 2)).astype(np.float32)
+    expected = _in_pieces(client, wide_job, x)
+    with Client(live_server.target, timeout=30, max_message_bytes=SMALL_MESSAGE_BYTES) as small:
+        described: list[str] = []
+        metadata = small.model_metadata
+
+        def counted(job: str, checkpoint: str = "") -> predictions_pb2.ModelMetadata:
+            described.append(job)
+            return metadata(job, checkpoint)
+
+        monkeypatch.setattr(small, "model_metadata", counted)
+        streamed = list(small.predict_stream(wide_job, [x[:3], x, x[3:10]]))
+    assert described == [wide_job.name], "the model is described once per stream"
+    sizing = StreamedPrediction(wide_job.name, "", SMALL_MESSAGE_BYTES)
+    sizing.describe(client.model_metadata(wide_job.name))
+    arrays = (expected.outputs, expected.probabilities, expected.labels)
+    assert sizing.answer_row_bytes == sum(a.nbytes for a in arrays if a is not None) // WIDE_ROWS
+    assert [len(p.outputs) for p in streamed] == [3, WIDE_ROWS, 7]
+    _assert_same(streamed[1], expected)
+    assert np.array_equal(streamed[0].outputs, expected.outputs[:3])
+    assert np.array_equal(streamed[2].labels, expected.labels[3:10])
+
+
+def test_an_async_stream_of_wide_answers_is_split_by_their_size(
+    live_server: LocalServer, client: Client, wide_job: Job
+) -> None:
+    x = np.random.default_rng(5).normal(size=(WIDE_ROWS, 2)).astype(np.float32)
+    expected = _in_pieces(client, wide_job, x)
+
+    async def scenario() -> list[Prediction]:
+        async with AsyncClient(
+            live_server.target, timeout=30, max_message_bytes=SMALL_MESSAGE_BYTES
+        ) as small:
+            return [p async for p in small.predict_stream(wide_job.name, [x, x[:4]])]
+
+    streamed = asyncio.run(scenario())
+    assert [len(p.outputs) for p in streamed] == [WIDE_ROWS, 4]
+    _assert_same(streamed[0], expected)
+    assert np.array_equal(streamed[1].outputs, expected.outputs[:4])
