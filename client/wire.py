@@ -286,7 +286,7 @@ def predict_request(job: str, x: np.ndarray, checkpoint: str) -> predictions_pb2
 
 
 def answer_too_large(max_answer_bytes: int, max_rows: int, rows: int) -> str:
-    """The server's refusal of a request whose answer could not be sent (`rows_allowed` reads
+    """The server's refusal of a request whose answer could not be sent (`answer_refused` reads
     it back: server and SDK share this one wording)."""
     return (
         f"an answer's size is limited to the message limit ({max_answer_bytes} bytes): at most "
@@ -295,13 +295,17 @@ def answer_too_large(max_answer_bytes: int, max_rows: int, rows: int) -> str:
     )
 
 
-_ROWS_ALLOWED = re.compile(r"^an answer's size is limited .*: at most (\d+) rows per request")
+_ANSWER_REFUSED = re.compile(
+    r"^an answer's size is limited to the message limit \((\d+) bytes\): "
+    r"at most (\d+) rows per request"
+)
 
 
-def rows_allowed(message: str) -> int | None:
-    """The rows per request an `answer_too_large` refusal allows; None for any other message."""
-    found = _ROWS_ALLOWED.match(message)
-    return None if found is None else int(found.group(1))
+def answer_refused(message: str) -> tuple[int, int] | None:
+    """The answer bytes and rows per request an `answer_too_large` refusal allows; None for any
+    other message."""
+    found = _ANSWER_REFUSED.match(message)
+    return None if found is None else (int(found.group(1)), int(found.group(2)))
 
 
 class ChunkedPrediction:
@@ -353,9 +357,14 @@ class ChunkedPrediction:
     def retry_after(self, error: TrainwireError) -> bool:
         """Whether the request that failed with `error` is worth sending again (then the next
         `next_request` does), else the caller raises it."""
-        allowed = rows_allowed(error.message)
-        if allowed is not None and 0 < allowed < self._sent - self._start:
-            self.max_rows = max(allowed // 4, 1)  # answers within a quarter of the limit too
+        refused = answer_refused(error.message)
+        if refused is not None and 0 < refused[1] < self._sent - self._start:
+            answer_bytes, allowed = refused
+            # A row's answer takes at most answer_bytes / allowed bytes: sized by it, the next
+            # answers stay within a quarter of this client's limit too, which may be below the
+            # server's (a quarter of the rows the server allows could not be received here).
+            self.row_bytes = max(self.row_bytes, -(-answer_bytes // allowed))
+            self.max_rows = max(allowed // 4, 1)
             self._sent = self._start
             return True
         pinned = bool(self.answers) and self.checkpoint != self.selector

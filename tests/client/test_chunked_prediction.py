@@ -80,7 +80,9 @@ def test_a_first_request_whose_answer_cannot_be_sent_is_sent_again_with_the_rows
     refusal = answer_too_large(4 << 20, 500, ChunkedPrediction.FIRST_ROWS)
     assert chunks.retry_after(ResourceExhausted(refusal, grpc.StatusCode.RESOURCE_EXHAUSTED))
     again = chunks.next_request()
-    assert again is not None and len(from_tensor(again.inputs)) == 125  # a quarter of 500
+    # A row's answer takes at most 4 MiB / 500 bytes (8,389 rounded up): 124 rows in a quarter
+    # of the limit, within a quarter of the 500 rows the server allows.
+    assert again is not None and len(from_tensor(again.inputs)) == 124
     chunks.answered(answer(again))
     rows = len(from_tensor(again.inputs))
     while (request := chunks.next_request()) is not None:
@@ -92,6 +94,20 @@ def test_a_first_request_whose_answer_cannot_be_sent_is_sent_again_with_the_rows
     # Not even one row's answer fits: sending it again would be refused again, for ever.
     none_fit = answer_too_large(64 << 10, 0, 1)
     assert not chunks.retry_after(ResourceExhausted(none_fit, grpc.StatusCode.RESOURCE_EXHAUSTED))
+
+
+def test_a_retry_keeps_answers_within_this_clients_limit_below_the_servers() -> None:
+    # A 1,000-class classifier of 2 features (8,008 answer bytes a row), a client limited to
+    # 256 KiB and a server to 4 MiB: the server's refusal allows 523 rows, a quarter of which
+    # would answer about 1 MB, beyond what this client may receive.
+    chunks = ChunkedPrediction("jobs/" + "a" * 32, np.zeros((2000, 2), np.float32), "", 256 << 10)
+    first = chunks.next_request()
+    assert first is not None
+    refusal = answer_too_large((4 << 20) - 1024, ((4 << 20) - 1024) // 8008, 1024)
+    assert chunks.retry_after(ResourceExhausted(refusal, grpc.StatusCode.RESOURCE_EXHAUSTED))
+    again = chunks.next_request()
+    assert again is not None
+    assert 0 < len(from_tensor(again.inputs)) * 8008 <= (256 << 10) // 4
 
 
 def test_a_pinned_checkpoint_deleted_midway_starts_the_prediction_over_once() -> None:

@@ -263,6 +263,26 @@ def test_a_stream_of_wide_answers_is_split_by_their_size(
     assert np.array_equal(streamed[2].labels, expected.labels[3:10])
 
 
+def test_predict_of_wide_answers_fits_a_client_limit_below_the_servers(
+    live_server: LocalServer, client: Client, wide_job: Job
+) -> None:
+    # Unary predict, not a stream: the server refuses the first request's 8 MB answer, naming
+    # the 523 rows its 4 MiB allow; a quarter of those would still answer 1 MB, beyond the
+    # 256 KiB this client may receive. Both clients size the retry by this client's limit.
+    x = np.random.default_rng(6).normal(size=(WIDE_ROWS, 2)).astype(np.float32)
+    expected = _in_pieces(client, wide_job, x)
+    with Client(live_server.target, timeout=30, max_message_bytes=SMALL_MESSAGE_BYTES) as small:
+        _assert_same(small.predict(wide_job, x), expected)
+
+    async def scenario() -> Prediction:
+        async with AsyncClient(
+            live_server.target, timeout=30, max_message_bytes=SMALL_MESSAGE_BYTES
+        ) as small:
+            return await small.predict(wide_job.name, x)
+
+    _assert_same(asyncio.run(scenario()), expected)
+
+
 def test_an_async_stream_of_wide_answers_is_split_by_their_size(
     live_server: LocalServer, client: Client, wide_job: Job
 ) -> None:
