@@ -203,6 +203,11 @@ class Model:
             for name in self._state_names
         }
 
+    @property
+    def nbytes(self) -> int:
+        """The bytes of all parameters and buffers (what ``state_dict`` would copy)."""
+        return sum(array.nbytes for array in self._state_arrays().values())
+
     def state_dict(self) -> dict[str, Array]:
         """Copies of all parameters and buffers, keyed ``"layers.<i>.<name>"``."""
         return {name: p.copy() for name, p in self._state_arrays().items()}

@@ -25,8 +25,8 @@ Served = TypeVar("Served")
 
 
 def model_bytes(model: Model) -> int:
-    """The bytes of a model's weights and buffers."""
-    return sum(array.nbytes for array in model.state_dict().values())
+    """The bytes of a model's weights and buffers (counted, not copied)."""
+    return model.nbytes
 
 
 @dataclass(eq=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -245,3 +246,17 @@ def test_peek_hits_and_recency_are_unchanged_by_pins() -> None:
     assert cache.hits == 2 and cache.loads == 3
     cache.get(("job", 4), lambda: Model.from_spec(SPEC))  # evicts 3, the least recent
     assert list(cache._models) == [("job", 1), ("job", 2), ("job", 4)]
+
+
+def test_a_model_is_sized_without_copying_its_weights() -> None:
+    # A stream pins its model on the event loop, sizing it: 4 MiB of weights are counted, not
+    # copied (a state_dict() would allocate all of them again).
+    model = Model.from_spec({"input_dim": 1024, "layers": [{"type": "dense", "units": 1024}]})
+    weights = sum(array.nbytes for array in model.state_dict().values())
+    tracemalloc.start()
+    try:
+        assert model_bytes(model) == weights == (1024 * 1024 + 1024) * 4
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < weights // 100
