@@ -350,7 +350,8 @@ class ChunkedPrediction:
         if not self.answers:
             self.checkpoint = response.checkpoint
             rows = max(len(self.x[self._start : self._sent]), 1)
-            self.row_bytes = max(self.row_bytes, -(-response.ByteSize() // rows))
+            # Measured, the answer's size replaces any bound a refusal gave (up to 2x too high).
+            self.row_bytes = max(input_row_bytes(self.x), -(-response.ByteSize() // rows))
             self.max_rows = len(self.x) or 1
         self.answers.append(response)
 

@@ -32,6 +32,16 @@ def answer(request: predictions_pb2.PredictRequest) -> predictions_pb2.PredictRe
     )
 
 
+def wide_answer(rows: int, classes: int) -> predictions_pb2.PredictResponse:
+    """What a classifier of `classes` classes answers for `rows` rows."""
+    return predictions_pb2.PredictResponse(
+        checkpoint=CHECKPOINT,
+        outputs=to_tensor(np.zeros((rows, classes), np.float32)),
+        probabilities=to_tensor(np.zeros((rows, classes), np.float32)),
+        labels=to_tensor(np.zeros(rows, np.int64)),
+    )
+
+
 def run(
     x: np.ndarray, limit: int
 ) -> tuple[list[predictions_pb2.PredictRequest], ChunkedPrediction]:
@@ -108,6 +118,23 @@ def test_a_retry_keeps_answers_within_this_clients_limit_below_the_servers() -> 
     again = chunks.next_request()
     assert again is not None
     assert 0 < len(from_tensor(again.inputs)) * 8008 <= (256 << 10) // 4
+
+
+def test_a_measured_answer_replaces_the_bound_a_refusal_gave() -> None:
+    # A server allowing 100,000 answer bytes refuses, naming 1 row: a row takes at most 100,000
+    # bytes, and the retry is sized by that. The real answer, 50,008 bytes a row (6,250
+    # classes), then sizes the rest: twice the rows the bound would have kept sending.
+    chunks = ChunkedPrediction("jobs/" + "a" * 32, np.zeros((500, 2), np.float32), "", 4 << 20)
+    assert chunks.next_request() is not None
+    refusal = answer_too_large(100_000, 1, ChunkedPrediction.FIRST_ROWS)
+    assert chunks.retry_after(ResourceExhausted(refusal, grpc.StatusCode.RESOURCE_EXHAUSTED))
+    again = chunks.next_request()
+    assert again is not None and len(from_tensor(again.inputs)) == 1  # a quarter of 1, at least 1
+    answer = wide_answer(1, 6250)
+    chunks.answered(answer)
+    after = chunks.next_request()
+    assert after is not None
+    assert len(from_tensor(after.inputs)) == (4 << 20) // 4 // answer.ByteSize() == 20
 
 
 def test_a_pinned_checkpoint_deleted_midway_starts_the_prediction_over_once() -> None:
