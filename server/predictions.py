@@ -237,8 +237,8 @@ class PredictionService:
         job, checkpoint, batcher = await self.resolve_served(job_name, selector, project)
         pin = self.cache.pin((job.id, checkpoint.id), batcher)
         if pin is None:
-            # Worded unlike a configured limit ("is limited to"), so the SDK retries it: room
-            # comes back as streams end.
+            # The caller may try again later: room comes back as streams end (neither SDK
+            # retries a stream by itself).
             raise ResourceExhausted(
                 f"the server's model cache (TRAINWIRE_MODEL_CACHE_BYTES="
                 f"{self.cache.max_bytes}) is held by open prediction streams and has no room "

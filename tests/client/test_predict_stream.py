@@ -181,9 +181,8 @@ def test_a_stream_holds_its_model_in_the_cache_until_it_ends_or_is_cancelled(
         call = stub.PredictStream(slices(), timeout=60)
         next(call)
         assert pins() == 1
-        # Its model fills the cache: another stream's model cannot be held beside it (the raw
-        # stub, as the SDK retries this refusal), while a lone Predict is answered, its model
-        # not kept.
+        # Its model fills the cache: another stream's model cannot be held beside it, while a
+        # lone Predict is answered, its model not kept.
         with pytest.raises(grpc.RpcError) as refused:
             list(stub.PredictStream(iter([request(other)]), timeout=30))
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -597,7 +597,8 @@ def _rich_paused_state(data, optimizer: object = None) -> dict[str, np.ndarray]:
     ],
 )
 def test_load_refuses_optimizer_state_no_run_reaches(data, optimizer, damage, match) -> None:
-    """Adam's step at iteration 0 divides by zero; a negative sum of squares makes NaN."""
+    """A negative iteration count makes Adam's bias correction divide by zero (at -1 steps
+    done, 1 - beta**0); a negative sum of squares makes NaN."""
     state = _edited(_rich_paused_state(data, optimizer), **damage)
     assert_refused(data, state, match, _plateau_rich(optimizer, model_seed=8))
 
