@@ -90,8 +90,10 @@ class Settings:
     stop_timeout_s: float = 60.0
     # BLAS threads per worker process; 0 picks cores // workers (at least 1).
     blas_threads: int = 0
-    # Model cache of the prediction path.
-    model_cache_bytes: int = 256 * 1024 * 1024
+    # Model cache of the prediction path: by default room for two of the largest models accepted
+    # (max_parameters float64 weights), so an open PredictStream, which pins its model in the
+    # cache, never leaves another model without room.
+    model_cache_bytes: int = 1024 * 1024 * 1024
     # Micro-batching: concurrent predictions for one model share a forward pass of at most this
     # many rows; a batch formed under load may wait this long for more (0: never waits).
     predict_batch_rows: int = 256

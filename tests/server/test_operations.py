@@ -53,6 +53,13 @@ def test_every_wrong_setting_gets_its_own_message() -> None:
         assert expected in text
 
 
+def test_the_default_model_cache_holds_two_of_the_largest_models() -> None:
+    # An open stream pins its model: with room for one only, a stream on the largest model
+    # would refuse every other stream's model.
+    defaults = Settings()
+    assert defaults.model_cache_bytes >= 2 * defaults.max_parameters * 8
+
+
 def test_settings_past_what_can_work_are_refused_at_start() -> None:
     """NaN or infinite durations broke every claim later (a lease of inf is no timedelta);
     a 2**40-byte message limit made gRPC raise OverflowError at start; 100,000,000 threads."""
