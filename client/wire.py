@@ -308,6 +308,10 @@ def answer_refused(message: str) -> tuple[int, int] | None:
     return None if found is None else (int(found.group(1)), int(found.group(2)))
 
 
+# gRPC's own refusal of an incoming message over this client's limit, with the message's size.
+_RECEIVED_TOO_LARGE = re.compile(r"Received message larger than max \((\d+) vs\. \d+\)")
+
+
 class ChunkedPrediction:
     """A prediction of many rows as consecutive requests, each of which, and each answer, stays
     within a quarter of the message limit; the clients send `next_request()` until it is None,
@@ -317,7 +321,9 @@ class ChunkedPrediction:
     outputs, and a classifier's also carry probabilities and labels), so the first request takes
     at most FIRST_ROWS rows and the rest are sized by the larger of a request's and an answer's
     bytes per row; a first request whose answer the server could not send (a classifier of
-    hundreds of classes) is refused with the rows that fit, and sent again with those. Every
+    hundreds of classes) is refused with the rows that fit, and sent again with those, and one
+    whose answer this client could not receive (its limit below the server's) is sent again with
+    as many rows as fit it. Every
     request after the first names the checkpoint that answered the first, so a checkpoint
     written meanwhile never answers part of the rows ("latest", "best"); should that checkpoint
     be deleted before the last request (retention on a job still training), the prediction
@@ -366,6 +372,14 @@ class ChunkedPrediction:
             # server's (a quarter of the rows the server allows could not be received here).
             self.row_bytes = max(self.row_bytes, -(-answer_bytes // allowed))
             self.max_rows = max(allowed // 4, 1)
+            self._sent = self._start
+            return True
+        received = _RECEIVED_TOO_LARGE.search(error.message)
+        rows = self._sent - self._start
+        if received is not None and not self.answers and rows > 1:
+            # The first answer was within the server's limit but not this client's: its size
+            # tells the bytes a row takes, and fewer rows go again.
+            self.row_bytes = max(self.row_bytes, -(-int(received.group(1)) // rows))
             self._sent = self._start
             return True
         pinned = bool(self.answers) and self.checkpoint != self.selector
