@@ -276,13 +276,17 @@ def test_predict_of_wide_answers_fits_a_client_limit_below_the_servers(
         # this client's; refused on receipt, the first request goes again with fewer rows.
         _assert_same(small.predict(wide_job, x[:200]), _in_pieces(client, wide_job, x[:200]))
 
-    async def scenario() -> Prediction:
+    async def scenario() -> tuple[Prediction, Prediction]:
         async with AsyncClient(
             live_server.target, timeout=30, max_message_bytes=SMALL_MESSAGE_BYTES
         ) as small:
-            return await small.predict(wide_job.name, x)
+            return await small.predict(wide_job.name, x), await small.predict(
+                wide_job.name, x[:200]
+            )
 
-    _assert_same(asyncio.run(scenario()), expected)
+    whole, first_rows = asyncio.run(scenario())
+    _assert_same(whole, expected)
+    _assert_same(first_rows, _in_pieces(client, wide_job, x[:200]))
 
 
 def test_an_async_stream_of_wide_answers_is_split_by_their_size(
