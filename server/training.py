@@ -201,16 +201,23 @@ def check_model_fits_dataset(
     if dataset.task is TaskKind.MULTICLASS_CLASSIFICATION or loss == "softmax_cross_entropy":
         expected = dataset.num_classes
         what = f"one logit per class ({dataset.num_classes} classes)"
+        fix = f"give the last layer {expected} units"
     elif dataset.task is TaskKind.BINARY_CLASSIFICATION:
         expected = 1
         what = "one logit for binary_cross_entropy"
+        # Two units on 0/1 labels is the usual slip: say both ways out, as either may be meant.
+        fix = (
+            "give the last layer 1 unit (sigmoid of the logit = P(class 1)), or upload the "
+            'labels with task "multiclass" for a softmax over the classes'
+        )
     else:
         expected = dataset.target_width
         what = f"one output per target column ({dataset.target_width})"
+        fix = f"give the last layer {expected} unit{'' if expected == 1 else 's'}"
     if outputs != expected:
         raise InvalidArgument.field(
             "model.layers",
-            f"the last layer gives {outputs} outputs but the dataset needs {what}",
+            f"the last layer gives {outputs} outputs but the dataset needs {what}: {fix}",
         )
 
 

@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
+from trainwire.engine.model import Model
 from trainwire.server.config import Settings
 from trainwire.server.convert import job_to_proto
 from trainwire.server.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from trainwire.server.jobs import JobService
 from trainwire.server.records import Dataset, JobState, TaskKind
 from trainwire.server.store import Store
-from trainwire.server.training import training_from_proto
+from trainwire.server.training import check_model_fits_dataset, training_from_proto
 from trainwire.v1 import jobs_pb2, models_pb2, tensor_pb2
 
 from .test_worker import regression_dataset, run_next
@@ -220,3 +221,16 @@ def test_empty_metrics_take_the_defaults_models_proto_documents(
 ) -> None:
     dataset = replace(regression_dataset(store), task=task)
     assert training_from_proto(models_pb2.TrainingConfig(), dataset)["metrics"] == metrics
+
+
+def test_two_units_on_binary_labels_are_refused_saying_what_to_change(store: Store) -> None:
+    # The README's first script once did this; the message must give both ways out.
+    dataset = replace(regression_dataset(store), task=TaskKind.BINARY_CLASSIFICATION)
+    summary = Model.describe_spec({"input_dim": 3, "layers": [{"type": "dense", "units": 2}]})
+    with pytest.raises(InvalidArgument) as refused:
+        check_model_fits_dataset(summary, {"loss": "binary_cross_entropy"}, dataset)
+    violation = refused.value.violations[0]
+    assert violation.field == "model.layers"
+    assert "gives 2 outputs" in violation.description
+    assert "give the last layer 1 unit" in violation.description
+    assert 'task "multiclass"' in violation.description
