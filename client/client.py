@@ -745,7 +745,8 @@ class Job:
     def plot(self, path: PathLike | None = None, *, dpi: int = 100) -> Path:
         """Saves a PNG of the training curves (default `<job id>.png`) and returns its path.
 
-        Needs matplotlib (`pip install 'trainwire[plot]'`).
+        Needs matplotlib (`pip install 'trainwire[plot]'`; in a source checkout
+        `.venv/bin/pip install -e '.[plot]'`).
         """
         from .plot import save_metrics_plot
 

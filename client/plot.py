@@ -1,5 +1,5 @@
 """Training curves as a PNG, with matplotlib (the optional `plot` extra: pip install
-trainwire[plot]).
+'trainwire[plot]', or .venv/bin/pip install -e '.[plot]' in a source checkout).
 
 One panel per metric family: `loss` with `val_loss`, `accuracy` with `val_accuracy`, ...
 (`learning_rate` and `batch_loss` get their own). The PNG's text metadata lists the curves drawn
@@ -27,7 +27,12 @@ def metrics_figure(metrics: Mapping[str, np.ndarray], title: str = "") -> Any:
     try:
         from matplotlib.figure import Figure
     except ImportError as error:
-        raise ImportError("plotting needs matplotlib: pip install 'trainwire[plot]'") from error
+        # Both forms: an installed package takes the extra by name, a source checkout (where the
+        # Makefile's .venv lacks it) only by path.
+        raise ImportError(
+            "plotting needs matplotlib, from the 'plot' extra: pip install 'trainwire[plot]', "
+            "or in a source checkout .venv/bin/pip install -e '.[plot]'"
+        ) from error
     families = _families({k: v for k, v in metrics.items() if len(v)})
     if not families:
         raise ValueError("the job has no metrics to plot yet")
