@@ -26,7 +26,7 @@ import grpc
 
 from .client import Client, Job, env_settings
 from .errors import JobFailed, TrainwireError
-from .files import in_model_order, prediction_to_dict, read_inputs, write_prediction
+from .files import prediction_to_dict, read_model_inputs, write_prediction
 from .jobspec import DatasetSource, JobSpec
 from .results import STATES, JobStatus, checkpoint_to_dict, event_to_dict, state_name
 
@@ -316,11 +316,11 @@ def _jobs_plot(client: Client, args: argparse.Namespace) -> int:
 
 def _predict(client: Client, args: argparse.Namespace) -> int:
     job = _resource("jobs", args.job)
-    given = read_inputs(args.input)
-    inputs = given.features
-    if given.feature_names:  # a CSV header: its columns are matched to the model's by name
-        metadata = client.model_metadata(job, args.checkpoint)
-        inputs = in_model_order(given, metadata.feature_names, args.input)
+    # A CSV header's columns are matched to the model's features by name, which are fetched
+    # only for such a file.
+    inputs = read_model_inputs(
+        args.input, lambda: client.model_metadata(job, args.checkpoint).feature_names
+    )
     prediction = client.predict(job, inputs, checkpoint=args.checkpoint)
     if args.output:
         write_prediction(args.output, prediction)

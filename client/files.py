@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,16 +69,17 @@ def _has_header(rows: list[list[str]]) -> bool:
     )
 
 
-def read_csv(path: PathLike, target_column: str | int | None = -1) -> TableData:
-    """Features (float32) and targets from a CSV file; `target_column=None` reads features only."""
+def _csv_rows(
+    path: PathLike, header_given: bool = False
+) -> tuple[list[str], list[list[str]], bool]:
+    """The column names (x0, x1, ... without a header), the data rows as text, and whether the
+    file has a header (`header_given`: it has, whatever its cells look like)."""
     # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first cell.
     with Path(path).open(newline="", encoding="utf-8-sig") as handle:
         rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
     if not rows:
         raise ValueError(f"{path} has no rows")
-    has_header = _has_header(rows) or (
-        isinstance(target_column, str) and not target_column.lstrip("-").isdigit()
-    )
+    has_header = header_given or _has_header(rows)
     header = [c.strip() for c in rows[0]] if has_header else [f"x{i}" for i in range(len(rows[0]))]
     body = rows[1:] if has_header else rows
     if not body:
@@ -87,6 +88,22 @@ def read_csv(path: PathLike, target_column: str | int | None = -1) -> TableData:
     for number, row in enumerate(body, start=2 if has_header else 1):
         if len(row) != width:
             raise ValueError(f"{path}:{number} has {len(row)} columns, the header has {width}")
+    return header, body, has_header
+
+
+def _numeric_columns(path: PathLike, body: list[list[str]], columns: Sequence[int]) -> np.ndarray:
+    """The given columns of the rows, in that order, as float32."""
+    try:
+        return np.array([[float(row[i]) for i in columns] for row in body], dtype=np.float32)
+    except ValueError as error:
+        raise ValueError(f"{path}: every feature column must be numeric ({error})") from None
+
+
+def read_csv(path: PathLike, target_column: str | int | None = -1) -> TableData:
+    """Features (float32) and targets from a CSV file; `target_column=None` reads features only."""
+    named = isinstance(target_column, str) and not target_column.lstrip("-").isdigit()
+    header, body, has_header = _csv_rows(path, header_given=named)
+    width = len(header)
     column: int | None = None
     if target_column is not None:
         if isinstance(target_column, str) and not target_column.lstrip("-").isdigit():
@@ -104,12 +121,7 @@ def read_csv(path: PathLike, target_column: str | int | None = -1) -> TableData:
                 )
             column = position % width
     feature_columns = [i for i in range(width) if i != column]
-    try:
-        features = np.array(
-            [[float(row[i]) for i in feature_columns] for row in body], dtype=np.float32
-        )
-    except ValueError as error:
-        raise ValueError(f"{path}: every feature column must be numeric ({error})") from None
+    features = _numeric_columns(path, body, feature_columns)
     targets: np.ndarray | None = None
     class_names: list[str] = []
     if column is not None:
@@ -168,14 +180,32 @@ def read_inputs(path: PathLike) -> TableData:
     raise ValueError(f"inputs must be a .csv or .npy file. Received: {file}")
 
 
-def in_model_order(inputs: TableData, model_features: Sequence[str], path: PathLike) -> np.ndarray:
-    """The input columns in the order the model reads them, matched by name when both the file
-    and the model's training dataset named them (else as they are). A column the model lacks or
-    a feature the file lacks is an error: matched by position, such a file would predict wrongly
-    without a word."""
-    names = inputs.feature_names
-    if not names or not model_features or list(names) == list(model_features):
-        return inputs.features
+def read_model_inputs(path: PathLike, model_features: Callable[[], Sequence[str]]) -> np.ndarray:
+    """Rows of features for a model, from a .npy or .csv file, in the order the model reads them.
+
+    A CSV header's names are matched to `model_features()` (the names of the features of the
+    model's training dataset; called only for a file with a header) before any value is read,
+    so a column that is not a feature is refused by name whatever it holds: a target column of
+    words (`setosa`) left in the file would otherwise be refused as non-numeric, as if it were
+    a feature. Without names on either side, columns are taken by position.
+    """
+    file = Path(path)
+    if file.suffix.lower() != ".csv":
+        return read_inputs(file).features
+    header, body, has_header = _csv_rows(file)
+    columns: Sequence[int] = range(len(header))
+    if has_header:
+        columns = _model_columns(header, model_features(), file)
+    return _numeric_columns(file, body, columns)
+
+
+def _model_columns(names: list[str], model_features: Sequence[str], path: PathLike) -> list[int]:
+    """The indexes of the named columns in the order the model reads them (all of them, as they
+    are, when the model's features have no names). A column the model lacks or a feature the
+    file lacks is an error: matched by position, such a file would predict wrongly without a
+    word."""
+    if not model_features or names == list(model_features):
+        return list(range(len(names)))
     problems = {
         "missing": [name for name in model_features if name not in names],
         "not features of the model": [name for name in names if name not in model_features],
@@ -187,7 +217,7 @@ def in_model_order(inputs: TableData, model_features: Sequence[str], path: PathL
             f"the columns of {path} do not match the model's features "
             f"({', '.join(model_features)}); {found}"
         )
-    return inputs.features[:, [names.index(name) for name in model_features]]
+    return [names.index(name) for name in model_features]
 
 
 def prediction_to_dict(prediction: Prediction) -> dict[str, Any]:

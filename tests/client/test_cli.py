@@ -150,6 +150,10 @@ def test_submit_follow_and_predict(cli: Cli, tmp_path: Path) -> None:
     with_label.write_text("a,b,c,d,label\n" + ",".join(["0"] * 5) + "\n")
     code, _, err = cli("predict", job, "--input", str(with_label))
     assert code == 2 and "not features of the model: label" in err
+    # Refused by name too when it holds words, as a target column of class names would.
+    with_label.write_text("a,b,c,d,species\n" + ",".join(["0"] * 4) + ",setosa\n")
+    code, _, err = cli("predict", job, "--input", str(with_label))
+    assert code == 2 and "not features of the model: species" in err
 
     assert cli.json("jobs", "delete", job) == {"deleted": job}
 

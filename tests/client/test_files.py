@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainwire.client.files import in_model_order, read_csv, read_dataset, read_inputs
+from trainwire.client.files import read_csv, read_dataset, read_model_inputs
 
 
 def write(tmp_path: Path, text: str, name: str = "data.csv", encoding: str = "utf-8") -> Path:
@@ -77,7 +77,7 @@ def test_saving_a_plot_without_matplotlib_says_how_to_install_it(
 
 def test_named_input_columns_are_put_in_the_models_order(tmp_path: Path) -> None:
     path = write(tmp_path, "c,a,b\n3,1,2\n6,4,5\n")
-    reordered = in_model_order(read_inputs(path), ["a", "b", "c"], path)
+    reordered = read_model_inputs(path, lambda: ["a", "b", "c"])
     assert reordered.tolist() == [[1, 2, 3], [4, 5, 6]]
 
 
@@ -85,6 +85,8 @@ def test_named_input_columns_are_put_in_the_models_order(tmp_path: Path) -> None
     ("text", "problem"),
     [
         ("a,b,label\n1,2,0\n", "missing: c; not features of the model: label"),
+        # Refused by name, not as a non-numeric feature: the target column left in the file.
+        ("a,b,c,species\n1,2,3,setosa\n", "not features of the model: species"),
         ("a,b,b,c\n1,2,2,3\n", "named twice: b"),
     ],
 )
@@ -95,16 +97,19 @@ def test_input_columns_that_do_not_name_the_models_features_are_refused(
     with pytest.raises(
         ValueError, match=f"do not match the model's features \\(a, b, c\\); {problem}$"
     ):
-        in_model_order(read_inputs(path), ["a", "b", "c"], path)
+        read_model_inputs(path, lambda: ["a", "b", "c"])
 
 
 def test_unnamed_columns_or_features_are_taken_by_position(tmp_path: Path) -> None:
+    def no_names_needed() -> list[str]:
+        raise AssertionError("a file without a header needs no model metadata")
+
     headerless = write(tmp_path, "3,1,2\n")
-    assert in_model_order(read_inputs(headerless), ["a", "b", "c"], headerless).tolist() == [
-        [3, 1, 2]
-    ]
+    assert read_model_inputs(headerless, no_names_needed).tolist() == [[3, 1, 2]]
     named = write(tmp_path, "c,a,b\n3,1,2\n", name="named.csv")
-    assert in_model_order(read_inputs(named), [], named).tolist() == [[3, 1, 2]]
+    assert read_model_inputs(named, lambda: []).tolist() == [[3, 1, 2]]
+    np.save(tmp_path / "rows.npy", np.array([[3.0, 1.0, 2.0]]))
+    assert read_model_inputs(tmp_path / "rows.npy", no_names_needed).tolist() == [[3, 1, 2]]
 
 
 def test_a_features_file_keeps_its_column_names_beside_a_targets_file(tmp_path: Path) -> None:
