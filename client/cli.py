@@ -43,6 +43,7 @@ EXIT_CODES: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: LIMIT,
 }
 Handler = Callable[[Client, argparse.Namespace], int]
+PLAINTEXT_HINT = "if the server uses TLS, pass --tls CA_FILE or --tls system, or set TRAINWIRE_TLS"
 
 
 def exit_code(error: TrainwireError) -> int:
@@ -353,6 +354,7 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
     """Wraps a command: opens the client, maps SDK errors to exit codes and messages."""
 
     def run(args: argparse.Namespace) -> int:
+        settings: dict[str, Any] = {}
         try:
             settings = env_settings()
             if args.target:
@@ -367,7 +369,12 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
                 return handler(client, args)
         except TrainwireError as error:
             code = exit_code(error)
-            _report(args, error.code_name, error.message, error.field_violations, code)
+            message = error.message
+            if error.code == grpc.StatusCode.UNAVAILABLE and not settings.get("tls"):
+                # A plaintext client's handshake with a TLS server fails just like a server
+                # that is down ("failed to connect to all addresses; ... Socket closed").
+                message += f" ({PLAINTEXT_HINT})"
+            _report(args, error.code_name, message, error.field_violations, code)
             return code
         except (ValueError, OSError) as error:
             _report(args, "INVALID_ARGUMENT", str(error), [], USAGE)

@@ -183,10 +183,18 @@ def test_exit_codes(cli: Cli, tmp_path: Path) -> None:
     assert code == 5 and "unavailable" in err
 
 
-def main_unreachable() -> tuple[int, str, str]:
+def test_an_unreachable_server_suggests_tls_only_to_a_plaintext_client() -> None:
+    # A plaintext client against a TLS server sees only "Socket closed": the hint names the flag.
+    code, _, err = main_unreachable()
+    assert code == 5 and "if the server uses TLS, pass --tls" in err
+    code, _, err = main_unreachable("--tls", "system")
+    assert code == 5 and "unavailable" in err and "--tls" not in err
+
+
+def main_unreachable(*options: str) -> tuple[int, str, str]:
     result = subprocess.run(
         [sys.executable, "-m", "trainwire.server.cli", "datasets", "list",
-         "--target", "127.0.0.1:9", "--timeout", "1"],
+         "--target", "127.0.0.1:9", "--timeout", "1", *options],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     return result.returncode, result.stdout, result.stderr
