@@ -73,7 +73,17 @@ class WorkerPool:
         self.delay_s = [RESTART_MIN_S] * self.count
         self.restart_at = [None] * self.count
         self.processes = [self._spawn(i) for i in range(self.count)]
-        log.info("started %d worker processes: %s", self.count, [p.pid for p in self.processes])
+        # `serve` makes a pool of each kind: an empty one (no extra server processes, or
+        # `--workers 0`) has nothing to report.
+        if self.count:
+            processes = "process" if self.count == 1 else "processes"
+            what = f"more server {processes} on port {self.settings.port}"
+            log.info(
+                "started %d %s: %s",
+                self.count,
+                what if self.servers else f"worker {processes}",
+                [p.pid for p in self.processes],
+            )
 
     def supervise(self) -> None:
         """Restarts children that exited, each after its backoff; call it periodically."""

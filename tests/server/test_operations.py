@@ -322,3 +322,24 @@ def test_stopping_waits_stop_timeout_s_for_children_before_killing_them() -> Non
     assert child.events == ["SIGTERM", "kill"]
     assert child.waited[0] is not None and 299 < child.waited[0] <= 300
     assert Settings().stop_timeout_s >= Settings().lease_s
+
+
+def test_only_a_pool_with_children_logs_their_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`serve` starts a worker pool and a pool of extra server processes: the empty one (every
+    serve without TRAINWIRE_SERVER_PROCESSES) logged "started 0 worker processes: []"."""
+    monkeypatch.setattr(WorkerPool, "_command", lambda self, index: [sys.executable, "-c", ""])
+    caplog.set_level(logging.INFO, logger="trainwire.supervisor")
+    pools = [
+        WorkerPool(Settings(), 2),
+        WorkerPool(Settings(), 0, servers=True),
+        WorkerPool(Settings(port=6000), 1, servers=True),
+    ]
+    for pool in pools:
+        pool.start()
+        pool.stop()
+    started = [record.getMessage() for record in caplog.records]
+    assert len(started) == 2
+    assert started[0].startswith("started 2 worker processes: [")
+    assert started[1].startswith("started 1 more server process on port 6000: [")
