@@ -5,13 +5,8 @@
     trainwire predict JOB --input rows.csv|rows.npy [--output out.csv|.json|.npy]
 
 The server is `--target` (TRAINWIRE_TARGET, default localhost:50051) with `--api-key`
-(TRAINWIRE_API_KEY). Output is a table for people, or JSON with `--json`. Exit codes:
-
-    0  success                          5  server unreachable or deadline exceeded
-    1  the job FAILED, or another error 6  unauthenticated or permission denied
-    2  invalid arguments or spec        7  a limit was reached (RESOURCE_EXHAUSTED)
-    3  not found                        8  the job was CANCELLED (jobs submit --wait, jobs watch)
-    4  not allowed in the current state (FAILED_PRECONDITION)
+(TRAINWIRE_API_KEY). Output is a table for people, or JSON with `--json`. The exit codes are
+EXIT_CODE_MEANINGS, which every command's --help lists.
 """
 
 from __future__ import annotations
@@ -19,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -41,6 +37,20 @@ EXIT_CODES: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.UNAUTHENTICATED: DENIED,
     grpc.StatusCode.PERMISSION_DENIED: DENIED,
     grpc.StatusCode.RESOURCE_EXHAUSTED: LIMIT,
+}
+# What each exit code means, for every command's --help; the README's table says the same
+# (tests/client/test_cli.py compares them).
+EXIT_CODE_MEANINGS: dict[int, str] = {
+    OK: "success",
+    FAILED: "the job FAILED, or another error",
+    USAGE: "invalid arguments or spec",
+    NOT_FOUND: "not found",
+    PRECONDITION: "not allowed in the current state (FAILED_PRECONDITION), a request id already "
+    "used (ALREADY_EXISTS), or an optional extra not installed (jobs plot without matplotlib)",
+    UNREACHABLE: "server unreachable or deadline exceeded",
+    DENIED: "unauthenticated or permission denied",
+    LIMIT: "a limit was reached (RESOURCE_EXHAUSTED)",
+    CANCELLED: "the job was CANCELLED (jobs submit --wait, jobs watch)",
 }
 Handler = Callable[[Client, argparse.Namespace], int]
 PLAINTEXT_HINT = "if the server uses TLS, pass --tls CA_FILE or --tls system, or set TRAINWIRE_TLS"
@@ -417,12 +427,15 @@ def _connection_options() -> argparse.ArgumentParser:
 def add_user_commands(commands: Any) -> None:
     """Registers the user commands on the `trainwire` parser's subcommands."""
     common = _connection_options()
-    epilog = __doc__.split("Exit codes:", 1)[1] if __doc__ else ""
+    epilog = "exit codes:\n" + "\n".join(
+        textwrap.fill(meaning, 88, initial_indent=f"  {code}  ", subsequent_indent="     ")
+        for code, meaning in EXIT_CODE_MEANINGS.items()
+    )
     formatter = argparse.RawDescriptionHelpFormatter
 
     def command(parent: Any, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = parent.add_parser(
-            name, help=help, description=help, parents=[common], epilog="exit codes:" + epilog,
+            name, help=help, description=help, parents=[common], epilog=epilog,
             formatter_class=formatter,
         )  # fmt: skip
         parser.set_defaults(handler=_run(handler))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -181,6 +182,23 @@ def test_exit_codes(cli: Cli, tmp_path: Path) -> None:
     assert code == 2 and "--limit must be at least 1" in err
     code, _, err = main_unreachable()
     assert code == 5 and "unavailable" in err
+
+
+def test_help_lists_the_exit_codes_of_the_readmes_table(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from trainwire.client.cli import EXIT_CODE_MEANINGS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("| code | meaning |") :]
+    table = table[: table.index("\n\n")]
+    rows = re.findall(r"^\| (\d) \| (.+) \|$", table, re.MULTILINE)
+    assert {int(code): meaning.replace("`", "") for code, meaning in rows} == EXIT_CODE_MEANINGS
+    with pytest.raises(SystemExit):
+        main(["jobs", "delete", "--help"])
+    shown = " ".join(capsys.readouterr().out.split("exit codes:", 1)[1].split())
+    for code, meaning in EXIT_CODE_MEANINGS.items():
+        assert f"{code} {meaning}" in shown
 
 
 def test_an_unreachable_server_suggests_tls_only_to_a_plaintext_client() -> None:
