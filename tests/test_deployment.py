@@ -56,6 +56,10 @@ def test_compose_services_and_order() -> None:
     assert "container_name" not in services["worker"] and "ports" not in services["worker"]
     assert services["worker"]["healthcheck"] == {"disable": True}
     assert services["prometheus"]["profiles"] == ["monitoring"]
+    # Nothing is published beyond the host's loopback: Prometheus has no authentication either.
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every address"
 
 
 def test_prometheus_scrapes_server_and_workers() -> None:
