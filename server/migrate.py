@@ -18,7 +18,8 @@ from sqlalchemy import JSON, Column, Connection
 
 import trainwire.migrations
 
-from .db import Database, normalise_url
+from .db import Database, masked_url, normalise_url, sqlite_file
+from .errors import NotFound
 
 log = logging.getLogger("trainwire.server")
 
@@ -122,8 +123,33 @@ def ensure_migrated(database: Database, auto_migrate_sqlite: bool) -> None:
     if database.is_sqlite and auto_migrate_sqlite:
         upgrade(database.url)
         return
-    shown = database.engine.url.render_as_string(hide_password=True)
+    shown = masked_url(database.url)
     raise NotMigrated(
         f"The database {shown} is at schema revision {current or 'none'}, but this Trainwire "
         f"needs {head}. Run `trainwire db upgrade` (with the same TRAINWIRE_DATABASE_URL) first."
     )
+
+
+def refuse_missing_sqlite(database: Database) -> None:
+    """Refuses a SQLite URL whose file does not exist: connecting would create an empty database
+    there, and a command run in the wrong directory would then read, or add keys to, a database
+    the server never sees."""
+    path = sqlite_file(database.url)
+    if path is None or path.exists():
+        return
+    shown = masked_url(database.url)
+    relative = not Path(database.engine.url.database or "").is_absolute()
+    source = f"{shown} names a path relative to the current directory" if relative else shown
+    raise NotFound(
+        f"no database at {path} (the URL {source}). Run this command from the server's "
+        "directory, or set TRAINWIRE_DATABASE_URL (or --database-url) to the server's database; "
+        "`trainwire db upgrade` or `trainwire serve` creates a new one."
+    )
+
+
+def check_deployment(database: Database) -> None:
+    """What a command that reads or administers an existing deployment checks before it uses the
+    database: that the database exists and its schema is the code's. It creates and migrates
+    nothing (`trainwire db upgrade` and `trainwire serve` do)."""
+    refuse_missing_sqlite(database)
+    ensure_migrated(database, auto_migrate_sqlite=False)
