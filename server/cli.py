@@ -90,13 +90,14 @@ def _db(args: argparse.Namespace) -> int:
 
 def _keys(args: argparse.Namespace) -> int:
     from .db import Database
-    from .migrate import ensure_migrated
+    from .migrate import check_deployment
     from .store import Store
 
     settings = _settings(args)
     database = Database(settings.database_url)
     try:
-        ensure_migrated(database, settings.auto_migrate_sqlite)
+        # Keys live in the server's database: one made anywhere else is one it never sees.
+        check_deployment(database)
         store = Store(database)
         if args.keys_command == "create":
             created = store.create_api_key(args.project, args.name)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from trainwire.server.cli import main
-from trainwire.server.migrate import upgrade
+from trainwire.server.db import Database
+from trainwire.server.migrate import current_revision, upgrade
 
 
 @pytest.fixture
@@ -59,3 +60,27 @@ def test_status_refuses_a_schema_behind_the_code_as_serve_does(
     code, out, err = run(capsys, "status", "--database-url", stale_database(tmp_path))
     assert code == 1 and out == ""
     assert "is at schema revision 0007" in err and "Run `trainwire db upgrade`" in err
+
+
+@pytest.mark.parametrize(
+    "command", [["keys", "list"], ["keys", "create", "--project", "p"], ["keys", "revoke", "k1"]]
+)
+def test_keys_commands_refuse_a_missing_sqlite_file_and_create_none(
+    command: list[str], empty_directory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key created in a database made in the wrong directory is one the server never sees."""
+    assert_refused_as_missing(empty_directory, *run(capsys, *command))
+
+
+def test_keys_refuse_a_schema_behind_the_code_and_leave_it_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = stale_database(tmp_path)
+    code, out, err = run(capsys, "keys", "create", "--project", "p", "--database-url", url)
+    assert code == 1 and out == ""
+    assert "is at schema revision 0007" in err and "Run `trainwire db upgrade`" in err
+    database = Database(url)
+    try:
+        assert current_revision(database) == "0007"
+    finally:
+        database.dispose()
