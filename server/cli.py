@@ -70,8 +70,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _db(args: argparse.Namespace) -> int:
-    from .db import Database
-    from .migrate import current_revision, head_revision, upgrade
+    from .db import Database, masked_url
+    from .migrate import current_revision, head_revision, refuse_missing_sqlite, upgrade
 
     settings = _settings(args)
     if args.db_command == "upgrade":
@@ -80,12 +80,21 @@ def _db(args: argparse.Namespace) -> int:
         return 0
     database = Database(settings.database_url)
     try:
+        refuse_missing_sqlite(database)  # `db current` must not create the database it reports on
         current = current_revision(database)
     finally:
         database.dispose()
     head = head_revision(settings.database_url)
+    print(f"database {masked_url(database.url)}")
     print(f"current revision: {current or 'none'}; head: {head}")
-    return 0 if current == head else 1
+    if current == head:
+        return 0
+    print(
+        "trainwire: the database is behind this Trainwire: run `trainwire db upgrade` "
+        "(with the same TRAINWIRE_DATABASE_URL) to migrate it",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _keys(args: argparse.Namespace) -> int:

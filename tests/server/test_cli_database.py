@@ -11,7 +11,7 @@ import pytest
 
 from trainwire.server.cli import main
 from trainwire.server.db import Database
-from trainwire.server.migrate import current_revision, upgrade
+from trainwire.server.migrate import current_revision, head_revision, upgrade
 
 
 @pytest.fixture
@@ -44,8 +44,16 @@ def assert_refused_as_missing(directory: Path, code: int, out: str, err: str) ->
 def stale_database(directory: Path) -> str:
     """A SQLite database one revision behind the code."""
     url = f"sqlite:///{directory / 'old.db'}"
-    upgrade(url, "0007")
+    upgrade(url, "head-1")
     return url
+
+
+def revision_of(url: str) -> str | None:
+    database = Database(url)
+    try:
+        return current_revision(database)
+    finally:
+        database.dispose()
 
 
 def test_status_refuses_a_missing_sqlite_file_and_creates_none(
@@ -57,9 +65,11 @@ def test_status_refuses_a_missing_sqlite_file_and_creates_none(
 def test_status_refuses_a_schema_behind_the_code_as_serve_does(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run(capsys, "status", "--database-url", stale_database(tmp_path))
+    url = stale_database(tmp_path)
+    code, out, err = run(capsys, "status", "--database-url", url)
     assert code == 1 and out == ""
-    assert "is at schema revision 0007" in err and "Run `trainwire db upgrade`" in err
+    assert f"is at schema revision {revision_of(url)}" in err
+    assert "Run `trainwire db upgrade`" in err
 
 
 @pytest.mark.parametrize(
@@ -76,11 +86,29 @@ def test_keys_refuse_a_schema_behind_the_code_and_leave_it_there(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = stale_database(tmp_path)
+    previous = revision_of(url)
     code, out, err = run(capsys, "keys", "create", "--project", "p", "--database-url", url)
     assert code == 1 and out == ""
-    assert "is at schema revision 0007" in err and "Run `trainwire db upgrade`" in err
-    database = Database(url)
-    try:
-        assert current_revision(database) == "0007"
-    finally:
-        database.dispose()
+    assert f"is at schema revision {previous}" in err and "Run `trainwire db upgrade`" in err
+    assert revision_of(url) == previous
+
+
+def test_db_current_refuses_a_missing_sqlite_file_and_creates_none(
+    empty_directory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert_refused_as_missing(empty_directory, *run(capsys, "db", "current"))
+
+
+def test_db_current_names_the_database_and_says_to_upgrade_when_it_is_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = stale_database(tmp_path)
+    previous, head = revision_of(url), head_revision(url)
+    code, out, err = run(capsys, "db", "current", "--database-url", url)
+    assert code == 1
+    assert f"database {url}" in out and f"current revision: {previous}; head: {head}" in out
+    assert "run `trainwire db upgrade`" in err
+    upgrade(url)
+    code, out, err = run(capsys, "db", "current", "--database-url", url)
+    assert code == 0 and err == ""
+    assert f"database {url}" in out and f"current revision: {head}; head: {head}" in out
