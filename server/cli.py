@@ -74,18 +74,20 @@ def _db(args: argparse.Namespace) -> int:
     from .migrate import current_revision, head_revision, refuse_missing_sqlite, upgrade
 
     settings = _settings(args)
-    if args.db_command == "upgrade":
-        upgrade(settings.database_url)
-        print(f"database is at revision {head_revision(settings.database_url)}")
-        return 0
     database = Database(settings.database_url)
     try:
-        refuse_missing_sqlite(database)  # `db current` must not create the database it reports on
+        if args.db_command == "current":  # it must not create the database it reports on
+            refuse_missing_sqlite(database)
+        # Read before upgrading too: a database that cannot be reached is then one message.
         current = current_revision(database)
     finally:
         database.dispose()
-    head = head_revision(settings.database_url)
-    print(f"database {masked_url(database.url)}")
+    shown, head = masked_url(database.url), head_revision(database.url)
+    if args.db_command == "upgrade":
+        upgrade(database.url)
+        print(f"database {shown} is at revision {head} (it was at {current or 'none'})")
+        return 0
+    print(f"database {shown}")
     print(f"current revision: {current or 'none'}; head: {head}")
     if current == head:
         return 0

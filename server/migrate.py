@@ -15,11 +15,12 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import JSON, Column, Connection
+from sqlalchemy.exc import OperationalError
 
 import trainwire.migrations
 
 from .db import Database, masked_url, normalise_url, sqlite_file
-from .errors import NotFound
+from .errors import NotFound, Unavailable
 
 log = logging.getLogger("trainwire.server")
 
@@ -41,8 +42,24 @@ def head_revision(url: str) -> str | None:
 
 
 def current_revision(database: Database) -> str | None:
-    with database.engine.connect() as connection:
+    with connect(database) as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+def connect(database: Database) -> Connection:
+    """A connection to `database`, or Unavailable naming it (password masked) with the driver's
+    reason: reading the schema revision is the first thing the operator commands and `serve` do
+    with the database, so a server that is down, an unknown host, a missing database or a
+    refused login is one message there, not a traceback. (Unlike the store's errors, which
+    reach clients over gRPC, this names the host and user: it is shown to the operator.)"""
+    try:
+        return database.engine.connect()
+    except OperationalError as error:
+        reason = " ".join(str(error.orig).split())  # psycopg's text spans lines
+        raise Unavailable(
+            f"cannot connect to the database {masked_url(database.url)}: {reason}\n"
+            "Check TRAINWIRE_DATABASE_URL (or --database-url), and that the database server is up."
+        ) from error
 
 
 def compare_server_default(

@@ -5,13 +5,20 @@ with the README's exit code, and no database is created where none was."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from trainwire.server.cli import main
 from trainwire.server.db import Database
 from trainwire.server.migrate import current_revision, head_revision, upgrade
+
+from ..support.ports import free_ports
+
+CLI = [sys.executable, "-m", "trainwire.server.cli"]
 
 
 @pytest.fixture
@@ -112,3 +119,64 @@ def test_db_current_names_the_database_and_says_to_upgrade_when_it_is_behind(
     code, out, err = run(capsys, "db", "current", "--database-url", url)
     assert code == 0 and err == ""
     assert f"database {url}" in out and f"current revision: {head}; head: {head}" in out
+
+
+@pytest.fixture
+def closed_port_url() -> str:
+    """A PostgreSQL URL, with a password, on a local port nothing listens on."""
+    return f"postgresql://trainwire:s3cret@127.0.0.1:{free_ports(1)}/trainwire"
+
+
+def assert_refused_as_unreachable(code: int, out: str, err: str, reason: str) -> None:
+    """Exit 5 (the README's code for unreachable), one message of at most two lines naming the
+    database with its password masked and the driver's reason."""
+    assert code == 5, (out, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    assert "trainwire: unavailable: cannot connect to the database postgresql" in err
+    assert "s3cret" not in out + err and ":***@127.0.0.1:" in err
+    assert reason in err
+    assert "TRAINWIRE_DATABASE_URL" in err
+
+
+UNREACHABLE_COMMANDS = [
+    ["db", "upgrade"],
+    ["db", "current"],
+    ["keys", "list"],
+    ["keys", "create", "--project", "p"],
+    ["keys", "revoke", "k1"],
+    ["status"],
+]
+
+
+@pytest.mark.parametrize("command", UNREACHABLE_COMMANDS, ids=" ".join)
+def test_a_database_that_refuses_connections_is_one_message_and_exit_5(
+    command: list[str], closed_port_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run(capsys, *command, "--database-url", closed_port_url)
+    assert_refused_as_unreachable(*result, reason="Connection refused")
+
+
+def test_serve_on_a_database_that_refuses_connections_is_one_message_and_exit_5(
+    closed_port_url: str,
+) -> None:
+    serve = [*CLI, "serve", "--port", "0", "--workers", "0", "--database-url", closed_port_url]
+    result = subprocess.run(serve, capture_output=True, text=True, timeout=60)
+    assert_refused_as_unreachable(
+        result.returncode, result.stdout, result.stderr, reason="Connection refused"
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["keys", "list"]], ids=" ".join)
+def test_a_missing_postgres_database_is_one_message_and_exit_5(
+    command: list[str], postgres_server_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = make_url(postgres_server_url).set(
+        database="trainwire_no_such_database", password="s3cret"
+    )
+    shown = url.render_as_string(hide_password=False)
+    code, out, err = run(capsys, *command, "--database-url", shown)
+    assert code == 5, (out, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    assert "s3cret" not in out + err and ":***@" in err
+    assert 'database "trainwire_no_such_database" does not exist' in err
