@@ -46,6 +46,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.parent_pid is None:  # a supervised worker's supervisor checked for it
+        _check_worker_database(settings)
     if args.concurrency == 1:
         from .worker import run_worker_process
 
@@ -67,6 +69,21 @@ def _worker(args: argparse.Namespace) -> int:
         pool.supervise()
     pool.stop()
     return 0
+
+
+def _check_worker_database(settings: Settings) -> None:
+    """Refuses, before any worker starts, a database workers cannot use: a SQLite file that does
+    not exist (connecting would create an empty one, where each round fails on a missing table),
+    a schema behind the code, or one that cannot be reached. Once running, a worker rides out
+    an outage by retrying."""
+    from .db import Database
+    from .migrate import check_deployment
+
+    database = Database(settings.database_url)
+    try:
+        check_deployment(database)
+    finally:
+        database.dispose()
 
 
 def _db(args: argparse.Namespace) -> int:

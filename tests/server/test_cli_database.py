@@ -180,3 +180,41 @@ def test_a_missing_postgres_database_is_one_message_and_exit_5(
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
     assert "s3cret" not in out + err and ":***@" in err
     assert 'database "trainwire_no_such_database" does not exist' in err
+
+
+def worker(directory: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """`trainwire worker` in `directory`; TimeoutExpired if it does not exit by itself."""
+    environment = {"PATH": "", "TRAINWIRE_POLL_INTERVAL_S": "0.1"}
+    return subprocess.run(
+        [*CLI, "worker", *options],
+        cwd=directory,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize("concurrency", ["1", "2"])
+def test_worker_refuses_a_missing_sqlite_file_and_creates_none(
+    concurrency: str, tmp_path: Path
+) -> None:
+    result = worker(tmp_path, "--concurrency", concurrency)
+    assert_refused_as_missing(tmp_path, result.returncode, result.stdout, result.stderr)
+
+
+def test_worker_refuses_a_schema_behind_the_code(tmp_path: Path) -> None:
+    url = stale_database(tmp_path)
+    result = worker(tmp_path, "--database-url", url)
+    assert result.returncode == 1, result.stderr
+    assert f"is at schema revision {revision_of(url)}" in result.stderr
+    assert "Run `trainwire db upgrade`" in result.stderr
+
+
+def test_worker_on_a_database_that_refuses_connections_is_one_message_and_exit_5(
+    tmp_path: Path, closed_port_url: str
+) -> None:
+    result = worker(tmp_path, "--database-url", closed_port_url)
+    assert_refused_as_unreachable(
+        result.returncode, result.stdout, result.stderr, reason="Connection refused"
+    )
