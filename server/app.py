@@ -37,7 +37,7 @@ from .api import DatasetServicer, JobServicer, PredictionServicer, WatchLimiter
 from .auth import KeyChecker
 from .config import ANSWER_FRAMING_BYTES, Settings
 from .datasets import DatasetService
-from .db import Database
+from .db import Database, masked_url
 from .errors import Unavailable
 from .jobs import JobService
 from .metrics import DeploymentCollector, serve_metrics
@@ -320,7 +320,7 @@ def serve(
         collector if parent_pid is None else None,
     )
     running.start()
-    shown = database.engine.url.render_as_string(hide_password=True)
+    shown = masked_url(database.url)
     scheme = "TLS" if settings.tls_cert else "plaintext"
     # Tests and scripts read this line to learn the port when it was 0.
     print(

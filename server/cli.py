@@ -46,6 +46,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.parent_pid is None:  # a supervised worker's supervisor checked for it
+        _check_worker_database(settings)
     if args.concurrency == 1:
         from .worker import run_worker_process
 
@@ -69,34 +71,61 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _db(args: argparse.Namespace) -> int:
+def _check_worker_database(settings: Settings) -> None:
+    """Refuses, before any worker starts, a database workers cannot use: a SQLite file that does
+    not exist (connecting would create an empty one, where each round fails on a missing table),
+    a schema behind the code, or one that cannot be reached. Once running, a worker rides out
+    an outage by retrying."""
     from .db import Database
-    from .migrate import current_revision, head_revision, upgrade
+    from .migrate import check_deployment
 
-    settings = _settings(args)
-    if args.db_command == "upgrade":
-        upgrade(settings.database_url)
-        print(f"database is at revision {head_revision(settings.database_url)}")
-        return 0
     database = Database(settings.database_url)
     try:
+        check_deployment(database)
+    finally:
+        database.dispose()
+
+
+def _db(args: argparse.Namespace) -> int:
+    from .db import Database, masked_url
+    from .migrate import current_revision, head_revision, refuse_missing_sqlite, upgrade
+
+    settings = _settings(args)
+    database = Database(settings.database_url)
+    try:
+        if args.db_command == "current":  # it must not create the database it reports on
+            refuse_missing_sqlite(database)
+        # Read before upgrading too: a database that cannot be reached is then one message.
         current = current_revision(database)
     finally:
         database.dispose()
-    head = head_revision(settings.database_url)
+    shown, head = masked_url(database.url), head_revision(database.url)
+    if args.db_command == "upgrade":
+        upgrade(database.url)
+        print(f"database {shown} is at revision {head} (it was at {current or 'none'})")
+        return 0
+    print(f"database {shown}")
     print(f"current revision: {current or 'none'}; head: {head}")
-    return 0 if current == head else 1
+    if current == head:
+        return 0
+    print(
+        "trainwire: the database is behind this Trainwire: run `trainwire db upgrade` "
+        "(with the same TRAINWIRE_DATABASE_URL) to migrate it",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _keys(args: argparse.Namespace) -> int:
     from .db import Database
-    from .migrate import ensure_migrated
+    from .migrate import check_deployment
     from .store import Store
 
     settings = _settings(args)
     database = Database(settings.database_url)
     try:
-        ensure_migrated(database, settings.auto_migrate_sqlite)
+        # Keys live in the server's database: one made anywhere else is one it never sees.
+        check_deployment(database)
         store = Store(database)
         if args.keys_command == "create":
             created = store.create_api_key(args.project, args.name)

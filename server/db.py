@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -36,6 +37,22 @@ def normalise_url(url: str) -> str:
 
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
+
+
+def masked_url(url: str) -> str:
+    """`url` as it may be shown to a person or logged: the password, if any, as `***`."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names, made absolute against the current directory as SQLite
+    opens a relative one; None for another database, an in-memory one or a `file:` URI."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.query.get("uri"):
+        return None
+    if not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).absolute()
 
 
 def make_engine(url: str, sqlite_foreign_keys: bool = True, **kwargs: Any) -> Engine:

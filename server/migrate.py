@@ -15,10 +15,12 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import JSON, Column, Connection
+from sqlalchemy.exc import OperationalError
 
 import trainwire.migrations
 
-from .db import Database, normalise_url
+from .db import Database, masked_url, normalise_url, sqlite_file
+from .errors import NotFound, Unavailable
 
 log = logging.getLogger("trainwire.server")
 
@@ -40,8 +42,24 @@ def head_revision(url: str) -> str | None:
 
 
 def current_revision(database: Database) -> str | None:
-    with database.engine.connect() as connection:
+    with connect(database) as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+def connect(database: Database) -> Connection:
+    """A connection to `database`, or Unavailable naming it (password masked) with the driver's
+    reason: reading the schema revision is the first thing the operator commands and `serve` do
+    with the database, so a server that is down, an unknown host, a missing database or a
+    refused login is one message there, not a traceback. (Unlike the store's errors, which
+    reach clients over gRPC, this names the host and user: it is shown to the operator.)"""
+    try:
+        return database.engine.connect()
+    except OperationalError as error:
+        reason = " ".join(str(error.orig).split())  # psycopg's text spans lines
+        raise Unavailable(
+            f"cannot connect to the database {masked_url(database.url)}: {reason}\n"
+            "Check TRAINWIRE_DATABASE_URL (or --database-url), and that the database server is up."
+        ) from error
 
 
 def compare_server_default(
@@ -122,8 +140,33 @@ def ensure_migrated(database: Database, auto_migrate_sqlite: bool) -> None:
     if database.is_sqlite and auto_migrate_sqlite:
         upgrade(database.url)
         return
-    shown = database.engine.url.render_as_string(hide_password=True)
+    shown = masked_url(database.url)
     raise NotMigrated(
         f"The database {shown} is at schema revision {current or 'none'}, but this Trainwire "
         f"needs {head}. Run `trainwire db upgrade` (with the same TRAINWIRE_DATABASE_URL) first."
     )
+
+
+def refuse_missing_sqlite(database: Database) -> None:
+    """Refuses a SQLite URL whose file does not exist: connecting would create an empty database
+    there, and a command run in the wrong directory would then read, or add keys to, a database
+    the server never sees."""
+    path = sqlite_file(database.url)
+    if path is None or path.exists():
+        return
+    shown = masked_url(database.url)
+    relative = not Path(database.engine.url.database or "").is_absolute()
+    source = f"{shown} names a path relative to the current directory" if relative else shown
+    raise NotFound(
+        f"no database at {path} (the URL {source}). Run this command from the server's "
+        "directory, or set TRAINWIRE_DATABASE_URL (or --database-url) to the server's database; "
+        "`trainwire db upgrade` or `trainwire serve` creates a new one."
+    )
+
+
+def check_deployment(database: Database) -> None:
+    """What a command that reads or administers an existing deployment checks before it uses the
+    database: that the database exists and its schema is the code's. It creates and migrates
+    nothing (`trainwire db upgrade` and `trainwire serve` do)."""
+    refuse_missing_sqlite(database)
+    ensure_migrated(database, auto_migrate_sqlite=False)

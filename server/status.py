@@ -16,9 +16,9 @@ from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
 from .config import Settings
-from .db import Database
+from .db import Database, masked_url
 from .metrics import count_alive
-from .migrate import current_revision, head_revision
+from .migrate import check_deployment, current_revision, head_revision
 from .store import Store
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 def collect_status(settings: Settings, target: str | None = None) -> dict[str, Any]:
     database = Database(settings.database_url)
     try:
+        check_deployment(database)
         store = Store(database)
         alive_within = 2 * settings.lease_s
         now = datetime.now(UTC)
@@ -40,7 +41,7 @@ def collect_status(settings: Settings, target: str | None = None) -> dict[str, A
             worker["seen_s_ago"] = round(seen, 1)
         status: dict[str, Any] = {
             "version": version("trainwire"),
-            "database": database.engine.url.render_as_string(hide_password=True),
+            "database": masked_url(database.url),
             "schema": {"current": current_revision(database), "head": head_revision(database.url)},
             "queue": [
                 {"state": state, "queue": queue, "jobs": count}

@@ -19,6 +19,7 @@ from trainwire.server.app import housekeep
 from trainwire.server.cli import _settings, build_parser
 from trainwire.server.config import ConfigError, Settings
 from trainwire.server.logs import JOB_ID, REQUEST_ID, JsonFormatter
+from trainwire.server.migrate import upgrade
 from trainwire.server.records import JobState
 from trainwire.server.store import Store
 from trainwire.server.supervisor import WorkerPool
@@ -151,6 +152,7 @@ def test_cli_reports_configuration_problems_with_exit_code_2() -> None:
 
 def test_revoking_an_unknown_key_exits_3_naming_it(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'keys.db'}"
+    upgrade(url)
     result = subprocess.run(
         [sys.executable, "-m", "trainwire.server.cli", "keys", "revoke", "nosuchkey",
          "--database-url", url],

@@ -1,0 +1,220 @@
+"""The operator commands that open the database, given one they cannot use: a SQLite file that
+is not there (the default URL is relative to the current directory), a schema behind the code,
+or a server that cannot be reached. Each is one message naming the database and what to do,
+with the README's exit code, and no database is created where none was."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from trainwire.server.cli import main
+from trainwire.server.db import Database
+from trainwire.server.migrate import current_revision, head_revision, upgrade
+
+from ..support.ports import free_ports
+
+CLI = [sys.executable, "-m", "trainwire.server.cli"]
+
+
+@pytest.fixture
+def empty_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The current directory, empty, with the default (relative) database URL in force."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRAINWIRE_DATABASE_URL", raising=False)
+    return tmp_path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_refused_as_missing(directory: Path, code: int, out: str, err: str) -> None:
+    """Exit 3 (not found), one message naming the absolute path looked for and the way out, and
+    no file left behind."""
+    assert code == 3, (out, err)
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"no database at {directory / 'trainwire.db'}" in err
+    assert "relative to the current directory" in err
+    assert "from the server's directory" in err and "TRAINWIRE_DATABASE_URL" in err
+    assert "Traceback" not in err
+    assert list(directory.iterdir()) == []
+
+
+def stale_database(directory: Path) -> str:
+    """A SQLite database one revision behind the code."""
+    url = f"sqlite:///{directory / 'old.db'}"
+    upgrade(url, "head-1")
+    return url
+
+
+def revision_of(url: str) -> str | None:
+    database = Database(url)
+    try:
+        return current_revision(database)
+    finally:
+        database.dispose()
+
+
+def test_status_refuses_a_missing_sqlite_file_and_creates_none(
+    empty_directory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert_refused_as_missing(empty_directory, *run(capsys, "status"))
+
+
+def test_status_refuses_a_schema_behind_the_code_as_serve_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = stale_database(tmp_path)
+    code, out, err = run(capsys, "status", "--database-url", url)
+    assert code == 1 and out == ""
+    assert f"is at schema revision {revision_of(url)}" in err
+    assert "Run `trainwire db upgrade`" in err
+
+
+@pytest.mark.parametrize(
+    "command", [["keys", "list"], ["keys", "create", "--project", "p"], ["keys", "revoke", "k1"]]
+)
+def test_keys_commands_refuse_a_missing_sqlite_file_and_create_none(
+    command: list[str], empty_directory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key created in a database made in the wrong directory is one the server never sees."""
+    assert_refused_as_missing(empty_directory, *run(capsys, *command))
+
+
+def test_keys_refuse_a_schema_behind_the_code_and_leave_it_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = stale_database(tmp_path)
+    previous = revision_of(url)
+    code, out, err = run(capsys, "keys", "create", "--project", "p", "--database-url", url)
+    assert code == 1 and out == ""
+    assert f"is at schema revision {previous}" in err and "Run `trainwire db upgrade`" in err
+    assert revision_of(url) == previous
+
+
+def test_db_current_refuses_a_missing_sqlite_file_and_creates_none(
+    empty_directory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert_refused_as_missing(empty_directory, *run(capsys, "db", "current"))
+
+
+def test_db_current_names_the_database_and_says_to_upgrade_when_it_is_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = stale_database(tmp_path)
+    previous, head = revision_of(url), head_revision(url)
+    code, out, err = run(capsys, "db", "current", "--database-url", url)
+    assert code == 1
+    assert f"database {url}" in out and f"current revision: {previous}; head: {head}" in out
+    assert "run `trainwire db upgrade`" in err
+    upgrade(url)
+    code, out, err = run(capsys, "db", "current", "--database-url", url)
+    assert code == 0 and err == ""
+    assert f"database {url}" in out and f"current revision: {head}; head: {head}" in out
+
+
+@pytest.fixture
+def closed_port_url() -> str:
+    """A PostgreSQL URL, with a password, on a local port nothing listens on."""
+    return f"postgresql://trainwire:s3cret@127.0.0.1:{free_ports(1)}/trainwire"
+
+
+def assert_refused_as_unreachable(code: int, out: str, err: str, reason: str) -> None:
+    """Exit 5 (the README's code for unreachable), one message of at most two lines naming the
+    database with its password masked and the driver's reason."""
+    assert code == 5, (out, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    assert "trainwire: unavailable: cannot connect to the database postgresql" in err
+    assert "s3cret" not in out + err and ":***@127.0.0.1:" in err
+    assert reason in err
+    assert "TRAINWIRE_DATABASE_URL" in err
+
+
+UNREACHABLE_COMMANDS = [
+    ["db", "upgrade"],
+    ["db", "current"],
+    ["keys", "list"],
+    ["keys", "create", "--project", "p"],
+    ["keys", "revoke", "k1"],
+    ["status"],
+]
+
+
+@pytest.mark.parametrize("command", UNREACHABLE_COMMANDS, ids=" ".join)
+def test_a_database_that_refuses_connections_is_one_message_and_exit_5(
+    command: list[str], closed_port_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run(capsys, *command, "--database-url", closed_port_url)
+    assert_refused_as_unreachable(*result, reason="Connection refused")
+
+
+def test_serve_on_a_database_that_refuses_connections_is_one_message_and_exit_5(
+    closed_port_url: str,
+) -> None:
+    serve = [*CLI, "serve", "--port", "0", "--workers", "0", "--database-url", closed_port_url]
+    result = subprocess.run(serve, capture_output=True, text=True, timeout=60)
+    assert_refused_as_unreachable(
+        result.returncode, result.stdout, result.stderr, reason="Connection refused"
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["keys", "list"]], ids=" ".join)
+def test_a_missing_postgres_database_is_one_message_and_exit_5(
+    command: list[str], postgres_server_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = make_url(postgres_server_url).set(
+        database="trainwire_no_such_database", password="s3cret"
+    )
+    shown = url.render_as_string(hide_password=False)
+    code, out, err = run(capsys, *command, "--database-url", shown)
+    assert code == 5, (out, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    assert "s3cret" not in out + err and ":***@" in err
+    assert 'database "trainwire_no_such_database" does not exist' in err
+
+
+def worker(directory: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """`trainwire worker` in `directory`; TimeoutExpired if it does not exit by itself."""
+    environment = {"PATH": "", "TRAINWIRE_POLL_INTERVAL_S": "0.1"}
+    return subprocess.run(
+        [*CLI, "worker", *options],
+        cwd=directory,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize("concurrency", ["1", "2"])
+def test_worker_refuses_a_missing_sqlite_file_and_creates_none(
+    concurrency: str, tmp_path: Path
+) -> None:
+    result = worker(tmp_path, "--concurrency", concurrency)
+    assert_refused_as_missing(tmp_path, result.returncode, result.stdout, result.stderr)
+
+
+def test_worker_refuses_a_schema_behind_the_code(tmp_path: Path) -> None:
+    url = stale_database(tmp_path)
+    result = worker(tmp_path, "--database-url", url)
+    assert result.returncode == 1, result.stderr
+    assert f"is at schema revision {revision_of(url)}" in result.stderr
+    assert "Run `trainwire db upgrade`" in result.stderr
+
+
+def test_worker_on_a_database_that_refuses_connections_is_one_message_and_exit_5(
+    tmp_path: Path, closed_port_url: str
+) -> None:
+    result = worker(tmp_path, "--database-url", closed_port_url)
+    assert_refused_as_unreachable(
+        result.returncode, result.stdout, result.stderr, reason="Connection refused"
+    )
