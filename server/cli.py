@@ -88,7 +88,13 @@ def _check_worker_database(settings: Settings) -> None:
 
 def _db(args: argparse.Namespace) -> int:
     from .db import Database, masked_url
-    from .migrate import current_revision, head_revision, refuse_missing_sqlite, upgrade
+    from .migrate import (
+        current_revision,
+        head_revision,
+        refuse_missing_sqlite,
+        refuse_newer_schema,
+        upgrade,
+    )
 
     settings = _settings(args)
     database = Database(settings.database_url)
@@ -101,6 +107,7 @@ def _db(args: argparse.Namespace) -> int:
         database.dispose()
     shown, head = masked_url(database.url), head_revision(database.url)
     if args.db_command == "upgrade":
+        refuse_newer_schema(database, current)  # nothing to upgrade to: this code is older
         upgrade(database.url)
         print(f"database {shown} is at revision {head} (it was at {current or 'none'})")
         return 0
@@ -108,6 +115,7 @@ def _db(args: argparse.Namespace) -> int:
     print(f"current revision: {current or 'none'}; head: {head}")
     if current == head:
         return 0
+    refuse_newer_schema(database, current)  # upgrading cannot help there
     print(
         "trainwire: the database is behind this Trainwire: run `trainwire db upgrade` "
         "(with the same TRAINWIRE_DATABASE_URL) to migrate it",

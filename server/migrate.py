@@ -1,5 +1,5 @@
 """Schema migrations: run Alembic from code, check SQLite's foreign keys around them, and refuse
-to serve an un-migrated database."""
+to serve an un-migrated database or one a newer Trainwire migrated."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from collections import Counter
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -131,12 +132,36 @@ class NotMigrated(RuntimeError):
     """The database schema is behind the code."""
 
 
+class NewerSchema(RuntimeError):
+    """The database schema was migrated by a newer Trainwire: a revision this one does not know."""
+
+
+def refuse_newer_schema(database: Database, current: str | None) -> None:
+    """Refuses a database at a revision this Trainwire does not know, which a newer Trainwire's
+    migrations wrote: `trainwire db upgrade` cannot help there (Alembic cannot even locate the
+    revision), and this code would read tables it does not know. This Trainwire's revisions are
+    one line up to its head, so any revision it knows is the head or behind it."""
+    script = ScriptDirectory.from_config(alembic_config(database.url))
+    if current is None or current in {revision.revision for revision in script.walk_revisions()}:
+        return
+    head = script.get_current_head()
+    raise NewerSchema(
+        f"The database {masked_url(database.url)} is at schema revision {current}, which this "
+        f"Trainwire ({version('trainwire')}, revisions up to {head}) does not know: a newer "
+        "Trainwire migrated it, and this version cannot serve it. Run a Trainwire at least as new "
+        f"as the one that migrated it, or downgrade the schema to revision {head} with that "
+        "newer Trainwire's migrations."
+    )
+
+
 def ensure_migrated(database: Database, auto_migrate_sqlite: bool) -> None:
-    """Migrates an embedded SQLite database if allowed; otherwise refuses a stale schema."""
+    """Migrates an embedded SQLite database if allowed; otherwise refuses a stale schema. A schema
+    a newer Trainwire migrated is refused either way."""
     head = head_revision(database.url)
     current = current_revision(database)
     if current == head:
         return
+    refuse_newer_schema(database, current)
     if database.is_sqlite and auto_migrate_sqlite:
         upgrade(database.url)
         return

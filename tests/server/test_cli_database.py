@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from trainwire.server.cli import main
@@ -119,6 +120,66 @@ def test_db_current_names_the_database_and_says_to_upgrade_when_it_is_behind(
     code, out, err = run(capsys, "db", "current", "--database-url", url)
     assert code == 0 and err == ""
     assert f"database {url}" in out and f"current revision: {head}; head: {head}" in out
+
+
+NEWER_REVISION = "9999"
+
+
+def newer_database(directory: Path) -> str:
+    """A SQLite database at a revision this Trainwire does not know, as a newer one leaves it."""
+    url = f"sqlite:///{directory / 'newer.db'}"
+    upgrade(url)
+    database = Database(url)
+    try:
+        with database.engine.begin() as connection:
+            connection.execute(
+                text("UPDATE alembic_version SET version_num = :newer"), {"newer": NEWER_REVISION}
+            )
+    finally:
+        database.dispose()
+    return url
+
+
+def assert_refused_as_newer(url: str, code: int, err: str) -> None:
+    """Exit 1, one message naming the revision and the way out, not `trainwire db upgrade`
+    (which cannot help: Alembic cannot even locate the revision), and the schema left as it
+    was."""
+    assert code == 1, err
+    assert "Traceback" not in err
+    assert f"is at schema revision {NEWER_REVISION}, which this Trainwire" in err
+    assert "a newer Trainwire migrated it, and this version cannot serve it" in err
+    assert f"downgrade the schema to revision {head_revision(url)}" in err
+    assert "db upgrade" not in err
+    assert revision_of(url) == NEWER_REVISION
+
+
+def test_db_current_says_a_newer_trainwire_migrated_the_database_not_to_upgrade(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = newer_database(tmp_path)
+    code, out, err = run(capsys, "db", "current", "--database-url", url)
+    assert f"current revision: {NEWER_REVISION}; head: {head_revision(url)}" in out
+    assert_refused_as_newer(url, code, err)
+
+
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["status"], ["keys", "list"]], ids=" ".join)
+def test_commands_refuse_a_database_a_newer_trainwire_migrated_as_db_current_does(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = newer_database(tmp_path)
+    code, _, err = run(capsys, *command, "--database-url", url)
+    assert_refused_as_newer(url, code, err)
+
+
+def test_serve_refuses_a_database_a_newer_trainwire_migrated_even_where_it_migrates(
+    tmp_path: Path,
+) -> None:
+    """An embedded SQLite database migrates itself at start: on a newer one that was Alembic's
+    traceback (`Can't locate revision`)."""
+    url = newer_database(tmp_path)
+    serve = [*CLI, "serve", "--port", "0", "--workers", "0", "--database-url", url]
+    result = subprocess.run(serve, capture_output=True, text=True, timeout=60)
+    assert_refused_as_newer(url, result.returncode, result.stderr)
 
 
 @pytest.fixture
