@@ -12,19 +12,23 @@ EXIT_CODE_MEANINGS, which every command's --help lists.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from .client import Client, Job, env_settings
 from .errors import JobFailed, TrainwireError
-from .files import prediction_to_dict, read_model_inputs, write_prediction
+from .files import label_names, prediction_to_dict, read_model_inputs, write_prediction
 from .jobspec import DatasetSource, JobSpec
 from .results import STATES, JobStatus, checkpoint_to_dict, event_to_dict, state_name
+
+if TYPE_CHECKING:
+    from trainwire.v1.predictions_pb2 import ModelMetadata
 
 OK, FAILED, USAGE, NOT_FOUND, PRECONDITION, UNREACHABLE, DENIED, LIMIT, CANCELLED = range(9)
 EXIT_CODES: dict[grpc.StatusCode, int] = {
@@ -327,29 +331,36 @@ def _jobs_plot(client: Client, args: argparse.Namespace) -> int:
 
 def _predict(client: Client, args: argparse.Namespace) -> int:
     job = _resource("jobs", args.job)
+
+    @functools.cache
+    def metadata() -> ModelMetadata:
+        return client.model_metadata(job, args.checkpoint)
+
     # A CSV header's columns are matched to the model's features by name, which are fetched
     # only for such a file.
-    inputs = read_model_inputs(
-        args.input, lambda: client.model_metadata(job, args.checkpoint).feature_names
-    )
+    inputs = read_model_inputs(args.input, lambda: metadata().feature_names)
     prediction = client.predict(job, inputs, checkpoint=args.checkpoint)
+    # A classifier's labels are named by its classes, when its training dataset named them; a
+    # regression has none to name, and costs no call for them.
+    class_names = list(metadata().class_names) if prediction.labels is not None else []
     if args.output:
-        write_prediction(args.output, prediction)
+        write_prediction(args.output, prediction, class_names)
         emit(args, {"output": str(args.output), "rows": len(prediction.outputs),
                     "checkpoint": prediction.checkpoint}, f"wrote {len(prediction.outputs)} "
              f"predictions to {args.output} ({prediction.checkpoint})")  # fmt: skip
         return OK
     if args.json:
-        print(json.dumps(prediction_to_dict(prediction)))
+        print(json.dumps(prediction_to_dict(prediction, class_names)))
         return OK
     if prediction.labels is not None and prediction.probabilities is not None:
+        names = label_names(prediction, class_names)
         rows = [
-            (i, int(label), f"{float(p.max()):.3f}")
+            (i, int(label), *([names[i]] if names else []), f"{float(p.max()):.3f}")
             for i, (label, p) in enumerate(
                 zip(prediction.labels, prediction.probabilities, strict=True)
             )
         ]
-        print(table(rows, ("ROW", "LABEL", "PROBABILITY")))
+        print(table(rows, ("ROW", "LABEL", *(["CLASS"] if names else []), "PROBABILITY")))
     else:
         outputs = prediction.outputs.reshape(len(prediction.outputs), -1)
         values = [(i, *(f"{v:.6g}" for v in row)) for i, row in enumerate(outputs)]

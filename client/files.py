@@ -220,8 +220,18 @@ def _model_columns(names: list[str], model_features: Sequence[str], path: PathLi
     return [names.index(name) for name in model_features]
 
 
-def prediction_to_dict(prediction: Prediction) -> dict[str, Any]:
-    """A JSON-ready dict of a prediction."""
+def label_names(prediction: Prediction, class_names: Sequence[str]) -> list[str] | None:
+    """The class name of each predicted label (the model's `class_names`, which the server
+    checks are one per class), or None for a prediction without labels or a model without
+    names."""
+    if prediction.labels is None or not class_names:
+        return None
+    return [class_names[int(label)] for label in prediction.labels]
+
+
+def prediction_to_dict(prediction: Prediction, class_names: Sequence[str] = ()) -> dict[str, Any]:
+    """A JSON-ready dict of a prediction; given the model's `class_names`, a classifier's labels
+    are also named, under "label_names" (None otherwise, and for a regression)."""
     return {
         "checkpoint": prediction.checkpoint,
         "outputs": prediction.outputs.tolist(),
@@ -229,19 +239,24 @@ def prediction_to_dict(prediction: Prediction) -> dict[str, Any]:
             None if prediction.probabilities is None else prediction.probabilities.tolist()
         ),
         "labels": None if prediction.labels is None else prediction.labels.tolist(),
+        "label_names": label_names(prediction, class_names),
     }
 
 
-def write_prediction(path: PathLike, prediction: Prediction) -> None:
-    """Writes predictions: .npy (labels for classifiers, else outputs), .json, or .csv (one row
-    per input: the label and class probabilities, or the outputs)."""
+def write_prediction(
+    path: PathLike, prediction: Prediction, class_names: Sequence[str] = ()
+) -> None:
+    """Writes predictions: .npy (labels for classifiers, else outputs), .json (as
+    `prediction_to_dict`, with `class_names`), or .csv (one row per input: the label and class
+    probabilities, or the outputs). The .npy and .csv files hold numbers alone, whatever the
+    class names: readers such as `np.loadtxt` take them as numbers."""
     file = Path(path)
     suffix = file.suffix.lower()
     main = prediction.labels if prediction.labels is not None else prediction.outputs
     if suffix == ".npy":
         np.save(file, main)
     elif suffix == ".json":
-        file.write_text(json.dumps(prediction_to_dict(prediction)) + "\n")
+        file.write_text(json.dumps(prediction_to_dict(prediction, class_names)) + "\n")
     elif suffix == ".csv":
         with file.open("w", newline="") as handle:
             writer = csv.writer(handle)

@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from trainwire.client import Client, Dense, Sequential
 from trainwire.server.cli import main
 from trainwire.server.local import LocalServer
 
-from .conftest import blobs
+from .conftest import MODEL, blobs
 from .test_live_sdk import png_chunks
 
 SPEC = """
@@ -157,6 +158,73 @@ def test_submit_follow_and_predict(cli: Cli, tmp_path: Path) -> None:
     assert code == 2 and "not features of the model: species" in err
 
     assert cli.json("jobs", "delete", job) == {"deleted": job}
+
+
+def count_metadata_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The jobs whose model metadata the CLI fetches from now on."""
+    calls: list[str] = []
+    fetch = Client.model_metadata
+
+    def counted(self: Client, job: str, checkpoint: str = "") -> Any:
+        calls.append(job)
+        return fetch(self, job, checkpoint)
+
+    monkeypatch.setattr(Client, "model_metadata", counted)
+    return calls
+
+
+def test_predict_names_the_classes_of_a_model_that_knows_them(
+    cli: Cli, client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table shows each row's class name beside its label, the JSON adds them under
+    label_names (labels unchanged), and the CSV output stays numbers only; the metadata that
+    holds the names is fetched once per prediction."""
+    names = ["alpha", "beta", "gamma"]
+    features, labels = blobs(30, seed=5)
+    dataset = client.upload_dataset(features, labels, class_names=names, name="named")
+    job = client.create_job(dataset, MODEL, epochs=4, learning_rate=0.05)
+    job.wait()
+    rows, expected = blobs(6, seed=9)
+    np.save(tmp_path / "rows.npy", rows)
+    calls = count_metadata_calls(monkeypatch)
+
+    predicted = cli.json("predict", job.name, "--input", str(tmp_path / "rows.npy"))
+    assert predicted["labels"] == expected.tolist()
+    assert predicted["label_names"] == [names[k] for k in expected]
+    code, out, _ = cli("predict", job.name, "--input", str(tmp_path / "rows.npy"))
+    lines = [line.split() for line in out.splitlines()]
+    assert code == 0 and lines[0] == ["ROW", "LABEL", "CLASS", "PROBABILITY"]
+    assert [(int(row[1]), row[2]) for row in lines[1:]] == [(k, names[k]) for k in expected]
+    # A CSV header asks for the feature names: the same fetch gives the class names.
+    (tmp_path / "rows.csv").write_text(
+        "x0,x1,x2,x3\n" + "".join(",".join(repr(float(v)) for v in row) + "\n" for row in rows)
+    )
+    assert cli.json("predict", job.name, "--input", str(tmp_path / "rows.csv"))["label_names"]
+    assert calls == [job.name] * 3
+
+    output = tmp_path / "p.json"
+    assert cli("predict", job.name, "-i", str(tmp_path / "rows.npy"), "-o", str(output))[0] == 0
+    written = json.loads(output.read_text())
+    assert written["labels"] == predicted["labels"]
+    assert written["label_names"] == predicted["label_names"]
+    output = tmp_path / "p.csv"
+    assert cli("predict", job.name, "-i", str(tmp_path / "rows.npy"), "-o", str(output))[0] == 0
+    assert output.read_text().splitlines()[0] == "label,p0,p1,p2"
+    assert np.loadtxt(output, delimiter=",", skiprows=1)[:, 0].tolist() == expected.tolist()
+
+
+def test_predict_fetches_no_metadata_for_a_regression(
+    cli: Cli, client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    features, _ = blobs(30, seed=5)
+    dataset = client.upload_dataset(features, features[:, 0], task="regression", name="values")
+    job = client.create_job(dataset, Sequential([Dense(4), Dense(1)]), epochs=1)
+    job.wait()
+    np.save(tmp_path / "rows.npy", features[:3])
+    calls = count_metadata_calls(monkeypatch)
+    predicted = cli.json("predict", job.name, "--input", str(tmp_path / "rows.npy"))
+    assert predicted["labels"] is None and predicted["label_names"] is None
+    assert calls == []
 
 
 def test_exit_codes(cli: Cli, tmp_path: Path) -> None:
