@@ -71,38 +71,66 @@ def _has_header(rows: list[list[str]]) -> bool:
 
 def _csv_rows(
     path: PathLike, header_given: bool = False
-) -> tuple[list[str], list[list[str]], bool]:
-    """The column names (x0, x1, ... without a header), the data rows as text, and whether the
-    file has a header (`header_given`: it has, whatever its cells look like)."""
+) -> tuple[list[str], list[list[str]], list[int], bool]:
+    """The column names (x0, x1, ... without a header), the data rows as text, the file's line
+    number of each data row (blank lines are skipped, so a row's place is not its line), and
+    whether the file has a header (`header_given`: it has, whatever its cells look like)."""
     # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first cell.
     with Path(path).open(newline="", encoding="utf-8-sig") as handle:
-        rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
-    if not rows:
+        reader = csv.reader(handle)
+        # line_num is the line a row ends on: its own line, unless a quoted cell spans lines.
+        numbered = [
+            (reader.line_num, row) for row in reader if row and any(cell.strip() for cell in row)
+        ]
+    if not numbered:
         raise ValueError(f"{path} has no rows")
+    rows = [row for _, row in numbered]
     has_header = header_given or _has_header(rows)
     header = [c.strip() for c in rows[0]] if has_header else [f"x{i}" for i in range(len(rows[0]))]
     body = rows[1:] if has_header else rows
+    lines = [line for line, _ in numbered][1 if has_header else 0 :]
     if not body:
         raise ValueError(f"{path} has a header but no data rows")
     width = len(header)
-    for number, row in enumerate(body, start=2 if has_header else 1):
+    for line, row in zip(lines, body, strict=True):
         if len(row) != width:
-            raise ValueError(f"{path}:{number} has {len(row)} columns, the header has {width}")
-    return header, body, has_header
+            raise ValueError(f"{path}:{line} has {len(row)} columns, the header has {width}")
+    return header, body, lines, has_header
 
 
-def _numeric_columns(path: PathLike, body: list[list[str]], columns: Sequence[int]) -> np.ndarray:
-    """The given columns of the rows, in that order, as float32."""
+def _numeric_columns(
+    path: PathLike,
+    names: Sequence[str] | None,
+    body: list[list[str]],
+    lines: Sequence[int],
+    columns: Sequence[int],
+) -> np.ndarray:
+    """The given columns of the rows, in that order, as float32. A cell that is no number is
+    refused naming its line and its column: by the header's name (`names`), or else by its
+    position."""
     try:
         return np.array([[float(row[i]) for i in columns] for row in body], dtype=np.float32)
-    except ValueError as error:
-        raise ValueError(f"{path}: every feature column must be numeric ({error})") from None
+    except ValueError:
+        pass
+    # Only a refused file gets here: find its first bad cell.
+    for line, row in zip(lines, body, strict=True):
+        for i in columns:
+            try:
+                float(row[i])
+            except ValueError:
+                column = repr(names[i]) if names is not None else f"{i} (counting from 0)"
+                cell = f"holds {row[i]!r}" if row[i].strip() else "is empty"
+                raise ValueError(
+                    f"{path}:{line}: feature column {column} {cell}; every feature column must "
+                    "be numeric"
+                ) from None
+    raise AssertionError("unreachable: a cell above failed float()")
 
 
 def read_csv(path: PathLike, target_column: str | int | None = -1) -> TableData:
     """Features (float32) and targets from a CSV file; `target_column=None` reads features only."""
     named = isinstance(target_column, str) and not target_column.lstrip("-").isdigit()
-    header, body, has_header = _csv_rows(path, header_given=named)
+    header, body, lines, has_header = _csv_rows(path, header_given=named)
     width = len(header)
     column: int | None = None
     if target_column is not None:
@@ -121,13 +149,13 @@ def read_csv(path: PathLike, target_column: str | int | None = -1) -> TableData:
                 )
             column = position % width
     feature_columns = [i for i in range(width) if i != column]
-    features = _numeric_columns(path, body, feature_columns)
+    features = _numeric_columns(path, header if has_header else None, body, lines, feature_columns)
     targets: np.ndarray | None = None
     class_names: list[str] = []
     if column is not None:
         cells = [row[column].strip() for row in body]
         if "" in cells:
-            line = cells.index("") + (2 if has_header else 1)
+            line = lines[cells.index("")]
             raise ValueError(f"{path}: row {line} has no target (column {header[column]!r})")
         if all(_is_int(c) for c in cells):
             targets = np.array([int(c) for c in cells], dtype=np.int64)
@@ -192,11 +220,11 @@ def read_model_inputs(path: PathLike, model_features: Callable[[], Sequence[str]
     file = Path(path)
     if file.suffix.lower() != ".csv":
         return read_inputs(file).features
-    header, body, has_header = _csv_rows(file)
+    header, body, lines, has_header = _csv_rows(file)
     columns: Sequence[int] = range(len(header))
     if has_header:
         columns = _model_columns(header, model_features(), file)
-    return _numeric_columns(file, body, columns)
+    return _numeric_columns(file, header if has_header else None, body, lines, columns)
 
 
 def _model_columns(names: list[str], model_features: Sequence[str], path: PathLike) -> list[int]:

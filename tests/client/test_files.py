@@ -3,6 +3,7 @@ prediction inputs matched to the model's features by name, and plots without mat
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -54,6 +55,34 @@ def test_a_target_column_past_the_last_is_refused(tmp_path: Path, column: int | 
 def test_a_missing_target_is_refused_naming_its_row(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="row 3 has no target"):
         read_csv(write(tmp_path, "a,b,label\n1,2,0\n3,4,\n5,6,1\n"))
+    with pytest.raises(ValueError, match="row 4 has no target"):  # the file's line, blank or not
+        read_csv(write(tmp_path, "a,b,label\n\n1,2,0\n3,4,\n"))
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        # The line is the file's: the blank line counts.
+        ("a,b,label\n1,2,0\n\n3,x,1\n", "data.csv:4: feature column 'b' holds 'x'"),
+        ("1,2,0\n3,x,1\n", "data.csv:2: feature column 1 (counting from 0) holds 'x'"),
+        ("a,b,label\n1,2,0\n3, ,1\n", "data.csv:3: feature column 'b' is empty"),
+    ],
+)
+def test_a_feature_cell_that_is_no_number_is_refused_naming_its_line_and_column(
+    tmp_path: Path, text: str, where: str
+) -> None:
+    message = f"{where}; every feature column must be numeric"
+    with pytest.raises(ValueError, match=re.escape(message) + "$"):
+        read_csv(write(tmp_path, text))
+
+
+def test_an_input_cell_that_is_no_number_is_refused_naming_its_line_and_column(
+    tmp_path: Path,
+) -> None:
+    """Named by the file's header, which the model's features put in another order."""
+    path = write(tmp_path, "c,a,b\n3,1,2\n6,four,5\n")
+    with pytest.raises(ValueError, match=r"data.csv:3: feature column 'a' holds 'four'; every"):
+        read_model_inputs(path, lambda: ["a", "b", "c"])
 
 
 def test_underscored_digits_are_no_integer_label(tmp_path: Path) -> None:
