@@ -52,6 +52,11 @@ class WorkerPool:
         self.delay_s: list[float] = []
         self.restart_at: list[float | None] = []
 
+    @property
+    def kind(self) -> str:
+        """What each child is, as the log messages name it."""
+        return "server process" if self.servers else "worker"
+
     def _command(self, index: int) -> list[str]:
         command = [sys.executable, "-m", "trainwire.server.cli"]
         command += ["serve" if self.servers else "worker", "--index", str(index)]
@@ -99,7 +104,7 @@ class WorkerPool:
                 due = self.restart_at[index] = now + self.delay_s[index]
                 log.warning(
                     "%s %d (pid %d) exited with %s; restarting it in %.0fs",
-                    "server" if self.servers else "worker",
+                    self.kind,
                     index,
                     process.pid,
                     code,
@@ -112,19 +117,23 @@ class WorkerPool:
                 self.restarts += 1
 
     def stop(self) -> None:
-        """SIGTERM every worker (each checkpoints and hands back its job), then wait up to
-        `stop_timeout_s`, then kill."""
+        """SIGTERM every child (a worker checkpoints and hands back its job, a server finishes
+        its running calls), then wait up to `stop_timeout_s`, then kill."""
         timeout_s = self.settings.stop_timeout_s
         for process in self.processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        for process in self.processes:
+        for index, process in enumerate(self.processes):
             try:
                 process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning(
-                    "worker pid %d did not stop in %.0fs; killing it", process.pid, timeout_s
+                    "%s %d (pid %d) did not stop in %.0fs; killing it",
+                    self.kind,
+                    index,
+                    process.pid,
+                    timeout_s,
                 )
                 process.kill()
                 process.wait()

@@ -290,32 +290,34 @@ def test_a_child_that_keeps_exiting_is_restarted_with_doubling_delays(
         pool.stop()
 
 
+class SlowChild:
+    """A child that outlasts its stop timeout: the first wait times out."""
+
+    pid = 4321
+
+    def __init__(self) -> None:
+        self.waited: list[float | None] = []
+        self.events: list[str] = []
+
+    def poll(self) -> int | None:
+        return None
+
+    def send_signal(self, signum: int) -> None:
+        self.events.append(signal.Signals(signum).name)
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.waited.append(timeout)
+        if len(self.waited) == 1:
+            raise subprocess.TimeoutExpired("trainwire worker", timeout or 0)
+        return -9
+
+    def kill(self) -> None:
+        self.events.append("kill")
+
+
 def test_stopping_waits_stop_timeout_s_for_children_before_killing_them() -> None:
     """A worker checkpointing a big model on SIGTERM gets TRAINWIRE_STOP_TIMEOUT_S, not a fixed
     10 s, before it is killed (and its job's attempt lost)."""
-
-    class SlowChild:
-        pid = 4321
-
-        def __init__(self) -> None:
-            self.waited: list[float | None] = []
-            self.events: list[str] = []
-
-        def poll(self) -> int | None:
-            return None
-
-        def send_signal(self, signum: int) -> None:
-            self.events.append(signal.Signals(signum).name)
-
-        def wait(self, timeout: float | None = None) -> int:
-            self.waited.append(timeout)
-            if len(self.waited) == 1:
-                raise subprocess.TimeoutExpired("trainwire worker", timeout or 0)
-            return -9
-
-        def kill(self) -> None:
-            self.events.append("kill")
-
     settings = Settings.from_env({"TRAINWIRE_STOP_TIMEOUT_S": "300"})
     pool = WorkerPool(settings, 1)
     child = SlowChild()
@@ -324,6 +326,20 @@ def test_stopping_waits_stop_timeout_s_for_children_before_killing_them() -> Non
     assert child.events == ["SIGTERM", "kill"]
     assert child.waited[0] is not None and 299 < child.waited[0] <= 300
     assert Settings().stop_timeout_s >= Settings().lease_s
+
+
+@pytest.mark.parametrize(("servers", "kind"), [(False, "worker"), (True, "server process")])
+def test_a_child_killed_at_stop_is_named_by_its_kind(
+    servers: bool, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pool of extra server processes warned "worker pid N did not stop" too."""
+    caplog.set_level(logging.WARNING, logger="trainwire.supervisor")
+    pool = WorkerPool(Settings(stop_timeout_s=0.01), 1, servers=servers)
+    pool.processes = [SlowChild()]  # type: ignore[list-item]
+    pool.stop()
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{kind} 0 (pid 4321) did not stop in 0s; killing it"
+    ]
 
 
 def test_only_a_pool_with_children_logs_their_start(
