@@ -42,22 +42,33 @@ EXIT_CODES: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.PERMISSION_DENIED: DENIED,
     grpc.StatusCode.RESOURCE_EXHAUSTED: LIMIT,
 }
-# What each exit code means, for every command's --help; the README's table says the same
+# What each exit code means, for every command's --help and the top-level one (the operator
+# commands of server/cli.py use the same codes); the README's table says the same
 # (tests/client/test_cli.py compares them).
 EXIT_CODE_MEANINGS: dict[int, str] = {
     OK: "success",
-    FAILED: "the job FAILED, or another error",
-    USAGE: "invalid arguments or spec",
+    FAILED: "the job FAILED, a database schema behind or ahead of this Trainwire, a server that "
+    "health finds not SERVING or unreachable (container health checks read 0 or 1), or another "
+    "error",
+    USAGE: "invalid arguments, spec or configuration",
     NOT_FOUND: "not found",
     PRECONDITION: "not allowed in the current state (FAILED_PRECONDITION), a request id already "
     "used (ALREADY_EXISTS), or an optional extra not installed (jobs plot without matplotlib)",
-    UNREACHABLE: "server unreachable or deadline exceeded",
+    UNREACHABLE: "server or database unreachable, or deadline exceeded",
     DENIED: "unauthenticated or permission denied",
     LIMIT: "a limit was reached (RESOURCE_EXHAUSTED)",
     CANCELLED: "the job was CANCELLED (jobs submit --wait, jobs watch)",
 }
 Handler = Callable[[Client, argparse.Namespace], int]
 PLAINTEXT_HINT = "if the server uses TLS, pass --tls CA_FILE or --tls system, or set TRAINWIRE_TLS"
+
+
+def exit_codes_epilog() -> str:
+    """EXIT_CODE_MEANINGS as the epilog of a --help (for argparse.RawDescriptionHelpFormatter)."""
+    return "exit codes:\n" + "\n".join(
+        textwrap.fill(meaning, 88, initial_indent=f"  {code}  ", subsequent_indent="     ")
+        for code, meaning in EXIT_CODE_MEANINGS.items()
+    )
 
 
 def exit_code(error: TrainwireError) -> int:
@@ -438,10 +449,7 @@ def _connection_options() -> argparse.ArgumentParser:
 def add_user_commands(commands: Any) -> None:
     """Registers the user commands on the `trainwire` parser's subcommands."""
     common = _connection_options()
-    epilog = "exit codes:\n" + "\n".join(
-        textwrap.fill(meaning, 88, initial_indent=f"  {code}  ", subsequent_indent="     ")
-        for code, meaning in EXIT_CODE_MEANINGS.items()
-    )
+    epilog = exit_codes_epilog()
     formatter = argparse.RawDescriptionHelpFormatter
 
     def command(parent: Any, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
@@ -515,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(args.handler(args))
 
 
-__all__ = ["EXIT_CODES", "add_user_commands", "exit_code", "main", "table"]
+__all__ = ["EXIT_CODES", "add_user_commands", "exit_code", "exit_codes_epilog", "main", "table"]
 
 
 if __name__ == "__main__":

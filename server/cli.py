@@ -172,7 +172,15 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trainwire", description=__doc__)
+    from trainwire.client.cli import add_user_commands, exit_codes_epilog
+
+    parser = argparse.ArgumentParser(
+        prog="trainwire",
+        description=__doc__,
+        # One table of exit codes for the operator and the user commands alike.
+        epilog=exit_codes_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gRPC server with embedded worker processes")
@@ -226,11 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
     status.set_defaults(handler=_status)
 
-    health = commands.add_parser("health", help="exit 0 when a server answers SERVING")
+    health = commands.add_parser("health", help="exit 0 when a server answers SERVING, else 1")
     health.add_argument("--target", help="host:port (default 127.0.0.1:TRAINWIRE_PORT)")
     health.set_defaults(handler=_health)
-
-    from trainwire.client.cli import add_user_commands
 
     add_user_commands(commands)
     return parser

@@ -262,11 +262,13 @@ def test_help_lists_the_exit_codes_of_the_readmes_table(
     table = table[: table.index("\n\n")]
     rows = re.findall(r"^\| (\d) \| (.+) \|$", table, re.MULTILINE)
     assert {int(code): meaning.replace("`", "") for code, meaning in rows} == EXIT_CODE_MEANINGS
-    with pytest.raises(SystemExit):
-        main(["jobs", "delete", "--help"])
-    shown = " ".join(capsys.readouterr().out.split("exit codes:", 1)[1].split())
-    for code, meaning in EXIT_CODE_MEANINGS.items():
-        assert f"{code} {meaning}" in shown
+    # Each user command's --help, and the top-level one, which the operator commands share.
+    for command in (["jobs", "delete"], []):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        shown = " ".join(capsys.readouterr().out.split("exit codes:", 1)[1].split())
+        for code, meaning in EXIT_CODE_MEANINGS.items():
+            assert f"{code} {meaning}" in shown, command
 
 
 def test_an_unreachable_server_suggests_tls_only_to_a_plaintext_client() -> None:
