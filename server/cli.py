@@ -13,6 +13,10 @@ from .errors import TrainwireError
 
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(
+        # Only `serve` serves TLS, with its key; `health` and `status --target` probe a server
+        # with its certificate alone (and its key only for a server that requires client
+        # certificates), and the other commands use neither.
+        serving=args.command == "serve",
         database_url=getattr(args, "database_url", None),
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),

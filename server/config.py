@@ -103,10 +103,13 @@ class Settings:
     auto_migrate_sqlite: bool = True
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, serving: bool = True, **overrides: object
+    ) -> Settings:
         """Settings from `TRAINWIRE_*` variables, then `overrides` (None values are ignored).
 
-        Every wrong value is reported, one message each, in one ConfigError.
+        Every wrong value is reported, one message each, in one ConfigError. `serving=False`:
+        the settings of a command that serves no gRPC (see `problems`).
         """
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
@@ -121,13 +124,16 @@ class Settings:
                 problems.append(str(error))
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = replace(cls(), **values)  # type: ignore[arg-type]
-        problems += settings.problems()
+        problems += settings.problems(serving)
         if problems:
             raise ConfigError(problems)
         return settings
 
-    def problems(self) -> list[str]:
-        """What is wrong with these settings, one message per value."""
+    def problems(self, serving: bool = True) -> list[str]:
+        """What is wrong with these settings, one message per value. A command that serves no
+        gRPC (`serving=False`: `health` and `status --target` only probe a server, with its
+        certificate) needs TRAINWIRE_TLS_KEY only to show the server's certificate to a server
+        that requires client certificates (TRAINWIRE_TLS_CLIENT_CA)."""
         found = []
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
@@ -171,7 +177,10 @@ class Settings:
                 "TRAINWIRE_PREDICT_BATCH_WAIT_MS must be 0 or more. "
                 f"Received: {self.predict_batch_wait_ms}"
             )
-        if bool(self.tls_cert) != bool(self.tls_key):
+        key_needed = serving or bool(self.tls_client_ca)
+        if (self.tls_key and not self.tls_cert) or (
+            self.tls_cert and not self.tls_key and key_needed
+        ):
             found.append("TRAINWIRE_TLS_CERT and TRAINWIRE_TLS_KEY must be set together")
         if self.tls_client_ca and not self.tls_cert:
             found.append("TRAINWIRE_TLS_CLIENT_CA needs TRAINWIRE_TLS_CERT and TRAINWIRE_TLS_KEY")

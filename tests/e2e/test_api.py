@@ -508,18 +508,29 @@ def test_mutual_tls_requires_a_client_certificate(tmp_path: Path) -> None:
         assert refused.value.code == grpc.StatusCode.UNAVAILABLE
 
 
-@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
-def test_health_command_probes_a_tls_server_over_tls(tmp_path: Path, mutual: bool) -> None:
+@pytest.mark.parametrize(
+    ("mutual", "probe_has_key"),
+    [(False, True), (False, False), (True, True)],
+    ids=["tls", "tls-certificate-only", "mutual-tls"],
+)
+def test_health_command_probes_a_tls_server_over_tls(
+    tmp_path: Path, mutual: bool, probe_has_key: bool
+) -> None:
+    """The probe needs the server's key only to show a server that requires client certificates
+    its own: with TRAINWIRE_TLS_CERT alone it was refused as a configuration error (exit 2)."""
     # The certificate names localhost; the probe reaches 127.0.0.1, as the Dockerfile's does.
     ca, cert, key = make_certificates(tmp_path)
     env = {"TRAINWIRE_TLS_CERT": str(cert), "TRAINWIRE_TLS_KEY": str(key)}
     if mutual:  # the probe then shows the server's own certificate, which this CA signed
         env["TRAINWIRE_TLS_CLIENT_CA"] = str(ca)
+    probe_env = {**os.environ, **env}
+    if not probe_has_key:
+        del probe_env["TRAINWIRE_TLS_KEY"]
     with local_server(f"sqlite:///{tmp_path / 'health.db'}", workers=0, extra_env=env) as server:
         port = server.target.rsplit(":", 1)[1]
         result = subprocess.run(
             [*CLI, "health"],
-            env={**os.environ, **env, "TRAINWIRE_PORT": port},
+            env={**probe_env, "TRAINWIRE_PORT": port},
             capture_output=True,
             text=True,
             timeout=60,

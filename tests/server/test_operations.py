@@ -54,6 +54,42 @@ def test_every_wrong_setting_gets_its_own_message() -> None:
         assert expected in text
 
 
+def test_only_a_server_or_a_probe_of_a_mutual_tls_one_needs_the_tls_key(tmp_path: Path) -> None:
+    """`trainwire health` probes a TLS server with its certificate alone; `serve` needs the key
+    of its certificate, and so does a probe of a server that requires client certificates (it
+    shows the server's own)."""
+    cert, ca = tmp_path / "server.pem", tmp_path / "ca.pem"
+    cert.write_text("certificate")
+    ca.write_text("ca")
+    certificate_only = {"TRAINWIRE_TLS_CERT": str(cert)}
+    assert Settings.from_env(certificate_only, serving=False).tls_cert == str(cert)
+    refused = [certificate_only, {**certificate_only, "TRAINWIRE_TLS_CLIENT_CA": str(ca)}]
+    for environ, serving in [(refused[0], True), (refused[1], True), (refused[1], False)]:
+        with pytest.raises(ConfigError, match="TLS_CERT and TRAINWIRE_TLS_KEY must be set"):
+            Settings.from_env(environ, serving=serving)
+    with pytest.raises(ConfigError, match="TLS_CERT and TRAINWIRE_TLS_KEY must be set"):
+        Settings.from_env({"TRAINWIRE_TLS_KEY": str(cert)}, serving=False)  # a key and no cert
+
+
+@pytest.mark.parametrize("command", [["health"], ["status", "--target", "host:1"], ["serve"]])
+def test_only_serve_needs_the_key_of_the_tls_certificate(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's health probe "uses TLS when TRAINWIRE_TLS_CERT is set": with the certificate
+    alone it was refused as a configuration error (exit 2)."""
+    cert = tmp_path / "server.pem"
+    cert.write_text("certificate")
+    monkeypatch.setenv("TRAINWIRE_TLS_CERT", str(cert))
+    monkeypatch.delenv("TRAINWIRE_TLS_KEY", raising=False)
+    monkeypatch.delenv("TRAINWIRE_TLS_CLIENT_CA", raising=False)
+    args = build_parser().parse_args(command)
+    if command[0] != "serve":
+        assert _settings(args).tls_cert == str(cert)
+        return
+    with pytest.raises(ConfigError, match="TLS_CERT and TRAINWIRE_TLS_KEY must be set together"):
+        _settings(args)
+
+
 def test_the_default_model_cache_holds_two_of_the_largest_models() -> None:
     # An open stream pins its model: with room for one only, a stream on the largest model
     # would refuse every other stream's model.
