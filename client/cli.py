@@ -351,9 +351,16 @@ def _predict(client: Client, args: argparse.Namespace) -> int:
     # only for such a file.
     inputs = read_model_inputs(args.input, lambda: metadata().feature_names)
     prediction = client.predict(job, inputs, checkpoint=args.checkpoint)
-    # A classifier's labels are named by its classes, when its training dataset named them; a
-    # regression has none to name, and costs no call for them.
-    class_names = list(metadata().class_names) if prediction.labels is not None else []
+    # A classifier's labels are named by its classes, when its training dataset named them and
+    # the output shows names (the table, JSON); a regression, .npy and .csv cost no call. The
+    # prediction is answered: a failure to read the names only leaves them out.
+    shows_names = not args.output or str(args.output).lower().endswith(".json")
+    class_names: list[str] = []
+    if prediction.labels is not None and shows_names:
+        try:
+            class_names = list(metadata().class_names)
+        except TrainwireError as error:
+            print(f"trainwire: class names left out: {error.message}", file=sys.stderr)
     if args.output:
         write_prediction(args.output, prediction, class_names)
         emit(args, {"output": str(args.output), "rows": len(prediction.outputs),
@@ -402,9 +409,14 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
         except TrainwireError as error:
             code = exit_code(error)
             message = error.message
-            if error.code == grpc.StatusCode.UNAVAILABLE and not settings.get("tls"):
+            if (
+                error.code == grpc.StatusCode.UNAVAILABLE
+                and not settings.get("tls")
+                and "failed to connect" in message
+            ):
                 # A plaintext client's handshake with a TLS server fails just like a server
-                # that is down ("failed to connect to all addresses; ... Socket closed").
+                # that is down ("failed to connect to all addresses; ... Socket closed"); an
+                # UNAVAILABLE the server itself answered (its database is down) reached it.
                 message += f" ({PLAINTEXT_HINT})"
             _report(args, error.code_name, message, error.field_violations, code)
             return code

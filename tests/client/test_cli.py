@@ -6,13 +6,15 @@ import json
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
-from trainwire.client import Client, Dense, Sequential
+from trainwire.client import Client, Dense, NotFound, Sequential
 from trainwire.server.cli import main
 from trainwire.server.local import LocalServer
 
@@ -211,6 +213,17 @@ def test_predict_names_the_classes_of_a_model_that_knows_them(
     assert cli("predict", job.name, "-i", str(tmp_path / "rows.npy"), "-o", str(output))[0] == 0
     assert output.read_text().splitlines()[0] == "label,p0,p1,p2"
     assert np.loadtxt(output, delimiter=",", skiprows=1)[:, 0].tolist() == expected.tolist()
+    assert calls == [job.name] * 4, "the names are fetched only for outputs that show them"
+
+    # The prediction is answered: names that cannot be read (the job deleted meanwhile, the
+    # server gone) are left out, said on stderr, and the command succeeds.
+    def unreadable(self: Client, job: str, checkpoint: str = "") -> Any:
+        raise NotFound("jobs/x does not exist", grpc.StatusCode.NOT_FOUND)
+
+    monkeypatch.setattr(Client, "model_metadata", unreadable)
+    code, out, err = cli("predict", job.name, "--input", str(tmp_path / "rows.npy"))
+    assert code == 0 and out.splitlines()[0].split() == ["ROW", "LABEL", "PROBABILITY"]
+    assert "class names left out: jobs/x does not exist" in err
 
 
 def test_predict_fetches_no_metadata_for_a_regression(
@@ -279,10 +292,31 @@ def test_an_unreachable_server_suggests_tls_only_to_a_plaintext_client() -> None
     assert code == 5 and "unavailable" in err and "--tls" not in err
 
 
-def main_unreachable(*options: str) -> tuple[int, str, str]:
+def test_an_unavailable_answer_from_the_server_gets_no_tls_hint() -> None:
+    # The server was reached over plaintext and answered UNAVAILABLE itself (its database is
+    # down): nothing about TLS would help.
+    class DatabaseDown(grpc.GenericRpcHandler):
+        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+            def down(request: bytes, context: grpc.ServicerContext) -> bytes:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "The database is unreachable")
+
+            return grpc.unary_unary_rpc_method_handler(down)
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((DatabaseDown(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        code, _, err = main_unreachable(target=f"127.0.0.1:{port}")
+    finally:
+        server.stop(None)
+    assert code == 5 and "The database is unreachable" in err and "--tls" not in err
+
+
+def main_unreachable(*options: str, target: str = "127.0.0.1:9") -> tuple[int, str, str]:
     result = subprocess.run(
         [sys.executable, "-m", "trainwire.server.cli", "datasets", "list",
-         "--target", "127.0.0.1:9", "--timeout", "1", *options],
+         "--target", target, "--timeout", "1", *options],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     return result.returncode, result.stdout, result.stderr
