@@ -28,11 +28,12 @@ log = logging.getLogger("trainwire.db")
 
 
 def normalise_url(url: str) -> str:
-    """Pick psycopg (v3) for a bare `postgresql://` URL."""
+    """Pick psycopg (v3) for a bare `postgresql://` URL; any other URL as it was given (a
+    rendering would percent-encode it: `sqlite:///%3Amemory%3A` in messages)."""
     parsed = make_url(url)
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed.render_as_string(hide_password=False)
+    if parsed.drivername not in ("postgresql", "postgres"):
+        return url
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
 def is_sqlite(url: str) -> bool:
@@ -40,19 +41,28 @@ def is_sqlite(url: str) -> bool:
 
 
 def masked_url(url: str) -> str:
-    """`url` as it may be shown to a person or logged: the password, if any, as `***`."""
-    return make_url(url).render_as_string(hide_password=True)
+    """`url` as it may be shown to a person or logged: the password, if any, as `***`. Without
+    one, as it was given (SQLAlchemy's rendering would percent-encode `sqlite:///:memory:`)."""
+    parsed = make_url(url)
+    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
 
 
 def sqlite_file(url: str) -> Path | None:
     """The file a SQLite URL names, made absolute against the current directory as SQLite
-    opens a relative one; None for another database, an in-memory one or a `file:` URI."""
+    opens a relative one (a `file:` URI's path too); None for another database or an in-memory
+    one."""
     parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.query.get("uri"):
+    if parsed.get_backend_name() != "sqlite":
         return None
-    if not parsed.database or parsed.database == ":memory:":
+    name = parsed.database or ""
+    if parsed.query.get("uri"):  # sqlite:///file:name.db?mode=...&uri=true
+        in_memory = name.startswith("file::memory:") or parsed.query.get("mode") == "memory"
+        if not name.startswith("file:") or in_memory:
+            return None
+        name = name.removeprefix("file:").split("?", 1)[0]
+    if not name or name == ":memory:":
         return None
-    return Path(parsed.database).absolute()
+    return Path(name).absolute()
 
 
 def make_engine(url: str, sqlite_foreign_keys: bool = True, **kwargs: Any) -> Engine:

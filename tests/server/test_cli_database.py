@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from trainwire.server.cli import main
-from trainwire.server.db import Database
+from trainwire.server.db import Database, masked_url, sqlite_file
 from trainwire.server.migrate import current_revision, head_revision, upgrade
 
 from ..support.ports import free_ports
@@ -68,6 +68,24 @@ def test_status_refuses_a_missing_sqlite_file_and_creates_none(
     empty_directory: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert_refused_as_missing(empty_directory, *run(capsys, "status"))
+
+
+def test_a_file_uri_names_its_file_and_a_missing_one_is_created_by_no_command(
+    empty_directory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # SQLite's URI form names the same file, so it is refused alike (an in-memory one names
+    # none), and the URL is shown as given, not percent-encoded.
+    url = "sqlite:///file:trainwire.db?mode=rwc&uri=true"
+    assert sqlite_file(url) == empty_directory / "trainwire.db"
+    assert sqlite_file("sqlite:///file::memory:?uri=true") is None
+    assert sqlite_file("sqlite:///file:x.db?mode=memory&uri=true") is None
+    for command in (["keys", "list"], ["status"], ["db", "current"]):
+        code, out, err = run(capsys, *command, "--database-url", url)
+        assert code == 3 and f"no database at {empty_directory / 'trainwire.db'}" in err
+        assert url in err, err
+    assert list(empty_directory.iterdir()) == []
+    assert masked_url("sqlite:///:memory:") == "sqlite:///:memory:"
+    assert masked_url("postgresql://u:secret@db/x") == "postgresql://u:***@db/x"
 
 
 def test_status_refuses_a_schema_behind_the_code_as_serve_does(
