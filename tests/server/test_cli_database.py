@@ -81,6 +81,7 @@ def test_a_file_uri_names_its_file_and_a_missing_one_is_created_by_no_command(
     assert sqlite_file("sqlite:///file:x.db?mode=memory&uri=true") is None
     for command in (["keys", "list"], ["status"], ["db", "current"]):
         code, out, err = run(capsys, *command, "--database-url", url)
+        assert out == ""
         assert code == 3 and f"no database at {empty_directory / 'trainwire.db'}" in err
         assert url in err, err
     assert list(empty_directory.iterdir()) == []
