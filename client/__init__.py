@@ -33,7 +33,7 @@ from .errors import (
     Unimplemented,
 )
 from .jobspec import JobSpec
-from .results import Metrics
+from .results import Checkpoint, Metrics
 from .retry import RetryPolicy
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "AlreadyExists",
     "BatchNorm",
     "Cancelled",
+    "Checkpoint",
     "Client",
     "DatasetInfo",
     "DeadlineExceeded",

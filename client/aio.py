@@ -56,7 +56,7 @@ from .errors import (
     status_of,
 )
 from .files import PathLike
-from .results import DatasetInfo, JobStatus, Metrics, Prediction
+from .results import Checkpoint, DatasetInfo, JobStatus, Metrics, Prediction
 from .retry import RetryPolicy, watch_was_open
 from .rpc import AioRpc, channel_credentials, channel_options
 from .wire import (
@@ -339,10 +339,11 @@ class AsyncClient:
         request = jobs_pb2.ListJobMetricsRequest(name=name, metric_names=list(names))
         return metrics_from_response(await self._call(self._rpc.list_job_metrics, request))
 
-    async def job_checkpoints(self, name: str) -> list[jobs_pb2.Checkpoint]:
+    async def job_checkpoints(self, name: str) -> list[Checkpoint]:
         """The job's checkpoints, oldest first."""
         request = jobs_pb2.ListCheckpointsRequest(name=name)
-        return list((await self._call(self._rpc.list_checkpoints, request)).checkpoints)
+        response = await self._call(self._rpc.list_checkpoints, request)
+        return [Checkpoint.from_proto(c) for c in response.checkpoints]
 
     async def model_metadata(self, job: str, checkpoint: str = "") -> predictions_pb2.ModelMetadata:
         """Input and output shapes, classes and size of a job's trained model."""
@@ -574,7 +575,7 @@ class AsyncJob:
         """Each metric as an (points, 3) array of step, epoch, value."""
         return await self.client.job_metrics(self.name, names)
 
-    async def checkpoints(self) -> list[jobs_pb2.Checkpoint]:
+    async def checkpoints(self) -> list[Checkpoint]:
         """The job's checkpoints, oldest first."""
         return await self.client.job_checkpoints(self.name)
 

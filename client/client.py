@@ -36,6 +36,7 @@ from .results import (
     FINISHED,
     TASK_NAMES,
     TASKS,
+    Checkpoint,
     DatasetInfo,
     JobStatus,
     Metrics,
@@ -475,10 +476,11 @@ class Client:
         request = jobs_pb2.ListJobMetricsRequest(name=name, metric_names=list(names))
         return metrics_from_response(self._call(self._rpc.list_job_metrics, request))
 
-    def job_checkpoints(self, name: str) -> list[jobs_pb2.Checkpoint]:
+    def job_checkpoints(self, name: str) -> list[Checkpoint]:
         """The job's checkpoints, oldest first."""
         request = jobs_pb2.ListCheckpointsRequest(name=name)
-        return list(self._call(self._rpc.list_checkpoints, request).checkpoints)
+        response = self._call(self._rpc.list_checkpoints, request)
+        return [Checkpoint.from_proto(c) for c in response.checkpoints]
 
     def model_metadata(self, job: str, checkpoint: str = "") -> predictions_pb2.ModelMetadata:
         """Input and output shapes, classes and size of a job's trained model."""
@@ -719,7 +721,7 @@ class Job:
         DataFrame."""
         return self.client.job_metrics(self.name, names)
 
-    def checkpoints(self) -> list[jobs_pb2.Checkpoint]:
+    def checkpoints(self) -> list[Checkpoint]:
         """The job's checkpoints, oldest first."""
         return self.client.job_checkpoints(self.name)
 

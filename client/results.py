@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -227,19 +227,73 @@ class Metrics(dict[str, np.ndarray]):
         }
 
 
-def checkpoint_to_dict(checkpoint: jobs_pb2.Checkpoint) -> dict[str, Any]:
-    """A JSON-ready dict of a `Checkpoint` message."""
-    return {
-        "name": checkpoint.name,
-        "epoch": checkpoint.epoch,
-        "step": checkpoint.step,
-        "metrics": dict(checkpoint.metrics),
-        "size_bytes": checkpoint.size_bytes,
-        "create_time": _iso(checkpoint.create_time),
-        "is_best": checkpoint.is_best,
-        "is_final": checkpoint.is_final,
-        "is_partial": checkpoint.is_partial,
-    }
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint a job left, as `Job.checkpoints()` lists them.
+
+    The attributes are the `Checkpoint` message's fields, with Python types where the message's
+    are protobuf's: `metrics` is a plain dict and `create_time` a timezone-aware `datetime` in UTC
+    (a `google.protobuf.Timestamp` in the message; None only if the server sent none). `number`
+    is the last part of `name` (`jobs/{job_id}/checkpoints/{number}`).
+
+    `is_partial` marks a checkpoint written when a run stopped or was cancelled partway through an
+    epoch: `epoch` and `metrics` are the last epoch end's, the weights are further on. It may be
+    the latest, never the best, and never answers `checkpoint="epoch/N"`.
+    """
+
+    name: str
+    epoch: int
+    step: int
+    metrics: dict[str, float]
+    size_bytes: int
+    create_time: datetime | None
+    is_best: bool
+    is_final: bool
+    is_partial: bool
+
+    @classmethod
+    def from_proto(cls, message: jobs_pb2.Checkpoint) -> Checkpoint:
+        """The snapshot of a `Checkpoint` message."""
+        created = _time(message.create_time)
+        return cls(
+            name=message.name,
+            epoch=message.epoch,
+            step=message.step,
+            metrics=dict(message.metrics),
+            size_bytes=message.size_bytes,
+            # Timestamp.ToDatetime() is naive UTC; an aware value cannot be mistaken for local time.
+            create_time=created.replace(tzinfo=UTC) if created else None,
+            is_best=message.is_best,
+            is_final=message.is_final,
+            is_partial=message.is_partial,
+        )
+
+    @property
+    def number(self) -> int:
+        """The checkpoint's number, the last part of its name."""
+        return int(self.name.rsplit("/", 1)[-1])
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the CLI's `jobs show --json`)."""
+        return {
+            "name": self.name,
+            "epoch": self.epoch,
+            "step": self.step,
+            "metrics": dict(self.metrics),
+            "size_bytes": self.size_bytes,
+            # Naive, as `_iso` writes every other time: the JSON stays as it was before this type.
+            "create_time": (
+                self.create_time.replace(tzinfo=None).isoformat() if self.create_time else None
+            ),
+            "is_best": self.is_best,
+            "is_final": self.is_final,
+            "is_partial": self.is_partial,
+        }
+
+
+def checkpoint_to_dict(checkpoint: Checkpoint) -> dict[str, Any]:
+    """A JSON-ready dict of a `Checkpoint` (kept for callers of this name: `Checkpoint.to_dict`)."""
+    return checkpoint.to_dict()
 
 
 def event_to_dict(event: jobs_pb2.JobEvent) -> dict[str, Any]:

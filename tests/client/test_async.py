@@ -11,6 +11,7 @@ from trainwire.client import DatasetInfo, NotFound, SpecError
 from trainwire.client.aio import AsyncClient, AsyncJob, AsyncJobWatch
 from trainwire.server.local import LocalServer
 
+from ..support.checkpoints import assert_same_checkpoints, server_checkpoints
 from .conftest import MODEL, blobs
 
 
@@ -46,6 +47,14 @@ def test_fifty_concurrent_jobs(live_server: LocalServer, dataset: DatasetInfo) -
             events = [event.sequence async for event in job.watch()]
             assert events == list(range(1, len(events) + 1))
             assert [c.epoch for c in await job.checkpoints()] == [2]
+            several = await client.create_job(
+                dataset, MODEL, epochs=3, batch_size=8, checkpoint_every_epochs=1
+            )
+            await several.wait(timeout=120, poll_interval=0.2)
+            checkpoints = await several.checkpoints()
+            assert [c.epoch for c in checkpoints] == [1, 2, 3]
+            on_server = server_checkpoints(live_server.target, several.name)
+            assert_same_checkpoints(checkpoints, on_server)
             assert (await client.get_dataset(dataset.name)).name == dataset.name
             assert dataset.name in [d.name async for d in client.list_datasets()]
             try:

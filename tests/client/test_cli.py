@@ -13,10 +13,13 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from trainwire.client import Client, Dense, NotFound, Sequential
+from trainwire.client import Checkpoint, Client, Dense, NotFound, Sequential
+from trainwire.client.results import checkpoint_to_dict
 from trainwire.server.cli import main
 from trainwire.server.local import LocalServer
+from trainwire.v1 import jobs_pb2
 
 from .conftest import MODEL, blobs
 from .test_live_sdk import png_chunks
@@ -173,6 +176,37 @@ def count_metadata_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(Client, "model_metadata", counted)
     return calls
+
+
+def test_a_checkpoint_s_json_is_what_it_was_when_the_sdk_returned_messages() -> None:
+    """`jobs show --json` writes a `Checkpoint` as it wrote the protobuf message: times naive UTC
+    cut to microseconds, null when unset. The expected lines are the old converter's output."""
+    messages = [
+        jobs_pb2.Checkpoint(
+            name="jobs/0123abcd/checkpoints/17", epoch=4, step=20, size_bytes=1234,
+            metrics={"loss": 0.25, "val_loss": 0.5}, is_best=True,
+            create_time=Timestamp(seconds=1767225600, nanos=123456789),
+        ),
+        jobs_pb2.Checkpoint(
+            name="jobs/0123abcd/checkpoints/18", epoch=4, step=23, size_bytes=99,
+            metrics={"loss": 0.25}, is_partial=True, create_time=Timestamp(seconds=1767225601),
+        ),
+        jobs_pb2.Checkpoint(name="jobs/0123abcd/checkpoints/19"),
+    ]  # fmt: skip
+    lines = [
+        json.dumps(checkpoint_to_dict(Checkpoint.from_proto(m)), sort_keys=True) for m in messages
+    ]
+    assert lines == [
+        '{"create_time": "2026-01-01T00:00:00.123456", "epoch": 4, "is_best": true, '
+        '"is_final": false, "is_partial": false, "metrics": {"loss": 0.25, "val_loss": 0.5}, '
+        '"name": "jobs/0123abcd/checkpoints/17", "size_bytes": 1234, "step": 20}',
+        '{"create_time": "2026-01-01T00:00:01", "epoch": 4, "is_best": false, '
+        '"is_final": false, "is_partial": true, "metrics": {"loss": 0.25}, '
+        '"name": "jobs/0123abcd/checkpoints/18", "size_bytes": 99, "step": 23}',
+        '{"create_time": null, "epoch": 0, "is_best": false, "is_final": false, '
+        '"is_partial": false, "metrics": {}, "name": "jobs/0123abcd/checkpoints/19", '
+        '"size_bytes": 0, "step": 0}',
+    ]
 
 
 def test_predict_names_the_classes_of_a_model_that_knows_them(

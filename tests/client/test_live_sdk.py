@@ -24,6 +24,7 @@ from trainwire.client.wire import prepare_upload
 from trainwire.server.local import LocalServer
 from trainwire.v1 import tensor_pb2
 
+from ..support.checkpoints import assert_same_checkpoints, server_checkpoints
 from .conftest import MODEL, blobs
 
 
@@ -148,6 +149,7 @@ def test_train_follow_and_use_a_job(
 
     checkpoints = job.checkpoints()
     assert [c.epoch for c in checkpoints] == [6, 12]
+    assert_same_checkpoints(checkpoints, server_checkpoints(client.target, job.name))
     features, labels = blobs()
     prediction = job.predict(features)
     assert prediction.labels is not None and prediction.probabilities is not None

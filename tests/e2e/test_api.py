@@ -41,6 +41,7 @@ from trainwire.v1 import (
 )
 
 from ..conftest import fresh_postgres_database
+from ..support.checkpoints import assert_same_checkpoints, server_checkpoints
 from ..support.tcp_proxy import TcpProxy
 from ..support.waiting import wait_for
 
@@ -89,6 +90,7 @@ def test_metrics_checkpoints_metadata_and_stream(
 
     checkpoints = job.checkpoints()
     assert [c.epoch for c in checkpoints] == [2, 4, 6]
+    assert_same_checkpoints(checkpoints, server_checkpoints(client.target, job.name))
     assert checkpoints[-1].is_final and sum(c.is_best for c in checkpoints) == 1
     best = next(c for c in checkpoints if c.is_best)
     assert best.metrics["val_loss"] == min(c.metrics["val_loss"] for c in checkpoints)

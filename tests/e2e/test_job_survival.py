@@ -29,6 +29,7 @@ from trainwire.server.records import JobState
 from trainwire.server.store import Store
 
 from ..conftest import fresh_postgres_database
+from ..support.checkpoints import assert_same_checkpoints, server_checkpoints
 from ..support.tcp_proxy import TcpProxy
 from ..support.waiting import wait_for
 
@@ -166,7 +167,9 @@ def test_sigterm_hands_the_job_back_and_it_resumes_exactly(cluster: Cluster) -> 
     assert any("handed back" in message for _, message in events(cluster, job))
     assert_same_weights(final_weights(cluster, job), final_weights(cluster, reference))
     # The checkpoint taken mid-epoch at the hand-back says so, over the API too.
-    assert [(c.is_partial, c.is_final) for c in job.checkpoints()] == [(True, False), (False, True)]
+    checkpoints = job.checkpoints()
+    assert [(c.is_partial, c.is_final) for c in checkpoints] == [(True, False), (False, True)]
+    assert_same_checkpoints(checkpoints, server_checkpoints(cluster.server.target, job.name))
 
 
 def test_killed_worker_past_max_attempts_fails_with_reason(cluster: Cluster) -> None:
