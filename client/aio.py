@@ -14,6 +14,7 @@ the sync client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -381,28 +382,51 @@ class AsyncClient:
         name = job.name if isinstance(job, AsyncJob) else job
         streamed = StreamedPrediction(name, checkpoint, self.max_message_bytes)
         failure: list[Exception] = []
+        # The requests are written by a task of ours, not by grpc.aio from a request iterator: a
+        # write made once the client's gRPC has the server's refusal (of an earlier message) but
+        # before asyncio has seen it fails, and grpc.aio then replaces the call's status with
+        # INTERNAL ("Internal error from Core", grpc/grpc#36066), the server's own lost. The done
+        # callback below cancels the writing task as the status is set, so no such write is left
+        # to report its failure.
+        call = self._rpc.predict_stream(None, timeout=self.timeout, metadata=self._metadata)
 
-        async def requests() -> AsyncIterator[predictions_pb2.PredictRequest]:
-            # grpc.aio cancels the call when its request iterator raises: the requests end
-            # instead, and the exception is raised once the batches before it are answered.
+        async def write_requests() -> None:
+            # A batch that cannot be encoded (or an exception of `batches` itself) ends the
+            # requests, and is raised once the batches before it are answered.
             try:
                 async for batch in _aiter(batches):
                     x = as_inputs(batch)
                     if streamed.answer_row_bytes is None:  # once, after the first batch is encoded
                         streamed.describe(await self.model_metadata(name, checkpoint))
                     for request in streamed.requests(x):
-                        yield request
+                        try:
+                            await call.write(request)
+                        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                            return  # the call has ended: the responses report its status
             except Exception as error:
                 failure.append(error)
+            # A half-close racing the call's end fails with grpc's own ExecuteBatchError (no
+            # AioRpcError); the responses report the call's status.
+            with contextlib.suppress(Exception):
+                await call.done_writing()
 
-        stream = self._rpc.predict_stream(requests(), timeout=self.timeout, metadata=self._metadata)
+        writer = asyncio.create_task(write_requests())
+
+        def stop_writing(_: object) -> None:
+            writer.cancel()
+
+        call.add_done_callback(stop_writing)
         try:
-            async for response in stream:
+            async for response in call:
                 prediction = streamed.answered(response)
                 if prediction is not None:
                     yield prediction
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
+        finally:
+            # The caller may stop early (or fail to read an answer): end the call, and with it
+            # the writing task, rather than leave it reading `batches` for an abandoned call.
+            call.cancel()
         if failure:
             raise failure[0]
 

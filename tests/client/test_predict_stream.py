@@ -1,7 +1,7 @@
 """PredictStream through both clients: batches read as the stream goes, a bad batch raised to the
 caller as itself, every batch encoded as `predict` encodes its inputs, messages sized by the
-larger of their inputs and their answers, and the stream's model held within the model cache's
-bound until the stream ends."""
+larger of their inputs and their answers, the stream's model held within the model cache's
+bound until the stream ends, and a refusal reported as the server's though a write follows it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,16 @@ import grpc
 import numpy as np
 import pytest
 
-from trainwire.client import Client, DatasetInfo, Dense, Job, Prediction, Sequential, SpecError
+from trainwire.client import (
+    Client,
+    DatasetInfo,
+    Dense,
+    InvalidArgument,
+    Job,
+    Prediction,
+    Sequential,
+    SpecError,
+)
 from trainwire.client.aio import AsyncClient
 from trainwire.client.tensors import to_tensor
 from trainwire.client.wire import StreamedPrediction
@@ -22,6 +31,7 @@ from trainwire.server.local import LocalServer, local_server
 from trainwire.v1 import predictions_pb2, predictions_pb2_grpc
 
 from ..e2e.test_topology import scrape
+from ..support.h2_proxy import HeldRepliesProxy
 from ..support.ports import free_ports
 from ..support.waiting import wait_for
 from .conftest import MODEL, blobs
@@ -87,6 +97,53 @@ def test_the_async_stream_reads_sync_and_async_iterables_as_it_goes(
             assert [len(p.outputs) for p in received] == [3]
 
     asyncio.run(scenario())
+
+
+def test_the_async_stream_reports_the_servers_refusal_though_a_write_follows_it(
+    live_server: LocalServer, job: Job
+) -> None:
+    # grpc.aio replaced the status of a refused stream with INTERNAL ("Internal error from
+    # Core", grpc/grpc#36066) when a request was written after the client's gRPC core had the
+    # refusal but before asyncio had seen it: the write failed, and its failure overwrote the
+    # status. The proxy holds the refusal, so that moment is made, not waited for.
+    host, port = live_server.target.rsplit(":", 1)
+    proxy = HeldRepliesProxy(host, int(port))
+    features, _ = blobs()
+    wrong = np.ones((2, 5), np.float32)  # the model takes 4 features: the server refuses it
+
+    async def scenario() -> list[Prediction]:
+        async with AsyncClient(f"127.0.0.1:{proxy.port}", timeout=30) as client:
+            answered, written = asyncio.Event(), asyncio.Event()
+
+            async def batches() -> AsyncIterator[np.ndarray]:
+                yield features[:3]
+                await answered.wait()
+                proxy.hold()
+                yield wrong
+                assert await asyncio.to_thread(proxy.stream_ended.wait, 30), "never refused"
+                # Forwards the refusal and returns once the client's gRPC has read it, the event
+                # loop blocked meanwhile: asyncio has not seen the call end when the step that
+                # takes the next batch writes it.
+                proxy.release()
+                written.set()
+                yield features[3:5]
+
+            received = []
+            with pytest.raises(InvalidArgument, match=r"must be \(rows, 4\)"):
+                async for prediction in client.predict_stream(job.name, batches()):
+                    received.append(prediction)
+                    answered.set()
+                    await written.wait()
+                    # A call through the proxy and back before the stream's end is read, so the
+                    # failed write's completion is handled first (as in a busier program): an
+                    # SDK open to the race then reads INTERNAL every time, not nearly every time.
+                    await client.model_metadata(job.name)
+            return received
+
+    try:
+        assert [len(p.outputs) for p in asyncio.run(scenario())] == [3]
+    finally:
+        proxy.close()
 
 
 def test_float64_inputs_reach_a_float64_model_as_they_do_through_predict(
