@@ -6,12 +6,14 @@ outputs, one tensor: no cache lookup, no batching, no validation, nothing else �
 Python gRPC on this machine. Trainwire's Predict does what the service does on top, and the ratio
 counts it as Trainwire's own cost: its wrappers (request id, API keys, metrics), the check of the
 inputs (dtype, shape, finite values), the resolution of the job's checkpoint to its cached model,
-micro-batching of concurrent requests, the same forward pass, and, the model being a classifier,
-the class probabilities (softmax) and labels (argmax): its answer carries three tensors (outputs,
-probabilities, labels) and the checkpoint's name. The bare server limits its BLAS threads as one
-Trainwire server process does (`Settings.blas_threads_per_server`: 2 at most). It runs twice, on
-grpcio's thread-pool server and on grpc.aio — the measurement behind Trainwire's own choice of
-server — and the ratio is against the faster of the two.
+micro-batching of concurrent requests and the same forward pass. Asked for the same answer as the
+bare server's (`outputs_only`: the outputs, and the checkpoint's name), that is the figure named
+`trainwire_rps` and `ratio`; asked for all a classifier answers by default — the class
+probabilities (softmax) and labels (argmax) too, three tensors — it is `trainwire_full_answer_rps`
+and `ratio_full_answer` (the same server, in the same rounds). The bare server limits its BLAS
+threads as one Trainwire server process does (`Settings.blas_threads_per_server`: 2 at most). It
+runs twice, on grpcio's thread-pool server and on grpc.aio — the measurement behind Trainwire's
+own choice of server — and the ratio is against the faster of the two.
 Trainwire runs twice too: as `trainwire serve` starts by default (one server process; its figures
 are the ones named `trainwire_rps` and `ratio`) and, on a machine of several cores, with one
 server process per core sharing the port (`TRAINWIRE_SERVER_PROCESSES`; `ratio_processes`), the
@@ -146,9 +148,13 @@ async def run_bare_async_server(weights_path: str) -> None:
 # --- the load generator -------------------------------------------------------------------------
 
 
-async def drive(target: str, job: str, rows: int, concurrency: int, count: int) -> dict[str, float]:
+async def drive(
+    target: str, job: str, rows: int, concurrency: int, count: int, answer: str
+) -> dict[str, float]:
     inputs = to_tensor(np.random.default_rng(0).normal(size=(rows, 784)).astype(np.float32))
-    request = predictions_pb2.PredictRequest(job=job, inputs=inputs)
+    request = predictions_pb2.PredictRequest(
+        job=job, inputs=inputs, outputs_only=answer == "outputs"
+    )
     # Up to 4 connections (a local subchannel pool each): with several server processes on one
     # port the kernel spreads connections, not calls.
     options = [("grpc.max_send_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)]
@@ -208,10 +214,11 @@ async def warm_up(target: str, job: str, connections: int) -> dict[str, float]:
     return {"requests": 5 * connections}
 
 
-def load(target: str, job: str, case: str, count: int) -> dict[str, float]:
-    """Runs the load generator in its own process (it must not share the server's GIL)."""
+def load(target: str, job: str, case: str, count: int, answer: str = "outputs") -> dict[str, float]:
+    """Runs the load generator in its own process (it must not share the server's GIL);
+    `answer` "outputs" asks for the raw outputs alone, "full" for all a classifier answers."""
     output = subprocess.run(
-        [sys.executable, __file__, "--load", target, job, case, str(count)],
+        [sys.executable, __file__, "--load", target, job, case, str(count), answer],
         capture_output=True,
         text=True,
         check=True,
@@ -264,11 +271,11 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 
 def _load_measuring_cpu(
-    target: str, pids: list[int] | None, job: str, case: str, count: int
+    target: str, pids: list[int] | None, answer: str, job: str, case: str, count: int
 ) -> dict[str, float]:
     """One load run, with the server's CPU time per request when its processes are known."""
     before = _cpu_seconds(pids) if pids else 0.0
-    run = load(target, job, case, count)
+    run = load(target, job, case, count, answer)
     if pids:
         run["cpu_us"] = round((_cpu_seconds(pids) - before) / run["requests"] * 1e6, 1)
     return run
@@ -291,18 +298,19 @@ def _paired_ratio(ours: list[dict[str, float]], theirs: list[dict[str, float]]) 
 
 
 def _measure(
-    servers: dict[str, tuple[str, list[int] | None]],
+    servers: dict[str, tuple[str, list[int] | None, str]],
     job: str,
     counts: dict[str, int],
     rounds: int,
 ) -> dict[str, Any]:
     """Every case against every server (its target and processes), in rounds with the servers
-    in rotating order; per case the figures of `main`'s JSON."""
+    in rotating order; per case the figures of `main`'s JSON. A server is its target, its
+    processes and the answer asked of it (see `load`)."""
     results: dict[str, Any] = {}
     # Untimed: every server process loads the model, so the loading's CPU time is in no round.
     # The kernel puts each connection on one of P processes at random: with 32 P connections a
     # process is missed with a probability below e^-32 (with 4, one of 2 is missed 1 time in 8).
-    for target, pids in servers.values():
+    for target, pids, _ in servers.values():
         processes = len(pids) if pids else (os.cpu_count() or 1)
         load(target, job, "warm_up", 32 * processes)
     for case, count in counts.items():
@@ -312,8 +320,8 @@ def _measure(
             turn = index % len(names)
             for name in names[turn:] + names[:turn]:
                 runs[name].append(_load_measuring_cpu(*servers[name], job, case, count))
-        ours, threads, asyncio_ = (
-            _median(runs[name]) for name in ("trainwire", "bare", "bare-async")
+        ours, full, threads, asyncio_ = (
+            _median(runs[name]) for name in ("trainwire", "trainwire-full", "bare", "bare-async")
         )
         fastest = "bare" if threads["rps"] >= asyncio_["rps"] else "bare-async"
         ceiling = threads if fastest == "bare" else asyncio_
@@ -335,6 +343,10 @@ def _measure(
             "trainwire_processes_rps": several_median["rps"] if several_median else None,
             "trainwire_processes_p99_ms": several_median["p99_ms"] if several_median else None,
             "ratio_processes": _paired_ratio(several, runs[fastest]) if several else None,
+            "trainwire_full_answer_rps": full["rps"],
+            "ratio_full_answer": _paired_ratio(runs["trainwire-full"], runs[fastest]),
+            "full_answer_p99_ms": full["p99_ms"],
+            "full_answer_cpu_us": full.get("cpu_us"),
             "trainwire_cpu_us": ours.get("cpu_us"),
             "bare_cpu_us": ceiling.get("cpu_us"),
             "trainwire_processes_cpu_us": several_median.get("cpu_us") if several_median else None,
@@ -352,7 +364,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="rounds per case (median)")
     parser.add_argument("--bare", help=argparse.SUPPRESS)
     parser.add_argument("--bare-async", help=argparse.SUPPRESS)
-    parser.add_argument("--load", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare:
         run_bare_server(args.bare)
@@ -361,12 +373,13 @@ def main() -> int:
         asyncio.run(run_bare_async_server(args.bare_async))
         return 0
     if args.load:
-        target, job, case, count = args.load
+        target, job, case, count, answer = args.load
         if case == "warm_up":
             print(json.dumps(asyncio.run(warm_up(target, job, int(count)))))
             return 0
         rows, concurrency = CASES[case]
-        print(json.dumps(asyncio.run(drive(target, job, rows, concurrency, int(count)))))
+        run = drive(target, job, rows, concurrency, int(count), answer)
+        print(json.dumps(asyncio.run(run)))
         return 0
 
     counts = {"one_row_c1": 2000, "one_row_c16": 4000, "rows1000_c4": 300}
@@ -408,7 +421,11 @@ def main() -> int:
                 # Trainwire again with a server process per core (none on one core), on the same
                 # database: it serves the same checkpoint.
                 with contextlib.ExitStack() as stack:
-                    servers = {"trainwire": (server.target, _server_pids(server.process.pid))}
+                    pids = _server_pids(server.process.pid)
+                    servers = {
+                        "trainwire": (server.target, pids, "outputs"),
+                        "trainwire-full": (server.target, pids, "full"),
+                    }
                     if cores > 1:
                         processes = stack.enter_context(
                             local_server(
@@ -421,11 +438,12 @@ def main() -> int:
                         servers["trainwire-processes"] = (
                             processes.target,
                             _server_pids(processes.process.pid),
+                            "outputs",
                         )
                     for kind, process in bares.items():
                         assert process.stdout is not None
                         port = process.stdout.readline().strip()
-                        servers[kind] = (f"127.0.0.1:{port}", _server_pids(process.pid))
+                        servers[kind] = (f"127.0.0.1:{port}", _server_pids(process.pid), "outputs")
                     results = _measure(servers, job.name, counts, rounds)
             finally:
                 for process in bares.values():
@@ -435,7 +453,7 @@ def main() -> int:
     print(
         f"{'case':<14}{'trainwire rps':>14}{'bare threads':>13}{'bare asyncio':>13}"
         f"{'ratio':>7}{'p50 ms':>9}{'p99 ms':>9}{column + ' rps':>12}{'ratio':>7}"
-        f"{'cpu µs/req':>11}{'bare':>8}{column:>8}"
+        f"{'cpu µs/req':>11}{'bare':>8}{column:>8}{'full rps':>10}{'ratio':>7}{'p99 ms':>9}"
     )
     for case, row in results.items():
         print(
@@ -444,12 +462,15 @@ def main() -> int:
             f"{row['trainwire_processes_rps'] or '-':>12}{row['ratio_processes'] or '-':>7}"
             f"{_microseconds(row['trainwire_cpu_us']):>11}{_microseconds(row['bare_cpu_us']):>8}"
             f"{_microseconds(row['trainwire_processes_cpu_us']):>8}"
+            f"{row['trainwire_full_answer_rps']:>10}{row['ratio_full_answer']:>7}"
+            f"{row['full_answer_p99_ms']:>9}"
         )
     print(
         f"ratio: Trainwire (one server process, the default) against the faster bare server of "
         f"this run, the median of {rounds} rounds' ratios (rps and latencies: medians); "
         f"{column}: a server process per core; cpu µs/req: each server's CPU time per request "
-        "(all threads and server processes), against the faster bare server's"
+        "(all threads and server processes), against the faster bare server's; full: Trainwire "
+        "answering a classifier's probabilities and labels too"
     )
     print(json.dumps({"benchmark": "predict", "cases": results}))
     return 0

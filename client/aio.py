@@ -357,10 +357,13 @@ class AsyncClient:
         inputs: np.ndarray | Sequence[Sequence[float]],
         *,
         checkpoint: str = "",
+        outputs_only: bool = False,
     ) -> Prediction:
         """Predicts for the rows of `inputs` (see `Client.predict`)."""
         name = job.name if isinstance(job, AsyncJob) else job
-        chunks = ChunkedPrediction(name, as_inputs(inputs), checkpoint, self.max_message_bytes)
+        chunks = ChunkedPrediction(
+            name, as_inputs(inputs), checkpoint, self.max_message_bytes, outputs_only
+        )
         while (request := chunks.next_request()) is not None:
             try:
                 chunks.answered(await self._call(self._rpc.predict, request))
@@ -376,11 +379,12 @@ class AsyncClient:
         | AsyncIterable[np.ndarray | Sequence[Sequence[float]]],
         *,
         checkpoint: str = "",
+        outputs_only: bool = False,
     ) -> AsyncIterator[Prediction]:
         """Predictions for each batch of rows, over one PredictStream call, in order; `batches`
         is read as the stream goes (see `Client.predict_stream`)."""
         name = job.name if isinstance(job, AsyncJob) else job
-        streamed = StreamedPrediction(name, checkpoint, self.max_message_bytes)
+        streamed = StreamedPrediction(name, checkpoint, self.max_message_bytes, outputs_only)
         failure: list[Exception] = []
         # The requests are written by a task of ours, not by grpc.aio from a request iterator: a
         # write made once the client's gRPC has the server's refusal (of an earlier message) but
@@ -617,10 +621,16 @@ class AsyncJob:
         return self.last_status
 
     async def predict(
-        self, inputs: np.ndarray | Sequence[Sequence[float]], *, checkpoint: str = ""
+        self,
+        inputs: np.ndarray | Sequence[Sequence[float]],
+        *,
+        checkpoint: str = "",
+        outputs_only: bool = False,
     ) -> Prediction:
-        """Predictions of the job's model."""
-        return await self.client.predict(self.name, inputs, checkpoint=checkpoint)
+        """Predictions of the job's model (see `Client.predict`)."""
+        return await self.client.predict(
+            self.name, inputs, checkpoint=checkpoint, outputs_only=outputs_only
+        )
 
     async def plot(self, path: PathLike | None = None, *, dpi: int = 100) -> Path:
         """Saves a PNG of the training curves (see `Job.plot`); drawing runs in a thread."""

@@ -495,13 +495,18 @@ class Client:
         inputs: np.ndarray | Sequence[Sequence[float]],
         *,
         checkpoint: str = "",
+        outputs_only: bool = False,
     ) -> Prediction:
         """Predicts for the rows of `inputs`, in as many requests as the message limit needs.
 
-        `checkpoint` is "" (latest), "best", "epoch/N" or a checkpoint name.
+        `checkpoint` is "" (latest), "best", "epoch/N" or a checkpoint name. `outputs_only`
+        asks for the raw outputs alone: a classifier's probabilities and labels are then
+        neither computed nor sent (they are None).
         """
         name = job.name if isinstance(job, Job) else job
-        chunks = ChunkedPrediction(name, as_inputs(inputs), checkpoint, self.max_message_bytes)
+        chunks = ChunkedPrediction(
+            name, as_inputs(inputs), checkpoint, self.max_message_bytes, outputs_only
+        )
         while (request := chunks.next_request()) is not None:
             try:
                 chunks.answered(self._call(self._rpc.predict, request))
@@ -516,6 +521,7 @@ class Client:
         batches: Iterable[np.ndarray | Sequence[Sequence[float]]],
         *,
         checkpoint: str = "",
+        outputs_only: bool = False,
     ) -> Iterator[Prediction]:
         """Predictions for each batch of rows, over one PredictStream call, in order.
 
@@ -524,10 +530,11 @@ class Client:
         answers make its one `Prediction` (the size of an answer comes from `model_metadata`,
         asked once, with the first batch). `batches` is read as the stream goes. A batch that
         cannot be encoded (or an exception of the iterable itself) ends the stream: it is
-        raised, as it was, after the predictions of the batches before it.
+        raised, as it was, after the predictions of the batches before it. `outputs_only` as
+        for `predict`.
         """
         name = job.name if isinstance(job, Job) else job
-        streamed = StreamedPrediction(name, checkpoint, self.max_message_bytes)
+        streamed = StreamedPrediction(name, checkpoint, self.max_message_bytes, outputs_only)
         failure: list[Exception] = []
 
         def requests() -> Iterator[predictions_pb2.PredictRequest]:
@@ -739,10 +746,17 @@ class Job:
         return self.last_status
 
     def predict(
-        self, inputs: np.ndarray | Sequence[Sequence[float]], *, checkpoint: str = ""
+        self,
+        inputs: np.ndarray | Sequence[Sequence[float]],
+        *,
+        checkpoint: str = "",
+        outputs_only: bool = False,
     ) -> Prediction:
-        """Predictions of the job's model (latest checkpoint unless told otherwise)."""
-        return self.client.predict(self.name, inputs, checkpoint=checkpoint)
+        """Predictions of the job's model (latest checkpoint unless told otherwise; see
+        `Client.predict`)."""
+        return self.client.predict(
+            self.name, inputs, checkpoint=checkpoint, outputs_only=outputs_only
+        )
 
     def plot(self, path: PathLike | None = None, *, dpi: int = 100) -> Path:
         """Saves a PNG of the training curves (default `<job id>.png`) and returns its path.

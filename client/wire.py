@@ -266,9 +266,10 @@ def input_row_bytes(x: np.ndarray) -> int:
     return max(1, x.itemsize * int(np.prod(x.shape[1:])))
 
 
-def answer_row_bytes(output_dim: int, itemsize: int, classifier: bool) -> int:
-    """The bytes of one row of a prediction's answer: the outputs, and a classifier's
-    probabilities (two columns for one logit) and int64 label.
+def answer_row_bytes(output_dim: int, itemsize: int, with_classes: bool) -> int:
+    """The bytes of one row of a prediction's answer: the outputs, and `with_classes` (a
+    classifier asked for more than its outputs) its probabilities (two columns for one logit) and
+    int64 label.
 
     What the server sends is the source of truth (`classify` in server/predictions.py shapes the
     answer); this is the one statement of its size, shared as `answer_too_large` is: the server
@@ -276,13 +277,17 @@ def answer_row_bytes(output_dim: int, itemsize: int, classifier: bool) -> int:
     messages by it from `GetModelMetadata`, so the two cannot disagree.
     """
     outputs = output_dim * itemsize
-    if not classifier:
+    if not with_classes:
         return outputs
     return outputs + max(output_dim, 2) * itemsize + 8
 
 
-def predict_request(job: str, x: np.ndarray, checkpoint: str) -> predictions_pb2.PredictRequest:
-    return predictions_pb2.PredictRequest(job=job, checkpoint=checkpoint, inputs=to_tensor(x))
+def predict_request(
+    job: str, x: np.ndarray, checkpoint: str, outputs_only: bool
+) -> predictions_pb2.PredictRequest:
+    return predictions_pb2.PredictRequest(
+        job=job, checkpoint=checkpoint, inputs=to_tensor(x), outputs_only=outputs_only
+    )
 
 
 def answer_too_large(max_answer_bytes: int, max_rows: int, rows: int) -> str:
@@ -332,11 +337,19 @@ class ChunkedPrediction:
 
     FIRST_ROWS = 1024
 
-    def __init__(self, job: str, x: np.ndarray, checkpoint: str, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        job: str,
+        x: np.ndarray,
+        checkpoint: str,
+        max_message_bytes: int,
+        outputs_only: bool = False,
+    ) -> None:
         self.job = job
         self.x = x
         self.selector = checkpoint
         self.checkpoint = checkpoint
+        self.outputs_only = outputs_only
         self.budget = max(1, max_message_bytes // 4)
         self.row_bytes = input_row_bytes(x)
         self.max_rows = self.FIRST_ROWS  # until an answer's size is known
@@ -350,7 +363,8 @@ class ChunkedPrediction:
             return None
         rows = min(max(1, self.budget // self.row_bytes), self.max_rows)
         self._start, self._sent = self._sent, self._sent + rows
-        return predict_request(self.job, self.x[self._start : self._sent], self.checkpoint)
+        x = self.x[self._start : self._sent]
+        return predict_request(self.job, x, self.checkpoint, self.outputs_only)
 
     def answered(self, response: predictions_pb2.PredictResponse) -> None:
         if not self.answers:
@@ -408,9 +422,12 @@ class StreamedPrediction:
     of few features and many classes answers far more bytes per row than it is sent).
     """
 
-    def __init__(self, job: str, checkpoint: str, max_message_bytes: int) -> None:
+    def __init__(
+        self, job: str, checkpoint: str, max_message_bytes: int, outputs_only: bool = False
+    ) -> None:
         self.job = job
         self.checkpoint = checkpoint
+        self.outputs_only = outputs_only
         self.budget = max(1, max_message_bytes // 4)
         self.answer_row_bytes: int | None = None  # known once `describe` has run
         # How many messages each batch sent and not yet answered went as: batches are encoded in
@@ -424,7 +441,8 @@ class StreamedPrediction:
         self.answer_row_bytes = answer_row_bytes(
             output_dim=int(metadata.outputs.shape[-1]),
             itemsize=dtype_of(metadata.outputs.dtype).itemsize,
-            classifier=metadata.num_classes > 0,  # the server gives 0 for regression only
+            # The server gives 0 classes for regression only.
+            with_classes=metadata.num_classes > 0 and not self.outputs_only,
         )
 
     def requests(self, x: np.ndarray) -> Iterator[predictions_pb2.PredictRequest]:
@@ -433,7 +451,9 @@ class StreamedPrediction:
         rows = max(1, self.budget // max(input_row_bytes(x), self.answer_row_bytes))
         self._messages.append(-(-len(x) // rows))
         for start in range(0, len(x), rows):
-            yield predict_request(self.job, x[start : start + rows], self.checkpoint)
+            yield predict_request(
+                self.job, x[start : start + rows], self.checkpoint, self.outputs_only
+            )
 
     def answered(self, response: predictions_pb2.PredictResponse) -> Prediction | None:
         self._answers.append(response)

@@ -254,6 +254,7 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
             request.inputs,
             current_project(),
             deadline=_deadline(context),
+            outputs_only=request.outputs_only,
         )
         return _prediction_response(result)
 
@@ -287,6 +288,7 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
                     project,
                     deadline=deadline,
                     served=pinned if selector == first else None,
+                    outputs_only=request.outputs_only,
                 )
                 yield _prediction_response(result)
         finally:

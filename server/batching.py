@@ -22,7 +22,8 @@ and both slow down the rest of the server's work.
 
 Every request's rows are computed as if it were alone (`engine.inference.predict_stacked`), so
 batching never changes an answer, and a pass's `postprocess` (probabilities and labels) runs once
-over the whole pass, row by row; requests are validated before they join, so a malformed one
+over the whole pass, row by row, when one of its requests wants it (not one that asked for the raw
+outputs alone); requests are validated before they join, so a malformed one
 never reaches a batch. A request whose caller cancels or whose deadline passes while it is queued
 leaves the queue (gRPC cancels its task; a leader also drops expired ones); one already in a
 running pass is computed and its answer dropped. Small passes run on the loop itself (a thread
@@ -105,6 +106,7 @@ class _Ticket:
 
     features: np.ndarray
     deadline: float | None  # time.monotonic() value
+    postprocessed: bool  # wants `postprocess` of its outputs, not the raw outputs alone
     done: asyncio.Future[tuple[np.ndarray, ...]]
     arrived: float = field(default_factory=time.monotonic)
 
@@ -148,10 +150,11 @@ class ModelBatcher:
         self._pool_pass: asyncio.Future[tuple[np.ndarray, ...]] | None = None
 
     async def predict(
-        self, features: np.ndarray, deadline: float | None = None
+        self, features: np.ndarray, deadline: float | None = None, postprocessed: bool = True
     ) -> tuple[np.ndarray, ...]:
         """`postprocess` of the outputs for `features` (validated, the model's dtype): by default
-        a 1-tuple of the raw outputs. Computed in a shared pass, or at once on an idle model. The
+        a 1-tuple of the raw outputs. Not `postprocessed`, the tuple starts with the raw outputs
+        and may hold nothing else. Computed in a shared pass, or at once on an idle model. The
         arrays are row slices of the whole pass's: read them, never write to them."""
         now = time.monotonic()
         if deadline is not None and deadline <= now:
@@ -171,10 +174,10 @@ class ModelBatcher:
             and _alone_on_loop(loop)
         ):
             try:
-                return self._compute([features])
+                return self._compute([features], postprocessed)
             finally:
                 self._passed(1)
-        ticket = _Ticket(features, deadline, loop.create_future())
+        ticket = _Ticket(features, deadline, postprocessed, loop.create_future())
         self._enqueue(ticket)
         if self._leader is None:
             self._start_leader(loop, under_load=False)
@@ -273,18 +276,21 @@ class ModelBatcher:
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Ticket]) -> None:
         inputs = [t.features for t in batch]
+        postprocessed = any(t.postprocessed for t in batch)
         if self._pool_pass is not None:  # left running by a cancelled leader
             await asyncio.wait([self._pool_pass])
         try:
             if self.executor is not None and sum(len(x) for x in inputs) >= OFF_LOOP_ROWS:
                 # Shielded: if the leader is cancelled (the server stops) the pass still ends,
                 # and `_pool_pass` keeps other passes off the model until it has.
-                pool_pass = loop.run_in_executor(self.executor, self._compute, inputs)
+                pool_pass = loop.run_in_executor(
+                    self.executor, self._compute, inputs, postprocessed
+                )
                 self._pool_pass = pool_pass
                 pool_pass.add_done_callback(self._pool_pass_ended)
                 results = await asyncio.shield(pool_pass)
             else:
-                results = self._compute(inputs)
+                results = self._compute(inputs, postprocessed)
         except Exception as error:  # every request of the batch gets it
             for ticket in batch:
                 if not ticket.done.done():
@@ -305,5 +311,6 @@ class ModelBatcher:
     def _pool_pass_ended(self, _: object) -> None:
         self._pool_pass = None
 
-    def _compute(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, ...]:
-        return self.postprocess(predict_stacked(self.model, inputs, self.tiles))
+    def _compute(self, inputs: list[np.ndarray], postprocessed: bool) -> tuple[np.ndarray, ...]:
+        outputs = predict_stacked(self.model, inputs, self.tiles)
+        return self.postprocess(outputs) if postprocessed else (outputs,)

@@ -191,8 +191,10 @@ class PredictionService:
         project: str,
         deadline: float | None = None,
         served: Served | None = None,
+        outputs_only: bool = False,
     ) -> Prediction:
-        """Outputs for `inputs`, batched with concurrent requests for the same checkpoint.
+        """Outputs for `inputs`, batched with concurrent requests for the same checkpoint; a
+        classifier's probabilities and labels too, unless `outputs_only`.
 
         Runs on the event loop; a job or model not in memory is fetched in the thread pool.
         `deadline` is a `time.monotonic()` value. `served` (from `resolve_served`) skips the
@@ -213,10 +215,10 @@ class PredictionService:
         _, checkpoint, batcher = found
         features = self._check_features(decoded, batcher.model)
         if self.max_answer_bytes is not None:
-            self._check_answer_fits(len(features), batcher)
+            self._check_answer_fits(len(features), batcher, outputs_only)
         PREDICTION_ROWS.observe(len(features))
-        results = await batcher.predict(features, deadline)
-        if len(results) == 1:
+        results = await batcher.predict(features, deadline, postprocessed=not outputs_only)
+        if len(results) == 1 or outputs_only:
             return Prediction(checkpoint, results[0], None, None)
         outputs, probabilities, labels = results
         return Prediction(checkpoint, outputs, probabilities, labels)
@@ -251,12 +253,12 @@ class PredictionService:
         """Ends a stream's hold taken by `pin_served`."""
         self.cache.unpin(pin)
 
-    def _check_answer_fits(self, rows: int, batcher: ModelBatcher) -> None:
+    def _check_answer_fits(self, rows: int, batcher: ModelBatcher, outputs_only: bool) -> None:
         """Refuses, before the forward pass, a request whose answer could not be sent."""
         assert self.max_answer_bytes is not None
         model = batcher.model
-        classifier = batcher.postprocess is classify
-        row_bytes = answer_row_bytes(model.output_dim, model.dtype.itemsize, classifier)
+        classes = batcher.postprocess is classify and not outputs_only
+        row_bytes = answer_row_bytes(model.output_dim, model.dtype.itemsize, classes)
         if rows * row_bytes > self.max_answer_bytes:
             raise ResourceExhausted(
                 answer_too_large(self.max_answer_bytes, self.max_answer_bytes // row_bytes, rows)

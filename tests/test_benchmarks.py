@@ -67,6 +67,9 @@ def test_the_prediction_benchmark_prints_every_case_with_its_ratio() -> None:
         assert row["ratio_vs_threads"] == pytest.approx(
             row["trainwire_rps"] / row["bare_threads_rps"], abs=1e-3
         )
+        assert row["ratio_full_answer"] == pytest.approx(
+            row["trainwire_full_answer_rps"] / row["bare_rps"], abs=1e-3
+        )
         if row["ratio_processes"] is not None:
             assert row["ratio_processes"] == pytest.approx(
                 row["trainwire_processes_rps"] / row["bare_rps"], abs=1e-3

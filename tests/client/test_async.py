@@ -44,6 +44,13 @@ def test_fifty_concurrent_jobs(live_server: LocalServer, dataset: DatasetInfo) -
             ]
             assert [len(p.outputs) for p in streamed] == [3, 2]
             assert np.array_equal(streamed[0].outputs, (await job.predict(features[:3])).outputs)
+            raw = await job.predict(features[:3], outputs_only=True)
+            assert raw.labels is None and np.array_equal(raw.outputs, streamed[0].outputs)
+            raw_streamed = [
+                p async for p in client.predict_stream(job, [features[:3]], outputs_only=True)
+            ]
+            assert raw_streamed[0].probabilities is None
+            assert np.array_equal(raw_streamed[0].outputs, raw.outputs)
             events = [event.sequence async for event in job.watch()]
             assert events == list(range(1, len(events) + 1))
             assert [c.epoch for c in await job.checkpoints()] == [2]

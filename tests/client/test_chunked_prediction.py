@@ -185,11 +185,15 @@ def test_a_streamed_batch_whose_answers_outgrow_its_inputs_is_split_by_the_answe
     limit = 64 * 1024
     streamed = StreamedPrediction("jobs/" + "a" * 32, "latest", limit)
     streamed.describe(metadata(outputs=10, num_classes=10))
-    one_row = answer(predict_request("", np.zeros((1, 2), np.float32), ""))
+    one_row = answer(predict_request("", np.zeros((1, 2), np.float32), "", False))
     assert streamed.answer_row_bytes == answer_data_bytes(one_row) == 88, "ten classes"
     binary = StreamedPrediction("jobs/" + "a" * 32, "latest", limit)
     binary.describe(metadata(outputs=1, num_classes=2))
     assert binary.answer_row_bytes == 4 + 2 * 4 + 8, "one logit, two probabilities, a label"
+    raw = StreamedPrediction("jobs/" + "a" * 32, "latest", limit, outputs_only=True)
+    raw.describe(metadata(outputs=10, num_classes=10))
+    assert raw.answer_row_bytes == 40, "ten outputs alone"
+    assert all(r.outputs_only for r in raw.requests(np.zeros((3, 2), np.float32)))
 
     # 8 bytes of inputs a row would make messages of 2,048 rows and answers of 176 KiB.
     requests = list(streamed.requests(np.zeros((1000, 2), np.float32)))

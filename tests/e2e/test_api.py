@@ -29,7 +29,7 @@ from trainwire.client import (
     ResourceExhausted,
     TrainwireError,
 )
-from trainwire.client.tensors import to_tensor
+from trainwire.client.tensors import from_tensor, to_tensor
 from trainwire.server.local import local_server
 from trainwire.server.migrate import upgrade
 from trainwire.v1 import (
@@ -189,8 +189,20 @@ def test_predictions_whose_answers_outgrow_their_requests(client: Client) -> Non
         request = predictions_pb2.PredictRequest(job=job.name, inputs=to_tensor(x[:60_000]))
         with pytest.raises(grpc.RpcError) as too_big:
             stub.Predict(request, timeout=30)
+        # The same rows' raw outputs alone (40 bytes a row) fit one answer.
+        request.outputs_only = True
+        raw = stub.Predict(request, timeout=30)
     assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "at most 47" in (too_big.value.details() or "")  # 4 MiB less 4 KiB, over 88 bytes
+    assert not raw.HasField("probabilities") and not raw.HasField("labels")
+    # Split into other requests (answers of 40 bytes a row, not 88), rows go through matrix
+    # products of other sizes: equal up to float32 rounding.
+    np.testing.assert_allclose(
+        from_tensor(raw.outputs), whole.outputs[:60_000], rtol=1e-5, atol=1e-6
+    )
+    raw_whole = job.predict(x, outputs_only=True)
+    assert raw_whole.labels is None
+    np.testing.assert_allclose(raw_whole.outputs, whole.outputs, rtol=1e-5, atol=1e-6)
 
 
 def test_delete_dataset_and_job(client: Client, iris: dict[str, np.ndarray]) -> None:

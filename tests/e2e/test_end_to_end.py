@@ -58,6 +58,11 @@ def test_train_to_accuracy_and_predict(
     accuracy = (prediction.labels == iris["y_test"]).mean()
     assert accuracy >= 0.9, f"test accuracy {accuracy}"
     assert prediction.checkpoint.startswith(f"{job.name}/checkpoints/")
+    raw = job.predict(iris["x_test"], outputs_only=True)
+    assert raw.probabilities is None and raw.labels is None
+    assert np.array_equal(raw.outputs, prediction.outputs)
+    [streamed] = client.predict_stream(job, [iris["x_test"]], outputs_only=True)
+    assert streamed.probabilities is None and np.array_equal(streamed.outputs, raw.outputs)
 
     listed = [j.name for j in client.list_jobs(dataset=iris_dataset.name)]
     assert job.name in listed

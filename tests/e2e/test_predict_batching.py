@@ -116,6 +116,33 @@ def test_batched_answers_equal_lone_answers_exactly(
     assert (passes_after - passes_before) > (single_after - single_before)
 
 
+def test_outputs_only_requests_get_the_same_outputs_alone_and_batched_with_full_ones(
+    batching_server: tuple[LocalServer, int], job_name: str
+) -> None:
+    server, _ = batching_server
+    requests = _requests(job_name, 64, seed=2)
+    raw_only = np.random.default_rng(2).random(len(requests)) < 0.5
+    mixed = [
+        predictions_pb2.PredictRequest(job=r.job, inputs=r.inputs, outputs_only=bool(raw))
+        for r, raw in zip(requests, raw_only, strict=True)
+    ]
+    with grpc.insecure_channel(server.target) as channel:
+        stub = predictions_pb2_grpc.PredictionServiceStub(channel)
+        full = [stub.Predict(r, timeout=30) for r in requests]
+        alone = [stub.Predict(r, timeout=30) for r in mixed]
+    together = asyncio.run(_concurrently(server.target, mixed))
+    for raw, complete, lone, batched in zip(raw_only, full, alone, together, strict=True):
+        assert isinstance(batched, predictions_pb2.PredictResponse), batched
+        for answer in (lone, batched):
+            assert answer.outputs.data == complete.outputs.data
+            assert answer.checkpoint == complete.checkpoint
+            if raw:
+                assert not answer.HasField("probabilities") and not answer.HasField("labels")
+            else:
+                assert answer.probabilities.data == complete.probabilities.data
+                assert answer.labels.data == complete.labels.data
+
+
 def _malformed(job: str) -> dict[str, predictions_pb2.PredictRequest]:
     good = np.ones((2, WIDTH), np.float32)
     nan = good.copy()

@@ -165,6 +165,38 @@ def test_postprocess_runs_once_per_pass_and_each_request_gets_its_own_rows(
             assert got.dtype == expected.dtype and np.array_equal(got, expected)
 
 
+def test_postprocess_runs_only_for_a_pass_with_a_request_that_wants_it(
+    passes: list[list[int]],
+) -> None:
+    calls: list[int] = []
+
+    def counted(outputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        calls.append(len(outputs))
+        return classify(outputs)
+
+    batcher = ModelBatcher(
+        Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=0.0, postprocess=counted
+    )
+    inputs = [_rows(n, seed) for seed, n in enumerate([1, 3, 2])]
+
+    async def run(wanted: list[bool]) -> list[tuple[np.ndarray, ...]]:
+        return await asyncio.gather(
+            *(batcher.predict(x, postprocessed=w) for x, w in zip(inputs, wanted, strict=True))
+        )
+
+    raw = asyncio.run(run([False, False, False]))
+    assert calls == [] and len(passes) == 1, "a pass of raw-output requests only: no postprocess"
+    assert [len(answer) for answer in raw] == [1, 1, 1]
+    mixed = asyncio.run(run([False, True, False]))
+    assert calls == [6] and len(passes) == 2, "one postprocess over the mixed pass"
+    assert [len(answer) for answer in mixed] == [3, 3, 3]
+    lone = [asyncio.run(batcher.predict(x, postprocessed=False)) for x in inputs]
+    assert calls == [6], "an idle model's lone raw-output request runs no postprocess either"
+    for x, (alone,), (outputs,), (first, *_) in zip(inputs, lone, raw, mixed, strict=True):
+        assert np.array_equal(outputs, alone) and np.array_equal(first, alone)
+        assert np.array_equal(alone, predict_many(batcher.model, [x], batcher.tiles)[0])
+
+
 def test_a_small_request_alone_on_an_idle_model_runs_at_once_in_its_own_handler(
     passes: list[list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

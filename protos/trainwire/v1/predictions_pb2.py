@@ -26,7 +26,7 @@ from trainwire.v1 import models_pb2 as trainwire_dot_v1_dot_models__pb2
 from trainwire.v1 import tensor_pb2 as trainwire_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etrainwire/v1/predictions.proto\x12\x0ctrainwire.v1\x1a\x19trainwire/v1/models.proto\x1a\x19trainwire/v1/tensor.proto\"W\n\x0ePredictRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12$\n\x06inputs\x18\x03 \x01(\x0b\x32\x14.trainwire.v1.Tensor\"\x9f\x01\n\x0fPredictResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12%\n\x07outputs\x18\x02 \x01(\x0b\x32\x14.trainwire.v1.Tensor\x12+\n\rprobabilities\x18\x03 \x01(\x0b\x32\x14.trainwire.v1.Tensor\x12$\n\x06labels\x18\x04 \x01(\x0b\x32\x14.trainwire.v1.Tensor\":\n\x17GetModelMetadataRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\"\x86\x02\n\rModelMetadata\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12(\n\x06inputs\x18\x03 \x01(\x0b\x32\x18.trainwire.v1.TensorInfo\x12)\n\x07outputs\x18\x04 \x01(\x0b\x32\x18.trainwire.v1.TensorInfo\x12\x13\n\x0bnum_classes\x18\x05 \x01(\x05\x12&\n\x05model\x18\x06 \x01(\x0b\x32\x17.trainwire.v1.ModelSpec\x12\x16\n\x0enum_parameters\x18\x07 \x01(\x03\x12\x13\n\x0b\x63lass_names\x18\x08 \x03(\t\x12\x15\n\rfeature_names\x18\t \x03(\t2\x85\x02\n\x11PredictionService\x12\x46\n\x07Predict\x12\x1c.trainwire.v1.PredictRequest\x1a\x1d.trainwire.v1.PredictResponse\x12P\n\rPredictStream\x12\x1c.trainwire.v1.PredictRequest\x1a\x1d.trainwire.v1.PredictResponse(\x01\x30\x01\x12V\n\x10GetModelMetadata\x12%.trainwire.v1.GetModelMetadataRequest\x1a\x1b.trainwire.v1.ModelMetadatab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etrainwire/v1/predictions.proto\x12\x0ctrainwire.v1\x1a\x19trainwire/v1/models.proto\x1a\x19trainwire/v1/tensor.proto\"m\n\x0ePredictRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12$\n\x06inputs\x18\x03 \x01(\x0b\x32\x14.trainwire.v1.Tensor\x12\x14\n\x0coutputs_only\x18\x04 \x01(\x08\"\x9f\x01\n\x0fPredictResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12%\n\x07outputs\x18\x02 \x01(\x0b\x32\x14.trainwire.v1.Tensor\x12+\n\rprobabilities\x18\x03 \x01(\x0b\x32\x14.trainwire.v1.Tensor\x12$\n\x06labels\x18\x04 \x01(\x0b\x32\x14.trainwire.v1.Tensor\":\n\x17GetModelMetadataRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\"\x86\x02\n\rModelMetadata\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12(\n\x06inputs\x18\x03 \x01(\x0b\x32\x18.trainwire.v1.TensorInfo\x12)\n\x07outputs\x18\x04 \x01(\x0b\x32\x18.trainwire.v1.TensorInfo\x12\x13\n\x0bnum_classes\x18\x05 \x01(\x05\x12&\n\x05model\x18\x06 \x01(\x0b\x32\x17.trainwire.v1.ModelSpec\x12\x16\n\x0enum_parameters\x18\x07 \x01(\x03\x12\x13\n\x0b\x63lass_names\x18\x08 \x03(\t\x12\x15\n\rfeature_names\x18\t \x03(\t2\x85\x02\n\x11PredictionService\x12\x46\n\x07Predict\x12\x1c.trainwire.v1.PredictRequest\x1a\x1d.trainwire.v1.PredictResponse\x12P\n\rPredictStream\x12\x1c.trainwire.v1.PredictRequest\x1a\x1d.trainwire.v1.PredictResponse(\x01\x30\x01\x12V\n\x10GetModelMetadata\x12%.trainwire.v1.GetModelMetadataRequest\x1a\x1b.trainwire.v1.ModelMetadatab\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trainwire.v1.predictions_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PREDICTREQUEST']._serialized_start=102
-  _globals['_PREDICTREQUEST']._serialized_end=189
-  _globals['_PREDICTRESPONSE']._serialized_start=192
-  _globals['_PREDICTRESPONSE']._serialized_end=351
-  _globals['_GETMODELMETADATAREQUEST']._serialized_start=353
-  _globals['_GETMODELMETADATAREQUEST']._serialized_end=411
-  _globals['_MODELMETADATA']._serialized_start=414
-  _globals['_MODELMETADATA']._serialized_end=676
-  _globals['_PREDICTIONSERVICE']._serialized_start=679
-  _globals['_PREDICTIONSERVICE']._serialized_end=940
+  _globals['_PREDICTREQUEST']._serialized_end=211
+  _globals['_PREDICTRESPONSE']._serialized_start=214
+  _globals['_PREDICTRESPONSE']._serialized_end=373
+  _globals['_GETMODELMETADATAREQUEST']._serialized_start=375
+  _globals['_GETMODELMETADATAREQUEST']._serialized_end=433
+  _globals['_MODELMETADATA']._serialized_start=436
+  _globals['_MODELMETADATA']._serialized_end=698
+  _globals['_PREDICTIONSERVICE']._serialized_start=701
+  _globals['_PREDICTIONSERVICE']._serialized_end=962
 # @@protoc_insertion_point(module_scope)

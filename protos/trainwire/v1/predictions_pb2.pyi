@@ -9,14 +9,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PredictRequest(_message.Message):
-    __slots__ = ("job", "checkpoint", "inputs")
+    __slots__ = ("job", "checkpoint", "inputs", "outputs_only")
     JOB_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_ONLY_FIELD_NUMBER: _ClassVar[int]
     job: str
     checkpoint: str
     inputs: _tensor_pb2.Tensor
-    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., inputs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    outputs_only: bool
+    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., inputs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., outputs_only: _Optional[bool] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("checkpoint", "outputs", "probabilities", "labels")
