@@ -14,10 +14,11 @@ and `ratio_full_answer` (the same server, in the same rounds). The bare server l
 threads as one Trainwire server process does (`Settings.blas_threads_per_server`: 2 at most). It
 runs twice, on grpcio's thread-pool server and on grpc.aio — the measurement behind Trainwire's
 own choice of server — and the ratio is against the faster of the two.
-Trainwire runs twice too: as `trainwire serve` starts by default (one server process; its figures
-are the ones named `trainwire_rps` and `ratio`) and, on a machine of several cores, with one
-server process per core sharing the port (`TRAINWIRE_SERVER_PROCESSES`; `ratio_processes`), the
-measurement behind that setting's advice; the bare servers stay single processes. One load
+Trainwire runs as `trainwire serve` starts by default (one server process; its figures are the
+ones named `trainwire_rps` and `ratio`, and `..._full_answer`) and, on a machine of several cores,
+with one server process per core sharing the port (`TRAINWIRE_SERVER_PROCESSES`;
+`ratio_processes`, asked for the outputs alone), the measurement behind that setting's advice;
+the bare servers stay single processes. One load
 generator (a separate process, asyncio client, up to 4 connections, which the kernel spreads over
 the processes) drives them all with the same requests: one row at concurrency 1 and 16, and
 1,000 rows at concurrency 4. Each case runs in rounds (5 by default), the servers in a rotating
@@ -310,7 +311,8 @@ def _measure(
     # Untimed: every server process loads the model, so the loading's CPU time is in no round.
     # The kernel puts each connection on one of P processes at random: with 32 P connections a
     # process is missed with a probability below e^-32 (with 4, one of 2 is missed 1 time in 8).
-    for target, pids, _ in servers.values():
+    warm = {target: pids for target, pids, _ in servers.values()}  # one server, two answers
+    for target, pids in warm.items():
         processes = len(pids) if pids else (os.cpu_count() or 1)
         load(target, job, "warm_up", 32 * processes)
     for case, count in counts.items():
@@ -374,6 +376,8 @@ def main() -> int:
         return 0
     if args.load:
         target, job, case, count, answer = args.load
+        if answer not in ("outputs", "full"):
+            parser.error(f"the answer asked for is 'outputs' or 'full'. Received: {answer!r}")
         if case == "warm_up":
             print(json.dumps(asyncio.run(warm_up(target, job, int(count)))))
             return 0

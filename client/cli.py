@@ -350,7 +350,9 @@ def _predict(client: Client, args: argparse.Namespace) -> int:
     # A CSV header's columns are matched to the model's features by name, which are fetched
     # only for such a file.
     inputs = read_model_inputs(args.input, lambda: metadata().feature_names)
-    prediction = client.predict(job, inputs, checkpoint=args.checkpoint)
+    prediction = client.predict(
+        job, inputs, checkpoint=args.checkpoint, outputs_only=args.outputs_only
+    )
     # A classifier's labels are named by its classes, when its training dataset named them and
     # the output shows names (the table, JSON); a regression, .npy and .csv cost no call. The
     # prediction is answered: a failure to read the names only leaves them out.
@@ -525,6 +527,11 @@ def add_user_commands(commands: Any) -> None:
     predict.add_argument("--input", "-i", required=True, help="rows to predict: .csv or .npy")
     predict.add_argument("--output", "-o", help="write predictions to .csv, .json or .npy")
     predict.add_argument("--checkpoint", default="", help="latest (default), best, epoch/N")
+    predict.add_argument(
+        "--outputs-only",
+        action="store_true",
+        help="the raw outputs alone (a classifier's logits, without probabilities and labels)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

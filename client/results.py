@@ -172,7 +172,8 @@ def _iso(message: Any) -> str | None:
 
 @dataclass(frozen=True)
 class Prediction:
-    """Model outputs; for classifiers also class probabilities and labels."""
+    """Model outputs; for classifiers also class probabilities and labels (None when asked for
+    `outputs_only`)."""
 
     outputs: np.ndarray
     probabilities: np.ndarray | None

@@ -61,7 +61,7 @@ BUSY_LOOP_HOLD_S = 0.002
 Postprocess = Callable[[np.ndarray], tuple[np.ndarray, ...]]
 
 
-def outputs_only(outputs: np.ndarray) -> tuple[np.ndarray, ...]:
+def raw_outputs(outputs: np.ndarray) -> tuple[np.ndarray, ...]:
     return (outputs,)
 
 
@@ -127,7 +127,7 @@ class ModelBatcher:
         max_rows: int,
         max_wait_s: float,
         executor: Executor | None = None,
-        postprocess: Postprocess = outputs_only,
+        postprocess: Postprocess = raw_outputs,
     ) -> None:
         self.model = model
         self.postprocess = postprocess
@@ -313,4 +313,4 @@ class ModelBatcher:
 
     def _compute(self, inputs: list[np.ndarray], postprocessed: bool) -> tuple[np.ndarray, ...]:
         outputs = predict_stacked(self.model, inputs, self.tiles)
-        return self.postprocess(outputs) if postprocessed else (outputs,)
+        return (self.postprocess if postprocessed else raw_outputs)(outputs)

@@ -20,7 +20,7 @@ from trainwire.engine import Model, load_state
 from trainwire.engine.activations import sigmoid, softmax
 from trainwire.v1 import tensor_pb2
 
-from .batching import ModelBatcher, outputs_only
+from .batching import ModelBatcher, raw_outputs
 from .errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from .metrics import PREDICTION_ROWS
 from .model_cache import ModelCache, Pin, model_bytes
@@ -350,7 +350,7 @@ class PredictionService:
                 self.batch_rows,
                 self.batch_wait_s,
                 self.executor,
-                postprocess=classify if classifier else outputs_only,
+                postprocess=classify if classifier else raw_outputs,
             )
 
         return self.cache.get((job.id, checkpoint.id), load)

@@ -52,7 +52,16 @@ def test_the_prediction_benchmark_prints_every_case_with_its_ratio() -> None:
     assert result["benchmark"] == "predict"
     assert set(result["cases"]) == {"one_row_c1", "one_row_c16", "rows1000_c4"}
     for case, row in result["cases"].items():
-        for key in ("trainwire_rps", "bare_rps", "ratio", "p50_ms", "p99_ms"):
+        for key in (
+            "trainwire_rps",
+            "bare_rps",
+            "ratio",
+            "p50_ms",
+            "p99_ms",
+            "trainwire_full_answer_rps",
+            "ratio_full_answer",
+            "full_answer_p99_ms",
+        ):
             assert _positive(row[key]), (case, key, row[key])
         assert row["p50_ms"] <= row["p99_ms"], (case, row)
         # The ceiling is the faster bare server.

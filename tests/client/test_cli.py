@@ -144,6 +144,11 @@ def test_submit_follow_and_predict(cli: Cli, tmp_path: Path) -> None:
     )
     code, out, _ = cli("predict", job, "-i", str(tmp_path / "rows.npy"))
     assert out.splitlines()[0].split() == ["ROW", "LABEL", "PROBABILITY"]
+    # The raw outputs alone: a table of the three logits, and JSON without labels.
+    code, out, _ = cli("predict", job, "-i", str(tmp_path / "rows.npy"), "--outputs-only")
+    assert code == 0 and out.splitlines()[0].split() == ["ROW", "Y0", "Y1", "Y2"]
+    raw = cli.json("predict", job, "-i", str(tmp_path / "rows.npy"), "--outputs-only")
+    assert np.array(raw["outputs"]).shape == (6, 3) and raw.get("labels") is None
 
     # A CSV header names the columns: they are matched to the dataset's by name, in any order.
     shuffled = tmp_path / "rows.csv"

@@ -119,7 +119,7 @@ def test_batched_answers_equal_lone_answers_exactly(
 def test_outputs_only_requests_get_the_same_outputs_alone_and_batched_with_full_ones(
     batching_server: tuple[LocalServer, int], job_name: str
 ) -> None:
-    server, _ = batching_server
+    server, metrics_port = batching_server
     requests = _requests(job_name, 64, seed=2)
     raw_only = np.random.default_rng(2).random(len(requests)) < 0.5
     mixed = [
@@ -130,7 +130,12 @@ def test_outputs_only_requests_get_the_same_outputs_alone_and_batched_with_full_
         stub = predictions_pb2_grpc.PredictionServiceStub(channel)
         full = [stub.Predict(r, timeout=30) for r in requests]
         alone = [stub.Predict(r, timeout=30) for r in mixed]
+    passes_before, single_before = _batch_histogram(metrics_port)
     together = asyncio.run(_concurrently(server.target, mixed))
+    passes_after, single_after = _batch_histogram(metrics_port)
+    # Batched: fewer passes than requests, and some carried several (both kinds, at 1 in 2).
+    assert passes_after - passes_before < len(mixed)
+    assert (passes_after - passes_before) > (single_after - single_before)
     for raw, complete, lone, batched in zip(raw_only, full, alone, together, strict=True):
         assert isinstance(batched, predictions_pb2.PredictResponse), batched
         for answer in (lone, batched):
