@@ -632,6 +632,20 @@ class AsyncJob:
             self.name, inputs, checkpoint=checkpoint, outputs_only=outputs_only
         )
 
+    def predict_stream(
+        self,
+        batches: Iterable[np.ndarray | Sequence[Sequence[float]]]
+        | AsyncIterable[np.ndarray | Sequence[Sequence[float]]],
+        *,
+        checkpoint: str = "",
+        outputs_only: bool = False,
+    ) -> AsyncIterator[Prediction]:
+        """Predictions for each batch of rows over one stream (see
+        `AsyncClient.predict_stream`)."""
+        return self.client.predict_stream(
+            self.name, batches, checkpoint=checkpoint, outputs_only=outputs_only
+        )
+
     async def plot(self, path: PathLike | None = None, *, dpi: int = 100) -> Path:
         """Saves a PNG of the training curves (see `Job.plot`); drawing runs in a thread."""
         from .plot import save_metrics_plot

@@ -758,6 +758,18 @@ class Job:
             self.name, inputs, checkpoint=checkpoint, outputs_only=outputs_only
         )
 
+    def predict_stream(
+        self,
+        batches: Iterable[np.ndarray | Sequence[Sequence[float]]],
+        *,
+        checkpoint: str = "",
+        outputs_only: bool = False,
+    ) -> Iterator[Prediction]:
+        """Predictions for each batch of rows over one stream (see `Client.predict_stream`)."""
+        return self.client.predict_stream(
+            self.name, batches, checkpoint=checkpoint, outputs_only=outputs_only
+        )
+
     def plot(self, path: PathLike | None = None, *, dpi: int = 100) -> Path:
         """Saves a PNG of the training curves (default `<job id>.png`) and returns its path.
 

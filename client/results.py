@@ -119,7 +119,7 @@ class JobStatus:
             state=state_name(message.state),
             epoch=message.progress.epoch,
             total_epochs=message.progress.total_epochs,
-            metrics=dict(message.metrics),
+            metrics=dict(sorted(message.metrics.items())),  # a protobuf map has no order
             error=message.error,
             attempt=message.attempt,
             examples_per_second=message.progress.examples_per_second,
@@ -260,7 +260,7 @@ class Checkpoint:
             name=message.name,
             epoch=message.epoch,
             step=message.step,
-            metrics=dict(message.metrics),
+            metrics=dict(sorted(message.metrics.items())),  # a protobuf map has no order
             size_bytes=message.size_bytes,
             # Timestamp.ToDatetime() is naive UTC; an aware value cannot be mistaken for local time.
             create_time=created.replace(tzinfo=UTC) if created else None,

@@ -46,9 +46,7 @@ def test_fifty_concurrent_jobs(live_server: LocalServer, dataset: DatasetInfo) -
             assert np.array_equal(streamed[0].outputs, (await job.predict(features[:3])).outputs)
             raw = await job.predict(features[:3], outputs_only=True)
             assert raw.labels is None and np.array_equal(raw.outputs, streamed[0].outputs)
-            raw_streamed = [
-                p async for p in client.predict_stream(job, [features[:3]], outputs_only=True)
-            ]
+            raw_streamed = [p async for p in job.predict_stream([features[:3]], outputs_only=True)]
             assert raw_streamed[0].probabilities is None
             assert np.array_equal(raw_streamed[0].outputs, raw.outputs)
             events = [event.sequence async for event in job.watch()]

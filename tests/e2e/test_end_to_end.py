@@ -49,6 +49,7 @@ def test_train_to_accuracy_and_predict(
     assert status.state == "SUCCEEDED"
     assert status.epoch == status.total_epochs == 40
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(status.metrics)
+    assert list(status.metrics) == sorted(status.metrics), "in name order, as printed"
     assert status.metrics["accuracy"] >= 0.9
 
     prediction = job.predict(iris["x_test"])
@@ -61,7 +62,7 @@ def test_train_to_accuracy_and_predict(
     raw = job.predict(iris["x_test"], outputs_only=True)
     assert raw.probabilities is None and raw.labels is None
     assert np.array_equal(raw.outputs, prediction.outputs)
-    [streamed] = client.predict_stream(job, [iris["x_test"]], outputs_only=True)
+    [streamed] = job.predict_stream([iris["x_test"]], outputs_only=True)
     assert streamed.probabilities is None and np.array_equal(streamed.outputs, raw.outputs)
 
     listed = [j.name for j in client.list_jobs(dataset=iris_dataset.name)]
