@@ -215,9 +215,33 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     worker.set_defaults(handler=_worker)
 
-    db = commands.add_parser("db", help="database schema")
-    db.add_argument("db_command", choices=["upgrade", "current"])
+    db = commands.add_parser("db", help="database schema: upgrade it or show its revision")
+    # Also accepted before the subcommand (`db --database-url URL upgrade`), as it once was.
     db.add_argument("--database-url", help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    for name, text, description in (
+        (
+            "upgrade",
+            "migrate the schema to this Trainwire's revision",
+            "Migrate the database's schema to this Trainwire's revision (the head), creating "
+            "a SQLite file that does not exist; refused (exit 1) for a schema a newer "
+            "Trainwire migrated.",
+        ),
+        (
+            "current",
+            "show the schema's revision and this Trainwire's",
+            "Show the database and its schema revision beside this Trainwire's (the head); "
+            "exit 0 when they match, exit 1 when the schema is behind (run `trainwire db "
+            "upgrade`) or ahead (a newer Trainwire migrated it). Creates no database.",
+        ),
+    ):
+        sub = db_commands.add_parser(name, help=text, description=description)
+        # SUPPRESS: left unset here, a URL given before the subcommand is not overwritten.
+        sub.add_argument(
+            "--database-url",
+            default=argparse.SUPPRESS,
+            help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)",
+        )
     db.set_defaults(handler=_db)
 
     keys = commands.add_parser("keys", help="API keys (each belongs to one project)")
