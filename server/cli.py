@@ -195,12 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="PEM certificate: serve TLS (TRAINWIRE_TLS_CERT)")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert (TRAINWIRE_TLS_KEY)")
     serve.add_argument(
-        "--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)"
+        "--tls-client-ca",
+        help="require client certificates signed by this CA: mutual TLS (TRAINWIRE_TLS_CLIENT_CA)",
     )
     serve.add_argument(
         "--allow-open-public",
         action="store_true",
-        help="serve a non-loopback address even though no API key exists",
+        help="serve a non-loopback address even though no API key exists "
+        "(TRAINWIRE_ALLOW_OPEN_PUBLIC=true)",
     )
     serve.set_defaults(handler=_serve)
 
@@ -208,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("--exit-with", type=int, help=argparse.SUPPRESS)
     worker = commands.add_parser("worker", help="run worker processes that train queued jobs")
-    worker.add_argument("--concurrency", type=int, default=1, help="worker processes to run")
+    worker.add_argument(
+        "--concurrency", type=int, default=1, help="worker processes to run (default 1)"
+    )
     worker.add_argument("--queue", action="append", default=[], help="only take jobs of this queue")
     worker.add_argument("--database-url", help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)")
     worker.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)

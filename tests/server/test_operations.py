@@ -186,6 +186,36 @@ def test_cli_reports_configuration_problems_with_exit_code_2() -> None:
     assert "Traceback" not in result.stderr
 
 
+def help_options(capsys: pytest.CaptureFixture[str], *command: str) -> dict[str, str]:
+    """Each option of `trainwire COMMAND --help`, by its flag, with its help text on one line."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*command, "--help"])
+    section = capsys.readouterr().out.split("options:\n", 1)[1].split("\n\n", 1)[0]
+    options: dict[str, str] = {}
+    for line in section.splitlines():
+        if line.startswith("  -"):  # a new option; its help continues on indented lines
+            flag, *text = line.split()
+            options[flag.rstrip(",")] = " ".join(text)
+        else:
+            options[flag.rstrip(",")] += " " + " ".join(line.split())
+    return options
+
+
+def test_operator_help_shows_defaults_and_the_variable_of_every_serve_option(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--tls-client-ca` and `--allow-open-public` named no variable, though every other serve
+    option does; `worker --concurrency` showed no default."""
+    serve = help_options(capsys, "serve")
+    assert "--tls-client-ca" in serve and "--allow-open-public" in serve
+    for flag, text in serve.items():
+        if flag != "-h":
+            assert "TRAINWIRE_" in text, (flag, text)
+    assert "(TRAINWIRE_TLS_CLIENT_CA)" in serve["--tls-client-ca"]
+    assert "TRAINWIRE_ALLOW_OPEN_PUBLIC=true" in serve["--allow-open-public"]
+    assert "(default 1)" in help_options(capsys, "worker")["--concurrency"]
+
+
 def test_revoking_an_unknown_key_exits_3_naming_it(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'keys.db'}"
     upgrade(url)
