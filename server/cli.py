@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .config import Settings
 from .errors import TrainwireError
@@ -147,14 +148,26 @@ def _keys(args: argparse.Namespace) -> int:
             store.revoke_api_key(args.key_id)
             print(f"revoked key {args.key_id}")
         else:
-            for key in store.list_api_keys():
-                state = (
-                    f"revoked {key['revoked_at']:%Y-%m-%d %H:%M}" if key["revoked_at"] else "active"
-                )
-                print(f"{key['id']}  {key['project']:<20} {state:<24} {key['name']}")
+            _print_keys(store.list_api_keys())
     finally:
         database.dispose()
     return 0
+
+
+def _print_keys(keys: list[dict[str, Any]]) -> None:
+    """`keys list`: a table like the user commands' (never a secret), or how to make a key."""
+    from trainwire.client.cli import table
+
+    if not keys:
+        print("no API keys; create one with `trainwire keys create --project NAME`")
+        return
+    rows = [
+        (key["id"], key["project"],
+         f"revoked {key['revoked_at']:%Y-%m-%d %H:%M}" if key["revoked_at"] else "active",
+         key["name"])
+        for key in keys
+    ]  # fmt: skip
+    print(table(rows, ("ID", "PROJECT", "STATE", "NAME")))
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from trainwire.server.records import JobState
 from trainwire.server.store import Store
 from trainwire.server.supervisor import WorkerPool
 
+from .test_cli_database import run
 from .test_store import make_dataset, make_job
 
 
@@ -214,6 +215,26 @@ def test_operator_help_shows_defaults_and_the_variable_of_every_serve_option(
     assert "(TRAINWIRE_TLS_CLIENT_CA)" in serve["--tls-client-ca"]
     assert "TRAINWIRE_ALLOW_OPEN_PUBLIC=true" in serve["--allow-open-public"]
     assert "(default 1)" in help_options(capsys, "worker")["--concurrency"]
+
+
+def test_keys_list_is_a_table_with_a_header_and_says_how_to_make_the_first_key(
+    database_url: str, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It printed bare rows, and nothing at all when no key existed."""
+    listing = ["keys", "list", "--database-url", database_url]
+    assert run(capsys, *listing) == (
+        0, "no API keys; create one with `trainwire keys create --project NAME`\n", ""
+    )  # fmt: skip
+    research = store.create_api_key("research", "ci")
+    other = store.create_api_key("other")
+    store.revoke_api_key(other.id)
+    code, out, err = run(capsys, *listing)
+    assert code == 0 and err == ""
+    header, *rows = out.splitlines()
+    assert header.split() == ["ID", "PROJECT", "STATE", "NAME"]
+    assert rows[0].split() == [research.id, "research", "active", "ci"]
+    assert rows[1].split()[:3] == [other.id, "other", "revoked"]
+    assert research.key not in out and other.key not in out
 
 
 def test_revoking_an_unknown_key_exits_3_naming_it(tmp_path: Path) -> None:
