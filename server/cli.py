@@ -130,10 +130,23 @@ def _db(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
+    from .auth import KEY_PREFIX, masked_key, parse_key
     from .db import Database
+    from .errors import InvalidArgument
     from .migrate import check_deployment
     from .store import Store
 
+    if args.keys_command == "revoke" and args.key_id.startswith(KEY_PREFIX):
+        # The key itself, secret and all, where its id belongs: say so, and never echo it.
+        message = (
+            f"{masked_key(args.key_id)} looks like an API key's secret, not its id: "
+            "`trainwire keys revoke` takes the key's id, which `trainwire keys list` and "
+            "`trainwire keys create` show"
+        )
+        parsed = parse_key(args.key_id)
+        if parsed:
+            message += f" (this key's id is {parsed[0]}: `trainwire keys revoke {parsed[0]}`)"
+        raise InvalidArgument(message)
     settings = _settings(args)
     database = Database(settings.database_url)
     try:
@@ -145,8 +158,11 @@ def _keys(args: argparse.Namespace) -> int:
             print(f"created key {created.id} for project {created.project}; it is shown once:")
             print(created.key)
         elif args.keys_command == "revoke":
-            store.revoke_api_key(args.key_id)
-            print(f"revoked key {args.key_id}")
+            earlier = store.revoke_api_key(args.key_id)
+            if earlier is None:
+                print(f"revoked key {args.key_id}")
+            else:  # revoking is idempotent: nothing changed, and nothing failed
+                print(f"key {args.key_id} was already revoked ({earlier:%Y-%m-%d %H:%M} UTC)")
         else:
             _print_keys(store.list_api_keys())
     finally:
@@ -268,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default="", help="a note on who uses the key")
     listing = keys_commands.add_parser("list", help="list keys (never their secrets)")
     revoke = keys_commands.add_parser("revoke", help="revoke a key")
-    revoke.add_argument("key_id")
+    revoke.add_argument(
+        "key_id", help="the key's id, as keys list and keys create show it (not its tw_… secret)"
+    )
     for sub in (create, listing, revoke):
         sub.add_argument("--database-url", help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)")
     keys.set_defaults(handler=_keys)

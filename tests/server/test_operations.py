@@ -249,6 +249,38 @@ def test_revoking_an_unknown_key_exits_3_naming_it(tmp_path: Path) -> None:
     assert result.stderr.strip() == "trainwire: not found: API key nosuchkey does not exist"
 
 
+def test_revoke_given_a_key_s_secret_says_it_takes_the_id_and_never_echoes_the_secret(
+    database_url: str, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It answered `not found: API key tw_<id>_<secret> does not exist`: no hint, and the
+    secret printed in full."""
+    key = store.create_api_key("research")
+    secret = key.key.split("_", 2)[2]
+    code, out, err = run(capsys, "keys", "revoke", key.key, "--database-url", database_url)
+    assert code == 2 and out == "", "the README's exit code for invalid arguments"
+    assert err.startswith(f"trainwire: invalid argument: tw_{key.id}_… looks like an API key's")
+    assert "takes the key's id, which `trainwire keys list` and `trainwire keys create`" in err
+    assert f"`trainwire keys revoke {key.id}`" in err
+    assert secret not in err and len(err.strip().splitlines()) == 1
+    assert [active.id for active in store.active_api_keys()] == [key.id]
+    # Only the prefix of what cannot be read as a key.
+    code, out, err = run(capsys, "keys", "revoke", "tw_not-a-key", "--database-url", database_url)
+    assert code == 2 and "tw_… looks like an API key's secret" in err
+    assert "not-a-key" not in err
+
+
+def test_revoking_a_revoked_key_says_it_was_already_revoked(
+    database_url: str, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second revoke printed `revoked key ...` again, as if it had just revoked it."""
+    key_id = store.create_api_key("research").id
+    revoke = ["keys", "revoke", key_id, "--database-url", database_url]
+    assert run(capsys, *revoke) == (0, f"revoked key {key_id}\n", "")
+    code, out, err = run(capsys, *revoke)
+    assert code == 0 and err == "", "revoking is idempotent"
+    assert out.startswith(f"key {key_id} was already revoked (") and out.endswith(" UTC)\n")
+
+
 def test_json_logs_carry_request_and_job_ids() -> None:
     record = logging.LogRecord(
         "trainwire.worker", logging.INFO, __file__, 1, "epoch %d", (3,), None
