@@ -526,7 +526,12 @@ def add_user_commands(commands: Any) -> None:
     predict.add_argument("job", help="jobs/ID or ID")
     predict.add_argument("--input", "-i", required=True, help="rows to predict: .csv or .npy")
     predict.add_argument("--output", "-o", help="write predictions to .csv, .json or .npy")
-    predict.add_argument("--checkpoint", default="", help="latest (default), best, epoch/N")
+    predict.add_argument(
+        "--checkpoint",
+        default="",
+        help="latest (default), best, epoch/N, or a checkpoint's full name, "
+        "jobs/ID/checkpoints/N (jobs show lists each N)",
+    )
     predict.add_argument(
         "--outputs-only",
         action="store_true",

@@ -305,10 +305,11 @@ def serve(
     running = RunningServer(settings, store)
     if not running.keys.required:
         if not running.keys.open_without_keys:
-            raise RuntimeError(
+            # A configuration the operator must change: ValueError, the CLI's exit code 2.
+            raise ValueError(
                 f"refusing to serve {settings.host} without API keys: create one with "
-                "`trainwire keys create --project NAME`, or set TRAINWIRE_ALLOW_OPEN_PUBLIC=true "
-                "to run open on a public address"
+                "`trainwire keys create --project NAME`, or pass --allow-open-public (or set "
+                "TRAINWIRE_ALLOW_OPEN_PUBLIC=true) to run open on a public address"
             )
         log.warning("no API keys exist: the server is open to anyone who can reach it")
     # Metrics first: a port that cannot be bound stops the process before it takes calls. The

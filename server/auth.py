@@ -30,7 +30,8 @@ log = logging.getLogger("trainwire.server")
 
 DEFAULT_PROJECT = "default"
 PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_KEY = re.compile(r"^tw_([0-9a-f]{16})_([A-Za-z0-9_-]{20,100})$")
+KEY_PREFIX = "tw_"  # every key starts so; a key id (16 hex digits) never does
+_KEY = re.compile("^" + re.escape(KEY_PREFIX) + r"([0-9a-f]{16})_([A-Za-z0-9_-]{20,100})$")
 # Health and reflection answer everyone, so load balancers and stock tools work without a key.
 EXEMPT_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
@@ -66,12 +67,19 @@ def hash_secret(salt: bytes, secret: str) -> bytes:
 
 
 def format_key(key_id: str, secret: str) -> str:
-    return f"tw_{key_id}_{secret}"
+    return f"{KEY_PREFIX}{key_id}_{secret}"
 
 
 def parse_key(key: str) -> tuple[str, str] | None:
     match = _KEY.match(key)
     return None if match is None else (match.group(1), match.group(2))
+
+
+def masked_key(key: str) -> str:
+    """A key, or what looks like one, fit to show: `tw_<id>_…` (the id is no secret), or `tw_…`
+    when no id can be read from it."""
+    parsed = parse_key(key)
+    return f"{KEY_PREFIX}{parsed[0]}_…" if parsed else f"{KEY_PREFIX}…"
 
 
 def check_project_name(project: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .config import Settings
 from .errors import TrainwireError
@@ -129,10 +130,23 @@ def _db(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
+    from .auth import KEY_PREFIX, masked_key, parse_key
     from .db import Database
+    from .errors import InvalidArgument
     from .migrate import check_deployment
     from .store import Store
 
+    if args.keys_command == "revoke" and args.key_id.startswith(KEY_PREFIX):
+        # The key itself, secret and all, where its id belongs: say so, and never echo it.
+        message = (
+            f"{masked_key(args.key_id)} looks like an API key's secret, not its id: "
+            "`trainwire keys revoke` takes the key's id, which `trainwire keys list` and "
+            "`trainwire keys create` show"
+        )
+        parsed = parse_key(args.key_id)
+        if parsed:
+            message += f" (this key's id is {parsed[0]}: `trainwire keys revoke {parsed[0]}`)"
+        raise InvalidArgument(message)
     settings = _settings(args)
     database = Database(settings.database_url)
     try:
@@ -144,17 +158,32 @@ def _keys(args: argparse.Namespace) -> int:
             print(f"created key {created.id} for project {created.project}; it is shown once:")
             print(created.key)
         elif args.keys_command == "revoke":
-            store.revoke_api_key(args.key_id)
-            print(f"revoked key {args.key_id}")
+            earlier = store.revoke_api_key(args.key_id)
+            if earlier is None:
+                print(f"revoked key {args.key_id}")
+            else:  # revoking is idempotent: nothing changed, and nothing failed
+                print(f"key {args.key_id} was already revoked ({earlier:%Y-%m-%d %H:%M} UTC)")
         else:
-            for key in store.list_api_keys():
-                state = (
-                    f"revoked {key['revoked_at']:%Y-%m-%d %H:%M}" if key["revoked_at"] else "active"
-                )
-                print(f"{key['id']}  {key['project']:<20} {state:<24} {key['name']}")
+            _print_keys(store.list_api_keys())
     finally:
         database.dispose()
     return 0
+
+
+def _print_keys(keys: list[dict[str, Any]]) -> None:
+    """`keys list`: a table like the user commands' (never a secret), or how to make a key."""
+    from trainwire.client.cli import table
+
+    if not keys:
+        print("no API keys; create one with `trainwire keys create --project NAME`")
+        return
+    rows = [
+        (key["id"], key["project"],
+         f"revoked {key['revoked_at']:%Y-%m-%d %H:%M}" if key["revoked_at"] else "active",
+         key["name"])
+        for key in keys
+    ]  # fmt: skip
+    print(table(rows, ("ID", "PROJECT", "STATE", "NAME")))
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -195,12 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="PEM certificate: serve TLS (TRAINWIRE_TLS_CERT)")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert (TRAINWIRE_TLS_KEY)")
     serve.add_argument(
-        "--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)"
+        "--tls-client-ca",
+        help="require client certificates signed by this CA: mutual TLS (TRAINWIRE_TLS_CLIENT_CA)",
     )
     serve.add_argument(
         "--allow-open-public",
         action="store_true",
-        help="serve a non-loopback address even though no API key exists",
+        help="serve a non-loopback address even though no API key exists "
+        "(TRAINWIRE_ALLOW_OPEN_PUBLIC=true)",
     )
     serve.set_defaults(handler=_serve)
 
@@ -208,16 +239,42 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("--exit-with", type=int, help=argparse.SUPPRESS)
     worker = commands.add_parser("worker", help="run worker processes that train queued jobs")
-    worker.add_argument("--concurrency", type=int, default=1, help="worker processes to run")
+    worker.add_argument(
+        "--concurrency", type=int, default=1, help="worker processes to run (default 1)"
+    )
     worker.add_argument("--queue", action="append", default=[], help="only take jobs of this queue")
     worker.add_argument("--database-url", help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)")
     worker.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     worker.set_defaults(handler=_worker)
 
-    db = commands.add_parser("db", help="database schema")
-    db.add_argument("db_command", choices=["upgrade", "current"])
+    db = commands.add_parser("db", help="database schema: upgrade it or show its revision")
+    # Also accepted before the subcommand (`db --database-url URL upgrade`), as it once was.
     db.add_argument("--database-url", help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    for name, text, description in (
+        (
+            "upgrade",
+            "migrate the schema to this Trainwire's revision",
+            "Migrate the database's schema to this Trainwire's revision (the head), creating "
+            "a SQLite file that does not exist; refused (exit 1) for a schema a newer "
+            "Trainwire migrated.",
+        ),
+        (
+            "current",
+            "show the schema's revision and this Trainwire's",
+            "Show the database and its schema revision beside this Trainwire's (the head); "
+            "exit 0 when they match, exit 1 when the schema is behind (run `trainwire db "
+            "upgrade`) or ahead (a newer Trainwire migrated it). Creates no database.",
+        ),
+    ):
+        sub = db_commands.add_parser(name, help=text, description=description)
+        # SUPPRESS: left unset here, a URL given before the subcommand is not overwritten.
+        sub.add_argument(
+            "--database-url",
+            default=argparse.SUPPRESS,
+            help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)",
+        )
     db.set_defaults(handler=_db)
 
     keys = commands.add_parser("keys", help="API keys (each belongs to one project)")
@@ -227,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default="", help="a note on who uses the key")
     listing = keys_commands.add_parser("list", help="list keys (never their secrets)")
     revoke = keys_commands.add_parser("revoke", help="revoke a key")
-    revoke.add_argument("key_id")
+    revoke.add_argument(
+        "key_id", help="the key's id, as keys list and keys create show it (not its tw_… secret)"
+    )
     for sub in (create, listing, revoke):
         sub.add_argument("--database-url", help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)")
     keys.set_defaults(handler=_keys)

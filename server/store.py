@@ -1023,12 +1023,15 @@ class Store:
                 for row in rows
             ]
 
-    def revoke_api_key(self, key_id: str) -> None:
+    def revoke_api_key(self, key_id: str) -> datetime | None:
+        """Revokes the key; returns when it was revoked before, None if it was active."""
         with self.db.write() as session:
             row = session.get(ApiKeyRow, key_id)
             if row is None:
                 raise NotFound(f"API key {key_id} does not exist")
+            earlier = _aware(row.revoked_at)
             row.revoked_at = row.revoked_at or utcnow()
+            return earlier
 
     def active_api_keys(self) -> list[KeyRecord]:
         with self.db.read() as session:

@@ -323,6 +323,16 @@ def test_help_lists_the_exit_codes_of_the_readmes_table(
             assert f"{code} {meaning}" in shown, command
 
 
+def test_predict_help_names_every_checkpoint_selector(capsys: pytest.CaptureFixture[str]) -> None:
+    """--checkpoint listed "latest (default), best, epoch/N" alone, though a full checkpoint name
+    is taken too."""
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "latest (default), best, epoch/N, or a checkpoint's full name" in shown
+    assert "jobs/ID/checkpoints/N" in shown
+
+
 def test_an_unreachable_server_suggests_tls_only_to_a_plaintext_client() -> None:
     # A plaintext client against a TLS server sees only "Socket closed": the hint names the flag.
     code, _, err = main_unreachable()

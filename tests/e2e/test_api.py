@@ -398,8 +398,13 @@ def test_public_address_without_keys_is_refused(tmp_path: Path) -> None:
          "--database-url", url],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == 2, "the README's exit code for a configuration to change"
     assert "without API keys" in result.stderr and "trainwire keys create" in result.stderr
+    # Both ways to run open anyway, in one message after the new database's migration logs.
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("trainwire: refusing to serve 0.0.0.0 without API keys")
+    assert "--allow-open-public" in message and "TRAINWIRE_ALLOW_OPEN_PUBLIC=true" in message
+    assert "Traceback" not in result.stderr
 
 
 def test_public_server_stays_closed_when_its_last_key_is_revoked(tmp_path: Path) -> None:

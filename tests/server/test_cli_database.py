@@ -141,6 +141,34 @@ def test_db_current_names_the_database_and_says_to_upgrade_when_it_is_behind(
     assert f"database {url}" in out and f"current revision: {head}; head: {head}" in out
 
 
+def test_db_help_describes_each_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    """`db upgrade --help` was the generic `db` usage, `{upgrade,current}` described nowhere."""
+    helps = {}
+    for command in (["db"], ["db", "upgrade"], ["db", "current"]):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        helps[" ".join(command)] = capsys.readouterr().out
+    listing = helps["db"].splitlines()
+    for name in ("upgrade", "current"):
+        described = [line.split() for line in listing if line.split()[:1] == [name]]
+        assert len(described) == 1 and len(described[0]) > 1, helps["db"]  # one line each
+    upgrade, current = (" ".join(helps[f"db {name}"].split()) for name in ("upgrade", "current"))
+    assert "usage: trainwire db upgrade" in upgrade and "--database-url" in upgrade
+    assert "Migrate the database's schema to this Trainwire's revision" in upgrade
+    assert "usage: trainwire db current" in current and "--database-url" in current
+    assert "Show the database and its schema revision beside this Trainwire's" in current
+
+
+def test_db_takes_the_database_url_before_or_after_its_subcommand(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'either.db'}"
+    code, out, err = run(capsys, "db", "--database-url", url, "upgrade")
+    assert code == 0 and f"database {url} is at revision" in out, err
+    code, out, err = run(capsys, "db", "current", "--database-url", url)
+    assert code == 0 and f"database {url}" in out, err
+
+
 NEWER_REVISION = "9999"
 
 

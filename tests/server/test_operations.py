@@ -24,6 +24,7 @@ from trainwire.server.records import JobState
 from trainwire.server.store import Store
 from trainwire.server.supervisor import WorkerPool
 
+from .test_cli_database import run
 from .test_store import make_dataset, make_job
 
 
@@ -186,6 +187,56 @@ def test_cli_reports_configuration_problems_with_exit_code_2() -> None:
     assert "Traceback" not in result.stderr
 
 
+def help_options(capsys: pytest.CaptureFixture[str], *command: str) -> dict[str, str]:
+    """Each option of `trainwire COMMAND --help`, by its flag, with its help text on one line."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*command, "--help"])
+    section = capsys.readouterr().out.split("options:\n", 1)[1].split("\n\n", 1)[0]
+    options: dict[str, str] = {}
+    for line in section.splitlines():
+        if line.startswith("  -"):  # a new option; its help continues on indented lines
+            flag, *text = line.split()
+            options[flag.rstrip(",")] = " ".join(text)
+        else:
+            options[flag.rstrip(",")] += " " + " ".join(line.split())
+    return options
+
+
+def test_operator_help_shows_defaults_and_the_variable_of_every_serve_option(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--tls-client-ca` and `--allow-open-public` named no variable, though every other serve
+    option does; `worker --concurrency` showed no default."""
+    serve = help_options(capsys, "serve")
+    assert "--tls-client-ca" in serve and "--allow-open-public" in serve
+    for flag, text in serve.items():
+        if flag != "-h":
+            assert "TRAINWIRE_" in text, (flag, text)
+    assert "(TRAINWIRE_TLS_CLIENT_CA)" in serve["--tls-client-ca"]
+    assert "TRAINWIRE_ALLOW_OPEN_PUBLIC=true" in serve["--allow-open-public"]
+    assert "(default 1)" in help_options(capsys, "worker")["--concurrency"]
+
+
+def test_keys_list_is_a_table_with_a_header_and_says_how_to_make_the_first_key(
+    database_url: str, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It printed bare rows, and nothing at all when no key existed."""
+    listing = ["keys", "list", "--database-url", database_url]
+    assert run(capsys, *listing) == (
+        0, "no API keys; create one with `trainwire keys create --project NAME`\n", ""
+    )  # fmt: skip
+    research = store.create_api_key("research", "ci")
+    other = store.create_api_key("other")
+    store.revoke_api_key(other.id)
+    code, out, err = run(capsys, *listing)
+    assert code == 0 and err == ""
+    header, *rows = out.splitlines()
+    assert header.split() == ["ID", "PROJECT", "STATE", "NAME"]
+    assert rows[0].split() == [research.id, "research", "active", "ci"]
+    assert rows[1].split()[:3] == [other.id, "other", "revoked"]
+    assert research.key not in out and other.key not in out
+
+
 def test_revoking_an_unknown_key_exits_3_naming_it(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'keys.db'}"
     upgrade(url)
@@ -196,6 +247,38 @@ def test_revoking_an_unknown_key_exits_3_naming_it(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 3, "the README's exit code for not found"
     assert result.stderr.strip() == "trainwire: not found: API key nosuchkey does not exist"
+
+
+def test_revoke_given_a_key_s_secret_says_it_takes_the_id_and_never_echoes_the_secret(
+    database_url: str, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It answered `not found: API key tw_<id>_<secret> does not exist`: no hint, and the
+    secret printed in full."""
+    key = store.create_api_key("research")
+    secret = key.key.split("_", 2)[2]
+    code, out, err = run(capsys, "keys", "revoke", key.key, "--database-url", database_url)
+    assert code == 2 and out == "", "the README's exit code for invalid arguments"
+    assert err.startswith(f"trainwire: invalid argument: tw_{key.id}_… looks like an API key's")
+    assert "takes the key's id, which `trainwire keys list` and `trainwire keys create`" in err
+    assert f"`trainwire keys revoke {key.id}`" in err
+    assert secret not in err and len(err.strip().splitlines()) == 1
+    assert [active.id for active in store.active_api_keys()] == [key.id]
+    # Only the prefix of what cannot be read as a key.
+    code, out, err = run(capsys, "keys", "revoke", "tw_not-a-key", "--database-url", database_url)
+    assert code == 2 and "tw_… looks like an API key's secret" in err
+    assert "not-a-key" not in err
+
+
+def test_revoking_a_revoked_key_says_it_was_already_revoked(
+    database_url: str, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second revoke printed `revoked key ...` again, as if it had just revoked it."""
+    key_id = store.create_api_key("research").id
+    revoke = ["keys", "revoke", key_id, "--database-url", database_url]
+    assert run(capsys, *revoke) == (0, f"revoked key {key_id}\n", "")
+    code, out, err = run(capsys, *revoke)
+    assert code == 0 and err == "", "revoking is idempotent"
+    assert out.startswith(f"key {key_id} was already revoked (") and out.endswith(" UTC)\n")
 
 
 def test_json_logs_carry_request_and_job_ids() -> None:
