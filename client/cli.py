@@ -5,7 +5,9 @@
     trainwire predict JOB --input rows.csv|rows.npy [--output out.csv|.json|.npy]
 
 The server is `--target` (TRAINWIRE_TARGET, default localhost:50051) with `--api-key`
-(TRAINWIRE_API_KEY). Output is a table for people, or JSON with `--json`. The exit codes are
+(TRAINWIRE_API_KEY), over TLS with `--tls` (TRAINWIRE_TLS); a server that requires client
+certificates is shown `--client-cert` with `--client-key` (TRAINWIRE_CLIENT_CERT,
+TRAINWIRE_CLIENT_KEY). Output is a table for people, or JSON with `--json`. The exit codes are
 EXIT_CODE_MEANINGS, which every command's --help lists.
 """
 
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from .client import Client, Job, env_settings
+from .client import Client, Job, client_cert_pair, env_settings
 from .errors import JobFailed, TrainwireError
 from .files import label_names, prediction_to_dict, read_model_inputs, write_prediction
 from .jobspec import DatasetSource, JobSpec
@@ -404,6 +406,11 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
                 settings["api_key"] = args.api_key
             if args.tls:
                 settings["tls"] = True if args.tls == "system" else args.tls
+            pair = client_cert_pair(
+                args.client_cert, args.client_key, ("--client-cert", "--client-key")
+            )
+            if pair is not None:
+                settings["client_cert"] = pair
             if args.timeout:
                 settings["timeout"] = args.timeout
             with Client(**settings) as client:
@@ -414,6 +421,7 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
             if (
                 error.code == grpc.StatusCode.UNAVAILABLE
                 and not settings.get("tls")
+                and not settings.get("client_cert")  # a client certificate is TLS too
                 and "failed to connect" in message
             ):
                 # A plaintext client's handshake with a TLS server fails just like a server
@@ -454,6 +462,17 @@ def _connection_options() -> argparse.ArgumentParser:
     common.add_argument("--api-key", help="API key (TRAINWIRE_API_KEY)")
     common.add_argument(
         "--tls", metavar="CA", help="use TLS: a CA file, or 'system' (TRAINWIRE_TLS)"
+    )
+    common.add_argument(
+        "--client-cert",
+        metavar="CERT",
+        help="PEM client certificate, for a server that requires one (mutual TLS); with "
+        "--client-key (TRAINWIRE_CLIENT_CERT)",
+    )
+    common.add_argument(
+        "--client-key",
+        metavar="KEY",
+        help="PEM private key of --client-cert (TRAINWIRE_CLIENT_KEY)",
     )
     common.add_argument("--timeout", type=float, help="deadline of each call in seconds (30)")
     common.add_argument("--json", action="store_true", help="machine-readable JSON output")

@@ -30,6 +30,7 @@ from trainwire.client import (
     TrainwireError,
 )
 from trainwire.client.tensors import from_tensor, to_tensor
+from trainwire.server.cli import main
 from trainwire.server.local import local_server
 from trainwire.server.migrate import upgrade
 from trainwire.v1 import (
@@ -520,6 +521,56 @@ def test_mutual_tls_requires_a_client_certificate(tmp_path: Path) -> None:
         with Client(target, tls=str(ca)) as anonymous, pytest.raises(TrainwireError) as refused:
             list(anonymous.list_datasets())
         assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_user_commands_show_a_client_certificate_to_a_mutual_tls_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's mutual TLS from the command line: `--client-cert` with `--client-key`, or
+    TRAINWIRE_CLIENT_CERT with TRAINWIRE_CLIENT_KEY (which `Client.from_env` reads too); one
+    without the other is a usage error. The user commands had no way to show a certificate."""
+    ca, cert, key = make_certificates(tmp_path)
+    client_cert = str(tmp_path / "client.pem")
+    env = {
+        "TRAINWIRE_TLS_CERT": str(cert),
+        "TRAINWIRE_TLS_KEY": str(key),
+        "TRAINWIRE_TLS_CLIENT_CA": str(ca),
+    }
+    for name in (
+        "TRAINWIRE_API_KEY",
+        "TRAINWIRE_TLS",
+        "TRAINWIRE_CLIENT_CERT",
+        "TRAINWIRE_CLIENT_KEY",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    with local_server(f"sqlite:///{tmp_path / 'cli.db'}", workers=0, extra_env=env) as server:
+        target = server.target.replace("127.0.0.1", "localhost")
+
+        def datasets_list(*options: str) -> tuple[int, str, str]:
+            code = main(
+                ["datasets", "list", "--target", target, "--tls", str(ca), "--timeout", "10",
+                 "--json", *options]
+            )  # fmt: skip
+            out, err = capsys.readouterr()
+            return code, out, err
+
+        code, out, err = datasets_list("--client-cert", client_cert, "--client-key", str(key))
+        assert (code, out) == (0, "[]\n"), err
+        monkeypatch.setenv("TRAINWIRE_CLIENT_CERT", client_cert)
+        monkeypatch.setenv("TRAINWIRE_CLIENT_KEY", str(key))
+        code, out, err = datasets_list()
+        assert (code, out) == (0, "[]\n"), err
+        with Client.from_env(target=target, tls=str(ca)) as client:
+            assert list(client.list_datasets()) == []
+        monkeypatch.delenv("TRAINWIRE_CLIENT_KEY")
+        code, _, err = datasets_list()
+        assert code == 2, err
+        assert "TRAINWIRE_CLIENT_CERT and TRAINWIRE_CLIENT_KEY must be given together" in err
+        monkeypatch.delenv("TRAINWIRE_CLIENT_CERT")
+        code, _, err = datasets_list("--client-key", str(key))
+        assert code == 2, err
+        assert "--client-cert and --client-key must be given together" in err
+        assert "Received --client-key without --client-cert" in err
 
 
 @pytest.mark.parametrize(
