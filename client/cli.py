@@ -62,7 +62,20 @@ EXIT_CODE_MEANINGS: dict[int, str] = {
     CANCELLED: "the job was CANCELLED (jobs submit --wait, jobs watch)",
 }
 Handler = Callable[[Client, argparse.Namespace], int]
+# What to check when a client could not connect (`connection_hint`).
 PLAINTEXT_HINT = "if the server uses TLS, pass --tls CA_FILE or --tls system, or set TRAINWIRE_TLS"
+TLS_HINT = (
+    "over TLS: if the server requires client certificates (mutual TLS), pass --client-cert CERT "
+    "and --client-key KEY or set TRAINWIRE_CLIENT_CERT and TRAINWIRE_CLIENT_KEY; check too that "
+    "the server serves TLS, with a certificate naming the target's host, signed by the CA given "
+    "to --tls (TRAINWIRE_TLS)"
+)
+CLIENT_CERT_HINT = (
+    "over TLS with a client certificate: check that the server's client CA (its "
+    "--tls-client-ca) signed that certificate, and that the server serves TLS, with a "
+    "certificate naming the target's host, signed by the CA given to --tls (TRAINWIRE_TLS; "
+    "without it, one of the system's)"
+)
 
 
 def exit_codes_epilog() -> str:
@@ -71,6 +84,18 @@ def exit_codes_epilog() -> str:
         textwrap.fill(meaning, 88, initial_indent=f"  {code}  ", subsequent_indent="     ")
         for code, meaning in EXIT_CODE_MEANINGS.items()
     )
+
+
+def connection_hint(error: TrainwireError, settings: dict[str, Any]) -> str | None:
+    """What may be wrong when a client with these `settings` could not connect: a refused TLS
+    handshake fails just like a server that is down ("failed to connect to all addresses; ...
+    Socket closed"), and the last error gRPC names may be another address's. None for any other
+    error, such as an UNAVAILABLE the server answered itself (its database is down)."""
+    if error.code != grpc.StatusCode.UNAVAILABLE or "failed to connect" not in error.message:
+        return None
+    if settings.get("client_cert"):
+        return CLIENT_CERT_HINT
+    return TLS_HINT if settings.get("tls") else PLAINTEXT_HINT
 
 
 def exit_code(error: TrainwireError) -> int:
@@ -418,16 +443,9 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
         except TrainwireError as error:
             code = exit_code(error)
             message = error.message
-            if (
-                error.code == grpc.StatusCode.UNAVAILABLE
-                and not settings.get("tls")
-                and not settings.get("client_cert")  # a client certificate is TLS too
-                and "failed to connect" in message
-            ):
-                # A plaintext client's handshake with a TLS server fails just like a server
-                # that is down ("failed to connect to all addresses; ... Socket closed"); an
-                # UNAVAILABLE the server itself answered (its database is down) reached it.
-                message += f" ({PLAINTEXT_HINT})"
+            hint = connection_hint(error, settings)
+            if hint:
+                message += f" ({hint})"
             _report(args, error.code_name, message, error.field_violations, code)
             return code
         except (ValueError, OSError) as error:

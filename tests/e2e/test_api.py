@@ -571,6 +571,20 @@ def test_user_commands_show_a_client_certificate_to_a_mutual_tls_server(
         assert code == 2, err
         assert "--client-cert and --client-key must be given together" in err
         assert "Received --client-key without --client-cert" in err
+        # Refused for want of a certificate ("Socket closed", unless gRPC names the refused ::1
+        # of localhost last): the hint names the options, not the --tls that was given.
+        code, _, err = datasets_list()
+        assert code == 5, err
+        assert "if the server uses TLS" not in err and "pass --client-cert CERT" in err
+        # Refused a certificate another CA signed: the hint says which CA must have signed it.
+        other = tmp_path / "other"
+        other.mkdir()
+        _, _, other_key = make_certificates(other)
+        code, _, err = datasets_list(
+            "--client-cert", str(other / "client.pem"), "--client-key", str(other_key)
+        )
+        assert code == 5, err
+        assert "the server's client CA (its --tls-client-ca) signed that certificate" in err
 
 
 @pytest.mark.parametrize(
