@@ -14,8 +14,8 @@ from .errors import TrainwireError
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(
         # Only `serve` serves TLS, with its key; `health` and `status --target` probe a server
-        # with its certificate alone (and its key only for a server that requires client
-        # certificates), and the other commands use neither.
+        # with its certificate alone (and show it, with its key when they have it, to a server
+        # that requires client certificates), and the other commands use neither.
         serving=args.command == "serve",
         database_url=getattr(args, "database_url", None),
         host=getattr(args, "host", None),
@@ -166,12 +166,14 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from .status import server_health
+    from .status import probe_health_hint, server_health
 
     settings = _settings(args)
     target = args.target or f"127.0.0.1:{settings.port}"
     health = server_health(target, settings)
     print(f"{target}: {health}")
+    if health == "unreachable (UNAVAILABLE)":
+        print(f"trainwire: {probe_health_hint(settings)}", file=sys.stderr)
     return 0 if health == "SERVING" else 1
 
 

@@ -587,35 +587,51 @@ def test_user_commands_show_a_client_certificate_to_a_mutual_tls_server(
         assert "the server's client CA (its --tls-client-ca) signed that certificate" in err
 
 
-@pytest.mark.parametrize(
-    ("mutual", "probe_has_key"),
-    [(False, True), (False, False), (True, True)],
-    ids=["tls", "tls-certificate-only", "mutual-tls"],
-)
-def test_health_command_probes_a_tls_server_over_tls(
-    tmp_path: Path, mutual: bool, probe_has_key: bool
-) -> None:
-    """The probe needs the server's key only to show a server that requires client certificates
-    its own: with TRAINWIRE_TLS_CERT alone it was refused as a configuration error (exit 2)."""
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
+def test_health_command_probes_a_tls_server_over_tls(tmp_path: Path, mutual: bool) -> None:
+    """`trainwire health` trusts the server's certificate (TRAINWIRE_TLS_CERT) and, given its key
+    too, shows it as its client certificate: a server that requires client certificates accepts
+    it (their CA signed it) whether or not the probe sees TRAINWIRE_TLS_CLIENT_CA, which a server
+    started with `--tls-client-ca` never set (the probe showed it only with that variable, and
+    found such a server unreachable). A server that requires none is probed with the certificate
+    alone (once refused as a configuration error, exit 2). An unreachable probe says what to
+    check."""
     # The certificate names localhost; the probe reaches 127.0.0.1, as the Dockerfile's does.
     ca, cert, key = make_certificates(tmp_path)
-    env = {"TRAINWIRE_TLS_CERT": str(cert), "TRAINWIRE_TLS_KEY": str(key)}
-    if mutual:  # the probe then shows the server's own certificate, which this CA signed
-        env["TRAINWIRE_TLS_CLIENT_CA"] = str(ca)
-    probe_env = {**os.environ, **env}
-    if not probe_has_key:
-        del probe_env["TRAINWIRE_TLS_KEY"]
-    with local_server(f"sqlite:///{tmp_path / 'health.db'}", workers=0, extra_env=env) as server:
+    tls = {"TRAINWIRE_TLS_CERT": str(cert), "TRAINWIRE_TLS_KEY": str(key)}
+    serve_env = {**tls, "TRAINWIRE_TLS_CLIENT_CA": str(ca)} if mutual else tls
+    with local_server(
+        f"sqlite:///{tmp_path / 'health.db'}", workers=0, extra_env=serve_env
+    ) as server:
         port = server.target.rsplit(":", 1)[1]
-        result = subprocess.run(
-            [*CLI, "health"],
-            env={**probe_env, "TRAINWIRE_PORT": port},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert result.stdout.strip() == f"127.0.0.1:{port}: SERVING", result.stderr
-    assert result.returncode == 0
+        serving = (0, f"127.0.0.1:{port}: SERVING")
+        unreachable = (1, f"127.0.0.1:{port}: unreachable (UNAVAILABLE)")
+
+        def health(probe_env: dict[str, str]) -> tuple[int, str, str]:
+            """The probe in a container: the server's settings in its environment, or some."""
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINWIRE_")}
+            result = subprocess.run(
+                [*CLI, "health"],
+                env={**env, **probe_env, "TRAINWIRE_PORT": port},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            return result.returncode, result.stdout.strip(), result.stderr
+
+        for probe_env in (serve_env, tls):  # tls: the server's client CA unknown to the probe
+            code, out, err = health(probe_env)
+            assert (code, out) == serving, err
+        code, out, err = health({"TRAINWIRE_TLS_CERT": str(cert)})
+        if mutual:
+            assert (code, out) == unreachable, err
+            assert "if the server requires client certificates" in err
+            assert "set TRAINWIRE_TLS_KEY too" in err
+        else:
+            assert (code, out) == serving, err
+        code, out, err = health({})
+        assert (code, out) == unreachable, err
+        assert "if the server uses TLS, set TRAINWIRE_TLS_CERT" in err
 
 
 # --- health while the database is unreachable ---------------------------------------------------
