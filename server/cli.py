@@ -4,6 +4,7 @@ the user commands of `trainwire.client.cli` (datasets, jobs, predict)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -169,7 +170,9 @@ def _health(args: argparse.Namespace) -> int:
     from .status import probe_health_hint, server_health
 
     settings = _settings(args)
-    target = args.target or f"127.0.0.1:{settings.port}"
+    # The target the user commands read, else the port this machine's server listens on: the
+    # image's HEALTHCHECK and compose's server set no TRAINWIRE_TARGET.
+    target = args.target or os.environ.get("TRAINWIRE_TARGET") or f"127.0.0.1:{settings.port}"
     health = server_health(target, settings)
     print(f"{target}: {health}")
     if health == "unreachable (UNAVAILABLE)":
@@ -241,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_status)
 
     health = commands.add_parser("health", help="exit 0 when a server answers SERVING, else 1")
-    health.add_argument("--target", help="host:port (default 127.0.0.1:TRAINWIRE_PORT)")
+    health.add_argument(
+        "--target", help="host:port (TRAINWIRE_TARGET, default 127.0.0.1:TRAINWIRE_PORT)"
+    )
     health.set_defaults(handler=_health)
 
     add_user_commands(commands)

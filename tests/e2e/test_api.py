@@ -595,7 +595,8 @@ def test_health_command_probes_a_tls_server_over_tls(tmp_path: Path, mutual: boo
     started with `--tls-client-ca` never set (the probe showed it only with that variable, and
     found such a server unreachable). A server that requires none is probed with the certificate
     alone (once refused as a configuration error, exit 2). An unreachable probe says what to
-    check."""
+    check. The target is --target, else TRAINWIRE_TARGET (once ignored), else
+    127.0.0.1:TRAINWIRE_PORT."""
     # The certificate names localhost; the probe reaches 127.0.0.1, as the Dockerfile's does.
     ca, cert, key = make_certificates(tmp_path)
     tls = {"TRAINWIRE_TLS_CERT": str(cert), "TRAINWIRE_TLS_KEY": str(key)}
@@ -607,12 +608,12 @@ def test_health_command_probes_a_tls_server_over_tls(tmp_path: Path, mutual: boo
         serving = (0, f"127.0.0.1:{port}: SERVING")
         unreachable = (1, f"127.0.0.1:{port}: unreachable (UNAVAILABLE)")
 
-        def health(probe_env: dict[str, str]) -> tuple[int, str, str]:
+        def health(probe_env: dict[str, str], *options: str) -> tuple[int, str, str]:
             """The probe in a container: the server's settings in its environment, or some."""
             env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINWIRE_")}
             result = subprocess.run(
-                [*CLI, "health"],
-                env={**env, **probe_env, "TRAINWIRE_PORT": port},
+                [*CLI, "health", *options],
+                env={**env, "TRAINWIRE_PORT": port, **probe_env},
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -622,6 +623,14 @@ def test_health_command_probes_a_tls_server_over_tls(tmp_path: Path, mutual: boo
         for probe_env in (serve_env, tls):  # tls: the server's client CA unknown to the probe
             code, out, err = health(probe_env)
             assert (code, out) == serving, err
+        # TRAINWIRE_TARGET, as the user commands read it, before TRAINWIRE_PORT; --target first.
+        elsewhere = {**tls, "TRAINWIRE_TARGET": f"localhost:{port}", "TRAINWIRE_PORT": "9"}
+        code, out, err = health(elsewhere)
+        assert (code, out) == (0, f"localhost:{port}: SERVING"), err
+        code, out, err = health(
+            {**elsewhere, "TRAINWIRE_TARGET": "127.0.0.1:9"}, "--target", f"localhost:{port}"
+        )
+        assert (code, out) == (0, f"localhost:{port}: SERVING"), err
         code, out, err = health({"TRAINWIRE_TLS_CERT": str(cert)})
         if mutual:
             assert (code, out) == unreachable, err
