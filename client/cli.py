@@ -5,7 +5,9 @@
     trainwire predict JOB --input rows.csv|rows.npy [--output out.csv|.json|.npy]
 
 The server is `--target` (TRAINWIRE_TARGET, default localhost:50051) with `--api-key`
-(TRAINWIRE_API_KEY). Output is a table for people, or JSON with `--json`. The exit codes are
+(TRAINWIRE_API_KEY), over TLS with `--tls` (TRAINWIRE_TLS); a server that requires client
+certificates is shown `--client-cert` with `--client-key` (TRAINWIRE_CLIENT_CERT,
+TRAINWIRE_CLIENT_KEY). Output is a table for people, or JSON with `--json`. The exit codes are
 EXIT_CODE_MEANINGS, which every command's --help lists.
 """
 
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from .client import Client, Job, env_settings
+from .client import Client, Job, client_cert_pair, env_settings
 from .errors import JobFailed, TrainwireError
 from .files import label_names, prediction_to_dict, read_model_inputs, write_prediction
 from .jobspec import DatasetSource, JobSpec
@@ -60,7 +62,20 @@ EXIT_CODE_MEANINGS: dict[int, str] = {
     CANCELLED: "the job was CANCELLED (jobs submit --wait, jobs watch)",
 }
 Handler = Callable[[Client, argparse.Namespace], int]
+# What to check when a client could not connect (`connection_hint`).
 PLAINTEXT_HINT = "if the server uses TLS, pass --tls CA_FILE or --tls system, or set TRAINWIRE_TLS"
+TLS_HINT = (
+    "over TLS: if the server requires client certificates (mutual TLS), pass --client-cert CERT "
+    "and --client-key KEY or set TRAINWIRE_CLIENT_CERT and TRAINWIRE_CLIENT_KEY; check too that "
+    "the server serves TLS, with a certificate naming the target's host, signed by the CA given "
+    "to --tls (TRAINWIRE_TLS)"
+)
+CLIENT_CERT_HINT = (
+    "over TLS with a client certificate: check that the server's client CA (its "
+    "--tls-client-ca) signed that certificate, and that the server serves TLS, with a "
+    "certificate naming the target's host, signed by the CA given to --tls (TRAINWIRE_TLS; "
+    "without it, one of the system's)"
+)
 
 
 def exit_codes_epilog() -> str:
@@ -69,6 +84,18 @@ def exit_codes_epilog() -> str:
         textwrap.fill(meaning, 88, initial_indent=f"  {code}  ", subsequent_indent="     ")
         for code, meaning in EXIT_CODE_MEANINGS.items()
     )
+
+
+def connection_hint(error: TrainwireError, settings: dict[str, Any]) -> str | None:
+    """What may be wrong when a client with these `settings` could not connect: a refused TLS
+    handshake fails just like a server that is down ("failed to connect to all addresses; ...
+    Socket closed"), and the last error gRPC names may be another address's. None for any other
+    error, such as an UNAVAILABLE the server answered itself (its database is down)."""
+    if error.code != grpc.StatusCode.UNAVAILABLE or "failed to connect" not in error.message:
+        return None
+    if settings.get("client_cert"):
+        return CLIENT_CERT_HINT
+    return TLS_HINT if settings.get("tls") else PLAINTEXT_HINT
 
 
 def exit_code(error: TrainwireError) -> int:
@@ -404,6 +431,11 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
                 settings["api_key"] = args.api_key
             if args.tls:
                 settings["tls"] = True if args.tls == "system" else args.tls
+            pair = client_cert_pair(
+                args.client_cert, args.client_key, ("--client-cert", "--client-key")
+            )
+            if pair is not None:
+                settings["client_cert"] = pair
             if args.timeout:
                 settings["timeout"] = args.timeout
             with Client(**settings) as client:
@@ -411,15 +443,9 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
         except TrainwireError as error:
             code = exit_code(error)
             message = error.message
-            if (
-                error.code == grpc.StatusCode.UNAVAILABLE
-                and not settings.get("tls")
-                and "failed to connect" in message
-            ):
-                # A plaintext client's handshake with a TLS server fails just like a server
-                # that is down ("failed to connect to all addresses; ... Socket closed"); an
-                # UNAVAILABLE the server itself answered (its database is down) reached it.
-                message += f" ({PLAINTEXT_HINT})"
+            hint = connection_hint(error, settings)
+            if hint:
+                message += f" ({hint})"
             _report(args, error.code_name, message, error.field_violations, code)
             return code
         except (ValueError, OSError) as error:
@@ -454,6 +480,17 @@ def _connection_options() -> argparse.ArgumentParser:
     common.add_argument("--api-key", help="API key (TRAINWIRE_API_KEY)")
     common.add_argument(
         "--tls", metavar="CA", help="use TLS: a CA file, or 'system' (TRAINWIRE_TLS)"
+    )
+    common.add_argument(
+        "--client-cert",
+        metavar="CERT",
+        help="PEM client certificate, for a server that requires one (mutual TLS); with "
+        "--client-key (TRAINWIRE_CLIENT_CERT)",
+    )
+    common.add_argument(
+        "--client-key",
+        metavar="KEY",
+        help="PEM private key of --client-cert (TRAINWIRE_CLIENT_KEY)",
     )
     common.add_argument("--timeout", type=float, help="deadline of each call in seconds (30)")
     common.add_argument("--json", action="store_true", help="machine-readable JSON output")

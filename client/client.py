@@ -86,7 +86,9 @@ __all__ = [
 
 def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Client settings from the environment: TRAINWIRE_TARGET, TRAINWIRE_API_KEY,
-    TRAINWIRE_TLS (`true`, or a CA file) and TRAINWIRE_TIMEOUT (seconds)."""
+    TRAINWIRE_TLS (`true`, or a CA file), TRAINWIRE_CLIENT_CERT with TRAINWIRE_CLIENT_KEY (a
+    client certificate and its key, for a server that requires one) and TRAINWIRE_TIMEOUT
+    (seconds)."""
     env = os.environ if environ is None else environ
     settings: dict[str, Any] = {"target": env.get("TRAINWIRE_TARGET") or DEFAULT_TARGET}
     if env.get("TRAINWIRE_API_KEY"):
@@ -96,6 +98,13 @@ def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         settings["tls"] = True
     elif tls and tls.lower() not in ("0", "false", "no"):
         settings["tls"] = tls
+    pair = client_cert_pair(
+        env.get("TRAINWIRE_CLIENT_CERT"),
+        env.get("TRAINWIRE_CLIENT_KEY"),
+        ("TRAINWIRE_CLIENT_CERT", "TRAINWIRE_CLIENT_KEY"),
+    )
+    if pair is not None:
+        settings["client_cert"] = pair
     if env.get("TRAINWIRE_TIMEOUT"):
         try:
             settings["timeout"] = float(env["TRAINWIRE_TIMEOUT"])
@@ -105,6 +114,22 @@ def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
                 f"{env['TRAINWIRE_TIMEOUT']!r}"
             ) from None
     return settings
+
+
+def client_cert_pair(
+    cert: str | None, key: str | None, names: tuple[str, str]
+) -> tuple[str, str] | None:
+    """A client certificate and its key as `Client(client_cert=)` takes them, or None when
+    neither is given; `names` say where they came from, for the ValueError when only one is."""
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        given, missing = (names[0], names[1]) if cert else (names[1], names[0])
+        raise ValueError(
+            f"{names[0]} and {names[1]} must be given together (a PEM client certificate and "
+            f"its private key). Received {given} without {missing}"
+        )
+    return cert, key
 
 
 # The reconnect backoff doubles up to its 2 s ceiling and no further (past some thousand
@@ -136,7 +161,8 @@ class Client:
     """A connection to a Trainwire server. Use it as a context manager, or call `close()`.
 
     `tls=True` verifies the server with the system's CAs, `tls="ca.pem"` with that CA;
-    `client_cert=(cert.pem, key.pem)` for servers that require client certificates. `timeout`
+    `client_cert=(cert.pem, key.pem)` for servers that require client certificates (mutual TLS;
+    without `tls` it verifies the server with the system's CAs). `timeout`
     is the deadline of each call in seconds (retries included); `retry` says how idempotent calls
     are retried (`RetryPolicy(max_attempts=1)` turns retries off).
     """
@@ -176,7 +202,8 @@ class Client:
     @classmethod
     def from_env(cls, **overrides: Any) -> Client:
         """A client configured by TRAINWIRE_TARGET (default localhost:50051), TRAINWIRE_API_KEY,
-        TRAINWIRE_TLS and TRAINWIRE_TIMEOUT; keyword arguments override them."""
+        TRAINWIRE_TLS, TRAINWIRE_CLIENT_CERT and TRAINWIRE_CLIENT_KEY, and TRAINWIRE_TIMEOUT;
+        keyword arguments override them."""
         return cls(**{**env_settings(), **overrides})
 
     def __enter__(self) -> Client:

@@ -4,6 +4,7 @@ the user commands of `trainwire.client.cli` (datasets, jobs, predict)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -15,8 +16,8 @@ from .errors import TrainwireError
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(
         # Only `serve` serves TLS, with its key; `health` and `status --target` probe a server
-        # with its certificate alone (and its key only for a server that requires client
-        # certificates), and the other commands use neither.
+        # with its certificate alone (and show it, with its key when they have it, to a server
+        # that requires client certificates), and the other commands use neither.
         serving=args.command == "serve",
         database_url=getattr(args, "database_url", None),
         host=getattr(args, "host", None),
@@ -195,12 +196,16 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from .status import server_health
+    from .status import probe_health_hint, server_health
 
     settings = _settings(args)
-    target = args.target or f"127.0.0.1:{settings.port}"
+    # The target the user commands read, else the port this machine's server listens on: the
+    # image's HEALTHCHECK and compose's server set no TRAINWIRE_TARGET.
+    target = args.target or os.environ.get("TRAINWIRE_TARGET") or f"127.0.0.1:{settings.port}"
     health = server_health(target, settings)
     print(f"{target}: {health}")
+    if health == "unreachable (UNAVAILABLE)":
+        print(f"trainwire: {probe_health_hint(settings)}", file=sys.stderr)
     return 0 if health == "SERVING" else 1
 
 
@@ -298,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_status)
 
     health = commands.add_parser("health", help="exit 0 when a server answers SERVING, else 1")
-    health.add_argument("--target", help="host:port (default 127.0.0.1:TRAINWIRE_PORT)")
+    health.add_argument(
+        "--target", help="host:port (TRAINWIRE_TARGET, default 127.0.0.1:TRAINWIRE_PORT)"
+    )
     health.set_defaults(handler=_health)
 
     add_user_commands(commands)

@@ -133,7 +133,8 @@ class Settings:
         """What is wrong with these settings, one message per value. A command that serves no
         gRPC (`serving=False`: `health` and `status --target` only probe a server, with its
         certificate) needs TRAINWIRE_TLS_KEY only to show the server's certificate to a server
-        that requires client certificates (TRAINWIRE_TLS_CLIENT_CA)."""
+        that requires client certificates: it must have it with TRAINWIRE_TLS_CLIENT_CA, and
+        uses it whenever given (a server started with `--tls-client-ca` requires them too)."""
         found = []
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:

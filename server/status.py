@@ -77,19 +77,46 @@ def server_health(target: str, settings: Settings | None = None) -> str:
         return f"unreachable ({error.code().name})"
 
 
+def probe_health_hint(settings: Settings) -> str:
+    """What to check when a probe with these `settings` found the server `unreachable
+    (UNAVAILABLE)`: a refused TLS handshake looks just like a server that is down."""
+    if not settings.tls_cert:
+        return (
+            "the probe spoke plaintext: if the server uses TLS, set TRAINWIRE_TLS_CERT to its "
+            "certificate (and TRAINWIRE_TLS_KEY to its key if it requires client certificates)"
+        )
+    if not settings.tls_key:
+        return (
+            "the probe spoke TLS, trusting TRAINWIRE_TLS_CERT, without a client certificate: if "
+            "the server requires client certificates (--tls-client-ca), set TRAINWIRE_TLS_KEY "
+            "too, so that the probe shows the server's own; check too that the server serves "
+            "this certificate"
+        )
+    return (
+        "the probe spoke TLS, trusting TRAINWIRE_TLS_CERT, and showed that certificate (with "
+        "TRAINWIRE_TLS_KEY) as its client certificate: check that the server serves this "
+        "certificate and, if it requires client certificates, that its client CA "
+        "(--tls-client-ca) signed it"
+    )
+
+
 def probe_channel(target: str, settings: Settings) -> grpc.Channel:
     """A channel to our own server: plaintext, or with TLS trusting exactly the server's own
     certificate (no CA needs configuring: a probe on the server's machine can read it). gRPC also
     checks that the certificate names the target, which 127.0.0.1 seldom is, so the probe asks
-    for a name the server's certificate carries. A server that requires client certificates is
-    shown its own certificate and key (accepted when its client CA signed them)."""
+    for a name the server's certificate carries. Given the server's key too, the probe shows the
+    server's own certificate as its client certificate, for a server that requires client
+    certificates (accepted when its client CA signed the server's certificate). It does so
+    whether or not TRAINWIRE_TLS_CLIENT_CA says the server requires them: a server started with
+    `--tls-client-ca` does, and the probe (a container's health check) does not see that flag;
+    a server that does not never asks for a certificate, and is shown none."""
     import grpc
 
     if not settings.tls_cert:
         return grpc.insecure_channel(target)
     from trainwire.client.rpc import channel_credentials
 
-    shown = (settings.tls_cert, settings.tls_key) if settings.tls_client_ca else None
+    shown = (settings.tls_cert, settings.tls_key) if settings.tls_key else None
     credentials = channel_credentials(settings.tls_cert, shown)
     assert credentials is not None
     name = certificate_name(target, settings)
@@ -107,7 +134,7 @@ def certificate_name(target: str, settings: Settings) -> str | None:
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # trust the leaf itself
     context.set_alpn_protocols(["h2"])
     try:
-        if settings.tls_client_ca:
+        if settings.tls_key:  # as probe_channel: shown to a server that requires client certs
             context.load_cert_chain(settings.tls_cert, settings.tls_key)
         with (
             socket.create_connection((host.strip("[]"), int(port)), timeout=3) as raw,

@@ -337,8 +337,10 @@ def test_an_unreachable_server_suggests_tls_only_to_a_plaintext_client() -> None
     # A plaintext client against a TLS server sees only "Socket closed": the hint names the flag.
     code, _, err = main_unreachable()
     assert code == 5 and "if the server uses TLS, pass --tls" in err
+    # A TLS client is told what else may be wrong, never to pass the --tls it passed.
     code, _, err = main_unreachable("--tls", "system")
-    assert code == 5 and "unavailable" in err and "--tls" not in err
+    assert code == 5 and "unavailable" in err and "if the server uses TLS" not in err
+    assert "pass --client-cert CERT and --client-key KEY" in err
 
 
 def test_an_unavailable_answer_from_the_server_gets_no_tls_hint() -> None:

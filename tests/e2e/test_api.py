@@ -30,6 +30,7 @@ from trainwire.client import (
     TrainwireError,
 )
 from trainwire.client.tensors import from_tensor, to_tensor
+from trainwire.server.cli import main
 from trainwire.server.local import local_server
 from trainwire.server.migrate import upgrade
 from trainwire.v1 import (
@@ -527,35 +528,124 @@ def test_mutual_tls_requires_a_client_certificate(tmp_path: Path) -> None:
         assert refused.value.code == grpc.StatusCode.UNAVAILABLE
 
 
-@pytest.mark.parametrize(
-    ("mutual", "probe_has_key"),
-    [(False, True), (False, False), (True, True)],
-    ids=["tls", "tls-certificate-only", "mutual-tls"],
-)
-def test_health_command_probes_a_tls_server_over_tls(
-    tmp_path: Path, mutual: bool, probe_has_key: bool
+def test_user_commands_show_a_client_certificate_to_a_mutual_tls_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The probe needs the server's key only to show a server that requires client certificates
-    its own: with TRAINWIRE_TLS_CERT alone it was refused as a configuration error (exit 2)."""
+    """The README's mutual TLS from the command line: `--client-cert` with `--client-key`, or
+    TRAINWIRE_CLIENT_CERT with TRAINWIRE_CLIENT_KEY (which `Client.from_env` reads too); one
+    without the other is a usage error. The user commands had no way to show a certificate."""
+    ca, cert, key = make_certificates(tmp_path)
+    client_cert = str(tmp_path / "client.pem")
+    env = {
+        "TRAINWIRE_TLS_CERT": str(cert),
+        "TRAINWIRE_TLS_KEY": str(key),
+        "TRAINWIRE_TLS_CLIENT_CA": str(ca),
+    }
+    for name in (
+        "TRAINWIRE_API_KEY",
+        "TRAINWIRE_TLS",
+        "TRAINWIRE_CLIENT_CERT",
+        "TRAINWIRE_CLIENT_KEY",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    with local_server(f"sqlite:///{tmp_path / 'cli.db'}", workers=0, extra_env=env) as server:
+        target = server.target.replace("127.0.0.1", "localhost")
+
+        def datasets_list(*options: str) -> tuple[int, str, str]:
+            code = main(
+                ["datasets", "list", "--target", target, "--tls", str(ca), "--timeout", "10",
+                 "--json", *options]
+            )  # fmt: skip
+            out, err = capsys.readouterr()
+            return code, out, err
+
+        code, out, err = datasets_list("--client-cert", client_cert, "--client-key", str(key))
+        assert (code, out) == (0, "[]\n"), err
+        monkeypatch.setenv("TRAINWIRE_CLIENT_CERT", client_cert)
+        monkeypatch.setenv("TRAINWIRE_CLIENT_KEY", str(key))
+        code, out, err = datasets_list()
+        assert (code, out) == (0, "[]\n"), err
+        with Client.from_env(target=target, tls=str(ca)) as client:
+            assert list(client.list_datasets()) == []
+        monkeypatch.delenv("TRAINWIRE_CLIENT_KEY")
+        code, _, err = datasets_list()
+        assert code == 2, err
+        assert "TRAINWIRE_CLIENT_CERT and TRAINWIRE_CLIENT_KEY must be given together" in err
+        monkeypatch.delenv("TRAINWIRE_CLIENT_CERT")
+        code, _, err = datasets_list("--client-key", str(key))
+        assert code == 2, err
+        assert "--client-cert and --client-key must be given together" in err
+        assert "Received --client-key without --client-cert" in err
+        # Refused for want of a certificate ("Socket closed", unless gRPC names the refused ::1
+        # of localhost last): the hint names the options, not the --tls that was given.
+        code, _, err = datasets_list()
+        assert code == 5, err
+        assert "if the server uses TLS" not in err and "pass --client-cert CERT" in err
+        # Refused a certificate another CA signed: the hint says which CA must have signed it.
+        other = tmp_path / "other"
+        other.mkdir()
+        _, _, other_key = make_certificates(other)
+        code, _, err = datasets_list(
+            "--client-cert", str(other / "client.pem"), "--client-key", str(other_key)
+        )
+        assert code == 5, err
+        assert "the server's client CA (its --tls-client-ca) signed that certificate" in err
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
+def test_health_command_probes_a_tls_server_over_tls(tmp_path: Path, mutual: bool) -> None:
+    """`trainwire health` trusts the server's certificate (TRAINWIRE_TLS_CERT) and, given its key
+    too, shows it as its client certificate: a server that requires client certificates accepts
+    it (their CA signed it) whether or not the probe sees TRAINWIRE_TLS_CLIENT_CA, which a server
+    started with `--tls-client-ca` never set (the probe showed it only with that variable, and
+    found such a server unreachable). A server that requires none is probed with the certificate
+    alone (once refused as a configuration error, exit 2). An unreachable probe says what to
+    check. The target is --target, else TRAINWIRE_TARGET (once ignored), else
+    127.0.0.1:TRAINWIRE_PORT."""
     # The certificate names localhost; the probe reaches 127.0.0.1, as the Dockerfile's does.
     ca, cert, key = make_certificates(tmp_path)
-    env = {"TRAINWIRE_TLS_CERT": str(cert), "TRAINWIRE_TLS_KEY": str(key)}
-    if mutual:  # the probe then shows the server's own certificate, which this CA signed
-        env["TRAINWIRE_TLS_CLIENT_CA"] = str(ca)
-    probe_env = {**os.environ, **env}
-    if not probe_has_key:
-        del probe_env["TRAINWIRE_TLS_KEY"]
-    with local_server(f"sqlite:///{tmp_path / 'health.db'}", workers=0, extra_env=env) as server:
+    tls = {"TRAINWIRE_TLS_CERT": str(cert), "TRAINWIRE_TLS_KEY": str(key)}
+    serve_env = {**tls, "TRAINWIRE_TLS_CLIENT_CA": str(ca)} if mutual else tls
+    with local_server(
+        f"sqlite:///{tmp_path / 'health.db'}", workers=0, extra_env=serve_env
+    ) as server:
         port = server.target.rsplit(":", 1)[1]
-        result = subprocess.run(
-            [*CLI, "health"],
-            env={**probe_env, "TRAINWIRE_PORT": port},
-            capture_output=True,
-            text=True,
-            timeout=60,
+        serving = (0, f"127.0.0.1:{port}: SERVING")
+        unreachable = (1, f"127.0.0.1:{port}: unreachable (UNAVAILABLE)")
+
+        def health(probe_env: dict[str, str], *options: str) -> tuple[int, str, str]:
+            """The probe in a container: the server's settings in its environment, or some."""
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINWIRE_")}
+            result = subprocess.run(
+                [*CLI, "health", *options],
+                env={**env, "TRAINWIRE_PORT": port, **probe_env},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            return result.returncode, result.stdout.strip(), result.stderr
+
+        for probe_env in (serve_env, tls):  # tls: the server's client CA unknown to the probe
+            code, out, err = health(probe_env)
+            assert (code, out) == serving, err
+        # TRAINWIRE_TARGET, as the user commands read it, before TRAINWIRE_PORT; --target first.
+        elsewhere = {**tls, "TRAINWIRE_TARGET": f"localhost:{port}", "TRAINWIRE_PORT": "9"}
+        code, out, err = health(elsewhere)
+        assert (code, out) == (0, f"localhost:{port}: SERVING"), err
+        code, out, err = health(
+            {**elsewhere, "TRAINWIRE_TARGET": "127.0.0.1:9"}, "--target", f"localhost:{port}"
         )
-    assert result.stdout.strip() == f"127.0.0.1:{port}: SERVING", result.stderr
-    assert result.returncode == 0
+        assert (code, out) == (0, f"localhost:{port}: SERVING"), err
+        code, out, err = health({"TRAINWIRE_TLS_CERT": str(cert)})
+        if mutual:
+            assert (code, out) == unreachable, err
+            assert "if the server requires client certificates" in err
+            assert "set TRAINWIRE_TLS_KEY too" in err
+        else:
+            assert (code, out) == serving, err
+        code, out, err = health({})
+        assert (code, out) == unreachable, err
+        assert "if the server uses TLS, set TRAINWIRE_TLS_CERT" in err
 
 
 # --- health while the database is unreachable ---------------------------------------------------
