@@ -2,7 +2,7 @@
 
     trainwire datasets upload|list|show|delete
     trainwire jobs submit job.yaml|list|show|watch|cancel|metrics|plot|delete
-    trainwire predict JOB --input rows.csv|rows.npy [--output out.csv|.json|.npy]
+    trainwire predict JOB --input rows.csv|rows.npy [--output out.csv|.json|.npy] [--outputs-only]
 
 The server is `--target` (TRAINWIRE_TARGET, default localhost:50051) with `--api-key`
 (TRAINWIRE_API_KEY), over TLS with `--tls` (TRAINWIRE_TLS); a server that requires client
