@@ -86,15 +86,15 @@ __all__ = [
 
 def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Client settings from the environment: TRAINWIRE_TARGET, TRAINWIRE_API_KEY,
-    TRAINWIRE_TLS (`true`, or a CA file), TRAINWIRE_CLIENT_CERT with TRAINWIRE_CLIENT_KEY (a
-    client certificate and its key, for a server that requires one) and TRAINWIRE_TIMEOUT
-    (seconds)."""
+    TRAINWIRE_TLS (`true` or `system` for the system's CAs, or a CA file), TRAINWIRE_CLIENT_CERT
+    with TRAINWIRE_CLIENT_KEY (a client certificate and its key, for a server that requires one)
+    and TRAINWIRE_TIMEOUT (seconds)."""
     env = os.environ if environ is None else environ
     settings: dict[str, Any] = {"target": env.get("TRAINWIRE_TARGET") or DEFAULT_TARGET}
     if env.get("TRAINWIRE_API_KEY"):
         settings["api_key"] = env["TRAINWIRE_API_KEY"]
     tls = env.get("TRAINWIRE_TLS", "")
-    if tls.lower() in ("1", "true", "yes"):
+    if tls.lower() in ("1", "true", "yes", "system"):  # "system" as `--tls system` says
         settings["tls"] = True
     elif tls and tls.lower() not in ("0", "false", "no"):
         settings["tls"] = tls

@@ -20,6 +20,7 @@ from trainwire.client import (
     NotFound,
     Sequential,
 )
+from trainwire.client.client import env_settings
 from trainwire.client.wire import prepare_upload
 from trainwire.server.local import LocalServer
 from trainwire.v1 import tensor_pb2
@@ -53,6 +54,16 @@ def test_from_env_reads_target_and_key(
     with Client.from_env() as client:
         assert client.target == live_server.target and client.timeout == 7
         assert client._metadata == (("authorization", "Bearer tw_secret"),)
+
+
+@pytest.mark.parametrize(
+    ("value", "tls"),
+    [("system", True), ("true", True), ("ca.pem", "ca.pem"), ("false", None), ("", None)],
+)
+def test_tls_from_the_environment_means_what_the_tls_flag_does(value: str, tls: object) -> None:
+    """`--tls system` and TRAINWIRE_TLS=system both verify with the system's CAs (not a CA
+    file named "system")."""
+    assert env_settings({"TRAINWIRE_TLS": value}).get("tls") == tls
 
 
 def test_uploads_are_content_addressed(client: Client, dataset: DatasetInfo) -> None:
