@@ -133,7 +133,7 @@ def test_outputs_only_requests_get_the_same_outputs_alone_and_batched_with_full_
     passes_before, single_before = _batch_histogram(metrics_port)
     together = asyncio.run(_concurrently(server.target, mixed))
     passes_after, single_after = _batch_histogram(metrics_port)
-    # Batched: fewer passes than requests, and some carried several (both kinds, at 1 in 2).
+    # Batched: fewer passes than requests, and some carried several requests.
     assert passes_after - passes_before < len(mixed)
     assert (passes_after - passes_before) > (single_after - single_before)
     for raw, complete, lone, batched in zip(raw_only, full, alone, together, strict=True):
