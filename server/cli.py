@@ -193,11 +193,15 @@ def _status(args: argparse.Namespace) -> int:
 
     status = collect_status(_settings(args), args.target)
     print(to_json(status) if args.json else render(status))
+    # The JSON has it as server.hint; the table's readers get it as `trainwire health` gives it.
+    hint = status.get("server", {}).get("hint")
+    if hint and not args.json:
+        print(f"trainwire: {hint}", file=sys.stderr)
     return 0
 
 
 def _health(args: argparse.Namespace) -> int:
-    from .status import probe_health_hint, server_health
+    from .status import UNREACHABLE, probe_health_hint, server_health
 
     settings = _settings(args)
     # The target the user commands read, else the port this machine's server listens on: the
@@ -205,7 +209,7 @@ def _health(args: argparse.Namespace) -> int:
     target = args.target or os.environ.get("TRAINWIRE_TARGET") or f"127.0.0.1:{settings.port}"
     health = server_health(target, settings)
     print(f"{target}: {health}")
-    if health == "unreachable (UNAVAILABLE)":
+    if health == UNREACHABLE:
         print(f"trainwire: {probe_health_hint(settings)}", file=sys.stderr)
     return 0 if health == "SERVING" else 1
 
