@@ -534,7 +534,9 @@ def test_user_commands_show_a_client_certificate_to_a_mutual_tls_server(
 ) -> None:
     """The README's mutual TLS from the command line: `--client-cert` with `--client-key`, or
     TRAINWIRE_CLIENT_CERT with TRAINWIRE_CLIENT_KEY (which `Client.from_env` reads too); one
-    without the other is a usage error. The user commands had no way to show a certificate."""
+    without the other is a usage error. The user commands had no way to show a certificate. The
+    options (`client_cert=`) override both variables: one of them set alone was refused even
+    then."""
     ca, cert, key = make_certificates(tmp_path)
     client_cert = str(tmp_path / "client.pem")
     env = {
@@ -572,6 +574,11 @@ def test_user_commands_show_a_client_certificate_to_a_mutual_tls_server(
         code, _, err = datasets_list()
         assert code == 2, err
         assert "TRAINWIRE_CLIENT_CERT and TRAINWIRE_CLIENT_KEY must be given together" in err
+        code, out, err = datasets_list("--client-cert", client_cert, "--client-key", str(key))
+        assert (code, out) == (0, "[]\n"), err
+        pair = (client_cert, str(key))
+        with Client.from_env(target=target, tls=str(ca), client_cert=pair) as client:
+            assert list(client.list_datasets()) == []
         monkeypatch.delenv("TRAINWIRE_CLIENT_CERT")
         code, _, err = datasets_list("--client-key", str(key))
         assert code == 2, err
