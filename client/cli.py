@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from .client import Client, Job, client_cert_pair, env_settings
+from .client import Client, Job, client_cert_pair, env_settings, readable_file
 from .errors import JobFailed, TrainwireError
 from .files import label_names, prediction_to_dict, read_model_inputs, write_prediction
 from .jobspec import DatasetSource, JobSpec
@@ -432,7 +432,9 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
             if args.api_key:
                 overrides["api_key"] = args.api_key
             if args.tls:
-                overrides["tls"] = True if args.tls == "system" else args.tls
+                overrides["tls"] = (
+                    True if args.tls == "system" else readable_file(args.tls, "--tls")
+                )
             pair = client_cert_pair(
                 args.client_cert, args.client_key, ("--client-cert", "--client-key")
             )

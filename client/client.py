@@ -101,7 +101,7 @@ def env_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> 
     if tls.lower() in ("1", "true", "yes"):
         settings["tls"] = True
     elif tls and tls.lower() not in ("0", "false", "no"):
-        settings["tls"] = tls
+        settings["tls"] = readable_file(tls, "TRAINWIRE_TLS")
     if "client_cert" not in overrides:
         pair = client_cert_pair(
             env.get("TRAINWIRE_CLIENT_CERT"),
@@ -125,7 +125,8 @@ def client_cert_pair(
     cert: str | None, key: str | None, names: tuple[str, str]
 ) -> tuple[str, str] | None:
     """A client certificate and its key as `Client(client_cert=)` takes them, or None when
-    neither is given; `names` say where they came from, for the ValueError when only one is."""
+    neither is given; `names` say where they came from, for the ValueError when only one is, or
+    one cannot be read."""
     if not cert and not key:
         return None
     if not cert or not key:
@@ -134,7 +135,19 @@ def client_cert_pair(
             f"{names[0]} and {names[1]} must be given together (a PEM client certificate and "
             f"its private key). Received {given} without {missing}"
         )
-    return cert, key
+    return readable_file(cert, names[0]), readable_file(key, names[1])
+
+
+def readable_file(path: str, name: str) -> str:
+    """`path` once it can be read, else a ValueError naming the option or variable (`name`)
+    that gave it: a bare OSError names only the path."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        reason = (error.strerror or str(error)).lower()
+        raise ValueError(f"cannot read {name} {path}: {reason}") from None
+    return path
 
 
 # The reconnect backoff doubles up to its 2 s ceiling and no further (past some thousand
