@@ -115,7 +115,7 @@ class AsyncClient:
     @classmethod
     def from_env(cls, **overrides: Any) -> AsyncClient:
         """A client configured like `Client.from_env`."""
-        return cls(**{**env_settings(), **overrides})
+        return cls(**env_settings(**overrides))
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from .client import Client, Job, client_cert_pair, env_settings
+from .client import Client, Job, client_cert_pair, env_settings, readable_file
 from .errors import JobFailed, TrainwireError
 from .files import label_names, prediction_to_dict, read_model_inputs, write_prediction
 from .jobspec import DatasetSource, JobSpec
@@ -424,20 +424,25 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         settings: dict[str, Any] = {}
         try:
-            settings = env_settings()
+            # The options override their variables, which are then not read (a pair of client
+            # certificate options both of theirs).
+            overrides: dict[str, Any] = {}
             if args.target:
-                settings["target"] = args.target
+                overrides["target"] = args.target
             if args.api_key:
-                settings["api_key"] = args.api_key
+                overrides["api_key"] = args.api_key
             if args.tls:
-                settings["tls"] = True if args.tls == "system" else args.tls
+                overrides["tls"] = (
+                    True if args.tls == "system" else readable_file(args.tls, "--tls")
+                )
             pair = client_cert_pair(
                 args.client_cert, args.client_key, ("--client-cert", "--client-key")
             )
             if pair is not None:
-                settings["client_cert"] = pair
+                overrides["client_cert"] = pair
             if args.timeout:
-                settings["timeout"] = args.timeout
+                overrides["timeout"] = args.timeout
+            settings = env_settings(**overrides)
             with Client(**settings) as client:
                 return handler(client, args)
         except TrainwireError as error:

@@ -84,28 +84,34 @@ __all__ = [
 ]
 
 
-def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def env_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> dict[str, Any]:
     """Client settings from the environment: TRAINWIRE_TARGET, TRAINWIRE_API_KEY,
     TRAINWIRE_TLS (`true` or `system` for the system's CAs, or a CA file), TRAINWIRE_CLIENT_CERT
     with TRAINWIRE_CLIENT_KEY (a client certificate and its key, for a server that requires one)
-    and TRAINWIRE_TIMEOUT (seconds)."""
+    and TRAINWIRE_TIMEOUT (seconds). `overrides`, keyword arguments of `Client`, replace the
+    variables they stand for, which are then not read: `client_cert=` replaces
+    TRAINWIRE_CLIENT_CERT and TRAINWIRE_CLIENT_KEY as a pair, so that one of them set alone is no
+    error."""
     env = os.environ if environ is None else environ
-    settings: dict[str, Any] = {"target": env.get("TRAINWIRE_TARGET") or DEFAULT_TARGET}
-    if env.get("TRAINWIRE_API_KEY"):
+    settings: dict[str, Any] = {}
+    if "target" not in overrides:
+        settings["target"] = env.get("TRAINWIRE_TARGET") or DEFAULT_TARGET
+    if "api_key" not in overrides and env.get("TRAINWIRE_API_KEY"):
         settings["api_key"] = env["TRAINWIRE_API_KEY"]
-    tls = env.get("TRAINWIRE_TLS", "")
+    tls = env.get("TRAINWIRE_TLS", "") if "tls" not in overrides else ""
     if tls.lower() in ("1", "true", "yes", "system"):  # "system" as `--tls system` says
         settings["tls"] = True
     elif tls and tls.lower() not in ("0", "false", "no"):
-        settings["tls"] = tls
-    pair = client_cert_pair(
-        env.get("TRAINWIRE_CLIENT_CERT"),
-        env.get("TRAINWIRE_CLIENT_KEY"),
-        ("TRAINWIRE_CLIENT_CERT", "TRAINWIRE_CLIENT_KEY"),
-    )
-    if pair is not None:
-        settings["client_cert"] = pair
-    if env.get("TRAINWIRE_TIMEOUT"):
+        settings["tls"] = readable_file(tls, "TRAINWIRE_TLS")
+    if "client_cert" not in overrides:
+        pair = client_cert_pair(
+            env.get("TRAINWIRE_CLIENT_CERT"),
+            env.get("TRAINWIRE_CLIENT_KEY"),
+            ("TRAINWIRE_CLIENT_CERT", "TRAINWIRE_CLIENT_KEY"),
+        )
+        if pair is not None:
+            settings["client_cert"] = pair
+    if "timeout" not in overrides and env.get("TRAINWIRE_TIMEOUT"):
         try:
             settings["timeout"] = float(env["TRAINWIRE_TIMEOUT"])
         except ValueError:
@@ -113,14 +119,15 @@ def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
                 f"TRAINWIRE_TIMEOUT must be a number of seconds. Received: "
                 f"{env['TRAINWIRE_TIMEOUT']!r}"
             ) from None
-    return settings
+    return {**settings, **overrides}
 
 
 def client_cert_pair(
     cert: str | None, key: str | None, names: tuple[str, str]
 ) -> tuple[str, str] | None:
     """A client certificate and its key as `Client(client_cert=)` takes them, or None when
-    neither is given; `names` say where they came from, for the ValueError when only one is."""
+    neither is given; `names` say where they came from, for the ValueError when only one is, or
+    one cannot be read."""
     if not cert and not key:
         return None
     if not cert or not key:
@@ -129,7 +136,19 @@ def client_cert_pair(
             f"{names[0]} and {names[1]} must be given together (a PEM client certificate and "
             f"its private key). Received {given} without {missing}"
         )
-    return cert, key
+    return readable_file(cert, names[0]), readable_file(key, names[1])
+
+
+def readable_file(path: str, name: str) -> str:
+    """`path` once it can be read, else a ValueError naming the option or variable (`name`)
+    that gave it: a bare OSError names only the path."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        reason = (error.strerror or str(error)).lower()
+        raise ValueError(f"cannot read {name} {path}: {reason}") from None
+    return path
 
 
 # The reconnect backoff doubles up to its 2 s ceiling and no further (past some thousand
@@ -203,8 +222,8 @@ class Client:
     def from_env(cls, **overrides: Any) -> Client:
         """A client configured by TRAINWIRE_TARGET (default localhost:50051), TRAINWIRE_API_KEY,
         TRAINWIRE_TLS, TRAINWIRE_CLIENT_CERT and TRAINWIRE_CLIENT_KEY, and TRAINWIRE_TIMEOUT;
-        keyword arguments override them."""
-        return cls(**{**env_settings(), **overrides})
+        keyword arguments override them (`client_cert=` both of its variables)."""
+        return cls(**env_settings(**overrides))
 
     def __enter__(self) -> Client:
         return self

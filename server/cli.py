@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -192,11 +193,15 @@ def _status(args: argparse.Namespace) -> int:
 
     status = collect_status(_settings(args), args.target)
     print(to_json(status) if args.json else render(status))
+    # The JSON has it as server.hint; the table's readers get it as `trainwire health` gives it.
+    hint = status.get("server", {}).get("hint")
+    if hint and not args.json:
+        print(f"trainwire: {hint}", file=sys.stderr)
     return 0
 
 
 def _health(args: argparse.Namespace) -> int:
-    from .status import probe_health_hint, server_health
+    from .status import UNREACHABLE, probe_health_hint, server_health
 
     settings = _settings(args)
     # The target the user commands read, else the port this machine's server listens on: the
@@ -204,9 +209,25 @@ def _health(args: argparse.Namespace) -> int:
     target = args.target or os.environ.get("TRAINWIRE_TARGET") or f"127.0.0.1:{settings.port}"
     health = server_health(target, settings)
     print(f"{target}: {health}")
-    if health == "unreachable (UNAVAILABLE)":
+    if health == UNREACHABLE:
         print(f"trainwire: {probe_health_hint(settings)}", file=sys.stderr)
     return 0 if health == "SERVING" else 1
+
+
+def _command(parent: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """An operator command's parser: its one-line `help` in its parent's listing, and its own
+    --help saying what it does and listing the exit codes, as each user command's does."""
+    from trainwire.client.cli import exit_codes_epilog
+
+    parser: argparse.ArgumentParser = parent.add_parser(
+        name,
+        help=help,
+        # Wrapped here: the raw formatter, which keeps the epilog's table, wraps nothing.
+        description=textwrap.fill(description, 88),
+        epilog=exit_codes_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,7 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the gRPC server with embedded worker processes")
+    serve = _command(
+        commands,
+        "serve",
+        "run the gRPC server with embedded worker processes",
+        "Run the gRPC server, with --workers embedded worker processes that train queued jobs. "
+        "It needs a database at this Trainwire's schema revision: run `trainwire db upgrade` "
+        "first, except for a SQLite database, which is migrated at start "
+        "(TRAINWIRE_AUTO_MIGRATE_SQLITE).",
+    )
     serve.add_argument("--host", help="address to bind (TRAINWIRE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port, 0 for any free one (TRAINWIRE_PORT, 50051)")
     serve.add_argument("--workers", type=int, help="worker processes (TRAINWIRE_WORKERS, 2)")
@@ -243,7 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("--exit-with", type=int, help=argparse.SUPPRESS)
-    worker = commands.add_parser("worker", help="run worker processes that train queued jobs")
+    worker = _command(
+        commands,
+        "worker",
+        "run worker processes that train queued jobs",
+        "Run worker processes that train the queued jobs of a server's database (the same "
+        "TRAINWIRE_DATABASE_URL), on any machine that reaches it. Refused at start for a "
+        "database that does not exist or whose schema is not this Trainwire's.",
+    )
     worker.add_argument(
         "--concurrency", type=int, default=1, help="worker processes to run (default 1)"
     )
@@ -273,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
             "upgrade`) or ahead (a newer Trainwire migrated it). Creates no database.",
         ),
     ):
-        sub = db_commands.add_parser(name, help=text, description=description)
+        sub = _command(db_commands, name, text, description)
         # SUPPRESS: left unset here, a URL given before the subcommand is not overwritten.
         sub.add_argument(
             "--database-url",
@@ -284,11 +320,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = commands.add_parser("keys", help="API keys (each belongs to one project)")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
-    create = keys_commands.add_parser("create", help="create a key and print it once")
+    create = _command(
+        keys_commands,
+        "create",
+        "create a key and print it once",
+        "Create an API key for a project and print it, the only time it is shown (the database "
+        "keeps only its hash). The database must be the server's, existing and migrated.",
+    )
     create.add_argument("--project", required=True, help="the project the key can see")
     create.add_argument("--name", default="", help="a note on who uses the key")
-    listing = keys_commands.add_parser("list", help="list keys (never their secrets)")
-    revoke = keys_commands.add_parser("revoke", help="revoke a key")
+    listing = _command(
+        keys_commands,
+        "list",
+        "list keys (never their secrets)",
+        "List the API keys of the server's database, with their project, state and name; "
+        "never their secrets.",
+    )
+    revoke = _command(
+        keys_commands,
+        "revoke",
+        "revoke a key",
+        "Revoke an API key by its id; revoking a revoked key changes nothing (exit 0).",
+    )
     revoke.add_argument(
         "key_id", help="the key's id, as keys list and keys create show it (not its tw_… secret)"
     )
@@ -296,13 +349,27 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--database-url", help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)")
     keys.set_defaults(handler=_keys)
 
-    status = commands.add_parser("status", help="a one-screen summary of the deployment")
+    status = _command(
+        commands,
+        "status",
+        "a one-screen summary of the deployment",
+        "Summarise a deployment from its database (which must exist, migrated): version and "
+        "schema, queue depth by state and queue, workers, recent failures. With --target, "
+        "also probe that server's health (exit 0 whatever it answers).",
+    )
     status.add_argument("--database-url", help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)")
     status.add_argument("--target", help="also check this server's health (host:port)")
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
     status.set_defaults(handler=_status)
 
-    health = commands.add_parser("health", help="exit 0 when a server answers SERVING, else 1")
+    health = _command(
+        commands,
+        "health",
+        "exit 0 when a server answers SERVING, else 1",
+        "Ask a server's gRPC health service whether it is SERVING (the container's health "
+        "check): exit 0 when it is, 1 when it is not or cannot be reached. Over TLS, trusting "
+        "TRAINWIRE_TLS_CERT, when that is set.",
+    )
     health.add_argument(
         "--target", help="host:port (TRAINWIRE_TARGET, default 127.0.0.1:TRAINWIRE_PORT)"
     )

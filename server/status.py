@@ -1,9 +1,9 @@
 """`trainwire status`: a one-screen summary of a deployment, read from its database.
 
 Version, database and schema, queue depth by state and queue, workers (alive when seen within
-two lease periods), recent failures; with `--target`, the server's health too. `server_health`
-is also `trainwire health`, the container's health check: it speaks TLS to a server configured
-with TLS.
+two lease periods), recent failures; with `--target`, the server's health too, and what to check
+when it cannot be reached (`probe_health_hint`). `server_health` is also `trainwire health`, the
+container's health check: it speaks TLS to a server configured with TLS.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from .store import Store
 
 if TYPE_CHECKING:
     import grpc
+
+# A probe's answer when no server answered: a refused TLS handshake too (`probe_health_hint`).
+UNREACHABLE = "unreachable (UNAVAILABLE)"
 
 
 def collect_status(settings: Settings, target: str | None = None) -> dict[str, Any]:
@@ -57,7 +60,13 @@ def collect_status(settings: Settings, target: str | None = None) -> dict[str, A
     finally:
         database.dispose()
     if target:
-        status["server"] = {"target": target, "health": server_health(target, settings)}
+        health = server_health(target, settings)
+        status["server"] = {
+            "target": target,
+            "health": health,
+            # What to check when it could not be reached, as `trainwire health` says.
+            "hint": probe_health_hint(settings) if health == UNREACHABLE else None,
+        }
     return status
 
 
@@ -78,8 +87,8 @@ def server_health(target: str, settings: Settings | None = None) -> str:
 
 
 def probe_health_hint(settings: Settings) -> str:
-    """What to check when a probe with these `settings` found the server `unreachable
-    (UNAVAILABLE)`: a refused TLS handshake looks just like a server that is down."""
+    """What to check when a probe with these `settings` found the server UNREACHABLE: a refused
+    TLS handshake looks just like a server that is down."""
     if not settings.tls_cert:
         return (
             "the probe spoke plaintext: if the server uses TLS, set TRAINWIRE_TLS_CERT to its "

@@ -314,8 +314,13 @@ def test_help_lists_the_exit_codes_of_the_readmes_table(
     table = table[: table.index("\n\n")]
     rows = re.findall(r"^\| (\d) \| (.+) \|$", table, re.MULTILINE)
     assert {int(code): meaning.replace("`", "") for code, meaning in rows} == EXIT_CODE_MEANINGS
-    # Each user command's --help, and the top-level one, which the operator commands share.
-    for command in (["jobs", "delete"], []):
+    # Each command's --help, the operator commands' too (theirs listed none), and the top-level
+    # one.
+    operator_commands = (
+        ["serve"], ["worker"], ["db", "upgrade"], ["db", "current"], ["keys", "create"],
+        ["keys", "list"], ["keys", "revoke"], ["status"], ["health"],
+    )  # fmt: skip
+    for command in (["jobs", "delete"], *operator_commands, []):
         with pytest.raises(SystemExit):
             main([*command, "--help"])
         shown = " ".join(capsys.readouterr().out.split("exit codes:", 1)[1].split())
@@ -362,6 +367,51 @@ def test_an_unavailable_answer_from_the_server_gets_no_tls_hint() -> None:
     finally:
         server.stop(None)
     assert code == 5 and "The database is unreachable" in err and "--tls" not in err
+
+
+def test_a_certificate_file_that_cannot_be_read_is_named_by_its_option_or_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A --client-cert, --client-key or --tls file (or TRAINWIRE_CLIENT_CERT, TRAINWIRE_CLIENT_KEY,
+    TRAINWIRE_TLS) that does not exist was `[Errno 2] No such file or directory: '...'`, naming
+    none of them. Nothing is connected to: the files are read first."""
+    for name in ("TRAINWIRE_TLS", "TRAINWIRE_CLIENT_CERT", "TRAINWIRE_CLIENT_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    cert.write_text("a certificate")
+    key.write_text("a key")
+    missing = tmp_path / "missing.pem"
+
+    def datasets_list(*options: str) -> tuple[int, str]:
+        code = main(["datasets", "list", "--target", "127.0.0.1:9", "--timeout", "1", *options])
+        out, err = capsys.readouterr()
+        assert out == ""
+        return code, err
+
+    def refused(
+        name: str, path: Path, reason: str = "no such file or directory"
+    ) -> tuple[int, str]:
+        return 2, f"trainwire: invalid argument: cannot read {name} {path}: {reason}\n"
+
+    assert datasets_list("--client-cert", str(missing), "--client-key", str(key)) == refused(
+        "--client-cert", missing
+    )
+    assert datasets_list("--client-cert", str(cert), "--client-key", str(tmp_path)) == refused(
+        "--client-key", tmp_path, "is a directory"
+    )
+    assert datasets_list("--tls", str(missing)) == refused("--tls", missing)
+    monkeypatch.setenv("TRAINWIRE_TLS", str(missing))
+    assert datasets_list() == refused("TRAINWIRE_TLS", missing)
+    assert datasets_list("--tls", "system")[0] == 5, "--tls replaces TRAINWIRE_TLS, unread"
+    monkeypatch.delenv("TRAINWIRE_TLS")
+    monkeypatch.setenv("TRAINWIRE_CLIENT_CERT", str(cert))
+    monkeypatch.setenv("TRAINWIRE_CLIENT_KEY", str(missing))
+    code, err = datasets_list("--json")
+    assert code == 2 and json.loads(err)["error"]["message"] == (
+        f"cannot read TRAINWIRE_CLIENT_KEY {missing}: no such file or directory"
+    )
+    with pytest.raises(ValueError, match="cannot read TRAINWIRE_CLIENT_KEY"):
+        Client.from_env()
 
 
 def main_unreachable(*options: str, target: str = "127.0.0.1:9") -> tuple[int, str, str]:

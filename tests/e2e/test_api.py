@@ -4,6 +4,7 @@ predictions, limits, API keys with project isolation, TLS, and health during a d
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import subprocess
 import sys
@@ -533,7 +534,9 @@ def test_user_commands_show_a_client_certificate_to_a_mutual_tls_server(
 ) -> None:
     """The README's mutual TLS from the command line: `--client-cert` with `--client-key`, or
     TRAINWIRE_CLIENT_CERT with TRAINWIRE_CLIENT_KEY (which `Client.from_env` reads too); one
-    without the other is a usage error. The user commands had no way to show a certificate."""
+    without the other is a usage error. The user commands had no way to show a certificate. The
+    options (`client_cert=`) override both variables: one of them set alone was refused even
+    then."""
     ca, cert, key = make_certificates(tmp_path)
     client_cert = str(tmp_path / "client.pem")
     env = {
@@ -571,6 +574,11 @@ def test_user_commands_show_a_client_certificate_to_a_mutual_tls_server(
         code, _, err = datasets_list()
         assert code == 2, err
         assert "TRAINWIRE_CLIENT_CERT and TRAINWIRE_CLIENT_KEY must be given together" in err
+        code, out, err = datasets_list("--client-cert", client_cert, "--client-key", str(key))
+        assert (code, out) == (0, "[]\n"), err
+        pair = (client_cert, str(key))
+        with Client.from_env(target=target, tls=str(ca), client_cert=pair) as client:
+            assert list(client.list_datasets()) == []
         monkeypatch.delenv("TRAINWIRE_CLIENT_CERT")
         code, _, err = datasets_list("--client-key", str(key))
         assert code == 2, err
@@ -601,23 +609,25 @@ def test_health_command_probes_a_tls_server_over_tls(tmp_path: Path, mutual: boo
     found such a server unreachable). A server that requires none is probed with the certificate
     alone (once refused as a configuration error, exit 2). An unreachable probe says what to
     check. The target is --target, else TRAINWIRE_TARGET (once ignored), else
-    127.0.0.1:TRAINWIRE_PORT."""
+    127.0.0.1:TRAINWIRE_PORT. `status --target` probes alike and gives the same hint (it gave
+    none): on stderr under its table, as server.hint in its JSON."""
     # The certificate names localhost; the probe reaches 127.0.0.1, as the Dockerfile's does.
     ca, cert, key = make_certificates(tmp_path)
     tls = {"TRAINWIRE_TLS_CERT": str(cert), "TRAINWIRE_TLS_KEY": str(key)}
     serve_env = {**tls, "TRAINWIRE_TLS_CLIENT_CA": str(ca)} if mutual else tls
-    with local_server(
-        f"sqlite:///{tmp_path / 'health.db'}", workers=0, extra_env=serve_env
-    ) as server:
+    database_url = f"sqlite:///{tmp_path / 'health.db'}"
+    with local_server(database_url, workers=0, extra_env=serve_env) as server:
         port = server.target.rsplit(":", 1)[1]
         serving = (0, f"127.0.0.1:{port}: SERVING")
         unreachable = (1, f"127.0.0.1:{port}: unreachable (UNAVAILABLE)")
 
-        def health(probe_env: dict[str, str], *options: str) -> tuple[int, str, str]:
+        def health(
+            probe_env: dict[str, str], *options: str, command: str = "health"
+        ) -> tuple[int, str, str]:
             """The probe in a container: the server's settings in its environment, or some."""
             env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINWIRE_")}
             result = subprocess.run(
-                [*CLI, "health", *options],
+                [*CLI, command, *options],
                 env={**env, "TRAINWIRE_PORT": port, **probe_env},
                 capture_output=True,
                 text=True,
@@ -646,6 +656,29 @@ def test_health_command_probes_a_tls_server_over_tls(tmp_path: Path, mutual: boo
         code, out, err = health({})
         assert (code, out) == unreachable, err
         assert "if the server uses TLS, set TRAINWIRE_TLS_CERT" in err
+        hint = err.strip().removeprefix("trainwire: ")
+
+        def status(probe_env: dict[str, str], *options: str) -> tuple[int, str, str]:
+            return health(
+                probe_env, "--database-url", database_url, "--target", f"127.0.0.1:{port}",
+                *options, command="status",
+            )  # fmt: skip
+
+        code, out, err = status({})
+        assert code == 0 and f"127.0.0.1:{port}: unreachable (UNAVAILABLE)" in out, err
+        assert err == f"trainwire: {hint}\n"
+        code, out, err = status({}, "--json")
+        assert (code, err) == (0, ""), "the hint is in the JSON, which stays one document"
+        assert json.loads(out)["server"] == {
+            "target": f"127.0.0.1:{port}", "health": "unreachable (UNAVAILABLE)", "hint": hint
+        }  # fmt: skip
+        code, out, err = status(serve_env, "--json")
+        assert (code, err) == (0, "")
+        assert json.loads(out)["server"] == {
+            "target": f"127.0.0.1:{port}", "health": "SERVING", "hint": None
+        }  # fmt: skip
+        code, out, err = status(serve_env)
+        assert (code, err) == (0, "") and f"127.0.0.1:{port}: SERVING" in out
 
 
 # --- health while the database is unreachable ---------------------------------------------------

@@ -217,6 +217,35 @@ def test_operator_help_shows_defaults_and_the_variable_of_every_serve_option(
     assert "(default 1)" in help_options(capsys, "worker")["--concurrency"]
 
 
+def help_description(capsys: pytest.CaptureFixture[str], *command: str) -> str:
+    """What `trainwire COMMAND --help` says the command does, between its usage and its
+    arguments, on one line."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*command, "--help"])
+    page = capsys.readouterr().out
+    after_usage = page.split("\n\n", 1)[1]
+    return " ".join(after_usage.split("arguments:\n", 1)[0].split("options:\n", 1)[0].split())
+
+
+def test_each_operator_command_s_help_says_what_it_does(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`keys create --help`, `serve --help` and the others showed usage and options alone."""
+    expected = {
+        ("serve",): ["Run the gRPC server", "`trainwire db upgrade`", "SQLite"],
+        ("worker",): ["train the queued jobs", "TRAINWIRE_DATABASE_URL"],
+        ("keys", "create"): ["Create an API key for a project", "the only time it is shown"],
+        ("keys", "list"): ["List the API keys", "never their secrets"],
+        ("keys", "revoke"): ["Revoke an API key by its id"],
+        ("status",): ["Summarise a deployment from its database", "With --target"],
+        ("health",): ["SERVING", "exit 0 when it is, 1 when"],
+    }
+    for command, phrases in expected.items():
+        described = help_description(capsys, *command)
+        for phrase in phrases:
+            assert phrase in described, (command, described)
+
+
 def test_keys_list_is_a_table_with_a_header_and_says_how_to_make_the_first_key(
     database_url: str, store: Store, capsys: pytest.CaptureFixture[str]
 ) -> None:
