@@ -57,13 +57,18 @@ def test_from_env_reads_target_and_key(
 
 
 @pytest.mark.parametrize(
-    ("value", "tls"),
-    [("system", True), ("true", True), ("ca.pem", "ca.pem"), ("false", None), ("", None)],
+    ("value", "tls"), [("system", True), ("true", True), ("false", None), ("", None)]
 )
 def test_tls_from_the_environment_means_what_the_tls_flag_does(value: str, tls: object) -> None:
     """`--tls system` and TRAINWIRE_TLS=system both verify with the system's CAs (not a CA
     file named "system")."""
     assert env_settings({"TRAINWIRE_TLS": value}).get("tls") == tls
+
+
+def test_tls_from_the_environment_may_name_a_ca_file(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert env_settings({"TRAINWIRE_TLS": str(ca)})["tls"] == str(ca)
 
 
 def test_uploads_are_content_addressed(client: Client, dataset: DatasetInfo) -> None:
