@@ -31,6 +31,7 @@ log = logging.getLogger("trainwire.server")
 DEFAULT_PROJECT = "default"
 PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 KEY_PREFIX = "tw_"  # every key starts so; a key id (16 hex digits) never does
+KEY_ID = re.compile(r"[0-9a-f]{16}")
 _KEY = re.compile("^" + re.escape(KEY_PREFIX) + r"([0-9a-f]{16})_([A-Za-z0-9_-]{20,100})$")
 # Health and reflection answer everyone, so load balancers and stock tools work without a key.
 EXEMPT_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")

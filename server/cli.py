@@ -132,22 +132,28 @@ def _db(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from .auth import KEY_PREFIX, masked_key, parse_key
+    from .auth import KEY_ID, masked_key, parse_key
     from .db import Database
     from .errors import InvalidArgument
     from .migrate import check_deployment
     from .store import Store
 
-    if args.keys_command == "revoke" and args.key_id.startswith(KEY_PREFIX):
-        # The key itself, secret and all, where its id belongs: say so, and never echo it.
+    if args.keys_command == "revoke" and not KEY_ID.fullmatch(args.key_id):
+        # Anything but an id may be a key, secret and all (pasted with a space, "Bearer ", or
+        # without its prefix): it is never echoed, only the id of a key read from it.
+        pasted = args.key_id.strip().removeprefix("Bearer ").strip()
+        parsed = parse_key(pasted)
         message = (
-            f"{masked_key(args.key_id)} looks like an API key's secret, not its id: "
-            "`trainwire keys revoke` takes the key's id, which `trainwire keys list` and "
-            "`trainwire keys create` show"
+            "`trainwire keys revoke` takes the key's id (16 hexadecimal digits), which "
+            "`trainwire keys list` and `trainwire keys create` show"
         )
-        parsed = parse_key(args.key_id)
         if parsed:
-            message += f" (this key's id is {parsed[0]}: `trainwire keys revoke {parsed[0]}`)"
+            message = (
+                f"{masked_key(pasted)} looks like an API key's secret, not its id: {message} "
+                f"(this key's id is {parsed[0]}: `trainwire keys revoke {parsed[0]}`)"
+            )
+        else:
+            message += "; what was given is not shown, as it may hold a secret"
         raise InvalidArgument(message)
     settings = _settings(args)
     database = Database(settings.database_url)

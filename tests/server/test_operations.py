@@ -288,14 +288,21 @@ def test_revoke_given_a_key_s_secret_says_it_takes_the_id_and_never_echoes_the_s
     code, out, err = run(capsys, "keys", "revoke", key.key, "--database-url", database_url)
     assert code == 2 and out == "", "the README's exit code for invalid arguments"
     assert err.startswith(f"trainwire: invalid argument: tw_{key.id}_… looks like an API key's")
-    assert "takes the key's id, which `trainwire keys list` and `trainwire keys create`" in err
+    assert "takes the key's id (16 hexadecimal digits), which `trainwire keys list`" in err
     assert f"`trainwire keys revoke {key.id}`" in err
     assert secret not in err and len(err.strip().splitlines()) == 1
     assert [active.id for active in store.active_api_keys()] == [key.id]
-    # Only the prefix of what cannot be read as a key.
-    code, out, err = run(capsys, "keys", "revoke", "tw_not-a-key", "--database-url", database_url)
-    assert code == 2 and "tw_… looks like an API key's secret" in err
-    assert "not-a-key" not in err
+    # Pasted with a space or as the header's value: still read as the key, never echoed.
+    for pasted in (f" {key.key}", f"Bearer {key.key}"):
+        code, out, err = run(capsys, "keys", "revoke", pasted, "--database-url", database_url)
+        assert code == 2 and f"`trainwire keys revoke {key.id}`" in err
+        assert secret not in err
+    # What is no id and no key (a key without its prefix, say) is not echoed either.
+    for wrong in ("tw_not-a-key", f"{key.id}_{secret}"):
+        code, out, err = run(capsys, "keys", "revoke", wrong, "--database-url", database_url)
+        assert code == 2 and "takes the key's id (16 hexadecimal digits)" in err
+        assert "not-a-key" not in err and secret not in err
+    assert [active.id for active in store.active_api_keys()] == [key.id]
 
 
 def test_revoking_a_revoked_key_says_it_was_already_revoked(
