@@ -4,7 +4,6 @@ the user commands of `trainwire.client.cli` (datasets, jobs, predict)."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -210,9 +209,11 @@ def _health(args: argparse.Namespace) -> int:
     from .status import UNREACHABLE, probe_health_hint, server_health
 
     settings = _settings(args)
-    # The target the user commands read, else the port this machine's server listens on: the
-    # image's HEALTHCHECK and compose's server set no TRAINWIRE_TARGET.
-    target = args.target or os.environ.get("TRAINWIRE_TARGET") or f"127.0.0.1:{settings.port}"
+    # This machine's server, with its own settings (TRAINWIRE_PORT, its TLS certificate), unless
+    # told otherwise. Not TRAINWIRE_TARGET: that is the user commands' server, which an
+    # environment shared with clients (an env file, a ConfigMap) would turn a container's
+    # health check to.
+    target = args.target or f"127.0.0.1:{settings.port}"
     health = server_health(target, settings)
     print(f"{target}: {health}")
     if health == UNREACHABLE:
@@ -377,7 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
         "TRAINWIRE_TLS_CERT, when that is set.",
     )
     health.add_argument(
-        "--target", help="host:port (TRAINWIRE_TARGET, default 127.0.0.1:TRAINWIRE_PORT)"
+        "--target",
+        help="host:port (default 127.0.0.1:TRAINWIRE_PORT, this machine's server; "
+        "TRAINWIRE_TARGET is the user commands' and is not read)",
     )
     health.set_defaults(handler=_health)
 

@@ -138,15 +138,6 @@ def test_dockerfile_is_multi_stage_non_root_with_health_check() -> None:
         assert folder in copied, f"the image needs {folder}/"
 
 
-def test_no_server_container_sets_the_target_its_health_check_would_probe() -> None:
-    """`trainwire health` probes TRAINWIRE_TARGET when it is set, else 127.0.0.1:TRAINWIRE_PORT:
-    a server container that set it would check another server's health instead of its own."""
-    final = (ROOT / "Dockerfile").read_text().rsplit("\nFROM ", 1)[1]
-    assert "TRAINWIRE_TARGET" not in final
-    for name, service in compose()["services"].items():
-        assert "TRAINWIRE_TARGET" not in service.get("environment", {}), name
-
-
 def test_the_worker_grace_period_outlasts_the_stop_timeout() -> None:
     """docker SIGKILLs a container stop_grace_period after SIGTERM: a worker container must
     leave `trainwire worker` its whole TRAINWIRE_STOP_TIMEOUT_S to let its processes checkpoint."""

@@ -608,9 +608,10 @@ def test_health_command_probes_a_tls_server_over_tls(tmp_path: Path, mutual: boo
     started with `--tls-client-ca` never set (the probe showed it only with that variable, and
     found such a server unreachable). A server that requires none is probed with the certificate
     alone (once refused as a configuration error, exit 2). An unreachable probe says what to
-    check. The target is --target, else TRAINWIRE_TARGET (once ignored), else
-    127.0.0.1:TRAINWIRE_PORT. `status --target` probes alike and gives the same hint (it gave
-    none): on stderr under its table, as server.hint in its JSON."""
+    check. The target is --target, else 127.0.0.1:TRAINWIRE_PORT: never the user commands'
+    TRAINWIRE_TARGET, which an environment shared with clients would turn a health check to.
+    `status --target` probes alike and gives the same hint (it gave none): on stderr under its
+    table, as server.hint in its JSON."""
     # The certificate names localhost; the probe reaches 127.0.0.1, as the Dockerfile's does.
     ca, cert, key = make_certificates(tmp_path)
     tls = {"TRAINWIRE_TLS_CERT": str(cert), "TRAINWIRE_TLS_KEY": str(key)}
@@ -638,13 +639,10 @@ def test_health_command_probes_a_tls_server_over_tls(tmp_path: Path, mutual: boo
         for probe_env in (serve_env, tls):  # tls: the server's client CA unknown to the probe
             code, out, err = health(probe_env)
             assert (code, out) == serving, err
-        # TRAINWIRE_TARGET, as the user commands read it, before TRAINWIRE_PORT; --target first.
-        elsewhere = {**tls, "TRAINWIRE_TARGET": f"localhost:{port}", "TRAINWIRE_PORT": "9"}
-        code, out, err = health(elsewhere)
-        assert (code, out) == (0, f"localhost:{port}: SERVING"), err
-        code, out, err = health(
-            {**elsewhere, "TRAINWIRE_TARGET": "127.0.0.1:9"}, "--target", f"localhost:{port}"
-        )
+        # --target, else this machine's TRAINWIRE_PORT; TRAINWIRE_TARGET is not read.
+        code, out, err = health({**tls, "TRAINWIRE_TARGET": "127.0.0.1:9"})
+        assert (code, out) == serving, err
+        code, out, err = health({**tls, "TRAINWIRE_PORT": "9"}, "--target", f"localhost:{port}")
         assert (code, out) == (0, f"localhost:{port}: SERVING"), err
         code, out, err = health({"TRAINWIRE_TLS_CERT": str(cert)})
         if mutual:
