@@ -338,7 +338,7 @@ def test_predict_help_names_every_checkpoint_selector(capsys: pytest.CaptureFixt
     assert "jobs/ID/checkpoints/N" in shown
 
 
-def test_an_unreachable_server_suggests_tls_only_to_a_plaintext_client() -> None:
+def test_an_unreachable_server_gets_the_hint_that_fits_the_client_s_tls() -> None:
     # A plaintext client against a TLS server sees only "Socket closed": the hint names the flag.
     code, _, err = main_unreachable()
     assert code == 5 and "if the server uses TLS, pass --tls" in err
