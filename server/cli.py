@@ -130,30 +130,41 @@ def _db(args: argparse.Namespace) -> int:
     return 1
 
 
-def _keys(args: argparse.Namespace) -> int:
-    from .auth import KEY_ID, masked_key, parse_key
-    from .db import Database
+def _refuse_a_secret(key_id: str) -> None:
+    """Refuses, without echoing it, a `keys revoke` argument that may hold a key's secret: the
+    key pasted whole (with a space, or as "Bearer tw_…"), or without its prefix (longer than any
+    id). Only the id of a key read from it is named; a short unknown id goes on to be named by
+    the not-found answer."""
+    from .auth import KEY_ID, KEY_PREFIX, masked_key, parse_key
     from .errors import InvalidArgument
+
+    pasted = key_id.strip().removeprefix("Bearer ").strip()
+    parsed = parse_key(pasted)
+    if KEY_ID.fullmatch(key_id) or not (
+        parsed or pasted.startswith(KEY_PREFIX) or len(key_id) > 32  # an id has 16 characters
+    ):
+        return
+    message = (
+        "`trainwire keys revoke` takes the key's id (16 hexadecimal digits), which "
+        "`trainwire keys list` and `trainwire keys create` show"
+    )
+    if parsed:
+        message = (
+            f"{masked_key(pasted)} looks like an API key's secret, not its id: {message} "
+            f"(this key's id is {parsed[0]}: `trainwire keys revoke {parsed[0]}`)"
+        )
+    else:
+        message += "; what was given is not shown, as it may hold a secret"
+    raise InvalidArgument(message)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from .db import Database
     from .migrate import check_deployment
     from .store import Store
 
-    if args.keys_command == "revoke" and not KEY_ID.fullmatch(args.key_id):
-        # Anything but an id may be a key, secret and all (pasted with a space, "Bearer ", or
-        # without its prefix): it is never echoed, only the id of a key read from it.
-        pasted = args.key_id.strip().removeprefix("Bearer ").strip()
-        parsed = parse_key(pasted)
-        message = (
-            "`trainwire keys revoke` takes the key's id (16 hexadecimal digits), which "
-            "`trainwire keys list` and `trainwire keys create` show"
-        )
-        if parsed:
-            message = (
-                f"{masked_key(pasted)} looks like an API key's secret, not its id: {message} "
-                f"(this key's id is {parsed[0]}: `trainwire keys revoke {parsed[0]}`)"
-            )
-        else:
-            message += "; what was given is not shown, as it may hold a secret"
-        raise InvalidArgument(message)
+    if args.keys_command == "revoke":
+        _refuse_a_secret(args.key_id)
     settings = _settings(args)
     database = Database(settings.database_url)
     try:
