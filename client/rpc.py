@@ -153,12 +153,18 @@ class AioRpc:
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    """Channel options: message limits, and quick reconnection after a server restart."""
+    """Channel options: message limits, and quick reconnection after a server restart.
+
+    The backoff between connection attempts starts at 0.1 s and stays under 2 s. Not
+    `grpc.min_reconnect_backoff_ms`: despite its name it is the time one attempt may take to
+    connect (gRPC's subchannel gives an attempt the larger of it and the backoff; 20 s by
+    default). At 0.1 s, a connection whose TCP, TLS and HTTP/2 handshakes took longer (a distant
+    server, a loaded machine) was abandoned and tried again, for seconds.
+    """
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2000),
     ]
 

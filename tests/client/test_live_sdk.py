@@ -26,6 +26,7 @@ from trainwire.server.local import LocalServer
 from trainwire.v1 import tensor_pb2
 
 from ..support.checkpoints import assert_same_checkpoints, server_checkpoints
+from ..support.tcp_proxy import TcpProxy
 from .conftest import MODEL, blobs
 
 
@@ -69,6 +70,23 @@ def test_tls_from_the_environment_may_name_a_ca_file(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     assert env_settings({"TRAINWIRE_TLS": str(ca)})["tls"] == str(ca)
+
+
+def test_a_connection_whose_handshake_takes_longer_than_a_tenth_of_a_second_is_waited_for(
+    live_server: LocalServer,
+) -> None:
+    """The SDK once set `grpc.min_reconnect_backoff_ms` to 100, which is how long gRPC lets one
+    connection attempt take: a slower handshake (a distant server, a loaded machine) was
+    abandoned and tried again, several times (and the CI's h2 proxy, which takes one
+    connection, then timed out)."""
+    host, port = live_server.target.rsplit(":", 1)
+    proxy = TcpProxy(host, int(port), delay_s=0.4)
+    try:
+        with Client(f"127.0.0.1:{proxy.port}", timeout=30) as client:
+            list(client.list_datasets())
+        assert proxy.accepted == 1, "one connection, waited for"
+    finally:
+        proxy.close()
 
 
 def test_uploads_are_content_addressed(client: Client, dataset: DatasetInfo) -> None:

@@ -1,18 +1,24 @@
-"""A TCP proxy on loopback that a test can cut and restore, to make a database unreachable."""
+"""A TCP proxy on loopback that a test can cut and restore, to make a database unreachable, or
+slow down, to make a connection's handshake take as long as a distant server's."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+import time
 
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to `target`. `cut()` drops every connection and refuses new
-    ones until `restore()`."""
+    ones until `restore()`. Each connection is forwarded `delay_s` after it is accepted (the
+    server's first bytes, such as HTTP/2's SETTINGS, arrive that much later); `accepted` counts
+    them."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, delay_s: float = 0.0) -> None:
         self.target = (target_host, target_port)
+        self.delay_s = delay_s
+        self.accepted = 0
         self.port = 0
         self._listener: socket.socket | None = None
         self._connections: list[socket.socket] = []
@@ -34,16 +40,21 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._connections += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            self.accepted += 1
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client: socket.socket) -> None:
+        time.sleep(self.delay_s)
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        with self._lock:
+            self._connections += [client, upstream]
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket) -> None:
