@@ -43,7 +43,7 @@ from .results import (
     Prediction,
 )
 from .retry import RetryPolicy, watch_was_open
-from .rpc import Rpc, channel_credentials, channel_options
+from .rpc import Rpc, channel_credentials, channel_options, readable_file
 from .wire import (
     CHUNK_BYTES,
     PROGRESS_BYTES,
@@ -137,18 +137,6 @@ def client_cert_pair(
             f"its private key). Received {given} without {missing}"
         )
     return readable_file(cert, names[0]), readable_file(key, names[1])
-
-
-def readable_file(path: str, name: str) -> str:
-    """`path` once it can be read, else a ValueError naming the option or variable (`name`)
-    that gave it: a bare OSError names only the path."""
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as error:
-        reason = (error.strerror or str(error)).lower()
-        raise ValueError(f"cannot read {name} {path}: {reason}") from None
-    return path
 
 
 # The reconnect backoff doubles up to its 2 s ceiling and no further (past some thousand

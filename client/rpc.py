@@ -169,16 +169,33 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     ]
 
 
+def readable_file(path: str, name: str) -> str:
+    """`path` once it can be read, else a ValueError naming the option or variable (`name`)
+    that gave it: a bare OSError names only the path."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        reason = (error.strerror or str(error)).lower()
+        raise ValueError(f"cannot read {name} {path}: {reason}") from None
+    return path
+
+
 def channel_credentials(
     tls: bool | str, client_cert: tuple[str, str] | None
 ) -> grpc.ChannelCredentials | None:
-    """TLS credentials (`tls=True`: system CAs; `tls="ca.pem"`: that CA), or None for plaintext."""
+    """TLS credentials (`tls=True`: system CAs; `tls="ca.pem"`: that CA), or None for plaintext;
+    a file that cannot be read is a ValueError naming the argument that gave it."""
     if not tls and client_cert is None:
         return None
     from pathlib import Path
 
-    root = Path(tls).read_bytes() if isinstance(tls, str) else None
+    def read(path: str, name: str) -> bytes:
+        return Path(readable_file(path, name)).read_bytes()
+
+    root = read(tls, "tls") if isinstance(tls, str) else None
     key = chain = None
     if client_cert is not None:
-        chain, key = Path(client_cert[0]).read_bytes(), Path(client_cert[1]).read_bytes()
+        chain = read(client_cert[0], "client_cert certificate")
+        key = read(client_cert[1], "client_cert key")
     return grpc.ssl_channel_credentials(root, key, chain)

@@ -412,6 +412,11 @@ def test_a_certificate_file_that_cannot_be_read_is_named_by_its_option_or_variab
     )
     with pytest.raises(ValueError, match="cannot read TRAINWIRE_CLIENT_KEY"):
         Client.from_env()
+    # The SDK's own arguments are named too (they were a bare FileNotFoundError).
+    with pytest.raises(ValueError, match=f"cannot read tls {missing}: no such file"):
+        Client("127.0.0.1:9", tls=str(missing))
+    with pytest.raises(ValueError, match=f"cannot read client_cert key {missing}"):
+        Client("127.0.0.1:9", tls=True, client_cert=(str(cert), str(missing)))
 
 
 def main_unreachable(*options: str, target: str = "127.0.0.1:9") -> tuple[int, str, str]:
