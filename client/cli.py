@@ -516,7 +516,12 @@ def add_user_commands(commands: Any) -> None:
         parser.set_defaults(handler=_run(handler))
         return parser
 
-    datasets = commands.add_parser("datasets", help="upload, list, show and delete datasets")
+    datasets = commands.add_parser(
+        "datasets",
+        help="upload, list, show and delete datasets",
+        description="Datasets on the server: `upload`, `list`, `show`, `delete`; "
+        "`trainwire datasets COMMAND --help` tells more.",
+    )
     sub = datasets.add_subparsers(dest="datasets_command", required=True)
     upload = command(
         sub, "upload", _datasets_upload, "upload a dataset from a CSV, NPZ or NPY file"
@@ -534,7 +539,12 @@ def add_user_commands(commands: Any) -> None:
     delete = command(sub, "delete", _datasets_delete, "delete a dataset")
     delete.add_argument("dataset", help="datasets/ID or ID")
 
-    jobs = commands.add_parser("jobs", help="submit, follow and inspect training jobs")
+    jobs = commands.add_parser(
+        "jobs",
+        help="submit, follow and inspect training jobs",
+        description="Training jobs: `submit`, `list`, `show`, `watch`, `cancel`, `metrics`, "
+        "`plot`, `delete`; `trainwire jobs COMMAND --help` tells more.",
+    )
     sub = jobs.add_subparsers(dest="jobs_command", required=True)
     submit = command(sub, "submit", _jobs_submit, "submit a job described by a YAML spec file")
     submit.add_argument("spec", help="job spec (YAML), see examples/job.yaml")

@@ -307,7 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     worker.set_defaults(handler=_worker)
 
-    db = commands.add_parser("db", help="database schema: upgrade it or show its revision")
+    db = commands.add_parser(
+        "db",
+        help="database schema: upgrade it or show its revision",
+        description="The database's schema: `upgrade` migrates it to this Trainwire's revision, "
+        "`current` shows its revision; `trainwire db COMMAND --help` tells more.",
+    )
     # Also accepted before the subcommand (`db --database-url URL upgrade`), as it once was.
     db.add_argument("--database-url", help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)")
     db_commands = db.add_subparsers(dest="db_command", required=True)
@@ -336,7 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
     db.set_defaults(handler=_db)
 
-    keys = commands.add_parser("keys", help="API keys (each belongs to one project)")
+    keys = commands.add_parser(
+        "keys",
+        help="API keys (each belongs to one project)",
+        description="API keys, each of one project, kept in the server's database: `create`, "
+        "`list`, `revoke`; `trainwire keys COMMAND --help` tells more.",
+    )
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     create = _command(
         keys_commands,

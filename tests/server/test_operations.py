@@ -239,6 +239,11 @@ def test_each_operator_command_s_help_says_what_it_does(
         ("keys", "revoke"): ["Revoke an API key by its id"],
         ("status",): ["Summarise a deployment from its database", "With --target"],
         ("health",): ["SERVING", "exit 0 when it is, 1 when"],
+        # The groups, which showed their subcommands' names alone.
+        ("db",): ["`upgrade` migrates it", "`current` shows its revision"],
+        ("keys",): ["API keys, each of one project", "`revoke`"],
+        ("datasets",): ["Datasets on the server", "`upload`"],
+        ("jobs",): ["Training jobs", "`submit`"],
     }
     for command, phrases in expected.items():
         described = help_description(capsys, *command)
