@@ -139,9 +139,8 @@ def test_zero_padding_counts_against_max_rows(passes: list[list[int]]) -> None:
     assert passes == [[8], [8, 1, 1]]
 
 
-def test_postprocess_runs_once_per_pass_and_each_request_gets_its_own_rows(
-    passes: list[list[int]],
-) -> None:
+def _classifying_batcher() -> tuple[ModelBatcher, list[int]]:
+    """A batcher whose postprocess is `classify`, and the row counts of each of its calls."""
     calls: list[int] = []
 
     def counted(outputs: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -151,6 +150,13 @@ def test_postprocess_runs_once_per_pass_and_each_request_gets_its_own_rows(
     batcher = ModelBatcher(
         Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=0.0, postprocess=counted
     )
+    return batcher, calls
+
+
+def test_postprocess_runs_once_per_pass_and_each_request_gets_its_own_rows(
+    passes: list[list[int]],
+) -> None:
+    batcher, calls = _classifying_batcher()
     inputs = [_rows(n, seed) for seed, n in enumerate([1, 3, 1, 8, 2])]
 
     async def run() -> list[tuple[np.ndarray, ...]]:
@@ -168,15 +174,7 @@ def test_postprocess_runs_once_per_pass_and_each_request_gets_its_own_rows(
 def test_postprocess_runs_only_for_a_pass_with_a_request_that_wants_it(
     passes: list[list[int]],
 ) -> None:
-    calls: list[int] = []
-
-    def counted(outputs: np.ndarray) -> tuple[np.ndarray, ...]:
-        calls.append(len(outputs))
-        return classify(outputs)
-
-    batcher = ModelBatcher(
-        Model.from_spec(SPEC, seed=0), max_rows=256, max_wait_s=0.0, postprocess=counted
-    )
+    batcher, calls = _classifying_batcher()
     inputs = [_rows(n, seed) for seed, n in enumerate([1, 3, 2])]
 
     async def run(wanted: list[bool]) -> list[tuple[np.ndarray, ...]]:
