@@ -315,8 +315,11 @@ def test_a_stream_of_wide_answers_is_split_by_their_size(
     assert sizing.answer_row_bytes == sum(a.nbytes for a in arrays if a is not None) // WIDE_ROWS
     assert [len(p.outputs) for p in streamed] == [3, WIDE_ROWS, 7]
     _assert_same(streamed[1], expected)
-    assert np.array_equal(streamed[0].outputs, expected.outputs[:3])
-    assert np.array_equal(streamed[2].labels, expected.labels[3:10])
+    # Each message of a stream is answered as that input alone, the same as a unary request of
+    # it. Not as the same rows inside a larger input: there a row may go through a matrix
+    # product of whole blocks (engine.inference), whose last bits may differ from a lone row's.
+    _assert_same(streamed[0], client.predict(wide_job.name, x[:3]))
+    _assert_same(streamed[2], client.predict(wide_job.name, x[3:10]))
 
 
 def test_predict_of_wide_answers_fits_a_client_limit_below_the_servers(
