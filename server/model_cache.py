@@ -1,8 +1,13 @@
 """An in-memory LRU of models loaded from checkpoints, bounded by bytes.
 
 Concurrent first requests for one checkpoint load it once: the first caller loads while the others
-wait on that checkpoint's lock. The cached value is whatever the prediction path serves a model
-with (a `ModelBatcher`); `size_of` says how many bytes it holds.
+wait on that checkpoint's lock, and every caller that waited is served what that load produced,
+even a model not kept (no room beside the pinned ones) or evicted since. A request arriving after
+the load finished finds only what the cache kept, so a model that is not kept is loaded again by
+the next request: the price of never holding more than the bound.
+
+The cached value is whatever the prediction path serves a model with (a `ModelBatcher`);
+`size_of` says how many bytes it holds.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from trainwire.engine import Model
@@ -39,6 +44,15 @@ class Pin(Generic[Served]):
     count: int = 0
 
 
+@dataclass(eq=False)
+class _Load(Generic[Served]):
+    """One checkpoint's load in flight: its callers take turns on `lock`, and `model` is what
+    the load produced, for those that waited (it may not be in the cache)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    model: Served | None = None
+
+
 class ModelCache(Generic[Served]):
     def __init__(self, max_bytes: int, size_of: Callable[[Served], int]) -> None:
         self.max_bytes = max_bytes
@@ -50,7 +64,7 @@ class ModelCache(Generic[Served]):
         self._pins: dict[CacheKey, Pin[Served]] = {}
         self._pinned_bytes = 0  # of every pinned model, dropped ones included
         self._lock = threading.Lock()
-        self._loading: dict[CacheKey, threading.Lock] = {}
+        self._loading: dict[CacheKey, _Load[Served]] = {}
         self.loads = 0
         self.hits = 0
 
@@ -70,19 +84,24 @@ class ModelCache(Generic[Served]):
         if found is not None:
             return found
         with self._lock:
-            key_lock = self._loading.setdefault(key, threading.Lock())
+            loading = self._loading.setdefault(key, _Load())
         try:
-            with key_lock:
+            with loading.lock:
                 found = self.peek(key)  # loaded while this caller waited for the lock
+                if found is None:
+                    # Loaded but not kept, or evicted since: served all the same, so the
+                    # callers that waited make one load between them, not one each in turn.
+                    found = loading.model
                 if found is not None:
                     return found
                 MODEL_CACHE.labels(result="miss").inc()
-                return self._insert(key, load())
+                loading.model = self._insert(key, load())
+                return loading.model
         finally:
             with self._lock:
-                # Only this caller's lock: once it was dropped, a model evicted meanwhile may be
-                # loading again under another caller's.
-                if self._loading.get(key) is key_lock:
+                # Only this caller's load: once it was dropped (with the model it holds), the
+                # key may be loading again under another caller's.
+                if self._loading.get(key) is loading:
                     del self._loading[key]
 
     def _insert(self, key: CacheKey, model: Served) -> Served:
@@ -90,9 +109,10 @@ class ModelCache(Generic[Served]):
         size = self.size_of(model)
         with self._lock:
             self.loads += 1
-            # Two loads of one key can overlap when the first's model was evicted before a
-            # caller that waited for it looked: the first kept stays (a stream may have pinned
-            # it), and the second's caller is served it.
+            # Two loads of one key can overlap when the first failed and a caller that waited
+            # for it loads while a newer caller, arriving once the failed load was dropped,
+            # loads too: the first kept stays (a stream may have pinned it), and the second's
+            # caller is served it.
             found = self._models.get(key)
             if found is not None:
                 self._models.move_to_end(key)

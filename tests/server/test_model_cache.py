@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import threading
 import tracemalloc
+import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -66,16 +68,35 @@ def test_least_recently_used_models_are_evicted_by_bytes() -> None:
     assert cache.loads == 5, "a deleted job's models are forgotten"
 
 
-def test_overlapping_loads_of_an_evicted_model_are_counted_once() -> None:
-    """A caller that waited for a model's first load can find it evicted and load it again
-    while a newer caller loads it too: the cache must count its bytes once and keep no lock."""
+class JoinedLoads(dict):
+    """A cache's `_loading` that tells when `callers` threads have joined a key's load: from
+    then on each waits for that load however late it looks, so a load that waits for them all
+    serves them all."""
+
+    def __init__(self, callers: int) -> None:
+        super().__init__()
+        self.callers = callers
+        self.joined: set[threading.Thread] = set()
+        self.all_joined = threading.Event()
+
+    def setdefault(self, key: object, default: object) -> object:
+        found = super().setdefault(key, default)
+        self.joined.add(threading.current_thread())
+        if len(self.joined) >= self.callers:
+            self.all_joined.set()
+        return found
+
+
+def test_a_caller_that_waited_is_served_the_load_it_waited_for_though_evicted() -> None:
+    """A caller that waited for a model's first load can find it evicted when it looks: it is
+    served the model that load produced, not left to load it again."""
     cache = ModelCache(MODEL_BYTES + MODEL_BYTES // 2, model_bytes)  # room for one model
     key = ("job", 1)
-    first_loading, first_go = threading.Event(), threading.Event()
+    cache._loading = joined = JoinedLoads(2)
     waiter_looking, waiter_go = threading.Event(), threading.Event()
-    third_loading, third_go = threading.Event(), threading.Event()
     peek = cache.peek
     waiter_peeks = []
+    served: dict[str, Model] = {}
 
     def watched_peek(found_key: tuple[str, int]) -> Model | None:
         if threading.current_thread().name == "waiter":
@@ -85,37 +106,79 @@ def test_overlapping_loads_of_an_evicted_model_are_counted_once() -> None:
                 assert waiter_go.wait(10)
         return peek(found_key)
 
+    def first_load() -> Model:
+        assert joined.all_joined.wait(10), "the waiter never joined the load"
+        return Model.from_spec(SPEC)
+
+    def serve(name: str, load: Callable[[], Model]) -> None:
+        served[name] = cache.get(key, load)
+
+    cache.peek = watched_peek
+    first = threading.Thread(target=serve, args=("first", first_load))
+    waiter = threading.Thread(
+        target=serve, args=("waiter", lambda: Model.from_spec(SPEC)), name="waiter"
+    )
+    first.start()
+    waiter.start()
+    assert waiter_looking.wait(10)  # holds the first load's lock, about to look
+    first.join(10)
+    cache.get(("job", 2), lambda: Model.from_spec(SPEC))  # evicts the first load's model
+    waiter_go.set()  # finds nothing cached
+    waiter.join(10)
+    assert served["waiter"] is served["first"]
+    assert cache.loads == 2, "one load of each checkpoint"
+    assert list(cache._models) == [("job", 2)] and cache._bytes == MODEL_BYTES
+    assert cache._loading == {}, "no load is left behind"
+
+
+def test_overlapping_loads_after_a_failed_one_are_counted_once() -> None:
+    """A caller that waited for a load that failed loads itself, while a newer caller, arriving
+    once the failed load was dropped, loads too: the cache must count the model once, serve both
+    the one it kept, and keep no load behind."""
+    cache = ModelCache(10 * MODEL_BYTES, model_bytes)
+    key = ("job", 1)
+    cache._loading = joined = JoinedLoads(2)
+    waiter_loading, waiter_go = threading.Event(), threading.Event()
+    third_loading, third_go = threading.Event(), threading.Event()
+    served: dict[str, Model | OSError] = {}
+
+    def failing_load() -> Model:
+        assert joined.all_joined.wait(10), "the waiter never joined the load"
+        raise OSError("checkpoint unreadable")
+
     def gated_load(started: threading.Event, go: threading.Event) -> Model:
         started.set()
         assert go.wait(10)
         return Model.from_spec(SPEC)
 
-    cache.peek = watched_peek
-    first = threading.Thread(
-        target=cache.get, args=(key, lambda: gated_load(first_loading, first_go))
-    )
+    def serve(name: str, load: Callable[[], Model]) -> None:
+        try:
+            served[name] = cache.get(key, load)
+        except OSError as error:
+            served[name] = error
+
+    first = threading.Thread(target=serve, args=("first", failing_load))
     waiter = threading.Thread(
-        target=cache.get, args=(key, lambda: Model.from_spec(SPEC)), name="waiter"
+        target=serve, args=("waiter", lambda: gated_load(waiter_loading, waiter_go))
     )
     third = threading.Thread(
-        target=cache.get, args=(key, lambda: gated_load(third_loading, third_go))
+        target=serve, args=("third", lambda: gated_load(third_loading, third_go))
     )
     first.start()
-    assert first_loading.wait(10)
-    waiter.start()  # waits for the first load's lock
-    first_go.set()
+    waiter.start()
     first.join(10)
-    assert waiter_looking.wait(10)  # holds the old lock, about to look again
-    cache.get(("job", 2), lambda: Model.from_spec(SPEC))  # evicts the first load's model
-    third.start()  # takes a new lock: the old one was dropped after the first load
+    assert waiter_loading.wait(10)  # the failed load left nothing to serve it
+    third.start()  # takes a new load: the failed one was dropped
     assert third_loading.wait(10)
-    waiter_go.set()  # finds nothing, loads again
+    waiter_go.set()
     waiter.join(10)
     third_go.set()
     third.join(10)
-    assert cache.loads == 4
+    assert isinstance(served["first"], OSError)
+    assert served["third"] is served["waiter"], "served the model kept first"
+    assert cache.loads == 2
     assert cache._bytes == sum(size for _, size in cache._models.values()) == MODEL_BYTES
-    assert cache._loading == {}, "no lock is left behind"
+    assert cache._loading == {}, "no load is left behind"
 
 
 def test_a_failed_load_leaves_no_lock_and_the_next_request_loads() -> None:
@@ -173,6 +236,38 @@ def test_a_model_that_cannot_fit_beside_pinned_ones_is_served_but_not_kept() -> 
     # A second stream on a held model shares its pin.
     shared = cache.pin(("job", 1), cache.get(("job", 1), lambda: Model.from_spec(SPEC)))
     assert shared is pins[0] and shared.count == 2
+
+
+def test_concurrent_requests_for_a_model_that_cannot_be_kept_load_it_once() -> None:
+    """Every request that came while the model loaded is served that one load, though the
+    cache has no room for it beside the pinned models; the cache keeps nothing of it, so a
+    request arriving later loads it again."""
+    cache = ModelCache(2 * MODEL_BYTES, model_bytes)
+    for checkpoint in (1, 2):
+        model = cache.get(("job", checkpoint), lambda: Model.from_spec(SPEC))
+        assert cache.pin(("job", checkpoint), model) is not None
+    kept, counted = dict(cache._models), cache._bytes
+    cache._loading = joined = JoinedLoads(8)
+    loads = []
+
+    def load() -> Model:
+        loads.append(1)
+        assert joined.all_joined.wait(10), f"only {len(joined.joined)} of 8 requests came"
+        return Model.from_spec(SPEC)
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(cache.get, ("job", 3), load) for _ in range(8)]
+        models = [f.result() for f in futures]
+    assert len(loads) == 1 and cache.loads == 3
+    assert all(model is models[0] for model in models)
+    assert dict(cache._models) == kept and cache._bytes == counted == 2 * MODEL_BYTES
+    assert cache._loading == {}
+    served = weakref.ref(models[0])
+    del models, futures
+    assert served() is None, "nothing holds it once its requests are done"
+    later = cache.get(("job", 3), lambda: Model.from_spec(SPEC))
+    assert isinstance(later, Model) and cache.loads == 4, "loaded again: it was not kept"
+    assert dict(cache._models) == kept and cache._bytes == counted
 
 
 def test_a_model_evicted_before_its_stream_pins_it_is_kept_again() -> None:
