@@ -169,15 +169,22 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     ]
 
 
-def readable_file(path: str, name: str) -> str:
-    """`path` once it can be read, else a ValueError naming the option or variable (`name`)
-    that gave it: a bare OSError names only the path."""
+def read_file(path: str, name: str) -> bytes:
+    """The bytes of `path`, else a ValueError naming the option or variable (`name`) that gave
+    it: a bare OSError names only the path. Checked by reading it: a file opened once cannot
+    change or go between a check and the read."""
     try:
-        with open(path, "rb"):
-            pass
+        with open(path, "rb") as file:
+            return file.read()
     except OSError as error:
         reason = (error.strerror or str(error)).lower()
         raise ValueError(f"cannot read {name} {path}: {reason}") from None
+
+
+def readable_file(path: str, name: str) -> str:
+    """`path` once it can be read, else `read_file`'s ValueError: for a setting kept as a path,
+    checked where the option or variable that gave it can still be named."""
+    read_file(path, name)
     return path
 
 
@@ -188,14 +195,9 @@ def channel_credentials(
     a file that cannot be read is a ValueError naming the argument that gave it."""
     if not tls and client_cert is None:
         return None
-    from pathlib import Path
-
-    def read(path: str, name: str) -> bytes:
-        return Path(readable_file(path, name)).read_bytes()
-
-    root = read(tls, "tls") if isinstance(tls, str) else None
+    root = read_file(tls, "tls") if isinstance(tls, str) else None
     key = chain = None
     if client_cert is not None:
-        chain = read(client_cert[0], "client_cert certificate")
-        key = read(client_cert[1], "client_cert key")
+        chain = read_file(client_cert[0], "client_cert certificate")
+        key = read_file(client_cert[1], "client_cert key")
     return grpc.ssl_channel_credentials(root, key, chain)

@@ -37,7 +37,7 @@ from .api import DatasetServicer, JobServicer, PredictionServicer, WatchLimiter
 from .auth import KeyChecker
 from .config import ANSWER_FRAMING_BYTES, Settings
 from .datasets import DatasetService
-from .db import Database, masked_url
+from .db import Database, masked_url, suggested_command
 from .errors import Unavailable
 from .jobs import JobService
 from .metrics import DeploymentCollector, serve_metrics
@@ -300,15 +300,16 @@ def serve(
     for one a program started for itself, `server.local`, until `exit_with` is gone); returns an
     exit code."""
     database = Database(settings.database_url)
-    ensure_migrated(database, settings.auto_migrate_sqlite)
+    ensure_migrated(database, settings.auto_migrate_sqlite, settings.database_url_option)
     store = Store(database)
     running = RunningServer(settings, store)
     if not running.keys.required:
         if not running.keys.open_without_keys:
             # A configuration the operator must change: ValueError, the CLI's exit code 2.
+            create = suggested_command("keys create --project NAME", settings.database_url_option)
             raise ValueError(
                 f"refusing to serve {settings.host} without API keys: create one with "
-                "`trainwire keys create --project NAME`, or pass --allow-open-public (or set "
+                f"{create}, or pass --allow-open-public (or set "
                 "TRAINWIRE_ALLOW_OPEN_PUBLIC=true) to run open on a public address"
             )
         log.warning("no API keys exist: the server is open to anyone who can reach it")

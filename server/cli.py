@@ -20,6 +20,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         # that requires client certificates), and the other commands use neither.
         serving=args.command == "serve",
         database_url=getattr(args, "database_url", None),
+        database_url_option=getattr(args, "database_url", None),
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
         workers=_worker_processes(args),
@@ -87,7 +88,7 @@ def _check_worker_database(settings: Settings) -> None:
 
     database = Database(settings.database_url)
     try:
-        check_deployment(database)
+        check_deployment(database, settings.database_url_option)
     finally:
         database.dispose()
 
@@ -100,13 +101,14 @@ def _db(args: argparse.Namespace) -> int:
         refuse_missing_sqlite,
         refuse_newer_schema,
         upgrade,
+        upgrade_suggestion,
     )
 
     settings = _settings(args)
     database = Database(settings.database_url)
     try:
         if args.db_command == "current":  # it must not create the database it reports on
-            refuse_missing_sqlite(database)
+            refuse_missing_sqlite(database, settings.database_url_option)
         # Read before upgrading too: a database that cannot be reached is then one message.
         current = current_revision(database)
     finally:
@@ -123,19 +125,20 @@ def _db(args: argparse.Namespace) -> int:
         return 0
     refuse_newer_schema(database, current)  # upgrading cannot help there
     print(
-        "trainwire: the database is behind this Trainwire: run `trainwire db upgrade` "
-        "(with the same TRAINWIRE_DATABASE_URL) to migrate it",
+        "trainwire: the database is behind this Trainwire: run "
+        f"{upgrade_suggestion(settings.database_url_option)} to migrate it",
         file=sys.stderr,
     )
     return 1
 
 
-def _refuse_a_secret(key_id: str) -> None:
+def _refuse_a_secret(key_id: str, database_url_option: str | None) -> None:
     """Refuses, without echoing it, a `keys revoke` argument that may hold a key's secret: the
     key pasted whole (with a space, or as "Bearer tw_…"), or without its prefix (longer than any
     id). Only the id of a key read from it is named; a short unknown id goes on to be named by
-    the not-found answer."""
+    the not-found answer. The commands it suggests carry `database_url_option`, if given."""
     from .auth import KEY_ID, KEY_PREFIX, masked_key, parse_key
+    from .db import suggested_command
     from .errors import InvalidArgument
 
     pasted = key_id.strip().removeprefix("Bearer ").strip()
@@ -144,18 +147,20 @@ def _refuse_a_secret(key_id: str) -> None:
         parsed or pasted.startswith(KEY_PREFIX) or len(key_id) > 32  # an id has 16 characters
     ):
         return
-    message = (
-        "`trainwire keys revoke` takes the key's id (16 hexadecimal digits), which "
-        "`trainwire keys list` and `trainwire keys create` show"
-    )
+    # One command to run next, carrying the --database-url given: `keys revoke` with the id read
+    # from the key, else `keys list`, which shows the ids.
     if parsed:
-        message = (
-            f"{masked_key(pasted)} looks like an API key's secret, not its id: {message} "
-            f"(this key's id is {parsed[0]}: `trainwire keys revoke {parsed[0]}`)"
+        revoke = suggested_command(f"keys revoke {parsed[0]}", database_url_option)
+        raise InvalidArgument(
+            f"{masked_key(pasted)} looks like an API key's secret, not its id: `trainwire keys "
+            "revoke` takes the key's id (16 hexadecimal digits), which `trainwire keys list` and "
+            f"`trainwire keys create` show; this key's id is {parsed[0]}: {revoke}"
         )
-    else:
-        message += "; what was given is not shown, as it may hold a secret"
-    raise InvalidArgument(message)
+    keys_list = suggested_command("keys list", database_url_option)
+    raise InvalidArgument(
+        f"`trainwire keys revoke` takes the key's id (16 hexadecimal digits), which {keys_list} "
+        "and `trainwire keys create` show; what was given is not shown, as it may hold a secret"
+    )
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -164,12 +169,12 @@ def _keys(args: argparse.Namespace) -> int:
     from .store import Store
 
     if args.keys_command == "revoke":
-        _refuse_a_secret(args.key_id)
+        _refuse_a_secret(args.key_id, args.database_url)
     settings = _settings(args)
     database = Database(settings.database_url)
     try:
         # Keys live in the server's database: one made anywhere else is one it never sees.
-        check_deployment(database)
+        check_deployment(database, settings.database_url_option)
         store = Store(database)
         if args.keys_command == "create":
             created = store.create_api_key(args.project, args.name)
@@ -182,18 +187,22 @@ def _keys(args: argparse.Namespace) -> int:
             else:  # revoking is idempotent: nothing changed, and nothing failed
                 print(f"key {args.key_id} was already revoked ({earlier:%Y-%m-%d %H:%M} UTC)")
         else:
-            _print_keys(store.list_api_keys())
+            _print_keys(store.list_api_keys(), settings.database_url_option)
     finally:
         database.dispose()
     return 0
 
 
-def _print_keys(keys: list[dict[str, Any]]) -> None:
-    """`keys list`: a table like the user commands' (never a secret), or how to make a key."""
+def _print_keys(keys: list[dict[str, Any]], database_url_option: str | None) -> None:
+    """`keys list`: a table like the user commands' (never a secret), or how to make a key (in
+    the database `database_url_option` named, if given)."""
     from trainwire.client.cli import table
 
+    from .db import suggested_command
+
     if not keys:
-        print("no API keys; create one with `trainwire keys create --project NAME`")
+        create = suggested_command("keys create --project NAME", database_url_option)
+        print(f"no API keys; create one with {create}")
         return
     rows = [
         (key["id"], key["project"],

@@ -43,6 +43,11 @@ class Settings:
     """Everything a server or worker process needs to know; plain data so it crosses processes."""
 
     database_url: str = field(default_factory=default_database_url)
+    # The URL when the command's --database-url gave it (database_url is then that URL too),
+    # else None: a command a message suggests running next must then carry it, or it would read
+    # TRAINWIRE_DATABASE_URL or the default. Not handed to child processes, which get
+    # database_url as TRAINWIRE_DATABASE_URL.
+    database_url_option: str | None = None
     host: str = "127.0.0.1"
     port: int = 50051
     workers: int = 2

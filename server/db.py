@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +46,23 @@ def masked_url(url: str) -> str:
     one, as it was given (SQLAlchemy's rendering would percent-encode `sqlite:///:memory:`)."""
     parsed = make_url(url)
     return url if parsed.password is None else parsed.render_as_string(hide_password=True)
+
+
+def suggested_command(command: str, database_url_option: str | None) -> str:
+    """`trainwire COMMAND` in backquotes, as a message suggests running it next on the same
+    database. `database_url_option`: the URL the user gave as --database-url, which the command
+    must then carry (without it, it would read TRAINWIRE_DATABASE_URL or the default: another
+    database), its password masked, as no message shows one, and the user told to put it back.
+    None, when TRAINWIRE_DATABASE_URL or the default named the database: the command alone,
+    which reads them alike."""
+    if database_url_option is None:
+        return f"`trainwire {command}`"
+    # Quoted for the shell: `***` would be a glob, and a query's `&` would end the command.
+    shown = shlex.quote(masked_url(database_url_option))
+    suggestion = f"`trainwire {command} --database-url {shown}`"
+    if make_url(database_url_option).password is not None:
+        suggestion += " (replace *** with your password)"
+    return suggestion
 
 
 def sqlite_file(url: str) -> Path | None:

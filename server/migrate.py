@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 import trainwire.migrations
 
-from .db import Database, masked_url, normalise_url, sqlite_file
+from .db import Database, masked_url, normalise_url, sqlite_file, suggested_command
 from .errors import NotFound, Unavailable
 
 log = logging.getLogger("trainwire.server")
@@ -154,9 +154,20 @@ def refuse_newer_schema(database: Database, current: str | None) -> None:
     )
 
 
-def ensure_migrated(database: Database, auto_migrate_sqlite: bool) -> None:
+def upgrade_suggestion(database_url_option: str | None) -> str:
+    """`trainwire db upgrade` as a message tells a person to run it on the database of the command
+    they ran, which `database_url_option` named if not None (see `suggested_command`)."""
+    if database_url_option is None:
+        return f"{suggested_command('db upgrade', None)} (with the same TRAINWIRE_DATABASE_URL)"
+    return suggested_command("db upgrade", database_url_option)
+
+
+def ensure_migrated(
+    database: Database, auto_migrate_sqlite: bool, database_url_option: str | None = None
+) -> None:
     """Migrates an embedded SQLite database if allowed; otherwise refuses a stale schema. A schema
-    a newer Trainwire migrated is refused either way."""
+    a newer Trainwire migrated is refused either way. `database_url_option`: the --database-url
+    that named the database, which the command the refusal suggests must carry."""
     head = head_revision(database.url)
     current = current_revision(database)
     if current == head:
@@ -168,14 +179,14 @@ def ensure_migrated(database: Database, auto_migrate_sqlite: bool) -> None:
     shown = masked_url(database.url)
     raise NotMigrated(
         f"The database {shown} is at schema revision {current or 'none'}, but this Trainwire "
-        f"needs {head}. Run `trainwire db upgrade` (with the same TRAINWIRE_DATABASE_URL) first."
+        f"needs {head}. Run {upgrade_suggestion(database_url_option)} first."
     )
 
 
-def refuse_missing_sqlite(database: Database) -> None:
+def refuse_missing_sqlite(database: Database, database_url_option: str | None = None) -> None:
     """Refuses a SQLite URL whose file does not exist: connecting would create an empty database
     there, and a command run in the wrong directory would then read, or add keys to, a database
-    the server never sees."""
+    the server never sees. `database_url_option`: as `ensure_migrated` takes it."""
     path = sqlite_file(database.url)
     if path is None or path.exists():
         return
@@ -185,13 +196,15 @@ def refuse_missing_sqlite(database: Database) -> None:
     raise NotFound(
         f"no database at {path} (the URL {source}). Run this command from the server's "
         "directory, or set TRAINWIRE_DATABASE_URL (or --database-url) to the server's database; "
-        "`trainwire db upgrade` or `trainwire serve` creates a new one."
+        f"{suggested_command('db upgrade', database_url_option)} or "
+        f"{suggested_command('serve', database_url_option)} creates a new one."
     )
 
 
-def check_deployment(database: Database) -> None:
+def check_deployment(database: Database, database_url_option: str | None = None) -> None:
     """What a command that reads or administers an existing deployment checks before it uses the
     database: that the database exists and its schema is the code's. It creates and migrates
-    nothing (`trainwire db upgrade` and `trainwire serve` do)."""
-    refuse_missing_sqlite(database)
-    ensure_migrated(database, auto_migrate_sqlite=False)
+    nothing (`trainwire db upgrade` and `trainwire serve` do). `database_url_option`: as
+    `ensure_migrated` takes it."""
+    refuse_missing_sqlite(database, database_url_option)
+    ensure_migrated(database, auto_migrate_sqlite=False, database_url_option=database_url_option)

@@ -31,7 +31,7 @@ UNREACHABLE = "unreachable (UNAVAILABLE)"
 def collect_status(settings: Settings, target: str | None = None) -> dict[str, Any]:
     database = Database(settings.database_url)
     try:
-        check_deployment(database)
+        check_deployment(database, settings.database_url_option)
         store = Store(database)
         alive_within = 2 * settings.lease_s
         now = datetime.now(UTC)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import builtins
+import io
 import json
 import re
 import subprocess
 import sys
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -417,6 +420,31 @@ def test_a_certificate_file_that_cannot_be_read_is_named_by_its_option_or_variab
         Client("127.0.0.1:9", tls=str(missing))
     with pytest.raises(ValueError, match=f"cannot read client_cert key {missing}"):
         Client("127.0.0.1:9", tls=True, client_cert=(str(cert), str(missing)))
+
+
+def test_the_sdk_reads_each_certificate_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The credentials code opened each file to check that it could be read, then again to
+    read it (which a file changed or removed in between would not have passed)."""
+    ca, cert, key = (tmp_path / name for name in ("ca.pem", "client.pem", "client.key"))
+    for path in (ca, cert, key):
+        path.write_text(f"the PEM of {path.name}")  # gRPC reads them only at the handshake
+    opened: Counter[str] = Counter()
+    real_open = io.open
+
+    def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened[str(file)] += 1
+        return real_open(file, *args, **kwargs)
+
+    # The built-in open is io.open; pathlib calls it by that name.
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(io, "open", counting_open)
+    with Client("127.0.0.1:9", tls=str(ca), client_cert=(str(cert), str(key))):
+        pass
+    assert {path.name: opened[str(path)] for path in (ca, cert, key)} == {
+        "ca.pem": 1, "client.pem": 1, "client.key": 1
+    }  # fmt: skip
 
 
 def main_unreachable(*options: str, target: str = "127.0.0.1:9") -> tuple[int, str, str]:

@@ -411,6 +411,11 @@ def test_public_address_without_keys_is_refused(tmp_path: Path) -> None:
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("trainwire: refusing to serve 0.0.0.0 without API keys")
     assert "--allow-open-public" in message and "TRAINWIRE_ALLOW_OPEN_PUBLIC=true" in message
+    # On the database given by the option, not the default one (a key there is none of this
+    # server's).
+    assert (
+        f"create one with `trainwire keys create --project NAME --database-url {url}`, " in message
+    )
     assert "Traceback" not in result.stderr
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from trainwire.server.cli import main
-from trainwire.server.db import Database, masked_url, sqlite_file
+from trainwire.server.db import Database, masked_url, sqlite_file, suggested_command
 from trainwire.server.migrate import current_revision, head_revision, upgrade
 
 from ..support.ports import free_ports
@@ -96,7 +96,7 @@ def test_status_refuses_a_schema_behind_the_code_as_serve_does(
     code, out, err = run(capsys, "status", "--database-url", url)
     assert code == 1 and out == ""
     assert f"is at schema revision {revision_of(url)}" in err
-    assert "Run `trainwire db upgrade`" in err
+    assert f"Run `trainwire db upgrade --database-url {url}` first." in err
 
 
 @pytest.mark.parametrize(
@@ -116,8 +116,52 @@ def test_keys_refuse_a_schema_behind_the_code_and_leave_it_there(
     previous = revision_of(url)
     code, out, err = run(capsys, "keys", "create", "--project", "p", "--database-url", url)
     assert code == 1 and out == ""
-    assert f"is at schema revision {previous}" in err and "Run `trainwire db upgrade`" in err
+    assert f"is at schema revision {previous}" in err
+    assert f"Run `trainwire db upgrade --database-url {url}` first." in err
     assert revision_of(url) == previous
+
+
+def test_the_commands_a_refusal_suggests_name_the_database_as_the_user_did(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Run trainwire db upgrade (with the same TRAINWIRE_DATABASE_URL)` answered a database
+    given by --database-url: the copy upgraded the variable's database, or created the default
+    one. Given by the option, the suggestion carries it (quoted for the shell); given by the
+    variable, it reads the same variable and is as it was."""
+    monkeypatch.delenv("TRAINWIRE_DATABASE_URL", raising=False)
+    directory = tmp_path / "a directory"  # a space: the URL must be quoted
+    directory.mkdir()
+    stale, missing = stale_database(directory), f"sqlite:///{directory / 'missing.db'}"
+    commands = (["db", "current"], ["keys", "list"], ["status"])
+    for command in commands:
+        code, _, err = run(capsys, *command, "--database-url", stale)
+        assert code == 1 and f"`trainwire db upgrade --database-url '{stale}'` " in err, err
+        assert "TRAINWIRE_DATABASE_URL" not in err
+    code, _, err = run(capsys, "keys", "list", "--database-url", missing)
+    creates = (
+        f"`trainwire db upgrade --database-url '{missing}'` or "
+        f"`trainwire serve --database-url '{missing}'` creates a new one."
+    )
+    assert code == 3 and creates in err, err
+    monkeypatch.setenv("TRAINWIRE_DATABASE_URL", stale)
+    for command in commands:
+        code, _, err = run(capsys, *command)
+        assert code == 1
+        assert "`trainwire db upgrade` (with the same TRAINWIRE_DATABASE_URL)" in err, err
+    monkeypatch.setenv("TRAINWIRE_DATABASE_URL", missing)
+    code, _, err = run(capsys, "keys", "list")
+    assert code == 3 and "`trainwire db upgrade` or `trainwire serve` creates a new one." in err
+    assert not (directory / "missing.db").exists()
+
+
+def test_a_suggested_command_masks_the_password_and_says_to_put_it_back() -> None:
+    url = "postgresql://tw:s3cret@db.example/trainwire?sslmode=require"
+    assert suggested_command("db upgrade", url) == (
+        "`trainwire db upgrade --database-url "
+        "'postgresql://tw:***@db.example/trainwire?sslmode=require'` "
+        "(replace *** with your password)"
+    )
+    assert suggested_command("db upgrade", None) == "`trainwire db upgrade`"
 
 
 def test_db_current_refuses_a_missing_sqlite_file_and_creates_none(
@@ -134,7 +178,7 @@ def test_db_current_names_the_database_and_says_to_upgrade_when_it_is_behind(
     code, out, err = run(capsys, "db", "current", "--database-url", url)
     assert code == 1
     assert f"database {url}" in out and f"current revision: {previous}; head: {head}" in out
-    assert "run `trainwire db upgrade`" in err
+    assert f"run `trainwire db upgrade --database-url {url}` to migrate it" in err
     upgrade(url)
     code, out, err = run(capsys, "db", "current", "--database-url", url)
     assert code == 0 and err == ""
@@ -316,7 +360,7 @@ def test_worker_refuses_a_schema_behind_the_code(tmp_path: Path) -> None:
     result = worker(tmp_path, "--database-url", url)
     assert result.returncode == 1, result.stderr
     assert f"is at schema revision {revision_of(url)}" in result.stderr
-    assert "Run `trainwire db upgrade`" in result.stderr
+    assert f"Run `trainwire db upgrade --database-url {url}` first." in result.stderr
 
 
 def test_worker_on_a_database_that_refuses_connections_is_one_message_and_exit_5(

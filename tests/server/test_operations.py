@@ -252,10 +252,16 @@ def test_each_operator_command_s_help_says_what_it_does(
 
 
 def test_keys_list_is_a_table_with_a_header_and_says_how_to_make_the_first_key(
-    database_url: str, store: Store, capsys: pytest.CaptureFixture[str]
+    database_url: str,
+    store: Store,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """It printed bare rows, and nothing at all when no key existed."""
-    listing = ["keys", "list", "--database-url", database_url]
+    # Named by the variable, which the command it suggests reads too (with --database-url it
+    # carries the option: see the test after the next ones).
+    monkeypatch.setenv("TRAINWIRE_DATABASE_URL", database_url)
+    listing = ["keys", "list"]
     assert run(capsys, *listing) == (
         0, "no API keys; create one with `trainwire keys create --project NAME`\n", ""
     )  # fmt: skip
@@ -284,30 +290,70 @@ def test_revoking_an_unknown_key_exits_3_naming_it(tmp_path: Path) -> None:
 
 
 def test_revoke_given_a_key_s_secret_says_it_takes_the_id_and_never_echoes_the_secret(
-    database_url: str, store: Store, capsys: pytest.CaptureFixture[str]
+    database_url: str,
+    store: Store,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """It answered `not found: API key tw_<id>_<secret> does not exist`: no hint, and the
     secret printed in full."""
+    monkeypatch.setenv("TRAINWIRE_DATABASE_URL", database_url)  # the suggestions name none
     key = store.create_api_key("research")
     secret = key.key.split("_", 2)[2]
-    code, out, err = run(capsys, "keys", "revoke", key.key, "--database-url", database_url)
+    code, out, err = run(capsys, "keys", "revoke", key.key)
     assert code == 2 and out == "", "the README's exit code for invalid arguments"
     assert err.startswith(f"trainwire: invalid argument: tw_{key.id}_… looks like an API key's")
     assert "takes the key's id (16 hexadecimal digits), which `trainwire keys list`" in err
-    assert f"`trainwire keys revoke {key.id}`" in err
+    assert err.rstrip().endswith(f"; this key's id is {key.id}: `trainwire keys revoke {key.id}`")
     assert secret not in err and len(err.strip().splitlines()) == 1
     assert [active.id for active in store.active_api_keys()] == [key.id]
     # Pasted with a space or as the header's value: still read as the key, never echoed.
     for pasted in (f" {key.key}", f"Bearer {key.key}"):
-        code, out, err = run(capsys, "keys", "revoke", pasted, "--database-url", database_url)
+        code, out, err = run(capsys, "keys", "revoke", pasted)
         assert code == 2 and f"`trainwire keys revoke {key.id}`" in err
         assert secret not in err
     # What is no id and no key (a key without its prefix, say) is not echoed either.
     for wrong in ("tw_not-a-key", f"{key.id}_{secret}"):
-        code, out, err = run(capsys, "keys", "revoke", wrong, "--database-url", database_url)
+        code, out, err = run(capsys, "keys", "revoke", wrong)
         assert code == 2 and "takes the key's id (16 hexadecimal digits)" in err
+        assert "which `trainwire keys list` and `trainwire keys create` show" in err
         assert "not-a-key" not in err and secret not in err
     assert [active.id for active in store.active_api_keys()] == [key.id]
+
+
+def test_keys_messages_suggest_commands_on_the_database_given_by_option_password_masked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commands a `keys` message suggests named no database: a user who gave it by
+    --database-url ran the copy on TRAINWIRE_DATABASE_URL's or the default one (a key created
+    there is one the server never sees). They carry the option now, its password masked."""
+    monkeypatch.delenv("TRAINWIRE_DATABASE_URL", raising=False)
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    upgrade(url)
+    create = f"`trainwire keys create --project NAME --database-url {url}`"
+    assert run(capsys, "keys", "list", "--database-url", url) == (
+        0, f"no API keys; create one with {create}\n", ""
+    )  # fmt: skip
+    # A password is never shown: masked, and the user told to put it back; the URL quoted for
+    # the shell (`***` is a glob). A secret given as the id is refused before any connection, so
+    # this database need not exist.
+    postgres = "postgresql://tw:s3cret@db.example/trainwire?sslmode=require"
+    masked = "'postgresql://tw:***@db.example/trainwire?sslmode=require'"
+    key_id = "0123456789abcdef"
+    code, out, err = run(
+        capsys, "keys", "revoke", f"tw_{key_id}_{'x' * 43}", "--database-url", postgres
+    )
+    assert code == 2 and out == "" and "s3cret" not in err
+    assert err.rstrip().endswith(
+        f"; this key's id is {key_id}: `trainwire keys revoke {key_id} --database-url {masked}` "
+        "(replace *** with your password)"
+    )
+    code, out, err = run(capsys, "keys", "revoke", "tw_not-a-key", "--database-url", postgres)
+    assert code == 2 and "s3cret" not in err
+    assert (
+        f"which `trainwire keys list --database-url {masked}` (replace *** with your password) "
+        "and `trainwire keys create` show"
+    ) in err
 
 
 def test_revoking_a_revoked_key_says_it_was_already_revoked(
