@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from trainwire.v1 import datasets_pb2, jobs_pb2
 
@@ -36,13 +37,23 @@ def state_code(name: str) -> jobs_pb2.JobState.ValueType:
         raise ValueError(f"state must be one of {', '.join(STATES)}. Received: {name!r}") from None
 
 
-def _time(message: Any) -> datetime | None:
-    return message.ToDatetime() if message.seconds or message.nanos else None
+def _utc_time(stamp: Timestamp) -> datetime | None:
+    """A `Timestamp` as a timezone-aware `datetime` in UTC; None when unset (zero). Every time the
+    SDK returns is made here: `ToDatetime()` alone is naive, easily taken for local time."""
+    return stamp.ToDatetime(tzinfo=UTC) if stamp.seconds or stamp.nanos else None
+
+
+def _iso(moment: datetime | None) -> str | None:
+    """A time as every `to_dict()` writes it: ISO 8601 without an offset, UTC being implied
+    ("2026-01-01T00:00:00.123456"), as the JSON was before the SDK's times were aware: the CLI's
+    `--json` output is an interface. The SDK's times are all UTC, so dropping the zone is exact."""
+    return moment.replace(tzinfo=None).isoformat() if moment else None
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """A stored dataset. `name` (`datasets/…`) is what jobs refer to."""
+    """A stored dataset. `name` (`datasets/…`) is what jobs refer to; `create_time` is a
+    timezone-aware `datetime` in UTC."""
 
     name: str
     display_name: str
@@ -71,7 +82,7 @@ class DatasetInfo:
             sha256=message.sha256,
             feature_shape=tuple(int(s) for s in message.features.shape),
             target_shape=tuple(int(s) for s in message.targets.shape),
-            create_time=_time(message.create_time),
+            create_time=_utc_time(message.create_time),
             labels=dict(message.labels),
         )
 
@@ -88,7 +99,7 @@ class DatasetInfo:
             "sha256": self.sha256,
             "feature_shape": list(self.feature_shape),
             "target_shape": list(self.target_shape),
-            "create_time": self.create_time.isoformat() if self.create_time else None,
+            "create_time": _iso(self.create_time),
             "labels": dict(self.labels),
         }
 
@@ -97,7 +108,9 @@ class DatasetInfo:
 class JobStatus:
     """A snapshot of a job.
 
-    `state` is QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING or CANCELLED.
+    `state` is QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING or CANCELLED. `create_time`,
+    `start_time` (its first run's) and `end_time` are timezone-aware `datetime`s in UTC, None
+    until they happen. `raw` is the `Job` message itself.
     """
 
     name: str
@@ -109,6 +122,9 @@ class JobStatus:
     attempt: int
     examples_per_second: float
     eta_seconds: float
+    create_time: datetime | None
+    start_time: datetime | None
+    end_time: datetime | None
     raw: jobs_pb2.Job = field(repr=False)
 
     @classmethod
@@ -124,6 +140,9 @@ class JobStatus:
             attempt=message.attempt,
             examples_per_second=message.progress.examples_per_second,
             eta_seconds=message.progress.eta_seconds,
+            create_time=_utc_time(message.create_time),
+            start_time=_utc_time(message.start_time),
+            end_time=_utc_time(message.end_time),
             raw=message,
         )
 
@@ -156,18 +175,13 @@ class JobStatus:
             "attempt": self.attempt,
             "examples_per_second": self.examples_per_second,
             "eta_seconds": self.eta_seconds,
-            "create_time": _iso(self.raw.create_time),
-            "start_time": _iso(self.raw.start_time),
-            "end_time": _iso(self.raw.end_time),
+            "create_time": _iso(self.create_time),
+            "start_time": _iso(self.start_time),
+            "end_time": _iso(self.end_time),
             "labels": dict(self.raw.labels),
             "queue": self.raw.queue,
             "priority": self.raw.priority,
         }
-
-
-def _iso(message: Any) -> str | None:
-    moment = _time(message)
-    return moment.isoformat() if moment else None
 
 
 @dataclass(frozen=True)
@@ -255,15 +269,13 @@ class Checkpoint:
     @classmethod
     def from_proto(cls, message: jobs_pb2.Checkpoint) -> Checkpoint:
         """The snapshot of a `Checkpoint` message."""
-        created = _time(message.create_time)
         return cls(
             name=message.name,
             epoch=message.epoch,
             step=message.step,
             metrics=dict(sorted(message.metrics.items())),  # a protobuf map has no order
             size_bytes=message.size_bytes,
-            # Timestamp.ToDatetime() is naive UTC; an aware value cannot be mistaken for local time.
-            create_time=created.replace(tzinfo=UTC) if created else None,
+            create_time=_utc_time(message.create_time),
             is_best=message.is_best,
             is_final=message.is_final,
             is_partial=message.is_partial,
@@ -282,10 +294,7 @@ class Checkpoint:
             "step": self.step,
             "metrics": dict(self.metrics),
             "size_bytes": self.size_bytes,
-            # Naive, as `_iso` writes every other time: the JSON stays as it was before this type.
-            "create_time": (
-                self.create_time.replace(tzinfo=None).isoformat() if self.create_time else None
-            ),
+            "create_time": _iso(self.create_time),
             "is_best": self.is_best,
             "is_final": self.is_final,
             "is_partial": self.is_partial,
@@ -301,7 +310,7 @@ def event_to_dict(event: jobs_pb2.JobEvent) -> dict[str, Any]:
     """A JSON-ready dict of a `JobEvent` message."""
     return {
         "sequence": event.sequence,
-        "time": _iso(event.time),
+        "time": _iso(_utc_time(event.time)),
         "state": state_name(event.state),
         "epoch": event.progress.epoch,
         "total_epochs": event.progress.total_epochs,
