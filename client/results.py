@@ -1,7 +1,9 @@
-"""What SDK calls return: small typed snapshots of datasets, jobs, metrics and predictions."""
+"""What SDK calls return: small typed snapshots of datasets, jobs, metrics, checkpoints, models
+and predictions."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -10,7 +12,10 @@ from typing import Any
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from trainwire.v1 import datasets_pb2, jobs_pb2
+from trainwire.v1 import datasets_pb2, jobs_pb2, predictions_pb2
+
+from .specs import model_spec_from_proto
+from .tensors import dtype_name
 
 TASKS = {
     "regression": datasets_pb2.TASK_KIND_REGRESSION,
@@ -298,6 +303,70 @@ class Checkpoint:
             "is_best": self.is_best,
             "is_final": self.is_final,
             "is_partial": self.is_partial,
+        }
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A job's trained model, as `model_metadata()` describes it (the `ModelMetadata` message).
+
+    `job` and `checkpoint` name the job and the checkpoint whose model this is (the latest unless
+    another was asked for). `input_dtype` and `output_dtype` are NumPy dtypes, float32 or float64
+    (the model's precision), so that `x.astype(info.input_dtype)` and `info.output_dtype.itemsize`
+    work as they are; a dtype equals its name (`info.input_dtype == "float32"`), which is what
+    `to_dict()` writes. `input_shape` and `output_shape` are tuples whose first size, -1, stands
+    for any number of rows: `(-1, 4)` takes rows of 4 features. `num_classes` is 0 for a
+    regression; `class_names` and `feature_names` are empty when the training dataset named none.
+    `num_parameters` counts the trainable parameters. `model` is the model's spec in the dict
+    form `Sequential.to_dict()` makes and `create_job` takes, as the server stored it (the
+    engine's defaults written out: activation, bias, initializers), so it trains again as it is.
+    """
+
+    job: str
+    checkpoint: str
+    input_dtype: np.dtype
+    input_shape: tuple[int, ...]
+    output_dtype: np.dtype
+    output_shape: tuple[int, ...]
+    num_classes: int
+    class_names: tuple[str, ...]
+    feature_names: tuple[str, ...]
+    num_parameters: int
+    model: dict[str, Any]
+
+    @classmethod
+    def from_proto(cls, message: predictions_pb2.ModelMetadata) -> ModelInfo:
+        """The snapshot of a `ModelMetadata` message."""
+        input_shape = tuple(int(s) for s in message.inputs.shape)
+        return cls(
+            job=message.job,
+            checkpoint=message.checkpoint,
+            # By name: the wire's dtypes are little-endian, the arrays the SDK returns native.
+            input_dtype=np.dtype(dtype_name(message.inputs.dtype)),
+            input_shape=input_shape,
+            output_dtype=np.dtype(dtype_name(message.outputs.dtype)),
+            output_shape=tuple(int(s) for s in message.outputs.shape),
+            num_classes=message.num_classes,
+            class_names=tuple(message.class_names),
+            feature_names=tuple(message.feature_names),
+            num_parameters=message.num_parameters,
+            model=model_spec_from_proto(message.model, input_shape[-1] if input_shape else 0),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; dtypes by name ("float32")."""
+        return {
+            "job": self.job,
+            "checkpoint": self.checkpoint,
+            "input_dtype": str(self.input_dtype),
+            "input_shape": list(self.input_shape),
+            "output_dtype": str(self.output_dtype),
+            "output_shape": list(self.output_shape),
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "feature_names": list(self.feature_names),
+            "num_parameters": self.num_parameters,
+            "model": copy.deepcopy(self.model),  # nested: the snapshot's own stays as it is
         }
 
 

@@ -3,12 +3,25 @@ have protobuf's."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
+import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from trainwire.client import Checkpoint, DatasetInfo, JobStatus
-from trainwire.v1 import datasets_pb2, jobs_pb2
+from trainwire.client import (
+    Activation,
+    BatchNorm,
+    Checkpoint,
+    DatasetInfo,
+    Dense,
+    Dropout,
+    JobStatus,
+    ModelInfo,
+    Sequential,
+)
+from trainwire.client.specs import model_spec_to_proto
+from trainwire.v1 import datasets_pb2, jobs_pb2, predictions_pb2, tensor_pb2
 
 CREATED = Timestamp(seconds=1767225600, nanos=123456789)  # 2026-01-01T00:00:00.123456789Z
 STARTED = Timestamp(seconds=1767225601)
@@ -37,3 +50,63 @@ def test_an_unset_time_is_none() -> None:
     )
     job = JobStatus.from_proto(jobs_pb2.Job(name="jobs/x", state=jobs_pb2.JOB_STATE_QUEUED))
     assert (job.create_time, job.start_time, job.end_time) == (None, None, None)
+
+
+def test_model_metadata_has_python_types_and_the_spec_as_users_write_it() -> None:
+    model = Sequential(
+        [
+            Dense(8, activation="relu", kernel_initializer="he_normal"),
+            BatchNorm(momentum=0.0),
+            Dropout(0.25),
+            Activation("leaky_relu", negative_slope=0.5),
+            Dense(3, use_bias=False),
+        ],
+        input_dim=2,
+    )
+    message = predictions_pb2.ModelMetadata(
+        job="jobs/0123abcd",
+        checkpoint="jobs/0123abcd/checkpoints/7",
+        inputs=tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT64, shape=[-1, 2]),
+        outputs=tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT64, shape=[-1, 3]),
+        num_classes=3,
+        model=model_spec_to_proto(model.to_dict()),
+        num_parameters=2 * 8 + 8 + 2 * 8 + 8 * 3,
+        class_names=["alpha", "beta", "gamma"],
+        feature_names=["x", "y"],
+    )
+    info = ModelInfo.from_proto(message)
+    assert (info.job, info.checkpoint) == ("jobs/0123abcd", "jobs/0123abcd/checkpoints/7")
+    assert info.input_dtype == info.output_dtype == np.dtype(np.float64) == "float64"
+    assert info.input_dtype.isnative and info.output_dtype.itemsize == 8
+    assert (info.input_shape, info.output_shape) == ((-1, 2), (-1, 3))
+    assert info.num_classes == 3 and info.num_parameters == 64
+    assert info.class_names == ("alpha", "beta", "gamma") and info.feature_names == ("x", "y")
+    # The builders' dict, with the defaults the message carries (linear, a bias) written out.
+    assert info.model == {
+        "input_dim": 2,
+        "layers": [
+            {"type": "dense", "units": 8, "activation": "relu", "use_bias": True,
+             "kernel_initializer": "he_normal"},
+            {"type": "batch_norm", "momentum": 0.0, "epsilon": 1e-5},
+            {"type": "dropout", "rate": 0.25},
+            {"type": "activation", "activation": {"name": "leaky_relu", "negative_slope": 0.5}},
+            {"type": "dense", "units": 3, "activation": "linear", "use_bias": False},
+        ],
+    }  # fmt: skip
+
+    document = info.to_dict()
+    assert json.loads(json.dumps(document)) == {
+        "job": "jobs/0123abcd",
+        "checkpoint": "jobs/0123abcd/checkpoints/7",
+        "input_dtype": "float64",
+        "input_shape": [-1, 2],
+        "output_dtype": "float64",
+        "output_shape": [-1, 3],
+        "num_classes": 3,
+        "class_names": ["alpha", "beta", "gamma"],
+        "feature_names": ["x", "y"],
+        "num_parameters": 64,
+        "model": info.model,
+    }
+    document["model"]["layers"].clear()
+    assert len(info.model["layers"]) == 5, "the JSON is a copy: the snapshot keeps its spec"
