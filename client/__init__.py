@@ -33,7 +33,7 @@ from .errors import (
     Unimplemented,
 )
 from .jobspec import JobSpec
-from .results import Checkpoint, Metrics
+from .results import Checkpoint, Metrics, ModelInfo
 from .retry import RetryPolicy
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "JobStatus",
     "JobWatch",
     "Metrics",
+    "ModelInfo",
     "NotFound",
     "PermissionDenied",
     "Prediction",

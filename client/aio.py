@@ -57,7 +57,7 @@ from .errors import (
     status_of,
 )
 from .files import PathLike
-from .results import Checkpoint, DatasetInfo, JobStatus, Metrics, Prediction
+from .results import Checkpoint, DatasetInfo, JobStatus, Metrics, ModelInfo, Prediction
 from .retry import RetryPolicy, watch_was_open
 from .rpc import AioRpc, channel_credentials, channel_options
 from .wire import (
@@ -346,10 +346,11 @@ class AsyncClient:
         response = await self._call(self._rpc.list_checkpoints, request)
         return [Checkpoint.from_proto(c) for c in response.checkpoints]
 
-    async def model_metadata(self, job: str, checkpoint: str = "") -> predictions_pb2.ModelMetadata:
-        """Input and output shapes, classes and size of a job's trained model."""
+    async def model_metadata(self, job: str, checkpoint: str = "") -> ModelInfo:
+        """A job's trained model: its checkpoint, input and output dtypes and shapes, classes,
+        feature names, size and spec (see `ModelInfo`). `checkpoint` as for `predict`."""
         request = predictions_pb2.GetModelMetadataRequest(job=job, checkpoint=checkpoint)
-        return await self._call(self._rpc.get_model_metadata, request)
+        return ModelInfo.from_proto(await self._call(self._rpc.get_model_metadata, request))
 
     async def predict(
         self,
@@ -607,8 +608,9 @@ class AsyncJob:
         """The job's checkpoints, oldest first."""
         return await self.client.job_checkpoints(self.name)
 
-    async def model_metadata(self, checkpoint: str = "") -> predictions_pb2.ModelMetadata:
-        """The trained model's shapes, classes and size."""
+    async def model_metadata(self, checkpoint: str = "") -> ModelInfo:
+        """The trained model's checkpoint, dtypes, shapes, classes, size and spec (see
+        `Client.model_metadata`)."""
         return await self.client.model_metadata(self.name, checkpoint)
 
     async def delete(self) -> None:

@@ -19,7 +19,7 @@ import json
 import sys
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
@@ -27,10 +27,7 @@ from .client import Client, Job, client_cert_pair, env_settings, readable_file
 from .errors import JobFailed, TrainwireError
 from .files import label_names, prediction_to_dict, read_model_inputs, write_prediction
 from .jobspec import DatasetSource, JobSpec
-from .results import STATES, JobStatus, checkpoint_to_dict, event_to_dict, state_name
-
-if TYPE_CHECKING:
-    from trainwire.v1.predictions_pb2 import ModelMetadata
+from .results import STATES, JobStatus, ModelInfo, checkpoint_to_dict, event_to_dict, state_name
 
 OK, FAILED, USAGE, NOT_FOUND, PRECONDITION, UNREACHABLE, DENIED, LIMIT, CANCELLED = range(9)
 EXIT_CODES: dict[grpc.StatusCode, int] = {
@@ -371,7 +368,7 @@ def _predict(client: Client, args: argparse.Namespace) -> int:
     job = _resource("jobs", args.job)
 
     @functools.cache
-    def metadata() -> ModelMetadata:
+    def metadata() -> ModelInfo:
         return client.model_metadata(job, args.checkpoint)
 
     # A CSV header's columns are matched to the model's features by name, which are fetched

@@ -40,6 +40,7 @@ from .results import (
     DatasetInfo,
     JobStatus,
     Metrics,
+    ModelInfo,
     Prediction,
 )
 from .retry import RetryPolicy, watch_was_open
@@ -516,10 +517,11 @@ class Client:
         response = self._call(self._rpc.list_checkpoints, request)
         return [Checkpoint.from_proto(c) for c in response.checkpoints]
 
-    def model_metadata(self, job: str, checkpoint: str = "") -> predictions_pb2.ModelMetadata:
-        """Input and output shapes, classes and size of a job's trained model."""
+    def model_metadata(self, job: str, checkpoint: str = "") -> ModelInfo:
+        """A job's trained model: its checkpoint, input and output dtypes and shapes, classes,
+        feature names, size and spec (see `ModelInfo`). `checkpoint` as for `predict`."""
         request = predictions_pb2.GetModelMetadataRequest(job=job, checkpoint=checkpoint)
-        return self._call(self._rpc.get_model_metadata, request)
+        return ModelInfo.from_proto(self._call(self._rpc.get_model_metadata, request))
 
     # --- predictions --------------------------------------------------------------------------
 
@@ -766,8 +768,9 @@ class Job:
         """The job's checkpoints, oldest first."""
         return self.client.job_checkpoints(self.name)
 
-    def model_metadata(self, checkpoint: str = "") -> predictions_pb2.ModelMetadata:
-        """The trained model's shapes, classes and size."""
+    def model_metadata(self, checkpoint: str = "") -> ModelInfo:
+        """The trained model's checkpoint, dtypes, shapes, classes, size and spec (see
+        `Client.model_metadata`)."""
         return self.client.model_metadata(self.name, checkpoint)
 
     def delete(self) -> None:

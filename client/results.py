@@ -1,15 +1,21 @@
-"""What SDK calls return: small typed snapshots of datasets, jobs, metrics and predictions."""
+"""What SDK calls return: small typed snapshots of datasets, jobs, metrics, checkpoints, models
+and predictions."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from trainwire.v1 import datasets_pb2, jobs_pb2
+from trainwire.v1 import datasets_pb2, jobs_pb2, predictions_pb2
+
+from .specs import model_spec_from_proto
+from .tensors import dtype_name
 
 TASKS = {
     "regression": datasets_pb2.TASK_KIND_REGRESSION,
@@ -36,13 +42,23 @@ def state_code(name: str) -> jobs_pb2.JobState.ValueType:
         raise ValueError(f"state must be one of {', '.join(STATES)}. Received: {name!r}") from None
 
 
-def _time(message: Any) -> datetime | None:
-    return message.ToDatetime() if message.seconds or message.nanos else None
+def _utc_time(stamp: Timestamp) -> datetime | None:
+    """A `Timestamp` as a timezone-aware `datetime` in UTC; None when unset (zero). Every time the
+    SDK returns is made here: `ToDatetime()` alone is naive, easily taken for local time."""
+    return stamp.ToDatetime(tzinfo=UTC) if stamp.seconds or stamp.nanos else None
+
+
+def _iso(moment: datetime | None) -> str | None:
+    """A time as every `to_dict()` writes it: ISO 8601 without an offset, UTC being implied
+    ("2026-01-01T00:00:00.123456"), as the JSON was before the SDK's times were aware: the CLI's
+    `--json` output is an interface. The SDK's times are all UTC, so dropping the zone is exact."""
+    return moment.replace(tzinfo=None).isoformat() if moment else None
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """A stored dataset. `name` (`datasets/…`) is what jobs refer to."""
+    """A stored dataset. `name` (`datasets/…`) is what jobs refer to; `create_time` is a
+    timezone-aware `datetime` in UTC."""
 
     name: str
     display_name: str
@@ -71,7 +87,7 @@ class DatasetInfo:
             sha256=message.sha256,
             feature_shape=tuple(int(s) for s in message.features.shape),
             target_shape=tuple(int(s) for s in message.targets.shape),
-            create_time=_time(message.create_time),
+            create_time=_utc_time(message.create_time),
             labels=dict(message.labels),
         )
 
@@ -88,7 +104,7 @@ class DatasetInfo:
             "sha256": self.sha256,
             "feature_shape": list(self.feature_shape),
             "target_shape": list(self.target_shape),
-            "create_time": self.create_time.isoformat() if self.create_time else None,
+            "create_time": _iso(self.create_time),
             "labels": dict(self.labels),
         }
 
@@ -97,7 +113,9 @@ class DatasetInfo:
 class JobStatus:
     """A snapshot of a job.
 
-    `state` is QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING or CANCELLED.
+    `state` is QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING or CANCELLED. `create_time`,
+    `start_time` (its first run's) and `end_time` are timezone-aware `datetime`s in UTC, None
+    until they happen. `raw` is the `Job` message itself.
     """
 
     name: str
@@ -109,6 +127,9 @@ class JobStatus:
     attempt: int
     examples_per_second: float
     eta_seconds: float
+    create_time: datetime | None
+    start_time: datetime | None
+    end_time: datetime | None
     raw: jobs_pb2.Job = field(repr=False)
 
     @classmethod
@@ -124,6 +145,9 @@ class JobStatus:
             attempt=message.attempt,
             examples_per_second=message.progress.examples_per_second,
             eta_seconds=message.progress.eta_seconds,
+            create_time=_utc_time(message.create_time),
+            start_time=_utc_time(message.start_time),
+            end_time=_utc_time(message.end_time),
             raw=message,
         )
 
@@ -156,18 +180,13 @@ class JobStatus:
             "attempt": self.attempt,
             "examples_per_second": self.examples_per_second,
             "eta_seconds": self.eta_seconds,
-            "create_time": _iso(self.raw.create_time),
-            "start_time": _iso(self.raw.start_time),
-            "end_time": _iso(self.raw.end_time),
+            "create_time": _iso(self.create_time),
+            "start_time": _iso(self.start_time),
+            "end_time": _iso(self.end_time),
             "labels": dict(self.raw.labels),
             "queue": self.raw.queue,
             "priority": self.raw.priority,
         }
-
-
-def _iso(message: Any) -> str | None:
-    moment = _time(message)
-    return moment.isoformat() if moment else None
 
 
 @dataclass(frozen=True)
@@ -255,15 +274,13 @@ class Checkpoint:
     @classmethod
     def from_proto(cls, message: jobs_pb2.Checkpoint) -> Checkpoint:
         """The snapshot of a `Checkpoint` message."""
-        created = _time(message.create_time)
         return cls(
             name=message.name,
             epoch=message.epoch,
             step=message.step,
             metrics=dict(sorted(message.metrics.items())),  # a protobuf map has no order
             size_bytes=message.size_bytes,
-            # Timestamp.ToDatetime() is naive UTC; an aware value cannot be mistaken for local time.
-            create_time=created.replace(tzinfo=UTC) if created else None,
+            create_time=_utc_time(message.create_time),
             is_best=message.is_best,
             is_final=message.is_final,
             is_partial=message.is_partial,
@@ -282,13 +299,74 @@ class Checkpoint:
             "step": self.step,
             "metrics": dict(self.metrics),
             "size_bytes": self.size_bytes,
-            # Naive, as `_iso` writes every other time: the JSON stays as it was before this type.
-            "create_time": (
-                self.create_time.replace(tzinfo=None).isoformat() if self.create_time else None
-            ),
+            "create_time": _iso(self.create_time),
             "is_best": self.is_best,
             "is_final": self.is_final,
             "is_partial": self.is_partial,
+        }
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A job's trained model, as `model_metadata()` describes it (the `ModelMetadata` message).
+
+    `job` and `checkpoint` name the job and the checkpoint whose model this is (the latest unless
+    another was asked for). `input_dtype` and `output_dtype` are NumPy dtypes, float32 or float64
+    (the model's precision), so that `x.astype(info.input_dtype)` and `info.output_dtype.itemsize`
+    work as they are; a dtype equals its name (`info.input_dtype == "float32"`), which is what
+    `to_dict()` writes. `input_shape` and `output_shape` are tuples whose first size, -1, stands
+    for any number of rows: `(-1, 4)` takes rows of 4 features. `num_classes` is 0 for a
+    regression; `class_names` and `feature_names` are empty when the training dataset named none.
+    `num_parameters` counts the trainable parameters. `model` is the model's spec in the dict
+    form `Sequential.to_dict()` makes and `create_job` takes, as the server stored it (the
+    engine's defaults written out: activation, bias, initializers), so it trains again as it is.
+    """
+
+    job: str
+    checkpoint: str
+    input_dtype: np.dtype
+    input_shape: tuple[int, ...]
+    output_dtype: np.dtype
+    output_shape: tuple[int, ...]
+    num_classes: int
+    class_names: tuple[str, ...]
+    feature_names: tuple[str, ...]
+    num_parameters: int
+    model: dict[str, Any]
+
+    @classmethod
+    def from_proto(cls, message: predictions_pb2.ModelMetadata) -> ModelInfo:
+        """The snapshot of a `ModelMetadata` message."""
+        input_shape = tuple(int(s) for s in message.inputs.shape)
+        return cls(
+            job=message.job,
+            checkpoint=message.checkpoint,
+            # By name: the wire's dtypes are little-endian, the arrays the SDK returns native.
+            input_dtype=np.dtype(dtype_name(message.inputs.dtype)),
+            input_shape=input_shape,
+            output_dtype=np.dtype(dtype_name(message.outputs.dtype)),
+            output_shape=tuple(int(s) for s in message.outputs.shape),
+            num_classes=message.num_classes,
+            class_names=tuple(message.class_names),
+            feature_names=tuple(message.feature_names),
+            num_parameters=message.num_parameters,
+            model=model_spec_from_proto(message.model, input_shape[-1] if input_shape else 0),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; dtypes by name ("float32")."""
+        return {
+            "job": self.job,
+            "checkpoint": self.checkpoint,
+            "input_dtype": str(self.input_dtype),
+            "input_shape": list(self.input_shape),
+            "output_dtype": str(self.output_dtype),
+            "output_shape": list(self.output_shape),
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "feature_names": list(self.feature_names),
+            "num_parameters": self.num_parameters,
+            "model": copy.deepcopy(self.model),  # nested: the snapshot's own stays as it is
         }
 
 
@@ -301,7 +379,7 @@ def event_to_dict(event: jobs_pb2.JobEvent) -> dict[str, Any]:
     """A JSON-ready dict of a `JobEvent` message."""
     return {
         "sequence": event.sequence,
-        "time": _iso(event.time),
+        "time": _iso(_utc_time(event.time)),
         "state": state_name(event.state),
         "epoch": event.progress.epoch,
         "total_epochs": event.progress.total_epochs,

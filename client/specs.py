@@ -62,3 +62,39 @@ def model_spec_to_proto(spec: Mapping[str, Any]) -> models_pb2.ModelSpec:
                 f"prelu. Received: type={kind!r}"
             )
     return message
+
+
+def model_spec_from_proto(spec: models_pb2.ModelSpec, input_dim: int) -> dict[str, Any]:
+    """The spec dict (the engine's format, which `create_job` takes) of a ModelSpec message;
+    `input_dim` fills an unset width. The server reads `CreateJob`'s model with it, and the SDK
+    the model of `GetModelMetadata`'s answer."""
+    layers: list[dict[str, Any]] = []
+    for layer in spec.layers:
+        kind = layer.WhichOneof("kind")
+        if kind == "dense":
+            dense: dict[str, Any] = {
+                "type": "dense",
+                "units": layer.dense.units,
+                "activation": layer.dense.activation or "linear",
+                "use_bias": not layer.dense.no_bias,
+            }
+            if layer.dense.kernel_initializer:
+                dense["kernel_initializer"] = layer.dense.kernel_initializer
+            if layer.dense.bias_initializer:
+                dense["bias_initializer"] = layer.dense.bias_initializer
+            layers.append(dense)
+        elif kind == "dropout":
+            layers.append({"type": "dropout", "rate": layer.dropout.rate})
+        elif kind == "batch_norm":
+            # Presence, not truth: a momentum of 0 is a value; an unset field takes the default.
+            norm: dict[str, Any] = {"type": "batch_norm"}
+            for key in ("momentum", "epsilon"):
+                if layer.batch_norm.HasField(key):
+                    norm[key] = getattr(layer.batch_norm, key)
+            layers.append(norm)
+        elif kind == "activation":
+            activation = {"name": layer.activation.name, **dict(layer.activation.params)}
+            layers.append({"type": "activation", "activation": activation})
+        else:
+            layers.append({"type": None})  # an empty LayerSpec: the engine names the problem
+    return {"input_dim": spec.input_dim or input_dim, "layers": layers}

@@ -21,9 +21,9 @@ from trainwire.v1 import datasets_pb2, jobs_pb2, models_pb2, predictions_pb2, te
 
 from .builders import ModelLike, model_to_dict
 from .errors import SpecError, TrainwireError
-from .results import TASKS, DatasetInfo, Metrics, Prediction, state_code
+from .results import TASKS, DatasetInfo, Metrics, ModelInfo, Prediction, state_code
 from .specs import model_spec_to_proto
-from .tensors import dtype_code, dtype_of, from_tensor, to_tensor
+from .tensors import dtype_code, from_tensor, to_tensor
 from .validation import check_model, numeric_params
 from .validation import check_training as _check_training
 
@@ -436,13 +436,13 @@ class StreamedPrediction:
         self._messages: deque[int] = deque()
         self._answers: list[predictions_pb2.PredictResponse] = []
 
-    def describe(self, metadata: predictions_pb2.ModelMetadata) -> None:
+    def describe(self, model: ModelInfo) -> None:
         """Takes the size of an answer's row from the metadata of the model the stream asks."""
         self.answer_row_bytes = answer_row_bytes(
-            output_dim=int(metadata.outputs.shape[-1]),
-            itemsize=dtype_of(metadata.outputs.dtype).itemsize,
+            output_dim=model.output_shape[-1],
+            itemsize=model.output_dtype.itemsize,
             # The server gives 0 classes for regression only.
-            with_classes=metadata.num_classes > 0 and not self.outputs_only,
+            with_classes=model.num_classes > 0 and not self.outputs_only,
         )
 
     def requests(self, x: np.ndarray) -> Iterator[predictions_pb2.PredictRequest]:

@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from trainwire.client.specs import model_spec_to_proto
+from trainwire.client.specs import model_spec_from_proto, model_spec_to_proto
 from trainwire.engine import Model
 from trainwire.engine.model import SpecSummary
 from trainwire.v1 import jobs_pb2
 
 from .config import Settings
-from .convert import STATES_FROM_PROTO, model_spec_from_proto
+from .convert import STATES_FROM_PROTO
 from .errors import InvalidArgument, ResourceExhausted
 from .names import check_text, parse_name
 from .records import Checkpoint, Dataset, Job, JobEvent, JobState, MetricValue, NewJob

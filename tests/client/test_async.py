@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from trainwire.client import DatasetInfo, NotFound, SpecError
+from trainwire.client import DatasetInfo, ModelInfo, NotFound, SpecError
 from trainwire.client.aio import AsyncClient, AsyncJob, AsyncJobWatch
 from trainwire.server.local import LocalServer
 
@@ -52,6 +52,9 @@ def test_fifty_concurrent_jobs(live_server: LocalServer, dataset: DatasetInfo) -
             events = [event.sequence async for event in job.watch()]
             assert events == list(range(1, len(events) + 1))
             assert [c.epoch for c in await job.checkpoints()] == [2]
+            info = await job.model_metadata()
+            assert isinstance(info, ModelInfo) and info.output_shape == (-1, 3)
+            assert info.checkpoint == (await job.checkpoints())[0].name
             several = await client.create_job(
                 dataset, MODEL, epochs=3, batch_size=8, checkpoint_every_epochs=1
             )

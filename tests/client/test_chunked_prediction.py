@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from trainwire.client.errors import NotFound, ResourceExhausted, SpecError
+from trainwire.client.results import ModelInfo
 from trainwire.client.tensors import from_tensor, to_tensor
 from trainwire.client.wire import (
     ChunkedPrediction,
@@ -159,10 +160,12 @@ def answer_data_bytes(response: predictions_pb2.PredictResponse) -> int:
     return sum(len(t.data) for t in (response.outputs, response.probabilities, response.labels))
 
 
-def metadata(outputs: int, num_classes: int) -> predictions_pb2.ModelMetadata:
-    """What GetModelMetadata says of a float32 model of `outputs` outputs."""
+def metadata(outputs: int, num_classes: int) -> ModelInfo:
+    """What `model_metadata()` says of a float32 model of 4 features and `outputs` outputs."""
+    inputs = tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[-1, 4])
     info = tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[-1, outputs])
-    return predictions_pb2.ModelMetadata(outputs=info, num_classes=num_classes)
+    message = predictions_pb2.ModelMetadata(inputs=inputs, outputs=info, num_classes=num_classes)
+    return ModelInfo.from_proto(message)
 
 
 def test_a_streamed_batch_beyond_a_quarter_of_the_limit_is_split_and_joined_back() -> None:

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from trainwire.client import Checkpoint, Client, Dense, NotFound, Sequential
-from trainwire.client.results import checkpoint_to_dict
+from trainwire.client import Checkpoint, Client, DatasetInfo, Dense, JobStatus, NotFound, Sequential
+from trainwire.client.results import checkpoint_to_dict, event_to_dict
 from trainwire.server.cli import main
 from trainwire.server.local import LocalServer
-from trainwire.v1 import jobs_pb2
+from trainwire.v1 import datasets_pb2, jobs_pb2, tensor_pb2
 
 from .conftest import MODEL, blobs
 from .test_live_sdk import png_chunks
@@ -89,6 +89,9 @@ def test_datasets_commands(cli: Cli, tmp_path: Path) -> None:
     assert name in [d["name"] for d in cli.json("datasets", "list")]
     code, out, _ = cli("datasets", "list")
     assert code == 0 and out.splitlines()[0].split()[:3] == ["NAME", "DISPLAY", "NAME"]
+    # CREATED is the UTC minute the JSON gives ("2026-01-01T09:30:00.123456": 2026-01-01 09:30).
+    row = next(line.split() for line in out.splitlines() if line.startswith(name))
+    assert row[-2:] == uploaded["create_time"][:16].split("T")
     assert cli.json("datasets", "show", name.split("/")[1])["sha256"] == uploaded["sha256"]
     assert cli.json("datasets", "delete", name) == {"deleted": name}
     code, _, err = cli("datasets", "show", name, "--json")
@@ -214,6 +217,63 @@ def test_a_checkpoint_s_json_is_what_it_was_when_the_sdk_returned_messages() -> 
         '{"create_time": null, "epoch": 0, "is_best": false, "is_final": false, '
         '"is_partial": false, "metrics": {}, "name": "jobs/0123abcd/checkpoints/19", '
         '"size_bytes": 0, "step": 0}',
+    ]
+
+
+def test_the_json_of_datasets_jobs_and_events_keeps_its_times_naive_utc() -> None:
+    """`datasets ... --json`, `jobs ... --json` and `jobs watch --json` write times as they did
+    when the SDK's times were naive: UTC without an offset, cut to microseconds, null when unset.
+    The expected lines are the output of the SDK before its times were made aware."""
+    created = Timestamp(seconds=1767225600, nanos=123456789)
+    dataset = datasets_pb2.Dataset(
+        name="datasets/0123abcd",
+        display_name="blobs",
+        num_examples=40,
+        num_classes=3,
+        task=datasets_pb2.TASK_KIND_MULTICLASS_CLASSIFICATION,
+        size_bytes=960,
+        sha256="ab" * 32,
+        features=tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[40, 4]),
+        targets=tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_INT64, shape=[40]),
+        create_time=created,
+        labels={"suite": "sdk"},
+    )
+    job = jobs_pb2.Job(
+        name="jobs/0123abcd",
+        display_name="mlp",
+        dataset="datasets/0123abcd",
+        attempt=1,
+        state=jobs_pb2.JOB_STATE_RUNNING,
+        create_time=created,
+        queue="default",
+        start_time=Timestamp(seconds=1767225601),
+        labels={"suite": "sdk"},
+    )
+    event = jobs_pb2.JobEvent(
+        sequence=3, time=Timestamp(seconds=1767225602, nanos=5000), state=jobs_pb2.JOB_STATE_RUNNING
+    )  # fmt: skip
+    documents = [
+        DatasetInfo.from_proto(dataset).to_dict(),
+        DatasetInfo.from_proto(datasets_pb2.Dataset(name="datasets/x")).to_dict(),
+        JobStatus.from_proto(job).to_dict(),
+        event_to_dict(event),
+    ]
+    assert [json.dumps(d, sort_keys=True) for d in documents] == [
+        '{"create_time": "2026-01-01T00:00:00.123456", "display_name": "blobs", '
+        '"feature_shape": [40, 4], "labels": {"suite": "sdk"}, "name": "datasets/0123abcd", '
+        '"num_classes": 3, "num_examples": 40, "num_features": 4, "sha256": "' + "ab" * 32 + '", '
+        '"size_bytes": 960, "target_shape": [40], "task": "multiclass"}',
+        '{"create_time": null, "display_name": "", "feature_shape": [], "labels": {}, '
+        '"name": "datasets/x", "num_classes": 0, "num_examples": 0, "num_features": 0, '
+        '"sha256": "", "size_bytes": 0, "target_shape": [], "task": "unspecified"}',
+        '{"attempt": 1, "create_time": "2026-01-01T00:00:00.123456", '
+        '"dataset": "datasets/0123abcd", "display_name": "mlp", "end_time": null, "epoch": 0, '
+        '"error": "", "eta_seconds": 0.0, "examples_per_second": 0.0, '
+        '"labels": {"suite": "sdk"}, "metrics": {}, "name": "jobs/0123abcd", "priority": 0, '
+        '"queue": "default", "start_time": "2026-01-01T00:00:01", "state": "RUNNING", '
+        '"total_epochs": 0}',
+        '{"epoch": 0, "eta_seconds": 0.0, "message": "", "metrics": {}, "sequence": 3, '
+        '"state": "RUNNING", "time": "2026-01-01T00:00:02.000005", "total_epochs": 0}',
     ]
 
 

@@ -17,6 +17,7 @@ from trainwire.client import (
     Dropout,
     FailedPrecondition,
     Metrics,
+    ModelInfo,
     NotFound,
     Sequential,
 )
@@ -192,7 +193,15 @@ def test_train_follow_and_use_a_job(
     assert (
         job.predict(features[:2].tolist(), checkpoint="epoch/6").checkpoint == checkpoints[0].name
     )
-    assert job.model_metadata().num_classes == 3
+    info = job.model_metadata()
+    assert isinstance(info, ModelInfo) and info.num_classes == 3
+    assert (info.job, info.checkpoint) == (job.name, checkpoints[-1].name)
+    assert info.input_shape == (-1, 4) and info.input_dtype == "float32"
+    # The spec is the one create_job takes: it trains the same model again.
+    again = client.create_job(dataset, info.model, epochs=1, batch_size=8)
+    again.wait(timeout=60, poll_interval=0.1)
+    assert again.model_metadata().model == info.model
+    assert again.model_metadata().num_parameters == info.num_parameters == 4 * 16 + 16 + 16 * 3 + 3
 
     listed = [j.name for j in client.list_jobs(labels={"suite": "sdk"}, state="succeeded")]
     assert listed == [job.name]

@@ -20,6 +20,7 @@ from trainwire.client import (
     Dense,
     InvalidArgument,
     Job,
+    ModelInfo,
     Prediction,
     Sequential,
     SpecError,
@@ -302,7 +303,7 @@ def test_a_stream_of_wide_answers_is_split_by_their_size(
         described: list[str] = []
         metadata = small.model_metadata
 
-        def counted(job: str, checkpoint: str = "") -> predictions_pb2.ModelMetadata:
+        def counted(job: str, checkpoint: str = "") -> ModelInfo:
             described.append(job)
             return metadata(job, checkpoint)
 

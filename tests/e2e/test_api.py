@@ -104,9 +104,24 @@ def test_metrics_checkpoints_metadata_and_stream(
     )
 
     metadata = client.model_metadata(job.name)
-    assert list(metadata.inputs.shape) == [-1, 4] and list(metadata.outputs.shape) == [-1, 3]
+    assert metadata.input_shape == (-1, 4) and metadata.output_shape == (-1, 3)
+    assert metadata.input_dtype == metadata.output_dtype == np.float32
     assert metadata.num_classes == 3 and metadata.num_parameters == 4 * 16 + 16 + 16 * 3 + 3
-    assert metadata.checkpoint == checkpoints[-1].name
+    assert (metadata.job, metadata.checkpoint) == (job.name, checkpoints[-1].name)
+    # MLP as the server stored it: the engine's defaults written out.
+    defaults = {
+        "use_bias": True,
+        "kernel_initializer": "glorot_uniform",
+        "bias_initializer": "zeros",
+    }
+    assert metadata.model == {
+        "input_dim": 4,
+        "layers": [
+            {"type": "dense", "units": 16, "activation": "relu", **defaults},
+            {"type": "dense", "units": 3, "activation": "linear", **defaults},
+        ],
+    }
+    assert client.model_metadata(job.name, "epoch/2").checkpoint == checkpoints[0].name
 
     # PredictStream answers each slice in order, equal to unary predictions.
     with grpc.insecure_channel(client.target) as channel:
