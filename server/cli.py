@@ -149,17 +149,17 @@ def _refuse_a_secret(key_id: str, database_url_option: str | None) -> None:
         return
     # One command to run next, carrying the --database-url given: `keys revoke` with the id read
     # from the key, else `keys list`, which shows the ids.
+    takes_an_id = "`trainwire keys revoke` takes the key's id (16 hexadecimal digits)"
     if parsed:
         revoke = suggested_command(f"keys revoke {parsed[0]}", database_url_option)
         raise InvalidArgument(
-            f"{masked_key(pasted)} looks like an API key's secret, not its id: `trainwire keys "
-            "revoke` takes the key's id (16 hexadecimal digits), which `trainwire keys list` and "
-            f"`trainwire keys create` show; this key's id is {parsed[0]}: {revoke}"
+            f"{masked_key(pasted)} looks like an API key's secret, not its id: {takes_an_id}; "
+            f"this key's id is {parsed[0]}: {revoke}"
         )
     keys_list = suggested_command("keys list", database_url_option)
     raise InvalidArgument(
-        f"`trainwire keys revoke` takes the key's id (16 hexadecimal digits), which {keys_list} "
-        "and `trainwire keys create` show; what was given is not shown, as it may hold a secret"
+        f"{takes_an_id}, which {keys_list} shows; what was given is not shown, as it may hold a "
+        "secret"
     )
 
 
@@ -168,9 +168,9 @@ def _keys(args: argparse.Namespace) -> int:
     from .migrate import check_deployment
     from .store import Store
 
+    settings = _settings(args)  # a malformed --database-url is a configuration error first
     if args.keys_command == "revoke":
-        _refuse_a_secret(args.key_id, args.database_url)
-    settings = _settings(args)
+        _refuse_a_secret(args.key_id, settings.database_url_option)
     database = Database(settings.database_url)
     try:
         # Keys live in the server's database: one made anywhere else is one it never sees.

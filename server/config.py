@@ -195,9 +195,12 @@ class Settings:
             if path and not os.path.isfile(path):
                 found.append(f"TRAINWIRE_{name.upper()}: no such file: {path}")
         if "://" not in self.database_url:
+            # Not shown: what is not a URL cannot be masked, and may hold a password.
+            source = "--database-url" if self.database_url_option else "TRAINWIRE_DATABASE_URL"
             found.append(
-                "TRAINWIRE_DATABASE_URL must be a URL such as sqlite:///trainwire.db or "
-                f"postgresql://user@host/db. Received: {self.database_url!r}"
+                f"{source} must be a URL such as sqlite:///trainwire.db or "
+                "postgresql://user@host/db; the value given has no '://' (it is not shown, as "
+                "it may hold a password)"
             )
         return found
 

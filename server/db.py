@@ -41,11 +41,20 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+# Query parameters that carry a password (libpq's `?password=`, `?sslpassword=`).
+_SECRET_PARAMETERS = ("password", "sslpassword")
+
+
 def masked_url(url: str) -> str:
-    """`url` as it may be shown to a person or logged: the password, if any, as `***`. Without
-    one, as it was given (SQLAlchemy's rendering would percent-encode `sqlite:///:memory:`)."""
+    """`url` as it may be shown to a person or logged: every password, in its user part or in a
+    query parameter, as `***`. Without one, as it was given (SQLAlchemy's rendering would
+    percent-encode `sqlite:///:memory:`). ArgumentError if `url` is not a URL."""
     parsed = make_url(url)
-    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
+    secrets = {name: "***" for name in parsed.query if name.lower() in _SECRET_PARAMETERS}
+    if parsed.password is None and not secrets:
+        return url
+    shown = parsed.update_query_dict(secrets).render_as_string(hide_password=True)
+    return shown.replace("=%2A%2A%2A", "=***")  # the query's mask, percent-encoded by rendering
 
 
 def suggested_command(command: str, database_url_option: str | None) -> str:
@@ -57,11 +66,11 @@ def suggested_command(command: str, database_url_option: str | None) -> str:
     which reads them alike."""
     if database_url_option is None:
         return f"`trainwire {command}`"
+    masked = masked_url(database_url_option)
     # Quoted for the shell: `***` would be a glob, and a query's `&` would end the command.
-    shown = shlex.quote(masked_url(database_url_option))
-    suggestion = f"`trainwire {command} --database-url {shown}`"
-    if make_url(database_url_option).password is not None:
-        suggestion += " (replace *** with your password)"
+    suggestion = f"`trainwire {command} --database-url {shlex.quote(masked)}`"
+    if masked != database_url_option:
+        suggestion += " (replace *** with your password, URL-encoded)"
     return suggestion
 
 

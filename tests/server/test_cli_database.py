@@ -159,9 +159,18 @@ def test_a_suggested_command_masks_the_password_and_says_to_put_it_back() -> Non
     assert suggested_command("db upgrade", url) == (
         "`trainwire db upgrade --database-url "
         "'postgresql://tw:***@db.example/trainwire?sslmode=require'` "
-        "(replace *** with your password)"
+        "(replace *** with your password, URL-encoded)"
     )
     assert suggested_command("db upgrade", None) == "`trainwire db upgrade`"
+
+
+def test_a_password_in_the_query_is_masked_too() -> None:
+    """libpq takes `?password=` (and `?sslpassword=`) as well: it was shown in full."""
+    url = "postgresql://tw@db.example/trainwire?password=s3cret&sslmode=require&SSLPASSWORD=x"
+    assert masked_url(url) == (
+        "postgresql://tw@db.example/trainwire?SSLPASSWORD=***&password=***&sslmode=require"
+    )
+    assert masked_url("sqlite:///:memory:") == "sqlite:///:memory:", "nothing to mask: as given"
 
 
 def test_db_current_refuses_a_missing_sqlite_file_and_creates_none(

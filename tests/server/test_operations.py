@@ -303,7 +303,7 @@ def test_revoke_given_a_key_s_secret_says_it_takes_the_id_and_never_echoes_the_s
     code, out, err = run(capsys, "keys", "revoke", key.key)
     assert code == 2 and out == "", "the README's exit code for invalid arguments"
     assert err.startswith(f"trainwire: invalid argument: tw_{key.id}_… looks like an API key's")
-    assert "takes the key's id (16 hexadecimal digits), which `trainwire keys list`" in err
+    assert "takes the key's id (16 hexadecimal digits); this key's id is" in err
     assert err.rstrip().endswith(f"; this key's id is {key.id}: `trainwire keys revoke {key.id}`")
     assert secret not in err and len(err.strip().splitlines()) == 1
     assert [active.id for active in store.active_api_keys()] == [key.id]
@@ -316,7 +316,7 @@ def test_revoke_given_a_key_s_secret_says_it_takes_the_id_and_never_echoes_the_s
     for wrong in ("tw_not-a-key", f"{key.id}_{secret}"):
         code, out, err = run(capsys, "keys", "revoke", wrong)
         assert code == 2 and "takes the key's id (16 hexadecimal digits)" in err
-        assert "which `trainwire keys list` and `trainwire keys create` show" in err
+        assert "which `trainwire keys list` shows" in err
         assert "not-a-key" not in err and secret not in err
     assert [active.id for active in store.active_api_keys()] == [key.id]
 
@@ -346,14 +346,34 @@ def test_keys_messages_suggest_commands_on_the_database_given_by_option_password
     assert code == 2 and out == "" and "s3cret" not in err
     assert err.rstrip().endswith(
         f"; this key's id is {key_id}: `trainwire keys revoke {key_id} --database-url {masked}` "
-        "(replace *** with your password)"
+        "(replace *** with your password, URL-encoded)"
     )
     code, out, err = run(capsys, "keys", "revoke", "tw_not-a-key", "--database-url", postgres)
     assert code == 2 and "s3cret" not in err
     assert (
-        f"which `trainwire keys list --database-url {masked}` (replace *** with your password) "
-        "and `trainwire keys create` show"
+        f"which `trainwire keys list --database-url {masked}` (replace *** with your password, "
+        "URL-encoded) shows"
     ) in err
+    # libpq also takes the password as a query parameter: masked too.
+    in_query = "postgresql://tw@db.example/trainwire?password=s3cret&sslpassword=s3cret"
+    code, out, err = run(capsys, "keys", "revoke", "tw_not-a-key", "--database-url", in_query)
+    assert code == 2 and "s3cret" not in err
+    assert "?password=***&sslpassword=***'` (replace *** with your password" in err
+
+
+def test_keys_revoke_of_a_secret_with_a_malformed_database_url_is_a_configuration_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The secret's refusal suggested commands carrying the URL before the settings were
+    checked: a --database-url that is not a URL raised SQLAlchemy's ArgumentError, a traceback.
+    What is not a URL is not shown either: it cannot be masked."""
+    code, out, err = run(
+        capsys, "keys", "revoke", f"tw_0123456789abcdef_{'x' * 43}", "--database-url",
+        "tw:s3cret@db.example/trainwire",
+    )  # fmt: skip
+    assert code == 2 and out == ""
+    assert "--database-url must be a URL such as sqlite:///trainwire.db" in err
+    assert "s3cret" not in err and "Traceback" not in err
 
 
 def test_revoking_a_revoked_key_says_it_was_already_revoked(
