@@ -190,6 +190,70 @@ class JobStatus:
 
 
 @dataclass(frozen=True)
+class JobEvent:
+    """One numbered event of a job, as `watch()` yields them: a state change, an epoch's end
+    with its metrics, or a message (a worker claiming the job, why it failed).
+
+    `sequence` counts a job's events from 1, strictly increasing: `watch(after_sequence=N)`
+    resumes after event N. `time` is when it happened, a timezone-aware `datetime` in UTC (None
+    if the server sent none). `state` is the job's state after it (as `JobStatus.state`); the
+    progress fields (`epoch`, `total_epochs`, `step`, `total_steps`, `examples_per_second`,
+    `eta_seconds`) are the job's at that moment. `metrics` are the values the event reports, by
+    name in name order (empty for most events but an epoch's end), and `message` says what
+    happened in words ("" when the state says it all). `raw` is the `JobEvent` message itself
+    (each metric point's own step and epoch are there).
+    """
+
+    sequence: int
+    time: datetime | None
+    state: str
+    epoch: int
+    total_epochs: int
+    step: int
+    total_steps: int
+    examples_per_second: float
+    eta_seconds: float
+    metrics: dict[str, float]
+    message: str
+    raw: jobs_pb2.JobEvent = field(repr=False)
+
+    @classmethod
+    def from_proto(cls, message: jobs_pb2.JobEvent) -> JobEvent:
+        """The snapshot of a `JobEvent` message."""
+        progress = message.progress
+        # By name, as `JobStatus.metrics`; a name sent twice keeps its last value, as before.
+        metrics = {point.name: point.value for point in message.metrics}
+        return cls(
+            sequence=message.sequence,
+            time=_utc_time(message.time),
+            state=state_name(message.state),
+            epoch=progress.epoch,
+            total_epochs=progress.total_epochs,
+            step=progress.step,
+            total_steps=progress.total_steps,
+            examples_per_second=progress.examples_per_second,
+            eta_seconds=progress.eta_seconds,
+            metrics=dict(sorted(metrics.items())),
+            message=message.message,
+            raw=message,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: the fields the CLI's `jobs watch --json` lines have always had (it
+        adds "job"), which are not all of them (no step, total_steps, examples_per_second)."""
+        return {
+            "sequence": self.sequence,
+            "time": _iso(self.time),
+            "state": self.state,
+            "epoch": self.epoch,
+            "total_epochs": self.total_epochs,
+            "eta_seconds": self.eta_seconds,
+            "metrics": dict(self.metrics),
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
 class Prediction:
     """Model outputs; for classifiers also class probabilities and labels (None when asked for
     `outputs_only`)."""
