@@ -198,10 +198,11 @@ class JobEvent:
     resumes after event N. `time` is when it happened, a timezone-aware `datetime` in UTC (None
     if the server sent none). `state` is the job's state after it (as `JobStatus.state`); the
     progress fields (`epoch`, `total_epochs`, `step`, `total_steps`, `examples_per_second`,
-    `eta_seconds`) are the job's at that moment. `metrics` are the values the event reports, by
-    name in name order (empty for most events but an epoch's end), and `message` says what
-    happened in words ("" when the state says it all). `raw` is the `JobEvent` message itself
-    (each metric point's own step and epoch are there).
+    `eta_seconds`) are the job's at that moment. `metrics` are the values the event reports (an
+    epoch's end and the job's end carry the latest; the events before training none), by name in
+    name order, and `message` says what happened in words ("epoch 3 done", "running on HOST",
+    why it failed). `raw` is the `JobEvent` message itself (each metric point's own step and
+    epoch are there).
     """
 
     sequence: int
@@ -437,17 +438,3 @@ class ModelInfo:
 def checkpoint_to_dict(checkpoint: Checkpoint) -> dict[str, Any]:
     """A JSON-ready dict of a `Checkpoint` (kept for callers of this name: `Checkpoint.to_dict`)."""
     return checkpoint.to_dict()
-
-
-def event_to_dict(event: jobs_pb2.JobEvent) -> dict[str, Any]:
-    """A JSON-ready dict of a `JobEvent` message."""
-    return {
-        "sequence": event.sequence,
-        "time": _iso(_utc_time(event.time)),
-        "state": state_name(event.state),
-        "epoch": event.progress.epoch,
-        "total_epochs": event.progress.total_epochs,
-        "eta_seconds": event.progress.eta_seconds,
-        "metrics": {point.name: point.value for point in event.metrics},
-        "message": event.message,
-    }

@@ -233,7 +233,7 @@ def test_cancel_a_queued_job_and_errors_keep_their_status(
     assert caught.value.code_name == "FAILED_PRECONDITION"
     assert job.cancel().state == "CANCELLED"
     assert job.wait(timeout=10).state == "CANCELLED"
-    assert list(job.watch())[-1].state == 6  # JOB_STATE_CANCELLED
+    assert list(job.watch())[-1].state == "CANCELLED"
     job.delete()
     with pytest.raises(NotFound, match="does not exist"):
         client.get_job(job.name)
