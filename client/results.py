@@ -115,7 +115,11 @@ class JobStatus:
 
     `state` is QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING or CANCELLED. `create_time`,
     `start_time` (its first run's) and `end_time` are timezone-aware `datetime`s in UTC, None
-    until they happen. `raw` is the `Job` message itself.
+    until they happen. `labels`, `queue` and `priority` are as the job was created with them
+    (`queue` "default" unless named). `model` is the model's spec in the dict form `create_job`
+    takes, as the server stored it (the width and the engine's defaults written out), so it
+    trains again as it is. `raw` is the `Job` message itself (the training settings are its
+    `training`).
     """
 
     name: str
@@ -130,6 +134,10 @@ class JobStatus:
     create_time: datetime | None
     start_time: datetime | None
     end_time: datetime | None
+    labels: dict[str, str]
+    queue: str
+    priority: int
+    model: dict[str, Any] = field(repr=False)  # a spec is long: a status prints without it
     raw: jobs_pb2.Job = field(repr=False)
 
     @classmethod
@@ -148,6 +156,11 @@ class JobStatus:
             create_time=_utc_time(message.create_time),
             start_time=_utc_time(message.start_time),
             end_time=_utc_time(message.end_time),
+            labels=dict(message.labels),
+            queue=message.queue,
+            priority=message.priority,
+            # The server stores the spec with its width, so there is no unset one to fill.
+            model=model_spec_from_proto(message.model, 0),
             raw=message,
         )
 
@@ -167,7 +180,7 @@ class JobStatus:
         return str(self.raw.dataset)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
+        """A JSON-ready dict (the CLI's `jobs ... --json`), without `model`, as it always was."""
         return {
             "name": self.name,
             "display_name": self.raw.display_name,
@@ -183,9 +196,9 @@ class JobStatus:
             "create_time": _iso(self.create_time),
             "start_time": _iso(self.start_time),
             "end_time": _iso(self.end_time),
-            "labels": dict(self.raw.labels),
-            "queue": self.raw.queue,
-            "priority": self.raw.priority,
+            "labels": dict(self.labels),
+            "queue": self.queue,
+            "priority": self.priority,
         }
 
 

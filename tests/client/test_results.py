@@ -154,3 +154,34 @@ def test_a_job_event_has_python_types() -> None:
     document = event.to_dict()
     document["metrics"].clear()
     assert event.metrics, "the JSON is a copy: the snapshot keeps its metrics"
+
+
+def test_a_job_status_has_its_labels_queue_priority_and_model() -> None:
+    """Attributes of their own, no longer reached through `raw`; the spec as the dict
+    `create_job` takes. `to_dict()` keeps its fields (the CLI's JSON tests pin its text)."""
+    model = Sequential([Dense(8, activation="relu"), Dropout(0.25), Dense(3)], input_dim=4)
+    message = jobs_pb2.Job(
+        name="jobs/x",
+        queue="gpu",
+        priority=7,
+        labels={"team": "vision", "run": "a"},
+        model=model_spec_to_proto(model.to_dict()),
+    )
+    status = JobStatus.from_proto(message)
+    assert status.labels == {"team": "vision", "run": "a"} and type(status.labels) is dict
+    assert (status.queue, status.priority) == ("gpu", 7)
+    assert status.model == {
+        "input_dim": 4,
+        "layers": [
+            {"type": "dense", "units": 8, "activation": "relu", "use_bias": True},
+            {"type": "dropout", "rate": 0.25},
+            {"type": "dense", "units": 3, "activation": "linear", "use_bias": True},
+        ],
+    }
+    document = status.to_dict()
+    assert "model" not in document
+    assert (document["labels"], document["queue"], document["priority"]) == (
+        {"team": "vision", "run": "a"}, "gpu", 7,
+    )  # fmt: skip
+    document["labels"].clear()
+    assert status.labels, "the JSON is a copy: the snapshot keeps its labels"
