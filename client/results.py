@@ -213,7 +213,7 @@ class JobEvent:
     progress fields (`epoch`, `total_epochs`, `step`, `total_steps`, `examples_per_second`,
     `eta_seconds`) are the job's at that moment. `metrics` are the values the event reports (an
     epoch's end and the job's end carry the latest; the events before training none), by name in
-    name order, and `message` says what happened in words ("epoch 3 done", "running on HOST",
+    name order, and `message` says what happened in words ("epoch 3 done", "running on …",
     why it failed). `raw` is the `JobEvent` message itself (each metric point's own step and
     epoch are there).
     """
