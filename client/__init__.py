@@ -33,7 +33,7 @@ from .errors import (
     Unimplemented,
 )
 from .jobspec import JobSpec
-from .results import Checkpoint, Metrics, ModelInfo
+from .results import Checkpoint, JobEvent, Metrics, ModelInfo
 from .retry import RetryPolicy
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "Job",
+    "JobEvent",
     "JobFailed",
     "JobSpec",
     "JobStatus",

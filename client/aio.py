@@ -57,7 +57,15 @@ from .errors import (
     status_of,
 )
 from .files import PathLike
-from .results import Checkpoint, DatasetInfo, JobStatus, Metrics, ModelInfo, Prediction
+from .results import (
+    Checkpoint,
+    DatasetInfo,
+    JobEvent,
+    JobStatus,
+    Metrics,
+    ModelInfo,
+    Prediction,
+)
 from .retry import RetryPolicy, watch_was_open
 from .rpc import AioRpc, channel_credentials, channel_options
 from .wire import (
@@ -332,7 +340,8 @@ class AsyncClient:
         *,
         reconnect: bool = True,
     ) -> AsyncJobWatch:
-        """The job's events after `after_sequence` (see `Client.watch_job`); `async for` it."""
+        """The job's `JobEvent`s after `after_sequence` (see `Client.watch_job`); `async for`
+        it."""
         return AsyncJobWatch(self, name, after_sequence, timeout, reconnect)
 
     async def job_metrics(self, name: str, names: Sequence[str] = ()) -> Metrics:
@@ -446,8 +455,9 @@ async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
             yield item
 
 
-class AsyncJobWatch(AsyncIterator[jobs_pb2.JobEvent]):
-    """An async iterator of a job's events that survives dropped connections and restarts."""
+class AsyncJobWatch(AsyncIterator[JobEvent]):
+    """An async iterator of a job's events (`JobEvent`s) that survives dropped connections and
+    restarts."""
 
     def __init__(
         self,
@@ -473,7 +483,7 @@ class AsyncJobWatch(AsyncIterator[jobs_pb2.JobEvent]):
     def __aiter__(self) -> AsyncJobWatch:
         return self
 
-    async def __anext__(self) -> jobs_pb2.JobEvent:
+    async def __anext__(self) -> JobEvent:
         while True:
             if self._closed:
                 raise StopAsyncIteration
@@ -509,7 +519,7 @@ class AsyncJobWatch(AsyncIterator[jobs_pb2.JobEvent]):
             if event.sequence <= self.last_sequence:
                 continue
             self.last_sequence = event.sequence
-            return event
+            return JobEvent.from_proto(event)
 
     async def _recover(self, error: grpc.aio.AioRpcError, opened: bool) -> None:
         """Sleeps before re-opening the stream, or raises the SDK error (see `JobWatch`)."""

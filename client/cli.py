@@ -27,7 +27,7 @@ from .client import Client, Job, client_cert_pair, env_settings, readable_file
 from .errors import JobFailed, TrainwireError
 from .files import label_names, prediction_to_dict, read_model_inputs, write_prediction
 from .jobspec import DatasetSource, JobSpec
-from .results import STATES, JobStatus, ModelInfo, checkpoint_to_dict, event_to_dict, state_name
+from .results import STATES, JobStatus, ModelInfo, checkpoint_to_dict
 
 OK, FAILED, USAGE, NOT_FOUND, PRECONDITION, UNREACHABLE, DENIED, LIMIT, CANCELLED = range(9)
 EXIT_CODES: dict[grpc.StatusCode, int] = {
@@ -301,15 +301,13 @@ def _jobs_show(client: Client, args: argparse.Namespace) -> int:
 def _follow(client: Client, name: str, args: argparse.Namespace) -> JobStatus:
     for event in client.watch_job(name, args.after if "after" in args else 0):
         if args.json:
-            print(json.dumps({"job": name, **event_to_dict(event)}, sort_keys=True), flush=True)
+            print(json.dumps({"job": name, **event.to_dict()}, sort_keys=True), flush=True)
         else:
-            progress = event.progress
-            parts = [f"#{event.sequence}", state_name(event.state)]
-            if progress.total_epochs:
-                parts.append(f"epoch {progress.epoch}/{progress.total_epochs}")
-            metrics = {p.name: p.value for p in event.metrics}
-            if metrics:
-                parts.append(_metrics_text(metrics))
+            parts = [f"#{event.sequence}", event.state]
+            if event.total_epochs:
+                parts.append(f"epoch {event.epoch}/{event.total_epochs}")
+            if event.metrics:
+                parts.append(_metrics_text(event.metrics))
             if event.message:
                 parts.append(event.message)
             print("  ".join(parts), flush=True)

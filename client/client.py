@@ -38,6 +38,7 @@ from .results import (
     TASKS,
     Checkpoint,
     DatasetInfo,
+    JobEvent,
     JobStatus,
     Metrics,
     ModelInfo,
@@ -497,7 +498,8 @@ class Client:
         *,
         reconnect: bool = True,
     ) -> JobWatch:
-        """The job's numbered events after `after_sequence`, until the job finishes.
+        """The job's numbered events (`JobEvent`s) after `after_sequence`, until the job
+        finishes.
 
         The stream re-opens itself after a dropped connection or a server restart, resuming
         after the last event it returned (no event lost or repeated), for up to
@@ -598,8 +600,9 @@ class Client:
             raise failure[0]
 
 
-class JobWatch(Iterator[jobs_pb2.JobEvent]):
-    """An iterator of a job's events that survives dropped connections and server restarts.
+class JobWatch(Iterator[JobEvent]):
+    """An iterator of a job's events (`JobEvent`s) that survives dropped connections and server
+    restarts.
 
     It ends when the job finishes. `last_sequence` is the last event returned and `reconnects`
     how many times the stream was re-opened. `close()` stops it (and cancels the stream).
@@ -628,7 +631,7 @@ class JobWatch(Iterator[jobs_pb2.JobEvent]):
     def __iter__(self) -> JobWatch:
         return self
 
-    def __next__(self) -> jobs_pb2.JobEvent:
+    def __next__(self) -> JobEvent:
         while True:
             if self._closed:
                 raise StopIteration
@@ -649,7 +652,7 @@ class JobWatch(Iterator[jobs_pb2.JobEvent]):
             if event.sequence <= self.last_sequence:
                 continue  # never hand out an event twice
             self.last_sequence = event.sequence
-            return event
+            return JobEvent.from_proto(event)
 
     def _open(self) -> None:
         request = jobs_pb2.WatchJobRequest(name=self.name, after_sequence=self.last_sequence)

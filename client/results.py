@@ -115,7 +115,11 @@ class JobStatus:
 
     `state` is QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING or CANCELLED. `create_time`,
     `start_time` (its first run's) and `end_time` are timezone-aware `datetime`s in UTC, None
-    until they happen. `raw` is the `Job` message itself.
+    until they happen. `labels`, `queue` and `priority` are as the job was created with them
+    (`queue` "default" unless named). `model` is the model's spec in the dict form `create_job`
+    takes, as the server stored it (the width and the engine's defaults written out), so it
+    trains again as it is. `raw` is the `Job` message itself (the training settings are its
+    `training`).
     """
 
     name: str
@@ -130,6 +134,10 @@ class JobStatus:
     create_time: datetime | None
     start_time: datetime | None
     end_time: datetime | None
+    labels: dict[str, str]
+    queue: str
+    priority: int
+    model: dict[str, Any] = field(repr=False)  # a spec is long: a status prints without it
     raw: jobs_pb2.Job = field(repr=False)
 
     @classmethod
@@ -148,6 +156,11 @@ class JobStatus:
             create_time=_utc_time(message.create_time),
             start_time=_utc_time(message.start_time),
             end_time=_utc_time(message.end_time),
+            labels=dict(message.labels),
+            queue=message.queue,
+            priority=message.priority,
+            # The server stores the spec with its width, so there is no unset one to fill.
+            model=model_spec_from_proto(message.model, 0),
             raw=message,
         )
 
@@ -167,7 +180,7 @@ class JobStatus:
         return str(self.raw.dataset)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
+        """A JSON-ready dict (the CLI's `jobs ... --json`), without `model`, as it always was."""
         return {
             "name": self.name,
             "display_name": self.raw.display_name,
@@ -183,9 +196,74 @@ class JobStatus:
             "create_time": _iso(self.create_time),
             "start_time": _iso(self.start_time),
             "end_time": _iso(self.end_time),
-            "labels": dict(self.raw.labels),
-            "queue": self.raw.queue,
-            "priority": self.raw.priority,
+            "labels": dict(self.labels),
+            "queue": self.queue,
+            "priority": self.priority,
+        }
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One numbered event of a job, as `watch()` yields them: a state change, an epoch's end
+    with its metrics, or a message (a worker claiming the job, why it failed).
+
+    `sequence` counts a job's events from 1, strictly increasing: `watch(after_sequence=N)`
+    resumes after event N. `time` is when it happened, a timezone-aware `datetime` in UTC (None
+    if the server sent none). `state` is the job's state after it (as `JobStatus.state`); the
+    progress fields (`epoch`, `total_epochs`, `step`, `total_steps`, `examples_per_second`,
+    `eta_seconds`) are the job's at that moment. `metrics` are the values the event reports (an
+    epoch's end and the job's end carry the latest; the events before training none), by name in
+    name order, and `message` says what happened in words ("epoch 3 done", "running on …",
+    why it failed). `raw` is the `JobEvent` message itself (each metric point's own step and
+    epoch are there).
+    """
+
+    sequence: int
+    time: datetime | None
+    state: str
+    epoch: int
+    total_epochs: int
+    step: int
+    total_steps: int
+    examples_per_second: float
+    eta_seconds: float
+    metrics: dict[str, float]
+    message: str
+    raw: jobs_pb2.JobEvent = field(repr=False)
+
+    @classmethod
+    def from_proto(cls, message: jobs_pb2.JobEvent) -> JobEvent:
+        """The snapshot of a `JobEvent` message."""
+        progress = message.progress
+        # By name, as `JobStatus.metrics`; a name sent twice keeps its last value, as before.
+        metrics = {point.name: point.value for point in message.metrics}
+        return cls(
+            sequence=message.sequence,
+            time=_utc_time(message.time),
+            state=state_name(message.state),
+            epoch=progress.epoch,
+            total_epochs=progress.total_epochs,
+            step=progress.step,
+            total_steps=progress.total_steps,
+            examples_per_second=progress.examples_per_second,
+            eta_seconds=progress.eta_seconds,
+            metrics=dict(sorted(metrics.items())),
+            message=message.message,
+            raw=message,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: the fields the CLI's `jobs watch --json` lines have always had (it
+        adds "job"), which are not all of them (no step, total_steps, examples_per_second)."""
+        return {
+            "sequence": self.sequence,
+            "time": _iso(self.time),
+            "state": self.state,
+            "epoch": self.epoch,
+            "total_epochs": self.total_epochs,
+            "eta_seconds": self.eta_seconds,
+            "metrics": dict(self.metrics),
+            "message": self.message,
         }
 
 
@@ -373,17 +451,3 @@ class ModelInfo:
 def checkpoint_to_dict(checkpoint: Checkpoint) -> dict[str, Any]:
     """A JSON-ready dict of a `Checkpoint` (kept for callers of this name: `Checkpoint.to_dict`)."""
     return checkpoint.to_dict()
-
-
-def event_to_dict(event: jobs_pb2.JobEvent) -> dict[str, Any]:
-    """A JSON-ready dict of a `JobEvent` message."""
-    return {
-        "sequence": event.sequence,
-        "time": _iso(_utc_time(event.time)),
-        "state": state_name(event.state),
-        "epoch": event.progress.epoch,
-        "total_epochs": event.progress.total_epochs,
-        "eta_seconds": event.progress.eta_seconds,
-        "metrics": {point.name: point.value for point in event.metrics},
-        "message": event.message,
-    }

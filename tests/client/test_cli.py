@@ -18,8 +18,17 @@ import numpy as np
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from trainwire.client import Checkpoint, Client, DatasetInfo, Dense, JobStatus, NotFound, Sequential
-from trainwire.client.results import checkpoint_to_dict, event_to_dict
+from trainwire.client import (
+    Checkpoint,
+    Client,
+    DatasetInfo,
+    Dense,
+    JobEvent,
+    JobStatus,
+    NotFound,
+    Sequential,
+)
+from trainwire.client.results import checkpoint_to_dict
 from trainwire.server.cli import main
 from trainwire.server.local import LocalServer
 from trainwire.v1 import datasets_pb2, jobs_pb2, tensor_pb2
@@ -252,11 +261,25 @@ def test_the_json_of_datasets_jobs_and_events_keeps_its_times_naive_utc() -> Non
     event = jobs_pb2.JobEvent(
         sequence=3, time=Timestamp(seconds=1767225602, nanos=5000), state=jobs_pb2.JOB_STATE_RUNNING
     )  # fmt: skip
+    epoch_end = jobs_pb2.JobEvent(
+        sequence=9, time=Timestamp(seconds=1767225603, nanos=999999999),
+        state=jobs_pb2.JOB_STATE_RUNNING,
+        progress=jobs_pb2.Progress(
+            epoch=2, total_epochs=5, step=16, total_steps=40, examples_per_second=1250.5,
+            eta_seconds=0.75,
+        ),
+        metrics=[
+            jobs_pb2.MetricPoint(name="val_loss", value=0.25, step=16, epoch=2),
+            jobs_pb2.MetricPoint(name="loss", value=0.5, step=16, epoch=2),
+        ],
+        message="epoch 2 done",
+    )  # fmt: skip
     documents = [
         DatasetInfo.from_proto(dataset).to_dict(),
         DatasetInfo.from_proto(datasets_pb2.Dataset(name="datasets/x")).to_dict(),
         JobStatus.from_proto(job).to_dict(),
-        event_to_dict(event),
+        JobEvent.from_proto(event).to_dict(),
+        JobEvent.from_proto(epoch_end).to_dict(),
     ]
     assert [json.dumps(d, sort_keys=True) for d in documents] == [
         '{"create_time": "2026-01-01T00:00:00.123456", "display_name": "blobs", '
@@ -274,6 +297,9 @@ def test_the_json_of_datasets_jobs_and_events_keeps_its_times_naive_utc() -> Non
         '"total_epochs": 0}',
         '{"epoch": 0, "eta_seconds": 0.0, "message": "", "metrics": {}, "sequence": 3, '
         '"state": "RUNNING", "time": "2026-01-01T00:00:02.000005", "total_epochs": 0}',
+        '{"epoch": 2, "eta_seconds": 0.75, "message": "epoch 2 done", '
+        '"metrics": {"loss": 0.5, "val_loss": 0.25}, "sequence": 9, "state": "RUNNING", '
+        '"time": "2026-01-01T00:00:03.999999", "total_epochs": 5}',
     ]
 
 

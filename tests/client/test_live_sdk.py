@@ -163,6 +163,7 @@ def test_train_follow_and_use_a_job(
     bar = capsys.readouterr().err
     assert "epoch" in bar and "12/12" in bar and "loss=" in bar and "state=succeeded" in bar
     assert status.state == "SUCCEEDED" and status.epoch == 12 and status.finished
+    assert (status.labels, status.queue, status.priority) == ({"suite": "sdk"}, "default", 0)
     assert job.status().metrics["accuracy"] > 0.9
 
     events = list(job.watch())
@@ -233,7 +234,7 @@ def test_cancel_a_queued_job_and_errors_keep_their_status(
     assert caught.value.code_name == "FAILED_PRECONDITION"
     assert job.cancel().state == "CANCELLED"
     assert job.wait(timeout=10).state == "CANCELLED"
-    assert list(job.watch())[-1].state == 6  # JOB_STATE_CANCELLED
+    assert list(job.watch())[-1].state == "CANCELLED"
     job.delete()
     with pytest.raises(NotFound, match="does not exist"):
         client.get_job(job.name)
@@ -251,3 +252,23 @@ def test_a_batch_norm_momentum_of_zero_reaches_the_server(
         assert stored.epsilon == pytest.approx(1e-5)
     finally:
         job.cancel()
+
+
+def test_a_job_s_model_trains_again_as_it_is(client: Client, dataset: DatasetInfo) -> None:
+    """`JobStatus.model` is the spec as the server stored it (the width and defaults written
+    out), in the form `create_job` takes: a job made from it has the same model."""
+    model = Sequential([Dense(8, activation="relu"), BatchNorm(momentum=0.0), Dense(3)])
+    first = client.create_job(dataset, model, epochs=1, queue="nobody-listens", priority=3)
+    again = client.create_job(dataset, first.last_status.model, epochs=1, queue="nobody-listens")
+    try:
+        stored = first.status()
+        assert (stored.queue, stored.priority) == ("nobody-listens", 3)
+        assert stored.model["input_dim"] == 4
+        assert [layer["type"] for layer in stored.model["layers"]] == [
+            "dense", "batch_norm", "dense",
+        ]  # fmt: skip
+        assert stored.model["layers"][1]["momentum"] == 0.0
+        assert again.status().model == stored.model
+    finally:
+        first.cancel()
+        again.cancel()

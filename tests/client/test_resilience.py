@@ -17,6 +17,7 @@ import pytest
 from trainwire.client import (
     Client,
     DeadlineExceeded,
+    JobEvent,
     NotFound,
     ResourceExhausted,
     RetryPolicy,
@@ -260,8 +261,10 @@ def test_watch_reconnects_without_losing_or_repeating_events(flaky: tuple[Flaky,
     behaviour, target = flaky
     with Client(target) as client:
         watch = client.watch_job(JOB)
-        sequences = [event.sequence for event in watch]
-    assert sequences == [1, 2, 3, 4, 5, 6]
+        events = list(watch)
+    assert [event.sequence for event in events] == [1, 2, 3, 4, 5, 6]
+    assert all(isinstance(event, JobEvent) for event in events)
+    assert [event.state for event in events] == ["RUNNING"] * 5 + ["SUCCEEDED"]
     assert behaviour.watch_requests == [0, 2, 3], "each reconnect resumes after the last event"
     assert watch.reconnects == 2 and watch.last_sequence == 6
 
@@ -316,11 +319,14 @@ def test_async_client_retries_and_reconnects(flaky: tuple[Flaky, str]) -> None:
     behaviour, target = flaky
     behaviour.failures = 2
 
-    async def scenario() -> list[int]:
+    async def scenario() -> list[JobEvent]:
         async with AsyncClient(target, retry=FAST, timeout=10) as client:
             assert (await client.get_job(JOB)).name == JOB
-            return [event.sequence async for event in client.watch_job(JOB)]
+            return [event async for event in client.watch_job(JOB)]
 
-    assert asyncio.run(scenario()) == [1, 2, 3, 4, 5, 6]
+    events = asyncio.run(scenario())
+    assert [event.sequence for event in events] == [1, 2, 3, 4, 5, 6]
+    assert all(isinstance(event, JobEvent) for event in events)
+    assert [event.state for event in events] == ["RUNNING"] * 5 + ["SUCCEEDED"]
     assert behaviour.calls["GetJob"] == 3
     assert behaviour.watch_requests == [0, 2, 3]

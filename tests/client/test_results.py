@@ -16,6 +16,7 @@ from trainwire.client import (
     DatasetInfo,
     Dense,
     Dropout,
+    JobEvent,
     JobStatus,
     ModelInfo,
     Sequential,
@@ -110,3 +111,77 @@ def test_model_metadata_has_python_types_and_the_spec_as_users_write_it() -> Non
     }
     document["model"]["layers"].clear()
     assert len(info.model["layers"]) == 5, "the JSON is a copy: the snapshot keeps its spec"
+
+
+def test_a_job_event_has_python_types() -> None:
+    """What `watch()` yields: the state by name, the progress lifted, the metrics a dict in name
+    order, the time aware UTC; the message is kept as `raw`."""
+    message = jobs_pb2.JobEvent(
+        sequence=9,
+        time=CREATED,
+        state=jobs_pb2.JOB_STATE_RUNNING,
+        progress=jobs_pb2.Progress(
+            epoch=2, total_epochs=5, step=16, total_steps=40, examples_per_second=1250.5,
+            eta_seconds=0.75,
+        ),
+        metrics=[
+            jobs_pb2.MetricPoint(name="val_loss", value=0.25, step=16, epoch=2),
+            jobs_pb2.MetricPoint(name="loss", value=0.5, step=16, epoch=2),
+        ],
+        message="epoch 2 done",
+    )  # fmt: skip
+    event = JobEvent.from_proto(message)
+    assert (event.sequence, event.state, event.message) == (9, "RUNNING", "epoch 2 done")
+    assert event.time == datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)
+    assert event.time.tzinfo is UTC
+    assert (event.epoch, event.total_epochs, event.step, event.total_steps) == (2, 5, 16, 40)
+    assert (event.examples_per_second, event.eta_seconds) == (1250.5, 0.75)
+    assert list(event.metrics.items()) == [("loss", 0.5), ("val_loss", 0.25)]
+    assert event.raw is message
+
+    empty = JobEvent.from_proto(jobs_pb2.JobEvent(sequence=1, state=jobs_pb2.JOB_STATE_QUEUED))
+    assert (empty.state, empty.time, empty.metrics, empty.message) == ("QUEUED", None, {}, "")
+    assert empty.to_dict() == {
+        "sequence": 1,
+        "time": None,
+        "state": "QUEUED",
+        "epoch": 0,
+        "total_epochs": 0,
+        "eta_seconds": 0.0,
+        "metrics": {},
+        "message": "",
+    }
+    document = event.to_dict()
+    document["metrics"].clear()
+    assert event.metrics, "the JSON is a copy: the snapshot keeps its metrics"
+
+
+def test_a_job_status_has_its_labels_queue_priority_and_model() -> None:
+    """Attributes of their own, no longer reached through `raw`; the spec as the dict
+    `create_job` takes. `to_dict()` keeps its fields (the CLI's JSON tests pin its text)."""
+    model = Sequential([Dense(8, activation="relu"), Dropout(0.25), Dense(3)], input_dim=4)
+    message = jobs_pb2.Job(
+        name="jobs/x",
+        queue="gpu",
+        priority=7,
+        labels={"team": "vision", "run": "a"},
+        model=model_spec_to_proto(model.to_dict()),
+    )
+    status = JobStatus.from_proto(message)
+    assert status.labels == {"team": "vision", "run": "a"} and type(status.labels) is dict
+    assert (status.queue, status.priority) == ("gpu", 7)
+    assert status.model == {
+        "input_dim": 4,
+        "layers": [
+            {"type": "dense", "units": 8, "activation": "relu", "use_bias": True},
+            {"type": "dropout", "rate": 0.25},
+            {"type": "dense", "units": 3, "activation": "linear", "use_bias": True},
+        ],
+    }
+    document = status.to_dict()
+    assert "model" not in document
+    assert (document["labels"], document["queue"], document["priority"]) == (
+        {"team": "vision", "run": "a"}, "gpu", 7,
+    )  # fmt: skip
+    document["labels"].clear()
+    assert status.labels, "the JSON is a copy: the snapshot keeps its labels"

@@ -26,6 +26,7 @@ from trainwire.client import (
     FailedPrecondition,
     InvalidArgument,
     Job,
+    JobEvent,
     NotFound,
     ResourceExhausted,
     TrainwireError,
@@ -63,11 +64,13 @@ def test_watch_numbers_events_and_resumes_without_gaps(
     events = list(job.watch())
     sequences = [e.sequence for e in events]
     assert sequences == list(range(1, len(events) + 1))
+    assert all(isinstance(e, JobEvent) for e in events)
     states = [e.state for e in events]
-    assert states[0] == 1 and states[-1] == 3  # QUEUED first, SUCCEEDED last
-    epochs = [e.progress.epoch for e in events if e.metrics]
+    assert states[0] == "QUEUED" and states[-1] == "SUCCEEDED"
+    epochs = [e.epoch for e in events if e.metrics]
     assert epochs[:8] == list(range(1, 9))
-    assert all(e.time.seconds > 0 for e in events)
+    assert all(e.time is not None and e.time.tzinfo is datetime.UTC for e in events)
+    assert all(list(e.metrics) == sorted(e.metrics) for e in events)
     # Reconnecting after any event replays exactly the rest.
     for cut in (1, 3, len(events) - 1):
         rest = [e.sequence for e in job.watch(after_sequence=cut)]
