@@ -116,10 +116,10 @@ class JobStatus:
     `state` is QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING or CANCELLED. `create_time`,
     `start_time` (its first run's) and `end_time` are timezone-aware `datetime`s in UTC, None
     until they happen. `labels`, `queue` and `priority` are as the job was created with them
-    (`queue` "default" unless named). `model` is the model's spec in the dict form `create_job`
-    takes, as the server stored it (the width and the engine's defaults written out), so it
-    trains again as it is. `raw` is the `Job` message itself (the training settings are its
-    `training`).
+    (`queue` "default" unless named). `model` is a spec equivalent to the one the server stored,
+    in the dict form `create_job` takes (the width and the engine's defaults written out; an
+    activation layer as `{"name": ...}`), so it trains the same model again. `raw` is the `Job`
+    message itself (the training settings are its `training`).
     """
 
     name: str
@@ -395,9 +395,9 @@ class ModelInfo:
     `to_dict()` writes. `input_shape` and `output_shape` are tuples whose first size, -1, stands
     for any number of rows: `(-1, 4)` takes rows of 4 features. `num_classes` is 0 for a
     regression; `class_names` and `feature_names` are empty when the training dataset named none.
-    `num_parameters` counts the trainable parameters. `model` is the model's spec in the dict
-    form `Sequential.to_dict()` makes and `create_job` takes, as the server stored it (the
-    engine's defaults written out: activation, bias, initializers), so it trains again as it is.
+    `num_parameters` counts the trainable parameters. `model` is a spec equivalent to the one
+    the server stored, in the dict form `create_job` takes (the engine's defaults written out:
+    activation, bias, initializers), so it trains the same model again.
     """
 
     job: str
