@@ -24,7 +24,9 @@ EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["trainwire", "health"]
 # By default the whole service in one container, on embedded SQLite in the home folder:
-#   docker run -e TRAINWIRE_ALLOW_OPEN_PUBLIC=true -p 127.0.0.1:50051:50051 trainwire
+#   docker run --stop-timeout 75 -e TRAINWIRE_ALLOW_OPEN_PUBLIC=true -p 127.0.0.1:50051:50051 trainwire
+# (--stop-timeout: Docker's 10 s would kill the embedded workers before they checkpoint; it must
+# outlast TRAINWIRE_STOP_TIMEOUT_S, 60 s by default, and the server's own grace)
 # (without API keys it refuses to listen on 0.0.0.0 unless told to). docker-compose.yml runs the
 # server and the workers as services of their own on PostgreSQL.
 CMD ["trainwire", "serve"]

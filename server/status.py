@@ -105,7 +105,9 @@ def probe_health_hint(settings: Settings) -> str:
         "the probe spoke TLS, trusting TRAINWIRE_TLS_CERT, and showed that certificate (with "
         "TRAINWIRE_TLS_KEY) as its client certificate: check that the server serves this "
         "certificate and, if it requires client certificates, that its client CA "
-        "(--tls-client-ca) signed it"
+        "(--tls-client-ca) signed it and that it may serve a client too (no extended key usage, "
+        "or one with clientAuth: a serverAuth-only certificate is refused as 'unsupported "
+        "certificate purpose', in the server's log)"
     )
 
 

@@ -148,6 +148,17 @@ def test_the_worker_grace_period_outlasts_the_stop_timeout() -> None:
     assert grace.endswith("s") and float(grace[:-1]) > stop_timeout_s
 
 
+def test_the_dockerfiles_docker_run_example_outlasts_the_stop_timeout() -> None:
+    """The image runs `serve` with embedded workers: its example `docker run` had Docker's 10 s
+    stop timeout, which SIGKILLs the workers before they checkpoint."""
+    examples = [line for line in (ROOT / "Dockerfile").read_text().splitlines()
+                if line.lstrip("# ").startswith("docker run")]  # fmt: skip
+    assert examples, "the Dockerfile shows how to run the image"
+    for line in examples:
+        found = re.search(r"--stop-timeout (\d+)", line)
+        assert found and int(found.group(1)) > Settings().stop_timeout_s, line
+
+
 def test_the_runtime_install_can_reach_postgresql() -> None:
     """The README runs `make serve` and `.venv/bin/trainwire db upgrade` on a postgresql:// URL:
     the install behind them must bring the driver (the postgres extra)."""
