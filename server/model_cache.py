@@ -4,7 +4,9 @@ Concurrent first requests for one checkpoint load it once: the first caller load
 wait on that checkpoint's lock, and every caller that waited is served what that load produced,
 even a model not kept (no room beside the pinned ones) or evicted since. A request arriving after
 the load finished finds only what the cache kept, so a model that is not kept is loaded again by
-the next request: the price of never holding more than the bound.
+the next request: the price of never holding more than the bound. A caller that waited is served
+its load's model even if `invalidate` (its job deleted) ran meanwhile, as a request that found
+the model cached just before would have been.
 
 The cached value is whatever the prediction path serves a model with (a `ModelBatcher`);
 `size_of` says how many bytes it holds.
