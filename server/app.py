@@ -72,11 +72,7 @@ class RunningServer:
         self.settings = settings
         self.store = store
         self.address = address or f"{settings.host}:{settings.port}"
-        # A server others can reach never falls open when its last key is revoked.
-        self.keys = KeyChecker(
-            store.active_api_keys,
-            open_without_keys=is_loopback(settings.host) or settings.allow_open_public,
-        )
+        self.keys = key_checker(settings, store)
         self.health = health_aio.HealthServicer()
         self.monitor = HealthMonitor(store, self._report_health)
         self.executor = ThreadPoolExecutor(settings.grpc_threads, thread_name_prefix="rpc")
@@ -217,6 +213,18 @@ class HealthMonitor(threading.Thread):
             self.check()
 
 
+def key_checker(settings: Settings, store: Store) -> KeyChecker:
+    """The server's API key checker. A server others can reach never falls open when its last
+    key is revoked: one allowed to run open on a public address is open only until its first
+    key is created; a loopback one is open whenever no key is active."""
+    loopback = is_loopback(settings.host)
+    return KeyChecker(
+        store.active_api_keys,
+        open_without_keys=loopback or settings.allow_open_public,
+        any_key_created=None if loopback else store.any_api_key_created,
+    )
+
+
 def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -304,15 +312,23 @@ def serve(
     store = Store(database)
     running = RunningServer(settings, store)
     if not running.keys.required:
+        create = suggested_command("keys create --project NAME", settings.database_url_option)
         if not running.keys.open_without_keys:
             # A configuration the operator must change: ValueError, the CLI's exit code 2.
-            create = suggested_command("keys create --project NAME", settings.database_url_option)
             raise ValueError(
                 f"refusing to serve {settings.host} without API keys: create one with "
                 f"{create}, or pass --allow-open-public (or set "
                 "TRAINWIRE_ALLOW_OPEN_PUBLIC=true) to run open on a public address"
             )
-        log.warning("no API keys exist: the server is open to anyone who can reach it")
+        if running.keys.is_open:
+            log.warning("no API key is active: the server is open to anyone who can reach it")
+        else:
+            # Allowed to run open on a public address, but keys were created and all revoked.
+            log.warning(
+                "every API key was revoked: the server refuses every call (UNAUTHENTICATED) "
+                "until one is created with %s",
+                create,
+            )
     # Metrics first: a port that cannot be bound stops the process before it takes calls. The
     # deployment's gauges (read from the database) come from the first server process alone.
     collector = DeploymentCollector(store.queue_depth, store.workers, 2 * settings.lease_s)

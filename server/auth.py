@@ -2,10 +2,11 @@
 
 A key is `tw_<id>_<secret>`; the database keeps only a random salt and SHA-256(salt + secret) (the
 secret has 256 random bits, so a slow password hash adds nothing), compared in constant time.
-While no key is active a server on a loopback address (or one told to run open) is open and every
-request belongs to the `default` project; once a key exists every request must carry one as
-`authorization: Bearer <key>` metadata and sees only its key's project. A server on a public
-address never falls open: when its last key is revoked it refuses every call until a key exists.
+While no key is active a server on a loopback address is open and every request belongs to the
+`default` project; once a key exists every request must carry one as `authorization: Bearer <key>`
+metadata and sees only its key's project. A server on a public address never falls open: when its
+last key is revoked it refuses every call until a key exists. One told to run open on a public
+address is open only until its first key is created, and refuses calls like the others from then.
 """
 
 from __future__ import annotations
@@ -103,25 +104,40 @@ class KeyRecord:
 class KeyChecker:
     """Answers "which project does this bearer key belong to?", caching the key table briefly
     (a revoked key stops working within `ttl_s`). Without an active key, calls are answered in
-    the default project if `open_without_keys`, else refused."""
+    the default project if `open_without_keys`, else refused. Given `any_key_created` (a public
+    server allowed to run open), it is open only until that answers True: once a key was ever
+    created, calls are refused while none is active."""
 
     def __init__(
         self,
         load_keys: Callable[[], list[KeyRecord]],
         ttl_s: float = 2.0,
         open_without_keys: bool = True,
+        any_key_created: Callable[[], bool] | None = None,
     ) -> None:
         self.load_keys = load_keys
         self.ttl_s = ttl_s
         self.open_without_keys = open_without_keys
+        self.any_key_created = any_key_created
         self._keys: dict[str, KeyRecord] = {}
+        # Only ever goes from False to True: a key's row is never deleted, so once one was seen
+        # the database need not be asked again.
+        self._closed_for_good = False
         self._loaded = float("-inf")
         self._lock = threading.Lock()
         self._background = False
 
+    def _load(self) -> dict[str, KeyRecord]:
+        """The active keys, read now; closes for good a server open until its first key once a
+        key exists, active or revoked."""
+        keys = {key.id: key for key in self.load_keys()}
+        if self.any_key_created is not None and not self._closed_for_good:
+            self._closed_for_good = bool(keys) or self.any_key_created()
+        return keys
+
     def refresh(self) -> None:
         """Reads the key table now."""
-        keys = {key.id: key for key in self.load_keys()}
+        keys = self._load()
         with self._lock:
             self._keys = keys
             self._loaded = time.monotonic()
@@ -145,19 +161,25 @@ class KeyChecker:
             return self._keys
         with self._lock:
             if time.monotonic() - self._loaded > self.ttl_s:
-                self._keys = {key.id: key for key in self.load_keys()}
+                self._keys = self._load()
                 self._loaded = time.monotonic()
             return self._keys
 
     @property
     def required(self) -> bool:
+        """Some key is active (and calls must carry one)."""
         return bool(self._active_keys())
+
+    @property
+    def is_open(self) -> bool:
+        """Calls need no key now: none is active and the server may run open without one."""
+        return not self._active_keys() and self.open_without_keys and not self._closed_for_good
 
     def project_of(self, metadata: tuple[tuple[str, Any], ...] | None) -> tuple[str, str]:
         """(project, client id) of a request; Unauthenticated if a key is needed and bad."""
         keys = self._active_keys()
         if not keys:
-            if self.open_without_keys:
+            if self.open_without_keys and not self._closed_for_good:
                 return DEFAULT_PROJECT, ""
             raise Unauthenticated(
                 "this server requires an API key and none is active (the last one was revoked): "

@@ -291,8 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--allow-open-public",
         action="store_true",
-        help="serve a non-loopback address even though no API key exists "
-        "(TRAINWIRE_ALLOW_OPEN_PUBLIC=true)",
+        help="serve a non-loopback address open (without API keys) until the first key is "
+        "created in its database; from then on every call needs a key, even after all are "
+        "revoked (TRAINWIRE_ALLOW_OPEN_PUBLIC=true)",
     )
     serve.set_defaults(handler=_serve)
 

@@ -73,7 +73,8 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
-    # Without API keys the server only listens on loopback unless this is set.
+    # Without API keys the server only listens on loopback unless this is set; then it runs
+    # open on a public address until the first key is created, never again after.
     allow_open_public: bool = False
     # Prometheus /metrics over HTTP (0: off). Worker processes started by `trainwire serve` or
     # `trainwire worker --concurrency N` use the following ports, one each, then the extra

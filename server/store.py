@@ -1038,6 +1038,11 @@ class Store:
             rows = session.scalars(select(ApiKeyRow).where(ApiKeyRow.revoked_at.is_(None))).all()
             return [KeyRecord(r.id, r.project, bytes(r.salt), bytes(r.secret_hash)) for r in rows]
 
+    def any_api_key_created(self) -> bool:
+        """Whether a key was ever created: a row exists, active or revoked (none is deleted)."""
+        with self.db.read() as session:
+            return session.scalar(select(ApiKeyRow.id).limit(1)) is not None
+
     # --- checkpoints --------------------------------------------------------------------------
 
     def list_checkpoints(self, job_id: str) -> list[Checkpoint]:

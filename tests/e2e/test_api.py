@@ -437,6 +437,21 @@ def test_public_address_without_keys_is_refused(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def assert_refused_for_want_of_an_active_key(target: str) -> None:
+    """A call without a key is refused (UNAUTHENTICATED), and once the server has re-read its
+    keys (every second), with the message telling the operator to create one."""
+    with Client(target) as anonymous:
+        deadline = time.monotonic() + 15
+        while True:
+            with pytest.raises(TrainwireError) as refused:
+                list(anonymous.list_datasets())
+            assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+            if "none is active" in refused.value.message or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert "trainwire keys create" in refused.value.message
+
+
 def test_public_server_stays_closed_when_its_last_key_is_revoked(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'closed.db'}"
     upgrade(url)
@@ -446,16 +461,27 @@ def test_public_server_stays_closed_when_its_last_key_is_revoked(tmp_path: Path)
             assert list(client.list_datasets()) == []
         revoke = [*CLI, "keys", "revoke", key.split("_")[1], "--database-url", url]
         subprocess.run(revoke, check=True)
+        assert_refused_for_want_of_an_active_key(server.target)
+
+
+def test_public_server_allowed_open_stays_closed_once_a_key_was_created(tmp_path: Path) -> None:
+    """It fell open again when its last key was revoked (docker-compose.yml sets the flag)."""
+    url = f"sqlite:///{tmp_path / 'allowed.db'}"
+    upgrade(url)
+    allowed_open = {"TRAINWIRE_ALLOW_OPEN_PUBLIC": "true"}
+    with local_server(url, workers=0, host="0.0.0.0", extra_env=allowed_open) as server:
         with Client(server.target) as anonymous:
-            deadline = time.monotonic() + 15  # the server re-reads its keys every second
-            while True:
-                with pytest.raises(TrainwireError) as refused:
-                    list(anonymous.list_datasets())
-                assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
-                if "none is active" in refused.value.message or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
-        assert "trainwire keys create" in refused.value.message
+            assert list(anonymous.list_datasets()) == [], "open: no key was ever created"
+        key = create_key(url, "alpha")
+        revoke = [*CLI, "keys", "revoke", key.split("_")[1], "--database-url", url]
+        subprocess.run(revoke, check=True)
+        assert_refused_for_want_of_an_active_key(server.target)
+    # Restarted so, it starts (the flag allows that) and still refuses, saying so in its log.
+    with local_server(url, workers=0, host="0.0.0.0", extra_env=allowed_open) as server:
+        assert_refused_for_want_of_an_active_key(server.target)
+    log = "".join(server.output)
+    assert "every API key was revoked: the server refuses every call" in log
+    assert "open to anyone" not in log
 
 
 # --- TLS ----------------------------------------------------------------------------------------

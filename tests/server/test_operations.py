@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from trainwire.server import app, supervisor
-from trainwire.server.app import housekeep
+from trainwire.server.app import housekeep, key_checker
+from trainwire.server.auth import DEFAULT_PROJECT, Unauthenticated
 from trainwire.server.cli import _settings, build_parser
 from trainwire.server.config import ConfigError, Settings
 from trainwire.server.logs import JOB_ID, REQUEST_ID, JsonFormatter
@@ -275,6 +276,31 @@ def test_keys_list_is_a_table_with_a_header_and_says_how_to_make_the_first_key(
     assert rows[0].split() == [research.id, "research", "active", "ci"]
     assert rows[1].split()[:3] == [other.id, "other", "revoked"]
     assert research.key not in out and other.key not in out
+
+
+def test_a_public_server_allowed_open_is_closed_for_good_once_a_key_was_created(
+    store: Store,
+) -> None:
+    """With --allow-open-public a public server was open whenever no key was active: revoking
+    the last key (rotating keys on the compose deployment, which sets it) opened it to anyone."""
+    allowed_open = Settings(host="0.0.0.0", allow_open_public=True)
+    checker = key_checker(allowed_open, store)
+    assert checker.is_open and checker.project_of(()) == (DEFAULT_PROJECT, "")
+    # Created and revoked between two reads: the checker never saw it active.
+    key = store.create_api_key("research")
+    store.revoke_api_key(key.id)
+    checker.refresh()
+    for server in (checker, key_checker(allowed_open, store)):  # running on, and restarted
+        assert not server.required and not server.is_open
+        with pytest.raises(Unauthenticated, match="none is active") as refused:
+            server.project_of(())
+        assert "`trainwire keys create --project NAME`" in str(refused.value)
+    # Refused exactly like a public server without the flag; a loopback one is open again.
+    closed = key_checker(Settings(host="0.0.0.0"), store)
+    with pytest.raises(Unauthenticated, match="none is active"):
+        closed.project_of(())
+    loopback = key_checker(Settings(host="127.0.0.1"), store)
+    assert loopback.is_open and loopback.project_of(()) == (DEFAULT_PROJECT, "")
 
 
 def test_revoking_an_unknown_key_exits_3_naming_it(tmp_path: Path) -> None:
