@@ -45,10 +45,9 @@ def _serve(args: argparse.Namespace) -> int:
     from .app import serve
     from .logs import configure_logging
 
+    settings = _settings(args)  # first: it names every setting's problem, the log settings' too
     configure_logging()
-    return serve(
-        _settings(args), parent_pid=args.parent_pid, index=args.index, exit_with=args.exit_with
-    )
+    return serve(settings, parent_pid=args.parent_pid, index=args.index, exit_with=args.exit_with)
 
 
 def _worker(args: argparse.Namespace) -> int:
