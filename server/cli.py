@@ -125,7 +125,7 @@ def _db(args: argparse.Namespace) -> int:
     refuse_newer_schema(database, current)  # upgrading cannot help there
     print(
         "trainwire: the database is behind this Trainwire: run "
-        f"{upgrade_suggestion(settings.database_url_option)} to migrate it",
+        f"{upgrade_suggestion(database.url, settings.database_url_option)} to migrate it",
         file=sys.stderr,
     )
     return 1
