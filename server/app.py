@@ -41,7 +41,7 @@ from .db import Database, masked_url, suggested_command
 from .errors import Unavailable
 from .jobs import JobService
 from .metrics import DeploymentCollector, serve_metrics
-from .migrate import ensure_migrated
+from .migrate import ensure_migrated, refuse_missing_sqlite
 from .predictions import PredictionService
 from .store import Store
 from .supervisor import WorkerPool
@@ -308,6 +308,10 @@ def serve(
     for one a program started for itself, `server.local`, until `exit_with` is gone); returns an
     exit code."""
     database = Database(settings.database_url)
+    if not settings.auto_migrate_sqlite:
+        # Nothing is to create it: connecting would leave an empty file behind, which the other
+        # commands would then take for a database at revision none.
+        refuse_missing_sqlite(database, settings.database_url_option)
     ensure_migrated(database, settings.auto_migrate_sqlite, settings.database_url_option)
     store = Store(database)
     running = RunningServer(settings, store)

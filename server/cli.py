@@ -45,10 +45,9 @@ def _serve(args: argparse.Namespace) -> int:
     from .app import serve
     from .logs import configure_logging
 
+    settings = _settings(args)  # first: it names every setting's problem, the log settings' too
     configure_logging()
-    return serve(
-        _settings(args), parent_pid=args.parent_pid, index=args.index, exit_with=args.exit_with
-    )
+    return serve(settings, parent_pid=args.parent_pid, index=args.index, exit_with=args.exit_with)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -126,7 +125,7 @@ def _db(args: argparse.Namespace) -> int:
     refuse_newer_schema(database, current)  # upgrading cannot help there
     print(
         "trainwire: the database is behind this Trainwire: run "
-        f"{upgrade_suggestion(settings.database_url_option)} to migrate it",
+        f"{upgrade_suggestion(database.url, settings.database_url_option)} to migrate it",
         file=sys.stderr,
     )
     return 1

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .logs import log_setting_problems
+
 DEFAULT_SQLITE_PATH = Path("trainwire.db")
 # The largest values that can work: gRPC takes message limits as 32-bit signed integers; a wait
 # longer than threading.TIMEOUT_MAX (about 292 years) raises OverflowError, so no poll, lease or
@@ -114,8 +116,9 @@ class Settings:
     ) -> Settings:
         """Settings from `TRAINWIRE_*` variables, then `overrides` (None values are ignored).
 
-        Every wrong value is reported, one message each, in one ConfigError. `serving=False`:
-        the settings of a command that serves no gRPC (see `problems`).
+        Every wrong value is reported, one message each, in one ConfigError, the log settings'
+        (TRAINWIRE_LOG_LEVEL, TRAINWIRE_LOG_FORMAT: see `logs.log_setting_problems`) too.
+        `serving=False`: the settings of a command that serves no gRPC (see `problems`).
         """
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
@@ -131,6 +134,9 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = replace(cls(), **values)  # type: ignore[arg-type]
         problems += settings.problems(serving)
+        # Not fields (the logging is set up apart, in each process), but settings all the same:
+        # a bad one named alone hid the others until it was fixed.
+        problems += log_setting_problems(env)
         if problems:
             raise ConfigError(problems)
         return settings

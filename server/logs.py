@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
@@ -52,22 +53,34 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 FORMATS = ("json", "text")
 
 
-def configure_logging() -> None:
-    """Logs to stderr as TRAINWIRE_LOG_LEVEL and TRAINWIRE_LOG_FORMAT say (ValueError naming the
-    choices for a value that is none of them: a misspelt level must not pass for INFO)."""
-    given_level = os.environ.get("TRAINWIRE_LOG_LEVEL", "INFO")
-    level = given_level.strip().upper()
-    if level not in LEVELS:
-        raise ValueError(
+def log_setting_problems(environ: Mapping[str, str]) -> list[str]:
+    """What is wrong with TRAINWIRE_LOG_LEVEL and TRAINWIRE_LOG_FORMAT in `environ`, one message
+    each: a misspelt level must not pass for INFO. `Settings.from_env` reports them with the
+    other settings' problems, so one refusal names them all."""
+    found = []
+    given_level = environ.get("TRAINWIRE_LOG_LEVEL", "INFO")
+    if given_level.strip().upper() not in LEVELS:
+        found.append(
             f"TRAINWIRE_LOG_LEVEL must be one of {', '.join(LEVELS)}. Received: {given_level!r}"
         )
-    given_format = os.environ.get("TRAINWIRE_LOG_FORMAT", "")
+    given_format = environ.get("TRAINWIRE_LOG_FORMAT", "")
     chosen = given_format.strip().lower()
     if chosen and chosen not in FORMATS:
-        raise ValueError(
+        found.append(
             f"TRAINWIRE_LOG_FORMAT must be json or text (or unset: JSON when stderr is not a "
             f"terminal). Received: {given_format!r}"
         )
+    return found
+
+
+def configure_logging() -> None:
+    """Logs to stderr as TRAINWIRE_LOG_LEVEL and TRAINWIRE_LOG_FORMAT say (ValueError naming the
+    choices for a value that is none of them, see `log_setting_problems`)."""
+    problems = log_setting_problems(os.environ)
+    if problems:
+        raise ValueError("\n".join(problems))
+    level = os.environ.get("TRAINWIRE_LOG_LEVEL", "INFO").strip().upper()
+    chosen = os.environ.get("TRAINWIRE_LOG_FORMAT", "").strip().lower()
     use_json = chosen == "json" or (chosen != "text" and not sys.stderr.isatty())
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())

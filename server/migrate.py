@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 import trainwire.migrations
 
+from .config import default_database_url
 from .db import Database, masked_url, normalise_url, sqlite_file, suggested_command
 from .errors import NotFound, Unavailable
 
@@ -154,10 +155,12 @@ def refuse_newer_schema(database: Database, current: str | None) -> None:
     )
 
 
-def upgrade_suggestion(database_url_option: str | None) -> str:
-    """`trainwire db upgrade` as a message tells a person to run it on the database of the command
-    they ran, which `database_url_option` named if not None (see `suggested_command`)."""
-    if database_url_option is None:
+def upgrade_suggestion(database_url: str, database_url_option: str | None) -> str:
+    """`trainwire db upgrade` as a message tells a person to run it on `database_url`, the
+    database of the command they ran, which `database_url_option` named if not None (see
+    `suggested_command`). Else TRAINWIRE_DATABASE_URL named it, which the command needs again,
+    or (the URL is the default one) nothing did, and the command alone names it too."""
+    if database_url_option is None and database_url != default_database_url():
         return f"{suggested_command('db upgrade', None)} (with the same TRAINWIRE_DATABASE_URL)"
     return suggested_command("db upgrade", database_url_option)
 
@@ -179,7 +182,7 @@ def ensure_migrated(
     shown = masked_url(database.url)
     raise NotMigrated(
         f"The database {shown} is at schema revision {current or 'none'}, but this Trainwire "
-        f"needs {head}. Run {upgrade_suggestion(database_url_option)} first."
+        f"needs {head}. Run {upgrade_suggestion(database.url, database_url_option)} first."
     )
 
 

@@ -379,3 +379,45 @@ def test_worker_on_a_database_that_refuses_connections_is_one_message_and_exit_5
     assert_refused_as_unreachable(
         result.returncode, result.stdout, result.stderr, reason="Connection refused"
     )
+
+
+def serve_without_auto_migration(directory: Path) -> subprocess.CompletedProcess[str]:
+    """`trainwire serve` in `directory` with TRAINWIRE_AUTO_MIGRATE_SQLITE=false and the default
+    database URL; TimeoutExpired if it does not exit by itself."""
+    environment = {"PATH": "", "TRAINWIRE_AUTO_MIGRATE_SQLITE": "false"}
+    return subprocess.run(
+        [*CLI, "serve", "--port", "0", "--workers", "0"],
+        cwd=directory,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_serve_without_auto_migration_refuses_a_missing_sqlite_file_and_creates_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It connected, leaving an empty trainwire.db that `status` then read as schema none (exit
+    1), and said to upgrade "with the same TRAINWIRE_DATABASE_URL", which was not set."""
+    result = serve_without_auto_migration(tmp_path)
+    assert_refused_as_missing(tmp_path, result.returncode, result.stdout, result.stderr)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRAINWIRE_DATABASE_URL", raising=False)
+    assert_refused_as_missing(tmp_path, *run(capsys, "status"))
+
+
+def test_a_refusal_of_the_default_database_suggests_the_upgrade_alone(
+    empty_directory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No TRAINWIRE_DATABASE_URL named the database: the suggestion does not ask for the same
+    one, as it did."""
+    upgrade(f"sqlite:///{empty_directory / 'trainwire.db'}", "head-1")
+    for command in (["status"], ["keys", "list"], ["db", "current"]):
+        code, _, err = run(capsys, *command)
+        assert code == 1 and "`trainwire db upgrade`" in err, err
+        assert "TRAINWIRE_DATABASE_URL" not in err, err
+    result = serve_without_auto_migration(empty_directory)
+    assert result.returncode == 1, result.stderr
+    assert "Run `trainwire db upgrade` first." in result.stderr
+    assert "TRAINWIRE_DATABASE_URL" not in result.stderr

@@ -188,6 +188,28 @@ def test_cli_reports_configuration_problems_with_exit_code_2() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_bad_log_setting_is_named_in_the_one_refusal_with_the_other_settings(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad TRAINWIRE_LOG_LEVEL was refused alone: the other mistakes showed only once it was
+    fixed."""
+    monkeypatch.setenv("TRAINWIRE_PORT", "abc")
+    monkeypatch.setenv("TRAINWIRE_LEASE_S", "-1")
+    monkeypatch.setenv("TRAINWIRE_LOG_LEVEL", "LOUD")
+    monkeypatch.setenv("TRAINWIRE_LOG_FORMAT", "yaml")
+    code, out, err = run(capsys, "serve")
+    assert code == 2 and out == ""
+    assert err.count("invalid configuration") == 1, err
+    for expected in (
+        "TRAINWIRE_PORT must be a number. Received: 'abc'",
+        "TRAINWIRE_LEASE_S must not be negative. Received: '-1'",
+        "TRAINWIRE_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL. "
+        "Received: 'LOUD'",
+        "TRAINWIRE_LOG_FORMAT must be json or text",
+    ):
+        assert expected in err, err
+
+
 def help_options(capsys: pytest.CaptureFixture[str], *command: str) -> dict[str, str]:
     """Each option of `trainwire COMMAND --help`, by its flag, with its help text on one line."""
     with pytest.raises(SystemExit):
