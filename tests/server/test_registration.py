@@ -10,11 +10,11 @@ from typing import Any
 import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from prometheus_client import REGISTRY
 
 from trainwire.server.app import PREDICTION_SERVICE, SERVICE_NAMES
 from trainwire.server.auth import KeyChecker
 from trainwire.server.local import local_server
+from trainwire.server.metrics import SERVER_METRICS
 from trainwire.server.wrappers import WrappingRegistrar
 from trainwire.v1 import jobs_pb2_grpc, predictions_pb2_grpc
 
@@ -136,12 +136,12 @@ def test_a_handler_that_aborts_itself_keeps_its_status_and_logs_no_error(
     method = "/grpc.health.v1.Health/Check"
     wrapped = _registrar(_RecordingServer())._wrap(check, method)
     sample = ("trainwire_rpc_seconds_count", {"method": "Check", "code": "NOT_FOUND"})
-    before = REGISTRY.get_sample_value(*sample) or 0.0
+    before = SERVER_METRICS.get_sample_value(*sample) or 0.0
     context = AsyncContext()
     with caplog.at_level(logging.ERROR), pytest.raises(grpc.aio.AbortError):
         asyncio.run(wrapped(object(), context))
     assert context.aborts == [(grpc.StatusCode.NOT_FOUND, "unknown service")]
-    assert REGISTRY.get_sample_value(*sample) == before + 1
+    assert SERVER_METRICS.get_sample_value(*sample) == before + 1
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
