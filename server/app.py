@@ -40,7 +40,7 @@ from .datasets import DatasetService
 from .db import Database, masked_url, suggested_command
 from .errors import Unavailable
 from .jobs import JobService
-from .metrics import DeploymentCollector, serve_metrics
+from .metrics import SERVER_METRICS, DeploymentCollector, serve_metrics
 from .migrate import ensure_migrated, refuse_missing_sqlite
 from .predictions import PredictionService
 from .store import Store
@@ -339,6 +339,7 @@ def serve(
     serve_metrics(
         settings.metrics_port and settings.metrics_port + index,
         settings.metrics_host,
+        SERVER_METRICS,
         collector if parent_pid is None else None,
     )
     running.start()

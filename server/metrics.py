@@ -2,7 +2,10 @@
 
 Server: RPC counts and latency by method and code, queue depth by state and queue, live workers,
 model-cache hits, misses and pins, prediction batch sizes. Worker: job durations by final state,
-examples per second, the last heartbeat.
+examples per second, the last heartbeat. Each role's metrics live in a registry of their own
+(SERVER_METRICS, WORKER_METRICS), and a process exports only the registry of its role: a worker's
+heartbeat gauge on a server's endpoint would read 0, and a staleness alert on it would fire for
+every server.
 """
 
 from __future__ import annotations
@@ -140,6 +143,11 @@ class BufferedHistogram(Collector):
         return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
 
+# Not prometheus_client's default REGISTRY, which every process shares at import: `serve_metrics`
+# adds the registry of the process's role to it (beside its CPU, memory and GC series).
+SERVER_METRICS = CollectorRegistry()
+WORKER_METRICS = CollectorRegistry()
+
 # Its `_count` is the number of RPCs answered by method and code (a counter beside it would cost
 # every call another locked update: about 2% of a one-row Predict's instructions).
 RPC_SECONDS = BufferedHistogram(
@@ -147,33 +155,47 @@ RPC_SECONDS = BufferedHistogram(
     "Time to answer an RPC, by method and status code",
     ["method", "code"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+    registry=SERVER_METRICS,
 )
-MODEL_CACHE = Counter("trainwire_model_cache", "Model cache lookups, by result", ["result"])
+MODEL_CACHE = Counter(
+    "trainwire_model_cache",
+    "Model cache lookups, by result",
+    ["result"],
+    registry=SERVER_METRICS,
+)
 MODEL_CACHE_PINS = Gauge(
     "trainwire_model_cache_pins",
     "Open prediction streams holding a cached model (a held model is never evicted)",
+    registry=SERVER_METRICS,
 )
 PREDICTION_ROWS = BufferedHistogram(
     "trainwire_prediction_rows",
     "Rows per prediction request",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384),
+    registry=SERVER_METRICS,
 )
 PREDICTION_BATCH_REQUESTS = BufferedHistogram(
     "trainwire_prediction_batch_requests",
     "Requests answered by one forward pass (micro-batching)",
     buckets=(1, 2, 4, 8, 16, 32, 64),
+    registry=SERVER_METRICS,
 )
 JOB_SECONDS = Histogram(
     "trainwire_job_seconds",
     "Time a worker spent on a job, by the state it left the job in",
     ["state"],
     buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400),
+    registry=WORKER_METRICS,
 )
 EXAMPLES_PER_SECOND = Gauge(
-    "trainwire_worker_examples_per_second", "Training speed of the worker's last epoch"
+    "trainwire_worker_examples_per_second",
+    "Training speed of the worker's last epoch",
+    registry=WORKER_METRICS,
 )
 WORKER_HEARTBEAT = Gauge(
-    "trainwire_worker_heartbeat_timestamp_seconds", "When the worker last reported itself"
+    "trainwire_worker_heartbeat_timestamp_seconds",
+    "When the worker last reported itself",
+    registry=WORKER_METRICS,
 )
 
 
@@ -236,10 +258,14 @@ def count_alive(workers: Iterable[dict[str, Any]], within_s: float) -> int:
     return sum(1 for w in workers if w["stopped_at"] is None and w["last_seen_at"] >= horizon)
 
 
-def serve_metrics(port: int, host: str, collector: Collector | None = None) -> None:
-    """Starts the /metrics HTTP endpoint (a daemon thread) when `port` is set."""
+def serve_metrics(
+    port: int, host: str, role: CollectorRegistry, collector: Collector | None = None
+) -> None:
+    """Starts the /metrics HTTP endpoint (a daemon thread) when `port` is set: the process's own
+    series, those of its `role` (SERVER_METRICS or WORKER_METRICS) and `collector`'s."""
     if not port:
         return
+    REGISTRY.register(role)
     if collector is not None:
         REGISTRY.register(collector)
     start_http_server(port, addr=host)

@@ -30,7 +30,13 @@ from .datasets import DatasetService
 from .db import Database
 from .errors import Unavailable
 from .logs import JOB_ID
-from .metrics import EXAMPLES_PER_SECOND, JOB_SECONDS, WORKER_HEARTBEAT, serve_metrics
+from .metrics import (
+    EXAMPLES_PER_SECOND,
+    JOB_SECONDS,
+    WORKER_HEARTBEAT,
+    WORKER_METRICS,
+    serve_metrics,
+)
 from .records import Checkpoint, Claim, JobState, MetricValue
 from .store import CANCELLED_BY_REQUEST, DEFAULT_KEEP_CHECKPOINTS, LeaseLost, Store
 from .training import build_model, build_trainer, validation_rows
@@ -567,7 +573,7 @@ def run_worker_process(
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     if settings.metrics_port:
-        serve_metrics(settings.metrics_port + index, settings.metrics_host)
+        serve_metrics(settings.metrics_port + index, settings.metrics_host, WORKER_METRICS)
     database = Database(settings.database_url)
     try:
         with threadpool_limits(limits=settings.blas_threads_per_worker()):

@@ -134,8 +134,10 @@ class _Call:
 
     # The call's body runs inside `with`/`async with` (or, for a coroutine, `serve_async`'s
     # spelt-out equivalent): a normal end is OK, an error becomes its status (abort raises in
-    # its place), and the bookkeeping ends either way. Anything that is not an Exception (a
-    # closed generator) passes through untouched.
+    # its place), and the bookkeeping ends either way. Anything else that is not an Exception
+    # passes through untouched. A stream the client stopped reading (it left, or its deadline
+    # passed) is a generator closed at a `yield`: GeneratorExit, counted CANCELLED as a
+    # cancelled coroutine is.
 
     def __enter__(self) -> _Call:
         return self
@@ -144,6 +146,8 @@ class _Call:
         try:
             if error is None:
                 self.code = grpc.StatusCode.OK
+            elif isinstance(error, GeneratorExit):
+                self.code = grpc.StatusCode.CANCELLED
             elif isinstance(error, grpc.aio.AbortError):
                 self.aborted()
             elif isinstance(error, Exception):
@@ -165,9 +169,12 @@ class _Call:
         self.end()
 
     async def raised(self, error: BaseException) -> None:
-        """`__aexit__` for a coroutine's error, which `serve_async` calls directly."""
+        """`__aexit__` for a coroutine's or an async generator's error (`serve_async` calls it
+        directly)."""
         try:
-            if isinstance(error, asyncio.CancelledError):  # the client left or its deadline passed
+            # The client left or its deadline passed: a coroutine is cancelled, and an async
+            # generator suspended at a `yield` meanwhile is closed later (GeneratorExit).
+            if isinstance(error, asyncio.CancelledError | GeneratorExit):
                 self.code = grpc.StatusCode.CANCELLED
             elif isinstance(error, grpc.aio.AbortError):
                 self.aborted()

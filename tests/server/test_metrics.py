@@ -1,17 +1,22 @@
-"""The buffered histogram of the prediction path exposes what prometheus_client's would."""
+"""The buffered histogram of the prediction path exposes what prometheus_client's would; each
+process exports the metrics of its role alone."""
 
 from __future__ import annotations
 
 import math
 import threading
+import time
+import urllib.request
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from trainwire.server import metrics
+from trainwire.server.local import local_server
 from trainwire.server.metrics import (
     MAX_QUEUE_LABELS,
     OTHER_QUEUES,
@@ -19,6 +24,8 @@ from trainwire.server.metrics import (
     BufferedSeries,
     DeploymentCollector,
 )
+
+from ..support.ports import free_ports
 
 
 def _exposition(registry: CollectorRegistry) -> list[str]:
@@ -170,3 +177,49 @@ def test_client_chosen_queue_names_cannot_grow_the_jobs_metric_without_bound() -
     assert "q000" in queues and "q199" not in queues, "the largest backlogs keep their names"
     assert "old" not in queues, "finished jobs do not keep a queue's name"
     assert sum(sample.value for sample in jobs.samples) == sum(count for *_, count in depth)
+
+
+SERVER_SERIES = {
+    "trainwire_rpc_seconds",
+    "trainwire_model_cache_total",
+    "trainwire_model_cache_pins",
+    "trainwire_prediction_rows",
+    "trainwire_prediction_batch_requests",
+    "trainwire_jobs",
+    "trainwire_workers_alive",
+}
+WORKER_SERIES = {
+    "trainwire_job_seconds",
+    "trainwire_worker_examples_per_second",
+    "trainwire_worker_heartbeat_timestamp_seconds",
+}
+
+
+def _trainwire_families(port: int, timeout_s: float = 30.0) -> set[str]:
+    """The trainwire metric families a /metrics endpoint declares, once it answers (a worker
+    process starts its endpoint a moment after the server prints that it listens)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            url = f"http://127.0.0.1:{port}/metrics"
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    declared = (line.split()[2] for line in text.splitlines() if line.startswith("# TYPE "))
+    return {name for name in declared if name.startswith("trainwire_")}
+
+
+def test_a_server_and_a_worker_each_export_only_the_series_that_describe_it(
+    tmp_path: Path,
+) -> None:
+    """A worker's heartbeat on a server's endpoint reads 0: a staleness alert on it would fire
+    for every server."""
+    metrics_port = free_ports(2)  # the server's, then its worker's
+    env = {"TRAINWIRE_METRICS_PORT": str(metrics_port)}
+    with local_server(f"sqlite:///{tmp_path / 'trainwire.db'}", workers=1, extra_env=env):
+        server, worker = _trainwire_families(metrics_port), _trainwire_families(metrics_port + 1)
+    assert server >= SERVER_SERIES and not server & WORKER_SERIES
+    assert worker >= WORKER_SERIES and not worker & SERVER_SERIES

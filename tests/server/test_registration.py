@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from prometheus_client import REGISTRY
 
 from trainwire.server.app import PREDICTION_SERVICE, SERVICE_NAMES
 from trainwire.server.auth import KeyChecker
 from trainwire.server.local import local_server
+from trainwire.server.metrics import SERVER_METRICS
 from trainwire.server.wrappers import WrappingRegistrar
 from trainwire.v1 import jobs_pb2_grpc, predictions_pb2_grpc
 
@@ -136,13 +138,47 @@ def test_a_handler_that_aborts_itself_keeps_its_status_and_logs_no_error(
     method = "/grpc.health.v1.Health/Check"
     wrapped = _registrar(_RecordingServer())._wrap(check, method)
     sample = ("trainwire_rpc_seconds_count", {"method": "Check", "code": "NOT_FOUND"})
-    before = REGISTRY.get_sample_value(*sample) or 0.0
+    before = SERVER_METRICS.get_sample_value(*sample) or 0.0
     context = AsyncContext()
     with caplog.at_level(logging.ERROR), pytest.raises(grpc.aio.AbortError):
         asyncio.run(wrapped(object(), context))
     assert context.aborts == [(grpc.StatusCode.NOT_FOUND, "unknown service")]
-    assert REGISTRY.get_sample_value(*sample) == before + 1
+    assert SERVER_METRICS.get_sample_value(*sample) == before + 1
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def _count(method: str, code: str) -> float:
+    sample = ("trainwire_rpc_seconds_count", {"method": method, "code": code})
+    return SERVER_METRICS.get_sample_value(*sample) or 0.0
+
+
+def test_a_stream_closed_before_its_end_is_counted_cancelled_sync_or_async() -> None:
+    """A client that stops watching leaves its stream's generator suspended at a `yield`, and
+    grpc closes it there (GeneratorExit, not an Exception): that is a cancelled call, not an
+    UNKNOWN one."""
+
+    def watch(request: object, context: _Context) -> Iterator[int]:
+        yield from itertools.count()
+
+    async def watch_async(request: object, context: _Context) -> AsyncIterator[int]:
+        for update in itertools.count():
+            yield update
+
+    registrar = _registrar(_RecordingServer())
+    sync_stream = registrar._wrap(watch, "/trainwire.v1.JobService/WatchSync")(object(), _Context())
+    assert next(sync_stream) == 0
+    sync_stream.close()
+
+    async def read_one_then_close() -> None:
+        method = "/trainwire.v1.JobService/WatchAsync"
+        stream = registrar._wrap(watch_async, method)(object(), _Context())
+        assert await anext(stream) == 0
+        await stream.aclose()
+
+    asyncio.run(read_one_then_close())
+    for method in ("WatchSync", "WatchAsync"):
+        assert _count(method, "CANCELLED") == 1, method
+        assert _count(method, "UNKNOWN") == 0, method
 
 
 def test_every_service_answers_through_the_real_server(tmp_path: Path) -> None:
