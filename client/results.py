@@ -451,3 +451,9 @@ class ModelInfo:
 def checkpoint_to_dict(checkpoint: Checkpoint) -> dict[str, Any]:
     """A JSON-ready dict of a `Checkpoint` (kept for callers of this name: `Checkpoint.to_dict`)."""
     return checkpoint.to_dict()
+
+
+def event_to_dict(event: jobs_pb2.JobEvent) -> dict[str, Any]:
+    """A JSON-ready dict of a `JobEvent` message (kept for callers of this name, from before
+    watches yielded `JobEvent` snapshots: `JobEvent.to_dict`)."""
+    return JobEvent.from_proto(event).to_dict()

@@ -57,6 +57,10 @@ SERVICE_NAMES = (
 )
 
 
+# How long a stopping server lets calls in progress finish.
+STOP_GRACE_S = 5.0
+
+
 class RunningServer:
     """The gRPC server on its own event loop thread.
 
@@ -311,18 +315,24 @@ def serve(
     if not settings.auto_migrate_sqlite:
         # Nothing is to create it: connecting would leave an empty file behind, which the other
         # commands would then take for a database at revision none.
-        refuse_missing_sqlite(database, settings.database_url_option)
+        refuse_missing_sqlite(database, settings.database_url_option, serving=True)
     ensure_migrated(database, settings.auto_migrate_sqlite, settings.database_url_option)
     store = Store(database)
     running = RunningServer(settings, store)
     if not running.keys.required:
         create = suggested_command("keys create --project NAME", settings.database_url_option)
         if not running.keys.open_without_keys:
-            # A configuration the operator must change: ValueError, the CLI's exit code 2.
+            # A configuration the operator must change: ValueError, the CLI's exit code 2. Once
+            # a key was created, --allow-open-public would not open the server: not offered.
+            open_it = (
+                ""
+                if store.any_api_key_created()
+                else ", or pass --allow-open-public (or set TRAINWIRE_ALLOW_OPEN_PUBLIC=true) to "
+                "run open on a public address"
+            )
             raise ValueError(
                 f"refusing to serve {settings.host} without API keys: create one with "
-                f"{create}, or pass --allow-open-public (or set "
-                "TRAINWIRE_ALLOW_OPEN_PUBLIC=true) to run open on a public address"
+                f"{create}{open_it}"
             )
         if running.keys.is_open:
             log.warning("no API key is active: the server is open to anyone who can reach it")
@@ -377,7 +387,7 @@ def serve(
     freeze_startup_objects()
     housekeep(store, (pool, siblings), stopping, parent_pid or exit_with)
     siblings.stop()
-    running.stop(grace_s=5.0)
+    running.stop(grace_s=STOP_GRACE_S)
     pool.stop()
     database.dispose()
     print("Trainwire stopped", file=sys.stderr, flush=True)

@@ -36,6 +36,20 @@ UPPER_BOUNDS: dict[str, tuple[float, str]] = {
 }
 
 
+def _is_url(text: str) -> bool:
+    """Whether SQLAlchemy can read `text` as a database URL."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if "://" not in text:
+        return False
+    try:
+        make_url(text)
+    except (ArgumentError, ValueError):
+        return False
+    return True
+
+
 def default_database_url() -> str:
     return f"sqlite:///{DEFAULT_SQLITE_PATH}"
 
@@ -201,13 +215,14 @@ class Settings:
             path = getattr(self, name)
             if path and not os.path.isfile(path):
                 found.append(f"TRAINWIRE_{name.upper()}: no such file: {path}")
-        if "://" not in self.database_url:
+        if not _is_url(self.database_url):
             # Not shown: what is not a URL cannot be masked, and may hold a password.
-            source = "--database-url" if self.database_url_option else "TRAINWIRE_DATABASE_URL"
+            given = self.database_url_option is not None
+            source = "--database-url" if given else "TRAINWIRE_DATABASE_URL"
             found.append(
                 f"{source} must be a URL such as sqlite:///trainwire.db or "
-                "postgresql://user@host/db; the value given has no '://' (it is not shown, as "
-                "it may hold a password)"
+                "postgresql://user@host/db; the value given is not one (it is not shown, as it "
+                "may hold a password)"
             )
         return found
 

@@ -50,6 +50,11 @@ def masked_url(url: str) -> str:
     query parameter, as `***`. Without one, as it was given (SQLAlchemy's rendering would
     percent-encode `sqlite:///:memory:`). ArgumentError if `url` is not a URL."""
     parsed = make_url(url)
+    if "@" in (parsed.host or ""):
+        # An unencoded "@" in the password: SQLAlchemy takes its tail for the host. All that
+        # comes before the last "@" may be the password.
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
     secrets = {name: "***" for name in parsed.query if name.lower() in _SECRET_PARAMETERS}
     if parsed.password is None and not secrets:
         return url

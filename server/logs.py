@@ -58,7 +58,8 @@ def log_setting_problems(environ: Mapping[str, str]) -> list[str]:
     each: a misspelt level must not pass for INFO. `Settings.from_env` reports them with the
     other settings' problems, so one refusal names them all."""
     found = []
-    given_level = environ.get("TRAINWIRE_LOG_LEVEL", "INFO")
+    # Empty is unset, as for every other TRAINWIRE_* variable.
+    given_level = environ.get("TRAINWIRE_LOG_LEVEL") or "INFO"
     if given_level.strip().upper() not in LEVELS:
         found.append(
             f"TRAINWIRE_LOG_LEVEL must be one of {', '.join(LEVELS)}. Received: {given_level!r}"
@@ -79,7 +80,7 @@ def configure_logging() -> None:
     problems = log_setting_problems(os.environ)
     if problems:
         raise ValueError("\n".join(problems))
-    level = os.environ.get("TRAINWIRE_LOG_LEVEL", "INFO").strip().upper()
+    level = (os.environ.get("TRAINWIRE_LOG_LEVEL") or "INFO").strip().upper()
     chosen = os.environ.get("TRAINWIRE_LOG_FORMAT", "").strip().lower()
     use_json = chosen == "json" or (chosen != "text" and not sys.stderr.isatty())
     handler = logging.StreamHandler()

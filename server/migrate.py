@@ -186,21 +186,30 @@ def ensure_migrated(
     )
 
 
-def refuse_missing_sqlite(database: Database, database_url_option: str | None = None) -> None:
+def refuse_missing_sqlite(
+    database: Database, database_url_option: str | None = None, serving: bool = False
+) -> None:
     """Refuses a SQLite URL whose file does not exist: connecting would create an empty database
     there, and a command run in the wrong directory would then read, or add keys to, a database
-    the server never sees. `database_url_option`: as `ensure_migrated` takes it."""
+    the server never sees. `database_url_option`: as `ensure_migrated` takes it. `serving`: the
+    refusal of `serve` itself, with TRAINWIRE_AUTO_MIGRATE_SQLITE off."""
     path = sqlite_file(database.url)
     if path is None or path.exists():
         return
     shown = masked_url(database.url)
     relative = not Path(database.engine.url.database or "").is_absolute()
     source = f"{shown} names a path relative to the current directory" if relative else shown
+    upgrade = suggested_command("db upgrade", database_url_option)
+    if serving:
+        raise NotFound(
+            f"no database at {path} (the URL {source}), and TRAINWIRE_AUTO_MIGRATE_SQLITE is "
+            f"false: point TRAINWIRE_DATABASE_URL (or --database-url) at the server's database, "
+            f"or create one with {upgrade} (or with TRAINWIRE_AUTO_MIGRATE_SQLITE=true)."
+        )
     raise NotFound(
         f"no database at {path} (the URL {source}). Run this command from the server's "
         "directory, or set TRAINWIRE_DATABASE_URL (or --database-url) to the server's database; "
-        f"{suggested_command('db upgrade', database_url_option)} or "
-        f"{suggested_command('serve', database_url_option)} creates a new one."
+        f"{upgrade} or {suggested_command('serve', database_url_option)} creates a new one."
     )
 
 

@@ -21,6 +21,7 @@ from trainwire.client import (
     ModelInfo,
     Sequential,
 )
+from trainwire.client.results import event_to_dict
 from trainwire.client.specs import model_spec_to_proto
 from trainwire.v1 import datasets_pb2, jobs_pb2, predictions_pb2, tensor_pb2
 
@@ -185,3 +186,9 @@ def test_a_job_status_has_its_labels_queue_priority_and_model() -> None:
     )  # fmt: skip
     document["labels"].clear()
     assert status.labels, "the JSON is a copy: the snapshot keeps its labels"
+
+
+def test_event_to_dict_is_kept_for_its_callers() -> None:
+    """Watches yield `JobEvent`s now; the function of the message's dict stays, the same dict."""
+    message = jobs_pb2.JobEvent(sequence=3, state=jobs_pb2.JOB_STATE_RUNNING, message="epoch 1")
+    assert event_to_dict(message) == JobEvent.from_proto(message).to_dict()

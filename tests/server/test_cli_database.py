@@ -164,6 +164,13 @@ def test_a_suggested_command_masks_the_password_and_says_to_put_it_back() -> Non
     assert suggested_command("db upgrade", None) == "`trainwire db upgrade`"
 
 
+def test_a_password_with_an_unencoded_at_sign_is_masked_whole() -> None:
+    """SQLAlchemy reads `u:pa@ss@h` as the password "pa" at host "ss@h": "ss" was shown."""
+    assert masked_url("postgresql://u:pa@ss@db.example/trainwire") == (
+        "postgresql://***@db.example/trainwire"
+    )
+
+
 def test_a_password_in_the_query_is_masked_too() -> None:
     """libpq takes `?password=` (and `?sslpassword=`) as well: it was shown in full."""
     url = "postgresql://tw@db.example/trainwire?password=s3cret&sslmode=require&SSLPASSWORD=x"
@@ -401,7 +408,13 @@ def test_serve_without_auto_migration_refuses_a_missing_sqlite_file_and_creates_
     """It connected, leaving an empty trainwire.db that `status` then read as schema none (exit
     1), and said to upgrade "with the same TRAINWIRE_DATABASE_URL", which was not set."""
     result = serve_without_auto_migration(tmp_path)
-    assert_refused_as_missing(tmp_path, result.returncode, result.stdout, result.stderr)
+    assert result.returncode == 3, result.stderr
+    refusal = [line for line in result.stderr.splitlines() if "no database at" in line]
+    assert len(refusal) == 1 and str(tmp_path / "trainwire.db") in refusal[0], result.stderr
+    # Its own way out: not `trainwire serve`, which refuses again in this environment.
+    assert "TRAINWIRE_AUTO_MIGRATE_SQLITE is false" in refusal[0]
+    assert "`trainwire db upgrade`" in refusal[0] and "`trainwire serve`" not in refusal[0]
+    assert list(tmp_path.iterdir()) == [], "nothing created"
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TRAINWIRE_DATABASE_URL", raising=False)
     assert_refused_as_missing(tmp_path, *run(capsys, "status"))

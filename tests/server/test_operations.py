@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from trainwire.server import app, supervisor
-from trainwire.server.app import housekeep, key_checker
+from trainwire.server.app import housekeep, key_checker, serve
 from trainwire.server.auth import DEFAULT_PROJECT, Unauthenticated
 from trainwire.server.cli import _settings, build_parser
 from trainwire.server.config import ConfigError, Settings
@@ -325,6 +325,21 @@ def test_a_public_server_allowed_open_is_closed_for_good_once_a_key_was_created(
     assert loopback.is_open and loopback.project_of(()) == (DEFAULT_PROJECT, "")
 
 
+def test_a_public_server_whose_keys_were_all_revoked_is_not_told_to_run_open(
+    database_url: str, store: Store
+) -> None:
+    """Its refusal to start still offered --allow-open-public, which no longer opens a server
+    once a key was created: only creating a key helps."""
+    public = Settings(host="0.0.0.0", port=0, workers=0, database_url=database_url)
+    with pytest.raises(ValueError, match="--allow-open-public"):
+        serve(public)
+    key = store.create_api_key("research")
+    store.revoke_api_key(key.id)
+    with pytest.raises(ValueError, match="without API keys: create one with") as refused:
+        serve(public)
+    assert "--allow-open-public" not in str(refused.value)
+
+
 def test_revoking_an_unknown_key_exits_3_naming_it(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'keys.db'}"
     upgrade(url)
@@ -422,6 +437,21 @@ def test_keys_revoke_of_a_secret_with_a_malformed_database_url_is_a_configuratio
     assert code == 2 and out == ""
     assert "--database-url must be a URL such as sqlite:///trainwire.db" in err
     assert "s3cret" not in err and "Traceback" not in err
+    # With '://' but not one SQLAlchemy can read, and for the other keys commands too.
+    for command in (["keys", "revoke", f"tw_0123456789abcdef_{'x' * 43}"], ["keys", "list"]):
+        code, out, err = run(capsys, *command, "--database-url", "my-sql://u:s3cret@h/db")
+        assert code == 2 and "--database-url must be a URL" in err, err
+        assert "s3cret" not in err and "Traceback" not in err
+
+
+def test_the_database_url_option_given_empty_is_named_as_the_option() -> None:
+    with pytest.raises(ConfigError, match="--database-url must be a URL"):
+        Settings.from_env(environ={}, database_url="", database_url_option="")
+
+
+def test_an_empty_log_setting_is_unset() -> None:
+    """Empty is unset for every TRAINWIRE_* variable; an empty log level was refused."""
+    Settings.from_env(environ={"TRAINWIRE_LOG_LEVEL": "", "TRAINWIRE_LOG_FORMAT": ""})
 
 
 def test_revoking_a_revoked_key_says_it_was_already_revoked(
