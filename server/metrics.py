@@ -258,14 +258,24 @@ def count_alive(workers: Iterable[dict[str, Any]], within_s: float) -> int:
     return sum(1 for w in workers if w["stopped_at"] is None and w["last_seen_at"] >= horizon)
 
 
+# The roles `serve_metrics` added to REGISTRY: added twice, a role's series would be duplicates,
+# which REGISTRY refuses (DuplicateTimeseries, a ValueError the CLI reports as bad settings).
+_registered_roles: set[CollectorRegistry] = set()
+_registered_roles_lock = threading.Lock()
+
+
 def serve_metrics(
     port: int, host: str, role: CollectorRegistry, collector: Collector | None = None
 ) -> None:
     """Starts the /metrics HTTP endpoint (a daemon thread) when `port` is set: the process's own
-    series, those of its `role` (SERVER_METRICS or WORKER_METRICS) and `collector`'s."""
+    series, those of its `role` (SERVER_METRICS or WORKER_METRICS) and `collector`'s. The role
+    is added to the default REGISTRY once however often it is served."""
     if not port:
         return
-    REGISTRY.register(role)
+    with _registered_roles_lock:
+        if role not in _registered_roles:
+            REGISTRY.register(role)
+            _registered_roles.add(role)
     if collector is not None:
         REGISTRY.register(collector)
     start_http_server(port, addr=host)

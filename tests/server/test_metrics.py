@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
 from trainwire.server import metrics
 from trainwire.server.local import local_server
@@ -223,3 +223,23 @@ def test_a_server_and_a_worker_each_export_only_the_series_that_describe_it(
         server, worker = _trainwire_families(metrics_port), _trainwire_families(metrics_port + 1)
     assert server >= SERVER_SERIES and not server & WORKER_SERIES
     assert worker >= WORKER_SERIES and not worker & SERVER_SERIES
+
+
+def test_serving_a_role_twice_in_one_process_registers_its_series_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The role was added to the default registry on every call: the second refused it
+    (DuplicateTimeseries, a ValueError the CLI would report as a configuration error)."""
+    default = CollectorRegistry(auto_describe=True)  # as prometheus_client's REGISTRY
+    role = CollectorRegistry()
+    Gauge("trainwire_test_role_gauge", "A series of the role", registry=role).set(3)
+    served: list[tuple[int, str]] = []
+    monkeypatch.setattr(metrics, "REGISTRY", default)
+    monkeypatch.setattr(
+        metrics, "start_http_server", lambda port, addr: served.append((port, addr))
+    )
+    metrics.serve_metrics(9101, "127.0.0.1", role)
+    metrics.serve_metrics(9102, "127.0.0.1", role)
+    assert served == [(9101, "127.0.0.1"), (9102, "127.0.0.1")]
+    exported = generate_latest(default).decode().splitlines()
+    assert exported.count("trainwire_test_role_gauge 3.0") == 1
