@@ -67,7 +67,7 @@ from .results import (
     Prediction,
 )
 from .retry import RetryPolicy, watch_was_open
-from .rpc import AioRpc, channel_credentials, channel_options
+from .rpc import AioRpc, Pem, channel_credentials, channel_options
 from .wire import (
     ChunkedPrediction,
     StreamedPrediction,
@@ -94,8 +94,8 @@ class AsyncClient:
         target: str = DEFAULT_TARGET,
         *,
         api_key: str | None = None,
-        tls: bool | str = False,
-        client_cert: tuple[str, str] | None = None,
+        tls: bool | Pem = False,
+        client_cert: tuple[Pem, Pem] | None = None,
         timeout: float = 30.0,
         max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
         retry: RetryPolicy | None = None,

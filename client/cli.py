@@ -23,11 +23,12 @@ from typing import Any
 
 import grpc
 
-from .client import Client, Job, client_cert_pair, env_settings, readable_file
+from .client import Client, Job, client_cert_pair, env_settings
 from .errors import JobFailed, TrainwireError
 from .files import label_names, prediction_to_dict, read_model_inputs, write_prediction
 from .jobspec import DatasetSource, JobSpec
 from .results import STATES, JobStatus, ModelInfo, checkpoint_to_dict
+from .rpc import read_file
 
 OK, FAILED, USAGE, NOT_FOUND, PRECONDITION, UNREACHABLE, DENIED, LIMIT, CANCELLED = range(9)
 EXIT_CODES: dict[grpc.StatusCode, int] = {
@@ -92,7 +93,8 @@ def connection_hint(error: TrainwireError, settings: dict[str, Any]) -> str | No
         return None
     if settings.get("client_cert"):
         return CLIENT_CERT_HINT
-    return TLS_HINT if settings.get("tls") else PLAINTEXT_HINT
+    # A CA's bytes are TLS however few (an empty file's are none).
+    return TLS_HINT if settings.get("tls") not in (None, False) else PLAINTEXT_HINT
 
 
 def exit_code(error: TrainwireError) -> int:
@@ -420,16 +422,15 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
         settings: dict[str, Any] = {}
         try:
             # The options override their variables, which are then not read (a pair of client
-            # certificate options both of theirs).
+            # certificate options both of theirs). Their files are read here, once, where a file
+            # that cannot be read can be named by its option; the client takes the bytes.
             overrides: dict[str, Any] = {}
             if args.target:
                 overrides["target"] = args.target
             if args.api_key:
                 overrides["api_key"] = args.api_key
             if args.tls:
-                overrides["tls"] = (
-                    True if args.tls == "system" else readable_file(args.tls, "--tls")
-                )
+                overrides["tls"] = True if args.tls == "system" else read_file(args.tls, "--tls")
             pair = client_cert_pair(
                 args.client_cert, args.client_key, ("--client-cert", "--client-key")
             )

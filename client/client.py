@@ -45,7 +45,7 @@ from .results import (
     Prediction,
 )
 from .retry import RetryPolicy, watch_was_open
-from .rpc import Rpc, channel_credentials, channel_options, readable_file
+from .rpc import Pem, Rpc, channel_credentials, channel_options, read_file
 from .wire import (
     CHUNK_BYTES,
     PROGRESS_BYTES,
@@ -90,10 +90,11 @@ def env_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> 
     """Client settings from the environment: TRAINWIRE_TARGET, TRAINWIRE_API_KEY,
     TRAINWIRE_TLS (`true` or `system` for the system's CAs, or a CA file), TRAINWIRE_CLIENT_CERT
     with TRAINWIRE_CLIENT_KEY (a client certificate and its key, for a server that requires one)
-    and TRAINWIRE_TIMEOUT (seconds). `overrides`, keyword arguments of `Client`, replace the
-    variables they stand for, which are then not read: `client_cert=` replaces
-    TRAINWIRE_CLIENT_CERT and TRAINWIRE_CLIENT_KEY as a pair, so that one of them set alone is no
-    error."""
+    and TRAINWIRE_TIMEOUT (seconds). The files are read here, once, and their bytes are the
+    settings (a ValueError names the variable of a file that cannot be read). `overrides`,
+    keyword arguments of `Client`, replace the variables they stand for, which are then not read:
+    `client_cert=` replaces TRAINWIRE_CLIENT_CERT and TRAINWIRE_CLIENT_KEY as a pair, so that one
+    of them set alone is no error."""
     env = os.environ if environ is None else environ
     settings: dict[str, Any] = {}
     if "target" not in overrides:
@@ -104,7 +105,7 @@ def env_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> 
     if tls.lower() in ("1", "true", "yes", "system"):  # "system" as `--tls system` says
         settings["tls"] = True
     elif tls and tls.lower() not in ("0", "false", "no"):
-        settings["tls"] = readable_file(tls, "TRAINWIRE_TLS")
+        settings["tls"] = read_file(tls, "TRAINWIRE_TLS")
     if "client_cert" not in overrides:
         pair = client_cert_pair(
             env.get("TRAINWIRE_CLIENT_CERT"),
@@ -126,10 +127,10 @@ def env_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> 
 
 def client_cert_pair(
     cert: str | None, key: str | None, names: tuple[str, str]
-) -> tuple[str, str] | None:
-    """A client certificate and its key as `Client(client_cert=)` takes them, or None when
-    neither is given; `names` say where they came from, for the ValueError when only one is, or
-    one cannot be read."""
+) -> tuple[bytes, bytes] | None:
+    """The bytes of a client certificate and of its key, read from these paths, as
+    `Client(client_cert=)` takes them, or None when neither is given; `names` say where they came
+    from, for the ValueError when only one is, or one cannot be read."""
     if not cert and not key:
         return None
     if not cert or not key:
@@ -138,7 +139,7 @@ def client_cert_pair(
             f"{names[0]} and {names[1]} must be given together (a PEM client certificate and "
             f"its private key). Received {given} without {missing}"
         )
-    return readable_file(cert, names[0]), readable_file(key, names[1])
+    return read_file(cert, names[0]), read_file(key, names[1])
 
 
 # The reconnect backoff doubles up to its 2 s ceiling and no further (past some thousand
@@ -171,7 +172,8 @@ class Client:
 
     `tls=True` verifies the server with the system's CAs, `tls="ca.pem"` with that CA;
     `client_cert=(cert.pem, key.pem)` for servers that require client certificates (mutual TLS;
-    without `tls` it verifies the server with the system's CAs). `timeout`
+    without `tls` it verifies the server with the system's CAs). Each file is given by its path
+    (a str) or by its PEM bytes, and read once, here. `timeout`
     is the deadline of each call in seconds (retries included); `retry` says how idempotent calls
     are retried (`RetryPolicy(max_attempts=1)` turns retries off).
     """
@@ -181,8 +183,8 @@ class Client:
         target: str = DEFAULT_TARGET,
         *,
         api_key: str | None = None,
-        tls: bool | str = False,
-        client_cert: tuple[str, str] | None = None,
+        tls: bool | Pem = False,
+        client_cert: tuple[Pem, Pem] | None = None,
         timeout: float = 30.0,
         max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
         retry: RetryPolicy | None = None,

@@ -181,23 +181,28 @@ def read_file(path: str, name: str) -> bytes:
         raise ValueError(f"cannot read {name} {path}: {reason}") from None
 
 
-def readable_file(path: str, name: str) -> str:
-    """`path` once it can be read, else `read_file`'s ValueError: for a setting kept as a path,
-    checked where the option or variable that gave it can still be named."""
-    read_file(path, name)
-    return path
+# A PEM file given by its path, or by its bytes (as the CLI and `env_settings` pass the files
+# they read, so that each is read once, where its option or variable can be named).
+Pem = str | bytes
+
+
+def pem_bytes(pem: Pem, name: str) -> bytes:
+    """The bytes of `pem`: given, or read from its path (`read_file`'s ValueError names `name`)."""
+    return pem if isinstance(pem, bytes) else read_file(pem, name)
 
 
 def channel_credentials(
-    tls: bool | str, client_cert: tuple[str, str] | None
+    tls: bool | Pem, client_cert: tuple[Pem, Pem] | None
 ) -> grpc.ChannelCredentials | None:
-    """TLS credentials (`tls=True`: system CAs; `tls="ca.pem"`: that CA), or None for plaintext;
-    a file that cannot be read is a ValueError naming the argument that gave it."""
-    if not tls and client_cert is None:
+    """TLS credentials (`tls=True`: system CAs; `tls="ca.pem"`, or its bytes: that CA), or None
+    for plaintext; a file that cannot be read is a ValueError naming the argument that gave it."""
+    # Any bytes are a CA, even none read from an empty file: never a silent fall to plaintext.
+    uses_tls = isinstance(tls, bytes) or bool(tls)
+    if not uses_tls and client_cert is None:
         return None
-    root = read_file(tls, "tls") if isinstance(tls, str) else None
+    root = pem_bytes(tls, "tls") if isinstance(tls, str | bytes) and uses_tls else None
     key = chain = None
     if client_cert is not None:
-        chain = read_file(client_cert[0], "client_cert certificate")
-        key = read_file(client_cert[1], "client_cert key")
+        chain = pem_bytes(client_cert[0], "client_cert certificate")
+        key = pem_bytes(client_cert[1], "client_cert key")
     return grpc.ssl_channel_credentials(root, key, chain)

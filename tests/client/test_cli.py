@@ -28,7 +28,9 @@ from trainwire.client import (
     NotFound,
     Sequential,
 )
+from trainwire.client.cli import CLIENT_CERT_HINT
 from trainwire.client.results import checkpoint_to_dict
+from trainwire.client.rpc import channel_credentials
 from trainwire.server.cli import main
 from trainwire.server.local import LocalServer
 from trainwire.v1 import datasets_pb2, jobs_pb2, tensor_pb2
@@ -509,10 +511,13 @@ def test_a_certificate_file_that_cannot_be_read_is_named_by_its_option_or_variab
 
 
 def test_the_sdk_reads_each_certificate_file_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The credentials code opened each file to check that it could be read, then again to
-    read it (which a file changed or removed in between would not have passed)."""
+    read it (which a file changed or removed in between would not have passed); so did the
+    user commands' options and the environment's variables, checked first to be named."""
+    for name in ("TRAINWIRE_TLS", "TRAINWIRE_CLIENT_CERT", "TRAINWIRE_CLIENT_KEY"):
+        monkeypatch.delenv(name, raising=False)
     ca, cert, key = (tmp_path / name for name in ("ca.pem", "client.pem", "client.key"))
     for path in (ca, cert, key):
         path.write_text(f"the PEM of {path.name}")  # gRPC reads them only at the handshake
@@ -523,14 +528,41 @@ def test_the_sdk_reads_each_certificate_file_once(
         opened[str(file)] += 1
         return real_open(file, *args, **kwargs)
 
+    def opens() -> dict[str, int]:
+        counted = {path.name: opened[str(path)] for path in (ca, cert, key)}
+        opened.clear()
+        return counted
+
+    once = {"ca.pem": 1, "client.pem": 1, "client.key": 1}
     # The built-in open is io.open; pathlib calls it by that name.
     monkeypatch.setattr(builtins, "open", counting_open)
     monkeypatch.setattr(io, "open", counting_open)
     with Client("127.0.0.1:9", tls=str(ca), client_cert=(str(cert), str(key))):
         pass
-    assert {path.name: opened[str(path)] for path in (ca, cert, key)} == {
-        "ca.pem": 1, "client.pem": 1, "client.key": 1
-    }  # fmt: skip
+    assert opens() == once, "Client's arguments"
+    files = ["--tls", str(ca), "--client-cert", str(cert), "--client-key", str(key)]
+    code = main(["datasets", "list", "--target", "127.0.0.1:9", "--timeout", "1", *files])
+    assert code == 5 and CLIENT_CERT_HINT in capsys.readouterr().err
+    assert opens() == once, "the user commands' options"
+    monkeypatch.setenv("TRAINWIRE_TLS", str(ca))
+    monkeypatch.setenv("TRAINWIRE_CLIENT_CERT", str(cert))
+    monkeypatch.setenv("TRAINWIRE_CLIENT_KEY", str(key))
+    with Client.from_env(target="127.0.0.1:9"):
+        pass
+    assert opens() == once, "the environment's variables"
+    code = main(["datasets", "list", "--target", "127.0.0.1:9", "--timeout", "1"])
+    assert code == 5 and CLIENT_CERT_HINT in capsys.readouterr().err
+    assert opens() == once, "the environment's variables, read by the user commands"
+
+
+def test_the_sdk_takes_certificates_as_bytes_as_well_as_paths() -> None:
+    """The bytes the user commands and `env_settings` read are what `Client` is given; an
+    empty CA (an empty file's bytes) is still TLS, never plaintext."""
+    with Client("127.0.0.1:9", tls=b"a CA", client_cert=(b"a certificate", b"a key")):
+        pass
+    assert channel_credentials(b"", None) is not None
+    assert channel_credentials(b"a CA", (b"a certificate", b"a key")) is not None
+    assert channel_credentials("", None) is None and channel_credentials(False, None) is None
 
 
 def main_unreachable(*options: str, target: str = "127.0.0.1:9") -> tuple[int, str, str]:
