@@ -355,10 +355,11 @@ class AsyncClient:
         response = await self._call(self._rpc.list_checkpoints, request)
         return [Checkpoint.from_proto(c) for c in response.checkpoints]
 
-    async def model_metadata(self, job: str, checkpoint: str = "") -> ModelInfo:
+    async def model_metadata(self, job: str | AsyncJob, checkpoint: str = "") -> ModelInfo:
         """A job's trained model: its checkpoint, input and output dtypes and shapes, classes,
-        feature names, size and spec (see `ModelInfo`). `checkpoint` as for `predict`."""
-        request = predictions_pb2.GetModelMetadataRequest(job=job, checkpoint=checkpoint)
+        feature names, size and spec (see `ModelInfo`). `job` and `checkpoint` as for `predict`."""
+        name = job.name if isinstance(job, AsyncJob) else job
+        request = predictions_pb2.GetModelMetadataRequest(job=name, checkpoint=checkpoint)
         return ModelInfo.from_proto(await self._call(self._rpc.get_model_metadata, request))
 
     async def predict(

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
+import signal
 import sys
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
@@ -449,6 +451,8 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
                 message += f" ({hint})"
             _report(args, error.code_name, message, error.field_violations, code)
             return code
+        except BrokenPipeError:
+            raise  # not a bad argument: `main` ends quietly (`stdout_closed`)
         except (ValueError, OSError) as error:
             _report(args, "INVALID_ARGUMENT", str(error), [], USAGE)
             return USAGE
@@ -587,15 +591,35 @@ def add_user_commands(commands: Any) -> None:
     )
 
 
+def stdout_closed() -> int:
+    """The exit code of a command whose stdout's reader went away (`trainwire jobs list | head`):
+    not the command's failure, so no message, and the code of a process SIGPIPE ended, as other
+    Unix tools give. What is still buffered goes nowhere: Python flushes stdout at exit, which
+    would fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The user commands alone (the full `trainwire` command is `trainwire.server.cli`)."""
     parser = argparse.ArgumentParser(prog="trainwire")
     add_user_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except BrokenPipeError:
+        return stdout_closed()
 
 
-__all__ = ["EXIT_CODES", "add_user_commands", "exit_code", "exit_codes_epilog", "main", "table"]
+__all__ = [
+    "EXIT_CODES",
+    "add_user_commands",
+    "exit_code",
+    "exit_codes_epilog",
+    "main",
+    "stdout_closed",
+    "table",
+]
 
 
 if __name__ == "__main__":

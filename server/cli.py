@@ -422,6 +422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
+    except BrokenPipeError:  # stdout's reader went away (`| head`): no error of the command
+        from trainwire.client.cli import stdout_closed
+
+        return stdout_closed()
     except TrainwireError as error:  # the store's domain errors: the user commands' exit codes
         from trainwire.client.cli import EXIT_CODES, FAILED
 

@@ -54,6 +54,7 @@ def test_fifty_concurrent_jobs(live_server: LocalServer, dataset: DatasetInfo) -
             assert [c.epoch for c in await job.checkpoints()] == [2]
             info = await job.model_metadata()
             assert isinstance(info, ModelInfo) and info.output_shape == (-1, 3)
+            assert await client.model_metadata(job) == info, "a handle as well as a name"
             assert info.checkpoint == (await job.checkpoints())[0].name
             several = await client.create_job(
                 dataset, MODEL, epochs=3, batch_size=8, checkpoint_every_epochs=1

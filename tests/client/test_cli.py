@@ -5,7 +5,9 @@ from __future__ import annotations
 import builtins
 import io
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -33,6 +35,7 @@ from trainwire.client.results import checkpoint_to_dict
 from trainwire.client.rpc import channel_credentials
 from trainwire.server.cli import main
 from trainwire.server.local import LocalServer
+from trainwire.server.migrate import upgrade
 from trainwire.v1 import datasets_pb2, jobs_pb2, tensor_pb2
 
 from .conftest import MODEL, blobs
@@ -90,6 +93,34 @@ def write_spec(folder: Path, **values: object) -> Path:
     spec = folder / "job.yaml"
     spec.write_text(SPEC.format(**settings))
     return spec
+
+
+def _into_a_closed_pipe(*argv: str) -> subprocess.CompletedProcess[str]:
+    """`trainwire ARGV | head -0`: stdout a pipe whose reader is gone before anything is read."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "trainwire.server.cli", *argv],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+
+
+def test_a_command_whose_reader_goes_away_ends_quietly(
+    live_server: LocalServer, client: Client, tmp_path: Path
+) -> None:
+    """`trainwire jobs list | head -4` answered "invalid argument: [Errno 32] Broken pipe", exit
+    2, whenever head left before the output ended: a user command or an operator one."""
+    client.upload_dataset(*blobs(20, seed=9), name="piped")
+    url = f"sqlite:///{tmp_path / 'piped.db'}"
+    upgrade(url)
+    user_command = _into_a_closed_pipe("datasets", "list", "--target", live_server.target)
+    operator_command = _into_a_closed_pipe("db", "current", "--database-url", url)
+    for result in (user_command, operator_command):
+        assert result.returncode == 128 + signal.SIGPIPE, result.stderr
+        assert result.stderr == "", "nothing to report: the reader chose to stop"
 
 
 def test_datasets_commands(cli: Cli, tmp_path: Path) -> None:

@@ -197,6 +197,7 @@ def test_train_follow_and_use_a_job(
     )
     info = job.model_metadata()
     assert isinstance(info, ModelInfo) and info.num_classes == 3
+    assert client.model_metadata(job) == info == client.model_metadata(job.name), "handle or name"
     assert (info.job, info.checkpoint) == (job.name, checkpoints[-1].name)
     assert info.input_shape == (-1, 4) and info.input_dtype == "float32"
     # The spec is the one create_job takes: it trains the same model again.
