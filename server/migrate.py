@@ -203,7 +203,7 @@ def refuse_missing_sqlite(
     if serving:
         raise NotFound(
             f"no database at {path} (the URL {source}), and TRAINWIRE_AUTO_MIGRATE_SQLITE is "
-            f"false: point TRAINWIRE_DATABASE_URL (or --database-url) at the server's database, "
+            "false: point TRAINWIRE_DATABASE_URL (or --database-url) at the server's database, "
             f"or create one with {upgrade} (or with TRAINWIRE_AUTO_MIGRATE_SQLITE=true)."
         )
     raise NotFound(
