@@ -137,7 +137,6 @@ class JobStatus:
     labels: dict[str, str]
     queue: str
     priority: int
-    model: dict[str, Any] = field(repr=False)  # a spec is long: a status prints without it
     raw: jobs_pb2.Job = field(repr=False)
 
     @classmethod
@@ -159,8 +158,6 @@ class JobStatus:
             labels=dict(message.labels),
             queue=message.queue,
             priority=message.priority,
-            # The server stores the spec with its width, so there is no unset one to fill.
-            model=model_spec_from_proto(message.model, 0),
             raw=message,
         )
 
@@ -178,6 +175,13 @@ class JobStatus:
     def dataset(self) -> str:
         """The name of the job's dataset."""
         return str(self.raw.dataset)
+
+    @property
+    def model(self) -> dict[str, Any]:
+        """The job's model spec (see the class docstring), converted when asked for: a status is
+        polled far more often than its spec is read."""
+        # The server stores the spec with its width, so there is no unset one to fill.
+        return model_spec_from_proto(self.raw.model, 0)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the CLI's `jobs ... --json`), without `model`, as it always was."""

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from trainwire.client import Client, DatasetInfo, Dense, Sequential
 from trainwire.server.local import LocalServer, local_server
+from trainwire.v1 import jobs_pb2
 
 MODEL = Sequential([Dense(8, activation="relu"), Dense(3)])
 
@@ -21,6 +23,23 @@ def blobs(rows: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     centres = np.array([[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0]], np.float32)
     features = centres[labels] + rng.normal(scale=0.3, size=(rows, 4)).astype(np.float32)
     return features.astype(np.float32), labels.astype(np.int64)
+
+
+def epoch_end_event(time: Timestamp) -> jobs_pb2.JobEvent:
+    """A job's event at its second epoch's end (of five): progress, two metrics out of name
+    order, a message."""
+    return jobs_pb2.JobEvent(
+        sequence=9, time=time, state=jobs_pb2.JOB_STATE_RUNNING,
+        progress=jobs_pb2.Progress(
+            epoch=2, total_epochs=5, step=16, total_steps=40, examples_per_second=1250.5,
+            eta_seconds=0.75,
+        ),
+        metrics=[
+            jobs_pb2.MetricPoint(name="val_loss", value=0.25, step=16, epoch=2),
+            jobs_pb2.MetricPoint(name="loss", value=0.5, step=16, epoch=2),
+        ],
+        message="epoch 2 done",
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="package")

@@ -38,7 +38,7 @@ from trainwire.server.local import LocalServer
 from trainwire.server.migrate import upgrade
 from trainwire.v1 import datasets_pb2, jobs_pb2, tensor_pb2
 
-from .conftest import MODEL, blobs
+from .conftest import MODEL, blobs, epoch_end_event
 from .test_live_sdk import png_chunks
 
 SPEC = """
@@ -294,19 +294,7 @@ def test_the_json_of_datasets_jobs_and_events_keeps_its_times_naive_utc() -> Non
     event = jobs_pb2.JobEvent(
         sequence=3, time=Timestamp(seconds=1767225602, nanos=5000), state=jobs_pb2.JOB_STATE_RUNNING
     )  # fmt: skip
-    epoch_end = jobs_pb2.JobEvent(
-        sequence=9, time=Timestamp(seconds=1767225603, nanos=999999999),
-        state=jobs_pb2.JOB_STATE_RUNNING,
-        progress=jobs_pb2.Progress(
-            epoch=2, total_epochs=5, step=16, total_steps=40, examples_per_second=1250.5,
-            eta_seconds=0.75,
-        ),
-        metrics=[
-            jobs_pb2.MetricPoint(name="val_loss", value=0.25, step=16, epoch=2),
-            jobs_pb2.MetricPoint(name="loss", value=0.5, step=16, epoch=2),
-        ],
-        message="epoch 2 done",
-    )  # fmt: skip
+    epoch_end = epoch_end_event(Timestamp(seconds=1767225603, nanos=999999999))
     documents = [
         DatasetInfo.from_proto(dataset).to_dict(),
         DatasetInfo.from_proto(datasets_pb2.Dataset(name="datasets/x")).to_dict(),

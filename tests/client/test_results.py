@@ -25,6 +25,8 @@ from trainwire.client.results import event_to_dict
 from trainwire.client.specs import model_spec_to_proto
 from trainwire.v1 import datasets_pb2, jobs_pb2, predictions_pb2, tensor_pb2
 
+from .conftest import epoch_end_event
+
 CREATED = Timestamp(seconds=1767225600, nanos=123456789)  # 2026-01-01T00:00:00.123456789Z
 STARTED = Timestamp(seconds=1767225601)
 
@@ -117,20 +119,7 @@ def test_model_metadata_has_python_types_and_the_spec_as_users_write_it() -> Non
 def test_a_job_event_has_python_types() -> None:
     """What `watch()` yields: the state by name, the progress lifted, the metrics a dict in name
     order, the time aware UTC; the message is kept as `raw`."""
-    message = jobs_pb2.JobEvent(
-        sequence=9,
-        time=CREATED,
-        state=jobs_pb2.JOB_STATE_RUNNING,
-        progress=jobs_pb2.Progress(
-            epoch=2, total_epochs=5, step=16, total_steps=40, examples_per_second=1250.5,
-            eta_seconds=0.75,
-        ),
-        metrics=[
-            jobs_pb2.MetricPoint(name="val_loss", value=0.25, step=16, epoch=2),
-            jobs_pb2.MetricPoint(name="loss", value=0.5, step=16, epoch=2),
-        ],
-        message="epoch 2 done",
-    )  # fmt: skip
+    message = epoch_end_event(CREATED)
     event = JobEvent.from_proto(message)
     assert (event.sequence, event.state, event.message) == (9, "RUNNING", "epoch 2 done")
     assert event.time == datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)
