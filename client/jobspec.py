@@ -14,11 +14,14 @@
     labels: {team: research}
 
 Top-level keys besides `dataset`, `model` and `training` are `display_name`, `labels`, `queue`,
-`priority`, `max_attempts` and `request_id`. Unknown keys are refused with their path.
+`priority`, `max_attempts` and `request_id`. Every mistake is refused at once, each with its path:
+unknown keys, dataset keys and labels, and what `create_job` would refuse of the model and the
+training settings (so `trainwire jobs submit` uploads nothing for a spec that cannot be run).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +29,10 @@ from typing import Any
 
 import yaml
 
+from .client import Client
 from .errors import SpecError
 from .validation import check_model
+from .wire import create_job_request
 
 TOP_KEYS = frozenset(
     {"dataset", "model", "training", "display_name", "labels", "queue", "priority",
@@ -125,10 +130,14 @@ class JobSpec:
         elif "dataset" in document:
             violations.append(("dataset", "must be a dataset name or a mapping with a path"))
         _check_labels(violations, "labels", document.get("labels"))
+        if "model" in document:
+            settings = {k: v for k, v in training.items() if k in TRAINING_KEYS}
+            if "max_attempts" in document:
+                settings["max_attempts"] = document["max_attempts"]
+            violations += _create_job_violations(document["model"], settings)
         if violations:
             raise SpecError(violations)
         model = document["model"]
-        check_model(model)
         options: dict[str, Any] = dict(training)
         for key in TOP_KEYS - {"dataset", "model", "training"}:
             if key in document:
@@ -136,6 +145,29 @@ class JobSpec:
         if "labels" in options:
             options["labels"] = {str(k): str(v) for k, v in options["labels"].items()}
         return cls(source, dict(model), options)
+
+
+def _create_job_violations(model: object, settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """What `create_job` would refuse of the model and the training `settings`: its own checks
+    (`create_job_request` reports model and training mistakes together), with its defaults for
+    the settings the spec leaves out read from `Client.create_job`'s signature, not copied."""
+    parameters = inspect.signature(Client.create_job).parameters.values()
+    defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+    try:
+        if isinstance(model, Mapping):
+            create_job_request("", model, **{**defaults, **settings})
+        else:
+            # create_job_request would read a list or YAML text as a model, but a spec file's
+            # model is a mapping: check_model says so. The settings are checked once it is one.
+            check_model(model)
+    except SpecError as error:
+        return error.field_violations
+    except (TypeError, ValueError) as error:
+        # A setting check_training does not judge (seed, log_every_steps, ...) of a type the
+        # request cannot carry: a violation beside the others, not a traceback hiding them, and
+        # before the dataset is uploaded.
+        return [("training", f"cannot be sent: {error}")]
+    return []
 
 
 def _check_labels(violations: list[tuple[str, str]], field: str, labels: object) -> None:

@@ -414,6 +414,48 @@ def test_exit_codes(cli: Cli, tmp_path: Path) -> None:
     assert code == 5 and "unavailable" in err
 
 
+def count_uploads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The dataset files the CLI uploads from now on."""
+    calls: list[str] = []
+    upload = Client.upload_dataset
+
+    def counted(self: Client, features: Any, *args: Any, **kwargs: Any) -> DatasetInfo:
+        calls.append(str(features))
+        return upload(self, features, *args, **kwargs)
+
+    monkeypatch.setattr(Client, "upload_dataset", counted)
+    return calls
+
+
+def test_submit_reports_model_and_training_mistakes_together(cli: Cli, tmp_path: Path) -> None:
+    """The model's mistakes were reported alone: the training settings' only after a fixed
+    model's dataset had been uploaded."""
+    bad = write_spec(tmp_path, units=0, epochs=0)
+    code, _, err = cli("jobs", "submit", str(bad), "--json")
+    fields = [v["field"] for v in json.loads(err)["error"]["field_violations"]]
+    assert code == 2 and fields == ["model.layers[1].units", "training.epochs"]
+    code, _, err = cli("jobs", "submit", str(bad))
+    assert code == 2 and "model.layers[1].units" in err and "training.epochs" in err
+
+
+def test_submit_uploads_nothing_for_a_spec_it_refuses(
+    cli: Cli, client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = client.upload_dataset(*blobs(30, seed=5), name="stored")
+    uploads = count_uploads(monkeypatch)
+    bad = write_spec(tmp_path, optimizer="nope")
+    assert (tmp_path / "blobs.csv").is_file()
+    code, _, err = cli("jobs", "submit", str(bad), "--json")
+    fields = [v["field"] for v in json.loads(err)["error"]["field_violations"]]
+    assert code == 2 and fields == ["training.optimizer.name"]
+    assert uploads == []
+    # --dataset names a stored dataset instead of the spec's file: nothing to upload either.
+    spec = write_spec(tmp_path, epochs=1)
+    status = cli.json("jobs", "submit", str(spec), "--dataset", stored.name, "--wait")
+    assert status["state"] == "SUCCEEDED" and status["dataset"] == stored.name
+    assert uploads == []
+
+
 def test_help_lists_the_exit_codes_of_the_readmes_table(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -178,6 +178,7 @@ def test_job_spec_mistakes_name_their_keys(tmp_path: Path) -> None:
         "training.epoch",
         "dataset.file",
         "dataset.path",
+        "model.layers[0].units",
     ]
     path.write_text("dataset: datasets/abc\nmodel: {layers: [{type: dense, units: -1}]}\n")
     with pytest.raises(SpecError, match=r"model.layers\[0\].units"):
@@ -192,6 +193,7 @@ def test_job_spec_mistakes_name_their_keys(tmp_path: Path) -> None:
         ({"dataset": {"path": "x.csv", "num_classes": "three"}}, "dataset.num_classes"),
         ({"dataset": {"path": None}}, "dataset.path"),
         ({"dataset": "datasets/abc", 1: "a", "foo": "b"}, "1"),
+        ({"dataset": "datasets/abc", "training": {"seed": "x"}}, "training"),
     ],
 )
 def test_job_spec_values_of_the_wrong_kind_are_spec_errors(
