@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
-from trainwire.client import DatasetInfo, ModelInfo, NotFound, SpecError
+from trainwire.client import Client, DatasetInfo, ModelInfo, NotFound, SpecError
 from trainwire.client.aio import AsyncClient, AsyncJob, AsyncJobWatch
 from trainwire.server.local import LocalServer
 
@@ -116,3 +118,13 @@ def test_a_watch_closed_from_another_task_ends_its_loop(
                 await job.cancel()
 
     asyncio.run(scenario())
+
+
+def test_both_clients_create_jobs_with_the_same_settings_and_defaults() -> None:
+    # `jobs submit` checks a spec file against Client.create_job's defaults (client/jobspec.py):
+    # the async client's must be the same, or a spec would be judged by settings it never gets.
+    def settings(method: Callable[..., object]) -> list[tuple[str, object, object]]:
+        parameters = inspect.signature(method).parameters.values()
+        return [(p.name, p.default, p.kind) for p in parameters]
+
+    assert settings(AsyncClient.create_job) == settings(Client.create_job)
