@@ -827,14 +827,17 @@ class Job:
 
 
 def _update_bar(bar: Any, status: JobStatus) -> None:
-    """Moves a tqdm bar to a status: epochs done, state, latest metrics."""
-    if status.total_epochs and bar.total != status.total_epochs:
-        bar.total = status.total_epochs
-        bar.refresh()
-    bar.update(max(status.epoch - bar.n, 0))
+    """Moves a tqdm bar to a status: epochs done, state, latest metrics, drawn together."""
+    # tqdm draws on update() and refresh(): the postfix is set first, without drawing, so no
+    # frame shows this status's epochs beside the previous status's state (a running job was
+    # drawn "100% ... state=queued" until the postfix caught up).
     postfix = {"state": status.state.lower()}
     postfix.update({k: f"{v:.4g}" for k, v in sorted(status.metrics.items())})
-    bar.set_postfix(postfix, refresh=True)
+    bar.set_postfix(postfix, refresh=False)
+    if status.total_epochs:
+        bar.total = status.total_epochs
+    bar.update(max(status.epoch - bar.n, 0))
+    bar.refresh()  # update() does not draw within tqdm's mininterval of its last frame
 
 
 # Names kept for code that imported these helpers from this module.
