@@ -258,10 +258,12 @@ def count_alive(workers: Iterable[dict[str, Any]], within_s: float) -> int:
     return sum(1 for w in workers if w["stopped_at"] is None and w["last_seen_at"] >= horizon)
 
 
-# The roles `serve_metrics` added to REGISTRY: added twice, a role's series would be duplicates,
-# which REGISTRY refuses (DuplicateTimeseries, a ValueError the CLI reports as bad settings).
+# The roles and the collector `serve_metrics` added to REGISTRY: added twice, their series
+# would be duplicates, which REGISTRY refuses (DuplicateTimeseries, a ValueError the CLI reports
+# as bad settings).
 _registered_roles: set[CollectorRegistry] = set()
-_registered_roles_lock = threading.Lock()
+_registered_collector: Collector | None = None
+_registered_lock = threading.Lock()
 
 
 def serve_metrics(
@@ -269,14 +271,21 @@ def serve_metrics(
 ) -> None:
     """Starts the /metrics HTTP endpoint (a daemon thread) when `port` is set: the process's own
     series, those of its `role` (SERVER_METRICS or WORKER_METRICS) and `collector`'s. The role
-    is added to the default REGISTRY once however often it is served."""
+    is added to the default REGISTRY once however often it is served. So is a `collector`, and
+    one other than the last given replaces it: the process exports one deployment (the series
+    of two would be duplicates), and the earlier collector may read a store whose server has
+    stopped."""
+    global _registered_collector
     if not port:
         return
-    with _registered_roles_lock:
+    with _registered_lock:
         if role not in _registered_roles:
             REGISTRY.register(role)
             _registered_roles.add(role)
-    if collector is not None:
-        REGISTRY.register(collector)
+        if collector is not None and collector is not _registered_collector:
+            if _registered_collector is not None:
+                REGISTRY.unregister(_registered_collector)
+            REGISTRY.register(collector)
+            _registered_collector = collector
     start_http_server(port, addr=host)
     log.info("metrics on http://%s:%d/metrics", host, port)

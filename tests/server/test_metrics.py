@@ -243,3 +243,28 @@ def test_serving_a_role_twice_in_one_process_registers_its_series_once(
     assert served == [(9101, "127.0.0.1"), (9102, "127.0.0.1")]
     exported = generate_latest(default).decode().splitlines()
     assert exported.count("trainwire_test_role_gauge 3.0") == 1
+
+
+def test_serving_again_with_a_collector_exports_one_deployment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second call added its collector to the default registry again, the same or a new one:
+    it refused the series (DuplicateTimeseries). The same collector is added once; a new one
+    replaces the last, as a server started again in the process reads its own store."""
+    default = CollectorRegistry(auto_describe=True)  # as prometheus_client's REGISTRY
+    monkeypatch.setattr(metrics, "REGISTRY", default)
+    monkeypatch.setattr(metrics, "_registered_collector", None)
+    monkeypatch.setattr(metrics, "start_http_server", lambda port, addr: None)
+    role = CollectorRegistry()
+    first = DeploymentCollector(lambda: [("QUEUED", "default", 1)], lambda: [], 60.0)
+    second = DeploymentCollector(lambda: [("QUEUED", "default", 2)], lambda: [], 60.0)
+
+    def exported_jobs() -> list[str]:
+        lines = generate_latest(default).decode().splitlines()
+        return [line for line in lines if line.startswith("trainwire_jobs{")]
+
+    metrics.serve_metrics(9101, "127.0.0.1", role, first)
+    metrics.serve_metrics(9102, "127.0.0.1", role, first)
+    assert exported_jobs() == ['trainwire_jobs{queue="default",state="QUEUED"} 1.0']
+    metrics.serve_metrics(9103, "127.0.0.1", role, second)
+    assert exported_jobs() == ['trainwire_jobs{queue="default",state="QUEUED"} 2.0']
