@@ -33,7 +33,8 @@ the first round, untimed, every server process loads the model: the load generat
 connections per server process, so that the kernel reaches each of them (a process is missed
 with a probability below e^-32).
 Loopback only, bounded request counts. Run: .venv/bin/python benchmarks/predict.py [--quick]
-[--rounds N]; the last line is JSON.
+[--rounds N]; the line before the last judges issue #7's targets on this run's figures, and
+the last line is JSON (`targets` holds the same verdicts).
 """
 
 from __future__ import annotations
@@ -357,6 +358,44 @@ def _measure(
     return results
 
 
+# Issue #7's targets: (case, figure, bound, at least), a figure of `_measure`'s results.
+TARGETS = (
+    ("one_row_c1", "ratio", 0.85, True),
+    ("one_row_c1", "p99_ms", 2.0, False),
+    ("one_row_c16", "ratio", 1.0, True),
+    ("rows1000_c4", "ratio", 0.85, True),
+)
+
+
+def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target with this run's figure and whether it held. A latency target is absolute, so
+    the bare server's own figure goes beside it: on a slower machine neither server meets it."""
+    verdicts = []
+    for case, figure, bound, at_least in TARGETS:
+        value = results[case][figure]
+        verdict = {
+            "case": case,
+            "figure": figure,
+            "target": f"{'>=' if at_least else '<'} {bound}",
+            "value": value,
+            "held": value >= bound if at_least else value < bound,
+        }
+        if figure == "p99_ms":
+            verdict["bare_value"] = results[case]["bare_p99_ms"]
+        verdicts.append(verdict)
+    return verdicts
+
+
+def _verdict_text(verdict: dict[str, Any]) -> str:
+    text = (
+        f"{verdict['case']} {verdict['figure']} {verdict['value']} {verdict['target']}: "
+        f"{'held' if verdict['held'] else 'NOT held'}"
+    )
+    if "bare_value" in verdict:
+        text += f" (the bare server's: {verdict['bare_value']})"
+    return text
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 
@@ -476,7 +515,9 @@ def main() -> int:
         "(all threads and server processes), against the faster bare server's; full: Trainwire "
         "answering a classifier's probabilities and labels too"
     )
-    print(json.dumps({"benchmark": "predict", "cases": results}))
+    targets = judge(results)
+    print("targets: " + "; ".join(_verdict_text(verdict) for verdict in targets))
+    print(json.dumps({"benchmark": "predict", "cases": results, "targets": targets}))
     return 0
 
 

@@ -92,6 +92,24 @@ def test_the_prediction_benchmark_prints_every_case_with_its_ratio() -> None:
             assert row["ratio_processes"] == pytest.approx(
                 row["trainwire_processes_rps"] / row["bare_rps"], abs=1e-3
             )
+    # Each of issue #7's targets is judged on this run's own figure (whether it held is not
+    # asserted: speed is not judged here).
+    judged = {(t["case"], t["figure"]): t for t in result["targets"]}
+    assert set(judged) == {
+        ("one_row_c1", "ratio"),
+        ("one_row_c1", "p99_ms"),
+        ("one_row_c16", "ratio"),
+        ("rows1000_c4", "ratio"),
+    }
+    for (case, figure), target in judged.items():
+        value = result["cases"][case][figure]
+        bound = float(target["target"].split()[-1])
+        assert target["value"] == value
+        assert target["held"] == (value < bound if figure == "p99_ms" else value >= bound), target
+    assert (
+        judged[("one_row_c1", "p99_ms")]["bare_value"]
+        == result["cases"]["one_row_c1"]["bare_p99_ms"]
+    )
 
 
 @pytest.mark.torch
