@@ -289,8 +289,9 @@ class Client:
         ones stay float64), and bool, unsigned, int8 and int16 targets as int64.
 
         Uploads are content-addressed: with `dedupe` (the default) the SDK looks for a dataset of
-        your project with the same SHA-256, shapes and task (one `ListDatasets` pass, remembered
-        by this client) and returns it instead of sending the bytes again; its display name and
+        your project with the same SHA-256, shapes, task, class count (`num_classes`, else the
+        largest label + 1) and feature and class names (one `ListDatasets` pass, remembered by
+        this client) and returns it instead of sending the bytes again; its display name and
         labels stay those of the first upload. `progress` shows a progress bar (by default for
         uploads of 16 MiB or more). Uploads are not retried automatically.
         """

@@ -109,6 +109,28 @@ def test_uploads_are_content_addressed(client: Client, dataset: DatasetInfo) -> 
         client.get_dataset(forced.name)
 
 
+def test_a_reused_dataset_is_the_one_the_upload_would_create(client: Client) -> None:
+    """Reuse once matched the arrays, shapes and task alone: an upload got back an earlier one of
+    the same arrays made with num_classes=5 (a model of 3 logits then refused), and an upload
+    naming its features and classes got back the unnamed one."""
+    features, labels = blobs(24, seed=7)
+    five = client.upload_dataset(features, labels, num_classes=5)
+    with Client(client.target) as fresh:  # no local memory: found by listing
+        three = fresh.upload_dataset(features, labels)
+    assert three.name != five.name and three.num_classes == 3
+    # This client remembers the 5-class upload: that memory must not answer either.
+    assert client.upload_dataset(features, labels).name == three.name
+    assert client.upload_dataset(features, labels, num_classes=3).name == three.name
+    names = {"feature_names": ["a", "b", "c", "d"], "class_names": ["x", "y", "z"]}
+    named = client.upload_dataset(features, labels, **names)
+    assert named.name not in (five.name, three.name)
+    assert (named.feature_names, named.class_names) == (("a", "b", "c", "d"), ("x", "y", "z"))
+    assert client.upload_dataset(features, labels, **names).name == named.name
+    assert client.upload_dataset(features, labels).name == three.name, "names are not optional"
+    for info in (five, three, named):
+        client.delete_dataset(info.name)
+
+
 def test_integer_features_and_small_integer_labels_are_uploaded(client: Client) -> None:
     features, labels = blobs(30, seed=4)
     counts = np.rint(features * 10).astype(np.int64)
