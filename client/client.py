@@ -283,7 +283,8 @@ class Client:
         """Uploads (features, targets), streamed in 1 MiB chunks.
 
         `features` is an array or a file: a CSV (targets in `target_column`, the last column by
-        default), an NPZ (`X` and `y`), or an NPY with `targets` a second file. `task` is
+        default), an NPZ (`X` and `y`), or a CSV or NPY of features only with `targets` (an array,
+        or an NPY or CSV file) holding one target per row. `task` is
         regression, binary or multiclass; when omitted, integer targets mean multiclass (binary
         for 0/1) and floats regression. Integer and bool features are sent as float32 (float64
         ones stay float64), and bool, unsigned, int8 and int16 targets as int64.
@@ -339,11 +340,10 @@ class Client:
         target_column: str | int | None,
     ) -> Upload:
         if isinstance(features, str | Path):
-            table = read_dataset(
-                features, targets if isinstance(targets, str | Path) else None, target_column
-            )
-            x = table.features
-            y = table.targets if not isinstance(targets, np.ndarray) else targets
+            if targets is not None and not isinstance(targets, str | Path):
+                targets = np.asarray(targets)
+            table = read_dataset(features, targets, target_column)
+            x, y = table.features, table.targets
             feature_names = feature_names or table.feature_names
             class_names = class_names or table.class_names
             name = name or Path(features).stem

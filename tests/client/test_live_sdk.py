@@ -173,6 +173,32 @@ def test_uploads_from_csv_and_npy_files(client: Client, tmp_path: Path) -> None:
     assert client.upload_dataset(features, labels).name == from_npy.name
 
 
+def test_a_features_file_with_a_targets_array_keeps_every_column(
+    client: Client, tmp_path: Path
+) -> None:
+    """A features file with targets given as an array once lost its last column (read as the
+    file's targets, then replaced by the array), and an .npy one was refused as if no targets
+    were given."""
+    features, labels = blobs(30, seed=5)
+    csv = tmp_path / "feats.csv"
+    csv.write_text("".join(",".join(f"{v:.6f}" for v in row) + "\n" for row in features))
+    from_csv = client.upload_dataset(csv, labels)
+    assert from_csv.feature_shape == (30, 4) and from_csv.num_classes == 3
+    np.save(tmp_path / "X.npy", features)
+    from_npy = client.upload_dataset(tmp_path / "X.npy", labels.tolist())
+    assert from_npy.feature_shape == (30, 4)
+    assert client.upload_dataset(features, labels).name == from_npy.name, "the same arrays"
+    with pytest.raises(
+        ValueError, match=r"X\.npy has 30 rows of features but the targets array has 29"
+    ):
+        client.upload_dataset(tmp_path / "X.npy", labels[:29])
+    np.savez(tmp_path / "both.npz", X=features, y=labels)
+    with pytest.raises(ValueError, match=r"targets must not be given with .*both\.npz"):
+        client.upload_dataset(tmp_path / "both.npz", labels)
+    for info in (from_csv, from_npy):
+        client.delete_dataset(info.name)
+
+
 def test_train_follow_and_use_a_job(
     client: Client, dataset: DatasetInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
