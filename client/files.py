@@ -178,6 +178,11 @@ def read_dataset(
     file, or an array): given targets, every column of the features file is a feature."""
     path = Path(features)
     suffix = path.suffix.lower()
+    if suffix not in (".csv", ".npy", ".npz"):
+        raise ValueError(
+            "features must be a .csv file (targets in a column, or given), an .npz file (arrays "
+            f"X and y) or an .npy file (targets given), or an array. Received: {path}"
+        )
     if suffix == ".csv" and targets is None:
         return read_csv(path, -1 if target_column is None else target_column)
     if suffix == ".npz":
