@@ -167,6 +167,18 @@ def reconnectable(code: grpc.StatusCode | None, details: str) -> bool:
     return code is grpc.StatusCode.INTERNAL and "RST_STREAM" in details
 
 
+def upload_bar(upload: Upload, progress: bool | None) -> Any:
+    """A tqdm bar of `upload`'s bytes, or None: as `progress` says, by default for uploads of
+    PROGRESS_BYTES or more."""
+    show = progress if progress is not None else upload.size_bytes >= PROGRESS_BYTES
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    label = upload.header.display_name or "dataset"
+    return tqdm(total=upload.size_bytes, unit="B", unit_scale=True, desc=f"uploading {label}")
+
+
 class Client:
     """A connection to a Trainwire server. Use it as a context manager, or call `close()`.
 
@@ -304,15 +316,7 @@ class Client:
             existing = self.find_dataset(upload)
             if existing is not None:
                 return existing
-        show = progress if progress is not None else upload.size_bytes >= PROGRESS_BYTES
-        bar = None
-        if show:
-            from tqdm import tqdm
-
-            label = upload.header.display_name or "dataset"
-            bar = tqdm(
-                total=upload.size_bytes, unit="B", unit_scale=True, desc=f"uploading {label}"
-            )
+        bar = upload_bar(upload, progress)
         try:
             response = self._call(
                 self._rpc.upload_dataset,
