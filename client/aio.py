@@ -46,6 +46,7 @@ from .client import (
     is_gone,
     may_have_run,
     reconnectable,
+    upload_bar,
 )
 from .errors import (
     DeadlineExceeded,
@@ -184,9 +185,10 @@ class AsyncClient:
         labels: Mapping[str, str] | None = None,
         target_column: str | int | None = None,
         dedupe: bool = True,
+        progress: bool | None = None,
         timeout: float | None = None,
     ) -> DatasetInfo:
-        """Uploads a dataset, content-addressed, as `Client.upload_dataset` (no progress bar)."""
+        """Uploads a dataset, content-addressed, as `Client.upload_dataset`."""
         upload = Client._prepare(
             features, targets, task, name, num_classes, feature_names, class_names, labels,
             target_column,
@@ -195,12 +197,17 @@ class AsyncClient:
             existing = await self.find_dataset(upload)
             if existing is not None:
                 return existing
-        response = await self._call(
-            self._rpc.upload_dataset,
-            upload.requests(),
-            timeout or max(self.timeout, 300.0),
-            idempotent=False,
-        )
+        bar = upload_bar(upload, progress)
+        try:
+            response = await self._call(
+                self._rpc.upload_dataset,
+                upload.requests(bar.update if bar is not None else None),
+                timeout or max(self.timeout, 300.0),
+                idempotent=False,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
         info = DatasetInfo.from_proto(response)
         self._uploaded[upload.sha256] = info.name
         return info

@@ -167,6 +167,18 @@ def reconnectable(code: grpc.StatusCode | None, details: str) -> bool:
     return code is grpc.StatusCode.INTERNAL and "RST_STREAM" in details
 
 
+def upload_bar(upload: Upload, progress: bool | None) -> Any:
+    """A tqdm bar of `upload`'s bytes, or None: as `progress` says, by default for uploads of
+    PROGRESS_BYTES or more."""
+    show = progress if progress is not None else upload.size_bytes >= PROGRESS_BYTES
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    label = upload.header.display_name or "dataset"
+    return tqdm(total=upload.size_bytes, unit="B", unit_scale=True, desc=f"uploading {label}")
+
+
 class Client:
     """A connection to a Trainwire server. Use it as a context manager, or call `close()`.
 
@@ -283,14 +295,16 @@ class Client:
         """Uploads (features, targets), streamed in 1 MiB chunks.
 
         `features` is an array or a file: a CSV (targets in `target_column`, the last column by
-        default), an NPZ (`X` and `y`), or an NPY with `targets` a second file. `task` is
+        default), an NPZ (`X` and `y`), or a CSV or NPY of features only with `targets` (an array,
+        or an NPY or CSV file) holding one target per row. `task` is
         regression, binary or multiclass; when omitted, integer targets mean multiclass (binary
         for 0/1) and floats regression. Integer and bool features are sent as float32 (float64
         ones stay float64), and bool, unsigned, int8 and int16 targets as int64.
 
         Uploads are content-addressed: with `dedupe` (the default) the SDK looks for a dataset of
-        your project with the same SHA-256, shapes and task (one `ListDatasets` pass, remembered
-        by this client) and returns it instead of sending the bytes again; its display name and
+        your project with the same SHA-256, shapes, task, class count (`num_classes`, else the
+        largest label + 1) and feature and class names (one `ListDatasets` pass, remembered by
+        this client) and returns it instead of sending the bytes again; its display name and
         labels stay those of the first upload. `progress` shows a progress bar (by default for
         uploads of 16 MiB or more). Uploads are not retried automatically.
         """
@@ -302,15 +316,7 @@ class Client:
             existing = self.find_dataset(upload)
             if existing is not None:
                 return existing
-        show = progress if progress is not None else upload.size_bytes >= PROGRESS_BYTES
-        bar = None
-        if show:
-            from tqdm import tqdm
-
-            label = upload.header.display_name or "dataset"
-            bar = tqdm(
-                total=upload.size_bytes, unit="B", unit_scale=True, desc=f"uploading {label}"
-            )
+        bar = upload_bar(upload, progress)
         try:
             response = self._call(
                 self._rpc.upload_dataset,
@@ -338,11 +344,10 @@ class Client:
         target_column: str | int | None,
     ) -> Upload:
         if isinstance(features, str | Path):
-            table = read_dataset(
-                features, targets if isinstance(targets, str | Path) else None, target_column
-            )
-            x = table.features
-            y = table.targets if not isinstance(targets, np.ndarray) else targets
+            if targets is not None and not isinstance(targets, str | Path):
+                targets = np.asarray(targets)
+            table = read_dataset(features, targets, target_column)
+            x, y = table.features, table.targets
             feature_names = feature_names or table.feature_names
             class_names = class_names or table.class_names
             name = name or Path(features).stem

@@ -170,14 +170,27 @@ def read_csv(path: PathLike, target_column: str | int | None = -1) -> TableData:
 
 
 def read_dataset(
-    features: PathLike, targets: PathLike | None = None, target_column: str | int | None = None
+    features: PathLike,
+    targets: PathLike | np.ndarray | None = None,
+    target_column: str | int | None = None,
 ) -> TableData:
-    """A dataset from a CSV file, an NPZ file, or NPY features (plus NPY/CSV targets)."""
+    """A dataset from a CSV file, an NPZ file, or CSV/NPY features plus targets (an NPY or CSV
+    file, or an array): given targets, every column of the features file is a feature."""
     path = Path(features)
     suffix = path.suffix.lower()
+    if suffix not in (".csv", ".npy", ".npz"):
+        raise ValueError(
+            "features must be a .csv file (targets in a column, or given), an .npz file (arrays "
+            f"X and y) or an .npy file (targets given), or an array. Received: {path}"
+        )
     if suffix == ".csv" and targets is None:
         return read_csv(path, -1 if target_column is None else target_column)
     if suffix == ".npz":
+        if targets is not None:
+            raise ValueError(
+                f"targets must not be given with {path}: an .npz file holds its own (arrays X "
+                "and y); give the features as a .npy or .csv file to use other targets"
+            )
         with np.load(path, allow_pickle=False) as archive:
             for x_key, y_key in (("X", "y"), ("features", "targets"), ("x", "y")):
                 if x_key in archive and y_key in archive:
@@ -186,14 +199,23 @@ def read_dataset(
     inputs = read_inputs(path)
     if targets is None:
         raise ValueError(f"{path} holds features only; give the targets file too")
-    target_path = Path(targets)
-    if target_path.suffix.lower() == ".npy":
-        y = np.load(target_path, allow_pickle=False)
-        return TableData(inputs.features, y, inputs.feature_names, [])
-    table = read_csv(target_path, 0)
-    if table.targets is None:
-        raise ValueError(f"{target_path} has no targets")
-    return TableData(inputs.features, table.targets, inputs.feature_names, table.class_names)
+    class_names: list[str] = []
+    if isinstance(targets, np.ndarray):
+        y, source = targets, "the targets array"
+    elif Path(targets).suffix.lower() == ".npy":
+        y, source = np.load(targets, allow_pickle=False), str(targets)
+    else:
+        table = read_csv(targets, 0)
+        if table.targets is None:
+            raise ValueError(f"{targets} has no targets")
+        y, source, class_names = table.targets, str(targets), table.class_names
+    rows = y.shape[0] if y.ndim else 0
+    if rows != len(inputs.features):
+        raise ValueError(
+            f"{path} has {len(inputs.features)} rows of features but {source} has {rows} "
+            "targets; give one target per row"
+        )
+    return TableData(inputs.features, y, inputs.feature_names, class_names)
 
 
 def read_inputs(path: PathLike) -> TableData:

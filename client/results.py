@@ -58,7 +58,8 @@ def _iso(moment: datetime | None) -> str | None:
 @dataclass(frozen=True)
 class DatasetInfo:
     """A stored dataset. `name` (`datasets/…`) is what jobs refer to; `create_time` is a
-    timezone-aware `datetime` in UTC."""
+    timezone-aware `datetime` in UTC; `feature_names` and `class_names` are empty when the
+    upload named none."""
 
     name: str
     display_name: str
@@ -72,6 +73,8 @@ class DatasetInfo:
     target_shape: tuple[int, ...] = ()
     create_time: datetime | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    feature_names: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()
 
     @classmethod
     def from_proto(cls, message: datasets_pb2.Dataset) -> DatasetInfo:
@@ -89,6 +92,8 @@ class DatasetInfo:
             target_shape=tuple(int(s) for s in message.targets.shape),
             create_time=_utc_time(message.create_time),
             labels=dict(message.labels),
+            feature_names=tuple(message.feature_names),
+            class_names=tuple(message.class_names),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -39,6 +39,8 @@ class Upload:
 
     header: datasets_pb2.DatasetHeader
     payloads: tuple[bytes, bytes]
+    #: The class count the server gives the dataset (0 for regression).
+    num_classes: int
 
     @property
     def size_bytes(self) -> int:
@@ -51,13 +53,17 @@ class Upload:
         return str(self.header.sha256)
 
     def matches(self, dataset: DatasetInfo) -> bool:
-        """Whether `dataset` holds exactly these arrays for the same task."""
+        """Whether `dataset` is the dataset this upload would create: the same arrays, task,
+        class count and feature and class names (a job trains and a model answers by all of
+        them). Only the display name and labels may differ, as they describe the data."""
         return (
             dataset.sha256 == self.sha256
             and dataset.feature_shape == tuple(self.header.features.shape)
             and dataset.target_shape == tuple(self.header.targets.shape)
             and TASKS.get(dataset.task) == self.header.task
-            and (not self.header.num_classes or dataset.num_classes == self.header.num_classes)
+            and dataset.num_classes == self.num_classes
+            and dataset.feature_names == tuple(self.header.feature_names)
+            and dataset.class_names == tuple(self.header.class_names)
         )
 
     def requests(
@@ -122,7 +128,22 @@ def prepare_upload(
         feature_names=list(feature_names),
         class_names=list(class_names),
     )
-    return Upload(header, (x_bytes, y_bytes))
+    return Upload(header, (x_bytes, y_bytes), expected_classes(task, y, num_classes))
+
+
+def expected_classes(task: str, targets: np.ndarray, num_classes: int) -> int:
+    """The class count the server gives a dataset of these targets (`_check_targets` in
+    server/datasets.py): none for regression, 2 for binary, else the one asked for or the
+    largest label + 1."""
+    if task == "regression":
+        return 0
+    if task == "binary":
+        return 2
+    if num_classes or not targets.size:
+        return num_classes
+    # Targets the server refuses (NaN, fractions) match no stored dataset whatever this gives.
+    top = float(targets.max())
+    return int(top) + 1 if np.isfinite(top) else 0
 
 
 def create_job_request(

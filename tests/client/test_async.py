@@ -120,11 +120,34 @@ def test_a_watch_closed_from_another_task_ends_its_loop(
     asyncio.run(scenario())
 
 
+def settings(method: Callable[..., object]) -> list[tuple[str, object, object]]:
+    """A method's parameters: name, default and kind."""
+    parameters = inspect.signature(method).parameters.values()
+    return [(p.name, p.default, p.kind) for p in parameters]
+
+
 def test_both_clients_create_jobs_with_the_same_settings_and_defaults() -> None:
     # `jobs submit` checks a spec file against Client.create_job's defaults (client/jobspec.py):
     # the async client's must be the same, or a spec would be judged by settings it never gets.
-    def settings(method: Callable[..., object]) -> list[tuple[str, object, object]]:
-        parameters = inspect.signature(method).parameters.values()
-        return [(p.name, p.default, p.kind) for p in parameters]
-
     assert settings(AsyncClient.create_job) == settings(Client.create_job)
+
+
+def test_both_clients_upload_with_the_same_settings_and_defaults() -> None:
+    """The README gives AsyncClient the same surface: its upload_dataset once lacked `progress`."""
+    assert settings(AsyncClient.upload_dataset) == settings(Client.upload_dataset)
+
+
+def test_an_async_upload_shows_its_progress(
+    live_server: LocalServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    features, labels = blobs(30, seed=11)
+
+    async def scenario() -> DatasetInfo:
+        async with AsyncClient(live_server.target, timeout=30) as client:
+            info = await client.upload_dataset(features, labels, name="bar", progress=True)
+            await client.delete_dataset(info.name)
+            return info
+
+    info = asyncio.run(scenario())
+    bar = capsys.readouterr().err
+    assert "uploading bar" in bar and f"{info.size_bytes}/{info.size_bytes}" in bar

@@ -145,3 +145,16 @@ def test_a_features_file_keeps_its_column_names_beside_a_targets_file(tmp_path: 
     features = write(tmp_path, "a,b\n1,2\n3,4\n", name="x.csv")
     np.save(tmp_path / "y.npy", np.array([0, 1]))
     assert read_dataset(features, tmp_path / "y.npy").feature_names == ["a", "b"]
+
+
+def test_a_dataset_file_of_another_kind_is_refused_naming_the_argument_and_every_kind(
+    tmp_path: Path,
+) -> None:
+    """It was refused as prediction inputs are ("inputs must be a .csv or .npy file"), though
+    the argument is `features` and .npz files are taken too."""
+    log = write(tmp_path, "started\n", name="server3.log")
+    message = "features must be a .csv file (targets in a column, or given), an .npz file"
+    with pytest.raises(ValueError, match=re.escape(message) + r".*Received: .*server3\.log$"):
+        read_dataset(log)
+    with pytest.raises(ValueError, match=r"^inputs must be a \.csv or \.npy file"):
+        read_model_inputs(log, lambda: [])

@@ -109,6 +109,28 @@ def test_uploads_are_content_addressed(client: Client, dataset: DatasetInfo) -> 
         client.get_dataset(forced.name)
 
 
+def test_a_reused_dataset_is_the_one_the_upload_would_create(client: Client) -> None:
+    """Reuse once matched the arrays, shapes and task alone: an upload got back an earlier one of
+    the same arrays made with num_classes=5 (a model of 3 logits then refused), and an upload
+    naming its features and classes got back the unnamed one."""
+    features, labels = blobs(24, seed=7)
+    five = client.upload_dataset(features, labels, num_classes=5)
+    with Client(client.target) as fresh:  # no local memory: found by listing
+        three = fresh.upload_dataset(features, labels)
+    assert three.name != five.name and three.num_classes == 3
+    # This client remembers the 5-class upload: that memory must not answer either.
+    assert client.upload_dataset(features, labels).name == three.name
+    assert client.upload_dataset(features, labels, num_classes=3).name == three.name
+    names = {"feature_names": ["a", "b", "c", "d"], "class_names": ["x", "y", "z"]}
+    named = client.upload_dataset(features, labels, **names)
+    assert named.name not in (five.name, three.name)
+    assert (named.feature_names, named.class_names) == (("a", "b", "c", "d"), ("x", "y", "z"))
+    assert client.upload_dataset(features, labels, **names).name == named.name
+    assert client.upload_dataset(features, labels).name == three.name, "names are not optional"
+    for info in (five, three, named):
+        client.delete_dataset(info.name)
+
+
 def test_integer_features_and_small_integer_labels_are_uploaded(client: Client) -> None:
     features, labels = blobs(30, seed=4)
     counts = np.rint(features * 10).astype(np.int64)
@@ -149,6 +171,32 @@ def test_uploads_from_csv_and_npy_files(client: Client, tmp_path: Path) -> None:
     assert from_npy.target_shape == (30,) and from_npy.task == "multiclass"
     assert from_npy.name != from_csv.name  # float32 text round trip differs from the arrays
     assert client.upload_dataset(features, labels).name == from_npy.name
+
+
+def test_a_features_file_with_a_targets_array_keeps_every_column(
+    client: Client, tmp_path: Path
+) -> None:
+    """A features file with targets given as an array once lost its last column (read as the
+    file's targets, then replaced by the array), and an .npy one was refused as if no targets
+    were given."""
+    features, labels = blobs(30, seed=5)
+    csv = tmp_path / "feats.csv"
+    csv.write_text("".join(",".join(f"{v:.6f}" for v in row) + "\n" for row in features))
+    from_csv = client.upload_dataset(csv, labels)
+    assert from_csv.feature_shape == (30, 4) and from_csv.num_classes == 3
+    np.save(tmp_path / "X.npy", features)
+    from_npy = client.upload_dataset(tmp_path / "X.npy", labels.tolist())
+    assert from_npy.feature_shape == (30, 4)
+    assert client.upload_dataset(features, labels).name == from_npy.name, "the same arrays"
+    with pytest.raises(
+        ValueError, match=r"X\.npy has 30 rows of features but the targets array has 29"
+    ):
+        client.upload_dataset(tmp_path / "X.npy", labels[:29])
+    np.savez(tmp_path / "both.npz", X=features, y=labels)
+    with pytest.raises(ValueError, match=r"targets must not be given with .*both\.npz"):
+        client.upload_dataset(tmp_path / "both.npz", labels)
+    for info in (from_csv, from_npy):
+        client.delete_dataset(info.name)
 
 
 def test_train_follow_and_use_a_job(
