@@ -173,7 +173,7 @@ class Client:
     `tls=True` verifies the server with the system's CAs, `tls="ca.pem"` with that CA;
     `client_cert=(cert.pem, key.pem)` for servers that require client certificates (mutual TLS;
     without `tls` it verifies the server with the system's CAs). Each file is given by its path
-    (a str) or by its PEM bytes, and read once, here. `timeout`
+    (a str or a `pathlib.Path`) or by its PEM bytes, and read once, here. `timeout`
     is the deadline of each call in seconds (retries included); `retry` says how idempotent calls
     are retried (`RetryPolicy(max_attempts=1)` turns retries off).
     """

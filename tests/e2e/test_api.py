@@ -3,6 +3,7 @@ predictions, limits, API keys with project isolation, TLS, and health during a d
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import os
@@ -31,6 +32,7 @@ from trainwire.client import (
     ResourceExhausted,
     TrainwireError,
 )
+from trainwire.client.aio import AsyncClient
 from trainwire.client.tensors import from_tensor, to_tensor
 from trainwire.server.cli import main
 from trainwire.server.local import local_server
@@ -581,6 +583,42 @@ def test_mutual_tls_requires_a_client_certificate(tmp_path: Path) -> None:
         with Client(target, tls=str(ca)) as anonymous, pytest.raises(TrainwireError) as refused:
             list(anonymous.list_datasets())
         assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_tls_files_given_as_paths_are_read_sync_and_async(tmp_path: Path) -> None:
+    """`tls=` and `client_cert=` take a `pathlib.Path` as they take a str: a Path CA was taken
+    for `tls=True`, the server then verified with the system's CAs (and a publicly signed one
+    trusted on any public CA's word). A `tls` of no known type is refused, not taken so."""
+    ca, cert, key = make_certificates(tmp_path)
+    url = f"sqlite:///{tmp_path / 'paths.db'}"
+    env = {
+        "TRAINWIRE_TLS_CERT": str(cert),
+        "TRAINWIRE_TLS_KEY": str(key),
+        "TRAINWIRE_TLS_CLIENT_CA": str(ca),
+    }
+    with local_server(url, workers=0, extra_env=env) as server:
+        target = server.target.replace("127.0.0.1", "localhost")
+        pair = (tmp_path / "client.pem", key)
+        with Client(target, tls=ca, client_cert=pair, timeout=10) as client:
+            assert list(client.list_datasets()) == []
+
+        async def list_async() -> list[DatasetInfo]:
+            async with AsyncClient(target, tls=ca, client_cert=pair, timeout=10) as client:
+                return [dataset async for dataset in client.list_datasets()]
+
+        assert asyncio.run(list_async()) == []
+        # True still means the system's CAs, which did not sign this server's certificate.
+        system = Client(target, tls=True, client_cert=pair, timeout=2)
+        with system, pytest.raises(TrainwireError) as unverified:
+            list(system.list_datasets())
+        assert unverified.value.code == grpc.StatusCode.UNAVAILABLE
+    for wrong in (1, ["ca.pem"]):
+        with pytest.raises(TypeError, match=r"^tls must be True .* Received: "):
+            Client("localhost:1", tls=wrong)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"^tls must be True"):
+            AsyncClient("localhost:1", tls=wrong)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^client_cert key must be a PEM file's path"):
+        Client("localhost:1", tls=ca, client_cert=(ca, 1))  # type: ignore[arg-type]
 
 
 def test_user_commands_show_a_client_certificate_to_a_mutual_tls_server(
