@@ -67,7 +67,7 @@ from .results import (
     Prediction,
 )
 from .retry import RetryPolicy, watch_was_open
-from .rpc import AioRpc, Pem, channel_credentials, channel_options
+from .rpc import AioRpc, Pem, auth_metadata, channel_credentials, channel_options
 from .wire import (
     ChunkedPrediction,
     StreamedPrediction,
@@ -108,15 +108,13 @@ class AsyncClient:
         self.max_message_bytes = max_message_bytes
         self.retry = retry or RetryPolicy()
         self.watch_reconnect_s = watch_reconnect_s
+        self._metadata = auth_metadata(api_key)  # checked before a channel is opened
         options = channel_options(max_message_bytes)
         credentials = channel_credentials(tls, client_cert)
         if credentials is not None:
             self._channel = grpc.aio.secure_channel(target, credentials, options=options)
         else:
             self._channel = grpc.aio.insecure_channel(target, options=options)
-        self._metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        )
         self._rpc = AioRpc(self._channel)
         self._uploaded: dict[str, str] = {}
 

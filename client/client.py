@@ -45,7 +45,15 @@ from .results import (
     Prediction,
 )
 from .retry import RetryPolicy, watch_was_open
-from .rpc import Pem, Rpc, channel_credentials, channel_options, read_file
+from .rpc import (
+    Pem,
+    Rpc,
+    api_key_text,
+    auth_metadata,
+    channel_credentials,
+    channel_options,
+    read_file,
+)
 from .wire import (
     CHUNK_BYTES,
     PROGRESS_BYTES,
@@ -100,7 +108,7 @@ def env_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> 
     if "target" not in overrides:
         settings["target"] = env.get("TRAINWIRE_TARGET") or DEFAULT_TARGET
     if "api_key" not in overrides and env.get("TRAINWIRE_API_KEY"):
-        settings["api_key"] = env["TRAINWIRE_API_KEY"]
+        settings["api_key"] = api_key_text(env["TRAINWIRE_API_KEY"], "TRAINWIRE_API_KEY")
     tls = env.get("TRAINWIRE_TLS", "") if "tls" not in overrides else ""
     if tls.lower() in ("1", "true", "yes", "system"):  # "system" as `--tls system` says
         settings["tls"] = True
@@ -197,16 +205,13 @@ class Client:
         self.max_message_bytes = max_message_bytes
         self.retry = retry or RetryPolicy()
         self.watch_reconnect_s = watch_reconnect_s
+        self._metadata = auth_metadata(api_key)  # checked before a channel is opened
         options = channel_options(max_message_bytes)
         credentials = channel_credentials(tls, client_cert)
         if credentials is not None:
             self._channel = grpc.secure_channel(target, credentials, options=options)
         else:
             self._channel = grpc.insecure_channel(target, options=options)
-        # The key travels as metadata (call credentials are refused on plaintext channels).
-        self._metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        )
         self._rpc = Rpc(self._channel)
         self._uploaded: dict[str, str] = {}  # sha256 -> dataset name, for instant re-uploads
 

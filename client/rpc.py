@@ -182,6 +182,33 @@ def read_file(path: str | os.PathLike[str], name: str) -> bytes:
         raise ValueError(f"cannot read {name} {os.fspath(path)}: {reason}") from None
 
 
+def api_key_text(api_key: str, name: str) -> str:
+    """`api_key` without surrounding whitespace (a key read from a file, `open("key").read()`,
+    ends with a newline). A key that still cannot be sent as a gRPC metadata value (printable
+    ASCII only) is a ValueError naming the argument or variable (`name`) that gave it, here,
+    rather than an INTERNAL error from gRPC at the first call. The key itself is never shown:
+    it is a secret."""
+    if not isinstance(api_key, str):
+        raise TypeError(f"{name} must be a str. Received: {type(api_key).__name__}")
+    key = api_key.strip()
+    for position, character in enumerate(key):
+        if not (character.isascii() and character.isprintable()):
+            kind = "a control character" if character.isascii() else "a non-ASCII character"
+            raise ValueError(
+                f"{name} holds {kind} at position {position}: an API key is printable ASCII "
+                "(tw_…), sent as gRPC metadata. Copy the key again as `trainwire keys create` "
+                "printed it"
+            )
+    return key
+
+
+def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    """The metadata of every call: the API key, if there is one (call credentials are refused
+    on plaintext channels). The key is checked by `api_key_text`."""
+    key = api_key_text(api_key, "api_key") if api_key is not None else ""
+    return (("authorization", f"Bearer {key}"),) if key else ()
+
+
 # A PEM file given by its path (a str or a `pathlib.Path`), or by its bytes (as the CLI and
 # `env_settings` pass the files they read, so that each is read once, where its option or
 # variable can be named).

@@ -418,6 +418,50 @@ def test_api_keys_isolate_projects_on_every_rpc(tmp_path: Path) -> None:
             wait_for(lambda: _refused(lambda: a.get_job(job.name)), 30, "the revocation")
 
 
+def test_a_key_read_with_its_newline_is_sent_without_it_and_a_bad_one_is_refused_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`api_key=open("key").read()` (or TRAINWIRE_API_KEY) ends with a newline, which gRPC cannot
+    send: the sync client raised `Internal: Invalid metadata` at its first call (a server error,
+    of a server that never saw it), the async one a raw cygrpc ExecuteBatchError. Surrounding
+    whitespace is dropped; a key still unsendable is a ValueError at construction naming where
+    it came from, and never showing the secret."""
+    url = f"sqlite:///{tmp_path / 'newline.db'}"
+    upgrade(url)
+    key = create_key(url, "alpha")
+    monkeypatch.delenv("TRAINWIRE_API_KEY", raising=False)
+    with local_server(url, workers=0) as server:
+        with Client(server.target, api_key=f" {key}\n", timeout=10) as client:
+            assert list(client.list_datasets()) == []
+
+        async def list_async(api_key: str) -> list[DatasetInfo]:
+            async with AsyncClient(server.target, api_key=api_key, timeout=10) as client:
+                return [dataset async for dataset in client.list_datasets()]
+
+        assert asyncio.run(list_async(f"{key}\r\n")) == []
+        monkeypatch.setenv("TRAINWIRE_API_KEY", f"{key}\n")
+        with Client.from_env(target=server.target, timeout=10) as client:
+            assert list(client.list_datasets()) == []
+        code = main(["datasets", "list", "--target", server.target, "--api-key", f"{key}\n"])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+
+        secret = key.split("_", 2)[2]
+        for bad in (f"{key}é", f"{key[:5]}\n{key[5:]}"):
+            with pytest.raises(ValueError, match=r"^api_key holds a (non-ASCII|control) char"):
+                Client(server.target, api_key=bad)
+            with pytest.raises(ValueError, match=r"^api_key holds a (non-ASCII|control) char"):
+                AsyncClient(server.target, api_key=bad)
+            monkeypatch.setenv("TRAINWIRE_API_KEY", bad)
+            with pytest.raises(ValueError, match=r"^TRAINWIRE_API_KEY holds") as refused:
+                Client.from_env(target=server.target)
+            assert secret not in str(refused.value)
+            monkeypatch.delenv("TRAINWIRE_API_KEY")
+            code = main(["datasets", "list", "--target", server.target, "--api-key", bad])
+            out, err = capsys.readouterr()
+            assert code == 2 and "--api-key holds a" in err and secret not in err + out
+
+
 def test_public_address_without_keys_is_refused(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'open.db'}"
     result = subprocess.run(
