@@ -48,6 +48,7 @@ from .client import (
     reconnectable,
 )
 from .errors import (
+    ClientClosed,
     DeadlineExceeded,
     JobFailed,
     NotFound,
@@ -109,6 +110,7 @@ class AsyncClient:
         self.retry = retry or RetryPolicy()
         self.watch_reconnect_s = watch_reconnect_s
         self._metadata = auth_metadata(api_key)  # checked before a channel is opened
+        self._closed = False  # for `ClientClosed` in place of grpc's UsageError (see `Client`)
         options = channel_options(max_message_bytes)
         credentials = channel_credentials(tls, client_cert)
         if credentials is not None:
@@ -133,7 +135,9 @@ class AsyncClient:
         return f"AsyncClient({self.target!r})"
 
     async def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
+        """Closes the channel; calls in flight are cancelled, and later ones raise
+        `ClientClosed`."""
+        self._closed = True
         await self._channel.close(None)
 
     async def _call(
@@ -151,6 +155,8 @@ class AsyncClient:
         attempt = 0
         answer_lost = False
         while True:
+            if self._closed:  # also between attempts: close() may come during a retry's sleep
+                raise ClientClosed(self)
             attempt += 1
             remaining = deadline - time.monotonic()
             try:
@@ -392,6 +398,8 @@ class AsyncClient:
     ) -> AsyncIterator[Prediction]:
         """Predictions for each batch of rows, over one PredictStream call, in order; `batches`
         is read as the stream goes (see `Client.predict_stream`)."""
+        if self._closed:
+            raise ClientClosed(self)
         name = job.name if isinstance(job, AsyncJob) else job
         streamed = StreamedPrediction(name, checkpoint, self.max_message_bytes, outputs_only)
         failure: list[Exception] = []
@@ -487,6 +495,8 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
             if self._closed:
                 raise StopAsyncIteration
             if self._stream is None:
+                if self.client._closed:
+                    raise ClientClosed(self.client)
                 request = jobs_pb2.WatchJobRequest(
                     name=self.name, after_sequence=self.last_sequence
                 )

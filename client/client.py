@@ -23,6 +23,7 @@ from trainwire.v1 import datasets_pb2, jobs_pb2, predictions_pb2
 
 from .builders import ModelLike
 from .errors import (
+    ClientClosed,
     DeadlineExceeded,
     JobFailed,
     NotFound,
@@ -206,6 +207,9 @@ class Client:
         self.retry = retry or RetryPolicy()
         self.watch_reconnect_s = watch_reconnect_s
         self._metadata = auth_metadata(api_key)  # checked before a channel is opened
+        # Checked before each call, for an SDK error in place of gRPC's raw ValueError; a flag,
+        # not a lock: a call racing close() is cancelled as the calls in flight are.
+        self._closed = False
         options = channel_options(max_message_bytes)
         credentials = channel_credentials(tls, client_cert)
         if credentials is not None:
@@ -232,7 +236,9 @@ class Client:
         return f"Client({self.target!r})"
 
     def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
+        """Closes the channel; calls in flight are cancelled, and later ones raise
+        `ClientClosed`."""
+        self._closed = True
         self._channel.close()
 
     def _call(
@@ -251,6 +257,8 @@ class Client:
         attempt = 0
         answer_lost = False
         while True:
+            if self._closed:  # also between attempts: close() may come during a retry's sleep
+                raise ClientClosed(self)
             attempt += 1
             remaining = deadline - time.monotonic()
             try:
@@ -579,6 +587,8 @@ class Client:
         raised, as it was, after the predictions of the batches before it. `outputs_only` as
         for `predict`.
         """
+        if self._closed:
+            raise ClientClosed(self)
         name = job.name if isinstance(job, Job) else job
         streamed = StreamedPrediction(name, checkpoint, self.max_message_bytes, outputs_only)
         failure: list[Exception] = []
@@ -663,6 +673,8 @@ class JobWatch(Iterator[JobEvent]):
             return JobEvent.from_proto(event)
 
     def _open(self) -> None:
+        if self.client._closed:
+            raise ClientClosed(self.client)
         request = jobs_pb2.WatchJobRequest(name=self.name, after_sequence=self.last_sequence)
         remaining = None if self._deadline is None else max(self._deadline - time.monotonic(), 0)
         stream = self.client._rpc.watch_job(
