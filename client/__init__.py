@@ -18,6 +18,7 @@ from .client import Client, DatasetInfo, Job, JobStatus, JobWatch, Prediction
 from .errors import (
     AlreadyExists,
     Cancelled,
+    ClientClosed,
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
@@ -43,6 +44,7 @@ __all__ = [
     "Cancelled",
     "Checkpoint",
     "Client",
+    "ClientClosed",
     "DatasetInfo",
     "DeadlineExceeded",
     "Dense",

@@ -49,6 +49,7 @@ from .client import (
     upload_bar,
 )
 from .errors import (
+    ClientClosed,
     DeadlineExceeded,
     JobFailed,
     NotFound,
@@ -68,7 +69,7 @@ from .results import (
     Prediction,
 )
 from .retry import RetryPolicy, watch_was_open
-from .rpc import AioRpc, Pem, channel_credentials, channel_options
+from .rpc import AioRpc, Pem, auth_metadata, channel_credentials, channel_options
 from .wire import (
     ChunkedPrediction,
     StreamedPrediction,
@@ -109,15 +110,14 @@ class AsyncClient:
         self.max_message_bytes = max_message_bytes
         self.retry = retry or RetryPolicy()
         self.watch_reconnect_s = watch_reconnect_s
+        self._metadata = auth_metadata(api_key)  # checked before a channel is opened
+        self._closed = False  # for `ClientClosed` in place of grpc's UsageError (see `Client`)
         options = channel_options(max_message_bytes)
         credentials = channel_credentials(tls, client_cert)
         if credentials is not None:
             self._channel = grpc.aio.secure_channel(target, credentials, options=options)
         else:
             self._channel = grpc.aio.insecure_channel(target, options=options)
-        self._metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        )
         self._rpc = AioRpc(self._channel)
         self._uploaded: dict[str, str] = {}
 
@@ -136,7 +136,9 @@ class AsyncClient:
         return f"AsyncClient({self.target!r})"
 
     async def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
+        """Closes the channel; calls in flight are cancelled, and later ones raise
+        `ClientClosed`."""
+        self._closed = True
         await self._channel.close(None)
 
     async def _call(
@@ -154,6 +156,8 @@ class AsyncClient:
         attempt = 0
         answer_lost = False
         while True:
+            if self._closed:  # also between attempts: close() may come during a retry's sleep
+                raise ClientClosed(self)
             attempt += 1
             remaining = deadline - time.monotonic()
             try:
@@ -401,6 +405,8 @@ class AsyncClient:
     ) -> AsyncIterator[Prediction]:
         """Predictions for each batch of rows, over one PredictStream call, in order; `batches`
         is read as the stream goes (see `Client.predict_stream`)."""
+        if self._closed:
+            raise ClientClosed(self)
         name = job.name if isinstance(job, AsyncJob) else job
         streamed = StreamedPrediction(name, checkpoint, self.max_message_bytes, outputs_only)
         failure: list[Exception] = []
@@ -496,6 +502,8 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
             if self._closed:
                 raise StopAsyncIteration
             if self._stream is None:
+                if self.client._closed:
+                    raise ClientClosed(self.client)
                 request = jobs_pb2.WatchJobRequest(
                     name=self.name, after_sequence=self.last_sequence
                 )

@@ -30,7 +30,7 @@ from .errors import JobFailed, TrainwireError
 from .files import label_names, prediction_to_dict, read_model_inputs, write_prediction
 from .jobspec import DatasetSource, JobSpec
 from .results import STATES, JobStatus, ModelInfo, checkpoint_to_dict
-from .rpc import read_file
+from .rpc import api_key_text, read_file
 
 OK, FAILED, USAGE, NOT_FOUND, PRECONDITION, UNREACHABLE, DENIED, LIMIT, CANCELLED = range(9)
 EXIT_CODES: dict[grpc.StatusCode, int] = {
@@ -430,7 +430,7 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
             if args.target:
                 overrides["target"] = args.target
             if args.api_key:
-                overrides["api_key"] = args.api_key
+                overrides["api_key"] = api_key_text(args.api_key, "--api-key")
             if args.tls:
                 overrides["tls"] = True if args.tls == "system" else read_file(args.tls, "--tls")
             pair = client_cert_pair(

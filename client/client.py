@@ -23,6 +23,7 @@ from trainwire.v1 import datasets_pb2, jobs_pb2, predictions_pb2
 
 from .builders import ModelLike
 from .errors import (
+    ClientClosed,
     DeadlineExceeded,
     JobFailed,
     NotFound,
@@ -45,7 +46,15 @@ from .results import (
     Prediction,
 )
 from .retry import RetryPolicy, watch_was_open
-from .rpc import Pem, Rpc, channel_credentials, channel_options, read_file
+from .rpc import (
+    Pem,
+    Rpc,
+    api_key_text,
+    auth_metadata,
+    channel_credentials,
+    channel_options,
+    read_file,
+)
 from .wire import (
     CHUNK_BYTES,
     PROGRESS_BYTES,
@@ -100,7 +109,7 @@ def env_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> 
     if "target" not in overrides:
         settings["target"] = env.get("TRAINWIRE_TARGET") or DEFAULT_TARGET
     if "api_key" not in overrides and env.get("TRAINWIRE_API_KEY"):
-        settings["api_key"] = env["TRAINWIRE_API_KEY"]
+        settings["api_key"] = api_key_text(env["TRAINWIRE_API_KEY"], "TRAINWIRE_API_KEY")
     tls = env.get("TRAINWIRE_TLS", "") if "tls" not in overrides else ""
     if tls.lower() in ("1", "true", "yes", "system"):  # "system" as `--tls system` says
         settings["tls"] = True
@@ -185,7 +194,7 @@ class Client:
     `tls=True` verifies the server with the system's CAs, `tls="ca.pem"` with that CA;
     `client_cert=(cert.pem, key.pem)` for servers that require client certificates (mutual TLS;
     without `tls` it verifies the server with the system's CAs). Each file is given by its path
-    (a str) or by its PEM bytes, and read once, here. `timeout`
+    (a str or a `pathlib.Path`) or by its PEM bytes, and read once, here. `timeout`
     is the deadline of each call in seconds (retries included); `retry` says how idempotent calls
     are retried (`RetryPolicy(max_attempts=1)` turns retries off).
     """
@@ -209,16 +218,16 @@ class Client:
         self.max_message_bytes = max_message_bytes
         self.retry = retry or RetryPolicy()
         self.watch_reconnect_s = watch_reconnect_s
+        self._metadata = auth_metadata(api_key)  # checked before a channel is opened
+        # Checked before each call, for an SDK error in place of gRPC's raw ValueError; a flag,
+        # not a lock: a call racing close() is cancelled as the calls in flight are.
+        self._closed = False
         options = channel_options(max_message_bytes)
         credentials = channel_credentials(tls, client_cert)
         if credentials is not None:
             self._channel = grpc.secure_channel(target, credentials, options=options)
         else:
             self._channel = grpc.insecure_channel(target, options=options)
-        # The key travels as metadata (call credentials are refused on plaintext channels).
-        self._metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        )
         self._rpc = Rpc(self._channel)
         self._uploaded: dict[str, str] = {}  # sha256 -> dataset name, for instant re-uploads
 
@@ -239,7 +248,9 @@ class Client:
         return f"Client({self.target!r})"
 
     def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
+        """Closes the channel; calls in flight are cancelled, and later ones raise
+        `ClientClosed`."""
+        self._closed = True
         self._channel.close()
 
     def _call(
@@ -258,6 +269,8 @@ class Client:
         attempt = 0
         answer_lost = False
         while True:
+            if self._closed:  # also between attempts: close() may come during a retry's sleep
+                raise ClientClosed(self)
             attempt += 1
             remaining = deadline - time.monotonic()
             try:
@@ -579,6 +592,8 @@ class Client:
         raised, as it was, after the predictions of the batches before it. `outputs_only` as
         for `predict`.
         """
+        if self._closed:
+            raise ClientClosed(self)
         name = job.name if isinstance(job, Job) else job
         streamed = StreamedPrediction(name, checkpoint, self.max_message_bytes, outputs_only)
         failure: list[Exception] = []
@@ -663,6 +678,8 @@ class JobWatch(Iterator[JobEvent]):
             return JobEvent.from_proto(event)
 
     def _open(self) -> None:
+        if self.client._closed:
+            raise ClientClosed(self.client)
         request = jobs_pb2.WatchJobRequest(name=self.name, after_sequence=self.last_sequence)
         remaining = None if self._deadline is None else max(self._deadline - time.monotonic(), 0)
         stream = self.client._rpc.watch_job(

@@ -2,7 +2,8 @@
 
 Every exception is a `TrainwireError` with the gRPC `code` and the server's `field_violations`
 (`[(field, description), ...]`). Mistakes the SDK finds itself, before any network call, raise
-`SpecError`, which is both an `InvalidArgument` and a `ValueError`.
+`SpecError`, which is both an `InvalidArgument` and a `ValueError`; a call on a closed client
+raises `ClientClosed`, both a `FailedPrecondition` and a `ValueError`.
 """
 
 from __future__ import annotations
@@ -57,6 +58,18 @@ class AlreadyExists(TrainwireError):
 
 class FailedPrecondition(TrainwireError):
     """The resource is not in a state that allows the call (FAILED_PRECONDITION)."""
+
+
+class ClientClosed(FailedPrecondition, ValueError):
+    """A call on a client after its `close()` (or the end of its `with` block); make a new
+    client. A ValueError as well, as Python's own error on a closed file is."""
+
+    def __init__(self, client: object) -> None:
+        super().__init__(
+            f"{client!r} is closed (by close() or the end of its with block): make a new client "
+            "to call the server again",
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
 
 
 class ResourceExhausted(TrainwireError):

@@ -6,6 +6,7 @@ messages' own (de)serializers, so each call is checked by mypy end to end.
 
 from __future__ import annotations
 
+import os
 from typing import Any, TypeVar
 
 import grpc
@@ -169,7 +170,7 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     ]
 
 
-def read_file(path: str, name: str) -> bytes:
+def read_file(path: str | os.PathLike[str], name: str) -> bytes:
     """The bytes of `path`, else a ValueError naming the option or variable (`name`) that gave
     it: a bare OSError names only the path. Checked by reading it: a file opened once cannot
     change or go between a check and the read."""
@@ -178,29 +179,74 @@ def read_file(path: str, name: str) -> bytes:
             return file.read()
     except OSError as error:
         reason = (error.strerror or str(error)).lower()
-        raise ValueError(f"cannot read {name} {path}: {reason}") from None
+        raise ValueError(f"cannot read {name} {os.fspath(path)}: {reason}") from None
 
 
-# A PEM file given by its path, or by its bytes (as the CLI and `env_settings` pass the files
-# they read, so that each is read once, where its option or variable can be named).
-Pem = str | bytes
+def api_key_text(api_key: str, name: str) -> str:
+    """`api_key` without surrounding whitespace (a key read from a file, `open("key").read()`,
+    ends with a newline). A key that still cannot be sent as a gRPC metadata value (printable
+    ASCII only) is a ValueError naming the argument or variable (`name`) that gave it, here,
+    rather than an INTERNAL error from gRPC at the first call. The key itself is never shown:
+    it is a secret."""
+    if not isinstance(api_key, str):
+        raise TypeError(f"{name} must be a str. Received: {type(api_key).__name__}")
+    key = api_key.strip()
+    for position, character in enumerate(key):
+        if not (character.isascii() and character.isprintable()):
+            kind = "a control character" if character.isascii() else "a non-ASCII character"
+            raise ValueError(
+                f"{name} holds {kind} at position {position}: an API key is printable ASCII "
+                "(tw_…), sent as gRPC metadata. Copy the key again as `trainwire keys create` "
+                "printed it"
+            )
+    return key
+
+
+def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    """The metadata of every call: the API key, if there is one (call credentials are refused
+    on plaintext channels). The key is checked by `api_key_text`."""
+    key = api_key_text(api_key, "api_key") if api_key is not None else ""
+    return (("authorization", f"Bearer {key}"),) if key else ()
+
+
+# A PEM file given by its path (a str or a `pathlib.Path`), or by its bytes (as the CLI and
+# `env_settings` pass the files they read, so that each is read once, where its option or
+# variable can be named).
+Pem = str | os.PathLike[str] | bytes
 
 
 def pem_bytes(pem: Pem, name: str) -> bytes:
-    """The bytes of `pem`: given, or read from its path (`read_file`'s ValueError names `name`)."""
-    return pem if isinstance(pem, bytes) else read_file(pem, name)
+    """The bytes of `pem`: given, or read from its path (`read_file`'s ValueError names `name`).
+    Anything else is a TypeError naming `name`: never a file silently not read."""
+    if isinstance(pem, bytes | bytearray):
+        return bytes(pem)
+    if isinstance(pem, str | os.PathLike):
+        return read_file(pem, name)
+    raise TypeError(
+        f"{name} must be a PEM file's path (a str or os.PathLike) or its bytes. "
+        f"Received: {type(pem).__name__}"
+    )
 
 
 def channel_credentials(
-    tls: bool | Pem, client_cert: tuple[Pem, Pem] | None
+    tls: bool | Pem | None, client_cert: tuple[Pem, Pem] | None
 ) -> grpc.ChannelCredentials | None:
-    """TLS credentials (`tls=True`: system CAs; `tls="ca.pem"`, or its bytes: that CA), or None
-    for plaintext; a file that cannot be read is a ValueError naming the argument that gave it."""
-    # Any bytes are a CA, even none read from an empty file: never a silent fall to plaintext.
-    uses_tls = isinstance(tls, bytes) or bool(tls)
-    if not uses_tls and client_cert is None:
-        return None
-    root = pem_bytes(tls, "tls") if isinstance(tls, str | bytes) and uses_tls else None
+    """TLS credentials (`tls=True`: system CAs; `tls="ca.pem"`, a `Path`, or the CA's bytes:
+    that CA), or None for plaintext (`tls` False, None or ""). A file that cannot be read is a
+    ValueError, and a `tls` or `client_cert` file of another type a TypeError, naming it:
+    the system's CAs are used only when asked for, never in place of a CA that was not read."""
+    if tls is None or isinstance(tls, bool) or (isinstance(tls, str) and not tls):
+        if not tls and client_cert is None:
+            return None
+        root = None  # the system's CAs: asked for by True, or by a client_cert without tls
+    elif isinstance(tls, str | bytes | bytearray | os.PathLike):
+        # Any bytes are a CA, even none read from an empty file: never a silent fall to plaintext.
+        root = pem_bytes(tls, "tls")
+    else:
+        raise TypeError(
+            "tls must be True (the system's CAs), a CA file's path (a str or os.PathLike) or its "
+            f"PEM bytes, or False. Received: {type(tls).__name__}"
+        )
     key = chain = None
     if client_cert is not None:
         chain = pem_bytes(client_cert[0], "client_cert certificate")

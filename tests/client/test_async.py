@@ -9,7 +9,14 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from trainwire.client import Client, DatasetInfo, ModelInfo, NotFound, SpecError
+from trainwire.client import (
+    Client,
+    ClientClosed,
+    DatasetInfo,
+    ModelInfo,
+    NotFound,
+    SpecError,
+)
 from trainwire.client.aio import AsyncClient, AsyncJob, AsyncJobWatch
 from trainwire.server.local import LocalServer
 
@@ -116,6 +123,32 @@ def test_a_watch_closed_from_another_task_ends_its_loop(
                     await consumer
             finally:
                 await job.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_closed_async_client_says_so_on_every_kind_of_call(
+    live_server: LocalServer, dataset: DatasetInfo
+) -> None:
+    """grpc.aio raised its own `cygrpc.UsageError: Channel is closed.`, no SDK exception."""
+    features, labels = blobs()
+
+    async def scenario() -> None:
+        client = AsyncClient(live_server.target, timeout=10)
+        async with client:
+            assert await client.get_dataset(dataset.name) == dataset
+        calls = {
+            "unary": lambda: client.get_dataset(dataset.name),
+            "pages": lambda: anext(client.list_datasets()),
+            "upload": lambda: client.upload_dataset(features, labels, dedupe=False),
+            "predict": lambda: client.predict("jobs/any", features),
+            "watch": lambda: anext(client.watch_job("jobs/any")),
+            "stream": lambda: anext(client.predict_stream("jobs/any", [features])),
+        }
+        for call in calls.values():
+            with pytest.raises(ClientClosed, match=r"^AsyncClient\('.*'\) is closed"):
+                await call()
+        await client.close()  # again: nothing to do
 
     asyncio.run(scenario())
 

@@ -12,6 +12,7 @@ import pytest
 from trainwire.client import (
     BatchNorm,
     Client,
+    ClientClosed,
     DatasetInfo,
     Dense,
     Dropout,
@@ -89,6 +90,31 @@ def test_a_connection_whose_handshake_takes_longer_than_a_tenth_of_a_second_is_w
         assert proxy.accepted == 1, "one connection, waited for"
     finally:
         proxy.close()
+
+
+def test_a_closed_client_says_so_on_every_kind_of_call(
+    live_server: LocalServer, dataset: DatasetInfo
+) -> None:
+    """gRPC's own ValueError ("Cannot invoke RPC on closed channel!", a watch's and a stream's
+    "Channel closed!") was no SDK exception; `ClientClosed` is a FailedPrecondition (and still a
+    ValueError) naming the client."""
+    features, labels = blobs()
+    client = Client(live_server.target, timeout=10)
+    with client:
+        assert client.get_dataset(dataset.name) == dataset
+    calls = {
+        "unary": lambda: client.get_dataset(dataset.name),
+        "pages": lambda: list(client.list_datasets()),
+        "upload": lambda: client.upload_dataset(features, labels, dedupe=False),
+        "predict": lambda: client.predict("jobs/any", features),
+        "watch": lambda: list(client.watch_job("jobs/any")),
+        "stream": lambda: list(client.predict_stream("jobs/any", [features])),
+    }
+    for call in calls.values():
+        with pytest.raises(ClientClosed, match=r"^Client\('.*'\) is closed"):
+            call()
+    client.close()  # again: nothing to do
+    assert issubclass(ClientClosed, FailedPrecondition) and issubclass(ClientClosed, ValueError)
 
 
 def test_uploads_are_content_addressed(client: Client, dataset: DatasetInfo) -> None:

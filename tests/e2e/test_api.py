@@ -3,6 +3,7 @@ predictions, limits, API keys with project isolation, TLS, and health during a d
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import os
@@ -31,6 +32,7 @@ from trainwire.client import (
     ResourceExhausted,
     TrainwireError,
 )
+from trainwire.client.aio import AsyncClient
 from trainwire.client.tensors import from_tensor, to_tensor
 from trainwire.server.cli import main
 from trainwire.server.local import local_server
@@ -416,6 +418,50 @@ def test_api_keys_isolate_projects_on_every_rpc(tmp_path: Path) -> None:
             wait_for(lambda: _refused(lambda: a.get_job(job.name)), 30, "the revocation")
 
 
+def test_a_key_read_with_its_newline_is_sent_without_it_and_a_bad_one_is_refused_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`api_key=open("key").read()` (or TRAINWIRE_API_KEY) ends with a newline, which gRPC cannot
+    send: the sync client raised `Internal: Invalid metadata` at its first call (a server error,
+    of a server that never saw it), the async one a raw cygrpc ExecuteBatchError. Surrounding
+    whitespace is dropped; a key still unsendable is a ValueError at construction naming where
+    it came from, and never showing the secret."""
+    url = f"sqlite:///{tmp_path / 'newline.db'}"
+    upgrade(url)
+    key = create_key(url, "alpha")
+    monkeypatch.delenv("TRAINWIRE_API_KEY", raising=False)
+    with local_server(url, workers=0) as server:
+        with Client(server.target, api_key=f" {key}\n", timeout=10) as client:
+            assert list(client.list_datasets()) == []
+
+        async def list_async(api_key: str) -> list[DatasetInfo]:
+            async with AsyncClient(server.target, api_key=api_key, timeout=10) as client:
+                return [dataset async for dataset in client.list_datasets()]
+
+        assert asyncio.run(list_async(f"{key}\r\n")) == []
+        monkeypatch.setenv("TRAINWIRE_API_KEY", f"{key}\n")
+        with Client.from_env(target=server.target, timeout=10) as client:
+            assert list(client.list_datasets()) == []
+        code = main(["datasets", "list", "--target", server.target, "--api-key", f"{key}\n"])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+
+        secret = key.split("_", 2)[2]
+        for bad in (f"{key}é", f"{key[:5]}\n{key[5:]}"):
+            with pytest.raises(ValueError, match=r"^api_key holds a (non-ASCII|control) char"):
+                Client(server.target, api_key=bad)
+            with pytest.raises(ValueError, match=r"^api_key holds a (non-ASCII|control) char"):
+                AsyncClient(server.target, api_key=bad)
+            monkeypatch.setenv("TRAINWIRE_API_KEY", bad)
+            with pytest.raises(ValueError, match=r"^TRAINWIRE_API_KEY holds") as refused:
+                Client.from_env(target=server.target)
+            assert secret not in str(refused.value)
+            monkeypatch.delenv("TRAINWIRE_API_KEY")
+            code = main(["datasets", "list", "--target", server.target, "--api-key", bad])
+            out, err = capsys.readouterr()
+            assert code == 2 and "--api-key holds a" in err and secret not in err + out
+
+
 def test_public_address_without_keys_is_refused(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'open.db'}"
     result = subprocess.run(
@@ -581,6 +627,42 @@ def test_mutual_tls_requires_a_client_certificate(tmp_path: Path) -> None:
         with Client(target, tls=str(ca)) as anonymous, pytest.raises(TrainwireError) as refused:
             list(anonymous.list_datasets())
         assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_tls_files_given_as_paths_are_read_sync_and_async(tmp_path: Path) -> None:
+    """`tls=` and `client_cert=` take a `pathlib.Path` as they take a str: a Path CA was taken
+    for `tls=True`, the server then verified with the system's CAs (and a publicly signed one
+    trusted on any public CA's word). A `tls` of no known type is refused, not taken so."""
+    ca, cert, key = make_certificates(tmp_path)
+    url = f"sqlite:///{tmp_path / 'paths.db'}"
+    env = {
+        "TRAINWIRE_TLS_CERT": str(cert),
+        "TRAINWIRE_TLS_KEY": str(key),
+        "TRAINWIRE_TLS_CLIENT_CA": str(ca),
+    }
+    with local_server(url, workers=0, extra_env=env) as server:
+        target = server.target.replace("127.0.0.1", "localhost")
+        pair = (tmp_path / "client.pem", key)
+        with Client(target, tls=ca, client_cert=pair, timeout=10) as client:
+            assert list(client.list_datasets()) == []
+
+        async def list_async() -> list[DatasetInfo]:
+            async with AsyncClient(target, tls=ca, client_cert=pair, timeout=10) as client:
+                return [dataset async for dataset in client.list_datasets()]
+
+        assert asyncio.run(list_async()) == []
+        # True still means the system's CAs, which did not sign this server's certificate.
+        system = Client(target, tls=True, client_cert=pair, timeout=2)
+        with system, pytest.raises(TrainwireError) as unverified:
+            list(system.list_datasets())
+        assert unverified.value.code == grpc.StatusCode.UNAVAILABLE
+    for wrong in (1, ["ca.pem"]):
+        with pytest.raises(TypeError, match=r"^tls must be True .* Received: "):
+            Client("localhost:1", tls=wrong)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"^tls must be True"):
+            AsyncClient("localhost:1", tls=wrong)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^client_cert key must be a PEM file's path"):
+        Client("localhost:1", tls=ca, client_cert=(ca, 1))  # type: ignore[arg-type]
 
 
 def test_user_commands_show_a_client_certificate_to_a_mutual_tls_server(
