@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+import reprlib
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
@@ -31,6 +32,35 @@ from .validation import check_training as _check_training
 CHUNK_BYTES = 1024 * 1024
 #: Uploads at least this large show a progress bar unless told otherwise.
 PROGRESS_BYTES = 16 * 1024 * 1024
+
+
+class Named(Protocol):
+    """A handle on a resource: a `Job`, an `AsyncJob`, a `DatasetInfo`."""
+
+    @property
+    def name(self) -> str: ...
+
+
+def name_of(value: object, argument: str, kind: str, handles: tuple[type[Named], ...]) -> str:
+    """The resource name `value` stands for: a name (str) as it is, a handle by its `name`.
+    Anything else is a TypeError naming `argument` (protobuf's own names neither the argument nor
+    what it takes)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, handles):
+        return value.name
+    accepted = " or ".join(
+        f"{'an' if handle.__name__[0] in 'AEIOU' else 'a'} {handle.__name__}" for handle in handles
+    )
+    raise TypeError(
+        f"{argument} must be a {kind} name (str) or {accepted}. "
+        f"Received: {reprlib.repr(value)} ({type(value).__name__})"
+    )
+
+
+def dataset_name(dataset: object, argument: str = "dataset") -> str:
+    """A dataset's name from its name or its `DatasetInfo` (see `name_of`)."""
+    return name_of(dataset, argument, "dataset", (DatasetInfo,))
 
 
 @dataclass(frozen=True)
@@ -205,7 +235,7 @@ def create_job_request(
         keep_checkpoints=keep_checkpoints,
     )
     return jobs_pb2.CreateJobRequest(
-        dataset=dataset.name if isinstance(dataset, DatasetInfo) else dataset,
+        dataset=dataset_name(dataset),
         model=model_spec_to_proto(model_dict),
         training=training,
         display_name=display_name,
@@ -221,7 +251,7 @@ def list_jobs_request(
     token: str,
     *,
     state: str | None,
-    dataset: str | None,
+    dataset: str | DatasetInfo | None,
     labels: Mapping[str, str] | None,
     page_size: int,
 ) -> jobs_pb2.ListJobsRequest:
@@ -230,7 +260,7 @@ def list_jobs_request(
         page_size=page_size,
         page_token=token,
         state=state_code(state) if state else jobs_pb2.JOB_STATE_UNSPECIFIED,
-        dataset=dataset or "",
+        dataset="" if dataset is None else dataset_name(dataset),
         labels=dict(labels or {}),
     )
 
