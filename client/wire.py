@@ -25,7 +25,7 @@ from .errors import SpecError, TrainwireError
 from .results import TASKS, DatasetInfo, Metrics, ModelInfo, Prediction, state_code
 from .specs import model_spec_to_proto
 from .tensors import dtype_code, from_tensor, to_tensor
-from .validation import check_model, numeric_params
+from .validation import check_labels, check_model, numeric_params
 from .validation import check_training as _check_training
 
 # Uploads and predictions are split so each message stays well under the message limit.
@@ -137,6 +137,7 @@ def prepare_upload(
         x = x.astype(np.float32)
     if y.dtype.kind in "ub" or (y.dtype.kind == "i" and y.dtype.itemsize < 4):
         y = y.astype(np.int64)
+    check_labels(labels)
     task = task or infer_task(y)
     if task not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}. Received: task={task!r}")
@@ -182,13 +183,14 @@ def create_job_request(
     validate: bool = True,
 ) -> jobs_pb2.CreateJobRequest:
     """A `CreateJobRequest`, after checking the model and training settings locally."""
-    model_dict = model_to_dict(model)
-    if validate:
-        violations: list[tuple[str, str]] = []
-        try:
+    violations: list[tuple[str, str]] = []
+    try:
+        model_dict = model_to_dict(model)
+        if validate:
             check_model(model_dict)
-        except SpecError as error:
-            violations += error.field_violations
+    except SpecError as error:
+        violations += error.field_violations
+    if validate:
         try:
             _check_training(
                 epochs=epochs,
@@ -203,11 +205,19 @@ def create_job_request(
                 dtype=dtype,
                 checkpoint_every_epochs=checkpoint_every_epochs,
                 max_attempts=max_attempts,
+                seed=seed,
+                log_every_steps=log_every_steps,
+                keep_checkpoints=keep_checkpoints,
+                display_name=display_name,
+                labels=labels,
+                queue=queue,
+                priority=priority,
+                request_id=request_id,
             )
         except SpecError as error:
             violations += error.field_violations
-        if violations:
-            raise SpecError(violations)
+    if violations:
+        raise SpecError(violations)
     optimizer_spec = dict(optimizer) if isinstance(optimizer, Mapping) else {"name": optimizer}
     optimizer_name = str(optimizer_spec.pop("name", "adam"))
     rate = float(optimizer_spec.pop("learning_rate", learning_rate))

@@ -19,6 +19,7 @@ from trainwire.client import (
     Metrics,
     ModelInfo,
     NotFound,
+    ResourceExhausted,
     Sequential,
 )
 from trainwire.client.client import env_settings
@@ -311,3 +312,11 @@ def test_a_name_of_another_type_is_a_type_error_naming_the_argument(
     if wrong is not None:  # None: no filter
         with pytest.raises(TypeError, match=r"^dataset must be a dataset name"):
             list(client.list_jobs(dataset=wrong))  # type: ignore[arg-type]
+
+
+def test_an_int32_value_over_a_server_limit_is_the_server_s_resource_exhausted(
+    client: Client, dataset: DatasetInfo
+) -> None:
+    # One past the int32 range cannot be sent (SpecError, test_specs.py); the range's top can.
+    with pytest.raises(ResourceExhausted, match="max_epochs is limited to"):
+        client.create_job(dataset, MODEL, epochs=2**31 - 1, queue="nobody-listens")
