@@ -7,6 +7,7 @@ into request messages (with local validation first), and response messages into 
 from __future__ import annotations
 
 import hashlib
+import numbers
 import re
 import reprlib
 import uuid
@@ -288,8 +289,15 @@ def metrics_from_response(response: jobs_pb2.ListJobMetricsResponse) -> Metrics:
 def as_inputs(inputs: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
     """Prediction inputs as a 2-D float array: float64 stays float64, anything else becomes
     float32, and a single row may be given 1-D. Inputs without rows are refused (SpecError), as
-    the server refuses them."""
-    x = np.asarray(inputs)
+    the server refuses them, and so is anything but real numbers (complex, text, None)."""
+    try:
+        x = np.asarray(inputs)
+    except ValueError as error:  # rows of different lengths
+        raise SpecError([("inputs", f"must be rows of numbers of one length: {error}")]) from None
+    if not real_numbers(x):
+        raise SpecError(
+            [("inputs", f"must be real numbers (floats, integers or bools). {_received(x)}")]
+        )
     if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float32)  # float16 and integers too: the wire carries these two
     if x.ndim < 2:
@@ -299,6 +307,27 @@ def as_inputs(inputs: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
     if len(x) == 0:
         raise SpecError([("inputs.shape", "has no rows")])
     return x
+
+
+def real_numbers(x: np.ndarray) -> bool:
+    """Whether `x` holds real numbers only. NumPy would turn anything else into float32 all the
+    same, but silently wrong: a complex array's imaginary part dropped, None as NaN."""
+    if x.dtype.kind == "O":  # a list mixing numbers and other objects
+        return all(isinstance(v, numbers.Real) for v in x.flat)
+    return x.dtype.kind in "fiub"
+
+
+def _received(x: np.ndarray) -> str:
+    if x.dtype.kind == "O" and x.ndim == 0:
+        return f"Received: {x.item()!r}"
+    if x.dtype.kind == "c":
+        return (
+            f"Received: {x.dtype} values; pass the part the model was trained on "
+            "(inputs.real, np.abs(inputs))"
+        )
+    wrong = [v for v in x.flat[:1000] if not isinstance(v, numbers.Real)][:1]
+    example = f" such as {reprlib.repr(wrong[0])}" if wrong else ""
+    return f"Received: {x.dtype} values{example}"
 
 
 def input_row_bytes(x: np.ndarray) -> int:
