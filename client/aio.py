@@ -76,8 +76,10 @@ from .wire import (
     Upload,
     as_inputs,
     create_job_request,
+    dataset_name,
     list_jobs_request,
     metrics_from_response,
+    name_of,
 )
 
 log = logging.getLogger("trainwire.client")
@@ -233,9 +235,9 @@ class AsyncClient:
                 return info
         return None
 
-    async def get_dataset(self, name: str) -> DatasetInfo:
-        """One dataset by name."""
-        request = datasets_pb2.GetDatasetRequest(name=name)
+    async def get_dataset(self, name: str | DatasetInfo) -> DatasetInfo:
+        """One dataset by name or handle."""
+        request = datasets_pb2.GetDatasetRequest(name=dataset_name(name, "name"))
         return DatasetInfo.from_proto(await self._call(self._rpc.get_dataset, request))
 
     async def list_datasets(self, page_size: int = 100) -> AsyncIterator[DatasetInfo]:
@@ -250,8 +252,9 @@ class AsyncClient:
             if not token:
                 return
 
-    async def delete_dataset(self, name: str) -> None:
+    async def delete_dataset(self, name: str | DatasetInfo) -> None:
         """Deletes a dataset; refused (FailedPrecondition) while an unfinished job uses it."""
+        name = dataset_name(name, "name")
         await self._call(
             self._rpc.delete_dataset,
             datasets_pb2.DeleteDatasetRequest(name=name),
@@ -300,20 +303,20 @@ class AsyncClient:
         )  # fmt: skip
         return AsyncJob(self, JobStatus.from_proto(await self._call(self._rpc.create_job, request)))
 
-    async def get_job(self, name: str) -> AsyncJob:
+    async def get_job(self, name: str | AsyncJob) -> AsyncJob:
         """A handle on an existing job, with its current status."""
         return AsyncJob(self, await self.job_status(name))
 
-    async def job_status(self, name: str) -> JobStatus:
+    async def job_status(self, name: str | AsyncJob) -> JobStatus:
         """The current status of a job."""
-        request = jobs_pb2.GetJobRequest(name=name)
+        request = jobs_pb2.GetJobRequest(name=job_name(name, "name"))
         return JobStatus.from_proto(await self._call(self._rpc.get_job, request))
 
     async def list_jobs(
         self,
         *,
         state: str | None = None,
-        dataset: str | None = None,
+        dataset: str | DatasetInfo | None = None,
         labels: Mapping[str, str] | None = None,
         page_size: int = 100,
     ) -> AsyncIterator[AsyncJob]:
@@ -330,22 +333,22 @@ class AsyncClient:
             if not token:
                 return
 
-    async def cancel_job(self, name: str) -> JobStatus:
+    async def cancel_job(self, name: str | AsyncJob) -> JobStatus:
         """Cancels a job: a queued one at once, a running one at its next batch."""
-        request = jobs_pb2.CancelJobRequest(name=name)
+        request = jobs_pb2.CancelJobRequest(name=job_name(name, "name"))
         return JobStatus.from_proto(await self._call(self._rpc.cancel_job, request))
 
-    async def delete_job(self, name: str) -> None:
+    async def delete_job(self, name: str | AsyncJob) -> None:
         """Deletes a finished job with its metrics and checkpoints."""
         await self._call(
             self._rpc.delete_job,
-            jobs_pb2.DeleteJobRequest(name=name),
+            jobs_pb2.DeleteJobRequest(name=job_name(name, "name")),
             gone_on_retry=jobs_pb2.DeleteJobResponse,
         )
 
     def watch_job(
         self,
-        name: str,
+        name: str | AsyncJob,
         after_sequence: int = 0,
         timeout: float | None = None,
         *,
@@ -353,23 +356,25 @@ class AsyncClient:
     ) -> AsyncJobWatch:
         """The job's `JobEvent`s after `after_sequence` (see `Client.watch_job`); `async for`
         it."""
-        return AsyncJobWatch(self, name, after_sequence, timeout, reconnect)
+        return AsyncJobWatch(self, job_name(name, "name"), after_sequence, timeout, reconnect)
 
-    async def job_metrics(self, name: str, names: Sequence[str] = ()) -> Metrics:
+    async def job_metrics(self, name: str | AsyncJob, names: Sequence[str] = ()) -> Metrics:
         """Each metric as an array of shape (points, 3): step, epoch, value."""
-        request = jobs_pb2.ListJobMetricsRequest(name=name, metric_names=list(names))
+        request = jobs_pb2.ListJobMetricsRequest(
+            name=job_name(name, "name"), metric_names=list(names)
+        )
         return metrics_from_response(await self._call(self._rpc.list_job_metrics, request))
 
-    async def job_checkpoints(self, name: str) -> list[Checkpoint]:
+    async def job_checkpoints(self, name: str | AsyncJob) -> list[Checkpoint]:
         """The job's checkpoints, oldest first."""
-        request = jobs_pb2.ListCheckpointsRequest(name=name)
+        request = jobs_pb2.ListCheckpointsRequest(name=job_name(name, "name"))
         response = await self._call(self._rpc.list_checkpoints, request)
         return [Checkpoint.from_proto(c) for c in response.checkpoints]
 
     async def model_metadata(self, job: str | AsyncJob, checkpoint: str = "") -> ModelInfo:
         """A job's trained model: its checkpoint, input and output dtypes and shapes, classes,
         feature names, size and spec (see `ModelInfo`). `job` and `checkpoint` as for `predict`."""
-        name = job.name if isinstance(job, AsyncJob) else job
+        name = job_name(job)
         request = predictions_pb2.GetModelMetadataRequest(job=name, checkpoint=checkpoint)
         return ModelInfo.from_proto(await self._call(self._rpc.get_model_metadata, request))
 
@@ -382,7 +387,7 @@ class AsyncClient:
         outputs_only: bool = False,
     ) -> Prediction:
         """Predicts for the rows of `inputs` (see `Client.predict`)."""
-        name = job.name if isinstance(job, AsyncJob) else job
+        name = job_name(job)
         chunks = ChunkedPrediction(
             name, as_inputs(inputs), checkpoint, self.max_message_bytes, outputs_only
         )
@@ -407,7 +412,7 @@ class AsyncClient:
         is read as the stream goes (see `Client.predict_stream`)."""
         if self._closed:
             raise ClientClosed(self)
-        name = job.name if isinstance(job, AsyncJob) else job
+        name = job_name(job)
         streamed = StreamedPrediction(name, checkpoint, self.max_message_bytes, outputs_only)
         failure: list[Exception] = []
         # The requests are written by a task of ours, not by grpc.aio from a request iterator: a
@@ -569,6 +574,11 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
         if self._stream is not None:
             self._stream.cancel()
         self._stream = self._events = None
+
+
+def job_name(job: object, argument: str = "job") -> str:
+    """A job's name from its name or its `AsyncJob` handle (see `wire.name_of`)."""
+    return name_of(job, argument, "job", (AsyncJob,))
 
 
 class AsyncJob:

@@ -17,6 +17,8 @@ from typing import Any, TypeAlias
 
 import yaml
 
+from .errors import SpecError
+
 
 @dataclass(frozen=True)
 class Dense:
@@ -161,6 +163,11 @@ def model_to_dict(model: ModelLike) -> dict[str, Any]:
                 for item in spec["layers"]
             ]
         return spec
+    if not isinstance(model, Iterable):
+        raise SpecError(
+            [("model", f"must be a Sequential, a list of layers, a spec dict, YAML text or a "
+                       f"YAML path. Received: {model!r}")]
+        )  # fmt: skip
     return {"layers": [layer_to_dict(layer) for layer in model]}
 
 

@@ -63,10 +63,12 @@ from .wire import (
     Upload,
     as_inputs,
     create_job_request,
+    dataset_name,
     infer_task,
     join_predictions,
     list_jobs_request,
     metrics_from_response,
+    name_of,
     prepare_upload,
 )
 
@@ -149,6 +151,11 @@ def client_cert_pair(
             f"its private key). Received {given} without {missing}"
         )
     return read_file(cert, names[0]), read_file(key, names[1])
+
+
+def job_name(job: object, argument: str = "job") -> str:
+    """A job's name from its name or its `Job` handle (see `wire.name_of`)."""
+    return name_of(job, argument, "job", (Job,))
 
 
 # The reconnect backoff doubles up to its 2 s ceiling and no further (past some thousand
@@ -391,9 +398,9 @@ class Client:
                 return info
         return None
 
-    def get_dataset(self, name: str) -> DatasetInfo:
-        """One dataset by name (`datasets/…`)."""
-        request = datasets_pb2.GetDatasetRequest(name=name)
+    def get_dataset(self, name: str | DatasetInfo) -> DatasetInfo:
+        """One dataset by name (`datasets/…`) or handle."""
+        request = datasets_pb2.GetDatasetRequest(name=dataset_name(name, "name"))
         return DatasetInfo.from_proto(self._call(self._rpc.get_dataset, request))
 
     def list_datasets(self, page_size: int = 100) -> Iterator[DatasetInfo]:
@@ -407,8 +414,9 @@ class Client:
             if not token:
                 return
 
-    def delete_dataset(self, name: str) -> None:
+    def delete_dataset(self, name: str | DatasetInfo) -> None:
         """Deletes a dataset; refused (FailedPrecondition) while an unfinished job uses it."""
+        name = dataset_name(name, "name")
         self._call(
             self._rpc.delete_dataset,
             datasets_pb2.DeleteDatasetRequest(name=name),
@@ -466,13 +474,13 @@ class Client:
         )  # fmt: skip
         return Job(self, JobStatus.from_proto(self._call(self._rpc.create_job, request)))
 
-    def get_job(self, name: str) -> Job:
-        """A handle on an existing job (`jobs/…`), with its current status."""
+    def get_job(self, name: str | Job) -> Job:
+        """A handle on an existing job (`jobs/…`, or a `Job`), with its current status."""
         return Job(self, self.job_status(name))
 
-    def job_status(self, name: str) -> JobStatus:
+    def job_status(self, name: str | Job) -> JobStatus:
         """The current status of a job."""
-        request = jobs_pb2.GetJobRequest(name=name)
+        request = jobs_pb2.GetJobRequest(name=job_name(name, "name"))
         return JobStatus.from_proto(self._call(self._rpc.get_job, request))
 
     _job_status = job_status  # the former private name
@@ -481,7 +489,7 @@ class Client:
         self,
         *,
         state: str | None = None,
-        dataset: str | None = None,
+        dataset: str | DatasetInfo | None = None,
         labels: Mapping[str, str] | None = None,
         page_size: int = 100,
     ) -> Iterator[Job]:
@@ -497,22 +505,22 @@ class Client:
             if not token:
                 return
 
-    def cancel_job(self, name: str) -> JobStatus:
+    def cancel_job(self, name: str | Job) -> JobStatus:
         """Cancels a job: a queued one at once, a running one at its next batch."""
-        request = jobs_pb2.CancelJobRequest(name=name)
+        request = jobs_pb2.CancelJobRequest(name=job_name(name, "name"))
         return JobStatus.from_proto(self._call(self._rpc.cancel_job, request))
 
-    def delete_job(self, name: str) -> None:
+    def delete_job(self, name: str | Job) -> None:
         """Deletes a finished job with its metrics and checkpoints."""
         self._call(
             self._rpc.delete_job,
-            jobs_pb2.DeleteJobRequest(name=name),
+            jobs_pb2.DeleteJobRequest(name=job_name(name, "name")),
             gone_on_retry=jobs_pb2.DeleteJobResponse,
         )
 
     def watch_job(
         self,
-        name: str,
+        name: str | Job,
         after_sequence: int = 0,
         timeout: float | None = None,
         *,
@@ -526,23 +534,25 @@ class Client:
         `watch_reconnect_s` of outage. `timeout` bounds the whole watch (None: until the job
         finishes).
         """
-        return JobWatch(self, name, after_sequence, timeout, reconnect)
+        return JobWatch(self, job_name(name, "name"), after_sequence, timeout, reconnect)
 
-    def job_metrics(self, name: str, names: Sequence[str] = ()) -> Metrics:
+    def job_metrics(self, name: str | Job, names: Sequence[str] = ()) -> Metrics:
         """Each metric as an array of shape (points, 3): step, epoch, value."""
-        request = jobs_pb2.ListJobMetricsRequest(name=name, metric_names=list(names))
+        request = jobs_pb2.ListJobMetricsRequest(
+            name=job_name(name, "name"), metric_names=list(names)
+        )
         return metrics_from_response(self._call(self._rpc.list_job_metrics, request))
 
-    def job_checkpoints(self, name: str) -> list[Checkpoint]:
+    def job_checkpoints(self, name: str | Job) -> list[Checkpoint]:
         """The job's checkpoints, oldest first."""
-        request = jobs_pb2.ListCheckpointsRequest(name=name)
+        request = jobs_pb2.ListCheckpointsRequest(name=job_name(name, "name"))
         response = self._call(self._rpc.list_checkpoints, request)
         return [Checkpoint.from_proto(c) for c in response.checkpoints]
 
     def model_metadata(self, job: str | Job, checkpoint: str = "") -> ModelInfo:
         """A job's trained model: its checkpoint, input and output dtypes and shapes, classes,
         feature names, size and spec (see `ModelInfo`). `job` and `checkpoint` as for `predict`."""
-        name = job.name if isinstance(job, Job) else job
+        name = job_name(job)
         request = predictions_pb2.GetModelMetadataRequest(job=name, checkpoint=checkpoint)
         return ModelInfo.from_proto(self._call(self._rpc.get_model_metadata, request))
 
@@ -562,7 +572,7 @@ class Client:
         asks for the raw outputs alone: a classifier's probabilities and labels are then
         neither computed nor sent (they are None).
         """
-        name = job.name if isinstance(job, Job) else job
+        name = job_name(job)
         chunks = ChunkedPrediction(
             name, as_inputs(inputs), checkpoint, self.max_message_bytes, outputs_only
         )
@@ -594,7 +604,7 @@ class Client:
         """
         if self._closed:
             raise ClientClosed(self)
-        name = job.name if isinstance(job, Job) else job
+        name = job_name(job)
         streamed = StreamedPrediction(name, checkpoint, self.max_message_bytes, outputs_only)
         failure: list[Exception] = []
 

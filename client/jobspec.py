@@ -163,9 +163,8 @@ def _create_job_violations(model: object, settings: dict[str, Any]) -> list[tupl
     except SpecError as error:
         return error.field_violations
     except (TypeError, ValueError) as error:
-        # A setting check_training does not judge (seed, log_every_steps, ...) of a type the
-        # request cannot carry: a violation beside the others, not a traceback hiding them, and
-        # before the dataset is uploaded.
+        # Anything check_training lets through that the request cannot carry: a violation
+        # beside the others, not a traceback hiding them, and before the dataset is uploaded.
         return [("training", f"cannot be sent: {error}")]
     return []
 

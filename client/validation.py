@@ -26,6 +26,9 @@ LAYER_KEYS: dict[str, frozenset[str]] = {
     "activation": frozenset({"type", "activation"}),
 }
 EARLY_STOPPING_KEYS = frozenset({"monitor", "patience", "min_delta", "restore_best_weights"})
+# The ranges of the request's integer fields: a value outside cannot be sent at all.
+INT32 = (-(2**31), 2**31 - 1)
+UINT64 = (0, 2**64 - 1)
 # An optimizer's and a schedule's parameters travel in a map of doubles (`params`).
 NUMBERS_ONLY = (
     "must be a number: only numeric parameters can be sent (leave it out for its default)"
@@ -57,12 +60,50 @@ class _Checker:
         self.violations.append((field, description))
 
     def positive_int(self, field: str, value: object) -> None:
+        """A positive int32 field."""
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             self.add(field, f"must be a positive integer. Received: {value!r}")
+        else:
+            self.integer(field, value, (1, INT32[1]))
 
     def non_negative_int(self, field: str, value: object) -> None:
+        """A non-negative int32 field."""
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             self.add(field, f"must be a non-negative integer. Received: {value!r}")
+        else:
+            self.integer(field, value, (0, INT32[1]))
+
+    def integer(self, field: str, value: object, bounds: tuple[int, int] = INT32) -> None:
+        """An integer field of the request, within the range its wire type carries."""
+        low, high = bounds
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            self.add(field, f"must be an integer in [{low}, {high}]. Received: {value!r}")
+        elif not low <= int(value) <= high:
+            wire = "uint64" if bounds == UINT64 else "int32"
+            self.add(
+                field,
+                f"must be in [{low}, {high}], the range of the request's {wire} field. "
+                f"Received: {value}",
+            )
+
+    def text(self, field: str, value: object) -> None:
+        if not isinstance(value, str):
+            self.add(field, f"must be a string. Received: {value!r} ({type(value).__name__})")
+
+    def labels(self, field: str, value: object) -> None:
+        """Labels: absent, or a mapping of string keys to string values."""
+        if value is None:
+            return
+        if not isinstance(value, Mapping):
+            self.add(field, f"must be a mapping of strings to strings. Received: {value!r}")
+            return
+        for key, label in value.items():
+            if not isinstance(key, str) or not isinstance(label, str):
+                self.add(
+                    f"{field}[{key!r}]",
+                    f"keys and values must be strings. Received: {key!r}: {label!r} "
+                    f"({type(label).__name__}); write the value as text, e.g. {str(label)!r}",
+                )
 
     def number(
         self,
@@ -137,6 +178,13 @@ def numeric_params(field: str, params: Mapping[str, Any]) -> dict[str, float]:
     if violations:
         raise SpecError(violations)
     return numbers_
+
+
+def check_labels(labels: object) -> None:
+    """Raises SpecError naming each label that is not text (the request carries strings)."""
+    checker = _Checker()
+    checker.labels("labels", labels)
+    checker.raise_if_any()
 
 
 def check_model(spec: object) -> None:
@@ -222,8 +270,17 @@ def check_training(
     dtype: str,
     checkpoint_every_epochs: object,
     max_attempts: object,
+    seed: object = 0,
+    log_every_steps: object = 0,
+    keep_checkpoints: object = 0,
+    display_name: object = "",
+    labels: object = None,
+    queue: object = "",
+    priority: object = 0,
+    request_id: object = None,
 ) -> None:
-    """Raises SpecError listing every mistake of the training settings of `create_job`."""
+    """Raises SpecError listing every mistake of the training settings of `create_job` (and of
+    its other settings: name, labels, queue, priority, attempts, request id)."""
     checker = _Checker()
     checker.positive_int("training.epochs", epochs)
     checker.positive_int("training.batch_size", batch_size)
@@ -245,11 +302,46 @@ def check_training(
         for key, value in schedule.items():
             if key != "name":
                 checker.parameter(f"training.schedule.params[{key!r}]", value)
-    for key in sorted(set(early_stopping or {}) - EARLY_STOPPING_KEYS):
-        allowed = ", ".join(sorted(EARLY_STOPPING_KEYS))
-        checker.add(f"training.early_stopping.{key}", f"is not a field; expected: {allowed}")
+    _early_stopping(checker, early_stopping)
     if dtype not in ("float32", "float64"):
         checker.add("training.dtype", f"must be float32 or float64. Received: {dtype!r}")
     checker.non_negative_int("training.checkpoint_every_epochs", checkpoint_every_epochs)
+    checker.integer("training.seed", seed, UINT64)
+    checker.non_negative_int("training.log_every_steps", log_every_steps)
+    checker.non_negative_int("training.keep_checkpoints", keep_checkpoints)
+    checker.text("display_name", display_name)
+    checker.labels("labels", labels)
+    checker.text("queue", queue)
+    checker.integer("priority", priority)
     checker.non_negative_int("max_attempts", max_attempts)
+    if request_id is not None:  # None: a fresh one
+        checker.text("request_id", request_id)
     checker.raise_if_any()
+
+
+def _early_stopping(checker: _Checker, early_stopping: object) -> None:
+    if early_stopping is None:
+        return
+    if not isinstance(early_stopping, Mapping):
+        checker.add(
+            "training.early_stopping",
+            f"must be a mapping of {', '.join(sorted(EARLY_STOPPING_KEYS))}. "
+            f"Received: {early_stopping!r}",
+        )
+        return
+    for key in sorted(set(early_stopping) - EARLY_STOPPING_KEYS):
+        allowed = ", ".join(sorted(EARLY_STOPPING_KEYS))
+        checker.add(f"training.early_stopping.{key}", f"is not a field; expected: {allowed}")
+    if "monitor" in early_stopping:
+        checker.text("training.early_stopping.monitor", early_stopping["monitor"])
+    if "patience" in early_stopping:
+        checker.non_negative_int("training.early_stopping.patience", early_stopping["patience"])
+    if "min_delta" in early_stopping:
+        value = early_stopping["min_delta"]  # its size counts: the engine takes abs()
+        checker.number("training.early_stopping.min_delta", value, -math.inf, math.inf)
+    restore = early_stopping.get("restore_best_weights", False)
+    if not isinstance(restore, bool):
+        checker.add(
+            "training.early_stopping.restore_best_weights",
+            f"must be true or false. Received: {restore!r}",
+        )

@@ -7,12 +7,14 @@ into request messages (with local validation first), and response messages into 
 from __future__ import annotations
 
 import hashlib
+import numbers
 import re
+import reprlib
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
@@ -24,13 +26,42 @@ from .errors import SpecError, TrainwireError
 from .results import TASKS, DatasetInfo, Metrics, ModelInfo, Prediction, state_code
 from .specs import model_spec_to_proto
 from .tensors import dtype_code, from_tensor, to_tensor
-from .validation import check_model, numeric_params
+from .validation import check_labels, check_model, numeric_params
 from .validation import check_training as _check_training
 
 # Uploads and predictions are split so each message stays well under the message limit.
 CHUNK_BYTES = 1024 * 1024
 #: Uploads at least this large show a progress bar unless told otherwise.
 PROGRESS_BYTES = 16 * 1024 * 1024
+
+
+class Named(Protocol):
+    """A handle on a resource: a `Job`, an `AsyncJob`, a `DatasetInfo`."""
+
+    @property
+    def name(self) -> str: ...
+
+
+def name_of(value: object, argument: str, kind: str, handles: tuple[type[Named], ...]) -> str:
+    """The resource name `value` stands for: a name (str) as it is, a handle by its `name`.
+    Anything else is a TypeError naming `argument` (protobuf's own names neither the argument nor
+    what it takes)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, handles):
+        return value.name
+    accepted = " or ".join(
+        f"{'an' if handle.__name__[0] in 'AEIOU' else 'a'} {handle.__name__}" for handle in handles
+    )
+    raise TypeError(
+        f"{argument} must be a {kind} name (str) or {accepted}. "
+        f"Received: {reprlib.repr(value)} ({type(value).__name__})"
+    )
+
+
+def dataset_name(dataset: object, argument: str = "dataset") -> str:
+    """A dataset's name from its name or its `DatasetInfo` (see `name_of`)."""
+    return name_of(dataset, argument, "dataset", (DatasetInfo,))
 
 
 @dataclass(frozen=True)
@@ -113,6 +144,7 @@ def prepare_upload(
         x = x.astype(np.float32)
     if y.dtype.kind in "ub" or (y.dtype.kind == "i" and y.dtype.itemsize < 4):
         y = y.astype(np.int64)
+    check_labels(labels)
     task = task or infer_task(y)
     if task not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}. Received: task={task!r}")
@@ -173,13 +205,14 @@ def create_job_request(
     validate: bool = True,
 ) -> jobs_pb2.CreateJobRequest:
     """A `CreateJobRequest`, after checking the model and training settings locally."""
-    model_dict = model_to_dict(model)
-    if validate:
-        violations: list[tuple[str, str]] = []
-        try:
+    violations: list[tuple[str, str]] = []
+    try:
+        model_dict = model_to_dict(model)
+        if validate:
             check_model(model_dict)
-        except SpecError as error:
-            violations += error.field_violations
+    except SpecError as error:
+        violations += error.field_violations
+    if validate:
         try:
             _check_training(
                 epochs=epochs,
@@ -194,11 +227,19 @@ def create_job_request(
                 dtype=dtype,
                 checkpoint_every_epochs=checkpoint_every_epochs,
                 max_attempts=max_attempts,
+                seed=seed,
+                log_every_steps=log_every_steps,
+                keep_checkpoints=keep_checkpoints,
+                display_name=display_name,
+                labels=labels,
+                queue=queue,
+                priority=priority,
+                request_id=request_id,
             )
         except SpecError as error:
             violations += error.field_violations
-        if violations:
-            raise SpecError(violations)
+    if violations:
+        raise SpecError(violations)
     optimizer_spec = dict(optimizer) if isinstance(optimizer, Mapping) else {"name": optimizer}
     optimizer_name = str(optimizer_spec.pop("name", "adam"))
     rate = float(optimizer_spec.pop("learning_rate", learning_rate))
@@ -226,7 +267,7 @@ def create_job_request(
         keep_checkpoints=keep_checkpoints,
     )
     return jobs_pb2.CreateJobRequest(
-        dataset=dataset.name if isinstance(dataset, DatasetInfo) else dataset,
+        dataset=dataset_name(dataset),
         model=model_spec_to_proto(model_dict),
         training=training,
         display_name=display_name,
@@ -242,7 +283,7 @@ def list_jobs_request(
     token: str,
     *,
     state: str | None,
-    dataset: str | None,
+    dataset: str | DatasetInfo | None,
     labels: Mapping[str, str] | None,
     page_size: int,
 ) -> jobs_pb2.ListJobsRequest:
@@ -251,7 +292,7 @@ def list_jobs_request(
         page_size=page_size,
         page_token=token,
         state=state_code(state) if state else jobs_pb2.JOB_STATE_UNSPECIFIED,
-        dataset=dataset or "",
+        dataset="" if dataset is None else dataset_name(dataset),
         labels=dict(labels or {}),
     )
 
@@ -269,8 +310,15 @@ def metrics_from_response(response: jobs_pb2.ListJobMetricsResponse) -> Metrics:
 def as_inputs(inputs: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
     """Prediction inputs as a 2-D float array: float64 stays float64, anything else becomes
     float32, and a single row may be given 1-D. Inputs without rows are refused (SpecError), as
-    the server refuses them."""
-    x = np.asarray(inputs)
+    the server refuses them, and so is anything but real numbers (complex, text, None)."""
+    try:
+        x = np.asarray(inputs)
+    except ValueError as error:  # rows of different lengths
+        raise SpecError([("inputs", f"must be rows of numbers of one length: {error}")]) from None
+    if not real_numbers(x):
+        raise SpecError(
+            [("inputs", f"must be real numbers (floats, integers or bools). {_received(x)}")]
+        )
     if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float32)  # float16 and integers too: the wire carries these two
     if x.ndim < 2:
@@ -280,6 +328,27 @@ def as_inputs(inputs: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
     if len(x) == 0:
         raise SpecError([("inputs.shape", "has no rows")])
     return x
+
+
+def real_numbers(x: np.ndarray) -> bool:
+    """Whether `x` holds real numbers only. NumPy would turn anything else into float32 all the
+    same, but silently wrong: a complex array's imaginary part dropped, None as NaN."""
+    if x.dtype.kind == "O":  # a list mixing numbers and other objects
+        return all(isinstance(v, numbers.Real) for v in x.flat)
+    return x.dtype.kind in "fiub"
+
+
+def _received(x: np.ndarray) -> str:
+    if x.dtype.kind == "O" and x.ndim == 0:
+        return f"Received: {x.item()!r}"
+    if x.dtype.kind == "c":
+        return (
+            f"Received: {x.dtype} values; pass the part the model was trained on "
+            "(inputs.real, np.abs(inputs))"
+        )
+    wrong = [v for v in x.flat[:1000] if not isinstance(v, numbers.Real)][:1]
+    example = f" such as {reprlib.repr(wrong[0])}" if wrong else ""
+    return f"Received: {x.dtype} values{example}"
 
 
 def input_row_bytes(x: np.ndarray) -> int:

@@ -184,3 +184,28 @@ def test_an_async_upload_shows_its_progress(
     info = asyncio.run(scenario())
     bar = capsys.readouterr().err
     assert "uploading bar" in bar and f"{info.size_bytes}/{info.size_bytes}" in bar
+
+
+def test_every_method_taking_a_name_also_takes_the_handle(live_server: LocalServer) -> None:
+    features, labels = blobs(rows=12, seed=8)
+
+    async def scenario() -> None:
+        async with AsyncClient(live_server.target, timeout=30) as client:
+            data = await client.upload_dataset(features, labels, name="handles", dedupe=False)
+            job = await client.create_job(data, MODEL, epochs=1, queue="nobody-listens")
+            assert (await client.get_dataset(data)).name == data.name
+            assert (await client.get_job(job)).name == (await client.job_status(job)).name
+            assert [j.name async for j in client.list_jobs(dataset=data)] == [job.name]
+            assert await client.job_metrics(job) == {} and await client.job_checkpoints(job) == []
+            assert (await client.cancel_job(job)).state == "CANCELLED"
+            assert [e.state async for e in client.watch_job(job)][-1] == "CANCELLED"
+            await client.delete_job(job)
+            await client.delete_dataset(data)
+            with pytest.raises(NotFound):
+                await client.get_dataset(data)
+            with pytest.raises(TypeError, match=r"^name must be a job name \(str\) or an AsyncJob"):
+                await client.job_status(42)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match=r"^name must be a dataset name \(str\) or a Data"):
+                await client.get_dataset(None)  # type: ignore[arg-type]
+
+    asyncio.run(scenario())

@@ -7,6 +7,7 @@ import grpc
 import numpy as np
 import pytest
 
+from trainwire.client import Client
 from trainwire.client.errors import NotFound, ResourceExhausted, SpecError
 from trainwire.client.results import ModelInfo
 from trainwire.client.tensors import from_tensor, to_tensor
@@ -214,3 +215,26 @@ def test_inputs_of_another_float_dtype_go_as_float32_and_nothing_is_no_row() -> 
     for nothing in ([], np.zeros(0, np.float32), np.zeros((0, 3), np.float32)):
         with pytest.raises(SpecError, match="has no rows"):
             as_inputs(nothing)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "received"),
+    [
+        (np.ones((2, 3), np.complex64) * 1j, "Received: complex64 values; pass the part"),
+        (None, "Received: None"),
+        ([["a", "b"]], "Received: <U1 values such as np.str_('a')"),
+        (np.array([[1.0, None]], dtype=object), "Received: object values such as None"),
+        ([[1.0, 2.0], [3.0]], "must be rows of numbers of one length"),
+    ],
+)
+def test_inputs_that_are_not_real_numbers_are_refused_before_sending(
+    inputs: object, received: str
+) -> None:
+    """A complex array lost its imaginary part (a ComplexWarning alone) and None went as a NaN."""
+    # Nothing listens on port 9: a network call would fail with UNAVAILABLE, not SpecError.
+    with Client("127.0.0.1:9", timeout=5) as client, pytest.raises(SpecError) as caught:
+        client.predict("jobs/x", inputs)  # type: ignore[arg-type]
+    [(field, description)] = caught.value.field_violations
+    assert field == "inputs" and received in description
+    assert as_inputs(np.array([[1, 2.5]], dtype=object)).dtype == np.float32, "numbers still go"
+    assert as_inputs([[True, False]]).tolist() == [[1.0, 0.0]]

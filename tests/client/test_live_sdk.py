@@ -20,6 +20,7 @@ from trainwire.client import (
     Metrics,
     ModelInfo,
     NotFound,
+    ResourceExhausted,
     Sequential,
 )
 from trainwire.client.client import env_settings
@@ -348,3 +349,48 @@ def test_a_job_s_model_trains_again_as_it_is(client: Client, dataset: DatasetInf
     finally:
         first.cancel()
         again.cancel()
+
+
+def test_every_method_taking_a_name_also_takes_the_handle(client: Client) -> None:
+    features, labels = blobs(rows=12, seed=7)
+    data = client.upload_dataset(features, labels, name="handles", dedupe=False)
+    job = client.create_job(data, MODEL, epochs=1, queue="nobody-listens")
+    assert client.get_dataset(data) == client.get_dataset(data.name)
+    assert client.get_job(job).name == client.job_status(job).name == job.name
+    assert [j.name for j in client.list_jobs(dataset=data)] == [job.name]
+    assert (client.job_metrics(job), client.job_checkpoints(job)) == (Metrics({}), [])
+    assert client.cancel_job(job).state == "CANCELLED"
+    assert list(client.watch_job(job))[-1].state == "CANCELLED"
+    client.delete_job(job)
+    client.delete_dataset(data)
+    with pytest.raises(NotFound):
+        client.get_dataset(data)
+
+
+@pytest.mark.parametrize("wrong", [42, None, Path("jobs/x")])
+def test_a_name_of_another_type_is_a_type_error_naming_the_argument(
+    client: Client, dataset: DatasetInfo, wrong: object
+) -> None:
+    job_calls = [client.get_job, client.job_status, client.watch_job, client.cancel_job,
+                 client.delete_job, client.job_metrics, client.job_checkpoints]  # fmt: skip
+    for call in job_calls:
+        with pytest.raises(TypeError, match=r"^name must be a job name \(str\) or a Job\. "):
+            call(wrong)  # type: ignore[operator]
+    for call in (client.get_dataset, client.delete_dataset):
+        with pytest.raises(TypeError, match=r"^name must be a dataset name \(str\) or a Data"):
+            call(wrong)  # type: ignore[operator]
+    with pytest.raises(TypeError, match=r"^job must be a job name \(str\) or a Job\. Received"):
+        client.predict(wrong, [[0.0] * 4])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^dataset must be a dataset name \(str\) or a Data"):
+        client.create_job(wrong, MODEL)  # type: ignore[arg-type]
+    if wrong is not None:  # None: no filter
+        with pytest.raises(TypeError, match=r"^dataset must be a dataset name"):
+            list(client.list_jobs(dataset=wrong))  # type: ignore[arg-type]
+
+
+def test_an_int32_value_over_a_server_limit_is_the_server_s_resource_exhausted(
+    client: Client, dataset: DatasetInfo
+) -> None:
+    # One past the int32 range cannot be sent (SpecError, test_specs.py); the range's top can.
+    with pytest.raises(ResourceExhausted, match="max_epochs is limited to"):
+        client.create_job(dataset, MODEL, epochs=2**31 - 1, queue="nobody-listens")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from trainwire.client import (
@@ -20,6 +21,7 @@ from trainwire.client import (
 from trainwire.client.builders import model_to_dict
 from trainwire.client.jobspec import DatasetSource
 from trainwire.client.specs import model_spec_to_proto
+from trainwire.client.wire import prepare_upload
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -110,6 +112,38 @@ def test_every_mistake_is_reported_with_its_field_before_any_call() -> None:
     ]
 
 
+def test_values_the_request_cannot_carry_are_spec_errors_naming_their_field() -> None:
+    """Each reached protobuf, whose TypeError or ValueError named no field."""
+    with Client("127.0.0.1:9") as client, pytest.raises(SpecError) as caught:
+        client.create_job(
+            "datasets/x", None, epochs=10**12, seed=-1, priority="high",  # type: ignore[arg-type]
+            labels={"team": 1}, queue=3, keep_checkpoints=2**40,  # type: ignore[dict-item,arg-type]
+            early_stopping={"monitor": "val_loss", "patience": "3"}, optimizer="adamm",
+        )  # fmt: skip
+    violations = dict(caught.value.field_violations)
+    assert list(violations) == [
+        "model", "training.epochs", "training.optimizer", "training.early_stopping.patience",
+        "training.seed", "training.keep_checkpoints", "labels['team']", "queue", "priority",
+    ], "reported with the other violations"  # fmt: skip
+    assert violations["model"].endswith("Received: None")
+    assert violations["training.epochs"] == (
+        "must be in [1, 2147483647], the range of the request's int32 field. "
+        "Received: 1000000000000"
+    )
+    assert "[0, 18446744073709551615]" in violations["training.seed"]
+    assert violations["priority"] == (
+        "must be an integer in [-2147483648, 2147483647]. Received: 'high'"
+    )
+    assert "must be strings" in violations["labels['team']"]
+    with Client("127.0.0.1:9") as client, pytest.raises(SpecError, match=r"^training\.seed: .*"):
+        client.create_job("datasets/x", [Dense(3)], seed=2**70)
+    with pytest.raises(SpecError, match=r"^labels\['a'\]: keys and values must be strings"):
+        prepare_upload(
+            np.zeros((2, 1)), np.zeros(2), task=None, name="", num_classes=0, feature_names=(),
+            class_names=(), labels={"a": 1},  # type: ignore[dict-item]
+        )  # fmt: skip
+
+
 def test_unknown_keys_are_refused() -> None:
     with pytest.raises(SpecError) as caught:
         model_spec_check({"layers": [{"type": "dense", "units": 3, "unit": 4}], "depth": 2})
@@ -193,7 +227,7 @@ def test_job_spec_mistakes_name_their_keys(tmp_path: Path) -> None:
         ({"dataset": {"path": "x.csv", "num_classes": "three"}}, "dataset.num_classes"),
         ({"dataset": {"path": None}}, "dataset.path"),
         ({"dataset": "datasets/abc", 1: "a", "foo": "b"}, "1"),
-        ({"dataset": "datasets/abc", "training": {"seed": "x"}}, "training"),
+        ({"dataset": "datasets/abc", "training": {"seed": "x"}}, "training.seed"),
     ],
 )
 def test_job_spec_values_of_the_wrong_kind_are_spec_errors(
