@@ -42,6 +42,16 @@ DEFAULT_METRICS = {
 
 def training_from_proto(config: models_pb2.TrainingConfig, dataset: Dataset) -> dict[str, Any]:
     """The stored training dict for a TrainingConfig, with defaults filled in and ranges checked."""
+    training = normalised_training(config, dataset.task)
+    validation = validation_rows(dataset.num_examples, config.validation_fraction)
+    if validation and validation == dataset.num_examples:
+        raise InvalidArgument.field("training.validation_fraction", "leaves no training examples")
+    return training
+
+
+def normalised_training(config: models_pb2.TrainingConfig, task: TaskKind) -> dict[str, Any]:
+    """The training dict `training_from_proto` stores, from what the dataset's task alone
+    decides: a retried CreateJob is compared with its job this way after the dataset is gone."""
     if config.epochs < 0:
         raise InvalidArgument.field(
             "training.epochs", f"must be positive. Received: {config.epochs}"
@@ -57,9 +67,6 @@ def training_from_proto(config: models_pb2.TrainingConfig, dataset: Dataset) -> 
             "training.validation_fraction",
             f"must be in [0, 1). Received: {config.validation_fraction}",
         )
-    validation = validation_rows(dataset.num_examples, config.validation_fraction)
-    if validation and validation == dataset.num_examples:
-        raise InvalidArgument.field("training.validation_fraction", "leaves no training examples")
     for name in ("checkpoint_every_epochs", "log_every_steps", "keep_checkpoints"):
         if getattr(config, name) < 0:
             raise InvalidArgument.field(
@@ -89,11 +96,11 @@ def training_from_proto(config: models_pb2.TrainingConfig, dataset: Dataset) -> 
     training: dict[str, Any] = {
         "epochs": config.epochs or DEFAULT_EPOCHS,
         "batch_size": batch_size,
-        "loss": config.loss or DEFAULT_LOSSES[dataset.task],
+        "loss": config.loss or DEFAULT_LOSSES[task],
         "optimizer": optimizer,
         "validation_fraction": config.validation_fraction,
         "seed": config.seed,
-        "metrics": list(config.metrics) or DEFAULT_METRICS[dataset.task],
+        "metrics": list(config.metrics) or DEFAULT_METRICS[task],
         "checkpoint_every_epochs": config.checkpoint_every_epochs,
         "log_every_steps": config.log_every_steps,
         "keep_checkpoints": config.keep_checkpoints,

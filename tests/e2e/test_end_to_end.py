@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from trainwire.client import (
+    AlreadyExists,
     Client,
     DatasetInfo,
     FailedPrecondition,
@@ -127,6 +128,9 @@ def test_create_job_is_idempotent_by_request_id(client: Client, iris_dataset: Da
     first = client.create_job(iris_dataset, MLP, epochs=1, request_id=request_id)
     second = client.create_job(iris_dataset, MLP, epochs=1, request_id=request_id)
     assert first.name == second.name
+    # The same id on another request was answered with the first job, its epochs dropped.
+    with pytest.raises(AlreadyExists, match=f"{request_id}' was already used by {first.name}"):
+        client.create_job(iris_dataset, MLP, epochs=3, request_id=request_id)
     first.wait(timeout=120)
 
 
