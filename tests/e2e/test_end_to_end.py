@@ -185,7 +185,15 @@ def test_bad_predictions_get_clear_statuses(
     queued = client.create_job(iris_dataset, MLP, epochs=1, queue="nobody-listens")
     time.sleep(1.0)  # longer than the workers' poll interval: they take the default queue only
     assert queued.status().state == "QUEUED"
-    with pytest.raises(FailedPrecondition, match="no checkpoint"):
+    with pytest.raises(FailedPrecondition, match=r"no checkpoint yet .* so wait for the job"):
+        queued.predict(iris["x_test"])
+    # It was told to wait for a checkpoint, which a job that ended never writes.
+    queued.cancel()
+    time.sleep(2.5)  # past the server's job cache, which still holds the job QUEUED
+    with pytest.raises(
+        FailedPrecondition,
+        match=r"ended CANCELLED without a checkpoint, .*; create a new job to train one",
+    ):
         queued.predict(iris["x_test"])
 
 
