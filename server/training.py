@@ -224,7 +224,8 @@ def check_model_fits_dataset(
     if outputs != expected:
         raise InvalidArgument.field(
             "model.layers",
-            f"the last layer gives {outputs} outputs but the dataset needs {what}: {fix}",
+            f"the last layer gives {outputs} output{'' if outputs == 1 else 's'} but the "
+            f"dataset needs {what}: {fix}",
         )
 
 

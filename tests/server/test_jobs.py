@@ -284,3 +284,15 @@ def test_two_units_on_binary_labels_are_refused_saying_what_to_change(store: Sto
     assert "give the last layer 1 unit" in violation.description
     assert 'task "multiclass"' in violation.description
 
+
+def test_one_unit_on_three_classes_is_refused_in_the_singular(store: Store) -> None:
+    dataset = replace(
+        regression_dataset(store), task=TaskKind.MULTICLASS_CLASSIFICATION, num_classes=3
+    )
+    summary = Model.describe_spec({"input_dim": 3, "layers": [{"type": "dense", "units": 1}]})
+    with pytest.raises(InvalidArgument) as refused:
+        check_model_fits_dataset(summary, {"loss": "softmax_cross_entropy"}, dataset)
+    assert refused.value.violations[0].description == (
+        "the last layer gives 1 output but the dataset needs one logit per class (3 classes): "
+        "give the last layer 3 units"
+    )
