@@ -6,13 +6,15 @@ to build what it trains, so a job that was accepted builds the same way on every
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from trainwire.client.tensors import TensorError, dtype_name
-from trainwire.engine import Model, SpecError, Trainer
+from trainwire.engine import Model, SpecError, Trainer, optimizers
 from trainwire.engine.layers import Dense
 from trainwire.engine.model import SpecSummary
 from trainwire.engine.training import EVALUATION_BATCH_ROWS
@@ -88,6 +90,7 @@ def normalised_training(config: models_pb2.TrainingConfig, task: TaskKind) -> di
     for name, text in (("loss", config.loss), ("optimizer.name", config.optimizer.name)):
         if len(text) > 64 or "\x00" in text:
             raise InvalidArgument.field(f"training.{name}", f"is not a known name: {text[:64]!r}")
+    _check_optimizer_params(config.optimizer.name or DEFAULT_OPTIMIZER, config.optimizer.params)
     optimizer: dict[str, Any] = {
         "name": config.optimizer.name or DEFAULT_OPTIMIZER,
         "learning_rate": config.optimizer.learning_rate or DEFAULT_LEARNING_RATE,
@@ -122,6 +125,22 @@ def normalised_training(config: models_pb2.TrainingConfig, task: TaskKind) -> di
             "restore_best_weights": config.early_stopping.restore_best_weights,
         }
     return training
+
+
+def _check_optimizer_params(name: str, params: Mapping[str, float]) -> None:
+    """Each parameter must be one the optimizer takes: the engine refuses another with Python's
+    own TypeError ("Adam.__init__() got an unexpected keyword argument"), naming no field."""
+    optimizer = optimizers.REGISTRY.get(name.lower())
+    if optimizer is None:
+        return  # the engine refuses the name itself, listing the names it knows
+    accepted = tuple(inspect.signature(optimizer).parameters)
+    for key, value in params.items():
+        if key not in accepted:
+            raise InvalidArgument.field(
+                f"training.optimizer.params[{key[:40]!r}]",
+                f"is not a parameter of optimizer {name!r}, which takes: {', '.join(accepted)}. "
+                f"Received: {key[:40]}={value}",
+            )
 
 
 def validation_rows(num_examples: int, fraction: float) -> int:

@@ -165,6 +165,17 @@ def test_bad_jobs_get_clear_statuses(client: Client, iris_dataset: DatasetInfo) 
         client.create_job(iris_dataset, {"layers": [{"type": "dense", "units": -3}]})
     with pytest.raises(InvalidArgument, match="adamm"):
         client.create_job(iris_dataset, MLP, optimizer="adamm")
+    # It was answered under `training` with "Adam.__init__() got an unexpected keyword".
+    with pytest.raises(InvalidArgument) as unknown_parameter:
+        optimizer = {"name": "adam", "betaa": 0.9}
+        client.create_job(iris_dataset, MLP, optimizer=optimizer, validate=False)
+    assert unknown_parameter.value.field_violations == [
+        (
+            "training.optimizer.params['betaa']",
+            "is not a parameter of optimizer 'adam', which takes: learning_rate, beta_1, beta_2, "
+            "epsilon, weight_decay, clip_norm. Received: betaa=0.9",
+        )
+    ]
     with pytest.raises(InvalidArgument, match="validation_fraction"):
         client.create_job(iris_dataset, MLP, validation_fraction=1.5)
 
