@@ -17,14 +17,24 @@ from .config import Settings
 from .convert import STATES_FROM_PROTO
 from .errors import InvalidArgument, ResourceExhausted
 from .names import check_text, parse_name
-from .records import Checkpoint, Dataset, Job, JobEvent, JobState, MetricValue, NewJob
-from .store import Store
+from .records import (
+    Checkpoint,
+    Dataset,
+    Job,
+    JobEvent,
+    JobState,
+    MetricValue,
+    NewJob,
+    TaskKind,
+)
+from .store import Store, same_request_or_refuse
 from .training import (
     check_loss_fits_targets,
     check_model_fits_dataset,
     check_monitors_are_logged,
     describe_model,
     largest_pass_rows,
+    normalised_training,
     training_from_proto,
     validation_trainer,
 )
@@ -44,13 +54,14 @@ class JobService:
         self.settings = settings
 
     def create(self, request: jobs_pb2.CreateJobRequest, project: str) -> Job:
-        # A retry gets the job its request_id created before anything else is checked: the
-        # limits may have been lowered, or the dataset deleted, since that job was accepted.
+        # A retry gets the job its request_id created before the limits and the dataset are
+        # checked: the limits may have been lowered, or the dataset deleted, since that job was
+        # accepted.
         check_text("request_id", request.request_id, MAX_REQUEST_ID)
         if request.request_id:
             existing = self.store.job_by_request_id(request.request_id, project)
             if existing is not None:
-                return existing
+                return same_request_or_refuse(self._as_retry_of(existing, request), existing)
         dataset_id = parse_name(request.dataset, "datasets", "dataset")
         dataset = self.store.get_dataset(dataset_id, project)
         if request.model.input_dim < 0:
@@ -102,6 +113,27 @@ class JobService:
                 max_attempts=request.max_attempts or self.settings.default_max_attempts,
                 request_id=request.request_id or None,
             )
+        )
+
+    def _as_retry_of(self, job: Job, request: jobs_pb2.CreateJobRequest) -> NewJob:
+        """`request` normalised as `create` would store it, with what it took from its dataset
+        (input width, task) read from `job`: that dataset may be gone since."""
+        task = TaskKind(job.target["task"]) if "task" in job.target else None
+        return NewJob(
+            dataset_id=parse_name(request.dataset, "datasets", "dataset"),
+            model_spec=describe_model(
+                model_spec_from_proto(request.model, job.model_spec["input_dim"])
+            ).spec,
+            # Only a job from before targets were kept, its dataset deleted, lacks a task: what
+            # its training's defaults were is unknown, so its training is not compared.
+            training=job.training if task is None else normalised_training(request.training, task),
+            project=job.project,
+            display_name=request.display_name,
+            labels=dict(request.labels),
+            queue=request.queue or "default",
+            priority=request.priority,
+            max_attempts=request.max_attempts or self.settings.default_max_attempts,
+            request_id=request.request_id,
         )
 
     def _check_batch_bytes(

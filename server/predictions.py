@@ -272,6 +272,12 @@ class PredictionService:
 
     def resolve(self, job: Job, selector: str, checkpoints: list[Checkpoint]) -> Checkpoint:
         """The checkpoint named by `selector`: "", "latest", "best", "epoch/N" or a full name."""
+        if not checkpoints and job.state.is_finished:
+            # Waiting would not help: a job that ended writes no more checkpoints.
+            raise FailedPrecondition(
+                f"jobs/{job.id} ended {job.state.value} without a checkpoint, so it has no "
+                "trained model to predict with; create a new job to train one"
+            )
         if not checkpoints:
             raise FailedPrecondition(
                 f"jobs/{job.id} has no checkpoint yet (it is {job.state.value}); predictions need "

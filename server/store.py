@@ -45,7 +45,7 @@ from .auth import (
     new_secret,
 )
 from .db import Database
-from .errors import FailedPrecondition, InvalidArgument, NotFound
+from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from .models import (
     ApiKeyRow,
     CheckpointBlobRow,
@@ -191,6 +191,47 @@ def best_checkpoint(checkpoints: Sequence[ScoredT]) -> ScoredT | None:
     repeats the metrics of the epoch end before it with other weights: never the best."""
     whole = [c for c in checkpoints if not c.is_partial]
     return min(reversed(whole), key=lambda c: checkpoint_score(c.metrics)) if whole else None
+
+
+def same_request_or_refuse(new: NewJob, job: Job) -> Job:
+    """`job`, which `new.request_id` created, if `new` asks for what it records: a retry gets its
+    job back; a different request reusing the id is refused, as payment APIs treat an
+    idempotency key. Compared as stored (JSON), so a tuple and a list of one spec are equal."""
+    asked = {
+        "dataset": new.dataset_id,
+        "model": new.model_spec,
+        "training": new.training,
+        "display_name": new.display_name,
+        "labels": new.labels,
+        "queue": new.queue,
+        "priority": new.priority,
+        "max_attempts": new.max_attempts,
+    }
+    recorded = {
+        "dataset": job.dataset_id,
+        "model": job.model_spec,
+        "training": job.training,
+        "display_name": job.display_name,
+        "labels": job.labels,
+        "queue": job.queue,
+        "priority": job.priority,
+        "max_attempts": job.max_attempts,
+    }
+    if job.dataset_id is None:
+        # The job's dataset was deleted since, and its id with it: nothing to compare.
+        del asked["dataset"], recorded["dataset"]
+    differing = [key for key in asked if _as_stored(asked[key]) != _as_stored(recorded[key])]
+    if differing:
+        raise AlreadyExists(
+            f"request_id {new.request_id!r} was already used by jobs/{job.id}, created with a "
+            f"different {', '.join(differing)}; send a new request_id to create another job "
+            "(a retry must repeat the request unchanged)"
+        )
+    return job
+
+
+def _as_stored(value: object) -> object:
+    return json.loads(json.dumps(value))
 
 
 def encode_page_token(created_at: datetime, row_id: str) -> str:
@@ -417,11 +458,12 @@ class Store:
     # --- jobs ---------------------------------------------------------------------------------
 
     def create_job(self, new: NewJob) -> Job:
-        """Inserts a QUEUED job; with a known `request_id` returns the job it created before."""
+        """Inserts a QUEUED job; with a known `request_id` returns the job it created before, or
+        ALREADY_EXISTS if that job was asked for with other settings."""
         if new.request_id:
             existing = self.job_by_request_id(new.request_id, new.project)
             if existing is not None:
-                return existing
+                return same_request_or_refuse(new, existing)
         now = utcnow()
         try:
             with self.db.write() as session:
@@ -462,7 +504,7 @@ class Store:
             if new.request_id:
                 existing = self.job_by_request_id(new.request_id, new.project)
                 if existing is not None:
-                    return existing
+                    return same_request_or_refuse(new, existing)
             raise
 
     def job_by_request_id(self, request_id: str, project: str) -> Job | None:

@@ -6,13 +6,15 @@ to build what it trains, so a job that was accepted builds the same way on every
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from trainwire.client.tensors import TensorError, dtype_name
-from trainwire.engine import Model, SpecError, Trainer
+from trainwire.engine import Model, SpecError, Trainer, optimizers
 from trainwire.engine.layers import Dense
 from trainwire.engine.model import SpecSummary
 from trainwire.engine.training import EVALUATION_BATCH_ROWS
@@ -42,6 +44,16 @@ DEFAULT_METRICS = {
 
 def training_from_proto(config: models_pb2.TrainingConfig, dataset: Dataset) -> dict[str, Any]:
     """The stored training dict for a TrainingConfig, with defaults filled in and ranges checked."""
+    training = normalised_training(config, dataset.task)
+    validation = validation_rows(dataset.num_examples, config.validation_fraction)
+    if validation and validation == dataset.num_examples:
+        raise InvalidArgument.field("training.validation_fraction", "leaves no training examples")
+    return training
+
+
+def normalised_training(config: models_pb2.TrainingConfig, task: TaskKind) -> dict[str, Any]:
+    """The training dict `training_from_proto` stores, from what the dataset's task alone
+    decides: a retried CreateJob is compared with its job this way after the dataset is gone."""
     if config.epochs < 0:
         raise InvalidArgument.field(
             "training.epochs", f"must be positive. Received: {config.epochs}"
@@ -57,9 +69,6 @@ def training_from_proto(config: models_pb2.TrainingConfig, dataset: Dataset) -> 
             "training.validation_fraction",
             f"must be in [0, 1). Received: {config.validation_fraction}",
         )
-    validation = validation_rows(dataset.num_examples, config.validation_fraction)
-    if validation and validation == dataset.num_examples:
-        raise InvalidArgument.field("training.validation_fraction", "leaves no training examples")
     for name in ("checkpoint_every_epochs", "log_every_steps", "keep_checkpoints"):
         if getattr(config, name) < 0:
             raise InvalidArgument.field(
@@ -81,6 +90,7 @@ def training_from_proto(config: models_pb2.TrainingConfig, dataset: Dataset) -> 
     for name, text in (("loss", config.loss), ("optimizer.name", config.optimizer.name)):
         if len(text) > 64 or "\x00" in text:
             raise InvalidArgument.field(f"training.{name}", f"is not a known name: {text[:64]!r}")
+    _check_optimizer_params(config.optimizer.name or DEFAULT_OPTIMIZER, config.optimizer.params)
     optimizer: dict[str, Any] = {
         "name": config.optimizer.name or DEFAULT_OPTIMIZER,
         "learning_rate": config.optimizer.learning_rate or DEFAULT_LEARNING_RATE,
@@ -89,11 +99,11 @@ def training_from_proto(config: models_pb2.TrainingConfig, dataset: Dataset) -> 
     training: dict[str, Any] = {
         "epochs": config.epochs or DEFAULT_EPOCHS,
         "batch_size": batch_size,
-        "loss": config.loss or DEFAULT_LOSSES[dataset.task],
+        "loss": config.loss or DEFAULT_LOSSES[task],
         "optimizer": optimizer,
         "validation_fraction": config.validation_fraction,
         "seed": config.seed,
-        "metrics": list(config.metrics) or DEFAULT_METRICS[dataset.task],
+        "metrics": list(config.metrics) or DEFAULT_METRICS[task],
         "checkpoint_every_epochs": config.checkpoint_every_epochs,
         "log_every_steps": config.log_every_steps,
         "keep_checkpoints": config.keep_checkpoints,
@@ -115,6 +125,22 @@ def training_from_proto(config: models_pb2.TrainingConfig, dataset: Dataset) -> 
             "restore_best_weights": config.early_stopping.restore_best_weights,
         }
     return training
+
+
+def _check_optimizer_params(name: str, params: Mapping[str, float]) -> None:
+    """Each parameter must be one the optimizer takes: the engine refuses another with Python's
+    own TypeError ("Adam.__init__() got an unexpected keyword argument"), naming no field."""
+    optimizer = optimizers.REGISTRY.get(name.lower())
+    if optimizer is None:
+        return  # the engine refuses the name itself, listing the names it knows
+    accepted = tuple(inspect.signature(optimizer).parameters)
+    for key, value in params.items():
+        if key not in accepted:
+            raise InvalidArgument.field(
+                f"training.optimizer.params[{key[:40]!r}]",
+                f"is not a parameter of optimizer {name!r}, which takes: {', '.join(accepted)}. "
+                f"Received: {key[:40]}={value}",
+            )
 
 
 def validation_rows(num_examples: int, fraction: float) -> int:
@@ -217,7 +243,8 @@ def check_model_fits_dataset(
     if outputs != expected:
         raise InvalidArgument.field(
             "model.layers",
-            f"the last layer gives {outputs} outputs but the dataset needs {what}: {fix}",
+            f"the last layer gives {outputs} output{'' if outputs == 1 else 's'} but the "
+            f"dataset needs {what}: {fix}",
         )
 
 

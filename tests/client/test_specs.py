@@ -255,6 +255,16 @@ def test_a_parameter_the_request_cannot_carry_as_a_number_is_refused_by_name() -
     assert [f for f, _ in optimizer.value.field_violations] == [
         "training.optimizer.params['momentum']"
     ]
+    # The server answered this one with Python's "Adam.__init__() got an unexpected keyword".
+    with Client("127.0.0.1:9") as client, pytest.raises(SpecError) as unknown:
+        client.create_job("datasets/x", [Dense(3)], optimizer={"name": "adam", "betaa": 0.9})
+    assert unknown.value.field_violations == [
+        (
+            "training.optimizer.params['betaa']",
+            "is not a parameter of optimizer 'adam', which takes: learning_rate, beta_1, beta_2, "
+            "epsilon, weight_decay, clip_norm. Received: betaa=0.9",
+        )
+    ]
 
 
 @pytest.mark.parametrize("value", ["10", True])

@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from trainwire.client import (
+    AlreadyExists,
     Client,
     DatasetInfo,
     FailedPrecondition,
@@ -127,6 +128,9 @@ def test_create_job_is_idempotent_by_request_id(client: Client, iris_dataset: Da
     first = client.create_job(iris_dataset, MLP, epochs=1, request_id=request_id)
     second = client.create_job(iris_dataset, MLP, epochs=1, request_id=request_id)
     assert first.name == second.name
+    # The same id on another request was answered with the first job, its epochs dropped.
+    with pytest.raises(AlreadyExists, match=f"{request_id}' was already used by {first.name}"):
+        client.create_job(iris_dataset, MLP, epochs=3, request_id=request_id)
     first.wait(timeout=120)
 
 
@@ -161,6 +165,17 @@ def test_bad_jobs_get_clear_statuses(client: Client, iris_dataset: DatasetInfo) 
         client.create_job(iris_dataset, {"layers": [{"type": "dense", "units": -3}]})
     with pytest.raises(InvalidArgument, match="adamm"):
         client.create_job(iris_dataset, MLP, optimizer="adamm")
+    # It was answered under `training` with "Adam.__init__() got an unexpected keyword".
+    with pytest.raises(InvalidArgument) as unknown_parameter:
+        optimizer = {"name": "adam", "betaa": 0.9}
+        client.create_job(iris_dataset, MLP, optimizer=optimizer, validate=False)
+    assert unknown_parameter.value.field_violations == [
+        (
+            "training.optimizer.params['betaa']",
+            "is not a parameter of optimizer 'adam', which takes: learning_rate, beta_1, beta_2, "
+            "epsilon, weight_decay, clip_norm. Received: betaa=0.9",
+        )
+    ]
     with pytest.raises(InvalidArgument, match="validation_fraction"):
         client.create_job(iris_dataset, MLP, validation_fraction=1.5)
 
@@ -181,7 +196,15 @@ def test_bad_predictions_get_clear_statuses(
     queued = client.create_job(iris_dataset, MLP, epochs=1, queue="nobody-listens")
     time.sleep(1.0)  # longer than the workers' poll interval: they take the default queue only
     assert queued.status().state == "QUEUED"
-    with pytest.raises(FailedPrecondition, match="no checkpoint"):
+    with pytest.raises(FailedPrecondition, match=r"no checkpoint yet .* so wait for the job"):
+        queued.predict(iris["x_test"])
+    # It was told to wait for a checkpoint, which a job that ended never writes.
+    queued.cancel()
+    time.sleep(2.5)  # past the server's job cache, which still holds the job QUEUED
+    with pytest.raises(
+        FailedPrecondition,
+        match=r"ended CANCELLED without a checkpoint, .*; create a new job to train one",
+    ):
         queued.predict(iris["x_test"])
 
 

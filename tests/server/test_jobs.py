@@ -12,7 +12,12 @@ import pytest
 from trainwire.engine.model import Model
 from trainwire.server.config import Settings
 from trainwire.server.convert import job_to_proto
-from trainwire.server.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from trainwire.server.errors import (
+    AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
+    ResourceExhausted,
+)
 from trainwire.server.jobs import JobService
 from trainwire.server.records import Dataset, JobState, TaskKind
 from trainwire.server.store import Store
@@ -200,6 +205,50 @@ def test_a_retry_gets_its_job_even_where_the_request_would_now_be_refused(store:
     assert refused.value.violations[0].field == "request_id"
 
 
+@pytest.mark.parametrize(
+    ("change", "differing"),
+    [
+        (lambda create: setattr(create.training, "epochs", 3), "training"),
+        (lambda create: create.model.layers.insert(0, dense(4)), "model"),
+        (lambda create: create.labels.update(team="b"), "labels"),
+        (lambda create: setattr(create, "display_name", "other"), "display_name"),
+        (lambda create: setattr(create, "queue", "gpu"), "queue"),
+        (lambda create: setattr(create, "priority", 1), "priority"),
+        (lambda create: setattr(create, "max_attempts", 7), "max_attempts"),
+    ],
+)
+def test_a_request_id_sent_with_another_request_is_refused(
+    store: Store, change: Any, differing: str
+) -> None:
+    """The second request was answered with the first one's job: what it changed was dropped
+    without a word."""
+    dataset = regression_dataset(store)
+    service = JobService(store, Settings())
+    create = request(dataset)
+    create.request_id = "abc"
+    job = service.create(create, "default")
+    # The defaults spelled out are the same request, as stored.
+    spelled_out = request(dataset, epochs=10, batch_size=32, loss="mse")
+    spelled_out.request_id, spelled_out.queue = "abc", "default"
+    spelled_out.max_attempts = Settings().default_max_attempts
+    assert service.create(spelled_out, "default").id == job.id
+    change(create)
+    with pytest.raises(AlreadyExists, match=rf"used by jobs/{job.id}, .* different {differing};"):
+        service.create(create, "default")
+    assert len(store.list_jobs(10, "")[0]) == 1
+
+
+def test_a_request_id_sent_for_another_dataset_is_refused(store: Store) -> None:
+    first, second = regression_dataset(store), regression_dataset(store)
+    service = JobService(store, Settings())
+    create = request(first)
+    create.request_id = "abc"
+    job = service.create(create, "default")
+    create.dataset = f"datasets/{second.id}"
+    with pytest.raises(AlreadyExists, match=f"jobs/{job.id}, created with a different dataset;"):
+        service.create(create, "default")
+
+
 def test_an_empty_label_key_is_refused(store: Store) -> None:
     create = request(regression_dataset(store))
     create.labels[""] = "x"
@@ -234,3 +283,16 @@ def test_two_units_on_binary_labels_are_refused_saying_what_to_change(store: Sto
     assert "gives 2 outputs" in violation.description
     assert "give the last layer 1 unit" in violation.description
     assert 'task "multiclass"' in violation.description
+
+
+def test_one_unit_on_three_classes_is_refused_in_the_singular(store: Store) -> None:
+    dataset = replace(
+        regression_dataset(store), task=TaskKind.MULTICLASS_CLASSIFICATION, num_classes=3
+    )
+    summary = Model.describe_spec({"input_dim": 3, "layers": [{"type": "dense", "units": 1}]})
+    with pytest.raises(InvalidArgument) as refused:
+        check_model_fits_dataset(summary, {"loss": "softmax_cross_entropy"}, dataset)
+    assert refused.value.violations[0].description == (
+        "the last layer gives 1 output but the dataset needs one logit per class (3 classes): "
+        "give the last layer 3 units"
+    )

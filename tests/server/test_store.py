@@ -16,7 +16,13 @@ import pytest
 from sqlalchemy import event, select, text
 
 from trainwire.server.db import Database
-from trainwire.server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from trainwire.server.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from trainwire.server.migrate import upgrade
 from trainwire.server.models import CheckpointBlobRow, CheckpointRow
 from trainwire.server.records import Dataset, Job, JobState, MetricValue, NewJob, TaskKind
@@ -107,6 +113,56 @@ def test_request_id_makes_create_idempotent(store: Store) -> None:
     assert one.id == two.id
     jobs, _ = store.list_jobs(100, "")
     assert len(jobs) == 1
+
+
+def test_a_request_id_used_for_another_request_is_refused(store: Store) -> None:
+    """The second request was answered with the first one's job: its settings were dropped
+    without a word."""
+    dataset = make_dataset(store)
+    job = store.create_job(make_job(store, dataset, request_id="abc"))
+    with pytest.raises(AlreadyExists) as refused:
+        store.create_job(make_job(store, dataset, request_id="abc", priority=5))
+    assert refused.value.message == (
+        f"request_id 'abc' was already used by jobs/{job.id}, created with a different "
+        "priority; send a new request_id to create another job (a retry must repeat the "
+        "request unchanged)"
+    )
+    # A spec stored as JSON compares equal to the same spec given with tuples.
+    again = make_job(store, dataset, request_id="abc", model_spec={"layers": ()})
+    assert store.create_job(again).id == job.id
+    assert len(store.list_jobs(100, "")[0]) == 1
+
+
+@pytest.mark.postgres
+def test_a_request_id_reused_by_a_concurrent_create_is_refused(
+    postgres_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two creates with one request_id, the second's lookup made before the first committed:
+    its insert fails on the unique key, and the job found then must be compared too."""
+    store = postgres_store
+    dataset = make_dataset(store)
+    inserted, release = threading.Event(), threading.Event()
+    notify = store._notify
+
+    def paused_before_commit(*args: Any) -> None:
+        notify(*args)
+        if not inserted.is_set():
+            inserted.set()
+            assert release.wait(60)
+
+    monkeypatch.setattr(store, "_notify", paused_before_commit)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(store.create_job, make_job(store, dataset, request_id="abc"))
+        assert inserted.wait(60)
+        second = pool.submit(
+            store.create_job, make_job(store, dataset, request_id="abc", queue="gpu")
+        )
+        wait_for_a_lock_wait(store, "CreateJob")
+        release.set()
+        job: Job = first.result(60)
+        with pytest.raises(AlreadyExists, match=f"used by jobs/{job.id}, .* different queue"):
+            second.result(60)
+    assert len(store.list_jobs(100, "")[0]) == 1
 
 
 def test_a_request_id_is_per_project(store: Store) -> None:
