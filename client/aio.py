@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import (
     AsyncIterable,
@@ -40,8 +39,8 @@ from .builders import ModelLike
 from .client import (
     DEFAULT_MESSAGE_BYTES,
     DEFAULT_TARGET,
-    MAX_BACKOFF_DOUBLINGS,
     Client,
+    Outage,
     env_settings,
     is_gone,
     may_have_run,
@@ -52,7 +51,6 @@ from .errors import (
     JobFailed,
     NotFound,
     TrainwireError,
-    Unavailable,
     from_rpc_error,
     status_of,
 )
@@ -477,8 +475,7 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
         self._stream: grpc.aio.UnaryStreamCall[jobs_pb2.WatchJobRequest, jobs_pb2.JobEvent] | None
         self._stream = None
         self._events: AsyncIterator[jobs_pb2.JobEvent] | None = None
-        self._failures = 0
-        self._outage_since: float | None = None
+        self._outage = Outage(f"watching {name}", client.watch_reconnect_s)
         self._closed = False
 
     def __aiter__(self) -> AsyncJobWatch:
@@ -516,7 +513,7 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
                 self._stream = self._events = None
                 await self._recover(error, watch_was_open(error.initial_metadata()))
                 continue
-            self._failures, self._outage_since = 0, None
+            self._outage.ended()
             if event.sequence <= self.last_sequence:
                 continue
             self.last_sequence = event.sequence
@@ -530,18 +527,9 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
         if not self.reconnect or not reconnectable(code, details):
             raise from_rpc_error(error) from None
         if opened:  # a new outage begins; the backoff goes on (see `JobWatch._recover`)
-            self._outage_since = None
-        now = time.monotonic()
-        self._outage_since = self._outage_since or now
-        if now - self._outage_since > self.client.watch_reconnect_s:
-            raise Unavailable(
-                f"watching {self.name}: the server stayed unreachable for "
-                f"{self.client.watch_reconnect_s:g}s ({details})",
-                code,
-            ) from None
-        self._failures = min(self._failures + 1, MAX_BACKOFF_DOUBLINGS)
-        delay = min(0.05 * 2**self._failures, 2.0) * random.uniform(0.5, 1.0)
-        if self._deadline is not None and now + delay >= self._deadline:
+            self._outage.since = None
+        delay = self._outage.next_delay(code, details)
+        if self._deadline is not None and time.monotonic() + delay >= self._deadline:
             raise DeadlineExceeded(f"watching {self.name}: timed out", code) from None
         log.info("watch of %s lost (%s); reconnecting in %.2fs", self.name, code, delay)
         self.reconnects += 1
@@ -579,10 +567,13 @@ class AsyncJob:
         poll_interval: float = 0.5,
         progress: bool = False,
     ) -> JobStatus:
-        """Waits until the job finishes (see `Job.wait`); raises JobFailed or TimeoutError."""
+        """Waits until the job finishes, riding out server outages (see `Job.wait`); raises
+        JobFailed or TimeoutError."""
         from .client import _update_bar
 
         deadline = None if timeout is None else time.monotonic() + timeout
+        outage = Outage(f"waiting for {self.name}", self.client.watch_reconnect_s)
+        status = self.last_status
         bar = None
         if progress:
             from tqdm import tqdm
@@ -590,14 +581,25 @@ class AsyncJob:
             bar = tqdm(total=self.last_status.total_epochs or None, unit="epoch", desc=self.name)
         try:
             while True:
-                status = await self.status()
-                if bar is not None:
-                    _update_bar(bar, status)
-                if status.finished:
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.name} is still {status.state} after {timeout}s")
-                await asyncio.sleep(poll_interval)
+                try:
+                    status = await self.status()
+                except TrainwireError as error:
+                    if not reconnectable(error.code, error.message):
+                        raise
+                    delay = outage.next_delay(error.code, error.message)
+                else:
+                    outage.ended()
+                    if bar is not None:
+                        _update_bar(bar, status)
+                    if status.finished:
+                        break
+                    delay = poll_interval
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(f"{self.name} is still {status.state} after {timeout}s")
+                    delay = min(delay, left)  # one last poll at the deadline
+                await asyncio.sleep(delay)
         finally:
             if bar is not None:
                 bar.close()
