@@ -45,9 +45,10 @@ from .client import (
     is_gone,
     may_have_run,
     reconnectable,
+    wait_timed_out,
+    watch_timed_out,
 )
 from .errors import (
-    DeadlineExceeded,
     JobFailed,
     NotFound,
     TrainwireError,
@@ -471,6 +472,7 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
         self.last_sequence = after_sequence
         self.reconnects = 0
         self.reconnect = reconnect
+        self.timeout = timeout
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._stream: grpc.aio.UnaryStreamCall[jobs_pb2.WatchJobRequest, jobs_pb2.JobEvent] | None
         self._stream = None
@@ -524,13 +526,17 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
         code, details = status_of(error)
         if self._closed:
             raise StopAsyncIteration
+        if self.timeout is not None and code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            # The stream's deadline is the watch's own.
+            raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None
         if not self.reconnect or not reconnectable(code, details):
             raise from_rpc_error(error) from None
         if opened:  # a new outage begins; the backoff goes on (see `JobWatch._recover`)
             self._outage.since = None
         delay = self._outage.next_delay(code, details)
-        if self._deadline is not None and time.monotonic() + delay >= self._deadline:
-            raise DeadlineExceeded(f"watching {self.name}: timed out", code) from None
+        late = self._deadline is not None and time.monotonic() + delay >= self._deadline
+        if late and self.timeout is not None:
+            raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None
         log.info("watch of %s lost (%s); reconnecting in %.2fs", self.name, code, delay)
         self.reconnects += 1
         await asyncio.sleep(delay)
@@ -568,10 +574,10 @@ class AsyncJob:
         progress: bool = False,
     ) -> JobStatus:
         """Waits until the job finishes, riding out server outages (see `Job.wait`); raises
-        JobFailed or TimeoutError."""
+        JobFailed or `TimedOut`."""
         from .client import _update_bar
 
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
         outage = Outage(f"waiting for {self.name}", self.client.watch_reconnect_s)
         status = self.last_status
         bar = None
@@ -594,10 +600,10 @@ class AsyncJob:
                     if status.finished:
                         break
                     delay = poll_interval
-                if deadline is not None:
-                    left = deadline - time.monotonic()
+                if timeout is not None:
+                    left = started + timeout - time.monotonic()
                     if left <= 0:
-                        raise TimeoutError(f"{self.name} is still {status.state} after {timeout}s")
+                        raise wait_timed_out(self.name, status.state, timeout)
                     delay = min(delay, left)  # one last poll at the deadline
                 await asyncio.sleep(delay)
         finally:

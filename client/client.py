@@ -23,9 +23,9 @@ from trainwire.v1 import datasets_pb2, jobs_pb2, predictions_pb2
 
 from .builders import ModelLike
 from .errors import (
-    DeadlineExceeded,
     JobFailed,
     NotFound,
+    TimedOut,
     TrainwireError,
     Unavailable,
     from_rpc_error,
@@ -165,6 +165,24 @@ def reconnectable(code: grpc.StatusCode | None, details: str) -> bool:
     if code is grpc.StatusCode.UNAVAILABLE:
         return True
     return code is grpc.StatusCode.INTERNAL and "RST_STREAM" in details
+
+
+def wait_timed_out(name: str, state: str, timeout: float) -> TimedOut:
+    """The error of a `Job.wait` whose `timeout` passed."""
+    return TimedOut(
+        f"waiting for {name}: still {state} after {timeout:g}s; wait() again to go on waiting, "
+        f"or give a longer timeout="
+    )
+
+
+def watch_timed_out(name: str, timeout: float, last_sequence: int) -> TimedOut:
+    """The error of a watch whose `timeout` passed (its stream's deadline, or before a
+    reconnection)."""
+    return TimedOut(
+        f"watching {name}: no end of the job within {timeout:g}s; "
+        f"watch(after_sequence={last_sequence}) goes on after the last event returned, or give "
+        f"a longer timeout="
+    )
 
 
 class Outage:
@@ -536,7 +554,7 @@ class Client:
         The stream re-opens itself after a dropped connection or a server restart, resuming
         after the last event it returned (no event lost or repeated), for up to
         `watch_reconnect_s` of outage. `timeout` bounds the whole watch (None: until the job
-        finishes).
+        finishes), which then raises `TimedOut`.
         """
         return JobWatch(self, name, after_sequence, timeout, reconnect)
 
@@ -654,6 +672,7 @@ class JobWatch(Iterator[JobEvent]):
         self.last_sequence = after_sequence
         self.reconnects = 0
         self.reconnect = reconnect
+        self.timeout = timeout
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._stream: grpc.CallIterator[jobs_pb2.JobEvent] | None = None
         self._events: Iterator[jobs_pb2.JobEvent] | None = None
@@ -705,6 +724,9 @@ class JobWatch(Iterator[JobEvent]):
         code, details = status_of(error)
         if self._closed:
             raise StopIteration
+        if self.timeout is not None and code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            # The stream's deadline is the watch's own.
+            raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None
         if not self.reconnect or not reconnectable(code, details):
             raise from_rpc_error(error) from None
         # A quiet job's stream may have been open longer than watch_reconnect_s: the outage
@@ -713,8 +735,9 @@ class JobWatch(Iterator[JobEvent]):
         if opened:
             self._outage.since = None
         delay = self._outage.next_delay(code, details)
-        if self._deadline is not None and time.monotonic() + delay >= self._deadline:
-            raise DeadlineExceeded(f"watching {self.name}: timed out", code) from None
+        late = self._deadline is not None and time.monotonic() + delay >= self._deadline
+        if late and self.timeout is not None:
+            raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None
         log.info("watch of %s lost (%s); reconnecting in %.2fs", self.name, code, delay)
         self.reconnects += 1
         time.sleep(delay)
@@ -754,10 +777,11 @@ class Job:
 
         `progress=True` shows a tqdm bar of epochs with the state, the latest loss and metrics,
         and the ETA. Raises JobFailed if the job FAILED (a CANCELLED job is returned) and
-        TimeoutError after `timeout` seconds. A server outage is ridden out as a watch rides it
-        out: `Unavailable` after `watch_reconnect_s` without reaching the server.
+        `TimedOut` (a DeadlineExceeded and a TimeoutError) after `timeout` seconds. A server
+        outage is ridden out as a watch rides it out: `Unavailable` after `watch_reconnect_s`
+        without reaching the server.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
         # A server restart is ridden out as a watch rides it out, not given up once one poll's
         # retries (about 1.5 s) are spent.
         outage = Outage(f"waiting for {self.name}", self.client.watch_reconnect_s)
@@ -782,10 +806,10 @@ class Job:
                     if status.finished:
                         break
                     delay = poll_interval
-                if deadline is not None:
-                    left = deadline - time.monotonic()
+                if timeout is not None:
+                    left = started + timeout - time.monotonic()
                     if left <= 0:
-                        raise TimeoutError(f"{self.name} is still {status.state} after {timeout}s")
+                        raise wait_timed_out(self.name, status.state, timeout)
                     delay = min(delay, left)  # one last poll at the deadline
                 time.sleep(delay)
         finally:

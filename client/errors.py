@@ -79,6 +79,14 @@ class DeadlineExceeded(TrainwireError):
     """The call did not finish within its deadline (DEADLINE_EXCEEDED)."""
 
 
+class TimedOut(DeadlineExceeded, TimeoutError):
+    """`Job.wait(timeout=)` or `Job.watch(timeout=)` passed its timeout before the job ended:
+    a DeadlineExceeded, and a TimeoutError (which `wait` raised before it had this class)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
 class Unimplemented(TrainwireError):
     """The server does not implement this call (UNIMPLEMENTED)."""
 
