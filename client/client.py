@@ -816,7 +816,7 @@ class Job:
             if bar is not None:
                 bar.close()
         if status.state == "FAILED":
-            raise JobFailed(f"{self.name} failed: {status.error}")
+            raise JobFailed(f"{self.name} failed: {status.error}", status)
         return status
 
     def watch(

@@ -8,11 +8,14 @@ Every exception is a `TrainwireError` with the gRPC `code` and the server's `fie
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
+
+if TYPE_CHECKING:
+    from .results import JobStatus
 
 
 class TrainwireError(Exception):
@@ -100,7 +103,17 @@ class Internal(TrainwireError):
 
 
 class JobFailed(TrainwireError):
-    """`Job.wait()` saw the job end FAILED; `message` is the server's reason."""
+    """`Job.wait()` saw the job end FAILED; `message` is the server's reason and `status` the
+    job's final `JobStatus`. No call failed, so `code` is None and `code_name` is `FAILED`, the
+    job's state (not `UNKNOWN`)."""
+
+    def __init__(self, message: str, status: JobStatus) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def code_name(self) -> str:
+        return self.status.state
 
 
 _BY_CODE: dict[grpc.StatusCode, type[TrainwireError]] = {

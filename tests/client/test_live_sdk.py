@@ -16,6 +16,7 @@ from trainwire.client import (
     Dense,
     Dropout,
     FailedPrecondition,
+    JobFailed,
     Metrics,
     ModelInfo,
     NotFound,
@@ -258,6 +259,19 @@ def test_a_wait_or_watch_past_its_timeout_raises_timed_out(
         assert watch.last_sequence == 1
     finally:
         job.cancel()
+
+
+def test_a_failed_job_s_error_carries_its_final_status(client: Client) -> None:
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(64, 2)) * 1e3).astype(np.float32)
+    y = (rng.normal(size=64) * 1e3).astype(np.float32)
+    job = client.create_job(
+        client.upload_dataset(x, y), [Dense(1)], epochs=20, optimizer="sgd", learning_rate=1e3
+    )
+    with pytest.raises(JobFailed, match="loss became") as caught:
+        job.wait(timeout=60, poll_interval=0.1)
+    assert caught.value.status.state == "FAILED" and "loss became" in caught.value.status.error
+    assert (caught.value.code, caught.value.code_name) == (None, "FAILED")
 
 
 def test_a_batch_norm_momentum_of_zero_reaches_the_server(
