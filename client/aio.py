@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import (
     AsyncIterable,
@@ -40,21 +39,21 @@ from .builders import ModelLike
 from .client import (
     DEFAULT_MESSAGE_BYTES,
     DEFAULT_TARGET,
-    MAX_BACKOFF_DOUBLINGS,
     Client,
+    Outage,
     env_settings,
     is_gone,
     may_have_run,
     reconnectable,
     upload_bar,
+    wait_timed_out,
+    watch_timed_out,
 )
 from .errors import (
     ClientClosed,
-    DeadlineExceeded,
     JobFailed,
     NotFound,
     TrainwireError,
-    Unavailable,
     from_rpc_error,
     status_of,
 )
@@ -491,12 +490,12 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
         self.last_sequence = after_sequence
         self.reconnects = 0
         self.reconnect = reconnect
+        self.timeout = timeout
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._stream: grpc.aio.UnaryStreamCall[jobs_pb2.WatchJobRequest, jobs_pb2.JobEvent] | None
         self._stream = None
         self._events: AsyncIterator[jobs_pb2.JobEvent] | None = None
-        self._failures = 0
-        self._outage_since: float | None = None
+        self._outage = Outage(f"watching {name}", client.watch_reconnect_s)
         self._closed = False
 
     def __aiter__(self) -> AsyncJobWatch:
@@ -536,7 +535,7 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
                 self._stream = self._events = None
                 await self._recover(error, watch_was_open(error.initial_metadata()))
                 continue
-            self._failures, self._outage_since = 0, None
+            self._outage.ended()
             if event.sequence <= self.last_sequence:
                 continue
             self.last_sequence = event.sequence
@@ -547,22 +546,17 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
         code, details = status_of(error)
         if self._closed:
             raise StopAsyncIteration
+        if self.timeout is not None and code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            # The stream's deadline is the watch's own.
+            raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None
         if not self.reconnect or not reconnectable(code, details):
             raise from_rpc_error(error) from None
         if opened:  # a new outage begins; the backoff goes on (see `JobWatch._recover`)
-            self._outage_since = None
-        now = time.monotonic()
-        self._outage_since = self._outage_since or now
-        if now - self._outage_since > self.client.watch_reconnect_s:
-            raise Unavailable(
-                f"watching {self.name}: the server stayed unreachable for "
-                f"{self.client.watch_reconnect_s:g}s ({details})",
-                code,
-            ) from None
-        self._failures = min(self._failures + 1, MAX_BACKOFF_DOUBLINGS)
-        delay = min(0.05 * 2**self._failures, 2.0) * random.uniform(0.5, 1.0)
-        if self._deadline is not None and now + delay >= self._deadline:
-            raise DeadlineExceeded(f"watching {self.name}: timed out", code) from None
+            self._outage.since = None
+        delay = self._outage.next_delay(code, details)
+        late = self._deadline is not None and time.monotonic() + delay >= self._deadline
+        if late and self.timeout is not None:
+            raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None
         log.info("watch of %s lost (%s); reconnecting in %.2fs", self.name, code, delay)
         self.reconnects += 1
         await asyncio.sleep(delay)
@@ -604,10 +598,13 @@ class AsyncJob:
         poll_interval: float = 0.5,
         progress: bool = False,
     ) -> JobStatus:
-        """Waits until the job finishes (see `Job.wait`); raises JobFailed or TimeoutError."""
+        """Waits until the job finishes, riding out server outages (see `Job.wait`); raises
+        JobFailed or `TimedOut`."""
         from .client import _update_bar
 
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        outage = Outage(f"waiting for {self.name}", self.client.watch_reconnect_s)
+        status = self.last_status
         bar = None
         if progress:
             from tqdm import tqdm
@@ -615,19 +612,30 @@ class AsyncJob:
             bar = tqdm(total=self.last_status.total_epochs or None, unit="epoch", desc=self.name)
         try:
             while True:
-                status = await self.status()
-                if bar is not None:
-                    _update_bar(bar, status)
-                if status.finished:
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.name} is still {status.state} after {timeout}s")
-                await asyncio.sleep(poll_interval)
+                try:
+                    status = await self.status()
+                except TrainwireError as error:
+                    if not reconnectable(error.code, error.message):
+                        raise
+                    delay = outage.next_delay(error.code, error.message)
+                else:
+                    outage.ended()
+                    if bar is not None:
+                        _update_bar(bar, status)
+                    if status.finished:
+                        break
+                    delay = poll_interval
+                if timeout is not None:
+                    left = started + timeout - time.monotonic()
+                    if left <= 0:
+                        raise wait_timed_out(self.name, status.state, timeout)
+                    delay = min(delay, left)  # one last poll at the deadline
+                await asyncio.sleep(delay)
         finally:
             if bar is not None:
                 bar.close()
         if status.state == "FAILED":
-            raise JobFailed(f"{self.name} failed: {status.error}")
+            raise JobFailed(f"{self.name} failed: {status.error}", status)
         return status
 
     def watch(

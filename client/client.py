@@ -24,9 +24,9 @@ from trainwire.v1 import datasets_pb2, jobs_pb2, predictions_pb2
 from .builders import ModelLike
 from .errors import (
     ClientClosed,
-    DeadlineExceeded,
     JobFailed,
     NotFound,
+    TimedOut,
     TrainwireError,
     Unavailable,
     from_rpc_error,
@@ -193,6 +193,54 @@ def upload_bar(upload: Upload, progress: bool | None) -> Any:
 
     label = upload.header.display_name or "dataset"
     return tqdm(total=upload.size_bytes, unit="B", unit_scale=True, desc=f"uploading {label}")
+
+
+def wait_timed_out(name: str, state: str, timeout: float) -> TimedOut:
+    """The error of a `Job.wait` whose `timeout` passed."""
+    return TimedOut(
+        f"waiting for {name}: still {state} after {timeout:g}s; wait() again to go on waiting, "
+        f"or give a longer timeout="
+    )
+
+
+def watch_timed_out(name: str, timeout: float, last_sequence: int) -> TimedOut:
+    """The error of a watch whose `timeout` passed (its stream's deadline, or before a
+    reconnection)."""
+    return TimedOut(
+        f"watching {name}: no end of the job within {timeout:g}s; "
+        f"watch(after_sequence={last_sequence}) goes on after the last event returned, or give "
+        f"a longer timeout="
+    )
+
+
+class Outage:
+    """A server outage that a watch or `Job.wait` rides out: when it began, and the backoff
+    before the next try (doubling from 0.1 s to 2 s, with jitter). It gives up once the server
+    has been unreachable for longer than `limit_s` (`Client(watch_reconnect_s=)`)."""
+
+    def __init__(self, doing: str, limit_s: float) -> None:
+        self.doing = doing  # "watching jobs/…", for the error
+        self.limit_s = limit_s
+        self.since: float | None = None
+        self.failures = 0
+
+    def ended(self) -> None:
+        """The server answered: the next failure begins a new outage, backing off from 0.1 s."""
+        self.since, self.failures = None, 0
+
+    def next_delay(self, code: grpc.StatusCode | None, details: str) -> float:
+        """Seconds to wait before trying again after a `reconnectable` failure; `Unavailable`
+        once the outage has lasted longer than `limit_s`."""
+        now = time.monotonic()
+        self.since = self.since or now
+        if now - self.since > self.limit_s:
+            raise Unavailable(
+                f"{self.doing}: the server stayed unreachable for {self.limit_s:g}s ({details}); "
+                f"check that it runs, or give Client(watch_reconnect_s=) a longer outage",
+                code,
+            ) from None
+        self.failures = min(self.failures + 1, MAX_BACKOFF_DOUBLINGS)
+        return min(0.05 * 2**self.failures, 2.0) * random.uniform(0.5, 1.0)
 
 
 class Client:
@@ -532,7 +580,7 @@ class Client:
         The stream re-opens itself after a dropped connection or a server restart, resuming
         after the last event it returned (no event lost or repeated), for up to
         `watch_reconnect_s` of outage. `timeout` bounds the whole watch (None: until the job
-        finishes).
+        finishes), which then raises `TimedOut`.
         """
         return JobWatch(self, job_name(name, "name"), after_sequence, timeout, reconnect)
 
@@ -654,11 +702,11 @@ class JobWatch(Iterator[JobEvent]):
         self.last_sequence = after_sequence
         self.reconnects = 0
         self.reconnect = reconnect
+        self.timeout = timeout
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._stream: grpc.CallIterator[jobs_pb2.JobEvent] | None = None
         self._events: Iterator[jobs_pb2.JobEvent] | None = None
-        self._failures = 0
-        self._outage_since: float | None = None
+        self._outage = Outage(f"watching {name}", client.watch_reconnect_s)
         self._closed = False
 
     def __iter__(self) -> JobWatch:
@@ -681,7 +729,7 @@ class JobWatch(Iterator[JobEvent]):
                 self._events = self._stream = None
                 self._recover(error, opened)
                 continue
-            self._failures, self._outage_since = 0, None
+            self._outage.ended()
             if event.sequence <= self.last_sequence:
                 continue  # never hand out an event twice
             self.last_sequence = event.sequence
@@ -708,25 +756,20 @@ class JobWatch(Iterator[JobEvent]):
         code, details = status_of(error)
         if self._closed:
             raise StopIteration
+        if self.timeout is not None and code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            # The stream's deadline is the watch's own.
+            raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None
         if not self.reconnect or not reconnectable(code, details):
             raise from_rpc_error(error) from None
         # A quiet job's stream may have been open longer than watch_reconnect_s: the outage
         # starts now. The backoff does not start over (events alone reset it), so a server that
         # opens streams and drops them at once is not re-dialled every 50 ms.
         if opened:
-            self._outage_since = None
-        now = time.monotonic()
-        self._outage_since = self._outage_since or now
-        if now - self._outage_since > self.client.watch_reconnect_s:
-            raise Unavailable(
-                f"watching {self.name}: the server stayed unreachable for "
-                f"{self.client.watch_reconnect_s:g}s ({details})",
-                code,
-            ) from None
-        self._failures = min(self._failures + 1, MAX_BACKOFF_DOUBLINGS)
-        delay = min(0.05 * 2**self._failures, 2.0) * random.uniform(0.5, 1.0)
-        if self._deadline is not None and now + delay >= self._deadline:
-            raise DeadlineExceeded(f"watching {self.name}: timed out", code) from None
+            self._outage.since = None
+        delay = self._outage.next_delay(code, details)
+        late = self._deadline is not None and time.monotonic() + delay >= self._deadline
+        if late and self.timeout is not None:
+            raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None
         log.info("watch of %s lost (%s); reconnecting in %.2fs", self.name, code, delay)
         self.reconnects += 1
         time.sleep(delay)
@@ -766,9 +809,15 @@ class Job:
 
         `progress=True` shows a tqdm bar of epochs with the state, the latest loss and metrics,
         and the ETA. Raises JobFailed if the job FAILED (a CANCELLED job is returned) and
-        TimeoutError after `timeout` seconds.
+        `TimedOut` (a DeadlineExceeded and a TimeoutError) after `timeout` seconds. A server
+        outage is ridden out as a watch rides it out: `Unavailable` after `watch_reconnect_s`
+        without reaching the server.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        # A server restart is ridden out as a watch rides it out, not given up once one poll's
+        # retries (about 1.5 s) are spent.
+        outage = Outage(f"waiting for {self.name}", self.client.watch_reconnect_s)
+        status = self.last_status
         bar = None
         if progress:
             from tqdm import tqdm
@@ -776,19 +825,30 @@ class Job:
             bar = tqdm(total=self.last_status.total_epochs or None, unit="epoch", desc=self.name)
         try:
             while True:
-                status = self.status()
-                if bar is not None:
-                    _update_bar(bar, status)
-                if status.finished:
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.name} is still {status.state} after {timeout}s")
-                time.sleep(poll_interval)
+                try:
+                    status = self.status()
+                except TrainwireError as error:
+                    if not reconnectable(error.code, error.message):
+                        raise
+                    delay = outage.next_delay(error.code, error.message)
+                else:
+                    outage.ended()
+                    if bar is not None:
+                        _update_bar(bar, status)
+                    if status.finished:
+                        break
+                    delay = poll_interval
+                if timeout is not None:
+                    left = started + timeout - time.monotonic()
+                    if left <= 0:
+                        raise wait_timed_out(self.name, status.state, timeout)
+                    delay = min(delay, left)  # one last poll at the deadline
+                time.sleep(delay)
         finally:
             if bar is not None:
                 bar.close()
         if status.state == "FAILED":
-            raise JobFailed(f"{self.name} failed: {status.error}")
+            raise JobFailed(f"{self.name} failed: {status.error}", status)
         return status
 
     def watch(

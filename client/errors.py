@@ -9,11 +9,14 @@ raises `ClientClosed`, both a `FailedPrecondition` and a `ValueError`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
+
+if TYPE_CHECKING:
+    from .results import JobStatus
 
 
 class TrainwireError(Exception):
@@ -92,6 +95,14 @@ class DeadlineExceeded(TrainwireError):
     """The call did not finish within its deadline (DEADLINE_EXCEEDED)."""
 
 
+class TimedOut(DeadlineExceeded, TimeoutError):
+    """`Job.wait(timeout=)` or `Job.watch(timeout=)` passed its timeout before the job ended:
+    a DeadlineExceeded, and a TimeoutError (which `wait` raised before it had this class)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
 class Unimplemented(TrainwireError):
     """The server does not implement this call (UNIMPLEMENTED)."""
 
@@ -105,7 +116,17 @@ class Internal(TrainwireError):
 
 
 class JobFailed(TrainwireError):
-    """`Job.wait()` saw the job end FAILED; `message` is the server's reason."""
+    """`Job.wait()` saw the job end FAILED; `message` is the server's reason and `status` the
+    job's final `JobStatus`. No call failed, so `code` is None and `code_name` is `FAILED`, the
+    job's state (not `UNKNOWN`)."""
+
+    def __init__(self, message: str, status: JobStatus) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def code_name(self) -> str:
+        return self.status.state
 
 
 _BY_CODE: dict[grpc.StatusCode, type[TrainwireError]] = {

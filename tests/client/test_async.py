@@ -16,6 +16,7 @@ from trainwire.client import (
     ModelInfo,
     NotFound,
     SpecError,
+    TimedOut,
 )
 from trainwire.client.aio import AsyncClient, AsyncJob, AsyncJobWatch
 from trainwire.server.local import LocalServer
@@ -90,6 +91,23 @@ def test_fifty_concurrent_jobs(live_server: LocalServer, dataset: DatasetInfo) -
                 assert error.code_name == "NOT_FOUND"
             else:
                 raise AssertionError("a deleted job was found")
+
+    asyncio.run(scenario())
+
+
+def test_an_async_wait_or_watch_past_its_timeout_raises_timed_out(
+    live_server: LocalServer, dataset: DatasetInfo
+) -> None:
+    async def scenario() -> None:
+        async with AsyncClient(live_server.target, timeout=30) as client:
+            job = await client.create_job(dataset, MODEL, epochs=1, queue="nobody-listens")
+            try:
+                with pytest.raises(TimedOut, match=f"waiting for {job.name}: still QUEUED"):
+                    await job.wait(timeout=0.5, poll_interval=0.1)
+                with pytest.raises(TimedOut, match=f"watching {job.name}: no end of the job"):
+                    _ = [event async for event in job.watch(timeout=0.5)]
+            finally:
+                await job.cancel()
 
     asyncio.run(scenario())
 

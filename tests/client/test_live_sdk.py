@@ -17,11 +17,13 @@ from trainwire.client import (
     Dense,
     Dropout,
     FailedPrecondition,
+    JobFailed,
     Metrics,
     ModelInfo,
     NotFound,
     ResourceExhausted,
     Sequential,
+    TimedOut,
 )
 from trainwire.client.client import env_settings
 from trainwire.client.wire import prepare_upload
@@ -315,6 +317,36 @@ def test_cancel_a_queued_job_and_errors_keep_their_status(
     job.delete()
     with pytest.raises(NotFound, match="does not exist"):
         client.get_job(job.name)
+
+
+def test_a_wait_or_watch_past_its_timeout_raises_timed_out(
+    client: Client, dataset: DatasetInfo
+) -> None:
+    job = client.create_job(dataset, MODEL, epochs=1, queue="nobody-listens")
+    try:
+        with pytest.raises(TimedOut, match=f"waiting for {job.name}: still QUEUED after 0.5s"):
+            job.wait(timeout=0.5, poll_interval=0.1)
+        with pytest.raises(TimeoutError):  # as wait raised before TimedOut
+            job.wait(timeout=0.1)
+        watch = job.watch(timeout=0.5)
+        with pytest.raises(TimedOut, match=r"no end of the job within 0.5s; watch\(after_seq"):
+            list(watch)
+        assert watch.last_sequence == 1
+    finally:
+        job.cancel()
+
+
+def test_a_failed_job_s_error_carries_its_final_status(client: Client) -> None:
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(64, 2)) * 1e3).astype(np.float32)
+    y = (rng.normal(size=64) * 1e3).astype(np.float32)
+    job = client.create_job(
+        client.upload_dataset(x, y), [Dense(1)], epochs=20, optimizer="sgd", learning_rate=1e3
+    )
+    with pytest.raises(JobFailed, match="loss became") as caught:
+        job.wait(timeout=60, poll_interval=0.1)
+    assert caught.value.status.state == "FAILED" and "loss became" in caught.value.status.error
+    assert (caught.value.code, caught.value.code_name) == (None, "FAILED")
 
 
 def test_a_batch_norm_momentum_of_zero_reaches_the_server(

@@ -37,7 +37,7 @@ def test_each_frame_of_the_bar_shows_the_state_of_the_status_its_epochs_came_fro
             status(jobs_pb2.JOB_STATE_SUCCEEDED, 5),
         ]
     )
-    client = SimpleNamespace(job_status=lambda name: next(polls))
+    client = SimpleNamespace(job_status=lambda name: next(polls), watch_reconnect_s=300.0)
     job = Job(client, status(jobs_pb2.JOB_STATE_QUEUED, 0))  # type: ignore[arg-type]
 
     assert job.wait(poll_interval=0, progress=True).state == "SUCCEEDED"

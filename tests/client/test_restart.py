@@ -3,7 +3,8 @@
 The gRPC server runs without workers; a separate `trainwire worker` keeps training (and writing
 events) while the server is down, so the watch must catch up on events made during the outage.
 A watch of a quiet job also survives one dropped connection after another: its outage is counted
-from the failed re-opens only, not from the last event.
+from the failed re-opens only, not from the last event. `Job.wait` rides out an outage as a
+watch does, for up to `watch_reconnect_s`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from trainwire.client import Client
+from trainwire.client import Client, Unavailable
 from trainwire.client.aio import AsyncClient
 from trainwire.server.db import Database
 from trainwire.server.local import LocalServer, local_server
@@ -150,3 +151,61 @@ def test_async_watch_of_a_quiet_job_survives_two_dropped_connections(
     states, reconnects = asyncio.run(scenario())
     assert states == ["CANCELLED"]
     assert reconnects >= 2
+
+
+OUTAGE_S = 3.0  # longer than a poll's own retries (about 1.5 s), shorter than the wait's limit
+
+
+def test_wait_rides_out_an_outage_as_a_watch_does(
+    proxied_server: tuple[LocalServer, TcpProxy],
+) -> None:
+    server, proxy = proxied_server
+    with (
+        Client(f"127.0.0.1:{proxy.port}", timeout=10, watch_reconnect_s=30) as client,
+        Client(server.target, timeout=10) as direct,  # ends the job while the proxy is cut
+        ThreadPoolExecutor(1) as pool,
+    ):
+        features, labels = blobs()
+        job = client.create_job(client.upload_dataset(features, labels), MODEL, epochs=5)
+        waited = pool.submit(job.wait, 60, poll_interval=0.1)
+        proxy.cut()  # connections refused, as while a server restarts
+        time.sleep(OUTAGE_S)
+        direct.cancel_job(job.name)
+        proxy.restore()
+        assert waited.result(timeout=60).state == "CANCELLED"
+
+
+def test_wait_gives_up_after_watch_reconnect_s_of_outage(
+    proxied_server: tuple[LocalServer, TcpProxy],
+) -> None:
+    _, proxy = proxied_server
+    with Client(f"127.0.0.1:{proxy.port}", timeout=10, watch_reconnect_s=RECONNECT_S) as client:
+        features, labels = blobs()
+        job = client.create_job(client.upload_dataset(features, labels), MODEL, epochs=5)
+        proxy.cut()
+        with pytest.raises(Unavailable, match=f"waiting for {job.name}: the server stayed"):
+            job.wait(60, poll_interval=0.1)
+
+
+def test_async_wait_rides_out_an_outage_as_a_watch_does(
+    proxied_server: tuple[LocalServer, TcpProxy],
+) -> None:
+    server, proxy = proxied_server
+
+    async def scenario() -> str:
+        async with (
+            AsyncClient(f"127.0.0.1:{proxy.port}", timeout=10, watch_reconnect_s=30) as client,
+            AsyncClient(server.target, timeout=10) as direct,
+        ):
+            features, labels = blobs()
+            data = await client.upload_dataset(features, labels)
+            job = await client.create_job(data, MODEL, epochs=5)
+            waited = asyncio.create_task(job.wait(60, poll_interval=0.1))
+            await asyncio.sleep(0.3)  # the wait is polling
+            proxy.cut()
+            await asyncio.sleep(OUTAGE_S)
+            await direct.cancel_job(job.name)
+            proxy.restore()
+            return (await asyncio.wait_for(waited, 60)).state
+
+    assert asyncio.run(scenario()) == "CANCELLED"
