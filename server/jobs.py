@@ -132,7 +132,9 @@ class JobService:
             labels=dict(request.labels),
             queue=request.queue or "default",
             priority=request.priority,
-            max_attempts=request.max_attempts or self.settings.default_max_attempts,
+            # 0 asks for the default the server had when it created the job: a retry may reach
+            # a restarted server, or another one, whose default differs.
+            max_attempts=request.max_attempts or job.max_attempts,
             request_id=request.request_id,
         )
 

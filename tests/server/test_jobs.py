@@ -238,6 +238,16 @@ def test_a_request_id_sent_with_another_request_is_refused(
     assert len(store.list_jobs(10, "")[0]) == 1
 
 
+def test_a_retry_that_reaches_a_server_with_another_default_gets_its_job(store: Store) -> None:
+    """max_attempts 0 asks for the server's default: a retry after a restart that changed it
+    (or sent to another server) was refused ALREADY_EXISTS as a different request."""
+    create = request(regression_dataset(store))
+    create.request_id = "abc"
+    job = JobService(store, Settings(default_max_attempts=3)).create(create, "default")
+    retried = JobService(store, Settings(default_max_attempts=5)).create(create, "default")
+    assert retried.id == job.id and retried.max_attempts == 3
+
+
 def test_a_request_id_sent_for_another_dataset_is_refused(store: Store) -> None:
     first, second = regression_dataset(store), regression_dataset(store)
     service = JobService(store, Settings())
