@@ -132,8 +132,11 @@ class JobSpec:
         _check_labels(violations, "labels", document.get("labels"))
         if "model" in document:
             settings = {k: v for k, v in training.items() if k in TRAINING_KEYS}
-            if "max_attempts" in document:
-                settings["max_attempts"] = document["max_attempts"]
+            # The top-level settings create_job checks too (labels are checked above and sent
+            # as text).
+            for key in ("display_name", "queue", "priority", "max_attempts", "request_id"):
+                if key in document:
+                    settings[key] = document[key]
             violations += _create_job_violations(document["model"], settings)
         if violations:
             raise SpecError(violations)

@@ -443,11 +443,12 @@ def test_submit_uploads_nothing_for_a_spec_it_refuses(
 ) -> None:
     stored = client.upload_dataset(*blobs(30, seed=5), name="stored")
     uploads = count_uploads(monkeypatch)
-    bad = write_spec(tmp_path, optimizer="nope")
+    # A training setting and a top-level one (a queue is a name, not a list).
+    bad = write_spec(tmp_path, optimizer="nope", queue="[a, b]")
     assert (tmp_path / "blobs.csv").is_file()
     code, _, err = cli("jobs", "submit", str(bad), "--json")
     fields = [v["field"] for v in json.loads(err)["error"]["field_violations"]]
-    assert code == 2 and fields == ["training.optimizer.name"]
+    assert code == 2 and fields == ["training.optimizer.name", "queue"]
     assert uploads == []
     # --dataset names a stored dataset instead of the spec's file: nothing to upload either.
     spec = write_spec(tmp_path, epochs=1)
