@@ -38,6 +38,21 @@ class TrainwireError(Exception):
         """The status code's name (`NOT_FOUND`, ...), or `UNKNOWN` when there is none."""
         return self.code.name if self.code is not None else "UNKNOWN"
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Rebuilt from its attributes, not by its constructor (subclasses take other arguments:
+        # SpecError its violations, JobFailed a status): an error crosses a process boundary
+        # whole, `job.wait()` in a ProcessPoolExecutor say, with its code and fields.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(
+    kind: type[TrainwireError], args: tuple[object, ...], state: dict[str, object]
+) -> TrainwireError:
+    error = kind.__new__(kind)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class InvalidArgument(TrainwireError):
     """The request is malformed or names something impossible (INVALID_ARGUMENT)."""

@@ -5,6 +5,7 @@ leniently."""
 from __future__ import annotations
 
 import asyncio
+import pickle
 from collections.abc import Iterator
 from concurrent import futures
 
@@ -13,7 +14,14 @@ import pytest
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from trainwire.client import Client, TrainwireError
+from trainwire.client import (
+    Client,
+    ClientClosed,
+    JobFailed,
+    JobStatus,
+    SpecError,
+    TrainwireError,
+)
 from trainwire.client.aio import AsyncClient
 from trainwire.v1 import jobs_pb2
 
@@ -101,3 +109,24 @@ def test_an_unreadable_status_trailer_is_no_field_violation(target: str) -> None
             "bad",
             [],
         )
+
+
+def test_every_error_crosses_a_process_boundary_whole() -> None:
+    """Pickled by their constructors' arguments, SDK errors came back wrong or not at all:
+    JobFailed (which takes a status) raised TypeError, SpecError's message became its
+    violations letter by letter, and every error lost its code."""
+    status = JobStatus.from_proto(jobs_pb2.Job(name="jobs/x", state=jobs_pb2.JOB_STATE_FAILED))
+    with Client("127.0.0.1:9") as closed:
+        pass
+    errors: list[TrainwireError] = [
+        JobFailed("jobs/x failed: diverged", status),
+        SpecError([("training.epochs", "must be a positive integer. Received: 0")]),
+        ClientClosed(closed),
+        TrainwireError("gone", grpc.StatusCode.UNAVAILABLE),
+    ]
+    for error in errors:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert (copy.args, copy.message, copy.code) == (error.args, error.message, error.code)
+        assert copy.field_violations == error.field_violations
+    assert pickle.loads(pickle.dumps(errors[0])).status == status
