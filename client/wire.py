@@ -334,7 +334,9 @@ def real_numbers(x: np.ndarray) -> bool:
     """Whether `x` holds real numbers only. NumPy would turn anything else into float32 all the
     same, but silently wrong: a complex array's imaginary part dropped, None as NaN."""
     if x.dtype.kind == "O":  # a list mixing numbers and other objects
-        return all(isinstance(v, numbers.Real) for v in x.flat)
+        # Judged per type, not per value: an isinstance against the ABC costs a microsecond a
+        # value (0.6 s for a million), the set of types a few milliseconds.
+        return all(issubclass(kind, numbers.Real) for kind in set(map(type, x.flat)))
     return x.dtype.kind in "fiub"
 
 
