@@ -52,18 +52,6 @@ def registry_names(kind: str) -> frozenset[str]:
     return frozenset(modules[kind].REGISTRY)
 
 
-@cache
-def optimizer_parameters(name: str) -> tuple[str, ...] | None:
-    """The parameters the engine's optimizer `name` takes (its constructor's, as the server
-    checks them), or None for a name it does not know."""
-    import inspect
-
-    from trainwire.engine import optimizers
-
-    optimizer = optimizers.REGISTRY.get(name.lower())
-    return None if optimizer is None else tuple(inspect.signature(optimizer).parameters)
-
-
 class _Checker:
     def __init__(self) -> None:
         self.violations: list[tuple[str, str]] = []
@@ -302,8 +290,10 @@ def check_training(
         "training.optimizer.learning_rate", learning_rate if rate is None else rate, 0.0, math.inf
     )
     if isinstance(optimizer, Mapping):
+        from trainwire.engine.optimizers import parameters
+
         name = optimizer.get("name")
-        accepted = optimizer_parameters(name) if isinstance(name, str) else None
+        accepted = parameters(name) if isinstance(name, str) else None
         for key, value in optimizer.items():
             if accepted is not None and key not in ("name", *accepted):
                 checker.add(

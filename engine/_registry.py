@@ -6,6 +6,7 @@ A registry maps a lowercase name to a class. ``resolve`` accepts a name, a dict
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
@@ -20,6 +21,13 @@ class Configurable(Protocol):
     def name(self) -> str: ...
 
     def get_config(self) -> dict[str, Any]: ...
+
+
+def parameter_names(registry: Mapping[str, type], name: str) -> tuple[str, ...] | None:
+    """The keyword arguments the class registered as `name` takes, or None for an unknown name:
+    what a caller may put beside ``"name"`` in a dict identifier."""
+    cls = registry.get(name.lower())
+    return None if cls is None else tuple(inspect.signature(cls).parameters)
 
 
 def resolve(kind: str, registry: Mapping[str, type[T]], identifier: object, base: type[T]) -> T:

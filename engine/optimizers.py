@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._registry import check_number, resolve
+from ._registry import check_number, parameter_names, resolve
 from ._state import int_entry
 from ._types import Array
 from .threads import parallel_for
@@ -549,3 +549,9 @@ REGISTRY: dict[str, type[Optimizer]] = {
 def get(identifier: object) -> Optimizer:
     """An optimizer from a name, a ``{"name": ..., **kwargs}`` dict or an instance."""
     return resolve("optimizer", REGISTRY, identifier, Optimizer)
+
+
+def parameters(name: str) -> tuple[str, ...] | None:
+    """The parameters optimizer `name` takes (``learning_rate``, ``beta_1``, ...), or None for a
+    name it does not know: the SDK and the server check a job's optimizer settings by them."""
+    return parameter_names(REGISTRY, name)

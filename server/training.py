@@ -6,7 +6,6 @@ to build what it trains, so a job that was accepted builds the same way on every
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -130,10 +129,9 @@ def normalised_training(config: models_pb2.TrainingConfig, task: TaskKind) -> di
 def _check_optimizer_params(name: str, params: Mapping[str, float]) -> None:
     """Each parameter must be one the optimizer takes: the engine refuses another with Python's
     own TypeError ("Adam.__init__() got an unexpected keyword argument"), naming no field."""
-    optimizer = optimizers.REGISTRY.get(name.lower())
-    if optimizer is None:
+    accepted = optimizers.parameters(name)
+    if accepted is None:
         return  # the engine refuses the name itself, listing the names it knows
-    accepted = tuple(inspect.signature(optimizer).parameters)
     for key, value in params.items():
         if key not in accepted:
             raise InvalidArgument.field(
