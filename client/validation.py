@@ -52,6 +52,14 @@ def registry_names(kind: str) -> frozenset[str]:
     return frozenset(modules[kind].REGISTRY)
 
 
+def parameter_names(kind: str, name: str) -> tuple[str, ...] | None:
+    """The parameters the engine's `kind` (optimizer or schedule) called `name` takes, or None
+    for a name it does not know."""
+    from trainwire.engine import optimizers, schedules
+
+    return (optimizers if kind == "optimizer" else schedules).parameters(name)
+
+
 class _Checker:
     def __init__(self) -> None:
         self.violations: list[tuple[str, str]] = []
@@ -146,6 +154,25 @@ class _Checker:
             self.add(
                 field, f"unknown {kind} {value!r}; expected one of: {', '.join(sorted(known))}"
             )
+
+    def params(self, kind: str, spec: Mapping[str, Any], checked: tuple[str, ...] = ()) -> None:
+        """The parameters beside an optimizer's or a schedule's name: each one it takes (when the
+        name is known) and a number (the request carries doubles); those `checked` elsewhere are
+        only looked up."""
+        name = spec.get("name")
+        accepted = parameter_names(kind, name) if isinstance(name, str) else None
+        for key, value in spec.items():
+            field = f"training.{kind}.params[{key!r}]"
+            if key == "name":
+                continue
+            if accepted is not None and key not in accepted:
+                self.add(
+                    field,
+                    f"is not a parameter of {kind} {name!r}, which takes: "
+                    f"{', '.join(accepted)}. Received: {key}={value!r}",
+                )
+            elif key not in checked:
+                self.parameter(field, value)
 
     def no_params(self, field: str, value: object, remedy: str) -> None:
         """A registry entry that travels as a name only: a mapping may hold nothing but it."""
@@ -290,28 +317,14 @@ def check_training(
         "training.optimizer.learning_rate", learning_rate if rate is None else rate, 0.0, math.inf
     )
     if isinstance(optimizer, Mapping):
-        from trainwire.engine.optimizers import parameters
-
-        name = optimizer.get("name")
-        accepted = parameters(name) if isinstance(name, str) else None
-        for key, value in optimizer.items():
-            if accepted is not None and key not in ("name", *accepted):
-                checker.add(
-                    f"training.optimizer.params[{key!r}]",
-                    f"is not a parameter of optimizer {name!r}, which takes: "
-                    f"{', '.join(accepted)}. Received: {key}={value!r}",
-                )
-            elif key not in ("name", "learning_rate"):
-                checker.parameter(f"training.optimizer.params[{key!r}]", value)
+        checker.params("optimizer", optimizer, checked=("learning_rate",))
     checker.name("training.loss", "loss", loss, optional=True)
     for index, metric in enumerate(metrics):
         checker.name(f"training.metrics[{index}]", "metric", metric)
     checker.number("training.validation_fraction", validation_fraction, 0.0, 1.0, open_high=True)
     checker.name("training.schedule", "schedule", schedule, optional=True)
     if isinstance(schedule, Mapping):
-        for key, value in schedule.items():
-            if key != "name":
-                checker.parameter(f"training.schedule.params[{key!r}]", value)
+        checker.params("schedule", schedule)
     _early_stopping(checker, early_stopping)
     if dtype not in ("float32", "float64"):
         checker.add("training.dtype", f"must be float32 or float64. Received: {dtype!r}")

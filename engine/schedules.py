@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._registry import check_choice, check_int, check_number, resolve
+from ._registry import check_choice, check_int, check_number, parameter_names, resolve
 from ._state import float_entry, int_entry
 from ._types import Array
 
@@ -322,3 +322,9 @@ def get(identifier: object) -> Schedule:
     if identifier is None:
         return Constant()
     return resolve("schedule", REGISTRY, identifier, Schedule)
+
+
+def parameters(name: str) -> tuple[str, ...] | None:
+    """The parameters schedule `name` takes (``step_size``, ``gamma``, ...), or None for a name
+    it does not know: the SDK and the server check a job's schedule settings by them."""
+    return parameter_names(REGISTRY, name)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from trainwire.client.tensors import TensorError, dtype_name
-from trainwire.engine import Model, SpecError, Trainer, optimizers
+from trainwire.engine import Model, SpecError, Trainer, optimizers, schedules
 from trainwire.engine.layers import Dense
 from trainwire.engine.model import SpecSummary
 from trainwire.engine.training import EVALUATION_BATCH_ROWS
@@ -89,7 +89,7 @@ def normalised_training(config: models_pb2.TrainingConfig, task: TaskKind) -> di
     for name, text in (("loss", config.loss), ("optimizer.name", config.optimizer.name)):
         if len(text) > 64 or "\x00" in text:
             raise InvalidArgument.field(f"training.{name}", f"is not a known name: {text[:64]!r}")
-    _check_optimizer_params(config.optimizer.name or DEFAULT_OPTIMIZER, config.optimizer.params)
+    _check_params("optimizer", config.optimizer.name or DEFAULT_OPTIMIZER, config.optimizer.params)
     optimizer: dict[str, Any] = {
         "name": config.optimizer.name or DEFAULT_OPTIMIZER,
         "learning_rate": config.optimizer.learning_rate or DEFAULT_LEARNING_RATE,
@@ -110,6 +110,7 @@ def normalised_training(config: models_pb2.TrainingConfig, task: TaskKind) -> di
     }
     if config.schedule.name:
         check_text("training.schedule.name", config.schedule.name, 64)
+        _check_params("schedule", config.schedule.name, config.schedule.params)
         for name, value in config.schedule.params.items():
             _check_finite_number(f"training.schedule.params[{name[:40]!r}]", value)
         # The wire carries doubles; counts such as step_size or patience are whole numbers.
@@ -126,17 +127,19 @@ def normalised_training(config: models_pb2.TrainingConfig, task: TaskKind) -> di
     return training
 
 
-def _check_optimizer_params(name: str, params: Mapping[str, float]) -> None:
-    """Each parameter must be one the optimizer takes: the engine refuses another with Python's
-    own TypeError ("Adam.__init__() got an unexpected keyword argument"), naming no field."""
-    accepted = optimizers.parameters(name)
+def _check_params(kind: str, name: str, params: Mapping[str, float]) -> None:
+    """Each parameter must be one the optimizer or schedule (`kind`) takes: the engine refuses
+    another with Python's own TypeError ("Adam.__init__() got an unexpected keyword
+    argument"), naming no field."""
+    module = optimizers if kind == "optimizer" else schedules
+    accepted = module.parameters(name)
     if accepted is None:
         return  # the engine refuses the name itself, listing the names it knows
     for key, value in params.items():
         if key not in accepted:
             raise InvalidArgument.field(
-                f"training.optimizer.params[{key[:40]!r}]",
-                f"is not a parameter of optimizer {name!r}, which takes: {', '.join(accepted)}. "
+                f"training.{kind}.params[{key[:40]!r}]",
+                f"is not a parameter of {kind} {name!r}, which takes: {', '.join(accepted)}. "
                 f"Received: {key[:40]}={value}",
             )
 

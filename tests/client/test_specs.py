@@ -265,6 +265,16 @@ def test_a_parameter_the_request_cannot_carry_as_a_number_is_refused_by_name() -
             "epsilon, weight_decay, clip_norm. Received: betaa=0.9",
         )
     ]
+    # And a schedule's (StepDecay.__init__() got an unexpected keyword argument).
+    with Client("127.0.0.1:9") as client, pytest.raises(SpecError) as unknown:
+        client.create_job("datasets/x", [Dense(3)], schedule={"name": "step", "step_sizee": 3})
+    assert unknown.value.field_violations == [
+        (
+            "training.schedule.params['step_sizee']",
+            "is not a parameter of schedule 'step', which takes: step_size, gamma, interval. "
+            "Received: step_sizee=3",
+        )
+    ]
 
 
 @pytest.mark.parametrize("value", ["10", True])

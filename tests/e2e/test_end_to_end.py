@@ -176,6 +176,16 @@ def test_bad_jobs_get_clear_statuses(client: Client, iris_dataset: DatasetInfo) 
             "epsilon, weight_decay, clip_norm. Received: betaa=0.9",
         )
     ]
+    with pytest.raises(InvalidArgument) as unknown_parameter:
+        schedule = {"name": "step", "step_sizee": 3}
+        client.create_job(iris_dataset, MLP, schedule=schedule, validate=False)
+    assert unknown_parameter.value.field_violations == [
+        (
+            "training.schedule.params['step_sizee']",
+            "is not a parameter of schedule 'step', which takes: step_size, gamma, interval. "
+            "Received: step_sizee=3.0",
+        )
+    ]
     with pytest.raises(InvalidArgument, match="validation_fraction"):
         client.create_job(iris_dataset, MLP, validation_fraction=1.5)
 
