@@ -420,6 +420,11 @@ class Client:
             class_names = class_names or table.class_names
             name = name or Path(features).stem
         else:
+            if target_column is not None:
+                raise ValueError(
+                    "target_column picks the targets from a CSV file's columns, but the "
+                    f"features are an array. Received: target_column={target_column!r}"
+                )
             x = np.asarray(features)
             y = np.load(targets, allow_pickle=False) if isinstance(targets, str | Path) else targets
         if y is None:

@@ -183,6 +183,12 @@ def read_dataset(
             "features must be a .csv file (targets in a column, or given), an .npz file (arrays "
             f"X and y) or an .npy file (targets given), or an array. Received: {path}"
         )
+    if target_column is not None and (suffix != ".csv" or targets is not None):
+        given = "targets were given too" if targets is not None else f"{path} is no CSV file"
+        raise ValueError(
+            f"target_column picks the targets from a CSV file's columns, but {given}: give "
+            f"one or the other. Received: target_column={target_column!r}"
+        )
     if suffix == ".csv" and targets is None:
         return read_csv(path, -1 if target_column is None else target_column)
     if suffix == ".npz":

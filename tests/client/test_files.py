@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from trainwire.client import Client
 from trainwire.client.files import read_csv, read_dataset, read_model_inputs
 
 
@@ -158,3 +159,24 @@ def test_a_dataset_file_of_another_kind_is_refused_naming_the_argument_and_every
         read_dataset(log)
     with pytest.raises(ValueError, match=r"^inputs must be a \.csv or \.npy file"):
         read_model_inputs(log, lambda: [])
+
+
+def test_a_target_column_that_would_be_ignored_is_refused(tmp_path: Path) -> None:
+    """With targets given, or features that are no CSV file or an array, target_column was
+    ignored without a word: the upload's targets were not the column asked for."""
+    features = write(tmp_path, "a,b,label\n1,2,0\n3,4,1\n")
+    np.save(tmp_path / "y.npy", np.array([1, 0]))
+    np.save(tmp_path / "x.npy", np.ones((2, 2)))
+    for arguments, given in (
+        ((features, np.array([1, 0])), "targets were given too"),
+        ((features, tmp_path / "y.npy"), "targets were given too"),
+        ((tmp_path / "x.npy",), "x.npy is no CSV file"),
+    ):
+        with pytest.raises(ValueError, match=f"but .*{given}: give one or the other"):
+            read_dataset(*arguments, target_column="label")
+    assert read_dataset(features, target_column="label").targets.tolist() == [0, 1]
+    with (
+        Client("127.0.0.1:9") as client,
+        pytest.raises(ValueError, match="the features are an array"),
+    ):
+        client.upload_dataset(np.ones((2, 2)), np.array([1, 0]), target_column="label")
