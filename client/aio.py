@@ -156,6 +156,7 @@ class AsyncClient:
         deadline = time.monotonic() + (timeout or self.timeout)
         attempt = 0
         answer_lost = False
+        unavailable_since: float | None = None  # the first UNAVAILABLE (see RetryPolicy)
         while True:
             if self._closed:  # also between attempts: close() may come during a retry's sleep
                 raise ClientClosed(self)
@@ -164,12 +165,20 @@ class AsyncClient:
             try:
                 return await method(request, timeout=max(remaining, 0.001), metadata=self._metadata)
             except grpc.aio.AioRpcError as error:
-                remaining = deadline - time.monotonic()
                 code, details = status_of(error)
                 if gone_on_retry is not None and is_gone(answer_lost, code):
                     return gone_on_retry()
                 answer_lost = answer_lost or may_have_run(code)
-                delay = self.retry.next_delay(attempt, code, details, remaining)
+                now = time.monotonic()
+                if code is grpc.StatusCode.UNAVAILABLE and unavailable_since is None:
+                    unavailable_since = now
+                delay = self.retry.next_delay(
+                    attempt,
+                    code,
+                    details,
+                    deadline - now,
+                    unavailable_for=0.0 if unavailable_since is None else now - unavailable_since,
+                )
                 if not idempotent or delay is None:
                     raise from_rpc_error(error) from None
                 log.debug("retrying after %s (attempt %d, %.2fs)", code, attempt, delay)

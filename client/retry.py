@@ -1,12 +1,13 @@
 """Retries with exponential backoff and full jitter, for idempotent calls.
 
 The SDK retries a call that failed with UNAVAILABLE (server down, restarting, connection dropped)
-or RESOURCE_EXHAUSTED (server busy), within the call's deadline. A RESOURCE_EXHAUSTED that names
-a configured limit (`max_epochs is limited to 5. Received: 6`) or a message-size limit is
-permanent and raised at once. Only idempotent calls are retried: everything except
-`UploadDataset` (`CreateJob` always carries a `request_id`, so a retry cannot create two jobs).
-A delete whose answer was lost may find its resource gone when retried: NOT_FOUND on a retry of
-`DeleteJob` or `DeleteDataset` counts as deleted.
+or RESOURCE_EXHAUSTED (server busy), within the call's deadline; UNAVAILABLE for at least
+`RECONNECT_WINDOW_S`, longer than the channel may wait between connection attempts. A
+RESOURCE_EXHAUSTED that names a configured limit (`max_epochs is limited to 5. Received: 6`) or a
+message-size limit is permanent and raised at once. Only idempotent calls are retried: everything
+except `UploadDataset` (`CreateJob` always carries a `request_id`, so a retry cannot create two
+jobs). A delete whose answer was lost may find its resource gone when retried: NOT_FOUND on a
+retry of `DeleteJob` or `DeleteDataset` counts as deleted.
 
 A reconnecting watch gives up after `watch_reconnect_s` without an open stream. The server marks
 a WatchJob stream as open with `WATCH_OPENED` in its initial metadata once it has found the job,
@@ -22,10 +23,20 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from .rpc import MAX_RECONNECT_BACKOFF_S
+
 #: Status codes worth another attempt.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 # Phrases of RESOURCE_EXHAUSTED statuses that another attempt cannot fix.
 _PERMANENT = ("is limited to", "larger than max", "message larger")
+
+#: How long calls that failed UNAVAILABLE go on being retried, past `max_attempts` if need be.
+#: While a channel waits out its backoff between connection attempts it is in TRANSIENT_FAILURE
+#: and fails every call at once, even when the server is back: retries must outlast the longest
+#: wait, `MAX_RECONNECT_BACKOFF_S` plus gRPC's jitter of up to 20 %, and leave the attempt after
+#: it half a second for its TCP, TLS and HTTP/2 handshakes (the channel stays in
+#: TRANSIENT_FAILURE until it is connected).
+RECONNECT_WINDOW_S = MAX_RECONNECT_BACKOFF_S * 1.2 + 0.5
 
 
 @dataclass(frozen=True)
@@ -35,12 +46,21 @@ class RetryPolicy:
     Attempt n (1-based) that fails waits a random time in [0, min(max_backoff,
     initial_backoff * multiplier ** (n - 1))] ("full jitter") before the next attempt, up to
     `max_attempts` attempts in all and never past the call's deadline.
+
+    UNAVAILABLE is retried for longer: until `reconnect_window` seconds (about 3 s) have passed
+    since the call's first UNAVAILABLE, even past `max_attempts`, and the last of those attempts
+    starts no earlier than that (a wait within the window never ends past it). A call made just
+    after a server restart, while its channel still waits to reconnect, then succeeds; one to a
+    server that stays down raises `Unavailable` after about `reconnect_window` seconds (sooner
+    if the call's deadline comes first), not after its whole timeout. `max_attempts=1` turns
+    every retry off, this one included.
     """
 
     max_attempts: int = 5
     initial_backoff: float = 0.1
     max_backoff: float = 5.0
     multiplier: float = 2.0
+    reconnect_window: float = RECONNECT_WINDOW_S
     codes: frozenset[grpc.StatusCode] = field(default=RETRYABLE)
     rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
 
@@ -49,6 +69,8 @@ class RetryPolicy:
             raise ValueError(f"max_attempts must be at least 1. Received: {self.max_attempts}")
         if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
             raise ValueError("backoffs must be >= 0 and the multiplier >= 1")
+        if self.reconnect_window < 0:
+            raise ValueError(f"reconnect_window must be >= 0. Received: {self.reconnect_window}")
 
     def retryable(self, code: grpc.StatusCode | None, details: str) -> bool:
         """Whether a failure with this status may succeed on another attempt."""
@@ -65,12 +87,27 @@ class RetryPolicy:
         return self.rng.uniform(0.0, ceiling)
 
     def next_delay(
-        self, attempt: int, code: grpc.StatusCode | None, details: str, remaining: float
+        self,
+        attempt: int,
+        code: grpc.StatusCode | None,
+        details: str,
+        remaining: float,
+        *,
+        unavailable_for: float,
     ) -> float | None:
-        """The wait before another attempt, or None when the failure should be raised."""
-        if attempt >= self.max_attempts or not self.retryable(code, details):
+        """The wait before another attempt, or None when the failure should be raised.
+        `unavailable_for` is the time since the call's first UNAVAILABLE failure (0 if none)."""
+        if self.max_attempts == 1 or not self.retryable(code, details):
             return None
         wait = self.delay(attempt)
+        reconnecting = (
+            code is grpc.StatusCode.UNAVAILABLE and unavailable_for < self.reconnect_window
+        )
+        if reconnecting:
+            # The attempt at the window's end is the one the channel's reconnection is for.
+            wait = min(wait, self.reconnect_window - unavailable_for)
+        elif attempt >= self.max_attempts:
+            return None
         return wait if wait < remaining else None
 
 

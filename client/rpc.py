@@ -153,10 +153,17 @@ class AioRpc:
         )
 
 
+#: The channel's longest backoff between connection attempts (`grpc.max_reconnect_backoff_ms`).
+#: `retry.RECONNECT_WINDOW_S` is derived from it: calls that failed UNAVAILABLE are retried for
+#: longer than the channel may wait before it tries to connect again.
+MAX_RECONNECT_BACKOFF_S = 2.0
+
+
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     """Channel options: message limits, and quick reconnection after a server restart.
 
-    The backoff between connection attempts starts at 0.1 s and stays under 2 s. Not
+    The backoff between connection attempts starts at 0.1 s and stays under
+    `MAX_RECONNECT_BACKOFF_S` (2 s, give or take gRPC's jitter). Not
     `grpc.min_reconnect_backoff_ms`: despite its name it is the time one attempt may take to
     connect (gRPC's subchannel gives an attempt the larger of it and the backoff; 20 s by
     default). At 0.1 s, a connection whose TCP, TLS and HTTP/2 handshakes took longer (a distant
@@ -166,7 +173,7 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.max_reconnect_backoff_ms", round(MAX_RECONNECT_BACKOFF_S * 1000)),
     ]
 
 

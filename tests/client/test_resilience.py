@@ -25,7 +25,8 @@ from trainwire.client import (
 )
 from trainwire.client import client as client_module
 from trainwire.client.aio import AsyncClient
-from trainwire.client.retry import WATCH_OPENED
+from trainwire.client.retry import RECONNECT_WINDOW_S, WATCH_OPENED
+from trainwire.client.rpc import MAX_RECONNECT_BACKOFF_S, channel_options
 from trainwire.v1 import datasets_pb2, jobs_pb2
 
 JOB = "jobs/" + "a" * 32
@@ -176,11 +177,43 @@ def test_refused_calls_are_retried_until_they_succeed(
 
 def test_retries_give_up_after_max_attempts(flaky: tuple[Flaky, str]) -> None:
     behaviour, target = flaky
-    behaviour.failures = 100
-    with Client(target, retry=FAST, timeout=10) as client, pytest.raises(Unavailable) as caught:
+    behaviour.failures, behaviour.code = 10_000, grpc.StatusCode.RESOURCE_EXHAUSTED
+    with (
+        Client(target, retry=FAST, timeout=10) as client,
+        pytest.raises(ResourceExhausted) as caught,
+    ):
         client.get_job(JOB)
     assert behaviour.calls == {"GetJob": 5}
+    assert caught.value.message == "try again"
+
+
+def test_unavailable_is_retried_past_max_attempts_for_the_reconnect_window(
+    flaky: tuple[Flaky, str],
+) -> None:
+    behaviour, target = flaky
+    behaviour.failures = 10_000
+    policy = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, reconnect_window=0.5)
+    started = time.monotonic()
+    with Client(target, retry=policy, timeout=10) as client, pytest.raises(Unavailable) as caught:
+        client.get_job(JOB)
+    assert time.monotonic() - started >= 0.5
+    assert behaviour.calls["GetJob"] > 5
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE and caught.value.message == "try again"
+
+
+def test_one_attempt_turns_every_retry_off(flaky: tuple[Flaky, str]) -> None:
+    behaviour, target = flaky
+    behaviour.failures = 10_000
+
+    async def scenario() -> None:
+        async with AsyncClient(target, retry=RetryPolicy(max_attempts=1)) as client:
+            with pytest.raises(Unavailable):
+                await client.get_job(JOB)
+
+    with Client(target, retry=RetryPolicy(max_attempts=1)) as client, pytest.raises(Unavailable):
+        client.get_job(JOB)
+    asyncio.run(scenario())
+    assert behaviour.calls == {"GetJob": 2}
 
 
 def test_hard_limits_and_uploads_are_not_retried(flaky: tuple[Flaky, str]) -> None:
@@ -252,9 +285,30 @@ def test_backoff_grows_exponentially_with_full_jitter() -> None:
         delays = [policy.delay(attempt) for _ in range(200)]
         assert min(delays) >= 0 and max(delays) <= ceiling
         assert max(delays) > ceiling * 0.7, "jitter spreads over the whole range"
-    assert policy.next_delay(5, grpc.StatusCode.UNAVAILABLE, "", 10) is None
-    assert policy.next_delay(1, grpc.StatusCode.NOT_FOUND, "", 10) is None
-    assert policy.next_delay(1, grpc.StatusCode.UNAVAILABLE, "", 0.0) is None
+    busy, down = grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE
+    assert policy.next_delay(5, busy, "", 10, unavailable_for=0) is None
+    assert policy.next_delay(5, down, "", 10, unavailable_for=policy.reconnect_window) is None
+    assert policy.next_delay(1, grpc.StatusCode.NOT_FOUND, "", 10, unavailable_for=0) is None
+    assert policy.next_delay(1, down, "", 0.0, unavailable_for=0) is None
+
+
+def test_unavailable_is_retried_for_longer_than_the_channel_waits_to_reconnect() -> None:
+    """While a channel waits out its reconnection backoff (up to `MAX_RECONNECT_BACKOFF_S` plus
+    gRPC's 20 % jitter) it fails calls at once, so retries of UNAVAILABLE outlast that wait."""
+    policy = RetryPolicy()
+    down = grpc.StatusCode.UNAVAILABLE
+    assert policy.reconnect_window == RECONNECT_WINDOW_S > MAX_RECONNECT_BACKOFF_S * 1.2
+    options = dict(channel_options(1024))
+    assert options["grpc.max_reconnect_backoff_ms"] == MAX_RECONNECT_BACKOFF_S * 1000
+    # Past max_attempts, within the window: a wait that never ends past the window.
+    for attempt, unavailable_for in [(5, 0.0), (9, 1.0), (30, 2.8)]:
+        for _ in range(100):
+            wait = policy.next_delay(attempt, down, "", 30, unavailable_for=unavailable_for)
+            assert wait is not None and 0 <= wait <= policy.reconnect_window - unavailable_for
+    # Never past the call's deadline, nor with retries turned off.
+    assert policy.next_delay(9, down, "", 0.0, unavailable_for=1.0) is None
+    off = RetryPolicy(max_attempts=1)
+    assert off.next_delay(1, down, "", 30, unavailable_for=0) is None
 
 
 def test_watch_reconnects_without_losing_or_repeating_events(flaky: tuple[Flaky, str]) -> None:

@@ -10,6 +10,7 @@ watch does, for up to `watch_reconnect_s`.
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import pytest
 
 from trainwire.client import Client, Unavailable
 from trainwire.client.aio import AsyncClient
+from trainwire.client.retry import RECONNECT_WINDOW_S
 from trainwire.server.db import Database
 from trainwire.server.local import LocalServer, local_server
 from trainwire.server.store import Store
@@ -153,7 +155,8 @@ def test_async_watch_of_a_quiet_job_survives_two_dropped_connections(
     assert reconnects >= 2
 
 
-OUTAGE_S = 3.0  # longer than a poll's own retries (about 1.5 s), shorter than the wait's limit
+# Longer than a poll's own retries (RECONNECT_WINDOW_S, about 3 s), shorter than the wait's limit.
+OUTAGE_S = RECONNECT_WINDOW_S + 2.0
 
 
 def test_wait_rides_out_an_outage_as_a_watch_does(
@@ -209,3 +212,88 @@ def test_async_wait_rides_out_an_outage_as_a_watch_does(
             return (await asyncio.wait_for(waited, 60)).state
 
     assert asyncio.run(scenario()) == "CANCELLED"
+
+
+# An idempotent call made just after a restart rides out the channel's reconnection backoff, and
+# one to a server that stays down fails within a few seconds (not the call's whole timeout).
+# The channel's connection attempts are made to fail until its backoff has grown to its longest
+# (attempts about 0.1, 0.16, 0.26, ... 1.7 s apart, then 2 s): eight of them.
+FAILED_ATTEMPTS = 8
+
+
+def _fail_connection_attempts(proxy: TcpProxy, attempts: int) -> None:
+    """Stands in for a restarting server while the proxy is cut: each of the channel's connection
+    attempts is accepted and closed before the server's first byte (it fails as a refused one
+    does, but can be counted). Returns just after the `attempts`-th, the proxy restored: the
+    channel's next attempt is then a whole backoff away."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", proxy.port))
+    listener.listen(64)
+    listener.settimeout(30)  # the channel goes on trying while a call waits out its backoff
+    try:
+        for _ in range(attempts):
+            connection, _ = listener.accept()
+            connection.close()
+    finally:
+        listener.close()
+        proxy.restore()
+
+
+def test_a_call_just_after_a_restart_waits_out_the_reconnection_backoff(
+    proxied_server: tuple[LocalServer, TcpProxy],
+) -> None:
+    _, proxy = proxied_server
+    with Client(f"127.0.0.1:{proxy.port}", timeout=10) as client, ThreadPoolExecutor(1) as pool:
+        job = client.create_job(client.upload_dataset(*blobs()), MODEL, epochs=5)
+        proxy.cut()  # here, not in the thread: the call below must not come before it
+        outage = pool.submit(_fail_connection_attempts, proxy, FAILED_ATTEMPTS)
+        with pytest.raises(Unavailable):  # starts the channel's connection attempts
+            client.get_job(job.name)
+        outage.result(timeout=30)
+        assert client.cancel_job(job.name).state == "CANCELLED"
+
+
+def test_an_async_call_just_after_a_restart_waits_out_the_reconnection_backoff(
+    proxied_server: tuple[LocalServer, TcpProxy],
+) -> None:
+    _, proxy = proxied_server
+
+    async def scenario() -> str:
+        async with AsyncClient(f"127.0.0.1:{proxy.port}", timeout=10) as client:
+            data = await client.upload_dataset(*blobs())
+            job = await client.create_job(data, MODEL, epochs=5)
+            proxy.cut()
+            outage = asyncio.create_task(
+                asyncio.to_thread(_fail_connection_attempts, proxy, FAILED_ATTEMPTS)
+            )
+            with pytest.raises(Unavailable):
+                await client.get_job(job.name)
+            await asyncio.wait_for(outage, 30)
+            return (await client.cancel_job(job.name)).state
+
+    assert asyncio.run(scenario()) == "CANCELLED"
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_call_to_a_server_that_stays_down_fails_within_seconds(
+    proxied_server: tuple[LocalServer, TcpProxy], asynchronous: bool
+) -> None:
+    _, proxy = proxied_server
+    target = f"127.0.0.1:{proxy.port}"
+    proxy.cut()
+    started = time.monotonic()
+    with pytest.raises(Unavailable):
+        if asynchronous:
+
+            async def get() -> None:
+                async with AsyncClient(target, timeout=30) as client:
+                    await client.get_job("jobs/" + "a" * 32)
+
+            asyncio.run(get())
+        else:
+            with Client(target, timeout=30) as client:
+                client.get_job("jobs/" + "a" * 32)
+    took = time.monotonic() - started
+    assert took >= RECONNECT_WINDOW_S, "retried for as long as the channel may wait to reconnect"
+    assert took < 10, f"{took:.1f}s: a down server fails well before the call's 30 s timeout"
