@@ -32,7 +32,7 @@ from .errors import (
     from_rpc_error,
     status_of,
 )
-from .files import PathLike, read_dataset
+from .files import PathLike, read_dataset, read_npy
 from .results import (
     FINISHED,
     TASK_NAMES,
@@ -435,7 +435,7 @@ class Client:
                     f"features are an array. Received: target_column={target_column!r}"
                 )
             x = np.asarray(features)
-            y = np.load(targets, allow_pickle=False) if isinstance(targets, str | Path) else targets
+            y = read_npy(targets) if isinstance(targets, str | Path) else targets
         if y is None:
             raise ValueError("targets are required (an array, or a file with a target column)")
         return prepare_upload(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,55 @@ def _has_header(rows: list[list[str]]) -> bool:
     )
 
 
+_FORMATS = {
+    ".csv": ("CSV file", "CSV files hold numbers (and word labels) separated by commas"),
+    ".npy": ("NumPy array file (.npy)", "save one array of numbers with numpy.save"),
+    ".npz": ("NumPy archive (.npz)", "save arrays X and y with numpy.savez"),
+}
+
+
+def _unreadable(path: PathLike, kind: str, error: Exception, line: int = 0) -> ValueError:
+    """The error for a file that numpy or the csv module could not parse as `kind` (".csv",
+    ".npy" or ".npz"): it names the file (and `line`), says what the file is not and what to do,
+    where their own errors would end in a traceback. It never repeats numpy's advice to load a
+    file "unsafely" (allow_pickle): nothing read from a file may run code."""
+    name, advice = _FORMATS[kind]
+    if isinstance(error, EOFError):
+        reason = "it is empty"
+    elif isinstance(error, zipfile.BadZipFile):
+        reason = "it is no zip archive"
+    elif isinstance(error, csv.Error):
+        # The one error of a reader opened with newline="": a cell past the module's limit.
+        reason = f"a cell is longer than {csv.field_size_limit()} characters"
+    elif "pickle" in str(error):  # no array header, or an array of Python objects
+        reason = "it holds no array of numbers"
+    else:  # such as numpy's "Failed to read all data for array" of a truncated file
+        reason = str(error)
+    where = f"{path}:{line}" if line else str(path)
+    return ValueError(f"{where} is not a readable {name}: {reason}; {advice}")
+
+
+def read_npy(path: PathLike) -> np.ndarray:
+    """The array of a .npy file; a file that holds none is refused naming it."""
+    try:
+        return np.asarray(np.load(path, allow_pickle=False))
+    except (ValueError, EOFError) as error:
+        raise _unreadable(path, ".npy", error) from None
+
+
+def _read_npz(path: PathLike) -> tuple[np.ndarray, np.ndarray] | None:
+    """The features and targets of an .npz file (arrays X and y, features and targets, or x and
+    y), or None if it holds neither pair; a file that is no archive is refused naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            for x_key, y_key in (("X", "y"), ("features", "targets"), ("x", "y")):
+                if x_key in archive and y_key in archive:
+                    return archive[x_key], archive[y_key]
+        return None
+    except (ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise _unreadable(path, ".npz", error) from None
+
+
 def _csv_rows(
     path: PathLike, header_given: bool = False
 ) -> tuple[list[str], list[list[str]], list[int], bool]:
@@ -79,9 +129,14 @@ def _csv_rows(
     with Path(path).open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         # line_num is the line a row ends on: its own line, unless a quoted cell spans lines.
-        numbered = [
-            (reader.line_num, row) for row in reader if row and any(cell.strip() for cell in row)
-        ]
+        try:
+            numbered = [
+                (reader.line_num, row)
+                for row in reader
+                if row and any(cell.strip() for cell in row)
+            ]
+        except csv.Error as error:
+            raise _unreadable(path, ".csv", error, reader.line_num) from None
     if not numbered:
         raise ValueError(f"{path} has no rows")
     rows = [row for _, row in numbered]
@@ -197,10 +252,9 @@ def read_dataset(
                 f"targets must not be given with {path}: an .npz file holds its own (arrays X "
                 "and y); give the features as a .npy or .csv file to use other targets"
             )
-        with np.load(path, allow_pickle=False) as archive:
-            for x_key, y_key in (("X", "y"), ("features", "targets"), ("x", "y")):
-                if x_key in archive and y_key in archive:
-                    return TableData(archive[x_key], archive[y_key], [], [])
+        arrays = _read_npz(path)
+        if arrays is not None:
+            return TableData(*arrays, [], [])
         raise ValueError(f"{path} must hold arrays X and y (or features and targets)")
     inputs = read_inputs(path)
     if targets is None:
@@ -209,7 +263,7 @@ def read_dataset(
     if isinstance(targets, np.ndarray):
         y, source = targets, "the targets array"
     elif Path(targets).suffix.lower() == ".npy":
-        y, source = np.load(targets, allow_pickle=False), str(targets)
+        y, source = read_npy(targets), str(targets)
     else:
         table = read_csv(targets, 0)
         if table.targets is None:
@@ -230,7 +284,7 @@ def read_inputs(path: PathLike) -> TableData:
     file = Path(path)
     suffix = file.suffix.lower()
     if suffix == ".npy":
-        return TableData(np.asarray(np.load(file, allow_pickle=False)), None, [], [])
+        return TableData(read_npy(file), None, [], [])
     if suffix == ".csv":
         return read_csv(file, None)
     raise ValueError(f"inputs must be a .csv or .npy file. Received: {file}")

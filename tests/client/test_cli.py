@@ -142,6 +142,28 @@ def test_datasets_commands(cli: Cli, tmp_path: Path) -> None:
     assert code == 2 and "missing.csv" in err
 
 
+def test_a_file_that_is_not_of_its_kind_is_an_invalid_argument(cli: Cli, tmp_path: Path) -> None:
+    """An empty .npy, a .npz that is no zip archive or a CSV cell past the csv module's limit
+    ended in a traceback and exit 1, even with --json."""
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    np.save(tmp_path / "y.npy", np.array([0, 1]))
+    (tmp_path / "t.npz").write_bytes(b"PK\x03\x04junk")
+    (tmp_path / "huge.csv").write_text("a,b,label\n1," + "2" * 200_000 + ",0\n")
+    job = "0" * 32
+    for argv, message in (
+        (("datasets", "upload", str(empty), "--targets", str(tmp_path / "y.npy")), "empty.npy"),
+        (("predict", job, "-i", str(empty)), "empty.npy"),
+        (("datasets", "upload", str(tmp_path / "t.npz")), "t.npz is not a readable NumPy"),
+        (("datasets", "upload", str(tmp_path / "huge.csv")), "huge.csv:2 is not a readable CSV"),
+        (("predict", job, "-i", str(tmp_path / "huge.csv")), "huge.csv:2 is not a readable"),
+        (("jobs", "submit", str(write_spec(tmp_path, data="huge.csv"))), "huge.csv:2 is not"),
+    ):
+        code, _, err = cli(*argv, "--json")
+        error = json.loads(err)["error"]
+        assert (code, error["code"]) == (2, "INVALID_ARGUMENT") and message in error["message"]
+
+
 def test_submit_follow_and_predict(cli: Cli, tmp_path: Path) -> None:
     spec = write_spec(tmp_path)
     status = cli.json("jobs", "submit", str(spec), "--wait")

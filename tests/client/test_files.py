@@ -180,3 +180,34 @@ def test_a_target_column_that_would_be_ignored_is_refused(tmp_path: Path) -> Non
         pytest.raises(ValueError, match="the features are an array"),
     ):
         client.upload_dataset(np.ones((2, 2)), np.array([1, 0]), target_column="label")
+
+
+def test_a_file_that_is_not_of_its_kind_is_refused_naming_it_and_its_kind(tmp_path: Path) -> None:
+    """An empty .npy, a .npz that is no zip archive and a CSV cell past the csv module's limit
+    ended in EOFError, BadZipFile and csv.Error tracebacks; a .npy of garbage got numpy's advice
+    to load it "unsafely" with allow_pickle."""
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    garbage = tmp_path / "garbage.npy"
+    garbage.write_bytes(b"garbage, not an array")
+    (tmp_path / "t.npz").write_bytes(b"PK\x03\x04junk")
+    huge = write(tmp_path, "a,b,label\n1," + "2" * 200_000 + ",0\n", name="huge.csv")
+    np.save(tmp_path / "x.npy", np.ones((2, 2)))
+    npy = r"is not a readable NumPy array file \(\.npy\): "
+    for call, message in (
+        (lambda: read_dataset(empty, tmp_path / "x.npy"), rf"empty\.npy {npy}it is empty"),
+        (lambda: read_dataset(tmp_path / "x.npy", empty), rf"empty\.npy {npy}it is empty"),
+        (lambda: read_model_inputs(empty, lambda: []), rf"empty\.npy {npy}it is empty"),
+        (lambda: read_model_inputs(garbage, lambda: []), rf"garbage\.npy {npy}it holds no array"),
+        (lambda: read_dataset(tmp_path / "t.npz"), r"t\.npz is not a readable NumPy archive"),
+        (lambda: read_dataset(huge), r"huge\.csv:2 is not a readable CSV file: a cell is longer"),
+        (lambda: read_model_inputs(huge, lambda: []), r"huge\.csv:2 is not a readable CSV file"),
+    ):
+        with pytest.raises(ValueError, match=message) as refused:
+            call()
+        assert "allow_pickle" not in str(refused.value)
+    with (
+        Client("127.0.0.1:9") as client,
+        pytest.raises(ValueError, match=rf"empty\.npy {npy}it is empty"),
+    ):
+        client.upload_dataset(np.ones((2, 2)), empty)
