@@ -27,7 +27,13 @@ import grpc
 
 from .client import Client, Job, client_cert_pair, env_settings
 from .errors import JobFailed, TrainwireError
-from .files import label_names, prediction_to_dict, read_model_inputs, write_prediction
+from .files import (
+    check_prediction_path,
+    label_names,
+    prediction_to_dict,
+    read_model_inputs,
+    write_prediction,
+)
 from .jobspec import DatasetSource, JobSpec
 from .results import STATES, JobStatus, ModelInfo, checkpoint_to_dict
 from .rpc import api_key_text, read_file
@@ -368,6 +374,8 @@ def _jobs_plot(client: Client, args: argparse.Namespace) -> int:
 
 def _predict(client: Client, args: argparse.Namespace) -> int:
     job = _resource("jobs", args.job)
+    if args.output:  # before the inputs are read and predicted for
+        check_prediction_path(args.output)
 
     @functools.cache
     def metadata() -> ModelInfo:

@@ -353,6 +353,19 @@ def prediction_to_dict(prediction: Prediction, class_names: Sequence[str] = ()) 
     }
 
 
+def check_prediction_path(path: PathLike) -> None:
+    """Refuses a path `write_prediction` cannot write, before any prediction is computed: a kind
+    other than .csv, .json or .npy, or a folder that does not exist."""
+    file = Path(path)
+    if file.suffix.lower() not in (".csv", ".json", ".npy"):
+        raise ValueError(f"output must be a .csv, .json or .npy file. Received: {file}")
+    if not file.parent.is_dir():
+        raise ValueError(
+            f"the output's folder {file.parent} does not exist: create it, or write the output "
+            f"to an existing folder. Received: {file}"
+        )
+
+
 def write_prediction(
     path: PathLike, prediction: Prediction, class_names: Sequence[str] = ()
 ) -> None:
@@ -360,6 +373,7 @@ def write_prediction(
     `prediction_to_dict`, with `class_names`), or .csv (one row per input: the label and class
     probabilities, or the outputs). The .npy and .csv files hold numbers alone, whatever the
     class names: readers such as `np.loadtxt` take them as numbers."""
+    check_prediction_path(path)
     file = Path(path)
     suffix = file.suffix.lower()
     main = prediction.labels if prediction.labels is not None else prediction.outputs
@@ -367,7 +381,7 @@ def write_prediction(
         np.save(file, main)
     elif suffix == ".json":
         file.write_text(json.dumps(prediction_to_dict(prediction, class_names)) + "\n")
-    elif suffix == ".csv":
+    else:  # .csv
         with file.open("w", newline="") as handle:
             writer = csv.writer(handle)
             if prediction.labels is not None and prediction.probabilities is not None:
@@ -380,5 +394,3 @@ def write_prediction(
                 writer.writerow([f"y{i}" for i in range(outputs.shape[1])])
                 for row in outputs:
                     writer.writerow([f"{v:.6g}" for v in row])
-    else:
-        raise ValueError(f"output must be a .csv, .json or .npy file. Received: {file}")

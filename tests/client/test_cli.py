@@ -164,6 +164,21 @@ def test_a_file_that_is_not_of_its_kind_is_an_invalid_argument(cli: Cli, tmp_pat
         assert (code, error["code"]) == (2, "INVALID_ARGUMENT") and message in error["message"]
 
 
+def test_predict_refuses_its_output_path_before_reading_the_inputs(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """An output path of another kind was refused only after the prediction had been computed.
+    The inputs here do not exist: refusing the output first shows nothing was read or asked."""
+    job, missing = "0" * 32, str(tmp_path / "missing.csv")
+    for output, message in (
+        ("out.txt", "output must be a .csv, .json or .npy file. Received: "),
+        ("no-such-folder/out.csv", "no-such-folder does not exist"),
+    ):
+        code, _, err = cli("predict", job, "-i", missing, "-o", str(tmp_path / output), "--json")
+        error = json.loads(err)["error"]
+        assert code == 2 and message in error["message"] and "missing.csv" not in error["message"]
+
+
 def test_submit_follow_and_predict(cli: Cli, tmp_path: Path) -> None:
     spec = write_spec(tmp_path)
     status = cli.json("jobs", "submit", str(spec), "--wait")
