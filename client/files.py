@@ -245,7 +245,13 @@ def read_dataset(
             f"one or the other. Received: target_column={target_column!r}"
         )
     if suffix == ".csv" and targets is None:
-        return read_csv(path, -1 if target_column is None else target_column)
+        table = read_csv(path, -1 if target_column is None else target_column)
+        if table.features.shape[1] == 0:
+            raise ValueError(
+                f"{path} has a single column, so no features beside the targets: CSV files are "
+                "comma-separated; is it separated by another character, such as ';'?"
+            )
+        return table
     if suffix == ".npz":
         if targets is not None:
             raise ValueError(

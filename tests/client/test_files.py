@@ -211,3 +211,13 @@ def test_a_file_that_is_not_of_its_kind_is_refused_naming_it_and_its_kind(tmp_pa
         pytest.raises(ValueError, match=rf"empty\.npy {npy}it is empty"),
     ):
         client.upload_dataset(np.ones((2, 2)), empty)
+
+
+def test_a_dataset_file_of_one_column_is_refused_with_a_hint_at_the_delimiter(
+    tmp_path: Path,
+) -> None:
+    """A semicolon-separated file was read as one column of word targets and no features, which
+    the server refused as "examples have 0 features"."""
+    semicolons = write(tmp_path, "a;b;label\n1;2;0\n3;4;1\n")
+    with pytest.raises(ValueError, match=r"data\.csv has a single column.*such as ';'"):
+        read_dataset(semicolons)
