@@ -231,11 +231,12 @@ def _datasets_delete(client: Client, args: argparse.Namespace) -> int:
 
 
 def _jobs_submit(client: Client, args: argparse.Namespace) -> int:
-    spec = JobSpec.load(args.spec)
+    # --dataset replaces the spec's dataset, which a spec reused across datasets leaves out.
+    spec = JobSpec.load(args.spec, dataset=args.dataset)
     options = dict(spec.options)
     if args.name:
         options["display_name"] = args.name
-    dataset = args.dataset or spec.dataset
+    dataset = spec.dataset
     if isinstance(dataset, DatasetSource):
         info = client.upload_dataset(
             dataset.path, dataset.targets, task=dataset.task, name=dataset.name,
@@ -548,7 +549,9 @@ def add_user_commands(commands: Any) -> None:
     sub = jobs.add_subparsers(dest="jobs_command", required=True)
     submit = command(sub, "submit", _jobs_submit, "submit a job described by a YAML spec file")
     submit.add_argument("spec", help="job spec (YAML), see examples/job.yaml")
-    submit.add_argument("--dataset", help="use this stored dataset instead of the spec's")
+    submit.add_argument(
+        "--dataset", help="use this stored dataset instead of the spec's (which may be left out)"
+    )
     submit.add_argument("--name", help="display name (overrides the spec's)")
     submit.add_argument("--wait", action="store_true", help="wait with a progress bar")
     submit.add_argument("--watch", action="store_true", help="print events until it finishes")

@@ -455,6 +455,18 @@ def test_submit_uploads_nothing_for_a_spec_it_refuses(
     status = cli.json("jobs", "submit", str(spec), "--dataset", stored.name, "--wait")
     assert status["state"] == "SUCCEEDED" and status["dataset"] == stored.name
     assert uploads == []
+    # A spec without a dataset is reused across datasets (it was refused: "dataset: is
+    # required"); without --dataset the message names it as the other way.
+    model_only = tmp_path / "model-only.yaml"
+    model_only.write_text(
+        "\n".join(line for line in spec.read_text().splitlines() if "dataset" not in line
+                  and not line.startswith(("  path", "  target_column")))
+    )  # fmt: skip
+    status = cli.json("jobs", "submit", str(model_only), "--dataset", stored.name, "--wait")
+    assert status["state"] == "SUCCEEDED" and status["dataset"] == stored.name
+    code, _, err = cli("jobs", "submit", str(model_only))
+    assert code == 2 and "dataset: is required" in err and "--dataset ID" in err
+    assert uploads == []
 
 
 def test_help_lists_the_exit_codes_of_the_readmes_table(
