@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 
 from .client import Client, Job, client_cert_pair, env_settings
-from .errors import JobFailed, TrainwireError
+from .errors import JobFailed, NotFound, TrainwireError
 from .files import label_names, prediction_to_dict, read_model_inputs, write_prediction
 from .jobspec import DatasetSource, JobSpec
 from .results import STATES, JobStatus, ModelInfo, checkpoint_to_dict
@@ -345,17 +345,36 @@ def _jobs_delete(client: Client, args: argparse.Namespace) -> int:
 
 
 def _jobs_metrics(client: Client, args: argparse.Namespace) -> int:
-    metrics = client.job_metrics(_resource("jobs", args.job), args.metric)
+    name = _resource("jobs", args.job)
+    metrics = client.job_metrics(name, args.metric)
+    missing = sorted(set(args.metric) - set(metrics))
+    if missing:
+        known = sorted(client.job_metrics(name))
+        raise NotFound(
+            f"{name} has no metric {', '.join(missing)}; its metrics: "
+            f"{', '.join(known) or 'none yet'}",
+            grpc.StatusCode.NOT_FOUND,
+        )
     names = sorted(n for n in metrics if n != "batch_loss" or args.metric)
-    by_epoch: dict[int, dict[str, float]] = {}
-    for name in names:
-        for epoch, value in zip(metrics.epochs(name), metrics.values_of(name), strict=True):
-            by_epoch.setdefault(int(epoch), {})[name] = float(value)
+    # A row per epoch, or per (epoch, step) when a metric has several points in an epoch
+    # (batch_loss with log_every_steps): the epoch's metrics then share the row of their step.
+    per_step = any(
+        len(set(epochs)) < len(epochs) for epochs in (metrics.epochs(n).tolist() for n in names)
+    )
+    rows_by_key: dict[tuple[int, ...], dict[str, float]] = {}
+    for metric in names:
+        points = zip(
+            metrics.epochs(metric), metrics.steps(metric), metrics.values_of(metric), strict=True
+        )
+        for epoch, step, value in points:
+            key = (int(epoch), int(step)) if per_step else (int(epoch),)
+            rows_by_key.setdefault(key, {})[metric] = float(value)
     rows = [
-        (epoch, *(f"{values[n]:.6g}" if n in values else "" for n in names))
-        for epoch, values in sorted(by_epoch.items())
+        (*key, *(f"{values[n]:.6g}" if n in values else "" for n in names))
+        for key, values in sorted(rows_by_key.items())
     ]
-    emit(args, metrics.to_dict(), table(rows, ("EPOCH", *(n.upper() for n in names))))
+    headers = ("EPOCH", *(["STEP"] if per_step else []), *(n.upper() for n in names))
+    emit(args, metrics.to_dict(), table(rows, headers))
     return OK
 
 
@@ -565,7 +584,7 @@ def add_user_commands(commands: Any) -> None:
         ("watch", _jobs_watch, "print a job's events until it finishes (reconnects by itself)"),
         ("cancel", _jobs_cancel, "cancel a job"),
         ("delete", _jobs_delete, "delete a finished job"),
-        ("metrics", _jobs_metrics, "a job's metrics by epoch"),
+        ("metrics", _jobs_metrics, "a job's metrics by epoch (and step, for per-step ones)"),
         ("plot", _jobs_plot, "save a PNG of a job's training curves"),
     ):
         parser = command(sub, name, handler, text)
@@ -573,7 +592,10 @@ def add_user_commands(commands: Any) -> None:
         if name == "watch":
             parser.add_argument("--after", type=int, default=0, help="resume after this event")
         if name == "metrics":
-            parser.add_argument("--metric", action="append", default=[], help="only these")
+            parser.add_argument(
+                "--metric", action="append", default=[],
+                help="only this one (repeatable); batch_loss is shown only when named",
+            )  # fmt: skip
         if name == "plot":
             parser.add_argument("--output", "-o", help="PNG path (default: <job id>.png)")
 

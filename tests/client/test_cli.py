@@ -646,3 +646,31 @@ def main_unreachable(*options: str, target: str = "127.0.0.1:9") -> tuple[int, s
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     return result.returncode, result.stdout, result.stderr
+
+
+def test_metrics_shows_every_point_of_a_per_step_metric(cli: Cli, tmp_path: Path) -> None:
+    """`--metric batch_loss` of a job logging every step showed one row per epoch, each step
+    overwriting the last; an unknown metric printed a lone EPOCH header, exit 0."""
+    spec = write_spec(tmp_path, epochs=2)
+    spec.write_text(
+        spec.read_text().replace("  batch_size: 8\n", "  batch_size: 8\n  log_every_steps: 1\n")
+    )
+    job = cli.json("jobs", "submit", str(spec), "--wait")["name"]
+    points = cli.json("jobs", "metrics", job, "--metric", "batch_loss", "--metric", "loss")
+    steps = points["batch_loss"]["step"]
+    assert len(steps) > 2 and points["loss"]["epoch"] == [1, 2]
+    code, out, _ = cli("jobs", "metrics", job, "--metric", "batch_loss", "--metric", "loss")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["EPOCH", "STEP", "BATCH_LOSS", "LOSS"]
+    rows = [line.split() for line in lines[1:]]
+    assert [int(row[1]) for row in rows] == steps
+    # Each epoch's loss shares the row of its step, the epoch's last.
+    assert [len(row) for row in rows].count(4) == 2 and rows[-1][1] == str(steps[-1])
+    # Without per-step metrics, a row per epoch as before.
+    code, out, _ = cli("jobs", "metrics", job)
+    assert code == 0 and out.splitlines()[0].split() == ["EPOCH", "ACCURACY", "LOSS"]
+    assert len(out.splitlines()) == 3
+
+    code, out, err = cli("jobs", "metrics", job, "--metric", "nosuch", "--metric", "loss")
+    assert code == 3 and out == ""
+    assert f"{job} has no metric nosuch; its metrics: accuracy, batch_loss, loss" in err
