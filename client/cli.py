@@ -446,11 +446,19 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
             # The options override their variables, which are then not read (a pair of client
             # certificate options both of theirs). Their files are read here, once, where a file
             # that cannot be read can be named by its option; the client takes the bytes.
+            # An option given empty or zero is refused by the client, not taken for one left
+            # out (which would fall back to the variable, or the default).
             overrides: dict[str, Any] = {}
             if args.target:
                 overrides["target"] = args.target
-            if args.api_key:
+            if args.api_key is not None:
                 overrides["api_key"] = api_key_text(args.api_key, "--api-key")
+                if not overrides["api_key"]:
+                    raise ValueError(
+                        "--api-key is empty: give the key `trainwire keys create` printed "
+                        "(tw_…), or leave the option out to use TRAINWIRE_API_KEY (an empty "
+                        "TRAINWIRE_API_KEY is no key)"
+                    )
             if args.tls:
                 overrides["tls"] = True if args.tls == "system" else read_file(args.tls, "--tls")
             pair = client_cert_pair(
@@ -458,7 +466,7 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
             )
             if pair is not None:
                 overrides["client_cert"] = pair
-            if args.timeout:
+            if args.timeout is not None:
                 overrides["timeout"] = args.timeout
             settings = env_settings(**overrides)
             with Client(**settings) as client:

@@ -674,3 +674,29 @@ def test_metrics_shows_every_point_of_a_per_step_metric(cli: Cli, tmp_path: Path
     code, out, err = cli("jobs", "metrics", job, "--metric", "nosuch", "--metric", "loss")
     assert code == 3 and out == ""
     assert f"{job} has no metric nosuch; its metrics: accuracy, batch_loss, loss" in err
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--timeout", "0"], "timeout must be positive. Received: 0.0"),
+        (["--api-key", ""], "--api-key is empty"),
+        (["--api-key", " \n"], "--api-key is empty"),
+    ],
+)
+def test_an_option_given_empty_or_zero_is_refused_not_ignored(
+    option: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--timeout 0` and `--api-key ""` were taken for options left out: the variable or the
+    default was used instead, though TRAINWIRE_TIMEOUT=0 and `--timeout -1` are refused."""
+    monkeypatch.setenv("TRAINWIRE_TIMEOUT", "1")
+    monkeypatch.setenv("TRAINWIRE_API_KEY", "tw_from_the_environment")
+    code = main(["datasets", "list", "--target", "127.0.0.1:9", *option])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    monkeypatch.setenv("TRAINWIRE_TIMEOUT", "0")
+    code = main(["datasets", "list", "--target", "127.0.0.1:9"])
+    assert code == 2 and "timeout must be positive. Received: 0.0" in capsys.readouterr().err
