@@ -544,11 +544,18 @@ def add_user_commands(commands: Any) -> None:
         parser.set_defaults(handler=_run(handler))
         return parser
 
+    # A group's --help lists the exit codes too; its description is wrapped here, as the raw
+    # formatter, which keeps the epilog's table, wraps nothing.
     datasets = commands.add_parser(
         "datasets",
         help="upload, list, show and delete datasets",
-        description="Datasets on the server: `upload`, `list`, `show`, `delete`; "
-        "`trainwire datasets COMMAND --help` tells more.",
+        description=textwrap.fill(
+            "Datasets on the server: `upload`, `list`, `show`, `delete`; "
+            "`trainwire datasets COMMAND --help` tells more.",
+            88,
+        ),
+        epilog=epilog,
+        formatter_class=formatter,
     )
     sub = datasets.add_subparsers(dest="datasets_command", required=True)
     upload = command(
@@ -570,8 +577,13 @@ def add_user_commands(commands: Any) -> None:
     jobs = commands.add_parser(
         "jobs",
         help="submit, follow and inspect training jobs",
-        description="Training jobs: `submit`, `list`, `show`, `watch`, `cancel`, `metrics`, "
-        "`plot`, `delete`; `trainwire jobs COMMAND --help` tells more.",
+        description=textwrap.fill(
+            "Training jobs: `submit`, `list`, `show`, `watch`, `cancel`, `metrics`, `plot`, "
+            "`delete`; `trainwire jobs COMMAND --help` tells more.",
+            88,
+        ),
+        epilog=epilog,
+        formatter_class=formatter,
     )
     sub = jobs.add_subparsers(dest="jobs_command", required=True)
     submit = command(sub, "submit", _jobs_submit, "submit a job described by a YAML spec file")

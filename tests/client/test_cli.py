@@ -479,13 +479,14 @@ def test_help_lists_the_exit_codes_of_the_readmes_table(
     table = table[: table.index("\n\n")]
     rows = re.findall(r"^\| (\d) \| (.+) \|$", table, re.MULTILINE)
     assert {int(code): meaning.replace("`", "") for code, meaning in rows} == EXIT_CODE_MEANINGS
-    # Each command's --help, the operator commands' too (theirs listed none), and the top-level
-    # one.
+    # Each command's --help, the operator commands' too (theirs listed none), the groups' (theirs
+    # listed none either) and the top-level one.
     operator_commands = (
         ["serve"], ["worker"], ["db", "upgrade"], ["db", "current"], ["keys", "create"],
         ["keys", "list"], ["keys", "revoke"], ["status"], ["health"],
     )  # fmt: skip
-    for command in (["jobs", "delete"], *operator_commands, []):
+    groups = (["jobs"], ["datasets"], ["db"], ["keys"])
+    for command in (["jobs", "delete"], *operator_commands, *groups, []):
         with pytest.raises(SystemExit):
             main([*command, "--help"])
         shown = " ".join(capsys.readouterr().out.split("exit codes:", 1)[1].split())
