@@ -605,7 +605,7 @@ def add_user_commands(commands: Any) -> None:
         ("cancel", _jobs_cancel, "cancel a job"),
         ("delete", _jobs_delete, "delete a finished job"),
         ("metrics", _jobs_metrics, "a job's metrics by epoch (and step, for per-step ones)"),
-        ("plot", _jobs_plot, "save a PNG of a job's training curves"),
+        ("plot", _jobs_plot, "save a plot of a job's training curves (PNG, PDF, SVG, ...)"),
     ):
         parser = command(sub, name, handler, text)
         parser.add_argument("job", help="jobs/ID or ID")
@@ -617,7 +617,11 @@ def add_user_commands(commands: Any) -> None:
                 help="only this one (repeatable); batch_loss is shown only when named",
             )  # fmt: skip
         if name == "plot":
-            parser.add_argument("--output", "-o", help="PNG path (default: <job id>.png)")
+            parser.add_argument(
+                "--output", "-o",
+                help="file whose extension names the format: .png, .pdf, .svg, ... (default: "
+                "<job id>.png)",
+            )  # fmt: skip
 
     predict = command(commands, "predict", _predict, "predict with a trained job's model")
     predict.add_argument("job", help="jobs/ID or ID")

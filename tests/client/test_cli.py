@@ -701,3 +701,20 @@ def test_an_option_given_empty_or_zero_is_refused_not_ignored(
     monkeypatch.setenv("TRAINWIRE_TIMEOUT", "0")
     code = main(["datasets", "list", "--target", "127.0.0.1:9"])
     assert code == 2 and "timeout must be positive. Received: 0.0" in capsys.readouterr().err
+
+
+def test_plot_writes_the_format_its_extension_names(cli: Cli, tmp_path: Path) -> None:
+    """`-o x.pdf` wrote PNG bytes to x.pdf without a word; a job without metrics was refused as
+    an invalid argument (exit 2), though it is its state (exit 4)."""
+    job = cli.json("jobs", "submit", str(write_spec(tmp_path, epochs=1)), "--wait")["name"]
+    for name, magic in (("curves.pdf", b"%PDF"), ("curves.SVG", b"<?xml"), ("curves", b"\x89PNG")):
+        assert cli("jobs", "plot", job, "-o", str(tmp_path / name))[0] == 0
+        assert (tmp_path / name).read_bytes().startswith(magic), name
+    code, _, err = cli("jobs", "plot", job, "-o", str(tmp_path / "curves.xyz"))
+    assert code == 2 and "cannot save a plot as .xyz" in err and ".pdf" in err
+    assert not (tmp_path / "curves.xyz").exists()
+
+    queued = cli.json("jobs", "submit", str(write_spec(tmp_path, queue="nobody-listens")))
+    code, _, err = cli("jobs", "plot", queued["name"], "-o", str(tmp_path / "none.png"))
+    assert code == 4 and "no metrics to plot yet" in err
+    cli("jobs", "cancel", queued["name"])
