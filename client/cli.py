@@ -163,7 +163,8 @@ def _status_text(status: JobStatus) -> str:
     lines = [
         f"name:      {status.name}",
         f"display:   {status.display_name}",
-        f"dataset:   {status.dataset}",
+        # A job keeps its model when its dataset is deleted; the server then names none.
+        f"dataset:   {status.dataset or '(deleted)'}",
         f"state:     {status.state}",
         f"progress:  epoch {status.epoch}/{status.total_epochs}",
         f"metrics:   {_metrics_text(status.metrics) or '-'}",

@@ -135,7 +135,11 @@ def test_datasets_commands(cli: Cli, tmp_path: Path) -> None:
     row = next(line.split() for line in out.splitlines() if line.startswith(name))
     assert row[-2:] == uploaded["create_time"][:16].split("T")
     assert cli.json("datasets", "show", name.split("/")[1])["sha256"] == uploaded["sha256"]
+    job = cli.json("jobs", "submit", str(spec), "--dataset", name, "--wait")["name"]
     assert cli.json("datasets", "delete", name) == {"deleted": name}
+    # The job keeps its model; its dataset line said nothing (an empty `dataset:`).
+    code, out, _ = cli("jobs", "show", job)
+    assert code == 0 and "dataset:   (deleted)\n" in out
     code, _, err = cli("datasets", "show", name, "--json")
     assert code == 3 and json.loads(err)["error"]["code"] == "NOT_FOUND"
     code, _, err = cli("datasets", "upload", str(tmp_path / "missing.csv"))
