@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 
 from .client import Client, Job, client_cert_pair, env_settings
-from .errors import JobFailed, TrainwireError
+from .errors import JobFailed, NotFound, TrainwireError
 from .files import (
     check_prediction_path,
     label_names,
@@ -169,7 +169,8 @@ def _status_text(status: JobStatus) -> str:
     lines = [
         f"name:      {status.name}",
         f"display:   {status.display_name}",
-        f"dataset:   {status.dataset}",
+        # A job keeps its model when its dataset is deleted; the server then names none.
+        f"dataset:   {status.dataset or '(deleted)'}",
         f"state:     {status.state}",
         f"progress:  epoch {status.epoch}/{status.total_epochs}",
         f"metrics:   {_metrics_text(status.metrics) or '-'}",
@@ -237,11 +238,12 @@ def _datasets_delete(client: Client, args: argparse.Namespace) -> int:
 
 
 def _jobs_submit(client: Client, args: argparse.Namespace) -> int:
-    spec = JobSpec.load(args.spec)
+    # --dataset replaces the spec's dataset, which a spec reused across datasets leaves out.
+    spec = JobSpec.load(args.spec, dataset=args.dataset)
     options = dict(spec.options)
     if args.name:
         options["display_name"] = args.name
-    dataset = args.dataset or spec.dataset
+    dataset = spec.dataset
     if isinstance(dataset, DatasetSource):
         info = client.upload_dataset(
             dataset.path, dataset.targets, task=dataset.task, name=dataset.name,
@@ -350,17 +352,36 @@ def _jobs_delete(client: Client, args: argparse.Namespace) -> int:
 
 
 def _jobs_metrics(client: Client, args: argparse.Namespace) -> int:
-    metrics = client.job_metrics(_resource("jobs", args.job), args.metric)
+    name = _resource("jobs", args.job)
+    metrics = client.job_metrics(name, args.metric)
+    missing = sorted(set(args.metric) - set(metrics))
+    if missing:
+        known = sorted(client.job_metrics(name))
+        raise NotFound(
+            f"{name} has no metric {', '.join(missing)}; its metrics: "
+            f"{', '.join(known) or 'none yet'}",
+            grpc.StatusCode.NOT_FOUND,
+        )
     names = sorted(n for n in metrics if n != "batch_loss" or args.metric)
-    by_epoch: dict[int, dict[str, float]] = {}
-    for name in names:
-        for epoch, value in zip(metrics.epochs(name), metrics.values_of(name), strict=True):
-            by_epoch.setdefault(int(epoch), {})[name] = float(value)
+    # A row per epoch, or per (epoch, step) when a metric has several points in an epoch
+    # (batch_loss with log_every_steps): the epoch's metrics then share the row of their step.
+    per_step = any(
+        len(set(epochs)) < len(epochs) for epochs in (metrics.epochs(n).tolist() for n in names)
+    )
+    rows_by_key: dict[tuple[int, ...], dict[str, float]] = {}
+    for metric in names:
+        points = zip(
+            metrics.epochs(metric), metrics.steps(metric), metrics.values_of(metric), strict=True
+        )
+        for epoch, step, value in points:
+            key = (int(epoch), int(step)) if per_step else (int(epoch),)
+            rows_by_key.setdefault(key, {})[metric] = float(value)
     rows = [
-        (epoch, *(f"{values[n]:.6g}" if n in values else "" for n in names))
-        for epoch, values in sorted(by_epoch.items())
+        (*key, *(f"{values[n]:.6g}" if n in values else "" for n in names))
+        for key, values in sorted(rows_by_key.items())
     ]
-    emit(args, metrics.to_dict(), table(rows, ("EPOCH", *(n.upper() for n in names))))
+    headers = ("EPOCH", *(["STEP"] if per_step else []), *(n.upper() for n in names))
+    emit(args, metrics.to_dict(), table(rows, headers))
     return OK
 
 
@@ -434,11 +455,19 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
             # The options override their variables, which are then not read (a pair of client
             # certificate options both of theirs). Their files are read here, once, where a file
             # that cannot be read can be named by its option; the client takes the bytes.
+            # An option given empty or zero is refused by the client, not taken for one left
+            # out (which would fall back to the variable, or the default).
             overrides: dict[str, Any] = {}
             if args.target:
                 overrides["target"] = args.target
-            if args.api_key:
+            if args.api_key is not None:
                 overrides["api_key"] = api_key_text(args.api_key, "--api-key")
+                if not overrides["api_key"]:
+                    raise ValueError(
+                        "--api-key is empty: give the key `trainwire keys create` printed "
+                        "(tw_…), or leave the option out to use TRAINWIRE_API_KEY (an empty "
+                        "TRAINWIRE_API_KEY is no key)"
+                    )
             if args.tls:
                 overrides["tls"] = True if args.tls == "system" else read_file(args.tls, "--tls")
             pair = client_cert_pair(
@@ -446,7 +475,7 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
             )
             if pair is not None:
                 overrides["client_cert"] = pair
-            if args.timeout:
+            if args.timeout is not None:
                 overrides["timeout"] = args.timeout
             settings = env_settings(**overrides)
             with Client(**settings) as client:
@@ -524,11 +553,18 @@ def add_user_commands(commands: Any) -> None:
         parser.set_defaults(handler=_run(handler))
         return parser
 
+    # A group's --help lists the exit codes too; its description is wrapped here, as the raw
+    # formatter, which keeps the epilog's table, wraps nothing.
     datasets = commands.add_parser(
         "datasets",
         help="upload, list, show and delete datasets",
-        description="Datasets on the server: `upload`, `list`, `show`, `delete`; "
-        "`trainwire datasets COMMAND --help` tells more.",
+        description=textwrap.fill(
+            "Datasets on the server: `upload`, `list`, `show`, `delete`; "
+            "`trainwire datasets COMMAND --help` tells more.",
+            88,
+        ),
+        epilog=epilog,
+        formatter_class=formatter,
     )
     sub = datasets.add_subparsers(dest="datasets_command", required=True)
     upload = command(
@@ -550,13 +586,20 @@ def add_user_commands(commands: Any) -> None:
     jobs = commands.add_parser(
         "jobs",
         help="submit, follow and inspect training jobs",
-        description="Training jobs: `submit`, `list`, `show`, `watch`, `cancel`, `metrics`, "
-        "`plot`, `delete`; `trainwire jobs COMMAND --help` tells more.",
+        description=textwrap.fill(
+            "Training jobs: `submit`, `list`, `show`, `watch`, `cancel`, `metrics`, `plot`, "
+            "`delete`; `trainwire jobs COMMAND --help` tells more.",
+            88,
+        ),
+        epilog=epilog,
+        formatter_class=formatter,
     )
     sub = jobs.add_subparsers(dest="jobs_command", required=True)
     submit = command(sub, "submit", _jobs_submit, "submit a job described by a YAML spec file")
     submit.add_argument("spec", help="job spec (YAML), see examples/job.yaml")
-    submit.add_argument("--dataset", help="use this stored dataset instead of the spec's")
+    submit.add_argument(
+        "--dataset", help="use this stored dataset instead of the spec's (which may be left out)"
+    )
     submit.add_argument("--name", help="display name (overrides the spec's)")
     submit.add_argument("--wait", action="store_true", help="wait with a progress bar")
     submit.add_argument("--watch", action="store_true", help="print events until it finishes")
@@ -570,17 +613,24 @@ def add_user_commands(commands: Any) -> None:
         ("watch", _jobs_watch, "print a job's events until it finishes (reconnects by itself)"),
         ("cancel", _jobs_cancel, "cancel a job"),
         ("delete", _jobs_delete, "delete a finished job"),
-        ("metrics", _jobs_metrics, "a job's metrics by epoch"),
-        ("plot", _jobs_plot, "save a PNG of a job's training curves"),
+        ("metrics", _jobs_metrics, "a job's metrics by epoch (and step, for per-step ones)"),
+        ("plot", _jobs_plot, "save a plot of a job's training curves (PNG, PDF, SVG, ...)"),
     ):
         parser = command(sub, name, handler, text)
         parser.add_argument("job", help="jobs/ID or ID")
         if name == "watch":
             parser.add_argument("--after", type=int, default=0, help="resume after this event")
         if name == "metrics":
-            parser.add_argument("--metric", action="append", default=[], help="only these")
+            parser.add_argument(
+                "--metric", action="append", default=[],
+                help="only this one (repeatable); batch_loss is shown only when named",
+            )  # fmt: skip
         if name == "plot":
-            parser.add_argument("--output", "-o", help="PNG path (default: <job id>.png)")
+            parser.add_argument(
+                "--output", "-o",
+                help="file whose extension names the format: .png, .pdf, .svg, ... (default: "
+                "<job id>.png)",
+            )  # fmt: skip
 
     predict = command(commands, "predict", _predict, "predict with a trained job's model")
     predict.add_argument("job", help="jobs/ID or ID")

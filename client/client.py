@@ -920,7 +920,8 @@ class Job:
         )
 
     def plot(self, path: PathLike | None = None, *, dpi: int = 100) -> Path:
-        """Saves a PNG of the training curves (default `<job id>.png`) and returns its path.
+        """Saves a PNG of the training curves (default `<job id>.png`; another extension, `.pdf`,
+        `.svg`, ..., another format matplotlib writes) and returns its path.
 
         Needs matplotlib (`pip install 'trainwire[plot]'`; in a source checkout
         `.venv/bin/pip install -e '.[plot]'`).

@@ -70,18 +70,23 @@ class JobSpec:
     options: dict[str, Any]
 
     @classmethod
-    def load(cls, path: str | Path) -> JobSpec:
-        """Reads and checks a spec file; relative dataset paths are resolved against it."""
+    def load(cls, path: str | Path, dataset: str | None = None) -> JobSpec:
+        """Reads and checks a spec file; relative dataset paths are resolved against it. A
+        `dataset` (a stored dataset's name) replaces the spec's, which may then be left out."""
         file = Path(path)
         try:
             document = yaml.safe_load(file.read_text())
         except yaml.YAMLError as error:
             raise SpecError([("spec", f"{file} is not valid YAML: {error}")]) from None
-        return cls.from_dict(document, base=file.parent)
+        return cls.from_dict(document, base=file.parent, dataset=dataset)
 
     @classmethod
-    def from_dict(cls, document: object, base: Path = Path()) -> JobSpec:
-        """Checks a spec document (the parsed YAML); raises SpecError naming every bad key."""
+    def from_dict(
+        cls, document: object, base: Path = Path(), dataset: str | None = None
+    ) -> JobSpec:
+        """Checks a spec document (the parsed YAML); raises SpecError naming every bad key. A
+        `dataset` (a stored dataset's name, `jobs submit --dataset`) replaces the spec's, which
+        may then be left out; a spec's dataset given is checked all the same."""
         if not isinstance(document, Mapping):
             raise SpecError([("spec", "must be a mapping with dataset, model and training")])
         violations: list[tuple[str, str]] = []
@@ -89,9 +94,13 @@ class JobSpec:
             violations.append(
                 (key, f"is not a job spec key; expected: {', '.join(sorted(TOP_KEYS))}")
             )
-        for key in ("dataset", "model"):
-            if key not in document:
-                violations.append((key, "is required"))
+        if "dataset" not in document and dataset is None:
+            violations.append(
+                ("dataset", "is required: a stored dataset's name or a mapping with the path of "
+                 "a file to upload, unless `trainwire jobs submit --dataset ID` names one")
+            )  # fmt: skip
+        if "model" not in document:
+            violations.append(("model", "is required"))
         training = document.get("training") or {}
         if not isinstance(training, Mapping):
             violations.append(("training", "must be a mapping"))
@@ -101,31 +110,31 @@ class JobSpec:
             violations.append(
                 (f"training.{key}", f"is not a training setting; expected: {allowed}")
             )
-        dataset = document.get("dataset")
+        given = document.get("dataset")
         source: str | DatasetSource = ""
-        if isinstance(dataset, str):
-            source = dataset
-        elif isinstance(dataset, Mapping):
-            for key in sorted(set(dataset) - DATASET_KEYS, key=str):
+        if isinstance(given, str):
+            source = given
+        elif isinstance(given, Mapping):
+            for key in sorted(set(given) - DATASET_KEYS, key=str):
                 allowed = ", ".join(sorted(DATASET_KEYS))
                 violations.append((f"dataset.{key}", f"is not a dataset key; expected: {allowed}"))
-            num_classes = dataset.get("num_classes", 0)
+            num_classes = given.get("num_classes", 0)
             if isinstance(num_classes, bool) or not isinstance(num_classes, int):
                 violations.append(
                     ("dataset.num_classes", f"must be an integer. Received: {num_classes!r}")
                 )
-            _check_labels(violations, "dataset.labels", dataset.get("labels"))
-            if dataset.get("path") is None:
+            _check_labels(violations, "dataset.labels", given.get("labels"))
+            if given.get("path") is None:
                 violations.append(("dataset.path", "is required for a dataset to upload"))
             elif not violations:
                 source = DatasetSource(
-                    path=base / str(dataset["path"]),
-                    targets=base / str(dataset["targets"]) if dataset.get("targets") else None,
-                    target_column=dataset.get("target_column"),
-                    task=dataset.get("task"),
-                    name=str(dataset.get("name", "")),
+                    path=base / str(given["path"]),
+                    targets=base / str(given["targets"]) if given.get("targets") else None,
+                    target_column=given.get("target_column"),
+                    task=given.get("task"),
+                    name=str(given.get("name", "")),
                     num_classes=int(num_classes),
-                    labels={str(k): str(v) for k, v in (dataset.get("labels") or {}).items()},
+                    labels={str(k): str(v) for k, v in (given.get("labels") or {}).items()},
                 )
         elif "dataset" in document:
             violations.append(("dataset", "must be a dataset name or a mapping with a path"))
@@ -140,6 +149,8 @@ class JobSpec:
             violations += _create_job_violations(document["model"], settings)
         if violations:
             raise SpecError(violations)
+        if dataset is not None:
+            source = dataset
         model = document["model"]
         options: dict[str, Any] = dict(training)
         for key in TOP_KEYS - {"dataset", "model", "training"}:

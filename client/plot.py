@@ -1,5 +1,6 @@
-"""Training curves as a PNG, with matplotlib (the optional `plot` extra: pip install
-'trainwire[plot]', or .venv/bin/pip install -e '.[plot]' in a source checkout).
+"""Training curves as a PNG, or in another format matplotlib writes (PDF, SVG, ...) named by the
+file's extension, with matplotlib (the optional `plot` extra: pip install 'trainwire[plot]', or
+.venv/bin/pip install -e '.[plot]' in a source checkout).
 
 One panel per metric family: `loss` with `val_loss`, `accuracy` with `val_accuracy`, ...
 (`learning_rate` and `batch_loss` get their own). The PNG's text metadata lists the curves drawn
@@ -12,7 +13,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
+
+from .errors import FailedPrecondition
+
+# What each format's file takes of the metadata: PNG any text (the curves too), the vector formats
+# a title alone, the other bitmaps nothing. pgf (LaTeX code, not a picture) is not offered.
+TITLED_FORMATS = frozenset({"pdf", "svg", "svgz", "eps", "ps"})
+
+
+class NoMetrics(FailedPrecondition, ValueError):
+    """A job without metrics yet has nothing to plot (FAILED_PRECONDITION; a ValueError as it
+    was)."""
 
 
 def _families(metrics: Mapping[str, np.ndarray]) -> dict[str, list[str]]:
@@ -35,7 +48,11 @@ def metrics_figure(metrics: Mapping[str, np.ndarray], title: str = "") -> Any:
         ) from error
     families = _families({k: v for k, v in metrics.items() if len(v)})
     if not families:
-        raise ValueError("the job has no metrics to plot yet")
+        raise NoMetrics(
+            "the job has no metrics to plot yet: it records them as it finishes each epoch "
+            "(`trainwire jobs watch` follows it)",
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
     columns = min(len(families), 2)
     rows = (len(families) + columns - 1) // columns
     figure = Figure(figsize=(6 * columns, 3.6 * rows), layout="constrained")
@@ -62,18 +79,28 @@ def metrics_figure(metrics: Mapping[str, np.ndarray], title: str = "") -> Any:
 def save_metrics_plot(
     metrics: Mapping[str, np.ndarray], path: str | Path, title: str = "", dpi: int = 100
 ) -> Path:
-    """Saves the curves of `metrics` as a PNG at `path` and returns the path."""
+    """Saves the curves of `metrics` at `path` and returns the path: in the format its extension
+    names (`.png`, `.pdf`, `.svg`, ...; PNG without one), a ValueError for one matplotlib does
+    not write."""
     figure = metrics_figure(metrics, title)  # says how to install matplotlib if it is missing
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    FigureCanvasAgg(figure)
+    canvas = FigureCanvasAgg(figure)
     target = Path(path)
+    extension = target.suffix.lower().removeprefix(".")
+    formats = sorted(set(canvas.get_supported_filetypes()) - {"pgf"})
+    if extension and extension not in formats:
+        raise ValueError(
+            f"cannot save a plot as .{extension} ({target}): name a file ending in one of "
+            f"{', '.join('.' + f for f in formats)} (PNG without an extension)"
+        )
+    file_format = extension or "png"
     drawn = _families({k: v for k, v in metrics.items() if len(v)})
     curves = ",".join(name for names in drawn.values() for name in names)
-    figure.savefig(
-        target,
-        format="png",
-        dpi=dpi,
-        metadata={"Title": title or "Trainwire training curves", "Curves": curves},
-    )
+    metadata: dict[str, str] | None = None
+    if file_format == "png":
+        metadata = {"Title": title or "Trainwire training curves", "Curves": curves}
+    elif file_format in TITLED_FORMATS:
+        metadata = {"Title": title or "Trainwire training curves"}
+    figure.savefig(target, format=file_format, dpi=dpi, metadata=metadata)
     return target

@@ -319,8 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser(
         "db",
         help="database schema: upgrade it or show its revision",
-        description="The database's schema: `upgrade` migrates it to this Trainwire's revision, "
-        "`current` shows its revision; `trainwire db COMMAND --help` tells more.",
+        description=textwrap.fill(
+            "The database's schema: `upgrade` migrates it to this Trainwire's revision, "
+            "`current` shows its revision; `trainwire db COMMAND --help` tells more.",
+            88,
+        ),
+        epilog=exit_codes_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # Also accepted before the subcommand (`db --database-url URL upgrade`), as it once was.
     db.add_argument("--database-url", help="SQLAlchemy URL (TRAINWIRE_DATABASE_URL)")
@@ -353,8 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
     keys = commands.add_parser(
         "keys",
         help="API keys (each belongs to one project)",
-        description="API keys, each of one project, kept in the server's database: `create`, "
-        "`list`, `revoke`; `trainwire keys COMMAND --help` tells more.",
+        description=textwrap.fill(
+            "API keys, each of one project, kept in the server's database: `create`, `list`, "
+            "`revoke`; `trainwire keys COMMAND --help` tells more.",
+            88,
+        ),
+        epilog=exit_codes_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     create = _command(

@@ -135,7 +135,11 @@ def test_datasets_commands(cli: Cli, tmp_path: Path) -> None:
     row = next(line.split() for line in out.splitlines() if line.startswith(name))
     assert row[-2:] == uploaded["create_time"][:16].split("T")
     assert cli.json("datasets", "show", name.split("/")[1])["sha256"] == uploaded["sha256"]
+    job = cli.json("jobs", "submit", str(spec), "--dataset", name, "--wait")["name"]
     assert cli.json("datasets", "delete", name) == {"deleted": name}
+    # The job keeps its model; its dataset line said nothing (an empty `dataset:`).
+    code, out, _ = cli("jobs", "show", job)
+    assert code == 0 and "dataset:   (deleted)\n" in out
     code, _, err = cli("datasets", "show", name, "--json")
     assert code == 3 and json.loads(err)["error"]["code"] == "NOT_FOUND"
     code, _, err = cli("datasets", "upload", str(tmp_path / "missing.csv"))
@@ -492,6 +496,18 @@ def test_submit_uploads_nothing_for_a_spec_it_refuses(
     status = cli.json("jobs", "submit", str(spec), "--dataset", stored.name, "--wait")
     assert status["state"] == "SUCCEEDED" and status["dataset"] == stored.name
     assert uploads == []
+    # A spec without a dataset is reused across datasets (it was refused: "dataset: is
+    # required"); without --dataset the message names it as the other way.
+    model_only = tmp_path / "model-only.yaml"
+    model_only.write_text(
+        "\n".join(line for line in spec.read_text().splitlines() if "dataset" not in line
+                  and not line.startswith(("  path", "  target_column")))
+    )  # fmt: skip
+    status = cli.json("jobs", "submit", str(model_only), "--dataset", stored.name, "--wait")
+    assert status["state"] == "SUCCEEDED" and status["dataset"] == stored.name
+    code, _, err = cli("jobs", "submit", str(model_only))
+    assert code == 2 and "dataset: is required" in err and "--dataset ID" in err
+    assert uploads == []
 
 
 def test_help_lists_the_exit_codes_of_the_readmes_table(
@@ -504,13 +520,14 @@ def test_help_lists_the_exit_codes_of_the_readmes_table(
     table = table[: table.index("\n\n")]
     rows = re.findall(r"^\| (\d) \| (.+) \|$", table, re.MULTILINE)
     assert {int(code): meaning.replace("`", "") for code, meaning in rows} == EXIT_CODE_MEANINGS
-    # Each command's --help, the operator commands' too (theirs listed none), and the top-level
-    # one.
+    # Each command's --help, the operator commands' too (theirs listed none), the groups' (theirs
+    # listed none either) and the top-level one.
     operator_commands = (
         ["serve"], ["worker"], ["db", "upgrade"], ["db", "current"], ["keys", "create"],
         ["keys", "list"], ["keys", "revoke"], ["status"], ["health"],
     )  # fmt: skip
-    for command in (["jobs", "delete"], *operator_commands, []):
+    groups = (["jobs"], ["datasets"], ["db"], ["keys"])
+    for command in (["jobs", "delete"], *operator_commands, *groups, []):
         with pytest.raises(SystemExit):
             main([*command, "--help"])
         shown = " ".join(capsys.readouterr().out.split("exit codes:", 1)[1].split())
@@ -671,3 +688,74 @@ def main_unreachable(*options: str, target: str = "127.0.0.1:9") -> tuple[int, s
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     return result.returncode, result.stdout, result.stderr
+
+
+def test_metrics_shows_every_point_of_a_per_step_metric(cli: Cli, tmp_path: Path) -> None:
+    """`--metric batch_loss` of a job logging every step showed one row per epoch, each step
+    overwriting the last; an unknown metric printed a lone EPOCH header, exit 0."""
+    spec = write_spec(tmp_path, epochs=2)
+    spec.write_text(
+        spec.read_text().replace("  batch_size: 8\n", "  batch_size: 8\n  log_every_steps: 1\n")
+    )
+    job = cli.json("jobs", "submit", str(spec), "--wait")["name"]
+    points = cli.json("jobs", "metrics", job, "--metric", "batch_loss", "--metric", "loss")
+    steps = points["batch_loss"]["step"]
+    assert len(steps) > 2 and points["loss"]["epoch"] == [1, 2]
+    code, out, _ = cli("jobs", "metrics", job, "--metric", "batch_loss", "--metric", "loss")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["EPOCH", "STEP", "BATCH_LOSS", "LOSS"]
+    rows = [line.split() for line in lines[1:]]
+    assert [int(row[1]) for row in rows] == steps
+    # Each epoch's loss shares the row of its step, the epoch's last.
+    assert [len(row) for row in rows].count(4) == 2 and rows[-1][1] == str(steps[-1])
+    # Without per-step metrics, a row per epoch as before.
+    code, out, _ = cli("jobs", "metrics", job)
+    assert code == 0 and out.splitlines()[0].split() == ["EPOCH", "ACCURACY", "LOSS"]
+    assert len(out.splitlines()) == 3
+
+    code, out, err = cli("jobs", "metrics", job, "--metric", "nosuch", "--metric", "loss")
+    assert code == 3 and out == ""
+    assert f"{job} has no metric nosuch; its metrics: accuracy, batch_loss, loss" in err
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--timeout", "0"], "timeout must be positive. Received: 0.0"),
+        (["--api-key", ""], "--api-key is empty"),
+        (["--api-key", " \n"], "--api-key is empty"),
+    ],
+)
+def test_an_option_given_empty_or_zero_is_refused_not_ignored(
+    option: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--timeout 0` and `--api-key ""` were taken for options left out: the variable or the
+    default was used instead, though TRAINWIRE_TIMEOUT=0 and `--timeout -1` are refused."""
+    monkeypatch.setenv("TRAINWIRE_TIMEOUT", "1")
+    monkeypatch.setenv("TRAINWIRE_API_KEY", "tw_from_the_environment")
+    code = main(["datasets", "list", "--target", "127.0.0.1:9", *option])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    monkeypatch.setenv("TRAINWIRE_TIMEOUT", "0")
+    code = main(["datasets", "list", "--target", "127.0.0.1:9"])
+    assert code == 2 and "timeout must be positive. Received: 0.0" in capsys.readouterr().err
+
+
+def test_plot_writes_the_format_its_extension_names(cli: Cli, tmp_path: Path) -> None:
+    """`-o x.pdf` wrote PNG bytes to x.pdf without a word; a job without metrics was refused as
+    an invalid argument (exit 2), though it is its state (exit 4)."""
+    job = cli.json("jobs", "submit", str(write_spec(tmp_path, epochs=1)), "--wait")["name"]
+    for name, magic in (("curves.pdf", b"%PDF"), ("curves.SVG", b"<?xml"), ("curves", b"\x89PNG")):
+        assert cli("jobs", "plot", job, "-o", str(tmp_path / name))[0] == 0
+        assert (tmp_path / name).read_bytes().startswith(magic), name
+    code, _, err = cli("jobs", "plot", job, "-o", str(tmp_path / "curves.xyz"))
+    assert code == 2 and "cannot save a plot as .xyz" in err and ".pdf" in err
+    assert not (tmp_path / "curves.xyz").exists()
+
+    queued = cli.json("jobs", "submit", str(write_spec(tmp_path, queue="nobody-listens")))
+    code, _, err = cli("jobs", "plot", queued["name"], "-o", str(tmp_path / "none.png"))
+    assert code == 4 and "no metrics to plot yet" in err
+    cli("jobs", "cancel", queued["name"])

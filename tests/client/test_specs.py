@@ -239,6 +239,22 @@ def test_job_spec_values_of_the_wrong_kind_are_spec_errors(
     assert field in [str(f) for f, _ in caught.value.field_violations]
 
 
+def test_a_spec_may_leave_its_dataset_to_the_caller() -> None:
+    """`jobs submit SPEC --dataset ID` refused a model-only spec ("dataset: is required"), though
+    --dataset replaces the spec's dataset."""
+    model_only = {"model": {"layers": [{"type": "dense", "units": 2}]}}
+    assert JobSpec.from_dict(model_only, dataset="datasets/abc").dataset == "datasets/abc"
+    given = {**model_only, "dataset": {"path": "x.csv"}}
+    assert JobSpec.from_dict(given, dataset="datasets/abc").dataset == "datasets/abc"
+    # The spec's dataset is checked all the same, and one is required when none is given.
+    with pytest.raises(SpecError, match=r"dataset\.path"):
+        JobSpec.from_dict({**model_only, "dataset": {"file": "x.csv"}}, dataset="datasets/abc")
+    with pytest.raises(SpecError) as caught:
+        JobSpec.from_dict(model_only)
+    [(field, description)] = caught.value.field_violations
+    assert field == "dataset" and "is required" in description and "--dataset" in description
+
+
 def test_a_parameter_the_request_cannot_carry_as_a_number_is_refused_by_name() -> None:
     # ScheduleSpec.params and OptimizerSpec.params hold numbers: a text parameter cannot be sent.
     schedule = {"name": "reduce_on_plateau", "mode": "max", "factor": 0.5}
