@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -499,6 +500,21 @@ def test_an_unreachable_server_gets_the_hint_that_fits_the_client_s_tls() -> Non
     code, _, err = main_unreachable("--tls", "system")
     assert code == 5 and "unavailable" in err and "if the server uses TLS" not in err
     assert "pass --client-cert CERT and --client-key KEY" in err
+
+
+def test_a_watch_of_a_server_never_reached_fails_as_other_commands_do(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`jobs watch` of a server that is down printed nothing for five minutes, then told the
+    user to pass `Client(watch_reconnect_s=)`: it fails within seconds, with the usual hint."""
+    started = time.monotonic()
+    code = main(["jobs", "watch", "abc", "--target", "127.0.0.1:9", "--json"])
+    took = time.monotonic() - started
+    out, err = capsys.readouterr()
+    error = json.loads(err)["error"]
+    assert (code, out, error["code"]) == (5, "", "UNAVAILABLE")
+    assert "if the server uses TLS, pass --tls" in error["message"]
+    assert took < 10, f"{took:.1f}s"
 
 
 def test_an_unavailable_answer_from_the_server_gets_no_tls_hint() -> None:
