@@ -257,9 +257,9 @@ def _command(parent: Any, name: str, help: str, description: str) -> argparse.Ar
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trainwire.client.cli import add_user_commands, exit_codes_epilog
+    from trainwire.client.cli import ArgumentParser, add_user_commands, exit_codes_epilog
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="trainwire",
         description=__doc__,
         # One table of exit codes for the operator and the user commands alike.
@@ -419,7 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from trainwire.client.cli import parse_arguments
+
+    args = parse_arguments(build_parser(), argv)
     try:
         return int(args.handler(args))
     except BrokenPipeError:  # stdout's reader went away (`| head`): no error of the command

@@ -482,6 +482,36 @@ def test_help_lists_the_exit_codes_of_the_readmes_table(
             assert f"{code} {meaning}" in shown, command
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["datasets", "list", "--timeout", "abc"], "argument --timeout: invalid float value"),
+        (["jobs", "list", "--state", "bogus"], "argument --state: invalid choice: 'BOGUS'"),
+        (["predict", "X"], "the following arguments are required: --input/-i"),
+        (["status", "--bad"], "unrecognized arguments: --bad"),
+    ],
+)
+def test_a_command_line_mistake_with_json_is_a_json_error(
+    capsys: pytest.CaptureFixture[str], argv: list[str], said: str
+) -> None:
+    """argparse's usage text came out instead of the documented JSON error."""
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--json"])
+    out, err = capsys.readouterr()
+    error = json.loads(err)["error"]
+    assert exited.value.code == 2 and out == ""
+    assert (error["code"], error["exit_code"], error["field_violations"]) == (
+        "INVALID_ARGUMENT",
+        2,
+        [],
+    )
+    assert said in error["message"] and "--help` lists its arguments" in error["message"]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)  # without --json, argparse's usage and message
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.startswith("usage: trainwire")
+
+
 def test_predict_help_names_every_checkpoint_selector(capsys: pytest.CaptureFixture[str]) -> None:
     """--checkpoint listed "latest (default), best, epoch/N" alone, though a full checkpoint name
     is taken too."""
