@@ -547,6 +547,26 @@ def test_a_watch_of_a_server_never_reached_fails_as_other_commands_do(
     assert took < 10, f"{took:.1f}s"
 
 
+def test_a_tls_failure_with_json_leaves_stderr_the_json_error() -> None:
+    """gRPC's own log lines (`I1128 ... ssl_transport_security.cc ... Handshake failed`) came
+    before the JSON error of a TLS client against a plaintext server: stderr was not JSON."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    environment = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "trainwire.server.cli", "datasets", "list", "--tls", "system",
+             "--target", f"127.0.0.1:{port}", "--timeout", "1", "--json"],
+            capture_output=True, text=True, timeout=60, env=environment,
+        )  # fmt: skip
+    finally:
+        server.stop(None)
+    error = json.loads(result.stderr)["error"]
+    assert result.returncode == 5 and "handshake failed" in error["message"].lower()
+    assert "check too that the server serves TLS" in error["message"]
+
+
 def test_an_unavailable_answer_from_the_server_gets_no_tls_hint() -> None:
     # The server was reached over plaintext and answered UNAVAILABLE itself (its database is
     # down): nothing about TLS would help.
