@@ -504,7 +504,7 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
         self._stream: grpc.aio.UnaryStreamCall[jobs_pb2.WatchJobRequest, jobs_pb2.JobEvent] | None
         self._stream = None
         self._events: AsyncIterator[jobs_pb2.JobEvent] | None = None
-        self._outage = Outage(f"watching {name}", client.watch_reconnect_s)
+        self._outage = Outage(f"watching {name}", client.watch_reconnect_s, reached=False)
         self._closed = False
 
     def __aiter__(self) -> AsyncJobWatch:
@@ -562,7 +562,8 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
             raise from_rpc_error(error) from None
         if opened:  # a new outage begins; the backoff goes on (see `JobWatch._recover`)
             self._outage.since = None
-        delay = self._outage.next_delay(code, details)
+            self._outage.reached = True
+        delay = self._outage.next_delay(from_rpc_error(error))
         late = self._deadline is not None and time.monotonic() + delay >= self._deadline
         if late and self.timeout is not None:
             raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None
@@ -612,7 +613,7 @@ class AsyncJob:
         from .client import _update_bar
 
         started = time.monotonic()
-        outage = Outage(f"waiting for {self.name}", self.client.watch_reconnect_s)
+        outage = Outage(f"waiting for {self.name}", self.client.watch_reconnect_s, reached=True)
         status = self.last_status
         bar = None
         if progress:
@@ -626,7 +627,7 @@ class AsyncJob:
                 except TrainwireError as error:
                     if not reconnectable(error.code, error.message):
                         raise
-                    delay = outage.next_delay(error.code, error.message)
+                    delay = outage.next_delay(error)
                 else:
                     outage.ended()
                     if bar is not None:

@@ -21,7 +21,7 @@ import signal
 import sys
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -516,6 +516,39 @@ def _report(
             print(f"  {field}: {description}", file=sys.stderr)
 
 
+class UsageError(Exception):
+    """A mistake on the command line, as argparse found it (see `ArgumentParser`)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser (its subcommands' too), whose mistakes `parse_arguments` reports."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self, message)
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> Any:
+    """`parser.parse_args(argv)`. A mistake exits 2 after argparse's usage and message or, with
+    --json anywhere on the command line, after the commands' JSON error (INVALID_ARGUMENT)."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return parser.parse_args(arguments)
+    except UsageError as error:
+        prog = error.parser.prog
+        if "--json" in arguments:
+            message = f"{prog}: {error.message}; `{prog} --help` lists its arguments"
+            _report(argparse.Namespace(json=True), "INVALID_ARGUMENT", message, [], USAGE)
+        else:  # as argparse itself says it
+            error.parser.print_usage(sys.stderr)
+            print(f"{prog}: error: {error.message}", file=sys.stderr)
+        sys.exit(USAGE)
+
+
 def _connection_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--target", help="server address (TRAINWIRE_TARGET, localhost:50051)")
@@ -660,9 +693,9 @@ def stdout_closed() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The user commands alone (the full `trainwire` command is `trainwire.server.cli`)."""
-    parser = argparse.ArgumentParser(prog="trainwire")
+    parser = ArgumentParser(prog="trainwire")
     add_user_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     try:
         return int(args.handler(args))
     except BrokenPipeError:
@@ -671,10 +704,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 __all__ = [
     "EXIT_CODES",
+    "ArgumentParser",
     "add_user_commands",
     "exit_code",
     "exit_codes_epilog",
     "main",
+    "parse_arguments",
     "stdout_closed",
     "table",
 ]

@@ -45,7 +45,7 @@ from .results import (
     ModelInfo,
     Prediction,
 )
-from .retry import RetryPolicy, watch_was_open
+from .retry import RECONNECT_WINDOW_S, RetryPolicy, watch_was_open
 from .rpc import (
     Pem,
     Rpc,
@@ -216,28 +216,37 @@ def watch_timed_out(name: str, timeout: float, last_sequence: int) -> TimedOut:
 class Outage:
     """A server outage that a watch or `Job.wait` rides out: when it began, and the backoff
     before the next try (doubling from 0.1 s to 2 s, with jitter). It gives up once the server
-    has been unreachable for longer than `limit_s` (`Client(watch_reconnect_s=)`)."""
+    has been unreachable for longer than `limit_s` (`Client(watch_reconnect_s=)`), or, while
+    the server has never been `reached`, after `RECONNECT_WINDOW_S` as a unary call does: a
+    watch of a server that is down or refuses the connection (a TLS handshake) fails within
+    seconds, with the same `Unavailable`."""
 
-    def __init__(self, doing: str, limit_s: float) -> None:
+    def __init__(self, doing: str, limit_s: float, *, reached: bool) -> None:
         self.doing = doing  # "watching jobs/…", for the error
         self.limit_s = limit_s
+        self.reached = reached
         self.since: float | None = None
         self.failures = 0
 
     def ended(self) -> None:
         """The server answered: the next failure begins a new outage, backing off from 0.1 s."""
         self.since, self.failures = None, 0
+        self.reached = True
 
-    def next_delay(self, code: grpc.StatusCode | None, details: str) -> float:
-        """Seconds to wait before trying again after a `reconnectable` failure; `Unavailable`
-        once the outage has lasted longer than `limit_s`."""
+    def next_delay(self, error: TrainwireError) -> float:
+        """Seconds to wait before trying again after a `reconnectable` failure. Raises `error`
+        once a server never reached has failed for `RECONNECT_WINDOW_S`, and `Unavailable` once
+        an outage has lasted longer than `limit_s`."""
         now = time.monotonic()
         self.since = self.since or now
+        if not self.reached and now - self.since > RECONNECT_WINDOW_S:
+            raise error from None
         if now - self.since > self.limit_s:
             raise Unavailable(
-                f"{self.doing}: the server stayed unreachable for {self.limit_s:g}s ({details}); "
-                f"check that it runs, or give Client(watch_reconnect_s=) a longer outage",
-                code,
+                f"{self.doing}: the server stayed unreachable for {self.limit_s:g}s "
+                f"({error.message}); check that it runs and that this machine reaches it, then "
+                f"try again",
+                error.code,
             ) from None
         self.failures = min(self.failures + 1, MAX_BACKOFF_DOUBLINGS)
         return min(0.05 * 2**self.failures, 2.0) * random.uniform(0.5, 1.0)
@@ -720,7 +729,9 @@ class JobWatch(Iterator[JobEvent]):
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._stream: grpc.CallIterator[jobs_pb2.JobEvent] | None = None
         self._events: Iterator[jobs_pb2.JobEvent] | None = None
-        self._outage = Outage(f"watching {name}", client.watch_reconnect_s)
+        # Until a stream has opened, the server may never have been reached: the watch then
+        # fails as a unary call does (see `Outage`).
+        self._outage = Outage(f"watching {name}", client.watch_reconnect_s, reached=False)
         self._closed = False
 
     def __iter__(self) -> JobWatch:
@@ -780,7 +791,8 @@ class JobWatch(Iterator[JobEvent]):
         # opens streams and drops them at once is not re-dialled every 50 ms.
         if opened:
             self._outage.since = None
-        delay = self._outage.next_delay(code, details)
+            self._outage.reached = True
+        delay = self._outage.next_delay(from_rpc_error(error))
         late = self._deadline is not None and time.monotonic() + delay >= self._deadline
         if late and self.timeout is not None:
             raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None
@@ -830,7 +842,9 @@ class Job:
         started = time.monotonic()
         # A server restart is ridden out as a watch rides it out, not given up once one poll's
         # retries (about 1.5 s) are spent.
-        outage = Outage(f"waiting for {self.name}", self.client.watch_reconnect_s)
+        # The status it starts from came from the server: it was reached, so even a first poll
+        # that fails is an outage to ride out (a server restarting just after `create_job`).
+        outage = Outage(f"waiting for {self.name}", self.client.watch_reconnect_s, reached=True)
         status = self.last_status
         bar = None
         if progress:
@@ -844,7 +858,7 @@ class Job:
                 except TrainwireError as error:
                     if not reconnectable(error.code, error.message):
                         raise
-                    delay = outage.next_delay(error.code, error.message)
+                    delay = outage.next_delay(error)
                 else:
                     outage.ended()
                     if bar is not None:

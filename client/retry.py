@@ -9,7 +9,8 @@ except `UploadDataset` (`CreateJob` always carries a `request_id`, so a retry ca
 jobs). A delete whose answer was lost may find its resource gone when retried: NOT_FOUND on a
 retry of `DeleteJob` or `DeleteDataset` counts as deleted.
 
-A reconnecting watch gives up after `watch_reconnect_s` without an open stream. The server marks
+A reconnecting watch gives up after `watch_reconnect_s` without an open stream, and one that has
+never opened a stream after `RECONNECT_WINDOW_S`, as a call does. The server marks
 a WatchJob stream as open with `WATCH_OPENED` in its initial metadata once it has found the job,
 so a watch of a quiet job (no event for longer than that) still counts its outage from the
 connection it lost, not from its last event.

@@ -4,16 +4,34 @@ the user commands of `trainwire.client.cli` (datasets, jobs, predict)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import Settings
-from .errors import TrainwireError
+# Nothing here imports grpc before `main` has set GRPC_VERBOSITY (see `_quiet_grpc`).
+if TYPE_CHECKING:
+    from .config import Settings
+
+# The commands of `trainwire.client.cli.add_user_commands`.
+USER_COMMANDS = ("datasets", "jobs", "predict")
+
+
+def _quiet_grpc(arguments: Sequence[str]) -> None:
+    """Keeps gRPC's own log lines (`I1128 ... ssl_transport_security.cc ... Handshake failed`,
+    once per connection attempt) off a user command's stderr, where they came before its message
+    and broke its --json error: that message already says what failed (gRPC's status details)
+    and what to check. GRPC_VERBOSITY=ERROR, unless the user set it; gRPC reads it once, when it
+    is imported, so not in a process that has imported it already. Servers and workers keep
+    gRPC's logging, which operators read."""
+    if arguments[:1] and arguments[0] in USER_COMMANDS and "grpc" not in sys.modules:
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from .config import Settings
+
     return Settings.from_env(
         # Only `serve` serves TLS, with its key; `health` and `status --target` probe a server
         # with its certificate alone (and show it, with its key when they have it, to a server
@@ -257,9 +275,9 @@ def _command(parent: Any, name: str, help: str, description: str) -> argparse.Ar
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trainwire.client.cli import add_user_commands, exit_codes_epilog
+    from trainwire.client.cli import ArgumentParser, add_user_commands, exit_codes_epilog
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="trainwire",
         description=__doc__,
         # One table of exit codes for the operator and the user commands alike.
@@ -429,7 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    _quiet_grpc(arguments)  # first: the imports below load grpc
+    from trainwire.client.cli import parse_arguments
+
+    from .errors import TrainwireError
+
+    args = parse_arguments(build_parser(), arguments)
     try:
         return int(args.handler(args))
     except BrokenPipeError:  # stdout's reader went away (`| head`): no error of the command

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -535,6 +536,36 @@ def test_help_lists_the_exit_codes_of_the_readmes_table(
             assert f"{code} {meaning}" in shown, command
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["datasets", "list", "--timeout", "abc"], "argument --timeout: invalid float value"),
+        (["jobs", "list", "--state", "bogus"], "argument --state: invalid choice: 'BOGUS'"),
+        (["predict", "X"], "the following arguments are required: --input/-i"),
+        (["status", "--bad"], "unrecognized arguments: --bad"),
+    ],
+)
+def test_a_command_line_mistake_with_json_is_a_json_error(
+    capsys: pytest.CaptureFixture[str], argv: list[str], said: str
+) -> None:
+    """argparse's usage text came out instead of the documented JSON error."""
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--json"])
+    out, err = capsys.readouterr()
+    error = json.loads(err)["error"]
+    assert exited.value.code == 2 and out == ""
+    assert (error["code"], error["exit_code"], error["field_violations"]) == (
+        "INVALID_ARGUMENT",
+        2,
+        [],
+    )
+    assert said in error["message"] and "--help` lists its arguments" in error["message"]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)  # without --json, argparse's usage and message
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.startswith("usage: trainwire")
+
+
 def test_predict_help_names_every_checkpoint_selector(capsys: pytest.CaptureFixture[str]) -> None:
     """--checkpoint listed "latest (default), best, epoch/N" alone, though a full checkpoint name
     is taken too."""
@@ -553,6 +584,41 @@ def test_an_unreachable_server_gets_the_hint_that_fits_the_client_s_tls() -> Non
     code, _, err = main_unreachable("--tls", "system")
     assert code == 5 and "unavailable" in err and "if the server uses TLS" not in err
     assert "pass --client-cert CERT and --client-key KEY" in err
+
+
+def test_a_watch_of_a_server_never_reached_fails_as_other_commands_do(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`jobs watch` of a server that is down printed nothing for five minutes, then told the
+    user to pass `Client(watch_reconnect_s=)`: it fails within seconds, with the usual hint."""
+    started = time.monotonic()
+    code = main(["jobs", "watch", "abc", "--target", "127.0.0.1:9", "--json"])
+    took = time.monotonic() - started
+    out, err = capsys.readouterr()
+    error = json.loads(err)["error"]
+    assert (code, out, error["code"]) == (5, "", "UNAVAILABLE")
+    assert "if the server uses TLS, pass --tls" in error["message"]
+    assert took < 10, f"{took:.1f}s"
+
+
+def test_a_tls_failure_with_json_leaves_stderr_the_json_error() -> None:
+    """gRPC's own log lines (`I1128 ... ssl_transport_security.cc ... Handshake failed`) came
+    before the JSON error of a TLS client against a plaintext server: stderr was not JSON."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    environment = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "trainwire.server.cli", "datasets", "list", "--tls", "system",
+             "--target", f"127.0.0.1:{port}", "--timeout", "1", "--json"],
+            capture_output=True, text=True, timeout=60, env=environment,
+        )  # fmt: skip
+    finally:
+        server.stop(None)
+    error = json.loads(result.stderr)["error"]
+    assert result.returncode == 5 and "handshake failed" in error["message"].lower()
+    assert "check too that the server serves TLS" in error["message"]
 
 
 def test_an_unavailable_answer_from_the_server_gets_no_tls_hint() -> None:

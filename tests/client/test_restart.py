@@ -186,8 +186,10 @@ def test_wait_gives_up_after_watch_reconnect_s_of_outage(
         features, labels = blobs()
         job = client.create_job(client.upload_dataset(features, labels), MODEL, epochs=5)
         proxy.cut()
-        with pytest.raises(Unavailable, match=f"waiting for {job.name}: the server stayed"):
+        with pytest.raises(Unavailable, match=f"waiting for {job.name}: the server stayed") as e:
             job.wait(60, poll_interval=0.1)
+    # Said to CLI users too, who have no Client to pass watch_reconnect_s to.
+    assert "then try again" in e.value.message and "Client(" not in e.value.message
 
 
 def test_async_wait_rides_out_an_outage_as_a_watch_does(
@@ -297,3 +299,30 @@ def test_a_call_to_a_server_that_stays_down_fails_within_seconds(
     took = time.monotonic() - started
     assert took >= RECONNECT_WINDOW_S, "retried for as long as the channel may wait to reconnect"
     assert took < 10, f"{took:.1f}s: a down server fails well before the call's 30 s timeout"
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_watch_of_a_server_never_reached_fails_as_a_call_does(
+    proxied_server: tuple[LocalServer, TcpProxy], asynchronous: bool
+) -> None:
+    """A watch that never opened a stream (a server down, a refused TLS handshake) waited out
+    watch_reconnect_s in silence (5 minutes by default): it raises a call's `Unavailable`."""
+    _, proxy = proxied_server
+    target = f"127.0.0.1:{proxy.port}"
+    proxy.cut()
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="failed to connect to all addresses"):
+        if asynchronous:
+
+            async def watch() -> None:
+                async with AsyncClient(target, timeout=30, watch_reconnect_s=60) as client:
+                    async for _ in client.watch_job("jobs/" + "a" * 32):
+                        pass
+
+            asyncio.run(watch())
+        else:
+            with Client(target, timeout=30, watch_reconnect_s=60) as client:
+                list(client.watch_job("jobs/" + "a" * 32))
+    took = time.monotonic() - started
+    assert took >= RECONNECT_WINDOW_S, "retried for as long as a call is"
+    assert took < 10, f"{took:.1f}s: a server never reached fails as a call to it does"
