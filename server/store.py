@@ -123,6 +123,11 @@ def _dataset(row: DatasetRow) -> Dataset:
     )
 
 
+def new_claim_token() -> str:
+    """A fencing token for a claim's lease: random, so a stale holder can never match it."""
+    return secrets.token_hex(16)
+
+
 def _job(row: Any) -> Job:
     """A Job record from an ORM row or a RETURNING row (same attribute names)."""
     return Job(
@@ -607,17 +612,23 @@ class Store:
     # --- the queue ----------------------------------------------------------------------------
 
     def claim_job(
-        self, worker_id: str, queues: Sequence[str] | None = None, lease_s: float = 30.0
+        self,
+        worker_id: str,
+        queues: Sequence[str] | None = None,
+        lease_s: float = 30.0,
+        token: str | None = None,
     ) -> Claim | None:
         """Takes the best runnable job in one statement, or returns None.
 
         PostgreSQL locks the candidate row with FOR UPDATE SKIP LOCKED, so concurrent workers
         never wait on or take the same job; SQLite serialises writers with BEGIN IMMEDIATE. The
-        lease runs out `lease_s` after the database's clock, and a fresh fencing token is issued.
+        lease runs out `lease_s` after the database's clock, with `token` (a fresh one by
+        default) as its fencing token: a caller whose claim failed unanswered finds by it, with
+        `claimed_with`, the job it may have taken.
         """
         params: dict[str, Any] = {
             "p_worker": worker_id,
-            "p_token": secrets.token_hex(16),
+            "p_token": token or new_claim_token(),
             "p_now": utcnow(),
             **_lease_params(self.db.is_sqlite, lease_s),
         }
@@ -632,6 +643,16 @@ class Store:
             message = f"running on {worker_id} (attempt {row.attempt})"
             self._append_event(session, row.id, row.state, row.attempt, message)
             return Claim(job=_job(row), token=params["p_token"])
+
+    def claimed_with(self, token: str) -> Claim | None:
+        """The job a claim with `token` took and still holds, if any: a claim whose commit
+        reached the database but whose answer was lost (the connection dropped) left its job
+        RUNNING under a lease nobody renews until it lapses; its worker takes it back by this."""
+        with self.db.read() as session:
+            row = session.execute(select(JobRow).where(JobRow.lease_token == token)).scalar()
+            if row is None or JobState(row.state) is not JobState.RUNNING:
+                return None
+            return Claim(job=_job(row), token=token)
 
     def _db_now(self) -> Any:
         """The clock leases are measured by: the database's on PostgreSQL (shared by every

@@ -38,7 +38,13 @@ from .metrics import (
     serve_metrics,
 )
 from .records import Checkpoint, Claim, JobState, MetricValue
-from .store import CANCELLED_BY_REQUEST, DEFAULT_KEEP_CHECKPOINTS, LeaseLost, Store
+from .store import (
+    CANCELLED_BY_REQUEST,
+    DEFAULT_KEEP_CHECKPOINTS,
+    LeaseLost,
+    Store,
+    new_claim_token,
+)
 from .training import build_model, build_trainer, validation_rows
 from .wakeup import Wakeup
 
@@ -429,6 +435,8 @@ class Worker:
         self.last_rescue = 0.0
         self.current_job: str | None = None
         self.jobs_done = 0
+        # The token of a claim that failed unanswered: it may have taken a job (see `run_once`).
+        self.unanswered_claim: str | None = None
 
     def run_forever(self) -> None:
         log.info("worker %s started (queues: %s)", self.worker_id, self.queues or "all")
@@ -465,6 +473,25 @@ class Worker:
                 self.store.worker_stopped(self.worker_id)
         log.info("worker %s stopped", self.worker_id)
 
+    def _claim(self) -> Claim | None:
+        """A claimed job, or None. A claim whose connection dropped may have committed all the
+        same (the database took the job; its answer was lost): its job would stay RUNNING under
+        a lease nobody renews, then be rescued as a lost worker's, an attempt spent. So the
+        claim's token is kept until an answer comes, and the next round first takes back the
+        job that holds it, if one does."""
+        if self.unanswered_claim is not None:
+            claim = self.store.claimed_with(self.unanswered_claim)
+            self.unanswered_claim = None
+            if claim is not None:
+                log.info("jobs/%s was claimed before the database went away", claim.job.id)
+                return claim
+        self.unanswered_claim = new_claim_token()
+        claim = self.store.claim_job(
+            self.worker_id, self.queues, self.settings.lease_s, self.unanswered_claim
+        )
+        self.unanswered_claim = None
+        return claim
+
     def report(self) -> None:
         """Tells the database this worker is alive and what it is doing."""
         self.store.worker_seen(
@@ -488,7 +515,7 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claims and runs one job; False when the queue was empty."""
-        claim = self.store.claim_job(self.worker_id, self.queues, self.settings.lease_s)
+        claim = self._claim()
         if claim is None:
             return False
         job_id = claim.job.id

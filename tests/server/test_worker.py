@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 from trainwire.engine import Trainer, load_state, save_state
 from trainwire.server import worker
 from trainwire.server.config import Settings
+from trainwire.server.errors import Unavailable
 from trainwire.server.models import CheckpointBlobRow
 from trainwire.server.predictions import PredictionService
 from trainwire.server.records import Claim, Dataset, Job, JobState, NewJob, TaskKind
@@ -354,6 +355,34 @@ def test_a_worker_outlives_an_unexpected_database_error_and_claims_again(
     Worker(store, settings, "test-worker", stop).run_forever()
     assert len(claims) == 3
     assert store.get_job(job.id).state is JobState.SUCCEEDED
+
+
+def test_a_claim_whose_answer_was_lost_runs_its_job_in_the_same_attempt(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database took the job, then the connection dropped before the worker heard: the job
+    stayed RUNNING under a lease nobody renewed, until it was rescued as a lost worker's and run
+    again as attempt 2 (seen in CI: a worker's first claim met a database outage)."""
+    job = submit(store, regression_dataset(store))
+    claim_job = store.claim_job
+    answers_lost = []
+
+    def claim_then_lose_the_answer(*args: Any, **kwargs: Any) -> Claim | None:
+        claim = claim_job(*args, **kwargs)
+        if not answers_lost:
+            answers_lost.append(claim)
+            raise Unavailable("The database is unreachable; try again shortly")
+        return claim
+
+    monkeypatch.setattr(store, "claim_job", claim_then_lose_the_answer)
+    worker_ = Worker(store, Settings(database_url=database_url), "test-worker", threading.Event())
+    with pytest.raises(Unavailable):
+        worker_.run_once()
+    assert answers_lost[0] is not None and store.get_job(job.id).state is JobState.RUNNING
+    assert worker_.run_once()  # the job it had taken, not a claim of another
+    finished = store.get_job(job.id)
+    assert (finished.state, finished.attempt) == (JobState.SUCCEEDED, 1)
+    assert len(answers_lost) == 1  # the second round claimed nothing new
 
 
 def test_a_worker_busy_with_a_long_job_is_not_reported_lost(
