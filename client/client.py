@@ -841,9 +841,9 @@ class Job:
         """
         started = time.monotonic()
         # A server restart is ridden out as a watch rides it out, not given up once one poll's
-        # retries (about 1.5 s) are spent.
-        # The status it starts from came from the server: it was reached, so even a first poll
-        # that fails is an outage to ride out (a server restarting just after `create_job`).
+        # retries (RECONNECT_WINDOW_S) are spent. The status it starts from came from the
+        # server: it was reached, so even a first poll that fails is an outage to ride out (a
+        # server restarting just after `create_job`).
         outage = Outage(f"waiting for {self.name}", self.client.watch_reconnect_s, reached=True)
         status = self.last_status
         bar = None
