@@ -90,6 +90,11 @@ class ClientClosed(FailedPrecondition, ValueError):
         )
 
 
+class NoMetrics(FailedPrecondition, ValueError):
+    """`Job.plot()` of a job without metrics yet: nothing to plot (FAILED_PRECONDITION; a
+    ValueError too, as it was before it had this class)."""
+
+
 class ResourceExhausted(TrainwireError):
     """A limit was reached: a configured maximum or a busy server (RESOURCE_EXHAUSTED)."""
 

@@ -16,16 +16,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-from .errors import FailedPrecondition
+from .errors import NoMetrics
 
 # What each format's file takes of the metadata: PNG any text (the curves too), the vector formats
 # a title alone, the other bitmaps nothing. pgf (LaTeX code, not a picture) is not offered.
 TITLED_FORMATS = frozenset({"pdf", "svg", "svgz", "eps", "ps"})
-
-
-class NoMetrics(FailedPrecondition, ValueError):
-    """A job without metrics yet has nothing to plot (FAILED_PRECONDITION; a ValueError as it
-    was)."""
 
 
 def _families(metrics: Mapping[str, np.ndarray]) -> dict[str, list[str]]:
