@@ -40,18 +40,17 @@ from .client import (
     DEFAULT_MESSAGE_BYTES,
     DEFAULT_TARGET,
     Client,
+    JobWaiting,
     Outage,
     env_settings,
     is_gone,
     may_have_run,
     reconnectable,
     upload_bar,
-    wait_timed_out,
     watch_timed_out,
 )
 from .errors import (
     ClientClosed,
-    JobFailed,
     NotFound,
     TrainwireError,
     from_rpc_error,
@@ -610,43 +609,24 @@ class AsyncJob:
     ) -> JobStatus:
         """Waits until the job finishes, riding out server outages (see `Job.wait`); raises
         JobFailed or `TimedOut`."""
-        from .client import _update_bar
-
-        started = time.monotonic()
-        outage = Outage(f"waiting for {self.name}", self.client.watch_reconnect_s, reached=True)
-        status = self.last_status
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.last_status.total_epochs or None, unit="epoch", desc=self.name)
+        waiting = JobWaiting(
+            self.name, self.last_status, self.client.watch_reconnect_s, timeout, poll_interval,
+            progress,
+        )  # fmt: skip
         try:
             while True:
+                delay: float | None
                 try:
                     status = await self.status()
                 except TrainwireError as error:
-                    if not reconnectable(error.code, error.message):
-                        raise
-                    delay = outage.next_delay(error)
+                    delay = waiting.failed(error)
                 else:
-                    outage.ended()
-                    if bar is not None:
-                        _update_bar(bar, status)
-                    if status.finished:
-                        break
-                    delay = poll_interval
-                if timeout is not None:
-                    left = started + timeout - time.monotonic()
-                    if left <= 0:
-                        raise wait_timed_out(self.name, status.state, timeout)
-                    delay = min(delay, left)  # one last poll at the deadline
+                    delay = waiting.polled(status)
+                if delay is None:
+                    return waiting.result()
                 await asyncio.sleep(delay)
         finally:
-            if bar is not None:
-                bar.close()
-        if status.state == "FAILED":
-            raise JobFailed(f"{self.name} failed: {status.error}", status)
-        return status
+            waiting.close()
 
     def watch(
         self, after_sequence: int = 0, *, timeout: float | None = None, reconnect: bool = True

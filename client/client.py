@@ -808,6 +808,70 @@ class JobWatch(Iterator[JobEvent]):
         self._stream = self._events = None
 
 
+class JobWaiting:
+    """The decisions of one `Job.wait` or `AsyncJob.wait`, which differ only in how they poll
+    and sleep: after each poll, finished or the wait before the next one; the progress bar; the
+    outage ridden out; the timeout."""
+
+    def __init__(
+        self,
+        name: str,
+        status: JobStatus,
+        reconnect_s: float,
+        timeout: float | None,
+        poll_interval: float,
+        progress: bool,
+    ) -> None:
+        self.name = name
+        self.status = status  # the latest
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+        self.started = time.monotonic()
+        # A server restart is ridden out as a watch rides it out, not given up once one poll's
+        # retries (RECONNECT_WINDOW_S) are spent. The status it starts from came from the
+        # server: it was reached, so even a first poll that fails is an outage to ride out (a
+        # server restarting just after `create_job`).
+        self.outage = Outage(f"waiting for {name}", reconnect_s, reached=True)
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.status.total_epochs or None, unit="epoch", desc=self.name)
+
+    def polled(self, status: JobStatus) -> float | None:
+        """None once `status` is final, else the wait before the next poll."""
+        self.status = status
+        self.outage.ended()
+        if self.bar is not None:
+            _update_bar(self.bar, status)
+        return None if status.finished else self._within_timeout(self.poll_interval)
+
+    def failed(self, error: TrainwireError) -> float:
+        """The wait before the next poll after a poll that failed: an outage is ridden out,
+        anything else raised."""
+        if not reconnectable(error.code, error.message):
+            raise error
+        return self._within_timeout(self.outage.next_delay(error))
+
+    def _within_timeout(self, delay: float) -> float:
+        if self.timeout is None:
+            return delay
+        left = self.started + self.timeout - time.monotonic()
+        if left <= 0:
+            raise wait_timed_out(self.name, self.status.state, self.timeout)
+        return min(delay, left)  # one last poll at the deadline
+
+    def result(self) -> JobStatus:
+        """The final status; JobFailed if the job FAILED."""
+        if self.status.state == "FAILED":
+            raise JobFailed(f"{self.name} failed: {self.status.error}", self.status)
+        return self.status
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 class Job:
     """A handle on one training job: follow it, read its results, predict with it."""
 
@@ -839,45 +903,24 @@ class Job:
         outage is ridden out as a watch rides it out: `Unavailable` after `watch_reconnect_s`
         without reaching the server.
         """
-        started = time.monotonic()
-        # A server restart is ridden out as a watch rides it out, not given up once one poll's
-        # retries (RECONNECT_WINDOW_S) are spent. The status it starts from came from the
-        # server: it was reached, so even a first poll that fails is an outage to ride out (a
-        # server restarting just after `create_job`).
-        outage = Outage(f"waiting for {self.name}", self.client.watch_reconnect_s, reached=True)
-        status = self.last_status
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.last_status.total_epochs or None, unit="epoch", desc=self.name)
+        waiting = JobWaiting(
+            self.name, self.last_status, self.client.watch_reconnect_s, timeout, poll_interval,
+            progress,
+        )  # fmt: skip
         try:
             while True:
+                delay: float | None
                 try:
                     status = self.status()
                 except TrainwireError as error:
-                    if not reconnectable(error.code, error.message):
-                        raise
-                    delay = outage.next_delay(error)
+                    delay = waiting.failed(error)
                 else:
-                    outage.ended()
-                    if bar is not None:
-                        _update_bar(bar, status)
-                    if status.finished:
-                        break
-                    delay = poll_interval
-                if timeout is not None:
-                    left = started + timeout - time.monotonic()
-                    if left <= 0:
-                        raise wait_timed_out(self.name, status.state, timeout)
-                    delay = min(delay, left)  # one last poll at the deadline
+                    delay = waiting.polled(status)
+                if delay is None:
+                    return waiting.result()
                 time.sleep(delay)
         finally:
-            if bar is not None:
-                bar.close()
-        if status.state == "FAILED":
-            raise JobFailed(f"{self.name} failed: {status.error}", status)
-        return status
+            waiting.close()
 
     def watch(
         self, after_sequence: int = 0, *, timeout: float | None = None, reconnect: bool = True
