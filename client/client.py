@@ -434,6 +434,14 @@ class Client:
                 targets = np.asarray(targets)
             table = read_dataset(features, targets, target_column)
             x, y = table.features, table.targets
+            if task == "regression" and table.class_names:
+                raise ValueError(
+                    f"the targets of {str(features)!r} are words ({len(table.class_names)} "
+                    f"classes: {', '.join(table.class_names[:5])}"
+                    f"{', ...' if len(table.class_names) > 5 else ''}), which a regression "
+                    "cannot learn: leave the task out (a classification), or pick a column of "
+                    "numbers as the target"
+                )
             feature_names = feature_names or table.feature_names
             class_names = class_names or table.class_names
             name = name or Path(features).stem

@@ -148,6 +148,11 @@ def prepare_upload(
     task = task or infer_task(y)
     if task not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}. Received: task={task!r}")
+    if task == "regression" and class_names:
+        raise ValueError(
+            "class_names name a classification's classes, and a regression has none: "
+            f"leave them out, or choose a classification task. Received: task={task!r}"
+        )
     x_bytes, y_bytes = to_tensor(x).data, to_tensor(y).data
     header = datasets_pb2.DatasetHeader(
         display_name=name,

@@ -81,6 +81,11 @@ class DatasetService:
         _check_finite("features", features)
         _check_finite("targets", targets)
         targets, num_classes = _check_targets(task, targets, header.num_classes)
+        if header.class_names and task is TaskKind.REGRESSION:
+            raise InvalidArgument.field(
+                "header.class_names",
+                "a regression has no classes: send class names only with a classification task",
+            )
         if header.class_names and len(header.class_names) != num_classes:
             raise InvalidArgument.field(
                 "header.class_names",

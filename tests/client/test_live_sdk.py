@@ -160,6 +160,20 @@ def test_a_reused_dataset_is_the_one_the_upload_would_create(client: Client) -> 
         client.delete_dataset(info.name)
 
 
+def test_a_regression_of_words_is_refused_before_the_upload(client: Client, tmp_path: Path) -> None:
+    """`task="regression"` on a CSV whose targets are words sent the words' class names with a
+    regression, and the server answered "has 3 names for 0 classes"."""
+    csv = tmp_path / "flowers.csv"
+    csv.write_text("a,species\n1.0,setosa\n2.0,versicolor\n3.0,virginica\n")
+    before = list(client.list_datasets())
+    with pytest.raises(ValueError, match=r"are words \(3 classes: setosa, versicolor, virginica\)"):
+        client.upload_dataset(csv, task="regression")
+    features, _ = blobs(6, seed=1)
+    with pytest.raises(ValueError, match="a regression has none"):
+        client.upload_dataset(features, features[:, 0], class_names=["x", "y"])
+    assert list(client.list_datasets()) == before
+
+
 def test_integer_features_and_small_integer_labels_are_uploaded(client: Client) -> None:
     features, labels = blobs(30, seed=4)
     counts = np.rint(features * 10).astype(np.int64)

@@ -101,3 +101,15 @@ def test_an_empty_label_key_is_refused_as_for_a_job(store: Store) -> None:
         "header.labels", "label keys must not be empty"
     )
     assert store.list_datasets(10, "")[0] == []
+
+
+def test_class_names_on_a_regression_are_refused_as_such(store: Store) -> None:
+    """It answered "has 3 names for 0 classes", which left a user who picked regression for a
+    column of words (the CLI's `--task regression` on iris) guessing."""
+    requests = upload(REGRESSION, TARGETS[REGRESSION])
+    requests[0].header.class_names.extend(["setosa", "versicolor", "virginica"])
+    with pytest.raises(InvalidArgument) as refused:
+        DatasetService(store, Settings()).upload(requests, "default")
+    assert refused.value.violations[0].field == "header.class_names"
+    assert "a regression has no classes" in refused.value.message
+    assert store.list_datasets(10, "")[0] == []
