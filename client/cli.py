@@ -39,6 +39,7 @@ from .results import STATES, JobStatus, ModelInfo, checkpoint_to_dict
 from .rpc import api_key_text, read_file
 
 OK, FAILED, USAGE, NOT_FOUND, PRECONDITION, UNREACHABLE, DENIED, LIMIT, CANCELLED = range(9)
+INTERRUPTED = 128 + signal.SIGINT  # Ctrl-C, as other Unix tools exit on it
 EXIT_CODES: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.INVALID_ARGUMENT: USAGE,
     grpc.StatusCode.NOT_FOUND: NOT_FOUND,
@@ -257,13 +258,23 @@ def _jobs_submit(client: Client, args: argparse.Namespace) -> int:
     if not (args.wait or args.watch):
         emit(args, job.last_status.to_dict(), f"{job.name}  {job.last_status.state}")
         return OK
-    if args.watch:
-        # As `jobs watch`: events alone, one per line (the JSON ones name the job).
-        return _watch(client, job.name, args)
     try:
-        status = job.wait(progress=not args.json)
-    except JobFailed:
-        status = job.last_status
+        if args.watch:
+            # As `jobs watch`: events alone, one per line (the JSON ones name the job).
+            return _watch(client, job.name, args)
+        try:
+            status = job.wait(progress=not args.json)
+        except JobFailed:
+            status = job.last_status
+    except KeyboardInterrupt:
+        # Ctrl-C stops the waiting, not the job: the user may not know its name yet.
+        job_id = job.name.split("/")[-1]
+        message = (
+            f"stopped waiting; {job.name} goes on on the server (`trainwire jobs watch {job_id}` "
+            f"follows it again, `trainwire jobs cancel {job_id}` stops it)"
+        )
+        _report(args, "CANCELLED", message, [], INTERRUPTED)
+        raise
     emit(args, status.to_dict(), _status_text(status))
     return _final_code(status)
 
@@ -497,7 +508,7 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
             _report(args, "FAILED_PRECONDITION", str(error), [], PRECONDITION)
             return PRECONDITION
         except KeyboardInterrupt:
-            return 130
+            return INTERRUPTED
 
     return run
 

@@ -26,6 +26,7 @@ from trainwire.client import (
     Client,
     DatasetInfo,
     Dense,
+    Job,
     JobEvent,
     JobStatus,
     NotFound,
@@ -122,6 +123,28 @@ def test_a_command_whose_reader_goes_away_ends_quietly(
     for result in (user_command, operator_command):
         assert result.returncode == 128 + signal.SIGPIPE, result.stderr
         assert result.stderr == "", "nothing to report: the reader chose to stop"
+
+
+@pytest.mark.parametrize("follow", ["--wait", "--watch"])
+def test_ctrl_c_while_submit_waits_names_the_job_that_goes_on(
+    cli: Cli, client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, follow: str
+) -> None:
+    """Ctrl-C during `jobs submit --wait` exited 130 in silence, leaving a job running whose
+    name the user had not seen yet."""
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Job, "wait", interrupted)
+    monkeypatch.setattr(Client, "watch_job", interrupted)
+    code, out, err = cli("jobs", "submit", str(write_spec(tmp_path, epochs=1)), follow)
+    assert code == 130 and out == ""
+    job = err.split("stopped waiting; ")[1].split()[0]
+    assert f"trainwire jobs cancel {job.split('/')[1]}" in err
+    assert client.job_status(job).state in ("QUEUED", "RUNNING", "SUCCEEDED"), "not cancelled"
+    code, _, err = cli("jobs", "submit", str(write_spec(tmp_path, epochs=1)), follow, "--json")
+    error = json.loads(err.splitlines()[-1])["error"]
+    assert code == 130 and error["exit_code"] == 130 and "goes on on the server" in error["message"]
 
 
 def test_datasets_commands(cli: Cli, tmp_path: Path) -> None:
