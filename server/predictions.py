@@ -159,18 +159,29 @@ class PredictionService:
         bytes (a job still training, checkpointing often) is resolved again from a fresh list.
         """
         job_id = parse_name(job_name, "jobs", "job")
-        job, checkpoints = self._job(job_id)
+        cached = self._cached_job(job_id)
+        fresh = cached is None
+        job, checkpoints = self._read_job(job_id) if cached is None else cached
         attempts = 1
         while True:
             self._check_project(job, project)
-            checkpoint = self.resolve(job, selector, checkpoints)
+            try:
+                checkpoint = self.resolve(job, selector, checkpoints)
+            except (NotFound, FailedPrecondition):
+                if fresh:
+                    raise
+                # The entry may be up to 2 TTLs old: a job that has ended or checkpointed
+                # since would be told to wait, or that its checkpoint does not exist. The
+                # database has the last word on a refusal.
+                (job, checkpoints), fresh = self._read_job(job_id), True
+                continue
             try:
                 return job, checkpoint, self.batcher(job, checkpoint)
             except NotFound:
                 if attempts == RESOLVE_ATTEMPTS:
                     raise
                 attempts += 1
-                job, checkpoints = self._read_job(job_id)
+                (job, checkpoints), fresh = self._read_job(job_id), True
 
     def _served_from_memory(self, job_name: str, selector: str, project: str) -> Served | None:
         """`served` when the job and the model are cached, else None; never blocks."""
@@ -179,7 +190,10 @@ class PredictionService:
             return None
         job, checkpoints = found
         self._check_project(job, project)
-        checkpoint = self.resolve(job, selector, checkpoints)
+        try:
+            checkpoint = self.resolve(job, selector, checkpoints)
+        except (NotFound, FailedPrecondition):
+            return None  # perhaps out of date: `served` reads the job before refusing
         batcher = self.cache.peek((job.id, checkpoint.id))
         return None if batcher is None else (job, checkpoint, batcher)
 

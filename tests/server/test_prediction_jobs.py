@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from trainwire.engine import Model
-from trainwire.server.errors import NotFound
+from trainwire.server.errors import FailedPrecondition, NotFound
 from trainwire.server.predictions import PredictionService
+from trainwire.server.records import JobState
 
 TTL_S = 1.0
 JOB = "a" * 32
@@ -143,3 +144,34 @@ def test_a_job_forgotten_during_its_refresh_stays_forgotten(
     _refreshes_finished(service)
     assert store.reads == 2
     assert JOB not in service._jobs, "the refresh did not bring the deleted job back"
+
+
+class EndingStore:
+    """A job the test ends, with no checkpoint: what a worker does between two cache reads."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.state = JobState.RUNNING
+
+    def get_job(self, job_id: str) -> Any:
+        self.reads += 1
+        return SimpleNamespace(id=job_id, project="default", state=self.state)
+
+    def list_checkpoints(self, job_id: str) -> list[Any]:
+        return []
+
+
+def test_a_refusal_from_a_cached_job_is_checked_with_the_database(now: list[float]) -> None:
+    """For up to 2 s after a job failed without a checkpoint, predictions were told to wait
+    for it to checkpoint (the cached job was still RUNNING), though waiting could not help."""
+    store: Any = EndingStore()
+    with ThreadPoolExecutor(2) as pool:
+        service = PredictionService(store, pool, 1 << 20, job_ttl_s=TTL_S, clock=lambda: now[0])
+        with pytest.raises(FailedPrecondition, match="has no checkpoint yet"):
+            service.served(f"jobs/{JOB}", "latest", "default")
+        assert store.reads == 1, "a job just read is not read again"
+        store.state = JobState.FAILED  # within the TTL: the cached entry is still RUNNING
+        assert service._served_from_memory(f"jobs/{JOB}", "latest", "default") is None
+        with pytest.raises(FailedPrecondition, match="ended FAILED without a checkpoint"):
+            service.served(f"jobs/{JOB}", "latest", "default")
+        assert store.reads == 2
