@@ -3,8 +3,9 @@
 Concurrent first requests for one checkpoint load it once: the first caller loads while the others
 wait on that checkpoint's lock, and every caller that waited is served what that load produced,
 even a model not kept (no room beside the pinned ones) or evicted since. A request arriving after
-the load finished finds only what the cache kept, so a model that is not kept is loaded again by
-the next request: the price of never holding more than the bound. A caller that waited is served
+the load finished finds only what the cache kept, so a model that is not kept (that, or one
+larger than the bound) is loaded again by the next request: the price of never holding more than
+the bound. A caller that waited is served
 its load's model even if `invalidate` (its job deleted) ran meanwhile, as a request that found
 the model cached just before would have been.
 
@@ -125,7 +126,9 @@ class ModelCache(Generic[Served]):
     def _keep(self, key: CacheKey, model: Served, size: int) -> bool:
         """Adds a model not cached, evicting the least recently used unpinned ones, unless it
         cannot fit beside the pinned ones; the caller holds the lock."""
-        if self._pinned_bytes and self._pinned_bytes + size > self.max_bytes:
+        # A model larger than the whole bound is never kept either: each request then loads it
+        # (the service logs the setting to raise).
+        if self._pinned_bytes + size > self.max_bytes:
             return False
         self._models[key] = (model, size)
         self._bytes += size

@@ -252,6 +252,13 @@ class PredictionService:
         every message with stays within the cache's bound however long the stream is open."""
         job, checkpoint, batcher = await self.resolve_served(job_name, selector, project)
         pin = self.cache.pin((job.id, checkpoint.id), batcher)
+        if pin is None and _batcher_bytes(batcher) > self.cache.max_bytes:
+            raise ResourceExhausted(
+                f"the model of jobs/{job.id}/checkpoints/{checkpoint.id} needs "
+                f"{_batcher_bytes(batcher)} bytes, more than the server's model cache holds "
+                f"(TRAINWIRE_MODEL_CACHE_BYTES={self.cache.max_bytes}); raise "
+                "TRAINWIRE_MODEL_CACHE_BYTES to stream predictions from it"
+            )
         if pin is None:
             # The caller may try again later: room comes back as streams end (neither SDK
             # retries a stream by itself).
@@ -365,6 +372,13 @@ class PredictionService:
                 }
             )
             classifier = TaskKind(job.target["task"]).is_classification
+            if model_bytes(model) > self.cache.max_bytes:
+                log.warning(
+                    "the model of jobs/%s/checkpoints/%d (%d bytes) is larger than "
+                    "TRAINWIRE_MODEL_CACHE_BYTES=%d, so it is not kept and each request for it "
+                    "loads it again; raise TRAINWIRE_MODEL_CACHE_BYTES",
+                    job.id, checkpoint.id, model_bytes(model), self.cache.max_bytes,
+                )  # fmt: skip
             return ModelBatcher(
                 model,
                 self.batch_rows,

@@ -22,6 +22,7 @@ from trainwire.client import (
     Job,
     ModelInfo,
     Prediction,
+    ResourceExhausted,
     Sequential,
     SpecError,
 )
@@ -208,6 +209,31 @@ def one_model_server(tmp_path: Path) -> Iterator[tuple[LocalServer, int]]:
     }
     with local_server(f"sqlite:///{tmp_path / 'trainwire.db'}", workers=1, extra_env=env) as server:
         yield server, metrics_port
+
+
+def test_a_model_larger_than_the_whole_cache_is_served_not_kept_and_never_streamed(
+    tmp_path: Path,
+) -> None:
+    """With no stream open, a model larger than TRAINWIRE_MODEL_CACHE_BYTES was kept and could
+    be pinned: the cache held more than its bound. It is now answered and not kept (the log
+    names the setting), and a stream is refused naming the bytes the model needs."""
+    env = {"TRAINWIRE_POLL_INTERVAL_S": "0.1", "TRAINWIRE_MODEL_CACHE_BYTES": "100"}
+    database = f"sqlite:///{tmp_path / 'trainwire.db'}"
+    with local_server(database, workers=1, extra_env=env) as server:
+        features, labels = blobs()
+        with Client(server.target, timeout=30) as client:
+            job = client.create_job(client.upload_dataset(features, labels), MODEL, epochs=1)
+            assert job.wait(timeout=60, poll_interval=0.1).state == "SUCCEEDED"
+            assert len(job.predict(features[:2]).outputs) == 2
+            assert len(job.predict(features[:2]).outputs) == 2
+            with pytest.raises(ResourceExhausted) as refused:
+                list(job.predict_stream([features[:2]]))
+        assert "needs 268 bytes, more than the server's model cache holds" in refused.value.message
+        assert "TRAINWIRE_MODEL_CACHE_BYTES=100" in refused.value.message
+        assert (
+            sum("is larger than TRAINWIRE_MODEL_CACHE_BYTES=100" in line for line in server.output)
+            >= 2
+        )
 
 
 def test_a_stream_holds_its_model_in_the_cache_until_it_ends_or_is_cancelled(

@@ -355,3 +355,14 @@ def test_a_model_is_sized_without_copying_its_weights() -> None:
     finally:
         tracemalloc.stop()
     assert peak < weights // 100
+
+
+def test_a_model_larger_than_the_bound_is_served_but_never_kept() -> None:
+    """With nothing pinned, a model larger than the whole bound was kept (and could then be
+    pinned), so the cache held more bytes than TRAINWIRE_MODEL_CACHE_BYTES allows."""
+    cache = ModelCache(MODEL_BYTES - 1, model_bytes)
+    model = cache.get(("job", 1), lambda: Model.from_spec(SPEC))
+    assert isinstance(model, Model) and cache._models == {} and cache._bytes == 0
+    assert cache.pin(("job", 1), model) is None, "a stream cannot hold it either"
+    cache.get(("job", 1), lambda: Model.from_spec(SPEC))
+    assert cache.loads == 2 and cache._bytes == 0
