@@ -76,9 +76,9 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_TOKEN_LENGTH = 256
 MAX_PAGE_SIZE = 1000
 DEFAULT_KEEP_CHECKPOINTS = 3
-# PostgreSQL NOTIFY channels: a job was enqueued (payload: its queue) / asked to cancel (its id).
+# The PostgreSQL NOTIFY channel of enqueued jobs (payload: the queue); a cancel is seen by the
+# worker's own poll of its job (about every 0.5 s), so it is not announced.
 JOBS_CHANNEL = "trainwire_jobs"
-CANCEL_CHANNEL = "trainwire_cancel"
 # Job.error of every CANCELLED job, however it got there.
 CANCELLED_BY_REQUEST = "cancelled by request"
 
@@ -734,7 +734,6 @@ class Store:
                 row.state = JobState.CANCELLING.value
                 row.updated_at = now
                 self._event_for(session, row, "cancel requested; stopping at the next batch")
-                self._notify(session, CANCEL_CHANNEL, row.id)
             elif state.is_finished:
                 raise FailedPrecondition(
                     f"jobs/{job_id} is already {state.value} and cannot be cancelled"
