@@ -223,9 +223,19 @@ def _datasets_list(client: Client, args: argparse.Namespace) -> int:
 def _datasets_show(client: Client, args: argparse.Namespace) -> int:
     info = client.get_dataset(_resource("datasets", args.dataset))
     document = info.to_dict()
-    human = "\n".join(f"{k + ':':<15}{v}" for k, v in document.items())
+    human = "\n".join(
+        f"{key + ':':<15}{_names_text(value) if key.endswith('_names') else value}"
+        for key, value in document.items()
+    )
     emit(args, document, human)
     return OK
+
+
+def _names_text(names: list[str], shown: int = 10) -> str:
+    """Feature or class names for people: the first few, and how many in all."""
+    if len(names) <= shown:
+        return ", ".join(names) or "-"
+    return f"{', '.join(names[:shown])}, ... ({len(names)} in all)"
 
 
 def _datasets_delete(client: Client, args: argparse.Namespace) -> int:

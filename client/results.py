@@ -111,6 +111,8 @@ class DatasetInfo:
             "target_shape": list(self.target_shape),
             "create_time": _iso(self.create_time),
             "labels": dict(self.labels),
+            "feature_names": list(self.feature_names),
+            "class_names": list(self.class_names),
         }
 
 

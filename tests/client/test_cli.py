@@ -158,7 +158,12 @@ def test_datasets_commands(cli: Cli, tmp_path: Path) -> None:
     # CREATED is the UTC minute the JSON gives ("2026-01-01T09:30:00.123456": 2026-01-01 09:30).
     row = next(line.split() for line in out.splitlines() if line.startswith(name))
     assert row[-2:] == uploaded["create_time"][:16].split("T")
-    assert cli.json("datasets", "show", name.split("/")[1])["sha256"] == uploaded["sha256"]
+    shown = cli.json("datasets", "show", name.split("/")[1])
+    assert shown["sha256"] == uploaded["sha256"]
+    # The CSV's header names the features (the JSON did not carry them).
+    assert (shown["feature_names"], shown["class_names"]) == (["a", "b", "c", "d"], [])
+    code, out, _ = cli("datasets", "show", name)
+    assert "feature_names: a, b, c, d\n" in out and "class_names:   -\n" in out
     job = cli.json("jobs", "submit", str(spec), "--dataset", name, "--wait")["name"]
     assert cli.json("datasets", "delete", name) == {"deleted": name}
     # The job keeps its model; its dataset line said nothing (an empty `dataset:`).
@@ -368,11 +373,13 @@ def test_the_json_of_datasets_jobs_and_events_keeps_its_times_naive_utc() -> Non
         JobEvent.from_proto(epoch_end).to_dict(),
     ]
     assert [json.dumps(d, sort_keys=True) for d in documents] == [
-        '{"create_time": "2026-01-01T00:00:00.123456", "display_name": "blobs", '
+        '{"class_names": [], "create_time": "2026-01-01T00:00:00.123456", '
+        '"display_name": "blobs", "feature_names": [], '
         '"feature_shape": [40, 4], "labels": {"suite": "sdk"}, "name": "datasets/0123abcd", '
         '"num_classes": 3, "num_examples": 40, "num_features": 4, "sha256": "' + "ab" * 32 + '", '
         '"size_bytes": 960, "target_shape": [40], "task": "multiclass"}',
-        '{"create_time": null, "display_name": "", "feature_shape": [], "labels": {}, '
+        '{"class_names": [], "create_time": null, "display_name": "", "feature_names": [], '
+        '"feature_shape": [], "labels": {}, '
         '"name": "datasets/x", "num_classes": 0, "num_examples": 0, "num_features": 0, '
         '"sha256": "", "size_bytes": 0, "target_shape": [], "task": "unspecified"}',
         '{"attempt": 1, "create_time": "2026-01-01T00:00:00.123456", '
