@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ._registry import check_number, parameter_names, resolve
-from ._state import int_entry
+from ._state import check_finite, int_entry
 from ._types import Array
 from .threads import parallel_for
 
@@ -71,6 +71,7 @@ class Optimizer:
     name: ClassVar[str] = ""
     flush_slots: ClassVar[tuple[str, ...]] = ()
     # Slots that sum squares: a negative entry is no state a run reaches (sqrt makes it NaN).
+    # Every slot must also be finite (``check_state_dict``), these and the others alike.
     nonnegative_slots: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
@@ -275,7 +276,12 @@ class Optimizer:
                         f"Optimizer slot {prefix}{name}.{slot} must be {arr.dtype}{arr.shape}, "
                         f"as its parameter. Received: {src.dtype}{src.shape}"
                     )
-                if slot in self.nonnegative_slots and np.any(src < 0):
+                check_finite(
+                    src,
+                    f"Optimizer slot {prefix}{name}.{slot}",
+                    "a NaN makes its parameter NaN, an infinity freezes it or makes it infinite",
+                )
+                if slot in self.nonnegative_slots and src.size and src.min() < 0:
                     raise ValueError(
                         f"Optimizer slot {prefix}{name}.{slot} sums squares, so it cannot be "
                         f"negative. Received: a minimum of {float(np.min(src))}"

@@ -262,6 +262,40 @@ def test_load_state_dict_rejects_mismatch() -> None:
 
 
 @pytest.mark.parametrize(
+    ("name", "slot", "value", "match"),
+    [
+        # NaN < 0 is False: the sign check let a NaN second moment through.
+        ("adam", "v", np.nan, r"w\.v must be finite.* Received: nan"),
+        ("adamw", "v", np.inf, r"w\.v must be finite.* Received: inf"),
+        ("adam", "m", np.nan, r"w\.m must be finite"),
+        ("adam", "v", -1.0, r"w\.v sums squares, so it cannot be negative"),
+        ("adagrad", "sum", np.nan, r"w\.sum must be finite"),
+        ("adagrad", "sum", -1.0, r"w\.sum sums squares"),
+        ("rmsprop", "square_avg", np.inf, r"w\.square_avg must be finite"),
+        ("rmsprop", "square_avg", -1.0, r"w\.square_avg sums squares"),
+        ({"name": "sgd", "momentum": 0.9}, "momentum", -np.inf, r"w\.momentum must be finite"),
+    ],
+)
+def test_load_state_dict_refuses_slots_no_run_reaches(
+    name: object, slot: str, value: float, match: str
+) -> None:
+    """Refused before any slot is copied, the optimizer keeping its own."""
+    params, a, target = _problem()
+    source = optimizers.get(name)
+    source.build({k: v.copy() for k, v in params.items()})
+    source.step({k: v.copy() for k, v in params.items()}, _grads(params, a, target))
+    state = source.state_dict()
+    state[f"w.{slot}"].reshape(-1)[-1] = value
+    opt = optimizers.get(name)
+    opt.build(params)
+    before = opt.state_dict()
+    with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(state)
+    for key, array in opt.state_dict().items():
+        assert array.tobytes() == before[key].tobytes(), key
+
+
+@pytest.mark.parametrize(
     ("config", "field"),
     [
         ({"name": "sgd", "learning_rate": -1.0}, "learning_rate"),
