@@ -427,6 +427,45 @@ def test_validation_data_and_evaluate(data) -> None:
         trainer.fit(x, y[:-1], epochs=2)
 
 
+@pytest.mark.parametrize(
+    ("early_stopping", "schedule"),
+    [
+        ({"monitor": "val_loss", "patience": 2}, None),
+        (None, {"name": "reduce_on_plateau"}),
+        (None, None),
+    ],
+)
+@pytest.mark.parametrize(
+    ("validation", "match"),
+    [
+        ({"validation_data": "empty"}, r"^validation_data has 0 rows: validation needs at least"),
+        ({"validation_split": 1e-17}, r"^validation_split=1e-17 holds out 0 of the 70 rows"),
+    ],
+)
+def test_a_validation_set_of_no_rows_is_refused_before_any_training(
+    data, early_stopping, schedule, validation, match
+) -> None:
+    """0 rows log no val_* key: with early stopping on val_loss the run failed at the first
+    epoch's end, after that epoch had trained and its schedule step applied; without a
+    monitor it trained without the validation it was given. Either way it is refused upfront."""
+    x, y = data
+    trainer = Trainer(
+        Model.from_spec(SPEC, seed=0),
+        loss="softmax_cross_entropy",
+        batch_size=16,
+        early_stopping=early_stopping,
+        schedule=schedule,
+    )
+    if validation.get("validation_data") == "empty":
+        validation = {"validation_data": (x[:0], y[:0])}
+    before = trainer.state_dict()
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(x, y, epochs=2, **validation)
+    assert (trainer.epoch, trainer.step, trainer.history.history) == (0, 0, {})
+    for key, value in trainer.state_dict().items():
+        assert value.tobytes() == before[key].tobytes(), key
+
+
 def test_learns_two_spirals() -> None:
     x, y = spirals(600, seed=0)
     x_test, y_test = spirals(400, seed=1)
