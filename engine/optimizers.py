@@ -17,7 +17,8 @@ Common options (every optimizer):
                    decoupled form p <- p (1 - lr wd) instead);
     clip_norm      clip by global norm before the update, as torch.nn.utils.clip_grad_norm_:
                    total = ||(g_1, ..., g_P)||_2, and if c = clip_norm / (total + 1e-6) < 1
-                   every gradient is scaled by c in place (``last_grad_norm`` keeps ``total``).
+                   every gradient is scaled by c in place (``last_grad_norm`` keeps ``total``);
+                   a NaN total makes every gradient NaN, as torch's clamp of c does.
 
 Deviation below float32 resolution: moment-like slots that decay geometrically (momentum,
 Adam's m and v, RMSprop's averages) turn subnormal after long runs of exactly-zero gradients
@@ -211,7 +212,10 @@ class Optimizer:
         self.last_grad_norm = total
         assert self.clip_norm is not None
         coef = self.clip_norm / (total + 1e-6)
-        if coef < 1.0:
+        # As torch's clamp(coef, max=1): a NaN norm (a NaN gradient) gives a NaN coefficient,
+        # which makes every gradient NaN; skipping it (NaN < 1 is False) let the finite ones
+        # take an unclipped step. At coef >= 1 torch multiplies by exactly 1.0, a no-op.
+        if coef < 1.0 or math.isnan(coef):
             for g in grads:
                 g *= coef
 
