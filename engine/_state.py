@@ -50,3 +50,21 @@ def float_entry(
     if math.isnan(value) and not allow_nan:
         raise ValueError(f"State entry {prefix + key!r} must be a number. Received: nan")
     return value
+
+
+def check_finite(arr: Array, label: str, reason: str) -> None:
+    """ValueError naming ``label`` (as the messages name the entry) unless every entry of the
+    floating array ``arr`` is finite; ``reason`` says what a NaN or infinity there would do.
+
+    A min and a max (NaN propagates through both) cost two passes and no temporary array on a
+    state that loads; the first bad entry is looked for only to say which one it is.
+    """
+    if arr.size == 0 or (math.isfinite(arr.min()) and math.isfinite(arr.max())):
+        return
+    bad = ~np.isfinite(arr)
+    first = np.unravel_index(int(np.argmax(bad)), arr.shape)
+    where = f" at index {tuple(int(i) for i in first)}" if arr.ndim else ""
+    raise ValueError(
+        f"{label} must be finite: {reason}. Received: {arr[first]}{where} "
+        f"({int(bad.sum())} of {arr.size} entries are NaN or infinite)"
+    )

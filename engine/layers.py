@@ -41,6 +41,8 @@ class Layer:
 
     type_name: ClassVar[str] = ""
     fields: ClassVar[tuple[str, ...]] = ()
+    # Buffers no run makes negative (a variance): a loaded state must not hold a negative one.
+    nonnegative_buffers: ClassVar[tuple[str, ...]] = ()
 
     # Attributes a forward pass sets for the backward pass (`release_scratch` drops them).
     _saved_for_backward: tuple[str, ...] = ()
@@ -436,6 +438,7 @@ class BatchNorm1d(Layer):
     _saved_for_backward = ("_xhat", "_inv_std")
     type_name = "batch_norm"
     fields = ("momentum", "epsilon")
+    nonnegative_buffers = ("running_var",)  # sqrt(running_var + eps) in evaluation
 
     def __init__(self, momentum: float = 0.1, epsilon: float = 1e-5) -> None:
         super().__init__()

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import layers as layers_mod
+from ._state import check_finite
 from ._types import Array, as_float_dtype
 from .errors import SpecError
 from .layers import Layer
@@ -108,6 +109,7 @@ class Model:
         self._grads: dict[str, Array] = {}
         self._buffers: dict[str, Array] = {}
         self._state_names: list[str] = []
+        self._nonnegative: set[str] = set()  # buffers no run makes negative (variances)
         self._flatten()
 
     def _flatten(self) -> None:
@@ -136,6 +138,8 @@ class Model:
             for name, buf in layer.buffers.items():
                 self._buffers[f"layers.{i}.{name}"] = buf
                 self._state_names.append(f"layers.{i}.{name}")
+                if name in layer.nonnegative_buffers:
+                    self._nonnegative.add(f"layers.{i}.{name}")
 
     # -- spec ---------------------------------------------------------------------------------
     @classmethod
@@ -215,7 +219,11 @@ class Model:
     def check_state_dict(self, state: Mapping[str, Array], prefix: str = "") -> None:
         """Raise ValueError naming the entry unless ``load_state_dict(state)`` would succeed;
         changes nothing. ``prefix`` is how the entries are named in an enclosing state (a
-        trainer's ``"model."``), for the messages."""
+        trainer's ``"model."``), for the messages.
+
+        Besides names, shapes and dtypes, the values must be ones a run reaches: finite (the
+        server fails a job whose loss turns NaN before it checkpoints), and no negative running
+        variance."""
         arrays = self._state_arrays()
         missing = sorted(prefix + name for name in set(arrays) - set(state))
         unexpected = sorted(prefix + name for name in set(state) - set(arrays))
@@ -236,6 +244,20 @@ class Model:
                     f"Parameter {prefix + name!r} must have dtype {p.dtype}. "
                     f"Received: dtype={src.dtype}"
                 )
+            self._check_values(src, prefix + name, name in self._nonnegative)
+
+    @staticmethod
+    def _check_values(src: Array, label: str, nonnegative: bool) -> None:
+        check_finite(
+            src,
+            f"Parameter {label!r}",
+            "a NaN or infinity there makes every later output and loss NaN",
+        )
+        if nonnegative and src.size and src.min() < 0:
+            raise ValueError(
+                f"Parameter {label!r} is a running variance, so it cannot be negative "
+                f"(evaluation takes its square root). Received: a minimum of {float(src.min())}"
+            )
 
     def load_state_dict(self, state: Mapping[str, Array]) -> None:
         """Copy ``state`` into parameters and buffers; names, shapes, dtypes must match (checked

@@ -17,7 +17,8 @@ Common options (every optimizer):
                    decoupled form p <- p (1 - lr wd) instead);
     clip_norm      clip by global norm before the update, as torch.nn.utils.clip_grad_norm_:
                    total = ||(g_1, ..., g_P)||_2, and if c = clip_norm / (total + 1e-6) < 1
-                   every gradient is scaled by c in place (``last_grad_norm`` keeps ``total``).
+                   every gradient is scaled by c in place (``last_grad_norm`` keeps ``total``);
+                   a NaN total makes every gradient NaN, as torch's clamp of c does.
 
 Deviation below float32 resolution: moment-like slots that decay geometrically (momentum,
 Adam's m and v, RMSprop's averages) turn subnormal after long runs of exactly-zero gradients
@@ -40,7 +41,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ._registry import check_number, parameter_names, resolve
-from ._state import int_entry
+from ._state import check_finite, int_entry
 from ._types import Array
 from .threads import parallel_for
 
@@ -71,6 +72,7 @@ class Optimizer:
     name: ClassVar[str] = ""
     flush_slots: ClassVar[tuple[str, ...]] = ()
     # Slots that sum squares: a negative entry is no state a run reaches (sqrt makes it NaN).
+    # Every slot must also be finite (``check_state_dict``), these and the others alike.
     nonnegative_slots: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
@@ -210,7 +212,10 @@ class Optimizer:
         self.last_grad_norm = total
         assert self.clip_norm is not None
         coef = self.clip_norm / (total + 1e-6)
-        if coef < 1.0:
+        # As torch's clamp(coef, max=1): a NaN norm (a NaN gradient) gives a NaN coefficient,
+        # which makes every gradient NaN; skipping it (NaN < 1 is False) let the finite ones
+        # take an unclipped step. At coef >= 1 torch multiplies by exactly 1.0, a no-op.
+        if coef < 1.0 or math.isnan(coef):
             for g in grads:
                 g *= coef
 
@@ -275,7 +280,12 @@ class Optimizer:
                         f"Optimizer slot {prefix}{name}.{slot} must be {arr.dtype}{arr.shape}, "
                         f"as its parameter. Received: {src.dtype}{src.shape}"
                     )
-                if slot in self.nonnegative_slots and np.any(src < 0):
+                check_finite(
+                    src,
+                    f"Optimizer slot {prefix}{name}.{slot}",
+                    "a NaN makes its parameter NaN, an infinity freezes it or makes it infinite",
+                )
+                if slot in self.nonnegative_slots and src.size and src.min() < 0:
                     raise ValueError(
                         f"Optimizer slot {prefix}{name}.{slot} sums squares, so it cannot be "
                         f"negative. Received: a minimum of {float(np.min(src))}"

@@ -35,13 +35,21 @@ from . import metrics as metrics_mod
 from . import optimizers as optimizers_mod
 from . import schedules as schedules_mod
 from ._registry import check_int, check_number
-from ._state import flag_entry, float_entry, int_entry
+from ._state import check_finite, flag_entry, float_entry, int_entry
 from ._types import Array
 from .model import Model
 from .schedules import resolve_mode
 
 # Evaluation (validation at each epoch's end) runs max(batch_size, this) rows per forward pass.
 EVALUATION_BATCH_ROWS = 1024
+
+# A validation set of 0 rows logs no val_* key: a monitor of one (early stopping, a plateau
+# schedule) would fail at the first epoch's end, after that epoch had trained, and a fit
+# without one would log no validation at all. ``fit`` refuses it before any training.
+_NO_VALIDATION_ROWS = (
+    "{what}: validation needs at least one row. Pass some rows, or no validation "
+    "(validation_data=None, validation_split=0.0) to train without it"
+)
 
 
 class Callback:
@@ -596,6 +604,8 @@ class Trainer:
             )
             if vx_arr.shape[0] != vy_arr.shape[0]:
                 raise ValueError("validation_data X and y must have the same number of rows.")
+            if vx_arr.shape[0] == 0:
+                raise ValueError(_NO_VALIDATION_ROWS.format(what="validation_data has 0 rows"))
             vw = None
             if len(validation_data) == 3 and validation_data[2] is not None:
                 vw = losses_mod.prepare_sample_weight(
@@ -605,6 +615,13 @@ class Trainer:
         if validation_split:
             # The last fraction of the rows (before any shuffling) is held out, as in Keras.
             cut = int(x.shape[0] * (1.0 - validation_split))
+            if cut == x.shape[0]:  # a split so small that 1 - split rounds to 1
+                raise ValueError(
+                    _NO_VALIDATION_ROWS.format(
+                        what=f"validation_split={validation_split!r} holds out 0 of the "
+                        f"{x.shape[0]} rows"
+                    )
+                )
             w_train, w_val = (None, None) if w is None else (w[:cut], w[cut:])
             return x[:cut], y[:cut], w_train, (x[cut:], y[cut:], w_val)
         return x, y, w, None
@@ -796,6 +813,11 @@ class Trainer:
                 f"Received: {sums.dtype} array of shape {sums.shape}"
             )
         sums = sums.astype(np.float64)
+        check_finite(
+            sums,
+            "Trainer state entry 'trainer.epoch_sums'",
+            "the epoch's logged loss and metrics are means of them",
+        )
         if rows_done is not None and sums[-1] != rows_done:
             raise ValueError(
                 f"Trainer state entry 'trainer.epoch_sums' counts {sums[-1]:g} rows in the epoch "
@@ -836,6 +858,11 @@ class Trainer:
                     f"finished epoch ('trainer.epoch' is {epoch}). "
                     f"Received: {values.dtype} array of shape {values.shape}"
                 )
+            check_finite(
+                values.astype(np.float64),
+                f"Trainer state entry 'history.{key}'",
+                "the server fails a job whose logs turn NaN or infinite before it checkpoints",
+            )
             history[key] = [float(v) for v in values]
         return history
 

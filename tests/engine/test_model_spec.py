@@ -185,6 +185,34 @@ def test_state_dict_checks_names_shapes_dtypes() -> None:
         other.load_state_dict({**state, "layers.0.bias": np.zeros(16)})
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("layers.0.kernel", np.nan, r"'layers\.0\.kernel' must be finite"),
+        ("layers.2.bias", -np.inf, r"'layers\.2\.bias' must be finite.* Received: -inf"),
+        ("layers.1.running_var", np.nan, r"'layers\.1\.running_var' must be finite"),
+        ("layers.1.running_var", -2.0, r"'layers\.1\.running_var' is a running variance"),
+        ("layers.1.running_mean", np.inf, r"'layers\.1\.running_mean' must be finite"),
+    ],
+)
+def test_load_state_dict_refuses_non_finite_values_and_negative_variances(
+    key: str, value: float, match: str
+) -> None:
+    """Checked before anything is copied: the model keeps every one of its values."""
+    spec = {
+        "input_dim": 4,
+        "layers": [*SPEC["layers"][:1], {"type": "batch_norm"}, SPEC["layers"][2]],
+    }
+    model = Model.from_spec(spec, seed=0)
+    state = Model.from_spec(spec, seed=1).state_dict()
+    state[key].reshape(-1)[-1] = value
+    before = model.state_dict()
+    with pytest.raises(ValueError, match=match):
+        model.load_state_dict(state)
+    for name, array in model.state_dict().items():
+        assert array.tobytes() == before[name].tobytes(), name
+
+
 def test_predict_batched_matches_full_and_is_eval_mode() -> None:
     model = Model.from_spec(SPEC, seed=0)
     x = np.random.default_rng(0).normal(size=(103, 4))

@@ -167,6 +167,37 @@ def test_trajectory_matches_torch(
         assert not flat[12:16].any() and not flat[19:].any()  # padding stays zero
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("path", ["dict", "flat"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_clipping_a_non_finite_norm_matches_torch(torch, path: str, bad: float, dtype: str) -> None:
+    """A NaN gradient makes the norm NaN, and torch's clamp(coef, max=1) then makes every
+    gradient NaN; the coefficient was skipped (NaN < 1 is False), so the finite gradients took
+    an unclipped step, here 100 times the limit. An infinite norm gives a coefficient of 0."""
+    grads = {"w": np.array([bad, 1.0], dtype), "b": np.array([100.0, 0.0], dtype)}
+    opt = optimizers.get({"name": "sgd", "learning_rate": 1.0, "clip_norm": 1.0})
+    ours = {k: g.copy() for k, g in grads.items()}
+    if path == "flat":
+        flat, flat_grads = np.zeros(4, dtype), np.concatenate(list(grads.values()))
+        opt.build({"w": flat[:2], "b": flat[2:]}, flat_params=flat)
+        opt.step_flat(flat, flat_grads)
+        ours = {"w": flat_grads[:2], "b": flat_grads[2:]}
+        params = {"w": flat[:2], "b": flat[2:]}
+    else:
+        params = {k: np.zeros(2, dtype) for k in grads}
+        opt.build(params)
+        opt.step(params, ours)
+    tp = [torch.zeros(2, dtype=getattr(torch, dtype), requires_grad=True) for _ in grads]
+    for t, g in zip(tp, grads.values(), strict=True):
+        t.grad = torch.tensor(g)
+    norm = torch.nn.utils.clip_grad_norm_(tp, 1.0)
+    assert np.isnan(opt.last_grad_norm) == np.isnan(norm.item())
+    for t, name in zip(tp, grads, strict=True):  # clipping scales the gradients in place
+        np.testing.assert_array_equal(ours[name], t.grad.numpy(), err_msg=name)
+        np.testing.assert_array_equal(params[name], -t.grad.numpy(), err_msg=name)
+
+
 @pytest.mark.parametrize("config", [c for c, _ in CASES if "clip_norm" not in c])
 def test_flat_threaded_equals_per_parameter(monkeypatch: pytest.MonkeyPatch, config: dict) -> None:
     """The blocked, threaded flat update is bit-identical to the per-parameter update.
@@ -259,6 +290,40 @@ def test_load_state_dict_rejects_mismatch() -> None:
         opt.load_state_dict(state)
     with pytest.raises(ValueError, match="missing"):
         opt.load_state_dict({"iterations": np.array(1)})
+
+
+@pytest.mark.parametrize(
+    ("name", "slot", "value", "match"),
+    [
+        # NaN < 0 is False: the sign check let a NaN second moment through.
+        ("adam", "v", np.nan, r"w\.v must be finite.* Received: nan"),
+        ("adamw", "v", np.inf, r"w\.v must be finite.* Received: inf"),
+        ("adam", "m", np.nan, r"w\.m must be finite"),
+        ("adam", "v", -1.0, r"w\.v sums squares, so it cannot be negative"),
+        ("adagrad", "sum", np.nan, r"w\.sum must be finite"),
+        ("adagrad", "sum", -1.0, r"w\.sum sums squares"),
+        ("rmsprop", "square_avg", np.inf, r"w\.square_avg must be finite"),
+        ("rmsprop", "square_avg", -1.0, r"w\.square_avg sums squares"),
+        ({"name": "sgd", "momentum": 0.9}, "momentum", -np.inf, r"w\.momentum must be finite"),
+    ],
+)
+def test_load_state_dict_refuses_slots_no_run_reaches(
+    name: object, slot: str, value: float, match: str
+) -> None:
+    """Refused before any slot is copied, the optimizer keeping its own."""
+    params, a, target = _problem()
+    source = optimizers.get(name)
+    source.build({k: v.copy() for k, v in params.items()})
+    source.step({k: v.copy() for k, v in params.items()}, _grads(params, a, target))
+    state = source.state_dict()
+    state[f"w.{slot}"].reshape(-1)[-1] = value
+    opt = optimizers.get(name)
+    opt.build(params)
+    before = opt.state_dict()
+    with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(state)
+    for key, array in opt.state_dict().items():
+        assert array.tobytes() == before[key].tobytes(), key
 
 
 @pytest.mark.parametrize(

@@ -427,6 +427,45 @@ def test_validation_data_and_evaluate(data) -> None:
         trainer.fit(x, y[:-1], epochs=2)
 
 
+@pytest.mark.parametrize(
+    ("early_stopping", "schedule"),
+    [
+        ({"monitor": "val_loss", "patience": 2}, None),
+        (None, {"name": "reduce_on_plateau"}),
+        (None, None),
+    ],
+)
+@pytest.mark.parametrize(
+    ("validation", "match"),
+    [
+        ({"validation_data": "empty"}, r"^validation_data has 0 rows: validation needs at least"),
+        ({"validation_split": 1e-17}, r"^validation_split=1e-17 holds out 0 of the 70 rows"),
+    ],
+)
+def test_a_validation_set_of_no_rows_is_refused_before_any_training(
+    data, early_stopping, schedule, validation, match
+) -> None:
+    """0 rows log no val_* key: with early stopping on val_loss the run failed at the first
+    epoch's end, after that epoch had trained and its schedule step applied; without a
+    monitor it trained without the validation it was given. Either way it is refused upfront."""
+    x, y = data
+    trainer = Trainer(
+        Model.from_spec(SPEC, seed=0),
+        loss="softmax_cross_entropy",
+        batch_size=16,
+        early_stopping=early_stopping,
+        schedule=schedule,
+    )
+    if validation.get("validation_data") == "empty":
+        validation = {"validation_data": (x[:0], y[:0])}
+    before = trainer.state_dict()
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(x, y, epochs=2, **validation)
+    assert (trainer.epoch, trainer.step, trainer.history.history) == (0, 0, {})
+    for key, value in trainer.state_dict().items():
+        assert value.tobytes() == before[key].tobytes(), key
+
+
 def test_learns_two_spirals() -> None:
     x, y = spirals(600, seed=0)
     x_test, y_test = spirals(400, seed=1)
@@ -578,6 +617,13 @@ def _rich_paused_state(data, optimizer: object = None) -> dict[str, np.ndarray]:
     return load_state(save_state(trainer.state_dict()))[0]
 
 
+def _with_first(arr: np.ndarray, value: float) -> np.ndarray:
+    """A copy of ``arr`` whose first entry is ``value``."""
+    arr = arr.copy()
+    arr.reshape(-1)[0] = value
+    return arr
+
+
 @pytest.mark.parametrize(
     ("optimizer", "damage", "match"),
     [
@@ -594,6 +640,39 @@ def _rich_paused_state(data, optimizer: object = None) -> dict[str, np.ndarray]:
             r"optimizer\.layers\.6\.bias\.square_avg sums squares",
         ),
         ("adagrad", {"optimizer__layers.4.kernel.sum": lambda v: -v - 1}, "sum sums squares"),
+        # NaN < 0 is False: a NaN second moment passed the sign check. An infinite one freezes
+        # its weight for good (m / inf = 0); a NaN or infinite first moment or momentum makes
+        # its weight NaN or infinite at the next step.
+        (
+            None,
+            {"optimizer__layers.0.kernel.v": lambda v: _with_first(v, np.nan)},
+            r"optimizer\.layers\.0\.kernel\.v must be finite.* Received: nan at index \(0, 0\)",
+        ),
+        (
+            None,
+            {"optimizer__layers.0.kernel.v": lambda v: _with_first(v, np.inf)},
+            r"optimizer\.layers\.0\.kernel\.v must be finite.* Received: inf",
+        ),
+        (
+            None,
+            {"optimizer__layers.6.bias.m": lambda m: _with_first(m, -np.inf)},
+            r"optimizer\.layers\.6\.bias\.m must be finite.* Received: -inf at index \(0,\)",
+        ),
+        (
+            "rmsprop",
+            {"optimizer__layers.6.bias.square_avg": lambda v: _with_first(v, np.nan)},
+            r"optimizer\.layers\.6\.bias\.square_avg must be finite",
+        ),
+        (
+            "adagrad",
+            {"optimizer__layers.4.kernel.sum": lambda v: _with_first(v, np.inf)},
+            r"optimizer\.layers\.4\.kernel\.sum must be finite",
+        ),
+        (
+            {"name": "sgd", "momentum": 0.9},
+            {"optimizer__layers.0.kernel.momentum": lambda b: _with_first(b, np.nan)},
+            r"optimizer\.layers\.0\.kernel\.momentum must be finite",
+        ),
     ],
 )
 def test_load_refuses_optimizer_state_no_run_reaches(data, optimizer, damage, match) -> None:
@@ -633,6 +712,40 @@ def test_load_refuses_optimizer_state_no_run_reaches(data, optimizer, damage, ma
 )
 def test_load_refuses_early_stopping_and_schedule_state_no_run_reaches(data, damage, match) -> None:
     """Best weights unlike the model would fail only when restored, at an epoch's end."""
+    state = _edited(_rich_paused_state(data), **damage)
+    assert_refused(data, state, match, _plateau_rich(model_seed=8))
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (
+            {"model__layers.0.kernel": lambda k: _with_first(k, np.nan)},
+            r"'model\.layers\.0\.kernel' must be finite.* Received: nan at index \(0, 0\) "
+            r"\(1 of 64 entries",
+        ),
+        ({"model__layers.6.bias": lambda b: _with_first(b, np.inf)}, r"'model\.layers\.6\.bias'"),
+        ({"model__layers.1.running_mean": lambda m: m * np.nan}, r"\(16 of 16 entries are NaN"),
+        (
+            {"model__layers.1.running_var": lambda v: _with_first(v, -2.0)},
+            r"'model\.layers\.1\.running_var' is a running variance, so it cannot be negative"
+            r".* Received: a minimum of -2\.0",
+        ),
+        (
+            {"early_stopping__weights.layers.5.running_var": lambda v: _with_first(v, np.inf)},
+            r"'early_stopping\.weights\.layers\.5\.running_var' must be finite",
+        ),
+        (
+            {"trainer__epoch_sums": lambda s: _with_first(s, np.nan)},
+            r"'trainer\.epoch_sums' must be finite",
+        ),
+        ({"history__val_loss": lambda h: _with_first(h, np.inf)}, r"'history\.val_loss' must be"),
+    ],
+)
+def test_load_refuses_non_finite_weights_and_negative_variances(data, damage, match) -> None:
+    """A NaN weight made the next epoch's loss NaN and a running variance of -2 made predict
+    NaN, and both loaded silently; the worker fails a run whose loss turns NaN before it
+    checkpoints, so no run saves such a state. The whole state is refused, nothing loaded."""
     state = _edited(_rich_paused_state(data), **damage)
     assert_refused(data, state, match, _plateau_rich(model_seed=8))
 

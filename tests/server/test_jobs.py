@@ -142,6 +142,19 @@ def test_a_monitor_is_accepted_when_the_workers_split_holds_out_one_row(store: S
     assert run_next(store) is JobState.SUCCEEDED, store.get_job(job.id).error
 
 
+def test_a_fraction_that_holds_out_no_row_trains_without_validation(store: Store) -> None:
+    """40 examples * 0.02 = 0.8: the worker holds out int(0.8) = 0 rows and passes no
+    validation set (the engine refuses one of 0 rows); with nothing monitoring val_* keys the
+    job trains and logs none of them, rather than failing after an epoch."""
+    dataset = regression_dataset(store)
+    job = JobService(store, Settings()).create(
+        request(dataset, validation_fraction=0.02, epochs=2), "default"
+    )
+    assert run_next(store) is JobState.SUCCEEDED, store.get_job(job.id).error
+    names = {value.name for value in store.metric_values(job.id)}
+    assert "loss" in names and not any(name.startswith("val_") for name in names)
+
+
 def test_a_model_is_checked_without_being_allocated(store: Store) -> None:
     """5,000,001 float32 parameters: building the model (weights, gradients, Adam's two slots)
     to check it would take over 80 MB."""
