@@ -128,6 +128,46 @@ def test_a_monitor_the_fit_will_not_log_is_refused_at_create(
     assert store.list_jobs(10, "")[0] == []
 
 
+@pytest.mark.parametrize(
+    ("training", "field", "received"),
+    [
+        (
+            {"schedule": models_pb2.ScheduleSpec(params={"step_size": 3, "gamma": 0.5})},
+            "training.schedule.params",
+            "given without training.schedule.name; name a schedule or drop the params. "
+            "Received: gamma=0.5",
+        ),
+        (
+            {"early_stopping": models_pb2.EarlyStopping(patience=-3)},
+            "training.early_stopping.patience",
+            "Received: -3",
+        ),
+        (
+            {"early_stopping": models_pb2.EarlyStopping(min_delta=float("nan"))},
+            "training.early_stopping.min_delta",
+            "Received: nan",
+        ),
+        (
+            {"early_stopping": models_pb2.EarlyStopping(restore_best_weights=True)},
+            "training.early_stopping.restore_best_weights",
+            "Received: True",
+        ),
+    ],
+)
+def test_settings_without_the_name_that_turns_them_on_are_refused_not_ignored(
+    store: Store, training: dict[str, Any], field: str, received: str
+) -> None:
+    dataset = regression_dataset(store)
+    with pytest.raises(InvalidArgument) as refused:
+        JobService(store, Settings()).create(request(dataset, **training), "default")
+    violation = refused.value.violations[0]
+    assert violation.field == field
+    assert violation.description.endswith(received)
+    if field.startswith("training.early_stopping"):
+        assert "given without training.early_stopping.monitor" in violation.description
+    assert store.list_jobs(10, "")[0] == []
+
+
 def test_a_monitor_is_accepted_when_the_workers_split_holds_out_one_row(store: Store) -> None:
     dataset = regression_dataset(store)
     # 40 examples * 0.025 = 1 row held out: val_loss is logged, and the job trains.
