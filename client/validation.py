@@ -325,6 +325,14 @@ def check_training(
     checker.name("training.schedule", "schedule", schedule, optional=True)
     if isinstance(schedule, Mapping):
         checker.params("schedule", schedule)
+        params = {k: v for k, v in schedule.items() if k != "name"}
+        if schedule.get("name") in (None, "") and params:
+            # The server refuses them too: without a name there is no schedule to take them.
+            checker.add(
+                "training.schedule.params",
+                "given without training.schedule.name; name a schedule or drop the params. "
+                f"Received: {params!r}",
+            )
     _early_stopping(checker, early_stopping)
     if dtype not in ("float32", "float64"):
         checker.add("training.dtype", f"must be float32 or float64. Received: {dtype!r}")
@@ -368,3 +376,12 @@ def _early_stopping(checker: _Checker, early_stopping: object) -> None:
             "training.early_stopping.restore_best_weights",
             f"must be true or false. Received: {restore!r}",
         )
+    if not early_stopping.get("monitor"):
+        # An empty monitor turns early stopping off, and the server refuses settings without one.
+        for key in sorted(set(early_stopping) & EARLY_STOPPING_KEYS - {"monitor"}):
+            checker.add(
+                f"training.early_stopping.{key}",
+                "given without training.early_stopping.monitor, which turns early stopping on; "
+                "name a monitor (e.g. val_loss) or drop early_stopping. "
+                f"Received: {early_stopping[key]!r}",
+            )

@@ -20,6 +20,10 @@ class Metric:
     """Base class for metrics."""
 
     name: ClassVar[str] = ""
+    # Whether it scores class labels against logits (classification) or real-valued targets
+    # against the outputs as they are (regression): on the other kind of target its value means
+    # nothing, or it cannot be computed at all (mae of three logits against one label).
+    classification: ClassVar[bool] = False
 
     def __call__(self, y_pred: Array, y_true: Array) -> float:
         raise NotImplementedError
@@ -39,6 +43,7 @@ class Accuracy(Metric):
     """
 
     name = "accuracy"
+    classification = True
 
     def __call__(self, y_pred: Array, y_true: Array) -> float:
         if y_pred.ndim == 2 and y_pred.shape[1] > 1:
@@ -78,6 +83,12 @@ class R2Score(Metric):
 REGISTRY: dict[str, type[Metric]] = {
     cls.name: cls for cls in (Accuracy, MeanAbsoluteError, R2Score)
 }
+
+
+def names_for(classification: bool) -> tuple[str, ...]:
+    """The metrics whose value means something on classification targets, or on regression
+    ones (see `Metric.classification`)."""
+    return tuple(name for name, cls in REGISTRY.items() if cls.classification == classification)
 
 
 def get(identifier: object) -> Metric:

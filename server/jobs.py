@@ -30,6 +30,7 @@ from .records import (
 from .store import Store, same_request_or_refuse
 from .training import (
     check_loss_fits_targets,
+    check_metrics_fit_targets,
     check_model_fits_dataset,
     check_monitors_are_logged,
     describe_model,
@@ -85,6 +86,7 @@ class JobService:
         check_model_fits_dataset(model, training, dataset)
         trainer = validation_trainer(model, training)
         check_loss_fits_targets(trainer, dataset)
+        check_metrics_fit_targets(trainer, dataset)
         check_monitors_are_logged(trainer, training, dataset)
         _check_spec_round_trips(model.spec)
         check_labels("labels", request.labels)

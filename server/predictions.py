@@ -232,6 +232,7 @@ class PredictionService:
             self._check_answer_fits(len(features), batcher, outputs_only)
         PREDICTION_ROWS.observe(len(features))
         results = await batcher.predict(features, deadline, postprocessed=not outputs_only)
+        _check_outputs(results[0], batcher.model)
         if len(results) == 1 or outputs_only:
             return Prediction(checkpoint, results[0], None, None)
         outputs, probabilities, labels = results
@@ -421,18 +422,41 @@ class PredictionService:
         # Decoded tensors are C-contiguous; only a tensor of the other float dtype is converted,
         # and checked after, as a float64 value can be beyond float32's range.
         converted = features if features.dtype == model.dtype else features.astype(model.dtype)
-        # A NaN or an infinity anywhere makes the sum of squares NaN or infinite; a finite one
-        # proves every value finite in one BLAS dot product, a third of the instructions of a
-        # sum's reduction. One that overflows (float32 values from about 1e19, fewer if many
-        # are large) is checked value by value.
-        if not math.isfinite(np.vdot(converted, converted)) and not np.isfinite(converted).all():
-            row = int(np.argwhere(~np.isfinite(converted))[0][0])
+        row = _first_non_finite_row(converted)
+        if row is not None:
             if np.isfinite(features[row]).all():
                 raise InvalidArgument.field(
                     "inputs", f"row {row} has a value beyond the range of this {model.dtype} model"
                 )
             raise InvalidArgument.field("inputs", f"must be finite; row {row} has NaN or Inf")
         return converted
+
+
+def _first_non_finite_row(values: np.ndarray) -> int | None:
+    """The index of the first row of `values` (rows of numbers) holding a NaN or an infinity,
+    or None when every value is finite."""
+    # A NaN or an infinity anywhere makes the sum of squares NaN or infinite; a finite one
+    # proves every value finite in one BLAS dot product, a third of the instructions of a
+    # sum's reduction. One that overflows (float32 values from about 1e19, fewer if many are
+    # large) is checked value by value.
+    if math.isfinite(np.vdot(values, values)) or np.isfinite(values).all():
+        return None
+    return int(np.argwhere(~np.isfinite(values))[0][0])
+
+
+def _check_outputs(outputs: np.ndarray, model: Model) -> None:
+    """A request's outputs must be finite: finite inputs far beyond the values the model was
+    trained on overflow it (float32 features of 3e38 answered outputs of inf and -inf,
+    probabilities of NaN and label 0). Checked per request once its pass is done, so the
+    requests batched with it keep their answers; a request's outputs are a few numbers a row."""
+    row = _first_non_finite_row(outputs)
+    if row is not None:
+        raise InvalidArgument.field(
+            "inputs",
+            f"row {row} overflows this {model.dtype} model: its outputs are not finite, as its "
+            "values are far outside what the model was trained on; send values on the scale of "
+            "its training data (scaled as they were)",
+        )
 
 
 def classify(outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from trainwire.client.tensors import TensorError, dtype_name
-from trainwire.engine import Model, SpecError, Trainer, optimizers, schedules
+from trainwire.engine import Model, SpecError, Trainer, metrics, optimizers, schedules
 from trainwire.engine.layers import Dense
 from trainwire.engine.model import SpecSummary
 from trainwire.engine.training import EVALUATION_BATCH_ROWS
@@ -116,6 +116,14 @@ def normalised_training(config: models_pb2.TrainingConfig, task: TaskKind) -> di
         # The wire carries doubles; counts such as step_size or patience are whole numbers.
         params = {k: int(v) if v.is_integer() else v for k, v in config.schedule.params.items()}
         training["schedule"] = {"name": config.schedule.name, **params}
+    elif config.schedule.params:
+        # Without a name there is no schedule: the params would be dropped in silence.
+        key, value = min(config.schedule.params.items())
+        raise InvalidArgument.field(
+            "training.schedule.params",
+            "given without training.schedule.name; name a schedule or drop the params. "
+            f"Received: {key[:40]}={value}",
+        )
     if config.early_stopping.monitor:
         check_text("training.early_stopping.monitor", config.early_stopping.monitor, 64)
         training["early_stopping"] = {
@@ -124,6 +132,15 @@ def normalised_training(config: models_pb2.TrainingConfig, task: TaskKind) -> di
             "min_delta": config.early_stopping.min_delta,
             "restore_best_weights": config.early_stopping.restore_best_weights,
         }
+    elif config.early_stopping.ListFields():
+        # An empty monitor turns early stopping off: its other settings would be dropped in
+        # silence (patience=-3 or min_delta=NaN too, which are never checked then).
+        field, value = config.early_stopping.ListFields()[0]
+        raise InvalidArgument.field(
+            f"training.early_stopping.{field.name}",
+            "given without training.early_stopping.monitor, which turns early stopping on; "
+            f"name a monitor (e.g. val_loss) or drop early_stopping. Received: {value}",
+        )
     return training
 
 
@@ -287,3 +304,21 @@ def check_loss_fits_targets(trainer: Trainer, dataset: Dataset) -> None:
             f"{error} (datasets/{dataset.id} is {dataset.task.value.lower()} with targets of "
             f"shape {list(dataset.target_shape)})",
         ) from None
+
+
+def check_metrics_fit_targets(trainer: Trainer, dataset: Dataset) -> None:
+    """Each metric must score the dataset's kind of target: the engine computes mae or r2 of a
+    classifier's logits against its labels only to fail at the first epoch (a reshape error naming
+    no field), and accuracy of a regression's outputs as if they were logits, meaninglessly."""
+    classification = dataset.task.is_classification
+    fitting = metrics.names_for(classification)
+    for index, metric in enumerate(trainer.metrics):
+        if metric.name not in fitting:
+            kind = "class labels" if classification else "real-valued targets"
+            raise InvalidArgument.field(
+                f"training.metrics[{index}]",
+                f"{metric.name!r} does not fit datasets/{dataset.id}, which is "
+                f"{dataset.task.value.lower()} with {kind} of shape "
+                f"{list(dataset.target_shape)}: use {', '.join(fitting)}, or leave metrics "
+                "empty for its defaults",
+            )

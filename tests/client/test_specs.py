@@ -293,6 +293,36 @@ def test_a_parameter_the_request_cannot_carry_as_a_number_is_refused_by_name() -
     ]
 
 
+def test_settings_without_the_name_that_turns_them_on_are_refused_as_the_server_does() -> None:
+    # Sent, the server refuses them: a schedule's params without its name, early stopping's
+    # settings without a monitor (which it ignored, patience=-3 and min_delta=NaN too).
+    with Client("127.0.0.1:9") as client, pytest.raises(SpecError) as caught:
+        client.create_job(
+            "datasets/x",
+            [Dense(3)],
+            schedule={"step_size": 3},
+            early_stopping={"monitor": "", "min_delta": 0.1, "restore_best_weights": True},
+        )
+    assert caught.value.field_violations == [
+        (
+            "training.schedule.params",
+            "given without training.schedule.name; name a schedule or drop the params. "
+            "Received: {'step_size': 3}",
+        ),
+        *(
+            (
+                f"training.early_stopping.{key}",
+                "given without training.early_stopping.monitor, which turns early stopping on; "
+                f"name a monitor (e.g. val_loss) or drop early_stopping. Received: {value}",
+            )
+            for key, value in (("min_delta", 0.1), ("restore_best_weights", True))
+        ),
+    ]
+    with Client("127.0.0.1:9") as client, pytest.raises(SpecError) as patience:
+        client.create_job("datasets/x", [Dense(3)], early_stopping={"patience": 3})
+    assert [f for f, _ in patience.value.field_violations] == ["training.early_stopping.patience"]
+
+
 @pytest.mark.parametrize("value", ["10", True])
 def test_unvalidated_parameters_follow_the_validated_rule_for_numbers(value: object) -> None:
     """float() would have sent "10" as 10.0 and True as 1.0."""

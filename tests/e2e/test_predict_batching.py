@@ -199,6 +199,61 @@ def test_malformed_tensors_are_refused_without_harming_their_batch(
             assert problem in (answer.details() or ""), answer.details()
 
 
+def _overflowing(job: str, rows: int = 2) -> predictions_pb2.PredictRequest:
+    """Finite features far beyond the training data's (3e38, near float32's largest) in its last
+    row: the forward pass overflows to infinities and NaN."""
+    x = np.ones((rows, WIDTH), np.float32)
+    x[-1] = 3e38
+    return predictions_pb2.PredictRequest(job=job, inputs=to_tensor(x))
+
+
+def test_inputs_that_overflow_the_model_are_refused_without_harming_their_batch(
+    batching_server: tuple[LocalServer, int], job_name: str
+) -> None:
+    # They were answered OK with outputs of inf and -inf, probabilities of NaN and label 0.
+    server, metrics_port = batching_server
+    good = _requests(job_name, 24, seed=4)
+    with grpc.insecure_channel(server.target) as channel:
+        stub = predictions_pb2_grpc.PredictionServiceStub(channel)
+        expected = [stub.Predict(r, timeout=30) for r in good]
+    # Unlike malformed tensors, these join their pass: one after every other good request.
+    mixed: list[predictions_pb2.PredictRequest | None] = []
+    for index, request in enumerate(good):
+        mixed += [request, None] if index % 2 == 0 else [request]
+    requests = [r or _overflowing(job_name) for r in mixed]
+    passes_before, _ = _batch_histogram(metrics_port)
+    answers = asyncio.run(_concurrently(server.target, requests))
+    passes_after, _ = _batch_histogram(metrics_port)
+    assert passes_after - passes_before < len(requests), "no pass carried several requests"
+    lone = iter(expected)
+    for request, answer in zip(mixed, answers, strict=True):
+        if request is None:
+            assert isinstance(answer, grpc.aio.AioRpcError), answer
+            assert answer.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert (answer.details() or "").startswith("inputs: row 1 overflows this float32 model")
+            assert "far outside what the model was trained on" in (answer.details() or "")
+        else:
+            assert isinstance(answer, predictions_pb2.PredictResponse), answer
+            expected_answer = next(lone)
+            assert answer.outputs.data == expected_answer.outputs.data
+            assert answer.probabilities.data == expected_answer.probabilities.data
+
+
+def test_a_stream_slice_that_overflows_the_model_is_refused_naming_its_row(
+    batching_server: tuple[LocalServer, int], job_name: str
+) -> None:
+    server, _ = batching_server
+    slices = [_requests(job_name, 1, seed=5)[0], _overflowing(job_name, rows=3)]
+    with grpc.insecure_channel(server.target) as channel:
+        stub = predictions_pb2_grpc.PredictionServiceStub(channel)
+        answers = stub.PredictStream(iter(slices), timeout=30)
+        assert next(answers).outputs.data == stub.Predict(slices[0], timeout=30).outputs.data
+        with pytest.raises(grpc.RpcError) as refused:
+            next(answers)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "inputs: row 2 overflows this float32 model" in (refused.value.details() or "")
+
+
 def test_deadlines_shorter_than_the_batching_wait_are_honoured(
     batching_server: tuple[LocalServer, int], job_name: str
 ) -> None:

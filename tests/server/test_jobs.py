@@ -7,8 +7,10 @@ import tracemalloc
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pytest
 
+from trainwire.engine import save_state
 from trainwire.engine.model import Model
 from trainwire.server.config import Settings
 from trainwire.server.convert import job_to_proto
@@ -20,7 +22,7 @@ from trainwire.server.errors import (
 )
 from trainwire.server.jobs import JobService
 from trainwire.server.records import Dataset, JobState, TaskKind
-from trainwire.server.store import Store
+from trainwire.server.store import Store, new_id
 from trainwire.server.training import check_model_fits_dataset, training_from_proto
 from trainwire.v1 import jobs_pb2, models_pb2, tensor_pb2
 
@@ -123,6 +125,46 @@ def test_a_monitor_the_fit_will_not_log_is_refused_at_create(
         JobService(store, Settings()).create(request(dataset, **training), "default")
     assert refused.value.violations[0].field == field
     assert says in refused.value.message
+    assert store.list_jobs(10, "")[0] == []
+
+
+@pytest.mark.parametrize(
+    ("training", "field", "received"),
+    [
+        (
+            {"schedule": models_pb2.ScheduleSpec(params={"step_size": 3, "gamma": 0.5})},
+            "training.schedule.params",
+            "given without training.schedule.name; name a schedule or drop the params. "
+            "Received: gamma=0.5",
+        ),
+        (
+            {"early_stopping": models_pb2.EarlyStopping(patience=-3)},
+            "training.early_stopping.patience",
+            "Received: -3",
+        ),
+        (
+            {"early_stopping": models_pb2.EarlyStopping(min_delta=float("nan"))},
+            "training.early_stopping.min_delta",
+            "Received: nan",
+        ),
+        (
+            {"early_stopping": models_pb2.EarlyStopping(restore_best_weights=True)},
+            "training.early_stopping.restore_best_weights",
+            "Received: True",
+        ),
+    ],
+)
+def test_settings_without_the_name_that_turns_them_on_are_refused_not_ignored(
+    store: Store, training: dict[str, Any], field: str, received: str
+) -> None:
+    dataset = regression_dataset(store)
+    with pytest.raises(InvalidArgument) as refused:
+        JobService(store, Settings()).create(request(dataset, **training), "default")
+    violation = refused.value.violations[0]
+    assert violation.field == field
+    assert violation.description.endswith(received)
+    if field.startswith("training.early_stopping"):
+        assert "given without training.early_stopping.monitor" in violation.description
     assert store.list_jobs(10, "")[0] == []
 
 
@@ -319,3 +361,56 @@ def test_one_unit_on_three_classes_is_refused_in_the_singular(store: Store) -> N
         "the last layer gives 1 output but the dataset needs one logit per class (3 classes): "
         "give the last layer 3 units"
     )
+
+
+def labelled_dataset(store: Store, task: TaskKind, classes: int) -> Dataset:
+    """`regression_dataset`'s record, stored again with `classes` class labels as its targets."""
+    base = regression_dataset(store)
+    x = np.random.default_rng(1).normal(size=base.feature_shape).astype(np.float32)
+    y = np.arange(base.num_examples, dtype=np.int64) % classes
+    record = replace(
+        base, id=new_id(), task=task, num_classes=classes, target_dtype="int64", sha256="1" * 64
+    )
+    return store.create_dataset(record, save_state({"features": x, "targets": y}))
+
+
+@pytest.mark.parametrize(
+    ("task", "units", "metrics", "fitting", "shape"),
+    [
+        (TaskKind.MULTICLASS_CLASSIFICATION, 3, ["accuracy", "r2"], "use accuracy", "[40]"),
+        (TaskKind.MULTICLASS_CLASSIFICATION, 3, ["mae"], "use accuracy", "[40]"),
+        (TaskKind.BINARY_CLASSIFICATION, 1, ["r2"], "use accuracy", "[40]"),
+        (TaskKind.REGRESSION, 1, ["accuracy"], "use mae, r2", "[40]"),
+    ],
+)
+def test_a_metric_that_does_not_fit_the_targets_is_refused_naming_the_ones_that_do(
+    store: Store, task: TaskKind, units: int, metrics: list[str], fitting: str, shape: str
+) -> None:
+    # mae or r2 of three logits against one label failed the job at its first epoch ("cannot
+    # reshape array of size 30 into shape (30,3)"); accuracy of a regression meant nothing.
+    if task is TaskKind.REGRESSION:
+        dataset = regression_dataset(store)
+    else:
+        dataset = labelled_dataset(store, task, 3 if units == 3 else 2)
+    with pytest.raises(InvalidArgument) as refused:
+        JobService(store, Settings()).create(
+            request(dataset, dense(units), metrics=metrics), "default"
+        )
+    violation = refused.value.violations[0]
+    assert violation.field == f"training.metrics[{len(metrics) - 1}]"
+    assert f"{metrics[-1]!r} does not fit datasets/{dataset.id}" in violation.description
+    assert f"{task.value.lower()} with" in violation.description
+    assert f"of shape {shape}: {fitting}," in violation.description
+    assert store.list_jobs(10, "")[0] == []
+
+
+@pytest.mark.parametrize("task", [TaskKind.BINARY_CLASSIFICATION, TaskKind.REGRESSION])
+def test_metrics_that_fit_the_targets_are_accepted(store: Store, task: TaskKind) -> None:
+    dataset = (
+        regression_dataset(store)
+        if task is TaskKind.REGRESSION
+        else labelled_dataset(store, task, 2)
+    )
+    metrics = ["accuracy"] if task.is_classification else ["r2", "mae"]
+    job = JobService(store, Settings()).create(request(dataset, metrics=metrics), "default")
+    assert job.training["metrics"] == metrics
