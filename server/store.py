@@ -813,6 +813,14 @@ class Store:
     ) -> None:
         self._append_event(session, row.id, row.state, row.attempt, message, progress, metrics)
 
+    def last_event_sequence(self, job_id: str) -> int:
+        """The number of the job's last event (events are numbered from 1 without gaps)."""
+        with self.db.read() as session:
+            last = session.scalar(
+                select(func.max(JobEventRow.sequence)).where(JobEventRow.job_id == job_id)
+            )
+            return int(last or 0)
+
     def job_events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[JobEvent]:
         with self.db.read() as session:
             rows = session.scalars(
