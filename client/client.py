@@ -606,7 +606,7 @@ class Client:
         reconnect: bool = True,
     ) -> JobWatch:
         """The job's numbered events (`JobEvent`s) after `after_sequence`, until the job
-        finishes.
+        finishes. A number beyond the job's last event raises `InvalidArgument`.
 
         The stream re-opens itself after a dropped connection or a server restart, resuming
         after the last event it returned (no event lost or repeated), for up to

@@ -190,13 +190,24 @@ class JobService:
         )
 
     def watched_job(self, name: str, after: int, project: str) -> str:
-        """The id of the job a watch names, checked to exist; the watch starts after `after`."""
+        """The id of the job a watch names, checked to exist; the watch starts after `after`,
+        which must be a number the job's events reached (a reconnecting watch resumes after
+        the last one it received)."""
         job_id = parse_name(name, "jobs", "name")
         if after < 0:
             raise InvalidArgument.field(
                 "after_sequence", f"must not be negative. Received: {after}"
             )
         self.store.get_job(job_id, project)
+        # Beyond the last event, a running job's watch stayed silent until its deadline and a
+        # finished job's ended at once, as if it had caught up.
+        last = self.store.last_event_sequence(job_id) if after else 0
+        if after > last:
+            raise InvalidArgument.field(
+                "after_sequence",
+                f"is beyond {name}'s last event, number {last}. Received: {after}; send the "
+                "sequence of the last event a watch returned, or 0 for all of them",
+            )
         return job_id
 
     def new_events(self, job_id: str, after: int, project: str) -> tuple[list[JobEvent], bool]:

@@ -16,6 +16,11 @@ def is_name(name: str, collection: str) -> bool:
     return len(name) == len(collection) + 1 + _ID_LENGTH and _id_in(name, collection) is not None
 
 
+def is_id(value: object) -> bool:
+    """Whether `value` is an id as the store makes them (32 lowercase hex digits)."""
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
+
+
 def parse_name(name: str, collection: str, field: str) -> str:
     """The id in `{collection}/{id}`; INVALID_ARGUMENT naming `field` if malformed."""
     # Only names of a well-formed name's length reach the cache: it keeps refusals too, keyed by

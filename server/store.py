@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import math
 import os
@@ -57,6 +58,7 @@ from .models import (
     MetricRow,
     WorkerRow,
 )
+from .names import is_id
 from .records import (
     FINISHED_STATES,
     Checkpoint,
@@ -71,8 +73,8 @@ from .records import (
 )
 
 DEFAULT_PAGE_SIZE = 50
-# Tokens we issue are base64 of `["<ISO timestamp with offset>", "<32 hex digits>"]`: about 100
-# characters.
+# Tokens we issue are base64 of `["<ISO timestamp with offset>", "<32 hex digits>", "<scope>"]`
+# (`page_scope`): about 110 characters.
 MAX_PAGE_TOKEN_LENGTH = 256
 MAX_PAGE_SIZE = 1000
 DEFAULT_KEEP_CHECKPOINTS = 3
@@ -239,12 +241,25 @@ def _as_stored(value: object) -> object:
     return json.loads(json.dumps(value))
 
 
-def encode_page_token(created_at: datetime, row_id: str) -> str:
-    raw = json.dumps([created_at.isoformat(), row_id]).encode()
+def page_scope(listing: str, *filters: object) -> str:
+    """What a page token continues: its listing and filters, hashed to 8 hex digits. Sent with
+    another listing or other filters, its position would page through rows it was not made
+    for (the page size may change)."""
+    described = json.dumps([listing, *filters], sort_keys=True)
+    return hashlib.sha256(described.encode()).hexdigest()[:8]
+
+
+def encode_page_token(created_at: datetime, row_id: str, scope: str) -> str:
+    raw = json.dumps([created_at.isoformat(), row_id, scope]).encode()
     return base64.urlsafe_b64encode(raw).decode()
 
 
-def decode_page_token(token: str) -> tuple[datetime, str]:
+def _not_a_page_token() -> InvalidArgument:
+    return InvalidArgument.field("page_token", "is not a token returned by a previous List call")
+
+
+def decode_page_token(token: str, scope: str) -> tuple[datetime, str]:
+    """The position after which a page starts; the token must have been issued for `scope`."""
     # Refused before decoding: json.loads of a forged token nesting 100,000 lists raised
     # RecursionError (answered INTERNAL), and no token we issue comes near this length.
     if len(token) > MAX_PAGE_TOKEN_LENGTH:
@@ -254,12 +269,22 @@ def decode_page_token(token: str) -> tuple[datetime, str]:
             f"{MAX_PAGE_TOKEN_LENGTH} characters). Received: {len(token)} characters",
         )
     try:
-        created, row_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return datetime.fromisoformat(created), str(row_id)
+        created, row_id, *issued_for = json.loads(base64.urlsafe_b64decode(token.encode()))
+        after = datetime.fromisoformat(created)
     except (ValueError, TypeError, binascii.Error, UnicodeError, RecursionError):
+        raise _not_a_page_token() from None
+    # The id reaches the query: one holding a NUL (PostgreSQL refuses it) or a lone surrogate
+    # (no encoding takes it) failed there, INTERNAL. Every timestamp issued has its offset.
+    if not is_id(row_id) or after.tzinfo is None or len(issued_for) > 1:
+        raise _not_a_page_token()
+    # A token issued before tokens named their scope has none: it is taken as it was.
+    if issued_for and issued_for[0] != scope:
         raise InvalidArgument.field(
-            "page_token", "is not a token returned by a previous List call"
-        ) from None
+            "page_token",
+            "was returned for another List call or other filters, and only continues the "
+            "listing that returned it; send its filters again, or start again without page_token",
+        )
+    return after, row_id
 
 
 def page_size_of(requested: int) -> int:
@@ -442,10 +467,11 @@ class Store:
         query = select(DatasetRow)
         if project is not None:
             query = query.where(DatasetRow.project == project)
+        scope = page_scope("datasets")
         with self.db.read() as session:
-            rows = self._page(session, query, DatasetRow, page_size, page_token)
+            rows = self._page(session, query, DatasetRow, page_size, page_token, scope)
             items = [_dataset(row) for row in rows]
-        return self._with_next_token(items, page_size_of(page_size))
+        return self._with_next_token(items, page_size_of(page_size), scope)
 
     @staticmethod
     def _dataset_row(
@@ -569,30 +595,36 @@ class Store:
         if dataset_id:
             query = query.where(JobRow.dataset_id == dataset_id)
         size = page_size_of(page_size)
+        scope = page_scope("jobs", None if state is None else state.value, dataset_id, labels or {})
         items: list[Job] = []
         token = page_token
         with self.db.read() as session:
             # Label filters are checked in Python (JSON columns differ across databases), so a
             # page is refilled until it is full or the table is exhausted.
             while True:
-                rows = self._page(session, query, JobRow, size, token)
+                rows = self._page(session, query, JobRow, size, token, scope)
                 for row in rows:
                     if not labels or all(row.labels.get(k) == v for k, v in labels.items()):
                         items.append(_job(row))
                 if len(rows) <= size or len(items) > size:
                     break
                 # Every fetched row was looked at, the extra one too: go on after the last.
-                token = encode_page_token(_aware(rows[-1].created_at), rows[-1].id)  # type: ignore[arg-type]
-        return self._with_next_token(items, size)
+                token = encode_page_token(_aware(rows[-1].created_at), rows[-1].id, scope)  # type: ignore[arg-type]
+        return self._with_next_token(items, size, scope)
 
     @staticmethod
     def _page(
-        session: Session, query: Select[Any], model: Any, page_size: int, page_token: str
+        session: Session,
+        query: Select[Any],
+        model: Any,
+        page_size: int,
+        page_token: str,
+        scope: str,
     ) -> Sequence[Any]:
         """Newest first, keyset-paginated on (created_at, id); fetches one extra row."""
         size = page_size_of(page_size)
         if page_token:
-            created, row_id = decode_page_token(page_token)
+            created, row_id = decode_page_token(page_token, scope)
             query = query.where(
                 or_(
                     model.created_at < created,
@@ -603,11 +635,11 @@ class Store:
         return session.scalars(query).all()
 
     @staticmethod
-    def _with_next_token(items: list[Any], size: int) -> tuple[list[Any], str]:
+    def _with_next_token(items: list[Any], size: int, scope: str) -> tuple[list[Any], str]:
         if len(items) <= size:
             return items, ""
         last = items[size - 1]
-        return items[:size], encode_page_token(last.created_at, last.id)
+        return items[:size], encode_page_token(last.created_at, last.id, scope)
 
     # --- the queue ----------------------------------------------------------------------------
 
@@ -780,6 +812,14 @@ class Store:
         metrics: dict[str, float] | None = None,
     ) -> None:
         self._append_event(session, row.id, row.state, row.attempt, message, progress, metrics)
+
+    def last_event_sequence(self, job_id: str) -> int:
+        """The number of the job's last event (events are numbered from 1 without gaps)."""
+        with self.db.read() as session:
+            last = session.scalar(
+                select(func.max(JobEventRow.sequence)).where(JobEventRow.job_id == job_id)
+            )
+            return int(last or 0)
 
     def job_events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[JobEvent]:
         with self.db.read() as session:

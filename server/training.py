@@ -157,7 +157,7 @@ def _check_params(kind: str, name: str, params: Mapping[str, float]) -> None:
             raise InvalidArgument.field(
                 f"training.{kind}.params[{key[:40]!r}]",
                 f"is not a parameter of {kind} {name!r}, which takes: {', '.join(accepted)}. "
-                f"Received: {key[:40]}={value}",
+                f"Received: {key[:40]!r}={value}",
             )
 
 

@@ -78,6 +78,15 @@ def test_watch_numbers_events_and_resumes_without_gaps(
         rest = [e.sequence for e in job.watch(after_sequence=cut)]
         assert rest == sequences[cut:]
     assert list(job.watch(after_sequence=sequences[-1])) == []
+    # After a number no event has is refused, on a finished job as on a running one (which
+    # stayed silent until the deadline).
+    with pytest.raises(InvalidArgument) as beyond:
+        list(job.watch(after_sequence=sequences[-1] + 1))
+    assert beyond.value.field_violations[0][0] == "after_sequence"
+    queued = client.create_job(iris_dataset, MLP, epochs=1, queue="nobody")
+    with pytest.raises(InvalidArgument, match=r"last event, number 1\. Received: 2"):
+        list(queued.watch(after_sequence=2, timeout=20))
+    queued.cancel()
 
 
 def test_metrics_checkpoints_metadata_and_stream(

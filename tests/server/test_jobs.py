@@ -414,3 +414,34 @@ def test_metrics_that_fit_the_targets_are_accepted(store: Store, task: TaskKind)
     metrics = ["accuracy"] if task.is_classification else ["r2", "mae"]
     job = JobService(store, Settings()).create(request(dataset, metrics=metrics), "default")
     assert job.training["metrics"] == metrics
+
+
+def test_a_watch_after_the_jobs_last_event_is_refused_naming_it(store: Store) -> None:
+    """A watch after a number the job's events never reached stayed silent until its deadline
+    while the job ran, and ended at once, as if caught up, once it had finished."""
+    service = JobService(store, Settings())
+    job = service.create(request(regression_dataset(store), epochs=1), "default")
+    name = f"jobs/{job.id}"
+    assert service.watched_job(name, 1, "default") == job.id  # the QUEUED event: caught up
+    with pytest.raises(InvalidArgument) as beyond:
+        service.watched_job(name, 2, "default")
+    assert beyond.value.violations[0].field == "after_sequence"
+    assert beyond.value.message.startswith(
+        f"after_sequence: is beyond {name}'s last event, number 1. Received: 2"
+    )
+    assert run_next(store) is JobState.SUCCEEDED
+    last = store.job_events(job.id)[-1].sequence
+    assert service.watched_job(name, last, "default") == job.id
+    assert service.new_events(job.id, last, "default") == ([], True)  # over, nothing replayed
+    with pytest.raises(InvalidArgument, match=rf"last event, number {last}\. Received: {last + 1}"):
+        service.watched_job(name, last + 1, "default")
+
+
+def test_a_parameter_name_is_quoted_where_an_error_shows_it(store: Store) -> None:
+    """A NUL or a control character in a name the client sent reached the message raw."""
+    service = JobService(store, Settings())
+    adam = models_pb2.OptimizerSpec(name="adam", params={"a\x00\x07": 1.0})
+    with pytest.raises(InvalidArgument) as refused:
+        service.create(request(regression_dataset(store), optimizer=adam), "default")
+    assert "Received: 'a\\x00\\x07'=1.0" in refused.value.message
+    assert "\x00" not in refused.value.message and "\x07" not in refused.value.message

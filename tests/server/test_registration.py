@@ -18,7 +18,7 @@ from trainwire.server.auth import KeyChecker
 from trainwire.server.local import local_server
 from trainwire.server.metrics import SERVER_METRICS
 from trainwire.server.wrappers import WrappingRegistrar
-from trainwire.v1 import jobs_pb2_grpc, predictions_pb2_grpc
+from trainwire.v1 import datasets_pb2, jobs_pb2_grpc, predictions_pb2_grpc, tensor_pb2
 
 
 class _RecordingServer:
@@ -207,3 +207,65 @@ def test_every_service_answers_through_the_real_server(tmp_path: Path) -> None:
         assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
         (response,) = list(stub.ServerReflectionInfo(iter([request]), timeout=30))
         assert response.list_services_response.service
+
+
+JOBS = "/trainwire.v1.JobService"
+DATASETS = "/trainwire.v1.DatasetService"
+PREDICTIONS = "/trainwire.v1.PredictionService"
+REQUEST_TYPES = {"UploadDataset": "UploadDatasetRequest", "PredictStream": "PredictRequest"}
+
+
+def test_a_request_that_does_not_decode_is_invalid_argument_for_every_kind_of_rpc(
+    tmp_path: Path,
+) -> None:
+    """Bytes that are not the method's message (a string field with invalid UTF-8, a cut
+    varint) were UNKNOWN for a single request and INTERNAL, with a logged trace, in a stream."""
+    bad_utf8 = b"\x0a\x02\xff\xfe"  # field 1 (a string in every message sent here): 2 bytes
+    regression = datasets_pb2.DatasetHeader(
+        task=datasets_pb2.TASK_KIND_REGRESSION,
+        features=tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[2, 1]),
+        targets=tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[2]),
+    )
+    header = datasets_pb2.UploadDatasetRequest(header=regression).SerializeToString()
+    cut_varint = b"\x08\xff\xff"  # field 1, a varint whose last byte says more follow
+    with (
+        local_server(f"sqlite:///{tmp_path / 'trainwire.db'}", workers=0) as server,
+        grpc.insecure_channel(server.target) as channel,
+    ):
+        raw = {"request_serializer": None, "response_deserializer": None}  # bytes as they are
+        calls: list[tuple[str, Any, Any, str]] = [
+            ("GetJob", channel.unary_unary(f"{JOBS}/GetJob", **raw), bad_utf8, "The request"),
+            ("ListJobs", channel.unary_unary(f"{JOBS}/ListJobs", **raw), cut_varint, "The request"),
+            (
+                "Predict",
+                channel.unary_unary(f"{PREDICTIONS}/Predict", **raw),
+                bad_utf8,
+                "The request",
+            ),
+            ("WatchJob", channel.unary_stream(f"{JOBS}/WatchJob", **raw), bad_utf8, "The request"),
+            (
+                "UploadDataset",
+                channel.stream_unary(f"{DATASETS}/UploadDataset", **raw),
+                iter([header, b"\x12\x01"]),  # then a chunk (field 2) cut short
+                "Message 2 of the request stream",
+            ),
+            (
+                "PredictStream",
+                channel.stream_stream(f"{PREDICTIONS}/PredictStream", **raw),
+                iter([bad_utf8]),
+                "Message 1 of the request stream",
+            ),
+        ]
+        for name, call, payload, what in calls:
+            with pytest.raises(grpc.RpcError) as refused:
+                answer = call(payload, timeout=30)
+                if name in ("WatchJob", "PredictStream"):
+                    list(answer)  # a stream of answers ends in the error
+            expected_type = REQUEST_TYPES.get(name, f"{name}Request")
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+            assert refused.value.details().startswith(
+                f"{what} could not be decoded as a trainwire.v1.{expected_type}, the message "
+                f"{name} takes ("
+            ), refused.value.details()
+        log = "".join(server.output)
+    assert "Traceback" not in log and "unexpected error" not in log, log[-3000:]

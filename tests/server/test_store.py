@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import threading
 import time
@@ -238,6 +239,70 @@ def test_a_forged_deeply_nested_page_token_is_invalid_not_internal(store: Store)
             listing(10, forged)
         assert refused.value.violations[0].field == "page_token"
         assert f"Received: {len(forged)} characters" in refused.value.message
+
+
+def _forged(*parts: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode()
+
+
+def test_a_forged_page_token_is_invalid_argument_whatever_its_id_holds(store: Store) -> None:
+    """An id with a NUL was INTERNAL on PostgreSQL (psycopg's DataError), a lone surrogate
+    INTERNAL on both databases (UnicodeEncodeError): the id was passed on unchecked."""
+    when = "2026-01-01T00:00:00+00:00"
+    for forged in (
+        _forged(when, "a\x00b"),
+        _forged(when, "\ud800"),
+        _forged(when, 7),
+        _forged("2026-01-01T00:00:00", new_id()),  # no offset: never issued
+        _forged(when, new_id(), "scope", "more"),
+    ):
+        for listing in (store.list_jobs, store.list_datasets):
+            with pytest.raises(InvalidArgument) as refused:
+                listing(10, forged)
+            assert refused.value.message == (
+                "page_token: is not a token returned by a previous List call"
+            ), forged
+    # A well-formed position, however far off, is only a place to start from.
+    make_dataset(store)
+    assert store.list_datasets(10, _forged("0001-01-01T00:00:00+14:00", new_id()))[0] == []
+    assert len(store.list_datasets(10, _forged("9999-12-31T23:59:59-14:00", new_id()))[0]) == 1
+
+
+def test_a_page_token_continues_only_the_listing_and_filters_that_returned_it(
+    store: Store,
+) -> None:
+    dataset = make_dataset(store)
+    make_dataset(store)
+    for _ in range(3):
+        store.create_job(make_job(store, dataset, labels={"n": "x"}))
+    _, of_datasets = store.list_datasets(1, "")
+    _, of_jobs = store.list_jobs(1, "")
+    _, of_x = store.list_jobs(1, "", labels={"n": "x"})
+    assert of_datasets and of_jobs and of_x
+    elsewhere = [
+        lambda: store.list_jobs(1, of_datasets),
+        lambda: store.list_datasets(1, of_jobs),
+        lambda: store.list_jobs(1, of_jobs, state=JobState.QUEUED),
+        lambda: store.list_jobs(1, of_jobs, dataset_id=dataset.id),
+        lambda: store.list_jobs(1, of_x, labels={"n": "y"}),
+        lambda: store.list_jobs(1, of_x),
+    ]
+    for misused in elsewhere:
+        with pytest.raises(InvalidArgument) as refused:
+            misused()
+        assert refused.value.violations[0].field == "page_token"
+        assert "start again without page_token" in refused.value.message
+    # With its own listing and filters (the page size may change), a token goes on.
+    assert len(store.list_jobs(2, of_x, labels={"n": "x"})[0]) == 2
+    assert len(store.list_datasets(5, of_datasets)[0]) == 1
+
+
+def test_a_page_token_issued_before_tokens_named_their_listing_still_pages(store: Store) -> None:
+    dataset = make_dataset(store)
+    ids = [store.create_job(make_job(store, dataset)).id for _ in range(3)]
+    newest = store.get_job(ids[-1])
+    old_style = _forged(newest.created_at.isoformat(), newest.id)
+    assert [job.id for job in store.list_jobs(10, old_style)[0]] == ids[-2::-1]
 
 
 def test_label_filtered_pages_return_each_job_once(store: Store) -> None:
