@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -113,3 +115,49 @@ def test_class_names_on_a_regression_are_refused_as_such(store: Store) -> None:
     assert refused.value.violations[0].field == "header.class_names"
     assert "a regression has no classes" in refused.value.message
     assert store.list_datasets(10, "")[0] == []
+
+
+MiB = 1 << 20
+
+
+def float64_upload(rows: int, chunks: list[bytes]) -> list[datasets_pb2.UploadDatasetRequest]:
+    """A header announcing `rows` examples of 4 float64 features and a float64 target (40 bytes
+    each), then the given chunks."""
+    float64 = tensor_pb2.DATA_TYPE_FLOAT64
+    header = datasets_pb2.DatasetHeader(
+        task=REGRESSION,
+        features=tensor_pb2.TensorInfo(dtype=float64, shape=[rows, 4]),
+        targets=tensor_pb2.TensorInfo(dtype=float64, shape=[rows]),
+    )
+    return [datasets_pb2.UploadDatasetRequest(header=header)] + [
+        datasets_pb2.UploadDatasetRequest(chunk=chunk) for chunk in chunks
+    ]
+
+
+@pytest.mark.parametrize(
+    ("requests", "says"),
+    [
+        (float64_upload(64 * MiB // 40, [bytes(MiB)] * 4), "the upload ended after 4194304 of"),
+        # 2.5 MiB, complete: refused once the bytes are viewed as arrays.
+        (float64_upload(2**16, [np.full(MiB // 16, np.nan).tobytes()] * 5), "must be finite"),
+    ],
+    ids=["ended-early", "not-finite"],
+)
+def test_an_upload_holds_the_bytes_received_and_lets_go_when_it_fails(
+    store: Store, requests: list[datasets_pb2.UploadDatasetRequest], says: str
+) -> None:
+    """4 MiB sent: a header announcing 64 MiB allocated (and zero-filled) all 64 at once, and the
+    bytes lived as long as the error did, which grpc keeps after the call (in a reference cycle
+    with the call's state): the frames in its traceback held them. Data of NaN also took twice its
+    size to report the first one."""
+    service = DatasetService(store, Settings(max_dataset_bytes=128 * MiB))
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidArgument, match=says) as refused:
+            service.upload(requests, "default")
+        left, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * MiB, "about the 4 MiB received, not the size announced"
+    assert left < MiB, "the error (still alive here) must not hold the upload's bytes"
+    assert refused.value.violations
