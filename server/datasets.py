@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import traceback
 from collections.abc import Iterable
 from types import TracebackType
 
 import numpy as np
 
-from trainwire.client.tensors import TensorError, dtype_of, expected_nbytes
+from trainwire.client.tensors import TensorError, dtype_name, dtype_of, expected_nbytes
 from trainwire.engine import load_state, save_state
 from trainwire.v1 import datasets_pb2, tensor_pb2
 
@@ -24,6 +25,7 @@ from .store import Store, new_id, utcnow
 FEATURE_DTYPES = (tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_FLOAT64)
 MAX_CLASSES = 100_000
 MAX_NAME_LENGTH = 256
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class DatasetService:
@@ -128,12 +130,26 @@ class DatasetService:
             )
         check_text("header.display_name", header.display_name, MAX_NAME_LENGTH)
         check_labels("header.labels", header.labels)
-        for field in ("feature_names", "class_names"):
+        if header.sha256 and not SHA256.fullmatch(header.sha256):
+            raise InvalidArgument.field(
+                "header.sha256",
+                "must be 64 hex digits (the SHA-256 of the bytes uploaded), or empty. "
+                f"Received: {header.sha256[:80]!r}",
+            )
+        for field, kind in (("feature_names", "feature"), ("class_names", "class")):
             names = getattr(header, field)
             if len(names) > MAX_CLASSES:
                 raise InvalidArgument.field(f"header.{field}", f"at most {MAX_CLASSES} names")
+            seen: set[str] = set()
             for name in names:
                 check_text(f"header.{field}", name, MAX_NAME_LENGTH)
+                # The CLI finds a feature's CSV column by its name, and a label by its class's.
+                if name in seen:
+                    raise InvalidArgument.field(
+                        f"header.{field}",
+                        f"names {name[:64]!r} more than once: each {kind} needs a name of its own",
+                    )
+                seen.add(name)
         if header.features.dtype not in FEATURE_DTYPES:
             raise InvalidArgument.field(
                 "header.features.dtype",
@@ -157,6 +173,16 @@ class DatasetService:
             )
         if features[1] == 0:
             raise InvalidArgument.field("header.features.shape", "examples have 0 features")
+        # Before the other sizes are compared with it: a features shape of [2**62, 2**62] was
+        # refused for its targets' shape, which would have had to be (2**62,).
+        feature_bytes = expected_nbytes(dtype_of(header.features.dtype), features)
+        if feature_bytes > self.settings.max_dataset_bytes:
+            raise ResourceExhausted.limit(
+                "max_dataset_bytes",
+                self.settings.max_dataset_bytes,
+                feature_bytes,
+                f"the features alone: {list(features)} of {dtype_name(header.features.dtype)}",
+            )
         if header.feature_names and len(header.feature_names) != features[1]:
             raise InvalidArgument.field(
                 "header.feature_names",
