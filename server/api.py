@@ -10,7 +10,7 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 
 import grpc
@@ -47,15 +47,32 @@ from .store import best_checkpoint
 
 
 class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
-    def __init__(self, datasets: DatasetService) -> None:
-        self.datasets = datasets
+    """Plain methods run in the server's thread pool; UploadDataset is a coroutine that receives
+    the stream on the event loop and checks the header, then hashes, checks and stores the bytes,
+    in the thread pool: an open upload holds no thread while it waits for its client (as a
+    synchronous handler, 16 stalled uploads took every thread and every other RPC waited)."""
 
-    def UploadDataset(
+    def __init__(self, datasets: DatasetService, executor: Executor) -> None:
+        self.datasets = datasets
+        self.executor = executor
+
+    async def UploadDataset(
         self,
-        request_iterator: Iterator[datasets_pb2.UploadDatasetRequest],
-        context: grpc.ServicerContext,
+        request_iterator: AsyncIterator[datasets_pb2.UploadDatasetRequest],
+        context: grpc.aio.ServicerContext,
     ) -> datasets_pb2.Dataset:
-        return dataset_to_proto(self.datasets.upload(request_iterator, current_project()))
+        loop = asyncio.get_running_loop()
+        project = current_project()
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        upload = await loop.run_in_executor(self.executor, self.datasets.start, first)
+        with upload:  # its bytes are let go of at once if the upload fails
+            async for request in requests:
+                upload.add(request)  # one copy per chunk; the hashing waits for the pool
+            dataset = await loop.run_in_executor(
+                self.executor, self.datasets.finish, upload, project
+            )
+        return dataset_to_proto(dataset)
 
     def GetDataset(
         self, request: datasets_pb2.GetDatasetRequest, context: grpc.ServicerContext

@@ -67,9 +67,10 @@ class RunningServer:
     It is a `grpc.aio` server, chosen by measurement (benchmarks/predict.py measures a bare
     asyncio server against a bare thread-pool one in every run; the README has the figures): the
     thread-pool server's 16 threads fight over the GIL, and the loop is what lets concurrent
-    predictions share a pass (server.batching). Predictions run on the loop; every other RPC is a
-    plain function that the server runs in its thread pool of `grpc_threads`, since they wait on
-    the database.
+    predictions share a pass (server.batching). Predictions run on the loop, and so do WatchJob
+    and UploadDataset, which wait for their clients there and do their work in the thread pool of
+    `grpc_threads`; every other RPC is a plain function that the server runs in that pool, since
+    they wait on the database.
     """
 
     def __init__(self, settings: Settings, store: Store, address: str | None = None) -> None:
@@ -125,7 +126,7 @@ class RunningServer:
             WatchLimiter(settings.max_watches_per_client),
             self.executor,
         )
-        datasets = DatasetServicer(DatasetService(self.store, settings))
+        datasets = DatasetServicer(DatasetService(self.store, settings), self.executor)
         # Every method wrapped in the request bookkeeping; only predictions are registered methods.
         registrar = WrappingRegistrar(server, self.keys, registered=(PREDICTION_SERVICE,))
         datasets_pb2_grpc.add_DatasetServiceServicer_to_server(datasets, registrar)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import traceback
 from collections.abc import Iterable
+from types import TracebackType
 
 import numpy as np
 
-from trainwire.client.tensors import TensorError, dtype_of, expected_nbytes
+from trainwire.client.tensors import TensorError, dtype_name, dtype_of, expected_nbytes
 from trainwire.engine import load_state, save_state
 from trainwire.v1 import datasets_pb2, tensor_pb2
 
@@ -22,6 +25,7 @@ from .store import Store, new_id, utcnow
 FEATURE_DTYPES = (tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_FLOAT64)
 MAX_CLASSES = 100_000
 MAX_NAME_LENGTH = 256
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class DatasetService:
@@ -32,8 +36,15 @@ class DatasetService:
     def upload(
         self, requests: Iterable[datasets_pb2.UploadDatasetRequest], project: str
     ) -> Dataset:
+        """Receives a whole upload (header, then chunks), checks it and stores it."""
         stream = iter(requests)
-        first = next(stream, None)
+        with self.start(next(stream, None)) as upload:
+            for request in stream:
+                upload.add(request)
+            return self.finish(upload, project)
+
+    def start(self, first: datasets_pb2.UploadDatasetRequest | None) -> Upload:
+        """An upload begun by its first message, which must be a header within the limits."""
         if first is None or first.WhichOneof("content") != "header":
             raise InvalidArgument.field(
                 "header", "the first message of an upload must be the header"
@@ -48,25 +59,19 @@ class DatasetService:
             raise ResourceExhausted.limit(
                 "max_dataset_bytes", self.settings.max_dataset_bytes, total
             )
+        return Upload(header, features_shape, targets_shape, feature_bytes, total)
 
-        buffer = bytearray(total)
-        received = 0
-        for request in stream:
-            if request.WhichOneof("content") != "chunk":
-                raise InvalidArgument.field("header", "only the first message may carry a header")
-            chunk = request.chunk
-            if received + len(chunk) > total:
-                raise InvalidArgument.field(
-                    "chunk",
-                    f"the upload sent more than the {total} bytes its header announces "
-                    f"(features {list(features_shape)}, targets {list(targets_shape)})",
-                )
-            buffer[received : received + len(chunk)] = chunk
-            received += len(chunk)
-        if received != total:
+    def finish(self, upload: Upload, project: str) -> Dataset:
+        """Checks the bytes of an upload whose stream has ended, and stores them."""
+        header = upload.header
+        features_shape, targets_shape = upload.features_shape, upload.targets_shape
+        feature_dtype = dtype_of(header.features.dtype)
+        target_dtype = dtype_of(header.targets.dtype)
+        buffer, total, feature_bytes = upload.buffer, upload.total, upload.feature_bytes
+        if len(buffer) != total:
             raise InvalidArgument.field(
                 "chunk",
-                f"the upload ended after {received} of the {total} bytes its header announces",
+                f"the upload ended after {len(buffer)} of the {total} bytes its header announces",
             )
         digest = hashlib.sha256(buffer).hexdigest()
         if header.sha256 and header.sha256.lower() != digest:
@@ -125,12 +130,26 @@ class DatasetService:
             )
         check_text("header.display_name", header.display_name, MAX_NAME_LENGTH)
         check_labels("header.labels", header.labels)
-        for field in ("feature_names", "class_names"):
+        if header.sha256 and not SHA256.fullmatch(header.sha256):
+            raise InvalidArgument.field(
+                "header.sha256",
+                "must be 64 hex digits (the SHA-256 of the bytes uploaded), or empty. "
+                f"Received: {header.sha256[:80]!r}",
+            )
+        for field, kind in (("feature_names", "feature"), ("class_names", "class")):
             names = getattr(header, field)
             if len(names) > MAX_CLASSES:
                 raise InvalidArgument.field(f"header.{field}", f"at most {MAX_CLASSES} names")
+            seen: set[str] = set()
             for name in names:
                 check_text(f"header.{field}", name, MAX_NAME_LENGTH)
+                # The CLI finds a feature's CSV column by its name, and a label by its class's.
+                if name in seen:
+                    raise InvalidArgument.field(
+                        f"header.{field}",
+                        f"names {name[:64]!r} more than once: each {kind} needs a name of its own",
+                    )
+                seen.add(name)
         if header.features.dtype not in FEATURE_DTYPES:
             raise InvalidArgument.field(
                 "header.features.dtype",
@@ -154,6 +173,16 @@ class DatasetService:
             )
         if features[1] == 0:
             raise InvalidArgument.field("header.features.shape", "examples have 0 features")
+        # Before the other sizes are compared with it: a features shape of [2**62, 2**62] was
+        # refused for its targets' shape, which would have had to be (2**62,).
+        feature_bytes = expected_nbytes(dtype_of(header.features.dtype), features)
+        if feature_bytes > self.settings.max_dataset_bytes:
+            raise ResourceExhausted.limit(
+                "max_dataset_bytes",
+                self.settings.max_dataset_bytes,
+                feature_bytes,
+                f"the features alone: {list(features)} of {dtype_name(header.features.dtype)}",
+            )
         if header.feature_names and len(header.feature_names) != features[1]:
             raise InvalidArgument.field(
                 "header.feature_names",
@@ -202,15 +231,70 @@ class DatasetService:
         return arrays["features"], arrays["targets"]
 
 
+class Upload:
+    """An upload in progress: its checked header and the bytes received so far.
+
+    The bytes grow with the chunks that arrive, never from the size the header announces (a
+    header alone, a hundred bytes, used to reserve and zero-fill up to `max_dataset_bytes`). Used
+    as a context manager, it lets go of them at once if the upload fails.
+    """
+
+    def __init__(
+        self,
+        header: datasets_pb2.DatasetHeader,
+        features_shape: tuple[int, ...],
+        targets_shape: tuple[int, ...],
+        feature_bytes: int,
+        total: int,
+    ) -> None:
+        self.header = header
+        self.features_shape = features_shape
+        self.targets_shape = targets_shape
+        self.feature_bytes = feature_bytes
+        self.total = total
+        self.buffer = bytearray()
+
+    def add(self, request: datasets_pb2.UploadDatasetRequest) -> None:
+        """Appends a chunk (one copy: the bytes are extended in place, not joined at the end)."""
+        if request.WhichOneof("content") != "chunk":
+            raise InvalidArgument.field("header", "only the first message may carry a header")
+        chunk = request.chunk  # read once: each read of a bytes field makes a new object
+        if len(self.buffer) + len(chunk) > self.total:
+            raise InvalidArgument.field(
+                "chunk",
+                f"the upload sent more than the {self.total} bytes its header announces "
+                f"(features {list(self.features_shape)}, targets {list(self.targets_shape)})",
+            )
+        self.buffer += chunk
+
+    def __enter__(self) -> Upload:
+        return self
+
+    def __exit__(
+        self, _kind: object, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if error is None:
+            return
+        # grpc.aio keeps a failed call's error with the call's state, which the error's frames
+        # reference in turn: a cycle that only the cyclic collector frees, so the bytes the
+        # frames held stayed (four failed 512 MiB uploads left 2 GiB behind). The buffer is
+        # dropped, and the locals of the finished frames (views of it) cleared; the traceback
+        # keeps its lines for the log.
+        self.buffer = bytearray()
+        traceback.clear_frames(trace)
+
+
 def _check_finite(field: str, values: np.ndarray) -> None:
     if values.dtype.kind != "f":
         return
     finite = np.isfinite(values)
     if not finite.all():
-        bad = np.argwhere(~finite)[0]
+        # The first one (argmin of booleans): np.argwhere listed every one, 16 bytes each per
+        # dimension, twice the upload's size for data of NaN.
+        bad = np.unravel_index(int(np.argmin(finite)), values.shape)
         where = ", ".join(str(int(i)) for i in bad)
         raise InvalidArgument.field(
-            field, f"must be finite; found {values[tuple(bad)]} at index ({where})"
+            field, f"must be finite; found {values[bad]} at index ({where})"
         )
 
 

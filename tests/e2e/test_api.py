@@ -38,6 +38,8 @@ from trainwire.server.cli import main
 from trainwire.server.local import local_server
 from trainwire.server.migrate import upgrade
 from trainwire.v1 import (
+    datasets_pb2,
+    datasets_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     predictions_pb2,
@@ -330,6 +332,48 @@ def test_abandoned_watches_give_back_their_slot_and_hold_no_thread(tmp_path: Pat
             # the cancellations have reached the server.
             assert job.status().state == "QUEUED"
             wait_for(lambda: _two_watches_open(job), 30, "both watch slots to be free")
+    assert server.process.returncode == 0, "".join(server.output[-40:])
+
+
+def test_stalled_uploads_hold_no_thread(tmp_path: Path) -> None:
+    """An upload waiting for its client holds no server thread: with a pool of 2 threads, 6
+    uploads that sent their header and nothing more leave every RPC working (each held a thread
+    for as long as its stream was open, and GetDataset waited for one until its deadline)."""
+    url = f"sqlite:///{tmp_path / 'uploads.db'}"
+    env = {"TRAINWIRE_GRPC_THREADS": "2"}
+    with local_server(url, workers=0, extra_env=env) as server, Client(server.target) as client:
+        data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3)
+        header = datasets_pb2.DatasetHeader(
+            task=datasets_pb2.TASK_KIND_REGRESSION,
+            features=tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[10, 4]),
+            targets=tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[10]),
+        )
+        sent, release = threading.Semaphore(0), threading.Event()
+
+        def stalled() -> Iterator[datasets_pb2.UploadDatasetRequest]:
+            yield datasets_pb2.UploadDatasetRequest(header=header)
+            sent.release()  # grpc asks for the next message: the header is on its way
+            release.wait(30)
+
+        with grpc.insecure_channel(server.target) as channel:
+            datasets = datasets_pb2_grpc.DatasetServiceStub(channel)
+            uploads = [datasets.UploadDataset.future(stalled(), timeout=60) for _ in range(6)]
+            try:
+                # The calls that follow on this connection reach the server after the headers.
+                assert all(sent.acquire(timeout=30) for _ in uploads)
+                got = datasets.GetDataset(
+                    datasets_pb2.GetDatasetRequest(name=data.name), timeout=10
+                )
+                assert got.name == data.name
+                listed = datasets.ListDatasets(datasets_pb2.ListDatasetsRequest(), timeout=10)
+                assert [d.name for d in listed.datasets] == [data.name]
+            finally:
+                release.set()
+            for upload in uploads:  # and each ends as before, refused for the bytes it lacks
+                with pytest.raises(grpc.RpcError) as short:
+                    upload.result(timeout=30)
+                assert short.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "the upload ended after 0 of the 200 bytes" in (short.value.details() or "")
     assert server.process.returncode == 0, "".join(server.output[-40:])
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
 from trainwire.server.config import Settings
 from trainwire.server.datasets import MAX_CLASSES, DatasetService
-from trainwire.server.errors import FieldViolation, InvalidArgument
+from trainwire.server.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from trainwire.server.store import Store
 from trainwire.v1 import datasets_pb2, tensor_pb2
 
@@ -112,4 +114,101 @@ def test_class_names_on_a_regression_are_refused_as_such(store: Store) -> None:
         DatasetService(store, Settings()).upload(requests, "default")
     assert refused.value.violations[0].field == "header.class_names"
     assert "a regression has no classes" in refused.value.message
+    assert store.list_datasets(10, "")[0] == []
+
+
+MiB = 1 << 20
+
+
+def float64_upload(rows: int, chunks: list[bytes]) -> list[datasets_pb2.UploadDatasetRequest]:
+    """A header announcing `rows` examples of 4 float64 features and a float64 target (40 bytes
+    each), then the given chunks."""
+    float64 = tensor_pb2.DATA_TYPE_FLOAT64
+    header = datasets_pb2.DatasetHeader(
+        task=REGRESSION,
+        features=tensor_pb2.TensorInfo(dtype=float64, shape=[rows, 4]),
+        targets=tensor_pb2.TensorInfo(dtype=float64, shape=[rows]),
+    )
+    return [datasets_pb2.UploadDatasetRequest(header=header)] + [
+        datasets_pb2.UploadDatasetRequest(chunk=chunk) for chunk in chunks
+    ]
+
+
+@pytest.mark.parametrize(
+    ("requests", "says"),
+    [
+        (float64_upload(64 * MiB // 40, [bytes(MiB)] * 4), "the upload ended after 4194304 of"),
+        # 2.5 MiB, complete: refused once the bytes are viewed as arrays.
+        (float64_upload(2**16, [np.full(MiB // 16, np.nan).tobytes()] * 5), "must be finite"),
+    ],
+    ids=["ended-early", "not-finite"],
+)
+def test_an_upload_holds_the_bytes_received_and_lets_go_when_it_fails(
+    store: Store, requests: list[datasets_pb2.UploadDatasetRequest], says: str
+) -> None:
+    """4 MiB sent: a header announcing 64 MiB allocated (and zero-filled) all 64 at once, and the
+    bytes lived as long as the error did, which grpc keeps after the call (in a reference cycle
+    with the call's state): the frames in its traceback held them. Data of NaN also took twice its
+    size to report the first one."""
+    service = DatasetService(store, Settings(max_dataset_bytes=128 * MiB))
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidArgument, match=says) as refused:
+            service.upload(requests, "default")
+        left, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * MiB, "about the 4 MiB received, not the size announced"
+    assert left < MiB, "the error (still alive here) must not hold the upload's bytes"
+    assert refused.value.violations
+
+
+def test_a_sha256_that_is_no_sha256_is_refused_as_such(store: Store) -> None:
+    """It was compared with the bytes' digest and refused as "does not match"."""
+    requests = multiclass_upload([0, 1, 2])
+    requests[0].header.sha256 = "zz\x00"
+    with pytest.raises(InvalidArgument) as refused:
+        DatasetService(store, Settings()).upload(requests, "default")
+    assert refused.value.violations[0].field == "header.sha256"
+    assert "must be 64 hex digits" in refused.value.message
+    assert "Received: 'zz\\x00'" in refused.value.message  # quoted, not a raw NUL
+
+
+def test_features_past_the_size_limit_are_refused_for_their_size(store: Store) -> None:
+    """[2**62, 2**62] was refused as "targets.shape must be (4611686018427387904,)"."""
+    requests = multiclass_upload([0, 1, 2])
+    requests[0].header.features.shape[:] = [2**62, 2**62]
+    with pytest.raises(ResourceExhausted) as refused:
+        DatasetService(store, Settings()).upload(requests, "default")
+    assert refused.value.message.startswith("max_dataset_bytes is limited to 536870912. Received:")
+    assert f"the features alone: [{2**62}, {2**62}] of float32" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("requests", "field", "names", "says"),
+    [
+        (
+            float64_upload(3, [bytes(120)]),  # 4 features
+            "feature_names",
+            ["a", "b\x07", "c", "b\x07"],
+            "names 'b\\x07' more than once",
+        ),
+        (multiclass_upload([0, 1, 2]), "class_names", ["x", "y", "x"], "names 'x' more than once"),
+    ],
+    ids=["feature_names", "class_names"],
+)
+def test_a_name_given_twice_is_refused(
+    store: Store,
+    requests: list[datasets_pb2.UploadDatasetRequest],
+    field: str,
+    names: list[str],
+    says: str,
+) -> None:
+    """They were stored, and the CLI, which matches CSV columns by feature name, could not tell
+    the features apart."""
+    getattr(requests[0].header, field).extend(names)
+    with pytest.raises(InvalidArgument) as refused:
+        DatasetService(store, Settings()).upload(requests, "default")
+    assert refused.value.violations[0].field == f"header.{field}"
+    assert says in refused.value.message and "\x07" not in refused.value.message
     assert store.list_datasets(10, "")[0] == []
