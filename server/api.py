@@ -118,21 +118,22 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self.predictions = predictions
         self.watches = watches
         self.executor = executor
+        self.max_job_bytes = jobs.settings.max_answer_bytes()
 
     def CreateJob(
         self, request: jobs_pb2.CreateJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.Job:
-        return job_to_proto(self.jobs.create(request, current_project()))
+        return job_to_proto(self.jobs.create(request, current_project()), self.max_job_bytes)
 
     def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.Job:
-        return job_to_proto(self.jobs.get(request.name, current_project()))
+        return job_to_proto(self.jobs.get(request.name, current_project()), self.max_job_bytes)
 
     def CancelJob(
         self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.Job:
-        return job_to_proto(self.jobs.cancel(request.name, current_project()))
+        return job_to_proto(self.jobs.cancel(request.name, current_project()), self.max_job_bytes)
 
     def DeleteJob(
         self, request: jobs_pb2.DeleteJobRequest, context: grpc.ServicerContext
@@ -145,7 +146,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.ListJobsResponse:
         items, token = self.jobs.list_jobs(request, current_project())
         return jobs_pb2.ListJobsResponse(
-            jobs=[job_to_proto(j) for j in items], next_page_token=token
+            jobs=[job_to_proto(j, self.max_job_bytes) for j in items], next_page_token=token
         )
 
     async def WatchJob(

@@ -115,7 +115,18 @@ def checkpoint_to_proto(checkpoint: Checkpoint, is_best: bool) -> jobs_pb2.Check
     )
 
 
-def job_to_proto(job: Job) -> jobs_pb2.Job:
+def job_to_proto(job: Job, max_bytes: int | None = None) -> jobs_pb2.Job:
+    """The job as answers show it. With `max_bytes`, a job larger than that is shown without
+    its model's layers (a model has at least one, so none says they were left out): CreateJob
+    bounds the model by the message limit, but a job stored before, or under a larger limit,
+    would otherwise make every GetJob, CancelJob and ListJobs page that shows it fail."""
+    shown = _job_to_proto(job)
+    if max_bytes is not None and shown.ByteSize() > max_bytes:
+        del shown.model.layers[:]
+    return shown
+
+
+def _job_to_proto(job: Job) -> jobs_pb2.Job:
     progress = {"total_epochs": job.training.get("epochs", 0), **job.progress}
     return jobs_pb2.Job(
         name=f"jobs/{job.id}",

@@ -87,6 +87,7 @@ class JobService:
         check_loss_fits_targets(trainer, dataset)
         check_monitors_are_logged(trainer, training, dataset)
         _check_spec_round_trips(model.spec)
+        _check_spec_fits_answers(model.spec, self.settings)
         check_labels("labels", request.labels)
         check_text("display_name", request.display_name, MAX_LABEL_LENGTH)
         queue = request.queue or "default"
@@ -223,6 +224,29 @@ class JobService:
         job_id = parse_name(name, "jobs", "name")
         self.store.get_job(job_id, project)
         return self.store.list_checkpoints(job_id)
+
+
+def max_model_bytes(settings: Settings) -> int:
+    """The most a job's model may take of an answer that shows the job: half of it, the rest
+    left for its labels, training and the like."""
+    return settings.max_answer_bytes() // 2
+
+
+def _check_spec_fits_answers(spec: dict[str, Any], settings: Settings) -> None:
+    """Every answer about the job shows its stored (normalised) spec, which can be many times
+    the request's size: 120,000 dense layers sent in 720 KB were stored, then made every
+    GetJob, CancelJob and ListJobs page that showed the job fail for the message limit."""
+    shown = model_spec_to_proto(spec).ByteSize()
+    limit = max_model_bytes(settings)
+    if shown > limit:
+        raise ResourceExhausted.limit(
+            "model.layers",
+            limit,
+            shown,
+            "bytes of the normalised model every answer about the job shows: half of "
+            "max_message_bytes less framing; send fewer layers or raise "
+            "TRAINWIRE_MAX_MESSAGE_BYTES",
+        )
 
 
 def _check_spec_round_trips(spec: dict[str, Any]) -> None:

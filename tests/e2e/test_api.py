@@ -295,6 +295,30 @@ def test_limits_are_resource_exhausted_naming_the_limit(limited_server: Client) 
     first.close()
 
 
+def test_a_job_too_large_for_the_message_limit_is_refused_and_a_stored_one_still_shown(
+    tmp_path: Path,
+) -> None:
+    """A model whose normalised spec would not fit an answer is refused before it is stored
+    (it was queued and trained while CreateJob answered RESOURCE_EXHAUSTED, then broke GetJob,
+    CancelJob and ListJobs); one stored under a larger limit is shown without its layers."""
+    url = f"sqlite:///{tmp_path / 'sizes.db'}"
+    many = {"layers": [{"type": "dense", "units": 4}] * 2000 + [{"type": "dense", "units": 3}]}
+    small = {"TRAINWIRE_MAX_MESSAGE_BYTES": str(64 * 1024)}
+    with local_server(url, workers=0) as server, Client(server.target) as client:
+        data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3)
+        stored = client.create_job(data, many, epochs=1)  # about 74 KB shown: fits 4 MiB
+    with local_server(url, workers=0, extra_env=small) as server, Client(server.target) as client:
+        with pytest.raises(ResourceExhausted, match=r"model.layers is limited to 30720"):
+            client.create_job(data, many, epochs=1)
+        assert [job.name for job in client.list_jobs()] == [stored.name]
+        shown = client.job_status(stored.name)
+        assert shown.model["layers"] == [] and shown.state == "QUEUED"
+        assert client.cancel_job(stored.name).state == "CANCELLED"
+        fitting = client.create_job(data, MLP, epochs=1)
+        assert len(fitting.last_status.model["layers"]) == 2
+        assert {job.name for job in client.list_jobs()} == {stored.name, fitting.name}
+
+
 def test_abandoned_watches_give_back_their_slot_and_hold_no_thread(tmp_path: Path) -> None:
     """A watch the client leaves (cancel, deadline) is released at once, and an idle watch holds
     no server thread: with a pool of 2 threads, 12 abandoned watches leave every RPC working."""

@@ -84,6 +84,21 @@ EARLY_VAL_LOSS = models_pb2.EarlyStopping(monitor="val_loss", patience=2)
 REDUCE_ON_PLATEAU = models_pb2.ScheduleSpec(name="reduce_on_plateau")
 
 
+def test_a_model_too_large_to_show_in_an_answer_is_refused_not_stored(store: Store) -> None:
+    """Every answer about a job shows its normalised spec, many times the request's size:
+    120,000 dense(4) layers sent in 720 KB were stored, queued and trained while CreateJob
+    answered RESOURCE_EXHAUSTED, and every later GetJob or ListJobs showing the job failed."""
+    dataset = regression_dataset(store)
+    service = JobService(store, Settings(max_message_bytes=64 * 1024))
+    many = request(dataset, *[dense(4)] * 2000, dense(1))
+    with pytest.raises(ResourceExhausted, match=r"^model.layers is limited to 30720\. ") as refused:
+        service.create(many, "default")
+    assert "TRAINWIRE_MAX_MESSAGE_BYTES" in refused.value.message
+    assert store.list_jobs(10, "")[0] == []
+    job = service.create(request(dataset, *[dense(4)] * 500, dense(1)), "default")
+    assert len(job_to_proto(job).model.layers) == 501
+
+
 @pytest.mark.parametrize(
     ("training", "field", "says"),
     [
