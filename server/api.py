@@ -30,6 +30,7 @@ from trainwire.v1 import (
 from .auth import current_client, current_project
 from .convert import (
     STATES_TO_PROTO,
+    answer_page,
     checkpoint_name,
     checkpoint_to_proto,
     dataset_to_proto,
@@ -42,13 +43,14 @@ from .datasets import DatasetService
 from .errors import ResourceExhausted
 from .jobs import WATCH_POLL_S, JobService
 from .predictions import Prediction, PredictionService, Served, ServedPin
-from .records import JobEvent, TaskKind
+from .records import Job, JobEvent, TaskKind
 from .store import best_checkpoint
 
 
 class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
     def __init__(self, datasets: DatasetService) -> None:
         self.datasets = datasets
+        self.max_answer_bytes = datasets.settings.max_answer_bytes()
 
     def UploadDataset(
         self,
@@ -68,9 +70,8 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         items, token = self.datasets.list_datasets(
             request.page_size, request.page_token, current_project()
         )
-        return datasets_pb2.ListDatasetsResponse(
-            datasets=[dataset_to_proto(d) for d in items], next_page_token=token
-        )
+        shown, token = answer_page(items, token, dataset_to_proto, self.max_answer_bytes)
+        return datasets_pb2.ListDatasetsResponse(datasets=shown, next_page_token=token)
 
     def DeleteDataset(
         self, request: datasets_pb2.DeleteDatasetRequest, context: grpc.ServicerContext
@@ -118,22 +119,25 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self.predictions = predictions
         self.watches = watches
         self.executor = executor
-        self.max_job_bytes = jobs.settings.max_answer_bytes()
+        self.max_answer_bytes = jobs.settings.max_answer_bytes()
+
+    def _job_to_proto(self, job: Job) -> jobs_pb2.Job:
+        return job_to_proto(job, self.max_answer_bytes)
 
     def CreateJob(
         self, request: jobs_pb2.CreateJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.Job:
-        return job_to_proto(self.jobs.create(request, current_project()), self.max_job_bytes)
+        return self._job_to_proto(self.jobs.create(request, current_project()))
 
     def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.Job:
-        return job_to_proto(self.jobs.get(request.name, current_project()), self.max_job_bytes)
+        return self._job_to_proto(self.jobs.get(request.name, current_project()))
 
     def CancelJob(
         self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.Job:
-        return job_to_proto(self.jobs.cancel(request.name, current_project()), self.max_job_bytes)
+        return self._job_to_proto(self.jobs.cancel(request.name, current_project()))
 
     def DeleteJob(
         self, request: jobs_pb2.DeleteJobRequest, context: grpc.ServicerContext
@@ -145,9 +149,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
         items, token = self.jobs.list_jobs(request, current_project())
-        return jobs_pb2.ListJobsResponse(
-            jobs=[job_to_proto(j, self.max_job_bytes) for j in items], next_page_token=token
-        )
+        shown, token = answer_page(items, token, self._job_to_proto, self.max_answer_bytes)
+        return jobs_pb2.ListJobsResponse(jobs=shown, next_page_token=token)
 
     async def WatchJob(
         self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext

@@ -5,9 +5,11 @@ Only shapes change here; validation lives in the services.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from trainwire.client.specs import model_spec_to_proto
@@ -15,6 +17,12 @@ from trainwire.client.tensors import dtype_code
 from trainwire.v1 import datasets_pb2, jobs_pb2, models_pb2, tensor_pb2
 
 from .records import Checkpoint, Dataset, Job, JobState, TaskKind
+from .store import encode_page_token
+
+# The most bytes a repeated message field puts before each item: a tag and a length.
+ITEM_FRAMING_BYTES = 6
+Shown = TypeVar("Shown", bound=Message)
+Paged = TypeVar("Paged", Dataset, Job)
 
 TASKS_TO_PROTO = {
     TaskKind.REGRESSION: datasets_pb2.TASK_KIND_REGRESSION,
@@ -55,6 +63,28 @@ def dataset_to_proto(dataset: Dataset) -> datasets_pb2.Dataset:
         feature_names=dataset.feature_names,
         class_names=dataset.class_names,
     )
+
+
+def answer_page(
+    items: Sequence[Paged], token: str, to_proto: Callable[[Paged], Shown], max_bytes: int
+) -> tuple[list[Shown], str]:
+    """One List answer's items, converted while they fit in `max_bytes`, and its next token.
+
+    The store cuts a page at its page_size; 1,000 jobs with sizeable specs, or datasets with
+    many names, went past the message limit and the whole answer failed. The page now ends at
+    the last item that fits, its token naming that item, so a client paging on gets every item.
+    The first item always goes in (`job_to_proto` bounds one job's size).
+    """
+    shown: list[Shown] = []
+    used = 0
+    for item in items:
+        message = to_proto(item)
+        used += message.ByteSize() + ITEM_FRAMING_BYTES
+        if shown and used > max_bytes:
+            last = items[len(shown) - 1]
+            return shown, encode_page_token(last.created_at, last.id)
+        shown.append(message)
+    return shown, token
 
 
 def training_to_proto(training: dict[str, Any]) -> models_pb2.TrainingConfig:

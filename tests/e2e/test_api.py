@@ -319,6 +319,33 @@ def test_a_job_too_large_for_the_message_limit_is_refused_and_a_stored_one_still
         assert {job.name for job in client.list_jobs()} == {stored.name, fitting.name}
 
 
+def test_list_answers_end_their_page_where_the_message_limit_would_be_passed(
+    tmp_path: Path,
+) -> None:
+    """A page of up to 1,000 jobs or datasets went past the message limit once its items were
+    sizeable, and the whole answer failed; now it ends early with a token, and paging on gets
+    every item."""
+    url = f"sqlite:///{tmp_path / 'pages.db'}"
+    small = {"TRAINWIRE_MAX_MESSAGE_BYTES": str(64 * 1024)}
+    wide = {"layers": [{"type": "dense", "units": 4}] * 500 + [{"type": "dense", "units": 3}]}
+    names = [f"feature {i} " + "x" * 90 for i in range(300)]
+    with local_server(url, workers=0, extra_env=small) as server, Client(server.target) as client:
+        datasets = [
+            client.upload_dataset(
+                np.full((3, 300), i, np.float32), np.arange(3), feature_names=names
+            ).name
+            for i in range(5)
+        ]
+        jobs = [client.create_job(datasets[0], wide, epochs=1).name for _ in range(8)]  # ~19 KB
+        with grpc.insecure_channel(server.target) as channel:
+            first = jobs_pb2_grpc.JobServiceStub(channel).ListJobs(
+                jobs_pb2.ListJobsRequest(page_size=1000), timeout=30
+            )
+        assert 0 < len(first.jobs) < len(jobs) and first.next_page_token
+        assert [job.name for job in client.list_jobs(page_size=1000)] == jobs[::-1]
+        assert [d.name for d in client.list_datasets(page_size=1000)] == datasets[::-1]
+
+
 def test_abandoned_watches_give_back_their_slot_and_hold_no_thread(tmp_path: Path) -> None:
     """A watch the client leaves (cancel, deadline) is released at once, and an idle watch holds
     no server thread: with a pool of 2 threads, 12 abandoned watches leave every RPC working."""
