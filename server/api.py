@@ -185,8 +185,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     def ListJobMetrics(
         self, request: jobs_pb2.ListJobMetricsRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.ListJobMetricsResponse:
-        series = self.jobs.metrics(request.name, list(request.metric_names), current_project())
+        series, token = self.jobs.metrics(request, current_project())
         return jobs_pb2.ListJobMetricsResponse(
+            next_page_token=token,
             series=[
                 jobs_pb2.MetricSeries(
                     name=name,
@@ -195,7 +196,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                     values=[v.value for v in values],
                 )
                 for name, values in sorted(series.items())
-            ]
+            ],
         )
 
     def ListCheckpoints(

@@ -1138,11 +1138,26 @@ class Store:
             raise NotFound(f"checkpoint {checkpoint_id} does not exist")
         return bytes(data)
 
-    def metric_values(self, job_id: str) -> list[MetricValue]:
+    def metric_values(
+        self,
+        job_id: str,
+        names: Sequence[str] = (),
+        after: tuple[str, int] | None = None,
+        limit: int | None = None,
+    ) -> list[MetricValue]:
+        """The job's values in (name, step) order (its key), of `names` only when given, after
+        the (name, step) `after` and at most `limit`: a page of ListJobMetrics."""
+        query = select(MetricRow.name, MetricRow.step, MetricRow.epoch, MetricRow.value).where(
+            MetricRow.job_id == job_id
+        )
+        if names:
+            query = query.where(MetricRow.name.in_(names))
+        if after is not None:
+            name, step = after
+            query = query.where(
+                or_(MetricRow.name > name, (MetricRow.name == name) & (MetricRow.step > step))
+            )
+        query = query.order_by(MetricRow.name, MetricRow.step).limit(limit)
         with self.db.read() as session:
-            rows = session.execute(
-                select(MetricRow.name, MetricRow.step, MetricRow.epoch, MetricRow.value)
-                .where(MetricRow.job_id == job_id)
-                .order_by(MetricRow.name, MetricRow.step)
-            ).all()
+            rows = session.execute(query).all()
         return [MetricValue(name, step, epoch, value) for name, step, epoch, value in rows]

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -344,6 +345,39 @@ def test_list_answers_end_their_page_where_the_message_limit_would_be_passed(
         assert 0 < len(first.jobs) < len(jobs) and first.next_page_token
         assert [job.name for job in client.list_jobs(page_size=1000)] == jobs[::-1]
         assert [d.name for d in client.list_datasets(page_size=1000)] == datasets[::-1]
+
+
+def test_metrics_of_a_job_logging_every_step_are_read_page_by_page(tmp_path: Path) -> None:
+    """Every step's batch_loss made ListJobMetrics answers past the message limit, and then a
+    job's metrics could not be read at all: both SDKs now follow its pages, and a client from
+    before paging is refused with what to do rather than sent part of them."""
+    url = f"sqlite:///{tmp_path / 'metrics.db'}"
+    small = {"TRAINWIRE_MAX_MESSAGE_BYTES": str(64 * 1024)}
+    x = np.random.default_rng(3).normal(size=(8000, 2)).astype(np.float32)
+    with local_server(url, workers=1, extra_env=small) as server, Client(server.target) as client:
+        data = client.upload_dataset(x, x[:, 0].astype(np.float64))
+        job = client.create_job(
+            data, {"layers": [{"type": "dense", "units": 1}]}, epochs=1, batch_size=1,
+            log_every_steps=1, optimizer={"name": "sgd", "learning_rate": 0.001},
+        )  # fmt: skip
+        assert job.wait(timeout=120).state == "SUCCEEDED"
+        metrics = client.job_metrics(job)
+        assert list(metrics.steps("batch_loss")) == list(range(1, 8001))
+        assert list(metrics.steps("loss")) == [8000]
+
+        async def read_async() -> Any:
+            async with AsyncClient(server.target, timeout=30) as aio:
+                return await aio.job_metrics(job.name)
+
+        again = asyncio.run(read_async())
+        assert sorted(again) == sorted(metrics)
+        assert all(np.array_equal(again[name], metrics[name]) for name in metrics)
+        with grpc.insecure_channel(server.target) as channel:
+            stub = jobs_pb2_grpc.JobServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ListJobMetrics(jobs_pb2.ListJobMetricsRequest(name=job.name), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "set page_size and follow next_page_token" in (refused.value.details() or "")
 
 
 def test_abandoned_watches_give_back_their_slot_and_hold_no_thread(tmp_path: Path) -> None:
