@@ -75,8 +75,9 @@ from .wire import (
     as_inputs,
     create_job_request,
     dataset_name,
+    list_job_metrics_request,
     list_jobs_request,
-    metrics_from_response,
+    metrics_from_responses,
     name_of,
 )
 
@@ -366,11 +367,15 @@ class AsyncClient:
         return AsyncJobWatch(self, job_name(name, "name"), after_sequence, timeout, reconnect)
 
     async def job_metrics(self, name: str | AsyncJob, names: Sequence[str] = ()) -> Metrics:
-        """Each metric as an array of shape (points, 3): step, epoch, value."""
-        request = jobs_pb2.ListJobMetricsRequest(
-            name=job_name(name, "name"), metric_names=list(names)
-        )
-        return metrics_from_response(await self._call(self._rpc.list_job_metrics, request))
+        """Each metric as an array of shape (points, 3): step, epoch, value (every page)."""
+        responses = []
+        token = ""
+        while True:
+            request = list_job_metrics_request(job_name(name, "name"), names, token)
+            responses.append(await self._call(self._rpc.list_job_metrics, request))
+            token = responses[-1].next_page_token
+            if not token:
+                return metrics_from_responses(responses)
 
     async def job_checkpoints(self, name: str | AsyncJob) -> list[Checkpoint]:
         """The job's checkpoints, oldest first."""

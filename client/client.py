@@ -66,8 +66,9 @@ from .wire import (
     dataset_name,
     infer_task,
     join_predictions,
+    list_job_metrics_request,
     list_jobs_request,
-    metrics_from_response,
+    metrics_from_responses,
     name_of,
     prepare_upload,
 )
@@ -616,11 +617,15 @@ class Client:
         return JobWatch(self, job_name(name, "name"), after_sequence, timeout, reconnect)
 
     def job_metrics(self, name: str | Job, names: Sequence[str] = ()) -> Metrics:
-        """Each metric as an array of shape (points, 3): step, epoch, value."""
-        request = jobs_pb2.ListJobMetricsRequest(
-            name=job_name(name, "name"), metric_names=list(names)
-        )
-        return metrics_from_response(self._call(self._rpc.list_job_metrics, request))
+        """Each metric as an array of shape (points, 3): step, epoch, value (every page)."""
+        responses = []
+        token = ""
+        while True:
+            request = list_job_metrics_request(job_name(name, "name"), names, token)
+            responses.append(self._call(self._rpc.list_job_metrics, request))
+            token = responses[-1].next_page_token
+            if not token:
+                return metrics_from_responses(responses)
 
     def job_checkpoints(self, name: str | Job) -> list[Checkpoint]:
         """The job's checkpoints, oldest first."""

@@ -186,7 +186,8 @@ class JobStatus:
     @property
     def model(self) -> dict[str, Any]:
         """The job's model spec (see the class docstring), converted when asked for: a status is
-        polled far more often than its spec is read."""
+        polled far more often than its spec is read. Without layers when the server cannot
+        show them under its message limit (a job stored under a larger one)."""
         # The server stores the spec with its width, so there is no unset one to fill.
         return model_spec_from_proto(self.raw.model, 0)
 

@@ -302,14 +302,29 @@ def list_jobs_request(
     )
 
 
-def metrics_from_response(response: jobs_pb2.ListJobMetricsResponse) -> Metrics:
-    """Each series as an array of shape (points, 3): step, epoch, value."""
-    return Metrics(
-        {
-            s.name: np.column_stack([s.steps, s.epochs, s.values]).astype(np.float64).reshape(-1, 3)
-            for s in response.series
-        }
+# Points asked for per ListJobMetrics page: more than any answer holds, so the server sends as
+# many as fit under its message limit.
+METRICS_PAGE_POINTS = 2**31 - 1
+
+
+def list_job_metrics_request(
+    name: str, names: Sequence[str], token: str
+) -> jobs_pb2.ListJobMetricsRequest:
+    """One page's `ListJobMetricsRequest`."""
+    return jobs_pb2.ListJobMetricsRequest(
+        name=name, metric_names=list(names), page_size=METRICS_PAGE_POINTS, page_token=token
     )
+
+
+def metrics_from_responses(responses: Sequence[jobs_pb2.ListJobMetricsResponse]) -> Metrics:
+    """Each series as an array of shape (points, 3): step, epoch, value; a series that goes on
+    in a later page is joined up with the rest of it."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for response in responses:
+        for s in response.series:
+            points = np.column_stack([s.steps, s.epochs, s.values]).astype(np.float64)
+            parts.setdefault(s.name, []).append(points.reshape(-1, 3))
+    return Metrics({name: np.concatenate(arrays) for name, arrays in parts.items()})
 
 
 def as_inputs(inputs: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:

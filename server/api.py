@@ -10,7 +10,7 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
 
 import grpc
@@ -34,6 +34,7 @@ from .convert import (
     checkpoint_to_proto,
     dataset_to_proto,
     job_to_proto,
+    messages_that_fit,
     model_spec_to_proto,
     progress_to_proto,
     timestamp,
@@ -42,7 +43,7 @@ from .datasets import DatasetService
 from .errors import ResourceExhausted
 from .jobs import WATCH_POLL_S, JobService
 from .predictions import Prediction, PredictionService, Served, ServedPin
-from .records import JobEvent, TaskKind
+from .records import Dataset, Job, JobEvent, TaskKind
 from .store import best_checkpoint
 
 
@@ -55,6 +56,11 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
     def __init__(self, datasets: DatasetService, executor: Executor) -> None:
         self.datasets = datasets
         self.executor = executor
+        self.max_answer_bytes = datasets.settings.max_answer_bytes()
+
+    def _fitting(self, datasets: Sequence[Dataset]) -> int:
+        """How many of a page's datasets one ListDatasets answer carries."""
+        return messages_that_fit(map(dataset_to_proto, datasets), self.max_answer_bytes)
 
     async def UploadDataset(
         self,
@@ -83,7 +89,7 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         self, request: datasets_pb2.ListDatasetsRequest, context: grpc.ServicerContext
     ) -> datasets_pb2.ListDatasetsResponse:
         items, token = self.datasets.list_datasets(
-            request.page_size, request.page_token, current_project()
+            request.page_size, request.page_token, current_project(), self._fitting
         )
         return datasets_pb2.ListDatasetsResponse(
             datasets=[dataset_to_proto(d) for d in items], next_page_token=token
@@ -135,21 +141,29 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self.predictions = predictions
         self.watches = watches
         self.executor = executor
+        self.max_answer_bytes = jobs.settings.max_answer_bytes()
+
+    def _job_to_proto(self, job: Job) -> jobs_pb2.Job:
+        return job_to_proto(job, self.max_answer_bytes)
+
+    def _fitting(self, jobs: Sequence[Job]) -> int:
+        """How many of a page's jobs one ListJobs answer carries."""
+        return messages_that_fit(map(self._job_to_proto, jobs), self.max_answer_bytes)
 
     def CreateJob(
         self, request: jobs_pb2.CreateJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.Job:
-        return job_to_proto(self.jobs.create(request, current_project()))
+        return self._job_to_proto(self.jobs.create(request, current_project()))
 
     def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.Job:
-        return job_to_proto(self.jobs.get(request.name, current_project()))
+        return self._job_to_proto(self.jobs.get(request.name, current_project()))
 
     def CancelJob(
         self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.Job:
-        return job_to_proto(self.jobs.cancel(request.name, current_project()))
+        return self._job_to_proto(self.jobs.cancel(request.name, current_project()))
 
     def DeleteJob(
         self, request: jobs_pb2.DeleteJobRequest, context: grpc.ServicerContext
@@ -160,9 +174,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
-        items, token = self.jobs.list_jobs(request, current_project())
+        items, token = self.jobs.list_jobs(request, current_project(), self._fitting)
         return jobs_pb2.ListJobsResponse(
-            jobs=[job_to_proto(j) for j in items], next_page_token=token
+            jobs=[self._job_to_proto(j) for j in items], next_page_token=token
         )
 
     async def WatchJob(
@@ -198,8 +212,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     def ListJobMetrics(
         self, request: jobs_pb2.ListJobMetricsRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.ListJobMetricsResponse:
-        series = self.jobs.metrics(request.name, list(request.metric_names), current_project())
+        series, token = self.jobs.metrics(request, current_project())
         return jobs_pb2.ListJobMetricsResponse(
+            next_page_token=token,
             series=[
                 jobs_pb2.MetricSeries(
                     name=name,
@@ -208,7 +223,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                     values=[v.value for v in values],
                 )
                 for name, values in sorted(series.items())
-            ]
+            ],
         )
 
     def ListCheckpoints(

@@ -35,7 +35,7 @@ from trainwire.v1 import (
 
 from .api import DatasetServicer, JobServicer, PredictionServicer, WatchLimiter
 from .auth import KeyChecker
-from .config import ANSWER_FRAMING_BYTES, Settings
+from .config import Settings
 from .datasets import DatasetService
 from .db import Database, masked_url, suggested_command
 from .errors import Unavailable
@@ -118,7 +118,7 @@ class RunningServer:
             settings.model_cache_bytes,
             batch_rows=settings.predict_batch_rows,
             batch_wait_s=settings.predict_batch_wait_ms / 1000,
-            max_answer_bytes=settings.max_message_bytes - ANSWER_FRAMING_BYTES,
+            max_answer_bytes=settings.max_answer_bytes(),
         )
         jobs = JobServicer(
             JobService(self.store, settings),

@@ -236,6 +236,10 @@ class Settings:
             )
         return env
 
+    def max_answer_bytes(self) -> int:
+        """The most an answer may carry: the message limit less the framing kept back."""
+        return self.max_message_bytes - ANSWER_FRAMING_BYTES
+
     def queue_list(self) -> list[str]:
         return [q.strip() for q in self.queues.split(",") if q.strip()]
 

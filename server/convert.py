@@ -5,9 +5,11 @@ Only shapes change here; validation lives in the services.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from trainwire.client.specs import model_spec_to_proto
@@ -15,6 +17,9 @@ from trainwire.client.tensors import dtype_code
 from trainwire.v1 import datasets_pb2, jobs_pb2, models_pb2, tensor_pb2
 
 from .records import Checkpoint, Dataset, Job, JobState, TaskKind
+
+# The most bytes a repeated message field puts before each item: a tag and a length.
+ITEM_FRAMING_BYTES = 6
 
 TASKS_TO_PROTO = {
     TaskKind.REGRESSION: datasets_pb2.TASK_KIND_REGRESSION,
@@ -55,6 +60,19 @@ def dataset_to_proto(dataset: Dataset) -> datasets_pb2.Dataset:
         feature_names=dataset.feature_names,
         class_names=dataset.class_names,
     )
+
+
+def messages_that_fit(messages: Iterable[Message], max_bytes: int) -> int:
+    """How many of `messages`, in order, one answer of `max_bytes` carries as a repeated field
+    (a store's `fits`: the page ends after them, with a token)."""
+    used = 0
+    count = 0
+    for message in messages:
+        used += message.ByteSize() + ITEM_FRAMING_BYTES
+        if used > max_bytes:
+            break
+        count += 1
+    return count
 
 
 def training_to_proto(training: dict[str, Any]) -> models_pb2.TrainingConfig:
@@ -115,7 +133,18 @@ def checkpoint_to_proto(checkpoint: Checkpoint, is_best: bool) -> jobs_pb2.Check
     )
 
 
-def job_to_proto(job: Job) -> jobs_pb2.Job:
+def job_to_proto(job: Job, max_bytes: int | None = None) -> jobs_pb2.Job:
+    """The job as answers show it. With `max_bytes`, a job larger than that is shown without
+    its model's layers (a model has at least one, so none says they were left out): CreateJob
+    bounds the model by the message limit, but a job stored before, or under a larger limit,
+    would otherwise make every GetJob, CancelJob and ListJobs page that shows it fail."""
+    shown = _job_to_proto(job)
+    if max_bytes is not None and shown.ByteSize() > max_bytes:
+        del shown.model.layers[:]
+    return shown
+
+
+def _job_to_proto(job: Job) -> jobs_pb2.Job:
     progress = {"total_epochs": job.training.get("epochs", 0), **job.progress}
     return jobs_pb2.Job(
         name=f"jobs/{job.id}",

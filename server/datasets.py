@@ -20,7 +20,7 @@ from .errors import InvalidArgument, ResourceExhausted
 from .jobs import check_labels
 from .names import check_text, parse_name
 from .records import Dataset, TaskKind
-from .store import Store, new_id, utcnow
+from .store import Fits, Store, new_id, utcnow
 
 FEATURE_DTYPES = (tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_FLOAT64)
 MAX_CLASSES = 100_000
@@ -218,9 +218,9 @@ class DatasetService:
         return self.store.get_dataset(parse_name(name, "datasets", "name"), project)
 
     def list_datasets(
-        self, page_size: int, page_token: str, project: str
+        self, page_size: int, page_token: str, project: str, fits: Fits | None = None
     ) -> tuple[list[Dataset], str]:
-        return self.store.list_datasets(page_size, page_token, project)
+        return self.store.list_datasets(page_size, page_token, project, fits)
 
     def delete(self, name: str, project: str) -> None:
         self.store.delete_dataset(parse_name(name, "datasets", "name"), project)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -27,7 +30,7 @@ from .records import (
     NewJob,
     TaskKind,
 )
-from .store import Store, same_request_or_refuse
+from .store import MAX_PAGE_TOKEN_LENGTH, Fits, Store, same_request_or_refuse
 from .training import (
     check_loss_fits_targets,
     check_metrics_fit_targets,
@@ -45,6 +48,11 @@ MAX_LABELS = 64
 MAX_LABEL_LENGTH = 256
 MAX_REQUEST_ID = 128
 MAX_ATTEMPTS_LIMIT = 100
+# The most a point of a MetricSeries takes: its step as a varint of up to 9 bytes (steps are
+# never negative), its epoch up to 5, its value 8; and of a series, its tag and length, its
+# name's, and its three packed arrays' (its name's bytes come on top).
+METRIC_POINT_BYTES = 22
+METRIC_SERIES_BYTES = 32
 # How often a watch looks for new events of a running job.
 WATCH_POLL_S = 0.2
 
@@ -89,6 +97,7 @@ class JobService:
         check_metrics_fit_targets(trainer, dataset)
         check_monitors_are_logged(trainer, training, dataset)
         _check_spec_round_trips(model.spec)
+        _check_spec_fits_answers(model.spec, self.settings)
         check_labels("labels", request.labels)
         check_text("display_name", request.display_name, MAX_LABEL_LENGTH)
         queue = request.queue or "default"
@@ -171,7 +180,9 @@ class JobService:
         self.store.delete_job(job_id, project)
         return job_id
 
-    def list_jobs(self, request: jobs_pb2.ListJobsRequest, project: str) -> tuple[list[Job], str]:
+    def list_jobs(
+        self, request: jobs_pb2.ListJobsRequest, project: str, fits: Fits | None = None
+    ) -> tuple[list[Job], str]:
         state: JobState | None = None
         if request.state:
             if request.state not in STATES_FROM_PROTO:
@@ -187,6 +198,7 @@ class JobService:
             dataset_id,
             dict(request.labels),
             project,
+            fits,
         )
 
     def watched_job(self, name: str, after: int, project: str) -> str:
@@ -223,19 +235,103 @@ class JobService:
             return tail, not tail
         return [], False
 
-    def metrics(self, name: str, names: list[str], project: str) -> dict[str, list[MetricValue]]:
-        job_id = parse_name(name, "jobs", "name")
+    def metrics(
+        self, request: jobs_pb2.ListJobMetricsRequest, project: str
+    ) -> tuple[dict[str, list[MetricValue]], str]:
+        """One page of the job's metrics, each series in step order, and the next page's token:
+        a job logging every step had more points than one answer could carry (250,000 made
+        3.1 MB), so they are paged by (name, step), each page as many as fit in an answer."""
+        job_id = parse_name(request.name, "jobs", "name")
+        if request.page_size < 0:
+            raise InvalidArgument.field(
+                "page_size", f"must not be negative. Received: {request.page_size}"
+            )
+        after = _metrics_position(request.page_token) if request.page_token else None
         self.store.get_job(job_id, project)
+        budget = self.settings.max_answer_bytes()
+        most = budget // METRIC_POINT_BYTES
+        if request.page_size:
+            most = min(most, request.page_size)
+        # One more than a page holds tells whether another follows.
+        values = self.store.metric_values(job_id, list(request.metric_names), after, most + 1)
+        count = min(most, _points_that_fit(values, budget))
+        token = ""
+        if count < len(values):
+            if not request.page_size:
+                raise ResourceExhausted(
+                    "page_size: 0 asks for every point in one answer, which is limited to "
+                    f"{count} points by max_message_bytes ({self.settings.max_message_bytes}); "
+                    f"jobs/{job_id} has more: set page_size and follow next_page_token, as the "
+                    "SDK's job_metrics does"
+                )
+            token = _metrics_token(values[count - 1])
         series: dict[str, list[MetricValue]] = {}
-        for value in self.store.metric_values(job_id):
-            if not names or value.name in names:
-                series.setdefault(value.name, []).append(value)
-        return series
+        for value in values[:count]:
+            series.setdefault(value.name, []).append(value)
+        return series, token
 
     def checkpoints(self, name: str, project: str) -> list[Checkpoint]:
         job_id = parse_name(name, "jobs", "name")
         self.store.get_job(job_id, project)
         return self.store.list_checkpoints(job_id)
+
+
+def _points_that_fit(values: list[MetricValue], max_bytes: int) -> int:
+    """How many of `values`, in (name, step) order, fit in a ListJobMetrics answer of
+    `max_bytes`: each point at its widest, each series with its name and framing."""
+    used = 0
+    previous = None
+    for count, value in enumerate(values):
+        used += METRIC_POINT_BYTES
+        if value.name != previous:
+            used += METRIC_SERIES_BYTES + len(value.name.encode())
+            previous = value.name
+        if used > max_bytes:
+            return count
+    return len(values)
+
+
+def _metrics_token(last: MetricValue) -> str:
+    """The page token of ListJobMetrics: the (name, step) of the last point sent."""
+    return base64.urlsafe_b64encode(json.dumps([last.name, last.step]).encode()).decode()
+
+
+def _metrics_position(token: str) -> tuple[str, int]:
+    """The (name, step) a ListJobMetrics page token names; anything else is refused."""
+    if len(token) <= MAX_PAGE_TOKEN_LENGTH:
+        try:
+            name, step = json.loads(base64.urlsafe_b64decode(token.encode()))
+        except (ValueError, TypeError, binascii.Error, UnicodeError, RecursionError):
+            pass
+        else:
+            if isinstance(name, str) and type(step) is int:
+                return name, step
+    raise InvalidArgument.field(
+        "page_token", "is not a token returned by a previous ListJobMetrics call"
+    )
+
+
+def max_model_bytes(settings: Settings) -> int:
+    """The most a job's model may take of an answer that shows the job: half of it, the rest
+    left for its labels, training and the like."""
+    return settings.max_answer_bytes() // 2
+
+
+def _check_spec_fits_answers(spec: dict[str, Any], settings: Settings) -> None:
+    """Every answer about the job shows its stored (normalised) spec, which can be many times
+    the request's size: 120,000 dense layers sent in 720 KB were stored, then made every
+    GetJob, CancelJob and ListJobs page that showed the job fail for the message limit."""
+    shown = model_spec_to_proto(spec).ByteSize()
+    limit = max_model_bytes(settings)
+    if shown > limit:
+        raise ResourceExhausted.limit(
+            "model.layers",
+            limit,
+            shown,
+            "bytes of the normalised model every answer about the job shows: half of "
+            "max_message_bytes less framing; send fewer layers or raise "
+            "TRAINWIRE_MAX_MESSAGE_BYTES",
+        )
 
 
 def _check_spec_round_trips(spec: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ import math
 import os
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar, cast
 
@@ -241,6 +241,10 @@ def _as_stored(value: object) -> object:
     return json.loads(json.dumps(value))
 
 
+# How many of a page's items (in order) one answer can carry.
+Fits = Callable[[Sequence[Any]], int]
+
+
 def page_scope(listing: str, *filters: object) -> str:
     """What a page token continues: its listing and filters, hashed to 8 hex digits. Sent with
     another listing or other filters, its position would page through rows it was not made
@@ -462,8 +466,14 @@ class Store:
         return bytes(data)
 
     def list_datasets(
-        self, page_size: int, page_token: str, project: str | None = None
+        self,
+        page_size: int,
+        page_token: str,
+        project: str | None = None,
+        fits: Fits | None = None,
     ) -> tuple[list[Dataset], str]:
+        """A page of datasets, newest first, and the next page's token ("" after the last);
+        `fits` may end the page early (see `_with_next_token`)."""
         query = select(DatasetRow)
         if project is not None:
             query = query.where(DatasetRow.project == project)
@@ -471,7 +481,7 @@ class Store:
         with self.db.read() as session:
             rows = self._page(session, query, DatasetRow, page_size, page_token, scope)
             items = [_dataset(row) for row in rows]
-        return self._with_next_token(items, page_size_of(page_size), scope)
+        return self._with_next_token(items, page_size_of(page_size), scope, fits)
 
     @staticmethod
     def _dataset_row(
@@ -586,7 +596,10 @@ class Store:
         dataset_id: str | None = None,
         labels: dict[str, str] | None = None,
         project: str | None = None,
+        fits: Fits | None = None,
     ) -> tuple[list[Job], str]:
+        """A page of jobs, newest first, filtered, and the next page's token ("" after the
+        last); `fits` may end the page early (see `_with_next_token`)."""
         query = select(JobRow)
         if project is not None:
             query = query.where(JobRow.project == project)
@@ -610,7 +623,7 @@ class Store:
                     break
                 # Every fetched row was looked at, the extra one too: go on after the last.
                 token = encode_page_token(_aware(rows[-1].created_at), rows[-1].id, scope)  # type: ignore[arg-type]
-        return self._with_next_token(items, size, scope)
+        return self._with_next_token(items, size, scope, fits)
 
     @staticmethod
     def _page(
@@ -635,11 +648,21 @@ class Store:
         return session.scalars(query).all()
 
     @staticmethod
-    def _with_next_token(items: list[Any], size: int, scope: str) -> tuple[list[Any], str]:
-        if len(items) <= size:
+    def _with_next_token(
+        items: list[Any], size: int, scope: str, fits: Fits | None = None
+    ) -> tuple[list[Any], str]:
+        """The page's items (`items` holds one more when another page follows) and its token.
+        `fits` says how many of the page's items one answer can carry: the page ends after
+        them (at least one), its token naming the last, so a client paging on gets every item
+        (1,000 jobs with sizeable specs went past the message limit, and the whole answer
+        failed)."""
+        count = min(len(items), size)
+        if fits is not None and count:
+            count = max(1, min(count, fits(items[:count])))
+        if count == len(items):
             return items, ""
-        last = items[size - 1]
-        return items[:size], encode_page_token(last.created_at, last.id, scope)
+        last = items[count - 1]
+        return items[:count], encode_page_token(last.created_at, last.id, scope)
 
     # --- the queue ----------------------------------------------------------------------------
 
@@ -1178,11 +1201,26 @@ class Store:
             raise NotFound(f"checkpoint {checkpoint_id} does not exist")
         return bytes(data)
 
-    def metric_values(self, job_id: str) -> list[MetricValue]:
+    def metric_values(
+        self,
+        job_id: str,
+        names: Sequence[str] = (),
+        after: tuple[str, int] | None = None,
+        limit: int | None = None,
+    ) -> list[MetricValue]:
+        """The job's values in (name, step) order (its key), of `names` only when given, after
+        the (name, step) `after` and at most `limit`: a page of ListJobMetrics."""
+        query = select(MetricRow.name, MetricRow.step, MetricRow.epoch, MetricRow.value).where(
+            MetricRow.job_id == job_id
+        )
+        if names:
+            query = query.where(MetricRow.name.in_(names))
+        if after is not None:
+            name, step = after
+            query = query.where(
+                or_(MetricRow.name > name, (MetricRow.name == name) & (MetricRow.step > step))
+            )
+        query = query.order_by(MetricRow.name, MetricRow.step).limit(limit)
         with self.db.read() as session:
-            rows = session.execute(
-                select(MetricRow.name, MetricRow.step, MetricRow.epoch, MetricRow.value)
-                .where(MetricRow.job_id == job_id)
-                .order_by(MetricRow.name, MetricRow.step)
-            ).all()
+            rows = session.execute(query).all()
         return [MetricValue(name, step, epoch, value) for name, step, epoch, value in rows]

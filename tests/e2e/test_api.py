@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -304,6 +305,90 @@ def test_limits_are_resource_exhausted_naming_the_limit(limited_server: Client) 
     with pytest.raises(ResourceExhausted, match="max_watches_per_client is limited to 1"):
         next(job.watch())
     first.close()
+
+
+def test_a_job_too_large_for_the_message_limit_is_refused_and_a_stored_one_still_shown(
+    tmp_path: Path,
+) -> None:
+    """A model whose normalised spec would not fit an answer is refused before it is stored
+    (it was queued and trained while CreateJob answered RESOURCE_EXHAUSTED, then broke GetJob,
+    CancelJob and ListJobs); one stored under a larger limit is shown without its layers."""
+    url = f"sqlite:///{tmp_path / 'sizes.db'}"
+    many = {"layers": [{"type": "dense", "units": 4}] * 2000 + [{"type": "dense", "units": 3}]}
+    small = {"TRAINWIRE_MAX_MESSAGE_BYTES": str(64 * 1024)}
+    with local_server(url, workers=0) as server, Client(server.target) as client:
+        data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3)
+        stored = client.create_job(data, many, epochs=1)  # about 74 KB shown: fits 4 MiB
+    with local_server(url, workers=0, extra_env=small) as server, Client(server.target) as client:
+        with pytest.raises(ResourceExhausted, match=r"model.layers is limited to 30720"):
+            client.create_job(data, many, epochs=1)
+        assert [job.name for job in client.list_jobs()] == [stored.name]
+        shown = client.job_status(stored.name)
+        assert shown.model["layers"] == [] and shown.state == "QUEUED"
+        assert client.cancel_job(stored.name).state == "CANCELLED"
+        fitting = client.create_job(data, MLP, epochs=1)
+        assert len(fitting.last_status.model["layers"]) == 2
+        assert {job.name for job in client.list_jobs()} == {stored.name, fitting.name}
+
+
+def test_list_answers_end_their_page_where_the_message_limit_would_be_passed(
+    tmp_path: Path,
+) -> None:
+    """A page of up to 1,000 jobs or datasets went past the message limit once its items were
+    sizeable, and the whole answer failed; now it ends early with a token, and paging on gets
+    every item."""
+    url = f"sqlite:///{tmp_path / 'pages.db'}"
+    small = {"TRAINWIRE_MAX_MESSAGE_BYTES": str(64 * 1024)}
+    wide = {"layers": [{"type": "dense", "units": 4}] * 500 + [{"type": "dense", "units": 3}]}
+    names = [f"feature {i} " + "x" * 90 for i in range(300)]
+    with local_server(url, workers=0, extra_env=small) as server, Client(server.target) as client:
+        datasets = [
+            client.upload_dataset(
+                np.full((3, 300), i, np.float32), np.arange(3), feature_names=names
+            ).name
+            for i in range(5)
+        ]
+        jobs = [client.create_job(datasets[0], wide, epochs=1).name for _ in range(8)]  # ~19 KB
+        with grpc.insecure_channel(server.target) as channel:
+            first = jobs_pb2_grpc.JobServiceStub(channel).ListJobs(
+                jobs_pb2.ListJobsRequest(page_size=1000), timeout=30
+            )
+        assert 0 < len(first.jobs) < len(jobs) and first.next_page_token
+        assert [job.name for job in client.list_jobs(page_size=1000)] == jobs[::-1]
+        assert [d.name for d in client.list_datasets(page_size=1000)] == datasets[::-1]
+
+
+def test_metrics_of_a_job_logging_every_step_are_read_page_by_page(tmp_path: Path) -> None:
+    """Every step's batch_loss made ListJobMetrics answers past the message limit, and then a
+    job's metrics could not be read at all: both SDKs now follow its pages, and a client from
+    before paging is refused with what to do rather than sent part of them."""
+    url = f"sqlite:///{tmp_path / 'metrics.db'}"
+    small = {"TRAINWIRE_MAX_MESSAGE_BYTES": str(64 * 1024)}
+    x = np.random.default_rng(3).normal(size=(8000, 2)).astype(np.float32)
+    with local_server(url, workers=1, extra_env=small) as server, Client(server.target) as client:
+        data = client.upload_dataset(x, x[:, 0].astype(np.float64))
+        job = client.create_job(
+            data, {"layers": [{"type": "dense", "units": 1}]}, epochs=1, batch_size=1,
+            log_every_steps=1, optimizer={"name": "sgd", "learning_rate": 0.001},
+        )  # fmt: skip
+        assert job.wait(timeout=120).state == "SUCCEEDED"
+        metrics = client.job_metrics(job)
+        assert list(metrics.steps("batch_loss")) == list(range(1, 8001))
+        assert list(metrics.steps("loss")) == [8000]
+
+        async def read_async() -> Any:
+            async with AsyncClient(server.target, timeout=30) as aio:
+                return await aio.job_metrics(job.name)
+
+        again = asyncio.run(read_async())
+        assert sorted(again) == sorted(metrics)
+        assert all(np.array_equal(again[name], metrics[name]) for name in metrics)
+        with grpc.insecure_channel(server.target) as channel:
+            stub = jobs_pb2_grpc.JobServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ListJobMetrics(jobs_pb2.ListJobMetricsRequest(name=job.name), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "set page_size and follow next_page_token" in (refused.value.details() or "")
 
 
 def test_abandoned_watches_give_back_their_slot_and_hold_no_thread(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from trainwire.server.errors import (
     ResourceExhausted,
 )
 from trainwire.server.jobs import JobService
-from trainwire.server.records import Dataset, JobState, TaskKind
+from trainwire.server.records import Dataset, JobState, MetricValue, TaskKind
 from trainwire.server.store import Store, new_id
 from trainwire.server.training import check_model_fits_dataset, training_from_proto
 from trainwire.v1 import jobs_pb2, models_pb2, tensor_pb2
@@ -84,6 +84,67 @@ def test_a_spec_that_cannot_be_shown_is_refused_not_stored(
 
 EARLY_VAL_LOSS = models_pb2.EarlyStopping(monitor="val_loss", patience=2)
 REDUCE_ON_PLATEAU = models_pb2.ScheduleSpec(name="reduce_on_plateau")
+
+
+def test_a_model_too_large_to_show_in_an_answer_is_refused_not_stored(store: Store) -> None:
+    """Every answer about a job shows its normalised spec, many times the request's size:
+    120,000 dense(4) layers sent in 720 KB were stored, queued and trained while CreateJob
+    answered RESOURCE_EXHAUSTED, and every later GetJob or ListJobs showing the job failed."""
+    dataset = regression_dataset(store)
+    service = JobService(store, Settings(max_message_bytes=64 * 1024))
+    many = request(dataset, *[dense(4)] * 2000, dense(1))
+    with pytest.raises(ResourceExhausted, match=r"^model.layers is limited to 30720\. ") as refused:
+        service.create(many, "default")
+    assert "TRAINWIRE_MAX_MESSAGE_BYTES" in refused.value.message
+    assert store.list_jobs(10, "")[0] == []
+    job = service.create(request(dataset, *[dense(4)] * 500, dense(1)), "default")
+    assert len(job_to_proto(job).model.layers) == 501
+
+
+def test_metrics_are_paged_to_fit_the_message_limit_and_joined_in_order(store: Store) -> None:
+    """A job logging every step had more points than one ListJobMetrics answer could carry, and
+    then none could be read: pages now hold what fits, and follow on by (name, step)."""
+    service = JobService(store, Settings(max_message_bytes=64 * 1024))
+    job = service.create(request(regression_dataset(store)), "default")
+    claim = store.claim_job("w")
+    assert claim is not None
+    steps = range(1, 4001)
+    store.record_metrics(claim, [MetricValue("batch_loss", s, 1, s / 7) for s in steps])
+    store.record_metrics(claim, [MetricValue("loss", s, s, 1 / s) for s in range(1, 11)])
+    name = f"jobs/{job.id}"
+    with pytest.raises(ResourceExhausted, match=r"page_size: 0 asks for every point") as refused:
+        service.metrics(jobs_pb2.ListJobMetricsRequest(name=name), "default")
+    assert "is limited to" in refused.value.message  # the SDK does not retry it
+    points: list[MetricValue] = []
+    token, pages = "", 0
+    while True:
+        page = jobs_pb2.ListJobMetricsRequest(name=name, page_size=2**31 - 1, page_token=token)
+        series, token = service.metrics(page, "default")
+        points += [value for values in series.values() for value in values]
+        pages += 1
+        shown = jobs_pb2.ListJobMetricsResponse(
+            series=[
+                jobs_pb2.MetricSeries(
+                    name=metric,
+                    steps=[v.step for v in values],
+                    epochs=[v.epoch for v in values],
+                    values=[v.value for v in values],
+                )
+                for metric, values in series.items()
+            ],
+            next_page_token=token,
+        )
+        assert shown.ByteSize() <= Settings(max_message_bytes=64 * 1024).max_answer_bytes()
+        if not token:
+            break
+    assert pages == 2 and points == store.metric_values(job.id)
+    only_loss = jobs_pb2.ListJobMetricsRequest(name=name, metric_names=["loss"], page_size=4)
+    series, token = service.metrics(only_loss, "default")
+    assert [v.step for v in series["loss"]] == [1, 2, 3, 4] and token
+    only_loss.page_token = token
+    assert [v.step for v in service.metrics(only_loss, "default")[0]["loss"]] == [5, 6, 7, 8]
+    with pytest.raises(InvalidArgument, match="page_token: is not a token"):
+        service.metrics(jobs_pb2.ListJobMetricsRequest(name=name, page_token="x"), "default")
 
 
 @pytest.mark.parametrize(
