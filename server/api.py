@@ -27,7 +27,7 @@ from trainwire.v1 import (
     tensor_pb2,
 )
 
-from .auth import current_client, current_project
+from .auth import check_key_still_active, current_client, current_project
 from .convert import (
     STATES_TO_PROTO,
     checkpoint_name,
@@ -195,6 +195,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             await context.send_initial_metadata((WATCH_OPENED,))
             after = request.after_sequence
             while True:
+                check_key_still_active()
                 events, over = await loop.run_in_executor(
                     self.executor, self.jobs.new_events, job_id, after, project
                 )
@@ -307,6 +308,7 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
         pin: ServedPin | None = None
         try:
             async for request in request_iterator:
+                check_key_still_active()
                 selector = (request.job, request.checkpoint)
                 if first is None:
                     # As Predict does: a malformed tensor is refused before any model is loaded.

@@ -39,6 +39,9 @@ EXEMPT_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 CURRENT_PROJECT: ContextVar[str] = ContextVar("trainwire_project", default=DEFAULT_PROJECT)
 CURRENT_CLIENT: ContextVar[str] = ContextVar("trainwire_client", default="")
+# The key checker that admitted the current call with a key: a stream asks it again, between
+# messages, whether that key is still active (`check_key_still_active`).
+CURRENT_CHECKER: ContextVar[KeyChecker | None] = ContextVar("trainwire_checker", default=None)
 
 
 def current_project() -> str:
@@ -175,6 +178,10 @@ class KeyChecker:
         """Calls need no key now: none is active and the server may run open without one."""
         return not self._active_keys() and self.open_without_keys and not self._closed_for_good
 
+    def is_active(self, key_id: str) -> bool:
+        """Whether the key of this id is active (not revoked), as of the last read."""
+        return key_id in self._active_keys()
+
     def project_of(self, metadata: tuple[tuple[str, Any], ...] | None) -> tuple[str, str]:
         """(project, client id) of a request; Unauthenticated if a key is needed and bad."""
         keys = self._active_keys()
@@ -198,3 +205,18 @@ class KeyChecker:
         if not hmac.compare_digest(hash_secret(record.salt, parsed[1]), record.secret_hash):
             raise Unauthenticated("the API key is not valid: it is unknown or was revoked")
         return record.project, record.id
+
+
+def check_key_still_active() -> None:
+    """Unauthenticated if the key the current call was admitted with has been revoked since.
+
+    A call's key is checked when it starts; a stream (a watch, a prediction stream) may stay
+    open for hours, so it checks again between messages: a revoked key ends it within the key
+    table's refresh (about a second), as it refuses new calls. Cheap: a dictionary lookup.
+    """
+    checker = CURRENT_CHECKER.get()
+    if checker is not None and not checker.is_active(CURRENT_CLIENT.get()):
+        raise Unauthenticated(
+            "the API key this stream was opened with has been revoked; open it again with an "
+            "active key"
+        )

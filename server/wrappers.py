@@ -28,7 +28,14 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from .auth import CURRENT_CLIENT, CURRENT_PROJECT, DEFAULT_PROJECT, EXEMPT_PREFIXES, KeyChecker
+from .auth import (
+    CURRENT_CHECKER,
+    CURRENT_CLIENT,
+    CURRENT_PROJECT,
+    DEFAULT_PROJECT,
+    EXEMPT_PREFIXES,
+    KeyChecker,
+)
 from .errors import InvalidArgument, TrainwireError
 from .logs import REQUEST_ID
 from .metrics import RPC_SECONDS, BufferedSeries
@@ -98,7 +105,7 @@ class _Call:
         self.method = method
         self.code = grpc.StatusCode.UNKNOWN
         self.metadata = context.invocation_metadata() or ()
-        self.tokens: list[tuple[ContextVar[str], Token[str]]] = [
+        self.tokens: list[tuple[ContextVar[Any], Token[Any]]] = [
             (REQUEST_ID, REQUEST_ID.set(_request_id(self.metadata)))
         ]
 
@@ -110,6 +117,8 @@ class _Call:
             if project != DEFAULT_PROJECT or client:
                 self.tokens.append((CURRENT_PROJECT, CURRENT_PROJECT.set(project)))
                 self.tokens.append((CURRENT_CLIENT, CURRENT_CLIENT.set(client)))
+                if client:
+                    self.tokens.append((CURRENT_CHECKER, CURRENT_CHECKER.set(checker)))
 
     def failed(self, error: BaseException) -> tuple[grpc.StatusCode, str]:
         """Puts the error's status in the trailing metadata; returns what to abort with."""

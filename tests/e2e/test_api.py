@@ -556,6 +556,39 @@ def test_api_keys_isolate_projects_on_every_rpc(tmp_path: Path) -> None:
             wait_for(lambda: _refused(lambda: a.get_job(job.name)), 30, "the revocation")
 
 
+def test_a_revoked_key_ends_the_streams_opened_with_it(tmp_path: Path) -> None:
+    """A key was checked when a call started only: a watch opened with it went on for as long
+    as its job ran after the key was revoked (new calls were refused within 2 s)."""
+    url = f"sqlite:///{tmp_path / 'streams.db'}"
+    upgrade(url)
+    key = create_key(url, "alpha")
+    create_key(url, "alpha")  # another key stays active: the server stays closed
+    with local_server(url, workers=0) as server, Client(server.target, api_key=key) as client:
+        x = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+        job = client.create_job(client.upload_dataset(x, np.arange(30) % 3), MLP, epochs=1)
+        events: list[JobEvent] = []
+        ended: list[BaseException] = []
+
+        def watch() -> None:
+            try:
+                for event in client.watch_job(job.name):
+                    events.append(event)
+            except BaseException as error:  # what ended it is the result
+                ended.append(error)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        wait_for(lambda: bool(events), 30, "the watch's first event")
+        subprocess.run(
+            [*CLI, "keys", "revoke", key.split("_")[1], "--database-url", url], check=True
+        )
+        watcher.join(30)
+        assert not watcher.is_alive(), "the watch of a QUEUED job went on after the revocation"
+        assert isinstance(ended[0], TrainwireError)
+        assert ended[0].code == grpc.StatusCode.UNAUTHENTICATED
+        assert "this stream was opened with has been revoked" in ended[0].message
+
+
 def test_a_key_read_with_its_newline_is_sent_without_it_and_a_bad_one_is_refused_at_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
