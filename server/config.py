@@ -64,6 +64,10 @@ class Settings:
     # TRAINWIRE_DATABASE_URL or the default. Not handed to child processes, which get
     # database_url as TRAINWIRE_DATABASE_URL.
     database_url_option: str | None = None
+    # The command-line flag that gave a setting, by field name ({"port": "--port"}, and
+    # {"workers": "--concurrency"} for `trainwire worker`): messages name the flag a value came
+    # from, else its TRAINWIRE_* variable (see `setting`). Not handed to child processes.
+    flags: Mapping[str, str] = field(default_factory=dict, compare=False)
     host: str = "127.0.0.1"
     port: int = 50051
     workers: int = 2
@@ -163,8 +167,11 @@ class Settings:
         uses it whenever given (a server started with `--tls-client-ca` requires them too)."""
         found = []
         for name in ("port", "metrics_port"):
-            if not 0 <= getattr(self, name) <= 65535:
-                found.append(f"TRAINWIRE_{name.upper()} must be a port number (0-65535)")
+            value = getattr(self, name)
+            if not 0 <= value <= 65535:
+                found.append(
+                    f"{self.setting(name)} must be a port number (0-65535). Received: {value}"
+                )
         last_metrics_port = self.metrics_ports()[1] + self.server_processes - 2
         if self.metrics_port and last_metrics_port > 65535:
             found.append(
@@ -181,8 +188,14 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 found.append(
-                    f"TRAINWIRE_{name.upper()} must be positive. Received: {getattr(self, name)}"
+                    f"{self.setting(name)} must be positive. Received: {getattr(self, name)}"
                 )
+        # What a flag gave was not parsed by `_parse`, which refuses a negative variable: a
+        # `serve --workers -3` started "-3 worker processes". 0 workers is a server without any.
+        if self.workers < 0:
+            found.append(
+                f"{self.setting('workers')} must not be negative. Received: {self.workers}"
+            )
         if 0 < self.max_message_bytes < MIN_MESSAGE_BYTES:
             found.append(
                 f"TRAINWIRE_MAX_MESSAGE_BYTES must be at least {MIN_MESSAGE_BYTES:,} (room for a "
@@ -191,12 +204,12 @@ class Settings:
         for name, kind in _ENV_FIELDS.items():
             value = getattr(self, name)
             if kind is float and not math.isfinite(value):
-                found.append(f"TRAINWIRE_{name.upper()} must be a finite number. Received: {value}")
+                found.append(f"{self.setting(name)} must be a finite number. Received: {value}")
         for name, (bound, why) in UPPER_BOUNDS.items():
             value = getattr(self, name)
             if math.isfinite(value) and value > bound:
                 found.append(
-                    f"TRAINWIRE_{name.upper()} must be at most {int(bound):,} ({why}). "
+                    f"{self.setting(name)} must be at most {int(bound):,} ({why}). "
                     f"Received: {value}"
                 )
         if self.predict_batch_wait_ms < 0:
@@ -205,16 +218,17 @@ class Settings:
                 f"Received: {self.predict_batch_wait_ms}"
             )
         key_needed = serving or bool(self.tls_client_ca)
+        cert, key, client_ca = (self.setting(n) for n in ("tls_cert", "tls_key", "tls_client_ca"))
         if (self.tls_key and not self.tls_cert) or (
             self.tls_cert and not self.tls_key and key_needed
         ):
-            found.append("TRAINWIRE_TLS_CERT and TRAINWIRE_TLS_KEY must be set together")
+            found.append(f"{cert} and {key} must be set together")
         if self.tls_client_ca and not self.tls_cert:
-            found.append("TRAINWIRE_TLS_CLIENT_CA needs TRAINWIRE_TLS_CERT and TRAINWIRE_TLS_KEY")
+            found.append(f"{client_ca} needs {cert} and {key}")
         for name in ("tls_cert", "tls_key", "tls_client_ca"):
             path = getattr(self, name)
             if path and not os.path.isfile(path):
-                found.append(f"TRAINWIRE_{name.upper()}: no such file: {path}")
+                found.append(f"{self.setting(name)}: no such file: {path}")
         if not _is_url(self.database_url):
             # Not shown: what is not a URL cannot be masked, and may hold a password.
             given = self.database_url_option is not None
@@ -225,6 +239,11 @@ class Settings:
                 "may hold a password)"
             )
         return found
+
+    def setting(self, name: str) -> str:
+        """How a user gave the field `name`: its flag when a command-line flag gave it, else its
+        TRAINWIRE_* variable (which also names the setting when its default is in force)."""
+        return self.flags.get(name, f"TRAINWIRE_{name.upper()}")
 
     def to_env(self) -> dict[str, str]:
         """These settings as `TRAINWIRE_*` variables, to hand to a child process."""

@@ -210,6 +210,29 @@ def test_a_bad_log_setting_is_named_in_the_one_refusal_with_the_other_settings(
         assert expected in err, err
 
 
+def test_flag_values_are_checked_and_named_as_the_flags_they_came_from(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve --workers -3` started "-3 worker processes" and `worker --concurrency 0` idled
+    forever: a flag's value skipped the negative check of a variable's. `--port -5` was named
+    TRAINWIRE_PORT. `serve --workers 0`, a server without workers, stays allowed."""
+    monkeypatch.setenv("TRAINWIRE_DATABASE_URL", f"sqlite:///{tmp_path / 'trainwire.db'}")
+    code, out, err = run(capsys, "serve", "--workers", "-3", "--port", "-5")
+    assert code == 2 and out == "", err
+    assert "--workers must not be negative. Received: -3" in err, err
+    assert "--port must be a port number (0-65535). Received: -5" in err, err
+    assert "TRAINWIRE_PORT" not in err and "TRAINWIRE_WORKERS" not in err, err
+    for concurrency in ("0", "-1"):
+        code, out, err = run(capsys, "worker", "--concurrency", concurrency)
+        assert code == 2 and out == "", err
+        assert "--concurrency must be at least 1 (the worker processes to run). " in err
+        assert f"Received: {concurrency}" in err
+    assert _settings(build_parser().parse_args(["serve", "--workers", "0"])).workers == 0
+    monkeypatch.setenv("TRAINWIRE_PORT", "-5")  # a variable's value is named as the variable
+    code, out, err = run(capsys, "serve")
+    assert code == 2 and "TRAINWIRE_PORT must not be negative" in err, err
+
+
 def help_options(capsys: pytest.CaptureFixture[str], *command: str) -> dict[str, str]:
     """Each option of `trainwire COMMAND --help`, by its flag, with its help text on one line."""
     with pytest.raises(SystemExit):
