@@ -259,7 +259,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from .status import UNREACHABLE, probe_health_hint, server_health
+    from .status import HINTED, probe_health_hint, server_health
 
     settings = _settings(args)
     # This machine's server, with its own settings (TRAINWIRE_PORT, its TLS certificate), unless
@@ -269,7 +269,7 @@ def _health(args: argparse.Namespace) -> int:
     target = args.target or f"127.0.0.1:{settings.port}"
     health = server_health(target, settings)
     print(f"{target}: {health}")
-    if health == UNREACHABLE:
+    if health in HINTED:
         print(f"trainwire: {probe_health_hint(settings)}", file=sys.stderr)
     return 0 if health == "SERVING" else 1
 

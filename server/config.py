@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -46,6 +47,31 @@ def _is_url(text: str) -> bool:
     try:
         make_url(text)
     except (ArgumentError, ValueError):
+        return False
+    return True
+
+
+def _is_file(path: str) -> bool:
+    return bool(path) and os.path.isfile(path)
+
+
+def _certificate_problem(path: str) -> str | None:
+    """Why the file at `path` holds no PEM certificate OpenSSL can read, or None."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except ssl.SSLError as error:  # NO_CERTIFICATE_OR_CRL_FOUND, as OpenSSL names it
+        return str(error.reason or error).lower().replace("_", " ")
+    except OSError as error:  # unreadable
+        return error.strerror or str(error)
+    return None
+
+
+def _is_key_of(key: str, cert: str) -> bool:
+    """Whether the file at `key` is an unencrypted PEM private key of the certificate `cert`.
+    An empty password: an encrypted key (which gRPC cannot take) fails instead of prompting."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=lambda: b"")
+    except OSError:  # ssl.SSLError is an OSError; OpenSSL says only "PEM lib"
         return False
     return True
 
@@ -229,6 +255,8 @@ class Settings:
             path = getattr(self, name)
             if path and not os.path.isfile(path):
                 found.append(f"{self.setting(name)}: no such file: {path}")
+        if serving:  # a probe reports its files as its answer (`status.server_health`)
+            found += self.tls_file_problems(serving)
         if not _is_url(self.database_url):
             # Not shown: what is not a URL cannot be masked, and may hold a password.
             given = self.database_url_option is not None
@@ -237,6 +265,33 @@ class Settings:
                 f"{source} must be a URL such as sqlite:///trainwire.db or "
                 "postgresql://user@host/db; the value given is not one (it is not shown, as it "
                 "may hold a password)"
+            )
+        return found
+
+    def tls_file_problems(self, serving: bool = True) -> list[str]:
+        """What is wrong with the contents of the TLS files there are, read as `serve` uses them
+        (`serving`: the certificate with its key, the client CA) or as a probe does (the
+        certificate as the one CA it trusts, with the key when given). gRPC took any bytes and
+        failed at bind ("Failed to bind to address"), naming neither the setting nor the file;
+        the standard library reads them as gRPC's OpenSSL would, from their paths."""
+        cert, key, client_ca = self.tls_cert, self.tls_key, self.tls_client_ca
+        found = []
+        if _is_file(cert):
+            if problem := _certificate_problem(cert):
+                found.append(
+                    f"{self.setting('tls_cert')}: {cert} is not a PEM certificate ({problem}): "
+                    "give the server's certificate (-----BEGIN CERTIFICATE-----)"
+                )
+            elif _is_file(key) and not _is_key_of(key, cert):
+                found.append(
+                    f"{self.setting('tls_key')}: {key} is not the private key of the certificate "
+                    f"{cert} ({self.setting('tls_cert')}), or not an unencrypted PEM key: give "
+                    "the key the certificate was made for"
+                )
+        if serving and _is_file(client_ca) and (problem := _certificate_problem(client_ca)):
+            found.append(
+                f"{self.setting('tls_client_ca')}: {client_ca} is not a PEM certificate "
+                f"({problem}): give the certificate of the CA that signs client certificates"
             )
         return found
 

@@ -25,6 +25,7 @@ from trainwire.server.records import JobState
 from trainwire.server.store import Store
 from trainwire.server.supervisor import WorkerPool
 
+from ..e2e.test_api import make_certificates
 from .test_cli_database import run
 from .test_store import make_dataset, make_job
 
@@ -231,6 +232,71 @@ def test_flag_values_are_checked_and_named_as_the_flags_they_came_from(
     monkeypatch.setenv("TRAINWIRE_PORT", "-5")  # a variable's value is named as the variable
     code, out, err = run(capsys, "serve")
     assert code == 2 and "TRAINWIRE_PORT must not be negative" in err, err
+
+
+def test_serve_refuses_tls_files_it_cannot_use_naming_the_flag_and_the_file(
+    tmp_path: Path,
+) -> None:
+    """A malformed certificate or client CA, or a key not the certificate's, ended `serve` in
+    gRPC's "Failed to bind to address", exit 1, naming neither the setting nor the file."""
+    _, cert, key = make_certificates(tmp_path)
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    database = f"sqlite:///{tmp_path / 'trainwire.db'}"
+    serve = [sys.executable, "-m", "trainwire.server.cli", "serve", "--workers", "0"]
+    for flags, expected in (
+        (
+            ["--tls-cert", str(bad), "--tls-key", str(key), "--tls-client-ca", str(key)],
+            [f"--tls-cert: {bad} is not a PEM certificate (no certificate or crl found)",
+             f"--tls-client-ca: {key} is not a PEM certificate"],
+        ),
+        (
+            ["--tls-cert", str(cert), "--tls-key", str(tmp_path / "client.pem")],
+            [f"--tls-key: {tmp_path / 'client.pem'} is not the private key of the certificate "
+             f"{cert} (--tls-cert)"],
+        ),
+    ):  # fmt: skip
+        result = subprocess.run(
+            [*serve, "--port", "0", *flags],
+            env={**os.environ, "TRAINWIRE_DATABASE_URL": database},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "Failed to bind" not in result.stderr and "Traceback" not in result.stderr
+        for text in expected:
+            assert text in result.stderr, result.stderr
+    assert not (tmp_path / "trainwire.db").exists()  # refused before it opened the database
+
+
+def test_health_and_status_name_a_malformed_certificate_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`trainwire health`, the container's health check, and `status --target` ended in an
+    ssl.SSLError traceback given a TRAINWIRE_TLS_CERT that holds no certificate."""
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    url = f"sqlite:///{tmp_path / 'trainwire.db'}"
+    upgrade(url)
+    env = {**os.environ, "TRAINWIRE_TLS_CERT": str(bad), "TRAINWIRE_DATABASE_URL": url}
+    health = subprocess.run(
+        [sys.executable, "-m", "trainwire.server.cli", "health", "--target", "127.0.0.1:1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    named = f"TRAINWIRE_TLS_CERT: {bad} is not a PEM certificate"
+    assert health.returncode == 1, health.stderr  # what a container's health check reads
+    assert "not probed (unusable TLS files)" in health.stdout
+    assert named in health.stderr and "Traceback" not in health.stderr
+    monkeypatch.setenv("TRAINWIRE_TLS_CERT", str(bad))
+    monkeypatch.setenv("TRAINWIRE_DATABASE_URL", url)
+    code, out, err = run(capsys, "status", "--target", "127.0.0.1:1", "--json")
+    assert code == 0, err
+    server = json.loads(out)["server"]
+    assert server["health"] == "not probed (unusable TLS files)" and named in server["hint"]
 
 
 def help_options(capsys: pytest.CaptureFixture[str], *command: str) -> dict[str, str]:
