@@ -76,6 +76,26 @@ def _is_key_of(key: str, cert: str) -> bool:
     return True
 
 
+# The database URLs' schemes (SQLAlchemy's driver names) Trainwire runs on: SQLite, and
+# PostgreSQL with psycopg 3 (`db.normalise_url` picks it for a bare postgresql:// or postgres://).
+DATABASE_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql", "postgres", "postgresql+psycopg")
+
+
+def _database_problem(url: str) -> str | None:
+    """Why Trainwire cannot use the database URL `url` (a URL), or None: another database or
+    driver ended a command in a traceback (ModuleNotFoundError: MySQLdb, NoSuchModuleError)."""
+    from sqlalchemy.engine import make_url
+
+    from .db import masked_url
+
+    if make_url(url).drivername in DATABASE_SCHEMES:
+        return None
+    return (
+        "must be a SQLite URL (sqlite:///PATH) or a PostgreSQL one (postgresql://USER@HOST/DB, "
+        f"or postgresql+psycopg://...): Trainwire runs on no other. Received: {masked_url(url)}"
+    )
+
+
 def default_database_url() -> str:
     return f"sqlite:///{DEFAULT_SQLITE_PATH}"
 
@@ -257,15 +277,18 @@ class Settings:
                 found.append(f"{self.setting(name)}: no such file: {path}")
         if serving:  # a probe reports its files as its answer (`status.server_health`)
             found += self.tls_file_problems(serving)
+        # Named as given: --database-url (also when given empty) or the variable.
+        given = self.database_url_option is not None
+        source = "--database-url" if given else "TRAINWIRE_DATABASE_URL"
         if not _is_url(self.database_url):
             # Not shown: what is not a URL cannot be masked, and may hold a password.
-            given = self.database_url_option is not None
-            source = "--database-url" if given else "TRAINWIRE_DATABASE_URL"
             found.append(
                 f"{source} must be a URL such as sqlite:///trainwire.db or "
                 "postgresql://user@host/db; the value given is not one (it is not shown, as it "
                 "may hold a password)"
             )
+        elif problem := _database_problem(self.database_url):
+            found.append(f"{source} {problem}")
         return found
 
     def tls_file_problems(self, serving: bool = True) -> list[str]:
