@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import ssl
@@ -35,6 +36,16 @@ UPPER_BOUNDS: dict[str, tuple[float, str]] = {
     "stop_timeout_s": (MAX_SECONDS, "a longer wait overflows"),
     "predict_batch_wait_ms": (MAX_SECONDS * 1000, "a longer wait overflows"),
 }
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port`, an IPv6 literal in brackets (`[::1]:50051`): gRPC read `:::50051` as a
+    misformatted domain name. A bracketed host is kept as it is."""
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return f"{host}:{port}"
+    return f"[{host}]:{port}"
 
 
 def _is_url(text: str) -> bool:

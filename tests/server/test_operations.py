@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,14 +19,17 @@ from trainwire.server import app, supervisor
 from trainwire.server.app import housekeep, key_checker, serve
 from trainwire.server.auth import DEFAULT_PROJECT, Unauthenticated
 from trainwire.server.cli import _settings, build_parser
-from trainwire.server.config import ConfigError, Settings
+from trainwire.server.config import ConfigError, Settings, host_port
+from trainwire.server.local import local_server
 from trainwire.server.logs import JOB_ID, REQUEST_ID, JsonFormatter
 from trainwire.server.migrate import upgrade
 from trainwire.server.records import JobState
+from trainwire.server.status import server_health
 from trainwire.server.store import Store
 from trainwire.server.supervisor import WorkerPool
 
 from ..e2e.test_api import make_certificates
+from ..support.ports import free_ports
 from .test_cli_database import run
 from .test_store import make_dataset, make_job
 
@@ -297,6 +301,40 @@ def test_health_and_status_name_a_malformed_certificate_without_a_traceback(
     assert code == 0, err
     server = json.loads(out)["server"]
     assert server["health"] == "not probed (unusable TLS files)" and named in server["hint"]
+
+
+def test_serve_on_a_port_in_use_names_the_address_and_the_port_setting(tmp_path: Path) -> None:
+    """Only a port 0 that could not be had got the clear message; any other said gRPC's
+    "Failed to bind to address …; set GRPC_VERBOSITY=debug"."""
+    port = free_ports(1)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "trainwire.server.cli", "serve", "--workers", "0",
+             "--port", str(port)],
+            env={**os.environ, "TRAINWIRE_DATABASE_URL": f"sqlite:///{tmp_path / 't.db'}"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert f"trainwire: cannot listen on 127.0.0.1:{port}: the port is in use" in result.stderr
+    assert "another process may hold it" in result.stderr
+    assert "--port or TRAINWIRE_PORT" in result.stderr
+    assert "GRPC_VERBOSITY" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_serve_listens_on_a_bare_ipv6_address_as_on_a_bracketed_one(
+    host: str, tmp_path: Path
+) -> None:
+    """`serve --host ::1` failed: gRPC read `::1:PORT` as a misformatted domain name."""
+    with local_server(f"sqlite:///{tmp_path / 't.db'}", workers=0, host=host) as server:
+        assert server.target.startswith("[::1]:"), server.target
+        assert server_health(server.target) == "SERVING"
+    assert host_port("::1", 5) == "[::1]:5" and host_port("[::1]", 5) == "[::1]:5"
+    assert host_port("127.0.0.1", 5) == "127.0.0.1:5" and host_port("db", 5) == "db:5"
 
 
 def help_options(capsys: pytest.CaptureFixture[str], *command: str) -> dict[str, str]:
