@@ -35,7 +35,7 @@ from trainwire.v1 import (
 
 from .api import DatasetServicer, JobServicer, PredictionServicer, WatchLimiter
 from .auth import KeyChecker
-from .config import Settings
+from .config import Settings, host_port
 from .datasets import DatasetService
 from .db import Database, masked_url, suggested_command
 from .errors import Unavailable
@@ -76,7 +76,7 @@ class RunningServer:
     def __init__(self, settings: Settings, store: Store, address: str | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.address = address or f"{settings.host}:{settings.port}"
+        self.address = address or host_port(settings.host, settings.port)
         self.keys = key_checker(settings, store)
         self.health = health_aio.HealthServicer()
         self.monitor = HealthMonitor(store, self._report_health)
@@ -143,14 +143,15 @@ class RunningServer:
             ),
             registrar,
         )
-        if settings.tls_cert:
-            port = server.add_secure_port(self.address, server_credentials(settings))
-        else:
-            port = server.add_insecure_port(self.address)
+        try:
+            if settings.tls_cert:
+                port = server.add_secure_port(self.address, server_credentials(settings))
+            else:
+                port = server.add_insecure_port(self.address)
+        except RuntimeError:  # gRPC's "Failed to bind to address …; set GRPC_VERBOSITY=debug"
+            port = 0
         if port == 0:
-            raise RuntimeError(
-                f"cannot listen on {self.address}: the address is in use or not available"
-            )
+            raise RuntimeError(cannot_listen(self.address))
         await server.start()
         self.port = port
         self._server = server
@@ -171,6 +172,16 @@ class RunningServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def cannot_listen(address: str) -> str:
+    """Why a server may fail to listen on `address`, for the operator: gRPC says only "Failed to
+    bind to address" (its TLS files were checked at start, `Settings.tls_file_problems`)."""
+    return (
+        f"cannot listen on {address}: the port is in use (another process may hold it: stop it, "
+        "or choose another port with --port or TRAINWIRE_PORT), or the host is not an address "
+        "of this machine (--host, TRAINWIRE_HOST)"
+    )
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials:
@@ -358,7 +369,8 @@ def serve(
     scheme = "TLS" if settings.tls_cert else "plaintext"
     # Tests and scripts read this line to learn the port when it was 0.
     print(
-        f"Trainwire listening on {settings.host}:{running.port} ({scheme}; database {shown})",
+        f"Trainwire listening on {host_port(settings.host, running.port)} ({scheme}; "
+        f"database {shown})",
         flush=True,
     )
     # Embedded workers serve their metrics on the ports after the server's.

@@ -29,23 +29,34 @@ def _quiet_grpc(arguments: Sequence[str]) -> None:
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
+# The flags of settings, by field: `Settings.setting` names the flag a value came from.
+_SETTING_FLAGS = {
+    "database_url": "--database-url",
+    "host": "--host",
+    "port": "--port",
+    "tls_cert": "--tls-cert",
+    "tls_key": "--tls-key",
+    "tls_client_ca": "--tls-client-ca",
+    "allow_open_public": "--allow-open-public",
+}
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     from .config import Settings
 
+    given: dict[str, Any] = {name: getattr(args, name, None) for name in _SETTING_FLAGS}
+    given["allow_open_public"] = given["allow_open_public"] or None  # store_true: False is unset
+    given["workers"] = _worker_processes(args)
+    workers_flag = "--concurrency" if args.command == "worker" else "--workers"
+    flags = {**_SETTING_FLAGS, "workers": workers_flag}
     return Settings.from_env(
         # Only `serve` serves TLS, with its key; `health` and `status --target` probe a server
         # with its certificate alone (and show it, with its key when they have it, to a server
         # that requires client certificates), and the other commands use neither.
         serving=args.command == "serve",
-        database_url=getattr(args, "database_url", None),
-        database_url_option=getattr(args, "database_url", None),
-        host=getattr(args, "host", None),
-        port=getattr(args, "port", None),
-        workers=_worker_processes(args),
-        tls_cert=getattr(args, "tls_cert", None),
-        tls_key=getattr(args, "tls_key", None),
-        tls_client_ca=getattr(args, "tls_client_ca", None),
-        allow_open_public=getattr(args, "allow_open_public", None) or None,
+        database_url_option=given["database_url"],
+        flags={name: flags[name] for name, value in given.items() if value is not None},
+        **given,
     )
 
 
@@ -69,6 +80,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    if args.concurrency < 1:  # `serve --workers 0` still serves; this would idle silently
+        raise ValueError(
+            "--concurrency must be at least 1 (the worker processes to run). "
+            f"Received: {args.concurrency}"
+        )
     settings = _settings(args)
     if args.parent_pid is None:  # a supervised worker's supervisor checked for it
         _check_worker_database(settings)
@@ -243,7 +259,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from .status import UNREACHABLE, probe_health_hint, server_health
+    from .status import HINTED, probe_health_hint, server_health
 
     settings = _settings(args)
     # This machine's server, with its own settings (TRAINWIRE_PORT, its TLS certificate), unless
@@ -253,7 +269,7 @@ def _health(args: argparse.Namespace) -> int:
     target = args.target or f"127.0.0.1:{settings.port}"
     health = server_health(target, settings)
     print(f"{target}: {health}")
-    if health == UNREACHABLE:
+    if health in HINTED:
         print(f"trainwire: {probe_health_hint(settings)}", file=sys.stderr)
     return 0 if health == "SERVING" else 1
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
+import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -36,6 +38,16 @@ UPPER_BOUNDS: dict[str, tuple[float, str]] = {
 }
 
 
+def host_port(host: str, port: int) -> str:
+    """`host:port`, an IPv6 literal in brackets (`[::1]:50051`): gRPC read `:::50051` as a
+    misformatted domain name. A bracketed host is kept as it is."""
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return f"{host}:{port}"
+    return f"[{host}]:{port}"
+
+
 def _is_url(text: str) -> bool:
     """Whether SQLAlchemy can read `text` as a database URL."""
     from sqlalchemy.engine import make_url
@@ -48,6 +60,51 @@ def _is_url(text: str) -> bool:
     except (ArgumentError, ValueError):
         return False
     return True
+
+
+def _is_file(path: str) -> bool:
+    return bool(path) and os.path.isfile(path)
+
+
+def _certificate_problem(path: str) -> str | None:
+    """Why the file at `path` holds no PEM certificate OpenSSL can read, or None."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except ssl.SSLError as error:  # NO_CERTIFICATE_OR_CRL_FOUND, as OpenSSL names it
+        return str(error.reason or error).lower().replace("_", " ")
+    except OSError as error:  # unreadable
+        return error.strerror or str(error)
+    return None
+
+
+def _is_key_of(key: str, cert: str) -> bool:
+    """Whether the file at `key` is an unencrypted PEM private key of the certificate `cert`.
+    An empty password: an encrypted key (which gRPC cannot take) fails instead of prompting."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=lambda: b"")
+    except OSError:  # ssl.SSLError is an OSError; OpenSSL says only "PEM lib"
+        return False
+    return True
+
+
+# The database URLs' schemes (SQLAlchemy's driver names) Trainwire runs on: SQLite, and
+# PostgreSQL with psycopg 3 (`db.normalise_url` picks it for a bare postgresql:// or postgres://).
+DATABASE_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql", "postgres", "postgresql+psycopg")
+
+
+def _database_problem(url: str) -> str | None:
+    """Why Trainwire cannot use the database URL `url` (a URL), or None: another database or
+    driver ended a command in a traceback (ModuleNotFoundError: MySQLdb, NoSuchModuleError)."""
+    from sqlalchemy.engine import make_url
+
+    from .db import masked_url
+
+    if make_url(url).drivername in DATABASE_SCHEMES:
+        return None
+    return (
+        "must be a SQLite URL (sqlite:///PATH) or a PostgreSQL one (postgresql://USER@HOST/DB, "
+        f"or postgresql+psycopg://...): Trainwire runs on no other. Received: {masked_url(url)}"
+    )
 
 
 def default_database_url() -> str:
@@ -64,6 +121,10 @@ class Settings:
     # TRAINWIRE_DATABASE_URL or the default. Not handed to child processes, which get
     # database_url as TRAINWIRE_DATABASE_URL.
     database_url_option: str | None = None
+    # The command-line flag that gave a setting, by field name ({"port": "--port"}, and
+    # {"workers": "--concurrency"} for `trainwire worker`): messages name the flag a value came
+    # from, else its TRAINWIRE_* variable (see `setting`). Not handed to child processes.
+    flags: Mapping[str, str] = field(default_factory=dict, compare=False)
     host: str = "127.0.0.1"
     port: int = 50051
     workers: int = 2
@@ -163,8 +224,11 @@ class Settings:
         uses it whenever given (a server started with `--tls-client-ca` requires them too)."""
         found = []
         for name in ("port", "metrics_port"):
-            if not 0 <= getattr(self, name) <= 65535:
-                found.append(f"TRAINWIRE_{name.upper()} must be a port number (0-65535)")
+            value = getattr(self, name)
+            if not 0 <= value <= 65535:
+                found.append(
+                    f"{self.setting(name)} must be a port number (0-65535). Received: {value}"
+                )
         last_metrics_port = self.metrics_ports()[1] + self.server_processes - 2
         if self.metrics_port and last_metrics_port > 65535:
             found.append(
@@ -181,8 +245,14 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 found.append(
-                    f"TRAINWIRE_{name.upper()} must be positive. Received: {getattr(self, name)}"
+                    f"{self.setting(name)} must be positive. Received: {getattr(self, name)}"
                 )
+        # What a flag gave was not parsed by `_parse`, which refuses a negative variable: a
+        # `serve --workers -3` started "-3 worker processes". 0 workers is a server without any.
+        if self.workers < 0:
+            found.append(
+                f"{self.setting('workers')} must not be negative. Received: {self.workers}"
+            )
         if 0 < self.max_message_bytes < MIN_MESSAGE_BYTES:
             found.append(
                 f"TRAINWIRE_MAX_MESSAGE_BYTES must be at least {MIN_MESSAGE_BYTES:,} (room for a "
@@ -191,12 +261,12 @@ class Settings:
         for name, kind in _ENV_FIELDS.items():
             value = getattr(self, name)
             if kind is float and not math.isfinite(value):
-                found.append(f"TRAINWIRE_{name.upper()} must be a finite number. Received: {value}")
+                found.append(f"{self.setting(name)} must be a finite number. Received: {value}")
         for name, (bound, why) in UPPER_BOUNDS.items():
             value = getattr(self, name)
             if math.isfinite(value) and value > bound:
                 found.append(
-                    f"TRAINWIRE_{name.upper()} must be at most {int(bound):,} ({why}). "
+                    f"{self.setting(name)} must be at most {int(bound):,} ({why}). "
                     f"Received: {value}"
                 )
         if self.predict_batch_wait_ms < 0:
@@ -205,26 +275,64 @@ class Settings:
                 f"Received: {self.predict_batch_wait_ms}"
             )
         key_needed = serving or bool(self.tls_client_ca)
+        cert, key, client_ca = (self.setting(n) for n in ("tls_cert", "tls_key", "tls_client_ca"))
         if (self.tls_key and not self.tls_cert) or (
             self.tls_cert and not self.tls_key and key_needed
         ):
-            found.append("TRAINWIRE_TLS_CERT and TRAINWIRE_TLS_KEY must be set together")
+            found.append(f"{cert} and {key} must be set together")
         if self.tls_client_ca and not self.tls_cert:
-            found.append("TRAINWIRE_TLS_CLIENT_CA needs TRAINWIRE_TLS_CERT and TRAINWIRE_TLS_KEY")
+            found.append(f"{client_ca} needs {cert} and {key}")
         for name in ("tls_cert", "tls_key", "tls_client_ca"):
             path = getattr(self, name)
             if path and not os.path.isfile(path):
-                found.append(f"TRAINWIRE_{name.upper()}: no such file: {path}")
+                found.append(f"{self.setting(name)}: no such file: {path}")
+        if serving:  # a probe reports its files as its answer (`status.server_health`)
+            found += self.tls_file_problems(serving)
+        # Named as given: --database-url (also when given empty) or the variable.
+        given = self.database_url_option is not None
+        source = "--database-url" if given else "TRAINWIRE_DATABASE_URL"
         if not _is_url(self.database_url):
             # Not shown: what is not a URL cannot be masked, and may hold a password.
-            given = self.database_url_option is not None
-            source = "--database-url" if given else "TRAINWIRE_DATABASE_URL"
             found.append(
                 f"{source} must be a URL such as sqlite:///trainwire.db or "
                 "postgresql://user@host/db; the value given is not one (it is not shown, as it "
                 "may hold a password)"
             )
+        elif problem := _database_problem(self.database_url):
+            found.append(f"{source} {problem}")
         return found
+
+    def tls_file_problems(self, serving: bool = True) -> list[str]:
+        """What is wrong with the contents of the TLS files there are, read as `serve` uses them
+        (`serving`: the certificate with its key, the client CA) or as a probe does (the
+        certificate as the one CA it trusts, with the key when given). gRPC took any bytes and
+        failed at bind ("Failed to bind to address"), naming neither the setting nor the file;
+        the standard library reads them as gRPC's OpenSSL would, from their paths."""
+        cert, key, client_ca = self.tls_cert, self.tls_key, self.tls_client_ca
+        found = []
+        if _is_file(cert):
+            if problem := _certificate_problem(cert):
+                found.append(
+                    f"{self.setting('tls_cert')}: {cert} is not a PEM certificate ({problem}): "
+                    "give the server's certificate (-----BEGIN CERTIFICATE-----)"
+                )
+            elif _is_file(key) and not _is_key_of(key, cert):
+                found.append(
+                    f"{self.setting('tls_key')}: {key} is not the private key of the certificate "
+                    f"{cert} ({self.setting('tls_cert')}), or not an unencrypted PEM key: give "
+                    "the key the certificate was made for"
+                )
+        if serving and _is_file(client_ca) and (problem := _certificate_problem(client_ca)):
+            found.append(
+                f"{self.setting('tls_client_ca')}: {client_ca} is not a PEM certificate "
+                f"({problem}): give the certificate of the CA that signs client certificates"
+            )
+        return found
+
+    def setting(self, name: str) -> str:
+        """How a user gave the field `name`: its flag when a command-line flag gave it, else its
+        TRAINWIRE_* variable (which also names the setting when its default is in force)."""
+        return self.flags.get(name, f"TRAINWIRE_{name.upper()}")
 
     def to_env(self) -> dict[str, str]:
         """These settings as `TRAINWIRE_*` variables, to hand to a child process."""

@@ -10,6 +10,7 @@ every server.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import threading
@@ -24,6 +25,8 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import REGISTRY, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
+
+from .config import host_port
 
 log = logging.getLogger("trainwire.metrics")
 
@@ -287,5 +290,25 @@ def serve_metrics(
                 REGISTRY.unregister(_registered_collector)
             REGISTRY.register(collector)
             _registered_collector = collector
-    start_http_server(port, addr=host)
-    log.info("metrics on http://%s:%d/metrics", host, port)
+    try:
+        start_http_server(port, addr=host.strip("[]"))  # an IPv6 host is taken bare
+    except OSError as error:  # socket.gaierror too: a traceback ended `serve`
+        raise RuntimeError(cannot_serve_metrics(host, port, error)) from None
+    log.info("metrics on http://%s/metrics", host_port(host.strip("[]"), port))
+
+
+def cannot_serve_metrics(host: str, port: int, error: OSError) -> str:
+    """Why the /metrics endpoint cannot listen on `host`:`port`, and the setting to change: the
+    port in use (EADDRINUSE), or a host that does not resolve (socket.gaierror) or is not an
+    address of this machine (EADDRNOTAVAIL)."""
+    where = f"cannot serve metrics on http://{host_port(host.strip('[]'), port)}/metrics"
+    if error.errno == errno.EADDRINUSE:
+        return (
+            f"{where}: the port is in use (another process may hold it): choose another with "
+            "TRAINWIRE_METRICS_PORT (a `serve`'s workers and extra server processes take the "
+            "ports after it)"
+        )
+    return (
+        f"{where}: {host} is not an address of this machine ({error.strerror or error}): set "
+        "TRAINWIRE_METRICS_HOST to one of its addresses"
+    )

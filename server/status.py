@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 # A probe's answer when no server answered: a refused TLS handshake too (`probe_health_hint`).
 UNREACHABLE = "unreachable (UNAVAILABLE)"
+# Its answer when it could not ask: TLS files it cannot use (`probe_health_hint` names them).
+NOT_PROBED = "not probed (unusable TLS files)"
+# The answers `probe_health_hint` explains.
+HINTED = (UNREACHABLE, NOT_PROBED)
 
 
 def collect_status(settings: Settings, target: str | None = None) -> dict[str, Any]:
@@ -65,19 +69,24 @@ def collect_status(settings: Settings, target: str | None = None) -> dict[str, A
             "target": target,
             "health": health,
             # What to check when it could not be reached, as `trainwire health` says.
-            "hint": probe_health_hint(settings) if health == UNREACHABLE else None,
+            "hint": probe_health_hint(settings) if health in HINTED else None,
         }
     return status
 
 
 def server_health(target: str, settings: Settings | None = None) -> str:
     """The server's answer to a health check (SERVING, NOT_SERVING), or `unreachable (CODE)`.
-    A server whose `settings` have TLS is probed over TLS (see `probe_channel`)."""
+    A server whose `settings` have TLS is probed over TLS (see `probe_channel`); with TLS files
+    that cannot be used, NOT_PROBED (the container's health check then exits 1, and says why,
+    rather than ending in a traceback)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    settings = settings or Settings()
+    if settings.tls_file_problems(serving=False):
+        return NOT_PROBED
     try:
-        with probe_channel(target, settings or Settings()) as channel:
+        with probe_channel(target, settings) as channel:
             answer = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=3
             )
@@ -88,7 +97,11 @@ def server_health(target: str, settings: Settings | None = None) -> str:
 
 def probe_health_hint(settings: Settings) -> str:
     """What to check when a probe with these `settings` found the server UNREACHABLE: a refused
-    TLS handshake looks just like a server that is down."""
+    TLS handshake looks just like a server that is down. Or what is wrong with its TLS files,
+    when it could not ask (NOT_PROBED)."""
+    unusable = settings.tls_file_problems(serving=False)
+    if unusable:
+        return "; ".join(unusable)
     if not settings.tls_cert:
         return (
             "the probe spoke plaintext: if the server uses TLS, set TRAINWIRE_TLS_CERT to its "

@@ -434,3 +434,34 @@ def test_a_refusal_of_the_default_database_suggests_the_upgrade_alone(
     assert result.returncode == 1, result.stderr
     assert "Run `trainwire db upgrade` first." in result.stderr
     assert "TRAINWIRE_DATABASE_URL" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "0", "--workers", "0"], ["status"]])
+def test_a_database_trainwire_does_not_run_on_is_a_configuration_error(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """mysql:// ended in ModuleNotFoundError (MySQLdb), foo:// in NoSuchModuleError: a URL was
+    checked only for being one. Named by the variable or the option, its password masked."""
+    for url, shown in (
+        ("mysql://u:s3cret@db.example/trainwire", "mysql://u:***@db.example/trainwire"),
+        ("foo://x/y", "foo://x/y"),
+    ):
+        result = subprocess.run(
+            [*CLI, *command],
+            cwd=tmp_path,
+            env={"PATH": "", "TRAINWIRE_DATABASE_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr and "s3cret" not in result.stderr
+        assert (
+            "TRAINWIRE_DATABASE_URL must be a SQLite URL (sqlite:///PATH) or a PostgreSQL one"
+            in result.stderr
+        )
+        assert f"Received: {shown}" in result.stderr, result.stderr
+    code, _, err = run(capsys, command[0], "--database-url", "postgresql+psycopg2://u:pw@h/db")
+    assert code == 2 and "--database-url must be a SQLite URL" in err, err
+    assert "Received: postgresql+psycopg2://u:***@h/db" in err
+    assert list(tmp_path.iterdir()) == [], "nothing created"

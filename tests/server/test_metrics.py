@@ -4,6 +4,10 @@ process exports the metrics of its role alone."""
 from __future__ import annotations
 
 import math
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -268,3 +272,43 @@ def test_serving_again_with_a_collector_exports_one_deployment(
     assert exported_jobs() == ['trainwire_jobs{queue="default",state="QUEUED"} 1.0']
     metrics.serve_metrics(9103, "127.0.0.1", role, second)
     assert exported_jobs() == ['trainwire_jobs{queue="default",state="QUEUED"} 2.0']
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("127.0.0.1", "the port is in use (another process may hold it): choose another with "
+         "TRAINWIRE_METRICS_PORT"),
+        ("no.such.host.invalid", "no.such.host.invalid is not an address of this machine"),
+        ("192.0.2.1", "192.0.2.1 is not an address of this machine (Cannot assign requested"),
+    ],
+)  # fmt: skip
+def test_serve_refuses_a_metrics_address_it_cannot_listen_on_naming_the_setting(
+    host: str, reason: str, tmp_path: Path
+) -> None:
+    """A metrics port in use (OSError 98), a host that does not resolve (socket.gaierror) or one
+    this machine does not have (OSError 99) ended `serve` in a traceback. Now one message, exit
+    1, as for the gRPC port (192.0.2.1 is TEST-NET-1, no host's)."""
+    port = free_ports(1)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "trainwire.server.cli", "serve", "--port", "0",
+             "--workers", "0"],
+            env={
+                **os.environ,
+                "TRAINWIRE_DATABASE_URL": f"sqlite:///{tmp_path / 't.db'}",
+                "TRAINWIRE_METRICS_PORT": str(port),
+                "TRAINWIRE_METRICS_HOST": host,
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "listening" not in result.stdout
+    assert f"trainwire: cannot serve metrics on http://{host}:{port}/metrics: " in result.stderr
+    assert reason in result.stderr, result.stderr
+    if host != "127.0.0.1":
+        assert "set TRAINWIRE_METRICS_HOST to one of its addresses" in result.stderr

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,13 +19,17 @@ from trainwire.server import app, supervisor
 from trainwire.server.app import housekeep, key_checker, serve
 from trainwire.server.auth import DEFAULT_PROJECT, Unauthenticated
 from trainwire.server.cli import _settings, build_parser
-from trainwire.server.config import ConfigError, Settings
+from trainwire.server.config import ConfigError, Settings, host_port
+from trainwire.server.local import local_server
 from trainwire.server.logs import JOB_ID, REQUEST_ID, JsonFormatter
 from trainwire.server.migrate import upgrade
 from trainwire.server.records import JobState
+from trainwire.server.status import server_health
 from trainwire.server.store import Store
 from trainwire.server.supervisor import WorkerPool
 
+from ..e2e.test_api import make_certificates
+from ..support.ports import free_ports
 from .test_cli_database import run
 from .test_store import make_dataset, make_job
 
@@ -208,6 +213,128 @@ def test_a_bad_log_setting_is_named_in_the_one_refusal_with_the_other_settings(
         "TRAINWIRE_LOG_FORMAT must be json or text",
     ):
         assert expected in err, err
+
+
+def test_flag_values_are_checked_and_named_as_the_flags_they_came_from(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve --workers -3` started "-3 worker processes" and `worker --concurrency 0` idled
+    forever: a flag's value skipped the negative check of a variable's. `--port -5` was named
+    TRAINWIRE_PORT. `serve --workers 0`, a server without workers, stays allowed."""
+    monkeypatch.setenv("TRAINWIRE_DATABASE_URL", f"sqlite:///{tmp_path / 'trainwire.db'}")
+    code, out, err = run(capsys, "serve", "--workers", "-3", "--port", "-5")
+    assert code == 2 and out == "", err
+    assert "--workers must not be negative. Received: -3" in err, err
+    assert "--port must be a port number (0-65535). Received: -5" in err, err
+    assert "TRAINWIRE_PORT" not in err and "TRAINWIRE_WORKERS" not in err, err
+    for concurrency in ("0", "-1"):
+        code, out, err = run(capsys, "worker", "--concurrency", concurrency)
+        assert code == 2 and out == "", err
+        assert "--concurrency must be at least 1 (the worker processes to run). " in err
+        assert f"Received: {concurrency}" in err
+    assert _settings(build_parser().parse_args(["serve", "--workers", "0"])).workers == 0
+    monkeypatch.setenv("TRAINWIRE_PORT", "-5")  # a variable's value is named as the variable
+    code, out, err = run(capsys, "serve")
+    assert code == 2 and "TRAINWIRE_PORT must not be negative" in err, err
+
+
+def test_serve_refuses_tls_files_it_cannot_use_naming_the_flag_and_the_file(
+    tmp_path: Path,
+) -> None:
+    """A malformed certificate or client CA, or a key not the certificate's, ended `serve` in
+    gRPC's "Failed to bind to address", exit 1, naming neither the setting nor the file."""
+    _, cert, key = make_certificates(tmp_path)
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    database = f"sqlite:///{tmp_path / 'trainwire.db'}"
+    serve = [sys.executable, "-m", "trainwire.server.cli", "serve", "--workers", "0"]
+    for flags, expected in (
+        (
+            ["--tls-cert", str(bad), "--tls-key", str(key), "--tls-client-ca", str(key)],
+            [f"--tls-cert: {bad} is not a PEM certificate (no certificate or crl found)",
+             f"--tls-client-ca: {key} is not a PEM certificate"],
+        ),
+        (
+            ["--tls-cert", str(cert), "--tls-key", str(tmp_path / "client.pem")],
+            [f"--tls-key: {tmp_path / 'client.pem'} is not the private key of the certificate "
+             f"{cert} (--tls-cert)"],
+        ),
+    ):  # fmt: skip
+        result = subprocess.run(
+            [*serve, "--port", "0", *flags],
+            env={**os.environ, "TRAINWIRE_DATABASE_URL": database},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "Failed to bind" not in result.stderr and "Traceback" not in result.stderr
+        for text in expected:
+            assert text in result.stderr, result.stderr
+    assert not (tmp_path / "trainwire.db").exists()  # refused before it opened the database
+
+
+def test_health_and_status_name_a_malformed_certificate_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`trainwire health`, the container's health check, and `status --target` ended in an
+    ssl.SSLError traceback given a TRAINWIRE_TLS_CERT that holds no certificate."""
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    url = f"sqlite:///{tmp_path / 'trainwire.db'}"
+    upgrade(url)
+    env = {**os.environ, "TRAINWIRE_TLS_CERT": str(bad), "TRAINWIRE_DATABASE_URL": url}
+    health = subprocess.run(
+        [sys.executable, "-m", "trainwire.server.cli", "health", "--target", "127.0.0.1:1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    named = f"TRAINWIRE_TLS_CERT: {bad} is not a PEM certificate"
+    assert health.returncode == 1, health.stderr  # what a container's health check reads
+    assert "not probed (unusable TLS files)" in health.stdout
+    assert named in health.stderr and "Traceback" not in health.stderr
+    monkeypatch.setenv("TRAINWIRE_TLS_CERT", str(bad))
+    monkeypatch.setenv("TRAINWIRE_DATABASE_URL", url)
+    code, out, err = run(capsys, "status", "--target", "127.0.0.1:1", "--json")
+    assert code == 0, err
+    server = json.loads(out)["server"]
+    assert server["health"] == "not probed (unusable TLS files)" and named in server["hint"]
+
+
+def test_serve_on_a_port_in_use_names_the_address_and_the_port_setting(tmp_path: Path) -> None:
+    """Only a port 0 that could not be had got the clear message; any other said gRPC's
+    "Failed to bind to address …; set GRPC_VERBOSITY=debug"."""
+    port = free_ports(1)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "trainwire.server.cli", "serve", "--workers", "0",
+             "--port", str(port)],
+            env={**os.environ, "TRAINWIRE_DATABASE_URL": f"sqlite:///{tmp_path / 't.db'}"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert f"trainwire: cannot listen on 127.0.0.1:{port}: the port is in use" in result.stderr
+    assert "another process may hold it" in result.stderr
+    assert "--port or TRAINWIRE_PORT" in result.stderr
+    assert "GRPC_VERBOSITY" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_serve_listens_on_a_bare_ipv6_address_as_on_a_bracketed_one(
+    host: str, tmp_path: Path
+) -> None:
+    """`serve --host ::1` failed: gRPC read `::1:PORT` as a misformatted domain name."""
+    with local_server(f"sqlite:///{tmp_path / 't.db'}", workers=0, host=host) as server:
+        assert server.target.startswith("[::1]:"), server.target
+        assert server_health(server.target) == "SERVING"
+    assert host_port("::1", 5) == "[::1]:5" and host_port("[::1]", 5) == "[::1]:5"
+    assert host_port("127.0.0.1", 5) == "127.0.0.1:5" and host_port("db", 5) == "db:5"
 
 
 def help_options(capsys: pytest.CaptureFixture[str], *command: str) -> dict[str, str]:
