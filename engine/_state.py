@@ -52,19 +52,26 @@ def float_entry(
     return value
 
 
-def check_finite(arr: Array, label: str, reason: str) -> None:
+def check_finite(arr: Array, label: str, reason: str, allow_infinite: bool = False) -> None:
     """ValueError naming ``label`` (as the messages name the entry) unless every entry of the
-    floating array ``arr`` is finite; ``reason`` says what a NaN or infinity there would do.
+    floating array ``arr`` is finite (``allow_infinite``: is no NaN); ``reason`` says what such
+    a value there would do.
 
     A min and a max (NaN propagates through both) cost two passes and no temporary array on a
     state that loads; the first bad entry is looked for only to say which one it is.
     """
-    if arr.size == 0 or (math.isfinite(arr.min()) and math.isfinite(arr.max())):
+    if arr.size == 0:
         return
-    bad = ~np.isfinite(arr)
+    low, high = float(arr.min()), float(arr.max())
+    if (math.isfinite(low) and math.isfinite(high)) or (
+        allow_infinite and not (math.isnan(low) or math.isnan(high))
+    ):
+        return
+    bad = np.isnan(arr) if allow_infinite else ~np.isfinite(arr)
     first = np.unravel_index(int(np.argmax(bad)), arr.shape)
     where = f" at index {tuple(int(i) for i in first)}" if arr.ndim else ""
+    kind = "NaN" if allow_infinite else "NaN or infinite"
     raise ValueError(
-        f"{label} must be finite: {reason}. Received: {arr[first]}{where} "
-        f"({int(bad.sum())} of {arr.size} entries are NaN or infinite)"
+        f"{label} must {'not be NaN' if allow_infinite else 'be finite'}: {reason}. "
+        f"Received: {arr[first]}{where} ({int(bad.sum())} of {arr.size} entries are {kind})"
     )

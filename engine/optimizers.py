@@ -72,7 +72,7 @@ class Optimizer:
     name: ClassVar[str] = ""
     flush_slots: ClassVar[tuple[str, ...]] = ()
     # Slots that sum squares: a negative entry is no state a run reaches (sqrt makes it NaN).
-    # Every slot must also be finite (``check_state_dict``), these and the others alike.
+    # No slot may be NaN (``check_state_dict``), these and the others alike.
     nonnegative_slots: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
@@ -280,10 +280,14 @@ class Optimizer:
                         f"Optimizer slot {prefix}{name}.{slot} must be {arr.dtype}{arr.shape}, "
                         f"as its parameter. Received: {src.dtype}{src.shape}"
                     )
+                # Not NaN (its parameter would turn NaN at the next step); an infinity is a
+                # state a run reaches with a finite parameter (float32 Adam squares a gradient
+                # of 1e20 to an infinite v, which then holds that weight still).
                 check_finite(
                     src,
                     f"Optimizer slot {prefix}{name}.{slot}",
-                    "a NaN makes its parameter NaN, an infinity freezes it or makes it infinite",
+                    "it would make its parameter NaN at the next step",
+                    allow_infinite=True,
                 )
                 if slot in self.nonnegative_slots and src.size and src.min() < 0:
                     raise ValueError(

@@ -35,7 +35,7 @@ from . import metrics as metrics_mod
 from . import optimizers as optimizers_mod
 from . import schedules as schedules_mod
 from ._registry import check_int, check_number
-from ._state import check_finite, flag_entry, float_entry, int_entry
+from ._state import flag_entry, float_entry, int_entry
 from ._types import Array
 from .model import Model
 from .schedules import resolve_mode
@@ -813,11 +813,6 @@ class Trainer:
                 f"Received: {sums.dtype} array of shape {sums.shape}"
             )
         sums = sums.astype(np.float64)
-        check_finite(
-            sums,
-            "Trainer state entry 'trainer.epoch_sums'",
-            "the epoch's logged loss and metrics are means of them",
-        )
         if rows_done is not None and sums[-1] != rows_done:
             raise ValueError(
                 f"Trainer state entry 'trainer.epoch_sums' counts {sums[-1]:g} rows in the epoch "
@@ -858,11 +853,6 @@ class Trainer:
                     f"finished epoch ('trainer.epoch' is {epoch}). "
                     f"Received: {values.dtype} array of shape {values.shape}"
                 )
-            check_finite(
-                values.astype(np.float64),
-                f"Trainer state entry 'history.{key}'",
-                "the server fails a job whose logs turn NaN or infinite before it checkpoints",
-            )
             history[key] = [float(v) for v in values]
         return history
 

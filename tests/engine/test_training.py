@@ -640,38 +640,33 @@ def _with_first(arr: np.ndarray, value: float) -> np.ndarray:
             r"optimizer\.layers\.6\.bias\.square_avg sums squares",
         ),
         ("adagrad", {"optimizer__layers.4.kernel.sum": lambda v: -v - 1}, "sum sums squares"),
-        # NaN < 0 is False: a NaN second moment passed the sign check. An infinite one freezes
-        # its weight for good (m / inf = 0); a NaN or infinite first moment or momentum makes
-        # its weight NaN or infinite at the next step.
+        # NaN < 0 is False: a NaN second moment passed the sign check. A NaN moment, sum or
+        # momentum makes its weight NaN at the next step. (An infinite second moment is a state
+        # a run reaches: test_optimizers' test_an_infinite_second_moment_a_run_reaches_loads.)
         (
             None,
             {"optimizer__layers.0.kernel.v": lambda v: _with_first(v, np.nan)},
-            r"optimizer\.layers\.0\.kernel\.v must be finite.* Received: nan at index \(0, 0\)",
+            r"optimizer\.layers\.0\.kernel\.v must not be NaN.* Received: nan at index \(0, 0\)",
         ),
         (
             None,
-            {"optimizer__layers.0.kernel.v": lambda v: _with_first(v, np.inf)},
-            r"optimizer\.layers\.0\.kernel\.v must be finite.* Received: inf",
-        ),
-        (
-            None,
-            {"optimizer__layers.6.bias.m": lambda m: _with_first(m, -np.inf)},
-            r"optimizer\.layers\.6\.bias\.m must be finite.* Received: -inf at index \(0,\)",
+            {"optimizer__layers.6.bias.m": lambda m: _with_first(m, np.nan)},
+            r"optimizer\.layers\.6\.bias\.m must not be NaN.* Received: nan at index \(0,\)",
         ),
         (
             "rmsprop",
             {"optimizer__layers.6.bias.square_avg": lambda v: _with_first(v, np.nan)},
-            r"optimizer\.layers\.6\.bias\.square_avg must be finite",
+            r"optimizer\.layers\.6\.bias\.square_avg must not be NaN",
         ),
         (
             "adagrad",
-            {"optimizer__layers.4.kernel.sum": lambda v: _with_first(v, np.inf)},
-            r"optimizer\.layers\.4\.kernel\.sum must be finite",
+            {"optimizer__layers.4.kernel.sum": lambda v: _with_first(v, -np.inf)},
+            r"optimizer\.layers\.4\.kernel\.sum sums squares",
         ),
         (
             {"name": "sgd", "momentum": 0.9},
             {"optimizer__layers.0.kernel.momentum": lambda b: _with_first(b, np.nan)},
-            r"optimizer\.layers\.0\.kernel\.momentum must be finite",
+            r"optimizer\.layers\.0\.kernel\.momentum must not be NaN",
         ),
     ],
 )
@@ -735,17 +730,13 @@ def test_load_refuses_early_stopping_and_schedule_state_no_run_reaches(data, dam
             {"early_stopping__weights.layers.5.running_var": lambda v: _with_first(v, np.inf)},
             r"'early_stopping\.weights\.layers\.5\.running_var' must be finite",
         ),
-        (
-            {"trainer__epoch_sums": lambda s: _with_first(s, np.nan)},
-            r"'trainer\.epoch_sums' must be finite",
-        ),
-        ({"history__val_loss": lambda h: _with_first(h, np.inf)}, r"'history\.val_loss' must be"),
     ],
 )
 def test_load_refuses_non_finite_weights_and_negative_variances(data, damage, match) -> None:
     """A NaN weight made the next epoch's loss NaN and a running variance of -2 made predict
     NaN, and both loaded silently; the worker fails a run whose loss turns NaN before it
-    checkpoints, so no run saves such a state. The whole state is refused, nothing loaded."""
+    checkpoints, so no run saves such a state. The whole state is refused, nothing loaded.
+    (The logs, `history` and `epoch_sums`, may hold what a diverging run logged.)"""
     state = _edited(_rich_paused_state(data), **damage)
     assert_refused(data, state, match, _plateau_rich(model_seed=8))
 
