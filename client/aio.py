@@ -52,6 +52,7 @@ from .client import (
 from .errors import (
     ClientClosed,
     NotFound,
+    ResourceExhausted,
     TrainwireError,
     from_rpc_error,
     status_of,
@@ -78,6 +79,7 @@ from .wire import (
     list_jobs_request,
     metrics_from_response,
     name_of,
+    upload_refused,
 )
 
 log = logging.getLogger("trainwire.client")
@@ -214,10 +216,12 @@ class AsyncClient:
         try:
             response = await self._call(
                 self._rpc.upload_dataset,
-                upload.requests(bar.update if bar is not None else None),
+                upload.requests(self.max_message_bytes, bar.update if bar is not None else None),
                 timeout or max(self.timeout, 300.0),
                 idempotent=False,
             )
+        except ResourceExhausted as error:
+            raise upload_refused(error, self.max_message_bytes) from None
         finally:
             if bar is not None:
                 bar.close()
