@@ -42,6 +42,7 @@ from .client import (
     Client,
     JobWaiting,
     Outage,
+    call_timeout,
     env_settings,
     is_gone,
     may_have_run,
@@ -105,10 +106,8 @@ class AsyncClient:
         retry: RetryPolicy | None = None,
         watch_reconnect_s: float = 300.0,
     ) -> None:
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive. Received: {timeout}")
         self.target = target
-        self.timeout = timeout
+        self.timeout = call_timeout(timeout, "timeout")
         self.max_message_bytes = max_message_bytes
         self.retry = retry or RetryPolicy()
         self.watch_reconnect_s = watch_reconnect_s

@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from .client import Client, Job, client_cert_pair, env_settings
+from .client import Client, Job, call_timeout, client_cert_pair, env_settings
 from .errors import JobFailed, NotFound, TrainwireError
 from .files import (
     check_prediction_path,
@@ -497,7 +497,7 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
             if pair is not None:
                 overrides["client_cert"] = pair
             if args.timeout is not None:
-                overrides["timeout"] = args.timeout
+                overrides["timeout"] = call_timeout(args.timeout, "--timeout")
             settings = env_settings(**overrides)
             with Client(**settings) as client:
                 return handler(client, args)

@@ -9,6 +9,7 @@ Errors are raised as `trainwire.client.errors` exceptions keeping the status and
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import time
@@ -133,15 +134,28 @@ def env_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> 
             settings["client_cert"] = pair
     if "timeout" not in overrides and env.get("TRAINWIRE_TIMEOUT"):
         try:
-            settings["timeout"] = float(env["TRAINWIRE_TIMEOUT"])
+            seconds = float(env["TRAINWIRE_TIMEOUT"])
         except ValueError:
             raise ValueError(
                 f"TRAINWIRE_TIMEOUT must be a number of seconds. Received: "
                 f"{env['TRAINWIRE_TIMEOUT']!r}"
             ) from None
+        settings["timeout"] = call_timeout(seconds, "TRAINWIRE_TIMEOUT")
     if "max_message_bytes" not in overrides and env.get("TRAINWIRE_MAX_MESSAGE_BYTES"):
         settings["max_message_bytes"] = message_bytes(env["TRAINWIRE_MAX_MESSAGE_BYTES"])
     return {**settings, **overrides}
+
+
+def call_timeout(seconds: float, name: str) -> float:
+    """`seconds` as the deadline of each call, else a ValueError naming the argument, variable or
+    option (`name`) that gave it: a deadline must be positive and finite (gRPC takes NaN and
+    infinity, and every call then fails at once, "deadline exceeded")."""
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(
+            f"{name} must be a positive, finite number of seconds (the deadline of each call, "
+            f"30 by default). Received: {seconds!r}"
+        )
+    return seconds
 
 
 def message_bytes(value: str) -> int:
@@ -300,10 +314,8 @@ class Client:
         retry: RetryPolicy | None = None,
         watch_reconnect_s: float = 300.0,
     ) -> None:
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive. Received: {timeout}")
         self.target = target
-        self.timeout = timeout
+        self.timeout = call_timeout(timeout, "timeout")
         self.max_message_bytes = max_message_bytes
         self.retry = retry or RetryPolicy()
         self.watch_reconnect_s = watch_reconnect_s

@@ -817,7 +817,7 @@ def test_metrics_shows_every_point_of_a_per_step_metric(cli: Cli, tmp_path: Path
 @pytest.mark.parametrize(
     ("option", "message"),
     [
-        (["--timeout", "0"], "timeout must be positive. Received: 0.0"),
+        (["--timeout", "0"], "--timeout must be a positive, finite number of seconds"),
         (["--api-key", ""], "--api-key is empty"),
         (["--api-key", " \n"], "--api-key is empty"),
     ],
@@ -837,7 +837,27 @@ def test_an_option_given_empty_or_zero_is_refused_not_ignored(
     assert code == 2 and message in err, err
     monkeypatch.setenv("TRAINWIRE_TIMEOUT", "0")
     code = main(["datasets", "list", "--target", "127.0.0.1:9"])
-    assert code == 2 and "timeout must be positive. Received: 0.0" in capsys.readouterr().err
+    message = "TRAINWIRE_TIMEOUT must be a positive, finite number of seconds"
+    assert code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1"])
+def test_a_timeout_that_is_no_deadline_is_refused_naming_where_it_came_from(
+    value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TRAINWIRE_TIMEOUT=nan or inf was taken, and every call then failed at once "deadline
+    exceeded" (exit 5); -1 was refused as "timeout must be positive", naming neither the option
+    nor the variable."""
+    code = main(["datasets", "list", "--target", "127.0.0.1:9", f"--timeout={value}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--timeout must be a positive, finite number of seconds" in err, err
+    assert value in err
+    monkeypatch.setenv("TRAINWIRE_TIMEOUT", value)
+    code = main(["datasets", "list", "--target", "127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 2 and "TRAINWIRE_TIMEOUT must be a positive, finite number" in err, err
+    with pytest.raises(ValueError, match=r"^timeout must be a positive, finite number"):
+        Client("127.0.0.1:9", timeout=float(value))
 
 
 def test_plot_writes_the_format_its_extension_names(cli: Cli, tmp_path: Path) -> None:
