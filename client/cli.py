@@ -36,7 +36,7 @@ from .files import (
 )
 from .jobspec import DatasetSource, JobSpec
 from .results import STATES, JobStatus, ModelInfo, checkpoint_to_dict
-from .rpc import api_key_text, read_file
+from .rpc import api_key_text, read_pem
 
 OK, FAILED, USAGE, NOT_FOUND, PRECONDITION, UNREACHABLE, DENIED, LIMIT, CANCELLED = range(9)
 INTERRUPTED = 128 + signal.SIGINT  # Ctrl-C, as other Unix tools exit on it
@@ -490,7 +490,7 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
                         "TRAINWIRE_API_KEY is no key)"
                     )
             if args.tls:
-                overrides["tls"] = True if args.tls == "system" else read_file(args.tls, "--tls")
+                overrides["tls"] = True if args.tls == "system" else read_pem(args.tls, "--tls")
             pair = client_cert_pair(
                 args.client_cert, args.client_key, ("--client-cert", "--client-key")
             )

@@ -55,7 +55,7 @@ from .rpc import (
     auth_metadata,
     channel_credentials,
     channel_options,
-    read_file,
+    read_pem,
 )
 from .wire import (
     CHUNK_BYTES,
@@ -123,7 +123,7 @@ def env_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> 
     if tls.lower() in ("1", "true", "yes", "system"):  # "system" as `--tls system` says
         settings["tls"] = True
     elif tls and tls.lower() not in ("0", "false", "no"):
-        settings["tls"] = read_file(tls, "TRAINWIRE_TLS")
+        settings["tls"] = read_pem(tls, "TRAINWIRE_TLS")
     if "client_cert" not in overrides:
         pair = client_cert_pair(
             env.get("TRAINWIRE_CLIENT_CERT"),
@@ -187,7 +187,7 @@ def client_cert_pair(
             f"{names[0]} and {names[1]} must be given together (a PEM client certificate and "
             f"its private key). Received {given} without {missing}"
         )
-    return read_file(cert, names[0]), read_file(key, names[1])
+    return read_pem(cert, names[0]), read_pem(key, names[1], key=True)
 
 
 def job_name(job: object, argument: str = "job") -> str:
