@@ -42,6 +42,7 @@ from .client import (
     Client,
     JobWaiting,
     Outage,
+    call_timeout,
     env_settings,
     is_gone,
     may_have_run,
@@ -52,6 +53,7 @@ from .client import (
 from .errors import (
     ClientClosed,
     NotFound,
+    ResourceExhausted,
     TrainwireError,
     from_rpc_error,
     status_of,
@@ -79,6 +81,7 @@ from .wire import (
     list_jobs_request,
     metrics_from_responses,
     name_of,
+    upload_refused,
 )
 
 log = logging.getLogger("trainwire.client")
@@ -104,10 +107,8 @@ class AsyncClient:
         retry: RetryPolicy | None = None,
         watch_reconnect_s: float = 300.0,
     ) -> None:
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive. Received: {timeout}")
         self.target = target
-        self.timeout = timeout
+        self.timeout = call_timeout(timeout, "timeout")
         self.max_message_bytes = max_message_bytes
         self.retry = retry or RetryPolicy()
         self.watch_reconnect_s = watch_reconnect_s
@@ -215,10 +216,12 @@ class AsyncClient:
         try:
             response = await self._call(
                 self._rpc.upload_dataset,
-                upload.requests(bar.update if bar is not None else None),
+                upload.requests(self.max_message_bytes, bar.update if bar is not None else None),
                 timeout or max(self.timeout, 300.0),
                 idempotent=False,
             )
+        except ResourceExhausted as error:
+            raise upload_refused(error, self.max_message_bytes) from None
         finally:
             if bar is not None:
                 bar.close()

@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from .client import Client, Job, client_cert_pair, env_settings
+from .client import Client, Job, call_timeout, client_cert_pair, env_settings
 from .errors import JobFailed, NotFound, TrainwireError
 from .files import (
     check_prediction_path,
@@ -36,7 +36,7 @@ from .files import (
 )
 from .jobspec import DatasetSource, JobSpec
 from .results import STATES, JobStatus, ModelInfo, checkpoint_to_dict
-from .rpc import api_key_text, read_file
+from .rpc import api_key_text, read_pem
 
 OK, FAILED, USAGE, NOT_FOUND, PRECONDITION, UNREACHABLE, DENIED, LIMIT, CANCELLED = range(9)
 INTERRUPTED = 128 + signal.SIGINT  # Ctrl-C, as other Unix tools exit on it
@@ -490,14 +490,14 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
                         "TRAINWIRE_API_KEY is no key)"
                     )
             if args.tls:
-                overrides["tls"] = True if args.tls == "system" else read_file(args.tls, "--tls")
+                overrides["tls"] = True if args.tls == "system" else read_pem(args.tls, "--tls")
             pair = client_cert_pair(
                 args.client_cert, args.client_key, ("--client-cert", "--client-key")
             )
             if pair is not None:
                 overrides["client_cert"] = pair
             if args.timeout is not None:
-                overrides["timeout"] = args.timeout
+                overrides["timeout"] = call_timeout(args.timeout, "--timeout")
             settings = env_settings(**overrides)
             with Client(**settings) as client:
                 return handler(client, args)

@@ -9,6 +9,7 @@ Errors are raised as `trainwire.client.errors` exceptions keeping the status and
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import time
@@ -26,6 +27,7 @@ from .errors import (
     ClientClosed,
     JobFailed,
     NotFound,
+    ResourceExhausted,
     TimedOut,
     TrainwireError,
     Unavailable,
@@ -53,7 +55,7 @@ from .rpc import (
     auth_metadata,
     channel_credentials,
     channel_options,
-    read_file,
+    read_pem,
 )
 from .wire import (
     CHUNK_BYTES,
@@ -71,10 +73,14 @@ from .wire import (
     metrics_from_responses,
     name_of,
     prepare_upload,
+    upload_refused,
 )
 
 DEFAULT_TARGET = "localhost:50051"
 DEFAULT_MESSAGE_BYTES = 4 * 1024 * 1024
+# The range of TRAINWIRE_MAX_MESSAGE_BYTES, as the server takes it (server/config.py).
+MIN_MESSAGE_BYTES = 64 * 1024
+MAX_MESSAGE_BYTES = 2**31 - 1
 
 log = logging.getLogger("trainwire.client")
 Q = TypeVar("Q")
@@ -101,12 +107,13 @@ __all__ = [
 def env_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> dict[str, Any]:
     """Client settings from the environment: TRAINWIRE_TARGET, TRAINWIRE_API_KEY,
     TRAINWIRE_TLS (`true` or `system` for the system's CAs, or a CA file), TRAINWIRE_CLIENT_CERT
-    with TRAINWIRE_CLIENT_KEY (a client certificate and its key, for a server that requires one)
-    and TRAINWIRE_TIMEOUT (seconds). The files are read here, once, and their bytes are the
-    settings (a ValueError names the variable of a file that cannot be read). `overrides`,
-    keyword arguments of `Client`, replace the variables they stand for, which are then not read:
-    `client_cert=` replaces TRAINWIRE_CLIENT_CERT and TRAINWIRE_CLIENT_KEY as a pair, so that one
-    of them set alone is no error."""
+    with TRAINWIRE_CLIENT_KEY (a client certificate and its key, for a server that requires one),
+    TRAINWIRE_TIMEOUT (seconds) and TRAINWIRE_MAX_MESSAGE_BYTES (the server's message limit, which
+    upload chunks and prediction requests are sized by). The files are read here, once, and
+    their bytes are the settings (a ValueError names the variable of a file that cannot be read).
+    `overrides`, keyword arguments of `Client`, replace the variables they stand for, which are
+    then not read: `client_cert=` replaces TRAINWIRE_CLIENT_CERT and TRAINWIRE_CLIENT_KEY as a
+    pair, so that one of them set alone is no error."""
     env = os.environ if environ is None else environ
     settings: dict[str, Any] = {}
     if "target" not in overrides:
@@ -117,7 +124,7 @@ def env_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> 
     if tls.lower() in ("1", "true", "yes", "system"):  # "system" as `--tls system` says
         settings["tls"] = True
     elif tls and tls.lower() not in ("0", "false", "no"):
-        settings["tls"] = read_file(tls, "TRAINWIRE_TLS")
+        settings["tls"] = read_pem(tls, "TRAINWIRE_TLS")
     if "client_cert" not in overrides:
         pair = client_cert_pair(
             env.get("TRAINWIRE_CLIENT_CERT"),
@@ -128,13 +135,43 @@ def env_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> 
             settings["client_cert"] = pair
     if "timeout" not in overrides and env.get("TRAINWIRE_TIMEOUT"):
         try:
-            settings["timeout"] = float(env["TRAINWIRE_TIMEOUT"])
+            seconds = float(env["TRAINWIRE_TIMEOUT"])
         except ValueError:
             raise ValueError(
                 f"TRAINWIRE_TIMEOUT must be a number of seconds. Received: "
                 f"{env['TRAINWIRE_TIMEOUT']!r}"
             ) from None
+        settings["timeout"] = call_timeout(seconds, "TRAINWIRE_TIMEOUT")
+    if "max_message_bytes" not in overrides and env.get("TRAINWIRE_MAX_MESSAGE_BYTES"):
+        settings["max_message_bytes"] = message_bytes(env["TRAINWIRE_MAX_MESSAGE_BYTES"])
     return {**settings, **overrides}
+
+
+def call_timeout(seconds: float, name: str) -> float:
+    """`seconds` as the deadline of each call, else a ValueError naming the argument, variable or
+    option (`name`) that gave it: a deadline must be positive and finite (gRPC takes NaN and
+    infinity, and every call then fails at once, "deadline exceeded")."""
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(
+            f"{name} must be a positive, finite number of seconds (the deadline of each call, "
+            f"30 by default). Received: {seconds!r}"
+        )
+    return seconds
+
+
+def message_bytes(value: str) -> int:
+    """TRAINWIRE_MAX_MESSAGE_BYTES as the client's `max_message_bytes`: the server's range (64
+    KiB to 2 GiB - 1 byte), else a ValueError naming the variable."""
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = -1
+    if not MIN_MESSAGE_BYTES <= limit <= MAX_MESSAGE_BYTES:
+        raise ValueError(
+            f"TRAINWIRE_MAX_MESSAGE_BYTES must be a whole number of bytes from {MIN_MESSAGE_BYTES} "
+            f"to {MAX_MESSAGE_BYTES} (the server's message limit). Received: {value!r}"
+        )
+    return limit
 
 
 def client_cert_pair(
@@ -151,7 +188,7 @@ def client_cert_pair(
             f"{names[0]} and {names[1]} must be given together (a PEM client certificate and "
             f"its private key). Received {given} without {missing}"
         )
-    return read_file(cert, names[0]), read_file(key, names[1])
+    return read_pem(cert, names[0]), read_pem(key, names[1], key=True)
 
 
 def job_name(job: object, argument: str = "job") -> str:
@@ -261,7 +298,9 @@ class Client:
     without `tls` it verifies the server with the system's CAs). Each file is given by its path
     (a str or a `pathlib.Path`) or by its PEM bytes, and read once, here. `timeout`
     is the deadline of each call in seconds (retries included); `retry` says how idempotent calls
-    are retried (`RetryPolicy(max_attempts=1)` turns retries off).
+    are retried (`RetryPolicy(max_attempts=1)` turns retries off). `max_message_bytes` is the
+    gRPC message limit, which upload chunks and prediction requests are sized by: give a server's
+    smaller limit (its TRAINWIRE_MAX_MESSAGE_BYTES) here too.
     """
 
     def __init__(
@@ -276,10 +315,8 @@ class Client:
         retry: RetryPolicy | None = None,
         watch_reconnect_s: float = 300.0,
     ) -> None:
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive. Received: {timeout}")
         self.target = target
-        self.timeout = timeout
+        self.timeout = call_timeout(timeout, "timeout")
         self.max_message_bytes = max_message_bytes
         self.retry = retry or RetryPolicy()
         self.watch_reconnect_s = watch_reconnect_s
@@ -299,7 +336,8 @@ class Client:
     @classmethod
     def from_env(cls, **overrides: Any) -> Client:
         """A client configured by TRAINWIRE_TARGET (default localhost:50051), TRAINWIRE_API_KEY,
-        TRAINWIRE_TLS, TRAINWIRE_CLIENT_CERT and TRAINWIRE_CLIENT_KEY, and TRAINWIRE_TIMEOUT;
+        TRAINWIRE_TLS, TRAINWIRE_CLIENT_CERT and TRAINWIRE_CLIENT_KEY, TRAINWIRE_TIMEOUT and
+        TRAINWIRE_MAX_MESSAGE_BYTES;
         keyword arguments override them (`client_cert=` both of its variables)."""
         return cls(**env_settings(**overrides))
 
@@ -379,7 +417,8 @@ class Client:
         progress: bool | None = None,
         timeout: float | None = None,
     ) -> DatasetInfo:
-        """Uploads (features, targets), streamed in 1 MiB chunks.
+        """Uploads (features, targets), streamed in 1 MiB chunks (smaller under a smaller
+        `max_message_bytes`: give the client the server's limit when that is below 1 MiB).
 
         `features` is an array or a file: a CSV (targets in `target_column`, the last column by
         default), an NPZ (`X` and `y`), or a CSV or NPY of features only with `targets` (an array,
@@ -407,10 +446,12 @@ class Client:
         try:
             response = self._call(
                 self._rpc.upload_dataset,
-                upload.requests(bar.update if bar is not None else None),
+                upload.requests(self.max_message_bytes, bar.update if bar is not None else None),
                 timeout or max(self.timeout, 300.0),
                 idempotent=False,
             )
+        except ResourceExhausted as error:
+            raise upload_refused(error, self.max_message_bytes) from None
         finally:
             if bar is not None:
                 bar.close()

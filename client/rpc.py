@@ -6,7 +6,9 @@ messages' own (de)serializers, so each call is checked by mypy end to end.
 
 from __future__ import annotations
 
+import binascii
 import os
+import re
 from typing import Any, TypeVar
 
 import grpc
@@ -222,13 +224,69 @@ def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
 Pem = str | os.PathLike[str] | bytes
 
 
-def pem_bytes(pem: Pem, name: str) -> bytes:
-    """The bytes of `pem`: given, or read from its path (`read_file`'s ValueError names `name`).
-    Anything else is a TypeError naming `name`: never a file silently not read."""
+# A PEM block: its label (CERTIFICATE, PRIVATE KEY, EC PRIVATE KEY...) and base64 body.
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
+
+
+def check_pem(data: bytes, name: str, key: bool = False) -> bytes:
+    """`data` if it is PEM certificates (a CA's or a client's: one or more CERTIFICATE blocks),
+    or with `key` a PEM private key, each block's body base64 of a DER structure; else a
+    ValueError naming the argument, option or variable (`name`) and what was found. gRPC reads
+    them only at the handshake, and a malformed one fails there as a refused connection (after
+    log lines of its own), never naming the file. Only the armour is shown, never a key's body;
+    checked in memory: key material is never written elsewhere."""
+    blocks = _PEM_BLOCK.findall(data)
+    wanted = [
+        (label, body)
+        for label, body in blocks
+        if (label.endswith(b"PRIVATE KEY") if key else label == b"CERTIFICATE")
+    ]
+    kind = "private key" if key else "certificate"
+    if not wanted:
+        if not data.strip():
+            found = "it is empty"
+        elif blocks:
+            labels = sorted({label.decode() for label, _ in blocks})
+            found = f"it holds {' and '.join(labels)} blocks only"
+        else:
+            found = "it holds no PEM block (DER, or not a certificate or key file?)"
+        armour = "-----BEGIN ... PRIVATE KEY-----" if key else "-----BEGIN CERTIFICATE-----"
+        raise ValueError(f"{name} is not a PEM {kind}: {found}; give a {armour} PEM file")
+    if key and any(
+        label.startswith(b"ENCRYPTED") or b"Proc-Type:" in body for label, body in wanted
+    ):
+        raise ValueError(
+            f"{name} is an encrypted private key, which gRPC cannot use: decrypt it "
+            "(`openssl pkey -in KEY -out PLAIN_KEY`) and give that"
+        )
+    for number, (_, body) in enumerate(wanted, 1):
+        try:
+            der = binascii.a2b_base64(b"".join(body.split()), strict_mode=True)
+        except binascii.Error:
+            der = b""
+        if not der.startswith(b"\x30"):  # a DER SEQUENCE, as every certificate and key is
+            raise ValueError(
+                f"{name} is not a PEM {kind}: the body of its {kind} block {number} is not "
+                "base64 of a DER structure (a truncated or edited file?); give the file again "
+                "as it was issued"
+            )
+    return data
+
+
+def read_pem(path: str | os.PathLike[str], name: str, key: bool = False) -> bytes:
+    """The bytes of the PEM file `path`, read by `read_file` and checked by `check_pem`, whose
+    errors name the option or variable (`name`) that gave it and the path."""
+    return check_pem(read_file(path, name), f"{name} {os.fspath(path)}", key)
+
+
+def pem_bytes(pem: Pem, name: str, key: bool = False) -> bytes:
+    """The bytes of `pem`: given, or read from its path (`read_pem`), checked by `check_pem`
+    (whose ValueError names `name`). Anything else is a TypeError naming `name`: never a file
+    silently not read."""
     if isinstance(pem, bytes | bytearray):
-        return bytes(pem)
+        return check_pem(bytes(pem), name, key)
     if isinstance(pem, str | os.PathLike):
-        return read_file(pem, name)
+        return read_pem(pem, name, key)
     raise TypeError(
         f"{name} must be a PEM file's path (a str or os.PathLike) or its bytes. "
         f"Received: {type(pem).__name__}"
@@ -241,13 +299,15 @@ def channel_credentials(
     """TLS credentials (`tls=True`: system CAs; `tls="ca.pem"`, a `Path`, or the CA's bytes:
     that CA), or None for plaintext (`tls` False, None or ""). A file that cannot be read is a
     ValueError, and a `tls` or `client_cert` file of another type a TypeError, naming it:
-    the system's CAs are used only when asked for, never in place of a CA that was not read."""
+    the system's CAs are used only when asked for, never in place of a CA that was not read.
+    Each file is checked as PEM (`check_pem`), as gRPC does only at the first handshake."""
     if tls is None or isinstance(tls, bool) or (isinstance(tls, str) and not tls):
         if not tls and client_cert is None:
             return None
         root = None  # the system's CAs: asked for by True, or by a client_cert without tls
     elif isinstance(tls, str | bytes | bytearray | os.PathLike):
-        # Any bytes are a CA, even none read from an empty file: never a silent fall to plaintext.
+        # Any bytes are a CA, even none read from an empty file: refused by `check_pem`, never a
+        # silent fall to plaintext.
         root = pem_bytes(tls, "tls")
     else:
         raise TypeError(
@@ -257,5 +317,5 @@ def channel_credentials(
     key = chain = None
     if client_cert is not None:
         chain = pem_bytes(client_cert[0], "client_cert certificate")
-        key = pem_bytes(client_cert[1], "client_cert key")
+        key = pem_bytes(client_cert[1], "client_cert key", key=True)
     return grpc.ssl_channel_credentials(root, key, chain)

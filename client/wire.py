@@ -22,7 +22,7 @@ import numpy as np
 from trainwire.v1 import datasets_pb2, jobs_pb2, models_pb2, predictions_pb2, tensor_pb2
 
 from .builders import ModelLike, model_to_dict
-from .errors import SpecError, TrainwireError
+from .errors import SpecError, TrainwireError, error_for
 from .results import TASKS, DatasetInfo, Metrics, ModelInfo, Prediction, state_code
 from .specs import model_spec_to_proto
 from .tensors import dtype_code, from_tensor, to_tensor
@@ -31,6 +31,9 @@ from .validation import check_training as _check_training
 
 # Uploads and predictions are split so each message stays well under the message limit.
 CHUNK_BYTES = 1024 * 1024
+#: Room an upload chunk leaves in its message for what wraps it (its field's tag and length: 4
+#: bytes for a 1 MiB chunk), so that a chunk sized by a small message limit stays under it.
+FRAMING_BYTES = 1024
 #: Uploads at least this large show a progress bar unless told otherwise.
 PROGRESS_BYTES = 16 * 1024 * 1024
 
@@ -98,13 +101,15 @@ class Upload:
         )
 
     def requests(
-        self, on_chunk: Callable[[int], object] | None = None
+        self, max_message_bytes: int, on_chunk: Callable[[int], object] | None = None
     ) -> Iterator[datasets_pb2.UploadDatasetRequest]:
-        """The header message, then chunks of at most CHUNK_BYTES."""
+        """The header message, then chunks of at most CHUNK_BYTES, fewer under a message limit
+        below it (a client configured with a server's 64 KiB limit sends 63 KiB chunks)."""
+        size = max(1, min(CHUNK_BYTES, max_message_bytes - FRAMING_BYTES))
         yield datasets_pb2.UploadDatasetRequest(header=self.header)
         for payload in self.payloads:
-            for start in range(0, len(payload), CHUNK_BYTES):
-                chunk = payload[start : start + CHUNK_BYTES]
+            for start in range(0, len(payload), size):
+                chunk = payload[start : start + size]
                 yield datasets_pb2.UploadDatasetRequest(chunk=chunk)
                 if on_chunk is not None:
                     on_chunk(len(chunk))
@@ -425,8 +430,35 @@ def answer_refused(message: str) -> tuple[int, int] | None:
     return None if found is None else (int(found.group(1)), int(found.group(2)))
 
 
-# gRPC's own refusal of an incoming message over this client's limit, with the message's size.
-_RECEIVED_TOO_LARGE = re.compile(r"Received message larger than max \((\d+) vs\. \d+\)")
+# gRPC's own refusal of an incoming message over the receiver's limit (this client's, or the
+# server's of a request), with the message's size and that limit.
+_RECEIVED_TOO_LARGE = re.compile(r"Received message larger than max \((\d+) vs\. (\d+)\)")
+
+
+def too_large(error: TrainwireError) -> tuple[int, int] | None:
+    """The size of the message and the limit it passed, of gRPC's refusal of a message larger
+    than its receiver's limit; None for any other error."""
+    found = _RECEIVED_TOO_LARGE.search(error.message)
+    return None if found is None else (int(found.group(1)), int(found.group(2)))
+
+
+def upload_refused(error: TrainwireError, max_message_bytes: int) -> TrainwireError:
+    """The error of an upload that failed with `error`: for a chunk over the server's message
+    limit (a server configured below this client's `max_message_bytes`), one saying how to size
+    the chunks by the server's limit; any other error as it is. Not retried with smaller chunks:
+    uploads are not retried, and a client configured so sends every later upload right."""
+    refused = too_large(error)
+    if refused is None:
+        return error
+    limit = refused[1]
+    return error_for(
+        error.code,
+        f"{error.message}: the server's message limit ({limit} bytes) is below this client's "
+        f"({max_message_bytes} bytes), whose size the upload's chunks take. Pass "
+        f"max_message_bytes={limit} to the client (or set TRAINWIRE_MAX_MESSAGE_BYTES={limit} "
+        "for Client.from_env() and the trainwire commands), then upload again",
+        error.field_violations,
+    )
 
 
 class ChunkedPrediction:
@@ -438,13 +470,14 @@ class ChunkedPrediction:
     outputs, and a classifier's also carry probabilities and labels), so the first request takes
     at most FIRST_ROWS rows and the rest are sized by the larger of a request's and an answer's
     bytes per row; a first request whose answer the server could not send (a classifier of
-    hundreds of classes) is refused with the rows that fit, and sent again with those, and one
-    whose answer this client could not receive (its limit below the server's) is sent again with
-    as many rows as fit it. Every
-    request after the first names the checkpoint that answered the first, so a checkpoint
-    written meanwhile never answers part of the rows ("latest", "best"); should that checkpoint
-    be deleted before the last request (retention on a job still training), the prediction
-    starts over once, with the selector it was given.
+    hundreds of classes) is refused with the rows that fit, and sent again with those. A request
+    over the server's limit (below this client's), or one whose answer this client could not
+    receive (its limit below the server's), is sent again with as many rows as fit a quarter of
+    the limit gRPC named, and so is every later request. Every request after the first names
+    the checkpoint that answered the first, so a checkpoint written meanwhile never answers part
+    of the rows ("latest", "best"); should that checkpoint be deleted before the last request
+    (retention on a job still training), the prediction starts over once, with the selector it
+    was given.
     """
 
     FIRST_ROWS = 1024
@@ -473,10 +506,14 @@ class ChunkedPrediction:
     def next_request(self) -> predictions_pb2.PredictRequest | None:
         if self.answers and self._sent >= len(self.x):
             return None
-        rows = min(max(1, self.budget // self.row_bytes), self.max_rows)
+        rows = self._rows()
         self._start, self._sent = self._sent, self._sent + rows
         x = self.x[self._start : self._sent]
         return predict_request(self.job, x, self.checkpoint, self.outputs_only)
+
+    def _rows(self) -> int:
+        """The rows of the next request."""
+        return min(max(1, self.budget // self.row_bytes), self.max_rows)
 
     def answered(self, response: predictions_pb2.PredictResponse) -> None:
         if not self.answers:
@@ -500,14 +537,19 @@ class ChunkedPrediction:
             self.max_rows = max(allowed // 4, 1)
             self._sent = self._start
             return True
-        received = _RECEIVED_TOO_LARGE.search(error.message)
+        received = too_large(error)
         rows = self._sent - self._start
-        if received is not None and not self.answers and rows > 1:
-            # The first answer was within the server's limit but not this client's: its size
-            # tells the bytes a row takes, and fewer rows go again.
-            self.row_bytes = max(self.row_bytes, -(-int(received.group(1)) // rows))
-            self._sent = self._start
-            return True
+        if received is not None:
+            # A request over the server's limit (below this client's), or an answer over this
+            # client's (below the server's): the size tells the bytes a row takes and the limit
+            # the budget of this request and every later one. Sent again only with fewer rows:
+            # a request of as many would fail the same way.
+            size, limit = received
+            self.budget = min(self.budget, max(1, limit // 4))
+            self.row_bytes = max(self.row_bytes, -(-size // max(rows, 1)))
+            if self._rows() < rows:
+                self._sent = self._start
+                return True
         pinned = bool(self.answers) and self.checkpoint != self.selector
         if error.code is grpc.StatusCode.NOT_FOUND and pinned and not self.restarted:
             self.restarted = True

@@ -192,13 +192,15 @@ class KeyChecker:
                 "this server requires an API key and none is active (the last one was revoked): "
                 "an operator must create one with `trainwire keys create --project NAME`"
             )
-        header = next((v for k, v in metadata or () if k == "authorization"), None)
-        if not header or not str(header).startswith("Bearer "):
+        header = str(next((v for k, v in metadata or () if k == "authorization"), ""))
+        # The scheme is case-insensitive (RFC 7235): `bearer tw_…` too. Its 7 characters alone
+        # are lowered, not the header: a slice and a short lower() on every call.
+        if header[:7].lower() != "bearer ":
             raise Unauthenticated(
                 "this server requires an API key: send it as `authorization: Bearer <key>` "
                 "metadata (the SDK's api_key= or TRAINWIRE_API_KEY)"
             )
-        parsed = parse_key(str(header).removeprefix("Bearer ").strip())
+        parsed = parse_key(header[7:].strip())
         record = keys.get(parsed[0]) if parsed else None
         if parsed is None or record is None:
             raise Unauthenticated("the API key is not valid: it is unknown or was revoked")

@@ -14,6 +14,10 @@ from trainwire.server.local import LocalServer, local_server
 from trainwire.v1 import jobs_pb2
 
 MODEL = Sequential([Dense(8, activation="relu"), Dense(3)])
+# PEM files whose armour and body the SDK accepts (`rpc.check_pem`), for tests that never reach a
+# handshake, where gRPC would find them no certificate or key: a DER SEQUENCE, empty.
+CERTIFICATE_PEM = b"-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n"
+KEY_PEM = b"-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n"
 
 
 def blobs(rows: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -40,7 +40,7 @@ from trainwire.server.local import LocalServer
 from trainwire.server.migrate import upgrade
 from trainwire.v1 import datasets_pb2, jobs_pb2, tensor_pb2
 
-from .conftest import MODEL, blobs, epoch_end_event
+from .conftest import CERTIFICATE_PEM, KEY_PEM, MODEL, blobs, epoch_end_event
 from .test_live_sdk import png_chunks
 
 SPEC = """
@@ -681,8 +681,8 @@ def test_a_certificate_file_that_cannot_be_read_is_named_by_its_option_or_variab
     for name in ("TRAINWIRE_TLS", "TRAINWIRE_CLIENT_CERT", "TRAINWIRE_CLIENT_KEY"):
         monkeypatch.delenv(name, raising=False)
     cert, key = tmp_path / "client.pem", tmp_path / "client.key"
-    cert.write_text("a certificate")
-    key.write_text("a key")
+    cert.write_bytes(CERTIFICATE_PEM)
+    key.write_bytes(KEY_PEM)
     missing = tmp_path / "missing.pem"
 
     def datasets_list(*options: str) -> tuple[int, str]:
@@ -731,8 +731,8 @@ def test_the_sdk_reads_each_certificate_file_once(
     for name in ("TRAINWIRE_TLS", "TRAINWIRE_CLIENT_CERT", "TRAINWIRE_CLIENT_KEY"):
         monkeypatch.delenv(name, raising=False)
     ca, cert, key = (tmp_path / name for name in ("ca.pem", "client.pem", "client.key"))
-    for path in (ca, cert, key):
-        path.write_text(f"the PEM of {path.name}")  # gRPC reads them only at the handshake
+    for path, pem in ((ca, CERTIFICATE_PEM), (cert, CERTIFICATE_PEM), (key, KEY_PEM)):
+        path.write_bytes(pem)  # gRPC reads them only at the handshake
     opened: Counter[str] = Counter()
     real_open = io.open
 
@@ -769,12 +769,59 @@ def test_the_sdk_reads_each_certificate_file_once(
 
 def test_the_sdk_takes_certificates_as_bytes_as_well_as_paths() -> None:
     """The bytes the user commands and `env_settings` read are what `Client` is given; an
-    empty CA (an empty file's bytes) is still TLS, never plaintext."""
-    with Client("127.0.0.1:9", tls=b"a CA", client_cert=(b"a certificate", b"a key")):
+    empty CA (an empty file's bytes) is refused, never plaintext."""
+    with Client("127.0.0.1:9", tls=CERTIFICATE_PEM, client_cert=(CERTIFICATE_PEM, KEY_PEM)):
         pass
-    assert channel_credentials(b"", None) is not None
-    assert channel_credentials(b"a CA", (b"a certificate", b"a key")) is not None
+    with pytest.raises(ValueError, match="tls is not a PEM certificate: it is empty"):
+        channel_credentials(b"", None)
+    assert channel_credentials(CERTIFICATE_PEM, (CERTIFICATE_PEM, KEY_PEM)) is not None
     assert channel_credentials("", None) is None and channel_credentials(False, None) is None
+
+
+def test_a_certificate_or_key_that_is_not_pem_is_refused_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A malformed --tls, --client-cert or --client-key file (or `tls=b"garbage"`) was never
+    named: gRPC logged lines of its own past GRPC_VERBOSITY=ERROR, then the call failed
+    "Connection refused" or "Failed to create security handshaker". Each is checked as PEM
+    first, and named with what it holds (a key's body never shown)."""
+    for name in ("TRAINWIRE_TLS", "TRAINWIRE_CLIENT_CERT", "TRAINWIRE_CLIENT_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    garbage, cert, key = tmp_path / "garbage.pem", tmp_path / "client.pem", tmp_path / "client.key"
+    garbage.write_text("garbage\n")
+    cert.write_bytes(CERTIFICATE_PEM)
+    key.write_bytes(KEY_PEM)
+
+    def refusal(*options: str) -> str:
+        code = main(["datasets", "list", "--target", "127.0.0.1:9", "--timeout", "1", *options])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        return err
+
+    assert f"--tls {garbage} is not a PEM certificate: it holds no PEM block" in refusal(
+        "--tls", str(garbage)
+    )
+    swapped = refusal("--tls", str(cert), "--client-cert", str(cert), "--client-key", str(cert))
+    assert f"--client-key {cert} is not a PEM private key: it holds CERTIFICATE blocks" in swapped
+    monkeypatch.setenv("TRAINWIRE_TLS", str(key))
+    assert f"TRAINWIRE_TLS {key} is not a PEM certificate: it holds PRIVATE KEY blocks" in (
+        refusal()
+    )
+    monkeypatch.delenv("TRAINWIRE_TLS")
+    with pytest.raises(ValueError, match=r"^tls is not a PEM certificate: it holds no PEM block"):
+        Client("127.0.0.1:9", tls=b"garbage")
+    cut = CERTIFICATE_PEM + b"-----BEGIN CERTIFICATE-----\nMIIB!x\n-----END CERTIFICATE-----\n"
+    with pytest.raises(ValueError, match="its certificate block 2 is not base64 of a DER"):
+        Client("127.0.0.1:9", tls=cut)
+    secret = b"-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n"
+    with pytest.raises(ValueError, match=r"^client_cert key is not a PEM private key") as raised:
+        Client("127.0.0.1:9", tls=True, client_cert=(CERTIFICATE_PEM, secret))
+    assert "secret" not in str(raised.value)
+    encrypted = (
+        b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nMAA=\n-----END ENCRYPTED PRIVATE KEY-----\n"
+    )
+    with pytest.raises(ValueError, match="is an encrypted private key, which gRPC cannot use"):
+        Client("127.0.0.1:9", client_cert=(str(cert), encrypted))
 
 
 def main_unreachable(*options: str, target: str = "127.0.0.1:9") -> tuple[int, str, str]:
@@ -817,7 +864,7 @@ def test_metrics_shows_every_point_of_a_per_step_metric(cli: Cli, tmp_path: Path
 @pytest.mark.parametrize(
     ("option", "message"),
     [
-        (["--timeout", "0"], "timeout must be positive. Received: 0.0"),
+        (["--timeout", "0"], "--timeout must be a positive, finite number of seconds"),
         (["--api-key", ""], "--api-key is empty"),
         (["--api-key", " \n"], "--api-key is empty"),
     ],
@@ -837,7 +884,27 @@ def test_an_option_given_empty_or_zero_is_refused_not_ignored(
     assert code == 2 and message in err, err
     monkeypatch.setenv("TRAINWIRE_TIMEOUT", "0")
     code = main(["datasets", "list", "--target", "127.0.0.1:9"])
-    assert code == 2 and "timeout must be positive. Received: 0.0" in capsys.readouterr().err
+    message = "TRAINWIRE_TIMEOUT must be a positive, finite number of seconds"
+    assert code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1"])
+def test_a_timeout_that_is_no_deadline_is_refused_naming_where_it_came_from(
+    value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TRAINWIRE_TIMEOUT=nan or inf was taken, and every call then failed at once "deadline
+    exceeded" (exit 5); -1 was refused as "timeout must be positive", naming neither the option
+    nor the variable."""
+    code = main(["datasets", "list", "--target", "127.0.0.1:9", f"--timeout={value}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--timeout must be a positive, finite number of seconds" in err, err
+    assert value in err
+    monkeypatch.setenv("TRAINWIRE_TIMEOUT", value)
+    code = main(["datasets", "list", "--target", "127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 2 and "TRAINWIRE_TIMEOUT must be a positive, finite number" in err, err
+    with pytest.raises(ValueError, match=r"^timeout must be a positive, finite number"):
+        Client("127.0.0.1:9", timeout=float(value))
 
 
 def test_plot_writes_the_format_its_extension_names(cli: Cli, tmp_path: Path) -> None:

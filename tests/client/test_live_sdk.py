@@ -32,7 +32,7 @@ from trainwire.v1 import tensor_pb2
 
 from ..support.checkpoints import assert_same_checkpoints, server_checkpoints
 from ..support.tcp_proxy import TcpProxy
-from .conftest import MODEL, blobs
+from .conftest import CERTIFICATE_PEM, MODEL, blobs
 
 
 def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
@@ -73,7 +73,7 @@ def test_tls_from_the_environment_means_what_the_tls_flag_does(value: str, tls: 
 
 def test_tls_from_the_environment_may_name_a_ca_file(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
-    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    ca.write_bytes(CERTIFICATE_PEM)
     # Read once, there, where the variable can be named; the client takes the bytes.
     assert env_settings({"TRAINWIRE_TLS": str(ca)})["tls"] == ca.read_bytes()
 

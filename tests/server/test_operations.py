@@ -467,6 +467,21 @@ def test_a_public_server_whose_keys_were_all_revoked_is_not_told_to_run_open(
     assert "--allow-open-public" not in str(refused.value)
 
 
+def test_the_bearer_scheme_is_read_in_any_case(store: Store) -> None:
+    """`authorization: bearer tw_…` was refused: the scheme was matched as `Bearer` only, though
+    RFC 7235 makes an authentication scheme case-insensitive."""
+    key = store.create_api_key("research")
+    checker = key_checker(Settings(host="127.0.0.1"), store)
+    for scheme in ("Bearer", "bearer", "BEARER", "bEaReR"):
+        metadata = (("authorization", f"{scheme} {key.key}"),)
+        assert checker.project_of(metadata) == ("research", key.id), scheme
+    for header in (f"Bearer{key.key}", key.key, "Basic dXNlcjpwYXNz", "bearer", ""):
+        with pytest.raises(Unauthenticated, match="authorization: Bearer <key>"):
+            checker.project_of((("authorization", header),))
+    with pytest.raises(Unauthenticated, match="unknown or was revoked"):
+        checker.project_of((("authorization", "bearer tw_nosuch"),))
+
+
 def test_revoking_an_unknown_key_exits_3_naming_it(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'keys.db'}"
     upgrade(url)
