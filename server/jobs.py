@@ -137,7 +137,9 @@ class JobService:
             ).spec,
             # Only a job from before targets were kept, its dataset deleted, lacks a task: what
             # its training's defaults were is unknown, so its training is not compared.
-            training=job.training if task is None else normalised_training(request.training, task),
+            training=job.training
+            if task is None
+            else normalised_training(request.training, task, strict=False),
             project=job.project,
             display_name=request.display_name,
             labels=dict(request.labels),

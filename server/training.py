@@ -50,9 +50,14 @@ def training_from_proto(config: models_pb2.TrainingConfig, dataset: Dataset) -> 
     return training
 
 
-def normalised_training(config: models_pb2.TrainingConfig, task: TaskKind) -> dict[str, Any]:
+def normalised_training(
+    config: models_pb2.TrainingConfig, task: TaskKind, strict: bool = True
+) -> dict[str, Any]:
     """The training dict `training_from_proto` stores, from what the dataset's task alone
-    decides: a retried CreateJob is compared with its job this way after the dataset is gone."""
+    decides: a retried CreateJob is compared with its job this way after the dataset is gone.
+    Not `strict`, settings that take no effect (schedule params without a schedule, early
+    stopping settings without a monitor) are dropped rather than refused, as before they were
+    refused: a retry of a request an older server accepted must still find its job."""
     if config.epochs < 0:
         raise InvalidArgument.field(
             "training.epochs", f"must be positive. Received: {config.epochs}"
@@ -116,7 +121,7 @@ def normalised_training(config: models_pb2.TrainingConfig, task: TaskKind) -> di
         # The wire carries doubles; counts such as step_size or patience are whole numbers.
         params = {k: int(v) if v.is_integer() else v for k, v in config.schedule.params.items()}
         training["schedule"] = {"name": config.schedule.name, **params}
-    elif config.schedule.params:
+    elif config.schedule.params and strict:
         # Without a name there is no schedule: the params would be dropped in silence.
         key, value = min(config.schedule.params.items())
         raise InvalidArgument.field(
@@ -132,7 +137,7 @@ def normalised_training(config: models_pb2.TrainingConfig, task: TaskKind) -> di
             "min_delta": config.early_stopping.min_delta,
             "restore_best_weights": config.early_stopping.restore_best_weights,
         }
-    elif config.early_stopping.ListFields():
+    elif config.early_stopping.ListFields() and strict:
         # An empty monitor turns early stopping off: its other settings would be dropped in
         # silence (patience=-3 or min_delta=NaN too, which are never checked then).
         field, value = config.early_stopping.ListFields()[0]

@@ -354,6 +354,24 @@ def test_a_request_id_sent_with_another_request_is_refused(
     assert len(store.list_jobs(10, "")[0]) == 1
 
 
+def test_a_retry_of_a_request_an_older_server_took_gets_its_job(store: Store) -> None:
+    """Schedule params without a schedule, and early stopping settings without a monitor, were
+    dropped before CreateJob refused them: the retry of such a request, whose first answer was
+    lost before an upgrade, was refused INVALID_ARGUMENT instead of getting its job."""
+    dataset = regression_dataset(store)
+    stored = request(dataset)  # what an older server stored for `sent`: the settings dropped
+    stored.request_id = "before-upgrade"
+    job = JobService(store, Settings()).create(stored, "default")
+    sent = request(dataset)
+    sent.request_id = "before-upgrade"
+    sent.training.early_stopping.patience = 5
+    sent.training.schedule.params["gamma"] = 0.5
+    assert JobService(store, Settings()).create(sent, "default").id == job.id
+    sent.request_id = "after-upgrade"  # sent fresh, it is refused
+    with pytest.raises(InvalidArgument, match="given without training"):
+        JobService(store, Settings()).create(sent, "default")
+
+
 def test_a_retry_that_reaches_a_server_with_another_default_gets_its_job(store: Store) -> None:
     """max_attempts 0 asks for the server's default: a retry after a restart that changed it
     (or sent to another server) was refused ALREADY_EXISTS as a different request."""
