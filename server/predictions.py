@@ -52,6 +52,10 @@ ServedPin = Pin[ModelBatcher]
 JOB_TTL_S = 1.0
 # How many times a checkpoint deleted while its model was being loaded is resolved again.
 RESOLVE_ATTEMPTS = 3
+# A refusal answered from a cached job (no checkpoint yet, none at that epoch) is checked with
+# the database first, unless the job was read this recently: a client polling a job that has
+# no checkpoint yet costs at most one read per job this often.
+REFUSAL_RECHECK_S = 0.1
 # An epoch or checkpoint number in a selector: ASCII digits that fit an int64 (str.isdigit would
 # also take "²", which int() refuses).
 _NUMBER = re.compile(r"[0-9]{1,18}")
@@ -81,6 +85,7 @@ class PredictionService:
         self._jobs: dict[str, tuple[float, Job, list[Checkpoint]]] = {}
         self._refreshing: set[str] = set()  # job ids being re-read in the thread pool
         self._jobs_lock = threading.Lock()
+        self._warned: set[tuple[str, int]] = set()  # checkpoints too large for the cache
 
     def _cached_job(self, job_id: str) -> tuple[Job, list[Checkpoint]] | None:
         """The job and its checkpoints if read less than `job_ttl_s` ago, else None.
@@ -122,6 +127,12 @@ class PredictionService:
             with self._jobs_lock:
                 self._refreshing.discard(job_id)
 
+    def _read_within(self, job_id: str, seconds: float) -> bool:
+        """Whether the cached entry of the job was read from the database at most `seconds` ago."""
+        with self._jobs_lock:
+            cached = self._jobs.get(job_id)
+        return cached is not None and self.clock() - cached[0] <= seconds
+
     def _read_job(
         self, job_id: str, replacing: tuple[float, Job, list[Checkpoint]] | None = None
     ) -> tuple[Job, list[Checkpoint]]:
@@ -160,7 +171,7 @@ class PredictionService:
         """
         job_id = parse_name(job_name, "jobs", "job")
         cached = self._cached_job(job_id)
-        fresh = cached is None
+        fresh = cached is None or self._read_within(job_id, REFUSAL_RECHECK_S)
         job, checkpoints = self._read_job(job_id) if cached is None else cached
         attempts = 1
         while True:
@@ -353,6 +364,7 @@ class PredictionService:
 
     def batcher(self, job: Job, checkpoint: Checkpoint) -> ModelBatcher:
         """The checkpoint's model and its batch queue, loaded once and cached."""
+        key = (job.id, checkpoint.id)
 
         def load() -> ModelBatcher:
             if "task" not in job.target:
@@ -373,11 +385,12 @@ class PredictionService:
                 }
             )
             classifier = TaskKind(job.target["task"]).is_classification
-            if model_bytes(model) > self.cache.max_bytes:
+            if model_bytes(model) > self.cache.max_bytes and self._first_warning(key):
                 log.warning(
                     "the model of jobs/%s/checkpoints/%d (%d bytes) is larger than "
                     "TRAINWIRE_MODEL_CACHE_BYTES=%d, so it is not kept and each request for it "
-                    "loads it again; raise TRAINWIRE_MODEL_CACHE_BYTES",
+                    "loads it again (said once per checkpoint); raise "
+                    "TRAINWIRE_MODEL_CACHE_BYTES",
                     job.id, checkpoint.id, model_bytes(model), self.cache.max_bytes,
                 )  # fmt: skip
             return ModelBatcher(
@@ -388,7 +401,16 @@ class PredictionService:
                 postprocess=classify if classifier else raw_outputs,
             )
 
-        return self.cache.get((job.id, checkpoint.id), load)
+        return self.cache.get(key, load)
+
+    def _first_warning(self, key: tuple[str, int]) -> bool:
+        """True the first time `key` is warned about (a model too large for the cache is loaded
+        for every request, and a warning each time would flood the log)."""
+        with self._jobs_lock:
+            if key in self._warned or len(self._warned) > 10_000:
+                return False
+            self._warned.add(key)
+            return True
 
     @staticmethod
     def decode_inputs(inputs: tensor_pb2.Tensor) -> np.ndarray:

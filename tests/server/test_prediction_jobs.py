@@ -172,6 +172,11 @@ def test_a_refusal_from_a_cached_job_is_checked_with_the_database(now: list[floa
         assert store.reads == 1, "a job just read is not read again"
         store.state = JobState.FAILED  # within the TTL: the cached entry is still RUNNING
         assert service._served_from_memory(f"jobs/{JOB}", "latest", "default") is None
+        # Read a moment ago: a client polling a job without a checkpoint is answered from memory.
+        with pytest.raises(FailedPrecondition, match="has no checkpoint yet"):
+            service.served(f"jobs/{JOB}", "latest", "default")
+        assert store.reads == 1
+        now[0] += TTL_S / 2
         with pytest.raises(FailedPrecondition, match="ended FAILED without a checkpoint"):
             service.served(f"jobs/{JOB}", "latest", "default")
         assert store.reads == 2
