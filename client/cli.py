@@ -283,7 +283,7 @@ def _jobs_submit(client: Client, args: argparse.Namespace) -> int:
             f"stopped waiting; {job.name} goes on on the server (`trainwire jobs watch {job_id}` "
             f"follows it again, `trainwire jobs cancel {job_id}` stops it)"
         )
-        _report(args, "CANCELLED", message, [], INTERRUPTED)
+        _report(args, "INTERRUPTED", message, [], INTERRUPTED)
         raise
     emit(args, status.to_dict(), _status_text(status))
     return _final_code(status)

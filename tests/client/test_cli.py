@@ -144,7 +144,8 @@ def test_ctrl_c_while_submit_waits_names_the_job_that_goes_on(
     assert client.job_status(job).state in ("QUEUED", "RUNNING", "SUCCEEDED"), "not cancelled"
     code, _, err = cli("jobs", "submit", str(write_spec(tmp_path, epochs=1)), follow, "--json")
     error = json.loads(err.splitlines()[-1])["error"]
-    assert code == 130 and error["exit_code"] == 130 and "goes on on the server" in error["message"]
+    assert (code, error["code"], error["exit_code"]) == (130, "INTERRUPTED", 130)
+    assert "goes on on the server" in error["message"], "the job was not cancelled"
 
 
 def test_datasets_commands(cli: Cli, tmp_path: Path) -> None:
