@@ -169,7 +169,7 @@ class _Checker:
                 self.add(
                     field,
                     f"is not a parameter of {kind} {name!r}, which takes: "
-                    f"{', '.join(accepted)}. Received: {key}={value!r}",
+                    f"{', '.join(accepted)}. Received: {key!r}={value!r}",
                 )
             elif key not in checked:
                 self.parameter(field, value)

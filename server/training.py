@@ -127,7 +127,7 @@ def normalised_training(
         raise InvalidArgument.field(
             "training.schedule.params",
             "given without training.schedule.name; name a schedule or drop the params. "
-            f"Received: {key[:40]}={value}",
+            f"Received: {key[:40]!r}={value}",
         )
     if config.early_stopping.monitor:
         check_text("training.early_stopping.monitor", config.early_stopping.monitor, 64)

@@ -278,7 +278,7 @@ def test_a_parameter_the_request_cannot_carry_as_a_number_is_refused_by_name() -
         (
             "training.optimizer.params['betaa']",
             "is not a parameter of optimizer 'adam', which takes: learning_rate, beta_1, beta_2, "
-            "epsilon, weight_decay, clip_norm. Received: betaa=0.9",
+            "epsilon, weight_decay, clip_norm. Received: 'betaa'=0.9",
         )
     ]
     # And a schedule's (StepDecay.__init__() got an unexpected keyword argument).
@@ -288,7 +288,7 @@ def test_a_parameter_the_request_cannot_carry_as_a_number_is_refused_by_name() -
         (
             "training.schedule.params['step_sizee']",
             "is not a parameter of schedule 'step', which takes: step_size, gamma, interval. "
-            "Received: step_sizee=3",
+            "Received: 'step_sizee'=3",
         )
     ]
 

@@ -173,7 +173,7 @@ def test_bad_jobs_get_clear_statuses(client: Client, iris_dataset: DatasetInfo) 
         (
             "training.optimizer.params['betaa']",
             "is not a parameter of optimizer 'adam', which takes: learning_rate, beta_1, beta_2, "
-            "epsilon, weight_decay, clip_norm. Received: betaa=0.9",
+            "epsilon, weight_decay, clip_norm. Received: 'betaa'=0.9",
         )
     ]
     with pytest.raises(InvalidArgument) as unknown_parameter:
@@ -183,7 +183,7 @@ def test_bad_jobs_get_clear_statuses(client: Client, iris_dataset: DatasetInfo) 
         (
             "training.schedule.params['step_sizee']",
             "is not a parameter of schedule 'step', which takes: step_size, gamma, interval. "
-            "Received: step_sizee=3.0",
+            "Received: 'step_sizee'=3.0",
         )
     ]
     with pytest.raises(InvalidArgument, match="validation_fraction"):

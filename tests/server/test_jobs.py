@@ -196,7 +196,7 @@ def test_a_monitor_the_fit_will_not_log_is_refused_at_create(
             {"schedule": models_pb2.ScheduleSpec(params={"step_size": 3, "gamma": 0.5})},
             "training.schedule.params",
             "given without training.schedule.name; name a schedule or drop the params. "
-            "Received: gamma=0.5",
+            "Received: 'gamma'=0.5",
         ),
         (
             {"early_stopping": models_pb2.EarlyStopping(patience=-3)},
