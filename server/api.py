@@ -57,6 +57,10 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         self.datasets = datasets
         self.executor = executor
         self.max_answer_bytes = datasets.settings.max_answer_bytes()
+        # Uploads in progress, each holding up to max_dataset_bytes, are as many as there are
+        # pool threads (the bound they had as synchronous handlers): unbounded, parallel uploads
+        # could exhaust memory. One beyond waits for a slot within its deadline, holding nothing.
+        self.upload_slots = asyncio.Semaphore(datasets.settings.grpc_threads)
 
     def _fitting(self, datasets: Sequence[Dataset]) -> int:
         """How many of a page's datasets one ListDatasets answer carries."""
@@ -67,6 +71,14 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         request_iterator: AsyncIterator[datasets_pb2.UploadDatasetRequest],
         context: grpc.aio.ServicerContext,
     ) -> datasets_pb2.Dataset:
+        async with self.upload_slots:
+            dataset = await self._upload(request_iterator)
+        return dataset_to_proto(dataset)
+
+    async def _upload(
+        self, request_iterator: AsyncIterator[datasets_pb2.UploadDatasetRequest]
+    ) -> Dataset:
+        """Receives, checks and stores one upload (the caller holds its slot)."""
         loop = asyncio.get_running_loop()
         project = current_project()
         requests = aiter(request_iterator)
@@ -75,10 +87,7 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         with upload:  # its bytes are let go of at once if the upload fails
             async for request in requests:
                 upload.add(request)  # one copy per chunk; the hashing waits for the pool
-            dataset = await loop.run_in_executor(
-                self.executor, self.datasets.finish, upload, project
-            )
-        return dataset_to_proto(dataset)
+            return await loop.run_in_executor(self.executor, self.datasets.finish, upload, project)
 
     def GetDataset(
         self, request: datasets_pb2.GetDatasetRequest, context: grpc.ServicerContext
