@@ -38,6 +38,7 @@ from .convert import (
     model_spec_to_proto,
     progress_to_proto,
     timestamp,
+    without_layers_past,
 )
 from .datasets import DatasetService
 from .errors import ResourceExhausted
@@ -352,7 +353,7 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
         )
         classes = int(job.target.get("num_classes", 0))
         classification = TaskKind(job.target["task"]).is_classification
-        return predictions_pb2.ModelMetadata(
+        metadata = predictions_pb2.ModelMetadata(
             job=f"jobs/{job.id}",
             checkpoint=checkpoint_name(checkpoint),
             inputs=tensor_pb2.TensorInfo(dtype=dtype, shape=[-1, model.input_dim]),
@@ -363,3 +364,5 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
             class_names=list(job.target.get("class_names", [])),
             feature_names=list(job.target.get("feature_names", [])),
         )
+        # A job stored under a larger message limit is shown as GetJob shows it.
+        return without_layers_past(metadata, self.predictions.max_answer_bytes)

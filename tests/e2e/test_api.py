@@ -332,6 +332,24 @@ def test_a_job_too_large_for_the_message_limit_is_refused_and_a_stored_one_still
         assert {job.name for job in client.list_jobs()} == {stored.name, fitting.name}
 
 
+def test_model_metadata_of_a_stored_job_too_large_to_show_is_shown_without_its_layers(
+    tmp_path: Path,
+) -> None:
+    """GetJob showed such a job without its layers, but GetModelMetadata sent its whole model
+    and failed for the message limit."""
+    url = f"sqlite:///{tmp_path / 'metadata.db'}"
+    many = {"layers": [{"type": "dense", "units": 4}] * 2000 + [{"type": "dense", "units": 3}]}
+    small = {"TRAINWIRE_MAX_MESSAGE_BYTES": str(64 * 1024)}
+    with local_server(url, workers=1) as server, Client(server.target) as client:
+        data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3)
+        stored = client.create_job(data, many, epochs=1)  # about 74 KB shown: fits 4 MiB
+        assert stored.wait(timeout=120).state == "SUCCEEDED"
+        assert len(client.model_metadata(stored.name).model["layers"]) == 2001
+    with local_server(url, workers=0, extra_env=small) as server, Client(server.target) as client:
+        metadata = client.model_metadata(stored.name)
+        assert metadata.model["layers"] == [] and metadata.num_classes == 3
+
+
 def test_list_answers_end_their_page_where_the_message_limit_would_be_passed(
     tmp_path: Path,
 ) -> None:
