@@ -26,6 +26,12 @@ LAYER_KEYS: dict[str, frozenset[str]] = {
     "activation": frozenset({"type", "activation"}),
 }
 EARLY_STOPPING_KEYS = frozenset({"monitor", "patience", "min_delta", "restore_best_weights"})
+# The settings of early stopping other than its monitor, at the values the wire does not send.
+EARLY_STOPPING_DEFAULTS: dict[str, object] = {
+    "patience": 0,
+    "min_delta": 0.0,
+    "restore_best_weights": False,
+}
 # The ranges of the request's integer fields: a value outside cannot be sent at all.
 INT32 = (-(2**31), 2**31 - 1)
 UINT64 = (0, 2**64 - 1)
@@ -350,6 +356,14 @@ def check_training(
     checker.raise_if_any()
 
 
+def _is_unset(value: object, default: object) -> bool:
+    """Whether a field given `value` is not sent (proto3 leaves out defaults), so the server
+    sees it unset: it equals its default and is not -0.0 (whose sign is sent)."""
+    if is_parameter_number(value) and math.copysign(1.0, value) < 0:
+        return False
+    return value == default
+
+
 def _early_stopping(checker: _Checker, early_stopping: object) -> None:
     if early_stopping is None:
         return
@@ -377,8 +391,11 @@ def _early_stopping(checker: _Checker, early_stopping: object) -> None:
             f"must be true or false. Received: {restore!r}",
         )
     if not early_stopping.get("monitor"):
-        # An empty monitor turns early stopping off, and the server refuses settings without one.
+        # An empty monitor turns early stopping off, and the server refuses settings without one
+        # (those it receives: a default value is not sent, so it is taken, as by the server).
         for key in sorted(set(early_stopping) & EARLY_STOPPING_KEYS - {"monitor"}):
+            if _is_unset(early_stopping[key], EARLY_STOPPING_DEFAULTS[key]):
+                continue
             checker.add(
                 f"training.early_stopping.{key}",
                 "given without training.early_stopping.monitor, which turns early stopping on; "

@@ -38,6 +38,7 @@ from .convert import (
     model_spec_to_proto,
     progress_to_proto,
     timestamp,
+    without_layers_past,
 )
 from .datasets import DatasetService
 from .errors import ResourceExhausted
@@ -57,6 +58,10 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         self.datasets = datasets
         self.executor = executor
         self.max_answer_bytes = datasets.settings.max_answer_bytes()
+        # Uploads in progress, each holding up to max_dataset_bytes, are as many as there are
+        # pool threads (the bound they had as synchronous handlers): unbounded, parallel uploads
+        # could exhaust memory. One beyond waits for a slot within its deadline, holding nothing.
+        self.upload_slots = asyncio.Semaphore(datasets.settings.grpc_threads)
 
     def _fitting(self, datasets: Sequence[Dataset]) -> int:
         """How many of a page's datasets one ListDatasets answer carries."""
@@ -67,6 +72,14 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         request_iterator: AsyncIterator[datasets_pb2.UploadDatasetRequest],
         context: grpc.aio.ServicerContext,
     ) -> datasets_pb2.Dataset:
+        async with self.upload_slots:
+            dataset = await self._upload(request_iterator)
+        return dataset_to_proto(dataset)
+
+    async def _upload(
+        self, request_iterator: AsyncIterator[datasets_pb2.UploadDatasetRequest]
+    ) -> Dataset:
+        """Receives, checks and stores one upload (the caller holds its slot)."""
         loop = asyncio.get_running_loop()
         project = current_project()
         requests = aiter(request_iterator)
@@ -75,10 +88,7 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         with upload:  # its bytes are let go of at once if the upload fails
             async for request in requests:
                 upload.add(request)  # one copy per chunk; the hashing waits for the pool
-            dataset = await loop.run_in_executor(
-                self.executor, self.datasets.finish, upload, project
-            )
-        return dataset_to_proto(dataset)
+            return await loop.run_in_executor(self.executor, self.datasets.finish, upload, project)
 
     def GetDataset(
         self, request: datasets_pb2.GetDatasetRequest, context: grpc.ServicerContext
@@ -343,7 +353,7 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
         )
         classes = int(job.target.get("num_classes", 0))
         classification = TaskKind(job.target["task"]).is_classification
-        return predictions_pb2.ModelMetadata(
+        metadata = predictions_pb2.ModelMetadata(
             job=f"jobs/{job.id}",
             checkpoint=checkpoint_name(checkpoint),
             inputs=tensor_pb2.TensorInfo(dtype=dtype, shape=[-1, model.input_dim]),
@@ -354,3 +364,5 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
             class_names=list(job.target.get("class_names", [])),
             feature_names=list(job.target.get("feature_names", [])),
         )
+        # A job stored under a larger message limit is shown as GetJob shows it.
+        return without_layers_past(metadata, self.predictions.max_answer_bytes)

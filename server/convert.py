@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from trainwire.client.specs import model_spec_to_proto
 from trainwire.client.tensors import dtype_code
-from trainwire.v1 import datasets_pb2, jobs_pb2, models_pb2, tensor_pb2
+from trainwire.v1 import datasets_pb2, jobs_pb2, models_pb2, predictions_pb2, tensor_pb2
 
 from .records import Checkpoint, Dataset, Job, JobState, TaskKind
 
@@ -134,11 +134,19 @@ def checkpoint_to_proto(checkpoint: Checkpoint, is_best: bool) -> jobs_pb2.Check
 
 
 def job_to_proto(job: Job, max_bytes: int | None = None) -> jobs_pb2.Job:
-    """The job as answers show it. With `max_bytes`, a job larger than that is shown without
-    its model's layers (a model has at least one, so none says they were left out): CreateJob
-    bounds the model by the message limit, but a job stored before, or under a larger limit,
-    would otherwise make every GetJob, CancelJob and ListJobs page that shows it fail."""
-    shown = _job_to_proto(job)
+    """The job as answers show it; with `max_bytes`, within it (`without_layers_past`)."""
+    return without_layers_past(_job_to_proto(job), max_bytes)
+
+
+# An answer that shows a job's model (in its `model` field).
+ShowsModel = TypeVar("ShowsModel", jobs_pb2.Job, predictions_pb2.ModelMetadata)
+
+
+def without_layers_past(shown: ShowsModel, max_bytes: int | None) -> ShowsModel:
+    """`shown`, without its model's layers if it is larger than `max_bytes` (a model has at
+    least one, so none says they were left out): CreateJob bounds the model by the message
+    limit, but a job stored before, or under a larger limit, would otherwise make every answer
+    that shows it fail (GetJob, CancelJob, ListJobs pages, GetModelMetadata)."""
     if max_bytes is not None and shown.ByteSize() > max_bytes:
         del shown.model.layers[:]
     return shown

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -30,7 +27,14 @@ from .records import (
     NewJob,
     TaskKind,
 )
-from .store import MAX_PAGE_TOKEN_LENGTH, Fits, Store, same_request_or_refuse
+from .store import (
+    Fits,
+    Store,
+    decode_metrics_page_token,
+    encode_page_token,
+    page_scope,
+    same_request_or_refuse,
+)
 from .training import (
     check_loss_fits_targets,
     check_metrics_fit_targets,
@@ -248,7 +252,10 @@ class JobService:
             raise InvalidArgument.field(
                 "page_size", f"must not be negative. Received: {request.page_size}"
             )
-        after = _metrics_position(request.page_token) if request.page_token else None
+        # A token continues only its own job's listing of the same metrics: another's position
+        # skipped the points before it.
+        scope = page_scope("metrics", job_id, sorted(request.metric_names))
+        after = decode_metrics_page_token(request.page_token, scope) if request.page_token else None
         self.store.get_job(job_id, project)
         budget = self.settings.max_answer_bytes()
         most = budget // METRIC_POINT_BYTES
@@ -266,7 +273,8 @@ class JobService:
                     f"jobs/{job_id} has more: set page_size and follow next_page_token, as the "
                     "SDK's job_metrics does"
                 )
-            token = _metrics_token(values[count - 1])
+            last = values[count - 1]
+            token = encode_page_token((last.name, last.step), scope)
         series: dict[str, list[MetricValue]] = {}
         for value in values[:count]:
             series.setdefault(value.name, []).append(value)
@@ -291,26 +299,6 @@ def _points_that_fit(values: list[MetricValue], max_bytes: int) -> int:
         if used > max_bytes:
             return count
     return len(values)
-
-
-def _metrics_token(last: MetricValue) -> str:
-    """The page token of ListJobMetrics: the (name, step) of the last point sent."""
-    return base64.urlsafe_b64encode(json.dumps([last.name, last.step]).encode()).decode()
-
-
-def _metrics_position(token: str) -> tuple[str, int]:
-    """The (name, step) a ListJobMetrics page token names; anything else is refused."""
-    if len(token) <= MAX_PAGE_TOKEN_LENGTH:
-        try:
-            name, step = json.loads(base64.urlsafe_b64decode(token.encode()))
-        except (ValueError, TypeError, binascii.Error, UnicodeError, RecursionError):
-            pass
-        else:
-            if isinstance(name, str) and type(step) is int:
-                return name, step
-    raise InvalidArgument.field(
-        "page_token", "is not a token returned by a previous ListJobMetrics call"
-    )
 
 
 def max_model_bytes(settings: Settings) -> int:

@@ -74,7 +74,7 @@ from .records import (
 
 DEFAULT_PAGE_SIZE = 50
 # Tokens we issue are base64 of `["<ISO timestamp with offset>", "<32 hex digits>", "<scope>"]`
-# (`page_scope`): about 110 characters.
+# (`page_scope`), about 110 characters, or of `["<metric name>", <step>, "<scope>"]`, less.
 MAX_PAGE_TOKEN_LENGTH = 256
 MAX_PAGE_SIZE = 1000
 DEFAULT_KEEP_CHECKPOINTS = 3
@@ -253,8 +253,21 @@ def page_scope(listing: str, *filters: object) -> str:
     return hashlib.sha256(described.encode()).hexdigest()[:8]
 
 
-def encode_page_token(created_at: datetime, row_id: str, scope: str) -> str:
-    raw = json.dumps([created_at.isoformat(), row_id, scope]).encode()
+# Where a listing's page ends: (created_at, id) of rows listed newest first (jobs, datasets),
+# or (metric name, step) of a job's metrics listed in that order.
+RowPosition = tuple[datetime, str]
+MetricPosition = tuple[str, int]
+# The steps a metric row holds (a BIGINT): a forged step past them raised OverflowError in
+# SQLite's driver (INTERNAL).
+_INT64 = range(-(2**63), 2**63)
+
+
+def encode_page_token(position: RowPosition | MetricPosition, scope: str) -> str:
+    """The token of the page after `position` in the listing `scope` names: one format for
+    every listing, `[first, second, scope]` in base64."""
+    first, second = position
+    shown = first.isoformat() if isinstance(first, datetime) else first
+    raw = json.dumps([shown, second, scope]).encode()
     return base64.urlsafe_b64encode(raw).decode()
 
 
@@ -262,8 +275,9 @@ def _not_a_page_token() -> InvalidArgument:
     return InvalidArgument.field("page_token", "is not a token returned by a previous List call")
 
 
-def decode_page_token(token: str, scope: str) -> tuple[datetime, str]:
-    """The position after which a page starts; the token must have been issued for `scope`."""
+def _token_parts(token: str) -> tuple[Any, Any, list[Any]]:
+    """The position's two parts and the scope (none in tokens issued before tokens named it)
+    a token holds, unchecked; anything not of that shape is refused."""
     # Refused before decoding: json.loads of a forged token nesting 100,000 lists raised
     # RecursionError (answered INTERNAL), and no token we issue comes near this length.
     if len(token) > MAX_PAGE_TOKEN_LENGTH:
@@ -273,22 +287,63 @@ def decode_page_token(token: str, scope: str) -> tuple[datetime, str]:
             f"{MAX_PAGE_TOKEN_LENGTH} characters). Received: {len(token)} characters",
         )
     try:
-        created, row_id, *issued_for = json.loads(base64.urlsafe_b64decode(token.encode()))
-        after = datetime.fromisoformat(created)
+        first, second, *issued_for = json.loads(base64.urlsafe_b64decode(token.encode()))
     except (ValueError, TypeError, binascii.Error, UnicodeError, RecursionError):
         raise _not_a_page_token() from None
-    # The id reaches the query: one holding a NUL (PostgreSQL refuses it) or a lone surrogate
-    # (no encoding takes it) failed there, INTERNAL. Every timestamp issued has its offset.
-    if not is_id(row_id) or after.tzinfo is None or len(issued_for) > 1:
+    if len(issued_for) > 1:
         raise _not_a_page_token()
-    # A token issued before tokens named their scope has none: it is taken as it was.
-    if issued_for and issued_for[0] != scope:
+    return first, second, issued_for
+
+
+def _check_scope(issued_for: object, scope: str) -> None:
+    if issued_for != scope:
         raise InvalidArgument.field(
             "page_token",
             "was returned for another List call or other filters, and only continues the "
             "listing that returned it; send its filters again, or start again without page_token",
         )
+
+
+def _is_text(value: object) -> bool:
+    """Whether `value` is a string a query can carry: no NUL (PostgreSQL refuses it), no lone
+    surrogate (no encoding takes it)."""
+    if not isinstance(value, str) or "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def decode_page_token(token: str, scope: str) -> RowPosition:
+    """The (created_at, id) after which a page of rows starts; the token must have been
+    issued for `scope`."""
+    created, row_id, issued_for = _token_parts(token)
+    try:
+        after = datetime.fromisoformat(created)
+    except (ValueError, TypeError):
+        raise _not_a_page_token() from None
+    # The id reaches the query: one holding a NUL (PostgreSQL refuses it) or a lone surrogate
+    # (no encoding takes it) failed there, INTERNAL. Every timestamp issued has its offset.
+    if not is_id(row_id) or after.tzinfo is None:
+        raise _not_a_page_token()
+    # A token issued before tokens named their scope has none: it is taken as it was.
+    if issued_for:
+        _check_scope(issued_for[0], scope)
     return after, row_id
+
+
+def decode_metrics_page_token(token: str, scope: str) -> MetricPosition:
+    """The (metric name, step) after which a page of a job's metrics starts; the token must
+    have been issued for `scope` (its job and metric names: another's position skipped points)."""
+    name, step, issued_for = _token_parts(token)
+    # Both reach the query, where a NUL, a lone surrogate or a step past int64 failed (INTERNAL).
+    # Every metrics token names its scope: one without was made before they did and had none.
+    if not _is_text(name) or type(step) is not int or step not in _INT64 or not issued_for:
+        raise _not_a_page_token()
+    _check_scope(issued_for[0], scope)
+    return name, step
 
 
 def page_size_of(requested: int) -> int:
@@ -622,7 +677,7 @@ class Store:
                 if len(rows) <= size or len(items) > size:
                     break
                 # Every fetched row was looked at, the extra one too: go on after the last.
-                token = encode_page_token(_aware(rows[-1].created_at), rows[-1].id, scope)  # type: ignore[arg-type]
+                token = encode_page_token((_aware(rows[-1].created_at), rows[-1].id), scope)  # type: ignore[arg-type]
         return self._with_next_token(items, size, scope, fits)
 
     @staticmethod
@@ -662,7 +717,7 @@ class Store:
         if count == len(items):
             return items, ""
         last = items[count - 1]
-        return items[:count], encode_page_token(last.created_at, last.id, scope)
+        return items[:count], encode_page_token((last.created_at, last.id), scope)
 
     # --- the queue ----------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from trainwire.client import (
 from trainwire.client.builders import model_to_dict
 from trainwire.client.jobspec import DatasetSource
 from trainwire.client.specs import model_spec_to_proto
+from trainwire.client.validation import check_training
 from trainwire.client.wire import prepare_upload
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -321,6 +323,37 @@ def test_settings_without_the_name_that_turns_them_on_are_refused_as_the_server_
     with Client("127.0.0.1:9") as client, pytest.raises(SpecError) as patience:
         client.create_job("datasets/x", [Dense(3)], early_stopping={"patience": 3})
     assert [f for f, _ in patience.value.field_violations] == ["training.early_stopping.patience"]
+
+
+TRAINING: dict[str, Any] = {
+    "epochs": 1, "batch_size": 32, "optimizer": "adam", "learning_rate": 0.001, "loss": "",
+    "metrics": (), "validation_fraction": 0.0, "schedule": None, "dtype": "float32",
+    "checkpoint_every_epochs": 0, "max_attempts": 1,
+}  # fmt: skip
+EARLY_STOPPING_UNSET = {"patience": 0, "min_delta": 0.0, "restore_best_weights": False}
+
+
+@pytest.mark.parametrize(
+    "early_stopping",
+    [EARLY_STOPPING_UNSET, {"monitor": "", **EARLY_STOPPING_UNSET}, {"min_delta": 0}],
+)
+def test_early_stopping_defaults_without_a_monitor_are_taken_as_the_server_takes_them(
+    early_stopping: dict[str, object],
+) -> None:
+    """The SDK refused patience 0, min_delta 0 or restore_best_weights False without a monitor,
+    which the server takes (proto3 sends no default, so it sees none of them)."""
+    check_training(**TRAINING, early_stopping=early_stopping)
+
+
+def test_early_stopping_values_without_a_monitor_are_refused_naming_each() -> None:
+    # -0.0 is sent (its sign is set), and the server refuses it as it would 0.5.
+    given = {"patience": 0, "min_delta": -0.0, "restore_best_weights": True}
+    with pytest.raises(SpecError) as caught:
+        check_training(**TRAINING, early_stopping=given)
+    assert [field for field, _ in caught.value.field_violations] == [
+        "training.early_stopping.min_delta",
+        "training.early_stopping.restore_best_weights",
+    ]
 
 
 @pytest.mark.parametrize("value", ["10", True])

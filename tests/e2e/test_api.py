@@ -35,6 +35,7 @@ from trainwire.client import (
 )
 from trainwire.client.aio import AsyncClient
 from trainwire.client.tensors import from_tensor, to_tensor
+from trainwire.client.wire import prepare_upload
 from trainwire.server.cli import main
 from trainwire.server.local import local_server
 from trainwire.server.migrate import upgrade
@@ -331,6 +332,24 @@ def test_a_job_too_large_for_the_message_limit_is_refused_and_a_stored_one_still
         assert {job.name for job in client.list_jobs()} == {stored.name, fitting.name}
 
 
+def test_model_metadata_of_a_stored_job_too_large_to_show_is_shown_without_its_layers(
+    tmp_path: Path,
+) -> None:
+    """GetJob showed such a job without its layers, but GetModelMetadata sent its whole model
+    and failed for the message limit."""
+    url = f"sqlite:///{tmp_path / 'metadata.db'}"
+    many = {"layers": [{"type": "dense", "units": 4}] * 2000 + [{"type": "dense", "units": 3}]}
+    small = {"TRAINWIRE_MAX_MESSAGE_BYTES": str(64 * 1024)}
+    with local_server(url, workers=1) as server, Client(server.target) as client:
+        data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3)
+        stored = client.create_job(data, many, epochs=1)  # about 74 KB shown: fits 4 MiB
+        assert stored.wait(timeout=120).state == "SUCCEEDED"
+        assert len(client.model_metadata(stored.name).model["layers"]) == 2001
+    with local_server(url, workers=0, extra_env=small) as server, Client(server.target) as client:
+        metadata = client.model_metadata(stored.name)
+        assert metadata.model["layers"] == [] and metadata.num_classes == 3
+
+
 def test_list_answers_end_their_page_where_the_message_limit_would_be_passed(
     tmp_path: Path,
 ) -> None:
@@ -459,6 +478,59 @@ def test_stalled_uploads_hold_no_thread(tmp_path: Path) -> None:
                     upload.result(timeout=30)
                 assert short.value.code() == grpc.StatusCode.INVALID_ARGUMENT
                 assert "the upload ended after 0 of the 200 bytes" in (short.value.details() or "")
+    assert server.process.returncode == 0, "".join(server.output[-40:])
+
+
+def test_uploads_beyond_the_thread_count_wait_for_one_to_end(tmp_path: Path) -> None:
+    """Uploads in progress are bounded by TRAINWIRE_GRPC_THREADS again: as a coroutine an upload
+    held no thread, and any number of them, each up to max_dataset_bytes, could run at once.
+    One beyond the bound waits for a slot (within its deadline) and then succeeds."""
+    url = f"sqlite:///{tmp_path / 'uploads.db'}"
+    env = {"TRAINWIRE_GRPC_THREADS": "2"}
+    with local_server(url, workers=0, extra_env=env) as server, Client(server.target) as client:
+        data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3)
+        header = datasets_pb2.DatasetHeader(
+            task=datasets_pb2.TASK_KIND_REGRESSION,
+            features=tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[10, 4]),
+            targets=tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[10]),
+        )
+        sent = threading.Semaphore(0)
+        releases = [threading.Event(), threading.Event()]
+
+        def stalled(release: threading.Event) -> Iterator[datasets_pb2.UploadDatasetRequest]:
+            yield datasets_pb2.UploadDatasetRequest(header=header)
+            sent.release()
+            release.wait(30)
+
+        upload = prepare_upload(
+            np.ones((8, 3), np.float32), np.arange(8) % 2, task="binary", name="late",
+            num_classes=0, feature_names=(), class_names=(), labels=None,
+        )  # fmt: skip
+        with grpc.insecure_channel(server.target) as channel:
+            datasets = datasets_pb2_grpc.DatasetServiceStub(channel)
+            holding = [datasets.UploadDataset.future(stalled(r), timeout=60) for r in releases]
+            try:
+                assert all(sent.acquire(timeout=30) for _ in holding)
+                late = datasets.UploadDataset.future(upload.requests(), timeout=60)
+                with pytest.raises(grpc.RpcError) as expired:
+                    datasets.UploadDataset(upload.requests(), timeout=1)
+                assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                # Waiting uploads hold no thread: other calls are answered.
+                got = datasets.GetDataset(
+                    datasets_pb2.GetDatasetRequest(name=data.name), timeout=10
+                )
+                assert got.name == data.name
+                time.sleep(1)
+                assert not late.done(), "a third upload ran beside two in progress"
+                releases[0].set()
+                assert late.result(timeout=30).display_name == "late"
+            finally:
+                for release in releases:
+                    release.set()
+            for stopped in holding:
+                with pytest.raises(grpc.RpcError) as short:
+                    stopped.result(timeout=30)
+                assert short.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert server.process.returncode == 0, "".join(server.output[-40:])
 
 

@@ -3,6 +3,8 @@ accepts must train and be shown; what would fail later is refused at once, namin
 
 from __future__ import annotations
 
+import base64
+import json
 import tracemalloc
 from dataclasses import replace
 from typing import Any
@@ -524,3 +526,58 @@ def test_a_parameter_name_is_quoted_where_an_error_shows_it(store: Store) -> Non
         service.create(request(regression_dataset(store), optimizer=adam), "default")
     assert "Received: 'a\\x00\\x07'=1.0" in refused.value.message
     assert "\x00" not in refused.value.message and "\x07" not in refused.value.message
+
+
+def _forged_token(*parts: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode()
+
+
+def test_a_metrics_page_token_is_refused_when_forged_or_made_for_another_listing(
+    store: Store,
+) -> None:
+    """The token had its own format: a step past int64 raised OverflowError on SQLite, a name
+    with a lone surrogate UnicodeEncodeError (INTERNAL), and it named no scope, so another
+    job's token or one for other metric_names went on from its position, skipping points."""
+    service = JobService(store, Settings())
+    dataset = regression_dataset(store)
+    jobs = [service.create(request(dataset), "default") for _ in range(2)]
+    for job in jobs:
+        claim = store.claim_job("w")
+        assert claim is not None and claim.job.id == job.id
+        store.record_metrics(claim, [MetricValue(n, s, 1, 0.5) for n in ("a", "b") for s in (1, 2)])
+    first, other = (f"jobs/{job.id}" for job in jobs)
+    _, token = service.metrics(jobs_pb2.ListJobMetricsRequest(name=first, page_size=3), "default")
+    series, _ = service.metrics(
+        jobs_pb2.ListJobMetricsRequest(name=first, page_size=3, page_token=token), "default"
+    )
+    assert [(v.name, v.step) for v in series["b"]] == [("b", 2)]
+    forged = [
+        _forged_token("loss", 2**70),
+        _forged_token("\ud800", 1),
+        _forged_token("a\x00b", 1),
+        _forged_token("a", "1"),
+        _forged_token("a", 1),  # no scope: every metrics token names its own
+    ]
+    for page_token in forged:
+        with pytest.raises(InvalidArgument) as refused:
+            service.metrics(
+                jobs_pb2.ListJobMetricsRequest(name=first, page_token=page_token), "default"
+            )
+        assert refused.value.message == (
+            "page_token: is not a token returned by a previous List call"
+        ), page_token
+    elsewhere = [
+        jobs_pb2.ListJobMetricsRequest(name=other, page_token=token),
+        jobs_pb2.ListJobMetricsRequest(name=first, metric_names=["b"], page_token=token),
+    ]
+    for misused in elsewhere:
+        with pytest.raises(InvalidArgument) as refused:
+            service.metrics(misused, "default")
+        assert refused.value.violations[0].field == "page_token"
+        assert "start again without page_token" in refused.value.message
+    # The metric names' order is not the listing's: the same names continue it.
+    named = jobs_pb2.ListJobMetricsRequest(name=first, metric_names=["b", "a"], page_size=1)
+    _, token = service.metrics(named, "default")
+    named.metric_names[:] = ["a", "b"]
+    named.page_token = token
+    assert [(v.name, v.step) for v in service.metrics(named, "default")[0]["a"]] == [("a", 2)]

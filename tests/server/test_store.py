@@ -33,7 +33,9 @@ from trainwire.server.store import (
     LeaseLost,
     Store,
     checkpoint_score,
+    encode_page_token,
     new_id,
+    page_scope,
     page_size_of,
     utcnow,
 )
@@ -692,3 +694,12 @@ def test_an_unreachable_database_is_reported_without_its_address(
         database.dispose()
     assert caught.value.message == "The database is unreachable; try again shortly"
     assert "127.0.0.1" in caplog.text and "port 1" in caplog.text
+
+
+def test_a_listing_of_rows_refuses_a_metrics_position(store: Store) -> None:
+    """One token format for every listing: a (metric name, step) token is not a row's place."""
+    make_dataset(store)
+    metrics_token = encode_page_token(("loss", 3), page_scope("datasets"))
+    with pytest.raises(InvalidArgument) as refused:
+        store.list_datasets(10, metrics_token)
+    assert refused.value.message == "page_token: is not a token returned by a previous List call"
