@@ -119,6 +119,26 @@ class DatasetService:
         )
         return self.store.create_dataset(dataset, data)
 
+    def _check_names_fit_answers(self, header: datasets_pb2.DatasetHeader) -> None:
+        """The feature and class names are shown by every answer about the dataset, and by a
+        model's metadata beside its model (up to half an answer): 100,000 class names of 256
+        characters were accepted, and made every GetDataset, ListDatasets page and
+        GetModelMetadata that showed them fail for the message limit."""
+        shown = sum(
+            len(name.encode()) + 3  # a repeated string's tag and length, at most
+            for name in (*header.feature_names, *header.class_names)
+        )
+        limit = self.settings.max_answer_bytes() // 4
+        if shown > limit:
+            raise ResourceExhausted.limit(
+                "header.feature_names and header.class_names",
+                limit,
+                shown,
+                "bytes of names every answer about the dataset and its models shows: a quarter "
+                "of max_message_bytes less framing; send shorter names, or none, or raise "
+                "TRAINWIRE_MAX_MESSAGE_BYTES",
+            )
+
     def _check_header(
         self, header: datasets_pb2.DatasetHeader
     ) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -150,6 +170,7 @@ class DatasetService:
                         f"names {name[:64]!r} more than once: each {kind} needs a name of its own",
                     )
                 seen.add(name)
+        self._check_names_fit_answers(header)
         if header.features.dtype not in FEATURE_DTYPES:
             raise InvalidArgument.field(
                 "header.features.dtype",

@@ -212,3 +212,23 @@ def test_a_name_given_twice_is_refused(
     assert refused.value.violations[0].field == f"header.{field}"
     assert says in refused.value.message and "\x07" not in refused.value.message
     assert store.list_datasets(10, "")[0] == []
+
+
+def test_names_too_large_for_an_answer_are_refused_before_the_upload_is_stored(
+    store: Store,
+) -> None:
+    """100,000 class names of 256 characters were accepted, and every answer showing the
+    dataset (GetDataset, ListDatasets, a model's metadata) then failed for the message limit."""
+    settings = Settings(max_message_bytes=1 << 20)
+    requests = multiclass_upload([0, 1, 2])
+    requests[0].header.feature_names.append("x" * 200)
+    requests[0].header.num_classes = 2000
+    requests[0].header.class_names.extend(f"{i:04d}" + "c" * 250 for i in range(2000))
+    with pytest.raises(ResourceExhausted) as refused:
+        DatasetService(store, settings).upload(requests, "default")
+    assert "header.feature_names and header.class_names is limited to" in refused.value.message
+    assert "raise TRAINWIRE_MAX_MESSAGE_BYTES" in refused.value.message
+    assert store.list_datasets(10, "")[0] == []
+    del requests[0].header.class_names[1000:]
+    requests[0].header.num_classes = 1000
+    assert DatasetService(store, settings).upload(requests, "default").num_classes == 1000
