@@ -252,6 +252,9 @@ class JobService:
             raise InvalidArgument.field(
                 "page_size", f"must not be negative. Received: {request.page_size}"
             )
+        for index, metric in enumerate(request.metric_names):
+            # They reach the query, where a NUL failed on PostgreSQL (INTERNAL).
+            check_text(f"metric_names[{index}]", metric, MAX_LABEL_LENGTH)
         # A token continues only its own job's listing of the same metrics: another's position
         # skipped the points before it.
         scope = page_scope("metrics", job_id, sorted(request.metric_names))

@@ -581,3 +581,14 @@ def test_a_metrics_page_token_is_refused_when_forged_or_made_for_another_listing
     named.metric_names[:] = ["a", "b"]
     named.page_token = token
     assert [(v.name, v.step) for v in service.metrics(named, "default")[0]["a"]] == [("a", 2)]
+
+
+def test_a_metric_name_with_a_nul_is_refused_naming_it(store: Store) -> None:
+    """It reached the query, where PostgreSQL refused it: INTERNAL."""
+    service = JobService(store, Settings())
+    job = service.create(request(regression_dataset(store)), "default")
+    asked = jobs_pb2.ListJobMetricsRequest(name=f"jobs/{job.id}", metric_names=["loss", "a\x00"])
+    with pytest.raises(InvalidArgument) as refused:
+        service.metrics(asked, "default")
+    assert refused.value.violations[0].field == "metric_names[1]"
+    assert "NUL" in refused.value.message
