@@ -511,9 +511,9 @@ def test_uploads_beyond_the_thread_count_wait_for_one_to_end(tmp_path: Path) -> 
             holding = [datasets.UploadDataset.future(stalled(r), timeout=60) for r in releases]
             try:
                 assert all(sent.acquire(timeout=30) for _ in holding)
-                late = datasets.UploadDataset.future(upload.requests(), timeout=60)
+                late = datasets.UploadDataset.future(upload.requests(4 << 20), timeout=60)
                 with pytest.raises(grpc.RpcError) as expired:
-                    datasets.UploadDataset(upload.requests(), timeout=1)
+                    datasets.UploadDataset(upload.requests(4 << 20), timeout=1)
                 assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
                 # Waiting uploads hold no thread: other calls are answered.
                 got = datasets.GetDataset(
