@@ -421,7 +421,11 @@ _FINISH = (
     .values(
         state=bindparam("p_state"),
         error=bindparam("p_error"),
-        progress=func.coalesce(bindparam("p_progress", type_=JSON), JOBS.c.progress),
+        # A JSON bind sends None as the JSON value null, which COALESCE would keep (and the
+        # stored progress be lost): none_as_null sends SQL NULL, so None keeps the column.
+        progress=func.coalesce(
+            bindparam("p_progress", type_=JSON(none_as_null=True)), JOBS.c.progress
+        ),
         lease_token=None,
         lease_expires_at=None,
         ended_at=bindparam("p_now"),
@@ -1043,7 +1047,8 @@ class Store:
         error: str = "",
         progress: dict[str, float] | None = None,
     ) -> Job:
-        """Moves a claimed job to a final state and drops its lease (one fenced statement)."""
+        """Moves a claimed job to a final state and drops its lease (one fenced statement);
+        `progress` None keeps the stored progress."""
         params = {
             "p_id": claim.job.id,
             "p_token": claim.token,
@@ -1241,6 +1246,17 @@ class Store:
                 select(CheckpointRow)
                 .where(CheckpointRow.job_id == job_id, CheckpointRow.is_final.is_(False))
                 .order_by(CheckpointRow.id.desc())
+                .limit(1)
+            )
+            return None if row is None else _checkpoint(row)
+
+    def final_checkpoint(self, job_id: str) -> Checkpoint | None:
+        """The job's final checkpoint, if one is stored: the job was then trained to its end."""
+        with self.db.read() as session:
+            row = session.scalar(
+                select(CheckpointRow)
+                .where(CheckpointRow.job_id == job_id, CheckpointRow.is_final.is_(True))
+                .order_by(CheckpointRow.id)
                 .limit(1)
             )
             return None if row is None else _checkpoint(row)

@@ -330,6 +330,9 @@ def _train(
     job = claim.job
     training = job.training
     retry_s = settings.db_retry_s
+    final = with_retry(lambda: store.final_checkpoint(job.id), retry_s)
+    if final is not None:
+        return _conclude_trained(store, claim, keeper, final, retry_s)
     dataset_id = job.dataset_id
     if dataset_id is None:
         raise RuntimeError("its dataset was deleted before the job could finish")
@@ -360,18 +363,51 @@ def _train(
         writer.flush()
     finally:
         writer.close()
-    # The lease is good for lease_s yet: stop watching it before the final change clears it,
-    # or a poll in between would report a lease lost.
+    if state is JobState.QUEUED:
+        _stop_watching(keeper)
+        # CANCELLED if a cancel request came after the keeper's last poll.
+        return with_retry(lambda: store.release_job(claim), retry_s)
+    return _finish(store, claim, keeper, state, recorder.progress or None, retry_s)
+
+
+def _stop_watching(keeper: LeaseKeeper) -> None:
+    """The lease is good for lease_s yet: the keeper stops watching it before the job's last
+    change clears it, or a poll in between would report a lease lost."""
     keeper.done.set()
     keeper.join()
-    if state is JobState.QUEUED:
-        # CANCELLED if a cancel request came after the keeper's last poll.
-        state = with_retry(lambda: store.release_job(claim), retry_s)
-    else:
-        reason = CANCELLED_BY_REQUEST if state is JobState.CANCELLED else ""
-        progress = recorder.progress or None
-        with_retry(lambda: store.finish_job(claim, state, reason, progress), retry_s)
+
+
+def _finish(
+    store: Store,
+    claim: Claim,
+    keeper: LeaseKeeper,
+    state: JobState,
+    progress: dict[str, float] | None,
+    retry_s: float,
+) -> JobState:
+    """Moves the job to its final `state` (None `progress` keeps the stored one)."""
+    _stop_watching(keeper)
+    reason = CANCELLED_BY_REQUEST if state is JobState.CANCELLED else ""
+    with_retry(lambda: store.finish_job(claim, state, reason, progress), retry_s)
     return state
+
+
+def _conclude_trained(
+    store: Store, claim: Claim, keeper: LeaseKeeper, final: Checkpoint, retry_s: float
+) -> JobState:
+    """Finishes a job an earlier attempt trained to its end: that worker was lost after its
+    final checkpoint was stored and before the job was marked SUCCEEDED. Training it again
+    would store a second final checkpoint (a resume never loads one: it holds weights only).
+    Nothing is left to write: the final checkpoint is the run's result (with early stopping, the
+    restored best weights), and every epoch's metrics, progress and event were written before
+    it (the writes keep their order), so the stored progress and metrics are those the first
+    attempt would have finished with."""
+    log.info(
+        "jobs/%s was trained to its end before (%s); concluding it",
+        claim.job.id,
+        checkpoint_name(final),
+    )
+    return _finish(store, claim, keeper, JobState.SUCCEEDED, None, retry_s)
 
 
 def _resume(trainer: Trainer, checkpoint: Checkpoint, data: bytes) -> None:

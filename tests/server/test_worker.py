@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any, cast
 
 import numpy as np
@@ -21,7 +22,7 @@ from trainwire.engine import Trainer, load_state, save_state
 from trainwire.server import worker
 from trainwire.server.config import Settings
 from trainwire.server.errors import Unavailable
-from trainwire.server.models import CheckpointBlobRow
+from trainwire.server.models import CheckpointBlobRow, JobRow
 from trainwire.server.predictions import PredictionService
 from trainwire.server.records import Claim, Dataset, Job, JobState, NewJob, TaskKind
 from trainwire.server.status import collect_status
@@ -286,6 +287,111 @@ def test_a_checkpoint_written_mid_epoch_is_partial_and_a_resume_loads_it(
     assert run_next(store) is JobState.SUCCEEDED
     ends = [(c.epoch, c.is_partial, c.is_final) for c in store.list_checkpoints(job.id)]
     assert ends[-2:] == [(2, False, False), (3, False, True)]
+
+
+class WorkerKilled(BaseException):
+    """The worker process dying where a test makes it die: no handler of the worker's sees it."""
+
+
+# Stops after epoch 2 of 3 (nothing improves by 1e9) and restores epoch 1's weights.
+EARLY_STOPPING = {
+    "validation_fraction": 0.25,
+    "early_stopping": {
+        "monitor": "val_loss",
+        "patience": 1,
+        "min_delta": 1e9,
+        "restore_best_weights": True,
+    },
+}
+
+
+def lapse_lease(store: Store, job: Job) -> None:
+    """Lets the job's lease run out now, as a lost worker's would."""
+    with store.db.write() as session:
+        past = utcnow() - timedelta(minutes=1)
+        session.execute(update(JobRow).where(JobRow.id == job.id).values(lease_expires_at=past))
+
+
+def final_weights(store: Store, job: Job) -> dict[str, np.ndarray]:
+    (final,) = [c for c in store.list_checkpoints(job.id) if c.is_final]
+    weights, _ = load_state(store.checkpoint_data(final.id))
+    return weights
+
+
+def assert_same_run(store: Store, job: Job, reference: Job) -> None:
+    """The job ended as the reference, run without interruption, did: checkpoints (one final,
+    with the same weights bit for bit), metrics, the state and values it finished with, and one
+    event per epoch."""
+    finished, expected = store.get_job(job.id), store.get_job(reference.id)
+    assert finished.state is expected.state is JobState.SUCCEEDED
+    assert finished.metrics == expected.metrics
+    timing = {"examples_per_second", "eta_seconds"}  # measured: differs between runs
+    assert {k: v for k, v in finished.progress.items() if k not in timing} == {
+        k: v for k, v in expected.progress.items() if k not in timing
+    }
+
+    def kept(of: Job) -> list[tuple[int, int, bool, bool, dict[str, float]]]:
+        return [
+            (c.epoch, c.step, c.is_final, c.is_partial, c.metrics)
+            for c in store.list_checkpoints(of.id)
+        ]
+
+    assert kept(job) == kept(reference)
+    weights, reference_weights = final_weights(store, job), final_weights(store, reference)
+    assert weights.keys() == reference_weights.keys()
+    for name, value in weights.items():
+        assert np.array_equal(value, reference_weights[name]), f"{name} differs"
+    assert metric_rows(store, job) == metric_rows(store, reference)
+
+    def epochs_done(of: Job) -> list[str]:
+        return [e.message for e in store.job_events(of.id) if e.message.startswith("epoch ")]
+
+    assert epochs_done(job) == epochs_done(reference)
+    last, expected_last = store.job_events(job.id)[-1], store.job_events(reference.id)[-1]
+    assert (last.state, last.message, last.metrics) == (
+        expected_last.state,
+        expected_last.message,
+        expected_last.metrics,
+    )
+
+
+@pytest.mark.parametrize("training", [{}, EARLY_STOPPING], ids=["all-epochs", "early-stopping"])
+def test_a_job_whose_final_checkpoint_is_stored_is_concluded_not_trained_again(
+    store: Store, monkeypatch: pytest.MonkeyPatch, training: dict[str, Any]
+) -> None:
+    """The worker was killed between storing the final checkpoint and marking the job
+    SUCCEEDED. The next attempt found no checkpoint to resume from (a final one holds weights
+    only), trained the job again and stored a second final checkpoint (seen in a chaos run: a
+    job killed right after its last epoch). It now finishes the job as the first would have."""
+    dataset = regression_dataset(store)
+    reference = submit(store, dataset, **training)
+    assert run_next(store) is JobState.SUCCEEDED
+    if training:
+        assert [c.epoch for c in store.list_checkpoints(reference.id)] == [2], "stopped early"
+    job = submit(store, dataset, **training)
+    finish_job = store.finish_job
+
+    def killed_before_success(claim: Claim, state: JobState, *args: Any) -> Job:
+        if state is JobState.SUCCEEDED and claim.job.attempt == 1:
+            raise WorkerKilled
+        return finish_job(claim, state, *args)
+
+    monkeypatch.setattr(store, "finish_job", killed_before_success)
+    with pytest.raises(WorkerKilled):
+        run_next(store)
+    monkeypatch.undo()
+    recorded = store.get_job(job.id)
+    assert recorded.state is JobState.RUNNING
+    lapse_lease(store, job)
+    assert store.rescue_expired() == [(job.id, JobState.QUEUED)]
+    fits: list[Trainer] = []
+    monkeypatch.setattr(Trainer, "fit", lambda trainer, *args, **kwargs: fits.append(trainer))
+    assert run_next(store) is JobState.SUCCEEDED
+    assert fits == [], "nothing was trained again"
+    finished = store.get_job(job.id)
+    assert finished.attempt == 2
+    assert finished.progress == recorded.progress, "as the first attempt recorded it"
+    assert_same_run(store, job, reference)
 
 
 def _permutation_repeating_a_row(data: bytes) -> bytes:
