@@ -941,7 +941,10 @@ class Store:
     ) -> JobState:
         """Writes an epoch's metrics in one statement, updates progress, renews the lease.
 
-        Returns the job's state, so the worker notices a cancel request.
+        Returns the job's state, so the worker notices a cancel request. A retry after an
+        unknown outcome (the commit went through, its answer was lost) changes nothing more:
+        the updates and the metrics' upsert repeat themselves, and the epoch's event is not
+        appended again (`_epoch_recorded`).
         """
         now = utcnow()
         with self.db.write() as session:
@@ -952,9 +955,28 @@ class Store:
             row.updated_at = now
             if values:
                 session.execute(self._upsert_metrics(session, claim.job.id, values, now))
-            epoch = int(progress.get("epoch", 0))
-            self._event_for(session, row, f"epoch {epoch} done", progress, latest)
+            message = f"epoch {int(progress.get('epoch', 0))} done"
+            if not self._epoch_recorded(session, row, message):
+                self._event_for(session, row, message, progress, latest)
             return JobState(row.state)
+
+    @staticmethod
+    def _epoch_recorded(session: Session, row: JobRow, message: str) -> bool:
+        """Whether the job's current attempt already has this epoch's event. The attempt stands
+        for the claim: a claim handed back (`release_job`) gives its number to the next, but
+        that one resumes from the checkpoint the first wrote after its last epoch end, so no
+        epoch ends twice under one number unless its write is retried. An epoch trained again
+        by a later attempt (its checkpoint lost with its worker) is recorded again."""
+        found = session.scalar(
+            select(JobEventRow.sequence)
+            .where(
+                JobEventRow.job_id == row.id,
+                JobEventRow.attempt == row.attempt,
+                JobEventRow.message == message,
+            )
+            .limit(1)
+        )
+        return found is not None
 
     def record_metrics(self, claim: Claim, values: Sequence[MetricValue]) -> None:
         """Writes metric values alone (one fenced upsert): those of a run stopped mid-epoch,
@@ -998,9 +1020,16 @@ class Store:
         is_partial: bool = False,
     ) -> Checkpoint:
         """Stores a checkpoint, then keeps only the latest `keep`, the best and the newest of a
-        whole epoch of the job's (`is_partial`: written partway through an epoch)."""
+        whole epoch of the job's (`is_partial`: written partway through an epoch). One of the
+        same kind at the same position as the job's newest is that one, returned: see
+        `_newest_checkpoint_at`."""
         with self.db.write() as session:
             self._held_row(session, claim)
+            stored = self._newest_checkpoint_at(
+                session, claim.job.id, epoch, step, is_final, is_partial
+            )
+            if stored is not None:
+                return _checkpoint(stored)
             row = CheckpointRow(
                 job_id=claim.job.id,
                 epoch=epoch,
@@ -1017,6 +1046,27 @@ class Store:
             session.flush()
             self._apply_retention(session, claim.job.id, keep)
             return _checkpoint(row)
+
+    @staticmethod
+    def _newest_checkpoint_at(
+        session: Session, job_id: str, epoch: int, step: int, is_final: bool, is_partial: bool
+    ) -> CheckpointRow | None:
+        """The job's newest checkpoint if it was taken at this epoch and step and is of this
+        kind. A retried write whose commit went through (its answer lost) finds itself here:
+        the holder of the lease writes in order, and nothing is newer. Otherwise the trainer
+        has not moved since the newest was taken (a cancel or stop met at an epoch end just
+        checkpointed, or before the first batch after a resume from it): it holds this very
+        state, and a copy would only push older checkpoints out."""
+        newest = session.scalar(
+            select(CheckpointRow)
+            .where(CheckpointRow.job_id == job_id)
+            .order_by(CheckpointRow.id.desc())
+            .limit(1)
+        )
+        if newest is None:
+            return None
+        same = (newest.epoch, newest.step, newest.is_final, newest.is_partial)
+        return newest if same == (epoch, step, is_final, is_partial) else None
 
     @staticmethod
     def _apply_retention(session: Session, job_id: str, keep: int) -> None:

@@ -394,6 +394,35 @@ def test_a_job_whose_final_checkpoint_is_stored_is_concluded_not_trained_again(
     assert_same_run(store, job, reference)
 
 
+@pytest.mark.parametrize("write", ["save_checkpoint", "record_epoch"])
+def test_a_write_whose_commit_answer_was_lost_is_not_stored_twice(
+    store: Store, monkeypatch: pytest.MonkeyPatch, write: str
+) -> None:
+    """Each write's transaction commits, then its connection drops before the answer comes
+    (Unavailable): the background writer tries it again. A checkpoint was stored twice (a
+    chaos run ended with three final checkpoints) and an epoch's event appended twice; the
+    retry now finds the write done."""
+    dataset = regression_dataset(store)
+    reference = submit(store, dataset, checkpoint_every_epochs=1)
+    assert run_next(store) is JobState.SUCCEEDED
+    job = submit(store, dataset, checkpoint_every_epochs=1)
+    original = getattr(store, write)
+    calls: list[str] = []
+
+    def commit_then_lose_the_answer(*args: Any, **kwargs: Any) -> Any:
+        calls.append(write)
+        answer = original(*args, **kwargs)
+        if len(calls) % 2 == 1:  # every write's first try; its retry gets the answer
+            raise Unavailable("The database is unreachable; try again shortly")
+        return answer
+
+    monkeypatch.setattr(store, write, commit_then_lose_the_answer)
+    assert run_next(store) is JobState.SUCCEEDED
+    assert len(calls) == 2 * EPOCHS, "each write was tried twice"
+    assert store.get_job(job.id).attempt == 1
+    assert_same_run(store, job, reference)
+
+
 def _permutation_repeating_a_row(data: bytes) -> bytes:
     state, metadata = load_state(data)
     state["trainer.permutation"][1] = state["trainer.permutation"][0]
