@@ -323,7 +323,7 @@ def serve(
     process another one started, number `index` counted from 0, until `parent_pid` is gone; or,
     for one a program started for itself, `server.local`, until `exit_with` is gone); returns an
     exit code."""
-    database = Database(settings.database_url)
+    database = Database(settings.database_url, idle_in_transaction_s=settings.lease_s)
     if not settings.auto_migrate_sqlite:
         # Nothing is to create it: connecting would leave an empty file behind, which the other
         # commands would then take for a database at revision none.

@@ -119,7 +119,7 @@ def _check_worker_database(settings: Settings) -> None:
     from .db import Database
     from .migrate import check_deployment
 
-    database = Database(settings.database_url)
+    database = Database(settings.database_url, idle_in_transaction_s=settings.lease_s)
     try:
         check_deployment(database, settings.database_url_option)
     finally:
@@ -204,7 +204,7 @@ def _keys(args: argparse.Namespace) -> int:
     settings = _settings(args)  # a malformed --database-url is a configuration error first
     if args.keys_command == "revoke":
         _refuse_a_secret(args.key_id, settings.database_url_option)
-    database = Database(settings.database_url)
+    database = Database(settings.database_url, idle_in_transaction_s=settings.lease_s)
     try:
         # Keys live in the server's database: one made anywhere else is one it never sees.
         check_deployment(database, settings.database_url_option)

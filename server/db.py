@@ -2,6 +2,8 @@
 
 SQLite runs in WAL mode with a busy timeout, and every transaction that will write starts with
 `BEGIN IMMEDIATE` (a deferred read that upgrades to a write gets SQLITE_BUSY despite the timeout).
+PostgreSQL connections use TCP keepalives and, in the server and the workers, end a session left
+idle inside a transaction (a process frozen or cut off mid-transaction), which releases its locks.
 Engines are created in the process that uses them: a pooled connection must not cross a fork.
 """
 
@@ -24,6 +26,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from .errors import Unavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+#: libpq's TCP keepalives: a connection whose peer vanished without a reset (a network partition,
+#: a host powered off) fails after about 10 + 3 * 5 = 25 s of silence instead of waiting for ever
+#: (a call waiting on its answer would hold its thread for good). Those the URL sets are kept.
+POSTGRES_KEEPALIVES: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 
 log = logging.getLogger("trainwire.db")
 
@@ -97,21 +109,20 @@ def sqlite_file(url: str) -> Path | None:
     return Path(name).absolute()
 
 
-def make_engine(url: str, sqlite_foreign_keys: bool = True, **kwargs: Any) -> Engine:
+def make_engine(
+    url: str,
+    sqlite_foreign_keys: bool = True,
+    idle_in_transaction_s: float | None = None,
+    **kwargs: Any,
+) -> Engine:
     """An engine for `url`; SQLite gets WAL, a busy timeout, explicit BEGIN handling and (unless
-    `sqlite_foreign_keys` is false, as for migrations) enforced foreign keys."""
+    `sqlite_foreign_keys` is false, as for migrations) enforced foreign keys; PostgreSQL gets TCP
+    keepalives and, if `idle_in_transaction_s` is given, PostgreSQL's
+    `idle_in_transaction_session_timeout`: the database ends a session of this engine that sits
+    that long in an open transaction, releasing its locks (see `Database`)."""
     url = normalise_url(url)
     if not is_sqlite(url):
-        engine = create_engine(url, **kwargs)
-
-        @event.listens_for(engine, "connect")
-        def _configure_postgres(dbapi_connection: Any, _record: Any) -> None:
-            # Send bytes (checkpoints, datasets) in binary format: no escaping to hex text.
-            from psycopg.types.string import BytesBinaryDumper
-
-            dbapi_connection.adapters.register_dumper(bytes, BytesBinaryDumper)
-
-        return engine
+        return _postgres_engine(url, idle_in_transaction_s, **kwargs)
     engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
 
     @event.listens_for(engine, "connect")
@@ -133,12 +144,59 @@ def make_engine(url: str, sqlite_foreign_keys: bool = True, **kwargs: Any) -> En
     return engine
 
 
-class Database:
-    """One engine and the two kinds of unit of work: `read()` and `write()`."""
+def _postgres_engine(url: str, idle_in_transaction_s: float | None, **kwargs: Any) -> Engine:
+    query = make_url(url).query
+    keepalives = {name: value for name, value in POSTGRES_KEEPALIVES.items() if name not in query}
+    connect_args = {**keepalives, **kwargs.pop("connect_args", {})}
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
 
-    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+    @event.listens_for(engine, "connect")
+    def _configure_postgres(dbapi_connection: Any, _record: Any) -> None:
+        # Send bytes (checkpoints, datasets) in binary format: no escaping to hex text.
+        from psycopg.types.string import BytesBinaryDumper
+
+        dbapi_connection.adapters.register_dumper(bytes, BytesBinaryDumper)
+        if idle_in_transaction_s is not None:
+            dbapi_connection.execute(
+                "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                (f"{_idle_timeout_ms(idle_in_transaction_s)}ms",),
+            )
+            dbapi_connection.commit()  # the setting outlives the transaction psycopg began
+
+    return engine
+
+
+# PostgreSQL's timeouts are 32-bit milliseconds (about 24.8 days): a longer lease is that.
+_MAX_POSTGRES_TIMEOUT_MS = 2**31 - 1
+# The shortest idle-in-transaction bound: a sub-second lease (tests) must not end transactions
+# that a loaded machine stretches between two statements.
+_MIN_IDLE_IN_TRANSACTION_MS = 1000
+
+
+def _idle_timeout_ms(seconds: float) -> int:
+    milliseconds = math.ceil(seconds * 1000)
+    return min(max(milliseconds, _MIN_IDLE_IN_TRANSACTION_MS), _MAX_POSTGRES_TIMEOUT_MS)
+
+
+class Database:
+    """One engine and the two kinds of unit of work: `read()` and `write()`.
+
+    `idle_in_transaction_s` (PostgreSQL; the server and the workers pass their lease): a session
+    that sits that long inside a transaction is ended by the database. Every transaction here is
+    one store method's, which never waits on anything but the database between its statements,
+    so only a process that froze (SIGSTOP, a long VM pause) or lost its network without a reset
+    mid-transaction sits so long; ended, it releases its row locks, or a frozen worker's lock on
+    its job would keep the job from every rescue (`rescue_expired` skips locked rows) and every
+    CancelJob waiting. Migrations run on an engine of their own, without it.
+    """
+
+    def __init__(
+        self, url: str, idle_in_transaction_s: float | None = None, **engine_kwargs: Any
+    ) -> None:
         self.url = normalise_url(url)
-        self.engine = make_engine(self.url, **engine_kwargs)
+        self.engine = make_engine(
+            self.url, idle_in_transaction_s=idle_in_transaction_s, **engine_kwargs
+        )
         self.is_sqlite = is_sqlite(self.url)
         writer = self.engine.execution_options(sqlite_begin="IMMEDIATE")
         self._read_sessions = sessionmaker(self.engine, expire_on_commit=False)

@@ -33,7 +33,7 @@ HINTED = (UNREACHABLE, NOT_PROBED)
 
 
 def collect_status(settings: Settings, target: str | None = None) -> dict[str, Any]:
-    database = Database(settings.database_url)
+    database = Database(settings.database_url, idle_in_transaction_s=settings.lease_s)
     try:
         check_deployment(database, settings.database_url_option)
         store = Store(database)

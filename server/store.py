@@ -15,7 +15,8 @@ import math
 import os
 import secrets
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar, cast
 
@@ -34,7 +35,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from .auth import (
@@ -46,7 +47,7 @@ from .auth import (
     new_secret,
 )
 from .db import Database
-from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from .models import (
     ApiKeyRow,
     CheckpointBlobRow,
@@ -83,6 +84,15 @@ DEFAULT_KEEP_CHECKPOINTS = 3
 JOBS_CHANNEL = "trainwire_jobs"
 # Job.error of every CANCELLED job, however it got there.
 CANCELLED_BY_REQUEST = "cancelled by request"
+# How long CancelJob and DeleteJob wait for a lock on PostgreSQL (its `lock_timeout`) before they
+# answer UNAVAILABLE, which the SDK retries within the call's deadline (about 5 attempts in the
+# default 30 s). A job's row is held by its worker's writes, a checkpoint's the longest (a few
+# seconds for a big model), or by a session that hung mid-transaction until the database ends it
+# (`Database`'s idle_in_transaction_s, the lease): unbounded, the call held a server thread for
+# as long as that, past its deadline.
+API_LOCK_WAIT_S = 5.0
+# PostgreSQL's SQLSTATE of a lock wait that ran out (lock_not_available).
+_LOCK_NOT_AVAILABLE = "55P03"
 
 
 class LeaseLost(Exception):
@@ -628,9 +638,27 @@ class Store:
             raise NotFound(f"jobs/{job_id} does not exist")
         return row
 
+    @contextmanager
+    def _api_write(self, job_id: str) -> Iterator[Session]:
+        """`db.write()` for an API call that locks the job's row: on PostgreSQL each lock wait
+        lasts at most `API_LOCK_WAIT_S`, and one that runs out is UNAVAILABLE, naming the job."""
+        try:
+            with self.db.write() as session:
+                if not self.db.is_sqlite:
+                    wait = f"{math.ceil(API_LOCK_WAIT_S * 1000)}ms"
+                    session.execute(select(func.set_config("lock_timeout", wait, True)))
+                yield session
+        except OperationalError as error:
+            if getattr(error.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                raise
+            raise Unavailable(
+                f"jobs/{job_id} is locked by another write (its worker's) for longer than "
+                f"{API_LOCK_WAIT_S:g}s; try again shortly"
+            ) from error
+
     def delete_job(self, job_id: str, project: str | None = None) -> None:
         """Deletes a finished job with its metrics, checkpoints and events."""
-        with self.db.write() as session:
+        with self._api_write(job_id) as session:
             row = self._job_row(session, job_id, project, lock=True)
             if not JobState(row.state).is_finished:
                 raise FailedPrecondition(
@@ -835,7 +863,7 @@ class Store:
     def cancel_job(self, job_id: str, project: str | None = None) -> Job:
         """QUEUED becomes CANCELLED at once; RUNNING becomes CANCELLING for its worker to stop."""
         now = utcnow()
-        with self.db.write() as session:
+        with self._api_write(job_id) as session:
             row = self._job_row(session, job_id, project, lock=True)
             state = JobState(row.state)
             if state is JobState.QUEUED:

@@ -637,7 +637,7 @@ def run_worker_process(
     signal.signal(signal.SIGINT, request_stop)
     if settings.metrics_port:
         serve_metrics(settings.metrics_port + index, settings.metrics_host, WORKER_METRICS)
-    database = Database(settings.database_url)
+    database = Database(settings.database_url, idle_in_transaction_s=settings.lease_s)
     try:
         with threadpool_limits(limits=settings.blas_threads_per_worker()):
             chosen = list(queues or []) or settings.queue_list()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from trainwire.client import Client, DatasetInfo, FailedPrecondition, Job
@@ -282,6 +283,63 @@ def test_workers_ride_out_a_database_outage(postgres_server_url: str) -> None:
         workers.wait(60)
         proxy.close()
         database.dispose()
+
+
+def freeze_holding_its_job(store: Store, pid: int, job_id: str) -> None:
+    """SIGSTOPs the worker `pid` at a moment its transaction holds the job's row lock (as a long
+    VM pause or a partition without a reset can leave it): it takes the lock for milliseconds at
+    each lease renewal, epoch and checkpoint, so the row is probed until one is caught."""
+    probe = text("SELECT id FROM jobs WHERE id = :id FOR UPDATE SKIP LOCKED")
+
+    def locked() -> bool:
+        with store.db.engine.connect() as connection:
+            free = connection.execute(probe, {"id": job_id}).first()
+            connection.rollback()
+            return free is None
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if locked():
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(0.2)  # a commit under way when it stopped has landed by now
+            if locked():
+                return
+            os.kill(pid, signal.SIGCONT)
+    raise AssertionError("never caught the worker holding its job's row lock")
+
+
+@pytest.mark.postgres
+def test_a_worker_frozen_holding_its_job_row_neither_keeps_the_job_nor_blocks_cancel(
+    postgres_server_url: str,
+) -> None:
+    """The frozen worker's session kept its lock for ever: the job stayed RUNNING on it (the
+    rescue skips locked rows) and CancelJob hung past its deadline. PostgreSQL now ends a
+    session idle in a transaction for a lease, so the cancel goes through and the job is
+    rescued, CANCELLED, within a few leases."""
+    url = fresh_postgres_database(postgres_server_url)
+    upgrade(url)
+    database = Database(url)
+    store = Store(database)
+    lease_s = float(FAST_LEASES["TRAINWIRE_LEASE_S"])
+    with (
+        local_server(url, workers=1, extra_env=FAST_LEASES) as server,
+        Client(server.target, timeout=10) as client,
+    ):
+        job = submit_slow(client, slow_dataset(client), epochs=200, checkpoint_every_epochs=1)
+        wait_for(lambda: running_epoch(job) >= 1, 120, "epoch 1")
+        cluster = Cluster(url, server, client, store)
+        pid = worker_pid(cluster, job)
+        try:
+            freeze_holding_its_job(store, pid, job.name.removeprefix("jobs/"))
+            frozen = time.monotonic()
+            assert job.cancel().state in ("CANCELLING", "CANCELLED")
+            print(f"CancelJob answered {time.monotonic() - frozen:.2f}s after the freeze")
+            # The lease and the idle bound run out together, then a rescue every second.
+            wait_for(lambda: job.status().state == "CANCELLED", lease_s * 2 + 10, "CANCELLED")
+            assert any("stopped renewing its lease" in m for _, m in events(cluster, job))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    database.dispose()
 
 
 def test_serve_sigterm_drains_and_hands_back_running_job(

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select, text
 
+from trainwire.server import store as store_module
 from trainwire.server.db import Database
 from trainwire.server.errors import (
     AlreadyExists,
@@ -676,6 +677,78 @@ def test_a_create_waits_for_a_dataset_being_deleted_then_answers_not_found(
         with pytest.raises(NotFound, match=f"datasets/{dataset.id} does not exist"):
             creating.result(60)
     assert store.list_jobs(10, "")[0] == []
+
+
+# --- a session that hangs holding a job's row (its process frozen or cut off mid-transaction) ---
+
+
+def hold_job_row(connection: Any, job_id: str) -> None:
+    """What a worker frozen inside its heartbeat holds: the job's row locked, not committed."""
+    connection.execute(text("SELECT id FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})
+
+
+@pytest.mark.postgres
+def test_a_hung_trainwire_session_is_ended_so_its_job_is_rescued(postgres_store: Store) -> None:
+    """A frozen worker's session kept its FOR UPDATE lock for ever, and `rescue_expired`, which
+    skips locked rows, never took the job; the database now ends a session left idle in a
+    transaction for a lease, and a CancelJob waiting on it then goes through."""
+    store = postgres_store
+    lease_s = 1.0
+    frozen = Database(store.db.url, idle_in_transaction_s=lease_s)  # as the worker makes it
+    try:
+        dataset = make_dataset(store)
+        rescued = store.create_job(make_job(store, dataset))
+        cancelled = store.create_job(make_job(store, dataset))
+        for _ in range(2):
+            assert Store(frozen).claim_job("frozen", lease_s=lease_s) is not None
+        held = [frozen.engine.connect() for _ in range(2)]
+        started = time.monotonic()
+        hold_job_row(held[0], rescued.id)
+        hold_job_row(held[1], cancelled.id)
+        assert store.cancel_job(cancelled.id).state is JobState.CANCELLING
+        waited = time.monotonic() - started
+        assert waited < lease_s + 2, f"CancelJob waited {waited:.1f}s on the hung session"
+        found: dict[str, JobState] = {}
+        deadline = started + lease_s * 2 + 5  # the lease, the idle bound, and a loaded machine
+        while len(found) < 2 and time.monotonic() < deadline:
+            found.update(store.rescue_expired())
+            time.sleep(0.1)
+        assert found == {rescued.id: JobState.QUEUED, cancelled.id: JobState.CANCELLED}
+        for connection in held:
+            connection.invalidate()  # ended by the database: nothing to roll back
+    finally:
+        frozen.dispose()
+
+
+@pytest.mark.postgres
+def test_cancel_and_delete_answer_unavailable_while_a_hung_session_holds_the_job(
+    postgres_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session the database does not end (another program's, or a Trainwire's older than the
+    bound) held CancelJob's and DeleteJob's server thread past the call's deadline, for ever;
+    they now wait `API_LOCK_WAIT_S` and answer UNAVAILABLE, which the SDK retries."""
+    monkeypatch.setattr(store_module, "API_LOCK_WAIT_S", 0.5)
+    store = postgres_store
+    dataset = make_dataset(store)
+    running = store.create_job(make_job(store, dataset))
+    assert store.claim_job("w") is not None
+    finished = store.create_job(make_job(store, dataset))
+    store.cancel_job(finished.id)
+    with store.db.engine.connect() as hung, ThreadPoolExecutor(2) as pool:
+        hold_job_row(hung, running.id)
+        hold_job_row(hung, finished.id)
+        started = time.monotonic()
+        cancelling = pool.submit(store.cancel_job, running.id)
+        deleting = pool.submit(store.delete_job, finished.id)
+        try:
+            for call, job_id in ((cancelling, running.id), (deleting, finished.id)):
+                with pytest.raises(Unavailable, match=f"jobs/{job_id} is locked.*try again"):
+                    call.result(10)
+        finally:
+            hung.rollback()  # releases a call that is still waiting (unfixed: for ever)
+        assert time.monotonic() - started < 5
+    assert store.get_job(running.id).state is JobState.RUNNING
+    store.delete_job(finished.id)  # once the row is free, it goes through
 
 
 def test_an_unreachable_database_is_reported_without_its_address(
