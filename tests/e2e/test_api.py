@@ -359,13 +359,15 @@ def test_list_answers_end_their_page_where_the_message_limit_would_be_passed(
     url = f"sqlite:///{tmp_path / 'pages.db'}"
     small = {"TRAINWIRE_MAX_MESSAGE_BYTES": str(64 * 1024)}
     wide = {"layers": [{"type": "dense", "units": 4}] * 500 + [{"type": "dense", "units": 3}]}
-    names = [f"feature {i} " + "x" * 90 for i in range(300)]
+    # About 15 KB of names a dataset, within the quarter of an answer they may take: six
+    # datasets pass one 64 KiB answer.
+    names = [f"feature {i} " + "x" * 90 for i in range(140)]
     with local_server(url, workers=0, extra_env=small) as server, Client(server.target) as client:
         datasets = [
             client.upload_dataset(
-                np.full((3, 300), i, np.float32), np.arange(3), feature_names=names
+                np.full((3, 140), i, np.float32), np.arange(3), feature_names=names
             ).name
-            for i in range(5)
+            for i in range(6)
         ]
         jobs = [client.create_job(datasets[0], wide, epochs=1).name for _ in range(8)]  # ~19 KB
         with grpc.insecure_channel(server.target) as channel:
@@ -374,6 +376,11 @@ def test_list_answers_end_their_page_where_the_message_limit_would_be_passed(
             )
         assert 0 < len(first.jobs) < len(jobs) and first.next_page_token
         assert [job.name for job in client.list_jobs(page_size=1000)] == jobs[::-1]
+        with grpc.insecure_channel(server.target) as channel:
+            shown = datasets_pb2_grpc.DatasetServiceStub(channel).ListDatasets(
+                datasets_pb2.ListDatasetsRequest(page_size=1000), timeout=30
+            )
+        assert 0 < len(shown.datasets) < len(datasets) and shown.next_page_token
         assert [d.name for d in client.list_datasets(page_size=1000)] == datasets[::-1]
 
 
