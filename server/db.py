@@ -147,7 +147,11 @@ def make_engine(
 def _postgres_engine(url: str, idle_in_transaction_s: float | None, **kwargs: Any) -> Engine:
     query = make_url(url).query
     keepalives = {name: value for name, value in POSTGRES_KEEPALIVES.items() if name not in query}
-    connect_args = {**keepalives, **kwargs.pop("connect_args", {})}
+    # No server-side prepared statements: once psycopg prepares a statement (its 5th run on a
+    # connection), its parameters travel in a message of their own, which PostgreSQL receives
+    # while its idle-in-transaction clock runs, so a big checkpoint or dataset sent slower than
+    # the lease was cut as a hung session. Planning each statement again costs far less.
+    connect_args = {**keepalives, "prepare_threshold": None, **kwargs.pop("connect_args", {})}
     engine = create_engine(url, connect_args=connect_args, **kwargs)
 
     @event.listens_for(engine, "connect")

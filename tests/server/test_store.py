@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, select, text
+from sqlalchemy.engine import make_url
 
 from trainwire.server import store as store_module
 from trainwire.server.db import Database
@@ -776,3 +779,61 @@ def test_a_listing_of_rows_refuses_a_metrics_position(store: Store) -> None:
     with pytest.raises(InvalidArgument) as refused:
         store.list_datasets(10, metrics_token)
     assert refused.value.message == "page_token: is not a token returned by a previous List call"
+
+
+class ThrottledProxy:
+    """Forwards 127.0.0.1:<port> to `target` (host, port), the client's bytes at `rate`
+    bytes/s: a big write sent over a slow link."""
+
+    def __init__(self, target: tuple[str, int], rate: float) -> None:
+        self.target = target
+        self.rate = rate
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, target: socket.socket, throttled: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                for start in range(0, len(data), 16384):
+                    target.sendall(data[start : start + 16384])
+                    if throttled:
+                        time.sleep(16384 / self.rate)
+        for end in (source, target):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.mark.postgres
+def test_a_big_write_sent_slower_than_the_idle_bound_is_not_cut(postgres_store: Store) -> None:
+    """From a statement's 5th run on a connection psycopg prepared it, and its parameters then
+    arrived in a message of their own, received while PostgreSQL's idle-in-transaction clock ran:
+    a checkpoint sent slower than the lease was ended as a hung session (UNAVAILABLE)."""
+    database = make_url(postgres_store.db.url)
+    proxy = ThrottledProxy((database.host or "127.0.0.1", database.port or 5432), 2_000_000)
+    url = database.set(host="127.0.0.1", port=proxy.port)
+    slow = Database(url.render_as_string(hide_password=False), idle_in_transaction_s=1.0)
+    try:
+        with slow.write() as session:
+            session.execute(text("CREATE TABLE big_writes (data bytea)"))
+        payload = b"\x01" * 2_500_000  # 1.25 s at 2 MB/s: longer than the idle bound
+        for _ in range(7):
+            with slow.write() as session:
+                session.execute(text("INSERT INTO big_writes VALUES (:data)"), {"data": payload})
+        with slow.read() as session:
+            assert session.scalar(text("SELECT count(*) FROM big_writes")) == 7
+    finally:
+        slow.dispose()
+        proxy.listener.close()
