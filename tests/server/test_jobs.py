@@ -24,7 +24,7 @@ from trainwire.server.errors import (
 )
 from trainwire.server.jobs import JobService
 from trainwire.server.records import Dataset, JobState, MetricValue, TaskKind
-from trainwire.server.store import Store, new_id
+from trainwire.server.store import Store, new_id, page_scope
 from trainwire.server.training import check_model_fits_dataset, training_from_proto
 from trainwire.v1 import jobs_pb2, models_pb2, tensor_pb2
 
@@ -551,13 +551,19 @@ def test_a_metrics_page_token_is_refused_when_forged_or_made_for_another_listing
         jobs_pb2.ListJobMetricsRequest(name=first, page_size=3, page_token=token), "default"
     )
     assert [(v.name, v.step) for v in series["b"]] == [("b", 2)]
+    # Forged with the listing's own scope, so that only the position can refuse them.
+    scope = page_scope("metrics", jobs[0].id, [])
     forged = [
-        _forged_token("loss", 2**70),
-        _forged_token("\ud800", 1),
-        _forged_token("a\x00b", 1),
-        _forged_token("a", "1"),
+        _forged_token("loss", 2**70, scope),
+        _forged_token("\ud800", 1, scope),
+        _forged_token("a\x00b", 1, scope),
+        _forged_token("a", "1", scope),
         _forged_token("a", 1),  # no scope: every metrics token names its own
     ]
+    assert service.metrics(
+        jobs_pb2.ListJobMetricsRequest(name=first, page_token=_forged_token("a", 1, scope)),
+        "default",
+    )[0], "a well-formed token of this scope pages on: the forged ones differ by their position"
     for page_token in forged:
         with pytest.raises(InvalidArgument) as refused:
             service.metrics(
