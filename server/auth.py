@@ -218,9 +218,10 @@ def check_key_still_active() -> None:
     stream is refused at its next message. Cheap: a dictionary lookup.
     """
     checker = CURRENT_CHECKER.get()
-    # A loopback server whose last key was revoked is open again: the stream needs no key.
-    if checker is not None and not checker.is_active(CURRENT_CLIENT.get()) and not checker.is_open:
+    # Cut on a server that fell open too: the stream would go on serving its key's project,
+    # which no new call reaches once the key is gone.
+    if checker is not None and not checker.is_active(CURRENT_CLIENT.get()):
         raise Unauthenticated(
-            "the API key this stream was opened with has been revoked; open it again with an "
-            "active key"
+            "the API key this stream was opened with has been revoked; open it again (with an "
+            "active key, where the server requires one)"
         )

@@ -88,7 +88,14 @@ class PredictionService:
         self._warned: set[tuple[str, int]] = set()  # checkpoints too large for the cache
 
     def _cached_job(self, job_id: str) -> tuple[Job, list[Checkpoint]] | None:
-        """The job and its checkpoints if read less than `job_ttl_s` ago, else None.
+        """The job and its checkpoints if read less than `job_ttl_s` ago, else None (see
+        `_cached_entry`)."""
+        entry = self._cached_entry(job_id)
+        return None if entry is None else (entry[1], entry[2])
+
+    def _cached_entry(self, job_id: str) -> tuple[float, Job, list[Checkpoint]] | None:
+        """When the job was read, it and its checkpoints, if read less than `job_ttl_s` ago,
+        else None.
 
         An entry older than that is still answered while one read in the thread pool refreshes
         it, for another `job_ttl_s` at most (past that, the database being slow or down, callers
@@ -112,7 +119,7 @@ class PredictionService:
             except RuntimeError:  # the pool is shutting down with the server: no refresh
                 with self._jobs_lock:
                     self._refreshing.discard(job_id)
-        return cached[1], cached[2]
+        return cached
 
     def _refresh_job(self, job_id: str, stale: tuple[float, Job, list[Checkpoint]]) -> None:
         try:
@@ -126,12 +133,6 @@ class PredictionService:
         finally:
             with self._jobs_lock:
                 self._refreshing.discard(job_id)
-
-    def _read_within(self, job_id: str, seconds: float) -> bool:
-        """Whether the cached entry of the job was read from the database at most `seconds` ago."""
-        with self._jobs_lock:
-            cached = self._jobs.get(job_id)
-        return cached is not None and self.clock() - cached[0] <= seconds
 
     def _read_job(
         self, job_id: str, replacing: tuple[float, Job, list[Checkpoint]] | None = None
@@ -170,9 +171,12 @@ class PredictionService:
         bytes (a job still training, checkpointing often) is resolved again from a fresh list.
         """
         job_id = parse_name(job_name, "jobs", "job")
-        cached = self._cached_job(job_id)
-        fresh = cached is None or self._read_within(job_id, REFUSAL_RECHECK_S)
-        job, checkpoints = self._read_job(job_id) if cached is None else cached
+        cached = self._cached_entry(job_id)
+        if cached is None:
+            (job, checkpoints), fresh = self._read_job(job_id), True
+        else:
+            read_at, job, checkpoints = cached
+            fresh = self.clock() - read_at <= REFUSAL_RECHECK_S
         attempts = 1
         while True:
             self._check_project(job, project)
@@ -407,8 +411,10 @@ class PredictionService:
         """True the first time `key` is warned about (a model too large for the cache is loaded
         for every request, and a warning each time would flood the log)."""
         with self._jobs_lock:
-            if key in self._warned or len(self._warned) > 10_000:
+            if key in self._warned:
                 return False
+            if len(self._warned) > 10_000:
+                self._warned.clear()  # bounded, as the job cache is
             self._warned.add(key)
             return True
 
