@@ -68,7 +68,7 @@ from .results import (
     ModelInfo,
     Prediction,
 )
-from .retry import RetryPolicy, watch_was_open
+from .retry import CallAttempts, RetryPolicy, watch_was_open
 from .rpc import AioRpc, Pem, auth_metadata, channel_credentials, channel_options
 from .wire import (
     ChunkedPrediction,
@@ -154,35 +154,23 @@ class AsyncClient:
     ) -> R:
         """One call with a deadline; idempotent calls are retried within it (a delete's retry
         that finds the resource gone answers `gone_on_retry()`, see `Client._call`)."""
-        deadline = time.monotonic() + (timeout or self.timeout)
-        attempt = 0
+        attempts = CallAttempts(self.retry, timeout or self.timeout)
         answer_lost = False
-        unavailable_since: float | None = None  # the first UNAVAILABLE (see RetryPolicy)
         while True:
             if self._closed:  # also between attempts: close() may come during a retry's sleep
                 raise ClientClosed(self)
-            attempt += 1
-            remaining = deadline - time.monotonic()
+            timeout_s = attempts.next_timeout()
             try:
-                return await method(request, timeout=max(remaining, 0.001), metadata=self._metadata)
+                return await method(request, timeout=timeout_s, metadata=self._metadata)
             except grpc.aio.AioRpcError as error:
                 code, details = status_of(error)
                 if gone_on_retry is not None and is_gone(answer_lost, code):
                     return gone_on_retry()
                 answer_lost = answer_lost or may_have_run(code)
-                now = time.monotonic()
-                if code is grpc.StatusCode.UNAVAILABLE and unavailable_since is None:
-                    unavailable_since = now
-                delay = self.retry.next_delay(
-                    attempt,
-                    code,
-                    details,
-                    deadline - now,
-                    unavailable_for=0.0 if unavailable_since is None else now - unavailable_since,
-                )
+                delay = attempts.delay_after(code, details)
                 if not idempotent or delay is None:
                     raise from_rpc_error(error) from None
-                log.debug("retrying after %s (attempt %d, %.2fs)", code, attempt, delay)
+                log.debug("retrying after %s (attempt %d, %.2fs)", code, attempts.attempt, delay)
                 await asyncio.sleep(delay)
 
     # --- datasets -----------------------------------------------------------------------------

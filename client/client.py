@@ -47,7 +47,7 @@ from .results import (
     ModelInfo,
     Prediction,
 )
-from .retry import RECONNECT_WINDOW_S, RetryPolicy, watch_was_open
+from .retry import RECONNECT_WINDOW_S, CallAttempts, RetryPolicy, watch_was_open
 from .rpc import (
     Pem,
     Rpc,
@@ -367,36 +367,22 @@ class Client:
     ) -> R:
         """One call with a deadline; idempotent calls are retried within it. A delete passes
         `gone_on_retry`, its answer when a retry finds the resource gone (`is_gone`)."""
-        budget = timeout or self.timeout
-        deadline = time.monotonic() + budget
-        attempt = 0
+        attempts = CallAttempts(self.retry, timeout or self.timeout)
         answer_lost = False
-        unavailable_since: float | None = None  # the first UNAVAILABLE (see RetryPolicy)
         while True:
             if self._closed:  # also between attempts: close() may come during a retry's sleep
                 raise ClientClosed(self)
-            attempt += 1
-            remaining = deadline - time.monotonic()
             try:
-                return method(request, timeout=max(remaining, 0.001), metadata=self._metadata)
+                return method(request, timeout=attempts.next_timeout(), metadata=self._metadata)
             except grpc.RpcError as error:
                 code, details = status_of(error)
                 if gone_on_retry is not None and is_gone(answer_lost, code):
                     return gone_on_retry()
                 answer_lost = answer_lost or may_have_run(code)
-                now = time.monotonic()
-                if code is grpc.StatusCode.UNAVAILABLE and unavailable_since is None:
-                    unavailable_since = now
-                delay = self.retry.next_delay(
-                    attempt,
-                    code,
-                    details,
-                    deadline - now,
-                    unavailable_for=0.0 if unavailable_since is None else now - unavailable_since,
-                )
+                delay = attempts.delay_after(code, details)
                 if not idempotent or delay is None:
                     raise from_rpc_error(error) from None
-                log.debug("retrying after %s (attempt %d, %.2fs)", code, attempt, delay)
+                log.debug("retrying after %s (attempt %d, %.2fs)", code, attempts.attempt, delay)
                 time.sleep(delay)
 
     # --- datasets -----------------------------------------------------------------------------

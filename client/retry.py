@@ -19,6 +19,7 @@ connection it lost, not from its last event.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -110,6 +111,36 @@ class RetryPolicy:
         elif attempt >= self.max_attempts:
             return None
         return wait if wait < remaining else None
+
+
+class CallAttempts:
+    """One call's attempts under a `RetryPolicy`, for both clients' call loops: its deadline,
+    the attempt under way, and since when the server has been unavailable."""
+
+    def __init__(self, policy: RetryPolicy, budget_s: float) -> None:
+        self.policy = policy
+        self.deadline = time.monotonic() + budget_s
+        self.attempt = 0
+        self._unavailable_since: float | None = None  # the first UNAVAILABLE
+
+    def next_timeout(self) -> float:
+        """Starts another attempt; returns its timeout: what is left of the deadline."""
+        self.attempt += 1
+        return max(self.deadline - time.monotonic(), 0.001)
+
+    def delay_after(self, code: grpc.StatusCode | None, details: str) -> float | None:
+        """The wait before another attempt after this one failed so, or None to raise."""
+        now = time.monotonic()
+        if code is grpc.StatusCode.UNAVAILABLE and self._unavailable_since is None:
+            self._unavailable_since = now
+        since = self._unavailable_since
+        return self.policy.next_delay(
+            self.attempt,
+            code,
+            details,
+            self.deadline - now,
+            unavailable_for=0.0 if since is None else now - since,
+        )
 
 
 #: Never retry (for callers that do their own).
