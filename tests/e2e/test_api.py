@@ -446,6 +446,15 @@ def test_abandoned_watches_give_back_their_slot_and_hold_no_thread(tmp_path: Pat
     assert server.process.returncode == 0, "".join(server.output[-40:])
 
 
+def _ten_rows_header() -> datasets_pb2.DatasetHeader:
+    """The header of a 10-row regression upload, for uploads that stall after it."""
+    return datasets_pb2.DatasetHeader(
+        task=datasets_pb2.TASK_KIND_REGRESSION,
+        features=tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[10, 4]),
+        targets=tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[10]),
+    )
+
+
 def test_stalled_uploads_hold_no_thread(tmp_path: Path) -> None:
     """An upload waiting for its client holds no server thread: with a pool of 2 threads, 6
     uploads that sent their header and nothing more leave every RPC working (each held a thread
@@ -454,11 +463,7 @@ def test_stalled_uploads_hold_no_thread(tmp_path: Path) -> None:
     env = {"TRAINWIRE_GRPC_THREADS": "2"}
     with local_server(url, workers=0, extra_env=env) as server, Client(server.target) as client:
         data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3)
-        header = datasets_pb2.DatasetHeader(
-            task=datasets_pb2.TASK_KIND_REGRESSION,
-            features=tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[10, 4]),
-            targets=tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[10]),
-        )
+        header = _ten_rows_header()
         sent, release = threading.Semaphore(0), threading.Event()
 
         def stalled() -> Iterator[datasets_pb2.UploadDatasetRequest]:
@@ -496,11 +501,7 @@ def test_uploads_beyond_the_thread_count_wait_for_one_to_end(tmp_path: Path) -> 
     env = {"TRAINWIRE_GRPC_THREADS": "2"}
     with local_server(url, workers=0, extra_env=env) as server, Client(server.target) as client:
         data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3)
-        header = datasets_pb2.DatasetHeader(
-            task=datasets_pb2.TASK_KIND_REGRESSION,
-            features=tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[10, 4]),
-            targets=tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[10]),
-        )
+        header = _ten_rows_header()
         sent = threading.Semaphore(0)
         releases = [threading.Event(), threading.Event()]
 
