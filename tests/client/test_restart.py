@@ -289,16 +289,17 @@ def test_a_call_to_a_server_that_stays_down_fails_within_seconds(
         if asynchronous:
 
             async def get() -> None:
-                async with AsyncClient(target, timeout=30) as client:
+                async with AsyncClient(target, timeout=60) as client:
                     await client.get_job("jobs/" + "a" * 32)
 
             asyncio.run(get())
         else:
-            with Client(target, timeout=30) as client:
+            with Client(target, timeout=60) as client:
                 client.get_job("jobs/" + "a" * 32)
     took = time.monotonic() - started
     assert took >= RECONNECT_WINDOW_S, "retried for as long as the channel may wait to reconnect"
-    assert took < 10, f"{took:.1f}s: a down server fails well before the call's 30 s timeout"
+    # Half the call's timeout: a bound a loaded machine cannot reach, which waiting it out passes.
+    assert took < 30, f"{took:.1f}s: a down server fails well before the call's 60 s timeout"
 
 
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
@@ -315,14 +316,14 @@ def test_a_watch_of_a_server_never_reached_fails_as_a_call_does(
         if asynchronous:
 
             async def watch() -> None:
-                async with AsyncClient(target, timeout=30, watch_reconnect_s=60) as client:
+                async with AsyncClient(target, timeout=60, watch_reconnect_s=120) as client:
                     async for _ in client.watch_job("jobs/" + "a" * 32):
                         pass
 
             asyncio.run(watch())
         else:
-            with Client(target, timeout=30, watch_reconnect_s=60) as client:
+            with Client(target, timeout=60, watch_reconnect_s=120) as client:
                 list(client.watch_job("jobs/" + "a" * 32))
     took = time.monotonic() - started
     assert took >= RECONNECT_WINDOW_S, "retried for as long as a call is"
-    assert took < 10, f"{took:.1f}s: a server never reached fails as a call to it does"
+    assert took < 30, f"{took:.1f}s: a server never reached fails as a call to it does"

@@ -708,9 +708,8 @@ def test_a_hung_trainwire_session_is_ended_so_its_job_is_rescued(postgres_store:
         started = time.monotonic()
         hold_job_row(held[0], rescued.id)
         hold_job_row(held[1], cancelled.id)
+        # Unfixed, CancelJob waits API_LOCK_WAIT_S on the hung session and raises Unavailable.
         assert store.cancel_job(cancelled.id).state is JobState.CANCELLING
-        waited = time.monotonic() - started
-        assert waited < lease_s + 2, f"CancelJob waited {waited:.1f}s on the hung session"
         found: dict[str, JobState] = {}
         deadline = started + lease_s * 2 + 5  # the lease, the idle bound, and a loaded machine
         while len(found) < 2 and time.monotonic() < deadline:
@@ -740,7 +739,6 @@ def test_cancel_and_delete_answer_unavailable_while_a_hung_session_holds_the_job
     with store.db.engine.connect() as hung, ThreadPoolExecutor(2) as pool:
         hold_job_row(hung, running.id)
         hold_job_row(hung, finished.id)
-        started = time.monotonic()
         cancelling = pool.submit(store.cancel_job, running.id)
         deleting = pool.submit(store.delete_job, finished.id)
         try:
@@ -749,7 +747,6 @@ def test_cancel_and_delete_answer_unavailable_while_a_hung_session_holds_the_job
                     call.result(10)
         finally:
             hung.rollback()  # releases a call that is still waiting (unfixed: for ever)
-        assert time.monotonic() - started < 5
     assert store.get_job(running.id).state is JobState.RUNNING
     store.delete_job(finished.id)  # once the row is free, it goes through
 
