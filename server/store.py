@@ -86,8 +86,9 @@ JOBS_CHANNEL = "trainwire_jobs"
 CANCELLED_BY_REQUEST = "cancelled by request"
 # How long CancelJob and DeleteJob wait for a lock on PostgreSQL (its `lock_timeout`) before they
 # answer UNAVAILABLE, which the SDK retries within the call's deadline (about 5 attempts in the
-# default 30 s). A job's row is held by its worker's writes, a checkpoint's the longest (a few
-# seconds for a big model), or by a session that hung mid-transaction until the database ends it
+# default 30 s). A job's row is held by its worker's writes, each briefly (a checkpoint's blob,
+# a few seconds for a big model, is sent before it takes the lock CancelJob waits for: see
+# `save_checkpoint`), or by a session that hung mid-transaction until the database ends it
 # (`Database`'s idle_in_transaction_s, the lease): unbounded, the call held a server thread for
 # as long as that, past its deadline.
 API_LOCK_WAIT_S = 5.0
@@ -365,14 +366,19 @@ def page_size_of(requested: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-# Row locks on a dataset (PostgreSQL, READ COMMITTED; SQLite renders no FOR clause and needs
-# none, as BEGIN IMMEDIATE serialises its writers). DeleteDataset takes FOR UPDATE before it
+# Row locks (PostgreSQL, READ COMMITTED; SQLite renders no FOR clause and needs none, as BEGIN
+# IMMEDIATE serialises its writers). On a dataset: DeleteDataset takes FOR UPDATE before it
 # looks for unfinished jobs; CreateJob takes FOR KEY SHARE (what the insert's foreign-key check
 # takes anyway, so concurrent creates do not wait on each other) from its check to its commit.
 # Unlocked, a delete could miss a job being created and leave it QUEUED with no dataset, or
 # delete the row under a create whose insert then failed on the foreign key (INTERNAL).
+# On a job: its writes (CancelJob, the worker's) change no column a foreign key refers to and
+# take FOR NO KEY UPDATE, which serialises them but does not wait for rows being inserted that
+# refer to the job (KEY SHARE): a checkpoint being sent holds no more than that (see
+# `save_checkpoint`). DeleteJob deletes the row and takes FOR UPDATE.
 _LOCK_TO_DELETE = True
 _LOCK_TO_USE = {"read": True, "key_share": True}
+_LOCK_TO_UPDATE = {"key_share": True}
 
 
 def _is_foreign_key_violation(error: IntegrityError) -> bool:
@@ -635,7 +641,9 @@ class Store:
             return _job(self._job_row(session, job_id, project))
 
     @staticmethod
-    def _job_row(session: Session, job_id: str, project: str | None, lock: bool = False) -> JobRow:
+    def _job_row(
+        session: Session, job_id: str, project: str | None, lock: bool | dict[str, bool] = False
+    ) -> JobRow:
         row = session.get(JobRow, job_id, with_for_update=lock)
         if row is None or (project is not None and row.project != project):
             raise NotFound(f"jobs/{job_id} does not exist")
@@ -662,7 +670,7 @@ class Store:
     def delete_job(self, job_id: str, project: str | None = None) -> None:
         """Deletes a finished job with its metrics, checkpoints and events."""
         with self._api_write(job_id) as session:
-            row = self._job_row(session, job_id, project, lock=True)
+            row = self._job_row(session, job_id, project, lock=_LOCK_TO_DELETE)
             if not JobState(row.state).is_finished:
                 raise FailedPrecondition(
                     f"jobs/{job_id} is {row.state}; cancel it and let it finish before deleting"
@@ -867,7 +875,7 @@ class Store:
         """QUEUED becomes CANCELLED at once; RUNNING becomes CANCELLING for its worker to stop."""
         now = utcnow()
         with self._api_write(job_id) as session:
-            row = self._job_row(session, job_id, project, lock=True)
+            row = self._job_row(session, job_id, project, lock=_LOCK_TO_UPDATE)
             state = JobState(row.state)
             if state is JobState.QUEUED:
                 row.state = JobState.CANCELLED.value
@@ -956,8 +964,12 @@ class Store:
                 for r in rows
             ]
 
-    def _held_row(self, session: Session, claim: Claim) -> JobRow:
-        row = session.get(JobRow, claim.job.id, with_for_update=True)
+    def _held_row(
+        self, session: Session, claim: Claim, lock: dict[str, bool] = _LOCK_TO_UPDATE
+    ) -> JobRow:
+        # populate_existing: a second look in one transaction reads the row again, not the
+        # session's copy of it.
+        row = session.get(JobRow, claim.job.id, with_for_update=lock, populate_existing=True)
         if row is None or row.lease_token != claim.token:
             raise LeaseLost(f"jobs/{claim.job.id} is no longer held by this worker")
         return row
@@ -1055,9 +1067,14 @@ class Store:
         """Stores a checkpoint, then keeps only the latest `keep`, the best and the newest of a
         whole epoch of the job's (`is_partial`: written partway through an epoch). One of the
         same kind at the same position as the job's newest is that one, returned: see
-        `_newest_checkpoint_at`."""
+        `_newest_checkpoint_at`.
+
+        The blob (tens of MB for a big model) is sent with the job's row held in KEY SHARE, what
+        the checkpoint's foreign key takes anyway: a CancelJob does not wait for it, and a rescue
+        (FOR UPDATE SKIP LOCKED) skips the job meanwhile. Then the row is locked as the job's
+        other writes lock it and the lease checked again, holding to the commit."""
         with self.db.write() as session:
-            self._held_row(session, claim)
+            self._held_row(session, claim, _LOCK_TO_USE)
             stored = self._newest_checkpoint_at(
                 session, claim.job.id, epoch, step, is_final, is_partial
             )
@@ -1077,25 +1094,42 @@ class Store:
             session.flush()  # the blob's foreign key needs the checkpoint's id
             session.add(CheckpointBlobRow(checkpoint_id=row.id, data=data))
             session.flush()
+            self._held_row(session, claim)
+            # A write whose first try was still committing when this retry looked above (its
+            # connection dropped at the commit) is seen now that it has committed.
+            stored = self._newest_checkpoint_at(
+                session, claim.job.id, epoch, step, is_final, is_partial, other_than=row.id
+            )
+            if stored is not None:
+                session.execute(
+                    delete(CheckpointBlobRow).where(CheckpointBlobRow.checkpoint_id == row.id)
+                )
+                session.execute(delete(CheckpointRow).where(CheckpointRow.id == row.id))
+                return _checkpoint(stored)
             self._apply_retention(session, claim.job.id, keep)
             return _checkpoint(row)
 
     @staticmethod
     def _newest_checkpoint_at(
-        session: Session, job_id: str, epoch: int, step: int, is_final: bool, is_partial: bool
+        session: Session,
+        job_id: str,
+        epoch: int,
+        step: int,
+        is_final: bool,
+        is_partial: bool,
+        other_than: int | None = None,
     ) -> CheckpointRow | None:
         """The job's newest checkpoint if it was taken at this epoch and step and is of this
         kind. A retried write whose commit went through (its answer lost) finds itself here:
         the holder of the lease writes in order, and nothing is newer. Otherwise the trainer
         has not moved since the newest was taken (a cancel or stop met at an epoch end just
         checkpointed, or before the first batch after a resume from it): it holds this very
-        state, and a copy would only push older checkpoints out."""
-        newest = session.scalar(
-            select(CheckpointRow)
-            .where(CheckpointRow.job_id == job_id)
-            .order_by(CheckpointRow.id.desc())
-            .limit(1)
-        )
+        state, and a copy would only push older checkpoints out. `other_than`: the checkpoint
+        being written, which is not looked at."""
+        query = select(CheckpointRow).where(CheckpointRow.job_id == job_id)
+        if other_than is not None:
+            query = query.where(CheckpointRow.id != other_than)
+        newest = session.scalar(query.order_by(CheckpointRow.id.desc()).limit(1))
         if newest is None:
             return None
         same = (newest.epoch, newest.step, newest.is_final, newest.is_partial)

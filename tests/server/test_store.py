@@ -30,7 +30,7 @@ from trainwire.server.errors import (
 )
 from trainwire.server.migrate import upgrade
 from trainwire.server.models import CheckpointBlobRow, CheckpointRow
-from trainwire.server.records import Dataset, Job, JobState, MetricValue, NewJob, TaskKind
+from trainwire.server.records import Claim, Dataset, Job, JobState, MetricValue, NewJob, TaskKind
 from trainwire.server.store import (
     CANCELLED_BY_REQUEST,
     MAX_PAGE_TOKEN_LENGTH,
@@ -749,6 +749,113 @@ def test_cancel_and_delete_answer_unavailable_while_a_hung_session_holds_the_job
             hung.rollback()  # releases a call that is still waiting (unfixed: for ever)
     assert store.get_job(running.id).state is JobState.RUNNING
     store.delete_job(finished.id)  # once the row is free, it goes through
+
+
+# --- a checkpoint's blob being sent (a big model's: tens of MB) and its job's other writes ---
+
+
+@contextlib.contextmanager
+def paused_before(
+    store: Store, statement: str
+) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """Holds the first statement of `store` that starts with `statement` before it is sent, its
+    transaction open, until `release` is set: what a session holds while it sends a big blob."""
+    reached, release = threading.Event(), threading.Event()
+
+    def pause(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+        if sql.startswith(statement) and not reached.is_set():
+            reached.set()
+            assert release.wait(60)
+
+    event.listen(store.db.engine, "before_cursor_execute", pause)
+    try:
+        yield reached, release
+    finally:
+        release.set()
+        event.remove(store.db.engine, "before_cursor_execute", pause)
+
+
+def claimed_job(store: Store) -> Claim:
+    store.create_job(make_job(store, make_dataset(store)))
+    claim = store.claim_job("w")
+    assert claim is not None
+    return claim
+
+
+@pytest.mark.postgres
+def test_a_cancel_does_not_wait_for_a_checkpoint_being_sent(
+    postgres_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint held its job's row FOR UPDATE while its blob was sent, and its row's foreign
+    key held it in KEY SHARE, which FOR UPDATE waits for too: a CancelJob meanwhile waited
+    `API_LOCK_WAIT_S` and answered UNAVAILABLE."""
+    monkeypatch.setattr(store_module, "API_LOCK_WAIT_S", 0.5)  # unfixed, the refusal comes sooner
+    store = postgres_store
+    claim = claimed_job(store)
+    blob = "INSERT INTO checkpoint_blobs"
+    with ThreadPoolExecutor(1) as pool, paused_before(store, blob) as (sending, release):
+        saving = pool.submit(store.save_checkpoint, claim, 1, 10, {"loss": 1.0}, b"weights")
+        assert sending.wait(60)
+        assert store.cancel_job(claim.job.id).state is JobState.CANCELLING
+        assert not saving.done(), "the checkpoint's transaction was open all along"
+        release.set()
+        checkpoint = saving.result(60)
+    assert store.list_checkpoints(claim.job.id) == [checkpoint]
+    assert store.held_job_state(claim) is JobState.CANCELLING
+
+
+@pytest.mark.postgres
+def test_a_checkpoint_whose_lease_went_while_it_was_sent_is_not_stored(
+    postgres_store: Store,
+) -> None:
+    """The job's row is held in KEY SHARE alone while the blob is sent, which does not stop the
+    claim's own last write (the job finished here); the lease is checked again once the blob is
+    sent, under the lock the job's other writes take."""
+    store = postgres_store
+    claim = claimed_job(store)
+    blob = "INSERT INTO checkpoint_blobs"
+    with ThreadPoolExecutor(2) as pool, paused_before(store, blob) as (sending, release):
+        saving = pool.submit(store.save_checkpoint, claim, 1, 10, {"loss": 1.0}, b"weights")
+        assert sending.wait(60)
+        finishing = pool.submit(store.finish_job, claim, JobState.FAILED, "stopped")
+        assert finishing.result(60).state is JobState.FAILED
+        release.set()
+        with pytest.raises(LeaseLost):
+            saving.result(60)
+    assert store.list_checkpoints(claim.job.id) == []
+
+
+@pytest.mark.postgres
+def test_a_retry_racing_its_first_try_s_commit_stores_the_checkpoint_once(
+    postgres_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write's first try was still committing when its retry looked for it (the connection
+    dropped at the commit). The retry no longer waits for it before sending its blob: it finds
+    it once it is committed, and stores nothing more."""
+    store = postgres_store
+    claim = claimed_job(store)
+    committing, release = threading.Event(), threading.Event()
+    retention = store._apply_retention
+
+    def paused_before_commit(*args: Any) -> None:
+        retention(*args)
+        if not committing.is_set():
+            committing.set()
+            assert release.wait(60)
+
+    monkeypatch.setattr(store, "_apply_retention", paused_before_commit)
+    write = (store.save_checkpoint, claim, 1, 10, {"loss": 1.0}, b"weights")
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            first = pool.submit(*write)
+            assert committing.wait(60)
+            retry = pool.submit(*write)
+            wait_for_a_lock_wait(store, "the retry")
+        finally:
+            release.set()
+        stored = first.result(60)
+        assert retry.result(60) == stored
+    assert store.list_checkpoints(claim.job.id) == [stored]
 
 
 def test_an_unreachable_database_is_reported_without_its_address(
