@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from trainwire.client.tensors import TensorError, dtype_name
-from trainwire.engine import Model, SpecError, Trainer, metrics, optimizers, schedules
+from trainwire.client.validation import metric_misfits
+from trainwire.engine import Model, SpecError, Trainer, optimizers, schedules
 from trainwire.engine.layers import Dense
 from trainwire.engine.model import SpecSummary
 from trainwire.engine.training import EVALUATION_BATCH_ROWS
@@ -312,18 +313,14 @@ def check_loss_fits_targets(trainer: Trainer, dataset: Dataset) -> None:
 
 
 def check_metrics_fit_targets(trainer: Trainer, dataset: Dataset) -> None:
-    """Each metric must score the dataset's kind of target: the engine computes mae or r2 of a
-    classifier's logits against its labels only to fail at the first epoch (a reshape error naming
-    no field), and accuracy of a regression's outputs as if they were logits, meaninglessly."""
-    classification = dataset.task.is_classification
-    fitting = metrics.names_for(classification)
-    for index, metric in enumerate(trainer.metrics):
-        if metric.name not in fitting:
-            kind = "class labels" if classification else "real-valued targets"
-            raise InvalidArgument.field(
-                f"training.metrics[{index}]",
-                f"{metric.name!r} does not fit datasets/{dataset.id}, which is "
-                f"{dataset.task.value.lower()} with {kind} of shape "
-                f"{list(dataset.target_shape)}: use {', '.join(fitting)}, or leave metrics "
-                "empty for its defaults",
-            )
+    """Each metric must score the dataset's kind of target (`metric_misfits`, which the SDK
+    applies too); the first that does not is refused."""
+    misfits = metric_misfits(
+        [metric.name for metric in trainer.metrics],
+        f"datasets/{dataset.id}",
+        dataset.task.value.lower(),
+        dataset.task.is_classification,
+        dataset.target_shape,
+    )
+    if misfits:
+        raise InvalidArgument.field(*misfits[0])
