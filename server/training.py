@@ -22,7 +22,7 @@ from trainwire.v1 import models_pb2, tensor_pb2
 
 from .errors import InvalidArgument
 from .names import check_text
-from .records import Dataset, TaskKind
+from .records import Dataset, Job, TaskKind
 
 DEFAULT_EPOCHS = 10
 DEFAULT_BATCH_SIZE = 32
@@ -208,6 +208,20 @@ def validation_trainer(summary: SpecSummary, training: dict[str, Any]) -> Traine
     nothing else of the model, and the real one need not be allocated to check them."""
     stand_in = Model(1, [Dense(summary.output_dim, use_bias=False)], dtype=training["dtype"])
     return build_trainer(stand_in, training)
+
+
+def logged_metric_names(job: Job) -> set[str]:
+    """The metrics the job's training logs, whether it has logged them yet or not: its epochs'
+    keys (as the engine lists them) and, logging steps, batch_loss. Its dataset's size, which
+    decides whether its validation fraction holds out any row, is not kept with it: a fraction
+    that holds out none counts its val_ keys, which then never get a point."""
+    training = job.training
+    trainer = validation_trainer(describe_model(job.model_spec), training)
+    fraction = float(training.get("validation_fraction", 0.0))
+    names = set(trainer.logged_keys(has_validation=fraction > 0))
+    if training.get("log_every_steps"):
+        names.add("batch_loss")
+    return names
 
 
 def largest_pass_rows(training: dict[str, Any], dataset: Dataset) -> int:
