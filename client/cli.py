@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 import grpc
 
 from .client import Client, Job, call_timeout, client_cert_pair, env_settings
-from .errors import JobFailed, NotFound, TrainwireError
+from .errors import JobFailed, TrainwireError
 from .files import (
     check_prediction_path,
     label_names,
@@ -374,23 +374,18 @@ def _jobs_delete(client: Client, args: argparse.Namespace) -> int:
 
 def _jobs_metrics(client: Client, args: argparse.Namespace) -> int:
     name = _resource("jobs", args.job)
+    # The server refuses a name the job never logs, listing those it does; a named metric
+    # without points yet (a job that has not finished an epoch) is an empty column.
     metrics = client.job_metrics(name, args.metric)
-    missing = sorted(set(args.metric) - set(metrics))
-    if missing:
-        known = sorted(client.job_metrics(name))
-        raise NotFound(
-            f"{name} has no metric {', '.join(missing)}; its metrics: "
-            f"{', '.join(known) or 'none yet'}",
-            grpc.StatusCode.NOT_FOUND,
-        )
-    names = sorted(n for n in metrics if n != "batch_loss" or args.metric)
+    names = sorted(set(args.metric)) or sorted(n for n in metrics if n != "batch_loss")
+    recorded = [n for n in names if n in metrics]
     # A row per epoch, or per (epoch, step) when a metric has several points in an epoch
     # (batch_loss with log_every_steps): the epoch's metrics then share the row of their step.
     per_step = any(
-        len(set(epochs)) < len(epochs) for epochs in (metrics.epochs(n).tolist() for n in names)
+        len(set(epochs)) < len(epochs) for epochs in (metrics.epochs(n).tolist() for n in recorded)
     )
     rows_by_key: dict[tuple[int, ...], dict[str, float]] = {}
-    for metric in names:
+    for metric in recorded:
         points = zip(
             metrics.epochs(metric), metrics.steps(metric), metrics.values_of(metric), strict=True
         )

@@ -564,11 +564,12 @@ class Client:
 
         `model` is a `Sequential`, a list of layers, a spec dict or YAML. The model and the
         training settings are checked locally first (`SpecError`, an `InvalidArgument`, names
-        every bad field) unless `validate=False`. `optimizer` and `schedule` are a name or a
-        mapping of `name` and numeric parameters (`{"name": "step", "step_size": 10}`): the
-        request carries parameters as numbers only, so a text one is refused (`SpecError`). A
-        `request_id` (a fresh one by default) makes the call idempotent: a retried call returns
-        the same job.
+        every bad field) unless `validate=False`; given the dataset's `DatasetInfo`, so are the
+        metrics against its task (`r2` of a classifier, `accuracy` of a regression).
+        `optimizer` and `schedule` are a name or a mapping of `name` and numeric parameters
+        (`{"name": "step", "step_size": 10}`): the request carries parameters as numbers only,
+        so a text one is refused (`SpecError`). A `request_id` (a fresh one by default) makes
+        the call idempotent: a retried call returns the same job.
         """
         request = create_job_request(
             dataset, model, epochs=epochs, batch_size=batch_size, optimizer=optimizer,

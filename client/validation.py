@@ -4,7 +4,9 @@ They catch what can be judged without the dataset: unknown layer types, keys and
 (checked against the engine's own registries), non-positive sizes, rates out of range, non-finite
 numbers. Every problem is reported at once as a `SpecError` whose `field_violations` use the
 server's field paths (`model.layers[1].units`). What needs the dataset (input width, number of
-classes, a loss that suits the targets) and the server's limits are still checked by the server.
+classes, a loss that suits the targets) and the server's limits are still checked by the server,
+but for metrics that suit its task: `create_job` given the dataset's `DatasetInfo` knows the task
+and checks them by the rule the server applies (`metric_misfits`).
 """
 
 from __future__ import annotations
@@ -56,6 +58,39 @@ def registry_names(kind: str) -> frozenset[str]:
         "metric": metrics,
     }
     return frozenset(modules[kind].REGISTRY)
+
+
+def metric_misfits(
+    metrics: Sequence[object],
+    dataset: str,
+    task: str,
+    classification: bool,
+    target_shape: Sequence[int],
+) -> list[tuple[str, str]]:
+    """(field, description) of each of `metrics` that does not score `dataset`'s kind of target
+    (`task` and `target_shape` describe it): the engine computes mae or r2 of a classifier's
+    logits against its labels only to fail at the first epoch (a reshape error naming no
+    field), and accuracy of a regression's outputs as if they were logits, meaninglessly. The
+    server refuses them at CreateJob, the SDK before sending it when it knows the task. Names
+    the engine does not know are left to the registry check."""
+    from trainwire.engine import metrics as engine_metrics
+
+    fitting = engine_metrics.names_for(classification)
+    kind = "class labels" if classification else "real-valued targets"
+    misfits = []
+    for index, metric in enumerate(metrics):
+        if not isinstance(metric, str) or metric.lower() not in registry_names("metric"):
+            continue
+        if metric.lower() not in fitting:
+            misfits.append(
+                (
+                    f"training.metrics[{index}]",
+                    f"{metric!r} does not fit {dataset}, which is {task} with {kind} of shape "
+                    f"{list(target_shape)}: use {', '.join(fitting)}, or leave metrics empty "
+                    "for its defaults",
+                )
+            )
+    return misfits
 
 
 def parameter_names(kind: str, name: str) -> tuple[str, ...] | None:

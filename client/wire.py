@@ -26,7 +26,7 @@ from .errors import SpecError, TrainwireError, error_for
 from .results import TASKS, DatasetInfo, Metrics, ModelInfo, Prediction, state_code
 from .specs import model_spec_to_proto
 from .tensors import dtype_code, from_tensor, to_tensor
-from .validation import check_labels, check_model, numeric_params
+from .validation import check_labels, check_model, metric_misfits, numeric_params
 from .validation import check_training as _check_training
 
 # Uploads and predictions are split so each message stays well under the message limit.
@@ -248,6 +248,15 @@ def create_job_request(
             )
         except SpecError as error:
             violations += error.field_violations
+        if isinstance(dataset, DatasetInfo) and dataset.task in TASKS:
+            # A dataset's name alone does not say its task: the server checks those.
+            violations += metric_misfits(
+                metrics,
+                dataset.name,
+                dataset.task,
+                dataset.task != "regression",
+                dataset.target_shape,
+            )
     if violations:
         raise SpecError(violations)
     optimizer_spec = dict(optimizer) if isinstance(optimizer, Mapping) else {"name": optimizer}

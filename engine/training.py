@@ -643,6 +643,10 @@ class Trainer:
     ) -> dict[str, float]:
         """Loss (weighted by ``sample_weight`` if given) and metrics in evaluation mode."""
         x_arr = self.model.check_input(X)
+        if x_arr.shape[0] == 0:
+            # As fit refuses a validation set of 0 rows: {} read as "no loss, no metrics" where
+            # a caller indexing results["loss"] met a KeyError naming no cause.
+            raise ValueError("X has 0 rows: evaluation needs at least one row")
         y_arr = self.loss.prepare_targets(y, self.model.output_dim, self.model.dtype)
         w_arr = (
             None
@@ -654,8 +658,7 @@ class Trainer:
     def _evaluate_prepared(
         self, x: Array, y: Array, w: Array | None = None, batch_size: int | None = None
     ) -> dict[str, float]:
-        if x.shape[0] == 0:
-            return {}
+        """``evaluate`` on prepared arrays of at least one row (fit's validation is too)."""
         rows = batch_size or max(self.batch_size, EVALUATION_BATCH_ROWS)
         outputs = self.model.predict(x, batch_size=rows)
         logs = {"loss": self.loss.value(outputs, y, w)}

@@ -10,7 +10,7 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 
 import grpc
@@ -30,11 +30,11 @@ from trainwire.v1 import (
 from .auth import check_key_still_active, current_client, current_project
 from .convert import (
     STATES_TO_PROTO,
+    ListAnswer,
     checkpoint_name,
     checkpoint_to_proto,
     dataset_to_proto,
     job_to_proto,
-    messages_that_fit,
     model_spec_to_proto,
     progress_to_proto,
     timestamp,
@@ -62,10 +62,6 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         # pool threads (the bound they had as synchronous handlers): unbounded, parallel uploads
         # could exhaust memory. One beyond waits for a slot within its deadline, holding nothing.
         self.upload_slots = asyncio.Semaphore(datasets.settings.grpc_threads)
-
-    def _fitting(self, datasets: Sequence[Dataset]) -> int:
-        """How many of a page's datasets one ListDatasets answer carries."""
-        return messages_that_fit(map(dataset_to_proto, datasets), self.max_answer_bytes)
 
     async def UploadDataset(
         self,
@@ -98,11 +94,12 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
     def ListDatasets(
         self, request: datasets_pb2.ListDatasetsRequest, context: grpc.ServicerContext
     ) -> datasets_pb2.ListDatasetsResponse:
+        answer = ListAnswer(dataset_to_proto, self.max_answer_bytes)
         items, token = self.datasets.list_datasets(
-            request.page_size, request.page_token, current_project(), self._fitting
+            request.page_size, request.page_token, current_project(), answer.fits
         )
         return datasets_pb2.ListDatasetsResponse(
-            datasets=[dataset_to_proto(d) for d in items], next_page_token=token
+            datasets=answer.messages(items), next_page_token=token
         )
 
     def DeleteDataset(
@@ -156,10 +153,6 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     def _job_to_proto(self, job: Job) -> jobs_pb2.Job:
         return job_to_proto(job, self.max_answer_bytes)
 
-    def _fitting(self, jobs: Sequence[Job]) -> int:
-        """How many of a page's jobs one ListJobs answer carries."""
-        return messages_that_fit(map(self._job_to_proto, jobs), self.max_answer_bytes)
-
     def CreateJob(
         self, request: jobs_pb2.CreateJobRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.Job:
@@ -184,10 +177,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
-        items, token = self.jobs.list_jobs(request, current_project(), self._fitting)
-        return jobs_pb2.ListJobsResponse(
-            jobs=[self._job_to_proto(j) for j in items], next_page_token=token
-        )
+        answer = ListAnswer(self._job_to_proto, self.max_answer_bytes)
+        items, token = self.jobs.list_jobs(request, current_project(), answer.fits)
+        return jobs_pb2.ListJobsResponse(jobs=answer.messages(items), next_page_token=token)
 
     async def WatchJob(
         self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext

@@ -5,9 +5,9 @@ Only shapes change here; validation lives in the services.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -20,6 +20,9 @@ from .records import Checkpoint, Dataset, Job, JobState, TaskKind
 
 # The most bytes a repeated message field puts before each item: a tag and a length.
 ITEM_FRAMING_BYTES = 6
+# A listed record and the message an answer shows it as.
+Listed = TypeVar("Listed", Dataset, Job)
+Shown = TypeVar("Shown", bound=Message)
 
 TASKS_TO_PROTO = {
     TaskKind.REGRESSION: datasets_pb2.TASK_KIND_REGRESSION,
@@ -62,17 +65,37 @@ def dataset_to_proto(dataset: Dataset) -> datasets_pb2.Dataset:
     )
 
 
-def messages_that_fit(messages: Iterable[Message], max_bytes: int) -> int:
-    """How many of `messages`, in order, one answer of `max_bytes` carries as a repeated field
-    (a store's `fits`: the page ends after them, with a token)."""
-    used = 0
-    count = 0
-    for message in messages:
-        used += message.ByteSize() + ITEM_FRAMING_BYTES
-        if used > max_bytes:
-            break
-        count += 1
-    return count
+class ListAnswer(Generic[Listed, Shown]):
+    """A List call's answer, made of its page's items each converted once: the store's `fits`
+    sizes the page by the messages the answer then carries (ListJobs converted every job of a
+    page twice, once to size the page and once to answer). One per call."""
+
+    def __init__(self, convert: Callable[[Listed], Shown], max_bytes: int) -> None:
+        self._convert: Callable[[Listed], Shown] = convert
+        self._max_bytes = max_bytes
+        self._shown: dict[str, Shown] = {}  # by the item's id, which is unique in a listing
+
+    def message(self, item: Listed) -> Shown:
+        shown = self._shown.get(item.id)
+        if shown is None:
+            shown = self._shown[item.id] = self._convert(item)
+        return shown
+
+    def fits(self, items: Sequence[Listed]) -> int:
+        """How many of `items`, in order, one answer of `max_bytes` carries as a repeated field
+        (the store's `fits`: the page ends after them, with a token)."""
+        used = 0
+        count = 0
+        for item in items:
+            used += self.message(item).ByteSize() + ITEM_FRAMING_BYTES
+            if used > self._max_bytes:
+                break
+            count += 1
+        return count
+
+    def messages(self, items: Sequence[Listed]) -> list[Shown]:
+        """The answer's messages for the page's `items`."""
+        return [self.message(item) for item in items]
 
 
 def training_to_proto(training: dict[str, Any]) -> models_pb2.TrainingConfig:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,7 @@ from .training import (
     check_monitors_are_logged,
     describe_model,
     largest_pass_rows,
+    logged_metric_names,
     normalised_training,
     training_from_proto,
     validation_trainer,
@@ -259,7 +260,8 @@ class JobService:
         # skipped the points before it.
         scope = page_scope("metrics", job_id, sorted(request.metric_names))
         after = decode_metrics_page_token(request.page_token, scope) if request.page_token else None
-        self.store.get_job(job_id, project)
+        job = self.store.get_job(job_id, project)
+        self._check_metric_names(job, request.metric_names)
         budget = self.settings.max_answer_bytes()
         most = budget // METRIC_POINT_BYTES
         if request.page_size:
@@ -282,6 +284,21 @@ class JobService:
         for value in values[:count]:
             series.setdefault(value.name, []).append(value)
         return series, token
+
+    def _check_metric_names(self, job: Job, names: Sequence[str]) -> None:
+        """Each name must be one the job's training logs (it may have no point yet) or one it
+        has points of: an unknown name answered no points, as one not logged yet does, and the
+        CLI read every point of the job to say which names it has."""
+        logged = logged_metric_names(job)
+        if all(name in logged for name in names):
+            return
+        known = sorted(logged.union(self.store.metric_names(job.id)))
+        for index, name in enumerate(names):
+            if name not in known:
+                raise InvalidArgument.field(
+                    f"metric_names[{index}]",
+                    f"jobs/{job.id} has no metric {name!r}; its metrics: {', '.join(known)}",
+                )
 
     def checkpoints(self, name: str, project: str) -> list[Checkpoint]:
         job_id = parse_name(name, "jobs", "name")

@@ -1389,6 +1389,17 @@ class Store:
             raise NotFound(f"checkpoint {checkpoint_id} does not exist")
         return bytes(data)
 
+    def metric_names(self, job_id: str) -> list[str]:
+        """The names the job has recorded points of, in order."""
+        query = (
+            select(MetricRow.name)
+            .where(MetricRow.job_id == job_id)
+            .distinct()
+            .order_by(MetricRow.name)
+        )
+        with self.db.read() as session:
+            return list(session.scalars(query))
+
     def metric_values(
         self,
         job_id: str,

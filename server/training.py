@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from trainwire.client.tensors import TensorError, dtype_name
-from trainwire.engine import Model, SpecError, Trainer, metrics, optimizers, schedules
+from trainwire.client.validation import metric_misfits
+from trainwire.engine import Model, SpecError, Trainer, optimizers, schedules
 from trainwire.engine.layers import Dense
 from trainwire.engine.model import SpecSummary
 from trainwire.engine.training import EVALUATION_BATCH_ROWS
@@ -21,7 +22,7 @@ from trainwire.v1 import models_pb2, tensor_pb2
 
 from .errors import InvalidArgument
 from .names import check_text
-from .records import Dataset, TaskKind
+from .records import Dataset, Job, TaskKind
 
 DEFAULT_EPOCHS = 10
 DEFAULT_BATCH_SIZE = 32
@@ -209,6 +210,20 @@ def validation_trainer(summary: SpecSummary, training: dict[str, Any]) -> Traine
     return build_trainer(stand_in, training)
 
 
+def logged_metric_names(job: Job) -> set[str]:
+    """The metrics the job's training logs, whether it has logged them yet or not: its epochs'
+    keys (as the engine lists them) and, logging steps, batch_loss. Its dataset's size, which
+    decides whether its validation fraction holds out any row, is not kept with it: a fraction
+    that holds out none counts its val_ keys, which then never get a point."""
+    training = job.training
+    trainer = validation_trainer(describe_model(job.model_spec), training)
+    fraction = float(training.get("validation_fraction", 0.0))
+    names = set(trainer.logged_keys(has_validation=fraction > 0))
+    if training.get("log_every_steps"):
+        names.add("batch_loss")
+    return names
+
+
 def largest_pass_rows(training: dict[str, Any], dataset: Dataset) -> int:
     """The most rows one forward pass of the job's training takes: a training batch, or a
     validation pass (the engine evaluates max(batch_size, EVALUATION_BATCH_ROWS) rows at a
@@ -312,18 +327,14 @@ def check_loss_fits_targets(trainer: Trainer, dataset: Dataset) -> None:
 
 
 def check_metrics_fit_targets(trainer: Trainer, dataset: Dataset) -> None:
-    """Each metric must score the dataset's kind of target: the engine computes mae or r2 of a
-    classifier's logits against its labels only to fail at the first epoch (a reshape error naming
-    no field), and accuracy of a regression's outputs as if they were logits, meaninglessly."""
-    classification = dataset.task.is_classification
-    fitting = metrics.names_for(classification)
-    for index, metric in enumerate(trainer.metrics):
-        if metric.name not in fitting:
-            kind = "class labels" if classification else "real-valued targets"
-            raise InvalidArgument.field(
-                f"training.metrics[{index}]",
-                f"{metric.name!r} does not fit datasets/{dataset.id}, which is "
-                f"{dataset.task.value.lower()} with {kind} of shape "
-                f"{list(dataset.target_shape)}: use {', '.join(fitting)}, or leave metrics "
-                "empty for its defaults",
-            )
+    """Each metric must score the dataset's kind of target (`metric_misfits`, which the SDK
+    applies too); the first that does not is refused."""
+    misfits = metric_misfits(
+        [metric.name for metric in trainer.metrics],
+        f"datasets/{dataset.id}",
+        dataset.task.value.lower(),
+        dataset.task.is_classification,
+        dataset.target_shape,
+    )
+    if misfits:
+        raise InvalidArgument.field(*misfits[0])

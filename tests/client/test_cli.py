@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -857,9 +858,31 @@ def test_metrics_shows_every_point_of_a_per_step_metric(cli: Cli, tmp_path: Path
     assert code == 0 and out.splitlines()[0].split() == ["EPOCH", "ACCURACY", "LOSS"]
     assert len(out.splitlines()) == 3
 
+
+def test_metrics_refuses_a_metric_the_job_never_logs_and_shows_one_it_has_not_yet(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unknown metric was found missing only once its points were read, and then every
+    point of the job was read again to list its names; a metric the job logs but had no point
+    of yet (no epoch done) was refused as unknown, "its metrics: none yet"."""
+    reads: list[tuple[str, ...]] = []
+    job_metrics = Client.job_metrics
+
+    def counted(self: Client, name: str, names: Sequence[str] = ()) -> Any:
+        reads.append(tuple(names))
+        return job_metrics(self, name, names)
+
+    monkeypatch.setattr(Client, "job_metrics", counted)
+    # The live server's workers take the default queue only: this job stays QUEUED.
+    spec = write_spec(tmp_path, queue="parked")
+    job = cli.json("jobs", "submit", str(spec))["name"]
     code, out, err = cli("jobs", "metrics", job, "--metric", "nosuch", "--metric", "loss")
-    assert code == 3 and out == ""
-    assert f"{job} has no metric nosuch; its metrics: accuracy, batch_loss, loss" in err
+    assert code == 2 and out == ""
+    assert f"metric_names[0]: {job} has no metric 'nosuch'; its metrics: accuracy, loss" in err
+    assert reads == [("nosuch", "loss")], "one listing, of the names asked for"
+    code, out, err = cli("jobs", "metrics", job, "--metric", "accuracy")
+    assert (code, out.split(), err) == (0, ["EPOCH", "ACCURACY"], "")
+    cli("jobs", "cancel", job)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from trainwire.client import (
     Activation,
     BatchNorm,
     Client,
+    DatasetInfo,
     Dense,
     Dropout,
     InvalidArgument,
@@ -23,7 +24,7 @@ from trainwire.client.builders import model_to_dict
 from trainwire.client.jobspec import DatasetSource
 from trainwire.client.specs import model_spec_to_proto
 from trainwire.client.validation import check_training
-from trainwire.client.wire import prepare_upload
+from trainwire.client.wire import create_job_request, prepare_upload
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -112,6 +113,57 @@ def test_every_mistake_is_reported_with_its_field_before_any_call() -> None:
         "training.schedule",
         "training.dtype",
     ]
+
+
+def dataset_info(task: str, classes: int) -> DatasetInfo:
+    return DatasetInfo(
+        name="datasets/0123456789abcdef0123456789abcdef", display_name="", task=task,
+        num_examples=40, num_features=4, num_classes=classes, size_bytes=0, sha256="",
+        feature_shape=(40, 4), target_shape=(40,),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("task", "classes", "metrics", "misfits", "fitting"),
+    [
+        ("multiclass", 3, ["accuracy", "R2", "mae"], [1, 2], "use accuracy"),
+        ("binary", 2, ["r2"], [0], "use accuracy"),
+        ("regression", 0, ["mae", "accuracy"], [1], "use mae, r2"),
+    ],
+)
+def test_metrics_that_do_not_fit_a_known_datasets_task_are_refused_before_any_call(
+    task: str, classes: int, metrics: list[str], misfits: list[int], fitting: str
+) -> None:
+    """The server refuses them; the SDK sent them, though a DatasetInfo says the task."""
+    dataset = dataset_info(task, classes)
+    kind = "real-valued targets" if task == "regression" else "class labels"
+    with Client("127.0.0.1:9", timeout=5) as client, pytest.raises(SpecError) as caught:
+        client.create_job(dataset, [Dense(3)], metrics=metrics, epochs=0)
+    assert caught.value.field_violations == [
+        ("training.epochs", "must be a positive integer. Received: 0"),
+        *(
+            (
+                f"training.metrics[{index}]",
+                f"{metrics[index]!r} does not fit {dataset.name}, which is {task} with {kind} "
+                f"of shape [40]: {fitting}, or leave metrics empty for its defaults",
+            )
+            for index in misfits
+        ),
+    ], "reported with the other violations"
+
+
+@pytest.mark.parametrize(
+    ("task", "classes", "metrics"),
+    [("binary", 2, ["accuracy"]), ("regression", 0, ["r2", "MAE"]), ("multiclass", 3, [])],
+)
+def test_metrics_that_fit_a_known_datasets_task_are_sent(
+    task: str, classes: int, metrics: list[str]
+) -> None:
+    request = create_job_request(
+        dataset_info(task, classes), [Dense(3)], **{**TRAINING, "metrics": metrics}, seed=0,
+        early_stopping=None, display_name="", labels=None, queue="", priority=0, request_id=None,
+    )  # fmt: skip
+    assert list(request.training.metrics) == metrics
 
 
 def test_values_the_request_cannot_carry_are_spec_errors_naming_their_field() -> None:

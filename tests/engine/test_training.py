@@ -466,6 +466,19 @@ def test_a_validation_set_of_no_rows_is_refused_before_any_training(
         assert value.tobytes() == before[key].tobytes(), key
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_evaluate_refuses_no_rows_as_fit_refuses_a_validation_set_of_none(
+    data, weighted: bool
+) -> None:
+    """It answered {} (no loss, no metrics), where fit refuses such a validation set."""
+    x, y = data
+    trainer = make_trainer()
+    weights = {"sample_weight": np.ones(0)} if weighted else {}
+    with pytest.raises(ValueError, match=r"^X has 0 rows: evaluation needs at least one row"):
+        trainer.evaluate(x[:0], y[:0], **weights)
+    assert set(trainer.evaluate(x[:1], y[:1])) == {"loss", "accuracy"}
+
+
 def test_learns_two_spirals() -> None:
     x, y = spirals(600, seed=0)
     x_test, y_test = spirals(400, seed=1)

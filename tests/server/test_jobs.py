@@ -589,6 +589,58 @@ def test_a_metrics_page_token_is_refused_when_forged_or_made_for_another_listing
     assert [(v.name, v.step) for v in service.metrics(named, "default")[0]["a"]] == [("a", 2)]
 
 
+def test_metric_names_the_job_never_logs_are_refused_naming_those_it_does(store: Store) -> None:
+    """An unknown name answered no points, as a name not logged yet does: the CLI then read
+    every point of the job to list its names, and refused a configured metric of a job that had
+    not finished an epoch as if it did not exist."""
+    service = JobService(store, Settings())
+    dataset = regression_dataset(store)
+    job = service.create(
+        request(dataset, validation_fraction=0.25, log_every_steps=2, metrics=["MAE"]), "default"
+    )
+    name = f"jobs/{job.id}"
+
+    def listed(*names: str) -> dict[str, list[MetricValue]]:
+        asked = jobs_pb2.ListJobMetricsRequest(name=name, metric_names=names)
+        return service.metrics(asked, "default")[0]
+
+    # Queued, nothing recorded: what its training logs is known all the same.
+    assert listed("loss", "mae", "val_loss", "val_mae", "batch_loss") == {}
+    with pytest.raises(InvalidArgument) as refused:
+        listed("loss", "nosuch")
+    violation = refused.value.violations[0]
+    assert violation.field == "metric_names[1]"
+    assert violation.description == (
+        f"{name} has no metric 'nosuch'; its metrics: batch_loss, loss, mae, val_loss, val_mae"
+    )
+    # A name recorded outside its settings (by an older server, say) is listed too.
+    claim = store.claim_job("w")
+    assert claim is not None and claim.job.id == job.id
+    store.record_metrics(claim, [MetricValue("kept", 3, 1, 0.5)])
+    assert [v.step for v in listed("kept")["kept"]] == [3]
+    with pytest.raises(InvalidArgument, match="its metrics: batch_loss, kept, loss, mae, val_"):
+        listed("val_r2")
+    # Without a schedule, validation or per-step logging, their keys are unknown.
+    plain = service.create(request(dataset, metrics=["r2"]), "default")
+    with pytest.raises(
+        InvalidArgument, match=r"has no metric 'learning_rate'; its metrics: loss, r2$"
+    ):
+        service.metrics(
+            jobs_pb2.ListJobMetricsRequest(
+                name=f"jobs/{plain.id}", metric_names=["r2", "learning_rate"]
+            ),
+            "default",
+        )
+    scheduled = service.create(
+        request(dataset, schedule=models_pb2.ScheduleSpec(name="cosine", params={"total": 10})),
+        "default",
+    )
+    assert service.metrics(
+        jobs_pb2.ListJobMetricsRequest(name=f"jobs/{scheduled.id}", metric_names=["learning_rate"]),
+        "default",
+    ) == ({}, "")
+
+
 def test_a_metric_name_with_a_nul_is_refused_naming_it(store: Store) -> None:
     """It reached the query, where PostgreSQL refused it: INTERNAL."""
     service = JobService(store, Settings())
