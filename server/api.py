@@ -75,7 +75,7 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
     ) -> datasets_pb2.Dataset:
         loop = asyncio.get_running_loop()
         requests = aiter(request_iterator)
-        first = await anext(requests, None)
+        first = await self._next_message(requests, None)
         upload = await loop.run_in_executor(self.executor, self.datasets.start, first)
         # The slot is taken once the header is checked: the bytes it bounds come after it, and
         # streams that sent nothing took every slot while every other upload waited.
@@ -91,9 +91,22 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         loop = asyncio.get_running_loop()
         project = current_project()
         with upload:  # its bytes are let go of at once if the upload fails
-            async for request in requests:
+            while (request := await self._next_message(requests, upload)) is not None:
                 upload.add(request)  # one copy per chunk; the hashing waits for the pool
             return await loop.run_in_executor(self.executor, self.datasets.finish, upload, project)
+
+    async def _next_message(
+        self,
+        requests: AsyncIterator[datasets_pb2.UploadDatasetRequest],
+        upload: Upload | None,
+    ) -> datasets_pb2.UploadDatasetRequest | None:
+        """The next message of an upload (None once its stream ends), waited for at most
+        upload_idle_timeout_s: a client silent without a deadline held its slot for good."""
+        try:
+            async with asyncio.timeout(self.datasets.settings.upload_idle_timeout_s):
+                return await anext(requests, None)
+        except TimeoutError:
+            raise self.datasets.idle(upload) from None
 
     def GetDataset(
         self, request: datasets_pb2.GetDatasetRequest, context: grpc.ServicerContext
