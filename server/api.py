@@ -40,7 +40,7 @@ from .convert import (
     timestamp,
     without_layers_past,
 )
-from .datasets import DatasetService
+from .datasets import DatasetService, Upload
 from .errors import ResourceExhausted
 from .jobs import WATCH_POLL_S, JobService
 from .predictions import Prediction, PredictionService, Served, ServedPin
@@ -60,7 +60,8 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         self.max_answer_bytes = datasets.settings.max_answer_bytes()
         # Uploads in progress, each holding up to max_dataset_bytes, are as many as there are
         # pool threads (the bound they had as synchronous handlers): unbounded, parallel uploads
-        # could exhaust memory. One beyond waits for a slot within its deadline, holding nothing.
+        # could exhaust memory. An upload takes one once its header is checked; one beyond waits
+        # for a slot within its deadline, holding its header alone.
         self.upload_slots = asyncio.Semaphore(datasets.settings.grpc_threads)
 
     async def UploadDataset(
@@ -68,23 +69,40 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         request_iterator: AsyncIterator[datasets_pb2.UploadDatasetRequest],
         context: grpc.aio.ServicerContext,
     ) -> datasets_pb2.Dataset:
+        loop = asyncio.get_running_loop()
+        requests = aiter(request_iterator)
+        first = await self._next_message(requests, None)
+        upload = await loop.run_in_executor(self.executor, self.datasets.start, first)
+        # The slot is taken once the header is checked: the bytes it bounds come after it, and
+        # streams that sent nothing took every slot while every other upload waited.
         async with self.upload_slots:
-            dataset = await self._upload(request_iterator)
+            dataset = await self._upload(upload, requests)
         return dataset_to_proto(dataset)
 
     async def _upload(
-        self, request_iterator: AsyncIterator[datasets_pb2.UploadDatasetRequest]
+        self, upload: Upload, requests: AsyncIterator[datasets_pb2.UploadDatasetRequest]
     ) -> Dataset:
-        """Receives, checks and stores one upload (the caller holds its slot)."""
+        """Receives the chunks of an upload begun by its header, checks and stores them (the
+        caller holds its slot)."""
         loop = asyncio.get_running_loop()
         project = current_project()
-        requests = aiter(request_iterator)
-        first = await anext(requests, None)
-        upload = await loop.run_in_executor(self.executor, self.datasets.start, first)
         with upload:  # its bytes are let go of at once if the upload fails
-            async for request in requests:
+            while (request := await self._next_message(requests, upload)) is not None:
                 upload.add(request)  # one copy per chunk; the hashing waits for the pool
             return await loop.run_in_executor(self.executor, self.datasets.finish, upload, project)
+
+    async def _next_message(
+        self,
+        requests: AsyncIterator[datasets_pb2.UploadDatasetRequest],
+        upload: Upload | None,
+    ) -> datasets_pb2.UploadDatasetRequest | None:
+        """The next message of an upload (None once its stream ends), waited for at most
+        upload_idle_timeout_s: a client silent without a deadline held its slot for good."""
+        try:
+            async with asyncio.timeout(self.datasets.settings.upload_idle_timeout_s):
+                return await anext(requests, None)
+        except TimeoutError:
+            raise self.datasets.idle(upload) from None
 
     def GetDataset(
         self, request: datasets_pb2.GetDatasetRequest, context: grpc.ServicerContext

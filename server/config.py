@@ -34,6 +34,7 @@ UPPER_BOUNDS: dict[str, tuple[float, str]] = {
     "lease_s": (MAX_SECONDS, "a longer wait overflows"),
     "db_retry_s": (MAX_SECONDS, "a longer wait overflows"),
     "stop_timeout_s": (MAX_SECONDS, "a longer wait overflows"),
+    "upload_idle_timeout_s": (MAX_SECONDS, "a longer wait overflows"),
     "predict_batch_wait_ms": (MAX_SECONDS * 1000, "a longer wait overflows"),
 }
 
@@ -141,6 +142,12 @@ class Settings:
     max_epochs: int = 100_000
     max_watches_per_client: int = 16
     grpc_threads: int = 16
+    # How long an upload may send nothing (no header, or no chunk since the last message) before
+    # the server ends it: each open upload holds a slot of grpc_threads and its bytes so far, and
+    # a client gone silent without a deadline held them for good. A minute is far past the gap
+    # between messages of a live client (the SDK sends chunks of at most 1 MiB, prepared before
+    # the call: 60 s is a chunk at 17 KiB/s), yet frees a slot of a dead one within a minute.
+    upload_idle_timeout_s: float = 60.0
     # Server processes on the port (SO_REUSEPORT: the kernel spreads connections, not calls,
     # over them). `reuse_port` lets separately started servers share a port.
     server_processes: int = 1
@@ -238,7 +245,8 @@ class Settings:
         positive = (
             "max_message_bytes", "max_dataset_bytes", "max_parameters", "max_batch_bytes",
             "max_epochs",
-            "max_watches_per_client", "grpc_threads", "server_processes", "poll_interval_s",
+            "max_watches_per_client", "grpc_threads", "upload_idle_timeout_s",
+            "server_processes", "poll_interval_s",
             "lease_s", "stop_timeout_s",
             "default_max_attempts", "model_cache_bytes", "predict_batch_rows",
         )  # fmt: skip
@@ -390,6 +398,7 @@ _ENV_FIELDS: dict[str, type] = {
     "max_epochs": int,
     "max_watches_per_client": int,
     "grpc_threads": int,
+    "upload_idle_timeout_s": float,
     "server_processes": int,
     "reuse_port": bool,
     "tls_cert": str,

@@ -16,7 +16,7 @@ from trainwire.v1 import datasets_pb2, tensor_pb2
 
 from .config import Settings
 from .convert import TASKS_FROM_PROTO
-from .errors import InvalidArgument, ResourceExhausted
+from .errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from .jobs import check_labels
 from .names import check_text, parse_name
 from .records import Dataset, TaskKind
@@ -60,6 +60,25 @@ class DatasetService:
                 "max_dataset_bytes", self.settings.max_dataset_bytes, total
             )
         return Upload(header, features_shape, targets_shape, feature_bytes, total)
+
+    def idle(self, upload: Upload | None) -> DeadlineExceeded:
+        """The error that ends an upload whose client sent nothing for upload_idle_timeout_s:
+        before its header (`upload` None), or after the bytes `upload` holds."""
+        waited = f"{self.settings.upload_idle_timeout_s:g} s"
+        rule = (
+            "the server ends an upload idle that long "
+            f"({self.settings.setting('upload_idle_timeout_s')})"
+        )
+        if upload is None:
+            return DeadlineExceeded(
+                f"the upload sent no header in {waited}: {rule}; send the header as the "
+                "stream's first message, then the chunks without pausing"
+            )
+        return DeadlineExceeded(
+            f"the upload sent nothing for {waited} after {len(upload.buffer)} of the "
+            f"{upload.total} bytes its header announces: {rule}; upload the dataset again, "
+            "sending its chunks without pausing"
+        )
 
     def finish(self, upload: Upload, project: str) -> Dataset:
         """Checks the bytes of an upload whose stream has ended, and stores them."""

@@ -31,6 +31,7 @@ from trainwire.client import (
     JobEvent,
     NotFound,
     ResourceExhausted,
+    RetryPolicy,
     TrainwireError,
 )
 from trainwire.client.aio import AsyncClient
@@ -539,6 +540,88 @@ def test_uploads_beyond_the_thread_count_wait_for_one_to_end(tmp_path: Path) -> 
                 with pytest.raises(grpc.RpcError) as short:
                     stopped.result(timeout=30)
                 assert short.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert server.process.returncode == 0, "".join(server.output[-40:])
+
+
+def test_uploads_that_send_no_header_hold_no_upload_slot(tmp_path: Path) -> None:
+    """An upload takes its slot once its header is checked: as many streams as there are slots
+    (TRAINWIRE_GRPC_THREADS), open and silent, leave an upload free to run (each took a slot
+    before its first message, and every other upload waited for one until its deadline)."""
+    url = f"sqlite:///{tmp_path / 'uploads.db'}"
+    env = {"TRAINWIRE_GRPC_THREADS": "2"}
+    with local_server(url, workers=0, extra_env=env) as server:
+        opened, release = threading.Semaphore(0), threading.Event()
+
+        def silent() -> Iterator[datasets_pb2.UploadDatasetRequest]:
+            opened.release()  # grpc asks for the first message: the call has started
+            release.wait(120)  # past the upload's deadline: it must not wait for them
+            yield from ()
+
+        upload = prepare_upload(
+            np.ones((8, 3), np.float32), np.arange(8) % 2, task="binary", name="beside",
+            num_classes=0, feature_names=(), class_names=(), labels=None,
+        )  # fmt: skip
+        with grpc.insecure_channel(server.target) as channel:
+            datasets = datasets_pb2_grpc.DatasetServiceStub(channel)
+            silents = [datasets.UploadDataset.future(silent(), timeout=180) for _ in range(2)]
+            try:
+                assert all(opened.acquire(timeout=30) for _ in silents)
+                # A call that follows on this connection reaches the server after the silent
+                # streams, whose handlers are then running.
+                datasets.ListDatasets(datasets_pb2.ListDatasetsRequest(), timeout=30)
+                stored = datasets.UploadDataset(upload.requests(4 << 20), timeout=60)
+                assert stored.display_name == "beside"
+                assert not any(s.done() for s in silents)
+            finally:
+                release.set()
+            for stopped in silents:  # and each ends as before, refused for its missing header
+                with pytest.raises(grpc.RpcError) as headless:
+                    stopped.result(timeout=30)
+                assert headless.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "the first message of an upload must be the header" in (
+                    headless.value.details() or ""
+                )
+    assert server.process.returncode == 0, "".join(server.output[-40:])
+
+
+def test_an_idle_upload_is_ended_and_frees_its_slot(tmp_path: Path) -> None:
+    """An upload that sends nothing for TRAINWIRE_UPLOAD_IDLE_TIMEOUT_S, after its header and a
+    chunk or before any header, is ended DEADLINE_EXCEEDED saying how long the server waited and
+    what had arrived (a client without a deadline held its slot and bytes for good), which the
+    SDK does not retry; the only upload slot is then free for the next upload."""
+    url = f"sqlite:///{tmp_path / 'uploads.db'}"
+    env = {"TRAINWIRE_GRPC_THREADS": "1", "TRAINWIRE_UPLOAD_IDLE_TIMEOUT_S": "0.5"}
+    with local_server(url, workers=0, extra_env=env) as server, Client(server.target) as client:
+        release = threading.Event()
+
+        def stalled(first: list[datasets_pb2.UploadDatasetRequest]) -> Iterator[Any]:
+            yield from first
+            release.wait(120)  # past the wait for the outcome below: the server must end it
+
+        header = datasets_pb2.UploadDatasetRequest(header=_ten_rows_header())
+        chunk = datasets_pb2.UploadDatasetRequest(chunk=bytes(40))
+        expected = {
+            "after a chunk": (
+                [header, chunk],
+                "the upload sent nothing for 0.5 s after 40 of the 200 bytes its header announces",
+            ),
+            "before a header": ([], "the upload sent no header in 0.5 s"),
+        }
+        with grpc.insecure_channel(server.target) as channel:
+            datasets = datasets_pb2_grpc.DatasetServiceStub(channel)
+            try:
+                for first, message in expected.values():
+                    call = datasets.UploadDataset.future(stalled(first), timeout=180)
+                    with pytest.raises(grpc.RpcError) as idle:
+                        call.result(timeout=60)
+                    code, details = idle.value.code(), idle.value.details() or ""
+                    assert code == grpc.StatusCode.DEADLINE_EXCEEDED, details
+                    assert message in details and "TRAINWIRE_UPLOAD_IDLE_TIMEOUT_S" in details
+                    assert not RetryPolicy().retryable(code, details)
+            finally:
+                release.set()
+        data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3, timeout=60)
+        assert data.num_examples == 10
     assert server.process.returncode == 0, "".join(server.output[-40:])
 
 
