@@ -630,7 +630,7 @@ def test_a_watch_of_a_server_never_reached_fails_as_other_commands_do(
     error = json.loads(err)["error"]
     assert (code, out, error["code"]) == (5, "", "UNAVAILABLE")
     assert "if the server uses TLS, pass --tls" in error["message"]
-    assert took < 60, f"{took:.1f}s, where waiting out watch_reconnect_s takes 300 s"
+    assert took < 150, f"{took:.1f}s, where waiting out watch_reconnect_s takes 300 s"
 
 
 def test_a_tls_failure_with_json_leaves_stderr_the_json_error() -> None:
