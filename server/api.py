@@ -46,6 +46,7 @@ from .jobs import WATCH_POLL_S, JobService
 from .predictions import Prediction, PredictionService, Served, ServedPin
 from .records import Dataset, Job, JobEvent, TaskKind
 from .store import best_checkpoint
+from .wrappers import in_pool
 
 
 class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
@@ -69,10 +70,9 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         request_iterator: AsyncIterator[datasets_pb2.UploadDatasetRequest],
         context: grpc.aio.ServicerContext,
     ) -> datasets_pb2.Dataset:
-        loop = asyncio.get_running_loop()
         requests = aiter(request_iterator)
         first = await self._next_message(requests, None)
-        upload = await loop.run_in_executor(self.executor, self.datasets.start, first)
+        upload = await in_pool(self.executor, self.datasets.start, first)
         # The slot is taken once the header is checked: the bytes it bounds come after it, and
         # streams that sent nothing took every slot while every other upload waited.
         async with self.upload_slots:
@@ -84,12 +84,11 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
     ) -> Dataset:
         """Receives the chunks of an upload begun by its header, checks and stores them (the
         caller holds its slot)."""
-        loop = asyncio.get_running_loop()
         project = current_project()
         with upload:  # its bytes are let go of at once if the upload fails
             while (request := await self._next_message(requests, upload)) is not None:
                 upload.add(request)  # one copy per chunk; the hashing waits for the pool
-            return await loop.run_in_executor(self.executor, self.datasets.finish, upload, project)
+            return await in_pool(self.executor, self.datasets.finish, upload, project)
 
     async def _next_message(
         self,
@@ -202,12 +201,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def WatchJob(
         self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.JobEvent]:
-        loop = asyncio.get_running_loop()
         project = current_project()
         client = current_client() or context.peer()  # the key's id, else the connection
         self.watches.acquire(client)
         try:
-            job_id = await loop.run_in_executor(
+            job_id = await in_pool(
                 self.executor, self.jobs.watched_job, request.name, request.after_sequence, project
             )
             # Tells the client the stream is open, so a later drop starts a new outage for its
@@ -216,7 +214,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             after = request.after_sequence
             while True:
                 check_key_still_active()
-                events, over = await loop.run_in_executor(
+                events, over = await in_pool(
                     self.executor, self.jobs.new_events, job_id, after, project
                 )
                 for event in events:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import re
@@ -28,6 +27,7 @@ from .names import is_name, parse_name
 from .records import Checkpoint, Job, TaskKind
 from .store import Store, best_checkpoint
 from .training import build_model
+from .wrappers import in_pool
 
 MODEL_PREFIX = "model."
 
@@ -235,8 +235,7 @@ class PredictionService:
         if served is not None:
             found: Served | None = served
             if self._cached_job(served[0].id) is None:  # not read lately, or forgotten: deleted?
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self.executor, self._job, served[0].id)
+                await in_pool(self.executor, self._job, served[0].id)
         else:
             found = self._served_from_memory(job_name, selector, project)
         if found is None:
@@ -258,8 +257,7 @@ class PredictionService:
         found = self._served_from_memory(job_name, selector, project)
         if found is not None:
             return found
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.served, job_name, selector, project)
+        return await in_pool(self.executor, self.served, job_name, selector, project)
 
     async def pin_served(
         self, job_name: str, selector: str, project: str

@@ -12,6 +12,7 @@ in its thread pool, and each keeps its kind once wrapped here.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import itertools
@@ -19,8 +20,9 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor
 from contextvars import ContextVar, Token
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import grpc
 import grpc.aio
@@ -41,6 +43,24 @@ from .logs import REQUEST_ID
 from .metrics import RPC_SECONDS, BufferedSeries
 
 log = logging.getLogger("trainwire.server")
+
+_Params = ParamSpec("_Params")
+_Result = TypeVar("_Result")
+
+
+async def in_pool(
+    executor: Executor,
+    function: Callable[_Params, _Result],
+    *args: _Params.args,
+    **kwargs: _Params.kwargs,
+) -> _Result:
+    """`function(*args, **kwargs)` run in the server's thread pool, in the calling coroutine's
+    context: its request id, project and key, which log lines and `current_project()` read
+    (`run_in_executor` alone runs it in none, and its log lines carried no request id)."""
+    context = contextvars.copy_context()
+    call = functools.partial(context.run, function, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(executor, call)
+
 
 # The trailing metadata key that carries a google.rpc.Status (the SDK reads its field violations).
 STATUS_DETAILS_KEY = "grpc-status-details-bin"

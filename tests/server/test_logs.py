@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from trainwire.server.logs import REQUEST_ID, configure_logging
+from trainwire.server.wrappers import in_pool
 
 
 @pytest.fixture
@@ -74,3 +77,32 @@ def test_a_log_level_is_taken_in_any_case(json_log: io.StringIO) -> None:
         patch.setenv("TRAINWIRE_LOG_LEVEL", " warning ")
         configure_logging()
     assert logging.getLogger().level == logging.WARNING
+
+
+def test_an_empty_log_level_is_the_default(
+    json_log: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty TRAINWIRE_LOG_LEVEL counts as unset: INFO."""
+    monkeypatch.setenv("TRAINWIRE_LOG_LEVEL", "")
+    logging.getLogger().setLevel(logging.CRITICAL)
+    configure_logging()
+    assert logging.getLogger().level == logging.INFO
+
+
+def test_pool_work_of_a_call_logs_with_its_request_id(json_log: io.StringIO) -> None:
+    """The work a coroutine handler (an upload, a watch, a prediction's model lookup) hands to
+    the thread pool logged without its call's request id: `run_in_executor` runs it in no
+    context, `in_pool` in the call's."""
+
+    def pool_work() -> str:
+        logging.getLogger("trainwire.server").warning("from the pool")
+        return REQUEST_ID.get()
+
+    async def call() -> str:
+        REQUEST_ID.set("req-7")
+        with ThreadPoolExecutor(1) as executor:
+            return await in_pool(executor, pool_work)
+
+    assert asyncio.run(call()) == "req-7"
+    (line,) = json_log.getvalue().splitlines()
+    assert json.loads(line)["request_id"] == "req-7"
