@@ -57,6 +57,10 @@ def test_compose_services_and_order() -> None:
     assert "container_name" not in services["worker"] and "ports" not in services["worker"]
     assert services["worker"]["healthcheck"] == {"disable": True}
     assert services["prometheus"]["profiles"] == ["monitoring"]
+    # An image of ours named without its build is pulled from a registry on a fresh host.
+    for name, service in services.items():
+        if service.get("image", "").startswith("trainwire:"):
+            assert service.get("build") == ".", f"{name} would pull {service['image']}"
     # Nothing is published beyond the host's loopback: Prometheus has no authentication either.
     for name, service in services.items():
         for port in service.get("ports", []):
