@@ -15,6 +15,11 @@ untimed. scikit-learn has no per-step hook: its warm-up is a ``partial_fit`` ove
 rest of the epoch; small: ``fit`` continuing over the other epochs), which checks its input inside
 the clock: about 15 ms on the large case's rows, a check the others make before their warm-up.
 
+Each engine's trained network is then scored, untimed, on the data's first rows (the mean
+softmax cross-entropy, ``final_loss``): a run whose loss is not finite or not below chance
+(ln 10: it learnt nothing) stops the benchmark, as a step that skipped its work would otherwise
+pass for a fast one.
+
 PyTorch gets as many threads as NumPy's BLAS (read with threadpoolctl). Prints a table and,
 last, one JSON line: {"benchmark": "engine", "large": {...}, "small": {...}}.
 
@@ -37,6 +42,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -47,6 +53,10 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_info  # noqa: E402
 
 from trainwire.engine import Callback, Model, Trainer  # noqa: E402
+
+# The rows each trained network is scored on (untimed), and the loss of a guess at chance.
+SCORED_ROWS = 1024
+CHANCE_LOSS = math.log(10)
 
 
 def blas_info() -> dict[str, Any]:
@@ -89,7 +99,7 @@ class _Clock(Callback):
 
 def trainwire_sps(
     sizes: list[int], x: np.ndarray, y: np.ndarray, batch: int, epochs: int, warmup: int
-) -> float:
+) -> tuple[float, float]:
     trainer = Trainer(
         Model.from_spec(mlp_spec(sizes), seed=0),
         loss="softmax_cross_entropy",
@@ -100,13 +110,14 @@ def trainwire_sps(
     clock = _Clock(warmup)
     trainer.fit(x, y, epochs=epochs, callbacks=[clock])
     timed_samples = (clock.steps - warmup) * batch  # full batches: run_case checks
-    return timed_samples / (clock.stop - clock.start)
+    loss = trainer.evaluate(x[:SCORED_ROWS], y[:SCORED_ROWS])["loss"]
+    return timed_samples / (clock.stop - clock.start), loss
 
 
 # -- PyTorch -------------------------------------------------------------------------------------
 def torch_sps(
     sizes: list[int], x: np.ndarray, y: np.ndarray, batch: int, epochs: int, warmup: int
-) -> float:
+) -> tuple[float, float]:
     import torch
 
     torch.manual_seed(0)
@@ -132,13 +143,16 @@ def torch_sps(
             step += 1
             if step == warmup:
                 start = time.perf_counter()
-    return (step - warmup) * batch / (time.perf_counter() - start)
+    rate = (step - warmup) * batch / (time.perf_counter() - start)
+    with torch.no_grad():
+        loss = float(loss_fn(net(xt[:SCORED_ROWS]), yt[:SCORED_ROWS]))
+    return rate, loss
 
 
 # -- scikit-learn ----------------------------------------------------------------------------------
 def sklearn_sps(
     sizes: list[int], x: np.ndarray, y: np.ndarray, batch: int, epochs: int, warmup: int
-) -> float:
+) -> tuple[float, float]:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
@@ -170,7 +184,10 @@ def sklearn_sps(
             clf.fit(x, y)
         elapsed = time.perf_counter() - start
     assert clf.t_ == epochs * n, (clf.t_, epochs * n)  # the samples it trained on
-    return (epochs * n - warm_rows) / elapsed
+    probabilities = clf.predict_proba(x[:SCORED_ROWS])
+    picked = probabilities[np.arange(len(probabilities)), y[:SCORED_ROWS]]
+    loss = float(-np.mean(np.log(np.maximum(picked, 1e-12))))
+    return (epochs * n - warm_rows) / elapsed, loss
 
 
 # -- GEMM-only bound -----------------------------------------------------------------------------
@@ -220,10 +237,18 @@ def run_case(
     assert leftover == 0, f"{name}: {x.shape[0]} rows are no whole number of batches of {batch}"
     assert 1 <= warmup < epochs * steps, f"{name}: {warmup} warm-up steps of {epochs * steps}"
     results: dict[str, list[float]] = {"trainwire": [], "torch": [], "sklearn": []}
+    losses: dict[str, float] = {}
     runners = {"trainwire": trainwire_sps, "torch": torch_sps, "sklearn": sklearn_sps}
     for _ in range(repeats):  # interleaved, best of: the machine may be shared
         for key, runner in runners.items():
-            results[key].append(runner(sizes, x, y, batch, epochs, warmup))
+            rate, loss = runner(sizes, x, y, batch, epochs, warmup)
+            if not loss < CHANCE_LOSS:  # NaN too
+                raise RuntimeError(
+                    f"{name}: {key} ended at a loss of {loss} on the first {SCORED_ROWS} rows, "
+                    f"not below chance ({CHANCE_LOSS:.3f}): its training did not run as timed"
+                )
+            results[key].append(rate)
+            losses[key] = round(loss, 4)
     tw, th, sk = (max(results[k]) for k in ("trainwire", "torch", "sklearn"))
     gemm = gemm_bound_sps(sizes, batch, gemm_reps)
     return {
@@ -236,6 +261,7 @@ def run_case(
         "ratio_vs_torch": round(tw / th, 3),
         "ratio_vs_sklearn": round(tw / sk, 3),
         "gemm_fraction": round(tw / gemm, 3),
+        "final_loss": losses,
         "us_per_batch": {
             "trainwire": round(batch / tw * 1e6, 1),
             "torch": round(batch / th * 1e6, 1),

@@ -32,7 +32,9 @@ shared machine, and what decides the ratio when client and servers share the cor
 the first round, untimed, every server process loads the model: the load generator opens 32
 connections per server process, so that the kernel reaches each of them (a process is missed
 with a probability below e^-32).
-Loopback only, bounded request counts. Run: .venv/bin/python benchmarks/predict.py [--quick]
+Before the first round, untimed, every server answers the same three rows, and the run stops
+unless each answer is the bare server's (to float32 rounding). Loopback only, bounded request
+counts. Run: .venv/bin/python benchmarks/predict.py [--quick]
 [--rounds N]; the line before the last judges issue #7's targets on this run's figures, and
 the last line is JSON (`targets` holds the same verdicts).
 """
@@ -299,6 +301,27 @@ def _paired_ratio(ours: list[dict[str, float]], theirs: list[dict[str, float]]) 
     )
 
 
+def check_answers(servers: dict[str, tuple[str, list[int] | None, str]], job: str) -> None:
+    """Untimed, before the first round: every server answers the same rows with the bare
+    server's outputs (float32 sums in another order: to 1e-4), or the run stops. A path that
+    answered wrongly must not pass for a fast one."""
+    x = np.random.default_rng(1).normal(size=(3, 784)).astype(np.float32)
+    answers = {}
+    for name, (target, _, answer) in servers.items():
+        request = predictions_pb2.PredictRequest(
+            job=job, inputs=to_tensor(x), outputs_only=answer == "outputs"
+        )
+        with grpc.insecure_channel(target) as channel:
+            stub = predictions_pb2_grpc.PredictionServiceStub(channel)
+            answers[name] = from_tensor(stub.Predict(request, timeout=60).outputs)
+    for name, outputs in answers.items():
+        if not np.allclose(outputs, answers["bare"], rtol=1e-4, atol=1e-4):
+            raise RuntimeError(
+                f"{name} answered {outputs[0, :3]}..., the bare server "
+                f"{answers['bare'][0, :3]}...: not the same forward pass"
+            )
+
+
 def _measure(
     servers: dict[str, tuple[str, list[int] | None, str]],
     job: str,
@@ -487,6 +510,7 @@ def main() -> int:
                         assert process.stdout is not None
                         port = process.stdout.readline().strip()
                         servers[kind] = (f"127.0.0.1:{port}", _server_pids(process.pid), "outputs")
+                    check_answers(servers, job.name)
                     results = _measure(servers, job.name, counts, rounds)
             finally:
                 for process in bares.values():

@@ -11,7 +11,10 @@ For SQLite and PostgreSQL, in one run:
   Trainwire's PRAGMAs): a claim is one UPDATE of the first QUEUED row (FOR UPDATE SKIP LOCKED on
   PostgreSQL, BEGIN IMMEDIATE on SQLite) and a finish one UPDATE fenced by the claim's token, two
   transactions a job as in Trainwire. What Trainwire does on top (SQLAlchemy sessions, priorities
-  and queues, leases and attempts, a job event with each change) is its cost in the ratio;
+  and queues, leases and attempts, a job event with each change) is its cost in the ratio. Each
+  worker count runs in rounds (3; 1 with --quick), the two queues back to back in alternating
+  order: the rates are medians over the rounds and the ratio the median of the rounds' own
+  ratios (ratio_vs_bare_by_round), as a shared machine drifts between runs;
 - enqueue_to_running_p50_ms / _max_ms: from just before the SDK's CreateJob to the job's claim by
   an idle `trainwire worker` with the default settings (LISTEN/NOTIFY on PostgreSQL; on SQLite,
   polling every poll_interval_s, 0.5 s), over 50 jobs (10 with --quick): the median and the
@@ -20,7 +23,8 @@ For SQLite and PostgreSQL, in one run:
 - persist_overhead_fraction: how much longer a real worker takes to train a job than the same
   training takes alone (the engine benchmark's large network, 784-512-512-10 with Adam at batch
   128 on 60,000 examples, 4 epochs: metrics every epoch, a full checkpoint after epoch 2 and the
-  final weights), not counting the worker's loading of data; best of 3 interleaved runs each.
+  final weights), not counting the worker's loading of data; best of 3 interleaved runs each
+  (--quick: one run each, on 3,000 examples).
 
 Run: .venv/bin/python benchmarks/queue.py [--quick]; the last line is JSON.
 PostgreSQL: TRAINWIRE_BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/test); a
@@ -399,34 +403,44 @@ def persist_overhead(url: str, examples: int, epochs: int, repeats: int) -> floa
 
 
 def bench_backend(url: str, quick: bool) -> dict[str, Any]:
-    jobs = 300 if quick else 2000
+    jobs = 200 if quick else 2000
+    rounds = 1 if quick else 3
     result: dict[str, Any] = {
         "jobs_per_s": {},
         "jobs_done_per_worker": {},
         "bare_jobs_per_s": {},
         "bare_jobs_done_per_worker": {},
         "ratio_vs_bare": {},
+        "ratio_vs_bare_by_round": {},
+        "jobs_per_round": jobs,
     }
     for workers in (1, 2, 4):
-        rate, done = throughput(url, workers, jobs, bare=False)
-        bare_rate, bare_done = throughput(url, workers, jobs, bare=True)
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        done: dict[bool, list[int]] = {}
+        for index in range(rounds):
+            for bare in (False, True) if index % 2 == 0 else (True, False):
+                rate, done[bare] = throughput(url, workers, jobs, bare)
+                rates[bare].append(rate)
+        ratios = [ours / theirs for ours, theirs in zip(rates[False], rates[True], strict=True)]
         print(
-            f"  {workers} no-op workers: {rate:.1f} jobs/s, jobs done by each {done}; "
-            f"bare: {bare_rate:.1f} jobs/s, by each {bare_done}"
+            f"  {workers} no-op workers: {np.median(rates[False]):.1f} jobs/s, jobs done by each "
+            f"{done[False]}; bare: {np.median(rates[True]):.1f} jobs/s, by each {done[True]} "
+            f"(ratios by round: {', '.join(f'{r:.3f}' for r in ratios)})"
         )
         key = str(workers)
-        result["jobs_per_s"][key] = round(rate, 1)
-        result["jobs_done_per_worker"][key] = done
-        result["bare_jobs_per_s"][key] = round(bare_rate, 1)
-        result["bare_jobs_done_per_worker"][key] = bare_done
-        result["ratio_vs_bare"][key] = round(rate / bare_rate, 3)
+        result["jobs_per_s"][key] = round(float(np.median(rates[False])), 1)
+        result["jobs_done_per_worker"][key] = done[False]  # the last round's
+        result["bare_jobs_per_s"][key] = round(float(np.median(rates[True])), 1)
+        result["bare_jobs_done_per_worker"][key] = done[True]
+        result["ratio_vs_bare"][key] = round(float(np.median(ratios)), 3)
+        result["ratio_vs_bare_by_round"][key] = [round(r, 3) for r in ratios]
     latencies = enqueue_latency(url, 10 if quick else 50)
     result["enqueue_to_running_p50_ms"] = round(float(np.median(latencies)), 1)
     result["enqueue_to_running_max_ms"] = round(max(latencies), 1)
     result["enqueue_to_running_jobs"] = len(latencies)
     result["poll_interval_s"] = Settings().poll_interval_s
-    examples = 6_000 if quick else 60_000
-    overhead = persist_overhead(url, examples, epochs=4, repeats=2 if quick else 3)
+    examples = 3_000 if quick else 60_000
+    overhead = persist_overhead(url, examples, epochs=4, repeats=1 if quick else 3)
     result["persist_overhead_fraction"] = round(overhead, 4)
     return result
 
@@ -465,7 +479,8 @@ def main() -> int:
     sqlite = results["sqlite"]
     print(
         "vs bare: Trainwire's jobs/s over a bare queue's on the same database (one UPDATE to "
-        "claim, one to finish, with the driver alone), the same workers, one run each"
+        "claim, one to finish, with the driver alone), the same workers; the median of "
+        f"{len(sqlite['ratio_vs_bare_by_round']['1'])} rounds' ratios, in alternating order"
     )
     print(
         f"p50 / max ms: CreateJob to the job's claim by an idle worker, median and maximum of "
