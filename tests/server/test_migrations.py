@@ -7,7 +7,9 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any, cast
 
+import numpy as np
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -25,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import OperationalError
 
+from trainwire.engine import Callback, Model, Trainer, save_state
 from trainwire.server.db import Database, make_engine
 from trainwire.server.migrate import (
     NotMigrated,
@@ -36,8 +39,9 @@ from trainwire.server.migrate import (
     upgrade,
 )
 from trainwire.server.models import Base, JobRow
+from trainwire.server.predictions import PredictionService
 from trainwire.server.records import TaskKind
-from trainwire.server.store import Store
+from trainwire.server.store import Store, best_checkpoint
 
 
 @contextmanager
@@ -184,7 +188,7 @@ def test_upgrading_a_database_with_jobs_keeps_every_row(empty_database_url: str)
         store = Store(database)
         (checkpoint,) = store.list_checkpoints("j1")
         assert store.checkpoint_data(checkpoint.id) == CHECKPOINT_BYTES
-        assert checkpoint.is_partial is False, "checkpoints from before 0006 are epoch ends"
+        assert checkpoint.is_partial is False, "bytes that are no trainer state: an epoch end"
         job = store.get_job("j1")
         assert job.project == "default"
         assert job.target == {
@@ -192,6 +196,65 @@ def test_upgrading_a_database_with_jobs_keeps_every_row(empty_database_url: str)
             "feature_names": ["a", "b"], "num_features": 2, "target_width": 1,
         }, "0003 left it {}; 0008 fills it from the dataset"  # fmt: skip
         assert TaskKind(job.target["task"]).is_classification, "the value predictions read"
+
+
+class _StopAfterABatch(Callback):
+    def on_batch_end(self, trainer: Trainer, step: int, logs: dict[str, float]) -> None:
+        trainer.stop_training = True
+
+
+def _epoch_end_and_mid_epoch_states() -> tuple[bytes, bytes]:
+    """The bytes a worker checkpoints (a trainer state) at the end of epoch 1, and after one
+    batch of epoch 2, where a stop or cancel leaves it."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3))
+    y = x @ np.array([1.0, -2.0, 0.5])
+    model = Model.from_spec({"input_dim": 3, "layers": [{"type": "dense", "units": 1}]}, seed=0)
+    trainer = Trainer(model, batch_size=10)
+    trainer.fit(x, y, epochs=1)
+    epoch_end = save_state(trainer.state_dict(), {"job": "j1", "kind": "trainer"})
+    trainer.fit(x, y, epochs=2, callbacks=[_StopAfterABatch()])
+    assert trainer.in_epoch and trainer.epoch == 1
+    return epoch_end, save_state(trainer.state_dict(), {"job": "j1", "kind": "trainer"})
+
+
+def test_checkpoints_written_mid_epoch_before_0006_are_marked_partial(
+    empty_database_url: str,
+) -> None:
+    """0006 took them for epoch ends; tied with the real epoch end, the newer won "best" and
+    "epoch/N". Their bytes say an epoch was in progress: 0009 marks them partial."""
+    epoch_end, mid_epoch = _epoch_end_and_mid_epoch_states()
+    upgrade(empty_database_url, "0005")
+    with _opened(empty_database_url) as database, database.engine.begin() as connection:
+        _insert_job(connection, "j1", None, "{}", state="CANCELLED")
+        for checkpoint_id, step, data in ((1, 4, epoch_end), (2, 5, mid_epoch)):
+            connection.execute(
+                text(
+                    "INSERT INTO checkpoints (id, job_id, epoch, step, metrics, is_final, "
+                    "size_bytes, created_at) VALUES (:id, 'j1', 1, :step, '{\"loss\": 0.5}', "
+                    "false, :size, :now)"
+                ).bindparams(bindparam("now", type_=DateTime(timezone=True))),
+                {"id": checkpoint_id, "step": step, "size": len(data),
+                 "now": datetime(2026, 11, 27, tzinfo=UTC)},
+            )  # fmt: skip
+            connection.execute(
+                text(
+                    "INSERT INTO checkpoint_blobs (checkpoint_id, data) VALUES (:id, :data)"
+                ).bindparams(bindparam("data", type_=LargeBinary())),
+                {"id": checkpoint_id, "data": data},
+            )
+
+    upgrade(empty_database_url)
+    with _opened(empty_database_url) as database:
+        store = Store(database)
+        checkpoints = store.list_checkpoints("j1")
+        job = store.get_job("j1")
+    assert [(c.id, c.is_partial) for c in checkpoints] == [(1, False), (2, True)]
+    assert best_checkpoint(checkpoints) == checkpoints[0]
+    service = PredictionService(store, cast(Any, None), 0)  # selection reads nothing else
+    assert service.resolve(job, "epoch/1", checkpoints) == checkpoints[0]
+    assert service.resolve(job, "best", checkpoints) == checkpoints[0]
+    assert service.resolve(job, "latest", checkpoints) == checkpoints[1], "what a resume loads"
 
 
 def _insert_job(
