@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -34,6 +37,7 @@ from trainwire.server.migrate import (
     alembic_config,
     check_foreign_keys,
     compare_server_default,
+    current_revision,
     ensure_migrated,
     head_revision,
     upgrade,
@@ -42,6 +46,8 @@ from trainwire.server.models import Base, JobRow
 from trainwire.server.predictions import PredictionService
 from trainwire.server.records import TaskKind
 from trainwire.server.store import Store, best_checkpoint
+
+from ..conftest import fresh_postgres_database
 
 
 @contextmanager
@@ -88,6 +94,63 @@ def test_embedded_sqlite_migrates_itself(tmp_path: object) -> None:
         with database.engine.connect() as connection:
             current = MigrationContext.configure(connection).get_current_revision()
         assert current == head_revision(database.url)
+
+
+# Upgrades each URL read from stdin, answering "done" (a failure ends it with a traceback). Its
+# imports are done before "ready": both processes then start each upgrade at once.
+_UPGRADER = """
+import sys
+from trainwire.server.migrate import upgrade
+print("ready", flush=True)
+for url in sys.stdin:
+    upgrade(url.strip())
+    print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_two_upgrades_of_a_fresh_database_at_once_both_succeed(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """What two `trainwire db upgrade` (PostgreSQL) or two `serve` (SQLite) started together do.
+    Processes, not threads: Alembic's `context` and `op` are one per process. Unlocked, both
+    created the same tables (PostgreSQL: UniqueViolation), or both read before either wrote and
+    the second to write failed at once (SQLite: "database is locked")."""
+    if kind == "sqlite":
+        urls = [f"sqlite:///{tmp_path}/race{i}.db" for i in range(3)]
+    else:
+        server_url = request.getfixturevalue("postgres_server_url")
+        urls = [fresh_postgres_database(server_url) for _ in range(3)]
+    logs = [tmp_path / "upgrader0.log", tmp_path / "upgrader1.log"]
+    upgraders = [
+        subprocess.Popen(
+            [sys.executable, "-c", _UPGRADER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log.open("w"),
+            text=True,
+        )
+        for log in logs
+    ]
+    pipes = [(upgrader.stdin, upgrader.stdout) for upgrader in upgraders]
+    try:
+        for (_, answers), log in zip(pipes, logs, strict=True):
+            assert answers is not None and answers.readline() == "ready\n", log.read_text()
+        for url in urls:
+            for asks, _ in pipes:  # both wait on their stdin: they start together
+                assert asks is not None
+                asks.write(f"{url}\n")
+                asks.flush()
+            for (_, answers), log in zip(pipes, logs, strict=True):
+                assert answers is not None
+                assert answers.readline() == "done\n", log.read_text()[-3000:]
+            with _opened(url) as database:
+                assert current_revision(database) == head_revision(url)
+    finally:
+        for upgrader in upgraders:
+            assert upgrader.stdin is not None
+            upgrader.stdin.close()
+            upgrader.wait(timeout=60)
 
 
 # Longer than a SQLite page, so the value spills onto overflow pages as real checkpoints do.
