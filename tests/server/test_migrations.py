@@ -465,3 +465,28 @@ def test_a_downgrade_below_0003_with_jobs_whose_dataset_is_gone_is_refused_by_na
         command.downgrade(alembic_config(empty_database_url), "0002")
     with _opened(empty_database_url) as database, database.engine.connect() as connection:
         assert MigrationContext.configure(connection).get_current_revision() == "0003"
+
+
+def test_a_downgrade_below_0007_with_a_request_id_two_projects_share_is_refused_by_name(
+    empty_database_url: str,
+) -> None:
+    upgrade(empty_database_url, "0007")
+    with _opened(empty_database_url) as database, database.engine.begin() as connection:
+        for job_id, project, request_id in (
+            ("j1", "default", "req-a"), ("j2", "research", "req-a"), ("j3", "default", "req-b"),
+        ):  # fmt: skip
+            _insert_job(connection, job_id, None, "{}")
+            connection.execute(
+                text("UPDATE jobs SET project = :project, request_id = :request_id WHERE id = :id"),
+                {"project": project, "request_id": request_id, "id": job_id},
+            )
+    with pytest.raises(RuntimeError) as refused:
+        command.downgrade(alembic_config(empty_database_url), "0006")
+    assert str(refused.value).startswith(
+        "cannot downgrade below 0007: 1 request ids are each used by jobs of more than one "
+        "project, which revision 0006 (a request id once in the whole database) cannot hold: "
+        "'req-a': jobs/j1 in default, jobs/j2 in research; for each, delete the jobs of every "
+        "project but one first (trainwire jobs delete"
+    )
+    with _opened(empty_database_url) as database, database.engine.connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == "0007"
