@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from alembic import context
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from trainwire.server.db import make_engine
 from trainwire.server.migrate import (
@@ -16,6 +16,11 @@ from trainwire.server.migrate import (
 from trainwire.server.models import Base
 
 target_metadata = Base.metadata
+
+#: The PostgreSQL advisory lock every migration of a database holds for its whole transaction, so
+#: two runs at once (two `trainwire db upgrade`, a deploy's migrate job beside another) take turns
+#: instead of both creating the same tables. Any fixed 64-bit key: only migrations take it.
+MIGRATION_LOCK_KEY = 0x7472_6E77_6D69_6772  # "trnwmigr"
 
 
 def run_with(connection: Connection) -> None:
@@ -39,6 +44,13 @@ def run_with(connection: Connection) -> None:
     # when no migration will run (`trainwire db upgrade` on a database already at head).
     sqlite = connection.dialect.name == "sqlite"
     with context.begin_transaction():
+        # A run that waited here reads the revision only now, after the one before it committed,
+        # and finds nothing left to do (Alembic reads it in `run_migrations`). SQLite's
+        # transaction began IMMEDIATE (see `run_online`), which is its lock.
+        if not sqlite:
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            )
         check = sqlite and not at_destination()
         broken_before = broken_foreign_keys(connection) if check else Counter[str]()
         context.run_migrations()
@@ -68,7 +80,11 @@ def run_online() -> None:
         context.config.get_main_option("sqlalchemy.url") or "", sqlite_foreign_keys=False
     )
     try:
-        with engine.connect() as connection:
+        # SQLite: the write lock at BEGIN, so a second run at once waits for the first to commit
+        # (up to the busy timeout). Begun DEFERRED, both would read first, and the one that then
+        # writes second fails at once ("database is locked"): SQLite cannot let it wait on a read
+        # it made before the other's write.
+        with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as connection:
             run_with(connection)
     finally:
         engine.dispose()

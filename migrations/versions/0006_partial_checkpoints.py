@@ -2,8 +2,9 @@
 
 `checkpoints.is_partial` marks a checkpoint written when a run stopped or was cancelled partway
 through an epoch: it carries the last whole epoch's number and metrics, but its weights are further
-on, so it is never "best" and never answers "epoch/N". Rows from before are taken as whole epochs
-(false): the ones a stop wrote cannot be told apart afterwards.
+on, so it is never "best" and never answers "epoch/N". Rows from before are all taken as whole
+epochs (false) here; 0009 then marks partial the ones a stop wrote, which their bytes tell apart
+(the trainer state's `trainer.in_epoch`).
 
 Revision ID: 0006
 Revises: 0005

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
 
+import numpy as np
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -25,19 +30,24 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import OperationalError
 
+from trainwire.engine import Callback, Model, Trainer, save_state
 from trainwire.server.db import Database, make_engine
 from trainwire.server.migrate import (
     NotMigrated,
     alembic_config,
     check_foreign_keys,
     compare_server_default,
+    current_revision,
     ensure_migrated,
     head_revision,
     upgrade,
 )
 from trainwire.server.models import Base, JobRow
+from trainwire.server.predictions import PredictionService
 from trainwire.server.records import TaskKind
-from trainwire.server.store import Store
+from trainwire.server.store import Store, best_checkpoint
+
+from ..conftest import fresh_postgres_database
 
 
 @contextmanager
@@ -84,6 +94,63 @@ def test_embedded_sqlite_migrates_itself(tmp_path: object) -> None:
         with database.engine.connect() as connection:
             current = MigrationContext.configure(connection).get_current_revision()
         assert current == head_revision(database.url)
+
+
+# Upgrades each URL read from stdin, answering "done" (a failure ends it with a traceback). Its
+# imports are done before "ready": both processes then start each upgrade at once.
+_UPGRADER = """
+import sys
+from trainwire.server.migrate import upgrade
+print("ready", flush=True)
+for url in sys.stdin:
+    upgrade(url.strip())
+    print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_two_upgrades_of_a_fresh_database_at_once_both_succeed(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """What two `trainwire db upgrade` (PostgreSQL) or two `serve` (SQLite) started together do.
+    Processes, not threads: Alembic's `context` and `op` are one per process. Unlocked, both
+    created the same tables (PostgreSQL: UniqueViolation), or both read before either wrote and
+    the second to write failed at once (SQLite: "database is locked")."""
+    if kind == "sqlite":
+        urls = [f"sqlite:///{tmp_path}/race{i}.db" for i in range(3)]
+    else:
+        server_url = request.getfixturevalue("postgres_server_url")
+        urls = [fresh_postgres_database(server_url) for _ in range(3)]
+    logs = [tmp_path / "upgrader0.log", tmp_path / "upgrader1.log"]
+    upgraders = [
+        subprocess.Popen(
+            [sys.executable, "-c", _UPGRADER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log.open("w"),
+            text=True,
+        )
+        for log in logs
+    ]
+    pipes = [(upgrader.stdin, upgrader.stdout) for upgrader in upgraders]
+    try:
+        for (_, answers), log in zip(pipes, logs, strict=True):
+            assert answers is not None and answers.readline() == "ready\n", log.read_text()
+        for url in urls:
+            for asks, _ in pipes:  # both wait on their stdin: they start together
+                assert asks is not None
+                asks.write(f"{url}\n")
+                asks.flush()
+            for (_, answers), log in zip(pipes, logs, strict=True):
+                assert answers is not None
+                assert answers.readline() == "done\n", log.read_text()[-3000:]
+            with _opened(url) as database:
+                assert current_revision(database) == head_revision(url)
+    finally:
+        for upgrader in upgraders:
+            assert upgrader.stdin is not None
+            upgrader.stdin.close()
+            upgrader.wait(timeout=60)
 
 
 # Longer than a SQLite page, so the value spills onto overflow pages as real checkpoints do.
@@ -184,7 +251,7 @@ def test_upgrading_a_database_with_jobs_keeps_every_row(empty_database_url: str)
         store = Store(database)
         (checkpoint,) = store.list_checkpoints("j1")
         assert store.checkpoint_data(checkpoint.id) == CHECKPOINT_BYTES
-        assert checkpoint.is_partial is False, "checkpoints from before 0006 are epoch ends"
+        assert checkpoint.is_partial is False, "bytes that are no trainer state: an epoch end"
         job = store.get_job("j1")
         assert job.project == "default"
         assert job.target == {
@@ -192,6 +259,65 @@ def test_upgrading_a_database_with_jobs_keeps_every_row(empty_database_url: str)
             "feature_names": ["a", "b"], "num_features": 2, "target_width": 1,
         }, "0003 left it {}; 0008 fills it from the dataset"  # fmt: skip
         assert TaskKind(job.target["task"]).is_classification, "the value predictions read"
+
+
+class _StopAfterABatch(Callback):
+    def on_batch_end(self, trainer: Trainer, step: int, logs: dict[str, float]) -> None:
+        trainer.stop_training = True
+
+
+def _epoch_end_and_mid_epoch_states() -> tuple[bytes, bytes]:
+    """The bytes a worker checkpoints (a trainer state) at the end of epoch 1, and after one
+    batch of epoch 2, where a stop or cancel leaves it."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3))
+    y = x @ np.array([1.0, -2.0, 0.5])
+    model = Model.from_spec({"input_dim": 3, "layers": [{"type": "dense", "units": 1}]}, seed=0)
+    trainer = Trainer(model, batch_size=10)
+    trainer.fit(x, y, epochs=1)
+    epoch_end = save_state(trainer.state_dict(), {"job": "j1", "kind": "trainer"})
+    trainer.fit(x, y, epochs=2, callbacks=[_StopAfterABatch()])
+    assert trainer.in_epoch and trainer.epoch == 1
+    return epoch_end, save_state(trainer.state_dict(), {"job": "j1", "kind": "trainer"})
+
+
+def test_checkpoints_written_mid_epoch_before_0006_are_marked_partial(
+    empty_database_url: str,
+) -> None:
+    """0006 took them for epoch ends; tied with the real epoch end, the newer won "best" and
+    "epoch/N". Their bytes say an epoch was in progress: 0009 marks them partial."""
+    epoch_end, mid_epoch = _epoch_end_and_mid_epoch_states()
+    upgrade(empty_database_url, "0005")
+    with _opened(empty_database_url) as database, database.engine.begin() as connection:
+        _insert_job(connection, "j1", None, "{}", state="CANCELLED")
+        for checkpoint_id, step, data in ((1, 4, epoch_end), (2, 5, mid_epoch)):
+            connection.execute(
+                text(
+                    "INSERT INTO checkpoints (id, job_id, epoch, step, metrics, is_final, "
+                    "size_bytes, created_at) VALUES (:id, 'j1', 1, :step, '{\"loss\": 0.5}', "
+                    "false, :size, :now)"
+                ).bindparams(bindparam("now", type_=DateTime(timezone=True))),
+                {"id": checkpoint_id, "step": step, "size": len(data),
+                 "now": datetime(2026, 11, 27, tzinfo=UTC)},
+            )  # fmt: skip
+            connection.execute(
+                text(
+                    "INSERT INTO checkpoint_blobs (checkpoint_id, data) VALUES (:id, :data)"
+                ).bindparams(bindparam("data", type_=LargeBinary())),
+                {"id": checkpoint_id, "data": data},
+            )
+
+    upgrade(empty_database_url)
+    with _opened(empty_database_url) as database:
+        store = Store(database)
+        checkpoints = store.list_checkpoints("j1")
+        job = store.get_job("j1")
+    assert [(c.id, c.is_partial) for c in checkpoints] == [(1, False), (2, True)]
+    assert best_checkpoint(checkpoints) == checkpoints[0]
+    service = PredictionService(store, cast(Any, None), 0)  # selection reads nothing else
+    assert service.resolve(job, "epoch/1", checkpoints) == checkpoints[0]
+    assert service.resolve(job, "best", checkpoints) == checkpoints[0]
+    assert service.resolve(job, "latest", checkpoints) == checkpoints[1], "what a resume loads"
 
 
 def _insert_job(
@@ -339,3 +465,28 @@ def test_a_downgrade_below_0003_with_jobs_whose_dataset_is_gone_is_refused_by_na
         command.downgrade(alembic_config(empty_database_url), "0002")
     with _opened(empty_database_url) as database, database.engine.connect() as connection:
         assert MigrationContext.configure(connection).get_current_revision() == "0003"
+
+
+def test_a_downgrade_below_0007_with_a_request_id_two_projects_share_is_refused_by_name(
+    empty_database_url: str,
+) -> None:
+    upgrade(empty_database_url, "0007")
+    with _opened(empty_database_url) as database, database.engine.begin() as connection:
+        for job_id, project, request_id in (
+            ("j1", "default", "req-a"), ("j2", "research", "req-a"), ("j3", "default", "req-b"),
+        ):  # fmt: skip
+            _insert_job(connection, job_id, None, "{}")
+            connection.execute(
+                text("UPDATE jobs SET project = :project, request_id = :request_id WHERE id = :id"),
+                {"project": project, "request_id": request_id, "id": job_id},
+            )
+    with pytest.raises(RuntimeError) as refused:
+        command.downgrade(alembic_config(empty_database_url), "0006")
+    assert str(refused.value).startswith(
+        "cannot downgrade below 0007: 1 request ids are each used by jobs of more than one "
+        "project, which revision 0006 (a request id once in the whole database) cannot hold: "
+        "'req-a': jobs/j1 in default, jobs/j2 in research; for each, delete the jobs of every "
+        "project but one first (trainwire jobs delete"
+    )
+    with _opened(empty_database_url) as database, database.engine.connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == "0007"
