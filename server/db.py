@@ -232,6 +232,11 @@ def _translate_errors() -> Iterator[None]:
     except OperationalError as error:
         if error.connection_invalidated or _is_connection_error(error):
             raise _unavailable("The database is unreachable", error) from error
+        if _is_sqlite_busy(error):
+            # Another process held SQLite's write lock past the busy timeout (a process frozen
+            # in a write): passing, as an outage is. Raised as it was, a call answered INTERNAL
+            # and a worker's write failed its job for good rather than retrying.
+            raise _unavailable("The database is locked by another write", error) from error
         raise
     except DBAPIError as error:
         if error.connection_invalidated:
@@ -254,6 +259,12 @@ def _unavailable(what: str, error: DBAPIError) -> Unavailable:
 
 UNAVAILABLE_LOG_EVERY_S = 60.0
 _last_warned = -math.inf
+
+
+def _is_sqlite_busy(error: OperationalError) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: the file's lock is held by another connection."""
+    text = str(error.orig).lower()
+    return "database is locked" in text or "database table is locked" in text
 
 
 def _is_connection_error(error: OperationalError) -> bool:

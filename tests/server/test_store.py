@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -941,3 +942,27 @@ def test_a_big_write_sent_slower_than_the_idle_bound_is_not_cut(postgres_store: 
     finally:
         slow.dispose()
         proxy.listener.close()
+
+
+def test_a_sqlite_write_lock_held_past_the_busy_timeout_is_unavailable(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process frozen inside a write held SQLite's lock: every other write waited the busy
+    timeout and raised "database is locked" as it was, answered INTERNAL, and a worker's write
+    failed its job for good. It is Unavailable, which clients and `with_retry` retry."""
+    from trainwire.server import db as db_module
+
+    monkeypatch.setattr(db_module, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    database = Database(sqlite_url)
+    store = Store(database)
+    dataset = make_dataset(store)
+    holder = sqlite3.connect(make_url(sqlite_url).database, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # the frozen writer
+        with pytest.raises(Unavailable, match="locked by another write; try again shortly"):
+            store.create_job(make_job(store, dataset))
+        holder.execute("ROLLBACK")
+        assert store.create_job(make_job(store, dataset)).state is JobState.QUEUED
+    finally:
+        holder.close()
+        database.dispose()
