@@ -10,8 +10,9 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from typing import TypeVar
 
 import grpc
 
@@ -28,6 +29,7 @@ from trainwire.v1 import (
 )
 
 from .auth import check_key_still_active, current_client, current_project
+from .config import Settings
 from .convert import (
     STATES_TO_PROTO,
     ListAnswer,
@@ -41,12 +43,15 @@ from .convert import (
     without_layers_past,
 )
 from .datasets import DatasetService, Upload
-from .errors import ResourceExhausted
+from .errors import DeadlineExceeded, ResourceExhausted
 from .jobs import WATCH_POLL_S, JobService
 from .predictions import Prediction, PredictionService, Served, ServedPin
 from .records import Dataset, Job, JobEvent, TaskKind
 from .store import best_checkpoint
 from .wrappers import in_pool
+
+# A message of a client stream.
+Message = TypeVar("Message")
 
 
 class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
@@ -95,13 +100,9 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         requests: AsyncIterator[datasets_pb2.UploadDatasetRequest],
         upload: Upload | None,
     ) -> datasets_pb2.UploadDatasetRequest | None:
-        """The next message of an upload (None once its stream ends), waited for at most
-        upload_idle_timeout_s: a client silent without a deadline held its slot for good."""
-        try:
-            async with asyncio.timeout(self.datasets.settings.upload_idle_timeout_s):
-                return await anext(requests, None)
-        except TimeoutError:
-            raise self.datasets.idle(upload) from None
+        """The next message of an upload (None once its stream ends), within the idle timeout."""
+        idle_s = self.datasets.settings.stream_idle_timeout_s
+        return await _next_message(requests, idle_s, lambda: self.datasets.idle(upload))
 
     def GetDataset(
         self, request: datasets_pb2.GetDatasetRequest, context: grpc.ServicerContext
@@ -126,11 +127,33 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         return datasets_pb2.DeleteDatasetResponse()
 
 
-class WatchLimiter:
-    """Counts open watches per client (API key, or peer address on an open server)."""
+async def _next_message(
+    requests: AsyncIterator[Message], idle_s: float, idle: Callable[[], DeadlineExceeded]
+) -> Message | None:
+    """The next message of a client stream (None once it ends), waited for at most `idle_s`
+    (stream_idle_timeout_s), else raises `idle()`: a client silent without a deadline held what
+    its stream holds (an upload slot, a model pinned in the cache) for good."""
+    try:
+        async with asyncio.timeout(idle_s):
+            return await anext(requests, None)
+    except TimeoutError:
+        raise idle() from None
 
-    def __init__(self, limit: int) -> None:
+
+def _client(context: grpc.aio.ServicerContext) -> str:
+    """Whom a per-client limit counts a call against: its API key's id, else its connection."""
+    return current_client() or context.peer()
+
+
+class ClientLimiter:
+    """Counts one kind of open stream per client (`_client`), refusing one past `limit` with
+    RESOURCE_EXHAUSTED naming `setting`: one client's open streams held what every other
+    project needed."""
+
+    def __init__(self, setting: str, limit: int, counted: str) -> None:
+        self.setting = setting
         self.limit = limit
+        self.counted = counted  # what is counted, for the refusal's message
         self.open: Counter[str] = Counter()
         self.lock = threading.Lock()
 
@@ -138,7 +161,7 @@ class WatchLimiter:
         with self.lock:
             if self.open[client] >= self.limit:
                 raise ResourceExhausted.limit(
-                    "max_watches_per_client", self.limit, self.open[client] + 1
+                    self.setting, self.limit, self.open[client] + 1, self.counted
                 )
             self.open[client] += 1
 
@@ -158,7 +181,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self,
         jobs: JobService,
         predictions: PredictionService,
-        watches: WatchLimiter,
+        watches: ClientLimiter,
         executor: Executor,
     ) -> None:
         self.jobs = jobs
@@ -202,7 +225,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.JobEvent]:
         project = current_project()
-        client = current_client() or context.peer()  # the key's id, else the connection
+        client = _client(context)
         self.watches.acquire(client)
         try:
             job_id = await in_pool(
@@ -293,8 +316,12 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
     """Predict and PredictStream run on the event loop (micro-batched, see `server.batching`);
     GetModelMetadata in the thread pool like the other services."""
 
-    def __init__(self, predictions: PredictionService) -> None:
+    def __init__(
+        self, predictions: PredictionService, streams: ClientLimiter, settings: Settings
+    ) -> None:
         self.predictions = predictions
+        self.streams = streams
+        self.settings = settings
 
     async def Predict(
         self, request: predictions_pb2.PredictRequest, context: grpc.aio.ServicerContext
@@ -316,16 +343,22 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
     ) -> AsyncIterator[predictions_pb2.PredictResponse]:
         project = current_project()
         deadline = _deadline(context)
+        client = _client(context)
         # The slices of one stream are one input: the model that answered the first answers the
         # rest, even if a newer checkpoint becomes "latest" or "best" meanwhile, or retention
         # deletes the first one's. It stays pinned in the model cache, counted in its bound,
-        # until the stream ends however it ends: its last message, an error, or the client
-        # cancelling (grpc.aio then ends the request iterator, or cancels this generator).
+        # until the stream ends however it ends: its last message, an error, its client idle
+        # for stream_idle_timeout_s, or the client cancelling (grpc.aio then ends the request
+        # iterator, or cancels this generator).
         first: tuple[str, str] | None = None
         pinned: Served | None = None
         pin: ServedPin | None = None
+        received = 0
+        requests = aiter(request_iterator)
+        self.streams.acquire(client)
         try:
-            async for request in request_iterator:
+            while (request := await self._next_request(requests, received)) is not None:
+                received += 1
                 check_key_still_active()
                 selector = (request.job, request.checkpoint)
                 if first is None:
@@ -346,6 +379,33 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
         finally:
             if pin is not None:
                 self.predictions.unpin(pin)
+            self.streams.release(client)
+
+    async def _next_request(
+        self, requests: AsyncIterator[predictions_pb2.PredictRequest], received: int
+    ) -> predictions_pb2.PredictRequest | None:
+        """The next request of a stream that has sent `received` (None once it ends), within
+        the idle timeout."""
+        idle_s = self.settings.stream_idle_timeout_s
+        return await _next_message(requests, idle_s, lambda: self._idle(received))
+
+    def _idle(self, received: int) -> DeadlineExceeded:
+        """The error that ends a prediction stream whose client sent nothing for
+        stream_idle_timeout_s, after `received` requests."""
+        waited = f"{self.settings.stream_idle_timeout_s:g} s"
+        rule = (
+            "the server ends a stream idle that long "
+            f"({self.settings.setting('stream_idle_timeout_s')}), letting go of its model"
+        )
+        if received == 0:
+            return DeadlineExceeded(
+                f"the prediction stream sent no request in {waited}: {rule}; send the first "
+                "request as the stream opens"
+            )
+        return DeadlineExceeded(
+            f"the prediction stream sent nothing for {waited} after {received} requests: "
+            f"{rule}; open a new stream when more rows are ready"
+        )
 
     def GetModelMetadata(
         self, request: predictions_pb2.GetModelMetadataRequest, context: grpc.ServicerContext

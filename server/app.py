@@ -33,7 +33,7 @@ from trainwire.v1 import (
     predictions_pb2_grpc,
 )
 
-from .api import DatasetServicer, JobServicer, PredictionServicer, WatchLimiter
+from .api import ClientLimiter, DatasetServicer, JobServicer, PredictionServicer
 from .auth import KeyChecker
 from .config import Settings, host_port
 from .datasets import DatasetService
@@ -123,7 +123,11 @@ class RunningServer:
         jobs = JobServicer(
             JobService(self.store, settings),
             predictions,
-            WatchLimiter(settings.max_watches_per_client),
+            ClientLimiter(
+                "max_watches_per_client",
+                settings.max_watches_per_client,
+                "WatchJob streams open at once with one API key, or from one peer",
+            ),
             self.executor,
         )
         datasets = DatasetServicer(DatasetService(self.store, settings), self.executor)
@@ -132,7 +136,16 @@ class RunningServer:
         datasets_pb2_grpc.add_DatasetServiceServicer_to_server(datasets, registrar)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, registrar)
         predictions_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(predictions), registrar
+            PredictionServicer(
+                predictions,
+                ClientLimiter(
+                    "max_predict_streams_per_client",
+                    settings.max_predict_streams_per_client,
+                    "PredictStream calls open at once with one API key, or from one peer",
+                ),
+                settings,
+            ),
+            registrar,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         # What reflection.enable_server_reflection does for a grpc.aio server (it would not
