@@ -54,79 +54,6 @@ from .wrappers import in_pool
 Message = TypeVar("Message")
 
 
-class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
-    """Plain methods run in the server's thread pool; UploadDataset is a coroutine that receives
-    the stream on the event loop and checks the header, then hashes, checks and stores the bytes,
-    in the thread pool: an open upload holds no thread while it waits for its client (as a
-    synchronous handler, 16 stalled uploads took every thread and every other RPC waited)."""
-
-    def __init__(self, datasets: DatasetService, executor: Executor) -> None:
-        self.datasets = datasets
-        self.executor = executor
-        self.max_answer_bytes = datasets.settings.max_answer_bytes()
-        # Uploads in progress, each holding up to max_dataset_bytes, are as many as there are
-        # pool threads (the bound they had as synchronous handlers): unbounded, parallel uploads
-        # could exhaust memory. An upload takes one once its header is checked; one beyond waits
-        # for a slot within its deadline, holding its header alone.
-        self.upload_slots = asyncio.Semaphore(datasets.settings.grpc_threads)
-
-    async def UploadDataset(
-        self,
-        request_iterator: AsyncIterator[datasets_pb2.UploadDatasetRequest],
-        context: grpc.aio.ServicerContext,
-    ) -> datasets_pb2.Dataset:
-        requests = aiter(request_iterator)
-        first = await self._next_message(requests, None)
-        upload = await in_pool(self.executor, self.datasets.start, first)
-        # The slot is taken once the header is checked: the bytes it bounds come after it, and
-        # streams that sent nothing took every slot while every other upload waited.
-        async with self.upload_slots:
-            dataset = await self._upload(upload, requests)
-        return dataset_to_proto(dataset)
-
-    async def _upload(
-        self, upload: Upload, requests: AsyncIterator[datasets_pb2.UploadDatasetRequest]
-    ) -> Dataset:
-        """Receives the chunks of an upload begun by its header, checks and stores them (the
-        caller holds its slot)."""
-        project = current_project()
-        with upload:  # its bytes are let go of at once if the upload fails
-            while (request := await self._next_message(requests, upload)) is not None:
-                upload.add(request)  # one copy per chunk; the hashing waits for the pool
-            return await in_pool(self.executor, self.datasets.finish, upload, project)
-
-    async def _next_message(
-        self,
-        requests: AsyncIterator[datasets_pb2.UploadDatasetRequest],
-        upload: Upload | None,
-    ) -> datasets_pb2.UploadDatasetRequest | None:
-        """The next message of an upload (None once its stream ends), within the idle timeout."""
-        idle_s = self.datasets.settings.stream_idle_timeout_s
-        return await _next_message(requests, idle_s, lambda: self.datasets.idle(upload))
-
-    def GetDataset(
-        self, request: datasets_pb2.GetDatasetRequest, context: grpc.ServicerContext
-    ) -> datasets_pb2.Dataset:
-        return dataset_to_proto(self.datasets.get(request.name, current_project()))
-
-    def ListDatasets(
-        self, request: datasets_pb2.ListDatasetsRequest, context: grpc.ServicerContext
-    ) -> datasets_pb2.ListDatasetsResponse:
-        answer = ListAnswer(dataset_to_proto, self.max_answer_bytes)
-        items, token = self.datasets.list_datasets(
-            request.page_size, request.page_token, current_project(), answer.fits
-        )
-        return datasets_pb2.ListDatasetsResponse(
-            datasets=answer.messages(items), next_page_token=token
-        )
-
-    def DeleteDataset(
-        self, request: datasets_pb2.DeleteDatasetRequest, context: grpc.ServicerContext
-    ) -> datasets_pb2.DeleteDatasetResponse:
-        self.datasets.delete(request.name, current_project())
-        return datasets_pb2.DeleteDatasetResponse()
-
-
 async def _next_message(
     requests: AsyncIterator[Message], idle_s: float, idle: Callable[[], DeadlineExceeded]
 ) -> Message | None:
@@ -170,6 +97,90 @@ class ClientLimiter:
             self.open[client] -= 1
             if self.open[client] <= 0:
                 del self.open[client]
+
+
+class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
+    """Plain methods run in the server's thread pool; UploadDataset is a coroutine that receives
+    the stream on the event loop and checks the header, then hashes, checks and stores the bytes,
+    in the thread pool: an open upload holds no thread while it waits for its client (as a
+    synchronous handler, 16 stalled uploads took every thread and every other RPC waited)."""
+
+    def __init__(
+        self, datasets: DatasetService, uploads: ClientLimiter, executor: Executor
+    ) -> None:
+        self.datasets = datasets
+        self.uploads = uploads
+        self.executor = executor
+        self.max_answer_bytes = datasets.settings.max_answer_bytes()
+        # Uploads in progress, each holding up to max_dataset_bytes, are as many as there are
+        # pool threads (the bound they had as synchronous handlers): unbounded, parallel uploads
+        # could exhaust memory. An upload takes one once its header is checked; one beyond waits
+        # for a slot within its deadline, holding its header alone.
+        self.upload_slots = asyncio.Semaphore(datasets.settings.grpc_threads)
+
+    async def UploadDataset(
+        self,
+        request_iterator: AsyncIterator[datasets_pb2.UploadDatasetRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> datasets_pb2.Dataset:
+        requests = aiter(request_iterator)
+        # Counted from the start, whatever the upload holds (nothing yet, its header waiting for
+        # a slot, a slot and its bytes): one client's uploads, trickling a byte a message, held
+        # every slot for good while every other project's upload waited.
+        client = _client(context)
+        self.uploads.acquire(client)
+        try:
+            first = await self._next_message(requests, None)
+            upload = await in_pool(self.executor, self.datasets.start, first)
+            # The slot is taken once the header is checked: the bytes it bounds come after it,
+            # and streams that sent nothing took every slot while every other upload waited.
+            async with self.upload_slots:
+                dataset = await self._upload(upload, requests)
+        finally:
+            self.uploads.release(client)
+        return dataset_to_proto(dataset)
+
+    async def _upload(
+        self, upload: Upload, requests: AsyncIterator[datasets_pb2.UploadDatasetRequest]
+    ) -> Dataset:
+        """Receives the chunks of an upload begun by its header, checks and stores them (the
+        caller holds its slot)."""
+        project = current_project()
+        with upload:  # its bytes are let go of at once if the upload fails
+            while (request := await self._next_message(requests, upload)) is not None:
+                upload.add(request)  # one copy per chunk; the hashing waits for the pool
+            return await in_pool(self.executor, self.datasets.finish, upload, project)
+
+    async def _next_message(
+        self,
+        requests: AsyncIterator[datasets_pb2.UploadDatasetRequest],
+        upload: Upload | None,
+    ) -> datasets_pb2.UploadDatasetRequest | None:
+        """The next message of an upload (None once its stream ends), within the idle timeout."""
+        idle_s = self.datasets.settings.stream_idle_timeout_s
+        return await _next_message(requests, idle_s, lambda: self.datasets.idle(upload))
+
+    def GetDataset(
+        self, request: datasets_pb2.GetDatasetRequest, context: grpc.ServicerContext
+    ) -> datasets_pb2.Dataset:
+        return dataset_to_proto(self.datasets.get(request.name, current_project()))
+
+    def ListDatasets(
+        self, request: datasets_pb2.ListDatasetsRequest, context: grpc.ServicerContext
+    ) -> datasets_pb2.ListDatasetsResponse:
+        answer = ListAnswer(dataset_to_proto, self.max_answer_bytes)
+        items, token = self.datasets.list_datasets(
+            request.page_size, request.page_token, current_project(), answer.fits
+        )
+        return datasets_pb2.ListDatasetsResponse(
+            datasets=answer.messages(items), next_page_token=token
+        )
+
+    def DeleteDataset(
+        self, request: datasets_pb2.DeleteDatasetRequest, context: grpc.ServicerContext
+    ) -> datasets_pb2.DeleteDatasetResponse:
+        self.datasets.delete(request.name, current_project())
+        return datasets_pb2.DeleteDatasetResponse()
 
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):

@@ -130,7 +130,15 @@ class RunningServer:
             ),
             self.executor,
         )
-        datasets = DatasetServicer(DatasetService(self.store, settings), self.executor)
+        datasets = DatasetServicer(
+            DatasetService(self.store, settings),
+            ClientLimiter(
+                "max_uploads_per_client",
+                settings.max_uploads_per_client,
+                "UploadDataset calls open at once with one API key, or from one peer",
+            ),
+            self.executor,
+        )
         # Every method wrapped in the request bookkeeping; only predictions are registered methods.
         registrar = WrappingRegistrar(server, self.keys, registered=(PREDICTION_SERVICE,))
         datasets_pb2_grpc.add_DatasetServiceServicer_to_server(datasets, registrar)

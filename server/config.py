@@ -142,9 +142,11 @@ class Settings:
     max_epochs: int = 100_000
     # Open streams per client (API key, or peer on an open server), each kind its own count: a
     # client's open streams held what every other project needed (watches a little memory each;
-    # prediction streams their models pinned in the model cache).
+    # prediction streams their models pinned in the model cache; uploads every slot of
+    # grpc_threads, so their limit must stay well below it).
     max_watches_per_client: int = 16
     max_predict_streams_per_client: int = 16
+    max_uploads_per_client: int = 2
     grpc_threads: int = 16
     # How long a client stream (an upload, a PredictStream) may send nothing (no first message,
     # or none since the last) before the server ends it: an open upload holds a slot of
@@ -251,8 +253,8 @@ class Settings:
         positive = (
             "max_message_bytes", "max_dataset_bytes", "max_parameters", "max_batch_bytes",
             "max_epochs",
-            "max_watches_per_client", "max_predict_streams_per_client", "grpc_threads",
-            "stream_idle_timeout_s",
+            "max_watches_per_client", "max_predict_streams_per_client", "max_uploads_per_client",
+            "grpc_threads", "stream_idle_timeout_s",
             "server_processes", "poll_interval_s",
             "lease_s", "stop_timeout_s",
             "default_max_attempts", "model_cache_bytes", "predict_batch_rows",
@@ -405,6 +407,7 @@ _ENV_FIELDS: dict[str, type] = {
     "max_epochs": int,
     "max_watches_per_client": int,
     "max_predict_streams_per_client": int,
+    "max_uploads_per_client": int,
     "grpc_threads": int,
     "stream_idle_timeout_s": float,
     "server_processes": int,

@@ -461,7 +461,7 @@ def test_stalled_uploads_hold_no_thread(tmp_path: Path) -> None:
     uploads that sent their header and nothing more leave every RPC working (each held a thread
     for as long as its stream was open, and GetDataset waited for one until its deadline)."""
     url = f"sqlite:///{tmp_path / 'uploads.db'}"
-    env = {"TRAINWIRE_GRPC_THREADS": "2"}
+    env = {"TRAINWIRE_GRPC_THREADS": "2", "TRAINWIRE_MAX_UPLOADS_PER_CLIENT": "6"}
     with local_server(url, workers=0, extra_env=env) as server, Client(server.target) as client:
         data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3)
         header = _ten_rows_header()
@@ -499,7 +499,7 @@ def test_uploads_beyond_the_thread_count_wait_for_one_to_end(tmp_path: Path) -> 
     held no thread, and any number of them, each up to max_dataset_bytes, could run at once.
     One beyond the bound waits for a slot (within its deadline) and then succeeds."""
     url = f"sqlite:///{tmp_path / 'uploads.db'}"
-    env = {"TRAINWIRE_GRPC_THREADS": "2"}
+    env = {"TRAINWIRE_GRPC_THREADS": "2", "TRAINWIRE_MAX_UPLOADS_PER_CLIENT": "4"}
     with local_server(url, workers=0, extra_env=env) as server, Client(server.target) as client:
         data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3)
         header = _ten_rows_header()
@@ -548,7 +548,7 @@ def test_uploads_that_send_no_header_hold_no_upload_slot(tmp_path: Path) -> None
     (TRAINWIRE_GRPC_THREADS), open and silent, leave an upload free to run (each took a slot
     before its first message, and every other upload waited for one until its deadline)."""
     url = f"sqlite:///{tmp_path / 'uploads.db'}"
-    env = {"TRAINWIRE_GRPC_THREADS": "2"}
+    env = {"TRAINWIRE_GRPC_THREADS": "2", "TRAINWIRE_MAX_UPLOADS_PER_CLIENT": "3"}
     with local_server(url, workers=0, extra_env=env) as server:
         opened, release = threading.Semaphore(0), threading.Event()
 
@@ -622,6 +622,54 @@ def test_an_idle_upload_is_ended_and_frees_its_slot(tmp_path: Path) -> None:
                 release.set()
         data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3, timeout=60)
         assert data.num_examples == 10
+    assert server.process.returncode == 0, "".join(server.output[-40:])
+
+
+def test_one_client_cannot_hold_every_upload_slot(tmp_path: Path) -> None:
+    """One API key's uploads, as many as there are slots (TRAINWIRE_GRPC_THREADS) and each
+    stalled after its header (or trickling a byte within the idle timeout), held every slot,
+    and every other project's upload waited until its deadline: a key may have
+    TRAINWIRE_MAX_UPLOADS_PER_CLIENT open, one more is refused at once RESOURCE_EXHAUSTED
+    naming the limit, and another project's upload takes the slot left."""
+    url = f"sqlite:///{tmp_path / 'uploads.db'}"
+    upgrade(url)
+    alpha, beta = create_key(url, "alpha"), create_key(url, "beta")
+    env = {"TRAINWIRE_GRPC_THREADS": "3", "TRAINWIRE_MAX_UPLOADS_PER_CLIENT": "2"}
+    with (
+        local_server(url, workers=0, extra_env=env) as server,
+        Client(server.target, api_key=alpha) as a,
+        Client(server.target, api_key=beta) as b,
+    ):
+        header = datasets_pb2.UploadDatasetRequest(header=_ten_rows_header())
+        release = threading.Event()
+        x, y = np.zeros((10, 4), np.float32), np.arange(10) % 3
+        with grpc.insecure_channel(server.target) as channel:
+            datasets = datasets_pb2_grpc.DatasetServiceStub(channel)
+            uploads = [
+                datasets.UploadDataset.future(
+                    _held([header], release),
+                    metadata=(("authorization", f"Bearer {alpha}"),),
+                    timeout=180,
+                )
+                for _ in range(3)
+            ]
+            try:
+                wait_for(lambda: any(u.done() for u in uploads), 30, "an upload to be refused")
+                [refused] = [u for u in uploads if u.done()]
+                error = refused.exception()
+                assert isinstance(error, grpc.RpcError)
+                code, details = error.code(), error.details() or ""
+                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+                assert "max_uploads_per_client is limited to 2. Received: 3" in details
+                assert b.upload_dataset(x, y, timeout=60).num_examples == 10
+            finally:
+                release.set()
+            for upload in uploads:  # the two held end as before, short of their bytes
+                if upload is not refused:
+                    with pytest.raises(grpc.RpcError) as short:
+                        upload.result(timeout=30)
+                    assert short.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert a.upload_dataset(x, y, timeout=60).num_examples == 10  # its slots are back
     assert server.process.returncode == 0, "".join(server.output[-40:])
 
 
