@@ -7,6 +7,7 @@ around every method, which also set the caller's project (`server.auth`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -117,6 +118,10 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         # could exhaust memory. An upload takes one once its header is checked; one beyond waits
         # for a slot within its deadline, holding its header alone.
         self.upload_slots = asyncio.Semaphore(datasets.settings.grpc_threads)
+        # Uploads waiting for a slot, each holding its checked header (up to a quarter of a
+        # message in names): as many may wait as there are slots. Unbounded, 200 waiting uploads
+        # grew the server by 250 MiB. Only the event loop counts them.
+        self.waiting = 0
 
     async def UploadDataset(
         self,
@@ -134,11 +139,34 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
             upload = await in_pool(self.executor, self.datasets.start, first)
             # The slot is taken once the header is checked: the bytes it bounds come after it,
             # and streams that sent nothing took every slot while every other upload waited.
-            async with self.upload_slots:
+            async with self._upload_slot():
                 dataset = await self._upload(upload, requests)
         finally:
             self.uploads.release(client)
         return dataset_to_proto(dataset)
+
+    @contextlib.asynccontextmanager
+    async def _upload_slot(self) -> AsyncIterator[None]:
+        """Holds an upload slot, waiting for one if need be; an upload that would wait beside
+        as many as there are slots is refused at once."""
+        slots = self.datasets.settings.grpc_threads
+        if self.upload_slots.locked() and self.waiting >= slots:
+            raise ResourceExhausted.limit(
+                "the number of uploads waiting for a slot",
+                slots,
+                self.waiting + 1,
+                f"as many as {self.datasets.settings.setting('grpc_threads')}, the uploads in "
+                "progress at once; upload again once some end",
+            )
+        self.waiting += 1  # for an instant only when a slot is free: acquire() does not wait
+        try:
+            await self.upload_slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self.upload_slots.release()
 
     async def _upload(
         self, upload: Upload, requests: AsyncIterator[datasets_pb2.UploadDatasetRequest]

@@ -457,11 +457,12 @@ def _ten_rows_header() -> datasets_pb2.DatasetHeader:
 
 
 def test_stalled_uploads_hold_no_thread(tmp_path: Path) -> None:
-    """An upload waiting for its client holds no server thread: with a pool of 2 threads, 6
-    uploads that sent their header and nothing more leave every RPC working (each held a thread
-    for as long as its stream was open, and GetDataset waited for one until its deadline)."""
+    """An upload waiting for its client holds no server thread: with a pool of 2 threads, 4
+    uploads that sent their header and nothing more (two in progress, two waiting for a slot)
+    leave every RPC working (each held a thread for as long as its stream was open, and
+    GetDataset waited for one until its deadline)."""
     url = f"sqlite:///{tmp_path / 'uploads.db'}"
-    env = {"TRAINWIRE_GRPC_THREADS": "2", "TRAINWIRE_MAX_UPLOADS_PER_CLIENT": "6"}
+    env = {"TRAINWIRE_GRPC_THREADS": "2", "TRAINWIRE_MAX_UPLOADS_PER_CLIENT": "4"}
     with local_server(url, workers=0, extra_env=env) as server, Client(server.target) as client:
         data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3)
         header = _ten_rows_header()
@@ -474,7 +475,7 @@ def test_stalled_uploads_hold_no_thread(tmp_path: Path) -> None:
 
         with grpc.insecure_channel(server.target) as channel:
             datasets = datasets_pb2_grpc.DatasetServiceStub(channel)
-            uploads = [datasets.UploadDataset.future(stalled(), timeout=60) for _ in range(6)]
+            uploads = [datasets.UploadDataset.future(stalled(), timeout=60) for _ in range(4)]
             try:
                 # The calls that follow on this connection reach the server after the headers.
                 assert all(sent.acquire(timeout=30) for _ in uploads)
@@ -670,6 +671,50 @@ def test_one_client_cannot_hold_every_upload_slot(tmp_path: Path) -> None:
                         upload.result(timeout=30)
                     assert short.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert a.upload_dataset(x, y, timeout=60).num_examples == 10  # its slots are back
+    assert server.process.returncode == 0, "".join(server.output[-40:])
+
+
+def test_uploads_waiting_for_a_slot_are_bounded(tmp_path: Path) -> None:
+    """Uploads waiting for a slot each held their checked header (up to a quarter of a message
+    in names), and any number could wait (200 grew the server by 250 MiB): as many may wait as
+    there are slots (TRAINWIRE_GRPC_THREADS), one more is refused at once RESOURCE_EXHAUSTED
+    naming the limit, which the SDK does not retry (nor any upload), and those that waited go
+    on once a slot is free."""
+    url = f"sqlite:///{tmp_path / 'uploads.db'}"
+    # One slot; the per-client limit (one channel, one peer) is not what is tested here.
+    env = {"TRAINWIRE_GRPC_THREADS": "1", "TRAINWIRE_MAX_UPLOADS_PER_CLIENT": "3"}
+    with local_server(url, workers=0, extra_env=env) as server, Client(server.target) as client:
+        header = datasets_pb2.UploadDatasetRequest(header=_ten_rows_header())
+        release = threading.Event()
+        with grpc.insecure_channel(server.target) as channel:
+            datasets = datasets_pb2_grpc.DatasetServiceStub(channel)
+            # Whichever reaches the server first takes the slot, the next waits, the last is
+            # refused.
+            uploads = [
+                datasets.UploadDataset.future(_held([header], release), timeout=180)
+                for _ in range(3)
+            ]
+            try:
+                wait_for(lambda: any(u.done() for u in uploads), 30, "an upload to be refused")
+                [refused] = [u for u in uploads if u.done()]
+                error = refused.exception()
+                assert isinstance(error, grpc.RpcError)
+                code, details = error.code(), error.details() or ""
+                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+                assert (
+                    "the number of uploads waiting for a slot is limited to 1. Received: 2"
+                ) in details
+                assert "TRAINWIRE_GRPC_THREADS" in details
+                assert not RetryPolicy().retryable(code, details)
+            finally:
+                release.set()
+            for upload in uploads:  # the other two end as before, short of their bytes
+                if upload is not refused:
+                    with pytest.raises(grpc.RpcError) as short:
+                        upload.result(timeout=30)
+                    assert short.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3, timeout=60)
+        assert data.num_examples == 10
     assert server.process.returncode == 0, "".join(server.output[-40:])
 
 
