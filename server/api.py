@@ -7,11 +7,13 @@ around every method, which also set the caller's project (`server.auth`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from typing import TypeVar
 
 import grpc
 
@@ -28,6 +30,7 @@ from trainwire.v1 import (
 )
 
 from .auth import check_key_still_active, current_client, current_project
+from .config import Settings
 from .convert import (
     STATES_TO_PROTO,
     ListAnswer,
@@ -41,12 +44,60 @@ from .convert import (
     without_layers_past,
 )
 from .datasets import DatasetService, Upload
-from .errors import ResourceExhausted
+from .errors import DeadlineExceeded, ResourceExhausted
 from .jobs import WATCH_POLL_S, JobService
 from .predictions import Prediction, PredictionService, Served, ServedPin
 from .records import Dataset, Job, JobEvent, TaskKind
 from .store import best_checkpoint
 from .wrappers import in_pool
+
+# A message of a client stream.
+Message = TypeVar("Message")
+
+
+async def _next_message(
+    requests: AsyncIterator[Message], idle_s: float, idle: Callable[[], DeadlineExceeded]
+) -> Message | None:
+    """The next message of a client stream (None once it ends), waited for at most `idle_s`
+    (stream_idle_timeout_s), else raises `idle()`: a client silent without a deadline held what
+    its stream holds (an upload slot, a model pinned in the cache) for good."""
+    try:
+        async with asyncio.timeout(idle_s):
+            return await anext(requests, None)
+    except TimeoutError:
+        raise idle() from None
+
+
+def _client(context: grpc.aio.ServicerContext) -> str:
+    """Whom a per-client limit counts a call against: its API key's id, else its connection."""
+    return current_client() or context.peer()
+
+
+class ClientLimiter:
+    """Counts one kind of open stream per client (`_client`), refusing one past `limit` with
+    RESOURCE_EXHAUSTED naming `setting`: one client's open streams held what every other
+    project needed."""
+
+    def __init__(self, setting: str, limit: int, counted: str) -> None:
+        self.setting = setting
+        self.limit = limit
+        self.counted = counted  # what is counted, for the refusal's message
+        self.open: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def acquire(self, client: str) -> None:
+        with self.lock:
+            if self.open[client] >= self.limit:
+                raise ResourceExhausted.limit(
+                    self.setting, self.limit, self.open[client] + 1, self.counted
+                )
+            self.open[client] += 1
+
+    def release(self, client: str) -> None:
+        with self.lock:
+            self.open[client] -= 1
+            if self.open[client] <= 0:
+                del self.open[client]
 
 
 class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
@@ -55,8 +106,11 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
     in the thread pool: an open upload holds no thread while it waits for its client (as a
     synchronous handler, 16 stalled uploads took every thread and every other RPC waited)."""
 
-    def __init__(self, datasets: DatasetService, executor: Executor) -> None:
+    def __init__(
+        self, datasets: DatasetService, uploads: ClientLimiter, executor: Executor
+    ) -> None:
         self.datasets = datasets
+        self.uploads = uploads
         self.executor = executor
         self.max_answer_bytes = datasets.settings.max_answer_bytes()
         # Uploads in progress, each holding up to max_dataset_bytes, are as many as there are
@@ -64,6 +118,10 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         # could exhaust memory. An upload takes one once its header is checked; one beyond waits
         # for a slot within its deadline, holding its header alone.
         self.upload_slots = asyncio.Semaphore(datasets.settings.grpc_threads)
+        # Uploads waiting for a slot, each holding its checked header (up to a quarter of a
+        # message in names): as many may wait as there are slots. Unbounded, 200 waiting uploads
+        # grew the server by 250 MiB. Only the event loop counts them.
+        self.waiting = 0
 
     async def UploadDataset(
         self,
@@ -71,13 +129,44 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> datasets_pb2.Dataset:
         requests = aiter(request_iterator)
-        first = await self._next_message(requests, None)
-        upload = await in_pool(self.executor, self.datasets.start, first)
-        # The slot is taken once the header is checked: the bytes it bounds come after it, and
-        # streams that sent nothing took every slot while every other upload waited.
-        async with self.upload_slots:
-            dataset = await self._upload(upload, requests)
+        # Counted from the start, whatever the upload holds (nothing yet, its header waiting for
+        # a slot, a slot and its bytes): one client's uploads, trickling a byte a message, held
+        # every slot for good while every other project's upload waited.
+        client = _client(context)
+        self.uploads.acquire(client)
+        try:
+            first = await self._next_message(requests, None)
+            upload = await in_pool(self.executor, self.datasets.start, first)
+            # The slot is taken once the header is checked: the bytes it bounds come after it,
+            # and streams that sent nothing took every slot while every other upload waited.
+            async with self._upload_slot():
+                dataset = await self._upload(upload, requests)
+        finally:
+            self.uploads.release(client)
         return dataset_to_proto(dataset)
+
+    @contextlib.asynccontextmanager
+    async def _upload_slot(self) -> AsyncIterator[None]:
+        """Holds an upload slot, waiting for one if need be; an upload that would wait beside
+        as many as there are slots is refused at once."""
+        slots = self.datasets.settings.grpc_threads
+        if self.upload_slots.locked() and self.waiting >= slots:
+            raise ResourceExhausted.limit(
+                "the number of uploads waiting for a slot",
+                slots,
+                self.waiting + 1,
+                f"as many as {self.datasets.settings.setting('grpc_threads')}, the uploads in "
+                "progress at once; upload again once some end",
+            )
+        self.waiting += 1  # for an instant only when a slot is free: acquire() does not wait
+        try:
+            await self.upload_slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self.upload_slots.release()
 
     async def _upload(
         self, upload: Upload, requests: AsyncIterator[datasets_pb2.UploadDatasetRequest]
@@ -95,13 +184,9 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         requests: AsyncIterator[datasets_pb2.UploadDatasetRequest],
         upload: Upload | None,
     ) -> datasets_pb2.UploadDatasetRequest | None:
-        """The next message of an upload (None once its stream ends), waited for at most
-        upload_idle_timeout_s: a client silent without a deadline held its slot for good."""
-        try:
-            async with asyncio.timeout(self.datasets.settings.upload_idle_timeout_s):
-                return await anext(requests, None)
-        except TimeoutError:
-            raise self.datasets.idle(upload) from None
+        """The next message of an upload (None once its stream ends), within the idle timeout."""
+        idle_s = self.datasets.settings.stream_idle_timeout_s
+        return await _next_message(requests, idle_s, lambda: self.datasets.idle(upload))
 
     def GetDataset(
         self, request: datasets_pb2.GetDatasetRequest, context: grpc.ServicerContext
@@ -126,29 +211,6 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         return datasets_pb2.DeleteDatasetResponse()
 
 
-class WatchLimiter:
-    """Counts open watches per client (API key, or peer address on an open server)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.open: Counter[str] = Counter()
-        self.lock = threading.Lock()
-
-    def acquire(self, client: str) -> None:
-        with self.lock:
-            if self.open[client] >= self.limit:
-                raise ResourceExhausted.limit(
-                    "max_watches_per_client", self.limit, self.open[client] + 1
-                )
-            self.open[client] += 1
-
-    def release(self, client: str) -> None:
-        with self.lock:
-            self.open[client] -= 1
-            if self.open[client] <= 0:
-                del self.open[client]
-
-
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     """Plain methods run in the server's thread pool; WatchJob is a coroutine that reads the
     database there and waits between polls on the event loop, so an idle or abandoned watch
@@ -158,7 +220,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self,
         jobs: JobService,
         predictions: PredictionService,
-        watches: WatchLimiter,
+        watches: ClientLimiter,
         executor: Executor,
     ) -> None:
         self.jobs = jobs
@@ -202,7 +264,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.JobEvent]:
         project = current_project()
-        client = current_client() or context.peer()  # the key's id, else the connection
+        client = _client(context)
         self.watches.acquire(client)
         try:
             job_id = await in_pool(
@@ -293,8 +355,12 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
     """Predict and PredictStream run on the event loop (micro-batched, see `server.batching`);
     GetModelMetadata in the thread pool like the other services."""
 
-    def __init__(self, predictions: PredictionService) -> None:
+    def __init__(
+        self, predictions: PredictionService, streams: ClientLimiter, settings: Settings
+    ) -> None:
         self.predictions = predictions
+        self.streams = streams
+        self.settings = settings
 
     async def Predict(
         self, request: predictions_pb2.PredictRequest, context: grpc.aio.ServicerContext
@@ -316,16 +382,22 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
     ) -> AsyncIterator[predictions_pb2.PredictResponse]:
         project = current_project()
         deadline = _deadline(context)
+        client = _client(context)
         # The slices of one stream are one input: the model that answered the first answers the
         # rest, even if a newer checkpoint becomes "latest" or "best" meanwhile, or retention
         # deletes the first one's. It stays pinned in the model cache, counted in its bound,
-        # until the stream ends however it ends: its last message, an error, or the client
-        # cancelling (grpc.aio then ends the request iterator, or cancels this generator).
+        # until the stream ends however it ends: its last message, an error, its client idle
+        # for stream_idle_timeout_s, or the client cancelling (grpc.aio then ends the request
+        # iterator, or cancels this generator).
         first: tuple[str, str] | None = None
         pinned: Served | None = None
         pin: ServedPin | None = None
+        received = 0
+        requests = aiter(request_iterator)
+        self.streams.acquire(client)
         try:
-            async for request in request_iterator:
+            while (request := await self._next_request(requests, received)) is not None:
+                received += 1
                 check_key_still_active()
                 selector = (request.job, request.checkpoint)
                 if first is None:
@@ -346,6 +418,33 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
         finally:
             if pin is not None:
                 self.predictions.unpin(pin)
+            self.streams.release(client)
+
+    async def _next_request(
+        self, requests: AsyncIterator[predictions_pb2.PredictRequest], received: int
+    ) -> predictions_pb2.PredictRequest | None:
+        """The next request of a stream that has sent `received` (None once it ends), within
+        the idle timeout."""
+        idle_s = self.settings.stream_idle_timeout_s
+        return await _next_message(requests, idle_s, lambda: self._idle(received))
+
+    def _idle(self, received: int) -> DeadlineExceeded:
+        """The error that ends a prediction stream whose client sent nothing for
+        stream_idle_timeout_s, after `received` requests."""
+        waited = f"{self.settings.stream_idle_timeout_s:g} s"
+        rule = (
+            "the server ends a stream idle that long "
+            f"({self.settings.setting('stream_idle_timeout_s')}), letting go of its model"
+        )
+        if received == 0:
+            return DeadlineExceeded(
+                f"the prediction stream sent no request in {waited}: {rule}; send the first "
+                "request as the stream opens"
+            )
+        return DeadlineExceeded(
+            f"the prediction stream sent nothing for {waited} after {received} requests: "
+            f"{rule}; open a new stream when more rows are ready"
+        )
 
     def GetModelMetadata(
         self, request: predictions_pb2.GetModelMetadataRequest, context: grpc.ServicerContext

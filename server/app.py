@@ -33,7 +33,7 @@ from trainwire.v1 import (
     predictions_pb2_grpc,
 )
 
-from .api import DatasetServicer, JobServicer, PredictionServicer, WatchLimiter
+from .api import ClientLimiter, DatasetServicer, JobServicer, PredictionServicer
 from .auth import KeyChecker
 from .config import Settings, host_port
 from .datasets import DatasetService
@@ -123,16 +123,37 @@ class RunningServer:
         jobs = JobServicer(
             JobService(self.store, settings),
             predictions,
-            WatchLimiter(settings.max_watches_per_client),
+            ClientLimiter(
+                "max_watches_per_client",
+                settings.max_watches_per_client,
+                "WatchJob streams open at once with one API key, or from one peer",
+            ),
             self.executor,
         )
-        datasets = DatasetServicer(DatasetService(self.store, settings), self.executor)
+        datasets = DatasetServicer(
+            DatasetService(self.store, settings),
+            ClientLimiter(
+                "max_uploads_per_client",
+                settings.max_uploads_per_client,
+                "UploadDataset calls open at once with one API key, or from one peer",
+            ),
+            self.executor,
+        )
         # Every method wrapped in the request bookkeeping; only predictions are registered methods.
         registrar = WrappingRegistrar(server, self.keys, registered=(PREDICTION_SERVICE,))
         datasets_pb2_grpc.add_DatasetServiceServicer_to_server(datasets, registrar)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, registrar)
         predictions_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(predictions), registrar
+            PredictionServicer(
+                predictions,
+                ClientLimiter(
+                    "max_predict_streams_per_client",
+                    settings.max_predict_streams_per_client,
+                    "PredictStream calls open at once with one API key, or from one peer",
+                ),
+                settings,
+            ),
+            registrar,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         # What reflection.enable_server_reflection does for a grpc.aio server (it would not

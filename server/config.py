@@ -34,7 +34,7 @@ UPPER_BOUNDS: dict[str, tuple[float, str]] = {
     "lease_s": (MAX_SECONDS, "a longer wait overflows"),
     "db_retry_s": (MAX_SECONDS, "a longer wait overflows"),
     "stop_timeout_s": (MAX_SECONDS, "a longer wait overflows"),
-    "upload_idle_timeout_s": (MAX_SECONDS, "a longer wait overflows"),
+    "stream_idle_timeout_s": (MAX_SECONDS, "a longer wait overflows"),
     "predict_batch_wait_ms": (MAX_SECONDS * 1000, "a longer wait overflows"),
 }
 
@@ -140,14 +140,22 @@ class Settings:
     # max_parameters bounds the weights only; training holds a few such buffers per layer.
     max_batch_bytes: int = 1024 * 1024 * 1024
     max_epochs: int = 100_000
+    # Open streams per client (API key, or peer on an open server), each kind its own count: a
+    # client's open streams held what every other project needed (watches a little memory each;
+    # prediction streams their models pinned in the model cache; uploads every slot of
+    # grpc_threads, so their limit must stay well below it).
     max_watches_per_client: int = 16
+    max_predict_streams_per_client: int = 16
+    max_uploads_per_client: int = 2
     grpc_threads: int = 16
-    # How long an upload may send nothing (no header, or no chunk since the last message) before
-    # the server ends it: each open upload holds a slot of grpc_threads and its bytes so far, and
-    # a client gone silent without a deadline held them for good. A minute is far past the gap
-    # between messages of a live client (the SDK sends chunks of at most 1 MiB, prepared before
-    # the call: 60 s is a chunk at 17 KiB/s), yet frees a slot of a dead one within a minute.
-    upload_idle_timeout_s: float = 60.0
+    # How long a client stream (an upload, a PredictStream) may send nothing (no first message,
+    # or none since the last) before the server ends it: an open upload holds a slot of
+    # grpc_threads and its bytes so far, a prediction stream its model pinned in the model cache,
+    # and a client gone silent without a deadline held them for good. A minute is far past the
+    # gap between messages of a live client (the SDK sends upload chunks of at most 1 MiB,
+    # prepared before the call: 60 s is a chunk at 17 KiB/s), yet frees a dead one's within a
+    # minute.
+    stream_idle_timeout_s: float = 60.0
     # Server processes on the port (SO_REUSEPORT: the kernel spreads connections, not calls,
     # over them). `reuse_port` lets separately started servers share a port.
     server_processes: int = 1
@@ -245,7 +253,8 @@ class Settings:
         positive = (
             "max_message_bytes", "max_dataset_bytes", "max_parameters", "max_batch_bytes",
             "max_epochs",
-            "max_watches_per_client", "grpc_threads", "upload_idle_timeout_s",
+            "max_watches_per_client", "max_predict_streams_per_client", "max_uploads_per_client",
+            "grpc_threads", "stream_idle_timeout_s",
             "server_processes", "poll_interval_s",
             "lease_s", "stop_timeout_s",
             "default_max_attempts", "model_cache_bytes", "predict_batch_rows",
@@ -397,8 +406,10 @@ _ENV_FIELDS: dict[str, type] = {
     "max_batch_bytes": int,
     "max_epochs": int,
     "max_watches_per_client": int,
+    "max_predict_streams_per_client": int,
+    "max_uploads_per_client": int,
     "grpc_threads": int,
-    "upload_idle_timeout_s": float,
+    "stream_idle_timeout_s": float,
     "server_processes": int,
     "reuse_port": bool,
     "tls_cert": str,

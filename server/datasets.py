@@ -62,12 +62,12 @@ class DatasetService:
         return Upload(header, features_shape, targets_shape, feature_bytes, total)
 
     def idle(self, upload: Upload | None) -> DeadlineExceeded:
-        """The error that ends an upload whose client sent nothing for upload_idle_timeout_s:
+        """The error that ends an upload whose client sent nothing for stream_idle_timeout_s:
         before its header (`upload` None), or after the bytes `upload` holds."""
-        waited = f"{self.settings.upload_idle_timeout_s:g} s"
+        waited = f"{self.settings.stream_idle_timeout_s:g} s"
         rule = (
             "the server ends an upload idle that long "
-            f"({self.settings.setting('upload_idle_timeout_s')})"
+            f"({self.settings.setting('stream_idle_timeout_s')})"
         )
         if upload is None:
             return DeadlineExceeded(

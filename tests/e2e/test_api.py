@@ -457,11 +457,12 @@ def _ten_rows_header() -> datasets_pb2.DatasetHeader:
 
 
 def test_stalled_uploads_hold_no_thread(tmp_path: Path) -> None:
-    """An upload waiting for its client holds no server thread: with a pool of 2 threads, 6
-    uploads that sent their header and nothing more leave every RPC working (each held a thread
-    for as long as its stream was open, and GetDataset waited for one until its deadline)."""
+    """An upload waiting for its client holds no server thread: with a pool of 2 threads, 4
+    uploads that sent their header and nothing more (two in progress, two waiting for a slot)
+    leave every RPC working (each held a thread for as long as its stream was open, and
+    GetDataset waited for one until its deadline)."""
     url = f"sqlite:///{tmp_path / 'uploads.db'}"
-    env = {"TRAINWIRE_GRPC_THREADS": "2"}
+    env = {"TRAINWIRE_GRPC_THREADS": "2", "TRAINWIRE_MAX_UPLOADS_PER_CLIENT": "4"}
     with local_server(url, workers=0, extra_env=env) as server, Client(server.target) as client:
         data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3)
         header = _ten_rows_header()
@@ -474,7 +475,7 @@ def test_stalled_uploads_hold_no_thread(tmp_path: Path) -> None:
 
         with grpc.insecure_channel(server.target) as channel:
             datasets = datasets_pb2_grpc.DatasetServiceStub(channel)
-            uploads = [datasets.UploadDataset.future(stalled(), timeout=60) for _ in range(6)]
+            uploads = [datasets.UploadDataset.future(stalled(), timeout=60) for _ in range(4)]
             try:
                 # The calls that follow on this connection reach the server after the headers.
                 assert all(sent.acquire(timeout=30) for _ in uploads)
@@ -499,7 +500,7 @@ def test_uploads_beyond_the_thread_count_wait_for_one_to_end(tmp_path: Path) -> 
     held no thread, and any number of them, each up to max_dataset_bytes, could run at once.
     One beyond the bound waits for a slot (within its deadline) and then succeeds."""
     url = f"sqlite:///{tmp_path / 'uploads.db'}"
-    env = {"TRAINWIRE_GRPC_THREADS": "2"}
+    env = {"TRAINWIRE_GRPC_THREADS": "2", "TRAINWIRE_MAX_UPLOADS_PER_CLIENT": "4"}
     with local_server(url, workers=0, extra_env=env) as server, Client(server.target) as client:
         data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3)
         header = _ten_rows_header()
@@ -548,7 +549,7 @@ def test_uploads_that_send_no_header_hold_no_upload_slot(tmp_path: Path) -> None
     (TRAINWIRE_GRPC_THREADS), open and silent, leave an upload free to run (each took a slot
     before its first message, and every other upload waited for one until its deadline)."""
     url = f"sqlite:///{tmp_path / 'uploads.db'}"
-    env = {"TRAINWIRE_GRPC_THREADS": "2"}
+    env = {"TRAINWIRE_GRPC_THREADS": "2", "TRAINWIRE_MAX_UPLOADS_PER_CLIENT": "3"}
     with local_server(url, workers=0, extra_env=env) as server:
         opened, release = threading.Semaphore(0), threading.Event()
 
@@ -585,12 +586,12 @@ def test_uploads_that_send_no_header_hold_no_upload_slot(tmp_path: Path) -> None
 
 
 def test_an_idle_upload_is_ended_and_frees_its_slot(tmp_path: Path) -> None:
-    """An upload that sends nothing for TRAINWIRE_UPLOAD_IDLE_TIMEOUT_S, after its header and a
+    """An upload that sends nothing for TRAINWIRE_STREAM_IDLE_TIMEOUT_S, after its header and a
     chunk or before any header, is ended DEADLINE_EXCEEDED saying how long the server waited and
     what had arrived (a client without a deadline held its slot and bytes for good), which the
     SDK does not retry; the only upload slot is then free for the next upload."""
     url = f"sqlite:///{tmp_path / 'uploads.db'}"
-    env = {"TRAINWIRE_GRPC_THREADS": "1", "TRAINWIRE_UPLOAD_IDLE_TIMEOUT_S": "0.5"}
+    env = {"TRAINWIRE_GRPC_THREADS": "1", "TRAINWIRE_STREAM_IDLE_TIMEOUT_S": "0.5"}
     with local_server(url, workers=0, extra_env=env) as server, Client(server.target) as client:
         release = threading.Event()
 
@@ -616,13 +617,219 @@ def test_an_idle_upload_is_ended_and_frees_its_slot(tmp_path: Path) -> None:
                         call.result(timeout=60)
                     code, details = idle.value.code(), idle.value.details() or ""
                     assert code == grpc.StatusCode.DEADLINE_EXCEEDED, details
-                    assert message in details and "TRAINWIRE_UPLOAD_IDLE_TIMEOUT_S" in details
+                    assert message in details and "TRAINWIRE_STREAM_IDLE_TIMEOUT_S" in details
                     assert not RetryPolicy().retryable(code, details)
             finally:
                 release.set()
         data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3, timeout=60)
         assert data.num_examples == 10
     assert server.process.returncode == 0, "".join(server.output[-40:])
+
+
+def test_one_client_cannot_hold_every_upload_slot(tmp_path: Path) -> None:
+    """One API key's uploads, as many as there are slots (TRAINWIRE_GRPC_THREADS) and each
+    stalled after its header (or trickling a byte within the idle timeout), held every slot,
+    and every other project's upload waited until its deadline: a key may have
+    TRAINWIRE_MAX_UPLOADS_PER_CLIENT open, one more is refused at once RESOURCE_EXHAUSTED
+    naming the limit, and another project's upload takes the slot left."""
+    url = f"sqlite:///{tmp_path / 'uploads.db'}"
+    upgrade(url)
+    alpha, beta = create_key(url, "alpha"), create_key(url, "beta")
+    env = {"TRAINWIRE_GRPC_THREADS": "3", "TRAINWIRE_MAX_UPLOADS_PER_CLIENT": "2"}
+    with (
+        local_server(url, workers=0, extra_env=env) as server,
+        Client(server.target, api_key=alpha) as a,
+        Client(server.target, api_key=beta) as b,
+    ):
+        header = datasets_pb2.UploadDatasetRequest(header=_ten_rows_header())
+        release = threading.Event()
+        x, y = np.zeros((10, 4), np.float32), np.arange(10) % 3
+        with grpc.insecure_channel(server.target) as channel:
+            datasets = datasets_pb2_grpc.DatasetServiceStub(channel)
+            uploads = [
+                datasets.UploadDataset.future(
+                    _held([header], release),
+                    metadata=(("authorization", f"Bearer {alpha}"),),
+                    timeout=180,
+                )
+                for _ in range(3)
+            ]
+            try:
+                wait_for(lambda: any(u.done() for u in uploads), 30, "an upload to be refused")
+                [refused] = [u for u in uploads if u.done()]
+                error = refused.exception()
+                assert isinstance(error, grpc.RpcError)
+                code, details = error.code(), error.details() or ""
+                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+                assert "max_uploads_per_client is limited to 2. Received: 3" in details
+                assert b.upload_dataset(x, y, timeout=60).num_examples == 10
+            finally:
+                release.set()
+            for upload in uploads:  # the two held end as before, short of their bytes
+                if upload is not refused:
+                    with pytest.raises(grpc.RpcError) as short:
+                        upload.result(timeout=30)
+                    assert short.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert a.upload_dataset(x, y, timeout=60).num_examples == 10  # its slots are back
+    assert server.process.returncode == 0, "".join(server.output[-40:])
+
+
+def test_uploads_waiting_for_a_slot_are_bounded(tmp_path: Path) -> None:
+    """Uploads waiting for a slot each held their checked header (up to a quarter of a message
+    in names), and any number could wait (200 grew the server by 250 MiB): as many may wait as
+    there are slots (TRAINWIRE_GRPC_THREADS), one more is refused at once RESOURCE_EXHAUSTED
+    naming the limit, which the SDK does not retry (nor any upload), and those that waited go
+    on once a slot is free."""
+    url = f"sqlite:///{tmp_path / 'uploads.db'}"
+    # One slot; the per-client limit (one channel, one peer) is not what is tested here.
+    env = {"TRAINWIRE_GRPC_THREADS": "1", "TRAINWIRE_MAX_UPLOADS_PER_CLIENT": "3"}
+    with local_server(url, workers=0, extra_env=env) as server, Client(server.target) as client:
+        header = datasets_pb2.UploadDatasetRequest(header=_ten_rows_header())
+        release = threading.Event()
+        with grpc.insecure_channel(server.target) as channel:
+            datasets = datasets_pb2_grpc.DatasetServiceStub(channel)
+            # Whichever reaches the server first takes the slot, the next waits, the last is
+            # refused.
+            uploads = [
+                datasets.UploadDataset.future(_held([header], release), timeout=180)
+                for _ in range(3)
+            ]
+            try:
+                wait_for(lambda: any(u.done() for u in uploads), 30, "an upload to be refused")
+                [refused] = [u for u in uploads if u.done()]
+                error = refused.exception()
+                assert isinstance(error, grpc.RpcError)
+                code, details = error.code(), error.details() or ""
+                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+                assert (
+                    "the number of uploads waiting for a slot is limited to 1. Received: 2"
+                ) in details
+                assert "TRAINWIRE_GRPC_THREADS" in details
+                assert not RetryPolicy().retryable(code, details)
+            finally:
+                release.set()
+            for upload in uploads:  # the other two end as before, short of their bytes
+                if upload is not refused:
+                    with pytest.raises(grpc.RpcError) as short:
+                        upload.result(timeout=30)
+                    assert short.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3, timeout=60)
+        assert data.num_examples == 10
+    assert server.process.returncode == 0, "".join(server.output[-40:])
+
+
+def _held(
+    first: list[Any], release: threading.Event, sent: threading.Semaphore | None = None
+) -> Iterator[Any]:
+    """A client stream's messages: `first`, then nothing until `release` (or 120 s, past the
+    waits for outcomes: the server must end what it holds); `sent` is released once `first`
+    is on its way (grpc asks for the next message)."""
+    yield from first
+    if sent is not None:
+        sent.release()
+    release.wait(120)
+
+
+def _predict_request(job: Job, x: np.ndarray) -> predictions_pb2.PredictRequest:
+    return predictions_pb2.PredictRequest(job=job.name, inputs=to_tensor(x))
+
+
+def test_an_idle_prediction_stream_is_ended_and_lets_go_of_its_model(tmp_path: Path) -> None:
+    """A PredictStream that sends nothing for TRAINWIRE_STREAM_IDLE_TIMEOUT_S, after a request
+    or before any, is ended DEADLINE_EXCEEDED saying so (a client's idle streams pinned the
+    model cache for as long as they liked, and every other project's stream was refused
+    RESOURCE_EXHAUSTED), which the SDK does not retry; its model is let go of, so a stream of
+    another model, for which the cache has no room beside it, is answered."""
+    url = f"sqlite:///{tmp_path / 'streams.db'}"
+    # Room for one model of MLP (131 float32 parameters: 524 bytes), not two.
+    env = {"TRAINWIRE_MODEL_CACHE_BYTES": "800", "TRAINWIRE_STREAM_IDLE_TIMEOUT_S": "0.5"}
+    with local_server(url, workers=1, extra_env=env) as server, Client(server.target) as client:
+        x = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+        data = client.upload_dataset(x, np.arange(30) % 3)
+        idle_job, other_job = (client.create_job(data, MLP, epochs=1) for _ in range(2))
+        for job in (idle_job, other_job):
+            assert job.wait(timeout=120).state == "SUCCEEDED"
+        expected = {
+            "after a request": (
+                [_predict_request(idle_job, x[:2])],
+                "the prediction stream sent nothing for 0.5 s after 1 requests",
+            ),
+            "before a request": ([], "the prediction stream sent no request in 0.5 s"),
+        }
+        release = threading.Event()
+        with grpc.insecure_channel(server.target) as channel:
+            stub = predictions_pb2_grpc.PredictionServiceStub(channel)
+            try:
+                for first, message in expected.values():
+                    # A deadline long past the idle timeout, yet short of the wait for release.
+                    stream = stub.PredictStream(_held(first, release), timeout=60)
+                    with pytest.raises(grpc.RpcError) as idle:
+                        for _ in stream:  # the first request's answer, then the stream's end
+                            pass
+                    code, details = idle.value.code(), idle.value.details() or ""
+                    assert code == grpc.StatusCode.DEADLINE_EXCEEDED, details
+                    assert message in details and "TRAINWIRE_STREAM_IDLE_TIMEOUT_S" in details
+                    assert not RetryPolicy().retryable(code, details)
+            finally:
+                release.set()
+        [answer] = client.predict_stream(other_job, [x[:3]])
+        assert len(answer.outputs) == 3
+    assert server.process.returncode == 0, "".join(server.output[-40:])
+
+
+def test_a_client_may_hold_only_so_many_prediction_streams(tmp_path: Path) -> None:
+    """One API key's open PredictStreams pinned the model cache, and every other project's
+    streams were refused: a key may have TRAINWIRE_MAX_PREDICT_STREAMS_PER_CLIENT open, one more
+    is refused RESOURCE_EXHAUSTED naming the limit (which the SDK does not retry), another
+    project's stream is answered meanwhile, and the key's slot is back once a stream ends."""
+    url = f"sqlite:///{tmp_path / 'streams.db'}"
+    upgrade(url)
+    alpha, beta = create_key(url, "alpha"), create_key(url, "beta")
+    env = {"TRAINWIRE_MAX_PREDICT_STREAMS_PER_CLIENT": "2"}
+    with (
+        local_server(url, workers=1, extra_env=env) as server,
+        Client(server.target, api_key=alpha) as a,
+        Client(server.target, api_key=beta) as b,
+    ):
+        x = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+        jobs = [c.create_job(c.upload_dataset(x, np.arange(30) % 3), MLP, epochs=1) for c in (a, b)]
+        for job in jobs:
+            assert job.wait(timeout=120).state == "SUCCEEDED"
+        alpha_job, beta_job = jobs
+        releases = [threading.Event(), threading.Event()]
+        with grpc.insecure_channel(server.target) as channel:
+            stub = predictions_pb2_grpc.PredictionServiceStub(channel)
+            held = [
+                stub.PredictStream(
+                    _held([_predict_request(alpha_job, x[:2])], release),
+                    metadata=(("authorization", f"Bearer {alpha}"),),
+                    timeout=180,
+                )
+                for release in releases
+            ]
+            try:
+                assert all(next(stream).checkpoint for stream in held)
+                with pytest.raises(ResourceExhausted) as refused:
+                    list(alpha_job.predict_stream([x[:2]]))
+                message = refused.value.message
+                assert "max_predict_streams_per_client is limited to 2. Received: 3" in message
+                assert not RetryPolicy().retryable(refused.value.code, message)
+                assert [len(p.outputs) for p in beta_job.predict_stream([x[:2]])] == [2]
+                releases[0].set()  # its stream ends: a slot is free again
+                wait_for(lambda: _streams(alpha_job, x), 30, "a prediction stream slot")
+            finally:
+                for release in releases:
+                    release.set()
+    assert server.process.returncode == 0, "".join(server.output[-40:])
+
+
+def _streams(job: Job, x: np.ndarray) -> bool:
+    """Whether a prediction stream of the job is answered (not refused for the per-client
+    limit)."""
+    try:
+        return [len(p.outputs) for p in job.predict_stream([x[:2]])] == [2]
+    except ResourceExhausted:
+        return False
 
 
 def _refused(call: Callable[[], object]) -> bool:
