@@ -146,7 +146,7 @@ class Settings:
     # grpc_threads, so their limit must stay well below it).
     max_watches_per_client: int = 16
     max_predict_streams_per_client: int = 16
-    max_uploads_per_client: int = 2
+    max_uploads_per_client: int = 4
     grpc_threads: int = 16
     # How long a client stream (an upload, a PredictStream) may send nothing (no first message,
     # or none since the last) before the server ends it: an open upload holds a slot of
