@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -172,11 +172,13 @@ class ModelCache(Generic[Served]):
                     self._bytes -= pin.size
         MODEL_CACHE_PINS.dec()
 
-    def invalidate(self, job_id: str) -> None:
-        """Forgets every model of a job. A pinned one is dropped too (no new request finds it),
-        but its streams finish with it, so its bytes stay counted until they end."""
+    def invalidate(self, job_id: str, keep: Container[int] = ()) -> None:
+        """Forgets every model of a job but those of the checkpoints in `keep` (the ones it still
+        has: retention deletes the others, in a worker, and their models stayed cached for good,
+        never answered again). A pinned one is dropped too (no new request finds it), but its
+        streams finish with it, so its bytes stay counted until they end."""
         with self._lock:
-            for key in [k for k in self._models if k[0] == job_id]:
+            for key in [k for k in self._models if k[0] == job_id and k[1] not in keep]:
                 _, size = self._models.pop(key)
                 if self._pins.pop(key, None) is None:
                     self._bytes -= size

@@ -30,6 +30,7 @@ from trainwire.client.aio import AsyncClient
 from trainwire.client.tensors import to_tensor
 from trainwire.client.wire import StreamedPrediction
 from trainwire.server.local import LocalServer, local_server
+from trainwire.server.predictions import ENTRY_BYTES, LAYER_ENTRY_BYTES
 from trainwire.v1 import predictions_pb2, predictions_pb2_grpc
 
 from ..e2e.test_topology import scrape
@@ -199,13 +200,15 @@ def test_a_batch_beyond_the_message_limit_goes_as_several_messages(
 
 @pytest.fixture
 def one_model_server(tmp_path: Path) -> Iterator[tuple[LocalServer, int]]:
-    """A server whose model cache has room for one model of MODEL (268 bytes), not two."""
+    """A server whose model cache has room for one model of MODEL, not two: counted as its
+    268 bytes of weights and 12 KiB for its objects (predictions.ENTRY_BYTES and
+    LAYER_ENTRY_BYTES for its two layers)."""
     metrics_port = free_ports(2)  # the server's, then its worker's
     env = {
         "TRAINWIRE_POLL_INTERVAL_S": "0.1",
         "TRAINWIRE_QUEUES": "default",
         "TRAINWIRE_METRICS_PORT": str(metrics_port),
-        "TRAINWIRE_MODEL_CACHE_BYTES": "400",
+        "TRAINWIRE_MODEL_CACHE_BYTES": "20000",
     }
     with local_server(f"sqlite:///{tmp_path / 'trainwire.db'}", workers=1, extra_env=env) as server:
         yield server, metrics_port
@@ -228,7 +231,11 @@ def test_a_model_larger_than_the_whole_cache_is_served_not_kept_and_never_stream
             assert len(job.predict(features[:2]).outputs) == 2
             with pytest.raises(ResourceExhausted) as refused:
                 list(job.predict_stream([features[:2]]))
-        assert "needs 268 bytes, more than the server's model cache holds" in refused.value.message
+        # 268 bytes of weights and 12 KiB for the objects of a model of two layers.
+        needs = 268 + ENTRY_BYTES + 2 * LAYER_ENTRY_BYTES
+        assert f"needs {needs} bytes, more than the server's model cache holds" in (
+            refused.value.message
+        )
         assert "TRAINWIRE_MODEL_CACHE_BYTES=100" in refused.value.message
         assert (
             sum("is larger than TRAINWIRE_MODEL_CACHE_BYTES=100" in line for line in server.output)

@@ -741,8 +741,9 @@ def test_an_idle_prediction_stream_is_ended_and_lets_go_of_its_model(tmp_path: P
     RESOURCE_EXHAUSTED), which the SDK does not retry; its model is let go of, so a stream of
     another model, for which the cache has no room beside it, is answered."""
     url = f"sqlite:///{tmp_path / 'streams.db'}"
-    # Room for one model of MLP (131 float32 parameters: 524 bytes), not two.
-    env = {"TRAINWIRE_MODEL_CACHE_BYTES": "800", "TRAINWIRE_STREAM_IDLE_TIMEOUT_S": "0.5"}
+    # Room for one model of MLP (131 float32 parameters: 524 bytes, counted with 12 KiB for its
+    # objects), not two.
+    env = {"TRAINWIRE_MODEL_CACHE_BYTES": "20000", "TRAINWIRE_STREAM_IDLE_TIMEOUT_S": "0.5"}
     with local_server(url, workers=1, extra_env=env) as server, Client(server.target) as client:
         x = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
         data = client.upload_dataset(x, np.arange(30) % 3)

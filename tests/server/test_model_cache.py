@@ -366,3 +366,41 @@ def test_a_model_larger_than_the_bound_is_served_but_never_kept() -> None:
     assert cache.pin(("job", 1), model) is None, "a stream cannot hold it either"
     cache.get(("job", 1), lambda: Model.from_spec(SPEC))
     assert cache.loads == 2 and cache._bytes == 0
+
+
+def test_invalidate_keeps_the_models_of_the_checkpoints_named() -> None:
+    cache = ModelCache(4 * MODEL_BYTES, model_bytes)
+    for key in (("job", 1), ("job", 2), ("other", 1)):
+        cache.get(key, lambda: Model.from_spec(SPEC))
+    cache.invalidate("job", keep={2})
+    assert list(cache._models) == [("job", 2), ("other", 1)]
+    assert cache._bytes == 2 * MODEL_BYTES
+
+
+def test_a_cached_model_is_counted_near_what_it_holds_in_memory() -> None:
+    """A model was counted as its weights alone: a 4-16-3 network as 524 bytes where it held
+    about 12 KiB, so the 1 GiB bound let two million of them stay."""
+    import gc
+    import tracemalloc
+
+    from trainwire.server.batching import ModelBatcher
+    from trainwire.server.predictions import _batcher_bytes
+
+    spec = {
+        "input_dim": 4,
+        "layers": [
+            {"type": "dense", "units": 16, "activation": "relu"},
+            {"type": "dense", "units": 3},
+        ],
+    }
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        batchers = [ModelBatcher(Model.from_spec(spec, seed=i), 1024, 0.002) for i in range(100)]
+        gc.collect()
+        held = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    finally:
+        tracemalloc.stop()
+    counted = sum(_batcher_bytes(batcher) for batcher in batchers)
+    assert held / 2 < counted < held * 2, (counted, held)

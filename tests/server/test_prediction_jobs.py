@@ -180,3 +180,36 @@ def test_a_refusal_from_a_cached_job_is_checked_with_the_database(now: list[floa
         with pytest.raises(FailedPrecondition, match="ended FAILED without a checkpoint"):
             service.served(f"jobs/{JOB}", "latest", "default")
         assert store.reads == 2
+
+
+class RetainingStore(CountingStore):
+    """A job whose checkpoints retention prunes as it trains: the list holds `kept`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept = [1, 2]
+
+    def list_checkpoints(self, job_id: str) -> list[Any]:
+        return [SimpleNamespace(id=checkpoint_id) for checkpoint_id in self.kept]
+
+
+def test_models_of_checkpoints_retention_deleted_leave_the_cache_when_the_job_is_read(
+    now: list[float],
+) -> None:
+    """A job answering "latest" while it trained left one cached model per checkpoint it ever
+    had (551 predictions cached 67 models of a job keeping 3 checkpoints): only deleting the
+    job dropped them."""
+    store: Any = RetainingStore()
+    with ThreadPoolExecutor(2) as pool:
+        service = PredictionService(store, pool, 1 << 20, job_ttl_s=TTL_S, clock=lambda: now[0])
+        service._job(JOB)
+        for checkpoint_id in (1, 2):
+            loaded: Any = SimpleNamespace(
+                model=Model.from_spec({"input_dim": 2, "layers": [{"type": "dense", "units": 1}]})
+            )
+            service.cache.get((JOB, checkpoint_id), lambda: loaded)  # noqa: B023
+        store.kept = [2, 3]  # retention deleted 1 as 3 was written
+        now[0] += TTL_S * 2.5
+        service._job(JOB)  # read again
+        assert service.cache.peek((JOB, 1)) is None, "a deleted checkpoint's model is dropped"
+        assert service.cache.peek((JOB, 2)) is not None, "a kept one's stays"
