@@ -375,7 +375,8 @@ def page_size_of(requested: int) -> int:
 # On a job: its writes (CancelJob, the worker's) change no column a foreign key refers to and
 # take FOR NO KEY UPDATE, which serialises them but does not wait for rows being inserted that
 # refer to the job (KEY SHARE): a checkpoint being sent holds no more than that (see
-# `save_checkpoint`). DeleteJob deletes the row and takes FOR UPDATE.
+# `save_checkpoint`). The claim and the rescue take it too (SKIP LOCKED), so neither skips a job
+# whose checkpoint is being sent. DeleteJob deletes the row and takes FOR UPDATE.
 _LOCK_TO_DELETE = True
 _LOCK_TO_USE = {"read": True, "key_share": True}
 _LOCK_TO_UPDATE = {"key_share": True}
@@ -401,7 +402,7 @@ def _claim_statement(sqlite_clock: bool, with_queues: bool) -> Any:
     candidate = (
         candidate.order_by(JOBS.c.priority.desc(), JOBS.c.created_at, JOBS.c.id)
         .limit(1)
-        .with_for_update(skip_locked=True)
+        .with_for_update(**_LOCK_TO_UPDATE, skip_locked=True)
     )
     return (
         update(JOBS)
@@ -845,7 +846,11 @@ class Store:
                 select(JobRow)
                 .where(JobRow.state.in_([JobState.RUNNING.value, JobState.CANCELLING.value]))
                 .where(JobRow.lease_expires_at < self._db_now())
-                .with_for_update(skip_locked=True)
+                # NO KEY UPDATE: a checkpoint being sent holds the row in KEY SHARE, and a worker
+                # frozen mid-send (its session active, not idle, so never ended by the database)
+                # kept its job from rescue, and then from any claim, for as long as it was frozen.
+                # Its save checks the lease again before it commits, and finds it lost.
+                .with_for_update(**_LOCK_TO_UPDATE, skip_locked=True)
             ).all()
             now = utcnow()
             for row in rows:

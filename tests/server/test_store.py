@@ -966,3 +966,30 @@ def test_a_sqlite_write_lock_held_past_the_busy_timeout_is_unavailable(
     finally:
         holder.close()
         database.dispose()
+
+
+@pytest.mark.postgres
+def test_a_checkpoint_frozen_mid_send_does_not_keep_its_job_from_rescue_or_claim(
+    postgres_store: Store,
+) -> None:
+    """A worker frozen while it sent a checkpoint held the job's row in KEY SHARE (what the
+    checkpoint's foreign key takes) from a statement still arriving, which the database never
+    ends as idle; the rescue and the claim, FOR UPDATE SKIP LOCKED, skipped the job for as long
+    as the worker stayed frozen. They lock FOR NO KEY UPDATE now, and the frozen save, once it
+    resumes, finds its lease lost."""
+    store = postgres_store
+    dataset = make_dataset(store)
+    job = store.create_job(make_job(store, dataset))
+    frozen = store.claim_job("frozen", lease_s=-1.0)  # its lease has run out
+    assert frozen is not None
+    with store.db.engine.connect() as sending:
+        sending.execute(
+            text("SELECT id FROM jobs WHERE id = :id FOR KEY SHARE"), {"id": job.id}
+        )  # as the checkpoint being sent holds it
+        assert dict(store.rescue_expired()) == {job.id: JobState.QUEUED}
+        taken = store.claim_job("healthy", lease_s=60.0)
+        assert taken is not None and taken.job.id == job.id
+        sending.rollback()
+    with pytest.raises(LeaseLost):
+        store.save_checkpoint(frozen, 1, 1, {"loss": 1.0}, b"frozen")
+    assert store.list_checkpoints(job.id) == []
