@@ -402,7 +402,7 @@ def _claim_statement(sqlite_clock: bool, with_queues: bool) -> Any:
     candidate = (
         candidate.order_by(JOBS.c.priority.desc(), JOBS.c.created_at, JOBS.c.id)
         .limit(1)
-        .with_for_update(**_LOCK_TO_UPDATE, skip_locked=True)
+        .with_for_update(key_share=True, skip_locked=True)  # FOR NO KEY UPDATE
     )
     return (
         update(JOBS)
@@ -850,7 +850,7 @@ class Store:
                 # frozen mid-send (its session active, not idle, so never ended by the database)
                 # kept its job from rescue, and then from any claim, for as long as it was frozen.
                 # Its save checks the lease again before it commits, and finds it lost.
-                .with_for_update(**_LOCK_TO_UPDATE, skip_locked=True)
+                .with_for_update(key_share=True, skip_locked=True)  # FOR NO KEY UPDATE
             ).all()
             now = utcnow()
             for row in rows:
