@@ -17,6 +17,7 @@ from trainwire.client import (
     Dense,
     Dropout,
     FailedPrecondition,
+    InvalidArgument,
     JobFailed,
     Metrics,
     ModelInfo,
@@ -440,3 +441,40 @@ def test_an_int32_value_over_a_server_limit_is_the_server_s_resource_exhausted(
     # One past the int32 range cannot be sent (SpecError, test_specs.py); the range's top can.
     with pytest.raises(ResourceExhausted, match="max_epochs is limited to"):
         client.create_job(dataset, MODEL, epochs=2**31 - 1, queue="nobody-listens")
+
+
+# What a security review stored in a name: a window title, a cleared screen, a fake line in red.
+ESCAPES = "\x1b]0;pwned-title\x07\x1b[2J\x1b[31mFAKE: all jobs SUCCEEDED\x1b[0m\r"
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "field", "position"),
+    [
+        ("dataset", {"name": "evil" + ESCAPES}, "header.display_name", 4),
+        ("dataset", {"class_names": ["no" + ESCAPES, "b", "c"]}, "header.class_names", 2),
+        ("dataset", {"feature_names": ["a", "b", "c", "f\x1b[8m"]}, "header.feature_names", 1),
+        ("dataset", {"labels": {"team": "ml\x9b2J"}}, "header.labels['team']", 2),
+        ("job", {"display_name": "job" + ESCAPES}, "display_name", 3),
+        ("job", {"labels": {"k\r": "v"}}, "labels", 1),
+        ("job", {"labels": {"k": "\tv"}}, "labels['k']", 0),
+    ],
+)
+def test_names_and_labels_holding_control_characters_are_refused_over_the_wire(
+    client: Client,
+    dataset: DatasetInfo,
+    kind: str,
+    options: dict[str, object],
+    field: str,
+    position: int,
+) -> None:
+    """Every user's CLI printed them raw (`datasets list`, `jobs list`, predictions' classes):
+    whoever could write into a project could rewrite another user's terminal."""
+    features, labels = blobs()
+    with pytest.raises(InvalidArgument) as refused:
+        if kind == "dataset":
+            client.upload_dataset(features, labels, dedupe=False, **options)  # type: ignore[arg-type]
+        else:
+            client.create_job(dataset, MODEL, epochs=1, **options)  # type: ignore[arg-type]
+    assert refused.value.field_violations[0][0] == field
+    assert f"at position {position} (from 0)" in refused.value.message
+    assert "\x1b" not in refused.value.message and "\r" not in refused.value.message
