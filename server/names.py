@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import re
 
+from trainwire.engine.errors import quoted
+
 from .errors import InvalidArgument
 
 _ID_LENGTH = 32
@@ -32,9 +34,8 @@ def parse_name(name: str, collection: str, field: str) -> str:
     prefix = f"{collection}/"
     if not name:
         raise InvalidArgument.field(field, f"is required, e.g. '{prefix}<id>'")
-    shown = name if len(name) <= 80 else name[:80] + "..."
     raise InvalidArgument.field(
-        field, f"must be a name like '{prefix}<32 hex digits>'. Received: {shown!r}"
+        field, f"must be a name like '{prefix}<32 hex digits>'. Received: {quoted(name)}"
     )
 
 
