@@ -35,7 +35,7 @@ from .files import (
     write_prediction,
 )
 from .jobspec import DatasetSource, JobSpec
-from .results import STATES, JobStatus, ModelInfo, checkpoint_to_dict
+from .results import STATES, JobStatus, ModelInfo, checkpoint_to_dict, terminal_text
 from .rpc import api_key_text, read_pem
 
 OK, FAILED, USAGE, NOT_FOUND, PRECONDITION, UNREACHABLE, DENIED, LIMIT, CANCELLED = range(9)
@@ -117,8 +117,11 @@ def exit_code(error: TrainwireError) -> int:
 
 
 def table(rows: Iterable[Sequence[object]], headers: Sequence[str]) -> str:
-    """Rows as aligned text columns under a header."""
-    cells = [[str(h) for h in headers], *([str(c) for c in row] for row in rows)]
+    """Rows as aligned text columns under a header, each cell `terminal_text`."""
+    cells = [
+        [terminal_text(str(h)) for h in headers],
+        *([terminal_text(str(c)) for c in row] for row in rows),
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -127,7 +130,9 @@ def table(rows: Iterable[Sequence[object]], headers: Sequence[str]) -> str:
 
 
 def emit(args: argparse.Namespace, document: object, human: str) -> None:
-    """Prints `document` as JSON with --json, else the human text."""
+    """Prints `document` as JSON with --json, else the human text, whose every value from the
+    server went through `terminal_text` (each value, not the whole text: a newline it holds
+    would otherwise print a line of its own)."""
     if args.json:
         print(json.dumps(document, indent=None, sort_keys=True))
     elif human:
@@ -167,19 +172,19 @@ def _labels(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _status_text(status: JobStatus) -> str:
-    lines = [
-        f"name:      {status.name}",
-        f"display:   {status.display_name}",
+    fields = [
+        ("name", status.name),
+        ("display", status.display_name),
         # A job keeps its model when its dataset is deleted; the server then names none.
-        f"dataset:   {status.dataset or '(deleted)'}",
-        f"state:     {status.state}",
-        f"progress:  epoch {status.epoch}/{status.total_epochs}",
-        f"metrics:   {_metrics_text(status.metrics) or '-'}",
-        f"attempt:   {status.attempt}",
+        ("dataset", status.dataset or "(deleted)"),
+        ("state", status.state),
+        ("progress", f"epoch {status.epoch}/{status.total_epochs}"),
+        ("metrics", _metrics_text(status.metrics) or "-"),
+        ("attempt", str(status.attempt)),
     ]
     if status.error:
-        lines.append(f"error:     {status.error}")
-    return "\n".join(lines)
+        fields.append(("error", status.error))
+    return "\n".join(f"{label + ':':<11}{terminal_text(value)}" for label, value in fields)
 
 
 def _final_code(status: JobStatus) -> int:
@@ -203,8 +208,8 @@ def _datasets_upload(client: Client, args: argparse.Namespace) -> int:
         dedupe=not args.no_dedupe,
         progress=None if not args.json else False,
     )
-    emit(args, info.to_dict(), f"{info.name}  {info.num_examples} examples x "
-         f"{info.num_features} features  {info.task}  sha256 {info.sha256[:12]}")  # fmt: skip
+    emit(args, info.to_dict(), terminal_text(f"{info.name}  {info.num_examples} examples x "
+         f"{info.num_features} features  {info.task}  sha256 {info.sha256[:12]}"))  # fmt: skip
     return OK
 
 
@@ -224,7 +229,8 @@ def _datasets_show(client: Client, args: argparse.Namespace) -> int:
     info = client.get_dataset(_resource("datasets", args.dataset))
     document = info.to_dict()
     human = "\n".join(
-        f"{key + ':':<15}{_names_text(value) if key.endswith('_names') else value}"
+        f"{key + ':':<15}"
+        + terminal_text(_names_text(value) if key.endswith("_names") else str(value))
         for key, value in document.items()
     )
     emit(args, document, human)
@@ -241,7 +247,7 @@ def _names_text(names: list[str], shown: int = 10) -> str:
 def _datasets_delete(client: Client, args: argparse.Namespace) -> int:
     name = _resource("datasets", args.dataset)
     client.delete_dataset(name)
-    emit(args, {"deleted": name}, f"deleted {name}")
+    emit(args, {"deleted": name}, terminal_text(f"deleted {name}"))
     return OK
 
 
@@ -263,10 +269,12 @@ def _jobs_submit(client: Client, args: argparse.Namespace) -> int:
         )  # fmt: skip
         dataset = info.name
         if not args.json:
-            print(f"dataset {info.name} ({info.num_examples} examples)", file=sys.stderr)
+            line = f"dataset {info.name} ({info.num_examples} examples)"
+            print(terminal_text(line), file=sys.stderr)
     job = client.create_job(_resource("datasets", dataset), spec.model, **options)
     if not (args.wait or args.watch):
-        emit(args, job.last_status.to_dict(), f"{job.name}  {job.last_status.state}")
+        human = terminal_text(f"{job.name}  {job.last_status.state}")
+        emit(args, job.last_status.to_dict(), human)
         return OK
     try:
         if args.watch:
@@ -343,7 +351,7 @@ def _follow(client: Client, name: str, args: argparse.Namespace) -> JobStatus:
                 parts.append(_metrics_text(event.metrics))
             if event.message:
                 parts.append(event.message)
-            print("  ".join(parts), flush=True)
+            print(terminal_text("  ".join(parts)), flush=True)
     return client.job_status(name)
 
 
@@ -355,20 +363,21 @@ def _watch(client: Client, name: str, args: argparse.Namespace) -> int:
     """Prints the job's events until it finishes, then (for people) its final state."""
     status = _follow(client, name, args)
     if not args.json:
-        print(f"{status.name} {status.state}" + (f": {status.error}" if status.error else ""))
+        line = f"{status.name} {status.state}" + (f": {status.error}" if status.error else "")
+        print(terminal_text(line))
     return _final_code(status)
 
 
 def _jobs_cancel(client: Client, args: argparse.Namespace) -> int:
     status = client.cancel_job(_resource("jobs", args.job))
-    emit(args, status.to_dict(), f"{status.name}  {status.state}")
+    emit(args, status.to_dict(), terminal_text(f"{status.name}  {status.state}"))
     return OK
 
 
 def _jobs_delete(client: Client, args: argparse.Namespace) -> int:
     name = _resource("jobs", args.job)
     client.delete_job(name)
-    emit(args, {"deleted": name}, f"deleted {name}")
+    emit(args, {"deleted": name}, terminal_text(f"deleted {name}"))
     return OK
 
 
@@ -405,7 +414,8 @@ def _jobs_plot(client: Client, args: argparse.Namespace) -> int:
     job = client.get_job(_resource("jobs", args.job))
     path = job.plot(args.output)
     curves = sorted(job.metrics())
-    emit(args, {"job": job.name, "path": str(path), "curves": curves}, f"wrote {path}")
+    document = {"job": job.name, "path": str(path), "curves": curves}
+    emit(args, document, terminal_text(f"wrote {path}"))
     return OK
 
 
@@ -433,12 +443,14 @@ def _predict(client: Client, args: argparse.Namespace) -> int:
         try:
             class_names = list(metadata().class_names)
         except TrainwireError as error:
-            print(f"trainwire: class names left out: {error.message}", file=sys.stderr)
+            message = terminal_text(error.message)
+            print(f"trainwire: class names left out: {message}", file=sys.stderr)
     if args.output:
         write_prediction(args.output, prediction, class_names)
         emit(args, {"output": str(args.output), "rows": len(prediction.outputs),
-                    "checkpoint": prediction.checkpoint}, f"wrote {len(prediction.outputs)} "
-             f"predictions to {args.output} ({prediction.checkpoint})")  # fmt: skip
+                    "checkpoint": prediction.checkpoint}, terminal_text(f"wrote "
+             f"{len(prediction.outputs)} predictions to {args.output} "
+             f"({prediction.checkpoint})"))  # fmt: skip
         return OK
     if args.json:
         print(json.dumps(prediction_to_dict(prediction, class_names)))
@@ -526,10 +538,11 @@ def _report(
         error = {"code": code, "message": message, "exit_code": exit, "field_violations": fields}
         print(json.dumps({"error": error}), file=sys.stderr)
         return
-    print(f"trainwire: {code.lower().replace('_', ' ')}: {message}", file=sys.stderr)
+    # The message and the violations may quote the server, or what it was sent.
+    print(f"trainwire: {code.lower().replace('_', ' ')}: {terminal_text(message)}", file=sys.stderr)
     for field, description in violations:
         if field not in message:
-            print(f"  {field}: {description}", file=sys.stderr)
+            print(f"  {terminal_text(field)}: {terminal_text(description)}", file=sys.stderr)
 
 
 class UsageError(Exception):

@@ -46,6 +46,7 @@ from .results import (
     Metrics,
     ModelInfo,
     Prediction,
+    terminal_text,
 )
 from .retry import RECONNECT_WINDOW_S, CallAttempts, RetryPolicy, watch_was_open
 from .rpc import (
@@ -877,7 +878,11 @@ class JobWaiting:
         if progress:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.status.total_epochs or None, unit="epoch", desc=self.name)
+            self.bar = tqdm(
+                total=self.status.total_epochs or None,
+                unit="epoch",
+                desc=terminal_text(self.name),
+            )
 
     def polled(self, status: JobStatus) -> float | None:
         """None once `status` is final, else the wait before the next poll."""
@@ -1037,7 +1042,8 @@ def _update_bar(bar: Any, status: JobStatus) -> None:
     # frame shows this status's epochs beside the previous status's state (a running job was
     # drawn "100% ... state=queued" until the postfix caught up).
     postfix = {"state": status.state.lower()}
-    postfix.update({k: f"{v:.4g}" for k, v in sorted(status.metrics.items())})
+    # The bar is drawn on a terminal: the server's metric names are shown as `terminal_text`.
+    postfix.update({terminal_text(k): f"{v:.4g}" for k, v in sorted(status.metrics.items())})
     bar.set_postfix(postfix, refresh=False)
     if status.total_epochs:
         bar.total = status.total_epochs

@@ -13,13 +13,17 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import re
+import secrets
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -372,6 +376,31 @@ def check_prediction_path(path: PathLike) -> None:
         )
 
 
+@contextmanager
+def replaced_file(path: PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write what goes at `path`: a new file of the same folder, renamed over
+    `path` once written (and removed if the writing fails). Writing `path` in place followed a
+    symlink there, overwriting whatever it pointed to, and left half a file behind a failure;
+    the rename replaces the symlink itself, and readers see the old file or the whole new one.
+    The new file has the permissions a new file gets (the umask's), not the old one's."""
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        # O_EXCL: a name taken, by a symlink too, is refused, never followed.
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as error:  # named by the path asked for, not the temporary one
+        raise OSError(error.errno, error.strerror, str(target)) from None
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())  # the bytes are on disk before the name points at them
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def write_prediction(
     path: PathLike, prediction: Prediction, class_names: Sequence[str] = ()
 ) -> None:
@@ -383,20 +412,28 @@ def write_prediction(
     file = Path(path)
     suffix = file.suffix.lower()
     main = prediction.labels if prediction.labels is not None else prediction.outputs
-    if suffix == ".npy":
-        np.save(file, main)
-    elif suffix == ".json":
-        file.write_text(json.dumps(prediction_to_dict(prediction, class_names)) + "\n")
-    else:  # .csv
-        with file.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            if prediction.labels is not None and prediction.probabilities is not None:
-                classes = prediction.probabilities.shape[1]
-                writer.writerow(["label", *(f"p{i}" for i in range(classes))])
-                for label, row in zip(prediction.labels, prediction.probabilities, strict=True):
-                    writer.writerow([int(label), *(f"{p:.6g}" for p in row)])
+    with replaced_file(file) as binary:
+        if suffix == ".npy":
+            np.save(binary, main)
+        else:
+            text = io.TextIOWrapper(binary, encoding="utf-8", newline="")
+            if suffix == ".json":
+                text.write(json.dumps(prediction_to_dict(prediction, class_names)) + "\n")
             else:
-                outputs = prediction.outputs.reshape(len(prediction.outputs), -1)
-                writer.writerow([f"y{i}" for i in range(outputs.shape[1])])
-                for row in outputs:
-                    writer.writerow([f"{v:.6g}" for v in row])
+                _write_prediction_csv(text, prediction)
+            text.detach()  # flushed into `binary`, which `replaced_file` closes
+
+
+def _write_prediction_csv(handle: io.TextIOWrapper, prediction: Prediction) -> None:
+    """One row per input: the label and class probabilities, or the outputs."""
+    writer = csv.writer(handle)
+    if prediction.labels is not None and prediction.probabilities is not None:
+        classes = prediction.probabilities.shape[1]
+        writer.writerow(["label", *(f"p{i}" for i in range(classes))])
+        for label, row in zip(prediction.labels, prediction.probabilities, strict=True):
+            writer.writerow([int(label), *(f"{p:.6g}" for p in row)])
+    else:
+        outputs = prediction.outputs.reshape(len(prediction.outputs), -1)
+        writer.writerow([f"y{i}" for i in range(outputs.shape[1])])
+        for row in outputs:
+            writer.writerow([f"{v:.6g}" for v in row])

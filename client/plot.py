@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 
 from .errors import NoMetrics
+from .files import replaced_file
 
 # What each format's file takes of the metadata: PNG any text (the curves too), the vector formats
 # a title alone, the other bitmaps nothing. pgf (LaTeX code, not a picture) is not offered.
@@ -97,5 +98,6 @@ def save_metrics_plot(
         metadata = {"Title": title or "Trainwire training curves", "Curves": curves}
     elif file_format in TITLED_FORMATS:
         metadata = {"Title": title or "Trainwire training curves"}
-    figure.savefig(target, format=file_format, dpi=dpi, metadata=metadata)
+    with replaced_file(target) as handle:
+        figure.savefig(handle, format=file_format, dpi=dpi, metadata=metadata)
     return target

@@ -29,6 +29,20 @@ FINISHED = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 STATES = ("QUEUED", "RUNNING", "CANCELLING", "SUCCEEDED", "FAILED", "CANCELLED")
 
 
+def terminal_text(text: str) -> str:
+    """`text` from a server, made safe to print for people: each character that is not
+    printable (C0 and C1 controls such as ESC and CR, DEL, newlines, format characters such as
+    bidirectional overrides) is shown as its Python escape (`\\x1b`, `\\n`, `\\u202e`). A
+    terminal runs the escape sequences it is given: a name holding one could retitle the
+    window, clear the screen, overwrite lines or set the clipboard (OSC 52). Older stored data,
+    or a hostile server, may still send them; JSON output needs no such care (`json.dumps`
+    escapes them)."""
+    if text.isprintable():
+        return text
+    # The repr of one unprintable character is its escape between quotes.
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def state_name(code: int) -> str:
     """`JOB_STATE_RUNNING` (or its number) as `RUNNING`."""
     return str(jobs_pb2.JobState.Name(code)).removeprefix("JOB_STATE_")

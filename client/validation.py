@@ -74,6 +74,7 @@ def metric_misfits(
     server refuses them at CreateJob, the SDK before sending it when it knows the task. Names
     the engine does not know are left to the registry check."""
     from trainwire.engine import metrics as engine_metrics
+    from trainwire.engine.errors import quoted
 
     fitting = engine_metrics.names_for(classification)
     kind = "class labels" if classification else "real-valued targets"
@@ -85,9 +86,9 @@ def metric_misfits(
             misfits.append(
                 (
                     f"training.metrics[{index}]",
-                    f"{metric!r} does not fit {dataset}, which is {task} with {kind} of shape "
-                    f"{list(target_shape)}: use {', '.join(fitting)}, or leave metrics empty "
-                    "for its defaults",
+                    f"{quoted(metric)} does not fit {dataset}, which is {task} with {kind} of "
+                    f"shape {list(target_shape)}: use {', '.join(fitting)}, or leave metrics "
+                    "empty for its defaults",
                 )
             )
     return misfits

@@ -13,6 +13,8 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from .errors import quoted
+
 T = TypeVar("T")
 
 
@@ -45,25 +47,34 @@ def resolve(kind: str, registry: Mapping[str, type[T]], identifier: object, base
         if "name" not in kwargs:
             raise ValueError(
                 f"A {kind} given as a dict needs a 'name' key; "
-                f"expected one of: {', '.join(sorted(registry))}. Received: {identifier!r}"
+                f"expected one of: {', '.join(sorted(registry))}. Received: {quoted(identifier)}"
             )
         name = kwargs.pop("name")
     else:
         raise ValueError(
             f"Could not interpret {kind} identifier; expected a name, a dict with 'name' or a "
-            f"{base.__name__} instance. Received: {identifier!r}"
+            f"{base.__name__} instance. Received: {quoted(identifier)}"
         )
     if not isinstance(name, str) or name.lower() not in registry:
         raise ValueError(
-            f"Unknown {kind} {name!r}; expected one of: {', '.join(sorted(registry))}. "
-            f"Received: name={name!r}"
+            f"Unknown {kind} {quoted(name)}; expected one of: {', '.join(sorted(registry))}. "
+            f"Received: name={quoted(name)}"
         )
     cls = registry[name.lower()]
+    # Python's TypeError for an argument the class does not take quotes its name whole: named
+    # here instead, bounded.
+    accepted = parameter_names(registry, name) or ()
+    unknown = [key for key in kwargs if key not in accepted]
+    if unknown:
+        raise ValueError(
+            f"Invalid arguments for {kind} {name!r}: {quoted(unknown[0])} is not one of its "
+            f"parameters ({', '.join(accepted) or 'it takes none'}). Received: {quoted(kwargs)}"
+        )
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise ValueError(
-            f"Invalid arguments for {kind} {name!r}: {exc}. Received: {kwargs!r}"
+            f"Invalid arguments for {kind} {name!r}: {exc}. Received: {quoted(kwargs)}"
         ) from exc
 
 
@@ -93,7 +104,7 @@ def check_number(
         lo = "[" if low_inclusive else "("
         hi = "]" if high_inclusive else ")"
         raise ValueError(
-            f"{name} must be a number in {lo}{low}, {high}{hi}. Received: {name}={value!r}"
+            f"{name} must be a number in {lo}{low}, {high}{hi}. Received: {name}={quoted(value)}"
         )
     return float(value)  # type: ignore[arg-type]
 
@@ -101,12 +112,14 @@ def check_number(
 def check_int(name: str, value: object, low: int = 0) -> int:
     """``value`` as an int >= ``low``; ValueError naming ``name`` and the value."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}. Received: {name}={value!r}")
+        raise ValueError(f"{name} must be an integer >= {low}. Received: {name}={quoted(value)}")
     return int(value)
 
 
 def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
     """``value`` if it is one of ``allowed``; ValueError listing them otherwise."""
     if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name} must be one of: {', '.join(allowed)}. Received: {name}={value!r}")
+        raise ValueError(
+            f"{name} must be one of: {', '.join(allowed)}. Received: {name}={quoted(value)}"
+        )
     return value

@@ -31,7 +31,7 @@ from . import activations as activations_mod
 from . import initializers as initializers_mod
 from ._registry import check_number, serialize
 from ._types import Array
-from .errors import SpecError
+from .errors import SpecError, quoted
 
 _MAX_BUFFERS = 16
 
@@ -117,8 +117,8 @@ def _check_fields(config: Mapping[str, Any], path: str, allowed: tuple[str, ...]
     unknown = sorted(set(config) - set(allowed))
     if unknown:
         raise SpecError(
-            f"{path} has unknown field {unknown[0]!r}; allowed fields: "
-            f"{', '.join(('type', *allowed))}. Received: {unknown[0]}={config[unknown[0]]!r}"
+            f"{path} has unknown field {quoted(unknown[0])}; allowed fields: "
+            f"{', '.join(('type', *allowed))}. Received: {quoted(config[unknown[0]])}"
         )
 
 
@@ -127,14 +127,14 @@ def _positive_int(config: Mapping[str, Any], path: str, key: str) -> int:
         raise SpecError(f"{path}.{key} is required (a positive integer).")
     value = config[key]
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise SpecError(f"{path}.{key} must be a positive integer. Received: {key}={value!r}")
+        raise SpecError(f"{path}.{key} must be a positive integer. Received: {key}={quoted(value)}")
     return int(value)
 
 
 def _bool(config: Mapping[str, Any], path: str, key: str, default: bool) -> bool:
     value = config.get(key, default)
     if not isinstance(value, bool | np.bool_):
-        raise SpecError(f"{path}.{key} must be a boolean. Received: {key}={value!r}")
+        raise SpecError(f"{path}.{key} must be a boolean. Received: {key}={quoted(value)}")
     return bool(value)
 
 
@@ -336,7 +336,9 @@ class Dropout(Layer):
             or not isinstance(rate, int | float | np.floating | np.integer)
             or not 0 <= rate < 1
         ):
-            raise SpecError(f"{path}.rate must be a number in [0, 1). Received: rate={rate!r}")
+            raise SpecError(
+                f"{path}.rate must be a number in [0, 1). Received: rate={quoted(rate)}"
+            )
         return cls(float(rate))
 
     def get_config(self) -> dict[str, Any]:
@@ -531,12 +533,12 @@ REGISTRY: dict[str, type[Layer]] = {
 def from_config(config: object, path: str) -> Layer:
     """Build an unbuilt layer from one spec entry; SpecError names ``path`` on any problem."""
     if not isinstance(config, Mapping):
-        raise SpecError(f"{path} must be a dict with a 'type' key. Received: {config!r}")
+        raise SpecError(f"{path} must be a dict with a 'type' key. Received: {quoted(config)}")
     layer_type = config.get("type")
     if not isinstance(layer_type, str) or layer_type.lower() not in REGISTRY:
         raise SpecError(
             f"{path}.type must be one of: {', '.join(sorted(REGISTRY))}. "
-            f"Received: type={layer_type!r}"
+            f"Received: type={quoted(layer_type)}"
         )
     rest = {k: v for k, v in config.items() if k != "type"}
     return REGISTRY[layer_type.lower()].from_config(rest, path)

@@ -26,7 +26,7 @@ import numpy as np
 from . import layers as layers_mod
 from ._state import check_finite
 from ._types import Array, as_float_dtype
-from .errors import SpecError
+from .errors import SpecError, quoted
 from .layers import Layer
 
 _SPEC_FIELDS = ("input_dim", "layers")
@@ -60,25 +60,27 @@ class SpecSummary:
 
 def _check_input_dim(input_dim: object) -> int:
     if isinstance(input_dim, bool) or not isinstance(input_dim, int | np.integer) or input_dim <= 0:
-        raise SpecError(f"input_dim must be a positive integer. Received: input_dim={input_dim!r}")
+        raise SpecError(
+            f"input_dim must be a positive integer. Received: input_dim={quoted(input_dim)}"
+        )
     return int(input_dim)
 
 
 def _unbuilt_layers(spec: object) -> list[Layer]:
     """The layers of a spec, each validated and configured but not built (no parameters)."""
     if not isinstance(spec, Mapping):
-        raise SpecError(f"spec must be a dict. Received: spec={spec!r}")
+        raise SpecError(f"spec must be a dict. Received: spec={quoted(spec)}")
     unknown = sorted(set(spec) - set(_SPEC_FIELDS))
     if unknown:
         raise SpecError(
-            f"spec has unknown field {unknown[0]!r}; allowed fields: "
-            f"{', '.join(_SPEC_FIELDS)}. Received: {unknown[0]}={spec[unknown[0]]!r}"
+            f"spec has unknown field {quoted(unknown[0])}; allowed fields: "
+            f"{', '.join(_SPEC_FIELDS)}. Received: {quoted(spec[unknown[0]])}"
         )
     if "input_dim" not in spec:
         raise SpecError("input_dim is required (a positive integer).")
     layer_specs = spec.get("layers")
     if not isinstance(layer_specs, Sequence) or isinstance(layer_specs, str | bytes):
-        raise SpecError(f"layers must be a non-empty list. Received: layers={layer_specs!r}")
+        raise SpecError(f"layers must be a non-empty list. Received: layers={quoted(layer_specs)}")
     return [layers_mod.from_config(entry, f"layers[{i}]") for i, entry in enumerate(layer_specs)]
 
 

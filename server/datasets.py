@@ -12,6 +12,7 @@ import numpy as np
 
 from trainwire.client.tensors import TensorError, dtype_name, dtype_of, expected_nbytes
 from trainwire.engine import load_state, save_state
+from trainwire.engine.errors import quoted
 from trainwire.v1 import datasets_pb2, tensor_pb2
 
 from .config import Settings
@@ -173,7 +174,7 @@ class DatasetService:
             raise InvalidArgument.field(
                 "header.sha256",
                 "must be 64 hex digits (the SHA-256 of the bytes uploaded), or empty. "
-                f"Received: {header.sha256[:80]!r}",
+                f"Received: {quoted(header.sha256)}",
             )
         for field, kind in (("feature_names", "feature"), ("class_names", "class")):
             names = getattr(header, field)
@@ -186,7 +187,7 @@ class DatasetService:
                 if name in seen:
                     raise InvalidArgument.field(
                         f"header.{field}",
-                        f"names {name[:64]!r} more than once: each {kind} needs a name of its own",
+                        f"names {quoted(name)} more than once: each {kind} needs a name of its own",
                     )
                 seen.add(name)
         self._check_names_fit_answers(header)

@@ -10,6 +10,7 @@ import numpy as np
 
 from trainwire.client.specs import model_spec_from_proto, model_spec_to_proto
 from trainwire.engine import Model
+from trainwire.engine.errors import quoted
 from trainwire.engine.model import SpecSummary
 from trainwire.v1 import jobs_pb2
 
@@ -108,7 +109,8 @@ class JobService:
         queue = request.queue or "default"
         if not QUEUE_NAME.match(queue):
             raise InvalidArgument.field(
-                "queue", f"must be 1-64 letters, digits, '_', '.' or '-'. Received: {queue!r}"
+                "queue",
+                f"must be 1-64 letters, digits, '_', '.' or '-'. Received: {quoted(queue)}",
             )
         if not 0 <= request.max_attempts <= MAX_ATTEMPTS_LIMIT:
             raise InvalidArgument.field(
@@ -297,7 +299,7 @@ class JobService:
             if name not in known:
                 raise InvalidArgument.field(
                     f"metric_names[{index}]",
-                    f"jobs/{job.id} has no metric {name!r}; its metrics: {', '.join(known)}",
+                    f"jobs/{job.id} has no metric {quoted(name)}; its metrics: {', '.join(known)}",
                 )
 
     def checkpoints(self, name: str, project: str) -> list[Checkpoint]:
@@ -371,4 +373,4 @@ def check_labels(field: str, labels: Mapping[str, str]) -> None:
         if not key:
             raise InvalidArgument.field(field, "label keys must not be empty")
         check_text(field, key, MAX_LABEL_LENGTH)
-        check_text(f"{field}[{key[:40]!r}]", value, MAX_LABEL_LENGTH)
+        check_text(f"{field}[{quoted(key)}]", value, MAX_LABEL_LENGTH)

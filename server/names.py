@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import re
 
+from trainwire.engine.errors import quoted
+
 from .errors import InvalidArgument
 
 _ID_LENGTH = 32
@@ -32,9 +34,8 @@ def parse_name(name: str, collection: str, field: str) -> str:
     prefix = f"{collection}/"
     if not name:
         raise InvalidArgument.field(field, f"is required, e.g. '{prefix}<id>'")
-    shown = name if len(name) <= 80 else name[:80] + "..."
     raise InvalidArgument.field(
-        field, f"must be a name like '{prefix}<32 hex digits>'. Received: {shown!r}"
+        field, f"must be a name like '{prefix}<32 hex digits>'. Received: {quoted(name)}"
     )
 
 
@@ -49,11 +50,24 @@ def _id_in(name: str, collection: str) -> str | None:
     return None
 
 
+# C0 controls (tab included: a name or a label has no use for one), DEL and C1 controls: a
+# terminal that prints them runs them (ESC and CSI sequences rewrite the screen, OSC 52 sets the
+# clipboard, CR overwrites the line), so text another user's CLI shows must hold none. NUL is
+# one of them, and PostgreSQL refuses it.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def check_text(field: str, value: str, max_length: int) -> None:
-    """Free text a user gave (names, labels): bounded, and no NUL (PostgreSQL refuses it)."""
+    """Free text a user gave (names, labels): bounded, and no control character."""
     if len(value) > max_length:
         raise InvalidArgument.field(
             field, f"must be at most {max_length} characters. Received: {len(value)}"
         )
-    if "\x00" in value:
-        raise InvalidArgument.field(field, "must not contain NUL characters")
+    found = _CONTROL.search(value)
+    if found is not None:
+        code_point = f"U+{ord(found.group()):04X}"
+        raise InvalidArgument.field(
+            field,
+            "must not contain control characters (U+0000-U+001F, tab included, U+007F, "
+            f"U+0080-U+009F). Received: {code_point} at position {found.start()} (from 0)",
+        )

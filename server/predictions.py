@@ -17,6 +17,7 @@ from trainwire.client.tensors import TensorError, from_tensor
 from trainwire.client.wire import answer_row_bytes, answer_too_large
 from trainwire.engine import Model, load_state
 from trainwire.engine.activations import sigmoid, softmax
+from trainwire.engine.errors import quoted
 from trainwire.v1 import tensor_pb2
 
 from .batching import ModelBatcher, raw_outputs
@@ -336,7 +337,7 @@ class PredictionService:
             epoch_text = selector.removeprefix("epoch/")
             if not _NUMBER.fullmatch(epoch_text):
                 raise InvalidArgument.field(
-                    "checkpoint", f"must be 'epoch/<number>'. Received: {selector!r}"
+                    "checkpoint", f"must be 'epoch/<number>'. Received: {quoted(selector)}"
                 )
             # A partial checkpoint's weights are past its epoch's end: it answers for none.
             whole = [c for c in checkpoints if not c.is_partial]
@@ -360,11 +361,12 @@ class PredictionService:
                 "checkpoint",
                 f"names a checkpoint of {owner}, but the request is for jobs/{job.id}: set "
                 f"job to '{owner}' to use it, or name a checkpoint of jobs/{job.id}. "
-                f"Received: {selector!r}",
+                f"Received: {quoted(selector)}",
             )
         raise InvalidArgument.field(
             "checkpoint",
-            f"must be '', 'latest', 'best', 'epoch/<n>' or '{prefix}<id>'. Received: {selector!r}",
+            f"must be '', 'latest', 'best', 'epoch/<n>' or '{prefix}<id>'. "
+            f"Received: {quoted(selector)}",
         )
 
     def batcher(self, job: Job, checkpoint: Checkpoint) -> ModelBatcher:

@@ -38,6 +38,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from trainwire.engine.errors import quoted
+
 from .auth import (
     KeyRecord,
     NewKey,
@@ -244,9 +246,9 @@ def same_request_or_refuse(new: NewJob, job: Job) -> Job:
     differing = [key for key in asked if _as_stored(asked[key]) != _as_stored(recorded[key])]
     if differing:
         raise AlreadyExists(
-            f"request_id {new.request_id!r} was already used by jobs/{job.id}, created with a "
-            f"different {', '.join(differing)}; send a new request_id to create another job "
-            "(a retry must repeat the request unchanged)"
+            f"request_id {quoted(new.request_id)} was already used by jobs/{job.id}, created "
+            f"with a different {', '.join(differing)}; send a new request_id to create another "
+            "job (a retry must repeat the request unchanged)"
         )
     return job
 

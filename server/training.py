@@ -15,6 +15,7 @@ import numpy as np
 from trainwire.client.tensors import TensorError, dtype_name
 from trainwire.client.validation import metric_misfits
 from trainwire.engine import Model, SpecError, Trainer, optimizers, schedules
+from trainwire.engine.errors import quoted
 from trainwire.engine.layers import Dense
 from trainwire.engine.model import SpecSummary
 from trainwire.engine.training import EVALUATION_BATCH_ROWS
@@ -91,10 +92,10 @@ def normalised_training(
             f"must be positive. Received: {config.optimizer.learning_rate}",
         )
     for name, value in config.optimizer.params.items():
-        _check_finite_number(f"training.optimizer.params[{name[:40]!r}]", value)
+        _check_finite_number(f"training.optimizer.params[{quoted(name)}]", value)
     for name, text in (("loss", config.loss), ("optimizer.name", config.optimizer.name)):
         if len(text) > 64 or "\x00" in text:
-            raise InvalidArgument.field(f"training.{name}", f"is not a known name: {text[:64]!r}")
+            raise InvalidArgument.field(f"training.{name}", f"is not a known name: {quoted(text)}")
     _check_params("optimizer", config.optimizer.name or DEFAULT_OPTIMIZER, config.optimizer.params)
     optimizer: dict[str, Any] = {
         "name": config.optimizer.name or DEFAULT_OPTIMIZER,
@@ -118,7 +119,7 @@ def normalised_training(
         check_text("training.schedule.name", config.schedule.name, 64)
         _check_params("schedule", config.schedule.name, config.schedule.params)
         for name, value in config.schedule.params.items():
-            _check_finite_number(f"training.schedule.params[{name[:40]!r}]", value)
+            _check_finite_number(f"training.schedule.params[{quoted(name)}]", value)
         # The wire carries doubles; counts such as step_size or patience are whole numbers.
         params = {k: int(v) if v.is_integer() else v for k, v in config.schedule.params.items()}
         training["schedule"] = {"name": config.schedule.name, **params}
@@ -128,7 +129,7 @@ def normalised_training(
         raise InvalidArgument.field(
             "training.schedule.params",
             "given without training.schedule.name; name a schedule or drop the params. "
-            f"Received: {key[:40]!r}={value}",
+            f"Received: {quoted(key)}={value}",
         )
     if config.early_stopping.monitor:
         check_text("training.early_stopping.monitor", config.early_stopping.monitor, 64)
@@ -161,9 +162,9 @@ def _check_params(kind: str, name: str, params: Mapping[str, float]) -> None:
     for key, value in params.items():
         if key not in accepted:
             raise InvalidArgument.field(
-                f"training.{kind}.params[{key[:40]!r}]",
-                f"is not a parameter of {kind} {name!r}, which takes: {', '.join(accepted)}. "
-                f"Received: {key[:40]!r}={value}",
+                f"training.{kind}.params[{quoted(key)}]",
+                f"is not a parameter of {kind} {quoted(name)}, which takes: "
+                f"{', '.join(accepted)}. Received: {quoted(key)}={value}",
             )
 
 

@@ -66,6 +66,25 @@ async def in_pool(
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
+# A status travels in the call's trailing metadata, its message percent-encoded (up to 3 bytes a
+# byte) and itself in base64 (4 bytes per 3), and a client refuses metadata past 8 KiB (soft) or
+# 16 KiB (hard): one past them reached the caller as a generic metadata error, not the status.
+# Messages quote what they were given bounded (`quoted`); these bounds, in UTF-8 bytes, keep the
+# whole status under 6.5 KiB whatever a message holds (3 x 1,024 + 4/3 x about 2,400).
+STATUS_MESSAGE_BYTES = 1024
+VIOLATION_FIELD_BYTES = 128
+VIOLATION_DESCRIPTION_BYTES = 512
+STATUS_VIOLATIONS = 2  # the server reports one bad field at a time
+
+
+def _within(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes, ending in "…" when cut."""
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - len("…".encode())].decode(errors="ignore") + "…"
+
+
 def _status_of(error: BaseException, method: str) -> status_pb2.Status:
     """The google.rpc.Status a handler's exception is answered with."""
     if isinstance(error, TrainwireError):
@@ -74,15 +93,20 @@ def _status_of(error: BaseException, method: str) -> status_pb2.Status:
             bad_request = error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
+                        field=_within(v.field, VIOLATION_FIELD_BYTES),
+                        description=_within(v.description, VIOLATION_DESCRIPTION_BYTES),
                     )
-                    for v in error.violations
+                    for v in error.violations[:STATUS_VIOLATIONS]
                 ]
             )
             packed = any_pb2.Any()
             packed.Pack(bad_request)
             details.append(packed)
-        return status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+        return status_pb2.Status(
+            code=error.code.value[0],
+            message=_within(error.message, STATUS_MESSAGE_BYTES),
+            details=details,
+        )
     if isinstance(error, NotImplementedError):
         # "/grpc.health.v1.Health/List" names its own service, not always one of trainwire.v1.
         service, _, name = method.lstrip("/").rpartition("/")

@@ -11,8 +11,9 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,12 @@ from trainwire.client import (
     Client,
     DatasetInfo,
     Dense,
+    InvalidArgument,
     Job,
     JobEvent,
     JobStatus,
     NotFound,
+    Prediction,
     Sequential,
 )
 from trainwire.client.cli import CLIENT_CERT_HINT
@@ -946,3 +949,114 @@ def test_plot_writes_the_format_its_extension_names(cli: Cli, tmp_path: Path) ->
     code, _, err = cli("jobs", "plot", queued["name"], "-o", str(tmp_path / "none.png"))
     assert code == 4 and "no metrics to plot yet" in err
     cli("jobs", "cancel", queued["name"])
+
+
+# A window title, the clipboard (OSC 52), a cleared screen, a line overwritten and a fake one,
+# a bidirectional override: what a hostile server, or a name stored before the server refused
+# them, can send.
+HOSTILE = "x\x1b]0;pwned\x07\x1b]52;c;cHduZWQ=\x07\x1b[2J\r\nFAKE: SUCCEEDED\x9b31m\u202e"
+SHOWN = "x\\x1b]0;pwned\\x07\\x1b]52;c;cHduZWQ=\\x07\\x1b[2J\\r\\nFAKE: SUCCEEDED\\x9b31m\\u202e"
+
+
+def hostile_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK calls the CLI makes answer as a hostile server would: every text it shows
+    holds terminal control sequences."""
+    dataset = DatasetInfo.from_proto(
+        datasets_pb2.Dataset(
+            name=f"datasets/{HOSTILE}", display_name=HOSTILE, num_classes=2,
+            task=datasets_pb2.TASK_KIND_BINARY_CLASSIFICATION, labels={HOSTILE: HOSTILE},
+            feature_names=[HOSTILE, "b"], class_names=[HOSTILE, "yes"],
+        )
+    )  # fmt: skip
+    status = JobStatus.from_proto(
+        jobs_pb2.Job(
+            name=f"jobs/{HOSTILE}", display_name=HOSTILE, dataset=HOSTILE, error=HOSTILE,
+            state=jobs_pb2.JOB_STATE_FAILED,
+            metrics={HOSTILE: 0.5},
+        )
+    )  # fmt: skip
+    event = JobEvent.from_proto(
+        jobs_pb2.JobEvent(sequence=1, state=jobs_pb2.JOB_STATE_FAILED, message=HOSTILE)
+    )
+    checkpoint = Checkpoint.from_proto(jobs_pb2.Checkpoint(name=f"jobs/x/checkpoints/{HOSTILE}"))
+    prediction = Prediction(
+        outputs=np.zeros((1, 1), np.float32), probabilities=np.array([[0.9, 0.1]], np.float32),
+        labels=np.array([0]), checkpoint=HOSTILE,
+    )  # fmt: skip
+    answers: dict[str, Any] = {
+        "list_datasets": lambda self, *a, **k: iter([dataset]),
+        "get_dataset": lambda self, *a, **k: dataset,
+        "list_jobs": lambda self, *a, **k: iter([Job(self, status)]),
+        "get_job": lambda self, *a, **k: Job(self, status),
+        "job_status": lambda self, *a, **k: status,
+        "job_checkpoints": lambda self, *a, **k: [checkpoint],
+        "watch_job": lambda self, *a, **k: iter([event]),
+        "cancel_job": lambda self, *a, **k: status,
+        "predict": lambda self, *a, **k: prediction,
+        "model_metadata": lambda self, *a, **k: types.SimpleNamespace(class_names=[HOSTILE, "y"]),
+    }
+    for method, answer in answers.items():
+        monkeypatch.setattr(Client, method, answer)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["datasets", "list"],
+        ["datasets", "show", "x"],
+        ["jobs", "list"],
+        ["jobs", "show", "x"],
+        ["jobs", "watch", "x"],
+        ["jobs", "cancel", "x"],
+        ["predict", "x", "--input", "{rows}"],
+    ],
+)
+def test_text_from_the_server_is_printed_escaped_for_people_and_kept_in_json(
+    command: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Names, labels, class names, errors and event messages were printed raw: a terminal ran
+    the escape sequences they held (its title, the clipboard, the screen rewritten)."""
+    hostile_server(monkeypatch)
+    np.save(tmp_path / "rows.npy", np.zeros((1, 2), np.float32))
+    argv = [part.format(rows=tmp_path / "rows.npy") for part in command]
+    main([*argv, "--target", "127.0.0.1:9"])
+    out, err = capsys.readouterr()
+    assert SHOWN in out
+    for line in (out + err).split("\n"):
+        assert line.isprintable(), f"an unprintable character reached the terminal: {line!r}"
+    main([*argv, "--target", "127.0.0.1:9", "--json"])
+    out, _ = capsys.readouterr()
+    assert out.isascii(), "json.dumps escapes them"
+    documents = [json.loads(line) for line in out.splitlines()]
+    assert any(HOSTILE in text for text in strings_in(documents)), "and keeps them"
+
+
+def strings_in(document: object) -> Iterator[str]:
+    """Every string of a JSON document, keys included."""
+    if isinstance(document, str):
+        yield document
+    elif isinstance(document, dict):
+        for key, value in document.items():
+            yield key
+            yield from strings_in(value)
+    elif isinstance(document, list):
+        for value in document:
+            yield from strings_in(value)
+
+
+def test_an_error_from_the_server_is_printed_escaped(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def refuse(self: Client, *args: object, **kwargs: object) -> Any:
+        raise InvalidArgument(
+            f"{HOSTILE}: no", grpc.StatusCode.INVALID_ARGUMENT, [(f"f{HOSTILE}", HOSTILE)]
+        )
+
+    monkeypatch.setattr(Client, "get_dataset", refuse)
+    assert main(["datasets", "show", "x", "--target", "127.0.0.1:9"]) == 2
+    _, err = capsys.readouterr()
+    assert f"invalid argument: {SHOWN}: no" in err and f"  f{SHOWN}: {SHOWN}" in err
+    assert all(line.isprintable() for line in err.split("\n"))

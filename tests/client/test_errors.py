@@ -23,6 +23,8 @@ from trainwire.client import (
     TrainwireError,
 )
 from trainwire.client.aio import AsyncClient
+from trainwire.server.errors import InvalidArgument
+from trainwire.server.wrappers import STATUS_DETAILS_KEY, _status_of
 from trainwire.v1 import jobs_pb2
 
 VIOLATION = ("training.epochs", "must be positive")
@@ -42,6 +44,11 @@ def status_trailer(message: str) -> bytes:
     return status_pb2.Status(code=code, message=message, details=[packed]).SerializeToString()
 
 
+# A refusal whose field and description quote 10,000 characters of 4 UTF-8 bytes each: the
+# message, percent-encoded, and the status, in base64, travel in the trailing metadata.
+HUGE = InvalidArgument.field("labels['" + "\U0001f642" * 10_000 + "']", "\U0001f642" * 10_000)
+
+
 def get_job(request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
     """Fails as the job's name says."""
     if request.name == "no-details":
@@ -49,6 +56,10 @@ def get_job(request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> j
     if request.name == "other-message":  # the trailer's message is not the status details
         context.set_trailing_metadata((("grpc-status-details-bin", status_trailer("before")),))
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "after")
+    if request.name == "huge":  # as the server's wrappers answer a refusal quoting it all
+        status = _status_of(HUGE, "/trainwire.v1.JobService/GetJob")
+        context.set_trailing_metadata(((STATUS_DETAILS_KEY, status.SerializeToString()),))
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, status.message)
     if request.name == "unreadable":
         context.set_trailing_metadata((("grpc-status-details-bin", b"\xff\xff\xff"),))
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad")
@@ -130,3 +141,17 @@ def test_every_error_crosses_a_process_boundary_whole() -> None:
         assert (copy.args, copy.message, copy.code) == (error.args, error.message, error.code)
         assert copy.field_violations == error.field_violations
     assert pickle.loads(pickle.dumps(errors[0])).status == status
+
+
+def test_a_status_quoting_too_much_still_reaches_the_caller_whole(target: str) -> None:
+    """A message quoting a 10,000-character value made the trailing metadata exceed the client's
+    limit: the caller got a generic RESOURCE_EXHAUSTED about metadata, not the refusal."""
+    for error in failures(target, "huge"):
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT, error.message
+        assert error.message.startswith("labels['\U0001f642") and error.message.endswith("…")
+        assert error.field_violations[0][0].startswith("labels['\U0001f642")
+    status = _status_of(HUGE, "/trainwire.v1.JobService/GetJob")
+    # grpc-message is percent-encoded: 3 bytes for each byte past printable ASCII.
+    message = sum(1 if 0x20 <= b < 0x7F and b != ord("%") else 3 for b in status.message.encode())
+    details = 4 * -(-len(status.SerializeToString()) // 3)  # base64
+    assert message + details < 7 * 1024

@@ -3,15 +3,25 @@ prediction inputs matched to the model's features by name, and plots without mat
 
 from __future__ import annotations
 
+import csv
+import errno
+import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from trainwire.client import Client
-from trainwire.client.files import read_csv, read_dataset, read_model_inputs
+from trainwire.client import Client, Prediction
+from trainwire.client.files import (
+    read_csv,
+    read_dataset,
+    read_model_inputs,
+    replaced_file,
+    write_prediction,
+)
 
 
 def write(tmp_path: Path, text: str, name: str = "data.csv", encoding: str = "utf-8") -> Path:
@@ -221,3 +231,83 @@ def test_a_dataset_file_of_one_column_is_refused_with_a_hint_at_the_delimiter(
     semicolons = write(tmp_path, "a;b;label\n1;2;0\n3;4;1\n")
     with pytest.raises(ValueError, match=r"data\.csv has a single column.*such as ';'"):
         read_dataset(semicolons)
+
+
+CLASSIFIED = Prediction(
+    outputs=np.array([[0.1, 0.9], [0.8, 0.2]], np.float32),
+    probabilities=np.array([[0.4, 0.6], [0.7, 0.3]], np.float32),
+    labels=np.array([1, 0]),
+    checkpoint="jobs/x/checkpoints/1",
+)
+
+
+def symlink_to_a_victim(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """`name` in tmp_path, a symlink to another file (`victim.txt`), as someone may leave one
+    where they expect an output to be written."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not yours to overwrite\n")
+    link = tmp_path / name
+    link.symlink_to(victim)
+    return link, victim
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv", ".npy"])
+def test_a_prediction_replaces_a_symlink_at_its_path_rather_than_writing_through_it(
+    tmp_path: Path, suffix: str
+) -> None:
+    """`predict --output out.json` overwrote what a symlink named out.json pointed to."""
+    output, victim = symlink_to_a_victim(tmp_path, f"out{suffix}")
+    write_prediction(output, CLASSIFIED, ["no", "yes"])
+    assert victim.read_text() == "not yours to overwrite\n"
+    assert output.is_file() and not output.is_symlink()
+    if suffix == ".json":
+        assert json.loads(output.read_text())["label_names"] == ["yes", "no"]
+    elif suffix == ".csv":
+        assert output.read_text().splitlines() == ["label,p0,p1", "1,0.4,0.6", "0,0.7,0.3"]
+    else:
+        assert np.load(output).tolist() == [1, 0]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [output.name, "victim.txt"]
+
+
+def test_a_prediction_that_fails_midway_leaves_the_file_it_was_to_replace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was written in place: a failure (a full disk) left half a file where the old one was."""
+    output = tmp_path / "out.csv"
+    output.write_text("the previous predictions\n")
+    writer = csv.writer
+
+    class FullDisk:
+        def __init__(self, handle: Any) -> None:
+            self.rows = writer(handle)
+
+        def writerow(self, row: Any) -> None:
+            self.rows.writerow(row)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(csv, "writer", FullDisk)
+    with pytest.raises(OSError, match="No space left"):
+        write_prediction(output, CLASSIFIED)
+    monkeypatch.undo()
+    assert output.read_text() == "the previous predictions\n"
+    assert [path.name for path in tmp_path.iterdir()] == ["out.csv"], "no temporary file left"
+
+
+def test_a_plot_replaces_a_symlink_at_its_path_rather_than_writing_through_it(
+    tmp_path: Path,
+) -> None:
+    from trainwire.client.plot import save_metrics_plot
+
+    output, victim = symlink_to_a_victim(tmp_path, "curves.png")
+    save_metrics_plot({"loss": np.array([[1.0, 1.0, 0.5], [2.0, 2.0, 0.25]])}, output)
+    assert victim.read_text() == "not yours to overwrite\n"
+    assert not output.is_symlink() and output.read_bytes().startswith(b"\x89PNG")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["curves.png", "victim.txt"]
+
+
+def test_a_file_in_a_folder_that_does_not_exist_is_named_as_asked(tmp_path: Path) -> None:
+    """Not by the temporary name it is first written under."""
+    missing = tmp_path / "nowhere" / "curves.png"
+    with pytest.raises(FileNotFoundError) as refused, replaced_file(missing):
+        pass
+    assert refused.value.filename == str(missing)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -17,6 +19,7 @@ from trainwire.client import (
     Dense,
     Dropout,
     FailedPrecondition,
+    InvalidArgument,
     JobFailed,
     Metrics,
     ModelInfo,
@@ -26,9 +29,11 @@ from trainwire.client import (
     TimedOut,
 )
 from trainwire.client.client import env_settings
+from trainwire.client.errors import field_violations
 from trainwire.client.wire import prepare_upload
 from trainwire.server.local import LocalServer
-from trainwire.v1 import tensor_pb2
+from trainwire.server.wrappers import STATUS_DETAILS_KEY
+from trainwire.v1 import jobs_pb2, jobs_pb2_grpc, models_pb2, tensor_pb2
 
 from ..support.checkpoints import assert_same_checkpoints, server_checkpoints
 from ..support.tcp_proxy import TcpProxy
@@ -440,3 +445,101 @@ def test_an_int32_value_over_a_server_limit_is_the_server_s_resource_exhausted(
     # One past the int32 range cannot be sent (SpecError, test_specs.py); the range's top can.
     with pytest.raises(ResourceExhausted, match="max_epochs is limited to"):
         client.create_job(dataset, MODEL, epochs=2**31 - 1, queue="nobody-listens")
+
+
+# What a security review stored in a name: a window title, a cleared screen, a fake line in red.
+ESCAPES = "\x1b]0;pwned-title\x07\x1b[2J\x1b[31mFAKE: all jobs SUCCEEDED\x1b[0m\r"
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "field", "position"),
+    [
+        ("dataset", {"name": "evil" + ESCAPES}, "header.display_name", 4),
+        ("dataset", {"class_names": ["no" + ESCAPES, "b", "c"]}, "header.class_names", 2),
+        ("dataset", {"feature_names": ["a", "b", "c", "f\x1b[8m"]}, "header.feature_names", 1),
+        ("dataset", {"labels": {"team": "ml\x9b2J"}}, "header.labels['team']", 2),
+        ("job", {"display_name": "job" + ESCAPES}, "display_name", 3),
+        ("job", {"labels": {"k\r": "v"}}, "labels", 1),
+        ("job", {"labels": {"k": "\tv"}}, "labels['k']", 0),
+    ],
+)
+def test_names_and_labels_holding_control_characters_are_refused_over_the_wire(
+    client: Client,
+    dataset: DatasetInfo,
+    kind: str,
+    options: dict[str, object],
+    field: str,
+    position: int,
+) -> None:
+    """Every user's CLI printed them raw (`datasets list`, `jobs list`, predictions' classes):
+    whoever could write into a project could rewrite another user's terminal."""
+    features, labels = blobs()
+    with pytest.raises(InvalidArgument) as refused:
+        if kind == "dataset":
+            client.upload_dataset(features, labels, dedupe=False, **options)  # type: ignore[arg-type]
+        else:
+            client.create_job(dataset, MODEL, epochs=1, **options)  # type: ignore[arg-type]
+    assert refused.value.field_violations[0][0] == field
+    assert f"at position {position} (from 0)" in refused.value.message
+    assert "\x1b" not in refused.value.message and "\r" not in refused.value.message
+
+
+LONG = "x" * 10_000
+
+
+def dense(units: int, **options: str) -> models_pb2.LayerSpec:
+    return models_pb2.LayerSpec(dense=models_pb2.DenseLayer(units=units, **options))
+
+
+def relu(**params: float) -> models_pb2.LayerSpec:
+    activation = models_pb2.ActivationLayer(name="relu", params=params)
+    return models_pb2.LayerSpec(activation=activation)
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        (
+            {"training": models_pb2.TrainingConfig(
+                optimizer=models_pb2.OptimizerSpec(name="sgd", params={LONG: 1.0})
+            )},
+            "training.optimizer.params['xxxx",
+        ),
+        (
+            {"training": models_pb2.TrainingConfig(
+                schedule=models_pb2.ScheduleSpec(name="step", params={LONG: 1.0})
+            )},
+            "training.schedule.params['xxxx",
+        ),
+        ({"model": models_pb2.ModelSpec(layers=[dense(4), relu(**{LONG: 1}), dense(3)])}, "model"),
+        ({"model": models_pb2.ModelSpec(layers=[dense(3, activation=LONG)])}, "model"),
+        ({"model": models_pb2.ModelSpec(layers=[dense(3, kernel_initializer=LONG)])}, "model"),
+        ({"training": models_pb2.TrainingConfig(metrics=[LONG])}, "training"),
+        ({"queue": LONG}, "queue"),
+        ({"dataset": LONG}, "dataset"),
+    ],
+)  # fmt: skip
+def test_a_refusal_quoting_a_huge_value_reaches_the_caller_bounded(
+    live_server: LocalServer,
+    dataset: DatasetInfo,
+    request_fields: dict[str, object],
+    field: str,
+) -> None:
+    """A 10,000-character name, quoted whole (twice: in the message and in the field
+    violation), made the status's trailing metadata exceed the client's 16 KiB limit: the caller
+    saw RESOURCE_EXHAUSTED "received metadata size exceeds hard limit", not the refusal."""
+    fields: dict[str, object] = {
+        "dataset": dataset.name,
+        "model": models_pb2.ModelSpec(layers=[dense(3)]),
+        **request_fields,
+    }
+    with grpc.insecure_channel(live_server.target) as channel:
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            jobs.CreateJob(jobs_pb2.CreateJobRequest(**fields), timeout=30)  # type: ignore[arg-type]
+    error = refused.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert field_violations(error)[0][0].startswith(field)
+    assert re.search(r"…\(100\d\d characters\)", error.details()), error.details()
+    trailer = dict(error.trailing_metadata() or ())[STATUS_DETAILS_KEY]
+    assert len(error.details().encode()) + len(trailer) < 2048

@@ -45,3 +45,24 @@ def test_each_frame_of_the_bar_shows_the_state_of_the_status_its_epochs_came_fro
     frames = {re.search(r"(\d+)/5 .*state=(\w+)", f) for f in out.getvalue().split("\r")}
     shown = {frame.groups() for frame in frames if frame is not None}
     assert shown == {("0", "queued"), ("5", "running"), ("5", "succeeded")}
+
+
+def test_the_bar_shows_the_server_s_names_escaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job's name and its metrics' names come from the server, drawn on a terminal."""
+    out = io.StringIO()
+    monkeypatch.setattr(tqdm, "tqdm", functools.partial(tqdm.tqdm, file=out, mininterval=0))
+    hostile = "jobs/x\x1b]0;pwned\x07\x1b[2J"
+    final = JobStatus.from_proto(
+        jobs_pb2.Job(
+            name=hostile, state=jobs_pb2.JOB_STATE_SUCCEEDED, metrics={"loss\x1b[8m": 0.5},
+            progress=jobs_pb2.Progress(epoch=5, total_epochs=5),
+        )
+    )  # fmt: skip
+    client = SimpleNamespace(job_status=lambda name: final, watch_reconnect_s=300.0)
+    job = Job(client, status(jobs_pb2.JOB_STATE_QUEUED, 0))  # type: ignore[arg-type]
+    job.name = hostile
+    job.wait(poll_interval=0, progress=True)
+    drawn = out.getvalue()
+    assert "jobs/x\\x1b]0;pwned\\x07\\x1b[2J" in drawn and "loss\\x1b[8m=0.5" in drawn
+    # tqdm draws each frame after a CR, and may clear the line with its own ESC[A: none other.
+    assert "\x1b]" not in drawn and "\x1b[2J" not in drawn and "\x1b[8m" not in drawn

@@ -1402,7 +1402,7 @@ def test_invalid_argument_names_the_field(client: Client, iris_dataset: DatasetI
     with pytest.raises(InvalidArgument) as caught:
         client.create_job(iris_dataset, MLP, learning_rate=float("nan"))
     assert caught.value.field_violations[0][0] == "training.optimizer.learning_rate"
-    with pytest.raises(InvalidArgument, match="NUL"):
+    with pytest.raises(InvalidArgument, match=r"U\+0000 at position 1 "):
         client.create_job(iris_dataset, MLP, display_name="a\x00b")
 
 

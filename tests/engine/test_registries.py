@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from trainwire.engine import activations, initializers, losses, metrics, optimizers
+from trainwire.engine.errors import quoted
 
 REGISTRIES = [
     (activations, "activation", activations.Activation, "tanh"),
@@ -68,3 +69,17 @@ def test_linear_and_identity_are_the_same() -> None:
         activation = activations.get(name)
         assert activation.name == "linear" and activation.is_identity
         assert np.array_equal(activation(x), x)
+
+
+def test_a_value_is_quoted_bounded_in_errors() -> None:
+    """A 10,000-character argument name was quoted whole, twice (Python's TypeError and the
+    arguments received): the server's status then exceeded the client's metadata limit."""
+    assert quoted("adam") == "'adam'" and quoted(0.5) == "0.5"
+    assert quoted("x" * 65) == repr("x" * 64) + "…(65 characters)"
+    assert quoted({"x" * 100: 1.0}) == "{'" + "x" * 62 + "…(109 characters)"
+    with pytest.raises(ValueError) as refused:
+        optimizers.get({"name": "adam", "y" * 10_000: 0.9})
+    message = str(refused.value)
+    assert message.startswith("Invalid arguments for optimizer 'adam': 'yyyy")
+    assert "is not one of its parameters (learning_rate, " in message
+    assert len(message) < 400

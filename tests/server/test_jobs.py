@@ -171,7 +171,7 @@ def test_metrics_are_paged_to_fit_the_message_limit_and_joined_in_order(store: S
         (
             {"early_stopping": models_pb2.EarlyStopping(monitor="val_loss\x00")},
             "training.early_stopping.monitor",
-            "NUL",
+            "U+0000 at position 8",
         ),
         (
             {"early_stopping": models_pb2.EarlyStopping(monitor="v" * 100_000)},
@@ -649,4 +649,4 @@ def test_a_metric_name_with_a_nul_is_refused_naming_it(store: Store) -> None:
     with pytest.raises(InvalidArgument) as refused:
         service.metrics(asked, "default")
     assert refused.value.violations[0].field == "metric_names[1]"
-    assert "NUL" in refused.value.message
+    assert "U+0000 at position 1" in refused.value.message

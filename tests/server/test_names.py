@@ -7,7 +7,7 @@ import tracemalloc
 import pytest
 
 from trainwire.server.errors import InvalidArgument
-from trainwire.server.names import parse_name
+from trainwire.server.names import check_text, parse_name
 
 ID = "0123456789abcdef0123456789abcdef"
 
@@ -58,3 +58,21 @@ def test_refused_long_names_are_not_kept() -> None:
     finally:
         tracemalloc.stop()
     assert after - before < 1 << 20, f"{after - before} bytes still held after 16 MiB of names"
+
+
+@pytest.mark.parametrize(
+    "character",
+    ["\x00", "\t", "\n", "\r", "\x07", "\x1b", "\x1f", "\x7f", "\x80", "\x85", "\x9b", "\x9f"],
+)
+def test_text_holding_a_control_character_is_refused_naming_it_and_where(character: str) -> None:
+    """ESC, CR and the others reached every user's terminal raw, through the CLI's listings."""
+    with pytest.raises(InvalidArgument) as refused:
+        check_text("header.display_name", f"ok{character}rest{character}", 256)
+    assert refused.value.violations[0].field == "header.display_name"
+    assert f"Received: U+{ord(character):04X} at position 2 (from 0)" in refused.value.message
+    assert character not in refused.value.message
+
+
+@pytest.mark.parametrize("text", ["", "iris v2", "café", "数据集", "naïve (β=0.5) 🙂", "\xa0", "~"])
+def test_printable_text_of_any_script_is_accepted(text: str) -> None:
+    check_text("display_name", text, 256)
