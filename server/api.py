@@ -177,7 +177,18 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         with upload:  # its bytes are let go of at once if the upload fails
             while (request := await self._next_message(requests, upload)) is not None:
                 upload.add(request)  # one copy per chunk; the hashing waits for the pool
-            return await in_pool(self.executor, self.datasets.finish, upload, project)
+            storing = asyncio.ensure_future(
+                in_pool(self.executor, self.datasets.finish, upload, project)
+            )
+            try:
+                return await asyncio.shield(storing)
+            except asyncio.CancelledError:
+                # A pool thread cannot be stopped: it goes on hashing and storing the bytes, and
+                # the slot and the client's count, let go of once this returns, must cover it
+                # until it ends (a client cancelling each upload after its last chunk held twice
+                # the slots' bytes, and every pool thread, with none counted).
+                await asyncio.wait([storing])
+                raise
 
     async def _next_message(
         self,

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import tracemalloc
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 
+from trainwire.server.api import ClientLimiter, DatasetServicer
 from trainwire.server.config import Settings
 from trainwire.server.datasets import MAX_CLASSES, DatasetService
 from trainwire.server.errors import FieldViolation, InvalidArgument, ResourceExhausted
@@ -232,3 +239,46 @@ def test_names_too_large_for_an_answer_are_refused_before_the_upload_is_stored(
     del requests[0].header.class_names[1000:]
     requests[0].header.num_classes = 1000
     assert DatasetService(store, settings).upload(requests, "default").num_classes == 1000
+
+
+def test_an_upload_cancelled_while_it_is_stored_keeps_its_slot_until_the_store_ends(
+    store: Store,
+) -> None:
+    """A pool thread cannot be stopped: an upload cancelled once its last chunk had arrived
+    let go of its slot and its client's count at once while the pool went on hashing and
+    storing its bytes, so a client cancelling each upload so held twice the slots' bytes and
+    every pool thread, counted nowhere. They are held until the storing ends."""
+    storing, release = threading.Event(), threading.Event()
+    service = DatasetService(store, Settings(grpc_threads=1))
+    finish = service.finish
+
+    def slow_finish(upload: Any, project: str) -> Any:
+        storing.set()
+        assert release.wait(30), "the test never released the store"
+        return finish(upload, project)
+
+    service.finish = slow_finish  # type: ignore[method-assign]
+
+    async def requests() -> AsyncIterator[datasets_pb2.UploadDatasetRequest]:
+        for request in float64_upload(2, [np.zeros(10).tobytes()]):  # 2 rows of 40 bytes
+            yield request
+
+    async def scenario() -> None:
+        uploads = ClientLimiter("max_uploads_per_client", 4, "uploads")
+        with ThreadPoolExecutor(2) as pool:
+            servicer = DatasetServicer(service, uploads, pool)
+            context: Any = SimpleNamespace(peer=lambda: "ipv4:127.0.0.1:1")
+            call = asyncio.ensure_future(servicer.UploadDataset(requests(), context))
+            while not storing.is_set():
+                await asyncio.sleep(0.01)
+            call.cancel()
+            for _ in range(20):  # the cancellation runs its course as far as it can
+                await asyncio.sleep(0.01)
+            assert servicer.upload_slots.locked(), "the slot is held while the bytes are stored"
+            assert uploads.open == {"ipv4:127.0.0.1:1": 1}
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            assert not servicer.upload_slots.locked() and uploads.open == {}
+
+    asyncio.run(scenario())
