@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Container
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -172,13 +172,25 @@ class ModelCache(Generic[Served]):
                     self._bytes -= pin.size
         MODEL_CACHE_PINS.dec()
 
-    def invalidate(self, job_id: str, keep: Container[int] = ()) -> None:
-        """Forgets every model of a job but those of the checkpoints in `keep` (the ones it still
-        has: retention deletes the others, in a worker, and their models stayed cached for good,
-        never answered again). A pinned one is dropped too (no new request finds it), but its
-        streams finish with it, so its bytes stay counted until they end."""
+    def invalidate(self, job_id: str) -> None:
+        """Forgets every model of a job (deleted). A pinned one is dropped too (no new request
+        finds it), but its streams finish with it, so its bytes stay counted until they end."""
+        self._drop(lambda key: key[0] == job_id)
+
+    def forget_deleted(self, job_id: str, listed: Collection[int]) -> None:
+        """Forgets the models of a job's checkpoints that a read of its checkpoints (`listed`,
+        their ids) no longer found: retention deletes them, in a worker, and their models stayed
+        cached for good, never answered again. Ids grow, so one above the newest listed was
+        written after that read began (a newer read cached it): it stays. Pinned ones as in
+        `invalidate`."""
+        if not listed:
+            return
+        newest = max(listed)
+        self._drop(lambda key: key[0] == job_id and key[1] < newest and key[1] not in listed)
+
+    def _drop(self, doomed: Callable[[CacheKey], bool]) -> None:
         with self._lock:
-            for key in [k for k in self._models if k[0] == job_id and k[1] not in keep]:
+            for key in [k for k in self._models if doomed(k)]:
                 _, size = self._models.pop(key)
                 if self._pins.pop(key, None) is None:
                     self._bytes -= size

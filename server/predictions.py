@@ -154,7 +154,7 @@ class PredictionService:
                 self._jobs[job_id] = (self.clock(), *found)
         # Models of checkpoints retention has deleted since (a job still training, answering
         # "latest") are never answered again.
-        self.cache.invalidate(job_id, keep={checkpoint.id for checkpoint in found[1]})
+        self.cache.forget_deleted(job_id, {checkpoint.id for checkpoint in found[1]})
         return found
 
     def _job(self, job_id: str) -> tuple[Job, list[Checkpoint]]:

@@ -368,13 +368,16 @@ def test_a_model_larger_than_the_bound_is_served_but_never_kept() -> None:
     assert cache.loads == 2 and cache._bytes == 0
 
 
-def test_invalidate_keeps_the_models_of_the_checkpoints_named() -> None:
-    cache = ModelCache(4 * MODEL_BYTES, model_bytes)
-    for key in (("job", 1), ("job", 2), ("other", 1)):
+def test_models_of_checkpoints_a_read_no_longer_lists_are_forgotten() -> None:
+    cache = ModelCache(5 * MODEL_BYTES, model_bytes)
+    for key in (("job", 1), ("job", 2), ("job", 4), ("other", 1)):
         cache.get(key, lambda: Model.from_spec(SPEC))
-    cache.invalidate("job", keep={2})
-    assert list(cache._models) == [("job", 2), ("other", 1)]
-    assert cache._bytes == 2 * MODEL_BYTES
+    # The read listed 2 and 3: 1 was deleted since; 4 was written after the read began.
+    cache.forget_deleted("job", {2, 3})
+    assert list(cache._models) == [("job", 2), ("job", 4), ("other", 1)]
+    assert cache._bytes == 3 * MODEL_BYTES
+    cache.forget_deleted("job", set())  # a job with no checkpoint listed: nothing to judge by
+    assert len(cache._models) == 3
 
 
 def test_a_cached_model_is_counted_near_what_it_holds_in_memory() -> None:
