@@ -394,7 +394,8 @@ EVENTS = cast(Table, JobEventRow.__table__)
 
 
 def _claim_statement(sqlite_clock: bool, with_queues: bool) -> Any:
-    """UPDATE ... WHERE id = (the best QUEUED job, FOR UPDATE SKIP LOCKED) RETURNING the row.
+    """UPDATE ... WHERE id = (the best QUEUED job, FOR NO KEY UPDATE SKIP LOCKED) RETURNING the
+    row.
 
     Built once per variant with bound parameters: the claim is the queue's hot path.
     """
@@ -776,11 +777,11 @@ class Store:
     ) -> Claim | None:
         """Takes the best runnable job in one statement, or returns None.
 
-        PostgreSQL locks the candidate row with FOR UPDATE SKIP LOCKED, so concurrent workers
-        never wait on or take the same job; SQLite serialises writers with BEGIN IMMEDIATE. The
-        lease runs out `lease_s` after the database's clock, with `token` (a fresh one by
-        default) as its fencing token: a caller whose claim failed unanswered finds by it, with
-        `claimed_with`, the job it may have taken.
+        PostgreSQL locks the candidate row with FOR NO KEY UPDATE SKIP LOCKED, so concurrent
+        workers never wait on or take the same job; SQLite serialises writers with BEGIN
+        IMMEDIATE. The lease runs out `lease_s` after the database's clock, with `token` (a
+        fresh one by default) as its fencing token: a caller whose claim failed unanswered finds
+        by it, with `claimed_with`, the job it may have taken.
         """
         params: dict[str, Any] = {
             "p_worker": worker_id,
@@ -1077,9 +1078,10 @@ class Store:
         `_newest_checkpoint_at`.
 
         The blob (tens of MB for a big model) is sent with the job's row held in KEY SHARE, what
-        the checkpoint's foreign key takes anyway: a CancelJob does not wait for it, and a rescue
-        (FOR UPDATE SKIP LOCKED) skips the job meanwhile. Then the row is locked as the job's
-        other writes lock it and the lease checked again, holding to the commit."""
+        the checkpoint's foreign key takes anyway: neither a CancelJob nor a rescue (FOR NO KEY
+        UPDATE) waits for it or skips the job. Then the row is locked as the job's other writes
+        lock it and the lease checked again, holding to the commit: a save whose lease a rescue
+        took meanwhile stores nothing."""
         with self.db.write() as session:
             self._held_row(session, claim, _LOCK_TO_USE)
             stored = self._newest_checkpoint_at(
