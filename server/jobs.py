@@ -291,7 +291,14 @@ class JobService:
         """Each name must be one the job's training logs (it may have no point yet) or one it
         has points of: an unknown name answered no points, as one not logged yet does, and the
         CLI read every point of the job to say which names it has."""
-        logged = logged_metric_names(job)
+        if not names:  # every metric: nothing to judge, and no trainer to build for it
+            return
+        try:
+            logged = logged_metric_names(job)
+        except (InvalidArgument, ValueError, KeyError):
+            # A job an older server stored whose training no longer builds: its listing must
+            # not fail for that; the names it has points of judge alone.
+            logged = set()
         if all(name in logged for name in names):
             return
         known = sorted(logged.union(self.store.metric_names(job.id)))

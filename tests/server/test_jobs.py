@@ -23,6 +23,7 @@ from trainwire.server.errors import (
     ResourceExhausted,
 )
 from trainwire.server.jobs import JobService
+from trainwire.server.models import JobRow
 from trainwire.server.records import Dataset, JobState, MetricValue, TaskKind
 from trainwire.server.store import Store, new_id, page_scope
 from trainwire.server.training import check_model_fits_dataset, training_from_proto
@@ -650,3 +651,28 @@ def test_a_metric_name_with_a_nul_is_refused_naming_it(store: Store) -> None:
         service.metrics(asked, "default")
     assert refused.value.violations[0].field == "metric_names[1]"
     assert "U+0000 at position 1" in refused.value.message
+
+
+def test_metrics_of_a_job_whose_training_no_longer_builds_are_listed(store: Store) -> None:
+    """The check of asked names built the job's trainer for every listing, even one asking for
+    every metric: a job stored by an older server whose training no longer builds failed
+    every listing of its metrics. Asked for all, it builds nothing; asked by name, the names it
+    has points of judge."""
+    service = JobService(store, Settings())
+    job = service.create(request(regression_dataset(store)), "default")
+    with store.db.write() as session:
+        row = session.get(JobRow, job.id)
+        assert row is not None
+        row.training = {**row.training, "loss": "a_loss_no_longer_known"}
+    claim = store.claim_job("w")
+    assert claim is not None and claim.job.id == job.id
+    store.record_metrics(claim, [MetricValue("loss", 1, 1, 0.5)])
+
+    def listed(*names: str) -> dict[str, list[MetricValue]]:
+        asked = jobs_pb2.ListJobMetricsRequest(name=f"jobs/{job.id}", metric_names=names)
+        return service.metrics(asked, "default")[0]
+
+    assert [v.value for v in listed()["loss"]] == [0.5]
+    assert [v.value for v in listed("loss")["loss"]] == [0.5]
+    with pytest.raises(InvalidArgument, match=r"has no metric 'mae'; its metrics: loss$"):
+        listed("mae")
