@@ -4,6 +4,7 @@ and predictions."""
 from __future__ import annotations
 
 import copy
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,8 +40,12 @@ def terminal_text(text: str) -> str:
     escapes them)."""
     if text.isprintable():
         return text
-    # The repr of one unprintable character is its escape between quotes.
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    # The repr of one unprintable character is its escape between quotes. Spaces other than
+    # ASCII's (no-break, ideographic: category Zs) are not printable to Python but harmless, and
+    # names hold them.
+    return "".join(
+        c if c.isprintable() or unicodedata.category(c) == "Zs" else repr(c)[1:-1] for c in text
+    )
 
 
 def state_name(code: int) -> str:

@@ -37,7 +37,7 @@ from trainwire.client import (
     Sequential,
 )
 from trainwire.client.cli import CLIENT_CERT_HINT
-from trainwire.client.results import checkpoint_to_dict
+from trainwire.client.results import checkpoint_to_dict, terminal_text
 from trainwire.client.rpc import channel_credentials
 from trainwire.server.cli import main
 from trainwire.server.local import LocalServer
@@ -1060,3 +1060,10 @@ def test_an_error_from_the_server_is_printed_escaped(
     _, err = capsys.readouterr()
     assert f"invalid argument: {SHOWN}: no" in err and f"  f{SHOWN}: {SHOWN}" in err
     assert all(line.isprintable() for line in err.split("\n"))
+
+
+def test_spaces_of_other_scripts_are_printed_as_they_are() -> None:
+    """No-break and ideographic spaces, which names hold, were shown as `\\xa0` and `\\u3000`;
+    controls and format characters still are escaped."""
+    assert terminal_text("tokyo\u3000model\xa0v2") == "tokyo\u3000model\xa0v2"
+    assert terminal_text("a\x1b[2Jb\u202ec") == "a\\x1b[2Jb\\u202ec"
