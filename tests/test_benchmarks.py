@@ -161,5 +161,5 @@ def test_the_queue_benchmark_measures_both_databases() -> None:
         assert row["enqueue_to_running_p50_ms"] <= row["enqueue_to_running_max_ms"], row
         assert row["poll_interval_s"] == 0.5, row  # the default, not a faster setting
         # A fraction of two timed runs: its size is the benchmark's to report, not to judge here.
-        overhead = row["persist_overhead_fraction"]
-        assert isinstance(overhead, float) and math.isfinite(overhead) and overhead > -1, row
+        assert isinstance(row["persist_overhead_fraction"], float), row
+        assert math.isfinite(row["persist_overhead_fraction"]), row

@@ -338,8 +338,10 @@ def test_a_request_that_joins_a_held_pass_with_a_closer_deadline_shortens_the_ho
             stop_busy()
 
     waited = asyncio.run(run())
-    # The pass forms once the newcomer has spent half its deadline, and carries both.
-    assert waited < DEADLINE_S, f"answered after {waited:.2f}s, past its {DEADLINE_S} s deadline"
+    # The pass forms once the newcomer has spent half its deadline, and carries both: not at
+    # once (a lower bound a loaded machine cannot break), and well before the deadline (3 s
+    # of slack past half of it).
+    assert DEADLINE_S / 2 - 0.05 <= waited < DEADLINE_S * 0.9, f"answered after {waited:.2f}s"
     assert passes == [[1, 1]]
 
 
@@ -399,8 +401,9 @@ def test_deadline_shorter_than_the_batching_wait_is_honoured(
 
     small, waited = asyncio.run(run())
     assert small.shape == (1, 4)
-    # It waits about half its deadline for company, not the 60 s batching wait.
-    assert waited < DEADLINE_S, f"answered after {waited:.2f}s, past its {DEADLINE_S} s deadline"
+    # It waits about half its deadline for company, not the 60 s batching wait nor its whole
+    # deadline (3 s of slack past half of it).
+    assert DEADLINE_S / 2 - 0.05 <= waited < DEADLINE_S * 0.9, f"answered after {waited:.2f}s"
     assert passes == [[OFF_LOOP_ROWS * 4], [1]]
 
 
