@@ -33,8 +33,10 @@ demo: $(VENV)/.installed
 serve: $(VENV)/.installed
 	$(BIN)/trainwire serve
 
+# Two processes, each running whole files (their module fixtures, servers among them, start
+# once): most tests wait on servers and subprocesses, so two cores run two at once.
 test: $(STAMP_TEST)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP_TEST)
 	$(BIN)/ruff check .
