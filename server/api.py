@@ -443,18 +443,17 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
         """The error that ends a prediction stream whose client sent nothing for
         stream_idle_timeout_s, after `received` requests."""
         waited = f"{self.settings.stream_idle_timeout_s:g} s"
-        rule = (
-            "the server ends a stream idle that long "
-            f"({self.settings.setting('stream_idle_timeout_s')}), letting go of its model"
-        )
+        setting = self.settings.setting("stream_idle_timeout_s")
         if received == 0:
-            return DeadlineExceeded(
-                f"the prediction stream sent no request in {waited}: {rule}; send the first "
-                "request as the stream opens"
-            )
-        return DeadlineExceeded(
-            f"the prediction stream sent nothing for {waited} after {received} requests: "
-            f"{rule}; open a new stream when more rows are ready"
+            return DeadlineExceeded.idle(
+                f"the prediction stream sent no request in {waited}", setting, "its model",
+                "send the first request as the stream opens",
+            )  # fmt: skip
+        return DeadlineExceeded.idle(
+            f"the prediction stream sent nothing for {waited} after {received} requests",
+            setting,
+            "its model",
+            "open a new stream when more rows are ready",
         )
 
     def GetModelMetadata(

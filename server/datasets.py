@@ -66,19 +66,18 @@ class DatasetService:
         """The error that ends an upload whose client sent nothing for stream_idle_timeout_s:
         before its header (`upload` None), or after the bytes `upload` holds."""
         waited = f"{self.settings.stream_idle_timeout_s:g} s"
-        rule = (
-            "the server ends an upload idle that long "
-            f"({self.settings.setting('stream_idle_timeout_s')})"
-        )
+        setting = self.settings.setting("stream_idle_timeout_s")
         if upload is None:
-            return DeadlineExceeded(
-                f"the upload sent no header in {waited}: {rule}; send the header as the "
-                "stream's first message, then the chunks without pausing"
-            )
-        return DeadlineExceeded(
+            return DeadlineExceeded.idle(
+                f"the upload sent no header in {waited}", setting, "its slot",
+                "send the header as the stream's first message, then the chunks without pausing",
+            )  # fmt: skip
+        return DeadlineExceeded.idle(
             f"the upload sent nothing for {waited} after {len(upload.buffer)} of the "
-            f"{upload.total} bytes its header announces: {rule}; upload the dataset again, "
-            "sending its chunks without pausing"
+            f"{upload.total} bytes its header announces",
+            setting,
+            "its slot and bytes",
+            "upload the dataset again, sending its chunks without pausing",
         )
 
     def finish(self, upload: Upload, project: str) -> Dataset:

@@ -69,6 +69,14 @@ class Unavailable(TrainwireError):
 class DeadlineExceeded(TrainwireError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
+    @classmethod
+    def idle(cls, silence: str, setting: str, holding: str, remedy: str) -> DeadlineExceeded:
+        """The end of a client stream that sent nothing for the stream idle timeout, `setting`
+        naming it: `silence` says what it sent before ("the upload sent no header in 60 s"),
+        `holding` what the server lets go of, `remedy` what to do."""
+        return cls(f"{silence}: the server ends a stream idle that long ({setting}), letting go "
+                   f"of {holding}; {remedy}")  # fmt: skip
+
 
 class Cancelled(TrainwireError):
     code = grpc.StatusCode.CANCELLED
