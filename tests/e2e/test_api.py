@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -655,21 +655,14 @@ def test_one_client_cannot_hold_every_upload_slot(tmp_path: Path) -> None:
                 for _ in range(3)
             ]
             try:
-                wait_for(lambda: any(u.done() for u in uploads), 30, "an upload to be refused")
-                [refused] = [u for u in uploads if u.done()]
-                error = refused.exception()
-                assert isinstance(error, grpc.RpcError)
-                code, details = error.code(), error.details() or ""
+                refused, code, details = _the_one_refused(uploads)
                 assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
                 assert "max_uploads_per_client is limited to 2. Received: 3" in details
                 assert b.upload_dataset(x, y, timeout=60).num_examples == 10
             finally:
                 release.set()
-            for upload in uploads:  # the two held end as before, short of their bytes
-                if upload is not refused:
-                    with pytest.raises(grpc.RpcError) as short:
-                        upload.result(timeout=30)
-                    assert short.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            # The two held end as before, short of their bytes.
+            _end_short_of_their_bytes(u for u in uploads if u is not refused)
         assert a.upload_dataset(x, y, timeout=60).num_examples == 10  # its slots are back
     assert server.process.returncode == 0, "".join(server.output[-40:])
 
@@ -695,11 +688,7 @@ def test_uploads_waiting_for_a_slot_are_bounded(tmp_path: Path) -> None:
                 for _ in range(3)
             ]
             try:
-                wait_for(lambda: any(u.done() for u in uploads), 30, "an upload to be refused")
-                [refused] = [u for u in uploads if u.done()]
-                error = refused.exception()
-                assert isinstance(error, grpc.RpcError)
-                code, details = error.code(), error.details() or ""
+                refused, code, details = _the_one_refused(uploads)
                 assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
                 assert (
                     "the number of uploads waiting for a slot is limited to 1. Received: 2"
@@ -708,14 +697,28 @@ def test_uploads_waiting_for_a_slot_are_bounded(tmp_path: Path) -> None:
                 assert not RetryPolicy().retryable(code, details)
             finally:
                 release.set()
-            for upload in uploads:  # the other two end as before, short of their bytes
-                if upload is not refused:
-                    with pytest.raises(grpc.RpcError) as short:
-                        upload.result(timeout=30)
-                    assert short.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            # The other two end as before, short of their bytes.
+            _end_short_of_their_bytes(u for u in uploads if u is not refused)
         data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3, timeout=60)
         assert data.num_examples == 10
     assert server.process.returncode == 0, "".join(server.output[-40:])
+
+
+def _the_one_refused(uploads: list[Any]) -> tuple[Any, grpc.StatusCode, str]:
+    """The one of `uploads` (held open) the server ended at once, with its code and details."""
+    wait_for(lambda: any(u.done() for u in uploads), 30, "an upload to be refused")
+    [refused] = [u for u in uploads if u.done()]
+    error = refused.exception()
+    assert isinstance(error, grpc.RpcError)
+    return refused, error.code(), error.details() or ""
+
+
+def _end_short_of_their_bytes(uploads: Iterable[Any]) -> None:
+    """Held uploads, released, end INVALID_ARGUMENT: their header announced more bytes."""
+    for upload in uploads:
+        with pytest.raises(grpc.RpcError) as short:
+            upload.result(timeout=30)
+        assert short.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def _held(

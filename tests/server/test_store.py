@@ -141,6 +141,24 @@ def test_a_request_id_used_for_another_request_is_refused(store: Store) -> None:
     assert len(store.list_jobs(100, "")[0]) == 1
 
 
+def paused_after(
+    monkeypatch: pytest.MonkeyPatch, store: Store, method: str
+) -> tuple[threading.Event, threading.Event]:
+    """Holds the first call of `store`'s `method` once it has run, its transaction still open
+    (the commit comes after it), until `release` is set: (`reached`, `release`)."""
+    reached, release = threading.Event(), threading.Event()
+    original = getattr(store, method)
+
+    def paused(*args: Any) -> None:
+        original(*args)
+        if not reached.is_set():
+            reached.set()
+            assert release.wait(60)
+
+    monkeypatch.setattr(store, method, paused)
+    return reached, release
+
+
 @pytest.mark.postgres
 def test_a_request_id_reused_by_a_concurrent_create_is_refused(
     postgres_store: Store, monkeypatch: pytest.MonkeyPatch
@@ -149,16 +167,7 @@ def test_a_request_id_reused_by_a_concurrent_create_is_refused(
     its insert fails on the unique key, and the job found then must be compared too."""
     store = postgres_store
     dataset = make_dataset(store)
-    inserted, release = threading.Event(), threading.Event()
-    notify = store._notify
-
-    def paused_before_commit(*args: Any) -> None:
-        notify(*args)
-        if not inserted.is_set():
-            inserted.set()
-            assert release.wait(60)
-
-    monkeypatch.setattr(store, "_notify", paused_before_commit)
+    inserted, release = paused_after(monkeypatch, store, "_notify")
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(store.create_job, make_job(store, dataset, request_id="abc"))
         assert inserted.wait(60)
@@ -639,15 +648,8 @@ def test_a_delete_waits_for_a_job_being_created_then_refuses(
     committed job's dataset to NULL: a QUEUED job with no data."""
     store = postgres_store
     dataset = make_dataset(store)
-    inserted, release = threading.Event(), threading.Event()
-    notify = store._notify
-
-    def paused_before_commit(*args: Any) -> None:
-        notify(*args)  # the job and its event are inserted; the transaction is still open
-        inserted.set()
-        assert release.wait(60)
-
-    monkeypatch.setattr(store, "_notify", paused_before_commit)
+    # The job and its event are inserted; the transaction is still open.
+    inserted, release = paused_after(monkeypatch, store, "_notify")
     with ThreadPoolExecutor(2) as pool:
         creating = pool.submit(store.create_job, make_job(store, dataset))
         assert inserted.wait(60)
@@ -835,16 +837,7 @@ def test_a_retry_racing_its_first_try_s_commit_stores_the_checkpoint_once(
     it once it is committed, and stores nothing more."""
     store = postgres_store
     claim = claimed_job(store)
-    committing, release = threading.Event(), threading.Event()
-    retention = store._apply_retention
-
-    def paused_before_commit(*args: Any) -> None:
-        retention(*args)
-        if not committing.is_set():
-            committing.set()
-            assert release.wait(60)
-
-    monkeypatch.setattr(store, "_apply_retention", paused_before_commit)
+    committing, release = paused_after(monkeypatch, store, "_apply_retention")
     write = (store.save_checkpoint, claim, 1, 10, {"loss": 1.0}, b"weights")
     with ThreadPoolExecutor(2) as pool:
         try:
