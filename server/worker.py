@@ -462,12 +462,15 @@ class Worker:
         worker_id: str,
         stop: threading.Event,
         queues: Sequence[str] | None = None,
+        parent_pid: int | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.worker_id = worker_id
         self.stop = stop
         self.queues = list(queues) if queues else None
+        # A supervised worker's supervisor (see `run_worker_process`).
+        self.parent_pid = parent_pid
         self.last_rescue = 0.0
         self.current_job: str | None = None
         self.jobs_done = 0
@@ -521,6 +524,11 @@ class Worker:
             if claim is not None:
                 log.info("jobs/%s was claimed before the database went away", claim.job.id)
                 return claim
+        # The parent watch looks once a second: a supervisor killed outright (SIGKILL) since then
+        # must not leave this worker a new job to hand back.
+        if self.parent_pid is not None and _orphaned(self.parent_pid):
+            self.stop.set()
+            return None
         self.unanswered_claim = new_claim_token()
         claim = self.store.claim_job(
             self.worker_id, self.queues, self.settings.lease_s, self.unanswered_claim
@@ -592,14 +600,21 @@ class Worker:
         return True
 
 
+def _orphaned(parent_pid: int) -> bool:
+    """Whether the process that started this worker (`parent_pid`) is gone, logged when it is:
+    this one was then re-parented, so its parent pid changed."""
+    if os.getppid() == parent_pid:
+        return False
+    log.warning(
+        "the process that started this worker (pid %d) is gone; stopping after the current batch",
+        parent_pid,
+    )
+    return True
+
+
 def _stop_when_orphaned(parent_pid: int, stop: threading.Event, every_s: float = 1.0) -> None:
     while not stop.wait(every_s):
-        if os.getppid() != parent_pid:
-            log.warning(
-                "the process that started this worker (pid %d) is gone; stopping after the "
-                "current batch",
-                parent_pid,
-            )
+        if _orphaned(parent_pid):
             stop.set()
 
 
@@ -641,6 +656,7 @@ def run_worker_process(
     try:
         with threadpool_limits(limits=settings.blas_threads_per_worker()):
             chosen = list(queues or []) or settings.queue_list()
-            Worker(Store(database), settings, worker_id(index), stop, chosen).run_forever()
+            worker = Worker(Store(database), settings, worker_id(index), stop, chosen, parent_pid)
+            worker.run_forever()
     finally:
         database.dispose()

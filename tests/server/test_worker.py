@@ -7,6 +7,7 @@ the lease keeper's poll would land; the lease keeper can be kept from polling (`
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -518,6 +519,25 @@ def test_a_claim_whose_answer_was_lost_runs_its_job_in_the_same_attempt(
     finished = store.get_job(job.id)
     assert (finished.state, finished.attempt) == (JobState.SUCCEEDED, 1)
     assert len(answers_lost) == 1  # the second round claimed nothing new
+
+
+def test_a_worker_whose_supervisor_is_gone_stops_instead_of_claiming(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent watch looks once a second: a supervisor killed outright (SIGKILL) since its
+    last look left the worker free to claim a job only to hand it back. A supervised worker
+    looks itself right before it claims: re-parented, it stops, and the job stays queued."""
+    job = submit(store, regression_dataset(store))
+    supervisor = os.getppid()
+    stop = threading.Event()
+    monkeypatch.setattr(worker.os, "getppid", lambda: supervisor + 1)  # re-parented
+    assert not Worker(store, Settings(), "test-worker", stop, parent_pid=supervisor).run_once()
+    assert stop.is_set()
+    assert store.get_job(job.id).state is JobState.QUEUED
+    monkeypatch.undo()  # still its parent: a worker claims and runs the job
+    stop.clear()
+    assert Worker(store, Settings(), "test-worker", stop, parent_pid=supervisor).run_once()
+    assert store.get_job(job.id).state is JobState.SUCCEEDED
 
 
 def test_a_worker_busy_with_a_long_job_is_not_reported_lost(
