@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -16,6 +17,11 @@ from datetime import UTC, datetime
 
 REQUEST_ID: ContextVar[str] = ContextVar("trainwire_request_id", default="")
 JOB_ID: ContextVar[str] = ContextVar("trainwire_job_id", default="")
+
+# DEL and the C1 controls, which `json.dumps(ensure_ascii=False)` writes raw (it escapes only C0
+# ones): a log line may quote user text, and a terminal showing the log runs a raw CSI (U+009B)
+# as ESC [ would be run.
+_RAW_CONTROL = re.compile(r"[\x7f-\x9f]")
 
 
 class JsonFormatter(logging.Formatter):
@@ -35,7 +41,11 @@ class JsonFormatter(logging.Formatter):
             entry["job_id"] = job_id
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        # Other non-ASCII text stays as it is, readable. Outside strings JSON is ASCII, so each
+        # such character is inside one, where its \u escape reads back as the same character.
+        return _RAW_CONTROL.sub(
+            lambda found: f"\\u{ord(found.group()):04x}", json.dumps(entry, ensure_ascii=False)
+        )
 
 
 class TextFormatter(logging.Formatter):

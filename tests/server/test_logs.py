@@ -106,3 +106,15 @@ def test_pool_work_of_a_call_logs_with_its_request_id(json_log: io.StringIO) -> 
     assert asyncio.run(call()) == "req-7"
     (line,) = json_log.getvalue().splitlines()
     assert json.loads(line)["request_id"] == "req-7"
+
+
+def test_a_c1_control_in_a_message_is_escaped_and_other_text_kept(json_log: io.StringIO) -> None:
+    """A line may quote user text (a refused name): a raw CSI (U+009B) in it is run by some
+    terminals showing the log, as ESC [ is. It is written as its JSON escape, text in other
+    scripts as it is, and the line reads back as the message."""
+    message = "refused name 'caf\u00e9 \x9b31m red \u65e5\u672c'"
+    logging.getLogger("trainwire.server").warning("%s", message)
+    (line,) = json_log.getvalue().splitlines()
+    assert "\\u009b" in line and "\x9b" not in line
+    assert "caf\u00e9" in line and "\u65e5\u672c" in line
+    assert json.loads(line)["message"] == message
