@@ -12,7 +12,7 @@ from .gradcheck import gradcheck
 from .model import Model
 from .serialization import load_state, save_state
 from .threads import get_num_threads, set_num_threads
-from .training import Callback, EarlyStopping, History, Trainer
+from .training import Callback, EarlyStopping, History, Trainer, saved_in_epoch
 
 __all__ = [
     "Callback",
@@ -31,6 +31,7 @@ __all__ = [
     "metrics",
     "optimizers",
     "save_state",
+    "saved_in_epoch",
     "schedules",
     "set_num_threads",
 ]

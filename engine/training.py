@@ -247,10 +247,17 @@ def _json_entry(state: Mapping[str, Array], key: str) -> Any:
         raise ValueError(f"Trainer state entry {key!r} is not JSON text: {exc}") from exc
 
 
+def saved_in_epoch(state: Mapping[str, Array]) -> bool:
+    """Whether a ``Trainer.state_dict()`` was saved partway through an epoch (as
+    ``Trainer.in_epoch`` said then), read from its ``trainer.in_epoch`` entry alone: KeyError if
+    ``state`` has none (it is no trainer state), ValueError if that entry is not 0 or 1."""
+    return flag_entry(state, "trainer.in_epoch")
+
+
 def _checked_permutation(state: Mapping[str, Array]) -> Array | None:
     """The order of the epoch in progress: a permutation of range(n), or None when no epoch is
     in progress (the entry is then empty)."""
-    in_epoch = flag_entry(state, "trainer.in_epoch")
+    in_epoch = saved_in_epoch(state)
     perm = np.asarray(state["trainer.permutation"])
     if perm.ndim != 1 or perm.dtype.kind not in "iu":
         raise ValueError(

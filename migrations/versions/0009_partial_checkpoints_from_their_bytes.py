@@ -20,8 +20,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from trainwire.engine import load_state
-from trainwire.engine._state import flag_entry
+from trainwire.engine import load_state, saved_in_epoch
 
 revision: str = "0009"
 down_revision: str | None = "0008"
@@ -43,7 +42,7 @@ def _in_epoch(data: bytes) -> bool | None:
     """Whether a trainer state was saved partway through an epoch; None if `data` is not one."""
     try:
         arrays, _ = load_state(data)
-        return flag_entry(arrays, "trainer.in_epoch")
+        return saved_in_epoch(arrays)
     except (ValueError, KeyError):
         return None
 

@@ -14,6 +14,7 @@ from trainwire.engine import (
     load_state,
     metrics,
     save_state,
+    saved_in_epoch,
 )
 
 SPEC = {
@@ -245,6 +246,21 @@ def _swap_rows(perm: np.ndarray) -> np.ndarray:
     perm = perm.copy()
     perm[1] = perm[0]
     return perm
+
+
+def test_saved_in_epoch_tells_a_state_saved_partway_through_an_epoch(data) -> None:
+    """What a checkpoint's bytes say of it (migration 0009 reads it): saved after a batch, or at
+    an epoch's end. A state with no such entry (model weights alone) or a flag that is not 0 or
+    1 is refused, not taken for either."""
+    paused = paused_state(data)
+    assert saved_in_epoch(paused)
+    trainer = make_trainer()
+    trainer.fit(*data, epochs=EPOCHS, validation_split=SPLIT, callbacks=[StopAtEpochEnd(0)])
+    assert not saved_in_epoch(load_state(save_state(trainer.state_dict()))[0])
+    with pytest.raises(KeyError):
+        saved_in_epoch(trainer.model.state_dict())
+    with pytest.raises(ValueError, match=r"'trainer.in_epoch' must be 0 or 1. Received: 2"):
+        saved_in_epoch(_edited(paused, trainer__in_epoch=np.uint8(2)))
 
 
 # paused_state() is partway through epoch 1: 56 training rows, batch 2 of 4 done, step 6.
