@@ -427,6 +427,20 @@ def test_keys_list_is_a_table_with_a_header_and_says_how_to_make_the_first_key(
     assert research.key not in out and other.key not in out
 
 
+def test_keys_list_shows_control_characters_of_a_key_s_name_escaped(
+    database_url: str, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`keys create --name` stores its note as given: an ESC sequence in it (here OSC 52, which
+    sets the clipboard) must reach the operator's terminal as text, like what the user commands
+    print from a server (`terminal_text`)."""
+    key = store.create_api_key("research", "ci\x1b]52;c;cm0gLXJmIH4=\x07")
+    code, out, err = run(capsys, "keys", "list", "--database-url", database_url)
+    assert code == 0 and err == ""
+    assert "\x1b" not in out and "\x07" not in out
+    (row,) = out.splitlines()[1:]
+    assert row.split() == [key.id, "research", "active", "ci\\x1b]52;c;cm0gLXJmIH4=\\x07"]
+
+
 def test_a_public_server_allowed_open_is_closed_for_good_once_a_key_was_created(
     store: Store,
 ) -> None:
