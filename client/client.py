@@ -708,12 +708,12 @@ class Client:
         """Predictions for each batch of rows, over one PredictStream call, in order.
 
         Each batch is encoded as `predict` encodes its inputs, and one whose inputs or answers
-        would take more than a quarter of the message limit goes as several messages whose
-        answers make its one `Prediction` (the size of an answer comes from `model_metadata`,
-        asked once, with the first batch). `batches` is read as the stream goes. A batch that
-        cannot be encoded (or an exception of the iterable itself) ends the stream: it is
-        raised, as it was, after the predictions of the batches before it. `outputs_only` as
-        for `predict`.
+        would take more than a quarter of the message limit (this client's, or the server's when
+        smaller) goes as several messages whose answers make its one `Prediction` (the size of
+        an answer and the server's limit come from `model_metadata`, asked once, with the first
+        batch). `batches` is read as the stream goes. A batch that cannot be encoded (or an
+        exception of the iterable itself) ends the stream: it is raised, as it was, after the
+        predictions of the batches before it. `outputs_only` as for `predict`.
         """
         if self._closed:
             raise ClientClosed(self)

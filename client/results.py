@@ -428,7 +428,10 @@ class ModelInfo:
     regression; `class_names` and `feature_names` are empty when the training dataset named none.
     `num_parameters` counts the trainable parameters. `model` is a spec equivalent to the one
     the server stored, in the dict form `create_job` takes (the engine's defaults written out:
-    activation, bias, initializers), so it trains the same model again.
+    activation, bias, initializers), so it trains the same model again. `max_message_bytes` is
+    the answering server's message limit (its TRAINWIRE_MAX_MESSAGE_BYTES), by which a
+    prediction stream sizes its messages when it is below the client's; 0 from a server that
+    does not say it (one older than the field).
     """
 
     job: str
@@ -442,6 +445,7 @@ class ModelInfo:
     feature_names: tuple[str, ...]
     num_parameters: int
     model: dict[str, Any]
+    max_message_bytes: int = 0
 
     @classmethod
     def from_proto(cls, message: predictions_pb2.ModelMetadata) -> ModelInfo:
@@ -460,6 +464,7 @@ class ModelInfo:
             feature_names=tuple(message.feature_names),
             num_parameters=message.num_parameters,
             model=model_spec_from_proto(message.model, input_shape[-1] if input_shape else 0),
+            max_message_bytes=message.max_message_bytes,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -476,6 +481,7 @@ class ModelInfo:
             "feature_names": list(self.feature_names),
             "num_parameters": self.num_parameters,
             "model": copy.deepcopy(self.model),  # nested: the snapshot's own stays as it is
+            "max_message_bytes": self.max_message_bytes,
         }
 
 

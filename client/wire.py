@@ -574,15 +574,17 @@ class ChunkedPrediction:
 class StreamedPrediction:
     """The messages of one PredictStream call and their answers, for both clients: each batch,
     encoded as `predict` encodes its inputs (`as_inputs`), is sent as messages whose inputs and
-    whose answers each take at most a quarter of the message limit, their answers joined back
-    into the batch's `Prediction`.
+    whose answers each take at most a quarter of the message limit (the client's, or the
+    server's when smaller), their answers joined back into the batch's `Prediction`.
     The clients pass the model's metadata to `describe` once, with the first batch, then send
     `requests(x)` for each batch in turn and pass each answer to `answered`, which returns a
     batch's prediction once the last of its messages is answered.
 
-    Messages are sent ahead of their answers, so unlike `ChunkedPrediction` the size of an
-    answer cannot be learnt from the first one: it comes from `GetModelMetadata` (a classifier
-    of few features and many classes answers far more bytes per row than it is sent).
+    Messages are sent ahead of their answers, so unlike `ChunkedPrediction` neither the size of
+    an answer nor the server's limit can be learnt from a refusal: both come from
+    `GetModelMetadata` (a classifier of few features and many classes answers far more bytes per
+    row than it is sent), and the limit is the smaller of the client's and the server's (a
+    server older than the field that says it is taken to share the client's).
     """
 
     def __init__(
@@ -591,6 +593,7 @@ class StreamedPrediction:
         self.job = job
         self.checkpoint = checkpoint
         self.outputs_only = outputs_only
+        self.max_message_bytes = max_message_bytes
         self.budget = max(1, max_message_bytes // 4)
         self.answer_row_bytes: int | None = None  # known once `describe` has run
         # How many messages each batch sent and not yet answered went as: batches are encoded in
@@ -600,7 +603,10 @@ class StreamedPrediction:
         self._answers: list[predictions_pb2.PredictResponse] = []
 
     def describe(self, model: ModelInfo) -> None:
-        """Takes the size of an answer's row from the metadata of the model the stream asks."""
+        """Takes the size of an answer's row, and the server's message limit when below the
+        client's, from the metadata of the model the stream asks."""
+        if 0 < model.max_message_bytes < self.max_message_bytes:
+            self.budget = max(1, model.max_message_bytes // 4)
         self.answer_row_bytes = answer_row_bytes(
             output_dim=model.output_shape[-1],
             itemsize=model.output_dtype.itemsize,

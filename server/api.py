@@ -480,6 +480,7 @@ class PredictionServicer(predictions_pb2_grpc.PredictionServiceServicer):
             num_parameters=model.num_parameters,
             class_names=list(job.target.get("class_names", [])),
             feature_names=list(job.target.get("feature_names", [])),
+            max_message_bytes=self.settings.max_message_bytes,
         )
         # A job stored under a larger message limit is shown as GetJob shows it.
         return without_layers_past(metadata, self.predictions.max_answer_bytes)

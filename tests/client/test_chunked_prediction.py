@@ -161,11 +161,14 @@ def answer_data_bytes(response: predictions_pb2.PredictResponse) -> int:
     return sum(len(t.data) for t in (response.outputs, response.probabilities, response.labels))
 
 
-def metadata(outputs: int, num_classes: int) -> ModelInfo:
-    """What `model_metadata()` says of a float32 model of 4 features and `outputs` outputs."""
+def metadata(outputs: int, num_classes: int, max_message_bytes: int = 0) -> ModelInfo:
+    """What `model_metadata()` says of a float32 model of 4 features and `outputs` outputs,
+    from a server whose limit is `max_message_bytes` (0: one that does not say it)."""
     inputs = tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[-1, 4])
     info = tensor_pb2.TensorInfo(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=[-1, outputs])
-    message = predictions_pb2.ModelMetadata(inputs=inputs, outputs=info, num_classes=num_classes)
+    message = predictions_pb2.ModelMetadata(
+        inputs=inputs, outputs=info, num_classes=num_classes, max_message_bytes=max_message_bytes
+    )
     return ModelInfo.from_proto(message)
 
 
@@ -238,3 +241,18 @@ def test_inputs_that_are_not_real_numbers_are_refused_before_sending(
     assert field == "inputs" and received in description
     assert as_inputs(np.array([[1, 2.5]], dtype=object)).dtype == np.float32, "numbers still go"
     assert as_inputs([[True, False]]).tolist() == [[1.0, 0.0]]
+
+
+@pytest.mark.parametrize(
+    ("server_limit", "rows"),
+    [(64 * 1024, 4096), (0, 65536), (16 * 1024 * 1024, 65536)],
+    ids=["smaller", "unknown", "larger"],
+)
+def test_a_stream_is_sized_by_the_smaller_of_the_two_limits(server_limit: int, rows: int) -> None:
+    """A server's limit below the client's sizes the stream's messages (a quarter of 64 KiB: 4,096
+    rows of 4 bytes); one above it, or none (a server older than the field), leaves the client's
+    (a quarter of 1 MiB)."""
+    streamed = StreamedPrediction("jobs/" + "a" * 32, "latest", 1024 * 1024)
+    streamed.describe(metadata(outputs=1, num_classes=0, max_message_bytes=server_limit))
+    requests = list(streamed.requests(np.zeros((100_000, 1), np.float32)))
+    assert len(from_tensor(requests[0].inputs)) == rows

@@ -103,6 +103,46 @@ def test_a_prediction_is_sized_by_the_servers_limit(
     assert max(calls[1:]) * 80 <= LIMIT // 4 + 80, calls[:3]
 
 
+def test_a_prediction_stream_is_sized_by_the_servers_limit_below_the_clients(
+    small_server: LocalServer, job: str
+) -> None:
+    """A client left at its default limit (4 MiB) sized a stream's messages by a quarter of it:
+    1 MiB, over the server's 64 KiB, which refused the stream (RESOURCE_EXHAUSTED, "Received
+    message larger than max") where `predict` of the same rows succeeded. The server now says
+    its limit in `GetModelMetadata`, which the stream asks once, and the stream is sized by the
+    smaller of the two."""
+    features, _ = rows(20_000)  # 1.6 MB
+    with Client(small_server.target) as client:
+        sent: list[int] = []
+        stream: Callable[..., Any] = client._rpc.predict_stream
+
+        def counted(requests: Iterator[Any], **kwargs: Any) -> Any:
+            def seen() -> Iterator[Any]:
+                for request in requests:
+                    sent.append(request.ByteSize())
+                    yield request
+
+            return stream(seen(), **kwargs)
+
+        client._rpc.predict_stream = counted  # type: ignore[method-assign]
+        streamed = list(client.predict_stream(job, [features[:3], features, features[3:5]]))
+        whole = client.predict(job, features)
+        assert client.model_metadata(job).max_message_bytes == LIMIT
+    assert [len(p.outputs) for p in streamed] == [3, 20_000, 2]
+    assert max(sent) <= LIMIT // 4 + 1024, "each message within a quarter of the server's limit"
+    assert whole.labels is not None and np.array_equal(streamed[1].labels, whole.labels)
+    np.testing.assert_allclose(streamed[1].outputs, whole.outputs, rtol=1e-6)
+    np.testing.assert_allclose(streamed[1].probabilities, whole.probabilities, rtol=1e-6)
+
+    async def scenario() -> list[Any]:
+        async with AsyncClient(small_server.target) as client:
+            return [p async for p in client.predict_stream(job, [features, features[:3]])]
+
+    streamed_async = asyncio.run(scenario())
+    assert [len(p.outputs) for p in streamed_async] == [20_000, 3]
+    np.testing.assert_allclose(streamed_async[0].outputs, whole.outputs, rtol=1e-6)
+
+
 def test_the_user_commands_and_from_env_read_the_limit(
     small_server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

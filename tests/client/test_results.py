@@ -77,6 +77,7 @@ def test_model_metadata_has_python_types_and_the_spec_as_users_write_it() -> Non
         num_parameters=2 * 8 + 8 + 2 * 8 + 8 * 3,
         class_names=["alpha", "beta", "gamma"],
         feature_names=["x", "y"],
+        max_message_bytes=65536,
     )
     info = ModelInfo.from_proto(message)
     assert (info.job, info.checkpoint) == ("jobs/0123abcd", "jobs/0123abcd/checkpoints/7")
@@ -85,6 +86,7 @@ def test_model_metadata_has_python_types_and_the_spec_as_users_write_it() -> Non
     assert (info.input_shape, info.output_shape) == ((-1, 2), (-1, 3))
     assert info.num_classes == 3 and info.num_parameters == 64
     assert info.class_names == ("alpha", "beta", "gamma") and info.feature_names == ("x", "y")
+    assert info.max_message_bytes == 65536
     # The builders' dict, with the defaults the message carries (linear, a bias) written out.
     assert info.model == {
         "input_dim": 2,
@@ -111,6 +113,7 @@ def test_model_metadata_has_python_types_and_the_spec_as_users_write_it() -> Non
         "feature_names": ["x", "y"],
         "num_parameters": 64,
         "model": info.model,
+        "max_message_bytes": 65536,
     }
     document["model"]["layers"].clear()
     assert len(info.model["layers"]) == 5, "the JSON is a copy: the snapshot keeps its spec"

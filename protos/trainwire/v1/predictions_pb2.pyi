@@ -41,7 +41,7 @@ class GetModelMetadataRequest(_message.Message):
     def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ...) -> None: ...
 
 class ModelMetadata(_message.Message):
-    __slots__ = ("job", "checkpoint", "inputs", "outputs", "num_classes", "model", "num_parameters", "class_names", "feature_names")
+    __slots__ = ("job", "checkpoint", "inputs", "outputs", "num_classes", "model", "num_parameters", "class_names", "feature_names", "max_message_bytes")
     JOB_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class ModelMetadata(_message.Message):
     NUM_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     job: str
     checkpoint: str
     inputs: _tensor_pb2.TensorInfo
@@ -60,4 +61,5 @@ class ModelMetadata(_message.Message):
     num_parameters: int
     class_names: _containers.RepeatedScalarFieldContainer[str]
     feature_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., inputs: _Optional[_Union[_tensor_pb2.TensorInfo, _Mapping]] = ..., outputs: _Optional[_Union[_tensor_pb2.TensorInfo, _Mapping]] = ..., num_classes: _Optional[int] = ..., model: _Optional[_Union[_models_pb2.ModelSpec, _Mapping]] = ..., num_parameters: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., feature_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_message_bytes: int
+    def __init__(self, job: _Optional[str] = ..., checkpoint: _Optional[str] = ..., inputs: _Optional[_Union[_tensor_pb2.TensorInfo, _Mapping]] = ..., outputs: _Optional[_Union[_tensor_pb2.TensorInfo, _Mapping]] = ..., num_classes: _Optional[int] = ..., model: _Optional[_Union[_models_pb2.ModelSpec, _Mapping]] = ..., num_parameters: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., feature_names: _Optional[_Iterable[str]] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
