@@ -69,14 +69,16 @@ async def _next_message(
 
 
 def _client(context: grpc.aio.ServicerContext) -> str:
-    """Whom a per-client limit counts a call against: its API key's id, else its connection."""
-    return current_client() or context.peer()
+    """Whom a per-client limit counts a call against: the project of the API key that admitted
+    it (`project:<name>`, its keys together: a project given several keys would otherwise hold
+    that many times the streams), else, on an open server, its connection (the peer)."""
+    return f"project:{current_project()}" if current_client() else context.peer()
 
 
 class ClientLimiter:
-    """Counts one kind of open stream per client (`_client`), refusing one past `limit` with
-    RESOURCE_EXHAUSTED naming `setting`: one client's open streams held what every other
-    project needed."""
+    """Counts one kind of open stream per client (`_client`: a key's project, or a peer of an
+    open server), refusing one past `limit` with RESOURCE_EXHAUSTED naming `setting`: one
+    tenant's open streams held what every other project needed."""
 
     def __init__(self, setting: str, limit: int, counted: str) -> None:
         self.setting = setting

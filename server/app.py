@@ -126,7 +126,8 @@ class RunningServer:
             ClientLimiter(
                 "max_watches_per_client",
                 settings.max_watches_per_client,
-                "WatchJob streams open at once with one API key, or from one peer",
+                "WatchJob streams open at once per project (its API keys together), or per "
+                "peer of an open server",
             ),
             self.executor,
         )
@@ -135,7 +136,8 @@ class RunningServer:
             ClientLimiter(
                 "max_uploads_per_client",
                 settings.max_uploads_per_client,
-                "UploadDataset calls open at once with one API key, or from one peer",
+                "UploadDataset calls open at once per project (its API keys together), or per "
+                "peer of an open server",
             ),
             self.executor,
         )
@@ -149,7 +151,8 @@ class RunningServer:
                 ClientLimiter(
                     "max_predict_streams_per_client",
                     settings.max_predict_streams_per_client,
-                    "PredictStream calls open at once with one API key, or from one peer",
+                    "PredictStream calls open at once per project (its API keys together), or per "
+                    "peer of an open server",
                 ),
                 settings,
             ),

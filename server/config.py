@@ -140,10 +140,10 @@ class Settings:
     # max_parameters bounds the weights only; training holds a few such buffers per layer.
     max_batch_bytes: int = 1024 * 1024 * 1024
     max_epochs: int = 100_000
-    # Open streams per client (API key, or peer on an open server), each kind its own count: a
-    # client's open streams held what every other project needed (watches a little memory each;
-    # prediction streams their models pinned in the model cache; uploads every slot of
-    # grpc_threads, so their limit must stay well below it).
+    # Open streams per client (a project, its API keys together, or a peer on an open server),
+    # each kind its own count: a client's open streams held what every other project needed
+    # (watches a little memory each; prediction streams their models pinned in the model cache;
+    # uploads every slot of grpc_threads, so their limit must stay well below it).
     max_watches_per_client: int = 16
     max_predict_streams_per_client: int = 16
     max_uploads_per_client: int = 4

@@ -447,6 +447,57 @@ def test_abandoned_watches_give_back_their_slot_and_hold_no_thread(tmp_path: Pat
     assert server.process.returncode == 0, "".join(server.output[-40:])
 
 
+def test_a_projects_keys_share_its_watch_limit(tmp_path: Path) -> None:
+    """Open watches are counted per project, its API keys together: each key had its own count,
+    so a project given several keys held TRAINWIRE_MAX_WATCHES_PER_CLIENT watches per key. One
+    past the limit with the project's second key is refused RESOURCE_EXHAUSTED naming the limit,
+    another project's watch is admitted meanwhile, and the slot is back once a watch ends."""
+    url = f"sqlite:///{tmp_path / 'watches.db'}"
+    upgrade(url)
+    alpha, beta = create_key(url, "alpha"), create_key(url, "beta")
+    alpha_too = create_key(url, "alpha")  # a second key of the same project
+    env = {"TRAINWIRE_MAX_WATCHES_PER_CLIENT": "2"}
+    with (
+        local_server(url, workers=0, extra_env=env) as server,
+        Client(server.target, api_key=alpha) as a,
+        Client(server.target, api_key=alpha_too) as a_too,
+        Client(server.target, api_key=beta) as b,
+    ):
+        x, y = np.zeros((10, 4), np.float32), np.arange(10) % 3
+        # No worker: the jobs stay QUEUED, so their watches stay open.
+        alpha_job, beta_job = (c.create_job(c.upload_dataset(x, y), MLP, epochs=1) for c in (a, b))
+        alpha_job_too = a_too.get_job(alpha_job.name)
+        held = [alpha_job.watch(), alpha_job.watch()]
+        try:
+            assert [next(watch).sequence for watch in held] == [1, 1]
+            with pytest.raises(ResourceExhausted) as refused:
+                next(alpha_job_too.watch())
+            message = refused.value.message
+            assert "max_watches_per_client is limited to 2. Received: 3" in message
+            assert "per project" in message
+            beta_watch = beta_job.watch()
+            try:
+                assert next(beta_watch).sequence == 1
+            finally:
+                beta_watch.close()
+            held.pop().close()  # one ends: the project's slot is back, for either key
+
+            def opens() -> bool:
+                watch = alpha_job_too.watch()
+                try:
+                    return next(watch).sequence == 1
+                except ResourceExhausted:
+                    return False
+                finally:
+                    watch.close()
+
+            wait_for(opens, 30, "a watch slot of the project")
+        finally:
+            for watch in held:
+                watch.close()
+    assert server.process.returncode == 0, "".join(server.output[-40:])
+
+
 def _ten_rows_header() -> datasets_pb2.DatasetHeader:
     """The header of a 10-row regression upload, for uploads that stall after it."""
     return datasets_pb2.DatasetHeader(
@@ -627,14 +678,16 @@ def test_an_idle_upload_is_ended_and_frees_its_slot(tmp_path: Path) -> None:
 
 
 def test_one_client_cannot_hold_every_upload_slot(tmp_path: Path) -> None:
-    """One API key's uploads, as many as there are slots (TRAINWIRE_GRPC_THREADS) and each
+    """One project's uploads, as many as there are slots (TRAINWIRE_GRPC_THREADS) and each
     stalled after its header (or trickling a byte within the idle timeout), held every slot,
-    and every other project's upload waited until its deadline: a key may have
-    TRAINWIRE_MAX_UPLOADS_PER_CLIENT open, one more is refused at once RESOURCE_EXHAUSTED
+    and every other project's upload waited until its deadline: a project may have
+    TRAINWIRE_MAX_UPLOADS_PER_CLIENT open, its keys together (each key had its own count, so a
+    project's second key held the slot left), one more is refused at once RESOURCE_EXHAUSTED
     naming the limit, and another project's upload takes the slot left."""
     url = f"sqlite:///{tmp_path / 'uploads.db'}"
     upgrade(url)
     alpha, beta = create_key(url, "alpha"), create_key(url, "beta")
+    alpha_too = create_key(url, "alpha")  # a second key of the same project
     env = {"TRAINWIRE_GRPC_THREADS": "3", "TRAINWIRE_MAX_UPLOADS_PER_CLIENT": "2"}
     with (
         local_server(url, workers=0, extra_env=env) as server,
@@ -649,15 +702,16 @@ def test_one_client_cannot_hold_every_upload_slot(tmp_path: Path) -> None:
             uploads = [
                 datasets.UploadDataset.future(
                     _held([header], release),
-                    metadata=(("authorization", f"Bearer {alpha}"),),
+                    metadata=(("authorization", f"Bearer {key}"),),
                     timeout=180,
                 )
-                for _ in range(3)
+                for key in (alpha, alpha, alpha_too)
             ]
             try:
                 refused, code, details = _the_one_refused(uploads)
                 assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
                 assert "max_uploads_per_client is limited to 2. Received: 3" in details
+                assert "per project" in details
                 assert b.upload_dataset(x, y, timeout=60).num_examples == 10
             finally:
                 release.set()
@@ -782,18 +836,22 @@ def test_an_idle_prediction_stream_is_ended_and_lets_go_of_its_model(tmp_path: P
 
 
 def test_a_client_may_hold_only_so_many_prediction_streams(tmp_path: Path) -> None:
-    """One API key's open PredictStreams pinned the model cache, and every other project's
-    streams were refused: a key may have TRAINWIRE_MAX_PREDICT_STREAMS_PER_CLIENT open, one more
-    is refused RESOURCE_EXHAUSTED naming the limit (which the SDK does not retry), another
-    project's stream is answered meanwhile, and the key's slot is back once a stream ends."""
+    """One project's open PredictStreams pinned the model cache, and every other project's
+    streams were refused: a project may have TRAINWIRE_MAX_PREDICT_STREAMS_PER_CLIENT open, its
+    keys together (each key had its own count, so a project's second key opened as many again),
+    one more is refused RESOURCE_EXHAUSTED naming the limit (which the SDK does not retry),
+    another project's stream is answered meanwhile, and the project's slot is back once a
+    stream ends."""
     url = f"sqlite:///{tmp_path / 'streams.db'}"
     upgrade(url)
     alpha, beta = create_key(url, "alpha"), create_key(url, "beta")
+    alpha_too = create_key(url, "alpha")  # a second key of the same project
     env = {"TRAINWIRE_MAX_PREDICT_STREAMS_PER_CLIENT": "2"}
     with (
         local_server(url, workers=1, extra_env=env) as server,
         Client(server.target, api_key=alpha) as a,
         Client(server.target, api_key=beta) as b,
+        Client(server.target, api_key=alpha_too) as a_too,
     ):
         x = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
         jobs = [c.create_job(c.upload_dataset(x, np.arange(30) % 3), MLP, epochs=1) for c in (a, b)]
@@ -813,14 +871,17 @@ def test_a_client_may_hold_only_so_many_prediction_streams(tmp_path: Path) -> No
             ]
             try:
                 assert all(next(stream).checkpoint for stream in held)
+                # The project's other key counts with the first.
+                alpha_job_too = a_too.get_job(alpha_job.name)
                 with pytest.raises(ResourceExhausted) as refused:
-                    list(alpha_job.predict_stream([x[:2]]))
+                    list(alpha_job_too.predict_stream([x[:2]]))
                 message = refused.value.message
                 assert "max_predict_streams_per_client is limited to 2. Received: 3" in message
+                assert "per project" in message
                 assert not RetryPolicy().retryable(refused.value.code, message)
                 assert [len(p.outputs) for p in beta_job.predict_stream([x[:2]])] == [2]
                 releases[0].set()  # its stream ends: a slot is free again
-                wait_for(lambda: _streams(alpha_job, x), 30, "a prediction stream slot")
+                wait_for(lambda: _streams(alpha_job_too, x), 30, "a prediction stream slot")
             finally:
                 for release in releases:
                     release.set()
