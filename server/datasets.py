@@ -19,13 +19,12 @@ from .config import Settings
 from .convert import TASKS_FROM_PROTO
 from .errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from .jobs import check_labels
-from .names import check_text, parse_name
+from .names import MAX_NAME_LENGTH, check_text, parse_name
 from .records import Dataset, TaskKind
 from .store import Fits, Store, new_id, utcnow
 
 FEATURE_DTYPES = (tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_FLOAT64)
 MAX_CLASSES = 100_000
-MAX_NAME_LENGTH = 256
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 

@@ -50,6 +50,10 @@ def _id_in(name: str, collection: str) -> str | None:
     return None
 
 
+# The longest name a user gives (a dataset's, its features' and classes', an API key's note): what
+# the columns that store them hold.
+MAX_NAME_LENGTH = 256
+
 # C0 controls (tab included: a name or a label has no use for one), DEL and C1 controls: a
 # terminal that prints them runs them (ESC and CSI sequences rewrite the screen, OSC 52 sets the
 # clipboard, CR overwrites the line), so text another user's CLI shows must hold none. NUL is

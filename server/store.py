@@ -61,7 +61,7 @@ from .models import (
     MetricRow,
     WorkerRow,
 )
-from .names import is_id
+from .names import MAX_NAME_LENGTH, check_text, is_id
 from .records import (
     FINISHED_STATES,
     Checkpoint,
@@ -1303,7 +1303,10 @@ class Store:
     # --- API keys ---------------------------------------------------------------------------
 
     def create_api_key(self, project: str, name: str = "") -> NewKey:
-        """A new key for `project`; its secret is returned once and stored only as a hash."""
+        """A new key for `project`; its secret is returned once and stored only as a hash. `name`,
+        a note that `keys list` shows, is held to what a user's names are (no control character,
+        at most what its column holds)."""
+        check_text("name", name, MAX_NAME_LENGTH)
         key_id, secret = new_secret()
         salt = os.urandom(16)
         with self.db.write() as session:

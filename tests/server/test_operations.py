@@ -23,6 +23,7 @@ from trainwire.server.config import ConfigError, Settings, host_port
 from trainwire.server.local import local_server
 from trainwire.server.logs import JOB_ID, REQUEST_ID, JsonFormatter
 from trainwire.server.migrate import upgrade
+from trainwire.server.models import ApiKeyRow
 from trainwire.server.records import JobState
 from trainwire.server.status import server_health
 from trainwire.server.store import Store
@@ -430,15 +431,33 @@ def test_keys_list_is_a_table_with_a_header_and_says_how_to_make_the_first_key(
 def test_keys_list_shows_control_characters_of_a_key_s_name_escaped(
     database_url: str, store: Store, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`keys create --name` stores its note as given: an ESC sequence in it (here OSC 52, which
-    sets the clipboard) must reach the operator's terminal as text, like what the user commands
-    print from a server (`terminal_text`)."""
-    key = store.create_api_key("research", "ci\x1b]52;c;cm0gLXJmIH4=\x07")
+    """A key's note stored before `keys create` refused control characters: an ESC sequence in
+    it (here OSC 52, which sets the clipboard) must reach the operator's terminal as text, like
+    what the user commands print from a server (`terminal_text`)."""
+    key = store.create_api_key("research", "ci")
+    with store.db.write() as session:
+        session.get(ApiKeyRow, key.id).name = "ci\x1b]52;c;cm0gLXJmIH4=\x07"
     code, out, err = run(capsys, "keys", "list", "--database-url", database_url)
     assert code == 0 and err == ""
     assert "\x1b" not in out and "\x07" not in out
     (row,) = out.splitlines()[1:]
     assert row.split() == [key.id, "research", "active", "ci\\x1b]52;c;cm0gLXJmIH4=\\x07"]
+
+
+def test_keys_create_refuses_a_note_with_control_characters(
+    database_url: str, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`keys create --name` stored an ESC sequence as the key's note, which `keys list` then
+    printed to every operator's terminal: it is refused, naming the character, and no key is
+    made."""
+    code, out, err = run(
+        capsys, "keys", "create", "--project", "research", "--name", "ci\x1b[2J",
+        "--database-url", database_url,
+    )  # fmt: skip
+    assert (code, out) == (2, "")
+    assert "invalid argument: name: must not contain control characters" in err
+    assert "U+001B at position 2" in err
+    assert store.list_api_keys() == []
 
 
 def test_a_public_server_allowed_open_is_closed_for_good_once_a_key_was_created(
