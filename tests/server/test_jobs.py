@@ -112,8 +112,14 @@ def test_metrics_are_paged_to_fit_the_message_limit_and_joined_in_order(store: S
     claim = store.claim_job("w")
     assert claim is not None
     steps = range(1, 4001)
-    store.record_metrics(claim, [MetricValue("batch_loss", s, 1, s / 7) for s in steps])
-    store.record_metrics(claim, [MetricValue("loss", s, s, 1 / s) for s in range(1, 11)])
+    recorded = [
+        *(MetricValue("batch_loss", s, 1, s / 7) for s in steps),
+        *(MetricValue("loss", s, s, 1 / s) for s in range(1, 11)),
+        # Gaps in the steps, and steps past those of the metric before it.
+        *(MetricValue("accuracy", s, s // 100, s / 9000) for s in range(7, 9000, 300)),
+    ]
+    store.record_metrics(claim, recorded)
+    expected = sorted(recorded, key=lambda value: (value.name, value.step))
     name = f"jobs/{job.id}"
     with pytest.raises(ResourceExhausted, match=r"page_size: 0 asks for every point") as refused:
         service.metrics(jobs_pb2.ListJobMetricsRequest(name=name), "default")
@@ -140,7 +146,21 @@ def test_metrics_are_paged_to_fit_the_message_limit_and_joined_in_order(store: S
         assert shown.ByteSize() <= Settings(max_message_bytes=64 * 1024).max_answer_bytes()
         if not token:
             break
-    assert pages == 2 and points == store.metric_values(job.id)
+    assert pages == 2 and points == expected
+    # Every page size, of every metric or of some: each point once, in (name, step) order.
+    for names, page_sizes in (([], (999, 4096)), (["loss", "accuracy"], (1, 3, 7, 40))):
+        for page_size in page_sizes:
+            points, token = [], ""
+            while True:
+                asked = jobs_pb2.ListJobMetricsRequest(
+                    name=name, metric_names=names, page_size=page_size, page_token=token
+                )
+                series, token = service.metrics(asked, "default")
+                assert sum(len(values) for values in series.values()) <= page_size
+                points += [value for metric in sorted(series) for value in series[metric]]
+                if not token:
+                    break
+            assert points == [v for v in expected if not names or v.name in names], page_size
     only_loss = jobs_pb2.ListJobMetricsRequest(name=name, metric_names=["loss"], page_size=4)
     series, token = service.metrics(only_loss, "default")
     assert [v.step for v in series["loss"]] == [1, 2, 3, 4] and token
