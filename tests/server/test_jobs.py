@@ -26,7 +26,11 @@ from trainwire.server.jobs import JobService
 from trainwire.server.models import JobRow
 from trainwire.server.records import Dataset, JobState, MetricValue, TaskKind
 from trainwire.server.store import Store, new_id, page_scope
-from trainwire.server.training import check_model_fits_dataset, training_from_proto
+from trainwire.server.training import (
+    MAX_KEEP_CHECKPOINTS,
+    check_model_fits_dataset,
+    training_from_proto,
+)
 from trainwire.v1 import jobs_pb2, models_pb2, tensor_pb2
 
 from .test_worker import regression_dataset, run_next
@@ -392,6 +396,40 @@ def test_a_retry_of_a_request_an_older_server_took_gets_its_job(store: Store) ->
     assert JobService(store, Settings()).create(sent, "default").id == job.id
     sent.request_id = "after-upgrade"  # sent fresh, it is refused
     with pytest.raises(InvalidArgument, match="given without training"):
+        JobService(store, Settings()).create(sent, "default")
+
+
+def test_keep_checkpoints_above_its_bound_is_refused_naming_the_field_and_the_bound(
+    store: Store,
+) -> None:
+    """Every kept checkpoint is in the job's one ListCheckpoints answer: some 30,000 passed the
+    4 MiB message limit, and the listing then failed for good."""
+    dataset = regression_dataset(store)
+    service = JobService(store, Settings())
+    with pytest.raises(InvalidArgument) as refused:
+        service.create(request(dataset, keep_checkpoints=MAX_KEEP_CHECKPOINTS + 1), "default")
+    assert refused.value.violations[0].field == "training.keep_checkpoints"
+    assert f"must be in [0, {MAX_KEEP_CHECKPOINTS}] (0: keep 3)" in refused.value.message
+    assert "Received: 1001" in refused.value.message and MAX_KEEP_CHECKPOINTS == 1000
+    assert store.list_jobs(10, "")[0] == []
+    job = service.create(request(dataset, keep_checkpoints=MAX_KEEP_CHECKPOINTS), "default")
+    assert job.training["keep_checkpoints"] == MAX_KEEP_CHECKPOINTS
+
+
+def test_a_retry_of_a_job_stored_with_more_checkpoints_kept_than_now_allowed_gets_its_job(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older server stored keep_checkpoints above today's bound: the retry of that request,
+    whose first answer was lost before the upgrade, still finds its job."""
+    dataset = regression_dataset(store)
+    sent = request(dataset, keep_checkpoints=5000)
+    sent.request_id = "before-the-bound"
+    monkeypatch.setattr("trainwire.server.training.MAX_KEEP_CHECKPOINTS", 10**6)
+    job = JobService(store, Settings()).create(sent, "default")
+    monkeypatch.undo()
+    assert JobService(store, Settings()).create(sent, "default").id == job.id
+    sent.request_id = "after-the-bound"  # sent fresh, it is refused
+    with pytest.raises(InvalidArgument, match=r"keep_checkpoints: must be in \[0, 1000\]"):
         JobService(store, Settings()).create(sent, "default")
 
 
