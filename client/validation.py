@@ -37,6 +37,8 @@ EARLY_STOPPING_DEFAULTS: dict[str, object] = {
 # The ranges of the request's integer fields: a value outside cannot be sent at all.
 INT32 = (-(2**31), 2**31 - 1)
 UINT64 = (0, 2**64 - 1)
+# The server's bound (server/training.py): every checkpoint kept is in one ListCheckpoints answer.
+MAX_KEEP_CHECKPOINTS = 1000
 # An optimizer's and a schedule's parameters travel in a map of doubles (`params`).
 NUMBERS_ONLY = (
     "must be a number: only numeric parameters can be sent (leave it out for its default)"
@@ -382,6 +384,11 @@ def check_training(
     checker.integer("training.seed", seed, UINT64)
     checker.non_negative_int("training.log_every_steps", log_every_steps)
     checker.non_negative_int("training.keep_checkpoints", keep_checkpoints)
+    if isinstance(keep_checkpoints, int) and MAX_KEEP_CHECKPOINTS < keep_checkpoints <= INT32[1]:
+        checker.add(
+            "training.keep_checkpoints",
+            f"must be in [0, {MAX_KEEP_CHECKPOINTS}] (0: keep 3). Received: {keep_checkpoints}",
+        )
     checker.text("display_name", display_name)
     checker.labels("labels", labels)
     checker.text("queue", queue)

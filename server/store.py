@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from itertools import starmap
 from typing import Any, Protocol, TypeVar, cast
 
 from sqlalchemy import (
@@ -32,6 +33,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -1427,11 +1429,15 @@ class Store:
         if names:
             query = query.where(MetricRow.name.in_(names))
         if after is not None:
-            name, step = after
-            query = query.where(
-                or_(MetricRow.name > name, (MetricRow.name == name) & (MetricRow.step > step))
-            )
+            # A row-value comparison, which both databases read as a range of the (job_id, name,
+            # step) key: the equivalent `name > n OR (name = n AND step > s)` was a filter on
+            # PostgreSQL (a page 150,000 points in scanned and dropped them all, 54 ms) and a
+            # range on `name` alone on SQLite (the current metric rescanned from its first
+            # step). SQLite has row values since 3.15; the upserts' RETURNING needs 3.35.
+            query = query.where(tuple_(MetricRow.name, MetricRow.step) > after)
         query = query.order_by(MetricRow.name, MetricRow.step).limit(limit)
         with self.db.read() as session:
-            rows = session.execute(query).all()
-        return [MetricValue(name, step, epoch, value) for name, step, epoch, value in rows]
+            # Through the connection: the session's ORM result handling took as long again as
+            # the fetch for a page of 190,000 plain rows.
+            rows = session.connection().execute(query).all()
+        return list(starmap(MetricValue, rows))

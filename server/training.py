@@ -30,6 +30,11 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_OPTIMIZER = "adam"
 DEFAULT_LEARNING_RATE = 1e-3
 MAX_BATCH_SIZE = 1 << 20
+# Every checkpoint kept is in the job's one ListCheckpoints answer (about 140 bytes each: some
+# 30,000 passed the 4 MiB limit, and then the listing failed for good) and in the checkpoint list
+# predictions re-read every second; retention's work grows with it on every save. The SDK's
+# validation (client/validation.py) holds the same bound.
+MAX_KEEP_CHECKPOINTS = 1000
 
 DEFAULT_LOSSES = {
     TaskKind.REGRESSION: "mse",
@@ -59,7 +64,8 @@ def normalised_training(
     decides: a retried CreateJob is compared with its job this way after the dataset is gone.
     Not `strict`, settings that take no effect (schedule params without a schedule, early
     stopping settings without a monitor) are dropped rather than refused, as before they were
-    refused: a retry of a request an older server accepted must still find its job."""
+    refused, and keep_checkpoints may pass MAX_KEEP_CHECKPOINTS, as before it was bounded: a
+    retry of a request an older server accepted must still find its job."""
     if config.epochs < 0:
         raise InvalidArgument.field(
             "training.epochs", f"must be positive. Received: {config.epochs}"
@@ -80,6 +86,13 @@ def normalised_training(
             raise InvalidArgument.field(
                 f"training.{name}", f"must not be negative. Received: {getattr(config, name)}"
             )
+    # Not on a retry (`strict` off): an older server stored jobs with more, which still run.
+    if strict and config.keep_checkpoints > MAX_KEEP_CHECKPOINTS:
+        raise InvalidArgument.field(
+            "training.keep_checkpoints",
+            f"must be in [0, {MAX_KEEP_CHECKPOINTS}] (0: keep 3). "
+            f"Received: {config.keep_checkpoints}",
+        )
     dtype = config.dtype or tensor_pb2.DATA_TYPE_FLOAT32
     if dtype not in (tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_FLOAT64):
         raise InvalidArgument.field(

@@ -23,8 +23,9 @@ from trainwire.client import (
 from trainwire.client.builders import model_to_dict
 from trainwire.client.jobspec import DatasetSource
 from trainwire.client.specs import model_spec_to_proto
-from trainwire.client.validation import check_training
+from trainwire.client.validation import MAX_KEEP_CHECKPOINTS, check_training
 from trainwire.client.wire import create_job_request, prepare_upload
+from trainwire.server import training as server_training
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -164,6 +165,18 @@ def test_metrics_that_fit_a_known_datasets_task_are_sent(
         early_stopping=None, display_name="", labels=None, queue="", priority=0, request_id=None,
     )  # fmt: skip
     assert list(request.training.metrics) == metrics
+
+
+def test_keep_checkpoints_above_the_servers_bound_is_refused_before_any_call() -> None:
+    """The server refuses more than MAX_KEEP_CHECKPOINTS kept (one ListCheckpoints answer holds
+    them all); the SDK says so with its other violations, naming the field and the bound."""
+    assert MAX_KEEP_CHECKPOINTS == server_training.MAX_KEEP_CHECKPOINTS == 1000
+    with Client("127.0.0.1:9", timeout=5) as client, pytest.raises(SpecError) as caught:
+        client.create_job("datasets/x", [Dense(3)], epochs=0, keep_checkpoints=1001)
+    assert caught.value.field_violations == [
+        ("training.epochs", "must be a positive integer. Received: 0"),
+        ("training.keep_checkpoints", "must be in [0, 1000] (0: keep 3). Received: 1001"),
+    ]
 
 
 def test_values_the_request_cannot_carry_are_spec_errors_naming_their_field() -> None:

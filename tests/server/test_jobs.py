@@ -26,7 +26,11 @@ from trainwire.server.jobs import JobService
 from trainwire.server.models import JobRow
 from trainwire.server.records import Dataset, JobState, MetricValue, TaskKind
 from trainwire.server.store import Store, new_id, page_scope
-from trainwire.server.training import check_model_fits_dataset, training_from_proto
+from trainwire.server.training import (
+    MAX_KEEP_CHECKPOINTS,
+    check_model_fits_dataset,
+    training_from_proto,
+)
 from trainwire.v1 import jobs_pb2, models_pb2, tensor_pb2
 
 from .test_worker import regression_dataset, run_next
@@ -112,8 +116,14 @@ def test_metrics_are_paged_to_fit_the_message_limit_and_joined_in_order(store: S
     claim = store.claim_job("w")
     assert claim is not None
     steps = range(1, 4001)
-    store.record_metrics(claim, [MetricValue("batch_loss", s, 1, s / 7) for s in steps])
-    store.record_metrics(claim, [MetricValue("loss", s, s, 1 / s) for s in range(1, 11)])
+    recorded = [
+        *(MetricValue("batch_loss", s, 1, s / 7) for s in steps),
+        *(MetricValue("loss", s, s, 1 / s) for s in range(1, 11)),
+        # Gaps in the steps, and steps past those of the metric before it.
+        *(MetricValue("accuracy", s, s // 100, s / 9000) for s in range(7, 9000, 300)),
+    ]
+    store.record_metrics(claim, recorded)
+    expected = sorted(recorded, key=lambda value: (value.name, value.step))
     name = f"jobs/{job.id}"
     with pytest.raises(ResourceExhausted, match=r"page_size: 0 asks for every point") as refused:
         service.metrics(jobs_pb2.ListJobMetricsRequest(name=name), "default")
@@ -140,7 +150,21 @@ def test_metrics_are_paged_to_fit_the_message_limit_and_joined_in_order(store: S
         assert shown.ByteSize() <= Settings(max_message_bytes=64 * 1024).max_answer_bytes()
         if not token:
             break
-    assert pages == 2 and points == store.metric_values(job.id)
+    assert pages == 2 and points == expected
+    # Every page size, of every metric or of some: each point once, in (name, step) order.
+    for names, page_sizes in (([], (999, 4096)), (["loss", "accuracy"], (1, 3, 7, 40))):
+        for page_size in page_sizes:
+            points, token = [], ""
+            while True:
+                asked = jobs_pb2.ListJobMetricsRequest(
+                    name=name, metric_names=names, page_size=page_size, page_token=token
+                )
+                series, token = service.metrics(asked, "default")
+                assert sum(len(values) for values in series.values()) <= page_size
+                points += [value for metric in sorted(series) for value in series[metric]]
+                if not token:
+                    break
+            assert points == [v for v in expected if not names or v.name in names], page_size
     only_loss = jobs_pb2.ListJobMetricsRequest(name=name, metric_names=["loss"], page_size=4)
     series, token = service.metrics(only_loss, "default")
     assert [v.step for v in series["loss"]] == [1, 2, 3, 4] and token
@@ -372,6 +396,40 @@ def test_a_retry_of_a_request_an_older_server_took_gets_its_job(store: Store) ->
     assert JobService(store, Settings()).create(sent, "default").id == job.id
     sent.request_id = "after-upgrade"  # sent fresh, it is refused
     with pytest.raises(InvalidArgument, match="given without training"):
+        JobService(store, Settings()).create(sent, "default")
+
+
+def test_keep_checkpoints_above_its_bound_is_refused_naming_the_field_and_the_bound(
+    store: Store,
+) -> None:
+    """Every kept checkpoint is in the job's one ListCheckpoints answer: some 30,000 passed the
+    4 MiB message limit, and the listing then failed for good."""
+    dataset = regression_dataset(store)
+    service = JobService(store, Settings())
+    with pytest.raises(InvalidArgument) as refused:
+        service.create(request(dataset, keep_checkpoints=MAX_KEEP_CHECKPOINTS + 1), "default")
+    assert refused.value.violations[0].field == "training.keep_checkpoints"
+    assert f"must be in [0, {MAX_KEEP_CHECKPOINTS}] (0: keep 3)" in refused.value.message
+    assert "Received: 1001" in refused.value.message and MAX_KEEP_CHECKPOINTS == 1000
+    assert store.list_jobs(10, "")[0] == []
+    job = service.create(request(dataset, keep_checkpoints=MAX_KEEP_CHECKPOINTS), "default")
+    assert job.training["keep_checkpoints"] == MAX_KEEP_CHECKPOINTS
+
+
+def test_a_retry_of_a_job_stored_with_more_checkpoints_kept_than_now_allowed_gets_its_job(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older server stored keep_checkpoints above today's bound: the retry of that request,
+    whose first answer was lost before the upgrade, still finds its job."""
+    dataset = regression_dataset(store)
+    sent = request(dataset, keep_checkpoints=5000)
+    sent.request_id = "before-the-bound"
+    monkeypatch.setattr("trainwire.server.training.MAX_KEEP_CHECKPOINTS", 10**6)
+    job = JobService(store, Settings()).create(sent, "default")
+    monkeypatch.undo()
+    assert JobService(store, Settings()).create(sent, "default").id == job.id
+    sent.request_id = "after-the-bound"  # sent fresh, it is refused
+    with pytest.raises(InvalidArgument, match=r"keep_checkpoints: must be in \[0, 1000\]"):
         JobService(store, Settings()).create(sent, "default")
 
 

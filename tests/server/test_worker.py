@@ -28,7 +28,7 @@ from trainwire.server.predictions import PredictionService
 from trainwire.server.records import Claim, Dataset, Job, JobState, NewJob, TaskKind
 from trainwire.server.status import collect_status
 from trainwire.server.store import CANCELLED_BY_REQUEST, Store, new_id, utcnow
-from trainwire.server.training import build_model, build_trainer
+from trainwire.server.training import MAX_KEEP_CHECKPOINTS, build_model, build_trainer
 from trainwire.server.wakeup import Wakeup
 from trainwire.server.worker import (
     JobRecorder,
@@ -354,6 +354,20 @@ def assert_same_run(store: Store, job: Job, reference: Job) -> None:
         expected_last.message,
         expected_last.metrics,
     )
+
+
+def test_a_job_stored_keeping_more_checkpoints_than_now_allowed_still_runs(store: Store) -> None:
+    """CreateJob bounds keep_checkpoints now (MAX_KEEP_CHECKPOINTS); a job an older server
+    stored above it trains as stored, its checkpoints kept as it asked, not failed."""
+    job = submit(
+        store,
+        regression_dataset(store),
+        keep_checkpoints=MAX_KEEP_CHECKPOINTS + 4000,
+        checkpoint_every_epochs=1,
+    )
+    assert run_next(store) is JobState.SUCCEEDED
+    kept = [(c.epoch, c.is_final) for c in store.list_checkpoints(job.id)]
+    assert kept == [(epoch, epoch == EPOCHS) for epoch in range(1, EPOCHS + 1)], "none dropped"
 
 
 @pytest.mark.parametrize("training", [{}, EARLY_STOPPING], ids=["all-epochs", "early-stopping"])
