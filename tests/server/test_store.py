@@ -322,10 +322,11 @@ def test_a_page_token_issued_before_tokens_named_their_listing_still_pages(store
 
 
 def test_label_filtered_pages_return_each_job_once(store: Store) -> None:
-    """A page refilled because few rows matched must not look at a fetched row twice."""
+    """Matches sparse among the newest rows: when labels were checked in Python, a page was
+    refilled from further fetches, and must not have looked at a fetched row twice."""
     dataset = make_dataset(store)
-    # Newest first the labels run y y x x y y ...: the first fetch (page size + 1 rows) matches
-    # only on its extra row, so the page is refilled from there.
+    # Newest first the labels run y y x x y y ...: of the newest page size + 1 rows only the
+    # extra one matches.
     pattern = ["x", "y", "y", "x", "x", "y", "y", "x", "x", "y", "y"]
     ids = [store.create_job(make_job(store, dataset, labels={"n": n})).id for n in pattern]
     expected = [i for i, n in zip(ids, pattern, strict=True) if n == "x"][::-1]
@@ -338,6 +339,77 @@ def test_label_filtered_pages_return_each_job_once(store: Store) -> None:
         if not token:
             break
     assert seen == expected
+
+
+def _every_page(listing: Any, size: int, **filters: object) -> list[str]:
+    """The ids `listing` (Store.list_jobs or list_datasets) gives page after page of `size`."""
+    seen: list[str] = []
+    token = ""
+    while True:
+        page, token = listing(size, token, **filters)
+        assert len(page) <= size
+        seen += [item.id for item in page]
+        if not token:
+            return seen
+
+
+def test_label_filters_page_through_exactly_the_jobs_holding_every_label(store: Store) -> None:
+    """Filtered in the query: every label given must be held with that value, the key and the
+    value compared exactly (quotes, dots, non-ASCII and empty strings alike, none of them a
+    JSON path), each matching job once and newest first, whatever the page size."""
+    dataset = make_dataset(store)
+    quoted_key, quoted_value = 'it\'s a "key".x', 'wert "ü" \\ ☃ 😀'
+    label_sets = [
+        {"team": "a", "run": "1"},
+        {"team": "a"},
+        {"team": "b", "run": "1"},
+        {quoted_key: quoted_value, "team": "a"},
+        {"team": "a", "run": ""},
+        {quoted_key: "wert", "team": "a"},
+        {},
+        {"Team": "a", "run": "1"},
+        {"team": "a ", "run": "1"},
+    ]
+    created = [
+        (store.create_job(make_job(store, dataset, labels=labels)).id, labels)
+        for labels in label_sets * 3
+    ]
+    newest_first = created[::-1]
+    for filters in (
+        {"team": "a"},
+        {"team": "a", "run": "1"},
+        {"run": "1"},
+        {"run": ""},
+        {quoted_key: quoted_value},
+        {quoted_key: quoted_value, "team": "a"},
+        {"team": "a", "run": "2"},  # matches nothing
+        {"team": "zzz"},  # matches nothing
+        {"ü": "a"},  # matches nothing
+        {"team": "a", "$": "a"},  # matches nothing
+    ):
+        expected = [
+            job_id
+            for job_id, labels in newest_first
+            if all(labels.get(key) == value for key, value in filters.items())
+        ]
+        assert len(expected) in (0, 3, 6, 9, 12, 15), filters
+        for size in (1, 2, 4, 100):
+            assert _every_page(store.list_jobs, size, labels=filters) == expected, (filters, size)
+
+
+def test_a_label_filter_no_job_can_match_is_an_empty_page_not_an_error(store: Store) -> None:
+    """A NUL (PostgreSQL refuses it as a parameter) or more labels than a job may carry (SQLite
+    refused a filter of over 1,000 terms) matches nothing, as every other label that no job
+    holds does."""
+    dataset = make_dataset(store)
+    for _ in range(2):
+        store.create_job(make_job(store, dataset, labels={"team": "a"}))
+    many = {f"k{i}": "v" for i in range(2000)}
+    for filters in ({"team": "a\x00"}, {"te\x00am": "a"}, many, {**many, "team": "a"}):
+        assert store.list_jobs(10, "", labels=filters) == ([], "")
+    _, of_jobs = store.list_jobs(1, "")
+    with pytest.raises(InvalidArgument, match="page_token"):
+        store.list_jobs(1, of_jobs, labels=many)
 
 
 def test_expired_lease_is_rescued_then_fails_past_max_attempts(store: Store) -> None:
