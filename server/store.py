@@ -34,6 +34,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -747,16 +748,13 @@ class Store:
         page_token: str,
         scope: str,
     ) -> Sequence[Any]:
-        """Newest first, keyset-paginated on (created_at, id); fetches one extra row."""
+        """Newest first, keyset-paginated on (created_at, id); fetches one extra row. The
+        position is compared as a row value, which both databases take as a range of an index
+        on (..., created_at, id) scanned backward (the OR of its parts is not)."""
         size = page_size_of(page_size)
         if page_token:
             created, row_id = decode_page_token(page_token, scope)
-            query = query.where(
-                or_(
-                    model.created_at < created,
-                    (model.created_at == created) & (model.id < row_id),
-                )
-            )
+            query = query.where(tuple_(model.created_at, model.id) < (created, row_id))
         query = query.order_by(model.created_at.desc(), model.id.desc()).limit(size + 1)
         return session.scalars(query).all()
 

@@ -10,14 +10,14 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import event, select, text, update
 from sqlalchemy.engine import make_url
 
 from trainwire.server import store as store_module
@@ -30,7 +30,7 @@ from trainwire.server.errors import (
     Unavailable,
 )
 from trainwire.server.migrate import upgrade
-from trainwire.server.models import CheckpointBlobRow, CheckpointRow
+from trainwire.server.models import Base, CheckpointBlobRow, CheckpointRow
 from trainwire.server.records import Claim, Dataset, Job, JobState, MetricValue, NewJob, TaskKind
 from trainwire.server.store import (
     CANCELLED_BY_REQUEST,
@@ -410,6 +410,87 @@ def test_a_label_filter_no_job_can_match_is_an_empty_page_not_an_error(store: St
     _, of_jobs = store.list_jobs(1, "")
     with pytest.raises(InvalidArgument, match="page_token"):
         store.list_jobs(1, of_jobs, labels=many)
+
+
+def test_listings_page_through_rows_of_one_creation_time_once_each(store: Store) -> None:
+    """The page's position is compared as a row value (created_at, id): rows created at the
+    same time are told apart by id, descending, none skipped or repeated at a page's edge."""
+    datasets = [make_dataset(store) for _ in range(8)]
+    jobs = [store.create_job(make_job(store, datasets[0])) for _ in range(9)]
+    listings = (("jobs", jobs, store.list_jobs), ("datasets", datasets, store.list_datasets))
+    for name, created, listing in listings:
+        table = Base.metadata.tables[name]
+        with store.db.engine.begin() as connection:
+            tied = table.c.id.in_([row.id for row in created[2:7]])
+            connection.execute(update(table).where(tied).values(created_at=created[4].created_at))
+            positions = connection.execute(select(table.c.created_at, table.c.id)).all()
+        expected = [row_id for _, row_id in sorted(positions, reverse=True)]
+        assert len(expected) == len(created)
+        for size in (1, 2, 3, 4, 100):
+            assert _every_page(listing, size, project="default") == expected, (name, size)
+
+
+def _query_plans(store: Store, call: Callable[[], object], table: str) -> list[str]:
+    """SQLite's EXPLAIN QUERY PLAN of each statement on `table` that `call` runs, its steps
+    joined by "; "."""
+    statements: list[tuple[str, Any]] = []
+
+    def record(_conn: object, _cursor: object, statement: str, parameters: Any, *_: object) -> None:
+        if f" {table} " in f" {statement} ".replace("\n", " "):
+            statements.append((statement, parameters))
+
+    event.listen(store.db.engine, "before_cursor_execute", record)
+    try:
+        call()
+    finally:
+        event.remove(store.db.engine, "before_cursor_execute", record)
+    plans = []
+    with store.db.engine.connect() as connection:
+        for statement, parameters in statements:
+            steps = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            plans.append("; ".join(step[-1] for step in steps))
+    return plans
+
+
+def test_listing_pages_read_an_index_in_their_order_on_sqlite(sqlite_url: str) -> None:
+    """No page sorts the project's rows (SQLite's "TEMP B-TREE"): each reads the index on
+    (project[, state], created_at, id) backward from its position."""
+    database = Database(sqlite_url)
+    try:
+        store = Store(database)
+        dataset = make_dataset(store)
+        for _ in range(3):
+            store.create_job(make_job(store, dataset, labels={"team": "a"}))
+        _, token = store.list_jobs(1, "", project="default")
+        _, queued = store.list_jobs(1, "", state=JobState.QUEUED, project="default")
+        _, of_a = store.list_jobs(1, "", labels={"team": "a"}, project="default")
+        make_dataset(store)
+        _, of_datasets = store.list_datasets(1, "", project="default")
+        (jobs,) = _query_plans(store, lambda: store.list_jobs(1, token, project="default"), "jobs")
+        (labelled,) = _query_plans(
+            store, lambda: store.list_jobs(1, of_a, labels={"team": "a"}, project="default"), "jobs"
+        )
+        (of_state,) = _query_plans(
+            store,
+            lambda: store.list_jobs(1, queued, state=JobState.QUEUED, project="default"),
+            "jobs",
+        )
+        (datasets,) = _query_plans(
+            store, lambda: store.list_datasets(1, of_datasets, project="default"), "datasets"
+        )
+    finally:
+        database.dispose()
+    after = "AND (created_at,id)<(?,?))"
+    assert jobs == f"SEARCH jobs USING INDEX ix_jobs_project_created_at_id (project=? {after}"
+    assert labelled.startswith(jobs + "; CORRELATED SCALAR SUBQUERY"), "json_each, per row"
+    assert of_state == (
+        "SEARCH jobs USING INDEX ix_jobs_project_state_created_at_id "
+        f"(project=? AND state=? {after}"
+    )
+    assert datasets == (
+        f"SEARCH datasets USING INDEX ix_datasets_project_created_at_id (project=? {after}"
+    )
+    assert "TEMP B-TREE" not in labelled
 
 
 def test_expired_lease_is_rescued_then_fails_past_max_attempts(store: Store) -> None:
