@@ -30,7 +30,7 @@ from trainwire.server.errors import (
     Unavailable,
 )
 from trainwire.server.migrate import upgrade
-from trainwire.server.models import Base, CheckpointBlobRow, CheckpointRow
+from trainwire.server.models import Base, CheckpointBlobRow, CheckpointRow, JobRow
 from trainwire.server.records import Claim, Dataset, Job, JobState, MetricValue, NewJob, TaskKind
 from trainwire.server.store import (
     CANCELLED_BY_REQUEST,
@@ -96,6 +96,34 @@ def test_claim_takes_highest_priority_then_oldest(store: Store) -> None:
     claimed = store.claim_job("w", ["gpu"])
     assert claimed is not None and claimed.job.id == other_queue.id
     assert claimed.job.state is JobState.RUNNING and claimed.job.attempt == 1
+
+
+def test_claims_take_the_highest_priority_then_the_oldest_then_the_id(store: Store) -> None:
+    """Of some queues or of all, in exactly the order of the partial indexes the claim reads
+    (priority descending, creation time, id), ties in creation time included."""
+    dataset = make_dataset(store)
+    queues = ["default", "gpu", "cpu"]
+    created = [
+        store.create_job(make_job(store, dataset, priority=(i * 7) % 3, queue=queues[i % 3]))
+        for i in range(24)
+    ]
+    jobs = JobRow.__table__
+    with store.db.engine.begin() as connection:
+        tied = jobs.c.id.in_([job.id for job in created[5:13]])
+        connection.execute(update(jobs).where(tied).values(created_at=created[9].created_at))
+        rows = connection.execute(
+            select(jobs.c.priority, jobs.c.created_at, jobs.c.id, jobs.c.queue)
+        )
+        order = [(r.id, r.queue) for r in sorted(rows, key=lambda r: (-r[0], r[1], r[2]))]
+
+    def drain(*queues: str) -> list[str]:
+        claimed = []
+        while (claim := store.claim_job("w", list(queues) or None)) is not None:
+            claimed.append(claim.job.id)
+        return claimed
+
+    assert drain("gpu", "cpu") == [i for i, queue in order if queue in ("gpu", "cpu")]
+    assert drain() == [i for i, queue in order if queue == "default"]
 
 
 def test_concurrent_claims_never_share_a_job(store: Store) -> None:
@@ -491,6 +519,28 @@ def test_listing_pages_read_an_index_in_their_order_on_sqlite(sqlite_url: str) -
         f"SEARCH datasets USING INDEX ix_datasets_project_created_at_id (project=? {after}"
     )
     assert "TEMP B-TREE" not in labelled
+
+
+def test_a_claim_reads_the_first_row_of_a_partial_index_on_sqlite(sqlite_url: str) -> None:
+    """No claim sorts the QUEUED jobs: without statistics SQLite took ix_jobs_lease for
+    `state = 'QUEUED'` and sorted all of them."""
+    database = Database(sqlite_url)
+    try:
+        store = Store(database)
+        dataset = make_dataset(store)
+        for queue in ("default", "gpu", "gpu"):
+            store.create_job(make_job(store, dataset, queue=queue))
+        (any_queue,) = _query_plans(store, lambda: store.claim_job("w"), "jobs")
+        (of_one,) = _query_plans(store, lambda: store.claim_job("w", ["gpu"]), "jobs")
+        (of_two,) = _query_plans(store, lambda: store.claim_job("w", ["gpu", "cpu"]), "jobs")
+    finally:
+        database.dispose()
+    by_id = "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?); SCALAR SUBQUERY 1; "
+    assert any_queue == by_id + "SCAN jobs USING INDEX ix_jobs_queued"
+    assert of_one == by_id + "SEARCH jobs USING INDEX ix_jobs_queued_by_queue (queue=?)"
+    # Of several queues, SQLite sorts their QUEUED jobs (PostgreSQL reads ix_jobs_queued in
+    # order, past other queues' jobs).
+    assert of_two.startswith(of_one)
 
 
 def test_expired_lease_is_rescued_then_fails_past_max_attempts(store: Store) -> None:
