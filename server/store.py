@@ -819,8 +819,14 @@ class Store:
         reached the database but whose answer was lost (the connection dropped) left its job
         RUNNING under a lease nobody renews until it lapses; its worker takes it back by this."""
         with self.db.read() as session:
-            row = session.execute(select(JobRow).where(JobRow.lease_token == token)).scalar()
-            if row is None or JobState(row.state) is not JobState.RUNNING:
+            # Only RUNNING jobs are looked at (ix_jobs_lease gives them, a few): a token is
+            # never reused, and a job it took that is no longer RUNNING is not held.
+            row = session.scalar(
+                select(JobRow)
+                .where(JobRow.state == JobState.RUNNING.value)
+                .where(JobRow.lease_token == token)
+            )
+            if row is None:
                 return None
             return Claim(job=_job(row), token=token)
 

@@ -126,6 +126,21 @@ def test_claims_take_the_highest_priority_then_the_oldest_then_the_id(store: Sto
     assert drain() == [i for i, queue in order if queue == "default"]
 
 
+def test_a_claim_is_found_by_its_token_while_its_job_runs_under_it(store: Store) -> None:
+    dataset = make_dataset(store)
+    for _ in range(2):
+        store.create_job(make_job(store, dataset))
+    first = store.claim_job("w", token=new_id())
+    second = store.claim_job("w", token=new_id())
+    assert first is not None and second is not None
+    assert store.claimed_with(first.token) == first
+    assert store.claimed_with(new_id()) is None
+    store.release_job(first)
+    store.finish_job(second, JobState.SUCCEEDED)
+    assert store.claimed_with(first.token) is None, "QUEUED again"
+    assert store.claimed_with(second.token) is None, "finished"
+
+
 def test_concurrent_claims_never_share_a_job(store: Store) -> None:
     dataset = make_dataset(store)
     created = {store.create_job(make_job(store, dataset)).id for _ in range(30)}
@@ -523,16 +538,19 @@ def test_listing_pages_read_an_index_in_their_order_on_sqlite(sqlite_url: str) -
 
 def test_a_claim_reads_the_first_row_of_a_partial_index_on_sqlite(sqlite_url: str) -> None:
     """No claim sorts the QUEUED jobs: without statistics SQLite took ix_jobs_lease for
-    `state = 'QUEUED'` and sorted all of them."""
+    `state = 'QUEUED'` and sorted all of them. A lost claim is looked for among RUNNING jobs."""
     database = Database(sqlite_url)
     try:
         store = Store(database)
         dataset = make_dataset(store)
         for queue in ("default", "gpu", "gpu"):
             store.create_job(make_job(store, dataset, queue=queue))
-        (any_queue,) = _query_plans(store, lambda: store.claim_job("w"), "jobs")
+        claims: list[Claim | None] = []
+        (any_queue,) = _query_plans(store, lambda: claims.append(store.claim_job("w")), "jobs")
         (of_one,) = _query_plans(store, lambda: store.claim_job("w", ["gpu"]), "jobs")
         (of_two,) = _query_plans(store, lambda: store.claim_job("w", ["gpu", "cpu"]), "jobs")
+        assert claims[0] is not None
+        (lost,) = _query_plans(store, lambda: store.claimed_with(claims[0].token), "jobs")
     finally:
         database.dispose()
     by_id = "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?); SCALAR SUBQUERY 1; "
@@ -541,6 +559,7 @@ def test_a_claim_reads_the_first_row_of_a_partial_index_on_sqlite(sqlite_url: st
     # Of several queues, SQLite sorts their QUEUED jobs (PostgreSQL reads ix_jobs_queued in
     # order, past other queues' jobs).
     assert of_two.startswith(of_one)
+    assert lost == "SEARCH jobs USING INDEX ix_jobs_lease (state=?)"
 
 
 def test_expired_lease_is_rescued_then_fails_past_max_attempts(store: Store) -> None:
