@@ -17,7 +17,7 @@ from trainwire.v1 import jobs_pb2
 from .config import Settings
 from .convert import STATES_FROM_PROTO
 from .errors import InvalidArgument, ResourceExhausted
-from .names import check_text, parse_name
+from .names import MAX_LABELS, check_text, parse_name
 from .records import (
     Checkpoint,
     Dataset,
@@ -50,7 +50,6 @@ from .training import (
 )
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-MAX_LABELS = 64
 MAX_LABEL_LENGTH = 256
 MAX_REQUEST_ID = 128
 MAX_ATTEMPTS_LIMIT = 100

@@ -53,6 +53,9 @@ def _id_in(name: str, collection: str) -> str | None:
 # The longest name a user gives (a dataset's, its features' and classes', an API key's note): what
 # the columns that store them hold.
 MAX_NAME_LENGTH = 256
+# How many labels a job or a dataset may carry (`jobs.check_labels`), and so how many a ListJobs
+# filter that matches anything can name.
+MAX_LABELS = 64
 
 # C0 controls (tab included: a name or a label has no use for one), DEL and C1 controls: a
 # terminal that prints them runs them (ESC and CSI sequences rewrite the screen, OSC 52 sets the

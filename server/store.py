@@ -23,12 +23,14 @@ from typing import Any, Protocol, TypeVar, cast
 
 from sqlalchemy import (
     JSON,
+    ColumnElement,
     DateTime,
     Interval,
     Select,
     Table,
     bindparam,
     delete,
+    exists,
     func,
     insert,
     or_,
@@ -53,6 +55,7 @@ from .auth import (
 from .db import Database
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from .models import (
+    QUEUED_ONLY,
     ApiKeyRow,
     CheckpointBlobRow,
     CheckpointRow,
@@ -63,7 +66,7 @@ from .models import (
     MetricRow,
     WorkerRow,
 )
-from .names import MAX_NAME_LENGTH, check_text, is_id
+from .names import MAX_LABELS, MAX_NAME_LENGTH, check_text, is_id
 from .records import (
     FINISHED_STATES,
     Checkpoint,
@@ -391,17 +394,32 @@ def _is_foreign_key_violation(error: IntegrityError) -> bool:
     return getattr(error.orig, "sqlstate", None) == "23503" or "FOREIGN KEY" in str(error.orig)
 
 
+def _has_label(sqlite: bool, key: str, value: str) -> ColumnElement[bool]:
+    """Whether a job's labels hold `key` with exactly `value`. PostgreSQL's `->>` takes the key
+    as a parameter. SQLite's JSON paths (`$."key"`, what the JSON type's element comparison
+    renders there) cannot hold a double quote, and compare the key as stored, where a non-ASCII
+    one is escaped (`\\u00fc`): `json_each` reads every key and value decoded."""
+    if sqlite:
+        each = func.json_each(JobRow.labels).table_valued("key", "value")
+        return exists().where(each.c.key == key, each.c.value == value)
+    return JobRow.labels[key].as_string() == value
+
+
 JOBS = cast(Table, JobRow.__table__)
 EVENTS = cast(Table, JobEventRow.__table__)
 
 
-def _claim_statement(sqlite_clock: bool, with_queues: bool) -> Any:
+def _claim_statement(sqlite: bool, with_queues: bool) -> Any:
     """UPDATE ... WHERE id = (the best QUEUED job, FOR NO KEY UPDATE SKIP LOCKED) RETURNING the
     row.
 
-    Built once per variant with bound parameters: the claim is the queue's hot path.
+    Built once per variant with bound parameters: the claim is the queue's hot path. The
+    candidate is the first row of the partial index ix_jobs_queued(_by_queue), whose condition
+    and order it says exactly. SQLite without statistics (no ANALYZE) took ix_jobs_lease for
+    `state = 'QUEUED'` (a few rows, it guessed) and sorted every QUEUED job: `likely()` tells
+    its planner the condition holds for most rows, and it reads the partial index instead.
     """
-    candidate = select(JOBS.c.id).where(JOBS.c.state == JobState.QUEUED.value)
+    candidate = select(JOBS.c.id).where(func.likely(QUEUED_ONLY) if sqlite else QUEUED_ONLY)
     if with_queues:
         candidate = candidate.where(JOBS.c.queue.in_(bindparam("p_queues", expanding=True)))
     candidate = (
@@ -418,7 +436,7 @@ def _claim_statement(sqlite_clock: bool, with_queues: bool) -> Any:
             attempt=JOBS.c.attempt + 1,
             worker_id=bindparam("p_worker"),
             lease_token=bindparam("p_token"),
-            lease_expires_at=_lease_expression(sqlite_clock),
+            lease_expires_at=_lease_expression(sqlite),
             started_at=func.coalesce(JOBS.c.started_at, bindparam("p_now")),
             updated_at=bindparam("p_now"),
         )
@@ -478,9 +496,8 @@ class Store:
 
     def __init__(self, database: Database) -> None:
         self.db = database
-        sqlite_clock = database.is_sqlite
-        self._claim_any = _claim_statement(sqlite_clock, with_queues=False)
-        self._claim_queues = _claim_statement(sqlite_clock, with_queues=True)
+        self._claim_any = _claim_statement(database.is_sqlite, with_queues=False)
+        self._claim_queues = _claim_statement(database.is_sqlite, with_queues=True)
 
     def ping(self) -> None:
         """Raises Unavailable if the database cannot be reached."""
@@ -713,20 +730,18 @@ class Store:
             query = query.where(JobRow.dataset_id == dataset_id)
         size = page_size_of(page_size)
         scope = page_scope("jobs", None if state is None else state.value, dataset_id, labels or {})
-        items: list[Job] = []
-        token = page_token
+        if labels:
+            if len(labels) > MAX_LABELS or any("\x00" in k + v for k, v in labels.items()):
+                # No job carries that many labels, nor a NUL (PostgreSQL refuses one as a
+                # parameter), and SQLite refuses a filter of over 1,000 terms: the page is
+                # empty, once its token is known to be this listing's.
+                if page_token:
+                    decode_page_token(page_token, scope)
+                return [], ""
+            query = query.where(*(_has_label(self.db.is_sqlite, k, v) for k, v in labels.items()))
         with self.db.read() as session:
-            # Label filters are checked in Python (JSON columns differ across databases), so a
-            # page is refilled until it is full or the table is exhausted.
-            while True:
-                rows = self._page(session, query, JobRow, size, token, scope)
-                for row in rows:
-                    if not labels or all(row.labels.get(k) == v for k, v in labels.items()):
-                        items.append(_job(row))
-                if len(rows) <= size or len(items) > size:
-                    break
-                # Every fetched row was looked at, the extra one too: go on after the last.
-                token = encode_page_token((_aware(rows[-1].created_at), rows[-1].id), scope)  # type: ignore[arg-type]
+            rows = self._page(session, query, JobRow, size, page_token, scope)
+            items = [_job(row) for row in rows]
         return self._with_next_token(items, size, scope, fits)
 
     @staticmethod
@@ -738,16 +753,13 @@ class Store:
         page_token: str,
         scope: str,
     ) -> Sequence[Any]:
-        """Newest first, keyset-paginated on (created_at, id); fetches one extra row."""
+        """Newest first, keyset-paginated on (created_at, id); fetches one extra row. The
+        position is compared as a row value, which both databases take as a range of an index
+        on (..., created_at, id) scanned backward (the OR of its parts is not)."""
         size = page_size_of(page_size)
         if page_token:
             created, row_id = decode_page_token(page_token, scope)
-            query = query.where(
-                or_(
-                    model.created_at < created,
-                    (model.created_at == created) & (model.id < row_id),
-                )
-            )
+            query = query.where(tuple_(model.created_at, model.id) < (created, row_id))
         query = query.order_by(model.created_at.desc(), model.id.desc()).limit(size + 1)
         return session.scalars(query).all()
 
@@ -808,8 +820,14 @@ class Store:
         reached the database but whose answer was lost (the connection dropped) left its job
         RUNNING under a lease nobody renews until it lapses; its worker takes it back by this."""
         with self.db.read() as session:
-            row = session.execute(select(JobRow).where(JobRow.lease_token == token)).scalar()
-            if row is None or JobState(row.state) is not JobState.RUNNING:
+            # Only RUNNING jobs are looked at (ix_jobs_lease gives them, a few): a token is
+            # never reused, and a job it took that is no longer RUNNING is not held.
+            row = session.scalar(
+                select(JobRow)
+                .where(JobRow.state == JobState.RUNNING.value)
+                .where(JobRow.lease_token == token)
+            )
+            if row is None:
                 return None
             return Claim(job=_job(row), token=token)
 

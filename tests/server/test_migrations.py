@@ -26,6 +26,7 @@ from sqlalchemy import (
     LargeBinary,
     bindparam,
     event,
+    inspect,
     text,
 )
 from sqlalchemy.exc import OperationalError
@@ -490,3 +491,28 @@ def test_a_downgrade_below_0007_with_a_request_id_two_projects_share_is_refused_
     )
     with _opened(empty_database_url) as database, database.engine.connect() as connection:
         assert MigrationContext.configure(connection).get_current_revision() == "0007"
+
+
+def test_0010_downgrades_to_the_claim_index_and_upgrades_again(empty_database_url: str) -> None:
+    """Down to 0009 and up again, on both databases: the indexes each revision declares, and
+    at head what the models declare."""
+    listing = {
+        "ix_jobs_project_created_at_id", "ix_jobs_project_state_created_at_id",
+        "ix_jobs_queued", "ix_jobs_queued_by_queue",
+    }  # fmt: skip
+
+    def indexes() -> set[str]:
+        with _opened(empty_database_url) as database:
+            inspector = inspect(database.engine)
+            return {
+                i["name"] for table in ("jobs", "datasets") for i in inspector.get_indexes(table)
+            }
+
+    upgrade(empty_database_url)
+    assert listing | {"ix_datasets_project_created_at_id"} <= indexes()
+    assert "ix_jobs_claim" not in indexes()
+    command.downgrade(alembic_config(empty_database_url), "0009")
+    assert not (listing | {"ix_datasets_project_created_at_id"}) & indexes()
+    assert "ix_jobs_claim" in indexes()
+    upgrade(empty_database_url)
+    test_migrations_match_models(empty_database_url)

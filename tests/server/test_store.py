@@ -10,14 +10,14 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import event, select, text, update
 from sqlalchemy.engine import make_url
 
 from trainwire.server import store as store_module
@@ -30,7 +30,7 @@ from trainwire.server.errors import (
     Unavailable,
 )
 from trainwire.server.migrate import upgrade
-from trainwire.server.models import CheckpointBlobRow, CheckpointRow
+from trainwire.server.models import Base, CheckpointBlobRow, CheckpointRow, JobRow
 from trainwire.server.records import Claim, Dataset, Job, JobState, MetricValue, NewJob, TaskKind
 from trainwire.server.store import (
     CANCELLED_BY_REQUEST,
@@ -96,6 +96,49 @@ def test_claim_takes_highest_priority_then_oldest(store: Store) -> None:
     claimed = store.claim_job("w", ["gpu"])
     assert claimed is not None and claimed.job.id == other_queue.id
     assert claimed.job.state is JobState.RUNNING and claimed.job.attempt == 1
+
+
+def test_claims_take_the_highest_priority_then_the_oldest_then_the_id(store: Store) -> None:
+    """Of some queues or of all, in exactly the order of the partial indexes the claim reads
+    (priority descending, creation time, id), ties in creation time included."""
+    dataset = make_dataset(store)
+    queues = ["default", "gpu", "cpu"]
+    created = [
+        store.create_job(make_job(store, dataset, priority=(i * 7) % 3, queue=queues[i % 3]))
+        for i in range(24)
+    ]
+    jobs = JobRow.__table__
+    with store.db.engine.begin() as connection:
+        tied = jobs.c.id.in_([job.id for job in created[5:13]])
+        connection.execute(update(jobs).where(tied).values(created_at=created[9].created_at))
+        rows = connection.execute(
+            select(jobs.c.priority, jobs.c.created_at, jobs.c.id, jobs.c.queue)
+        )
+        order = [(r.id, r.queue) for r in sorted(rows, key=lambda r: (-r[0], r[1], r[2]))]
+
+    def drain(*queues: str) -> list[str]:
+        claimed = []
+        while (claim := store.claim_job("w", list(queues) or None)) is not None:
+            claimed.append(claim.job.id)
+        return claimed
+
+    assert drain("gpu", "cpu") == [i for i, queue in order if queue in ("gpu", "cpu")]
+    assert drain() == [i for i, queue in order if queue == "default"]
+
+
+def test_a_claim_is_found_by_its_token_while_its_job_runs_under_it(store: Store) -> None:
+    dataset = make_dataset(store)
+    for _ in range(2):
+        store.create_job(make_job(store, dataset))
+    first = store.claim_job("w", token=new_id())
+    second = store.claim_job("w", token=new_id())
+    assert first is not None and second is not None
+    assert store.claimed_with(first.token) == first
+    assert store.claimed_with(new_id()) is None
+    store.release_job(first)
+    store.finish_job(second, JobState.SUCCEEDED)
+    assert store.claimed_with(first.token) is None, "QUEUED again"
+    assert store.claimed_with(second.token) is None, "finished"
 
 
 def test_concurrent_claims_never_share_a_job(store: Store) -> None:
@@ -322,10 +365,11 @@ def test_a_page_token_issued_before_tokens_named_their_listing_still_pages(store
 
 
 def test_label_filtered_pages_return_each_job_once(store: Store) -> None:
-    """A page refilled because few rows matched must not look at a fetched row twice."""
+    """Matches sparse among the newest rows: when labels were checked in Python, a page was
+    refilled from further fetches, and must not have looked at a fetched row twice."""
     dataset = make_dataset(store)
-    # Newest first the labels run y y x x y y ...: the first fetch (page size + 1 rows) matches
-    # only on its extra row, so the page is refilled from there.
+    # Newest first the labels run y y x x y y ...: of the newest page size + 1 rows only the
+    # extra one matches.
     pattern = ["x", "y", "y", "x", "x", "y", "y", "x", "x", "y", "y"]
     ids = [store.create_job(make_job(store, dataset, labels={"n": n})).id for n in pattern]
     expected = [i for i, n in zip(ids, pattern, strict=True) if n == "x"][::-1]
@@ -338,6 +382,184 @@ def test_label_filtered_pages_return_each_job_once(store: Store) -> None:
         if not token:
             break
     assert seen == expected
+
+
+def _every_page(listing: Any, size: int, **filters: object) -> list[str]:
+    """The ids `listing` (Store.list_jobs or list_datasets) gives page after page of `size`."""
+    seen: list[str] = []
+    token = ""
+    while True:
+        page, token = listing(size, token, **filters)
+        assert len(page) <= size
+        seen += [item.id for item in page]
+        if not token:
+            return seen
+
+
+def test_label_filters_page_through_exactly_the_jobs_holding_every_label(store: Store) -> None:
+    """Filtered in the query: every label given must be held with that value, the key and the
+    value compared exactly (quotes, dots, non-ASCII and empty strings alike, none of them a
+    JSON path), each matching job once and newest first, whatever the page size."""
+    dataset = make_dataset(store)
+    quoted_key, quoted_value = 'it\'s a "key".x', 'wert "ü" \\ ☃ 😀'
+    label_sets = [
+        {"team": "a", "run": "1"},
+        {"team": "a"},
+        {"team": "b", "run": "1"},
+        {quoted_key: quoted_value, "team": "a"},
+        {"team": "a", "run": ""},
+        {quoted_key: "wert", "team": "a"},
+        {},
+        {"Team": "a", "run": "1"},
+        {"team": "a ", "run": "1"},
+    ]
+    created = [
+        (store.create_job(make_job(store, dataset, labels=labels)).id, labels)
+        for labels in label_sets * 3
+    ]
+    newest_first = created[::-1]
+    for filters in (
+        {"team": "a"},
+        {"team": "a", "run": "1"},
+        {"run": "1"},
+        {"run": ""},
+        {quoted_key: quoted_value},
+        {quoted_key: quoted_value, "team": "a"},
+        {"team": "a", "run": "2"},  # matches nothing
+        {"team": "zzz"},  # matches nothing
+        {"ü": "a"},  # matches nothing
+        {"team": "a", "$": "a"},  # matches nothing
+    ):
+        expected = [
+            job_id
+            for job_id, labels in newest_first
+            if all(labels.get(key) == value for key, value in filters.items())
+        ]
+        assert len(expected) in (0, 3, 6, 9, 12, 15), filters
+        for size in (1, 2, 4, 100):
+            assert _every_page(store.list_jobs, size, labels=filters) == expected, (filters, size)
+
+
+def test_a_label_filter_no_job_can_match_is_an_empty_page_not_an_error(store: Store) -> None:
+    """A NUL (PostgreSQL refuses it as a parameter) or more labels than a job may carry (SQLite
+    refused a filter of over 1,000 terms) matches nothing, as every other label that no job
+    holds does."""
+    dataset = make_dataset(store)
+    for _ in range(2):
+        store.create_job(make_job(store, dataset, labels={"team": "a"}))
+    many = {f"k{i}": "v" for i in range(2000)}
+    for filters in ({"team": "a\x00"}, {"te\x00am": "a"}, many, {**many, "team": "a"}):
+        assert store.list_jobs(10, "", labels=filters) == ([], "")
+    _, of_jobs = store.list_jobs(1, "")
+    with pytest.raises(InvalidArgument, match="page_token"):
+        store.list_jobs(1, of_jobs, labels=many)
+
+
+def test_listings_page_through_rows_of_one_creation_time_once_each(store: Store) -> None:
+    """The page's position is compared as a row value (created_at, id): rows created at the
+    same time are told apart by id, descending, none skipped or repeated at a page's edge."""
+    datasets = [make_dataset(store) for _ in range(8)]
+    jobs = [store.create_job(make_job(store, datasets[0])) for _ in range(9)]
+    listings = (("jobs", jobs, store.list_jobs), ("datasets", datasets, store.list_datasets))
+    for name, created, listing in listings:
+        table = Base.metadata.tables[name]
+        with store.db.engine.begin() as connection:
+            tied = table.c.id.in_([row.id for row in created[2:7]])
+            connection.execute(update(table).where(tied).values(created_at=created[4].created_at))
+            positions = connection.execute(select(table.c.created_at, table.c.id)).all()
+        expected = [row_id for _, row_id in sorted(positions, reverse=True)]
+        assert len(expected) == len(created)
+        for size in (1, 2, 3, 4, 100):
+            assert _every_page(listing, size, project="default") == expected, (name, size)
+
+
+def _query_plans(store: Store, call: Callable[[], object], table: str) -> list[str]:
+    """SQLite's EXPLAIN QUERY PLAN of each statement on `table` that `call` runs, its steps
+    joined by "; "."""
+    statements: list[tuple[str, Any]] = []
+
+    def record(_conn: object, _cursor: object, statement: str, parameters: Any, *_: object) -> None:
+        if f" {table} " in f" {statement} ".replace("\n", " "):
+            statements.append((statement, parameters))
+
+    event.listen(store.db.engine, "before_cursor_execute", record)
+    try:
+        call()
+    finally:
+        event.remove(store.db.engine, "before_cursor_execute", record)
+    plans = []
+    with store.db.engine.connect() as connection:
+        for statement, parameters in statements:
+            steps = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            plans.append("; ".join(step[-1] for step in steps))
+    return plans
+
+
+def test_listing_pages_read_an_index_in_their_order_on_sqlite(sqlite_url: str) -> None:
+    """No page sorts the project's rows (SQLite's "TEMP B-TREE"): each reads the index on
+    (project[, state], created_at, id) backward from its position."""
+    database = Database(sqlite_url)
+    try:
+        store = Store(database)
+        dataset = make_dataset(store)
+        for _ in range(3):
+            store.create_job(make_job(store, dataset, labels={"team": "a"}))
+        _, token = store.list_jobs(1, "", project="default")
+        _, queued = store.list_jobs(1, "", state=JobState.QUEUED, project="default")
+        _, of_a = store.list_jobs(1, "", labels={"team": "a"}, project="default")
+        make_dataset(store)
+        _, of_datasets = store.list_datasets(1, "", project="default")
+        (jobs,) = _query_plans(store, lambda: store.list_jobs(1, token, project="default"), "jobs")
+        (labelled,) = _query_plans(
+            store, lambda: store.list_jobs(1, of_a, labels={"team": "a"}, project="default"), "jobs"
+        )
+        (of_state,) = _query_plans(
+            store,
+            lambda: store.list_jobs(1, queued, state=JobState.QUEUED, project="default"),
+            "jobs",
+        )
+        (datasets,) = _query_plans(
+            store, lambda: store.list_datasets(1, of_datasets, project="default"), "datasets"
+        )
+    finally:
+        database.dispose()
+    after = "AND (created_at,id)<(?,?))"
+    assert jobs == f"SEARCH jobs USING INDEX ix_jobs_project_created_at_id (project=? {after}"
+    assert labelled.startswith(jobs + "; CORRELATED SCALAR SUBQUERY"), "json_each, per row"
+    assert of_state == (
+        "SEARCH jobs USING INDEX ix_jobs_project_state_created_at_id "
+        f"(project=? AND state=? {after}"
+    )
+    assert datasets == (
+        f"SEARCH datasets USING INDEX ix_datasets_project_created_at_id (project=? {after}"
+    )
+    assert "TEMP B-TREE" not in labelled
+
+
+def test_a_claim_reads_the_first_row_of_a_partial_index_on_sqlite(sqlite_url: str) -> None:
+    """No claim sorts the QUEUED jobs: without statistics SQLite took ix_jobs_lease for
+    `state = 'QUEUED'` and sorted all of them. A lost claim is looked for among RUNNING jobs."""
+    database = Database(sqlite_url)
+    try:
+        store = Store(database)
+        dataset = make_dataset(store)
+        for queue in ("default", "gpu", "gpu"):
+            store.create_job(make_job(store, dataset, queue=queue))
+        claims: list[Claim | None] = []
+        (any_queue,) = _query_plans(store, lambda: claims.append(store.claim_job("w")), "jobs")
+        (of_one,) = _query_plans(store, lambda: store.claim_job("w", ["gpu"]), "jobs")
+        (of_two,) = _query_plans(store, lambda: store.claim_job("w", ["gpu", "cpu"]), "jobs")
+        assert claims[0] is not None
+        (lost,) = _query_plans(store, lambda: store.claimed_with(claims[0].token), "jobs")
+    finally:
+        database.dispose()
+    by_id = "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?); SCALAR SUBQUERY 1; "
+    assert any_queue == by_id + "SCAN jobs USING INDEX ix_jobs_queued"
+    assert of_one == by_id + "SEARCH jobs USING INDEX ix_jobs_queued_by_queue (queue=?)"
+    # Of several queues, SQLite sorts their QUEUED jobs (PostgreSQL reads ix_jobs_queued in
+    # order, past other queues' jobs).
+    assert of_two.startswith(of_one)
+    assert lost == "SEARCH jobs USING INDEX ix_jobs_lease (state=?)"
 
 
 def test_expired_lease_is_rescued_then_fails_past_max_attempts(store: Store) -> None:
