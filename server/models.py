@@ -207,7 +207,11 @@ class ApiKeyRow(Base):
 
 class CheckpointRow(Base):
     __tablename__ = "checkpoints"
-    __table_args__ = (Index("ix_checkpoints_job_id_epoch", "job_id", "epoch"),)
+    __table_args__ = (
+        Index("ix_checkpoints_job_id_epoch", "job_id", "epoch"),
+        # A job's checkpoints in order: its listing, and its newest (a resume, "latest").
+        Index("ix_checkpoints_job_id_id", "job_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))

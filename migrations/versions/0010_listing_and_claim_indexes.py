@@ -7,7 +7,10 @@ order from its token's position on. The claim takes the QUEUED job of highest pr
 oldest: ix_jobs_claim (state, queue, priority, created_at) gave that order for no claim (one of
 every queue sorted all QUEUED jobs, one of some queues those of its queues); partial indexes of
 QUEUED jobs in exactly the claim's order, of any queue and by queue, replace it (no other query
-filters on state and queue together: queue_depth counts the whole table).
+filters on state and queue together: queue_depth counts the whole table). A job's checkpoints in
+order, (job_id, id): ListCheckpoints and the newest checkpoint of a job (a resume, "latest") were
+read by the primary key backward, filtered on the job, which scanned past every newer checkpoint
+of other jobs (200,000 of them: 29 ms, against 0.04-0.09 ms by this index).
 
 Revision ID: 0010
 Revises: 0009
@@ -31,6 +34,9 @@ _QUEUED_ONLY = {
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("checkpoints", schema=None) as batch_op:
+        batch_op.create_index("ix_checkpoints_job_id_id", ["job_id", "id"], unique=False)
+
     with op.batch_alter_table("datasets", schema=None) as batch_op:
         batch_op.create_index(
             "ix_datasets_project_created_at_id", ["project", "created_at", "id"], unique=False
@@ -72,3 +78,6 @@ def downgrade() -> None:
 
     with op.batch_alter_table("datasets", schema=None) as batch_op:
         batch_op.drop_index("ix_datasets_project_created_at_id")
+
+    with op.batch_alter_table("checkpoints", schema=None) as batch_op:
+        batch_op.drop_index("ix_checkpoints_job_id_id")

@@ -498,14 +498,16 @@ def test_0010_downgrades_to_the_claim_index_and_upgrades_again(empty_database_ur
     at head what the models declare."""
     listing = {
         "ix_jobs_project_created_at_id", "ix_jobs_project_state_created_at_id",
-        "ix_jobs_queued", "ix_jobs_queued_by_queue",
+        "ix_jobs_queued", "ix_jobs_queued_by_queue", "ix_checkpoints_job_id_id",
     }  # fmt: skip
 
     def indexes() -> set[str]:
         with _opened(empty_database_url) as database:
             inspector = inspect(database.engine)
             return {
-                i["name"] for table in ("jobs", "datasets") for i in inspector.get_indexes(table)
+                i["name"]
+                for table in ("jobs", "datasets", "checkpoints")
+                for i in inspector.get_indexes(table)
             }
 
     upgrade(empty_database_url)

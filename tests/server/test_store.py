@@ -562,6 +562,37 @@ def test_a_claim_reads_the_first_row_of_a_partial_index_on_sqlite(sqlite_url: st
     assert lost == "SEARCH jobs USING INDEX ix_jobs_lease (state=?)"
 
 
+def test_a_jobs_checkpoints_are_read_by_its_own_index_on_sqlite(sqlite_url: str) -> None:
+    """A job's checkpoints, listed or its newest (a resume, a save's duplicate check), are
+    read by (job_id, id): by the primary key backward, filtered on the job, a job whose
+    checkpoints were old scanned past every newer one of other jobs."""
+    database = Database(sqlite_url)
+    try:
+        store = Store(database)
+        dataset = make_dataset(store)
+        store.create_job(make_job(store, dataset))
+        claim = store.claim_job("w")
+        assert claim is not None
+        store.save_checkpoint(claim, 1, 10, {"val_loss": 0.5}, b"x", keep=2)
+        job = claim.job.id
+        (listed,) = _query_plans(store, lambda: store.list_checkpoints(job), "checkpoints")
+        (newest,) = _query_plans(
+            store, lambda: store.latest_resumable_checkpoint(job), "checkpoints"
+        )
+        saves = _query_plans(
+            store,
+            lambda: store.save_checkpoint(claim, 2, 20, {"val_loss": 0.4}, b"x", keep=2),
+            "checkpoints",
+        )
+    finally:
+        database.dispose()
+    assert listed == "SEARCH checkpoints USING INDEX ix_checkpoints_job_id_id (job_id=?)"
+    assert newest == "SEARCH checkpoints USING INDEX ix_checkpoints_job_id_id (job_id=?)"
+    reads = [plan for plan in saves if plan.startswith(("SEARCH", "SCAN"))]
+    assert reads
+    assert not [plan for plan in reads if "USING INDEX ix_checkpoints_job_id_" not in plan]
+
+
 def test_expired_lease_is_rescued_then_fails_past_max_attempts(store: Store) -> None:
     dataset = make_dataset(store)
     job = store.create_job(make_job(store, dataset, max_attempts=2))
