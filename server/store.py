@@ -28,7 +28,10 @@ from sqlalchemy import (
     Interval,
     Select,
     Table,
+    Text,
+    and_,
     bindparam,
+    case,
     delete,
     exists,
     func,
@@ -393,15 +396,29 @@ def _is_foreign_key_violation(error: IntegrityError) -> bool:
     return getattr(error.orig, "sqlstate", None) == "23503" or "FOREIGN KEY" in str(error.orig)
 
 
+# How a NUL is stored in a JSON column's text. Labels were once stored without the check that
+# now refuses control characters, and PostgreSQL decodes no JSON text holding this escape (`->>`
+# fails on the row with "unsupported Unicode escape sequence", and with it the whole listing).
+_NUL_ESCAPE = "\\u0000"
+
+
 def _has_label(sqlite: bool, key: str, value: str) -> ColumnElement[bool]:
     """Whether a job's labels hold `key` with exactly `value`. PostgreSQL's `->>` takes the key
     as a parameter. SQLite's JSON paths (`$."key"`, what the JSON type's element comparison
     renders there) cannot hold a double quote, and compare the key as stored, where a non-ASCII
-    one is escaped (`\\u00fc`): `json_each` reads every key and value decoded."""
+    one is escaped (`\\u00fc`): `json_each` reads every key and value decoded.
+
+    Labels stored with a NUL match no filter, on either database: PostgreSQL is kept from
+    decoding them by a CASE, which (unlike AND) decides the order of evaluation. A label holding
+    a backslash then `u0000` as text is stored so too, and matches no filter either."""
     if sqlite:
         each = func.json_each(JobRow.labels).table_valued("key", "value")
-        return exists().where(each.c.key == key, each.c.value == value)
-    return JobRow.labels[key].as_string() == value
+        return and_(
+            func.instr(JobRow.labels, _NUL_ESCAPE) == 0,
+            exists().where(each.c.key == key, each.c.value == value),
+        )
+    decodable = func.strpos(JobRow.labels.cast(Text), _NUL_ESCAPE) == 0
+    return case((decodable, JobRow.labels[key].as_string())) == value
 
 
 JOBS = cast(Table, JobRow.__table__)

@@ -455,6 +455,21 @@ def test_a_label_filter_no_job_can_match_is_an_empty_page_not_an_error(store: St
         store.list_jobs(1, of_jobs, labels=many)
 
 
+def test_a_job_stored_with_a_nul_in_a_label_leaves_label_filters_working(store: Store) -> None:
+    """Labels were once stored without the control-character check: a NUL in one, kept as
+    `\\u0000` in the JSON text, made PostgreSQL's `->>` fail on that row ("unsupported Unicode
+    escape sequence") and so every label-filtered listing of its project. The row matches no
+    label filter, and the others are listed."""
+    dataset = make_dataset(store)
+    legacy = store.create_job(make_job(store, dataset, labels={"team": "a", "note": "x"}))
+    kept = store.create_job(make_job(store, dataset, labels={"team": "a"}))
+    with store.db.write() as session:
+        session.get(JobRow, legacy.id).labels = {"team": "a", "note": "x\x00y"}
+    assert [job.id for job in store.list_jobs(10, "", labels={"team": "a"})[0]] == [kept.id]
+    assert store.list_jobs(10, "", labels={"team": "b"}) == ([], "")
+    assert store.get_job(legacy.id).labels == {"team": "a", "note": "x\x00y"}
+
+
 def test_listings_page_through_rows_of_one_creation_time_once_each(store: Store) -> None:
     """The page's position is compared as a row value (created_at, id): rows created at the
     same time are told apart by id, descending, none skipped or repeated at a page's edge."""
