@@ -167,7 +167,7 @@ class AsyncClient:
                 if gone_on_retry is not None and is_gone(answer_lost, code):
                     return gone_on_retry()
                 answer_lost = answer_lost or may_have_run(code)
-                delay = attempts.delay_after(code, details)
+                delay = attempts.delay_after(code, details, closed=self._closed)
                 if not idempotent or delay is None:
                     raise from_rpc_error(error) from None
                 log.debug("retrying after %s (attempt %d, %.2fs)", code, attempts.attempt, delay)

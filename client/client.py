@@ -210,8 +210,9 @@ def is_gone(answer_lost: bool, code: grpc.StatusCode | None) -> bool:
 
 
 def may_have_run(code: grpc.StatusCode | None) -> bool:
-    """Whether a failed attempt may have been carried out with only its answer lost."""
-    return code is grpc.StatusCode.UNAVAILABLE
+    """Whether a failed attempt may have been carried out with only its answer lost (a server
+    that stops cancels the calls still running at the end of its grace period: CANCELLED)."""
+    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
 def reconnectable(code: grpc.StatusCode | None, details: str) -> bool:
@@ -380,7 +381,7 @@ class Client:
                 if gone_on_retry is not None and is_gone(answer_lost, code):
                     return gone_on_retry()
                 answer_lost = answer_lost or may_have_run(code)
-                delay = attempts.delay_after(code, details)
+                delay = attempts.delay_after(code, details, closed=self._closed)
                 if not idempotent or delay is None:
                     raise from_rpc_error(error) from None
                 log.debug("retrying after %s (attempt %d, %.2fs)", code, attempts.attempt, delay)

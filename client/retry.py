@@ -1,7 +1,8 @@
 """Retries with exponential backoff and full jitter, for idempotent calls.
 
-The SDK retries a call that failed with UNAVAILABLE (server down, restarting, connection dropped)
-or RESOURCE_EXHAUSTED (server busy), within the call's deadline; UNAVAILABLE for at least
+The SDK retries a call that failed with UNAVAILABLE (server down, restarting, connection dropped),
+RESOURCE_EXHAUSTED (server busy) or a CANCELLED it did not cause (a server stopping: see
+`RETRYABLE`), within the call's deadline; UNAVAILABLE for at least
 `RECONNECT_WINDOW_S`, longer than the channel may wait between connection attempts. A
 RESOURCE_EXHAUSTED that names a configured limit (`max_epochs is limited to 5. Received: 6`) or a
 message-size limit is permanent and raised at once. Only idempotent calls are retried: everything
@@ -28,7 +29,20 @@ import grpc
 from .rpc import MAX_RECONNECT_BACKOFF_S
 
 #: Status codes worth another attempt.
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+#:
+#: CANCELLED among them: a stopping gRPC server cancels every call it has received and not yet
+#: started, and every call that reaches it once its shutdown has begun (grpc/grpc#41785), so an
+#: idempotent call in flight across a graceful restart could end CANCELLED, never handled. The
+#: client cannot tell that from any other CANCELLED it did not cause (a Trainwire server never
+#: answers CANCELLED itself), and each is a call a server dropped, so it is retried like a refused
+#: one, within `max_attempts` (a Trainwire server refuses what it can UNAVAILABLE first, see
+#: `server.wrappers.Draining`; the instant before its shutdown is left). One the client caused is
+#: not retried: a sync call cancelled by `close()` (`CallAttempts.delay_after(closed=True)`); an
+#: asyncio call cancelled by its task or by `close()` raises `asyncio.CancelledError`, never a
+#: status, so it never reaches a retry.
+RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
+)
 # Phrases of RESOURCE_EXHAUSTED statuses that another attempt cannot fix.
 _PERMANENT = ("is limited to", "larger than max", "message larger")
 
@@ -128,8 +142,13 @@ class CallAttempts:
         self.attempt += 1
         return max(self.deadline - time.monotonic(), 0.001)
 
-    def delay_after(self, code: grpc.StatusCode | None, details: str) -> float | None:
-        """The wait before another attempt after this one failed so, or None to raise."""
+    def delay_after(
+        self, code: grpc.StatusCode | None, details: str, *, closed: bool = False
+    ) -> float | None:
+        """The wait before another attempt after this one failed so, or None to raise. `closed`:
+        whether the client is closed, when a CANCELLED is its own doing and raised."""
+        if closed and code is grpc.StatusCode.CANCELLED:
+            return None
         now = time.monotonic()
         if code is grpc.StatusCode.UNAVAILABLE and self._unavailable_since is None:
             self._unavailable_since = now

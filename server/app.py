@@ -45,7 +45,7 @@ from .migrate import ensure_migrated, refuse_missing_sqlite
 from .predictions import PredictionService
 from .store import Store
 from .supervisor import WorkerPool
-from .wrappers import WrappingRegistrar
+from .wrappers import Draining, WrappingRegistrar
 
 log = logging.getLogger("trainwire.server")
 
@@ -59,6 +59,15 @@ SERVICE_NAMES = (
 
 # How long a stopping server lets calls in progress finish.
 STOP_GRACE_S = 5.0
+# A stopping server refuses the calls it starts (`Draining`) until none has started for
+# DRAIN_QUIET_S, or for DRAIN_MAX_S at most, before gRPC's shutdown. Refusing a call takes a turn of
+# the event loop (well under a millisecond), so a backlog of hundreds of calls waiting in gRPC core
+# empties in tens of milliseconds; a quiet 20 ms (a prediction pass runs in the thread pool, not on
+# the loop, so the loop is not blocked that long) means none was waiting. Clients that go on
+# calling (each refused retry is a new call) keep it from being quiet: the bound keeps the port
+# from being held much longer than before, since a restart is an outage for new calls either way.
+DRAIN_QUIET_S = 0.01
+DRAIN_MAX_S = 0.05
 
 
 class RunningServer:
@@ -85,6 +94,7 @@ class RunningServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc", daemon=True)
         self._server: grpc.aio.Server | None = None
+        self.draining = Draining()
 
     def start(self) -> None:
         """Binds and starts serving; raises if the address cannot be used."""
@@ -142,7 +152,9 @@ class RunningServer:
             self.executor,
         )
         # Every method wrapped in the request bookkeeping; only predictions are registered methods.
-        registrar = WrappingRegistrar(server, self.keys, registered=(PREDICTION_SERVICE,))
+        registrar = WrappingRegistrar(
+            server, self.keys, registered=(PREDICTION_SERVICE,), draining=self.draining
+        )
         datasets_pb2_grpc.add_DatasetServiceServicer_to_server(datasets, registrar)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, registrar)
         predictions_pb2_grpc.add_PredictionServiceServicer_to_server(
@@ -181,21 +193,39 @@ class RunningServer:
         self._server = server
 
     def stop(self, grace_s: float) -> None:
-        """Refuses new calls, lets running ones finish within `grace_s`, then stops the loop."""
+        """Refuses new calls, lets running ones finish within `grace_s`, then stops the loop.
+
+        Health turns NOT_SERVING first. Then every call the server starts is refused UNAVAILABLE
+        (`Draining`), which clients retry, until gRPC core holds none received and not yet
+        started: its shutdown would cancel those (CANCELLED, grpc/grpc#41785). gRPC's own stop
+        then lets the calls already started finish within what is left of `grace_s`. A call
+        reaching core in the instant between the two still ends CANCELLED (core cancels calls
+        that arrive on a connection once its shutdown has begun, too): the SDK retries an
+        idempotent call that ends so (`trainwire.client.retry`)."""
         self.monitor.stopped.set()
         if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(
                 self.health.enter_graceful_shutdown(), self._loop
             ).result(10)
         if self._server is not None:
-            server = self._server
-            asyncio.run_coroutine_threadsafe(server.stop(grace_s), self._loop).result(
-                timeout=grace_s + 10
-            )
+            asyncio.run_coroutine_threadsafe(
+                self._drain_and_stop(self._server, grace_s), self._loop
+            ).result(timeout=grace_s + 10)
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _drain_and_stop(self, server: grpc.aio.Server, grace_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        drained_by = loop.time() + min(DRAIN_MAX_S, grace_s)
+        self.draining.close()
+        seen = -1
+        while self.draining.started != seen and loop.time() < drained_by:
+            seen = self.draining.started
+            await asyncio.sleep(DRAIN_QUIET_S)
+        await server.stop(max(deadline - loop.time(), 0.0))
 
 
 def cannot_listen(address: str) -> str:

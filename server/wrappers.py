@@ -38,7 +38,7 @@ from .auth import (
     EXEMPT_PREFIXES,
     KeyChecker,
 )
-from .errors import InvalidArgument, TrainwireError
+from .errors import InvalidArgument, TrainwireError, Unavailable
 from .logs import REQUEST_ID
 from .metrics import RPC_SECONDS, BufferedSeries
 
@@ -140,6 +140,37 @@ def _request_id(metadata: tuple[tuple[str, Any], ...]) -> str:
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
+class Draining:
+    """A stopping server's refusal of the calls it starts from then on (`RunningServer.stop`).
+
+    gRPC core cancels, status CANCELLED, every call it has received but the server has not yet
+    started when its shutdown begins (grpc/grpc#41785: `Server::ShutdownAndNotify` zombifies the
+    calls no `RequestCall` matched). A grpc.aio server asks core for one call at a time, each
+    taking a turn of the event loop, so while the loop is busy with predictions such calls wait
+    in core by the dozen, and a client's idempotent call ended CANCELLED, which is no sign of a
+    server going away. Once `close()` is called, a call that starts is refused at once
+    UNAVAILABLE (which clients retry) for the cost of one loop turn, so the backlog empties
+    before core's shutdown; health and reflection still answer (health says NOT_SERVING).
+    `started` counts the refused calls, for the stop to see when none comes any more.
+    """
+
+    __slots__ = ("closed", "started")
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.started = 0
+
+    def close(self) -> None:
+        self.closed = True
+
+    def refuse(self, method: str) -> None:
+        """Raises Unavailable for a call of `method` started while closed."""
+        if not method.startswith(EXEMPT_PREFIXES):
+            # Read only as "changed or not": a lost update of two threads still changes it.
+            self.started += 1
+            raise Unavailable("the server is shutting down; try again (it may be restarting)")
+
+
 class _Call:
     """One call's bookkeeping: its request id and caller, its status, its metrics."""
 
@@ -153,9 +184,12 @@ class _Call:
             (REQUEST_ID, REQUEST_ID.set(_request_id(self.metadata)))
         ]
 
-    def admit(self, checker: KeyChecker) -> None:
-        """Checks the caller's key (Unauthenticated if bad) and sets its project (an open
-        server's calls keep the defaults, the default project and no client id)."""
+    def admit(self, checker: KeyChecker, draining: Draining) -> None:
+        """Refuses the call if the server is stopping (`Draining`), checks the caller's key
+        (Unauthenticated if bad) and sets its project (an open server's calls keep the
+        defaults, the default project and no client id)."""
+        if draining.closed:
+            draining.refuse(self.method)
         if not self.method.startswith(EXEMPT_PREFIXES):
             project, client = checker.project_of(self.metadata)
             if project != DEFAULT_PROJECT or client:
@@ -265,11 +299,16 @@ class WrappingRegistrar:
     """
 
     def __init__(
-        self, server: grpc.aio.Server, checker: KeyChecker, registered: tuple[str, ...]
+        self,
+        server: grpc.aio.Server,
+        checker: KeyChecker,
+        registered: tuple[str, ...],
+        draining: Draining | None = None,
     ) -> None:
         self.server = server
         self.checker = checker
         self.registered = registered
+        self.draining = draining or Draining()
 
     def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
         self.server.add_generic_rpc_handlers(
@@ -303,11 +342,12 @@ class WrappingRegistrar:
         check it refuses a request that did not decode (`_Undecodable`): a single one at once,
         a stream's (`streamed`) as the behaviour reads it, by its number."""
         checker = self.checker
+        draining = self.draining
         if inspect.isasyncgenfunction(behavior):
 
             async def serve_async_stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 async with _Call(context, method) as call:
-                    call.admit(checker)
+                    call.admit(checker, draining)
                     if streamed:
                         request = _decoded_async(request, method)
                     elif request.__class__ is _Undecodable:
@@ -323,7 +363,7 @@ class WrappingRegistrar:
                 # and running the two coroutines of __aenter__ and __aexit__.
                 call = _Call(context, method)
                 try:
-                    call.admit(checker)
+                    call.admit(checker, draining)
                     # Checked inline (one comparison), not by a helper call, on every Predict.
                     if streamed:
                         request = _decoded_async(request, method)
@@ -341,7 +381,7 @@ class WrappingRegistrar:
 
             def serve_stream(request: Any, context: Any) -> Iterator[Any]:
                 with _Call(context, method) as call:
-                    call.admit(checker)
+                    call.admit(checker, draining)
                     if streamed:
                         request = _decoded(request, method)
                     elif request.__class__ is _Undecodable:
@@ -352,7 +392,7 @@ class WrappingRegistrar:
 
         def serve(request: Any, context: Any) -> Any:
             with _Call(context, method) as call:
-                call.admit(checker)
+                call.admit(checker, draining)
                 if streamed:
                     request = _decoded(request, method)
                 elif request.__class__ is _Undecodable:

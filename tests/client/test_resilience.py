@@ -25,7 +25,7 @@ from trainwire.client import (
 )
 from trainwire.client import client as client_module
 from trainwire.client.aio import AsyncClient
-from trainwire.client.retry import RECONNECT_WINDOW_S, WATCH_OPENED
+from trainwire.client.retry import RECONNECT_WINDOW_S, WATCH_OPENED, CallAttempts
 from trainwire.client.rpc import MAX_RECONNECT_BACKOFF_S, channel_options
 from trainwire.v1 import datasets_pb2, jobs_pb2
 
@@ -162,7 +162,11 @@ def flaky() -> Iterator[tuple[Flaky, str]]:
         server.stop(None)
 
 
-@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED])
+# CANCELLED: what a stopping server answers the calls it received and had not started.
+@pytest.mark.parametrize(
+    "code",
+    [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED],
+)
 def test_refused_calls_are_retried_until_they_succeed(
     flaky: tuple[Flaky, str], code: grpc.StatusCode
 ) -> None:
@@ -173,6 +177,13 @@ def test_refused_calls_are_retried_until_they_succeed(
         # CreateJob carries a request_id, so it is retried too.
         assert client.create_job("datasets/x", [{"type": "dense", "units": 3}]).name == JOB
     assert behaviour.calls == {"GetJob": 4, "CreateJob": 4}
+
+
+def test_a_cancelled_call_of_a_closed_client_is_not_retried() -> None:
+    """A sync client's `close()` cancels its calls in flight: that CANCELLED is its own."""
+    cancelled = grpc.StatusCode.CANCELLED
+    assert CallAttempts(RetryPolicy(), 10).delay_after(cancelled, "", closed=True) is None
+    assert CallAttempts(RetryPolicy(), 10).delay_after(cancelled, "", closed=False) is not None
 
 
 def test_retries_give_up_after_max_attempts(flaky: tuple[Flaky, str]) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,8 +24,11 @@ import pytest
 from trainwire.client import Client, Unavailable
 from trainwire.client.aio import AsyncClient
 from trainwire.client.retry import RECONNECT_WINDOW_S
+from trainwire.server.app import STOP_GRACE_S, RunningServer
+from trainwire.server.config import Settings
 from trainwire.server.db import Database
 from trainwire.server.local import LocalServer, local_server
+from trainwire.server.migrate import ensure_migrated
 from trainwire.server.store import Store
 
 from ..support.tcp_proxy import TcpProxy
@@ -327,3 +331,59 @@ def test_a_watch_of_a_server_never_reached_fails_as_a_call_does(
     took = time.monotonic() - started
     assert took >= RECONNECT_WINDOW_S, "retried for as long as a call is"
     assert took < 30, f"{took:.1f}s: a server never reached fails as a call to it does"
+
+
+def _running_server(url: str, port: int) -> RunningServer:
+    """`trainwire serve`'s gRPC server, in this process (its event loop within reach)."""
+    database = Database(url)
+    ensure_migrated(database, auto_migrate_sqlite=True)
+    server = RunningServer(Settings(database_url=url, port=port, workers=0), Store(database))
+    server.start()
+    return server
+
+
+# Calls made while the server's event loop is held: each reaches gRPC core, which waits for the
+# loop to take it, as calls do behind a busy loop.
+HELD_CALLS = 16
+
+
+def test_calls_in_flight_across_a_graceful_restart_are_never_cancelled(tmp_path: Path) -> None:
+    """gRPC core cancels (CANCELLED) the calls it received but the server had not yet started when
+    its shutdown begins. The stop refuses them UNAVAILABLE first and the SDK retries a CANCELLED
+    it did not cause: every idempotent call succeeds, on the restarted server, or raises
+    `Unavailable` once its reconnect window is over; none raises `Cancelled`."""
+    url = f"sqlite:///{tmp_path / 'trainwire.db'}"
+    first: RunningServer | None = _running_server(url, 0)
+    assert first is not None
+    port = first.port
+    second: RunningServer | None = None
+    released = threading.Event()
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=30) as client:
+            job = client.create_job(client.upload_dataset(*blobs()), MODEL, epochs=5).name
+            client.get_job(job)  # the connection is up: the calls below go straight out
+            first._loop.call_soon_threadsafe(released.wait, 30)  # the loop is held
+            stop = first.stop
+            with ThreadPoolExecutor(HELD_CALLS + 1) as pool:
+                calls = [pool.submit(lambda: client.get_job(job).name) for _ in range(HELD_CALLS)]
+                # In flight (the loopback delivers them in microseconds), none answered.
+                time.sleep(1.0)
+                assert not any(call.done() for call in calls)
+                stopping = pool.submit(stop, STOP_GRACE_S)  # it waits for the loop
+                time.sleep(0.2)
+                released.set()
+                stopping.result(timeout=60)
+                first = None
+                second = _running_server(url, port)
+                outcomes = []
+                for call in calls:
+                    try:
+                        outcomes.append(call.result(timeout=60))
+                    except Unavailable as error:
+                        outcomes.append(type(error).__name__)
+    finally:
+        released.set()
+        for server in (first, second):
+            if server is not None:
+                server.stop(0)
+    assert all(outcome in (job, "Unavailable") for outcome in outcomes), outcomes

@@ -17,7 +17,7 @@ from trainwire.server.app import PREDICTION_SERVICE, SERVICE_NAMES
 from trainwire.server.auth import KeyChecker
 from trainwire.server.local import local_server
 from trainwire.server.metrics import SERVER_METRICS
-from trainwire.server.wrappers import WrappingRegistrar
+from trainwire.server.wrappers import Draining, WrappingRegistrar
 from trainwire.v1 import datasets_pb2, jobs_pb2_grpc, predictions_pb2_grpc, tensor_pb2
 
 
@@ -78,12 +78,27 @@ def _ended_by(handler: grpc.RpcMethodHandler) -> list[tuple[grpc.StatusCode, str
     return context.aborts
 
 
-def _registrar(server: _RecordingServer) -> WrappingRegistrar:
+def _registrar(server: _RecordingServer, draining: Draining | None = None) -> WrappingRegistrar:
     return WrappingRegistrar(
         server,  # type: ignore[arg-type]
         KeyChecker(lambda: []),
         registered=(PREDICTION_SERVICE,),
+        draining=draining,
     )
+
+
+def test_a_stopping_server_refuses_the_calls_it_starts_unavailable() -> None:
+    """Once draining, a call is refused UNAVAILABLE (which clients retry) before its handler
+    runs, where gRPC's shutdown would cancel it; the refusals are counted for the stop."""
+    server, draining = _RecordingServer(), Draining()
+    registrar = _registrar(server, draining)
+    predictions_pb2_grpc.add_PredictionServiceServicer_to_server(
+        predictions_pb2_grpc.PredictionServiceServicer(), registrar
+    )
+    draining.close()
+    (ended,) = _ended_by(server.registered[PREDICTION_SERVICE]["Predict"])
+    assert ended[0] is grpc.StatusCode.UNAVAILABLE and "shutting down" in ended[1]
+    assert draining.started == 1
 
 
 def test_only_the_named_services_become_registered_methods_and_every_method_is_wrapped() -> None:
