@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import grpc
 import numpy as np
@@ -84,6 +84,7 @@ MIN_MESSAGE_BYTES = 64 * 1024
 MAX_MESSAGE_BYTES = 2**31 - 1
 
 log = logging.getLogger("trainwire.client")
+P = ParamSpec("P")
 Q = TypeVar("Q")
 R = TypeVar("R")
 
@@ -323,7 +324,8 @@ class Client:
         self.watch_reconnect_s = watch_reconnect_s
         self._metadata = auth_metadata(api_key)  # checked before a channel is opened
         # Checked before each call, for an SDK error in place of gRPC's raw ValueError; a flag,
-        # not a lock: a call racing close() is cancelled as the calls in flight are.
+        # not a lock: a call racing close() is cancelled as the calls in flight are, or refused
+        # by gRPC, which `_invoke` reports as `ClientClosed` too.
         self._closed = False
         options = channel_options(max_message_bytes)
         credentials = channel_credentials(tls, client_cert)
@@ -357,6 +359,20 @@ class Client:
         self._closed = True
         self._channel.close()
 
+    def _invoke(self, method: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """`method(*args, **kwargs)`, an RPC invoked on the channel, as every call of this client
+        is: `ClientClosed` once the client is closed. The check and the invocation are two steps:
+        a close() from another thread between them makes gRPC refuse the call with its own
+        ValueError ("Cannot invoke RPC: Channel closed!"), which is `ClientClosed` too."""
+        if self._closed:
+            raise ClientClosed(self)
+        try:
+            return method(*args, **kwargs)
+        except ValueError:
+            if self._closed:
+                raise ClientClosed(self) from None
+            raise
+
     def _call(
         self,
         method: Callable[..., R],
@@ -374,7 +390,9 @@ class Client:
             if self._closed:  # also between attempts: close() may come during a retry's sleep
                 raise ClientClosed(self)
             try:
-                return method(request, timeout=attempts.next_timeout(), metadata=self._metadata)
+                return self._invoke(
+                    method, request, timeout=attempts.next_timeout(), metadata=self._metadata
+                )
             except grpc.RpcError as error:
                 code, details = status_of(error)
                 if gone_on_retry is not None and is_gone(answer_lost, code):
@@ -734,7 +752,9 @@ class Client:
             except Exception as error:
                 failure.append(error)
 
-        stream = self._rpc.predict_stream(requests(), timeout=self.timeout, metadata=self._metadata)
+        stream = self._invoke(
+            self._rpc.predict_stream, requests(), timeout=self.timeout, metadata=self._metadata
+        )
         try:
             for response in stream:
                 prediction = streamed.answered(response)
@@ -803,12 +823,10 @@ class JobWatch(Iterator[JobEvent]):
             return JobEvent.from_proto(event)
 
     def _open(self) -> None:
-        if self.client._closed:
-            raise ClientClosed(self.client)
         request = jobs_pb2.WatchJobRequest(name=self.name, after_sequence=self.last_sequence)
         remaining = None if self._deadline is None else max(self._deadline - time.monotonic(), 0)
-        stream = self.client._rpc.watch_job(
-            request, timeout=remaining, metadata=self.client._metadata
+        stream = self.client._invoke(
+            self.client._rpc.watch_job, request, timeout=remaining, metadata=self.client._metadata
         )
         self._stream = stream
         self._events = iter(stream)
