@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -771,7 +772,8 @@ class JobWatch(Iterator[JobEvent]):
     restarts.
 
     It ends when the job finishes. `last_sequence` is the last event returned and `reconnects`
-    how many times the stream was re-opened. `close()` stops it (and cancels the stream).
+    how many times the stream was re-opened. `close()` stops it (and cancels the stream), from
+    any thread. Threads sharing one watch take its events in turn, each event once.
     """
 
     def __init__(
@@ -795,32 +797,37 @@ class JobWatch(Iterator[JobEvent]):
         # fails as a unary call does (see `Outage`).
         self._outage = Outage(f"watching {name}", client.watch_reconnect_s, reached=False)
         self._closed = False
+        # One thread at a time in `__next__`: gRPC's stream takes one reader at a time (a second
+        # one failed inside gRPC, "Internal gRPC call error 8"), and `last_sequence` is read and
+        # set there. `close()` takes no lock, so that it cancels a stream another thread waits on.
+        self._lock = threading.Lock()
 
     def __iter__(self) -> JobWatch:
         return self
 
     def __next__(self) -> JobEvent:
-        while True:
-            if self._closed:
-                raise StopIteration
-            if self._events is None:
-                self._open()
-            assert self._events is not None
-            try:
-                event = next(self._events)
-            except StopIteration:
-                self.close()
-                raise
-            except grpc.RpcError as error:
-                opened = self._was_open()
-                self._events = self._stream = None
-                self._recover(error, opened)
-                continue
-            self._outage.ended()
-            if event.sequence <= self.last_sequence:
-                continue  # never hand out an event twice
-            self.last_sequence = event.sequence
-            return JobEvent.from_proto(event)
+        with self._lock:
+            while True:
+                if self._closed:
+                    raise StopIteration
+                if self._events is None:
+                    self._open()
+                assert self._events is not None
+                try:
+                    event = next(self._events)
+                except StopIteration:
+                    self.close()
+                    raise
+                except grpc.RpcError as error:
+                    opened = self._was_open()
+                    self._events = self._stream = None
+                    self._recover(error, opened)
+                    continue
+                self._outage.ended()
+                if event.sequence <= self.last_sequence:
+                    continue  # never hand out an event twice
+                self.last_sequence = event.sequence
+                return JobEvent.from_proto(event)
 
     def _open(self) -> None:
         request = jobs_pb2.WatchJobRequest(name=self.name, after_sequence=self.last_sequence)

@@ -4,16 +4,20 @@ from two threads, concurrent uploads of one dataset, a prediction stream abandon
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
+from grpc._cython import cygrpc
 
-from trainwire.client import Client, ClientClosed, NotFound
+from trainwire.client import Client, ClientClosed, DatasetInfo, JobWatch, NotFound
 from trainwire.client.aio import AsyncClient
 from trainwire.server.local import LocalServer
 
 from ..support.h2_proxy import HeldRepliesProxy
-from .conftest import blobs
+from ..support.waiting import wait_for
+from .conftest import MODEL, blobs
 
 MISSING_JOB = "jobs/" + "0" * 32  # well formed, never created: the server answers NotFound
 
@@ -99,3 +103,45 @@ def test_a_task_cancelled_as_its_async_client_closes_is_cancelled(live_server: L
         asyncio.run(scenario())
     finally:
         proxy.close()
+
+
+def waiting_for_an_event(watch: JobWatch) -> bool:
+    """Whether a thread waits inside gRPC for the watch's stream's next message."""
+    stream: Any = watch._stream  # gRPC's own: a read it waits for is in its state's `due`
+    return stream is not None and cygrpc.OperationType.receive_message in stream._state.due
+
+
+def test_one_watch_iterated_from_two_threads_hands_out_each_event_once(
+    client: Client, dataset: DatasetInfo
+) -> None:
+    """Each thread called next() on the one gRPC stream: the second, while the first waited
+    there, failed inside gRPC (`ValueError: Internal gRPC call error 8`). The second thread's
+    next() is made to come exactly then."""
+    job = client.create_job(dataset, MODEL, epochs=1, queue="nobody-listens")
+    watch = job.watch(timeout=60)
+    events: list[list[int]] = [[], []]
+    errors: list[BaseException] = []
+
+    def follow(k: int) -> None:
+        try:
+            for event in watch:
+                events[k].append(event.sequence)
+        except BaseException as error:
+            errors.append(error)
+
+    first = threading.Thread(target=follow, args=(0,))
+    first.start()
+    try:
+        wait_for(lambda: waiting_for_an_event(watch), 30, "the first thread to wait on the stream")
+        second = threading.Thread(target=follow, args=(1,))
+        second.start()
+        second.join(1)  # time to collide; with the lock it waits for its turn
+    finally:
+        job.cancel()
+    first.join(30)
+    second.join(30)
+    assert not first.is_alive() and not second.is_alive()
+    assert errors == []
+    sequences = sorted(events[0] + events[1])
+    assert sequences == list(range(1, len(sequences) + 1)) and len(sequences) >= 2
+    assert watch.last_sequence == sequences[-1]
