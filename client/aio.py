@@ -229,7 +229,7 @@ class AsyncClient:
                     return info
             except NotFound:
                 pass
-            del self._uploaded[upload.sha256]
+            self._uploaded.pop(upload.sha256, None)  # unless a concurrent call has already
         async for info in self.list_datasets():
             if upload.matches(info):
                 self._uploaded[upload.sha256] = info.name

@@ -145,3 +145,70 @@ def test_one_watch_iterated_from_two_threads_hands_out_each_event_once(
     sequences = sorted(events[0] + events[1])
     assert sequences == list(range(1, len(sequences) + 1)) and len(sequences) >= 2
     assert watch.last_sequence == sequences[-1]
+
+
+def test_concurrent_uploads_sharing_a_stale_entry_of_the_upload_cache_both_upload(
+    live_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two uploads of a dataset this client remembers, deleted since by another client: each
+    found it gone and forgot it, and the second to forget it raised KeyError. A barrier holds
+    both until each has found the entry."""
+    features, labels = blobs(rows=30, seed=41)  # data of this test alone
+    with Client(live_server.target, timeout=30) as client, Client(live_server.target) as other:
+        other.delete_dataset(client.upload_dataset(features, labels, name="stale"))
+        both_looked = threading.Barrier(2, timeout=30)
+        get_dataset = client.get_dataset
+
+        def looked_up_together(name: str | DatasetInfo) -> DatasetInfo:
+            both_looked.wait()
+            return get_dataset(name)
+
+        monkeypatch.setattr(client, "get_dataset", looked_up_together)
+        uploaded: list[DatasetInfo] = []
+        errors: list[BaseException] = []
+
+        def upload() -> None:
+            try:
+                uploaded.append(client.upload_dataset(features, labels, name="stale"))
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=upload) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        for info in uploaded:
+            other.delete_dataset(info)
+        assert errors == [] and len(uploaded) == 2
+
+
+def test_concurrent_async_uploads_sharing_a_stale_entry_of_the_upload_cache_both_upload(
+    live_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    features, labels = blobs(rows=30, seed=42)
+
+    async def scenario() -> list[DatasetInfo | BaseException]:
+        async with AsyncClient(live_server.target, timeout=30) as client:
+            with Client(live_server.target) as other:
+                data = await client.upload_dataset(features, labels, name="stale")
+                assert data.name in client._uploaded.values()  # remembered
+                other.delete_dataset(data)
+            both_looked = asyncio.Barrier(2)
+            get_dataset = client.get_dataset
+
+            async def looked_up_together(name: str | DatasetInfo) -> DatasetInfo:
+                await both_looked.wait()
+                return await get_dataset(name)
+
+            monkeypatch.setattr(client, "get_dataset", looked_up_together)
+            upload = client.upload_dataset(features, labels, name="stale")
+            again = client.upload_dataset(features, labels, name="stale")
+            results = await asyncio.gather(upload, again, return_exceptions=True)
+            for result in results:
+                if isinstance(result, DatasetInfo):
+                    await client.delete_dataset(result)
+            return results
+
+    results = asyncio.run(scenario())
+    assert [type(result) for result in results] == [DatasetInfo, DatasetInfo], results
