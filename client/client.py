@@ -733,12 +733,18 @@ class Client:
         batch). `batches` is read as the stream goes. A batch that cannot be encoded (or an
         exception of the iterable itself) ends the stream: it is raised, as it was, after the
         predictions of the batches before it. `outputs_only` as for `predict`.
+
+        `batches` is read by a thread of gRPC's. Stopping early (`close()` of this generator, or
+        a `break` out of a loop over it) cancels the stream, and that thread stops at the next
+        batch it receives: one still waiting inside the iterable for it (a live feed) cannot be
+        interrupted, and ends only once the iterable gives its next batch or ends.
         """
         if self._closed:
             raise ClientClosed(self)
         name = job_name(job)
         streamed = StreamedPrediction(name, checkpoint, self.max_message_bytes, outputs_only)
         failure: list[Exception] = []
+        ended = threading.Event()  # the call is over: no more batches are read or sent
 
         def requests() -> Iterator[predictions_pb2.PredictRequest]:
             # gRPC reads this in a thread of its own and reports what it raises as an UNKNOWN
@@ -746,6 +752,8 @@ class Client:
             # exception is raised to the caller once the batches before it are answered.
             try:
                 for batch in batches:
+                    if ended.is_set():
+                        return
                     x = as_inputs(batch)
                     if streamed.answer_row_bytes is None:  # once, after the first batch is encoded
                         streamed.describe(self.model_metadata(name, checkpoint))
@@ -763,6 +771,11 @@ class Client:
                     yield prediction
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
+        finally:
+            # The caller may stop early: end the call, rather than leave gRPC's thread reading
+            # `batches` (and sending them) for an abandoned call, as the async stream does.
+            ended.set()
+            stream.cancel()
         if failure:
             raise failure[0]
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 from grpc._cython import cygrpc
 
-from trainwire.client import Client, ClientClosed, DatasetInfo, JobWatch, NotFound
+from trainwire.client import Client, ClientClosed, DatasetInfo, Job, JobWatch, NotFound
 from trainwire.client.aio import AsyncClient
 from trainwire.server.local import LocalServer
 
@@ -212,3 +213,51 @@ def test_concurrent_async_uploads_sharing_a_stale_entry_of_the_upload_cache_both
 
     results = asyncio.run(scenario())
     assert [type(result) for result in results] == [DatasetInfo, DatasetInfo], results
+
+
+@pytest.fixture(scope="module")
+def trained(client: Client, dataset: DatasetInfo) -> Job:
+    job = client.create_job(dataset, MODEL, epochs=1, batch_size=8)
+    assert job.wait(timeout=60, poll_interval=0.1).state == "SUCCEEDED"
+    return job
+
+
+def test_a_prediction_stream_stopped_early_is_cancelled_and_stops_reading_its_batches(
+    live_server: LocalServer, trained: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sync stream's caller stopped early (`close()`, a `break`) while its live feed of
+    batches waited: the call stayed open, and gRPC's thread went on reading and sending the
+    feed's batches for no one."""
+    features, _ = blobs()
+    waiting, go_on = threading.Event(), threading.Event()
+    fed: list[threading.Thread] = []
+
+    def live_feed() -> Iterator[np.ndarray]:
+        yield features[:2]
+        waiting.set()
+        go_on.wait(60)  # a feed with nothing new yet
+        while True:
+            fed.append(threading.current_thread())
+            yield features[:2]
+            if len(fed) >= 3:
+                go_on.clear()
+                go_on.wait(60)
+
+    with Client(live_server.target, timeout=60) as client:
+        invoke = client._rpc.predict_stream
+        calls: list[Any] = []
+
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            calls.append(invoke(*args, **kwargs))
+            return calls[-1]
+
+        monkeypatch.setattr(client._rpc, "predict_stream", recorded)
+        predictions = client.predict_stream(trained, live_feed())
+        assert len(next(predictions).outputs) == 2
+        assert waiting.wait(30), "gRPC's thread never asked for a second batch"
+        predictions.close()  # the caller stops, the feed waiting
+        assert calls[0].cancelled(), "the call is left open"
+        go_on.set()  # the feed's next batch: gRPC's thread takes it, and sends no more
+        wait_for(lambda: len(fed) > 0, 30, "the feed's next batch to be taken")
+        fed[0].join(30)
+        assert not fed[0].is_alive() and len(fed) == 1, "gRPC's thread reads on"
