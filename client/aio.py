@@ -23,6 +23,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
+    Iterator,
     Mapping,
     Sequence,
 )
@@ -161,7 +162,8 @@ class AsyncClient:
                 raise ClientClosed(self)
             timeout_s = attempts.next_timeout()
             try:
-                return await method(request, timeout=timeout_s, metadata=self._metadata)
+                with closing_raises_client_closed(self):
+                    return await method(request, timeout=timeout_s, metadata=self._metadata)
             except grpc.aio.AioRpcError as error:
                 code, details = status_of(error)
                 if gone_on_retry is not None and is_gone(answer_lost, code):
@@ -227,7 +229,7 @@ class AsyncClient:
                     return info
             except NotFound:
                 pass
-            del self._uploaded[upload.sha256]
+            self._uploaded.pop(upload.sha256, None)  # unless a concurrent call has already
         async for info in self.list_datasets():
             if upload.matches(info):
                 self._uploaded[upload.sha256] = info.name
@@ -453,10 +455,11 @@ class AsyncClient:
 
         call.add_done_callback(stop_writing)
         try:
-            async for response in call:
-                prediction = streamed.answered(response)
-                if prediction is not None:
-                    yield prediction
+            with closing_raises_client_closed(self):
+                async for response in call:
+                    prediction = streamed.answered(response)
+                    if prediction is not None:
+                        yield prediction
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
         finally:
@@ -465,6 +468,28 @@ class AsyncClient:
             call.cancel()
         if failure:
             raise failure[0]
+
+
+def cancelled_by_close(closed: bool) -> bool:
+    """In an `except asyncio.CancelledError`: whether the error is a `close()`'s (`closed`: of
+    the client or of a watch), which cancels the calls in flight, and grpc.aio then raises
+    CancelledError in the tasks awaiting them though no one cancelled those tasks; not a
+    cancellation of the current task itself, which must go on."""
+    task = asyncio.current_task()
+    return closed and (task is None or not task.cancelling())
+
+
+@contextlib.contextmanager
+def closing_raises_client_closed(client: AsyncClient) -> Iterator[None]:
+    """Around the awaits of a call on `client`'s channel: its close() from another task is
+    `ClientClosed` there, not a bare CancelledError (which a caller's `except TrainwireError`
+    missed, and took for its own task's cancellation)."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        if cancelled_by_close(client._closed):
+            raise ClientClosed(client) from None
+        raise
 
 
 async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
@@ -523,22 +548,22 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
                 )
                 self._events = self._stream.__aiter__()
             assert self._events is not None
-            try:
-                event = await anext(self._events)
-            except StopAsyncIteration:
-                self.close()
-                raise
-            except asyncio.CancelledError:
-                # close() from another task cancels the call, which grpc.aio reports as a
-                # CancelledError here; a cancellation of this task itself must go on.
-                task = asyncio.current_task()
-                if self._closed and (task is None or not task.cancelling()):
-                    raise StopAsyncIteration from None
-                raise
-            except grpc.aio.AioRpcError as error:
-                self._stream = self._events = None
-                await self._recover(error, watch_was_open(error.initial_metadata()))
-                continue
+            # close() from another task, of this watch (which then ends) or of its client, cancels
+            # the call, which grpc.aio reports as a CancelledError here.
+            with closing_raises_client_closed(self.client):
+                try:
+                    event = await anext(self._events)
+                except StopAsyncIteration:
+                    self.close()
+                    raise
+                except asyncio.CancelledError:
+                    if cancelled_by_close(self._closed):
+                        raise StopAsyncIteration from None
+                    raise
+                except grpc.aio.AioRpcError as error:
+                    self._stream = self._events = None
+                    await self._recover(error, watch_was_open(error.initial_metadata()))
+                    continue
             self._outage.ended()
             if event.sequence <= self.last_sequence:
                 continue

@@ -12,10 +12,11 @@ import logging
 import math
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import grpc
 import numpy as np
@@ -84,6 +85,7 @@ MIN_MESSAGE_BYTES = 64 * 1024
 MAX_MESSAGE_BYTES = 2**31 - 1
 
 log = logging.getLogger("trainwire.client")
+P = ParamSpec("P")
 Q = TypeVar("Q")
 R = TypeVar("R")
 
@@ -324,7 +326,8 @@ class Client:
         self.watch_reconnect_s = watch_reconnect_s
         self._metadata = auth_metadata(api_key)  # checked before a channel is opened
         # Checked before each call, for an SDK error in place of gRPC's raw ValueError; a flag,
-        # not a lock: a call racing close() is cancelled as the calls in flight are.
+        # not a lock: a call racing close() is cancelled as the calls in flight are, or refused
+        # by gRPC, which `_invoke` reports as `ClientClosed` too.
         self._closed = False
         options = channel_options(max_message_bytes)
         credentials = channel_credentials(tls, client_cert)
@@ -358,6 +361,20 @@ class Client:
         self._closed = True
         self._channel.close()
 
+    def _invoke(self, method: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """`method(*args, **kwargs)`, an RPC invoked on the channel, as every call of this client
+        is: `ClientClosed` once the client is closed. The check and the invocation are two steps:
+        a close() from another thread between them makes gRPC refuse the call with its own
+        ValueError ("Cannot invoke RPC: Channel closed!"), which is `ClientClosed` too."""
+        if self._closed:
+            raise ClientClosed(self)
+        try:
+            return method(*args, **kwargs)
+        except ValueError:
+            if self._closed:
+                raise ClientClosed(self) from None
+            raise
+
     def _call(
         self,
         method: Callable[..., R],
@@ -375,7 +392,9 @@ class Client:
             if self._closed:  # also between attempts: close() may come during a retry's sleep
                 raise ClientClosed(self)
             try:
-                return method(request, timeout=attempts.next_timeout(), metadata=self._metadata)
+                return self._invoke(
+                    method, request, timeout=attempts.next_timeout(), metadata=self._metadata
+                )
             except grpc.RpcError as error:
                 code, details = status_of(error)
                 if gone_on_retry is not None and is_gone(answer_lost, code):
@@ -500,7 +519,7 @@ class Client:
                     return info
             except NotFound:
                 pass
-            del self._uploaded[upload.sha256]
+            self._uploaded.pop(upload.sha256, None)  # unless a concurrent call has already
         for info in self.list_datasets():
             if upload.matches(info):
                 self._uploaded[upload.sha256] = info.name
@@ -715,12 +734,18 @@ class Client:
         batch). `batches` is read as the stream goes. A batch that cannot be encoded (or an
         exception of the iterable itself) ends the stream: it is raised, as it was, after the
         predictions of the batches before it. `outputs_only` as for `predict`.
+
+        `batches` is read by a thread of gRPC's. Stopping early (`close()` of this generator, or
+        a `break` out of a loop over it) cancels the stream, and that thread stops at the next
+        batch it receives: one still waiting inside the iterable for it (a live feed) cannot be
+        interrupted, and ends only once the iterable gives its next batch or ends.
         """
         if self._closed:
             raise ClientClosed(self)
         name = job_name(job)
         streamed = StreamedPrediction(name, checkpoint, self.max_message_bytes, outputs_only)
         failure: list[Exception] = []
+        ended = threading.Event()  # the call is over: no more batches are read or sent
 
         def requests() -> Iterator[predictions_pb2.PredictRequest]:
             # gRPC reads this in a thread of its own and reports what it raises as an UNKNOWN
@@ -728,6 +753,8 @@ class Client:
             # exception is raised to the caller once the batches before it are answered.
             try:
                 for batch in batches:
+                    if ended.is_set():
+                        return
                     x = as_inputs(batch)
                     if streamed.answer_row_bytes is None:  # once, after the first batch is encoded
                         streamed.describe(self.model_metadata(name, checkpoint))
@@ -735,7 +762,9 @@ class Client:
             except Exception as error:
                 failure.append(error)
 
-        stream = self._rpc.predict_stream(requests(), timeout=self.timeout, metadata=self._metadata)
+        stream = self._invoke(
+            self._rpc.predict_stream, requests(), timeout=self.timeout, metadata=self._metadata
+        )
         try:
             for response in stream:
                 prediction = streamed.answered(response)
@@ -743,6 +772,11 @@ class Client:
                     yield prediction
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
+        finally:
+            # The caller may stop early: end the call, rather than leave gRPC's thread reading
+            # `batches` (and sending them) for an abandoned call, as the async stream does.
+            ended.set()
+            stream.cancel()
         if failure:
             raise failure[0]
 
@@ -752,7 +786,8 @@ class JobWatch(Iterator[JobEvent]):
     restarts.
 
     It ends when the job finishes. `last_sequence` is the last event returned and `reconnects`
-    how many times the stream was re-opened. `close()` stops it (and cancels the stream).
+    how many times the stream was re-opened. `close()` stops it (and cancels the stream), from
+    any thread. Threads sharing one watch take its events in turn, each event once.
     """
 
     def __init__(
@@ -776,40 +811,43 @@ class JobWatch(Iterator[JobEvent]):
         # fails as a unary call does (see `Outage`).
         self._outage = Outage(f"watching {name}", client.watch_reconnect_s, reached=False)
         self._closed = False
+        # One thread at a time in `__next__`: gRPC's stream takes one reader at a time (a second
+        # one failed inside gRPC, "Internal gRPC call error 8"), and `last_sequence` is read and
+        # set there. `close()` takes no lock, so that it cancels a stream another thread waits on.
+        self._lock = threading.Lock()
 
     def __iter__(self) -> JobWatch:
         return self
 
     def __next__(self) -> JobEvent:
-        while True:
-            if self._closed:
-                raise StopIteration
-            if self._events is None:
-                self._open()
-            assert self._events is not None
-            try:
-                event = next(self._events)
-            except StopIteration:
-                self.close()
-                raise
-            except grpc.RpcError as error:
-                opened = self._was_open()
-                self._events = self._stream = None
-                self._recover(error, opened)
-                continue
-            self._outage.ended()
-            if event.sequence <= self.last_sequence:
-                continue  # never hand out an event twice
-            self.last_sequence = event.sequence
-            return JobEvent.from_proto(event)
+        with self._lock:
+            while True:
+                if self._closed:
+                    raise StopIteration
+                if self._events is None:
+                    self._open()
+                assert self._events is not None
+                try:
+                    event = next(self._events)
+                except StopIteration:
+                    self.close()
+                    raise
+                except grpc.RpcError as error:
+                    opened = self._was_open()
+                    self._events = self._stream = None
+                    self._recover(error, opened)
+                    continue
+                self._outage.ended()
+                if event.sequence <= self.last_sequence:
+                    continue  # never hand out an event twice
+                self.last_sequence = event.sequence
+                return JobEvent.from_proto(event)
 
     def _open(self) -> None:
-        if self.client._closed:
-            raise ClientClosed(self.client)
         request = jobs_pb2.WatchJobRequest(name=self.name, after_sequence=self.last_sequence)
         remaining = None if self._deadline is None else max(self._deadline - time.monotonic(), 0)
-        stream = self.client._rpc.watch_job(
-            request, timeout=remaining, metadata=self.client._metadata
+        stream = self.client._invoke(
+            self.client._rpc.watch_job, request, timeout=remaining, metadata=self.client._metadata
         )
         self._stream = stream
         self._events = iter(stream)

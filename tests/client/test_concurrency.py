@@ -1,0 +1,263 @@
+"""The SDK's clients shared between threads and tasks: a close() racing calls, one watch iterated
+from two threads, concurrent uploads of one dataset, a prediction stream abandoned early."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from grpc._cython import cygrpc
+
+from trainwire.client import Client, ClientClosed, DatasetInfo, Job, JobWatch, NotFound
+from trainwire.client.aio import AsyncClient
+from trainwire.server.local import LocalServer
+
+from ..support.h2_proxy import HeldRepliesProxy
+from ..support.waiting import wait_for
+from .conftest import MODEL, blobs
+
+MISSING_JOB = "jobs/" + "0" * 32  # well formed, never created: the server answers NotFound
+
+
+@pytest.mark.parametrize("rpc", ["get_dataset", "predict_stream", "watch_job"])
+def test_a_call_racing_close_from_another_thread_raises_client_closed(
+    live_server: LocalServer, monkeypatch: pytest.MonkeyPatch, rpc: str
+) -> None:
+    """A call checks that its client is open, then invokes the RPC: a close() from another thread
+    between the two made gRPC refuse the call with its own ValueError ("Cannot invoke RPC: Channel
+    closed!"), no SDK error. The close() is made to come exactly there."""
+    features, _ = blobs()
+    client = Client(live_server.target, timeout=10)
+    invoke = getattr(client._rpc, rpc)
+
+    def closed_meanwhile(*args: object, **kwargs: object) -> object:
+        client.close()  # as another thread's, once the call has found the client open
+        return invoke(*args, **kwargs)
+
+    monkeypatch.setattr(client._rpc, rpc, closed_meanwhile)
+    calls = {
+        "get_dataset": lambda: client.get_dataset("datasets/any"),
+        "predict_stream": lambda: list(client.predict_stream(MISSING_JOB, [features])),
+        "watch_job": lambda: list(client.watch_job(MISSING_JOB)),
+    }
+    with pytest.raises(ClientClosed, match=r"^Client\('.*'\) is closed"):
+        calls[rpc]()
+
+
+ASYNC_CALLS: dict[str, Callable[[AsyncClient], Awaitable[object]]] = {
+    "unary": lambda client: client.get_job(MISSING_JOB),
+    "predict": lambda client: client.predict(MISSING_JOB, blobs()[0]),
+    "stream": lambda client: anext(client.predict_stream(MISSING_JOB, [blobs()[0]])),
+    "watch": lambda client: anext(client.watch_job(MISSING_JOB)),
+}
+
+
+@pytest.mark.parametrize("kind", ASYNC_CALLS)
+def test_calls_in_flight_when_an_async_client_closes_raise_client_closed(
+    live_server: LocalServer, kind: str
+) -> None:
+    """close() cancels the calls in flight, which grpc.aio reported to the tasks awaiting them as
+    a bare CancelledError, though no one had cancelled those tasks: a caller's `except
+    TrainwireError` missed it. The proxy holds the server's answers, so the call is in flight."""
+    host, port = live_server.target.rsplit(":", 1)
+    proxy = HeldRepliesProxy(host, int(port))
+
+    async def scenario() -> None:
+        client = AsyncClient(f"127.0.0.1:{proxy.port}", timeout=30)
+        with pytest.raises(NotFound):
+            await client.job_status(MISSING_JOB)  # connected
+        proxy.hold()
+        call = asyncio.create_task(ASYNC_CALLS[kind](client))
+        # The server has answered (the stream's model_metadata): the answer is held, the call on.
+        assert await asyncio.to_thread(proxy.stream_ended.wait, 30), "never answered"
+        await client.close()
+        with pytest.raises(ClientClosed, match=r"^AsyncClient\('.*'\) is closed"):
+            await call
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        proxy.close()
+
+
+def test_a_task_cancelled_as_its_async_client_closes_is_cancelled(live_server: LocalServer) -> None:
+    host, port = live_server.target.rsplit(":", 1)
+    proxy = HeldRepliesProxy(host, int(port))
+
+    async def scenario() -> None:
+        client = AsyncClient(f"127.0.0.1:{proxy.port}", timeout=30)
+        with pytest.raises(NotFound):
+            await client.job_status(MISSING_JOB)
+        proxy.hold()
+        call = asyncio.create_task(client.get_job(MISSING_JOB))
+        assert await asyncio.to_thread(proxy.stream_ended.wait, 30), "never answered"
+        call.cancel()
+        await client.close()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        proxy.close()
+
+
+def waiting_for_an_event(watch: JobWatch) -> bool:
+    """Whether a thread waits inside gRPC for the watch's stream's next message."""
+    stream: Any = watch._stream  # gRPC's own: a read it waits for is in its state's `due`
+    return stream is not None and cygrpc.OperationType.receive_message in stream._state.due
+
+
+def test_one_watch_iterated_from_two_threads_hands_out_each_event_once(
+    client: Client, dataset: DatasetInfo
+) -> None:
+    """Each thread called next() on the one gRPC stream: the second, while the first waited
+    there, failed inside gRPC (`ValueError: Internal gRPC call error 8`). The second thread's
+    next() is made to come exactly then."""
+    job = client.create_job(dataset, MODEL, epochs=1, queue="nobody-listens")
+    watch = job.watch(timeout=60)
+    events: list[list[int]] = [[], []]
+    errors: list[BaseException] = []
+
+    def follow(k: int) -> None:
+        try:
+            for event in watch:
+                events[k].append(event.sequence)
+        except BaseException as error:
+            errors.append(error)
+
+    first = threading.Thread(target=follow, args=(0,))
+    first.start()
+    try:
+        wait_for(lambda: waiting_for_an_event(watch), 30, "the first thread to wait on the stream")
+        second = threading.Thread(target=follow, args=(1,))
+        second.start()
+        second.join(1)  # time to collide; with the lock it waits for its turn
+    finally:
+        job.cancel()
+    first.join(30)
+    second.join(30)
+    assert not first.is_alive() and not second.is_alive()
+    assert errors == []
+    sequences = sorted(events[0] + events[1])
+    assert sequences == list(range(1, len(sequences) + 1)) and len(sequences) >= 2
+    assert watch.last_sequence == sequences[-1]
+
+
+def test_concurrent_uploads_sharing_a_stale_entry_of_the_upload_cache_both_upload(
+    live_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two uploads of a dataset this client remembers, deleted since by another client: each
+    found it gone and forgot it, and the second to forget it raised KeyError. A barrier holds
+    both until each has found the entry."""
+    features, labels = blobs(rows=30, seed=41)  # data of this test alone
+    with Client(live_server.target, timeout=30) as client, Client(live_server.target) as other:
+        other.delete_dataset(client.upload_dataset(features, labels, name="stale"))
+        both_looked = threading.Barrier(2, timeout=30)
+        get_dataset = client.get_dataset
+
+        def looked_up_together(name: str | DatasetInfo) -> DatasetInfo:
+            both_looked.wait()
+            return get_dataset(name)
+
+        monkeypatch.setattr(client, "get_dataset", looked_up_together)
+        uploaded: list[DatasetInfo] = []
+        errors: list[BaseException] = []
+
+        def upload() -> None:
+            try:
+                uploaded.append(client.upload_dataset(features, labels, name="stale"))
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=upload) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        for info in uploaded:
+            other.delete_dataset(info)
+        assert errors == [] and len(uploaded) == 2
+
+
+def test_concurrent_async_uploads_sharing_a_stale_entry_of_the_upload_cache_both_upload(
+    live_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    features, labels = blobs(rows=30, seed=42)
+
+    async def scenario() -> list[DatasetInfo | BaseException]:
+        async with AsyncClient(live_server.target, timeout=30) as client:
+            with Client(live_server.target) as other:
+                data = await client.upload_dataset(features, labels, name="stale")
+                assert data.name in client._uploaded.values()  # remembered
+                other.delete_dataset(data)
+            both_looked = asyncio.Barrier(2)
+            get_dataset = client.get_dataset
+
+            async def looked_up_together(name: str | DatasetInfo) -> DatasetInfo:
+                await both_looked.wait()
+                return await get_dataset(name)
+
+            monkeypatch.setattr(client, "get_dataset", looked_up_together)
+            upload = client.upload_dataset(features, labels, name="stale")
+            again = client.upload_dataset(features, labels, name="stale")
+            results = await asyncio.gather(upload, again, return_exceptions=True)
+            for result in results:
+                if isinstance(result, DatasetInfo):
+                    await client.delete_dataset(result)
+            return results
+
+    results = asyncio.run(scenario())
+    assert [type(result) for result in results] == [DatasetInfo, DatasetInfo], results
+
+
+@pytest.fixture(scope="module")
+def trained(client: Client, dataset: DatasetInfo) -> Job:
+    job = client.create_job(dataset, MODEL, epochs=1, batch_size=8)
+    assert job.wait(timeout=60, poll_interval=0.1).state == "SUCCEEDED"
+    return job
+
+
+def test_a_prediction_stream_stopped_early_is_cancelled_and_stops_reading_its_batches(
+    live_server: LocalServer, trained: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sync stream's caller stopped early (`close()`, a `break`) while its live feed of
+    batches waited: the call stayed open, and gRPC's thread went on reading and sending the
+    feed's batches for no one."""
+    features, _ = blobs()
+    waiting, go_on = threading.Event(), threading.Event()
+    fed: list[threading.Thread] = []
+
+    def live_feed() -> Iterator[np.ndarray]:
+        yield features[:2]
+        waiting.set()
+        go_on.wait(60)  # a feed with nothing new yet
+        while True:
+            fed.append(threading.current_thread())
+            yield features[:2]
+            if len(fed) >= 3:
+                go_on.clear()
+                go_on.wait(60)
+
+    with Client(live_server.target, timeout=60) as client:
+        invoke = client._rpc.predict_stream
+        calls: list[Any] = []
+
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            calls.append(invoke(*args, **kwargs))
+            return calls[-1]
+
+        monkeypatch.setattr(client._rpc, "predict_stream", recorded)
+        predictions = client.predict_stream(trained, live_feed())
+        assert len(next(predictions).outputs) == 2
+        assert waiting.wait(30), "gRPC's thread never asked for a second batch"
+        predictions.close()  # the caller stops, the feed waiting
+        assert calls[0].cancelled(), "the call is left open"
+        go_on.set()  # the feed's next batch: gRPC's thread takes it, and sends no more
+        wait_for(lambda: len(fed) > 0, 30, "the feed's next batch to be taken")
+        fed[0].join(30)
+        assert not fed[0].is_alive() and len(fed) == 1, "gRPC's thread reads on"
