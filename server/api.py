@@ -44,12 +44,12 @@ from .convert import (
     without_layers_past,
 )
 from .datasets import DatasetService, Upload
-from .errors import DeadlineExceeded, ResourceExhausted
+from .errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from .jobs import WATCH_POLL_S, JobService
 from .predictions import Prediction, PredictionService, Served, ServedPin
 from .records import Dataset, Job, JobEvent, TaskKind
 from .store import best_checkpoint
-from .wrappers import in_pool
+from .wrappers import Draining, in_pool
 
 # A message of a client stream.
 Message = TypeVar("Message")
@@ -235,11 +235,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         predictions: PredictionService,
         watches: ClientLimiter,
         executor: Executor,
+        draining: Draining,
     ) -> None:
         self.jobs = jobs
         self.predictions = predictions
         self.watches = watches
         self.executor = executor
+        self.draining = draining  # a stopping server's: its watches end UNAVAILABLE
         self.max_answer_bytes = jobs.settings.max_answer_bytes()
 
     def _job_to_proto(self, job: Job) -> jobs_pb2.Job:
@@ -289,6 +291,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             after = request.after_sequence
             while True:
                 check_key_still_active()
+                if self.draining.closed:
+                    # Left open, a watch held the stop for its whole grace period and then
+                    # ended CANCELLED, which clients do not reconnect on: UNAVAILABLE, which
+                    # they do, reconnects it to the restarted server (or another one).
+                    raise Unavailable(
+                        "the server is shutting down; watch again after the last event received"
+                    )
                 events, over = await in_pool(
                     self.executor, self.jobs.new_events, job_id, after, project
                 )

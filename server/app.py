@@ -140,6 +140,7 @@ class RunningServer:
                 "peer of an open server",
             ),
             self.executor,
+            self.draining,
         )
         datasets = DatasetServicer(
             DatasetService(self.store, settings),

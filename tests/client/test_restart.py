@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import pytest
 
 from trainwire.client import Client, Unavailable
@@ -30,6 +31,7 @@ from trainwire.server.db import Database
 from trainwire.server.local import LocalServer, local_server
 from trainwire.server.migrate import ensure_migrated
 from trainwire.server.store import Store
+from trainwire.v1 import jobs_pb2, jobs_pb2_grpc
 
 from ..support.tcp_proxy import TcpProxy
 from ..support.waiting import wait_for
@@ -387,3 +389,44 @@ def test_calls_in_flight_across_a_graceful_restart_are_never_cancelled(tmp_path:
             if server is not None:
                 server.stop(0)
     assert all(outcome in (job, "Unavailable") for outcome in outcomes), outcomes
+
+
+def test_a_stopping_server_ends_open_watches_unavailable_and_they_go_on_after_it(
+    tmp_path: Path,
+) -> None:
+    """A stopping server held an open watch for its whole grace period, every graceful
+    restart of a server someone watched taking that much longer, then cut it. It now ends the
+    watch UNAVAILABLE, saying why, at its next poll; the SDK's watch re-opens on the restarted
+    server and goes on, the event made there reaching it, none repeated."""
+    url = f"sqlite:///{tmp_path / 'trainwire.db'}"
+    first: RunningServer | None = _running_server(url, 0)
+    assert first is not None
+    port = first.port
+    second: RunningServer | None = None
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=30) as client:
+            job = client.create_job(client.upload_dataset(*blobs()), MODEL, epochs=5)
+            watch = job.watch(timeout=60)
+            seen = [next(watch)]  # QUEUED: no worker takes it, so the job stays quiet
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                raw = jobs_pb2_grpc.JobServiceStub(channel).WatchJob(
+                    jobs_pb2.WatchJobRequest(name=job.name, after_sequence=1), timeout=60
+                )
+                with ThreadPoolExecutor(2) as pool:
+                    following = pool.submit(lambda: [event.state for event in watch])
+                    stopping = pool.submit(first.stop, STOP_GRACE_S)
+                    with pytest.raises(grpc.RpcError) as ended:
+                        next(raw)
+                    stopping.result(timeout=60)
+                    first = None
+                    second = _running_server(url, port)
+                    job.cancel()  # made on the restarted server: CANCELLED, and the watch ends
+                    states = following.result(timeout=60)
+    finally:
+        for server in (first, second):
+            if server is not None:
+                server.stop(0)
+    assert ended.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "the server is shutting down" in ended.value.details()
+    assert [event.state for event in seen] + states == ["QUEUED", "CANCELLED"]
+    assert watch.reconnects >= 1
