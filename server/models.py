@@ -49,7 +49,7 @@ class DatasetRow(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     # The project of the API key that uploaded it ("default" when the server runs without keys).
-    project: Mapped[str] = mapped_column(String(64), index=True, server_default="default")
+    project: Mapped[str] = mapped_column(String(64), server_default="default")
     display_name: Mapped[str] = mapped_column(String(256), default="")
     task: Mapped[str] = mapped_column(String(32))
     num_classes: Mapped[int] = mapped_column(Integer, default=0)
@@ -91,7 +91,7 @@ class JobRow(Base):
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    project: Mapped[str] = mapped_column(String(64), index=True, server_default="default")
+    project: Mapped[str] = mapped_column(String(64), server_default="default")
     display_name: Mapped[str] = mapped_column(String(256), default="")
     # NULL once the dataset is deleted; a finished job keeps its model and `target`.
     dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))

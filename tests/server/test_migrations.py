@@ -512,9 +512,10 @@ def test_0010_downgrades_to_the_claim_index_and_upgrades_again(empty_database_ur
 
     upgrade(empty_database_url)
     assert listing | {"ix_datasets_project_created_at_id"} <= indexes()
-    assert "ix_jobs_claim" not in indexes()
+    earlier = {"ix_jobs_claim", "ix_jobs_project", "ix_datasets_project"}
+    assert not earlier & indexes()
     command.downgrade(alembic_config(empty_database_url), "0009")
     assert not (listing | {"ix_datasets_project_created_at_id"}) & indexes()
-    assert "ix_jobs_claim" in indexes()
+    assert earlier <= indexes()
     upgrade(empty_database_url)
     test_migrations_match_models(empty_database_url)
