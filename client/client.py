@@ -811,6 +811,8 @@ class JobWatch(Iterator[JobEvent]):
         # fails as a unary call does (see `Outage`).
         self._outage = Outage(f"watching {name}", client.watch_reconnect_s, reached=False)
         self._closed = False
+        # Set by `close()`: it ends a wait before reconnecting, which another thread may be in.
+        self._woken = threading.Event()
         # One thread at a time in `__next__`: gRPC's stream takes one reader at a time (a second
         # one failed inside gRPC, "Internal gRPC call error 8"), and `last_sequence` is read and
         # set there. `close()` takes no lock, so that it cancels a stream another thread waits on.
@@ -824,11 +826,9 @@ class JobWatch(Iterator[JobEvent]):
             while True:
                 if self._closed:
                     raise StopIteration
-                if self._events is None:
-                    self._open()
-                assert self._events is not None
+                events = self._events if self._events is not None else self._open()
                 try:
-                    event = next(self._events)
+                    event = next(events)
                 except StopIteration:
                     self.close()
                     raise
@@ -843,14 +843,19 @@ class JobWatch(Iterator[JobEvent]):
                 self.last_sequence = event.sequence
                 return JobEvent.from_proto(event)
 
-    def _open(self) -> None:
+    def _open(self) -> Iterator[jobs_pb2.JobEvent]:
         request = jobs_pb2.WatchJobRequest(name=self.name, after_sequence=self.last_sequence)
         remaining = None if self._deadline is None else max(self._deadline - time.monotonic(), 0)
         stream = self.client._invoke(
             self.client._rpc.watch_job, request, timeout=remaining, metadata=self.client._metadata
         )
         self._stream = stream
+        if self._closed:
+            # A close() in another thread since the check in `__next__` found no stream to
+            # cancel: this one would go on, and hand out an event after close().
+            cast("grpc.Future[jobs_pb2.JobEvent]", stream).cancel()
         self._events = iter(stream)
+        return self._events
 
     def _was_open(self) -> bool:
         """Whether the current (failed) stream had been opened by the server."""
@@ -879,14 +884,17 @@ class JobWatch(Iterator[JobEvent]):
             raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None
         log.info("watch of %s lost (%s); reconnecting in %.2fs", self.name, code, delay)
         self.reconnects += 1
-        time.sleep(delay)
+        self._woken.wait(delay)  # cut short by close()
 
     def close(self) -> None:
-        """Stops the watch and cancels its stream."""
+        """Stops the watch and cancels its stream. From another thread it takes effect while
+        `__next__` waits for an event or to reconnect, and the stream it may be opening meanwhile
+        is cancelled by `_open`; it leaves the stream in place (that thread may be reading it)."""
         self._closed = True
-        if self._stream is not None:
-            cast("grpc.Future[jobs_pb2.JobEvent]", self._stream).cancel()
-        self._stream = self._events = None
+        self._woken.set()
+        stream = self._stream
+        if stream is not None:
+            cast("grpc.Future[jobs_pb2.JobEvent]", stream).cancel()
 
 
 class JobWaiting:

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from grpc._cython import cygrpc
@@ -146,6 +147,80 @@ def test_one_watch_iterated_from_two_threads_hands_out_each_event_once(
     sequences = sorted(events[0] + events[1])
     assert sequences == list(range(1, len(sequences) + 1)) and len(sequences) >= 2
     assert watch.last_sequence == sequences[-1]
+
+
+def test_a_watch_closed_while_it_opens_its_stream_hands_out_nothing(
+    client: Client, dataset: DatasetInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A close() from another thread after `__next__` found the watch open, and before the
+    stream it was opening was stored, found no stream to cancel: the stream went on, and the
+    watch handed out the job's QUEUED event after close(). The close() is made to come there."""
+    job = client.create_job(dataset, MODEL, epochs=1, queue="nobody-listens")
+    watch = job.watch(timeout=60)
+    watch_job = client._rpc.watch_job
+
+    def closed_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        watch.close()  # as another thread's, once the watch has found itself open
+        return watch_job(*args, **kwargs)
+
+    monkeypatch.setattr(client._rpc, "watch_job", closed_meanwhile)
+    try:
+        assert list(watch) == []
+    finally:
+        job.cancel()
+
+
+def test_a_watch_closed_while_it_waits_to_reconnect_ends_at_once(
+    client: Client, dataset: DatasetInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watch whose stream failed waits before re-opening it, holding its lock: a close() from
+    another thread was seen only once the wait was over (up to the backoff's ceiling), by it
+    and by every thread queued behind it. The wait here would be an hour."""
+    job = client.create_job(dataset, MODEL, epochs=1, queue="nobody-listens")
+    watch = job.watch(timeout=None)
+    waits: list[float] = []
+
+    def dropped(*args: Any, **kwargs: Any) -> Any:
+        return _DroppedStream()
+
+    def an_hour(error: Exception) -> float:
+        waits.append(3600.0)
+        return 3600.0
+
+    monkeypatch.setattr(client._rpc, "watch_job", dropped)
+    monkeypatch.setattr(watch._outage, "next_delay", an_hour)
+    follower = threading.Thread(target=lambda: list(watch), daemon=True)
+    follower.start()
+    try:
+        wait_for(lambda: waits, 30, "the watch to wait before reconnecting")
+        watch.close()
+        follower.join(30)
+        assert not follower.is_alive(), "still waiting to reconnect after close()"
+    finally:
+        job.cancel()
+
+
+class _DroppedStream(grpc.RpcError):
+    """A stream that fails at its first read as a dropped connection does (UNAVAILABLE), before
+    the server opened it."""
+
+    def __iter__(self) -> _DroppedStream:
+        return self
+
+    def __next__(self) -> Any:
+        raise self
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "connection dropped"
+
+    def initial_metadata(self) -> tuple[()]:
+        return ()
+
+    def cancel(self) -> bool:
+        return False
 
 
 def test_concurrent_uploads_sharing_a_stale_entry_of_the_upload_cache_both_upload(
