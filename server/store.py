@@ -430,7 +430,8 @@ def _claim_statement(sqlite: bool, with_queues: bool) -> Any:
     row.
 
     Built once per variant with bound parameters: the claim is the queue's hot path. The
-    candidate is the first row of the partial index ix_jobs_queued(_by_queue), whose condition
+    candidate is the first row of the partial index ix_jobs_queued(_by_queue) (for every queue or
+    one; several queues' QUEUED jobs are read, and on SQLite sorted), whose condition
     and order it says exactly. SQLite without statistics (no ANALYZE) took ix_jobs_lease for
     `state = 'QUEUED'` (a few rows, it guessed) and sorted every QUEUED job: `likely()` tells
     its planner the condition holds for most rows, and it reads the partial index instead.
