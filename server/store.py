@@ -917,7 +917,10 @@ class Store:
         return rescued
 
     def cancel_job(self, job_id: str, project: str | None = None) -> Job:
-        """QUEUED becomes CANCELLED at once; RUNNING becomes CANCELLING for its worker to stop."""
+        """QUEUED becomes CANCELLED at once; RUNNING becomes CANCELLING for its worker to stop.
+        A job already CANCELLING or CANCELLED is answered as it is: a client's retry of a cancel
+        whose answer was lost (a dropped connection, a server stopping) must not report that
+        cancel as refused. A job that ended otherwise cannot be cancelled."""
         now = utcnow()
         with self._api_write(job_id) as session:
             row = self._job_row(session, job_id, project, lock=_LOCK_TO_UPDATE)
@@ -932,7 +935,7 @@ class Store:
                 row.state = JobState.CANCELLING.value
                 row.updated_at = now
                 self._event_for(session, row, "cancel requested; stopping at the next batch")
-            elif state.is_finished:
+            elif state.is_finished and state is not JobState.CANCELLED:
                 raise FailedPrecondition(
                     f"jobs/{job_id} is already {state.value} and cannot be cancelled"
                 )

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from trainwire.client import Client, DatasetInfo, FailedPrecondition, Job
+from trainwire.client import Client, DatasetInfo, Job
 from trainwire.engine import load_state
 from trainwire.server.db import Database
 from trainwire.server.local import LocalServer, local_server
@@ -188,8 +188,7 @@ def test_cancel_queued_and_running_jobs(cluster: Cluster) -> None:
     data = slow_dataset(cluster.client)
     queued = cluster.client.create_job(data, SLOW_MODEL, queue="nobody-listens")
     assert queued.cancel().state == "CANCELLED"
-    with pytest.raises(FailedPrecondition, match="already CANCELLED"):
-        queued.cancel()
+    assert queued.cancel().state == "CANCELLED", "a cancel retried after a lost answer"
 
     running = submit_slow(cluster.client, data, epochs=200)
     wait_for(lambda: running_epoch(running) >= 1, 120, "epoch 1")

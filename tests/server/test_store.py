@@ -670,9 +670,18 @@ def test_release_hands_a_running_job_back_without_costing_an_attempt(store: Stor
 def test_cancel_rules(store: Store) -> None:
     dataset = make_dataset(store)
     queued = store.create_job(make_job(store, dataset))
-    assert store.cancel_job(queued.id).state is JobState.CANCELLED
-    with pytest.raises(FailedPrecondition, match="already CANCELLED"):
-        store.cancel_job(queued.id)
+    cancelled = store.cancel_job(queued.id)
+    assert cancelled.state is JobState.CANCELLED
+    events = store.job_events(queued.id)
+    # Again (a retry whose first answer was lost): the job as it is, nothing more recorded.
+    assert store.cancel_job(queued.id) == cancelled
+    assert store.job_events(queued.id) == events
+    finished = store.create_job(make_job(store, dataset))
+    claim = store.claim_job("w")
+    assert claim is not None and claim.job.id == finished.id
+    store.finish_job(claim, JobState.SUCCEEDED)
+    with pytest.raises(FailedPrecondition, match="already SUCCEEDED and cannot be cancelled"):
+        store.cancel_job(finished.id)
     with pytest.raises(NotFound):
         store.cancel_job(new_id())
     assert store.claim_job("w") is None, "a cancelled job is never claimed"
