@@ -526,6 +526,7 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
         self._events: AsyncIterator[jobs_pb2.JobEvent] | None = None
         self._outage = Outage(f"watching {name}", client.watch_reconnect_s, reached=False)
         self._closed = False
+        self._woken = asyncio.Event()  # set by close(): it ends a wait before reconnecting
 
     def __aiter__(self) -> AsyncJobWatch:
         return self
@@ -589,12 +590,14 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
             raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None
         log.info("watch of %s lost (%s); reconnecting in %.2fs", self.name, code, delay)
         self.reconnects += 1
-        await asyncio.sleep(delay)
+        with contextlib.suppress(TimeoutError):  # cut short by close()
+            await asyncio.wait_for(self._woken.wait(), delay)
 
     def close(self) -> None:
         """Stops the watch and cancels its stream; an `async for` over it in another task ends
-        (as the sync watch's does when closed from another thread)."""
+        (as the sync watch's does when closed from another thread), waiting to reconnect too."""
         self._closed = True
+        self._woken.set()
         if self._stream is not None:
             self._stream.cancel()
         self._stream = self._events = None

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
+import grpc.aio
 import numpy as np
 import pytest
 from grpc._cython import cygrpc
@@ -198,6 +199,50 @@ def test_a_watch_closed_while_it_waits_to_reconnect_ends_at_once(
         assert not follower.is_alive(), "still waiting to reconnect after close()"
     finally:
         job.cancel()
+
+
+def test_an_async_watch_closed_while_it_waits_to_reconnect_ends_at_once(
+    live_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the sync watch above: an `async for` over a watch waiting to reconnect saw a close()
+    from another task only once the wait was over. The wait here would be an hour."""
+
+    async def scenario() -> None:
+        async with AsyncClient(live_server.target, timeout=30) as client:
+            watch = client.watch_job(MISSING_JOB, timeout=None)
+            waits: list[float] = []
+
+            def an_hour(error: Exception) -> float:
+                waits.append(3600.0)
+                return 3600.0
+
+            monkeypatch.setattr(client._rpc, "watch_job", lambda *a, **k: _DroppedAsyncStream())
+            monkeypatch.setattr(watch._outage, "next_delay", an_hour)
+            following = asyncio.create_task(anext(watch, None))
+            while not waits:
+                await asyncio.sleep(0.01)
+            watch.close()
+            assert await asyncio.wait_for(following, 30) is None
+
+    asyncio.run(scenario())
+
+
+class _DroppedAsyncStream:
+    """An asyncio stream that fails at its first read as a dropped connection does."""
+
+    def __aiter__(self) -> _DroppedAsyncStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            details="connection dropped",
+        )
+
+    def cancel(self) -> bool:
+        return False
 
 
 class _DroppedStream(grpc.RpcError):
