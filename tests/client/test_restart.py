@@ -24,7 +24,7 @@ import pytest
 
 from trainwire.client import Client, Unavailable
 from trainwire.client.aio import AsyncClient
-from trainwire.client.retry import RECONNECT_WINDOW_S
+from trainwire.client.retry import RECONNECT_WINDOW_S, RETRYABLE, RetryPolicy
 from trainwire.server.app import STOP_GRACE_S, RunningServer
 from trainwire.server.config import Settings
 from trainwire.server.db import Database
@@ -351,9 +351,10 @@ HELD_CALLS = 16
 
 def test_calls_in_flight_across_a_graceful_restart_are_never_cancelled(tmp_path: Path) -> None:
     """gRPC core cancels (CANCELLED) the calls it received but the server had not yet started when
-    its shutdown begins. The stop refuses them UNAVAILABLE first and the SDK retries a CANCELLED
-    it did not cause: every idempotent call succeeds, on the restarted server, or raises
-    `Unavailable` once its reconnect window is over; none raises `Cancelled`."""
+    its shutdown begins. The stop refuses them UNAVAILABLE first: every idempotent call succeeds,
+    on the restarted server, or raises `Unavailable` once its reconnect window is over; none
+    raises `Cancelled`. The client here does not retry CANCELLED, which the SDK does by default
+    (tests/client/test_resilience.py), so that the server's half is what is tested."""
     url = f"sqlite:///{tmp_path / 'trainwire.db'}"
     first: RunningServer | None = _running_server(url, 0)
     assert first is not None
@@ -361,7 +362,10 @@ def test_calls_in_flight_across_a_graceful_restart_are_never_cancelled(tmp_path:
     second: RunningServer | None = None
     released = threading.Event()
     try:
-        with Client(f"127.0.0.1:{port}", timeout=30) as client:
+        not_cancelled = RETRYABLE - {grpc.StatusCode.CANCELLED}
+        with Client(
+            f"127.0.0.1:{port}", timeout=30, retry=RetryPolicy(codes=not_cancelled)
+        ) as client:
             job = client.create_job(client.upload_dataset(*blobs()), MODEL, epochs=5).name
             client.get_job(job)  # the connection is up: the calls below go straight out
             first._loop.call_soon_threadsafe(released.wait, 30)  # the loop is held
