@@ -519,7 +519,7 @@ class Client:
                     return info
             except NotFound:
                 pass
-            self._uploaded.pop(upload.sha256, None)  # unless a concurrent call has already
+            self._uploaded.pop(upload.sha256, None)  # a concurrent call may have forgotten it
         for info in self.list_datasets():
             if upload.matches(info):
                 self._uploaded[upload.sha256] = info.name
