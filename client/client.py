@@ -389,9 +389,8 @@ class Client:
         attempts = CallAttempts(self.retry, timeout or self.timeout)
         answer_lost = False
         while True:
-            if self._closed:  # also between attempts: close() may come during a retry's sleep
-                raise ClientClosed(self)
             try:
+                # ClientClosed once closed, also between attempts (a close() during the sleep).
                 return self._invoke(
                     method, request, timeout=attempts.next_timeout(), metadata=self._metadata
                 )
@@ -884,7 +883,11 @@ class JobWatch(Iterator[JobEvent]):
             raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None
         log.info("watch of %s lost (%s); reconnecting in %.2fs", self.name, code, delay)
         self.reconnects += 1
-        self._woken.wait(delay)  # cut short by close()
+        self._pause(delay)
+
+    def _pause(self, seconds: float) -> None:
+        """Waits before re-opening the stream; close() cuts it short."""
+        self._woken.wait(seconds)
 
     def close(self) -> None:
         """Stops the watch and cancels its stream. From another thread it takes effect while

@@ -18,6 +18,7 @@ from trainwire.client import (
     Client,
     DeadlineExceeded,
     JobEvent,
+    JobWatch,
     NotFound,
     ResourceExhausted,
     RetryPolicy,
@@ -335,7 +336,8 @@ def test_watch_reconnects_without_losing_or_repeating_events(flaky: tuple[Flaky,
 
 @pytest.fixture
 def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The sync client's sleeps, recorded instead of slept."""
+    """The sync client's sleeps (a call's between attempts, a watch's before it reconnects),
+    recorded instead of slept."""
     recorded: list[float] = []
 
     class RecordedSleeps:
@@ -346,6 +348,7 @@ def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
             recorded.append(seconds)
 
     monkeypatch.setattr(client_module, "time", RecordedSleeps)
+    monkeypatch.setattr(JobWatch, "_pause", lambda watch, seconds: recorded.append(seconds))
     return recorded
 
 
