@@ -65,6 +65,35 @@ def test_calls_in_flight_when_an_async_client_closes_raise_client_closed(
     """close() cancels the calls in flight, which grpc.aio reported to the tasks awaiting them as
     a bare CancelledError, though no one had cancelled those tasks: a caller's `except
     TrainwireError` missed it. The proxy holds the server's answers, so the call is in flight."""
+
+    async def closed(client: AsyncClient, call: asyncio.Task[object]) -> None:
+        await client.close()
+        with pytest.raises(ClientClosed, match=r"^AsyncClient\('.*'\) is closed"):
+            await call
+
+    _with_a_call_in_flight(live_server, ASYNC_CALLS[kind], closed)
+
+
+def test_a_task_cancelled_as_its_async_client_closes_is_cancelled(live_server: LocalServer) -> None:
+    async def cancelled_and_closed(client: AsyncClient, call: asyncio.Task[object]) -> None:
+        call.cancel()
+        await client.close()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    _with_a_call_in_flight(
+        live_server, lambda client: client.get_job(MISSING_JOB), cancelled_and_closed
+    )
+
+
+def _with_a_call_in_flight(
+    live_server: LocalServer,
+    start: Callable[[AsyncClient], Awaitable[object]],
+    then: Callable[[AsyncClient, asyncio.Task[object]], Awaitable[None]],
+) -> None:
+    """Runs `then` with an AsyncClient and a task of its call `start` in flight: a proxy holds
+    the server's answers once the client is connected, and the server has answered the call
+    (a stream's model_metadata too), so the answer is held and the call goes on."""
     host, port = live_server.target.rsplit(":", 1)
     proxy = HeldRepliesProxy(host, int(port))
 
@@ -73,34 +102,9 @@ def test_calls_in_flight_when_an_async_client_closes_raise_client_closed(
         with pytest.raises(NotFound):
             await client.job_status(MISSING_JOB)  # connected
         proxy.hold()
-        call = asyncio.create_task(ASYNC_CALLS[kind](client))
-        # The server has answered (the stream's model_metadata): the answer is held, the call on.
+        call = asyncio.create_task(start(client))
         assert await asyncio.to_thread(proxy.stream_ended.wait, 30), "never answered"
-        await client.close()
-        with pytest.raises(ClientClosed, match=r"^AsyncClient\('.*'\) is closed"):
-            await call
-
-    try:
-        asyncio.run(scenario())
-    finally:
-        proxy.close()
-
-
-def test_a_task_cancelled_as_its_async_client_closes_is_cancelled(live_server: LocalServer) -> None:
-    host, port = live_server.target.rsplit(":", 1)
-    proxy = HeldRepliesProxy(host, int(port))
-
-    async def scenario() -> None:
-        client = AsyncClient(f"127.0.0.1:{proxy.port}", timeout=30)
-        with pytest.raises(NotFound):
-            await client.job_status(MISSING_JOB)
-        proxy.hold()
-        call = asyncio.create_task(client.get_job(MISSING_JOB))
-        assert await asyncio.to_thread(proxy.stream_ended.wait, 30), "never answered"
-        call.cancel()
-        await client.close()
-        with pytest.raises(asyncio.CancelledError):
-            await call
+        await then(client, call)
 
     try:
         asyncio.run(scenario())

@@ -453,9 +453,7 @@ def test_a_projects_keys_share_its_watch_limit(tmp_path: Path) -> None:
     past the limit with the project's second key is refused RESOURCE_EXHAUSTED naming the limit,
     another project's watch is admitted meanwhile, and the slot is back once a watch ends."""
     url = f"sqlite:///{tmp_path / 'watches.db'}"
-    upgrade(url)
-    alpha, beta = create_key(url, "alpha"), create_key(url, "beta")
-    alpha_too = create_key(url, "alpha")  # a second key of the same project
+    alpha, alpha_too, beta = _keys_of_two_projects(url)
     env = {"TRAINWIRE_MAX_WATCHES_PER_CLIENT": "2"}
     with (
         local_server(url, workers=0, extra_env=env) as server,
@@ -685,9 +683,7 @@ def test_one_client_cannot_hold_every_upload_slot(tmp_path: Path) -> None:
     project's second key held the slot left), one more is refused at once RESOURCE_EXHAUSTED
     naming the limit, and another project's upload takes the slot left."""
     url = f"sqlite:///{tmp_path / 'uploads.db'}"
-    upgrade(url)
-    alpha, beta = create_key(url, "alpha"), create_key(url, "beta")
-    alpha_too = create_key(url, "alpha")  # a second key of the same project
+    alpha, alpha_too, beta = _keys_of_two_projects(url)
     env = {"TRAINWIRE_GRPC_THREADS": "3", "TRAINWIRE_MAX_UPLOADS_PER_CLIENT": "2"}
     with (
         local_server(url, workers=0, extra_env=env) as server,
@@ -843,9 +839,7 @@ def test_a_client_may_hold_only_so_many_prediction_streams(tmp_path: Path) -> No
     another project's stream is answered meanwhile, and the project's slot is back once a
     stream ends."""
     url = f"sqlite:///{tmp_path / 'streams.db'}"
-    upgrade(url)
-    alpha, beta = create_key(url, "alpha"), create_key(url, "beta")
-    alpha_too = create_key(url, "alpha")  # a second key of the same project
+    alpha, alpha_too, beta = _keys_of_two_projects(url)
     env = {"TRAINWIRE_MAX_PREDICT_STREAMS_PER_CLIENT": "2"}
     with (
         local_server(url, workers=1, extra_env=env) as server,
@@ -930,6 +924,13 @@ def create_key(url: str, project: str) -> str:
         check=True,
     )
     return result.stdout.strip().splitlines()[-1]
+
+
+def _keys_of_two_projects(url: str) -> tuple[str, str, str]:
+    """A new database at `url` with two keys of project alpha and one of beta, in that order:
+    for limits counted per project, its keys together."""
+    upgrade(url)
+    return create_key(url, "alpha"), create_key(url, "alpha"), create_key(url, "beta")
 
 
 def test_api_keys_isolate_projects_on_every_rpc(tmp_path: Path) -> None:
