@@ -521,9 +521,9 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
         self.reconnect = reconnect
         self.timeout = timeout
         self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._stream: grpc.aio.UnaryStreamCall[jobs_pb2.WatchJobRequest, jobs_pb2.JobEvent] | None
-        self._stream = None
+        self._stream: grpc.aio.UnaryStreamCall[jobs_pb2.WatchJobRequest, Any] | None = None
         self._events: AsyncIterator[jobs_pb2.JobEvent] | None = None
+        self._batched = True  # WatchJobBatches, until a server answers it UNIMPLEMENTED
         self._outage = Outage(f"watching {name}", client.watch_reconnect_s, reached=False)
         self._closed = False
         self._woken = asyncio.Event()  # set by close(): it ends a wait before reconnecting
@@ -544,10 +544,11 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
                 remaining = (
                     None if self._deadline is None else max(self._deadline - time.monotonic(), 0)
                 )
-                self._stream = self.client._rpc.watch_job(
-                    request, timeout=remaining, metadata=self.client._metadata
-                )
-                self._events = self._stream.__aiter__()
+                rpc = self.client._rpc
+                watch = rpc.watch_job_batches if self._batched else rpc.watch_job
+                self._stream = watch(request, timeout=remaining, metadata=self.client._metadata)
+                stream = self._stream.__aiter__()
+                self._events = unbatched_async(stream) if self._batched else stream
             assert self._events is not None
             # close() from another task, of this watch (which then ends) or of its client, cancels
             # the call, which grpc.aio reports as a CancelledError here.
@@ -563,6 +564,9 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
                     raise
                 except grpc.aio.AioRpcError as error:
                     self._stream = self._events = None
+                    if self._batched and error.code() is grpc.StatusCode.UNIMPLEMENTED:
+                        self._batched = False  # a server older than WatchJobBatches
+                        continue
                     await self._recover(error, watch_was_open(error.initial_metadata()))
                     continue
             self._outage.ended()
@@ -601,6 +605,15 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
         if self._stream is not None:
             self._stream.cancel()
         self._stream = self._events = None
+
+
+async def unbatched_async(
+    batches: AsyncIterator[jobs_pb2.JobEventBatch],
+) -> AsyncIterator[jobs_pb2.JobEvent]:
+    """The events of a WatchJobBatches stream, one at a time (see `client.unbatched`)."""
+    async for batch in batches:
+        for event in batch.events:
+            yield event
 
 
 def job_name(job: object, argument: str = "job") -> str:

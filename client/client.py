@@ -255,6 +255,12 @@ def watch_timed_out(name: str, timeout: float, last_sequence: int) -> TimedOut:
     )
 
 
+def unbatched(batches: Iterable[jobs_pb2.JobEventBatch]) -> Iterator[jobs_pb2.JobEvent]:
+    """The events of a WatchJobBatches stream, one at a time (its errors raised as they come)."""
+    for batch in batches:
+        yield from batch.events
+
+
 class Outage:
     """A server outage that a watch or `Job.wait` rides out: when it began, and the backoff
     before the next try (doubling from 0.1 s to 2 s, with jitter). It gives up once the server
@@ -804,8 +810,10 @@ class JobWatch(Iterator[JobEvent]):
         self.reconnect = reconnect
         self.timeout = timeout
         self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._stream: grpc.CallIterator[jobs_pb2.JobEvent] | None = None
+        self._stream: grpc.CallIterator[Any] | None = None
         self._events: Iterator[jobs_pb2.JobEvent] | None = None
+        # WatchJobBatches, until a server older than it answers UNIMPLEMENTED: then WatchJob.
+        self._batched = True
         # Until a stream has opened, the server may never have been reached: the watch then
         # fails as a unary call does (see `Outage`).
         self._outage = Outage(f"watching {name}", client.watch_reconnect_s, reached=False)
@@ -834,6 +842,9 @@ class JobWatch(Iterator[JobEvent]):
                 except grpc.RpcError as error:
                     opened = self._was_open()
                     self._events = self._stream = None
+                    if self._batched and status_of(error)[0] is grpc.StatusCode.UNIMPLEMENTED:
+                        self._batched = False
+                        continue
                     self._recover(error, opened)
                     continue
                 self._outage.ended()
@@ -845,15 +856,19 @@ class JobWatch(Iterator[JobEvent]):
     def _open(self) -> Iterator[jobs_pb2.JobEvent]:
         request = jobs_pb2.WatchJobRequest(name=self.name, after_sequence=self.last_sequence)
         remaining = None if self._deadline is None else max(self._deadline - time.monotonic(), 0)
+        rpc = self.client._rpc
         stream = self.client._invoke(
-            self.client._rpc.watch_job, request, timeout=remaining, metadata=self.client._metadata
+            rpc.watch_job_batches if self._batched else rpc.watch_job,
+            request,
+            timeout=remaining,
+            metadata=self.client._metadata,
         )
         self._stream = stream
         if self._closed:
             # A close() in another thread since the check in `__next__` found no stream to
             # cancel: this one would go on, and hand out an event after close().
-            cast("grpc.Future[jobs_pb2.JobEvent]", stream).cancel()
-        self._events = iter(stream)
+            cast("grpc.Future[Any]", stream).cancel()
+        self._events = unbatched(stream) if self._batched else iter(stream)
         return self._events
 
     def _was_open(self) -> bool:
@@ -897,7 +912,7 @@ class JobWatch(Iterator[JobEvent]):
         self._woken.set()
         stream = self._stream
         if stream is not None:
-            cast("grpc.Future[jobs_pb2.JobEvent]", stream).cancel()
+            cast("grpc.Future[Any]", stream).cancel()
 
 
 class JobWaiting:

@@ -67,6 +67,11 @@ class Rpc:
         self.watch_job: grpc.UnaryStreamMultiCallable[
             jobs_pb2.WatchJobRequest, jobs_pb2.JobEvent
         ] = channel.unary_stream(JOBS + "WatchJob", _serialize, jobs_pb2.JobEvent.FromString)
+        self.watch_job_batches: grpc.UnaryStreamMultiCallable[
+            jobs_pb2.WatchJobRequest, jobs_pb2.JobEventBatch
+        ] = channel.unary_stream(
+            JOBS + "WatchJobBatches", _serialize, jobs_pb2.JobEventBatch.FromString
+        )
         self.list_job_metrics = uu(
             JOBS + "ListJobMetrics",
             jobs_pb2.ListJobMetricsRequest,
@@ -130,6 +135,11 @@ class AioRpc:
         self.watch_job: grpc.aio.UnaryStreamMultiCallable[
             jobs_pb2.WatchJobRequest, jobs_pb2.JobEvent
         ] = channel.unary_stream(JOBS + "WatchJob", _serialize, jobs_pb2.JobEvent.FromString)
+        self.watch_job_batches: grpc.aio.UnaryStreamMultiCallable[
+            jobs_pb2.WatchJobRequest, jobs_pb2.JobEventBatch
+        ] = channel.unary_stream(
+            JOBS + "WatchJobBatches", _serialize, jobs_pb2.JobEventBatch.FromString
+        )
         self.list_job_metrics = uu(
             JOBS + "ListJobMetrics",
             jobs_pb2.ListJobMetricsRequest,

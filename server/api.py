@@ -11,7 +11,7 @@ import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from typing import TypeVar
 
@@ -32,6 +32,7 @@ from trainwire.v1 import (
 from .auth import check_key_still_active, current_client, current_project
 from .config import Settings
 from .convert import (
+    ITEM_FRAMING_BYTES,
     STATES_TO_PROTO,
     ListAnswer,
     checkpoint_name,
@@ -53,6 +54,8 @@ from .wrappers import Draining, in_pool
 
 # A message of a client stream.
 Message = TypeVar("Message")
+# A message of a watch's stream: an event (WatchJob) or a batch of them (WatchJobBatches).
+Watched = TypeVar("Watched", jobs_pb2.JobEvent, jobs_pb2.JobEventBatch)
 
 
 async def _next_message(
@@ -278,6 +281,34 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def WatchJob(
         self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.JobEvent]:
+        async with contextlib.aclosing(self._watch(request, context, _events_to_proto)) as looks:
+            async for events in looks:
+                for event in events:
+                    yield event
+
+    async def WatchJobBatches(
+        self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[jobs_pb2.JobEventBatch]:
+        def batched(events: list[JobEvent]) -> list[jobs_pb2.JobEventBatch]:
+            return [
+                jobs_pb2.JobEventBatch(events=batch)
+                for batch in event_batches(_events_to_proto(events), self.max_answer_bytes)
+            ]
+
+        async with contextlib.aclosing(self._watch(request, context, batched)) as looks:
+            async for batches in looks:
+                for batch in batches:
+                    yield batch
+
+    async def _watch(
+        self,
+        request: jobs_pb2.WatchJobRequest,
+        context: grpc.aio.ServicerContext,
+        to_messages: Callable[[list[JobEvent]], list[Watched]],
+    ) -> AsyncGenerator[list[Watched], None]:
+        """A watch's messages, a look at the job at a time (up to 1,000 events), until the job
+        finishes: `to_messages` makes them of each look's events, in the thread pool with the
+        read, so that the event loop only sends them."""
         project = current_project()
         client = _client(context)
         self.watches.acquire(client)
@@ -298,19 +329,31 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                     raise Unavailable(
                         "the server is shutting down; watch again after the last event received"
                     )
-                events, over = await in_pool(
-                    self.executor, self.jobs.new_events, job_id, after, project
+                messages, after, over = await in_pool(
+                    self.executor, self._look, job_id, after, project, to_messages
                 )
-                for event in events:
-                    yield _event_to_proto(event)
-                if events:
-                    after = events[-1].sequence
+                if messages:
+                    yield messages
                 elif over:
                     return
                 else:
                     await asyncio.sleep(WATCH_POLL_S)
         finally:
             self.watches.release(client)
+
+    def _look(
+        self,
+        job_id: str,
+        after: int,
+        project: str,
+        to_messages: Callable[[list[JobEvent]], list[Watched]],
+    ) -> tuple[list[Watched], int, bool]:
+        """One look at a watched job (`JobService.new_events`): the messages of its new events,
+        the last event's sequence, and whether the watch is over."""
+        events, over = self.jobs.new_events(job_id, after, project)
+        if not events:
+            return [], after, over
+        return to_messages(events), events[-1].sequence, over
 
     def ListJobMetrics(
         self, request: jobs_pb2.ListJobMetricsRequest, context: grpc.ServicerContext
@@ -337,6 +380,28 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         return jobs_pb2.ListCheckpointsResponse(
             checkpoints=[checkpoint_to_proto(c, c is best) for c in checkpoints]
         )
+
+
+def _events_to_proto(events: list[JobEvent]) -> list[jobs_pb2.JobEvent]:
+    return [_event_to_proto(event) for event in events]
+
+
+def event_batches(
+    events: list[jobs_pb2.JobEvent], max_bytes: int
+) -> Iterator[list[jobs_pb2.JobEvent]]:
+    """`events` in order, cut into runs that each fit one message of `max_bytes` (an event
+    bigger than that alone goes alone, and fails as it would in WatchJob)."""
+    batch: list[jobs_pb2.JobEvent] = []
+    used = 0
+    for event in events:
+        size = event.ByteSize() + ITEM_FRAMING_BYTES
+        if batch and used + size > max_bytes:
+            yield batch
+            batch, used = [], 0
+        batch.append(event)
+        used += size
+    if batch:
+        yield batch
 
 
 def _event_to_proto(event: JobEvent) -> jobs_pb2.JobEvent:

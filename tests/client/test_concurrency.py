@@ -25,7 +25,7 @@ from .conftest import MODEL, blobs
 MISSING_JOB = "jobs/" + "0" * 32  # well formed, never created: the server answers NotFound
 
 
-@pytest.mark.parametrize("rpc", ["get_dataset", "predict_stream", "watch_job"])
+@pytest.mark.parametrize("rpc", ["get_dataset", "predict_stream", "watch_job_batches"])
 def test_a_call_racing_close_from_another_thread_raises_client_closed(
     live_server: LocalServer, monkeypatch: pytest.MonkeyPatch, rpc: str
 ) -> None:
@@ -44,7 +44,7 @@ def test_a_call_racing_close_from_another_thread_raises_client_closed(
     calls = {
         "get_dataset": lambda: client.get_dataset("datasets/any"),
         "predict_stream": lambda: list(client.predict_stream(MISSING_JOB, [features])),
-        "watch_job": lambda: list(client.watch_job(MISSING_JOB)),
+        "watch_job_batches": lambda: list(client.watch_job(MISSING_JOB)),
     }
     with pytest.raises(ClientClosed, match=r"^Client\('.*'\) is closed"):
         calls[rpc]()
@@ -162,13 +162,13 @@ def test_a_watch_closed_while_it_opens_its_stream_hands_out_nothing(
     watch handed out the job's QUEUED event after close(). The close() is made to come there."""
     job = client.create_job(dataset, MODEL, epochs=1, queue="nobody-listens")
     watch = job.watch(timeout=60)
-    watch_job = client._rpc.watch_job
+    watch_job = client._rpc.watch_job_batches
 
     def closed_meanwhile(*args: Any, **kwargs: Any) -> Any:
         watch.close()  # as another thread's, once the watch has found itself open
         return watch_job(*args, **kwargs)
 
-    monkeypatch.setattr(client._rpc, "watch_job", closed_meanwhile)
+    monkeypatch.setattr(client._rpc, "watch_job_batches", closed_meanwhile)
     try:
         assert list(watch) == []
     finally:
@@ -192,7 +192,7 @@ def test_a_watch_closed_while_it_waits_to_reconnect_ends_at_once(
         waits.append(3600.0)
         return 3600.0
 
-    monkeypatch.setattr(client._rpc, "watch_job", dropped)
+    monkeypatch.setattr(client._rpc, "watch_job_batches", dropped)
     monkeypatch.setattr(watch._outage, "next_delay", an_hour)
     follower = threading.Thread(target=lambda: list(watch), daemon=True)
     follower.start()
@@ -220,7 +220,9 @@ def test_an_async_watch_closed_while_it_waits_to_reconnect_ends_at_once(
                 waits.append(3600.0)
                 return 3600.0
 
-            monkeypatch.setattr(client._rpc, "watch_job", lambda *a, **k: _DroppedAsyncStream())
+            monkeypatch.setattr(
+                client._rpc, "watch_job_batches", lambda *a, **k: _DroppedAsyncStream()
+            )
             monkeypatch.setattr(watch._outage, "next_delay", an_hour)
             following = asyncio.create_task(anext(watch, None))
             while not waits:

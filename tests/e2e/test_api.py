@@ -94,6 +94,40 @@ def test_watch_numbers_events_and_resumes_without_gaps(
     queued.cancel()
 
 
+def test_watch_job_batches_answers_watch_jobs_events_several_to_a_message(
+    client: Client, iris_dataset: DatasetInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WatchJobBatches sends exactly WatchJob's events, as many to a message as one look at the
+    job found (a finished job's history: one message), resuming alike; both SDKs' watches read
+    it. (Their watches of a server without it fall back to WatchJob: test_resilience.py's fake
+    server has WatchJob alone.)"""
+    job = client.create_job(iris_dataset, MLP, epochs=4)
+    job.wait(timeout=120)
+    with grpc.insecure_channel(client.target) as channel:
+        stub = jobs_pb2_grpc.JobServiceStub(channel)
+        for after in (0, 3):
+            request = jobs_pb2.WatchJobRequest(name=job.name, after_sequence=after)
+            one_by_one = list(stub.WatchJob(request, timeout=30))
+            batches = list(stub.WatchJobBatches(request, timeout=30))
+            assert len(one_by_one) >= 4 and len(batches) == 1
+            assert [event for batch in batches for event in batch.events] == one_by_one
+            if after == 0:
+                history = [event.sequence for event in one_by_one]
+
+    def one_by_one_refused(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the SDK's watch asked for WatchJob, not WatchJobBatches")
+
+    monkeypatch.setattr(client._rpc, "watch_job", one_by_one_refused)
+    assert [event.sequence for event in job.watch()] == history
+
+    async def watch_async() -> list[int]:
+        async with AsyncClient(client.target, timeout=30) as aio:
+            monkeypatch.setattr(aio._rpc, "watch_job", one_by_one_refused)
+            return [event.sequence async for event in aio.watch_job(job.name)]
+
+    assert asyncio.run(watch_async()) == history
+
+
 def test_metrics_checkpoints_metadata_and_stream(
     client: Client, iris_dataset: DatasetInfo, iris: dict[str, np.ndarray]
 ) -> None:

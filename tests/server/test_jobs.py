@@ -4,6 +4,7 @@ accepts must train and be shown; what would fail later is refused at once, namin
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import tracemalloc
 from dataclasses import replace
@@ -14,6 +15,7 @@ import pytest
 
 from trainwire.engine import save_state
 from trainwire.engine.model import Model
+from trainwire.server.api import event_batches
 from trainwire.server.config import Settings
 from trainwire.server.convert import job_to_proto
 from trainwire.server.errors import (
@@ -734,3 +736,27 @@ def test_metrics_of_a_job_whose_training_no_longer_builds_are_listed(store: Stor
     assert [v.value for v in listed("loss")["loss"]] == [0.5]
     with pytest.raises(InvalidArgument, match=r"has no metric 'mae'; its metrics: loss$"):
         listed("mae")
+
+
+def test_watch_batches_fill_messages_in_order_under_the_limit() -> None:
+    """WatchJobBatches' messages: every event once, in order, each message within the answer
+    limit; one event bigger than the limit goes alone (and fails on the wire as it would in
+    WatchJob)."""
+    events = [
+        jobs_pb2.JobEvent(sequence=number, message="m" * (100 + 37 * number))
+        for number in range(1, 40)
+    ]
+    limit = 2_000
+    batches = list(event_batches(events, limit))
+    assert [event for batch in batches for event in batch] == events
+    assert len(batches) > 5
+    assert all(jobs_pb2.JobEventBatch(events=batch).ByteSize() <= limit for batch in batches)
+    # Each message is as full as the next event allows.
+    assert all(
+        jobs_pb2.JobEventBatch(events=[*batch, after[0]]).ByteSize() > limit
+        for batch, after in itertools.pairwise(batches)
+    )
+    huge = jobs_pb2.JobEvent(sequence=99, message="h" * 3_000)
+    assert list(event_batches([events[0], huge, events[1]], limit)) == [
+        [events[0]], [huge], [events[1]]
+    ]  # fmt: skip

@@ -216,6 +216,12 @@ class JobEvent(_message.Message):
     message: str
     def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., message: _Optional[str] = ...) -> None: ...
 
+class JobEventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[JobEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ...) -> None: ...
+
 class ListJobMetricsRequest(_message.Message):
     __slots__ = ("name", "metric_names", "page_size", "page_token")
     NAME_FIELD_NUMBER: _ClassVar[int]

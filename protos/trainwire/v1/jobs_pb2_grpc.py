@@ -64,6 +64,11 @@ class JobServiceStub:
                 request_serializer=trainwire_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=trainwire_dot_v1_dot_jobs__pb2.JobEvent.FromString,
                 _registered_method=True)
+        self.WatchJobBatches = channel.unary_stream(
+                '/trainwire.v1.JobService/WatchJobBatches',
+                request_serializer=trainwire_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=trainwire_dot_v1_dot_jobs__pb2.JobEventBatch.FromString,
+                _registered_method=True)
         self.ListJobMetrics = channel.unary_unary(
                 '/trainwire.v1.JobService/ListJobMetrics',
                 request_serializer=trainwire_dot_v1_dot_jobs__pb2.ListJobMetricsRequest.SerializeToString,
@@ -122,6 +127,16 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchJobBatches(self, request, context):
+        """WatchJob with its events several to a message, as many as the server has and its message
+        limit carries: a long job's history replays in a few messages, not one per event (each
+        message costs the server about as much as building 10 events). The SDK's watches use it,
+        and WatchJob against a server that answers it UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListJobMetrics(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -166,6 +181,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=trainwire_dot_v1_dot_jobs__pb2.WatchJobRequest.FromString,
                     response_serializer=trainwire_dot_v1_dot_jobs__pb2.JobEvent.SerializeToString,
+            ),
+            'WatchJobBatches': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJobBatches,
+                    request_deserializer=trainwire_dot_v1_dot_jobs__pb2.WatchJobRequest.FromString,
+                    response_serializer=trainwire_dot_v1_dot_jobs__pb2.JobEventBatch.SerializeToString,
             ),
             'ListJobMetrics': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobMetrics,
@@ -340,6 +360,33 @@ class JobService:
             '/trainwire.v1.JobService/WatchJob',
             trainwire_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
             trainwire_dot_v1_dot_jobs__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJobBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/trainwire.v1.JobService/WatchJobBatches',
+            trainwire_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
+            trainwire_dot_v1_dot_jobs__pb2.JobEventBatch.FromString,
             options,
             channel_credentials,
             insecure,
