@@ -682,10 +682,16 @@ class Client:
                 return metrics_from_responses(responses)
 
     def job_checkpoints(self, name: str | Job) -> list[Checkpoint]:
-        """The job's checkpoints, oldest first."""
-        request = jobs_pb2.ListCheckpointsRequest(name=job_name(name, "name"))
-        response = self._call(self._rpc.list_checkpoints, request)
-        return [Checkpoint.from_proto(c) for c in response.checkpoints]
+        """The job's checkpoints, oldest first (every page)."""
+        checkpoints: list[Checkpoint] = []
+        token = ""
+        while True:
+            request = jobs_pb2.ListCheckpointsRequest(name=job_name(name, "name"), page_token=token)
+            response = self._call(self._rpc.list_checkpoints, request)
+            checkpoints.extend(Checkpoint.from_proto(c) for c in response.checkpoints)
+            token = response.next_page_token
+            if not token:
+                return checkpoints
 
     def model_metadata(self, job: str | Job, checkpoint: str = "") -> ModelInfo:
         """A job's trained model: its checkpoint, input and output dtypes and shapes, classes,

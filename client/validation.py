@@ -37,7 +37,8 @@ EARLY_STOPPING_DEFAULTS: dict[str, object] = {
 # The ranges of the request's integer fields: a value outside cannot be sent at all.
 INT32 = (-(2**31), 2**31 - 1)
 UINT64 = (0, 2**64 - 1)
-# The server's bound (server/training.py): every checkpoint kept is in one ListCheckpoints answer.
+# The server's bound (server/training.py): a client from before paging gets every checkpoint
+# kept in one ListCheckpoints answer.
 MAX_KEEP_CHECKPOINTS = 1000
 # An optimizer's and a schedule's parameters travel in a map of doubles (`params`).
 NUMBERS_ONLY = (

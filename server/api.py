@@ -48,8 +48,7 @@ from .datasets import DatasetService, Upload
 from .errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from .jobs import WATCH_POLL_S, JobService
 from .predictions import Prediction, PredictionService, Served, ServedPin
-from .records import Dataset, Job, JobEvent, TaskKind
-from .store import best_checkpoint
+from .records import Checkpoint, Dataset, Job, JobEvent, TaskKind
 from .wrappers import Draining, in_pool
 
 # A message of a client stream.
@@ -375,10 +374,22 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     def ListCheckpoints(
         self, request: jobs_pb2.ListCheckpointsRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.ListCheckpointsResponse:
-        checkpoints = self.jobs.checkpoints(request.name, current_project())
-        best = best_checkpoint(checkpoints)
+        answers: dict[int | None, ListAnswer[Checkpoint, jobs_pb2.Checkpoint]] = {}
+
+        def answer(best_id: int | None) -> ListAnswer[Checkpoint, jobs_pb2.Checkpoint]:
+            """The answer's messages, each checkpoint's `is_best` judged by `best_id`: the best
+            of all of the job's checkpoints, which the store finds with the page."""
+            if best_id not in answers:
+                answers[best_id] = ListAnswer(
+                    lambda c: checkpoint_to_proto(c, c.id == best_id), self.max_answer_bytes
+                )
+            return answers[best_id]
+
+        items, best_id, token = self.jobs.checkpoints(
+            request, current_project(), lambda best: answer(best).fits
+        )
         return jobs_pb2.ListCheckpointsResponse(
-            checkpoints=[checkpoint_to_proto(c, c is best) for c in checkpoints]
+            checkpoints=answer(best_id).messages(items), next_page_token=token
         )
 
 

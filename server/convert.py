@@ -21,7 +21,7 @@ from .records import Checkpoint, Dataset, Job, JobState, TaskKind
 # The most bytes a repeated message field puts before each item: a tag and a length.
 ITEM_FRAMING_BYTES = 6
 # A listed record and the message an answer shows it as.
-Listed = TypeVar("Listed", Dataset, Job)
+Listed = TypeVar("Listed", Dataset, Job, Checkpoint)
 Shown = TypeVar("Shown", bound=Message)
 
 TASKS_TO_PROTO = {
@@ -73,7 +73,7 @@ class ListAnswer(Generic[Listed, Shown]):
     def __init__(self, convert: Callable[[Listed], Shown], max_bytes: int) -> None:
         self._convert: Callable[[Listed], Shown] = convert
         self._max_bytes = max_bytes
-        self._shown: dict[str, Shown] = {}  # by the item's id, which is unique in a listing
+        self._shown: dict[str | int, Shown] = {}  # by the item's id, unique in a listing
 
     def message(self, item: Listed) -> Shown:
         shown = self._shown.get(item.id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ from .records import (
 from .store import (
     Fits,
     Store,
-    decode_metrics_page_token,
+    decode_key_page_token,
     encode_page_token,
     page_scope,
     same_request_or_refuse,
@@ -260,7 +260,7 @@ class JobService:
         # A token continues only its own job's listing of the same metrics: another's position
         # skipped the points before it.
         scope = page_scope("metrics", job_id, sorted(request.metric_names))
-        after = decode_metrics_page_token(request.page_token, scope) if request.page_token else None
+        after = decode_key_page_token(request.page_token, scope) if request.page_token else None
         job = self.store.get_job(job_id, project)
         self._check_metric_names(job, request.metric_names)
         budget = self.settings.max_answer_bytes()
@@ -308,10 +308,17 @@ class JobService:
                     f"jobs/{job.id} has no metric {quoted(name)}; its metrics: {', '.join(known)}",
                 )
 
-    def checkpoints(self, name: str, project: str) -> list[Checkpoint]:
-        job_id = parse_name(name, "jobs", "name")
+    def checkpoints(
+        self,
+        request: jobs_pb2.ListCheckpointsRequest,
+        project: str,
+        fits: Callable[[int | None], Fits] | None = None,
+    ) -> tuple[list[Checkpoint], int | None, str]:
+        """A page of the job's checkpoints, the id of its best and the next page's token (see
+        `Store.checkpoints_page`)."""
+        job_id = parse_name(request.name, "jobs", "name")
         self.store.get_job(job_id, project)
-        return self.store.list_checkpoints(job_id)
+        return self.store.checkpoints_page(job_id, request.page_size, request.page_token, fits)
 
 
 def _points_that_fit(values: list[MetricValue], max_bytes: int) -> int:

@@ -81,13 +81,19 @@ from .records import (
     NewJob,
     TaskKind,
 )
+from .training import MAX_KEEP_CHECKPOINTS
 
 DEFAULT_PAGE_SIZE = 50
 # Tokens we issue are base64 of `["<ISO timestamp with offset>", "<32 hex digits>", "<scope>"]`
-# (`page_scope`), about 110 characters, or of `["<metric name>", <step>, "<scope>"]`, less.
+# (`page_scope`), about 110 characters, or of `["<metric name>", <step>, "<scope>"]` or
+# `["<job id>", <checkpoint id>, "<scope>"]`, less.
 MAX_PAGE_TOKEN_LENGTH = 256
 MAX_PAGE_SIZE = 1000
 DEFAULT_KEEP_CHECKPOINTS = 3
+# ListCheckpoints' default and largest page: every checkpoint a job keeping the most holds (its
+# latest MAX_KEEP_CHECKPOINTS, its best and its newest epoch end: see `_apply_retention`), so a
+# client from before paging, which sends no page_size, still gets every checkpoint of such a job.
+CHECKPOINT_PAGE_SIZE = MAX_KEEP_CHECKPOINTS + 2
 # The PostgreSQL NOTIFY channel of enqueued jobs (payload: the queue); a cancel is seen by the
 # worker's own poll of its job (about every 0.5 s), so it is not announced.
 JOBS_CHANNEL = "trainwire_jobs"
@@ -277,15 +283,16 @@ def page_scope(listing: str, *filters: object) -> str:
 
 
 # Where a listing's page ends: (created_at, id) of rows listed newest first (jobs, datasets),
-# or (metric name, step) of a job's metrics listed in that order.
+# or a (text, number) key: (metric name, step) of a job's metrics listed in that order, or
+# (job id, checkpoint id) of a job's checkpoints, oldest first.
 RowPosition = tuple[datetime, str]
-MetricPosition = tuple[str, int]
+KeyPosition = tuple[str, int]
 # The steps a metric row holds (a BIGINT): a forged step past them raised OverflowError in
 # SQLite's driver (INTERNAL).
 _INT64 = range(-(2**63), 2**63)
 
 
-def encode_page_token(position: RowPosition | MetricPosition, scope: str) -> str:
+def encode_page_token(position: RowPosition | KeyPosition, scope: str) -> str:
     """The token of the page after `position` in the listing `scope` names: one format for
     every listing, `[first, second, scope]` in base64."""
     first, second = position
@@ -357,22 +364,26 @@ def decode_page_token(token: str, scope: str) -> RowPosition:
     return after, row_id
 
 
-def decode_metrics_page_token(token: str, scope: str) -> MetricPosition:
-    """The (metric name, step) after which a page of a job's metrics starts; the token must
-    have been issued for `scope` (its job and metric names: another's position skipped points)."""
+def decode_key_page_token(token: str, scope: str) -> KeyPosition:
+    """The (text, number) key after which a page starts: (metric name, step) of a job's metrics,
+    or (job id, checkpoint id) of its checkpoints; the token must have been issued for `scope`
+    (its job, and metric names: another's position skipped items)."""
     name, step, issued_for = _token_parts(token)
     # Both reach the query, where a NUL, a lone surrogate or a step past int64 failed (INTERNAL).
-    # Every metrics token names its scope: one without was made before they did and had none.
+    # Every such token names its scope: a metrics one without was made before they did and had
+    # none (checkpoints were paged after).
     if not _is_text(name) or type(step) is not int or step not in _INT64 or not issued_for:
         raise _not_a_page_token()
     _check_scope(issued_for[0], scope)
     return name, step
 
 
-def page_size_of(requested: int) -> int:
+def page_size_of(
+    requested: int, default: int = DEFAULT_PAGE_SIZE, most: int = MAX_PAGE_SIZE
+) -> int:
     if requested < 0:
         raise InvalidArgument.field("page_size", f"must not be negative. Received: {requested}")
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    return min(requested or default, most)
 
 
 # Row locks (PostgreSQL, READ COMMITTED; SQLite renders no FOR clause and needs none, as BEGIN
@@ -782,9 +793,17 @@ class Store:
 
     @staticmethod
     def _with_next_token(
-        items: list[Any], size: int, scope: str, fits: Fits | None = None
+        items: list[Any],
+        size: int,
+        scope: str,
+        fits: Fits | None = None,
+        position: Callable[[Any], RowPosition | KeyPosition] = lambda last: (
+            last.created_at,
+            last.id,
+        ),
     ) -> tuple[list[Any], str]:
-        """The page's items (`items` holds one more when another page follows) and its token.
+        """The page's items (`items` holds one more when another page follows) and its token,
+        naming the `position` of the page's last item (by default its (created_at, id)).
         `fits` says how many of the page's items one answer can carry: the page ends after
         them (at least one), its token naming the last, so a client paging on gets every item
         (1,000 jobs with sizeable specs went past the message limit, and the whole answer
@@ -794,8 +813,7 @@ class Store:
             count = max(1, min(count, fits(items[:count])))
         if count == len(items):
             return items, ""
-        last = items[count - 1]
-        return items[:count], encode_page_token((last.created_at, last.id), scope)
+        return items[:count], encode_page_token(position(items[count - 1]), scope)
 
     # --- the queue ----------------------------------------------------------------------------
 
@@ -1196,12 +1214,18 @@ class Store:
         return newest if same == (epoch, step, is_final, is_partial) else None
 
     @staticmethod
-    def _apply_retention(session: Session, job_id: str, keep: int) -> None:
-        existing = session.execute(
+    def _scored_checkpoints(session: Session, job_id: str) -> Sequence[Any]:
+        """Every checkpoint of the job, oldest first, as `best_checkpoint` reads them: their
+        id, metrics and is_partial, not their other columns."""
+        return session.execute(
             select(CheckpointRow.id, CheckpointRow.metrics, CheckpointRow.is_partial)
             .where(CheckpointRow.job_id == job_id)
             .order_by(CheckpointRow.id)
         ).all()
+
+    @classmethod
+    def _apply_retention(cls, session: Session, job_id: str, keep: int) -> None:
+        existing = cls._scored_checkpoints(session, job_id)
         if len(existing) <= keep:
             return
         kept = {row.id for row in existing[-max(keep, 1) :]}
@@ -1411,6 +1435,8 @@ class Store:
     # --- checkpoints --------------------------------------------------------------------------
 
     def list_checkpoints(self, job_id: str) -> list[Checkpoint]:
+        """Every checkpoint of the job, oldest first (for the server's own use: ListCheckpoints
+        answers a page at a time, `checkpoints_page`)."""
         with self.db.read() as session:
             rows = session.scalars(
                 select(CheckpointRow)
@@ -1418,6 +1444,41 @@ class Store:
                 .order_by(CheckpointRow.id)
             ).all()
             return [_checkpoint(row) for row in rows]
+
+    def checkpoints_page(
+        self,
+        job_id: str,
+        page_size: int,
+        page_token: str,
+        fits: Callable[[int | None], Fits] | None = None,
+    ) -> tuple[list[Checkpoint], int | None, str]:
+        """A page of the job's checkpoints, oldest first, the id of the job's best checkpoint
+        (`best_checkpoint` of all of them, on this page or not; None if none is), and the next
+        page's token ("" after the last). `fits(best id)` may end the page early (see
+        `_with_next_token`). Keyset-paginated on the checkpoint id, read by the index on
+        (job_id, id): a job an older server kept tens of thousands of checkpoints of passed
+        the message limit in one answer, and its listing failed for good."""
+        size = page_size_of(page_size, CHECKPOINT_PAGE_SIZE, CHECKPOINT_PAGE_SIZE)
+        scope = page_scope("checkpoints", job_id)
+        query = select(CheckpointRow).where(CheckpointRow.job_id == job_id)
+        if page_token:
+            _, after = decode_key_page_token(page_token, scope)
+            query = query.where(CheckpointRow.id > after)
+        with self.db.read() as session:
+            # Over all of the job's checkpoints, not the page's: the flag is true on one
+            # checkpoint whatever page it is on (each page judges it when it is read).
+            best = best_checkpoint(self._scored_checkpoints(session, job_id))
+            rows = session.scalars(query.order_by(CheckpointRow.id).limit(size + 1)).all()
+            items = [_checkpoint(row) for row in rows]
+        best_id = None if best is None else int(best.id)
+        page, token = self._with_next_token(
+            items,
+            size,
+            scope,
+            None if fits is None else fits(best_id),
+            position=lambda last: (job_id, last.id),
+        )
+        return page, best_id, token
 
     def latest_resumable_checkpoint(self, job_id: str) -> Checkpoint | None:
         """The newest checkpoint with the full training state (final ones hold weights only)."""

@@ -30,9 +30,10 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_OPTIMIZER = "adam"
 DEFAULT_LEARNING_RATE = 1e-3
 MAX_BATCH_SIZE = 1 << 20
-# Every checkpoint kept is in the job's one ListCheckpoints answer (about 140 bytes each: some
-# 30,000 passed the 4 MiB limit, and then the listing failed for good) and in the checkpoint list
-# predictions re-read every second; retention's work grows with it on every save. The SDK's
+# Every checkpoint kept is in the checkpoint list predictions re-read every second, and
+# retention's work grows with it on every save; ListCheckpoints' default page holds every one of
+# a job within this bound (`CHECKPOINT_PAGE_SIZE`: an unpaged answer of some 30,000, about 140
+# bytes each, passed the 4 MiB limit, and then the listing failed for good). The SDK's
 # validation (client/validation.py) holds the same bound.
 MAX_KEEP_CHECKPOINTS = 1000
 

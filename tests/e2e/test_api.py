@@ -38,8 +38,10 @@ from trainwire.client.aio import AsyncClient
 from trainwire.client.tensors import from_tensor, to_tensor
 from trainwire.client.wire import prepare_upload
 from trainwire.server.cli import main
+from trainwire.server.db import Database
 from trainwire.server.local import local_server
 from trainwire.server.migrate import upgrade
+from trainwire.server.models import CheckpointRow
 from trainwire.v1 import (
     datasets_pb2,
     datasets_pb2_grpc,
@@ -450,6 +452,141 @@ def test_metrics_of_a_job_logging_every_step_are_read_page_by_page(tmp_path: Pat
                 stub.ListJobMetrics(jobs_pb2.ListJobMetricsRequest(name=job.name), timeout=30)
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "set page_size and follow next_page_token" in (refused.value.details() or "")
+
+
+def _store_checkpoints(url: str, job: str, checkpoints: list[dict[str, Any]]) -> list[str]:
+    """Writes `checkpoints` (each `metrics`, and `is_partial` or `is_final` if set) to the job
+    in one insert, as an older server kept them (new jobs keep at most 1,000, and training that
+    many is slow); returns their names, oldest first."""
+    database = Database(url)
+    try:
+        with database.write() as session:
+            rows = [
+                CheckpointRow(
+                    job_id=job.removeprefix("jobs/"),
+                    epoch=number + 1,
+                    step=10 * (number + 1),
+                    metrics=checkpoint["metrics"],
+                    is_final=checkpoint.get("is_final", False),
+                    is_partial=checkpoint.get("is_partial", False),
+                    size_bytes=100,
+                    created_at=datetime.datetime.now(datetime.UTC),
+                )
+                for number, checkpoint in enumerate(checkpoints)
+            ]
+            session.add_all(rows)
+            session.flush()
+            return [f"{job}/checkpoints/{row.id}" for row in rows]
+    finally:
+        database.dispose()
+
+
+def _list_checkpoints(target: str, **fields: Any) -> jobs_pb2.ListCheckpointsResponse:
+    with grpc.insecure_channel(target) as channel:
+        stub = jobs_pb2_grpc.JobServiceStub(channel)
+        return stub.ListCheckpoints(jobs_pb2.ListCheckpointsRequest(**fields), timeout=30)
+
+
+def test_checkpoints_of_a_job_past_one_page_are_listed_page_by_page_with_its_one_best(
+    database_url: str,
+) -> None:
+    """A job an older server kept tens of thousands of checkpoints of passed the message limit
+    in its one ListCheckpoints answer, which then failed for good: the answer is paged, a client
+    sending no page_size gets 1,002 (every checkpoint of a job within today's bound), both SDKs
+    follow the pages, and `is_best` marks the best of all of them on whatever page it is."""
+    many, best = 2500, 1700
+    checkpoints: list[dict[str, Any]] = [
+        {"metrics": {"loss": 1.0, "val_loss": 2.0 - i / many}} for i in range(many)
+    ]
+    checkpoints[best]["metrics"] = {"loss": 1.0, "val_loss": 0.1}
+    checkpoints[2400] = {"metrics": {"val_loss": 0.01}, "is_partial": True}  # never the best
+    checkpoints[-1]["is_final"] = True
+    with local_server(database_url, workers=0) as server, Client(server.target) as client:
+        data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3)
+        job = client.create_job(data, MLP, epochs=1).name  # no worker: stays QUEUED
+        names = _store_checkpoints(database_url, job, checkpoints)
+        other = client.create_job(data, MLP, epochs=1).name
+        _store_checkpoints(database_url, other, checkpoints[:3])
+
+        first = _list_checkpoints(server.target, name=job)  # as a client from before paging
+        assert [c.name for c in first.checkpoints] == names[:1002] and first.next_page_token
+        assert not any(c.is_best for c in first.checkpoints)
+        clamped = _list_checkpoints(server.target, name=job, page_size=5000)
+        assert [c.name for c in clamped.checkpoints] == names[:1002]
+        pages, token = [], ""
+        while True:
+            page = _list_checkpoints(server.target, name=job, page_size=1000, page_token=token)
+            pages.append(page.checkpoints)
+            token = page.next_page_token
+            if not token:
+                break
+        assert [len(page) for page in pages] == [1000, 1000, 500]
+        listed = [c for page in pages for c in page]
+        assert [c.name for c in listed] == names
+        assert [c.name for c in listed if c.is_best] == [names[best]]
+        assert [c.name for c in listed if c.is_final] == [names[-1]]
+        assert [c.name for c in listed if c.is_partial] == [names[2400]]
+        # The other job's listing is its own, with its own best.
+        shown = _list_checkpoints(server.target, name=other, page_size=1)
+        assert len(shown.checkpoints) == 1 and shown.next_page_token
+        assert [c.is_best for c in client.job_checkpoints(other)] == [False, False, True]
+
+        got = client.job_checkpoints(job)
+        assert [c.name for c in got] == names
+        assert [c.name for c in got if c.is_best] == [names[best]]
+        assert [c.name for c in client.get_job(job).checkpoints() if c.is_best] == [names[best]]
+
+        async def read_async() -> list[tuple[str, bool]]:
+            async with AsyncClient(server.target, timeout=30) as aio:
+                return [(c.name, c.is_best) for c in await aio.job_checkpoints(job)]
+
+        assert asyncio.run(read_async()) == [(name, name == names[best]) for name in names]
+
+
+def test_a_bad_checkpoints_page_token_or_page_size_is_invalid_argument_naming_it(
+    database_url: str,
+) -> None:
+    """As ListJobs and ListDatasets refuse them: a token ListCheckpoints did not return for
+    this job, and a negative page_size, are INVALID_ARGUMENT naming the field."""
+    with local_server(database_url, workers=0) as server, Client(server.target) as client:
+        data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3)
+        job, other = (client.create_job(data, MLP, epochs=1).name for _ in range(2))
+        for name in (job, other):
+            _store_checkpoints(database_url, name, [{"metrics": {"loss": 1.0}}] * 3)
+        others = _list_checkpoints(server.target, name=other, page_size=1).next_page_token
+        with grpc.insecure_channel(server.target) as channel:
+            jobs_token = (
+                jobs_pb2_grpc.JobServiceStub(channel)
+                .ListJobs(jobs_pb2.ListJobsRequest(page_size=1), timeout=30)
+                .next_page_token
+            )
+        assert others and jobs_token
+        for token in ("not a token", others, jobs_token, "x" * 300):
+            with pytest.raises(grpc.RpcError) as refused:
+                _list_checkpoints(server.target, name=job, page_token=token)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, token
+            assert (refused.value.details() or "").startswith("page_token: "), token
+        with pytest.raises(grpc.RpcError) as negative:
+            _list_checkpoints(server.target, name=job, page_size=-1)
+        assert negative.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert negative.value.details() == "page_size: must not be negative. Received: -1"
+
+
+def test_checkpoints_past_the_message_limit_end_their_page_early(tmp_path: Path) -> None:
+    """Under a smaller message limit a page ends, with a token, where one more checkpoint would
+    pass it (the whole answer failed RESOURCE_EXHAUSTED), and the SDK pages on to the end."""
+    url = f"sqlite:///{tmp_path / 'checkpoints.db'}"
+    small = {"TRAINWIRE_MAX_MESSAGE_BYTES": str(64 * 1024)}
+    metrics = {f"metric_{i}": float(i) for i in range(8)} | {"val_loss": 0.5}
+    with local_server(url, workers=0, extra_env=small) as server, Client(server.target) as client:
+        data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3)
+        job = client.create_job(data, MLP, epochs=1).name
+        names = _store_checkpoints(url, job, [{"metrics": metrics}] * 900)  # ~250 KB
+        first = _list_checkpoints(server.target, name=job)
+        assert 0 < len(first.checkpoints) < len(names) and first.next_page_token
+        got = client.job_checkpoints(job)
+        assert [c.name for c in got] == names
+        assert [c.name for c in got if c.is_best] == [names[-1]]  # the newest on ties
 
 
 def test_abandoned_watches_give_back_their_slot_and_hold_no_thread(tmp_path: Path) -> None:

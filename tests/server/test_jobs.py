@@ -404,8 +404,8 @@ def test_a_retry_of_a_request_an_older_server_took_gets_its_job(store: Store) ->
 def test_keep_checkpoints_above_its_bound_is_refused_naming_the_field_and_the_bound(
     store: Store,
 ) -> None:
-    """Every kept checkpoint is in the job's one ListCheckpoints answer: some 30,000 passed the
-    4 MiB message limit, and the listing then failed for good."""
+    """Every kept checkpoint is in the one ListCheckpoints page a client from before paging
+    reads (an unpaged answer of some 30,000 passed the 4 MiB message limit)."""
     dataset = regression_dataset(store)
     service = JobService(store, Settings())
     with pytest.raises(InvalidArgument) as refused:

@@ -780,6 +780,63 @@ def test_a_partial_checkpoint_tying_with_the_best_does_not_replace_it(store: Sto
     assert latest is not None and latest.step == 15, "a resume loads the partial one"
 
 
+def test_checkpoint_pages_mark_the_best_of_all_the_jobs_checkpoints(store: Store) -> None:
+    """Each page, however small, flags the job's best checkpoint (of all of them, a partial one
+    never), not its own; a page's token continues after its last checkpoint."""
+    dataset = make_dataset(store)
+    store.create_job(make_job(store, dataset))
+    claim = store.claim_job("w")
+    assert claim is not None
+    losses = [0.9, 0.8, 0.2, 0.7, 0.6, 0.5, 0.4]
+    for epoch, loss in enumerate(losses, start=1):
+        store.save_checkpoint(claim, epoch, epoch * 10, {"val_loss": loss}, b"x", keep=100)
+    store.save_checkpoint(claim, 7, 75, {"val_loss": 0.01}, b"x", keep=100, is_partial=True)
+    whole = store.list_checkpoints(claim.job.id)
+    for size in (1, 2, 3, 8, 0):
+        listed, bests, token = [], set(), ""
+        while True:
+            page, best_id, token = store.checkpoints_page(claim.job.id, size, token)
+            assert 0 < len(page) <= (size or 1002)
+            listed += page
+            bests.add(best_id)
+            if not token:
+                break
+        assert listed == whole, size
+        assert bests == {whole[2].id}, size
+    with pytest.raises(InvalidArgument) as refused:
+        store.checkpoints_page(claim.job.id, -1, "")
+    assert refused.value.violations[0].field == "page_size"
+    other = page_scope("checkpoints", "another job")
+    for token in ("???", encode_page_token(("another job", whole[0].id), other)):
+        with pytest.raises(InvalidArgument) as refused:
+            store.checkpoints_page(claim.job.id, 1, token)
+        assert refused.value.violations[0].field == "page_token"
+
+
+def test_a_checkpoint_page_is_read_by_the_jobs_index_from_its_position_on_sqlite(
+    sqlite_url: str,
+) -> None:
+    """A later page starts at its position in the index on (job_id, id), not at an OFFSET."""
+    database = Database(sqlite_url)
+    try:
+        store = Store(database)
+        dataset = make_dataset(store)
+        store.create_job(make_job(store, dataset))
+        claim = store.claim_job("w")
+        assert claim is not None
+        for epoch in (1, 2, 3):
+            store.save_checkpoint(claim, epoch, epoch, {"val_loss": 0.5}, b"x", keep=5)
+        _, _, token = store.checkpoints_page(claim.job.id, 1, "")
+        job = claim.job.id
+        plans = _query_plans(store, lambda: store.checkpoints_page(job, 1, token), "checkpoints")
+    finally:
+        database.dispose()
+    assert plans == [
+        "SEARCH checkpoints USING INDEX ix_checkpoints_job_id_id (job_id=?)",  # the best
+        "SEARCH checkpoints USING INDEX ix_checkpoints_job_id_id (job_id=? AND id>?)",
+    ]
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'trainwire.db'}"

@@ -1,4 +1,4 @@
-"""What `checkpoints()` returns, checked against the server's own ListCheckpoints answer."""
+"""What `checkpoints()` returns, checked against the server's own ListCheckpoints answers."""
 
 from __future__ import annotations
 
@@ -12,11 +12,18 @@ from trainwire.v1 import jobs_pb2, jobs_pb2_grpc
 
 
 def server_checkpoints(target: str, job: str) -> list[jobs_pb2.Checkpoint]:
-    """The job's checkpoints as the server sends them, read without the SDK."""
+    """The job's checkpoints as the server sends them (every page), read without the SDK."""
+    checkpoints: list[jobs_pb2.Checkpoint] = []
+    token = ""
     with grpc.insecure_channel(target) as channel:
         stub = jobs_pb2_grpc.JobServiceStub(channel)
-        request = jobs_pb2.ListCheckpointsRequest(name=job)
-        return list(stub.ListCheckpoints(request, timeout=30).checkpoints)
+        while True:
+            request = jobs_pb2.ListCheckpointsRequest(name=job, page_token=token)
+            answer = stub.ListCheckpoints(request, timeout=30)
+            checkpoints.extend(answer.checkpoints)
+            token = answer.next_page_token
+            if not token:
+                return checkpoints
 
 
 def assert_same_checkpoints(got: list[Checkpoint], sent: list[jobs_pb2.Checkpoint]) -> None:
