@@ -594,7 +594,8 @@ class Client:
         metrics against its task (`r2` of a classifier, `accuracy` of a regression).
         `optimizer` and `schedule` are a name or a mapping of `name` and numeric parameters
         (`{"name": "step", "step_size": 10}`): the request carries parameters as numbers only,
-        so a text one is refused (`SpecError`). A `request_id` (a fresh one by default) makes
+        so a text one is refused (`SpecError`); the optimizers' flags (`nesterov`, `centered`)
+        take True or False, sent as 1 and 0. A `request_id` (a fresh one by default) makes
         the call idempotent: a retried call returns the same job.
         """
         request = create_job_request(

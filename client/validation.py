@@ -26,6 +26,7 @@ LAYER_KEYS: dict[str, frozenset[str]] = {
     "dropout": frozenset({"type", "rate"}),
     "batch_norm": frozenset({"type", "momentum", "epsilon"}),
     "activation": frozenset({"type", "activation"}),
+    "prelu": frozenset({"type", "init"}),
 }
 EARLY_STOPPING_KEYS = frozenset({"monitor", "patience", "min_delta", "restore_best_weights"})
 # The settings of early stopping other than its monitor, at the values the wire does not send.
@@ -103,6 +104,14 @@ def parameter_names(kind: str, name: str) -> tuple[str, ...] | None:
     from trainwire.engine import optimizers, schedules
 
     return (optimizers if kind == "optimizer" else schedules).parameters(name)
+
+
+def optimizer_flags(name: str) -> frozenset[str]:
+    """The parameters of the engine's optimizer `name` that are flags (`nesterov`, `centered`):
+    given as True or False, they are sent as 1 and 0."""
+    from trainwire.engine import optimizers
+
+    return optimizers.flags(name)
 
 
 class _Checker:
@@ -206,6 +215,7 @@ class _Checker:
         only looked up."""
         name = spec.get("name")
         accepted = parameter_names(kind, name) if isinstance(name, str) else None
+        flags = optimizer_flags(name) if kind == "optimizer" and isinstance(name, str) else ()
         for key, value in spec.items():
             field = f"training.{kind}.params[{key!r}]"
             if key == "name":
@@ -216,6 +226,9 @@ class _Checker:
                     f"is not a parameter of {kind} {name!r}, which takes: "
                     f"{', '.join(accepted)}. Received: {key!r}={value!r}",
                 )
+            elif key in flags:
+                if flag_value(value) is None:
+                    self.add(field, f"must be true or false (or 1 or 0). Received: {value!r}")
             elif key not in checked:
                 self.parameter(field, value)
 
@@ -236,14 +249,28 @@ def is_parameter_number(value: object) -> TypeGuard[numbers.Real]:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def numeric_params(field: str, params: Mapping[str, Any]) -> dict[str, float]:
-    """An optimizer's or a schedule's parameters as the request's map of numbers; SpecError
-    naming each one that is not a number (`is_parameter_number`), even unvalidated (it cannot be
-    sent at all). Unvalidated, a number's range is left to the server."""
+def flag_value(value: object) -> float | None:
+    """A flag parameter as the request carries it: True or 1 as 1.0, False or 0 as 0.0; None
+    for anything else."""
+    if isinstance(value, bool) or (is_parameter_number(value) and value in (0, 1)):
+        return float(value)
+    return None
+
+
+def numeric_params(
+    field: str, params: Mapping[str, Any], flags: frozenset[str] = frozenset()
+) -> dict[str, float]:
+    """An optimizer's or a schedule's parameters as the request's map of numbers, its `flags`
+    (`optimizer_flags`) as 1 or 0; SpecError naming each one that is not a number
+    (`is_parameter_number`), or a flag not true or false, even unvalidated (it cannot be sent at
+    all). Unvalidated, a number's range is left to the server."""
     numbers_: dict[str, float] = {}
     violations: list[tuple[str, str]] = []
     for key, value in params.items():
-        if is_parameter_number(value):
+        flag = flag_value(value) if key in flags else None
+        if flag is not None:
+            numbers_[key] = flag
+        elif is_parameter_number(value):
             numbers_[key] = float(value)
         else:
             violations.append((f"{field}.params[{key!r}]", f"{NUMBERS_ONLY}. Received: {value!r}"))
@@ -310,8 +337,22 @@ def _layer(checker: _Checker, path: str, layer: object) -> None:
     elif kind == "batch_norm":
         checker.number(f"{path}.momentum", layer.get("momentum", 0.1), 0.0, 1.0)
         checker.number(f"{path}.epsilon", layer.get("epsilon", 1e-5), 0.0, math.inf, open_low=True)
+    elif kind == "prelu":
+        checker.number(f"{path}.init", layer.get("init", 0.25), -math.inf, math.inf)
+    elif _names_prelu(layer.get("activation")):
+        # The form a job shows its PReLU in (`specs.model_spec_to_proto` sends it so), which
+        # the engine builds as the PReLU layer: no activation of its registry.
+        activation = layer["activation"]
+        if isinstance(activation, Mapping):
+            init = activation.get("init", 0.25)
+            checker.number(f"{path}.activation.init", init, -math.inf, math.inf)
     else:
         checker.name(f"{path}.activation", "activation", layer.get("activation"))
+
+
+def _names_prelu(activation: object) -> bool:
+    name = activation.get("name") if isinstance(activation, Mapping) else activation
+    return isinstance(name, str) and name.lower() == "prelu"
 
 
 def _dense_activation(checker: _Checker, field: str, activation: object) -> None:

@@ -26,7 +26,13 @@ from .errors import SpecError, TrainwireError, error_for
 from .results import TASKS, DatasetInfo, Metrics, ModelInfo, Prediction, state_code
 from .specs import model_spec_to_proto
 from .tensors import dtype_code, from_tensor, to_tensor
-from .validation import check_labels, check_model, metric_misfits, numeric_params
+from .validation import (
+    check_labels,
+    check_model,
+    metric_misfits,
+    numeric_params,
+    optimizer_flags,
+)
 from .validation import check_training as _check_training
 
 # Uploads and predictions are split so each message stays well under the message limit.
@@ -275,7 +281,9 @@ def create_job_request(
         optimizer=models_pb2.OptimizerSpec(
             name=optimizer_name,
             learning_rate=rate,
-            params=numeric_params("training.optimizer", optimizer_spec),
+            params=numeric_params(
+                "training.optimizer", optimizer_spec, optimizer_flags(optimizer_name)
+            ),
         ),
         validation_fraction=validation_fraction,
         seed=seed,

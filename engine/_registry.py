@@ -32,6 +32,20 @@ def parameter_names(registry: Mapping[str, type], name: str) -> tuple[str, ...] 
     return None if cls is None else tuple(inspect.signature(cls).parameters)
 
 
+def flag_names(registry: Mapping[str, type], name: str) -> frozenset[str]:
+    """The keyword arguments of the class registered as `name` that are flags (annotated
+    ``bool``): a job's settings carry them as 1 and 0, its parameters being numbers."""
+    cls = registry.get(name.lower())
+    if cls is None:
+        return frozenset()
+    signature = inspect.signature(cls)
+    return frozenset(key for key, p in signature.parameters.items() if p.annotation in FLAG_TYPES)
+
+
+# A flag's annotation as `inspect` reads it: a string under `from __future__ import annotations`.
+FLAG_TYPES = ("bool", bool)
+
+
 def resolve(kind: str, registry: Mapping[str, type[T]], identifier: object, base: type[T]) -> T:
     """Turn ``identifier`` into an instance of ``base`` using ``registry``.
 
@@ -107,6 +121,16 @@ def check_number(
             f"{name} must be a number in {lo}{low}, {high}{hi}. Received: {name}={quoted(value)}"
         )
     return float(value)  # type: ignore[arg-type]
+
+
+def check_flag(name: str, value: object) -> bool:
+    """``value`` as a bool: True or False, or 1 or 0 (a job's parameters travel as numbers);
+    ValueError naming ``name`` and the value for anything else."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | float | np.integer | np.floating) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"{name} must be true or false (or 1 or 0). Received: {name}={quoted(value)}")
 
 
 def check_int(name: str, value: object, low: int = 0) -> int:

@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._registry import check_number, parameter_names, resolve
+from ._registry import check_flag, check_number, flag_names, parameter_names, resolve
 from ._state import check_finite, int_entry
 from ._types import Array
 from .threads import parallel_for
@@ -327,7 +327,7 @@ class SGD(Optimizer):
     ) -> None:
         super().__init__(learning_rate, weight_decay, clip_norm)
         self.momentum = _check_number("momentum", momentum, 0.0, 1.0)
-        self.nesterov = bool(nesterov)
+        self.nesterov = check_flag("nesterov", nesterov)
         if self.nesterov and self.momentum == 0.0:
             raise ValueError("nesterov=True needs momentum > 0. Received: momentum=0.0")
         self.slot_names = ("momentum",) if self.momentum > 0 else ()
@@ -507,9 +507,7 @@ class RMSprop(Optimizer):
         self.alpha = _check_number("alpha", alpha, 0.0, 1.0)
         self.epsilon = _check_number("epsilon", epsilon, 0.0)
         self.momentum = _check_number("momentum", momentum, 0.0, 1.0)
-        if not isinstance(centered, bool | np.bool_):
-            raise ValueError(f"centered must be a boolean. Received: centered={centered!r}")
-        self.centered = bool(centered)
+        self.centered = check_flag("centered", centered)
         self.slot_names = (
             ("square_avg",)
             + (("momentum",) if self.momentum > 0 else ())
@@ -569,3 +567,9 @@ def parameters(name: str) -> tuple[str, ...] | None:
     """The parameters optimizer `name` takes (``learning_rate``, ``beta_1``, ...), or None for a
     name it does not know: the SDK and the server check a job's optimizer settings by them."""
     return parameter_names(REGISTRY, name)
+
+
+def flags(name: str) -> frozenset[str]:
+    """The parameters of optimizer `name` that are flags (``nesterov``, ``centered``): a job
+    carries them as 1 or 0, and the SDK sends True and False so."""
+    return flag_names(REGISTRY, name)

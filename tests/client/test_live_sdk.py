@@ -26,6 +26,7 @@ from trainwire.client import (
     NotFound,
     ResourceExhausted,
     Sequential,
+    SpecError,
     TimedOut,
 )
 from trainwire.client.client import env_settings
@@ -400,6 +401,43 @@ def test_a_job_s_model_trains_again_as_it_is(client: Client, dataset: DatasetInf
     finally:
         first.cancel()
         again.cancel()
+
+
+def test_optimizer_flags_and_prelu_layers_reach_the_server_and_train(
+    client: Client, dataset: DatasetInfo
+) -> None:
+    """`nesterov` and `centered` are flags, which the request carries as 1 or 0: the SDK refused
+    True ("must be a number") and the engine refused RMSprop's 1.0 ("must be a boolean"), so
+    `centered` could not be set at all. A PReLU layer, which the engine builds, was refused by
+    the SDK's own check, even in the model a job had stored."""
+    model = [
+        {"type": "dense", "units": 8},
+        {"type": "prelu", "init": 0.1},
+        {"type": "dense", "units": 3},
+    ]
+    optimizers = [
+        {"name": "sgd", "learning_rate": 0.05, "momentum": 0.9, "nesterov": True},
+        {"name": "rmsprop", "learning_rate": 0.01, "centered": True},
+    ]
+    jobs = [
+        client.create_job(dataset, model, epochs=2, batch_size=8, optimizer=optimizer)
+        for optimizer in optimizers
+    ]
+    for job, flag in zip(jobs, ("nesterov", "centered"), strict=True):
+        final = job.wait(timeout=60, poll_interval=0.1)
+        assert final.state == "SUCCEEDED", final.error
+        assert final.raw.training.optimizer.params[flag] == 1.0
+        # Stored as the engine's PReLU, shown as the activation layer it travels as.
+        assert final.model["layers"][1]["activation"] == {"name": "prelu", "init": 0.1}
+    again = client.create_job(dataset, jobs[1].last_status.model, epochs=1, queue="nobody-listens")
+    try:
+        assert again.status().model == jobs[1].last_status.model
+    finally:
+        again.cancel()
+    with pytest.raises(SpecError) as caught:
+        client.create_job(dataset, model, optimizer={"name": "rmsprop", "centered": 0.5})
+    [(field, description)] = caught.value.field_violations
+    assert field == "training.optimizer.params['centered']" and "true or false" in description
 
 
 def test_every_method_taking_a_name_also_takes_the_handle(client: Client) -> None:

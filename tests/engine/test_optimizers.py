@@ -351,6 +351,8 @@ def test_an_infinite_second_moment_a_run_reaches_loads() -> None:
         ({"name": "adam", "clip_norm": 0.0}, "clip_norm"),
         ({"name": "rmsprop", "alpha": 1.5}, "alpha"),
         ({"name": "rmsprop", "centered": "yes"}, "centered"),
+        ({"name": "rmsprop", "centered": 0.5}, "centered"),
+        ({"name": "sgd", "momentum": 0.9, "nesterov": 2.0}, "nesterov"),
         ({"name": "adagrad", "initial_accumulator_value": -1}, "initial_accumulator_value"),
         ({"name": "adamw", "weight_decay": -0.1}, "weight_decay"),
     ],
@@ -358,3 +360,13 @@ def test_an_infinite_second_moment_a_run_reaches_loads() -> None:
 def test_hyperparameter_validation(config: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         optimizers.get(config)
+
+
+def test_flags_are_true_or_false_or_one_or_zero_as_a_job_carries_them() -> None:
+    """A job's optimizer parameters travel as numbers: its flags arrive as 1.0 and 0.0."""
+    for given, expected in ((1.0, True), (0.0, False), (True, True), (np.bool_(False), False)):
+        assert optimizers.get({"name": "rmsprop", "centered": given}).centered is expected
+        sgd = optimizers.get({"name": "sgd", "momentum": 0.5, "nesterov": given})
+        assert sgd.nesterov is expected
+    assert optimizers.flags("sgd") == {"nesterov"} and optimizers.flags("RMSprop") == {"centered"}
+    assert optimizers.flags("adam") == frozenset() and optimizers.flags("nope") == frozenset()
