@@ -2,7 +2,9 @@
 
 - CSV (UTF-8, a byte-order mark allowed): a header row is optional, told by a cell that is not
   a number above one that is. The target column is named by `target_column` (a header name or
-  a 0-based index; -1, the default, is the last column) and every row must have a target.
+  a 0-based index; -1, the default, is the last column) and every row must have a target: an
+  empty target, or one of the missing-value markers of pandas' read_csv (NA, N/A, #N/A, NaN,
+  nan, null, NULL, None, <NA>, ... in any case), is refused naming its line.
   Integer text targets become int64 labels, other numbers float32 regression targets, and words
   (`setosa`) class labels numbered in sorted order (their names become the dataset's class
   names). Features must be numeric.
@@ -58,6 +60,20 @@ def _is_int(text: str) -> bool:
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+
+# The cells pandas' read_csv takes as missing by default (its na_values), compared here without
+# regard to case or surrounding spaces: a target "NA" is no class named "NA".
+_MISSING = frozenset(
+    marker.lower()
+    for marker in (
+        "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+        "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+    )
+)  # fmt: skip
+
+
+def _is_missing(text: str) -> bool:
+    return text.strip().lower() in _MISSING
 
 
 def _has_header(rows: list[list[str]]) -> bool:
@@ -213,9 +229,13 @@ def read_csv(path: PathLike, target_column: str | int | None = -1) -> TableData:
     class_names: list[str] = []
     if column is not None:
         cells = [row[column].strip() for row in body]
-        if "" in cells:
-            line = lines[cells.index("")]
-            raise ValueError(f"{path}: row {line} has no target (column {header[column]!r})")
+        for line, cell in zip(lines, cells, strict=True):
+            if _is_missing(cell):
+                held = f"holds {cell!r}, a missing value" if cell else "is empty"
+                raise ValueError(
+                    f"{path}: row {line} has no target (column {header[column]!r} {held}); "
+                    "every row needs one: fill it in, or remove the row"
+                )
         if all(_is_int(c) for c in cells):
             targets = np.array([int(c) for c in cells], dtype=np.int64)
         elif all(_is_number(c) for c in cells):

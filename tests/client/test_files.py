@@ -311,3 +311,16 @@ def test_a_file_in_a_folder_that_does_not_exist_is_named_as_asked(tmp_path: Path
     with pytest.raises(FileNotFoundError) as refused, replaced_file(missing):
         pass
     assert refused.value.filename == str(missing)
+
+
+@pytest.mark.parametrize("marker", ["NA", "n/a", "nan", "NaN", "NULL", "None", "#N/A", " na "])
+def test_a_missing_value_marker_in_the_target_column_is_refused_naming_its_row(
+    tmp_path: Path, marker: str
+) -> None:
+    """A target "0.5, NA, 1.5" became a 3-class classification with a class "NA", and
+    "0, NA, 1" got an extra class "NA": one cell that is no number made the column words."""
+    for targets in ("0.5", "0"):
+        path = write(tmp_path, f"a,b,target\n1,2,{targets}\n3,4,{marker}\n5,6,1.5\n")
+        message = f"data.csv: row 3 has no target (column 'target' holds {marker.strip()!r}, a"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            read_csv(path)
