@@ -7,7 +7,9 @@
   nan, null, NULL, None, <NA>, ... in any case), is refused naming its line.
   Integer text targets become int64 labels, other numbers float32 regression targets, and words
   (`setosa`) class labels numbered in sorted order (their names become the dataset's class
-  names). Features must be numeric.
+  names). Features must be numeric. Features and regression targets, sent as float32, must be
+  finite float32 values (no nan, inf or 1e40), and integer labels int64 ones: a cell that is
+  not is refused naming its line and column.
 - NPY: one array per file (features, then targets from a second file).
 - NPZ: arrays named `X`/`y` or `features`/`targets`.
 """
@@ -180,26 +182,57 @@ def _numeric_columns(
     lines: Sequence[int],
     columns: Sequence[int],
 ) -> np.ndarray:
-    """The given columns of the rows, in that order, as float32. A cell that is no number is
-    refused naming its line and its column: by the header's name (`names`), or else by its
-    position."""
+    """The given columns of the rows, in that order, as float32. A cell that is no number, or no
+    finite float32 (nan, inf, 1e40), is refused naming its line and its column: by the header's
+    name (`names`), or else by its position."""
     try:
-        return np.array([[float(row[i]) for i in columns] for row in body], dtype=np.float32)
+        values = np.array([[float(row[i]) for i in columns] for row in body], dtype=np.float64)
     except ValueError:
-        pass
+        values = None
+    if values is not None:
+        bad = np.argwhere(~(np.abs(values) <= _FLOAT32_MAX))  # NaN compares False too
+        if not len(bad):
+            return values.astype(np.float32)
+        row, at = (int(i) for i in bad[0])
+        cell = body[row][columns[at]]
+        raise ValueError(
+            f"{path}:{lines[row]}: feature column {_column_name(names, columns[at])} holds "
+            f"{cell.strip()!r}, {_not_finite(cell)}; every feature must be a finite number"
+        )
     # Only a refused file gets here: find its first bad cell.
-    for line, row in zip(lines, body, strict=True):
+    for line, row_cells in zip(lines, body, strict=True):
         for i in columns:
             try:
-                float(row[i])
+                float(row_cells[i])
             except ValueError:
-                column = repr(names[i]) if names is not None else f"{i} (counting from 0)"
-                cell = f"holds {row[i]!r}" if row[i].strip() else "is empty"
+                cell = row_cells[i]
+                held = f"holds {cell.strip()!r}" if cell.strip() else "is empty"
+                if cell.strip() and _is_missing(cell):
+                    held += ", a missing value"
                 raise ValueError(
-                    f"{path}:{line}: feature column {column} {cell}; every feature column must "
-                    "be numeric"
+                    f"{path}:{line}: feature column {_column_name(names, i)} {held}; every "
+                    "feature column must be numeric"
                 ) from None
     raise AssertionError("unreachable: a cell above failed float()")
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_INT64 = np.iinfo(np.int64)
+
+
+def _column_name(names: Sequence[str] | None, index: int) -> str:
+    """A column as messages name it: by the header's name, or else by its position."""
+    return repr(names[index]) if names is not None else f"{index} (counting from 0)"
+
+
+def _not_finite(cell: str) -> str:
+    """Why a cell that float() reads is refused as a float32 value."""
+    value = float(cell)
+    if value != value:
+        return "a missing value"
+    if abs(value) == float("inf"):
+        return "which is no finite number"
+    return f"beyond the range of float32 (+-{_FLOAT32_MAX:.3g})"
 
 
 def read_csv(path: PathLike, target_column: str | int | None = -1) -> TableData:
@@ -236,9 +269,22 @@ def read_csv(path: PathLike, target_column: str | int | None = -1) -> TableData:
                     f"{path}: row {line} has no target (column {header[column]!r} {held}); "
                     "every row needs one: fill it in, or remove the row"
                 )
+        name = _column_name(header if has_header else None, column)
         if all(_is_int(c) for c in cells):
+            for line, cell in zip(lines, cells, strict=True):
+                if not _INT64.min <= int(cell) <= _INT64.max:
+                    raise ValueError(
+                        f"{path}:{line}: target column {name} holds {cell!r}, too large for a "
+                        f"label (an int64, at most {_INT64.max}); is it the right column?"
+                    )
             targets = np.array([int(c) for c in cells], dtype=np.int64)
         elif all(_is_number(c) for c in cells):
+            for line, cell in zip(lines, cells, strict=True):
+                if not abs(float(cell)) <= _FLOAT32_MAX:
+                    raise ValueError(
+                        f"{path}:{line}: target column {name} holds {cell!r}, "
+                        f"{_not_finite(cell)}; every target must be a finite number"
+                    )
             targets = np.array([float(c) for c in cells], dtype=np.float32)
         else:
             class_names = sorted(set(cells))

@@ -324,3 +324,36 @@ def test_a_missing_value_marker_in_the_target_column_is_refused_naming_its_row(
         message = f"data.csv: row 3 has no target (column 'target' holds {marker.strip()!r}, a"
         with pytest.raises(ValueError, match=re.escape(message)):
             read_csv(path)
+
+
+@pytest.mark.parametrize(
+    ("cell", "why"),
+    [
+        ("nan", "a missing value"),
+        ("-inf", "which is no finite number"),
+        ("1e40", "beyond the range of float32 (+-3.4e+38)"),
+    ],
+)
+def test_a_cell_that_is_no_finite_float32_is_refused_naming_its_line_and_column(
+    tmp_path: Path, cell: str, why: str
+) -> None:
+    """Refused by the server alone ("features: must be finite; found nan at index (1, 1)"),
+    naming no file, line or column; 1e40 printed numpy's overflow RuntimeWarning first."""
+    features = write(tmp_path, f"a,b,target\n1,2,0\n3,{cell},1\n")
+    message = f"data.csv:3: feature column 'b' holds {cell!r}, {why}; every feature must be a"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        read_csv(features)  # pytest's filterwarnings=error setting would fail on the warning
+    with pytest.raises(ValueError, match=re.escape("data.csv:2: feature column 1 (counting")):
+        read_model_inputs(write(tmp_path, f"1,2\n3,{cell}\n"), lambda: [])
+    if cell != "nan":  # a missing target, refused as such
+        targets = write(tmp_path, f"a,b,target\n1,2,0.5\n3,4,{cell}\n")
+        message = f"data.csv:3: target column 'target' holds {cell!r}, {why}; every target"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            read_csv(targets)
+
+
+def test_an_integer_target_past_int64_is_refused_naming_its_line(tmp_path: Path) -> None:
+    """It ended in a bare OverflowError (a traceback from the CLI)."""
+    path = write(tmp_path, "a,b,target\n1,2,0\n3,4,123456789012345678901234567890\n")
+    with pytest.raises(ValueError, match=r"data\.csv:3: target column 'target' holds '1234.*too"):
+        read_csv(path)
