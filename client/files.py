@@ -1,15 +1,16 @@
 """Datasets and prediction inputs from files: CSV, NPY and NPZ.
 
-- CSV (UTF-8, a byte-order mark allowed): a header row is optional, told by a cell that is not
-  a number above one that is. The target column is named by `target_column` (a header name or
-  a 0-based index; -1, the default, is the last column) and every row must have a target: an
-  empty target, or one of the missing-value markers of pandas' read_csv (NA, N/A, #N/A, NaN,
-  nan, null, NULL, None, <NA>, ... in any case), is refused naming its line.
-  Integer text targets become int64 labels, other numbers float32 regression targets, and words
-  (`setosa`) class labels numbered in sorted order (their names become the dataset's class
-  names). Features must be numeric. Features and regression targets, sent as float32, must be
-  finite float32 values (no nan, inf or 1e40), and integer labels int64 ones: a cell that is
-  not is refused naming its line and column.
+- CSV (UTF-8, a byte-order mark allowed; another encoding is refused naming the line): a
+  header row is optional, told by a cell that is not a number above one that is. The target
+  column is named by `target_column` (a header name or a 0-based index; -1, the default, is
+  the last column) and every row must have a target: an empty target, or one of the
+  missing-value markers of pandas' read_csv (NA, N/A, #N/A, NaN, nan, null, NULL, None, <NA>,
+  ... in any case), is refused naming its line. Integer text targets become int64 labels,
+  other numbers float32 regression targets, and words (`setosa`) class labels numbered in
+  sorted order (their names become the dataset's class names). Features must be numeric.
+  Features and regression targets, sent as float32, must be finite float32 values (no nan, inf
+  or 1e40), and integer labels int64 ones: a cell that is not is refused naming its line and
+  column.
 - NPY: one array per file (features, then targets from a second file).
 - NPZ: arrays named `X`/`y` or `features`/`targets`.
 """
@@ -112,6 +113,12 @@ def _unreadable(path: PathLike, kind: str, error: Exception, line: int = 0) -> V
     elif isinstance(error, csv.Error):
         # The one error of a reader opened with newline="": a cell past the module's limit.
         reason = f"a cell is longer than {csv.field_size_limit()} characters"
+    elif isinstance(error, UnicodeDecodeError):
+        if error.object[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 byte-order mark
+            reason = "it is UTF-16 text, not UTF-8"
+        else:
+            reason = f"byte 0x{error.object[error.start]:02x} is not UTF-8 text"
+        advice = "save it as CSV UTF-8 (in Excel, Save As 'CSV UTF-8'; pandas writes UTF-8)"
     elif "pickle" in str(error):  # no array header, or an array of Python objects
         reason = "it holds no array of numbers"
     else:  # such as numpy's "Failed to read all data for array" of a truncated file
@@ -159,6 +166,8 @@ def _csv_rows(
             ]
         except csv.Error as error:
             raise _unreadable(path, ".csv", error, reader.line_num) from None
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
     if not numbered:
         raise ValueError(f"{path} has no rows")
     rows = [row for _, row in numbered]
@@ -173,6 +182,17 @@ def _csv_rows(
         if len(row) != width:
             raise ValueError(f"{path}:{line} has {len(row)} columns, the header has {width}")
     return header, body, lines, has_header
+
+
+def _not_utf8(path: PathLike) -> ValueError:
+    """The error for a CSV file that is not UTF-8, naming the line of its first bad byte (the
+    error of a text file names a position in the block it was decoding)."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        return _unreadable(path, ".csv", error, data.count(b"\n", 0, error.start) + 1)
+    raise AssertionError("unreachable: the file failed to decode")
 
 
 def _numeric_columns(

@@ -357,3 +357,21 @@ def test_an_integer_target_past_int64_is_refused_naming_its_line(tmp_path: Path)
     path = write(tmp_path, "a,b,target\n1,2,0\n3,4,123456789012345678901234567890\n")
     with pytest.raises(ValueError, match=r"data\.csv:3: target column 'target' holds '1234.*too"):
         read_csv(path)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "where", "reason"),
+    [
+        ("latin-1", "data.csv:3", "byte 0xe9 is not UTF-8 text"),
+        ("utf-16", "data.csv:1", "it is UTF-16 text, not UTF-8"),
+    ],
+)
+def test_a_csv_file_that_is_not_utf8_is_refused_naming_it_and_its_line(
+    tmp_path: Path, encoding: str, where: str, reason: str
+) -> None:
+    """It ended in "'utf-8' codec can't decode byte 0xe9 in position 18", naming no file."""
+    path = write(tmp_path, "a,b,label\n1,2,x\n3,4,caf\u00e9\n", encoding=encoding)
+    message = f"{where} is not a readable CSV file: {reason}; save it as CSV UTF-8"
+    for call in (lambda: read_csv(path), lambda: read_model_inputs(path, lambda: [])):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            call()
