@@ -425,6 +425,7 @@ class Client:
         class_names: Sequence[str] = (),
         labels: Mapping[str, str] | None = None,
         target_column: str | int | None = None,
+        header: bool | None = None,
         dedupe: bool = True,
         progress: bool | None = None,
         timeout: float | None = None,
@@ -434,7 +435,10 @@ class Client:
 
         `features` is an array or a file: a CSV (targets in `target_column`, the last column by
         default), an NPZ (`X` and `y`), or a CSV or NPY of features only with `targets` (an array,
-        or an NPY or CSV file) holding one target per row. `task` is
+        or an NPY or CSV file) holding one target per row. `header` says whether the first line
+        of the CSV files names their columns (None, the default, guesses: a line with a word
+        above numbers, or 0,1,...,n-1 for 3 or more columns, as pandas writes unnamed ones, is
+        a header; other numbers are data). `task` is
         regression, binary or multiclass; when omitted, integer targets mean multiclass (binary
         for 0/1) and floats regression. Integer and bool features are sent as float32 (float64
         ones stay float64), and bool, unsigned, int8 and int16 targets as int64.
@@ -448,7 +452,7 @@ class Client:
         """
         upload = self._prepare(
             features, targets, task, name, num_classes, feature_names, class_names, labels,
-            target_column,
+            target_column, header,
         )  # fmt: skip
         if dedupe:
             existing = self.find_dataset(upload)
@@ -482,11 +486,12 @@ class Client:
         class_names: Sequence[str],
         labels: Mapping[str, str] | None,
         target_column: str | int | None,
+        header: bool | None = None,
     ) -> Upload:
         if isinstance(features, str | Path):
             if targets is not None and not isinstance(targets, str | Path):
                 targets = np.asarray(targets)
-            table = read_dataset(features, targets, target_column)
+            table = read_dataset(features, targets, target_column, header=header)
             x, y = table.features, table.targets
             if task == "regression" and table.class_names:
                 raise ValueError(

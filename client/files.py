@@ -1,7 +1,10 @@
 """Datasets and prediction inputs from files: CSV, NPY and NPZ.
 
 - CSV (UTF-8, a byte-order mark allowed; another encoding is refused naming the line): a
-  header row is optional, told by a cell that is not a number above one that is. The target
+  header row is optional: `header=True`/`False` says whether the first line names the columns;
+  by default it is guessed, a header when a cell of it is not a number above one that is, or
+  when it is exactly 0,1,...,n-1 for 3 or more columns (the names pandas gives unnamed
+  columns) above a row that is not (a first row of other numbers is data). The target
   column is named by `target_column` (a header name or a 0-based index; -1, the default, is
   the last column) and every row must have a target: an empty target, or one of the
   missing-value markers of pandas' read_csv (NA, N/A, #N/A, NaN, nan, null, NULL, None, <NA>,
@@ -80,17 +83,27 @@ def _is_missing(text: str) -> bool:
 
 
 def _has_header(rows: list[list[str]]) -> bool:
-    """Whether the first row names the columns: some cell of it is not a number while the cell
-    below it is (a column of word labels tells nothing either way). A lone row is a header
-    unless all of it is numeric."""
+    """Whether the first row names the columns, guessed: some cell of it is not a number while
+    the cell below it is (a column of word labels tells nothing either way), or it is exactly
+    0,1,...,n-1 for n >= 3 columns (the names pandas gives unnamed columns, as
+    `pd.DataFrame(array).to_csv(index=False)` writes) and the row below it is not. A lone row is
+    a header unless all of it is numeric."""
     first = rows[0]
     if len(rows) == 1:
         return not all(_is_number(cell) for cell in first)
     second = rows[1]
+    if _is_default_names(first) and not _is_default_names(second):
+        return True
     return any(
         not _is_number(cell) and _is_number(below)
         for cell, below in zip(first, second, strict=False)
     )
+
+
+def _is_default_names(row: list[str]) -> bool:
+    """Whether a row is "0,1,...,n-1" with n >= 3: fewer columns are too likely data (a feature
+    0 with a label 1)."""
+    return len(row) >= 3 and [cell.strip() for cell in row] == [str(i) for i in range(len(row))]
 
 
 _FORMATS = {
@@ -149,11 +162,11 @@ def _read_npz(path: PathLike) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _csv_rows(
-    path: PathLike, header_given: bool = False
+    path: PathLike, header: bool | None = None
 ) -> tuple[list[str], list[list[str]], list[int], bool]:
     """The column names (x0, x1, ... without a header), the data rows as text, the file's line
     number of each data row (blank lines are skipped, so a row's place is not its line), and
-    whether the file has a header (`header_given`: it has, whatever its cells look like)."""
+    whether the file has a header (`header`: True or False says so, None guesses it)."""
     # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first cell.
     with Path(path).open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
@@ -171,17 +184,17 @@ def _csv_rows(
     if not numbered:
         raise ValueError(f"{path} has no rows")
     rows = [row for _, row in numbered]
-    has_header = header_given or _has_header(rows)
-    header = [c.strip() for c in rows[0]] if has_header else [f"x{i}" for i in range(len(rows[0]))]
+    has_header = _has_header(rows) if header is None else header
+    names = [c.strip() for c in rows[0]] if has_header else [f"x{i}" for i in range(len(rows[0]))]
     body = rows[1:] if has_header else rows
     lines = [line for line, _ in numbered][1 if has_header else 0 :]
     if not body:
         raise ValueError(f"{path} has a header but no data rows")
-    width = len(header)
+    width = len(names)
     for line, row in zip(lines, body, strict=True):
         if len(row) != width:
             raise ValueError(f"{path}:{line} has {len(row)} columns, the header has {width}")
-    return header, body, lines, has_header
+    return names, body, lines, has_header
 
 
 def _not_utf8(path: PathLike) -> ValueError:
@@ -255,19 +268,28 @@ def _not_finite(cell: str) -> str:
     return f"beyond the range of float32 (+-{_FLOAT32_MAX:.3g})"
 
 
-def read_csv(path: PathLike, target_column: str | int | None = -1) -> TableData:
-    """Features (float32) and targets from a CSV file; `target_column=None` reads features only."""
+def read_csv(
+    path: PathLike, target_column: str | int | None = -1, *, header: bool | None = None
+) -> TableData:
+    """Features (float32) and targets from a CSV file; `target_column=None` reads features only.
+    `header` says whether the first line names the columns (None: guessed, or True when
+    `target_column` is a name)."""
     named = isinstance(target_column, str) and not target_column.lstrip("-").isdigit()
-    header, body, lines, has_header = _csv_rows(path, header_given=named)
-    width = len(header)
+    if named and header is False:
+        raise ValueError(
+            f"target column {target_column!r} is a name, but {path} has no header (header=False): "
+            "give the column's 0-based index instead"
+        )
+    names, body, lines, has_header = _csv_rows(path, True if named else header)
+    width = len(names)
     column: int | None = None
     if target_column is not None:
         if isinstance(target_column, str) and not target_column.lstrip("-").isdigit():
-            if target_column not in header:
+            if target_column not in names:
                 raise ValueError(
-                    f"target column {target_column!r} is not in {path}; columns: {header}"
+                    f"target column {target_column!r} is not in {path}; columns: {names}"
                 )
-            column = header.index(target_column)
+            column = names.index(target_column)
         else:
             position = int(target_column)
             if not -width <= position < width:
@@ -277,7 +299,7 @@ def read_csv(path: PathLike, target_column: str | int | None = -1) -> TableData:
                 )
             column = position % width
     feature_columns = [i for i in range(width) if i != column]
-    features = _numeric_columns(path, header if has_header else None, body, lines, feature_columns)
+    features = _numeric_columns(path, names if has_header else None, body, lines, feature_columns)
     targets: np.ndarray | None = None
     class_names: list[str] = []
     if column is not None:
@@ -286,10 +308,10 @@ def read_csv(path: PathLike, target_column: str | int | None = -1) -> TableData:
             if _is_missing(cell):
                 held = f"holds {cell!r}, a missing value" if cell else "is empty"
                 raise ValueError(
-                    f"{path}: row {line} has no target (column {header[column]!r} {held}); "
+                    f"{path}: row {line} has no target (column {names[column]!r} {held}); "
                     "every row needs one: fill it in, or remove the row"
                 )
-        name = _column_name(header if has_header else None, column)
+        name = _column_name(names if has_header else None, column)
         if all(_is_int(c) for c in cells):
             for line, cell in zip(lines, cells, strict=True):
                 if not _INT64.min <= int(cell) <= _INT64.max:
@@ -310,17 +332,21 @@ def read_csv(path: PathLike, target_column: str | int | None = -1) -> TableData:
             class_names = sorted(set(cells))
             index = {name: i for i, name in enumerate(class_names)}
             targets = np.array([index[c] for c in cells], dtype=np.int64)
-    names = [header[i] for i in feature_columns] if has_header else []
-    return TableData(features, targets, names, class_names)
+    feature_names = [names[i] for i in feature_columns] if has_header else []
+    return TableData(features, targets, feature_names, class_names)
 
 
 def read_dataset(
     features: PathLike,
     targets: PathLike | np.ndarray | None = None,
     target_column: str | int | None = None,
+    *,
+    header: bool | None = None,
 ) -> TableData:
     """A dataset from a CSV file, an NPZ file, or CSV/NPY features plus targets (an NPY or CSV
-    file, or an array): given targets, every column of the features file is a feature."""
+    file, or an array): given targets, every column of the features file is a feature.
+    `header` says whether the first line of each CSV file read names its columns (None: each
+    is guessed)."""
     path = Path(features)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".npy", ".npz"):
@@ -335,7 +361,7 @@ def read_dataset(
             f"one or the other. Received: target_column={target_column!r}"
         )
     if suffix == ".csv" and targets is None:
-        table = read_csv(path, -1 if target_column is None else target_column)
+        table = read_csv(path, -1 if target_column is None else target_column, header=header)
         if table.features.shape[1] == 0:
             raise ValueError(
                 f"{path} has a single column, so no features beside the targets: CSV files are "
@@ -352,7 +378,7 @@ def read_dataset(
         if arrays is not None:
             return TableData(*arrays, [], [])
         raise ValueError(f"{path} must hold arrays X and y (or features and targets)")
-    inputs = read_inputs(path)
+    inputs = read_inputs(path, header=header)
     if targets is None:
         raise ValueError(f"{path} holds features only; give the targets file too")
     class_names: list[str] = []
@@ -361,7 +387,7 @@ def read_dataset(
     elif Path(targets).suffix.lower() == ".npy":
         y, source = read_npy(targets), str(targets)
     else:
-        table = read_csv(targets, 0)
+        table = read_csv(targets, 0, header=header)
         if table.targets is None:
             raise ValueError(f"{targets} has no targets")
         y, source, class_names = table.targets, str(targets), table.class_names
@@ -374,35 +400,38 @@ def read_dataset(
     return TableData(inputs.features, y, inputs.feature_names, class_names)
 
 
-def read_inputs(path: PathLike) -> TableData:
+def read_inputs(path: PathLike, *, header: bool | None = None) -> TableData:
     """Rows of features from a .npy or a numeric .csv file, with the CSV header's column names
-    (none for .npy or a CSV without a header); no targets."""
+    (none for .npy or a CSV without a header); no targets. `header` as for `read_csv`."""
     file = Path(path)
     suffix = file.suffix.lower()
     if suffix == ".npy":
         return TableData(read_npy(file), None, [], [])
     if suffix == ".csv":
-        return read_csv(file, None)
+        return read_csv(file, None, header=header)
     raise ValueError(f"inputs must be a .csv or .npy file. Received: {file}")
 
 
-def read_model_inputs(path: PathLike, model_features: Callable[[], Sequence[str]]) -> np.ndarray:
+def read_model_inputs(
+    path: PathLike, model_features: Callable[[], Sequence[str]], *, header: bool | None = None
+) -> np.ndarray:
     """Rows of features for a model, from a .npy or .csv file, in the order the model reads them.
 
     A CSV header's names are matched to `model_features()` (the names of the features of the
     model's training dataset; called only for a file with a header) before any value is read,
     so a column that is not a feature is refused by name whatever it holds: a target column of
     words (`setosa`) left in the file would otherwise be refused as non-numeric, as if it were
-    a feature. Without names on either side, columns are taken by position.
+    a feature. Without names on either side, columns are taken by position. `header` says
+    whether the CSV file's first line names its columns (None: guessed).
     """
     file = Path(path)
     if file.suffix.lower() != ".csv":
         return read_inputs(file).features
-    header, body, lines, has_header = _csv_rows(file)
-    columns: Sequence[int] = range(len(header))
+    names, body, lines, has_header = _csv_rows(file, header)
+    columns: Sequence[int] = range(len(names))
     if has_header:
-        columns = _model_columns(header, model_features(), file)
-    return _numeric_columns(file, header if has_header else None, body, lines, columns)
+        columns = _model_columns(names, model_features(), file)
+    return _numeric_columns(file, names if has_header else None, body, lines, columns)
 
 
 def _model_columns(names: list[str], model_features: Sequence[str], path: PathLike) -> list[int]:

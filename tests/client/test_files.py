@@ -375,3 +375,22 @@ def test_a_csv_file_that_is_not_utf8_is_refused_naming_it_and_its_line(
     for call in (lambda: read_csv(path), lambda: read_model_inputs(path, lambda: [])):
         with pytest.raises(ValueError, match=re.escape(message)):
             call()
+
+
+def test_pandas_default_column_names_are_a_header(tmp_path: Path) -> None:
+    """`pd.DataFrame(np.c_[X, y]).to_csv(index=False)` writes the header 0,1,...,n-1, which was
+    read as a row of data: one more example, and one more class (label 4)."""
+    path = write(tmp_path, "0,1,2,3\n5.1,3.5,1.4,0\n4.9,3.0,1.4,1\n")
+    table = read_csv(path)
+    assert table.features.shape == (2, 3) and table.feature_names == ["0", "1", "2"]
+    assert table.targets is not None and table.targets.tolist() == [0, 1]
+    # Said otherwise, it is data; and a first row that looks like data can be said a header.
+    assert read_csv(path, header=False).targets.tolist() == [3, 0, 1]  # type: ignore[union-attr]
+    two = write(tmp_path, "0,1\n2,1\n", name="two.csv")
+    assert read_csv(two).features.tolist() == [[0], [2]], "0,1 is too likely data to guess"
+    assert read_csv(two, header=True).feature_names == ["0"]
+    same = write(tmp_path, "0,1,2\n0,1,2\n", name="same.csv")
+    assert read_csv(same).features.shape == (2, 2), "a row like the ones below it is data"
+    assert read_model_inputs(path, lambda: [], header=False).shape == (3, 4)
+    with pytest.raises(ValueError, match=r"'target' is a name, but .*\(header=False\): give"):
+        read_csv(path, "target", header=False)
