@@ -6,9 +6,11 @@
   when it is exactly 0,1,...,n-1 for 3 or more columns (the names pandas gives unnamed
   columns) above a row that is not (a first row of other numbers is data). The target
   column is named by `target_column` (a header name or a 0-based index; -1, the default, is
-  the last column) and every row must have a target: an empty target, or one of the
-  missing-value markers of pandas' read_csv (NA, N/A, #N/A, NaN, nan, null, NULL, None, <NA>,
-  ... in any case), is refused naming its line. Integer text targets become int64 labels,
+  the last column; a name the header gives twice is refused, asking for the index). A column
+  read must have a name in a header (an empty one, as pandas' index, is refused). Every row
+  must have a target: an empty target, or one of the missing-value markers of pandas'
+  read_csv (NA, N/A, #N/A, NaN, nan, null, NULL, None, <NA>, ... in any case), is refused
+  naming its line. Integer text targets become int64 labels,
   other numbers float32 regression targets, and words (`setosa`) class labels numbered in
   sorted order (their names become the dataset's class names). Features must be numeric.
   Features and regression targets, sent as float32, must be finite float32 values (no nan, inf
@@ -27,7 +29,7 @@ import os
 import re
 import secrets
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,6 +255,17 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _INT64 = np.iinfo(np.int64)
 
 
+def _check_named(path: PathLike, names: Sequence[str], columns: Iterable[int]) -> None:
+    """Refuses a column read whose header cell is empty: an index column pandas writes (its
+    `to_csv()` default) would be a feature, which on sorted data leaks the label."""
+    for i in sorted(columns):
+        if not names[i]:
+            raise ValueError(
+                f"{path}: column {i} (counting from 0) has no name in the header: an index "
+                "written by pandas? Save the file with to_csv(index=False), or name the column"
+            )
+
+
 def _column_name(names: Sequence[str] | None, index: int) -> str:
     """A column as messages name it: by the header's name, or else by its position."""
     return repr(names[index]) if names is not None else f"{index} (counting from 0)"
@@ -290,6 +303,13 @@ def read_csv(
                     f"target column {target_column!r} is not in {path}; columns: {names}"
                 )
             column = names.index(target_column)
+            if names.count(target_column) > 1:
+                twice = [i for i, name in enumerate(names) if name == target_column]
+                raise ValueError(
+                    f"target column {target_column!r} is named {len(twice)} times in {path} "
+                    f"(columns {', '.join(map(str, twice))}, counting from 0): give the index "
+                    "of the one to use instead"
+                )
         else:
             position = int(target_column)
             if not -width <= position < width:
@@ -299,6 +319,8 @@ def read_csv(
                 )
             column = position % width
     feature_columns = [i for i in range(width) if i != column]
+    if has_header:
+        _check_named(path, names, [*feature_columns, *([] if column is None else [column])])
     features = _numeric_columns(path, names if has_header else None, body, lines, feature_columns)
     targets: np.ndarray | None = None
     class_names: list[str] = []
@@ -430,6 +452,7 @@ def read_model_inputs(
     names, body, lines, has_header = _csv_rows(file, header)
     columns: Sequence[int] = range(len(names))
     if has_header:
+        _check_named(file, names, columns)
         columns = _model_columns(names, model_features(), file)
     return _numeric_columns(file, names if has_header else None, body, lines, columns)
 

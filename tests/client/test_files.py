@@ -394,3 +394,22 @@ def test_pandas_default_column_names_are_a_header(tmp_path: Path) -> None:
     assert read_model_inputs(path, lambda: [], header=False).shape == (3, 4)
     with pytest.raises(ValueError, match=r"'target' is a name, but .*\(header=False\): give"):
         read_csv(path, "target", header=False)
+
+
+def test_a_column_without_a_name_is_refused_as_pandas_index(tmp_path: Path) -> None:
+    """`df.to_csv()` writes pandas' index as a first column named "", which was kept as a
+    feature (on sorted data it gives the label away)."""
+    path = write(tmp_path, ",a,b,species\n0,1,2,setosa\n1,3,4,virginica\n")
+    message = "data.csv: column 0 (counting from 0) has no name in the header: an index written"
+    for call in (lambda: read_csv(path), lambda: read_model_inputs(path, lambda: [])):
+        with pytest.raises(ValueError, match=re.escape(message) + ".*index=False"):
+            call()
+
+
+def test_a_target_column_named_twice_is_refused_asking_for_its_index(tmp_path: Path) -> None:
+    """With columns a,a,target, target_column="a" took the first a without a word."""
+    path = write(tmp_path, "a,a,target\n1,2,0\n3,4,1\n")
+    message = "target column 'a' is named 2 times in "
+    with pytest.raises(ValueError, match=re.escape(message) + r".*\(columns 0, 1, counting"):
+        read_csv(path, "a")
+    assert read_csv(path, 1).features.tolist() == [[1, 0], [3, 1]]
