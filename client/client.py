@@ -35,7 +35,7 @@ from .errors import (
     from_rpc_error,
     status_of,
 )
-from .files import PathLike, read_dataset, read_npy
+from .files import PathLike, read_dataset, read_targets
 from .results import (
     FINISHED,
     TASK_NAMES,
@@ -435,7 +435,8 @@ class Client:
 
         `features` is an array or a file: a CSV (targets in `target_column`, the last column by
         default), an NPZ (`X` and `y`), or a CSV or NPY of features only with `targets` (an array,
-        or an NPY or CSV file) holding one target per row. `header` says whether the first line
+        or an NPY or CSV file) holding one target per row. A CSV targets file holds one column,
+        or `target_column` picks one of its columns. `header` says whether the first line
         of the CSV files names their columns (None, the default, guesses: a line with a word
         above numbers, or 0,1,...,n-1 for 3 or more columns, as pandas writes unnamed ones, is
         a header; other numbers are data). `task` is
@@ -505,13 +506,19 @@ class Client:
             class_names = class_names or table.class_names
             name = name or Path(features).stem
         else:
-            if target_column is not None:
+            if target_column is not None and not (
+                isinstance(targets, str | Path) and Path(targets).suffix.lower() == ".csv"
+            ):
                 raise ValueError(
                     "target_column picks the targets from a CSV file's columns, but the "
                     f"features are an array. Received: target_column={target_column!r}"
                 )
             x = np.asarray(features)
-            y = read_npy(targets) if isinstance(targets, str | Path) else targets
+            if isinstance(targets, str | Path):
+                y, names = read_targets(targets, target_column, header=header)
+                class_names = class_names or names
+            else:
+                y = targets
         if y is None:
             raise ValueError("targets are required (an array, or a file with a target column)")
         return prepare_upload(

@@ -16,6 +16,10 @@
   Features and regression targets, sent as float32, must be finite float32 values (no nan, inf
   or 1e40), and integer labels int64 ones: a cell that is not is refused naming its line and
   column.
+- Targets files (beside CSV or NPY features, or an array): an .npy array, or a CSV file of one
+  column; a CSV file of several columns needs `target_column` to pick one (pandas'
+  `Series.to_csv()` writes its index beside the targets). Targets one apart from the features'
+  rows are refused with a hint at a header read as data.
 - NPY: one array per file (features, then targets from a second file).
 - NPZ: arrays named `X`/`y` or `features`/`targets`.
 """
@@ -287,6 +291,45 @@ def read_csv(
     """Features (float32) and targets from a CSV file; `target_column=None` reads features only.
     `header` says whether the first line names the columns (None: guessed, or True when
     `target_column` is a name)."""
+    return _read_csv(path, target_column, header, features=True)
+
+
+def read_targets(
+    path: PathLike, target_column: str | int | None = None, *, header: bool | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """The targets of a .npy file, or of a CSV file (and the class names of word labels): its
+    one column, or the column `target_column` picks (a name or a 0-based index) of a file of
+    several; a file of several columns without it is refused listing them (pandas'
+    `Series.to_csv()` writes the index beside the targets)."""
+    file = Path(path)
+    suffix = file.suffix.lower()
+    if suffix == ".npy":
+        if target_column is not None:
+            raise ValueError(
+                f"target_column picks the targets from a CSV file's columns, but {file} is no "
+                f"CSV file. Received: target_column={target_column!r}"
+            )
+        return read_npy(file), []
+    if suffix != ".csv":
+        raise ValueError(f"targets must be a .npy or .csv file, or an array. Received: {file}")
+    if target_column is None:
+        names, _, _, has_header = _csv_rows(file, header)
+        if len(names) != 1:
+            listed = f" ({', '.join(map(repr, names))})" if has_header else ""
+            raise ValueError(
+                f"{file} has {len(names)} columns{listed}, but a targets file holds one: pick "
+                "the targets with target_column (--target-column), a name or a 0-based index"
+            )
+        target_column = 0
+    table = _read_csv(file, target_column, header, features=False)
+    assert table.targets is not None  # a target column was given
+    return table.targets, table.class_names
+
+
+def _read_csv(
+    path: PathLike, target_column: str | int | None, header: bool | None, *, features: bool
+) -> TableData:
+    """`read_csv`; without `features`, the other columns are left unread (a targets file's)."""
     named = isinstance(target_column, str) and not target_column.lstrip("-").isdigit()
     if named and header is False:
         raise ValueError(
@@ -318,10 +361,10 @@ def read_csv(
                     f"(0 to {width - 1}, or -1 for the last)"
                 )
             column = position % width
-    feature_columns = [i for i in range(width) if i != column]
+    feature_columns = [i for i in range(width) if i != column] if features else []
     if has_header:
         _check_named(path, names, [*feature_columns, *([] if column is None else [column])])
-    features = _numeric_columns(path, names if has_header else None, body, lines, feature_columns)
+    values = _numeric_columns(path, names if has_header else None, body, lines, feature_columns)
     targets: np.ndarray | None = None
     class_names: list[str] = []
     if column is not None:
@@ -355,7 +398,7 @@ def read_csv(
             index = {name: i for i, name in enumerate(class_names)}
             targets = np.array([index[c] for c in cells], dtype=np.int64)
     feature_names = [names[i] for i in feature_columns] if has_header else []
-    return TableData(features, targets, feature_names, class_names)
+    return TableData(values, targets, feature_names, class_names)
 
 
 def read_dataset(
@@ -376,7 +419,8 @@ def read_dataset(
             "features must be a .csv file (targets in a column, or given), an .npz file (arrays "
             f"X and y) or an .npy file (targets given), or an array. Received: {path}"
         )
-    if target_column is not None and (suffix != ".csv" or targets is not None):
+    targets_csv = isinstance(targets, str | Path) and Path(targets).suffix.lower() == ".csv"
+    if target_column is not None and not targets_csv and (suffix != ".csv" or targets is not None):
         given = "targets were given too" if targets is not None else f"{path} is no CSV file"
         raise ValueError(
             f"target_column picks the targets from a CSV file's columns, but {given}: give "
@@ -406,18 +450,19 @@ def read_dataset(
     class_names: list[str] = []
     if isinstance(targets, np.ndarray):
         y, source = targets, "the targets array"
-    elif Path(targets).suffix.lower() == ".npy":
-        y, source = read_npy(targets), str(targets)
     else:
-        table = read_csv(targets, 0, header=header)
-        if table.targets is None:
-            raise ValueError(f"{targets} has no targets")
-        y, source, class_names = table.targets, str(targets), table.class_names
+        (y, class_names), source = read_targets(targets, target_column, header=header), str(targets)
     rows = y.shape[0] if y.ndim else 0
     if rows != len(inputs.features):
+        hint = ""
+        if abs(rows - len(inputs.features)) == 1 and isinstance(targets, str | Path):
+            hint = (
+                "; one apart: is a CSV file's first line a header read as data? Say so with "
+                "header=True (--header)"
+            )
         raise ValueError(
             f"{path} has {len(inputs.features)} rows of features but {source} has {rows} "
-            "targets; give one target per row"
+            f"targets; give one target per row{hint}"
         )
     return TableData(inputs.features, y, inputs.feature_names, class_names)
 

@@ -413,3 +413,41 @@ def test_a_target_column_named_twice_is_refused_asking_for_its_index(tmp_path: P
     with pytest.raises(ValueError, match=re.escape(message) + r".*\(columns 0, 1, counting"):
         read_csv(path, "a")
     assert read_csv(path, 1).features.tolist() == [[1, 0], [3, 1]]
+
+
+def test_a_targets_file_of_several_columns_needs_its_target_column(tmp_path: Path) -> None:
+    """`Series.to_csv()` writes the index beside the targets (",target" then "0,2", "1,0"): the
+    targets were read from column 0, the index, and the rest ignored."""
+    np.save(tmp_path / "x.npy", np.zeros((3, 2), np.float32))
+    labels = write(tmp_path, ",target\n0,2\n1,0\n2,1\n", "y.csv")
+    message = "y.csv has 2 columns ('', 'target'), but a targets file holds one: pick the"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        read_dataset(tmp_path / "x.npy", labels)
+    table = read_dataset(tmp_path / "x.npy", labels, target_column="target")
+    assert table.targets is not None and table.targets.tolist() == [2, 0, 1]
+    assert read_dataset(tmp_path / "x.npy", labels, target_column=1).targets.tolist() == [2, 0, 1]
+
+
+def test_array_features_take_a_csv_targets_file(tmp_path: Path) -> None:
+    """The docstring promised "an array, or an NPY or CSV file" of targets, but a CSV file was
+    read as an .npy one: "is not a readable NumPy array file"."""
+    labels = write(tmp_path, "setosa\nvirginica\nsetosa\n", "y.csv")
+    upload = Client._prepare(
+        np.zeros((3, 2), np.float32), labels, None, "", 0, (), (), None, None
+    )  # fmt: skip
+    assert list(upload.header.class_names) == ["setosa", "virginica"]
+    assert upload.header.targets.shape == [3]
+    two = write(tmp_path, "i,y\n0,1.5\n1,2.5\n2,3.5\n", "two.csv")
+    upload = Client._prepare(np.zeros((3, 2)), two, None, "", 0, (), (), None, "y")
+    assert upload.header.targets.shape == [3], "column y, picked by target_column"
+
+
+def test_targets_one_apart_from_the_features_suggest_a_header(tmp_path: Path) -> None:
+    """A word-targets file with a header ("species" above "setosa") counts its header as a
+    target: "3 rows of features but 4 targets", with no word of why."""
+    np.save(tmp_path / "x.npy", np.zeros((3, 2), np.float32))
+    labels = write(tmp_path, "species\nsetosa\nvirginica\nsetosa\n", "y.csv")
+    with pytest.raises(ValueError, match=r"but .*y\.csv has 4 targets; .*header=True \(--header"):
+        read_dataset(tmp_path / "x.npy", labels)
+    table = read_dataset(tmp_path / "x.npy", labels, header=True)
+    assert table.class_names == ["setosa", "virginica"]
