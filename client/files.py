@@ -12,7 +12,9 @@
   read_csv (NA, N/A, #N/A, NaN, nan, null, NULL, None, <NA>, ... in any case), is refused
   naming its line. Integer text targets become int64 labels,
   other numbers float32 regression targets, and words (`setosa`) class labels numbered in
-  sorted order (their names become the dataset's class names). Features must be numeric.
+  sorted order (their names become the dataset's class names), or in the order of the
+  `class_names` given: a word not among them is refused naming its line, and a name no row
+  has is a class without examples. Features must be numeric.
   Features and regression targets, sent as float32, must be finite float32 values (no nan, inf
   or 1e40), and integer labels int64 ones: a cell that is not is refused naming its line and
   column.
@@ -259,6 +261,23 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _INT64 = np.iinfo(np.int64)
 
 
+def _word_labels(
+    words: Sequence[str], where: Callable[[int], str], class_names: Sequence[str]
+) -> tuple[np.ndarray, list[str]]:
+    """Word labels as int64 classes and their names: numbered in the order of `class_names`
+    when given (a word not among them is refused, `where(i)` naming the i-th; a name no row
+    has is a class without examples), else in sorted order."""
+    names = list(class_names) or sorted(set(words))
+    index = {name: i for i, name in enumerate(names)}
+    for i, word in enumerate(words):
+        if word not in index:
+            raise ValueError(
+                f"{where(i)} holds {word!r}, which is not among the class names given "
+                f"({', '.join(names)}); add it to class_names, or correct the label"
+            )
+    return np.array([index[word] for word in words], dtype=np.int64), names
+
+
 def _check_named(path: PathLike, names: Sequence[str], columns: Iterable[int]) -> None:
     """Refuses a column read whose header cell is empty: an index column pandas writes (its
     `to_csv()` default) would be a feature, which on sorted data leaks the label."""
@@ -286,16 +305,25 @@ def _not_finite(cell: str) -> str:
 
 
 def read_csv(
-    path: PathLike, target_column: str | int | None = -1, *, header: bool | None = None
+    path: PathLike,
+    target_column: str | int | None = -1,
+    *,
+    header: bool | None = None,
+    class_names: Sequence[str] = (),
 ) -> TableData:
     """Features (float32) and targets from a CSV file; `target_column=None` reads features only.
     `header` says whether the first line names the columns (None: guessed, or True when
-    `target_column` is a name)."""
-    return _read_csv(path, target_column, header, features=True)
+    `target_column` is a name). Word labels are numbered in the order of `class_names` when
+    given (see `_word_labels`), else in sorted order."""
+    return _read_csv(path, target_column, header, class_names, features=True)
 
 
 def read_targets(
-    path: PathLike, target_column: str | int | None = None, *, header: bool | None = None
+    path: PathLike,
+    target_column: str | int | None = None,
+    *,
+    header: bool | None = None,
+    class_names: Sequence[str] = (),
 ) -> tuple[np.ndarray, list[str]]:
     """The targets of a .npy file, or of a CSV file (and the class names of word labels): its
     one column, or the column `target_column` picks (a name or a 0-based index) of a file of
@@ -321,13 +349,18 @@ def read_targets(
                 "the targets with target_column (--target-column), a name or a 0-based index"
             )
         target_column = 0
-    table = _read_csv(file, target_column, header, features=False)
+    table = _read_csv(file, target_column, header, class_names, features=False)
     assert table.targets is not None  # a target column was given
     return table.targets, table.class_names
 
 
 def _read_csv(
-    path: PathLike, target_column: str | int | None, header: bool | None, *, features: bool
+    path: PathLike,
+    target_column: str | int | None,
+    header: bool | None,
+    given_names: Sequence[str],
+    *,
+    features: bool,
 ) -> TableData:
     """`read_csv`; without `features`, the other columns are left unread (a targets file's)."""
     named = isinstance(target_column, str) and not target_column.lstrip("-").isdigit()
@@ -394,9 +427,9 @@ def _read_csv(
                     )
             targets = np.array([float(c) for c in cells], dtype=np.float32)
         else:
-            class_names = sorted(set(cells))
-            index = {name: i for i, name in enumerate(class_names)}
-            targets = np.array([index[c] for c in cells], dtype=np.int64)
+            targets, class_names = _word_labels(
+                cells, lambda i: f"{path}:{lines[i]}: target column {name}", given_names
+            )
     feature_names = [names[i] for i in feature_columns] if has_header else []
     return TableData(values, targets, feature_names, class_names)
 
@@ -407,6 +440,7 @@ def read_dataset(
     target_column: str | int | None = None,
     *,
     header: bool | None = None,
+    class_names: Sequence[str] = (),
 ) -> TableData:
     """A dataset from a CSV file, an NPZ file, or CSV/NPY features plus targets (an NPY or CSV
     file, or an array): given targets, every column of the features file is a feature.
@@ -427,7 +461,8 @@ def read_dataset(
             f"one or the other. Received: target_column={target_column!r}"
         )
     if suffix == ".csv" and targets is None:
-        table = read_csv(path, -1 if target_column is None else target_column, header=header)
+        column = -1 if target_column is None else target_column
+        table = read_csv(path, column, header=header, class_names=class_names)
         if table.features.shape[1] == 0:
             raise ValueError(
                 f"{path} has a single column, so no features beside the targets: CSV files are "
@@ -447,11 +482,12 @@ def read_dataset(
     inputs = read_inputs(path, header=header)
     if targets is None:
         raise ValueError(f"{path} holds features only; give the targets file too")
-    class_names: list[str] = []
+    names: list[str] = []
     if isinstance(targets, np.ndarray):
         y, source = targets, "the targets array"
     else:
-        (y, class_names), source = read_targets(targets, target_column, header=header), str(targets)
+        y, names = read_targets(targets, target_column, header=header, class_names=class_names)
+        source = str(targets)
     rows = y.shape[0] if y.ndim else 0
     if rows != len(inputs.features):
         hint = ""
@@ -464,7 +500,7 @@ def read_dataset(
             f"{path} has {len(inputs.features)} rows of features but {source} has {rows} "
             f"targets; give one target per row{hint}"
         )
-    return TableData(inputs.features, y, inputs.feature_names, class_names)
+    return TableData(inputs.features, y, inputs.feature_names, names)
 
 
 def read_inputs(path: PathLike, *, header: bool | None = None) -> TableData:

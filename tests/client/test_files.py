@@ -22,6 +22,7 @@ from trainwire.client.files import (
     replaced_file,
     write_prediction,
 )
+from trainwire.client.results import TASKS
 
 
 def write(tmp_path: Path, text: str, name: str = "data.csv", encoding: str = "utf-8") -> Path:
@@ -451,3 +452,18 @@ def test_targets_one_apart_from_the_features_suggest_a_header(tmp_path: Path) ->
         read_dataset(tmp_path / "x.npy", labels)
     table = read_dataset(tmp_path / "x.npy", labels, header=True)
     assert table.class_names == ["setosa", "virginica"]
+
+
+def test_word_labels_are_numbered_in_the_order_of_the_class_names_given(tmp_path: Path) -> None:
+    """With class_names=["malignant", "benign"], words were numbered in sorted order (benign 0)
+    while the names were stored as given: every predicted class name was the other one."""
+    path = write(tmp_path, "a,diagnosis\n1,benign\n2,malignant\n3,benign\n")
+    upload = Client._prepare(path, None, None, "", 0, (), ["malignant", "benign"], None, None)
+    assert list(upload.header.class_names) == ["malignant", "benign"]
+    assert np.frombuffer(upload.payloads[1], np.int64).tolist() == [1, 0, 1]
+    # A name no row has is a class without examples, counted; a word not named is refused.
+    upload = Client._prepare(path, None, None, "", 0, (), ["malignant", "benign", "x"], None, None)
+    assert (upload.header.num_classes, upload.header.task) == (3, TASKS["multiclass"])
+    message = "data.csv:3: target column 'diagnosis' holds 'malignant', which is not among the"
+    with pytest.raises(ValueError, match=re.escape(message) + r" class names given \(benign, x\)"):
+        read_csv(path, class_names=["benign", "x"])
