@@ -23,7 +23,10 @@
   `Series.to_csv()` writes its index beside the targets). Targets one apart from the features'
   rows are refused with a hint at a header read as data.
 - NPY: one array per file (features, then targets from a second file).
-- NPZ: arrays named `X`/`y` or `features`/`targets`.
+- NPZ: arrays named `X`/`y` or `features`/`targets`, with as many targets as rows of features.
+- Array files hold numbers (float16 features are sent as float32); text labels (`setosa`) of
+  an NPY or NPZ file become classes as a CSV file's words do. Other arrays are refused naming
+  the file.
 """
 
 from __future__ import annotations
@@ -156,6 +159,33 @@ def read_npy(path: PathLike) -> np.ndarray:
         raise _unreadable(path, ".npy", error) from None
 
 
+def _array_labels(
+    y: np.ndarray, source: str, class_names: Sequence[str]
+) -> tuple[np.ndarray, list[str]]:
+    """Targets read from an array file: numbers as they are, and text labels (`setosa`) as
+    classes, numbered as a CSV file's words are; targets of another kind are refused naming
+    the file."""
+    if y.dtype.kind == "U" and y.ndim == 1:
+        words = [str(word).strip() for word in y]
+        return _word_labels(words, lambda i: f"{source}: target {i}", class_names)
+    if y.dtype.kind not in "iubf":
+        raise ValueError(
+            f"{source} holds targets of dtype {y.dtype}, which is no number or text label: "
+            "save integer labels (naming the classes with class_names) or numbers"
+        )
+    return y, []
+
+
+def _check_features(x: np.ndarray, source: str) -> np.ndarray:
+    """Features read from an array file, refused naming the file unless they are numbers."""
+    if x.dtype.kind not in "iubf":
+        raise ValueError(
+            f"{source} holds features of dtype {x.dtype}, which are no numbers: save the "
+            "features as an array of numbers (integers or floats)"
+        )
+    return x
+
+
 def _read_npz(path: PathLike) -> tuple[np.ndarray, np.ndarray] | None:
     """The features and targets of an .npz file (arrays X and y, features and targets, or x and
     y), or None if it holds neither pair; a file that is no archive is refused naming it."""
@@ -163,7 +193,11 @@ def _read_npz(path: PathLike) -> tuple[np.ndarray, np.ndarray] | None:
         with np.load(path, allow_pickle=False) as archive:
             for x_key, y_key in (("X", "y"), ("features", "targets"), ("x", "y")):
                 if x_key in archive and y_key in archive:
-                    return archive[x_key], archive[y_key]
+                    arrays = archive[x_key], archive[y_key]
+                    for key, array in zip((x_key, y_key), arrays, strict=True):
+                        if not isinstance(array, np.ndarray):  # a member that is no .npy file
+                            raise ValueError(f"its member {key!r} is no NumPy array")
+                    return arrays
         return None
     except (ValueError, EOFError, zipfile.BadZipFile) as error:
         raise _unreadable(path, ".npz", error) from None
@@ -337,7 +371,7 @@ def read_targets(
                 f"target_column picks the targets from a CSV file's columns, but {file} is no "
                 f"CSV file. Received: target_column={target_column!r}"
             )
-        return read_npy(file), []
+        return _array_labels(read_npy(file), str(file), class_names)
     if suffix != ".csv":
         raise ValueError(f"targets must be a .npy or .csv file, or an array. Received: {file}")
     if target_column is None:
@@ -476,9 +510,17 @@ def read_dataset(
                 "and y); give the features as a .npy or .csv file to use other targets"
             )
         arrays = _read_npz(path)
-        if arrays is not None:
-            return TableData(*arrays, [], [])
-        raise ValueError(f"{path} must hold arrays X and y (or features and targets)")
+        if arrays is None:
+            raise ValueError(f"{path} must hold arrays X and y (or features and targets)")
+        x = _check_features(arrays[0], str(path))
+        y, classes = _array_labels(arrays[1], str(path), class_names)
+        examples, labelled = x.shape[0] if x.ndim else 0, y.shape[0] if y.ndim else 0
+        if examples != labelled:
+            raise ValueError(
+                f"{path} holds {examples} rows of features (X) but {labelled} targets (y); give "
+                "one target per row"
+            )
+        return TableData(x, y, [], classes)
     inputs = read_inputs(path, header=header)
     if targets is None:
         raise ValueError(f"{path} holds features only; give the targets file too")
@@ -509,7 +551,7 @@ def read_inputs(path: PathLike, *, header: bool | None = None) -> TableData:
     file = Path(path)
     suffix = file.suffix.lower()
     if suffix == ".npy":
-        return TableData(read_npy(file), None, [], [])
+        return TableData(_check_features(read_npy(file), str(file)), None, [], [])
     if suffix == ".csv":
         return read_csv(file, None, header=header)
     raise ValueError(f"inputs must be a .csv or .npy file. Received: {file}")

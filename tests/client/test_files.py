@@ -8,6 +8,7 @@ import errno
 import json
 import re
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -467,3 +468,35 @@ def test_word_labels_are_numbered_in_the_order_of_the_class_names_given(tmp_path
     message = "data.csv:3: target column 'diagnosis' holds 'malignant', which is not among the"
     with pytest.raises(ValueError, match=re.escape(message) + r" class names given \(benign, x\)"):
         read_csv(path, class_names=["benign", "x"])
+
+
+def test_array_files_are_checked_naming_the_file(tmp_path: Path) -> None:
+    """Text labels in an .npy or .npz file, float16 features, an .npz member that is no array
+    and an .npz of 3 rows of X and 4 targets were refused without naming the file ("dtype <U10
+    is not supported"), or by the server alone."""
+    np.save(tmp_path / "x.npy", np.zeros((3, 2)))
+    np.save(tmp_path / "words.npy", np.array(["setosa", "virginica", "setosa"]))
+    table = read_dataset(tmp_path / "x.npy", tmp_path / "words.npy")
+    assert table.class_names == ["setosa", "virginica"] and table.targets.tolist() == [0, 1, 0]
+    np.savez(tmp_path / "w.npz", X=np.zeros((3, 2)), y=np.array(["b", "a", "b"]))
+    assert read_dataset(tmp_path / "w.npz", class_names=["b", "a"]).targets.tolist() == [0, 1, 0]
+    np.save(tmp_path / "half.npy", np.zeros((3, 2), np.float16))
+    np.save(tmp_path / "y.npy", np.array([0, 1, 0]))
+    half = Client._prepare(
+        tmp_path / "half.npy", tmp_path / "y.npy", None, "", 0, (), (), None, None
+    )
+    assert len(half.payloads[0]) == 3 * 2 * 4, "sent as float32"
+    np.savez(tmp_path / "bad.npz", X=np.zeros((3, 2)), y=np.zeros(4))
+    with pytest.raises(ValueError, match=r"bad\.npz holds 3 rows of features \(X\) but 4 targets"):
+        read_dataset(tmp_path / "bad.npz")
+    np.save(tmp_path / "bytes.npy", np.array([b"a", b"b", b"a"]))
+    with pytest.raises(ValueError, match=r"bytes\.npy holds targets of dtype \|S1, which is no"):
+        read_dataset(tmp_path / "x.npy", tmp_path / "bytes.npy")
+    with pytest.raises(ValueError, match=r"words\.npy holds features of dtype <U9, which are no"):
+        read_dataset(tmp_path / "words.npy", tmp_path / "y.npy")
+    with zipfile.ZipFile(tmp_path / "garbage.npz", "w") as archive:
+        archive.writestr("X", b"not an array")
+        archive.writestr("y", b"nor this")
+    message = r"garbage\.npz is not a readable NumPy archive \(\.npz\): its member 'X' is no Num"
+    with pytest.raises(ValueError, match=message):
+        read_dataset(tmp_path / "garbage.npz")
