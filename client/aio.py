@@ -189,6 +189,7 @@ class AsyncClient:
         class_names: Sequence[str] = (),
         labels: Mapping[str, str] | None = None,
         target_column: str | int | None = None,
+        header: bool | None = None,
         dedupe: bool = True,
         progress: bool | None = None,
         timeout: float | None = None,
@@ -196,7 +197,7 @@ class AsyncClient:
         """Uploads a dataset, content-addressed, as `Client.upload_dataset`."""
         upload = Client._prepare(
             features, targets, task, name, num_classes, feature_names, class_names, labels,
-            target_column,
+            target_column, header,
         )  # fmt: skip
         if dedupe:
             existing = await self.find_dataset(upload)

@@ -205,6 +205,7 @@ def _datasets_upload(client: Client, args: argparse.Namespace) -> int:
         target_column=int(column)
         if column is not None and column.lstrip("-").isdigit()
         else column,
+        header=args.header,
         dedupe=not args.no_dedupe,
         progress=None if not args.json else False,
     )
@@ -430,7 +431,7 @@ def _predict(client: Client, args: argparse.Namespace) -> int:
 
     # A CSV header's columns are matched to the model's features by name, which are fetched
     # only for such a file.
-    inputs = read_model_inputs(args.input, lambda: metadata().feature_names)
+    inputs = read_model_inputs(args.input, lambda: metadata().feature_names, header=args.header)
     prediction = client.predict(
         job, inputs, checkpoint=args.checkpoint, outputs_only=args.outputs_only
     )
@@ -601,6 +602,17 @@ def _connection_options() -> argparse.ArgumentParser:
     return common
 
 
+def _header_option(parser: argparse.ArgumentParser, files: str) -> None:
+    """--header/--no-header: whether the first line of `files` names the columns."""
+    parser.add_argument(
+        "--header",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"the first line of {files} names the columns, or (--no-header) is data "
+        "(default: guessed; a first line 0,1,...,n-1 is a header)",
+    )
+
+
 def add_user_commands(commands: Any) -> None:
     """Registers the user commands on the `trainwire` parser's subcommands."""
     common = _connection_options()
@@ -635,6 +647,7 @@ def add_user_commands(commands: Any) -> None:
     upload.add_argument("file", help="CSV (targets in a column), NPZ (X, y) or NPY features")
     upload.add_argument("--targets", help="NPY or CSV targets, for NPY features")
     upload.add_argument("--target-column", help="CSV target column name or index (default: last)")
+    _header_option(upload, "CSV files")
     upload.add_argument("--name", help="display name (default: the file name)")
     upload.add_argument("--task", choices=["regression", "binary", "multiclass"])
     upload.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
@@ -697,6 +710,7 @@ def add_user_commands(commands: Any) -> None:
     predict = command(commands, "predict", _predict, "predict with a trained job's model")
     predict.add_argument("job", help="jobs/ID or ID")
     predict.add_argument("--input", "-i", required=True, help="rows to predict: .csv or .npy")
+    _header_option(predict, "the CSV input")
     predict.add_argument("--output", "-o", help="write predictions to .csv, .json or .npy")
     predict.add_argument(
         "--checkpoint",

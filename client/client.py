@@ -35,7 +35,7 @@ from .errors import (
     from_rpc_error,
     status_of,
 )
-from .files import PathLike, read_dataset, read_npy
+from .files import PathLike, read_dataset, read_targets
 from .results import (
     FINISHED,
     TASK_NAMES,
@@ -425,6 +425,7 @@ class Client:
         class_names: Sequence[str] = (),
         labels: Mapping[str, str] | None = None,
         target_column: str | int | None = None,
+        header: bool | None = None,
         dedupe: bool = True,
         progress: bool | None = None,
         timeout: float | None = None,
@@ -434,7 +435,14 @@ class Client:
 
         `features` is an array or a file: a CSV (targets in `target_column`, the last column by
         default), an NPZ (`X` and `y`), or a CSV or NPY of features only with `targets` (an array,
-        or an NPY or CSV file) holding one target per row. `task` is
+        or an NPY or CSV file) holding one target per row. A CSV targets file holds one column,
+        or `target_column` picks one of its columns. Word labels (`setosa`) become classes
+        numbered in sorted order, their names the class names; given `class_names`, in that
+        order instead (a word not among them is refused; a name no row has is a class without
+        examples, `num_classes` defaulting to their count). `header` says whether the first line
+        of the CSV files names their columns (None, the default, guesses: a line with a word
+        above numbers, or 0,1,...,n-1 for 3 or more columns, as pandas writes unnamed ones, is
+        a header; other numbers are data). `task` is
         regression, binary or multiclass; when omitted, integer targets mean multiclass (binary
         for 0/1) and floats regression. Integer and bool features are sent as float32 (float64
         ones stay float64), and bool, unsigned, int8 and int16 targets as int64.
@@ -448,7 +456,7 @@ class Client:
         """
         upload = self._prepare(
             features, targets, task, name, num_classes, feature_names, class_names, labels,
-            target_column,
+            target_column, header,
         )  # fmt: skip
         if dedupe:
             existing = self.find_dataset(upload)
@@ -482,11 +490,14 @@ class Client:
         class_names: Sequence[str],
         labels: Mapping[str, str] | None,
         target_column: str | int | None,
+        header: bool | None = None,
     ) -> Upload:
         if isinstance(features, str | Path):
             if targets is not None and not isinstance(targets, str | Path):
                 targets = np.asarray(targets)
-            table = read_dataset(features, targets, target_column)
+            table = read_dataset(
+                features, targets, target_column, header=header, class_names=class_names
+            )
             x, y = table.features, table.targets
             if task == "regression" and table.class_names:
                 raise ValueError(
@@ -497,16 +508,30 @@ class Client:
                     "numbers as the target"
                 )
             feature_names = feature_names or table.feature_names
-            class_names = class_names or table.class_names
+            words = table.class_names
             name = name or Path(features).stem
         else:
-            if target_column is not None:
+            if target_column is not None and not (
+                isinstance(targets, str | Path) and Path(targets).suffix.lower() == ".csv"
+            ):
                 raise ValueError(
                     "target_column picks the targets from a CSV file's columns, but the "
                     f"features are an array. Received: target_column={target_column!r}"
                 )
             x = np.asarray(features)
-            y = read_npy(targets) if isinstance(targets, str | Path) else targets
+            words = []
+            if isinstance(targets, str | Path):
+                y, words = read_targets(
+                    targets, target_column, header=header, class_names=class_names
+                )
+            else:
+                y = targets
+        if words and class_names:
+            # Word labels numbered by the names given, some of which no row may have: the
+            # count is theirs, not the largest label + 1.
+            num_classes = num_classes or len(words)
+            task = task or ("binary" if num_classes == 2 else "multiclass")
+        class_names = class_names or words
         if y is None:
             raise ValueError("targets are required (an array, or a file with a target column)")
         return prepare_upload(

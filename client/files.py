@@ -1,13 +1,32 @@
 """Datasets and prediction inputs from files: CSV, NPY and NPZ.
 
-- CSV (UTF-8, a byte-order mark allowed): a header row is optional, told by a cell that is not
-  a number above one that is. The target column is named by `target_column` (a header name or
-  a 0-based index; -1, the default, is the last column) and every row must have a target.
-  Integer text targets become int64 labels, other numbers float32 regression targets, and words
-  (`setosa`) class labels numbered in sorted order (their names become the dataset's class
-  names). Features must be numeric.
+- CSV (UTF-8, a byte-order mark allowed; another encoding is refused naming the line): a
+  header row is optional: `header=True`/`False` says whether the first line names the columns;
+  by default it is guessed, a header when a cell of it is not a number above one that is, or
+  when it is exactly 0,1,...,n-1 for 3 or more columns (the names pandas gives unnamed
+  columns) above a row that is not (a first row of other numbers is data). The target
+  column is named by `target_column` (a header name or a 0-based index; -1, the default, is
+  the last column; a name the header gives twice is refused, asking for the index). A column
+  read must have a name in a header (an empty one, as pandas' index, is refused). Every row
+  must have a target: an empty target, or one of the missing-value markers of pandas'
+  read_csv (NA, N/A, #N/A, NaN, nan, null, NULL, None, <NA>, ... in any case), is refused
+  naming its line. Integer text targets become int64 labels,
+  other numbers float32 regression targets, and words (`setosa`) class labels numbered in
+  sorted order (their names become the dataset's class names), or in the order of the
+  `class_names` given: a word not among them is refused naming its line, and a name no row
+  has is a class without examples. Features must be numeric.
+  Features and regression targets, sent as float32, must be finite float32 values (no nan, inf
+  or 1e40), and integer labels int64 ones: a cell that is not is refused naming its line and
+  column.
+- Targets files (beside CSV or NPY features, or an array): an .npy array, or a CSV file of one
+  column; a CSV file of several columns needs `target_column` to pick one (pandas'
+  `Series.to_csv()` writes its index beside the targets). Targets one apart from the features'
+  rows are refused with a hint at a header read as data.
 - NPY: one array per file (features, then targets from a second file).
-- NPZ: arrays named `X`/`y` or `features`/`targets`.
+- NPZ: arrays named `X`/`y` or `features`/`targets`, with as many targets as rows of features.
+- Array files hold numbers (float16 features are sent as float32); text labels (`setosa`) of
+  an NPY or NPZ file become classes as a CSV file's words do. Other arrays are refused naming
+  the file.
 """
 
 from __future__ import annotations
@@ -19,7 +38,7 @@ import os
 import re
 import secrets
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,19 +78,43 @@ def _is_int(text: str) -> bool:
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
+# The cells pandas' read_csv takes as missing by default (its na_values), compared here without
+# regard to case or surrounding spaces: a target "NA" is no class named "NA".
+_MISSING = frozenset(
+    marker.lower()
+    for marker in (
+        "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+        "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+    )
+)  # fmt: skip
+
+
+def _is_missing(text: str) -> bool:
+    return text.strip().lower() in _MISSING
+
 
 def _has_header(rows: list[list[str]]) -> bool:
-    """Whether the first row names the columns: some cell of it is not a number while the cell
-    below it is (a column of word labels tells nothing either way). A lone row is a header
-    unless all of it is numeric."""
+    """Whether the first row names the columns, guessed: some cell of it is not a number while
+    the cell below it is (a column of word labels tells nothing either way), or it is exactly
+    0,1,...,n-1 for n >= 3 columns (the names pandas gives unnamed columns, as
+    `pd.DataFrame(array).to_csv(index=False)` writes) and the row below it is not. A lone row is
+    a header unless all of it is numeric."""
     first = rows[0]
     if len(rows) == 1:
         return not all(_is_number(cell) for cell in first)
     second = rows[1]
+    if _is_default_names(first) and not _is_default_names(second):
+        return True
     return any(
         not _is_number(cell) and _is_number(below)
         for cell, below in zip(first, second, strict=False)
     )
+
+
+def _is_default_names(row: list[str]) -> bool:
+    """Whether a row is "0,1,...,n-1" with n >= 3: fewer columns are too likely data (a feature
+    0 with a label 1)."""
+    return len(row) >= 3 and [cell.strip() for cell in row] == [str(i) for i in range(len(row))]
 
 
 _FORMATS = {
@@ -94,6 +137,12 @@ def _unreadable(path: PathLike, kind: str, error: Exception, line: int = 0) -> V
     elif isinstance(error, csv.Error):
         # The one error of a reader opened with newline="": a cell past the module's limit.
         reason = f"a cell is longer than {csv.field_size_limit()} characters"
+    elif isinstance(error, UnicodeDecodeError):
+        if error.object[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 byte-order mark
+            reason = "it is UTF-16 text, not UTF-8"
+        else:
+            reason = f"byte 0x{error.object[error.start]:02x} is not UTF-8 text"
+        advice = "save it as CSV UTF-8 (in Excel, Save As 'CSV UTF-8'; pandas writes UTF-8)"
     elif "pickle" in str(error):  # no array header, or an array of Python objects
         reason = "it holds no array of numbers"
     else:  # such as numpy's "Failed to read all data for array" of a truncated file
@@ -110,6 +159,33 @@ def read_npy(path: PathLike) -> np.ndarray:
         raise _unreadable(path, ".npy", error) from None
 
 
+def _array_labels(
+    y: np.ndarray, source: str, class_names: Sequence[str]
+) -> tuple[np.ndarray, list[str]]:
+    """Targets read from an array file: numbers as they are, and text labels (`setosa`) as
+    classes, numbered as a CSV file's words are; targets of another kind are refused naming
+    the file."""
+    if y.dtype.kind == "U" and y.ndim == 1:
+        words = [str(word).strip() for word in y]
+        return _word_labels(words, lambda i: f"{source}: target {i}", class_names)
+    if y.dtype.kind not in "iubf":
+        raise ValueError(
+            f"{source} holds targets of dtype {y.dtype}, which is no number or text label: "
+            "save integer labels (naming the classes with class_names) or numbers"
+        )
+    return y, []
+
+
+def _check_features(x: np.ndarray, source: str) -> np.ndarray:
+    """Features read from an array file, refused naming the file unless they are numbers."""
+    if x.dtype.kind not in "iubf":
+        raise ValueError(
+            f"{source} holds features of dtype {x.dtype}, which are no numbers: save the "
+            "features as an array of numbers (integers or floats)"
+        )
+    return x
+
+
 def _read_npz(path: PathLike) -> tuple[np.ndarray, np.ndarray] | None:
     """The features and targets of an .npz file (arrays X and y, features and targets, or x and
     y), or None if it holds neither pair; a file that is no archive is refused naming it."""
@@ -117,18 +193,22 @@ def _read_npz(path: PathLike) -> tuple[np.ndarray, np.ndarray] | None:
         with np.load(path, allow_pickle=False) as archive:
             for x_key, y_key in (("X", "y"), ("features", "targets"), ("x", "y")):
                 if x_key in archive and y_key in archive:
-                    return archive[x_key], archive[y_key]
+                    arrays = archive[x_key], archive[y_key]
+                    for key, array in zip((x_key, y_key), arrays, strict=True):
+                        if not isinstance(array, np.ndarray):  # a member that is no .npy file
+                            raise ValueError(f"its member {key!r} is no NumPy array")
+                    return arrays
         return None
     except (ValueError, EOFError, zipfile.BadZipFile) as error:
         raise _unreadable(path, ".npz", error) from None
 
 
 def _csv_rows(
-    path: PathLike, header_given: bool = False
+    path: PathLike, header: bool | None = None
 ) -> tuple[list[str], list[list[str]], list[int], bool]:
     """The column names (x0, x1, ... without a header), the data rows as text, the file's line
     number of each data row (blank lines are skipped, so a row's place is not its line), and
-    whether the file has a header (`header_given`: it has, whatever its cells look like)."""
+    whether the file has a header (`header`: True or False says so, None guesses it)."""
     # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first cell.
     with Path(path).open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
@@ -141,20 +221,33 @@ def _csv_rows(
             ]
         except csv.Error as error:
             raise _unreadable(path, ".csv", error, reader.line_num) from None
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
     if not numbered:
         raise ValueError(f"{path} has no rows")
     rows = [row for _, row in numbered]
-    has_header = header_given or _has_header(rows)
-    header = [c.strip() for c in rows[0]] if has_header else [f"x{i}" for i in range(len(rows[0]))]
+    has_header = _has_header(rows) if header is None else header
+    names = [c.strip() for c in rows[0]] if has_header else [f"x{i}" for i in range(len(rows[0]))]
     body = rows[1:] if has_header else rows
     lines = [line for line, _ in numbered][1 if has_header else 0 :]
     if not body:
         raise ValueError(f"{path} has a header but no data rows")
-    width = len(header)
+    width = len(names)
     for line, row in zip(lines, body, strict=True):
         if len(row) != width:
             raise ValueError(f"{path}:{line} has {len(row)} columns, the header has {width}")
-    return header, body, lines, has_header
+    return names, body, lines, has_header
+
+
+def _not_utf8(path: PathLike) -> ValueError:
+    """The error for a CSV file that is not UTF-8, naming the line of its first bad byte (the
+    error of a text file names a position in the block it was decoding)."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        return _unreadable(path, ".csv", error, data.count(b"\n", 0, error.start) + 1)
+    raise AssertionError("unreachable: the file failed to decode")
 
 
 def _numeric_columns(
@@ -164,41 +257,169 @@ def _numeric_columns(
     lines: Sequence[int],
     columns: Sequence[int],
 ) -> np.ndarray:
-    """The given columns of the rows, in that order, as float32. A cell that is no number is
-    refused naming its line and its column: by the header's name (`names`), or else by its
-    position."""
+    """The given columns of the rows, in that order, as float32. A cell that is no number, or no
+    finite float32 (nan, inf, 1e40), is refused naming its line and its column: by the header's
+    name (`names`), or else by its position."""
     try:
-        return np.array([[float(row[i]) for i in columns] for row in body], dtype=np.float32)
+        values = np.array([[float(row[i]) for i in columns] for row in body], dtype=np.float64)
     except ValueError:
-        pass
+        values = None
+    if values is not None:
+        bad = np.argwhere(~(np.abs(values) <= _FLOAT32_MAX))  # NaN compares False too
+        if not len(bad):
+            return values.astype(np.float32)
+        row, at = (int(i) for i in bad[0])
+        cell = body[row][columns[at]]
+        raise ValueError(
+            f"{path}:{lines[row]}: feature column {_column_name(names, columns[at])} holds "
+            f"{cell.strip()!r}, {_not_finite(cell)}; every feature must be a finite number"
+        )
     # Only a refused file gets here: find its first bad cell.
-    for line, row in zip(lines, body, strict=True):
+    for line, row_cells in zip(lines, body, strict=True):
         for i in columns:
             try:
-                float(row[i])
+                float(row_cells[i])
             except ValueError:
-                column = repr(names[i]) if names is not None else f"{i} (counting from 0)"
-                cell = f"holds {row[i]!r}" if row[i].strip() else "is empty"
+                cell = row_cells[i]
+                held = f"holds {cell.strip()!r}" if cell.strip() else "is empty"
+                if cell.strip() and _is_missing(cell):
+                    held += ", a missing value"
                 raise ValueError(
-                    f"{path}:{line}: feature column {column} {cell}; every feature column must "
-                    "be numeric"
+                    f"{path}:{line}: feature column {_column_name(names, i)} {held}; every "
+                    "feature column must be numeric"
                 ) from None
     raise AssertionError("unreachable: a cell above failed float()")
 
 
-def read_csv(path: PathLike, target_column: str | int | None = -1) -> TableData:
-    """Features (float32) and targets from a CSV file; `target_column=None` reads features only."""
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_INT64 = np.iinfo(np.int64)
+
+
+def _word_labels(
+    words: Sequence[str], where: Callable[[int], str], class_names: Sequence[str]
+) -> tuple[np.ndarray, list[str]]:
+    """Word labels as int64 classes and their names: numbered in the order of `class_names`
+    when given (a word not among them is refused, `where(i)` naming the i-th; a name no row
+    has is a class without examples), else in sorted order."""
+    names = list(class_names) or sorted(set(words))
+    index = {name: i for i, name in enumerate(names)}
+    for i, word in enumerate(words):
+        if word not in index:
+            raise ValueError(
+                f"{where(i)} holds {word!r}, which is not among the class names given "
+                f"({', '.join(names)}); add it to class_names, or correct the label"
+            )
+    return np.array([index[word] for word in words], dtype=np.int64), names
+
+
+def _check_named(path: PathLike, names: Sequence[str], columns: Iterable[int]) -> None:
+    """Refuses a column read whose header cell is empty: an index column pandas writes (its
+    `to_csv()` default) would be a feature, which on sorted data leaks the label."""
+    for i in sorted(columns):
+        if not names[i]:
+            raise ValueError(
+                f"{path}: column {i} (counting from 0) has no name in the header: an index "
+                "written by pandas? Save the file with to_csv(index=False), or name the column"
+            )
+
+
+def _column_name(names: Sequence[str] | None, index: int) -> str:
+    """A column as messages name it: by the header's name, or else by its position."""
+    return repr(names[index]) if names is not None else f"{index} (counting from 0)"
+
+
+def _not_finite(cell: str) -> str:
+    """Why a cell that float() reads is refused as a float32 value."""
+    value = float(cell)
+    if value != value:
+        return "a missing value"
+    if abs(value) == float("inf"):
+        return "which is no finite number"
+    return f"beyond the range of float32 (+-{_FLOAT32_MAX:.3g})"
+
+
+def read_csv(
+    path: PathLike,
+    target_column: str | int | None = -1,
+    *,
+    header: bool | None = None,
+    class_names: Sequence[str] = (),
+) -> TableData:
+    """Features (float32) and targets from a CSV file; `target_column=None` reads features only.
+    `header` says whether the first line names the columns (None: guessed, or True when
+    `target_column` is a name). Word labels are numbered in the order of `class_names` when
+    given (see `_word_labels`), else in sorted order."""
+    return _read_csv(path, target_column, header, class_names, features=True)
+
+
+def read_targets(
+    path: PathLike,
+    target_column: str | int | None = None,
+    *,
+    header: bool | None = None,
+    class_names: Sequence[str] = (),
+) -> tuple[np.ndarray, list[str]]:
+    """The targets of a .npy file, or of a CSV file (and the class names of word labels): its
+    one column, or the column `target_column` picks (a name or a 0-based index) of a file of
+    several; a file of several columns without it is refused listing them (pandas'
+    `Series.to_csv()` writes the index beside the targets)."""
+    file = Path(path)
+    suffix = file.suffix.lower()
+    if suffix == ".npy":
+        if target_column is not None:
+            raise ValueError(
+                f"target_column picks the targets from a CSV file's columns, but {file} is no "
+                f"CSV file. Received: target_column={target_column!r}"
+            )
+        return _array_labels(read_npy(file), str(file), class_names)
+    if suffix != ".csv":
+        raise ValueError(f"targets must be a .npy or .csv file, or an array. Received: {file}")
+    if target_column is None:
+        names, _, _, has_header = _csv_rows(file, header)
+        if len(names) != 1:
+            listed = f" ({', '.join(map(repr, names))})" if has_header else ""
+            raise ValueError(
+                f"{file} has {len(names)} columns{listed}, but a targets file holds one: pick "
+                "the targets with target_column (--target-column), a name or a 0-based index"
+            )
+        target_column = 0
+    table = _read_csv(file, target_column, header, class_names, features=False)
+    assert table.targets is not None  # a target column was given
+    return table.targets, table.class_names
+
+
+def _read_csv(
+    path: PathLike,
+    target_column: str | int | None,
+    header: bool | None,
+    given_names: Sequence[str],
+    *,
+    features: bool,
+) -> TableData:
+    """`read_csv`; without `features`, the other columns are left unread (a targets file's)."""
     named = isinstance(target_column, str) and not target_column.lstrip("-").isdigit()
-    header, body, lines, has_header = _csv_rows(path, header_given=named)
-    width = len(header)
+    if named and header is False:
+        raise ValueError(
+            f"target column {target_column!r} is a name, but {path} has no header (header=False): "
+            "give the column's 0-based index instead"
+        )
+    names, body, lines, has_header = _csv_rows(path, True if named else header)
+    width = len(names)
     column: int | None = None
     if target_column is not None:
         if isinstance(target_column, str) and not target_column.lstrip("-").isdigit():
-            if target_column not in header:
+            if target_column not in names:
                 raise ValueError(
-                    f"target column {target_column!r} is not in {path}; columns: {header}"
+                    f"target column {target_column!r} is not in {path}; columns: {names}"
                 )
-            column = header.index(target_column)
+            column = names.index(target_column)
+            if names.count(target_column) > 1:
+                twice = [i for i, name in enumerate(names) if name == target_column]
+                raise ValueError(
+                    f"target column {target_column!r} is named {len(twice)} times in {path} "
+                    f"(columns {', '.join(map(str, twice))}, counting from 0): give the index "
+                    "of the one to use instead"
+                )
         else:
             position = int(target_column)
             if not -width <= position < width:
@@ -207,34 +428,58 @@ def read_csv(path: PathLike, target_column: str | int | None = -1) -> TableData:
                     f"(0 to {width - 1}, or -1 for the last)"
                 )
             column = position % width
-    feature_columns = [i for i in range(width) if i != column]
-    features = _numeric_columns(path, header if has_header else None, body, lines, feature_columns)
+    feature_columns = [i for i in range(width) if i != column] if features else []
+    if has_header:
+        _check_named(path, names, [*feature_columns, *([] if column is None else [column])])
+    values = _numeric_columns(path, names if has_header else None, body, lines, feature_columns)
     targets: np.ndarray | None = None
     class_names: list[str] = []
     if column is not None:
         cells = [row[column].strip() for row in body]
-        if "" in cells:
-            line = lines[cells.index("")]
-            raise ValueError(f"{path}: row {line} has no target (column {header[column]!r})")
+        for line, cell in zip(lines, cells, strict=True):
+            if _is_missing(cell):
+                held = f"holds {cell!r}, a missing value" if cell else "is empty"
+                raise ValueError(
+                    f"{path}: row {line} has no target (column {names[column]!r} {held}); "
+                    "every row needs one: fill it in, or remove the row"
+                )
+        name = _column_name(names if has_header else None, column)
         if all(_is_int(c) for c in cells):
+            for line, cell in zip(lines, cells, strict=True):
+                if not _INT64.min <= int(cell) <= _INT64.max:
+                    raise ValueError(
+                        f"{path}:{line}: target column {name} holds {cell!r}, too large for a "
+                        f"label (an int64, at most {_INT64.max}); is it the right column?"
+                    )
             targets = np.array([int(c) for c in cells], dtype=np.int64)
         elif all(_is_number(c) for c in cells):
+            for line, cell in zip(lines, cells, strict=True):
+                if not abs(float(cell)) <= _FLOAT32_MAX:
+                    raise ValueError(
+                        f"{path}:{line}: target column {name} holds {cell!r}, "
+                        f"{_not_finite(cell)}; every target must be a finite number"
+                    )
             targets = np.array([float(c) for c in cells], dtype=np.float32)
         else:
-            class_names = sorted(set(cells))
-            index = {name: i for i, name in enumerate(class_names)}
-            targets = np.array([index[c] for c in cells], dtype=np.int64)
-    names = [header[i] for i in feature_columns] if has_header else []
-    return TableData(features, targets, names, class_names)
+            targets, class_names = _word_labels(
+                cells, lambda i: f"{path}:{lines[i]}: target column {name}", given_names
+            )
+    feature_names = [names[i] for i in feature_columns] if has_header else []
+    return TableData(values, targets, feature_names, class_names)
 
 
 def read_dataset(
     features: PathLike,
     targets: PathLike | np.ndarray | None = None,
     target_column: str | int | None = None,
+    *,
+    header: bool | None = None,
+    class_names: Sequence[str] = (),
 ) -> TableData:
     """A dataset from a CSV file, an NPZ file, or CSV/NPY features plus targets (an NPY or CSV
-    file, or an array): given targets, every column of the features file is a feature."""
+    file, or an array): given targets, every column of the features file is a feature.
+    `header` says whether the first line of each CSV file read names its columns (None: each
+    is guessed)."""
     path = Path(features)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".npy", ".npz"):
@@ -242,14 +487,16 @@ def read_dataset(
             "features must be a .csv file (targets in a column, or given), an .npz file (arrays "
             f"X and y) or an .npy file (targets given), or an array. Received: {path}"
         )
-    if target_column is not None and (suffix != ".csv" or targets is not None):
+    targets_csv = isinstance(targets, str | Path) and Path(targets).suffix.lower() == ".csv"
+    if target_column is not None and not targets_csv and (suffix != ".csv" or targets is not None):
         given = "targets were given too" if targets is not None else f"{path} is no CSV file"
         raise ValueError(
             f"target_column picks the targets from a CSV file's columns, but {given}: give "
             f"one or the other. Received: target_column={target_column!r}"
         )
     if suffix == ".csv" and targets is None:
-        table = read_csv(path, -1 if target_column is None else target_column)
+        column = -1 if target_column is None else target_column
+        table = read_csv(path, column, header=header, class_names=class_names)
         if table.features.shape[1] == 0:
             raise ValueError(
                 f"{path} has a single column, so no features beside the targets: CSV files are "
@@ -263,60 +510,74 @@ def read_dataset(
                 "and y); give the features as a .npy or .csv file to use other targets"
             )
         arrays = _read_npz(path)
-        if arrays is not None:
-            return TableData(*arrays, [], [])
-        raise ValueError(f"{path} must hold arrays X and y (or features and targets)")
-    inputs = read_inputs(path)
+        if arrays is None:
+            raise ValueError(f"{path} must hold arrays X and y (or features and targets)")
+        x = _check_features(arrays[0], str(path))
+        y, classes = _array_labels(arrays[1], str(path), class_names)
+        examples, labelled = x.shape[0] if x.ndim else 0, y.shape[0] if y.ndim else 0
+        if examples != labelled:
+            raise ValueError(
+                f"{path} holds {examples} rows of features (X) but {labelled} targets (y); give "
+                "one target per row"
+            )
+        return TableData(x, y, [], classes)
+    inputs = read_inputs(path, header=header)
     if targets is None:
         raise ValueError(f"{path} holds features only; give the targets file too")
-    class_names: list[str] = []
+    names: list[str] = []
     if isinstance(targets, np.ndarray):
         y, source = targets, "the targets array"
-    elif Path(targets).suffix.lower() == ".npy":
-        y, source = read_npy(targets), str(targets)
     else:
-        table = read_csv(targets, 0)
-        if table.targets is None:
-            raise ValueError(f"{targets} has no targets")
-        y, source, class_names = table.targets, str(targets), table.class_names
+        y, names = read_targets(targets, target_column, header=header, class_names=class_names)
+        source = str(targets)
     rows = y.shape[0] if y.ndim else 0
     if rows != len(inputs.features):
+        hint = ""
+        if abs(rows - len(inputs.features)) == 1 and isinstance(targets, str | Path):
+            hint = (
+                "; one apart: is a CSV file's first line a header read as data? Say so with "
+                "header=True (--header)"
+            )
         raise ValueError(
             f"{path} has {len(inputs.features)} rows of features but {source} has {rows} "
-            "targets; give one target per row"
+            f"targets; give one target per row{hint}"
         )
-    return TableData(inputs.features, y, inputs.feature_names, class_names)
+    return TableData(inputs.features, y, inputs.feature_names, names)
 
 
-def read_inputs(path: PathLike) -> TableData:
+def read_inputs(path: PathLike, *, header: bool | None = None) -> TableData:
     """Rows of features from a .npy or a numeric .csv file, with the CSV header's column names
-    (none for .npy or a CSV without a header); no targets."""
+    (none for .npy or a CSV without a header); no targets. `header` as for `read_csv`."""
     file = Path(path)
     suffix = file.suffix.lower()
     if suffix == ".npy":
-        return TableData(read_npy(file), None, [], [])
+        return TableData(_check_features(read_npy(file), str(file)), None, [], [])
     if suffix == ".csv":
-        return read_csv(file, None)
+        return read_csv(file, None, header=header)
     raise ValueError(f"inputs must be a .csv or .npy file. Received: {file}")
 
 
-def read_model_inputs(path: PathLike, model_features: Callable[[], Sequence[str]]) -> np.ndarray:
+def read_model_inputs(
+    path: PathLike, model_features: Callable[[], Sequence[str]], *, header: bool | None = None
+) -> np.ndarray:
     """Rows of features for a model, from a .npy or .csv file, in the order the model reads them.
 
     A CSV header's names are matched to `model_features()` (the names of the features of the
     model's training dataset; called only for a file with a header) before any value is read,
     so a column that is not a feature is refused by name whatever it holds: a target column of
     words (`setosa`) left in the file would otherwise be refused as non-numeric, as if it were
-    a feature. Without names on either side, columns are taken by position.
+    a feature. Without names on either side, columns are taken by position. `header` says
+    whether the CSV file's first line names its columns (None: guessed).
     """
     file = Path(path)
     if file.suffix.lower() != ".csv":
         return read_inputs(file).features
-    header, body, lines, has_header = _csv_rows(file)
-    columns: Sequence[int] = range(len(header))
+    names, body, lines, has_header = _csv_rows(file, header)
+    columns: Sequence[int] = range(len(names))
     if has_header:
-        columns = _model_columns(header, model_features(), file)
-    return _numeric_columns(file, header if has_header else None, body, lines, columns)
+        _check_named(file, names, columns)
+        columns = _model_columns(names, model_features(), file)
+    return _numeric_columns(file, names if has_header else None, body, lines, columns)
 
 
 def _model_columns(names: list[str], model_features: Sequence[str], path: PathLike) -> list[int]:

@@ -145,13 +145,13 @@ def prepare_upload(
 ) -> Upload:
     """Checks and encodes arrays for `UploadDataset`.
 
-    The server trains on float32 or float64 features: integer and bool features are sent as
-    float32 (float64 ones stay float64). Labels of a dtype the wire does not carry (bool,
+    The server trains on float32 or float64 features: integer, bool and float16 features are
+    sent as float32 (float64 ones stay float64). Labels of a dtype the wire does not carry (bool,
     unsigned, int8, int16) are sent as int64.
     """
     x = np.ascontiguousarray(features)
     y = np.ascontiguousarray(targets)
-    if x.dtype.kind in "iub":
+    if x.dtype.kind in "iub" or x.dtype == np.float16:
         x = x.astype(np.float32)
     if y.dtype.kind in "ub" or (y.dtype.kind == "i" and y.dtype.itemsize < 4):
         y = y.astype(np.int64)

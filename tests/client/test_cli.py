@@ -180,6 +180,20 @@ def test_datasets_commands(cli: Cli, tmp_path: Path) -> None:
     assert code == 2 and "missing.csv" in err
 
 
+def test_upload_and_predict_take_whether_a_csv_file_has_a_header(cli: Cli, tmp_path: Path) -> None:
+    """A header of numbers (pandas' 0,1 of unnamed columns) was always read as data."""
+    data = tmp_path / "numbers.csv"
+    data.write_text("0,1\n1.5,0\n2.5,1\n3.5,1\n")
+    uploaded = cli.json("datasets", "upload", str(data), "--header", "--no-dedupe")
+    assert uploaded["num_examples"] == 3 and uploaded["feature_names"] == ["0"]
+    guessed = cli.json("datasets", "upload", str(data), "--no-dedupe")
+    assert guessed["num_examples"] == 4 and guessed["feature_names"] == []
+    named = tmp_path / "named.csv"
+    named.write_text("a,b\n1,2\n")
+    code, _, err = cli("predict", "0" * 32, "-i", str(named), "--no-header")
+    assert code == 2 and "named.csv:1: feature column 0 (counting from 0) holds 'a'" in err
+
+
 def test_a_file_that_is_not_of_its_kind_is_an_invalid_argument(cli: Cli, tmp_path: Path) -> None:
     """An empty .npy, a .npz that is no zip archive or a CSV cell past the csv module's limit
     ended in a traceback and exit 1, even with --json."""

@@ -8,6 +8,7 @@ import errno
 import json
 import re
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from trainwire.client.files import (
     replaced_file,
     write_prediction,
 )
+from trainwire.client.results import TASKS
 
 
 def write(tmp_path: Path, text: str, name: str = "data.csv", encoding: str = "utf-8") -> Path:
@@ -311,3 +313,190 @@ def test_a_file_in_a_folder_that_does_not_exist_is_named_as_asked(tmp_path: Path
     with pytest.raises(FileNotFoundError) as refused, replaced_file(missing):
         pass
     assert refused.value.filename == str(missing)
+
+
+@pytest.mark.parametrize("marker", ["NA", "n/a", "nan", "NaN", "NULL", "None", "#N/A", " na "])
+def test_a_missing_value_marker_in_the_target_column_is_refused_naming_its_row(
+    tmp_path: Path, marker: str
+) -> None:
+    """A target "0.5, NA, 1.5" became a 3-class classification with a class "NA", and
+    "0, NA, 1" got an extra class "NA": one cell that is no number made the column words."""
+    for targets in ("0.5", "0"):
+        path = write(tmp_path, f"a,b,target\n1,2,{targets}\n3,4,{marker}\n5,6,1.5\n")
+        message = f"data.csv: row 3 has no target (column 'target' holds {marker.strip()!r}, a"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            read_csv(path)
+
+
+@pytest.mark.parametrize(
+    ("cell", "why"),
+    [
+        ("nan", "a missing value"),
+        ("-inf", "which is no finite number"),
+        ("1e40", "beyond the range of float32 (+-3.4e+38)"),
+    ],
+)
+def test_a_cell_that_is_no_finite_float32_is_refused_naming_its_line_and_column(
+    tmp_path: Path, cell: str, why: str
+) -> None:
+    """Refused by the server alone ("features: must be finite; found nan at index (1, 1)"),
+    naming no file, line or column; 1e40 printed numpy's overflow RuntimeWarning first."""
+    features = write(tmp_path, f"a,b,target\n1,2,0\n3,{cell},1\n")
+    message = f"data.csv:3: feature column 'b' holds {cell!r}, {why}; every feature must be a"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        read_csv(features)  # pytest's filterwarnings=error setting would fail on the warning
+    with pytest.raises(ValueError, match=re.escape("data.csv:2: feature column 1 (counting")):
+        read_model_inputs(write(tmp_path, f"1,2\n3,{cell}\n"), lambda: [])
+    if cell != "nan":  # a missing target, refused as such
+        targets = write(tmp_path, f"a,b,target\n1,2,0.5\n3,4,{cell}\n")
+        message = f"data.csv:3: target column 'target' holds {cell!r}, {why}; every target"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            read_csv(targets)
+
+
+def test_an_integer_target_past_int64_is_refused_naming_its_line(tmp_path: Path) -> None:
+    """It ended in a bare OverflowError (a traceback from the CLI)."""
+    path = write(tmp_path, "a,b,target\n1,2,0\n3,4,123456789012345678901234567890\n")
+    with pytest.raises(ValueError, match=r"data\.csv:3: target column 'target' holds '1234.*too"):
+        read_csv(path)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "where", "reason"),
+    [
+        ("latin-1", "data.csv:3", "byte 0xe9 is not UTF-8 text"),
+        ("utf-16", "data.csv:1", "it is UTF-16 text, not UTF-8"),
+    ],
+)
+def test_a_csv_file_that_is_not_utf8_is_refused_naming_it_and_its_line(
+    tmp_path: Path, encoding: str, where: str, reason: str
+) -> None:
+    """It ended in "'utf-8' codec can't decode byte 0xe9 in position 18", naming no file."""
+    path = write(tmp_path, "a,b,label\n1,2,x\n3,4,caf\u00e9\n", encoding=encoding)
+    message = f"{where} is not a readable CSV file: {reason}; save it as CSV UTF-8"
+    for call in (lambda: read_csv(path), lambda: read_model_inputs(path, lambda: [])):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            call()
+
+
+def test_pandas_default_column_names_are_a_header(tmp_path: Path) -> None:
+    """`pd.DataFrame(np.c_[X, y]).to_csv(index=False)` writes the header 0,1,...,n-1, which was
+    read as a row of data: one more example, and one more class (label 4)."""
+    path = write(tmp_path, "0,1,2,3\n5.1,3.5,1.4,0\n4.9,3.0,1.4,1\n")
+    table = read_csv(path)
+    assert table.features.shape == (2, 3) and table.feature_names == ["0", "1", "2"]
+    assert table.targets is not None and table.targets.tolist() == [0, 1]
+    # Said otherwise, it is data; and a first row that looks like data can be said a header.
+    assert read_csv(path, header=False).targets.tolist() == [3, 0, 1]  # type: ignore[union-attr]
+    two = write(tmp_path, "0,1\n2,1\n", name="two.csv")
+    assert read_csv(two).features.tolist() == [[0], [2]], "0,1 is too likely data to guess"
+    assert read_csv(two, header=True).feature_names == ["0"]
+    same = write(tmp_path, "0,1,2\n0,1,2\n", name="same.csv")
+    assert read_csv(same).features.shape == (2, 2), "a row like the ones below it is data"
+    assert read_model_inputs(path, lambda: [], header=False).shape == (3, 4)
+    with pytest.raises(ValueError, match=r"'target' is a name, but .*\(header=False\): give"):
+        read_csv(path, "target", header=False)
+
+
+def test_a_column_without_a_name_is_refused_as_pandas_index(tmp_path: Path) -> None:
+    """`df.to_csv()` writes pandas' index as a first column named "", which was kept as a
+    feature (on sorted data it gives the label away)."""
+    path = write(tmp_path, ",a,b,species\n0,1,2,setosa\n1,3,4,virginica\n")
+    message = "data.csv: column 0 (counting from 0) has no name in the header: an index written"
+    for call in (lambda: read_csv(path), lambda: read_model_inputs(path, lambda: [])):
+        with pytest.raises(ValueError, match=re.escape(message) + ".*index=False"):
+            call()
+
+
+def test_a_target_column_named_twice_is_refused_asking_for_its_index(tmp_path: Path) -> None:
+    """With columns a,a,target, target_column="a" took the first a without a word."""
+    path = write(tmp_path, "a,a,target\n1,2,0\n3,4,1\n")
+    message = "target column 'a' is named 2 times in "
+    with pytest.raises(ValueError, match=re.escape(message) + r".*\(columns 0, 1, counting"):
+        read_csv(path, "a")
+    assert read_csv(path, 1).features.tolist() == [[1, 0], [3, 1]]
+
+
+def test_a_targets_file_of_several_columns_needs_its_target_column(tmp_path: Path) -> None:
+    """`Series.to_csv()` writes the index beside the targets (",target" then "0,2", "1,0"): the
+    targets were read from column 0, the index, and the rest ignored."""
+    np.save(tmp_path / "x.npy", np.zeros((3, 2), np.float32))
+    labels = write(tmp_path, ",target\n0,2\n1,0\n2,1\n", "y.csv")
+    message = "y.csv has 2 columns ('', 'target'), but a targets file holds one: pick the"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        read_dataset(tmp_path / "x.npy", labels)
+    table = read_dataset(tmp_path / "x.npy", labels, target_column="target")
+    assert table.targets is not None and table.targets.tolist() == [2, 0, 1]
+    assert read_dataset(tmp_path / "x.npy", labels, target_column=1).targets.tolist() == [2, 0, 1]
+
+
+def test_array_features_take_a_csv_targets_file(tmp_path: Path) -> None:
+    """The docstring promised "an array, or an NPY or CSV file" of targets, but a CSV file was
+    read as an .npy one: "is not a readable NumPy array file"."""
+    labels = write(tmp_path, "setosa\nvirginica\nsetosa\n", "y.csv")
+    upload = Client._prepare(
+        np.zeros((3, 2), np.float32), labels, None, "", 0, (), (), None, None
+    )  # fmt: skip
+    assert list(upload.header.class_names) == ["setosa", "virginica"]
+    assert upload.header.targets.shape == [3]
+    two = write(tmp_path, "i,y\n0,1.5\n1,2.5\n2,3.5\n", "two.csv")
+    upload = Client._prepare(np.zeros((3, 2)), two, None, "", 0, (), (), None, "y")
+    assert upload.header.targets.shape == [3], "column y, picked by target_column"
+
+
+def test_targets_one_apart_from_the_features_suggest_a_header(tmp_path: Path) -> None:
+    """A word-targets file with a header ("species" above "setosa") counts its header as a
+    target: "3 rows of features but 4 targets", with no word of why."""
+    np.save(tmp_path / "x.npy", np.zeros((3, 2), np.float32))
+    labels = write(tmp_path, "species\nsetosa\nvirginica\nsetosa\n", "y.csv")
+    with pytest.raises(ValueError, match=r"but .*y\.csv has 4 targets; .*header=True \(--header"):
+        read_dataset(tmp_path / "x.npy", labels)
+    table = read_dataset(tmp_path / "x.npy", labels, header=True)
+    assert table.class_names == ["setosa", "virginica"]
+
+
+def test_word_labels_are_numbered_in_the_order_of_the_class_names_given(tmp_path: Path) -> None:
+    """With class_names=["malignant", "benign"], words were numbered in sorted order (benign 0)
+    while the names were stored as given: every predicted class name was the other one."""
+    path = write(tmp_path, "a,diagnosis\n1,benign\n2,malignant\n3,benign\n")
+    upload = Client._prepare(path, None, None, "", 0, (), ["malignant", "benign"], None, None)
+    assert list(upload.header.class_names) == ["malignant", "benign"]
+    assert np.frombuffer(upload.payloads[1], np.int64).tolist() == [1, 0, 1]
+    # A name no row has is a class without examples, counted; a word not named is refused.
+    upload = Client._prepare(path, None, None, "", 0, (), ["malignant", "benign", "x"], None, None)
+    assert (upload.header.num_classes, upload.header.task) == (3, TASKS["multiclass"])
+    message = "data.csv:3: target column 'diagnosis' holds 'malignant', which is not among the"
+    with pytest.raises(ValueError, match=re.escape(message) + r" class names given \(benign, x\)"):
+        read_csv(path, class_names=["benign", "x"])
+
+
+def test_array_files_are_checked_naming_the_file(tmp_path: Path) -> None:
+    """Text labels in an .npy or .npz file, float16 features, an .npz member that is no array
+    and an .npz of 3 rows of X and 4 targets were refused without naming the file ("dtype <U10
+    is not supported"), or by the server alone."""
+    np.save(tmp_path / "x.npy", np.zeros((3, 2)))
+    np.save(tmp_path / "words.npy", np.array(["setosa", "virginica", "setosa"]))
+    table = read_dataset(tmp_path / "x.npy", tmp_path / "words.npy")
+    assert table.class_names == ["setosa", "virginica"] and table.targets.tolist() == [0, 1, 0]
+    np.savez(tmp_path / "w.npz", X=np.zeros((3, 2)), y=np.array(["b", "a", "b"]))
+    assert read_dataset(tmp_path / "w.npz", class_names=["b", "a"]).targets.tolist() == [0, 1, 0]
+    np.save(tmp_path / "half.npy", np.zeros((3, 2), np.float16))
+    np.save(tmp_path / "y.npy", np.array([0, 1, 0]))
+    half = Client._prepare(
+        tmp_path / "half.npy", tmp_path / "y.npy", None, "", 0, (), (), None, None
+    )
+    assert len(half.payloads[0]) == 3 * 2 * 4, "sent as float32"
+    np.savez(tmp_path / "bad.npz", X=np.zeros((3, 2)), y=np.zeros(4))
+    with pytest.raises(ValueError, match=r"bad\.npz holds 3 rows of features \(X\) but 4 targets"):
+        read_dataset(tmp_path / "bad.npz")
+    np.save(tmp_path / "bytes.npy", np.array([b"a", b"b", b"a"]))
+    with pytest.raises(ValueError, match=r"bytes\.npy holds targets of dtype \|S1, which is no"):
+        read_dataset(tmp_path / "x.npy", tmp_path / "bytes.npy")
+    with pytest.raises(ValueError, match=r"words\.npy holds features of dtype <U9, which are no"):
+        read_dataset(tmp_path / "words.npy", tmp_path / "y.npy")
+    with zipfile.ZipFile(tmp_path / "garbage.npz", "w") as archive:
+        archive.writestr("X", b"not an array")
+        archive.writestr("y", b"nor this")
+    message = r"garbage\.npz is not a readable NumPy archive \(\.npz\): its member 'X' is no Num"
+    with pytest.raises(ValueError, match=message):
+        read_dataset(tmp_path / "garbage.npz")
