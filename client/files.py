@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
 import re
 import secrets
 import zipfile
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -203,40 +205,90 @@ def _read_npz(path: PathLike) -> tuple[np.ndarray, np.ndarray] | None:
         raise _unreadable(path, ".npz", error) from None
 
 
-def _csv_rows(
-    path: PathLike, header: bool | None = None
-) -> tuple[list[str], list[list[str]], list[int], bool]:
-    """The column names (x0, x1, ... without a header), the data rows as text, the file's line
-    number of each data row (blank lines are skipped, so a row's place is not its line), and
-    whether the file has a header (`header`: True or False says so, None guesses it)."""
+# Rows read, then converted to numbers, at a time: a file's text is never held whole (a 50 MB
+# file of 339,000 rows, held as lists of strings, took 1.7 GB).
+_BLOCK_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class _CsvRows:
+    """A CSV file open for reading: its column names (x0, x1, ... without a header), whether it
+    has a header, and its data rows as (line, cells), read as they are consumed (blank lines are
+    skipped, so a row's place is not its line) and each checked to be as wide as the first."""
+
+    names: list[str]
+    has_header: bool
+    rows: Iterator[tuple[int, list[str]]]
+
+
+@contextmanager
+def _csv_rows(path: PathLike, header: bool | None = None) -> Iterator[_CsvRows]:
+    """The CSV file open for reading (`_CsvRows`); `header`: True or False says whether its
+    first line names the columns, None guesses it from its first two rows."""
     # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first cell.
     with Path(path).open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        # line_num is the line a row ends on: its own line, unless a quoted cell spans lines.
-        try:
-            numbered = [
-                (reader.line_num, row)
-                for row in reader
-                if row and any(cell.strip() for cell in row)
-            ]
-        except csv.Error as error:
-            raise _unreadable(path, ".csv", error, reader.line_num) from None
-        except UnicodeDecodeError:
-            raise _not_utf8(path) from None
-    if not numbered:
-        raise ValueError(f"{path} has no rows")
-    rows = [row for _, row in numbered]
-    has_header = _has_header(rows) if header is None else header
-    names = [c.strip() for c in rows[0]] if has_header else [f"x{i}" for i in range(len(rows[0]))]
-    body = rows[1:] if has_header else rows
-    lines = [line for line, _ in numbered][1 if has_header else 0 :]
-    if not body:
-        raise ValueError(f"{path} has a header but no data rows")
-    width = len(names)
-    for line, row in zip(lines, body, strict=True):
+        numbered = _numbered_rows(path, csv.reader(handle))
+        first = list(itertools.islice(numbered, 2))
+        if not first:
+            raise ValueError(f"{path} has no rows")
+        has_header = _has_header([row for _, row in first]) if header is None else header
+        width = len(first[0][1])
+        names = [c.strip() for c in first[0][1]] if has_header else [f"x{i}" for i in range(width)]
+        body = itertools.chain(first[1:] if has_header else first, numbered)
+        yield _CsvRows(names, has_header, _of_width(path, body, width))
+
+
+def _numbered_rows(path: PathLike, reader: Any) -> Iterator[tuple[int, list[str]]]:
+    """The reader's rows that hold something, each with its line."""
+    try:
+        for row in reader:
+            if row and any(cell.strip() for cell in row):
+                # line_num is the line a row ends on: its own, unless a quoted cell spans lines.
+                yield reader.line_num, row
+    except csv.Error as error:
+        raise _unreadable(path, ".csv", error, reader.line_num) from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _of_width(
+    path: PathLike, rows: Iterator[tuple[int, list[str]]], width: int
+) -> Iterator[tuple[int, list[str]]]:
+    for line, row in rows:
         if len(row) != width:
             raise ValueError(f"{path}:{line} has {len(row)} columns, the header has {width}")
-    return names, body, lines, has_header
+        yield line, row
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """What `_read_columns` read of a CSV file's rows."""
+
+    values: np.ndarray  # the numeric columns, float32, a row per data row
+    targets: list[str]  # the target column's cells, stripped ([] without one)
+    lines: array[int]  # each data row's line
+
+
+def _read_columns(
+    path: PathLike, table: _CsvRows, columns: Sequence[int], target: int | None
+) -> _Columns:
+    """Reads the rest of `table`'s rows: its `columns` as numbers (`_numeric_columns`, a block
+    of rows at a time) and, when given, the `target` column's cells as text."""
+    names = table.names if table.has_header else None
+    blocks: list[np.ndarray] = []
+    targets: list[str] = []
+    lines = array("q")
+    while block := list(itertools.islice(table.rows, _BLOCK_ROWS)):
+        block_lines = [line for line, _ in block]
+        cells = [row for _, row in block]
+        blocks.append(_numeric_columns(path, names, cells, block_lines, columns))
+        lines.extend(block_lines)
+        if target is not None:
+            targets.extend(row[target].strip() for row in cells)
+    if not blocks:
+        raise ValueError(f"{path} has a header but no data rows")
+    values = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+    return _Columns(values, targets, lines)
 
 
 def _not_utf8(path: PathLike) -> ValueError:
@@ -375,7 +427,8 @@ def read_targets(
     if suffix != ".csv":
         raise ValueError(f"targets must be a .npy or .csv file, or an array. Received: {file}")
     if target_column is None:
-        names, _, _, has_header = _csv_rows(file, header)
+        with _csv_rows(file, header) as table:
+            names, has_header = table.names, table.has_header
         if len(names) != 1:
             listed = f" ({', '.join(map(repr, names))})" if has_header else ""
             raise ValueError(
@@ -383,9 +436,9 @@ def read_targets(
                 "the targets with target_column (--target-column), a name or a 0-based index"
             )
         target_column = 0
-    table = _read_csv(file, target_column, header, class_names, features=False)
-    assert table.targets is not None  # a target column was given
-    return table.targets, table.class_names
+    read = _read_csv(file, target_column, header, class_names, features=False)
+    assert read.targets is not None  # a target column was given
+    return read.targets, read.class_names
 
 
 def _read_csv(
@@ -403,39 +456,14 @@ def _read_csv(
             f"target column {target_column!r} is a name, but {path} has no header (header=False): "
             "give the column's 0-based index instead"
         )
-    names, body, lines, has_header = _csv_rows(path, True if named else header)
-    width = len(names)
-    column: int | None = None
-    if target_column is not None:
-        if isinstance(target_column, str) and not target_column.lstrip("-").isdigit():
-            if target_column not in names:
-                raise ValueError(
-                    f"target column {target_column!r} is not in {path}; columns: {names}"
-                )
-            column = names.index(target_column)
-            if names.count(target_column) > 1:
-                twice = [i for i, name in enumerate(names) if name == target_column]
-                raise ValueError(
-                    f"target column {target_column!r} is named {len(twice)} times in {path} "
-                    f"(columns {', '.join(map(str, twice))}, counting from 0): give the index "
-                    "of the one to use instead"
-                )
-        else:
-            position = int(target_column)
-            if not -width <= position < width:
-                raise ValueError(
-                    f"target column {position} is not in {path}: it has {width} columns "
-                    f"(0 to {width - 1}, or -1 for the last)"
-                )
-            column = position % width
-    feature_columns = [i for i in range(width) if i != column] if features else []
-    if has_header:
-        _check_named(path, names, [*feature_columns, *([] if column is None else [column])])
-    values = _numeric_columns(path, names if has_header else None, body, lines, feature_columns)
+    with _csv_rows(path, True if named else header) as table:
+        column, feature_columns = _target_and_features(path, table, target_column, features)
+        read = _read_columns(path, table, feature_columns, column)
+    names, has_header, lines = table.names, table.has_header, read.lines
     targets: np.ndarray | None = None
     class_names: list[str] = []
     if column is not None:
-        cells = [row[column].strip() for row in body]
+        cells = read.targets
         for line, cell in zip(lines, cells, strict=True):
             if _is_missing(cell):
                 held = f"holds {cell!r}, a missing value" if cell else "is empty"
@@ -465,7 +493,43 @@ def _read_csv(
                 cells, lambda i: f"{path}:{lines[i]}: target column {name}", given_names
             )
     feature_names = [names[i] for i in feature_columns] if has_header else []
-    return TableData(values, targets, feature_names, class_names)
+    return TableData(read.values, targets, feature_names, class_names)
+
+
+def _target_and_features(
+    path: PathLike, table: _CsvRows, target_column: str | int | None, features: bool
+) -> tuple[int | None, list[int]]:
+    """The target column `target_column` names (None without one) and the feature columns (the
+    others, or none without `features`), each read column checked to have a name."""
+    names = table.names
+    width = len(names)
+    column: int | None = None
+    if target_column is not None:
+        if isinstance(target_column, str) and not target_column.lstrip("-").isdigit():
+            if target_column not in names:
+                raise ValueError(
+                    f"target column {target_column!r} is not in {path}; columns: {names}"
+                )
+            column = names.index(target_column)
+            if names.count(target_column) > 1:
+                twice = [i for i, name in enumerate(names) if name == target_column]
+                raise ValueError(
+                    f"target column {target_column!r} is named {len(twice)} times in {path} "
+                    f"(columns {', '.join(map(str, twice))}, counting from 0): give the index "
+                    "of the one to use instead"
+                )
+        else:
+            position = int(target_column)
+            if not -width <= position < width:
+                raise ValueError(
+                    f"target column {position} is not in {path}: it has {width} columns "
+                    f"(0 to {width - 1}, or -1 for the last)"
+                )
+            column = position % width
+    feature_columns = [i for i in range(width) if i != column] if features else []
+    if table.has_header:
+        _check_named(path, names, [*feature_columns, *([] if column is None else [column])])
+    return column, feature_columns
 
 
 def read_dataset(
@@ -572,12 +636,12 @@ def read_model_inputs(
     file = Path(path)
     if file.suffix.lower() != ".csv":
         return read_inputs(file).features
-    names, body, lines, has_header = _csv_rows(file, header)
-    columns: Sequence[int] = range(len(names))
-    if has_header:
-        _check_named(file, names, columns)
-        columns = _model_columns(names, model_features(), file)
-    return _numeric_columns(file, names if has_header else None, body, lines, columns)
+    with _csv_rows(file, header) as table:
+        columns: Sequence[int] = range(len(table.names))
+        if table.has_header:
+            _check_named(file, table.names, columns)
+            columns = _model_columns(table.names, model_features(), file)
+        return _read_columns(file, table, columns, None).values
 
 
 def _model_columns(names: list[str], model_features: Sequence[str], path: PathLike) -> list[int]:

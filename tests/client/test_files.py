@@ -8,6 +8,7 @@ import errno
 import json
 import re
 import sys
+import tracemalloc
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -500,3 +501,26 @@ def test_array_files_are_checked_naming_the_file(tmp_path: Path) -> None:
     message = r"garbage\.npz is not a readable NumPy archive \(\.npz\): its member 'X' is no Num"
     with pytest.raises(ValueError, match=message):
         read_dataset(tmp_path / "garbage.npz")
+
+
+def test_a_large_csv_file_is_read_in_blocks_never_held_whole_as_text(tmp_path: Path) -> None:
+    """Each row was held as a list of Python strings until the whole file was read: a 50 MB
+    file of 339,000 rows took 1.7 GB. Rows are converted to numbers a block at a time, so the
+    reading needs a small multiple of the file's size (allocations traced by
+    tracemalloc, not timed: here 15 times the file's size before, 1.5 times now)."""
+    rng = np.random.default_rng(0)
+    rows = 20_000
+    table = np.column_stack([rng.normal(size=(rows, 32)).round(4), rng.integers(0, 10, rows)])
+    path = tmp_path / "large.csv"
+    header = ",".join([*(f"f{i}" for i in range(32)), "label"])
+    np.savetxt(path, table, delimiter=",", header=header, comments="", fmt=["%.4f"] * 32 + ["%d"])
+    tracemalloc.start()
+    try:
+        read = read_csv(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert read.features.shape == (rows, 32) and read.targets is not None
+    assert np.array_equal(read.features, table[:, :32].astype(np.float32))
+    assert np.array_equal(read.targets, table[:, 32].astype(np.int64))
+    assert peak < 3 * path.stat().st_size, (peak, path.stat().st_size)
