@@ -206,6 +206,9 @@ def _datasets_upload(client: Client, args: argparse.Namespace) -> int:
         if column is not None and column.lstrip("-").isdigit()
         else column,
         header=args.header,
+        num_classes=args.num_classes,
+        class_names=_names(args.class_names),
+        feature_names=_names(args.feature_names),
         dedupe=not args.no_dedupe,
         progress=None if not args.json else False,
     )
@@ -602,6 +605,11 @@ def _connection_options() -> argparse.ArgumentParser:
     return common
 
 
+def _names(listed: str | None) -> list[str]:
+    """Names given as one comma-separated argument (none: an empty list)."""
+    return [] if listed is None else [name.strip() for name in listed.split(",")]
+
+
 def _header_option(parser: argparse.ArgumentParser, files: str) -> None:
     """--header/--no-header: whether the first line of `files` names the columns."""
     parser.add_argument(
@@ -650,6 +658,17 @@ def add_user_commands(commands: Any) -> None:
     _header_option(upload, "CSV files")
     upload.add_argument("--name", help="display name (default: the file name)")
     upload.add_argument("--task", choices=["regression", "binary", "multiclass"])
+    upload.add_argument(
+        "--num-classes", type=int, default=0, help="classes (default: the largest label + 1)"
+    )
+    upload.add_argument(
+        "--class-names",
+        metavar="NAME,NAME,...",
+        help="the classes' names, label 0 first (a file's word labels are numbered in this order)",
+    )
+    upload.add_argument(
+        "--feature-names", metavar="NAME,NAME,...", help="the features' names (default: a header's)"
+    )
     upload.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     upload.add_argument("--no-dedupe", action="store_true", help="upload even if stored already")
     command(sub, "list", _datasets_list, "list the project's datasets")

@@ -194,6 +194,27 @@ def test_upload_and_predict_take_whether_a_csv_file_has_a_header(cli: Cli, tmp_p
     assert code == 2 and "named.csv:1: feature column 0 (counting from 0) holds 'a'" in err
 
 
+def test_upload_takes_the_classes_and_the_feature_names_as_the_sdk_does(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """`datasets upload` had no --num-classes, --class-names or --feature-names: a file's word
+    labels could only be numbered in sorted order, and an NPY file's features had no names."""
+    words = tmp_path / "cancer.csv"
+    words.write_text("radius,texture,diagnosis\n1.5,2,malignant\n2.5,1,benign\n3.5,4,benign\n")
+    uploaded = cli.json(
+        "datasets", "upload", str(words), "--class-names", "malignant, benign", "--no-dedupe"
+    )
+    assert uploaded["class_names"] == ["malignant", "benign"]
+    np.save(tmp_path / "x.npy", np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], np.float32))
+    np.save(tmp_path / "y.npy", np.array([0, 1, 1]))
+    arrays = cli.json(
+        "datasets", "upload", str(tmp_path / "x.npy"), "--targets", str(tmp_path / "y.npy"),
+        "--task", "multiclass", "--num-classes", "3", "--feature-names", "height,weight",
+        "--no-dedupe",
+    )  # fmt: skip
+    assert arrays["num_classes"] == 3 and arrays["feature_names"] == ["height", "weight"]
+
+
 def test_a_file_that_is_not_of_its_kind_is_an_invalid_argument(cli: Cli, tmp_path: Path) -> None:
     """An empty .npy, a .npz that is no zip archive or a CSV cell past the csv module's limit
     ended in a traceback and exit 1, even with --json."""
