@@ -165,13 +165,15 @@ def prepare_upload(
             f"leave them out, or choose a classification task. Received: task={task!r}"
         )
     x_bytes, y_bytes = to_tensor(x).data, to_tensor(y).data
+    digest = hashlib.sha256(x_bytes)
+    digest.update(y_bytes)  # not of `x_bytes + y_bytes`, a copy of the whole dataset
     header = datasets_pb2.DatasetHeader(
         display_name=name,
         task=TASKS[task],
         num_classes=num_classes,
         features=tensor_pb2.TensorInfo(dtype=dtype_code(x.dtype), shape=x.shape),
         targets=tensor_pb2.TensorInfo(dtype=dtype_code(y.dtype), shape=y.shape),
-        sha256=hashlib.sha256(x_bytes + y_bytes).hexdigest(),
+        sha256=digest.hexdigest(),
         labels=dict(labels or {}),
         feature_names=list(feature_names),
         class_names=list(class_names),
