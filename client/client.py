@@ -617,10 +617,12 @@ class Client:
         training settings are checked locally first (`SpecError`, an `InvalidArgument`, names
         every bad field) unless `validate=False`; given the dataset's `DatasetInfo`, so are the
         metrics against its task (`r2` of a classifier, `accuracy` of a regression).
-        `optimizer` and `schedule` are a name or a mapping of `name` and numeric parameters
-        (`{"name": "step", "step_size": 10}`): the request carries parameters as numbers only,
-        so a text one is refused (`SpecError`); the optimizers' flags (`nesterov`, `centered`)
-        take True or False, sent as 1 and 0. A `request_id` (a fresh one by default) makes
+        `optimizer` and `schedule` are a name or a mapping of `name` and parameters
+        (`{"name": "step", "step_size": 10, "interval": "step"}`). An optimizer's parameters
+        are numbers (a text one is refused, `SpecError`); its flags (`nesterov`, `centered`)
+        take True or False, sent as 1 and 0. A schedule's text parameters (`interval`;
+        reduce_on_plateau's `monitor`, `mode`, `threshold_mode`) are strings, sent in its
+        `options`, the others numbers. A `request_id` (a fresh one by default) makes
         the call idempotent: a retried call returns the same job.
         """
         request = create_job_request(

@@ -41,7 +41,8 @@ UINT64 = (0, 2**64 - 1)
 # The server's bound (server/training.py): a client from before paging gets every checkpoint
 # kept in one ListCheckpoints answer.
 MAX_KEEP_CHECKPOINTS = 1000
-# An optimizer's and a schedule's parameters travel in a map of doubles (`params`).
+# An optimizer's parameters travel in a map of doubles (`params`); a schedule's text ones
+# (interval, monitor, mode, threshold_mode) in a map of strings (`options`) beside it.
 NUMBERS_ONLY = (
     "must be a number: only numeric parameters can be sent (leave it out for its default)"
 )
@@ -112,6 +113,26 @@ def optimizer_flags(name: str) -> frozenset[str]:
     from trainwire.engine import optimizers
 
     return optimizers.flags(name)
+
+
+def schedule_text_parameters(name: str) -> frozenset[str]:
+    """The parameters of the engine's schedule `name` that are text (`interval`, `monitor`,
+    `mode`, `threshold_mode`): given as strings, they are sent in the schedule's `options`."""
+    from trainwire.engine import schedules
+
+    return schedules.text_parameters(name)
+
+
+def schedule_text_problem(key: str, value: str) -> str | None:
+    """Why the engine's schedules refuse `value` for their text parameter `key` (not one of its
+    choices, an empty monitor), or None if they take it."""
+    from trainwire.engine import schedules
+
+    try:
+        schedules.check_text_parameter(key, value)
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 class _Checker:
@@ -211,13 +232,18 @@ class _Checker:
 
     def params(self, kind: str, spec: Mapping[str, Any], checked: tuple[str, ...] = ()) -> None:
         """The parameters beside an optimizer's or a schedule's name: each one it takes (when the
-        name is known) and a number (the request carries doubles); those `checked` elsewhere are
-        only looked up."""
+        name is known) and a number (the request carries doubles), but a schedule's text
+        parameters, which are text the engine takes (sent in its `options`); those `checked`
+        elsewhere are only looked up."""
         name = spec.get("name")
         accepted = parameter_names(kind, name) if isinstance(name, str) else None
         flags = optimizer_flags(name) if kind == "optimizer" and isinstance(name, str) else ()
+        text = (
+            schedule_text_parameters(name) if kind == "schedule" and isinstance(name, str) else ()
+        )
         for key, value in spec.items():
-            field = f"training.{kind}.params[{key!r}]"
+            sent_as_text = kind == "schedule" and isinstance(value, str)
+            field = f"training.{kind}.{'options' if sent_as_text else 'params'}[{key!r}]"
             if key == "name":
                 continue
             if accepted is not None and key not in accepted:
@@ -225,6 +251,23 @@ class _Checker:
                     field,
                     f"is not a parameter of {kind} {name!r}, which takes: "
                     f"{', '.join(accepted)}. Received: {key!r}={value!r}",
+                )
+            elif sent_as_text:
+                if accepted is None:
+                    continue  # no schedule, or an unknown one: refused by its name
+                if key not in text:
+                    self.add(
+                        field,
+                        f"must be a number ({key} is a numeric parameter of schedule {name!r}). "
+                        f"Received: {key!r}={value!r}",
+                    )
+                elif (problem := schedule_text_problem(key, value)) is not None:
+                    self.add(field, problem)
+            elif key in text:
+                self.add(
+                    field,
+                    f"must be text ({key} is a text parameter of schedule {name!r}). "
+                    f"Received: {key!r}={value!r}",
                 )
             elif key in flags:
                 if flag_value(value) is None:
@@ -411,14 +454,18 @@ def check_training(
     checker.name("training.schedule", "schedule", schedule, optional=True)
     if isinstance(schedule, Mapping):
         checker.params("schedule", schedule)
-        params = {k: v for k, v in schedule.items() if k != "name"}
-        if schedule.get("name") in (None, "") and params:
+        given = {k: v for k, v in schedule.items() if k != "name"}
+        if schedule.get("name") in (None, ""):
             # The server refuses them too: without a name there is no schedule to take them.
-            checker.add(
-                "training.schedule.params",
-                "given without training.schedule.name; name a schedule or drop the params. "
-                f"Received: {params!r}",
-            )
+            options = {k: v for k, v in given.items() if isinstance(v, str)}
+            params = {k: v for k, v in given.items() if k not in options}
+            for field, received in (("params", params), ("options", options)):
+                if received:
+                    checker.add(
+                        f"training.schedule.{field}",
+                        "given without training.schedule.name; name a schedule or drop the "
+                        f"{field}. Received: {received!r}",
+                    )
     _early_stopping(checker, early_stopping)
     if dtype not in ("float32", "float64"):
         checker.add("training.dtype", f"must be float32 or float64. Received: {dtype!r}")

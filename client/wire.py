@@ -271,10 +271,17 @@ def create_job_request(
     optimizer_name = str(optimizer_spec.pop("name", "adam"))
     rate = float(optimizer_spec.pop("learning_rate", learning_rate))
     schedule_spec = dict(schedule) if isinstance(schedule, Mapping) else {"name": schedule or ""}
+    schedule_name = str(schedule_spec.pop("name", ""))
+    # Text goes to the schedule's options (interval, monitor, mode), anything else to params.
+    schedule_options = {k: v for k, v in schedule_spec.items() if isinstance(v, str)}
     training = models_pb2.TrainingConfig(
         schedule=models_pb2.ScheduleSpec(
-            name=str(schedule_spec.pop("name", "")),
-            params=numeric_params("training.schedule", schedule_spec),
+            name=schedule_name,
+            params=numeric_params(
+                "training.schedule",
+                {k: v for k, v in schedule_spec.items() if k not in schedule_options},
+            ),
+            options=schedule_options,
         ),
         early_stopping=models_pb2.EarlyStopping(**dict(early_stopping or {})),
         epochs=epochs,

@@ -35,15 +35,29 @@ def parameter_names(registry: Mapping[str, type], name: str) -> tuple[str, ...] 
 def flag_names(registry: Mapping[str, type], name: str) -> frozenset[str]:
     """The keyword arguments of the class registered as `name` that are flags (annotated
     ``bool``): a job's settings carry them as 1 and 0, its parameters being numbers."""
+    return _annotated_names(registry, name, FLAG_TYPES)
+
+
+def text_names(registry: Mapping[str, type], name: str) -> frozenset[str]:
+    """The keyword arguments of the class registered as `name` that are text (annotated
+    ``str``, e.g. a schedule's ``interval``): a job's settings carry them apart from its
+    numbers."""
+    return _annotated_names(registry, name, TEXT_TYPES)
+
+
+def _annotated_names(
+    registry: Mapping[str, type], name: str, types: tuple[object, ...]
+) -> frozenset[str]:
     cls = registry.get(name.lower())
     if cls is None:
         return frozenset()
     signature = inspect.signature(cls)
-    return frozenset(key for key, p in signature.parameters.items() if p.annotation in FLAG_TYPES)
+    return frozenset(key for key, p in signature.parameters.items() if p.annotation in types)
 
 
-# A flag's annotation as `inspect` reads it: a string under `from __future__ import annotations`.
+# An annotation as `inspect` reads it: a string under `from __future__ import annotations`.
 FLAG_TYPES = ("bool", bool)
+TEXT_TYPES = ("str", str)
 
 
 def resolve(kind: str, registry: Mapping[str, type[T]], identifier: object, base: type[T]) -> T:

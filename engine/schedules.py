@@ -29,11 +29,27 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._registry import check_choice, check_int, check_number, parameter_names, resolve
+from ._registry import (
+    check_choice,
+    check_int,
+    check_number,
+    parameter_names,
+    resolve,
+    text_names,
+)
 from ._state import float_entry, int_entry
 from ._types import Array
 
 INTERVALS = ("epoch", "step")
+MODES = ("auto", "min", "max")
+THRESHOLD_MODES = ("rel", "abs")
+# The values each text parameter with a fixed set of them takes (a monitor takes any log key):
+# the SDK and the server check a job's text settings by them.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "interval": INTERVALS,
+    "mode": MODES,
+    "threshold_mode": THRESHOLD_MODES,
+}
 
 
 class Schedule:
@@ -171,9 +187,16 @@ class CosineWarmup(Schedule):
         }
 
 
+def check_monitor(monitor: object) -> str:
+    """``monitor`` if it can name a log key (a non-empty string); ValueError otherwise."""
+    if not isinstance(monitor, str) or not monitor:
+        raise ValueError(f"monitor must be a log key. Received: monitor={monitor!r}")
+    return monitor
+
+
 def resolve_mode(mode: str, monitor: str) -> str:
     """ "min" or "max"; "auto" is "max" for accuracy/r2-like keys and "min" otherwise."""
-    mode = check_choice("mode", mode, ("auto", "min", "max"))
+    mode = check_choice("mode", mode, MODES)
     if mode != "auto":
         return mode
     return "max" if any(key in monitor for key in ("acc", "r2")) else "min"
@@ -201,16 +224,14 @@ class ReduceOnPlateau(Schedule):
         cooldown: int = 0,
     ) -> None:
         super().__init__("epoch")
-        if not isinstance(monitor, str) or not monitor:
-            raise ValueError(f"monitor must be a log key. Received: monitor={monitor!r}")
-        self._monitor = monitor
+        self._monitor = check_monitor(monitor)
         self.factor = check_number("factor", factor, 0.0, 1.0, low_inclusive=False)
         self.patience = check_int("patience", patience, 0)
         self.min_lr = check_number("min_lr", min_lr, 0.0)
-        self.mode = check_choice("mode", mode, ("auto", "min", "max"))
+        self.mode = check_choice("mode", mode, MODES)
         self._direction = resolve_mode(mode, monitor)
         self.threshold = check_number("threshold", threshold, 0.0)
-        self.threshold_mode = check_choice("threshold_mode", threshold_mode, ("rel", "abs"))
+        self.threshold_mode = check_choice("threshold_mode", threshold_mode, THRESHOLD_MODES)
         self.cooldown = check_int("cooldown", cooldown, 0)
         self.current_lr: float | None = None  # None until the first step sets it to base_lr
         self.best = math.inf if self._direction == "min" else -math.inf
@@ -328,3 +349,18 @@ def parameters(name: str) -> tuple[str, ...] | None:
     """The parameters schedule `name` takes (``step_size``, ``gamma``, ...), or None for a name
     it does not know: the SDK and the server check a job's schedule settings by them."""
     return parameter_names(REGISTRY, name)
+
+
+def text_parameters(name: str) -> frozenset[str]:
+    """The parameters of schedule `name` that are text (``interval``; reduce_on_plateau's
+    ``monitor``, ``mode`` and ``threshold_mode``), empty for a name it does not know: a job's
+    settings carry them apart from its numbers."""
+    return text_names(REGISTRY, name)
+
+
+def check_text_parameter(key: str, value: object) -> str:
+    """``value`` as the schedules take text parameter `key`: one of its ``CHOICES``, or (a
+    monitor) a log key; ValueError naming `key` and the value otherwise."""
+    if key in CHOICES:
+        return check_choice(key, value, CHOICES[key])
+    return check_monitor(value)

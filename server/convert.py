@@ -114,6 +114,7 @@ def training_to_proto(training: dict[str, Any]) -> models_pb2.TrainingConfig:
         schedule=models_pb2.ScheduleSpec(
             name=str(schedule.pop("name", "")),
             params={k: float(v) for k, v in schedule.items() if not isinstance(v, str)},
+            options={k: v for k, v in schedule.items() if isinstance(v, str)},
         ),
         validation_fraction=float(training.get("validation_fraction", 0.0)),
         seed=int(training.get("seed", 0)),

@@ -36,6 +36,8 @@ MAX_BATCH_SIZE = 1 << 20
 # bytes each, passed the 4 MiB limit, and then the listing failed for good). The SDK's
 # validation (client/validation.py) holds the same bound.
 MAX_KEEP_CHECKPOINTS = 1000
+# The longest text parameter of a schedule (its monitor a metric name, as early stopping's).
+MAX_OPTION_LENGTH = 64
 
 DEFAULT_LOSSES = {
     TaskKind.REGRESSION: "mse",
@@ -134,16 +136,26 @@ def normalised_training(
         _check_params("schedule", config.schedule.name, config.schedule.params)
         for name, value in config.schedule.params.items():
             _check_finite_number(f"training.schedule.params[{quoted(name)}]", value)
+        _check_schedule_options(config.schedule)
         # The wire carries doubles; counts such as step_size or patience are whole numbers.
         params = {k: int(v) if v.is_integer() else v for k, v in config.schedule.params.items()}
-        training["schedule"] = {"name": config.schedule.name, **params}
-    elif config.schedule.params and strict:
-        # Without a name there is no schedule: the params would be dropped in silence.
-        key, value = min(config.schedule.params.items())
+        training["schedule"] = {
+            "name": config.schedule.name,
+            **params,
+            **dict(config.schedule.options),
+        }
+    elif strict and (config.schedule.params or config.schedule.options):
+        # Without a name there is no schedule: its parameters would be dropped in silence.
+        if config.schedule.params:
+            key, value = min(config.schedule.params.items())
+            field, received = "params", f"{quoted(key)}={value}"
+        else:
+            key, text = min(config.schedule.options.items())
+            field, received = "options", f"{quoted(key)}={quoted(text)}"
         raise InvalidArgument.field(
-            "training.schedule.params",
-            "given without training.schedule.name; name a schedule or drop the params. "
-            f"Received: {quoted(key)}={value}",
+            f"training.schedule.{field}",
+            f"given without training.schedule.name; name a schedule or drop the {field}. "
+            f"Received: {received}",
         )
     if config.early_stopping.monitor:
         check_text("training.early_stopping.monitor", config.early_stopping.monitor, 64)
@@ -179,6 +191,50 @@ def _check_params(kind: str, name: str, params: Mapping[str, float]) -> None:
                 f"training.{kind}.params[{quoted(key)}]",
                 f"is not a parameter of {kind} {quoted(name)}, which takes: "
                 f"{', '.join(accepted)}. Received: {quoted(key)}={value}",
+            )
+
+
+def _check_schedule_options(schedule: models_pb2.ScheduleSpec) -> None:
+    """The schedule's text parameters (`ScheduleSpec.options`) must be ones it takes, given once
+    (not in `params` too), and values the engine takes; its numeric parameters must not be
+    among them (the engine would refuse a number as its interval or mode, naming no field)."""
+    name = schedule.name
+    accepted = schedules.parameters(name)
+    if accepted is None:
+        return  # the engine refuses the name itself, listing the names it knows
+    text = schedules.text_parameters(name)
+    for key, value in sorted(schedule.options.items()):
+        field = f"training.schedule.options[{quoted(key)}]"
+        received = f"Received: {quoted(key)}={quoted(value)}"
+        if key not in accepted:
+            raise InvalidArgument.field(
+                field,
+                f"is not a parameter of schedule {quoted(name)}, which takes: "
+                f"{', '.join(accepted)}. {received}",
+            )
+        if key in schedule.params:
+            raise InvalidArgument.field(
+                field,
+                f"is given in training.schedule.params too ({schedule.params[key]}); give it "
+                f"once. {received}",
+            )
+        if key not in text:
+            raise InvalidArgument.field(
+                field,
+                f"is a numeric parameter of schedule {quoted(name)}: send it in "
+                f"training.schedule.params. {received}",
+            )
+        check_text(field, value, MAX_OPTION_LENGTH)
+        try:
+            schedules.check_text_parameter(key, value)
+        except ValueError as error:
+            raise InvalidArgument.field(field, str(error)) from None
+    for key, number in sorted(schedule.params.items()):
+        if key in text:
+            raise InvalidArgument.field(
+                f"training.schedule.params[{quoted(key)}]",
+                f"is a text parameter of schedule {quoted(name)}: send it in "
+                f"training.schedule.options. Received: {quoted(key)}={number}",
             )
 
 
@@ -301,12 +357,13 @@ def check_model_fits_dataset(
         )
 
 
-# Where a request sets what each engine monitor watches (reduce_on_plateau's monitor is not on
-# the wire: its default, val_loss, comes with the schedule's name).
+# Where a request sets what each engine monitor watches (reduce_on_plateau's default monitor,
+# val_loss, comes with the schedule's name; one given is its options["monitor"]).
 MONITOR_FIELDS = {
     "early_stopping": "training.early_stopping.monitor",
     "schedule": "training.schedule",
 }
+SCHEDULE_MONITOR_FIELD = f"training.schedule.options[{quoted('monitor')}]"
 
 
 def check_monitors_are_logged(trainer: Trainer, training: dict[str, Any], dataset: Dataset) -> None:
@@ -324,7 +381,10 @@ def check_monitors_are_logged(trainer: Trainer, training: dict[str, Any], datase
             f" (training.validation_fraction={fraction} holds out none of the "
             f"{dataset.num_examples} examples of datasets/{dataset.id})"
         )
-    raise InvalidArgument.field(MONITOR_FIELDS[owner], message)
+    field = MONITOR_FIELDS[owner]
+    if owner == "schedule" and "monitor" in (training.get("schedule") or {}):
+        field = SCHEDULE_MONITOR_FIELD
+    raise InvalidArgument.field(field, message)
 
 
 def check_loss_fits_targets(trainer: Trainer, dataset: Dataset) -> None:

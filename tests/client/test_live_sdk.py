@@ -32,6 +32,7 @@ from trainwire.client import (
 from trainwire.client.client import env_settings
 from trainwire.client.errors import field_violations
 from trainwire.client.wire import prepare_upload
+from trainwire.engine import schedules
 from trainwire.server.local import LocalServer
 from trainwire.server.wrappers import STATUS_DETAILS_KEY
 from trainwire.v1 import jobs_pb2, jobs_pb2_grpc, models_pb2, tensor_pb2
@@ -581,3 +582,153 @@ def test_a_refusal_quoting_a_huge_value_reaches_the_caller_bounded(
     assert re.search(r"…\(100\d\d characters\)", error.details()), error.details()
     trailer = dict(error.trailing_metadata() or ())[STATUS_DETAILS_KEY]
     assert len(error.details().encode()) + len(trailer) < 2048
+
+
+PLATEAU = {"name": "reduce_on_plateau", "monitor": "val_accuracy", "mode": "max",
+           "factor": 0.5, "patience": 0}  # fmt: skip
+
+
+def test_a_schedules_text_parameters_reach_the_engine_and_are_shown(
+    client: Client, dataset: DatasetInfo
+) -> None:
+    """The SDK refused a schedule's text parameters ("only numeric parameters can be sent"):
+    reduce_on_plateau could watch val_loss alone. Sent in the schedule's options, they train,
+    GetJob shows them, and the settings shown create the same job again."""
+    settings = {"epochs": 4, "batch_size": 8, "validation_fraction": 0.25}
+    job = client.create_job(dataset, MODEL, schedule=PLATEAU, **settings)
+    final = job.wait(timeout=60, poll_interval=0.1)
+    assert final.state == "SUCCEEDED", final.error
+    shown = final.raw.training.schedule
+    assert shown.name == "reduce_on_plateau"
+    assert dict(shown.options) == {"monitor": "val_accuracy", "mode": "max"}
+    assert dict(shown.params) == {"factor": 0.5, "patience": 0.0}
+    # The rates are the engine's, reducing on val_accuracy's plateaus.
+    metrics = job.metrics()
+    engine = schedules.get(PLATEAU)
+    expected = []
+    for epoch, accuracy in enumerate(metrics.values_of("val_accuracy")):
+        expected.append(engine.learning_rate(final.raw.training.optimizer.learning_rate, 0, epoch))
+        engine.on_epoch_end(epoch, {"val_accuracy": float(accuracy)})
+    assert metrics.values_of("learning_rate").tolist() == pytest.approx(expected)
+    # Reduced on val_accuracy's plateau (val_loss, the default monitor, improves every epoch).
+    assert expected[-1] < expected[0]
+    # The settings shown, given to create_job, are the job's.
+    again = client.create_job(
+        dataset,
+        final.model,
+        schedule={"name": shown.name, **shown.params, **shown.options},
+        queue="nobody-listens",
+        **settings,
+    )
+    try:
+        assert again.status().raw.training == final.raw.training
+    finally:
+        again.cancel()
+
+
+def test_a_step_decay_per_step_trains_at_the_engines_rates(
+    client: Client, dataset: DatasetInfo
+) -> None:
+    """A StepDecay decayed per epoch only: its interval could not be sent."""
+    schedule = {"name": "step", "step_size": 2, "gamma": 0.5, "interval": "step"}
+    optimizer = {"name": "sgd", "learning_rate": 0.1}
+    # 40 examples in batches of 8: 5 steps an epoch.
+    job = client.create_job(
+        dataset, MODEL, epochs=3, batch_size=8, optimizer=optimizer, schedule=schedule
+    )
+    final = job.wait(timeout=60, poll_interval=0.1)
+    assert final.state == "SUCCEEDED", final.error
+    assert dict(final.raw.training.schedule.options) == {"interval": "step"}
+    metrics = job.metrics()
+    points = list(zip(metrics.steps("learning_rate"), metrics.epochs("learning_rate"), strict=True))
+    assert points == [(5, 1), (10, 2), (15, 3)]
+
+    def rates(interval: str) -> list[float]:
+        engine = schedules.get({**schedule, "interval": interval})
+        # An epoch's rate is its last step's (the step before the count at its end).
+        return [engine.learning_rate(0.1, int(s) - 1, int(e) - 1) for s, e in points]
+
+    assert metrics.values_of("learning_rate").tolist() == pytest.approx(rates("step"))
+    assert rates("step") != pytest.approx(rates("epoch"))
+
+
+@pytest.mark.parametrize("validate", [True, False])
+@pytest.mark.parametrize(
+    ("schedule", "validation_fraction", "field", "says", "local"),
+    [
+        (
+            {"name": "step", "step_size": 2, "monitor": "loss"},
+            0.0,
+            "training.schedule.options['monitor']",
+            "is not a parameter of schedule 'step', which takes: step_size, gamma, interval",
+            True,
+        ),
+        (
+            {**PLATEAU, "mode": "maximum"},
+            0.25,
+            "training.schedule.options['mode']",
+            "mode must be one of: auto, min, max. Received: mode='maximum'",
+            True,
+        ),
+        (
+            PLATEAU,
+            0.0,
+            "training.schedule.options['monitor']",
+            "schedule monitors 'val_accuracy', which this fit does not log",
+            False,
+        ),
+        (
+            {**PLATEAU, "monitor": "r2"},  # a classifier's
+            0.25,
+            "training.schedule.options['monitor']",
+            "schedule monitors 'r2', which this fit does not log; it logs: loss, accuracy, "
+            "val_loss, val_accuracy, learning_rate",
+            False,
+        ),
+    ],
+)
+def test_a_bad_schedule_text_parameter_is_refused_naming_it(
+    client: Client,
+    dataset: DatasetInfo,
+    schedule: dict[str, object],
+    validation_fraction: float,
+    field: str,
+    says: str,
+    local: bool,
+    validate: bool,
+) -> None:
+    """By the SDK's checks when they can tell, else (and unvalidated) by the server."""
+    with pytest.raises(InvalidArgument) as refused:
+        client.create_job(
+            dataset,
+            MODEL,
+            schedule=schedule,  # type: ignore[arg-type]
+            validation_fraction=validation_fraction,
+            validate=validate,
+        )
+    [(named, description)] = refused.value.field_violations
+    assert named == field and says in description
+    assert isinstance(refused.value, SpecError) is (local and validate)
+
+
+def test_a_schedule_parameter_in_both_maps_is_refused_naming_it(
+    live_server: LocalServer, dataset: DatasetInfo
+) -> None:
+    """A raw request can give a key as a number and as text: neither is dropped in silence."""
+    schedule = models_pb2.ScheduleSpec(
+        name="reduce_on_plateau", params={"patience": 2.0}, options={"patience": "2"}
+    )
+    create = jobs_pb2.CreateJobRequest(
+        dataset=dataset.name,
+        model=models_pb2.ModelSpec(layers=[dense(3)]),
+        training=models_pb2.TrainingConfig(schedule=schedule, validation_fraction=0.25),
+    )
+    with grpc.insecure_channel(live_server.target) as channel:
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            jobs.CreateJob(create, timeout=30)
+    error = refused.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    [(named, description)] = field_violations(error)
+    assert named == "training.schedule.options['patience']"
+    assert "is given in training.schedule.params too (2.0); give it once" in description

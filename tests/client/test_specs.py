@@ -28,6 +28,7 @@ from trainwire.client.specs import model_spec_to_proto
 from trainwire.client.validation import MAX_KEEP_CHECKPOINTS, check_training
 from trainwire.client.wire import create_job_request, prepare_upload
 from trainwire.server import training as server_training
+from trainwire.v1 import models_pb2
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -185,7 +186,7 @@ def test_values_the_request_cannot_carry_are_spec_errors_naming_their_field() ->
     """Each reached protobuf, whose TypeError or ValueError named no field."""
     with Client("127.0.0.1:9") as client, pytest.raises(SpecError) as caught:
         client.create_job(
-            "datasets/x", None, epochs=10**12, seed=-1, priority="high",  # type: ignore[arg-type]
+            "datasets/x", None, epochs=10**12, seed=-1, priority="high",
             labels={"team": 1}, queue=3, keep_checkpoints=2**40,  # type: ignore[dict-item,arg-type]
             early_stopping={"monitor": "val_loss", "patience": "3"}, optimizer="adamm",
         )  # fmt: skip
@@ -325,21 +326,18 @@ def test_a_spec_may_leave_its_dataset_to_the_caller() -> None:
 
 
 def test_a_parameter_the_request_cannot_carry_as_a_number_is_refused_by_name() -> None:
-    # ScheduleSpec.params and OptimizerSpec.params hold numbers: a text parameter cannot be sent.
-    schedule = {"name": "reduce_on_plateau", "mode": "max", "factor": 0.5}
+    # OptimizerSpec.params holds numbers: a text parameter cannot be sent, even unvalidated.
     for validate in (True, False):
-        with Client("127.0.0.1:9") as client, pytest.raises(SpecError) as caught:
-            client.create_job("datasets/x", [Dense(3)], schedule=schedule, validate=validate)
-        [(field, description)] = caught.value.field_violations
-        assert field == "training.schedule.params['mode']"
-        assert "only numeric parameters can be sent" in description and "'max'" in description
-    with Client("127.0.0.1:9") as client, pytest.raises(SpecError) as optimizer:
-        client.create_job(
-            "datasets/x", [Dense(3)], optimizer={"name": "sgd", "momentum": "high"}, validate=False
-        )
-    assert [f for f, _ in optimizer.value.field_violations] == [
-        "training.optimizer.params['momentum']"
-    ]
+        with Client("127.0.0.1:9") as client, pytest.raises(SpecError) as optimizer:
+            client.create_job(
+                "datasets/x",
+                [Dense(3)],
+                optimizer={"name": "sgd", "momentum": "high"},
+                validate=validate,
+            )
+        [(field, description)] = optimizer.value.field_violations
+        assert field == "training.optimizer.params['momentum']"
+        assert "only numeric parameters can be sent" in description and "'high'" in description
     # The server answered this one with Python's "Adam.__init__() got an unexpected keyword".
     with Client("127.0.0.1:9") as client, pytest.raises(SpecError) as unknown:
         client.create_job("datasets/x", [Dense(3)], optimizer={"name": "adam", "betaa": 0.9})
@@ -359,6 +357,119 @@ def test_a_parameter_the_request_cannot_carry_as_a_number_is_refused_by_name() -
             "is not a parameter of schedule 'step', which takes: step_size, gamma, interval. "
             "Received: 'step_sizee'=3",
         )
+    ]
+
+
+def schedule_sent(schedule: str | dict[str, Any], validate: bool = True) -> models_pb2.ScheduleSpec:
+    """The ScheduleSpec `create_job` sends for `schedule`."""
+    settings = {**CREATE_DEFAULTS, "schedule": schedule}
+    request = create_job_request("datasets/x", [Dense(3)], **settings, validate=validate)
+    return request.training.schedule
+
+
+CREATE_DEFAULTS: dict[str, Any] = {
+    "epochs": 1, "batch_size": 32, "optimizer": "adam", "learning_rate": 0.0, "loss": "",
+    "metrics": (), "validation_fraction": 0.0, "seed": 0, "checkpoint_every_epochs": 0,
+    "early_stopping": None, "dtype": "float32", "display_name": "", "labels": None, "queue": "",
+    "priority": 0, "max_attempts": 0, "request_id": None,
+}  # fmt: skip
+
+
+def test_a_schedules_text_parameters_are_sent_in_its_options() -> None:
+    """The SDK refused them ("must be a number: only numeric parameters can be sent"): a
+    reduce_on_plateau could not watch val_accuracy, nor a StepDecay decay per step."""
+    plateau = {"name": "reduce_on_plateau", "monitor": "val_accuracy", "mode": "max",
+               "factor": 0.5, "patience": 0}  # fmt: skip
+    for validate in (True, False):
+        sent = schedule_sent(plateau, validate)
+        assert sent.name == "reduce_on_plateau"
+        assert dict(sent.options) == {"monitor": "val_accuracy", "mode": "max"}
+        assert dict(sent.params) == {"factor": 0.5, "patience": 0.0}
+    sent = schedule_sent({"name": "step", "step_size": 2, "interval": "step"})
+    assert dict(sent.options) == {"interval": "step"} and dict(sent.params) == {"step_size": 2.0}
+    assert not schedule_sent({"name": "cosine", "total": 10}).options
+    assert schedule_sent("cosine") == models_pb2.ScheduleSpec(name="cosine")
+
+
+@pytest.mark.parametrize(
+    ("schedule", "field", "description"),
+    [
+        (
+            {"name": "step", "step_size": 2, "monitor": "loss"},
+            "training.schedule.options['monitor']",
+            "is not a parameter of schedule 'step', which takes: step_size, gamma, interval. "
+            "Received: 'monitor'='loss'",
+        ),
+        (
+            {"name": "reduce_on_plateau", "mode": "maximum"},
+            "training.schedule.options['mode']",
+            "mode must be one of: auto, min, max. Received: mode='maximum'",
+        ),
+        (
+            {"name": "step", "step_size": 2, "interval": "batch"},
+            "training.schedule.options['interval']",
+            "interval must be one of: epoch, step. Received: interval='batch'",
+        ),
+        (
+            {"name": "reduce_on_plateau", "threshold_mode": "relative"},
+            "training.schedule.options['threshold_mode']",
+            "threshold_mode must be one of: rel, abs. Received: threshold_mode='relative'",
+        ),
+        (
+            {"name": "reduce_on_plateau", "monitor": ""},
+            "training.schedule.options['monitor']",
+            "monitor must be a log key. Received: monitor=''",
+        ),
+        (
+            {"name": "step", "step_size": "2"},
+            "training.schedule.options['step_size']",
+            "must be a number (step_size is a numeric parameter of schedule 'step'). "
+            "Received: 'step_size'='2'",
+        ),
+        (
+            {"name": "reduce_on_plateau", "mode": 1},
+            "training.schedule.params['mode']",
+            "must be text (mode is a text parameter of schedule 'reduce_on_plateau'). "
+            "Received: 'mode'=1",
+        ),
+        (
+            {"interval": "step"},
+            "training.schedule.options",
+            "given without training.schedule.name; name a schedule or drop the options. "
+            "Received: {'interval': 'step'}",
+        ),
+    ],
+)
+def test_a_bad_schedule_text_parameter_is_refused_locally_naming_the_field(
+    schedule: dict[str, Any], field: str, description: str
+) -> None:
+    with pytest.raises(SpecError) as caught:
+        schedule_sent(schedule)
+    assert caught.value.field_violations == [(field, description)]
+    if isinstance(schedule.get("mode"), int):
+        return  # a number the request carries
+    # Unvalidated, it is sent as it is, for the server to judge.
+    sent = schedule_sent(schedule, validate=False)
+    assert {k: v for k, v in schedule.items() if isinstance(v, str)} == {
+        **sent.options,
+        **({"name": sent.name} if sent.name else {}),
+    }
+
+
+def test_a_job_spec_passes_a_schedules_text_parameters_on() -> None:
+    model = {"layers": [{"type": "dense", "units": 3}]}
+    schedule = {"name": "step", "step_size": 2, "interval": "step"}
+    spec = JobSpec.from_dict(
+        {"dataset": "datasets/x", "model": model, "training": {"schedule": schedule}}
+    )
+    assert spec.options["schedule"] == schedule
+    with pytest.raises(SpecError) as caught:
+        JobSpec.from_dict(
+            {"dataset": "datasets/x", "model": model,
+             "training": {"schedule": {**schedule, "interval": "steps"}}}
+        )  # fmt: skip
+    assert [f for f, _ in caught.value.field_violations] == [
+        "training.schedule.options['interval']"
     ]
 
 

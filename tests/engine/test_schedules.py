@@ -165,3 +165,30 @@ def test_plateau_needs_a_logged_monitor() -> None:
         trainer.fit(x, y, epochs=1)
     trainer.fit(x, y, epochs=1, validation_split=0.25)
     assert trainer.epoch == 1
+
+
+def test_the_text_parameters_and_their_choices_are_the_ones_the_schedules_check() -> None:
+    """The SDK and the server send and check a job's text schedule settings by these (the
+    request carries them apart from its numbers): they must be what the constructors take."""
+    assert schedules.text_parameters("constant") == {"interval"}
+    assert schedules.text_parameters("step") == {"interval"}
+    assert schedules.text_parameters("cosine") == {"interval"}
+    assert schedules.text_parameters("reduce_on_plateau") == {
+        "monitor",
+        "mode",
+        "threshold_mode",
+    }
+    assert schedules.text_parameters("no-such") == frozenset()
+    for key, choices in schedules.CHOICES.items():
+        for choice in choices:
+            assert schedules.check_text_parameter(key, choice) == choice
+        with pytest.raises(ValueError, match=rf"^{key} must be one of: {', '.join(choices)}\."):
+            schedules.check_text_parameter(key, "other")
+    # Every text parameter a constructor takes is checked the same way by the constructor.
+    plateau = schedules.get({"name": "reduce_on_plateau", "mode": "max", "threshold_mode": "abs"})
+    assert plateau.get_config()["mode"] == "max"
+    with pytest.raises(ValueError, match=r"^mode must be one of: auto, min, max"):
+        schedules.get({"name": "reduce_on_plateau", "mode": "maximum"})
+    assert schedules.check_text_parameter("monitor", "val_accuracy") == "val_accuracy"
+    with pytest.raises(ValueError, match="monitor must be a log key"):
+        schedules.check_text_parameter("monitor", "")

@@ -17,7 +17,7 @@ from trainwire.engine import save_state
 from trainwire.engine.model import Model
 from trainwire.server.api import event_batches
 from trainwire.server.config import Settings
-from trainwire.server.convert import job_to_proto
+from trainwire.server.convert import job_to_proto, training_to_proto
 from trainwire.server.errors import (
     AlreadyExists,
     FieldViolation,
@@ -31,6 +31,7 @@ from trainwire.server.store import Store, new_id, page_scope
 from trainwire.server.training import (
     MAX_KEEP_CHECKPOINTS,
     check_model_fits_dataset,
+    normalised_training,
     training_from_proto,
 )
 from trainwire.v1 import jobs_pb2, models_pb2, tensor_pb2
@@ -760,3 +761,157 @@ def test_watch_batches_fill_messages_in_order_under_the_limit() -> None:
     assert list(event_batches([events[0], huge, events[1]], limit)) == [
         [events[0]], [huge], [events[1]]
     ]  # fmt: skip
+
+
+def test_a_schedules_text_options_are_stored_trained_and_shown(store: Store) -> None:
+    """A schedule's text parameters (interval, monitor, mode, threshold_mode) could not be sent:
+    ScheduleSpec carried numbers only, so reduce_on_plateau always watched val_loss and a
+    StepDecay always decayed per epoch. They travel in `options`, merged into the stored
+    schedule, and GetJob shows them back."""
+    dataset = regression_dataset(store)
+    service = JobService(store, Settings())
+    schedule = models_pb2.ScheduleSpec(
+        name="reduce_on_plateau",
+        params={"factor": 0.5, "patience": 0},
+        options={"monitor": "val_r2", "mode": "max", "threshold_mode": "abs"},
+    )
+    job = service.create(
+        request(dataset, schedule=schedule, validation_fraction=0.25, epochs=2), "default"
+    )
+    assert job.training["schedule"] == {
+        "name": "reduce_on_plateau",
+        "factor": 0.5,
+        "patience": 0,
+        "monitor": "val_r2",
+        "mode": "max",
+        "threshold_mode": "abs",
+    }
+    shown = job_to_proto(service.get(f"jobs/{job.id}", "default")).training
+    assert shown.schedule == schedule
+    # Sent again as shown, the settings are the same job's.
+    assert training_from_proto(shown, dataset) == job.training
+    assert run_next(store) is JobState.SUCCEEDED, store.get_job(job.id).error
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {"name": "step", "step_size": 2, "gamma": 0.5, "interval": "step"},
+        {"name": "cosine", "total": 10, "warmup": 2, "interval": "epoch"},
+        {"name": "exponential", "gamma": 0.9},
+        {"name": "constant", "interval": "step"},
+        {"name": "reduce_on_plateau", "monitor": "val_loss", "factor": 0.1, "cooldown": 1},
+    ],
+)
+def test_a_stored_schedule_converts_to_its_spec_and_back(schedule: dict[str, Any]) -> None:
+    """GetJob showed a stored schedule's numbers only: its text parameters were dropped, and
+    the settings shown, sent again, made another job."""
+    config = models_pb2.TrainingConfig(epochs=2)
+    training = {**normalised_training(config, TaskKind.REGRESSION), "schedule": schedule}
+    spec = training_to_proto(training).schedule
+    assert spec.name == schedule["name"]
+    text = {k: v for k, v in schedule.items() if isinstance(v, str) and k != "name"}
+    assert dict(spec.options) == text
+    numbers = {k: float(v) for k, v in schedule.items() if k != "name" and k not in text}
+    assert dict(spec.params) == numbers
+    assert normalised_training(training_to_proto(training), TaskKind.REGRESSION) == training
+
+
+def schedule_spec(name: str, options: dict[str, str], **params: float) -> models_pb2.ScheduleSpec:
+    return models_pb2.ScheduleSpec(name=name, params=params, options=options)
+
+
+@pytest.mark.parametrize(
+    ("training", "field", "says"),
+    [
+        (
+            {"schedule": schedule_spec("step", {"monitor": "loss"}, step_size=2)},
+            "training.schedule.options['monitor']",
+            "is not a parameter of schedule 'step', which takes: step_size, gamma, interval. "
+            "Received: 'monitor'='loss'",
+        ),
+        (
+            {"schedule": schedule_spec("reduce_on_plateau", {"interval": "step"})},
+            "training.schedule.options['interval']",
+            "is not a parameter of schedule 'reduce_on_plateau'",
+        ),
+        (
+            {"schedule": schedule_spec("reduce_on_plateau", {"mode": "maximum"})},
+            "training.schedule.options['mode']",
+            "mode must be one of: auto, min, max. Received: mode='maximum'",
+        ),
+        (
+            {"schedule": schedule_spec("step", {"interval": "batch"}, step_size=2)},
+            "training.schedule.options['interval']",
+            "interval must be one of: epoch, step. Received: interval='batch'",
+        ),
+        (
+            {"schedule": schedule_spec("reduce_on_plateau", {"threshold_mode": ""})},
+            "training.schedule.options['threshold_mode']",
+            "threshold_mode must be one of: rel, abs. Received: threshold_mode=''",
+        ),
+        (
+            {"schedule": schedule_spec("reduce_on_plateau", {"monitor": ""})},
+            "training.schedule.options['monitor']",
+            "monitor must be a log key",
+        ),
+        (
+            {"schedule": schedule_spec("reduce_on_plateau", {"factor": "0.5"})},
+            "training.schedule.options['factor']",
+            "is a numeric parameter of schedule 'reduce_on_plateau': send it in "
+            "training.schedule.params",
+        ),
+        (
+            {"schedule": schedule_spec("reduce_on_plateau", {}, mode=1.0)},
+            "training.schedule.params['mode']",
+            "is a text parameter of schedule 'reduce_on_plateau': send it in "
+            "training.schedule.options",
+        ),
+        (
+            {"schedule": schedule_spec("reduce_on_plateau", {"mode": "max"}, mode=1.0)},
+            "training.schedule.options['mode']",
+            "is given in training.schedule.params too (1.0); give it once",
+        ),
+        (
+            {"schedule": schedule_spec("reduce_on_plateau", {"monitor": "val_loss\x1b[2J"})},
+            "training.schedule.options['monitor']",
+            "U+001B at position 8",
+        ),
+        (
+            {"schedule": schedule_spec("reduce_on_plateau", {"monitor": "v" * 100_000})},
+            "training.schedule.options['monitor']",
+            "at most 64 characters",
+        ),
+        (
+            {"schedule": schedule_spec("", {"interval": "step"})},
+            "training.schedule.options",
+            "given without training.schedule.name; name a schedule or drop the options. "
+            "Received: 'interval'='step'",
+        ),
+        # The monitor must be one the fit logs, as early stopping's: a regression logs no
+        # accuracy, and without validation no val_ key.
+        (
+            {
+                "schedule": schedule_spec("reduce_on_plateau", {"monitor": "val_accuracy"}),
+                "validation_fraction": 0.25,
+            },
+            "training.schedule.options['monitor']",
+            "schedule monitors 'val_accuracy', which this fit does not log; it logs: loss, mae, "
+            "r2, val_loss, val_mae, val_r2, learning_rate",
+        ),
+        (
+            {"schedule": schedule_spec("reduce_on_plateau", {"monitor": "val_mae"})},
+            "training.schedule.options['monitor']",
+            "holds out none of the 40 examples",
+        ),
+    ],
+)
+def test_a_bad_schedule_option_is_refused_at_create_naming_it(
+    store: Store, training: dict[str, Any], field: str, says: str
+) -> None:
+    dataset = regression_dataset(store)
+    with pytest.raises(InvalidArgument) as refused:
+        JobService(store, Settings()).create(request(dataset, **training), "default")
+    assert [(v.field, says in v.description) for v in refused.value.violations] == [(field, True)]
+    assert "\x1b" not in refused.value.message
+    assert store.list_jobs(10, "")[0] == []
