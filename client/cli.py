@@ -269,7 +269,8 @@ def _jobs_submit(client: Client, args: argparse.Namespace) -> int:
         info = client.upload_dataset(
             dataset.path, dataset.targets, task=dataset.task, name=dataset.name,
             num_classes=dataset.num_classes, labels=dataset.labels,
-            target_column=dataset.target_column,
+            target_column=dataset.target_column, header=dataset.header,
+            class_names=dataset.class_names, feature_names=dataset.feature_names,
         )  # fmt: skip
         dataset = info.name
         if not args.json:

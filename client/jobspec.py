@@ -44,8 +44,9 @@ TRAINING_KEYS = frozenset(
      "dtype", "log_every_steps", "keep_checkpoints"}
 )  # fmt: skip
 DATASET_KEYS = frozenset(
-    {"path", "targets", "target_column", "task", "name", "num_classes", "labels"}
-)
+    {"path", "targets", "target_column", "header", "task", "name", "num_classes", "class_names",
+     "feature_names", "labels"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class DatasetSource:
     name: str = ""
     num_classes: int = 0
     labels: Mapping[str, str] = field(default_factory=dict)
+    header: bool | None = None
+    class_names: tuple[str, ...] = ()
+    feature_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,16 @@ class JobSpec:
                     ("dataset.num_classes", f"must be an integer. Received: {num_classes!r}")
                 )
             _check_labels(violations, "dataset.labels", given.get("labels"))
+            if given.get("header") not in (None, True, False):
+                violations.append(
+                    ("dataset.header", f"must be true or false. Received: {given['header']!r}")
+                )
+            for key in ("class_names", "feature_names"):
+                names = given.get(key, [])
+                if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                    violations.append(
+                        (f"dataset.{key}", f"must be a list of names. Received: {names!r}")
+                    )
             if given.get("path") is None:
                 violations.append(("dataset.path", "is required for a dataset to upload"))
             elif not violations:
@@ -135,6 +149,9 @@ class JobSpec:
                     name=str(given.get("name", "")),
                     num_classes=int(num_classes),
                     labels={str(k): str(v) for k, v in (given.get("labels") or {}).items()},
+                    header=given.get("header"),
+                    class_names=tuple(given.get("class_names", [])),
+                    feature_names=tuple(given.get("feature_names", [])),
                 )
         elif "dataset" in document:
             violations.append(("dataset", "must be a dataset name or a mapping with a path"))

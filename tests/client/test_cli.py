@@ -215,6 +215,29 @@ def test_upload_takes_the_classes_and_the_feature_names_as_the_sdk_does(
     assert arrays["num_classes"] == 3 and arrays["feature_names"] == ["height", "weight"]
 
 
+def test_a_job_spec_reads_its_dataset_file_as_upload_does(cli: Cli, tmp_path: Path) -> None:
+    """A spec's dataset took no header, class_names or feature_names: `jobs submit` guessed
+    every CSV header and numbered word labels in sorted order."""
+    data = tmp_path / "numbers.csv"
+    rows = [f"{i % 3 * 2 + 0.1 * i:.2f},{i % 2:.1f},{i * 0.5:.1f},{('b', 'a', 'c')[i % 3]}"
+            for i in range(24)]  # fmt: skip
+    data.write_text("0,1,2,3\n" + "\n".join(rows) + "\n")
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        SPEC.format(name="spec-file", data=data.name, units=3, epochs=1, optimizer="adam",
+                    rate=0.05, queue="nobody-listens").replace(
+            "  target_column: label\n",
+            "  target_column: 3\n  header: true\n  class_names: [c, b, a]\n"
+            "  feature_names: [x, y, z]\n",
+        )
+    )  # fmt: skip
+    submitted = cli.json("jobs", "submit", str(spec))
+    dataset = cli.json("datasets", "show", submitted["dataset"])
+    assert dataset["num_examples"] == 24 and dataset["class_names"] == ["c", "b", "a"]
+    assert dataset["feature_names"] == ["x", "y", "z"]
+    assert cli("jobs", "cancel", submitted["name"])[0] == 0
+
+
 def test_a_file_that_is_not_of_its_kind_is_an_invalid_argument(cli: Cli, tmp_path: Path) -> None:
     """An empty .npy, a .npz that is no zip archive or a CSV cell past the csv module's limit
     ended in a traceback and exit 1, even with --json."""
