@@ -8,6 +8,7 @@ carries the claim's fencing token.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
 import os
@@ -16,7 +17,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -75,7 +76,33 @@ def with_retry(action: Callable[[], T], retry_s: float) -> T:
             delay = min(delay * 2, 2.0)
 
 
-class LeaseKeeper(threading.Thread):
+@contextlib.contextmanager
+def job_logged(job_id: str) -> Iterator[None]:
+    """The log lines written inside carry `job_id`."""
+    token = JOB_ID.set(job_id)
+    try:
+        yield
+    finally:
+        JOB_ID.reset(token)
+
+
+class JobThread(threading.Thread):
+    """A thread that runs in a copy of the context of the thread that made it: a new thread
+    does not inherit context variables, and its log lines would lack the job they are about
+    (JOB_ID)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.context = contextvars.copy_context()
+
+    def run(self) -> None:
+        self.context.run(self.work)
+
+    def work(self) -> None:
+        raise NotImplementedError
+
+
+class LeaseKeeper(JobThread):
     """Watches a claimed job while it trains: every `CANCEL_POLL_S` it reads the job's state (a
     cancel request is seen within that time) and every lease_s / 4 it renews the lease and calls
     `alive` (the worker marks itself seen: a job may train far longer than the 2 * lease_s after
@@ -89,7 +116,7 @@ class LeaseKeeper(threading.Thread):
         lease_s: float,
         alive: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(name=f"lease-{claim.job.id[:8]}", daemon=True)
+        super().__init__(name=f"lease-{claim.job.id[:8]}")
         self.store = store
         self.claim = claim
         self.lease_s = lease_s
@@ -98,7 +125,7 @@ class LeaseKeeper(threading.Thread):
         self.lost = threading.Event()
         self.done = threading.Event()
 
-    def run(self) -> None:
+    def work(self) -> None:
         renewed = time.monotonic()
         while not self.done.wait(min(CANCEL_POLL_S, self.lease_s / 4)):
             try:
@@ -131,20 +158,20 @@ class LeaseKeeper(threading.Thread):
                 )
 
 
-class PersistWriter(threading.Thread):
+class PersistWriter(JobThread):
     """Writes a running job's metrics and checkpoints in order, in the background, so training
     does not wait on the database. At most `max_pending` writes queue up (then training waits:
     checkpoints are large). A failed write is raised in the training thread at the next `submit`
     or at `flush`; writes after a failure are skipped."""
 
     def __init__(self, retry_s: float, max_pending: int = 2) -> None:
-        super().__init__(name="persist", daemon=True)
+        super().__init__(name="persist")
         self.retry_s = retry_s
         self.actions: queue.Queue[Callable[[], object] | None] = queue.Queue(max_pending)
         self.error: BaseException | None = None
         self.start()
 
-    def run(self) -> None:
+    def work(self) -> None:
         while True:
             action = self.actions.get()
             try:
@@ -522,7 +549,8 @@ class Worker:
             claim = self.store.claimed_with(self.unanswered_claim)
             self.unanswered_claim = None
             if claim is not None:
-                log.info("jobs/%s was claimed before the database went away", claim.job.id)
+                with job_logged(claim.job.id):
+                    log.info("jobs/%s was claimed before the database went away", claim.job.id)
                 return claim
         # The parent watch looks once a second: a supervisor killed outright (SIGKILL) since then
         # must not leave this worker a new job to hand back.
@@ -555,7 +583,8 @@ class Worker:
         self.last_rescue = now
         self.report()
         for job_id, state in self.store.rescue_expired():
-            log.warning("rescued jobs/%s from a lost worker: now %s", job_id, state.value)
+            with job_logged(job_id):
+                log.warning("rescued jobs/%s from a lost worker: now %s", job_id, state.value)
 
     def run_once(self) -> bool:
         """Claims and runs one job; False when the queue was empty."""
@@ -563,9 +592,9 @@ class Worker:
         if claim is None:
             return False
         job_id = claim.job.id
+        job_token = JOB_ID.set(job_id)
         log.info("worker %s runs jobs/%s (attempt %d)", self.worker_id, job_id, claim.job.attempt)
         self.current_job = job_id
-        job_token = JOB_ID.set(job_id)
         started = time.perf_counter()
         try:
             self.report()  # bookkeeping: no database error may keep the claimed job from running

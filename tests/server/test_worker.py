@@ -7,10 +7,13 @@ the lease keeper's poll would land; the lease keeper can be kept from polling (`
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any, cast
 
@@ -23,6 +26,7 @@ from trainwire.engine import Trainer, load_state, save_state
 from trainwire.server import worker
 from trainwire.server.config import Settings
 from trainwire.server.errors import Unavailable
+from trainwire.server.logs import JsonFormatter
 from trainwire.server.models import CheckpointBlobRow, JobRow
 from trainwire.server.predictions import PredictionService
 from trainwire.server.records import Claim, Dataset, Job, JobState, NewJob, TaskKind
@@ -652,3 +656,86 @@ def test_a_programming_error_in_listening_is_not_taken_for_a_lost_connection(
     wakeup = Wakeup("postgresql://trainwire@db.invalid/trainwire")
     with pytest.raises(TypeError):
         wakeup.wait(0.01, threading.Event())
+
+
+@pytest.fixture
+def worker_log() -> Iterator[io.StringIO]:
+    """The worker's log lines (INFO and up) as JSON, formatted in the thread that logs them, as
+    the process's handler formats them."""
+    logger = logging.getLogger("trainwire.worker")
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    handler.setFormatter(JsonFormatter())
+    saved = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield written
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved)
+
+
+def log_entries(written: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in written.getvalue().splitlines()]
+
+
+def test_worker_lines_about_a_job_carry_its_id(
+    store: Store, monkeypatch: pytest.MonkeyPatch, worker_log: io.StringIO
+) -> None:
+    """The lease keeper and the persist writer are threads of their own, and a new thread does
+    not inherit context variables: "heartbeat failed" and the writer's "database unavailable"
+    during an outage had no job_id (the second names no job in its text either), nor had "runs
+    jobs/X" (logged before the job was set) and "rescued jobs/X"."""
+    dataset = regression_dataset(store)
+    lost = submit(store, dataset)
+    assert store.claim_job("lost-worker") is not None
+    lapse_lease(store, lost)
+    settings = Settings(lease_s=2.0, db_retry_s=60.0)
+    worker_ = Worker(store, settings, "test-worker", threading.Event())
+    worker_.rescue_if_due()  # the lost worker's job is queued again, then run here
+    failures = iter(
+        [
+            Unavailable("The database is unreachable; try again shortly"),
+            OperationalError("UPDATE jobs", {}, Exception("database is locked")),
+        ]
+    )
+    heartbeat, record_epoch = store.heartbeat, store.record_epoch
+    failed = threading.Event()
+
+    def failing_heartbeat(claim: Claim, lease_s: float) -> JobState:
+        error = next(failures, None)
+        if error is None:
+            failed.set()
+            return heartbeat(claim, lease_s)
+        raise error
+
+    epoch_failures = [Unavailable("The database is unreachable; try again shortly")]
+
+    def failing_record_epoch(*args: Any, **kwargs: Any) -> JobState | None:
+        if epoch_failures:
+            raise epoch_failures.pop()
+        return record_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(store, "heartbeat", failing_heartbeat)
+    monkeypatch.setattr(store, "record_epoch", failing_record_epoch)
+    # Training waits (at most a minute) until both failed heartbeats have been logged.
+    at_step(monkeypatch, 2, lambda _recorder: failed.wait(60))
+    assert worker_.run_once()
+    assert store.get_job(lost.id).state is JobState.SUCCEEDED
+    entries = log_entries(worker_log)
+    messages = [e["message"] for e in entries]
+    wanted = [
+        f"rescued jobs/{lost.id}",
+        f"runs jobs/{lost.id}",
+        f"jobs/{lost.id}: heartbeat failed (The database",
+        f"jobs/{lost.id}: heartbeat failed (OperationalError",
+        "database unavailable (The database is unreachable",
+        f"jobs/{lost.id} is SUCCEEDED",
+    ]
+    for text in wanted:
+        assert any(text in m for m in messages), (text, messages)
+    about_the_job = [e for e in entries if any(text in e["message"] for text in wanted)]
+    assert [(e["message"], e.get("job_id")) for e in about_the_job] == [
+        (e["message"], lost.id) for e in about_the_job
+    ]
