@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
+from trainwire.client.results import terminal_text
+
 from .config import Settings
 from .db import Database, masked_url
 from .metrics import count_alive
@@ -177,6 +179,15 @@ def certificate_name(target: str, settings: Settings) -> str | None:
     return "health" + names[0][1:] if names[0].startswith("*.") else str(names[0])
 
 
+def one_line(text: str, width: int = 80) -> str:
+    """The first line of `text`, made safe for a terminal (`terminal_text`: a job's error may
+    hold an escape sequence) and cut to `width`; " ..." marks what was left off."""
+    lines = text.splitlines() or [""]
+    first = terminal_text(lines[0])
+    cut = len(lines) > 1 or len(first) > width
+    return first[:width] + (" ..." if cut else "")
+
+
 def render(status: dict[str, Any]) -> str:
     lines = [
         f"Trainwire {status['version']}",
@@ -201,7 +212,7 @@ def render(status: dict[str, Any]) -> str:
     lines.append("recent failures")
     for failure in status["recent_failures"] or [{"job": "none", "ended_at": "", "error": ""}]:
         lines.append(
-            f"          {failure['job']} {failure['ended_at'] or ''} {failure['error'][:80]}"
+            f"          {failure['job']} {failure['ended_at'] or ''} {one_line(failure['error'])}"
         )
     return "\n".join(lines)
 

@@ -29,7 +29,7 @@ from .config import Settings
 from .convert import checkpoint_name
 from .datasets import DatasetService
 from .db import Database
-from .errors import Unavailable
+from .errors import TrainwireError, Unavailable
 from .logs import JOB_ID
 from .metrics import (
     EXAMPLES_PER_SECOND,
@@ -57,8 +57,20 @@ T = TypeVar("T")
 CANCEL_POLL_S = 0.5
 
 
-class TrainingDiverged(RuntimeError):
+class JobFault(RuntimeError):
+    """A reason a job fails that is its user's to act on: its message becomes the job's error."""
+
+
+class TrainingDiverged(JobFault):
     """The loss or another logged value became NaN or infinite."""
+
+
+# What fails a job with its own message, written for the job's user: the job's fault, not the
+# worker's. ValueError: the engine's refusals of a spec or of the data (SpecError among them), a
+# checkpoint that cannot be resumed; TrainwireError: e.g. the job's dataset gone (NotFound). Any
+# other error (a database error, a bug) is the operator's: its text (SQL, parameters, a driver's
+# message) stays in the worker's log, and the job's error gives a reference to it.
+JOB_FAULTS = (JobFault, ValueError, TrainwireError)
 
 
 def with_retry(action: Callable[[], T], retry_s: float) -> T:
@@ -362,7 +374,7 @@ def _train(
         return _conclude_trained(store, claim, keeper, final, retry_s)
     dataset_id = job.dataset_id
     if dataset_id is None:
-        raise RuntimeError("its dataset was deleted before the job could finish")
+        raise JobFault("its dataset was deleted before the job could finish")
     features, targets = with_retry(
         lambda: DatasetService(store, settings).arrays(dataset_id), retry_s
     )
@@ -609,11 +621,16 @@ class Worker:
         except Unavailable:
             log.exception("jobs/%s: the database stayed unreachable; its lease will lapse", job_id)
         except Exception as error:  # the job failed, the worker lives on
-            if isinstance(error, TrainingDiverged | ValueError):
+            if isinstance(error, JOB_FAULTS):
                 log.warning("jobs/%s failed: %s", job_id, error)  # the job's fault, not ours
+                reason = str(error) or type(error).__name__
             else:
-                log.exception("jobs/%s failed", job_id)
-            reason = str(error) or type(error).__name__
+                reference = f"{job_id}/attempt {claim.job.attempt}"
+                log.exception("jobs/%s failed: unexpected error (reference %s)", job_id, reference)
+                reason = (
+                    f"the worker hit an unexpected error (reference {reference}); the worker log "
+                    "has the details"
+                )
             try:
                 with_retry(
                     lambda: self.store.finish_job(claim, JobState.FAILED, reason),

@@ -25,7 +25,7 @@ from trainwire.server.logs import JOB_ID, REQUEST_ID, JsonFormatter
 from trainwire.server.migrate import upgrade
 from trainwire.server.models import ApiKeyRow
 from trainwire.server.records import JobState
-from trainwire.server.status import server_health
+from trainwire.server.status import render, server_health
 from trainwire.server.store import Store
 from trainwire.server.supervisor import WorkerPool
 
@@ -684,6 +684,32 @@ def test_status_summarises_queue_workers_and_failures(database_url: str, store: 
     assert [w["state"] for w in data["workers"]] == ["alive", "stopped"]
     assert data["recent_failures"][0]["job"] == f"jobs/{failing.id}"
     assert data["schema"]["current"] == data["schema"]["head"]
+
+
+def test_status_shows_the_first_line_of_a_failure_made_safe_for_a_terminal() -> None:
+    """A job's error may run over lines (a driver's message) or hold control characters: each
+    failure stays one line of the summary, its first, escaped as the user commands escape
+    server text, and marked when cut."""
+    status = {
+        "version": "1",
+        "database": "sqlite:///x.db",
+        "schema": {"current": "h", "head": "h"},
+        "queue": [],
+        "workers_alive": 0,
+        "workers": [],
+        "recent_failures": [
+            {"job": "jobs/a", "ended_at": "t1", "error": "boom\n[SQL: UPDATE jobs]\nLINE 1"},
+            {"job": "jobs/b", "ended_at": "t2", "error": "x\x1b]52;c;cm0=\x07 " + "y" * 100},
+            {"job": "jobs/c", "ended_at": "t3", "error": "the loss became nan"},
+        ],
+    }
+    lines = render(status).splitlines()
+    failures = lines[lines.index("recent failures") + 1 :]
+    assert failures == [
+        "          jobs/a t1 boom ...",
+        "          jobs/b t2 " + ("x\\x1b]52;c;cm0=\\x07 " + "y" * 100)[:80] + " ...",
+        "          jobs/c t3 the loss became nan",
+    ]
 
 
 def test_the_server_housekeeping_outlives_an_unexpected_database_error(

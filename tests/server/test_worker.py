@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.exc import OperationalError
 
 from trainwire.engine import Trainer, load_state, save_state
@@ -733,9 +733,38 @@ def test_worker_lines_about_a_job_carry_its_id(
         "database unavailable (The database is unreachable",
         f"jobs/{lost.id} is SUCCEEDED",
     ]
-    for text in wanted:
-        assert any(text in m for m in messages), (text, messages)
-    about_the_job = [e for e in entries if any(text in e["message"] for text in wanted)]
+    for part in wanted:
+        assert any(part in m for m in messages), (part, messages)
+    about_the_job = [e for e in entries if any(part in e["message"] for part in wanted)]
     assert [(e["message"], e.get("job_id")) for e in about_the_job] == [
         (e["message"], lost.id) for e in about_the_job
     ]
+
+
+def test_an_unexpected_worker_error_fails_the_job_with_a_reference_not_its_text(
+    store: Store, monkeypatch: pytest.MonkeyPatch, worker_log: io.StringIO
+) -> None:
+    """A table renamed under a running job: the job's error held SQLAlchemy's text (the SQL, its
+    parameters, the driver's message), shown to its user by GetJob and `trainwire status`. The
+    job now fails with a reference to the worker's log line, which has the traceback."""
+    job = submit(store, regression_dataset(store))
+
+    def rename(table: str, to: str) -> None:
+        with store.db.write() as session:
+            session.execute(text(f"ALTER TABLE {table} RENAME TO {to}"))
+
+    at_step(monkeypatch, 2, lambda _recorder: rename("job_metrics", "job_metrics_x"))
+    try:
+        assert Worker(store, Settings(db_retry_s=1.0), "test-worker", threading.Event()).run_once()
+    finally:
+        rename("job_metrics_x", "job_metrics")
+    failed = store.get_job(job.id)
+    assert failed.state is JobState.FAILED
+    assert failed.error == (
+        f"the worker hit an unexpected error (reference {job.id}/attempt 1); the worker log "
+        "has the details"
+    )
+    (logged,) = [e for e in log_entries(worker_log) if e["level"] == "ERROR"]
+    assert f"reference {job.id}/attempt 1" in logged["message"]
+    assert logged["job_id"] == job.id
+    assert "job_metrics" in logged["exception"], "the log has the database's own words"
