@@ -1329,13 +1329,13 @@ class Store:
         with self.db.write() as session:
             session.execute(statement)
 
-    def worker_stopped(self, worker_id: str) -> None:
+    def worker_stopped(self, worker_id: str, jobs_done: int | None = None) -> None:
+        """Marks a worker stopped, with no current job and, given, its final `jobs_done`."""
+        values: dict[str, Any] = {"stopped_at": utcnow(), "current_job_id": None}
+        if jobs_done is not None:
+            values["jobs_done"] = jobs_done
         with self.db.write() as session:
-            session.execute(
-                update(WorkerRow)
-                .where(WorkerRow.id == worker_id)
-                .values(stopped_at=utcnow(), current_job_id=None)
-            )
+            session.execute(update(WorkerRow).where(WorkerRow.id == worker_id).values(values))
 
     def queue_depth(self) -> list[tuple[str, str, int]]:
         """(state, queue, number of jobs) for every state and queue that has jobs."""

@@ -512,6 +512,8 @@ class Worker:
         self.parent_pid = parent_pid
         self.last_rescue = 0.0
         self.current_job: str | None = None
+        # Jobs this worker brought to their end (SUCCEEDED, FAILED, CANCELLED); a job handed back
+        # by a stop, or taken away (a lost lease), is not done: it runs on, here or elsewhere.
         self.jobs_done = 0
         # The token of a claim that failed unanswered: it may have taken a job (see `run_once`).
         self.unanswered_claim: str | None = None
@@ -548,7 +550,7 @@ class Worker:
         finally:
             wakeup.close()
             with contextlib.suppress(Unavailable):
-                self.store.worker_stopped(self.worker_id)
+                self.store.worker_stopped(self.worker_id, self.jobs_done)
         log.info("worker %s stopped", self.worker_id)
 
     def _claim(self) -> Claim | None:
@@ -575,6 +577,14 @@ class Worker:
         )
         self.unanswered_claim = None
         return claim
+
+    def report_quietly(self) -> None:
+        """`report`, logging a failure instead of raising it: bookkeeping, which no database
+        error may keep a job from running or ending (the next round's report tries again)."""
+        try:
+            self.report()
+        except Exception as error:
+            log.warning("cannot report this worker (%s: %s)", type(error).__name__, error)
 
     def report(self) -> None:
         """Tells the database this worker is alive and what it is doing."""
@@ -608,14 +618,13 @@ class Worker:
         log.info("worker %s runs jobs/%s (attempt %d)", self.worker_id, job_id, claim.job.attempt)
         self.current_job = job_id
         started = time.perf_counter()
-        try:
-            self.report()  # bookkeeping: no database error may keep the claimed job from running
-        except Exception as error:
-            log.warning("cannot report this worker (%s: %s)", type(error).__name__, error)
+        ended = False  # brought to its end by this worker (see `jobs_done`)
+        self.report_quietly()
         try:
             state = run_job(self.store, self.settings, claim, self.stop, self.report)
             log.info("jobs/%s is %s", job_id, state.value)
             JOB_SECONDS.labels(state=state.value).observe(time.perf_counter() - started)
+            ended = state is not JobState.QUEUED
         except LeaseLost as error:
             log.warning("%s; dropping it", error)
         except Unavailable:
@@ -636,12 +645,17 @@ class Worker:
                     lambda: self.store.finish_job(claim, JobState.FAILED, reason),
                     self.settings.db_retry_s,
                 )
+                ended = True
             except (LeaseLost, Unavailable) as lost:
                 log.warning("jobs/%s: cannot record the failure (%s)", job_id, lost)
             JOB_SECONDS.labels(state=JobState.FAILED.value).observe(time.perf_counter() - started)
         finally:
+            # At once, not at the next round's report: `trainwire status` would show the job as
+            # this worker's current one meanwhile, and a worker stopping now one job short.
             self.current_job = None
-            self.jobs_done += 1
+            if ended:
+                self.jobs_done += 1
+            self.report_quietly()
             JOB_ID.reset(job_token)
         return True
 

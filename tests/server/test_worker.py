@@ -768,3 +768,40 @@ def test_an_unexpected_worker_error_fails_the_job_with_a_reference_not_its_text(
     assert f"reference {job.id}/attempt 1" in logged["message"]
     assert logged["job_id"] == job.id
     assert "job_metrics" in logged["exception"], "the log has the database's own words"
+
+
+def test_the_worker_row_says_what_it_has_done_as_soon_as_a_job_ends(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`jobs_done` was counted after the job's last report, and `worker_stopped` did not write
+    it: a worker that ran 3 jobs showed "2 jobs" after a graceful stop, and a finished job stayed
+    its current job until the next report (up to lease_s / 4). A job handed back by a stop
+    mid-run is not done (it resumes later, maybe on another worker, which counts it then)."""
+    dataset = regression_dataset(store)
+    first, second = submit(store, dataset), submit(store, dataset)
+    stop = threading.Event()
+    settings = Settings(database_url=database_url, poll_interval_s=0.01)
+    worker_ = Worker(store, settings, "test-worker", stop)
+    rows: list[tuple[str | None, int]] = []
+
+    def seen() -> tuple[str | None, int]:
+        (row,) = store.workers()
+        return row["current_job"], row["jobs_done"]
+
+    for _ in (first, second):
+        assert worker_.run_once()
+        rows.append(seen())
+    assert rows == [(None, 1), (None, 2)]
+    assert [store.get_job(j.id).state for j in (first, second)] == [JobState.SUCCEEDED] * 2
+    handed_back = submit(store, dataset)
+    at_step(monkeypatch, 2, lambda recorder: recorder.stop.set())  # SIGTERM mid-run
+    worker_.run_forever()
+    assert store.get_job(handed_back.id).state is JobState.QUEUED
+    (row,) = store.workers()
+    assert (row["current_job"], row["jobs_done"], row["stopped_at"] is not None) == (
+        None,
+        2,
+        True,
+    )
+    store.worker_stopped("test-worker", 5)
+    assert seen() == (None, 5), "worker_stopped writes the count it is given"
