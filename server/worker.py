@@ -655,6 +655,7 @@ class Worker:
             self.current_job = None
             if ended:
                 self.jobs_done += 1
+            EXAMPLES_PER_SECOND.set(0)  # idle, not still at the last epoch's rate
             self.report_quietly()
             JOB_ID.reset(job_token)
         return True

@@ -27,6 +27,7 @@ from trainwire.server import worker
 from trainwire.server.config import Settings
 from trainwire.server.errors import Unavailable
 from trainwire.server.logs import JsonFormatter
+from trainwire.server.metrics import WORKER_METRICS
 from trainwire.server.models import CheckpointBlobRow, JobRow
 from trainwire.server.predictions import PredictionService
 from trainwire.server.records import Claim, Dataset, Job, JobState, NewJob, TaskKind
@@ -805,3 +806,21 @@ def test_the_worker_row_says_what_it_has_done_as_soon_as_a_job_ends(
     )
     store.worker_stopped("test-worker", 5)
     assert seen() == (None, 5), "worker_stopped writes the count it is given"
+
+
+def test_examples_per_second_is_zero_while_the_worker_is_idle(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gauge kept the last job's rate after the job ended."""
+    submit(store, regression_dataset(store))
+    during: list[float | None] = []
+    at_step(
+        monkeypatch,
+        STEPS_PER_EPOCH + 1,
+        lambda _recorder: during.append(
+            WORKER_METRICS.get_sample_value("trainwire_worker_examples_per_second")
+        ),
+    )
+    assert Worker(store, Settings(), "test-worker", threading.Event()).run_once()
+    assert during[0] is not None and during[0] > 0, "the rate of the epoch just ended"
+    assert WORKER_METRICS.get_sample_value("trainwire_worker_examples_per_second") == 0
