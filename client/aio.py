@@ -577,6 +577,11 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
                     await self._recover(error, watch_was_open(error.initial_metadata()))
                     continue
             self._outage.ended()
+            # The rest of a batch read before a close() is not handed out (see `JobWatch`).
+            if self._closed:
+                raise StopAsyncIteration
+            if self.client._closed:
+                raise ClientClosed(self.client)
             if event.sequence <= self.last_sequence:
                 continue
             self.last_sequence = event.sequence

@@ -882,6 +882,12 @@ class JobWatch(Iterator[JobEvent]):
                     self._recover(error, opened)
                     continue
                 self._outage.ended()
+                # A batch's events after a close() come from the batch read, not from the
+                # cancelled call: none is handed out (WatchJob's next read failed at once).
+                if self._closed:
+                    raise StopIteration
+                if self.client._closed:
+                    raise ClientClosed(self.client)
                 if event.sequence <= self.last_sequence:
                     continue  # never hand out an event twice
                 self.last_sequence = event.sequence

@@ -11,10 +11,10 @@ jobs). A delete whose answer was lost may find its resource gone when retried: N
 retry of `DeleteJob` or `DeleteDataset` counts as deleted.
 
 A reconnecting watch gives up after `watch_reconnect_s` without an open stream, and one that has
-never opened a stream after `RECONNECT_WINDOW_S`, as a call does. The server marks
-a WatchJob stream as open with `WATCH_OPENED` in its initial metadata once it has found the job,
-so a watch of a quiet job (no event for longer than that) still counts its outage from the
-connection it lost, not from its last event.
+never opened a stream after `RECONNECT_WINDOW_S`, as a call does. The server marks a watch's
+stream (WatchJob, WatchJobBatches) as open with `WATCH_OPENED` in its initial metadata once it
+has found the job, so a watch of a quiet job (no event for longer than that) still counts its
+outage from the connection it lost, not from its last event.
 """
 
 from __future__ import annotations
@@ -166,7 +166,8 @@ class CallAttempts:
 NO_RETRY = RetryPolicy(max_attempts=1)
 
 
-#: The initial metadata of a WatchJob stream the server opened (sent once the job is found).
+#: The initial metadata of a watch's stream (WatchJob, WatchJobBatches) the server opened (sent
+#: once the job is found).
 #: gRPC reports empty initial metadata for a stream that failed before the server answered and
 #: for one whose server sent empty headers alike, so an open stream needs a marker of its own.
 WATCH_OPENED = ("trainwire-watch", "open")

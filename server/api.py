@@ -30,7 +30,7 @@ from trainwire.v1 import (
 )
 
 from .auth import check_key_still_active, current_client, current_project
-from .config import Settings
+from .config import MIN_MESSAGE_BYTES, Settings
 from .convert import (
     ITEM_FRAMING_BYTES,
     STATES_TO_PROTO,
@@ -53,6 +53,10 @@ from .wrappers import Draining, in_pool
 
 # A message of a client stream.
 Message = TypeVar("Message")
+# The most a WatchJobBatches message carries: what the smallest message limit a client may have
+# (64 KiB) takes, whatever the server's, as WatchJob's single events fit any client (a batch
+# sized by a 4 MiB server limit failed on a client of 64 KiB). About 380 events of an epoch.
+WATCH_BATCH_BYTES = MIN_MESSAGE_BYTES - 1024
 # A message of a watch's stream: an event (WatchJob) or a batch of them (WatchJobBatches).
 Watched = TypeVar("Watched", jobs_pb2.JobEvent, jobs_pb2.JobEventBatch)
 
@@ -227,9 +231,9 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
 
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
-    """Plain methods run in the server's thread pool; WatchJob is a coroutine that reads the
-    database there and waits between polls on the event loop, so an idle or abandoned watch
-    holds no thread."""
+    """Plain methods run in the server's thread pool; the watches (WatchJob, WatchJobBatches)
+    are coroutines that read the database and build their messages there and wait between polls
+    on the event loop, so an idle or abandoned watch holds no thread."""
 
     def __init__(
         self,
@@ -291,7 +295,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         def batched(events: list[JobEvent]) -> list[jobs_pb2.JobEventBatch]:
             return [
                 jobs_pb2.JobEventBatch(events=batch)
-                for batch in event_batches(_events_to_proto(events), self.max_answer_bytes)
+                for batch in event_batches(_events_to_proto(events), WATCH_BATCH_BYTES)
             ]
 
         async with contextlib.aclosing(self._watch(request, context, batched)) as looks:

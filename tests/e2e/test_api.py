@@ -20,10 +20,12 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import insert, select
 from sqlalchemy.engine import make_url
 
 from trainwire.client import (
     Client,
+    ClientClosed,
     DatasetInfo,
     FailedPrecondition,
     InvalidArgument,
@@ -41,7 +43,7 @@ from trainwire.server.cli import main
 from trainwire.server.db import Database
 from trainwire.server.local import local_server
 from trainwire.server.migrate import upgrade
-from trainwire.server.models import CheckpointRow
+from trainwire.server.models import CheckpointRow, JobEventRow
 from trainwire.v1 import (
     datasets_pb2,
     datasets_pb2_grpc,
@@ -128,6 +130,57 @@ def test_watch_job_batches_answers_watch_jobs_events_several_to_a_message(
             return [event.sequence async for event in aio.watch_job(job.name)]
 
     assert asyncio.run(watch_async()) == history
+
+
+def test_a_long_watch_fits_the_smallest_client_limit_and_ends_at_close(tmp_path: Path) -> None:
+    """WatchJobBatches filled its messages up to the server's limit (4 MiB), past a client's of
+    64 KiB ("Received message larger than max"), where WatchJob's single events fit; and the
+    rest of a batch read before its client's close() was handed out after it (both SDKs)."""
+    url = f"sqlite:///{tmp_path / 'watch.db'}"
+    with local_server(url, workers=1) as server:
+        with Client(server.target, max_message_bytes=64 * 1024) as client:
+            data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3)
+            job = client.create_job(data, MLP, epochs=1)
+            job.wait(timeout=60, poll_interval=0.1)
+            history = _add_events(url, job.name, 1_500)
+            assert [event.sequence for event in client.watch_job(job)] == history
+        closing = Client(server.target)
+        watch = closing.watch_job(job.name)
+        assert next(watch).sequence == 1
+        closing.close()
+        with pytest.raises(ClientClosed):
+            next(watch)
+
+        async def closed_while_watching() -> None:
+            aio = AsyncClient(server.target)
+            watching = aio.watch_job(job.name)
+            assert (await anext(watching)).sequence == 1
+            await aio.close()
+            with pytest.raises(ClientClosed):
+                await anext(watching)
+
+        asyncio.run(closed_while_watching())
+
+
+def _add_events(url: str, job_name: str, count: int) -> list[int]:
+    """Appends `count` copies of the job's last event to its history (a job of many epochs, in
+    an instant); returns the sequences of the whole history."""
+    database = Database(url)
+    job_id = job_name.removeprefix("jobs/")
+    with database.write() as session:
+        last = session.scalars(
+            select(JobEventRow)
+            .where(JobEventRow.job_id == job_id)
+            .order_by(JobEventRow.sequence.desc())
+            .limit(1)
+        ).one()
+        columns = {c.key: getattr(last, c.key) for c in JobEventRow.__table__.columns}
+        session.execute(
+            insert(JobEventRow),
+            [{**columns, "sequence": last.sequence + n} for n in range(1, count + 1)],
+        )
+    database.dispose()
+    return list(range(1, last.sequence + count + 1))
 
 
 def test_metrics_checkpoints_metadata_and_stream(
