@@ -86,7 +86,7 @@ from .training import MAX_KEEP_CHECKPOINTS
 DEFAULT_PAGE_SIZE = 50
 # Tokens we issue are base64 of `["<ISO timestamp with offset>", "<32 hex digits>", "<scope>"]`
 # (`page_scope`), about 110 characters, or of `["<metric name>", <step>, "<scope>"]` or
-# `["<job id>", <checkpoint id>, "<scope>"]`, less.
+# `["<best checkpoint id>", <checkpoint id>, "<scope>"]`, less.
 MAX_PAGE_TOKEN_LENGTH = 256
 MAX_PAGE_SIZE = 1000
 DEFAULT_KEEP_CHECKPOINTS = 3
@@ -284,7 +284,7 @@ def page_scope(listing: str, *filters: object) -> str:
 
 # Where a listing's page ends: (created_at, id) of rows listed newest first (jobs, datasets),
 # or a (text, number) key: (metric name, step) of a job's metrics listed in that order, or
-# (job id, checkpoint id) of a job's checkpoints, oldest first.
+# (the listing's best checkpoint id, checkpoint id) of a job's checkpoints, oldest first.
 RowPosition = tuple[datetime, str]
 KeyPosition = tuple[str, int]
 # The steps a metric row holds (a BIGINT): a forged step past them raised OverflowError in
@@ -366,8 +366,8 @@ def decode_page_token(token: str, scope: str) -> RowPosition:
 
 def decode_key_page_token(token: str, scope: str) -> KeyPosition:
     """The (text, number) key after which a page starts: (metric name, step) of a job's metrics,
-    or (job id, checkpoint id) of its checkpoints; the token must have been issued for `scope`
-    (its job, and metric names: another's position skipped items)."""
+    or (the listing's best checkpoint id, checkpoint id) of its checkpoints; the token must have
+    been issued for `scope` (its job, and metric names: another's position skipped items)."""
     name, step, issued_for = _token_parts(token)
     # Both reach the query, where a NUL, a lone surrogate or a step past int64 failed (INTERNAL).
     # Every such token names its scope: a metrics one without was made before they did and had
@@ -376,6 +376,15 @@ def decode_key_page_token(token: str, scope: str) -> KeyPosition:
         raise _not_a_page_token()
     _check_scope(issued_for[0], scope)
     return name, step
+
+
+def _best_of_token(text: str) -> int | None:
+    """The best checkpoint's id a checkpoints page token carries ("" for none)."""
+    if text == "":
+        return None
+    if not text.isascii() or not text.isdigit() or len(text) > 19:
+        raise _not_a_page_token()
+    return int(text)
 
 
 def page_size_of(
@@ -1457,26 +1466,31 @@ class Store:
         page's token ("" after the last). `fits(best id)` may end the page early (see
         `_with_next_token`). Keyset-paginated on the checkpoint id, read by the index on
         (job_id, id): a job an older server kept tens of thousands of checkpoints of passed
-        the message limit in one answer, and its listing failed for good."""
+        the message limit in one answer, and its listing failed for good.
+
+        The best is judged once, at the listing's first page, and its token carries it to the
+        next ones: judged again on each page, a better checkpoint saved meanwhile (a job still
+        training) was flagged beside the one an earlier page had flagged, or neither was (and
+        every page read every checkpoint's metrics again). Retention never deletes the best."""
         size = page_size_of(page_size, CHECKPOINT_PAGE_SIZE, CHECKPOINT_PAGE_SIZE)
         scope = page_scope("checkpoints", job_id)
         query = select(CheckpointRow).where(CheckpointRow.job_id == job_id)
-        if page_token:
-            _, after = decode_key_page_token(page_token, scope)
-            query = query.where(CheckpointRow.id > after)
         with self.db.read() as session:
-            # Over all of the job's checkpoints, not the page's: the flag is true on one
-            # checkpoint whatever page it is on (each page judges it when it is read).
-            best = best_checkpoint(self._scored_checkpoints(session, job_id))
+            if page_token:
+                best_text, after = decode_key_page_token(page_token, scope)
+                best_id = _best_of_token(best_text)
+                query = query.where(CheckpointRow.id > after)
+            else:
+                best = best_checkpoint(self._scored_checkpoints(session, job_id))
+                best_id = None if best is None else int(best.id)
             rows = session.scalars(query.order_by(CheckpointRow.id).limit(size + 1)).all()
             items = [_checkpoint(row) for row in rows]
-        best_id = None if best is None else int(best.id)
         page, token = self._with_next_token(
             items,
             size,
             scope,
             None if fits is None else fits(best_id),
-            position=lambda last: (job_id, last.id),
+            position=lambda last: ("" if best_id is None else str(best_id), last.id),
         )
         return page, best_id, token
 

@@ -807,10 +807,39 @@ def test_checkpoint_pages_mark_the_best_of_all_the_jobs_checkpoints(store: Store
         store.checkpoints_page(claim.job.id, -1, "")
     assert refused.value.violations[0].field == "page_size"
     other = page_scope("checkpoints", "another job")
-    for token in ("???", encode_page_token(("another job", whole[0].id), other)):
+    mine = page_scope("checkpoints", claim.job.id)
+    for token in (
+        "???",
+        encode_page_token(("", whole[0].id), other),
+        encode_page_token(("not an id", whole[0].id), mine),
+        encode_page_token(("9" * 40, whole[0].id), mine),
+    ):
         with pytest.raises(InvalidArgument) as refused:
             store.checkpoints_page(claim.job.id, 1, token)
         assert refused.value.violations[0].field == "page_token"
+
+
+def test_one_listing_of_checkpoints_flags_one_best_while_the_job_checkpoints(
+    store: Store,
+) -> None:
+    """Each page judged the best when it was read: a better checkpoint saved between two pages
+    of one listing (a job still training) was flagged beside the one an earlier page had
+    flagged. A listing flags the best as of its first page; the next listing sees the new one."""
+    store.create_job(make_job(store, make_dataset(store)))
+    claim = store.claim_job("w")
+    assert claim is not None
+    for epoch, loss in enumerate([0.1, 0.9, 0.9, 0.9], start=1):
+        store.save_checkpoint(claim, epoch, epoch * 10, {"val_loss": loss}, b"x", keep=100)
+    flagged: list[int] = []
+    page, best_id, token = store.checkpoints_page(claim.job.id, 2, "")
+    flagged += [c.id for c in page if c.id == best_id]
+    store.save_checkpoint(claim, 5, 50, {"val_loss": 0.05}, b"x", keep=100)
+    while token:
+        page, best_id, token = store.checkpoints_page(claim.job.id, 2, token)
+        flagged += [c.id for c in page if c.id == best_id]
+    whole = store.list_checkpoints(claim.job.id)
+    assert len(whole) == 5 and flagged == [whole[0].id]
+    assert store.checkpoints_page(claim.job.id, 0, "")[1] == whole[4].id
 
 
 def test_a_checkpoint_page_is_read_by_the_jobs_index_from_its_position_on_sqlite(
@@ -831,10 +860,8 @@ def test_a_checkpoint_page_is_read_by_the_jobs_index_from_its_position_on_sqlite
         plans = _query_plans(store, lambda: store.checkpoints_page(job, 1, token), "checkpoints")
     finally:
         database.dispose()
-    assert plans == [
-        "SEARCH checkpoints USING INDEX ix_checkpoints_job_id_id (job_id=?)",  # the best
-        "SEARCH checkpoints USING INDEX ix_checkpoints_job_id_id (job_id=? AND id>?)",
-    ]
+    # The best was judged by the first page, whose token carries it: nothing else is read.
+    assert plans == ["SEARCH checkpoints USING INDEX ix_checkpoints_job_id_id (job_id=? AND id>?)"]
 
 
 @pytest.fixture
