@@ -8,7 +8,6 @@ import ipaddress
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -419,6 +418,16 @@ def serve(
         SERVER_METRICS,
         collector if parent_pid is None else None,
     )
+    # Before the "listening" line: a SIGTERM right after it (a script or test that started the
+    # server and stops it at once) killed the process before it could stop its workers.
+    stopping = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     running.start()
     shown = masked_url(database.url)
     scheme = "TLS" if settings.tls_cert else "plaintext"
@@ -444,19 +453,13 @@ def serve(
     )
     siblings.start()
 
-    stopping = threading.Event()
-
-    def request_stop(signum: int, _frame: Any) -> None:
-        log.info("received %s; shutting down", signal.Signals(signum).name)
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     freeze_startup_objects()
     housekeep(store, (pool, siblings), stopping, parent_pid or exit_with)
     siblings.stop()
     running.stop(grace_s=STOP_GRACE_S)
     pool.stop()
     database.dispose()
-    print("Trainwire stopped", file=sys.stderr, flush=True)
+    # A log line like every other on stderr (JSON when the log is). The "listening" line goes to
+    # stdout as plain text because scripts read the port from it; nothing reads this one.
+    log.info("Trainwire stopped")
     return 0
