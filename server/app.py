@@ -39,6 +39,7 @@ from .datasets import DatasetService
 from .db import Database, masked_url, suggested_command
 from .errors import Unavailable
 from .jobs import JobService
+from .logs import Throttle
 from .metrics import SERVER_METRICS, DeploymentCollector, serve_metrics
 from .migrate import ensure_migrated, refuse_missing_sqlite
 from .predictions import PredictionService
@@ -308,7 +309,11 @@ def rescue_lost_jobs(store: Store) -> None:
         for job_id, state in store.rescue_expired():
             log.warning("rescued jobs/%s from a lost worker: now %s", job_id, state.value)
     except Unavailable as error:
-        log.warning("cannot rescue jobs: %s", error)
+        # Every housekeeping round (each second) while the database is away: once a minute.
+        log.log(_RESCUE_WARNINGS.level(), "cannot rescue jobs: %s", error)
+
+
+_RESCUE_WARNINGS = Throttle()
 
 
 HOUSEKEEPING_EVERY_S = 1.0

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import shlex
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import Unavailable
+from .logs import Throttle
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -248,17 +248,12 @@ def _unavailable(what: str, error: DBAPIError) -> Unavailable:
     """What callers (and clients, over gRPC) are told: the driver's own text names the
     database's host, port and user, so it goes to the server's log only — as a warning once a
     minute at most (an outage fails every call and health check), else at debug level."""
-    global _last_warned
-    now = time.monotonic()
-    level = logging.WARNING if now - _last_warned >= UNAVAILABLE_LOG_EVERY_S else logging.DEBUG
-    if level == logging.WARNING:
-        _last_warned = now
-    log.log(level, "%s: %s", what.lower(), error.orig)
+    log.log(_UNAVAILABLE_WARNINGS.level(), "%s: %s", what.lower(), error.orig)
     return Unavailable(f"{what}; try again shortly")
 
 
 UNAVAILABLE_LOG_EVERY_S = 60.0
-_last_warned = -math.inf
+_UNAVAILABLE_WARNINGS = Throttle(UNAVAILABLE_LOG_EVERY_S)
 
 
 def _is_sqlite_busy(error: OperationalError) -> bool:

@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from .config import host_port
+from .logs import Throttle
 
 log = logging.getLogger("trainwire.metrics")
 
@@ -239,6 +240,7 @@ class DeploymentCollector(Collector):
         self.queue_depth = queue_depth
         self.workers = workers
         self.alive_within_s = alive_within_s
+        self._warnings = Throttle()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily(
@@ -250,7 +252,10 @@ class DeploymentCollector(Collector):
                 depth.add_metric([state, queue], count)
             alive.add_metric([], count_alive(self.workers(), self.alive_within_s))
         except Exception as error:  # the database is down: report nothing rather than fail
-            log.warning("cannot read the deployment's state for metrics: %s", error)
+            # Every scrape while it lasts: once a minute.
+            log.log(
+                self._warnings.level(), "cannot read the deployment's state for metrics: %s", error
+            )
             return
         yield depth
         yield alive

@@ -11,17 +11,20 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.exc import OperationalError
 
 from trainwire.server import app, supervisor
 from trainwire.server.app import housekeep, key_checker, serve
-from trainwire.server.auth import DEFAULT_PROJECT, Unauthenticated
+from trainwire.server.auth import DEFAULT_PROJECT, KeyChecker, Unauthenticated
 from trainwire.server.cli import _settings, build_parser
 from trainwire.server.config import ConfigError, Settings, host_port
+from trainwire.server.errors import Unavailable
 from trainwire.server.local import local_server
-from trainwire.server.logs import JOB_ID, REQUEST_ID, JsonFormatter
+from trainwire.server.logs import JOB_ID, REQUEST_ID, JsonFormatter, Throttle
+from trainwire.server.metrics import DeploymentCollector
 from trainwire.server.migrate import upgrade
 from trainwire.server.models import ApiKeyRow
 from trainwire.server.records import JobState
@@ -31,6 +34,7 @@ from trainwire.server.supervisor import WorkerPool
 
 from ..e2e.test_api import make_certificates
 from ..support.ports import free_ports
+from ..support.waiting import wait_for
 from .test_cli_database import run
 from .test_store import make_dataset, make_job
 
@@ -840,3 +844,37 @@ def test_only_a_pool_with_children_logs_their_start(
     assert len(started) == 2
     assert started[0].startswith("started 2 worker processes: [")
     assert started[1].startswith("started 1 more server process on port 6000: [")
+
+
+def test_a_database_outage_warns_once_a_minute_not_on_every_retry(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the database was away, each server process warned "cannot refresh API keys" and
+    "cannot rescue jobs" twice a second, and once per scrape that it could not read the
+    deployment: thousands of lines an hour. Each repeat is now at debug level for a minute."""
+    caplog.set_level(logging.DEBUG)
+    # Another test may have warned of a rescue.
+    monkeypatch.setattr(app, "_RESCUE_WARNINGS", Throttle(), raising=False)
+
+    def down(*_args: object) -> list[Any]:
+        raise Unavailable("The database is unreachable; try again shortly")
+
+    def lines(start: str) -> list[int]:
+        return [r.levelno for r in caplog.records if r.getMessage().startswith(start)]
+
+    stopped = threading.Event()
+    KeyChecker(down, ttl_s=0.002).refresh_in_background(stopped)
+    wait_for(lambda: len(lines("cannot refresh API keys")) >= 20, 60, "20 failed key refreshes")
+    stopped.set()
+    monkeypatch.setattr(store, "rescue_expired", down)
+    collector = DeploymentCollector(down, down, 60.0)
+    for _ in range(20):
+        app.rescue_lost_jobs(store)
+        list(collector.collect())
+    for start in (
+        "cannot refresh API keys",
+        "cannot rescue jobs",
+        "cannot read the deployment's state",
+    ):
+        levels = lines(start)
+        assert len(levels) >= 20 and levels.count(logging.WARNING) == 1, (start, levels)
