@@ -228,8 +228,15 @@ def bounded_queues(depth: list[tuple[str, str, int]]) -> dict[tuple[str, str], i
     return bounded
 
 
+# How often the deployment's gauges are read from the database (a scrape reads the last values).
+DEPLOYMENT_REFRESH_S = 5.0
+
+
 class DeploymentCollector(Collector):
-    """Queue depth and live workers, read from the database when Prometheus scrapes."""
+    """Queue depth and live workers, as last read from the database by `refresh`, which
+    `refresh_in_background` calls every DEPLOYMENT_REFRESH_S in a thread of its own: a scrape
+    never waits on the database (read in the scrape, a hung database made every scrape hang, and
+    every series of the endpoint was lost). Until a first read succeeds, it exports nothing."""
 
     def __init__(
         self,
@@ -241,24 +248,58 @@ class DeploymentCollector(Collector):
         self.workers = workers
         self.alive_within_s = alive_within_s
         self._warnings = Throttle()
+        # (jobs by (state, queue), workers alive), replaced whole by each successful read.
+        self._last: tuple[dict[tuple[str, str], int], int] | None = None
+
+    def refresh(self) -> None:
+        """Reads the deployment's state now (raises what the store raises)."""
+        depth = bounded_queues(self.queue_depth())
+        alive = count_alive(self.workers(), self.alive_within_s)
+        self._last = (depth, alive)
+
+    def refresh_in_background(
+        self, stopped: threading.Event, every_s: float = DEPLOYMENT_REFRESH_S
+    ) -> None:
+        """Calls `refresh` now and every `every_s` until `stopped`. One thread: a read stuck on
+        a hung database holds back the next ones, and scrapes go on with the last values."""
+
+        def run() -> None:
+            while True:
+                try:
+                    self.refresh()
+                except Exception as error:  # the database is away: keep the last values
+                    log.log(
+                        self._warnings.level(),
+                        "cannot read the deployment's state for metrics: %s",
+                        error,
+                    )
+                if stopped.wait(every_s):
+                    return
+
+        threading.Thread(target=run, name="deployment-metrics", daemon=True).start()
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return list(self._families())
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        depth = GaugeMetricFamily(
-            "trainwire_jobs", "Jobs by state and queue", labels=["state", "queue"]
-        )
-        alive = GaugeMetricFamily("trainwire_workers_alive", "Workers seen recently")
-        try:
-            for (state, queue), count in bounded_queues(self.queue_depth()).items():
-                depth.add_metric([state, queue], count)
-            alive.add_metric([], count_alive(self.workers(), self.alive_within_s))
-        except Exception as error:  # the database is down: report nothing rather than fail
-            # Every scrape while it lasts: once a minute.
-            log.log(
-                self._warnings.level(), "cannot read the deployment's state for metrics: %s", error
-            )
+        last = self._last
+        if last is None:
             return
+        depth, alive = self._families()
+        for (state, queue), count in last[0].items():
+            depth.add_metric([state, queue], count)
+        alive.add_metric([], last[1])
         yield depth
         yield alive
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "trainwire_jobs", "Jobs by state and queue", labels=["state", "queue"]
+            ),
+            GaugeMetricFamily("trainwire_workers_alive", "Workers seen recently"),
+        )
 
 
 def count_alive(workers: Iterable[dict[str, Any]], within_s: float) -> int:

@@ -175,6 +175,7 @@ def test_client_chosen_queue_names_cannot_grow_the_jobs_metric_without_bound() -
     # An old queue of many finished jobs, and a new one with a small backlog.
     depth += [("SUCCEEDED", "old", 10**6), ("QUEUED", "new", 1)]
     collector = DeploymentCollector(lambda: depth, lambda: [], 60.0)
+    collector.refresh()
     (jobs,) = [family for family in collector.collect() if family.name == "trainwire_jobs"]
     queues = {sample.labels["queue"] for sample in jobs.samples}
     assert len(queues) == MAX_QUEUE_LABELS + 1 and OTHER_QUEUES in queues
@@ -262,6 +263,8 @@ def test_serving_again_with_a_collector_exports_one_deployment(
     role = CollectorRegistry()
     first = DeploymentCollector(lambda: [("QUEUED", "default", 1)], lambda: [], 60.0)
     second = DeploymentCollector(lambda: [("QUEUED", "default", 2)], lambda: [], 60.0)
+    first.refresh()
+    second.refresh()
 
     def exported_jobs() -> list[str]:
         lines = generate_latest(default).decode().splitlines()

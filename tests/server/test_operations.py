@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from grpc_health.v1 import health_pb2
 from sqlalchemy.exc import OperationalError
 
 from trainwire.server import app, supervisor
-from trainwire.server.app import housekeep, key_checker, serve
+from trainwire.server.app import HealthMonitor, housekeep, key_checker, serve
 from trainwire.server.auth import DEFAULT_PROJECT, KeyChecker, Unauthenticated
 from trainwire.server.cli import _settings, build_parser
 from trainwire.server.config import ConfigError, Settings, host_port
@@ -863,18 +864,57 @@ def test_a_database_outage_warns_once_a_minute_not_on_every_retry(
         return [r.levelno for r in caplog.records if r.getMessage().startswith(start)]
 
     stopped = threading.Event()
-    KeyChecker(down, ttl_s=0.002).refresh_in_background(stopped)
-    wait_for(lambda: len(lines("cannot refresh API keys")) >= 20, 60, "20 failed key refreshes")
-    stopped.set()
-    monkeypatch.setattr(store, "rescue_expired", down)
-    collector = DeploymentCollector(down, down, 60.0)
-    for _ in range(20):
-        app.rescue_lost_jobs(store)
-        list(collector.collect())
-    for start in (
-        "cannot refresh API keys",
-        "cannot rescue jobs",
-        "cannot read the deployment's state",
-    ):
-        levels = lines(start)
-        assert len(levels) >= 20 and levels.count(logging.WARNING) == 1, (start, levels)
+    try:
+        KeyChecker(down, ttl_s=0.002).refresh_in_background(stopped)
+        wait_for(lambda: len(lines("cannot refresh API keys")) >= 20, 60, "20 failed key refreshes")
+        monkeypatch.setattr(store, "rescue_expired", down)
+        for _ in range(20):
+            app.rescue_lost_jobs(store)
+        DeploymentCollector(down, down, 60.0).refresh_in_background(stopped, every_s=0.001)
+        wait_for(lambda: len(lines("cannot read the deployment")) >= 20, 60, "20 failed reads")
+        for start in (
+            "cannot refresh API keys",
+            "cannot rescue jobs",
+            "cannot read the deployment's state",
+        ):
+            levels = lines(start)
+            assert len(levels) >= 20 and levels.count(logging.WARNING) == 1, (start, levels)
+    finally:
+        stopped.set()
+
+
+def test_a_ping_the_database_never_answers_turns_health_not_serving_and_is_not_doubled() -> None:
+    """A hung database (its connections open, nothing answered) kept health SERVING for as long
+    as it lasted: the health check waited on its ping without a limit. A ping now has
+    `ping_timeout_s`, and one stuck is waited on again by the next checks, not joined by more."""
+    answer = threading.Event()
+    pings: list[int] = []
+
+    class HungStore:
+        def ping(self) -> None:
+            pings.append(1)
+            answer.wait(30)
+
+    reported: list[int] = []
+    monitor = HealthMonitor(
+        HungStore(),  # type: ignore[arg-type]
+        lambda _name, status: reported.append(status),
+        ping_timeout_s=0.05,
+    )
+    try:
+        monitor.check()
+        assert monitor.serving is False
+        assert set(reported) == {health_pb2.HealthCheckResponse.NOT_SERVING}
+        wait_for(lambda: len(pings) == 1, 30, "the ping to start")
+        monitor.check()
+        monitor.check()
+        assert monitor.serving is False and len(pings) == 1
+    finally:
+        answer.set()
+
+    def serving() -> bool:
+        monitor.check()
+        return monitor.serving is True
+
+    wait_for(serving, 30, "health to report SERVING once the ping is answered")
+    assert reported[-1] == health_pb2.HealthCheckResponse.SERVING
