@@ -40,7 +40,7 @@ from .db import Database, masked_url, suggested_command
 from .errors import Unavailable
 from .jobs import JobService
 from .logs import Throttle
-from .metrics import SERVER_METRICS, DeploymentCollector, serve_metrics
+from .metrics import DATABASE_UP, SERVER_METRICS, DeploymentCollector, serve_metrics
 from .migrate import ensure_migrated, refuse_missing_sqlite
 from .predictions import PredictionService
 from .store import Store
@@ -259,7 +259,7 @@ PING_TIMEOUT_S = 5.0
 
 class HealthMonitor(threading.Thread):
     """Reports every service NOT_SERVING while the database is unreachable: while a ping fails,
-    or goes unanswered for `ping_timeout_s`.
+    or goes unanswered for `ping_timeout_s`. `trainwire_database_up` follows each check.
 
     The ping runs in a thread of its own, and no other starts while one waits: a ping stuck on
     a hung connection cannot be interrupted (nor its thread ended), so each check after it waits
@@ -308,6 +308,7 @@ class HealthMonitor(threading.Thread):
     def check(self) -> None:
         problem = self._ping_database()
         serving = problem is None
+        DATABASE_UP.set(int(serving))
         if problem is not None:
             log.debug("health check of the database failed: %s", problem)
         if serving != self.serving:

@@ -1656,7 +1656,8 @@ def test_a_hung_database_turns_health_not_serving_and_metrics_still_answer(
     """A database that hangs (its connections open, nothing answered: a frozen proxy, a network
     partition that still acknowledges) kept health SERVING for as long as it lasted, since the
     health check's ping waited on it without a limit, and every /metrics scrape waited on it too
-    (the deployment's gauges were read in the scrape): every series was lost."""
+    (the deployment's gauges were read in the scrape): every series was lost. No series said the
+    database was down: now `trainwire_database_up` does."""
     url = fresh_postgres_database(postgres_server_url)
     upgrade(url)
     parsed = make_url(url)
@@ -1683,14 +1684,21 @@ def test_a_hung_database_turns_health_not_serving_and_metrics_still_answer(
             wait_for(
                 lambda: "trainwire_workers_alive" in _scrape(metrics_port), 30, "deployment gauges"
             )
+            assert _scrape(metrics_port)["trainwire_database_up"] == 1
             proxy.freeze()
             try:
                 wait_for(lambda: status() == not_serving, 60, "health to report NOT_SERVING")
                 frozen = _scrape(metrics_port)  # answers while the database does not
-                assert frozen["trainwire_workers_alive"] == 0  # the last value read
+                # The database is said to be down; the last values read stay, with their age.
+                assert frozen["trainwire_database_up"] == 0
+                assert frozen["trainwire_workers_alive"] == 0
+                assert frozen["trainwire_deployment_read_age_seconds"] >= 0
             finally:
                 proxy.thaw()
             wait_for(lambda: status() == serving, 60, "health to report SERVING again")
+            wait_for(
+                lambda: _scrape(metrics_port)["trainwire_database_up"] == 1, 30, "database_up 1"
+            )
     finally:
         proxy.close()
 
