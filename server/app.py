@@ -316,6 +316,8 @@ class HealthMonitor(threading.Thread):
             if not serving:
                 status = health_pb2.HealthCheckResponse.NOT_SERVING
                 log.warning("database unreachable (%s): reporting NOT_SERVING", problem)
+            elif self.serving is False:  # not at start: the end of an outage
+                log.warning("database reachable again: reporting SERVING")
             for name in (*SERVICE_NAMES, ""):
                 self.report(name, status)
             self.serving = serving

@@ -1699,6 +1699,11 @@ def test_a_hung_database_turns_health_not_serving_and_metrics_still_answer(
             wait_for(
                 lambda: _scrape(metrics_port)["trainwire_database_up"] == 1, 30, "database_up 1"
             )
+            wait_for(
+                lambda: any("database reachable again" in line for line in server.output),
+                30,
+                "the end of the outage in the log",
+            )
     finally:
         proxy.close()
 

@@ -918,3 +918,26 @@ def test_a_ping_the_database_never_answers_turns_health_not_serving_and_is_not_d
 
     wait_for(serving, 30, "health to report SERVING once the ping is answered")
     assert reported[-1] == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_logs_each_change_of_the_database_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Health's return to SERVING was not logged (only its turn to NOT_SERVING was): an
+    operator reading the log could not tell when an outage ended."""
+    caplog.set_level(logging.INFO, logger="trainwire.server")
+    reachable = [True]
+
+    class FlakyStore:
+        def ping(self) -> None:
+            if not reachable[0]:
+                raise Unavailable("The database is unreachable; try again shortly")
+
+    monitor = HealthMonitor(FlakyStore(), lambda _name, _status: None)  # type: ignore[arg-type]
+    for up in (True, True, False, False, True, True):
+        reachable[0] = up
+        monitor.check()
+    messages = [r.getMessage() for r in caplog.records if r.name == "trainwire.server"]
+    assert [m for m in messages if "database" in m] == [
+        "database unreachable (The database is unreachable; try again shortly): reporting "
+        "NOT_SERVING",
+        "database reachable again: reporting SERVING",
+    ]
