@@ -8,11 +8,10 @@ import ipaddress
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,8 @@ from .datasets import DatasetService
 from .db import Database, masked_url, suggested_command
 from .errors import Unavailable
 from .jobs import JobService
-from .metrics import SERVER_METRICS, DeploymentCollector, serve_metrics
+from .logs import Throttle
+from .metrics import DATABASE_UP, SERVER_METRICS, DeploymentCollector, serve_metrics
 from .migrate import ensure_migrated, refuse_missing_sqlite
 from .predictions import PredictionService
 from .store import Store
@@ -250,31 +250,74 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials:
     )
 
 
+# How long a health check waits for the database to answer its ping. A healthy database answers
+# in milliseconds; a loaded one, or a new connection (`db.POSTGRES_CONNECT_TIMEOUT_S`, as long),
+# may take seconds. A hung one (connections open, nothing answered) never does: the ping waited
+# for as long as the hang lasted, and health stayed SERVING.
+PING_TIMEOUT_S = 5.0
+
+
 class HealthMonitor(threading.Thread):
-    """Reports every service NOT_SERVING while the database is unreachable."""
+    """Reports every service NOT_SERVING while the database is unreachable: while a ping fails,
+    or goes unanswered for `ping_timeout_s`. `trainwire_database_up` follows each check.
+
+    The ping runs in a thread of its own, and no other starts while one waits: a ping stuck on
+    a hung connection cannot be interrupted (nor its thread ended), so each check after it waits
+    on the same ping again, and reports SERVING once it is answered."""
 
     def __init__(
-        self, store: Store, report: Callable[[str, int], None], every_s: float = 2.0
+        self,
+        store: Store,
+        report: Callable[[str, int], None],
+        every_s: float = 2.0,
+        ping_timeout_s: float = PING_TIMEOUT_S,
     ) -> None:
         super().__init__(name="health", daemon=True)
         self.store = store
         self.report = report  # sets a service's status in the health servicer
         self.every_s = every_s
+        self.ping_timeout_s = ping_timeout_s
         self.stopped = threading.Event()
         self.serving: bool | None = None
+        self._ping: Future[None] | None = None  # the last ping, answered or still waiting
 
-    def check(self) -> None:
+    def _ping_database(self) -> str | None:
+        """None if the database answered a ping within `ping_timeout_s`, else why not."""
+        ping = self._ping
+        if ping is None or ping.done():
+            ping = self._ping = Future()
+            threading.Thread(
+                target=self._run_ping, args=(ping,), name="health-ping", daemon=True
+            ).start()
+        try:
+            ping.result(timeout=self.ping_timeout_s)
+        except TimeoutError:
+            return f"no answer to a ping within {self.ping_timeout_s:g} s"
+        except Exception as error:  # any failure to reach the database means not serving
+            return str(error) or type(error).__name__
+        return None
+
+    def _run_ping(self, ping: Future[None]) -> None:
         try:
             self.store.ping()
-            serving = True
-        except Exception as error:  # any failure to reach the database means not serving
-            log.debug("health check of the database failed: %s", error)
-            serving = False
+        except BaseException as error:
+            ping.set_exception(error)
+        else:
+            ping.set_result(None)
+
+    def check(self) -> None:
+        problem = self._ping_database()
+        serving = problem is None
+        DATABASE_UP.set(int(serving))
+        if problem is not None:
+            log.debug("health check of the database failed: %s", problem)
         if serving != self.serving:
             status = health_pb2.HealthCheckResponse.SERVING
             if not serving:
                 status = health_pb2.HealthCheckResponse.NOT_SERVING
-                log.warning("database unreachable: reporting NOT_SERVING")
+                log.warning("database unreachable (%s): reporting NOT_SERVING", problem)
+            elif self.serving is False:  # not at start: the end of an outage
+                log.warning("database reachable again: reporting SERVING")
             for name in (*SERVICE_NAMES, ""):
                 self.report(name, status)
             self.serving = serving
@@ -309,7 +352,11 @@ def rescue_lost_jobs(store: Store) -> None:
         for job_id, state in store.rescue_expired():
             log.warning("rescued jobs/%s from a lost worker: now %s", job_id, state.value)
     except Unavailable as error:
-        log.warning("cannot rescue jobs: %s", error)
+        # Every housekeeping round (each second) while the database is away: once a minute.
+        log.log(_RESCUE_WARNINGS.level(), "cannot rescue jobs: %s", error)
+
+
+_RESCUE_WARNINGS = Throttle()
 
 
 HOUSEKEEPING_EVERY_S = 1.0
@@ -411,7 +458,8 @@ def serve(
                 create,
             )
     # Metrics first: a port that cannot be bound stops the process before it takes calls. The
-    # deployment's gauges (read from the database) come from the first server process alone.
+    # deployment's gauges (read from the database in a thread of their own, so a scrape never
+    # waits on it) come from the first server process alone.
     collector = DeploymentCollector(store.queue_depth, store.workers, 2 * settings.lease_s)
     serve_metrics(
         settings.metrics_port and settings.metrics_port + index,
@@ -419,6 +467,18 @@ def serve(
         SERVER_METRICS,
         collector if parent_pid is None else None,
     )
+    if settings.metrics_port and parent_pid is None:
+        collector.refresh_in_background(running.monitor.stopped)
+    # Before the "listening" line: a SIGTERM right after it (a script or test that started the
+    # server and stops it at once) killed the process before it could stop its workers.
+    stopping = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     running.start()
     shown = masked_url(database.url)
     scheme = "TLS" if settings.tls_cert else "plaintext"
@@ -444,19 +504,13 @@ def serve(
     )
     siblings.start()
 
-    stopping = threading.Event()
-
-    def request_stop(signum: int, _frame: Any) -> None:
-        log.info("received %s; shutting down", signal.Signals(signum).name)
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     freeze_startup_objects()
     housekeep(store, (pool, siblings), stopping, parent_pid or exit_with)
     siblings.stop()
     running.stop(grace_s=STOP_GRACE_S)
     pool.stop()
     database.dispose()
-    print("Trainwire stopped", file=sys.stderr, flush=True)
+    # A log line like every other on stderr (JSON when the log is). The "listening" line goes to
+    # stdout as plain text because scripts read the port from it; nothing reads this one.
+    log.info("Trainwire stopped")
     return 0

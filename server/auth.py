@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 
 from .errors import TrainwireError
+from .logs import Throttle
 
 log = logging.getLogger("trainwire.server")
 
@@ -129,6 +130,7 @@ class KeyChecker:
         self._loaded = float("-inf")
         self._lock = threading.Lock()
         self._background = False
+        self._warnings = Throttle()
 
     def _load(self) -> dict[str, KeyRecord]:
         """The active keys, read now; closes for good a server open until its first key once a
@@ -154,7 +156,8 @@ class KeyChecker:
                 try:
                     self.refresh()
                 except Exception as error:  # the database is away: keep the keys we have
-                    log.warning("cannot refresh API keys: %s", error)
+                    # Twice a second while it lasts: a warning once a minute is enough.
+                    log.log(self._warnings.level(), "cannot refresh API keys: %s", error)
 
         self._background = True
         threading.Thread(target=run, name="api-keys", daemon=True).start()

@@ -2,8 +2,9 @@
 
 SQLite runs in WAL mode with a busy timeout, and every transaction that will write starts with
 `BEGIN IMMEDIATE` (a deferred read that upgrades to a write gets SQLITE_BUSY despite the timeout).
-PostgreSQL connections use TCP keepalives and, in the server and the workers, end a session left
-idle inside a transaction (a process frozen or cut off mid-transaction), which releases its locks.
+PostgreSQL connections use TCP keepalives and a connect timeout and, in the server and the
+workers, end a session left idle inside a transaction (a process frozen or cut off
+mid-transaction), which releases its locks.
 Engines are created in the process that uses them: a pooled connection must not cross a fork.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import shlex
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import Unavailable
+from .logs import Throttle
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -36,6 +37,17 @@ POSTGRES_KEEPALIVES: dict[str, int] = {
     "keepalives_interval": 5,
     "keepalives_count": 3,
 }
+
+#: libpq's `connect_timeout`, in seconds: a database that accepts TCP connections but does not
+#: answer (hung, or behind a frozen proxy or a partition that still acknowledges, where the
+#: keepalives above never fail) made every new connection wait without end, and the call or
+#: health check behind it. A healthy PostgreSQL, distant and over TLS, connects in well under
+#: a second; 5 s leaves room for a loaded one and for a slow authentication while failing an
+#: unreachable one (UNAVAILABLE) long before a client's usual deadline. A URL's own is kept.
+#: No `statement_timeout` is set beside it: on a frozen path the server never sees the statement
+#: (bounding that is the client's side: the health check's ping deadline), and a server-side
+#: limit would cut legitimate long statements (a big checkpoint or dataset, a migration).
+POSTGRES_CONNECT_TIMEOUT_S = 5
 
 log = logging.getLogger("trainwire.db")
 
@@ -117,7 +129,7 @@ def make_engine(
 ) -> Engine:
     """An engine for `url`; SQLite gets WAL, a busy timeout, explicit BEGIN handling and (unless
     `sqlite_foreign_keys` is false, as for migrations) enforced foreign keys; PostgreSQL gets TCP
-    keepalives and, if `idle_in_transaction_s` is given, PostgreSQL's
+    keepalives, a connect timeout and, if `idle_in_transaction_s` is given, PostgreSQL's
     `idle_in_transaction_session_timeout`: the database ends a session of this engine that sits
     that long in an open transaction, releasing its locks (see `Database`)."""
     url = normalise_url(url)
@@ -146,12 +158,13 @@ def make_engine(
 
 def _postgres_engine(url: str, idle_in_transaction_s: float | None, **kwargs: Any) -> Engine:
     query = make_url(url).query
-    keepalives = {name: value for name, value in POSTGRES_KEEPALIVES.items() if name not in query}
+    defaults = {**POSTGRES_KEEPALIVES, "connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
+    libpq = {name: value for name, value in defaults.items() if name not in query}
     # No server-side prepared statements: once psycopg prepares a statement (its 5th run on a
     # connection), its parameters travel in a message of their own, which PostgreSQL receives
     # while its idle-in-transaction clock runs, so a big checkpoint or dataset sent slower than
     # the lease was cut as a hung session. Planning each statement again costs far less.
-    connect_args = {**keepalives, "prepare_threshold": None, **kwargs.pop("connect_args", {})}
+    connect_args = {**libpq, "prepare_threshold": None, **kwargs.pop("connect_args", {})}
     engine = create_engine(url, connect_args=connect_args, **kwargs)
 
     @event.listens_for(engine, "connect")
@@ -248,17 +261,12 @@ def _unavailable(what: str, error: DBAPIError) -> Unavailable:
     """What callers (and clients, over gRPC) are told: the driver's own text names the
     database's host, port and user, so it goes to the server's log only — as a warning once a
     minute at most (an outage fails every call and health check), else at debug level."""
-    global _last_warned
-    now = time.monotonic()
-    level = logging.WARNING if now - _last_warned >= UNAVAILABLE_LOG_EVERY_S else logging.DEBUG
-    if level == logging.WARNING:
-        _last_warned = now
-    log.log(level, "%s: %s", what.lower(), error.orig)
+    log.log(_UNAVAILABLE_WARNINGS.level(), "%s: %s", what.lower(), error.orig)
     return Unavailable(f"{what}; try again shortly")
 
 
 UNAVAILABLE_LOG_EVERY_S = 60.0
-_last_warned = -math.inf
+_UNAVAILABLE_WARNINGS = Throttle(UNAVAILABLE_LOG_EVERY_S)
 
 
 def _is_sqlite_busy(error: OperationalError) -> bool:

@@ -11,7 +11,9 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
@@ -57,6 +59,26 @@ class TextFormatter(logging.Formatter):
         ids = [f"request={r}" for r in [REQUEST_ID.get()] if r]
         ids += [f"job={j}" for j in [JOB_ID.get()] if j]
         return f"{line} [{' '.join(ids)}]" if ids else line
+
+
+class Throttle:
+    """The level of a warning that repeats while a condition lasts (a database outage fails
+    every health check, key refresh and housekeeping round): WARNING once per `every_s` at most,
+    DEBUG in between. One per kind of message, so each still shows once a minute."""
+
+    def __init__(self, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self._last = -float("inf")
+        self._lock = threading.Lock()
+
+    def level(self) -> int:
+        with self._lock:
+            now = self.clock()
+            if now - self._last < self.every_s:
+                return logging.DEBUG
+            self._last = now
+            return logging.WARNING
 
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -14,6 +14,7 @@ import errno
 import logging
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from .config import host_port
+from .logs import Throttle
 
 log = logging.getLogger("trainwire.metrics")
 
@@ -183,6 +185,11 @@ PREDICTION_BATCH_REQUESTS = BufferedHistogram(
     buckets=(1, 2, 4, 8, 16, 32, 64),
     registry=SERVER_METRICS,
 )
+DATABASE_UP = Gauge(
+    "trainwire_database_up",
+    "1 if the database answered this server's last health check (every 2 s), else 0",
+    registry=SERVER_METRICS,
+)
 JOB_SECONDS = Histogram(
     "trainwire_job_seconds",
     "Time a worker spent on a job, by the state it left the job in",
@@ -227,33 +234,93 @@ def bounded_queues(depth: list[tuple[str, str, int]]) -> dict[tuple[str, str], i
     return bounded
 
 
+# How often the deployment's gauges are read from the database (a scrape reads the last values).
+DEPLOYMENT_REFRESH_S = 5.0
+
+
 class DeploymentCollector(Collector):
-    """Queue depth and live workers, read from the database when Prometheus scrapes."""
+    """Queue depth and live workers, as last read from the database by `refresh`, which
+    `refresh_in_background` calls every DEPLOYMENT_REFRESH_S in a thread of its own: a scrape
+    never waits on the database (read in the scrape, a hung database made every scrape hang, and
+    every series of the endpoint was lost). Until a first read succeeds, it exports nothing.
+
+    While the database is away the last values stay (a dashboard keeps its lines), beside
+    `trainwire_deployment_read_age_seconds`, the time since they were read: alert on it, or on
+    `trainwire_database_up == 0`, rather than on a gauge going stale. Dropping them instead made
+    `trainwire_workers_alive` vanish in an outage, and an alert on it being 0 never fired."""
 
     def __init__(
         self,
         queue_depth: Callable[[], list[tuple[str, str, int]]],
         workers: Callable[[], list[dict[str, Any]]],
         alive_within_s: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.queue_depth = queue_depth
         self.workers = workers
         self.alive_within_s = alive_within_s
+        self.clock = clock
+        self._warnings = Throttle()
+        # (jobs by (state, queue), workers alive, when read), replaced whole by each read.
+        self._last: tuple[dict[tuple[str, str], int], int, float] | None = None
+
+    def refresh(self) -> None:
+        """Reads the deployment's state now (raises what the store raises)."""
+        depth = bounded_queues(self.queue_depth())
+        alive = count_alive(self.workers(), self.alive_within_s)
+        self._last = (depth, alive, self.clock())
+
+    def refresh_in_background(
+        self, stopped: threading.Event, every_s: float = DEPLOYMENT_REFRESH_S
+    ) -> None:
+        """Calls `refresh` now and every `every_s` until `stopped`. One thread: a read stuck on
+        a hung database holds back the next ones, and scrapes go on with the last values."""
+
+        def run() -> None:
+            while True:
+                try:
+                    self.refresh()
+                except Exception as error:  # the database is away: keep the last values
+                    log.log(
+                        self._warnings.level(),
+                        "cannot read the deployment's state for metrics: %s",
+                        error,
+                    )
+                if stopped.wait(every_s):
+                    return
+
+        threading.Thread(target=run, name="deployment-metrics", daemon=True).start()
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return list(self._families())
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        depth = GaugeMetricFamily(
-            "trainwire_jobs", "Jobs by state and queue", labels=["state", "queue"]
-        )
-        alive = GaugeMetricFamily("trainwire_workers_alive", "Workers seen recently")
-        try:
-            for (state, queue), count in bounded_queues(self.queue_depth()).items():
-                depth.add_metric([state, queue], count)
-            alive.add_metric([], count_alive(self.workers(), self.alive_within_s))
-        except Exception as error:  # the database is down: report nothing rather than fail
-            log.warning("cannot read the deployment's state for metrics: %s", error)
+        last = self._last
+        if last is None:
             return
+        depth, alive, age = self._families()
+        jobs, workers_alive, read_at = last
+        for (state, queue), count in jobs.items():
+            depth.add_metric([state, queue], count)
+        alive.add_metric([], workers_alive)
+        age.add_metric([], max(self.clock() - read_at, 0.0))
         yield depth
         yield alive
+        yield age
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "trainwire_jobs", "Jobs by state and queue", labels=["state", "queue"]
+            ),
+            GaugeMetricFamily("trainwire_workers_alive", "Workers seen recently"),
+            GaugeMetricFamily(
+                "trainwire_deployment_read_age_seconds",
+                "Seconds since trainwire_jobs and trainwire_workers_alive were read from the "
+                "database",
+            ),
+        )
 
 
 def count_alive(workers: Iterable[dict[str, Any]], within_s: float) -> int:

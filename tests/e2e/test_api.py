@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert, select
 from sqlalchemy.engine import make_url
 
@@ -56,6 +58,7 @@ from trainwire.v1 import (
 
 from ..conftest import fresh_postgres_database
 from ..support.checkpoints import assert_same_checkpoints, server_checkpoints
+from ..support.ports import free_ports
 from ..support.tcp_proxy import TcpProxy
 from ..support.waiting import wait_for
 
@@ -1683,6 +1686,77 @@ def test_health_is_not_serving_while_the_database_is_unreachable(
             while status() != health_pb2.HealthCheckResponse.SERVING:
                 assert time.monotonic() < deadline, "health never recovered"
                 time.sleep(0.2)
+    finally:
+        proxy.close()
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """The unlabelled samples of a /metrics endpoint by name. Bounded: a scrape that waited on a
+    hung database never answered."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
+
+
+@pytest.mark.postgres
+def test_a_hung_database_turns_health_not_serving_and_metrics_still_answer(
+    postgres_server_url: str,
+) -> None:
+    """A database that hangs (its connections open, nothing answered: a frozen proxy, a network
+    partition that still acknowledges) kept health SERVING for as long as it lasted, since the
+    health check's ping waited on it without a limit, and every /metrics scrape waited on it too
+    (the deployment's gauges were read in the scrape): every series was lost. No series said the
+    database was down: now `trainwire_database_up` does."""
+    url = fresh_postgres_database(postgres_server_url)
+    upgrade(url)
+    parsed = make_url(url)
+    proxy = TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432)
+    proxied = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    metrics_port = free_ports(1)
+    env = {"TRAINWIRE_METRICS_PORT": str(metrics_port)}
+    try:
+        with (
+            local_server(proxied, workers=0, extra_env=env) as server,
+            grpc.insecure_channel(server.target) as channel,
+        ):
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status() -> int:
+                request = health_pb2.HealthCheckRequest(service="trainwire.v1.JobService")
+                return health.Check(request, timeout=10).status
+
+            serving, not_serving = (
+                health_pb2.HealthCheckResponse.SERVING,
+                health_pb2.HealthCheckResponse.NOT_SERVING,
+            )
+            assert status() == serving
+            wait_for(
+                lambda: "trainwire_workers_alive" in _scrape(metrics_port), 30, "deployment gauges"
+            )
+            assert _scrape(metrics_port)["trainwire_database_up"] == 1
+            proxy.freeze()
+            try:
+                wait_for(lambda: status() == not_serving, 60, "health to report NOT_SERVING")
+                frozen = _scrape(metrics_port)  # answers while the database does not
+                # The database is said to be down; the last values read stay, with their age.
+                assert frozen["trainwire_database_up"] == 0
+                assert frozen["trainwire_workers_alive"] == 0
+                assert frozen["trainwire_deployment_read_age_seconds"] >= 0
+            finally:
+                proxy.thaw()
+            wait_for(lambda: status() == serving, 60, "health to report SERVING again")
+            wait_for(
+                lambda: _scrape(metrics_port)["trainwire_database_up"] == 1, 30, "database_up 1"
+            )
+            wait_for(
+                lambda: any("database reachable again" in line for line in server.output),
+                30,
+                "the end of the outage in the log",
+            )
     finally:
         proxy.close()
 

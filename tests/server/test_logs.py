@@ -9,9 +9,11 @@ import logging
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from trainwire.server.local import local_server
 from trainwire.server.logs import REQUEST_ID, configure_logging
 from trainwire.server.wrappers import in_pool
 
@@ -118,3 +120,16 @@ def test_a_c1_control_in_a_message_is_escaped_and_other_text_kept(json_log: io.S
     assert "\\u009b" in line and "\x9b" not in line
     assert "caf\u00e9" in line and "\u65e5\u672c" in line
     assert json.loads(line)["message"] == message
+
+
+def test_a_stopping_server_logs_that_it_stopped_as_a_json_line(tmp_path: Path) -> None:
+    """The line "Trainwire stopped" was printed raw to stderr, which no JSON reader of the log
+    takes.
+    Every line but the "listening" one (stdout, read by scripts for the port) is JSON."""
+    env = {"TRAINWIRE_LOG_FORMAT": "json"}
+    with local_server(f"sqlite:///{tmp_path / 'trainwire.db'}", workers=0, extra_env=env) as run:
+        pass
+    assert run.process.returncode == 0
+    lines = [line for line in run.output if not line.startswith("Trainwire listening on ")]
+    entries = [json.loads(line) for line in lines]
+    assert [e["level"] for e in entries if e["message"] == "Trainwire stopped"] == ["INFO"]

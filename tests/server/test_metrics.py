@@ -20,6 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
 from trainwire.server import metrics
+from trainwire.server.errors import Unavailable
 from trainwire.server.local import local_server
 from trainwire.server.metrics import (
     MAX_QUEUE_LABELS,
@@ -175,12 +176,40 @@ def test_client_chosen_queue_names_cannot_grow_the_jobs_metric_without_bound() -
     # An old queue of many finished jobs, and a new one with a small backlog.
     depth += [("SUCCEEDED", "old", 10**6), ("QUEUED", "new", 1)]
     collector = DeploymentCollector(lambda: depth, lambda: [], 60.0)
+    collector.refresh()
     (jobs,) = [family for family in collector.collect() if family.name == "trainwire_jobs"]
     queues = {sample.labels["queue"] for sample in jobs.samples}
     assert len(queues) == MAX_QUEUE_LABELS + 1 and OTHER_QUEUES in queues
     assert "q000" in queues and "q199" not in queues, "the largest backlogs keep their names"
     assert "old" not in queues, "finished jobs do not keep a queue's name"
     assert sum(sample.value for sample in jobs.samples) == sum(count for *_, count in depth)
+
+
+def test_the_deployment_gauges_keep_their_last_values_and_say_how_old_they_are() -> None:
+    """A failed read dropped `trainwire_jobs` and `trainwire_workers_alive` from the scrape: in
+    an outage they vanished, and an alert on no live workers never fired. The last values stay,
+    with the time since they were read."""
+    now = [100.0]
+    reachable = [True]
+
+    def depth() -> list[tuple[str, str, int]]:
+        if not reachable[0]:
+            raise Unavailable("The database is unreachable; try again shortly")
+        return [("QUEUED", "default", 3)]
+
+    collector = DeploymentCollector(depth, lambda: [], 60.0, clock=lambda: now[0])
+    assert list(collector.collect()) == []  # nothing read yet
+    collector.refresh()
+    reachable[0] = False
+    now[0] = 130.0
+    with pytest.raises(Unavailable):
+        collector.refresh()
+    samples = {s.name: s.value for family in collector.collect() for s in family.samples}
+    assert samples == {
+        "trainwire_jobs": 3,
+        "trainwire_workers_alive": 0,
+        "trainwire_deployment_read_age_seconds": 30.0,
+    }
 
 
 SERVER_SERIES = {
@@ -191,6 +220,8 @@ SERVER_SERIES = {
     "trainwire_prediction_batch_requests",
     "trainwire_jobs",
     "trainwire_workers_alive",
+    "trainwire_deployment_read_age_seconds",
+    "trainwire_database_up",
 }
 WORKER_SERIES = {
     "trainwire_job_seconds",
@@ -262,6 +293,8 @@ def test_serving_again_with_a_collector_exports_one_deployment(
     role = CollectorRegistry()
     first = DeploymentCollector(lambda: [("QUEUED", "default", 1)], lambda: [], 60.0)
     second = DeploymentCollector(lambda: [("QUEUED", "default", 2)], lambda: [], 60.0)
+    first.refresh()
+    second.refresh()
 
     def exported_jobs() -> list[str]:
         lines = generate_latest(default).decode().splitlines()

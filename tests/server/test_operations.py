@@ -11,17 +11,21 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+from grpc_health.v1 import health_pb2
 from sqlalchemy.exc import OperationalError
 
 from trainwire.server import app, supervisor
-from trainwire.server.app import housekeep, key_checker, serve
-from trainwire.server.auth import DEFAULT_PROJECT, Unauthenticated
+from trainwire.server.app import HealthMonitor, housekeep, key_checker, serve
+from trainwire.server.auth import DEFAULT_PROJECT, KeyChecker, Unauthenticated
 from trainwire.server.cli import _settings, build_parser
 from trainwire.server.config import ConfigError, Settings, host_port
+from trainwire.server.errors import Unavailable
 from trainwire.server.local import local_server
-from trainwire.server.logs import JOB_ID, REQUEST_ID, JsonFormatter
+from trainwire.server.logs import JOB_ID, REQUEST_ID, JsonFormatter, Throttle
+from trainwire.server.metrics import DeploymentCollector
 from trainwire.server.migrate import upgrade
 from trainwire.server.models import ApiKeyRow
 from trainwire.server.records import JobState
@@ -31,6 +35,7 @@ from trainwire.server.supervisor import WorkerPool
 
 from ..e2e.test_api import make_certificates
 from ..support.ports import free_ports
+from ..support.waiting import wait_for
 from .test_cli_database import run
 from .test_store import make_dataset, make_job
 
@@ -866,3 +871,99 @@ def test_only_a_pool_with_children_logs_their_start(
     assert len(started) == 2
     assert started[0].startswith("started 2 worker processes: [")
     assert started[1].startswith("started 1 more server process on port 6000: [")
+
+
+def test_a_database_outage_warns_once_a_minute_not_on_every_retry(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the database was away, each server process warned "cannot refresh API keys" and
+    "cannot rescue jobs" twice a second, and once per scrape that it could not read the
+    deployment: thousands of lines an hour. Each repeat is now at debug level for a minute."""
+    caplog.set_level(logging.DEBUG)
+    # Another test may have warned of a rescue.
+    monkeypatch.setattr(app, "_RESCUE_WARNINGS", Throttle(), raising=False)
+
+    def down(*_args: object) -> list[Any]:
+        raise Unavailable("The database is unreachable; try again shortly")
+
+    def lines(start: str) -> list[int]:
+        return [r.levelno for r in caplog.records if r.getMessage().startswith(start)]
+
+    stopped = threading.Event()
+    try:
+        KeyChecker(down, ttl_s=0.002).refresh_in_background(stopped)
+        wait_for(lambda: len(lines("cannot refresh API keys")) >= 20, 60, "20 failed key refreshes")
+        monkeypatch.setattr(store, "rescue_expired", down)
+        for _ in range(20):
+            app.rescue_lost_jobs(store)
+        DeploymentCollector(down, down, 60.0).refresh_in_background(stopped, every_s=0.001)
+        wait_for(lambda: len(lines("cannot read the deployment")) >= 20, 60, "20 failed reads")
+        for start in (
+            "cannot refresh API keys",
+            "cannot rescue jobs",
+            "cannot read the deployment's state",
+        ):
+            levels = lines(start)
+            assert len(levels) >= 20 and levels.count(logging.WARNING) == 1, (start, levels)
+    finally:
+        stopped.set()
+
+
+def test_a_ping_the_database_never_answers_turns_health_not_serving_and_is_not_doubled() -> None:
+    """A hung database (its connections open, nothing answered) kept health SERVING for as long
+    as it lasted: the health check waited on its ping without a limit. A ping now has
+    `ping_timeout_s`, and one stuck is waited on again by the next checks, not joined by more."""
+    answer = threading.Event()
+    pings: list[int] = []
+
+    class HungStore:
+        def ping(self) -> None:
+            pings.append(1)
+            answer.wait(30)
+
+    reported: list[int] = []
+    monitor = HealthMonitor(
+        HungStore(),  # type: ignore[arg-type]
+        lambda _name, status: reported.append(status),
+        ping_timeout_s=0.05,
+    )
+    try:
+        monitor.check()
+        assert monitor.serving is False
+        assert set(reported) == {health_pb2.HealthCheckResponse.NOT_SERVING}
+        wait_for(lambda: len(pings) == 1, 30, "the ping to start")
+        monitor.check()
+        monitor.check()
+        assert monitor.serving is False and len(pings) == 1
+    finally:
+        answer.set()
+
+    def serving() -> bool:
+        monitor.check()
+        return monitor.serving is True
+
+    wait_for(serving, 30, "health to report SERVING once the ping is answered")
+    assert reported[-1] == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_logs_each_change_of_the_database_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Health's return to SERVING was not logged (only its turn to NOT_SERVING was): an
+    operator reading the log could not tell when an outage ended."""
+    caplog.set_level(logging.INFO, logger="trainwire.server")
+    reachable = [True]
+
+    class FlakyStore:
+        def ping(self) -> None:
+            if not reachable[0]:
+                raise Unavailable("The database is unreachable; try again shortly")
+
+    monitor = HealthMonitor(FlakyStore(), lambda _name, _status: None)  # type: ignore[arg-type]
+    for up in (True, True, False, False, True, True):
+        reachable[0] = up
+        monitor.check()
+    messages = [r.getMessage() for r in caplog.records if r.name == "trainwire.server"]
+    assert [m for m in messages if "database" in m] == [
+        "database unreachable (The database is unreachable; try again shortly): reporting "
+        "NOT_SERVING",
+        "database reachable again: reporting SERVING",
+    ]

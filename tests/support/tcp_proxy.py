@@ -1,5 +1,6 @@
-"""A TCP proxy on loopback that a test can cut and restore, to make a database unreachable, or
-slow down, to make a connection's handshake take as long as a distant server's."""
+"""A TCP proxy on loopback that a test can cut and restore, to make a database unreachable,
+freeze and thaw, to make it hang (connections stay open, nothing is answered), or slow down, to
+make a connection's handshake take as long as a distant server's."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import time
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to `target`. `cut()` drops every connection and refuses new
-    ones until `restore()`. Each connection is forwarded `delay_s` after it is accepted (the
-    server's first bytes, such as HTTP/2's SETTINGS, arrive that much later); `accepted` counts
-    them."""
+    ones until `restore()`. `freeze()` keeps every connection open and accepts new ones but
+    relays nothing, either way, until `thaw()`: a hung database, or a network path that still
+    acknowledges what it is sent (keepalives never fail), as a frozen proxy does. Each
+    connection is forwarded `delay_s` after it is accepted (the server's first bytes, such as
+    HTTP/2's SETTINGS, arrive that much later); `accepted` counts them."""
 
     def __init__(self, target_host: str, target_port: int, delay_s: float = 0.0) -> None:
         self.target = (target_host, target_port)
@@ -23,6 +26,8 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._connections: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._flowing = threading.Event()  # cleared while frozen
+        self._flowing.set()
         self._open()
 
     def _open(self) -> None:
@@ -45,6 +50,7 @@ class TcpProxy:
 
     def _connect(self, client: socket.socket) -> None:
         time.sleep(self.delay_s)
+        self._flowing.wait()
         try:
             upstream = socket.create_connection(self.target, timeout=5)
         except OSError:
@@ -56,10 +62,10 @@ class TcpProxy:
         for source, sink in ((client, upstream), (upstream, client)):
             threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self._flowing.wait()  # read (acknowledged), then held while frozen
                 sink.sendall(data)
         except OSError:
             pass
@@ -82,9 +88,16 @@ class TcpProxy:
                 sock.close()
             self._connections = []
 
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
     def restore(self) -> None:
         if self._listener is None:
             self._open()
 
     def close(self) -> None:
+        self.thaw()
         self.cut()
