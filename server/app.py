@@ -39,7 +39,7 @@ from .datasets import DatasetService
 from .db import Database, masked_url, suggested_command
 from .errors import Unavailable
 from .jobs import JobService
-from .logs import Throttle
+from .logs import Throttle, job_logged
 from .metrics import DATABASE_UP, SERVER_METRICS, DeploymentCollector, serve_metrics
 from .migrate import ensure_migrated, refuse_missing_sqlite
 from .predictions import PredictionService
@@ -136,8 +136,8 @@ class RunningServer:
             ClientLimiter(
                 "max_watches_per_client",
                 settings.max_watches_per_client,
-                "WatchJob streams open at once per project (its API keys together), or per "
-                "peer of an open server",
+                "watches (WatchJob, WatchJobBatches) open at once per project (its API keys "
+                "together), or per peer of an open server",
             ),
             self.executor,
             self.draining,
@@ -350,7 +350,8 @@ def rescue_lost_jobs(store: Store) -> None:
     """The server rescues jobs of lost workers too, so a deployment needs no extra process."""
     try:
         for job_id, state in store.rescue_expired():
-            log.warning("rescued jobs/%s from a lost worker: now %s", job_id, state.value)
+            with job_logged(job_id):
+                log.warning("rescued jobs/%s from a lost worker: now %s", job_id, state.value)
     except Unavailable as error:
         # Every housekeeping round (each second) while the database is away: once a minute.
         log.log(_RESCUE_WARNINGS.level(), "cannot rescue jobs: %s", error)

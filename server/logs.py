@@ -6,6 +6,7 @@ request and job a line belongs to.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -13,12 +14,23 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
 REQUEST_ID: ContextVar[str] = ContextVar("trainwire_request_id", default="")
 JOB_ID: ContextVar[str] = ContextVar("trainwire_job_id", default="")
+
+
+@contextlib.contextmanager
+def job_logged(job_id: str) -> Iterator[None]:
+    """The log lines written inside carry `job_id`."""
+    token = JOB_ID.set(job_id)
+    try:
+        yield
+    finally:
+        JOB_ID.reset(token)
+
 
 # DEL and the C1 controls, which `json.dumps(ensure_ascii=False)` writes raw (it escapes only C0
 # ones): a log line may quote user text, and a terminal showing the log runs a raw CSI (U+009B)

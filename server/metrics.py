@@ -199,7 +199,7 @@ JOB_SECONDS = Histogram(
 )
 EXAMPLES_PER_SECOND = Gauge(
     "trainwire_worker_examples_per_second",
-    "Training speed of the worker's last epoch",
+    "Training speed of the running job's last epoch; 0 while the worker is idle",
     registry=WORKER_METRICS,
 )
 WORKER_HEARTBEAT = Gauge(

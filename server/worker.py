@@ -17,7 +17,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -30,7 +30,7 @@ from .convert import checkpoint_name
 from .datasets import DatasetService
 from .db import Database
 from .errors import TrainwireError, Unavailable
-from .logs import JOB_ID
+from .logs import JOB_ID, job_logged
 from .metrics import (
     EXAMPLES_PER_SECOND,
     JOB_SECONDS,
@@ -86,16 +86,6 @@ def with_retry(action: Callable[[], T], retry_s: float) -> T:
             log.warning("database unavailable (%s); retrying in %.1fs", error, delay)
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
-
-
-@contextlib.contextmanager
-def job_logged(job_id: str) -> Iterator[None]:
-    """The log lines written inside carry `job_id`."""
-    token = JOB_ID.set(job_id)
-    try:
-        yield
-    finally:
-        JOB_ID.reset(token)
 
 
 class JobThread(threading.Thread):

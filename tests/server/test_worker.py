@@ -23,7 +23,7 @@ from sqlalchemy import text, update
 from sqlalchemy.exc import OperationalError
 
 from trainwire.engine import Trainer, load_state, save_state
-from trainwire.server import worker
+from trainwire.server import app, worker
 from trainwire.server.config import Settings
 from trainwire.server.errors import Unavailable
 from trainwire.server.logs import JsonFormatter
@@ -663,7 +663,17 @@ def test_a_programming_error_in_listening_is_not_taken_for_a_lost_connection(
 def worker_log() -> Iterator[io.StringIO]:
     """The worker's log lines (INFO and up) as JSON, formatted in the thread that logs them, as
     the process's handler formats them."""
-    logger = logging.getLogger("trainwire.worker")
+    yield from _json_log("trainwire.worker")
+
+
+@pytest.fixture
+def server_log() -> Iterator[io.StringIO]:
+    """The server's log lines (INFO and up) as JSON, as `worker_log`."""
+    yield from _json_log("trainwire.server")
+
+
+def _json_log(name: str) -> Iterator[io.StringIO]:
+    logger = logging.getLogger(name)
     written = io.StringIO()
     handler = logging.StreamHandler(written)
     handler.setFormatter(JsonFormatter())
@@ -740,6 +750,17 @@ def test_worker_lines_about_a_job_carry_its_id(
     assert [(e["message"], e.get("job_id")) for e in about_the_job] == [
         (e["message"], lost.id) for e in about_the_job
     ]
+
+
+def test_a_servers_rescue_line_carries_the_jobs_id(store: Store, server_log: io.StringIO) -> None:
+    """The server's housekeeping rescues lost jobs as workers do; its line had no job_id."""
+    lost = submit(store, regression_dataset(store))
+    assert store.claim_job("lost-worker") is not None
+    lapse_lease(store, lost)
+    app.rescue_lost_jobs(store)
+    [entry] = [e for e in log_entries(server_log) if "rescued" in e["message"]]
+    assert entry["message"].startswith(f"rescued jobs/{lost.id}")
+    assert entry.get("job_id") == lost.id
 
 
 def test_an_unexpected_worker_error_fails_the_job_with_a_reference_not_its_text(
