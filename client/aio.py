@@ -82,6 +82,7 @@ from .wire import (
     list_jobs_request,
     metrics_from_responses,
     name_of,
+    schedule_options_ignored,
     upload_refused,
 )
 
@@ -303,7 +304,12 @@ class AsyncClient:
             queue=queue, priority=priority, max_attempts=max_attempts, request_id=request_id,
             log_every_steps=log_every_steps, keep_checkpoints=keep_checkpoints, validate=validate,
         )  # fmt: skip
-        return AsyncJob(self, JobStatus.from_proto(await self._call(self._rpc.create_job, request)))
+        job = await self._call(self._rpc.create_job, request)
+        ignored = schedule_options_ignored(request, job)
+        if ignored is not None:
+            await self._call(self._rpc.cancel_job, jobs_pb2.CancelJobRequest(name=job.name))
+            raise ignored
+        return AsyncJob(self, JobStatus.from_proto(job))
 
     async def get_job(self, name: str | AsyncJob) -> AsyncJob:
         """A handle on an existing job, with its current status."""

@@ -75,6 +75,7 @@ from .wire import (
     metrics_from_responses,
     name_of,
     prepare_upload,
+    schedule_options_ignored,
     upload_refused,
 )
 
@@ -634,7 +635,12 @@ class Client:
             queue=queue, priority=priority, max_attempts=max_attempts, request_id=request_id,
             log_every_steps=log_every_steps, keep_checkpoints=keep_checkpoints, validate=validate,
         )  # fmt: skip
-        return Job(self, JobStatus.from_proto(self._call(self._rpc.create_job, request)))
+        job = self._call(self._rpc.create_job, request)
+        ignored = schedule_options_ignored(request, job)
+        if ignored is not None:
+            self._call(self._rpc.cancel_job, jobs_pb2.CancelJobRequest(name=job.name))
+            raise ignored
+        return Job(self, JobStatus.from_proto(job))
 
     def get_job(self, name: str | Job) -> Job:
         """A handle on an existing job (`jobs/…`, or a `Job`), with its current status."""

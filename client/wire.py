@@ -22,7 +22,7 @@ import numpy as np
 from trainwire.v1 import datasets_pb2, jobs_pb2, models_pb2, predictions_pb2, tensor_pb2
 
 from .builders import ModelLike, model_to_dict
-from .errors import SpecError, TrainwireError, error_for
+from .errors import FailedPrecondition, SpecError, TrainwireError, error_for
 from .results import TASKS, DatasetInfo, Metrics, ModelInfo, Prediction, state_code
 from .specs import model_spec_to_proto
 from .tensors import dtype_code, from_tensor, to_tensor
@@ -194,6 +194,24 @@ def expected_classes(task: str, targets: np.ndarray, num_classes: int) -> int:
     # Targets the server refuses (NaN, fractions) match no stored dataset whatever this gives.
     top = float(targets.max())
     return int(top) + 1 if np.isfinite(top) else 0
+
+
+def schedule_options_ignored(
+    request: jobs_pb2.CreateJobRequest, job: jobs_pb2.Job
+) -> FailedPrecondition | None:
+    """The error for a job whose server dropped the schedule's text parameters the request sent
+    (`ScheduleSpec.options`: interval, monitor, mode), being older than them: it would train by
+    the schedule's defaults without a word. None when they were kept, or none were sent."""
+    sent = request.training.schedule.options
+    if not sent or job.training.schedule.options:
+        return None
+    return FailedPrecondition(
+        f"the server does not know a schedule's text parameters ({', '.join(sorted(sent))}), "
+        f"being older than them, and would have trained {job.name} by the schedule's defaults; "
+        "the job was cancelled. Upgrade the server, or leave them out",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        [("training.schedule.options", "not known to this server")],
+    )
 
 
 def create_job_request(

@@ -17,6 +17,8 @@ import pytest
 from trainwire.client import (
     Client,
     DeadlineExceeded,
+    Dense,
+    FailedPrecondition,
     JobEvent,
     JobWatch,
     NotFound,
@@ -120,6 +122,7 @@ def flaky() -> Iterator[tuple[Flaky, str]]:
         for name, message in (
             ("GetJob", jobs_pb2.GetJobRequest),
             ("CreateJob", jobs_pb2.CreateJobRequest),
+            ("CancelJob", jobs_pb2.CancelJobRequest),
         )
     }
     job_handlers["WatchJob"] = grpc.unary_stream_rpc_method_handler(
@@ -397,3 +400,30 @@ def test_async_client_retries_and_reconnects(flaky: tuple[Flaky, str]) -> None:
     assert [event.state for event in events] == ["RUNNING"] * 5 + ["SUCCEEDED"]
     assert behaviour.calls["GetJob"] == 3
     assert behaviour.watch_requests == [0, 2, 3]
+
+
+def test_schedule_options_an_older_server_ignores_cancel_its_job(
+    flaky: tuple[Flaky, str],
+) -> None:
+    """A server older than `ScheduleSpec.options` drops the field unread: the job would train on
+    val_loss, or decay per epoch, without a word. Both SDKs see the options missing from the job
+    it answers, cancel it and raise. (This fake server answers every job without its settings,
+    as such a server shows a job without the options.)"""
+    behaviour, target = flaky
+    plateau = {"name": "reduce_on_plateau", "monitor": "val_accuracy", "mode": "max"}
+    with Client(target) as client:
+        with pytest.raises(FailedPrecondition) as refused:
+            client.create_job(DATASET, [Dense(3)], schedule=plateau, validate=False)
+        assert refused.value.field_violations[0][0] == "training.schedule.options"
+        assert "(mode, monitor)" in refused.value.message
+        assert behaviour.calls.get("CancelJob") == 1
+        client.create_job(DATASET, [Dense(3)], schedule={"name": "step", "step_size": 2})
+        assert behaviour.calls.get("CancelJob") == 1  # nothing was dropped
+
+    async def scenario() -> None:
+        async with AsyncClient(target) as client:
+            with pytest.raises(FailedPrecondition):
+                await client.create_job(DATASET, [Dense(3)], schedule=plateau, validate=False)
+
+    asyncio.run(scenario())
+    assert behaviour.calls.get("CancelJob") == 2
