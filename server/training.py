@@ -113,6 +113,14 @@ def normalised_training(
         if len(text) > 64 or "\x00" in text:
             raise InvalidArgument.field(f"training.{name}", f"is not a known name: {quoted(text)}")
     _check_params("optimizer", config.optimizer.name or DEFAULT_OPTIMIZER, config.optimizer.params)
+    flags = optimizers.flags(config.optimizer.name or DEFAULT_OPTIMIZER)
+    for name, value in sorted(config.optimizer.params.items()):
+        if name in flags and value not in (0.0, 1.0):
+            # The engine refuses it too, but its refusal names no field (answered as `training`).
+            raise InvalidArgument.field(
+                f"training.optimizer.params[{quoted(name)}]",
+                f"is a flag: 1 (true) or 0 (false). Received: {value}",
+            )
     optimizer: dict[str, Any] = {
         "name": config.optimizer.name or DEFAULT_OPTIMIZER,
         "learning_rate": config.optimizer.learning_rate or DEFAULT_LEARNING_RATE,

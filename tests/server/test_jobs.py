@@ -590,6 +590,29 @@ def test_a_parameter_name_is_quoted_where_an_error_shows_it(store: Store) -> Non
     assert "\x00" not in refused.value.message and "\x07" not in refused.value.message
 
 
+@pytest.mark.parametrize(
+    ("optimizer", "flag"),
+    [
+        (
+            models_pb2.OptimizerSpec(name="sgd", params={"momentum": 0.9, "nesterov": 0.5}),
+            "nesterov",
+        ),
+        (models_pb2.OptimizerSpec(name="rmsprop", params={"centered": -1.0}), "centered"),
+    ],
+)
+def test_an_optimizer_flag_other_than_one_or_zero_is_refused_naming_it(
+    store: Store, optimizer: models_pb2.OptimizerSpec, flag: str
+) -> None:
+    """The engine refused it, naming no field: the refusal named `training`."""
+    service = JobService(store, Settings())
+    with pytest.raises(InvalidArgument) as refused:
+        service.create(request(regression_dataset(store), optimizer=optimizer), "default")
+    assert refused.value.violations[0].field == f"training.optimizer.params['{flag}']"
+    assert "1 (true) or 0 (false)" in refused.value.message
+    accepted = models_pb2.OptimizerSpec(name=optimizer.name, params={flag: 1.0, "momentum": 0.5})
+    assert service.create(request(regression_dataset(store), optimizer=accepted), "default")
+
+
 def _forged_token(*parts: object) -> str:
     return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode()
 
