@@ -48,6 +48,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from trainwire.engine.errors import quoted
+
 from .results import Prediction
 
 PathLike = str | Path
@@ -324,7 +326,7 @@ def _numeric_columns(
         cell = body[row][columns[at]]
         raise ValueError(
             f"{path}:{lines[row]}: feature column {_column_name(names, columns[at])} holds "
-            f"{cell.strip()!r}, {_not_finite(cell)}; every feature must be a finite number"
+            f"{quoted(cell.strip())}, {_not_finite(cell)}; every feature must be a finite number"
         )
     # Only a refused file gets here: find its first bad cell.
     for line, row_cells in zip(lines, body, strict=True):
@@ -333,7 +335,7 @@ def _numeric_columns(
                 float(row_cells[i])
             except ValueError:
                 cell = row_cells[i]
-                held = f"holds {cell.strip()!r}" if cell.strip() else "is empty"
+                held = f"holds {quoted(cell.strip())}" if cell.strip() else "is empty"
                 if cell.strip() and _is_missing(cell):
                     held += ", a missing value"
                 raise ValueError(
@@ -358,7 +360,7 @@ def _word_labels(
     for i, word in enumerate(words):
         if word not in index:
             raise ValueError(
-                f"{where(i)} holds {word!r}, which is not among the class names given "
+                f"{where(i)} holds {quoted(word)}, which is not among the class names given "
                 f"({', '.join(names)}); add it to class_names, or correct the label"
             )
     return np.array([index[word] for word in words], dtype=np.int64), names
@@ -466,7 +468,7 @@ def _read_csv(
         cells = read.targets
         for line, cell in zip(lines, cells, strict=True):
             if _is_missing(cell):
-                held = f"holds {cell!r}, a missing value" if cell else "is empty"
+                held = f"holds {quoted(cell)}, a missing value" if cell else "is empty"
                 raise ValueError(
                     f"{path}: row {line} has no target (column {names[column]!r} {held}); "
                     "every row needs one: fill it in, or remove the row"
@@ -474,17 +476,20 @@ def _read_csv(
         name = _column_name(names if has_header else None, column)
         if all(_is_int(c) for c in cells):
             for line, cell in zip(lines, cells, strict=True):
-                if not _INT64.min <= int(cell) <= _INT64.max:
+                # By its digits first: int() refuses a text of more than 4,300 of them with
+                # its own error, naming no file.
+                digits = cell.lstrip("+-").lstrip("0")
+                if len(digits) > 19 or not _INT64.min <= int(cell) <= _INT64.max:
                     raise ValueError(
-                        f"{path}:{line}: target column {name} holds {cell!r}, too large for a "
-                        f"label (an int64, at most {_INT64.max}); is it the right column?"
+                        f"{path}:{line}: target column {name} holds {quoted(cell)}, too large for "
+                        f"a label (an int64, at most {_INT64.max}); is it the right column?"
                     )
             targets = np.array([int(c) for c in cells], dtype=np.int64)
         elif all(_is_number(c) for c in cells):
             for line, cell in zip(lines, cells, strict=True):
                 if not abs(float(cell)) <= _FLOAT32_MAX:
                     raise ValueError(
-                        f"{path}:{line}: target column {name} holds {cell!r}, "
+                        f"{path}:{line}: target column {name} holds {quoted(cell)}, "
                         f"{_not_finite(cell)}; every target must be a finite number"
                     )
             targets = np.array([float(c) for c in cells], dtype=np.float32)

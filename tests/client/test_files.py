@@ -360,6 +360,12 @@ def test_an_integer_target_past_int64_is_refused_naming_its_line(tmp_path: Path)
     path = write(tmp_path, "a,b,target\n1,2,0\n3,4,123456789012345678901234567890\n")
     with pytest.raises(ValueError, match=r"data\.csv:3: target column 'target' holds '1234.*too"):
         read_csv(path)
+    # Past 4,300 digits int() raised its own ValueError, naming no file; a quoted cell is cut.
+    path = write(tmp_path, "a,b,target\n1,2,0\n3,4," + "9" * 5_000 + "\n")
+    with pytest.raises(ValueError, match=r"data\.csv:3: .*'9+'…\(5000 characters\), too large"):
+        read_csv(path)
+    # Leading zeros are no digits of its size.
+    assert read_csv(write(tmp_path, "a,target\n1," + "0" * 30 + "7\n")).targets.tolist() == [7]
 
 
 @pytest.mark.parametrize(
