@@ -128,7 +128,7 @@ class JobSpec:
                     ("dataset.num_classes", f"must be an integer. Received: {num_classes!r}")
                 )
             _check_labels(violations, "dataset.labels", given.get("labels"))
-            if given.get("header") not in (None, True, False):
+            if given.get("header") is not None and not isinstance(given["header"], bool):
                 violations.append(
                     ("dataset.header", f"must be true or false. Received: {given['header']!r}")
                 )

@@ -387,6 +387,10 @@ def _layer(checker: _Checker, path: str, layer: object) -> None:
         # the engine builds as the PReLU layer: no activation of its registry.
         activation = layer["activation"]
         if isinstance(activation, Mapping):
+            for key in sorted(set(activation) - {"name", "init"}, key=str):
+                checker.add(
+                    f"{path}.activation.{key}", "is not a parameter of prelu; expected: init"
+                )
             init = activation.get("init", 0.25)
             checker.number(f"{path}.activation.init", init, -math.inf, math.inf)
     else:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import grpc
 import numpy as np
 
+from trainwire.engine.errors import quoted
 from trainwire.v1 import datasets_pb2, jobs_pb2, models_pb2, predictions_pb2, tensor_pb2
 
 from .builders import ModelLike, model_to_dict
@@ -27,6 +28,7 @@ from .results import TASKS, DatasetInfo, Metrics, ModelInfo, Prediction, state_c
 from .specs import model_spec_to_proto
 from .tensors import dtype_code, from_tensor, to_tensor
 from .validation import (
+    INT32,
     check_labels,
     check_model,
     metric_misfits,
@@ -164,6 +166,14 @@ def prepare_upload(
             "class_names name a classification's classes, and a regression has none: "
             f"leave them out, or choose a classification task. Received: task={task!r}"
         )
+    if isinstance(num_classes, bool) or not 0 <= num_classes <= INT32[1]:
+        # The field is an int32: protobuf's own refusal ("Value out of range") named nothing.
+        raise ValueError(
+            f"num_classes must be 0 (from the labels) to {INT32[1]}. Received: {num_classes}"
+        )
+    for kind, names in (("class_names", class_names), ("feature_names", feature_names)):
+        if any(not name.strip() for name in names):
+            raise ValueError(f"{kind} holds an empty name. Received: {quoted(list(names))}")
     x_bytes, y_bytes = to_tensor(x).data, to_tensor(y).data
     digest = hashlib.sha256(x_bytes)
     digest.update(y_bytes)  # not of `x_bytes + y_bytes`, a copy of the whole dataset

@@ -181,6 +181,11 @@ class DatasetService:
             seen: set[str] = set()
             for name in names:
                 check_text(f"header.{field}", name, MAX_NAME_LENGTH)
+                if not name.strip():
+                    raise InvalidArgument.field(
+                        f"header.{field}",
+                        f"holds an empty name: give each {kind} a name, or send no names",
+                    )
                 # The CLI finds a feature's CSV column by its name, and a label by its class's.
                 if name in seen:
                     raise InvalidArgument.field(

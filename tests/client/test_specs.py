@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -297,6 +298,7 @@ def test_job_spec_mistakes_name_their_keys(tmp_path: Path) -> None:
         ({"dataset": {"path": "x.csv", "num_classes": "three"}}, "dataset.num_classes"),
         ({"dataset": {"path": None}}, "dataset.path"),
         ({"dataset": {"path": "x.csv", "header": "yes"}}, "dataset.header"),
+        ({"dataset": {"path": "x.csv", "header": 1}}, "dataset.header"),
         ({"dataset": {"path": "x.csv", "class_names": "a,b"}}, "dataset.class_names"),
         ({"dataset": {"path": "x.csv", "feature_names": [1, 2]}}, "dataset.feature_names"),
         ({"dataset": "datasets/abc", 1: "a", "foo": "b"}, "1"),
@@ -575,3 +577,35 @@ def test_an_upload_is_hashed_without_a_copy_of_the_whole_dataset() -> None:
     payload = features.nbytes + labels.astype(np.int64).nbytes
     assert upload.sha256 == hashlib.sha256(features.tobytes() + labels.tobytes()).hexdigest()
     assert peak < 1.5 * payload, (peak, payload)
+
+
+def test_a_prelu_in_its_activation_form_takes_init_alone() -> None:
+    """Its other keys passed the SDK's check and were refused by the server, not as a
+    SpecError naming them."""
+    layer = {"type": "activation", "activation": {"name": "prelu", "init": 0.1, "bogus": 1}}
+    with pytest.raises(SpecError) as caught:
+        model_spec_check({"layers": [{"type": "dense", "units": 4}, layer]})
+    assert [f for f, _ in caught.value.field_violations] == ["model.layers[1].activation.bogus"]
+    model_spec_check({"layers": [{"type": "dense", "units": 4}, {**layer, "activation": "prelu"}]})
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ({"num_classes": 99_999_999_999}, "num_classes must be 0 (from the labels) to"),
+        ({"num_classes": -1}, "num_classes must be 0"),
+        ({"class_names": ["x", "", "z"]}, "class_names holds an empty name"),
+        ({"feature_names": [" ", "b"]}, "feature_names holds an empty name"),
+    ],
+)
+def test_an_upload_refuses_what_its_header_cannot_carry_naming_it(
+    given: dict[str, Any], says: str
+) -> None:
+    """A class count past int32 was protobuf's "Value out of range", naming nothing; an empty
+    name was stored."""
+    arguments: dict[str, Any] = {
+        "task": "multiclass", "name": "", "num_classes": 0, "feature_names": (),
+        "class_names": (), "labels": None, **given,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match=re.escape(says)):
+        prepare_upload(np.zeros((3, 2), np.float32), np.array([0, 1, 2]), **arguments)

@@ -201,10 +201,12 @@ def test_features_past_the_size_limit_are_refused_for_their_size(store: Store) -
             "names 'b' more than once",
         ),
         (multiclass_upload([0, 1, 2]), "class_names", ["x", "y", "x"], "names 'x' more than once"),
+        (multiclass_upload([0, 1, 2]), "class_names", ["x", " ", "z"], "holds an empty name"),
+        (float64_upload(3, [bytes(120)]), "feature_names", ["a", "", "c", "d"], "an empty name"),
     ],
-    ids=["feature_names", "class_names"],
+    ids=["feature_names", "class_names", "empty class name", "empty feature name"],
 )
-def test_a_name_given_twice_is_refused(
+def test_a_name_given_twice_or_empty_is_refused(
     store: Store,
     requests: list[datasets_pb2.UploadDatasetRequest],
     field: str,
@@ -212,7 +214,7 @@ def test_a_name_given_twice_is_refused(
     says: str,
 ) -> None:
     """They were stored, and the CLI, which matches CSV columns by feature name, could not tell
-    the features apart."""
+    the features apart (nor find one of no name)."""
     getattr(requests[0].header, field).extend(names)
     with pytest.raises(InvalidArgument) as refused:
         DatasetService(store, Settings()).upload(requests, "default")
