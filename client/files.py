@@ -40,6 +40,7 @@ import re
 import secrets
 import zipfile
 from array import array
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -494,11 +495,28 @@ def _read_csv(
                     )
             targets = np.array([float(c) for c in cells], dtype=np.float32)
         else:
+            if header is None and not has_header:
+                _refuse_a_lone_first_word(path, cells, lines[0])
             targets, class_names = _word_labels(
                 cells, lambda i: f"{path}:{lines[i]}: target column {name}", given_names
             )
     feature_names = [names[i] for i in feature_columns] if has_header else []
     return TableData(read.values, targets, feature_names, class_names)
+
+
+def _refuse_a_lone_first_word(path: PathLike, words: Sequence[str], line: int) -> None:
+    """Refuses word labels whose first (guessed to be data, not a header) is a word no other row
+    has while every other word labels several rows: most likely the target column's name above
+    a header of numbers (`400,450,500,species`, a spectrum's wavelengths), which made a class of
+    one example and a row of the header's numbers. Asked, the caller says which it is."""
+    counts = Counter(words)
+    others = [count for word, count in counts.items() if word != words[0]]
+    if counts[words[0]] == 1 and others and min(others) > 1:
+        raise ValueError(
+            f"{path}:{line}: is the first line a header? Its target {quoted(words[0])} "
+            "labels no other row, while every other label labels several; say so with "
+            "header=True (--header), or header=False (--no-header) if it is data"
+        )
 
 
 def _target_and_features(

@@ -530,3 +530,18 @@ def test_a_large_csv_file_is_read_in_blocks_never_held_whole_as_text(tmp_path: P
     assert np.array_equal(read.features, table[:, :32].astype(np.float32))
     assert np.array_equal(read.targets, table[:, 32].astype(np.int64))
     assert peak < 3 * path.stat().st_size, (peak, path.stat().st_size)
+
+
+def test_a_header_of_numbers_above_word_labels_is_not_taken_for_data_unasked(
+    tmp_path: Path,
+) -> None:
+    """A spectrum's wavelengths above its class column (`400,450,500,species`) were read as a
+    row of data, and `species` as a class of one example, without a word."""
+    rows = "".join(f"{i}.5,{i}.25,{i}.75,{('setosa', 'virginica')[i % 2]}\n" for i in range(6))
+    path = write(tmp_path, "400,450,500,species\n" + rows)
+    with pytest.raises(ValueError, match=r"data\.csv:1: is the first line a header\? .*'species'"):
+        read_csv(path)
+    named = read_csv(path, header=True)
+    assert named.feature_names == ["400", "450", "500"] and len(named.features) == 6
+    assert named.class_names == ["setosa", "virginica"]
+    assert read_csv(path, header=False).class_names == ["setosa", "species", "virginica"]
