@@ -168,6 +168,17 @@ MODEL_CACHE = Counter(
     ["result"],
     registry=SERVER_METRICS,
 )
+MODEL_CACHE_BYTES = Gauge(
+    "trainwire_model_cache_bytes",
+    "Bytes of the models the prediction cache holds, pinned ones included (its bound is "
+    "TRAINWIRE_MODEL_CACHE_BYTES)",
+    registry=SERVER_METRICS,
+)
+MODEL_CACHE_EVICTIONS = Counter(
+    "trainwire_model_cache_evictions",
+    "Models the prediction cache dropped to stay within its bound (least recently used first)",
+    registry=SERVER_METRICS,
+)
 MODEL_CACHE_PINS = Gauge(
     "trainwire_model_cache_pins",
     "Open prediction streams holding a cached model (a held model is never evicted)",

@@ -23,7 +23,7 @@ from typing import Generic, TypeVar
 
 from trainwire.engine import Model
 
-from .metrics import MODEL_CACHE, MODEL_CACHE_PINS
+from .metrics import MODEL_CACHE, MODEL_CACHE_EVICTIONS, MODEL_CACHE_PINS
 
 MODEL_CACHE_HITS = MODEL_CACHE.labels(result="hit")
 
@@ -70,6 +70,11 @@ class ModelCache(Generic[Served]):
         self._loading: dict[CacheKey, _Load[Served]] = {}
         self.loads = 0
         self.hits = 0
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of the models held, pinned ones included (what `max_bytes` bounds)."""
+        return self._bytes
 
     def peek(self, key: CacheKey) -> Served | None:
         """The cached value, or None (counts as a hit when found)."""
@@ -138,6 +143,7 @@ class ModelCache(Generic[Served]):
                     break
                 if old != key and old not in self._pins:
                     self._bytes -= self._models.pop(old)[1]
+                    MODEL_CACHE_EVICTIONS.inc()
         return True
 
     def pin(self, key: CacheKey, model: Served) -> Pin[Served] | None:

@@ -22,7 +22,7 @@ from trainwire.v1 import tensor_pb2
 
 from .batching import ModelBatcher, raw_outputs
 from .errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from .metrics import PREDICTION_ROWS
+from .metrics import MODEL_CACHE_BYTES, PREDICTION_ROWS
 from .model_cache import ModelCache, Pin, model_bytes
 from .names import is_name, parse_name
 from .records import Checkpoint, Job, TaskKind
@@ -77,6 +77,7 @@ class PredictionService:
         self.store = store
         self.executor = executor  # for database reads and model loads
         self.cache: ModelCache[ModelBatcher] = ModelCache(cache_bytes, _batcher_bytes)
+        MODEL_CACHE_BYTES.set_function(lambda: self.cache.bytes)  # read at each scrape
         self.batch_rows = batch_rows
         self.batch_wait_s = batch_wait_s
         self.job_ttl_s = job_ttl_s

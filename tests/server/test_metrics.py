@@ -216,6 +216,8 @@ SERVER_SERIES = {
     "trainwire_rpc_seconds",
     "trainwire_model_cache_total",
     "trainwire_model_cache_pins",
+    "trainwire_model_cache_bytes",
+    "trainwire_model_cache_evictions_total",
     "trainwire_prediction_rows",
     "trainwire_prediction_batch_requests",
     "trainwire_jobs",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from trainwire.engine import Model
+from trainwire.server.metrics import MODEL_CACHE_EVICTIONS
 from trainwire.server.model_cache import ModelCache, model_bytes
 
 if TYPE_CHECKING:
@@ -61,9 +62,13 @@ def test_least_recently_used_models_are_evicted_by_bytes() -> None:
     assert cache.loads == 3
     cache.get(("job", 1), lambda: Model.from_spec(SPEC))
     assert cache.loads == 3, "1 stayed cached"
+    evictions = MODEL_CACHE_EVICTIONS._value.get()
     cache.get(("job", 2), lambda: Model.from_spec(SPEC))
     assert cache.loads == 4, "2 had been evicted"
+    assert MODEL_CACHE_EVICTIONS._value.get() == evictions + 1, "and 3 is now"
+    assert cache.bytes == 2 * MODEL_BYTES
     cache.invalidate("job")
+    assert cache.bytes == 0
     cache.get(("job", 1), lambda: Model.from_spec(SPEC))
     assert cache.loads == 5, "a deleted job's models are forgotten"
 
