@@ -145,7 +145,13 @@ def test_compose_topology_survives_losing_a_server_and_a_worker(postgres_server_
             server_metrics = scrape(metric_ports[1])
             created = server_metrics['trainwire_rpc_seconds_count{code="OK",method="CreateJob"}']
             assert created == 25
-            assert server_metrics['trainwire_jobs{queue="default",state="SUCCEEDED"}'] == 50
+            # The deployment gauges are read from the database every 5 s, not in the scrape
+            # (a hung database hung every scrape): they catch up within a read or two.
+            succeeded = 'trainwire_jobs{queue="default",state="SUCCEEDED"}'
+            deadline = time.monotonic() + 30
+            while scrape(metric_ports[1]).get(succeeded) != 50:
+                assert time.monotonic() < deadline, "the gauge never counted the 50 jobs"
+                time.sleep(0.5)
             deadline = time.monotonic() + 30
             while scrape(metric_ports[1])["trainwire_workers_alive"] != 2:
                 assert time.monotonic() < deadline, "the lost worker still counts as alive"
