@@ -314,11 +314,16 @@ def largest_pass_rows(training: dict[str, Any], dataset: Dataset) -> int:
 
 
 def build_trainer(model: Model, training: dict[str, Any]) -> Trainer:
+    optimizer = dict(training["optimizer"])
+    for flag in optimizers.flags(str(optimizer.get("name", DEFAULT_OPTIMIZER))) & optimizer.keys():
+        # As stored: any number, by a server from before CreateJob took 1 and 0 alone, which
+        # the engine then read as bool() does (the engine's check now takes 1 and 0 alone).
+        optimizer[flag] = bool(optimizer[flag])
     try:
         return Trainer(
             model,
             loss=training["loss"],
-            optimizer=training["optimizer"],
+            optimizer=optimizer,
             batch_size=int(training["batch_size"]),
             seed=int(training["seed"]),
             metrics=tuple(training["metrics"]),

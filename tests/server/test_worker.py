@@ -375,6 +375,20 @@ def test_a_job_stored_keeping_more_checkpoints_than_now_allowed_still_runs(store
     assert kept == [(epoch, epoch == EPOCHS) for epoch in range(1, EPOCHS + 1)], "none dropped"
 
 
+def test_a_job_stored_with_a_flag_other_than_one_or_zero_trains_as_it_did(store: Store) -> None:
+    """CreateJob takes an optimizer flag as 1 or 0 alone now, and the engine checks it so; a
+    job an older server stored with another number (which the engine read as bool() does)
+    trains as then, with the flag on, not failed."""
+    optimizer = {"name": "sgd", "learning_rate": 0.01, "momentum": 0.9, "nesterov": 2.0}
+    job = submit(store, regression_dataset(store), optimizer=optimizer)
+    assert run_next(store) is JobState.SUCCEEDED, store.get_job(job.id).error
+    same = submit(store, regression_dataset(store), optimizer={**optimizer, "nesterov": 1.0})
+    assert run_next(store) is JobState.SUCCEEDED
+    stored, flagged = final_weights(store, job), final_weights(store, same)
+    assert stored.keys() == flagged.keys()
+    assert all(np.array_equal(stored[name], flagged[name]) for name in stored)
+
+
 @pytest.mark.parametrize("training", [{}, EARLY_STOPPING], ids=["all-epochs", "early-stopping"])
 def test_a_job_whose_final_checkpoint_is_stored_is_concluded_not_trained_again(
     store: Store, monkeypatch: pytest.MonkeyPatch, training: dict[str, Any]
