@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
 from collections import Counter
@@ -378,16 +379,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     def ListCheckpoints(
         self, request: jobs_pb2.ListCheckpointsRequest, context: grpc.ServicerContext
     ) -> jobs_pb2.ListCheckpointsResponse:
-        answers: dict[int | None, ListAnswer[Checkpoint, jobs_pb2.Checkpoint]] = {}
-
+        @functools.cache  # one answer, sized by the store's `fits`, then sent
         def answer(best_id: int | None) -> ListAnswer[Checkpoint, jobs_pb2.Checkpoint]:
             """The answer's messages, each checkpoint's `is_best` judged by `best_id`: the best
             of all of the job's checkpoints, which the store finds with the page."""
-            if best_id not in answers:
-                answers[best_id] = ListAnswer(
-                    lambda c: checkpoint_to_proto(c, c.id == best_id), self.max_answer_bytes
-                )
-            return answers[best_id]
+            return ListAnswer(
+                lambda c: checkpoint_to_proto(c, c.id == best_id), self.max_answer_bytes
+            )
 
         items, best_id, token = self.jobs.checkpoints(
             request, current_project(), lambda best: answer(best).fits

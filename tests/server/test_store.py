@@ -581,13 +581,7 @@ def test_a_jobs_checkpoints_are_read_by_its_own_index_on_sqlite(sqlite_url: str)
     """A job's checkpoints, listed or its newest (a resume, a save's duplicate check), are
     read by (job_id, id): by the primary key backward, filtered on the job, a job whose
     checkpoints were old scanned past every newer one of other jobs."""
-    database = Database(sqlite_url)
-    try:
-        store = Store(database)
-        dataset = make_dataset(store)
-        store.create_job(make_job(store, dataset))
-        claim = store.claim_job("w")
-        assert claim is not None
+    with _claimed_on_sqlite(sqlite_url) as (store, claim):
         store.save_checkpoint(claim, 1, 10, {"val_loss": 0.5}, b"x", keep=2)
         job = claim.job.id
         (listed,) = _query_plans(store, lambda: store.list_checkpoints(job), "checkpoints")
@@ -599,8 +593,6 @@ def test_a_jobs_checkpoints_are_read_by_its_own_index_on_sqlite(sqlite_url: str)
             lambda: store.save_checkpoint(claim, 2, 20, {"val_loss": 0.4}, b"x", keep=2),
             "checkpoints",
         )
-    finally:
-        database.dispose()
     assert listed == "SEARCH checkpoints USING INDEX ix_checkpoints_job_id_id (job_id=?)"
     assert newest == "SEARCH checkpoints USING INDEX ix_checkpoints_job_id_id (job_id=?)"
     reads = [plan for plan in saves if plan.startswith(("SEARCH", "SCAN"))]
@@ -846,20 +838,12 @@ def test_a_checkpoint_page_is_read_by_the_jobs_index_from_its_position_on_sqlite
     sqlite_url: str,
 ) -> None:
     """A later page starts at its position in the index on (job_id, id), not at an OFFSET."""
-    database = Database(sqlite_url)
-    try:
-        store = Store(database)
-        dataset = make_dataset(store)
-        store.create_job(make_job(store, dataset))
-        claim = store.claim_job("w")
-        assert claim is not None
+    with _claimed_on_sqlite(sqlite_url) as (store, claim):
         for epoch in (1, 2, 3):
             store.save_checkpoint(claim, epoch, epoch, {"val_loss": 0.5}, b"x", keep=5)
         _, _, token = store.checkpoints_page(claim.job.id, 1, "")
         job = claim.job.id
         plans = _query_plans(store, lambda: store.checkpoints_page(job, 1, token), "checkpoints")
-    finally:
-        database.dispose()
     # The best was judged by the first page, whose token carries it: nothing else is read.
     assert plans == ["SEARCH checkpoints USING INDEX ix_checkpoints_job_id_id (job_id=? AND id>?)"]
 
@@ -869,6 +853,21 @@ def sqlite_url(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'trainwire.db'}"
     upgrade(url)
     return url
+
+
+@contextlib.contextmanager
+def _claimed_on_sqlite(sqlite_url: str) -> Iterator[tuple[Store, Claim]]:
+    """A store on the SQLite file and a job claimed in it, for tests that read its query plans;
+    the engine is disposed after."""
+    database = Database(sqlite_url)
+    try:
+        store = Store(database)
+        store.create_job(make_job(store, make_dataset(store)))
+        claim = store.claim_job("w")
+        assert claim is not None
+        yield store, claim
+    finally:
+        database.dispose()
 
 
 def bytes_read_by_this_process() -> int:
@@ -958,17 +957,10 @@ def test_a_non_finite_score_is_never_the_best_kept(sqlite_url: str) -> None:
     it would have won "best" whenever it was looked at first."""
     assert checkpoint_score({"val_loss": float("nan"), "loss": 0.1}) == float("inf")
     assert checkpoint_score({"val_loss": float("-inf")}) == float("inf")
-    database = Database(sqlite_url)
-    try:
-        store = Store(database)
-        store.create_job(make_job(store, make_dataset(store)))
-        claim = store.claim_job("w")
-        assert claim is not None
+    with _claimed_on_sqlite(sqlite_url) as (store, claim):
         for epoch, loss in enumerate([0.5, float("nan"), float("-inf")], start=1):
             store.save_checkpoint(claim, epoch, epoch, {"val_loss": loss}, b"x", keep=1)
         assert [c.epoch for c in store.list_checkpoints(claim.job.id)] == [1, 3]
-    finally:
-        database.dispose()
 
 
 # --- DeleteDataset against CreateJob on PostgreSQL (READ COMMITTED: each waits on a row lock) ---
