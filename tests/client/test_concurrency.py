@@ -305,8 +305,9 @@ def test_concurrent_uploads_sharing_a_stale_entry_of_the_upload_cache_both_uploa
             thread.start()
         for thread in threads:
             thread.join(60)
-        for info in uploaded:
-            other.delete_dataset(info)
+        # The second may find the first's upload and return it: each is deleted once.
+        for name in {info.name for info in uploaded}:
+            other.delete_dataset(name)
         assert errors == [] and len(uploaded) == 2
 
 
@@ -332,9 +333,9 @@ def test_concurrent_async_uploads_sharing_a_stale_entry_of_the_upload_cache_both
             upload = client.upload_dataset(features, labels, name="stale")
             again = client.upload_dataset(features, labels, name="stale")
             results = await asyncio.gather(upload, again, return_exceptions=True)
-            for result in results:
-                if isinstance(result, DatasetInfo):
-                    await client.delete_dataset(result)
+            # The second may find the first's upload and return it: each is deleted once.
+            for name in {result.name for result in results if isinstance(result, DatasetInfo)}:
+                await client.delete_dataset(name)
             return results
 
     results = asyncio.run(scenario())
