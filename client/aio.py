@@ -57,6 +57,7 @@ from .errors import (
     ResourceExhausted,
     TrainwireError,
     from_rpc_error,
+    retry_delay_of,
     status_of,
 )
 from .files import PathLike
@@ -170,7 +171,9 @@ class AsyncClient:
                 if gone_on_retry is not None and is_gone(answer_lost, code):
                     return gone_on_retry()
                 answer_lost = answer_lost or may_have_run(code)
-                delay = attempts.delay_after(code, details, closed=self._closed)
+                delay = attempts.delay_after(
+                    code, details, closed=self._closed, server_delay=retry_delay_of(error)
+                )
                 if not idempotent or delay is None:
                     raise from_rpc_error(error) from None
                 log.debug("retrying after %s (attempt %d, %.2fs)", code, attempts.attempt, delay)

@@ -33,6 +33,7 @@ from .errors import (
     TrainwireError,
     Unavailable,
     from_rpc_error,
+    retry_delay_of,
     status_of,
 )
 from .files import PathLike, read_dataset, read_targets
@@ -406,7 +407,9 @@ class Client:
                 if gone_on_retry is not None and is_gone(answer_lost, code):
                     return gone_on_retry()
                 answer_lost = answer_lost or may_have_run(code)
-                delay = attempts.delay_after(code, details, closed=self._closed)
+                delay = attempts.delay_after(
+                    code, details, closed=self._closed, server_delay=retry_delay_of(error)
+                )
                 if not idempotent or delay is None:
                     raise from_rpc_error(error) from None
                 log.debug("retrying after %s (attempt %d, %.2fs)", code, attempts.attempt, delay)

@@ -8,10 +8,11 @@ raises `ClientClosed`, both a `FailedPrecondition` and a `ValueError`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, cast
 
 import grpc
+from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
@@ -191,24 +192,40 @@ def from_rpc_error(error: grpc.RpcError) -> TrainwireError:
 
 
 def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
-    """The `BadRequest` field violations in a failed call's `grpc-status-details-bin` trailer;
-    none when there is no such trailer or it cannot be read. The trailer's own code and message
-    are not compared with the call's (`rpc_status.from_call` raises when they differ)."""
+    """The `BadRequest` field violations in a failed call's status details."""
+    found: list[tuple[str, str]] = []
+    for detail in _status_details(error):
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            found += [(v.field, v.description) for v in bad_request.field_violations]
+    return found
+
+
+def retry_delay_of(error: grpc.RpcError) -> float:
+    """The seconds a failed call's `RetryInfo` asks the client to wait before retrying (a
+    stopping server sends one); 0 when there is none."""
+    for detail in _status_details(error):
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry_info = error_details_pb2.RetryInfo()
+            detail.Unpack(retry_info)
+            return max(retry_info.retry_delay.ToNanoseconds() / 1e9, 0.0)
+    return 0.0
+
+
+def _status_details(error: grpc.RpcError) -> Iterator[any_pb2.Any]:
+    """The details of the google.rpc.Status in a failed call's `grpc-status-details-bin`
+    trailer; none when there is no such trailer or it cannot be read. The trailer's own code and
+    message are not compared with the call's (`rpc_status.from_call` raises when they differ)."""
     trailing_of = getattr(error, "trailing_metadata", None)
     metadata = cast(
         "Iterable[tuple[str, str | bytes]] | None",
         trailing_of() if callable(trailing_of) else None,
     )
-    found: list[tuple[str, str]] = []
     for key, value in metadata or ():
-        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
-            continue
-        try:
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    bad_request = error_details_pb2.BadRequest()
-                    detail.Unpack(bad_request)
-                    found += [(v.field, v.description) for v in bad_request.field_violations]
-        except DecodeError:
-            continue
-    return found
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            try:
+                details = status_pb2.Status.FromString(value).details
+            except DecodeError:
+                continue
+            yield from details

@@ -110,12 +110,14 @@ class RetryPolicy:
         remaining: float,
         *,
         unavailable_for: float,
+        server_delay: float = 0.0,
     ) -> float | None:
         """The wait before another attempt, or None when the failure should be raised.
-        `unavailable_for` is the time since the call's first UNAVAILABLE failure (0 if none)."""
+        `unavailable_for` is the time since the call's first UNAVAILABLE failure (0 if none);
+        `server_delay`, the wait the server asked for, is the least wait, up to `max_backoff`."""
         if self.max_attempts == 1 or not self.retryable(code, details):
             return None
-        wait = self.delay(attempt)
+        wait = max(self.delay(attempt), min(server_delay, self.max_backoff))
         reconnecting = (
             code is grpc.StatusCode.UNAVAILABLE and unavailable_for < self.reconnect_window
         )
@@ -143,10 +145,16 @@ class CallAttempts:
         return max(self.deadline - time.monotonic(), 0.001)
 
     def delay_after(
-        self, code: grpc.StatusCode | None, details: str, *, closed: bool = False
+        self,
+        code: grpc.StatusCode | None,
+        details: str,
+        *,
+        closed: bool = False,
+        server_delay: float = 0.0,
     ) -> float | None:
         """The wait before another attempt after this one failed so, or None to raise. `closed`:
-        whether the client is closed, when a CANCELLED is its own doing and raised."""
+        whether the client is closed, when a CANCELLED is its own doing and raised;
+        `server_delay`: the wait the server asked for (`errors.retry_delay_of`)."""
         if closed and code is grpc.StatusCode.CANCELLED:
             return None
         now = time.monotonic()
@@ -159,6 +167,7 @@ class CallAttempts:
             details,
             self.deadline - now,
             unavailable_for=0.0 if since is None else now - since,
+            server_delay=server_delay,
         )
 
 

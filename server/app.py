@@ -62,12 +62,14 @@ STOP_GRACE_S = 5.0
 # A stopping server refuses the calls it starts (`Draining`) until none has started for
 # DRAIN_QUIET_S, or for DRAIN_MAX_S at most, before gRPC's shutdown. Refusing a call takes a turn of
 # the event loop (well under a millisecond), so a backlog of hundreds of calls waiting in gRPC core
-# empties in tens of milliseconds; a quiet 10 ms (a prediction pass runs in the thread pool, not on
-# the loop, so the loop is not blocked that long) means none was waiting. Clients that go on
-# calling (each refused retry is a new call) keep it from being quiet: the bound keeps the port
-# from being held much longer than before, since a restart is an outage for new calls either way.
-DRAIN_QUIET_S = 0.01
-DRAIN_MAX_S = 0.05
+# empties in tens of milliseconds; a quiet 50 ms (a prediction pass runs in the thread pool, not on
+# the loop) means none was waiting, even on a loaded machine, where 10 ms did not: the loop's
+# first turns after a busy spell came later than that. The SDK's retries of refused calls wait
+# longer than the quiet (`wrappers.DRAIN_RETRY_DELAY_S`); clients that retry at once keep it from
+# being quiet, and the bound keeps the port from being held long, since a restart is an outage
+# for new calls either way.
+DRAIN_QUIET_S = 0.05
+DRAIN_MAX_S = 1.0
 
 
 class RunningServer:

@@ -24,10 +24,18 @@ class TrainwireError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, violations: tuple[FieldViolation, ...] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        violations: tuple[FieldViolation, ...] = (),
+        *,
+        retry_delay_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.violations = violations
+        # Sent as google.rpc.RetryInfo: the SDK waits at least this long before its retry.
+        self.retry_delay_s = retry_delay_s
 
 
 class InvalidArgument(TrainwireError):

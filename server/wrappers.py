@@ -26,8 +26,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import grpc
 import grpc.aio
-from google.protobuf import any_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from .auth import (
@@ -88,25 +87,29 @@ def _within(text: str, limit: int) -> str:
 def _status_of(error: BaseException, method: str) -> status_pb2.Status:
     """The google.rpc.Status a handler's exception is answered with."""
     if isinstance(error, TrainwireError):
-        details = []
+        details: list[Message] = []
         if error.violations:
-            bad_request = error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=_within(v.field, VIOLATION_FIELD_BYTES),
-                        description=_within(v.description, VIOLATION_DESCRIPTION_BYTES),
-                    )
-                    for v in error.violations[:STATUS_VIOLATIONS]
-                ]
+            details.append(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=_within(v.field, VIOLATION_FIELD_BYTES),
+                            description=_within(v.description, VIOLATION_DESCRIPTION_BYTES),
+                        )
+                        for v in error.violations[:STATUS_VIOLATIONS]
+                    ]
+                )
             )
-            packed = any_pb2.Any()
-            packed.Pack(bad_request)
-            details.append(packed)
-        return status_pb2.Status(
-            code=error.code.value[0],
-            message=_within(error.message, STATUS_MESSAGE_BYTES),
-            details=details,
+        if error.retry_delay_s is not None:
+            retry_info = error_details_pb2.RetryInfo()
+            retry_info.retry_delay.FromNanoseconds(round(error.retry_delay_s * 1e9))
+            details.append(retry_info)
+        status = status_pb2.Status(
+            code=error.code.value[0], message=_within(error.message, STATUS_MESSAGE_BYTES)
         )
+        for detail in details:
+            status.details.add().Pack(detail)
+        return status
     if isinstance(error, NotImplementedError):
         # "/grpc.health.v1.Health/List" names its own service, not always one of trainwire.v1.
         service, _, name = method.lstrip("/").rpartition("/")
@@ -139,6 +142,12 @@ def _request_id(metadata: tuple[tuple[str, Any], ...]) -> str:
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
+# How long a client refused by a stopping server is asked to wait before its retry (RetryInfo,
+# which the SDK honours). Longer than the quiet the stop waits for (`app.DRAIN_QUIET_S`): the
+# retries of refused calls then reach the next server, or a closed port, rather than this one in
+# the instant its shutdown begins.
+DRAIN_RETRY_DELAY_S = 0.25
+
 
 class Draining:
     """A stopping server's refusal of the calls it starts from then on (`RunningServer.stop`).
@@ -149,8 +158,9 @@ class Draining:
     taking a turn of the event loop, so while the loop is busy with predictions such calls wait
     in core by the dozen, and a client's idempotent call ended CANCELLED, which is no sign of a
     server going away. Once `close()` is called, a call that starts is refused at once
-    UNAVAILABLE (which clients retry) for the cost of one loop turn, so the backlog empties
-    before core's shutdown; health and reflection still answer (health says NOT_SERVING).
+    UNAVAILABLE, asking the client to wait `DRAIN_RETRY_DELAY_S` before its retry, for the cost of
+    one loop turn, so the backlog empties before core's shutdown and no retry comes back to
+    refill it; health and reflection still answer (health says NOT_SERVING).
     `started` counts the refused calls, for the stop to see when none comes any more.
     """
 
@@ -168,7 +178,10 @@ class Draining:
         if not method.startswith(EXEMPT_PREFIXES):
             # Read only as "changed or not": a lost update of two threads still changes it.
             self.started += 1
-            raise Unavailable("the server is shutting down; try again (it may be restarting)")
+            raise Unavailable(
+                "the server is shutting down; try again (it may be restarting)",
+                retry_delay_s=DRAIN_RETRY_DELAY_S,
+            )
 
 
 class _Call:

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 
 from trainwire.client import (
     Client,
@@ -44,6 +45,7 @@ class Flaky:
     failures: int = 0
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     details: str = "try again"
+    retry_delay_s: float | None = None  # sent with each refusal as google.rpc.RetryInfo
     delay_s: float = 0.0
     busy_before_deleting: bool = False
     opened_then_dropped: int = 0
@@ -60,11 +62,21 @@ class Flaky:
     def unary(self, method: str) -> Any:
         def handle(request: Any, context: grpc.ServicerContext) -> jobs_pb2.Job:
             if self._count(method) <= self.failures:
+                if self.retry_delay_s is not None:
+                    context.set_trailing_metadata(self._retry_info())
                 context.abort(self.code, self.details)
             time.sleep(self.delay_s)
             return jobs_pb2.Job(name=JOB, state=jobs_pb2.JOB_STATE_QUEUED)
 
         return handle
+
+    def _retry_info(self) -> tuple[tuple[str, bytes]]:
+        assert self.retry_delay_s is not None
+        retry_info = error_details_pb2.RetryInfo()
+        retry_info.retry_delay.FromNanoseconds(round(self.retry_delay_s * 1e9))
+        status = status_pb2.Status(code=self.code.value[0], message=self.details)
+        status.details.add().Pack(retry_info)
+        return (("grpc-status-details-bin", status.SerializeToString()),)
 
     def delete(self, method: str, response: Any) -> Any:
         """Deletes the named resource, then fails the first `failures` calls with `code`: the
@@ -304,6 +316,40 @@ def test_backoff_grows_exponentially_with_full_jitter() -> None:
     assert policy.next_delay(5, down, "", 10, unavailable_for=policy.reconnect_window) is None
     assert policy.next_delay(1, grpc.StatusCode.NOT_FOUND, "", 10, unavailable_for=0) is None
     assert policy.next_delay(1, down, "", 0.0, unavailable_for=0) is None
+
+
+def test_the_wait_a_server_asks_for_is_the_least_wait_up_to_the_longest_backoff() -> None:
+    policy = RetryPolicy(initial_backoff=0.1, max_backoff=1.0)
+    down = grpc.StatusCode.UNAVAILABLE
+    for _ in range(100):
+        wait = policy.next_delay(1, down, "", 10, unavailable_for=0, server_delay=0.25)
+        assert wait is not None and 0.25 <= wait <= 0.25 + 0.1
+    assert policy.next_delay(1, down, "", 10, unavailable_for=0, server_delay=60) == 1.0
+    assert policy.next_delay(1, down, "", 0.2, unavailable_for=0, server_delay=0.25) is None
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_both_clients_wait_as_long_as_a_refusal_asks_before_retrying(
+    flaky: tuple[Flaky, str], asynchronous: bool
+) -> None:
+    """A stopping server refuses calls UNAVAILABLE with a RetryInfo (`server.wrappers.Draining`):
+    retried at once, the calls would reach it again in the instant its shutdown cancels them."""
+    behaviour, target = flaky
+    behaviour.failures, behaviour.retry_delay_s = 1, 1.0
+    no_jitter = RetryPolicy(initial_backoff=0.0)
+    started = time.monotonic()
+    if asynchronous:
+
+        async def get_job() -> str:
+            async with AsyncClient(target, retry=no_jitter, timeout=10) as client:
+                return (await client.job_status(JOB)).name
+
+        assert asyncio.run(get_job()) == JOB
+    else:
+        with Client(target, retry=no_jitter, timeout=10) as client:
+            assert client.get_job(JOB).name == JOB
+    assert time.monotonic() - started >= 1.0
+    assert behaviour.calls == {"GetJob": 2}
 
 
 def test_unavailable_is_retried_for_longer_than_the_channel_waits_to_reconnect() -> None:

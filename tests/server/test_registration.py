@@ -13,11 +13,12 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from trainwire.server.app import PREDICTION_SERVICE, SERVICE_NAMES
+from trainwire.client.errors import retry_delay_of
+from trainwire.server.app import DRAIN_QUIET_S, PREDICTION_SERVICE, SERVICE_NAMES
 from trainwire.server.auth import KeyChecker
 from trainwire.server.local import local_server
 from trainwire.server.metrics import SERVER_METRICS
-from trainwire.server.wrappers import Draining, WrappingRegistrar
+from trainwire.server.wrappers import DRAIN_RETRY_DELAY_S, Draining, WrappingRegistrar
 from trainwire.v1 import datasets_pb2, jobs_pb2_grpc, predictions_pb2_grpc, tensor_pb2
 
 
@@ -62,8 +63,11 @@ class _Context:
     def set_details(self, details: str) -> None:
         pass
 
-    def set_trailing_metadata(self, metadata: object) -> None:
-        pass
+    def set_trailing_metadata(self, metadata: tuple[tuple[str, bytes], ...]) -> None:
+        self.trailing = metadata
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        return self.trailing
 
     def abort(self, code: grpc.StatusCode, details: str) -> None:
         self.aborts.append((code, details))
@@ -96,9 +100,14 @@ def test_a_stopping_server_refuses_the_calls_it_starts_unavailable() -> None:
         predictions_pb2_grpc.PredictionServiceServicer(), registrar
     )
     draining.close()
-    (ended,) = _ended_by(server.registered[PREDICTION_SERVICE]["Predict"])
+    context = _Context()
+    with pytest.raises(_Aborted):
+        server.registered[PREDICTION_SERVICE]["Predict"].unary_unary(object(), context)
+    (ended,) = context.aborts
     assert ended[0] is grpc.StatusCode.UNAVAILABLE and "shutting down" in ended[1]
     assert draining.started == 1
+    # The SDK is asked to retry only once the stop's quiet is over (its RetryInfo).
+    assert retry_delay_of(context) == DRAIN_RETRY_DELAY_S > DRAIN_QUIET_S  # type: ignore[arg-type]
 
 
 def test_only_the_named_services_become_registered_methods_and_every_method_is_wrapped() -> None:
