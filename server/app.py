@@ -182,6 +182,7 @@ class RunningServer:
             ),
             registrar,
         )
+        registrar.add_unknown_method_handler((*SERVICE_NAMES, health.SERVICE_NAME))
         try:
             if settings.tls_cert:
                 port = server.add_secure_port(self.address, server_credentials(settings))

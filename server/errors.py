@@ -74,6 +74,10 @@ class Unavailable(TrainwireError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class Unimplemented(TrainwireError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
 class DeadlineExceeded(TrainwireError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 

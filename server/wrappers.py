@@ -37,7 +37,7 @@ from .auth import (
     EXEMPT_PREFIXES,
     KeyChecker,
 )
-from .errors import InvalidArgument, TrainwireError, Unavailable
+from .errors import InvalidArgument, TrainwireError, Unavailable, Unimplemented
 from .logs import REQUEST_ID
 from .metrics import RPC_SECONDS, BufferedSeries
 
@@ -328,6 +328,14 @@ class WrappingRegistrar:
             tuple(_WrappedGenericHandler(handler, self._wrap_handler) for handler in handlers)
         )
 
+    def add_unknown_method_handler(self, services: tuple[str, ...]) -> None:
+        """Answers a call of a method no handler added before has, UNIMPLEMENTED, naming the
+        `services` this server has; add it last. It goes through the wrappers as every call
+        does (a caller without a valid key is refused UNAUTHENTICATED first, as for any method),
+        counted under the method name `UNKNOWN_METHOD`, so that a client built from other
+        protos shows in the metrics without each name it tries becoming a series of its own."""
+        self.server.add_generic_rpc_handlers((_UnknownMethods(services, self._wrap),))
+
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
@@ -441,6 +449,36 @@ class _WrappedGenericHandler(grpc.GenericRpcHandler):
                 return None  # another handler's method, or none's (grpc answers UNIMPLEMENTED)
             wrapped = self._wrapped[method] = self.wrap(handler, method)
         return wrapped
+
+
+# The method label of calls to methods this server does not have; the most of such a method's
+# name the answer repeats.
+UNKNOWN_METHOD = "(unknown)"
+UNKNOWN_METHOD_NAME_BYTES = 200
+
+
+class _UnknownMethods(grpc.GenericRpcHandler):
+    """`WrappingRegistrar.add_unknown_method_handler`'s handler: matches every method. A stream
+    handler answers every kind of call (it reads nothing), and one is built per call, so that
+    names sent by a client are never kept."""
+
+    def __init__(
+        self, services: tuple[str, ...], wrap: Callable[[Callable[..., Any], str, bool], Any]
+    ) -> None:
+        self.services = ", ".join(services)
+        self.wrap = wrap
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        message = (
+            f"{_within(details.method, UNKNOWN_METHOD_NAME_BYTES)} is not a method of this server; "
+            f"it serves {self.services} (a client built from other protos, or a newer version "
+            "of them, calls methods this server does not have)"
+        )
+
+        async def refuse(_requests: Any, _context: Any) -> None:
+            raise Unimplemented(message)
+
+        return grpc.stream_stream_rpc_method_handler(self.wrap(refuse, UNKNOWN_METHOD, True))
 
 
 class _Undecodable:

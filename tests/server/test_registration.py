@@ -11,14 +11,24 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from trainwire.client.errors import retry_delay_of
-from trainwire.server.app import DRAIN_QUIET_S, PREDICTION_SERVICE, SERVICE_NAMES
+from trainwire.server.app import DRAIN_QUIET_S, PREDICTION_SERVICE, SERVICE_NAMES, RunningServer
 from trainwire.server.auth import KeyChecker
+from trainwire.server.config import Settings
+from trainwire.server.db import Database
 from trainwire.server.local import local_server
 from trainwire.server.metrics import SERVER_METRICS
-from trainwire.server.wrappers import DRAIN_RETRY_DELAY_S, Draining, WrappingRegistrar
+from trainwire.server.migrate import ensure_migrated
+from trainwire.server.store import Store
+from trainwire.server.wrappers import (
+    DRAIN_RETRY_DELAY_S,
+    UNKNOWN_METHOD,
+    Draining,
+    WrappingRegistrar,
+)
 from trainwire.v1 import datasets_pb2, jobs_pb2_grpc, predictions_pb2_grpc, tensor_pb2
 
 
@@ -231,6 +241,45 @@ def test_every_service_answers_through_the_real_server(tmp_path: Path) -> None:
         assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
         (response,) = list(stub.ServerReflectionInfo(iter([request]), timeout=30))
         assert response.list_services_response.service
+
+
+def test_a_method_the_server_lacks_is_named_with_the_services_it_has_and_counted(
+    tmp_path: Path,
+) -> None:
+    """gRPC answered such a call "Method not found!" and no series counted it: a client built
+    from other protos left no trace in the metrics. Every kind of call is answered, and all of
+    them are counted under one method label, whatever names a client sends."""
+    url = f"sqlite:///{tmp_path / 'trainwire.db'}"
+    database = Database(url)
+    ensure_migrated(database, auto_migrate_sqlite=True)
+    server = RunningServer(Settings(database_url=url, port=0, workers=0), Store(database))
+    server.start()
+    before = _count(UNKNOWN_METHOD, "UNIMPLEMENTED")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            nope = channel.unary_unary("/trainwire.v1.JobService/Nope")
+            with pytest.raises(grpc.RpcError) as unknown:
+                nope(b"", timeout=30)
+            streams = channel.stream_stream("/other.v2.Thing/" + "Long" * 100)
+            with pytest.raises(grpc.RpcError) as unknown_stream:
+                list(streams(iter([b"", b""]), timeout=30))
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=30
+            )
+    finally:
+        server.stop(0)
+        database.dispose()
+    assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert unknown.value.details() == (
+        "/trainwire.v1.JobService/Nope is not a method of this server; it serves "
+        f"{', '.join(SERVICE_NAMES)}, grpc.health.v1.Health (a client built from other protos, "
+        "or a newer version of them, calls methods this server does not have)"
+    )
+    assert unknown_stream.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert unknown_stream.value.details().startswith("/other.v2.Thing/LongLong")
+    assert "…" in unknown_stream.value.details(), "a long name is cut"
+    assert _count(UNKNOWN_METHOD, "UNIMPLEMENTED") == before + 2
+    assert health.status == health_pb2.HealthCheckResponse.SERVING, "the server goes on"
 
 
 JOBS = "/trainwire.v1.JobService"
