@@ -609,7 +609,7 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
         if opened:  # a new outage begins; the backoff goes on (see `JobWatch._recover`)
             self._outage.since = None
             self._outage.reached = True
-        delay = self._outage.next_delay(from_rpc_error(error))
+        delay = self._outage.next_delay(from_rpc_error(error), retry_delay_of(error))
         late = self._deadline is not None and time.monotonic() + delay >= self._deadline
         if late and self.timeout is not None:
             raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None

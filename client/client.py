@@ -283,10 +283,11 @@ class Outage:
         self.since, self.failures = None, 0
         self.reached = True
 
-    def next_delay(self, error: TrainwireError) -> float:
-        """Seconds to wait before trying again after a `reconnectable` failure. Raises `error`
-        once a server never reached has failed for `RECONNECT_WINDOW_S`, and `Unavailable` once
-        an outage has lasted longer than `limit_s`."""
+    def next_delay(self, error: TrainwireError, server_delay: float = 0.0) -> float:
+        """Seconds to wait before trying again after a `reconnectable` failure, at least
+        `server_delay` (the wait the server asked for, `errors.retry_delay_of`) up to 2 s. Raises
+        `error` once a server never reached has failed for `RECONNECT_WINDOW_S`, and
+        `Unavailable` once an outage has lasted longer than `limit_s`."""
         now = time.monotonic()
         self.since = self.since or now
         if not self.reached and now - self.since > RECONNECT_WINDOW_S:
@@ -299,7 +300,8 @@ class Outage:
                 error.code,
             ) from None
         self.failures = min(self.failures + 1, MAX_BACKOFF_DOUBLINGS)
-        return min(0.05 * 2**self.failures, 2.0) * random.uniform(0.5, 1.0)
+        backoff = min(0.05 * 2**self.failures, 2.0) * random.uniform(0.5, 1.0)
+        return max(backoff, min(server_delay, 2.0))
 
 
 class Client:
@@ -941,7 +943,7 @@ class JobWatch(Iterator[JobEvent]):
         if opened:
             self._outage.since = None
             self._outage.reached = True
-        delay = self._outage.next_delay(from_rpc_error(error))
+        delay = self._outage.next_delay(from_rpc_error(error), retry_delay_of(error))
         late = self._deadline is not None and time.monotonic() + delay >= self._deadline
         if late and self.timeout is not None:
             raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None

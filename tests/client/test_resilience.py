@@ -118,6 +118,8 @@ class Flaky:
             state = jobs_pb2.JOB_STATE_SUCCEEDED if sequence == 6 else jobs_pb2.JOB_STATE_RUNNING
             yield jobs_pb2.JobEvent(sequence=sequence, state=state)
             if sent == 2 and len(self.watch_requests) <= 2:
+                if self.retry_delay_s is not None:
+                    context.set_trailing_metadata(self._retry_info())
                 context.abort(grpc.StatusCode.UNAVAILABLE, "server going away")
 
 
@@ -399,6 +401,18 @@ def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     monkeypatch.setattr(client_module, "time", RecordedSleeps)
     monkeypatch.setattr(JobWatch, "_pause", lambda watch, seconds: recorded.append(seconds))
     return recorded
+
+
+def test_a_watch_waits_as_long_as_its_end_asks_before_reconnecting(
+    flaky: tuple[Flaky, str], delays: list[float]
+) -> None:
+    """A stopping server ends a watch UNAVAILABLE with a RetryInfo: a watch re-opened at once
+    would reach it again in the instant its shutdown cancels calls."""
+    behaviour, target = flaky
+    behaviour.retry_delay_s = 1.5
+    with Client(target) as client:
+        assert [event.sequence for event in client.watch_job(JOB)] == [1, 2, 3, 4, 5, 6]
+    assert len(delays) == 2 and all(delay >= 1.5 for delay in delays), delays
 
 
 def test_a_watch_backs_off_from_streams_opened_and_dropped_at_once(
