@@ -123,6 +123,14 @@ def schedule_text_parameters(name: str) -> frozenset[str]:
     return schedules.text_parameters(name)
 
 
+def schedule_required_parameters(name: str) -> tuple[str, ...]:
+    """The parameters the engine's schedule `name` has no default for (step's `step_size`,
+    exponential's `gamma`, cosine's `total`), empty for a name it does not know."""
+    from trainwire.engine import schedules
+
+    return schedules.required_parameters(name)
+
+
 def schedule_text_problem(key: str, value: str) -> str | None:
     """Why the engine's schedules refuse `value` for their text parameter `key` (not one of its
     choices, an empty monitor), or None if they take it."""
@@ -416,6 +424,22 @@ def _dense_activation(checker: _Checker, field: str, activation: object) -> None
         checker.no_params(field, activation, remedy)
 
 
+def _required_schedule_params(checker: _Checker, schedule: str | Mapping[str, Any] | None) -> None:
+    """Each parameter a known schedule has no default for must be given, as the server
+    requires: the engine's refusal named no field ("missing 1 required positional argument")."""
+    name = schedule.get("name") if isinstance(schedule, Mapping) else schedule
+    if not isinstance(name, str):
+        return
+    given = set(schedule) - {"name"} if isinstance(schedule, Mapping) else set()
+    for key in schedule_required_parameters(name):
+        if key not in given:
+            checker.add(
+                f"training.schedule.params[{key!r}]",
+                f"is required by schedule {name!r}, which has no default for it. "
+                f"Received parameters: {', '.join(sorted(given)) or 'none'}",
+            )
+
+
 def check_training(
     *,
     epochs: object,
@@ -456,6 +480,7 @@ def check_training(
         checker.name(f"training.metrics[{index}]", "metric", metric)
     checker.number("training.validation_fraction", validation_fraction, 0.0, 1.0, open_high=True)
     checker.name("training.schedule", "schedule", schedule, optional=True)
+    _required_schedule_params(checker, schedule)
     if isinstance(schedule, Mapping):
         checker.params("schedule", schedule)
         given = {k: v for k, v in schedule.items() if k != "name"}

@@ -145,6 +145,7 @@ def normalised_training(
         for name, value in config.schedule.params.items():
             _check_finite_number(f"training.schedule.params[{quoted(name)}]", value)
         _check_schedule_options(config.schedule)
+        _check_required_schedule_params(config.schedule)
         # The wire carries doubles; counts such as step_size or patience are whole numbers.
         params = {k: int(v) if v.is_integer() else v for k, v in config.schedule.params.items()}
         training["schedule"] = {
@@ -243,6 +244,21 @@ def _check_schedule_options(schedule: models_pb2.ScheduleSpec) -> None:
                 f"training.schedule.params[{quoted(key)}]",
                 f"is a text parameter of schedule {quoted(name)}: send it in "
                 f"training.schedule.options. Received: {quoted(key)}={number}",
+            )
+
+
+def _check_required_schedule_params(schedule: models_pb2.ScheduleSpec) -> None:
+    """Each parameter the schedule has no default for must be given: left out, the engine
+    refused the job with Python's own TypeError ("StepDecay.__init__() missing 1 required
+    positional argument: 'step_size'"), answered under `training`, naming no field."""
+    name = schedule.name
+    for key in schedules.required_parameters(name):
+        if key not in schedule.params and key not in schedule.options:
+            given = ", ".join(sorted({*schedule.params, *schedule.options})) or "none"
+            raise InvalidArgument.field(
+                f"training.schedule.params[{quoted(key)}]",
+                f"is required by schedule {quoted(name)}, which has no default for it; send it "
+                f"in training.schedule.params. Received parameters: {given}",
             )
 
 

@@ -938,3 +938,39 @@ def test_a_bad_schedule_option_is_refused_at_create_naming_it(
     assert [(v.field, says in v.description) for v in refused.value.violations] == [(field, True)]
     assert "\x1b" not in refused.value.message
     assert store.list_jobs(10, "")[0] == []
+
+
+@pytest.mark.parametrize(
+    ("schedule", "field", "says"),
+    [
+        (
+            schedule_spec("step", {"interval": "step"}),
+            "training.schedule.params['step_size']",
+            "is required by schedule 'step', which has no default for it; send it in "
+            "training.schedule.params. Received parameters: interval",
+        ),
+        (
+            schedule_spec("Exponential", {}),
+            "training.schedule.params['gamma']",
+            "is required by schedule 'Exponential', which has no default for it; send it in "
+            "training.schedule.params. Received parameters: none",
+        ),
+        (
+            schedule_spec("cosine", {}, warmup=2),
+            "training.schedule.params['total']",
+            "is required by schedule 'cosine', which has no default for it; send it in "
+            "training.schedule.params. Received parameters: warmup",
+        ),
+    ],
+)
+def test_a_schedule_missing_a_parameter_it_has_no_default_for_is_refused_naming_it(
+    store: Store, schedule: models_pb2.ScheduleSpec, field: str, says: str
+) -> None:
+    """The engine refused it with Python's "StepDecay.__init__() missing 1 required positional
+    argument: 'step_size'", answered under `training`."""
+    dataset = regression_dataset(store)
+    with pytest.raises(InvalidArgument) as refused:
+        JobService(store, Settings()).create(request(dataset, schedule=schedule), "default")
+    assert refused.value.violations == (FieldViolation(field, says),)
+    assert "__init__" not in refused.value.message
+    assert store.list_jobs(10, "")[0] == []
