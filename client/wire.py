@@ -172,8 +172,7 @@ def prepare_upload(
             f"num_classes must be 0 (from the labels) to {INT32[1]}. Received: {num_classes}"
         )
     for kind, names in (("class_names", class_names), ("feature_names", feature_names)):
-        if any(not name.strip() for name in names):
-            raise ValueError(f"{kind} holds an empty name. Received: {quoted(list(names))}")
+        _check_names(kind, names)
     x_bytes, y_bytes = to_tensor(x).data, to_tensor(y).data
     digest = hashlib.sha256(x_bytes)
     digest.update(y_bytes)  # not of `x_bytes + y_bytes`, a copy of the whole dataset
@@ -189,6 +188,28 @@ def prepare_upload(
         class_names=list(class_names),
     )
     return Upload(header, (x_bytes, y_bytes), expected_classes(task, y, num_classes))
+
+
+def _check_names(kind: str, names: Sequence[str]) -> None:
+    """Class or feature names (`kind`) as the server takes them, the bad one named by its index:
+    text, not blank, each once (a repeated one was sent, and refused after the whole upload; one
+    not text raised AttributeError)."""
+    thing = "class" if kind == "class_names" else "feature"
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if not isinstance(name, str):
+            raise ValueError(f"{kind}[{index}] must be text. Received: {quoted(name)}")
+        if not name.strip():
+            raise ValueError(
+                f"{kind}[{index}] is an empty name: give each {thing} a name, or send no names. "
+                f"Received: {quoted(name)}"
+            )
+        if name in seen:
+            raise ValueError(
+                f"{kind}[{index}] names {quoted(name)}, as {kind}[{seen[name]}] does: each "
+                f"{thing} needs a name of its own"
+            )
+        seen[name] = index
 
 
 def expected_classes(task: str, targets: np.ndarray, num_classes: int) -> int:

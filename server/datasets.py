@@ -178,21 +178,25 @@ class DatasetService:
             names = getattr(header, field)
             if len(names) > MAX_CLASSES:
                 raise InvalidArgument.field(f"header.{field}", f"at most {MAX_CLASSES} names")
-            seen: set[str] = set()
-            for name in names:
-                check_text(f"header.{field}", name, MAX_NAME_LENGTH)
+            # Each name's index is in the field: "holds an empty name" left whoever sent
+            # 100,000 of them to find which.
+            seen: dict[str, int] = {}
+            for index, name in enumerate(names):
+                check_text(f"header.{field}[{index}]", name, MAX_NAME_LENGTH)
                 if not name.strip():
                     raise InvalidArgument.field(
-                        f"header.{field}",
-                        f"holds an empty name: give each {kind} a name, or send no names",
+                        f"header.{field}[{index}]",
+                        f"is an empty name: give each {kind} a name, or send no names. "
+                        f"Received: {quoted(name)}",
                     )
                 # The CLI finds a feature's CSV column by its name, and a label by its class's.
                 if name in seen:
                     raise InvalidArgument.field(
-                        f"header.{field}",
-                        f"names {quoted(name)} more than once: each {kind} needs a name of its own",
+                        f"header.{field}[{index}]",
+                        f"names {quoted(name)}, as header.{field}[{seen[name]}] does: each "
+                        f"{kind} needs a name of its own",
                     )
-                seen.add(name)
+                seen[name] = index
         self._check_names_fit_answers(header)
         if header.features.dtype not in FEATURE_DTYPES:
             raise InvalidArgument.field(

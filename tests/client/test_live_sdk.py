@@ -494,8 +494,8 @@ ESCAPES = "\x1b]0;pwned-title\x07\x1b[2J\x1b[31mFAKE: all jobs SUCCEEDED\x1b[0m\
     ("kind", "options", "field", "position"),
     [
         ("dataset", {"name": "evil" + ESCAPES}, "header.display_name", 4),
-        ("dataset", {"class_names": ["no" + ESCAPES, "b", "c"]}, "header.class_names", 2),
-        ("dataset", {"feature_names": ["a", "b", "c", "f\x1b[8m"]}, "header.feature_names", 1),
+        ("dataset", {"class_names": ["no" + ESCAPES, "b", "c"]}, "header.class_names[0]", 2),
+        ("dataset", {"feature_names": ["a", "b", "c", "f\x1b[8m"]}, "header.feature_names[3]", 1),
         ("dataset", {"labels": {"team": "ml\x9b2J"}}, "header.labels['team']", 2),
         ("job", {"display_name": "job" + ESCAPES}, "display_name", 3),
         ("job", {"labels": {"k\r": "v"}}, "labels", 1),

@@ -626,15 +626,20 @@ def test_a_prelu_in_its_activation_form_takes_init_alone() -> None:
     [
         ({"num_classes": 99_999_999_999}, "num_classes must be 0 (from the labels) to"),
         ({"num_classes": -1}, "num_classes must be 0"),
-        ({"class_names": ["x", "", "z"]}, "class_names holds an empty name"),
-        ({"feature_names": [" ", "b"]}, "feature_names holds an empty name"),
+        ({"class_names": ["x", "", "z"]}, "class_names[1] is an empty name: give each class"),
+        ({"feature_names": [" ", "b"]}, "feature_names[0] is an empty name: give each feature"),
+        (
+            {"class_names": ["x", "y", "x"]},
+            "class_names[2] names 'x', as class_names[0] does: each class needs a name of its own",
+        ),
+        ({"feature_names": ["a", 7]}, "feature_names[1] must be text. Received: 7"),
     ],
 )
 def test_an_upload_refuses_what_its_header_cannot_carry_naming_it(
     given: dict[str, Any], says: str
 ) -> None:
     """A class count past int32 was protobuf's "Value out of range", naming nothing; an empty
-    name was stored."""
+    name was stored; a repeated one was refused after the whole upload, and neither said which."""
     arguments: dict[str, Any] = {
         "task": "multiclass", "name": "", "num_classes": 0, "feature_names": (),
         "class_names": (), "labels": None, **given,
