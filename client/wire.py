@@ -173,6 +173,23 @@ def prepare_upload(
         )
     for kind, names in (("class_names", class_names), ("feature_names", feature_names)):
         _check_names(kind, names)
+    classes = expected_classes(task, y, num_classes)
+    # Labels not integers are judged by the server, which refuses fractions as such.
+    counted_here = task == "binary" or num_classes or y.dtype.kind in "iu"
+    if class_names and classes and counted_here and len(class_names) != classes:
+        # The server refuses it too, but a count the labels make only after the whole upload.
+        if task == "binary":
+            counted = "of a binary task (labels 0 and 1)"
+            remedy = "give two names, or choose task 'multiclass' and num_classes for more"
+        elif num_classes:
+            counted, remedy = "num_classes gives", "give one name per class"
+        else:
+            counted = f"the labels make (0 to {classes - 1}, num_classes being 0)"
+            remedy = "give one name per class, or set num_classes to the classes they are for"
+        raise ValueError(
+            f"class_names has {len(class_names)} names for the {classes} classes {counted}: "
+            f"{remedy}"
+        )
     x_bytes, y_bytes = to_tensor(x).data, to_tensor(y).data
     digest = hashlib.sha256(x_bytes)
     digest.update(y_bytes)  # not of `x_bytes + y_bytes`, a copy of the whole dataset

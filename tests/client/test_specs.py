@@ -633,13 +633,27 @@ def test_a_prelu_in_its_activation_form_takes_init_alone() -> None:
             "class_names[2] names 'x', as class_names[0] does: each class needs a name of its own",
         ),
         ({"feature_names": ["a", 7]}, "feature_names[1] must be text. Received: 7"),
+        (
+            {"class_names": ["a", "b"]},
+            "class_names has 2 names for the 3 classes the labels make (0 to 2, num_classes "
+            "being 0): give one name per class, or set num_classes to the classes they are for",
+        ),
+        (
+            {"class_names": ["a", "b", "c"], "num_classes": 4},
+            "class_names has 3 names for the 4 classes num_classes gives: give one name per class",
+        ),
+        (
+            {"class_names": ["a", "b", "c"], "task": "binary"},
+            "class_names has 3 names for the 2 classes of a binary task (labels 0 and 1)",
+        ),
     ],
 )
 def test_an_upload_refuses_what_its_header_cannot_carry_naming_it(
     given: dict[str, Any], says: str
 ) -> None:
     """A class count past int32 was protobuf's "Value out of range", naming nothing; an empty
-    name was stored; a repeated one was refused after the whole upload, and neither said which."""
+    name was stored; a repeated one, or names not one per class, were refused after the whole
+    upload, and neither said which."""
     arguments: dict[str, Any] = {
         "task": "multiclass", "name": "", "num_classes": 0, "feature_names": (),
         "class_names": (), "labels": None, **given,

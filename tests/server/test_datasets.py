@@ -124,6 +124,58 @@ def test_class_names_on_a_regression_are_refused_as_such(store: Store) -> None:
     assert store.list_datasets(10, "")[0] == []
 
 
+@pytest.mark.parametrize(
+    ("requests", "names", "says"),
+    [
+        (
+            upload(BINARY, TARGETS[BINARY]),
+            ["no", "yes", "maybe"],
+            "has 3 names for the 2 classes of a binary classification (labels 0 and 1): give "
+            "two names, or upload the data as multiclass",
+        ),
+        (
+            upload(datasets_pb2.TASK_KIND_MULTICLASS_CLASSIFICATION, np.array([0, 1, 2]), 4),
+            ["a", "b", "c"],
+            "has 3 names for the 4 classes header.num_classes gives: give one name per class",
+        ),
+    ],
+    ids=["binary", "num_classes"],
+)
+def test_class_names_not_one_per_class_of_the_header_are_refused_before_the_bytes(
+    store: Store,
+    requests: list[datasets_pb2.UploadDatasetRequest],
+    names: list[str],
+    says: str,
+) -> None:
+    """The header says how many classes there are: a count of names that does not match was
+    refused only once every byte of the upload had been received."""
+    requests[0].header.class_names.extend(names)
+    with pytest.raises(InvalidArgument) as refused:
+        DatasetService(store, Settings()).start(requests[0])
+    assert refused.value.violations == (FieldViolation("header.class_names", says),)
+
+
+def test_class_names_not_one_per_class_the_labels_make_say_where_the_count_came_from(
+    store: Store,
+) -> None:
+    """ "has 4 names for 3 classes" did not say that the labels made the 3, nor that
+    num_classes makes room for a class without examples."""
+    requests = multiclass_upload([0, 1, 2, 1])
+    requests[0].header.class_names.extend(["a", "b", "c", "d"])
+    with pytest.raises(InvalidArgument) as refused:
+        DatasetService(store, Settings()).upload(requests, "default")
+    assert refused.value.violations == (
+        FieldViolation(
+            "header.class_names",
+            "has 4 names for the 3 classes the labels make (0 to 2, header.num_classes being "
+            "0): give one name per class, or set header.num_classes to the classes the names "
+            "are for",
+        ),
+    )
+    requests[0].header.num_classes = 4
+    assert DatasetService(store, Settings()).upload(requests, "default").num_classes == 4
+
+
 MiB = 1 << 20
 
 
