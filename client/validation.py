@@ -470,6 +470,13 @@ def check_training(
     checker.positive_int("training.batch_size", batch_size)
     checker.name("training.optimizer", "optimizer", optimizer)
     rate = optimizer.get("learning_rate", learning_rate) if isinstance(optimizer, Mapping) else None
+    if isinstance(optimizer, Mapping) and "learning_rate" in optimizer and learning_rate:
+        # The optimizer's replaced the argument in silence, as the server refuses it in both.
+        checker.add(
+            "training.optimizer.learning_rate",
+            f"is given twice, as learning_rate={learning_rate!r} and in the optimizer "
+            f"({optimizer['learning_rate']!r}); give it once",
+        )
     checker.number(
         "training.optimizer.learning_rate", learning_rate if rate is None else rate, 0.0, math.inf
     )

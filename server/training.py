@@ -113,6 +113,17 @@ def normalised_training(
         if len(text) > 64 or "\x00" in text:
             raise InvalidArgument.field(f"training.{name}", f"is not a known name: {quoted(text)}")
     _check_params("optimizer", config.optimizer.name or DEFAULT_OPTIMIZER, config.optimizer.params)
+    rate_too = config.optimizer.params.get("learning_rate")
+    if strict and rate_too is not None and config.optimizer.learning_rate:
+        # The one in params replaced the field's in silence (the rule of a schedule's
+        # parameters, given in both maps, is the same). Not on a retry (`strict` off): an older
+        # server stored the one in params, and a retry must still find its job.
+        raise InvalidArgument.field(
+            "training.optimizer.params['learning_rate']",
+            "is given in training.optimizer.learning_rate too "
+            f"({config.optimizer.learning_rate}); give it once, in "
+            f"training.optimizer.learning_rate. Received: 'learning_rate'={rate_too}",
+        )
     flags = optimizers.flags(config.optimizer.name or DEFAULT_OPTIMIZER)
     for name, value in sorted(config.optimizer.params.items()):
         if name in flags and value not in (0.0, 1.0):

@@ -370,6 +370,31 @@ def test_a_parameter_the_request_cannot_carry_as_a_number_is_refused_by_name() -
     ]
 
 
+def test_a_learning_rate_given_both_as_argument_and_in_the_optimizer_is_refused() -> None:
+    """The optimizer's replaced the argument without a word (the server refuses the two in its
+    request's learning_rate and params)."""
+    with Client("127.0.0.1:9") as client, pytest.raises(SpecError) as caught:
+        client.create_job(
+            "datasets/x",
+            [Dense(3)],
+            optimizer={"name": "adam", "learning_rate": 0.5},
+            learning_rate=0.1,
+        )
+    assert caught.value.field_violations == [
+        (
+            "training.optimizer.learning_rate",
+            "is given twice, as learning_rate=0.1 and in the optimizer (0.5); give it once",
+        )
+    ]
+    settings = {
+        **CREATE_DEFAULTS,
+        "optimizer": {"name": "adam", "learning_rate": 0.5},
+        "schedule": None,
+    }
+    request = create_job_request("datasets/x", [Dense(3)], **settings)
+    assert request.training.optimizer.learning_rate == 0.5
+
+
 def schedule_sent(schedule: str | dict[str, Any], validate: bool = True) -> models_pb2.ScheduleSpec:
     """The ScheduleSpec `create_job` sends for `schedule`."""
     settings = {**CREATE_DEFAULTS, "schedule": schedule}

@@ -613,6 +613,28 @@ def test_an_optimizer_flag_other_than_one_or_zero_is_refused_naming_it(
     assert service.create(request(regression_dataset(store), optimizer=accepted), "default")
 
 
+def test_a_learning_rate_given_both_in_its_field_and_in_params_is_refused_naming_it(
+    store: Store,
+) -> None:
+    """The one in params replaced training.optimizer.learning_rate without a word: a job asked
+    for 0.1 trained at 0.5."""
+    service = JobService(store, Settings())
+    both = models_pb2.OptimizerSpec(name="adam", learning_rate=0.1, params={"learning_rate": 0.5})
+    with pytest.raises(InvalidArgument) as refused:
+        service.create(request(regression_dataset(store), optimizer=both), "default")
+    assert refused.value.violations == (
+        FieldViolation(
+            "training.optimizer.params['learning_rate']",
+            "is given in training.optimizer.learning_rate too (0.1); give it once, in "
+            "training.optimizer.learning_rate. Received: 'learning_rate'=0.5",
+        ),
+    )
+    # Either alone is taken, as before.
+    alone = models_pb2.OptimizerSpec(name="adam", params={"learning_rate": 0.5})
+    job = service.create(request(regression_dataset(store), optimizer=alone), "default")
+    assert job.training["optimizer"]["learning_rate"] == 0.5
+
+
 def _forged_token(*parts: object) -> str:
     return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode()
 
