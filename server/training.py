@@ -7,14 +7,23 @@ to build what it trains, so a job that was accepted builds the same way on every
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from trainwire.client.tensors import TensorError, dtype_name
 from trainwire.client.validation import metric_misfits
-from trainwire.engine import Model, SpecError, Trainer, optimizers, schedules
+from trainwire.engine import (
+    EarlyStopping,
+    Model,
+    SpecError,
+    Trainer,
+    losses,
+    metrics,
+    optimizers,
+    schedules,
+)
 from trainwire.engine.errors import quoted
 from trainwire.engine.layers import Dense
 from trainwire.engine.model import SpecSummary
@@ -312,8 +321,49 @@ def validation_trainer(summary: SpecSummary, training: dict[str, Any]) -> Traine
     """The job's trainer around a stand-in model of the same output width and dtype, for the
     checks CreateJob makes: the loss, optimizer, schedule, early stopping and metrics look at
     nothing else of the model, and the real one need not be allocated to check them."""
+    _check_components(training)
     stand_in = Model(1, [Dense(summary.output_dim, use_bias=False)], dtype=training["dtype"])
     return build_trainer(stand_in, training)
+
+
+def _check_components(training: dict[str, Any]) -> None:
+    """Each engine component of the training (loss, optimizer, schedule, early stopping, each
+    metric) built alone, its refusal naming its field: the trainer, which builds them all, was
+    refused under `training` whichever it was ("momentum must be a number in [0.0, 1.0)")."""
+    optimizer = _engine_optimizer(training)
+    known = optimizers.parameters(str(optimizer["name"])) is not None
+    _built("training.optimizer" if known else "training.optimizer.name", optimizers.get, optimizer)
+    _built("training.loss", losses.get, training["loss"])
+    schedule = training.get("schedule")
+    if schedule is not None:
+        known = schedules.parameters(str(schedule["name"])) is not None
+        _built("training.schedule" if known else "training.schedule.name", schedules.get, schedule)
+    for index, metric in enumerate(training["metrics"]):
+        _built(f"training.metrics[{index}]", metrics.get, metric)
+    if "early_stopping" in training:
+        _built(
+            "training.early_stopping",
+            lambda spec: EarlyStopping(**spec),
+            training["early_stopping"],
+        )
+
+
+def _built(field: str, build: Callable[[Any], object], spec: object) -> None:
+    """`build(spec)`, its ValueError refused as INVALID_ARGUMENT naming `field`."""
+    try:
+        build(spec)
+    except ValueError as error:
+        raise InvalidArgument.field(field, str(error)) from None
+
+
+def _engine_optimizer(training: dict[str, Any]) -> dict[str, Any]:
+    """The stored optimizer as the engine takes it: its flags as bools."""
+    optimizer = dict(training["optimizer"])
+    for flag in optimizers.flags(str(optimizer.get("name", DEFAULT_OPTIMIZER))) & optimizer.keys():
+        # As stored: any number, by a server from before CreateJob took 1 and 0 alone, which
+        # the engine then read as bool() does (the engine's check now takes 1 and 0 alone).
+        optimizer[flag] = bool(optimizer[flag])
+    return optimizer
 
 
 def logged_metric_names(job: Job) -> set[str]:
@@ -341,16 +391,11 @@ def largest_pass_rows(training: dict[str, Any], dataset: Dataset) -> int:
 
 
 def build_trainer(model: Model, training: dict[str, Any]) -> Trainer:
-    optimizer = dict(training["optimizer"])
-    for flag in optimizers.flags(str(optimizer.get("name", DEFAULT_OPTIMIZER))) & optimizer.keys():
-        # As stored: any number, by a server from before CreateJob took 1 and 0 alone, which
-        # the engine then read as bool() does (the engine's check now takes 1 and 0 alone).
-        optimizer[flag] = bool(optimizer[flag])
     try:
         return Trainer(
             model,
             loss=training["loss"],
-            optimizer=optimizer,
+            optimizer=_engine_optimizer(training),
             batch_size=int(training["batch_size"]),
             seed=int(training["seed"]),
             metrics=tuple(training["metrics"]),

@@ -553,7 +553,7 @@ def relu(**params: float) -> models_pb2.LayerSpec:
         ({"model": models_pb2.ModelSpec(layers=[dense(4), relu(**{LONG: 1}), dense(3)])}, "model"),
         ({"model": models_pb2.ModelSpec(layers=[dense(3, activation=LONG)])}, "model"),
         ({"model": models_pb2.ModelSpec(layers=[dense(3, kernel_initializer=LONG)])}, "model"),
-        ({"training": models_pb2.TrainingConfig(metrics=[LONG])}, "training"),
+        ({"training": models_pb2.TrainingConfig(metrics=[LONG])}, "training.metrics[0]"),
         ({"queue": LONG}, "queue"),
         ({"dataset": LONG}, "dataset"),
     ],

@@ -635,6 +635,52 @@ def test_a_learning_rate_given_both_in_its_field_and_in_params_is_refused_naming
     assert job.training["optimizer"]["learning_rate"] == 0.5
 
 
+@pytest.mark.parametrize(
+    ("training", "field", "says"),
+    [
+        (
+            {"optimizer": models_pb2.OptimizerSpec(name="sgd", params={"momentum": -1})},
+            "training.optimizer",
+            "momentum must be a number in [0.0, 1.0). Received: momentum=-1.0",
+        ),
+        (
+            {"optimizer": models_pb2.OptimizerSpec(name="nope")},
+            "training.optimizer.name",
+            "Unknown optimizer 'nope'; expected one of: adagrad, adam, adamw, rmsprop, sgd",
+        ),
+        ({"loss": "nope"}, "training.loss", "Unknown loss 'nope'"),
+        ({"metrics": ["mae", "nope"]}, "training.metrics[1]", "Unknown metric 'nope'"),
+        (
+            {"schedule": models_pb2.ScheduleSpec(name="step", params={"step_size": 0})},
+            "training.schedule",
+            "step_size must be an integer >= 1. Received: step_size=0",
+        ),
+        (
+            {"schedule": models_pb2.ScheduleSpec(name="nope")},
+            "training.schedule.name",
+            "Unknown schedule 'nope'",
+        ),
+        (
+            {"early_stopping": models_pb2.EarlyStopping(monitor="loss", patience=-1)},
+            "training.early_stopping",
+            "patience must be an integer >= 0. Received: patience=-1",
+        ),
+    ],
+    ids=["momentum", "optimizer", "loss", "metric", "schedule", "schedule name", "patience"],
+)
+def test_a_setting_the_engine_refuses_is_refused_naming_its_part_of_training(
+    store: Store, training: dict[str, Any], field: str, says: str
+) -> None:
+    """The trainer, which builds them all, was refused under the field `training`, whichever
+    part it was."""
+    with pytest.raises(InvalidArgument) as refused:
+        JobService(store, Settings()).create(
+            request(regression_dataset(store), **training), "default"
+        )
+    [violation] = refused.value.violations
+    assert violation.field == field and violation.description.startswith(says)
+
+
 def _forged_token(*parts: object) -> str:
     return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode()
 
