@@ -161,6 +161,14 @@ def prepare_upload(
     task = task or infer_task(y)
     if task not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}. Received: task={task!r}")
+    if task != "regression" and y.ndim != 1:
+        # The server refuses it too, but only once every byte has been sent.
+        raise ValueError(
+            f"classification targets must be labels of shape ({len(y)},), one class per example "
+            f"(of one-hot rows, send each row's argmax); {y.shape[-1] if y.ndim else 1} target "
+            f"columns make a regression. Received: task={task!r}, targets of shape "
+            f"{list(y.shape)}"
+        )
     if task == "regression" and class_names:
         raise ValueError(
             "class_names name a classification's classes, and a regression has none: "

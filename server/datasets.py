@@ -246,6 +246,14 @@ class DatasetService:
                 f"must be in [0, {MAX_CLASSES}]. Received: {header.num_classes}",
             )
         task = TASKS_FROM_PROTO[header.task]
+        if task.is_classification and len(targets) != 1:
+            # Known from the header: it was refused only once every byte had been sent.
+            raise InvalidArgument.field(
+                "header.targets.shape",
+                f"classification targets must be labels of shape ({features[0]},), one class per "
+                f"example (of one-hot rows, send each row's argmax); {targets[1]} target columns "
+                f"make a regression. Received: {list(targets)}",
+            )
         if task is TaskKind.BINARY_CLASSIFICATION and header.num_classes not in (0, 2):
             raise InvalidArgument.field(
                 "header.num_classes",

@@ -646,6 +646,25 @@ def test_a_prelu_in_its_activation_form_takes_init_alone() -> None:
     model_spec_check({"layers": [{"type": "dense", "units": 4}, {**layer, "activation": "prelu"}]})
 
 
+@pytest.mark.parametrize("task", ["binary", "multiclass", None])
+def test_classification_targets_of_several_columns_are_refused_before_sending(
+    task: str | None,
+) -> None:
+    """One-hot labels were sent (and inferred binary), then refused by the server once every
+    byte had been."""
+    one_hot = np.array([[1, 0], [0, 1], [1, 0]])
+    arguments: dict[str, Any] = {
+        "task": task, "name": "", "num_classes": 0, "feature_names": (), "class_names": (),
+        "labels": None,
+    }  # fmt: skip
+    with pytest.raises(ValueError) as refused:
+        prepare_upload(np.zeros((3, 2), np.float32), one_hot, **arguments)
+    assert str(refused.value).startswith(
+        "classification targets must be labels of shape (3,), one class per example (of one-hot "
+        "rows, send each row's argmax); 2 target columns make a regression."
+    )
+
+
 @pytest.mark.parametrize(
     ("given", "says"),
     [

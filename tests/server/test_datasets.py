@@ -155,6 +155,26 @@ def test_class_names_not_one_per_class_of_the_header_are_refused_before_the_byte
     assert refused.value.violations == (FieldViolation("header.class_names", says),)
 
 
+@pytest.mark.parametrize("task", [BINARY, datasets_pb2.TASK_KIND_MULTICLASS_CLASSIFICATION])
+def test_classification_targets_of_several_columns_are_refused_at_the_header(
+    store: Store, task: datasets_pb2.TaskKind.ValueType
+) -> None:
+    """The header says their shape: one-hot rows were refused only once every byte had been
+    sent."""
+    requests = upload(task, np.array([[1, 0], [0, 1], [1, 0]], "<i8"))
+    requests[0].header.targets.shape[:] = [3, 2]
+    with pytest.raises(InvalidArgument) as refused:
+        DatasetService(store, Settings()).start(requests[0])
+    assert refused.value.violations == (
+        FieldViolation(
+            "header.targets.shape",
+            "classification targets must be labels of shape (3,), one class per example (of "
+            "one-hot rows, send each row's argmax); 2 target columns make a regression. "
+            "Received: [3, 2]",
+        ),
+    )
+
+
 def test_class_names_not_one_per_class_the_labels_make_say_where_the_count_came_from(
     store: Store,
 ) -> None:
