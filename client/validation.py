@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any, TypeGuard
 
+import numpy as np
+
 from .errors import SpecError
 
 LAYER_KEYS: dict[str, frozenset[str]] = {
@@ -302,8 +304,9 @@ def is_parameter_number(value: object) -> TypeGuard[numbers.Real]:
 
 def flag_value(value: object) -> float | None:
     """A flag parameter as the request carries it: True or 1 as 1.0, False or 0 as 0.0; None
-    for anything else."""
-    if isinstance(value, bool) or (is_parameter_number(value) and value in (0, 1)):
+    for anything else. NumPy's bools are bools (np.True_ was refused as "must be true or
+    false"), as the engine takes them."""
+    if isinstance(value, bool | np.bool_) or (is_parameter_number(value) and value in (0, 1)):
         return float(value)
     return None
 

@@ -395,6 +395,16 @@ def test_a_learning_rate_given_both_as_argument_and_in_the_optimizer_is_refused(
     assert request.training.optimizer.learning_rate == 0.5
 
 
+@pytest.mark.parametrize("validate", [True, False])
+def test_an_optimizer_flag_given_as_a_numpy_bool_is_sent_as_one_or_zero(validate: bool) -> None:
+    """np.True_ (a flag read from an array, a DataFrame) was refused: "must be true or false"."""
+    for flag, sent in ((np.True_, 1.0), (np.False_, 0.0)):
+        optimizer = {"name": "sgd", "momentum": 0.9, "nesterov": flag}
+        settings = {**CREATE_DEFAULTS, "optimizer": optimizer, "schedule": None}
+        request = create_job_request("datasets/x", [Dense(3)], **settings, validate=validate)
+        assert request.training.optimizer.params["nesterov"] == sent
+
+
 def schedule_sent(schedule: str | dict[str, Any], validate: bool = True) -> models_pb2.ScheduleSpec:
     """The ScheduleSpec `create_job` sends for `schedule`."""
     settings = {**CREATE_DEFAULTS, "schedule": schedule}
