@@ -85,6 +85,7 @@ from .wire import (
     name_of,
     schedule_options_ignored,
     upload_refused,
+    watch_start,
 )
 
 log = logging.getLogger("trainwire.client")
@@ -367,7 +368,8 @@ class AsyncClient:
     ) -> AsyncJobWatch:
         """The job's `JobEvent`s after `after_sequence` (see `Client.watch_job`); `async for`
         it."""
-        return AsyncJobWatch(self, job_name(name, "name"), after_sequence, timeout, reconnect)
+        start = watch_start(after_sequence)
+        return AsyncJobWatch(self, job_name(name, "name"), start, timeout, reconnect)
 
     async def job_metrics(self, name: str | AsyncJob, names: Sequence[str] = ()) -> Metrics:
         """Each metric as an array of shape (points, 3): step, epoch, value (every page)."""

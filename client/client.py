@@ -78,6 +78,7 @@ from .wire import (
     prepare_upload,
     schedule_options_ignored,
     upload_refused,
+    watch_start,
 )
 
 DEFAULT_TARGET = "localhost:50051"
@@ -705,7 +706,8 @@ class Client:
         `watch_reconnect_s` of outage. `timeout` bounds the whole watch (None: until the job
         finishes), which then raises `TimedOut`.
         """
-        return JobWatch(self, job_name(name, "name"), after_sequence, timeout, reconnect)
+        start = watch_start(after_sequence)
+        return JobWatch(self, job_name(name, "name"), start, timeout, reconnect)
 
     def job_metrics(self, name: str | Job, names: Sequence[str] = ()) -> Metrics:
         """Each metric as an array of shape (points, 3): step, epoch, value (every page)."""

@@ -70,6 +70,29 @@ def name_of(value: object, argument: str, kind: str, handles: tuple[type[Named],
     )
 
 
+# The largest sequence a watch can send (WatchJobRequest.after_sequence is an int64).
+MAX_SEQUENCE = 2**63 - 1
+
+
+def watch_start(after_sequence: object) -> int:
+    """`after_sequence` as a watch sends it: a whole number from 0 (every event); TypeError or
+    ValueError naming it otherwise (protobuf's own, "Value out of range: 9223372036854775808",
+    named nothing, and a negative number was sent for the server to refuse)."""
+    if isinstance(after_sequence, bool) or not isinstance(after_sequence, numbers.Integral):
+        raise TypeError(
+            "after_sequence must be a whole number: the sequence of the last event received, "
+            f"or 0 for every event. Received: {reprlib.repr(after_sequence)} "
+            f"({type(after_sequence).__name__})"
+        )
+    start = int(after_sequence)
+    if not 0 <= start <= MAX_SEQUENCE:
+        raise ValueError(
+            "after_sequence must be the sequence of the last event received, or 0 for every "
+            f"event (0 to {MAX_SEQUENCE}). Received: {start}"
+        )
+    return start
+
+
 def dataset_name(dataset: object, argument: str = "dataset") -> str:
     """A dataset's name from its name or its `DatasetInfo` (see `name_of`)."""
     return name_of(dataset, argument, "dataset", (DatasetInfo,))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import struct
 import zlib
@@ -29,6 +30,7 @@ from trainwire.client import (
     SpecError,
     TimedOut,
 )
+from trainwire.client.aio import AsyncClient
 from trainwire.client.client import env_settings
 from trainwire.client.errors import field_violations
 from trainwire.client.wire import prepare_upload
@@ -439,6 +441,34 @@ def test_optimizer_flags_and_prelu_layers_reach_the_server_and_train(
         client.create_job(dataset, model, optimizer={"name": "rmsprop", "centered": 0.5})
     [(field, description)] = caught.value.field_violations
     assert field == "training.optimizer.params['centered']" and "true or false" in description
+
+
+@pytest.mark.parametrize(
+    ("after", "error", "says"),
+    [
+        (-1, ValueError, "or 0 for every event (0 to 9223372036854775807). Received: -1"),
+        (2**63, ValueError, "(0 to 9223372036854775807). Received: 9223372036854775808"),
+        (1.5, TypeError, "must be a whole number: the sequence of the last event received, or 0"),
+        (True, TypeError, "Received: True (bool)"),
+        (None, TypeError, "Received: None (NoneType)"),
+    ],
+)
+def test_a_watch_refuses_an_after_sequence_it_cannot_send_naming_it(
+    live_server: LocalServer, client: Client, after: object, error: type[Exception], says: str
+) -> None:
+    """2**63 was protobuf's "Value out of range: 9223372036854775808" and 1.5 "'float' object
+    cannot be interpreted as an integer", naming nothing; -1 was sent for the server to refuse."""
+    job = "jobs/" + "0" * 32
+    with pytest.raises(error, match=r"^after_sequence must be ") as refused:
+        client.watch_job(job, after)  # type: ignore[arg-type]
+    assert says in str(refused.value)
+
+    async def watch() -> None:
+        async with AsyncClient(live_server.target) as aio:
+            with pytest.raises(error, match=re.escape(says)):
+                aio.watch_job(job, after)  # type: ignore[arg-type]
+
+    asyncio.run(watch())
 
 
 def test_every_method_taking_a_name_also_takes_the_handle(client: Client) -> None:
