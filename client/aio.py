@@ -83,6 +83,7 @@ from .wire import (
     list_jobs_request,
     metrics_from_responses,
     name_of,
+    page_size_arg,
     schedule_options_ignored,
     upload_refused,
     watch_start,
@@ -251,7 +252,9 @@ class AsyncClient:
         """The project's datasets, newest first."""
         token = ""
         while True:
-            request = datasets_pb2.ListDatasetsRequest(page_size=page_size, page_token=token)
+            request = datasets_pb2.ListDatasetsRequest(
+                page_size=page_size_arg(page_size), page_token=token
+            )
             response = await self._call(self._rpc.list_datasets, request)
             for dataset in response.datasets:
                 yield DatasetInfo.from_proto(dataset)

@@ -75,6 +75,7 @@ from .wire import (
     list_jobs_request,
     metrics_from_responses,
     name_of,
+    page_size_arg,
     prepare_upload,
     schedule_options_ignored,
     upload_refused,
@@ -570,7 +571,9 @@ class Client:
         """The project's datasets, newest first; pages are fetched as you iterate."""
         token = ""
         while True:
-            request = datasets_pb2.ListDatasetsRequest(page_size=page_size, page_token=token)
+            request = datasets_pb2.ListDatasetsRequest(
+                page_size=page_size_arg(page_size), page_token=token
+            )
             response = self._call(self._rpc.list_datasets, request)
             yield from (DatasetInfo.from_proto(d) for d in response.datasets)
             token = response.next_page_token

@@ -93,6 +93,25 @@ def watch_start(after_sequence: object) -> int:
     return start
 
 
+def page_size_arg(page_size: object) -> int:
+    """A listing's `page_size` as its request carries it (an int32): a whole number from 0 (the
+    server's default page); TypeError or ValueError naming it otherwise (protobuf's own, "Value
+    out of range: 2147483648", named nothing, and a negative one was sent for the server to
+    refuse)."""
+    if isinstance(page_size, bool) or not isinstance(page_size, numbers.Integral):
+        raise TypeError(
+            f"page_size must be a whole number. Received: {reprlib.repr(page_size)} "
+            f"({type(page_size).__name__})"
+        )
+    size = int(page_size)
+    if not 0 <= size <= INT32[1]:
+        raise ValueError(
+            f"page_size must be 0 (the server's default) to {INT32[1]} (the server caps a page "
+            f"at its own most). Received: {size}"
+        )
+    return size
+
+
 def dataset_name(dataset: object, argument: str = "dataset") -> str:
     """A dataset's name from its name or its `DatasetInfo` (see `name_of`)."""
     return name_of(dataset, argument, "dataset", (DatasetInfo,))
@@ -422,7 +441,7 @@ def list_jobs_request(
 ) -> jobs_pb2.ListJobsRequest:
     """One page's `ListJobsRequest`."""
     return jobs_pb2.ListJobsRequest(
-        page_size=page_size,
+        page_size=page_size_arg(page_size),
         page_token=token,
         state=state_code(state) if state else jobs_pb2.JOB_STATE_UNSPECIFIED,
         dataset="" if dataset is None else dataset_name(dataset),

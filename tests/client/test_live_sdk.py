@@ -471,6 +471,31 @@ def test_a_watch_refuses_an_after_sequence_it_cannot_send_naming_it(
     asyncio.run(watch())
 
 
+@pytest.mark.parametrize(
+    ("size", "error", "says"),
+    [
+        (-1, ValueError, "page_size must be 0 (the server's default) to 2147483647"),
+        (2**31, ValueError, "Received: 2147483648"),
+        (2.5, TypeError, "page_size must be a whole number. Received: 2.5 (float)"),
+    ],
+)
+def test_a_listing_refuses_a_page_size_it_cannot_send_naming_it(
+    live_server: LocalServer, client: Client, size: object, error: type[Exception], says: str
+) -> None:
+    """2**31 was protobuf's "Value out of range: 2147483648", naming nothing."""
+    for listing in (client.list_datasets, client.list_jobs):
+        with pytest.raises(error, match=re.escape(says)):
+            next(iter(listing(page_size=size)))  # type: ignore[arg-type]
+
+    async def list_datasets() -> None:
+        async with AsyncClient(live_server.target) as aio:
+            with pytest.raises(error, match=re.escape(says)):
+                await anext(aio.list_datasets(page_size=size))  # type: ignore[arg-type]
+
+    asyncio.run(list_datasets())
+    assert [j.name for j in client.list_jobs(page_size=0)] == [j.name for j in client.list_jobs()]
+
+
 def test_every_method_taking_a_name_also_takes_the_handle(client: Client) -> None:
     features, labels = blobs(rows=12, seed=7)
     data = client.upload_dataset(features, labels, name="handles", dedupe=False)
