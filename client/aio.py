@@ -83,8 +83,10 @@ from .wire import (
     list_jobs_request,
     metrics_from_responses,
     name_of,
+    page_size_arg,
     schedule_options_ignored,
     upload_refused,
+    watch_start,
 )
 
 log = logging.getLogger("trainwire.client")
@@ -250,7 +252,9 @@ class AsyncClient:
         """The project's datasets, newest first."""
         token = ""
         while True:
-            request = datasets_pb2.ListDatasetsRequest(page_size=page_size, page_token=token)
+            request = datasets_pb2.ListDatasetsRequest(
+                page_size=page_size_arg(page_size), page_token=token
+            )
             response = await self._call(self._rpc.list_datasets, request)
             for dataset in response.datasets:
                 yield DatasetInfo.from_proto(dataset)
@@ -367,7 +371,8 @@ class AsyncClient:
     ) -> AsyncJobWatch:
         """The job's `JobEvent`s after `after_sequence` (see `Client.watch_job`); `async for`
         it."""
-        return AsyncJobWatch(self, job_name(name, "name"), after_sequence, timeout, reconnect)
+        start = watch_start(after_sequence)
+        return AsyncJobWatch(self, job_name(name, "name"), start, timeout, reconnect)
 
     async def job_metrics(self, name: str | AsyncJob, names: Sequence[str] = ()) -> Metrics:
         """Each metric as an array of shape (points, 3): step, epoch, value (every page)."""

@@ -75,9 +75,11 @@ from .wire import (
     list_jobs_request,
     metrics_from_responses,
     name_of,
+    page_size_arg,
     prepare_upload,
     schedule_options_ignored,
     upload_refused,
+    watch_start,
 )
 
 DEFAULT_TARGET = "localhost:50051"
@@ -571,7 +573,9 @@ class Client:
         """The project's datasets, newest first; pages are fetched as you iterate."""
         token = ""
         while True:
-            request = datasets_pb2.ListDatasetsRequest(page_size=page_size, page_token=token)
+            request = datasets_pb2.ListDatasetsRequest(
+                page_size=page_size_arg(page_size), page_token=token
+            )
             response = self._call(self._rpc.list_datasets, request)
             yield from (DatasetInfo.from_proto(d) for d in response.datasets)
             token = response.next_page_token
@@ -707,7 +711,8 @@ class Client:
         `watch_reconnect_s` of outage. `timeout` bounds the whole watch (None: until the job
         finishes), which then raises `TimedOut`.
         """
-        return JobWatch(self, job_name(name, "name"), after_sequence, timeout, reconnect)
+        start = watch_start(after_sequence)
+        return JobWatch(self, job_name(name, "name"), start, timeout, reconnect)
 
     def job_metrics(self, name: str | Job, names: Sequence[str] = ()) -> Metrics:
         """Each metric as an array of shape (points, 3): step, epoch, value (every page)."""

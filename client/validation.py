@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any, TypeGuard
 
+import numpy as np
+
 from .errors import SpecError
 
 LAYER_KEYS: dict[str, frozenset[str]] = {
@@ -121,6 +123,14 @@ def schedule_text_parameters(name: str) -> frozenset[str]:
     from trainwire.engine import schedules
 
     return schedules.text_parameters(name)
+
+
+def schedule_required_parameters(name: str) -> tuple[str, ...]:
+    """The parameters the engine's schedule `name` has no default for (step's `step_size`,
+    exponential's `gamma`, cosine's `total`), empty for a name it does not know."""
+    from trainwire.engine import schedules
+
+    return schedules.required_parameters(name)
 
 
 def schedule_text_problem(key: str, value: str) -> str | None:
@@ -294,8 +304,9 @@ def is_parameter_number(value: object) -> TypeGuard[numbers.Real]:
 
 def flag_value(value: object) -> float | None:
     """A flag parameter as the request carries it: True or 1 as 1.0, False or 0 as 0.0; None
-    for anything else."""
-    if isinstance(value, bool) or (is_parameter_number(value) and value in (0, 1)):
+    for anything else. NumPy's bools are bools (np.True_ was refused as "must be true or
+    false"), as the engine takes them."""
+    if isinstance(value, bool | np.bool_) or (is_parameter_number(value) and value in (0, 1)):
         return float(value)
     return None
 
@@ -416,6 +427,22 @@ def _dense_activation(checker: _Checker, field: str, activation: object) -> None
         checker.no_params(field, activation, remedy)
 
 
+def _required_schedule_params(checker: _Checker, schedule: str | Mapping[str, Any] | None) -> None:
+    """Each parameter a known schedule has no default for must be given, as the server
+    requires: the engine's refusal named no field ("missing 1 required positional argument")."""
+    name = schedule.get("name") if isinstance(schedule, Mapping) else schedule
+    if not isinstance(name, str):
+        return
+    given = set(schedule) - {"name"} if isinstance(schedule, Mapping) else set()
+    for key in schedule_required_parameters(name):
+        if key not in given:
+            checker.add(
+                f"training.schedule.params[{key!r}]",
+                f"is required by schedule {name!r}, which has no default for it. "
+                f"Received parameters: {', '.join(sorted(given)) or 'none'}",
+            )
+
+
 def check_training(
     *,
     epochs: object,
@@ -446,6 +473,13 @@ def check_training(
     checker.positive_int("training.batch_size", batch_size)
     checker.name("training.optimizer", "optimizer", optimizer)
     rate = optimizer.get("learning_rate", learning_rate) if isinstance(optimizer, Mapping) else None
+    if isinstance(optimizer, Mapping) and "learning_rate" in optimizer and learning_rate:
+        # The optimizer's replaced the argument in silence, as the server refuses it in both.
+        checker.add(
+            "training.optimizer.learning_rate",
+            f"is given twice, as learning_rate={learning_rate!r} and in the optimizer "
+            f"({optimizer['learning_rate']!r}); give it once",
+        )
     checker.number(
         "training.optimizer.learning_rate", learning_rate if rate is None else rate, 0.0, math.inf
     )
@@ -456,6 +490,7 @@ def check_training(
         checker.name(f"training.metrics[{index}]", "metric", metric)
     checker.number("training.validation_fraction", validation_fraction, 0.0, 1.0, open_high=True)
     checker.name("training.schedule", "schedule", schedule, optional=True)
+    _required_schedule_params(checker, schedule)
     if isinstance(schedule, Mapping):
         checker.params("schedule", schedule)
         given = {k: v for k, v in schedule.items() if k != "name"}

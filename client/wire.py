@@ -70,6 +70,48 @@ def name_of(value: object, argument: str, kind: str, handles: tuple[type[Named],
     )
 
 
+# The largest sequence a watch can send (WatchJobRequest.after_sequence is an int64).
+MAX_SEQUENCE = 2**63 - 1
+
+
+def watch_start(after_sequence: object) -> int:
+    """`after_sequence` as a watch sends it: a whole number from 0 (every event); TypeError or
+    ValueError naming it otherwise (protobuf's own, "Value out of range: 9223372036854775808",
+    named nothing, and a negative number was sent for the server to refuse)."""
+    if isinstance(after_sequence, bool) or not isinstance(after_sequence, numbers.Integral):
+        raise TypeError(
+            "after_sequence must be a whole number: the sequence of the last event received, "
+            f"or 0 for every event. Received: {reprlib.repr(after_sequence)} "
+            f"({type(after_sequence).__name__})"
+        )
+    start = int(after_sequence)
+    if not 0 <= start <= MAX_SEQUENCE:
+        raise ValueError(
+            "after_sequence must be the sequence of the last event received, or 0 for every "
+            f"event (0 to {MAX_SEQUENCE}). Received: {start}"
+        )
+    return start
+
+
+def page_size_arg(page_size: object) -> int:
+    """A listing's `page_size` as its request carries it (an int32): a whole number from 0 (the
+    server's default page); TypeError or ValueError naming it otherwise (protobuf's own, "Value
+    out of range: 2147483648", named nothing, and a negative one was sent for the server to
+    refuse)."""
+    if isinstance(page_size, bool) or not isinstance(page_size, numbers.Integral):
+        raise TypeError(
+            f"page_size must be a whole number. Received: {reprlib.repr(page_size)} "
+            f"({type(page_size).__name__})"
+        )
+    size = int(page_size)
+    if not 0 <= size <= INT32[1]:
+        raise ValueError(
+            f"page_size must be 0 (the server's default) to {INT32[1]} (the server caps a page "
+            f"at its own most). Received: {size}"
+        )
+    return size
+
+
 def dataset_name(dataset: object, argument: str = "dataset") -> str:
     """A dataset's name from its name or its `DatasetInfo` (see `name_of`)."""
     return name_of(dataset, argument, "dataset", (DatasetInfo,))
@@ -161,6 +203,14 @@ def prepare_upload(
     task = task or infer_task(y)
     if task not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}. Received: task={task!r}")
+    if task != "regression" and y.ndim != 1:
+        # The server refuses it too, but only once every byte has been sent.
+        raise ValueError(
+            f"classification targets must be labels of shape ({len(y)},), one class per example "
+            f"(of one-hot rows, send each row's argmax); {y.shape[-1] if y.ndim else 1} target "
+            f"columns make a regression. Received: task={task!r}, targets of shape "
+            f"{list(y.shape)}"
+        )
     if task == "regression" and class_names:
         raise ValueError(
             "class_names name a classification's classes, and a regression has none: "
@@ -172,8 +222,24 @@ def prepare_upload(
             f"num_classes must be 0 (from the labels) to {INT32[1]}. Received: {num_classes}"
         )
     for kind, names in (("class_names", class_names), ("feature_names", feature_names)):
-        if any(not name.strip() for name in names):
-            raise ValueError(f"{kind} holds an empty name. Received: {quoted(list(names))}")
+        _check_names(kind, names)
+    classes = expected_classes(task, y, num_classes)
+    # Labels not integers are judged by the server, which refuses fractions as such.
+    counted_here = task == "binary" or num_classes or y.dtype.kind in "iu"
+    if class_names and classes and counted_here and len(class_names) != classes:
+        # The server refuses it too, but a count the labels make only after the whole upload.
+        if task == "binary":
+            counted = "of a binary task (labels 0 and 1)"
+            remedy = "give two names, or choose task 'multiclass' and num_classes for more"
+        elif num_classes:
+            counted, remedy = "num_classes gives", "give one name per class"
+        else:
+            counted = f"the labels make (0 to {classes - 1}, num_classes being 0)"
+            remedy = "give one name per class, or set num_classes to the classes they are for"
+        raise ValueError(
+            f"class_names has {len(class_names)} names for the {classes} classes {counted}: "
+            f"{remedy}"
+        )
     x_bytes, y_bytes = to_tensor(x).data, to_tensor(y).data
     digest = hashlib.sha256(x_bytes)
     digest.update(y_bytes)  # not of `x_bytes + y_bytes`, a copy of the whole dataset
@@ -189,6 +255,28 @@ def prepare_upload(
         class_names=list(class_names),
     )
     return Upload(header, (x_bytes, y_bytes), expected_classes(task, y, num_classes))
+
+
+def _check_names(kind: str, names: Sequence[str]) -> None:
+    """Class or feature names (`kind`) as the server takes them, the bad one named by its index:
+    text, not blank, each once (a repeated one was sent, and refused after the whole upload; one
+    not text raised AttributeError)."""
+    thing = "class" if kind == "class_names" else "feature"
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if not isinstance(name, str):
+            raise ValueError(f"{kind}[{index}] must be text. Received: {quoted(name)}")
+        if not name.strip():
+            raise ValueError(
+                f"{kind}[{index}] is an empty name: give each {thing} a name, or send no names. "
+                f"Received: {quoted(name)}"
+            )
+        if name in seen:
+            raise ValueError(
+                f"{kind}[{index}] names {quoted(name)}, as {kind}[{seen[name]}] does: each "
+                f"{thing} needs a name of its own"
+            )
+        seen[name] = index
 
 
 def expected_classes(task: str, targets: np.ndarray, num_classes: int) -> int:
@@ -353,7 +441,7 @@ def list_jobs_request(
 ) -> jobs_pb2.ListJobsRequest:
     """One page's `ListJobsRequest`."""
     return jobs_pb2.ListJobsRequest(
-        page_size=page_size,
+        page_size=page_size_arg(page_size),
         page_token=token,
         state=state_code(state) if state else jobs_pb2.JOB_STATE_UNSPECIFIED,
         dataset="" if dataset is None else dataset_name(dataset),

@@ -32,6 +32,17 @@ def parameter_names(registry: Mapping[str, type], name: str) -> tuple[str, ...] 
     return None if cls is None else tuple(inspect.signature(cls).parameters)
 
 
+def required_names(registry: Mapping[str, type], name: str) -> tuple[str, ...]:
+    """The keyword arguments the class registered as `name` cannot do without (no default),
+    empty for an unknown name: a caller that leaves one out met Python's own TypeError ("missing
+    1 required positional argument"), naming no field."""
+    cls = registry.get(name.lower())
+    if cls is None:
+        return ()
+    parameters = inspect.signature(cls).parameters.items()
+    return tuple(key for key, p in parameters if p.default is inspect.Parameter.empty)
+
+
 def flag_names(registry: Mapping[str, type], name: str) -> frozenset[str]:
     """The keyword arguments of the class registered as `name` that are flags (annotated
     ``bool``): a job's settings carry them as 1 and 0, its parameters being numbers."""

@@ -34,6 +34,7 @@ from ._registry import (
     check_int,
     check_number,
     parameter_names,
+    required_names,
     resolve,
     text_names,
 )
@@ -349,6 +350,12 @@ def parameters(name: str) -> tuple[str, ...] | None:
     """The parameters schedule `name` takes (``step_size``, ``gamma``, ...), or None for a name
     it does not know: the SDK and the server check a job's schedule settings by them."""
     return parameter_names(REGISTRY, name)
+
+
+def required_parameters(name: str) -> tuple[str, ...]:
+    """The parameters schedule `name` has no default for (``step``'s ``step_size``,
+    ``exponential``'s ``gamma``, ``cosine``'s ``total``), empty for a name it does not know."""
+    return required_names(REGISTRY, name)
 
 
 def text_parameters(name: str) -> frozenset[str]:

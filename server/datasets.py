@@ -104,15 +104,13 @@ class DatasetService:
         _check_finite("features", features)
         _check_finite("targets", targets)
         targets, num_classes = _check_targets(task, targets, header.num_classes)
-        if header.class_names and task is TaskKind.REGRESSION:
-            raise InvalidArgument.field(
-                "header.class_names",
-                "a regression has no classes: send class names only with a classification task",
-            )
         if header.class_names and len(header.class_names) != num_classes:
+            # Only a count the labels made is left to judge here (`_check_class_names`).
             raise InvalidArgument.field(
                 "header.class_names",
-                f"has {len(header.class_names)} names for {num_classes} classes",
+                f"has {len(header.class_names)} names for the {num_classes} classes the labels "
+                f"make (0 to {num_classes - 1}, header.num_classes being 0): give one name per "
+                "class, or set header.num_classes to the classes the names are for",
             )
 
         features = features.astype(feature_dtype.newbyteorder("="), copy=False)
@@ -178,21 +176,25 @@ class DatasetService:
             names = getattr(header, field)
             if len(names) > MAX_CLASSES:
                 raise InvalidArgument.field(f"header.{field}", f"at most {MAX_CLASSES} names")
-            seen: set[str] = set()
-            for name in names:
-                check_text(f"header.{field}", name, MAX_NAME_LENGTH)
+            # Each name's index is in the field: "holds an empty name" left whoever sent
+            # 100,000 of them to find which.
+            seen: dict[str, int] = {}
+            for index, name in enumerate(names):
+                check_text(f"header.{field}[{index}]", name, MAX_NAME_LENGTH)
                 if not name.strip():
                     raise InvalidArgument.field(
-                        f"header.{field}",
-                        f"holds an empty name: give each {kind} a name, or send no names",
+                        f"header.{field}[{index}]",
+                        f"is an empty name: give each {kind} a name, or send no names. "
+                        f"Received: {quoted(name)}",
                     )
                 # The CLI finds a feature's CSV column by its name, and a label by its class's.
                 if name in seen:
                     raise InvalidArgument.field(
-                        f"header.{field}",
-                        f"names {quoted(name)} more than once: each {kind} needs a name of its own",
+                        f"header.{field}[{index}]",
+                        f"names {quoted(name)}, as header.{field}[{seen[name]}] does: each "
+                        f"{kind} needs a name of its own",
                     )
-                seen.add(name)
+                seen[name] = index
         self._check_names_fit_answers(header)
         if header.features.dtype not in FEATURE_DTYPES:
             raise InvalidArgument.field(
@@ -244,6 +246,14 @@ class DatasetService:
                 f"must be in [0, {MAX_CLASSES}]. Received: {header.num_classes}",
             )
         task = TASKS_FROM_PROTO[header.task]
+        if task.is_classification and len(targets) != 1:
+            # Known from the header: it was refused only once every byte had been sent.
+            raise InvalidArgument.field(
+                "header.targets.shape",
+                f"classification targets must be labels of shape ({features[0]},), one class per "
+                f"example (of one-hot rows, send each row's argmax); {targets[1]} target columns "
+                f"make a regression. Received: {list(targets)}",
+            )
         if task is TaskKind.BINARY_CLASSIFICATION and header.num_classes not in (0, 2):
             raise InvalidArgument.field(
                 "header.num_classes",
@@ -256,6 +266,7 @@ class DatasetService:
                 "must be 0 (unset) for regression, which has no classes; upload the data as "
                 f"classification to give a class count. Received: {header.num_classes}",
             )
+        _check_class_names(task, header)
         return features, targets
 
     def get(self, name: str, project: str) -> Dataset:
@@ -326,6 +337,32 @@ class Upload:
         # keeps its lines for the log.
         self.buffer = bytearray()
         traceback.clear_frames(trace)
+
+
+def _check_class_names(task: TaskKind, header: datasets_pb2.DatasetHeader) -> None:
+    """The class names must suit the task, and be as many as the classes, when the header says
+    how many there are (a binary task's 2, or num_classes): checked only once the whole upload
+    was received, a mismatch was refused after every byte was sent."""
+    if not header.class_names:
+        return
+    if task is TaskKind.REGRESSION:
+        raise InvalidArgument.field(
+            "header.class_names",
+            "a regression has no classes: send class names only with a classification task",
+        )
+    given = len(header.class_names)
+    if task is TaskKind.BINARY_CLASSIFICATION and given != 2:
+        raise InvalidArgument.field(
+            "header.class_names",
+            f"has {given} names for the 2 classes of a binary classification (labels 0 and 1): "
+            "give two names, or upload the data as multiclass",
+        )
+    if header.num_classes and given != header.num_classes:
+        raise InvalidArgument.field(
+            "header.class_names",
+            f"has {given} names for the {header.num_classes} classes header.num_classes gives: "
+            "give one name per class",
+        )
 
 
 def _check_finite(field: str, values: np.ndarray) -> None:

@@ -7,14 +7,23 @@ to build what it trains, so a job that was accepted builds the same way on every
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from trainwire.client.tensors import TensorError, dtype_name
 from trainwire.client.validation import metric_misfits
-from trainwire.engine import Model, SpecError, Trainer, optimizers, schedules
+from trainwire.engine import (
+    EarlyStopping,
+    Model,
+    SpecError,
+    Trainer,
+    losses,
+    metrics,
+    optimizers,
+    schedules,
+)
 from trainwire.engine.errors import quoted
 from trainwire.engine.layers import Dense
 from trainwire.engine.model import SpecSummary
@@ -113,6 +122,17 @@ def normalised_training(
         if len(text) > 64 or "\x00" in text:
             raise InvalidArgument.field(f"training.{name}", f"is not a known name: {quoted(text)}")
     _check_params("optimizer", config.optimizer.name or DEFAULT_OPTIMIZER, config.optimizer.params)
+    rate_too = config.optimizer.params.get("learning_rate")
+    if strict and rate_too is not None and config.optimizer.learning_rate:
+        # The one in params replaced the field's in silence (the rule of a schedule's
+        # parameters, given in both maps, is the same). Not on a retry (`strict` off): an older
+        # server stored the one in params, and a retry must still find its job.
+        raise InvalidArgument.field(
+            "training.optimizer.params['learning_rate']",
+            "is given in training.optimizer.learning_rate too "
+            f"({config.optimizer.learning_rate}); give it once, in "
+            f"training.optimizer.learning_rate. Received: 'learning_rate'={rate_too}",
+        )
     flags = optimizers.flags(config.optimizer.name or DEFAULT_OPTIMIZER)
     for name, value in sorted(config.optimizer.params.items()):
         if name in flags and value not in (0.0, 1.0):
@@ -145,6 +165,7 @@ def normalised_training(
         for name, value in config.schedule.params.items():
             _check_finite_number(f"training.schedule.params[{quoted(name)}]", value)
         _check_schedule_options(config.schedule)
+        _check_required_schedule_params(config.schedule)
         # The wire carries doubles; counts such as step_size or patience are whole numbers.
         params = {k: int(v) if v.is_integer() else v for k, v in config.schedule.params.items()}
         training["schedule"] = {
@@ -246,6 +267,21 @@ def _check_schedule_options(schedule: models_pb2.ScheduleSpec) -> None:
             )
 
 
+def _check_required_schedule_params(schedule: models_pb2.ScheduleSpec) -> None:
+    """Each parameter the schedule has no default for must be given: left out, the engine
+    refused the job with Python's own TypeError ("StepDecay.__init__() missing 1 required
+    positional argument: 'step_size'"), answered under `training`, naming no field."""
+    name = schedule.name
+    for key in schedules.required_parameters(name):
+        if key not in schedule.params and key not in schedule.options:
+            given = ", ".join(sorted({*schedule.params, *schedule.options})) or "none"
+            raise InvalidArgument.field(
+                f"training.schedule.params[{quoted(key)}]",
+                f"is required by schedule {quoted(name)}, which has no default for it; send it "
+                f"in training.schedule.params. Received parameters: {given}",
+            )
+
+
 def validation_rows(num_examples: int, fraction: float) -> int:
     """The examples held out for validation: the worker's split and CreateJob's checks both
     count them here, so a job accepted with validation keys to monitor gets them."""
@@ -285,8 +321,49 @@ def validation_trainer(summary: SpecSummary, training: dict[str, Any]) -> Traine
     """The job's trainer around a stand-in model of the same output width and dtype, for the
     checks CreateJob makes: the loss, optimizer, schedule, early stopping and metrics look at
     nothing else of the model, and the real one need not be allocated to check them."""
+    _check_components(training)
     stand_in = Model(1, [Dense(summary.output_dim, use_bias=False)], dtype=training["dtype"])
     return build_trainer(stand_in, training)
+
+
+def _check_components(training: dict[str, Any]) -> None:
+    """Each engine component of the training (loss, optimizer, schedule, early stopping, each
+    metric) built alone, its refusal naming its field: the trainer, which builds them all, was
+    refused under `training` whichever it was ("momentum must be a number in [0.0, 1.0)")."""
+    optimizer = _engine_optimizer(training)
+    known = optimizers.parameters(str(optimizer["name"])) is not None
+    _built("training.optimizer" if known else "training.optimizer.name", optimizers.get, optimizer)
+    _built("training.loss", losses.get, training["loss"])
+    schedule = training.get("schedule")
+    if schedule is not None:
+        known = schedules.parameters(str(schedule["name"])) is not None
+        _built("training.schedule" if known else "training.schedule.name", schedules.get, schedule)
+    for index, metric in enumerate(training["metrics"]):
+        _built(f"training.metrics[{index}]", metrics.get, metric)
+    if "early_stopping" in training:
+        _built(
+            "training.early_stopping",
+            lambda spec: EarlyStopping(**spec),
+            training["early_stopping"],
+        )
+
+
+def _built(field: str, build: Callable[[Any], object], spec: object) -> None:
+    """`build(spec)`, its ValueError refused as INVALID_ARGUMENT naming `field`."""
+    try:
+        build(spec)
+    except ValueError as error:
+        raise InvalidArgument.field(field, str(error)) from None
+
+
+def _engine_optimizer(training: dict[str, Any]) -> dict[str, Any]:
+    """The stored optimizer as the engine takes it: its flags as bools."""
+    optimizer = dict(training["optimizer"])
+    for flag in optimizers.flags(str(optimizer.get("name", DEFAULT_OPTIMIZER))) & optimizer.keys():
+        # As stored: any number, by a server from before CreateJob took 1 and 0 alone, which
+        # the engine then read as bool() does (the engine's check now takes 1 and 0 alone).
+        optimizer[flag] = bool(optimizer[flag])
+    return optimizer
 
 
 def logged_metric_names(job: Job) -> set[str]:
@@ -314,16 +391,11 @@ def largest_pass_rows(training: dict[str, Any], dataset: Dataset) -> int:
 
 
 def build_trainer(model: Model, training: dict[str, Any]) -> Trainer:
-    optimizer = dict(training["optimizer"])
-    for flag in optimizers.flags(str(optimizer.get("name", DEFAULT_OPTIMIZER))) & optimizer.keys():
-        # As stored: any number, by a server from before CreateJob took 1 and 0 alone, which
-        # the engine then read as bool() does (the engine's check now takes 1 and 0 alone).
-        optimizer[flag] = bool(optimizer[flag])
     try:
         return Trainer(
             model,
             loss=training["loss"],
-            optimizer=optimizer,
+            optimizer=_engine_optimizer(training),
             batch_size=int(training["batch_size"]),
             seed=int(training["seed"]),
             metrics=tuple(training["metrics"]),

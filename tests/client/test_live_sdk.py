@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import struct
 import zlib
@@ -29,6 +30,7 @@ from trainwire.client import (
     SpecError,
     TimedOut,
 )
+from trainwire.client.aio import AsyncClient
 from trainwire.client.client import env_settings
 from trainwire.client.errors import field_violations
 from trainwire.client.wire import prepare_upload
@@ -441,6 +443,59 @@ def test_optimizer_flags_and_prelu_layers_reach_the_server_and_train(
     assert field == "training.optimizer.params['centered']" and "true or false" in description
 
 
+@pytest.mark.parametrize(
+    ("after", "error", "says"),
+    [
+        (-1, ValueError, "or 0 for every event (0 to 9223372036854775807). Received: -1"),
+        (2**63, ValueError, "(0 to 9223372036854775807). Received: 9223372036854775808"),
+        (1.5, TypeError, "must be a whole number: the sequence of the last event received, or 0"),
+        (True, TypeError, "Received: True (bool)"),
+        (None, TypeError, "Received: None (NoneType)"),
+    ],
+)
+def test_a_watch_refuses_an_after_sequence_it_cannot_send_naming_it(
+    live_server: LocalServer, client: Client, after: object, error: type[Exception], says: str
+) -> None:
+    """2**63 was protobuf's "Value out of range: 9223372036854775808" and 1.5 "'float' object
+    cannot be interpreted as an integer", naming nothing; -1 was sent for the server to refuse."""
+    job = "jobs/" + "0" * 32
+    with pytest.raises(error, match=r"^after_sequence must be ") as refused:
+        client.watch_job(job, after)  # type: ignore[arg-type]
+    assert says in str(refused.value)
+
+    async def watch() -> None:
+        async with AsyncClient(live_server.target) as aio:
+            with pytest.raises(error, match=re.escape(says)):
+                aio.watch_job(job, after)  # type: ignore[arg-type]
+
+    asyncio.run(watch())
+
+
+@pytest.mark.parametrize(
+    ("size", "error", "says"),
+    [
+        (-1, ValueError, "page_size must be 0 (the server's default) to 2147483647"),
+        (2**31, ValueError, "Received: 2147483648"),
+        (2.5, TypeError, "page_size must be a whole number. Received: 2.5 (float)"),
+    ],
+)
+def test_a_listing_refuses_a_page_size_it_cannot_send_naming_it(
+    live_server: LocalServer, client: Client, size: object, error: type[Exception], says: str
+) -> None:
+    """2**31 was protobuf's "Value out of range: 2147483648", naming nothing."""
+    for listing in (client.list_datasets, client.list_jobs):
+        with pytest.raises(error, match=re.escape(says)):
+            next(iter(listing(page_size=size)))  # type: ignore[arg-type]
+
+    async def list_datasets() -> None:
+        async with AsyncClient(live_server.target) as aio:
+            with pytest.raises(error, match=re.escape(says)):
+                await anext(aio.list_datasets(page_size=size))  # type: ignore[arg-type]
+
+    asyncio.run(list_datasets())
+    assert [j.name for j in client.list_jobs(page_size=0)] == [j.name for j in client.list_jobs()]
+
+
 def test_every_method_taking_a_name_also_takes_the_handle(client: Client) -> None:
     features, labels = blobs(rows=12, seed=7)
     data = client.upload_dataset(features, labels, name="handles", dedupe=False)
@@ -494,8 +549,8 @@ ESCAPES = "\x1b]0;pwned-title\x07\x1b[2J\x1b[31mFAKE: all jobs SUCCEEDED\x1b[0m\
     ("kind", "options", "field", "position"),
     [
         ("dataset", {"name": "evil" + ESCAPES}, "header.display_name", 4),
-        ("dataset", {"class_names": ["no" + ESCAPES, "b", "c"]}, "header.class_names", 2),
-        ("dataset", {"feature_names": ["a", "b", "c", "f\x1b[8m"]}, "header.feature_names", 1),
+        ("dataset", {"class_names": ["no" + ESCAPES, "b", "c"]}, "header.class_names[0]", 2),
+        ("dataset", {"feature_names": ["a", "b", "c", "f\x1b[8m"]}, "header.feature_names[3]", 1),
         ("dataset", {"labels": {"team": "ml\x9b2J"}}, "header.labels['team']", 2),
         ("job", {"display_name": "job" + ESCAPES}, "display_name", 3),
         ("job", {"labels": {"k\r": "v"}}, "labels", 1),
@@ -553,7 +608,7 @@ def relu(**params: float) -> models_pb2.LayerSpec:
         ({"model": models_pb2.ModelSpec(layers=[dense(4), relu(**{LONG: 1}), dense(3)])}, "model"),
         ({"model": models_pb2.ModelSpec(layers=[dense(3, activation=LONG)])}, "model"),
         ({"model": models_pb2.ModelSpec(layers=[dense(3, kernel_initializer=LONG)])}, "model"),
-        ({"training": models_pb2.TrainingConfig(metrics=[LONG])}, "training"),
+        ({"training": models_pb2.TrainingConfig(metrics=[LONG])}, "training.metrics[0]"),
         ({"queue": LONG}, "queue"),
         ({"dataset": LONG}, "dataset"),
     ],

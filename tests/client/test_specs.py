@@ -358,11 +358,51 @@ def test_a_parameter_the_request_cannot_carry_as_a_number_is_refused_by_name() -
         client.create_job("datasets/x", [Dense(3)], schedule={"name": "step", "step_sizee": 3})
     assert unknown.value.field_violations == [
         (
+            "training.schedule.params['step_size']",
+            "is required by schedule 'step', which has no default for it. "
+            "Received parameters: step_sizee",
+        ),
+        (
             "training.schedule.params['step_sizee']",
             "is not a parameter of schedule 'step', which takes: step_size, gamma, interval. "
             "Received: 'step_sizee'=3",
+        ),
+    ]
+
+
+def test_a_learning_rate_given_both_as_argument_and_in_the_optimizer_is_refused() -> None:
+    """The optimizer's replaced the argument without a word (the server refuses the two in its
+    request's learning_rate and params)."""
+    with Client("127.0.0.1:9") as client, pytest.raises(SpecError) as caught:
+        client.create_job(
+            "datasets/x",
+            [Dense(3)],
+            optimizer={"name": "adam", "learning_rate": 0.5},
+            learning_rate=0.1,
+        )
+    assert caught.value.field_violations == [
+        (
+            "training.optimizer.learning_rate",
+            "is given twice, as learning_rate=0.1 and in the optimizer (0.5); give it once",
         )
     ]
+    settings = {
+        **CREATE_DEFAULTS,
+        "optimizer": {"name": "adam", "learning_rate": 0.5},
+        "schedule": None,
+    }
+    request = create_job_request("datasets/x", [Dense(3)], **settings)
+    assert request.training.optimizer.learning_rate == 0.5
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_an_optimizer_flag_given_as_a_numpy_bool_is_sent_as_one_or_zero(validate: bool) -> None:
+    """np.True_ (a flag read from an array, a DataFrame) was refused: "must be true or false"."""
+    for flag, sent in ((np.True_, 1.0), (np.False_, 0.0)):
+        optimizer = {"name": "sgd", "momentum": 0.9, "nesterov": flag}
+        settings = {**CREATE_DEFAULTS, "optimizer": optimizer, "schedule": None}
+        request = create_job_request("datasets/x", [Dense(3)], **settings, validate=validate)
+        assert request.training.optimizer.params["nesterov"] == sent
 
 
 def schedule_sent(schedule: str | dict[str, Any], validate: bool = True) -> models_pb2.ScheduleSpec:
@@ -393,7 +433,7 @@ def test_a_schedules_text_parameters_are_sent_in_its_options() -> None:
     sent = schedule_sent({"name": "step", "step_size": 2, "interval": "step"})
     assert dict(sent.options) == {"interval": "step"} and dict(sent.params) == {"step_size": 2.0}
     assert not schedule_sent({"name": "cosine", "total": 10}).options
-    assert schedule_sent("cosine") == models_pb2.ScheduleSpec(name="cosine")
+    assert schedule_sent("cosine", validate=False) == models_pb2.ScheduleSpec(name="cosine")
 
 
 @pytest.mark.parametrize(
@@ -459,6 +499,33 @@ def test_a_bad_schedule_text_parameter_is_refused_locally_naming_the_field(
         **sent.options,
         **({"name": sent.name} if sent.name else {}),
     }
+
+
+@pytest.mark.parametrize(
+    ("schedule", "field", "description"),
+    [
+        (
+            "cosine",
+            "training.schedule.params['total']",
+            "is required by schedule 'cosine', which has no default for it. "
+            "Received parameters: none",
+        ),
+        (
+            {"name": "step", "gamma": 0.5, "interval": "step"},
+            "training.schedule.params['step_size']",
+            "is required by schedule 'step', which has no default for it. "
+            "Received parameters: gamma, interval",
+        ),
+    ],
+)
+def test_a_schedule_missing_a_parameter_it_has_no_default_for_is_refused_locally(
+    schedule: str | dict[str, Any], field: str, description: str
+) -> None:
+    """The server answered it with the engine's "missing 1 required positional argument",
+    naming no field."""
+    with pytest.raises(SpecError) as caught:
+        schedule_sent(schedule)
+    assert caught.value.field_violations == [(field, description)]
 
 
 def test_a_job_spec_passes_a_schedules_text_parameters_on() -> None:
@@ -589,20 +656,58 @@ def test_a_prelu_in_its_activation_form_takes_init_alone() -> None:
     model_spec_check({"layers": [{"type": "dense", "units": 4}, {**layer, "activation": "prelu"}]})
 
 
+@pytest.mark.parametrize("task", ["binary", "multiclass", None])
+def test_classification_targets_of_several_columns_are_refused_before_sending(
+    task: str | None,
+) -> None:
+    """One-hot labels were sent (and inferred binary), then refused by the server once every
+    byte had been."""
+    one_hot = np.array([[1, 0], [0, 1], [1, 0]])
+    arguments: dict[str, Any] = {
+        "task": task, "name": "", "num_classes": 0, "feature_names": (), "class_names": (),
+        "labels": None,
+    }  # fmt: skip
+    with pytest.raises(ValueError) as refused:
+        prepare_upload(np.zeros((3, 2), np.float32), one_hot, **arguments)
+    assert str(refused.value).startswith(
+        "classification targets must be labels of shape (3,), one class per example (of one-hot "
+        "rows, send each row's argmax); 2 target columns make a regression."
+    )
+
+
 @pytest.mark.parametrize(
     ("given", "says"),
     [
         ({"num_classes": 99_999_999_999}, "num_classes must be 0 (from the labels) to"),
         ({"num_classes": -1}, "num_classes must be 0"),
-        ({"class_names": ["x", "", "z"]}, "class_names holds an empty name"),
-        ({"feature_names": [" ", "b"]}, "feature_names holds an empty name"),
+        ({"class_names": ["x", "", "z"]}, "class_names[1] is an empty name: give each class"),
+        ({"feature_names": [" ", "b"]}, "feature_names[0] is an empty name: give each feature"),
+        (
+            {"class_names": ["x", "y", "x"]},
+            "class_names[2] names 'x', as class_names[0] does: each class needs a name of its own",
+        ),
+        ({"feature_names": ["a", 7]}, "feature_names[1] must be text. Received: 7"),
+        (
+            {"class_names": ["a", "b"]},
+            "class_names has 2 names for the 3 classes the labels make (0 to 2, num_classes "
+            "being 0): give one name per class, or set num_classes to the classes they are for",
+        ),
+        (
+            {"class_names": ["a", "b", "c"], "num_classes": 4},
+            "class_names has 3 names for the 4 classes num_classes gives: give one name per class",
+        ),
+        (
+            {"class_names": ["a", "b", "c"], "task": "binary"},
+            "class_names has 3 names for the 2 classes of a binary task (labels 0 and 1)",
+        ),
     ],
 )
 def test_an_upload_refuses_what_its_header_cannot_carry_naming_it(
     given: dict[str, Any], says: str
 ) -> None:
     """A class count past int32 was protobuf's "Value out of range", naming nothing; an empty
-    name was stored."""
+    name was stored; a repeated one, or names not one per class, were refused after the whole
+    upload, and neither said which."""
     arguments: dict[str, Any] = {
         "task": "multiclass", "name": "", "num_classes": 0, "feature_names": (),
         "class_names": (), "labels": None, **given,

@@ -124,6 +124,78 @@ def test_class_names_on_a_regression_are_refused_as_such(store: Store) -> None:
     assert store.list_datasets(10, "")[0] == []
 
 
+@pytest.mark.parametrize(
+    ("requests", "names", "says"),
+    [
+        (
+            upload(BINARY, TARGETS[BINARY]),
+            ["no", "yes", "maybe"],
+            "has 3 names for the 2 classes of a binary classification (labels 0 and 1): give "
+            "two names, or upload the data as multiclass",
+        ),
+        (
+            upload(datasets_pb2.TASK_KIND_MULTICLASS_CLASSIFICATION, np.array([0, 1, 2]), 4),
+            ["a", "b", "c"],
+            "has 3 names for the 4 classes header.num_classes gives: give one name per class",
+        ),
+    ],
+    ids=["binary", "num_classes"],
+)
+def test_class_names_not_one_per_class_of_the_header_are_refused_before_the_bytes(
+    store: Store,
+    requests: list[datasets_pb2.UploadDatasetRequest],
+    names: list[str],
+    says: str,
+) -> None:
+    """The header says how many classes there are: a count of names that does not match was
+    refused only once every byte of the upload had been received."""
+    requests[0].header.class_names.extend(names)
+    with pytest.raises(InvalidArgument) as refused:
+        DatasetService(store, Settings()).start(requests[0])
+    assert refused.value.violations == (FieldViolation("header.class_names", says),)
+
+
+@pytest.mark.parametrize("task", [BINARY, datasets_pb2.TASK_KIND_MULTICLASS_CLASSIFICATION])
+def test_classification_targets_of_several_columns_are_refused_at_the_header(
+    store: Store, task: datasets_pb2.TaskKind.ValueType
+) -> None:
+    """The header says their shape: one-hot rows were refused only once every byte had been
+    sent."""
+    requests = upload(task, np.array([[1, 0], [0, 1], [1, 0]], "<i8"))
+    requests[0].header.targets.shape[:] = [3, 2]
+    with pytest.raises(InvalidArgument) as refused:
+        DatasetService(store, Settings()).start(requests[0])
+    assert refused.value.violations == (
+        FieldViolation(
+            "header.targets.shape",
+            "classification targets must be labels of shape (3,), one class per example (of "
+            "one-hot rows, send each row's argmax); 2 target columns make a regression. "
+            "Received: [3, 2]",
+        ),
+    )
+
+
+def test_class_names_not_one_per_class_the_labels_make_say_where_the_count_came_from(
+    store: Store,
+) -> None:
+    """ "has 4 names for 3 classes" did not say that the labels made the 3, nor that
+    num_classes makes room for a class without examples."""
+    requests = multiclass_upload([0, 1, 2, 1])
+    requests[0].header.class_names.extend(["a", "b", "c", "d"])
+    with pytest.raises(InvalidArgument) as refused:
+        DatasetService(store, Settings()).upload(requests, "default")
+    assert refused.value.violations == (
+        FieldViolation(
+            "header.class_names",
+            "has 4 names for the 3 classes the labels make (0 to 2, header.num_classes being "
+            "0): give one name per class, or set header.num_classes to the classes the names "
+            "are for",
+        ),
+    )
+    requests[0].header.num_classes = 4
+    assert DatasetService(store, Settings()).upload(requests, "default").num_classes == 4
+
+
 MiB = 1 << 20
 
 
@@ -196,15 +268,49 @@ def test_features_past_the_size_limit_are_refused_for_their_size(store: Store) -
     [
         (
             float64_upload(3, [bytes(120)]),  # 4 features
-            "feature_names",
+            "feature_names[3]",
             ["a", "b", "c", "b"],
-            "names 'b' more than once",
+            "names 'b', as header.feature_names[1] does: each feature needs a name of its own",
         ),
-        (multiclass_upload([0, 1, 2]), "class_names", ["x", "y", "x"], "names 'x' more than once"),
-        (multiclass_upload([0, 1, 2]), "class_names", ["x", " ", "z"], "holds an empty name"),
-        (float64_upload(3, [bytes(120)]), "feature_names", ["a", "", "c", "d"], "an empty name"),
+        (
+            multiclass_upload([0, 1, 2]),
+            "class_names[2]",
+            ["x", "y", "x"],
+            "names 'x', as header.class_names[0] does: each class needs a name of its own",
+        ),
+        (
+            multiclass_upload([0, 1, 2]),
+            "class_names[1]",
+            ["x", " ", "z"],
+            "is an empty name: give each class a name, or send no names. Received: ' '",
+        ),
+        (
+            float64_upload(3, [bytes(120)]),
+            "feature_names[1]",
+            ["a", "", "c", "d"],
+            "is an empty name: give each feature a name, or send no names. Received: ''",
+        ),
+        (
+            multiclass_upload([0, 1, 2]),
+            "class_names[2]",
+            ["x", "y", "z" * 257],
+            "must be at most 256 characters. Received: 257",
+        ),
+        (
+            multiclass_upload([0, 1, 2]),
+            "class_names[1]",
+            ["x", "y\x00", "z"],
+            "must not contain control characters",
+        ),
     ],
-    ids=["feature_names", "class_names", "empty class name", "empty feature name"],
+    ids=[
+        "feature_names",
+        "class_names",
+        "empty class name",
+        "empty feature name",
+        "long class name",
+        "NUL in a class name",
+    ],
 )
 def test_a_name_given_twice_or_empty_is_refused(
     store: Store,
@@ -214,12 +320,14 @@ def test_a_name_given_twice_or_empty_is_refused(
     says: str,
 ) -> None:
     """They were stored, and the CLI, which matches CSV columns by feature name, could not tell
-    the features apart (nor find one of no name)."""
-    getattr(requests[0].header, field).extend(names)
+    the features apart (nor find one of no name). The field names the bad one's index: "holds
+    an empty name" left whoever sent 100,000 names to find which."""
+    getattr(requests[0].header, field.partition("[")[0]).extend(names)
     with pytest.raises(InvalidArgument) as refused:
         DatasetService(store, Settings()).upload(requests, "default")
-    assert refused.value.violations[0].field == f"header.{field}"
-    assert says in refused.value.message
+    [violation] = refused.value.violations
+    assert violation.field == f"header.{field}"
+    assert violation.description.startswith(says)
     assert store.list_datasets(10, "")[0] == []
 
 

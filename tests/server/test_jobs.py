@@ -613,6 +613,74 @@ def test_an_optimizer_flag_other_than_one_or_zero_is_refused_naming_it(
     assert service.create(request(regression_dataset(store), optimizer=accepted), "default")
 
 
+def test_a_learning_rate_given_both_in_its_field_and_in_params_is_refused_naming_it(
+    store: Store,
+) -> None:
+    """The one in params replaced training.optimizer.learning_rate without a word: a job asked
+    for 0.1 trained at 0.5."""
+    service = JobService(store, Settings())
+    both = models_pb2.OptimizerSpec(name="adam", learning_rate=0.1, params={"learning_rate": 0.5})
+    with pytest.raises(InvalidArgument) as refused:
+        service.create(request(regression_dataset(store), optimizer=both), "default")
+    assert refused.value.violations == (
+        FieldViolation(
+            "training.optimizer.params['learning_rate']",
+            "is given in training.optimizer.learning_rate too (0.1); give it once, in "
+            "training.optimizer.learning_rate. Received: 'learning_rate'=0.5",
+        ),
+    )
+    # Either alone is taken, as before.
+    alone = models_pb2.OptimizerSpec(name="adam", params={"learning_rate": 0.5})
+    job = service.create(request(regression_dataset(store), optimizer=alone), "default")
+    assert job.training["optimizer"]["learning_rate"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("training", "field", "says"),
+    [
+        (
+            {"optimizer": models_pb2.OptimizerSpec(name="sgd", params={"momentum": -1})},
+            "training.optimizer",
+            "momentum must be a number in [0.0, 1.0). Received: momentum=-1.0",
+        ),
+        (
+            {"optimizer": models_pb2.OptimizerSpec(name="nope")},
+            "training.optimizer.name",
+            "Unknown optimizer 'nope'; expected one of: adagrad, adam, adamw, rmsprop, sgd",
+        ),
+        ({"loss": "nope"}, "training.loss", "Unknown loss 'nope'"),
+        ({"metrics": ["mae", "nope"]}, "training.metrics[1]", "Unknown metric 'nope'"),
+        (
+            {"schedule": models_pb2.ScheduleSpec(name="step", params={"step_size": 0})},
+            "training.schedule",
+            "step_size must be an integer >= 1. Received: step_size=0",
+        ),
+        (
+            {"schedule": models_pb2.ScheduleSpec(name="nope")},
+            "training.schedule.name",
+            "Unknown schedule 'nope'",
+        ),
+        (
+            {"early_stopping": models_pb2.EarlyStopping(monitor="loss", patience=-1)},
+            "training.early_stopping",
+            "patience must be an integer >= 0. Received: patience=-1",
+        ),
+    ],
+    ids=["momentum", "optimizer", "loss", "metric", "schedule", "schedule name", "patience"],
+)
+def test_a_setting_the_engine_refuses_is_refused_naming_its_part_of_training(
+    store: Store, training: dict[str, Any], field: str, says: str
+) -> None:
+    """The trainer, which builds them all, was refused under the field `training`, whichever
+    part it was."""
+    with pytest.raises(InvalidArgument) as refused:
+        JobService(store, Settings()).create(
+            request(regression_dataset(store), **training), "default"
+        )
+    [violation] = refused.value.violations
+    assert violation.field == field and violation.description.startswith(says)
+
+
 def _forged_token(*parts: object) -> str:
     return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode()
 
@@ -937,4 +1005,40 @@ def test_a_bad_schedule_option_is_refused_at_create_naming_it(
         JobService(store, Settings()).create(request(dataset, **training), "default")
     assert [(v.field, says in v.description) for v in refused.value.violations] == [(field, True)]
     assert "\x1b" not in refused.value.message
+    assert store.list_jobs(10, "")[0] == []
+
+
+@pytest.mark.parametrize(
+    ("schedule", "field", "says"),
+    [
+        (
+            schedule_spec("step", {"interval": "step"}),
+            "training.schedule.params['step_size']",
+            "is required by schedule 'step', which has no default for it; send it in "
+            "training.schedule.params. Received parameters: interval",
+        ),
+        (
+            schedule_spec("Exponential", {}),
+            "training.schedule.params['gamma']",
+            "is required by schedule 'Exponential', which has no default for it; send it in "
+            "training.schedule.params. Received parameters: none",
+        ),
+        (
+            schedule_spec("cosine", {}, warmup=2),
+            "training.schedule.params['total']",
+            "is required by schedule 'cosine', which has no default for it; send it in "
+            "training.schedule.params. Received parameters: warmup",
+        ),
+    ],
+)
+def test_a_schedule_missing_a_parameter_it_has_no_default_for_is_refused_naming_it(
+    store: Store, schedule: models_pb2.ScheduleSpec, field: str, says: str
+) -> None:
+    """The engine refused it with Python's "StepDecay.__init__() missing 1 required positional
+    argument: 'step_size'", answered under `training`."""
+    dataset = regression_dataset(store)
+    with pytest.raises(InvalidArgument) as refused:
+        JobService(store, Settings()).create(request(dataset, schedule=schedule), "default")
+    assert refused.value.violations == (FieldViolation(field, says),)
+    assert "__init__" not in refused.value.message
     assert store.list_jobs(10, "")[0] == []
