@@ -124,6 +124,14 @@ def test_class_names_on_a_regression_are_refused_as_such(store: Store) -> None:
     assert store.list_datasets(10, "")[0] == []
 
 
+def copied(
+    requests: list[datasets_pb2.UploadDatasetRequest],
+) -> list[datasets_pb2.UploadDatasetRequest]:
+    """A parametrized upload's requests to change: the parameters are shared by each store's
+    run of a test, and a header changed in place reached the next run changed twice."""
+    return [datasets_pb2.UploadDatasetRequest.FromString(r.SerializeToString()) for r in requests]
+
+
 @pytest.mark.parametrize(
     ("requests", "names", "says"),
     [
@@ -149,6 +157,7 @@ def test_class_names_not_one_per_class_of_the_header_are_refused_before_the_byte
 ) -> None:
     """The header says how many classes there are: a count of names that does not match was
     refused only once every byte of the upload had been received."""
+    requests = copied(requests)
     requests[0].header.class_names.extend(names)
     with pytest.raises(InvalidArgument) as refused:
         DatasetService(store, Settings()).start(requests[0])
@@ -322,6 +331,7 @@ def test_a_name_given_twice_or_empty_is_refused(
     """They were stored, and the CLI, which matches CSV columns by feature name, could not tell
     the features apart (nor find one of no name). The field names the bad one's index: "holds
     an empty name" left whoever sent 100,000 names to find which."""
+    requests = copied(requests)
     getattr(requests[0].header, field.partition("[")[0]).extend(names)
     with pytest.raises(InvalidArgument) as refused:
         DatasetService(store, Settings()).upload(requests, "default")
