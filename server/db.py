@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import math
 import shlex
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -143,7 +145,7 @@ def make_engine(
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute(f"PRAGMA foreign_keys = {'ON' if sqlite_foreign_keys else 'OFF'}")
         cursor.close()
@@ -154,6 +156,26 @@ def make_engine(
         connection.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def _enable_wal(cursor: Any) -> None:
+    """Puts the SQLite file in WAL mode, waiting up to the busy timeout for another process.
+
+    SQLite answers SQLITE_BUSY at once, without the busy handler, to a connection that opens
+    the file while the last connection of another process is closing it (that one cleans up the
+    WAL under an exclusive lock) or recovering it: two `serve` or `db upgrade` started together
+    on a new file failed so ("database is locked"). The lock is held for moments: try again."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _postgres_engine(url: str, idle_in_transaction_s: float | None, **kwargs: Any) -> Engine:

@@ -33,33 +33,41 @@ def postgres_admin_url() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def postgres_server_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for this test run, dropped afterwards."""
+def postgres_server_url() -> str:
+    """A fresh, empty PostgreSQL database for this test run, dropped when the run ends."""
+    global _admin_url
     admin_url = postgres_admin_url()
     if not admin_url:
         pytest.skip(f"{POSTGRES_URL_VARIABLE} is not set")
+    _admin_url = normalise_url(admin_url)
     name = f"trainwire_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(normalise_url(admin_url), isolation_level="AUTOCOMMIT")
+    admin = create_engine(_admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield (
-            make_url(normalise_url(admin_url))
-            .set(database=name)
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with admin.connect() as connection:
-            for doomed in (name, *_fresh_databases):
-                try:
-                    connection.execute(text(f'DROP DATABASE IF EXISTS "{doomed}" WITH (FORCE)'))
-                except Exception as error:  # one left behind must not keep the others
-                    print(f"could not drop test database {doomed}: {error}", file=sys.stderr)
-        admin.dispose()
+    admin.dispose()
+    _fresh_databases.append(name)
+    return make_url(_admin_url).set(database=name).render_as_string(hide_password=False)
 
 
-# Databases `fresh_postgres_database` made this run, dropped with the run's own at its end.
+# The databases this run made, all on the server of `_admin_url`: dropped in
+# `pytest_sessionfinish`, not in a fixture's teardown, which pytest-timeout counts against the
+# run's last test (each drop forces a checkpoint: a couple of hundred took over its 300 s on a
+# loaded 2-core machine).
+_admin_url: str | None = None
 _fresh_databases: list[str] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _admin_url is None:
+        return
+    admin = create_engine(_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        for doomed in _fresh_databases:
+            try:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{doomed}" WITH (FORCE)'))
+            except Exception as error:  # one left behind must not keep the others
+                print(f"could not drop test database {doomed}: {error}", file=sys.stderr)
+    admin.dispose()
 
 
 def fresh_postgres_database(server_url: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -32,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import OperationalError
 
 from trainwire.engine import Callback, Model, Trainer, save_state
-from trainwire.server.db import Database, make_engine
+from trainwire.server.db import Database, _enable_wal, make_engine
 from trainwire.server.migrate import (
     NotMigrated,
     alembic_config,
@@ -152,6 +153,35 @@ def test_two_upgrades_of_a_fresh_database_at_once_both_succeed(
             assert upgrader.stdin is not None
             upgrader.stdin.close()
             upgrader.wait(timeout=60)
+
+
+def test_wal_mode_is_set_again_when_another_process_closing_the_file_answers_busy() -> None:
+    """The race above failed so on a loaded machine ("database is locked" from the pragma):
+    SQLite answers SQLITE_BUSY without calling the busy handler to a connection opening the file
+    while another process's last connection cleans up its WAL. The pragma is tried again; other
+    errors raise."""
+
+    class Cursor:
+        def __init__(self, errors: list[sqlite3.OperationalError]) -> None:
+            self.errors, self.calls = errors, 0
+
+        def execute(self, _sql: str) -> None:
+            self.calls += 1
+            if self.errors:
+                raise self.errors.pop(0)
+
+    def error(message: str, code: int) -> sqlite3.OperationalError:
+        failure = sqlite3.OperationalError(message)
+        failure.sqlite_errorcode = code
+        return failure
+
+    busy = Cursor([error("database is locked", sqlite3.SQLITE_BUSY) for _ in range(3)])
+    _enable_wal(busy)
+    assert busy.calls == 4
+    broken = Cursor([error("disk I/O error", sqlite3.SQLITE_IOERR)])
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        _enable_wal(broken)
+    assert broken.calls == 1
 
 
 # Longer than a SQLite page, so the value spills onto overflow pages as real checkpoints do.
