@@ -188,7 +188,7 @@ def test_a_watch_closed_while_it_waits_to_reconnect_ends_at_once(
     def dropped(*args: Any, **kwargs: Any) -> Any:
         return _DroppedStream()
 
-    def an_hour(error: Exception) -> float:
+    def an_hour(error: Exception, server_delay: float = 0.0) -> float:
         waits.append(3600.0)
         return 3600.0
 
@@ -216,7 +216,7 @@ def test_an_async_watch_closed_while_it_waits_to_reconnect_ends_at_once(
             watch = client.watch_job(MISSING_JOB, timeout=None)
             waits: list[float] = []
 
-            def an_hour(error: Exception) -> float:
+            def an_hour(error: Exception, server_delay: float = 0.0) -> float:
                 waits.append(3600.0)
                 return 3600.0
 
