@@ -1182,6 +1182,15 @@ def test_api_keys_isolate_projects_on_every_rpc(tmp_path: Path) -> None:
         with Client(server.target, api_key=forged) as bad, pytest.raises(TrainwireError) as wrong:
             list(bad.list_jobs())
         assert wrong.value.code == grpc.StatusCode.UNAUTHENTICATED
+        # A method the server lacks is judged as any other: the key first.
+        with grpc.insecure_channel(server.target) as channel:
+            nope = channel.unary_unary("/trainwire.v1.JobService/Nope")
+            codes = []
+            for metadata in ((), (("authorization", f"Bearer {alpha}"),)):
+                with pytest.raises(grpc.RpcError) as unknown:
+                    nope(b"", timeout=30, metadata=metadata)
+                codes.append(unknown.value.code())
+        assert codes == [grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNIMPLEMENTED]
 
         with Client(server.target, api_key=alpha) as a, Client(server.target, api_key=beta) as b:
             x = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
