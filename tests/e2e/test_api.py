@@ -1330,7 +1330,7 @@ def assert_refused_for_want_of_an_active_key(target: str) -> None:
     """A call without a key is refused (UNAUTHENTICATED), and once the server has re-read its
     keys (every second), with the message telling the operator to create one."""
     with Client(target) as anonymous:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60
         while True:
             with pytest.raises(TrainwireError) as refused:
                 list(anonymous.list_datasets())
@@ -1683,7 +1683,7 @@ def test_health_is_not_serving_while_the_database_is_unreachable(
 
             assert status() == health_pb2.HealthCheckResponse.SERVING
             proxy.cut()
-            deadline = time.monotonic() + 15
+            deadline = time.monotonic() + 60
             while status() != health_pb2.HealthCheckResponse.NOT_SERVING:
                 assert time.monotonic() < deadline, "health never reported NOT_SERVING"
                 time.sleep(0.2)
@@ -1691,7 +1691,7 @@ def test_health_is_not_serving_while_the_database_is_unreachable(
                 client.get_job(f"jobs/{uuid.uuid4().hex}")
             assert down.value.code == grpc.StatusCode.UNAVAILABLE
             proxy.restore()
-            deadline = time.monotonic() + 15
+            deadline = time.monotonic() + 60
             while status() != health_pb2.HealthCheckResponse.SERVING:
                 assert time.monotonic() < deadline, "health never recovered"
                 time.sleep(0.2)
