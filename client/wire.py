@@ -74,42 +74,33 @@ def name_of(value: object, argument: str, kind: str, handles: tuple[type[Named],
 MAX_SEQUENCE = 2**63 - 1
 
 
-def watch_start(after_sequence: object) -> int:
-    """`after_sequence` as a watch sends it: a whole number from 0 (every event); TypeError or
-    ValueError naming it otherwise (protobuf's own, "Value out of range: 9223372036854775808",
-    named nothing, and a negative number was sent for the server to refuse)."""
-    if isinstance(after_sequence, bool) or not isinstance(after_sequence, numbers.Integral):
+def whole_number_arg(value: object, argument: str, high: int, meaning: str) -> int:
+    """`value` as a request's integer field carries it: a whole number from 0 to `high`;
+    TypeError or ValueError naming `argument` and saying what it is (`meaning`) otherwise:
+    protobuf's own ("Value out of range: 9223372036854775808", "'float' object cannot be
+    interpreted as an integer") named nothing, and a negative one was sent for the server to
+    refuse."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(
-            "after_sequence must be a whole number: the sequence of the last event received, "
-            f"or 0 for every event. Received: {reprlib.repr(after_sequence)} "
-            f"({type(after_sequence).__name__})"
+            f"{argument} must be a whole number: {meaning}. Received: {reprlib.repr(value)} "
+            f"({type(value).__name__})"
         )
-    start = int(after_sequence)
-    if not 0 <= start <= MAX_SEQUENCE:
-        raise ValueError(
-            "after_sequence must be the sequence of the last event received, or 0 for every "
-            f"event (0 to {MAX_SEQUENCE}). Received: {start}"
-        )
-    return start
+    number = int(value)
+    if not 0 <= number <= high:
+        raise ValueError(f"{argument} must be {meaning} (0 to {high}). Received: {number}")
+    return number
+
+
+def watch_start(after_sequence: object) -> int:
+    """A watch's `after_sequence` (see `whole_number_arg`)."""
+    meaning = "the sequence of the last event received, or 0 for every event"
+    return whole_number_arg(after_sequence, "after_sequence", MAX_SEQUENCE, meaning)
 
 
 def page_size_arg(page_size: object) -> int:
-    """A listing's `page_size` as its request carries it (an int32): a whole number from 0 (the
-    server's default page); TypeError or ValueError naming it otherwise (protobuf's own, "Value
-    out of range: 2147483648", named nothing, and a negative one was sent for the server to
-    refuse)."""
-    if isinstance(page_size, bool) or not isinstance(page_size, numbers.Integral):
-        raise TypeError(
-            f"page_size must be a whole number. Received: {reprlib.repr(page_size)} "
-            f"({type(page_size).__name__})"
-        )
-    size = int(page_size)
-    if not 0 <= size <= INT32[1]:
-        raise ValueError(
-            f"page_size must be 0 (the server's default) to {INT32[1]} (the server caps a page "
-            f"at its own most). Received: {size}"
-        )
-    return size
+    """A listing's `page_size`, an int32 (see `whole_number_arg`)."""
+    meaning = "0 for the server's default page, or the most items a page may hold"
+    return whole_number_arg(page_size, "page_size", INT32[1], meaning)
 
 
 def dataset_name(dataset: object, argument: str = "dataset") -> str:

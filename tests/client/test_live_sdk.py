@@ -474,9 +474,9 @@ def test_a_watch_refuses_an_after_sequence_it_cannot_send_naming_it(
 @pytest.mark.parametrize(
     ("size", "error", "says"),
     [
-        (-1, ValueError, "page_size must be 0 (the server's default) to 2147483647"),
-        (2**31, ValueError, "Received: 2147483648"),
-        (2.5, TypeError, "page_size must be a whole number. Received: 2.5 (float)"),
+        (-1, ValueError, "page_size must be 0 for the server's default page, or the most "),
+        (2**31, ValueError, "(0 to 2147483647). Received: 2147483648"),
+        (2.5, TypeError, "page_size must be a whole number: 0 for the server's default page"),
     ],
 )
 def test_a_listing_refuses_a_page_size_it_cannot_send_naming_it(
