@@ -882,16 +882,9 @@ def bytes_read_by_this_process() -> int:
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux's /proc/self/io")
 def test_listing_checkpoints_does_not_read_their_bytes_on_sqlite(sqlite_url: str) -> None:
     size = 2 * 1024 * 1024
-    writer = Database(sqlite_url)
-    try:
-        store = Store(writer)
-        store.create_job(make_job(store, make_dataset(store)))
-        claim = store.claim_job("w")
-        assert claim is not None
+    with _claimed_on_sqlite(sqlite_url) as (store, claim):
         for epoch in (1, 2):
             store.save_checkpoint(claim, epoch, epoch, {"loss": 1.0}, bytes([epoch]) * size)
-    finally:
-        writer.dispose()
     # A new connection has an empty page cache: every page it needs is read from the files.
     reader = Database(sqlite_url)
     try:
