@@ -606,6 +606,8 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
         code, details = status_of(error)
         if self._closed:
             raise StopAsyncIteration
+        if self.client._closed:  # its close() cancelled the stream (see `JobWatch._recover`)
+            raise ClientClosed(self.client) from None
         if self.timeout is not None and code is grpc.StatusCode.DEADLINE_EXCEEDED:
             # The stream's deadline is the watch's own.
             raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None

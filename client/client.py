@@ -222,9 +222,12 @@ def may_have_run(code: grpc.StatusCode | None) -> bool:
 
 
 def reconnectable(code: grpc.StatusCode | None, details: str) -> bool:
-    """Whether a stream that failed this way should be re-opened: the server is unreachable or
-    dropped the connection (an INTERNAL only when it is a reset stream, not a server bug)."""
-    if code is grpc.StatusCode.UNAVAILABLE:
+    """Whether a stream (or a wait's poll) that failed this way should be tried again: the
+    server is unreachable or dropped the connection (an INTERNAL only when it is a reset stream,
+    not a server bug), or cancelled it as it stopped (CANCELLED: the calls it had received and
+    not started, its first open among them, and those still open after its grace period; see
+    `retry.RETRYABLE`). A CANCELLED of the caller's own, a close(), is checked for first."""
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
         return True
     return code is grpc.StatusCode.INTERNAL and "RST_STREAM" in details
 
@@ -937,6 +940,8 @@ class JobWatch(Iterator[JobEvent]):
         code, details = status_of(error)
         if self._closed:
             raise StopIteration
+        if self.client._closed:  # its close() cancelled the stream: not a server's doing
+            raise ClientClosed(self.client) from None
         if self.timeout is not None and code is grpc.StatusCode.DEADLINE_EXCEEDED:
             # The stream's deadline is the watch's own.
             raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None

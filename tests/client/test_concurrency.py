@@ -175,6 +175,36 @@ def test_a_watch_closed_while_it_opens_its_stream_hands_out_nothing(
         job.cancel()
 
 
+def test_a_watch_in_flight_when_its_client_closes_raises_client_closed(
+    live_server: LocalServer, dataset: DatasetInfo
+) -> None:
+    """The close() cancels the watch's stream: CANCELLED, which the watch re-opens when a server
+    sends it, must be `ClientClosed` at once here, not gRPC's "Channel closed" nor a reconnect."""
+    client = Client(live_server.target, timeout=30)
+    job = client.create_job(dataset, MODEL, epochs=1, queue="nobody-listens")
+    watch = job.watch(timeout=None)
+    raised: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            list(watch)
+        except BaseException as error:  # handed to the test's thread
+            raised.append(error)
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    try:
+        wait_for(lambda: waiting_for_an_event(watch), 30, "the watch to wait for an event")
+        client.close()
+        follower.join(30)
+        assert not follower.is_alive(), "the watch went on after its client closed"
+        assert len(raised) == 1 and isinstance(raised[0], ClientClosed), raised
+        assert watch.reconnects == 0
+    finally:
+        with Client(live_server.target, timeout=30) as other:
+            other.cancel_job(job.name)
+
+
 def test_a_watch_closed_while_it_waits_to_reconnect_ends_at_once(
     client: Client, dataset: DatasetInfo, monkeypatch: pytest.MonkeyPatch
 ) -> None:

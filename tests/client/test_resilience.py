@@ -49,6 +49,8 @@ class Flaky:
     delay_s: float = 0.0
     busy_before_deleting: bool = False
     opened_then_dropped: int = 0
+    watch_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE  # how the first streams break
+    refused_opens: int = 0  # streams ended with `watch_code` before they open
     calls: dict[str, int] = field(default_factory=dict)
     watch_requests: list[int] = field(default_factory=list)
     existing: set[str] = field(default_factory=lambda: {JOB, DATASET})
@@ -110,6 +112,8 @@ class Flaky:
         also resends the last event the client saw (the client must drop the duplicate). With
         `opened_then_dropped`, that many streams are first opened and dropped at once."""
         self.watch_requests.append(request.after_sequence)
+        if len(self.watch_requests) <= self.refused_opens:
+            context.abort(self.watch_code, "shutting down")
         if len(self.watch_requests) <= self.opened_then_dropped:
             context.send_initial_metadata((WATCH_OPENED,))
             context.abort(grpc.StatusCode.UNAVAILABLE, "opened, then gone at once")
@@ -120,7 +124,7 @@ class Flaky:
             if sent == 2 and len(self.watch_requests) <= 2:
                 if self.retry_delay_s is not None:
                     context.set_trailing_metadata(self._retry_info())
-                context.abort(grpc.StatusCode.UNAVAILABLE, "server going away")
+                context.abort(self.watch_code, "server going away")
 
 
 @pytest.fixture
@@ -401,6 +405,30 @@ def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     monkeypatch.setattr(client_module, "time", RecordedSleeps)
     monkeypatch.setattr(JobWatch, "_pause", lambda watch, seconds: recorded.append(seconds))
     return recorded
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_watch_reopens_after_a_cancelled_it_did_not_cause(
+    flaky: tuple[Flaky, str], delays: list[float], asynchronous: bool
+) -> None:
+    """A stopping server cancels the calls it has received and not started (a watch's first
+    open among them) and, after its grace period, the streams still open: CANCELLED, which a
+    watch raised though it re-opened after UNAVAILABLE, and unary calls retry it. Here the
+    first open is cancelled, then the stream after two events."""
+    behaviour, target = flaky
+    behaviour.watch_code, behaviour.refused_opens = grpc.StatusCode.CANCELLED, 1
+
+    async def watched_async() -> list[int]:
+        async with AsyncClient(target, timeout=10) as client:
+            return [event.sequence async for event in client.watch_job(JOB)]
+
+    if asynchronous:
+        sequences = asyncio.run(watched_async())
+    else:
+        with Client(target) as client:
+            sequences = [event.sequence for event in client.watch_job(JOB)]
+    assert sequences == [1, 2, 3, 4, 5, 6]
+    assert behaviour.watch_requests == [0, 0, 2], "re-opened after each CANCELLED, resuming"
 
 
 def test_a_watch_waits_as_long_as_its_end_asks_before_reconnecting(
