@@ -60,6 +60,7 @@ from .errors import (
     retry_delay_of,
     status_of,
 )
+from .feeds import AsyncBatchFeed
 from .files import PathLike
 from .results import (
     Checkpoint,
@@ -435,26 +436,20 @@ class AsyncClient:
         outputs_only: bool = False,
     ) -> AsyncIterator[Prediction]:
         """Predictions for each batch of rows, over one PredictStream call, in order; `batches`
-        is read as the stream goes (see `Client.predict_stream`)."""
+        is read as the stream goes, and a stream the server drops goes on over a new call (see
+        `Client.predict_stream`)."""
         if self._closed:
             raise ClientClosed(self)
         name = job_name(job)
         streamed = StreamedPrediction(name, checkpoint, self.max_message_bytes, outputs_only)
-        failure: list[Exception] = []
-        # The requests are written by a task of ours, not by grpc.aio from a request iterator: a
-        # write made once the client's gRPC has the server's refusal (of an earlier message) but
-        # before asyncio has seen it fails, and grpc.aio then replaces the call's status with
-        # INTERNAL ("Internal error from Core", grpc/grpc#36066), the server's own lost. The done
-        # callback below cancels the writing task as the status is set, so no such write is left
-        # to report its failure.
-        call = self._rpc.predict_stream(None, timeout=self.timeout, metadata=self._metadata)
+        feed = AsyncBatchFeed(batches, streamed)
 
-        async def write_requests() -> None:
+        async def write_requests(call: Any) -> None:
             # A batch that cannot be encoded (or an exception of `batches` itself) ends the
             # requests, and is raised once the batches before it are answered.
+            sent = feed.first_unanswered()
             try:
-                async for batch in _aiter(batches):
-                    x = as_inputs(batch)
+                while (x := await feed.next_batch(sent)) is not None:
                     if streamed.answer_row_bytes is None:  # once, after the first batch is encoded
                         streamed.describe(await self.model_metadata(name, checkpoint))
                     for request in streamed.requests(x):
@@ -462,33 +457,72 @@ class AsyncClient:
                             await call.write(request)
                         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
                             return  # the call has ended: the responses report its status
+                    sent += 1
             except Exception as error:
-                failure.append(error)
+                feed.failure = feed.failure or error
             # A half-close racing the call's end fails with grpc's own ExecuteBatchError (no
             # AioRpcError); the responses report the call's status.
             with contextlib.suppress(Exception):
                 await call.done_writing()
 
-        writer = asyncio.create_task(write_requests())
-
-        def stop_writing(_: object) -> None:
-            writer.cancel()
-
-        call.add_done_callback(stop_writing)
+        attempts = CallAttempts(self.retry, self.timeout)
         try:
-            with closing_raises_client_closed(self):
-                async for response in call:
-                    prediction = streamed.answered(response)
-                    if prediction is not None:
-                        yield prediction
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from None
+            while True:
+                if self._closed:  # close() may come while a new call is waited for
+                    raise ClientClosed(self)
+                # The requests are written by a task of ours, not by grpc.aio from a request
+                # iterator: a write made once the client's gRPC has the server's refusal (of an
+                # earlier message) but before asyncio has seen it fails, and grpc.aio then
+                # replaces the call's status with INTERNAL ("Internal error from Core",
+                # grpc/grpc#36066), the server's own lost. The done callback cancels the writing
+                # task as the status is set, so no such write is left to report its failure.
+                call = self._rpc.predict_stream(
+                    None, timeout=attempts.next_timeout(), metadata=self._metadata
+                )
+                writer = asyncio.create_task(write_requests(call))
+                call.add_done_callback(_cancelling(writer))
+                try:
+                    with closing_raises_client_closed(self):
+                        async for response in call:
+                            prediction = streamed.answered(response)
+                            if prediction is not None:
+                                feed.answered(prediction.checkpoint)
+                                attempts.answered()
+                                yield prediction
+                    break
+                except grpc.aio.AioRpcError as error:
+                    code, details = status_of(error)
+                    delay = attempts.delay_after(
+                        code, details, closed=self._closed, server_delay=retry_delay_of(error)
+                    )
+                    if delay is None:
+                        raise from_rpc_error(error) from None
+                    # The failed call's writer is cancelled: once it has stopped, its messages
+                    # no longer count, and the next call sends its batches again.
+                    await asyncio.wait([writer])
+                    streamed.restart()
+                    log.info(
+                        "prediction stream of %s lost (%s); resuming in %.2fs", name, code, delay
+                    )
+                    await asyncio.sleep(delay)
+                finally:
+                    # The caller may stop early (or fail to read an answer): end the call, and
+                    # with it the writing task, rather than leave it sending for an abandoned
+                    # call.
+                    call.cancel()
         finally:
-            # The caller may stop early (or fail to read an answer): end the call, and with it
-            # the writing task, rather than leave it reading `batches` for an abandoned call.
-            call.cancel()
-        if failure:
-            raise failure[0]
+            feed.close()  # a read of `batches` still under way is for no call
+        if feed.failure is not None:
+            raise feed.failure
+
+
+def _cancelling(task: asyncio.Task[None]) -> Callable[[object], None]:
+    """A done callback that cancels `task`."""
+
+    def cancel(_: object) -> None:
+        task.cancel()
+
+    return cancel
 
 
 def cancelled_by_close(closed: bool) -> bool:
@@ -511,16 +545,6 @@ def closing_raises_client_closed(client: AsyncClient) -> Iterator[None]:
         if cancelled_by_close(client._closed):
             raise ClientClosed(client) from None
         raise
-
-
-async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
-    """The items of a sync or async iterable, asynchronously."""
-    if isinstance(items, AsyncIterable):
-        async for item in items:
-            yield item
-    else:
-        for item in items:
-            yield item
 
 
 class AsyncJobWatch(AsyncIterator[JobEvent]):

@@ -36,6 +36,7 @@ from .errors import (
     retry_delay_of,
     status_of,
 )
+from .feeds import BatchFeed
 from .files import PathLike, read_dataset, read_targets
 from .results import (
     FINISHED,
@@ -793,6 +794,12 @@ class Client:
         exception of the iterable itself) ends the stream: it is raised, as it was, after the
         predictions of the batches before it. `outputs_only` as for `predict`.
 
+        A stream the server drops (a restart) goes on over a new call, as the client's `retry`
+        policy retries a call, within the client's `timeout` for the whole stream: the batches
+        sent and not yet answered go again, asking the checkpoint that answered the stream's
+        first batch, and `batches` is still read once (the batches read and not yet answered
+        are kept meanwhile). Each batch's prediction is handed out once, in order.
+
         `batches` is read by a thread of gRPC's. Stopping early (`close()` of this generator, or
         a `break` out of a loop over it) cancels the stream, and that thread stops at the next
         batch it receives: one still waiting inside the iterable for it (a live feed) cannot be
@@ -802,41 +809,44 @@ class Client:
             raise ClientClosed(self)
         name = job_name(job)
         streamed = StreamedPrediction(name, checkpoint, self.max_message_bytes, outputs_only)
-        failure: list[Exception] = []
-        ended = threading.Event()  # the call is over: no more batches are read or sent
-
-        def requests() -> Iterator[predictions_pb2.PredictRequest]:
-            # gRPC reads this in a thread of its own and reports what it raises as an UNKNOWN
-            # status ("Exception iterating requests!"): the requests end instead, and the
-            # exception is raised to the caller once the batches before it are answered.
+        # gRPC reads the requests in a thread of its own and reports what they raise as an
+        # UNKNOWN status ("Exception iterating requests!"): the feed ends them instead, and its
+        # failure is raised to the caller once the batches before it are answered.
+        feed = BatchFeed(batches, streamed)
+        attempts = CallAttempts(self.retry, self.timeout)
+        while True:
+            ended = threading.Event()  # the call is over: no more batches are read or sent
+            stream = self._invoke(
+                self._rpc.predict_stream,
+                feed.requests(ended, lambda: self.model_metadata(name, checkpoint)),
+                timeout=attempts.next_timeout(),
+                metadata=self._metadata,
+            )
             try:
-                for batch in batches:
-                    if ended.is_set():
-                        return
-                    x = as_inputs(batch)
-                    if streamed.answer_row_bytes is None:  # once, after the first batch is encoded
-                        streamed.describe(self.model_metadata(name, checkpoint))
-                    yield from streamed.requests(x)
-            except Exception as error:
-                failure.append(error)
-
-        stream = self._invoke(
-            self._rpc.predict_stream, requests(), timeout=self.timeout, metadata=self._metadata
-        )
-        try:
-            for response in stream:
-                prediction = streamed.answered(response)
-                if prediction is not None:
-                    yield prediction
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
-        finally:
-            # The caller may stop early: end the call, rather than leave gRPC's thread reading
-            # `batches` (and sending them) for an abandoned call, as the async stream does.
-            ended.set()
-            stream.cancel()
-        if failure:
-            raise failure[0]
+                for response in stream:
+                    prediction = streamed.answered(response)
+                    if prediction is not None:
+                        feed.answered(prediction.checkpoint)
+                        attempts.answered()
+                        yield prediction
+                break
+            except grpc.RpcError as error:
+                code, details = status_of(error)
+                delay = attempts.delay_after(
+                    code, details, closed=self._closed, server_delay=retry_delay_of(error)
+                )
+                if delay is None:
+                    raise from_rpc_error(error) from None
+                feed.restart(ended)
+                log.info("prediction stream of %s lost (%s); resuming in %.2fs", name, code, delay)
+                time.sleep(delay)
+            finally:
+                # The caller may stop early: end the call, rather than leave gRPC's thread reading
+                # `batches` (and sending them) for an abandoned call, as the async stream does.
+                ended.set()
+                stream.cancel()
+        if feed.failure is not None:
+            raise feed.failure
 
 
 class JobWatch(Iterator[JobEvent]):

@@ -43,8 +43,14 @@ from .rpc import MAX_RECONNECT_BACKOFF_S
 RETRYABLE = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
 )
-# Phrases of RESOURCE_EXHAUSTED statuses that another attempt cannot fix.
-_PERMANENT = ("is limited to", "larger than max", "message larger")
+# Phrases of RESOURCE_EXHAUSTED statuses that another attempt cannot fix (the last: a stream's
+# model larger than the server's whole model cache).
+_PERMANENT = (
+    "is limited to",
+    "larger than max",
+    "message larger",
+    "more than the server's model cache holds",
+)
 
 #: How long calls that failed UNAVAILABLE go on being retried, past `max_attempts` if need be.
 #: While a channel waits out its backoff between connection attempts it is in TRANSIENT_FAILURE
@@ -143,6 +149,12 @@ class CallAttempts:
         """Starts another attempt; returns its timeout: what is left of the deadline."""
         self.attempt += 1
         return max(self.deadline - time.monotonic(), 0.001)
+
+    def answered(self) -> None:
+        """The server answered part of a stream during this attempt: its next failure begins
+        a new outage, counted as a first attempt's."""
+        self.attempt = min(self.attempt, 1)
+        self._unavailable_since = None
 
     def delay_after(
         self,

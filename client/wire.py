@@ -748,6 +748,11 @@ class StreamedPrediction:
                 self.job, x[start : start + rows], self.checkpoint, self.outputs_only
             )
 
+    def restart(self) -> None:
+        """Forgets the messages of a call that failed: a new call sends its batches again."""
+        self._messages = deque()
+        self._answers = []
+
     def answered(self, response: predictions_pb2.PredictResponse) -> Prediction | None:
         self._answers.append(response)
         if len(self._answers) < self._messages[0]:

@@ -279,8 +279,8 @@ class PredictionService:
                 "TRAINWIRE_MODEL_CACHE_BYTES to stream predictions from it"
             )
         if pin is None:
-            # The caller may try again later: room comes back as streams end (neither SDK
-            # retries a stream by itself).
+            # The caller may try again later: room comes back as streams end (both SDKs retry
+            # it within their retry policy, as a busy server's refusal).
             raise ResourceExhausted(
                 f"the server's model cache (TRAINWIRE_MODEL_CACHE_BYTES="
                 f"{self.cache.max_bytes}) is held by open prediction streams and has no room "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -27,6 +28,7 @@ from trainwire.client import (
     SpecError,
 )
 from trainwire.client.aio import AsyncClient
+from trainwire.client.feeds import BatchFeed
 from trainwire.client.tensors import to_tensor
 from trainwire.client.wire import StreamedPrediction
 from trainwire.server.local import LocalServer, local_server
@@ -36,6 +38,7 @@ from trainwire.v1 import predictions_pb2, predictions_pb2_grpc
 from ..e2e.test_topology import scrape
 from ..support.h2_proxy import HeldRepliesProxy
 from ..support.ports import free_ports
+from ..support.tcp_proxy import TcpProxy
 from ..support.waiting import wait_for
 from .conftest import MODEL, blobs
 
@@ -399,3 +402,124 @@ def test_an_async_stream_of_wide_answers_is_split_by_their_size(
     assert [len(p.outputs) for p in streamed] == [WIDE_ROWS, 4]
     _assert_same(streamed[0], expected)
     _assert_same(streamed[1], client.predict(wide_job.name, x[:4]))  # as that input alone
+
+
+BATCHES = [np.random.default_rng(5).normal(size=(3, 4)).astype(np.float32) for _ in range(8)]
+
+
+def _each_alone(client: Client, job: Job) -> list[np.ndarray]:
+    return [client.predict(job.name, x).outputs for x in BATCHES]
+
+
+def test_a_stream_whose_connection_drops_goes_on_over_a_new_call(
+    live_server: LocalServer, client: Client, job: Job
+) -> None:
+    """A dropped connection (a server restarting) ended the stream UNAVAILABLE, and the caller
+    had to start over, its iterable half read. The stream goes on: the batches sent and not
+    answered go again, the one the iterable was giving as the connection dropped is sent on
+    the new call, and each batch is read once and answered once, in order."""
+    expected = _each_alone(client, job)
+    host, port = live_server.target.rsplit(":", 1)
+    proxy = TcpProxy(host, int(port))
+    dropped = threading.Event()
+    reads: list[int] = []
+
+    def batches() -> Iterator[np.ndarray]:
+        for index, x in enumerate(BATCHES):
+            if index == 3:
+                assert dropped.wait(30), "the connection was never dropped"
+            reads.append(index)
+            yield x
+
+    try:
+        with Client(f"127.0.0.1:{proxy.port}", timeout=60) as resumed:
+            received = []
+            for prediction in resumed.predict_stream(job.name, batches()):
+                received.append(prediction.outputs)
+                if not dropped.is_set():  # batches 1 and 2 are sent, maybe answered
+                    proxy.cut()
+                    proxy.restore()
+                    dropped.set()
+    finally:
+        proxy.close()
+    assert proxy.accepted >= 2, "the stream went on over a new connection"
+    assert reads == list(range(len(BATCHES)))
+    assert len(received) == len(expected)
+    assert all(np.array_equal(got, want) for got, want in zip(received, expected, strict=True))
+
+
+def test_an_async_stream_whose_connection_drops_goes_on_over_a_new_call(
+    live_server: LocalServer, client: Client, job: Job
+) -> None:
+    expected = _each_alone(client, job)
+    host, port = live_server.target.rsplit(":", 1)
+    proxy = TcpProxy(host, int(port))
+    reads: list[int] = []
+
+    async def scenario() -> list[np.ndarray]:
+        dropped = asyncio.Event()
+
+        async def batches() -> AsyncIterator[np.ndarray]:
+            for index, x in enumerate(BATCHES):
+                if index == 3:
+                    await asyncio.wait_for(dropped.wait(), 30)
+                reads.append(index)
+                yield x
+
+        async with AsyncClient(f"127.0.0.1:{proxy.port}", timeout=60) as resumed:
+            received = []
+            async for prediction in resumed.predict_stream(job.name, batches()):
+                received.append(prediction.outputs)
+                if not dropped.is_set():
+                    proxy.cut()
+                    proxy.restore()
+                    dropped.set()
+            return received
+
+    try:
+        received = asyncio.run(scenario())
+    finally:
+        proxy.close()
+    assert proxy.accepted >= 2, "the stream went on over a new connection"
+    assert reads == list(range(len(BATCHES)))
+    assert len(received) == len(expected)
+    assert all(np.array_equal(got, want) for got, want in zip(received, expected, strict=True))
+
+
+def test_a_new_call_of_a_stream_resends_the_unanswered_batches_to_the_checkpoint_that_answered(
+    client: Client, job: Job
+) -> None:
+    """The feed of a stream's calls: the next call sends the batches kept (sent, unanswered),
+    asking the checkpoint that answered the first, then the batch that the failed call's thread
+    was still reading from the iterable (it hands it over, sending nothing more itself)."""
+    model = client.model_metadata(job.name)
+    reading, release = threading.Event(), threading.Event()
+    reads: list[int] = []
+
+    def batches() -> Iterator[np.ndarray]:
+        for index, x in enumerate(BATCHES[:3]):
+            if index == 2:
+                reading.set()
+                assert release.wait(30)
+            reads.append(index)
+            yield x
+
+    feed = BatchFeed(batches(), StreamedPrediction(job.name, "best", 4 << 20))
+    failed = threading.Event()
+    first_call = feed.requests(failed, lambda: model)
+    sent = [next(first_call), next(first_call)]  # batches 0 and 1, a message each
+    assert [request.checkpoint for request in sent] == ["best", "best"]
+    feed.answered("jobs/x/checkpoints/7")  # batch 0, by that checkpoint; then the call fails
+    with ThreadPoolExecutor(2) as pool:
+        rest_of_first = pool.submit(list, first_call)  # waits inside the iterable for batch 2
+        assert reading.wait(30)
+        feed.restart(failed)
+        second_call = feed.requests(threading.Event(), lambda: model)
+        replayed = next(second_call)
+        third = pool.submit(next, second_call)  # waits for the first call's read
+        release.set()
+        assert rest_of_first.result(30) == [], "the failed call sent nothing more"
+        assert third.result(30).inputs == to_tensor(BATCHES[2])
+    assert replayed.inputs == to_tensor(BATCHES[1])
+    assert replayed.checkpoint == "jobs/x/checkpoints/7"
+    assert reads == [0, 1, 2]

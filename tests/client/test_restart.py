@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from trainwire.client import Client, Unavailable
@@ -434,3 +435,50 @@ def test_a_stopping_server_ends_open_watches_unavailable_and_they_go_on_after_it
     assert "the server is shutting down" in ended.value.details()
     assert [event.state for event in seen] + states == ["QUEUED", "CANCELLED"]
     assert watch.reconnects >= 1
+
+
+def test_a_prediction_stream_goes_on_across_a_graceful_restart(tmp_path: Path) -> None:
+    """A stopping server lets a PredictStream run out its grace period, then gRPC ends it
+    (UNAVAILABLE, "Cancelling all calls"), which the SDK raised. The stream goes on over a new
+    call on the restarted
+    server; the batch the iterable gave meanwhile is sent there, and each batch is read and
+    answered once, in order."""
+    url = f"sqlite:///{tmp_path / 'trainwire.db'}"
+    rng = np.random.default_rng(6)
+    batches = [rng.normal(size=(2, 4)).astype(np.float32) for _ in range(4)]
+    with local_server(url, workers=1) as trainer, Client(trainer.target, timeout=30) as client:
+        job = client.create_job(client.upload_dataset(*blobs()), MODEL, epochs=2)
+        assert job.wait(timeout=60, poll_interval=0.1).state == "SUCCEEDED"
+        expected = [client.predict(job.name, x).outputs for x in batches]
+    reading, release = threading.Event(), threading.Event()
+    reads: list[int] = []
+
+    def feed() -> Iterator[np.ndarray]:
+        for index, x in enumerate(batches):
+            if index == 2:
+                reading.set()
+                assert release.wait(60)
+            reads.append(index)
+            yield x
+
+    first: RunningServer | None = _running_server(url, 0)
+    assert first is not None
+    port = first.port
+    second: RunningServer | None = None
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=60) as client:
+            stream = client.predict_stream(job.name, feed())
+            received = [next(stream).outputs, next(stream).outputs]
+            assert reading.wait(30), "the stream reads its third batch"
+            first.stop(STOP_GRACE_S)  # the stream, waiting for that batch, is cut at the end
+            first = None
+            second = _running_server(url, port)
+            release.set()
+            received += [prediction.outputs for prediction in stream]
+    finally:
+        for server in (first, second):
+            if server is not None:
+                server.stop(0)
+    assert reads == [0, 1, 2, 3]
+    assert len(received) == len(expected)
+    assert all(np.array_equal(got, want) for got, want in zip(received, expected, strict=True))
