@@ -151,6 +151,7 @@ def _dataset(row: DatasetRow) -> Dataset:
         feature_names=list(row.feature_names or []),
         class_names=list(row.class_names or []),
         created_at=_aware(row.created_at),  # type: ignore[arg-type]
+        request_id=row.request_id,
     )
 
 
@@ -544,30 +545,52 @@ class Store:
     # --- datasets -----------------------------------------------------------------------------
 
     def create_dataset(self, dataset: Dataset, data: bytes) -> Dataset:
-        with self.db.write() as session:
-            row = DatasetRow(
-                id=dataset.id,
-                project=dataset.project,
-                display_name=dataset.display_name,
-                task=dataset.task.value,
-                num_classes=dataset.num_classes,
-                num_examples=dataset.num_examples,
-                feature_dtype=dataset.feature_dtype,
-                feature_shape=list(dataset.feature_shape),
-                target_dtype=dataset.target_dtype,
-                target_shape=list(dataset.target_shape),
-                size_bytes=dataset.size_bytes,
-                sha256=dataset.sha256,
-                labels=dataset.labels,
-                feature_names=dataset.feature_names,
-                class_names=dataset.class_names,
-                created_at=dataset.created_at,
+        """Inserts a dataset and its bytes. With a `request_id` another upload of its project
+        stored first (two concurrent uploads with one key: the unique constraint lets one in),
+        returns that upload's dataset instead, for the caller to compare (`DatasetService`)."""
+        try:
+            with self.db.write() as session:
+                row = DatasetRow(
+                    id=dataset.id,
+                    project=dataset.project,
+                    display_name=dataset.display_name,
+                    task=dataset.task.value,
+                    num_classes=dataset.num_classes,
+                    num_examples=dataset.num_examples,
+                    feature_dtype=dataset.feature_dtype,
+                    feature_shape=list(dataset.feature_shape),
+                    target_dtype=dataset.target_dtype,
+                    target_shape=list(dataset.target_shape),
+                    size_bytes=dataset.size_bytes,
+                    sha256=dataset.sha256,
+                    labels=dataset.labels,
+                    feature_names=dataset.feature_names,
+                    class_names=dataset.class_names,
+                    created_at=dataset.created_at,
+                    request_id=dataset.request_id,
+                )
+                session.add(row)
+                session.flush()  # the blob's foreign key needs the dataset row first
+                session.add(DatasetBlobRow(dataset_id=dataset.id, data=data))
+                session.flush()
+                return _dataset(row)
+        except IntegrityError:
+            if dataset.request_id:
+                existing = self.dataset_by_request_id(dataset.request_id, dataset.project)
+                if existing is not None:
+                    return existing
+            raise
+
+    def dataset_by_request_id(self, request_id: str, project: str) -> Dataset | None:
+        """The dataset `project` uploaded with `request_id`; request ids are unique per project
+        (migration 0011), so another project's use of one is neither seen nor refused."""
+        with self.db.read() as session:
+            row = session.scalar(
+                select(DatasetRow).where(
+                    DatasetRow.project == project, DatasetRow.request_id == request_id
+                )
             )
-            session.add(row)
-            session.flush()  # the blob's foreign key needs the dataset row first
-            session.add(DatasetBlobRow(dataset_id=dataset.id, data=data))
-            session.flush()
-            return _dataset(row)
+            return None if row is None else _dataset(row)
 
     def get_dataset(self, dataset_id: str, project: str | None = None) -> Dataset:
         """A dataset; NOT_FOUND if it is missing or belongs to another `project`."""
