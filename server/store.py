@@ -15,7 +15,7 @@ import math
 import os
 import secrets
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from itertools import starmap
@@ -233,7 +233,7 @@ def best_checkpoint(checkpoints: Sequence[ScoredT]) -> ScoredT | None:
 def same_request_or_refuse(new: NewJob, job: Job) -> Job:
     """`job`, which `new.request_id` created, if `new` asks for what it records: a retry gets its
     job back; a different request reusing the id is refused, as payment APIs treat an
-    idempotency key. Compared as stored (JSON), so a tuple and a list of one spec are equal."""
+    idempotency key (`refuse_another_request`)."""
     asked = {
         "dataset": new.dataset_id,
         "model": new.model_spec,
@@ -257,14 +257,28 @@ def same_request_or_refuse(new: NewJob, job: Job) -> Job:
     if job.dataset_id is None:
         # The job's dataset was deleted since, and its id with it: nothing to compare.
         del asked["dataset"], recorded["dataset"]
+    refuse_another_request(new.request_id or "", f"jobs/{job.id}", "job", asked, recorded)
+    return job
+
+
+def refuse_another_request(
+    request_id: str,
+    created: str,
+    kind: str,
+    asked: Mapping[str, object],
+    recorded: Mapping[str, object],
+) -> None:
+    """Refuses ALREADY_EXISTS a request whose `request_id` already created `created` (a `kind`)
+    if it asks for other than that resource records (`asked` and `recorded`, keyed alike by the
+    request's fields), naming each field that differs: one wording for CreateJob and
+    UploadDataset. Compared as stored (JSON), so a tuple and a list of one spec are equal."""
     differing = [key for key in asked if _as_stored(asked[key]) != _as_stored(recorded[key])]
     if differing:
         raise AlreadyExists(
-            f"request_id {quoted(new.request_id)} was already used by jobs/{job.id}, created "
-            f"with a different {', '.join(differing)}; send a new request_id to create another "
-            "job (a retry must repeat the request unchanged)"
+            f"request_id {quoted(request_id)} was already used by {created}, created with a "
+            f"different {', '.join(differing)}; send a new request_id to create another {kind} "
+            "(a retry must repeat the request unchanged)"
         )
-    return job
 
 
 def _as_stored(value: object) -> object:
