@@ -85,6 +85,7 @@ from .wire import (
     name_of,
     page_size_arg,
     schedule_options_ignored,
+    upload_attempts,
     upload_refused,
     watch_start,
 )
@@ -154,20 +155,21 @@ class AsyncClient:
         request: Any,
         timeout: float | None = None,
         *,
-        idempotent: bool = True,
         gone_on_retry: Callable[[], R] | None = None,
     ) -> R:
-        """One call with a deadline; idempotent calls are retried within it (a delete's retry
-        that finds the resource gone answers `gone_on_retry()`, see `Client._call`)."""
+        """One call with a deadline, retried within it as `Client._call` is (a client stream's
+        `request` makes its requests anew for each attempt, and a delete's retry that finds the
+        resource gone answers `gone_on_retry()`, see `Client._call`)."""
         attempts = CallAttempts(self.retry, timeout or self.timeout)
         answer_lost = False
         while True:
             if self._closed:  # also between attempts: close() may come during a retry's sleep
                 raise ClientClosed(self)
             timeout_s = attempts.next_timeout()
+            sent = request() if callable(request) else request
             try:
                 with closing_raises_client_closed(self):
-                    return await method(request, timeout=timeout_s, metadata=self._metadata)
+                    return await method(sent, timeout=timeout_s, metadata=self._metadata)
             except grpc.aio.AioRpcError as error:
                 code, details = status_of(error)
                 if gone_on_retry is not None and is_gone(answer_lost, code):
@@ -176,7 +178,7 @@ class AsyncClient:
                 delay = attempts.delay_after(
                     code, details, closed=self._closed, server_delay=retry_delay_of(error)
                 )
-                if not idempotent or delay is None:
+                if delay is None:
                     raise from_rpc_error(error) from None
                 log.debug("retrying after %s (attempt %d, %.2fs)", code, attempts.attempt, delay)
                 await asyncio.sleep(delay)
@@ -211,11 +213,11 @@ class AsyncClient:
                 return existing
         bar = upload_bar(upload, progress)
         try:
+            # Idempotent by its request_id: each attempt sends the whole upload again.
             response = await self._call(
                 self._rpc.upload_dataset,
-                upload.requests(self.max_message_bytes, bar.update if bar is not None else None),
+                upload_attempts(upload, self.max_message_bytes, bar),
                 timeout or max(self.timeout, 300.0),
-                idempotent=False,
             )
         except ResourceExhausted as error:
             raise upload_refused(error, self.max_message_bytes) from None
