@@ -172,6 +172,9 @@ class AsyncClient:
                     return await method(sent, timeout=timeout_s, metadata=self._metadata)
             except grpc.aio.AioRpcError as error:
                 code, details = status_of(error)
+                if ended_while_writing(error):
+                    # The server's own status is lost: retried as a call the server dropped.
+                    code = grpc.StatusCode.CANCELLED
                 if gone_on_retry is not None and is_gone(answer_lost, code):
                     return gone_on_retry()
                 answer_lost = answer_lost or may_have_run(code)
@@ -491,6 +494,18 @@ class AsyncClient:
             call.cancel()
         if failure:
             raise failure[0]
+
+
+def ended_while_writing(error: grpc.aio.AioRpcError) -> bool:
+    """Whether `error` is grpc.aio's INTERNAL "Internal error from Core" of a client stream (an
+    upload) that the server ended while a write of the client was under way: grpc.aio then
+    reports the failed write, and the status the server sent first (a stopping server's cut, an
+    UNAVAILABLE) is lost (grpc/grpc#36066). The sync client reports the server's status. Only a
+    client stream writes after its call starts, and only an idempotent upload streams, so its
+    retry is safe: its request_id finds what an earlier attempt stored."""
+    return error.code() is grpc.StatusCode.INTERNAL and "SendMessageOperation" in str(
+        error.debug_error_string()
+    )
 
 
 def cancelled_by_close(closed: bool) -> bool:
