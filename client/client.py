@@ -400,10 +400,10 @@ class Client:
         gone_on_retry: Callable[[], R] | None = None,
     ) -> R:
         """One call with a deadline, retried within it: every call is idempotent (CreateJob and
-        UploadDataset by their request ids). `request` is the
-        request, or for a client stream (an upload) a function making its requests anew for each
-        attempt (`upload_attempts`: an iterator is used up by one). A delete passes
-        `gone_on_retry`, its answer when a retry finds the resource gone (`is_gone`)."""
+        UploadDataset by their request ids). `request` is the request, or for a client stream (an
+        upload) a function making its requests anew for each attempt (`upload_attempts`: an
+        iterator is used up by one). A delete passes `gone_on_retry`, its answer when a retry
+        finds the resource gone (`is_gone`)."""
         attempts = CallAttempts(self.retry, timeout or self.timeout)
         answer_lost = False
         while True:

@@ -427,10 +427,10 @@ def _dtype_name(code: int, task: TaskKind | None = None) -> str:
         dtype = dtype_of(code)
     except TensorError:
         return f"unknown data type {code}"
-    return str(dtype if task is None else stored_target_dtype(task, dtype))
+    return str(dtype if task is None else _stored_target_dtype(task, dtype))
 
 
-def stored_target_dtype(task: TaskKind, dtype: np.dtype) -> np.dtype:
+def _stored_target_dtype(task: TaskKind, dtype: np.dtype) -> np.dtype:
     """The dtype targets uploaded as `dtype` are stored as: labels of a classification as int64,
     a regression's floats as they are (native byte order), its other numbers as float64."""
     if task.is_classification:
@@ -481,13 +481,13 @@ def _check_finite(field: str, values: np.ndarray) -> None:
 def _check_targets(task: TaskKind, targets: np.ndarray, num_classes: int) -> tuple[np.ndarray, int]:
     """Classification targets become int64 labels; returns them with the class count."""
     if task is TaskKind.REGRESSION:
-        return targets.astype(stored_target_dtype(task, targets.dtype), copy=False), 0
+        return targets.astype(_stored_target_dtype(task, targets.dtype), copy=False), 0
     if targets.ndim != 1:
         raise InvalidArgument.field(
             "header.targets.shape",
             f"classification targets must be labels of shape (n,). Received: {list(targets.shape)}",
         )
-    labels = targets.astype(stored_target_dtype(task, targets.dtype))
+    labels = targets.astype(_stored_target_dtype(task, targets.dtype))
     if not np.array_equal(labels, targets):
         raise InvalidArgument.field("targets", "classification labels must be whole numbers")
     if labels.min() < 0:
