@@ -86,6 +86,7 @@ from .wire import (
     name_of,
     page_size_arg,
     schedule_options_ignored,
+    upload_attempts,
     upload_refused,
     watch_start,
 )
@@ -155,29 +156,33 @@ class AsyncClient:
         request: Any,
         timeout: float | None = None,
         *,
-        idempotent: bool = True,
         gone_on_retry: Callable[[], R] | None = None,
     ) -> R:
-        """One call with a deadline; idempotent calls are retried within it (a delete's retry
-        that finds the resource gone answers `gone_on_retry()`, see `Client._call`)."""
+        """One call with a deadline, retried within it as `Client._call` is (a client stream's
+        `request` makes its requests anew for each attempt, and a delete's retry that finds the
+        resource gone answers `gone_on_retry()`, see `Client._call`)."""
         attempts = CallAttempts(self.retry, timeout or self.timeout)
         answer_lost = False
         while True:
             if self._closed:  # also between attempts: close() may come during a retry's sleep
                 raise ClientClosed(self)
             timeout_s = attempts.next_timeout()
+            sent = request() if callable(request) else request
             try:
                 with closing_raises_client_closed(self):
-                    return await method(request, timeout=timeout_s, metadata=self._metadata)
+                    return await method(sent, timeout=timeout_s, metadata=self._metadata)
             except grpc.aio.AioRpcError as error:
                 code, details = status_of(error)
+                if ended_while_writing(error):
+                    # The server's own status is lost: retried as a call the server dropped.
+                    code = grpc.StatusCode.CANCELLED
                 if gone_on_retry is not None and is_gone(answer_lost, code):
                     return gone_on_retry()
                 answer_lost = answer_lost or may_have_run(code)
                 delay = attempts.delay_after(
                     code, details, closed=self._closed, server_delay=retry_delay_of(error)
                 )
-                if not idempotent or delay is None:
+                if delay is None:
                     raise from_rpc_error(error) from None
                 log.debug("retrying after %s (attempt %d, %.2fs)", code, attempts.attempt, delay)
                 await asyncio.sleep(delay)
@@ -212,11 +217,11 @@ class AsyncClient:
                 return existing
         bar = upload_bar(upload, progress)
         try:
+            # Idempotent by its request_id: each attempt sends the whole upload again.
             response = await self._call(
                 self._rpc.upload_dataset,
-                upload.requests(self.max_message_bytes, bar.update if bar is not None else None),
+                upload_attempts(upload, self.max_message_bytes, bar),
                 timeout or max(self.timeout, 300.0),
-                idempotent=False,
             )
         except ResourceExhausted as error:
             raise upload_refused(error, self.max_message_bytes) from None
@@ -523,6 +528,18 @@ def _cancelling(task: asyncio.Task[None]) -> Callable[[object], None]:
         task.cancel()
 
     return cancel
+
+
+def ended_while_writing(error: grpc.aio.AioRpcError) -> bool:
+    """Whether `error` is grpc.aio's INTERNAL "Internal error from Core" of a client stream (an
+    upload) that the server ended while a write of the client was under way: grpc.aio then
+    reports the failed write, and the status the server sent first (a stopping server's cut, an
+    UNAVAILABLE) is lost (grpc/grpc#36066). The sync client reports the server's status. Only a
+    client stream writes after its call starts, and only an idempotent upload streams, so its
+    retry is safe: its request_id finds what an earlier attempt stored."""
+    return error.code() is grpc.StatusCode.INTERNAL and "SendMessageOperation" in str(
+        error.debug_error_string()
+    )
 
 
 def cancelled_by_close(closed: bool) -> bool:

@@ -79,6 +79,7 @@ from .wire import (
     page_size_arg,
     prepare_upload,
     schedule_options_ignored,
+    upload_attempts,
     upload_refused,
     watch_start,
 )
@@ -397,18 +398,21 @@ class Client:
         request: Any,
         timeout: float | None = None,
         *,
-        idempotent: bool = True,
         gone_on_retry: Callable[[], R] | None = None,
     ) -> R:
-        """One call with a deadline; idempotent calls are retried within it. A delete passes
-        `gone_on_retry`, its answer when a retry finds the resource gone (`is_gone`)."""
+        """One call with a deadline, retried within it: every call is idempotent (CreateJob and
+        UploadDataset by their request ids). `request` is the request, or for a client stream (an
+        upload) a function making its requests anew for each attempt (`upload_attempts`: an
+        iterator is used up by one). A delete passes `gone_on_retry`, its answer when a retry
+        finds the resource gone (`is_gone`)."""
         attempts = CallAttempts(self.retry, timeout or self.timeout)
         answer_lost = False
         while True:
             try:
+                sent = request() if callable(request) else request
                 # ClientClosed once closed, also between attempts (a close() during the sleep).
                 return self._invoke(
-                    method, request, timeout=attempts.next_timeout(), metadata=self._metadata
+                    method, sent, timeout=attempts.next_timeout(), metadata=self._metadata
                 )
             except grpc.RpcError as error:
                 code, details = status_of(error)
@@ -418,7 +422,7 @@ class Client:
                 delay = attempts.delay_after(
                     code, details, closed=self._closed, server_delay=retry_delay_of(error)
                 )
-                if not idempotent or delay is None:
+                if delay is None:
                     raise from_rpc_error(error) from None
                 log.debug("retrying after %s (attempt %d, %.2fs)", code, attempts.attempt, delay)
                 time.sleep(delay)
@@ -464,7 +468,15 @@ class Client:
         largest label + 1) and feature and class names (one `ListDatasets` pass, remembered by
         this client) and returns it instead of sending the bytes again; its display name and
         labels stay those of the first upload. `progress` shows a progress bar (by default for
-        uploads of 16 MiB or more). Uploads are not retried automatically.
+        uploads of 16 MiB or more).
+
+        An upload is retried as other calls are (within `timeout` and the client's `retry`
+        policy: a server restarting, a connection dropped). It carries a fresh request id, the
+        same for each of its attempts, by which the server answers a retry with the dataset an
+        earlier attempt stored instead of storing another (with `dedupe=False` too); a retry
+        sends the whole upload again, unless the server finds that dataset at its header, and
+        the progress bar starts over with it. A RESOURCE_EXHAUSTED that names a configured
+        limit (or the server's message limit) is raised at once.
         """
         upload = self._prepare(
             features, targets, task, name, num_classes, feature_names, class_names, labels,
@@ -476,11 +488,11 @@ class Client:
                 return existing
         bar = upload_bar(upload, progress)
         try:
+            # Idempotent by its request_id: each attempt sends the whole upload again.
             response = self._call(
                 self._rpc.upload_dataset,
-                upload.requests(self.max_message_bytes, bar.update if bar is not None else None),
+                upload_attempts(upload, self.max_message_bytes, bar),
                 timeout or max(self.timeout, 300.0),
-                idempotent=False,
             )
         except ResourceExhausted as error:
             raise upload_refused(error, self.max_message_bytes) from None

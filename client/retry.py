@@ -5,10 +5,10 @@ RESOURCE_EXHAUSTED (server busy) or a CANCELLED it did not cause (a server stopp
 `RETRYABLE`), within the call's deadline; UNAVAILABLE for at least
 `RECONNECT_WINDOW_S`, longer than the channel may wait between connection attempts. A
 RESOURCE_EXHAUSTED that names a configured limit (`max_epochs is limited to 5. Received: 6`) or a
-message-size limit is permanent and raised at once. Only idempotent calls are retried: everything
-except `UploadDataset` (`CreateJob` always carries a `request_id`, so a retry cannot create two
-jobs). A delete whose answer was lost may find its resource gone when retried: NOT_FOUND on a
-retry of `DeleteJob` or `DeleteDataset` counts as deleted.
+message-size limit is permanent and raised at once. Only idempotent calls are retried, which is
+every call: `CreateJob` and `UploadDataset` always carry a `request_id`, so a retry cannot create
+two jobs or store two datasets. A delete whose answer was lost may find its resource gone when
+retried: NOT_FOUND on a retry of `DeleteJob` or `DeleteDataset` counts as deleted.
 
 A reconnecting watch gives up after `watch_reconnect_s` without an open stream, and one that has
 never opened a stream after `RECONNECT_WINDOW_S`, as a call does. The server marks a watch's

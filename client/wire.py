@@ -142,18 +142,62 @@ class Upload:
         )
 
     def requests(
-        self, max_message_bytes: int, on_chunk: Callable[[int], object] | None = None
+        self,
+        max_message_bytes: int,
+        on_chunk: Callable[[int], object] | None = None,
+        request_id: str = "",
     ) -> Iterator[datasets_pb2.UploadDatasetRequest]:
-        """The header message, then chunks of at most CHUNK_BYTES, fewer under a message limit
-        below it (a client configured with a server's 64 KiB limit sends 63 KiB chunks)."""
+        """The header message (with `request_id`, the upload's idempotency key, if given), then
+        chunks of at most CHUNK_BYTES, fewer under a message limit below it (a client configured
+        with a server's 64 KiB limit sends 63 KiB chunks)."""
         size = max(1, min(CHUNK_BYTES, max_message_bytes - FRAMING_BYTES))
-        yield datasets_pb2.UploadDatasetRequest(header=self.header)
+        header = self.header
+        if request_id:
+            header = datasets_pb2.DatasetHeader()
+            header.CopyFrom(self.header)
+            header.request_id = request_id
+        yield datasets_pb2.UploadDatasetRequest(header=header)
         for payload in self.payloads:
             for start in range(0, len(payload), size):
                 chunk = payload[start : start + size]
                 yield datasets_pb2.UploadDatasetRequest(chunk=chunk)
                 if on_chunk is not None:
                     on_chunk(len(chunk))
+
+
+class Progress(Protocol):
+    """What an upload reports its bytes sent to (a tqdm bar)."""
+
+    def update(self, n: float) -> object: ...
+
+    def reset(self) -> object: ...
+
+
+def upload_attempts(
+    upload: Upload, max_message_bytes: int, progress: Progress | None
+) -> Callable[[], Iterator[datasets_pb2.UploadDatasetRequest]]:
+    """The request stream of each attempt of one upload (the clients' `_call` asks for one per
+    attempt: an iterator is used up by one). Every attempt sends the same fresh request_id, the
+    server's idempotency key: a retry gets the dataset an earlier attempt stored, at its header,
+    and never stores a second one. `progress` starts over with each attempt and counts only the
+    chunks of the latest (gRPC's sending thread may read a failed attempt's stream once more)."""
+    request_id = uuid.uuid4().hex
+    latest = 0
+
+    def attempt() -> Iterator[datasets_pb2.UploadDatasetRequest]:
+        nonlocal latest
+        latest += 1
+        this = latest
+        if progress is not None:
+            progress.reset()
+
+        def sent(size: int) -> None:
+            if progress is not None and this == latest:
+                progress.update(size)
+
+        return upload.requests(max_message_bytes, sent, request_id)
+
+    return attempt
 
 
 def infer_task(targets: np.ndarray) -> str:
@@ -578,8 +622,9 @@ def too_large(error: TrainwireError) -> tuple[int, int] | None:
 def upload_refused(error: TrainwireError, max_message_bytes: int) -> TrainwireError:
     """The error of an upload that failed with `error`: for a chunk over the server's message
     limit (a server configured below this client's `max_message_bytes`), one saying how to size
-    the chunks by the server's limit; any other error as it is. Not retried with smaller chunks:
-    uploads are not retried, and a client configured so sends every later upload right."""
+    the chunks by the server's limit; any other error as it is. Not retried with smaller chunks
+    (a message-size refusal is raised at once, as a configured limit is): a client configured
+    so sends every later upload right."""
     refused = too_large(error)
     if refused is None:
         return error

@@ -142,14 +142,19 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         # a slot, a slot and its bytes): one client's uploads, trickling a byte a message, held
         # every slot for good while every other project's upload waited.
         client = _client(context)
+        project = current_project()
         self.uploads.acquire(client)
         try:
             first = await self._next_message(requests, None)
+            # A retry of an upload already stored is answered at its header, its bytes unsent.
+            stored = await in_pool(self.executor, self.datasets.stored_for, first, project)
+            if stored is not None:
+                return dataset_to_proto(stored)
             upload = await in_pool(self.executor, self.datasets.start, first)
             # The slot is taken once the header is checked: the bytes it bounds come after it,
             # and streams that sent nothing took every slot while every other upload waited.
             async with self._upload_slot():
-                dataset = await self._upload(upload, requests)
+                dataset = await self._upload(upload, requests, project)
         finally:
             self.uploads.release(client)
         return dataset_to_proto(dataset)
@@ -178,11 +183,13 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
             self.upload_slots.release()
 
     async def _upload(
-        self, upload: Upload, requests: AsyncIterator[datasets_pb2.UploadDatasetRequest]
+        self,
+        upload: Upload,
+        requests: AsyncIterator[datasets_pb2.UploadDatasetRequest],
+        project: str,
     ) -> Dataset:
-        """Receives the chunks of an upload begun by its header, checks and stores them (the
-        caller holds its slot)."""
-        project = current_project()
+        """Receives the chunks of an upload begun by its header, checks and stores them in
+        `project` (the caller holds its slot)."""
         with upload:  # its bytes are let go of at once if the upload fails
             while (request := await self._next_message(requests, upload)) is not None:
                 upload.add(request)  # one copy per chunk; the hashing waits for the pool

@@ -18,10 +18,10 @@ from trainwire.v1 import datasets_pb2, tensor_pb2
 from .config import Settings
 from .convert import TASKS_FROM_PROTO
 from .errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
-from .jobs import check_labels
+from .jobs import MAX_REQUEST_ID, check_labels
 from .names import MAX_NAME_LENGTH, check_text, parse_name
 from .records import Dataset, TaskKind
-from .store import Fits, Store, new_id, utcnow
+from .store import Fits, Store, new_id, refuse_another_request, utcnow
 
 FEATURE_DTYPES = (tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_FLOAT64)
 MAX_CLASSES = 100_000
@@ -36,20 +36,45 @@ class DatasetService:
     def upload(
         self, requests: Iterable[datasets_pb2.UploadDatasetRequest], project: str
     ) -> Dataset:
-        """Receives a whole upload (header, then chunks), checks it and stores it."""
+        """Receives a whole upload (header, then chunks), checks it and stores it; a retry of an
+        upload already stored gets its dataset at the header (`stored_for`)."""
         stream = iter(requests)
-        with self.start(next(stream, None)) as upload:
+        first = next(stream, None)
+        stored = self.stored_for(first, project)
+        if stored is not None:
+            return stored
+        with self.start(first) as upload:
             for request in stream:
                 upload.add(request)
             return self.finish(upload, project)
 
+    def stored_for(
+        self, first: datasets_pb2.UploadDatasetRequest | None, project: str
+    ) -> Dataset | None:
+        """The dataset an earlier attempt of this upload stored (its header's request_id is
+        already used in `project`), or None for an upload to receive. Answered at the header, so
+        a retry whose first attempt was stored sends no bytes again; and before the limits are
+        checked, as CreateJob's retry is: they may have been lowered since. A header that
+        describes another dataset than the one stored is refused ALREADY_EXISTS, naming what
+        differs (`refuse_another_request`)."""
+        header = _header_of(first)
+        if not header.request_id:
+            return None
+        stored = self.store.dataset_by_request_id(header.request_id, project)
+        if stored is None:
+            return None
+        refuse_another_request(
+            header.request_id,
+            f"datasets/{stored.id}",
+            "dataset",
+            _asked_by(header, stored),
+            _described(stored),
+        )
+        return stored
+
     def start(self, first: datasets_pb2.UploadDatasetRequest | None) -> Upload:
         """An upload begun by its first message, which must be a header within the limits."""
-        if first is None or first.WhichOneof("content") != "header":
-            raise InvalidArgument.field(
-                "header", "the first message of an upload must be the header"
-            )
-        header = first.header
+        header = _header_of(first)
         features_shape, targets_shape = self._check_header(header)
         feature_dtype = dtype_of(header.features.dtype)
         target_dtype = dtype_of(header.targets.dtype)
@@ -132,8 +157,20 @@ class DatasetService:
             feature_names=list(header.feature_names),
             class_names=list(header.class_names),
             created_at=utcnow(),
+            request_id=header.request_id or None,
         )
-        return self.store.create_dataset(dataset, data)
+        stored = self.store.create_dataset(dataset, data)
+        if stored.id != dataset.id:
+            # Another attempt of this upload (its request_id) stored its dataset first, while this
+            # one was sent: the answer is that dataset, if it holds what this one would have.
+            refuse_another_request(
+                header.request_id,
+                f"datasets/{stored.id}",
+                "dataset",
+                _described(dataset),
+                _described(stored),
+            )
+        return stored
 
     def _check_names_fit_answers(self, header: datasets_pb2.DatasetHeader) -> None:
         """The feature and class names are shown by every answer about the dataset, and by a
@@ -339,6 +376,68 @@ class Upload:
         traceback.clear_frames(trace)
 
 
+def _header_of(first: datasets_pb2.UploadDatasetRequest | None) -> datasets_pb2.DatasetHeader:
+    """The header an upload's first message must be, its request_id checked as CreateJob's."""
+    if first is None or first.WhichOneof("content") != "header":
+        raise InvalidArgument.field("header", "the first message of an upload must be the header")
+    check_text("header.request_id", first.header.request_id, MAX_REQUEST_ID)
+    return first.header
+
+
+def _described(dataset: Dataset) -> dict[str, object]:
+    """What an upload's header describes of the dataset it stores, keyed by the header's
+    fields (a retry reusing a request_id is compared with the dataset by these)."""
+    return {
+        "display_name": dataset.display_name,
+        "task": dataset.task.value,
+        "num_classes": dataset.num_classes,
+        "features": [dataset.feature_dtype, list(dataset.feature_shape)],
+        "targets": [dataset.target_dtype, list(dataset.target_shape)],
+        "sha256": dataset.sha256,
+        "labels": dataset.labels,
+        "feature_names": dataset.feature_names,
+        "class_names": dataset.class_names,
+    }
+
+
+def _asked_by(header: datasets_pb2.DatasetHeader, stored: Dataset) -> dict[str, object]:
+    """`_described` of the dataset `header` would store, as far as a header tells: what the
+    bytes decide that it leaves unset is taken from `stored` (a class count of 0, inferred from
+    the labels; no sha256, when the bytes are not compared)."""
+    task = TASKS_FROM_PROTO.get(header.task)
+    return {
+        "display_name": header.display_name,
+        "task": header.task if task is None else task.value,  # an unknown task differs
+        "num_classes": header.num_classes or stored.num_classes,
+        "features": [_dtype_name(header.features.dtype), list(header.features.shape)],
+        "targets": [
+            _dtype_name(header.targets.dtype, task),
+            list(header.targets.shape),
+        ],
+        "sha256": header.sha256.lower() or stored.sha256,
+        "labels": dict(header.labels),
+        "feature_names": list(header.feature_names),
+        "class_names": list(header.class_names),
+    }
+
+
+def _dtype_name(code: int, task: TaskKind | None = None) -> str:
+    """The dtype a tensor of wire type `code` is stored as (targets: for `task`), by name."""
+    try:
+        dtype = dtype_of(code)
+    except TensorError:
+        return f"unknown data type {code}"
+    return str(dtype if task is None else _stored_target_dtype(task, dtype))
+
+
+def _stored_target_dtype(task: TaskKind, dtype: np.dtype) -> np.dtype:
+    """The dtype targets uploaded as `dtype` are stored as: labels of a classification as int64,
+    a regression's floats as they are (native byte order), its other numbers as float64."""
+    if task.is_classification:
+        return np.dtype(np.int64)
+    return (dtype if dtype.kind == "f" else np.dtype(np.float64)).newbyteorder("=")
+
+
 def _check_class_names(task: TaskKind, header: datasets_pb2.DatasetHeader) -> None:
     """The class names must suit the task, and be as many as the classes, when the header says
     how many there are (a binary task's 2, or num_classes): checked only once the whole upload
@@ -382,15 +481,13 @@ def _check_finite(field: str, values: np.ndarray) -> None:
 def _check_targets(task: TaskKind, targets: np.ndarray, num_classes: int) -> tuple[np.ndarray, int]:
     """Classification targets become int64 labels; returns them with the class count."""
     if task is TaskKind.REGRESSION:
-        if targets.dtype.kind != "f":
-            targets = targets.astype(np.float64)
-        return targets.astype(targets.dtype.newbyteorder("="), copy=False), 0
+        return targets.astype(_stored_target_dtype(task, targets.dtype), copy=False), 0
     if targets.ndim != 1:
         raise InvalidArgument.field(
             "header.targets.shape",
             f"classification targets must be labels of shape (n,). Received: {list(targets.shape)}",
         )
-    labels = targets.astype(np.int64)
+    labels = targets.astype(_stored_target_dtype(task, targets.dtype))
     if not np.array_equal(labels, targets):
         raise InvalidArgument.field("targets", "classification labels must be whole numbers")
     if labels.min() < 0:

@@ -44,8 +44,13 @@ class Base(DeclarativeBase):
 
 class DatasetRow(Base):
     __tablename__ = "datasets"
-    # ListDatasets: a project's datasets newest first (scanned backward).
-    __table_args__ = (Index("ix_datasets_project_created_at_id", "project", "created_at", "id"),)
+    __table_args__ = (
+        # ListDatasets: a project's datasets newest first (scanned backward).
+        Index("ix_datasets_project_created_at_id", "project", "created_at", "id"),
+        # UploadDataset's idempotency key, per project as CreateJob's: another project's ids
+        # must not show.
+        UniqueConstraint("project", "request_id"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     # The project of the API key that uploaded it ("default" when the server runs without keys).
@@ -64,6 +69,7 @@ class DatasetRow(Base):
     feature_names: Mapped[list[str]] = mapped_column(JSON, default=list)
     class_names: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    request_id: Mapped[str | None] = mapped_column(String(128))
 
 
 class DatasetBlobRow(Base):

@@ -55,6 +55,8 @@ class Dataset:
     feature_names: list[str]
     class_names: list[str]
     created_at: datetime
+    # The upload's idempotency key (`DatasetHeader.request_id`), None if it gave none.
+    request_id: str | None = None
 
     @property
     def num_features(self) -> int:

@@ -15,7 +15,7 @@ import math
 import os
 import secrets
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from itertools import starmap
@@ -151,6 +151,7 @@ def _dataset(row: DatasetRow) -> Dataset:
         feature_names=list(row.feature_names or []),
         class_names=list(row.class_names or []),
         created_at=_aware(row.created_at),  # type: ignore[arg-type]
+        request_id=row.request_id,
     )
 
 
@@ -232,7 +233,7 @@ def best_checkpoint(checkpoints: Sequence[ScoredT]) -> ScoredT | None:
 def same_request_or_refuse(new: NewJob, job: Job) -> Job:
     """`job`, which `new.request_id` created, if `new` asks for what it records: a retry gets its
     job back; a different request reusing the id is refused, as payment APIs treat an
-    idempotency key. Compared as stored (JSON), so a tuple and a list of one spec are equal."""
+    idempotency key (`refuse_another_request`)."""
     asked = {
         "dataset": new.dataset_id,
         "model": new.model_spec,
@@ -256,14 +257,28 @@ def same_request_or_refuse(new: NewJob, job: Job) -> Job:
     if job.dataset_id is None:
         # The job's dataset was deleted since, and its id with it: nothing to compare.
         del asked["dataset"], recorded["dataset"]
+    refuse_another_request(new.request_id or "", f"jobs/{job.id}", "job", asked, recorded)
+    return job
+
+
+def refuse_another_request(
+    request_id: str,
+    created: str,
+    kind: str,
+    asked: Mapping[str, object],
+    recorded: Mapping[str, object],
+) -> None:
+    """Refuses ALREADY_EXISTS a request whose `request_id` already created `created` (a `kind`)
+    if it asks for other than that resource records (`asked` and `recorded`, keyed alike by the
+    request's fields), naming each field that differs: one wording for CreateJob and
+    UploadDataset. Compared as stored (JSON), so a tuple and a list of one spec are equal."""
     differing = [key for key in asked if _as_stored(asked[key]) != _as_stored(recorded[key])]
     if differing:
         raise AlreadyExists(
-            f"request_id {quoted(new.request_id)} was already used by jobs/{job.id}, created "
-            f"with a different {', '.join(differing)}; send a new request_id to create another "
-            "job (a retry must repeat the request unchanged)"
+            f"request_id {quoted(request_id)} was already used by {created}, created with a "
+            f"different {', '.join(differing)}; send a new request_id to create another {kind} "
+            "(a retry must repeat the request unchanged)"
         )
-    return job
 
 
 def _as_stored(value: object) -> object:
@@ -544,30 +559,52 @@ class Store:
     # --- datasets -----------------------------------------------------------------------------
 
     def create_dataset(self, dataset: Dataset, data: bytes) -> Dataset:
-        with self.db.write() as session:
-            row = DatasetRow(
-                id=dataset.id,
-                project=dataset.project,
-                display_name=dataset.display_name,
-                task=dataset.task.value,
-                num_classes=dataset.num_classes,
-                num_examples=dataset.num_examples,
-                feature_dtype=dataset.feature_dtype,
-                feature_shape=list(dataset.feature_shape),
-                target_dtype=dataset.target_dtype,
-                target_shape=list(dataset.target_shape),
-                size_bytes=dataset.size_bytes,
-                sha256=dataset.sha256,
-                labels=dataset.labels,
-                feature_names=dataset.feature_names,
-                class_names=dataset.class_names,
-                created_at=dataset.created_at,
+        """Inserts a dataset and its bytes. With a `request_id` another upload of its project
+        stored first (two concurrent uploads with one key: the unique constraint lets one in),
+        returns that upload's dataset instead, for the caller to compare (`DatasetService`)."""
+        try:
+            with self.db.write() as session:
+                row = DatasetRow(
+                    id=dataset.id,
+                    project=dataset.project,
+                    display_name=dataset.display_name,
+                    task=dataset.task.value,
+                    num_classes=dataset.num_classes,
+                    num_examples=dataset.num_examples,
+                    feature_dtype=dataset.feature_dtype,
+                    feature_shape=list(dataset.feature_shape),
+                    target_dtype=dataset.target_dtype,
+                    target_shape=list(dataset.target_shape),
+                    size_bytes=dataset.size_bytes,
+                    sha256=dataset.sha256,
+                    labels=dataset.labels,
+                    feature_names=dataset.feature_names,
+                    class_names=dataset.class_names,
+                    created_at=dataset.created_at,
+                    request_id=dataset.request_id,
+                )
+                session.add(row)
+                session.flush()  # the blob's foreign key needs the dataset row first
+                session.add(DatasetBlobRow(dataset_id=dataset.id, data=data))
+                session.flush()
+                return _dataset(row)
+        except IntegrityError:
+            if dataset.request_id:
+                existing = self.dataset_by_request_id(dataset.request_id, dataset.project)
+                if existing is not None:
+                    return existing
+            raise
+
+    def dataset_by_request_id(self, request_id: str, project: str) -> Dataset | None:
+        """The dataset `project` uploaded with `request_id`; request ids are unique per project
+        (migration 0011), so another project's use of one is neither seen nor refused."""
+        with self.db.read() as session:
+            row = session.scalar(
+                select(DatasetRow).where(
+                    DatasetRow.project == project, DatasetRow.request_id == request_id
+                )
             )
-            session.add(row)
-            session.flush()  # the blob's foreign key needs the dataset row first
-            session.add(DatasetBlobRow(dataset_id=dataset.id, data=data))
-            session.flush()
-            return _dataset(row)
+            return None if row is None else _dataset(row)
 
     def get_dataset(self, dataset_id: str, project: str | None = None) -> Dataset:
         """A dataset; NOT_FOUND if it is missing or belongs to another `project`."""

@@ -31,6 +31,7 @@ from trainwire.client import client as client_module
 from trainwire.client.aio import AsyncClient
 from trainwire.client.retry import RECONNECT_WINDOW_S, WATCH_OPENED, CallAttempts
 from trainwire.client.rpc import MAX_RECONNECT_BACKOFF_S, channel_options
+from trainwire.client.wire import prepare_upload, upload_attempts
 from trainwire.v1 import datasets_pb2, jobs_pb2
 
 JOB = "jobs/" + "a" * 32
@@ -53,6 +54,8 @@ class Flaky:
     refused_opens: int = 0  # streams ended with `watch_code` before they open
     calls: dict[str, int] = field(default_factory=dict)
     watch_requests: list[int] = field(default_factory=list)
+    # Of each upload attempt: its header's request_id, and the chunk bytes it received.
+    uploads: list[tuple[str, int]] = field(default_factory=list)
     existing: set[str] = field(default_factory=lambda: {JOB, DATASET})
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -98,11 +101,19 @@ class Flaky:
         return handle
 
     def upload(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-        for _ in requests:
-            pass
-        if self._count("UploadDataset") <= self.failures:
+        """Ends the first `failures` attempts with `code` once their header and first chunk have
+        arrived (an upload cut, as by a stopping server); receives the others whole."""
+        header = next(requests).header
+        refused = self._count("UploadDataset") <= self.failures
+        received = 0
+        for request in requests:
+            received += len(request.chunk)
+            if refused:
+                break
+        self.uploads.append((header.request_id, received))
+        if refused:
             context.abort(self.code, self.details)
-        return datasets_pb2.Dataset(name="datasets/" + "b" * 32)
+        return datasets_pb2.Dataset(name=DATASET)
 
     def list_datasets(self, request: Any, context: grpc.ServicerContext) -> Any:
         return datasets_pb2.ListDatasetsResponse()
@@ -249,7 +260,7 @@ def test_one_attempt_turns_every_retry_off(flaky: tuple[Flaky, str]) -> None:
     assert behaviour.calls == {"GetJob": 2}
 
 
-def test_hard_limits_and_uploads_are_not_retried(flaky: tuple[Flaky, str]) -> None:
+def test_hard_limits_are_not_retried_uploads_included(flaky: tuple[Flaky, str]) -> None:
     behaviour, target = flaky
     behaviour.failures, behaviour.code = 100, grpc.StatusCode.RESOURCE_EXHAUSTED
     behaviour.details = "max_epochs is limited to 5. Received: 6"
@@ -257,11 +268,88 @@ def test_hard_limits_and_uploads_are_not_retried(flaky: tuple[Flaky, str]) -> No
         with pytest.raises(ResourceExhausted, match="limited to 5"):
             client.get_job(JOB)
         assert behaviour.calls == {"GetJob": 1}
-        behaviour.code, behaviour.details = grpc.StatusCode.UNAVAILABLE, "down"
+        behaviour.details = "max_uploads_per_client is limited to 4. Received: 5"
         x, y = np.zeros((4, 2), np.float32), np.arange(4) % 2
-        with pytest.raises(Unavailable):
-            client.upload_dataset(x, y)
-    assert behaviour.calls["UploadDataset"] == 1, "an upload is not idempotent"
+        with pytest.raises(ResourceExhausted, match="limited to 4"):
+            client.upload_dataset(x, y, dedupe=False)
+    assert behaviour.calls["UploadDataset"] == 1, "a configured limit is raised at once"
+
+
+# Three chunks of features (1 MiB each at most) and the targets: an attempt cut after its first
+# chunk has sent part of the upload.
+CUT_ROWS = 300_000
+
+
+# UNAVAILABLE: a server gone or refusing; CANCELLED: one that stopped with the upload running.
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED])
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_an_upload_cut_is_sent_again_whole_with_the_same_request_id(
+    flaky: tuple[Flaky, str], code: grpc.StatusCode, asynchronous: bool
+) -> None:
+    behaviour, target = flaky
+    behaviour.failures, behaviour.code = 2, code
+    x, y = np.ones((CUT_ROWS, 2), np.float32), np.arange(CUT_ROWS) % 2
+    if asynchronous:
+
+        async def upload() -> str:
+            async with AsyncClient(target, retry=FAST, timeout=30) as client:
+                return (await client.upload_dataset(x, y, dedupe=False)).name
+
+        name = asyncio.run(upload())
+    else:
+        with Client(target, retry=FAST, timeout=30) as client:
+            name = client.upload_dataset(x, y, dedupe=False).name
+    assert name == DATASET
+    assert behaviour.calls == {"UploadDataset": 3}
+    (first_id, cut), (second_id, _), (last_id, received) = behaviour.uploads
+    assert len(first_id) == 32 and first_id == second_id == last_id, "one request_id per upload"
+    assert 0 < cut < received == x.nbytes + y.astype(np.int64).nbytes, "each retry sends it all"
+
+
+def test_a_second_upload_of_one_client_has_a_request_id_of_its_own(
+    flaky: tuple[Flaky, str],
+) -> None:
+    behaviour, target = flaky
+    x, y = np.ones((4, 2), np.float32), np.arange(4) % 2
+    with Client(target, retry=FAST) as client:
+        client.upload_dataset(x, y, dedupe=False)
+        client.upload_dataset(x, y, dedupe=False)
+    (first, _), (second, _) = behaviour.uploads
+    assert first and second and first != second
+
+
+@dataclass
+class Bar:
+    """A progress bar's calls: each reset, and the bytes counted since the last one."""
+
+    resets: int = 0
+    n: int = 0
+
+    def update(self, n: float) -> None:
+        self.n += int(n)
+
+    def reset(self) -> None:
+        self.resets, self.n = self.resets + 1, 0
+
+
+def test_each_upload_attempt_restarts_the_progress_bar_and_counts_only_its_own_chunks() -> None:
+    """gRPC's sending thread may read a failed attempt's stream once more after the retry has
+    begun: those chunks must not count towards the retry's."""
+    upload = prepare_upload(
+        np.ones((CUT_ROWS, 2), np.float32), np.arange(CUT_ROWS) % 2, task=None, name="",
+        num_classes=0, feature_names=(), class_names=(), labels=None,
+    )  # fmt: skip
+    bar = Bar()
+    attempts = upload_attempts(upload, 4 << 20, bar)
+    first = attempts()
+    header = next(first).header
+    next(first)  # one chunk sent, then the attempt fails
+    second = attempts()
+    assert bar.resets == 2 and bar.n == 0
+    next(first)  # read once more by the failed attempt's thread: not counted
+    assert next(second).header.request_id == header.request_id != ""
+    assert all(request.WhichOneof("content") == "chunk" for request in second)
+    assert bar.n == upload.size_bytes
 
 
 def test_a_delete_whose_answer_was_lost_succeeds_on_its_retry(flaky: tuple[Flaky, str]) -> None:

@@ -18,12 +18,13 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 
-from trainwire.client import Client, Unavailable
+from trainwire.client import Client, Unavailable, wire
 from trainwire.client.aio import AsyncClient
 from trainwire.client.retry import RECONNECT_WINDOW_S, RETRYABLE, RetryPolicy
 from trainwire.server.app import STOP_GRACE_S, RunningServer
@@ -440,9 +441,8 @@ def test_a_stopping_server_ends_open_watches_unavailable_and_they_go_on_after_it
 def test_a_prediction_stream_goes_on_across_a_graceful_restart(tmp_path: Path) -> None:
     """A stopping server lets a PredictStream run out its grace period, then gRPC ends it
     (UNAVAILABLE, "Cancelling all calls"), which the SDK raised. The stream goes on over a new
-    call on the restarted
-    server; the batch the iterable gave meanwhile is sent there, and each batch is read and
-    answered once, in order."""
+    call on the restarted server; the batch the iterable gave meanwhile is sent there, and each
+    batch is read and answered once, in order."""
     url = f"sqlite:///{tmp_path / 'trainwire.db'}"
     rng = np.random.default_rng(6)
     batches = [rng.normal(size=(2, 4)).astype(np.float32) for _ in range(4)]
@@ -482,3 +482,47 @@ def test_a_prediction_stream_goes_on_across_a_graceful_restart(tmp_path: Path) -
     assert reads == [0, 1, 2, 3]
     assert len(received) == len(expected)
     assert all(np.array_equal(got, want) for got, want in zip(received, expected, strict=True))
+
+
+def test_an_upload_cut_by_a_stopping_server_is_retried_on_the_restarted_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload in progress when its server stops has the grace period to finish, and is then
+    cut. It used to raise, and its user had to upload again; the SDK now retries it (one
+    request_id for every attempt) and the restarted server stores it, once."""
+    url = f"sqlite:///{tmp_path / 'trainwire.db'}"
+    first: RunningServer | None = _running_server(url, 0)
+    assert first is not None
+    port = first.port
+    second: RunningServer | None = None
+    requests = wire.Upload.requests
+    stalled, resume = threading.Event(), threading.Event()
+
+    def stalling_once(self: wire.Upload, *args: Any) -> Iterator[Any]:
+        """The first attempt stops sending after its first chunk, in progress past the grace."""
+        for index, request in enumerate(requests(self, *args)):
+            yield request
+            if index == 1 and not stalled.is_set():
+                stalled.set()
+                resume.wait(60)
+
+    monkeypatch.setattr(wire.Upload, "requests", stalling_once)
+    x = np.random.default_rng(3).normal(size=(300_000, 2)).astype(np.float32)
+    y = np.arange(300_000) % 2
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=60) as client, ThreadPoolExecutor(1) as pool:
+            uploading = pool.submit(client.upload_dataset, x, y, dedupe=False)
+            assert stalled.wait(30)
+            first.stop(STOP_GRACE_S)
+            first = None
+            second = _running_server(url, port)
+            resume.set()
+            info = uploading.result(timeout=60)
+        datasets, _ = second.store.list_datasets(10, "")
+    finally:
+        resume.set()
+        for server in (first, second):
+            if server is not None:
+                server.stop(0)
+    assert [d.id for d in datasets] == [info.name.removeprefix("datasets/")]
+    assert datasets[0].request_id and datasets[0].num_examples == 300_000

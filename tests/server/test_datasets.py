@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -402,3 +403,22 @@ def test_an_upload_cancelled_while_it_is_stored_keeps_its_slot_until_the_store_e
             assert not servicer.upload_slots.locked() and uploads.open == {}
 
     asyncio.run(scenario())
+
+
+def test_a_retry_is_compared_with_its_dataset_as_the_upload_stored_it(store: Store) -> None:
+    """What the server derives is not a difference: int32 labels stored as int64, a class
+    count of 0 inferred from the labels, a SHA-256 given in capitals, integer regression
+    targets stored as float64."""
+    service = DatasetService(store, Settings())
+    labels = np.array([0, 2, 1, 2], "<i4")
+    features = np.zeros((4, 1), "<f4")
+    digest = hashlib.sha256(features.tobytes() + labels.tobytes()).hexdigest().upper()
+    for task in (datasets_pb2.TASK_KIND_MULTICLASS_CLASSIFICATION, REGRESSION):
+        requests = upload(task, labels)
+        requests[0].header.targets.dtype = tensor_pb2.DATA_TYPE_INT32
+        requests[0].header.sha256 = digest
+        requests[0].header.request_id = f"retried-{task}"
+        stored = service.upload(requests, "default")
+        assert service.stored_for(requests[0], "default") == stored
+        assert service.upload(requests, "default") == stored
+    assert len(store.list_datasets(10, "")[0]) == 2

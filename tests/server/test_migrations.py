@@ -30,7 +30,7 @@ from sqlalchemy import (
     inspect,
     text,
 )
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from trainwire.engine import Callback, Model, Trainer, save_state
 from trainwire.server.db import Database, _enable_wal, make_engine
@@ -547,5 +547,55 @@ def test_0010_downgrades_to_the_claim_index_and_upgrades_again(empty_database_ur
     command.downgrade(alembic_config(empty_database_url), "0009")
     assert not (listing | {"ix_datasets_project_created_at_id"}) & indexes()
     assert earlier <= indexes()
+    upgrade(empty_database_url)
+    test_migrations_match_models(empty_database_url)
+
+
+def test_0011_gives_datasets_request_ids_unique_per_project_and_downgrades_keeping_them(
+    empty_database_url: str,
+) -> None:
+    """Up from 0010 with a dataset, which keeps no request id; at head a request id is unique
+    within a project only; down to 0010 the column and its constraint go, the datasets stay; up
+    again, the schema is the models'."""
+    upgrade(empty_database_url, "0010")
+    insert = text(
+        "INSERT INTO datasets (id, project, display_name, task, num_classes, num_examples, "
+        "feature_dtype, feature_shape, target_dtype, target_shape, size_bytes, sha256, labels, "
+        "feature_names, class_names, created_at) VALUES (:id, :project, '', 'REGRESSION', 0, 4, "
+        "'float32', '[4, 2]', 'float32', '[4]', 48, '', '{}', '[]', '[]', :now)"
+    ).bindparams(bindparam("now", type_=DateTime(timezone=True)))
+    now = datetime(2026, 11, 28, tzinfo=UTC)
+    with _opened(empty_database_url) as database, database.engine.begin() as connection:
+        connection.execute(insert, {"id": "d0", "project": "default", "now": now})
+
+    def constraints() -> set[str]:
+        with _opened(empty_database_url) as database:
+            found = inspect(database.engine).get_unique_constraints("datasets")
+            return {str(c["name"]) for c in found}
+
+    upgrade(empty_database_url)
+    assert "uq_datasets_project_request_id" in constraints()
+    keyed = text(
+        "INSERT INTO datasets (id, project, display_name, task, num_classes, num_examples, "
+        "feature_dtype, feature_shape, target_dtype, target_shape, size_bytes, sha256, labels, "
+        "feature_names, class_names, created_at, request_id) VALUES (:id, :project, '', "
+        "'REGRESSION', 0, 4, 'float32', '[4, 2]', 'float32', '[4]', 48, '', '{}', '[]', '[]', "
+        ":now, 'key')"
+    ).bindparams(bindparam("now", type_=DateTime(timezone=True)))
+    with _opened(empty_database_url) as database:
+        with database.engine.begin() as connection:
+            for dataset_id, project in (("d1", "default"), ("d2", "research")):
+                connection.execute(keyed, {"id": dataset_id, "project": project, "now": now})
+        with pytest.raises(IntegrityError), database.engine.begin() as connection:
+            connection.execute(keyed, {"id": "d3", "project": "default", "now": now})
+        store = Store(database)
+        assert store.get_dataset("d0").request_id is None
+        assert store.dataset_by_request_id("key", "research") == store.get_dataset("d2")
+    command.downgrade(alembic_config(empty_database_url), "0010")
+    assert "uq_datasets_project_request_id" not in constraints()
+    with _opened(empty_database_url) as database, database.engine.connect() as connection:
+        columns = {c["name"] for c in inspect(connection).get_columns("datasets")}
+        kept = connection.execute(text("SELECT id FROM datasets ORDER BY id")).scalars().all()
+    assert "request_id" not in columns and kept == ["d0", "d1", "d2"]
     upgrade(empty_database_url)
     test_migrations_match_models(empty_database_url)

@@ -225,6 +225,20 @@ def test_a_request_id_reused_by_a_concurrent_create_is_refused(
     assert len(store.list_jobs(100, "")[0]) == 1
 
 
+def test_a_dataset_s_request_id_stores_one_dataset_per_project(store: Store) -> None:
+    """An insert whose request_id its project used (a concurrent upload won the unique
+    constraint) stores nothing and returns the dataset stored with it; another project's
+    use of the id is not seen."""
+    ours = replace(make_dataset(store), id=new_id(), request_id="abc")
+    stored = store.create_dataset(ours, b"arrays")
+    again = store.create_dataset(replace(ours, id=new_id(), display_name="other"), b"other")
+    assert again == stored and store.dataset_by_request_id("abc", "default") == stored
+    theirs = store.create_dataset(replace(ours, id=new_id(), project="other"), b"arrays")
+    assert theirs.id != stored.id and theirs.project == "other"
+    assert store.dataset_by_request_id("abc", "nobody") is None
+    assert len(store.list_datasets(100, "")[0]) == 3  # make_dataset's, ours, theirs
+
+
 def test_a_request_id_is_per_project(store: Store) -> None:
     """Another project's use of a request id was refused "already used": it showed that the
     other project's job exists, where its data must look missing."""

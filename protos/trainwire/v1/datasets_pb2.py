@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from trainwire.v1 import tensor_pb2 as trainwire_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btrainwire/v1/datasets.proto\x12\x0ctrainwire.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19trainwire/v1/tensor.proto\"\xb8\x03\n\x07\x44\x61taset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12$\n\x04task\x18\x03 \x01(\x0e\x32\x16.trainwire.v1.TaskKind\x12\x13\n\x0bnum_classes\x18\x04 \x01(\x05\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x12*\n\x08\x66\x65\x61tures\x18\x06 \x01(\x0b\x32\x18.trainwire.v1.TensorInfo\x12)\n\x07targets\x18\x07 \x01(\x0b\x32\x18.trainwire.v1.TensorInfo\x12\x12\n\nsize_bytes\x18\x08 \x01(\x03\x12\x0e\n\x06sha256\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x06labels\x18\x0b \x03(\x0b\x32!.trainwire.v1.Dataset.LabelsEntry\x12\x15\n\rfeature_names\x18\x0c \x03(\t\x12\x13\n\x0b\x63lass_names\x18\r \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xdb\x02\n\rDatasetHeader\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12$\n\x04task\x18\x02 \x01(\x0e\x32\x16.trainwire.v1.TaskKind\x12\x13\n\x0bnum_classes\x18\x03 \x01(\x05\x12*\n\x08\x66\x65\x61tures\x18\x04 \x01(\x0b\x32\x18.trainwire.v1.TensorInfo\x12)\n\x07targets\x18\x05 \x01(\x0b\x32\x18.trainwire.v1.TensorInfo\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x37\n\x06labels\x18\x07 \x03(\x0b\x32\'.trainwire.v1.DatasetHeader.LabelsEntry\x12\x15\n\rfeature_names\x18\x08 \x03(\t\x12\x13\n\x0b\x63lass_names\x18\t \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\x14UploadDatasetRequest\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.trainwire.v1.DatasetHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07\x63ontent\"!\n\x11GetDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x13ListDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x14ListDatasetsResponse\x12\'\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x15.trainwire.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x14\x44\x65leteDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteDatasetResponse*\x8d\x01\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14TASK_KIND_REGRESSION\x10\x01\x12#\n\x1fTASK_KIND_BINARY_CLASSIFICATION\x10\x02\x12\'\n#TASK_KIND_MULTICLASS_CLASSIFICATION\x10\x03\x32\xd5\x02\n\x0e\x44\x61tasetService\x12L\n\rUploadDataset\x12\".trainwire.v1.UploadDatasetRequest\x1a\x15.trainwire.v1.Dataset(\x01\x12\x44\n\nGetDataset\x12\x1f.trainwire.v1.GetDatasetRequest\x1a\x15.trainwire.v1.Dataset\x12U\n\x0cListDatasets\x12!.trainwire.v1.ListDatasetsRequest\x1a\".trainwire.v1.ListDatasetsResponse\x12X\n\rDeleteDataset\x12\".trainwire.v1.DeleteDatasetRequest\x1a#.trainwire.v1.DeleteDatasetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btrainwire/v1/datasets.proto\x12\x0ctrainwire.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19trainwire/v1/tensor.proto\"\xb8\x03\n\x07\x44\x61taset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12$\n\x04task\x18\x03 \x01(\x0e\x32\x16.trainwire.v1.TaskKind\x12\x13\n\x0bnum_classes\x18\x04 \x01(\x05\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x12*\n\x08\x66\x65\x61tures\x18\x06 \x01(\x0b\x32\x18.trainwire.v1.TensorInfo\x12)\n\x07targets\x18\x07 \x01(\x0b\x32\x18.trainwire.v1.TensorInfo\x12\x12\n\nsize_bytes\x18\x08 \x01(\x03\x12\x0e\n\x06sha256\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x06labels\x18\x0b \x03(\x0b\x32!.trainwire.v1.Dataset.LabelsEntry\x12\x15\n\rfeature_names\x18\x0c \x03(\t\x12\x13\n\x0b\x63lass_names\x18\r \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xef\x02\n\rDatasetHeader\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12$\n\x04task\x18\x02 \x01(\x0e\x32\x16.trainwire.v1.TaskKind\x12\x13\n\x0bnum_classes\x18\x03 \x01(\x05\x12*\n\x08\x66\x65\x61tures\x18\x04 \x01(\x0b\x32\x18.trainwire.v1.TensorInfo\x12)\n\x07targets\x18\x05 \x01(\x0b\x32\x18.trainwire.v1.TensorInfo\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x37\n\x06labels\x18\x07 \x03(\x0b\x32\'.trainwire.v1.DatasetHeader.LabelsEntry\x12\x15\n\rfeature_names\x18\x08 \x03(\t\x12\x13\n\x0b\x63lass_names\x18\t \x03(\t\x12\x12\n\nrequest_id\x18\n \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\x14UploadDatasetRequest\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.trainwire.v1.DatasetHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07\x63ontent\"!\n\x11GetDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x13ListDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x14ListDatasetsResponse\x12\'\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x15.trainwire.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x14\x44\x65leteDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteDatasetResponse*\x8d\x01\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14TASK_KIND_REGRESSION\x10\x01\x12#\n\x1fTASK_KIND_BINARY_CLASSIFICATION\x10\x02\x12\'\n#TASK_KIND_MULTICLASS_CLASSIFICATION\x10\x03\x32\xd5\x02\n\x0e\x44\x61tasetService\x12L\n\rUploadDataset\x12\".trainwire.v1.UploadDatasetRequest\x1a\x15.trainwire.v1.Dataset(\x01\x12\x44\n\nGetDataset\x12\x1f.trainwire.v1.GetDatasetRequest\x1a\x15.trainwire.v1.Dataset\x12U\n\x0cListDatasets\x12!.trainwire.v1.ListDatasetsRequest\x1a\".trainwire.v1.ListDatasetsResponse\x12X\n\rDeleteDataset\x12\".trainwire.v1.DeleteDatasetRequest\x1a#.trainwire.v1.DeleteDatasetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,28 +37,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATASET_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_DATASETHEADER_LABELSENTRY']._loaded_options = None
   _globals['_DATASETHEADER_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKKIND']._serialized_start=1248
-  _globals['_TASKKIND']._serialized_end=1389
+  _globals['_TASKKIND']._serialized_start=1268
+  _globals['_TASKKIND']._serialized_end=1409
   _globals['_DATASET']._serialized_start=106
   _globals['_DATASET']._serialized_end=546
   _globals['_DATASET_LABELSENTRY']._serialized_start=501
   _globals['_DATASET_LABELSENTRY']._serialized_end=546
   _globals['_DATASETHEADER']._serialized_start=549
-  _globals['_DATASETHEADER']._serialized_end=896
+  _globals['_DATASETHEADER']._serialized_end=916
   _globals['_DATASETHEADER_LABELSENTRY']._serialized_start=501
   _globals['_DATASETHEADER_LABELSENTRY']._serialized_end=546
-  _globals['_UPLOADDATASETREQUEST']._serialized_start=898
-  _globals['_UPLOADDATASETREQUEST']._serialized_end=995
-  _globals['_GETDATASETREQUEST']._serialized_start=997
-  _globals['_GETDATASETREQUEST']._serialized_end=1030
-  _globals['_LISTDATASETSREQUEST']._serialized_start=1032
-  _globals['_LISTDATASETSREQUEST']._serialized_end=1092
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=1094
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=1182
-  _globals['_DELETEDATASETREQUEST']._serialized_start=1184
-  _globals['_DELETEDATASETREQUEST']._serialized_end=1220
-  _globals['_DELETEDATASETRESPONSE']._serialized_start=1222
-  _globals['_DELETEDATASETRESPONSE']._serialized_end=1245
-  _globals['_DATASETSERVICE']._serialized_start=1392
-  _globals['_DATASETSERVICE']._serialized_end=1733
+  _globals['_UPLOADDATASETREQUEST']._serialized_start=918
+  _globals['_UPLOADDATASETREQUEST']._serialized_end=1015
+  _globals['_GETDATASETREQUEST']._serialized_start=1017
+  _globals['_GETDATASETREQUEST']._serialized_end=1050
+  _globals['_LISTDATASETSREQUEST']._serialized_start=1052
+  _globals['_LISTDATASETSREQUEST']._serialized_end=1112
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=1114
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=1202
+  _globals['_DELETEDATASETREQUEST']._serialized_start=1204
+  _globals['_DELETEDATASETREQUEST']._serialized_end=1240
+  _globals['_DELETEDATASETRESPONSE']._serialized_start=1242
+  _globals['_DELETEDATASETRESPONSE']._serialized_end=1265
+  _globals['_DATASETSERVICE']._serialized_start=1412
+  _globals['_DATASETSERVICE']._serialized_end=1753
 # @@protoc_insertion_point(module_scope)

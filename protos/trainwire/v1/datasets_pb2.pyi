@@ -60,7 +60,7 @@ class Dataset(_message.Message):
     def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., task: _Optional[_Union[TaskKind, str]] = ..., num_classes: _Optional[int] = ..., num_examples: _Optional[int] = ..., features: _Optional[_Union[_tensor_pb2.TensorInfo, _Mapping]] = ..., targets: _Optional[_Union[_tensor_pb2.TensorInfo, _Mapping]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., feature_names: _Optional[_Iterable[str]] = ..., class_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DatasetHeader(_message.Message):
-    __slots__ = ("display_name", "task", "num_classes", "features", "targets", "sha256", "labels", "feature_names", "class_names")
+    __slots__ = ("display_name", "task", "num_classes", "features", "targets", "sha256", "labels", "feature_names", "class_names", "request_id")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class DatasetHeader(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     display_name: str
     task: TaskKind
     num_classes: int
@@ -86,7 +87,8 @@ class DatasetHeader(_message.Message):
     labels: _containers.ScalarMap[str, str]
     feature_names: _containers.RepeatedScalarFieldContainer[str]
     class_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, display_name: _Optional[str] = ..., task: _Optional[_Union[TaskKind, str]] = ..., num_classes: _Optional[int] = ..., features: _Optional[_Union[_tensor_pb2.TensorInfo, _Mapping]] = ..., targets: _Optional[_Union[_tensor_pb2.TensorInfo, _Mapping]] = ..., sha256: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., feature_names: _Optional[_Iterable[str]] = ..., class_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, display_name: _Optional[str] = ..., task: _Optional[_Union[TaskKind, str]] = ..., num_classes: _Optional[int] = ..., features: _Optional[_Union[_tensor_pb2.TensorInfo, _Mapping]] = ..., targets: _Optional[_Union[_tensor_pb2.TensorInfo, _Mapping]] = ..., sha256: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., feature_names: _Optional[_Iterable[str]] = ..., class_names: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class UploadDatasetRequest(_message.Message):
     __slots__ = ("header", "chunk")

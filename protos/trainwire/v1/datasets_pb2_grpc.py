@@ -61,7 +61,11 @@ class DatasetServiceServicer:
 
     def UploadDataset(self, request_iterator, context):
         """Uploads a dataset: first a message with the header, then chunks whose bytes, concatenated, are
-        the features tensor followed by the targets tensor (raw little-endian, C order).
+        the features tensor followed by the targets tensor (raw little-endian, C order). The same
+        `header.request_id` twice in a project returns the first dataset instead of a new one, as
+        soon as the header arrives (the bytes need not be sent again); one whose header describes
+        another dataset (shapes, dtypes, task, names, labels, sha256 when given) is refused with
+        ALREADY_EXISTS naming what differs. Deleting the dataset frees its request id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
