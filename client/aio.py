@@ -259,8 +259,8 @@ class AsyncClient:
         call.add_done_callback(_cancelling(writer))
         try:
             return await call
-        except grpc.aio.AioRpcError:
-            if failure:
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            if failure:  # the call cancelled above (grpc.aio raises CancelledError for it)
                 raise failure[0] from None
             raise
         finally:
@@ -539,7 +539,7 @@ class AsyncClient:
                     # The failed call's writer is cancelled: once it has stopped, its messages
                     # no longer count, and the next call sends its batches again.
                     await asyncio.wait([writer])
-                    streamed.restart()
+                    feed.restart()
                     log.info(
                         "prediction stream of %s lost (%s); resuming in %.2fs", name, code, delay
                     )

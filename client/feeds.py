@@ -48,6 +48,7 @@ class BatchFeed:
         self._read = 0
         self._finished = False  # the iterable ended, or raised
         self.failure: Exception | None = None  # what it raised (or a batch that cannot be sent)
+        self.answered_by = ""  # the checkpoint that answered the stream, once one has
 
     def requests(
         self, ended: threading.Event, describe: Callable[[], ModelInfo]
@@ -99,19 +100,18 @@ class BatchFeed:
             return True
 
     def answered(self, checkpoint: str) -> None:
-        """The oldest batch kept was answered, by `checkpoint`: a later call asks it for the
-        rest, so that no checkpoint written meanwhile answers part of the stream."""
+        """The oldest batch kept was answered, by `checkpoint` (see `restart`)."""
         with self._state:
             self._kept.popleft()
             self._answered += 1
-            self.streamed.checkpoint = checkpoint
+            self.answered_by = checkpoint
 
     def restart(self, ended: threading.Event) -> None:
         """Ends a failed call's requests, before the next call: its messages sent and not
-        answered no longer count."""
+        answered no longer count, and it asks the checkpoint that answered (`resume`)."""
         with self._state:
             ended.set()
-            self.streamed.restart()
+            resume(self.streamed, self.answered_by)
 
 
 class AsyncBatchFeed:
@@ -130,6 +130,7 @@ class AsyncBatchFeed:
         self._reading: asyncio.Future[Any] | None = None
         self._finished = False
         self.failure: Exception | None = None
+        self.answered_by = ""
 
     def first_unanswered(self) -> int:
         """Where a new call starts sending (see `next_batch`)."""
@@ -162,12 +163,28 @@ class AsyncBatchFeed:
         """As `BatchFeed.answered`."""
         self._kept.popleft()
         self._answered += 1
-        self.streamed.checkpoint = checkpoint
+        self.answered_by = checkpoint
+
+    def restart(self) -> None:
+        """As `BatchFeed.restart`, once the failed call's writer has stopped."""
+        resume(self.streamed, self.answered_by)
 
     def close(self) -> None:
         """Stops a read still under way (the stream is over)."""
         if self._reading is not None:
             self._reading.cancel()
+
+
+def resume(streamed: StreamedPrediction, answered_by: str) -> None:
+    """Readies `streamed` for the next call of a stream: the failed call's messages no longer
+    count, and the next asks the checkpoint that answered (`answered_by`, once one has), so that
+    no checkpoint written meanwhile answers the rest. Within one call the server holds the model
+    that answered its first message for messages asking as that one did: a call's messages all
+    ask alike (switching mid-call lost that hold, and a checkpoint retention deleted meanwhile
+    failed the stream NOT_FOUND)."""
+    if answered_by:
+        streamed.checkpoint = answered_by
+    streamed.restart()
 
 
 async def _aiter(items: Iterable[Batch] | AsyncIterable[Batch]) -> AsyncIterator[Batch]:

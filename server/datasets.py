@@ -427,7 +427,10 @@ def _dtype_name(code: int, task: TaskKind | None = None) -> str:
         dtype = dtype_of(code)
     except TensorError:
         return f"unknown data type {code}"
-    return str(dtype if task is None else _stored_target_dtype(task, dtype))
+    # Features are stored in native byte order (as `finish` stores them), targets as their task
+    # keeps them: named so, a little-endian wire type is the stored one on any host.
+    stored = dtype.newbyteorder("=") if task is None else _stored_target_dtype(task, dtype)
+    return str(stored)
 
 
 def _stored_target_dtype(task: TaskKind, dtype: np.dtype) -> np.dtype:

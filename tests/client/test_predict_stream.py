@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import sqlalchemy
 
 from trainwire.client import (
     Client,
@@ -32,7 +34,7 @@ from trainwire.client.feeds import BatchFeed
 from trainwire.client.tensors import to_tensor
 from trainwire.client.wire import StreamedPrediction
 from trainwire.server.local import LocalServer, local_server
-from trainwire.server.predictions import ENTRY_BYTES, LAYER_ENTRY_BYTES
+from trainwire.server.predictions import ENTRY_BYTES, JOB_TTL_S, LAYER_ENTRY_BYTES
 from trainwire.v1 import predictions_pb2, predictions_pb2_grpc
 
 from ..e2e.test_topology import scrape
@@ -523,3 +525,66 @@ def test_a_new_call_of_a_stream_resends_the_unanswered_batches_to_the_checkpoint
     assert replayed.inputs == to_tensor(BATCHES[1])
     assert replayed.checkpoint == "jobs/x/checkpoints/7"
     assert reads == [0, 1, 2]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_stream_keeps_the_model_that_answered_it_though_its_checkpoint_is_deleted(
+    tmp_path: Path, asynchronous: bool
+) -> None:
+    """The server holds the model that answered a call's first message for every message that
+    asks as the first did. The SDK switched a call's later messages to that checkpoint's name
+    once it answered, and the server looked each up: retention deleting it meanwhile (a job
+    still training, the stream asking "latest") failed the open stream (NOT_FOUND, or here
+    FAILED_PRECONDITION: the job had no checkpoint left). A call's
+    messages now all ask alike; only a new call (a resumed stream) asks by name. The batches
+    after the first are read once it is answered and its checkpoint deleted."""
+    url = f"sqlite:///{tmp_path / 'trainwire.db'}"
+    env = {"TRAINWIRE_POLL_INTERVAL_S": "0.1"}
+    received: list[Prediction] = []
+    deleted = threading.Event()
+
+    def delete(checkpoint: str) -> None:
+        """As retention deletes a checkpoint; then past the server's view of the job's list."""
+        engine = sqlalchemy.create_engine(url)
+        key = {"id": int(checkpoint.rsplit("/", 1)[1])}
+        with engine.begin() as connection:
+            for table, column in (("checkpoint_blobs", "checkpoint_id"), ("checkpoints", "id")):
+                connection.execute(
+                    sqlalchemy.text(f"DELETE FROM {table} WHERE {column} = :id"), key
+                )
+        engine.dispose()
+        time.sleep(2 * JOB_TTL_S + 0.5)
+        deleted.set()
+
+    def batches() -> Iterator[np.ndarray]:
+        yield BATCHES[0]
+        assert deleted.wait(30)
+        yield from BATCHES[1:4]
+
+    with local_server(url, workers=1, extra_env=env) as server:
+        with Client(server.target, timeout=30) as client:
+            job = client.create_job(client.upload_dataset(*blobs()), MODEL, epochs=2)
+            assert job.wait(timeout=60, poll_interval=0.1).state == "SUCCEEDED"
+            if not asynchronous:
+                for prediction in client.predict_stream(job.name, batches()):
+                    received.append(prediction)
+                    if len(received) == 1:
+                        delete(prediction.checkpoint)
+
+        async def abatches() -> AsyncIterator[np.ndarray]:
+            yield BATCHES[0]
+            assert await asyncio.to_thread(deleted.wait, 30)
+            for x in BATCHES[1:4]:
+                yield x
+
+        async def stream() -> None:
+            async with AsyncClient(server.target, timeout=30) as aclient:
+                async for prediction in aclient.predict_stream(job.name, abatches()):
+                    received.append(prediction)
+                    if len(received) == 1:
+                        await asyncio.to_thread(delete, prediction.checkpoint)
+
+        if asynchronous:
+            asyncio.run(stream())
+    assert len(received) == 4
+    assert {prediction.checkpoint for prediction in received} == {received[0].checkpoint}

@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 import pytest
 
-from trainwire.client import Client, RetryPolicy, TrainwireError
+from trainwire.client import Client, RetryPolicy, TrainwireError, wire
 from trainwire.client.aio import AsyncClient
 from trainwire.client.wire import prepare_upload
 from trainwire.server import datasets as datasets_module
@@ -117,6 +117,33 @@ def test_an_async_upload_cut_mid_stream_reports_the_servers_status(
 
     statuses = asyncio.run(uploads())
     assert statuses == [(grpc.StatusCode.UNAVAILABLE, "the server went away")] * 10
+
+
+def test_an_async_upload_whose_own_requests_fail_raises_their_error(
+    served: tuple[str, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The AsyncClient abandons the call when making an upload's messages fails, and grpc.aio
+    then raises CancelledError from the call, as though the caller's task were cancelled: the
+    error itself is raised, not the CancelledError."""
+    target, store = served
+    requests = wire.Upload.requests
+
+    def failing(self: wire.Upload, *args: Any) -> Iterator[Any]:
+        for index, request in enumerate(requests(self, *args)):
+            if index == 2:
+                raise RuntimeError("the disk went away")
+            yield request
+
+    monkeypatch.setattr(wire.Upload, "requests", failing)
+    x, y = _data()
+
+    async def upload() -> None:
+        async with AsyncClient(target, retry=FAST, timeout=60) as client:
+            await client.upload_dataset(x, y, dedupe=False, progress=False)
+
+    with pytest.raises(RuntimeError, match="the disk went away"):
+        asyncio.run(upload())
+    assert _stored(store) == []
 
 
 def _upload(target: str, x: np.ndarray, y: np.ndarray, asynchronous: bool) -> str:
