@@ -5,9 +5,11 @@ RESOURCE_EXHAUSTED (server busy) or a CANCELLED it did not cause (a server stopp
 `RETRYABLE`), within the call's deadline; UNAVAILABLE for at least
 `RECONNECT_WINDOW_S`, longer than the channel may wait between connection attempts. A
 RESOURCE_EXHAUSTED that names a configured limit (`max_epochs is limited to 5. Received: 6`) or a
-message-size limit is permanent and raised at once. Only idempotent calls are retried, which is
-every call: `CreateJob` and `UploadDataset` always carry a `request_id`, so a retry cannot create
-two jobs or store two datasets. A delete whose answer was lost may find its resource gone when
+message-size limit is permanent and raised at once; but a per-client count of open calls
+refusing a call whose earlier attempt the server may still be running is retried until the
+deadline (the count may be that attempt's). Only idempotent calls are retried, which is every
+call: `CreateJob` and `UploadDataset` always carry a `request_id`, so a retry cannot create two
+jobs or store two datasets. A delete whose answer was lost may find its resource gone when
 retried: NOT_FOUND on a retry of `DeleteJob` or `DeleteDataset` counts as deleted.
 
 A reconnecting watch gives up after `watch_reconnect_s` without an open stream, and one that has
@@ -51,6 +53,12 @@ _PERMANENT = (
     "message larger",
     "more than the server's model cache holds",
 )
+# The phrase of a refusal by a per-client count of open calls (the server's
+# max_uploads_per_client, max_predict_streams_per_client, max_watches_per_client).
+_PER_CLIENT_LIMIT = "_per_client is limited to"
+# The codes of a failed attempt the server may still be running, and counting among its client's
+# open calls: it lost the connection, or cancelled the call as it stopped.
+_MAY_STILL_RUN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 
 #: How long calls that failed UNAVAILABLE go on being retried, past `max_attempts` if need be.
 #: While a channel waits out its backoff between connection attempts it is in TRANSIENT_FAILURE
@@ -144,6 +152,9 @@ class CallAttempts:
         self.deadline = time.monotonic() + budget_s
         self.attempt = 0
         self._unavailable_since: float | None = None  # the first UNAVAILABLE
+        # An earlier attempt failed so that the server may still be running it (see
+        # `delay_after`).
+        self._earlier_may_run = False
 
     def next_timeout(self) -> float:
         """Starts another attempt; returns its timeout: what is left of the deadline."""
@@ -170,6 +181,21 @@ class CallAttempts:
         if closed and code is grpc.StatusCode.CANCELLED:
             return None
         now = time.monotonic()
+        if (
+            self._earlier_may_run
+            and code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            and code in self.policy.codes
+            and _PER_CLIENT_LIMIT in details
+            and self.policy.max_attempts > 1
+        ):
+            # The open call the limit counts may be this call's own earlier attempt, which the
+            # server has not yet seen end: an upload whose client lost its connection while it
+            # was being stored holds its project's count until it is stored, and its retry was
+            # refused as a second upload, raised at once though the dataset was stored. Tried
+            # again, backing off, until the count is let go of or the deadline comes.
+            wait = max(self.policy.delay(self.attempt), min(server_delay, self.policy.max_backoff))
+            return wait if wait < self.deadline - now else None
+        self._earlier_may_run = self._earlier_may_run or code in _MAY_STILL_RUN
         if code is grpc.StatusCode.UNAVAILABLE and self._unavailable_since is None:
             self._unavailable_since = now
         since = self._unavailable_since

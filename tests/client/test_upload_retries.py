@@ -21,6 +21,7 @@ import pytest
 from trainwire.client import Client, RetryPolicy, TrainwireError, wire
 from trainwire.client.aio import AsyncClient
 from trainwire.client.wire import prepare_upload
+from trainwire.server import api as api_module
 from trainwire.server import datasets as datasets_module
 from trainwire.server.app import RunningServer
 from trainwire.server.config import Settings
@@ -30,6 +31,7 @@ from trainwire.server.errors import Cancelled, Unavailable
 from trainwire.server.store import Store
 from trainwire.v1 import datasets_pb2, datasets_pb2_grpc
 
+from ..support.tcp_proxy import TcpProxy
 from .conftest import blobs
 
 FAST = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.05)
@@ -275,3 +277,68 @@ def test_two_concurrent_uploads_with_one_request_id_store_one_dataset(
         )
     assert answers[0] == answers[1]
     assert [d.id for d in _stored(store)] == [answers[0].name.removeprefix("datasets/")]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_retry_refused_by_its_own_attempt_still_being_stored_waits_for_it(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, asynchronous: bool
+) -> None:
+    """The connection drops while the server stores the upload. The server holds the upload's
+    count of its project's open uploads until the dataset is stored (its client gone or not),
+    so the retry was refused RESOURCE_EXHAUSTED "max_uploads_per_client is limited to 1" and
+    raised at once, though the dataset was then stored. The retry now waits for that count."""
+    database = Database(database_url)
+    store = Store(database)
+    key = store.create_api_key("research").key  # the count is per project
+    settings = Settings(database_url=database_url, port=0, workers=0, max_uploads_per_client=1)
+    server = RunningServer(settings, store, "127.0.0.1:0")
+    server.start()
+    proxy = TcpProxy("127.0.0.1", server.port)
+    finish, acquire = DatasetService.finish, api_module.ClientLimiter.acquire
+    storing, refused, release = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_first(self: DatasetService, upload: Any, project: str) -> Any:
+        if not storing.is_set():
+            storing.set()
+            assert release.wait(30), "never released"
+        return finish(self, upload, project)
+
+    def noted(self: Any, client: str) -> None:
+        try:
+            acquire(self, client)
+        except Exception:
+            refused.set()
+            raise
+
+    def cut_while_storing() -> None:
+        assert storing.wait(30), "never stored"
+        proxy.cut()
+        proxy.restore()
+        refused.wait(30)  # the retry meets the count the first attempt holds
+        release.set()
+
+    monkeypatch.setattr(DatasetService, "finish", slow_first)
+    monkeypatch.setattr(api_module.ClientLimiter, "acquire", noted)
+    cutter = threading.Thread(target=cut_while_storing)
+    cutter.start()
+    x, y = _data()
+    target = f"127.0.0.1:{proxy.port}"
+    try:
+        if asynchronous:
+
+            async def upload() -> str:
+                async with AsyncClient(target, api_key=key, retry=FAST, timeout=60) as client:
+                    return (await client.upload_dataset(x, y, dedupe=False)).name
+
+            name = asyncio.run(upload())
+        else:
+            with Client(target, api_key=key, retry=FAST, timeout=60) as client:
+                name = client.upload_dataset(x, y, dedupe=False).name
+        assert refused.is_set(), "the retry came once the first attempt was stored"
+        assert [d.id for d in _stored(store)] == [name.removeprefix("datasets/")]
+    finally:
+        release.set()
+        cutter.join()
+        proxy.close()
+        server.stop(0)
+        database.dispose()
