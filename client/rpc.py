@@ -170,9 +170,18 @@ class AioRpc:
 #: longer than the channel may wait before it tries to connect again.
 MAX_RECONNECT_BACKOFF_S = 2.0
 
+#: While calls are open, the channel pings the server after this long without a frame from it,
+#: and closes the connection when a ping is not answered within `KEEPALIVE_TIMEOUT_S`: a
+#: connection that died silently (the server's host gone, a NAT or load balancer forgetting it
+#: without a reset) failed nothing, and a watch of a quiet job waited on it for ever. The server
+#: accepts pings this often (`server.app.MIN_PING_INTERVAL_S`).
+KEEPALIVE_S = 30.0
+KEEPALIVE_TIMEOUT_S = 10.0
+
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    """Channel options: message limits, and quick reconnection after a server restart.
+    """Channel options: message limits, keepalive pings, and quick reconnection after a server
+    restart.
 
     The backoff between connection attempts starts at 0.1 s and stays under
     `MAX_RECONNECT_BACKOFF_S` (2 s, give or take gRPC's jitter). Not
@@ -186,6 +195,13 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", round(MAX_RECONNECT_BACKOFF_S * 1000)),
+        ("grpc.keepalive_time_ms", round(KEEPALIVE_S * 1000)),
+        ("grpc.keepalive_timeout_ms", round(KEEPALIVE_TIMEOUT_S * 1000)),
+        # What grpcio 1.85 waits for a ping's answer (1 minute by default): with the keepalive
+        # timeout alone, a connection that stopped answering was still open 15 s later.
+        ("grpc.http2.ping_timeout_ms", round(KEEPALIVE_TIMEOUT_S * 1000)),
+        # A quiet watch sends no data: gRPC stops pinging after 2 pings without any by default.
+        ("grpc.http2.max_pings_without_data", 0),
     ]
 
 

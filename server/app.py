@@ -59,6 +59,15 @@ SERVICE_NAMES = (
 
 # How long a stopping server lets calls in progress finish.
 STOP_GRACE_S = 5.0
+# Keepalive. The server takes a client's pings as often as every MIN_PING_INTERVAL_S while it
+# has nothing to send (gRPC's default, 5 minutes, ends a connection pinged more often with
+# GOAWAY "too_many_pings"; the SDK pings every 30 s, `client.rpc.KEEPALIVE_S`). It pings a client
+# itself after KEEPALIVE_S without a frame, and closes the connection when the ping is not
+# answered within KEEPALIVE_TIMEOUT_S: a client gone silently no longer holds its watches,
+# streams and uploads (and its project's counts of them) until TCP gives up, after many minutes.
+MIN_PING_INTERVAL_S = 10.0
+KEEPALIVE_S = 60.0
+KEEPALIVE_TIMEOUT_S = 20.0
 # A stopping server refuses the calls it starts (`Draining`) until none has started for
 # DRAIN_QUIET_S, or for DRAIN_MAX_S at most, before gRPC's shutdown. Refusing a call takes a turn of
 # the event loop (well under a millisecond), so a backlog of hundreds of calls waiting in gRPC core
@@ -122,6 +131,11 @@ class RunningServer:
                 # One process per port unless several are meant to share it (grpcio's default
                 # is on, which would let a second server start silently on a used port).
                 ("grpc.so_reuseport", int(settings.reuse_port or settings.server_processes > 1)),
+                ("grpc.http2.min_ping_interval_without_data_ms", round(MIN_PING_INTERVAL_S * 1000)),
+                ("grpc.keepalive_time_ms", round(KEEPALIVE_S * 1000)),
+                ("grpc.keepalive_timeout_ms", round(KEEPALIVE_TIMEOUT_S * 1000)),
+                ("grpc.http2.ping_timeout_ms", round(KEEPALIVE_TIMEOUT_S * 1000)),  # see rpc.py
+                ("grpc.http2.max_pings_without_data", 0),
             ],
         )
         predictions = PredictionService(

@@ -24,9 +24,10 @@ import grpc
 import numpy as np
 import pytest
 
-from trainwire.client import Client, Unavailable, wire
+from trainwire.client import Client, Unavailable, rpc, wire
 from trainwire.client.aio import AsyncClient
 from trainwire.client.retry import RECONNECT_WINDOW_S, RETRYABLE, RetryPolicy
+from trainwire.server import app as app_module
 from trainwire.server.app import STOP_GRACE_S, RunningServer
 from trainwire.server.config import Settings
 from trainwire.server.db import Database
@@ -526,3 +527,47 @@ def test_an_upload_cut_by_a_stopping_server_is_retried_on_the_restarted_one(
                 server.stop(0)
     assert [d.id for d in datasets] == [info.name.removeprefix("datasets/")]
     assert datasets[0].request_id and datasets[0].num_examples == 300_000
+
+
+def test_the_sdk_pings_at_least_as_seldom_as_the_server_accepts() -> None:
+    """A client pinging more often than its server accepts is cut off (GOAWAY too_many_pings)."""
+    assert rpc.KEEPALIVE_S >= app_module.MIN_PING_INTERVAL_S
+    assert rpc.KEEPALIVE_TIMEOUT_S < rpc.KEEPALIVE_S
+
+
+def test_a_watch_notices_a_connection_that_died_silently_and_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that dies without a reset (the server's host gone, a NAT or load balancer
+    forgetting it) failed nothing: a watch of a quiet job waited on it for ever. The SDK pings
+    the server while calls are open and drops a connection whose pings go unanswered; the
+    watch re-opens and goes on. Here a frozen proxy relays nothing, either way, and the pings
+    are made a second apart (the server set to accept them)."""
+    monkeypatch.setattr(app_module, "MIN_PING_INTERVAL_S", 0.5)
+    monkeypatch.setattr(rpc, "KEEPALIVE_S", 1.0)
+    monkeypatch.setattr(rpc, "KEEPALIVE_TIMEOUT_S", 1.0)
+    server = _running_server(f"sqlite:///{tmp_path / 'trainwire.db'}", 0)
+    proxy = TcpProxy("127.0.0.1", server.port)
+    try:
+        with (
+            Client(f"127.0.0.1:{server.port}", timeout=30) as direct,
+            Client(f"127.0.0.1:{proxy.port}", timeout=30, watch_reconnect_s=60) as client,
+            ThreadPoolExecutor(1) as pool,
+        ):
+            job = direct.create_job(direct.upload_dataset(*blobs()), MODEL, epochs=5)
+            watch = client.watch_job(job.name, timeout=None)
+            assert next(watch).state == "QUEUED"  # no worker: the job stays quiet
+            following = pool.submit(lambda: [event.state for event in watch])
+            try:
+                time.sleep(3)  # pings answered: the connection stays
+                assert watch.reconnects == 0, "the server refused the pings"
+                proxy.freeze()
+                wait_for(lambda: watch.reconnects >= 1, 30, "the watch to drop the connection")
+                proxy.thaw()
+                direct.cancel_job(job.name)
+                assert following.result(timeout=60) == ["CANCELLED"]
+            finally:
+                watch.close()  # a watch still waiting on the dead connection ends
+    finally:
+        proxy.close()
+        server.stop(0)
