@@ -413,6 +413,17 @@ def _each_alone(client: Client, job: Job) -> list[np.ndarray]:
     return [client.predict(job.name, x).outputs for x in BATCHES]
 
 
+def _assert_resumed(
+    proxy: TcpProxy, reads: list[int], received: list[np.ndarray], expected: list[np.ndarray]
+) -> None:
+    """The stream went on over a new connection, each batch read once and answered once, in
+    order, as each alone is."""
+    assert proxy.accepted >= 2, "the stream went on over a new connection"
+    assert reads == list(range(len(BATCHES)))
+    assert len(received) == len(expected)
+    assert all(np.array_equal(got, want) for got, want in zip(received, expected, strict=True))
+
+
 def test_a_stream_whose_connection_drops_goes_on_over_a_new_call(
     live_server: LocalServer, client: Client, job: Job
 ) -> None:
@@ -444,10 +455,7 @@ def test_a_stream_whose_connection_drops_goes_on_over_a_new_call(
                     dropped.set()
     finally:
         proxy.close()
-    assert proxy.accepted >= 2, "the stream went on over a new connection"
-    assert reads == list(range(len(BATCHES)))
-    assert len(received) == len(expected)
-    assert all(np.array_equal(got, want) for got, want in zip(received, expected, strict=True))
+    _assert_resumed(proxy, reads, received, expected)
 
 
 def test_an_async_stream_whose_connection_drops_goes_on_over_a_new_call(
@@ -482,10 +490,7 @@ def test_an_async_stream_whose_connection_drops_goes_on_over_a_new_call(
         received = asyncio.run(scenario())
     finally:
         proxy.close()
-    assert proxy.accepted >= 2, "the stream went on over a new connection"
-    assert reads == list(range(len(BATCHES)))
-    assert len(received) == len(expected)
-    assert all(np.array_equal(got, want) for got, want in zip(received, expected, strict=True))
+    _assert_resumed(proxy, reads, received, expected)
 
 
 def test_a_new_call_of_a_stream_resends_the_unanswered_batches_to_the_checkpoint_that_answered(
