@@ -843,10 +843,10 @@ class Client:
                         yield prediction
                 break
             except grpc.RpcError as error:
+                if self._closed:  # its close() cancelled the stream, as a watch's (`JobWatch`)
+                    raise ClientClosed(self) from None
                 code, details = status_of(error)
-                delay = attempts.delay_after(
-                    code, details, closed=self._closed, server_delay=retry_delay_of(error)
-                )
+                delay = attempts.delay_after(code, details, server_delay=retry_delay_of(error))
                 if delay is None:
                     raise from_rpc_error(error) from None
                 feed.restart(ended)

@@ -205,6 +205,33 @@ def test_a_watch_in_flight_when_its_client_closes_raises_client_closed(
             other.cancel_job(job.name)
 
 
+def test_a_prediction_stream_in_flight_when_its_client_closes_raises_client_closed(
+    live_server: LocalServer, dataset: DatasetInfo
+) -> None:
+    """As a watch's: the close() cancels the stream, which raised `Cancelled` (gRPC's "Channel
+    closed"); a stream goes on over a new call after a CANCELLED a server sends, not this one."""
+    client = Client(live_server.target, timeout=30)
+    job = client.create_job(dataset, MODEL, epochs=1)
+    assert job.wait(timeout=60, poll_interval=0.1).state == "SUCCEEDED"
+    features, _ = blobs()
+    waiting, release = threading.Event(), threading.Event()
+
+    def batches() -> Iterator[np.ndarray]:
+        yield features[:2]
+        waiting.set()
+        release.wait(60)  # the next batch does not come: the stream waits for it
+
+    stream = client.predict_stream(job.name, batches())
+    try:
+        assert len(next(stream).outputs) == 2
+        assert waiting.wait(30)
+        client.close()
+        with pytest.raises(ClientClosed, match=r"^Client\('.*'\) is closed"):
+            next(stream)
+    finally:
+        release.set()
+
+
 def test_a_watch_closed_while_it_waits_to_reconnect_ends_at_once(
     client: Client, dataset: DatasetInfo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
