@@ -121,6 +121,7 @@ class AsyncClient:
         self.watch_reconnect_s = watch_reconnect_s
         self._metadata = auth_metadata(api_key)  # checked before a channel is opened
         self._closed = False  # for `ClientClosed` in place of grpc's UsageError (see `Client`)
+        self._closing = asyncio.Event()  # set by close(): it ends a retry's wait
         options = channel_options(max_message_bytes)
         credentials = channel_credentials(tls, client_cert)
         if credentials is not None:
@@ -148,7 +149,14 @@ class AsyncClient:
         """Closes the channel; calls in flight are cancelled, and later ones raise
         `ClientClosed`."""
         self._closed = True
+        self._closing.set()
         await self._channel.close(None)
+
+    async def _pause(self, seconds: float) -> None:
+        """Waits between a call's attempts (or a wait's polls); a close() cuts it short (see
+        `Client._pause`)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
 
     async def _call(
         self,
@@ -182,7 +190,7 @@ class AsyncClient:
                 if delay is None:
                     raise from_rpc_error(error) from None
                 log.debug("retrying after %s (attempt %d, %.2fs)", code, attempts.attempt, delay)
-                await asyncio.sleep(delay)
+                await self._pause(delay)
 
     # --- datasets -----------------------------------------------------------------------------
 
@@ -543,7 +551,7 @@ class AsyncClient:
                     log.info(
                         "prediction stream of %s lost (%s); resuming in %.2fs", name, code, delay
                     )
-                    await asyncio.sleep(delay)
+                    await self._pause(delay)
                 finally:
                     # The caller may stop early (or fail to read an answer): end the call, and
                     # with it the writing task, rather than leave it sending for an abandoned
@@ -752,7 +760,7 @@ class AsyncJob:
                     delay = waiting.polled(status)
                 if delay is None:
                     return waiting.result()
-                await asyncio.sleep(delay)
+                await self.client._pause(delay)
         finally:
             waiting.close()
 

@@ -346,6 +346,7 @@ class Client:
         # not a lock: a call racing close() is cancelled as the calls in flight are, or refused
         # by gRPC, which `_invoke` reports as `ClientClosed` too.
         self._closed = False
+        self._closing = threading.Event()  # set by close(): it ends a retry's wait
         options = channel_options(max_message_bytes)
         credentials = channel_credentials(tls, client_cert)
         if credentials is not None:
@@ -376,7 +377,13 @@ class Client:
         """Closes the channel; calls in flight are cancelled, and later ones raise
         `ClientClosed`."""
         self._closed = True
+        self._closing.set()
         self._channel.close()
+
+    def _pause(self, seconds: float) -> None:
+        """Waits between a call's attempts (or a wait's polls); a close() cuts it short, and the
+        next attempt raises `ClientClosed` (a retry's wait, up to `max_backoff`, held it)."""
+        self._closing.wait(seconds)
 
     def _invoke(self, method: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """`method(*args, **kwargs)`, an RPC invoked on the channel, as every call of this client
@@ -425,7 +432,7 @@ class Client:
                 if delay is None:
                     raise from_rpc_error(error) from None
                 log.debug("retrying after %s (attempt %d, %.2fs)", code, attempts.attempt, delay)
-                time.sleep(delay)
+                self._pause(delay)
 
     # --- datasets -----------------------------------------------------------------------------
 
@@ -851,7 +858,7 @@ class Client:
                     raise from_rpc_error(error) from None
                 feed.restart(ended)
                 log.info("prediction stream of %s lost (%s); resuming in %.2fs", name, code, delay)
-                time.sleep(delay)
+                self._pause(delay)
             finally:
                 # The caller may stop early: end the call, rather than leave gRPC's thread reading
                 # `batches` (and sending them) for an abandoned call, as the async stream does.
@@ -1112,7 +1119,7 @@ class Job:
                     delay = waiting.polled(status)
                 if delay is None:
                     return waiting.result()
-                time.sleep(delay)
+                self.client._pause(delay)
         finally:
             waiting.close()
 

@@ -37,7 +37,9 @@ def test_each_frame_of_the_bar_shows_the_state_of_the_status_its_epochs_came_fro
             status(jobs_pb2.JOB_STATE_SUCCEEDED, 5),
         ]
     )
-    client = SimpleNamespace(job_status=lambda name: next(polls), watch_reconnect_s=300.0)
+    client = SimpleNamespace(
+        job_status=lambda name: next(polls), watch_reconnect_s=300.0, _pause=lambda seconds: None
+    )
     job = Job(client, status(jobs_pb2.JOB_STATE_QUEUED, 0))  # type: ignore[arg-type]
 
     assert job.wait(poll_interval=0, progress=True).state == "SUCCEEDED"
@@ -58,7 +60,9 @@ def test_the_bar_shows_the_server_s_names_escaped(monkeypatch: pytest.MonkeyPatc
             progress=jobs_pb2.Progress(epoch=5, total_epochs=5),
         )
     )  # fmt: skip
-    client = SimpleNamespace(job_status=lambda name: final, watch_reconnect_s=300.0)
+    client = SimpleNamespace(
+        job_status=lambda name: final, watch_reconnect_s=300.0, _pause=lambda seconds: None
+    )
     job = Job(client, status(jobs_pb2.JOB_STATE_QUEUED, 0))  # type: ignore[arg-type]
     job.name = hostile
     job.wait(poll_interval=0, progress=True)

@@ -17,6 +17,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from trainwire.client import (
     Client,
+    ClientClosed,
     DeadlineExceeded,
     Dense,
     FailedPrecondition,
@@ -27,12 +28,13 @@ from trainwire.client import (
     RetryPolicy,
     Unavailable,
 )
-from trainwire.client import client as client_module
 from trainwire.client.aio import AsyncClient
 from trainwire.client.retry import RECONNECT_WINDOW_S, WATCH_OPENED, CallAttempts
 from trainwire.client.rpc import MAX_RECONNECT_BACKOFF_S, channel_options
 from trainwire.client.wire import prepare_upload, upload_attempts
 from trainwire.v1 import datasets_pb2, jobs_pb2
+
+from ..support.waiting import wait_for
 
 JOB = "jobs/" + "a" * 32
 DATASET = "datasets/" + "b" * 32
@@ -217,6 +219,54 @@ def test_a_cancelled_call_of_a_closed_client_is_not_retried() -> None:
     cancelled = grpc.StatusCode.CANCELLED
     assert CallAttempts(RetryPolicy(), 10).delay_after(cancelled, "", closed=True) is None
     assert CallAttempts(RetryPolicy(), 10).delay_after(cancelled, "", closed=False) is not None
+
+
+# A refusal asking for an hour's wait before the retry, which the policy allows.
+HOUR_LONG_RETRIES = RetryPolicy(max_attempts=5, initial_backoff=1, max_backoff=3600)
+
+
+def test_a_close_ends_a_retry_s_wait_at_once(flaky: tuple[Flaky, str]) -> None:
+    """A sync call waiting to retry slept its whole backoff (up to `max_backoff`) through a
+    close() from another thread, and only then raised ClientClosed. The wait here would be an
+    hour."""
+    behaviour, target = flaky
+    behaviour.failures, behaviour.code = 5, grpc.StatusCode.RESOURCE_EXHAUSTED
+    behaviour.retry_delay_s = 3600.0
+    client = Client(target, retry=HOUR_LONG_RETRIES, timeout=7200)
+    raised: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            client.get_job(JOB)
+        except BaseException as error:  # handed to the test's thread
+            raised.append(error)
+
+    caller = threading.Thread(target=call, daemon=True)  # a daemon: it may wait an hour
+    caller.start()
+    wait_for(lambda: behaviour.calls.get("GetJob") == 1, 30, "the first attempt's refusal")
+    client.close()
+    caller.join(30)
+    assert not caller.is_alive(), "still waiting to retry after close()"
+    assert len(raised) == 1 and isinstance(raised[0], ClientClosed), raised
+    assert behaviour.calls == {"GetJob": 1}
+
+
+def test_an_async_close_ends_a_retry_s_wait_at_once(flaky: tuple[Flaky, str]) -> None:
+    behaviour, target = flaky
+    behaviour.failures, behaviour.code = 5, grpc.StatusCode.RESOURCE_EXHAUSTED
+    behaviour.retry_delay_s = 3600.0
+
+    async def scenario() -> None:
+        client = AsyncClient(target, retry=HOUR_LONG_RETRIES, timeout=7200)
+        call = asyncio.create_task(client.get_job(JOB))
+        while behaviour.calls.get("GetJob") != 1:
+            await asyncio.sleep(0.01)
+        await client.close()
+        with pytest.raises(ClientClosed):
+            await asyncio.wait_for(call, 30)
+
+    asyncio.run(scenario())
+    assert behaviour.calls == {"GetJob": 1}
 
 
 def test_retries_give_up_after_max_attempts(flaky: tuple[Flaky, str]) -> None:
@@ -482,15 +532,7 @@ def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The sync client's sleeps (a call's between attempts, a watch's before it reconnects),
     recorded instead of slept."""
     recorded: list[float] = []
-
-    class RecordedSleeps:
-        monotonic = staticmethod(time.monotonic)
-
-        @staticmethod
-        def sleep(seconds: float) -> None:
-            recorded.append(seconds)
-
-    monkeypatch.setattr(client_module, "time", RecordedSleeps)
+    monkeypatch.setattr(Client, "_pause", lambda client, seconds: recorded.append(seconds))
     monkeypatch.setattr(JobWatch, "_pause", lambda watch, seconds: recorded.append(seconds))
     return recorded
 
