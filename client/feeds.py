@@ -45,7 +45,6 @@ class BatchFeed:
         self._reading = threading.Lock()
         self._kept: deque[np.ndarray] = deque()  # read and not yet answered, in order
         self._answered = 0
-        self._read = 0
         self._finished = False  # the iterable ended, or raised
         self.failure: Exception | None = None  # what it raised (or a batch that cannot be sent)
         self.answered_by = ""  # the checkpoint that answered the stream, once one has
@@ -80,9 +79,9 @@ class BatchFeed:
     def _read_one(self) -> bool:
         """Reads one more batch into the kept ones; False once the iterable has ended. A call
         whose thread is still inside the iterable reads for the next one: the other waits."""
-        before = self._read
+        before = self._read_so_far()
         with self._reading:
-            if self._read != before:
+            if self._read_so_far() != before:
                 return True  # another call's thread read one meanwhile
             if self._finished:
                 return False
@@ -96,8 +95,12 @@ class BatchFeed:
                 raise
             with self._state:
                 self._kept.append(x)
-                self._read += 1
             return True
+
+    def _read_so_far(self) -> int:
+        """How many batches the iterable has given: those answered and those kept."""
+        with self._state:
+            return self._answered + len(self._kept)
 
     def answered(self, checkpoint: str) -> None:
         """The oldest batch kept was answered, by `checkpoint` (see `restart`)."""
