@@ -422,6 +422,14 @@ def check_model_fits_dataset(
         expected = dataset.num_classes
         what = f"one logit per class ({dataset.num_classes} classes)"
         fix = f"give the last layer {expected} units"
+        if outputs > expected:
+            # A class absent from the rows (the top one: the count is the largest label + 1
+            # unless the upload said otherwise) makes the dataset's count lower than the
+            # model's; the fix above would give a model that can never predict that class.
+            fix += (
+                f", or, if the data has {outputs} classes and some are absent from these rows, "
+                f"upload it again with num_classes={outputs}"
+            )
     elif dataset.task is TaskKind.BINARY_CLASSIFICATION:
         expected = 1
         what = "one logit for binary_cross_entropy"

@@ -506,6 +506,24 @@ def test_one_unit_on_three_classes_is_refused_in_the_singular(store: Store) -> N
     )
 
 
+def test_more_units_than_classes_are_refused_naming_the_class_count_to_upload(
+    store: Store,
+) -> None:
+    """Labels 0-8 of ten classes (digits without its 9s) count 9 classes. The refusal of a
+    10-unit head said only "give the last layer 9 units", a model that can never predict 9."""
+    dataset = replace(
+        regression_dataset(store), task=TaskKind.MULTICLASS_CLASSIFICATION, num_classes=9
+    )
+    summary = Model.describe_spec({"input_dim": 3, "layers": [{"type": "dense", "units": 10}]})
+    with pytest.raises(InvalidArgument) as refused:
+        check_model_fits_dataset(summary, {"loss": "softmax_cross_entropy"}, dataset)
+    assert refused.value.violations[0].description == (
+        "the last layer gives 10 outputs but the dataset needs one logit per class (9 classes): "
+        "give the last layer 9 units, or, if the data has 10 classes and some are absent from "
+        "these rows, upload it again with num_classes=10"
+    )
+
+
 def labelled_dataset(store: Store, task: TaskKind, classes: int) -> Dataset:
     """`regression_dataset`'s record, stored again with `classes` class labels as its targets."""
     base = regression_dataset(store)
