@@ -138,6 +138,11 @@ class EarlyStopping:
     def stopped(self) -> bool:
         return self.stopped_epoch >= 0
 
+    @property
+    def restored(self) -> bool:
+        """Whether it stopped training and put the best epoch's weights back in the model."""
+        return self.stopped and self.restore_best_weights and self.best_weights is not None
+
     def get_config(self) -> dict[str, Any]:
         return {
             "monitor": self.monitor,
@@ -393,6 +398,14 @@ class Trainer:
         """Whether the state is partway through an epoch (stopped after a batch, before the
         epoch's end ran): ``epoch`` counts only the epochs that ended."""
         return self._permutation is not None
+
+    def model_logs(self) -> dict[str, float]:
+        """The logged values that describe the model's weights now: the last epoch's, or the best
+        epoch's once early stopping has restored that epoch's weights (the history keeps every
+        epoch as it was logged; these are the numbers of the model a caller keeps)."""
+        stopper = self.early_stopping
+        epoch = stopper.best_epoch if stopper is not None and stopper.restored else -1
+        return {key: values[epoch] for key, values in self.history.history.items() if values}
 
     @property
     def learning_rate(self) -> float:

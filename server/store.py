@@ -1218,7 +1218,7 @@ class Store:
             session.flush()  # the blob's foreign key needs the checkpoint's id
             session.add(CheckpointBlobRow(checkpoint_id=row.id, data=data))
             session.flush()
-            self._held_row(session, claim)
+            job_row = self._held_row(session, claim)
             # A write whose first try was still committing when this retry looked above (its
             # connection dropped at the commit) is seen now that it has committed.
             stored = self._newest_checkpoint_at(
@@ -1230,6 +1230,10 @@ class Store:
                 )
                 session.execute(delete(CheckpointRow).where(CheckpointRow.id == row.id))
                 return _checkpoint(stored)
+            if is_final:
+                # The job's metrics become its model's: with early stopping that restored the
+                # best weights, the best epoch's rather than the last epoch's.
+                job_row.metrics = dict(metrics)
             self._apply_retention(session, claim.job.id, keep)
             return _checkpoint(row)
 

@@ -465,19 +465,21 @@ def _conclude(
     training = job.training
     if keeper.lost.is_set():
         raise LeaseLost(f"jobs/{job.id} was taken away from this worker")
-    metrics = dict(job.metrics)
-    for name, values in trainer.history.history.items():
-        if values:
-            metrics[name] = float(values[-1])
+    last_epoch = {
+        name: float(values[-1]) for name, values in trainer.history.history.items() if values
+    }
     # Before the checkpoint (writes keep their order): once it exists a run resumes after them.
     recorder.write_pending()
     if recorder.cancel_requested:
-        recorder.checkpoint(trainer, metrics)
+        recorder.checkpoint(trainer, {**job.metrics, **last_epoch})
         return JobState.CANCELLED
     if stop.is_set() and trainer.epoch < int(training["epochs"]):
-        recorder.checkpoint(trainer, metrics)
+        recorder.checkpoint(trainer, {**job.metrics, **last_epoch})
         return JobState.QUEUED
-    recorder.checkpoint(trainer, metrics, final=True)
+    # The final checkpoint's metrics describe its weights: with early stopping that restored
+    # the best weights, the best epoch's, not the last one's (which scored worse: "best" would
+    # then have passed over the model the job ends with).
+    recorder.checkpoint(trainer, {**job.metrics, **trainer.model_logs()}, final=True)
     return JobState.SUCCEEDED
 
 

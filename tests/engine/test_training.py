@@ -828,6 +828,9 @@ def test_early_stopping_stops_and_restores_best_weights() -> None:
     final = trainer.model.state_dict()
     assert all(np.array_equal(final[k], seen[best][1][k]) for k in final)
     assert trainer.evaluate(xv, yv)["loss"] == pytest.approx(losses[best], rel=1e-6)
+    # The logs of the model kept are the best epoch's, not the last epoch's.
+    assert trainer.model_logs() == {key: values[best] for key, values in history.history.items()}
+    assert trainer.model_logs()["val_loss"] < losses[-1]
     steps = trainer.step
     trainer.fit(x, y, epochs=300, validation_data=(xv, yv))  # it has fired: no more training
     assert trainer.step == steps
@@ -837,6 +840,8 @@ def test_early_stopping_stops_and_restores_best_weights() -> None:
     assert no_restore.epoch == trainer.epoch
     last = no_restore.model.state_dict()
     assert any(not np.array_equal(last[k], final[k]) for k in final)
+    logged = no_restore.history.history
+    assert no_restore.model_logs() == {key: values[-1] for key, values in logged.items()}
 
 
 def test_early_stopping_validation() -> None:

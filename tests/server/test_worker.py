@@ -389,6 +389,36 @@ def test_a_job_stored_with_a_flag_other_than_one_or_zero_trains_as_it_did(store:
     assert all(np.array_equal(stored[name], flagged[name]) for name in stored)
 
 
+def test_a_job_whose_early_stopping_restored_the_best_weights_ends_with_that_epochs_metrics(
+    store: Store,
+) -> None:
+    """The final checkpoint holds epoch 1's weights, restored when epoch 2 did not improve,
+    but was stored with epoch 2's metrics, and so was the job: "best" then judged the model the
+    job ends with by another model's score (seen in the README's example, where the final
+    checkpoint's weights scored better than "best"). Its metrics are now epoch 1's."""
+    dataset = regression_dataset(store)
+    job = submit(store, dataset, checkpoint_every_epochs=1, **EARLY_STOPPING)
+    assert run_next(store) is JobState.SUCCEEDED
+    logged: dict[int, dict[str, float]] = {}
+    for name, _, epoch, value in metric_rows(store, job):
+        logged.setdefault(epoch, {})[name] = value
+    assert sorted(logged) == [1, 2], "stopped after epoch 2"
+    assert logged[1] != logged[2]
+    first, second, final = store.list_checkpoints(job.id)
+    assert [(c.epoch, c.is_final) for c in (first, second, final)] == [
+        (1, False),
+        (2, False),
+        (2, True),
+    ]
+    assert second.metrics == logged[2]
+    assert final.metrics == logged[1] == first.metrics
+    assert store.get_job(job.id).metrics == logged[1]
+    assert np.array_equal(
+        load_state(store.checkpoint_data(final.id))[0]["model.layers.0.kernel"],
+        load_state(store.checkpoint_data(first.id))[0]["model.layers.0.kernel"],
+    ), "the final checkpoint holds epoch 1's weights"
+
+
 @pytest.mark.parametrize("training", [{}, EARLY_STOPPING], ids=["all-epochs", "early-stopping"])
 def test_a_job_whose_final_checkpoint_is_stored_is_concluded_not_trained_again(
     store: Store, monkeypatch: pytest.MonkeyPatch, training: dict[str, Any]
