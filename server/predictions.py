@@ -26,7 +26,7 @@ from .metrics import MODEL_CACHE_BYTES, PREDICTION_ROWS
 from .model_cache import ModelCache, Pin, model_bytes
 from .names import is_name, parse_name
 from .records import Checkpoint, Job, TaskKind
-from .store import Store, best_checkpoint
+from .store import Store, best_checkpoint, best_ranking
 from .training import build_model
 from .wrappers import in_pool
 
@@ -326,7 +326,7 @@ class PredictionService:
         if selector in ("", "latest"):
             return checkpoints[-1]
         if selector == "best":
-            best = best_checkpoint(checkpoints)
+            best = best_checkpoint(checkpoints, best_ranking(job.training))
             if best is None:
                 raise FailedPrecondition(
                     f"jobs/{job.id} has no checkpoint taken at an epoch's end (only ones "

@@ -45,6 +45,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from trainwire.engine.errors import quoted
+from trainwire.engine.schedules import resolve_mode
 
 from .auth import (
     KeyRecord,
@@ -201,11 +202,32 @@ def _checkpoint(row: CheckpointRow) -> Checkpoint:
     )
 
 
-def checkpoint_score(metrics: dict[str, float]) -> float:
-    """Lower is better: the validation loss when recorded, else the training loss. A value that
+# What "best" ranks a job's checkpoints by: a logged key and whether lower ("min") or higher
+# ("max") is better.
+Ranking = tuple[str, str]
+
+
+def best_ranking(training: Mapping[str, Any]) -> Ranking | None:
+    """The ranking of a job whose early stopping monitors a key: that key, its way, as early
+    stopping judges it (a job watching val_accuracy asks for the most accurate model, which
+    the lowest val_loss need not be). None otherwise: `checkpoint_score`'s losses."""
+    early = training.get("early_stopping")
+    if not early or not early.get("monitor"):
+        return None
+    monitor = str(early["monitor"])
+    return monitor, resolve_mode(str(early.get("mode", "auto")), monitor)
+
+
+def checkpoint_score(metrics: dict[str, float], ranking: Ranking | None = None) -> float:
+    """Lower is better: by `ranking` when the checkpoint records its key (its negation for a
+    "max" key), else the validation loss when recorded, else the training loss. A value that
     is not finite scores +inf: NaN compares false both ways and would otherwise win "best"
     whenever it is looked at first."""
-    score = float(metrics.get("val_loss", metrics.get("loss", math.inf)))
+    if ranking is not None and ranking[0] in metrics:
+        key, direction = ranking
+        score = float(metrics[key]) * (-1.0 if direction == "max" else 1.0)
+    else:
+        score = float(metrics.get("val_loss", metrics.get("loss", math.inf)))
     return score if math.isfinite(score) else math.inf
 
 
@@ -222,12 +244,16 @@ class Scored(Protocol):
 ScoredT = TypeVar("ScoredT", bound=Scored)
 
 
-def best_checkpoint(checkpoints: Sequence[ScoredT]) -> ScoredT | None:
+def best_checkpoint(
+    checkpoints: Sequence[ScoredT], ranking: Ranking | None = None
+) -> ScoredT | None:
     """The best of a job's checkpoints (in the order written): the lowest `checkpoint_score`
     among those of an epoch's end, the newest on ties. A partial one (written mid-epoch)
     repeats the metrics of the epoch end before it with other weights: never the best."""
     whole = [c for c in checkpoints if not c.is_partial]
-    return min(reversed(whole), key=lambda c: checkpoint_score(c.metrics)) if whole else None
+    if not whole:
+        return None
+    return min(reversed(whole), key=lambda c: checkpoint_score(c.metrics, ranking))
 
 
 def same_request_or_refuse(new: NewJob, job: Job) -> Job:
@@ -1234,7 +1260,7 @@ class Store:
                 # The job's metrics become its model's: with early stopping that restored the
                 # best weights, the best epoch's rather than the last epoch's.
                 job_row.metrics = dict(metrics)
-            self._apply_retention(session, claim.job.id, keep)
+            self._apply_retention(session, claim.job.id, keep, best_ranking(claim.job.training))
             return _checkpoint(row)
 
     @staticmethod
@@ -1274,7 +1300,9 @@ class Store:
         ).all()
 
     @classmethod
-    def _apply_retention(cls, session: Session, job_id: str, keep: int) -> None:
+    def _apply_retention(
+        cls, session: Session, job_id: str, keep: int, ranking: Ranking | None
+    ) -> None:
         existing = cls._scored_checkpoints(session, job_id)
         if len(existing) <= keep:
             return
@@ -1282,7 +1310,7 @@ class Store:
         # A partial checkpoint repeats the metrics of the epoch end before it: counted among
         # the latest, it must not push out that epoch end ("epoch/N") or the best.
         whole = [row for row in existing if not row.is_partial]
-        best = best_checkpoint(whole)
+        best = best_checkpoint(whole, ranking)
         if best is not None:
             kept.update((whole[-1].id, best.id))
         doomed = [row.id for row in existing if row.id not in kept]
@@ -1522,7 +1550,9 @@ class Store:
                 best_id = _best_of_token(best_text)
                 query = query.where(CheckpointRow.id > after)
             else:
-                best = best_checkpoint(self._scored_checkpoints(session, job_id))
+                training = session.scalar(select(JobRow.training).where(JobRow.id == job_id))
+                ranking = best_ranking(training or {})
+                best = best_checkpoint(self._scored_checkpoints(session, job_id), ranking)
                 best_id = None if best is None else int(best.id)
             rows = session.scalars(query.order_by(CheckpointRow.id).limit(size + 1)).all()
             items = [_checkpoint(row) for row in rows]

@@ -34,9 +34,10 @@ def checkpoint(
 
 
 class StubJob:
-    """All `resolve` reads of a job that has checkpoints: its id."""
+    """All `resolve` reads of a job that has checkpoints: its id and training settings."""
 
     id = "j" * 32
+    training: dict[str, Any] = {}  # noqa: RUF012 (read, never written)
 
 
 @pytest.fixture
@@ -66,6 +67,16 @@ def test_a_partial_checkpoint_tying_with_the_best_is_not_best(
     assert resolve(service, "best", checkpoints) == 1
     assert resolve(service, "epoch/1", checkpoints) == 1
     assert best_checkpoint(checkpoints) == checkpoints[0]
+
+
+def test_best_is_judged_by_the_jobs_early_stopping_monitor(service: PredictionService) -> None:
+    checkpoints = [checkpoint(1, 1, 0.2), checkpoint(2, 2, 0.5)]
+    checkpoints[1].metrics["val_accuracy"] = 0.9
+    checkpoints[0].metrics["val_accuracy"] = 0.8
+    job = StubJob()
+    job.training = {"early_stopping": {"monitor": "val_accuracy"}}
+    assert service.resolve(cast(Job, job), "best", checkpoints).id == 2
+    assert resolve(service, "best", checkpoints) == 1, "without a monitor: the lowest val_loss"
 
 
 def test_only_a_partial_checkpoint_answers_latest_alone(service: PredictionService) -> None:

@@ -37,6 +37,8 @@ from trainwire.server.store import (
     MAX_PAGE_TOKEN_LENGTH,
     LeaseLost,
     Store,
+    best_checkpoint,
+    best_ranking,
     checkpoint_score,
     encode_page_token,
     new_id,
@@ -784,6 +786,39 @@ def test_a_partial_checkpoint_tying_with_the_best_does_not_replace_it(store: Sto
     assert kept == [(10, False), (15, True)]
     latest = store.latest_resumable_checkpoint(claim.job.id)
     assert latest is not None and latest.step == 15, "a resume loads the partial one"
+
+
+def test_best_follows_the_early_stopping_monitor_in_retention_and_listing(store: Store) -> None:
+    """A job whose early stopping watches val_accuracy asks for its most accurate model. "best"
+    was the lowest val_loss whatever the job monitored: here epoch 3, while early stopping
+    restored epoch 1's weights, which the job's tests scored higher."""
+    dataset = make_dataset(store)
+    early = {"monitor": "val_accuracy", "patience": 2, "restore_best_weights": True}
+    store.create_job(make_job(store, dataset, training={"epochs": 4, "early_stopping": early}))
+    claim = store.claim_job("w")
+    assert claim is not None
+    scores = [(0.95, 0.30), (0.90, 0.25), (0.93, 0.20), (0.91, 0.22)]
+    for epoch, (accuracy, loss) in enumerate(scores, start=1):
+        metrics = {"val_accuracy": accuracy, "val_loss": loss}
+        store.save_checkpoint(claim, epoch, epoch * 10, metrics, b"x", keep=1)
+    kept = store.list_checkpoints(claim.job.id)
+    assert [c.epoch for c in kept] == [1, 4], "retention keeps the most accurate and the latest"
+    _, best_id, _ = store.checkpoints_page(claim.job.id, 0, "")
+    assert best_id == kept[0].id
+    assert best_checkpoint(kept, best_ranking(claim.job.training)) == kept[0]
+    assert best_checkpoint(kept) == kept[1], "without a monitor: the lowest val_loss"
+
+
+def test_best_ranking_takes_the_monitor_and_its_way_as_early_stopping_does() -> None:
+    assert best_ranking({}) is None
+    assert best_ranking({"early_stopping": {"monitor": "val_loss"}}) == ("val_loss", "min")
+    assert best_ranking({"early_stopping": {"monitor": "val_r2"}}) == ("val_r2", "max")
+    assert best_ranking({"early_stopping": {"monitor": "loss", "mode": "max"}}) == ("loss", "max")
+    ranking = ("val_accuracy", "max")
+    assert checkpoint_score({"val_accuracy": 0.9, "val_loss": 0.1}, ranking) == -0.9
+    # A checkpoint without the key (one stored before early stopping logged it) falls back.
+    assert checkpoint_score({"val_loss": 0.1}, ranking) == 0.1
+    assert checkpoint_score({"val_accuracy": float("nan")}, ranking) == float("inf")
 
 
 def test_checkpoint_pages_mark_the_best_of_all_the_jobs_checkpoints(store: Store) -> None:
