@@ -2,12 +2,12 @@
 early stopping, metrics and callbacks.
 
 One Generator (seeded by ``seed``) drives shuffling and dropout. The trainer's position (epoch,
-batch within the epoch, that epoch's permutation, running epoch sums, generator state, optimizer
-slots, model weights and BatchNorm statistics, schedule and early-stopping state, history) is
-all in ``state_dict()`` as plain arrays, so a run stopped after any batch and restored into a
-fresh Trainer built the same way continues bit-for-bit as if it had never stopped. A state that
-would not load is refused whole: ``load_state_dict`` checks every part before it changes any,
-and raises ValueError naming the entry.
+batch within the epoch, that epoch's permutation, running epoch statistics, generator state,
+optimizer slots, model weights and BatchNorm statistics, schedule and early-stopping state,
+history) is all in ``state_dict()`` as plain arrays, so a run stopped after any batch and
+restored into a fresh Trainer built the same way continues bit-for-bit as if it had never
+stopped. A state that would not load is refused whole: ``load_state_dict`` checks every part
+before it changes any, and raises ValueError naming the entry.
 
 Options beyond the basics (all plain data, so a job config maps onto them directly):
     schedule        a schedules name/dict/instance, e.g. {"name": "step", "step_size": 10}
@@ -371,9 +371,19 @@ class Trainer:
         self.step = 0  # completed optimizer steps, over all epochs
         self._batch_index = 0  # completed batches in the current epoch
         self._permutation: Array | None = None  # set while an epoch is in progress
-        # Running sums over the current epoch: [loss * weight, metric_k * n..., n] and the
-        # summed loss weight (n without sample weights).
-        self._epoch_sums = np.zeros(len(self.metrics) + 2, dtype=np.float64)
+        # Running statistics of the current epoch: [loss * weight, each metric's epoch
+        # statistics (`Metric.accumulate`; one float, value * rows, for a mean such as accuracy
+        # or mae, more for r2), n] and the summed loss weight (n without sample weights). The
+        # logged training metrics are the epoch's values over its batches, each batch's outputs
+        # from the weights of its step, as in Keras; validation metrics score the whole set.
+        columns = model.output_dim
+        self._metric_slices: list[slice] = []
+        start = 1
+        for metric in self.metrics:
+            size = metric.epoch_stats_size(columns)
+            self._metric_slices.append(slice(start, start + size))
+            start += size
+        self._epoch_sums = np.zeros(start + 1, dtype=np.float64)
         self._epoch_weight = 0.0
         self._batch_buffers: dict[tuple[str, int], Array] = {}
 
@@ -490,7 +500,11 @@ class Trainer:
         num_batches = math.ceil(n / bs)
         model, loss_fn, optimizer, schedule = self.model, self.loss, self.optimizer, self.schedule
         flat_params, flat_grads = model.flat_parameters(), model.flat_gradients()
-        metrics, sums, rng = self.metrics, self._epoch_sums, self.rng
+        sums, rng = self._epoch_sums, self.rng
+        metric_stats = [  # each metric with its view of `sums`
+            (metric, sums[part])
+            for metric, part in zip(self.metrics, self._metric_slices, strict=True)
+        ]
         base_lr = self.base_learning_rate
         while self.epoch < epochs and not self.stop_training:
             if self._permutation is None:
@@ -522,8 +536,8 @@ class Trainer:
                 weight = rows if wb is None else float(np.sum(wb, dtype=np.float64))
                 sums[0] += loss * weight
                 self._epoch_weight += weight
-                for k, metric in enumerate(metrics, start=1):
-                    sums[k] += metric(outputs, yb) * rows
+                for metric, stats in metric_stats:
+                    metric.accumulate(stats, outputs, yb)
                 sums[-1] += rows
                 model.backward(grad)
                 if schedule is not None:
@@ -575,8 +589,8 @@ class Trainer:
         count = self._epoch_sums[-1]
         weight = self._epoch_weight
         logs = {"loss": float(self._epoch_sums[0] / weight) if weight > 0 else 0.0}
-        for k, metric in enumerate(self.metrics, start=1):
-            logs[metric.name] = float(self._epoch_sums[k] / count)
+        for metric, part in zip(self.metrics, self._metric_slices, strict=True):
+            logs[metric.name] = metric.epoch_value(self._epoch_sums[part], count)
         if val is not None:
             for key, value in self._evaluate_prepared(*val).items():
                 logs[f"val_{key}"] = value
@@ -826,13 +840,23 @@ class Trainer:
         return rng_state
 
     def _checked_epoch_sums(self, state: Mapping[str, Array], rows_done: int | None) -> Array:
-        """The running sums; in an epoch in progress, their row count must be the rows its
-        batches took so far (``rows_done``; otherwise they are the last epoch's, unused)."""
+        """The running statistics; in an epoch in progress, their row count must be the rows its
+        batches took so far (``rows_done``; otherwise they are the last epoch's, unused).
+
+        A state saved before metrics kept epoch statistics holds one float per metric, its
+        batch values times their rows. For a mean (accuracy, mae) that float is the statistic
+        itself. For r2 it was the defect, a row-weighted mean of per-batch R² from which the
+        sums of squares cannot be recovered: such a state loads with r2's statistics empty, so
+        the epoch in progress logs the R² of the rows trained after the resume (0 if none
+        remain, as the loss of no weight) — a true R² of fewer rows, not an invented one.
+        """
         sums = np.asarray(state["trainer.epoch_sums"])
-        if sums.dtype.kind != "f" or sums.shape != self._epoch_sums.shape:
+        size = self._epoch_sums.shape[0]
+        legacy_size = len(self.metrics) + 2
+        if sums.dtype.kind != "f" or sums.shape not in ((size,), (legacy_size,)):
             raise ValueError(
-                f"Trainer state entry 'trainer.epoch_sums' must be {self._epoch_sums.shape[0]} "
-                f"floats (loss, {len(self.metrics)} metrics, rows) for this trainer. "
+                f"Trainer state entry 'trainer.epoch_sums' must be {size} floats (loss, "
+                f"{size - 2} of the metrics' epoch statistics, rows) for this trainer. "
                 f"Received: {sums.dtype} array of shape {sums.shape}"
             )
         sums = sums.astype(np.float64)
@@ -841,6 +865,17 @@ class Trainer:
                 f"Trainer state entry 'trainer.epoch_sums' counts {sums[-1]:g} rows in the epoch "
                 f"in progress, but its batches so far ('trainer.batch_index') took {rows_done}"
             )
+        if size != legacy_size and sums.shape[0] == legacy_size:
+            converted = np.zeros(size, dtype=np.float64)
+            converted[0], converted[-1] = sums[0], sums[-1]
+            for k, part in enumerate(self._metric_slices, start=1):
+                if part.stop - part.start == 1:  # a mean's statistic, as it was
+                    converted[part] = sums[k]
+            return converted
+        for metric, part in zip(self.metrics, self._metric_slices, strict=True):
+            problem = metric.epoch_stats_problem(sums[part], rows_done)
+            if problem is not None:
+                raise ValueError(f"Trainer state entry 'trainer.epoch_sums' is refused: {problem}")
         return sums
 
     def _checked_history(self, state: Mapping[str, Array], epoch: int) -> dict[str, list[float]]:
