@@ -306,21 +306,27 @@ def _jobs_list(client: Client, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise ValueError(f"--limit must be at least 1. Received: {args.limit}")
     jobs: list[Job] = []
+    more = False
     for job in client.list_jobs(
         state=args.state, dataset=args.dataset and _resource("datasets", args.dataset),
         labels=_labels(args.label),
     ):  # fmt: skip
-        jobs.append(job)
-        if len(jobs) >= args.limit:
+        if len(jobs) == args.limit:
+            more = True  # one past the limit, read to say so: a cut list looked complete
             break
+        jobs.append(job)
     rows = [
-        (j.name, s.display_name, s.state, f"{s.epoch}/{s.total_epochs}",
-         _metrics_text({k: v for k, v in s.metrics.items() if k in ("loss", "val_loss")}))
+        (j.name, s.display_name, s.state, f"{s.epoch}/{s.total_epochs}", _metrics_text(s.metrics))
         for j in jobs
         for s in [j.last_status]
-    ]  # fmt: skip
-    headers = ("NAME", "DISPLAY NAME", "STATE", "EPOCH", "LOSS")
+    ]
+    headers = ("NAME", "DISPLAY NAME", "STATE", "EPOCH", "METRICS")
     emit(args, [j.last_status.to_dict() for j in jobs], table(rows, headers))
+    if more:
+        print(
+            f"trainwire: showing the first {args.limit} jobs; more match: raise --limit",
+            file=sys.stderr,
+        )
     return OK
 
 
@@ -702,7 +708,9 @@ def add_user_commands(commands: Any) -> None:
     listing.add_argument("--state", type=str.upper, choices=STATES)
     listing.add_argument("--dataset", help="only jobs of this dataset")
     listing.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
-    listing.add_argument("--limit", type=int, default=50, help="at most this many (50)")
+    listing.add_argument(
+        "--limit", type=int, default=50, help="at most this many, newest first (50)"
+    )
     for name, handler, text in (
         ("show", _jobs_show, "show a job and its checkpoints"),
         ("watch", _jobs_watch, "print a job's events until it finishes (reconnects by itself)"),

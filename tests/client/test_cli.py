@@ -283,6 +283,8 @@ def test_submit_follow_and_predict(cli: Cli, tmp_path: Path) -> None:
 
     code, out, _ = cli("jobs", "list", "--label", "suite=cli")
     assert code == 0 and job in out and "SUCCEEDED" in out
+    # Every metric of the job, where the list showed loss and val_loss alone.
+    assert out.splitlines()[0].split()[-1] == "METRICS" and "accuracy=" in out
     assert next(j["name"] for j in cli.json("jobs", "list", "--state", "succeeded")) == job
     shown = cli.json("jobs", "show", job)
     assert [c["epoch"] for c in shown["checkpoints"]] == [4]
@@ -297,6 +299,13 @@ def test_submit_follow_and_predict(cli: Cli, tmp_path: Path) -> None:
     watched = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and {tuple(sorted(e)) for e in watched} == {tuple(sorted(events[0]))}
     assert watched[-1]["state"] == "SUCCEEDED" and len({e["job"] for e in watched}) == 1
+    # A list cut at --limit says so: it looked complete, and a count of it undercounted.
+    code, out, err = cli("jobs", "list", "--limit", "1")
+    assert code == 0 and len(out.splitlines()) == 2, "the header and the newest job"
+    assert watched[0]["job"] in out
+    assert err == "trainwire: showing the first 1 jobs; more match: raise --limit\n"
+    code, out, err = cli("jobs", "list", "--limit", "1000")
+    assert code == 0 and len(out.splitlines()) > 2 and err == ""
     code, out, _ = cli("jobs", "watch", job, "--after", str(len(events) - 1))
     assert code == 0 and out.splitlines()[0].startswith(f"#{len(events)}  SUCCEEDED")
 
