@@ -297,8 +297,22 @@ def refuse_another_request(
     """Refuses ALREADY_EXISTS a request whose `request_id` already created `created` (a `kind`)
     if it asks for other than that resource records (`asked` and `recorded`, keyed alike by the
     request's fields), naming each field that differs: one wording for CreateJob and
-    UploadDataset. Compared as stored (JSON), so a tuple and a list of one spec are equal."""
-    differing = [key for key in asked if _as_stored(asked[key]) != _as_stored(recorded[key])]
+    UploadDataset. Compared as stored (JSON), so a tuple and a list of one spec are equal. A
+    field holding settings (`training`, `model`, `labels`) is named by the settings that differ
+    (`training.epochs`): "a different training" left the caller to find which of a dozen."""
+    differing: list[str] = []
+    for key in asked:
+        mine, theirs = _as_stored(asked[key]), _as_stored(recorded[key])
+        if mine == theirs:
+            continue
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            differing += [
+                f"{key}.{inner}"
+                for inner in sorted(mine.keys() | theirs.keys())
+                if mine.get(inner) != theirs.get(inner)
+            ]
+        else:
+            differing.append(key)
     if differing:
         raise AlreadyExists(
             f"request_id {quoted(request_id)} was already used by {created}, created with a "

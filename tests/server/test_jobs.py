@@ -354,9 +354,9 @@ def test_a_retry_gets_its_job_even_where_the_request_would_now_be_refused(store:
 @pytest.mark.parametrize(
     ("change", "differing"),
     [
-        (lambda create: setattr(create.training, "epochs", 3), "training"),
-        (lambda create: create.model.layers.insert(0, dense(4)), "model"),
-        (lambda create: create.labels.update(team="b"), "labels"),
+        (lambda create: setattr(create.training, "epochs", 3), "training.epochs"),
+        (lambda create: create.model.layers.insert(0, dense(4)), "model.layers"),
+        (lambda create: create.labels.update(team="b"), "labels.team"),
         (lambda create: setattr(create, "display_name", "other"), "display_name"),
         (lambda create: setattr(create, "queue", "gpu"), "queue"),
         (lambda create: setattr(create, "priority", 1), "priority"),

@@ -180,6 +180,12 @@ def test_a_request_id_used_for_another_request_is_refused(store: Store) -> None:
         "priority; send a new request_id to create another job (a retry must repeat the "
         "request unchanged)"
     )
+    # Settings are named by the setting that differs, not as "a different training".
+    other_training = make_job(
+        store, dataset, request_id="abc", training={"epochs": 2}, labels={"sweep": "s1"}
+    )
+    with pytest.raises(AlreadyExists, match=r"a different training\.epochs, labels\.sweep;"):
+        store.create_job(other_training)
     # A spec stored as JSON compares equal to the same spec given with tuples.
     again = make_job(store, dataset, request_id="abc", model_spec={"layers": ()})
     assert store.create_job(again).id == job.id
