@@ -657,14 +657,20 @@ class Store:
             # Locked before the check: a job being created for it holds the row in KEY SHARE
             # until it commits, so the check below sees that job (see `create_job`).
             self._dataset_row(session, dataset_id, project, lock=_LOCK_TO_DELETE)
-            users = session.scalars(
+            unfinished = (
                 select(JobRow.id)
                 .where(JobRow.dataset_id == dataset_id)
                 .where(JobRow.state.not_in([s.value for s in FINISHED_STATES]))
-                .limit(5)
-            ).all()
+            )
+            users = session.scalars(unfinished.order_by(JobRow.id).limit(5)).all()
             if users:
                 names = ", ".join(f"jobs/{u}" for u in users)
+                if len(users) == 5:
+                    # Named 5 at most (a message, not a listing), but counted, so the caller
+                    # knows how many more to look for (`jobs list --dataset`).
+                    count = session.scalar(select(func.count()).select_from(unfinished.subquery()))
+                    if count and count > 5:
+                        names += f" and {count - 5} more"
                 raise FailedPrecondition(
                     f"datasets/{dataset_id} is used by unfinished jobs ({names}); cancel them or "
                     "wait for them to finish first"
@@ -809,9 +815,12 @@ class Store:
         with self._api_write(job_id) as session:
             row = self._job_row(session, job_id, project, lock=_LOCK_TO_DELETE)
             if not JobState(row.state).is_finished:
-                raise FailedPrecondition(
-                    f"jobs/{job_id} is {row.state}; cancel it and let it finish before deleting"
+                advice = (
+                    "wait for its cancel to finish (within a batch of its training)"
+                    if row.state == JobState.CANCELLING.value
+                    else "cancel it and let it finish"
                 )
+                raise FailedPrecondition(f"jobs/{job_id} is {row.state}; {advice} before deleting")
             session.execute(
                 delete(CheckpointBlobRow).where(
                     CheckpointBlobRow.checkpoint_id.in_(

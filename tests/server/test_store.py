@@ -749,6 +749,35 @@ def test_events_are_numbered_without_gaps(store: Store) -> None:
     assert [e.sequence for e in store.job_events(job.id, after=2)] == [3, 4]
 
 
+def test_a_dataset_in_use_is_refused_naming_five_jobs_and_counting_the_rest(
+    store: Store,
+) -> None:
+    """The refusal named 5 of 7 unfinished jobs and did not say there were more."""
+    dataset = make_dataset(store)
+    jobs = sorted(store.create_job(make_job(store, dataset)).id for _ in range(7))
+    with pytest.raises(FailedPrecondition) as refused:
+        store.delete_dataset(dataset.id)
+    named = ", ".join(f"jobs/{j}" for j in jobs[:5])
+    assert refused.value.message == (
+        f"datasets/{dataset.id} is used by unfinished jobs ({named} and 2 more); cancel them or "
+        "wait for them to finish first"
+    )
+
+
+def test_deleting_a_cancelling_job_is_refused_saying_to_wait(store: Store) -> None:
+    """It said "cancel it", which the caller had just done."""
+    store.create_job(make_job(store, make_dataset(store)))
+    claim = store.claim_job("w")
+    assert claim is not None
+    assert store.cancel_job(claim.job.id).state is JobState.CANCELLING
+    with pytest.raises(FailedPrecondition) as refused:
+        store.delete_job(claim.job.id)
+    assert refused.value.message == (
+        f"jobs/{claim.job.id} is CANCELLING; wait for its cancel to finish (within a batch of its "
+        "training) before deleting"
+    )
+
+
 def test_checkpoint_retention_keeps_latest_and_best(store: Store) -> None:
     dataset = make_dataset(store)
     store.create_job(make_job(store, dataset))
