@@ -121,7 +121,7 @@ class AsyncClient:
         self.watch_reconnect_s = watch_reconnect_s
         self._metadata = auth_metadata(api_key)  # checked before a channel is opened
         self._closed = False  # for `ClientClosed` in place of grpc's UsageError (see `Client`)
-        self._closing = asyncio.Event()  # set by close(): it ends a retry's wait
+        self._closing = asyncio.Event()  # set by close(): it ends the pauses under way (`_pause`)
         options = channel_options(max_message_bytes)
         credentials = channel_credentials(tls, client_cert)
         if credentials is not None:
@@ -152,11 +152,17 @@ class AsyncClient:
         self._closing.set()
         await self._channel.close(None)
 
-    async def _pause(self, seconds: float) -> None:
-        """Waits between a call's attempts (or a wait's polls); a close() cuts it short (see
-        `Client._pause`)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closing.wait(), seconds)
+    async def _pause(self, seconds: float, woken: asyncio.Event | None = None) -> None:
+        """Waits between a call's attempts (or a wait's polls, a watch's reconnections); a close()
+        cuts it short (see `Client._pause`), and so does `woken` once set (a watch's own
+        close())."""
+        events = [self._closing] if woken is None else [self._closing, woken]
+        waits = [asyncio.ensure_future(event.wait()) for event in events]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def _call(
         self,
@@ -693,8 +699,9 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
             raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None
         log.info("watch of %s lost (%s); reconnecting in %.2fs", self.name, code, delay)
         self.reconnects += 1
-        with contextlib.suppress(TimeoutError):  # cut short by close()
-            await asyncio.wait_for(self._woken.wait(), delay)
+        # Cut short by this watch's close() or its client's (the next open raises
+        # `ClientClosed`).
+        await self.client._pause(delay, self._woken)
 
     def close(self) -> None:
         """Stops the watch and cancels its stream; an `async for` over it in another task ends

@@ -346,7 +346,9 @@ class Client:
         # not a lock: a call racing close() is cancelled as the calls in flight are, or refused
         # by gRPC, which `_invoke` reports as `ClientClosed` too.
         self._closed = False
-        self._closing = threading.Event()  # set by close(): it ends a retry's wait
+        # Notified by close(), and by a watch's close(): it ends the pauses under way (see
+        # `_pause`).
+        self._closing = threading.Condition()
         options = channel_options(max_message_bytes)
         credentials = channel_credentials(tls, client_cert)
         if credentials is not None:
@@ -377,13 +379,23 @@ class Client:
         """Closes the channel; calls in flight are cancelled, and later ones raise
         `ClientClosed`."""
         self._closed = True
-        self._closing.set()
+        self._wake()
         self._channel.close()
 
-    def _pause(self, seconds: float) -> None:
-        """Waits between a call's attempts (or a wait's polls); a close() cuts it short, and the
-        next attempt raises `ClientClosed` (a retry's wait, up to `max_backoff`, held it)."""
-        self._closing.wait(seconds)
+    def _wake(self) -> None:
+        """Has every `_pause` under way check whether to end: its client closed, or its
+        `stopped()` true."""
+        with self._closing:
+            self._closing.notify_all()
+
+    def _pause(self, seconds: float, stopped: Callable[[], bool] = lambda: False) -> None:
+        """Waits between a call's attempts (or a wait's polls, a watch's reconnections); a close()
+        cuts it short, and the next attempt raises `ClientClosed` (a retry's wait, up to
+        `max_backoff`, held it; a watch's, up to 2 s). So does `stopped()` turning true, checked
+        when `_wake` is called (a watch's own close()). One condition for every pause: a watch
+        waiting on an event of its own slept through its client's close()."""
+        with self._closing:
+            self._closing.wait_for(lambda: self._closed or stopped(), seconds)
 
     def _invoke(self, method: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """`method(*args, **kwargs)`, an RPC invoked on the channel, as every call of this client
@@ -900,8 +912,6 @@ class JobWatch(Iterator[JobEvent]):
         # fails as a unary call does (see `Outage`).
         self._outage = Outage(f"watching {name}", client.watch_reconnect_s, reached=False)
         self._closed = False
-        # Set by `close()`: it ends a wait before reconnecting, which another thread may be in.
-        self._woken = threading.Event()
         # One thread at a time in `__next__`: gRPC's stream takes one reader at a time (a second
         # one failed inside gRPC, "Internal gRPC call error 8"), and `last_sequence` is read and
         # set there. `close()` takes no lock, so that it cancels a stream another thread waits on.
@@ -991,15 +1001,16 @@ class JobWatch(Iterator[JobEvent]):
         self._pause(delay)
 
     def _pause(self, seconds: float) -> None:
-        """Waits before re-opening the stream; close() cuts it short."""
-        self._woken.wait(seconds)
+        """Waits before re-opening the stream; this watch's close() cuts it short, and so does
+        its client's (the next open raises `ClientClosed`). Another thread may be in it."""
+        self.client._pause(seconds, lambda: self._closed)
 
     def close(self) -> None:
         """Stops the watch and cancels its stream. From another thread it takes effect while
         `__next__` waits for an event or to reconnect, and the stream it may be opening meanwhile
         is cancelled by `_open`; it leaves the stream in place (that thread may be reading it)."""
         self._closed = True
-        self._woken.set()
+        self.client._wake()
         stream = self._stream
         if stream is not None:
             cast("grpc.Future[Any]", stream).cancel()
