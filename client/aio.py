@@ -48,6 +48,7 @@ from .client import (
     is_gone,
     may_have_run,
     reconnectable,
+    reopen_refused_by_the_watch_count,
     upload_bar,
     watch_timed_out,
 )
@@ -688,12 +689,15 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
         if self.timeout is not None and code is grpc.StatusCode.DEADLINE_EXCEEDED:
             # The stream's deadline is the watch's own.
             raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None
-        if not self.reconnect or not reconnectable(code, details):
+        refused = reopen_refused_by_the_watch_count(self.reconnects, code, details)
+        if not self.reconnect or not (reconnectable(code, details) or refused):
             raise from_rpc_error(error) from None
         if opened:  # a new outage begins; the backoff goes on (see `JobWatch._recover`)
             self._outage.since = None
             self._outage.reached = True
-        delay = self._outage.next_delay(from_rpc_error(error), retry_delay_of(error))
+        delay = self._outage.next_delay(
+            from_rpc_error(error), retry_delay_of(error), refused=refused
+        )
         late = self._deadline is not None and time.monotonic() + delay >= self._deadline
         if late and self.timeout is not None:
             raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None

@@ -51,7 +51,13 @@ from .results import (
     Prediction,
     terminal_text,
 )
-from .retry import RECONNECT_WINDOW_S, CallAttempts, RetryPolicy, watch_was_open
+from .retry import (
+    RECONNECT_WINDOW_S,
+    CallAttempts,
+    RetryPolicy,
+    refused_by_a_per_client_count,
+    watch_was_open,
+)
 from .rpc import (
     Pem,
     Rpc,
@@ -234,6 +240,18 @@ def reconnectable(code: grpc.StatusCode | None, details: str) -> bool:
     return code is grpc.StatusCode.INTERNAL and "RST_STREAM" in details
 
 
+def reopen_refused_by_the_watch_count(
+    reconnects: int, code: grpc.StatusCode | None, details: str
+) -> bool:
+    """Whether a watch's open that failed this way is a re-open (`reconnects`: after a
+    `reconnectable` failure) refused by the per-client count of open watches
+    (max_watches_per_client), which the server may still hold for the watch's lost stream, not
+    yet seen to end: tried again, within the watch's outage bounds, as a unary call's retry
+    refused so is (`retry.CallAttempts.delay_after`). A first open refused so is the caller's
+    own watches at the limit, raised at once."""
+    return reconnects > 0 and refused_by_a_per_client_count(code, details)
+
+
 def upload_bar(upload: Upload, progress: bool | None) -> Any:
     """A tqdm bar of `upload`'s bytes, or None: as `progress` says, by default for uploads of
     PROGRESS_BYTES or more."""
@@ -290,16 +308,21 @@ class Outage:
         self.since, self.failures = None, 0
         self.reached = True
 
-    def next_delay(self, error: TrainwireError, server_delay: float = 0.0) -> float:
+    def next_delay(
+        self, error: TrainwireError, server_delay: float = 0.0, *, refused: bool = False
+    ) -> float:
         """Seconds to wait before trying again after a `reconnectable` failure, at least
         `server_delay` (the wait the server asked for, `errors.retry_delay_of`) up to 2 s. Raises
         `error` once a server never reached has failed for `RECONNECT_WINDOW_S`, and
-        `Unavailable` once an outage has lasted longer than `limit_s`."""
+        `Unavailable` once an outage has lasted longer than `limit_s`; `error` itself then if it
+        is a refusal (`refused`: the server answered, see `JobWatch._recover`)."""
         now = time.monotonic()
         self.since = self.since or now
         if not self.reached and now - self.since > RECONNECT_WINDOW_S:
             raise error from None
         if now - self.since > self.limit_s:
+            if refused:
+                raise error from None
             raise Unavailable(
                 f"{self.doing}: the server stayed unreachable for {self.limit_s:g}s "
                 f"({error.message}); check that it runs and that this machine reaches it, then "
@@ -984,7 +1007,8 @@ class JobWatch(Iterator[JobEvent]):
         if self.timeout is not None and code is grpc.StatusCode.DEADLINE_EXCEEDED:
             # The stream's deadline is the watch's own.
             raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None
-        if not self.reconnect or not reconnectable(code, details):
+        refused = reopen_refused_by_the_watch_count(self.reconnects, code, details)
+        if not self.reconnect or not (reconnectable(code, details) or refused):
             raise from_rpc_error(error) from None
         # A quiet job's stream may have been open longer than watch_reconnect_s: the outage
         # starts now. The backoff does not start over (events alone reset it), so a server that
@@ -992,7 +1016,9 @@ class JobWatch(Iterator[JobEvent]):
         if opened:
             self._outage.since = None
             self._outage.reached = True
-        delay = self._outage.next_delay(from_rpc_error(error), retry_delay_of(error))
+        delay = self._outage.next_delay(
+            from_rpc_error(error), retry_delay_of(error), refused=refused
+        )
         late = self._deadline is not None and time.monotonic() + delay >= self._deadline
         if late and self.timeout is not None:
             raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None

@@ -13,7 +13,9 @@ jobs or store two datasets. A delete whose answer was lost may find its resource
 retried: NOT_FOUND on a retry of `DeleteJob` or `DeleteDataset` counts as deleted.
 
 A reconnecting watch gives up after `watch_reconnect_s` without an open stream, and one that has
-never opened a stream after `RECONNECT_WINDOW_S`, as a call does. The server marks a watch's
+never opened a stream after `RECONNECT_WINDOW_S`, as a call does. Its re-open refused by the
+per-client count of watches is retried within the same bounds (the count may be its lost
+stream's); its first open refused so is raised at once. The server marks a watch's
 stream (WatchJob, WatchJobBatches) as open with `WATCH_OPENED` in its initial metadata once it
 has found the job, so a watch of a quiet job (no event for longer than that) still counts its
 outage from the connection it lost, not from its last event.
@@ -143,6 +145,12 @@ class RetryPolicy:
         return wait if wait < remaining else None
 
 
+def refused_by_a_per_client_count(code: grpc.StatusCode | None, details: str) -> bool:
+    """Whether a failure is a refusal by a per-client count of open calls (`_PER_CLIENT_LIMIT`):
+    after an attempt the server may still be running, the count may be that attempt's."""
+    return code is grpc.StatusCode.RESOURCE_EXHAUSTED and _PER_CLIENT_LIMIT in details
+
+
 class CallAttempts:
     """One call's attempts under a `RetryPolicy`, for both clients' call loops: its deadline,
     the attempt under way, and since when the server has been unavailable."""
@@ -183,9 +191,8 @@ class CallAttempts:
         now = time.monotonic()
         if (
             self._earlier_may_run
-            and code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            and refused_by_a_per_client_count(code, details)
             and code in self.policy.codes
-            and _PER_CLIENT_LIMIT in details
             and self.policy.max_attempts > 1
         ):
             # The open call the limit counts may be this call's own earlier attempt, which the

@@ -245,7 +245,7 @@ def test_a_watch_closed_while_it_waits_to_reconnect_ends_at_once(
     def dropped(*args: Any, **kwargs: Any) -> Any:
         return _DroppedStream()
 
-    def an_hour(error: Exception, server_delay: float = 0.0) -> float:
+    def an_hour(error: Exception, server_delay: float = 0.0, *, refused: bool = False) -> float:
         waits.append(3600.0)
         return 3600.0
 
@@ -273,7 +273,9 @@ def test_an_async_watch_closed_while_it_waits_to_reconnect_ends_at_once(
             watch = client.watch_job(MISSING_JOB, timeout=None)
             waits: list[float] = []
 
-            def an_hour(error: Exception, server_delay: float = 0.0) -> float:
+            def an_hour(
+                error: Exception, server_delay: float = 0.0, *, refused: bool = False
+            ) -> float:
                 waits.append(3600.0)
                 return 3600.0
 
@@ -300,7 +302,7 @@ def test_a_watch_waiting_to_reconnect_when_its_client_closes_raises_client_close
     watch = client.watch_job(MISSING_JOB, timeout=None)
     waits: list[float] = []
 
-    def an_hour(error: Exception, server_delay: float = 0.0) -> float:
+    def an_hour(error: Exception, server_delay: float = 0.0, *, refused: bool = False) -> float:
         waits.append(3600.0)
         return 3600.0
 
@@ -333,7 +335,7 @@ def test_an_async_watch_waiting_to_reconnect_when_its_client_closes_raises_clien
         watch = client.watch_job(MISSING_JOB, timeout=None)
         waits: list[float] = []
 
-        def an_hour(error: Exception, server_delay: float = 0.0) -> float:
+        def an_hour(error: Exception, server_delay: float = 0.0, *, refused: bool = False) -> float:
             waits.append(3600.0)
             return 3600.0
 
