@@ -334,6 +334,39 @@ def test_hard_limits_are_not_retried_uploads_included(flaky: tuple[Flaky, str]) 
     assert behaviour.calls["UploadDataset"] == 1, "a configured limit is raised at once"
 
 
+# How the server refuses an upload beyond as many waiting for a slot as there are slots
+# (server/api.py).
+UPLOAD_SLOT_REFUSAL = (
+    "the number of uploads waiting for a slot is limited to 16. Received: 17 (as many as "
+    "TRAINWIRE_GRPC_THREADS, the uploads in progress at once; upload again once some end)"
+)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_an_upload_refused_a_place_to_wait_for_a_slot_is_retried(
+    flaky: tuple[Flaky, str], asynchronous: bool
+) -> None:
+    """That bound sheds the whole server's load, every client's uploads, not the caller's own
+    over-use: the SDK raised it at once as a configured limit ("is limited to"). It is retried
+    as a busy server's refusal, within the retry policy."""
+    behaviour, target = flaky
+    behaviour.failures, behaviour.code = 2, grpc.StatusCode.RESOURCE_EXHAUSTED
+    behaviour.details = UPLOAD_SLOT_REFUSAL
+    x, y = np.zeros((4, 2), np.float32), np.arange(4) % 2
+    if asynchronous:
+
+        async def upload() -> str:
+            async with AsyncClient(target, retry=FAST, timeout=30) as client:
+                return (await client.upload_dataset(x, y, dedupe=False)).name
+
+        name = asyncio.run(upload())
+    else:
+        with Client(target, retry=FAST, timeout=30) as client:
+            name = client.upload_dataset(x, y, dedupe=False).name
+    assert name == DATASET
+    assert behaviour.calls == {"UploadDataset": 3}
+
+
 # Three chunks of features (1 MiB each at most) and the targets: an attempt cut after its first
 # chunk has sent part of the upload.
 CUT_ROWS = 300_000
