@@ -48,6 +48,7 @@ from .client import (
     is_gone,
     may_have_run,
     reconnectable,
+    reopen_refused_by_the_watch_count,
     upload_bar,
     watch_timed_out,
 )
@@ -121,7 +122,7 @@ class AsyncClient:
         self.watch_reconnect_s = watch_reconnect_s
         self._metadata = auth_metadata(api_key)  # checked before a channel is opened
         self._closed = False  # for `ClientClosed` in place of grpc's UsageError (see `Client`)
-        self._closing = asyncio.Event()  # set by close(): it ends a retry's wait
+        self._closing = asyncio.Event()  # set by close(): it ends the pauses under way (`_pause`)
         options = channel_options(max_message_bytes)
         credentials = channel_credentials(tls, client_cert)
         if credentials is not None:
@@ -152,11 +153,17 @@ class AsyncClient:
         self._closing.set()
         await self._channel.close(None)
 
-    async def _pause(self, seconds: float) -> None:
-        """Waits between a call's attempts (or a wait's polls); a close() cuts it short (see
-        `Client._pause`)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closing.wait(), seconds)
+    async def _pause(self, seconds: float, woken: asyncio.Event | None = None) -> None:
+        """Waits between a call's attempts (or a wait's polls, a watch's reconnections); a close()
+        cuts it short (see `Client._pause`), and so does `woken` once set (a watch's own
+        close())."""
+        events = [self._closing] if woken is None else [self._closing, woken]
+        waits = [asyncio.ensure_future(event.wait()) for event in events]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def _call(
         self,
@@ -682,19 +689,23 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
         if self.timeout is not None and code is grpc.StatusCode.DEADLINE_EXCEEDED:
             # The stream's deadline is the watch's own.
             raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None
-        if not self.reconnect or not reconnectable(code, details):
+        refused = reopen_refused_by_the_watch_count(self.reconnects, code, details)
+        if not self.reconnect or not (reconnectable(code, details) or refused):
             raise from_rpc_error(error) from None
         if opened:  # a new outage begins; the backoff goes on (see `JobWatch._recover`)
             self._outage.since = None
             self._outage.reached = True
-        delay = self._outage.next_delay(from_rpc_error(error), retry_delay_of(error))
+        delay = self._outage.next_delay(
+            from_rpc_error(error), retry_delay_of(error), refused=refused
+        )
         late = self._deadline is not None and time.monotonic() + delay >= self._deadline
         if late and self.timeout is not None:
             raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None
         log.info("watch of %s lost (%s); reconnecting in %.2fs", self.name, code, delay)
         self.reconnects += 1
-        with contextlib.suppress(TimeoutError):  # cut short by close()
-            await asyncio.wait_for(self._woken.wait(), delay)
+        # Cut short by this watch's close() or its client's (the next open raises
+        # `ClientClosed`).
+        await self.client._pause(delay, self._woken)
 
     def close(self) -> None:
         """Stops the watch and cancels its stream; an `async for` over it in another task ends

@@ -51,7 +51,13 @@ from .results import (
     Prediction,
     terminal_text,
 )
-from .retry import RECONNECT_WINDOW_S, CallAttempts, RetryPolicy, watch_was_open
+from .retry import (
+    RECONNECT_WINDOW_S,
+    CallAttempts,
+    RetryPolicy,
+    refused_by_a_per_client_count,
+    watch_was_open,
+)
 from .rpc import (
     Pem,
     Rpc,
@@ -234,6 +240,18 @@ def reconnectable(code: grpc.StatusCode | None, details: str) -> bool:
     return code is grpc.StatusCode.INTERNAL and "RST_STREAM" in details
 
 
+def reopen_refused_by_the_watch_count(
+    reconnects: int, code: grpc.StatusCode | None, details: str
+) -> bool:
+    """Whether a watch's open that failed this way is a re-open (`reconnects`: after a
+    `reconnectable` failure) refused by the per-client count of open watches
+    (max_watches_per_client), which the server may still hold for the watch's lost stream, not
+    yet seen to end: tried again, within the watch's outage bounds, as a unary call's retry
+    refused so is (`retry.CallAttempts.delay_after`). A first open refused so is the caller's
+    own watches at the limit, raised at once."""
+    return reconnects > 0 and refused_by_a_per_client_count(code, details)
+
+
 def upload_bar(upload: Upload, progress: bool | None) -> Any:
     """A tqdm bar of `upload`'s bytes, or None: as `progress` says, by default for uploads of
     PROGRESS_BYTES or more."""
@@ -290,16 +308,21 @@ class Outage:
         self.since, self.failures = None, 0
         self.reached = True
 
-    def next_delay(self, error: TrainwireError, server_delay: float = 0.0) -> float:
+    def next_delay(
+        self, error: TrainwireError, server_delay: float = 0.0, *, refused: bool = False
+    ) -> float:
         """Seconds to wait before trying again after a `reconnectable` failure, at least
         `server_delay` (the wait the server asked for, `errors.retry_delay_of`) up to 2 s. Raises
         `error` once a server never reached has failed for `RECONNECT_WINDOW_S`, and
-        `Unavailable` once an outage has lasted longer than `limit_s`."""
+        `Unavailable` once an outage has lasted longer than `limit_s`; `error` itself then if it
+        is a refusal (`refused`: the server answered, see `JobWatch._recover`)."""
         now = time.monotonic()
         self.since = self.since or now
         if not self.reached and now - self.since > RECONNECT_WINDOW_S:
             raise error from None
         if now - self.since > self.limit_s:
+            if refused:
+                raise error from None
             raise Unavailable(
                 f"{self.doing}: the server stayed unreachable for {self.limit_s:g}s "
                 f"({error.message}); check that it runs and that this machine reaches it, then "
@@ -346,7 +369,9 @@ class Client:
         # not a lock: a call racing close() is cancelled as the calls in flight are, or refused
         # by gRPC, which `_invoke` reports as `ClientClosed` too.
         self._closed = False
-        self._closing = threading.Event()  # set by close(): it ends a retry's wait
+        # Notified by close(), and by a watch's close(): it ends the pauses under way (see
+        # `_pause`).
+        self._closing = threading.Condition()
         options = channel_options(max_message_bytes)
         credentials = channel_credentials(tls, client_cert)
         if credentials is not None:
@@ -377,13 +402,23 @@ class Client:
         """Closes the channel; calls in flight are cancelled, and later ones raise
         `ClientClosed`."""
         self._closed = True
-        self._closing.set()
+        self._wake()
         self._channel.close()
 
-    def _pause(self, seconds: float) -> None:
-        """Waits between a call's attempts (or a wait's polls); a close() cuts it short, and the
-        next attempt raises `ClientClosed` (a retry's wait, up to `max_backoff`, held it)."""
-        self._closing.wait(seconds)
+    def _wake(self) -> None:
+        """Has every `_pause` under way check whether to end: its client closed, or its
+        `stopped()` true."""
+        with self._closing:
+            self._closing.notify_all()
+
+    def _pause(self, seconds: float, stopped: Callable[[], bool] = lambda: False) -> None:
+        """Waits between a call's attempts (or a wait's polls, a watch's reconnections); a close()
+        cuts it short, and the next attempt raises `ClientClosed` (a retry's wait, up to
+        `max_backoff`, held it; a watch's, up to 2 s). So does `stopped()` turning true, checked
+        when `_wake` is called (a watch's own close()). One condition for every pause: a watch
+        waiting on an event of its own slept through its client's close()."""
+        with self._closing:
+            self._closing.wait_for(lambda: self._closed or stopped(), seconds)
 
     def _invoke(self, method: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """`method(*args, **kwargs)`, an RPC invoked on the channel, as every call of this client
@@ -900,8 +935,6 @@ class JobWatch(Iterator[JobEvent]):
         # fails as a unary call does (see `Outage`).
         self._outage = Outage(f"watching {name}", client.watch_reconnect_s, reached=False)
         self._closed = False
-        # Set by `close()`: it ends a wait before reconnecting, which another thread may be in.
-        self._woken = threading.Event()
         # One thread at a time in `__next__`: gRPC's stream takes one reader at a time (a second
         # one failed inside gRPC, "Internal gRPC call error 8"), and `last_sequence` is read and
         # set there. `close()` takes no lock, so that it cancels a stream another thread waits on.
@@ -974,7 +1007,8 @@ class JobWatch(Iterator[JobEvent]):
         if self.timeout is not None and code is grpc.StatusCode.DEADLINE_EXCEEDED:
             # The stream's deadline is the watch's own.
             raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None
-        if not self.reconnect or not reconnectable(code, details):
+        refused = reopen_refused_by_the_watch_count(self.reconnects, code, details)
+        if not self.reconnect or not (reconnectable(code, details) or refused):
             raise from_rpc_error(error) from None
         # A quiet job's stream may have been open longer than watch_reconnect_s: the outage
         # starts now. The backoff does not start over (events alone reset it), so a server that
@@ -982,7 +1016,9 @@ class JobWatch(Iterator[JobEvent]):
         if opened:
             self._outage.since = None
             self._outage.reached = True
-        delay = self._outage.next_delay(from_rpc_error(error), retry_delay_of(error))
+        delay = self._outage.next_delay(
+            from_rpc_error(error), retry_delay_of(error), refused=refused
+        )
         late = self._deadline is not None and time.monotonic() + delay >= self._deadline
         if late and self.timeout is not None:
             raise watch_timed_out(self.name, self.timeout, self.last_sequence) from None
@@ -991,15 +1027,16 @@ class JobWatch(Iterator[JobEvent]):
         self._pause(delay)
 
     def _pause(self, seconds: float) -> None:
-        """Waits before re-opening the stream; close() cuts it short."""
-        self._woken.wait(seconds)
+        """Waits before re-opening the stream; this watch's close() cuts it short, and so does
+        its client's (the next open raises `ClientClosed`). Another thread may be in it."""
+        self.client._pause(seconds, lambda: self._closed)
 
     def close(self) -> None:
         """Stops the watch and cancels its stream. From another thread it takes effect while
         `__next__` waits for an event or to reconnect, and the stream it may be opening meanwhile
         is cancelled by `_open`; it leaves the stream in place (that thread may be reading it)."""
         self._closed = True
-        self._woken.set()
+        self.client._wake()
         stream = self._stream
         if stream is not None:
             cast("grpc.Future[Any]", stream).cancel()

@@ -5,15 +5,18 @@ RESOURCE_EXHAUSTED (server busy) or a CANCELLED it did not cause (a server stopp
 `RETRYABLE`), within the call's deadline; UNAVAILABLE for at least
 `RECONNECT_WINDOW_S`, longer than the channel may wait between connection attempts. A
 RESOURCE_EXHAUSTED that names a configured limit (`max_epochs is limited to 5. Received: 6`) or a
-message-size limit is permanent and raised at once; but a per-client count of open calls
-refusing a call whose earlier attempt the server may still be running is retried until the
-deadline (the count may be that attempt's). Only idempotent calls are retried, which is every
-call: `CreateJob` and `UploadDataset` always carry a `request_id`, so a retry cannot create two
-jobs or store two datasets. A delete whose answer was lost may find its resource gone when
+message-size limit is permanent and raised at once, unless the limit bounds the whole server's
+load (`_SHED`): that refusal is a busy server's. A per-client count of open calls refusing a call
+whose earlier attempt the server may still be running is retried until the deadline (the count
+may be that attempt's). Only idempotent calls are retried, which is every call: `CreateJob` and
+`UploadDataset` always carry a `request_id`, so a retry cannot create two jobs or store two
+datasets. A delete whose answer was lost may find its resource gone when
 retried: NOT_FOUND on a retry of `DeleteJob` or `DeleteDataset` counts as deleted.
 
 A reconnecting watch gives up after `watch_reconnect_s` without an open stream, and one that has
-never opened a stream after `RECONNECT_WINDOW_S`, as a call does. The server marks a watch's
+never opened a stream after `RECONNECT_WINDOW_S`, as a call does. Its re-open refused by the
+per-client count of watches is retried within the same bounds (the count may be its lost
+stream's); its first open refused so is raised at once. The server marks a watch's
 stream (WatchJob, WatchJobBatches) as open with `WATCH_OPENED` in its initial metadata once it
 has found the job, so a watch of a quiet job (no event for longer than that) still counts its
 outage from the connection it lost, not from its last event.
@@ -53,6 +56,11 @@ _PERMANENT = (
     "message larger",
     "more than the server's model cache holds",
 )
+# Phrases of RESOURCE_EXHAUSTED statuses that name a bound of the whole server's load, shared by
+# every client's calls, not a limit on the caller's request or its own open calls: load shed,
+# retried as a busy server's refusal is, though they say "is limited to" (the upload beyond as
+# many waiting for a slot as there are slots, which says to upload again once some end).
+_SHED = ("waiting for a slot is limited to",)
 # The phrase of a refusal by a per-client count of open calls (the server's
 # max_uploads_per_client, max_predict_streams_per_client, max_watches_per_client).
 _PER_CLIENT_LIMIT = "_per_client is limited to"
@@ -106,10 +114,10 @@ class RetryPolicy:
         """Whether a failure with this status may succeed on another attempt."""
         if code not in self.codes:
             return False
-        return not (
-            code is grpc.StatusCode.RESOURCE_EXHAUSTED
-            and any(phrase in details for phrase in _PERMANENT)
-        )
+        if code is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return True
+        shed = any(phrase in details for phrase in _SHED)
+        return shed or not any(phrase in details for phrase in _PERMANENT)
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
@@ -141,6 +149,12 @@ class RetryPolicy:
         elif attempt >= self.max_attempts:
             return None
         return wait if wait < remaining else None
+
+
+def refused_by_a_per_client_count(code: grpc.StatusCode | None, details: str) -> bool:
+    """Whether a failure is a refusal by a per-client count of open calls (`_PER_CLIENT_LIMIT`):
+    after an attempt the server may still be running, the count may be that attempt's."""
+    return code is grpc.StatusCode.RESOURCE_EXHAUSTED and _PER_CLIENT_LIMIT in details
 
 
 class CallAttempts:
@@ -183,9 +197,8 @@ class CallAttempts:
         now = time.monotonic()
         if (
             self._earlier_may_run
-            and code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            and refused_by_a_per_client_count(code, details)
             and code in self.policy.codes
-            and _PER_CLIENT_LIMIT in details
             and self.policy.max_attempts > 1
         ):
             # The open call the limit counts may be this call's own earlier attempt, which the

@@ -245,7 +245,7 @@ def test_a_watch_closed_while_it_waits_to_reconnect_ends_at_once(
     def dropped(*args: Any, **kwargs: Any) -> Any:
         return _DroppedStream()
 
-    def an_hour(error: Exception, server_delay: float = 0.0) -> float:
+    def an_hour(error: Exception, server_delay: float = 0.0, *, refused: bool = False) -> float:
         waits.append(3600.0)
         return 3600.0
 
@@ -273,7 +273,9 @@ def test_an_async_watch_closed_while_it_waits_to_reconnect_ends_at_once(
             watch = client.watch_job(MISSING_JOB, timeout=None)
             waits: list[float] = []
 
-            def an_hour(error: Exception, server_delay: float = 0.0) -> float:
+            def an_hour(
+                error: Exception, server_delay: float = 0.0, *, refused: bool = False
+            ) -> float:
                 waits.append(3600.0)
                 return 3600.0
 
@@ -286,6 +288,65 @@ def test_an_async_watch_closed_while_it_waits_to_reconnect_ends_at_once(
                 await asyncio.sleep(0.01)
             watch.close()
             assert await asyncio.wait_for(following, 30) is None
+
+    asyncio.run(scenario())
+
+
+def test_a_watch_waiting_to_reconnect_when_its_client_closes_raises_client_closed_at_once(
+    live_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client's close() ended its calls' waits to retry at once, but a watch's wait to re-open
+    its stream (up to 2 s) only at the watch's own close(): the watch raised `ClientClosed` once
+    its wait was over. The wait here would be an hour."""
+    client = Client(live_server.target, timeout=30)
+    watch = client.watch_job(MISSING_JOB, timeout=None)
+    waits: list[float] = []
+
+    def an_hour(error: Exception, server_delay: float = 0.0, *, refused: bool = False) -> float:
+        waits.append(3600.0)
+        return 3600.0
+
+    monkeypatch.setattr(client._rpc, "watch_job_batches", lambda *a, **k: _DroppedStream())
+    monkeypatch.setattr(watch._outage, "next_delay", an_hour)
+    raised: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            list(watch)
+        except BaseException as error:  # handed to the test's thread
+            raised.append(error)
+
+    follower = threading.Thread(target=follow, daemon=True)  # a daemon: it may wait an hour
+    follower.start()
+    wait_for(lambda: waits, 30, "the watch to wait before reconnecting")
+    client.close()
+    follower.join(30)
+    assert not follower.is_alive(), "still waiting to reconnect after its client's close()"
+    assert len(raised) == 1 and isinstance(raised[0], ClientClosed), raised
+
+
+def test_an_async_watch_waiting_to_reconnect_when_its_client_closes_raises_client_closed(
+    live_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the sync watch above. The wait here would be an hour."""
+
+    async def scenario() -> None:
+        client = AsyncClient(live_server.target, timeout=30)
+        watch = client.watch_job(MISSING_JOB, timeout=None)
+        waits: list[float] = []
+
+        def an_hour(error: Exception, server_delay: float = 0.0, *, refused: bool = False) -> float:
+            waits.append(3600.0)
+            return 3600.0
+
+        monkeypatch.setattr(client._rpc, "watch_job_batches", lambda *a, **k: _DroppedAsyncStream())
+        monkeypatch.setattr(watch._outage, "next_delay", an_hour)
+        following = asyncio.create_task(anext(watch, None))
+        while not waits:
+            await asyncio.sleep(0.01)
+        await client.close()
+        with pytest.raises(ClientClosed):
+            await asyncio.wait_for(following, 30)
 
     asyncio.run(scenario())
 

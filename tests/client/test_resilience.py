@@ -39,6 +39,11 @@ from ..support.waiting import wait_for
 JOB = "jobs/" + "a" * 32
 DATASET = "datasets/" + "b" * 32
 FAST = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.05)
+# How the server refuses a watch past its client's max_watches_per_client (server/app.py).
+WATCH_LIMIT_REFUSAL = (
+    "max_watches_per_client is limited to 1. Received: 2 (watches (WatchJob, WatchJobBatches) "
+    "open at once per project (its API keys together), or per peer of an open server)"
+)
 
 
 @dataclass
@@ -54,6 +59,8 @@ class Flaky:
     opened_then_dropped: int = 0
     watch_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE  # how the first streams break
     refused_opens: int = 0  # streams ended with `watch_code` before they open
+    # Opens (1-based) refused as the server refuses one past max_watches_per_client.
+    watch_limit_refusals: set[int] = field(default_factory=set)
     calls: dict[str, int] = field(default_factory=dict)
     watch_requests: list[int] = field(default_factory=list)
     # Of each upload attempt: its header's request_id, and the chunk bytes it received.
@@ -125,6 +132,8 @@ class Flaky:
         also resends the last event the client saw (the client must drop the duplicate). With
         `opened_then_dropped`, that many streams are first opened and dropped at once."""
         self.watch_requests.append(request.after_sequence)
+        if len(self.watch_requests) in self.watch_limit_refusals:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, WATCH_LIMIT_REFUSAL)
         if len(self.watch_requests) <= self.refused_opens:
             context.abort(self.watch_code, "shutting down")
         if len(self.watch_requests) <= self.opened_then_dropped:
@@ -323,6 +332,39 @@ def test_hard_limits_are_not_retried_uploads_included(flaky: tuple[Flaky, str]) 
         with pytest.raises(ResourceExhausted, match="limited to 4"):
             client.upload_dataset(x, y, dedupe=False)
     assert behaviour.calls["UploadDataset"] == 1, "a configured limit is raised at once"
+
+
+# How the server refuses an upload beyond as many waiting for a slot as there are slots
+# (server/api.py).
+UPLOAD_SLOT_REFUSAL = (
+    "the number of uploads waiting for a slot is limited to 16. Received: 17 (as many as "
+    "TRAINWIRE_GRPC_THREADS, the uploads in progress at once; upload again once some end)"
+)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_an_upload_refused_a_place_to_wait_for_a_slot_is_retried(
+    flaky: tuple[Flaky, str], asynchronous: bool
+) -> None:
+    """That bound sheds the whole server's load, every client's uploads, not the caller's own
+    over-use: the SDK raised it at once as a configured limit ("is limited to"). It is retried
+    as a busy server's refusal, within the retry policy."""
+    behaviour, target = flaky
+    behaviour.failures, behaviour.code = 2, grpc.StatusCode.RESOURCE_EXHAUSTED
+    behaviour.details = UPLOAD_SLOT_REFUSAL
+    x, y = np.zeros((4, 2), np.float32), np.arange(4) % 2
+    if asynchronous:
+
+        async def upload() -> str:
+            async with AsyncClient(target, retry=FAST, timeout=30) as client:
+                return (await client.upload_dataset(x, y, dedupe=False)).name
+
+        name = asyncio.run(upload())
+    else:
+        with Client(target, retry=FAST, timeout=30) as client:
+            name = client.upload_dataset(x, y, dedupe=False).name
+    assert name == DATASET
+    assert behaviour.calls == {"UploadDataset": 3}
 
 
 # Three chunks of features (1 MiB each at most) and the targets: an attempt cut after its first
@@ -559,6 +601,56 @@ def test_a_watch_reopens_after_a_cancelled_it_did_not_cause(
             sequences = [event.sequence for event in client.watch_job(JOB)]
     assert sequences == [1, 2, 3, 4, 5, 6]
     assert behaviour.watch_requests == [0, 0, 2], "re-opened after each CANCELLED, resuming"
+
+
+def _watched(target: str, asynchronous: bool, **settings: Any) -> list[int]:
+    """The sequences of a watch of JOB, from either client."""
+
+    async def watched_async() -> list[int]:
+        async with AsyncClient(target, timeout=10, **settings) as client:
+            return [event.sequence async for event in client.watch_job(JOB)]
+
+    if asynchronous:
+        return asyncio.run(watched_async())
+    with Client(target, **settings) as client:
+        return [event.sequence for event in client.watch_job(JOB)]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_watch_s_reopen_refused_by_the_watch_limit_is_retried(
+    flaky: tuple[Flaky, str], delays: list[float], asynchronous: bool
+) -> None:
+    """The server may still count a watch's lost stream among its client's watches, not yet
+    seen to end: the re-open it refused by max_watches_per_client was raised at once. Here the
+    first stream drops after two events and the next two opens are refused so."""
+    behaviour, target = flaky
+    behaviour.watch_limit_refusals = {2, 3}
+    assert _watched(target, asynchronous) == [1, 2, 3, 4, 5, 6]
+    assert behaviour.watch_requests == [0, 2, 2, 2]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_watch_s_reopen_refused_by_the_watch_limit_past_its_outage_bound_is_raised(
+    flaky: tuple[Flaky, str], delays: list[float], asynchronous: bool
+) -> None:
+    """Refused for longer than `watch_reconnect_s` (0 here), the refusal itself is raised."""
+    behaviour, target = flaky
+    behaviour.watch_limit_refusals = {2, 3}
+    with pytest.raises(ResourceExhausted, match="max_watches_per_client is limited to 1"):
+        _watched(target, asynchronous, watch_reconnect_s=0.0)
+    assert behaviour.watch_requests == [0, 2]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_watch_s_first_open_refused_by_the_watch_limit_is_raised_at_once(
+    flaky: tuple[Flaky, str], delays: list[float], asynchronous: bool
+) -> None:
+    """No stream of this watch can be the one counted: the caller's own watches are."""
+    behaviour, target = flaky
+    behaviour.watch_limit_refusals = {1}
+    with pytest.raises(ResourceExhausted, match="max_watches_per_client is limited to 1"):
+        _watched(target, asynchronous)
+    assert behaviour.watch_requests == [0]
 
 
 def test_a_watch_waits_as_long_as_its_end_asks_before_reconnecting(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -948,8 +949,9 @@ def test_uploads_waiting_for_a_slot_are_bounded(tmp_path: Path) -> None:
     """Uploads waiting for a slot each held their checked header (up to a quarter of a message
     in names), and any number could wait (200 grew the server by 250 MiB): as many may wait as
     there are slots (TRAINWIRE_GRPC_THREADS), one more is refused at once RESOURCE_EXHAUSTED
-    naming the limit, which the SDK does not retry (nor any upload), and those that waited go
-    on once a slot is free."""
+    naming the limit, which the SDK retries as a busy server's refusal (see
+    test_an_upload_refused_a_place_to_wait_for_a_slot_is_retried), and those that waited go on
+    once a slot is free."""
     url = f"sqlite:///{tmp_path / 'uploads.db'}"
     # One slot; the per-client limit (one channel, one peer) is not what is tested here.
     env = {"TRAINWIRE_GRPC_THREADS": "1", "TRAINWIRE_MAX_UPLOADS_PER_CLIENT": "3"}
@@ -971,13 +973,64 @@ def test_uploads_waiting_for_a_slot_are_bounded(tmp_path: Path) -> None:
                     "the number of uploads waiting for a slot is limited to 1. Received: 2"
                 ) in details
                 assert "TRAINWIRE_GRPC_THREADS" in details
-                assert not RetryPolicy().retryable(code, details)
+                assert RetryPolicy().retryable(code, details)
             finally:
                 release.set()
             # The other two end as before, short of their bytes.
             _end_short_of_their_bytes(u for u in uploads if u is not refused)
         data = client.upload_dataset(np.zeros((10, 4), np.float32), np.arange(10) % 3, timeout=60)
         assert data.num_examples == 10
+    assert server.process.returncode == 0, "".join(server.output[-40:])
+
+
+def test_an_upload_refused_a_place_to_wait_for_a_slot_is_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """That refusal sheds the whole server's load, whoever sends the uploads, and says to upload
+    again once some end: the SDK raised it at once, as a configured limit. Its upload is
+    retried: here refused while two held uploads take the one slot and the one place to wait,
+    then stored once they end."""
+    url = f"sqlite:///{tmp_path / 'uploads.db'}"
+    env = {"TRAINWIRE_GRPC_THREADS": "1", "TRAINWIRE_MAX_UPLOADS_PER_CLIENT": "3"}
+    # Retried until the held uploads end, whatever the machine's pace.
+    patient = RetryPolicy(max_attempts=1000, initial_backoff=0.05, max_backoff=0.2)
+    caplog.set_level(logging.DEBUG, logger="trainwire.client")
+    retried = "retrying after StatusCode.RESOURCE_EXHAUSTED"
+    with (
+        local_server(url, workers=0, extra_env=env) as server,
+        Client(server.target, retry=patient) as client,
+    ):
+        header = datasets_pb2.UploadDatasetRequest(header=_ten_rows_header())
+        release = threading.Event()
+        uploaded: list[Any] = []  # the SDK's dataset, or what it raised
+
+        def upload() -> None:
+            try:
+                x, y = np.zeros((10, 4), np.float32), np.arange(10) % 3
+                uploaded.append(client.upload_dataset(x, y, timeout=60))
+            except BaseException as error:  # handed to the test's thread
+                uploaded.append(error)
+
+        uploading = threading.Thread(target=upload, daemon=True)
+        with grpc.insecure_channel(server.target) as channel:
+            datasets = datasets_pb2_grpc.DatasetServiceStub(channel)
+            uploads = [
+                datasets.UploadDataset.future(_held([header], release), timeout=180)
+                for _ in range(3)
+            ]
+            try:
+                # The third is refused: the other two hold the slot and the place to wait.
+                refused, _, _ = _the_one_refused(uploads)
+                uploading.start()
+                wait_for(lambda: retried in caplog.text or uploaded, 30, "the SDK's refusal")
+                assert not uploaded, uploaded
+            finally:
+                release.set()
+            _end_short_of_their_bytes(u for u in uploads if u is not refused)
+        uploading.join(60)
+        assert not uploading.is_alive(), "the SDK's upload still retrying"
+        assert len(uploaded) == 1 and isinstance(uploaded[0], DatasetInfo), uploaded
+        assert uploaded[0].num_examples == 10
     assert server.process.returncode == 0, "".join(server.output[-40:])
 
 
