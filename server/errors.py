@@ -65,7 +65,9 @@ class ResourceExhausted(TrainwireError):
     @classmethod
     def limit(cls, name: str, value: int, received: int, detail: str = "") -> ResourceExhausted:
         """`{name} is limited to {value}. Received: {received}`: the SDK reads "is limited to" as
-        a configured limit and does not retry; `detail` says how `received` was counted."""
+        a configured limit and does not retry, except a bound of the whole server's load (the
+        uploads waiting for a slot) and a per-client count an earlier attempt may hold (see
+        client/retry.py); `detail` says how `received` was counted."""
         message = f"{name} is limited to {value}. Received: {received}"
         return cls(f"{message} ({detail})" if detail else message)
 
