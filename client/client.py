@@ -691,7 +691,9 @@ class Client:
         take True or False, sent as 1 and 0. A schedule's text parameters (`interval`;
         reduce_on_plateau's `monitor`, `mode`, `threshold_mode`) are strings, sent in its
         `options`, the others numbers. A `request_id` (a fresh one by default) makes
-        the call idempotent: a retried call returns the same job.
+        the call idempotent: a retried call returns the same job. A higher `priority` is
+        claimed first (one priority: the oldest job first); a job of a `queue` is taken by the
+        workers started for it (`trainwire worker --queue`) and those started for none.
         """
         request = create_job_request(
             dataset, model, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
