@@ -187,6 +187,20 @@ def _status_text(status: JobStatus) -> str:
     return "\n".join(f"{label + ':':<11}{terminal_text(value)}" for label, value in fields)
 
 
+def _flattened(settings: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, value) of nested settings: `optimizer.learning_rate`, `metrics` as a
+    comma-separated list."""
+    pairs: list[tuple[str, str]] = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            pairs += _flattened(value, f"{prefix}{key}.")
+        elif isinstance(value, list):
+            pairs.append((prefix + key, ",".join(str(v) for v in value)))
+        else:
+            pairs.append((prefix + key, f"{value:g}" if isinstance(value, float) else str(value)))
+    return pairs
+
+
 def _final_code(status: JobStatus) -> int:
     return {"FAILED": FAILED, "CANCELLED": CANCELLED}.get(status.state, OK)
 
@@ -337,7 +351,16 @@ def _jobs_show(client: Client, args: argparse.Namespace) -> int:
         **job.last_status.to_dict(),
         "checkpoints": [checkpoint_to_dict(c) for c in checkpoints],
     }
-    human = _status_text(job.last_status)
+    status = job.last_status
+    document["training"] = status.training
+    human = _status_text(status)
+    # What a sweep's jobs differ by: their settings and how they were labelled.
+    settings = [
+        ("queue", f"{status.queue} (priority {status.priority})"),
+        ("labels", " ".join(f"{k}={v}" for k, v in sorted(status.labels.items())) or "-"),
+        ("training", " ".join(f"{k}={v}" for k, v in _flattened(status.training))),
+    ]
+    human += "\n" + "\n".join(f"{label + ':':<11}{terminal_text(text)}" for label, text in settings)
     if checkpoints:
         rows = [
             (_short(c.name), c.epoch, c.step, "best" if c.is_best else "",

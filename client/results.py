@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from trainwire.v1 import datasets_pb2, jobs_pb2, predictions_pb2
@@ -144,8 +145,8 @@ class JobStatus:
     until they happen. `labels`, `queue` and `priority` are as the job was created with them
     (`queue` "default" unless named). `model` is a spec equivalent to the one the server stored,
     in the dict form `create_job` takes (the width and the engine's defaults written out; an
-    activation layer as `{"name": ...}`), so it trains the same model again. `raw` is the `Job`
-    message itself (the training settings are its `training`).
+    activation layer as `{"name": ...}`), so it trains the same model again; `training` its
+    training settings. `raw` is the `Job` message itself.
     """
 
     name: str
@@ -209,6 +210,18 @@ class JobStatus:
         show them under its message limit (a job stored under a larger one)."""
         # The server stores the spec with its width, so there is no unset one to fill.
         return model_spec_from_proto(self.raw.model, 0)
+
+    @property
+    def training(self) -> dict[str, Any]:
+        """The job's training settings as the server stored them (its defaults written out), in
+        the `TrainingConfig` message's field names: `{"epochs": 60, "optimizer": {"name":
+        "adam", "learning_rate": 0.01}, ...}`; a field left unset is left out."""
+        settings = MessageToDict(self.raw.training, preserving_proto_field_name=True)
+        if "seed" in settings:
+            settings["seed"] = int(settings["seed"])  # a uint64, which JSON mapping writes as text
+        if "dtype" in settings:  # as create_job takes it: "float32", not "DATA_TYPE_FLOAT32"
+            settings["dtype"] = settings["dtype"].removeprefix("DATA_TYPE_").lower()
+        return {key: value for key, value in settings.items() if value != {}}  # a message unset
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the CLI's `jobs ... --json`), without `model`, as it always was."""

@@ -288,8 +288,15 @@ def test_submit_follow_and_predict(cli: Cli, tmp_path: Path) -> None:
     assert next(j["name"] for j in cli.json("jobs", "list", "--state", "succeeded")) == job
     shown = cli.json("jobs", "show", job)
     assert [c["epoch"] for c in shown["checkpoints"]] == [4]
+    # The settings a sweep's jobs differ by, which only the SDK's raw message showed.
+    training = shown["training"]
+    assert training["optimizer"] == {"name": "adam", "learning_rate": 0.05}
+    assert (training["epochs"], training["batch_size"], training["dtype"]) == (4, 8, "float32")
+    assert training["metrics"] == ["accuracy"] and "schedule" not in training
     code, out, _ = cli("jobs", "show", job.split("/")[1])
     assert code == 0 and "state:     SUCCEEDED" in out and "final" in out
+    assert "\nlabels:    suite=cli\n" in out and "\nqueue:     default (priority 0)\n" in out
+    assert "training:  epochs=4 batch_size=8 " in out and " optimizer.learning_rate=0.05 " in out
 
     events = [json.loads(line) for line in cli("jobs", "watch", job, "--json")[1].splitlines()]
     assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
