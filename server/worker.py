@@ -306,7 +306,7 @@ class JobRecorder(Callback):
 
         self.writer.submit(record)
         if self.checkpoint_every and done % self.checkpoint_every == 0 and done < self.epochs:
-            self.checkpoint(trainer, logs)
+            self.checkpoint(trainer, trainer.model_logs())
 
     def write_pending(self) -> None:
         """Writes the per-batch values logged since the last epoch end: a run stopped mid-epoch
@@ -320,7 +320,10 @@ class JobRecorder(Callback):
         """Serialises the state now; the database write happens in the background. A final
         checkpoint serves predictions only, so it holds the weights (a third of Adam's state).
         One taken partway through an epoch (a stop or cancel) is marked partial: its epoch and
-        metrics are the last epoch end's, its weights are not."""
+        metrics are the last epoch end's, its weights are not. `metrics` are the weights' own
+        (`Trainer.model_logs`): once early stopping has restored the best weights, the best
+        epoch's, not the last epoch's, which scored another model ("best" passed over the
+        model the job ended with, and judged it by a worse score)."""
         if final:
             weights = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
             data = save_state(weights, {"job": self.claim.job.id, "kind": "model"})
@@ -465,21 +468,16 @@ def _conclude(
     training = job.training
     if keeper.lost.is_set():
         raise LeaseLost(f"jobs/{job.id} was taken away from this worker")
-    last_epoch = {
-        name: float(values[-1]) for name, values in trainer.history.history.items() if values
-    }
+    metrics = {**job.metrics, **trainer.model_logs()}
     # Before the checkpoint (writes keep their order): once it exists a run resumes after them.
     recorder.write_pending()
     if recorder.cancel_requested:
-        recorder.checkpoint(trainer, {**job.metrics, **last_epoch})
+        recorder.checkpoint(trainer, metrics)
         return JobState.CANCELLED
     if stop.is_set() and trainer.epoch < int(training["epochs"]):
-        recorder.checkpoint(trainer, {**job.metrics, **last_epoch})
+        recorder.checkpoint(trainer, metrics)
         return JobState.QUEUED
-    # The final checkpoint's metrics describe its weights: with early stopping that restored
-    # the best weights, the best epoch's, not the last one's (which scored worse: "best" would
-    # then have passed over the model the job ends with).
-    recorder.checkpoint(trainer, {**job.metrics, **trainer.model_logs()}, final=True)
+    recorder.checkpoint(trainer, metrics, final=True)
     return JobState.SUCCEEDED
 
 
