@@ -558,7 +558,7 @@ class Store:
 
     # --- datasets -----------------------------------------------------------------------------
 
-    def create_dataset(self, dataset: Dataset, data: bytes) -> Dataset:
+    def create_dataset(self, dataset: Dataset, data: bytes | bytearray) -> Dataset:
         """Inserts a dataset and its bytes. With a `request_id` another upload of its project
         stored first (two concurrent uploads with one key: the unique constraint lets one in),
         returns that upload's dataset instead, for the caller to compare (`DatasetService`)."""
