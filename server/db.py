@@ -195,8 +195,6 @@ def _postgres_engine(url: str, idle_in_transaction_s: float | None, **kwargs: An
         from psycopg.types.string import BytesBinaryDumper
 
         dbapi_connection.adapters.register_dumper(bytes, BytesBinaryDumper)
-        # An upload's buffer is stored as it is, a bytearray (`DatasetService.finish`).
-        dbapi_connection.adapters.register_dumper(bytearray, BytesBinaryDumper)
         if idle_in_transaction_s is not None:
             dbapi_connection.execute(
                 "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
