@@ -8,8 +8,9 @@ truncated input. Object dtypes are rejected both ways.
 from __future__ import annotations
 
 import json
+import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import safetensors.numpy
@@ -17,6 +18,12 @@ import safetensors.numpy
 from ._types import Array
 
 _HEADER_LIMIT = 100 * 1024 * 1024
+
+# safetensors' names of the dtypes a header gives, by NumPy kind and item size.
+_SAFETENSORS_DTYPES = {
+    "b1": "BOOL", "u1": "U8", "i1": "I8", "u2": "U16", "i2": "I16", "u4": "U32", "i4": "I32",
+    "u8": "U64", "i8": "I64", "f2": "F16", "f4": "F32", "f8": "F64",
+}  # fmt: skip
 
 
 def save_state(
@@ -45,6 +52,29 @@ def save_state(
                 )
             meta[key] = val
     return bytes(safetensors.numpy.save(prepared, metadata=meta))
+
+
+def state_header(arrays: Sequence[tuple[str, np.dtype, tuple[int, ...]]]) -> bytes:
+    """The bytes a safetensors state of `arrays` (name, dtype, shape) starts with: the header's
+    length, then the header, as `save_state` writes them. The arrays' data follows it, each as
+    its little-endian C-order bytes, back to back in the order given.
+
+    This lets a caller build a state in one buffer it fills itself (an upload's chunks land at
+    their final place) instead of having `save_state` copy the arrays into a second one. Given
+    in the order `save_state` writes them (safetensors' own, by dtype), the bytes are the same
+    as its; in another order they are still a state `load_state` (and safetensors) reads."""
+    entries: dict[str, object] = {}
+    offset = 0
+    for name, dtype, shape in arrays:
+        code = _SAFETENSORS_DTYPES.get(f"{dtype.kind}{dtype.itemsize}")
+        if code is None:
+            raise ValueError(f"Array {name!r} has unsupported dtype {dtype}")
+        end = offset + dtype.itemsize * math.prod(shape)
+        entries[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, end]}
+        offset = end
+    header = json.dumps(entries, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # safetensors pads it to 8 bytes, aligning the data
+    return struct.pack("<Q", len(header)) + header
 
 
 def load_state(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:

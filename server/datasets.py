@@ -11,8 +11,9 @@ from types import TracebackType
 import numpy as np
 
 from trainwire.client.tensors import TensorError, dtype_name, dtype_of, expected_nbytes
-from trainwire.engine import load_state, save_state
+from trainwire.engine import load_state
 from trainwire.engine.errors import quoted
+from trainwire.engine.serialization import state_header
 from trainwire.v1 import datasets_pb2, tensor_pb2
 
 from .config import Settings
@@ -84,7 +85,17 @@ class DatasetService:
             raise ResourceExhausted.limit(
                 "max_dataset_bytes", self.settings.max_dataset_bytes, total
             )
-        return Upload(header, features_shape, targets_shape, feature_bytes, total)
+        # The stored state's header, known from the upload's: the chunks then arrive where the
+        # stored state keeps them, and the buffer they fill is what is stored (see `finish`).
+        task = TASKS_FROM_PROTO[header.task]
+        stored_targets = _stored_target_dtype(task, target_dtype)
+        prefix = state_header(
+            [
+                ("features", feature_dtype, features_shape),
+                ("targets", stored_targets, targets_shape),
+            ]
+        )
+        return Upload(header, features_shape, targets_shape, feature_bytes, total, prefix)
 
     def idle(self, upload: Upload | None) -> DeadlineExceeded:
         """The error that ends an upload whose client sent nothing for stream_idle_timeout_s:
@@ -97,7 +108,7 @@ class DatasetService:
                 "send the header as the stream's first message, then the chunks without pausing",
             )  # fmt: skip
         return DeadlineExceeded.idle(
-            f"the upload sent nothing for {waited} after {len(upload.buffer)} of the "
+            f"the upload sent nothing for {waited} after {upload.received} of the "
             f"{upload.total} bytes its header announces",
             setting,
             "its slot and bytes",
@@ -105,24 +116,29 @@ class DatasetService:
         )
 
     def finish(self, upload: Upload, project: str) -> Dataset:
-        """Checks the bytes of an upload whose stream has ended, and stores them."""
+        """Checks the bytes of an upload whose stream has ended, and stores them.
+
+        The upload's buffer is stored as it is, a safetensors state (`Upload`): serialised
+        apart, the arrays were a second copy of the upload, held with it while it was stored."""
         header = upload.header
         features_shape, targets_shape = upload.features_shape, upload.targets_shape
         feature_dtype = dtype_of(header.features.dtype)
         target_dtype = dtype_of(header.targets.dtype)
         buffer, total, feature_bytes = upload.buffer, upload.total, upload.feature_bytes
-        if len(buffer) != total:
+        if upload.received != total:
             raise InvalidArgument.field(
                 "chunk",
-                f"the upload ended after {len(buffer)} of the {total} bytes its header announces",
+                f"the upload ended after {upload.received} of the {total} bytes its header "
+                "announces",
             )
-        digest = hashlib.sha256(buffer).hexdigest()
+        start = upload.prefix_bytes  # the uploaded bytes follow the state's header
+        raw = memoryview(buffer)[start:]
+        digest = hashlib.sha256(raw).hexdigest()
         if header.sha256 and header.sha256.lower() != digest:
             raise InvalidArgument.field(
                 "header.sha256", f"does not match the uploaded bytes (their SHA-256 is {digest})"
             )
 
-        raw = memoryview(buffer)
         features = np.frombuffer(raw[:feature_bytes], dtype=feature_dtype).reshape(features_shape)
         targets = np.frombuffer(raw[feature_bytes:], dtype=target_dtype).reshape(targets_shape)
         task = TASKS_FROM_PROTO[header.task]
@@ -138,8 +154,16 @@ class DatasetService:
                 "class, or set header.num_classes to the classes the names are for",
             )
 
-        features = features.astype(feature_dtype.newbyteorder("="), copy=False)
-        data = save_state({"features": features, "targets": targets})
+        targets_stored_as = str(targets.dtype)
+        if targets.dtype.newbyteorder("<") != target_dtype:
+            # Targets stored as another dtype than they were sent (labels as int64, whole-number
+            # regression targets as float64; the header `start` wrote says so): their bytes, at
+            # the buffer's end, give way to the stored ones, little-endian as safetensors keeps
+            # them. The views of the buffer go first: a bytearray they view cannot be resized.
+            replacement = np.ascontiguousarray(targets, dtype=targets.dtype.newbyteorder("<"))
+            del features, targets, raw
+            del buffer[start + feature_bytes :]
+            buffer += replacement.data.cast("B")
         dataset = Dataset(
             id=new_id(),
             project=project,
@@ -147,10 +171,10 @@ class DatasetService:
             task=task,
             num_classes=num_classes,
             num_examples=features_shape[0],
-            feature_dtype=str(features.dtype),
+            feature_dtype=str(feature_dtype.newbyteorder("=")),
             feature_shape=features_shape,
-            target_dtype=str(targets.dtype),
-            target_shape=tuple(targets.shape),
+            target_dtype=targets_stored_as,
+            target_shape=targets_shape,
             size_bytes=total,
             sha256=digest,
             labels=dict(header.labels),
@@ -159,7 +183,7 @@ class DatasetService:
             created_at=utcnow(),
             request_id=header.request_id or None,
         )
-        stored = self.store.create_dataset(dataset, data)
+        stored = self.store.create_dataset(dataset, buffer)
         if stored.id != dataset.id:
             # Another attempt of this upload (its request_id) stored its dataset first, while this
             # one was sent: the answer is that dataset, if it holds what this one would have.
@@ -326,9 +350,12 @@ class DatasetService:
 class Upload:
     """An upload in progress: its checked header and the bytes received so far.
 
-    The bytes grow with the chunks that arrive, never from the size the header announces (a
-    header alone, a hundred bytes, used to reserve and zero-fill up to `max_dataset_bytes`). Used
-    as a context manager, it lets go of them at once if the upload fails.
+    The buffer is the safetensors state that will be stored: it starts with the state's header
+    (`prefix`, from the upload's header), and the chunks are appended after it, features then
+    targets, where the state keeps them. It grows with the chunks that arrive, never from the
+    size the header announces (a header alone, a hundred bytes, used to reserve and zero-fill up
+    to `max_dataset_bytes`). Used as a context manager, it lets go of them at once if the upload
+    fails.
     """
 
     def __init__(
@@ -338,20 +365,27 @@ class Upload:
         targets_shape: tuple[int, ...],
         feature_bytes: int,
         total: int,
+        prefix: bytes,
     ) -> None:
         self.header = header
         self.features_shape = features_shape
         self.targets_shape = targets_shape
         self.feature_bytes = feature_bytes
         self.total = total
-        self.buffer = bytearray()
+        self.buffer = bytearray(prefix)
+        self.prefix_bytes = len(prefix)
+
+    @property
+    def received(self) -> int:
+        """The uploaded bytes received so far."""
+        return len(self.buffer) - self.prefix_bytes
 
     def add(self, request: datasets_pb2.UploadDatasetRequest) -> None:
         """Appends a chunk (one copy: the bytes are extended in place, not joined at the end)."""
         if request.WhichOneof("content") != "chunk":
             raise InvalidArgument.field("header", "only the first message may carry a header")
         chunk = request.chunk  # read once: each read of a bytes field makes a new object
-        if len(self.buffer) + len(chunk) > self.total:
+        if self.received + len(chunk) > self.total:
             raise InvalidArgument.field(
                 "chunk",
                 f"the upload sent more than the {self.total} bytes its header announces "
@@ -373,6 +407,7 @@ class Upload:
         # dropped, and the locals of the finished frames (views of it) cleared; the traceback
         # keeps its lines for the log.
         self.buffer = bytearray()
+        self.prefix_bytes = 0
         traceback.clear_frames(trace)
 
 
@@ -467,18 +502,26 @@ def _check_class_names(task: TaskKind, header: datasets_pb2.DatasetHeader) -> No
         )
 
 
+# Values checked finite at a time: np.isfinite of all of them at once made a boolean for each,
+# a quarter of float32 features' size beside the upload (its peak on the server, the upload
+# itself being stored without another copy).
+_FINITE_BLOCK = 1 << 20
+
+
 def _check_finite(field: str, values: np.ndarray) -> None:
     if values.dtype.kind != "f":
         return
-    finite = np.isfinite(values)
-    if not finite.all():
-        # The first one (argmin of booleans): np.argwhere listed every one, 16 bytes each per
-        # dimension, twice the upload's size for data of NaN.
-        bad = np.unravel_index(int(np.argmin(finite)), values.shape)
-        where = ", ".join(str(int(i)) for i in bad)
-        raise InvalidArgument.field(
-            field, f"must be finite; found {values[bad]} at index ({where})"
-        )
+    flat = values.reshape(-1)  # a view: the arrays of an upload are C-contiguous
+    for start in range(0, flat.size, _FINITE_BLOCK):
+        finite = np.isfinite(flat[start : start + _FINITE_BLOCK])
+        if not finite.all():
+            # The first one (argmin of booleans): np.argwhere listed every one, 16 bytes each
+            # per dimension, twice the upload's size for data of NaN.
+            bad = np.unravel_index(start + int(np.argmin(finite)), values.shape)
+            where = ", ".join(str(int(i)) for i in bad)
+            raise InvalidArgument.field(
+                field, f"must be finite; found {values[bad]} at index ({where})"
+            )
 
 
 def _check_targets(task: TaskKind, targets: np.ndarray, num_classes: int) -> tuple[np.ndarray, int]:

@@ -163,3 +163,20 @@ def test_the_queue_benchmark_measures_both_databases() -> None:
         # A fraction of two timed runs: its size is the benchmark's to report, not to judge here.
         assert isinstance(row["persist_overhead_fraction"], float), row
         assert math.isfinite(row["persist_overhead_fraction"]), row
+
+
+def test_the_upload_memory_benchmark_measures_both_databases() -> None:
+    admin_url = postgres_admin_url()
+    if not admin_url:
+        pytest.skip("TRAINWIRE_TEST_POSTGRES_URL is not set")
+    result = _run("upload_memory.py", {"TRAINWIRE_BENCH_POSTGRES_URL": admin_url})
+    assert result["benchmark"] == "upload_memory"
+    for backend in ("postgres", "sqlite"):
+        row = result[backend]
+        assert _positive(row["array_mib"]), (backend, row)
+        # --quick: one upload. Its sizes are the benchmark's to report, not to judge here.
+        for key in ("peak_growth_mib", "peak_over_array", "retained_mib", "seconds"):
+            assert len(row[key]) == 1 and math.isfinite(row[key][0]), (backend, key, row)
+        assert _positive(row["peak_growth_mib"][0]) and _positive(row["seconds"][0]), row
+        ratio = row["peak_growth_mib"][0] / row["array_mib"]
+        assert abs(ratio - row["peak_over_array"][0]) < 0.01, (backend, row)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from trainwire.engine import load_state, save_state
+from trainwire.engine.serialization import state_header
 
 
 def _arrays() -> dict[str, np.ndarray]:
@@ -84,3 +85,33 @@ def test_rejects_object_dtypes_and_bad_metadata() -> None:
         save_state({"s": np.array(["abc"])})
     with pytest.raises(ValueError, match="metadata"):
         save_state({}, {"k": 1})  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize(
+    ("features", "targets"),
+    [
+        ("<f4", "<f4"),
+        ("<f8", "<f4"),
+        ("<f8", "<f8"),
+        ("<f4", "<i8"),  # safetensors writes the wider targets first
+        ("<f8", "<i8"),
+    ],
+)
+def test_a_state_built_after_its_header_is_read_as_save_state_writes_it(
+    features: str, targets: str
+) -> None:
+    """An upload is stored as `state_header` and the arrays' bytes after it (no second copy from
+    `save_state`): `load_state` reads it back alike, and in save_state's order it is its bytes."""
+    arrays = {
+        "features": np.arange(15).astype(features).reshape(5, 3),
+        "targets": np.arange(5).astype(targets),
+    }
+    header = state_header([(name, a.dtype, a.shape) for name, a in arrays.items()])
+    data = header + b"".join(a.tobytes() for a in arrays.values())
+    assert len(header) % 8 == 0
+    loaded, metadata = load_state(data)
+    assert metadata == {}
+    for name, array in arrays.items():
+        assert loaded[name].dtype == array.dtype and np.array_equal(loaded[name], array), name
+    if np.dtype(targets).itemsize < np.dtype(features).itemsize or targets == features:
+        assert data == save_state(arrays)
