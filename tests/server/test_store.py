@@ -1445,3 +1445,31 @@ def test_a_checkpoint_frozen_mid_send_does_not_keep_its_job_from_rescue_or_claim
     with pytest.raises(LeaseLost):
         store.save_checkpoint(frozen, 1, 1, {"loss": 1.0}, b"frozen")
     assert store.list_checkpoints(job.id) == []
+
+
+@pytest.mark.postgres
+def test_a_connection_lost_while_a_datasets_bytes_are_copied_is_an_outage(
+    postgres_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bytes go by COPY, which the driver runs outside SQLAlchemy. A connection lost there
+    raises psycopg's own error; the transaction's rollback then fails through SQLAlchemy, which
+    invalidates the connection, so the caller is answered UNAVAILABLE, as for a statement."""
+    store = postgres_store
+    write = Store._write_dataset_blob
+
+    def lost_first(self: Store, session: Any, dataset_id: str, data: Any) -> None:
+        driver = session.connection().connection.driver_connection
+        with store.db.engine.connect() as other:
+            other.execute(
+                text("SELECT pg_terminate_backend(:pid)"), {"pid": driver.info.backend_pid}
+            )
+        write(self, session, dataset_id, data)
+
+    dataset = replace(make_dataset(store), id=new_id())
+    monkeypatch.setattr(Store, "_write_dataset_blob", lost_first)
+    with pytest.raises(Unavailable, match="The database is unreachable"):
+        store.create_dataset(dataset, b"x" * 100)
+    monkeypatch.undo()
+    # The pool dropped the lost connection: the next write succeeds at once.
+    assert store.create_dataset(dataset, b"x" * 100) == dataset
+    assert store.dataset_data(dataset.id) == b"x" * 100
