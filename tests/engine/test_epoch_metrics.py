@@ -239,11 +239,41 @@ def test_a_state_saved_before_epoch_statistics_loads(stop_step: int, rows_left: 
         assert got["r2"][in_progress] == pytest.approx(r2_score(y_e, p_e), rel=1e-9)
 
 
+def test_an_epoch_resumed_from_a_state_before_epoch_statistics_may_stop_and_resume_again() -> None:
+    """Resumed from such a state, r2's statistics count only the rows after the resume: saved
+    again in the same epoch, the state was refused ("count 12 rows, but the batches took 24"),
+    and a job restarted twice in one epoch across the upgrade failed for good."""
+    x, y = regression(40, 1, seed=5)  # 10 batches of 4
+    reference = make_trainer(1)
+    reference.fit(x, y, epochs=2)
+
+    def stop_at(step: int) -> Callback:
+        class StopAt(Callback):
+            def on_batch_end(self, trainer, at, logs):
+                trainer.stop_training = at == step
+
+        return StopAt()
+
+    first = make_trainer(1)
+    first.fit(x, y, epochs=2, callbacks=[stop_at(3)])
+    second = make_trainer(1, model_seed=7)
+    second.load_state_dict(load_state(save_state(_legacy(first.state_dict())))[0])
+    second.fit(x, y, epochs=2, callbacks=[stop_at(6)])
+    assert second.step == 6 and second.in_epoch
+    third = make_trainer(1, model_seed=9)
+    third.load_state_dict(load_state(save_state(second.state_dict()))[0])
+    third.fit(x, y, epochs=2)
+    got, want = third.history.history, reference.history.history
+    assert got["loss"] == want["loss"] and got["mae"] == want["mae"]
+    assert got["r2"][1] == want["r2"][1], "the epochs after it log what one run does"
+
+
 @pytest.mark.parametrize(
     ("damage", "match"),
     [
         (lambda s: s[:-1], r"'trainer\.epoch_sums' must be 8 floats"),
-        (lambda s: np.r_[s[:2], s[2] - 4, s[3:]], r"r2 statistics count 16 rows, .* took 20"),
+        (lambda s: np.r_[s[:2], s[2] + 4, s[3:]], r"r2 statistics count 24 rows, .* took 20"),
+        (lambda s: np.r_[s[:2], -1.0, s[3:]], r"r2 statistics count -1 rows, .* took 20"),
         (lambda s: np.r_[s[:5], -1.0, s[6:]], r"r2 statistics hold a negative sum of squares"),
     ],
 )
