@@ -26,6 +26,9 @@ ANSWER_FRAMING_BYTES = 4096
 MIN_MESSAGE_BYTES = 64 * 1024
 MAX_THREADS = 4096
 MAX_SECONDS = threading.TIMEOUT_MAX
+# A dataset is stored as one value: SQLite stores at most 1,000,000,000 bytes in one (its
+# default SQLITE_LIMIT_LENGTH), PostgreSQL's bytea a little more (1 GiB - 1).
+MAX_STORED_DATASET_BYTES = 1_000_000_000
 UPPER_BOUNDS: dict[str, tuple[float, str]] = {
     "max_message_bytes": (MAX_MESSAGE_BYTES, "gRPC takes a 32-bit integer"),
     "grpc_threads": (MAX_THREADS, "far past any host's cores or database connections"),
@@ -36,6 +39,7 @@ UPPER_BOUNDS: dict[str, tuple[float, str]] = {
     "stop_timeout_s": (MAX_SECONDS, "a longer wait overflows"),
     "stream_idle_timeout_s": (MAX_SECONDS, "a longer wait overflows"),
     "predict_batch_wait_ms": (MAX_SECONDS * 1000, "a longer wait overflows"),
+    "max_dataset_bytes": (MAX_STORED_DATASET_BYTES, "the database stores no larger value"),
 }
 
 

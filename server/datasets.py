@@ -16,7 +16,7 @@ from trainwire.engine.errors import quoted
 from trainwire.engine.serialization import state_header
 from trainwire.v1 import datasets_pb2, tensor_pb2
 
-from .config import Settings
+from .config import MAX_STORED_DATASET_BYTES, Settings
 from .convert import TASKS_FROM_PROTO
 from .errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from .jobs import MAX_REQUEST_ID, check_labels
@@ -95,6 +95,16 @@ class DatasetService:
                 ("targets", stored_targets, targets_shape),
             ]
         )
+        stored = len(prefix) + feature_bytes + expected_nbytes(stored_targets, targets_shape)
+        if stored > MAX_STORED_DATASET_BYTES:
+            # Within max_dataset_bytes (bounded by the same figure), but labels are stored as
+            # int64 and whole-number targets as float64: refused before any byte is sent, not
+            # by the database once all of them were (an INTERNAL error).
+            raise ResourceExhausted(
+                f"the dataset would be stored in {stored} bytes (its targets as "
+                f"{stored_targets}), more than the {MAX_STORED_DATASET_BYTES} the database "
+                "stores in one value: upload fewer rows"
+            )
         return Upload(header, features_shape, targets_shape, feature_bytes, total, prefix)
 
     def idle(self, upload: Upload | None) -> DeadlineExceeded:
@@ -164,6 +174,14 @@ class DatasetService:
             del features, targets, raw
             del buffer[start + feature_bytes :]
             buffer += replacement.data.cast("B")
+        written = np.dtype(targets_stored_as).newbyteorder("<")
+        if written != _stored_target_dtype(task, target_dtype).newbyteorder("<"):
+            # The state's header (`start`) names the dtype `_stored_target_dtype` gives: bytes of
+            # another under it would load as other values, or not at all. Never stored so.
+            raise RuntimeError(
+                f"targets checked as {written}, but the stored state's header says "
+                f"{_stored_target_dtype(task, target_dtype)}"
+            )
         dataset = Dataset(
             id=new_id(),
             project=project,

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from trainwire.server import datasets
 from trainwire.server.api import ClientLimiter, DatasetServicer
 from trainwire.server.config import Settings
 from trainwire.server.datasets import MAX_CLASSES, DatasetService
@@ -360,6 +361,26 @@ def test_a_sha256_that_is_no_sha256_is_refused_as_such(store: Store) -> None:
     assert refused.value.violations[0].field == "header.sha256"
     assert "must be 64 hex digits" in refused.value.message
     assert "Received: 'zz\\x00'" in refused.value.message  # quoted, not a raw NUL
+
+
+def test_a_dataset_stored_larger_than_the_database_takes_is_refused_at_its_header(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within max_dataset_bytes as sent, but int32 labels are stored as int64: the database
+    refused the value once every byte had been received, answered INTERNAL. The limit is
+    lowered here; SQLite's is 1,000,000,000 bytes."""
+    monkeypatch.setattr(datasets, "MAX_STORED_DATASET_BYTES", 1000)
+    requests = upload(datasets_pb2.TASK_KIND_MULTICLASS_CLASSIFICATION, np.zeros(100, "<i8"))
+    header = requests[0].header
+    header.num_classes = 2
+    header.targets.dtype = tensor_pb2.DATA_TYPE_INT32  # 400 bytes of features, 400 of labels
+    service = DatasetService(store, Settings(max_dataset_bytes=1000))
+    with pytest.raises(ResourceExhausted) as refused:
+        service.start(requests[0])
+    assert refused.value.message.startswith("the dataset would be stored in ")
+    assert "(its targets as int64), more than the 1000 the database stores" in (
+        refused.value.message
+    )
 
 
 def test_features_past_the_size_limit_are_refused_for_their_size(store: Store) -> None:

@@ -136,6 +136,13 @@ def test_settings_past_what_can_work_are_refused_at_start() -> None:
     ]
     with pytest.raises(ConfigError, match="TRAINWIRE_LEASE_S must be at most 9,223,372,036"):
         Settings.from_env({"TRAINWIRE_LEASE_S": "1e300"})  # finite, but no lease
+    # A larger dataset was accepted whole, then refused INTERNAL by the database.
+    with pytest.raises(
+        ConfigError,
+        match=r"TRAINWIRE_MAX_DATASET_BYTES must be at most 1,000,000,000 \(the database stores "
+        r"no larger value\)",
+    ):
+        Settings.from_env({"TRAINWIRE_MAX_DATASET_BYTES": str(2**31)})
     largest = {"TRAINWIRE_MAX_MESSAGE_BYTES": str(2**31 - 1), "TRAINWIRE_GRPC_THREADS": "4096"}
     assert Settings.from_env(largest).max_message_bytes == 2**31 - 1
     # Below 64 KiB no prediction's answer would fit beside the 4 KiB the server keeps back.
