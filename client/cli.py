@@ -197,7 +197,7 @@ def _flattened(settings: dict[str, Any], prefix: str = "") -> list[tuple[str, st
         elif isinstance(value, list):
             pairs.append((prefix + key, ",".join(str(v) for v in value)))
         else:
-            pairs.append((prefix + key, f"{value:g}" if isinstance(value, float) else str(value)))
+            pairs.append((prefix + key, str(value)))  # every digit: sweep points may differ late
     return pairs
 
 

@@ -216,7 +216,12 @@ class JobStatus:
         """The job's training settings as the server stored them (its defaults written out), in
         the `TrainingConfig` message's field names: `{"epochs": 60, "optimizer": {"name":
         "adam", "learning_rate": 0.01}, ...}`; a field left unset is left out."""
-        settings = MessageToDict(self.raw.training, preserving_proto_field_name=True)
+        # Zeros and false included: patience 0 or restore_best_weights false is a setting too.
+        settings = MessageToDict(
+            self.raw.training,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+        )
         if "seed" in settings:
             settings["seed"] = int(settings["seed"])  # a uint64, which JSON mapping writes as text
         if "dtype" in settings:  # as create_job takes it: "float32", not "DATA_TYPE_FLOAT32"

@@ -293,6 +293,7 @@ def test_submit_follow_and_predict(cli: Cli, tmp_path: Path) -> None:
     assert training["optimizer"] == {"name": "adam", "learning_rate": 0.05}
     assert (training["epochs"], training["batch_size"], training["dtype"]) == (4, 8, "float32")
     assert training["metrics"] == ["accuracy"] and "schedule" not in training
+    assert training["log_every_steps"] == 0, "a zero is a setting too"
     code, out, _ = cli("jobs", "show", job.split("/")[1])
     assert code == 0 and "state:     SUCCEEDED" in out and "final" in out
     assert "\nlabels:    suite=cli\n" in out and "\nqueue:     default (priority 0)\n" in out
