@@ -216,17 +216,23 @@ class JobStatus:
         """The job's training settings as the server stored them (its defaults written out), in
         the `TrainingConfig` message's field names: `{"epochs": 60, "optimizer": {"name":
         "adam", "learning_rate": 0.01}, ...}`; a field left unset is left out."""
-        # Zeros and false included: patience 0 or restore_best_weights false is a setting too.
-        settings = MessageToDict(
-            self.raw.training,
-            preserving_proto_field_name=True,
-            always_print_fields_with_no_presence=True,
-        )
+        given = MessageToDict(self.raw.training, preserving_proto_field_name=True)
+        # Zeros and false included (patience 0 or restore_best_weights false is a setting too),
+        # of the parts given: the server sends an empty early_stopping for none.
+        settings = {
+            key: value
+            for key, value in MessageToDict(
+                self.raw.training,
+                preserving_proto_field_name=True,
+                always_print_fields_with_no_presence=True,
+            ).items()
+            if not isinstance(value, dict) or given.get(key)
+        }
         if "seed" in settings:
             settings["seed"] = int(settings["seed"])  # a uint64, which JSON mapping writes as text
         if "dtype" in settings:  # as create_job takes it: "float32", not "DATA_TYPE_FLOAT32"
             settings["dtype"] = settings["dtype"].removeprefix("DATA_TYPE_").lower()
-        return {key: value for key, value in settings.items() if value != {}}  # a message unset
+        return _without_empty_maps(settings)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the CLI's `jobs ... --json`), without `model`, as it always was."""
@@ -249,6 +255,19 @@ class JobStatus:
             "queue": self.queue,
             "priority": self.priority,
         }
+
+
+def _without_empty_maps(settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` less the empty maps at any depth (an optimizer's `params` none were given
+    for), which say nothing."""
+    kept = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            value = _without_empty_maps(value)
+            if not value:
+                continue
+        kept[key] = value
+    return kept
 
 
 @dataclass(frozen=True)

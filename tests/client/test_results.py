@@ -184,3 +184,25 @@ def test_event_to_dict_is_kept_for_its_callers() -> None:
     """Watches yield `JobEvent`s now; the function of the message's dict stays, the same dict."""
     message = jobs_pb2.JobEvent(sequence=3, state=jobs_pb2.JOB_STATE_RUNNING, message="epoch 1")
     assert event_to_dict(message) == JobEvent.from_proto(message).to_dict()
+
+
+def test_a_jobs_training_shows_its_zero_settings_and_leaves_out_the_parts_not_given() -> None:
+    """patience 0 and restore_best_weights false were left out (protobuf's JSON mapping leaves
+    out zeros), and the empty early_stopping the server sends for none must not show."""
+    job = jobs_pb2.Job(name="jobs/" + "0" * 32)
+    job.training.epochs = 3
+    job.training.optimizer.name = "adam"
+    job.training.early_stopping.monitor = "val_loss"
+    job.training.schedule.SetInParent()
+    training = JobStatus.from_proto(job).training
+    assert training["early_stopping"] == {
+        "monitor": "val_loss",
+        "patience": 0,
+        "min_delta": 0.0,
+        "restore_best_weights": False,
+    }
+    assert training["optimizer"] == {"name": "adam", "learning_rate": 0.0}, "no empty params"
+    assert "schedule" not in training and training["seed"] == 0
+    job.training.ClearField("early_stopping")
+    job.training.early_stopping.SetInParent()
+    assert "early_stopping" not in JobStatus.from_proto(job).training
