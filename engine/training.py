@@ -722,7 +722,14 @@ class Trainer:
         state["trainer.in_epoch"] = np.array(self._permutation is not None, dtype=np.uint8)
         perm = self._permutation if self._permutation is not None else np.zeros(0, np.int64)
         state["trainer.permutation"] = perm.astype(np.int64)
-        state["trainer.epoch_sums"] = self._epoch_sums.copy()
+        # 'trainer.epoch_sums' keeps the layout of the releases before epoch statistics (loss,
+        # one float per metric, rows), which they check by its size: a job checkpointed here and
+        # resumed by such a worker (a rollback, or workers upgraded one at a time) failed for
+        # good. Its float for a metric of more statistics (r2) is 0, which such a release reads
+        # as a mean of no batch. The statistics are 'trainer.epoch_statistics', an entry those
+        # releases do not read.
+        state["trainer.epoch_sums"] = self._legacy_epoch_sums()
+        state["trainer.epoch_statistics"] = self._epoch_sums.copy()
         state["trainer.epoch_weight"] = np.array(self._epoch_weight, dtype=np.float64)
         state["trainer.history_keys"] = _encode_json(list(self.history.history))
         for key, values in self.history.history.items():
@@ -840,43 +847,67 @@ class Trainer:
         return rng_state
 
     def _checked_epoch_sums(self, state: Mapping[str, Array], rows_done: int | None) -> Array:
-        """The running statistics; in an epoch in progress, their row count must be the rows its
-        batches took so far (``rows_done``; otherwise they are the last epoch's, unused).
+        """The running statistics ('trainer.epoch_statistics', beside 'trainer.epoch_sums' in
+        the layout of the releases before them, see `state_dict`); in an epoch in progress, their
+        row count must be the rows its batches took so far (``rows_done``; otherwise they are the
+        last epoch's, unused).
 
-        A state saved before metrics kept epoch statistics holds one float per metric, its
+        A state saved before metrics kept epoch statistics has 'trainer.epoch_sums' alone: one
+        float per metric, its
         batch values times their rows. For a mean (accuracy, mae) that float is the statistic
         itself. For r2 it was the defect, a row-weighted mean of per-batch R² from which the
         sums of squares cannot be recovered: such a state loads with r2's statistics empty, so
         the epoch in progress logs the R² of the rows trained after the resume (0 if none
         remain, as the loss of no weight) — a true R² of fewer rows, not an invented one.
         """
-        sums = np.asarray(state["trainer.epoch_sums"])
-        size = self._epoch_sums.shape[0]
-        legacy_size = len(self.metrics) + 2
-        if sums.dtype.kind != "f" or sums.shape not in ((size,), (legacy_size,)):
+        legacy = self._checked_sums(state, "trainer.epoch_sums", len(self.metrics) + 2, rows_done)
+        if "trainer.epoch_statistics" not in state:
+            converted = np.zeros_like(self._epoch_sums)
+            converted[0], converted[-1] = legacy[0], legacy[-1]
+            for k, part in enumerate(self._metric_slices, start=1):
+                if part.stop - part.start == 1:  # a mean's statistic, as it was
+                    converted[part] = legacy[k]
+            return converted
+        sums = self._checked_sums(
+            state, "trainer.epoch_statistics", self._epoch_sums.shape[0], rows_done
+        )
+        for metric, part in zip(self.metrics, self._metric_slices, strict=True):
+            problem = metric.epoch_stats_problem(sums[part], rows_done)
+            if problem is not None:
+                raise ValueError(
+                    f"Trainer state entry 'trainer.epoch_statistics' is refused: {problem}"
+                )
+        return sums
+
+    @staticmethod
+    def _checked_sums(
+        state: Mapping[str, Array], key: str, size: int, rows_done: int | None
+    ) -> Array:
+        """Entry `key`: `size` floats, the last the rows of the epoch in progress (`rows_done`
+        if one is; otherwise the last epoch's, unused)."""
+        sums = np.asarray(state[key])
+        if sums.dtype.kind != "f" or sums.shape != (size,):
             raise ValueError(
-                f"Trainer state entry 'trainer.epoch_sums' must be {size} floats (loss, "
-                f"{size - 2} of the metrics' epoch statistics, rows) for this trainer. "
-                f"Received: {sums.dtype} array of shape {sums.shape}"
+                f"Trainer state entry '{key}' must be {size} floats (loss, the metrics', rows) "
+                f"for this trainer. Received: {sums.dtype} array of shape {sums.shape}"
             )
         sums = sums.astype(np.float64)
         if rows_done is not None and sums[-1] != rows_done:
             raise ValueError(
-                f"Trainer state entry 'trainer.epoch_sums' counts {sums[-1]:g} rows in the epoch "
-                f"in progress, but its batches so far ('trainer.batch_index') took {rows_done}"
+                f"Trainer state entry '{key}' counts {sums[-1]:g} rows in the epoch in "
+                f"progress, but its batches so far ('trainer.batch_index') took {rows_done}"
             )
-        if size != legacy_size and sums.shape[0] == legacy_size:
-            converted = np.zeros(size, dtype=np.float64)
-            converted[0], converted[-1] = sums[0], sums[-1]
-            for k, part in enumerate(self._metric_slices, start=1):
-                if part.stop - part.start == 1:  # a mean's statistic, as it was
-                    converted[part] = sums[k]
-            return converted
-        for metric, part in zip(self.metrics, self._metric_slices, strict=True):
-            problem = metric.epoch_stats_problem(sums[part], rows_done)
-            if problem is not None:
-                raise ValueError(f"Trainer state entry 'trainer.epoch_sums' is refused: {problem}")
         return sums
+
+    def _legacy_epoch_sums(self) -> Array:
+        """The epoch's running sums as releases before epoch statistics kept them: loss, one
+        float per metric (a mean's statistic as it is, 0 for a metric of more), rows."""
+        legacy = np.zeros(len(self.metrics) + 2, dtype=np.float64)
+        legacy[0], legacy[-1] = self._epoch_sums[0], self._epoch_sums[-1]
+        for k, part in enumerate(self._metric_slices, start=1):
+            if part.stop - part.start == 1:
+                legacy[k] = self._epoch_sums[part.start]
+        return legacy
 
     def _checked_history(self, state: Mapping[str, Array], epoch: int) -> dict[str, list[float]]:
         """The history, one entry per key of 'trainer.history_keys', each a log this trainer

@@ -200,8 +200,29 @@ def test_a_run_stopped_mid_epoch_and_resumed_logs_what_one_run_logs(stop_step: i
 def _legacy(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``state`` as the code before epoch statistics saved it: [loss * weight, mae * n,
     r2 * n, n] (a made-up r2 sum: it cannot be used)."""
+    legacy = {k: v for k, v in state.items() if k != "trainer.epoch_statistics"}
     sums = state["trainer.epoch_sums"]
-    return {**state, "trainer.epoch_sums": np.array([sums[0], sums[1], -3.0 * sums[-1], sums[-1]])}
+    legacy["trainer.epoch_sums"] = np.array([sums[0], sums[1], -3.0 * sums[-1], sums[-1]])
+    return legacy
+
+
+def test_a_state_keeps_epoch_sums_in_the_layout_older_releases_check() -> None:
+    """Saved with the statistics in 'trainer.epoch_sums' (8 floats here), a job checkpointed by
+    this release and resumed by an older worker (a rollback) failed for good: "must be 4 floats
+    (loss, 2 metrics, rows)". That entry keeps their layout; the statistics have their own."""
+    x, y = regression(40, 1, seed=5)
+
+    class StopAt(Callback):
+        def on_batch_end(self, trainer, step, logs):
+            trainer.stop_training = step == 5
+
+    trainer = make_trainer(1)  # metrics mae and r2
+    trainer.fit(x, y, epochs=2, callbacks=[StopAt()])
+    state = trainer.state_dict()
+    statistics = state["trainer.epoch_statistics"]
+    assert statistics.shape == (8,)  # loss, mae, r2's 1 + 4, rows
+    # loss, mae as they were (value * rows), r2's float 0 (a mean of no batch), rows.
+    assert state["trainer.epoch_sums"].tolist() == [statistics[0], statistics[1], 0.0, 20.0]
 
 
 @pytest.mark.parametrize(("stop_step", "rows_left"), [(5, 20), (10, 0), (13, 28)])
@@ -271,7 +292,7 @@ def test_an_epoch_resumed_from_a_state_before_epoch_statistics_may_stop_and_resu
 @pytest.mark.parametrize(
     ("damage", "match"),
     [
-        (lambda s: s[:-1], r"'trainer\.epoch_sums' must be 8 floats"),
+        (lambda s: s[:-1], r"'trainer\.epoch_statistics' must be 8 floats"),
         (lambda s: np.r_[s[:2], s[2] + 4, s[3:]], r"r2 statistics count 24 rows, .* took 20"),
         (lambda s: np.r_[s[:2], -1.0, s[3:]], r"r2 statistics count -1 rows, .* took 20"),
         (lambda s: np.r_[s[:5], -1.0, s[6:]], r"r2 statistics hold a negative sum of squares"),
@@ -288,8 +309,9 @@ def test_load_refuses_r2_statistics_that_do_not_match(damage, match: str) -> Non
     first.fit(x, y, epochs=1, callbacks=[StopAt()])
     state = first.state_dict()
     # [loss, mae, r2: n, shift, mean, m2, ss_res, n]
-    assert state["trainer.epoch_sums"].shape == (8,) and state["trainer.epoch_sums"][2] == 20
-    state["trainer.epoch_sums"] = damage(state["trainer.epoch_sums"])
+    statistics = state["trainer.epoch_statistics"]
+    assert statistics.shape == (8,) and statistics[2] == 20
+    state["trainer.epoch_statistics"] = damage(statistics)
     fresh = make_trainer(1)
     with pytest.raises(ValueError, match=match):
         fresh.load_state_dict(state)
