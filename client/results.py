@@ -216,17 +216,17 @@ class JobStatus:
         """The job's training settings as the server stored them (its defaults written out), in
         the `TrainingConfig` message's field names: `{"epochs": 60, "optimizer": {"name":
         "adam", "learning_rate": 0.01}, ...}`; a field left unset is left out."""
-        given = MessageToDict(self.raw.training, preserving_proto_field_name=True)
+        training = self.raw.training
         # Zeros and false included (patience 0 or restore_best_weights false is a setting too),
         # of the parts given: the server sends an empty early_stopping for none.
         settings = {
             key: value
             for key, value in MessageToDict(
-                self.raw.training,
+                training,
                 preserving_proto_field_name=True,
                 always_print_fields_with_no_presence=True,
             ).items()
-            if not isinstance(value, dict) or given.get(key)
+            if not isinstance(value, dict) or getattr(training, key).ByteSize()
         }
         if "seed" in settings:
             settings["seed"] = int(settings["seed"])  # a uint64, which JSON mapping writes as text

@@ -105,7 +105,9 @@ class DatasetService:
                 f"{stored_targets}), more than the {MAX_STORED_DATASET_BYTES} the database "
                 "stores in one value: upload fewer rows"
             )
-        return Upload(header, features_shape, targets_shape, feature_bytes, total, prefix)
+        return Upload(
+            header, features_shape, targets_shape, feature_bytes, total, prefix, stored_targets
+        )
 
     def idle(self, upload: Upload | None) -> DeadlineExceeded:
         """The error that ends an upload whose client sent nothing for stream_idle_timeout_s:
@@ -175,12 +177,12 @@ class DatasetService:
             del buffer[start + feature_bytes :]
             buffer += replacement.data.cast("B")
         written = np.dtype(targets_stored_as).newbyteorder("<")
-        if written != _stored_target_dtype(task, target_dtype).newbyteorder("<"):
-            # The state's header (`start`) names the dtype `_stored_target_dtype` gives: bytes of
+        if written != upload.stored_target_dtype.newbyteorder("<"):
+            # The state's header (`start`) names the dtype `_stored_target_dtype` gave: bytes of
             # another under it would load as other values, or not at all. Never stored so.
             raise RuntimeError(
                 f"targets checked as {written}, but the stored state's header says "
-                f"{_stored_target_dtype(task, target_dtype)}"
+                f"{upload.stored_target_dtype}"
             )
         dataset = Dataset(
             id=new_id(),
@@ -384,6 +386,7 @@ class Upload:
         feature_bytes: int,
         total: int,
         prefix: bytes,
+        stored_target_dtype: np.dtype,
     ) -> None:
         self.header = header
         self.features_shape = features_shape
@@ -392,6 +395,7 @@ class Upload:
         self.total = total
         self.buffer = bytearray(prefix)
         self.prefix_bytes = len(prefix)
+        self.stored_target_dtype = stored_target_dtype  # as the prefix, the stored header, says
 
     @property
     def received(self) -> int:
