@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import signal
 import sys
@@ -24,6 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
 import grpc
+
+from trainwire.engine.schedules import resolve_mode
 
 from .client import Client, Job, call_timeout, client_cert_pair, env_settings
 from .errors import JobFailed, TrainwireError
@@ -316,6 +319,27 @@ def _jobs_submit(client: Client, args: argparse.Namespace) -> int:
     return _final_code(status)
 
 
+def _best_first(jobs: list[Job], key: str) -> list[Job]:
+    """`jobs` ordered best first by the metric `key`, judged as early stopping's "auto" mode
+    judges it (highest first for accuracy- and r2-like names, else lowest first); jobs without
+    a finite value of it go last. The sort is stable: ties stay newest first."""
+    higher_is_better = resolve_mode("auto", key) == "max"
+
+    def rank(job: Job) -> tuple[bool, float]:
+        value = job.last_status.metrics.get(key, math.nan)
+        if not math.isfinite(value):
+            return True, 0.0
+        return False, -value if higher_is_better else value
+
+    if jobs and all(key not in job.last_status.metrics for job in jobs):
+        logged = sorted({name for job in jobs for name in job.last_status.metrics})
+        raise ValueError(
+            f"--sort {key}: no listed job has that metric; they have: "
+            f"{', '.join(logged) or 'none yet'}"
+        )
+    return sorted(jobs, key=rank)
+
+
 def _jobs_list(client: Client, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise ValueError(f"--limit must be at least 1. Received: {args.limit}")
@@ -325,10 +349,15 @@ def _jobs_list(client: Client, args: argparse.Namespace) -> int:
         state=args.state, dataset=args.dataset and _resource("datasets", args.dataset),
         labels=_labels(args.label),
     ):  # fmt: skip
-        if len(jobs) == args.limit:
+        # Sorted, the best may be the oldest: every match is read, then the first --limit kept.
+        if len(jobs) == args.limit and not args.sort:
             more = True  # one past the limit, read to say so: a cut list looked complete
             break
         jobs.append(job)
+    if args.sort:
+        jobs = _best_first(jobs, args.sort)
+        more = len(jobs) > args.limit
+        jobs = jobs[: args.limit]
     rows = [
         (j.name, s.display_name, s.state, f"{s.epoch}/{s.total_epochs}", _metrics_text(s.metrics))
         for j in jobs
@@ -734,6 +763,12 @@ def add_user_commands(commands: Any) -> None:
     listing.add_argument(
         "--limit", type=int, default=50, help="at most this many, newest first (50)"
     )
+    listing.add_argument(
+        "--sort", metavar="METRIC",
+        help="best first by this metric of the jobs' (highest first for accuracy and r2 "
+        "names, else lowest; jobs without it last), read from every matching job: a sweep's "
+        "best with --label",
+    )  # fmt: skip
     for name, handler, text in (
         ("show", _jobs_show, "show a job and its checkpoints"),
         ("watch", _jobs_watch, "print a job's events until it finishes (reconnects by itself)"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import io
 import json
+import math
 import os
 import re
 import signal
@@ -150,6 +151,55 @@ def test_ctrl_c_while_submit_waits_names_the_job_that_goes_on(
     error = json.loads(err.splitlines()[-1])["error"]
     assert (code, error["code"], error["exit_code"]) == (130, "INTERRUPTED", 130)
     assert "goes on on the server" in error["message"], "the job was not cancelled"
+
+
+def listed_jobs(monkeypatch: pytest.MonkeyPatch, metrics: list[dict[str, float]]) -> None:
+    """`Client.list_jobs` answers jobs/j0, jobs/j1, ... (newest first) with these metrics."""
+    statuses = [
+        JobStatus.from_proto(jobs_pb2.Job(name=f"jobs/j{i}", metrics=values))
+        for i, values in enumerate(metrics)
+    ]
+    monkeypatch.setattr(Client, "list_jobs", lambda self, *a, **k: (Job(self, s) for s in statuses))
+
+
+def test_list_sorts_a_sweep_best_first_by_the_metric_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sweep's best job was found by eye in a newest-first list, or by a script."""
+    listed_jobs(
+        monkeypatch,
+        [
+            {"val_accuracy": 0.81, "val_loss": 0.40},
+            {"val_loss": 0.10},  # failed before its first validation accuracy
+            {"val_accuracy": 0.93, "val_loss": 0.35},
+            {"val_accuracy": math.nan, "val_loss": 0.50},
+            {"val_accuracy": 0.93, "val_loss": 0.20},
+            {"val_accuracy": 0.52, "val_loss": 0.05},
+        ],
+    )
+
+    def names(*options: str) -> tuple[list[str], str]:
+        code = main(["jobs", "list", *options, "--target", "127.0.0.1:9", "--json"])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return [job["name"] for job in json.loads(out)], err
+
+    # Highest first for an accuracy; a tie stays newest first; no value or NaN: last.
+    assert names("--sort", "val_accuracy")[0] == [
+        "jobs/j2", "jobs/j4", "jobs/j0", "jobs/j5", "jobs/j1", "jobs/j3",
+    ]  # fmt: skip
+    assert names("--sort", "val_loss")[0] == [
+        "jobs/j5", "jobs/j1", "jobs/j4", "jobs/j2", "jobs/j0", "jobs/j3",
+    ]  # fmt: skip
+    # Every match is read before --limit cuts: the best here is the fifth newest.
+    best, err = names("--sort", "val_loss", "--limit", "1")
+    assert best == ["jobs/j5"] and "more match" in err
+    assert names("--sort", "val_loss", "--limit", "6") == (names("--sort", "val_loss")[0], "")
+
+    code = main(["jobs", "list", "--sort", "val_acc", "--target", "127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--sort val_acc: no listed job has that metric" in err
+    assert "they have: val_accuracy, val_loss" in err
 
 
 def test_datasets_commands(cli: Cli, tmp_path: Path) -> None:
@@ -314,6 +364,9 @@ def test_submit_follow_and_predict(cli: Cli, tmp_path: Path) -> None:
     assert err == "trainwire: showing the first 1 jobs; more match: raise --limit\n"
     code, out, err = cli("jobs", "list", "--limit", "1000")
     assert code == 0 and len(out.splitlines()) > 2 and err == ""
+    sorted_jobs = cli.json("jobs", "list", "--label", "suite=cli", "--sort", "accuracy")
+    accuracies = [j["metrics"]["accuracy"] for j in sorted_jobs if "accuracy" in j["metrics"]]
+    assert len(accuracies) >= 2 and accuracies == sorted(accuracies, reverse=True)
     code, out, _ = cli("jobs", "watch", job, "--after", str(len(events) - 1))
     assert code == 0 and out.splitlines()[0].startswith(f"#{len(events)}  SUCCEEDED")
 
