@@ -20,7 +20,7 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from trainwire.engine import set_num_threads
 from trainwire.v1 import (
@@ -55,6 +55,11 @@ SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     PREDICTION_SERVICE,
 )
+# The reflection service's current name. grpcio-reflection serves only v1alpha, but clients
+# (grpcurl, Postman, Node's reflection clients) ask v1 first and fall back to v1alpha only on
+# UNIMPLEMENTED: on a server with keys the unknown v1 answered UNAUTHENTICATED, so reflection
+# failed there for them. Its messages are v1alpha's under another package, the same on the wire.
+REFLECTION_V1_SERVICE = "grpc.reflection.v1.ServerReflection"
 
 
 # How long a stopping server lets calls in progress finish.
@@ -190,12 +195,11 @@ class RunningServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         # What reflection.enable_server_reflection does for a grpc.aio server (it would not
         # recognise the registrar as one).
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
-                (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
-            ),
-            registrar,
+        reflector = reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
         )
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, registrar)
+        registrar.add_generic_rpc_handlers((reflection_v1_handler(reflector),))
         registrar.add_unknown_method_handler((*SERVICE_NAMES, health.SERVICE_NAME))
         try:
             if settings.tls_cert:
@@ -272,6 +276,20 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials:
 # may take seconds. A hung one (connections open, nothing answered) never does: the ping waited
 # for as long as the hang lasted, and health stayed SERVING.
 PING_TIMEOUT_S = 5.0
+
+
+def reflection_v1_handler(reflector: Any) -> grpc.GenericRpcHandler:
+    """`grpc.reflection.v1.ServerReflection`, answered by the v1alpha `reflector` with v1alpha's
+    codecs (`REFLECTION_V1_SERVICE`). Its listing names v1alpha alone: the protobuf pool holds no
+    v1 descriptor, and a client describing every listed service would fail on that one."""
+    info = grpc.stream_stream_rpc_method_handler(
+        reflector.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    return grpc.method_handlers_generic_handler(
+        REFLECTION_V1_SERVICE, {"ServerReflectionInfo": info}
+    )
 
 
 class HealthMonitor(threading.Thread):

@@ -20,7 +20,7 @@ from .config import MAX_STORED_DATASET_BYTES, Settings
 from .convert import TASKS_FROM_PROTO
 from .errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from .jobs import MAX_REQUEST_ID, check_labels
-from .names import MAX_NAME_LENGTH, check_text, parse_name
+from .names import MAX_NAME_LENGTH, check_text, enum_received, parse_name
 from .records import Dataset, TaskKind
 from .store import Fits, Store, new_id, refuse_another_request, utcnow
 
@@ -243,7 +243,8 @@ class DatasetService:
             raise InvalidArgument.field(
                 "header.task",
                 "must be TASK_KIND_REGRESSION, TASK_KIND_BINARY_CLASSIFICATION or "
-                f"TASK_KIND_MULTICLASS_CLASSIFICATION. Received: {header.task}",
+                "TASK_KIND_MULTICLASS_CLASSIFICATION. "
+                f"Received: {enum_received(datasets_pb2.TaskKind, header.task)}",
             )
         check_text("header.display_name", header.display_name, MAX_NAME_LENGTH)
         check_labels("header.labels", header.labels)
@@ -281,12 +282,16 @@ class DatasetService:
             raise InvalidArgument.field(
                 "header.features.dtype",
                 "must be DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT64. "
-                f"Received: {header.features.dtype}",
+                f"Received: {enum_received(tensor_pb2.DataType, header.features.dtype)}",
             )
         try:
             dtype_of(header.targets.dtype)
-        except TensorError as error:
-            raise InvalidArgument.field("header.targets.dtype", str(error)) from None
+        except TensorError:
+            raise InvalidArgument.field(
+                "header.targets.dtype",
+                "must be DATA_TYPE_FLOAT32, DATA_TYPE_FLOAT64, DATA_TYPE_INT32 or DATA_TYPE_INT64. "
+                f"Received: {enum_received(tensor_pb2.DataType, header.targets.dtype)}",
+            ) from None
         features = tuple(int(s) for s in header.features.shape)
         targets = tuple(int(s) for s in header.targets.shape)
         if len(features) != 2 or any(s < 0 for s in features):

@@ -17,7 +17,7 @@ from trainwire.v1 import jobs_pb2
 from .config import Settings
 from .convert import STATES_FROM_PROTO
 from .errors import InvalidArgument, ResourceExhausted
-from .names import MAX_LABELS, check_text, parse_name
+from .names import MAX_LABELS, check_text, enum_received, parse_name
 from .records import (
     Checkpoint,
     Dataset,
@@ -195,7 +195,9 @@ class JobService:
         if request.state:
             if request.state not in STATES_FROM_PROTO:
                 raise InvalidArgument.field(
-                    "state", f"is not a known JobState. Received: {request.state}"
+                    "state",
+                    "is not a known JobState. "
+                    f"Received: {enum_received(jobs_pb2.JobState, request.state)}",
                 )
             state = STATES_FROM_PROTO[request.state]
         dataset_id = parse_name(request.dataset, "datasets", "dataset") if request.dataset else None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import re
 
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+
 from trainwire.engine.errors import quoted
 
 from .errors import InvalidArgument
@@ -62,6 +64,18 @@ MAX_LABELS = 64
 # clipboard, CR overwrites the line), so text another user's CLI shows must hold none. NUL is
 # one of them, and PostgreSQL refuses it.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def enum_received(enum: EnumTypeWrapper, number: int) -> str:
+    """How a refusal quotes an enum field's value: by its name and number. A bare number left a
+    caller that sends names (as JSON mappings and protobuf.js do) to look it up; and 0 is also
+    what such a library sends for a name it does not know ("float32"), silently."""
+    if number == 0:
+        return f"{enum.Name(0)} (0: the field unset, or an enum name the client did not know)"
+    try:
+        return f"{enum.Name(number)} ({number})"
+    except ValueError:
+        return f"{number} (no {enum.DESCRIPTOR.name} has that number)"
 
 
 def check_text(field: str, value: str, max_length: int) -> None:

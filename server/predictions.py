@@ -24,7 +24,7 @@ from .batching import ModelBatcher, raw_outputs
 from .errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from .metrics import MODEL_CACHE_BYTES, PREDICTION_ROWS
 from .model_cache import ModelCache, Pin, model_bytes
-from .names import is_name, parse_name
+from .names import enum_received, is_name, parse_name
 from .records import Checkpoint, Job, TaskKind
 from .store import Store, best_checkpoint, best_ranking
 from .training import build_model
@@ -428,7 +428,8 @@ class PredictionService:
         if inputs.dtype not in (tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_FLOAT64):
             raise InvalidArgument.field(
                 "inputs.dtype",
-                f"must be DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT64. Received: {inputs.dtype}",
+                "must be DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT64. "
+                f"Received: {enum_received(tensor_pb2.DataType, inputs.dtype)}",
             )
         try:
             features = from_tensor(inputs)

@@ -472,6 +472,14 @@ _LOCK_TO_USE = {"read": True, "key_share": True}
 _LOCK_TO_UPDATE = {"key_share": True}
 
 
+def event_progress(row: Any) -> dict[str, float]:
+    """The progress an event shows when its writer gives none (queued, claimed, a cancel
+    request, a hand-back, a rescue): the job's, with its total epochs, as GetJob shows it
+    (`convert.job_to_proto`). Events showed none, all zeros: a watcher read 0 of 0 epochs until
+    the first epoch ended, and its progress fell back to 0 at a cancel request or a resume."""
+    return {"total_epochs": (row.training or {}).get("epochs", 0), **(row.progress or {})}
+
+
 def _is_foreign_key_violation(error: IntegrityError) -> bool:
     """PostgreSQL's SQLSTATE 23503, or SQLite's "FOREIGN KEY constraint failed"."""
     return getattr(error.orig, "sqlstate", None) == "23503" or "FOREIGN KEY" in str(error.orig)
@@ -985,7 +993,9 @@ class Store:
             if row is None:
                 return None
             message = f"running on {worker_id} (attempt {row.attempt})"
-            self._append_event(session, row.id, row.state, row.attempt, message)
+            self._append_event(
+                session, row.id, row.state, row.attempt, message, event_progress(row)
+            )
             return Claim(job=_job(row), token=params["p_token"])
 
     def claimed_with(self, token: str) -> Claim | None:
@@ -1136,7 +1146,9 @@ class Store:
         progress: dict[str, float] | None = None,
         metrics: dict[str, float] | None = None,
     ) -> None:
-        self._append_event(session, row.id, row.state, row.attempt, message, progress, metrics)
+        """Appends the job's next event; one of no `progress` of its own shows the job's."""
+        shown = event_progress(row) if progress is None else progress
+        self._append_event(session, row.id, row.state, row.attempt, message, shown, metrics)
 
     def last_event_sequence(self, job_id: str) -> int:
         """The number of the job's last event (events are numbered from 1 without gaps)."""

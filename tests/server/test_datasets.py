@@ -542,3 +542,30 @@ def test_a_retry_is_compared_with_its_dataset_as_the_upload_stored_it(store: Sto
         assert service.stored_for(requests[0], "default") == stored
         assert service.upload(requests, "default") == stored
     assert len(store.list_datasets(10, "")[0]) == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("task", 0, "Received: TASK_KIND_UNSPECIFIED (0: the field unset, or an enum name"),
+        ("task", 9, "Received: 9 (no TaskKind has that number)"),
+        ("features", tensor_pb2.DATA_TYPE_INT32, "Received: DATA_TYPE_INT32 (3)"),
+        ("targets", 0, "Received: DATA_TYPE_UNSPECIFIED (0: the field unset, or an enum name"),
+        ("targets", 7, "Received: 7 (no DataType has that number)"),
+    ],
+)
+def test_an_enum_the_header_refuses_is_quoted_by_name(
+    store: Store, field: str, value: int, says: str
+) -> None:
+    """A refused enum was quoted as a bare number: a caller sending names (protobuf.js, JSON)
+    had to look "Received: 3" up, and could not tell that "float32", a name protobuf.js does
+    not know, had gone out as 0, unset."""
+    requests = multiclass_upload([0, 1, 2])
+    header = requests[0].header
+    if field == "task":
+        header.task = value  # type: ignore[assignment]
+    else:
+        getattr(header, field).dtype = value
+    with pytest.raises(InvalidArgument) as refused:
+        DatasetService(store, Settings()).start(requests[0])
+    assert says in refused.value.message

@@ -54,6 +54,24 @@ def test_a_float64_value_beyond_a_float32_models_range_is_refused_naming_its_row
         check_inputs(to_tensor(x), MODEL)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "says"),
+    [
+        (tensor_pb2.DATA_TYPE_INT64, "Received: DATA_TYPE_INT64 (4)"),
+        (0, "Received: DATA_TYPE_UNSPECIFIED (0: the field unset, or an enum name the client"),
+        (7, "Received: 7 (no DataType has that number)"),
+    ],
+)
+def test_a_dtype_predictions_refuse_is_quoted_by_name(dtype: int, says: str) -> None:
+    """It was quoted as a bare number ("Received: 0" for a dtype of "float32", which
+    protobuf.js does not know and sends as 0, unset)."""
+    tensor = tensor_pb2.Tensor(dtype=dtype, shape=[1, 4], data=bytes(32))  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument) as refused:
+        check_inputs(tensor, MODEL)
+    assert refused.value.violations[0].field == "inputs.dtype"
+    assert says in refused.value.message
+
+
 @pytest.mark.parametrize("shape", [[0, 2**62], [2**40, 2**40, 0]])
 def test_an_empty_tensor_too_large_to_address_is_refused_as_invalid(shape: list[int]) -> None:
     tensor = tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=shape, data=b"")

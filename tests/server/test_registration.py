@@ -243,6 +243,45 @@ def test_every_service_answers_through_the_real_server(tmp_path: Path) -> None:
         assert response.list_services_response.service
 
 
+def test_reflection_answers_as_v1_and_v1alpha_without_a_key(tmp_path: Path) -> None:
+    """Reflection clients (grpcurl, Postman, Node's) ask `grpc.reflection.v1` first and fall back
+    to v1alpha only on UNIMPLEMENTED: the server served v1alpha alone, so on a server with keys
+    v1 was refused UNAUTHENTICATED and those clients could not list or describe anything, though
+    reflection is meant to answer without a key."""
+    url = f"sqlite:///{tmp_path / 'trainwire.db'}"
+    database = Database(url)
+    ensure_migrated(database, auto_migrate_sqlite=True)
+    store = Store(database)
+    store.create_api_key("alpha")  # the server now requires a key of every other call
+    server = RunningServer(Settings(database_url=url, port=0, workers=0), store)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            for version in ("v1", "v1alpha"):
+                info = channel.stream_stream(
+                    f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                    request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                    response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+                )
+                requests = [
+                    reflection_pb2.ServerReflectionRequest(list_services=""),
+                    reflection_pb2.ServerReflectionRequest(
+                        file_containing_symbol="trainwire.v1.JobService"
+                    ),
+                ]
+                listing, described = list(info(iter(requests), timeout=30))
+                listed = {s.name for s in listing.list_services_response.service}
+                assert listed >= {*SERVICE_NAMES, "grpc.health.v1.Health"}, version
+                files = described.file_descriptor_response.file_descriptor_proto
+                assert files, (version, described.error_response.error_message)
+            with pytest.raises(grpc.RpcError) as refused:
+                channel.unary_unary("/trainwire.v1.JobService/GetJob")(b"", timeout=30)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        server.stop(5)
+        database.dispose()
+
+
 def test_a_method_the_server_lacks_is_named_with_the_services_it_has_and_counted(
     tmp_path: Path,
 ) -> None:

@@ -1473,3 +1473,29 @@ def test_a_connection_lost_while_a_datasets_bytes_are_copied_is_an_outage(
     # The pool dropped the lost connection: the next write succeeds at once.
     assert store.create_dataset(dataset, b"x" * 100) == dataset
     assert store.dataset_data(dataset.id) == b"x" * 100
+
+
+def test_every_event_shows_the_jobs_progress_with_its_total_epochs(store: Store) -> None:
+    """Events no epoch end wrote (queued, claimed, a cancel request) showed a progress of all
+    zeros: a watcher read 0 of 0 epochs until the first epoch ended, and its progress fell back
+    to 0 at a cancel request (the SDK hid it by taking the total from GetJob)."""
+    dataset = make_dataset(store)
+    job = store.create_job(make_job(store, dataset, training={"epochs": 5}))
+    claim = store.claim_job("w", lease_s=60.0)
+    assert claim is not None
+    progress = {"epoch": 2, "total_epochs": 5, "step": 4, "total_steps": 10}
+    store.record_epoch(claim, progress, {"loss": 0.5}, [])
+    store.cancel_job(job.id)
+    events = store.job_events(job.id)
+    assert [e.message for e in events] == [
+        "queued",
+        "running on w (attempt 1)",
+        "epoch 2 done",
+        "cancel requested; stopping at the next batch",
+    ]
+    assert [(e.progress.get("epoch", 0), e.progress["total_epochs"]) for e in events] == [
+        (0, 5),
+        (0, 5),
+        (2, 5),
+        (2, 5),
+    ]

@@ -60,8 +60,13 @@ class DatasetServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def UploadDataset(self, request_iterator, context):
-        """Uploads a dataset: first a message with the header, then chunks whose bytes, concatenated, are
-        the features tensor followed by the targets tensor (raw little-endian, C order). The same
+        """Uploads a dataset: first a message with the header (once), then chunks whose bytes,
+        concatenated, are the features tensor followed by the targets tensor (raw little-endian, C
+        order), exactly as many bytes as the header's shapes and dtypes make. A chunk may have any
+        length and need not align with an element, a row or the features/targets boundary; each
+        message must fit the server's message limit (TRAINWIRE_MAX_MESSAGE_BYTES, 4 MiB by default:
+        1 MiB chunks fit any server). A stream that sends nothing for TRAINWIRE_STREAM_IDLE_TIMEOUT_S
+        (60 s) is ended with DEADLINE_EXCEEDED. The same
         `header.request_id` twice in a project returns the first dataset instead of a new one, as
         soon as the header arrives (the bytes need not be sent again); one whose header describes
         another dataset (shapes, dtypes, task, names, labels, sha256 when given) is refused with

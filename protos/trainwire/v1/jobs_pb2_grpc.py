@@ -85,10 +85,11 @@ class JobServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CreateJob(self, request, context):
-        """Creates a QUEUED job. The same `request_id` twice in a project returns the first job instead
-        of a new one, without checking the request again (the rest of it is not compared, and limits
-        lowered or the dataset deleted since do not refuse it). Request ids are per project: another
-        project's use of one is not seen.
+        """Creates a QUEUED job. The same `request_id` twice in a project, with the rest of the request
+        unchanged, returns the first job instead of a new one, without checking the request again
+        (limits lowered or the dataset deleted since do not refuse it); with other settings it is
+        refused with ALREADY_EXISTS naming the fields that differ. Request ids are per project:
+        another project's use of one is not seen.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -62,9 +62,10 @@ class PredictionServiceServicer:
 
     def PredictStream(self, request_iterator, context):
         """For inputs larger than one message: each request carries a slice of rows; each response
-        answers the request at the same position. The model that answered the first slice answers
-        every later slice of the same job and checkpoint selector, even once its checkpoint has been
-        deleted.
+        answers the request at the same position. Every request names its job (and selector): the
+        model that answered the first slice answers every later slice of the same job and checkpoint
+        selector, even once its checkpoint has been deleted; a slice naming another pair is answered
+        as Predict answers it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
