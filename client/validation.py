@@ -101,6 +101,45 @@ def metric_misfits(
     return misfits
 
 
+# The loss a job trains by when its request names none, by its dataset's task (the server's
+# `DEFAULT_LOSSES`).
+DEFAULT_LOSSES = {
+    "regression": "mse",
+    "binary": "binary_cross_entropy",
+    "multiclass": "softmax_cross_entropy",
+}
+# The losses that take logits and apply this output function to them themselves.
+LOSS_OUTPUT_FUNCTIONS = {"softmax_cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
+
+
+def output_activation_misfits(
+    layers: Sequence[Mapping[str, Any]], loss: str
+) -> list[tuple[str, str]]:
+    """(field, description) of a last layer (dropout aside: it does nothing at prediction)
+    whose activation is the function `loss` applies to the logits itself: a softmax before
+    softmax_cross_entropy, a sigmoid before binary_cross_entropy. Applied twice, the
+    probabilities answered can never be confident (at most e / (e + k - 1) of k classes, or
+    sigmoid(1) = 0.73 of one) and the loss never nears 0: the model is trained and served
+    wrong. The server refuses it at CreateJob, the SDK before sending it when it knows the
+    loss."""
+    function = LOSS_OUTPUT_FUNCTIONS.get(str(loss).lower())
+    if function is None:
+        return []
+    index = len(layers) - 1
+    while index > 0 and str(layers[index].get("type", "")).lower() == "dropout":
+        index -= 1
+    if index < 0 or str(layers[index].get("activation", "")).lower() != function:
+        return []
+    return [
+        (
+            f"model.layers[{index}].activation",
+            f"{loss} takes logits and applies the {function} itself, so a {function} here "
+            f"applies it twice (the probabilities answered could never be confident): leave "
+            f"the last layer without an activation; predictions answer the probabilities",
+        )
+    ]
+
+
 def parameter_names(kind: str, name: str) -> tuple[str, ...] | None:
     """The parameters the engine's `kind` (optimizer or schedule) called `name` takes, or None
     for a name it does not know."""

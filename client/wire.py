@@ -28,12 +28,14 @@ from .results import TASKS, DatasetInfo, Metrics, ModelInfo, Prediction, state_c
 from .specs import model_spec_to_proto
 from .tensors import dtype_code, from_tensor, to_tensor
 from .validation import (
+    DEFAULT_LOSSES,
     INT32,
     check_labels,
     check_model,
     metric_misfits,
     numeric_params,
     optimizer_flags,
+    output_activation_misfits,
 )
 from .validation import check_training as _check_training
 
@@ -407,15 +409,15 @@ def create_job_request(
             )
         except SpecError as error:
             violations += error.field_violations
-        if isinstance(dataset, DatasetInfo) and dataset.task in TASKS:
-            # A dataset's name alone does not say its task: the server checks those.
+        # A dataset's name alone does not say its task: the server checks what needs it.
+        task = dataset.task if isinstance(dataset, DatasetInfo) and dataset.task in TASKS else ""
+        if isinstance(dataset, DatasetInfo) and task:
             violations += metric_misfits(
-                metrics,
-                dataset.name,
-                dataset.task,
-                dataset.task != "regression",
-                dataset.target_shape,
+                metrics, dataset.name, task, task != "regression", dataset.target_shape
             )
+        trained_by = loss or DEFAULT_LOSSES.get(task, "")
+        if not violations and trained_by:
+            violations += output_activation_misfits(model_dict["layers"], trained_by)
     if violations:
         raise SpecError(violations)
     optimizer_spec = dict(optimizer) if isinstance(optimizer, Mapping) else {"name": optimizer}

@@ -41,6 +41,7 @@ from .training import (
     check_metrics_fit_targets,
     check_model_fits_dataset,
     check_monitors_are_logged,
+    check_output_activation,
     describe_model,
     largest_pass_rows,
     logged_metric_names,
@@ -97,6 +98,7 @@ class JobService:
             )
         self._check_batch_bytes(model, training, dataset)
         check_model_fits_dataset(model, training, dataset)
+        check_output_activation(model, training)
         trainer = validation_trainer(model, training)
         check_loss_fits_targets(trainer, dataset)
         check_metrics_fit_targets(trainer, dataset)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from trainwire.client.tensors import TensorError, dtype_name
-from trainwire.client.validation import metric_misfits
+from trainwire.client.validation import metric_misfits, output_activation_misfits
 from trainwire.engine import (
     EarlyStopping,
     Model,
@@ -494,6 +494,14 @@ def check_loss_fits_targets(trainer: Trainer, dataset: Dataset) -> None:
             f"{error} (datasets/{dataset.id} is {dataset.task.value.lower()} with targets of "
             f"shape {list(dataset.target_shape)})",
         ) from None
+
+
+def check_output_activation(model: SpecSummary, training: dict[str, Any]) -> None:
+    """The last layer must not apply the function the loss applies to its logits
+    (`output_activation_misfits`, which the SDK applies too)."""
+    misfits = output_activation_misfits(model.spec["layers"], training["loss"])
+    if misfits:
+        raise InvalidArgument.field(*misfits[0])
 
 
 def check_metrics_fit_targets(trainer: Trainer, dataset: Dataset) -> None:

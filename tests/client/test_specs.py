@@ -25,10 +25,12 @@ from trainwire.client import (
 )
 from trainwire.client.builders import model_to_dict
 from trainwire.client.jobspec import DatasetSource
+from trainwire.client.results import TASK_NAMES
 from trainwire.client.specs import model_spec_to_proto
-from trainwire.client.validation import MAX_KEEP_CHECKPOINTS, check_training
+from trainwire.client.validation import DEFAULT_LOSSES, MAX_KEEP_CHECKPOINTS, check_training
 from trainwire.client.wire import create_job_request, prepare_upload
 from trainwire.server import training as server_training
+from trainwire.server.convert import TASKS_FROM_PROTO
 from trainwire.v1 import models_pb2
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -169,6 +171,43 @@ def test_metrics_that_fit_a_known_datasets_task_are_sent(
         early_stopping=None, display_name="", labels=None, queue="", priority=0, request_id=None,
     )  # fmt: skip
     assert list(request.training.metrics) == metrics
+
+
+def test_a_head_that_applies_the_losss_own_output_function_is_refused_before_any_call() -> None:
+    """A softmax before softmax_cross_entropy (a sigmoid before binary_cross_entropy) applies it
+    twice: the model trains, but its probabilities can never be confident. The loss is the
+    one given, else the dataset's task's default; dropout, the identity when predicting, is
+    looked through."""
+    assert {
+        TASK_NAMES[code]: server_training.DEFAULT_LOSSES[kind]
+        for code, kind in TASKS_FROM_PROTO.items()
+    } == DEFAULT_LOSSES, "the SDK's defaults are the server's"
+    cases = [
+        (dataset_info("multiclass", 3), [Dense(8), Dense(3, activation="Softmax")], "", 1),
+        (dataset_info("binary", 2), [Dense(1, activation="sigmoid"), Dropout(0.2)], "", 0),
+        ("datasets/x", [Dense(3, activation="softmax")], "softmax_cross_entropy", 0),
+    ]
+    for (dataset, layers, loss, index), function in zip(
+        cases, ["softmax", "sigmoid", "softmax"], strict=True
+    ):
+        with Client("127.0.0.1:9", timeout=5) as client, pytest.raises(SpecError) as caught:
+            client.create_job(dataset, layers, loss=loss)
+        [(field, description)] = caught.value.field_violations
+        assert field == f"model.layers[{index}].activation"
+        assert f"applies the {function} itself" in description
+        assert "leave the last layer without an activation" in description
+    # Sent: the loss applies no output function, or the task (hence the loss) is not known here.
+    for dataset, layers, loss in [
+        (dataset_info("regression", 0), [Dense(1, activation="sigmoid")], ""),
+        (dataset_info("multiclass", 3), [Dense(3, activation="softmax")], "mse"),
+        ("datasets/x", [Dense(3, activation="softmax")], ""),
+        (dataset_info("multiclass", 3), [Dense(3, activation="sigmoid")], ""),
+    ]:
+        request = create_job_request(
+            dataset, layers, **{**TRAINING, "loss": loss}, seed=0, early_stopping=None,
+            display_name="", labels=None, queue="", priority=0, request_id=None,
+        )  # fmt: skip
+        assert request.model.layers
 
 
 def test_keep_checkpoints_above_the_servers_bound_is_refused_before_any_call() -> None:

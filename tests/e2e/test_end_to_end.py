@@ -188,6 +188,14 @@ def test_bad_jobs_get_clear_statuses(client: Client, iris_dataset: DatasetInfo) 
     ]
     with pytest.raises(InvalidArgument, match="validation_fraction"):
         client.create_job(iris_dataset, MLP, validation_fraction=1.5)
+    # A Keras-style softmax head before softmax_cross_entropy, which applies its own: the
+    # probabilities answered were softmax(softmax(z)), at most e / (e + 2) = 0.58 for iris.
+    head = {"layers": [*MLP["layers"][:-1], {**MLP["layers"][-1], "activation": "softmax"}]}
+    with pytest.raises(InvalidArgument) as double_softmax:
+        client.create_job(iris_dataset, head, validate=False)
+    field, description = double_softmax.value.field_violations[0]
+    assert field == f"model.layers[{len(MLP['layers']) - 1}].activation"
+    assert description.startswith("softmax_cross_entropy takes logits and applies the softmax")
 
 
 def test_bad_predictions_get_clear_statuses(
