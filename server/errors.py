@@ -46,6 +46,14 @@ class InvalidArgument(TrainwireError):
         """An error about one field, reported both in the message and as a field violation."""
         return cls(f"{field}: {description}", (FieldViolation(field, description),))
 
+    @classmethod
+    def joined(cls, errors: list[InvalidArgument]) -> InvalidArgument:
+        """One error reporting every one of `errors`: their messages, then their violations."""
+        if len(errors) == 1:
+            return errors[0]
+        violations = tuple(v for error in errors for v in error.violations)
+        return cls("; ".join(error.message for error in errors), violations)
+
 
 class NotFound(TrainwireError):
     code = grpc.StatusCode.NOT_FOUND

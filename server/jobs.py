@@ -85,13 +85,11 @@ class JobService:
             )
         if not request.model.layers:
             raise InvalidArgument.field("model.layers", "a model needs at least one layer")
-        training = training_from_proto(request.training, dataset)
+        training, model = self._training_and_model(request, dataset)
         if training["epochs"] > self.settings.max_epochs:
             raise ResourceExhausted.limit(
                 "max_epochs", self.settings.max_epochs, training["epochs"]
             )
-        # Described, never built: the model is allocated by the worker that trains it.
-        model = describe_model(model_spec_from_proto(request.model, dataset.num_features))
         if model.num_parameters > self.settings.max_parameters:
             raise ResourceExhausted.limit(
                 "max_parameters", self.settings.max_parameters, model.num_parameters
@@ -158,6 +156,27 @@ class JobService:
             max_attempts=request.max_attempts or job.max_attempts,
             request_id=request.request_id,
         )
+
+    def _training_and_model(
+        self, request: jobs_pb2.CreateJobRequest, dataset: Dataset
+    ) -> tuple[dict[str, Any], SpecSummary]:
+        """The request's normalised training settings and its model's description. A mistake
+        in each is reported together: a caller without the SDK's local checks (another
+        language) needed a round trip per mistake."""
+        problems: list[InvalidArgument] = []
+        training: dict[str, Any] = {}
+        try:
+            training = training_from_proto(request.training, dataset)
+        except InvalidArgument as error:
+            problems.append(error)
+        try:
+            # Described, never built: the model is allocated by the worker that trains it.
+            model = describe_model(model_spec_from_proto(request.model, dataset.num_features))
+        except InvalidArgument as error:
+            problems.append(error)
+        if problems:
+            raise InvalidArgument.joined(problems)
+        return training, model
 
     def _check_batch_bytes(
         self, model: SpecSummary, training: dict[str, Any], dataset: Dataset

@@ -188,6 +188,14 @@ def test_bad_jobs_get_clear_statuses(client: Client, iris_dataset: DatasetInfo) 
     ]
     with pytest.raises(InvalidArgument, match="validation_fraction"):
         client.create_job(iris_dataset, MLP, validation_fraction=1.5)
+    # A mistake in the training settings and one in the model are reported together: a
+    # caller without the SDK's local checks needed a round trip for each.
+    with pytest.raises(InvalidArgument) as two_mistakes:
+        bad_model = {"layers": [{"type": "dense", "units": 0}]}
+        client.create_job(iris_dataset, bad_model, validation_fraction=1.5, validate=False)
+    fields = [field for field, _ in two_mistakes.value.field_violations]
+    assert fields == ["training.validation_fraction", "model"]
+    assert "1.5" in str(two_mistakes.value) and "units=0" in str(two_mistakes.value)
     # A Keras-style softmax head before softmax_cross_entropy, which applies its own: the
     # probabilities answered were softmax(softmax(z)), at most e / (e + 2) = 0.58 for iris.
     head = {"layers": [*MLP["layers"][:-1], {**MLP["layers"][-1], "activation": "softmax"}]}
