@@ -599,3 +599,28 @@ def test_0011_gives_datasets_request_ids_unique_per_project_and_downgrades_keepi
     assert "request_id" not in columns and kept == ["d0", "d1", "d2"]
     upgrade(empty_database_url)
     test_migrations_match_models(empty_database_url)
+
+
+def test_0012_indexes_the_deployment_state_and_downgrades_without_it(
+    empty_database_url: str,
+) -> None:
+    """Up from 0011, ix_jobs_lease holds each job's queue too and ix_jobs_failed exists; down
+    to 0011, ix_jobs_lease is as it was and ix_jobs_failed goes; up again, the schema is the
+    models'."""
+
+    def indexes() -> dict[str, list[str | None]]:
+        with _opened(empty_database_url) as database:
+            found = inspect(database.engine).get_indexes("jobs")
+            return {str(i["name"]): list(i["column_names"]) for i in found}
+
+    upgrade(empty_database_url, "0011")
+    assert indexes()["ix_jobs_lease"] == ["state", "lease_expires_at"]
+    assert "ix_jobs_failed" not in indexes()
+    upgrade(empty_database_url)
+    assert indexes()["ix_jobs_lease"] == ["state", "lease_expires_at", "queue"]
+    assert indexes()["ix_jobs_failed"] == ["ended_at"]
+    command.downgrade(alembic_config(empty_database_url), "0011")
+    assert indexes()["ix_jobs_lease"] == ["state", "lease_expires_at"]
+    assert "ix_jobs_failed" not in indexes()
+    upgrade(empty_database_url)
+    test_migrations_match_models(empty_database_url)

@@ -628,6 +628,30 @@ def test_a_claim_reads_the_first_row_of_a_partial_index_on_sqlite(sqlite_url: st
     assert lost == "SEARCH jobs USING INDEX ix_jobs_lease (state=?)"
 
 
+def test_the_deployment_state_is_read_from_indexes_on_sqlite(sqlite_url: str) -> None:
+    """Queue depth (read every 5 s by each server) is counted from ix_jobs_lease alone, not by
+    looking up every job's row for its queue, and the newest failures come from ix_jobs_failed
+    in order, not sorted: both read every job (or every failed one) of a year's history."""
+    database = Database(sqlite_url)
+    try:
+        store = Store(database)
+        dataset = make_dataset(store)
+        for queue in ("default", "gpu", "gpu"):
+            store.create_job(make_job(store, dataset, queue=queue))
+        for ends_as in ("first", "second"):
+            claim = store.claim_job("w", ["gpu"])
+            assert claim is not None
+            store.finish_job(claim, JobState.FAILED, ends_as)
+        (depth,) = _query_plans(store, store.queue_depth, "jobs")
+        (failures,) = _query_plans(store, store.recent_failures, "jobs")
+        assert store.queue_depth() == [("FAILED", "gpu", 2), ("QUEUED", "default", 1)]
+        assert [job.error for job in store.recent_failures()] == ["second", "first"]
+    finally:
+        database.dispose()
+    assert depth == "SCAN jobs USING COVERING INDEX ix_jobs_lease; USE TEMP B-TREE FOR GROUP BY"
+    assert failures == "SCAN jobs USING INDEX ix_jobs_failed"
+
+
 def test_a_jobs_checkpoints_are_read_by_its_own_index_on_sqlite(sqlite_url: str) -> None:
     """A job's checkpoints, listed or its newest (a resume, a save's duplicate check), are
     read by (job_id, id): by the primary key backward, filtered on the job, a job whose
