@@ -89,7 +89,9 @@ class JobRow(Base):
         # ListJobs: a project's jobs newest first (scanned backward), of one state or all.
         Index("ix_jobs_project_created_at_id", "project", "created_at", "id"),
         Index("ix_jobs_project_state_created_at_id", "project", "state", "created_at", "id"),
-        Index("ix_jobs_dataset_id", "dataset_id"),
+        # ListJobs of a dataset, newest first; the foreign key's SET NULL and DeleteDataset's
+        # look for unfinished jobs read it by dataset_id alone (migration 0013).
+        Index("ix_jobs_dataset_id_created_at_id", "dataset_id", "created_at", "id"),
         # The rescue query: running jobs whose lease ran out. Queue depth (the server's metrics,
         # every 5 s, and `trainwire status`) counts the jobs by state and queue from this index
         # alone (migration 0012). Not an index of (state, queue): SQLite, without statistics,

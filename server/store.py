@@ -888,13 +888,20 @@ class Store:
     ) -> tuple[list[Job], str]:
         """A page of jobs, newest first, filtered, and the next page's token ("" after the
         last); `fits` may end the page early (see `_with_next_token`)."""
-        query = select(JobRow)
+        coarse: list[ColumnElement[bool]] = []
         if project is not None:
-            query = query.where(JobRow.project == project)
+            coarse.append(JobRow.project == project)
         if state is not None:
-            query = query.where(JobRow.state == state.value)
+            coarse.append(JobRow.state == state.value)
+        query = select(JobRow)
         if dataset_id:
+            if self.db.is_sqlite:
+                # Without statistics SQLite read (project[, state], created_at, id) and looked
+                # up every job of the project for its dataset: `likely()` says the project and
+                # state hold for most rows, so it reads the dataset's own index in order.
+                coarse = [func.likely(condition) for condition in coarse]
             query = query.where(JobRow.dataset_id == dataset_id)
+        query = query.where(*coarse)
         size = page_size_of(page_size)
         scope = page_scope("jobs", None if state is None else state.value, dataset_id, labels or {})
         if labels:

@@ -624,3 +624,26 @@ def test_0012_indexes_the_deployment_state_and_downgrades_without_it(
     assert "ix_jobs_failed" not in indexes()
     upgrade(empty_database_url)
     test_migrations_match_models(empty_database_url)
+
+
+def test_0013_orders_a_datasets_jobs_by_its_index_and_downgrades_to_the_former(
+    empty_database_url: str,
+) -> None:
+    """Up from 0012, a dataset's jobs are indexed by (dataset_id, created_at, id) in place of
+    (dataset_id); down to 0012, the former index is back; up again, the schema is the models'."""
+
+    def indexes() -> dict[str, list[str | None]]:
+        with _opened(empty_database_url) as database:
+            found = inspect(database.engine).get_indexes("jobs")
+            return {str(i["name"]): list(i["column_names"]) for i in found}
+
+    upgrade(empty_database_url, "0012")
+    assert indexes()["ix_jobs_dataset_id"] == ["dataset_id"]
+    upgrade(empty_database_url)
+    assert "ix_jobs_dataset_id" not in indexes()
+    assert indexes()["ix_jobs_dataset_id_created_at_id"] == ["dataset_id", "created_at", "id"]
+    command.downgrade(alembic_config(empty_database_url), "0012")
+    assert indexes()["ix_jobs_dataset_id"] == ["dataset_id"]
+    assert "ix_jobs_dataset_id_created_at_id" not in indexes()
+    upgrade(empty_database_url)
+    test_migrations_match_models(empty_database_url)

@@ -602,6 +602,35 @@ def test_listing_pages_read_an_index_in_their_order_on_sqlite(sqlite_url: str) -
     assert "TEMP B-TREE" not in labelled
 
 
+def test_a_datasets_jobs_are_listed_from_its_own_index_on_sqlite(sqlite_url: str) -> None:
+    """A page of a dataset's jobs, of one state or all, reads (dataset_id, created_at, id)
+    backward from its position: SQLite, without statistics, read the project's index and
+    looked up every job of the project for its dataset."""
+    database = Database(sqlite_url)
+    try:
+        store = Store(database)
+        dataset, other = make_dataset(store), make_dataset(store)
+        for used in (dataset, other, dataset, dataset):
+            store.create_job(make_job(store, used))
+
+        def page(size: int, token: str, state: JobState | None = None) -> tuple[list[Job], str]:
+            return store.list_jobs(size, token, state, dataset.id, project="default")
+
+        first, token = page(1, "")
+        _, queued = page(1, "", JobState.QUEUED)
+        (jobs,) = _query_plans(store, lambda: page(1, token), "jobs")
+        (of_one_state,) = _query_plans(store, lambda: page(1, queued, JobState.QUEUED), "jobs")
+        listed = first + page(10, token)[0]
+    finally:
+        database.dispose()
+    assert len(listed) == 3 and {job.dataset_id for job in listed} == {dataset.id}
+    expected = (
+        "SEARCH jobs USING INDEX ix_jobs_dataset_id_created_at_id "
+        "(dataset_id=? AND (created_at,id)<(?,?))"
+    )
+    assert jobs == of_one_state == expected
+
+
 def test_a_claim_reads_the_first_row_of_a_partial_index_on_sqlite(sqlite_url: str) -> None:
     """No claim sorts the QUEUED jobs: without statistics SQLite took ix_jobs_lease for
     `state = 'QUEUED'` and sorted all of them. A lost claim is looked for among RUNNING jobs."""
