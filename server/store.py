@@ -485,22 +485,36 @@ _NUL_ESCAPE = "\\u0000"
 
 
 def _has_label(sqlite: bool, key: str, value: str) -> ColumnElement[bool]:
-    """Whether a job's labels hold `key` with exactly `value`. PostgreSQL's `->>` takes the key
-    as a parameter. SQLite's JSON paths (`$."key"`, what the JSON type's element comparison
-    renders there) cannot hold a double quote, and compare the key as stored, where a non-ASCII
-    one is escaped (`\\u00fc`): `json_each` reads every key and value decoded.
+    """Whether a job's labels hold `key` with exactly `value`. PostgreSQL asks its index of
+    labels (`_INDEXED_LABELS`) for the jobs containing {key: value}, a parameter. SQLite's JSON
+    paths (`$."key"`, what the JSON type's element comparison renders there) cannot hold a
+    double quote, and compare the key as stored, where a non-ASCII one is escaped (`\\u00fc`):
+    `json_each` reads every key and value decoded.
 
     Labels stored with a NUL match no filter, on either database: PostgreSQL is kept from
-    decoding them by a CASE, which (unlike AND) decides the order of evaluation. A label holding
-    a backslash then `u0000` as text is stored so too, and matches no filter either."""
+    converting them by a CASE, which (unlike AND) decides the order of evaluation. A label
+    holding a backslash then `u0000` as text is stored so too, and matches no filter either."""
     if sqlite:
         each = func.json_each(JobRow.labels).table_valued("key", "value")
         return and_(
             func.instr(JobRow.labels, _NUL_ESCAPE) == 0,
             exists().where(each.c.key == key, each.c.value == value),
         )
-    decodable = func.strpos(JobRow.labels.cast(Text), _NUL_ESCAPE) == 0
-    return case((decodable, JobRow.labels[key].as_string())) == value
+    return _INDEXED_LABELS.contains({key: value})
+
+
+# A job's labels as jsonb, NULL when their text holds a NUL: the expression of the GIN index
+# ix_jobs_labels (migration 0014), exactly, the escape written in the SQL (an index's expression
+# matches a query's only with its constants). A filter asks it `@>` {key: value}: the jobs that
+# hold the label come from the index. Decoding each job's labels with `->>` read the whole
+# project, newest first, for a label few jobs hold (150-270 ms at 40,000 jobs).
+_INDEXED_LABELS = case(
+    (
+        func.strpos(JobRow.labels.cast(Text), literal_column(f"'{_NUL_ESCAPE}'"))
+        == literal_column("0"),
+        JobRow.labels.cast(postgresql.JSONB),
+    )
+)
 
 
 JOBS = cast(Table, JobRow.__table__)

@@ -521,6 +521,35 @@ def test_a_job_stored_with_a_nul_in_a_label_leaves_label_filters_working(store: 
     assert store.get_job(legacy.id).labels == {"team": "a", "note": "x\x00y"}
 
 
+@pytest.mark.postgres
+def test_a_label_filter_asks_the_labels_index_on_postgresql(postgres_store: Store) -> None:
+    """The filter's expression is ix_jobs_labels' own, constants included (a parameter in its
+    place matches no index in a generic plan): with sequential scans off and no project to
+    read instead, the plan reads that index. `->>` on each job's labels matched no index, and
+    a label few jobs hold read the whole project."""
+    store = postgres_store
+    dataset = make_dataset(store)
+    for team in ("a", "b", "a"):
+        store.create_job(make_job(store, dataset, labels={"team": team, "model": "m"}))
+    statements: list[tuple[str, Any]] = []
+
+    def record(_conn: object, _cursor: object, statement: str, parameters: Any, *_: object) -> None:
+        if "@>" in statement:
+            statements.append((statement, parameters))
+
+    event.listen(store.db.engine, "before_cursor_execute", record)
+    try:
+        listed, _ = store.list_jobs(10, "", labels={"team": "a", "model": "m"})
+    finally:
+        event.remove(store.db.engine, "before_cursor_execute", record)
+    assert [job.labels["team"] for job in listed] == ["a", "a"]
+    ((statement, parameters),) = statements
+    with store.db.engine.begin() as connection:
+        connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        plan = connection.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars().all()
+    assert any("ix_jobs_labels" in line for line in plan), plan
+
+
 def test_listings_page_through_rows_of_one_creation_time_once_each(store: Store) -> None:
     """The page's position is compared as a row value (created_at, id): rows created at the
     same time are told apart by id, descending, none skipped or repeated at a page's edge."""
