@@ -89,9 +89,14 @@ class JobRow(Base):
         # ListJobs: a project's jobs newest first (scanned backward), of one state or all.
         Index("ix_jobs_project_created_at_id", "project", "created_at", "id"),
         Index("ix_jobs_project_state_created_at_id", "project", "state", "created_at", "id"),
-        Index("ix_jobs_dataset_id", "dataset_id"),
-        # The rescue query: running jobs whose lease ran out.
-        Index("ix_jobs_lease", "state", "lease_expires_at"),
+        # ListJobs of a dataset, newest first; the foreign key's SET NULL and DeleteDataset's
+        # look for unfinished jobs read it by dataset_id alone (migration 0013).
+        Index("ix_jobs_dataset_id_created_at_id", "dataset_id", "created_at", "id"),
+        # The rescue query: running jobs whose lease ran out. Queue depth (the server's metrics,
+        # every 5 s, and `trainwire status`) counts the jobs by state and queue from this index
+        # alone (migration 0012). Not an index of (state, queue): SQLite, without statistics,
+        # then read ix_jobs_queued past every other queue's jobs for a claim of several queues.
+        Index("ix_jobs_lease", "state", "lease_expires_at", "queue"),
         # CreateJob's idempotency key, per project: another project's ids must not show.
         UniqueConstraint("project", "request_id"),
     )
@@ -151,6 +156,12 @@ Index(
     postgresql_where=QUEUED_ONLY,
     sqlite_where=QUEUED_ONLY,
 )
+
+
+# `trainwire status`'s newest failures, in order (migration 0012); the value is written in the
+# SQL, as QUEUED_ONLY's is, so that PostgreSQL's generic plans take the partial index too.
+FAILED_ONLY = JobRow.state == literal_column("'FAILED'")
+Index("ix_jobs_failed", JobRow.ended_at, postgresql_where=FAILED_ONLY, sqlite_where=FAILED_ONLY)
 
 
 class JobEventRow(Base):

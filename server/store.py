@@ -60,6 +60,7 @@ from .auth import (
 from .db import Database
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from .models import (
+    FAILED_ONLY,
     QUEUED_ONLY,
     ApiKeyRow,
     CheckpointBlobRow,
@@ -492,22 +493,36 @@ _NUL_ESCAPE = "\\u0000"
 
 
 def _has_label(sqlite: bool, key: str, value: str) -> ColumnElement[bool]:
-    """Whether a job's labels hold `key` with exactly `value`. PostgreSQL's `->>` takes the key
-    as a parameter. SQLite's JSON paths (`$."key"`, what the JSON type's element comparison
-    renders there) cannot hold a double quote, and compare the key as stored, where a non-ASCII
-    one is escaped (`\\u00fc`): `json_each` reads every key and value decoded.
+    """Whether a job's labels hold `key` with exactly `value`. PostgreSQL asks its index of
+    labels (`_INDEXED_LABELS`) for the jobs containing {key: value}, a parameter. SQLite's JSON
+    paths (`$."key"`, what the JSON type's element comparison renders there) cannot hold a
+    double quote, and compare the key as stored, where a non-ASCII one is escaped (`\\u00fc`):
+    `json_each` reads every key and value decoded.
 
     Labels stored with a NUL match no filter, on either database: PostgreSQL is kept from
-    decoding them by a CASE, which (unlike AND) decides the order of evaluation. A label holding
-    a backslash then `u0000` as text is stored so too, and matches no filter either."""
+    converting them by a CASE, which (unlike AND) decides the order of evaluation. A label
+    holding a backslash then `u0000` as text is stored so too, and matches no filter either."""
     if sqlite:
         each = func.json_each(JobRow.labels).table_valued("key", "value")
         return and_(
             func.instr(JobRow.labels, _NUL_ESCAPE) == 0,
             exists().where(each.c.key == key, each.c.value == value),
         )
-    decodable = func.strpos(JobRow.labels.cast(Text), _NUL_ESCAPE) == 0
-    return case((decodable, JobRow.labels[key].as_string())) == value
+    return _INDEXED_LABELS.contains({key: value})
+
+
+# A job's labels as jsonb, NULL when their text holds a NUL: the expression of the GIN index
+# ix_jobs_labels (migration 0014), exactly, the escape written in the SQL (an index's expression
+# matches a query's only with its constants). A filter asks it `@>` {key: value}: the jobs that
+# hold the label come from the index. Decoding each job's labels with `->>` read the whole
+# project, newest first, for a label few jobs hold (150-270 ms at 40,000 jobs).
+_INDEXED_LABELS = case(
+    (
+        func.strpos(JobRow.labels.cast(Text), literal_column(f"'{_NUL_ESCAPE}'"))
+        == literal_column("0"),
+        JobRow.labels.cast(postgresql.JSONB),
+    )
+)
 
 
 JOBS = cast(Table, JobRow.__table__)
@@ -895,13 +910,20 @@ class Store:
     ) -> tuple[list[Job], str]:
         """A page of jobs, newest first, filtered, and the next page's token ("" after the
         last); `fits` may end the page early (see `_with_next_token`)."""
-        query = select(JobRow)
+        coarse: list[ColumnElement[bool]] = []
         if project is not None:
-            query = query.where(JobRow.project == project)
+            coarse.append(JobRow.project == project)
         if state is not None:
-            query = query.where(JobRow.state == state.value)
+            coarse.append(JobRow.state == state.value)
+        query = select(JobRow)
         if dataset_id:
+            if self.db.is_sqlite:
+                # Without statistics SQLite read (project[, state], created_at, id) and looked
+                # up every job of the project for its dataset: `likely()` says the project and
+                # state hold for most rows, so it reads the dataset's own index in order.
+                coarse = [func.likely(condition) for condition in coarse]
             query = query.where(JobRow.dataset_id == dataset_id)
+        query = query.where(*coarse)
         size = page_size_of(page_size)
         scope = page_scope("jobs", None if state is None else state.value, dataset_id, labels or {})
         if labels:
@@ -1522,12 +1544,13 @@ class Store:
             ]
 
     def recent_failures(self, limit: int = 5) -> list[Job]:
+        """The newest failed jobs, read from the partial index ix_jobs_failed in order. SQLite
+        without statistics took ix_jobs_lease for `state = 'FAILED'` and sorted every failure
+        of the deployment's history: `likely()` turns it to the partial index, as the claim."""
+        failed = func.likely(FAILED_ONLY) if self.db.is_sqlite else FAILED_ONLY
         with self.db.read() as session:
             rows = session.scalars(
-                select(JobRow)
-                .where(JobRow.state == JobState.FAILED.value)
-                .order_by(JobRow.ended_at.desc())
-                .limit(limit)
+                select(JobRow).where(failed).order_by(JobRow.ended_at.desc()).limit(limit)
             ).all()
             return [_job(row) for row in rows]
 

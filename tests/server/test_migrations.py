@@ -42,6 +42,7 @@ from trainwire.server.migrate import (
     current_revision,
     ensure_migrated,
     head_revision,
+    include_name,
     upgrade,
 )
 from trainwire.server.models import Base, JobRow
@@ -66,7 +67,11 @@ def test_migrations_match_models(database_url: str) -> None:
     """Types and server defaults alike: a difference is what `alembic revision --autogenerate`
     would propose. Server defaults are compared as migrations/env.py compares them."""
     with _opened(database_url) as database, database.engine.connect() as connection:
-        options = {"compare_type": True, "compare_server_default": compare_server_default}
+        options = {
+            "compare_type": True,
+            "compare_server_default": compare_server_default,
+            "include_name": include_name,
+        }
         context = MigrationContext.configure(connection, opts=options)
         differences = compare_metadata(context, Base.metadata)
     assert differences == []
@@ -597,5 +602,82 @@ def test_0011_gives_datasets_request_ids_unique_per_project_and_downgrades_keepi
         columns = {c["name"] for c in inspect(connection).get_columns("datasets")}
         kept = connection.execute(text("SELECT id FROM datasets ORDER BY id")).scalars().all()
     assert "request_id" not in columns and kept == ["d0", "d1", "d2"]
+    upgrade(empty_database_url)
+    test_migrations_match_models(empty_database_url)
+
+
+def test_0012_indexes_the_deployment_state_and_downgrades_without_it(
+    empty_database_url: str,
+) -> None:
+    """Up from 0011, ix_jobs_lease holds each job's queue too and ix_jobs_failed exists; down
+    to 0011, ix_jobs_lease is as it was and ix_jobs_failed goes; up again, the schema is the
+    models'."""
+
+    def indexes() -> dict[str, list[str | None]]:
+        with _opened(empty_database_url) as database:
+            found = inspect(database.engine).get_indexes("jobs")
+            return {str(i["name"]): list(i["column_names"]) for i in found}
+
+    upgrade(empty_database_url, "0011")
+    assert indexes()["ix_jobs_lease"] == ["state", "lease_expires_at"]
+    assert "ix_jobs_failed" not in indexes()
+    upgrade(empty_database_url)
+    assert indexes()["ix_jobs_lease"] == ["state", "lease_expires_at", "queue"]
+    assert indexes()["ix_jobs_failed"] == ["ended_at"]
+    command.downgrade(alembic_config(empty_database_url), "0011")
+    assert indexes()["ix_jobs_lease"] == ["state", "lease_expires_at"]
+    assert "ix_jobs_failed" not in indexes()
+    upgrade(empty_database_url)
+    test_migrations_match_models(empty_database_url)
+
+
+def test_0013_orders_a_datasets_jobs_by_its_index_and_downgrades_to_the_former(
+    empty_database_url: str,
+) -> None:
+    """Up from 0012, a dataset's jobs are indexed by (dataset_id, created_at, id) in place of
+    (dataset_id); down to 0012, the former index is back; up again, the schema is the models'."""
+
+    def indexes() -> dict[str, list[str | None]]:
+        with _opened(empty_database_url) as database:
+            found = inspect(database.engine).get_indexes("jobs")
+            return {str(i["name"]): list(i["column_names"]) for i in found}
+
+    upgrade(empty_database_url, "0012")
+    assert indexes()["ix_jobs_dataset_id"] == ["dataset_id"]
+    upgrade(empty_database_url)
+    assert "ix_jobs_dataset_id" not in indexes()
+    assert indexes()["ix_jobs_dataset_id_created_at_id"] == ["dataset_id", "created_at", "id"]
+    command.downgrade(alembic_config(empty_database_url), "0012")
+    assert indexes()["ix_jobs_dataset_id"] == ["dataset_id"]
+    assert "ix_jobs_dataset_id_created_at_id" not in indexes()
+    upgrade(empty_database_url)
+    test_migrations_match_models(empty_database_url)
+
+
+def test_0014_indexes_job_labels_on_postgresql_and_downgrades_without_it(
+    empty_database_url: str,
+) -> None:
+    """Up from 0013, PostgreSQL has the GIN index of job labels (SQLite, without jsonb or GIN,
+    is left as it was); down to 0013 it goes; up again, the schema is the models' (the index
+    is left out of the comparison, `include_name`)."""
+
+    def labels_index() -> list[str]:
+        with _opened(empty_database_url) as database, database.engine.connect() as connection:
+            if database.is_sqlite:
+                found = "SELECT sql FROM sqlite_master WHERE name = 'ix_jobs_labels'"
+            else:
+                found = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_jobs_labels'"
+            return list(connection.execute(text(found)).scalars())
+
+    upgrade(empty_database_url, "0013")
+    assert labels_index() == []
+    upgrade(empty_database_url)
+    if empty_database_url.startswith("sqlite"):
+        assert labels_index() == []
+    else:
+        (definition,) = labels_index()
+        assert "USING gin" in definition and "jsonb_path_ops" in definition
+    command.downgrade(alembic_config(empty_database_url), "0013")
+    assert labels_index() == []
     upgrade(empty_database_url)
     test_migrations_match_models(empty_database_url)

@@ -521,6 +521,35 @@ def test_a_job_stored_with_a_nul_in_a_label_leaves_label_filters_working(store: 
     assert store.get_job(legacy.id).labels == {"team": "a", "note": "x\x00y"}
 
 
+@pytest.mark.postgres
+def test_a_label_filter_asks_the_labels_index_on_postgresql(postgres_store: Store) -> None:
+    """The filter's expression is ix_jobs_labels' own, constants included (a parameter in its
+    place matches no index in a generic plan): with sequential scans off and no project to
+    read instead, the plan reads that index. `->>` on each job's labels matched no index, and
+    a label few jobs hold read the whole project."""
+    store = postgres_store
+    dataset = make_dataset(store)
+    for team in ("a", "b", "a"):
+        store.create_job(make_job(store, dataset, labels={"team": team, "model": "m"}))
+    statements: list[tuple[str, Any]] = []
+
+    def record(_conn: object, _cursor: object, statement: str, parameters: Any, *_: object) -> None:
+        if "@>" in statement:
+            statements.append((statement, parameters))
+
+    event.listen(store.db.engine, "before_cursor_execute", record)
+    try:
+        listed, _ = store.list_jobs(10, "", labels={"team": "a", "model": "m"})
+    finally:
+        event.remove(store.db.engine, "before_cursor_execute", record)
+    assert [job.labels["team"] for job in listed] == ["a", "a"]
+    ((statement, parameters),) = statements
+    with store.db.engine.begin() as connection:
+        connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        plan = connection.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars().all()
+    assert any("ix_jobs_labels" in line for line in plan), plan
+
+
 def test_listings_page_through_rows_of_one_creation_time_once_each(store: Store) -> None:
     """The page's position is compared as a row value (created_at, id): rows created at the
     same time are told apart by id, descending, none skipped or repeated at a page's edge."""
@@ -602,6 +631,35 @@ def test_listing_pages_read_an_index_in_their_order_on_sqlite(sqlite_url: str) -
     assert "TEMP B-TREE" not in labelled
 
 
+def test_a_datasets_jobs_are_listed_from_its_own_index_on_sqlite(sqlite_url: str) -> None:
+    """A page of a dataset's jobs, of one state or all, reads (dataset_id, created_at, id)
+    backward from its position: SQLite, without statistics, read the project's index and
+    looked up every job of the project for its dataset."""
+    database = Database(sqlite_url)
+    try:
+        store = Store(database)
+        dataset, other = make_dataset(store), make_dataset(store)
+        for used in (dataset, other, dataset, dataset):
+            store.create_job(make_job(store, used))
+
+        def page(size: int, token: str, state: JobState | None = None) -> tuple[list[Job], str]:
+            return store.list_jobs(size, token, state, dataset.id, project="default")
+
+        first, token = page(1, "")
+        _, queued = page(1, "", JobState.QUEUED)
+        (jobs,) = _query_plans(store, lambda: page(1, token), "jobs")
+        (of_one_state,) = _query_plans(store, lambda: page(1, queued, JobState.QUEUED), "jobs")
+        listed = first + page(10, token)[0]
+    finally:
+        database.dispose()
+    assert len(listed) == 3 and {job.dataset_id for job in listed} == {dataset.id}
+    expected = (
+        "SEARCH jobs USING INDEX ix_jobs_dataset_id_created_at_id "
+        "(dataset_id=? AND (created_at,id)<(?,?))"
+    )
+    assert jobs == of_one_state == expected
+
+
 def test_a_claim_reads_the_first_row_of_a_partial_index_on_sqlite(sqlite_url: str) -> None:
     """No claim sorts the QUEUED jobs: without statistics SQLite took ix_jobs_lease for
     `state = 'QUEUED'` and sorted all of them. A lost claim is looked for among RUNNING jobs."""
@@ -626,6 +684,30 @@ def test_a_claim_reads_the_first_row_of_a_partial_index_on_sqlite(sqlite_url: st
     # order, past other queues' jobs).
     assert of_two.startswith(of_one)
     assert lost == "SEARCH jobs USING INDEX ix_jobs_lease (state=?)"
+
+
+def test_the_deployment_state_is_read_from_indexes_on_sqlite(sqlite_url: str) -> None:
+    """Queue depth (read every 5 s by each server) is counted from ix_jobs_lease alone, not by
+    looking up every job's row for its queue, and the newest failures come from ix_jobs_failed
+    in order, not sorted: both read every job (or every failed one) of a year's history."""
+    database = Database(sqlite_url)
+    try:
+        store = Store(database)
+        dataset = make_dataset(store)
+        for queue in ("default", "gpu", "gpu"):
+            store.create_job(make_job(store, dataset, queue=queue))
+        for ends_as in ("first", "second"):
+            claim = store.claim_job("w", ["gpu"])
+            assert claim is not None
+            store.finish_job(claim, JobState.FAILED, ends_as)
+        (depth,) = _query_plans(store, store.queue_depth, "jobs")
+        (failures,) = _query_plans(store, store.recent_failures, "jobs")
+        assert store.queue_depth() == [("FAILED", "gpu", 2), ("QUEUED", "default", 1)]
+        assert [job.error for job in store.recent_failures()] == ["second", "first"]
+    finally:
+        database.dispose()
+    assert depth == "SCAN jobs USING COVERING INDEX ix_jobs_lease; USE TEMP B-TREE FOR GROUP BY"
+    assert failures == "SCAN jobs USING INDEX ix_jobs_failed"
 
 
 def test_a_jobs_checkpoints_are_read_by_its_own_index_on_sqlite(sqlite_url: str) -> None:
