@@ -497,13 +497,19 @@ def classify(outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     it once per pass: each row's result must not depend on the other rows). Their size per row
     is `answer_row_bytes` (client/wire.py), by which the SDK sizes its stream messages: it
     changes with them."""
+    # Labels come from the logits, as the accuracy metric scores them (engine/metrics.py): the
+    # rounded probabilities tie where the logits do not (sigmoid(z) is exactly 0.5 in float32
+    # for 0 < z < 6e-8, and softmax equalises logits closer than its rounding), and argmax then
+    # took the first class, a label the job's reported accuracy did not count.
     if outputs.shape[1] == 1:
-        # One logit z for binary classification: P(class 1) = sigmoid(z).
+        # One logit z for binary classification: P(class 1) = sigmoid(z); class 1 when z > 0.
         positive = sigmoid(outputs[:, 0])
         probabilities = np.stack([1.0 - positive, positive], axis=1)
+        labels = (outputs[:, 0] > 0).astype(np.int64)
     else:
         probabilities = softmax(outputs)
-    return outputs, probabilities, probabilities.argmax(axis=1).astype(np.int64, copy=False)
+        labels = outputs.argmax(axis=1).astype(np.int64, copy=False)
+    return outputs, probabilities, labels
 
 
 # What a cached model holds beside its weights (its layers' and its batcher's objects): about 8 KiB

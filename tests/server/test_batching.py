@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.metrics import accuracy_score
 
-from trainwire.engine import Model
+from trainwire.engine import Model, metrics
 from trainwire.engine.inference import predict_many, predict_stacked
 from trainwire.server import batching
 from trainwire.server.batching import OFF_LOOP_ROWS, ModelBatcher
@@ -545,3 +546,19 @@ def test_classify_gives_each_row_what_it_gets_alone(
     probabilities = stacked[1]
     assert probabilities.shape == (sum(rows), max(classes, 2))
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_classify_labels_are_the_classes_the_accuracy_metric_counts(dtype: str) -> None:
+    # Logits that differ by less than the probabilities' rounding: sigmoid(1e-9) and the
+    # softmax of [0, 1e-17] are exact ties in either dtype, where argmax of the probabilities
+    # took class 0 while accuracy (engine/metrics.py: logit > 0, argmax of the logits) counted
+    # class 1, so accuracy_score(y, labels) disagreed with the job's reported accuracy.
+    binary = np.array([[1e-17], [-1e-17], [0.0], [3.0]], dtype=dtype)
+    multiclass = np.array([[0.0, 1e-17, -1.0], [2.0, -5.0, 2.0], [-1.0, -1.0, -1e-17]], dtype=dtype)
+    accuracy = metrics.get("accuracy")
+    for outputs, expected in ((binary, [1, 0, 0, 1]), (multiclass, [1, 0, 2])):
+        labels = classify(outputs)[2]
+        assert labels.tolist() == expected
+        assert accuracy(outputs, labels.astype(dtype) if outputs.shape[1] == 1 else labels) == 1.0
+        assert accuracy_score(expected, labels) == 1.0

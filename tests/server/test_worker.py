@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
+from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from sqlalchemy import text, update
 from sqlalchemy.exc import OperationalError
 
@@ -230,6 +231,45 @@ def test_a_run_cancelled_mid_epoch_keeps_its_batch_losses(
         range(1, STEPS_PER_EPOCH + 6)
     )
     assert [step for name, step, _, _ in rows if name == "loss"] == [STEPS_PER_EPOCH]
+
+
+@pytest.mark.parametrize(
+    ("rows", "fraction", "seed"), [(150, 0.2, 0), (100, 0.29, 7), (569, 0.25, 2**40)]
+)
+def test_the_validation_rows_are_the_ones_the_readme_says(
+    rows: int, fraction: float, seed: int
+) -> None:
+    """README "Validation rows" (and the proto's validation_fraction): a user recomputing the
+    val_ metrics selects the rows by this recipe, which must stay the worker's split."""
+    features = np.arange(rows, dtype=np.float64)[:, None]
+    train_x, train_y, held = split_validation(features, np.arange(rows), fraction, seed)
+    val = np.sort(np.random.default_rng(seed).permutation(rows)[: int(rows * fraction)])
+    train = np.setdiff1d(np.arange(rows), val)
+    assert held is not None
+    assert held[1].tolist() == val.tolist()
+    assert held[0][:, 0].tolist() == val.tolist()
+    assert train_y.tolist() == train.tolist()
+    assert train_x[:, 0].tolist() == train.tolist()
+
+
+def test_a_jobs_validation_metrics_are_scikit_learns_on_the_readme_rows(store: Store) -> None:
+    """What a user recomputing them does: the final model's outputs on the rows the README's
+    recipe holds out, scored by scikit-learn, give the job's val_ metrics."""
+    job = submit(store, regression_dataset(store), validation_fraction=0.3, metrics=["mae", "r2"])
+    assert run_next(store) is JobState.SUCCEEDED
+    rng = np.random.default_rng(0)  # regression_dataset's rows
+    x = rng.normal(size=(EXAMPLES, 3)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5])).astype(np.float32)
+    val = np.sort(np.random.default_rng(7).permutation(EXAMPLES)[: int(EXAMPLES * 0.3)])
+    model = build_model(MODEL, job.training)
+    model.load_state_dict(
+        {k.removeprefix("model."): v for k, v in final_weights(store, job).items()}
+    )
+    outputs = model.predict(x[val]).astype(np.float64)[:, 0]
+    reported = store.get_job(job.id).metrics
+    assert reported["val_mae"] == pytest.approx(mean_absolute_error(y[val], outputs), rel=1e-6)
+    assert reported["val_r2"] == pytest.approx(r2_score(y[val], outputs), rel=1e-6)
+    assert reported["val_loss"] == pytest.approx(mean_squared_error(y[val], outputs), rel=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
