@@ -13,7 +13,7 @@ from typing import Any
 from trainwire.v1 import models_pb2
 
 
-def _name_of(value: Any) -> str:
+def name_of(value: Any) -> str:
     """Registry entries are given as a name or as {"name": ..., **params}. A dense layer's
     activation and initializers travel as names only (local validation refuses parameters)."""
     if isinstance(value, Mapping):
@@ -30,10 +30,10 @@ def model_spec_to_proto(spec: Mapping[str, Any]) -> models_pb2.ModelSpec:
             message.layers.add(
                 dense=models_pb2.DenseLayer(
                     units=int(layer["units"]),
-                    activation=_name_of(layer.get("activation", "")),
+                    activation=name_of(layer.get("activation", "")),
                     no_bias=not layer.get("use_bias", True),
-                    kernel_initializer=_name_of(layer.get("kernel_initializer", "")),
-                    bias_initializer=_name_of(layer.get("bias_initializer", "")),
+                    kernel_initializer=name_of(layer.get("kernel_initializer", "")),
+                    bias_initializer=name_of(layer.get("bias_initializer", "")),
                 )
             )
         elif kind == "dropout":
@@ -53,7 +53,7 @@ def model_spec_to_proto(spec: Mapping[str, Any]) -> models_pb2.ModelSpec:
             params.pop("name", None)
             message.layers.add(
                 activation=models_pb2.ActivationLayer(
-                    name=_name_of(activation), params={k: float(v) for k, v in params.items()}
+                    name=name_of(activation), params={k: float(v) for k, v in params.items()}
                 )
             )
         else:

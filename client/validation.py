@@ -20,6 +20,7 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from .errors import SpecError
+from .specs import name_of
 
 LAYER_KEYS: dict[str, frozenset[str]] = {
     "dense": frozenset(
@@ -110,34 +111,50 @@ DEFAULT_LOSSES = {
 }
 # The losses that take logits and apply this output function to them themselves.
 LOSS_OUTPUT_FUNCTIONS = {"softmax_cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
+# What a classifier's predictions apply to its logits: a sigmoid to one, a softmax to several
+# (server/predictions.py `classify`).
+ANSWER_OUTPUT_FUNCTIONS = ("sigmoid", "softmax")
 
 
 def output_activation_misfits(
-    layers: Sequence[Mapping[str, Any]], loss: str
+    layers: Sequence[Mapping[str, Any]], loss: str, classification: bool
 ) -> list[tuple[str, str]]:
     """(field, description) of a last layer (dropout aside: it does nothing at prediction)
-    whose activation is the function `loss` applies to the logits itself: a softmax before
-    softmax_cross_entropy, a sigmoid before binary_cross_entropy. Applied twice, the
-    probabilities answered can never be confident (at most e / (e + k - 1) of k classes, or
-    sigmoid(1) = 0.73 of one) and the loss never nears 0: the model is trained and served
-    wrong. The server refuses it at CreateJob, the SDK before sending it when it knows the
-    loss."""
-    function = LOSS_OUTPUT_FUNCTIONS.get(str(loss).lower())
-    if function is None:
-        return []
+    whose activation is a function applied to its outputs again: the one `loss` applies to the
+    logits itself (a softmax before softmax_cross_entropy, a sigmoid before
+    binary_cross_entropy), or, for a `classification` dataset, a sigmoid or softmax, one of
+    which its predictions apply. Applied twice, the probabilities answered can never be
+    confident (at most e / (e + k - 1) of k classes, or sigmoid(1) = 0.73 of one; a sigmoid
+    head before predictions' sigmoid answers class 1 for every row) and a cross-entropy never
+    nears 0. The server refuses it at CreateJob, the SDK before sending it when it knows the
+    loss or the task."""
     index = len(layers) - 1
     while index > 0 and str(layers[index].get("type", "")).lower() == "dropout":
         index -= 1
-    if index < 0 or str(layers[index].get("activation", "")).lower() != function:
+    if index < 0:
         return []
-    return [
-        (
-            f"model.layers[{index}].activation",
-            f"{loss} takes logits and applies the {function} itself, so a {function} here "
-            f"applies it twice (the probabilities answered could never be confident): leave "
-            f"the last layer without an activation; predictions answer the probabilities",
-        )
-    ]
+    function = name_of(layers[index].get("activation", "")).lower()
+    field = f"model.layers[{index}].activation"
+    fix = "leave the last layer without an activation; predictions answer the probabilities"
+    if LOSS_OUTPUT_FUNCTIONS.get(str(loss).lower()) == function:
+        return [
+            (
+                field,
+                f"{loss} takes logits and applies the {function} itself, so a {function} here "
+                f"applies it twice (the probabilities answered could never be confident): {fix}",
+            )
+        ]
+    if classification and function in ANSWER_OUTPUT_FUNCTIONS:
+        return [
+            (
+                field,
+                f"a classifier's outputs are logits, which its predictions turn into "
+                f"probabilities with a sigmoid (one output) or a softmax, so a {function} here "
+                f"is applied before one of them (the probabilities answered could never be "
+                f"confident): {fix}",
+            )
+        ]
+    return []
 
 
 def parameter_names(kind: str, name: str) -> tuple[str, ...] | None:

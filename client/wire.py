@@ -415,9 +415,12 @@ def create_job_request(
             violations += metric_misfits(
                 metrics, dataset.name, task, task != "regression", dataset.target_shape
             )
-        trained_by = loss or DEFAULT_LOSSES.get(task, "")
-        if not violations and trained_by:
-            violations += output_activation_misfits(model_dict["layers"], trained_by)
+        if not violations:
+            violations += output_activation_misfits(
+                model_dict["layers"],
+                loss or DEFAULT_LOSSES.get(task, ""),
+                classification=task not in ("", "regression"),
+            )
     if violations:
         raise SpecError(violations)
     optimizer_spec = dict(optimizer) if isinstance(optimizer, Mapping) else {"name": optimizer}

@@ -16,7 +16,7 @@ from trainwire.client.specs import model_spec_to_proto
 from trainwire.client.tensors import dtype_code
 from trainwire.v1 import datasets_pb2, jobs_pb2, models_pb2, predictions_pb2, tensor_pb2
 
-from .records import Checkpoint, Dataset, Job, JobState, TaskKind
+from .records import Checkpoint, Dataset, Job, JobState, TaskKind, shown_progress
 
 # The most bytes a repeated message field puts before each item: a tag and a length.
 ITEM_FRAMING_BYTES = 6
@@ -177,7 +177,7 @@ def without_layers_past(shown: ShowsModel, max_bytes: int | None) -> ShowsModel:
 
 
 def _job_to_proto(job: Job) -> jobs_pb2.Job:
-    progress = {"total_epochs": job.training.get("epochs", 0), **job.progress}
+    progress = shown_progress(job.training, job.progress)
     return jobs_pb2.Job(
         name=f"jobs/{job.id}",
         display_name=job.display_name,

@@ -96,7 +96,7 @@ class JobService:
             )
         self._check_batch_bytes(model, training, dataset)
         check_model_fits_dataset(model, training, dataset)
-        check_output_activation(model, training)
+        check_output_activation(model, training, dataset)
         trainer = validation_trainer(model, training)
         check_loss_fits_targets(trainer, dataset)
         check_metrics_fit_targets(trainer, dataset)

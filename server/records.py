@@ -6,6 +6,7 @@ ORM rows are turned into these inside the store, so no SQLAlchemy object leaves 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -160,3 +161,13 @@ class NewJob:
     priority: int = 0
     max_attempts: int = 3
     request_id: str | None = None
+
+
+def shown_progress(
+    training: Mapping[str, Any] | None, progress: Mapping[str, float] | None
+) -> dict[str, float]:
+    """A job's progress as answers and events show it: the stored progress, with the job's
+    total epochs (its training's), which the stored progress holds only once an epoch has
+    ended. Without them a watcher read 0 of 0 epochs until then, and at the last event of a job
+    ending before its first epoch."""
+    return {"total_epochs": (training or {}).get("epochs", 0), **(progress or {})}

@@ -84,6 +84,7 @@ from .records import (
     MetricValue,
     NewJob,
     TaskKind,
+    shown_progress,
 )
 from .training import MAX_KEEP_CHECKPOINTS
 
@@ -471,14 +472,6 @@ def page_size_of(
 _LOCK_TO_DELETE = True
 _LOCK_TO_USE = {"read": True, "key_share": True}
 _LOCK_TO_UPDATE = {"key_share": True}
-
-
-def event_progress(row: Any) -> dict[str, float]:
-    """The progress an event shows when its writer gives none (queued, claimed, a cancel
-    request, a hand-back, a rescue): the job's, with its total epochs, as GetJob shows it
-    (`convert.job_to_proto`). Events showed none, all zeros: a watcher read 0 of 0 epochs until
-    the first epoch ended, and its progress fell back to 0 at a cancel request or a resume."""
-    return {"total_epochs": (row.training or {}).get("epochs", 0), **(row.progress or {})}
 
 
 def _is_foreign_key_violation(error: IntegrityError) -> bool:
@@ -1015,9 +1008,8 @@ class Store:
             if row is None:
                 return None
             message = f"running on {worker_id} (attempt {row.attempt})"
-            self._append_event(
-                session, row.id, row.state, row.attempt, message, event_progress(row)
-            )
+            shown = shown_progress(row.training, row.progress)
+            self._append_event(session, row.id, row.state, row.attempt, message, shown)
             return Claim(job=_job(row), token=params["p_token"])
 
     def claimed_with(self, token: str) -> Claim | None:
@@ -1169,7 +1161,7 @@ class Store:
         metrics: dict[str, float] | None = None,
     ) -> None:
         """Appends the job's next event; one of no `progress` of its own shows the job's."""
-        shown = event_progress(row) if progress is None else progress
+        shown = shown_progress(row.training, row.progress) if progress is None else progress
         self._append_event(session, row.id, row.state, row.attempt, message, shown, metrics)
 
     def last_event_sequence(self, job_id: str) -> int:
@@ -1441,9 +1433,8 @@ class Store:
             if row is None:
                 raise LeaseLost(f"jobs/{claim.job.id} is no longer held by this worker")
             message = error or state.value.lower()
-            self._append_event(
-                session, row.id, row.state, row.attempt, message, row.progress, row.metrics
-            )
+            shown = shown_progress(row.training, row.progress)
+            self._append_event(session, row.id, row.state, row.attempt, message, shown, row.metrics)
             return _job(row)
 
     def release_job(self, claim: Claim) -> JobState:

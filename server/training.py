@@ -496,10 +496,12 @@ def check_loss_fits_targets(trainer: Trainer, dataset: Dataset) -> None:
         ) from None
 
 
-def check_output_activation(model: SpecSummary, training: dict[str, Any]) -> None:
-    """The last layer must not apply the function the loss applies to its logits
-    (`output_activation_misfits`, which the SDK applies too)."""
-    misfits = output_activation_misfits(model.spec["layers"], training["loss"])
+def check_output_activation(model: SpecSummary, training: dict[str, Any], dataset: Dataset) -> None:
+    """The last layer must not apply a function its loss or its predictions apply to its
+    outputs (`output_activation_misfits`, which the SDK applies too)."""
+    misfits = output_activation_misfits(
+        model.spec["layers"], training["loss"], dataset.task.is_classification
+    )
     if misfits:
         raise InvalidArgument.field(*misfits[0])
 

@@ -173,35 +173,45 @@ def test_metrics_that_fit_a_known_datasets_task_are_sent(
     assert list(request.training.metrics) == metrics
 
 
-def test_a_head_that_applies_the_losss_own_output_function_is_refused_before_any_call() -> None:
+def test_a_head_that_applies_a_function_again_is_refused_before_any_call() -> None:
     """A softmax before softmax_cross_entropy (a sigmoid before binary_cross_entropy) applies it
-    twice: the model trains, but its probabilities can never be confident. The loss is the
-    one given, else the dataset's task's default; dropout, the identity when predicting, is
-    looked through."""
+    twice: the model trains, but its probabilities can never be confident. So does a sigmoid
+    or softmax head of a classifier, whatever its loss: its predictions apply one to the
+    outputs (a sigmoid head trained by mse on 0/1 labels answered class 1 for every row). The
+    loss is the one given, else the dataset's task's default; dropout, the identity when
+    predicting, is looked through; an activation given as {"name": ...} is read by its name."""
     assert {
         TASK_NAMES[code]: server_training.DEFAULT_LOSSES[kind]
         for code, kind in TASKS_FROM_PROTO.items()
     } == DEFAULT_LOSSES, "the SDK's defaults are the server's"
+    by_loss = "applies the {} itself"
+    by_answer = "its predictions turn into probabilities with a sigmoid (one output) or a softmax"
+    softmax_layer = {"type": "activation", "activation": {"name": "softmax"}}
     cases = [
-        (dataset_info("multiclass", 3), [Dense(8), Dense(3, activation="Softmax")], "", 1),
-        (dataset_info("binary", 2), [Dense(1, activation="sigmoid"), Dropout(0.2)], "", 0),
-        ("datasets/x", [Dense(3, activation="softmax")], "softmax_cross_entropy", 0),
-    ]
-    for (dataset, layers, loss, index), function in zip(
-        cases, ["softmax", "sigmoid", "softmax"], strict=True
-    ):
+        (dataset_info("multiclass", 3), [Dense(8), Dense(3, activation="Softmax")], "", 1,
+         by_loss.format("softmax")),
+        (dataset_info("binary", 2), [Dense(1, activation="sigmoid"), Dropout(0.2)], "", 0,
+         by_loss.format("sigmoid")),
+        ("datasets/x", [Dense(3, activation="softmax")], "softmax_cross_entropy", 0,
+         by_loss.format("softmax")),
+        (dataset_info("binary", 2), [Dense(1, activation="sigmoid")], "mse", 0, by_answer),
+        (dataset_info("multiclass", 3), [Dense(3, activation="sigmoid")], "", 0, by_answer),
+        (dataset_info("multiclass", 3), [Dense(3), softmax_layer], "", 1,
+         by_loss.format("softmax")),
+        (dataset_info("multiclass", 3), [Dense(3), softmax_layer], "huber", 1, by_answer),
+    ]  # fmt: skip
+    for dataset, layers, loss, index, reason in cases:
         with Client("127.0.0.1:9", timeout=5) as client, pytest.raises(SpecError) as caught:
             client.create_job(dataset, layers, loss=loss)
         [(field, description)] = caught.value.field_violations
         assert field == f"model.layers[{index}].activation"
-        assert f"applies the {function} itself" in description
+        assert reason in description, description
         assert "leave the last layer without an activation" in description
-    # Sent: the loss applies no output function, or the task (hence the loss) is not known here.
+    # Sent: a regression's head, another activation, or neither loss nor task known here.
     for dataset, layers, loss in [
         (dataset_info("regression", 0), [Dense(1, activation="sigmoid")], ""),
-        (dataset_info("multiclass", 3), [Dense(3, activation="softmax")], "mse"),
+        (dataset_info("multiclass", 3), [Dense(3, activation="tanh")], ""),
         ("datasets/x", [Dense(3, activation="softmax")], ""),
-        (dataset_info("multiclass", 3), [Dense(3, activation="sigmoid")], ""),
     ]:
         request = create_job_request(
             dataset, layers, **{**TRAINING, "loss": loss}, seed=0, early_stopping=None,

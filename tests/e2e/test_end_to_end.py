@@ -87,6 +87,12 @@ def test_regression_and_binary_jobs(client: Client) -> None:
     )
     assert linear.wait(timeout=120).metrics["r2"] > 0.99
     assert logistic.wait(timeout=120).metrics["accuracy"] > 0.95
+    # A sigmoid head under mse: every answer would be sigmoid(sigmoid(z)) >= 0.5, class 1.
+    with pytest.raises(InvalidArgument) as sigmoid_head:
+        head = {"layers": [{"type": "dense", "units": 1, "activation": "sigmoid"}]}
+        client.create_job(binary, head, loss="mse", validate=False)
+    assert sigmoid_head.value.field_violations[0][0] == "model.layers[0].activation"
+    assert "a sigmoid here" in sigmoid_head.value.field_violations[0][1]
     prediction = logistic.predict(x[:10])
     assert prediction.probabilities is not None and prediction.probabilities.shape == (10, 2)
     assert prediction.labels is not None

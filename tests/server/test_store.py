@@ -1581,3 +1581,11 @@ def test_every_event_shows_the_jobs_progress_with_its_total_epochs(store: Store)
         (2, 5),
         (2, 5),
     ]
+    # A job that ends before its first epoch (failed, cancelled while queued or claimed): its
+    # last event, what a watch ends on, showed no progress at all.
+    failing = store.create_job(make_job(store, dataset, training={"epochs": 7}))
+    claim = store.claim_job("w", lease_s=60.0)
+    assert claim is not None and claim.job.id == failing.id
+    store.finish_job(claim, JobState.FAILED, error="the dataset is gone")
+    last = store.job_events(failing.id)[-1]
+    assert last.message == "the dataset is gone" and last.progress["total_epochs"] == 7
