@@ -115,7 +115,8 @@ API_LOCK_WAIT_S = 5.0
 _RECENT_EVENTS = 8
 # PostgreSQL's SQLSTATE of a lock wait that ran out (lock_not_available).
 _LOCK_NOT_AVAILABLE = "55P03"
-# A dataset's bytes are written to the database in pieces of this size (`_write_dataset_blob`).
+# A dataset's or checkpoint's bytes are written to the database in pieces of this size
+# (`_write_blob`).
 _BLOB_PIECE = 1024 * 1024
 # The start of PostgreSQL's binary COPY format.
 _PGCOPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
@@ -631,7 +632,7 @@ class Store:
                 )
                 session.add(row)
                 session.flush()  # the blob's foreign key needs the dataset row first
-                self._write_dataset_blob(session, dataset.id, data)
+                self._write_blob(session, DatasetBlobRow, dataset.id, data)
                 return _dataset(row)
         except IntegrityError:
             if dataset.request_id:
@@ -640,39 +641,46 @@ class Store:
                     return existing
             raise
 
-    def _write_dataset_blob(
-        self, session: Session, dataset_id: str, data: bytes | bytearray
+    def _write_blob(
+        self,
+        session: Session,
+        table: type[DatasetBlobRow] | type[CheckpointBlobRow],
+        key: str | int,
+        data: bytes | bytearray,
     ) -> None:
-        """Stores a dataset's bytes a piece at a time. Bound whole to an INSERT, they were copied
-        whole by the driver: by SQLite twice (the bound value, then the row it builds, which its
-        cached statement kept after), by libpq once (its output buffer, which the pooled
-        connection kept after), so the server held the upload two or three times at the peak,
-        and once more for every pooled connection that had stored one. SQLite gets a row of
-        zeros its size, then the bytes through a blob handle; PostgreSQL gets them by COPY."""
+        """Stores a dataset's or a checkpoint's bytes (`table`, keyed by its dataset's id or its
+        checkpoint's id) a piece at a time. Bound whole to an INSERT, they were copied whole by
+        the driver: by SQLite twice (the bound value, then the row it builds, which its cached
+        statement kept after), by libpq once (its output buffer, which the pooled connection
+        kept after), so the process held them two or three times at the peak, and once more for
+        every pooled connection that had stored one. SQLite gets a row of zeros their size, then
+        the bytes through a blob handle; PostgreSQL gets them by COPY."""
         view = memoryview(data)
+        key_column = "dataset_id" if table is DatasetBlobRow else "checkpoint_id"
         driver = session.connection().connection.driver_connection  # sqlite3's or psycopg's
         assert driver is not None  # a connection of the session's transaction
         if self.db.is_sqlite:
             # A zeroblob is written as zeros to the table's pages, never made in memory.
             rowid = session.scalar(
-                insert(DatasetBlobRow)
-                .values(dataset_id=dataset_id, data=func.zeroblob(len(view)))
+                insert(table)
+                .values({key_column: key, "data": func.zeroblob(len(view))})
                 .returning(literal_column("rowid"))
             )
-            with driver.blobopen(DatasetBlobRow.__tablename__, "data", rowid) as blob:
+            with driver.blobopen(table.__tablename__, "data", rowid) as blob:
                 for start in range(0, len(view), _BLOB_PIECE):
                     blob.write(view[start : start + _BLOB_PIECE])
             return
         # COPY's binary format: its signature, flags and header extension (none), then one row
-        # of two fields, each its length and bytes, then the end of the data.
-        key = dataset_id.encode()
+        # of two fields, each its length and bytes, then the end of the data. A checkpoint's id
+        # is an integer column (4 bytes in the binary format), a dataset's a text one.
+        field = key.encode() if isinstance(key, str) else struct.pack("!i", key)
         with (
             driver.cursor() as cursor,
             cursor.copy(
-                f"COPY {DatasetBlobRow.__tablename__} (dataset_id, data) FROM STDIN (FORMAT BINARY)"
+                f"COPY {table.__tablename__} ({key_column}, data) FROM STDIN (FORMAT BINARY)"
             ) as copy,
         ):
-            copy.write(_PGCOPY_SIGNATURE + struct.pack("!iihi", 0, 0, 2, len(key)) + key)
+            copy.write(_PGCOPY_SIGNATURE + struct.pack("!iihi", 0, 0, 2, len(field)) + field)
             copy.write(struct.pack("!i", len(view)))
             for start in range(0, len(view), _BLOB_PIECE):
                 copy.write(view[start : start + _BLOB_PIECE])
@@ -1274,7 +1282,7 @@ class Store:
         epoch: int,
         step: int,
         metrics: dict[str, float],
-        data: bytes,
+        data: bytes | bytearray,
         is_final: bool = False,
         keep: int = DEFAULT_KEEP_CHECKPOINTS,
         is_partial: bool = False,
@@ -1308,8 +1316,7 @@ class Store:
             )
             session.add(row)
             session.flush()  # the blob's foreign key needs the checkpoint's id
-            session.add(CheckpointBlobRow(checkpoint_id=row.id, data=data))
-            session.flush()
+            self._write_blob(session, CheckpointBlobRow, row.id, data)
             job_row = self._held_row(session, claim)
             # A write whose first try was still committing when this retry looked above (its
             # connection dropped at the commit) is seen now that it has committed.
