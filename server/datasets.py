@@ -11,7 +11,6 @@ from types import TracebackType
 import numpy as np
 
 from trainwire.client.tensors import TensorError, dtype_name, dtype_of, expected_nbytes
-from trainwire.engine import load_state
 from trainwire.engine.errors import quoted
 from trainwire.engine.serialization import state_header
 from trainwire.v1 import datasets_pb2, tensor_pb2
@@ -363,7 +362,7 @@ class DatasetService:
 
     def arrays(self, dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
         """The stored (features, targets) of a dataset."""
-        arrays, _ = load_state(self.store.dataset_data(dataset_id))
+        arrays, _ = self.store.dataset_state(dataset_id)
         return arrays["features"], arrays["targets"]
 
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from trainwire.engine import Callback, Trainer, load_state, save_state
+from trainwire.engine import Callback, Trainer, save_state
 
 from .config import Settings
 from .convert import checkpoint_name
@@ -378,8 +378,9 @@ def _train(
     trainer = build_trainer(model, training)
     latest = with_retry(lambda: store.latest_resumable_checkpoint(job.id), retry_s)
     if latest is not None:
-        data = with_retry(lambda: store.checkpoint_data(latest.id), retry_s)
-        _resume(trainer, latest, data)
+        _resume(
+            trainer, latest, lambda: with_retry(lambda: store.checkpoint_state(latest.id), retry_s)
+        )
         log.info("jobs/%s resumes from epoch %d step %d", job.id, latest.epoch, latest.step)
     writer = PersistWriter(retry_s)
     try:
@@ -442,12 +443,16 @@ def _conclude_trained(
     return _finish(store, claim, keeper, JobState.SUCCEEDED, None, retry_s)
 
 
-def _resume(trainer: Trainer, checkpoint: Checkpoint, data: bytes) -> None:
-    """Loads a checkpoint's state into a freshly built trainer. A checkpoint that cannot be
-    resumed (damaged, or not what this job's trainer saves) fails the job, the reason naming it:
-    the engine's message alone names an entry, not where it came from."""
+def _resume(
+    trainer: Trainer,
+    checkpoint: Checkpoint,
+    read: Callable[[], tuple[dict[str, np.ndarray], dict[str, str]]],
+) -> None:
+    """Loads a checkpoint's state (`read`) into a freshly built trainer. A checkpoint that cannot
+    be resumed (damaged, or not what this job's trainer saves) fails the job, the reason naming
+    it: the engine's message alone names an entry, not where it came from."""
     try:
-        saved, _ = load_state(data)
+        saved, _ = read()
         trainer.load_state_dict(saved)
     except ValueError as error:
         raise ValueError(
