@@ -360,9 +360,13 @@ class DatasetService:
     def delete(self, name: str, project: str) -> None:
         self.store.delete_dataset(parse_name(name, "datasets", "name"), project)
 
-    def arrays(self, dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """The stored (features, targets) of a dataset."""
-        arrays, _ = self.store.dataset_state(dataset_id)
+    def arrays(
+        self, dataset_id: str, feature_dtype: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The stored (features, targets) of a dataset, the features as `feature_dtype` if given
+        (converted as they are read: a float64 model's float32 features are never held twice)."""
+        dtypes = None if feature_dtype is None else {"features": np.dtype(feature_dtype)}
+        arrays, _ = self.store.dataset_state(dataset_id, dtypes)
         return arrays["features"], arrays["targets"]
 
 

@@ -207,13 +207,34 @@ class PersistWriter(JobThread):
 def split_validation(
     features: np.ndarray, targets: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
-    """A seeded random hold-out (the same on every worker and every attempt)."""
+    """A seeded random hold-out (the same on every worker and every attempt): the training rows
+    in their order, the held-out rows in theirs. The training rows are `features` and `targets`
+    themselves, their kept rows moved up in place (`_compacted`), so both are overwritten and
+    must not share memory: copied out, as they were, they made the worker hold the dataset
+    twice for the whole training."""
     count = validation_rows(len(features), fraction)
     if count == 0:
         return features, targets, None
     order = np.random.default_rng(seed).permutation(len(features))
     held, kept = np.sort(order[:count]), np.sort(order[count:])
-    return features[kept], targets[kept], (features[held], targets[held])
+    validation = (features[held], targets[held])  # before the kept rows move over them
+    return _compacted(features, kept), _compacted(targets, kept), validation
+
+
+# `_compacted` moves rows a block of about this many bytes at a time.
+_COMPACT_BYTES = 1024 * 1024
+
+
+def _compacted(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`array[rows]` (`rows` ascending, no repeats) in `array`'s own memory: its first
+    len(rows) rows, the same values as the copy fancy indexing makes. Row i comes from row
+    rows[i] >= i, so no row is written over before it has moved; each block is read whole
+    (fancy indexing copies it) before it is written."""
+    block = max(1, _COMPACT_BYTES // max(1, array[:1].nbytes))
+    for start in range(0, len(rows), block):
+        moving = rows[start : start + block]
+        array[start : start + len(moving)] = array[moving]
+    return array[: len(rows)]
 
 
 class JobRecorder(Callback):
@@ -368,8 +389,10 @@ def _train(
     dataset_id = job.dataset_id
     if dataset_id is None:
         raise JobFault("its dataset was deleted before the job could finish")
+    # In the model's dtype (the engine's check_input converts to it, and a copy would be made
+    # then, with the stored one still held): the same values, converted as they are read.
     features, targets = with_retry(
-        lambda: DatasetService(store, settings).arrays(dataset_id), retry_s
+        lambda: DatasetService(store, settings).arrays(dataset_id, training["dtype"]), retry_s
     )
     train_x, train_y, validation = split_validation(
         features, targets, float(training.get("validation_fraction", 0.0)), int(training["seed"])

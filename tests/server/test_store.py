@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -183,6 +184,24 @@ def test_a_dataset_is_read_for_training_into_its_arrays_alone(store: Store) -> N
     del features, targets
     kept = _memory("VmRSS") - resident
     assert kept < size // 4, f"{kept / 2**20:.1f} MiB stayed behind a 64 MiB dataset"
+
+
+def test_a_float64_jobs_features_are_read_as_float64_alone(store: Store) -> None:
+    """The engine converts float32 features for a float64 model: the worker held both (the
+    stored float32 and the float64 copy, 3 times the stored size). It reads them as float64,
+    converted a piece at a time: the same values, twice the stored size, no more."""
+    size = 32 * 1024 * 1024
+    dataset, arrays = _stored_arrays(store, size)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        features, _ = DatasetService(store, Settings()).arrays(dataset.id, "float64")
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert peak < size * 2 + size // 8, f"the read took {peak / 2**20:.1f} MiB"
+    assert features.dtype == np.float64
+    assert np.array_equal(features, arrays["features"].astype(np.float64))
 
 
 def test_a_checkpoint_is_read_into_its_arrays_alone(store: Store) -> None:
