@@ -2,7 +2,8 @@
 
 ``save_state(arrays, metadata)`` produces safetensors bytes with string metadata in the header's
 ``__metadata__``; ``load_state(data)`` reads them back and raises ValueError on corrupt or
-truncated input. Object dtypes are rejected both ways. ``read_state(pieces, size)`` reads the
+truncated input. Object dtypes are rejected both ways. ``state_buffer`` builds the same state in
+one buffer, copying each array once. ``read_state(pieces, size)`` reads the
 same bytes given a piece at a time (a database blob read in pieces), each array allocated once
 from the header and filled in place, so the whole bytes are never held.
 """
@@ -36,6 +37,33 @@ def save_state(
     arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
 ) -> bytes:
     """Serialise named numeric arrays (and optional string metadata) to safetensors bytes."""
+    return bytes(safetensors.numpy.save(_prepared(arrays), metadata=_checked_metadata(metadata)))
+
+
+def state_buffer(
+    arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
+) -> bytearray:
+    """``save_state``'s state built in one buffer: the arrays in the order given (which
+    safetensors, so every release's ``load_state``, reads alike), each copied once to its
+    place. safetensors held the state twice at once (its buffer, then the bytes made of it):
+    for a large model's checkpoint, twice its size on top of the trainer."""
+    prepared = _prepared(arrays)
+    layout = [(name, arr.dtype, arr.shape) for name, arr in prepared.items()]
+    header = state_header(layout, _checked_metadata(metadata))
+    buffer = bytearray(len(header) + sum(arr.nbytes for arr in prepared.values()))
+    view = memoryview(buffer)  # a bytearray's own slice assignment copies the value first
+    view[: len(header)] = header
+    offset = len(header)
+    for arr in prepared.values():
+        little = arr.astype(arr.dtype.newbyteorder("<"), copy=False)  # safetensors' byte order
+        view[offset : offset + arr.nbytes] = little.reshape(-1).view(np.uint8).data
+        offset += arr.nbytes
+    view.release()
+    return buffer
+
+
+def _prepared(arrays: Mapping[str, np.ndarray]) -> dict[str, Array]:
+    """The arrays as C-contiguous numeric arrays; ValueError naming one that is not numeric."""
     prepared: dict[str, Array] = {}
     for name, value in arrays.items():
         if not isinstance(name, str):
@@ -48,28 +76,35 @@ def save_state(
             )
         # (np.ascontiguousarray would turn 0-d arrays into shape (1,).)
         prepared[name] = arr if arr.flags.c_contiguous else arr.copy(order="C")
-    meta: dict[str, str] | None = None
-    if metadata is not None:
-        meta = {}
-        for key, val in metadata.items():
-            if not isinstance(key, str) or not isinstance(val, str):
-                raise ValueError(
-                    f"metadata keys and values must be strings. Received: {key!r}: {val!r}"
-                )
-            meta[key] = val
-    return bytes(safetensors.numpy.save(prepared, metadata=meta))
+    return prepared
 
 
-def state_header(arrays: Sequence[tuple[str, np.dtype, tuple[int, ...]]]) -> bytes:
-    """The bytes a safetensors state of `arrays` (name, dtype, shape) starts with: the header's
-    length, then the header, as `save_state` writes them. The arrays' data follows it, each as
-    its little-endian C-order bytes, back to back in the order given.
+def _checked_metadata(metadata: Mapping[str, str] | None) -> dict[str, str] | None:
+    if metadata is None:
+        return None
+    checked = {}
+    for key, val in metadata.items():
+        if not isinstance(key, str) or not isinstance(val, str):
+            raise ValueError(
+                f"metadata keys and values must be strings. Received: {key!r}: {val!r}"
+            )
+        checked[key] = val
+    return checked
+
+
+def state_header(
+    arrays: Sequence[tuple[str, np.dtype, tuple[int, ...]]],
+    metadata: Mapping[str, str] | None = None,
+) -> bytes:
+    """The bytes a safetensors state of `arrays` (name, dtype, shape) and `metadata` starts
+    with: the header's length, then the header, as `save_state` writes them. The arrays' data
+    follows it, each as its little-endian C-order bytes, back to back in the order given.
 
     This lets a caller build a state in one buffer it fills itself (an upload's chunks land at
     their final place) instead of having `save_state` copy the arrays into a second one. Given
     in the order `save_state` writes them (safetensors' own, by dtype), the bytes are the same
     as its; in another order they are still a state `load_state` (and safetensors) reads."""
-    entries: dict[str, object] = {}
+    entries: dict[str, object] = {} if metadata is None else {"__metadata__": dict(metadata)}
     offset = 0
     for name, dtype, shape in arrays:
         code = _SAFETENSORS_DTYPES.get(f"{dtype.kind}{dtype.itemsize}")

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from trainwire.engine import Callback, Trainer, save_state
+from trainwire.engine import Callback, Trainer, state_buffer
 
 from .config import Settings
 from .convert import checkpoint_name
@@ -345,11 +345,12 @@ class JobRecorder(Callback):
         (`Trainer.model_logs`): once early stopping has restored the best weights, the best
         epoch's, not the last epoch's, which scored another model ("best" passed over the
         model the job ended with, and judged it by a worse score)."""
+        # One buffer (`state_buffer`): `save_state` held the state twice more at its peak.
         if final:
             weights = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
-            data = save_state(weights, {"job": self.claim.job.id, "kind": "model"})
+            data = state_buffer(weights, {"job": self.claim.job.id, "kind": "model"})
         else:
-            data = save_state(trainer.state_dict(), {"job": self.claim.job.id, "kind": "trainer"})
+            data = state_buffer(trainer.state_dict(), {"job": self.claim.job.id, "kind": "trainer"})
         epoch, step, values = trainer.epoch, trainer.step, dict(metrics)
         partial = not final and trainer.in_epoch
         self.writer.submit(

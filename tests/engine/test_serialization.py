@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
+import safetensors.numpy
 
-from trainwire.engine import load_state, read_state, save_state
+from trainwire.engine import load_state, read_state, save_state, state_buffer
 from trainwire.engine.serialization import state_header
 
 
@@ -164,3 +166,37 @@ def test_read_state_refuses_a_stream_cut_short_or_running_on() -> None:
         read_state(_pieces(data + b"more", 5), len(data))
     with pytest.raises(ValueError, match="Corrupt or truncated"):
         read_state(_pieces(data, 5), len(data) + 4)  # the arrays do not fill what it says
+
+
+def test_state_buffer_is_a_state_every_release_reads() -> None:
+    """A checkpoint built in one buffer, its arrays in the order given: safetensors' own loader
+    (what an older release's load_state calls) and ours read the arrays and metadata back."""
+    arrays = {
+        **_arrays(),
+        "big_endian": np.arange(4, dtype=">f8"),
+        "flag": np.array([True, False]),
+        "scalar": np.array(2.5),
+    }
+    data = state_buffer(arrays, {"job": "j", "kind": "trainer"})
+    theirs = safetensors.numpy.load(bytes(data))
+    ours, metadata = load_state(data)
+    assert metadata == {"job": "j", "kind": "trainer"}
+    assert theirs.keys() == ours.keys() == arrays.keys()
+    for name, array in arrays.items():
+        for loaded in (theirs[name], ours[name]):
+            assert loaded.shape == array.shape and np.array_equal(loaded, array), name
+            assert loaded.dtype == array.dtype.newbyteorder("<"), name
+    assert state_buffer({}) == save_state({}) or load_state(state_buffer({})) == ({}, {})
+
+
+def test_state_buffer_holds_the_state_once() -> None:
+    """save_state (safetensors) held a state twice at its peak: its own buffer, then bytes."""
+    arrays = {"w": np.ones(2**20), "m": np.zeros(2**20), "v": np.ones(2**20)}  # 24 MiB
+    size = sum(array.nbytes for array in arrays.values())
+    tracemalloc.start()
+    try:
+        data = state_buffer(arrays, {"kind": "trainer"})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(data) > size and peak < size + size // 8, f"{peak / 2**20:.1f} MiB"
