@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -36,7 +36,7 @@ from trainwire.server.errors import (
     Unavailable,
 )
 from trainwire.server.migrate import upgrade
-from trainwire.server.models import Base, CheckpointBlobRow, CheckpointRow, JobRow
+from trainwire.server.models import Base, CheckpointBlobRow, CheckpointRow, DatasetBlobRow, JobRow
 from trainwire.server.records import Claim, Dataset, Job, JobState, MetricValue, NewJob, TaskKind
 from trainwire.server.store import (
     CANCELLED_BY_REQUEST,
@@ -1600,3 +1600,29 @@ def test_a_connection_lost_while_a_datasets_bytes_are_copied_is_an_outage(
     # The pool dropped the lost connection: the next write succeeds at once.
     assert store.create_dataset(dataset, b"x" * 100) == dataset
     assert store.dataset_data(dataset.id) == b"x" * 100
+
+
+@pytest.mark.postgres
+def test_a_connection_lost_while_a_blob_is_read_is_an_outage(postgres_store: Store) -> None:
+    """A blob is read by COPY, outside SQLAlchemy, as it is written: a connection lost partway
+    is answered UNAVAILABLE (which the worker retries), and the pool drops it."""
+    store = postgres_store
+    dataset = replace(make_dataset(store), id=new_id())
+    data = bytes(range(256)) * 20000  # 5 MB: several pieces
+    store.create_dataset(dataset, data)
+
+    def lost_midway(pieces: Iterable[bytes], size: int) -> bytes:
+        iterator = iter(pieces)
+        first = next(iterator)
+        with store.db.engine.connect() as other:
+            other.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE query LIKE 'COPY (SELECT piece.start%'"
+                )
+            )
+        return first + b"".join(iterator)
+
+    with pytest.raises(Unavailable, match="The database is unreachable"):
+        store._read_blob(DatasetBlobRow, dataset.id, lost_midway)
+    assert store.dataset_data(dataset.id) == data
