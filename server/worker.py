@@ -345,12 +345,14 @@ class JobRecorder(Callback):
         (`Trainer.model_logs`): once early stopping has restored the best weights, the best
         epoch's, not the last epoch's, which scored another model ("best" passed over the
         model the job ended with, and judged it by a worse score)."""
-        # One buffer (`state_buffer`): `save_state` held the state twice more at its peak.
+        # One buffer (`state_buffer`), filled from the live arrays: `save_state` held the state
+        # twice more at its peak, and the state_dict copies once more.
         if final:
-            weights = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
+            weights = {f"model.{k}": v for k, v in trainer.model.state_dict(copy=False).items()}
             data = state_buffer(weights, {"job": self.claim.job.id, "kind": "model"})
         else:
-            data = state_buffer(trainer.state_dict(), {"job": self.claim.job.id, "kind": "trainer"})
+            state = trainer.state_dict(copy=False)  # live arrays: copied into the buffer now
+            data = state_buffer(state, {"job": self.claim.job.id, "kind": "trainer"})
         epoch, step, values = trainer.epoch, trainer.step, dict(metrics)
         partial = not final and trainer.in_epoch
         self.writer.submit(

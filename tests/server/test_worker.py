@@ -932,3 +932,47 @@ def test_the_validation_split_copies_the_held_out_rows_alone() -> None:
     assert validation is not None and np.shares_memory(train_x, features)
     held_out = validation[0].nbytes + validation[1].nbytes
     assert peak < held_out + 2 * 1024 * 1024, f"the split took {peak / 2**20:.1f} MiB"
+
+
+class _HeldWrites:
+    """A PersistWriter's stand-in that keeps the writes submitted, running none."""
+
+    def __init__(self) -> None:
+        self.actions: list[Any] = []
+
+    def submit(self, action: Any) -> None:
+        self.actions.append(action)
+
+
+def test_a_checkpoint_is_serialised_holding_the_state_once(store: Store) -> None:
+    """A checkpoint was the trainer's state_dict (copies of the weights and Adam's moments) made
+    into bytes by save_state (which held them twice at its peak): three times the state on top
+    of the trainer. It is one buffer now, filled from the live arrays."""
+    job = submit(store, regression_dataset(store))
+    claim = store.claim_job("test-worker")
+    assert claim is not None
+    wide = {
+        "input_dim": 3,
+        "layers": [{"type": "dense", "units": 2**18}, {"type": "dense", "units": 1}],
+    }
+    trainer = build_trainer(build_model(wide, job.training), job.training)
+    state_bytes = sum(array.nbytes for array in trainer.state_dict().values())  # about 15 MiB
+    keeper = LeaseKeeper(store, claim, 30.0)  # never started: nothing here polls
+    writes = _HeldWrites()
+    recorder = JobRecorder(store, Settings(), claim, threading.Event(), keeper, writes, EXAMPLES)  # type: ignore[arg-type]
+    tracemalloc.start()
+    try:
+        recorder.checkpoint(trainer, {"loss": 1.0})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(writes.actions) == 1
+    assert peak < state_bytes * 11 // 10, f"{peak / 2**20:.1f} MiB for {state_bytes / 2**20:.1f}"
+    writes.actions[0]()  # stored, and resumable as the trainer was
+    stored = store.latest_resumable_checkpoint(job.id)
+    assert stored is not None
+    saved, _ = store.checkpoint_state(stored.id)
+    expected = trainer.state_dict()
+    assert saved.keys() == expected.keys()
+    for name, array in expected.items():
+        assert np.array_equal(saved[name], array), name
