@@ -10,7 +10,7 @@ from . import activations, initializers, layers, losses, metrics, optimizers, sc
 from .errors import SpecError
 from .gradcheck import gradcheck
 from .model import Model
-from .serialization import load_state, save_state
+from .serialization import load_state, read_state, save_state, state_buffer
 from .threads import get_num_threads, set_num_threads
 from .training import Callback, EarlyStopping, History, Trainer, saved_in_epoch
 
@@ -30,8 +30,10 @@ __all__ = [
     "losses",
     "metrics",
     "optimizers",
+    "read_state",
     "save_state",
     "saved_in_epoch",
     "schedules",
     "set_num_threads",
+    "state_buffer",
 ]

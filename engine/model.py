@@ -214,9 +214,11 @@ class Model:
         """The bytes of all parameters and buffers (what ``state_dict`` would copy)."""
         return sum(array.nbytes for array in self._state_arrays().values())
 
-    def state_dict(self) -> dict[str, Array]:
-        """Copies of all parameters and buffers, keyed ``"layers.<i>.<name>"``."""
-        return {name: p.copy() for name, p in self._state_arrays().items()}
+    def state_dict(self, copy: bool = True) -> dict[str, Array]:
+        """Copies of all parameters and buffers, keyed ``"layers.<i>.<name>"``; not ``copy``,
+        the live arrays themselves (the next step changes them), for a caller that serialises
+        them at once and need not hold the model twice."""
+        return {name: p.copy() if copy else p for name, p in self._state_arrays().items()}
 
     def check_state_dict(self, state: Mapping[str, Array], prefix: str = "") -> None:
         """Raise ValueError naming the entry unless ``load_state_dict(state)`` would succeed;

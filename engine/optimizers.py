@@ -252,12 +252,13 @@ class Optimizer:
     def _extra_config(self) -> dict[str, Any]:
         return {}
 
-    def state_dict(self) -> dict[str, Array]:
-        """Slots as ``"<param>.<slot>"`` plus ``"iterations"``; arrays are copies."""
+    def state_dict(self, copy: bool = True) -> dict[str, Array]:
+        """Slots as ``"<param>.<slot>"`` plus ``"iterations"``; arrays are copies unless not
+        ``copy``: then the live slots (see ``Model.state_dict``)."""
         state = {"iterations": np.array(self.iterations, dtype=np.int64)}
         for name, slots in self.slots.items():
             for slot, arr in slots.items():
-                state[f"{name}.{slot}"] = arr.copy()
+                state[f"{name}.{slot}"] = arr.copy() if copy else arr
         return state
 
     def check_state_dict(self, state: Mapping[str, Array], prefix: str = "") -> None:

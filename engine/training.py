@@ -701,12 +701,14 @@ class Trainer:
         return logs
 
     # -- state ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Array]:
-        """Everything needed for an exact resume, as named numpy arrays (no objects)."""
+    def state_dict(self, copy: bool = True) -> dict[str, Array]:
+        """Everything needed for an exact resume, as named numpy arrays (no objects). Not
+        ``copy``, the model's and optimizer's entries are their live arrays (see
+        ``Model.state_dict``): a checkpoint serialised at once is then held once, not twice."""
         state: dict[str, Array] = {}
-        for name, arr in self.model.state_dict().items():
+        for name, arr in self.model.state_dict(copy).items():
             state[f"model.{name}"] = arr
-        for name, arr in self.optimizer.state_dict().items():
+        for name, arr in self.optimizer.state_dict(copy).items():
             state[f"optimizer.{name}"] = arr
         if self.schedule is not None:
             for name, arr in self.schedule.state_dict().items():

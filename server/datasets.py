@@ -11,7 +11,6 @@ from types import TracebackType
 import numpy as np
 
 from trainwire.client.tensors import TensorError, dtype_name, dtype_of, expected_nbytes
-from trainwire.engine import load_state
 from trainwire.engine.errors import quoted
 from trainwire.engine.serialization import state_header
 from trainwire.v1 import datasets_pb2, tensor_pb2
@@ -366,9 +365,13 @@ class DatasetService:
     def delete(self, name: str, project: str) -> None:
         self.store.delete_dataset(parse_name(name, "datasets", "name"), project)
 
-    def arrays(self, dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """The stored (features, targets) of a dataset."""
-        arrays, _ = load_state(self.store.dataset_data(dataset_id))
+    def arrays(
+        self, dataset_id: str, feature_dtype: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The stored (features, targets) of a dataset, the features as `feature_dtype` if given
+        (converted as they are read: a float64 model's float32 features are never held twice)."""
+        dtypes = None if feature_dtype is None else {"features": np.dtype(feature_dtype)}
+        arrays, _ = self.store.dataset_state(dataset_id, dtypes)
         return arrays["features"], arrays["targets"]
 
 

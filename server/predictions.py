@@ -15,7 +15,7 @@ import numpy as np
 
 from trainwire.client.tensors import TensorError, from_tensor
 from trainwire.client.wire import answer_row_bytes, answer_too_large
-from trainwire.engine import Model, load_state
+from trainwire.engine import Model
 from trainwire.engine.activations import sigmoid, softmax
 from trainwire.engine.errors import quoted
 from trainwire.v1 import tensor_pb2
@@ -383,7 +383,7 @@ class PredictionService:
                     "been deleted since: whether its outputs are classes is unknown, so it "
                     "cannot serve predictions; train a new job"
                 )
-            state, _ = load_state(self.store.checkpoint_data(checkpoint.id))
+            state, _ = self.store.checkpoint_state(checkpoint.id)
             model = build_model(job.model_spec, job.training)
             model.load_state_dict(
                 {

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from trainwire.engine import Callback, Trainer, load_state, save_state
+from trainwire.engine import Callback, Trainer, state_buffer
 
 from .config import Settings
 from .convert import checkpoint_name
@@ -207,13 +207,34 @@ class PersistWriter(JobThread):
 def split_validation(
     features: np.ndarray, targets: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
-    """A seeded random hold-out (the same on every worker and every attempt)."""
+    """A seeded random hold-out (the same on every worker and every attempt): the training rows
+    in their order, the held-out rows in theirs. The training rows are `features` and `targets`
+    themselves, their kept rows moved up in place (`_compacted`), so both are overwritten and
+    must not share memory: copied out, as they were, they made the worker hold the dataset
+    twice for the whole training."""
     count = validation_rows(len(features), fraction)
     if count == 0:
         return features, targets, None
     order = np.random.default_rng(seed).permutation(len(features))
     held, kept = np.sort(order[:count]), np.sort(order[count:])
-    return features[kept], targets[kept], (features[held], targets[held])
+    validation = (features[held], targets[held])  # before the kept rows move over them
+    return _compacted(features, kept), _compacted(targets, kept), validation
+
+
+# `_compacted` moves rows a block of about this many bytes at a time.
+_COMPACT_BYTES = 1024 * 1024
+
+
+def _compacted(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`array[rows]` (`rows` ascending, no repeats) in `array`'s own memory: its first
+    len(rows) rows, the same values as the copy fancy indexing makes. Row i comes from row
+    rows[i] >= i, so no row is written over before it has moved; each block is read whole
+    (fancy indexing copies it) before it is written."""
+    block = max(1, _COMPACT_BYTES // max(1, array[:1].nbytes))
+    for start in range(0, len(rows), block):
+        moving = rows[start : start + block]
+        array[start : start + len(moving)] = array[moving]
+    return array[: len(rows)]
 
 
 class JobRecorder(Callback):
@@ -324,11 +345,14 @@ class JobRecorder(Callback):
         (`Trainer.model_logs`): once early stopping has restored the best weights, the best
         epoch's, not the last epoch's, which scored another model ("best" passed over the
         model the job ended with, and judged it by a worse score)."""
+        # One buffer (`state_buffer`), filled from the live arrays: `save_state` held the state
+        # twice more at its peak, and the state_dict copies once more.
         if final:
-            weights = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
-            data = save_state(weights, {"job": self.claim.job.id, "kind": "model"})
+            weights = {f"model.{k}": v for k, v in trainer.model.state_dict(copy=False).items()}
+            data = state_buffer(weights, {"job": self.claim.job.id, "kind": "model"})
         else:
-            data = save_state(trainer.state_dict(), {"job": self.claim.job.id, "kind": "trainer"})
+            state = trainer.state_dict(copy=False)  # live arrays: copied into the buffer now
+            data = state_buffer(state, {"job": self.claim.job.id, "kind": "trainer"})
         epoch, step, values = trainer.epoch, trainer.step, dict(metrics)
         partial = not final and trainer.in_epoch
         self.writer.submit(
@@ -368,8 +392,10 @@ def _train(
     dataset_id = job.dataset_id
     if dataset_id is None:
         raise JobFault("its dataset was deleted before the job could finish")
+    # In the model's dtype (the engine's check_input converts to it, and a copy would be made
+    # then, with the stored one still held): the same values, converted as they are read.
     features, targets = with_retry(
-        lambda: DatasetService(store, settings).arrays(dataset_id), retry_s
+        lambda: DatasetService(store, settings).arrays(dataset_id, training["dtype"]), retry_s
     )
     train_x, train_y, validation = split_validation(
         features, targets, float(training.get("validation_fraction", 0.0)), int(training["seed"])
@@ -378,8 +404,9 @@ def _train(
     trainer = build_trainer(model, training)
     latest = with_retry(lambda: store.latest_resumable_checkpoint(job.id), retry_s)
     if latest is not None:
-        data = with_retry(lambda: store.checkpoint_data(latest.id), retry_s)
-        _resume(trainer, latest, data)
+        _resume(
+            trainer, latest, lambda: with_retry(lambda: store.checkpoint_state(latest.id), retry_s)
+        )
         log.info("jobs/%s resumes from epoch %d step %d", job.id, latest.epoch, latest.step)
     writer = PersistWriter(retry_s)
     try:
@@ -442,12 +469,16 @@ def _conclude_trained(
     return _finish(store, claim, keeper, JobState.SUCCEEDED, None, retry_s)
 
 
-def _resume(trainer: Trainer, checkpoint: Checkpoint, data: bytes) -> None:
-    """Loads a checkpoint's state into a freshly built trainer. A checkpoint that cannot be
-    resumed (damaged, or not what this job's trainer saves) fails the job, the reason naming it:
-    the engine's message alone names an entry, not where it came from."""
+def _resume(
+    trainer: Trainer,
+    checkpoint: Checkpoint,
+    read: Callable[[], tuple[dict[str, np.ndarray], dict[str, str]]],
+) -> None:
+    """Loads a checkpoint's state (`read`) into a freshly built trainer. A checkpoint that cannot
+    be resumed (damaged, or not what this job's trainer saves) fails the job, the reason naming
+    it: the engine's message alone names an entry, not where it came from."""
     try:
-        saved, _ = load_state(data)
+        saved, _ = read()
         trainer.load_state_dict(saved)
     except ValueError as error:
         raise ValueError(

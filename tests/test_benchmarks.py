@@ -180,3 +180,23 @@ def test_the_upload_memory_benchmark_measures_both_databases() -> None:
         assert _positive(row["peak_growth_mib"][0]) and _positive(row["seconds"][0]), row
         ratio = row["peak_growth_mib"][0] / row["array_mib"]
         assert abs(ratio - row["peak_over_array"][0]) < 0.01, (backend, row)
+
+
+def test_the_worker_memory_benchmark_measures_both_databases() -> None:
+    admin_url = postgres_admin_url()
+    if not admin_url:
+        pytest.skip("TRAINWIRE_TEST_POSTGRES_URL is not set")
+    result = _run("worker_memory.py", {"TRAINWIRE_BENCH_POSTGRES_URL": admin_url})
+    assert result["benchmark"] == "worker_memory"
+    for backend in ("postgres", "sqlite"):
+        row = result[backend]
+        assert _positive(row["array_mib"]), (backend, row)
+        # Its sizes are the benchmark's to report, not to judge here: present and finite.
+        for dtype in ("float32", "float64"):
+            figures = row[f"dataset_{dtype}"]
+            assert _positive(figures["peak_over_array"]), (backend, dtype, row)
+            assert math.isfinite(figures["retained_mib"]), (backend, dtype, row)
+        saved = row["checkpoint"]
+        assert _positive(saved["state_mib"]) and _positive(saved["save_peak_over_state"]), row
+        for key in ("retained_over_state", "read_peak_over_state"):
+            assert math.isfinite(saved[key]), (backend, key, row)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
+import safetensors.numpy
 
-from trainwire.engine import load_state, save_state
+from trainwire.engine import load_state, read_state, save_state, state_buffer
 from trainwire.engine.serialization import state_header
 
 
@@ -115,3 +117,86 @@ def test_a_state_built_after_its_header_is_read_as_save_state_writes_it(
         assert loaded[name].dtype == array.dtype and np.array_equal(loaded[name], array), name
     if np.dtype(targets).itemsize < np.dtype(features).itemsize or targets == features:
         assert data == save_state(arrays)
+
+
+def _pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[start : start + size] for start in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("piece", [1, 3, 8, 13, 4096])
+def test_read_state_reads_pieces_of_any_length_as_load_state_reads_the_whole(piece: int) -> None:
+    """A database blob is read a piece at a time, the pieces cutting through the header and
+    the arrays anywhere."""
+    data = save_state({**_arrays(), "flag": np.array([True, False])}, {"k": "v"})
+    whole, whole_metadata = load_state(data)
+    loaded, metadata = read_state(_pieces(data, piece), len(data))
+    assert metadata == whole_metadata == {"k": "v"}
+    assert list(loaded) == list(whole)
+    for name, array in whole.items():
+        assert loaded[name].dtype == array.dtype and loaded[name].shape == array.shape, name
+        assert loaded[name].tobytes() == array.tobytes(), name
+        assert loaded[name].flags.writeable and loaded[name].flags.c_contiguous, name
+
+
+def test_read_state_converts_the_arrays_named_as_astype_does() -> None:
+    """The worker reads float32 features as a float64 model's: the values `astype` (and the
+    engine's own conversion) gives, never the float32 array and its copy at once."""
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((300, 7)).astype(np.float32)
+    counts = rng.integers(-5, 5, (300, 7))
+    data = save_state({"features": features, "counts": counts, "targets": features[:, 0]})
+    loaded, _ = read_state(
+        _pieces(data, 1000),
+        len(data),
+        {"features": np.dtype(np.float64), "counts": np.dtype(np.float32)},
+    )
+    assert loaded["features"].dtype == np.float64
+    assert np.array_equal(loaded["features"], features.astype(np.float64))
+    assert loaded["counts"].dtype == np.float32
+    assert np.array_equal(loaded["counts"], counts.astype(np.float32))
+    assert loaded["targets"].dtype == np.float32  # not named: as stored
+
+
+def test_read_state_refuses_a_stream_cut_short_or_running_on() -> None:
+    data = save_state(_arrays())
+    for cut in (4, 9, len(data) // 2, len(data) - 1):
+        with pytest.raises(ValueError, match="truncated"):
+            read_state(_pieces(data[:cut], 5), len(data))
+    with pytest.raises(ValueError, match="Corrupt or truncated"):
+        read_state(_pieces(data + b"more", 5), len(data))
+    with pytest.raises(ValueError, match="Corrupt or truncated"):
+        read_state(_pieces(data, 5), len(data) + 4)  # the arrays do not fill what it says
+
+
+def test_state_buffer_is_a_state_every_release_reads() -> None:
+    """A checkpoint built in one buffer, its arrays in the order given: safetensors' own loader
+    (what an older release's load_state calls) and ours read the arrays and metadata back."""
+    arrays = {
+        **_arrays(),
+        "big_endian": np.arange(4, dtype=">f8"),
+        "flag": np.array([True, False]),
+        "scalar": np.array(2.5),
+    }
+    data = state_buffer(arrays, {"job": "j", "kind": "trainer"})
+    theirs = safetensors.numpy.load(bytes(data))
+    ours, metadata = load_state(data)
+    assert metadata == {"job": "j", "kind": "trainer"}
+    assert theirs.keys() == ours.keys() == arrays.keys()
+    for name, array in arrays.items():
+        for loaded in (theirs[name], ours[name]):
+            assert loaded.shape == array.shape and np.array_equal(loaded, array), name
+            assert loaded.dtype == array.dtype.newbyteorder("<"), name
+    assert state_buffer({}) == save_state({}) or load_state(state_buffer({})) == ({}, {})
+
+
+def test_state_buffer_holds_the_state_once() -> None:
+    """save_state (safetensors) held a state twice at its peak: its own buffer, then bytes."""
+    arrays = {"w": np.ones(2**20), "m": np.zeros(2**20), "v": np.ones(2**20)}  # 24 MiB
+    size = sum(array.nbytes for array in arrays.values())
+    tracemalloc.start()
+    try:
+        data = state_buffer(arrays, {"kind": "trainer"})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(data) > size and peak < size + size // 8, f"{peak / 2**20:.1f} MiB"

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any, cast
@@ -280,7 +281,7 @@ def test_a_non_finite_validation_metric_fails_the_job_with_a_readable_reason(
     naming the metric, not with the database's refusal of the value (SQLite stores NaN as NULL,
     PostgreSQL's JSON has no NaN)."""
     rows = np.arange(EXAMPLES)
-    _, _, held = split_validation(rows, rows, 0.25, seed=7)
+    _, _, held = split_validation(rows, rows.copy(), 0.25, seed=7)
     assert held is not None
     job = submit(store, regression_dataset(store, huge_rows=held[0][:1]), validation_fraction=0.25)
     assert Worker(store, Settings(), "test-worker", threading.Event()).run_once()
@@ -929,3 +930,89 @@ def test_examples_per_second_is_zero_while_the_worker_is_idle(
     assert Worker(store, Settings(), "test-worker", threading.Event()).run_once()
     assert during[0] is not None and during[0] > 0, "the rate of the epoch just ended"
     assert WORKER_METRICS.get_sample_value("trainwire_worker_examples_per_second") == 0
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.5, 0.97])
+def test_the_validation_split_is_the_copies_it_was_made_of_in_place(
+    fraction: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The training rows are moved up within the dataset's own arrays (copied out, they kept
+    the worker holding the dataset twice): the split must stay bit for bit the one the copies
+    made, or a job resumed across the change would train on other rows."""
+    monkeypatch.setattr(worker, "_COMPACT_BYTES", 200)  # many blocks, some rows each
+    rng = np.random.default_rng(3)
+    features = rng.standard_normal((1000, 6)).astype(np.float32)
+    targets = rng.integers(0, 4, (1000, 2))
+    count = int(len(features) * fraction)
+    order = np.random.default_rng(11).permutation(len(features))
+    held, kept = np.sort(order[:count]), np.sort(order[count:])
+    train_x, train_y, validation = split_validation(features.copy(), targets.copy(), fraction, 11)
+    assert np.array_equal(train_x, features[kept]) and np.array_equal(train_y, targets[kept])
+    assert train_x.flags.c_contiguous and train_y.flags.c_contiguous
+    if count == 0:
+        assert validation is None
+    else:
+        assert validation is not None
+        assert np.array_equal(validation[0], features[held])
+        assert np.array_equal(validation[1], targets[held])
+
+
+def test_the_validation_split_copies_the_held_out_rows_alone() -> None:
+    """The split copied every row (the training rows and the held-out ones), and the worker
+    kept the dataset it was made from: twice the dataset for the whole training."""
+    features = np.ones((4096, 512), np.float32)  # 8 MiB
+    targets = np.zeros(4096)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        train_x, _, validation = split_validation(features, targets, 0.25, seed=5)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert validation is not None and np.shares_memory(train_x, features)
+    held_out = validation[0].nbytes + validation[1].nbytes
+    assert peak < held_out + 2 * 1024 * 1024, f"the split took {peak / 2**20:.1f} MiB"
+
+
+class _HeldWrites:
+    """A PersistWriter's stand-in that keeps the writes submitted, running none."""
+
+    def __init__(self) -> None:
+        self.actions: list[Any] = []
+
+    def submit(self, action: Any) -> None:
+        self.actions.append(action)
+
+
+def test_a_checkpoint_is_serialised_holding_the_state_once(store: Store) -> None:
+    """A checkpoint was the trainer's state_dict (copies of the weights and Adam's moments) made
+    into bytes by save_state (which held them twice at its peak): three times the state on top
+    of the trainer. It is one buffer now, filled from the live arrays."""
+    job = submit(store, regression_dataset(store))
+    claim = store.claim_job("test-worker")
+    assert claim is not None
+    wide = {
+        "input_dim": 3,
+        "layers": [{"type": "dense", "units": 2**18}, {"type": "dense", "units": 1}],
+    }
+    trainer = build_trainer(build_model(wide, job.training), job.training)
+    state_bytes = sum(array.nbytes for array in trainer.state_dict().values())  # about 15 MiB
+    keeper = LeaseKeeper(store, claim, 30.0)  # never started: nothing here polls
+    writes = _HeldWrites()
+    recorder = JobRecorder(store, Settings(), claim, threading.Event(), keeper, writes, EXAMPLES)  # type: ignore[arg-type]
+    tracemalloc.start()
+    try:
+        recorder.checkpoint(trainer, {"loss": 1.0})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(writes.actions) == 1
+    assert peak < state_bytes * 11 // 10, f"{peak / 2**20:.1f} MiB for {state_bytes / 2**20:.1f}"
+    writes.actions[0]()  # stored, and resumable as the trainer was
+    stored = store.latest_resumable_checkpoint(job.id)
+    assert stored is not None
+    saved, _ = store.checkpoint_state(stored.id)
+    expected = trainer.state_dict()
+    assert saved.keys() == expected.keys()
+    for name, array in expected.items():
+        assert np.array_equal(saved[name], array), name
