@@ -379,7 +379,8 @@ def persist_overhead(url: str, examples: int, epochs: int, repeats: int) -> floa
     # so here it is served from memory and the worker's time is training plus persistence.
     loaded = DatasetService(store, settings).arrays(dataset_id)
     original_arrays = DatasetService.arrays
-    DatasetService.arrays = lambda self, dataset: loaded
+    # (No validation split here: the worker's would compact these arrays in place.)
+    DatasetService.arrays = lambda self, dataset, feature_dtype=None: loaded
     alone_s = worker_s = float("inf")
     try:
         for _ in range(repeats):
