@@ -148,7 +148,9 @@ def read_state(
             f"{size - 8} bytes present"
         )
     header = _parse_header(_read_exactly(stream, header_len, "the header"))
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
@@ -206,7 +208,9 @@ def _read_exactly(stream: _Pieces, count: int, what: str) -> bytes:
 
 def _parse_header(raw: bytes) -> dict[str, object]:
     try:
-        header = json.loads(raw)
+        # Decoded first: `json.loads` of bytes would skip a byte-order mark, which safetensors
+        # (every older release's reader) refuses.
+        header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"Not a safetensors state: header is not valid JSON ({exc})") from exc
     except RecursionError:  # JSON nested deeper than Python's parser goes (safetensors' never is)
@@ -238,7 +242,14 @@ def _layout(
             )
         assert isinstance(shape, list) and isinstance(offsets, list)
         dtype = _NUMPY_DTYPES[code]
-        if offsets[1] - offsets[0] != dtype.itemsize * math.prod(shape):
+        elements = _elements(shape, data_bytes // dtype.itemsize)
+        if elements is None:
+            raise ValueError(
+                f"Corrupt or truncated safetensors state: entry {name!r} has {len(shape)} "
+                f"dimensions, more elements than the state's {data_bytes} bytes hold, or more "
+                f"than {_MAX_DIMENSIONS} dimensions"
+            )
+        if offsets[1] - offsets[0] != dtype.itemsize * elements:
             raise ValueError(
                 f"Corrupt or truncated safetensors state: entry {name!r} of shape {shape} "
                 f"({code}) has data offsets {offsets}"
@@ -261,6 +272,30 @@ def _layout(
     return [(name, dtype, shape) for _, _, name, dtype, shape in entries]
 
 
+# The most dimensions an array of a state may have (safetensors' own states have a handful),
+# and the most elements of an empty one's other dimensions (NumPy's bound, with room to spare).
+_MAX_DIMENSIONS = 64
+_MAX_EMPTY_ELEMENTS = 2**59
+
+
+def _elements(shape: Sequence[int], limit: int) -> int | None:
+    """The number of elements of `shape`, or None when it has more than `_MAX_DIMENSIONS`
+    dimensions or more than `limit` elements (what the bytes could hold; an empty array's other
+    dimensions, more than NumPy allocates). Counted a dimension at a time, stopping past the
+    bound: the product of a corrupt header's thousands-of-digits sizes took minutes to compute
+    before it could be refused."""
+    if len(shape) > _MAX_DIMENSIONS:
+        return None
+    empty = 0 in shape
+    bound = _MAX_EMPTY_ELEMENTS if empty else limit
+    count = 1
+    for size in shape:
+        count *= size or 1
+        if count > bound:
+            return None
+    return 0 if empty else count
+
+
 def _is_int_list(value: object, length: int | None) -> bool:
     return (
         isinstance(value, list)
@@ -275,6 +310,12 @@ def _read_array(
     """The next array of the stream, of `dtype` and `shape`, as `wanted`."""
     if wanted.kind not in "biuf":
         raise ValueError(f"Array {name!r} cannot be read as {wanted}")
+    if wanted != dtype and not (dtype.kind == "f" and wanted.kind == "f"):
+        # Only floats are converted (a dataset's features, to the model's dtype): a corrupt
+        # state whose array claimed bool or uint8 would otherwise grow 8 times as it is read.
+        raise ValueError(
+            f"Array {name!r} is stored as {dtype}, not a float: cannot read it as {wanted}"
+        )
     array = np.empty(shape, dtype=wanted)
     flat = array.reshape(-1)
     if wanted == dtype:

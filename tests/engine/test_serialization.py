@@ -145,16 +145,45 @@ def test_read_state_converts_the_arrays_named_as_astype_does() -> None:
     features = rng.standard_normal((300, 7)).astype(np.float32)
     counts = rng.integers(-5, 5, (300, 7))
     data = save_state({"features": features, "counts": counts, "targets": features[:, 0]})
-    loaded, _ = read_state(
-        _pieces(data, 1000),
-        len(data),
-        {"features": np.dtype(np.float64), "counts": np.dtype(np.float32)},
-    )
+    loaded, _ = read_state(_pieces(data, 1000), len(data), {"features": np.dtype(np.float64)})
     assert loaded["features"].dtype == np.float64
     assert np.array_equal(loaded["features"], features.astype(np.float64))
-    assert loaded["counts"].dtype == np.float32
-    assert np.array_equal(loaded["counts"], counts.astype(np.float32))
     assert loaded["targets"].dtype == np.float32  # not named: as stored
+    # Only floats are converted: a corrupt state's bool or uint8 array would grow 8 times.
+    with pytest.raises(ValueError, match="'counts' is stored as int64, not a float"):
+        read_state(_pieces(data, 1000), len(data), {"counts": np.dtype(np.float32)})
+
+
+def _state_with(entries: dict[str, object], data: bytes = b"") -> bytes:
+    header = json.dumps(entries).encode()
+    return struct.pack("<Q", len(header)) + header + data
+
+
+def test_read_state_refuses_a_shape_too_large_for_its_bytes_before_multiplying_it() -> None:
+    """A corrupt header's shape of hundreds of 4,000-digit sizes: their product took seconds
+    to compute (minutes for a few MB of header) before the offsets refused it; safetensors
+    refuses it at once. So do too many dimensions."""
+    huge = int("9" * 4000)
+    for shape in ([huge] * 200, [1] * 65, [5, 4], [huge, 0], [2**40, 2**40, 0]):
+        entry = {"dtype": "F32", "shape": shape, "data_offsets": [0, 4]}
+        with pytest.raises(ValueError, match="more elements than the state's 4 bytes hold"):
+            load_state(_state_with({"a": entry}, b"x" * 4))
+    # An empty array's other dimensions may be anything NumPy allocates, as safetensors reads.
+    state = _state_with({"a": {"dtype": "F32", "shape": [10**6, 0, 3], "data_offsets": [0, 0]}})
+    assert load_state(state)[0]["a"].shape == safetensors.numpy.load(state)["a"].shape
+
+
+def test_read_state_refuses_metadata_and_encodings_safetensors_refuses() -> None:
+    """What an older release (safetensors' reader) refuses must not load here either."""
+    for metadata in ("", [], 0, False):
+        state = _state_with({"__metadata__": metadata})
+        with pytest.raises(safetensors.SafetensorError):
+            safetensors.numpy.load(state)
+        with pytest.raises(ValueError, match="__metadata__ must map strings to strings"):
+            load_state(state)
+    header = b"\xef\xbb\xbf" + json.dumps({}).encode()  # a UTF-8 byte-order mark first
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_state(struct.pack("<Q", len(header)) + header)
 
 
 def test_read_state_refuses_a_stream_cut_short_or_running_on() -> None:
