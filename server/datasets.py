@@ -10,7 +10,7 @@ from types import TracebackType
 
 import numpy as np
 
-from trainwire.client.tensors import TensorError, dtype_name, dtype_of, expected_nbytes
+from trainwire.client.tensors import DTYPES, TensorError, dtype_name, dtype_of, expected_nbytes
 from trainwire.engine.errors import quoted
 from trainwire.engine.serialization import state_header
 from trainwire.v1 import datasets_pb2, tensor_pb2
@@ -19,11 +19,10 @@ from .config import MAX_STORED_DATASET_BYTES, Settings
 from .convert import TASKS_FROM_PROTO
 from .errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from .jobs import MAX_REQUEST_ID, check_labels
-from .names import MAX_NAME_LENGTH, check_text, enum_received, parse_name
+from .names import FLOAT_DTYPES, MAX_NAME_LENGTH, check_enum, check_text, parse_name
 from .records import Dataset, TaskKind
 from .store import Fits, Store, new_id, refuse_another_request, utcnow
 
-FEATURE_DTYPES = (tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_FLOAT64)
 MAX_CLASSES = 100_000
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -239,12 +238,7 @@ class DatasetService:
         self, header: datasets_pb2.DatasetHeader
     ) -> tuple[tuple[int, ...], tuple[int, ...]]:
         if header.task not in TASKS_FROM_PROTO:
-            raise InvalidArgument.field(
-                "header.task",
-                "must be TASK_KIND_REGRESSION, TASK_KIND_BINARY_CLASSIFICATION or "
-                "TASK_KIND_MULTICLASS_CLASSIFICATION. "
-                f"Received: {enum_received(datasets_pb2.TaskKind, header.task)}",
-            )
+            check_enum("header.task", datasets_pb2.TaskKind, header.task, list(TASKS_FROM_PROTO))
         check_text("header.display_name", header.display_name, MAX_NAME_LENGTH)
         check_labels("header.labels", header.labels)
         if header.sha256 and not SHA256.fullmatch(header.sha256):
@@ -277,20 +271,9 @@ class DatasetService:
                     )
                 seen[name] = index
         self._check_names_fit_answers(header)
-        if header.features.dtype not in FEATURE_DTYPES:
-            raise InvalidArgument.field(
-                "header.features.dtype",
-                "must be DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT64. "
-                f"Received: {enum_received(tensor_pb2.DataType, header.features.dtype)}",
-            )
-        try:
-            dtype_of(header.targets.dtype)
-        except TensorError:
-            raise InvalidArgument.field(
-                "header.targets.dtype",
-                "must be DATA_TYPE_FLOAT32, DATA_TYPE_FLOAT64, DATA_TYPE_INT32 or DATA_TYPE_INT64. "
-                f"Received: {enum_received(tensor_pb2.DataType, header.targets.dtype)}",
-            ) from None
+        dtypes = tensor_pb2.DataType
+        check_enum("header.features.dtype", dtypes, header.features.dtype, FLOAT_DTYPES)
+        check_enum("header.targets.dtype", dtypes, header.targets.dtype, list(DTYPES))
         features = tuple(int(s) for s in header.features.shape)
         targets = tuple(int(s) for s in header.targets.shape)
         if len(features) != 2 or any(s < 0 for s in features):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from trainwire.engine.errors import quoted
+from trainwire.v1 import tensor_pb2
 
 from .errors import InvalidArgument
 
@@ -76,6 +78,20 @@ def enum_received(enum: EnumTypeWrapper, number: int) -> str:
         return f"{enum.Name(number)} ({number})"
     except ValueError:
         return f"{number} (no {enum.DESCRIPTOR.name} has that number)"
+
+
+# The floating dtypes features, prediction inputs and models take.
+FLOAT_DTYPES = (tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_FLOAT64)
+
+
+def check_enum(field: str, enum: EnumTypeWrapper, number: int, allowed: Sequence[int]) -> None:
+    """Refuses an enum field's `number` unless it is one of `allowed`, naming them (in order)
+    and quoting it by name (`enum_received`)."""
+    if number in allowed:
+        return
+    names = [enum.Name(value) for value in allowed]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    raise InvalidArgument.field(field, f"must be {listed}. Received: {enum_received(enum, number)}")
 
 
 def check_text(field: str, value: str, max_length: int) -> None:

@@ -24,7 +24,7 @@ from .batching import ModelBatcher, raw_outputs
 from .errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from .metrics import MODEL_CACHE_BYTES, PREDICTION_ROWS
 from .model_cache import ModelCache, Pin, model_bytes
-from .names import enum_received, is_name, parse_name
+from .names import FLOAT_DTYPES, check_enum, is_name, parse_name
 from .records import Checkpoint, Job, TaskKind
 from .store import Store, best_checkpoint, best_ranking
 from .training import build_model
@@ -425,12 +425,7 @@ class PredictionService:
     @staticmethod
     def decode_inputs(inputs: tensor_pb2.Tensor) -> np.ndarray:
         """The tensor's array, if its dtype, bytes and shape make rows of features."""
-        if inputs.dtype not in (tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_FLOAT64):
-            raise InvalidArgument.field(
-                "inputs.dtype",
-                "must be DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT64. "
-                f"Received: {enum_received(tensor_pb2.DataType, inputs.dtype)}",
-            )
+        check_enum("inputs.dtype", tensor_pb2.DataType, inputs.dtype, FLOAT_DTYPES)
         try:
             features = from_tensor(inputs)
         except TensorError as error:

@@ -145,6 +145,11 @@ def _copied_pieces(rows: Iterable[tuple[Any, ...]], size: int, missing: str) -> 
         raise NotFound(missing)
 
 
+def _blob_key_column(table: type[DatasetBlobRow] | type[CheckpointBlobRow]) -> str:
+    """The column a blob table is keyed by: its dataset's id, or its checkpoint's."""
+    return "dataset_id" if table is DatasetBlobRow else "checkpoint_id"
+
+
 class LeaseLost(Exception):
     """The job is no longer held by this claim (rescued, cancelled away, or deleted)."""
 
@@ -694,7 +699,7 @@ class Store:
         every pooled connection that had stored one. SQLite gets a row of zeros their size, then
         the bytes through a blob handle; PostgreSQL gets them by COPY."""
         view = memoryview(data)
-        key_column = "dataset_id" if table is DatasetBlobRow else "checkpoint_id"
+        key_column = _blob_key_column(table)
         driver = session.connection().connection.driver_connection  # sqlite3's or psycopg's
         assert driver is not None  # a connection of the session's transaction
         if self.db.is_sqlite:
@@ -793,7 +798,7 @@ class Store:
         blob handle; PostgreSQL by a COPY of the value's pieces, detoasted once by the server
         (pieces taken one query at a time decompress a compressed value from its start for
         each: quadratic). NotFound if there is no such row."""
-        key_column = "dataset_id" if table is DatasetBlobRow else "checkpoint_id"
+        key_column = _blob_key_column(table)
         name = table.__tablename__
         missing = (
             f"datasets/{key} does not exist"

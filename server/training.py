@@ -31,7 +31,7 @@ from trainwire.engine.training import EVALUATION_BATCH_ROWS
 from trainwire.v1 import models_pb2, tensor_pb2
 
 from .errors import InvalidArgument
-from .names import check_text, enum_received
+from .names import FLOAT_DTYPES, check_enum, check_text
 from .records import Dataset, Job, TaskKind
 
 DEFAULT_EPOCHS = 10
@@ -106,12 +106,7 @@ def normalised_training(
             f"Received: {config.keep_checkpoints}",
         )
     dtype = config.dtype or tensor_pb2.DATA_TYPE_FLOAT32
-    if dtype not in (tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_FLOAT64):
-        raise InvalidArgument.field(
-            "training.dtype",
-            "must be DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT64. "
-            f"Received: {enum_received(tensor_pb2.DataType, dtype)}",
-        )
+    check_enum("training.dtype", tensor_pb2.DataType, dtype, FLOAT_DTYPES)
     _check_finite_number("training.optimizer.learning_rate", config.optimizer.learning_rate)
     if config.optimizer.learning_rate < 0:
         raise InvalidArgument.field(
