@@ -57,6 +57,16 @@ _admin_url: str | None = None
 _fresh_databases: list[str] = []
 
 
+# Files that take minutes on one worker, run first: `make test`'s `--dist loadfile` hands whole
+# files to its two workers in collection order, and the benchmarks' smoke runs (a few minutes),
+# collected last, left one worker running them alone at the end of the run.
+_LONG_FILES = ("test_benchmarks.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in _LONG_FILES)  # stable: the rest in order
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _admin_url is None:
         return
