@@ -471,7 +471,7 @@ def main() -> int:
             store = Store(database)
             final = store.list_checkpoints(job.name.removeprefix("jobs/"))[-1]
             weights = Path(folder) / "weights.safetensors"
-            state, _ = load_state(store.checkpoint_data(final.id))
+            state, _ = store.checkpoint_state(final.id)
             weights.write_bytes(save_state(state))
             database.dispose()
             # Two ceilings: the bare service on grpcio's thread-pool server and on grpc.aio.
