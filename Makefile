@@ -36,7 +36,7 @@ serve: $(VENV)/.installed
 # Two processes, each running whole files (their module fixtures, servers among them, start
 # once): most tests wait on servers and subprocesses, so two cores run two at once.
 test: $(STAMP_TEST)
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP_TEST)
 	$(BIN)/ruff check .

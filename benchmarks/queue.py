@@ -3,7 +3,8 @@
 For SQLite and PostgreSQL, in one run:
 - jobs_per_s: no-op jobs claimed and completed per second by 1, 2 and 4 worker processes, each
   looping over the real `Store.claim_job` and `Store.finish_job` (the queue without training),
-  from the instant they all start at (each waits for it, connected) to the last job's completion;
+  from the instant they all start at (each waits for it, connected) to the last job's completion
+  (2,000 jobs a round; 50 with --quick);
   jobs_done_per_worker shows how they shared the jobs (a worker that got none shows 0);
 - bare_jobs_per_s and ratio_vs_bare (Trainwire's jobs/s over the peer's): the same no-op loop on a
   bare queue in the same database, the peer. It has a table of its own (id, state, worker, token,
@@ -17,7 +18,7 @@ For SQLite and PostgreSQL, in one run:
   ratios (ratio_vs_bare_by_round), as a shared machine drifts between runs;
 - enqueue_to_running_p50_ms / _max_ms: from just before the SDK's CreateJob to the job's claim by
   an idle `trainwire worker` with the default settings (LISTEN/NOTIFY on PostgreSQL; on SQLite,
-  polling every poll_interval_s, 0.5 s), over 50 jobs (10 with --quick): the median and the
+  polling every poll_interval_s, 0.5 s), over 50 jobs (5 with --quick): the median and the
   maximum, as so few jobs tell no p99. The pause between jobs is random, so a job may arrive at
   any point of the worker's polling cycle (a fixed pause would arrive at the same point each time);
 - persist_overhead_fraction: how much longer a real worker takes to train a job than the same
@@ -404,7 +405,7 @@ def persist_overhead(url: str, examples: int, epochs: int, repeats: int) -> floa
 
 
 def bench_backend(url: str, quick: bool) -> dict[str, Any]:
-    jobs = 200 if quick else 2000
+    jobs = 50 if quick else 2000
     rounds = 1 if quick else 3
     result: dict[str, Any] = {
         "jobs_per_s": {},
@@ -435,7 +436,7 @@ def bench_backend(url: str, quick: bool) -> dict[str, Any]:
         result["bare_jobs_done_per_worker"][key] = done[True]
         result["ratio_vs_bare"][key] = round(float(np.median(ratios)), 3)
         result["ratio_vs_bare_by_round"][key] = [round(r, 3) for r in ratios]
-    latencies = enqueue_latency(url, 10 if quick else 50)
+    latencies = enqueue_latency(url, 5 if quick else 50)
     result["enqueue_to_running_p50_ms"] = round(float(np.median(latencies)), 1)
     result["enqueue_to_running_max_ms"] = round(max(latencies), 1)
     result["enqueue_to_running_jobs"] = len(latencies)
