@@ -201,7 +201,7 @@ class KeyChecker:
         if header[:7].lower() != "bearer ":
             raise Unauthenticated(
                 "this server requires an API key: send it as `authorization: Bearer <key>` "
-                "metadata (the SDK's api_key= or TRAINWIRE_API_KEY)"
+                f"metadata (the SDK's api_key= or TRAINWIRE_API_KEY){_misread(header)}"
             )
         parsed = parse_key(header[7:].strip())
         record = keys.get(parsed[0]) if parsed else None
@@ -210,6 +210,17 @@ class KeyChecker:
         if not hmac.compare_digest(hash_secret(record.salt, parsed[1]), record.secret_hash):
             raise Unauthenticated("the API key is not valid: it is unknown or was revoked")
         return record.project, record.id
+
+
+def _misread(header: str) -> str:
+    """Why an `authorization` value without the Bearer scheme was not read, when one was sent;
+    never the value, which may be a secret. A client written by hand most often sends the key
+    alone."""
+    if not header:
+        return ""
+    if parse_key(header.strip()):
+        return "; the authorization metadata held a key without the `Bearer ` before it"
+    return "; the authorization metadata held no `Bearer ` scheme"
 
 
 def check_key_still_active() -> None:

@@ -521,8 +521,20 @@ def test_the_bearer_scheme_is_read_in_any_case(store: Store) -> None:
         metadata = (("authorization", f"{scheme} {key.key}"),)
         assert checker.project_of(metadata) == ("research", key.id), scheme
     for header in (f"Bearer{key.key}", key.key, "Basic dXNlcjpwYXNz", "bearer", ""):
-        with pytest.raises(Unauthenticated, match="authorization: Bearer <key>"):
+        with pytest.raises(Unauthenticated, match="authorization: Bearer <key>") as refused:
             checker.project_of((("authorization", header),))
+        assert key.key.split("_")[-1] not in str(refused.value), "the secret is never shown"
+    # What was sent is said, not shown: a key alone (the usual mistake of a hand-written
+    # client), another scheme, or nothing.
+    said = {}
+    for header in (key.key, f" {key.key}", "Basic dXNlcjpwYXNz", ""):
+        with pytest.raises(Unauthenticated) as refused:
+            checker.project_of((("authorization", header),))
+        said[header] = str(refused.value)
+    assert said[key.key].endswith("held a key without the `Bearer ` before it")
+    assert said[f" {key.key}"] == said[key.key]
+    assert said["Basic dXNlcjpwYXNz"].endswith("held no `Bearer ` scheme")
+    assert said[""].endswith("(the SDK's api_key= or TRAINWIRE_API_KEY)")
     with pytest.raises(Unauthenticated, match="unknown or was revoked"):
         checker.project_of((("authorization", "bearer tw_nosuch"),))
 
