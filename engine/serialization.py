@@ -5,7 +5,8 @@
 truncated input. Object dtypes are rejected both ways. ``state_buffer`` builds the same state in
 one buffer, copying each array once. ``read_state(pieces, size)`` reads the
 same bytes given a piece at a time (a database blob read in pieces), each array allocated once
-from the header and filled in place, so the whole bytes are never held.
+from the header and filled in place, so the whole bytes are never held; given `keep`, it
+allocates only the arrays kept and reads past the others.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import safetensors.numpy
@@ -130,15 +131,18 @@ def read_state(
     pieces: Iterable[bytes | bytearray | memoryview],
     size: int,
     dtypes: Mapping[str, np.dtype] | None = None,
+    keep: Callable[[str], bool] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """``load_state`` of the `size` bytes `pieces` give one after the other, of any lengths.
 
     Each array is allocated from the header and its bytes copied into it as they come: the
     process holds the arrays and one piece, where reading whole bytes held them, safetensors'
     copy and ours (three times the state). An array named in `dtypes` is converted to that
-    dtype as it is read (the values `astype` gives), so it is never held in both.
-    ValueError on anything malformed, as safetensors' own checks refuse it: the arrays must
-    fill the bytes after the header exactly, back to back."""
+    dtype as it is read (the values `astype` gives), so it is never held in both. Given `keep`,
+    only the arrays whose names it keeps are returned, and only they are allocated (a model's
+    weights from a checkpoint that also holds its optimizer's moments, twice their size for
+    Adam). ValueError on anything malformed, as safetensors' own checks refuse it: the arrays
+    must fill the bytes after the header exactly, back to back, kept or not."""
     stream = _Pieces(pieces)
     head = _read_exactly(stream, 8, "the header")
     (header_len,) = struct.unpack("<Q", head)
@@ -158,6 +162,9 @@ def read_state(
     layout = _layout(header, size - 8 - header_len)
     arrays: dict[str, np.ndarray] = {}
     for name, dtype, shape in layout:
+        if keep is not None and not keep(name):
+            _skip(stream, name, dtype.itemsize * math.prod(shape))
+            continue
         wanted = np.dtype((dtypes or {}).get(name, dtype))
         arrays[name] = _read_array(stream, name, dtype, shape, wanted)
     if not stream.at_end():
@@ -190,6 +197,17 @@ class _Pieces:
             self._rest = self._rest[count:]
             filled += count
         return filled
+
+    def skip(self, count: int) -> int:
+        """Reads past `count` bytes of the stream; the bytes passed (fewer only at its end)."""
+        passed = 0
+        while passed < count:
+            if not self._rest and not self._next():
+                break
+            step = min(len(self._rest), count - passed)
+            self._rest = self._rest[step:]
+            passed += step
+        return passed
 
     def at_end(self) -> bool:
         while not self._rest:
@@ -332,4 +350,9 @@ def _read_array(
 
 def _fill(stream: _Pieces, name: str, target: memoryview) -> None:
     if stream.read_into(target) < len(target):
+        raise ValueError(f"Corrupt or truncated safetensors state: array {name!r} is cut short")
+
+
+def _skip(stream: _Pieces, name: str, count: int) -> None:
+    if stream.skip(count) < count:
         raise ValueError(f"Corrupt or truncated safetensors state: array {name!r} is cut short")

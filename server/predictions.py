@@ -383,15 +383,13 @@ class PredictionService:
                     "been deleted since: whether its outputs are classes is unknown, so it "
                     "cannot serve predictions; train a new job"
                 )
-            state, _ = self.store.checkpoint_state(checkpoint.id)
-            model = build_model(job.model_spec, job.training)
-            model.load_state_dict(
-                {
-                    k.removeprefix(MODEL_PREFIX): v
-                    for k, v in state.items()
-                    if k.startswith(MODEL_PREFIX)
-                }
+            # The model's arrays alone: a trainer's checkpoint also holds the optimizer's state
+            # (Adam's moments, twice the weights), which serving never reads.
+            state, _ = self.store.checkpoint_state(
+                checkpoint.id, keep=lambda name: name.startswith(MODEL_PREFIX)
             )
+            model = build_model(job.model_spec, job.training)
+            model.load_state_dict({k.removeprefix(MODEL_PREFIX): v for k, v in state.items()})
             classifier = TaskKind(job.target["task"]).is_classification
             if _entry_bytes(model) > self.cache.max_bytes and self._first_warning(key):
                 log.warning(

@@ -1778,9 +1778,16 @@ class Store:
         them)."""
         return self._read_blob(CheckpointBlobRow, checkpoint_id, _joined)
 
-    def checkpoint_state(self, checkpoint_id: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-        """A checkpoint's arrays and metadata, its bytes read a piece at a time (`_read_blob`)."""
-        return self._read_blob(CheckpointBlobRow, checkpoint_id, read_state)
+    def checkpoint_state(
+        self, checkpoint_id: int, keep: Callable[[str], bool] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """A checkpoint's arrays and metadata, its bytes read a piece at a time (`_read_blob`);
+        only the arrays whose names `keep` keeps, given it (`read_state`)."""
+        return self._read_blob(
+            CheckpointBlobRow,
+            checkpoint_id,
+            lambda pieces, size: read_state(pieces, size, None, keep),
+        )
 
     def metric_names(self, job_id: str) -> list[str]:
         """The names the job has recorded points of, in order."""

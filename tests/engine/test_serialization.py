@@ -154,6 +154,38 @@ def test_read_state_converts_the_arrays_named_as_astype_does() -> None:
         read_state(_pieces(data, 1000), len(data), {"counts": np.dtype(np.float32)})
 
 
+def test_read_state_keeps_only_the_arrays_asked_for_and_allocates_no_other() -> None:
+    """The model cache reads a trainer's checkpoint for the model's weights: Adam's two moments
+    beside them (twice their size) were read, and held, for nothing."""
+    rng = np.random.default_rng(0)
+    weights = {"model.w": rng.standard_normal(50_000), "model.b": rng.standard_normal(10)}
+    moments = {f"optimizer.{k}": rng.standard_normal(50_000) for k in ("m", "v")}
+    data = save_state({**moments, **weights}, {"k": "v"})
+    pieces = _pieces(data, 4096)
+    tracemalloc.start()
+    try:
+        loaded, metadata = read_state(
+            pieces, len(data), keep=lambda name: name.startswith("model.")
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert metadata == {"k": "v"}
+    assert loaded.keys() == weights.keys()
+    for name, array in weights.items():
+        assert loaded[name].tobytes() == array.tobytes(), name
+    assert peak < 1.2 * sum(a.nbytes for a in weights.values()), peak
+    # The arrays passed over are still checked as the state's: cut short, or a header whose
+    # layout is wrong, is refused whichever arrays are kept.
+    with pytest.raises(ValueError, match="is cut short"):  # in an array passed over
+        read_state(_pieces(data[:-8], 100), len(data), keep=lambda name: False)
+    broken = _state_with(
+        {"skipped": {"dtype": "F64", "shape": [1], "data_offsets": [0, 4]}}, bytes(8)
+    )
+    with pytest.raises(ValueError, match="entry 'skipped' of shape"):
+        read_state([broken], len(broken), keep=lambda name: False)
+
+
 def _state_with(entries: dict[str, object], data: bytes = b"") -> bytes:
     header = json.dumps(entries).encode()
     return struct.pack("<Q", len(header)) + header + data

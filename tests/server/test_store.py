@@ -226,6 +226,19 @@ def test_a_checkpoint_is_read_into_its_arrays_alone(store: Store) -> None:
     assert kept < size // 4, f"{kept / 2**20:.1f} MiB stayed behind a 64 MiB checkpoint"
 
 
+def test_a_checkpoint_is_read_keeping_only_the_arrays_asked_for(store: Store) -> None:
+    """The model cache keeps a checkpoint's model arrays, not its optimizer's."""
+    claim = claimed_job(store)
+    rng = np.random.default_rng(1)
+    arrays = {"optimizer.m": rng.standard_normal(3000), "model.w": rng.standard_normal(3000)}
+    checkpoint = store.save_checkpoint(claim, 1, 10, {"loss": 1.0}, save_state(arrays))
+    kept, _ = store.checkpoint_state(checkpoint.id, keep=lambda name: name.startswith("model."))
+    assert kept.keys() == {"model.w"}
+    assert kept["model.w"].tobytes() == arrays["model.w"].tobytes()
+    whole, _ = store.checkpoint_state(checkpoint.id)
+    assert whole.keys() == arrays.keys()
+
+
 def test_a_compressible_dataset_is_read_whole(store: Store) -> None:
     """PostgreSQL compresses a value that compresses well (all zeros here); the pieces are cut
     from it once it is decompressed, and come back whole and in order."""
