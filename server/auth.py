@@ -195,7 +195,9 @@ class KeyChecker:
                 "this server requires an API key and none is active (the last one was revoked): "
                 "an operator must create one with `trainwire keys create --project NAME`"
             )
-        header = str(next((v for k, v in metadata or () if k == "authorization"), ""))
+        # Spaces around the value are no part of it (RFC 9110's optional whitespace), and a
+        # client building the header by hand may leave some.
+        header = str(next((v for k, v in metadata or () if k == "authorization"), "")).strip()
         # The scheme is case-insensitive (RFC 7235): `bearer tw_…` too. Its 7 characters alone
         # are lowered, not the header: a slice and a short lower() on every call.
         if header[:7].lower() != "bearer ":
@@ -218,7 +220,9 @@ def _misread(header: str) -> str:
     alone."""
     if not header:
         return ""
-    if parse_key(header.strip()):
+    if header.lower() == "bearer":
+        return "; the authorization metadata held the `Bearer` scheme but no key after it"
+    if parse_key(header):
         return "; the authorization metadata held a key without the `Bearer ` before it"
     return "; the authorization metadata held no `Bearer ` scheme"
 

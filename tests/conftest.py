@@ -62,18 +62,25 @@ _admin_url: str | None = None
 _fresh_databases: list[str] = []
 _doomed: queue.SimpleQueue[str | None] = queue.SimpleQueue()
 _dropper: threading.Thread | None = None
+_drop_failed: list[str] = []
 
 
-def _drop(names: Iterable[str]) -> None:
+def _drop(names: Iterable[str]) -> list[str]:
+    """Drops each of the databases `names`; the names of those it could not drop. Each drop on a
+    connection from the pool, so one connection lost does not keep the later ones."""
     assert _admin_url is not None
+    failed = []
     admin = create_engine(_admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
+    try:
         for name in names:
             try:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            except Exception as error:  # one left behind must not keep the others
-                print(f"could not drop test database {name}: {error}", file=sys.stderr)
-    admin.dispose()
+                with admin.connect() as connection:
+                    connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            except Exception:  # one left behind must not keep the others
+                failed.append(name)
+    finally:
+        admin.dispose()
+    return failed
 
 
 def _drop_soon(url: str) -> None:
@@ -83,17 +90,20 @@ def _drop_soon(url: str) -> None:
     assert name is not None
     _fresh_databases.remove(name)
     if _dropper is None:
-        _dropper = threading.Thread(target=_drop, args=(iter(_doomed.get, None),), daemon=True)
+        _dropper = threading.Thread(
+            target=lambda: _drop_failed.extend(_drop(iter(_doomed.get, None))), daemon=True
+        )
         _dropper.start()
     _doomed.put(name)
 
 
-# Files that take minutes on one worker, longest first, run before the rest: `make test` hands
+# Files that take minutes on one worker, run first, roughly the longest first: `make test` hands
 # whole files to its two workers in collection order (`--dist loadfile --no-loadscope-reorder`;
-# xdist's default reorder, by test count, put the benchmarks' five smoke runs last, and one
-# worker ran them alone for two minutes). Longest first leaves the short files to even out the
-# end. Totals of one run on a 2-core machine, in seconds: benchmarks 200, api 255, job survival
-# 145, jobs 100, restart 100, store 90, topology 60.
+# xdist's default order, by test count, put the benchmarks' five smoke runs last, and one worker
+# ran them alone for two minutes). The short files left for the end even the workers out. Totals
+# of one run on a 2-core machine, in seconds: benchmarks 200 (before api's 255: its runs are each
+# a minute or so and cannot be split), job survival 145, jobs 100, restart 100, store 90,
+# topology 60.
 _LONG_FILES = (
     "test_benchmarks.py",
     "test_api.py",
@@ -118,7 +128,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         _doomed.put(None)
         _dropper.join()
     if _admin_url is not None:
-        _drop(_fresh_databases)
+        for name in _drop(_fresh_databases + _drop_failed):  # the thread's failures tried again
+            print(f"could not drop test database {name}", file=sys.stderr)
 
 
 def fresh_postgres_database(server_url: str, template: str | None = None) -> str:

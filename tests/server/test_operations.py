@@ -517,8 +517,8 @@ def test_the_bearer_scheme_is_read_in_any_case(store: Store) -> None:
     RFC 7235 makes an authentication scheme case-insensitive."""
     key = store.create_api_key("research")
     checker = key_checker(Settings(host="127.0.0.1"), store)
-    for scheme in ("Bearer", "bearer", "BEARER", "bEaReR"):
-        metadata = (("authorization", f"{scheme} {key.key}"),)
+    for scheme in ("Bearer", "bearer", "BEARER", "bEaReR", " Bearer"):
+        metadata = (("authorization", f"{scheme} {key.key} "),)
         assert checker.project_of(metadata) == ("research", key.id), scheme
     for header in (f"Bearer{key.key}", key.key, "Basic dXNlcjpwYXNz", "bearer", ""):
         with pytest.raises(Unauthenticated, match="authorization: Bearer <key>") as refused:
@@ -527,7 +527,7 @@ def test_the_bearer_scheme_is_read_in_any_case(store: Store) -> None:
     # What was sent is said, not shown: a key alone (the usual mistake of a hand-written
     # client), another scheme, or nothing.
     said = {}
-    for header in (key.key, f" {key.key}", "Basic dXNlcjpwYXNz", ""):
+    for header in (key.key, f" {key.key}", "Basic dXNlcjpwYXNz", "", " bearer "):
         with pytest.raises(Unauthenticated) as refused:
             checker.project_of((("authorization", header),))
         said[header] = str(refused.value)
@@ -535,6 +535,7 @@ def test_the_bearer_scheme_is_read_in_any_case(store: Store) -> None:
     assert said[f" {key.key}"] == said[key.key]
     assert said["Basic dXNlcjpwYXNz"].endswith("held no `Bearer ` scheme")
     assert said[""].endswith("(the SDK's api_key= or TRAINWIRE_API_KEY)")
+    assert said[" bearer "].endswith("held the `Bearer` scheme but no key after it")
     with pytest.raises(Unauthenticated, match="unknown or was revoked"):
         checker.project_of((("authorization", "bearer tw_nosuch"),))
 
