@@ -12,7 +12,6 @@ from trainwire.server.migrate import (
     broken_foreign_keys,
     check_foreign_keys,
     compare_server_default,
-    include_name,
 )
 from trainwire.server.models import Base
 
@@ -38,7 +37,6 @@ def run_with(connection: Connection) -> None:
         # The models declare the server defaults migrations gave their columns: autogenerate
         # must see a changed one, and not mistake `'{}'::json` for a change (see the function).
         compare_server_default=compare_server_default,
-        include_name=include_name,
     )
     # Migrations on SQLite run with foreign keys off (see `run_online`), so nothing else would
     # notice rows they leave pointing nowhere: compared before and after, inside the one

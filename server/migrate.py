@@ -7,7 +7,6 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -85,17 +84,6 @@ def compare_server_default(
     if inspected_default is None or not isinstance(declared, str):
         return None
     return _json_or_text(_sql_literal_text(inspected_default)) != _json_or_text(declared)
-
-
-# Indexes the migrations create that the models do not declare: ix_jobs_labels (0014), an
-# expression GIN index on PostgreSQL only, which Alembic reflects in a form it never finds equal
-# to any declaration (it proposed dropping and creating it again).
-UNDECLARED_INDEXES = frozenset({"ix_jobs_labels"})
-
-
-def include_name(name: str | None, type_: str, _parent_names: Mapping[str, Any]) -> bool:
-    """Alembic's `include_name` hook: every schema object but `UNDECLARED_INDEXES`."""
-    return not (type_ == "index" and name in UNDECLARED_INDEXES)
 
 
 def _sql_literal_text(default: str) -> str:

@@ -164,6 +164,26 @@ FAILED_ONLY = JobRow.state == literal_column("'FAILED'")
 Index("ix_jobs_failed", JobRow.ended_at, postgresql_where=FAILED_ONLY, sqlite_where=FAILED_ONLY)
 
 
+class JobLabelRow(Base):
+    """One label of a job: what ListJobs' label filter reads (migration 0015), written with the
+    job and deleted with it. The job's project and creation time are copied in (neither ever
+    changes), so a label's jobs are read from ix_job_labels_listing in the listing's order,
+    from a page token's position: the filter once decoded every job's JSON labels, newest first,
+    and a label few jobs hold read the whole project. A job whose labels' JSON text holds a NUL
+    (stored before labels were checked) has no rows, as it matches no filter."""
+
+    __tablename__ = "job_labels"
+    __table_args__ = (
+        Index("ix_job_labels_listing", "project", "key", "value", "created_at", "job_id"),
+    )
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+    project: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class JobEventRow(Base):
     """What happened to a job, numbered per job: the log `WatchJob` replays from any point."""
 

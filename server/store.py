@@ -31,11 +31,8 @@ from sqlalchemy import (
     Select,
     Table,
     Text,
-    and_,
     bindparam,
-    case,
     delete,
-    exists,
     func,
     insert,
     literal_column,
@@ -45,7 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from trainwire.engine import read_state
 from trainwire.engine.errors import quoted
@@ -70,6 +67,7 @@ from .models import (
     DatasetBlobRow,
     DatasetRow,
     JobEventRow,
+    JobLabelRow,
     JobRow,
     MetricRow,
     WorkerRow,
@@ -508,42 +506,97 @@ def _is_foreign_key_violation(error: IntegrityError) -> bool:
 
 
 # How a NUL is stored in a JSON column's text. Labels were once stored without the check that
-# now refuses control characters, and PostgreSQL decodes no JSON text holding this escape (`->>`
-# fails on the row with "unsupported Unicode escape sequence", and with it the whole listing).
+# now refuses control characters, and PostgreSQL holds no NUL in a text column (nor decodes
+# JSON text holding this escape): a job whose labels' text holds it has no label rows, and the
+# listing checks its labels too (`_labels_without_nul`), so it matches no filter.
 _NUL_ESCAPE = "\\u0000"
 
 
-def _has_label(sqlite: bool, key: str, value: str) -> ColumnElement[bool]:
-    """Whether a job's labels hold `key` with exactly `value`. PostgreSQL asks its index of
-    labels (`_INDEXED_LABELS`) for the jobs containing {key: value}, a parameter. SQLite's JSON
-    paths (`$."key"`, what the JSON type's element comparison renders there) cannot hold a
-    double quote, and compare the key as stored, where a non-ASCII one is escaped (`\\u00fc`):
-    `json_each` reads every key and value decoded.
+def _label_rows(row: JobRow) -> list[dict[str, Any]]:
+    """The `job_labels` rows of a job being created: one per label, none if its labels' JSON
+    text holds `_NUL_ESCAPE` (a NUL, or a backslash then `u0000` as text, which the filter never
+    matched either; the text is json.dumps', the JSON column's own)."""
+    if _NUL_ESCAPE in json.dumps(row.labels):
+        return []
+    return [
+        {
+            "job_id": row.id,
+            "key": key,
+            "value": value,
+            "project": row.project,
+            "created_at": row.created_at,
+        }
+        for key, value in row.labels.items()
+    ]
 
-    Labels stored with a NUL match no filter, on either database: PostgreSQL is kept from
-    converting them by a CASE, which (unlike AND) decides the order of evaluation. A label
-    holding a backslash then `u0000` as text is stored so too, and matches no filter either."""
+
+def _labels_without_nul(sqlite: bool) -> ColumnElement[bool]:
+    """Whether a job's stored labels hold no `_NUL_ESCAPE`. A job's labels never change once
+    stored, but one edited in the database to hold a NUL (as the test of such a legacy job
+    does) keeps the rows written before, which must not make it match. PostgreSQL's is a NOT
+    LIKE, which it estimates to hold for most jobs: `strpos(...) = 0` it took for 1 job in 200,
+    and hashed every job of the table to join a common label's 25,000 rows (100,000 jobs:
+    300-400 ms a page) instead of looking up a page's jobs in order."""
     if sqlite:
-        each = func.json_each(JobRow.labels).table_valued("key", "value")
-        return and_(
-            func.instr(JobRow.labels, _NUL_ESCAPE) == 0,
-            exists().where(each.c.key == key, each.c.value == value),
-        )
-    return _INDEXED_LABELS.contains({key: value})
+        return func.instr(JobRow.labels, _NUL_ESCAPE) == 0
+    return ~JobRow.labels.cast(Text).contains(_NUL_ESCAPE, autoescape=True)
 
 
-# A job's labels as jsonb, NULL when their text holds a NUL: the expression of the GIN index
-# ix_jobs_labels (migration 0014), exactly, the escape written in the SQL (an index's expression
-# matches a query's only with its constants). A filter asks it `@>` {key: value}: the jobs that
-# hold the label come from the index. Decoding each job's labels with `->>` read the whole
-# project, newest first, for a label few jobs hold (150-270 ms at 40,000 jobs).
-_INDEXED_LABELS = case(
-    (
-        func.strpos(JobRow.labels.cast(Text), literal_column(f"'{_NUL_ESCAPE}'"))
-        == literal_column("0"),
-        JobRow.labels.cast(postgresql.JSONB),
+# How many of a label's jobs are counted, at most, to choose the label a filter of several reads
+# first (`_fewest_held_first`): enough to tell a rare label from a common one, bounded for
+# labels most of a project holds.
+_LABEL_COUNT_BOUND = 10_000
+
+
+def _label_held(key: str, value: str, project: str | None) -> Select[Any]:
+    """The `job_labels` rows of a label, a project's or every project's."""
+    held = select(JobLabelRow.job_id).where(JobLabelRow.key == key, JobLabelRow.value == value)
+    return held if project is None else held.where(JobLabelRow.project == project)
+
+
+def _fewest_held_first(
+    session: Session, labels: Mapping[str, str], project: str | None
+) -> list[tuple[str, str]]:
+    """`labels` ordered by how many jobs hold each, fewest first (counted up to
+    `_LABEL_COUNT_BOUND`, from the index, in one statement): the filter reads its first label's
+    jobs until its page is full, and a common label first read all of its jobs to find a
+    rare one's few (100,000 jobs: 360-430 ms on SQLite, which keeps no statistics to choose
+    by)."""
+    given = list(labels.items())
+    if len(given) == 1:
+        return given
+    counts = [
+        select(func.count())
+        .select_from(_label_held(key, value, project).limit(_LABEL_COUNT_BOUND).subquery())
+        .scalar_subquery()
+        for key, value in given
+    ]
+    held = session.execute(select(*counts)).one()
+    return [label for _, label in sorted(zip(held, given, strict=True), key=lambda pair: pair[0])]
+
+
+def _labelled_jobs(
+    labels: Sequence[tuple[str, str]], project: str | None, sqlite: bool
+) -> tuple[Select[Any], tuple[Any, Any]]:
+    """The jobs holding every label of `labels`, each with exactly its value, and the columns
+    of their listing's position: the first label's rows, read from ix_job_labels_listing in
+    the listing's order (a project's, from the page token's position), and the jobs they name;
+    each further label is looked up by the job's key (the primary key)."""
+    (first_key, first_value), *others = labels
+    lead = aliased(JobLabelRow)
+    query = (
+        select(JobRow)
+        .join(lead, lead.job_id == JobRow.id)
+        .where(lead.key == first_key, lead.value == first_value, _labels_without_nul(sqlite))
     )
-)
+    if project is not None:
+        query = query.where(lead.project == project)
+    for key, value in others:
+        held = select(JobLabelRow.job_id).where(
+            JobLabelRow.job_id == JobRow.id, JobLabelRow.key == key, JobLabelRow.value == value
+        )
+        query = query.where(held.exists())
+    return query, (lead.created_at, lead.job_id)
 
 
 JOBS = cast(Table, JobRow.__table__)
@@ -854,7 +907,8 @@ class Store:
             query = query.where(DatasetRow.project == project)
         scope = page_scope("datasets")
         with self.db.read() as session:
-            rows = self._page(session, query, DatasetRow, page_size, page_token, scope)
+            position = (DatasetRow.created_at, DatasetRow.id)
+            rows = self._page(session, query, position, page_size, page_token, scope)
             items = [_dataset(row) for row in rows]
         return self._with_next_token(items, page_size_of(page_size), scope, fits)
 
@@ -908,6 +962,9 @@ class Store:
                 )
                 session.add(row)
                 session.flush()
+                labelled = _label_rows(row)
+                if labelled:
+                    session.execute(insert(JobLabelRow), labelled)
                 self._event_for(session, row, "queued")
                 self._notify(session, JOBS_CHANNEL, row.queue)
                 return _job(row)
@@ -982,7 +1039,7 @@ class Store:
                     )
                 )
             )
-            for table in (MetricRow, CheckpointRow, JobEventRow):
+            for table in (MetricRow, CheckpointRow, JobEventRow, JobLabelRow):
                 session.execute(delete(table).where(table.job_id == job_id))
             session.execute(delete(JobRow).where(JobRow.id == job_id))
 
@@ -998,6 +1055,35 @@ class Store:
     ) -> tuple[list[Job], str]:
         """A page of jobs, newest first, filtered, and the next page's token ("" after the
         last); `fits` may end the page early (see `_with_next_token`)."""
+        size = page_size_of(page_size)
+        scope = page_scope("jobs", None if state is None else state.value, dataset_id, labels or {})
+        if labels and (len(labels) > MAX_LABELS or any("\x00" in k + v for k, v in labels.items())):
+            # No job carries that many labels, nor a NUL (PostgreSQL refuses one as a
+            # parameter), and SQLite refuses a filter of over 1,000 terms: the page is empty,
+            # once its token is known to be this listing's.
+            if page_token:
+                decode_page_token(page_token, scope)
+            return [], ""
+        with self.db.read() as session:
+            if labels:
+                # The label rows lead, in order (see `_labelled_jobs`); the state and the
+                # dataset are checked on each job they name.
+                ordered = _fewest_held_first(session, labels, project)
+                query, position = _labelled_jobs(ordered, project, self.db.is_sqlite)
+                if state is not None:
+                    query = query.where(JobRow.state == state.value)
+                if dataset_id:
+                    query = query.where(JobRow.dataset_id == dataset_id)
+            else:
+                query, position = self._jobs_query(state, dataset_id, project)
+            rows = self._page(session, query, position, size, page_token, scope)
+            items = [_job(row) for row in rows]
+        return self._with_next_token(items, size, scope, fits)
+
+    def _jobs_query(
+        self, state: JobState | None, dataset_id: str | None, project: str | None
+    ) -> tuple[Select[Any], tuple[Any, Any]]:
+        """The jobs of a listing without label filters, and the columns of its position."""
         coarse: list[ColumnElement[bool]] = []
         if project is not None:
             coarse.append(JobRow.project == project)
@@ -1011,40 +1097,27 @@ class Store:
                 # state hold for most rows, so it reads the dataset's own index in order.
                 coarse = [func.likely(condition) for condition in coarse]
             query = query.where(JobRow.dataset_id == dataset_id)
-        query = query.where(*coarse)
-        size = page_size_of(page_size)
-        scope = page_scope("jobs", None if state is None else state.value, dataset_id, labels or {})
-        if labels:
-            if len(labels) > MAX_LABELS or any("\x00" in k + v for k, v in labels.items()):
-                # No job carries that many labels, nor a NUL (PostgreSQL refuses one as a
-                # parameter), and SQLite refuses a filter of over 1,000 terms: the page is
-                # empty, once its token is known to be this listing's.
-                if page_token:
-                    decode_page_token(page_token, scope)
-                return [], ""
-            query = query.where(*(_has_label(self.db.is_sqlite, k, v) for k, v in labels.items()))
-        with self.db.read() as session:
-            rows = self._page(session, query, JobRow, size, page_token, scope)
-            items = [_job(row) for row in rows]
-        return self._with_next_token(items, size, scope, fits)
+        return query.where(*coarse), (JobRow.created_at, JobRow.id)
 
     @staticmethod
     def _page(
         session: Session,
         query: Select[Any],
-        model: Any,
+        position: tuple[Any, Any],
         page_size: int,
         page_token: str,
         scope: str,
     ) -> Sequence[Any]:
-        """Newest first, keyset-paginated on (created_at, id); fetches one extra row. The
-        position is compared as a row value, which both databases take as a range of an index
-        on (..., created_at, id) scanned backward (the OR of its parts is not)."""
+        """Newest first, keyset-paginated on `position`, the (created_at, id) columns the rows
+        are read by; fetches one extra row. The position is compared as a row value, which both
+        databases take as a range of an index on (..., created_at, id) scanned backward (the OR
+        of its parts is not)."""
+        created_at, row_id = position
         size = page_size_of(page_size)
         if page_token:
-            created, row_id = decode_page_token(page_token, scope)
-            query = query.where(tuple_(model.created_at, model.id) < (created, row_id))
-        query = query.order_by(model.created_at.desc(), model.id.desc()).limit(size + 1)
+            created, after = decode_page_token(page_token, scope)
+            query = query.where(tuple_(created_at, row_id) < (created, after))
+        query = query.order_by(created_at.desc(), row_id.desc()).limit(size + 1)
         return session.scalars(query).all()
 
     @staticmethod

@@ -42,7 +42,6 @@ from trainwire.server.migrate import (
     current_revision,
     ensure_migrated,
     head_revision,
-    include_name,
     upgrade,
 )
 from trainwire.server.models import Base, JobRow
@@ -70,7 +69,6 @@ def test_migrations_match_models(database_url: str) -> None:
         options = {
             "compare_type": True,
             "compare_server_default": compare_server_default,
-            "include_name": include_name,
         }
         context = MigrationContext.configure(connection, opts=options)
         differences = compare_metadata(context, Base.metadata)
@@ -654,30 +652,108 @@ def test_0013_orders_a_datasets_jobs_by_its_index_and_downgrades_to_the_former(
     test_migrations_match_models(empty_database_url)
 
 
+def _labels_index(url: str) -> list[str]:
+    """The definition of ix_jobs_labels, 0014's GIN index (none, or one)."""
+    with _opened(url) as database, database.engine.connect() as connection:
+        if database.is_sqlite:
+            found = "SELECT sql FROM sqlite_master WHERE name = 'ix_jobs_labels'"
+        else:
+            found = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_jobs_labels'"
+        return list(connection.execute(text(found)).scalars())
+
+
 def test_0014_indexes_job_labels_on_postgresql_and_downgrades_without_it(
     empty_database_url: str,
 ) -> None:
     """Up from 0013, PostgreSQL has the GIN index of job labels (SQLite, without jsonb or GIN,
-    is left as it was); down to 0013 it goes; up again, the schema is the models' (the index
-    is left out of the comparison, `include_name`)."""
-
-    def labels_index() -> list[str]:
-        with _opened(empty_database_url) as database, database.engine.connect() as connection:
-            if database.is_sqlite:
-                found = "SELECT sql FROM sqlite_master WHERE name = 'ix_jobs_labels'"
-            else:
-                found = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_jobs_labels'"
-            return list(connection.execute(text(found)).scalars())
-
+    is left as it was); down to 0013 it goes; up to head (0015 drops it), the schema is the
+    models'."""
     upgrade(empty_database_url, "0013")
-    assert labels_index() == []
-    upgrade(empty_database_url)
+    assert _labels_index(empty_database_url) == []
+    upgrade(empty_database_url, "0014")
     if empty_database_url.startswith("sqlite"):
-        assert labels_index() == []
+        assert _labels_index(empty_database_url) == []
     else:
-        (definition,) = labels_index()
+        (definition,) = _labels_index(empty_database_url)
         assert "USING gin" in definition and "jsonb_path_ops" in definition
     command.downgrade(alembic_config(empty_database_url), "0013")
-    assert labels_index() == []
+    assert _labels_index(empty_database_url) == []
     upgrade(empty_database_url)
     test_migrations_match_models(empty_database_url)
+
+
+# Jobs as 0014 stores them, by id: their labels' JSON text as the JSON column holds it.
+_LABELS_AT_0014 = {
+    "j1": '{"team": "a", "run": "1"}',
+    "j2": '{"team": "b"}',
+    "j3": "{}",
+    "j4": '{"team": "a", "note": "x\\u0000y"}',  # a NUL, stored before labels were checked
+    "j5": '{"team": "a", "note": "\\\\u0000"}',  # a backslash then u0000, as text
+    "j6": '{"\\u00fc \\"q\\"": "\\u2603", "n": 1}',  # escaped text; a number
+}
+
+
+def test_0015_fills_job_labels_from_the_jobs_and_downgrades_to_the_index_it_replaced(
+    empty_database_url: str,
+) -> None:
+    """Up from 0014 with jobs, each string label of each job is a row of `job_labels` (with the
+    job's project and creation time), but for jobs whose labels' text holds a NUL's escape,
+    which match no filter; the filter then finds them, and PostgreSQL's GIN index is gone.
+    Down to 0014 the table goes (the jobs keep their labels) and the index is back; up again,
+    the schema is the models'."""
+    url = empty_database_url
+    upgrade(url, "0014")
+    insert_job = text(
+        "INSERT INTO jobs (id, project, display_name, dataset_id, target, model_spec, training, "
+        "state, queue, priority, attempt, max_attempts, labels, progress, metrics, error, "
+        "created_at, updated_at) VALUES (:id, :project, '', NULL, '{}', '{}', '{}', "
+        "'SUCCEEDED', 'default', 0, 1, 3, :labels, '{}', '{}', '', :now, :now)"
+    ).bindparams(bindparam("now", type_=DateTime(timezone=True)))
+    start = datetime(2026, 11, 28, tzinfo=UTC)
+    with _opened(url) as database, database.engine.begin() as connection:
+        for index, (job_id, labels) in enumerate(_LABELS_AT_0014.items()):
+            project = "research" if job_id == "j2" else "default"
+            now = start.replace(minute=index)
+            connection.execute(
+                insert_job, {"id": job_id, "project": project, "labels": labels, "now": now}
+            )
+
+    upgrade(url)
+    with _opened(url) as database:
+        with database.engine.connect() as connection:
+            rows = connection.execute(
+                text("SELECT job_id, key, value, project FROM job_labels ORDER BY job_id, key")
+            ).all()
+            copied = connection.execute(
+                text(
+                    "SELECT count(*) FROM job_labels JOIN jobs ON jobs.id = job_labels.job_id "
+                    "WHERE job_labels.project = jobs.project "
+                    "AND job_labels.created_at = jobs.created_at"
+                )
+            ).scalar_one()
+        assert [tuple(row) for row in rows] == [
+            ("j1", "run", "1", "default"),
+            ("j1", "team", "a", "default"),
+            ("j2", "team", "b", "research"),
+            ("j6", 'ü "q"', "☃", "default"),
+        ]
+        assert copied == len(rows)
+        store = Store(database)
+        assert [job.id for job in store.list_jobs(10, "", labels={"team": "a"})[0]] == ["j1"]
+        assert [job.id for job in store.list_jobs(10, "", labels={'ü "q"': "☃"})[0]] == ["j6"]
+        assert store.list_jobs(10, "", labels={"team": "b"}, project="default") == ([], "")
+        assert store.get_job("j4").labels == {"team": "a", "note": "x\x00y"}
+    assert _labels_index(url) == []
+
+    command.downgrade(alembic_config(url), "0014")
+    with _opened(url) as database, database.engine.connect() as connection:
+        assert "job_labels" not in inspect(connection).get_table_names()
+        kept = connection.execute(
+            text("SELECT id, CAST(labels AS TEXT) FROM jobs ORDER BY id")
+        ).all()
+    assert [(job, json.loads(labels)) for job, labels in kept] == [
+        (job, json.loads(labels)) for job, labels in _LABELS_AT_0014.items()
+    ]
+    assert len(_labels_index(url)) == (0 if url.startswith("sqlite") else 1)
+    upgrade(url)
+    test_migrations_match_models(url)
