@@ -11,7 +11,9 @@ label's jobs are read in the listing's order from a page token's position, on bo
 and the GIN index goes. It is filled here from the jobs' labels; a job whose labels' JSON text
 holds a NUL (stored before labels were checked) gets no rows, as it matches no filter (and
 PostgreSQL holds no NUL in text), and neither does a label whose value is not a string (none is
-stored; no filter ever matched one).
+stored; no filter ever matched one) or whose key or value is longer than the 256 characters
+labels have been held to since the first days (the columns' size: one stored before would
+have failed the migration on PostgreSQL).
 
 Revision ID: 0015
 Revises: 0014
@@ -32,7 +34,8 @@ _FILL_SQLITE = (
     "INSERT INTO job_labels (job_id, key, value, project, created_at) "
     "SELECT jobs.id, label.key, label.value, jobs.project, jobs.created_at "
     "FROM jobs, json_each(jobs.labels) AS label "
-    "WHERE instr(jobs.labels, '\\u0000') = 0 AND label.type = 'text'"
+    "WHERE instr(jobs.labels, '\\u0000') = 0 AND label.type = 'text' "
+    "AND length(label.key) <= 256 AND length(label.value) <= 256"
 )
 # The CASE keeps PostgreSQL from converting labels holding a NUL, which it refuses (as 0014's
 # index expression did).
@@ -41,7 +44,8 @@ _FILL_POSTGRESQL = (
     "SELECT jobs.id, label.key, label.value #>> '{}', jobs.project, jobs.created_at "
     "FROM jobs CROSS JOIN LATERAL jsonb_each(CASE WHEN "
     "strpos(CAST(jobs.labels AS TEXT), '\\u0000') = 0 THEN CAST(jobs.labels AS JSONB) END) "
-    "AS label WHERE jsonb_typeof(label.value) = 'string'"
+    "AS label WHERE jsonb_typeof(label.value) = 'string' "
+    "AND length(label.key) <= 256 AND length(label.value #>> '{}') <= 256"
 )
 
 

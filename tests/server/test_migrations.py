@@ -690,6 +690,7 @@ _LABELS_AT_0014 = {
     "j4": '{"team": "a", "note": "x\\u0000y"}',  # a NUL, stored before labels were checked
     "j5": '{"team": "a", "note": "\\\\u0000"}',  # a backslash then u0000, as text
     "j6": '{"\\u00fc \\"q\\"": "\\u2603", "n": 1}',  # escaped text; a number
+    "j7": f'{{"team": "a", "long": "{"v" * 257}", "{"k" * 257}": "v"}}',  # past the columns' size
 }
 
 
@@ -736,10 +737,11 @@ def test_0015_fills_job_labels_from_the_jobs_and_downgrades_to_the_index_it_repl
             ("j1", "team", "a", "default"),
             ("j2", "team", "b", "research"),
             ("j6", 'ü "q"', "☃", "default"),
+            ("j7", "team", "a", "default"),
         ]
         assert copied == len(rows)
         store = Store(database)
-        assert [job.id for job in store.list_jobs(10, "", labels={"team": "a"})[0]] == ["j1"]
+        assert [job.id for job in store.list_jobs(10, "", labels={"team": "a"})[0]] == ["j7", "j1"]
         assert [job.id for job in store.list_jobs(10, "", labels={'ü "q"': "☃"})[0]] == ["j6"]
         assert store.list_jobs(10, "", labels={"team": "b"}, project="default") == ([], "")
         assert store.get_job("j4").labels == {"team": "a", "note": "x\x00y"}
