@@ -431,17 +431,50 @@ def _watch(client: Client, name: str, args: argparse.Namespace) -> int:
     return _final_code(status)
 
 
+# What one job of several can be refused for, alone: the others are still asked (a job
+# already deleted, or one still running for `delete`). Any other refusal (the server away, the
+# key refused) would refuse them all, and ends the command.
+_ONE_JOBS_REFUSALS = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
+
+
+def _each_job(args: argparse.Namespace, act: Callable[[str], None]) -> int:
+    """`act` on each job named, in order, every name checked first. A job refused alone
+    (`_ONE_JOBS_REFUSALS`) is reported as the command's error is, its name first, and the rest
+    go on; the exit code is then the first refusal's. One job named: its error is the
+    command's."""
+    names = [_resource("jobs", job) for job in args.jobs]
+    if len(names) == 1:
+        act(names[0])
+        return OK
+    code = OK
+    for name in names:
+        try:
+            act(name)
+        except TrainwireError as error:
+            if error.code not in _ONE_JOBS_REFUSALS:
+                raise
+            refused = exit_code(error)
+            # The server's messages name the job; one that did not is prefixed with it.
+            message = error.message if name in error.message else f"{name}: {error.message}"
+            _report(args, error.code_name, message, [], refused)
+            code = code or refused
+    return code
+
+
 def _jobs_cancel(client: Client, args: argparse.Namespace) -> int:
-    status = client.cancel_job(_resource("jobs", args.job))
-    emit(args, status.to_dict(), terminal_text(f"{status.name}  {status.state}"))
-    return OK
+    def cancel(name: str) -> None:
+        status = client.cancel_job(name)
+        emit(args, status.to_dict(), terminal_text(f"{status.name}  {status.state}"))
+
+    return _each_job(args, cancel)
 
 
 def _jobs_delete(client: Client, args: argparse.Namespace) -> int:
-    name = _resource("jobs", args.job)
-    client.delete_job(name)
-    emit(args, {"deleted": name}, terminal_text(f"deleted {name}"))
-    return OK
+    def delete(name: str) -> None:
+        client.delete_job(name)
+        emit(args, {"deleted": name}, terminal_text(f"deleted {name}"))
+
+    return _each_job(args, delete)
 
 
 def _jobs_metrics(client: Client, args: argparse.Namespace) -> int:
@@ -772,13 +805,19 @@ def add_user_commands(commands: Any) -> None:
     for name, handler, text in (
         ("show", _jobs_show, "show a job and its checkpoints"),
         ("watch", _jobs_watch, "print a job's events until it finishes (reconnects by itself)"),
-        ("cancel", _jobs_cancel, "cancel a job"),
-        ("delete", _jobs_delete, "delete a finished job"),
+        ("cancel", _jobs_cancel, "cancel jobs"),
+        ("delete", _jobs_delete, "delete finished jobs"),
         ("metrics", _jobs_metrics, "a job's metrics by epoch (and step, for per-step ones)"),
         ("plot", _jobs_plot, "save a plot of a job's training curves (PNG, PDF, SVG, ...)"),
     ):
         parser = command(sub, name, handler, text)
-        parser.add_argument("job", help="jobs/ID or ID")
+        if name in ("cancel", "delete"):
+            parser.add_argument(
+                "jobs", nargs="+", metavar="job",
+                help="jobs/ID or ID, one or more (`jobs list --json` gives names to pipe here)",
+            )  # fmt: skip
+        else:
+            parser.add_argument("job", help="jobs/ID or ID")
         if name == "watch":
             parser.add_argument("--after", type=int, default=0, help="resume after this event")
         if name == "metrics":

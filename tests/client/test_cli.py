@@ -594,6 +594,54 @@ def test_predict_fetches_no_metadata_for_a_regression(
     assert calls == []
 
 
+def test_jobs_cancel_and_delete_take_several_jobs_going_on_past_one_refused(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """Clearing a listing took a command per job. Several are taken in order: a job refused
+    alone (not found; running, for delete) is reported by name and the rest go on, the exit
+    code the first refusal's; a malformed name is refused before any job is touched."""
+    spec = str(write_spec(tmp_path, queue="nobody-listens"))
+    first, second, third = (cli.json("jobs", "submit", spec)["name"] for _ in range(3))
+    code, _, err = cli("jobs", "delete", first, "bad/name/x", second)
+    assert code == 2 and "bad/name/x" in err
+    code, out, err = cli("jobs", "cancel", first, second, "--json")
+    assert code == 0, err
+    assert [(s["name"], s["state"]) for s in map(json.loads, out.splitlines())] == [
+        (first, "CANCELLED"), (second, "CANCELLED"),
+    ]  # fmt: skip
+    gone = "jobs/" + "0" * 32
+    code, out, err = cli("jobs", "delete", first, gone, third, second)
+    assert code == 3, err  # the first refusal's: NOT_FOUND (third, queued, is a precondition)
+    assert out.splitlines() == [f"deleted {first}", f"deleted {second}"]
+    assert err.splitlines() == [
+        f"trainwire: not found: {gone} does not exist",
+        f"trainwire: failed precondition: {third} is QUEUED; cancel it and let it finish "
+        "before deleting",
+    ]
+    assert cli("jobs", "show", first)[0] == 3 and cli("jobs", "show", second)[0] == 3
+    assert cli.json("jobs", "show", third)["state"] == "QUEUED"
+    code, _, err = cli("jobs", "delete", third, gone, "--json")
+    assert code == 4
+    errors = [json.loads(line)["error"] for line in err.splitlines()]
+    assert [(e["code"], e["exit_code"]) for e in errors] == [
+        ("FAILED_PRECONDITION", 4), ("NOT_FOUND", 3),
+    ]  # fmt: skip
+    assert errors[0]["message"].startswith(f"{third} is QUEUED")
+    # Any other refusal ends the command (every job would meet it).
+    code, _, err = main_unreachable_jobs("delete", first, second)
+    assert code == 5 and err.count("unavailable") == 1
+    cli("jobs", "cancel", third)
+
+
+def main_unreachable_jobs(command: str, *jobs: str) -> tuple[int, str, str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "trainwire.server.cli", "jobs", command, *jobs,
+         "--target", "127.0.0.1:9", "--timeout", "1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return result.returncode, result.stdout, result.stderr
+
+
 def test_exit_codes(cli: Cli, tmp_path: Path) -> None:
     bad = write_spec(tmp_path, units=0)
     code, _, err = cli("jobs", "submit", str(bad), "--json")
