@@ -1124,9 +1124,18 @@ class Store:
             return Claim(job=_job(row), token=token)
 
     def _db_now(self) -> Any:
-        """The clock leases are measured by: the database's on PostgreSQL (shared by every
-        machine); on SQLite, which serves one host only, that host's clock."""
+        """The clock leases and workers' liveness are measured by: the database's on PostgreSQL
+        (shared by every machine, whatever each host's own clock says); on SQLite, which serves
+        one host only, that host's clock."""
         return utcnow() if self.db.is_sqlite else func.now()
+
+    def _read_now(self, session: Session) -> datetime:
+        """The time now by `_db_now`'s clock, read in `session`'s transaction."""
+        if self.db.is_sqlite:
+            return utcnow()
+        now = _aware(session.scalar(select(func.now())))
+        assert now is not None
+        return now
 
     def _lease_until(self, lease_s: float) -> Any:
         return self._db_now() + timedelta(seconds=lease_s)
@@ -1567,8 +1576,10 @@ class Store:
         current_job_id: str | None,
         jobs_done: int,
     ) -> None:
-        """Records that a worker is alive (one upsert)."""
-        now = utcnow()
+        """Records that a worker is alive (one upsert), by the database's clock: a worker
+        whose host clock is ahead would otherwise count as alive for that long after it died,
+        and one behind as lost while it works."""
+        now = self._db_now()
         row = {
             "id": worker_id,
             "host": host,
@@ -1594,7 +1605,7 @@ class Store:
 
     def worker_stopped(self, worker_id: str, jobs_done: int | None = None) -> None:
         """Marks a worker stopped, with no current job and, given, its final `jobs_done`."""
-        values: dict[str, Any] = {"stopped_at": utcnow(), "current_job_id": None}
+        values: dict[str, Any] = {"stopped_at": self._db_now(), "current_job_id": None}
         if jobs_done is not None:
             values["jobs_done"] = jobs_done
         with self.db.write() as session:
@@ -1611,7 +1622,10 @@ class Store:
         return [(state, queue, int(count)) for state, queue, count in rows]
 
     def workers(self) -> list[dict[str, Any]]:
+        """Every worker ever seen, each with `seen_s_ago`: the seconds since it was last seen,
+        measured by the clock it was seen by (`_db_now`), not the reader's."""
         with self.db.read() as session:
+            now = self._read_now(session)
             rows = session.scalars(select(WorkerRow).order_by(WorkerRow.started_at)).all()
             return [
                 {
@@ -1624,6 +1638,7 @@ class Store:
                     "started_at": _aware(r.started_at),
                     "last_seen_at": _aware(r.last_seen_at),
                     "stopped_at": _aware(r.stopped_at),
+                    "seen_s_ago": (now - _aware(r.last_seen_at)).total_seconds(),  # type: ignore[operator]
                 }
                 for r in rows
             ]
