@@ -17,7 +17,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
@@ -335,8 +334,8 @@ class DeploymentCollector(Collector):
 
 
 def count_alive(workers: Iterable[dict[str, Any]], within_s: float) -> int:
-    horizon = datetime.now(UTC) - timedelta(seconds=within_s)
-    return sum(1 for w in workers if w["stopped_at"] is None and w["last_seen_at"] >= horizon)
+    """The workers (`Store.workers`) not stopped and seen within `within_s`."""
+    return sum(1 for w in workers if w["stopped_at"] is None and w["seen_s_ago"] <= within_s)
 
 
 # The roles and the collector `serve_metrics` added to REGISTRY: added twice, their series

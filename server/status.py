@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
@@ -40,10 +39,9 @@ def collect_status(settings: Settings, target: str | None = None) -> dict[str, A
         check_deployment(database, settings.database_url_option)
         store = Store(database)
         alive_within = 2 * settings.lease_s
-        now = datetime.now(UTC)
         workers = store.workers()
         for worker in workers:
-            seen = (now - worker["last_seen_at"]).total_seconds()
+            seen = worker["seen_s_ago"]
             worker["state"] = (
                 "stopped" if worker["stopped_at"] else "alive" if seen <= alive_within else "lost"
             )

@@ -632,11 +632,24 @@ def _claim_statement(sqlite: bool, with_queues: bool) -> Any:
             worker_id=bindparam("p_worker"),
             lease_token=bindparam("p_token"),
             lease_expires_at=_lease_expression(sqlite),
-            started_at=func.coalesce(JOBS.c.started_at, bindparam("p_now")),
-            updated_at=bindparam("p_now"),
+            started_at=func.coalesce(JOBS.c.started_at, _now_expression(sqlite)),
+            updated_at=_now_expression(sqlite),
         )
         .returning(*JOBS.columns)
     )
+
+
+def _now_expression(sqlite_clock: bool) -> Any:
+    """The time now in a prebuilt statement, by the clock of `Store._db_now`: the database's
+    on PostgreSQL, so that times written by hosts whose clocks disagree still order as the
+    writes did; on SQLite the host's, bound as `p_now` (`_now_params`)."""
+    if sqlite_clock:
+        return bindparam("p_now", type_=DateTime(timezone=True))
+    return func.now()
+
+
+def _now_params(sqlite_clock: bool) -> dict[str, Any]:
+    return {"p_now": utcnow()} if sqlite_clock else {}
 
 
 def _lease_expression(sqlite_clock: bool) -> Any:
@@ -653,37 +666,42 @@ def _lease_params(sqlite_clock: bool, lease_s: float) -> dict[str, Any]:
     return {"p_lease": timedelta(seconds=lease_s)}
 
 
-_FINISH = (
-    update(JOBS)
-    .where(JOBS.c.id == bindparam("p_id"), JOBS.c.lease_token == bindparam("p_token"))
-    .values(
-        state=bindparam("p_state"),
-        error=bindparam("p_error"),
-        # A JSON bind sends None as the JSON value null, which COALESCE would keep (and the
-        # stored progress be lost): none_as_null sends SQL NULL, so None keeps the column.
-        progress=func.coalesce(
-            bindparam("p_progress", type_=JSON(none_as_null=True)), JOBS.c.progress
-        ),
-        lease_token=None,
-        lease_expires_at=None,
-        ended_at=bindparam("p_now"),
-        updated_at=bindparam("p_now"),
+def _finish_statement(sqlite_clock: bool) -> Any:
+    """Moves a job to a final state if `p_token` still holds it, returning its row."""
+    return (
+        update(JOBS)
+        .where(JOBS.c.id == bindparam("p_id"), JOBS.c.lease_token == bindparam("p_token"))
+        .values(
+            state=bindparam("p_state"),
+            error=bindparam("p_error"),
+            # A JSON bind sends None as the JSON value null, which COALESCE would keep (and the
+            # stored progress be lost): none_as_null sends SQL NULL, so None keeps the column.
+            progress=func.coalesce(
+                bindparam("p_progress", type_=JSON(none_as_null=True)), JOBS.c.progress
+            ),
+            lease_token=None,
+            lease_expires_at=None,
+            ended_at=_now_expression(sqlite_clock),
+            updated_at=_now_expression(sqlite_clock),
+        )
+        .returning(*JOBS.columns)
     )
-    .returning(*JOBS.columns)
-)
 
-_APPEND_EVENT = insert(EVENTS).values(
-    job_id=bindparam("p_job"),
-    sequence=select(func.coalesce(func.max(EVENTS.c.sequence), 0) + 1)
-    .where(EVENTS.c.job_id == bindparam("p_job"))
-    .scalar_subquery(),
-    state=bindparam("p_state"),
-    attempt=bindparam("p_attempt"),
-    progress=bindparam("p_progress", type_=JSON),
-    metrics=bindparam("p_metrics", type_=JSON),
-    message=bindparam("p_message"),
-    created_at=bindparam("p_now"),
-)
+
+def _append_event_statement(sqlite_clock: bool) -> Any:
+    """Inserts the job's next numbered event (see `Store._append_event`)."""
+    return insert(EVENTS).values(
+        job_id=bindparam("p_job"),
+        sequence=select(func.coalesce(func.max(EVENTS.c.sequence), 0) + 1)
+        .where(EVENTS.c.job_id == bindparam("p_job"))
+        .scalar_subquery(),
+        state=bindparam("p_state"),
+        attempt=bindparam("p_attempt"),
+        progress=bindparam("p_progress", type_=JSON),
+        metrics=bindparam("p_metrics", type_=JSON),
+        message=bindparam("p_message"),
+        created_at=_now_expression(sqlite_clock),
+    )
 
 
 class Store:
@@ -693,6 +711,8 @@ class Store:
         self.db = database
         self._claim_any = _claim_statement(database.is_sqlite, with_queues=False)
         self._claim_queues = _claim_statement(database.is_sqlite, with_queues=True)
+        self._finish = _finish_statement(database.is_sqlite)
+        self._append_event_statement = _append_event_statement(database.is_sqlite)
 
     def ping(self) -> None:
         """Raises Unavailable if the database cannot be reached."""
@@ -702,9 +722,11 @@ class Store:
     # --- datasets -----------------------------------------------------------------------------
 
     def create_dataset(self, dataset: Dataset, data: bytes | bytearray) -> Dataset:
-        """Inserts a dataset and its bytes. With a `request_id` another upload of its project
-        stored first (two concurrent uploads with one key: the unique constraint lets one in),
-        returns that upload's dataset instead, for the caller to compare (`DatasetService`)."""
+        """Inserts a dataset and its bytes, created now by the database's clock (not at the
+        record's `created_at`, the uploading server's). With a `request_id` another upload of
+        its project stored first (two concurrent uploads with one key: the unique constraint
+        lets one in), returns that upload's dataset instead, for the caller to compare
+        (`DatasetService`)."""
         try:
             with self.db.write() as session:
                 row = DatasetRow(
@@ -723,7 +745,8 @@ class Store:
                     labels=dataset.labels,
                     feature_names=dataset.feature_names,
                     class_names=dataset.class_names,
-                    created_at=dataset.created_at,
+                    # The database's, not the uploading server's: see `create_job`.
+                    created_at=self._read_now(session),
                     request_id=dataset.request_id,
                 )
                 session.add(row)
@@ -934,11 +957,13 @@ class Store:
             existing = self.job_by_request_id(new.request_id, new.project)
             if existing is not None:
                 return same_request_or_refuse(new, existing)
-        now = utcnow()
         try:
             with self.db.write() as session:
                 # Held until the job is committed: a DeleteDataset waits, then sees the job.
                 self._dataset_row(session, new.dataset_id, new.project, lock=_LOCK_TO_USE)
+                # By the database's clock: the queue takes jobs oldest first and lists them
+                # newest first by it, whichever server (and host clock) took each.
+                now = self._read_now(session)
                 row = JobRow(
                     id=new_id(),
                     project=new.project,
@@ -1164,7 +1189,7 @@ class Store:
         params: dict[str, Any] = {
             "p_worker": worker_id,
             "p_token": token or new_claim_token(),
-            "p_now": utcnow(),
+            **_now_params(self.db.is_sqlite),
             **_lease_params(self.db.is_sqlite, lease_s),
         }
         statement = self._claim_any
@@ -1197,9 +1222,18 @@ class Store:
             return Claim(job=_job(row), token=token)
 
     def _db_now(self) -> Any:
-        """The clock leases are measured by: the database's on PostgreSQL (shared by every
-        machine); on SQLite, which serves one host only, that host's clock."""
+        """The clock every stored time is taken from, leases and workers' liveness measured by:
+        the database's on PostgreSQL (shared by every machine, whatever each host's own clock
+        says); on SQLite, which serves one host only, that host's clock."""
         return utcnow() if self.db.is_sqlite else func.now()
+
+    def _read_now(self, session: Session) -> datetime:
+        """The time now by `_db_now`'s clock, read in `session`'s transaction."""
+        if self.db.is_sqlite:
+            return utcnow()
+        now = _aware(session.scalar(select(func.now())))
+        assert now is not None
+        return now
 
     def _lease_until(self, lease_s: float) -> Any:
         return self._db_now() + timedelta(seconds=lease_s)
@@ -1240,7 +1274,7 @@ class Store:
                 # Its save checks the lease again before it commits, and finds it lost.
                 .with_for_update(key_share=True, skip_locked=True)  # FOR NO KEY UPDATE
             ).all()
-            now = utcnow()
+            now = self._read_now(session)
             for row in rows:
                 lost = f"worker {row.worker_id} stopped renewing its lease (killed or unreachable)"
                 if row.state == JobState.CANCELLING.value:
@@ -1269,9 +1303,9 @@ class Store:
         A job already CANCELLING or CANCELLED is answered as it is: a client's retry of a cancel
         whose answer was lost (a dropped connection, a server stopping) must not report that
         cancel as refused. A job that ended otherwise cannot be cancelled."""
-        now = utcnow()
         with self._api_write(job_id) as session:
             row = self._job_row(session, job_id, project, lock=_LOCK_TO_UPDATE)
+            now = self._read_now(session)
             state = JobState(row.state)
             if state is JobState.QUEUED:
                 row.state = JobState.CANCELLED.value
@@ -1308,7 +1342,7 @@ class Store:
         """Appends the job's next numbered event in one statement. Callers hold the job row
         (locked by their UPDATE, or new), so no two events of a job get one number."""
         session.execute(
-            _APPEND_EVENT,
+            self._append_event_statement,
             {
                 "p_job": job_id,
                 "p_state": state,
@@ -1316,7 +1350,7 @@ class Store:
                 "p_progress": progress or {},
                 "p_metrics": metrics or {},
                 "p_message": message,
-                "p_now": utcnow(),
+                **_now_params(self.db.is_sqlite),
             },
         )
 
@@ -1398,9 +1432,9 @@ class Store:
         the updates and the metrics' upsert repeat themselves, and the epoch's event is not
         appended again (`_epoch_recorded`).
         """
-        now = utcnow()
         with self.db.write() as session:
             row = self._held_row(session, claim)
+            now = self._read_now(session)
             row.progress = progress
             row.metrics = {**row.metrics, **latest}
             row.lease_expires_at = self._lease_until(lease_s)
@@ -1439,10 +1473,10 @@ class Store:
             return
         with self.db.write() as session:
             self._held_row(session, claim)
-            session.execute(self._upsert_metrics(session, claim.job.id, values, utcnow()))
+            session.execute(self._upsert_metrics(session, claim.job.id, values, self._db_now()))
 
     def _upsert_metrics(
-        self, session: Session, job_id: str, values: Sequence[MetricValue], now: datetime
+        self, session: Session, job_id: str, values: Sequence[MetricValue], now: Any
     ) -> Any:
         rows = [
             {
@@ -1497,7 +1531,7 @@ class Store:
                 metrics=metrics,
                 is_final=is_final,
                 size_bytes=len(data),
-                created_at=utcnow(),
+                created_at=self._read_now(session),
                 is_partial=is_partial,
             )
             session.add(row)
@@ -1593,10 +1627,10 @@ class Store:
             "p_state": state.value,
             "p_error": error,
             "p_progress": progress,
-            "p_now": utcnow(),
+            **_now_params(self.db.is_sqlite),
         }
         with self.db.write() as session:
-            row = session.execute(_FINISH, params).first()
+            row = session.execute(self._finish, params).first()
             if row is None:
                 raise LeaseLost(f"jobs/{claim.job.id} is no longer held by this worker")
             message = error or state.value.lower()
@@ -1610,9 +1644,9 @@ class Store:
         A job asked to cancel meanwhile (its worker stopped before it saw the request) is
         CANCELLED instead, as `rescue_expired` does. Returns the state the job is left in.
         """
-        now = utcnow()
         with self.db.write() as session:
             row = self._held_row(session, claim)
+            now = self._read_now(session)
             row.worker_id = None
             row.lease_token = None
             row.lease_expires_at = None
@@ -1640,8 +1674,10 @@ class Store:
         current_job_id: str | None,
         jobs_done: int,
     ) -> None:
-        """Records that a worker is alive (one upsert)."""
-        now = utcnow()
+        """Records that a worker is alive (one upsert), by the database's clock: a worker
+        whose host clock is ahead would otherwise count as alive for that long after it died,
+        and one behind as lost while it works."""
+        now = self._db_now()
         row = {
             "id": worker_id,
             "host": host,
@@ -1667,7 +1703,7 @@ class Store:
 
     def worker_stopped(self, worker_id: str, jobs_done: int | None = None) -> None:
         """Marks a worker stopped, with no current job and, given, its final `jobs_done`."""
-        values: dict[str, Any] = {"stopped_at": utcnow(), "current_job_id": None}
+        values: dict[str, Any] = {"stopped_at": self._db_now(), "current_job_id": None}
         if jobs_done is not None:
             values["jobs_done"] = jobs_done
         with self.db.write() as session:
@@ -1684,7 +1720,10 @@ class Store:
         return [(state, queue, int(count)) for state, queue, count in rows]
 
     def workers(self) -> list[dict[str, Any]]:
+        """Every worker ever seen, each with `seen_s_ago`: the seconds since it was last seen,
+        measured by the clock it was seen by (`_db_now`), not the reader's."""
         with self.db.read() as session:
+            now = self._read_now(session)
             rows = session.scalars(select(WorkerRow).order_by(WorkerRow.started_at)).all()
             return [
                 {
@@ -1697,6 +1736,7 @@ class Store:
                     "started_at": _aware(r.started_at),
                     "last_seen_at": _aware(r.last_seen_at),
                     "stopped_at": _aware(r.stopped_at),
+                    "seen_s_ago": (now - _aware(r.last_seen_at)).total_seconds(),  # type: ignore[operator]
                 }
                 for r in rows
             ]
@@ -1729,7 +1769,7 @@ class Store:
                     name=name,
                     salt=salt,
                     secret_hash=hash_secret(salt, secret),
-                    created_at=utcnow(),
+                    created_at=self._read_now(session),
                     revoked_at=None,
                 )
             )
@@ -1756,7 +1796,7 @@ class Store:
             if row is None:
                 raise NotFound(f"API key {key_id} does not exist")
             earlier = _aware(row.revoked_at)
-            row.revoked_at = row.revoked_at or utcnow()
+            row.revoked_at = row.revoked_at or self._read_now(session)
             return earlier
 
     def active_api_keys(self) -> list[KeyRecord]:
