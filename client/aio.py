@@ -27,6 +27,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -389,12 +390,19 @@ class AsyncClient:
         dataset: str | DatasetInfo | None = None,
         labels: Mapping[str, str] | None = None,
         page_size: int = 100,
+        created_before: datetime | None = None,
     ) -> AsyncIterator[AsyncJob]:
-        """Jobs, newest first, optionally filtered."""
+        """Jobs, newest first, optionally filtered (`created_before`: an aware datetime, the
+        jobs created before it)."""
         token = ""
         while True:
             request = list_jobs_request(
-                token, state=state, dataset=dataset, labels=labels, page_size=page_size
+                token,
+                state=state,
+                dataset=dataset,
+                labels=labels,
+                page_size=page_size,
+                created_before=created_before,
             )
             response = await self._call(self._rpc.list_jobs, request)
             for job in response.jobs:

@@ -22,6 +22,7 @@ import signal
 import sys
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import grpc
@@ -162,6 +163,19 @@ def _size(size: int) -> str:
 def _resource(kind: str, name: str) -> str:
     """`abc` -> `jobs/abc`: ids may be given without their collection."""
     return name if "/" in name else f"{kind}/{name}"
+
+
+def _instant(text: str) -> datetime:
+    """An ISO 8601 date or time (`2026-10-01`, `2026-10-01T12:00:00+02:00`), UTC unless it
+    gives its offset."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            "--created-before takes an ISO 8601 date or time, e.g. 2026-10-01 or "
+            f"2026-10-01T12:00:00+02:00 (UTC unless an offset is given). Received: {text!r}"
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _labels(pairs: Sequence[str]) -> dict[str, str]:
@@ -345,9 +359,10 @@ def _jobs_list(client: Client, args: argparse.Namespace) -> int:
         raise ValueError(f"--limit must be at least 1. Received: {args.limit}")
     jobs: list[Job] = []
     more = False
+    created_before = None if args.created_before is None else _instant(args.created_before)
     for job in client.list_jobs(
         state=args.state, dataset=args.dataset and _resource("datasets", args.dataset),
-        labels=_labels(args.label),
+        labels=_labels(args.label), created_before=created_before,
     ):  # fmt: skip
         # Sorted, the best may be the oldest: every match is read, then the first --limit kept.
         if len(jobs) == args.limit and not args.sort:
@@ -793,6 +808,11 @@ def add_user_commands(commands: Any) -> None:
     listing.add_argument("--state", type=str.upper, choices=STATES)
     listing.add_argument("--dataset", help="only jobs of this dataset")
     listing.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    listing.add_argument(
+        "--created-before", metavar="TIME",
+        help="only jobs created before this ISO 8601 date or time (UTC unless it gives an "
+        "offset): 2026-10-01, or $(date -d '30 days ago' -Iseconds)",
+    )  # fmt: skip
     listing.add_argument(
         "--limit", type=int, default=50, help="at most this many, newest first (50)"
     )

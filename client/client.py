@@ -15,6 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -729,12 +730,19 @@ class Client:
         dataset: str | DatasetInfo | None = None,
         labels: Mapping[str, str] | None = None,
         page_size: int = 100,
+        created_before: datetime | None = None,
     ) -> Iterator[Job]:
-        """Jobs, newest first, optionally filtered; pages are fetched as you iterate."""
+        """Jobs, newest first, optionally filtered (`created_before`: an aware datetime, the
+        jobs created before it); pages are fetched as you iterate."""
         token = ""
         while True:
             request = list_jobs_request(
-                token, state=state, dataset=dataset, labels=labels, page_size=page_size
+                token,
+                state=state,
+                dataset=dataset,
+                labels=labels,
+                page_size=page_size,
+                created_before=created_before,
             )
             response = self._call(self._rpc.list_jobs, request)
             yield from (Job(self, JobStatus.from_proto(j)) for j in response.jobs)

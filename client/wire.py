@@ -14,6 +14,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 import grpc
@@ -478,15 +479,32 @@ def list_jobs_request(
     dataset: str | DatasetInfo | None,
     labels: Mapping[str, str] | None,
     page_size: int,
+    created_before: datetime | None = None,
 ) -> jobs_pb2.ListJobsRequest:
     """One page's `ListJobsRequest`."""
-    return jobs_pb2.ListJobsRequest(
+    request = jobs_pb2.ListJobsRequest(
         page_size=page_size_arg(page_size),
         page_token=token,
         state=state_code(state) if state else jobs_pb2.JOB_STATE_UNSPECIFIED,
         dataset="" if dataset is None else dataset_name(dataset),
         labels=dict(labels or {}),
     )
+    if created_before is not None:
+        request.created_before.FromDatetime(aware_time(created_before, "created_before"))
+    return request
+
+
+def aware_time(value: object, name: str) -> datetime:
+    """`value`, a datetime with its time zone: a naive one would be read as UTC by protobuf,
+    hours off a caller who meant local time."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"{name} must be a datetime. Received: {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            f"{name} must have a time zone (e.g. datetime.now(UTC) - timedelta(days=30)): a "
+            f"naive datetime is ambiguous. Received: {value.isoformat()}"
+        )
+    return value
 
 
 # Points asked for per ListJobMetrics page: more than any answer holds, so the server sends as

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from trainwire.client.specs import model_spec_from_proto, model_spec_to_proto
 from trainwire.engine import Model
@@ -222,6 +224,9 @@ class JobService:
                 )
             state = STATES_FROM_PROTO[request.state]
         dataset_id = parse_name(request.dataset, "datasets", "dataset") if request.dataset else None
+        created_before = None
+        if request.HasField("created_before"):
+            created_before = _instant("created_before", request.created_before)
         return self.store.list_jobs(
             request.page_size,
             request.page_token,
@@ -230,6 +235,7 @@ class JobService:
             dict(request.labels),
             project,
             fits,
+            created_before,
         )
 
     def watched_job(self, name: str, after: int, project: str) -> str:
@@ -399,6 +405,15 @@ def _check_spec_round_trips(spec: dict[str, Any]) -> None:
             f"normalises to a spec a ModelSpec does not express faithfully: {spec} is shown "
             f"as {again}",
         )
+
+
+def _instant(field: str, stamp: Timestamp) -> datetime:
+    """A request's time, aware (UTC); InvalidArgument naming `field` if protobuf's range of
+    times (years 1 to 9999, nanos under a second) does not hold it."""
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except ValueError as error:
+        raise InvalidArgument.field(field, f"is not a time a Timestamp holds: {error}") from None
 
 
 def check_labels(field: str, labels: Mapping[str, str]) -> None:

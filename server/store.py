@@ -1077,11 +1077,18 @@ class Store:
         labels: dict[str, str] | None = None,
         project: str | None = None,
         fits: Fits | None = None,
+        created_before: datetime | None = None,
     ) -> tuple[list[Job], str]:
-        """A page of jobs, newest first, filtered, and the next page's token ("" after the
-        last); `fits` may end the page early (see `_with_next_token`)."""
+        """A page of jobs, newest first, filtered (`created_before`: created before that
+        instant), and the next page's token ("" after the last); `fits` may end the page early
+        (see `_with_next_token`)."""
         size = page_size_of(page_size)
-        scope = page_scope("jobs", None if state is None else state.value, dataset_id, labels or {})
+        # `created_before` joins the scope only when given: tokens issued before it existed
+        # continue their listings.
+        before = [] if created_before is None else [created_before.isoformat()]
+        scope = page_scope(
+            "jobs", None if state is None else state.value, dataset_id, labels or {}, *before
+        )
         if labels and (len(labels) > MAX_LABELS or any("\x00" in k + v for k, v in labels.items())):
             # No job carries that many labels, nor a NUL (PostgreSQL refuses one as a
             # parameter), and SQLite refuses a filter of over 1,000 terms: the page is empty,
@@ -1101,6 +1108,9 @@ class Store:
                     query = query.where(JobRow.dataset_id == dataset_id)
             else:
                 query, position = self._jobs_query(state, dataset_id, project)
+            if created_before is not None:
+                # A range of the listing's own index, where its pages start reading.
+                query = query.where(position[0] < created_before)
             rows = self._page(session, query, position, size, page_token, scope)
             items = [_job(row) for row in rows]
         return self._with_next_token(items, size, scope, fits)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import struct
+import uuid
 import zlib
+from datetime import UTC, timedelta, timezone
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from trainwire.client import (
     BatchNorm,
@@ -35,6 +39,7 @@ from trainwire.client.client import env_settings
 from trainwire.client.errors import field_violations
 from trainwire.client.wire import prepare_upload
 from trainwire.engine import schedules
+from trainwire.server.cli import main
 from trainwire.server.local import LocalServer
 from trainwire.server.wrappers import STATUS_DETAILS_KEY
 from trainwire.v1 import jobs_pb2, jobs_pb2_grpc, models_pb2, tensor_pb2
@@ -637,6 +642,62 @@ def test_a_refusal_quoting_a_huge_value_reaches_the_caller_bounded(
     assert re.search(r"…\(100\d\d characters\)", error.details()), error.details()
     trailer = dict(error.trailing_metadata() or ())[STATUS_DETAILS_KEY]
     assert len(error.details().encode()) + len(trailer) < 2048
+
+
+def test_jobs_created_before_an_instant_are_listed_by_the_sdk_and_the_cli(
+    client: Client,
+    dataset: DatasetInfo,
+    live_server: LocalServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Old jobs to clean up: `list_jobs(created_before=...)`, the async client's too, and
+    `jobs list --created-before`; a naive datetime is refused before sending (protobuf would
+    read it as UTC, hours off a caller meaning local time), and a time no Timestamp holds is
+    INVALID_ARGUMENT naming the field."""
+    run = {"cleanup": uuid.uuid4().hex}
+    jobs = [
+        client.create_job(dataset, MODEL, epochs=1, queue="nobody-listens", labels=run)
+        for _ in range(3)
+    ]
+    try:
+        boundary = jobs[2].status().create_time
+        assert boundary is not None
+        older = [job.name for job in jobs[1::-1]]
+        listed = client.list_jobs(labels=run, created_before=boundary, page_size=1)
+        assert [job.name for job in listed] == older
+
+        async def listed_async() -> list[str]:
+            async with AsyncClient(live_server.target) as aio:
+                return [j.name async for j in aio.list_jobs(labels=run, created_before=boundary)]
+
+        assert asyncio.run(listed_async()) == older
+        in_utc_plus_2 = boundary.astimezone(timezone(timedelta(hours=2)))
+        assert [j.name for j in client.list_jobs(labels=run, created_before=in_utc_plus_2)] == older
+        with pytest.raises(ValueError, match="created_before must have a time zone"):
+            next(client.list_jobs(created_before=boundary.replace(tzinfo=None)))
+        label = f"--label=cleanup={run['cleanup']}"
+        assert main(["jobs", "list", label, "--created-before", boundary.isoformat(),
+                     "--json", "--target", live_server.target]) == 0  # fmt: skip
+        assert [job["name"] for job in json.loads(capsys.readouterr().out)] == older
+        naive_utc = boundary.astimezone(UTC).replace(tzinfo=None).isoformat()
+        assert main(["jobs", "list", label, "--created-before", naive_utc,
+                     "--json", "--target", live_server.target]) == 0  # fmt: skip
+        assert [job["name"] for job in json.loads(capsys.readouterr().out)] == older
+        code = main(["jobs", "list", "--created-before", "last tuesday",
+                     "--target", live_server.target])  # fmt: skip
+        assert code == 2 and "takes an ISO 8601 date or time" in capsys.readouterr().err
+        with (
+            grpc.insecure_channel(live_server.target) as channel,
+            pytest.raises(grpc.RpcError) as refused,
+        ):
+            jobs_pb2_grpc.JobServiceStub(channel).ListJobs(
+                jobs_pb2.ListJobsRequest(created_before=Timestamp(seconds=10**12)), timeout=30
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field_violations(refused.value)[0][0] == "created_before"
+    finally:
+        for job in jobs:
+            job.cancel()
 
 
 PLATEAU = {"name": "reduce_on_plateau", "monitor": "val_accuracy", "mode": "max",

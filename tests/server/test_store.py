@@ -615,6 +615,41 @@ def _every_page(listing: Any, size: int, **filters: object) -> list[str]:
             return seen
 
 
+def test_jobs_created_before_an_instant_are_listed_page_by_page(store: Store) -> None:
+    """Cleaning up old jobs needed every page of the project read to find them: the filter
+    starts the listing's index at the instant, with and without labels, and its page tokens
+    continue that listing alone."""
+    dataset = make_dataset(store)
+    ids = [
+        store.create_job(make_job(store, dataset, labels={"run": str(index % 2)})).id
+        for index in range(7)
+    ]
+    created = {job_id: store.get_job(job_id).created_at for job_id in ids}
+    boundary = created[ids[4]]
+    newest_first = ids[::-1]
+    for labels in ({}, {"run": "0"}):
+        expected = [
+            job_id
+            for job_id in newest_first
+            if created[job_id] < boundary and (not labels or job_id in ids[::2])
+        ]
+        assert len(expected) == (4 if not labels else 2)
+        for size in (1, 2, 100):
+            assert (
+                _every_page(store.list_jobs, size, labels=labels, created_before=boundary)
+                == expected
+            ), (labels, size)
+    assert store.list_jobs(10, "", created_before=created[ids[0]]) == ([], "")
+    # A page token continues its own listing: one without the filter is refused with it, and
+    # the reverse (a listing of other jobs).
+    _, unfiltered = store.list_jobs(1, "")
+    _, filtered = store.list_jobs(1, "", created_before=boundary)
+    with pytest.raises(InvalidArgument, match="another List call or other filters"):
+        store.list_jobs(1, unfiltered, created_before=boundary)
+    with pytest.raises(InvalidArgument, match="another List call or other filters"):
+        store.list_jobs(1, filtered)
+
+
 def test_label_filters_page_through_exactly_the_jobs_holding_every_label(store: Store) -> None:
     """Filtered in the query: every label given must be held with that value, the key and the
     value compared exactly (quotes, dots, non-ASCII and empty strings alike, none of them a

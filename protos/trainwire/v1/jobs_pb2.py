@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from trainwire.v1 import models_pb2 as trainwire_dot_v1_dot_models__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17trainwire/v1/jobs.proto\x12\x0ctrainwire.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19trainwire/v1/models.proto\"\x84\x01\n\x08Progress\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x14\n\x0ctotal_epochs\x18\x02 \x01(\x05\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x04 \x01(\x03\x12\x1b\n\x13\x65xamples_per_second\x18\x05 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x06 \x01(\x01\"\x9c\x05\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12&\n\x05model\x18\x04 \x01(\x0b\x32\x17.trainwire.v1.ModelSpec\x12.\n\x08training\x18\x05 \x01(\x0b\x32\x1c.trainwire.v1.TrainingConfig\x12%\n\x05state\x18\x06 \x01(\x0e\x32\x16.trainwire.v1.JobState\x12(\n\x08progress\x18\x07 \x01(\x0b\x32\x16.trainwire.v1.Progress\x12/\n\x07metrics\x18\x08 \x03(\x0b\x32\x1e.trainwire.v1.Job.MetricsEntry\x12\r\n\x05\x65rror\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\r \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x0e \x01(\x05\x12\r\n\x05queue\x18\x0f \x01(\t\x12\x10\n\x08priority\x18\x10 \x01(\x05\x12-\n\x06labels\x18\x11 \x03(\x0b\x32\x1d.trainwire.v1.Job.LabelsEntry\x12\x12\n\nrequest_id\x18\x12 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc7\x02\n\x10\x43reateJobRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.trainwire.v1.ModelSpec\x12.\n\x08training\x18\x03 \x01(\x0b\x32\x1c.trainwire.v1.TrainingConfig\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12:\n\x06labels\x18\x05 \x03(\x0b\x32*.trainwire.v1.CreateJobRequest.LabelsEntry\x12\r\n\x05queue\x18\x06 \x01(\t\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x08 \x01(\x05\x12\x12\n\nrequest_id\x18\t \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xda\x01\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.trainwire.v1.JobState\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x39\n\x06labels\x18\x05 \x03(\x0b\x32).trainwire.v1.ListJobsRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.trainwire.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\" \n\x10\x44\x65leteJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteJobResponse\"7\n\x0fWatchJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"q\n\x0bMetricPoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\x05\x12\r\n\x05value\x18\x04 \x01(\x01\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd4\x01\n\x08JobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.trainwire.v1.JobState\x12(\n\x08progress\x18\x04 \x01(\x0b\x32\x16.trainwire.v1.Progress\x12*\n\x07metrics\x18\x05 \x03(\x0b\x32\x19.trainwire.v1.MetricPoint\x12\x0f\n\x07message\x18\x06 \x01(\t\"7\n\rJobEventBatch\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.trainwire.v1.JobEvent\"b\n\x15ListJobMetricsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cmetric_names\x18\x02 \x03(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"K\n\x0cMetricSeries\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x03(\x03\x12\x0e\n\x06\x65pochs\x18\x03 \x03(\x05\x12\x0e\n\x06values\x18\x04 \x03(\x01\"]\n\x16ListJobMetricsResponse\x12*\n\x06series\x18\x01 \x03(\x0b\x32\x1a.trainwire.v1.MetricSeries\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9b\x02\n\nCheckpoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x36\n\x07metrics\x18\x04 \x03(\x0b\x32%.trainwire.v1.Checkpoint.MetricsEntry\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07is_best\x18\x07 \x01(\x08\x12\x10\n\x08is_final\x18\x08 \x01(\x08\x12\x12\n\nis_partial\x18\t \x01(\x08\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"M\n\x16ListCheckpointsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x17ListCheckpointsResponse\x12-\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x18.trainwire.v1.Checkpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xb4\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x18\n\x14JOB_STATE_CANCELLING\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x32\xb2\x05\n\nJobService\x12>\n\tCreateJob\x12\x1e.trainwire.v1.CreateJobRequest\x1a\x11.trainwire.v1.Job\x12\x38\n\x06GetJob\x12\x1b.trainwire.v1.GetJobRequest\x1a\x11.trainwire.v1.Job\x12I\n\x08ListJobs\x12\x1d.trainwire.v1.ListJobsRequest\x1a\x1e.trainwire.v1.ListJobsResponse\x12>\n\tCancelJob\x12\x1e.trainwire.v1.CancelJobRequest\x1a\x11.trainwire.v1.Job\x12L\n\tDeleteJob\x12\x1e.trainwire.v1.DeleteJobRequest\x1a\x1f.trainwire.v1.DeleteJobResponse\x12\x43\n\x08WatchJob\x12\x1d.trainwire.v1.WatchJobRequest\x1a\x16.trainwire.v1.JobEvent0\x01\x12O\n\x0fWatchJobBatches\x12\x1d.trainwire.v1.WatchJobRequest\x1a\x1b.trainwire.v1.JobEventBatch0\x01\x12[\n\x0eListJobMetrics\x12#.trainwire.v1.ListJobMetricsRequest\x1a$.trainwire.v1.ListJobMetricsResponse\x12^\n\x0fListCheckpoints\x12$.trainwire.v1.ListCheckpointsRequest\x1a%.trainwire.v1.ListCheckpointsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17trainwire/v1/jobs.proto\x12\x0ctrainwire.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19trainwire/v1/models.proto\"\x84\x01\n\x08Progress\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x14\n\x0ctotal_epochs\x18\x02 \x01(\x05\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x04 \x01(\x03\x12\x1b\n\x13\x65xamples_per_second\x18\x05 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x06 \x01(\x01\"\x9c\x05\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12&\n\x05model\x18\x04 \x01(\x0b\x32\x17.trainwire.v1.ModelSpec\x12.\n\x08training\x18\x05 \x01(\x0b\x32\x1c.trainwire.v1.TrainingConfig\x12%\n\x05state\x18\x06 \x01(\x0e\x32\x16.trainwire.v1.JobState\x12(\n\x08progress\x18\x07 \x01(\x0b\x32\x16.trainwire.v1.Progress\x12/\n\x07metrics\x18\x08 \x03(\x0b\x32\x1e.trainwire.v1.Job.MetricsEntry\x12\r\n\x05\x65rror\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\r \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x0e \x01(\x05\x12\r\n\x05queue\x18\x0f \x01(\t\x12\x10\n\x08priority\x18\x10 \x01(\x05\x12-\n\x06labels\x18\x11 \x03(\x0b\x32\x1d.trainwire.v1.Job.LabelsEntry\x12\x12\n\nrequest_id\x18\x12 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc7\x02\n\x10\x43reateJobRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.trainwire.v1.ModelSpec\x12.\n\x08training\x18\x03 \x01(\x0b\x32\x1c.trainwire.v1.TrainingConfig\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12:\n\x06labels\x18\x05 \x03(\x0b\x32*.trainwire.v1.CreateJobRequest.LabelsEntry\x12\r\n\x05queue\x18\x06 \x01(\t\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x08 \x01(\x05\x12\x12\n\nrequest_id\x18\t \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x8e\x02\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.trainwire.v1.JobState\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x39\n\x06labels\x18\x05 \x03(\x0b\x32).trainwire.v1.ListJobsRequest.LabelsEntry\x12\x32\n\x0e\x63reated_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.trainwire.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\" \n\x10\x44\x65leteJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteJobResponse\"7\n\x0fWatchJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"q\n\x0bMetricPoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\x05\x12\r\n\x05value\x18\x04 \x01(\x01\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd4\x01\n\x08JobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.trainwire.v1.JobState\x12(\n\x08progress\x18\x04 \x01(\x0b\x32\x16.trainwire.v1.Progress\x12*\n\x07metrics\x18\x05 \x03(\x0b\x32\x19.trainwire.v1.MetricPoint\x12\x0f\n\x07message\x18\x06 \x01(\t\"7\n\rJobEventBatch\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.trainwire.v1.JobEvent\"b\n\x15ListJobMetricsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cmetric_names\x18\x02 \x03(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"K\n\x0cMetricSeries\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x03(\x03\x12\x0e\n\x06\x65pochs\x18\x03 \x03(\x05\x12\x0e\n\x06values\x18\x04 \x03(\x01\"]\n\x16ListJobMetricsResponse\x12*\n\x06series\x18\x01 \x03(\x0b\x32\x1a.trainwire.v1.MetricSeries\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9b\x02\n\nCheckpoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x36\n\x07metrics\x18\x04 \x03(\x0b\x32%.trainwire.v1.Checkpoint.MetricsEntry\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07is_best\x18\x07 \x01(\x08\x12\x10\n\x08is_final\x18\x08 \x01(\x08\x12\x12\n\nis_partial\x18\t \x01(\x08\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"M\n\x16ListCheckpointsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x17ListCheckpointsResponse\x12-\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x18.trainwire.v1.Checkpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xb4\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x18\n\x14JOB_STATE_CANCELLING\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x32\xb2\x05\n\nJobService\x12>\n\tCreateJob\x12\x1e.trainwire.v1.CreateJobRequest\x1a\x11.trainwire.v1.Job\x12\x38\n\x06GetJob\x12\x1b.trainwire.v1.GetJobRequest\x1a\x11.trainwire.v1.Job\x12I\n\x08ListJobs\x12\x1d.trainwire.v1.ListJobsRequest\x1a\x1e.trainwire.v1.ListJobsResponse\x12>\n\tCancelJob\x12\x1e.trainwire.v1.CancelJobRequest\x1a\x11.trainwire.v1.Job\x12L\n\tDeleteJob\x12\x1e.trainwire.v1.DeleteJobRequest\x1a\x1f.trainwire.v1.DeleteJobResponse\x12\x43\n\x08WatchJob\x12\x1d.trainwire.v1.WatchJobRequest\x1a\x16.trainwire.v1.JobEvent0\x01\x12O\n\x0fWatchJobBatches\x12\x1d.trainwire.v1.WatchJobRequest\x1a\x1b.trainwire.v1.JobEventBatch0\x01\x12[\n\x0eListJobMetrics\x12#.trainwire.v1.ListJobMetricsRequest\x1a$.trainwire.v1.ListJobMetricsResponse\x12^\n\x0fListCheckpoints\x12$.trainwire.v1.ListCheckpointsRequest\x1a%.trainwire.v1.ListCheckpointsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,8 +43,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_CHECKPOINT_METRICSENTRY']._loaded_options = None
   _globals['_CHECKPOINT_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=2837
-  _globals['_JOBSTATE']._serialized_end=3017
+  _globals['_JOBSTATE']._serialized_start=2889
+  _globals['_JOBSTATE']._serialized_end=3069
   _globals['_PROGRESS']._serialized_start=102
   _globals['_PROGRESS']._serialized_end=234
   _globals['_JOB']._serialized_start=237
@@ -60,39 +60,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETJOBREQUEST']._serialized_start=1237
   _globals['_GETJOBREQUEST']._serialized_end=1266
   _globals['_LISTJOBSREQUEST']._serialized_start=1269
-  _globals['_LISTJOBSREQUEST']._serialized_end=1487
+  _globals['_LISTJOBSREQUEST']._serialized_end=1539
   _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_start=860
   _globals['_LISTJOBSREQUEST_LABELSENTRY']._serialized_end=905
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1489
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1565
-  _globals['_CANCELJOBREQUEST']._serialized_start=1567
-  _globals['_CANCELJOBREQUEST']._serialized_end=1599
-  _globals['_DELETEJOBREQUEST']._serialized_start=1601
-  _globals['_DELETEJOBREQUEST']._serialized_end=1633
-  _globals['_DELETEJOBRESPONSE']._serialized_start=1635
-  _globals['_DELETEJOBRESPONSE']._serialized_end=1654
-  _globals['_WATCHJOBREQUEST']._serialized_start=1656
-  _globals['_WATCHJOBREQUEST']._serialized_end=1711
-  _globals['_METRICPOINT']._serialized_start=1713
-  _globals['_METRICPOINT']._serialized_end=1826
-  _globals['_JOBEVENT']._serialized_start=1829
-  _globals['_JOBEVENT']._serialized_end=2041
-  _globals['_JOBEVENTBATCH']._serialized_start=2043
-  _globals['_JOBEVENTBATCH']._serialized_end=2098
-  _globals['_LISTJOBMETRICSREQUEST']._serialized_start=2100
-  _globals['_LISTJOBMETRICSREQUEST']._serialized_end=2198
-  _globals['_METRICSERIES']._serialized_start=2200
-  _globals['_METRICSERIES']._serialized_end=2275
-  _globals['_LISTJOBMETRICSRESPONSE']._serialized_start=2277
-  _globals['_LISTJOBMETRICSRESPONSE']._serialized_end=2370
-  _globals['_CHECKPOINT']._serialized_start=2373
-  _globals['_CHECKPOINT']._serialized_end=2656
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1541
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1617
+  _globals['_CANCELJOBREQUEST']._serialized_start=1619
+  _globals['_CANCELJOBREQUEST']._serialized_end=1651
+  _globals['_DELETEJOBREQUEST']._serialized_start=1653
+  _globals['_DELETEJOBREQUEST']._serialized_end=1685
+  _globals['_DELETEJOBRESPONSE']._serialized_start=1687
+  _globals['_DELETEJOBRESPONSE']._serialized_end=1706
+  _globals['_WATCHJOBREQUEST']._serialized_start=1708
+  _globals['_WATCHJOBREQUEST']._serialized_end=1763
+  _globals['_METRICPOINT']._serialized_start=1765
+  _globals['_METRICPOINT']._serialized_end=1878
+  _globals['_JOBEVENT']._serialized_start=1881
+  _globals['_JOBEVENT']._serialized_end=2093
+  _globals['_JOBEVENTBATCH']._serialized_start=2095
+  _globals['_JOBEVENTBATCH']._serialized_end=2150
+  _globals['_LISTJOBMETRICSREQUEST']._serialized_start=2152
+  _globals['_LISTJOBMETRICSREQUEST']._serialized_end=2250
+  _globals['_METRICSERIES']._serialized_start=2252
+  _globals['_METRICSERIES']._serialized_end=2327
+  _globals['_LISTJOBMETRICSRESPONSE']._serialized_start=2329
+  _globals['_LISTJOBMETRICSRESPONSE']._serialized_end=2422
+  _globals['_CHECKPOINT']._serialized_start=2425
+  _globals['_CHECKPOINT']._serialized_end=2708
   _globals['_CHECKPOINT_METRICSENTRY']._serialized_start=812
   _globals['_CHECKPOINT_METRICSENTRY']._serialized_end=858
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=2658
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=2735
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=2737
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=2834
-  _globals['_JOBSERVICE']._serialized_start=3020
-  _globals['_JOBSERVICE']._serialized_end=3710
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=2710
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=2787
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=2789
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=2886
+  _globals['_JOBSERVICE']._serialized_start=3072
+  _globals['_JOBSERVICE']._serialized_end=3762
 # @@protoc_insertion_point(module_scope)
