@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from sqlalchemy.engine import make_url
 
-from trainwire.client import Client
+from trainwire.client import Client, InvalidArgument
 from trainwire.engine import load_state
 from trainwire.server.db import Database, sqlite_file
 from trainwire.server.local import local_server
@@ -194,6 +194,13 @@ def test_a_live_deployment_backed_up_as_documented_restores_and_resumes_bit_for_
         Client(server.target, api_key=api_key) as client,
     ):
         assert next_page(server.target, api_key, token) == [running.name, uninterrupted.name]
+        # A watch resumes after an event the backup holds; one past every event it could
+        # have is refused, not left silent.
+        seen = len(backed_up_events) - 1
+        watched = [event.sequence for event in client.watch_job(running.name, seen, timeout=180)]
+        assert watched[0] == seen + 1 and watched == list(range(seen + 1, watched[-1] + 1))
+        with pytest.raises(InvalidArgument, match="beyond"):
+            next(iter(client.watch_job(running.name, watched[-1] + 1000)))
         status = client.get_job(running.name).wait(timeout=180)
         assert (status.state, status.attempt) == ("SUCCEEDED", 2)
         assert client.get_job(waiting.name).wait(timeout=180).state == "SUCCEEDED"
