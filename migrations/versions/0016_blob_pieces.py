@@ -60,25 +60,33 @@ def _cut_postgresql(table: str, key: str) -> None:
 
 
 def _cut_sqlite(table: str, key: str) -> None:
-    # Read through a blob handle: substr() of a piece far into a value walks its overflow pages
-    # from the start, for each piece.
+    # Read through a blob handle, in order: substr() loads the whole value for each piece. The
+    # pieces go to a temporary table first: an insert into `table` between two reads made the
+    # handle walk the value's overflow pages from its start again (a 300 MiB value: 61 s,
+    # against 16-18 s for the whole migration).
     bind = op.get_bind()
     driver = bind.connection.driver_connection
+    bind.execute(sa.text("CREATE TEMPORARY TABLE cut_pieces (owner, piece, data)"))
     values = bind.execute(
         sa.text(f"SELECT rowid, {key}, length(data) FROM {table} WHERE length(data) > {PIECE}")
     ).all()
     for rowid, owner, size in values:
         with driver.blobopen(table, "data", rowid, readonly=True) as blob:
+            blob.seek(PIECE)
             for start in range(PIECE, size, PIECE):
-                blob.seek(start)
                 bind.execute(
-                    sa.text(f"INSERT INTO {table} ({key}, piece, data) VALUES (:k, :n, :d)"),
+                    sa.text("INSERT INTO temp.cut_pieces VALUES (:k, :n, :d)"),
                     {"k": owner, "n": start // PIECE, "d": blob.read(PIECE)},
                 )
         bind.execute(
             sa.text(f"UPDATE {table} SET data = substr(data, 1, {PIECE}) WHERE rowid = :r"),
             {"r": rowid},
         )
+        bind.execute(
+            sa.text(f"INSERT INTO {table} ({key}, piece, data) SELECT * FROM temp.cut_pieces")
+        )
+        bind.execute(sa.text("DELETE FROM temp.cut_pieces"))
+    bind.execute(sa.text("DROP TABLE temp.cut_pieces"))
 
 
 def downgrade() -> None:
