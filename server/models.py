@@ -73,12 +73,19 @@ class DatasetRow(Base):
 
 
 class DatasetBlobRow(Base):
-    """The arrays of a dataset (safetensors bytes), apart so listing datasets never reads them."""
+    """A piece of the arrays of a dataset (safetensors bytes), apart so listing datasets never
+    reads them. A value is stored as rows of 1 MiB pieces (`Store._write_blob`), not one bytea:
+    pg_dump writes a value as text, a bytea as hex of twice its size, and PostgreSQL builds no
+    text over 1 GB, so one value over 512 MiB failed the whole dump (migration 0016)."""
 
     __tablename__ = "dataset_blobs"
 
     dataset_id: Mapped[str] = mapped_column(
         ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True
+    )
+    # The piece's place in the value, from 0 (0 for a value stored before migration 0016).
+    piece: Mapped[int] = mapped_column(
+        Integer, primary_key=True, autoincrement=False, server_default="0"
     )
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
@@ -275,6 +282,10 @@ class CheckpointBlobRow(Base):
 
     checkpoint_id: Mapped[int] = mapped_column(
         ForeignKey("checkpoints.id", ondelete="CASCADE"), primary_key=True
+    )
+    # As `DatasetBlobRow.piece`: the value is stored in 1 MiB pieces, for pg_dump's sake.
+    piece: Mapped[int] = mapped_column(
+        Integer, primary_key=True, autoincrement=False, server_default="0"
     )
     # safetensors bytes of the full training state (weights, optimizer, generator, position).
     data: Mapped[bytes] = mapped_column(LargeBinary)

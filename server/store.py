@@ -35,7 +35,6 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    literal_column,
     select,
     tuple_,
     update,
@@ -131,15 +130,15 @@ def _joined(pieces: Iterable[bytes], size: int) -> bytes:
 
 
 def _copied_pieces(rows: Iterable[tuple[Any, ...]], size: int, missing: str) -> Iterator[bytes]:
-    """The pieces of a `_read_blob` COPY, checked to come in order (each row gives where its
-    piece starts). None at all: the row was deleted since its size was read."""
-    expected = 1
-    for start, piece in rows:
-        if start != expected:
-            raise RuntimeError(f"COPY gave the piece at byte {start}, not {expected}")
-        expected += len(piece)
+    """The pieces of a `_read_blob` COPY, checked to come in order (each row gives its piece's
+    number). None at all: the value was deleted since its size was read."""
+    expected = 0
+    for number, piece in rows:
+        if number != expected:
+            raise RuntimeError(f"COPY gave piece {number}, not {expected}")
+        expected += 1
         yield piece
-    if expected == 1 and size:
+    if expected == 0:
         raise NotFound(missing)
 
 
@@ -768,41 +767,44 @@ class Store:
         data: bytes | bytearray,
     ) -> None:
         """Stores a dataset's or a checkpoint's bytes (`table`, keyed by its dataset's id or its
-        checkpoint's id) a piece at a time. Bound whole to an INSERT, they were copied whole by
-        the driver: by SQLite twice (the bound value, then the row it builds, which its cached
-        statement kept after), by libpq once (its output buffer, which the pooled connection
-        kept after), so the process held them two or three times at the peak, and once more for
-        every pooled connection that had stored one. SQLite gets a row of zeros their size, then
-        the bytes through a blob handle; PostgreSQL gets them by COPY."""
-        view = memoryview(data)
+        checkpoint's id) as rows of `_BLOB_PIECE` bytes, numbered from 0 (an empty value: one
+        empty piece). One bytea value was written whole by `pg_dump` as text, which PostgreSQL
+        limits to 1 GB, twice the value (hex): one over 512 MiB failed the whole dump. A piece
+        at a time: bound whole, the driver copied the bytes (SQLite twice, libpq once, kept with
+        the pooled connection). SQLite inserts the pieces one by one; PostgreSQL gets them by
+        COPY."""
+        view = memoryview(data).cast("B")
         key_column = _blob_key_column(table)
+        name = table.__tablename__
+        starts = range(0, max(len(view), 1), _BLOB_PIECE)
         driver = session.connection().connection.driver_connection  # sqlite3's or psycopg's
         assert driver is not None  # a connection of the session's transaction
         if self.db.is_sqlite:
-            # A zeroblob is written as zeros to the table's pages, never made in memory.
-            rowid = session.scalar(
-                insert(table)
-                .values({key_column: key, "data": func.zeroblob(len(view))})
-                .returning(literal_column("rowid"))
+            # executemany takes the rows one at a time from the generator: one piece is bound.
+            driver.executemany(
+                f"INSERT INTO {name} ({key_column}, piece, data) VALUES (?, ?, ?)",
+                (
+                    (key, number, view[start : start + _BLOB_PIECE])
+                    for number, start in enumerate(starts)
+                ),
             )
-            with driver.blobopen(table.__tablename__, "data", rowid) as blob:
-                for start in range(0, len(view), _BLOB_PIECE):
-                    blob.write(view[start : start + _BLOB_PIECE])
             return
-        # COPY's binary format: its signature, flags and header extension (none), then one row
-        # of two fields, each its length and bytes, then the end of the data. A checkpoint's id
-        # is an integer column (4 bytes in the binary format), a dataset's a text one.
+        # COPY's binary format: its signature, flags and header extension (none), then a row of
+        # three fields per piece, each its length and bytes, then the end of the data. A
+        # checkpoint's id is an integer column (4 bytes in the binary format), a dataset's text.
         field = key.encode() if isinstance(key, str) else struct.pack("!i", key)
         with (
             driver.cursor() as cursor,
             cursor.copy(
-                f"COPY {table.__tablename__} ({key_column}, data) FROM STDIN (FORMAT BINARY)"
+                f"COPY {name} ({key_column}, piece, data) FROM STDIN (FORMAT BINARY)"
             ) as copy,
         ):
-            copy.write(_PGCOPY_SIGNATURE + struct.pack("!iihi", 0, 0, 2, len(field)) + field)
-            copy.write(struct.pack("!i", len(view)))
-            for start in range(0, len(view), _BLOB_PIECE):
-                copy.write(view[start : start + _BLOB_PIECE])
+            copy.write(_PGCOPY_SIGNATURE + struct.pack("!ii", 0, 0))
+            for number, start in enumerate(starts):
+                piece = view[start : start + _BLOB_PIECE]
+                copy.write(struct.pack("!hi", 3, len(field)) + field)
+                copy.write(struct.pack("!iii", 4, number, len(piece)))
+                copy.write(piece)
             copy.write(struct.pack("!h", -1))
 
     def dataset_by_request_id(self, request_id: str, project: str) -> Dataset | None:
@@ -866,14 +868,13 @@ class Store:
         key: str | int,
         read: Callable[[Iterable[bytes], int], T],
     ) -> T:
-        """`read(pieces, size)` of a dataset's or a checkpoint's bytes, given a piece at a time.
-        Read whole, they were copied by the driver, and kept by it: PostgreSQL sent them as hex
-        text (twice their size), which libpq's input buffer then kept for the life of the pooled
-        connection, and psycopg's bytes and a parse's copies came on top (measured: 6 times a
-        256 MiB dataset at the peak, 2 times kept; SQLite 2 times). SQLite gives them through a
-        blob handle; PostgreSQL by a COPY of the value's pieces, detoasted once by the server
-        (pieces taken one query at a time decompress a compressed value from its start for
-        each: quadratic). NotFound if there is no such row."""
+        """`read(pieces, size)` of a dataset's or a checkpoint's bytes, given a piece at a time
+        (the rows `_write_blob` stored, in order). Read whole, they were copied by the driver,
+        and kept by it: PostgreSQL sent them as hex text (twice their size), which libpq's input
+        buffer then kept for the life of the pooled connection, and psycopg's bytes and a
+        parse's copies came on top (measured: 6 times a 256 MiB dataset at the peak, 2 times
+        kept; SQLite 2 times). PostgreSQL sends the pieces by COPY. NotFound if there is no such
+        value."""
         key_column = _blob_key_column(table)
         name = table.__tablename__
         missing = (
@@ -885,35 +886,24 @@ class Store:
             driver = session.connection().connection.driver_connection
             assert driver is not None  # a connection of the session's transaction
             where = table.__table__.c[key_column] == key
-            if self.db.is_sqlite:
-                rowid = session.scalar(
-                    select(literal_column("rowid")).select_from(table).where(where)
-                )
-                if rowid is None:
-                    raise NotFound(missing)
-                with driver.blobopen(name, "data", rowid, readonly=True) as blob:
-                    pieces = iter(lambda: blob.read(_BLOB_PIECE), b"")
-                    return read(pieces, len(blob))
-            size = session.scalar(select(func.octet_length(table.data)).where(where))
+            # The sizes come from the pieces' headers: no piece is read for them.
+            size = session.scalar(select(func.sum(func.length(table.data))).where(where))
             if size is None:
                 raise NotFound(missing)
+            size = int(size)
+            if self.db.is_sqlite:
+                rows = driver.execute(
+                    f"SELECT piece, data FROM {name} WHERE {key_column} = ? ORDER BY piece", (key,)
+                )
+                return read(_copied_pieces(rows, size, missing), size)
             from psycopg import sql
 
-            # substring(data FROM 1) detoasts the value once; LATERAL keeps it the outer row.
             query = sql.SQL(
-                "COPY (SELECT piece.start, substring(blob.data FROM piece.start FOR {piece}) "
-                "FROM (SELECT substring(data FROM 1) AS data FROM {table} WHERE {column} = {key} "
-                "OFFSET 0) AS blob CROSS JOIN LATERAL "
-                "generate_series(1, octet_length(blob.data), {piece}) AS piece(start)) "
+                "COPY (SELECT piece, data FROM {table} WHERE {column} = {key} ORDER BY piece) "
                 "TO STDOUT (FORMAT BINARY)"
-            ).format(
-                piece=_BLOB_PIECE,
-                table=sql.Identifier(name),
-                column=sql.Identifier(key_column),
-                key=key,
-            )
+            ).format(table=sql.Identifier(name), column=sql.Identifier(key_column), key=key)
             with driver.cursor() as cursor, cursor.copy(query) as copy:
-                copy.set_types(["int4", "bytea"])  # octet_length, so the series, is int4
+                copy.set_types(["int4", "bytea"])
                 return read(_copied_pieces(copy.rows(), size, missing), size)
 
     def list_datasets(

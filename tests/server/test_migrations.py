@@ -759,3 +759,74 @@ def test_0015_fills_job_labels_from_the_jobs_and_downgrades_to_the_index_it_repl
     assert len(_labels_index(url)) == (0 if url.startswith("sqlite") else 1)
     upgrade(url)
     test_migrations_match_models(url)
+
+
+def test_0016_cuts_blobs_into_pieces_that_read_back_whole_and_downgrades_joining_them(
+    empty_database_url: str,
+) -> None:
+    """A dataset and a checkpoint stored whole before 0016, one of several pieces (3.5 MiB) and
+    one under a piece, become rows of at most 1 MiB (pg_dump writes no bytea over 512 MiB, and
+    failed the whole dump) that the store reads back byte for byte; down to 0015 each is one
+    value again, as it was."""
+    large = np.random.default_rng(3).bytes(3 * 1024 * 1024 + 512 * 1024)
+    small = CHECKPOINT_BYTES
+    upgrade(empty_database_url, "0015")
+    with _opened(empty_database_url) as database, database.engine.begin() as connection:
+        now = datetime(2026, 11, 28, tzinfo=UTC)
+        connection.execute(text(_AT_0002[0]), {"now": now})
+        connection.execute(
+            text("INSERT INTO dataset_blobs (dataset_id, data) VALUES ('d1', :data)").bindparams(
+                bindparam("data", type_=LargeBinary())
+            ),
+            {"data": large},
+        )
+        connection.execute(_INSERT_JOB, {"now": now})
+        connection.execute(
+            text(
+                "INSERT INTO checkpoints (job_id, epoch, step, metrics, is_final, size_bytes, "
+                "created_at, is_partial) VALUES ('j1', 1, 10, '{}', false, :size, :now, false)"
+            ).bindparams(bindparam("now", type_=DateTime(timezone=True))),
+            {"size": len(small), "now": now},
+        )
+        checkpoint_id = connection.execute(text("SELECT id FROM checkpoints")).scalar_one()
+        connection.execute(
+            text(
+                "INSERT INTO checkpoint_blobs (checkpoint_id, data) VALUES (:id, :data)"
+            ).bindparams(bindparam("data", type_=LargeBinary())),
+            {"id": checkpoint_id, "data": small},
+        )
+
+    def pieces() -> list[tuple[str, int, int]]:
+        with _opened(empty_database_url) as database, database.engine.connect() as connection:
+            return [
+                (table, piece, size)
+                for table in ("dataset_blobs", "checkpoint_blobs")
+                for piece, size in connection.execute(
+                    text(f"SELECT piece, length(data) FROM {table} ORDER BY piece")
+                )
+            ]
+
+    upgrade(empty_database_url)
+    mib = 1024 * 1024
+    assert pieces() == [
+        ("dataset_blobs", 0, mib),
+        ("dataset_blobs", 1, mib),
+        ("dataset_blobs", 2, mib),
+        ("dataset_blobs", 3, mib // 2),
+        ("checkpoint_blobs", 0, len(small)),
+    ]
+    with _opened(empty_database_url) as database:
+        store = Store(database)
+        assert store.dataset_data("d1") == large
+        assert store.checkpoint_data(checkpoint_id) == small
+    test_migrations_match_models(empty_database_url)
+
+    command.downgrade(alembic_config(empty_database_url), "0015")
+    with _opened(empty_database_url) as database, database.engine.connect() as connection:
+        assert (
+            bytes(connection.execute(text("SELECT data FROM dataset_blobs")).scalar_one()) == large
+        )
+        assert (
+            bytes(connection.execute(text("SELECT data FROM checkpoint_blobs")).scalar_one())
+            == small
+        )
