@@ -541,10 +541,16 @@ def _labels_without_nul(sqlite: bool) -> ColumnElement[bool]:
     return ~JobRow.labels.cast(Text).contains(_NUL_ESCAPE, autoescape=True)
 
 
-# How many of a label's jobs are counted, at most, to choose the label a filter of several reads
-# first (`_fewest_held_first`): enough to tell a rare label from a common one, bounded for
-# labels most of a project holds.
+# How many rows are counted, at most, to choose what a label filter reads first
+# (`_label_filter_plan`): enough to tell a rare label from a common one, shared out among the
+# labels and the other filters, so a filter of 64 labels counts no more (each label counted up
+# to 10,000 took 1.8 s to count on PostgreSQL).
 _LABEL_COUNT_BOUND = 10_000
+
+
+def _bounded_count(rows: Select[Any], bound: int) -> Any:
+    """How many rows `rows` gives, counted up to `bound`, as a scalar subquery."""
+    return select(func.count()).select_from(rows.limit(bound).subquery()).scalar_subquery()
 
 
 def _label_held(key: str, value: str, project: str | None) -> Select[Any]:
@@ -553,25 +559,20 @@ def _label_held(key: str, value: str, project: str | None) -> Select[Any]:
     return held if project is None else held.where(JobLabelRow.project == project)
 
 
-def _fewest_held_first(
-    session: Session, labels: Mapping[str, str], project: str | None
-) -> list[tuple[str, str]]:
-    """`labels` ordered by how many jobs hold each, fewest first (counted up to
-    `_LABEL_COUNT_BOUND`, from the index, in one statement): the filter reads its first label's
-    jobs until its page is full, and a common label first read all of its jobs to find a
-    rare one's few (100,000 jobs: 360-430 ms on SQLite, which keeps no statistics to choose
-    by)."""
-    given = list(labels.items())
-    if len(given) == 1:
-        return given
-    counts = [
+def _holds_labels(labels: Sequence[tuple[str, str]]) -> ColumnElement[bool]:
+    """Whether a job holds every label of `labels`, each with exactly its value: one count of
+    its label rows, looked up by its primary key (a job holds a key once). One EXISTS a label
+    made PostgreSQL's planning time grow explosively with their number (64 labels: 79 s)."""
+    matching = (
         select(func.count())
-        .select_from(_label_held(key, value, project).limit(_LABEL_COUNT_BOUND).subquery())
+        .select_from(JobLabelRow)
+        .where(
+            JobLabelRow.job_id == JobRow.id,
+            tuple_(JobLabelRow.key, JobLabelRow.value).in_(list(labels)),
+        )
         .scalar_subquery()
-        for key, value in given
-    ]
-    held = session.execute(select(*counts)).one()
-    return [label for _, label in sorted(zip(held, given, strict=True), key=lambda pair: pair[0])]
+    )
+    return matching == len(labels)
 
 
 def _labelled_jobs(
@@ -580,7 +581,7 @@ def _labelled_jobs(
     """The jobs holding every label of `labels`, each with exactly its value, and the columns
     of their listing's position: the first label's rows, read from ix_job_labels_listing in
     the listing's order (a project's, from the page token's position), and the jobs they name;
-    each further label is looked up by the job's key (the primary key)."""
+    the further labels are looked up by each job's key (`_holds_labels`)."""
     (first_key, first_value), *others = labels
     lead = aliased(JobLabelRow)
     query = (
@@ -590,11 +591,8 @@ def _labelled_jobs(
     )
     if project is not None:
         query = query.where(lead.project == project)
-    for key, value in others:
-        held = select(JobLabelRow.job_id).where(
-            JobLabelRow.job_id == JobRow.id, JobLabelRow.key == key, JobLabelRow.value == value
-        )
-        query = query.where(held.exists())
+    if others:
+        query = query.where(_holds_labels(others))
     return query, (lead.created_at, lead.job_id)
 
 
@@ -1088,14 +1086,9 @@ class Store:
             return [], ""
         with self.db.read() as session:
             if labels:
-                # The label rows lead, in order (see `_labelled_jobs`); the state and the
-                # dataset are checked on each job they name.
-                ordered = _fewest_held_first(session, labels, project)
-                query, position = _labelled_jobs(ordered, project, self.db.is_sqlite)
-                if state is not None:
-                    query = query.where(JobRow.state == state.value)
-                if dataset_id:
-                    query = query.where(JobRow.dataset_id == dataset_id)
+                query, position = self._labelled_jobs_query(
+                    session, labels, state, dataset_id, project
+                )
             else:
                 query, position = self._jobs_query(state, dataset_id, project)
             if created_before is not None:
@@ -1104,6 +1097,59 @@ class Store:
             rows = self._page(session, query, position, size, page_token, scope)
             items = [_job(row) for row in rows]
         return self._with_next_token(items, size, scope, fits)
+
+    def _labelled_jobs_query(
+        self,
+        session: Session,
+        labels: Mapping[str, str],
+        state: JobState | None,
+        dataset_id: str | None,
+        project: str | None,
+    ) -> tuple[Select[Any], tuple[Any, Any]]:
+        """The jobs of a listing with label filters, and the columns of its position: led, in
+        the listing's order, by what the fewest jobs match (`_label_filter_lead`), each job it
+        names checked for the rest."""
+        given = list(labels.items())
+        lead = self._label_filter_lead(session, given, state, dataset_id, project)
+        if lead is None:  # the state or dataset filter: the jobs' own listing
+            query, position = self._jobs_query(state, dataset_id, project)
+            return query.where(
+                _holds_labels(given), _labels_without_nul(self.db.is_sqlite)
+            ), position
+        query, position = _labelled_jobs(lead, project, self.db.is_sqlite)
+        if state is not None:
+            query = query.where(JobRow.state == state.value)
+        if dataset_id:
+            query = query.where(JobRow.dataset_id == dataset_id)
+        return query, position
+
+    def _label_filter_lead(
+        self,
+        session: Session,
+        given: list[tuple[str, str]],
+        state: JobState | None,
+        dataset_id: str | None,
+        project: str | None,
+    ) -> list[tuple[str, str]] | None:
+        """The labels of a filter, those the fewest jobs hold first (ties in the filter's
+        order), or None when its state or dataset filter matches fewer jobs than any label.
+        Counted from the indexes up to a bound (`_LABEL_COUNT_BOUND`), in one statement: SQLite
+        keeps no statistics to choose by, and a common label read first made a rare label's
+        jobs (360-430 ms at 100,000 jobs), or a rare state's (93-164 ms), wait behind all of
+        its own."""
+        others_filter = state is not None or bool(dataset_id)
+        if len(given) == 1 and not others_filter:
+            return given
+        bound = max(_LABEL_COUNT_BOUND // (len(given) + others_filter), 1)
+        counts = [_bounded_count(_label_held(k, v, project), bound) for k, v in given]
+        if others_filter:
+            jobs = self._jobs_query(state, dataset_id, project)[0].with_only_columns(JobRow.id)
+            counts.append(_bounded_count(jobs, bound))
+        held = session.execute(select(*counts)).one()
+        fewest = sorted(range(len(given)), key=lambda index: held[index])
+        if others_filter and held[-1] < held[fewest[0]]:
+            return None
+        return [given[index] for index in fewest]
 
     def _jobs_query(
         self, state: JobState | None, dataset_id: str | None, project: str | None

@@ -30,11 +30,14 @@ down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# Labels the code never wrote are passed over, not failed on: labels that are not a JSON object,
+# and of a key given twice the last value (as Python's json and PostgreSQL's jsonb keep it).
 _FILL_SQLITE = (
-    "INSERT INTO job_labels (job_id, key, value, project, created_at) "
+    "INSERT OR REPLACE INTO job_labels (job_id, key, value, project, created_at) "
     "SELECT jobs.id, label.key, label.value, jobs.project, jobs.created_at "
     "FROM jobs, json_each(jobs.labels) AS label "
-    "WHERE instr(jobs.labels, '\\u0000') = 0 AND label.type = 'text' "
+    "WHERE json_valid(jobs.labels) AND json_type(jobs.labels) = 'object' "
+    "AND instr(jobs.labels, '\\u0000') = 0 AND label.type = 'text' "
     "AND length(label.key) <= 256 AND length(label.value) <= 256"
 )
 # The CASE keeps PostgreSQL from converting labels holding a NUL, which it refuses (as 0014's
@@ -43,7 +46,8 @@ _FILL_POSTGRESQL = (
     "INSERT INTO job_labels (job_id, key, value, project, created_at) "
     "SELECT jobs.id, label.key, label.value #>> '{}', jobs.project, jobs.created_at "
     "FROM jobs CROSS JOIN LATERAL jsonb_each(CASE WHEN "
-    "strpos(CAST(jobs.labels AS TEXT), '\\u0000') = 0 THEN CAST(jobs.labels AS JSONB) END) "
+    "strpos(CAST(jobs.labels AS TEXT), '\\u0000') = 0 "
+    "AND json_typeof(jobs.labels) = 'object' THEN CAST(jobs.labels AS JSONB) END) "
     "AS label WHERE jsonb_typeof(label.value) = 'string' "
     "AND length(label.key) <= 256 AND length(label.value #>> '{}') <= 256"
 )
