@@ -142,7 +142,7 @@ def test_the_queue_benchmark_measures_both_databases() -> None:
     for backend in ("postgres", "sqlite"):
         row = result[backend]
         for key in ("jobs_per_s", "bare_jobs_per_s"):
-            assert set(row[key]) == {"1", "2", "4"}, (backend, key, row)
+            assert set(row[key]) == {"1", "2"}, (backend, key, row)  # --quick's counts
             assert all(_positive(v) for v in row[key].values()), (backend, key, row)
         for workers, ratio in row["ratio_vs_bare"].items():
             # The median of the rounds' ratios; --quick runs one round, whose ratio is the
