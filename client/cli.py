@@ -446,17 +446,21 @@ def _watch(client: Client, name: str, args: argparse.Namespace) -> int:
     return _final_code(status)
 
 
-# What one job of several can be refused for, alone: the others are still asked (a job
-# already deleted, or one still running for `delete`). Any other refusal (the server away, the
-# key refused) would refuse them all, and ends the command.
-_ONE_JOBS_REFUSALS = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
+# What one job of several can be refused for, alone, so the others are still asked: its name
+# malformed (a cancel's or a delete's only argument), the job gone, or, for `delete`, still
+# running. Any other refusal (the server away, the key refused) would refuse them all, and
+# ends the command.
+_ONE_JOBS_REFUSALS = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+)
 
 
 def _each_job(args: argparse.Namespace, act: Callable[[str], None]) -> int:
-    """`act` on each job named, in order, every name checked first. A job refused alone
-    (`_ONE_JOBS_REFUSALS`) is reported as the command's error is, its name first, and the rest
-    go on; the exit code is then the first refusal's. One job named: its error is the
-    command's."""
+    """`act` on each job named, in order. A job refused alone (`_ONE_JOBS_REFUSALS`) is
+    reported as the command's error is, naming it, and the rest go on; the exit code is then
+    the first refusal's. One job named: its error is the command's."""
     names = [_resource("jobs", job) for job in args.jobs]
     if len(names) == 1:
         act(names[0])

@@ -598,12 +598,13 @@ def test_jobs_cancel_and_delete_take_several_jobs_going_on_past_one_refused(
     cli: Cli, tmp_path: Path
 ) -> None:
     """Clearing a listing took a command per job. Several are taken in order: a job refused
-    alone (not found; running, for delete) is reported by name and the rest go on, the exit
-    code the first refusal's; a malformed name is refused before any job is touched."""
+    alone (a malformed name; not found; running, for delete) is reported by name and the rest
+    go on, the exit code the first refusal's."""
     spec = str(write_spec(tmp_path, queue="nobody-listens"))
     first, second, third = (cli.json("jobs", "submit", spec)["name"] for _ in range(3))
-    code, _, err = cli("jobs", "delete", first, "bad/name/x", second)
+    code, out, err = cli("jobs", "cancel", "bad/name/x", first, "--json")
     assert code == 2 and "bad/name/x" in err
+    assert [json.loads(line)["name"] for line in out.splitlines()] == [first]
     code, out, err = cli("jobs", "cancel", first, second, "--json")
     assert code == 0, err
     assert [(s["name"], s["state"]) for s in map(json.loads, out.splitlines())] == [
