@@ -865,12 +865,14 @@ def test_label_filters_with_a_state_a_dataset_and_a_project_page_through_exactly
                         assert seen == expected, (labels, state, dataset_id, project, size)
 
 
-def _labelled_statement(store: Store, call: Callable[[], object]) -> tuple[str, Any]:
-    """The statement (and its parameters) that lists the jobs of a label filter `call` runs."""
+def _statements(
+    store: Store, call: Callable[[], object], matches: Callable[[str], bool]
+) -> list[tuple[str, Any]]:
+    """The statements (and their parameters) `call` runs that `matches` picks, in order."""
     statements: list[tuple[str, Any]] = []
 
     def record(_conn: object, _cursor: object, statement: str, parameters: Any, *_: object) -> None:
-        if "JOIN job_labels" in statement:
+        if matches(statement):
             statements.append((statement, parameters))
 
     event.listen(store.db.engine, "before_cursor_execute", record)
@@ -878,7 +880,12 @@ def _labelled_statement(store: Store, call: Callable[[], object]) -> tuple[str, 
         call()
     finally:
         event.remove(store.db.engine, "before_cursor_execute", record)
-    (found,) = statements
+    return statements
+
+
+def _labelled_statement(store: Store, call: Callable[[], object]) -> tuple[str, Any]:
+    """The statement (and its parameters) that lists the jobs of a label filter `call` runs."""
+    (found,) = _statements(store, call, lambda statement: "JOIN job_labels" in statement)
     return found
 
 
@@ -996,17 +1003,9 @@ def test_listings_page_through_rows_of_one_creation_time_once_each(store: Store)
 def _query_plans(store: Store, call: Callable[[], object], table: str) -> list[str]:
     """SQLite's EXPLAIN QUERY PLAN of each statement on `table` that `call` runs, its steps
     joined by "; "."""
-    statements: list[tuple[str, Any]] = []
-
-    def record(_conn: object, _cursor: object, statement: str, parameters: Any, *_: object) -> None:
-        if f" {table} " in f" {statement} ".replace("\n", " "):
-            statements.append((statement, parameters))
-
-    event.listen(store.db.engine, "before_cursor_execute", record)
-    try:
-        call()
-    finally:
-        event.remove(store.db.engine, "before_cursor_execute", record)
+    statements = _statements(
+        store, call, lambda statement: f" {table} " in f" {statement} ".replace("\n", " ")
+    )
     plans = []
     with store.db.engine.connect() as connection:
         for statement, parameters in statements:
