@@ -15,7 +15,6 @@ import pytest
 from trainwire.server import store as store_module
 from trainwire.server.config import Settings
 from trainwire.server.db import Database
-from trainwire.server.migrate import upgrade
 from trainwire.server.records import JobState, MetricValue
 from trainwire.server.status import collect_status
 from trainwire.server.store import Store
@@ -28,10 +27,9 @@ BEHIND = -timedelta(minutes=10)
 
 
 @pytest.fixture
-def postgres_url(postgres_server_url: str) -> str:
-    url = fresh_postgres_database(postgres_server_url)
-    upgrade(url)
-    return url
+def postgres_url(postgres_server_url: str, migrated_postgres_name: str) -> str:
+    """A migrated PostgreSQL database: a copy of this run's migrated one (tests/conftest.py)."""
+    return fresh_postgres_database(postgres_server_url, migrated_postgres_name)
 
 
 @pytest.fixture
